@@ -1,0 +1,52 @@
+"""One error base for everything Steward raises on purpose.
+
+Callers (the CLI, the gRPC servicers) catch :class:`StewardError` once and turn it into a
+message or a status code; anything else is a bug and is reported as an internal error.
+Messages say what was observed and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class StewardError(Exception):
+    """Base of every deliberate Steward error."""
+
+
+class FormatError(StewardError):
+    """Bytes that do not decode as the format says (truncated Avro, unknown fingerprint ...)."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownSchemaError(FormatError):
+    """A single-object encoding whose schema fingerprint is not one the project ships."""
+
+
+class KeyError_(StewardError):
+    """A key that cannot be loaded, parsed or used (wrong passphrase, not Ed25519 ...)."""
+
+
+class VerificationError(StewardError):
+    """A signature, proof, note or checkpoint that does not verify."""
+
+
+class StoreError(StewardError):
+    """The log store failed; `retryable` says whether the same call may succeed later."""
+
+    retryable: bool = False
+
+
+class FencedError(StoreError):
+    """Another writer took over this ledger; this one must stop appending."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend cannot be reached right now (broker down, database locked)."""
+
+    retryable = True
+
+
+class ConfigError(StewardError):
+    """A configuration or topic setting that Steward refuses to run with."""

@@ -1,0 +1,71 @@
+"""The log store: an append-only sequence of opaque records.
+
+A store knows nothing about signatures or rules. It holds `(key, value)` records at increasing
+positions; the ledger server puts an event id in the key and an entry's single-object encoding
+in the value. Readers decode and verify every record themselves, because storage is untrusted
+(DESIGN §2): a record someone wrote straight into Kafka is still returned by `read`.
+
+Positions are backend-specific and only ordered: SQLite numbers records 0, 1, 2 ...; Kafka uses
+partition offsets, which skip transaction markers. `end_position()` is one past the last
+committed record, so `read(store.end_position())` is empty until something is appended.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    position: int
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    note: str
+
+
+class LogStore(abc.ABC):
+    """Contract every backend passes (tests/contract/store_contract.py)."""
+
+    @abc.abstractmethod
+    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        """Append a batch atomically and durably; return the positions assigned, in order.
+
+        All or nothing: on any error no record of the batch becomes visible to readers.
+        Raises FencedError when another writer has taken over, StoreUnavailable when the
+        backend cannot be reached (the caller may retry the same batch).
+        """
+
+    @abc.abstractmethod
+    def read(self, start: int = 0, limit: int | None = None) -> Iterator[StoredRecord]:
+        """Committed records at positions >= start, in order, at most `limit` of them."""
+
+    @abc.abstractmethod
+    def follow(self, start: int = 0, *, idle_timeout: float = 0.5) -> Iterator[StoredRecord | None]:
+        """Like read, then keeps waiting for new records forever.
+
+        Yields None whenever `idle_timeout` seconds pass without a record, so the caller can
+        check for cancellation; it never returns by itself.
+        """
+
+    @abc.abstractmethod
+    def end_position(self) -> int:
+        """One past the position of the last committed record (0 when empty)."""
+
+    @abc.abstractmethod
+    def save_checkpoint(self, size: int, note: str) -> None:
+        """Keep a signed checkpoint note for tree size `size` (all are kept)."""
+
+    @abc.abstractmethod
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every saved checkpoint, oldest first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
