@@ -1,0 +1,616 @@
+"""Event formats: the Avro schemas, the signed bytes and the entry encoding (DESIGN §3).
+
+Three kinds of bytes, kept apart on purpose:
+
+* **body bytes** — the single-object encoding of an ``EventBody``:
+  ``C3 01 ‖ fingerprint(8, little-endian CRC-64-AVRO) ‖ Avro binary``. This is what a
+  ``SignedEvent`` and an ``Entry`` carry, byte for byte as the author produced them.
+* **signed bytes** — ``b"steward/v1/event\\n" ‖ fingerprint ‖ Avro binary``, i.e. the domain
+  prefix followed by the body bytes without their two magic bytes. Signatures cover these.
+  Verifiers derive them from the body bytes they received; nobody re-encodes to verify.
+* **entry bytes** — the single-object encoding of an ``Entry``. The hash chain and the Merkle
+  tree both cover exactly these bytes (``leaf_hash = SHA-256(0x00 ‖ entry bytes)``).
+
+Readers pick the writer schema by the fingerprint in front of the payload, from the schemas the
+project ships, and refuse any other fingerprint by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Union
+
+import fastavro
+
+from ledger.errors import FormatError, UnknownSchemaError
+from ledger.merkle import leaf_hash
+
+DOMAIN_PREFIX = b"steward/v1/event\n"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+HASH_SIZE = 32
+EVENT_ID_SIZE = 16
+SIG_SIZE = 64
+ZERO_HASH = bytes(HASH_SIZE)
+
+# Bounds that keep a hostile client from making the ledger allocate without limit.
+MAX_BODY_BYTES = 64 * 1024
+MAX_SIGNATURES = 16
+MAX_ENTRY_BYTES = MAX_BODY_BYTES + MAX_SIGNATURES * 100 + 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas and fingerprints
+
+
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> bytes:
+    """The Avro spec's CRC-64-AVRO (Rabin) fingerprint, as the 8 little-endian bytes it ships."""
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+def _strip_logical_types(node: Any) -> Any:
+    # Timestamps stay plain int milliseconds in Python; logicalType is not part of the
+    # Parsing Canonical Form, so removing it changes no fingerprint.
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One shipped schema: its JSON, the parsed codec and its fingerprint."""
+
+    name: str
+    file: str
+    json_text: str
+    canonical_form: str
+    fingerprint: bytes
+    parsed: Any = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def load(cls, file: str) -> Schema:
+        text = resources.files("ledger.schemas").joinpath(file).read_text(encoding="utf-8")
+        raw = json.loads(text)
+        parsed = fastavro.parse_schema(_strip_logical_types(raw))
+        canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+        return cls(
+            name=f"{raw['namespace']}.{raw['name']}",
+            file=file,
+            json_text=text,
+            canonical_form=canonical,
+            fingerprint=crc64_avro(canonical.encode("utf-8")),
+            parsed=parsed,
+        )
+
+
+EVENT_BODY_SCHEMA = Schema.load("event_body.v1.avsc")
+SIGNED_EVENT_SCHEMA = Schema.load("signed_event.v1.avsc")
+ENTRY_SCHEMA = Schema.load("entry.v1.avsc")
+
+# The writer schemas a reader accepts, by kind. A new schema version is added here, next to
+# the old one, so that old entries keep decoding.
+_BODY_WRITERS: Mapping[bytes, Schema] = {EVENT_BODY_SCHEMA.fingerprint: EVENT_BODY_SCHEMA}
+_ENTRY_WRITERS: Mapping[bytes, Schema] = {ENTRY_SCHEMA.fingerprint: ENTRY_SCHEMA}
+_SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
+    SIGNED_EVENT_SCHEMA.fingerprint: SIGNED_EVENT_SCHEMA
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The value model: frozen dataclasses that mirror the Avro records field for field.
+# Arrays are tuples, fixed and bytes are bytes, enums are their symbol strings, timestamps are
+# int milliseconds since the epoch.
+
+ROLES = ("root", "proposer", "evaluator", "approver", "operator", "monitor", "controller")
+PRINCIPAL_KINDS = ("human", "agent", "service")
+COMPARE_OPS = ("GE", "GT", "LE", "LT", "EQ")
+DECISIONS = ("APPROVE", "REJECT")
+ROLLOUT_PHASES = ("STARTED", "ADVANCED", "PAUSED", "PROMOTED", "ROLLED_BACK", "DRIFT_CORRECTED")
+SCOPE_KINDS = ("GLOBAL", "TARGET", "PROPOSAL")
+
+
+@dataclass(frozen=True)
+class RootKey:
+    principal: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class LedgerGenesis:
+    origin: str
+    roots: tuple[RootKey, ...]
+    root_threshold: int
+    checkpoint_key_name: str
+    checkpoint_public_key: bytes
+
+
+@dataclass(frozen=True)
+class KeyGranted:
+    principal: str
+    public_key: bytes
+    roles: tuple[str, ...]
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyRevoked:
+    key_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetSelector:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class RequiredEval:
+    suite: str
+    metric: str
+    op: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    weight: int
+    hold_seconds: int
+    health_gate: bool
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    policy_id: str
+    selector: TargetSelector
+    required_evals: tuple[RequiredEval, ...]
+    approvals_required: int
+    approver_kinds: tuple[str, ...]
+    plan: tuple[PlanStep, ...]
+    veto_on_reject: bool
+    kill_release_approvals: int
+    kill_rollback_bound_ms: int
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    image: str
+    model_digest: str
+
+
+@dataclass(frozen=True)
+class ProposalOrigin:
+    agent: str
+    run: str
+
+
+@dataclass(frozen=True)
+class ProposalSubmitted:
+    target: Target
+    candidate: ModelRef
+    baseline: ModelRef
+    rationale: str
+    origin: ProposalOrigin
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class EvalRecorded:
+    proposal: bytes
+    suite: str
+    metrics: tuple[Metric, ...]
+    artifact_digest: str
+
+
+@dataclass(frozen=True)
+class ApprovalRecorded:
+    proposal: bytes
+    decision: str
+    evals: tuple[bytes, ...]
+    comment: str
+
+
+@dataclass(frozen=True)
+class HealthReported:
+    proposal: bytes
+    step: int
+    healthy: bool
+    metrics: tuple[Metric, ...]
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    stable_replicas: int
+    canary_replicas: int
+    canary_ready: int
+    stable_image: str
+    canary_image: str
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    proposal: bytes
+    step: int
+    weight: int
+    phase: str
+    reason: str
+    observed: ObservedState
+
+
+@dataclass(frozen=True)
+class KillScope:
+    kind: str
+    namespace: str = ""
+    deployment: str = ""
+    proposal: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AnnotationSource:
+    object: str
+    field_manager: str
+    time: str
+
+
+@dataclass(frozen=True)
+class KillSwitchEngaged:
+    scope: KillScope
+    reason: str
+    annotation: AnnotationSource | None = None
+
+
+@dataclass(frozen=True)
+class KillSwitchReleased:
+    scope: KillScope
+    reason: str
+
+
+Payload = (
+    LedgerGenesis
+    | KeyGranted
+    | KeyRevoked
+    | PolicySet
+    | ProposalSubmitted
+    | EvalRecorded
+    | ApprovalRecorded
+    | HealthReported
+    | RolloutStep
+    | KillSwitchEngaged
+    | KillSwitchReleased
+)
+
+PAYLOAD_TYPES: Mapping[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        LedgerGenesis,
+        KeyGranted,
+        KeyRevoked,
+        PolicySet,
+        ProposalSubmitted,
+        EvalRecorded,
+        ApprovalRecorded,
+        HealthReported,
+        RolloutStep,
+        KillSwitchEngaged,
+        KillSwitchReleased,
+    )
+}
+
+
+@dataclass(frozen=True)
+class EventBody:
+    ledger: str
+    event_id: bytes
+    issued_at: int
+    refs: tuple[bytes, ...]
+    payload: Payload
+
+    @property
+    def type(self) -> str:
+        """The event type; on the wire it is an enum that must name the payload's record."""
+        return type(self.payload).__name__
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_id: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class SignedEvent:
+    body: bytes
+    signatures: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    prev: bytes
+    body: bytes
+    signatures: tuple[Signature, ...]
+    received_at: int
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """An entry as read from the log: the exact bytes, their leaf hash and the decoded body."""
+
+    entry: Entry
+    entry_bytes: bytes
+    leaf_hash: bytes
+    body: EventBody
+
+    @property
+    def seq(self) -> int:
+        return self.entry.seq
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion between the dataclasses and fastavro's plain values
+
+
+def _to_avro(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_avro(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_avro(v) for v in value]
+    return value
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_avro(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        return tuple(_from_avro(item_hint, v) for v in value)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _from_avro(inner, value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _record_from_avro(hint, value)
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _record_from_avro(cls: Any, record: Mapping[str, Any]) -> Any:
+    hints = _hints(cls)
+    return cls(**{f.name: _from_avro(hints[f.name], record[f.name]) for f in dataclasses.fields(cls)})
+
+
+def _schemaless_write(schema: Schema, record: Mapping[str, Any], field: str) -> bytes:
+    out = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(out, schema.parsed, record)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise FormatError(f"cannot encode {schema.name}: {exc}", field=field) from exc
+    return out.getvalue()
+
+
+def _schemaless_read(schema: Schema, data: bytes, what: str) -> dict[str, Any]:
+    buf = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(
+            buf,
+            schema.parsed,
+            None,
+            return_record_name=True,
+            return_record_name_override=True,
+        )
+    except Exception as exc:  # fastavro raises many kinds on garbage; all mean "malformed"
+        raise FormatError(
+            f"{what}: not a valid {schema.name} Avro encoding ({type(exc).__name__}: {exc})"
+        ) from exc
+    if buf.tell() != len(data):
+        raise FormatError(
+            f"{what}: {len(data) - buf.tell()} trailing bytes after the {schema.name} record "
+            f"(observed {len(data)} bytes, the record ends at {buf.tell()})"
+        )
+    if not isinstance(record, dict):
+        raise FormatError(f"{what}: expected a {schema.name} record")
+    return record
+
+
+def _single_object(schema: Schema, payload: bytes) -> bytes:
+    return SINGLE_OBJECT_MAGIC + schema.fingerprint + payload
+
+
+def _split_single_object(
+    data: bytes, writers: Mapping[bytes, Schema], what: str
+) -> tuple[Schema, bytes]:
+    if len(data) < 10:
+        raise FormatError(
+            f"{what}: {len(data)} bytes is too short for Avro single-object encoding "
+            "(expected at least 10: C3 01 and an 8-byte fingerprint)"
+        )
+    if data[:2] != SINGLE_OBJECT_MAGIC:
+        raise FormatError(
+            f"{what}: starts with {data[:2].hex()}, expected c301 (Avro single-object encoding)"
+        )
+    fingerprint = data[2:10]
+    schema = writers.get(fingerprint)
+    if schema is None:
+        known = ", ".join(fp.hex() for fp in writers)
+        raise UnknownSchemaError(
+            f"{what}: unknown schema fingerprint {fingerprint.hex()} (known: {known})",
+            field="fingerprint",
+        )
+    return schema, data[10:]
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies and signed bytes
+
+
+def encode_body(body: EventBody) -> bytes:
+    """The single-object encoding of `body` with the current EventBody schema."""
+    record = _to_avro(body)
+    record.pop("payload")
+    record["type"] = body.type
+    record["payload"] = (f"steward.v1.{body.type}", _to_avro(body.payload))
+    # Field order in the dict does not matter to fastavro; the schema fixes it.
+    encoded = _single_object(EVENT_BODY_SCHEMA, _schemaless_write(EVENT_BODY_SCHEMA, record, "body"))
+    if len(encoded) > MAX_BODY_BYTES:
+        raise FormatError(
+            f"body is {len(encoded)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
+        )
+    return encoded
+
+
+def decode_body(body_bytes: bytes) -> EventBody:
+    """Decode body bytes, choosing the writer schema by fingerprint."""
+    if len(body_bytes) > MAX_BODY_BYTES:
+        raise FormatError(
+            f"body is {len(body_bytes)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
+        )
+    schema, payload = _split_single_object(body_bytes, _BODY_WRITERS, "body")
+    record = _schemaless_read(schema, payload, "body")
+    branch_name, payload_record = record["payload"]
+    payload_type = branch_name.rsplit(".", 1)[-1]
+    if record["type"] != payload_type:
+        raise FormatError(
+            f"body: type is {record['type']} but the payload is a {payload_type}",
+            field="type",
+        )
+    payload_cls = PAYLOAD_TYPES[payload_type]
+    return EventBody(
+        ledger=record["ledger"],
+        event_id=record["event_id"],
+        issued_at=record["issued_at"],
+        refs=tuple(record["refs"]),
+        payload=_record_from_avro(payload_cls, payload_record),
+    )
+
+
+def signed_bytes(body_bytes: bytes) -> bytes:
+    """The bytes every signature covers: domain prefix ‖ fingerprint ‖ exact Avro binary."""
+    if body_bytes[:2] != SINGLE_OBJECT_MAGIC:
+        raise FormatError("body does not start with the single-object marker c301", field="body")
+    return DOMAIN_PREFIX + body_bytes[2:]
+
+
+# --------------------------------------------------------------------------------------------
+# Signed events and entries
+
+
+def _check_signatures(signatures: tuple[Signature, ...], what: str) -> None:
+    if len(signatures) > MAX_SIGNATURES:
+        raise FormatError(
+            f"{what}: {len(signatures)} signatures, at most {MAX_SIGNATURES} are accepted",
+            field="signatures",
+        )
+
+
+def encode_signed_event(event: SignedEvent) -> bytes:
+    _check_signatures(event.signatures, "signed event")
+    return _single_object(
+        SIGNED_EVENT_SCHEMA,
+        _schemaless_write(SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event"),
+    )
+
+
+def decode_signed_event(data: bytes) -> SignedEvent:
+    if len(data) > MAX_ENTRY_BYTES:
+        raise FormatError(
+            f"signed event is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}", field="body"
+        )
+    schema, payload = _split_single_object(data, _SIGNED_EVENT_WRITERS, "signed event")
+    event: SignedEvent = _record_from_avro(SignedEvent, _schemaless_read(schema, payload, "signed event"))
+    _check_signatures(event.signatures, "signed event")
+    return event
+
+
+def encode_entry(entry: Entry) -> bytes:
+    _check_signatures(entry.signatures, "entry")
+    return _single_object(ENTRY_SCHEMA, _schemaless_write(ENTRY_SCHEMA, _to_avro(entry), "entry"))
+
+
+def decode_entry(data: bytes) -> Entry:
+    if len(data) > MAX_ENTRY_BYTES:
+        raise FormatError(f"entry is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}")
+    schema, payload = _split_single_object(data, _ENTRY_WRITERS, "entry")
+    entry: Entry = _record_from_avro(Entry, _schemaless_read(schema, payload, "entry"))
+    _check_signatures(entry.signatures, "entry")
+    return entry
+
+
+def decode_log_entry(entry_bytes: bytes) -> LogEntry:
+    """Decode an entry and its body; raises FormatError on anything malformed."""
+    entry = decode_entry(entry_bytes)
+    return LogEntry(
+        entry=entry,
+        entry_bytes=entry_bytes,
+        leaf_hash=leaf_hash(entry_bytes),
+        body=decode_body(entry.body),
+    )
+
+
+def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int) -> LogEntry:
+    """The entry the ledger writes for an accepted event (body bytes kept as received)."""
+    entry = Entry(
+        seq=seq, prev=prev, body=event.body, signatures=event.signatures, received_at=received_at
+    )
+    entry_bytes = encode_entry(entry)
+    return LogEntry(
+        entry=entry,
+        entry_bytes=entry_bytes,
+        leaf_hash=leaf_hash(entry_bytes),
+        body=decode_body(event.body),
+    )
+
+
+def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
+    """The entry hashes a payload names; each must also be listed in the body's refs."""
+    if isinstance(payload, EvalRecorded | HealthReported | RolloutStep):
+        return (payload.proposal,)
+    if isinstance(payload, ApprovalRecorded):
+        return (payload.proposal, *payload.evals)
+    if isinstance(payload, KillSwitchEngaged | KillSwitchReleased) and payload.scope.proposal:
+        return (payload.scope.proposal,)
+    return ()
