@@ -1,0 +1,109 @@
+"""The ledger's in-memory core: the rules state, the Merkle tree and the next position.
+
+It decides, without I/O, whether a signed event may be appended and what entry it becomes.
+The server wraps it with a store (durability), checkpoints and the gRPC API; tests and the
+vector generator use it on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ledger.errors import StewardError
+from ledger.formats import LogEntry, SignedEvent, decode_body, encode_signed_event, make_entry
+from ledger.merkle import MerkleTree
+from ledger.rules import LedgerState, RuleViolation, Violation, check
+
+
+@dataclass(frozen=True)
+class Receipt:
+    seq: int
+    leaf_hash: bytes
+    received_at: int
+    duplicate: bool = False  # True when the same signed event was already in the log
+
+
+class DuplicateEventId(StewardError):
+    """The event id is in the log with different content."""
+
+    def __init__(self, event_id: bytes, seq: int) -> None:
+        super().__init__(
+            f"event_id {event_id.hex()} is already at seq {seq} with different content"
+        )
+        self.event_id = event_id
+        self.seq = seq
+
+
+def event_digest(event: SignedEvent) -> bytes:
+    """What makes two submissions "the same signed event" for idempotency."""
+    return hashlib.sha256(encode_signed_event(event)).digest()
+
+
+class LedgerCore:
+    def __init__(self, *, keep_entries: bool = False) -> None:
+        self.state = LedgerState()
+        # Only tests and the vector generator keep entries; the server reads its store.
+        self.entries: list[LogEntry] | None = [] if keep_entries else None
+        self.tree = MerkleTree()
+        # event_id -> (digest of the signed event, receipt), for idempotent retries.
+        self._receipts: dict[bytes, tuple[bytes, Receipt]] = {}
+
+    @property
+    def size(self) -> int:
+        return self.state.size
+
+    def replay(self, entries: Iterable[LogEntry]) -> None:
+        """Rebuild from entries already in the log (each is re-checked: storage is untrusted)."""
+        for e in entries:
+            violation = check(self.state, e)
+            if violation is not None:
+                raise RuleViolation(violation)
+            self.commit(e)
+
+    def existing_receipt(self, event: SignedEvent) -> Receipt | None:
+        """The original receipt when this exact event is already in the log.
+
+        Raises DuplicateEventId when the id is taken by different content.
+        """
+        body = decode_body(event.body)
+        found = self._receipts.get(body.event_id)
+        if found is None:
+            return None
+        digest, receipt = found
+        if digest != event_digest(event):
+            raise DuplicateEventId(body.event_id, receipt.seq)
+        return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
+
+    def prepare(self, event: SignedEvent, received_at: int, *, seq: int | None = None,
+                prev: bytes | None = None, state: LedgerState | None = None) -> LogEntry:
+        """The entry `event` becomes next; raises RuleViolation (nothing changes) if refused."""
+        state = state or self.state
+        e = make_entry(
+            state.size if seq is None else seq,
+            state.last_hash if prev is None else prev,
+            event,
+            received_at,
+        )
+        violation: Violation | None = check(state, e)
+        if violation is not None:
+            raise RuleViolation(violation)
+        return e
+
+    def commit(self, e: LogEntry) -> Receipt:
+        self.state.apply(e)
+        self.tree.append(e.leaf_hash)
+        if self.entries is not None:
+            self.entries.append(e)
+        receipt = Receipt(e.seq, e.leaf_hash, e.entry.received_at)
+        event = SignedEvent(e.entry.body, e.entry.signatures)
+        self._receipts[e.body.event_id] = (event_digest(event), receipt)
+        return receipt
+
+    def append(self, event: SignedEvent, clock: Callable[[], int]) -> Receipt:
+        """Check and fold one event in memory (no store): for tests and vectors."""
+        existing = self.existing_receipt(event)
+        if existing is not None:
+            return existing
+        return self.commit(self.prepare(event, clock()))

@@ -1,0 +1,935 @@
+"""The governance rules (DESIGN §4) as one pure function over a folded state.
+
+``check(state, entry)`` returns ``None`` when the entry may follow the log that produced
+``state``, or the first :class:`Violation` it finds, with a code of its own, the field at
+fault and a message saying what was observed and what was expected. It does no I/O and
+changes nothing. ``state.apply(entry)`` folds an entry that passed the check into the state.
+The ledger (at ingest) and the controller (at replay) share this module; the auditor has its
+own, independent implementation of the same rules.
+
+Thresholds are counted by distinct *principal*: two keys of one principal, or the same key
+twice, count once. A signature by a revoked key, an expired key or an unknown key rejects the
+whole event, so a stale key can never help reach a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ledger.errors import StewardError
+from ledger.formats import (
+    COMPARE_OPS,
+    HASH_SIZE,
+    PRINCIPAL_KINDS,
+    ROLES,
+    ZERO_HASH,
+    ApprovalRecorded,
+    EvalRecorded,
+    HealthReported,
+    KeyGranted,
+    KeyRevoked,
+    KillScope,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    LedgerGenesis,
+    LogEntry,
+    PolicySet,
+    ProposalSubmitted,
+    RolloutStep,
+    payload_hashes,
+    signed_bytes,
+)
+from ledger.keys import PublicKey, key_id
+
+# Categories say what a client should do about a violation; the gRPC layer maps them to
+# status codes (malformed → INVALID_ARGUMENT, unauthenticated → UNAUTHENTICATED,
+# permission → PERMISSION_DENIED, precondition → FAILED_PRECONDITION,
+# duplicate → ALREADY_EXISTS).
+MALFORMED = "malformed"
+UNAUTHENTICATED = "unauthenticated"
+PERMISSION = "permission"
+PRECONDITION = "precondition"
+DUPLICATE = "duplicate"
+
+CODES: dict[str, str] = {
+    # Structure and chain
+    "GENESIS_MISPLACED": PRECONDITION,
+    "LEDGER_MISMATCH": MALFORMED,
+    "SEQ_MISMATCH": PRECONDITION,
+    "PREV_MISMATCH": PRECONDITION,
+    "DUPLICATE_EVENT_ID": DUPLICATE,
+    "REF_UNKNOWN": PRECONDITION,
+    "REF_MISSING": MALFORMED,
+    "INVALID_FIELD": MALFORMED,
+    # Signatures and keys
+    "NO_SIGNATURES": UNAUTHENTICATED,
+    "UNKNOWN_KEY": UNAUTHENTICATED,
+    "BAD_SIGNATURE": UNAUTHENTICATED,
+    "KEY_REVOKED": PERMISSION,
+    "KEY_EXPIRED": PERMISSION,
+    "ROLE_REQUIRED": PERMISSION,
+    "MULTIPLE_AUTHORS": PERMISSION,
+    "THRESHOLD_NOT_MET": PERMISSION,
+    "KEY_EXISTS": DUPLICATE,
+    "KEY_UNKNOWN": PRECONDITION,
+    # Proposals, evals, approvals
+    "NO_POLICY": PRECONDITION,
+    "PROPOSAL_UNKNOWN": PRECONDITION,
+    "PROPOSAL_CLOSED": PRECONDITION,
+    "SELF_EVALUATION": PRECONDITION,
+    "SELF_APPROVAL": PRECONDITION,
+    "APPROVER_KIND_NOT_ALLOWED": PERMISSION,
+    "EVALS_MISSING": PRECONDITION,
+    "EVAL_FAILED": PRECONDITION,
+    "EVAL_NOT_FOR_PROPOSAL": PRECONDITION,
+    "APPROVAL_NOT_BOUND_TO_LATEST_EVAL": PRECONDITION,
+    # Rollouts
+    "APPROVALS_INSUFFICIENT": PRECONDITION,
+    "VETOED": PRECONDITION,
+    "KILL_SWITCH_ENGAGED": PRECONDITION,
+    "ROLLOUT_STATE": PRECONDITION,
+    "TARGET_BUSY": PRECONDITION,
+    "STEP_NOT_IN_PLAN": PRECONDITION,
+    "WEIGHT_NOT_IN_PLAN": PRECONDITION,
+    "HOLD_NOT_ELAPSED": PRECONDITION,
+    "HEALTH_GATE": PRECONDITION,
+    # Kill switches
+    "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,
+    "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: str
+    field: str
+    message: str
+
+    @property
+    def category(self) -> str:
+        return CODES[self.code]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.field}): {self.message}"
+
+
+class RuleViolation(StewardError):
+    """Raised by :func:`apply_checked` when an entry breaks a rule."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(str(violation))
+        self.violation = violation
+
+
+_PRINCIPAL_RE = re.compile(r"^(human|agent|service):[^\s:][^\s]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+MAX_REFS = 64
+
+
+def principal_kind(principal: str) -> str | None:
+    """`human`, `agent` or `service` for a well-formed principal name, else None."""
+    if not _PRINCIPAL_RE.match(principal) or len(principal) > 256:
+        return None
+    return principal.split(":", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The folded state. Values are frozen; the containers are updated in place by `apply`.
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: bytes
+    principal: str
+    public_key: bytes
+    roles: frozenset[str]
+    granted_seq: int
+    expires_at: int | None = None
+    revoked_seq: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.principal.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    seq: int
+    entry_hash: bytes
+    policy: PolicySet
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    entry_hash: bytes
+    seq: int
+    evaluator: str
+    suite: str
+    passed: bool
+    failures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    entry_hash: bytes
+    seq: int
+    approver: str
+    decision: str
+    evals: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class HealthInfo:
+    seq: int
+    step: int
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    seq: int
+    at: int  # received_at of the RolloutStep entry
+    step: int
+    weight: int
+    phase: str
+
+
+ACTIVE_PHASES = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+
+
+@dataclass
+class ProposalState:
+    entry_hash: bytes
+    seq: int
+    proposer: str
+    proposal: ProposalSubmitted
+    policy_id: str
+    latest_evals: dict[str, EvalInfo] = field(default_factory=dict)
+    approvals: dict[str, ApprovalInfo] = field(default_factory=dict)
+    health: dict[int, HealthInfo] = field(default_factory=dict)
+    steps: list[StepInfo] = field(default_factory=list)
+    # Approvals older than this seq no longer count: set at each rollback, so that a rollout
+    # stopped by a kill switch resumes only on a fresh decision.
+    decision_floor: int = -1
+
+    @property
+    def phase(self) -> str:
+        """The rollout phase; DRIFT_CORRECTED records never change it."""
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s.phase
+        return "PENDING"
+
+    @property
+    def current(self) -> StepInfo | None:
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s
+        return None
+
+    @property
+    def step_started(self) -> StepInfo | None:
+        """The record that entered the current step (STARTED or ADVANCED)."""
+        for s in reversed(self.steps):
+            if s.phase in ("STARTED", "ADVANCED"):
+                return s
+        return None
+
+
+@dataclass
+class LedgerState:
+    """Everything the rules need to judge the next entry."""
+
+    size: int = 0
+    last_hash: bytes = ZERO_HASH
+    ledger: str = ""
+    origin: str = ""
+    root_threshold: int = 0
+    checkpoint_key_name: str = ""
+    checkpoint_public_key: bytes = b""
+    keys: dict[bytes, KeyInfo] = field(default_factory=dict)
+    event_ids: dict[bytes, int] = field(default_factory=dict)
+    entry_types: dict[bytes, str] = field(default_factory=dict)
+    entry_seqs: dict[bytes, int] = field(default_factory=dict)
+    policies: dict[str, PolicyInfo] = field(default_factory=dict)
+    proposals: dict[bytes, ProposalState] = field(default_factory=dict)
+    evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
+    kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+
+    # -- queries shared by the rules, the controller and the projections -----------------
+
+    def policy_for(self, namespace: str, deployment: str) -> PolicyInfo | None:
+        """The most specific policy whose selector matches; the newest among equals."""
+        best: tuple[int, int] | None = None
+        found: PolicyInfo | None = None
+        for info in self.policies.values():
+            sel = info.policy.selector
+            if sel.namespace not in ("*", namespace) or sel.deployment not in ("*", deployment):
+                continue
+            rank = ((sel.namespace != "*") + (sel.deployment != "*"), info.seq)
+            if best is None or rank > best:
+                best, found = rank, info
+        return found
+
+    def policy_of(self, proposal: ProposalState) -> PolicySet:
+        return self.policies[proposal.policy_id].policy
+
+    def kill_switch_for(self, proposal: ProposalState) -> KillScope | None:
+        """The engaged kill switch whose scope covers this proposal, if any."""
+        target = proposal.proposal.target
+        for scope in self.kill_switches:
+            if scope.kind == "GLOBAL":
+                return scope
+            if scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (
+                target.namespace,
+                target.deployment,
+            ):
+                return scope
+            if scope.kind == "PROPOSAL" and scope.proposal == proposal.entry_hash:
+                return scope
+        return None
+
+    def valid_approvers(self, proposal: ProposalState) -> list[str]:
+        """Distinct principals whose latest decision approves and still binds to the evidence."""
+        policy = self.policy_of(proposal)
+        latest = {suite: info.entry_hash for suite, info in proposal.latest_evals.items()}
+        required = {r.suite for r in policy.required_evals}
+        if not required <= latest.keys():
+            return []
+        bound = frozenset(latest[s] for s in required)
+        if not all(proposal.latest_evals[s].passed for s in required):
+            return []
+        return sorted(
+            a.approver
+            for a in proposal.approvals.values()
+            if a.decision == "APPROVE"
+            and a.seq > proposal.decision_floor
+            and a.evals == bound
+            and a.approver != proposal.proposer
+            and a.approver.split(":", 1)[0] in policy.approver_kinds
+        )
+
+    def vetoes(self, proposal: ProposalState) -> list[str]:
+        policy = self.policy_of(proposal)
+        if not policy.veto_on_reject:
+            return []
+        return sorted(
+            a.approver
+            for a in proposal.approvals.values()
+            if a.decision == "REJECT"
+            and a.seq > proposal.decision_floor
+            and a.approver.split(":", 1)[0] in policy.approver_kinds
+        )
+
+    def kill_release_threshold(self, scope: KillScope) -> int:
+        """k for releasing a kill switch: from the policy covering the scope, at least 1."""
+        if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
+            return self.policy_of(self.proposals[scope.proposal]).kill_release_approvals
+        if scope.kind == "TARGET":
+            info = self.policy_for(scope.namespace, scope.deployment)
+            if info is not None:
+                return info.policy.kill_release_approvals
+        if scope.kind == "GLOBAL" and self.policies:
+            return max(p.policy.kill_release_approvals for p in self.policies.values())
+        return max(self.root_threshold, 1)
+
+    def active_rollout_on(self, namespace: str, deployment: str) -> ProposalState | None:
+        for p in self.proposals.values():
+            t = p.proposal.target
+            if (t.namespace, t.deployment) == (namespace, deployment) and p.phase in ACTIVE_PHASES:
+                return p
+        return None
+
+    # -- folding -------------------------------------------------------------------------
+
+    def apply(self, e: LogEntry) -> None:
+        """Fold an entry that passed :func:`check` into the state."""
+        body, seq, h = e.body, e.seq, e.leaf_hash
+        payload = body.payload
+        signers = [self.keys[s.key_id] for s in e.entry.signatures if s.key_id in self.keys]
+        author = signers[0].principal if signers else ""
+        if isinstance(payload, LedgerGenesis):
+            self.ledger, self.origin = body.ledger, payload.origin
+            self.root_threshold = payload.root_threshold
+            self.checkpoint_key_name = payload.checkpoint_key_name
+            self.checkpoint_public_key = payload.checkpoint_public_key
+            for root in payload.roots:
+                kid = key_id(root.public_key)
+                self.keys[kid] = KeyInfo(kid, root.principal, root.public_key, frozenset({"root"}), seq)
+        elif isinstance(payload, KeyGranted):
+            kid = key_id(payload.public_key)
+            self.keys[kid] = KeyInfo(
+                kid, payload.principal, payload.public_key, frozenset(payload.roles), seq,
+                payload.expires_at,
+            )
+        elif isinstance(payload, KeyRevoked):
+            old = self.keys[payload.key_id]
+            self.keys[payload.key_id] = KeyInfo(
+                old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
+                old.expires_at, seq,
+            )
+        elif isinstance(payload, PolicySet):
+            self.policies[payload.policy_id] = PolicyInfo(seq, h, payload)
+        elif isinstance(payload, ProposalSubmitted):
+            info = self.policy_for(payload.target.namespace, payload.target.deployment)
+            assert info is not None  # check() refused proposals without a policy
+            self.proposals[h] = ProposalState(h, seq, author, payload, info.policy.policy_id)
+        elif isinstance(payload, EvalRecorded):
+            proposal = self.proposals[payload.proposal]
+            failures = eval_failures(self.policy_of(proposal), payload)
+            proposal.latest_evals[payload.suite] = EvalInfo(
+                h, seq, author, payload.suite, not failures, failures
+            )
+            self.evals[h] = payload.proposal
+        elif isinstance(payload, ApprovalRecorded):
+            self.proposals[payload.proposal].approvals[author] = ApprovalInfo(
+                h, seq, author, payload.decision, frozenset(payload.evals)
+            )
+        elif isinstance(payload, HealthReported):
+            self.proposals[payload.proposal].health[payload.step] = HealthInfo(
+                seq, payload.step, payload.healthy
+            )
+        elif isinstance(payload, RolloutStep):
+            proposal = self.proposals[payload.proposal]
+            proposal.steps.append(
+                StepInfo(seq, e.entry.received_at, payload.step, payload.weight, payload.phase)
+            )
+            if payload.phase == "ROLLED_BACK":
+                proposal.decision_floor = seq
+        elif isinstance(payload, KillSwitchEngaged):
+            self.kill_switches[payload.scope] = seq
+        elif isinstance(payload, KillSwitchReleased):
+            del self.kill_switches[payload.scope]
+        self.event_ids[body.event_id] = seq
+        self.entry_types[h] = body.type
+        self.entry_seqs[h] = seq
+        self.size = seq + 1
+        self.last_hash = h
+
+
+def eval_failures(policy: PolicySet, ev: EvalRecorded) -> tuple[str, ...]:
+    """Why an eval fails its policy (empty when it passes); recomputed, never trusted."""
+    metrics = {m.name: m.value for m in ev.metrics}
+    failures = []
+    for req in policy.required_evals:
+        if req.suite != ev.suite:
+            continue
+        value = metrics.get(req.metric)
+        if value is None:
+            failures.append(f"{req.metric}: missing, expected {req.op} {req.threshold}")
+        elif not _compare(value, req.op, req.threshold):
+            failures.append(f"{req.metric}: {value} is not {req.op} {req.threshold}")
+    return tuple(failures)
+
+
+def _compare(value: float, op: str, threshold: float) -> bool:
+    if math.isnan(value):
+        return False
+    return {
+        "GE": value >= threshold,
+        "GT": value > threshold,
+        "LE": value <= threshold,
+        "LT": value < threshold,
+        "EQ": value == threshold,
+    }[op]
+
+
+# --------------------------------------------------------------------------------------------
+# The check
+
+
+def _v(code: str, fld: str, message: str) -> Violation:
+    return Violation(code, fld, message)
+
+
+@dataclass(frozen=True)
+class _Signers:
+    keys: tuple[KeyInfo, ...]
+
+    @property
+    def principals(self) -> set[str]:
+        return {k.principal for k in self.keys}
+
+    def principals_with(self, role: str) -> set[str]:
+        return {k.principal for k in self.keys if role in k.roles}
+
+
+def _verify_signatures(
+    state: LedgerState, e: LogEntry, known: dict[bytes, KeyInfo]
+) -> _Signers | Violation:
+    """Step 1: every signature is by a known, live key and verifies over the signed bytes."""
+    sigs = e.entry.signatures
+    if not sigs:
+        return _v("NO_SIGNATURES", "signatures", "the event carries no signature, expected at least one")
+    message = signed_bytes(e.entry.body)
+    seen: dict[bytes, KeyInfo] = {}
+    for i, sig in enumerate(sigs):
+        where = f"signatures[{i}]"
+        info = known.get(sig.key_id)
+        if info is None:
+            return _v("UNKNOWN_KEY", where, f"key {sig.key_id.hex()} was never granted on this ledger")
+        if info.revoked_seq is not None:
+            return _v(
+                "KEY_REVOKED", where,
+                f"key {sig.key_id.hex()} of {info.principal} was revoked at seq {info.revoked_seq}; "
+                f"this entry is seq {e.seq}",
+            )
+        if info.expires_at is not None and e.entry.received_at >= info.expires_at:
+            return _v(
+                "KEY_EXPIRED", where,
+                f"key {sig.key_id.hex()} of {info.principal} expired at {info.expires_at} ms; "
+                f"the entry was received at {e.entry.received_at} ms",
+            )
+        if not PublicKey(info.public_key).verify(sig.sig, message):
+            return _v("BAD_SIGNATURE", where, f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
+        seen[sig.key_id] = info  # the same key twice counts once
+    return _Signers(tuple(seen.values()))
+
+
+def _single_author(signers: _Signers, roles: Iterable[str], what: str) -> Violation | None:
+    roles = tuple(roles)
+    principals = signers.principals
+    if len(principals) != 1:
+        return _v(
+            "MULTIPLE_AUTHORS", "signatures",
+            f"{what} is signed by {len(principals)} principals ({', '.join(sorted(principals))}), "
+            "expected exactly one author",
+        )
+    if not any(r in k.roles for k in signers.keys for r in roles):
+        (principal,) = principals
+        return _v(
+            "ROLE_REQUIRED", "signatures",
+            f"{principal} signed {what} without a key holding role {' or '.join(roles)}",
+        )
+    return None
+
+
+def _root_threshold(signers: _Signers, m: int, what: str) -> Violation | None:
+    roots = signers.principals_with("root")
+    if len(roots) < m:
+        return _v(
+            "THRESHOLD_NOT_MET", "signatures",
+            f"{what} needs {m} distinct root principals, observed {len(roots)}"
+            + (f" ({', '.join(sorted(roots))})" if roots else ""),
+        )
+    return None
+
+
+def check(state: LedgerState, e: LogEntry) -> Violation | None:
+    """Whether `e` may be the next entry after the log folded into `state`."""
+    body = e.body
+    payload = body.payload
+
+    # Structure: position in the chain, ledger name, idempotency key, references.
+    if e.seq != state.size:
+        return _v("SEQ_MISMATCH", "seq", f"entry seq is {e.seq}, expected {state.size}")
+    if e.entry.prev != state.last_hash:
+        return _v("PREV_MISMATCH", "prev", f"prev is {e.entry.prev.hex()}, expected {state.last_hash.hex()}")
+    if isinstance(payload, LedgerGenesis) != (e.seq == 0):
+        return _v(
+            "GENESIS_MISPLACED", "type",
+            f"{body.type} at seq {e.seq}: LedgerGenesis must be the first entry and only the first",
+        )
+    if e.seq > 0 and body.ledger != state.ledger:
+        return _v("LEDGER_MISMATCH", "ledger", f"body names ledger {body.ledger!r}, expected {state.ledger!r}")
+    if len(body.event_id) != 16:
+        return _v("INVALID_FIELD", "event_id", f"event_id is {len(body.event_id)} bytes, expected 16")
+    if body.event_id in state.event_ids:
+        return _v(
+            "DUPLICATE_EVENT_ID", "event_id",
+            f"event_id {body.event_id.hex()} is already at seq {state.event_ids[body.event_id]}",
+        )
+    if len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs):
+        return _v("INVALID_FIELD", "refs", f"refs must be distinct and at most {MAX_REFS}")
+    for i, ref in enumerate(body.refs):
+        if ref not in state.entry_types:
+            return _v("REF_UNKNOWN", f"refs[{i}]", f"no entry with hash {ref.hex()} in the log")
+    for h in payload_hashes(payload):
+        if h not in body.refs:
+            return _v("REF_MISSING", "refs", f"the payload names entry {h.hex()}, which refs does not list")
+
+    if isinstance(payload, LedgerGenesis):
+        return _check_genesis(e, payload)
+
+    signers = _verify_signatures(state, e, state.keys)
+    if isinstance(signers, Violation):
+        return signers
+
+    if isinstance(payload, KeyGranted):
+        return _check_key_granted(state, signers, payload)
+    if isinstance(payload, KeyRevoked):
+        return _check_key_revoked(state, signers, payload)
+    if isinstance(payload, PolicySet):
+        return _root_threshold(signers, state.root_threshold, "PolicySet") or _check_policy(payload)
+    if isinstance(payload, ProposalSubmitted):
+        return _check_proposal(state, signers, payload)
+    if isinstance(payload, EvalRecorded):
+        return _check_eval(state, signers, payload)
+    if isinstance(payload, ApprovalRecorded):
+        return _check_approval(state, signers, payload)
+    if isinstance(payload, HealthReported):
+        return _check_health(state, signers, payload)
+    if isinstance(payload, RolloutStep):
+        return _check_rollout_step(state, signers, payload, e)
+    if isinstance(payload, KillSwitchEngaged):
+        return _check_kill_engaged(state, signers, payload)
+    if isinstance(payload, KillSwitchReleased):
+        return _check_kill_released(state, signers, payload)
+    raise AssertionError(f"unhandled payload {body.type}")  # decoding admits no other type
+
+
+def apply_checked(state: LedgerState, e: LogEntry) -> None:
+    """check() then apply(); raises RuleViolation and leaves the state untouched on failure."""
+    violation = check(state, e)
+    if violation is not None:
+        raise RuleViolation(violation)
+    state.apply(e)
+
+
+def fold(entries: Iterable[LogEntry]) -> LedgerState:
+    state = LedgerState()
+    for e in entries:
+        apply_checked(state, e)
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Per-type rules
+
+
+def _check_genesis(e: LogEntry, g: LedgerGenesis) -> Violation | None:
+    if not e.body.ledger or not _NAME_RE.match(e.body.ledger):
+        return _v("INVALID_FIELD", "ledger", f"ledger name {e.body.ledger!r} must be a non-empty name")
+    if not g.origin or any(c.isspace() for c in g.origin):
+        return _v("INVALID_FIELD", "payload.origin", f"origin {g.origin!r} must be non-empty without spaces")
+    if not g.checkpoint_key_name or "+" in g.checkpoint_key_name or any(c.isspace() for c in g.checkpoint_key_name):
+        return _v("INVALID_FIELD", "payload.checkpoint_key_name", "a note key name has no spaces and no '+'")
+    if not g.roots:
+        return _v("INVALID_FIELD", "payload.roots", "genesis lists no root keys")
+    known: dict[bytes, KeyInfo] = {}
+    for i, root in enumerate(g.roots):
+        if principal_kind(root.principal) is None:
+            return _v(
+                "INVALID_FIELD", f"payload.roots[{i}].principal",
+                f"{root.principal!r} is not kind:name with kind one of {', '.join(PRINCIPAL_KINDS)}",
+            )
+        kid = key_id(root.public_key)
+        if kid in known:
+            return _v("KEY_EXISTS", f"payload.roots[{i}]", f"root key {kid.hex()} is listed twice")
+        known[kid] = KeyInfo(kid, root.principal, root.public_key, frozenset({"root"}), 0)
+    distinct = len({r.principal for r in g.roots})
+    if not 1 <= g.root_threshold <= distinct:
+        return _v(
+            "INVALID_FIELD", "payload.root_threshold",
+            f"root threshold is {g.root_threshold}, expected 1..{distinct} (the distinct root principals)",
+        )
+    signers = _verify_signatures(LedgerState(), e, known)
+    if isinstance(signers, Violation):
+        return signers
+    return _root_threshold(signers, g.root_threshold, "LedgerGenesis")
+
+
+def _check_key_granted(state: LedgerState, signers: _Signers, p: KeyGranted) -> Violation | None:
+    violation = _root_threshold(signers, state.root_threshold, "KeyGranted")
+    if violation:
+        return violation
+    if principal_kind(p.principal) is None:
+        return _v(
+            "INVALID_FIELD", "payload.principal",
+            f"{p.principal!r} is not kind:name with kind one of {', '.join(PRINCIPAL_KINDS)}",
+        )
+    if not p.roles or len(set(p.roles)) != len(p.roles):
+        return _v("INVALID_FIELD", "payload.roles", "roles must be non-empty and distinct")
+    if any(r not in ROLES for r in p.roles):
+        return _v("INVALID_FIELD", "payload.roles", f"unknown role; expected some of {', '.join(ROLES)}")
+    kid = key_id(p.public_key)
+    if kid in state.keys:
+        old = state.keys[kid]
+        return _v("KEY_EXISTS", "payload.public_key", f"key {kid.hex()} was already granted to {old.principal} at seq {old.granted_seq}")
+    return None
+
+
+def _check_key_revoked(state: LedgerState, signers: _Signers, p: KeyRevoked) -> Violation | None:
+    target = state.keys.get(p.key_id)
+    if target is None:
+        return _v("KEY_UNKNOWN", "payload.key_id", f"key {p.key_id.hex()} was never granted")
+    if target.revoked_seq is not None:
+        return _v("KEY_UNKNOWN", "payload.key_id", f"key {p.key_id.hex()} was already revoked at seq {target.revoked_seq}")
+    # A key may always revoke itself (a holder who lost control of it can stop it at once).
+    if {k.key_id for k in signers.keys} == {p.key_id}:
+        return None
+    return _root_threshold(signers, state.root_threshold, "KeyRevoked")
+
+
+def _check_policy(p: PolicySet) -> Violation | None:
+    if not p.policy_id or not _NAME_RE.match(p.policy_id):
+        return _v("INVALID_FIELD", "payload.policy_id", f"policy id {p.policy_id!r} must be a non-empty name")
+    if not p.selector.namespace or not p.selector.deployment:
+        return _v("INVALID_FIELD", "payload.selector", "selector namespace and deployment are names or '*'")
+    for i, req in enumerate(p.required_evals):
+        if not req.suite or not req.metric or req.op not in COMPARE_OPS or math.isnan(req.threshold):
+            return _v("INVALID_FIELD", f"payload.required_evals[{i}]", "suite, metric, op and a numeric threshold are required")
+    if p.approvals_required < 1:
+        return _v("INVALID_FIELD", "payload.approvals_required", f"is {p.approvals_required}, expected at least 1")
+    if not p.approver_kinds or len(set(p.approver_kinds)) != len(p.approver_kinds):
+        return _v("INVALID_FIELD", "payload.approver_kinds", "expected at least one distinct principal kind")
+    if not p.plan:
+        return _v("INVALID_FIELD", "payload.plan", "the rollout plan has no step")
+    previous = 0
+    for i, step in enumerate(p.plan):
+        if not previous < step.weight <= 100:
+            return _v(
+                "INVALID_FIELD", f"payload.plan[{i}].weight",
+                f"weight {step.weight}, expected more than {previous} and at most 100 (weights increase)",
+            )
+        if step.hold_seconds < 0:
+            return _v("INVALID_FIELD", f"payload.plan[{i}].hold_seconds", "must not be negative")
+        previous = step.weight
+    if p.kill_release_approvals < 1:
+        return _v("INVALID_FIELD", "payload.kill_release_approvals", f"is {p.kill_release_approvals}, expected at least 1")
+    if p.kill_rollback_bound_ms < 1:
+        return _v("INVALID_FIELD", "payload.kill_rollback_bound_ms", "expected a positive bound")
+    return None
+
+
+def _check_proposal(state: LedgerState, signers: _Signers, p: ProposalSubmitted) -> Violation | None:
+    violation = _single_author(signers, ["proposer"], "ProposalSubmitted")
+    if violation:
+        return violation
+    if not p.target.namespace or not p.target.deployment:
+        return _v("INVALID_FIELD", "payload.target", "target namespace and deployment are required")
+    if not p.candidate.image:
+        return _v("INVALID_FIELD", "payload.candidate.image", "the candidate image is required")
+    if state.policy_for(p.target.namespace, p.target.deployment) is None:
+        return _v(
+            "NO_POLICY", "payload.target",
+            f"no policy selects {p.target.namespace}/{p.target.deployment}; set one first",
+        )
+    return None
+
+
+def _proposal(state: LedgerState, h: bytes) -> ProposalState | Violation:
+    proposal = state.proposals.get(h)
+    if proposal is None:
+        kind = state.entry_types.get(h, "nothing")
+        return _v("PROPOSAL_UNKNOWN", "payload.proposal", f"entry {h.hex()} is {kind}, expected a ProposalSubmitted")
+    return proposal
+
+
+def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Violation | None:
+    violation = _single_author(signers, ["evaluator"], "EvalRecorded")
+    if violation:
+        return violation
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    (author,) = signers.principals
+    if author == proposal.proposer:
+        return _v("SELF_EVALUATION", "signatures", f"{author} proposed this change and cannot evaluate it")
+    if proposal.phase in ("PROMOTED",):
+        return _v("PROPOSAL_CLOSED", "payload.proposal", "the proposal was already promoted")
+    if not p.suite:
+        return _v("INVALID_FIELD", "payload.suite", "the suite name is required")
+    names = [m.name for m in p.metrics]
+    if names != sorted(set(names)):
+        return _v("INVALID_FIELD", "payload.metrics", "metrics must be sorted by name without repeats")
+    return None
+
+
+def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded) -> Violation | None:
+    violation = _single_author(signers, ["approver"], "ApprovalRecorded")
+    if violation:
+        return violation
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    (author,) = signers.principals
+    if author == proposal.proposer:
+        return _v("SELF_APPROVAL", "signatures", f"{author} proposed this change and cannot approve or reject it")
+    policy = state.policy_of(proposal)
+    kind = author.split(":", 1)[0]
+    if kind not in policy.approver_kinds:
+        return _v(
+            "APPROVER_KIND_NOT_ALLOWED", "signatures",
+            f"policy {policy.policy_id} accepts approvals from {', '.join(policy.approver_kinds)}, observed a {kind}",
+        )
+    if proposal.phase == "PROMOTED":
+        return _v("PROPOSAL_CLOSED", "payload.proposal", "the proposal was already promoted")
+    for i, h in enumerate(p.evals):
+        if state.evals.get(h) != p.proposal:
+            return _v("EVAL_NOT_FOR_PROPOSAL", f"payload.evals[{i}]", f"entry {h.hex()} is not an eval of this proposal")
+    if p.decision == "REJECT":
+        return None
+    required = sorted({r.suite for r in policy.required_evals})
+    missing = [s for s in required if s not in proposal.latest_evals]
+    if missing:
+        return _v("EVALS_MISSING", "payload.evals", f"no eval recorded yet for required suite(s) {', '.join(missing)}")
+    latest = {proposal.latest_evals[s].entry_hash for s in required}
+    if set(p.evals) != latest:
+        return _v(
+            "APPROVAL_NOT_BOUND_TO_LATEST_EVAL", "payload.evals",
+            "an approval must name exactly the latest eval of every required suite: expected "
+            f"{sorted(h.hex()[:16] for h in latest)}, observed {sorted(h.hex()[:16] for h in p.evals)}",
+        )
+    failed = [s for s in required if not proposal.latest_evals[s].passed]
+    if failed:
+        reasons = "; ".join(f"{s}: {', '.join(proposal.latest_evals[s].failures)}" for s in failed)
+        return _v("EVAL_FAILED", "payload.evals", f"cannot approve over failing evals ({reasons})")
+    return None
+
+
+def _check_health(state: LedgerState, signers: _Signers, p: HealthReported) -> Violation | None:
+    violation = _single_author(signers, ["monitor"], "HealthReported")
+    if violation:
+        return violation
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    if p.step < 0 or p.step >= len(state.policy_of(proposal).plan):
+        return _v("STEP_NOT_IN_PLAN", "payload.step", f"step {p.step} is outside the plan of {len(state.policy_of(proposal).plan)} steps")
+    return None
+
+
+def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violation | None:
+    """Checks every forward move shares: approvals, veto, kill switch."""
+    policy = state.policy_of(proposal)
+    approvers = state.valid_approvers(proposal)
+    if len(approvers) < policy.approvals_required:
+        return _v(
+            "APPROVALS_INSUFFICIENT", "payload.phase",
+            f"{phase} needs {policy.approvals_required} valid approvals from distinct principals, "
+            f"observed {len(approvers)}" + (f" ({', '.join(approvers)})" if approvers else ""),
+        )
+    vetoes = state.vetoes(proposal)
+    if vetoes:
+        return _v("VETOED", "payload.phase", f"rejected by {', '.join(vetoes)} under a veto policy")
+    scope = state.kill_switch_for(proposal)
+    if scope is not None:
+        return _v("KILL_SWITCH_ENGAGED", "payload.phase", f"a {scope.kind} kill switch is engaged since seq {state.kill_switches[scope]}")
+    return None
+
+
+def _hold_and_health(state: LedgerState, proposal: ProposalState, now: int) -> Violation | None:
+    """The current step must have been held long enough and, if gated, reported healthy."""
+    started = proposal.step_started
+    assert started is not None
+    plan_step = state.policy_of(proposal).plan[started.step]
+    held_ms = now - started.at
+    if held_ms < plan_step.hold_seconds * 1000:
+        return _v(
+            "HOLD_NOT_ELAPSED", "payload.phase",
+            f"step {started.step} was held {held_ms} ms, expected at least {plan_step.hold_seconds * 1000} ms",
+        )
+    if plan_step.health_gate:
+        report = proposal.health.get(started.step)
+        if report is None or report.seq < started.seq or not report.healthy:
+            observed = "no report since the step started" if report is None or report.seq < started.seq else "unhealthy"
+            return _v("HEALTH_GATE", "payload.phase", f"step {started.step} needs a healthy report, observed {observed}")
+    return None
+
+
+def _check_rollout_step(state: LedgerState, signers: _Signers, p: RolloutStep, e: LogEntry) -> Violation | None:
+    violation = _single_author(signers, ["controller"], "RolloutStep")
+    if violation:
+        return violation
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    plan = state.policy_of(proposal).plan
+    phase, current = proposal.phase, proposal.current
+
+    def expect(step: int, weight: int) -> Violation | None:
+        if p.step != step:
+            return _v("STEP_NOT_IN_PLAN", "payload.step", f"{p.phase} at step {p.step}, expected step {step}")
+        if p.weight != weight:
+            return _v("WEIGHT_NOT_IN_PLAN", "payload.weight", f"{p.phase} with weight {p.weight}, expected {weight}")
+        return None
+
+    def wrong_phase(allowed: str) -> Violation:
+        return _v("ROLLOUT_STATE", "payload.phase", f"{p.phase} while the rollout is {phase}, expected {allowed}")
+
+    if p.phase == "STARTED":
+        if phase not in ("PENDING", "ROLLED_BACK"):
+            return wrong_phase("PENDING or ROLLED_BACK")
+        busy = state.active_rollout_on(proposal.proposal.target.namespace, proposal.proposal.target.deployment)
+        if busy is not None:
+            return _v("TARGET_BUSY", "payload.proposal", f"proposal {busy.entry_hash.hex()} is rolling out on the same target")
+        return expect(0, plan[0].weight) or _may_go(state, proposal, p.phase)
+    if p.phase in ("ADVANCED", "PROMOTED"):
+        if phase not in ACTIVE_PHASES:
+            return wrong_phase("STARTED, ADVANCED or PAUSED")
+        assert current is not None
+        if p.phase == "ADVANCED":
+            if current.step + 1 >= len(plan):
+                return _v("STEP_NOT_IN_PLAN", "payload.step", f"step {current.step} is the plan's last; expected PROMOTED")
+            v = expect(current.step + 1, plan[current.step + 1].weight)
+        else:
+            if current.step != len(plan) - 1:
+                return _v("STEP_NOT_IN_PLAN", "payload.step", f"PROMOTED at step {current.step}, expected the last step {len(plan) - 1}")
+            v = expect(current.step, 100)
+        return v or _may_go(state, proposal, p.phase) or _hold_and_health(state, proposal, e.entry.received_at)
+    if p.phase in ("PAUSED", "ROLLED_BACK"):
+        if phase not in ACTIVE_PHASES:
+            return wrong_phase("STARTED, ADVANCED or PAUSED")
+        assert current is not None
+        return expect(current.step, 0 if p.phase == "ROLLED_BACK" else current.weight)
+    if p.phase == "DRIFT_CORRECTED":
+        if phase not in (*ACTIVE_PHASES, "PROMOTED"):
+            return wrong_phase("an active or promoted rollout")
+        assert current is not None
+        return expect(current.step, current.weight)
+    return _v("INVALID_FIELD", "payload.phase", f"unknown phase {p.phase}")
+
+
+def _check_scope(state: LedgerState, scope: KillScope) -> Violation | None:
+    if scope.kind == "GLOBAL":
+        ok = not scope.namespace and not scope.deployment and scope.proposal is None
+    elif scope.kind == "TARGET":
+        ok = bool(scope.namespace and scope.deployment) and scope.proposal is None
+    else:
+        ok = not scope.namespace and not scope.deployment and scope.proposal is not None
+        if ok and scope.proposal not in state.proposals:
+            return _v("PROPOSAL_UNKNOWN", "payload.scope.proposal", "the scope names no proposal of this ledger")
+    if not ok:
+        return _v(
+            "INVALID_FIELD", "payload.scope",
+            f"a {scope.kind} scope takes "
+            + {"GLOBAL": "nothing else", "TARGET": "namespace and deployment only", "PROPOSAL": "a proposal hash only"}[scope.kind],
+        )
+    if scope.proposal is not None and len(scope.proposal) != HASH_SIZE:
+        return _v("INVALID_FIELD", "payload.scope.proposal", "expected a 32-byte entry hash")
+    return None
+
+
+def _check_kill_engaged(state: LedgerState, signers: _Signers, p: KillSwitchEngaged) -> Violation | None:
+    # Stopping is cheap: one operator or approver. The controller may sign only to record an
+    # emergency stop requested by annotating a ModelRollout, and must say so.
+    roles = ["operator", "approver"] + (["controller"] if p.annotation is not None else [])
+    violation = _single_author(signers, roles, "KillSwitchEngaged")
+    if violation:
+        return violation
+    violation = _check_scope(state, p.scope)
+    if violation:
+        return violation
+    if p.scope in state.kill_switches:
+        return _v("KILL_SWITCH_ALREADY_ENGAGED", "payload.scope", f"this scope is engaged since seq {state.kill_switches[p.scope]}")
+    return None
+
+
+def _check_kill_released(state: LedgerState, signers: _Signers, p: KillSwitchReleased) -> Violation | None:
+    violation = _check_scope(state, p.scope)
+    if violation:
+        return violation
+    if p.scope not in state.kill_switches:
+        return _v("KILL_SWITCH_NOT_ENGAGED", "payload.scope", "no kill switch is engaged for this scope")
+    k = state.kill_release_threshold(p.scope)
+    approvers = signers.principals_with("approver")
+    if len(approvers) < k:
+        return _v(
+            "THRESHOLD_NOT_MET", "signatures",
+            f"releasing a kill switch needs {k} distinct approver principals, observed {len(approvers)}",
+        )
+    return None

@@ -1,0 +1,176 @@
+"""Event formats: signed bytes, single-object encoding, strict decoding."""
+
+from __future__ import annotations
+
+import json
+
+import fastavro
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger import formats
+from ledger.errors import FormatError, UnknownSchemaError
+from ledger.events import new_body, sign
+from ledger.formats import (
+    DOMAIN_PREFIX,
+    EVENT_BODY_SCHEMA,
+    Entry,
+    KillScope,
+    Signature,
+    decode_body,
+    decode_entry,
+    decode_log_entry,
+    decode_signed_event,
+    encode_body,
+    encode_entry,
+    encode_signed_event,
+    make_entry,
+    signed_bytes,
+)
+from ledger.merkle import leaf_hash
+from ledger.scenario import Cast, Flow
+
+CAST = Cast.create(seed="formats")
+FLOW = Flow(CAST, clock=lambda: 1_767_225_600_000)
+
+
+def all_events() -> list[formats.SignedEvent]:
+    p, e = b"\x01" * 32, b"\x02" * 32
+    return [
+        FLOW.genesis(),
+        FLOW.grant("agent", expires_at=1_800_000_000_000),
+        FLOW.revoke(b"\x03" * 32),
+        FLOW.policy(),
+        FLOW.propose(),
+        FLOW.eval(p, "safety", 0.99),
+        FLOW.approve(p, (e,), "alice"),
+        FLOW.health(p, 1, True),
+        FLOW.step(p, 0, 10, "STARTED"),
+        FLOW.kill(KillScope("PROPOSAL", proposal=p)),
+        FLOW.release(KillScope("GLOBAL")),
+    ]
+
+
+def test_every_event_type_round_trips() -> None:
+    events = all_events()
+    assert {decode_body(e.body).type for e in events} == set(formats.PAYLOAD_TYPES)
+    for event in events:
+        body = decode_body(event.body)
+        assert encode_body(body) == event.body
+        assert decode_signed_event(encode_signed_event(event)) == event
+
+
+def test_body_is_single_object_encoding_with_the_shipped_fingerprint() -> None:
+    event = FLOW.propose()
+    assert event.body[:2] == b"\xc3\x01"
+    assert event.body[2:10] == EVENT_BODY_SCHEMA.fingerprint
+    # The fingerprint agrees with fastavro's own CRC-64-AVRO of the canonical form.
+    assert EVENT_BODY_SCHEMA.fingerprint.hex() == fastavro.schema.fingerprint(
+        EVENT_BODY_SCHEMA.canonical_form, "CRC-64-AVRO"
+    )
+
+
+def test_signed_bytes_are_prefix_fingerprint_and_exact_avro() -> None:
+    event = FLOW.propose()
+    message = signed_bytes(event.body)
+    assert message == DOMAIN_PREFIX + EVENT_BODY_SCHEMA.fingerprint + event.body[10:]
+    assert CAST["agent"].key.public.verify(event.signatures[0].sig, message)
+
+
+def test_no_maps_in_signed_records() -> None:
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            assert node.get("type") != "map", f"map in schema: {node}"
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for schema in (formats.EVENT_BODY_SCHEMA, formats.SIGNED_EVENT_SCHEMA, formats.ENTRY_SCHEMA):
+        walk(json.loads(schema.json_text))
+
+
+def test_unknown_fingerprint_is_refused_by_name() -> None:
+    event = FLOW.propose()
+    tampered = event.body[:2] + b"\xff" * 8 + event.body[10:]
+    with pytest.raises(UnknownSchemaError, match="unknown schema fingerprint ffffffffffffffff"):
+        decode_body(tampered)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, 12, 40])
+def test_truncated_bodies_are_refused(cut: int) -> None:
+    body = FLOW.propose().body
+    with pytest.raises(FormatError):
+        decode_body(body[: len(body) - cut])
+
+
+def test_trailing_bytes_are_refused() -> None:
+    with pytest.raises(FormatError, match="trailing"):
+        decode_body(FLOW.propose().body + b"\x00")
+
+
+def test_type_must_name_the_payload() -> None:
+    body = bytearray(FLOW.propose().body)
+    # Byte after ledger string and event id is the enum index; change it to KeyRevoked (2).
+    offset = 10 + 1 + len(FLOW.ledger) + 16
+    body[offset] = 2 * 2  # zigzag
+    with pytest.raises(FormatError, match="payload is a ProposalSubmitted"):
+        decode_body(bytes(body))
+
+
+def test_oversized_body_is_refused() -> None:
+    big = formats.ProposalSubmitted(
+        formats.Target("models", "m"), formats.ModelRef("x", "y"), formats.ModelRef("x", "y"),
+        "r" * (formats.MAX_BODY_BYTES + 1), formats.ProposalOrigin("a", "b"),
+    )
+    with pytest.raises(FormatError, match="limit"):
+        encode_body(new_body("demo", big))
+
+
+def test_entry_round_trip_and_leaf_hash() -> None:
+    event = FLOW.propose()
+    e = make_entry(3, b"\x09" * 32, event, 1234)
+    assert e.entry_bytes[:2] == b"\xc3\x01"
+    assert e.entry_bytes[2:10] == formats.ENTRY_SCHEMA.fingerprint
+    assert decode_entry(e.entry_bytes) == e.entry
+    assert decode_log_entry(e.entry_bytes) == e
+    assert e.leaf_hash == leaf_hash(e.entry_bytes)
+    assert encode_entry(Entry(3, b"\x09" * 32, event.body, event.signatures, 1234)) == e.entry_bytes
+
+
+def test_too_many_signatures_are_refused() -> None:
+    event = FLOW.propose()
+    sigs = tuple(Signature(bytes(32), bytes(64)) for _ in range(formats.MAX_SIGNATURES + 1))
+    with pytest.raises(FormatError, match="signatures"):
+        encode_signed_event(formats.SignedEvent(event.body, sigs))
+
+
+@given(st.binary(max_size=300))
+def test_garbage_never_decodes_to_anything_but_format_error(data: bytes) -> None:
+    for decoder in (decode_body, decode_entry, decode_signed_event):
+        try:
+            decoder(data)
+        except FormatError:
+            pass
+
+
+@given(st.integers(min_value=0, max_value=2000), st.integers(min_value=0, max_value=7))
+def test_any_bit_flip_in_a_body_breaks_the_signature_or_the_decoding(index: int, bit: int) -> None:
+    event = FLOW.propose()
+    body = bytearray(event.body)
+    index %= len(body)
+    body[index] ^= 1 << bit
+    key = CAST["agent"].key.public
+    try:
+        message = signed_bytes(bytes(body))
+    except FormatError:
+        return
+    assert not key.verify(event.signatures[0].sig, message)
+
+
+def test_sign_covers_the_encoded_body() -> None:
+    body = new_body("demo", decode_body(FLOW.propose().body).payload)
+    event = sign(body, CAST["agent"].key)
+    assert decode_body(event.body) == body
