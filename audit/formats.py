@@ -1,0 +1,701 @@
+"""Decoding Steward's formats, written again from DESIGN §3 and the shipped Avro schemas.
+
+The schemas in ``audit/schemas/`` are data copied from the ledger's; the code that reads them
+is the auditor's own: a small Avro binary decoder compiled from the schema JSON into closures,
+its own Parsing Canonical Form and CRC-64-AVRO fingerprint. Nothing is re-encoded: the
+signatures are checked over the bytes received, and the decoder refuses trailing bytes, so a
+body has exactly one reading.
+
+Byte layouts:
+
+* body bytes   = ``C3 01 ‖ fingerprint(EventBody) ‖ Avro binary``
+* signed bytes = ``b"steward/v1/event\\n" ‖ fingerprint ‖ Avro binary`` (body bytes minus magic)
+* entry bytes  = ``C3 01 ‖ fingerprint(Entry) ‖ Avro binary``; leaf = SHA-256(0x00 ‖ entry bytes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
+
+from audit.errors import DecodeError
+
+DOMAIN_PREFIX = b"steward/v1/event\n"
+MAGIC = b"\xc3\x01"
+HASH_SIZE = 32
+ZERO_HASH = bytes(HASH_SIZE)
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints: Parsing Canonical Form (Avro spec "Transforming into Parsing Canonical Form")
+# and CRC-64-AVRO.
+
+_EMPTY64 = 0xC15D213AA4D7A795
+
+
+def _make_table() -> tuple[int, ...]:
+    out = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 if fp & 1 else 0)
+        out.append(fp)
+    return tuple(out)
+
+
+_TABLE = _make_table()
+
+
+def crc64_avro(data: bytes) -> bytes:
+    """CRC-64-AVRO (Rabin) of `data` as the 8 little-endian bytes single-object encoding uses."""
+    fp = _EMPTY64
+    for b in data:
+        fp = (fp >> 8) ^ _TABLE[(fp ^ b) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def canonical_form(schema: Any) -> str:
+    """The Parsing Canonical Form of a schema given as parsed JSON."""
+    seen: set[str] = set()
+
+    def pcf(node: Any, ns: str) -> str:
+        if isinstance(node, str):
+            return json.dumps(node if node in _PRIMITIVES else _fullname(node, ns))
+        if isinstance(node, list):
+            return "[" + ",".join(pcf(n, ns) for n in node) + "]"
+        kind = node["type"]
+        if kind in _PRIMITIVES:
+            return json.dumps(kind)
+        if kind in ("record", "enum", "fixed"):
+            inner_ns = node.get("namespace", ns) if "." not in node["name"] else node["name"].rsplit(".", 1)[0]
+            name = _fullname(node["name"], node.get("namespace", ns))
+            if name in seen:
+                return json.dumps(name)
+            seen.add(name)
+            parts = [f'"name":{json.dumps(name)}', f'"type":"{kind}"']
+            if kind == "record":
+                fs = ",".join(
+                    f'{{"name":{json.dumps(f["name"])},"type":{pcf(f["type"], inner_ns)}}}'
+                    for f in node["fields"]
+                )
+                parts.append(f'"fields":[{fs}]')
+            elif kind == "enum":
+                parts.append('"symbols":' + json.dumps(node["symbols"], separators=(",", ":")))
+            else:
+                parts.append(f'"size":{int(node["size"])}')
+            return "{" + ",".join(parts) + "}"
+        if kind == "array":
+            return f'{{"type":"array","items":{pcf(node["items"], ns)}}}'
+        if kind == "map":
+            return f'{{"type":"map","values":{pcf(node["values"], ns)}}}'
+        return pcf(kind, ns)  # {"type": "SomeNamedType"} or a nested schema
+
+    return pcf(schema, "")
+
+
+# --------------------------------------------------------------------------------------------
+# The value model (frozen, slotted: cheap to build, immutable once decoded).
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    key_id: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    prev: bytes
+    body: bytes
+    signatures: tuple[Signature, ...]
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RootKey:
+    principal: str
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerGenesis:
+    origin: str
+    roots: tuple[RootKey, ...]
+    root_threshold: int
+    checkpoint_key_name: str
+    checkpoint_public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGranted:
+    principal: str
+    public_key: bytes
+    roles: tuple[str, ...]
+    expires_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRevoked:
+    key_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSelector:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredEval:
+    suite: str
+    metric: str
+    op: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    weight: int
+    hold_seconds: int
+    health_gate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    policy_id: str
+    selector: TargetSelector
+    required_evals: tuple[RequiredEval, ...]
+    approvals_required: int
+    approver_kinds: tuple[str, ...]
+    plan: tuple[PlanStep, ...]
+    veto_on_reject: bool
+    kill_release_approvals: int
+    kill_rollback_bound_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    image: str
+    model_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalOrigin:
+    agent: str
+    run: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalSubmitted:
+    target: Target
+    candidate: ModelRef
+    baseline: ModelRef
+    rationale: str
+    origin: ProposalOrigin
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRecorded:
+    proposal: bytes
+    suite: str
+    metrics: tuple[Metric, ...]
+    artifact_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecorded:
+    proposal: bytes
+    decision: str
+    evals: tuple[bytes, ...]
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReported:
+    proposal: bytes
+    step: int
+    healthy: bool
+    metrics: tuple[Metric, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    stable_replicas: int
+    canary_replicas: int
+    canary_ready: int
+    stable_image: str
+    canary_image: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStep:
+    proposal: bytes
+    step: int
+    weight: int
+    phase: str
+    reason: str
+    observed: ObservedState
+
+
+@dataclass(frozen=True, slots=True)
+class KillScope:
+    kind: str
+    namespace: str
+    deployment: str
+    proposal: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationSource:
+    object: str
+    field_manager: str
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchEngaged:
+    scope: KillScope
+    reason: str
+    annotation: AnnotationSource | None
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchReleased:
+    scope: KillScope
+    reason: str
+
+
+Payload = (
+    LedgerGenesis | KeyGranted | KeyRevoked | PolicySet | ProposalSubmitted | EvalRecorded
+    | ApprovalRecorded | HealthReported | RolloutStep | KillSwitchEngaged | KillSwitchReleased
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventBody:
+    ledger: str
+    event_id: bytes
+    type: str
+    issued_at: int
+    refs: tuple[bytes, ...]
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class SignedEvent:
+    body: bytes
+    signatures: tuple[Signature, ...]
+
+
+_RECORD_CLASSES: dict[str, type[Any]] = {
+    f"steward.v1.{cls.__name__}": cls
+    for cls in (
+        Signature, Entry, RootKey, LedgerGenesis, KeyGranted, KeyRevoked, TargetSelector,
+        RequiredEval, PlanStep, PolicySet, Target, ModelRef, ProposalOrigin, ProposalSubmitted,
+        Metric, EvalRecorded, ApprovalRecorded, HealthReported, ObservedState, RolloutStep,
+        KillScope, AnnotationSource, KillSwitchEngaged, KillSwitchReleased, EventBody,
+        SignedEvent,
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# A small Avro binary decoder. Each schema node compiles to `read(buf, pos) -> (value, pos)`.
+
+Reader = Callable[[bytes, int], tuple[Any, int]]
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    pos += 1
+    n = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        if shift > 63:
+            raise DecodeError("varint longer than 10 bytes")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
+    n, pos = _read_long(buf, pos)
+    end = pos + n
+    if n < 0 or end > len(buf):
+        raise DecodeError(f"bytes of length {n} run past the end of the data")
+    return buf[pos:end], end
+
+
+def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
+    raw, pos = _read_bytes(buf, pos)
+    try:
+        return raw.decode("utf-8"), pos
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"string is not UTF-8: {exc}") from exc
+
+
+def _read_boolean(buf: bytes, pos: int) -> tuple[bool, int]:
+    b = buf[pos]
+    if b > 1:
+        raise DecodeError(f"boolean byte {b}, expected 0 or 1")
+    return b == 1, pos + 1
+
+
+def _read_double(buf: bytes, pos: int) -> tuple[float, int]:
+    return _DOUBLE.unpack_from(buf, pos)[0], pos + 8
+
+
+def _read_float(buf: bytes, pos: int) -> tuple[float, int]:
+    return _FLOAT.unpack_from(buf, pos)[0], pos + 4
+
+
+def _read_null(buf: bytes, pos: int) -> tuple[None, int]:
+    return None, pos
+
+
+def _int_reader(buf: bytes, pos: int) -> tuple[int, int]:
+    n, pos = _read_long(buf, pos)
+    if not -(2**31) <= n < 2**31:
+        raise DecodeError(f"int {n} is out of the 32-bit range")
+    return n, pos
+
+
+_PRIMITIVE_READERS: dict[str, Reader] = {
+    "null": _read_null,
+    "boolean": _read_boolean,
+    "int": _int_reader,
+    "long": _read_long,
+    "float": _read_float,
+    "double": _read_double,
+    "bytes": _read_bytes,
+    "string": _read_string,
+}
+
+
+def compile_reader(schema: Any) -> Reader:
+    """A reader for `schema`: Python source generated from the schema, one function per record.
+
+    Generated code keeps the hot path (one-byte varints, strings, fixed) inline, which makes
+    decoding cheap next to the Ed25519 verification it precedes. Records become the dataclasses
+    above; their field names are checked against the schema when the reader is built.
+    """
+    gen = _Generator()
+    entry = gen.node(schema, "")
+    namespace: dict[str, Any] = {
+        "DecodeError": DecodeError,
+        "_read_long": _read_long,
+        "_read_double": _read_double,
+        "_read_float": _read_float,
+        **gen.env,
+    }
+    exec(compile("\n".join(gen.lines), "<audit-avro-reader>", "exec"), namespace)  # noqa: S102
+    reader: Reader = namespace[entry]
+    return reader
+
+
+class _Generator:
+    """Emits reader source. Every function has the signature (buf, pos) -> (value, pos)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.env: dict[str, Any] = {}
+        self.named: dict[str, str] = {}  # full name -> function name
+        self.count = 0
+
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"_r{self.count}_{re.sub(r'[^A-Za-z0-9]', '_', hint)}"
+
+    # Inline statements reading one value into `var`, for the kinds worth inlining.
+    def inline(self, node: Any, ns: str, var: str, ind: str) -> list[str] | None:
+        kind = node if isinstance(node, str) else None
+        if isinstance(node, dict) and isinstance(node.get("type"), str) and node["type"] in _PRIMITIVE_READERS:
+            kind = node["type"]
+        if kind in ("long", "int"):
+            out = [
+                f"{ind}b = buf[pos]",
+                f"{ind}if b < 128:",
+                f"{ind}    {var} = (b >> 1) ^ -(b & 1); pos += 1",
+                f"{ind}else:",
+                f"{ind}    {var}, pos = _read_long(buf, pos)",
+            ]
+            if kind == "int":
+                out.append(f"{ind}if not -2147483648 <= {var} < 2147483648: raise DecodeError('int out of range')")
+            return out
+        if kind in ("bytes", "string"):
+            out = [
+                f"{ind}b = buf[pos]",
+                f"{ind}if b < 128:",
+                f"{ind}    n = (b >> 1) ^ -(b & 1); pos += 1",
+                f"{ind}else:",
+                f"{ind}    n, pos = _read_long(buf, pos)",
+                f"{ind}e = pos + n",
+                f"{ind}if n < 0 or e > len(buf): raise DecodeError('{kind} runs past the end of the data')",
+            ]
+            if kind == "bytes":
+                out.append(f"{ind}{var} = buf[pos:e]; pos = e")
+            else:
+                out.append(f"{ind}{var} = buf[pos:e].decode('utf-8'); pos = e")
+            return out
+        if kind == "boolean":
+            return [
+                f"{ind}b = buf[pos]; pos += 1",
+                f"{ind}if b > 1: raise DecodeError('boolean byte is not 0 or 1')",
+                f"{ind}{var} = b == 1",
+            ]
+        if kind == "null":
+            return [f"{ind}{var} = None"]
+        if isinstance(node, str) and _fullname(node, ns) in self.named:
+            size = self.env.get("size:" + _fullname(node, ns))
+            if size is not None:
+                return self._fixed_lines(int(size), var, ind)
+        if isinstance(node, dict) and node.get("type") == "fixed":
+            self.node(node, ns)  # register the name
+            return self._fixed_lines(int(node["size"]), var, ind)
+        return None
+
+    def _long_lines(self, var: str, ind: str) -> list[str]:
+        lines = self.inline("long", "", var, ind)
+        assert lines is not None
+        return lines
+
+    @staticmethod
+    def _fixed_lines(size: int, var: str, ind: str) -> list[str]:
+        return [
+            f"{ind}e = pos + {size}",
+            f"{ind}if e > len(buf): raise DecodeError('fixed({size}) runs past the end of the data')",
+            f"{ind}{var} = buf[pos:e]; pos = e",
+        ]
+
+    def statements(self, node: Any, ns: str, var: str, ind: str) -> list[str]:
+        inl = self.inline(node, ns, var, ind)
+        if inl is not None:
+            return inl
+        fn = self.node(node, ns)
+        return [f"{ind}{var}, pos = {fn}(buf, pos)"]
+
+    def node(self, node: Any, ns: str) -> str:
+        """The name of a generated function reading `node`."""
+        if isinstance(node, str):
+            if node in _PRIMITIVE_READERS:
+                name = f"_prim_{node}"
+                self.env[name] = _PRIMITIVE_READERS[node]
+                return name
+            full = _fullname(node, ns)
+            if full not in self.named:
+                raise ValueError(f"unknown named type {full}")
+            return self.named[full]
+        if isinstance(node, list):
+            return self._union(node, ns)
+        kind = node["type"]
+        if isinstance(kind, dict | list):
+            return self.node(kind, ns)
+        if kind in _PRIMITIVE_READERS:
+            return self.node(kind, ns)
+        if kind == "array":
+            return self._array(node["items"], ns)
+        if kind in ("record", "enum", "fixed"):
+            full = _fullname(node["name"], node.get("namespace", ns))
+            if full in self.named:
+                return self.named[full]
+            fn = self.fresh(full)
+            self.named[full] = fn
+            if kind == "fixed":
+                self.env["size:" + full] = int(node["size"])
+                self.lines += [f"def {fn}(buf, pos):", *self._fixed_lines(int(node["size"]), "v", "    "), "    return v, pos"]
+            elif kind == "enum":
+                syms = tuple(node["symbols"])
+                self.env[fn + "_syms"] = syms
+                self.lines += [
+                    f"def {fn}(buf, pos):",
+                    *self._long_lines("i", "    "),
+                    f"    if not 0 <= i < {len(syms)}: raise DecodeError('enum index out of range')",
+                    f"    return {fn}_syms[i], pos",
+                ]
+            else:
+                self._record(node, full, fn)
+            return fn
+        return self.node(kind, ns)
+
+    def _record(self, node: Any, full: str, fn: str) -> None:
+        cls = _RECORD_CLASSES.get(full)
+        if cls is None:
+            raise ValueError(f"no value class for record {full}")
+        names = [f["name"] for f in node["fields"]]
+        if names != [f.name for f in fields(cls)]:
+            raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
+        inner_ns = full.rsplit(".", 1)[0] if "." in full else ""
+        self.env[fn + "_cls"] = cls
+        body: list[str] = []
+        for i, f in enumerate(node["fields"]):
+            body += self.statements(f["type"], inner_ns, f"f{i}", "    ")
+        args = ", ".join(f"f{i}" for i in range(len(names)))
+        self.lines += [f"def {fn}(buf, pos):", *body, f"    return {fn}_cls({args}), pos"]
+
+    def _array(self, items: Any, ns: str) -> str:
+        fn = self.fresh("array")
+        item_lines = self.statements(items, ns, "v", "            ")
+        self.lines += [
+            f"def {fn}(buf, pos):",
+            "    out = []",
+            "    while True:",
+            *self._long_lines("count", "        "),
+            "        if count == 0:",
+            "            return tuple(out), pos",
+            "        if count < 0:",
+            "            count = -count",
+            "            _size, pos = _read_long(buf, pos)",
+            "        if count > len(buf) - pos + 1:",
+            "            raise DecodeError('array block cannot fit in the data')",
+            "        for _ in range(count):",
+            *item_lines,
+            "            out.append(v)",
+        ]
+        return fn
+
+    def _union(self, branches: list[Any], ns: str) -> str:
+        fn = self.fresh("union")
+        cases: list[str] = []
+        for i, br in enumerate(branches):
+            cases.append(f"    {'if' if i == 0 else 'elif'} i == {i}:")
+            cases += self.statements(br, ns, "v", "        ")
+        self.lines += [
+            f"def {fn}(buf, pos):",
+            *self._long_lines("i", "    "),
+            *cases,
+            "    else:",
+            "        raise DecodeError('union branch out of range')",
+            "    return v, pos",
+        ]
+        return fn
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped schemas and the single-object framing
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    file: str
+    canonical: str
+    fingerprint: bytes
+    read: Reader
+
+
+def _load(file: str) -> Schema:
+    text = resources.files("audit.schemas").joinpath(file).read_text(encoding="utf-8")
+    raw = json.loads(text)
+    canonical = canonical_form(raw)
+    return Schema(
+        name=_fullname(raw["name"], raw.get("namespace", "")),
+        file=file,
+        canonical=canonical,
+        fingerprint=crc64_avro(canonical.encode("utf-8")),
+        read=compile_reader(raw),
+    )
+
+
+BODY_SCHEMAS: Mapping[bytes, Schema] = {s.fingerprint: s for s in [_load("event_body.v1.avsc")]}
+ENTRY_SCHEMAS: Mapping[bytes, Schema] = {s.fingerprint: s for s in [_load("entry.v1.avsc")]}
+SIGNED_EVENT_SCHEMAS: Mapping[bytes, Schema] = {
+    s.fingerprint: s for s in [_load("signed_event.v1.avsc")]
+}
+
+
+def _single_object(data: bytes, schemas: Mapping[bytes, Schema], what: str) -> Any:
+    if len(data) < 10 or data[:2] != MAGIC:
+        raise DecodeError(
+            f"{what}: not Avro single-object encoding (starts {data[:2].hex() or 'empty'}, "
+            "expected c301 and an 8-byte fingerprint)",
+            code="DECODE_ERROR",
+        )
+    schema = schemas.get(data[2:10])
+    if schema is None:
+        raise DecodeError(
+            f"{what}: schema fingerprint {data[2:10].hex()} is not one the auditor knows "
+            f"({', '.join(fp.hex() for fp in schemas)})",
+            code="UNKNOWN_FINGERPRINT",
+        )
+    try:
+        value, end = schema.read(data, 10)
+    except DecodeError as exc:
+        raise DecodeError(f"{what}: {exc}") from None
+    except (IndexError, struct.error) as exc:
+        raise DecodeError(f"{what}: truncated {schema.name} ({exc})") from None
+    if end != len(data):
+        raise DecodeError(f"{what}: {len(data) - end} trailing bytes after the {schema.name} record")
+    return value
+
+
+def decode_entry(data: bytes) -> Entry:
+    entry: Entry = _single_object(data, ENTRY_SCHEMAS, "entry")
+    return entry
+
+
+def decode_body(data: bytes) -> EventBody:
+    body: EventBody = _single_object(data, BODY_SCHEMAS, "body")
+    record_name = type(body.payload).__name__
+    if body.type != record_name:
+        raise DecodeError(f"body: type is {body.type} but the payload is a {record_name}")
+    return body
+
+
+def decode_signed_event(data: bytes) -> SignedEvent:
+    event: SignedEvent = _single_object(data, SIGNED_EVENT_SCHEMAS, "signed event")
+    return event
+
+
+def signed_bytes(body: bytes) -> bytes:
+    """What authors sign: the domain prefix, then the body bytes after their magic."""
+    return DOMAIN_PREFIX + body[2:]
+
+
+def key_id(public_key: bytes) -> bytes:
+    return hashlib.sha256(public_key).digest()
+
+
+def leaf_hash(entry_bytes: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + entry_bytes).digest()
+
+
+def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
+    """The entry hashes a payload names (each must also appear in the body's refs)."""
+    if isinstance(payload, EvalRecorded | HealthReported | RolloutStep):
+        return (payload.proposal,)
+    if isinstance(payload, ApprovalRecorded):
+        return (payload.proposal, *payload.evals)
+    if isinstance(payload, KillSwitchEngaged | KillSwitchReleased) and payload.scope.proposal:
+        return (payload.scope.proposal,)
+    return ()
