@@ -58,7 +58,7 @@ def vkey_of(name: str, public_key: bytes) -> str:
 
 
 def parse_vkey(vkey: str) -> Verifier:
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
     if len(parts) != 3:
         raise NoteError(f"verifier key {vkey!r}: expected name+hexid+base64key")
     name, hex_id, b64 = parts
