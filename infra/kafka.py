@@ -1,0 +1,645 @@
+"""Real Apache Kafka (KRaft) on this machine: fetch the jars, start 1 or 3 brokers, stop them.
+
+The broker classpath comes from Maven (infra/kafka/pom.xml) and is cached under
+``${STEWARD_CACHE:-$HOME/.cache/steward}/kafka/<version>/libs``. Brokers run with the machine's
+Java on 127.0.0.1, on ports picked at run time, in a temporary directory.
+
+Python API::
+
+    with KafkaCluster(brokers=3) as cluster:
+        cluster.bootstrap_servers        # "127.0.0.1:PORT,..."
+        cluster.kill_broker(2)           # SIGKILL, data dir and ports kept
+        cluster.restart_broker(2)        # same config, waits until it is back
+        cluster.leader_of("topic", 0)    # node id or None
+
+CLI: ``python -m infra.kafka fetch | start [--brokers 3] | stop | status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KAFKA_VERSION = "4.2.0"
+LOG4J_VERSION = "2.25.3"
+
+_TEMPLATES = Path(__file__).with_name("kafka")
+STARTED_MARKER = "Kafka Server started"
+JVM_HEAP = ("-Xms256m", "-Xmx512m")
+
+
+class KafkaInfraError(RuntimeError):
+    """Fetching, starting or stopping the local Kafka failed; the message says what and why."""
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def cache_root() -> Path:
+    base = os.environ.get("STEWARD_CACHE") or str(Path.home() / ".cache" / "steward")
+    return Path(base) / "kafka"
+
+
+def libs_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_root() / version / "libs"
+
+
+def _say(msg: str) -> None:
+    print(f"[kafka] {msg}", file=sys.stderr, flush=True)
+
+
+def fetch(version: str = KAFKA_VERSION, *, log4j_version: str = LOG4J_VERSION) -> Path:
+    """Fill the classpath folder with Maven once; later calls return it at once (stamp file)."""
+    libs = libs_dir(version)
+    stamp = libs.parent / "libs.stamp"
+    if stamp.exists() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaInfraError("cannot fetch Kafka jars: `mvn` (Apache Maven) is not on PATH")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATES / "pom.xml", work / "pom.xml")
+    partial = work / "libs.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    _say(f"fetching Apache Kafka {version} broker jars (log4j {log4j_version}) with Maven "
+         f"into {libs} ...")
+    started = time.monotonic()
+    cmd = [
+        mvn, "-B", "-q", "-f", str(work / "pom.xml"),
+        f"-Dkafka.version={version}", f"-Dlog4j.version={log4j_version}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"-DoutputDirectory={partial}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise KafkaInfraError(
+            f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} "
+            f"(exit {proc.returncode}):\n{tail}")
+    if not any(partial.glob(f"kafka_2.13-{version}.jar")):
+        raise KafkaInfraError(f"Maven finished but {partial} has no kafka_2.13-{version}.jar")
+    # Swap in the complete folder only, so an interrupted fetch is never mistaken for a good one.
+    shutil.rmtree(libs, ignore_errors=True)
+    partial.rename(libs)
+    stamp.write_text(f"kafka_2.13 {version}\nlog4j {log4j_version}\n")
+    jars = len(list(libs.glob("*.jar")))
+    _say(f"fetched {jars} jars in {time.monotonic() - started:.1f}s")
+    return libs
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaInfraError("cannot start Kafka: `java` is not on PATH and JAVA_HOME is unset")
+    return java
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def random_cluster_id() -> str:
+    """Same shape as `StorageTool random-uuid` (saves a JVM start): base64url of 16 bytes."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka avoids ids that look like a CLI flag
+            return text
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(data[-lines:])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class BrokerNode:
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    pid: int | None = None  # set also when adopted from a state file (no Popen object)
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "server.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class KafkaCluster:
+    """1 or 3 KRaft nodes (each broker + controller) on 127.0.0.1; a context manager."""
+
+    brokers: int = 1
+    version: str = KAFKA_VERSION
+    workdir: Path | None = None
+    start_timeout: float = 180.0
+    extra_config: dict[str, str] = field(default_factory=dict)
+    nodes: dict[int, BrokerNode] = field(default_factory=dict, init=False)
+    cluster_id: str = field(default="", init=False)
+    _own_workdir: bool = field(default=False, init=False)
+    _detached: bool = field(default=False, init=False)
+    startup_seconds: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.brokers not in (1, 3):
+            raise ValueError(f"brokers is {self.brokers}, expected 1 or 3")
+
+    # -- public API
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(n.address for n in self.nodes.values())
+
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(self.nodes)
+
+    def __enter__(self) -> KafkaCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, *, detach: bool = False) -> KafkaCluster:
+        """Format storage and start every node; returns once all are ready.
+
+        detach=True leaves the brokers running after this Python process exits (the CLI).
+        """
+        if self.nodes:
+            raise KafkaInfraError("this KafkaCluster was already started")
+        libs = fetch(self.version)
+        self._detached = detach
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="steward-kafka-"))
+            self._own_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cluster_id = random_cluster_id()
+        ports = free_ports(2 * self.brokers)
+        for i in range(self.brokers):
+            node_id = i + 1
+            self.nodes[node_id] = BrokerNode(
+                node_id=node_id, port=ports[2 * i], controller_port=ports[2 * i + 1],
+                directory=self.workdir / f"node-{node_id}")
+        started = time.monotonic()
+        try:
+            for node in self.nodes.values():
+                node.directory.mkdir(parents=True, exist_ok=True)
+                node.config_file.write_text(self._server_properties(node))
+            self._format_all(libs)
+            for node in self.nodes.values():
+                self._launch(node, libs)
+            if not detach:
+                atexit.register(self._atexit_kill)
+            self._wait_ready(list(self.nodes.values()), time.monotonic() + self.start_timeout)
+        except BaseException:
+            self._kill_all()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every node (controlled shutdown), SIGKILL what is left after `timeout`."""
+        pids = [p for p in (self._pid(n) for n in self.nodes.values()) if p is not None]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes.values():
+            self._wait_exit(node, max(0.0, deadline - time.monotonic()))
+        self._kill_all()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._atexit_kill)
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.nodes.clear()
+
+    def kill_broker(self, node_id: int) -> None:
+        """SIGKILL one node (no controlled shutdown); its data dir and ports are kept."""
+        node = self._node(node_id)
+        pid = self._pid(node)
+        if pid is None:
+            raise KafkaInfraError(f"broker {node_id} is not running")
+        os.kill(pid, signal.SIGKILL)
+        self._wait_exit(node, 30.0)
+        node.process = None
+        node.pid = None
+
+    def restart_broker(self, node_id: int, timeout: float | None = None) -> None:
+        """Start a killed or stopped node again on the same ports and data; wait until ready."""
+        node = self._node(node_id)
+        if self._pid(node) is not None:
+            raise KafkaInfraError(f"broker {node_id} is still running (pid {self._pid(node)})")
+        # Keep the old log for post-mortems; readiness looks only at the new one.
+        if node.log_file.exists():
+            node.log_file.rename(node.log_file.with_suffix(f".{int(time.time() * 1000)}.log"))
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        while _port_open(node.port) or _port_open(node.controller_port):
+            if time.monotonic() > deadline:
+                raise KafkaInfraError(f"broker {node_id}: port {node.port} still in use")
+            time.sleep(0.2)
+        self._launch(node, libs_dir(self.version))
+        self._wait_ready([node], deadline)
+
+    # Short aliases used by the fault tests.
+    kill = kill_broker
+    restart = restart_broker
+
+    def is_running(self, node_id: int) -> bool:
+        return self._pid(self._node(node_id)) is not None
+
+    def admin(self, **kwargs: Any) -> Any:
+        """A kafka-python KafkaAdminClient on the running nodes (the caller closes it)."""
+        from kafka import KafkaAdminClient
+
+        servers = [n.address for n in self.nodes.values() if self._pid(n) is not None]
+        return KafkaAdminClient(bootstrap_servers=servers or self.bootstrap_servers,
+                                client_id="steward-infra", request_timeout_ms=15000, **kwargs)
+
+    def leader_of(self, topic: str, partition: int = 0, timeout: float = 30.0) -> int | None:
+        """Node id leading `topic`/`partition` now, or None while it has no leader."""
+        # kafka-python's admin sends metadata requests to one node it picks from its cached
+        # metadata and raises KafkaConnectionError if that node was just killed, instead of
+        # trying another (docs/KAFKA.md): retry with a fresh client until the deadline.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._leader_once(topic, partition)
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaInfraError(
+                        f"cannot describe topic {topic}: {type(exc).__name__}: {exc}") from exc
+                time.sleep(0.5)
+
+    def _leader_once(self, topic: str, partition: int) -> int | None:
+        admin = self.admin()
+        try:
+            # kafka-python 3.x: [{"name", "error_code", "partitions": [{"partition_index",
+            # "leader_id", "replica_nodes", "isr_nodes", ...}]}]
+            for t in admin.describe_topics([topic]):
+                if t.get("name") != topic:
+                    continue
+                for p in t.get("partitions", []):
+                    if p.get("partition_index") == partition:
+                        leader = int(p.get("leader_id", -1))
+                        return leader if leader >= 0 else None
+            return None
+        finally:
+            admin.close()
+
+    def log_tail(self, node_id: int, lines: int = 40) -> str:
+        return _tail(self._node(node_id).log_file, lines)
+
+    # -- state file (CLI start/stop across processes)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cluster_id": self.cluster_id,
+            "workdir": str(self.workdir),
+            "own_workdir": self._own_workdir,
+            "bootstrap_servers": self.bootstrap_servers,
+            "nodes": [
+                {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port,
+                 "directory": str(n.directory), "pid": self._pid(n)}
+                for n in self.nodes.values()
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KafkaCluster:
+        cluster = cls(brokers=len(state["nodes"]), version=state["version"],
+                      workdir=Path(state["workdir"]))
+        cluster.cluster_id = state["cluster_id"]
+        cluster._own_workdir = bool(state.get("own_workdir"))
+        cluster._detached = True
+        for n in state["nodes"]:
+            cluster.nodes[n["node_id"]] = BrokerNode(
+                node_id=n["node_id"], port=n["port"], controller_port=n["controller_port"],
+                directory=Path(n["directory"]), pid=n["pid"])
+        return cluster
+
+    # -- internals
+
+    def _node(self, node_id: int) -> BrokerNode:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise KafkaInfraError(
+                f"no broker with node id {node_id} (have {self.node_ids})") from None
+
+    def _pid(self, node: BrokerNode) -> int | None:
+        if node.process is not None:
+            return node.process.pid if node.process.poll() is None else None
+        if node.pid is not None and _pid_alive(node.pid):
+            return node.pid
+        return None
+
+    def _server_properties(self, node: BrokerNode) -> str:
+        n = self.brokers
+        rf = 1 if n == 1 else 3
+        min_isr = 1 if n == 1 else 2
+        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in self.nodes.values())
+        props: dict[str, str] = {
+            "process.roles": "broker,controller",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(node.data_dir),
+            "num.partitions": "1",
+            # Topics are created explicitly with checked settings; a typo must not create one.
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": str(rf),
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": str(rf),
+            "transaction.state.log.min.isr": str(min_isr),
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": str(rf),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+            "group.initial.rebalance.delay.ms": "0",
+            # The default 128 MiB dedupe buffer is allocated on the heap at start.
+            "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),
+            "log.cleaner.threads": "1",
+            # Two shared cores: fewer threads than the defaults (3 network, 8 io).
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "unclean.leader.election.enable": "false",
+        }
+        props.update(self.extra_config)
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _jvm(self, libs: Path, main: str, *args: str, heap: Sequence[str] = JVM_HEAP) -> list[str]:
+        return [
+            _java(), *heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_TEMPLATES / 'log4j2.properties'}",
+            "-cp", f"{libs}/*", main, *args,
+        ]
+
+    def _format_all(self, libs: Path) -> None:
+        # One StorageTool JVM per node, run in parallel (each is a few seconds of JVM start).
+        procs = []
+        for node in self.nodes.values():
+            cmd = self._jvm(libs, "kafka.tools.StorageTool", "format",
+                            f"--cluster-id={self.cluster_id}", "-c", str(node.config_file),
+                            heap=("-Xmx256m",))
+            procs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT)))
+        for node, proc in procs:
+            out, _ = proc.communicate(timeout=self.start_timeout)
+            if proc.returncode != 0:
+                raise KafkaInfraError(
+                    f"formatting KRaft storage of node {node.node_id} failed "
+                    f"(kafka.tools.StorageTool exit {proc.returncode}):\n"
+                    + "\n".join(out.decode(errors="replace").splitlines()[-30:]))
+
+    def _launch(self, node: BrokerNode, libs: Path) -> None:
+        with node.log_file.open("ab") as log:
+            node.process = subprocess.Popen(
+                self._jvm(libs, "kafka.Kafka", str(node.config_file)),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Own session: a Ctrl-C meant for pytest does not hit the brokers first.
+                start_new_session=True,
+            )
+        node.pid = node.process.pid
+
+    def _wait_ready(self, nodes: list[BrokerNode], deadline: float) -> None:
+        pending = {n.node_id for n in nodes}
+        while pending:
+            for node in nodes:
+                if node.node_id not in pending:
+                    continue
+                if self._pid(node) is None:
+                    code = node.process.poll() if node.process else "?"
+                    raise KafkaInfraError(
+                        f"Kafka broker {node.node_id} exited during start-up (exit {code}); "
+                        f"tail of {node.log_file}:\n{_tail(node.log_file)}")
+                try:
+                    text = node.log_file.read_text(errors="replace")
+                except OSError:
+                    text = ""
+                if STARTED_MARKER in text:
+                    pending.discard(node.node_id)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise self._not_ready(pending, "no 'Kafka Server started' in the log")
+                time.sleep(0.25)
+        # The log line alone is not enough: an admin call must see every live broker.
+        expected = {n.node_id for n in self.nodes.values() if self._pid(n) is not None}
+        last_error: str = ""
+        while True:
+            try:
+                seen = self._brokers_seen()
+                if expected <= seen:
+                    return
+                last_error = f"metadata lists brokers {sorted(seen)}, expected {sorted(expected)}"
+            except Exception as exc:  # kafka-python raises many kinds while a broker warms up
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise self._not_ready(expected, f"admin call failed: {last_error}")
+            time.sleep(0.5)
+
+    def _brokers_seen(self) -> set[int]:
+        admin = self.admin()
+        try:
+            info = admin.describe_cluster()
+            # kafka-python 3.x: {"brokers": [{"broker_id", "host", "port", "is_fenced"}], ...}
+            return {int(b["broker_id"]) for b in info.get("brokers", [])
+                    if not b.get("is_fenced", False)}
+        finally:
+            admin.close()
+
+    def _not_ready(self, node_ids: set[int], why: str) -> KafkaInfraError:
+        tails = "\n".join(
+            f"--- tail of {self.nodes[i].log_file}:\n{_tail(self.nodes[i].log_file)}"
+            for i in sorted(node_ids))
+        return KafkaInfraError(
+            f"Kafka broker(s) {sorted(node_ids)} not ready within {self.start_timeout:.0f}s "
+            f"({why})\n{tails}")
+
+    def _wait_exit(self, node: BrokerNode, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if node.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=timeout)
+            return
+        while node.pid is not None and _pid_alive(node.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _kill_all(self) -> None:
+        for node in self.nodes.values():
+            pid = self._pid(node)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._wait_exit(node, 10.0)
+            node.process = None
+            node.pid = None
+
+    def _atexit_kill(self) -> None:
+        # The owning Python process is going away without stop(): leave no JVM behind.
+        if not self._detached:
+            self._kill_all()
+            if self._own_workdir and self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def default_state_file() -> Path:
+    return cache_root() / "run" / "state.json"
+
+
+def _cli_start(args: argparse.Namespace) -> int:
+    state_file = Path(args.state_file)
+    if state_file.exists():
+        old = KafkaCluster.from_state(json.loads(state_file.read_text()))
+        if any(old.is_running(i) for i in old.node_ids):
+            print(f"Kafka already running: {old.bootstrap_servers} (state {state_file}); "
+                  "run `python -m infra.kafka stop` first", file=sys.stderr)
+            return 1
+    cluster = KafkaCluster(brokers=args.brokers, version=args.version)
+    started = time.monotonic()
+    cluster.start(detach=True)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(cluster.state(), indent=2) + "\n")
+    env_file = state_file.with_name("kafka.env")
+    env_file.write_text(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}\n"
+                        f"STEWARD_KAFKA_BOOTSTRAP={cluster.bootstrap_servers}\n")
+    _say(f"{args.brokers} broker(s) ready in {time.monotonic() - started:.1f}s; "
+         f"state {state_file}, env {env_file}, logs under {cluster.workdir}")
+    print(cluster.bootstrap_servers)
+    return 0
+
+
+def _cli_stop(args: argparse.Namespace) -> int:
+    state_file = Path(args.state_file)
+    if not state_file.exists():
+        _say(f"nothing to stop (no {state_file})")
+        return 0
+    cluster = KafkaCluster.from_state(json.loads(state_file.read_text()))
+    cluster.stop()
+    state_file.unlink(missing_ok=True)
+    state_file.with_name("kafka.env").unlink(missing_ok=True)
+    _say("stopped")
+    return 0
+
+
+def _cli_status(args: argparse.Namespace) -> int:
+    state_file = Path(args.state_file)
+    if not state_file.exists():
+        print("not running")
+        return 1
+    cluster = KafkaCluster.from_state(json.loads(state_file.read_text()))
+    up = [i for i in cluster.node_ids if cluster.is_running(i)]
+    print(f"{cluster.bootstrap_servers} nodes running: {up} of {cluster.node_ids}")
+    return 0 if len(up) == len(cluster.node_ids) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.kafka",
+                                     description="Local Apache Kafka (KRaft) for Steward")
+    parser.add_argument("--version", default=KAFKA_VERSION, help="Kafka version (Maven)")
+    parser.add_argument("--state-file", default=str(default_state_file()),
+                        help="where start records pids and ports for stop")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="fetch the broker jars with Maven (cached)")
+    start = sub.add_parser("start", help="start brokers, print the bootstrap address")
+    start.add_argument("--brokers", type=int, choices=(1, 3), default=1)
+    sub.add_parser("stop", help="stop the brokers that start left running")
+    sub.add_parser("status", help="print the bootstrap address and which nodes run")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(fetch(args.version))
+            return 0
+        if args.command == "start":
+            return _cli_start(args)
+        if args.command == "stop":
+            return _cli_stop(args)
+        return _cli_status(args)
+    except KafkaInfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
