@@ -117,6 +117,10 @@ class Checkpoint(_message.Message):
     origin: str
     def __init__(self, size: _Optional[int] = ..., note: _Optional[str] = ..., root: _Optional[bytes] = ..., origin: _Optional[str] = ...) -> None: ...
 
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetInclusionProofRequest(_message.Message):
     __slots__ = ("seq", "tree_size")
     SEQ_FIELD_NUMBER: _ClassVar[int]

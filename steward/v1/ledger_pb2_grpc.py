@@ -64,6 +64,11 @@ class LedgerServiceStub:
                 request_serializer=steward_dot_v1_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=steward_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_stream(
+                '/steward.v1.LedgerService/ListCheckpoints',
+                request_serializer=steward_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=steward_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
+                _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/steward.v1.LedgerService/GetInclusionProof',
                 request_serializer=steward_dot_v1_dot_ledger__pb2.GetInclusionProofRequest.SerializeToString,
@@ -137,6 +142,13 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCheckpoints(self, request, context):
+        """Every published checkpoint, oldest first (for exports and auditors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInclusionProof(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -194,6 +206,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
                     request_deserializer=steward_dot_v1_dot_ledger__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=steward_dot_v1_dot_ledger__pb2.Checkpoint.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=steward_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=steward_dot_v1_dot_ledger__pb2.Checkpoint.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
@@ -378,6 +395,33 @@ class LedgerService:
             target,
             '/steward.v1.LedgerService/GetCheckpoint',
             steward_dot_v1_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
+            steward_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steward.v1.LedgerService/ListCheckpoints',
+            steward_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
             steward_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
