@@ -96,6 +96,11 @@ class PrivateKey:
     def key_id(self) -> bytes:
         return self.public.key_id
 
+    @property
+    def ed25519(self) -> Ed25519PrivateKey:
+        """The underlying `cryptography` key, for APIs that take one (note signers)."""
+        return self._key
+
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
 
