@@ -1,0 +1,768 @@
+"""The ledger server: the single writer of one ledger, and its gRPC LedgerService.
+
+:class:`LedgerServer` owns a :class:`~ledger.store.base.LogStore`, the in-memory
+:class:`~ledger.core.LedgerCore` (rules state + Merkle tree) and the checkpoint signer. On start
+it reads every stored record and re-checks it (storage is untrusted): records that do not decode
+or break a rule are skipped, counted and logged, and the chain continues from the last valid
+entry. Appends go through one lock: decode, idempotency, rules (``core.prepare``), then one
+``store.append`` per batch. The core is folded before the store write; if the write fails the
+core is rebuilt from the store, so it is never ahead of what is durable.
+
+Checkpoints come from the one append-only tree, so their sizes only grow and any two are
+consistent. They are published every N entries, every T ms (a background thread) and on demand,
+and saved with ``store.save_checkpoint`` before anyone sees them.
+
+Run it with ``python -m ledger.server --db PATH --checkpoint-key FILE`` (see ``--help``) or
+``serve(LedgerServerConfig(...))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ledger import checkpoint as notes
+from ledger.core import LedgerCore, Receipt
+from ledger.errors import ConfigError, FencedError, FormatError, StewardError, VerificationError
+from ledger.formats import LedgerGenesis, LogEntry, decode_log_entry, decode_signed_event
+from ledger.grpc_errors import ServiceError, guarded, status_for
+from ledger.keys import PrivateKey
+from ledger.merkle import leaf_hash
+from ledger.rules import LedgerState, check
+from ledger.store.base import LogStore
+from ledger.store.sqlite import SQLiteLogStore
+from steward.v1 import ledger_pb2, ledger_pb2_grpc
+
+log = logging.getLogger("ledger.server")
+
+SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+MAX_BATCH_EVENTS = 1024
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+CHECKPOINT_KEY_MISMATCH = "CHECKPOINT_KEY_MISMATCH"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class LedgerServerConfig:
+    """How to run one ledger server. Secrets are never stored here, only where to find them."""
+
+    store: str | Path | LogStore = field(compare=False)  # a SQLite path or a LogStore object
+    checkpoint_key: str | Path | PrivateKey = field(repr=False, compare=False)
+    # Name of the environment variable holding the key's passphrase (never the passphrase).
+    checkpoint_key_passphrase_env: str | None = None
+    listen: str = "127.0.0.1:0"
+    checkpoint_every_entries: int = 256
+    checkpoint_every_ms: int = 1000
+    tls_cert: str | Path | None = None  # server certificate chain (PEM)
+    tls_key: str | Path | None = None  # its private key (PEM)
+    client_ca: str | Path | None = None  # CA that signs client certificates (mutual TLS)
+    require_client_cert: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_workers: int = 32  # each following Read stream holds one worker
+    max_batch_events: int = MAX_BATCH_EVENTS
+
+
+@dataclass(frozen=True)
+class PublishedCheckpoint:
+    size: int
+    note: str
+    root: bytes
+    origin: str
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    entries: int
+    skipped: int
+
+
+def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
+    if isinstance(config.checkpoint_key, PrivateKey):
+        return config.checkpoint_key
+    passphrase = None
+    if config.checkpoint_key_passphrase_env:
+        value = os.environ.get(config.checkpoint_key_passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {config.checkpoint_key_passphrase_env} "
+                "(the checkpoint key passphrase) is not set"
+            )
+        passphrase = value.encode()
+    return PrivateKey.load(Path(config.checkpoint_key), passphrase)
+
+
+class LedgerServer:
+    """The single writer: verifies, sequences and stores events; signs checkpoints."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        checkpoint_key: PrivateKey,
+        *,
+        checkpoint_every_entries: int = 256,
+        checkpoint_every_ms: int = 1000,
+        clock: Callable[[], int] = now_ms,
+        on_fenced: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._key = checkpoint_key
+        self._every_entries = max(1, checkpoint_every_entries)
+        self._every_ms = checkpoint_every_ms
+        self._clock = clock
+        self._on_fenced = on_fenced
+        # One lock for everything that changes the core or signs: appends, rebuilds, checkpoints.
+        self._lock = threading.RLock()
+        self._appended = threading.Condition(self._lock)
+        self._core = LedgerCore()
+        self._positions: list[int] = []  # store position of each seq (positions are not seqs)
+        self._last_received_at = 0
+        self._checkpoints: list[PublishedCheckpoint] = []
+        self._by_size: dict[int, PublishedCheckpoint] = {}
+        self._signer: notes.Signer | None = None  # known once the genesis names the key
+        self._origin = ""
+        self._needs_rebuild = False
+        self._fenced = False
+        self._stopping = threading.Event()
+        self._publisher: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.replay_report = ReplayReport(0, 0)
+
+    # -- start and replay --------------------------------------------------------------------
+
+    def start(self) -> ReplayReport:
+        with self._lock:
+            self.replay_report = self._rebuild()
+            self._load_checkpoints()
+        self.ready.set()
+        if self._every_ms > 0:
+            self._publisher = threading.Thread(
+                target=self._publish_loop, name="checkpoint-publisher", daemon=True
+            )
+            self._publisher.start()
+        return self.replay_report
+
+    def _rebuild(self) -> ReplayReport:
+        """Fold the store again from scratch, re-checking every record."""
+        started = time.monotonic()
+        core = LedgerCore()
+        positions: list[int] = []
+        last_received_at = 0
+        skipped = 0
+        for record in self.store.read(0):
+            try:
+                e = decode_log_entry(record.value)
+            except FormatError as exc:
+                skipped += 1
+                log.warning("replay_skip position=%d reason=malformed detail=%r", record.position, str(exc)[:200])
+                continue
+            violation = check(core.state, e)
+            if violation is None and e.seq == 0:
+                assert isinstance(e.body.payload, LedgerGenesis)
+                self._require_our_key(e.body.payload, stored=True)
+            if violation is not None:
+                skipped += 1
+                log.warning("replay_skip position=%d seq=%d reason=%s field=%s", record.position,
+                            e.seq, violation.code, violation.field)
+                continue
+            core.commit(e)
+            positions.append(record.position)
+            last_received_at = max(last_received_at, e.entry.received_at)
+        self._core = core
+        self._positions = positions
+        self._last_received_at = last_received_at
+        self._needs_rebuild = False
+        if core.size and self._signer is None:
+            self._set_genesis(core.state)
+        log.info("replay_done entries=%d skipped=%d ms=%d", core.size, skipped,
+                 int((time.monotonic() - started) * 1000))
+        return ReplayReport(core.size, skipped)
+
+    def _set_genesis(self, state: LedgerState) -> None:
+        self._origin = state.origin
+        private = Ed25519PrivateKey.from_private_bytes(self._key.raw_private())
+        self._signer = notes.Signer(state.checkpoint_key_name, private)
+
+    def _require_our_key(self, genesis: LedgerGenesis, *, stored: bool) -> None:
+        ours = self._key.public.raw
+        if genesis.checkpoint_public_key == ours:
+            return
+        message = (
+            f"the genesis names checkpoint key {genesis.checkpoint_public_key.hex()}, but this "
+            f"server signs checkpoints with {ours.hex()}"
+        )
+        if stored:
+            raise ConfigError(f"refusing to start: {message}; start it with the ledger's own key")
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                           message + "; the genesis must name the server's checkpoint key",
+                           violation_code=CHECKPOINT_KEY_MISMATCH,
+                           field="payload.checkpoint_public_key")
+
+    def _load_checkpoints(self) -> None:
+        """Keep the stored checkpoints that match the log; refuse one signed over another log."""
+        if self._signer is None:
+            return
+        size = self._core.size
+        for stored in self.store.checkpoints():
+            try:
+                cp = notes.verify_checkpoint(stored.note, self._signer.verifier, self._origin)
+            except VerificationError as exc:
+                log.warning("checkpoint_skip size=%d reason=%r", stored.size, str(exc)[:200])
+                continue
+            if cp.size > size or cp.root != self._core.tree.root(cp.size):
+                # Signing again at this size would publish two inconsistent checkpoints.
+                raise ConfigError(
+                    f"refusing to start: stored checkpoint for size {cp.size} does not match the "
+                    f"log of {size} valid entries (entries lost or rewritten in the store)"
+                )
+            if self._checkpoints and cp.size <= self._checkpoints[-1].size:
+                continue
+            self._remember(PublishedCheckpoint(cp.size, stored.note, cp.root, cp.origin))
+
+    def _remember(self, cp: PublishedCheckpoint) -> None:
+        self._checkpoints.append(cp)
+        self._by_size[cp.size] = cp
+
+    # -- appends -----------------------------------------------------------------------------
+
+    def append(self, signed_event: bytes) -> Receipt:
+        (result,) = self.append_batch([signed_event])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def append_batch(self, signed_events: Sequence[bytes]) -> list[Receipt | StewardError]:
+        """Check each event in order; store the accepted ones in one transaction.
+
+        Returns one result per event: its receipt, or the error that refused it. Raises (and
+        appends nothing) only when the batch cannot be stored at all.
+        """
+        self._wait_ready()
+        with self._lock:
+            if self._fenced:
+                raise FencedError("this server was fenced earlier")
+            if self._needs_rebuild:
+                self._rebuild()
+            core = self._core
+            results: list[Receipt | StewardError] = []
+            staged: list[LogEntry] = []
+            for raw in signed_events:
+                try:
+                    event = decode_signed_event(raw)
+                    existing = core.existing_receipt(event)
+                    if existing is not None:
+                        results.append(existing)
+                        continue
+                    e = core.prepare(event, self._received_at())
+                    if e.seq == 0:
+                        assert isinstance(e.body.payload, LedgerGenesis)
+                        self._require_our_key(e.body.payload, stored=False)
+                except StewardError as exc:
+                    results.append(exc)
+                    continue
+                try:
+                    results.append(core.commit(e))
+                except BaseException:
+                    self._needs_rebuild = True  # a half-applied fold must not survive
+                    raise
+                staged.append(e)
+                self._last_received_at = e.entry.received_at
+            if staged:
+                self._store_batch(staged)
+            return results
+
+    def _received_at(self) -> int:
+        # Never goes back, so hold times and key expiry see a monotonic ledger clock.
+        return max(self._clock(), self._last_received_at)
+
+    def _store_batch(self, staged: list[LogEntry]) -> None:
+        try:
+            positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged])
+        except FencedError:
+            self._fenced = True
+            self._needs_rebuild = True
+            log.error("fenced seq=%d: another writer took over; appends stop", staged[0].seq)
+            if self._on_fenced is not None:
+                self._on_fenced()
+            raise
+        except BaseException as exc:
+            # The core is ahead of the store: rebuild from what the store really holds (an
+            # ambiguous failure may have stored the batch; the rebuild then keeps it).
+            self._needs_rebuild = True
+            log.error("store_append_failed seq=%d count=%d error=%s", staged[0].seq, len(staged),
+                      type(exc).__name__)
+            try:
+                self._rebuild()
+            except Exception as again:
+                log.error("rebuild_failed error=%s; retrying on the next append", type(again).__name__)
+            raise
+        self._positions.extend(positions)
+        if staged[0].seq == 0:
+            self._set_genesis(self._core.state)
+        self._appended.notify_all()
+        last = self._checkpoints[-1].size if self._checkpoints else 0
+        if self._core.size - last >= self._every_entries:
+            self._publish_checkpoint()
+
+    def _wait_ready(self) -> None:
+        if not self.ready.is_set():
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "starting: the ledger is replaying its log")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _publish_checkpoint(self) -> PublishedCheckpoint | None:
+        """Sign and save a checkpoint for the current size if it grew. Caller holds the lock."""
+        size = self._durable_size()
+        latest = self._checkpoints[-1] if self._checkpoints else None
+        if self._signer is None or size == 0:
+            return latest
+        if latest is not None and latest.size >= size:
+            return latest
+        root = self._core.tree.root(size)
+        origin = self._origin
+        note = notes.sign_checkpoint(notes.Checkpoint(origin, size, root), self._signer)
+        self.store.save_checkpoint(size, note)  # saved before anyone can see it
+        cp = PublishedCheckpoint(size, note, root, origin)
+        self._remember(cp)
+        log.info("checkpoint_published size=%d root=%s", size, root.hex())
+        return cp
+
+    def _publish_loop(self) -> None:
+        while not self._stopping.wait(self._every_ms / 1000):
+            try:
+                with self._lock:
+                    if not self._fenced and not self._needs_rebuild:
+                        self._publish_checkpoint()
+            except Exception as exc:
+                log.error("checkpoint_publish_failed error=%s", type(exc).__name__, exc_info=exc)
+
+    def checkpoint(self, size: int | None = None, *, publish_now: bool = False) -> PublishedCheckpoint:
+        self._wait_ready()
+        with self._lock:
+            if publish_now:
+                if self._fenced:
+                    raise FencedError("this server was fenced; it signs no more checkpoints")
+                self._publish_checkpoint()
+            if size is None:
+                if not self._checkpoints:
+                    raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                       "no checkpoint published yet (the ledger is empty)")
+                return self._checkpoints[-1]
+            found = self._by_size.get(size)
+            if found is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                   f"no checkpoint was published for size {size}")
+            return found
+
+    def checkpoints(self) -> list[PublishedCheckpoint]:
+        with self._lock:
+            return list(self._checkpoints)
+
+    def _covering_checkpoint(self, size: int) -> PublishedCheckpoint:
+        """The latest checkpoint, published now if it does not cover `size` entries yet."""
+        latest = self._checkpoints[-1] if self._checkpoints else None
+        if latest is None or latest.size < size:
+            latest = self._publish_checkpoint()
+        if latest is None or latest.size < size:
+            raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"the log has {self._durable_size()} entries, fewer than {size}",
+                               violation_code="OUT_OF_RANGE")
+        return latest
+
+    # -- reads and proofs --------------------------------------------------------------------
+
+    def _durable_size(self) -> int:
+        return len(self._positions)
+
+    def head(self) -> tuple[int, bytes, bytes, PublishedCheckpoint | None]:
+        with self._lock:
+            size = self._durable_size()
+            last = self._core.tree.leaf(size - 1) if size else bytes(32)
+            cp = self._checkpoints[-1] if self._checkpoints else None
+            return size, self._core.tree.root(size), last, cp
+
+    @property
+    def ledger_name(self) -> str:
+        return self._core.state.ledger
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def vkey(self) -> tuple[str, str, bytes]:
+        self._wait_ready()
+        if self._signer is None:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "no genesis yet: the key name comes from the genesis")
+        return self._signer.vkey, self._signer.name, self._signer.public_key
+
+    def get(self, seq: int) -> tuple[bytes, bytes]:
+        for _, entry_bytes, leaf in self.read(seq, 1):
+            return entry_bytes, leaf
+        raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                           f"no entry at seq {seq}; the log has {self._durable_size()}",
+                           violation_code="OUT_OF_RANGE", field="seq")
+
+    def read(self, start: int, limit: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
+        """Durable entries from `start` (seq, entry bytes, leaf hash), at most `limit`."""
+        self._wait_ready()
+        with self._lock:
+            positions, tree = self._positions, self._core.tree
+            end = len(positions)
+        if limit is not None:
+            end = min(end, start + limit)
+        seq = start
+        if seq >= end:
+            return
+        span = positions[end - 1] - positions[seq] + 1  # read no further than needed
+        for record in self.store.read(positions[seq], span):
+            if record.position != positions[seq]:
+                continue  # a record that failed verification at replay
+            leaf = leaf_hash(record.value)
+            if leaf != tree.leaf(seq):
+                raise ServiceError(grpc.StatusCode.DATA_LOSS,
+                                   f"the stored record for seq {seq} changed after it was verified")
+            yield seq, record.value, leaf
+            seq += 1
+            if seq >= end:
+                return
+        raise ServiceError(grpc.StatusCode.DATA_LOSS, f"the store no longer holds seq {seq}")
+
+    def wait_for_size(self, size: int, timeout: float) -> int:
+        """Block until the log holds more than `size` entries or `timeout` passes."""
+        with self._appended:
+            if self._durable_size() <= size:
+                self._appended.wait(timeout)
+            return self._durable_size()
+
+    def inclusion_proof(self, seq: int, tree_size: int | None) -> tuple[int, list[bytes], bytes, bytes, str]:
+        self._wait_ready()
+        with self._lock:
+            if tree_size is None:
+                cp = self._covering_checkpoint(seq + 1)
+                tree_size = cp.size
+            self._check_size(tree_size)
+            if seq >= tree_size:
+                raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                                   f"seq {seq} is not in a tree of size {tree_size}",
+                                   violation_code="OUT_OF_RANGE", field="seq")
+            tree = self._core.tree
+            proof = tree.inclusion_proof(seq, tree_size)
+            note = self._by_size[tree_size].note if tree_size in self._by_size else ""
+            return tree_size, proof, tree.leaf(seq), tree.root(tree_size), note
+
+    def consistency_proof(self, size1: int, size2: int | None) -> tuple[int, list[bytes], bytes, bytes]:
+        self._wait_ready()
+        with self._lock:
+            if size2 is None:
+                size2 = self._covering_checkpoint(max(size1, 1)).size
+            self._check_size(size2)
+            if size1 > size2:
+                raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                                   f"size1 {size1} is larger than size2 {size2}",
+                                   violation_code="OUT_OF_RANGE", field="size1")
+            tree = self._core.tree
+            return size2, tree.consistency_proof(size1, size2), tree.root(size1), tree.root(size2)
+
+    def _check_size(self, size: int) -> None:
+        if size > self._durable_size():
+            raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"tree size {size} is beyond the log's {self._durable_size()} entries",
+                               violation_code="OUT_OF_RANGE", field="tree_size")
+
+    def note_for(self, size: int) -> str:
+        cp = self._by_size.get(size)
+        return cp.note if cp else ""
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._appended:
+            self._appended.notify_all()
+        if self._publisher is not None:
+            self._publisher.join(timeout=5)
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC
+
+
+def _receipt_pb(r: Receipt) -> ledger_pb2.Receipt:
+    return ledger_pb2.Receipt(seq=r.seq, leaf_hash=r.leaf_hash, received_at=r.received_at,
+                              duplicate=r.duplicate)
+
+
+def _checkpoint_pb(cp: PublishedCheckpoint) -> ledger_pb2.Checkpoint:
+    return ledger_pb2.Checkpoint(size=cp.size, note=cp.note, root=cp.root, origin=cp.origin)
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, ledger: LedgerServer, *, max_batch_events: int = MAX_BATCH_EVENTS) -> None:
+        self.ledger = ledger
+        self.max_batch_events = max_batch_events
+
+    @guarded(log)
+    def Append(self, request: ledger_pb2.AppendRequest, context: grpc.ServicerContext) -> ledger_pb2.Receipt:
+        return _receipt_pb(self.ledger.append(request.signed_event))
+
+    @guarded(log)
+    def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
+                     context: grpc.ServicerContext) -> Iterator[ledger_pb2.AppendBatchResult]:
+        # Per-event refusals travel in the results; only whole-batch failures end the stream.
+        for batch in request_iterator:
+            if len(batch.signed_events) > self.max_batch_events:
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
+                    f"at most {self.max_batch_events} are accepted",
+                    violation_code="BATCH_TOO_LARGE", field="signed_events")
+            outcomes = self.ledger.append_batch(list(batch.signed_events))
+            results = []
+            for i, outcome in enumerate(outcomes):
+                if isinstance(outcome, Receipt):
+                    results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(outcome)))
+                else:
+                    results.append(ledger_pb2.AppendResult(
+                        index=i, error=status_for(outcome, log).detail()))
+            yield ledger_pb2.AppendBatchResult(batch_id=batch.batch_id, results=results)
+
+    @guarded(log)
+    def Get(self, request: ledger_pb2.GetRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
+        entry_bytes, leaf = self.ledger.get(request.seq)
+        return ledger_pb2.EntryMessage(seq=request.seq, entry_bytes=entry_bytes, leaf_hash=leaf)
+
+    @guarded(log)
+    def GetGenesis(self, request: ledger_pb2.GetGenesisRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
+        entry_bytes, leaf = self.ledger.get(0)
+        return ledger_pb2.EntryMessage(seq=0, entry_bytes=entry_bytes, leaf_hash=leaf)
+
+    @guarded(log)
+    def Read(self, request: ledger_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[ledger_pb2.EntryMessage]:
+        seq = request.start_seq
+        remaining = request.limit or None
+        while context.is_active() and not self.ledger.stopping:
+            for s, entry_bytes, leaf in self.ledger.read(seq, remaining):
+                yield ledger_pb2.EntryMessage(seq=s, entry_bytes=entry_bytes, leaf_hash=leaf)
+                seq = s + 1
+                if remaining is not None:
+                    remaining -= 1
+            if not request.follow or remaining == 0:
+                return
+            # Wake at once on appends; the timeout lets a cancelled stream end promptly.
+            self.ledger.wait_for_size(seq, timeout=0.5)
+        if self.ledger.stopping:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the ledger server is stopping; reconnect")
+
+    @guarded(log)
+    def GetHead(self, request: ledger_pb2.GetHeadRequest, context: grpc.ServicerContext) -> ledger_pb2.Head:
+        size, root, last, cp = self.ledger.head()
+        return ledger_pb2.Head(size=size, root=root, last_leaf_hash=last, ledger=self.ledger.ledger_name,
+                               origin=self.ledger.origin, checkpoint_size=cp.size if cp else 0)
+
+    @guarded(log)
+    def GetCheckpoint(self, request: ledger_pb2.GetCheckpointRequest, context: grpc.ServicerContext) -> ledger_pb2.Checkpoint:
+        size = request.size if request.HasField("size") else None
+        return _checkpoint_pb(self.ledger.checkpoint(size, publish_now=request.publish_now))
+
+    @guarded(log)
+    def ListCheckpoints(self, request: ledger_pb2.ListCheckpointsRequest, context: grpc.ServicerContext) -> Iterator[ledger_pb2.Checkpoint]:
+        for cp in self.ledger.checkpoints():
+            yield _checkpoint_pb(cp)
+
+    @guarded(log)
+    def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.ServicerContext) -> ledger_pb2.InclusionProof:
+        tree_size = request.tree_size if request.HasField("tree_size") else None
+        size, proof, leaf, root, note = self.ledger.inclusion_proof(request.seq, tree_size)
+        return ledger_pb2.InclusionProof(index=request.seq, tree_size=size, proof=proof,
+                                         checkpoint=note, leaf_hash=leaf, root=root)
+
+    @guarded(log)
+    def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext) -> ledger_pb2.ConsistencyProof:
+        size2 = request.size2 if request.HasField("size2") else None
+        size2, proof, root1, root2 = self.ledger.consistency_proof(request.size1, size2)
+        return ledger_pb2.ConsistencyProof(
+            size1=request.size1, size2=size2, proof=proof, root1=root1, root2=root2,
+            checkpoint1=self.ledger.note_for(request.size1), checkpoint2=self.ledger.note_for(size2))
+
+    @guarded(log)
+    def GetVkey(self, request: ledger_pb2.GetVkeyRequest, context: grpc.ServicerContext) -> ledger_pb2.Vkey:
+        vkey, name, public = self.ledger.vkey()
+        return ledger_pb2.Vkey(vkey=vkey, key_name=name, public_key=public, origin=self.ledger.origin)
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound address, the ledger and the gRPC server."""
+
+    address: str
+    port: int
+    ledger: LedgerServer
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    _owns_store: bool = True
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.ledger.stop()
+        self.grpc_server.stop(grace).wait()
+        if self._owns_store:
+            self.ledger.store.close()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return Path(path).read_bytes() if path is not None else None
+
+
+def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None and config.tls_key is None:
+        if config.client_ca is not None or config.require_client_cert:
+            raise ConfigError("mutual TLS needs TLS: give tls_cert and tls_key too")
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise ConfigError("TLS needs both tls_cert and tls_key")
+    if config.require_client_cert and config.client_ca is None:
+        raise ConfigError("require_client_cert needs client_ca, the CA that signs client certificates")
+    pair = (_read(config.tls_key), _read(config.tls_cert))
+    return grpc.ssl_server_credentials([pair], root_certificates=_read(config.client_ca),  # type: ignore[list-item]
+                                       require_client_auth=config.require_client_cert)
+
+
+def serve(config: LedgerServerConfig) -> RunningServer:
+    """Bind, replay the store, then report SERVING. Returns once the server accepts appends."""
+    key = _load_checkpoint_key(config)
+    owns_store = not isinstance(config.store, LogStore)
+    store = config.store if isinstance(config.store, LogStore) else SQLiteLogStore(config.store)
+    health_servicer = health.HealthServicer()
+
+    def set_health(status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    def on_fenced() -> None:
+        set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    ledger = LedgerServer(store, key, checkpoint_every_entries=config.checkpoint_every_entries,
+                          checkpoint_every_ms=config.checkpoint_every_ms, on_fenced=on_fenced)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                    thread_name_prefix="ledger-rpc"),
+                         options=options)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
+        LedgerServicer(ledger, max_batch_events=config.max_batch_events), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the replay has finished
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    creds = _credentials(config)
+    port = (server.add_secure_port(config.listen, creds) if creds is not None
+            else server.add_insecure_port(config.listen))
+    if port == 0:
+        raise ConfigError(f"cannot listen on {config.listen}")
+    host = config.listen.rsplit(":", 1)[0]
+    server.start()
+    try:
+        report = ledger.start()
+    except BaseException:
+        server.stop(None)
+        if owns_store:
+            store.close()
+        raise
+    set_health(health_pb2.HealthCheckResponse.SERVING)
+    address = f"{host}:{port}"
+    log.info("listening address=%s tls=%s mtls=%s entries=%d skipped=%d", address, creds is not None,
+             config.require_client_cert, report.entries, report.skipped)
+    return RunningServer(address, port, ledger, server, health_servicer, owns_store)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m ledger.server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ledger.server",
+                                description="Run a Steward ledger server on a SQLite log.")
+    p.add_argument("--db", required=True, help="SQLite file of the log (created if missing)")
+    p.add_argument("--checkpoint-key", required=True, help="the ledger's checkpoint private key (PEM)")
+    p.add_argument("--passphrase-env", metavar="VAR",
+                   help="environment variable that holds the checkpoint key's passphrase")
+    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
+    p.add_argument("--port-file", help="write the bound port here once serving")
+    p.add_argument("--checkpoint-every-entries", type=int, default=256)
+    p.add_argument("--checkpoint-every-ms", type=int, default=1000)
+    p.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--client-ca", help="CA for client certificates (mutual TLS)")
+    p.add_argument("--require-client-cert", action="store_true", help="refuse clients without a certificate")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = LedgerServerConfig(
+        store=args.db, checkpoint_key=args.checkpoint_key,
+        checkpoint_key_passphrase_env=args.passphrase_env, listen=args.listen,
+        checkpoint_every_entries=args.checkpoint_every_entries,
+        checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, client_ca=args.client_ca,
+        require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes)
+    try:
+        running = serve(config)
+    except StewardError as exc:
+        print(f"ledger server: {exc}", file=sys.stderr)
+        return 2
+    print(f"listening on {running.address}", flush=True)
+    if args.port_file:
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(f"{running.port}\n")
+        tmp.replace(args.port_file)  # readers never see a half-written file
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("stopping signal=%d", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    running.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
