@@ -1,0 +1,132 @@
+"""One read model of each rollout, for the ModelRollout mirror, ControllerService and kubectl.
+
+Pure: derived from the folded log, the cluster observation and the planner's last actions
+(whose ``Wait`` messages say why a rollout is where it is). Fields line up with the
+``steward.v1.Rollout`` message so a gRPC layer is a field-by-field copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from controller.planner import (
+    Action,
+    ObservedTarget,
+    RecordStep,
+    StopCanary,
+    Wait,
+    canary_replicas,
+)
+from controller.state import ControllerState
+from ledger.formats import Target
+from ledger.rules import ProposalState
+
+# ModelRollout .status.phase values (the CRD documents these).
+DISPLAY_PHASES = {
+    "PENDING": "Pending",
+    "STARTED": "Progressing",
+    "ADVANCED": "Progressing",
+    "PAUSED": "Paused",
+    "PROMOTED": "Promoted",
+    "ROLLED_BACK": "RolledBack",
+}
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    proposal: bytes
+    namespace: str
+    deployment: str
+    phase: str  # the ledger phase: PENDING, STARTED, ADVANCED, PAUSED, PROMOTED, ROLLED_BACK
+    display_phase: str  # Pending, Progressing, Paused, Promoted, RolledBack, Killed
+    step: int
+    weight: int
+    approvals: tuple[str, ...]  # principals whose approvals are valid now
+    approvals_required: int
+    last_seq: int
+    candidate_image: str
+    stable_image: str
+    desired_stable_replicas: int
+    desired_canary_replicas: int
+    stable_replicas: int  # observed spec.replicas (0 when not observed)
+    canary_replicas: int
+    canary_ready: int
+    kill_switch: str  # "" or which kill switch covers the proposal
+    message: str
+
+    @property
+    def proposal_hex(self) -> str:
+        return self.proposal.hex()
+
+    @property
+    def object_name(self) -> str:
+        """The ModelRollout mirroring this rollout: ``<deployment>-<proposal hash[:10]>``."""
+        return f"{self.deployment}-{self.proposal.hex()[:10]}"
+
+
+def rollout_views(
+    state: ControllerState,
+    observed: Mapping[Target, ObservedTarget],
+    actions: Iterable[Action] = (),
+) -> list[RolloutView]:
+    """A view per proposal on the ledger, oldest first."""
+    notes: dict[bytes, str] = {}
+    for a in actions:
+        if isinstance(a, Wait):
+            notes.setdefault(a.proposal, a.message)
+        elif isinstance(a, RecordStep):
+            notes.setdefault(a.proposal, f"recording {a.phase.lower()}: {a.reason}")
+    stopping = {(a.namespace, a.name): a.reason for a in actions if isinstance(a, StopCanary)}
+    views = []
+    for p in sorted(state.ledger.proposals.values(), key=lambda p: p.seq):
+        t = p.proposal.target
+        obs = observed.get(t)
+        message = notes.get(p.entry_hash) or stopping.get((t.namespace, t.deployment)) or ""
+        views.append(_view(state, p, obs, message))
+    return views
+
+
+def _view(state: ControllerState, p: ProposalState, obs: ObservedTarget | None, message: str) -> RolloutView:
+    ls = state.ledger
+    policy = ls.policy_of(p)
+    record = state.rollouts.get(p.entry_hash)
+    cur = p.current
+    phase = p.phase
+    scope = ls.kill_switch_for(p)
+    display = DISPLAY_PHASES.get(phase, phase.title())
+    if phase == "ROLLED_BACK" and record is not None and "kill switch" in record.last_reason:
+        display = "Killed"
+    if phase == "ROLLED_BACK" and record is not None and "emergency stop" in record.last_reason:
+        display = "Killed"
+    total = record.total_replicas if record else (obs.stable.replicas if obs and obs.stable else 0)
+    weight = cur.weight if cur and phase != "ROLLED_BACK" else 0
+    if phase == "PROMOTED":
+        weight = 100
+    want_c = canary_replicas(total, weight) if phase in ("STARTED", "ADVANCED", "PAUSED") else 0
+    want_s = total - want_c
+    stable = obs.stable if obs else None
+    canary = obs.canary if obs and obs.canary and obs.canary.proposal == p.entry_hash.hex() else None
+    if not message and record is not None and phase in ("PROMOTED", "ROLLED_BACK"):
+        message = record.last_reason
+    return RolloutView(
+        proposal=p.entry_hash,
+        namespace=p.proposal.target.namespace,
+        deployment=p.proposal.target.deployment,
+        phase=phase,
+        display_phase=display,
+        step=cur.step if cur else 0,
+        weight=weight,
+        approvals=tuple(ls.valid_approvers(p)),
+        approvals_required=policy.approvals_required,
+        last_seq=state.last_seq.get(p.entry_hash, p.seq),
+        candidate_image=p.proposal.candidate.image,
+        stable_image=record.stable_image if record else (stable.image if stable else ""),
+        desired_stable_replicas=want_s,
+        desired_canary_replicas=want_c,
+        stable_replicas=stable.replicas if stable else 0,
+        canary_replicas=canary.replicas if canary else 0,
+        canary_ready=canary.ready_replicas if canary else 0,
+        kill_switch=f"{scope.kind} since seq {ls.kill_switches[scope]}" if scope else "",
+        message=message,
+    )
