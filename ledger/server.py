@@ -656,6 +656,7 @@ def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
 
 def serve(config: LedgerServerConfig) -> RunningServer:
     """Bind, replay the store, then report SERVING. Returns once the server accepts appends."""
+    creds = _credentials(config)  # configuration errors first, before anything is opened
     key = _load_checkpoint_key(config)
     owns_store = not isinstance(config.store, LogStore)
     store = config.store if isinstance(config.store, LogStore) else SQLiteLogStore(config.store)
@@ -685,7 +686,6 @@ def serve(config: LedgerServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    creds = _credentials(config)
     port = (server.add_secure_port(config.listen, creds) if creds is not None
             else server.add_insecure_port(config.listen))
     if port == 0:
