@@ -1,0 +1,110 @@
+"""What the auditor reports: findings, each with a code of its own and the step that found it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# code -> (verification step, what it means). docs/AUDIT.md carries the same table.
+CODES: dict[str, tuple[int, str]] = {
+    # 0 trust input
+    "TRUST_ROOT_MISMATCH": (0, "genesis does not list exactly the pinned root keys, or is not signed by enough of them"),
+    "VKEY_MISMATCH": (0, "the genesis checkpoint key differs from the pinned vkey"),
+    "ORIGIN_MISMATCH": (0, "the genesis origin differs from the pinned origin"),
+    "EMPTY_LOG": (0, "the log holds no entry"),
+    # 1 decoding and fingerprints
+    "DECODE_ERROR": (1, "bytes that are not a valid Entry/EventBody encoding"),
+    "UNKNOWN_FINGERPRINT": (1, "a single-object encoding whose schema fingerprint the auditor does not know"),
+    # 2 author signatures
+    "NO_SIGNATURES": (2, "an entry without any signature"),
+    "BAD_SIGNATURE": (2, "a signature that does not verify over the entry's signed bytes"),
+    "SIGNATURE_SWAPPED": (2, "a signature that does not verify here but was taken from another entry of the log"),
+    # 3 key validity at each seq
+    "UNKNOWN_KEY": (3, "a signature by a key not granted before this seq"),
+    "KEY_REVOKED": (3, "a signature by a key revoked at an earlier seq"),
+    "KEY_EXPIRED": (3, "a signature by a key whose expiry is not after the entry's received_at"),
+    "ROLE_MISSING": (3, "the author holds no key with the role the event type needs"),
+    # 4 thresholds by distinct principal
+    "THRESHOLD_NOT_MET": (4, "fewer distinct principals signed than the threshold needs"),
+    "DOUBLE_COUNTED": (4, "a threshold is met only by counting several keys of one principal"),
+    "MULTIPLE_AUTHORS": (4, "a single-author event signed by several principals"),
+    # 5 hash chain
+    "PREV_MISMATCH": (5, "prev is not the leaf hash of the previous entry"),
+    "ENTRY_MISSING": (5, "a seq is missing from the log (deleted entry)"),
+    "ENTRY_REORDERED": (5, "entries arrive out of seq order"),
+    "ENTRY_INSERTED": (5, "a second, different record claims a seq already in the log"),
+    "ENTRY_DUPLICATED": (5, "an identical record appears twice"),
+    "LOG_TRUNCATED": (5, "the log ends before the size a checkpoint (or the saved checkpoint) commits to"),
+    # 6 Merkle roots
+    "CHECKPOINT_ROOT_MISMATCH": (6, "a checkpoint's root differs from the Merkle root of the log at its size"),
+    # 7 checkpoint notes
+    "CHECKPOINT_MALFORMED": (7, "a checkpoint that is not a C2SP checkpoint note"),
+    "CHECKPOINT_BAD_SIGNATURE": (7, "a checkpoint not signed by the ledger's checkpoint key"),
+    "CHECKPOINT_ORIGIN_MISMATCH": (7, "a checkpoint for another origin"),
+    # 8 consistency
+    "CHECKPOINT_FORK": (8, "checkpoints (or the saved checkpoint) that no single append-only log can explain"),
+    # 9 governance rules
+    "GENESIS_MISPLACED": (9, "LedgerGenesis not at seq 0, or seq 0 not a LedgerGenesis"),
+    "GENESIS_INVALID": (9, "a genesis with invalid fields"),
+    "LEDGER_MISMATCH": (9, "an entry naming another ledger"),
+    "EVENT_REPLAYED": (9, "an event id already used by an earlier entry (replayed event)"),
+    "REF_UNKNOWN": (9, "a ref to no earlier valid entry"),
+    "REF_MISSING": (9, "the payload names an entry its refs do not list"),
+    "FIELD_INVALID": (9, "a field outside its allowed values"),
+    "KEY_DUPLICATE": (9, "a key granted twice"),
+    "KEY_UNKNOWN": (9, "revoking a key that is not live"),
+    "POLICY_INVALID": (9, "a policy with invalid fields"),
+    "NO_POLICY": (9, "a proposal for a target no policy selects"),
+    "PROPOSAL_UNKNOWN": (9, "an event naming something that is not a proposal"),
+    "PROPOSAL_CLOSED": (9, "an eval or approval for an already promoted proposal"),
+    "SELF_EVALUATION": (9, "the proposer evaluated its own proposal"),
+    "SELF_APPROVAL": (9, "the proposer approved or rejected its own proposal"),
+    "APPROVER_KIND_NOT_ALLOWED": (9, "an approval by a principal kind the policy does not accept"),
+    "EVAL_NOT_FOR_PROPOSAL": (9, "an approval naming an eval of another proposal"),
+    "EVALS_MISSING": (9, "an approval before every required suite was evaluated"),
+    "APPROVAL_NOT_BOUND": (9, "an approval not bound to the latest eval of every required suite"),
+    "EVAL_FAILED_APPROVED": (9, "an approval over a failing eval"),
+    "STEP_NOT_IN_PLAN": (9, "a health report for a step outside the plan"),
+    "KILL_SWITCH_ALREADY_ENGAGED": (9, "engaging a kill switch that is engaged"),
+    "KILL_SWITCH_NOT_ENGAGED": (9, "releasing a kill switch that is not engaged"),
+    # 10 rollout conformance
+    "ROLLOUT_WITHOUT_APPROVAL": (10, "canary weight or promotion without enough valid approvals"),
+    "ROLLOUT_VETOED": (10, "a rollout moving forward over a veto"),
+    "ROLLOUT_UNDER_KILL_SWITCH": (10, "a rollout moving forward while a kill switch covers it"),
+    "ROLLOUT_STATE": (10, "a rollout phase that cannot follow the current one"),
+    "TARGET_BUSY": (10, "two rollouts active on one target"),
+    "STEP_OUT_OF_ORDER": (10, "a rollout step that is not the plan's next (or current) step"),
+    "WEIGHT_BEYOND_PLAN": (10, "a canary weight above the plan's weight for the current step"),
+    "WEIGHT_OFF_PLAN": (10, "a canary weight below or otherwise off the plan's weight"),
+    "PROMOTED_EARLY": (10, "a promotion before every step of the plan ran"),
+    "HOLD_NOT_ELAPSED": (10, "a step left before its hold time"),
+    "HEALTH_GATE_SKIPPED": (10, "a gated step left without a healthy report since it started"),
+    "KILL_NOT_ROLLED_BACK": (10, "a kill switch not followed by a rollback of every active rollout in scope within the bound"),
+    # 11 drift
+    "DRIFT": (11, "the live cluster differs from what the log implies"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    seq: int | None
+    message: str
+    observed: str = ""
+    expected: str = ""
+
+    @property
+    def step(self) -> int:
+        return CODES[self.code][0]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["step"] = self.step
+        return out
+
+    def __str__(self) -> str:
+        where = f"seq {self.seq}" if self.seq is not None else "log"
+        text = f"[{self.code}] {where}: {self.message}"
+        if self.observed or self.expected:
+            text += f" (observed: {self.observed or '-'}; expected: {self.expected or '-'})"
+        return text

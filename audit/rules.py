@@ -1,0 +1,575 @@
+"""The governance rules of DESIGN §4, implemented again for the auditor.
+
+Steps 3 (key validity at each seq), 4 (thresholds by distinct principal) and 9 (the rules of
+each event type) live here; step 10 (rollout conformance) is in :mod:`audit.conformance`. The
+state only ever folds entries that had no finding, as the controller ignores such entries.
+
+Semantics, as DESIGN states them: a key counts from the entry after its grant, stops counting
+after the entry that revokes it (earlier signatures stay valid) and at its expiry (compared with
+the entry's received_at). Thresholds count distinct principals: several keys of one principal,
+or one key twice, count once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from audit.findings import Finding
+from audit.formats import (
+    ApprovalRecorded,
+    Entry,
+    EvalRecorded,
+    EventBody,
+    HealthReported,
+    KeyGranted,
+    KeyRevoked,
+    KillScope,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    LedgerGenesis,
+    PolicySet,
+    ProposalSubmitted,
+    RolloutStep,
+    key_id,
+    payload_hashes,
+)
+
+ROLES = frozenset({"root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"})
+KINDS = ("human", "agent", "service")
+OPS = frozenset({"GE", "GT", "LE", "LT", "EQ"})
+ACTIVE = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+MAX_REFS = 64
+_PRINCIPAL = re.compile(r"^(human|agent|service):[^\s:]\S*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+
+
+def kind_of(principal: str) -> str:
+    return principal.split(":", 1)[0]
+
+
+def well_formed_principal(principal: str) -> bool:
+    return len(principal) <= 256 and _PRINCIPAL.match(principal) is not None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: bytes
+    principal: str
+    public_key: bytes
+    roles: frozenset[str]
+    granted_seq: int
+    expires_at: int | None = None
+    revoked_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    hash: bytes
+    seq: int
+    suite: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    hash: bytes
+    seq: int
+    principal: str
+    key_id: bytes
+    decision: str
+    evals: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    seq: int
+    at: int  # received_at
+    step: int
+    weight: int
+    phase: str
+
+
+@dataclass
+class ProposalRecord:
+    hash: bytes
+    seq: int
+    at: int
+    proposer: str
+    proposal: ProposalSubmitted
+    policy_id: str
+    latest_evals: dict[str, EvalRecord] = field(default_factory=dict)
+    by_principal: dict[str, Decision] = field(default_factory=dict)
+    by_key: dict[bytes, Decision] = field(default_factory=dict)
+    health: dict[int, tuple[int, bool]] = field(default_factory=dict)  # step -> (seq, healthy)
+    steps: list[StepRecord] = field(default_factory=list)
+    floor: int = -1  # decisions at or before this seq (the last rollback) no longer count
+
+    def current(self) -> StepRecord | None:
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s
+        return None
+
+    @property
+    def phase(self) -> str:
+        cur = self.current()
+        return cur.phase if cur else "PENDING"
+
+    def entered(self) -> StepRecord | None:
+        for s in reversed(self.steps):
+            if s.phase in ("STARTED", "ADVANCED"):
+                return s
+        return None
+
+
+@dataclass
+class State:
+    ledger: str = ""
+    origin: str = ""
+    root_threshold: int = 0
+    checkpoint_key_name: str = ""
+    checkpoint_public_key: bytes = b""
+    keys: dict[bytes, KeyRecord] = field(default_factory=dict)
+    event_ids: dict[bytes, int] = field(default_factory=dict)
+    entries: dict[bytes, int] = field(default_factory=dict)  # valid entry hash -> seq
+    policies: dict[str, tuple[int, PolicySet]] = field(default_factory=dict)
+    proposals: dict[bytes, ProposalRecord] = field(default_factory=dict)
+    evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
+    kills: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+
+    def policy_for(self, namespace: str, deployment: str) -> PolicySet | None:
+        """Most specific selector wins, then the newest."""
+        best: tuple[int, int, PolicySet] | None = None
+        for seq, policy in self.policies.values():
+            sel = policy.selector
+            if sel.namespace in ("*", namespace) and sel.deployment in ("*", deployment):
+                rank = (int(sel.namespace != "*") + int(sel.deployment != "*"), seq)
+                if best is None or rank > best[:2]:
+                    best = (*rank, policy)
+        return best[2] if best else None
+
+    def policy(self, p: ProposalRecord) -> PolicySet:
+        return self.policies[p.policy_id][1]
+
+    def covering_kill(self, p: ProposalRecord) -> KillScope | None:
+        t = p.proposal.target
+        for scope in self.kills:
+            if (
+                scope.kind == "GLOBAL"
+                or (scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (t.namespace, t.deployment))
+                or (scope.kind == "PROPOSAL" and scope.proposal == p.hash)
+            ):
+                return scope
+        return None
+
+    def approvals(self, p: ProposalRecord) -> tuple[set[str], set[bytes]]:
+        """(distinct principals, distinct keys) whose standing decision is a valid approval."""
+        policy = self.policy(p)
+        required = {r.suite for r in policy.required_evals}
+        if not required <= p.latest_evals.keys() or not all(p.latest_evals[s].passed for s in required):
+            return set(), set()
+        bound = frozenset(p.latest_evals[s].hash for s in required)
+
+        def valid(d: Decision) -> bool:
+            return (
+                d.decision == "APPROVE"
+                and d.seq > p.floor
+                and d.evals == bound
+                and d.principal != p.proposer
+                and kind_of(d.principal) in policy.approver_kinds
+            )
+
+        principals = {d.principal for d in p.by_principal.values() if valid(d)}
+        keys = {d.key_id for d in p.by_key.values() if valid(d)}
+        return principals, keys
+
+    def vetoes(self, p: ProposalRecord) -> set[str]:
+        policy = self.policy(p)
+        if not policy.veto_on_reject:
+            return set()
+        return {
+            d.principal
+            for d in p.by_principal.values()
+            if d.decision == "REJECT" and d.seq > p.floor and kind_of(d.principal) in policy.approver_kinds
+        }
+
+    def active_on(self, namespace: str, deployment: str) -> ProposalRecord | None:
+        for p in self.proposals.values():
+            t = p.proposal.target
+            if (t.namespace, t.deployment) == (namespace, deployment) and p.phase in ACTIVE:
+                return p
+        return None
+
+    def release_threshold(self, scope: KillScope) -> int:
+        if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
+            return self.policy(self.proposals[scope.proposal]).kill_release_approvals
+        if scope.kind == "TARGET":
+            pol = self.policy_for(scope.namespace, scope.deployment)
+            if pol is not None:
+                return pol.kill_release_approvals
+        if scope.kind == "GLOBAL" and self.policies:
+            return max(p.kill_release_approvals for _, p in self.policies.values())
+        return max(self.root_threshold, 1)
+
+
+@dataclass(frozen=True)
+class Signers:
+    """The keys whose signatures on an entry verified and were valid at its seq."""
+
+    keys: tuple[KeyRecord, ...]
+
+    @property
+    def principals(self) -> set[str]:
+        return {k.principal for k in self.keys}
+
+    def with_role(self, role: str) -> tuple[set[str], set[bytes]]:
+        ks = [k for k in self.keys if role in k.roles]
+        return {k.principal for k in ks}, {k.key_id for k in ks}
+
+
+# --------------------------------------------------------------------------------------------
+# Steps 2-4: signatures, key validity, thresholds
+
+
+def resolve_signers(
+    state: State, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], out: list[Finding],
+    keys: dict[bytes, KeyRecord] | None = None,
+) -> Signers:
+    """Steps 2 and 3: which signatures count. `sig_ok[i]` says whether signature i verified
+    against the key its key_id names anywhere in the log (None: no such key anywhere)."""
+    keys = state.keys if keys is None else keys
+    if not entry.signatures:
+        out.append(Finding("NO_SIGNATURES", seq, "the entry carries no signature", "0 signatures", "at least 1"))
+    valid: dict[bytes, KeyRecord] = {}
+    for i, (sig, ok) in enumerate(zip(entry.signatures, sig_ok, strict=True)):
+        rec = keys.get(sig.key_id)
+        if rec is None:
+            out.append(Finding(
+                "UNKNOWN_KEY", seq, f"signatures[{i}] is by key {sig.key_id.hex()[:16]}, not granted before this seq",
+                sig.key_id.hex(), "a key granted at an earlier seq",
+            ))
+            continue
+        if not ok:
+            out.append(Finding(
+                "BAD_SIGNATURE", seq, f"signatures[{i}] by {rec.principal} does not verify over the signed bytes",
+                sig.sig.hex()[:32] + "…", f"an Ed25519 signature by {sig.key_id.hex()[:16]}",
+            ))
+            continue
+        if rec.revoked_seq is not None and rec.revoked_seq < seq:
+            out.append(Finding(
+                "KEY_REVOKED", seq, f"signatures[{i}] by {rec.principal} uses a key revoked at seq {rec.revoked_seq}",
+                f"signed at seq {seq}", f"before seq {rec.revoked_seq}",
+            ))
+            continue
+        if rec.expires_at is not None and entry.received_at >= rec.expires_at:
+            out.append(Finding(
+                "KEY_EXPIRED", seq, f"signatures[{i}] by {rec.principal} uses an expired key",
+                f"received_at {entry.received_at}", f"before {rec.expires_at}",
+            ))
+            continue
+        valid[sig.key_id] = rec
+    return Signers(tuple(valid.values()))
+
+
+def _threshold(
+    signers: Signers, role: str, needed: int, what: str, seq: int, out: list[Finding]
+) -> bool:
+    principals, keys = signers.with_role(role)
+    if len(principals) >= needed:
+        return True
+    code = "DOUBLE_COUNTED" if len(keys) >= needed else "THRESHOLD_NOT_MET"
+    out.append(Finding(
+        code, seq, f"{what} needs {needed} distinct {role} principals",
+        f"{len(principals)} principal(s) {sorted(principals)} with {len(keys)} key(s)", f">= {needed} principals",
+    ))
+    return False
+
+
+def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int, out: list[Finding]) -> str | None:
+    principals = signers.principals
+    if len(principals) != 1:
+        if principals:  # zero is already a signature finding
+            out.append(Finding(
+                "MULTIPLE_AUTHORS", seq, f"{what} must have exactly one author",
+                ", ".join(sorted(principals)), "one principal",
+            ))
+        return None
+    (author,) = principals
+    if not any(r in k.roles for k in signers.keys for r in roles):
+        out.append(Finding(
+            "ROLE_MISSING", seq, f"{author} signed {what} without a key holding role {'/'.join(roles)}",
+            ", ".join(sorted({r for k in signers.keys for r in k.roles})), " or ".join(roles),
+        ))
+        return None
+    return author
+
+
+# --------------------------------------------------------------------------------------------
+# Step 9: the rules of each event type
+
+
+def check_structure(state: State, seq: int, body: EventBody, out: list[Finding]) -> None:
+    payload = body.payload
+    if isinstance(payload, LedgerGenesis) != (seq == 0):
+        out.append(Finding("GENESIS_MISPLACED", seq, f"{body.type} at seq {seq}", body.type,
+                           "LedgerGenesis exactly at seq 0"))
+    if seq > 0 and body.ledger != state.ledger:
+        out.append(Finding("LEDGER_MISMATCH", seq, "the body names another ledger", body.ledger, state.ledger))
+    if body.event_id in state.event_ids:
+        out.append(Finding(
+            "EVENT_REPLAYED", seq, f"event id {body.event_id.hex()} was already used",
+            f"at seq {seq}", f"only at seq {state.event_ids[body.event_id]}",
+        ))
+    if len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs):
+        out.append(Finding("FIELD_INVALID", seq, "refs must be distinct and few", str(len(body.refs)), f"<= {MAX_REFS} distinct"))
+    for i, ref in enumerate(body.refs):
+        if ref not in state.entries:
+            out.append(Finding("REF_UNKNOWN", seq, f"refs[{i}] names no earlier valid entry", ref.hex(), "an earlier entry hash"))
+    for h in payload_hashes(payload):
+        if h not in body.refs:
+            out.append(Finding("REF_MISSING", seq, "the payload names an entry the refs omit", h.hex(), "listed in refs"))
+
+
+def genesis_keys(g: LedgerGenesis) -> dict[bytes, KeyRecord]:
+    return {key_id(r.public_key): KeyRecord(key_id(r.public_key), r.principal, r.public_key, frozenset({"root"}), 0)
+            for r in g.roots}
+
+
+def check_genesis(body: EventBody, g: LedgerGenesis, signers: Signers, out: list[Finding]) -> None:
+    problems = []
+    if not body.ledger or not _NAME.match(body.ledger):
+        problems.append(f"ledger name {body.ledger!r}")
+    if not g.origin or any(c.isspace() for c in g.origin):
+        problems.append(f"origin {g.origin!r}")
+    name = g.checkpoint_key_name
+    if not name or "+" in name or any(c.isspace() for c in name):
+        problems.append(f"checkpoint key name {name!r}")
+    if not g.roots:
+        problems.append("no roots")
+    if len({key_id(r.public_key) for r in g.roots}) != len(g.roots):
+        problems.append("a root key listed twice")
+    problems += [f"root principal {r.principal!r}" for r in g.roots if not well_formed_principal(r.principal)]
+    distinct = len({r.principal for r in g.roots})
+    if not 1 <= g.root_threshold <= distinct:
+        problems.append(f"root threshold {g.root_threshold} outside 1..{distinct}")
+    if problems:
+        out.append(Finding("GENESIS_INVALID", 0, "invalid genesis: " + "; ".join(problems)))
+    _threshold(signers, "root", max(g.root_threshold, 1), "LedgerGenesis", 0, out)
+
+
+def _check_policy(p: PolicySet, seq: int, out: list[Finding]) -> None:
+    problems = []
+    if not _NAME.match(p.policy_id or "-") or not p.policy_id:
+        problems.append("policy id")
+    if not p.selector.namespace or not p.selector.deployment:
+        problems.append("selector")
+    for r in p.required_evals:
+        if not r.suite or not r.metric or r.op not in OPS or math.isnan(r.threshold):
+            problems.append(f"required eval {r.suite!r}")
+    if p.approvals_required < 1:
+        problems.append("approvals_required < 1")
+    if not p.approver_kinds or len(set(p.approver_kinds)) != len(p.approver_kinds):
+        problems.append("approver kinds")
+    if not p.plan:
+        problems.append("empty plan")
+    last = 0
+    for i, s in enumerate(p.plan):
+        if not last < s.weight <= 100 or s.hold_seconds < 0:
+            problems.append(f"plan[{i}]")
+        last = s.weight
+    if p.kill_release_approvals < 1 or p.kill_rollback_bound_ms < 1:
+        problems.append("kill switch settings")
+    if problems:
+        out.append(Finding("POLICY_INVALID", seq, "invalid policy: " + ", ".join(problems), p.policy_id))
+
+
+def _proposal(state: State, h: bytes, seq: int, out: list[Finding]) -> ProposalRecord | None:
+    p = state.proposals.get(h)
+    if p is None:
+        out.append(Finding("PROPOSAL_UNKNOWN", seq, "the event names no proposal of this ledger", h.hex(), "a ProposalSubmitted hash"))
+    return p
+
+
+def eval_passes(policy: PolicySet, ev: EvalRecorded) -> bool:
+    """Recomputed from the policy; an eval never says itself whether it passed."""
+    values = {m.name: m.value for m in ev.metrics}
+    for req in policy.required_evals:
+        if req.suite != ev.suite:
+            continue
+        v = values.get(req.metric)
+        if v is None or math.isnan(v):
+            return False
+        ok = {"GE": v >= req.threshold, "GT": v > req.threshold, "LE": v <= req.threshold,
+              "LT": v < req.threshold, "EQ": v == req.threshold}[req.op]
+        if not ok:
+            return False
+    return True
+
+
+def _check_scope(state: State, scope: KillScope, seq: int, out: list[Finding]) -> bool:
+    if scope.kind == "GLOBAL":
+        ok = not scope.namespace and not scope.deployment and scope.proposal is None
+    elif scope.kind == "TARGET":
+        ok = bool(scope.namespace and scope.deployment) and scope.proposal is None
+    else:
+        ok = not scope.namespace and not scope.deployment and scope.proposal is not None
+        if ok and scope.proposal not in state.proposals:
+            out.append(Finding("PROPOSAL_UNKNOWN", seq, "the kill scope names no proposal"))
+            return False
+    if not ok:
+        out.append(Finding("FIELD_INVALID", seq, f"malformed {scope.kind} kill scope"))
+    return ok
+
+
+def check_payload(
+    state: State, seq: int, entry: Entry, body: EventBody, signers: Signers, out: list[Finding]
+) -> None:
+    """Step 4 (thresholds) and step 9 (type rules) for every type but genesis and rollout."""
+    p = body.payload
+    if isinstance(p, KeyGranted):
+        if _threshold(signers, "root", state.root_threshold, "KeyGranted", seq, out):
+            if not well_formed_principal(p.principal):
+                out.append(Finding("FIELD_INVALID", seq, "malformed principal", p.principal, "kind:name"))
+            if not p.roles or len(set(p.roles)) != len(p.roles) or not set(p.roles) <= ROLES:
+                out.append(Finding("FIELD_INVALID", seq, "roles must be known and distinct", ",".join(p.roles)))
+            if key_id(p.public_key) in state.keys:
+                out.append(Finding("KEY_DUPLICATE", seq, "the key was granted before", key_id(p.public_key).hex()))
+    elif isinstance(p, KeyRevoked):
+        target = state.keys.get(p.key_id)
+        if target is None or target.revoked_seq is not None:
+            out.append(Finding("KEY_UNKNOWN", seq, "revoking a key that is not live", p.key_id.hex()))
+        elif {k.key_id for k in signers.keys} != {p.key_id}:  # a key may always revoke itself
+            _threshold(signers, "root", state.root_threshold, "KeyRevoked", seq, out)
+    elif isinstance(p, PolicySet):
+        if _threshold(signers, "root", state.root_threshold, "PolicySet", seq, out):
+            _check_policy(p, seq, out)
+    elif isinstance(p, ProposalSubmitted):
+        if _single_author(signers, ("proposer",), "ProposalSubmitted", seq, out) is None:
+            return
+        if not p.target.namespace or not p.target.deployment or not p.candidate.image:
+            out.append(Finding("FIELD_INVALID", seq, "target and candidate image are required"))
+        elif state.policy_for(p.target.namespace, p.target.deployment) is None:
+            out.append(Finding("NO_POLICY", seq, "no policy selects the target", f"{p.target.namespace}/{p.target.deployment}"))
+    elif isinstance(p, EvalRecorded):
+        author = _single_author(signers, ("evaluator",), "EvalRecorded", seq, out)
+        prop = _proposal(state, p.proposal, seq, out)
+        if author is None or prop is None:
+            return
+        if author == prop.proposer:
+            out.append(Finding("SELF_EVALUATION", seq, f"{author} evaluated its own proposal", author, "a principal other than the proposer"))
+        if prop.phase == "PROMOTED":
+            out.append(Finding("PROPOSAL_CLOSED", seq, "eval after promotion"))
+        names = [m.name for m in p.metrics]
+        if not p.suite or names != sorted(set(names)):
+            out.append(Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats"))
+    elif isinstance(p, ApprovalRecorded):
+        _check_approval(state, seq, p, signers, out)
+    elif isinstance(p, HealthReported):
+        author = _single_author(signers, ("monitor",), "HealthReported", seq, out)
+        prop = _proposal(state, p.proposal, seq, out)
+        if author is not None and prop is not None and not 0 <= p.step < len(state.policy(prop).plan):
+            out.append(Finding("STEP_NOT_IN_PLAN", seq, "health report for a step outside the plan", str(p.step),
+                               f"0..{len(state.policy(prop).plan) - 1}"))
+    elif isinstance(p, KillSwitchEngaged):
+        roles = ("operator", "approver") + (("controller",) if p.annotation is not None else ())
+        if _single_author(signers, roles, "KillSwitchEngaged", seq, out) is None:
+            return
+        if _check_scope(state, p.scope, seq, out) and p.scope in state.kills:
+            out.append(Finding("KILL_SWITCH_ALREADY_ENGAGED", seq, "scope already engaged",
+                               f"engaged since seq {state.kills[p.scope]}", "a released scope"))
+    elif isinstance(p, KillSwitchReleased):
+        if not _check_scope(state, p.scope, seq, out):
+            return
+        if p.scope not in state.kills:
+            out.append(Finding("KILL_SWITCH_NOT_ENGAGED", seq, "releasing a scope that is not engaged"))
+            return
+        _threshold(signers, "approver", state.release_threshold(p.scope), "KillSwitchReleased", seq, out)
+
+
+def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signers, out: list[Finding]) -> None:
+    author = _single_author(signers, ("approver",), "ApprovalRecorded", seq, out)
+    prop = _proposal(state, p.proposal, seq, out)
+    if author is None or prop is None:
+        return
+    policy = state.policy(prop)
+    if author == prop.proposer:
+        out.append(Finding("SELF_APPROVAL", seq, f"{author} decided on its own proposal", author, "a principal other than the proposer"))
+        return
+    if kind_of(author) not in policy.approver_kinds:
+        out.append(Finding("APPROVER_KIND_NOT_ALLOWED", seq, f"policy {policy.policy_id} does not accept this kind",
+                           kind_of(author), ", ".join(policy.approver_kinds)))
+        return
+    if prop.phase == "PROMOTED":
+        out.append(Finding("PROPOSAL_CLOSED", seq, "decision after promotion"))
+        return
+    for h in p.evals:
+        if state.evals.get(h) != p.proposal:
+            out.append(Finding("EVAL_NOT_FOR_PROPOSAL", seq, "the approval names an entry that is not an eval of this proposal", h.hex()))
+            return
+    if p.decision == "REJECT":
+        return
+    required = sorted({r.suite for r in policy.required_evals})
+    missing = [s for s in required if s not in prop.latest_evals]
+    if missing:
+        out.append(Finding("EVALS_MISSING", seq, "approval before every required suite was evaluated", "", ", ".join(missing)))
+        return
+    latest = {prop.latest_evals[s].hash for s in required}
+    if set(p.evals) != latest:
+        out.append(Finding(
+            "APPROVAL_NOT_BOUND", seq, "the approval does not name the latest eval of every required suite",
+            ", ".join(sorted(h.hex()[:16] for h in p.evals)), ", ".join(sorted(h.hex()[:16] for h in latest)),
+        ))
+        return
+    failing = [s for s in required if not prop.latest_evals[s].passed]
+    if failing:
+        out.append(Finding("EVAL_FAILED_APPROVED", seq, "approval over failing evals", ", ".join(failing), "passing evals"))
+
+
+# --------------------------------------------------------------------------------------------
+# Folding an entry that had no finding
+
+
+def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers) -> None:
+    p = body.payload
+    author = signers.keys[0].principal if signers.keys else ""
+    if isinstance(p, LedgerGenesis):
+        state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
+        state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
+        state.keys.update(genesis_keys(p))
+    elif isinstance(p, KeyGranted):
+        kid = key_id(p.public_key)
+        state.keys[kid] = KeyRecord(kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at)
+    elif isinstance(p, KeyRevoked):
+        old = state.keys[p.key_id]
+        state.keys[p.key_id] = KeyRecord(old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
+                                         old.expires_at, seq)
+    elif isinstance(p, PolicySet):
+        state.policies[p.policy_id] = (seq, p)
+    elif isinstance(p, ProposalSubmitted):
+        pol = state.policy_for(p.target.namespace, p.target.deployment)
+        assert pol is not None
+        state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
+    elif isinstance(p, EvalRecorded):
+        prop = state.proposals[p.proposal]
+        prop.latest_evals[p.suite] = EvalRecord(leaf, seq, p.suite, eval_passes(state.policy(prop), p))
+        state.evals[leaf] = p.proposal
+    elif isinstance(p, ApprovalRecorded):
+        prop = state.proposals[p.proposal]
+        d = Decision(leaf, seq, author, signers.keys[0].key_id, p.decision, frozenset(p.evals))
+        prop.by_principal[author] = d
+        prop.by_key[d.key_id] = d
+    elif isinstance(p, HealthReported):
+        state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
+    elif isinstance(p, RolloutStep):
+        prop = state.proposals[p.proposal]
+        prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase))
+        if p.phase == "ROLLED_BACK":
+            prop.floor = seq
+    elif isinstance(p, KillSwitchEngaged):
+        state.kills[p.scope] = seq
+    elif isinstance(p, KillSwitchReleased):
+        state.kills.pop(p.scope, None)
+    state.event_ids[body.event_id] = seq
+    state.entries[leaf] = seq

@@ -1,0 +1,649 @@
+"""The verification, as numbered steps.
+
+ 1. decode every entry and body, checking the schema fingerprints;
+ 2. verify every author signature over the signed bytes received;
+ 3. check each key's validity at each seq (granted before, not revoked, not expired);
+ 4. check thresholds by distinct principal;
+ 5. check the hash chain (prev, seq gaps, reorders, insertions, truncation vs checkpoints);
+ 6. compute the Merkle root at every checkpoint size;
+ 7. verify every checkpoint's signed note (genesis checkpoint key, pinned vkey if given);
+ 8. check consistency between checkpoints and with a checkpoint saved earlier;
+ 9. apply the governance rules (audit.rules, an independent implementation);
+10. check rollout conformance (audit.conformance);
+11. optionally compare the live cluster with what the log implies (audit.drift).
+
+Everything found is collected as a :class:`Finding`; the walk goes on after a finding. An entry
+with a finding in steps 1-4, 9 or 10 is not folded into the state (the controller would ignore
+it), but it stays in the chain and the tree, which cover every record the log holds.
+
+Signature verification is the dominant cost. With ``workers > 1`` the main process decodes
+and ships (signed bytes, public key, signature) chunks to a process pool, then folds the rules
+sequentially as the verdicts come back in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from audit import rules
+from audit.conformance import Conformance
+from audit.errors import AuditError, DecodeError
+from audit.findings import Finding
+from audit.formats import (
+    DOMAIN_PREFIX,
+    ZERO_HASH,
+    ApprovalRecorded,
+    Entry,
+    EvalRecorded,
+    EventBody,
+    KeyGranted,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    LedgerGenesis,
+    ProposalSubmitted,
+    RolloutStep,
+    decode_body,
+    decode_entry,
+    key_id,
+)
+from audit.merkle import CompactRange, consistency_proof, verify_consistency
+from audit.note import (
+    Checkpoint,
+    NoteError,
+    Verifier,
+    open_note,
+    parse_checkpoint,
+    parse_note,
+    parse_vkey,
+    vkey_of,
+)
+
+PENDING_LIMIT = 4096  # out-of-order records held while waiting for a missing seq
+CHUNK = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Trust input
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    roots: tuple[tuple[str, bytes], ...]  # (principal, raw Ed25519 public key)
+    vkey: str | None = None
+    origin: str | None = None
+    threshold: int | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> TrustRoot:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise AuditError(f"cannot read the trust-root file {path}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise AuditError(f"trust-root file {path} is not JSON: {exc}") from exc
+        return cls.from_json(data)
+
+    @classmethod
+    def from_json(cls, data: Any) -> TrustRoot:
+        if not isinstance(data, dict) or not isinstance(data.get("roots"), list) or not data["roots"]:
+            raise AuditError('trust-root file: expected {"roots": [{"principal", "public_pem" | "public_key_hex"}, ...]}')
+        roots = []
+        for i, r in enumerate(data["roots"]):
+            if not isinstance(r, dict) or not isinstance(r.get("principal"), str):
+                raise AuditError(f"trust-root file: roots[{i}] needs a principal")
+            roots.append((r["principal"], _public_key(r, i)))
+        vkey = data.get("vkey")
+        if vkey is not None:
+            try:
+                parse_vkey(vkey)
+            except NoteError as exc:
+                raise AuditError(f"trust-root file: {exc}") from exc
+        threshold = data.get("threshold")
+        if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
+            raise AuditError("trust-root file: threshold must be a positive integer")
+        return cls(tuple(roots), vkey, data.get("origin"), threshold)
+
+
+def _public_key(r: dict[str, Any], i: int) -> bytes:
+    try:
+        if "public_key_hex" in r:
+            raw = bytes.fromhex(r["public_key_hex"])
+        elif "public_pem" in r:
+            key = serialization.load_pem_public_key(r["public_pem"].encode())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 key")
+            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        else:
+            raise ValueError("needs public_pem or public_key_hex")
+    except (ValueError, TypeError) as exc:
+        raise AuditError(f"trust-root file: roots[{i}]: {exc}") from exc
+    if len(raw) != 32:
+        raise AuditError(f"trust-root file: roots[{i}]: an Ed25519 public key is 32 bytes")
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Signature verification, shared by the inline path and the worker processes
+
+_KEY_CACHE: dict[bytes, Ed25519PublicKey] = {}
+
+SigTask = tuple[bytes, tuple[tuple[bytes | None, bytes], ...]]  # signed bytes, ((pub, sig), ...)
+
+
+def _verify_one(pub: bytes | None, sig: bytes, message: bytes) -> bool | None:
+    if pub is None:
+        return None
+    key = _KEY_CACHE.get(pub)
+    if key is None:
+        key = _KEY_CACHE[pub] = Ed25519PublicKey.from_public_bytes(pub)
+    try:
+        key.verify(sig, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify_chunk(tasks: list[SigTask]) -> list[tuple[bool | None, ...]]:
+    """Worker entry point: the verdict of every signature of every entry in the chunk."""
+    return [tuple(_verify_one(pub, sig, msg) for pub, sig in pairs) for msg, pairs in tasks]
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclass
+class TimelineEvent:
+    at: int
+    seq: int
+    kind: str  # proposal, eval, approval, reject, kill, release, step
+    proposal: bytes | None
+    label: str
+    weight: int | None = None
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    entries: int = 0
+    checkpoints: int = 0
+    verified_checkpoint: str | None = None  # the newest checkpoint note that verified clean
+    verified_size: int = 0
+    origin: str = ""
+    ledger: str = ""
+    steps_run: dict[int, str] = field(default_factory=dict)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    proposals: dict[str, str] = field(default_factory=dict)  # hash hex -> label
+    seconds: float = 0.0
+    open_obligations: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+STEP_NAMES = {
+    1: "decode entries and bodies, check schema fingerprints",
+    2: "verify every author signature",
+    3: "check key validity at each seq",
+    4: "check thresholds by distinct principal",
+    5: "check the hash chain",
+    6: "check the Merkle root at every checkpoint",
+    7: "verify every checkpoint's signed note",
+    8: "check consistency between checkpoints and with the saved checkpoint",
+    9: "apply the governance rules",
+    10: "check rollout conformance",
+    11: "compare the live cluster with the log (drift)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The verifier
+
+
+@dataclass
+class _Prepared:
+    raw: bytes
+    leaf: bytes
+    entry: Entry | None
+    body: EventBody | None
+    error: DecodeError | None
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None, total: int | None) -> None:
+        self.stream, self.total, self.start, self.last = stream, total, time.monotonic(), 0.0
+
+    def update(self, n: int, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not final and now - self.last < 0.2:
+            return
+        self.last = now
+        rate = n / max(now - self.start, 1e-9)
+        if self.total:
+            frac = min(n / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"\rverifying [{bar:<30}] {n}/{self.total} entries {rate:,.0f}/s"
+        else:
+            text = f"\rverifying {n} entries {rate:,.0f}/s"
+        self.stream.write(text + ("\n" if final else ""))
+        self.stream.flush()
+
+
+class LogVerifier:
+    def __init__(
+        self,
+        trust: TrustRoot,
+        checkpoint_notes: Iterable[str] = (),
+        since_checkpoint: str | None = None,
+        workers: int = 1,
+        progress: TextIO | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.trust = trust
+        self.workers = max(1, workers)
+        self.report = Report()
+        self.out = self.report.findings
+        self.state = rules.State()
+        self.conf = Conformance()
+        self.tree = CompactRange()
+        self.leaves: list[bytes] = []
+        self.roots: dict[int, bytes] = {}
+        self.tree_ok = True  # False once a seq is missing: roots past it cannot be computed
+        self.expected = 0
+        self.last_leaf = ZERO_HASH
+        self.chain_known = True
+        self.pending: dict[int, tuple[_Prepared, tuple[bool | None, ...]]] = {}
+        self.keymap: dict[bytes, bytes] = {}  # key id -> public key, for every grant in the log
+        # Recent signed messages per key, to tell a signature moved from a nearby entry
+        # (SIGNATURE_SWAPPED) from a corrupted one; failing signatures wait here for later ones.
+        self.recent: dict[bytes, deque[tuple[int, bytes]]] = {}
+        self.unresolved: dict[bytes, list[tuple[int, bytes]]] = {}  # key id -> (finding idx, sig)
+        self.progress = Progress(progress, total)
+        self.seen = 0
+        self.checkpoints: list[tuple[str, Checkpoint | None, str | None]] = []  # note, parsed, error
+        for note in checkpoint_notes:
+            try:
+                self.checkpoints.append((note, parse_checkpoint(parse_note(note).text), None))
+            except NoteError as exc:
+                self.checkpoints.append((note, None, str(exc)))
+        self.since: tuple[str, Checkpoint | None, str | None] | None = None
+        if since_checkpoint is not None:
+            try:
+                self.since = (since_checkpoint, parse_checkpoint(parse_note(since_checkpoint).text), None)
+            except NoteError as exc:
+                self.since = (since_checkpoint, None, str(exc))
+        self.root_sizes = {c.size for _, c, _ in self.checkpoints if c is not None}
+        if self.since and self.since[1] is not None:
+            self.root_sizes.add(self.since[1].size)
+
+    # -- driving -------------------------------------------------------------------------------
+
+    def run(self, records: Iterable[bytes]) -> Report:
+        start = time.monotonic()
+        if self.workers > 1:
+            self._run_parallel(iter(records))
+        else:
+            for raw in records:
+                p = self._prepare(raw)
+                self._accept(p, verify_chunk([self._task(p)])[0] if p.entry else ())
+        self._finish()
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+    def _run_parallel(self, records: Iterator[bytes]) -> None:
+        ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+        with ctx.Pool(self.workers) as pool:
+            inflight: deque[tuple[list[_Prepared], Any]] = deque()
+            exhausted = False
+            while not exhausted or inflight:
+                while not exhausted and len(inflight) < self.workers * 3:
+                    chunk = [self._prepare(raw) for _, raw in zip(range(CHUNK), records, strict=False)]
+                    if not chunk:
+                        exhausted = True
+                        break
+                    tasks = [self._task(p) for p in chunk]
+                    inflight.append((chunk, pool.apply_async(verify_chunk, (tasks,))))
+                if inflight:
+                    chunk, result = inflight.popleft()
+                    for p, ok in zip(chunk, result.get(), strict=True):
+                        self._accept(p, ok if p.entry else ())
+
+    def _prepare(self, raw: bytes) -> _Prepared:
+        """Step 1 (decode, fingerprints) and the leaf hash; learns keys for the verifiers."""
+        leaf = hashlib.sha256(b"\x00" + raw).digest()
+        try:
+            entry = decode_entry(raw)
+            body = decode_body(entry.body)
+        except DecodeError as exc:
+            return _Prepared(raw, leaf, None, None, exc)
+        p = body.payload
+        if isinstance(p, KeyGranted):
+            self.keymap.setdefault(key_id(p.public_key), p.public_key)
+        elif isinstance(p, LedgerGenesis) and entry.seq == 0:
+            for r in p.roots:
+                self.keymap.setdefault(key_id(r.public_key), r.public_key)
+        return _Prepared(raw, leaf, entry, body, None)
+
+    def _task(self, p: _Prepared) -> SigTask:
+        assert p.entry is not None
+        message = DOMAIN_PREFIX + p.entry.body[2:]
+        return message, tuple((self.keymap.get(s.key_id), s.sig) for s in p.entry.signatures)
+
+    # -- step 5: ordering ------------------------------------------------------------------------
+
+    def _accept(self, p: _Prepared, sig_ok: tuple[bool | None, ...]) -> None:
+        self.seen += 1
+        self.progress.update(self.seen)
+        seq = p.entry.seq if p.entry is not None else self.expected
+        if seq == self.expected:
+            self._process(seq, p, sig_ok)
+            while self.expected in self.pending:
+                early, ok = self.pending.pop(self.expected)
+                self.out.append(Finding("ENTRY_REORDERED", self.expected, "the record arrived before earlier seqs",
+                                        "out of seq order", "records in seq order"))
+                self._process(self.expected, early, ok)
+        elif seq > self.expected:
+            if seq in self.pending:
+                self._repeat(seq, p, self.pending[seq][0].leaf)
+                return
+            self.pending[seq] = (p, sig_ok)
+            if len(self.pending) > PENDING_LIMIT:
+                self._gap()
+        else:
+            self._repeat(seq, p, self.leaves[seq] if seq < len(self.leaves) else b"")
+
+    def _repeat(self, seq: int, p: _Prepared, leaf: bytes) -> None:
+        if p.leaf == leaf:
+            self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again"))
+        else:
+            self.out.append(Finding("ENTRY_INSERTED", seq, "a second, different record claims this seq",
+                                    p.leaf.hex(), leaf.hex()))
+
+    def _gap(self) -> None:
+        nxt = min(self.pending)
+        self.out.append(Finding("ENTRY_MISSING", self.expected,
+                                f"seq {self.expected}..{nxt - 1} missing from the log" if nxt - 1 > self.expected
+                                else f"seq {self.expected} missing from the log",
+                                f"next record is seq {nxt}", f"seq {self.expected}"))
+        self.tree_ok = False
+        self.chain_known = False
+        self.leaves.extend([b""] * (nxt - self.expected))  # keep leaves indexed by seq
+        self.expected = nxt
+        while self.expected in self.pending:
+            early, ok = self.pending.pop(self.expected)
+            self._process(self.expected, early, ok)
+
+    # -- steps 1-5, 9, 10 for one entry in seq order ---------------------------------------------
+
+    def _process(self, seq: int, p: _Prepared, sig_ok: tuple[bool | None, ...]) -> None:
+        out = self.out
+        entry, body = p.entry, p.body
+        # Step 5: the chain.
+        if entry is not None and self.chain_known and entry.prev != self.last_leaf:
+            out.append(Finding("PREV_MISMATCH", seq, "prev is not the previous entry's leaf hash",
+                               entry.prev.hex(), self.last_leaf.hex()))
+        chain_findings = len(out)
+        if p.error is not None or entry is None or body is None:
+            err = p.error or DecodeError("undecodable")
+            out.append(Finding(err.code, seq, str(err)))
+        else:
+            self._entry_rules(seq, entry, body, p.leaf, sig_ok)
+        clean = len(out) == chain_findings
+        # The record is in the log whatever it holds: the chain and the tree cover it.
+        self.leaves.append(p.leaf)
+        self.last_leaf = p.leaf
+        self.chain_known = True
+        self.expected = seq + 1
+        if self.tree_ok:
+            self.tree.append(p.leaf)
+            if self.tree.size in self.root_sizes:
+                self.roots[self.tree.size] = self.tree.root()
+        if entry is not None and body is not None:
+            if clean:
+                self._timeline(seq, p.leaf, entry, body)
+
+    def _entry_rules(
+        self, seq: int, entry: Entry, body: EventBody, leaf: bytes, sig_ok: tuple[bool | None, ...]
+    ) -> None:
+        out = self.out
+        st = self.state
+        self.conf.tick(entry.received_at, out)
+        after_tick = len(out)
+        payload = body.payload
+        genesis_keys = rules.genesis_keys(payload) if isinstance(payload, LedgerGenesis) and seq == 0 else None
+        signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
+        self._swaps(seq, entry, sig_ok, after_tick)
+        rules.check_structure(st, seq, body, out)
+        if isinstance(payload, LedgerGenesis):
+            if seq == 0:
+                rules.check_genesis(body, payload, signers, out)
+                self._check_trust(payload, signers)
+        elif isinstance(payload, RolloutStep):
+            self.conf.check_step(st, seq, entry, payload, signers, out)
+        else:
+            rules.check_payload(st, seq, entry, body, signers, out)
+        if len(out) == after_tick:
+            rules.apply(st, seq, entry, body, leaf, signers)
+            if isinstance(payload, KillSwitchEngaged):
+                self.conf.kill_engaged(st, seq, entry.received_at, payload.scope)
+            elif isinstance(payload, RolloutStep):
+                self.conf.step_applied(payload, entry.received_at)
+
+    def _swaps(self, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], first: int) -> None:
+        out = self.out
+        message = DOMAIN_PREFIX + entry.body[2:]
+        bad = [i for i in range(first, len(out)) if out[i].code == "BAD_SIGNATURE"]
+        for s, ok in zip(entry.signatures, sig_ok, strict=True):
+            kid = s.key_id
+            pub = self.keymap.get(kid)
+            if pub is None:
+                continue
+            waiting = self.unresolved.get(kid)
+            if waiting:
+                for item in list(waiting):
+                    if _verify_one(pub, item[1], message):
+                        self._swapped(item[0], seq)
+                        waiting.remove(item)
+            if ok is False and bad:
+                i = bad.pop(0)
+                for other_seq, msg in self.recent.get(kid, ()):
+                    if _verify_one(pub, s.sig, msg):
+                        self._swapped(i, other_seq)
+                        break
+                else:
+                    self.unresolved.setdefault(kid, []).append((i, s.sig))
+            recent = self.recent.get(kid)
+            if recent is None:
+                recent = self.recent[kid] = deque(maxlen=32)
+            recent.append((seq, message))
+
+    def _swapped(self, i: int, other_seq: int) -> None:
+        f = self.out[i]
+        self.out[i] = Finding("SIGNATURE_SWAPPED", f.seq, f"{f.message}; it is the signature of seq {other_seq}",
+                              f.observed, f.expected)
+
+    def _check_trust(self, g: LedgerGenesis, signers: rules.Signers) -> None:
+        listed = {(r.principal, r.public_key) for r in g.roots}
+        pinned = set(self.trust.roots)
+        if listed != pinned:
+            self.out.append(Finding(
+                "TRUST_ROOT_MISMATCH", 0, "genesis does not list exactly the pinned root keys",
+                ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in listed)),
+                ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in pinned)),
+            ))
+        pinned_keys = {k for _, k in pinned}
+        signed_by = {k.principal for k in signers.keys if k.public_key in pinned_keys}
+        need = max(self.trust.threshold or 0, g.root_threshold, 1)
+        if len(signed_by) < need:
+            self.out.append(Finding("TRUST_ROOT_MISMATCH", 0, "genesis is not signed by enough pinned roots",
+                                    f"{len(signed_by)} principal(s)", f">= {need}"))
+        if self.trust.vkey is not None and self.trust.vkey != vkey_of(g.checkpoint_key_name, g.checkpoint_public_key):
+            self.out.append(Finding("VKEY_MISMATCH", 0, "the genesis checkpoint key is not the pinned vkey",
+                                    vkey_of(g.checkpoint_key_name, g.checkpoint_public_key), self.trust.vkey))
+        if self.trust.origin is not None and self.trust.origin != g.origin:
+            self.out.append(Finding("ORIGIN_MISMATCH", 0, "the genesis origin is not the pinned origin",
+                                    g.origin, self.trust.origin))
+
+    def _timeline(self, seq: int, leaf: bytes, entry: Entry, body: EventBody) -> None:
+        p, at, tl = body.payload, entry.received_at, self.report.timeline
+        if isinstance(p, ProposalSubmitted):
+            h = leaf
+            self.report.proposals[h.hex()] = f"{p.target.namespace}/{p.target.deployment} → {p.candidate.image}"
+            tl.append(TimelineEvent(at, seq, "proposal", h, "proposed"))
+        elif isinstance(p, EvalRecorded):
+            tl.append(TimelineEvent(at, seq, "eval", p.proposal, f"eval {p.suite}"))
+        elif isinstance(p, ApprovalRecorded):
+            kind = "approval" if p.decision == "APPROVE" else "reject"
+            tl.append(TimelineEvent(at, seq, kind, p.proposal, p.decision.lower()))
+        elif isinstance(p, RolloutStep):
+            tl.append(TimelineEvent(at, seq, "step", p.proposal, p.phase, p.weight))
+        elif isinstance(p, KillSwitchEngaged | KillSwitchReleased):
+            kind = "kill" if isinstance(p, KillSwitchEngaged) else "release"
+            tl.append(TimelineEvent(at, seq, kind, p.scope.proposal, f"{kind} {p.scope.kind}"))
+
+    # -- steps 5-8 at the end --------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self.pending:
+            while self.pending:
+                self._gap()
+        self.progress.update(self.seen, final=self.progress.stream is not None)
+        out, size = self.out, self.expected
+        self.report.entries = size
+        self.report.ledger, self.report.origin = self.state.ledger, self.state.origin
+        if size == 0:
+            out.append(Finding("EMPTY_LOG", None, "the log holds no entry"))
+        verifiers = self._verifiers()
+        valid: list[tuple[str, Checkpoint]] = []
+        for note, cp, err in self.checkpoints:
+            good = self._check_note(note, cp, err, verifiers, "checkpoint")
+            if good is not None:
+                valid.append((note, good))
+        self.report.checkpoints = len(self.checkpoints)
+        valid.sort(key=lambda v: v[1].size)
+        # Steps 5-6: truncation and roots.
+        truncated_reported = False
+        clean: list[tuple[str, Checkpoint]] = []
+        for note, cp in valid:
+            if cp.size > size:
+                if not truncated_reported:
+                    out.append(Finding("LOG_TRUNCATED", size, f"a checkpoint commits to {cp.size} entries, the log holds {size}",
+                                       str(size), f">= {cp.size}"))
+                    truncated_reported = True
+                continue
+            root = self.roots.get(cp.size)
+            if root is None:
+                continue  # after a missing seq: ENTRY_MISSING already says why
+            if root != cp.root:
+                out.append(Finding("CHECKPOINT_ROOT_MISMATCH", cp.size - 1 if cp.size else None,
+                                   f"checkpoint at size {cp.size} does not match the log",
+                                   cp.root.hex(), root.hex()))
+            else:
+                clean.append((note, cp))
+        # Step 8: no two signed checkpoints for one size with different roots; each checkpoint
+        # extends the previous one (RFC 9162 consistency, proofs built from the log's leaves).
+        by_size: dict[int, bytes] = {}
+        for _, cp in valid:
+            if by_size.setdefault(cp.size, cp.root) != cp.root:
+                out.append(Finding("CHECKPOINT_FORK", cp.size - 1, f"two signed checkpoints for size {cp.size} differ",
+                                   cp.root.hex(), by_size[cp.size].hex()))
+        for (_, a), (_, b) in itertools.pairwise(clean):
+            if a.size and b.size <= len(self.leaves) and self.tree_ok:
+                proof = consistency_proof(self.leaves[: b.size], a.size)
+                if not verify_consistency(a.size, b.size, proof, a.root, b.root):
+                    out.append(Finding("CHECKPOINT_FORK", b.size - 1, f"checkpoint {b.size} does not extend {a.size}"))
+        if self.since is not None:
+            self._check_since(verifiers, size, clean)
+        if clean and clean[-1][1].size <= size:
+            self.report.verified_checkpoint, self.report.verified_size = clean[-1][0], clean[-1][1].size
+        self.report.open_obligations = len(self.conf.finish(out))
+        for step in range(1, 11):
+            self.report.steps_run[step] = "run"
+        if not self.checkpoints:
+            for step in (6, 7, 8):
+                self.report.steps_run[step] = "no checkpoint in the source"
+        self.report.steps_run[11] = "not run (no --kubeconfig)"
+        out.sort(key=lambda f: (f.seq if f.seq is not None else -1))
+
+    def _verifiers(self) -> list[Verifier]:
+        if self.trust.vkey is not None:
+            return [parse_vkey(self.trust.vkey)]  # the pinned key is the trust anchor
+        st = self.state
+        if not st.checkpoint_key_name or len(st.checkpoint_public_key) != 32:
+            return []
+        return [parse_vkey(vkey_of(st.checkpoint_key_name, st.checkpoint_public_key))]
+
+    def _check_note(self, note: str, cp: Checkpoint | None, err: str | None, verifiers: list[Verifier],
+                    what: str) -> Checkpoint | None:
+        seq = cp.size - 1 if cp is not None and cp.size else None
+        if cp is None:
+            self.out.append(Finding("CHECKPOINT_MALFORMED", None, f"{what} is not a C2SP checkpoint: {err}"))
+            return None
+        try:
+            open_note(note, verifiers)
+        except NoteError as exc:
+            self.out.append(Finding("CHECKPOINT_BAD_SIGNATURE", seq, f"{what} at size {cp.size}: {exc}",
+                                    ", ".join(s.name + "+" + s.key_id.hex() for s in parse_note(note).signatures),
+                                    ", ".join(v.vkey for v in verifiers) or "the genesis checkpoint key"))
+            return None
+        origin = self.trust.origin or self.state.origin
+        if origin and cp.origin != origin:
+            self.out.append(Finding("CHECKPOINT_ORIGIN_MISMATCH", seq, f"{what} at size {cp.size} is for another log",
+                                    cp.origin, origin))
+            return None
+        return cp
+
+    def _check_since(self, verifiers: list[Verifier], size: int, clean: list[tuple[str, Checkpoint]]) -> None:
+        assert self.since is not None
+        note, cp, err = self.since
+        saved = self._check_note(note, cp, err, verifiers, "the saved checkpoint")
+        if saved is None:
+            return
+        if saved.size > size:
+            self.out.append(Finding("LOG_TRUNCATED", size, f"the log holds {size} entries, fewer than the saved checkpoint's {saved.size}",
+                                    str(size), f">= {saved.size}"))
+            return
+        root = self.roots.get(saved.size)
+        if root is not None and root != saved.root:
+            self.out.append(Finding("CHECKPOINT_FORK", saved.size - 1 if saved.size else None,
+                                    "the log was rewritten since the saved checkpoint: its root at that size differs",
+                                    root.hex(), saved.root.hex()))
+            return
+        if clean and self.tree_ok and clean[-1][1].size >= saved.size and saved.size:
+            latest = clean[-1][1]
+            proof = consistency_proof(self.leaves[: latest.size], saved.size)
+            if not verify_consistency(saved.size, latest.size, proof, saved.root, latest.root):
+                self.out.append(Finding("CHECKPOINT_FORK", latest.size - 1,
+                                        f"checkpoint {latest.size} is not consistent with the saved checkpoint {saved.size}"))
+
+
+def verify(
+    records: Iterable[bytes],
+    trust: TrustRoot,
+    checkpoints: Iterable[str] = (),
+    since_checkpoint: str | None = None,
+    workers: int = 1,
+    progress: TextIO | None = None,
+    total: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Verify a log given as entry bytes in log order, with its checkpoint notes."""
+    v = LogVerifier(trust, checkpoints, since_checkpoint, workers, progress, total)
+    return v.run(records)
