@@ -6,7 +6,7 @@ import datetime
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ledger.checkpoint import verify_checkpoint, verify_tlog_proof
 from ledger.client import CheckpointInfo, Head, LedgerClient, LedgerRpcError
 from ledger.core import Receipt
+from ledger.errors import FencedError, StoreUnavailable
 from ledger.events import sign
 from ledger.formats import (
     EVENT_BODY_SCHEMA,
@@ -38,6 +39,7 @@ from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, serve
+from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
 
 CODE = grpc.StatusCode
@@ -448,8 +450,6 @@ def test_restart_replays_and_skips_garbage(tmp_path: Path) -> None:
         checkpoints = client.checkpoints()
     running.stop(None)
     # Someone with write access to the storage slips records in, bypassing the server.
-    from ledger.store.sqlite import SQLiteLogStore
-
     store = SQLiteLogStore(tmp_path / "ledger.db")
     store.append([(b"\x00" * 16, b"garbage"), (b"\x01" * 16, encode_signed_event(flow.propose()))])
     store.close()
@@ -613,3 +613,82 @@ def test_submit_builds_and_signs(env: Env) -> None:
     payload = decode_body(env.flow.propose().body).payload
     receipt = env.client.submit(payload, [env.cast["agent"].key])
     assert env.client.get(receipt.seq).body.payload == payload
+
+
+# --------------------------------------------------------------------------------------------
+# Store failures: the core never stays ahead of the store
+
+
+class FlakyStore(SQLiteLogStore):
+    """Fails the next append: before writing, after writing (ambiguous), or fenced."""
+
+    mode: str = ""
+
+    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        mode, self.mode = self.mode, ""
+        if mode == "before":
+            raise StoreUnavailable("database is locked")
+        if mode == "fenced":
+            raise FencedError("a newer writer holds the ledger")
+        positions = super().append(records)
+        if mode == "after":
+            raise StoreUnavailable("connection lost before the commit was confirmed")
+        return positions
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> Iterator[tuple[Env, FlakyStore]]:
+    cast = Cast.create()
+    store = FlakyStore(tmp_path / "flaky.db")
+    running = serve(LedgerServerConfig(store=store, checkpoint_key=cast.checkpoint_key,
+                                       checkpoint_every_entries=2, checkpoint_every_ms=0))
+    client = LedgerClient(running.address, retries=0)
+    try:
+        yield Env(running, client, cast, Flow(cast)), store
+    finally:
+        client.close()
+        running.stop(None)
+        store.close()
+
+
+def test_failed_store_append_changes_nothing(flaky: tuple[Env, FlakyStore]) -> None:
+    env, store = flaky
+    _base(env)
+    event = env.flow.propose()
+    store.mode = "before"
+    env.refused(event, CODE.UNAVAILABLE, "STORE_UNAVAILABLE")
+    receipt = env.client.append(event)  # the retry lands at the seq the failure did not use
+    assert receipt.seq == env.client.head().size - 1 and not receipt.duplicate
+    assert [e.seq for e in env.client.read(0)] == list(range(receipt.seq + 1))
+
+
+def test_ambiguous_store_failure_then_retry_returns_the_stored_receipt(flaky: tuple[Env, FlakyStore]) -> None:
+    env, store = flaky
+    _base(env)
+    size = env.client.head().size
+    event = env.flow.propose()
+    store.mode = "after"
+    with pytest.raises(LedgerRpcError) as info:
+        env.client.append(event)
+    assert info.value.code == CODE.UNAVAILABLE
+    again = env.client.append(event)  # rebuilt from the store, which did keep the entry
+    assert again.duplicate and again.seq == size
+    assert env.client.head().size == size + 1
+
+
+def test_fenced_server_stops_appending_and_reports_not_serving(flaky: tuple[Env, FlakyStore]) -> None:
+    env, store = flaky
+    _base(env)
+    head = env.client.head()
+    store.mode = "fenced"
+    with pytest.raises(LedgerRpcError) as info:
+        env.client.append(env.flow.propose())
+    assert info.value.code == CODE.UNAVAILABLE and info.value.message.startswith("fenced:")
+    with pytest.raises(LedgerRpcError) as info:
+        env.client.append(env.flow.propose())  # and stays fenced
+    assert info.value.violation_code == "FENCED"
+    assert env.client.head() == head
+    channel = grpc.insecure_channel(env.running.address)
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    channel.close()
