@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from ledger import projections as proj
 from ledger.formats import KillScope, LogEntry, encode_entry, make_entry
 from ledger.projections import Position, ProjectionDivergence, Projector, dump, fresh_dump
-from ledger.rules import fold
+from ledger.rules import RuleViolation, fold
 from ledger.scenario import Cast
 from ledger.store.sqlite import SQLiteLogStore, log_table, sqlite_engine
 from tests.unit.harness import Harness
@@ -41,7 +41,10 @@ def _build_story() -> Story:
     h["q1"] = t.ok(f.eval(p1, "quality", 0.91))
     evals = (h["s1"], h["q1"])
     h["a1"] = t.ok(f.approve(p1, evals, "alice"))
-    t.refused(f.approve(p1, evals, "agent"), "ROLE_REQUIRED")  # the agent cannot approve
+    with pytest.raises(RuleViolation) as refused:  # the proposing agent cannot approve
+        t.core.append(f.approve(p1, evals, "agent"), t.tick)
+    # SELF_APPROVAL once the agent also holds the approver role, ROLE_REQUIRED before.
+    assert refused.value.violation.code in ("SELF_APPROVAL", "ROLE_REQUIRED")
     h["b1"] = t.ok(f.approve(p1, evals, "bob"))
     t.ok(f.step(p1, 0, 10, "STARTED"))
     t.ok(f.step(p1, 1, 50, "ADVANCED"))
