@@ -53,7 +53,7 @@ CAST: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("root1", "human:root-ada@example.org", ("root",)),
     ("root2", "human:root-grace@example.org", ("root",)),
     ("root3", "human:root-edsger@example.org", ("root",)),
-    ("agent", "agent:researcher-7", ("proposer",)),
+    ("agent", "agent:researcher-7", ("proposer", "approver")),
     ("evalbot", "service:evalbot", ("evaluator",)),
     ("alice", "human:alice@example.org", ("approver",)),
     ("bob", "human:bob@example.org", ("approver",)),

@@ -388,7 +388,7 @@ def test_kill_switch_blocks_every_scope_and_rollback_is_always_allowed(h: Harnes
 
 def test_kill_switch_engaged_by_operator_or_approver_only(h: Harness) -> None:
     h.proposal()
-    h.refused(h.flow.kill(GLOBAL, signer="agent"), "ROLE_REQUIRED")
+    h.refused(h.flow.kill(GLOBAL, signer="evalbot"), "ROLE_REQUIRED")
     h.ok(h.flow.kill(GLOBAL, signer="alice"))
     h.refused(h.flow.kill(GLOBAL), "KILL_SWITCH_ALREADY_ENGAGED")
 

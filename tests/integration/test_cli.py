@@ -1,0 +1,157 @@
+"""The `steward` CLI as people use it: subprocesses against a real ledger server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ledger.checkpoint import verify_tlog_proof
+from ledger.merkle import leaf_hash
+
+POLICY = """\
+id: default
+selector: {namespace: models, deployment: "*"}
+required_evals:
+  - {suite: safety, metric: refusal_rate, op: GE, threshold: 0.95}
+  - {suite: quality, metric: accuracy, op: GE, threshold: 0.8}
+approvals: {required: 2, kinds: [human], veto_on_reject: true}
+plan:
+  - {weight: 10, hold_seconds: 0}
+  - {weight: 100, hold_seconds: 0}
+kill_switch: {release_approvals: 2, rollback_bound_ms: 5000}
+"""
+
+
+@dataclass
+class Cli:
+    workdir: Path
+    server: str
+
+    def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "STEWARD_SERVER": self.server}
+        proc = subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=self.workdir, env=env,
+                              capture_output=True, text=True, timeout=60)
+        if ok:
+            assert proc.returncode == 0, f"steward {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+
+def _steward(workdir: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=workdir, check=True,
+                   capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    for name in ("root1", "root2", "root3", "agent", "evalbot", "alice", "bob", "oncall", "ledger"):
+        _steward(tmp_path, "keys", "new", f"{name}.pem")
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--db", str(tmp_path / "log.db"),
+         "--checkpoint-key", "ledger.pem", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text().strip()):
+        assert server.poll() is None, f"server exited: {server.stdout.read() if server.stdout else ''}"
+        assert time.monotonic() < deadline, "server did not start in 30 s"
+        time.sleep(0.05)
+    yield Cli(tmp_path, f"127.0.0.1:{port_file.read_text().strip()}")
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _hash(output: str) -> str:
+    match = re.search(r"entry hash ([0-9a-f]{64})", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
+    cli.run("ledger", "init", "--name", "cli", "--origin", "example.org/steward/cli",
+            "--root", "human:ada@example.org=root1.pub.pem", "--root", "human:grace@example.org=root2.pub.pem",
+            "--root", "human:edsger@example.org=root3.pub.pem", "--threshold", "2",
+            "--checkpoint-public", "ledger.pub.pem", "--key", "root1.pem", "--key", "root2.pem")
+    roots = ("--key", "root1.pem", "--key", "root3.pem")
+    for principal, key, roles in (
+        ("agent:researcher-7", "agent", ("proposer", "approver")),
+        ("service:evalbot", "evalbot", ("evaluator",)),
+        ("human:alice@example.org", "alice", ("approver",)),
+        ("human:bob@example.org", "bob", ("approver",)),
+        ("human:oncall@example.org", "oncall", ("operator",)),
+    ):
+        role_args = [a for r in roles for a in ("--role", r)]
+        cli.run("grant", "--principal", principal, "--public-key", f"{key}.pub.pem", *role_args, *roots)
+    (cli.workdir / "policy.yaml").write_text(POLICY)
+    cli.run("policy", "set", "policy.yaml", *roots)
+
+    proposal = _hash(cli.run("propose", "--target", "models/model-server", "--image", "registry.example/m:v2",
+                             "--key", "agent.pem").stdout)
+    short = proposal[:10]
+    cli.run("eval", "--proposal", short, "--suite", "safety", "--metric", "refusal_rate=0.99", "--key", "evalbot.pem")
+    cli.run("eval", "--proposal", short, "--suite", "quality", "--metric", "accuracy=0.9", "--key", "evalbot.pem")
+
+    self_approval = cli.run("approve", "--proposal", short, "--key", "agent.pem", ok=False)
+    assert self_approval.returncode == 1
+    assert "SELF_APPROVAL" in self_approval.stderr and "FAILED_PRECONDITION" in self_approval.stderr
+    cli.run("approve", "--proposal", short, "--key", "alice.pem")
+    cli.run("approve", "--proposal", short, "--key", "bob.pem")
+
+    status = json.loads(cli.run("status", "--json").stdout)
+    (doc,) = status["proposals"]
+    assert doc["hash"] == proposal
+    assert doc["approvers"] == ["human:alice@example.org", "human:bob@example.org"]
+
+    cli.run("kill", "engage", "--target", "models/model-server", "--reason", "error spike", "--key", "oncall.pem")
+    alone = cli.run("kill", "release", "--target", "models/model-server", "--key", "alice.pem", ok=False)
+    assert "THRESHOLD_NOT_MET" in alone.stderr
+    cli.run("kill", "release", "--target", "models/model-server", "--out", "release.evt", "--key", "alice.pem")
+    cli.run("sign", "release.evt", "--key", "bob.pem")
+    cli.run("submit", "release.evt")
+    assert json.loads(cli.run("status", "--json").stdout)["kill_switches"] == []
+
+    timeline = cli.run("log").stdout
+    assert "proposed registry.example/m:v2" in timeline
+    assert "KILL SWITCH engaged (target models/model-server)" in timeline
+    assert "kill switch released" in timeline
+    assert len(timeline.splitlines()) == json.loads(cli.run("status", "--json").stdout)["size"]
+
+    note = cli.run("checkpoint", "--publish").stdout
+    vkey = cli.run("vkey").stdout.strip()
+    assert note.startswith("example.org/steward/cli\n")
+    bundle = cli.run("proof", "--seq", "3").stdout
+    entry3 = _entry_bytes(cli, 3)
+    checkpoint = verify_tlog_proof(bundle, leaf_hash(entry3), vkey)
+    assert checkpoint.size >= 4
+
+
+def _entry_bytes(cli: Cli, seq: int) -> bytes:
+    from ledger.client import LedgerClient
+
+    return bytes(LedgerClient(cli.server).get(seq).entry_bytes)
+
+
+def test_cli_errors_name_the_problem(cli: Cli) -> None:
+    missing = cli.run("propose", "--target", "models", "--image", "x", "--key", "agent.pem", ok=False)
+    assert missing.returncode == 2 and "NAMESPACE/DEPLOYMENT" in missing.stderr
+    no_key = cli.run("grant", "--principal", "human:x@example.org", "--public-key", "alice.pem",
+                     "--role", "approver", "--key", "root1.pem", ok=False)
+    assert "private key" in no_key.stderr
+    (cli.workdir / "bad.yaml").write_text("id: p\nselector: {namespace: models}\n")
+    bad = cli.run("policy", "set", "bad.yaml", "--key", "root1.pem", ok=False)
+    assert "plan is required" in bad.stderr
+
+
+def test_help_teaches() -> None:
+    out = subprocess.run([sys.executable, "-m", "ledger.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for word in ("approve", "kill", "export", "STEWARD_SERVER", "a governance flow"):
+        assert word in out
