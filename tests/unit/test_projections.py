@@ -4,6 +4,9 @@ integration tests run again against a real server (tests/integration/test_projec
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -210,6 +213,38 @@ class ProjectionSuite:
         projector.catch_up()
         assert dump(engine) == fresh_dump(store)
         assert Projector(store, engine).catch_up() == 0
+        assert dump(engine) == fresh_dump(store)
+
+    def test_process_killed_mid_batch(self, engine: sa.Engine, store: SQLiteLogStore, tmp_path: Path) -> None:
+        """A real process death (os._exit, no cleanup) after a batch's rows are written."""
+        st = story()
+        store.append(records(st.entries))
+        script = textwrap.dedent("""
+            import os, sys
+            import sqlalchemy as sa
+            from ledger.projections import Projector
+            from ledger.store.sqlite import SQLiteLogStore
+            original = Projector._commit_position
+            calls = []
+            def dying(self, conn, expected, new):
+                original(self, conn, expected, new)
+                calls.append(new)
+                if len(calls) == 2:
+                    os._exit(9)
+            Projector._commit_position = dying
+            store = SQLiteLogStore(sys.argv[1])
+            Projector(store, sa.create_engine(sys.argv[2]), batch_size=5).catch_up()
+        """)
+        url = engine.url.render_as_string(hide_password=False)
+        done = subprocess.run([sys.executable, "-c", script, str(store.path), url], timeout=120)
+        assert done.returncode == 9
+        projector = Projector(store, engine)
+        assert projector.stored_position().next_position == 5
+        prefix = SQLiteLogStore(tmp_path / "prefix.db")
+        prefix.append(records(st.entries[:5]))
+        assert dump(engine) == fresh_dump(prefix)
+        prefix.close()
+        projector.catch_up()
         assert dump(engine) == fresh_dump(store)
 
     def test_garbage_records_are_skipped_and_recorded(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
