@@ -112,7 +112,7 @@ class TrustRoot:
                 parse_vkey(vkey)
             except NoteError as exc:
                 raise AuditError(f"trust-root file: {exc}") from exc
-        threshold = data.get("threshold")
+        threshold = data.get("threshold", data.get("root_threshold"))
         if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
             raise AuditError("trust-root file: threshold must be a positive integer")
         return cls(tuple(roots), vkey, data.get("origin"), threshold)
@@ -415,9 +415,8 @@ class LogVerifier:
             self.tree.append(p.leaf)
             if self.tree.size in self.root_sizes:
                 self.roots[self.tree.size] = self.tree.root()
-        if entry is not None and body is not None:
-            if clean:
-                self._timeline(seq, p.leaf, entry, body)
+        if entry is not None and body is not None and clean:
+            self._timeline(seq, p.leaf, entry, body)
 
     def _entry_rules(
         self, seq: int, entry: Entry, body: EventBody, leaf: bytes, sig_ok: tuple[bool | None, ...]

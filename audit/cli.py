@@ -1,0 +1,188 @@
+"""steward-audit: verify a Steward ledger without trusting its servers, storage or transport."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from audit import report as reports
+from audit.errors import AuditError
+from audit.sources import ExportSource, GrpcSource, KafkaSource, Source
+from audit.verify import TrustRoot, verify
+
+EPILOG = """\
+examples:
+  # offline, from an export written by `steward export`
+  steward-audit verify --export ledger.avro --trust-root trust.json
+
+  # save the newest verified checkpoint, and next time prove the log only grew since then
+  steward-audit verify --export ledger.avro --trust-root trust.json --save-checkpoint seen.note
+  steward-audit verify --export later.avro --trust-root trust.json --since-checkpoint seen.note
+
+  # online, straight from Kafka (read_committed) or from a ledger server
+  steward-audit verify --kafka 127.0.0.1:9092 --topic steward-ledger --trust-root trust.json
+  steward-audit verify --grpc 127.0.0.1:50051 --trust-root trust.json --json
+
+  # reports, and signature checks on two worker processes
+  steward-audit verify --export ledger.avro --trust-root trust.json --html report.html --workers 2
+
+  # keep watching; exits 1 with an ALERT line on the first finding
+  steward-audit watch --kafka 127.0.0.1:9092 --topic steward-ledger --trust-root trust.json --state-dir ./audit-state
+
+trust root file (JSON): {"roots": [{"principal": "human:root-ada@example.org",
+  "public_key_hex": "..."} or {"principal": ..., "public_pem": "-----BEGIN PUBLIC KEY-----..."}],
+  "vkey": "origin+keyid+base64key" (optional pin), "origin": "..." (optional pin),
+  "threshold": m (optional minimum root signatures on genesis)}
+
+exit status: 0 verified, 1 findings, 2 usage or infrastructure error.
+See docs/AUDIT.md for every step and finding code.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="steward-audit", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def sources(sp: argparse.ArgumentParser, export: bool) -> None:
+        g = sp.add_mutually_exclusive_group(required=True)
+        if export:
+            g.add_argument("--export", type=Path, metavar="FILE", help="an export file (Avro container)")
+        g.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)")
+        g.add_argument("--grpc", metavar="HOST:PORT", help="a ledger gRPC server")
+        sp.add_argument("--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)")
+        sp.add_argument("--trust-root", type=Path, required=True, metavar="FILE", help="pinned root keys (JSON)")
+
+    v = sub.add_parser("verify", help="verify a whole log once", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    sources(v, export=True)
+    v.add_argument("--since-checkpoint", type=Path, metavar="FILE", help="a checkpoint note saved earlier")
+    v.add_argument("--save-checkpoint", type=Path, metavar="FILE", help="write the newest verified checkpoint here")
+    v.add_argument("--json", action="store_true", help="JSON report on stdout")
+    v.add_argument("--html", type=Path, metavar="FILE", help="HTML report with a rollout timeline")
+    v.add_argument("--workers", type=int, default=1, metavar="N", help="processes verifying signatures (default 1)")
+    v.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v.add_argument("--kubeconfig", type=Path, help="compare the live cluster with the log (step 11)")
+
+    w = sub.add_parser("watch", help="follow a log and alert on the first finding", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    sources(w, export=False)
+    w.add_argument("--state-dir", type=Path, required=True, help="keeps the last verified checkpoint")
+    w.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    w.add_argument("--rounds", type=int, default=0, help="stop after N rounds (0: forever)")
+    return p
+
+
+def _source(args: argparse.Namespace) -> Source:
+    if getattr(args, "export", None):
+        return ExportSource(args.export)
+    if args.kafka:
+        if not args.topic:
+            raise AuditError("--kafka needs --topic")
+        return KafkaSource(args.kafka, args.topic)
+    return GrpcSource(args.grpc)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AuditError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, rename: a crash leaves the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    trust = TrustRoot.load(args.trust_root)
+    since = _read_text(args.since_checkpoint, "the saved checkpoint") if args.since_checkpoint else None
+    if args.workers < 1:
+        raise AuditError("--workers must be at least 1")
+    source = _source(args)
+    try:
+        checkpoints = source.checkpoints()
+        show = not args.no_progress and (args.progress or sys.stderr.isatty())
+        result = verify(source.records(), trust, checkpoints, since, workers=args.workers,
+                        progress=sys.stderr if show else None, total=source.total)
+    finally:
+        source.close()
+    if args.kubeconfig:
+        from audit.drift import check_drift
+
+        result.findings.extend(check_drift(result, args.kubeconfig))
+        result.steps_run[11] = "run"
+    if args.json:
+        sys.stdout.write(reports.as_json(result, source.name))
+    else:
+        sys.stdout.write(reports.text(result, source.name))
+    if args.html:
+        try:
+            args.html.write_text(reports.as_html(result, source.name), encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(f"cannot write {args.html}: {exc.strerror}") from exc
+    if args.save_checkpoint and result.verified_checkpoint and result.ok:
+        atomic_write(args.save_checkpoint, result.verified_checkpoint)
+    return 0 if result.ok else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Poll the source; each round verifies the log against the last verified checkpoint."""
+    trust = TrustRoot.load(args.trust_root)
+    state = args.state_dir / "last-verified.note"
+    rounds = 0
+    while True:
+        since = state.read_text(encoding="utf-8") if state.exists() else None
+        source = _source(args)
+        try:
+            result = verify(source.records(), trust, source.checkpoints(), since)
+        finally:
+            source.close()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if result.findings:
+            for f in result.findings:
+                print(f"{stamp} ALERT steward-audit {source.name}: {f}", flush=True)
+            return 1
+        if result.verified_checkpoint and result.verified_checkpoint != since:
+            atomic_write(state, result.verified_checkpoint)
+        print(f"{stamp} ok {source.name}: {result.entries} entries, verified checkpoint {result.verified_size}",
+              flush=True)
+        rounds += 1
+        if args.rounds and rounds >= args.rounds:
+            return 0
+        time.sleep(args.interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return int(exc.code or 0)
+    try:
+        return cmd_verify(args) if args.command == "verify" else cmd_watch(args)
+    except AuditError as exc:
+        print(f"steward-audit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The steward-audit command on export files: exit codes, reports, saved checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.cli import main
+from audit.note import parse_checkpoint, parse_note
+from audit.sources import write_export
+from tests.audit_tamper import TAMPERS, Builder, Log
+
+
+def _files(tmp_path: Path, log: Log, name: str = "ledger.avro") -> tuple[Path, Path]:
+    export = tmp_path / name
+    sizes = [parse_checkpoint(parse_note(n).text).size for n in log.checkpoints]
+    write_export(export, log.records, list(zip(sizes, log.checkpoints, strict=True)))
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps(log.trust))
+    return export, trust
+
+
+def test_clean_export_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export, trust = _files(tmp_path, Builder().clean().log())
+    saved = tmp_path / "seen.note"
+    html = tmp_path / "r.html"
+    code = main(["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress",
+                 "--save-checkpoint", str(saved), "--html", str(html)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "RESULT: VERIFIED" in out
+    assert saved.read_text().startswith("steward.dev/ledger/demo\n")
+    assert "<svg" in html.read_text() and "<script" not in html.read_text()
+    assert main(["verify", "--export", str(export), "--trust-root", str(trust), "--since-checkpoint", str(saved)]) == 0
+
+
+def test_tampered_export_exits_1_with_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code_wanted, make = TAMPERS["self-approval"]
+    export, trust = _files(tmp_path, make())
+    assert main(["verify", "--export", str(export), "--trust-root", str(trust), "--json", "--workers", "2"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verified"] is False
+    assert code_wanted in {f["code"] for f in doc["findings"]}
+
+
+def test_infrastructure_and_usage_errors_exit_2(tmp_path: Path) -> None:
+    export, trust = _files(tmp_path, Builder().clean().log())
+    assert main(["verify", "--export", str(tmp_path / "missing.avro"), "--trust-root", str(trust)]) == 2
+    assert main(["verify", "--export", str(export), "--trust-root", str(tmp_path / "nope.json")]) == 2
+    (tmp_path / "garbage.avro").write_bytes(b"not avro")
+    assert main(["verify", "--export", str(tmp_path / "garbage.avro"), "--trust-root", str(trust)]) == 2
+    assert main(["verify", "--trust-root", str(trust)]) == 2
+    assert main(["verify", "--kafka", "127.0.0.1:1", "--topic", "t", "--trust-root", str(trust)]) == 2
+
+
+def test_wrong_trust_root_is_a_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = Builder().clean().log()
+    other = Builder(seed="someone else")
+    log.trust = other.trust()
+    export, trust = _files(tmp_path, log)
+    assert main(["verify", "--export", str(export), "--trust-root", str(trust), "--json"]) == 1
+    codes = {f["code"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert {"TRUST_ROOT_MISMATCH", "VKEY_MISMATCH"} <= codes
+
+
+def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", "--help"]) == 0
+    assert "--since-checkpoint" in capsys.readouterr().out
