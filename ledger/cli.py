@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="revoked")
 
     policy = sub.add_parser("policy", help="set a rollout policy").add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
-    p = add("set", "set a policy from a YAML file (see docs/POLICY.md)", cmd_policy_set, (common, signing), target=policy)
+    p = add("set", "set a policy from a YAML file (format: docs/GOVERNANCE.md)", cmd_policy_set, (common, signing), target=policy)
     p.add_argument("file")
 
     p = add("propose", "propose a candidate model for a target Deployment", cmd_propose, (common, signing))
