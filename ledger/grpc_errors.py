@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from ledger.core import DuplicateEventId
-from ledger.errors import FencedError, FormatError, StewardError, StoreError, StoreUnavailable
+from ledger.errors import FencedError, FormatError, StewardError, StoreError
 from ledger.merkle import TreeRangeError
 from ledger.rules import (
     DUPLICATE,
@@ -135,7 +135,7 @@ def status_for(exc: BaseException, log: logging.Logger) -> Status:
             f"fenced: another ledger server took over this ledger; this one no longer appends ({exc})",
             FENCED_CODE,
         )
-    if isinstance(exc, StoreUnavailable | StoreError) and getattr(exc, "retryable", False):
+    if isinstance(exc, StoreError) and exc.retryable:
         return Status(grpc.StatusCode.UNAVAILABLE, f"store unavailable, retry: {exc}",
                       STORE_UNAVAILABLE_CODE)
     if isinstance(exc, TreeRangeError):

@@ -319,7 +319,11 @@ class LedgerServer:
         self._appended.notify_all()
         last = self._checkpoints[-1].size if self._checkpoints else 0
         if self._core.size - last >= self._every_entries:
-            self._publish_checkpoint()
+            try:
+                self._publish_checkpoint()
+            except Exception as exc:
+                # The batch is stored and acknowledged; the next append or tick publishes.
+                log.error("checkpoint_publish_failed error=%s", type(exc).__name__, exc_info=exc)
 
     def _wait_ready(self) -> None:
         if not self.ready.is_set():
