@@ -1,0 +1,502 @@
+"""Carry the planner's actions out on Kubernetes and on the ledger.
+
+* :class:`ClusterCache` keeps Deployments, canary Pods and ModelRollouts of the managed
+  namespaces current through watches (list once, then watch from that resourceVersion; re-list
+  on 410 Gone), and calls back on every change so a kill switch or a failing pod reaches the
+  planner without polling. Objects the controller writes are put into the cache from the API
+  server's answer at once (only if newer), so the next plan never acts on a stale copy.
+* :class:`Executor` runs actions in order, one target at a time, and stops a target's list at the
+  first failure. Deployments are written with server-side apply under the field manager
+  ``steward-controller`` (force: the controller's fields are the controller's); the stop is a
+  plain patch of ``spec.replicas`` so it is as fast as the API server allows. Each step is
+  recorded as a RolloutStep signed with the controller key, with the planner's deterministic
+  event id; an ``ALREADY_EXISTS`` answer means an earlier attempt recorded it, which is success.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from controller.planner import (
+    MARKER_ANNOTATION,
+    PROPOSAL_ANNOTATION,
+    STOPPING_ANNOTATION,
+    TRACK_LABEL,
+    Action,
+    ApplyCanary,
+    EmergencyStop,
+    ObservedDeployment,
+    ObservedPod,
+    ObservedTarget,
+    Promote,
+    RecordKillSwitch,
+    RecordStep,
+    RemoveCanary,
+    ScaleStable,
+    StopCanary,
+    Wait,
+    canary_name,
+)
+from controller.replay import Replayer
+from ledger.events import new_body, sign
+from ledger.formats import (
+    AnnotationSource,
+    KillScope,
+    KillSwitchEngaged,
+    Payload,
+    RolloutStep,
+    Target,
+)
+from ledger.keys import PrivateKey
+
+log = logging.getLogger("steward.controller.executor")
+
+FIELD_MANAGER = "steward-controller"
+EMERGENCY_STOP_ANNOTATION = "steward.dev/emergency-stop"
+GROUP, VERSION, PLURAL = "steward.dev", "v1alpha1", "modelrollouts"
+APPLY = "application/apply-patch+yaml"
+
+
+def _rv(obj: Any) -> int:
+    meta = obj.get("metadata", {}) if isinstance(obj, dict) else obj.metadata
+    value = meta.get("resourceVersion") if isinstance(meta, dict) else meta.resource_version
+    try:
+        return int(value or 0)
+    except ValueError:  # resourceVersions are opaque; etcd's are integers
+        return 0
+
+
+def _ms(ts: dt.datetime | str | None) -> int:
+    if ts is None:
+        return 0
+    if isinstance(ts, str):
+        ts = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return int(ts.timestamp() * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# Watch caches
+
+
+class ClusterCache:
+    """Deployments, canary Pods and ModelRollouts of some namespaces, kept current by watches."""
+
+    def __init__(self, api: client.ApiClient, namespaces: Iterable[str],
+                 on_change: Callable[[], None] = lambda: None, watch_timeout: int = 30) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespaces = tuple(sorted(set(namespaces)))
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.lock = threading.Lock()
+        self.deployments: dict[tuple[str, str], Any] = {}  # V1Deployment
+        self.pods: dict[tuple[str, str], Any] = {}  # V1Pod
+        self.rollouts: dict[tuple[str, str], dict[str, Any]] = {}
+        self._synced: set[tuple[str, str]] = set()
+        self._threads: list[threading.Thread] = []
+
+    # -- watching -----------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> None:
+        for ns in self.namespaces:
+            for kind in ("deployments", "pods", "modelrollouts"):
+                t = threading.Thread(target=self._watch_loop, args=(stop, ns, kind),
+                                     name=f"watch-{kind}-{ns}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @property
+    def synced(self) -> bool:
+        return len(self._synced) == 3 * len(self.namespaces)
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.synced:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _list_fn(self, kind: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+        if kind == "deployments":
+            return self.apps.list_namespaced_deployment, {}
+        if kind == "pods":
+            return self.core.list_namespaced_pod, {"label_selector": f"{TRACK_LABEL}=canary"}
+        return self.custom.list_namespaced_custom_object, {"group": GROUP, "version": VERSION,
+                                                           "plural": PLURAL}
+
+    def _store(self, kind: str) -> dict[tuple[str, str], Any]:
+        return {"deployments": self.deployments, "pods": self.pods,
+                "modelrollouts": self.rollouts}[kind]
+
+    def _watch_loop(self, stop: threading.Event, ns: str, kind: str) -> None:
+        fn, kw = self._list_fn(kind)
+        store = self._store(kind)
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if kind == "modelrollouts":
+                    listed = fn(namespace=ns, **kw)
+                    items, rv = listed.get("items", []), listed["metadata"]["resourceVersion"]
+                else:
+                    listed = fn(ns, **kw)
+                    items, rv = listed.items, listed.metadata.resource_version
+                with self.lock:
+                    for key in [k for k in store if k[0] == ns]:
+                        del store[key]
+                    for obj in items:
+                        store[(ns, _name(obj))] = obj
+                self._synced.add((ns, kind))
+                self.on_change()
+                w = watch.Watch()
+                args = {"namespace": ns, **kw} if kind == "modelrollouts" else kw
+                stream = (w.stream(fn, **args, resource_version=rv, timeout_seconds=self.watch_timeout,
+                                   allow_watch_bookmarks=True) if kind == "modelrollouts"
+                          else w.stream(fn, ns, **kw, resource_version=rv,
+                                        timeout_seconds=self.watch_timeout,
+                                        allow_watch_bookmarks=True))
+                for event in stream:
+                    if stop.is_set():
+                        w.stop()
+                        return
+                    etype, obj = event["type"], event["object"]
+                    if etype == "ERROR":
+                        break  # 410 Gone and friends: list again
+                    if etype == "BOOKMARK":
+                        continue
+                    self.update(store, ns, obj, deleted=etype == "DELETED")
+                    self.on_change()
+                backoff = 0.2
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("watch failed kind=%s namespace=%s status=%s", kind, ns, exc.status)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # connection resets: keep watching
+                if stop.is_set():
+                    return
+                log.warning("watch interrupted kind=%s namespace=%s error=%s", kind, ns, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def update(self, store: dict[tuple[str, str], Any], ns: str, obj: Any, *, deleted: bool) -> None:
+        key = (ns, _name(obj))
+        with self.lock:
+            if deleted:
+                store.pop(key, None)
+                return
+            old = store.get(key)
+            if old is None or _rv(obj) >= _rv(old):
+                store[key] = obj
+
+    def put_deployment(self, obj: Any) -> None:
+        """Our own write, from the API server's answer: visible to the next plan at once."""
+        self.update(self.deployments, obj.metadata.namespace, obj, deleted=False)
+
+    def drop_deployment(self, ns: str, name: str) -> None:
+        with self.lock:
+            self.deployments.pop((ns, name), None)
+
+    # -- observation --------------------------------------------------------------------
+
+    def manages(self, namespace: str) -> bool:
+        return namespace in self.namespaces
+
+    def deployment(self, ns: str, name: str) -> Any:
+        with self.lock:
+            return self.deployments.get((ns, name))
+
+    def observe(self, targets: Iterable[Target]) -> dict[Target, ObservedTarget]:
+        out: dict[Target, ObservedTarget] = {}
+        with self.lock:
+            for t in targets:
+                if t.namespace not in self.namespaces:
+                    continue
+                stable = self.deployments.get((t.namespace, t.deployment))
+                canary = self.deployments.get((t.namespace, canary_name(t.deployment)))
+                pods = tuple(
+                    _observed_pod(p) for (ns, _), p in sorted(self.pods.items())
+                    if ns == t.namespace and p.metadata.deletion_timestamp is None
+                    and (p.metadata.labels or {}).get("app") == t.deployment
+                )
+                stops = tuple(
+                    s for (ns, _), obj in sorted(self.rollouts.items())
+                    if ns == t.namespace and (s := _emergency_stop(obj, t.deployment)) is not None
+                )
+                out[t] = ObservedTarget(
+                    _observed_deployment(stable) if stable else None,
+                    _observed_deployment(canary) if canary else None,
+                    pods, stops,
+                )
+        return out
+
+
+def _name(obj: Any) -> str:
+    return str(obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name)
+
+
+def _observed_deployment(d: Any) -> ObservedDeployment:
+    ann = d.metadata.annotations or {}
+    containers = d.spec.template.spec.containers or []
+    status = d.status or client.V1DeploymentStatus()
+    return ObservedDeployment(
+        replicas=d.spec.replicas if d.spec.replicas is not None else 1,
+        image=containers[0].image if containers else "",
+        ready_replicas=status.ready_replicas or 0,
+        updated_replicas=status.updated_replicas or 0,
+        generation=d.metadata.generation or 0,
+        observed_generation=status.observed_generation or 0,
+        marker=ann.get(MARKER_ANNOTATION, ""),
+        proposal=ann.get(PROPOSAL_ANNOTATION, ""),
+        stopping=ann.get(STOPPING_ANNOTATION, ""),
+    )
+
+
+def _observed_pod(p: Any) -> ObservedPod:
+    status = p.status or client.V1PodStatus()
+    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+    waiting = ""
+    for cs in status.container_statuses or []:
+        if cs.state and cs.state.waiting and cs.state.waiting.reason:
+            waiting = cs.state.waiting.reason
+            break
+    containers = p.spec.containers or []
+    return ObservedPod(
+        name=p.metadata.name,
+        image=containers[0].image if containers else "",
+        ready=ready,
+        phase=status.phase or "",
+        waiting_reason=waiting,
+        created_ms=_ms(p.metadata.creation_timestamp),
+    )
+
+
+def _emergency_stop(obj: dict[str, Any], target: str) -> EmergencyStop | None:
+    meta = obj.get("metadata", {})
+    reason = (meta.get("annotations") or {}).get(EMERGENCY_STOP_ANNOTATION)
+    spec = obj.get("spec", {})
+    if reason is None or spec.get("target") != target:
+        return None
+    try:
+        proposal = bytes.fromhex(spec.get("proposal", ""))
+    except ValueError:
+        return None
+    manager, when = annotation_setter(meta, EMERGENCY_STOP_ANNOTATION)
+    source = AnnotationSource(f"{meta.get('namespace')}/{meta.get('name')}", manager, when)
+    return EmergencyStop(proposal, reason or "emergency stop", source)
+
+
+def annotation_setter(meta: dict[str, Any], annotation: str) -> tuple[str, str]:
+    """(field manager, time) of the managedFields entry that owns `annotation`."""
+    key = f"f:{annotation}"
+    found: tuple[str, str] = ("unknown", "")
+    for entry in meta.get("managedFields") or []:
+        fields = (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        if key in fields:
+            found = (entry.get("manager", "unknown"), entry.get("time", ""))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Executing
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    ok: bool
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class Executor:
+    def __init__(self, api: client.ApiClient, cache: ClusterCache, replayer: Replayer,
+                 ledger: Any, key: PrivateKey, *, fold_timeout: float = 10.0) -> None:
+        self.apps = client.AppsV1Api(api)
+        self.api = api
+        self.cache = cache
+        self.replayer = replayer
+        self.ledger = ledger  # a LedgerClient (anything with append(SignedEvent) -> Receipt)
+        self.key = key
+        self.fold_timeout = fold_timeout
+
+    def execute(self, actions: Iterable[Action]) -> list[Outcome]:
+        """Run actions in order; after a failure, skip the rest of that target's actions."""
+        outcomes: list[Outcome] = []
+        failed: set[tuple[str, str]] = set()
+        for a in actions:
+            if isinstance(a, Wait):
+                continue
+            target = self._target_of(a)
+            if target in failed:
+                continue
+            started = time.monotonic()
+            try:
+                detail = self._run(a)
+                ok = True
+            except Refused as exc:
+                ok, detail = False, str(exc)
+            except ApiException as exc:
+                ok, detail = False, f"Kubernetes API {exc.status}: {exc.reason}"
+            except Exception as exc:
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            took = time.monotonic() - started
+            outcome = Outcome(a, ok, detail, took)
+            outcomes.append(outcome)
+            log.log(logging.INFO if ok else logging.WARNING, "action=%s ok=%s ms=%.1f detail=%s",
+                    _describe(a), ok, took * 1000, detail)
+            if not ok:
+                failed.add(target)
+        return outcomes
+
+    def _target_of(self, a: Action) -> tuple[str, str]:
+        if isinstance(a, RecordStep | RecordKillSwitch | Wait):
+            with self.replayer.lock:
+                p = self.replayer.state.ledger.proposals.get(a.proposal)
+            return (p.proposal.target.namespace, p.proposal.target.deployment) if p else ("", "")
+        return (a.namespace, a.name)
+
+    def _run(self, a: Action) -> str:
+        if isinstance(a, RecordStep):
+            payload: Payload = RolloutStep(a.proposal, a.step, a.weight, a.phase, a.reason, a.observed)
+            return self._record(payload, a.event_id)
+        if isinstance(a, RecordKillSwitch):
+            scope = KillScope("PROPOSAL", proposal=a.proposal)
+            return self._record(KillSwitchEngaged(scope, a.reason, a.annotation), a.event_id)
+        if isinstance(a, StopCanary):
+            return self._stop_canary(a)
+        if isinstance(a, ApplyCanary):
+            return self._apply_canary(a)
+        if isinstance(a, ScaleStable | Promote):
+            return self._apply_stable(a.namespace, a.name, a.replicas, a.image, a.marker)
+        if isinstance(a, RemoveCanary):
+            return self._remove_canary(a)
+        raise AssertionError(f"unknown action {a!r}")
+
+    # -- the ledger ---------------------------------------------------------------------
+
+    def _record(self, payload: Payload, event_id: bytes) -> str:
+        from ledger.client import LedgerRpcError
+
+        with self.replayer.lock:
+            ledger_name = self.replayer.state.ledger.ledger
+        body = new_body(ledger_name, payload, event_id=event_id)
+        try:
+            receipt = self.ledger.append(sign(body, self.key))
+        except LedgerRpcError as exc:
+            if exc.violation_code == "DUPLICATE_EVENT_ID":
+                # Recorded by an earlier attempt (before a crash or by the former leader).
+                self._wait_for_event(event_id)
+                return f"already recorded ({exc.violation_code})"
+            raise Refused(f"ledger refused: {exc}") from exc
+        # The next plan must see this entry, or it would plan the same move again.
+        if not self.replayer.wait_for_size(receipt.seq + 1, self.fold_timeout):
+            raise Refused(f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s")
+        return f"seq {receipt.seq}" + (" (duplicate)" if receipt.duplicate else "")
+
+    def _wait_for_event(self, event_id: bytes) -> None:
+        deadline = time.monotonic() + self.fold_timeout
+        while time.monotonic() < deadline:
+            with self.replayer.lock:
+                if event_id in self.replayer.state.ledger.event_ids:
+                    return
+            time.sleep(0.02)
+        raise Refused(f"event {event_id.hex()} exists on the ledger but was not folded in time")
+
+    # -- Kubernetes ---------------------------------------------------------------------
+
+    def _stop_canary(self, a: StopCanary) -> str:
+        name = canary_name(a.name)
+        body = {"spec": {"replicas": 0},
+                "metadata": {"annotations": {STOPPING_ANNOTATION: a.reason[:1000]}}}
+        try:
+            obj = self.apps.patch_namespaced_deployment(name, a.namespace, body,
+                                                        field_manager=FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status == 404:
+                return "canary already gone"
+            raise
+        self.cache.put_deployment(obj)
+        return "canary scaled to 0"
+
+    def _apply_canary(self, a: ApplyCanary) -> str:
+        stable: Any = self.cache.deployment(a.namespace, a.name)
+        if stable is None:
+            raise Refused(f"Deployment {a.namespace}/{a.name} not found")
+        template = self.api.sanitize_for_serialization(stable.spec.template)
+        template = copy.deepcopy(template)
+        selector = dict((stable.spec.selector.match_labels or {}) if stable.spec.selector else {})
+        selector.setdefault("app", a.name)
+        selector[TRACK_LABEL] = "canary"
+        meta = template.setdefault("metadata", {})
+        meta["labels"] = {**(meta.get("labels") or {}), **selector}
+        containers = template["spec"]["containers"]
+        containers[0]["image"] = a.image
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": canary_name(a.name),
+                "namespace": a.namespace,
+                "labels": {"app": a.name, TRACK_LABEL: "canary"},
+                "annotations": {MARKER_ANNOTATION: a.marker, PROPOSAL_ANNOTATION: a.proposal.hex()},
+            },
+            "spec": {"replicas": a.replicas, "selector": {"matchLabels": selector},
+                     "template": template},
+        }
+        obj = self.apps.patch_namespaced_deployment(
+            canary_name(a.name), a.namespace, body, field_manager=FIELD_MANAGER, force=True,
+            _content_type=APPLY)
+        self.cache.put_deployment(obj)
+        return f"canary {a.replicas} x {a.image}"
+
+    def _apply_stable(self, ns: str, name: str, replicas: int, image: str, marker: str) -> str:
+        stable: Any = self.cache.deployment(ns, name)
+        if stable is None:
+            raise Refused(f"Deployment {ns}/{name} not found")
+        container = stable.spec.template.spec.containers[0].name
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}},
+            "spec": {"replicas": replicas,
+                     "template": {"spec": {"containers": [{"name": container, "image": image}]}}},
+        }
+        obj = self.apps.patch_namespaced_deployment(
+            name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        self.cache.put_deployment(obj)
+        return f"stable {replicas} x {image}"
+
+    def _remove_canary(self, a: RemoveCanary) -> str:
+        name = canary_name(a.name)
+        try:
+            self.apps.delete_namespaced_deployment(name, a.namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self.cache.drop_deployment(a.namespace, name)
+        return "canary deleted"
+
+
+class Refused(Exception):
+    """An action that could not be carried out now (the planner will try again)."""
+
+
+def _describe(a: Action) -> str:
+    if isinstance(a, RecordStep):
+        return f"record {a.phase} step={a.step} weight={a.weight} proposal={a.proposal.hex()[:12]}"
+    if isinstance(a, RecordKillSwitch):
+        return f"record kill switch proposal={a.proposal.hex()[:12]}"
+    return type(a).__name__ + f" {getattr(a, 'namespace', '')}/{getattr(a, 'name', '')}"

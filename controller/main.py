@@ -1,0 +1,215 @@
+"""``steward-controller``: replay the ledger and drive canary rollouts on Kubernetes.
+
+Example (SQLite ledger on this machine, local cluster)::
+
+    steward-controller --ledger 127.0.0.1:7443 --store sqlite:ledger.db \\
+        --kubeconfig kubeconfig --key controller.key --namespace models \\
+        --snapshot-db controller.db --lease-namespace steward-system --identity ctl-a
+
+The log is read directly from the store when ``--store`` is given (DESIGN §2: the controller
+verifies what it reads itself), otherwise through the ledger's Read stream. Appends always go
+through the ledger server, which checks every step again at ingest. Logs are JSON lines on
+stderr. SIGTERM/SIGINT stop cleanly: the Lease is released and a last snapshot written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.planner import PlannerConfig
+from controller.replay import LedgerReadStore, Replayer, SnapshotStore
+from controller.runtime import Controller, ControllerConfig
+from ledger.errors import StewardError
+from ledger.keys import PrivateKey
+from ledger.store.base import LogStore
+
+log = logging.getLogger("steward.controller")
+
+DEFAULT_PASSPHRASE_ENV = "STEWARD_CONTROLLER_KEY_PASSPHRASE"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `key=value` pairs in the message become fields too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": msg,
+        }
+        for token in msg.split(" "):
+            key, sep, value = token.partition("=")
+            if sep and key.isidentifier() and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="steward-controller", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ledger", required=True, metavar="HOST:PORT", help="ledger gRPC address")
+    p.add_argument("--ledger-ca", help="CA certificate of the ledger server (TLS); plaintext without")
+    p.add_argument("--store", metavar="SPEC",
+                   help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
+                        "(default: the ledger's Read stream)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    p.add_argument("--key", "--key-file", dest="key", required=True,
+                   help="the controller's Ed25519 private key (PKCS#8 PEM)")
+    p.add_argument("--passphrase-env", default=DEFAULT_PASSPHRASE_ENV, metavar="VAR",
+                   help=f"environment variable holding the key's passphrase (default {DEFAULT_PASSPHRASE_ENV})")
+    p.add_argument("--namespace", "--namespaces", dest="namespaces", action="append", required=True,
+                   help="namespace to manage (repeat or comma-separate)")
+    p.add_argument("--snapshot-db", help="SQLite file (or SQLAlchemy URL) for replay snapshots")
+    p.add_argument("--snapshot-every-entries", type=int, default=500)
+    p.add_argument("--snapshot-every-seconds", type=float, default=5.0)
+    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}",
+                   help="this controller's name in the leader Lease")
+    p.add_argument("--lease-namespace", help="namespace of the leader-election Lease "
+                                              "(without it this process always acts)")
+    p.add_argument("--lease-name", default="steward-controller")
+    p.add_argument("--lease-seconds", type=int, default=5)
+    p.add_argument("--renew-seconds", type=float, default=1.5)
+    p.add_argument("--listen", help="HOST:PORT for gRPC health (and ControllerService when present)")
+    p.add_argument("--tick-seconds", type=float, default=0.25, help="re-plan at least this often")
+    p.add_argument("--not-ready-grace-seconds", type=float, default=120.0,
+                   help="a canary pod not Ready this long triggers a rollback")
+    p.add_argument("--no-mirror", action="store_true", help="do not write ModelRollout objects")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=("json", "text"), default="json")
+    return p
+
+
+def open_store(spec: str) -> tuple[LogStore, str]:
+    """A LogStore from `sqlite:PATH` or `kafka:BOOTSTRAP/TOPIC`, and its snapshot source name."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        from ledger.store.sqlite import SQLiteLogStore
+
+        return SQLiteLogStore(rest), f"sqlite:{Path(rest).name}"
+    if kind == "kafka" and "/" in rest:
+        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+
+        bootstrap, topic = rest.rsplit("/", 1)
+        # A reader never creates topics; the ledger server owns them.
+        config = KafkaStoreConfig(bootstrap_servers=bootstrap, topic=topic, create_topics=False,
+                                  client_id="steward-controller")
+        return KafkaLogStore(config), f"kafka:{topic}"
+    raise StewardError(f"--store {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
+
+
+def load_kube(kubeconfig: str | None) -> Any:
+    from kubernetes import config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        from kubernetes import client
+
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def _serve_grpc(listen: str, controller: Controller) -> Any:
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=8))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:  # the ControllerService is layered on when its module is present
+        from controller import service  # type: ignore[attr-defined]
+
+        service.register(server, controller)
+    except ImportError:
+        pass
+    server.add_insecure_port(listen)
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+    namespaces = tuple(sorted({n.strip() for v in args.namespaces for n in v.split(",") if n.strip()}))
+    try:
+        passphrase = os.environ.get(args.passphrase_env)
+        key = PrivateKey.load(Path(args.key), passphrase.encode() if passphrase else None)
+        from ledger.client import LedgerClient
+
+        ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca)
+        if args.store:
+            store, source = open_store(args.store)
+        else:
+            store, source = LedgerReadStore(ledger), f"grpc:{args.ledger}"
+        snapshots = SnapshotStore(args.snapshot_db) if args.snapshot_db else None
+        replayer = Replayer(store, snapshots=snapshots, source=source,
+                            snapshot_every_entries=args.snapshot_every_entries,
+                            snapshot_every_seconds=args.snapshot_every_seconds)
+        config = ControllerConfig(
+            namespaces=namespaces, identity=args.identity, lease_namespace=args.lease_namespace,
+            lease_name=args.lease_name, lease_seconds=args.lease_seconds,
+            renew_seconds=args.renew_seconds, tick_seconds=args.tick_seconds,
+            mirror=not args.no_mirror,
+            planner=PlannerConfig(not_ready_grace_ms=int(args.not_ready_grace_seconds * 1000)),
+        )
+        controller = Controller(config, replayer, ledger, key, load_kube(args.kubeconfig))
+    except (StewardError, OSError, ValueError) as exc:
+        print(f"steward-controller: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("stopping signal=%d", signum)
+        stop.set()
+        controller.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = _serve_grpc(args.listen, controller) if args.listen else None
+    log.info("starting identity=%s namespaces=%s store=%s lease=%s", args.identity,
+             ",".join(namespaces), source, args.lease_namespace or "-")
+    try:
+        controller.run(stop)
+    except Exception:
+        log.exception("controller failed")
+        return 1
+    finally:
+        if server is not None:
+            server.stop(grace=1)
+        if controller.leader is not None:
+            controller.leader.release()
+        replayer.snapshot()
+        store.close()
+        ledger.close()
+    log.info("stopped identity=%s", args.identity)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

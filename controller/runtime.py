@@ -1,0 +1,147 @@
+"""The controller loop: replay → fold → plan → execute → mirror, woken by the log and watches.
+
+Threads: the Replayer follows the log store; one watch per (namespace, kind) keeps the cluster
+cache; the LeaderElector renews the Lease. Each of them sets ``wake``; the loop then plans from
+one consistent state (under the replayer's lock) and, only when leader, executes and mirrors.
+A timer tick re-plans anyway so hold times and not-ready grace periods expire on time.
+
+Every process replays and observes, leader or not, so a standby that takes over acts on a
+state that is already current. On restart the first plan reconciles: it applies what the log
+implies (finishing a step recorded but not applied, a stop or a promotion half done).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from controller.executor import ClusterCache, Executor, Outcome
+from controller.leader import LeaderElector
+from controller.mirror import Mirror
+from controller.planner import Action, PlannerConfig, plan
+from controller.replay import Replayer
+from controller.view import RolloutView, rollout_views
+from ledger.keys import PrivateKey
+
+log = logging.getLogger("steward.controller")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    namespaces: tuple[str, ...]
+    identity: str
+    lease_namespace: str | None = None  # None: no election, this process always acts
+    lease_name: str = "steward-controller"
+    lease_seconds: int = 5
+    renew_seconds: float = 1.5
+    tick_seconds: float = 0.25
+    mirror: bool = True
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig, replayer: Replayer, ledger: Any, key: PrivateKey,
+                 api: client.ApiClient) -> None:
+        if not config.namespaces:
+            raise ValueError("the controller needs at least one namespace to manage")
+        self.config = config
+        self.replayer = replayer
+        self.wake = threading.Event()
+        self.cache = ClusterCache(api, config.namespaces, on_change=self.wake.set)
+        self.executor = Executor(api, self.cache, replayer, ledger, key)
+        self.mirror = Mirror(api, self.cache)
+        self.leader: LeaderElector | None = None
+        if config.lease_namespace:
+            self.leader = LeaderElector(
+                api, config.lease_namespace, config.identity, name=config.lease_name,
+                lease_seconds=config.lease_seconds, renew_seconds=config.renew_seconds,
+                renew_deadline_seconds=min(config.lease_seconds - 1.0, config.lease_seconds * 0.8),
+                on_change=self._leadership_changed,
+            )
+        self.views: list[RolloutView] = []
+        self.last_actions: list[Action] = []
+        self._listeners: list[Callable[[list[RolloutView]], None]] = []
+        self._threads: list[threading.Thread] = []
+
+    # -- for layers on top (ControllerService, metrics) ------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader.is_leader if self.leader else True
+
+    def add_listener(self, fn: Callable[[list[RolloutView]], None]) -> None:
+        """Called with every new list of views (after each plan), from the loop's thread."""
+        self._listeners.append(fn)
+
+    # -- running -------------------------------------------------------------------------
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self.mirror.forget()
+        self.wake.set()
+
+    def start(self, stop: threading.Event) -> None:
+        """Load the snapshot, catch up with the log and start the background threads."""
+        self.replayer.load_snapshot()
+        started = time.monotonic()
+        self.replayer.catch_up()
+        st = self.replayer.state
+        log.info("replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s", st.ledger.size,
+                 st.applied, st.invalid, (time.monotonic() - started) * 1000,
+                 self.replayer.loaded_from_snapshot)
+        self._spawn("replay", lambda: self.replayer.run(stop, self.wake.set))
+        self.cache.start(stop)
+        if self.leader is not None:
+            leader = self.leader
+            self._spawn("lease", lambda: leader.run(stop))
+        if not self.cache.wait_synced(60):
+            raise RuntimeError("the watch caches did not sync within 60 s")
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def run(self, stop: threading.Event) -> None:
+        self.start(stop)
+        while not stop.is_set():
+            self.wake.wait(self.config.tick_seconds)
+            self.wake.clear()
+            if stop.is_set():
+                break
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile failed; retrying on the next wake")
+                time.sleep(0.2)
+        for t in self._threads:
+            t.join(timeout=3)
+
+    def reconcile_once(self) -> list[Outcome]:
+        with self.replayer.lock:
+            state = self.replayer.state
+            targets = {p.proposal.target for p in state.ledger.proposals.values()}
+            observed = self.cache.observe(targets)
+            actions = plan(state, observed, now_ms(), self.config.planner)
+            views = rollout_views(state, observed, actions)
+        self.views, self.last_actions = views, actions
+        for fn in self._listeners:
+            fn(views)
+        if not self.is_leader:
+            return []
+        outcomes = self.executor.execute(actions)
+        if self.config.mirror:
+            self.mirror.sync(views)
+        if any(o.ok for o in outcomes):
+            self.wake.set()  # something changed: plan again right away (failures wait a tick)
+        return outcomes
