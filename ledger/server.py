@@ -658,7 +658,12 @@ def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=config.require_client_cert)
 
 
-def serve(config: LedgerServerConfig) -> RunningServer:
+# Registers one more servicer (QueryService, ControllerService ...) on the same gRPC server
+# and returns its full service name, so health and reflection cover it too.
+AddService = Callable[[grpc.Server, "LedgerServer"], str]
+
+
+def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()) -> RunningServer:
     """Bind, replay the store, then report SERVING. Returns once the server accepts appends."""
     creds = _credentials(config)  # configuration errors first, before anything is opened
     key = _load_checkpoint_key(config)
@@ -666,8 +671,10 @@ def serve(config: LedgerServerConfig) -> RunningServer:
     store = config.store if isinstance(config.store, LogStore) else SQLiteLogStore(config.store)
     health_servicer = health.HealthServicer()
 
+    names = [SERVICE_NAME]
+
     def set_health(status: int) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", *names):
             health_servicer.set(name, status)
 
     def on_fenced() -> None:
@@ -686,9 +693,10 @@ def serve(config: LedgerServerConfig) -> RunningServer:
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
         LedgerServicer(ledger, max_batch_events=config.max_batch_events), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names.extend(add(server, ledger) for add in add_services)
     set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the replay has finished
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = (server.add_secure_port(config.listen, creds) if creds is not None
             else server.add_insecure_port(config.listen))

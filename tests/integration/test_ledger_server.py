@@ -692,3 +692,27 @@ def test_fenced_server_stops_appending_and_reports_not_serving(flaky: tuple[Env,
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
+
+
+def test_more_services_share_the_server(tmp_path: Path) -> None:
+    from steward.v1 import controller_pb2, controller_pb2_grpc
+
+    def add_controller(server: grpc.Server, _ledger: object) -> str:
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
+            controller_pb2_grpc.ControllerServiceServicer(), server)
+        return controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
+
+    cast = Cast.create()
+    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key),
+                    add_services=[add_controller])
+    try:
+        channel = grpc.insecure_channel(running.address)
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="steward.v1.ControllerService"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        assert "steward.v1.ControllerService" in {s.name for r in replies for s in r.list_services_response.service}
+        channel.close()
+    finally:
+        running.stop(None)
