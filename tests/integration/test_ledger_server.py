@@ -114,8 +114,12 @@ def _evaluated(env: Env) -> tuple[bytes, tuple[bytes, bytes]]:
 def test_full_governance_flow(env: Env) -> None:
     flow = env.flow
     p, evals = _evaluated(env)
-    # The agent may approve others' proposals, never its own.
-    env.refused(flow.approve(p, evals, "agent"), CODE.FAILED_PRECONDITION, "SELF_APPROVAL", "signatures")
+    # The agent's own approval is refused: SELF_APPROVAL when its key may approve at all
+    # (the scenario's cast decides), else ROLE_REQUIRED.
+    if "approver" in env.cast["agent"].roles:
+        env.refused(flow.approve(p, evals, "agent"), CODE.FAILED_PRECONDITION, "SELF_APPROVAL", "signatures")
+    else:
+        env.refused(flow.approve(p, evals, "agent"), CODE.PERMISSION_DENIED, "ROLE_REQUIRED", "signatures")
     # Nor with another key of the same principal: separation of duties counts principals.
     second = env.cast.extra_key("agent-approver")
     env.ok(flow.grant_key(env.cast["agent"].principal, second, ("approver",)))
