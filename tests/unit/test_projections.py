@@ -290,9 +290,12 @@ class ProjectionSuite:
         clean.close()
         # A restart replays past the same garbage and lands on the stored position.
         assert Projector(store, engine).catch_up() == 0
+        assert Projector(store, engine, full_replay=True).catch_up() == 0
         assert projector.stored_position().next_seq == len(entries)
 
-    def test_restart_resumes_without_duplicates(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
+    @pytest.mark.parametrize("full_replay", [False, True])
+    def test_restart_resumes_without_duplicates(self, engine: sa.Engine, store: SQLiteLogStore,
+                                                full_replay: bool) -> None:
         st = story()
         half = len(st.entries) // 2
         store.append(records(st.entries[:half]))
@@ -300,8 +303,9 @@ class ProjectionSuite:
         assert first.catch_up() == half
         assert first.catch_up() == 0
         store.append(records(st.entries[half:]))
-        restarted = Projector(store, engine, batch_size=5)
+        restarted = Projector(store, engine, batch_size=5, full_replay=full_replay)
         assert restarted.stored_position().next_position == half
+        assert restarted.state.size == half  # rebuilt by replay
         assert restarted.catch_up() == len(st.entries) - half
         assert dump(engine) == fresh_dump(store)
         assert len(rows(engine, proj.keys_table)) == 11
@@ -326,7 +330,9 @@ class ProjectionSuite:
         assert not thread.is_alive()
         assert dump(engine) == fresh_dump(store)
 
-    def test_rewritten_log_is_detected_and_rebuilt(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
+    @pytest.mark.parametrize("full_replay", [False, True])
+    def test_rewritten_log_is_detected_and_rebuilt(self, engine: sa.Engine, store: SQLiteLogStore,
+                                                   full_replay: bool) -> None:
         st = story()
         store.append(records(st.entries))
         Projector(store, engine).catch_up()
@@ -335,8 +341,8 @@ class ProjectionSuite:
         with raw.begin() as conn:
             conn.execute(log_table.update().where(log_table.c.position == 20).values(value=b"rewritten"))
         raw.dispose()
-        restarted = Projector(store, engine)
-        with pytest.raises(ProjectionDivergence, match="rebuild"):
+        restarted = Projector(store, engine, full_replay=full_replay)
+        with pytest.raises(ProjectionDivergence, match="rebuild them"):
             restarted.catch_up()
         restarted.rebuild()
         assert restarted.stored_position().next_seq == 20  # everything after it breaks the chain
