@@ -298,12 +298,22 @@ class KafkaLogStore(LogStore):
             self._drop_producer()
 
     def _drop_producer(self) -> None:
-        if self._producer is not None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=0)
+        except Exception:
+            # kafka-python's close() flushes first and raises KafkaTimeoutError when records
+            # are pending (broker down) before it force-closes the sender thread, which then
+            # keeps retrying (docs/KAFKA.md). Force-close it ourselves, then close again.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None and hasattr(sender, "force_close"):
+                sender.force_close()
             try:
-                self._producer.close(timeout=0)
-            except Exception:  # closing a broken producer may raise; nothing to save
-                pass
-            self._producer = None
+                producer.close(timeout=0)
+            except Exception as exc:
+                log.debug("topic %s: closing a broken producer: %s", self.topic, exc)
 
     def _mark_fenced(self, exc: BaseException) -> FencedError:
         self._fenced = (

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
-from ledger.errors import FencedError, StoreError
+from ledger.errors import FencedError, StoreError, StoreUnavailable
 from ledger.store.base import LogStore
 from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
 from tests.contract.store_contract import StoreContract
@@ -202,3 +203,50 @@ def test_closed_store_refuses_everything(store_factory: Callable[..., LogStore])
                  lambda: store.save_checkpoint(1, "x")):
         with pytest.raises(StoreError):
             call()
+
+
+def test_a_retried_in_doubt_batch_is_not_written_twice(
+    store_factory: Callable[..., LogStore], kafka_cluster: KafkaCluster
+) -> None:
+    """White-box: the commit of a batch went through but its answer was lost."""
+    store = store_factory()
+    assert isinstance(store, KafkaLogStore)
+    batch = [(b"ev-1", b"a"), (b"ev-2", b"b")]
+    offsets = store.append(batch)
+    store._in_doubt = (batch, offsets)  # what a lost commit acknowledgement leaves behind
+    store._drop_producer()
+    assert store.append(batch) == offsets
+    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, store.topic)] == [
+        b"ev-1", b"ev-2"]
+    # The in-doubt state is gone: the same records appended again are a new batch.
+    assert store.append(batch)[0] > offsets[-1]
+
+
+@pytest.mark.slow
+def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfig]) -> None:
+    """Own broker (the session one is shared): appends fail with StoreUnavailable in bounded
+    time while it is down, and the retried batch lands exactly once after the restart."""
+    with KafkaCluster(brokers=1) as cluster:
+        config = make_config(bootstrap_servers=cluster.bootstrap_servers,
+                             operation_timeout_s=5.0, request_timeout_ms=3000)
+        store = KafkaLogStore(config)
+        try:
+            store.append([(b"before", b"1")])
+            cluster.kill_broker(1)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.append([(b"during", b"2")])
+            assert time.monotonic() - started < 30  # bounded: no hang in commit/abort
+            cluster.restart_broker(1)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    store.append([(b"during", b"2")])
+                    break
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            assert [r.key for r in store.read(0)] == [b"before", b"during"]
+        finally:
+            store.close()
