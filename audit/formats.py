@@ -443,12 +443,17 @@ class _Generator:
         if isinstance(node, dict) and isinstance(node.get("type"), str) and node["type"] in _PRIMITIVE_READERS:
             kind = node["type"]
         if kind in ("long", "int"):
+            # Zig-zag varint, inline: timestamps take 6 bytes, so the loop matters.
             out = [
-                f"{ind}b = buf[pos]",
+                f"{ind}b = buf[pos]; pos += 1",
                 f"{ind}if b < 128:",
-                f"{ind}    {var} = (b >> 1) ^ -(b & 1); pos += 1",
+                f"{ind}    {var} = (b >> 1) ^ -(b & 1)",
                 f"{ind}else:",
-                f"{ind}    {var}, pos = _read_long(buf, pos)",
+                f"{ind}    n = b & 127; sh = 7",
+                f"{ind}    while b & 128:",
+                f"{ind}        if sh > 63: raise DecodeError('varint longer than 10 bytes')",
+                f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << sh; sh += 7",
+                f"{ind}    {var} = (n >> 1) ^ -(n & 1)",
             ]
             if kind == "int":
                 out.append(f"{ind}if not -2147483648 <= {var} < 2147483648: raise DecodeError('int out of range')")
