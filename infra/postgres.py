@@ -204,9 +204,13 @@ class PostgresServer:
         self._prepare_dirs()
         if not self.port:
             self.port = free_port()
-        self._run([str(bindir / "initdb"), "-D", str(self.data_dir), "--username", SUPERUSER,
-                   "--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-instructions"],
-                  "initdb", timeout=120)
+        try:
+            self._run([str(bindir / "initdb"), "-D", str(self.data_dir), "--username", SUPERUSER,
+                       "--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-instructions"],
+                      "initdb", timeout=120)
+        except BaseException:
+            self._remove_base()
+            raise
         options = " ".join([
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -244,6 +248,9 @@ class PostgresServer:
                 stopped = False
             if not stopped:
                 self._kill_postmaster()
+        self._remove_base()
+
+    def _remove_base(self) -> None:
         if self._owns_base and self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             self.base_dir = None
