@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -227,7 +228,9 @@ def _build_etcd(version: str, work: Path, bd: Path, parallel: str) -> None:
     go_line, godebug, local = _parse_gomod(Path(info["GoMod"]).read_text())
     # The server's go.mod points its sibling modules (api, client, pkg, ...) at ../; pin each
     # to the same published release instead.
-    replaces = [f"{mod} => {mod} {version}" for mod, _ in local if mod.startswith("go.etcd.io/")]
+    # Its other local replaces (go.etcd.io/etcd, tests => ./FORBIDDEN_DEPENDENCY) are guards
+    # against importing those modules, not real dependencies: leave them out.
+    replaces = [f"{mod} => {mod} {version}" for mod, path in local if path.startswith("../")]
     _write_wrapper(work, "etcd", "go.etcd.io/etcd/server/v3", version, replaces, go_line, godebug)
     tmp = bd / ".etcd.tmp"
     _run_go(
@@ -264,8 +267,23 @@ def build(version: str = KUBE_VERSION, parallel: int | None = None) -> Path:
         return bd
     if shutil.which("go") is None:
         raise KubeError("the go toolchain is not on PATH; it is needed to build the control plane")
-    p = str(parallel or int(os.environ.get("STEWARD_GO_BUILD_P", "2")))
     bd.mkdir(parents=True, exist_ok=True)
+    # Two builds at once (two test sessions, CI and a person) would race on the same outputs:
+    # the second waits for the first, then finds the stamp.
+    with (cache_root() / version / ".build.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("another build of these binaries is running; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if binaries_present(version):
+            _log(f"binaries for {version} present in {bd} (built meanwhile)")
+            return bd
+        _build_all(version, bd, str(parallel or int(os.environ.get("STEWARD_GO_BUILD_P", "2"))))
+    return bd
+
+
+def _build_all(version: str, bd: Path, p: str) -> None:
     work = cache_root() / version / "build"
     t0 = time.monotonic()
     _log(f"building Kubernetes {version}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} "
@@ -279,7 +297,6 @@ def build(version: str = KUBE_VERSION, parallel: int | None = None) -> Path:
         "seconds": round(total), "built_at": dt.datetime.now(dt.UTC).isoformat(),
     }, indent=2) + "\n")
     _log(f"all binaries built in {total:.0f}s ({total / 60:.1f} min)")
-    return bd
 
 # ----------------------------------------------------------------------------------------- PKI
 
