@@ -738,8 +738,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ca", help="CA for client certificates (mutual TLS)")
     p.add_argument("--require-client-cert", action="store_true", help="refuse clients without a certificate")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--projections", default="same", metavar="URL",
+                   help="SQLAlchemy URL where the query projections live and QueryService reads them; "
+                        "'same' (default) uses the --db SQLite file, 'off' serves no QueryService")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def projections_service(url: str, stop: threading.Event) -> AddService:
+    """QueryService over projections that a background thread keeps caught up with the log.
+
+    The projector follows the same store the ledger writes and commits rows together with its
+    read position, so the projections are never ahead of or behind what they say they cover.
+    """
+    import sqlalchemy as sa
+
+    from ledger.projections import Projector
+    from ledger.query import add_query_service
+    from ledger.store.sqlite import sqlite_engine
+    from steward.v1 import query_pb2
+
+    def add(server: grpc.Server, ledger: LedgerServer) -> str:
+        if url.startswith("sqlite:///"):
+            engine = sqlite_engine(url.removeprefix("sqlite:///"))
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        projector = Projector(ledger.store, engine)
+        threading.Thread(target=projector.run, args=(stop,), name="projector", daemon=True).start()
+        add_query_service(server, engine)
+        return str(query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name)
+
+    return add
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -753,8 +782,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
         tls_key=args.tls_key, client_ca=args.client_ca,
         require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes)
+    done = threading.Event()
+    services: list[AddService] = []
+    if args.projections != "off":
+        url = f"sqlite:///{args.db}" if args.projections == "same" else args.projections
+        services.append(projections_service(url, done))
     try:
-        running = serve(config)
+        running = serve(config, add_services=services)
     except StewardError as exc:
         print(f"ledger server: {exc}", file=sys.stderr)
         return 2
@@ -763,7 +797,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(f"{running.port}\n")
         tmp.replace(args.port_file)  # readers never see a half-written file
-    done = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("stopping signal=%d", signum)
