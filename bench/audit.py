@@ -1,0 +1,170 @@
+"""steward-audit throughput over a ledger of 200,000 events, as ratios to raw Ed25519.
+
+Measured in one run, on the same machine and minute:
+
+* raw: Ed25519 verifications/s with the `cryptography` package (bench.common.raw_ed25519_rate),
+  sampled before and after each timed run and averaged, because the machine is shared;
+* audit, 1 process: events/s through ``audit.verify.verify`` (every step 1-10: decode,
+  signatures, keys, thresholds, chain, Merkle roots, checkpoint notes, rules, conformance);
+  goal >= 0.8x raw;
+* audit, 2 worker processes (``--workers 2``): events/s against the single-core raw rate;
+  goal >= 1.6x raw;
+* the ledger's own fold (decode + ``ledger.rules.check`` + ``apply``), for comparison;
+* the offline export read end to end (``audit.sources.ExportSource``), for information.
+
+Entries come from the cached generated ledger (bench.ledgergen) and are held in memory, so the
+audit figures measure verification, not the disk. ``--profile`` prints where the time goes.
+
+Run: python -m bench.audit [--smoke] [--events N] [--profile]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import Report, parser, raw_ed25519_rate
+from bench.ledgergen import ledger
+
+
+def hotspots(fn: Callable[[], Any], top: int = 12) -> list[tuple[str, float, float]]:
+    """Run `fn` under pyinstrument; the top functions as (name, % self time, % inclusive time)."""
+    from pyinstrument import Profiler
+
+    prof = Profiler(interval=0.0005)
+    prof.start()
+    try:
+        fn()
+    finally:
+        prof.stop()
+    root = prof.last_session.root_frame() if prof.last_session else None
+    if root is None:
+        return []
+    total = root.time or 1e-9
+    own: dict[str, float] = {}
+    incl: dict[str, float] = {}
+
+    def walk(frame: Any, active: frozenset[str]) -> None:
+        if frame.is_synthetic:  # pyinstrument's "[self]" leaves: already in the parent's self time
+            return
+        name = f"{frame.function} ({Path(frame.file_path_short or '?').name}:{frame.line_no})"
+        own[name] = own.get(name, 0.0) + frame.total_self_time
+        if name not in active:  # recursion counts once
+            incl[name] = incl.get(name, 0.0) + frame.time
+        for child in frame.children:
+            walk(child, active | {name})
+
+    walk(root, frozenset())
+    ranked = sorted(own, key=own.__getitem__, reverse=True)[:top]
+    return [(n, 100 * own[n] / total, 100 * incl.get(n, 0.0) / total) for n in ranked]
+
+
+def print_hotspots(title: str, rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n  profile: {title}  (% of wall time: self / inclusive)")
+    for name, self_pct, incl_pct in rows:
+        print(f"    {self_pct:5.1f}% / {incl_pct:5.1f}%  {name}")
+
+
+class RawSampler:
+    """Raw Ed25519 rate sampled around each timed run; the mean of all samples is reported."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        rate = raw_ed25519_rate(self.n)
+        self.samples.append(rate)
+        return rate
+
+    def around(self, fn: Callable[[], Any]) -> tuple[float, float, Any]:
+        """(seconds, mean raw rate before/after, result) of one timed call."""
+        before = self.sample()
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        after = self.sample()
+        return seconds, (before + after) / 2, result
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples)
+
+
+def ledger_fold(records: list[bytes]) -> int:
+    from ledger.formats import decode_log_entry
+    from ledger.rules import LedgerState, check
+
+    state = LedgerState()
+    for raw in records:
+        e = decode_log_entry(raw)
+        violation = check(state, e)
+        if violation is not None:
+            raise AssertionError(f"generated ledger is invalid at seq {e.seq}: {violation}")
+        state.apply(e)
+    return state.size
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__ or "")
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="print where the time goes (pyinstrument)")
+    args = p.parse_args(argv)
+    events = 3_000 if args.smoke else args.events
+
+    from audit.sources import ExportSource
+    from audit.verify import TrustRoot, verify
+
+    gen = ledger(events)
+    records = gen.load()
+    trust = TrustRoot.from_json(gen.trust_root)
+    notes = gen.checkpoint_notes
+    raw = RawSampler(1000 if args.smoke else 5000)
+    report = Report("audit", params={"events": len(records), "workers": args.workers,
+                                     "proposals": gen.meta["proposals"], "checkpoints": len(notes)})
+
+    def run(workers: int) -> Callable[[], Any]:
+        def go() -> Any:
+            result = verify(records, trust, notes, workers=workers)
+            if not result.ok:
+                raise AssertionError(f"the generated ledger did not verify: {result.findings[:3]}")
+            return result
+        return go
+
+    t1, raw1, _ = raw.around(run(1))
+    rate1 = len(records) / t1
+    tw, raww, _ = raw.around(run(args.workers))
+    ratew = len(records) / tw
+    tf, rawf, _ = raw.around(lambda: ledger_fold(records))
+    ratef = len(records) / tf
+
+    def export_run() -> Any:
+        src = ExportSource(gen.export_path())
+        return verify(src.records(), trust, src.checkpoints(), workers=1)
+
+    gen.export_path()  # built outside the timing
+    te, rawe, _ = raw.around(export_run)
+    ratee = len(records) / te
+
+    report.add("raw Ed25519 verify (mean of samples)", raw.mean, "verif/s")
+    report.add("audit, 1 process", rate1, "events/s")
+    report.add("audit, 1 process ÷ raw", rate1 / raw1, "x", "≥ 0.8x", rate1 / raw1 >= 0.8)
+    report.add(f"audit, {args.workers} workers", ratew, "events/s")
+    report.add(f"audit, {args.workers} workers ÷ raw (1 core)", ratew / raww, "x", "≥ 1.6x",
+               ratew / raww >= 1.6)
+    report.add("ledger fold (decode+check+apply)", ratef, "events/s")
+    report.add("ledger fold ÷ raw", ratef / rawf, "x")
+    report.add("audit from export file, 1 process ÷ raw", ratee / rawe, "x")
+    report.emit()
+
+    if args.profile:
+        print_hotspots("audit, 1 process", hotspots(run(1)))
+        print_hotspots("ledger fold", hotspots(lambda: ledger_fold(records)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
