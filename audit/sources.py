@@ -131,7 +131,6 @@ class KafkaSource:
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
                 request_timeout_ms=int(self.timeout_s * 1000) + 1000,
-                api_version_auto_timeout_ms=int(self.timeout_s * 1000),
                 max_poll_records=1000,
                 fetch_max_bytes=64 * 1024 * 1024,
             )

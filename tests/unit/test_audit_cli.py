@@ -52,7 +52,6 @@ def test_infrastructure_and_usage_errors_exit_2(tmp_path: Path) -> None:
     (tmp_path / "garbage.avro").write_bytes(b"not avro")
     assert main(["verify", "--export", str(tmp_path / "garbage.avro"), "--trust-root", str(trust)]) == 2
     assert main(["verify", "--trust-root", str(trust)]) == 2
-    assert main(["verify", "--kafka", "127.0.0.1:1", "--topic", "t", "--trust-root", str(trust)]) == 2
 
 
 def test_wrong_trust_root_is_a_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
