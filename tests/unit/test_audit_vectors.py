@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from audit.formats import BODY_SCHEMAS, ENTRY_SCHEMAS, decode_body, decode_entry, leaf_hash, signed_bytes
+from audit.formats import (
+    BODY_SCHEMAS,
+    ENTRY_SCHEMAS,
+    decode_body,
+    decode_entry,
+    leaf_hash,
+    signed_bytes,
+)
 from audit.merkle import CompactRange, verify_consistency, verify_inclusion
 from audit.note import open_checkpoint, parse_vkey
 from audit.verify import TrustRoot, verify
