@@ -12,6 +12,7 @@ import argparse
 import base64
 import datetime as dt
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -609,14 +610,15 @@ class LocalCluster:
             str(bd / "kube-scheduler"), *common,
             f"--secure-port={p['scheduler']}", f"--cert-dir={st / 'scheduler-certs'}",
         ])
+        # Their serving certs are self-signed in memory; only liveness matters here.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        for comp in ("kube-controller-manager", "kube-scheduler"):
-            port = p["controller-manager" if comp == "kube-controller-manager" else "scheduler"]
+        for comp, port in (("kube-controller-manager", p["controller-manager"]),
+                           ("kube-scheduler", p["scheduler"])):
             self._wait(comp, deadline,
-                       lambda port=port: _http_ok(f"https://127.0.0.1:{port}/healthz", b"ok",
-                                                  insecure))
+                       functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz", b"ok",
+                                         insecure))
 
         kwok_config = st / "kwok.yaml"
         kwok_config.write_text(stage_documents())
