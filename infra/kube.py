@@ -539,11 +539,28 @@ class LocalCluster:
             self._owns_state = True
         self.state.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
-        try:
-            self._start_all(deadline)
-        except BaseException:
-            self.stop()
-            raise
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._start_all(deadline)
+                break
+            except KubeError as exc:
+                # Ports are picked free but bound later by another process: another session
+                # may take one in between. Retry with fresh ports in a fresh state directory.
+                retry = ("address already in use" in str(exc) and self._owns_state
+                         and attempt < 3)
+                _terminate(list(reversed(self._procs)), 10.0)
+                self._procs.clear()
+                if not retry:
+                    self.stop()
+                    raise
+                _log(f"a port was taken meanwhile; retrying ({exc.args[0].splitlines()[0]})")
+                shutil.rmtree(self.state, ignore_errors=True)
+                self.state.mkdir(parents=True)
+            except BaseException:
+                self.stop()
+                raise
         self._write_state()
         return self
 
