@@ -106,6 +106,11 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
             f"expected at least {settings.replication_factor}")
 
     configs = _describe_configs(admin, topic)
+    while not configs and time.monotonic() < deadline:
+        # A just-created topic may be known to the broker that answered describe_topics but
+        # not yet to the one answering describe_configs (which then returns no configs).
+        time.sleep(0.2)
+        configs = _describe_configs(admin, topic)
     expected_exact = {
         "cleanup.policy": "delete",
         "retention.ms": "-1",
