@@ -278,7 +278,10 @@ def age(created: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def status_text(status: str) -> str:
-    return f"{ICONS.get(status, '?')} {status}"
+    from controller.planner import FAILING_REASONS
+
+    icon = ICONS.get(status) or ("✖" if status in FAILING_REASONS or status.endswith("Error") else "◌")
+    return f"{icon} {status}"
 
 
 def actual_weight(cluster: ClusterView) -> int | None:
