@@ -232,3 +232,54 @@ def test_plugin_reads_the_controller_and_the_ledger(env: Env, tmp_path: Path) ->
 
     unknown = plugin("get", "abcdef", "--server", env.address, env_vars=no_kube)
     assert unknown.returncode == 2 and "no proposal hash starting with it" in unknown.stderr
+
+
+# -------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_endpoint_reports_rollouts_counts_and_kill_reaction(env: Env, tmp_path: Path) -> None:
+    """controller.metrics.serve on a controller-shaped object with a real replay of the ledger."""
+    import dataclasses
+    import types
+    import urllib.request
+
+    from controller import metrics
+
+    p = env.approved()
+    env.ok(env.flow.step(p, 0, 10, "STARTED"))
+    kill_seq = env.client.append(env.flow.kill(KillScope("PROPOSAL", proposal=p))).seq
+    store = SQLiteLogStore(tmp_path / "ledger.db")
+    replayer = Replayer(store)
+    replayer.catch_up()
+    listeners: list[Any] = []
+    ctl = types.SimpleNamespace(replayer=replayer, executor=types.SimpleNamespace(ledger=env.client),
+                                is_leader=True, add_listener=listeners.append)
+    server = metrics.serve(ctl, "127.0.0.1:0")  # type: ignore[arg-type]
+    try:
+        (listener,) = listeners
+        from controller.view import rollout_views
+
+        (view,) = rollout_views(replayer.state, {})
+        listener([dataclasses.replace(view, canary_replicas=1)])  # the kill is folded, canary still up
+        listener([dataclasses.replace(view, canary_replicas=0)])  # observed stopped
+        deadline = time.monotonic() + 10
+        registry = server.metrics.registry
+        while time.monotonic() < deadline and not registry.get_sample_value(  # the worker's lookup
+                "steward_kill_switch_reaction_seconds_count"):
+            time.sleep(0.02)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        received = env.client.get(kill_seq).entry.received_at
+        assert received > 0
+        lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        assert float(lines["steward_kill_switch_reaction_seconds_count"]) == 1.0
+        assert float(lines["steward_events_applied_total"]) == replayer.state.applied == kill_seq + 1
+        assert float(lines["steward_invalid_events_total"]) == 0.0
+        assert float(lines["steward_controller_leader"]) == 1.0
+        target, proposal = 'deployment="model-server",namespace="models"', f'proposal="{p.hex()}"'
+        assert float(lines[f'steward_rollout_phase{{{target},phase="STARTED",{proposal}}}']) == 1.0
+        assert float(lines[f'steward_rollout_phase{{{target},phase="PENDING",{proposal}}}']) == 0.0
+        assert float(lines[f"steward_rollout_weight{{{target},{proposal}}}"]) == 10.0
+    finally:
+        server.stop()
+        store.close()
