@@ -1,0 +1,251 @@
+"""Fuzz every decoder: garbage and mutated valid inputs raise only the documented error types.
+
+Seeds are the committed ledger vectors (entries and bodies of every event type) and a signed
+checkpoint, note and tlog-proof made here; hypothesis mutates them (bit flips, truncation,
+insertions, splices) and also feeds raw bytes/text. A decoder may accept a mutated input (some
+mutations keep it valid) but must never raise anything else: an unexpected exception in a
+decoder becomes an INTERNAL status in the server or a crash in the auditor.
+
+Examples per test: ``STEWARD_FUZZ_EXAMPLES`` (default 300).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit import formats as audit_formats
+from audit import note as audit_note
+from audit.errors import DecodeError
+from ledger import checkpoint as lcp
+from ledger import formats as lf
+from ledger.errors import FormatError, VerificationError
+from ledger.keys import PrivateKey
+from ledger.merkle import MerkleTree
+
+# Found by this file: audit/formats.py `_single_object` catches IndexError and struct.error but
+# not UnicodeDecodeError, so a body with an invalid UTF-8 string (easy to write straight into
+# Kafka) escapes as UnicodeDecodeError and stops `steward-audit` instead of becoming a finding.
+# Only that exception type is tolerated here, until the audit owner fixes it.
+AUDIT_UTF8_BUG = pytest.mark.xfail(
+    raises=UnicodeDecodeError, strict=False,
+    reason="audit/formats.py _single_object lets UnicodeDecodeError escape (invalid UTF-8 string)")
+
+EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "ledger-vectors.json").read_text())
+ENTRIES = [bytes.fromhex(e["entry_hex"]) for e in VECTORS["entries"]]
+BODIES = [bytes.fromhex(e["body_hex"]) for e in VECTORS["entries"]]
+SIGNED_EVENTS = [
+    lf.encode_signed_event(lf.SignedEvent(d.body, d.signatures)) for d in map(lf.decode_entry, ENTRIES)
+]
+
+
+def _notes() -> tuple[str, str, str, str]:
+    key = PrivateKey.from_seed(bytes(range(32)))
+    signer = lcp.Signer("steward.dev/ledger/fuzz", key.ed25519)
+    tree = MerkleTree()
+    for raw in ENTRIES:
+        tree.append(lf.decode_log_entry(raw).leaf_hash)
+    note = lcp.sign_checkpoint(lcp.Checkpoint("steward.dev/ledger/fuzz", tree.size, tree.root()), signer)
+    proof = lcp.write_tlog_proof(3, tree.inclusion_proof(3, tree.size), note)
+    return signer.vkey, note, note.split("\n\n", 1)[0] + "\n", proof
+
+
+VKEY, NOTE, CHECKPOINT_TEXT, TLOG_PROOF = _notes()
+
+
+# -- mutation strategies ---------------------------------------------------------------------
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(("flip", "truncate", "insert", "delete", "set", "splice")))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "truncate":
+            del data[at:]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif op == "delete" and data:
+            del data[at:at + draw(st.integers(1, 16))]
+        elif op == "set" and data:
+            data[at] = draw(st.sampled_from((0x00, 0x01, 0x7F, 0x80, 0xFF)))
+        elif op == "splice":
+            other = draw(st.sampled_from(seeds))
+            data[at:] = other[draw(st.integers(0, len(other))):]
+    return bytes(data)
+
+
+def inputs(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
+    # Keep the 10-byte single-object header valid half of the time so the Avro decoder is reached.
+    header = seeds[0][:10]
+    return st.one_of(
+        mutated(seeds),
+        st.binary(max_size=512),
+        st.binary(max_size=512).map(lambda b: header + b),
+    )
+
+
+@st.composite
+def text_mutated(draw: st.DrawFn, seeds: list[str]) -> str:
+    text = draw(st.sampled_from(seeds))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(("insert", "delete", "replace", "truncate", "newline")))
+        if op == "insert":
+            text = text[:at] + draw(st.text(max_size=8)) + text[at:]
+        elif op == "delete":
+            text = text[:at] + text[at + draw(st.integers(1, 8)):]
+        elif op == "replace" and at < len(text):
+            text = text[:at] + draw(st.characters()) + text[at + 1:]
+        elif op == "truncate":
+            text = text[:at]
+        else:
+            text = text[:at] + draw(st.sampled_from(("\n", "\n\n", "\r\n", " ", "\u2014 "))) + text[at:]
+    return text
+
+
+def text_inputs(seeds: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(text_mutated(seeds), st.text(max_size=300))
+
+
+def only(errors: tuple[type[BaseException], ...], fn: Callable[[Any], Any], value: Any) -> None:
+    try:
+        fn(value)
+    except errors:
+        pass
+
+
+# -- ledger.formats ----------------------------------------------------------------------------
+
+
+@FUZZ
+@given(inputs(BODIES))
+def test_ledger_decode_body(data: bytes) -> None:
+    only((FormatError,), lf.decode_body, data)
+
+
+@FUZZ
+@given(inputs(ENTRIES))
+def test_ledger_decode_entry_and_log_entry(data: bytes) -> None:
+    only((FormatError,), lf.decode_entry, data)
+    only((FormatError,), lf.decode_log_entry, data)
+
+
+@FUZZ
+@given(inputs(SIGNED_EVENTS))
+def test_ledger_decode_signed_event(data: bytes) -> None:
+    only((FormatError,), lf.decode_signed_event, data)
+
+
+@FUZZ
+@given(inputs(BODIES))
+def test_ledger_signed_bytes(data: bytes) -> None:
+    only((FormatError,), lf.signed_bytes, data)
+
+
+# -- ledger.checkpoint -------------------------------------------------------------------------
+
+
+@FUZZ
+@given(text_inputs([CHECKPOINT_TEXT]))
+def test_checkpoint_parse(text: str) -> None:
+    only((lcp.MalformedError,), lcp.Checkpoint.parse, text)
+
+
+@FUZZ
+@given(text_inputs([NOTE]))
+def test_note_open_and_verify_checkpoint(text: str) -> None:
+    only((VerificationError,), lambda t: lcp.open_note(t, VKEY), text)
+    only((VerificationError,), lambda t: lcp.verify_checkpoint(t, VKEY), text)
+
+
+@FUZZ
+@given(text_inputs([VKEY]))
+def test_parse_vkey(text: str) -> None:
+    only((lcp.MalformedError,), lcp.parse_vkey, text)
+
+
+@FUZZ
+@given(text_inputs([TLOG_PROOF]))
+def test_tlog_proof(text: str) -> None:
+    only((lcp.MalformedError,), lcp.parse_tlog_proof, text)
+    leaf = lf.decode_log_entry(ENTRIES[3]).leaf_hash
+    only((VerificationError,), lambda t: lcp.verify_tlog_proof(t, leaf, VKEY), text)
+
+
+# -- the auditor's own decoders ------------------------------------------------------------------
+
+
+@FUZZ
+@given(inputs(ENTRIES))
+def test_audit_decode_entry(data: bytes) -> None:
+    only((DecodeError,), audit_formats.decode_entry, data)
+
+
+@AUDIT_UTF8_BUG
+@FUZZ
+@given(inputs(BODIES))
+def test_audit_decode_body(data: bytes) -> None:
+    only((DecodeError,), audit_formats.decode_body, data)
+
+
+@FUZZ
+@given(inputs(SIGNED_EVENTS))
+def test_audit_decode_signed_event(data: bytes) -> None:
+    only((DecodeError,), audit_formats.decode_signed_event, data)
+
+
+@FUZZ
+@given(text_inputs([NOTE]))
+def test_audit_notes(text: str) -> None:
+    verifier = audit_note.parse_vkey(VKEY)
+    only((audit_note.NoteError,), audit_note.parse_note, text)
+    only((audit_note.NoteError,), lambda t: audit_note.open_checkpoint(t, [verifier]), text)
+
+
+@FUZZ
+@given(text_inputs([CHECKPOINT_TEXT, VKEY]))
+def test_audit_checkpoint_and_vkey(text: str) -> None:
+    only((audit_note.NoteError,), audit_note.parse_checkpoint, text)
+    only((audit_note.NoteError,), audit_note.parse_vkey, text)
+
+
+# -- the two decoders agree on what is valid -----------------------------------------------------
+
+
+@AUDIT_UTF8_BUG
+@FUZZ
+@given(inputs(ENTRIES))
+def test_ledger_and_auditor_agree_on_entries(data: bytes) -> None:
+    """An entry one side decodes and the other refuses would be a split-brain bug."""
+    try:
+        lf.decode_log_entry(data)
+        ledger_ok = True
+    except FormatError:
+        ledger_ok = False
+    try:
+        audit_formats.decode_body(audit_formats.decode_entry(data).body)
+        audit_ok = True
+    except DecodeError:
+        audit_ok = False
+    assert ledger_ok == audit_ok, f"ledger {'accepts' if ledger_ok else 'refuses'} {data.hex()}"
+
+
+@pytest.mark.parametrize("seed", range(len(ENTRIES)))
+def test_seeds_are_valid(seed: int) -> None:
+    lf.decode_log_entry(ENTRIES[seed])
+    audit_formats.decode_entry(ENTRIES[seed])
