@@ -951,8 +951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CliError("release: give --key FILE (repeat for each approver, or use --out)")
         return int(args.func(tool))
     except StewardError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, CliError | FormatError | KeyError_) else 1
+        # 1 is kept for "the ledger refused"; a ledger that cannot be reached is like bad input.
+        unreachable = bool(getattr(exc, "retryable", False))
+        print(f"{PROG}: {f'ledger at {tool.server}: ' if unreachable else ''}{exc}", file=sys.stderr)
+        return 2 if unreachable or isinstance(exc, CliError | FormatError | KeyError_) else 1
     except KeyboardInterrupt:
         return 130
     finally:
