@@ -225,6 +225,15 @@ def test_plugin_reads_the_controller_and_the_ledger(env: Env, tmp_path: Path) ->
     assert kinds == ["ProposalSubmitted", "EvalRecorded", "EvalRecorded", "ApprovalRecorded",
                      "ApprovalRecorded", "RolloutStep"]
 
+    waiting = plugin("status", p.hex()[:8], "--server", env.address, "--timeout", "1.5", "--interval", "0.3",
+                     env_vars=no_kube)
+    assert waiting.returncode == 2, waiting.stdout + waiting.stderr
+    assert "Progressing, step 0, weight 10%" in waiting.stdout and "still Progressing" in waiting.stderr
+    watched = plugin("get", p.hex()[:8], "-w", "--timeout", "1", "--interval", "0.3", "--server", env.address,
+                     env_vars=no_kube)
+    frames = watched.stdout.count("Name:")  # a pipe gets whole frames, one per change (ages tick)
+    assert watched.returncode == 0 and 1 <= frames <= 4 and watched.stdout.count("⟳ model-server-") == frames
+
     env.ok(env.flow.step(p, 0, 0, "ROLLED_BACK", reason="unhealthy canary"))
     status = plugin("status", p.hex()[:8], "--controller", env.address, "--timeout", "20", env_vars=no_kube)
     assert status.returncode == 1, status.stdout + status.stderr
