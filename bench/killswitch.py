@@ -1,0 +1,205 @@
+"""Kill-switch latency: from the KillSwitchEngaged append being acknowledged to the canary's
+replicas reaching 0 in the API server, seen through a watch. Goal: p99 under 500 ms.
+
+Everything is real and in its own process: the local control plane (etcd, kube-apiserver,
+controller-manager, scheduler, KWOK; ``infra.kube.LocalCluster``), ``python -m ledger.server``
+on SQLite and ``python -m controller.main`` (reading the ledger's SQLite store, appending over
+gRPC). Each trial: propose, two evals, two human approvals; wait for the controller to start
+the canary (1 of 4 replicas); open a watch on the canary Deployment from its current
+resourceVersion; append a proposal-scoped KillSwitchEngaged and take the time the append
+returns; stop the clock on the first watch event where the canary has 0 replicas or is
+deleted. Then wait for the stable Deployment to be back at 4 before the next trial.
+
+Run: python -m bench.killswitch [--smoke] [--trials N]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bench.common import Report, median, parser, percentile
+
+REPO = Path(__file__).resolve().parents[1]
+NAME, CANARY = "model-server", "model-server-canary"
+V1, V2 = "registry.example/model-server:v1", "registry.example/model-server:v2"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+@contextmanager
+def process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = log_path.open("wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+
+
+def _deployment(apps: Any, ns: str, name: str) -> Any:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return apps.read_namespaced_deployment(name, ns)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+class CanaryWatch(threading.Thread):
+    """Watches the canary Deployment from a resourceVersion; notes when it reaches 0."""
+
+    def __init__(self, apps: Any, ns: str, resource_version: str) -> None:
+        super().__init__(daemon=True)
+        self.apps, self.ns, self.rv = apps, ns, resource_version
+        self.zero_at: float | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import watch
+
+        w = watch.Watch()
+        try:
+            for ev in w.stream(self.apps.list_namespaced_deployment, self.ns,
+                               field_selector=f"metadata.name={CANARY}",
+                               resource_version=self.rv, timeout_seconds=30):
+                obj = ev["object"]
+                if ev["type"] == "DELETED" or (obj.spec.replicas or 0) == 0:
+                    self.zero_at = time.monotonic()
+                    break
+        finally:
+            w.stop()
+            self.done.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__ or "")
+    p.add_argument("--trials", type=int, default=50)
+    args = p.parse_args(argv)
+    trials = 3 if args.smoke else args.trials
+
+    from kubernetes import client, utils
+
+    from infra.kube import LocalCluster
+    from ledger.client import LedgerClient
+    from ledger.formats import KillScope, PlanStep
+    from ledger.scenario import Cast, Flow
+
+    report = Report("killswitch", params={"trials": trials, "replicas": 4, "first_weight": 10})
+    with tempfile.TemporaryDirectory(prefix="steward-bench-kill-") as tmp_s:
+        tmp = Path(tmp_s)
+        cluster = LocalCluster()
+        cluster.start()
+        try:
+            api = cluster.api_client()
+            apps = client.AppsV1Api(api)
+            ns = f"bench-kill-{os.getpid()}"
+            cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                            "crd/modelrollouts.steward.dev")
+            cluster.kubectl("create", "namespace", ns)
+            wait_for("the default ServiceAccount", lambda: cluster.kubectl(
+                "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0)
+            labels = {"app": NAME}
+            for manifest in (
+                {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "labels": labels},
+                 "spec": {"replicas": 4, "selector": {"matchLabels": labels},
+                          "template": {"metadata": {"labels": labels},
+                                       "spec": {"containers": [{"name": "server", "image": V1}]}}}},
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": NAME},
+                 "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
+            ):
+                utils.create_from_dict(api, manifest, namespace=ns)
+            wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4)
+
+            cast = Cast.create()
+            flow = Flow(cast, ledger="bench-kill", origin="steward.dev/ledger/bench-kill")
+            (tmp / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
+            (tmp / "controller.pem").write_bytes(cast["controller"].key.to_pem())
+            db, port_file = tmp / "ledger.db", tmp / "ledger.port"
+            with process([sys.executable, "-m", "ledger.server", "--db", str(db), "--checkpoint-key",
+                          str(tmp / "checkpoint.pem"), "--port-file", str(port_file)], tmp / "ledger.log"):
+                wait_for("the ledger server", port_file.exists)
+                led = LedgerClient(f"127.0.0.1:{int(port_file.read_text())}")
+                led.append(flow.genesis())
+                for grant in flow.grants():
+                    led.append(grant)
+                led.append(flow.policy(namespace=ns, plan=(PlanStep(10, 0, False), PlanStep(50, 0, True),
+                                                             PlanStep(100, 0, False))))
+                with process([sys.executable, "-m", "controller.main", "--ledger", led.target,
+                              "--store", f"sqlite:{db}", "--kubeconfig", str(cluster.kubeconfig),
+                              "--key", str(tmp / "controller.pem"), "--namespace", ns,
+                              "--snapshot-db", str(tmp / "snap.db"), "--lease-namespace", ns,
+                              "--identity", "bench", "--tick-seconds", "0.2",
+                              "--not-ready-grace-seconds", "60"], tmp / "controller.log"):
+                    latencies = _trials(trials, led, flow, apps, ns, KillScope)
+                led.close()
+            report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
+            p99 = percentile(latencies, 99) * 1000
+            report.add("kill switch → canary 0 p99", p99, "ms", "< 500 ms", p99 < 500)
+            report.add("kill switch → canary 0 max", max(latencies) * 1000, "ms")
+            api.close()
+        finally:
+            cluster.stop()
+    report.emit()
+    return 0
+
+
+def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any) -> list[float]:
+    latencies: list[float] = []
+    for i in range(n):
+        p = led.append(flow.propose(f"registry.example/model-server:v2-{i}", namespace=ns,
+                                    deployment=NAME)).leaf_hash
+        evals = (led.append(flow.eval(p, "safety", 0.99)).leaf_hash,
+                 led.append(flow.eval(p, "quality", 0.91)).leaf_hash)
+        for who in ("alice", "bob"):
+            led.append(flow.approve(p, evals, who))
+        canary = wait_for(f"trial {i}: the canary at 1 replica", lambda: (
+            (d := _deployment(apps, ns, CANARY)) is not None and (d.spec.replicas or 0) >= 1 and d))
+        watch = CanaryWatch(apps, ns, canary.metadata.resource_version)
+        watch.start()
+        time.sleep(0.2)  # let the watch connect; events after the resourceVersion are delivered anyway
+        led.append(flow.kill(KillScope("PROPOSAL", proposal=p)))
+        acked = time.monotonic()
+        watch.done.wait(30)
+        if watch.zero_at is None:
+            raise TimeoutError(f"trial {i}: the canary never reached 0 replicas")
+        latencies.append(max(0.0, watch.zero_at - acked))
+        wait_for(f"trial {i}: stable back at 4, canary gone", lambda: (
+            (s := _deployment(apps, ns, NAME)) is not None and s.spec.replicas == 4
+            and ((c := _deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0)))
+        print(f"  trial {i + 1}/{n}: {latencies[-1] * 1000:.0f} ms", flush=True)
+    return latencies
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
