@@ -1,0 +1,57 @@
+"""Every benchmark runs at its smoke size and writes its JSON with the expected metrics.
+
+No speed is asserted (benchmarks are not timed tests); this keeps them working. Each bench
+runs as a subprocess writing its results to a temporary directory; generated ledgers
+are cached like any other run (bench.ledgergen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+EXPECTED: dict[str, list[str]] = {
+    "audit": ["raw Ed25519 verify (mean of samples)", "audit, 1 process", "audit, 1 process / raw",
+              "audit, 2 workers", "audit, 2 workers / raw (1 core)", "ledger fold (decode+check+apply)",
+              "ledger fold / raw"],
+    "replay": ["cold replay", "cold replay / raw", "snapshot write", "restart from snapshot (median)"],
+    "ingest": ["kafka: AppendStream (full verification)", "kafka: unary Append p50 @ 500/s",
+               "kafka: unary Append p99 @ 500/s", "kafka: raw producer acks=all, same bytes",
+               "kafka: AppendStream / raw producer", "sqlite: AppendStream (full verification)",
+               "sqlite: unary Append p99 @ 500/s"],
+    "killswitch": ["kill switch → canary 0 p50", "kill switch → canary 0 p99"],
+    "proofs": ["inclusion proof p99", "consistency proof p99"],
+}
+MARKS = {"ingest": [pytest.mark.kafka], "killswitch": [pytest.mark.kube]}
+
+
+def run_smoke(name: str, tmp: Path, *extra: str) -> dict:
+    env = {**os.environ, "STEWARD_BENCH_RESULTS": str(tmp / "results"), "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", *extra], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads((tmp / "results" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS.get(n, [])) for n in EXPECTED])
+def test_bench_smoke(name: str, tmp_path: Path) -> None:
+    doc = run_smoke(name, tmp_path)
+    assert doc["bench"] == name
+    metrics = {r["metric"] for r in doc["rows"]}
+    missing = [m for m in EXPECTED[name] if m not in metrics]
+    assert not missing, f"{name} did not report {missing}; it reported {sorted(metrics)}"
+    assert all(isinstance(r["value"], int | float) for r in doc["rows"])
+    assert doc["machine"]["cpus"]
+
+
+def test_run_all_rejects_unknown_bench() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.run_all", "--only", "nope"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown bench" in out.stderr
