@@ -221,7 +221,9 @@ class KafkaLogStore(LogStore):
                     return settled
             metas = self._transaction([(self.topic, key, value) for key, value in batch],
                                       batch=batch)
-            return [m.offset for m in metas]
+            offsets = [m.offset for m in metas]
+            self._await_visible(self._tp, offsets[-1])
+            return offsets
 
     def _settle_in_doubt(self, batch: list[tuple[bytes, bytes]]) -> list[int] | None:
         """Offsets of `batch` if it is the in-doubt batch and that one did commit."""
@@ -245,7 +247,36 @@ class KafkaLogStore(LogStore):
         with self._lock:
             self._check_open()
             self._raise_if_fenced()
-            self._transaction([(self.checkpoints_topic, _checkpoint_key(size), note.encode())])
+            metas = self._transaction(
+                [(self.checkpoints_topic, _checkpoint_key(size), note.encode())])
+            self._await_visible(self._cp_tp, metas[-1].offset)
+
+    def _await_visible(self, tp: TopicPartition, offset: int) -> None:
+        """Wait until read_committed readers can see `offset`.
+
+        commit_transaction() returns once the coordinator has logged PrepareCommit; the
+        commit markers reach the partition a moment later, and until then the last stable
+        offset (what read_committed readers see) stays behind. The commit is decided, so a
+        timeout here is logged, not raised.
+        """
+        deadline = time.monotonic() + self.config.operation_timeout_s
+        delay = 0.002
+        while True:
+            try:
+                if self._end_offset(tp) > offset:
+                    return
+            except StoreUnavailable as exc:
+                # Never raise after a decided commit: the caller would retry and duplicate.
+                log.warning("topic %s: offset %d committed; cannot confirm visibility: %s",
+                            tp.topic, offset, exc)
+                return
+            if time.monotonic() > deadline:
+                log.warning("topic %s: offset %d committed but not yet visible to "
+                            "read_committed readers after %.0fs", tp.topic, offset,
+                            self.config.operation_timeout_s)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _transaction(self, sends: list[tuple[str, bytes, bytes]],
                      batch: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
