@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_demo_runs_and_its_export_verifies(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -33,3 +35,20 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     assert commands == ["scripts/demo", "scripts/test"]
     ci = (repo / ".ci" / "run").read_text()
     assert re.search(r"^scripts/test\b", ci, re.MULTILINE), ".ci/run must call the README's test command"
+
+
+@pytest.mark.kube
+def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
+    out = tmp_path / "story"
+    demo = subprocess.run([sys.executable, "-m", "controller.demo", "--dir", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+    text = demo.stdout
+    assert "SELF_APPROVAL" in text and "THRESHOLD_NOT_MET" in text
+    assert re.search(r"canary gone \d+ ms after the kill switch", text)
+    assert "promoted: model-server 4/4 ready (v3)" in text
+    assert re.search(r"rolled back .*kill switch", text)
+    match = re.search(r"^\s+(steward-audit verify .+)$", text, re.MULTILINE)
+    assert match, text
+    audit = subprocess.run(shlex.split(match.group(1)), capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
