@@ -107,16 +107,19 @@ def canonical_form(schema: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The value model (frozen, slotted: cheap to build, immutable once decoded).
+# The value model: slotted records, treated as immutable once decoded. They are not
+# `frozen=True`: a frozen dataclass sets every field through object.__setattr__, which made
+# building them cost about as much as decoding the bytes (the reader builds ~10 per entry).
+# `unsafe_hash` keeps them hashable by value (KillScope is a dict key); nothing mutates them.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Signature:
     key_id: bytes
     sig: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
     seq: int
     prev: bytes
@@ -125,13 +128,13 @@ class Entry:
     received_at: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RootKey:
     principal: str
     public_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class LedgerGenesis:
     origin: str
     roots: tuple[RootKey, ...]
@@ -140,7 +143,7 @@ class LedgerGenesis:
     checkpoint_public_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KeyGranted:
     principal: str
     public_key: bytes
@@ -148,19 +151,19 @@ class KeyGranted:
     expires_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KeyRevoked:
     key_id: bytes
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TargetSelector:
     namespace: str
     deployment: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RequiredEval:
     suite: str
     metric: str
@@ -168,14 +171,14 @@ class RequiredEval:
     threshold: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PlanStep:
     weight: int
     hold_seconds: int
     health_gate: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PolicySet:
     policy_id: str
     selector: TargetSelector
@@ -188,25 +191,25 @@ class PolicySet:
     kill_rollback_bound_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Target:
     namespace: str
     deployment: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ModelRef:
     image: str
     model_digest: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ProposalOrigin:
     agent: str
     run: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ProposalSubmitted:
     target: Target
     candidate: ModelRef
@@ -215,13 +218,13 @@ class ProposalSubmitted:
     origin: ProposalOrigin
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Metric:
     name: str
     value: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class EvalRecorded:
     proposal: bytes
     suite: str
@@ -229,7 +232,7 @@ class EvalRecorded:
     artifact_digest: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ApprovalRecorded:
     proposal: bytes
     decision: str
@@ -237,7 +240,7 @@ class ApprovalRecorded:
     comment: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class HealthReported:
     proposal: bytes
     step: int
@@ -245,7 +248,7 @@ class HealthReported:
     metrics: tuple[Metric, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ObservedState:
     stable_replicas: int
     canary_replicas: int
@@ -254,7 +257,7 @@ class ObservedState:
     canary_image: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RolloutStep:
     proposal: bytes
     step: int
@@ -264,7 +267,7 @@ class RolloutStep:
     observed: ObservedState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KillScope:
     kind: str
     namespace: str
@@ -272,21 +275,21 @@ class KillScope:
     proposal: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AnnotationSource:
     object: str
     field_manager: str
     time: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KillSwitchEngaged:
     scope: KillScope
     reason: str
     annotation: AnnotationSource | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KillSwitchReleased:
     scope: KillScope
     reason: str
@@ -298,7 +301,7 @@ Payload = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class EventBody:
     ledger: str
     event_id: bytes
@@ -308,7 +311,7 @@ class EventBody:
     payload: Payload
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SignedEvent:
     body: bytes
     signatures: tuple[Signature, ...]
@@ -659,6 +662,8 @@ def _single_object(data: bytes, schemas: Mapping[bytes, Schema], what: str) -> A
         raise DecodeError(f"{what}: {exc}") from None
     except (IndexError, struct.error) as exc:
         raise DecodeError(f"{what}: truncated {schema.name} ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{what}: a string is not UTF-8 ({exc})") from None
     if end != len(data):
         raise DecodeError(f"{what}: {len(data) - end} trailing bytes after the {schema.name} record")
     return value
