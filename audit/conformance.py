@@ -33,7 +33,7 @@ class Conformance:
     # -- kill switch obligations -------------------------------------------------------------
 
     def kill_engaged(self, state: State, seq: int, at: int, scope: KillScope) -> None:
-        for p in state.proposals.values():
+        for p in state.active_proposals():
             if p.phase not in ACTIVE or p.hash in self.pending:
                 continue
             if _covers(scope, p):
@@ -42,7 +42,10 @@ class Conformance:
 
     def tick(self, at: int, out: list[Finding]) -> None:
         """Report obligations whose deadline passed before an entry received at `at`."""
-        self.last_at = max(self.last_at, at)
+        if at > self.last_at:
+            self.last_at = at
+        if not self.pending:
+            return
         for h, ob in list(self.pending.items()):
             if at > ob.deadline:
                 out.append(Finding(

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from audit.findings import Finding
 from audit.formats import (
@@ -64,7 +66,7 @@ class KeyRecord:
     revoked_seq: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EvalRecord:
     hash: bytes
     seq: int
@@ -72,7 +74,7 @@ class EvalRecord:
     passed: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     hash: bytes
     seq: int
@@ -82,7 +84,7 @@ class Decision:
     evals: frozenset[bytes]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepRecord:
     seq: int
     at: int  # received_at
@@ -138,6 +140,9 @@ class State:
     proposals: dict[bytes, ProposalRecord] = field(default_factory=dict)
     evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kills: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    # (namespace, deployment) -> hashes of the proposals whose rollout is active there, kept
+    # by apply() so that finding the active rollout of a target does not scan every proposal.
+    active: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
 
     def policy_for(self, namespace: str, deployment: str) -> PolicySet | None:
         """Most specific selector wins, then the newest."""
@@ -196,11 +201,15 @@ class State:
         }
 
     def active_on(self, namespace: str, deployment: str) -> ProposalRecord | None:
-        for p in self.proposals.values():
-            t = p.proposal.target
-            if (t.namespace, t.deployment) == (namespace, deployment) and p.phase in ACTIVE:
-                return p
-        return None
+        """The oldest proposal with an active rollout on the target."""
+        hashes = self.active.get((namespace, deployment))
+        if not hashes:
+            return None
+        return min((self.proposals[h] for h in hashes), key=lambda p: p.seq)
+
+    def active_proposals(self) -> list[ProposalRecord]:
+        """Every proposal with an active rollout, oldest first."""
+        return sorted((self.proposals[h] for hs in self.active.values() for h in hs), key=lambda p: p.seq)
 
     def release_threshold(self, scope: KillScope) -> int:
         if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
@@ -214,7 +223,7 @@ class State:
         return max(self.root_threshold, 1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Signers:
     """The keys whose signatures on an entry verified and were valid at its seq."""
 
@@ -240,6 +249,12 @@ def resolve_signers(
     """Steps 2 and 3: which signatures count. `sig_ok[i]` says whether signature i verified
     against the key its key_id names anywhere in the log (None: no such key anywhere)."""
     keys = state.keys if keys is None else keys
+    signatures = entry.signatures
+    if len(signatures) == 1 and len(sig_ok) == 1 and sig_ok[0]:  # the common case, no finding
+        rec = keys.get(signatures[0].key_id)
+        if (rec is not None and (rec.revoked_seq is None or rec.revoked_seq >= seq)
+                and (rec.expires_at is None or entry.received_at < rec.expires_at)):
+            return Signers((rec,))
     if not entry.signatures:
         out.append(Finding("NO_SIGNATURES", seq, "the entry carries no signature", "0 signatures", "at least 1"))
     valid: dict[bytes, KeyRecord] = {}
@@ -288,6 +303,12 @@ def _threshold(
 
 
 def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int, out: list[Finding]) -> str | None:
+    keys = signers.keys
+    if len(keys) == 1:  # the common case: one valid key, so one principal
+        k = keys[0]
+        for r in roles:
+            if r in k.roles:
+                return k.principal
     principals = signers.principals
     if len(principals) != 1:
         if principals:  # zero is already a signature finding
@@ -322,7 +343,7 @@ def check_structure(state: State, seq: int, body: EventBody, out: list[Finding])
             "EVENT_REPLAYED", seq, f"event id {body.event_id.hex()} was already used",
             f"at seq {seq}", f"only at seq {state.event_ids[body.event_id]}",
         ))
-    if len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs):
+    if len(body.refs) > 1 and (len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs)):
         out.append(Finding("FIELD_INVALID", seq, "refs must be distinct and few", str(len(body.refs)), f"<= {MAX_REFS} distinct"))
     for i, ref in enumerate(body.refs):
         if ref not in state.entries:
@@ -423,69 +444,86 @@ def _check_scope(state: State, scope: KillScope, seq: int, out: list[Finding]) -
     return ok
 
 
+def _check_key_granted(state: State, seq: int, p: KeyGranted, signers: Signers, out: list[Finding]) -> None:
+    if _threshold(signers, "root", state.root_threshold, "KeyGranted", seq, out):
+        if not well_formed_principal(p.principal):
+            out.append(Finding("FIELD_INVALID", seq, "malformed principal", p.principal, "kind:name"))
+        if not p.roles or len(set(p.roles)) != len(p.roles) or not set(p.roles) <= ROLES:
+            out.append(Finding("FIELD_INVALID", seq, "roles must be known and distinct", ",".join(p.roles)))
+        if key_id(p.public_key) in state.keys:
+            out.append(Finding("KEY_DUPLICATE", seq, "the key was granted before", key_id(p.public_key).hex()))
+
+
+def _check_key_revoked(state: State, seq: int, p: KeyRevoked, signers: Signers, out: list[Finding]) -> None:
+    target = state.keys.get(p.key_id)
+    if target is None or target.revoked_seq is not None:
+        out.append(Finding("KEY_UNKNOWN", seq, "revoking a key that is not live", p.key_id.hex()))
+    elif {k.key_id for k in signers.keys} != {p.key_id}:  # a key may always revoke itself
+        _threshold(signers, "root", state.root_threshold, "KeyRevoked", seq, out)
+
+
+def _check_policy_set(state: State, seq: int, p: PolicySet, signers: Signers, out: list[Finding]) -> None:
+    if _threshold(signers, "root", state.root_threshold, "PolicySet", seq, out):
+        _check_policy(p, seq, out)
+
+
+def _check_proposal_submitted(state: State, seq: int, p: ProposalSubmitted, signers: Signers, out: list[Finding]) -> None:
+    if _single_author(signers, ("proposer",), "ProposalSubmitted", seq, out) is None:
+        return
+    if not p.target.namespace or not p.target.deployment or not p.candidate.image:
+        out.append(Finding("FIELD_INVALID", seq, "target and candidate image are required"))
+    elif state.policy_for(p.target.namespace, p.target.deployment) is None:
+        out.append(Finding("NO_POLICY", seq, "no policy selects the target", f"{p.target.namespace}/{p.target.deployment}"))
+
+
+def _check_eval_recorded(state: State, seq: int, p: EvalRecorded, signers: Signers, out: list[Finding]) -> None:
+    author = _single_author(signers, ("evaluator",), "EvalRecorded", seq, out)
+    prop = _proposal(state, p.proposal, seq, out)
+    if author is None or prop is None:
+        return
+    if author == prop.proposer:
+        out.append(Finding("SELF_EVALUATION", seq, f"{author} evaluated its own proposal", author, "a principal other than the proposer"))
+    if prop.phase == "PROMOTED":
+        out.append(Finding("PROPOSAL_CLOSED", seq, "eval after promotion"))
+    names = [m.name for m in p.metrics]
+    if not p.suite or names != sorted(set(names)):
+        out.append(Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats"))
+
+
+def _check_health_reported(state: State, seq: int, p: HealthReported, signers: Signers, out: list[Finding]) -> None:
+    author = _single_author(signers, ("monitor",), "HealthReported", seq, out)
+    prop = _proposal(state, p.proposal, seq, out)
+    if author is not None and prop is not None and not 0 <= p.step < len(state.policy(prop).plan):
+        out.append(Finding("STEP_NOT_IN_PLAN", seq, "health report for a step outside the plan", str(p.step),
+                           f"0..{len(state.policy(prop).plan) - 1}"))
+
+
+def _check_kill_switch_engaged(state: State, seq: int, p: KillSwitchEngaged, signers: Signers, out: list[Finding]) -> None:
+    roles = ("operator", "approver") + (("controller",) if p.annotation is not None else ())
+    if _single_author(signers, roles, "KillSwitchEngaged", seq, out) is None:
+        return
+    if _check_scope(state, p.scope, seq, out) and p.scope in state.kills:
+        out.append(Finding("KILL_SWITCH_ALREADY_ENGAGED", seq, "scope already engaged",
+                           f"engaged since seq {state.kills[p.scope]}", "a released scope"))
+
+
+def _check_kill_switch_released(state: State, seq: int, p: KillSwitchReleased, signers: Signers, out: list[Finding]) -> None:
+    if not _check_scope(state, p.scope, seq, out):
+        return
+    if p.scope not in state.kills:
+        out.append(Finding("KILL_SWITCH_NOT_ENGAGED", seq, "releasing a scope that is not engaged"))
+        return
+    _threshold(signers, "approver", state.release_threshold(p.scope), "KillSwitchReleased", seq, out)
+
+
 def check_payload(
     state: State, seq: int, entry: Entry, body: EventBody, signers: Signers, out: list[Finding]
 ) -> None:
     """Step 4 (thresholds) and step 9 (type rules) for every type but genesis and rollout."""
     p = body.payload
-    if isinstance(p, KeyGranted):
-        if _threshold(signers, "root", state.root_threshold, "KeyGranted", seq, out):
-            if not well_formed_principal(p.principal):
-                out.append(Finding("FIELD_INVALID", seq, "malformed principal", p.principal, "kind:name"))
-            if not p.roles or len(set(p.roles)) != len(p.roles) or not set(p.roles) <= ROLES:
-                out.append(Finding("FIELD_INVALID", seq, "roles must be known and distinct", ",".join(p.roles)))
-            if key_id(p.public_key) in state.keys:
-                out.append(Finding("KEY_DUPLICATE", seq, "the key was granted before", key_id(p.public_key).hex()))
-    elif isinstance(p, KeyRevoked):
-        target = state.keys.get(p.key_id)
-        if target is None or target.revoked_seq is not None:
-            out.append(Finding("KEY_UNKNOWN", seq, "revoking a key that is not live", p.key_id.hex()))
-        elif {k.key_id for k in signers.keys} != {p.key_id}:  # a key may always revoke itself
-            _threshold(signers, "root", state.root_threshold, "KeyRevoked", seq, out)
-    elif isinstance(p, PolicySet):
-        if _threshold(signers, "root", state.root_threshold, "PolicySet", seq, out):
-            _check_policy(p, seq, out)
-    elif isinstance(p, ProposalSubmitted):
-        if _single_author(signers, ("proposer",), "ProposalSubmitted", seq, out) is None:
-            return
-        if not p.target.namespace or not p.target.deployment or not p.candidate.image:
-            out.append(Finding("FIELD_INVALID", seq, "target and candidate image are required"))
-        elif state.policy_for(p.target.namespace, p.target.deployment) is None:
-            out.append(Finding("NO_POLICY", seq, "no policy selects the target", f"{p.target.namespace}/{p.target.deployment}"))
-    elif isinstance(p, EvalRecorded):
-        author = _single_author(signers, ("evaluator",), "EvalRecorded", seq, out)
-        prop = _proposal(state, p.proposal, seq, out)
-        if author is None or prop is None:
-            return
-        if author == prop.proposer:
-            out.append(Finding("SELF_EVALUATION", seq, f"{author} evaluated its own proposal", author, "a principal other than the proposer"))
-        if prop.phase == "PROMOTED":
-            out.append(Finding("PROPOSAL_CLOSED", seq, "eval after promotion"))
-        names = [m.name for m in p.metrics]
-        if not p.suite or names != sorted(set(names)):
-            out.append(Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats"))
-    elif isinstance(p, ApprovalRecorded):
-        _check_approval(state, seq, p, signers, out)
-    elif isinstance(p, HealthReported):
-        author = _single_author(signers, ("monitor",), "HealthReported", seq, out)
-        prop = _proposal(state, p.proposal, seq, out)
-        if author is not None and prop is not None and not 0 <= p.step < len(state.policy(prop).plan):
-            out.append(Finding("STEP_NOT_IN_PLAN", seq, "health report for a step outside the plan", str(p.step),
-                               f"0..{len(state.policy(prop).plan) - 1}"))
-    elif isinstance(p, KillSwitchEngaged):
-        roles = ("operator", "approver") + (("controller",) if p.annotation is not None else ())
-        if _single_author(signers, roles, "KillSwitchEngaged", seq, out) is None:
-            return
-        if _check_scope(state, p.scope, seq, out) and p.scope in state.kills:
-            out.append(Finding("KILL_SWITCH_ALREADY_ENGAGED", seq, "scope already engaged",
-                               f"engaged since seq {state.kills[p.scope]}", "a released scope"))
-    elif isinstance(p, KillSwitchReleased):
-        if not _check_scope(state, p.scope, seq, out):
-            return
-        if p.scope not in state.kills:
-            out.append(Finding("KILL_SWITCH_NOT_ENGAGED", seq, "releasing a scope that is not engaged"))
-            return
-        _threshold(signers, "approver", state.release_threshold(p.scope), "KillSwitchReleased", seq, out)
+    check = _PAYLOAD_CHECKS.get(type(p))
+    if check is not None:
+        check(state, seq, p, signers, out)
 
 
 def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signers, out: list[Finding]) -> None:
@@ -527,6 +565,20 @@ def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signer
         out.append(Finding("EVAL_FAILED_APPROVED", seq, "approval over failing evals", ", ".join(failing), "passing evals"))
 
 
+# Dispatch on the payload's exact type (the payload classes are distinct and final).
+_PAYLOAD_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Finding]], None]] = {
+    KeyGranted: _check_key_granted,
+    KeyRevoked: _check_key_revoked,
+    PolicySet: _check_policy_set,
+    ProposalSubmitted: _check_proposal_submitted,
+    EvalRecorded: _check_eval_recorded,
+    ApprovalRecorded: _check_approval,
+    HealthReported: _check_health_reported,
+    KillSwitchEngaged: _check_kill_switch_engaged,
+    KillSwitchReleased: _check_kill_switch_released,
+}
+
+
 # --------------------------------------------------------------------------------------------
 # Folding an entry that had no finding
 
@@ -534,7 +586,9 @@ def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signer
 def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers) -> None:
     p = body.payload
     author = signers.keys[0].principal if signers.keys else ""
-    if isinstance(p, LedgerGenesis):
+    if isinstance(p, HealthReported):
+        state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
+    elif isinstance(p, LedgerGenesis):
         state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
         state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
         state.keys.update(genesis_keys(p))
@@ -560,13 +614,16 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
         d = Decision(leaf, seq, author, signers.keys[0].key_id, p.decision, frozenset(p.evals))
         prop.by_principal[author] = d
         prop.by_key[d.key_id] = d
-    elif isinstance(p, HealthReported):
-        state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
     elif isinstance(p, RolloutStep):
         prop = state.proposals[p.proposal]
         prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase))
         if p.phase == "ROLLED_BACK":
             prop.floor = seq
+        t = prop.proposal.target
+        if prop.phase in ACTIVE:
+            state.active.setdefault((t.namespace, t.deployment), set()).add(prop.hash)
+        else:
+            state.active.get((t.namespace, t.deployment), set()).discard(prop.hash)
     elif isinstance(p, KillSwitchEngaged):
         state.kills[p.scope] = seq
     elif isinstance(p, KillSwitchReleased):
