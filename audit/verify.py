@@ -16,9 +16,11 @@ Everything found is collected as a :class:`Finding`; the walk goes on after a fi
 with a finding in steps 1-4, 9 or 10 is not folded into the state (the controller would ignore
 it), but it stays in the chain and the tree, which cover every record the log holds.
 
-Signature verification is the dominant cost. With ``workers > 1`` the main process decodes
-and ships (signed bytes, public key, signature) chunks to a process pool, then folds the rules
-sequentially as the verdicts come back in order.
+Signature verification is the dominant cost; everything else is kept to a small fraction of
+one Ed25519 verification per entry (see docs/AUDIT.md "Speed"). With ``workers > 1`` the main
+process decodes and ships chunks of (body bytes, public key, signature) to worker processes,
+and folds the rules of earlier chunks while the workers verify later ones (a pipeline); the
+verdicts come back as one byte per signature.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -72,7 +75,9 @@ from audit.note import (
 )
 
 PENDING_LIMIT = 4096  # out-of-order records held while waiting for a missing seq
-CHUNK = 256
+CHUNK = 1024  # entries per worker task: large, so the per-task IPC cost is spread thin
+CHUNK_INLINE = 128  # entries per verify-then-fold round in a single process
+DEPTH = 2  # tasks in flight per worker: one being verified, one queued behind it
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +145,14 @@ def _public_key(r: dict[str, Any], i: int) -> bytes:
 
 _KEY_CACHE: dict[bytes, Ed25519PublicKey] = {}
 
-SigTask = tuple[bytes, tuple[tuple[bytes | None, bytes], ...]]  # signed bytes, ((pub, sig), ...)
+# A worker task, flat so that it pickles as little more than the bytes themselves:
+# (body bytes of each entry, signatures per entry, public key per signature (None: no key by
+# that id anywhere in the log), signature per signature).
+SigTask = tuple[list[bytes], list[int], list[bytes | None], list[bytes]]
+# Verdict bytes: one per signature.
+_FALSE, _TRUE, _NOKEY = 0, 1, 2
+_VERDICT: tuple[bool | None, ...] = (False, True, None)
+_ONE: tuple[tuple[bool | None, ...], ...] = ((False,), (True,), (None,))
 
 
 def _verify_one(pub: bytes | None, sig: bytes, message: bytes) -> bool | None:
@@ -156,16 +168,40 @@ def _verify_one(pub: bytes | None, sig: bytes, message: bytes) -> bool | None:
     return True
 
 
-def verify_chunk(tasks: list[SigTask]) -> list[tuple[bool | None, ...]]:
-    """Worker entry point: the verdict of every signature of every entry in the chunk."""
-    return [tuple(_verify_one(pub, sig, msg) for pub, sig in pairs) for msg, pairs in tasks]
+def verify_chunk(task: SigTask) -> bytes:
+    """Worker entry point: one verdict byte (_FALSE, _TRUE, _NOKEY) per signature of the chunk.
+
+    The signed bytes are built here from the body bytes (domain prefix ‖ body minus its magic),
+    so the main process neither copies them nor pickles them twice.
+    """
+    bodies, counts, pubs, sigs = task
+    out = bytearray(len(sigs))
+    cache, prefix, invalid = _KEY_CACHE, DOMAIN_PREFIX, InvalidSignature
+    i = 0
+    for body, n in zip(bodies, counts, strict=True):
+        message = prefix + body[2:]
+        for _ in range(n):
+            pub = pubs[i]
+            if pub is None:
+                out[i] = _NOKEY
+            else:
+                key = cache.get(pub)
+                if key is None:
+                    key = cache[pub] = Ed25519PublicKey.from_public_bytes(pub)
+                try:
+                    key.verify(sigs[i], message)
+                    out[i] = _TRUE
+                except invalid:
+                    pass  # stays _FALSE
+            i += 1
+    return bytes(out)
 
 
 # --------------------------------------------------------------------------------------------
 # Reports
 
 
-@dataclass
+@dataclass(slots=True)
 class TimelineEvent:
     at: int
     seq: int
@@ -214,7 +250,7 @@ STEP_NAMES = {
 # The verifier
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     raw: bytes
     leaf: bytes
@@ -228,7 +264,7 @@ class Progress:
         self.stream, self.total, self.start, self.last = stream, total, time.monotonic(), 0.0
 
     def update(self, n: int, final: bool = False) -> None:
-        if self.stream is None:
+        if self.stream is None or (not final and n & 1023):
             return
         now = time.monotonic()
         if not final and now - self.last < 0.2:
@@ -299,30 +335,48 @@ class LogVerifier:
         if self.workers > 1:
             self._run_parallel(iter(records))
         else:
-            for raw in records:
-                p = self._prepare(raw)
-                self._accept(p, verify_chunk([self._task(p)])[0] if p.entry else ())
+            # In chunks here too: a run of verifications, then a run of rules, keeps each
+            # one's code and tables hot in the caches (interleaving them per entry is slower).
+            it = iter(records)
+            prepare = self._prepare
+            while chunk := [prepare(raw) for raw in islice(it, CHUNK_INLINE)]:
+                self._accept_chunk(chunk, verify_chunk(self._task(chunk)))
         self._finish()
         self.report.seconds = time.monotonic() - start
         return self.report
 
+    def _accept_chunk(self, chunk: list[_Prepared], verdicts: bytes) -> None:
+        """Steps 3-5, 9, 10 for a chunk, given its verdict bytes from verify_chunk."""
+        accept = self._accept
+        i = 0
+        for p in chunk:
+            entry = p.entry
+            if entry is None:
+                accept(p, ())
+                continue
+            n = len(entry.signatures)
+            if n == 1:
+                accept(p, _ONE[verdicts[i]])
+            else:
+                accept(p, tuple([_VERDICT[v] for v in verdicts[i:i + n]]))
+            i += n
+
     def _run_parallel(self, records: Iterator[bytes]) -> None:
+        """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify."""
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
         with ctx.Pool(self.workers) as pool:
             inflight: deque[tuple[list[_Prepared], Any]] = deque()
             exhausted = False
             while not exhausted or inflight:
-                while not exhausted and len(inflight) < self.workers * 3:
-                    chunk = [self._prepare(raw) for _, raw in zip(range(CHUNK), records, strict=False)]
+                while not exhausted and len(inflight) < self.workers * DEPTH:
+                    chunk = [self._prepare(raw) for raw in islice(records, CHUNK)]
                     if not chunk:
                         exhausted = True
                         break
-                    tasks = [self._task(p) for p in chunk]
-                    inflight.append((chunk, pool.apply_async(verify_chunk, (tasks,))))
+                    inflight.append((chunk, pool.apply_async(verify_chunk, (self._task(chunk),))))
                 if inflight:
                     chunk, result = inflight.popleft()
-                    for p, ok in zip(chunk, result.get(), strict=True):
-                        self._accept(p, ok if p.entry else ())
+                    self._accept_chunk(chunk, result.get())
 
     def _prepare(self, raw: bytes) -> _Prepared:
         """Step 1 (decode, fingerprints) and the leaf hash; learns keys for the verifiers."""
@@ -340,10 +394,24 @@ class LogVerifier:
                 self.keymap.setdefault(key_id(r.public_key), r.public_key)
         return _Prepared(raw, leaf, entry, body, None)
 
-    def _task(self, p: _Prepared) -> SigTask:
-        assert p.entry is not None
-        message = DOMAIN_PREFIX + p.entry.body[2:]
-        return message, tuple((self.keymap.get(s.key_id), s.sig) for s in p.entry.signatures)
+    def _task(self, chunk: list[_Prepared]) -> SigTask:
+        """The worker task for a chunk (after the whole chunk was prepared: keys it grants count)."""
+        bodies: list[bytes] = []
+        counts: list[int] = []
+        pubs: list[bytes | None] = []
+        sigs: list[bytes] = []
+        get = self.keymap.get
+        for p in chunk:
+            entry = p.entry
+            if entry is None:
+                continue
+            signatures = entry.signatures
+            bodies.append(entry.body)
+            counts.append(len(signatures))
+            for s in signatures:
+                pubs.append(get(s.key_id))
+                sigs.append(s.sig)
+        return bodies, counts, pubs, sigs
 
     # -- step 5: ordering ------------------------------------------------------------------------
 
