@@ -52,6 +52,7 @@ from audit.formats import (
     Entry,
     EvalRecorded,
     EventBody,
+    HealthReported,
     KeyGranted,
     KillSwitchEngaged,
     KillSwitchReleased,
@@ -417,7 +418,8 @@ class LogVerifier:
 
     def _accept(self, p: _Prepared, sig_ok: tuple[bool | None, ...]) -> None:
         self.seen += 1
-        self.progress.update(self.seen)
+        if not self.seen & 1023:
+            self.progress.update(self.seen)
         seq = p.entry.seq if p.entry is not None else self.expected
         if seq == self.expected:
             self._process(seq, p, sig_ok)
@@ -579,6 +581,8 @@ class LogVerifier:
 
     def _timeline(self, seq: int, leaf: bytes, entry: Entry, body: EventBody) -> None:
         p, at, tl = body.payload, entry.received_at, self.report.timeline
+        if type(p) is HealthReported:  # most entries; not drawn
+            return
         if isinstance(p, ProposalSubmitted):
             h = leaf
             self.report.proposals[h.hex()] = f"{p.target.namespace}/{p.target.deployment} → {p.candidate.image}"
