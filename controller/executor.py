@@ -331,14 +331,23 @@ class Executor:
         self.ledger = ledger  # a LedgerClient (anything with append(SignedEvent) -> Receipt)
         self.key = key
         self.fold_timeout = fold_timeout
+        # Fold of a stop's cause → canary patched to 0, in ms (for metrics layered on top).
+        self.reactions: list[float] = []
+        self._own = 0  # entries this execute() appended (not a reason to re-plan)
 
     def execute(self, actions: Iterable[Action]) -> list[Outcome]:
         """Run actions in order; after a failure, skip the rest of that target's actions."""
         outcomes: list[Outcome] = []
         failed: set[tuple[str, str]] = set()
+        start, self._own = self.replayer.state.applied, 0
         for a in actions:
             if isinstance(a, Wait):
                 continue
+            # Stopping preempts going: an entry folded since this plan was made (a kill switch,
+            # a report) may change it, so hand back to the planner between two API calls.
+            if self.replayer.state.applied - start > self._own:
+                log.info("preempted by new ledger entries; re-planning")
+                break
             target = self._target_of(a)
             if target in failed:
                 continue
@@ -401,6 +410,8 @@ class Executor:
                 self._wait_for_event(event_id)
                 return f"already recorded ({exc.violation_code})"
             raise Refused(f"ledger refused: {exc}") from exc
+        if not receipt.duplicate:
+            self._own += 1
         # The next plan must see this entry, or it would plan the same move again.
         if not self.replayer.wait_for_size(receipt.seq + 1, self.fold_timeout):
             raise Refused(f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s")
@@ -422,14 +433,21 @@ class Executor:
         body = {"spec": {"replicas": 0},
                 "metadata": {"annotations": {STOPPING_ANNOTATION: a.reason[:1000]}}}
         try:
-            obj = self.apps.patch_namespaced_deployment(name, a.namespace, body,
-                                                        field_manager=FIELD_MANAGER)
+            # The answer is not deserialized: on the kill path every millisecond counts, and
+            # the watch brings the new object anyway (a re-planned stop is idempotent).
+            raw: Any = self.apps.patch_namespaced_deployment(
+                name, a.namespace, body, field_manager=FIELD_MANAGER, _preload_content=False)
+            raw.read()
         except ApiException as exc:
             if exc.status == 404:
                 return "canary already gone"
             raise
-        self.cache.put_deployment(obj)
-        return "canary scaled to 0"
+        folded = self.replayer.folded_at.get(a.cause_seq)
+        if folded is None:
+            return "canary scaled to 0"
+        reaction = (time.monotonic() - folded) * 1000
+        self.reactions.append(reaction)
+        return f"canary scaled to 0 reaction_ms={reaction:.1f} after seq {a.cause_seq} was folded"
 
     def _apply_canary(self, a: ApplyCanary) -> str:
         stable: Any = self.cache.deployment(a.namespace, a.name)

@@ -165,6 +165,7 @@ class StopCanary:
     namespace: str
     name: str
     reason: str
+    cause_seq: int = -1  # the ledger entry that caused the stop (kill switch, report), if any
 
 
 @dataclass(frozen=True)
@@ -382,15 +383,16 @@ class _Target:
         assert cur is not None
         if record is None:  # cannot happen for a log that passed the rules
             return [Wait(p.entry_hash, "no STARTED record folded for this rollout")]
-        reason = self._stop_reason(p, stop)
-        if reason is not None:
+        cause = self._stop_reason(p, stop)
+        if cause is not None:
+            reason, cause_seq = cause
             kill = None
             if stop is not None:
                 kill = RecordKillSwitch(
                     p.entry_hash, stop.reason, stop.source,
                     annotation_kill_event_id(p.entry_hash, stop.source, stop.reason),
                 )
-            return self._rollback(p, record.total_replicas, record.stable_image, reason, kill)
+            return self._rollback(p, record.total_replicas, record.stable_image, reason, cause_seq, kill)
 
         total, stable_image = record.total_replicas, record.stable_image
         want_c = canary_replicas(total, cur.weight)
@@ -450,28 +452,29 @@ class _Target:
             Promote(self.ns, self.name, total, candidate, marker(p.entry_hash, rollbacks(p), "promoted")),
         ]
 
-    def _stop_reason(self, p: ProposalState, stop: EmergencyStop | None) -> str | None:
-        """Why this active rollout must roll back now, or None. Stops come first."""
+    def _stop_reason(self, p: ProposalState, stop: EmergencyStop | None) -> tuple[str, int] | None:
+        """Why this active rollout must roll back now and the entry that says so (-1 if none)."""
         scope = self.ls.kill_switch_for(p)
         if scope is not None:
-            return f"{scope.kind} kill switch engaged at seq {self.ls.kill_switches[scope]}"
+            seq = self.ls.kill_switches[scope]
+            return f"{scope.kind} kill switch engaged at seq {seq}", seq
         if stop is not None:
             src = stop.source
-            return f"emergency stop annotated by {src.field_manager} at {src.time}: {stop.reason}"
+            return f"emergency stop annotated by {src.field_manager} at {src.time}: {stop.reason}", -1
         vetoes = self.ls.vetoes(p)
         if vetoes:
-            return f"vetoed by {', '.join(vetoes)}"
+            return f"vetoed by {', '.join(vetoes)}", -1
         cur, started = p.current, p.step_started
         assert cur is not None and started is not None
         report = p.health.get(cur.step)
         if report is not None and report.seq > started.seq and not report.healthy:
-            return f"unhealthy report for step {cur.step} at seq {report.seq}"
+            return f"unhealthy report for step {cur.step} at seq {report.seq}", report.seq
         failing = self._failing_pod(p)
         if failing is not None:
-            return failing
+            return failing, -1
         canary = self.obs.canary
         if canary is not None and canary.stopping and canary.proposal == p.entry_hash.hex():
-            return canary.stopping  # a stop begun before a restart: finish it
+            return canary.stopping, -1  # a stop begun before a restart: finish it
         return None
 
     def _failing_pod(self, p: ProposalState) -> str | None:
@@ -489,7 +492,7 @@ class _Target:
         return None
 
     def _rollback(
-        self, p: ProposalState, total: int, stable_image: str, reason: str,
+        self, p: ProposalState, total: int, stable_image: str, reason: str, cause_seq: int,
         kill: RecordKillSwitch | None,
     ) -> list[Action]:
         cur = p.current
@@ -498,7 +501,7 @@ class _Target:
         assert stable is not None
         out: list[Action] = []
         if canary is not None and (canary.replicas != 0 or not canary.stopping):
-            out.append(StopCanary(self.ns, self.name, reason))
+            out.append(StopCanary(self.ns, self.name, reason, cause_seq))
         if stable.replicas != total or stable.image != stable_image:
             out.append(ScaleStable(self.ns, self.name, total, stable_image,
                                    marker(p.entry_hash, rollbacks(p), "rolled-back")))

@@ -126,6 +126,8 @@ class Replayer:
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.loaded_from_snapshot = False
+        # Monotonic time each recent entry was folded: how fast the controller reacts to it.
+        self.folded_at: dict[int, float] = {}
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -191,6 +193,9 @@ class Replayer:
                 self._folded.notify_all()
                 return False
             self.last_position = record.position
+            self.folded_at[e.seq] = time.monotonic()
+            if len(self.folded_at) > 1024:
+                del self.folded_at[min(self.folded_at)]
             self._folded.notify_all()
         return True
 

@@ -72,6 +72,7 @@ class Controller:
         self.last_actions: list[Action] = []
         self._listeners: list[Callable[[list[RolloutView]], None]] = []
         self._threads: list[threading.Thread] = []
+        self._mirror_wake = threading.Event()
 
     # -- for layers on top (ControllerService, metrics) ------------------------------------
 
@@ -104,6 +105,8 @@ class Controller:
         if self.leader is not None:
             leader = self.leader
             self._spawn("lease", lambda: leader.run(stop))
+        if self.config.mirror:
+            self._spawn("mirror", lambda: self._mirror_loop(stop))
         if not self.cache.wait_synced(60):
             raise RuntimeError("the watch caches did not sync within 60 s")
 
@@ -127,6 +130,18 @@ class Controller:
         for t in self._threads:
             t.join(timeout=3)
 
+    def _mirror_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._mirror_wake.wait(1.0)
+            self._mirror_wake.clear()
+            if stop.is_set() or not self.is_leader:
+                continue
+            try:
+                self.mirror.sync(self.views)
+            except Exception:
+                log.exception("mirror sync failed; retrying")
+                time.sleep(0.5)
+
     def reconcile_once(self) -> list[Outcome]:
         with self.replayer.lock:
             state = self.replayer.state
@@ -141,7 +156,7 @@ class Controller:
             return []
         outcomes = self.executor.execute(actions)
         if self.config.mirror:
-            self.mirror.sync(views)
+            self._mirror_wake.set()  # written by its own thread: never in the way of a stop
         if any(o.ok for o in outcomes):
             self.wake.set()  # something changed: plan again right away (failures wait a tick)
         return outcomes

@@ -1,0 +1,238 @@
+"""End-to-end fixtures: a real ledger server on SQLite, the local control plane, controllers.
+
+Everything is a real process: ``python -m ledger.server`` with the cast's checkpoint key,
+``steward-controller`` (as ``python -m controller.main``) with the controller key, reading the
+ledger's SQLite file itself and appending through gRPC. Policies use hold times of 0-1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from controller.state import ControllerState
+from infra.kube import LocalCluster
+from ledger.client import LedgerClient
+from ledger.formats import PlanStep, SignedEvent, decode_log_entry
+from ledger.scenario import Cast, Flow
+from ledger.store.sqlite import SQLiteLogStore
+
+REPO = Path(__file__).resolve().parents[2]
+V1 = "registry.example/model-server:v1"
+V2 = "registry.example/model-server:v2"
+FAST_PLAN = (PlanStep(10, 0, False), PlanStep(50, 1, True), PlanStep(100, 0, False))
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last  # type: ignore[return-value]
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {last!r}")
+
+
+@dataclass
+class Ledger:
+    """A ledger server subprocess and a client; `flow` signs the governance story."""
+
+    db: Path
+    address: str
+    proc: subprocess.Popen[bytes]
+    client: LedgerClient
+    flow: Flow
+    cast: Cast
+
+    def ok(self, event: SignedEvent) -> bytes:
+        return self.client.append(event).leaf_hash
+
+    def state(self) -> ControllerState:
+        store = SQLiteLogStore(self.db)
+        try:
+            cs = ControllerState()
+            for record in store.read():
+                cs.fold(decode_log_entry(record.value))
+            return cs
+        finally:
+            store.close()
+
+    def steps(self, proposal: bytes) -> list[tuple[int, int, str]]:
+        p = self.state().ledger.proposals[proposal]
+        return [(s.step, s.weight, s.phase) for s in p.steps]
+
+    def phase(self, proposal: bytes) -> str:
+        return self.state().ledger.proposals[proposal].phase
+
+    # -- the story ------------------------------------------------------------------------
+
+    def propose(self, namespace: str, image: str = V2, deployment: str = "model-server") -> bytes:
+        return self.ok(self.flow.propose(image, namespace=namespace, deployment=deployment))
+
+    def evaluate(self, p: bytes) -> tuple[bytes, bytes]:
+        return (self.ok(self.flow.eval(p, "safety", 0.99)), self.ok(self.flow.eval(p, "quality", 0.91)))
+
+    def approve(self, p: bytes, evals: tuple[bytes, ...], *who: str) -> None:
+        for w in who or ("alice", "bob"):
+            self.ok(self.flow.approve(p, evals, w))
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
+    """A fresh ledger whose policy selects the test's namespace, with a fast plan."""
+    cast = Cast.create()
+    key_file = tmp_path / "checkpoint.pem"
+    key_file.write_bytes(cast.checkpoint_key.to_pem())
+    db, port_file = tmp_path / "ledger.db", tmp_path / "ledger.port"
+    log = (tmp_path / "ledger.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger.server", "--db", str(db), "--checkpoint-key", str(key_file),
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )
+    wait_for("the ledger server's port file", lambda: port_file.exists() or proc.poll() is not None)
+    if proc.poll() is not None:
+        pytest.fail(f"ledger server exited {proc.returncode}: {(tmp_path / 'ledger.log').read_text()}")
+    address = f"127.0.0.1:{int(port_file.read_text())}"
+    flow = Flow(cast, ledger="e2e", origin="steward.dev/ledger/e2e")
+    led = Ledger(db, address, proc, LedgerClient(address), flow, cast)
+    led.ok(flow.genesis())
+    for grant in flow.grants():
+        led.ok(grant)
+    led.ok(flow.policy(namespace=kube_namespace, plan=FAST_PLAN))
+    try:
+        yield led
+    finally:
+        led.client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kube_cluster: LocalCluster) -> None:
+    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                         "crd/modelrollouts.steward.dev")
+
+
+@pytest.fixture
+def apps(kube_api_client: client.ApiClient) -> client.AppsV1Api:
+    return client.AppsV1Api(kube_api_client)
+
+
+@pytest.fixture
+def custom(kube_api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube_api_client)
+
+
+def target_manifests(name: str, image: str, replicas: int) -> list[dict[str, Any]]:
+    labels = {"app": name}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "labels": labels},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"containers": [{"name": "server", "image": image}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
+    ]
+
+
+@pytest.fixture
+def target(kube_namespace: str, kube_api_client: client.ApiClient, crd_installed: None) -> str:
+    """The user's Deployment `model-server` (4 replicas of v1) and its Service."""
+    from kubernetes import utils
+
+    for manifest in target_manifests("model-server", V1, 4):
+        utils.create_from_dict(kube_api_client, manifest, namespace=kube_namespace)
+    apps = client.AppsV1Api(kube_api_client)
+    wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(
+        "model-server", kube_namespace).status.ready_replicas or 0) >= 4)
+    return "model-server"
+
+
+@dataclass
+class ControllerProc:
+    identity: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _log: Any = field(repr=False, default=None)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def actions(self) -> list[str]:
+        return [line for line in self.log().splitlines() if '"action"' in line and '"ok": "True"' in line]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+        return self.proc.returncode
+
+
+@dataclass
+class Controllers:
+    tmp: Path
+    ledger: Ledger
+    cluster: LocalCluster
+    namespace: str
+    key_file: Path
+    started: list[ControllerProc] = field(default_factory=list)
+
+    def start(self, identity: str = "ctl-a", *extra: str) -> ControllerProc:
+        log_path = self.tmp / f"controller-{identity}-{len(self.started)}.log"
+        log = log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.main",
+             "--ledger", self.ledger.address, "--store", f"sqlite:{self.ledger.db}",
+             "--kubeconfig", str(self.cluster.kubeconfig), "--key", str(self.key_file),
+             "--namespace", self.namespace, "--snapshot-db", str(self.tmp / f"snap-{identity}.db"),
+             "--lease-namespace", self.namespace, "--identity", identity,
+             "--tick-seconds", "0.2", "--not-ready-grace-seconds", "20", *extra],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        )
+        cp = ControllerProc(identity, proc, log_path, log)
+        self.started.append(cp)
+        return cp
+
+
+@pytest.fixture
+def controllers(tmp_path: Path, ledger: Ledger, kube_cluster: LocalCluster,
+                kube_namespace: str, target: str) -> Iterator[Controllers]:
+    key_file = tmp_path / "controller.pem"
+    key_file.write_bytes(ledger.cast["controller"].key.to_pem())
+    c = Controllers(tmp_path, ledger, kube_cluster, kube_namespace, key_file)
+    try:
+        yield c
+    finally:
+        for cp in c.started:
+            cp.stop()
