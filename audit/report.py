@@ -85,7 +85,7 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
                      f"<title>{html.escape(report.proposals.get(p.hex(), p.hex()[:16]))}</title></polyline>")
     for e in events:
         if e.kind == "step":
-            parts.append(f'<circle cx="{x(e.at):.1f}" cy="{y(e.weight or 0):.1f}" r="3" fill="{color.get(e.proposal, "#000")}">'
+            parts.append(f'<circle cx="{x(e.at):.1f}" cy="{y(e.weight or 0):.1f}" r="3" fill="{color.get(e.proposal or b"", "#000")}">'
                          f"<title>seq {e.seq}: {html.escape(e.label)} {e.weight}%</title></circle>")
         else:
             glyph, c = _MARK.get(e.kind, ("?", "#000"))

@@ -52,7 +52,7 @@ class ExportSource:
         fmt = self.metadata.get("steward.format", EXPORT_FORMAT)
         if fmt != EXPORT_FORMAT:
             raise AuditError(f"{path}: export format {fmt!r}, this auditor reads {EXPORT_FORMAT}")
-        self.total = None
+        self.total: int | None = None
         try:
             self._checkpoints = [str(c["note"]) for c in json.loads(self.metadata.get("steward.checkpoints", "[]"))]
         except (ValueError, TypeError, KeyError) as exc:
@@ -116,7 +116,7 @@ class KafkaSource:
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
         self.name = f"kafka://{bootstrap}/{topic}"
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
-        self.total = None
+        self.total: int | None = None
         self._consumer: Any = None
 
     def _new_consumer(self) -> Any:
@@ -187,7 +187,7 @@ class GrpcSource:
         from steward.v1 import ledger_pb2_grpc
 
         self.name = f"grpc://{target}"
-        self.total = None
+        self.total: int | None = None
         self.timeout_s = timeout_s
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         try:
