@@ -30,14 +30,6 @@ from ledger.errors import FormatError, VerificationError
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree
 
-# Found by this file: audit/formats.py `_single_object` catches IndexError and struct.error but
-# not UnicodeDecodeError, so a body with an invalid UTF-8 string (easy to write straight into
-# Kafka) escapes as UnicodeDecodeError and stops `steward-audit` instead of becoming a finding.
-# Only that exception type is tolerated here, until the audit owner fixes it.
-AUDIT_UTF8_BUG = pytest.mark.xfail(
-    raises=UnicodeDecodeError, strict=False,
-    reason="audit/formats.py _single_object lets UnicodeDecodeError escape (invalid UTF-8 string)")
-
 EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -196,7 +188,6 @@ def test_audit_decode_entry(data: bytes) -> None:
     only((DecodeError,), audit_formats.decode_entry, data)
 
 
-@AUDIT_UTF8_BUG
 @FUZZ
 @given(inputs(BODIES))
 def test_audit_decode_body(data: bytes) -> None:
@@ -227,7 +218,6 @@ def test_audit_checkpoint_and_vkey(text: str) -> None:
 # -- the two decoders agree on what is valid -----------------------------------------------------
 
 
-@AUDIT_UTF8_BUG
 @FUZZ
 @given(inputs(ENTRIES))
 def test_ledger_and_auditor_agree_on_entries(data: bytes) -> None:
