@@ -402,26 +402,69 @@ def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _from_avro(hint: Any, value: Any) -> Any:
+# Decoding runs once per field of every entry read, so the per-class work (type hints, which
+# fields need converting and how) is done once: each dataclass gets a converter function,
+# generated from its fields and hints, that builds the instance from fastavro's plain record.
+# Strictness is unchanged: a missing field is a KeyError, as before, and the values go through
+# the same dataclass constructor.
+
+_Convert = typing.Callable[[Any], Any]
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) else value
+
+
+def _converter(hint: Any) -> _Convert | None:
+    """A function turning fastavro's value for `hint` into ours; None when it is the identity."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         (item_hint, _ellipsis) = typing.get_args(hint)
-        return tuple(_from_avro(item_hint, v) for v in value)
+        item = _converter(item_hint)
+        if item is None:
+            return tuple
+        return lambda value: tuple([item(v) for v in value])
     if origin in (Union, types.UnionType):
-        if value is None:
-            return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _from_avro(inner, value)
+        conv = _converter(inner)
+        if conv is None:
+            return None
+        return lambda value: None if value is None else conv(value)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _record_from_avro(hint, value)
-    if hint is float and isinstance(value, int):
-        return float(value)
-    return value
+        return _record_converter(hint)
+    if hint is float:
+        return _float
+    return None
+
+
+@functools.cache
+def _record_converter(cls: Any) -> _Convert:
+    hints = _hints(cls)
+    env: dict[str, Any] = {"cls": cls}
+    args = []
+    for i, f in enumerate(dataclasses.fields(cls)):
+        conv = _converter(hints[f.name])
+        if conv is None:
+            args.append(f"{f.name}=r[{f.name!r}]")
+        else:
+            env[f"c{i}"] = conv
+            args.append(f"{f.name}=c{i}(r[{f.name!r}])")
+    source = f"def from_avro_{cls.__name__}(r):\n    return cls({', '.join(args)})\n"
+    exec(source, env)  # noqa: S102 - generated from our own dataclass fields only
+    fn: _Convert = env[f"from_avro_{cls.__name__}"]
+    return fn
 
 
 def _record_from_avro(cls: Any, record: Mapping[str, Any]) -> Any:
-    hints = _hints(cls)
-    return cls(**{f.name: _from_avro(hints[f.name], record[f.name]) for f in dataclasses.fields(cls)})
+    return _record_converter(cls)(record)
+
+
+# Built at import, so no decode pays for it (and a broken hint fails at import, not at read).
+_PAYLOAD_FROM_AVRO: Mapping[str, _Convert] = {
+    name: _record_converter(cls) for name, cls in PAYLOAD_TYPES.items()
+}
+_SIGNED_EVENT_FROM_AVRO = _record_converter(SignedEvent)
+_ENTRY_FROM_AVRO = _record_converter(Entry)
 
 
 def _schemaless_write(schema: Schema, record: Mapping[str, Any], field: str) -> bytes:
@@ -518,13 +561,12 @@ def decode_body(body_bytes: bytes) -> EventBody:
             f"body: type is {record['type']} but the payload is a {payload_type}",
             field="type",
         )
-    payload_cls = PAYLOAD_TYPES[payload_type]
     return EventBody(
         ledger=record["ledger"],
         event_id=record["event_id"],
         issued_at=record["issued_at"],
         refs=tuple(record["refs"]),
-        payload=_record_from_avro(payload_cls, payload_record),
+        payload=_PAYLOAD_FROM_AVRO[payload_type](payload_record),
     )
 
 
@@ -561,7 +603,7 @@ def decode_signed_event(data: bytes) -> SignedEvent:
             f"signed event is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}", field="body"
         )
     schema, payload = _split_single_object(data, _SIGNED_EVENT_WRITERS, "signed event")
-    event: SignedEvent = _record_from_avro(SignedEvent, _schemaless_read(schema, payload, "signed event"))
+    event: SignedEvent = _SIGNED_EVENT_FROM_AVRO(_schemaless_read(schema, payload, "signed event"))
     _check_signatures(event.signatures, "signed event")
     return event
 
@@ -575,7 +617,7 @@ def decode_entry(data: bytes) -> Entry:
     if len(data) > MAX_ENTRY_BYTES:
         raise FormatError(f"entry is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}")
     schema, payload = _split_single_object(data, _ENTRY_WRITERS, "entry")
-    entry: Entry = _record_from_avro(Entry, _schemaless_read(schema, payload, "entry"))
+    entry: Entry = _ENTRY_FROM_AVRO(_schemaless_read(schema, payload, "entry"))
     _check_signatures(entry.signatures, "entry")
     return entry
 
