@@ -450,7 +450,7 @@ def _record_converter(cls: Any) -> _Convert:
             env[f"c{i}"] = conv
             args.append(f"{f.name}=c{i}(r[{f.name!r}])")
     source = f"def from_avro_{cls.__name__}(r):\n    return cls({', '.join(args)})\n"
-    exec(source, env)  # noqa: S102 - generated from our own dataclass fields only
+    exec(source, env)  # generated from our own dataclass fields only
     fn: _Convert = env[f"from_avro_{cls.__name__}"]
     return fn
 

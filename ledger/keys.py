@@ -7,6 +7,7 @@ passphrase; public keys are SubjectPublicKeyInfo PEM.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ def key_id(public_raw: bytes) -> bytes:
     if len(public_raw) != 32:
         raise KeyError_(f"an Ed25519 public key is 32 bytes, observed {len(public_raw)}")
     return hashlib.sha256(public_raw).digest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _ed25519_public(raw: bytes) -> Ed25519PublicKey:
+    """The `cryptography` key for raw bytes, built once per key (a ledger has few keys)."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class PublicKey:
         if len(signature) != 64:
             return False
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+            _ed25519_public(self.raw).verify(signature, message)
         except InvalidSignature:
             return False
         return True

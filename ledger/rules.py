@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger.errors import StewardError
 from ledger.formats import (
@@ -258,6 +259,19 @@ class LedgerState:
     proposals: dict[bytes, ProposalState] = field(default_factory=dict)
     evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    # (namespace, deployment) -> hashes of the proposals whose rollout there is active
+    # (STARTED, ADVANCED or PAUSED); kept by `apply`, so `active_rollout_on` needs no scan.
+    active_rollouts: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots pickled before the index existed rebuild it once, here.
+        self.__dict__.update(state)
+        if "active_rollouts" not in state:
+            self.active_rollouts = {}
+            for h, p in self.proposals.items():
+                if p.phase in ACTIVE_PHASES:
+                    t = p.proposal.target
+                    self.active_rollouts.setdefault((t.namespace, t.deployment), set()).add(h)
 
     # -- queries shared by the rules, the controller and the projections -----------------
 
@@ -337,11 +351,12 @@ class LedgerState:
         return max(self.root_threshold, 1)
 
     def active_rollout_on(self, namespace: str, deployment: str) -> ProposalState | None:
-        for p in self.proposals.values():
-            t = p.proposal.target
-            if (t.namespace, t.deployment) == (namespace, deployment) and p.phase in ACTIVE_PHASES:
-                return p
-        return None
+        active = self.active_rollouts.get((namespace, deployment))
+        if not active:
+            return None
+        # The rules allow one active rollout per target; were there more, the oldest proposal
+        # wins, as the scan over `proposals` (in log order) used to decide.
+        return min((self.proposals[h] for h in active), key=lambda p: p.seq)
 
     # -- folding -------------------------------------------------------------------------
 
@@ -399,6 +414,14 @@ class LedgerState:
             )
             if payload.phase == "ROLLED_BACK":
                 proposal.decision_floor = seq
+            t = proposal.proposal.target
+            where = (t.namespace, t.deployment)
+            if proposal.phase in ACTIVE_PHASES:
+                self.active_rollouts.setdefault(where, set()).add(payload.proposal)
+            elif where in self.active_rollouts:
+                self.active_rollouts[where].discard(payload.proposal)
+                if not self.active_rollouts[where]:
+                    del self.active_rollouts[where]
         elif isinstance(payload, KillSwitchEngaged):
             self.kill_switches[payload.scope] = seq
         elif isinstance(payload, KillSwitchReleased):
