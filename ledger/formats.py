@@ -437,8 +437,13 @@ def _converter(hint: Any) -> _Convert | None:
     return None
 
 
-@functools.cache
-def _record_converter(cls: Any) -> _Convert:
+_RECORD_CONVERTERS: dict[type[Any], _Convert] = {}
+
+
+def _record_converter(cls: type[Any]) -> _Convert:
+    found = _RECORD_CONVERTERS.get(cls)
+    if found is not None:
+        return found
     hints = _hints(cls)
     env: dict[str, Any] = {"cls": cls}
     args = []
@@ -452,6 +457,7 @@ def _record_converter(cls: Any) -> _Convert:
     source = f"def from_avro_{cls.__name__}(r):\n    return cls({', '.join(args)})\n"
     exec(source, env)  # generated from our own dataclass fields only
     fn: _Convert = env[f"from_avro_{cls.__name__}"]
+    _RECORD_CONVERTERS[cls] = fn
     return fn
 
 
