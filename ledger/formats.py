@@ -18,7 +18,6 @@ project ships, and refuse any other fingerprint by name.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import types
@@ -397,11 +396,6 @@ def _to_avro(value: Any) -> Any:
     return value
 
 
-@functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 # Decoding runs once per field of every entry read, so the per-class work (type hints, which
 # fields need converting and how) is done once: each dataclass gets a converter function,
 # generated from its fields and hints, that builds the instance from fastavro's plain record.
@@ -444,7 +438,7 @@ def _record_converter(cls: type[Any]) -> _Convert:
     found = _RECORD_CONVERTERS.get(cls)
     if found is not None:
         return found
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     env: dict[str, Any] = {"cls": cls}
     args = []
     for i, f in enumerate(dataclasses.fields(cls)):
