@@ -112,6 +112,25 @@ def show(cluster: LocalCluster) -> str:
     return ", ".join(f"{n} {r[1]}/{r[0]} ready ({r[2].rsplit(':', 1)[-1]})" for n, r in sorted(deployments(cluster).items()))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+METRICS_PORT = free_port()
+
+
+def scrape_metrics(prefix: str) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
 @contextmanager
 def controller_process(workdir: Path, address: str, cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     log = (workdir / "controller.log").open("wb")
@@ -120,7 +139,8 @@ def controller_process(workdir: Path, address: str, cluster: LocalCluster) -> It
          "--store", f"sqlite:{workdir / 'ledger.db'}", "--kubeconfig", str(cluster.kubeconfig),
          "--key", str(workdir / "keys" / "controller.pem"), "--namespace", NAMESPACE,
          "--snapshot-db", str(workdir / "controller.db"), "--lease-namespace", NAMESPACE,
-         "--identity", "demo-controller", "--not-ready-grace-seconds", "30"],
+         "--identity", "demo-controller", "--not-ready-grace-seconds", "30",
+         "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -226,6 +246,8 @@ def run(workdir: Path, keep_cluster: bool) -> int:
         wait_for("stable on v3 with 4 ready pods", lambda: deployments(cluster).get(NAME, (0, 0, ""))[2] == V3
                  and deployments(cluster)[NAME][1] >= 4)
         say(f"  promoted: {show(cluster)}")
+        for line in scrape_metrics("steward_kill_switch_reaction_seconds_count") + scrape_metrics("steward_events_applied_total"):
+            say(f"  metrics: {line}")
 
         client.checkpoint(publish_now=True)
         say("\n4. the timeline")

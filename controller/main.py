@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-name", default="steward-controller")
     p.add_argument("--lease-seconds", type=int, default=5)
     p.add_argument("--renew-seconds", type=float, default=1.5)
-    p.add_argument("--listen", help="HOST:PORT for gRPC health (and ControllerService when present)")
+    p.add_argument("--listen", help="HOST:PORT for gRPC health and ControllerService")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: a free one)")
     p.add_argument("--tick-seconds", type=float, default=0.25, help="re-plan at least this often")
     p.add_argument("--not-ready-grace-seconds", type=float, default=120.0,
                    help="a canary pod not Ready this long triggers a rollback")
@@ -133,12 +135,9 @@ def _serve_grpc(listen: str, controller: Controller) -> Any:
     server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=8))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:  # the ControllerService is layered on when its module is present
-        from controller import service  # type: ignore[attr-defined]
+    from controller import service
 
-        service.register(server, controller)
-    except ImportError:
-        pass
+    service.register(server, controller)
     server.add_insecure_port(listen)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -192,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = _serve_grpc(args.listen, controller) if args.listen else None
+    metrics_server = None
+    if args.metrics_listen:
+        from controller import metrics
+
+        metrics_server = metrics.serve(controller, args.metrics_listen)
     log.info("starting identity=%s namespaces=%s store=%s lease=%s", args.identity,
              ",".join(namespaces), source, args.lease_namespace or "-")
     try:
@@ -202,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop(grace=1)
+        if metrics_server is not None:
+            metrics_server.stop()
         if controller.leader is not None:
             controller.leader.release()
         replayer.snapshot()

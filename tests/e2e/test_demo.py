@@ -47,6 +47,7 @@ def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
     assert "SELF_APPROVAL" in text and "THRESHOLD_NOT_MET" in text
     assert re.search(r"canary gone \d+ ms after the kill switch", text)
     assert "promoted: model-server 4/4 ready (v3)" in text
+    assert "metrics: steward_kill_switch_reaction_seconds_count 1.0" in text
     assert re.search(r"rolled back .*kill switch", text)
     match = re.search(r"^\s+(steward-audit verify .+)$", text, re.MULTILINE)
     assert match, text
