@@ -724,8 +724,11 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ledger.server",
-                                description="Run a Steward ledger server on a SQLite log.")
-    p.add_argument("--db", required=True, help="SQLite file of the log (created if missing)")
+                                description="Run a Steward ledger server on a SQLite or Kafka log.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite file of the log (created if missing)")
+    where.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
+                       help="Kafka bootstrap servers: keep the log on a Kafka topic (docs/KAFKA.md)")
     p.add_argument("--checkpoint-key", required=True, help="the ledger's checkpoint private key (PEM)")
     p.add_argument("--passphrase-env", metavar="VAR",
                    help="environment variable that holds the checkpoint key's passphrase")
@@ -738,11 +741,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ca", help="CA for client certificates (mutual TLS)")
     p.add_argument("--require-client-cert", action="store_true", help="refuse clients without a certificate")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--projections", default="same", metavar="URL",
-                   help="SQLAlchemy URL where the query projections live and QueryService reads them; "
-                        "'same' (default) uses the --db SQLite file, 'off' serves no QueryService")
+    p.add_argument("--projections", default="same", metavar="URL|PATH",
+                   help="where the query projections live and QueryService reads them: a SQLAlchemy "
+                        "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
+                        "--kafka-bootstrap: no projections), 'off' serves no QueryService")
     p.add_argument("--log-level", default="INFO")
+    k = p.add_argument_group("Kafka store (with --kafka-bootstrap)")
+    k.add_argument("--topic", help="the ledger topic (checkpoints go to TOPIC.checkpoints)")
+    k.add_argument("--ledger", default="", metavar="NAME",
+                   help="ledger name for the transactional id steward-ledger-NAME (default: the topic)")
+    k.add_argument("--replication-factor", type=int, default=1,
+                   help="replication factor of created topics, minimum of existing ones (production: 3)")
+    k.add_argument("--min-insync-replicas", type=int, default=1,
+                   help="min.insync.replicas of created topics, minimum of existing ones (production: 2)")
+    k.add_argument("--no-create-topics", action="store_true",
+                   help="never create the topics: they must exist (they are still checked)")
+    k.add_argument("--kafka-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="longest one Kafka append or read may take before the store reports UNAVAILABLE")
+    k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
+                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    k.add_argument("--kafka-sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...")
+    k.add_argument("--kafka-sasl-username")
+    k.add_argument("--kafka-sasl-password-env", metavar="VAR",
+                   help="environment variable that holds the SASL password (never on the command line)")
+    k.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)")
+    k.add_argument("--kafka-ssl-certfile", help="client certificate (PEM)")
+    k.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
+    k.add_argument("--kafka-ssl-password-env", metavar="VAR",
+                   help="environment variable that holds the client key's password")
     return p
+
+
+def _secret_from_env(var: str | None, what: str) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigError(f"environment variable {var} ({what}) is not set")
+    return value
+
+
+def kafka_store_from_args(args: argparse.Namespace) -> LogStore:
+    """The KafkaLogStore the command line asks for, already claimed as this ledger's writer.
+
+    The claim (InitProducerId) comes before serve() replays the log: once it returns, no other
+    writer can append, so the tail we replay is the one our first append continues.
+    """
+    from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+
+    if not args.topic:
+        raise ConfigError("--kafka-bootstrap needs --topic")
+    config = KafkaStoreConfig(
+        bootstrap_servers=args.kafka_bootstrap, topic=args.topic, ledger=args.ledger,
+        replication_factor=args.replication_factor, min_insync_replicas=args.min_insync_replicas,
+        create_topics=not args.no_create_topics, operation_timeout_s=args.kafka_timeout,
+        security_protocol=args.kafka_security_protocol, sasl_mechanism=args.kafka_sasl_mechanism,
+        sasl_plain_username=args.kafka_sasl_username,
+        sasl_plain_password=_secret_from_env(args.kafka_sasl_password_env, "the Kafka SASL password"),
+        ssl_cafile=args.kafka_ssl_cafile, ssl_certfile=args.kafka_ssl_certfile,
+        ssl_keyfile=args.kafka_ssl_keyfile,
+        ssl_password=_secret_from_env(args.kafka_ssl_password_env, "the Kafka client key password"))
+    store = KafkaLogStore(config)
+    try:
+        store.claim_writer()
+    except BaseException:
+        store.close()
+        raise
+    log.info("kafka_store %r", store)  # repr() leaves the secrets out
+    return store
+
+
+def _projections_url(args: argparse.Namespace) -> str | None:
+    """'off' -> None; 'same' -> the --db file (none on Kafka); a path -> a SQLite URL."""
+    value: str = args.projections
+    if value == "off" or (value == "same" and args.db is None):
+        return None
+    if value == "same":
+        return f"sqlite:///{args.db}"
+    return value if "://" in value else f"sqlite:///{value}"
 
 
 def projections_service(url: str, stop: threading.Event) -> AddService:
@@ -772,24 +848,32 @@ def projections_service(url: str, stop: threading.Event) -> AddService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.db is not None and args.topic:
+        parser.error("--topic is for --kafka-bootstrap, not --db")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = LedgerServerConfig(
-        store=args.db, checkpoint_key=args.checkpoint_key,
-        checkpoint_key_passphrase_env=args.passphrase_env, listen=args.listen,
-        checkpoint_every_entries=args.checkpoint_every_entries,
-        checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, client_ca=args.client_ca,
-        require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes)
-    done = threading.Event()
-    services: list[AddService] = []
-    if args.projections != "off":
-        url = f"sqlite:///{args.db}" if args.projections == "same" else args.projections
-        services.append(projections_service(url, done))
+    store: str | LogStore = args.db
     try:
+        if args.kafka_bootstrap is not None:
+            store = kafka_store_from_args(args)
+        config = LedgerServerConfig(
+            store=store, checkpoint_key=args.checkpoint_key,
+            checkpoint_key_passphrase_env=args.passphrase_env, listen=args.listen,
+            checkpoint_every_entries=args.checkpoint_every_entries,
+            checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, client_ca=args.client_ca,
+            require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes)
+        done = threading.Event()
+        services: list[AddService] = []
+        url = _projections_url(args)
+        if url is not None:
+            services.append(projections_service(url, done))
         running = serve(config, add_services=services)
     except StewardError as exc:
+        if isinstance(store, LogStore):
+            store.close()
         print(f"ledger server: {exc}", file=sys.stderr)
         return 2
     print(f"listening on {running.address}", flush=True)
@@ -806,6 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
     running.stop()
+    if isinstance(store, LogStore):
+        store.close()  # serve() does not close a store it was given
     return 0
 
 
