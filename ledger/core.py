@@ -8,13 +8,20 @@ vector generator use it on its own.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
 from ledger.errors import StewardError
-from ledger.formats import LogEntry, SignedEvent, decode_body, encode_signed_event, make_entry
+from ledger.formats import (
+    EventBody,
+    LogEntry,
+    SignedEvent,
+    decode_body,
+    encode_signed_event,
+    make_entry,
+)
 from ledger.merkle import MerkleTree
-from ledger.rules import LedgerState, RuleViolation, Violation, check
+from ledger.rules import LedgerState, RuleViolation, VerifiedSignature, Violation, check
 
 
 @dataclass(frozen=True)
@@ -62,43 +69,54 @@ class LedgerCore:
                 raise RuleViolation(violation)
             self.commit(e)
 
-    def existing_receipt(self, event: SignedEvent) -> Receipt | None:
+    def existing_receipt(self, event: SignedEvent, *, body: EventBody | None = None,
+                         digest: bytes | None = None) -> Receipt | None:
         """The original receipt when this exact event is already in the log.
 
-        Raises DuplicateEventId when the id is taken by different content.
+        Raises DuplicateEventId when the id is taken by different content. `body` and `digest`,
+        when given, are ``decode_body(event.body)`` and ``event_digest(event)``.
         """
-        body = decode_body(event.body)
+        body = decode_body(event.body) if body is None else body
         found = self._receipts.get(body.event_id)
         if found is None:
             return None
-        digest, receipt = found
-        if digest != event_digest(event):
+        stored, receipt = found
+        if stored != (event_digest(event) if digest is None else digest):
             raise DuplicateEventId(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
     def prepare(self, event: SignedEvent, received_at: int, *, seq: int | None = None,
-                prev: bytes | None = None, state: LedgerState | None = None) -> LogEntry:
-        """The entry `event` becomes next; raises RuleViolation (nothing changes) if refused."""
+                prev: bytes | None = None, state: LedgerState | None = None,
+                body: EventBody | None = None,
+                verified: Container[VerifiedSignature] = ()) -> LogEntry:
+        """The entry `event` becomes next; raises RuleViolation (nothing changes) if refused.
+
+        `verified`: signatures the caller already checked with Ed25519 (rules.check trusts
+        only their cryptography; who may sign is still judged on the state).
+        """
         state = state or self.state
         e = make_entry(
             state.size if seq is None else seq,
             state.last_hash if prev is None else prev,
             event,
             received_at,
+            body,
         )
-        violation: Violation | None = check(state, e)
+        violation: Violation | None = check(state, e, verified)
         if violation is not None:
             raise RuleViolation(violation)
         return e
 
-    def commit(self, e: LogEntry) -> Receipt:
+    def commit(self, e: LogEntry, *, digest: bytes | None = None) -> Receipt:
+        """Fold a prepared entry; `digest`, when given, is the event_digest of its event."""
         self.state.apply(e)
         self.tree.append(e.leaf_hash)
         if self.entries is not None:
             self.entries.append(e)
         receipt = Receipt(e.seq, e.leaf_hash, e.entry.received_at)
-        event = SignedEvent(e.entry.body, e.entry.signatures)
-        self._receipts[e.body.event_id] = (event_digest(event), receipt)
+        if digest is None:
+            digest = event_digest(SignedEvent(e.entry.body, e.entry.signatures))
+        self._receipts[e.body.event_id] = (digest, receipt)
         return receipt
 
     def append(self, event: SignedEvent, clock: Callable[[], int]) -> Receipt:

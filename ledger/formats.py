@@ -633,8 +633,12 @@ def decode_log_entry(entry_bytes: bytes) -> LogEntry:
     )
 
 
-def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int) -> LogEntry:
-    """The entry the ledger writes for an accepted event (body bytes kept as received)."""
+def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int,
+               body: EventBody | None = None) -> LogEntry:
+    """The entry the ledger writes for an accepted event (body bytes kept as received).
+
+    `body`, when given, must be ``decode_body(event.body)`` (a caller that decoded it already).
+    """
     entry = Entry(
         seq=seq, prev=prev, body=event.body, signatures=event.signatures, received_at=received_at
     )
@@ -643,7 +647,7 @@ def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int) -> L
         entry=entry,
         entry_bytes=entry_bytes,
         leaf_hash=leaf_hash(entry_bytes),
-        body=decode_body(event.body),
+        body=decode_body(event.body) if body is None else body,
     )
 
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -37,13 +39,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ledger import checkpoint as notes
-from ledger.core import LedgerCore, Receipt
+from ledger.core import LedgerCore, Receipt, event_digest
 from ledger.errors import ConfigError, FencedError, FormatError, StewardError, VerificationError
-from ledger.formats import LedgerGenesis, LogEntry, decode_log_entry, decode_signed_event
+from ledger.formats import (
+    EventBody,
+    LedgerGenesis,
+    LogEntry,
+    SignedEvent,
+    decode_body,
+    decode_log_entry,
+    decode_signed_event,
+    signed_bytes,
+)
 from ledger.grpc_errors import ServiceError, guarded, status_for
-from ledger.keys import PrivateKey
+from ledger.keys import PrivateKey, PublicKey
 from ledger.merkle import leaf_hash
-from ledger.rules import LedgerState, check
+from ledger.rules import LedgerState, VerifiedSignature, check
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
@@ -94,6 +105,46 @@ class ReplayReport:
     skipped: int
 
 
+@dataclass(frozen=True)
+class StagedEvent:
+    """One submitted event, decoded outside the append lock (or why it does not decode)."""
+
+    size: int  # bytes as submitted
+    event: SignedEvent | None = None
+    body: EventBody | None = None
+    digest: bytes = b""  # event_digest(event), for idempotency
+    error: StewardError | None = None
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """Events decoded and their signatures checked with Ed25519 before the append lock.
+
+    `verified` only says which signatures are cryptographically valid; whether their keys may
+    sign (known, not revoked, not expired, by an earlier event of the same batch too) is decided
+    under the lock by ``rules.check``, on the state the entry really follows.
+    """
+
+    events: tuple[StagedEvent, ...]
+    verified: frozenset[VerifiedSignature]
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.events)
+
+
+class _Request:
+    """One caller's batch waiting for a group commit."""
+
+    __slots__ = ("done", "error", "results", "staged")
+
+    def __init__(self, staged: StagedBatch) -> None:
+        self.staged = staged
+        self.results: list[Receipt | StewardError] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
 def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
     if isinstance(config.checkpoint_key, PrivateKey):
         return config.checkpoint_key
@@ -131,6 +182,11 @@ class LedgerServer:
         # One lock for everything that changes the core or signs: appends, rebuilds, checkpoints.
         self._lock = threading.RLock()
         self._appended = threading.Condition(self._lock)
+        # Group commit: callers queue their staged batches; whoever holds _committer stores
+        # every queued batch (up to the limits) in one store transaction.
+        self._committer = threading.Lock()
+        self._pending: deque[_Request] = deque()
+        self._pending_lock = threading.Lock()
         self._core = LedgerCore()
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
         self._last_received_at = 0
@@ -248,29 +304,116 @@ class LedgerServer:
             raise result
         return result
 
-    def append_batch(self, signed_events: Sequence[bytes]) -> list[Receipt | StewardError]:
+    def stage(self, signed_events: Sequence[bytes]) -> StagedBatch:
+        """Decode `signed_events` and check their signatures, without the append lock.
+
+        Pure work on the submitted bytes: it reads the keys known now only to know which public
+        key to try, and changes nothing. Run it in the caller's thread, so concurrent callers
+        verify in parallel with each other's store writes.
+        """
+        keys = self._core.state.keys  # read without the lock: only a hint, see StagedBatch
+        staged: list[StagedEvent] = []
+        verified: set[VerifiedSignature] = set()
+        for raw in signed_events:
+            try:
+                event = decode_signed_event(raw)
+                body = decode_body(event.body)
+            except StewardError as exc:
+                staged.append(StagedEvent(len(raw), error=exc))
+                continue
+            staged.append(StagedEvent(len(raw), event, body, event_digest(event)))
+            message: bytes | None = None
+            for sig in event.signatures:
+                info = keys.get(sig.key_id)
+                if info is None:
+                    continue  # granted later (e.g. earlier in this batch): checked under the lock
+                if message is None:
+                    message = signed_bytes(event.body)
+                if PublicKey(info.public_key).verify(sig.sig, message):
+                    verified.add((info.public_key, sig.sig, event.body))
+        return StagedBatch(tuple(staged), frozenset(verified))
+
+    def append_batch(self, signed_events: Sequence[bytes], *,
+                     staged: StagedBatch | None = None) -> list[Receipt | StewardError]:
         """Check each event in order; store the accepted ones in one transaction.
 
         Returns one result per event: its receipt, or the error that refused it. Raises (and
-        appends nothing) only when the batch cannot be stored at all.
+        appends nothing) only when the batch cannot be stored at all. `staged` is
+        ``self.stage(signed_events)`` when the caller has it already.
+
+        Concurrent calls are group-committed: batches that queue while a store write is under
+        way go to the store together in the next transaction, each checked in arrival order.
         """
         self._wait_ready()
-        with self._lock:
-            if self._fenced:
-                raise FencedError("this server was fenced earlier")
-            if self._needs_rebuild:
-                self._rebuild()
-            core = self._core
+        if staged is None:
+            staged = self.stage(signed_events)
+        request = _Request(staged)
+        with self._pending_lock:
+            self._pending.append(request)
+        while True:
+            with self._committer:
+                if request.done:
+                    break
+                self._commit_group(self._take_group())
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def _take_group(self) -> list[_Request]:
+        """The queued requests of the next transaction: at least one, FIFO, within the limits
+        one request may reach on its own (MAX_BATCH_EVENTS events, the gRPC message size)."""
+        group: list[_Request] = []
+        events = size = 0
+        with self._pending_lock:
+            while self._pending:
+                head = self._pending[0].staged
+                if group and (events + len(head.events) > MAX_BATCH_EVENTS
+                              or size + head.size > DEFAULT_MAX_MESSAGE_BYTES):
+                    break
+                group.append(self._pending.popleft())
+                events += len(head.events)
+                size += head.size
+        return group
+
+    def _commit_group(self, group: list[_Request]) -> None:
+        try:
+            with self._lock:
+                results = self._append_locked(group)
+        except BaseException as exc:
+            # Nothing of the group is acknowledged: a later request may hold a duplicate
+            # receipt for an earlier one's entry, which was not stored either.
+            for request in group:
+                request.error = exc
+                request.done = True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for request, result in zip(group, results, strict=True):
+            request.results = result
+            request.done = True
+
+    def _append_locked(self, group: list[_Request]) -> list[list[Receipt | StewardError]]:
+        if self._fenced:
+            raise FencedError("this server was fenced earlier")
+        if self._needs_rebuild:
+            self._rebuild()
+        core = self._core
+        out: list[list[Receipt | StewardError]] = []
+        staged_entries: list[LogEntry] = []
+        for request in group:
             results: list[Receipt | StewardError] = []
-            staged: list[LogEntry] = []
-            for raw in signed_events:
+            verified = request.staged.verified
+            for item in request.staged.events:
                 try:
-                    event = decode_signed_event(raw)
-                    existing = core.existing_receipt(event)
+                    if item.error is not None:
+                        raise item.error
+                    assert item.event is not None and item.body is not None
+                    existing = core.existing_receipt(item.event, body=item.body, digest=item.digest)
                     if existing is not None:
                         results.append(existing)
                         continue
-                    e = core.prepare(event, self._received_at())
+                    e = core.prepare(item.event, self._received_at(), body=item.body,
+                                     verified=verified)
                     if e.seq == 0:
                         assert isinstance(e.body.payload, LedgerGenesis)
                         self._require_our_key(e.body.payload, stored=False)
@@ -278,15 +421,16 @@ class LedgerServer:
                     results.append(exc)
                     continue
                 try:
-                    results.append(core.commit(e))
+                    results.append(core.commit(e, digest=item.digest))
                 except BaseException:
                     self._needs_rebuild = True  # a half-applied fold must not survive
                     raise
-                staged.append(e)
+                staged_entries.append(e)
                 self._last_received_at = e.entry.received_at
-            if staged:
-                self._store_batch(staged)
-            return results
+            out.append(results)
+        if staged_entries:
+            self._store_batch(staged_entries)
+        return out
 
     def _received_at(self) -> int:
         # Never goes back, so hold times and key expiry see a monotonic ledger clock.
@@ -524,6 +668,9 @@ def _checkpoint_pb(cp: PublishedCheckpoint) -> ledger_pb2.Checkpoint:
     return ledger_pb2.Checkpoint(size=cp.size, note=cp.note, root=cp.root, origin=cp.origin)
 
 
+_END_OF_STREAM = object()
+
+
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, ledger: LedgerServer, *, max_batch_events: int = MAX_BATCH_EVENTS) -> None:
         self.ledger = ledger
@@ -537,22 +684,58 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
                      context: grpc.ServicerContext) -> Iterator[ledger_pb2.AppendBatchResult]:
         # Per-event refusals travel in the results; only whole-batch failures end the stream.
-        for batch in request_iterator:
-            if len(batch.signed_events) > self.max_batch_events:
-                raise ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
-                    f"at most {self.max_batch_events} are accepted",
-                    violation_code="BATCH_TOO_LARGE", field="signed_events")
-            outcomes = self.ledger.append_batch(list(batch.signed_events))
-            results = []
-            for i, outcome in enumerate(outcomes):
-                if isinstance(outcome, Receipt):
-                    results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(outcome)))
-                else:
-                    results.append(ledger_pb2.AppendResult(
-                        index=i, error=status_for(outcome, log).detail()))
-            yield ledger_pb2.AppendBatchResult(batch_id=batch.batch_id, results=results)
+        # A reader thread decodes and verifies the next batches while this one is stored, so
+        # signature checks overlap the store's round trips; batches are still applied in order.
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read_ahead() -> None:
+            try:
+                for batch in request_iterator:
+                    if len(batch.signed_events) > self.max_batch_events:
+                        put(ServiceError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
+                            f"at most {self.max_batch_events} are accepted",
+                            violation_code="BATCH_TOO_LARGE", field="signed_events"))
+                        return
+                    events = list(batch.signed_events)
+                    if not put((batch.batch_id, events, self.ledger.stage(events))):
+                        return
+            except BaseException as exc:  # the client's stream failed: end ours the same way
+                put(exc)
+                return
+            put(_END_OF_STREAM)
+
+        threading.Thread(target=read_ahead, name="append-stream-reader", daemon=True).start()
+        try:
+            while True:
+                item = ahead.get()
+                if item is _END_OF_STREAM:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch_id, events, staged = item
+                outcomes = self.ledger.append_batch(events, staged=staged)
+                results = []
+                for i, outcome in enumerate(outcomes):
+                    if isinstance(outcome, Receipt):
+                        results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(outcome)))
+                    else:
+                        results.append(ledger_pb2.AppendResult(
+                            index=i, error=status_for(outcome, log).detail()))
+                yield ledger_pb2.AppendBatchResult(batch_id=batch_id, results=results)
+        finally:
+            stop.set()
 
     @guarded(log)
     def Get(self, request: ledger_pb2.GetRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
