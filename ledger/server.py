@@ -136,10 +136,11 @@ class StagedBatch:
 class _Request:
     """One caller's batch waiting for a group commit."""
 
-    __slots__ = ("done", "error", "results", "staged")
+    __slots__ = ("after", "done", "error", "results", "staged")
 
-    def __init__(self, staged: StagedBatch) -> None:
+    def __init__(self, staged: StagedBatch, after: _Request | None = None) -> None:
         self.staged = staged
+        self.after = after  # the previous batch of the same caller: this one must follow it
         self.results: list[Receipt | StewardError] = []
         self.error: BaseException | None = None
         self.done = False
@@ -347,17 +348,32 @@ class LedgerServer:
         self._wait_ready()
         if staged is None:
             staged = self.stage(signed_events)
-        request = _Request(staged)
+        (outcome,) = self._submit([staged])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def append_batches(self, batches: Sequence[StagedBatch]
+                       ) -> list[list[Receipt | StewardError] | BaseException]:
+        """Several staged batches of one caller, in order, in as few transactions as the limits
+        allow. Per batch: its results, or the exception that kept it out of the store; a batch
+        after a failed one is not attempted (it gets the same exception)."""
+        self._wait_ready()
+        return self._submit(batches)
+
+    def _submit(self, batches: Sequence[StagedBatch]
+                ) -> list[list[Receipt | StewardError] | BaseException]:
+        requests: list[_Request] = []
+        for staged in batches:
+            requests.append(_Request(staged, requests[-1] if requests else None))
         with self._pending_lock:
-            self._pending.append(request)
-        while True:
-            with self._committer:
-                if request.done:
-                    break
-                self._commit_group(self._take_group())
-        if request.error is not None:
-            raise request.error
-        return request.results
+            self._pending.extend(requests)
+        for request in requests:
+            while not request.done:
+                with self._committer:
+                    if not request.done:
+                        self._commit_group(self._take_group())
+        return [r.error if r.error is not None else r.results for r in requests]
 
     def _take_group(self) -> list[_Request]:
         """The queued requests of the next transaction: at least one, FIFO, within the limits
@@ -366,7 +382,14 @@ class LedgerServer:
         events = size = 0
         with self._pending_lock:
             while self._pending:
-                head = self._pending[0].staged
+                first = self._pending[0]
+                if first.after is not None and first.after.error is not None:
+                    # Its caller's previous batch failed: never store this one ahead of it.
+                    self._pending.popleft()
+                    first.error = first.after.error
+                    first.done = True
+                    continue
+                head = first.staged
                 if group and (events + len(head.events) > MAX_BATCH_EVENTS
                               or size + head.size > DEFAULT_MAX_MESSAGE_BYTES):
                     break
@@ -376,6 +399,8 @@ class LedgerServer:
         return group
 
     def _commit_group(self, group: list[_Request]) -> None:
+        if not group:
+            return
         try:
             with self._lock:
                 results = self._append_locked(group)
@@ -684,9 +709,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
                      context: grpc.ServicerContext) -> Iterator[ledger_pb2.AppendBatchResult]:
         # Per-event refusals travel in the results; only whole-batch failures end the stream.
-        # A reader thread decodes and verifies the next batches while this one is stored, so
+        # A reader thread decodes and verifies the next batches while these are stored, so
         # signature checks overlap the store's round trips; batches are still applied in order.
-        ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
 
         def put(item: Any) -> bool:
@@ -719,21 +744,33 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         threading.Thread(target=read_ahead, name="append-stream-reader", daemon=True).start()
         try:
             while True:
-                item = ahead.get()
-                if item is _END_OF_STREAM:
+                # The batches already staged go to the store together (group commit); each is
+                # still answered on its own, in order, once it is durable.
+                items = [ahead.get()]
+                while isinstance(items[-1], tuple):
+                    try:
+                        items.append(ahead.get_nowait())
+                    except queue.Empty:
+                        break
+                batches = [it for it in items if isinstance(it, tuple)]
+                outcomes = self.ledger.append_batches([staged for _, _, staged in batches]) \
+                    if batches else []
+                for (batch_id, _, _), outcome in zip(batches, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    results = []
+                    for i, result in enumerate(outcome):
+                        if isinstance(result, Receipt):
+                            results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(result)))
+                        else:
+                            results.append(ledger_pb2.AppendResult(
+                                index=i, error=status_for(result, log).detail()))
+                    yield ledger_pb2.AppendBatchResult(batch_id=batch_id, results=results)
+                last = items[-1]
+                if last is _END_OF_STREAM:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                batch_id, events, staged = item
-                outcomes = self.ledger.append_batch(events, staged=staged)
-                results = []
-                for i, outcome in enumerate(outcomes):
-                    if isinstance(outcome, Receipt):
-                        results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(outcome)))
-                    else:
-                        results.append(ledger_pb2.AppendResult(
-                            index=i, error=status_for(outcome, log).detail()))
-                yield ledger_pb2.AppendBatchResult(batch_id=batch_id, results=results)
+                if isinstance(last, BaseException):
+                    raise last
         finally:
             stop.set()
 
@@ -929,6 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
                         "--kafka-bootstrap: no projections), 'off' serves no QueryService")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--kafka-log-level", default="WARNING",
+                   help="level of kafka-python's own loggers (their INFO is a line per connection)")
     k = p.add_argument_group("Kafka store (with --kafka-bootstrap)")
     k.add_argument("--topic", help="the ledger topic (checkpoints go to TOPIC.checkpoints)")
     k.add_argument("--ledger", default="", metavar="NAME",
@@ -1037,6 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--topic is for --kafka-bootstrap, not --db")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(args.kafka_log_level.upper())
     store: str | LogStore = args.db
     try:
         if args.kafka_bootstrap is not None:
