@@ -979,7 +979,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-create-topics", action="store_true",
                    help="never create the topics: they must exist (they are still checked)")
     k.add_argument("--kafka-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="longest one Kafka append or read may take before the store reports UNAVAILABLE")
+                   help="longest one Kafka append or read may take before the store reports UNAVAILABLE "
+                        "(one broker request: at most half of it, and at most 15 s)")
     k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
                    choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     k.add_argument("--kafka-sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...")
@@ -1017,6 +1018,8 @@ def kafka_store_from_args(args: argparse.Namespace) -> LogStore:
         bootstrap_servers=args.kafka_bootstrap, topic=args.topic, ledger=args.ledger,
         replication_factor=args.replication_factor, min_insync_replicas=args.min_insync_replicas,
         create_topics=not args.no_create_topics, operation_timeout_s=args.kafka_timeout,
+        # kafka-python wants delivery_timeout_ms (= the operation timeout) > request_timeout_ms.
+        request_timeout_ms=min(15000, int(args.kafka_timeout * 500)),
         security_protocol=args.kafka_security_protocol, sasl_mechanism=args.kafka_sasl_mechanism,
         sasl_plain_username=args.kafka_sasl_username,
         sasl_plain_password=_secret_from_env(args.kafka_sasl_password_env, "the Kafka SASL password"),
