@@ -582,3 +582,33 @@ def test_leader_loss_during_5000_appends_on_three_brokers(
     print(f"leader {killed[0]} killed (transaction coordinator: {coordinator[0]}); "
           f"{retried_chunks} chunk(s) retried; new leader {new_leader}; "
           f"{time.monotonic() - started:.0f}s for {TOTAL_C} appends")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (no broker needed)
+
+
+def test_command_line_refuses_bad_kafka_options(
+    tmp_path: Path, key_and_flow: tuple[Path, Flow], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ledger.server import _projections_url, build_parser, main
+
+    key, _ = key_and_flow
+    base = ["--kafka-bootstrap", "127.0.0.1:9", "--checkpoint-key", str(key)]
+    assert main(base) == 2
+    assert "--kafka-bootstrap needs --topic" in capsys.readouterr().err
+    # A secret is named by its variable, and a missing variable is reported by name only.
+    monkeypatch.delenv("STEWARD_TEST_KAFKA_PW", raising=False)
+    assert main([*base, "--topic", "t", "--kafka-sasl-password-env", "STEWARD_TEST_KAFKA_PW"]) == 2
+    assert "STEWARD_TEST_KAFKA_PW" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--db", str(tmp_path / "x.db")])  # exactly one store
+    parse = build_parser().parse_args
+    assert _projections_url(parse([*base, "--topic", "t"])) is None  # 'same' on Kafka: none
+    assert _projections_url(parse([*base, "--topic", "t", "--projections", "p.db"])) == "sqlite:///p.db"
+    assert _projections_url(parse([*base, "--topic", "t", "--projections", "postgresql://h/db"])) \
+        == "postgresql://h/db"
+    sqlite = ["--db", "l.db", "--checkpoint-key", str(key)]
+    assert _projections_url(parse(sqlite)) == "sqlite:///l.db"
+    assert _projections_url(parse([*sqlite, "--projections", "off"])) is None
