@@ -552,20 +552,24 @@ class Projector:
     def _follow(self, stop_event: threading.Event, idle_timeout: float) -> None:
         with self._lock:
             self._ensure_state()
+            # Positions only increase; they need not be contiguous (Kafka offsets skip the
+            # transaction markers), so "someone else moved us" is judged by our own cursor.
+            cursor = self._position.next_position
         pending: list[StoredRecord] = []
-        for record in self.store.follow(self._position.next_position, idle_timeout=idle_timeout):
+        for record in self.store.follow(cursor, idle_timeout=idle_timeout):
             if record is not None:
                 pending.append(record)
             if pending and (record is None or len(pending) >= self.batch_size):
                 with self._lock:
-                    if self._state is None or pending[0].position != self._position.next_position:
+                    if self._state is None or self._position.next_position != cursor:
                         return  # someone else moved us (catch_up, reset): restart from the position
                     self._project(pending)
+                    cursor = self._position.next_position
                 pending = []
             if stop_event.is_set():
                 if pending:
                     with self._lock:
-                        if self._state is not None and pending[0].position == self._position.next_position:
+                        if self._state is not None and self._position.next_position == cursor:
                             self._project(pending)
                 return
 
