@@ -311,6 +311,14 @@ class KafkaLogStore(LogStore):
             if _is_fencing(exc, producer):
                 self._drop_producer()
                 raise self._mark_fenced(exc) from exc
+            if step == "committing the transaction" and _is_fencing(exc, producer, (kerrors.UnknownError,)):
+                # Kafka 4.2's coordinator answers EndTxn with UNKNOWN_SERVER_ERROR when a new
+                # writer's InitProducerId races this commit (PREPARE_EPOCH_FENCE, docs/KAFKA.md):
+                # our epoch is being fenced. Re-claiming would fence the new writer and let
+                # two servers take turns, so stop here, failing closed. If the commit did
+                # land, the client's retry on the new writer returns the original receipt.
+                self._drop_producer()
+                raise self._mark_fenced(exc) from exc
             if step == "committing the transaction":
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
@@ -501,23 +509,26 @@ def _end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -
             f"the transaction {what} was not acknowledged within {timeout:.0f}s")
 
 
-def _is_fencing(exc: BaseException, producer: KafkaProducer | None) -> bool:
+def _is_fencing(exc: BaseException, producer: KafkaProducer | None,
+                errors: tuple[type[BaseException], ...] | None = None) -> bool:
     """Whether `exc` (or the producer's recorded fatal error) means we were fenced.
 
     kafka-python reports a fencing seen by its background sender as a generic KafkaError
     ("Cannot execute transactional method because we are in an error state: ...") on the
     next call; the original ProducerFencedError is only in the transaction manager.
+    `errors` replaces the fencing error classes looked for.
     """
+    wanted = errors if errors is not None else _FENCING_ERRORS
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _FENCING_ERRORS):
+        if isinstance(current, wanted):
             return True
         for arg in getattr(current, "args", ()):
-            if isinstance(arg, _FENCING_ERRORS):
+            if isinstance(arg, wanted):
                 return True
         current = current.__cause__ or current.__context__
     manager = getattr(producer, "_transaction_manager", None) if producer else None
     last = getattr(manager, "last_error", None) if manager is not None else None
-    return isinstance(last, _FENCING_ERRORS)
+    return isinstance(last, wanted)
