@@ -756,16 +756,26 @@ def _proposal(state: LedgerState, h: bytes) -> ProposalState | Violation:
     return proposal
 
 
-def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Violation | None:
-    violation = _single_author(signers, ["evaluator"], "EvalRecorded")
+def _judge_of(state: LedgerState, signers: _Signers, h: bytes, role: str, what: str,
+              self_code: str, verb: str) -> tuple[ProposalState, str] | Violation:
+    """The one author of an event judging proposal `h`, who must not be its proposer."""
+    violation = _single_author(signers, [role], what)
     if violation:
         return violation
-    proposal = _proposal(state, p.proposal)
+    proposal = _proposal(state, h)
     if isinstance(proposal, Violation):
         return proposal
     (author,) = signers.principals
     if author == proposal.proposer:
-        return _v("SELF_EVALUATION", "signatures", f"{author} proposed this change and cannot evaluate it")
+        return _v(self_code, "signatures", f"{author} proposed this change and cannot {verb} it")
+    return proposal, author
+
+
+def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Violation | None:
+    judged = _judge_of(state, signers, p.proposal, "evaluator", "EvalRecorded", "SELF_EVALUATION", "evaluate")
+    if isinstance(judged, Violation):
+        return judged
+    proposal, _author = judged
     if proposal.phase in ("PROMOTED",):
         return _v("PROPOSAL_CLOSED", "payload.proposal", "the proposal was already promoted")
     if not p.suite:
@@ -777,15 +787,11 @@ def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Viola
 
 
 def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded) -> Violation | None:
-    violation = _single_author(signers, ["approver"], "ApprovalRecorded")
-    if violation:
-        return violation
-    proposal = _proposal(state, p.proposal)
-    if isinstance(proposal, Violation):
-        return proposal
-    (author,) = signers.principals
-    if author == proposal.proposer:
-        return _v("SELF_APPROVAL", "signatures", f"{author} proposed this change and cannot approve or reject it")
+    judged = _judge_of(state, signers, p.proposal, "approver", "ApprovalRecorded", "SELF_APPROVAL",
+                       "approve or reject")
+    if isinstance(judged, Violation):
+        return judged
+    proposal, author = judged
     policy = state.policy_of(proposal)
     kind = author.split(":", 1)[0]
     if kind not in policy.approver_kinds:
