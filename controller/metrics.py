@@ -58,6 +58,7 @@ class KillTimer:
     """
 
     pending: dict[tuple[bytes, int], int] = field(default_factory=dict)  # (proposal, seq) -> seen
+    finished: set[tuple[bytes, int]] = field(default_factory=set)
 
     def update(self, views: Iterable[RolloutView], kill_seqs: Mapping[bytes, int],
                now_ms: int) -> list[tuple[bytes, int, int]]:
@@ -71,12 +72,22 @@ class KillTimer:
                     del self.pending[key]
                 continue
             key = (v.proposal, seq)
+            if key in self.finished:
+                continue
             if v.canary_replicas > 0:
                 self.pending.setdefault(key, now_ms)
-            elif key in self.pending:
-                del self.pending[key]
+            elif key in self.pending or v.phase in _STOPPABLE:
+                # A fast stop may finish before any view showed the canary still up: the
+                # reaction still ends here (it is timed from the entry's received_at).
+                self.pending.pop(key, None)
+                self.finished.add(key)
                 done.append((v.proposal, seq, now_ms))
         return done
+
+
+# Phases in which a kill switch stops a running canary: the rollout was under way, or has just
+# been rolled back by that very stop.
+_STOPPABLE = frozenset({"STARTED", "ADVANCED", "PAUSED", "ROLLED_BACK"})
 
 
 class _StateCollector(Collector):
