@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from infra.kube import LocalCluster, binaries_present, build
-from ledger.client import LedgerClient, LedgerRpcError
-from ledger.demo import ledger_server, save_keys, say
+from ledger.client import LedgerClient
+from ledger.demo import ledger_server, narrator, save_keys, say
 from ledger.formats import KillScope, PlanStep, SignedEvent
 from ledger.rules import LedgerState, check
 from ledger.scenario import Cast, Flow
@@ -178,18 +178,7 @@ def run(workdir: Path, keep_cluster: bool) -> int:
         client = LedgerClient(address)
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
 
-        def submit(what: str, event: SignedEvent) -> bytes:
-            receipt = client.append(event)
-            say(f"  ✓ {what:<54} seq {receipt.seq:>3}")
-            return bytes(receipt.leaf_hash)
-
-        def refused(what: str, event: SignedEvent) -> None:
-            try:
-                client.append(event)
-            except LedgerRpcError as exc:
-                say(f"  ✗ {what:<54} refused: {exc.code.name} {exc.violation_code}")
-                return
-            raise SystemExit(f"expected the ledger to refuse: {what}")
+        submit, refused = narrator(client)
 
         def phase_is(proposal: bytes, *phases: str) -> Callable[[], str | None]:
             def probe() -> str | None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,18 +80,7 @@ def run(workdir: Path) -> int:
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
         client = LedgerClient(address)
 
-        def submit(what: str, event: SignedEvent) -> bytes:
-            receipt = client.append(event)
-            say(f"  ✓ {what:<52} seq {receipt.seq:>3}  {receipt.leaf_hash.hex()[:12]}")
-            return bytes(receipt.leaf_hash)
-
-        def refused(what: str, event: SignedEvent) -> None:
-            try:
-                client.append(event)
-            except LedgerRpcError as exc:
-                say(f"  ✗ {what:<52} refused: {exc.code.name} {exc.violation_code} — {exc.message}")
-                return
-            raise SystemExit(f"expected the ledger to refuse: {what}")
+        submit, refused = narrator(client)
 
         say("\n1. genesis, keys and a policy (root threshold 2 of 3)")
         submit("genesis signed by two roots", flow.genesis())
@@ -146,6 +135,25 @@ def run(workdir: Path) -> int:
     say("verify it independently with:")
     say(f"  steward-audit verify --export {export} --trust-root {trust}")
     return 0
+
+
+def narrator(client: LedgerClient) -> tuple[Callable[[str, SignedEvent], bytes], Callable[[str, SignedEvent], None]]:
+    """`submit` appends and prints the receipt; `refused` shows the ledger refusing an event."""
+
+    def submit(what: str, event: SignedEvent) -> bytes:
+        receipt = client.append(event)
+        say(f"  ✓ {what:<54} seq {receipt.seq:>3}  {receipt.leaf_hash.hex()[:12]}")
+        return bytes(receipt.leaf_hash)
+
+    def refused(what: str, event: SignedEvent) -> None:
+        try:
+            client.append(event)
+        except LedgerRpcError as exc:
+            say(f"  ✗ {what:<54} refused: {exc.code.name} {exc.violation_code} — {exc.message}")
+            return
+        raise SystemExit(f"expected the ledger to refuse: {what}")
+
+    return submit, refused
 
 
 def grant_principal(event: SignedEvent) -> str:
