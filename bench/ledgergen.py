@@ -34,6 +34,7 @@ from typing import Any
 
 import fastavro
 
+from infra import steward_cache
 from ledger import checkpoint as notes
 from ledger.formats import (
     DOMAIN_PREFIX,
@@ -59,8 +60,7 @@ _LEN = struct.Struct(">I")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("STEWARD_CACHE") or str(Path.home() / ".cache" / "steward")
-    return Path(base) / "bench"
+    return steward_cache("bench")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,12 @@
+"""Installing and starting the real infrastructure Steward runs on (Kafka, Kubernetes, PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def steward_cache(*parts: str) -> Path:
+    """Where downloads and builds are cached, outside the repository: $STEWARD_CACHE or ~/.cache/steward."""
+    base = os.environ.get("STEWARD_CACHE") or str(Path.home() / ".cache" / "steward")
+    return Path(base).joinpath(*parts)

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import steward_cache
+
 KAFKA_VERSION = "4.2.0"
 LOG4J_VERSION = "2.25.3"
 
@@ -52,8 +54,7 @@ class KafkaInfraError(RuntimeError):
 
 
 def cache_root() -> Path:
-    base = os.environ.get("STEWARD_CACHE") or str(Path.home() / ".cache" / "steward")
-    return Path(base) / "kafka"
+    return steward_cache("kafka")
 
 
 def libs_dir(version: str = KAFKA_VERSION) -> Path:

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from infra import steward_cache
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
@@ -66,8 +68,7 @@ def _log(msg: str) -> None:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("STEWARD_CACHE") or str(Path.home() / ".cache" / "steward")
-    return Path(base) / "kube"
+    return steward_cache("kube")
 
 
 def bin_dir(version: str = KUBE_VERSION) -> Path:
