@@ -76,7 +76,7 @@ class KillTimer:
                 continue
             if v.canary_replicas > 0:
                 self.pending.setdefault(key, now_ms)
-            elif key in self.pending or v.phase in _STOPPABLE:
+            elif key in self.pending or _stopped_by(v, seq):
                 # A fast stop may finish before any view showed the canary still up: the
                 # reaction still ends here (it is timed from the entry's received_at).
                 self.pending.pop(key, None)
@@ -88,6 +88,18 @@ class KillTimer:
 # Phases in which a kill switch stops a running canary: the rollout was under way, or has just
 # been rolled back by that very stop.
 _STOPPABLE = frozenset({"STARTED", "ADVANCED", "PAUSED", "ROLLED_BACK"})
+
+
+def _stopped_by(v: RolloutView, kill_seq: int) -> bool:
+    """Whether the kill switch at `kill_seq` can have stopped this rollout.
+
+    A rollout rolled back BEFORE the kill switch (a failed eval, an earlier stop) was not
+    stopped by it: timing it would record the kill switch's age as a reaction. Its rollback
+    is the last entry naming the proposal, so it must come after the kill switch.
+    """
+    if v.phase not in _STOPPABLE:
+        return False
+    return v.phase != "ROLLED_BACK" or v.last_seq > kill_seq
 
 
 class _StateCollector(Collector):
