@@ -6,7 +6,10 @@ it reads every stored record and re-checks it (storage is untrusted): records th
 or break a rule are skipped, counted and logged, and the chain continues from the last valid
 entry. Appends go through one lock: decode, idempotency, rules (``core.prepare``), then one
 ``store.append`` per batch. The core is folded before the store write; if the write fails the
-core is rebuilt from the store, so it is never ahead of what is durable.
+core is rebuilt from the store, so it is never ahead of what is durable. A store with a writer
+claim (Kafka's ``claim_writer()``) is claimed before every replay, at start and after a failure,
+so nobody else can append between the replay and our next append; a FencedError (from an
+append, a claim or a checkpoint) fences the server for good and turns its health NOT_SERVING.
 
 Checkpoints come from the one append-only tree, so their sizes only grow and any two are
 consistent. They are published every N entries, every T ms (a background thread) and on demand,
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -65,6 +68,14 @@ SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 MAX_BATCH_EVENTS = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHECKPOINT_KEY_MISMATCH = "CHECKPOINT_KEY_MISMATCH"
+
+
+@runtime_checkable
+class ClaimingStore(Protocol):
+    """A store with a writer claim (Kafka): `claim_writer()` makes this process the one writer
+    or raises FencedError. SQLite has none: one file, one server."""
+
+    def claim_writer(self) -> None: ...
 
 
 def now_ms() -> int:
@@ -206,7 +217,7 @@ class LedgerServer:
 
     def start(self) -> ReplayReport:
         with self._lock:
-            self.replay_report = self._rebuild()
+            self.replay_report = self._claim_and_rebuild()
             self._load_checkpoints()
         self.ready.set()
         if self._every_ms > 0:
@@ -215,6 +226,27 @@ class LedgerServer:
             )
             self._publisher.start()
         return self.replay_report
+
+    def _claim_and_rebuild(self) -> ReplayReport:
+        """Claim the store as its writer, then fold it: claimed first, so that nobody else can
+        append between our reading the tail and our next append. A FencedError fences us."""
+        if isinstance(self.store, ClaimingStore):
+            try:
+                self.store.claim_writer()
+            except FencedError as exc:
+                self._become_fenced("claim", exc)
+                raise
+        return self._rebuild()
+
+    def _become_fenced(self, where: str, exc: FencedError) -> None:
+        """Another writer took over: for good (appends refused, health NOT_SERVING)."""
+        self._needs_rebuild = True
+        if self._fenced:
+            return
+        self._fenced = True
+        log.error("fenced at=%s: another writer took over; appends stop (%s)", where, exc)
+        if self._on_fenced is not None:
+            self._on_fenced()
 
     def _rebuild(self) -> ReplayReport:
         """Fold the store again from scratch, re-checking every record."""
@@ -421,7 +453,7 @@ class LedgerServer:
         if self._fenced:
             raise FencedError("this server was fenced earlier")
         if self._needs_rebuild:
-            self._rebuild()
+            self._claim_and_rebuild()
         core = self._core
         out: list[list[Receipt | StewardError]] = []
         staged_entries: list[LogEntry] = []
@@ -464,21 +496,19 @@ class LedgerServer:
     def _store_batch(self, staged: list[LogEntry]) -> None:
         try:
             positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged])
-        except FencedError:
-            self._fenced = True
-            self._needs_rebuild = True
-            log.error("fenced seq=%d: another writer took over; appends stop", staged[0].seq)
-            if self._on_fenced is not None:
-                self._on_fenced()
+        except FencedError as exc:
+            self._become_fenced(f"append seq={staged[0].seq}", exc)
             raise
         except BaseException as exc:
-            # The core is ahead of the store: rebuild from what the store really holds (an
-            # ambiguous failure may have stored the batch; the rebuild then keeps it).
+            # The core is ahead of the store: claim again, then rebuild from what the store
+            # really holds (an ambiguous failure may have stored the batch; the rebuild keeps it).
             self._needs_rebuild = True
             log.error("store_append_failed seq=%d count=%d error=%s", staged[0].seq, len(staged),
                       type(exc).__name__)
             try:
-                self._rebuild()
+                self._claim_and_rebuild()
+            except FencedError as fenced:
+                raise fenced from exc
             except Exception as again:
                 log.error("rebuild_failed error=%s; retrying on the next append", type(again).__name__)
             raise
@@ -511,7 +541,11 @@ class LedgerServer:
         root = self._core.tree.root(size)
         origin = self._origin
         note = notes.sign_checkpoint(notes.Checkpoint(origin, size, root), self._signer)
-        self.store.save_checkpoint(size, note)  # saved before anyone can see it
+        try:
+            self.store.save_checkpoint(size, note)  # saved before anyone can see it
+        except FencedError as exc:
+            self._become_fenced(f"checkpoint size={size}", exc)
+            raise
         cp = PublishedCheckpoint(size, note, root, origin)
         self._remember(cp)
         log.info("checkpoint_published size=%d root=%s", size, root.hex())
