@@ -1,0 +1,604 @@
+"""Chaos: SIGKILL the controller (and, in some rounds, the ledger server) during rollouts.
+
+Everything is a real process on the real local control plane (``infra.kube.LocalCluster`` with
+KWOK nodes): ``python -m ledger.server`` on SQLite at a fixed loopback port (so a restarted
+server is found at the same address), and ``python -m controller.main`` reading that SQLite
+file, appending through gRPC, holding a Lease and snapshotting every second.
+
+Each round adds two target Deployments (4 x v1) and one proposal for each, and gives each an
+outcome drawn from a seeded ``random.Random`` (the seed is printed): ``promote`` (a healthy
+report at step 1), ``unhealthy`` (an unhealthy report at step 1: rollback), ``kill`` (a
+PROPOSAL kill switch 0.2-4 s after the approvals, whatever the rollout is doing) or ``hold``
+(nothing after the approvals: the rollout waits at step 1, 50 %, for a health report). While
+the rollouts run, a chaos thread SIGKILLs the controller one to three times at random moments
+and restarts it after 0-0.5 s; in every other round it also SIGKILLs the ledger server and
+restarts it after 0.3-1.5 s. The round ends when every proposal is where its outcome leads
+and the cluster has settled. Every append the test makes is retried until answered (appends
+are idempotent on the event id), and every acknowledged one is kept.
+
+Afterwards, with the controller stopped:
+
+* ``audit.verify`` (steward-audit) verifies the whole ledger with zero findings, and every
+  acknowledged append is in the log exactly once at its receipt's seq (``check_ledger`` from
+  test_chaos.py); the auditor's drift check (``audit.drift``) finds nothing either;
+* no rollout step is recorded twice. The controller names each RolloutStep with the
+  deterministic id SHA-256("steward/v1/step" ‖ proposal ‖ step ‖ phase ‖ attempt)[:16], where
+  attempt counts the proposal's earlier ROLLED_BACK records; "twice" means two records with
+  the same (proposal, step, phase, attempt). Each record must carry exactly that id, and each
+  proposal's records must be a prefix of STARTED 10 → ADVANCED 50 → ADVANCED 100 → PROMOTED,
+  optionally ended by one ROLLED_BACK at weight 0; no DRIFT_CORRECTED record may appear (no
+  one edits the Deployments by hand here, so one would mean the controller took its own
+  half-done work for drift);
+* no step is applied twice: a watch records every version of every Deployment in the
+  namespace; the sequence of (replicas, image) states each one went through must be a
+  subsequence of the states the log's steps imply, in log order (a step re-applied after a
+  later one shows up as a state that comes back), and a canary may not come back after it was
+  deleted; each stable Deployment's ``metadata.generation`` is at most 1 + the number of spec
+  changes the log implies;
+* the cluster matches the log, read with the ledger client and the kubernetes client: promoted
+  → the stable runs the candidate at N replicas and no canary is left; rolled back or killed →
+  the stable runs the original image at N and no canary is left; never started (killed before
+  STARTED) → untouched; in progress → the canary/stable split of the last step.
+
+Rounds: ``STEWARD_CHAOS_CONTROLLER_ROUNDS`` (default 3), seed ``STEWARD_CHAOS_SEED``.
+Marked slow and kube.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, utils, watch
+from kubernetes.client.rest import ApiException
+
+from infra.kube import LocalCluster
+from ledger.client import LedgerClient, LedgerRpcError
+from ledger.formats import (
+    KillScope,
+    KillSwitchEngaged,
+    LogEntry,
+    PlanStep,
+    ProposalSubmitted,
+    RolloutStep,
+    SignedEvent,
+    decode_log_entry,
+    encode_signed_event,
+)
+from ledger.scenario import Cast, Flow
+from ledger.store.sqlite import SQLiteLogStore
+from tests.reliability.test_chaos import Ledger as Acks
+from tests.reliability.test_chaos import check_ledger
+
+pytestmark = [pytest.mark.slow, pytest.mark.kube]
+
+REPO = Path(__file__).resolve().parents[2]
+ROUNDS = int(os.environ.get("STEWARD_CHAOS_CONTROLLER_ROUNDS", "3"))
+SEED = int(os.environ.get("STEWARD_CHAOS_SEED", "8"))
+V1 = "registry.example/model-server:v1"
+N = 4
+PLAN = (PlanStep(10, 0, False), PlanStep(50, 1, True), PlanStep(100, 0, False))
+STORY = [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
+OUTCOMES = ("promote", "unhealthy", "kill", "hold")
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last  # type: ignore[return-value]
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Proc:
+    """A subprocess that can be SIGKILLed and started again with the same command line."""
+
+    name: str
+    args: list[str]
+    workdir: Path
+    ready: Callable[[Proc], bool] = lambda _p: True
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    kills: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen([sys.executable, *self.args], stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        while not self.ready(self):
+            assert self.proc.poll() is None, (
+                f"{self.name} exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, f"{self.name} did not become ready in 60 s"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kills += 1
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _port_open(port: int) -> Callable[[Proc], bool]:
+    def ready(_p: Proc) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+    return ready
+
+
+# --------------------------------------------------------------------------------------------
+# The test's own appends: retried until answered, every receipt kept
+
+
+@dataclass
+class Appender:
+    address: str
+    acks: Acks = field(default_factory=Acks)
+
+    def __post_init__(self) -> None:
+        self.client = LedgerClient(self.address, timeout=5, retries=2)
+
+    def append(self, event: SignedEvent) -> bytes:
+        raw = encode_signed_event(event)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                receipt = self.client.append(raw)
+            except LedgerRpcError as err:
+                assert err.retryable, f"the ledger refused the test's append: {err}"
+                assert time.monotonic() < deadline, f"append unanswered for 90 s: {err}"
+                time.sleep(0.2)
+                continue
+            self.acks.acked[raw] = receipt
+            return receipt.leaf_hash
+
+
+def read_log(db: Path) -> list[LogEntry]:
+    """The log straight from the SQLite file (readable while the server is down)."""
+    store = SQLiteLogStore(db)
+    try:
+        return [decode_log_entry(r.value) for r in store.read()]
+    finally:
+        store.close()
+
+
+def steps_by_proposal(entries: list[LogEntry]) -> dict[bytes, list[RolloutStep]]:
+    out: dict[bytes, list[RolloutStep]] = {}
+    for e in entries:
+        if isinstance(e.body.payload, RolloutStep):
+            out.setdefault(e.body.payload.proposal, []).append(e.body.payload)
+    return out
+
+
+def killed_proposals(entries: list[LogEntry]) -> set[bytes]:
+    return {e.body.payload.scope.proposal for e in entries
+            if isinstance(e.body.payload, KillSwitchEngaged) and e.body.payload.scope.kind == "PROPOSAL"
+            and e.body.payload.scope.proposal is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# A watch on every Deployment of the namespace: the states each one went through
+
+
+@dataclass
+class History:
+    """Per Deployment name: the (replicas, image) states seen, consecutive repeats folded;
+    ("deleted", "") marks a deletion."""
+
+    states: dict[str, list[tuple[int | str, str]]] = field(default_factory=dict)
+    error: str = ""
+
+    def add(self, name: str, state: tuple[int | str, str]) -> None:
+        seq = self.states.setdefault(name, [])
+        if not seq or seq[-1] != state:
+            seq.append(state)
+
+
+class DeploymentWatch(threading.Thread):
+    def __init__(self, apps: client.AppsV1Api, ns: str) -> None:
+        super().__init__(daemon=True, name="deployment-watch")
+        self.apps, self.ns = apps, ns
+        self.history = History()
+        self.stop_event = threading.Event()
+        self.rv = apps.list_namespaced_deployment(ns).metadata.resource_version
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(self.apps.list_namespaced_deployment, self.ns,
+                                   resource_version=self.rv, timeout_seconds=5):
+                    obj = ev["object"]
+                    if ev["type"] == "ERROR":
+                        self.history.error = f"watch error: {obj}"
+                        return
+                    self.rv = obj.metadata.resource_version
+                    name = obj.metadata.name
+                    if ev["type"] == "DELETED":
+                        self.history.add(name, ("deleted", ""))
+                    else:
+                        image = obj.spec.template.spec.containers[0].image
+                        self.history.add(name, (obj.spec.replicas, image))
+                    if self.stop_event.is_set():
+                        break
+            except ApiException as exc:
+                self.history.error = f"watch failed: {exc.status} {exc.reason}"
+                return
+            finally:
+                w.stop()
+
+
+def is_subsequence(seen: list[Any], expected: list[Any]) -> bool:
+    it = iter(expected)
+    return all(any(s == e for e in it) for s in seen)
+
+
+def folded(states: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for s in states:
+        if not out or out[-1] != s:
+            out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# What the log implies
+
+
+def step_event_id(proposal: bytes, step: int, phase: str, attempt: int) -> bytes:
+    """The controller's deterministic RolloutStep id, written out here from its definition."""
+    data = (b"steward/v1/step" + proposal + step.to_bytes(4, "big") + phase.encode("ascii")
+            + attempt.to_bytes(4, "big"))
+    return hashlib.sha256(data).digest()[:16]
+
+
+def canary_for(weight: int) -> int:
+    return math.ceil(N * weight / 100) if weight > 0 else 0
+
+
+def implied_states(steps: list[RolloutStep], candidate: str) -> tuple[list[Any], list[Any]]:
+    """(stable states, canary states) the log's steps imply, in order, from the initial state."""
+    stable: list[Any] = [(N, V1)]
+    canary: list[Any] = []
+    for s in steps:
+        if s.phase in ("STARTED", "ADVANCED"):
+            stable.append((N - canary_for(s.weight), V1))
+            canary.append((canary_for(s.weight), candidate))
+        elif s.phase == "PROMOTED":
+            stable.append((N, candidate))
+            canary.append(("deleted", ""))
+        elif s.phase == "ROLLED_BACK":
+            stable.append((N, V1))
+            canary.extend([(0, candidate), ("deleted", "")])
+    return folded(stable), folded(canary)
+
+
+# --------------------------------------------------------------------------------------------
+# The test
+
+
+@dataclass
+class Rollout:
+    name: str  # the target Deployment
+    outcome: str
+    candidate: str
+    proposal: bytes = b""
+    kill_at: float = 0.0  # seconds after the approvals (outcome "kill")
+    reported: bool = False
+
+
+def _deployment(apps: client.AppsV1Api, ns: str, name: str) -> Any:
+    try:
+        return apps.read_namespaced_deployment(name, ns)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _spec(d: Any) -> tuple[int, str] | None:
+    return None if d is None else (d.spec.replicas, d.spec.template.spec.containers[0].image)
+
+
+def _settled(apps: client.AppsV1Api, ns: str, r: Rollout, steps: list[RolloutStep]) -> bool:
+    """The round may end for `r`: the log says where it is and the cluster got there."""
+    phase = steps[-1].phase if steps else "PENDING"
+    stable, canary = _deployment(apps, ns, r.name), _deployment(apps, ns, r.name + "-canary")
+    ready = (stable.status.ready_replicas or 0) if stable is not None else -1
+    if r.outcome == "hold":
+        return (phase == "ADVANCED" and steps[-1].step == 1 and _spec(stable) == (2, V1)
+                and _spec(canary) == (2, r.candidate) and (canary.status.ready_replicas or 0) >= 2)
+    if phase in ("STARTED", "ADVANCED") or (phase == "PENDING" and r.outcome != "kill"):
+        return False
+    want = (N, r.candidate) if phase == "PROMOTED" else (N, V1)
+    return canary is None and _spec(stable) == want and ready >= N
+
+
+def test_chaos_controller_sigkill_during_rollouts(
+    tmp_path: Path, kube_cluster: LocalCluster, kube_namespace: str, kube_api_client: client.ApiClient,
+) -> None:
+    ns = kube_namespace
+    rng = random.Random(SEED)
+    print(f"\nchaos seed {SEED}, rounds {ROUNDS}")
+    apps = client.AppsV1Api(kube_api_client)
+    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                         "crd/modelrollouts.steward.dev")
+
+    cast = Cast.create()
+    flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl")
+    (tmp_path / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
+    (tmp_path / "controller.pem").write_bytes(cast["controller"].key.to_pem())
+    db, port = tmp_path / "ledger.db", free_port()
+    address = f"127.0.0.1:{port}"
+    server = Proc("ledger", ["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
+                             str(tmp_path / "checkpoint.pem"), "--listen", address,
+                             "--checkpoint-every-entries", "16"], tmp_path, _port_open(port))
+    controller = Proc("controller", [
+        "-m", "controller.main", "--ledger", address, "--store", f"sqlite:{db}",
+        "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
+        "--namespace", ns, "--snapshot-db", str(tmp_path / "snap.db"),
+        "--snapshot-every-seconds", "1", "--lease-namespace", ns, "--identity", "ctl-chaos",
+        "--tick-seconds", "0.2", "--not-ready-grace-seconds", "30"], tmp_path,
+        ready=lambda p: p.log().count('"replayed size=') >= p.starts)
+    watcher = DeploymentWatch(apps, ns)
+    watcher.start()
+    rollouts: list[Rollout] = []
+    outcomes: list[str] = []  # drawn from shuffled copies of OUTCOMES, so every outcome occurs
+    kills_during_rollout = 0
+    chaos_errors: list[str] = []
+    appender: Appender | None = None
+    try:
+        server.start()
+        appender = Appender(address)
+        appender.append(flow.genesis())
+        for grant in flow.grants():
+            appender.append(grant)
+        appender.append(flow.policy(namespace=ns, plan=PLAN))
+        controller.start()
+        for round_ in range(ROUNDS):
+            started = time.monotonic()
+            batch = []
+            for x in "ab":
+                if not outcomes:
+                    outcomes = rng.sample(OUTCOMES, len(OUTCOMES))
+                batch.append(Rollout(f"r{round_}-{x}", outcomes.pop(),
+                                     f"registry.example/model-server:v2-r{round_}{x}",
+                                     kill_at=rng.uniform(0.2, 4.0)))
+            # (what, seconds after the previous kill's process is back up, seconds down)
+            schedule = [("controller", rng.uniform(0.1, 2.5), rng.uniform(0.0, 0.5))
+                        for _ in range(rng.randint(1, 3))]
+            if round_ % 2 == 1:  # every other round the ledger server dies too
+                schedule.insert(rng.randint(0, len(schedule)),
+                                ("ledger", rng.uniform(0.1, 2.5), rng.uniform(0.3, 1.5)))
+            print(f"round {round_}: {[(r.name, r.outcome) for r in batch]} kills "
+                  f"{[(w, round(a, 2), round(d, 2)) for w, a, d in schedule]}", flush=True)
+            for r in batch:
+                labels = {"app": r.name}
+                utils.create_from_dict(kube_api_client, {
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": r.name, "labels": labels},
+                    "spec": {"replicas": N, "selector": {"matchLabels": labels},
+                             "template": {"metadata": {"labels": labels},
+                                          "spec": {"containers": [{"name": "server", "image": V1}]}}}},
+                    namespace=ns)
+            for r in batch:
+                wait_for(f"{r.name}: {N} ready stable pods", lambda r=r: (
+                    (_deployment(apps, ns, r.name).status.ready_replicas or 0) >= N))
+            for r in batch:
+                r.proposal = appender.append(flow.propose(r.candidate, namespace=ns, deployment=r.name))
+                evals = (appender.append(flow.eval(r.proposal, "safety", 0.99)),
+                         appender.append(flow.eval(r.proposal, "quality", 0.91)))
+                for who in ("alice", "bob"):
+                    appender.append(flow.approve(r.proposal, evals, who))
+            rollouts.extend(batch)
+            approved = time.monotonic()
+
+            def chaos(schedule: list[tuple[str, float, float]] = schedule,
+                      batch: list[Rollout] = batch) -> None:
+                nonlocal kills_during_rollout
+                try:
+                    for what, after, down in schedule:
+                        time.sleep(after)
+                        proc = controller if what == "controller" else server
+                        proc.kill()
+                        if what == "controller":
+                            # In progress: started, not finished, and not parked at step 1 for good.
+                            steps = steps_by_proposal(read_log(db))
+                            if any(r.outcome != "hold" and steps.get(r.proposal)
+                                   and steps[r.proposal][-1].phase in ("STARTED", "ADVANCED")
+                                   for r in batch):
+                                kills_during_rollout += 1
+                        time.sleep(down)
+                        proc.start()  # the controller counts as up once it has replayed the log
+                except BaseException as exc:
+                    chaos_errors.append(f"{type(exc).__name__}: {exc}")
+
+            chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
+            chaos_thread.start()
+            deadline = time.monotonic() + 120
+            while True:
+                assert not chaos_errors, f"the chaos thread failed: {chaos_errors}"
+                entries = read_log(db)
+                steps = steps_by_proposal(entries)
+                for r in batch:
+                    mine = steps.get(r.proposal, [])
+                    if r.reported:
+                        continue
+                    if r.outcome == "kill" and time.monotonic() >= approved + r.kill_at:
+                        appender.append(flow.kill(KillScope("PROPOSAL", proposal=r.proposal)))
+                        r.reported = True
+                    elif r.outcome in ("promote", "unhealthy") and any(
+                            (s.step, s.phase) == (1, "ADVANCED") for s in mine):
+                        appender.append(flow.health(r.proposal, 1, r.outcome == "promote"))
+                        r.reported = True
+                if not chaos_thread.is_alive() and all(
+                        _settled(apps, ns, r, steps.get(r.proposal, [])) for r in batch):
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"round {round_} did not settle in 120 s: " + "; ".join(
+                        f"{r.name} {r.outcome} steps={[(s.step, s.weight, s.phase) for s in steps.get(r.proposal, [])]} "
+                        f"stable={_spec(_deployment(apps, ns, r.name))} "
+                        f"canary={_spec(_deployment(apps, ns, r.name + '-canary'))}" for r in batch))
+                time.sleep(0.2)
+            print(f"round {round_}: settled in {time.monotonic() - started:.1f}s", flush=True)
+
+        controller.stop()  # the cluster stays as it is while it is compared with the log
+        time.sleep(1.0)  # let the watch deliver the last events
+        watcher.stop_event.set()
+        watcher.join(10)
+        check_all(address, appender.acks, rollouts, apps, ns, watcher.history, kube_cluster.kubeconfig)
+        restarts = controller.log().count('"replayed size=')
+        from_snapshot = controller.log().count("snapshot=True")
+        print(f"controller SIGKILLs {controller.kills} ({kills_during_rollout} with a rollout in "
+              f"progress), ledger SIGKILLs {server.kills}, controller starts {restarts}, "
+              f"{from_snapshot} resumed from a snapshot; {len(appender.acks.acked)} acknowledged appends")
+        assert controller.kills >= ROUNDS and server.kills >= ROUNDS // 2
+        assert kills_during_rollout >= 1, "no controller SIGKILL landed while a rollout was in progress"
+        assert from_snapshot >= 1, "no restarted controller resumed from its snapshot"
+    finally:
+        watcher.stop_event.set()
+        controller.stop()
+        server.stop()
+        if appender is not None:
+            appender.client.close()
+
+
+def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.AppsV1Api, ns: str,
+              history: History, kubeconfig: Path) -> None:
+    from audit.drift import check_drift
+    from audit.verify import TrustRoot, verify
+
+    # 1. The ledger: chain, checkpoints, acknowledged appends once, steward-audit zero findings.
+    check_ledger(address, acks)
+    with LedgerClient(address, timeout=60) as led:
+        entries = list(led.read(0))
+        checkpoints = led.checkpoints()
+    genesis = entries[0].body.payload
+    trust = TrustRoot.from_json({"roots": [{"principal": r.principal, "public_key_hex": r.public_key.hex()}
+                                           for r in genesis.roots]})  # type: ignore[union-attr]
+    report = verify([e.entry_bytes for e in entries], trust, [c.note for c in checkpoints])
+    assert report.findings == [], f"steward-audit findings: {report.findings[:5]}"
+    drift = check_drift(report, kubeconfig)
+    assert drift == [], f"steward-audit drift findings: {drift}"
+
+    # 2. Rollout steps: deterministic ids, none twice, each proposal's story well formed.
+    proposals = {e.leaf_hash: e.body.payload for e in entries if isinstance(e.body.payload, ProposalSubmitted)}
+    seen: dict[tuple[bytes, int, str, int], int] = {}
+    attempts: dict[bytes, int] = {}
+    for e in entries:
+        p = e.body.payload
+        if not isinstance(p, RolloutStep):
+            continue
+        assert p.phase != "DRIFT_CORRECTED", f"seq {e.seq}: DRIFT_CORRECTED with nobody editing by hand: {p.reason}"
+        attempt = attempts.get(p.proposal, 0)
+        key = (p.proposal, p.step, p.phase, attempt)
+        assert key not in seen, (f"rollout step recorded twice: {p.phase} step {p.step} of "
+                                 f"{p.proposal.hex()[:12]} attempt {attempt} at seq {seen[key]} and {e.seq}")
+        seen[key] = e.seq
+        want_id = step_event_id(p.proposal, p.step, p.phase, attempt)
+        assert e.body.event_id == want_id, (f"seq {e.seq}: event id {e.body.event_id.hex()}, expected the "
+                                            f"deterministic {want_id.hex()}")
+        if p.phase == "ROLLED_BACK":
+            attempts[p.proposal] = attempt + 1
+    by_proposal = steps_by_proposal(entries)
+    killed = killed_proposals(entries)
+
+    # 3. The cluster against the log, and the states each Deployment went through.
+    assert not history.error, history.error
+    for r in rollouts:
+        steps = by_proposal.get(r.proposal, [])
+        story = [(s.step, s.weight, s.phase) for s in steps]
+        assert r.proposal in proposals
+        if story and story[-1][2] == "ROLLED_BACK":
+            assert story[:-1] == STORY[:len(story) - 1] and story[-1][1] == 0 and len(story) <= 4, (
+                f"{r.name}: steps {story} are not a prefix of {STORY} ended by one ROLLED_BACK")
+            assert story[-1][0] == (story[-2][0] if len(story) > 1 else 0)
+        else:
+            assert story == STORY[:len(story)], f"{r.name}: steps {story}, expected a prefix of {STORY}"
+        if steps and steps[0].phase == "STARTED":
+            obs = steps[0].observed
+            assert (obs.stable_replicas + obs.canary_replicas, obs.stable_image) == (N, V1), (
+                f"{r.name}: STARTED observed {obs}, expected {N} x {V1}")
+        phase = story[-1][2] if story else "PENDING"
+        expected = {"promote": {"PROMOTED"}, "unhealthy": {"ROLLED_BACK"}, "hold": {"ADVANCED"},
+                    "kill": {"ROLLED_BACK", "PENDING"}}[r.outcome]
+        assert phase in expected, f"{r.name} ({r.outcome}): last phase {phase}, expected one of {expected}"
+        if phase == "PENDING":
+            assert r.proposal in killed, f"{r.name}: never started but no kill switch on it"
+        if r.outcome == "unhealthy":
+            assert story[-1][0] == 1, f"{r.name}: rolled back at step {story[-1][0]}, expected 1"
+
+        stable, canary = _deployment(apps, ns, r.name), _deployment(apps, ns, r.name + "-canary")
+        if phase == "PROMOTED":
+            want_stable, want_canary = (N, r.candidate), None
+        elif phase == "ADVANCED":
+            w = steps[-1].weight
+            want_stable, want_canary = (N - canary_for(w), V1), (canary_for(w), r.candidate)
+        else:  # rolled back, killed, or never started
+            want_stable, want_canary = (N, V1), None
+        assert _spec(stable) == want_stable, (
+            f"{r.name} ({phase}): stable (replicas, image) {_spec(stable)}, expected {want_stable}")
+        assert _spec(canary) == want_canary, (
+            f"{r.name} ({phase}): canary (replicas, image) {_spec(canary)}, expected {want_canary}")
+
+        want_s, want_c = implied_states(steps, r.candidate)
+        seen_s = history.states.get(r.name, [])
+        seen_c = history.states.get(r.name + "-canary", [])
+        assert is_subsequence(seen_s, want_s), (
+            f"{r.name}: stable went through {seen_s}, not a subsequence of what the log implies {want_s}")
+        assert is_subsequence(seen_c, want_c), (
+            f"{r.name}-canary went through {seen_c}, not a subsequence of what the log implies {want_c}")
+        assert stable.metadata.generation <= len(want_s), (
+            f"{r.name}: generation {stable.metadata.generation}, expected at most {len(want_s)} "
+            f"(1 + the {len(want_s) - 1} spec changes the log implies)")
