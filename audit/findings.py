@@ -32,7 +32,7 @@ CODES: dict[str, tuple[int, str]] = {
     "PREV_MISMATCH": (5, "prev is not the leaf hash of the previous entry"),
     "ENTRY_MISSING": (5, "a seq is missing from the log (deleted entry)"),
     "ENTRY_REORDERED": (5, "entries arrive out of seq order"),
-    "ENTRY_INSERTED": (5, "a second, different record claims a seq already in the log"),
+    "ENTRY_INSERTED": (5, "a record claims a seq whose chain entry is another, different record"),
     "ENTRY_DUPLICATED": (5, "an identical record appears twice"),
     "LOG_TRUNCATED": (5, "the log ends before the size a checkpoint (or the saved checkpoint) commits to"),
     # 6 Merkle roots
@@ -92,6 +92,10 @@ class Finding:
     message: str
     observed: str = ""
     expected: str = ""
+    # For a finding about a record the chain does not hold (a second record claiming a seq, a
+    # record out of order): its position in the source, 0-based (Kafka: the n-th record read
+    # from offset 0; export: the n-th record of the file). None for findings about the chain.
+    record: int | None = None
 
     @property
     def step(self) -> int:
@@ -104,6 +108,8 @@ class Finding:
 
     def __str__(self) -> str:
         where = f"seq {self.seq}" if self.seq is not None else "log"
+        if self.record is not None:
+            where += f" (record #{self.record} of the source)"
         text = f"[{self.code}] {where}: {self.message}"
         if self.observed or self.expected:
             text += f" (observed: {self.observed or '-'}; expected: {self.expected or '-'})"

@@ -162,6 +162,13 @@ class CompactRange:
         for leaf in leaves:
             self.append(leaf)
 
+    def copy(self) -> CompactRange:
+        """An independent range at the same size (to try a leaf without appending it here)."""
+        other = CompactRange()
+        other.size = self.size
+        other._nodes = list(self._nodes)
+        return other
+
     def root(self) -> bytes:
         if not self._nodes:
             return EMPTY_ROOT

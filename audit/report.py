@@ -99,7 +99,7 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
 
 def as_html(report: Report, source: str) -> str:
     rows = "".join(
-        f"<tr><td>{f.seq if f.seq is not None else '-'}</td><td>{f.step}</td><td><code>{f.code}</code></td>"
+        f"<tr><td>{f.seq if f.seq is not None else '-'}{'' if f.record is None else f' (record #{f.record})'}</td><td>{f.step}</td><td><code>{f.code}</code></td>"
         f"<td>{html.escape(f.message)}</td><td>{html.escape(f.observed)}</td><td>{html.escape(f.expected)}</td></tr>"
         for f in report.findings
     )

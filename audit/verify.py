@@ -258,6 +258,9 @@ class _Prepared:
     entry: Entry | None
     body: EventBody | None
     error: DecodeError | None
+    ok: tuple[bool | None, ...] = ()  # signature verdicts, set when the record is accepted
+    pos: int = 0  # position in the source, 0-based
+    early: bool = False  # arrived while a lower seq had not
 
 
 class Progress:
@@ -305,7 +308,7 @@ class LogVerifier:
         self.expected = 0
         self.last_leaf = ZERO_HASH
         self.chain_known = True
-        self.pending: dict[int, tuple[_Prepared, tuple[bool | None, ...]]] = {}
+        self.cands: dict[int, list[_Prepared]] = {}  # seq -> records claiming it, not yet folded
         self.keymap: dict[bytes, bytes] = {}  # key id -> public key, for every grant in the log
         # Recent signed messages per key, to tell a signature moved from a nearby entry
         # (SIGNATURE_SWAPPED) from a corrupted one; failing signatures wait here for later ones.
@@ -414,39 +417,140 @@ class LogVerifier:
                 sigs.append(s.sig)
         return bodies, counts, pubs, sigs
 
-    # -- step 5: ordering ------------------------------------------------------------------------
+    # -- step 5: ordering, and which record of several claiming one seq is the chain's ---------
+    #
+    # A record is not folded as soon as it arrives: the candidates for the lowest seq not yet
+    # folded (`expected`) wait until a record for the next seq arrives, so that when several
+    # records claim one seq the chain member can be chosen on evidence rather than on arrival
+    # order (see _choose). Records for later seqs wait too (out of order, or after a missing
+    # seq), up to PENDING_LIMIT records.
 
     def _accept(self, p: _Prepared, sig_ok: tuple[bool | None, ...]) -> None:
-        self.seen += 1
+        pos = self.seen
+        self.seen = pos + 1
         if not self.seen & 1023:
             self.progress.update(self.seen)
-        seq = p.entry.seq if p.entry is not None else self.expected
-        if seq == self.expected:
-            self._process(seq, p, sig_ok)
-            while self.expected in self.pending:
-                early, ok = self.pending.pop(self.expected)
-                self.out.append(Finding("ENTRY_REORDERED", self.expected, "the record arrived before earlier seqs",
-                                        "out of seq order", "records in seq order"))
-                self._process(self.expected, early, ok)
-        elif seq > self.expected:
-            if seq in self.pending:
-                self._repeat(seq, p, self.pending[seq][0].leaf)
-                return
-            self.pending[seq] = (p, sig_ok)
-            if len(self.pending) > PENDING_LIMIT:
-                self._gap()
+        p.ok = sig_ok
+        p.pos = pos
+        cands = self.cands
+        expected = self.expected
+        if p.entry is not None:
+            seq = p.entry.seq
+        else:  # an undecodable record says nothing: it stands for the lowest seq not yet seen
+            seq = expected
+            while seq in cands:
+                seq += 1
+        group = cands.get(seq)
+        if group is not None:
+            for other in group:
+                if other.leaf == p.leaf:
+                    self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again",
+                                            f"record #{pos}", f"once, as record #{other.pos}", record=pos))
+                    return
+            group.append(p)
+        elif seq < expected:
+            self._repeat(seq, p)
+            return
         else:
-            self._repeat(seq, p, self.leaves[seq] if seq < len(self.leaves) else b"")
+            # Early: some lower seq has not arrived yet (ENTRY_REORDERED if it arrives later).
+            if seq > expected and not (seq == expected + 1 and expected in cands):
+                p.early = any(k not in cands for k in range(expected, seq))
+            cands[seq] = [p]
+        # Fold what is decided: the lowest seq's candidates once the next seq has a record.
+        if (expected in cands and expected + 1 in cands) or len(cands) > PENDING_LIMIT:
+            self._drain(final=False)
 
-    def _repeat(self, seq: int, p: _Prepared, leaf: bytes) -> None:
+    def _drain(self, final: bool) -> None:
+        cands = self.cands
+        while cands:
+            seq = self.expected
+            group = cands.get(seq)
+            nxt = cands.get(seq + 1)
+            if group is None:
+                if not final and len(cands) <= PENDING_LIMIT:
+                    return
+                self._gap()
+                continue
+            if nxt is None and not final and len(cands) <= PENDING_LIMIT:
+                return
+            del cands[seq]
+            if len(group) == 1:
+                chosen = group[0]
+                if chosen.early:
+                    self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
+                                            "out of seq order", "records in seq order", record=chosen.pos))
+                self._process(seq, chosen, chosen.ok)
+            else:
+                self._choose(seq, group, nxt)
+
+    def _choose(self, seq: int, group: list[_Prepared], nxt: list[_Prepared] | None) -> None:
+        """Several records claim `seq`: fold the one the evidence names, report the others.
+
+        The chain member is the candidate with the best (roots, next, signatures, prev), in that
+        order, the earliest on a tie:
+          roots      the checkpoint root at size seq+1 is the root with this record as leaf seq;
+          next       a record for seq+1 names this record's leaf hash as its prev;
+          signatures it decodes and every signature verifies with a key known to the log;
+          prev       its prev is the leaf hash of the entry folded at seq-1.
+        The others are reported once each — ENTRY_INSERTED, or their decode error if they do not
+        decode — and are not folded, so they cause no PREV_MISMATCH further on.
+        """
+        prevs = {n.entry.prev for n in nxt if n.entry is not None} if nxt else set()
+        roots: set[bytes] = set()
+        if self.tree_ok and seq + 1 in self.root_sizes:
+            roots = {cp.root for _, cp, _ in self.checkpoints if cp is not None and cp.size == seq + 1}
+            if self.since is not None and self.since[1] is not None and self.since[1].size == seq + 1:
+                roots.add(self.since[1].root)
+
+        def evidence(c: _Prepared) -> tuple[bool, bool, bool, bool]:
+            root_ok = False
+            if roots:
+                tree = self.tree.copy()
+                tree.append(c.leaf)
+                root_ok = tree.root() in roots
+            e = c.entry
+            signed = e is not None and c.body is not None and bool(c.ok) and all(v is True for v in c.ok)
+            prev_ok = e is not None and (not self.chain_known or e.prev == self.last_leaf)
+            return root_ok, c.leaf in prevs, signed, prev_ok
+
+        scored = [(evidence(c), c) for c in group]
+        best = max(scored, key=lambda sc: sc[0])  # max keeps the first of equals: the earliest
+        chosen = best[1]
+        if chosen.early:
+            self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
+                                    "out of seq order", "records in seq order", record=chosen.pos))
+        self._process(seq, chosen, chosen.ok)
+        names = ("the checkpoint root at size {n} names", "the next entry's prev names",
+                 "only it is signed by known keys among them:", "only it follows the previous entry among them:")
+        for ev, c in scored:
+            if c is chosen:
+                continue
+            why = next((names[i].format(n=seq + 1) for i in range(4) if best[0][i] and not ev[i]),
+                       "it arrived first among equals:")
+            reason = f"the chain holds record #{chosen.pos} ({why} that one)"
+            if c.error is not None or c.entry is None:
+                err = c.error or DecodeError("undecodable")
+                self.out.append(Finding(err.code, seq, f"{err}; {reason}", record=c.pos))
+            else:
+                self.out.append(Finding("ENTRY_INSERTED", seq, f"a second, different record claims this seq; {reason}",
+                                        c.leaf.hex(), chosen.leaf.hex(), record=c.pos))
+
+    def _repeat(self, seq: int, p: _Prepared) -> None:
+        leaf = self.leaves[seq] if 0 <= seq < len(self.leaves) else b""
         if p.leaf == leaf:
-            self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again"))
+            self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again",
+                                    f"record #{p.pos}", "once", record=p.pos))
+        elif p.entry is None:
+            err = p.error or DecodeError("undecodable")
+            self.out.append(Finding(err.code, seq, str(err), record=p.pos))
         else:
-            self.out.append(Finding("ENTRY_INSERTED", seq, "a second, different record claims this seq",
-                                    p.leaf.hex(), leaf.hex()))
+            self.out.append(Finding("ENTRY_INSERTED", seq, "a second, different record claims this seq, "
+                                    "after the chain went past it", p.leaf.hex(), leaf.hex() if leaf else "",
+                                    record=p.pos))
 
     def _gap(self) -> None:
-        nxt = min(self.pending)
+        cands = self.cands
+        nxt = min(cands)
         self.out.append(Finding("ENTRY_MISSING", self.expected,
                                 f"seq {self.expected}..{nxt - 1} missing from the log" if nxt - 1 > self.expected
                                 else f"seq {self.expected} missing from the log",
@@ -455,9 +559,12 @@ class LogVerifier:
         self.chain_known = False
         self.leaves.extend([b""] * (nxt - self.expected))  # keep leaves indexed by seq
         self.expected = nxt
-        while self.expected in self.pending:
-            early, ok = self.pending.pop(self.expected)
-            self._process(self.expected, early, ok)
+        # The records after the gap did not come early: the missing seqs never came at all.
+        k = nxt
+        while k in cands:
+            for c in cands[k]:
+                c.early = False
+            k += 1
 
     # -- steps 1-5, 9, 10 for one entry in seq order ---------------------------------------------
 
@@ -601,9 +708,7 @@ class LogVerifier:
     # -- steps 5-8 at the end --------------------------------------------------------------------
 
     def _finish(self) -> None:
-        if self.pending:
-            while self.pending:
-                self._gap()
+        self._drain(final=True)
         self.progress.update(self.seen, final=self.progress.stream is not None)
         out, size = self.out, self.expected
         self.report.entries = size
