@@ -2,10 +2,41 @@
 
 Writing: one idempotent, transactional producer per store (``transactional.id`` per ledger).
 Every `append` is one Kafka transaction, committed before it returns (acks=all), so a batch is
-all or nothing for read_committed readers. `claim_writer()` (called by the first append if not
-before) runs InitProducerId, which fences any other producer with the same transactional id:
-its next append raises FencedError, and this store never re-claims by itself after being
-fenced, so two writers never take turns and the chain cannot fork.
+all or nothing for read_committed readers.
+
+Who writes: the claim log. Every store instance has a fresh claim token (uuid4). The claim log
+is the companion topic ``<topic>.writers``: one record per claim, the last one names the writer.
+`claim_writer()` (called by the first append if not before, and again whenever the producer was
+dropped) runs:
+
+1. First claim (this store never claimed): write a record with our token to ``.writers``
+   (acks=all, outside any transaction), then InitProducerId, then read the last claim.
+2. Re-claim (the producer was dropped after a transient loss, or its epoch was bumped): read the
+   last claim; if it is not ours, another writer claimed after us, so this store is fenced for
+   good (FencedError naming the transactional id and the claim log) and never runs
+   InitProducerId. If it is ours: InitProducerId, then read the last claim again.
+3. In both, the claim holds only if the last claim read *after* our InitProducerId is ours;
+   otherwise the producer is dropped and the store is fenced for good.
+
+A fencing error during a transaction (ProducerFenced, an invalid epoch, or Kafka 4.2's
+UNKNOWN_SERVER_ERROR answer to an EndTxn racing an InitProducerId) is therefore not final by
+itself: the producer is dropped and the store re-claims at once through step 2, raising
+FencedError if another writer holds the last claim, StoreUnavailable (retry) if we still do.
+
+Why two writers never take turns and the chain cannot fork. Kafka gives: (a) a transaction
+commits only if its producer epoch is still the current one, and InitProducerId returns only
+once every earlier transaction of the id is complete (committed or aborted, markers written);
+(b) a record acknowledged with acks=all is visible to every later read_committed read. A
+claim record is acknowledged *before* its writer's InitProducerId. So for writer W whose
+InitProducerId was followed by a check that saw W's claim last: any other claim acknowledged
+before that check would have been seen, so it comes later, and its InitProducerId later still,
+which fences W: while W's epoch is current nobody else has initialised, and nobody whose claim
+came before W's last check can ever hold the ledger again (their pre-check or post-check sees a
+later claim). A superseded writer hence never re-initialises, whatever error dropped its
+producer, and the newest claim wins. The ledger server claims before every replay (start and
+after any store failure), so by (a) its replay sees every commit of earlier epochs and no one
+else commits until its epoch is bumped, which fails its next transaction: it always appends to
+the tail it replayed.
 
 Reading: read_committed consumers with manual assignment (no consumer group), seeking to the
 requested position. Positions are partition offsets; they skip the offsets of transaction
@@ -17,9 +48,13 @@ transactions of the same producer, so a fenced writer cannot add checkpoints eit
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +64,12 @@ from kafka import errors as kerrors
 
 from ledger.errors import FencedError, StoreError, StoreUnavailable
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
-from ledger.store.kafka_topic import TopicSettings, checkpoints_topic, ensure_ledger_topics
+from ledger.store.kafka_topic import (
+    TopicSettings,
+    checkpoints_topic,
+    ensure_ledger_topics,
+    writers_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +148,41 @@ def _checkpoint_key(size: int) -> bytes:
     return str(size).encode()
 
 
+@dataclass(frozen=True)
+class WriterClaim:
+    """One record of the claim log ``<topic>.writers``: who claimed the ledger, when.
+
+    Only `token` decides anything; host, pid and time are for the operator reading a
+    FencedError or the topic. A record that is not a claim has an empty token (nobody's).
+    """
+
+    position: int
+    token: str
+    host: str = ""
+    pid: int = 0
+    claimed_at_ms: int = 0
+
+    @classmethod
+    def parse(cls, position: int, value: bytes) -> WriterClaim:
+        try:
+            data = json.loads(value)
+            token = data["token"]
+            if not isinstance(token, str) or not token:
+                raise ValueError("token is not a non-empty string")
+            return cls(position, token, str(data.get("host", "")), int(data.get("pid", 0)),
+                       int(data.get("claimed_at_ms", 0)))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("claim log record at offset %d is not a claim (%s)", position, exc)
+            return cls(position, "")
+
+    def describe(self) -> str:
+        if not self.token:
+            return f"an unreadable record at offset {self.position}"
+        return (f"claim {self.token[:12]} by {self.host or '?'} pid {self.pid} at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.claimed_at_ms / 1000))}"
+                f" (offset {self.position})")
+
+
 class KafkaLogStore(LogStore):
     """LogStore on a Kafka topic; see the module docstring for the mapping."""
 
@@ -115,11 +190,17 @@ class KafkaLogStore(LogStore):
         self.config = config
         self.topic = config.topic
         self.checkpoints_topic = checkpoints_topic(config.topic)
+        self.writers_topic = writers_topic(config.topic)
         self._tp = TopicPartition(self.topic, 0)
         self._cp_tp = TopicPartition(self.checkpoints_topic, 0)
+        self._claims_tp = TopicPartition(self.writers_topic, 0)
         self._lock = threading.RLock()  # one writer operation at a time
         self._producer: KafkaProducer | None = None
         self._fenced: str | None = None  # why, once fenced: permanent
+        # Our claim token (fresh per store instance) and whether our claim record was
+        # acknowledged by the claim log (from then on we only ever re-claim, never claim anew).
+        self._token = uuid.uuid4().hex
+        self._claim_written = False
         self._closed = False
         # A batch whose commit was sent but not acknowledged: (records, offsets). Its outcome
         # is learned after the next InitProducerId; a retry of the same batch then returns
@@ -136,7 +217,13 @@ class KafkaLogStore(LogStore):
 
     def __repr__(self) -> str:
         return (f"KafkaLogStore(topic={self.topic!r}, "
-                f"transactional_id={self.config.effective_transactional_id!r})")
+                f"transactional_id={self.config.effective_transactional_id!r}, "
+                f"claim={self._token[:12]!r})")
+
+    @property
+    def claim_token(self) -> str:
+        """This store's token in the claim log ``<topic>.writers``."""
+        return self._token
 
     # ------------------------------------------------------------------ clients
 
@@ -172,46 +259,139 @@ class KafkaLogStore(LogStore):
     # ------------------------------------------------------------------ writing
 
     def claim_writer(self) -> None:
-        """Become the one writer of this ledger (InitProducerId), fencing any previous one.
+        """Become (or stay) the one writer of this ledger, or raise FencedError for good.
 
-        A ledger server calls this at start, before reading the tail, so nobody else can
-        append between its reading the tail and its first append.
+        The claim protocol of the module docstring: first claim = write our claim record, then
+        InitProducerId (fencing any other producer of the transactional id); re-claim = only if
+        the last claim is still ours. Either way the claim holds only if the last claim read
+        after InitProducerId is ours. A ledger server calls this before it reads the tail, so
+        nobody else can append between its reading the tail and its first append.
+        StoreUnavailable when Kafka cannot be reached (nothing is decided; call again).
         """
         with self._lock:
             self._check_open()
             self._raise_if_fenced()
             if self._producer is not None:
                 return
-            tid = self.config.effective_transactional_id
-            producer: KafkaProducer | None = None
+            if self._claim_written:
+                last = self._last_claim()
+                if not self._is_ours(last):
+                    raise self._superseded(last, "before re-initialising")
+            else:
+                self._write_claim()
+            producer = self._init_producer()
             try:
-                producer = KafkaProducer(
-                    **self.config.client_options(),
-                    transactional_id=tid,
-                    enable_idempotence=True,
-                    acks="all",
-                    # Every send is followed by flush() (see _transaction), so linger never
-                    # delays a write; it keeps the sender thread from shipping a transaction's
-                    # records one small request at a time (-30% CPU per record, same run).
-                    # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms.
-                    linger_ms=max(0, min(1000, int(self.config.operation_timeout_s * 1000)
-                                         - self.config.request_timeout_ms)),
-                    batch_size=1024 * 1024,
-                    allow_auto_create_topics=False,
-                    max_block_ms=int(self.config.operation_timeout_s * 1000),
-                    transaction_timeout_ms=self.config.transaction_timeout_ms,
-                    delivery_timeout_ms=int(self.config.operation_timeout_s * 1000),
-                    max_request_size=8 * 1024 * 1024,
-                )
-                producer.init_transactions()
-            except Exception as exc:
-                if producer is not None:
-                    producer.close(timeout=0)
-                if _is_fencing(exc, producer):
-                    raise self._mark_fenced(exc) from exc
-                raise self._unavailable(f"initialising transactional id {tid}", exc) from exc
+                last = self._last_claim()
+            except BaseException:
+                _close_producer(producer, self.topic)
+                raise
+            if not self._is_ours(last):
+                # A newer claim landed before our InitProducerId, which has just fenced its
+                # writer: that one sees its own claim last and re-claims; we stop.
+                _close_producer(producer, self.topic)
+                raise self._superseded(last, "after initialising")
             self._producer = producer
-            log.info("claimed ledger topic %s as transactional id %s", self.topic, tid)
+            log.info("claimed ledger topic %s as transactional id %s (claim %s, offset %d)",
+                     self.topic, self.config.effective_transactional_id, self._token[:12],
+                     last.position if last is not None else -1)
+
+    def _write_claim(self) -> None:
+        """Append our claim record to the claim log (acks=all, no transaction)."""
+        record = {
+            "token": self._token,
+            "transactional_id": self.config.effective_transactional_id,
+            "topic": self.topic,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "claimed_at_ms": int(time.time() * 1000),
+        }
+        timeout_ms = int(self.config.operation_timeout_s * 1000)
+        producer: KafkaProducer | None = None
+        try:
+            producer = KafkaProducer(
+                **self.config.client_options(),
+                acks="all",
+                # One record, and a duplicate of it is harmless: no idempotence (no extra
+                # InitProducerId, no IdempotentWrite ACL for this producer).
+                enable_idempotence=False,
+                allow_auto_create_topics=False,
+                max_block_ms=timeout_ms,
+                delivery_timeout_ms=timeout_ms,
+            )
+            meta = producer.send(
+                self.writers_topic, key=self._token.encode(),
+                value=json.dumps(record, sort_keys=True).encode(), partition=0,
+            ).get(timeout=self.config.operation_timeout_s)
+        except Exception as exc:
+            # Maybe written, maybe not: the next claim_writer() writes it again (a second
+            # record with our token changes nothing).
+            raise self._unavailable(f"writing our claim to {self.writers_topic}", exc) from exc
+        finally:
+            if producer is not None:
+                _close_producer(producer, self.topic)
+        self._claim_written = True
+        log.info("topic %s: claim %s written to %s at offset %d", self.topic,
+                 self._token[:12], self.writers_topic, meta.offset)
+
+    def _init_producer(self) -> KafkaProducer:
+        """A new transactional producer, after InitProducerId (which fences every other one)."""
+        tid = self.config.effective_transactional_id
+        producer: KafkaProducer | None = None
+        try:
+            producer = KafkaProducer(
+                **self.config.client_options(),
+                transactional_id=tid,
+                enable_idempotence=True,
+                acks="all",
+                # Every send is followed by flush() (see _transaction), so linger never
+                # delays a write; it keeps the sender thread from shipping a transaction's
+                # records one small request at a time (-30% CPU per record, same run).
+                # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms.
+                linger_ms=max(0, min(1000, int(self.config.operation_timeout_s * 1000)
+                                     - self.config.request_timeout_ms)),
+                batch_size=1024 * 1024,
+                allow_auto_create_topics=False,
+                max_block_ms=int(self.config.operation_timeout_s * 1000),
+                transaction_timeout_ms=self.config.transaction_timeout_ms,
+                delivery_timeout_ms=int(self.config.operation_timeout_s * 1000),
+                max_request_size=8 * 1024 * 1024,
+            )
+            producer.init_transactions()
+        except Exception as exc:
+            if producer is not None:
+                _close_producer(producer, self.topic)
+            # Even a fencing error here (another InitProducerId racing ours) decides nothing:
+            # the claim log does, on the next claim_writer().
+            raise self._unavailable(f"initialising transactional id {tid}", exc) from exc
+        return producer
+
+    def _last_claim(self) -> WriterClaim | None:
+        """The last record of the claim log (read_committed), None if it is empty."""
+        end = self._end_offset(self._claims_tp)
+        window = 4  # claims are plain records: the last one is at end - 1
+        while end > 0:
+            start = max(0, end - window)
+            found = list(self._read(self._claims_tp, start, None))
+            if found:
+                return WriterClaim.parse(found[-1].position, found[-1].value)
+            if start == 0:
+                break
+            window *= 16  # only markers and aborted records of a foreign producer back there
+        return None
+
+    def _is_ours(self, claim: WriterClaim | None) -> bool:
+        return claim is not None and claim.token == self._token
+
+    def _superseded(self, last: WriterClaim | None, when: str) -> FencedError:
+        """Fenced for good: the last claim is not ours."""
+        tid = self.config.effective_transactional_id
+        seen = last.describe() if last is not None else "no claim at all (the claim log is empty)"
+        self._fenced = (
+            f"this writer was fenced: another writer with transactional id {tid} took over "
+            f"ledger topic {self.topic}: the last claim in {self.writers_topic} is {seen}, "
+            f"expected ours ({self._token[:12]}), checked {when}; this store never claims again")
+        log.warning("%s", self._fenced)
+        return FencedError(self._fenced)
 
     def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
         with self._lock:
@@ -308,32 +488,42 @@ class KafkaLogStore(LogStore):
             _end_transaction(producer, commit=True, timeout=timeout)
             return metas
         except Exception as exc:
-            if _is_fencing(exc, producer):
-                self._drop_producer()
-                raise self._mark_fenced(exc) from exc
-            if step == "committing the transaction" and _is_fencing(exc, producer, (kerrors.UnknownError,)):
-                # Kafka 4.2's coordinator answers EndTxn with UNKNOWN_SERVER_ERROR when a new
-                # writer's InitProducerId races this commit (PREPARE_EPOCH_FENCE, docs/KAFKA.md):
-                # our epoch is being fenced. Re-claiming would fence the new writer and let
-                # two servers take turns, so stop here, failing closed. If the commit did
-                # land, the client's retry on the new writer returns the original receipt.
-                self._drop_producer()
-                raise self._mark_fenced(exc) from exc
-            if step == "committing the transaction":
+            committing = step == "committing the transaction"
+            # Our epoch was bumped by another InitProducerId. Kafka 4.2's coordinator may also
+            # answer an EndTxn racing one with UNKNOWN_SERVER_ERROR (PREPARE_EPOCH_FENCE,
+            # docs/KAFKA.md) instead of PRODUCER_FENCED: same meaning, but the commit is in doubt.
+            bumped = _is_fencing(exc, producer) or (
+                committing and _is_fencing(exc, producer, (kerrors.UnknownError,)))
+            if committing:
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
                 if batch is not None and len(metas) == len(batch):
                     self._in_doubt = (batch, [m.offset for m in metas])
                 self._drop_producer()
+            elif bumped:
+                self._drop_producer()
             else:
                 self._recover_after_error()
+            if bumped:
+                # Not final by itself: the claim log decides, now. FencedError (for good) if
+                # another writer claimed after us; if the last claim is still ours we hold the
+                # ledger again and the caller retries (an in-doubt batch is settled then).
+                try:
+                    self.claim_writer()
+                except StoreError as decided:
+                    raise decided from exc
+                raise StoreUnavailable(
+                    f"Kafka topic {self.topic}: {step} failed because our producer epoch was "
+                    f"bumped ({type(exc).__name__}), but the last claim in {self.writers_topic} "
+                    f"is still ours: re-claimed, retry") from exc
             raise self._unavailable(step, exc) from exc
 
     def _recover_after_error(self) -> None:
         """Abort the failed transaction; if the producer is unusable, drop it.
 
-        A dropped producer is re-created by the next append (InitProducerId with the same
-        transactional id, which also aborts whatever this one left open).
+        A dropped producer is re-created by the next append through claim_writer()'s
+        re-claim (InitProducerId with the same transactional id, which also aborts whatever
+        this one left open), and only if the last claim is still ours.
         """
         producer = self._producer
         if producer is None:
@@ -342,35 +532,15 @@ class KafkaLogStore(LogStore):
             _end_transaction(producer, commit=False, timeout=self.config.operation_timeout_s)
         except Exception as exc:
             log.warning("topic %s: abort after a failed append failed too (%s: %s); "
-                        "re-initialising the producer on the next append",
+                        "re-claiming on the next append",
                         self.topic, type(exc).__name__, exc)
             self._drop_producer()
 
     def _drop_producer(self) -> None:
+        """Forget the producer (transient loss); the next operation re-claims (claim_writer)."""
         producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            producer.close(timeout=0)
-        except Exception:
-            # kafka-python's close() flushes first and raises KafkaTimeoutError when records
-            # are pending (broker down) before it force-closes the sender thread, which then
-            # keeps retrying (docs/KAFKA.md). Force-close it ourselves, then close again.
-            sender = getattr(producer, "_sender", None)
-            if sender is not None and hasattr(sender, "force_close"):
-                sender.force_close()
-            try:
-                producer.close(timeout=0)
-            except Exception as exc:
-                log.debug("topic %s: closing a broken producer: %s", self.topic, exc)
-
-    def _mark_fenced(self, exc: BaseException) -> FencedError:
-        self._fenced = (
-            f"this writer was fenced: another writer with transactional id "
-            f"{self.config.effective_transactional_id} took over ledger topic {self.topic} "
-            f"({type(exc).__name__})")
-        log.warning("%s", self._fenced)
-        return FencedError(self._fenced)
+        if producer is not None:
+            _close_producer(producer, self.topic)
 
     def _raise_if_fenced(self) -> None:
         if self._fenced is not None:
@@ -486,6 +656,22 @@ class KafkaLogStore(LogStore):
             if self._end_consumer is not None:
                 self._end_consumer.close()
                 self._end_consumer = None
+
+
+def _close_producer(producer: KafkaProducer, topic: str) -> None:
+    try:
+        producer.close(timeout=0)
+    except Exception:
+        # kafka-python's close() flushes first and raises KafkaTimeoutError when records
+        # are pending (broker down) before it force-closes the sender thread, which then
+        # keeps retrying (docs/KAFKA.md). Force-close it ourselves, then close again.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and hasattr(sender, "force_close"):
+            sender.force_close()
+        try:
+            producer.close(timeout=0)
+        except Exception as exc:
+            log.debug("topic %s: closing a broken producer: %s", topic, exc)
 
 
 def _end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -> None:

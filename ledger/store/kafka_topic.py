@@ -2,7 +2,8 @@
 
 A ledger lives in one topic with one partition (total order), kept forever, with no unclean
 leader election (an out-of-sync replica becoming leader would silently drop acknowledged
-entries). Checkpoint notes live in a companion topic ``<topic>.checkpoints`` with the same
+entries). Checkpoint notes live in a companion topic ``<topic>.checkpoints`` and writer claims
+(who holds the ledger, see ledger/store/kafka.py) in ``<topic>.writers``, both with the same
 settings. An existing topic is checked setting by setting; Steward refuses to run on one that
 could lose or reorder entries, with a ConfigError naming the setting (observed vs expected).
 
@@ -22,10 +23,21 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from ledger.errors import ConfigError
 
 CHECKPOINTS_SUFFIX = ".checkpoints"
+WRITERS_SUFFIX = ".writers"
 
 
 def checkpoints_topic(topic: str) -> str:
     return topic + CHECKPOINTS_SUFFIX
+
+
+def writers_topic(topic: str) -> str:
+    """The claim log: one record per writer claim; the last one names the writer."""
+    return topic + WRITERS_SUFFIX
+
+
+def ledger_topics(topic: str) -> tuple[str, str, str]:
+    """Every topic a ledger on `topic` uses: the log, its checkpoints, its writer claims."""
+    return topic, checkpoints_topic(topic), writers_topic(topic)
 
 
 @dataclass(frozen=True)
@@ -73,11 +85,12 @@ def ensure_ledger_topics(
     admin: Any, topic: str, settings: TopicSettings, *, create: bool = True,
     timeout: float = 30.0,
 ) -> None:
-    """Create (when `create`) and then check the ledger topic and its checkpoints topic.
+    """Create (when `create`) and then check the ledger topic and its two companions.
 
-    Raises ConfigError if a topic is missing (and `create` is False) or configured wrongly.
+    Raises ConfigError naming the topic if one is missing (and `create` is False) or
+    configured wrongly.
     """
-    for name in (topic, checkpoints_topic(topic)):
+    for name in ledger_topics(topic):
         if create:
             create_topic(admin, name, settings)
         check_topic(admin, name, settings, timeout=timeout if create else 0.0)
