@@ -528,6 +528,162 @@ def _split_single_object(
 
 
 # --------------------------------------------------------------------------------------------
+# Fast paths for SignedEvent and Entry
+#
+# Every submission is decoded, hashed (event_digest re-encodes it) and turned into an entry, so
+# these two fixed-shape records are written and read here directly (Avro binary: zig-zag
+# varint longs, length-prefixed bytes, raw fixed, one array block ending in a zero count).
+# The fast path only takes the plain shape: values of exactly the declared Python types and
+# sizes, and encodings that are a single array block with nothing odd. Anything else goes to
+# fastavro as before, so what is accepted, what is refused and every error message stay
+# exactly fastavro's; for the plain shape both produce the same bytes and values (the unit
+# tests compare them).
+
+_LONG_MIN = -(1 << 63)
+_LONG_MAX = (1 << 63) - 1
+
+
+def _write_long(out: list[bytes], n: int) -> None:
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x80:
+        out.append(bytes((z,)))
+        return
+    buf = bytearray()
+    while z >= 0x80:
+        buf.append((z & 0x7F) | 0x80)
+        z >>= 7
+    buf.append(z)
+    out.append(bytes(buf))
+
+
+def _plain_long(n: Any) -> bool:
+    return type(n) is int and _LONG_MIN <= n <= _LONG_MAX
+
+
+def _plain_signatures(signatures: Any) -> bool:
+    if type(signatures) is not tuple:
+        return False
+    for sig in signatures:
+        if (type(sig) is not Signature or type(sig.key_id) is not bytes or len(sig.key_id) != 32
+                or type(sig.sig) is not bytes or len(sig.sig) != SIG_SIZE):
+            return False
+    return True
+
+
+def _write_signatures(out: list[bytes], signatures: tuple[Signature, ...]) -> None:
+    if signatures:
+        _write_long(out, len(signatures))
+        for sig in signatures:
+            out.append(sig.key_id)
+            out.append(sig.sig)
+    out.append(b"\x00")
+
+
+def _fast_signed_event(event: SignedEvent) -> bytes | None:
+    if type(event) is not SignedEvent or type(event.body) is not bytes \
+            or not _plain_signatures(event.signatures):
+        return None
+    out: list[bytes] = []
+    _write_long(out, len(event.body))
+    out.append(event.body)
+    _write_signatures(out, event.signatures)
+    return b"".join(out)
+
+
+def _fast_entry(entry: Entry) -> bytes | None:
+    if (type(entry) is not Entry or not _plain_long(entry.seq) or type(entry.prev) is not bytes
+            or len(entry.prev) != HASH_SIZE or type(entry.body) is not bytes
+            or not _plain_signatures(entry.signatures) or not _plain_long(entry.received_at)):
+        return None
+    out: list[bytes] = []
+    _write_long(out, entry.seq)
+    out.append(entry.prev)
+    _write_long(out, len(entry.body))
+    out.append(entry.body)
+    _write_signatures(out, entry.signatures)
+    _write_long(out, entry.received_at)
+    return b"".join(out)
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position); raises IndexError when truncated, ValueError when overlong."""
+    b = data[pos]
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), pos + 1
+    z = b & 0x7F
+    shift = 7
+    while True:
+        pos += 1
+        b = data[pos]
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+    return (z >> 1) ^ -(z & 1), pos + 1
+
+
+def _read_signatures(data: bytes, pos: int) -> tuple[tuple[Signature, ...], int] | None:
+    count, pos = _read_long(data, pos)
+    if count == 0:
+        return (), pos
+    if count < 0 or pos + count * 96 > len(data):
+        return None  # a sized block, or a count the data cannot hold: fastavro decides
+    sigs = []
+    for _ in range(count):
+        sigs.append(Signature(key_id=data[pos:pos + 32], sig=data[pos + 32:pos + 96]))
+        pos += 96
+    if data[pos] != 0:
+        return None  # a second block
+    return tuple(sigs), pos + 1
+
+
+def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    size, pos = _read_long(data, pos)
+    if size < 0 or pos + size > len(data):
+        return None
+    return data[pos:pos + size], pos + size
+
+
+def _fast_decode_signed_event(payload: bytes) -> SignedEvent | None:
+    if type(payload) is not bytes:
+        return None
+    try:
+        body = _read_bytes(payload, 0)
+        if body is None:
+            return None
+        sigs = _read_signatures(payload, body[1])
+    except (IndexError, ValueError):
+        return None
+    if sigs is None or sigs[1] != len(payload):
+        return None
+    return SignedEvent(body=body[0], signatures=sigs[0])
+
+
+def _fast_decode_entry(payload: bytes) -> Entry | None:
+    if type(payload) is not bytes:
+        return None
+    try:
+        seq, pos = _read_long(payload, 0)
+        prev = payload[pos:pos + HASH_SIZE]
+        if len(prev) != HASH_SIZE:
+            return None
+        body = _read_bytes(payload, pos + HASH_SIZE)
+        if body is None:
+            return None
+        sigs = _read_signatures(payload, body[1])
+        if sigs is None:
+            return None
+        received_at, pos = _read_long(payload, sigs[1])
+    except (IndexError, ValueError):
+        return None
+    if pos != len(payload):
+        return None
+    return Entry(seq=seq, prev=prev, body=body[0], signatures=sigs[0], received_at=received_at)
+
+
+# --------------------------------------------------------------------------------------------
 # Bodies and signed bytes
 
 
@@ -591,10 +747,10 @@ def _check_signatures(signatures: tuple[Signature, ...], what: str) -> None:
 
 def encode_signed_event(event: SignedEvent) -> bytes:
     _check_signatures(event.signatures, "signed event")
-    return _single_object(
-        SIGNED_EVENT_SCHEMA,
-        _schemaless_write(SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event"),
-    )
+    payload = _fast_signed_event(event)
+    if payload is None:
+        payload = _schemaless_write(SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event")
+    return _single_object(SIGNED_EVENT_SCHEMA, payload)
 
 
 def decode_signed_event(data: bytes) -> SignedEvent:
@@ -603,21 +759,28 @@ def decode_signed_event(data: bytes) -> SignedEvent:
             f"signed event is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}", field="body"
         )
     schema, payload = _split_single_object(data, _SIGNED_EVENT_WRITERS, "signed event")
-    event: SignedEvent = _SIGNED_EVENT_FROM_AVRO(_schemaless_read(schema, payload, "signed event"))
+    fast = _fast_decode_signed_event(payload) if schema is SIGNED_EVENT_SCHEMA else None
+    event: SignedEvent = fast if fast is not None else _SIGNED_EVENT_FROM_AVRO(
+        _schemaless_read(schema, payload, "signed event"))
     _check_signatures(event.signatures, "signed event")
     return event
 
 
 def encode_entry(entry: Entry) -> bytes:
     _check_signatures(entry.signatures, "entry")
-    return _single_object(ENTRY_SCHEMA, _schemaless_write(ENTRY_SCHEMA, _to_avro(entry), "entry"))
+    payload = _fast_entry(entry)
+    if payload is None:
+        payload = _schemaless_write(ENTRY_SCHEMA, _to_avro(entry), "entry")
+    return _single_object(ENTRY_SCHEMA, payload)
 
 
 def decode_entry(data: bytes) -> Entry:
     if len(data) > MAX_ENTRY_BYTES:
         raise FormatError(f"entry is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}")
     schema, payload = _split_single_object(data, _ENTRY_WRITERS, "entry")
-    entry: Entry = _ENTRY_FROM_AVRO(_schemaless_read(schema, payload, "entry"))
+    fast = _fast_decode_entry(payload) if schema is ENTRY_SCHEMA else None
+    entry: Entry = fast if fast is not None else _ENTRY_FROM_AVRO(
+        _schemaless_read(schema, payload, "entry"))
     _check_signatures(entry.signatures, "entry")
     return entry
 
