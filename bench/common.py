@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,3 +97,158 @@ def raw_ed25519_rate(n: int = 2000) -> float:
     for i in range(n):
         public.verify(sigs[i % 64], messages[i % 64])
     return n / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------
+# Profiling a server process: per-call probes and a sampler of every thread's stack
+
+
+class Probes:
+    """Calls, wall time and thread CPU time of chosen functions, across all threads.
+
+    ``wrap("pkg.mod.Class.method")`` replaces the function where it is defined and in every
+    loaded module that imported it by name, so ``from x import f`` callers are counted too.
+    `items` optionally counts what a call handles (e.g. events in a group commit).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.stats: dict[str, list[float]] = {}  # name -> [calls, wall s, cpu s, items]
+
+    def _record(self, name: str, wall: float, cpu: float, items: int) -> None:
+        with self._lock:
+            s = self.stats.setdefault(name, [0, 0.0, 0.0, 0])
+            s[0] += 1
+            s[1] += wall
+            s[2] += cpu
+            s[3] += items
+
+    def wrap(self, dotted: str, items: Callable[..., int] | None = None) -> bool:
+        import functools
+        import importlib
+        import inspect
+        import sys
+
+        parts = dotted.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                owner: Any = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:-1]:
+                    owner = getattr(owner, attr)
+                original = inspect.getattr_static(owner, parts[-1])
+            except AttributeError:
+                return False
+            break
+        else:
+            return False
+        if isinstance(original, staticmethod | classmethod):
+            return False
+        name = ".".join(parts[-2:])
+        record = self._record
+
+        @functools.wraps(original)
+        def probe(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                record(name, time.perf_counter() - wall, time.thread_time() - cpu,
+                       items(*args, **kwargs) if items is not None else 0)
+
+        setattr(owner, parts[-1], probe)
+        if inspect.ismodule(owner):
+            for module in list(sys.modules.values()):
+                if module is not owner and getattr(module, parts[-1], None) is original:
+                    setattr(module, parts[-1], probe)
+        return True
+
+    def take(self) -> dict[str, list[float]]:
+        with self._lock:
+            out, self.stats = self.stats, {}
+        return out
+
+
+_IDLE_MARKS = ("sleep(", ".wait(", "select(", ".acquire(", ".get(", "poll(", "recv", "_wait", "with ")
+
+
+class StackSampler:
+    """Every `interval` s, the Python stack of every other thread, split into busy and idle.
+
+    A thread whose innermost Python line is a sleep, wait, select, lock acquire (or `with` on a
+    lock) or queue get is counted as idle (it is blocked in C); busy samples say where the
+    GIL's time goes. Sampling itself costs CPU: compare profiled runs with each other.
+    """
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self.busy: dict[str, int] = {}
+        self.idle: dict[str, int] = {}
+        self.samples = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def start(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import linecache
+        import sys
+
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            try:
+                self._sample(me, sys._current_frames(), linecache.getline)
+            except Exception as exc:  # a profiler must not stop on one odd frame
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _sample(self, me: int, frames: dict[int, Any], getline: Callable[[str, int], str]) -> None:
+        with self._lock:
+            self.samples += 1
+            for ident, frame in frames.items():
+                if ident == me:
+                    continue
+                leaf = frame.f_code
+                line = getline(leaf.co_filename, frame.f_lineno or 0)
+                if any(m in line for m in _IDLE_MARKS):
+                    # Idle threads are most of them: their innermost function is enough.
+                    key = f"{Path(leaf.co_filename).stem}.{leaf.co_name}"
+                    self.idle[key] = self.idle.get(key, 0) + 1
+                    continue
+                stack: list[str] = []
+                f: Any = frame
+                while f is not None:
+                    code = f.f_code
+                    stack.append(f"{Path(code.co_filename).stem}.{code.co_name}")
+                    f = f.f_back
+                key = ";".join(reversed(stack))
+                self.busy[key] = self.busy.get(key, 0) + 1
+
+    def take(self) -> dict[str, Any]:
+        with self._lock:
+            out = {"samples": self.samples, "interval": self.interval, "busy": self.busy,
+                   "idle": self.idle, "errors": self.errors[:5]}
+            self.errors = []
+            self.busy, self.idle, self.samples = {}, {}, 0
+        return out
+
+
+def top_functions(stacks: dict[str, int], n: int = 25) -> list[tuple[str, int, int]]:
+    """(function, inclusive samples, self samples) of collapsed stacks, most inclusive first."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for stack, count in stacks.items():
+        names = stack.split(";")
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+        own[names[-1]] = own.get(names[-1], 0) + count
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:n]
+    return [(name, count, own.get(name, 0)) for name, count in ranked]

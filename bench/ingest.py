@@ -13,13 +13,26 @@ those proposals, then measures, in one run:
   broker allows), and the same through a transactional producer committing every 256 records
   (what the store does, without any verification), as ratios;
 * unary: p50/p99 latency of ``Append`` offered open-loop at a fixed 500 events/s (latency is
-  measured from each request's scheduled time, so a slow server cannot hide queueing).
+  measured from each request's scheduled time, so a slow server cannot hide queueing);
+* the server process's CPU time per event in each of the two phases (from /proc), which a busy
+  machine moves much less than rates and latencies. The server is one Python process: above
+  about 1,000,000 µs of CPU per second (one core, the GIL) it cannot keep up.
 
-Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite]
+kafka-python computes record-batch CRC32C in pure Python unless the ``crc32c`` package is
+installed; the parameters say which one this run used (it roughly halves the producer's CPU).
+
+With ``--profile DIR`` the server process also counts calls, wall and CPU time of the steps of
+an append (decode, verify, rules, group commit, producer send/flush/commit, visibility polls)
+and samples every thread's stack; it writes DIR/<backend>-<phase>.json per measured phase and
+the bench prints a per-event breakdown. Profiling slows the server: compare its figures with
+each other, not with an unprofiled run.
+
+Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite] [--profile DIR]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,7 +47,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import Report, median, parser, percentile
+from bench.common import Probes, Report, StackSampler, median, parser, percentile, top_functions
 
 BATCH = 256
 PROPOSALS = 32
@@ -44,10 +57,95 @@ PROPOSALS = 32
 # The server process
 
 
-def _serve(store_spec: str, key_path: str, port_file: str) -> int:
+# What --profile times in the server process; the counted items make per-event figures.
+PROBES: list[tuple[str, Any]] = [
+    ("ledger.server.LedgerServicer.Append", None),
+    ("ledger.server.LedgerServer.stage", lambda self, events: len(events)),
+    ("ledger.server.LedgerServer._commit_group",
+     lambda self, group: sum(len(r.staged.events) for r in group)),
+    ("ledger.server.LedgerServer._append_locked",
+     lambda self, group: sum(len(r.staged.events) for r in group)),
+    ("ledger.server.LedgerServer._store_batch", lambda self, staged: len(staged)),
+    ("ledger.server.LedgerServer._publish_checkpoint", None),
+    ("ledger.formats.decode_signed_event", None),
+    ("ledger.formats.decode_body", None),
+    ("ledger.formats.encode_entry", None),
+    ("ledger.keys.PublicKey.verify", None),
+    ("ledger.core.LedgerCore.existing_receipt", None),
+    ("ledger.core.LedgerCore.prepare", None),
+    ("ledger.core.LedgerCore.commit", None),
+    ("ledger.rules.check", None),
+    ("ledger.store.kafka.KafkaLogStore.append", lambda self, records: len(records)),
+    ("ledger.store.kafka.KafkaLogStore.save_checkpoint", None),
+    ("ledger.store.kafka.KafkaLogStore._transaction", lambda self, sends, batch=None: len(sends)),
+    ("ledger.store.kafka.KafkaLogStore._await_visible", None),
+    ("ledger.store.kafka.KafkaLogStore._end_offset", None),
+    ("ledger.store.kafka._end_transaction", None),
+    ("kafka.KafkaProducer.send", None),
+    ("kafka.KafkaProducer.flush", None),
+    ("kafka.KafkaProducer.begin_transaction", None),
+    ("ledger.store.sqlite.SQLiteLogStore.append", lambda self, records: len(records)),
+]
+
+
+def _install_profiler(out_dir: str) -> None:
+    """Probes and a stack sampler; SIGUSR1 writes what was seen since the last one to
+    OUT_DIR/<label>.json, the label being the content of OUT_DIR/label."""
+    probes = Probes()
+    for dotted, items in PROBES:
+        probes.wrap(dotted, items)
+    sampler = StackSampler(interval=0.01).start()
+    out = Path(out_dir)
+    mark = [time.perf_counter(), time.process_time()]
+    threads_before = _thread_cpu()
+
+    def dump(*_: Any) -> None:
+        label = (out / "label").read_text().strip()
+        wall, cpu = time.perf_counter(), time.process_time()
+        threads = _thread_cpu()
+        by_kind: dict[str, float] = {}
+        for tid, (kind, seconds) in threads.items():
+            by_kind[kind] = by_kind.get(kind, 0.0) + seconds - threads_before.get(tid, (kind, 0.0))[1]
+        threads_before.clear()
+        threads_before.update(threads)
+        by_kind["exited threads"] = (cpu - mark[1]) - sum(by_kind.values())
+        doc = {"label": label, "wall_s": wall - mark[0], "process_cpu_s": cpu - mark[1],
+               "probes": probes.take(), "stacks": sampler.take(), "thread_cpu_s": by_kind}
+        mark[:] = [wall, cpu]
+        tmp = out / f"{label}.json.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(out / f"{label}.json")
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every thread of this process by native id, with a kind: the Python
+    thread's name without its number, or the OS thread name (gRPC's C threads)."""
+    import re
+
+    names = {t.native_id: re.sub(r"[-_ ]?\(?\d+\)?.*$", "", t.name) or t.name
+             for t in threading.enumerate()}
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        tid = int(task.name)
+        kind = names.get(tid, f"os:{re.sub(r'[-_]?[0-9]+$', '', comm)}")
+        out[tid] = (kind, (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None = None) -> int:
     """Run a ledger server on `kafka:BOOTSTRAP/TOPIC` or `sqlite:PATH` until SIGTERM."""
     from ledger.server import LedgerServerConfig, serve
     from ledger.store.base import LogStore
+
+    if profile:
+        _install_profiler(profile)
 
     kind, _, where = store_spec.partition(":")
     store: LogStore
@@ -72,22 +170,59 @@ def _serve(store_spec: str, key_path: str, port_file: str) -> int:
     return 0
 
 
+class ServerProcess:
+    """A started ledger server subprocess: its address, and its profile if it keeps one."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], address: str, profile: Path | None) -> None:
+        self.proc = proc
+        self.address = address
+        self.profile = profile
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the server process has used so far (None where /proc is absent)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self, label: str) -> dict[str, Any] | None:
+        """What the profiler saw since the previous snapshot (None when not profiling)."""
+        if self.profile is None:
+            return None
+        done = self.profile / f"{label}.json"
+        done.unlink(missing_ok=True)
+        (self.profile / "label").write_text(label)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not done.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server wrote no profile {done}")
+            time.sleep(0.05)
+        doc: dict[str, Any] = json.loads(done.read_text())
+        return doc
+
+
 @contextmanager
-def ledger_server(store_spec: str, key_path: Path, workdir: Path) -> Iterator[str]:
-    """A ledger server subprocess; yields its address."""
+def ledger_server(store_spec: str, key_path: Path, workdir: Path,
+                  profile: Path | None = None) -> Iterator[ServerProcess]:
+    """A ledger server subprocess (profiled into `profile` when given)."""
     port_file = workdir / f"port-{uuid.uuid4().hex[:8]}"
     log = (workdir / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest", "--serve", store_spec, "--key", str(key_path),
-         "--port-file", str(port_file)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    args = [sys.executable, "-m", "bench.ingest", "--serve", store_spec, "--key", str(key_path),
+            "--port-file", str(port_file)]
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        args += ["--profile-out", str(profile)]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[1])
     try:
         deadline = time.monotonic() + 180
         while not port_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the ledger server did not start; see {workdir / 'server.log'}")
             time.sleep(0.05)
-        yield f"127.0.0.1:{int(port_file.read_text())}"
+        yield ServerProcess(proc, f"127.0.0.1:{int(port_file.read_text())}", profile)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -146,8 +281,29 @@ def _open_loop(client: Any, events: list[bytes], rate: float) -> list[float]:
     return latencies
 
 
+def print_profile(doc: dict[str, Any], events: int) -> None:
+    """Per-event wall and CPU of each probed step, and where the busy samples went."""
+    print(f"\n  profile {doc['label']}: {events} events in {doc['wall_s']:.2f} s, server CPU "
+          f"{doc['process_cpu_s']:.2f} s = {doc['process_cpu_s'] / max(events, 1) * 1e6:,.0f} µs/event")
+    print(f"    {'step':<44} {'calls':>7} {'items':>7} {'wall µs/ev':>10} {'cpu µs/ev':>10} "
+          f"{'wall ms/call':>12}")
+    for name, (calls, wall, cpu, items) in sorted(doc["probes"].items(), key=lambda kv: -kv[1][1]):
+        print(f"    {name:<44} {calls:>7.0f} {items:>7.0f} {wall / max(events, 1) * 1e6:>10,.1f} "
+              f"{cpu / max(events, 1) * 1e6:>10,.1f} {wall / max(calls, 1) * 1e3:>12,.3f}")
+    threads = sorted(doc.get("thread_cpu_s", {}).items(), key=lambda kv: -kv[1])
+    print("    CPU by thread kind, µs/event: " + ", ".join(
+        f"{kind} {seconds / max(events, 1) * 1e6:,.0f}" for kind, seconds in threads if seconds > 0))
+    stacks = doc["stacks"]
+    busy = sum(stacks["busy"].values())
+    print(f"    stack samples: {stacks['samples']} ticks, busy thread-samples {busy}, idle "
+          f"{sum(stacks['idle'].values())}; busy by function (inclusive%, self%):"
+          + (f" (sampler errors: {stacks['errors']})" if stacks.get("errors") else ""))
+    for fn, inclusive, own in top_functions(stacks["busy"], 22):
+        print(f"      {fn:<60} {inclusive / max(busy, 1):>6.1%} {own / max(busy, 1):>6.1%}")
+
+
 def run_backend(report: Report, name: str, store_spec: str, workdir: Path, stream_n: int,
-                unary_n: int, rate: float) -> float:
+                unary_n: int, rate: float, profile: Path | None = None) -> float:
     from ledger.client import LedgerClient
     from ledger.core import Receipt
     from ledger.scenario import Cast, Flow
@@ -156,14 +312,20 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
     flow = Flow(cast, ledger=f"bench-{name}", origin=f"steward.dev/ledger/bench-{name}")
     key_path = workdir / f"{name}-checkpoint.pem"
     cast.checkpoint_key.save(key_path)
-    with ledger_server(store_spec, key_path, workdir) as address, \
-            LedgerClient(address, timeout=120) as client:
+    with ledger_server(store_spec, key_path, workdir, profile) as server, \
+            LedgerClient(server.address, timeout=120) as client:
         proposals = _setup(client, flow)
         base = client.head().size
         stream = _events(flow, proposals, stream_n)
+        server.snapshot(f"{name}-setup")
+        cpu = server.cpu_seconds()
         started = time.perf_counter()
         results = client.append_many(stream, batch_size=BATCH)
         seconds = time.perf_counter() - started
+        stream_cpu = _used(cpu, server.cpu_seconds())
+        doc = server.snapshot(f"{name}-stream")
+        if doc is not None:
+            print_profile(doc, stream_n)
         refused = [r for r in results if not isinstance(r, Receipt)]
         if refused or client.head().size != base + stream_n:
             raise AssertionError(f"{name}: {len(refused)} refused, e.g. {refused[:1]}")
@@ -171,13 +333,26 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
         report.add(f"{name}: AppendStream (full verification)", rate_stream, "events/s",
                    "≥ 5,000/s" if name == "kafka" else "", rate_stream >= 5000 if name == "kafka" else None)
         unary = _events(flow, proposals, unary_n)
+        cpu = server.cpu_seconds()
         lat = _open_loop(client, unary, rate)
+        unary_cpu = _used(cpu, server.cpu_seconds())
+        doc = server.snapshot(f"{name}-unary")
+        if doc is not None:
+            print_profile(doc, unary_n)
         if client.head().size != base + stream_n + unary_n:
             raise AssertionError(f"{name}: unary appends missing")
         report.add(f"{name}: unary Append p50 @ {rate:.0f}/s", median(lat) * 1000, "ms")
         report.add(f"{name}: unary Append p99 @ {rate:.0f}/s", percentile(lat, 99) * 1000, "ms")
+        if stream_cpu is not None and unary_cpu is not None:
+            # CPU per event moves less with a busy machine than rates and latencies do.
+            report.add(f"{name}: server CPU per event, AppendStream", stream_cpu / stream_n * 1e6, "µs")
+            report.add(f"{name}: server CPU per event, unary Append", unary_cpu / unary_n * 1e6, "µs")
         report.params[f"{name}_entries"] = client.head().size
     return rate_stream
+
+
+def _used(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def _entries(n: int) -> list[bytes]:
@@ -228,25 +403,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=20_000, help="events through AppendStream")
     p.add_argument("--unary", type=int, default=2_000, help="unary appends at --rate")
     p.add_argument("--rate", type=float, default=500.0)
+    p.add_argument("--profile", metavar="DIR", type=Path,
+                   help="profile the server process per phase into DIR and print a breakdown")
     # Internal: the server process.
     p.add_argument("--serve", help=argparse_hidden())
     p.add_argument("--key", help=argparse_hidden())
     p.add_argument("--port-file", help=argparse_hidden())
+    p.add_argument("--profile-out", help=argparse_hidden())
     args = p.parse_args(argv)
     if args.serve:
-        return _serve(args.serve, args.key, args.port_file)
+        return _serve(args.serve, args.key, args.port_file, args.profile_out)
     stream_n = 600 if args.smoke else args.events
     unary_n = 50 if args.smoke else args.unary
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     report = Report("ingest", params={"stream_events": stream_n, "batch": BATCH, "unary": unary_n,
                                       "rate": args.rate, "cpus": os.cpu_count()})
+    if "kafka" in backends:
+        from kafka.record import util as kafka_record_util
+
+        report.params["kafka_crc32c"] = "C" if kafka_record_util.crc32c_c is not None else "Python"
     with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmp:
         workdir = Path(tmp)
         if "kafka" in backends:
             with kafka(args.bootstrap) as bootstrap:
                 topic = f"steward-bench-{uuid.uuid4().hex[:10]}"
                 rate = run_backend(report, "kafka", f"kafka:{bootstrap}/{topic}", workdir, stream_n,
-                                   unary_n, args.rate)
+                                   unary_n, args.rate, args.profile)
                 records = _entries(stream_n)
                 raw = raw_kafka(bootstrap, records, transactional=False)
                 txn = raw_kafka(bootstrap, records, transactional=True)
@@ -256,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 report.add("kafka: AppendStream / raw transactional", rate / txn, "x")
         if "sqlite" in backends:
             run_backend(report, "sqlite", f"sqlite:{workdir / 'ledger.db'}", workdir, stream_n,
-                        unary_n, args.rate)
+                        unary_n, args.rate, args.profile)
     report.emit()
     return 0
 
