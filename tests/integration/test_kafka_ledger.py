@@ -15,6 +15,7 @@ Every server here is a real ``python -m ledger.server --kafka-bootstrap ...`` pr
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
 from ledger import checkpoint as notes
@@ -47,6 +48,7 @@ from ledger.grpc_errors import FENCED_CODE
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree
 from ledger.scenario import Cast, Flow
+from ledger.store.kafka_topic import writers_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -202,6 +204,24 @@ def replay_counts(server: KafkaServer) -> tuple[int, int]:
     return int(entries), int(skipped)
 
 
+def claim_tokens(bootstrap: str, topic: str) -> list[str]:
+    """The tokens of the ledger's claim log ``<topic>.writers``, oldest first."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             isolation_level="read_committed", enable_auto_commit=False)
+    tp = TopicPartition(writers_topic(topic), 0)
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        tokens: list[str] = []
+        while consumer.position(tp) < end:
+            for rec in consumer.poll(timeout_ms=500).get(tp, []):
+                tokens.append(json.loads(rec.value)["token"])
+        return tokens
+    finally:
+        consumer.close()
+
+
 def append_until_acked(client: LedgerClient, data: bytes, deadline: float,
                        errors: list[LedgerRpcError]) -> Receipt:
     """Retry the same signed event on UNAVAILABLE/DEADLINE_EXCEEDED until it is acknowledged."""
@@ -222,14 +242,14 @@ def append_until_acked(client: LedgerClient, data: bytes, deadline: float,
 # (a) two servers race for one ledger
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known takeover race (docs/KAFKA.md, Known gaps): when the old writer's append fails while "
-    "the new writer's InitProducerId is in flight, the old one rebuilds and re-claims, fencing "
-    "the new one; seen in about 1 run in 4. The test still runs and reports XPASS when it holds."))
 def test_second_server_fences_the_first_and_nothing_forks(
     tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str,
     key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
 ) -> None:
+    """The newcomer wins for good: the first server's appends may fail in any way while the
+    second claims (issue #4: a failure that dropped its producer used to make it re-claim and
+    fence the second), its clients then see FENCED and fail over; the second server's clients
+    never see FENCED; the claim log holds the two claims and nothing else."""
     key, flow = key_and_flow
     first = KafkaServer("first", tmp_path, key, kafka_cluster.bootstrap_servers, kafka_topic_name)
     second = KafkaServer("second", tmp_path, key, kafka_cluster.bootstrap_servers, kafka_topic_name)
@@ -320,6 +340,13 @@ def test_second_server_fences_the_first_and_nothing_forks(
     entries = check_log(second.address, acked)
     assert len(entries) == len(acked)  # every event was acknowledged by someone, none twice
     assert acked_by["first"] > 0 and acked_by["second"] > 0, acked_by
+    # One claim per server, the second's last: the fenced first server never claimed again
+    # (re-claims after a transient loss write no record; they only check the last one).
+    claims = claim_tokens(kafka_cluster.bootstrap_servers, kafka_topic_name)
+    assert len(claims) == 2, claims
+    assert f"(claim {claims[0][:12]}," in first.log()
+    assert f"(claim {claims[1][:12]}," in second.log()
+    assert f"(claim {claims[0][:12]}," not in second.log()
     # A fresh replay of the topic agrees: nothing in it was skipped (no second chain).
     second.stop()
     second.start()
