@@ -352,79 +352,38 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
-def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
-    n, pos = _read_long(buf, pos)
-    end = pos + n
-    if n < 0 or end > len(buf):
-        raise DecodeError(f"bytes of length {n} run past the end of the data")
-    return buf[pos:end], end
-
-
-def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
-    raw, pos = _read_bytes(buf, pos)
-    try:
-        return raw.decode("utf-8"), pos
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"string is not UTF-8: {exc}") from exc
-
-
-def _read_boolean(buf: bytes, pos: int) -> tuple[bool, int]:
-    b = buf[pos]
-    if b > 1:
-        raise DecodeError(f"boolean byte {b}, expected 0 or 1")
-    return b == 1, pos + 1
-
-
-def _read_double(buf: bytes, pos: int) -> tuple[float, int]:
-    return _DOUBLE.unpack_from(buf, pos)[0], pos + 8
-
-
-def _read_float(buf: bytes, pos: int) -> tuple[float, int]:
-    return _FLOAT.unpack_from(buf, pos)[0], pos + 4
-
-
-def _read_null(buf: bytes, pos: int) -> tuple[None, int]:
-    return None, pos
-
-
-def _int_reader(buf: bytes, pos: int) -> tuple[int, int]:
-    n, pos = _read_long(buf, pos)
-    if not -(2**31) <= n < 2**31:
-        raise DecodeError(f"int {n} is out of the 32-bit range")
-    return n, pos
-
-
-_PRIMITIVE_READERS: dict[str, Reader] = {
-    "null": _read_null,
-    "boolean": _read_boolean,
-    "int": _int_reader,
-    "long": _read_long,
-    "float": _read_float,
-    "double": _read_double,
-    "bytes": _read_bytes,
-    "string": _read_string,
-}
+_PRIMITIVE_READERS = _PRIMITIVES  # every primitive is read inline by the generated code
 
 
 def compile_reader(schema: Any) -> Reader:
-    """A reader for `schema`: Python source generated from the schema, one function per record.
+    """A reader for `schema`: Python source generated from the schema.
 
-    Generated code keeps the hot path (one-byte varints, strings, fixed) inline, which makes
-    decoding cheap next to the Ed25519 verification it precedes. Records become the dataclasses
-    above; their field names are checked against the schema when the reader is built.
+    Generated code keeps the hot path inline — varints, strings, fixed, doubles, enums, and
+    whole nested records — so that a payload costs one call and decoding stays cheap next to
+    the Ed25519 verification it precedes; a large union (the payload) dispatches through a
+    table of per-branch functions. Records become the dataclasses above; their field names
+    are checked against the schema when the reader is built.
+
+    Bounds: a read never moves `pos` backwards (lengths and counts are checked non-negative),
+    so a read past the end either raises IndexError/struct.error at once or leaves `pos`
+    beyond the end, which the caller's final `end == len(data)` check refuses
+    (`_single_object`). A reader's result must therefore only be used after that check.
     """
     gen = _Generator()
     entry = gen.node(schema, "")
     namespace: dict[str, Any] = {
         "DecodeError": DecodeError,
         "_read_long": _read_long,
-        "_read_double": _read_double,
-        "_read_float": _read_float,
+        "_unpack_double": _DOUBLE.unpack_from,
+        "_unpack_float": _FLOAT.unpack_from,
         **gen.env,
     }
     exec(compile("\n".join(gen.lines), "<audit-avro-reader>", "exec"), namespace)
     reader: Reader = namespace[entry]
     return reader
+
+
+INLINE_UNION_BRANCHES = 3  # larger unions dispatch through a table of functions
 
 
 class _Generator:
@@ -434,30 +393,68 @@ class _Generator:
         self.lines: list[str] = []
         self.env: dict[str, Any] = {}
         self.named: dict[str, str] = {}  # full name -> function name
+        self.defs: dict[str, tuple[str, Any, str]] = {}  # full name -> (kind, node, namespace)
+        self.inlining: list[str] = []  # records being inlined (a recursive one is called instead)
         self.count = 0
 
     def fresh(self, hint: str) -> str:
         self.count += 1
         return f"_r{self.count}_{re.sub(r'[^A-Za-z0-9]', '_', hint)}"
 
-    # Inline statements reading one value into `var`, for the kinds worth inlining.
-    def inline(self, node: Any, ns: str, var: str, ind: str) -> list[str] | None:
-        kind = node if isinstance(node, str) else None
-        if isinstance(node, dict) and isinstance(node.get("type"), str) and node["type"] in _PRIMITIVE_READERS:
+    def _resolve(self, node: Any, ns: str) -> tuple[str, Any, str]:
+        """(kind, node, namespace) with named references and {"type": ...} wrappers resolved."""
+        while True:
+            if isinstance(node, list):
+                return "union", node, ns
+            if isinstance(node, str):
+                if node in _PRIMITIVE_READERS:
+                    return node, node, ns
+                full = _fullname(node, ns)
+                if full not in self.defs:
+                    raise ValueError(f"unknown named type {full}")
+                return self.defs[full]
             kind = node["type"]
+            if isinstance(kind, dict | list):
+                node = kind
+                continue
+            if kind in _PRIMITIVE_READERS:
+                return kind, node, ns
+            if kind in ("record", "enum", "fixed"):
+                full = _fullname(node["name"], node.get("namespace", ns))
+                if full not in self.defs:
+                    inner = full.rsplit(".", 1)[0] if "." in full else ""
+                    self.defs[full] = (kind, node, inner)
+                    if kind == "enum":
+                        self.env[self._enum_table(full)] = tuple(node["symbols"])
+                return self.defs[full]
+            if kind == "array":
+                return "array", node, ns
+            node = kind  # {"type": "SomeNamedType"}
+
+    @staticmethod
+    def _enum_table(full: str) -> str:
+        return "_enum_" + re.sub(r"[^A-Za-z0-9]", "_", full)
+
+    @staticmethod
+    def _varint(var: str, ind: str) -> list[str]:
+        # Zig-zag varint, inline: timestamps take 6 bytes, so the loop matters.
+        return [
+            f"{ind}b = buf[pos]; pos += 1",
+            f"{ind}if b < 128:",
+            f"{ind}    {var} = (b >> 1) ^ -(b & 1)",
+            f"{ind}else:",
+            f"{ind}    n = b & 127; sh = 7",
+            f"{ind}    while b & 128:",
+            f"{ind}        if sh > 63: raise DecodeError('varint longer than 10 bytes')",
+            f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << sh; sh += 7",
+            f"{ind}    {var} = (n >> 1) ^ -(n & 1)",
+        ]
+
+    def statements(self, node: Any, ns: str, var: str, ind: str) -> list[str]:
+        """Statements reading one value of `node` into `var`, inline where it pays."""
+        kind, node, ns = self._resolve(node, ns)
         if kind in ("long", "int"):
-            # Zig-zag varint, inline: timestamps take 6 bytes, so the loop matters.
-            out = [
-                f"{ind}b = buf[pos]; pos += 1",
-                f"{ind}if b < 128:",
-                f"{ind}    {var} = (b >> 1) ^ -(b & 1)",
-                f"{ind}else:",
-                f"{ind}    n = b & 127; sh = 7",
-                f"{ind}    while b & 128:",
-                f"{ind}        if sh > 63: raise DecodeError('varint longer than 10 bytes')",
-                f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << sh; sh += 7",
-                f"{ind}    {var} = (n >> 1) ^ -(n & 1)",
-            ]
+            out = self._varint(var, ind)
             if kind == "int":
                 out.append(f"{ind}if not -2147483648 <= {var} < 2147483648: raise DecodeError('int out of range')")
             return out
@@ -468,8 +465,8 @@ class _Generator:
                 f"{ind}    n = (b >> 1) ^ -(b & 1); pos += 1",
                 f"{ind}else:",
                 f"{ind}    n, pos = _read_long(buf, pos)",
+                f"{ind}if n < 0: raise DecodeError('{kind} of negative length')",
                 f"{ind}e = pos + n",
-                f"{ind}if n < 0 or e > len(buf): raise DecodeError('{kind} runs past the end of the data')",
             ]
             if kind == "bytes":
                 out.append(f"{ind}{var} = buf[pos:e]; pos = e")
@@ -484,92 +481,73 @@ class _Generator:
             ]
         if kind == "null":
             return [f"{ind}{var} = None"]
-        if isinstance(node, str) and _fullname(node, ns) in self.named:
-            size = self.env.get("size:" + _fullname(node, ns))
-            if size is not None:
-                return self._fixed_lines(int(size), var, ind)
-        if isinstance(node, dict) and node.get("type") == "fixed":
-            self.node(node, ns)  # register the name
-            return self._fixed_lines(int(node["size"]), var, ind)
-        return None
-
-    def _long_lines(self, var: str, ind: str) -> list[str]:
-        lines = self.inline("long", "", var, ind)
-        assert lines is not None
-        return lines
-
-    @staticmethod
-    def _fixed_lines(size: int, var: str, ind: str) -> list[str]:
-        return [
-            f"{ind}e = pos + {size}",
-            f"{ind}if e > len(buf): raise DecodeError('fixed({size}) runs past the end of the data')",
-            f"{ind}{var} = buf[pos:e]; pos = e",
-        ]
-
-    def statements(self, node: Any, ns: str, var: str, ind: str) -> list[str]:
-        inl = self.inline(node, ns, var, ind)
-        if inl is not None:
-            return inl
-        fn = self.node(node, ns)
-        return [f"{ind}{var}, pos = {fn}(buf, pos)"]
-
-    def node(self, node: Any, ns: str) -> str:
-        """The name of a generated function reading `node`."""
-        if isinstance(node, str):
-            if node in _PRIMITIVE_READERS:
-                name = f"_prim_{node}"
-                self.env[name] = _PRIMITIVE_READERS[node]
-                return name
-            full = _fullname(node, ns)
-            if full not in self.named:
-                raise ValueError(f"unknown named type {full}")
-            return self.named[full]
-        if isinstance(node, list):
-            return self._union(node, ns)
-        kind = node["type"]
-        if isinstance(kind, dict | list):
-            return self.node(kind, ns)
-        if kind in _PRIMITIVE_READERS:
-            return self.node(kind, ns)
-        if kind == "array":
-            return self._array(node["items"], ns)
-        if kind in ("record", "enum", "fixed"):
+        if kind == "double":
+            return [f"{ind}{var} = _unpack_double(buf, pos)[0]; pos += 8"]
+        if kind == "float":
+            return [f"{ind}{var} = _unpack_float(buf, pos)[0]; pos += 4"]
+        if kind == "fixed":
+            size = int(node["size"])
+            return [f"{ind}e = pos + {size}", f"{ind}{var} = buf[pos:e]; pos = e"]
+        if kind == "enum":
             full = _fullname(node["name"], node.get("namespace", ns))
-            if full in self.named:
-                return self.named[full]
-            fn = self.fresh(full)
-            self.named[full] = fn
-            if kind == "fixed":
-                self.env["size:" + full] = int(node["size"])
-                self.lines += [f"def {fn}(buf, pos):", *self._fixed_lines(int(node["size"]), "v", "    "), "    return v, pos"]
-            elif kind == "enum":
-                syms = tuple(node["symbols"])
-                self.env[fn + "_syms"] = syms
-                self.lines += [
-                    f"def {fn}(buf, pos):",
-                    *self._long_lines("i", "    "),
-                    f"    if not 0 <= i < {len(syms)}: raise DecodeError('enum index out of range')",
-                    f"    return {fn}_syms[i], pos",
-                ]
-            else:
-                self._record(node, full, fn)
-            return fn
-        return self.node(kind, ns)
+            syms = len(node["symbols"])
+            return [
+                *self._varint("i", ind),
+                f"{ind}if not 0 <= i < {syms}: raise DecodeError('enum index out of range')",
+                f"{ind}{var} = {self._enum_table(full)}[i]",
+            ]
+        if kind == "record":
+            full = _fullname(node["name"], node.get("namespace", ns))
+            if full in self.inlining:  # recursive: a function call
+                return [f"{ind}{var}, pos = {self.record_function(full)}(buf, pos)"]
+            return self._record_lines(full, var, ind)
+        if kind == "array":
+            return [f"{ind}{var}, pos = {self._array(node['items'], ns)}(buf, pos)"]
+        if kind == "union":
+            return self._union_lines(node, ns, var, ind)
+        raise ValueError(f"unsupported schema node {node!r}")
 
-    def _record(self, node: Any, full: str, fn: str) -> None:
+    def _record_lines(self, full: str, var: str, ind: str) -> list[str]:
+        _, node, inner_ns = self.defs[full]
         cls = _RECORD_CLASSES.get(full)
         if cls is None:
             raise ValueError(f"no value class for record {full}")
         names = [f["name"] for f in node["fields"]]
         if names != [f.name for f in fields(cls)]:
             raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
-        inner_ns = full.rsplit(".", 1)[0] if "." in full else ""
-        self.env[fn + "_cls"] = cls
-        body: list[str] = []
+        cls_name = "_cls_" + re.sub(r"[^A-Za-z0-9]", "_", full)
+        self.env[cls_name] = cls
+        self.inlining.append(full)
+        out: list[str] = []
+        fvars = []
         for i, f in enumerate(node["fields"]):
-            body += self.statements(f["type"], inner_ns, f"f{i}", "    ")
-        args = ", ".join(f"f{i}" for i in range(len(names)))
-        self.lines += [f"def {fn}(buf, pos):", *body, f"    return {fn}_cls({args}), pos"]
+            fv = f"{var}_{i}"
+            fvars.append(fv)
+            out += self.statements(f["type"], inner_ns, fv, ind)
+        self.inlining.pop()
+        out.append(f"{ind}{var} = {cls_name}({', '.join(fvars)})")
+        return out
+
+    def record_function(self, full: str) -> str:
+        """A function reading the record `full` (defined once)."""
+        if full in self.named:
+            return self.named[full]
+        fn = self.named[full] = self.fresh(full)
+        saved, self.inlining = self.inlining, [full]
+        body = self._record_lines(full, "v", "    ")
+        self.inlining = saved
+        self.lines += [f"def {fn}(buf, pos):", *body, "    return v, pos"]
+        return fn
+
+    def node(self, node: Any, ns: str) -> str:
+        """The name of a generated function reading `node`."""
+        kind, resolved, rns = self._resolve(node, ns)
+        if kind == "record":
+            return self.record_function(_fullname(resolved["name"], resolved.get("namespace", rns)))
+        fn = self.fresh(kind)
+        body = self.statements(resolved, rns, "v", "    ")
+        self.lines += [f"def {fn}(buf, pos):", *body, "    return v, pos"]
+        return fn
 
     def _array(self, items: Any, ns: str) -> str:
         fn = self.fresh("array")
@@ -578,7 +556,7 @@ class _Generator:
             f"def {fn}(buf, pos):",
             "    out = []",
             "    while True:",
-            *self._long_lines("count", "        "),
+            *self._varint("count", "        "),
             "        if count == 0:",
             "            return tuple(out), pos",
             "        if count < 0:",
@@ -592,21 +570,22 @@ class _Generator:
         ]
         return fn
 
-    def _union(self, branches: list[Any], ns: str) -> str:
-        fn = self.fresh("union")
-        cases: list[str] = []
-        for i, br in enumerate(branches):
-            cases.append(f"    {'if' if i == 0 else 'elif'} i == {i}:")
-            cases += self.statements(br, ns, "v", "        ")
-        self.lines += [
-            f"def {fn}(buf, pos):",
-            *self._long_lines("i", "    "),
-            *cases,
-            "    else:",
-            "        raise DecodeError('union branch out of range')",
-            "    return v, pos",
+    def _union_lines(self, branches: list[Any], ns: str, var: str, ind: str) -> list[str]:
+        out = self._varint("i", ind)
+        if len(branches) <= INLINE_UNION_BRANCHES:
+            for i, br in enumerate(branches):
+                out.append(f"{ind}{'if' if i == 0 else 'elif'} i == {i}:")
+                out += self.statements(br, ns, var, ind + "    ")
+            out += [f"{ind}else:", f"{ind}    raise DecodeError('union branch out of range')"]
+            return out
+        table = self.fresh("union_branches")
+        fns = [self.node(br, ns) for br in branches]
+        self.lines.append(f"{table} = ({', '.join(fns)},)")
+        out += [
+            f"{ind}if not 0 <= i < {len(branches)}: raise DecodeError('union branch out of range')",
+            f"{ind}{var}, pos = {table}[i](buf, pos)",
         ]
-        return fn
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,6 +644,8 @@ def _single_object(data: bytes, schemas: Mapping[bytes, Schema], what: str) -> A
     except UnicodeDecodeError as exc:
         raise DecodeError(f"{what}: a string is not UTF-8 ({exc})") from None
     if end != len(data):
+        if end > len(data):
+            raise DecodeError(f"{what}: truncated {schema.name} (a field runs {end - len(data)} bytes past the end)")
         raise DecodeError(f"{what}: {len(data) - end} trailing bytes after the {schema.name} record")
     return value
 
@@ -680,6 +661,36 @@ def decode_body(data: bytes) -> EventBody:
     if body.type != record_name:
         raise DecodeError(f"body: type is {body.type} but the payload is a {record_name}")
     return body
+
+
+# The readers by the 10 bytes an encoding starts with (magic ‖ fingerprint), for the fast path.
+_ENTRY_READERS: dict[bytes, Reader] = {MAGIC + fp: s.read for fp, s in ENTRY_SCHEMAS.items()}
+_BODY_READERS: dict[bytes, Reader] = {MAGIC + fp: s.read for fp, s in BODY_SCHEMAS.items()}
+_READ_ERRORS = (DecodeError, IndexError, struct.error, UnicodeDecodeError)
+
+
+def decode_entry_and_body(data: bytes) -> tuple[Entry, EventBody]:
+    """decode_entry(data) and decode_body of its body, exactly as strict, in one call.
+
+    The fast path applies the same checks (known fingerprint, the reader's own checks, no
+    trailing bytes or overrun, the type naming the payload); whenever one fails, the slow path
+    decodes again to raise the precise DecodeError.
+    """
+    read = _ENTRY_READERS.get(data[:10])
+    if read is not None:
+        try:
+            entry, end = read(data, 10)
+            if end == len(data):
+                raw = entry.body
+                read = _BODY_READERS.get(raw[:10])
+                if read is not None:
+                    body, end = read(raw, 10)
+                    if end == len(raw) and body.type == type(body.payload).__name__:
+                        return entry, body
+        except _READ_ERRORS:
+            pass
+    entry = decode_entry(data)
+    return entry, decode_body(entry.body)
 
 
 def decode_signed_event(data: bytes) -> SignedEvent:

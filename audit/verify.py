@@ -59,8 +59,7 @@ from audit.formats import (
     LedgerGenesis,
     ProposalSubmitted,
     RolloutStep,
-    decode_body,
-    decode_entry,
+    decode_entry_and_body,
     key_id,
 )
 from audit.merkle import CompactRange, consistency_proof, verify_consistency
@@ -342,16 +341,16 @@ class LogVerifier:
             # In chunks here too: a run of verifications, then a run of rules, keeps each
             # one's code and tables hot in the caches (interleaving them per entry is slower).
             it = iter(records)
-            prepare = self._prepare
-            while chunk := [prepare(raw) for raw in islice(it, CHUNK_INLINE)]:
-                self._accept_chunk(chunk, verify_chunk(self._task(chunk)))
+            while raws := list(islice(it, CHUNK_INLINE)):
+                chunk, task = self._prepare_chunk(raws)
+                self._accept_chunk(chunk, verify_chunk(task))
         self._finish()
         self.report.seconds = time.monotonic() - start
         return self.report
 
     def _accept_chunk(self, chunk: list[_Prepared], verdicts: bytes) -> None:
         """Steps 3-5, 9, 10 for a chunk, given its verdict bytes from verify_chunk."""
-        accept = self._accept
+        accept, process, cands, progress = self._accept, self._process, self.cands, self.progress
         i = 0
         for p in chunk:
             entry = p.entry
@@ -359,11 +358,25 @@ class LogVerifier:
                 accept(p, ())
                 continue
             n = len(entry.signatures)
-            if n == 1:
-                accept(p, _ONE[verdicts[i]])
-            else:
-                accept(p, tuple([_VERDICT[v] for v in verdicts[i:i + n]]))
+            ok = _ONE[verdicts[i]] if n == 1 else tuple([_VERDICT[v] for v in verdicts[i:i + n]])
             i += n
+            # The common case, as _accept would do it: this record is for the seq after the
+            # one record held (in order), so that one is folded and this one is held.
+            expected = self.expected
+            if entry.seq == expected + 1 and len(cands) == 1:
+                group = cands.get(expected)
+                if group is not None and len(group) == 1 and not group[0].early:
+                    held = group[0]
+                    p.ok = ok
+                    p.pos = pos = self.seen
+                    self.seen = pos + 1
+                    if not self.seen & 1023:
+                        progress.update(self.seen)
+                    del cands[expected]
+                    cands[expected + 1] = [p]
+                    process(expected, held, held.ok)
+                    continue
+            accept(p, ok)
 
     def _run_parallel(self, records: Iterator[bytes]) -> None:
         """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify."""
@@ -373,49 +386,48 @@ class LogVerifier:
             exhausted = False
             while not exhausted or inflight:
                 while not exhausted and len(inflight) < self.workers * DEPTH:
-                    chunk = [self._prepare(raw) for raw in islice(records, CHUNK)]
-                    if not chunk:
+                    raws = list(islice(records, CHUNK))
+                    if not raws:
                         exhausted = True
                         break
-                    inflight.append((chunk, pool.apply_async(verify_chunk, (self._task(chunk),))))
+                    chunk, task = self._prepare_chunk(raws)
+                    inflight.append((chunk, pool.apply_async(verify_chunk, (task,))))
                 if inflight:
                     chunk, result = inflight.popleft()
                     self._accept_chunk(chunk, result.get())
 
-    def _prepare(self, raw: bytes) -> _Prepared:
-        """Step 1 (decode, fingerprints) and the leaf hash; learns keys for the verifiers."""
-        leaf = hashlib.sha256(b"\x00" + raw).digest()
-        try:
-            entry = decode_entry(raw)
-            body = decode_body(entry.body)
-        except DecodeError as exc:
-            return _Prepared(raw, leaf, None, None, exc)
-        p = body.payload
-        if isinstance(p, KeyGranted):
-            self.keymap.setdefault(key_id(p.public_key), p.public_key)
-        elif isinstance(p, LedgerGenesis) and entry.seq == 0:
-            for r in p.roots:
-                self.keymap.setdefault(key_id(r.public_key), r.public_key)
-        return _Prepared(raw, leaf, entry, body, None)
-
-    def _task(self, chunk: list[_Prepared]) -> SigTask:
-        """The worker task for a chunk (after the whole chunk was prepared: keys it grants count)."""
+    def _prepare_chunk(self, raws: list[bytes]) -> tuple[list[_Prepared], SigTask]:
+        """Step 1 (decode, fingerprints) and the leaf hash of each record of a chunk; learns the
+        keys the chunk grants; and the chunk's worker task, built once the whole chunk is
+        decoded (so a key granted anywhere in the chunk serves all of it)."""
+        chunk: list[_Prepared] = []
         bodies: list[bytes] = []
         counts: list[int] = []
-        pubs: list[bytes | None] = []
+        kids: list[bytes] = []
         sigs: list[bytes] = []
-        get = self.keymap.get
-        for p in chunk:
-            entry = p.entry
-            if entry is None:
+        sha256, decode, prepared, keymap = hashlib.sha256, decode_entry_and_body, _Prepared, self.keymap
+        for raw in raws:
+            leaf = sha256(b"\x00" + raw).digest()
+            try:
+                entry, body = decode(raw)
+            except DecodeError as exc:
+                chunk.append(prepared(raw, leaf, None, None, exc))
                 continue
+            chunk.append(prepared(raw, leaf, entry, body, None))
             signatures = entry.signatures
             bodies.append(entry.body)
             counts.append(len(signatures))
             for s in signatures:
-                pubs.append(get(s.key_id))
+                kids.append(s.key_id)
                 sigs.append(s.sig)
-        return bodies, counts, pubs, sigs
+            p = body.payload
+            if type(p) is KeyGranted:
+                keymap.setdefault(key_id(p.public_key), p.public_key)
+            elif type(p) is LedgerGenesis and entry.seq == 0:
+                for r in p.roots:
+                    keymap.setdefault(key_id(r.public_key), r.public_key)
+        get = keymap.get
+        return chunk, (bodies, counts, [get(k) for k in kids], sigs)
 
     # -- step 5: ordering, and which record of several claiming one seq is the chain's ---------
     #
@@ -490,7 +502,7 @@ class LogVerifier:
         order, the earliest on a tie:
           roots      the checkpoint root at size seq+1 is the root with this record as leaf seq;
           next       a record for seq+1 names this record's leaf hash as its prev;
-          signatures it decodes and every signature verifies with a key known to the log;
+          signatures it decodes and every signature verifies with a key granted before seq;
           prev       its prev is the leaf hash of the entry folded at seq-1.
         The others are reported once each — ENTRY_INSERTED, or their decode error if they do not
         decode — and are not folded, so they cause no PREV_MISMATCH further on.
@@ -509,7 +521,10 @@ class LogVerifier:
                 tree.append(c.leaf)
                 root_ok = tree.root() in roots
             e = c.entry
-            signed = e is not None and c.body is not None and bool(c.ok) and all(v is True for v in c.ok)
+            # Verdicts alone could name a key granted later in the same chunk: the keys must be
+            # granted before this seq (the folded state), so the choice never depends on chunking.
+            signed = (e is not None and c.body is not None and bool(c.ok) and all(v is True for v in c.ok)
+                      and all(s.key_id in self.state.keys for s in e.signatures))
             prev_ok = e is not None and (not self.chain_known or e.prev == self.last_leaf)
             return root_ok, c.leaf in prevs, signed, prev_ok
 
@@ -570,7 +585,7 @@ class LogVerifier:
 
     def _process(self, seq: int, p: _Prepared, sig_ok: tuple[bool | None, ...]) -> None:
         out = self.out
-        entry, body = p.entry, p.body
+        entry, body, leaf = p.entry, p.body, p.leaf
         # Step 5: the chain.
         if entry is not None and self.chain_known and entry.prev != self.last_leaf:
             out.append(Finding("PREV_MISMATCH", seq, "prev is not the previous entry's leaf hash",
@@ -580,46 +595,44 @@ class LogVerifier:
             err = p.error or DecodeError("undecodable")
             out.append(Finding(err.code, seq, str(err)))
         else:
-            self._entry_rules(seq, entry, body, p.leaf, sig_ok)
+            # Steps 2-4, 9, 10 (one method with _process: this runs once per entry).
+            st = self.state
+            conf = self.conf
+            conf.tick(entry.received_at, out)
+            after_tick = len(out)
+            payload = body.payload
+            kind = type(payload)
+            genesis_keys = rules.genesis_keys(payload) if kind is LedgerGenesis and seq == 0 else None
+            signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
+            self._swaps(seq, entry, sig_ok, after_tick)
+            rules.check_structure(st, seq, body, out)
+            if kind is LedgerGenesis:
+                if seq == 0:
+                    rules.check_genesis(body, payload, signers, out)  # type: ignore[arg-type]
+                    self._check_trust(payload, signers)  # type: ignore[arg-type]
+            elif kind is RolloutStep:
+                conf.check_step(st, seq, entry, payload, signers, out)  # type: ignore[arg-type]
+            else:
+                rules.check_payload(st, seq, entry, body, signers, out)
+            if len(out) == after_tick:
+                rules.apply(st, seq, entry, body, leaf, signers)
+                if kind is KillSwitchEngaged:
+                    conf.kill_engaged(st, seq, entry.received_at, payload.scope)  # type: ignore[union-attr]
+                elif kind is RolloutStep:
+                    conf.step_applied(payload, entry.received_at)  # type: ignore[arg-type]
         clean = len(out) == chain_findings
         # The record is in the log whatever it holds: the chain and the tree cover it.
-        self.leaves.append(p.leaf)
-        self.last_leaf = p.leaf
+        self.leaves.append(leaf)
+        self.last_leaf = leaf
         self.chain_known = True
         self.expected = seq + 1
         if self.tree_ok:
-            self.tree.append(p.leaf)
-            if self.tree.size in self.root_sizes:
-                self.roots[self.tree.size] = self.tree.root()
-        if entry is not None and body is not None and clean:
-            self._timeline(seq, p.leaf, entry, body)
-
-    def _entry_rules(
-        self, seq: int, entry: Entry, body: EventBody, leaf: bytes, sig_ok: tuple[bool | None, ...]
-    ) -> None:
-        out = self.out
-        st = self.state
-        self.conf.tick(entry.received_at, out)
-        after_tick = len(out)
-        payload = body.payload
-        genesis_keys = rules.genesis_keys(payload) if isinstance(payload, LedgerGenesis) and seq == 0 else None
-        signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
-        self._swaps(seq, entry, sig_ok, after_tick)
-        rules.check_structure(st, seq, body, out)
-        if isinstance(payload, LedgerGenesis):
-            if seq == 0:
-                rules.check_genesis(body, payload, signers, out)
-                self._check_trust(payload, signers)
-        elif isinstance(payload, RolloutStep):
-            self.conf.check_step(st, seq, entry, payload, signers, out)
-        else:
-            rules.check_payload(st, seq, entry, body, signers, out)
-        if len(out) == after_tick:
-            rules.apply(st, seq, entry, body, leaf, signers)
-            if isinstance(payload, KillSwitchEngaged):
-                self.conf.kill_engaged(st, seq, entry.received_at, payload.scope)
-            elif isinstance(payload, RolloutStep):
-                self.conf.step_applied(payload, entry.received_at)
+            tree = self.tree
+            tree.append(leaf)
+            if tree.size in self.root_sizes:
+                self.roots[tree.size] = tree.root()
+        if clean and entry is not None and body is not None and type(body.payload) is not HealthReported:
+            self._timeline(seq, leaf, entry, body)  # most entries are health reports: not drawn
 
     def _swaps(self, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], first: int) -> None:
         # Fast path: nothing failed and nothing waits; only remember the body per key.
