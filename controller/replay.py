@@ -6,18 +6,19 @@ record and checks it with the shared rules against its *own* state. Storage is u
 (DESIGN §2): a record that does not decode or breaks a rule — forged, unsigned, written straight
 into Kafka — is logged, counted and skipped; it never reaches the planner.
 
-Snapshots: the pickled :class:`~controller.state.ControllerState`, the next store position and
-the counts, in one SQL row written in ONE transaction every N entries or T seconds. A restart
-loads the snapshot and continues from its position. A snapshot is trusted only if the record
-just before its position still hashes to the state's last entry (same log, not a replaced
-file); otherwise it is discarded and the log replayed from the start. The snapshot database is
-the controller's own local state: pickle is only safe because nobody else writes it.
+Snapshots: the :class:`~controller.state.ControllerState` in the explicit, versioned encoding of
+:mod:`controller.snapshot` (no pickle: decoding builds only the state's own classes), the next
+store position and the counts, in one SQL row written in ONE transaction every N entries or T
+seconds. A restart loads the snapshot and continues from its position. A snapshot is trusted
+only if it decodes intact (magic, version, digest, schema, counts), its row agrees with the
+state it holds, and the record at its last valid position still hashes to the state's last
+entry (same log, not a replaced file); otherwise it is discarded and the log replayed from the
+start.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from controller.snapshot import SnapshotError, decode_state, encode_state
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
 from ledger.formats import decode_log_entry
@@ -71,22 +73,26 @@ class SnapshotStore:
         if row is None:
             return None
         try:
-            state = pickle.loads(row.state)
-        except Exception as exc:  # an old or damaged snapshot only costs a full replay
+            state = decode_state(bytes(row.state))
+        except SnapshotError as exc:  # an old or damaged snapshot only costs a full replay
             log.warning("snapshot unreadable, replaying from the start source=%s error=%s", source, exc)
             return None
-        if not isinstance(state, ControllerState):
+        held = (state.ledger.size, state.applied, state.invalid)
+        if held != (row.size, row.applied, row.invalid):
+            log.warning("snapshot row says size/applied/invalid=%s, its state holds %s; replaying "
+                        "from the start source=%s", (row.size, row.applied, row.invalid), held, source)
             return None
         return Snapshot(int(row.position), int(row.last_position), state)
 
     def save(self, source: str, position: int, last_position: int, state: ControllerState) -> None:
+        """Write the snapshot; the state's growing indexes are compacted into what was written."""
         values = {
             "position": position,
             "last_position": last_position,
             "size": state.ledger.size,
             "applied": state.applied,
             "invalid": state.invalid,
-            "state": pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),
+            "state": encode_state(state, compact=True),
             "taken_at_ms": time.time_ns() // 1_000_000,
         }
         # State and position in ONE transaction: a crash keeps the old pair or the new pair.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,12 +252,14 @@ class LedgerState:
     checkpoint_key_name: str = ""
     checkpoint_public_key: bytes = b""
     keys: dict[bytes, KeyInfo] = field(default_factory=dict)
-    event_ids: dict[bytes, int] = field(default_factory=dict)
-    entry_types: dict[bytes, str] = field(default_factory=dict)
-    entry_seqs: dict[bytes, int] = field(default_factory=dict)
+    # The per-entry indexes are plain dicts while folding; a controller restored from its
+    # snapshot holds packed, read-mostly mappings here instead (controller.snapshot).
+    event_ids: MutableMapping[bytes, int] = field(default_factory=dict)
+    entry_types: MutableMapping[bytes, str] = field(default_factory=dict)
+    entry_seqs: MutableMapping[bytes, int] = field(default_factory=dict)
     policies: dict[str, PolicyInfo] = field(default_factory=dict)
     proposals: dict[bytes, ProposalState] = field(default_factory=dict)
-    evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
+    evals: MutableMapping[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
     # (namespace, deployment) -> hashes of the proposals whose rollout there is active
     # (STARTED, ADVANCED or PAUSED); kept by `apply`, so `active_rollout_on` needs no scan.

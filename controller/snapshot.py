@@ -1,0 +1,556 @@
+"""The controller's snapshot encoding: explicit, versioned, compact, and checked before use.
+
+A snapshot is ``MAGIC | version (u16) | SHA-256 of the rest | sections``; every section is a
+u64 length and its bytes. Nothing in it is executed: decoding builds only the classes named
+below, field by field, from their type hints, and anything unexpected — another magic, an
+unknown version, a wrong digest (a truncated or bit-flipped blob), a schema fingerprint from
+other dataclass definitions, a count that does not match — raises :class:`SnapshotError`, which
+the caller answers with a full replay (as before, when a snapshot was missing).
+
+What grows with the log is kept so that a restart does not rebuild it object by object:
+
+* the per-entry indexes of :class:`~ledger.rules.LedgerState` (``event_ids``, ``entry_seqs``,
+  ``entry_types``) and ``evals`` are stored as sorted fixed-width keys with parallel values and
+  loaded as :class:`PackedIndex` (binary search over the bytes; entries folded after the
+  snapshot go to a small dict in front of it);
+* each proposal's evidence (payload, evals, approvals, health, steps) is one JSON document,
+  decoded the first time the proposal is looked at (:class:`StoredProposal`); its identity
+  (hash, seq, proposer, policy, decision floor) is decoded at once.
+
+The rest (keys, policies, kill switches, rollouts, ...) is small and decoded eagerly.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import hashlib
+import itertools
+import json
+import struct
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Generic, TypeVar, Union
+
+from controller.state import ControllerState, RolloutRecord
+from ledger.formats import HASH_SIZE, PAYLOAD_TYPES
+from ledger.rules import LedgerState, ProposalState
+
+MAGIC = b"STWCSNAP"
+VERSION = 1
+_HEADER = struct.Struct("<8sH32s")
+_LEN = struct.Struct("<Q")
+_SEQ = 8  # bytes per seq value, little-endian unsigned
+EVENT_ID_SIZE = 16
+
+V = TypeVar("V")
+
+
+class SnapshotError(ValueError):
+    """The blob is not a snapshot this code wrote: the caller replays the log instead."""
+
+
+# --------------------------------------------------------------------------------------------
+# Packed indexes
+
+
+class PackedIndex(MutableMapping[bytes, V], Generic[V]):
+    """Fixed-width bytes keys -> values: a sorted packed base plus a dict of later additions.
+
+    The base is ``keys`` (``n * key_width`` bytes, sorted) and ``values`` (``n * value_width``
+    bytes, in the same order), read with a binary search; ``decode``/``encode`` turn one value
+    into bytes and back. Keys set afterwards live in a dict consulted first. The rules only
+    ever add to these indexes (an entry never leaves the log), so deletion is refused.
+    """
+
+    __slots__ = (
+        "_added",
+        "base_keys",
+        "base_values",
+        "count",
+        "decode",
+        "encode",
+        "key_width",
+        "recent",
+        "value_width",
+    )
+
+    def __init__(self, keys: bytes, values: bytes, key_width: int, value_width: int,
+                 decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> None:
+        count, rest = divmod(len(keys), key_width)
+        if rest or len(values) != count * value_width:
+            raise SnapshotError(
+                f"packed index: {len(keys)} key bytes and {len(values)} value bytes for key width "
+                f"{key_width} and value width {value_width}, expected {count * value_width} value bytes"
+            )
+        self.base_keys, self.base_values, self.count = keys, values, count
+        self.key_width, self.value_width = key_width, value_width
+        self.decode, self.encode = decode, encode
+        self.recent: dict[bytes, V] = {}
+        self._added = 0  # keys in `recent` that are not in the base
+
+    def _position(self, key: bytes) -> int:
+        """Where `key` is, or would be inserted, in the sorted base."""
+        w, keys = self.key_width, self.base_keys
+        lo, hi = 0, self.count
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if keys[mid * w:mid * w + w] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _find(self, key: bytes) -> int:
+        """Position of `key` in the base, or -1."""
+        w = self.key_width
+        if len(key) != w:
+            return -1
+        i = self._position(key)
+        return i if i < self.count and self.base_keys[i * w:i * w + w] == key else -1
+
+    def _base_value(self, i: int) -> V:
+        return self.decode(self.base_values[i * self.value_width:(i + 1) * self.value_width])
+
+    def __getitem__(self, key: bytes) -> V:
+        if key in self.recent:
+            return self.recent[key]
+        i = self._find(key)
+        if i < 0:
+            raise KeyError(key)
+        return self._base_value(i)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, bytes) and (key in self.recent or self._find(key) >= 0)
+
+    def __setitem__(self, key: bytes, value: V) -> None:
+        if len(key) != self.key_width:
+            raise ValueError(f"key is {len(key)} bytes, expected {self.key_width}")
+        if key not in self.recent and self._find(key) < 0:
+            self._added += 1
+        self.recent[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        raise TypeError("a packed index only grows: entries never leave the log")
+
+    def __len__(self) -> int:
+        return self.count + self._added
+
+    def __iter__(self) -> Iterator[bytes]:
+        w, keys = self.key_width, self.base_keys
+        for i in range(self.count):
+            yield keys[i * w:i * w + w]
+        for key in self.recent:
+            if self._find(key) < 0:
+                yield key
+
+    def __repr__(self) -> str:
+        return f"PackedIndex({len(self)} entries, {len(self.recent)} since the snapshot)"
+
+
+def pack(mapping: Mapping[bytes, V], key_width: int, value_width: int,
+         decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> PackedIndex[V]:
+    """A PackedIndex with every entry of `mapping` in its base (merging, when it is one)."""
+    if isinstance(mapping, PackedIndex) and mapping.key_width == key_width:
+        return _merge(mapping, value_width, decode, encode)
+    keys = sorted(mapping)
+    keys_blob = b"".join(keys)
+    if len(keys_blob) != len(keys) * key_width:
+        raise SnapshotError(f"an index key is not {key_width} bytes")
+    values = [mapping[k] for k in keys]
+    if encode is _seq_encode:  # the big ones: seqs as one array, not a million small bytes
+        seqs = array.array("Q", typing.cast(list[int], values))
+        if sys.byteorder != "little":
+            seqs.byteswap()
+        values_blob = seqs.tobytes()
+    else:
+        values_blob = b"".join(map(encode, values))
+    return PackedIndex(keys_blob, values_blob, key_width, value_width, decode, encode)
+
+
+def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V],
+           encode: Callable[[V], bytes]) -> PackedIndex[V]:
+    kw, vw = index.key_width, value_width
+    if index.value_width == vw:
+        values = bytearray(index.base_values)
+    else:  # another value encoding: re-encode the base (never on the hot path)
+        values = bytearray(b"".join(encode(index._base_value(i)) for i in range(index.count)))
+    new: list[tuple[int, bytes, bytes]] = []
+    for key, value in index.recent.items():
+        i = index._find(key)
+        if i >= 0:  # an overwritten base value
+            values[i * vw:(i + 1) * vw] = encode(value)
+        else:
+            new.append((index._position(key), key, encode(value)))
+    new.sort()
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
+    at = 0
+    for pos, key, encoded in new:
+        key_parts += [index.base_keys[at * kw:pos * kw], key]
+        value_parts += [bytes(values[at * vw:pos * vw]), encoded]
+        at = pos
+    key_parts.append(index.base_keys[at * kw:])
+    value_parts.append(bytes(values[at * vw:]))
+    return PackedIndex(b"".join(key_parts), b"".join(value_parts), kw, vw, decode, encode)
+
+
+def _seq_decode(b: bytes) -> int:
+    return int.from_bytes(b, "little")
+
+
+def _seq_encode(v: int) -> bytes:
+    return v.to_bytes(_SEQ, "little")
+
+
+def _hash_value(b: bytes) -> bytes:
+    return bytes(b)
+
+
+# --------------------------------------------------------------------------------------------
+# Hint-driven JSON codec for the small dataclasses (no pickle: only these classes are built)
+
+_Enc = Callable[[Any], Any]
+_Dec = Callable[[Any], Any]
+_SCHEMA: list[str] = []  # every class and hint the codecs were built from: the fingerprint
+
+
+def _fail(what: str, value: Any) -> SnapshotError:
+    return SnapshotError(f"snapshot field {what}: observed {type(value).__name__} {value!r:.60}")
+
+
+def _raise(what: str, value: Any) -> Any:
+    raise _fail(what, value)
+
+
+def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is bytes:
+        def dec_bytes(v: Any) -> bytes:
+            if not isinstance(v, str):
+                raise _fail(what, v)
+            try:
+                return bytes.fromhex(v)
+            except ValueError:
+                raise _fail(what, v) from None
+        return (lambda v: v.hex()), dec_bytes
+    if hint in (str, int, bool, float):
+        def dec_plain(v: Any, t: type = hint) -> Any:
+            if type(v) is not t and not (t is float and type(v) is int):
+                raise _fail(what, v)
+            return float(typing.cast(float, v)) if t is float else v
+        return (lambda v: v), dec_plain
+    if origin in (Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        enc, dec = _codec(inner, what)
+        return (lambda v: None if v is None else enc(v)), (lambda v: None if v is None else dec(v))
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        fixed = [_codec(a, f"{what}[{i}]") for i, a in enumerate(args)]
+
+        def dec_fixed(v: Any) -> Any:
+            if not isinstance(v, list) or len(v) != len(fixed):
+                raise _fail(what, v)
+            return tuple(d(x) for (_e, d), x in zip(fixed, v, strict=True))
+        return (lambda v: [e(x) for (e, _d), x in zip(fixed, v, strict=True)]), dec_fixed
+    if origin in (tuple, list, frozenset, set):
+        item_enc, item_dec = _codec(args[0], f"{what}[]")
+        build: Callable[[list[Any]], Any] = origin if origin is not tuple else tuple
+        ordered = origin in (frozenset, set)  # written sorted, so equal states encode equally
+
+        def enc_seq(v: Any) -> Any:
+            out = [item_enc(x) for x in v]
+            return sorted(out) if ordered else out
+
+        def dec_seq(v: Any) -> Any:
+            if not isinstance(v, list):
+                raise _fail(what, v)
+            return build([item_dec(x) for x in v])
+        return enc_seq, dec_seq
+    if origin is dict:
+        k_enc, k_dec = _codec(args[0], f"{what}.key")
+        v_enc, v_dec = _codec(args[1], f"{what}.value")
+
+        def dec_dict(v: Any) -> Any:
+            if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 for p in v):
+                raise _fail(what, v)
+            return {k_dec(k): v_dec(x) for k, x in v}
+        # Pairs in insertion order: the order of some dicts is observable (kill_switch_for).
+        return (lambda v: [[k_enc(k), v_enc(x)] for k, x in v.items()]), dec_dict
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _dataclass_codec(hint)
+    raise TypeError(f"no snapshot codec for {what}: {hint!r}")
+
+
+_DATACLASS_CODECS: dict[type[Any], tuple[_Enc, _Dec]] = {}
+
+
+def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
+    found = _DATACLASS_CODECS.get(cls)
+    if found is not None:
+        return found
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    _SCHEMA.append(f"{cls.__module__}.{cls.__qualname__}({', '.join(f'{n}: {hints[n]}' for n in fields)})")
+    codecs = [_codec(hints[n], f"{cls.__name__}.{n}") for n in fields]
+    encs = [c[0] for c in codecs]
+    decs = [c[1] for c in codecs]
+    n = len(fields)
+
+    def enc(v: Any) -> Any:
+        return [e(getattr(v, name)) for e, name in zip(encs, fields, strict=True)]
+
+    # The decoder is generated from the fields (as ledger.formats does for entries): plain
+    # values are type-checked inline, the rest go through their own decoder.
+    env: dict[str, Any] = {"cls": cls, "fail": _raise, "n": n}
+    args = []
+    for i, (name, d) in enumerate(zip(fields, decs, strict=True)):
+        hint = hints[name]
+        env[f"d{i}"] = d
+        if hint in (str, int, bool):
+            env[f"t{i}"] = hint
+            args.append(f"(x{i} if type(x{i} := v[{i}]) is t{i} else fail({cls.__name__ + '.' + name!r}, x{i}))")
+        else:
+            args.append(f"d{i}(v[{i}])")
+    source = (f"def dec(v):\n"
+              f"    if type(v) is not list or len(v) != n:\n"
+              f"        fail({cls.__name__!r}, v)\n"
+              f"    return cls({', '.join(args)})\n")
+    exec(source, env)  # generated from our own dataclass fields only
+    dec: _Dec = env["dec"]
+    _DATACLASS_CODECS[cls] = (enc, dec)
+    return enc, dec
+
+
+# Entry types as one byte each; a new payload type changes the table, refusing older snapshots.
+TYPE_TABLE = sorted(PAYLOAD_TYPES)
+if len(TYPE_TABLE) > 256:
+    raise AssertionError(f"{len(TYPE_TABLE)} payload types do not fit one byte")
+_SCHEMA.append(f"types {TYPE_TABLE}")
+
+_INDEXED = ("event_ids", "entry_types", "entry_seqs", "evals", "proposals")
+_LEDGER_HINTS = typing.get_type_hints(LedgerState)
+_LEDGER_FIELDS = {
+    f.name: _codec(_LEDGER_HINTS[f.name], f"LedgerState.{f.name}")
+    for f in dataclasses.fields(LedgerState) if f.name not in _INDEXED
+}
+_CONTROLLER_HINTS = typing.get_type_hints(ControllerState)
+_CONTROLLER_FIELDS = {
+    f.name: _codec(_CONTROLLER_HINTS[f.name], f"ControllerState.{f.name}")
+    for f in dataclasses.fields(ControllerState) if f.name != "ledger"
+}
+_PROPOSAL_EAGER = ("entry_hash", "seq", "proposer", "policy_id", "decision_floor")
+_PROPOSAL_HINTS = typing.get_type_hints(ProposalState)
+_PROPOSAL_LAZY = tuple(f.name for f in dataclasses.fields(ProposalState) if f.name not in _PROPOSAL_EAGER)
+_PROPOSAL_EAGER_CODECS = [_codec(_PROPOSAL_HINTS[n], f"ProposalState.{n}") for n in _PROPOSAL_EAGER]
+_PROPOSAL_LAZY_CODECS = [_codec(_PROPOSAL_HINTS[n], f"ProposalState.{n}") for n in _PROPOSAL_LAZY]
+_SCHEMA.append(f"LedgerState({sorted(_LEDGER_HINTS.items())!r}) ControllerState({sorted(_CONTROLLER_HINTS.items())!r}) "
+               f"ProposalState({sorted(_PROPOSAL_HINTS.items())!r}) {RolloutRecord.__name__}")
+# Changes with any field of any class a snapshot holds: a snapshot from other definitions is refused.
+SCHEMA_FINGERPRINT = hashlib.sha256("\n".join(_SCHEMA).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Proposals decoded on first use
+
+
+class StoredProposal(ProposalState):
+    """A ProposalState whose evidence is decoded from the snapshot the first time it is read.
+
+    Identity fields (hash, seq, proposer, policy, decision floor) are set at once; each of
+    ``proposal``, ``latest_evals``, ``approvals``, ``health`` and ``steps`` is decoded from the
+    proposal's JSON document on its first access, on its own (the planner's look at every
+    proposal's target and phase decodes neither evals nor approvals nor health). After that it
+    behaves as the ProposalState it was encoded from, and compares equal to it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not set yet, i.e. evidence before its first use.
+        d = self.__dict__
+        i = _PROPOSAL_LAZY_INDEX.get(name)
+        if i is None or "_doc" not in d:
+            raise AttributeError(name)
+        doc, cuts = d["_doc"], d["_cuts"]
+        value = _PROPOSAL_LAZY_CODECS[i][1](json.loads(doc[cuts[i]:cuts[i + 1]]))
+        d[name] = value
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProposalState):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(ProposalState))
+
+
+_PROPOSAL_LAZY_INDEX = {name: i for i, name in enumerate(_PROPOSAL_LAZY)}
+
+
+def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list[int]]:
+    """A proposal's evidence: one JSON fragment per lazy field, concatenated, and their lengths.
+
+    Re-encoded only when it may have changed: `stamp` is the seq of the last entry naming the
+    proposal (ControllerState.last_seq), and the rules change a proposal only when folding an
+    entry that names it, so a document written at the same stamp is still exact and is reused
+    (a snapshot of a large log re-encodes only the proposals touched since the previous one).
+    """
+    d = p.__dict__
+    cached = d.get("_snapshot_doc")
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1], cached[2]
+    parts = [json.dumps(enc(getattr(p, n)), separators=(",", ":")).encode()
+             for n, (enc, _dec) in zip(_PROPOSAL_LAZY, _PROPOSAL_LAZY_CODECS, strict=True)]
+    doc, lengths = b"".join(parts), [len(x) for x in parts]
+    d["_snapshot_doc"] = (stamp, doc, lengths)
+    return doc, lengths
+
+
+# --------------------------------------------------------------------------------------------
+# The snapshot
+
+
+def _seq_index(m: Mapping[bytes, int], width: int) -> PackedIndex[int]:
+    return pack(m, width, _SEQ, _seq_decode, _seq_encode)
+
+
+_TYPE_CODES = {name: bytes([i]) for i, name in enumerate(TYPE_TABLE)}
+
+
+def _type_decode(b: bytes) -> str:
+    return TYPE_TABLE[b[0]]
+
+
+def _type_encode(name: str) -> bytes:
+    return _TYPE_CODES[name]
+
+
+def encode_state(state: ControllerState, *, compact: bool = False) -> bytes:
+    """The snapshot of `state`.
+
+    With ``compact`` the state's growing indexes are replaced by the packed ones just written
+    (same contents), so the next snapshot merges only what was folded since this one.
+    """
+    ls = state.ledger
+    event_ids = _seq_index(ls.event_ids, EVENT_ID_SIZE)
+    entry_seqs = _seq_index(ls.entry_seqs, HASH_SIZE)
+    entry_types = pack(ls.entry_types, HASH_SIZE, 1, _type_decode, _type_encode)
+    evals = pack(ls.evals, HASH_SIZE, HASH_SIZE, _hash_value, _hash_value)
+    if entry_types.base_keys != entry_seqs.base_keys:
+        raise SnapshotError("entry_types and entry_seqs name different entries")
+    rows: list[list[Any]] = []
+    docs: list[bytes] = []
+    at = 0
+    for h, p in ls.proposals.items():
+        doc, lengths = _proposal_document(p, state.last_seq.get(h))
+        rows.append([enc(getattr(p, n)) for n, (enc, _d) in zip(_PROPOSAL_EAGER, _PROPOSAL_EAGER_CODECS, strict=True)]
+                    + [at, *lengths])
+        docs.append(doc)
+        at += len(doc)
+    meta = {
+        "schema": SCHEMA_FINGERPRINT,
+        "types": TYPE_TABLE,
+        "ledger": {name: enc(getattr(ls, name)) for name, (enc, _d) in _LEDGER_FIELDS.items()},
+        "controller": {name: enc(getattr(state, name)) for name, (enc, _d) in _CONTROLLER_FIELDS.items()},
+    }
+    sections = [
+        json.dumps(meta, separators=(",", ":")).encode(),
+        json.dumps(rows, separators=(",", ":")).encode(),
+        b"".join(docs),
+        event_ids.base_keys, event_ids.base_values,
+        entry_seqs.base_keys, entry_seqs.base_values, entry_types.base_values,
+        evals.base_keys, evals.base_values,
+    ]
+    body = b"".join(part for s in sections for part in (_LEN.pack(len(s)), s))
+    if compact:
+        ls.event_ids, ls.entry_seqs, ls.entry_types, ls.evals = event_ids, entry_seqs, entry_types, evals
+    return _HEADER.pack(MAGIC, VERSION, hashlib.sha256(body).digest()) + body
+
+
+_SECTIONS = 10
+
+
+def decode_state(blob: bytes) -> ControllerState:
+    """The state a snapshot holds; SnapshotError if it is not one this code wrote, intact."""
+    if len(blob) < _HEADER.size:
+        raise SnapshotError(f"snapshot is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header")
+    magic, version, digest = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise SnapshotError(f"snapshot magic is {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise SnapshotError(f"snapshot version is {version}, expected {VERSION}")
+    body = memoryview(blob)[_HEADER.size:]
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotError("snapshot digest does not match its contents (truncated or damaged)")
+    sections: list[bytes] = []
+    pos = 0
+    while pos < len(body):
+        if pos + _LEN.size > len(body):
+            raise SnapshotError(f"snapshot section header cut at byte {pos}")
+        (n,) = _LEN.unpack_from(body, pos)
+        pos += _LEN.size
+        if pos + n > len(body):
+            raise SnapshotError(f"snapshot section {len(sections)} is {n} bytes, {len(body) - pos} left")
+        sections.append(bytes(body[pos:pos + n]))
+        pos += n
+    if len(sections) != _SECTIONS:
+        raise SnapshotError(f"snapshot has {len(sections)} sections, expected {_SECTIONS}")
+    try:
+        return _decode_sections(sections)
+    except SnapshotError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise SnapshotError(f"snapshot does not decode: {exc}") from exc
+
+
+def _decode_sections(sections: list[bytes]) -> ControllerState:
+    meta_json, rows_json, docs, eid_keys, eid_vals, entry_keys, seq_vals, type_vals, eval_keys, eval_vals = sections
+    meta = json.loads(meta_json)
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_FINGERPRINT:
+        raise SnapshotError("snapshot schema fingerprint differs: written by other state definitions")
+    if meta["types"] != TYPE_TABLE:
+        raise SnapshotError(f"snapshot entry type table is {meta['types']!r:.200}, expected {TYPE_TABLE!r}")
+    ls = LedgerState()
+    for name, (_enc, dec) in _LEDGER_FIELDS.items():
+        setattr(ls, name, dec(meta["ledger"][name]))
+    ls.event_ids = PackedIndex(eid_keys, eid_vals, EVENT_ID_SIZE, _SEQ, _seq_decode, _seq_encode)
+    ls.entry_seqs = PackedIndex(entry_keys, seq_vals, HASH_SIZE, _SEQ, _seq_decode, _seq_encode)
+    ls.entry_types = PackedIndex(entry_keys, type_vals, HASH_SIZE, 1, _type_decode, _type_encode)
+    if type_vals and max(type_vals) >= len(TYPE_TABLE):
+        raise SnapshotError(f"entry type code {max(type_vals)} outside a table of {len(TYPE_TABLE)}")
+    ls.evals = PackedIndex(eval_keys, eval_vals, HASH_SIZE, HASH_SIZE, _hash_value, _hash_value)
+    # Every folded entry is in each per-entry index exactly once.
+    for name, index in (("event_ids", ls.event_ids), ("entry_seqs", ls.entry_seqs)):
+        if len(index) != ls.size:
+            raise SnapshotError(f"snapshot {name} holds {len(index)} entries, expected size {ls.size}")
+    state = ControllerState(ledger=ls)
+    for name, (_enc, dec) in _CONTROLLER_FIELDS.items():
+        setattr(state, name, dec(meta["controller"][name]))
+    last_seq = state.last_seq
+    rows = json.loads(rows_json)
+    if not isinstance(rows, list):
+        raise _fail("proposals", rows)
+    proposals: dict[bytes, ProposalState] = {}
+    eager, width = len(_PROPOSAL_EAGER), len(_PROPOSAL_EAGER) + 1 + len(_PROPOSAL_LAZY)
+    new = object.__new__
+    for row in rows:
+        if not isinstance(row, list) or len(row) != width:
+            raise _fail("proposals[]", row)
+        p = new(StoredProposal)
+        d = p.__dict__
+        for name, (_enc, dec), value in zip(_PROPOSAL_EAGER, _PROPOSAL_EAGER_CODECS, row, strict=False):
+            d[name] = dec(value)
+        at, lengths = row[eager], row[eager + 1:]
+        if (type(at) is not int or at < 0 or not all(type(n) is int and n > 0 for n in lengths)
+                or at + sum(lengths) > len(docs)):
+            raise _fail("proposals[].document", row)
+        doc = docs[at:at + sum(lengths)]
+        d["_doc"] = doc
+        d["_cuts"] = list(itertools.accumulate(lengths, initial=0))
+        d["_snapshot_doc"] = (last_seq.get(p.entry_hash), doc, lengths)
+        proposals[p.entry_hash] = p
+    ls.proposals = proposals
+    return state
+
+
+__all__ = ["MAGIC", "VERSION", "PackedIndex", "SnapshotError", "StoredProposal", "decode_state",
+           "encode_state", "pack"]
