@@ -201,7 +201,9 @@ class Replayer:
             self.last_position = record.position
             self.folded_at[e.seq] = time.monotonic()
             if len(self.folded_at) > 1024:
-                del self.folded_at[min(self.folded_at)]
+                # Seqs are folded in increasing order, so the first key is the oldest (a scan
+                # with min() here cost ~6% of a cold replay).
+                del self.folded_at[next(iter(self.folded_at))]
             self._folded.notify_all()
         return True
 
