@@ -584,37 +584,37 @@ _PAYLOAD_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Findin
 
 
 def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers) -> None:
-    p = body.payload
+    p = body.payload  # exact types (the payload classes are final), the frequent ones first
     author = signers.keys[0].principal if signers.keys else ""
-    if isinstance(p, HealthReported):
+    if type(p) is HealthReported:
         state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
-    elif isinstance(p, LedgerGenesis):
-        state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
-        state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
-        state.keys.update(genesis_keys(p))
-    elif isinstance(p, KeyGranted):
-        kid = key_id(p.public_key)
-        state.keys[kid] = KeyRecord(kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at)
-    elif isinstance(p, KeyRevoked):
-        old = state.keys[p.key_id]
-        state.keys[p.key_id] = KeyRecord(old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
-                                         old.expires_at, seq)
-    elif isinstance(p, PolicySet):
-        state.policies[p.policy_id] = (seq, p)
-    elif isinstance(p, ProposalSubmitted):
-        pol = state.policy_for(p.target.namespace, p.target.deployment)
-        assert pol is not None
-        state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
-    elif isinstance(p, EvalRecorded):
+    elif type(p) is EvalRecorded:
         prop = state.proposals[p.proposal]
         prop.latest_evals[p.suite] = EvalRecord(leaf, seq, p.suite, eval_passes(state.policy(prop), p))
         state.evals[leaf] = p.proposal
-    elif isinstance(p, ApprovalRecorded):
+    elif type(p) is ApprovalRecorded:
         prop = state.proposals[p.proposal]
         d = Decision(leaf, seq, author, signers.keys[0].key_id, p.decision, frozenset(p.evals))
         prop.by_principal[author] = d
         prop.by_key[d.key_id] = d
-    elif isinstance(p, RolloutStep):
+    elif type(p) is LedgerGenesis:
+        state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
+        state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
+        state.keys.update(genesis_keys(p))
+    elif type(p) is KeyGranted:
+        kid = key_id(p.public_key)
+        state.keys[kid] = KeyRecord(kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at)
+    elif type(p) is KeyRevoked:
+        old = state.keys[p.key_id]
+        state.keys[p.key_id] = KeyRecord(old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
+                                         old.expires_at, seq)
+    elif type(p) is PolicySet:
+        state.policies[p.policy_id] = (seq, p)
+    elif type(p) is ProposalSubmitted:
+        pol = state.policy_for(p.target.namespace, p.target.deployment)
+        assert pol is not None
+        state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
+    elif type(p) is RolloutStep:
         prop = state.proposals[p.proposal]
         prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase))
         if p.phase == "ROLLED_BACK":
@@ -624,9 +624,9 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
             state.active.setdefault((t.namespace, t.deployment), set()).add(prop.hash)
         else:
             state.active.get((t.namespace, t.deployment), set()).discard(prop.hash)
-    elif isinstance(p, KillSwitchEngaged):
+    elif type(p) is KillSwitchEngaged:
         state.kills[p.scope] = seq
-    elif isinstance(p, KillSwitchReleased):
+    elif type(p) is KillSwitchReleased:
         state.kills.pop(p.scope, None)
     state.event_ids[body.event_id] = seq
     state.entries[leaf] = seq

@@ -601,25 +601,24 @@ class LogVerifier:
             conf.tick(entry.received_at, out)
             after_tick = len(out)
             payload = body.payload
-            kind = type(payload)
-            genesis_keys = rules.genesis_keys(payload) if kind is LedgerGenesis and seq == 0 else None
+            genesis_keys = rules.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
             signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
             self._swaps(seq, entry, sig_ok, after_tick)
             rules.check_structure(st, seq, body, out)
-            if kind is LedgerGenesis:
+            if type(payload) is LedgerGenesis:
                 if seq == 0:
-                    rules.check_genesis(body, payload, signers, out)  # type: ignore[arg-type]
-                    self._check_trust(payload, signers)  # type: ignore[arg-type]
-            elif kind is RolloutStep:
-                conf.check_step(st, seq, entry, payload, signers, out)  # type: ignore[arg-type]
+                    rules.check_genesis(body, payload, signers, out)
+                    self._check_trust(payload, signers)
+            elif type(payload) is RolloutStep:
+                conf.check_step(st, seq, entry, payload, signers, out)
             else:
                 rules.check_payload(st, seq, entry, body, signers, out)
             if len(out) == after_tick:
                 rules.apply(st, seq, entry, body, leaf, signers)
-                if kind is KillSwitchEngaged:
-                    conf.kill_engaged(st, seq, entry.received_at, payload.scope)  # type: ignore[union-attr]
-                elif kind is RolloutStep:
-                    conf.step_applied(payload, entry.received_at)  # type: ignore[arg-type]
+                if type(payload) is KillSwitchEngaged:
+                    conf.kill_engaged(st, seq, entry.received_at, payload.scope)
+                elif type(payload) is RolloutStep:
+                    conf.step_applied(payload, entry.received_at)
         clean = len(out) == chain_findings
         # The record is in the log whatever it holds: the chain and the tree cover it.
         self.leaves.append(leaf)
