@@ -288,9 +288,11 @@ class DeploymentWatch(threading.Thread):
                         self.history.add(name, (obj.spec.replicas, image))
                     if self.stop_event.is_set():
                         break
-            except ApiException as exc:
+            except ApiException as exc:  # 410 Gone included: versions would be missing
                 self.history.error = f"watch failed: {exc.status} {exc.reason}"
                 return
+            except Exception:  # a dropped connection: watch again from the last version seen
+                time.sleep(0.2)
             finally:
                 w.stop()
 
