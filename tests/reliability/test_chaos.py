@@ -174,15 +174,20 @@ def check_ledger(address: str, ledger: Ledger) -> None:
         head = client.head()
     assert head.size == len(entries)
     by_event_id: dict[bytes, int] = {}
-    steps: set[tuple[bytes, int, str]] = set()
+    # A step is (proposal, attempt, step, phase): a rollout rolled back and approved afresh
+    # legitimately records STARTED 0 again, one attempt later.
+    steps: set[tuple[bytes, int, int, str]] = set()
+    attempts: dict[bytes, int] = {}
     for e in entries:
         assert e.body.event_id not in by_event_id, f"event id twice: seq {by_event_id[e.body.event_id]} and {e.seq}"
         by_event_id[e.body.event_id] = e.seq
         p = e.body.payload
         if isinstance(p, RolloutStep) and p.phase != "DRIFT_CORRECTED":
-            key = (p.proposal, p.step, p.phase)
+            key = (p.proposal, attempts.get(p.proposal, 0), p.step, p.phase)
             assert key not in steps, f"rollout step recorded twice at seq {e.seq}"
             steps.add(key)
+            if p.phase == "ROLLED_BACK":
+                attempts[p.proposal] = attempts.get(p.proposal, 0) + 1
     for raw, receipt in ledger.acked.items():
         event_id = decode_body(decode_signed_event(raw).body).event_id
         seq = by_event_id.get(event_id)
