@@ -194,11 +194,15 @@ class LedgerServer:
         # One lock for everything that changes the core or signs: appends, rebuilds, checkpoints.
         self._lock = threading.RLock()
         self._appended = threading.Condition(self._lock)
-        # Group commit: callers queue their staged batches; whoever holds _committer stores
-        # every queued batch (up to the limits) in one store transaction.
-        self._committer = threading.Lock()
+        # Group commit: callers queue their staged batches; one of them at a time (the one
+        # that set _committing) stores every queued batch (up to the limits) in one store
+        # transaction, then wakes the callers whose batches it stored. Waiting on a condition,
+        # not on the committer's lock, lets a stored caller return at once instead of queueing
+        # behind the next transaction (which also kept that one small).
         self._pending: deque[_Request] = deque()
         self._pending_lock = threading.Lock()
+        self._group_done = threading.Condition(self._pending_lock)
+        self._committing = False
         self._core = LedgerCore()
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
         self._last_received_at = 0
@@ -401,10 +405,19 @@ class LedgerServer:
         with self._pending_lock:
             self._pending.extend(requests)
         for request in requests:
-            while not request.done:
-                with self._committer:
-                    if not request.done:
-                        self._commit_group(self._take_group())
+            while True:
+                with self._group_done:
+                    while self._committing and not request.done:
+                        self._group_done.wait()
+                    if request.done:
+                        break
+                    self._committing = True
+                try:
+                    self._commit_group(self._take_group())
+                finally:
+                    with self._group_done:
+                        self._committing = False
+                        self._group_done.notify_all()
         return [r.error if r.error is not None else r.results for r in requests]
 
     def _take_group(self) -> list[_Request]:

@@ -1,0 +1,93 @@
+"""Group commit: callers whose batch is stored return at once, not after the next transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ledger.core import Receipt
+from ledger.formats import encode_signed_event
+from ledger.scenario import Cast, Flow
+from ledger.server import LedgerServer
+from ledger.store.sqlite import SQLiteLogStore
+
+
+class GatedStore(SQLiteLogStore):
+    """A real SQLite store whose n-th append waits until the test opens gate n."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gates: dict[int, threading.Event] = {}
+        self.calls = 0
+
+    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        index, self.calls = self.calls, self.calls + 1  # under the server's append lock
+        gate = self.gates.get(index)
+        if gate is not None and not gate.wait(30):
+            raise AssertionError(f"gate {index} was never opened")
+        return super().append(records)
+
+
+def _until(what: str, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) -> None:
+    cast = Cast.create()
+    flow = Flow(cast)
+    store = GatedStore(tmp_path / "ledger.db")
+    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_entries=10**6,
+                          checkpoint_every_ms=0)
+    server.start()
+    try:
+        server.append(encode_signed_event(flow.genesis()))
+        server.append_batch([encode_signed_event(g) for g in flow.grants()])
+        server.append(encode_signed_event(flow.policy()))
+        proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
+        events = [encode_signed_event(flow.health(proposal, 0)) for _ in range(10)]
+        first = store.calls
+        gates = [threading.Event() for _ in range(3)]
+        store.gates = {first + i: gate for i, gate in enumerate(gates)}
+        results: dict[int, Receipt] = {}
+
+        def append(i: int) -> threading.Thread:
+            def run() -> None:
+                results[i] = server.append(events[i])
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            return thread
+
+        x = append(0)  # transaction 1, held at the store
+        _until("the first transaction reached the store", lambda: store.calls == first + 1)
+        group = [append(i) for i in range(1, 7)]  # queue behind it: transaction 2
+        _until("six appends queued", lambda: len(server._pending) == 6)
+        gates[0].set()
+        _until("the second transaction reached the store", lambda: store.calls == first + 2)
+        gates[1].set()
+        # New callers arrive as transaction 2 ends: one of them stores the next transaction,
+        # held at the store; every caller of transaction 2 is answered all the same.
+        later = [append(i) for i in range(7, 10)]
+        _until("transaction 3 reached the store", lambda: store.calls == first + 3)
+        for thread in [x, *group]:
+            thread.join(5)
+        waiting = [i for i, t in enumerate([x, *group]) if t.is_alive()]
+        assert waiting == [], f"callers {waiting} of a stored transaction still wait for the next one"
+        assert sorted(results) == list(range(7))
+        gates[2].set()
+        for thread in later:
+            thread.join(10)
+        assert sorted(results) == list(range(10))
+        assert 3 <= store.calls - first <= 5, \
+            f"{store.calls - first} transactions, expected 3 to 5 (1, the queued 6 in one, the last 3)"
+        assert len({r.seq for r in results.values()}) == 10
+    finally:
+        for gate in store.gates.values():
+            gate.set()
+        server.stop()
+        store.close()
