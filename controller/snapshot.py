@@ -25,7 +25,6 @@ from __future__ import annotations
 import array
 import dataclasses
 import hashlib
-import itertools
 import json
 import struct
 import sys
@@ -269,6 +268,13 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
                 raise _fail(what, v)
             return build([item_dec(x) for x in v])
         return enc_seq, dec_seq
+    if origin is dict and args == (bytes, int):  # last_seq: one pair per proposal, kept fast
+        def dec_seqs(v: Any) -> Any:
+            out = {bytes.fromhex(k): x for k, x in v}
+            if not all(type(x) is int for x in out.values()):
+                raise _fail(what, v)
+            return out
+        return (lambda v: [[k.hex(), x] for k, x in v.items()]), dec_seqs
     if origin is dict:
         k_enc, k_dec = _codec(args[0], f"{what}.key")
         v_enc, v_dec = _codec(args[1], f"{what}.value")
@@ -372,8 +378,9 @@ class StoredProposal(ProposalState):
         i = _PROPOSAL_LAZY_INDEX.get(name)
         if i is None or "_doc" not in d:
             raise AttributeError(name)
-        doc, cuts = d["_doc"], d["_cuts"]
-        value = _PROPOSAL_LAZY_CODECS[i][1](json.loads(doc[cuts[i]:cuts[i + 1]]))
+        lengths = d["_lengths"]
+        start = sum(lengths[:i])
+        value = _PROPOSAL_LAZY_CODECS[i][1](json.loads(d["_doc"][start:start + lengths[i]]))
         d[name] = value
         return value
 
@@ -384,6 +391,10 @@ class StoredProposal(ProposalState):
 
 
 _PROPOSAL_LAZY_INDEX = {name: i for i, name in enumerate(_PROPOSAL_LAZY)}
+_ROW_WIDTH = len(_PROPOSAL_EAGER) + 1 + len(_PROPOSAL_LAZY)  # identity, offset, one length per field
+if _PROPOSAL_EAGER != ("entry_hash", "seq", "proposer", "policy_id", "decision_floor") or any(
+        _PROPOSAL_HINTS[n] is not t for n, t in zip(_PROPOSAL_EAGER, (bytes, int, str, str, int), strict=True)):
+    raise AssertionError("ProposalState's identity fields changed: update decode_state's row reader")
 
 
 def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list[int]]:
@@ -530,24 +541,26 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     if not isinstance(rows, list):
         raise _fail("proposals", rows)
     proposals: dict[bytes, ProposalState] = {}
-    eager, width = len(_PROPOSAL_EAGER), len(_PROPOSAL_EAGER) + 1 + len(_PROPOSAL_LAZY)
-    new = object.__new__
+    # One row per proposal (tens of thousands in a large log): unpacked in place, not through
+    # the generic codecs. The row layout is fixed by _PROPOSAL_EAGER (checked at import).
+    new, cls, fromhex, seq_of, end_of_docs = object.__new__, StoredProposal, bytes.fromhex, last_seq.get, len(docs)
     for row in rows:
-        if not isinstance(row, list) or len(row) != width:
+        if type(row) is not list or len(row) != _ROW_WIDTH:
             raise _fail("proposals[]", row)
-        p = new(StoredProposal)
-        d = p.__dict__
-        for name, (_enc, dec), value in zip(_PROPOSAL_EAGER, _PROPOSAL_EAGER_CODECS, row, strict=False):
-            d[name] = dec(value)
-        at, lengths = row[eager], row[eager + 1:]
-        if (type(at) is not int or at < 0 or not all(type(n) is int and n > 0 for n in lengths)
-                or at + sum(lengths) > len(docs)):
+        h_hex, seq, proposer, policy_id, floor, at, *lengths = row
+        if (type(seq) is not int or type(proposer) is not str or type(policy_id) is not str
+                or type(floor) is not int or type(at) is not int or at < 0):
+            raise _fail("proposals[]", row)
+        h = fromhex(h_hex)
+        end = at + sum(lengths)
+        if end > end_of_docs or min(lengths) <= 0:
             raise _fail("proposals[].document", row)
-        doc = docs[at:at + sum(lengths)]
-        d["_doc"] = doc
-        d["_cuts"] = list(itertools.accumulate(lengths, initial=0))
-        d["_snapshot_doc"] = (last_seq.get(p.entry_hash), doc, lengths)
-        proposals[p.entry_hash] = p
+        doc = docs[at:end]
+        p = new(cls)
+        p.__dict__.update(entry_hash=h, seq=seq, proposer=proposer, policy_id=policy_id,
+                          decision_floor=floor, _doc=doc, _lengths=lengths,
+                          _snapshot_doc=(seq_of(h), doc, lengths))
+        proposals[h] = p
     ls.proposals = proposals
     return state
 
