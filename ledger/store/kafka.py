@@ -493,7 +493,7 @@ class KafkaLogStore(LogStore):
             # answer an EndTxn racing one with UNKNOWN_SERVER_ERROR (PREPARE_EPOCH_FENCE,
             # docs/KAFKA.md) instead of PRODUCER_FENCED: same meaning, but the commit is in doubt.
             bumped = _is_fencing(exc, producer) or (
-                committing and _is_fencing(exc, producer, (kerrors.UnknownError,)))
+                committing and _is_end_txn_unknown_error(exc, producer))
             if committing:
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
@@ -693,6 +693,23 @@ def _end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -
         what = "commit" if commit else "abort"
         raise kerrors.KafkaTimeoutError(
             f"the transaction {what} was not acknowledged within {timeout:.0f}s")
+
+
+def _is_end_txn_unknown_error(exc: BaseException, producer: KafkaProducer | None) -> bool:
+    """Whether a failed commit is Kafka 4.2's UNKNOWN_SERVER_ERROR answer to EndTxn.
+
+    kafka-python 3.0.12 does not raise UnknownError for it: it records (and re-raises) a plain
+    KafkaError("Unhandled error in EndTxnResponse: [Error -1] UnknownError"), so the class
+    alone never matches; the message is the only trace.
+    """
+    if _is_fencing(exc, producer, (kerrors.UnknownError,)):
+        return True
+    manager = getattr(producer, "_transaction_manager", None) if producer else None
+    candidates: list[BaseException] = [exc]
+    last = getattr(manager, "last_error", None) if manager is not None else None
+    if isinstance(last, BaseException):
+        candidates.append(last)
+    return any("EndTxnResponse" in str(c) and "UnknownError" in str(c) for c in candidates)
 
 
 def _is_fencing(exc: BaseException, producer: KafkaProducer | None,

@@ -349,3 +349,22 @@ def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving
         newcomer.append([(b"after", b"the takeover")])  # the newcomer was not fenced back
     finally:
         running.stop(None)
+
+
+def test_the_end_txn_unknown_server_error_is_recognised_as_it_is_raised() -> None:
+    """kafka-python 3.0.12 reports Kafka 4.2's UNKNOWN_SERVER_ERROR answer to an EndTxn racing
+    an InitProducerId as a plain KafkaError (transaction_manager.EndTxnHandler), not as
+    UnknownError; the store must still take it as a bumped epoch, and only it."""
+    from kafka import errors as kerrors
+
+    from ledger.store.kafka import _is_end_txn_unknown_error
+
+    # The exact expression of kafka-python's EndTxnHandler.
+    raised = kerrors.KafkaError(f"Unhandled error in EndTxnResponse: {kerrors.UnknownError()}")
+    assert _is_end_txn_unknown_error(raised, None)
+    wrapped = kerrors.KafkaError(
+        f"Cannot execute transactional method because we are in an error state: {raised}")
+    assert _is_end_txn_unknown_error(wrapped, None)
+    assert not _is_end_txn_unknown_error(
+        kerrors.KafkaTimeoutError("the transaction commit was not acknowledged within 30s"), None)
+    assert not _is_end_txn_unknown_error(kerrors.UnknownTopicOrPartitionError(), None)
