@@ -73,7 +73,8 @@ class SnapshotStore:
         if row is None:
             return None
         try:
-            state = decode_state(bytes(row.state))
+            blob = row.state
+            state = decode_state(blob if isinstance(blob, bytes) else bytes(blob))
         except SnapshotError as exc:  # an old or damaged snapshot only costs a full replay
             log.warning("snapshot unreadable, replaying from the start source=%s error=%s", source, exc)
             return None
