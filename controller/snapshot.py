@@ -391,6 +391,8 @@ class StoredProposal(ProposalState):
 
 
 _PROPOSAL_LAZY_INDEX = {name: i for i, name in enumerate(_PROPOSAL_LAZY)}
+# One encoder for every fragment (json.dumps with separators builds a new one per call).
+_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 if _PROPOSAL_EAGER != ("entry_hash", "seq", "proposer", "policy_id", "decision_floor") or any(
         _PROPOSAL_HINTS[n] is not t for n, t in zip(_PROPOSAL_EAGER, (bytes, int, str, str, int), strict=True)):
     raise AssertionError("ProposalState's identity fields changed: update decode_state's row reader")
@@ -412,7 +414,7 @@ def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list
         cached = d.get("_snapshot_doc")
         if cached is not None:
             return cached
-    parts = [json.dumps(enc(getattr(p, n)), separators=(",", ":")).encode()
+    parts = [_json(enc(getattr(p, n))).encode()
              for n, (enc, _dec) in zip(_PROPOSAL_LAZY, _PROPOSAL_LAZY_CODECS, strict=True)]
     doc, lengths = b"".join(parts), [len(x) for x in parts]
     d["_stamp"], d["_snapshot_doc"] = stamp, (doc, lengths)
@@ -481,7 +483,7 @@ def encode_state(state: ControllerState, *, compact: bool = False) -> bytes:
         "controller": {name: enc(getattr(state, name)) for name, (enc, _d) in _CONTROLLER_FIELDS.items()},
     }
     sections = [
-        json.dumps(meta, separators=(",", ":")).encode(),
+        _json(meta).encode(),
         b"".join(hashes), ints.tobytes(), json.dumps(list(names)).encode(), name_idx.tobytes(),
         b"".join(docs),
         event_ids.base_keys, event_ids.base_values,

@@ -69,6 +69,9 @@ def test_a_restored_state_judges_and_folds_the_next_entries_like_the_original() 
     for e in entries:
         assert restored.fold(e) is None
     assert restored == folded(h)
+    # Its next snapshot re-encodes the proposal those entries named and reuses the others.
+    assert decode_state(encode_state(restored, compact=True)) == folded(h)
+    assert encode_state(restored) == encode_state(folded(h))
     # An event submitted again (its id is in the snapshot's packed index) is refused as by the dicts.
     old = (h.core.entries or [])[3]
     again = make_entry(h.core.size, h.core.state.last_hash,
