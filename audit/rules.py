@@ -333,7 +333,7 @@ def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int
 
 def check_structure(state: State, seq: int, body: EventBody, out: list[Finding]) -> None:
     payload = body.payload
-    if isinstance(payload, LedgerGenesis) != (seq == 0):
+    if (type(payload) is LedgerGenesis) != (seq == 0):
         out.append(Finding("GENESIS_MISPLACED", seq, f"{body.type} at seq {seq}", body.type,
                            "LedgerGenesis exactly at seq 0"))
     if seq > 0 and body.ledger != state.ledger:

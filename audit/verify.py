@@ -78,6 +78,7 @@ PENDING_LIMIT = 4096  # out-of-order records held while waiting for a missing se
 CHUNK = 1024  # entries per worker task: large, so the per-task IPC cost is spread thin
 CHUNK_INLINE = 128  # entries per verify-then-fold round in a single process
 DEPTH = 2  # tasks in flight per worker: one being verified, one queued behind it
+RECENT = 32  # signed bodies remembered per key, to recognise a signature moved from a nearby entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,12 +599,25 @@ class LogVerifier:
             # Steps 2-4, 9, 10 (one method with _process: this runs once per entry).
             st = self.state
             conf = self.conf
-            conf.tick(entry.received_at, out)
+            at = entry.received_at
+            if conf.pending:
+                conf.tick(at, out)
+            elif at > conf.last_at:  # what tick does when nothing is pending, without the call
+                conf.last_at = at
             after_tick = len(out)
             payload = body.payload
             genesis_keys = rules.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
             signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
-            self._swaps(seq, entry, sig_ok, after_tick)
+            if not self.unresolved and False not in sig_ok:
+                # _swaps' fast path (nothing failed, nothing waits): remember the body per key.
+                recent = self.recent
+                for sg in entry.signatures:
+                    kept = recent.get(sg.key_id)
+                    if kept is None:
+                        kept = recent[sg.key_id] = deque(maxlen=RECENT)
+                    kept.append((seq, entry.body))
+            else:
+                self._swaps(seq, entry, sig_ok, after_tick)
             rules.check_structure(st, seq, body, out)
             if type(payload) is LedgerGenesis:
                 if seq == 0:
@@ -634,14 +648,8 @@ class LogVerifier:
             self._timeline(seq, leaf, entry, body)  # most entries are health reports: not drawn
 
     def _swaps(self, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], first: int) -> None:
-        # Fast path: nothing failed and nothing waits; only remember the body per key.
-        if not self.unresolved and False not in sig_ok:
-            for s in entry.signatures:
-                recent = self.recent.get(s.key_id)
-                if recent is None:
-                    recent = self.recent[s.key_id] = deque(maxlen=32)
-                recent.append((seq, entry.body))
-            return
+        """A failing signature, or earlier ones waiting: tell swapped signatures from corrupted
+        ones. (When nothing failed and nothing waits, _process only remembers the body.)"""
         out = self.out
         message = DOMAIN_PREFIX + entry.body[2:]
         bad = [i for i in range(first, len(out)) if out[i].code == "BAD_SIGNATURE"]
@@ -668,7 +676,7 @@ class LogVerifier:
                     self.unresolved.setdefault(kid, []).append((i, s.sig))
             recent = self.recent.get(kid)
             if recent is None:
-                recent = self.recent[kid] = deque(maxlen=32)
+                recent = self.recent[kid] = deque(maxlen=RECENT)
             recent.append((seq, entry.body))
 
     def _swapped(self, i: int, other_seq: int) -> None:
