@@ -13,9 +13,10 @@ What grows with the log is kept so that a restart does not rebuild it object by 
   ``entry_types``) and ``evals`` are stored as sorted fixed-width keys with parallel values and
   loaded as :class:`PackedIndex` (binary search over the bytes; entries folded after the
   snapshot go to a small dict in front of it);
-* each proposal's evidence (payload, evals, approvals, health, steps) is one JSON document,
-  decoded the first time the proposal is looked at (:class:`StoredProposal`); its identity
-  (hash, seq, proposer, policy, decision floor) is decoded at once.
+* each proposal's evidence (payload, evals, approvals, health, steps) is one JSON fragment per
+  field, decoded the first time it is read (:class:`StoredProposal`; payload and steps, which
+  the planner reads for every proposal, for all restored proposals in one pass); its identity
+  (hash, seq, proposer, policy, decision floor) is decoded at once, from binary columns.
 
 The rest (keys, policies, kill switches, rollouts, ...) is small and decoded eagerly.
 """
