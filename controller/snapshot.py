@@ -426,11 +426,19 @@ class _Batch:
             lengths = d["_lengths"]
             start = d["_at"] + sum(lengths[:i])
             parts.append(d["_docs"][start:start + lengths[i]])
-        values = json.loads(b"[" + b",".join(parts) + b"]")
-        if len(values) != len(todo):
-            raise SnapshotError(f"{len(values)} values of ProposalState.{name} for {len(todo)} proposals")
-        for p, value in zip(todo, values, strict=True):
-            p.__dict__[name] = dec(value)
+        # As in decode_state: no cyclic GC while building ~300,000 acyclic objects (with it, the
+        # collector walks the growing heap again and again: 2.5-5 s instead of 1 s at 55,000).
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            values = json.loads(b"[" + b",".join(parts) + b"]")
+            if len(values) != len(todo):
+                raise SnapshotError(f"{len(values)} values of ProposalState.{name} for {len(todo)} proposals")
+            for p, value in zip(todo, values, strict=True):
+                p.__dict__[name] = dec(value)
+        finally:
+            if was_enabled:
+                gc.enable()
 # One encoder for every fragment (json.dumps with separators builds a new one per call).
 _json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 if _PROPOSAL_EAGER != ("entry_hash", "seq", "proposer", "policy_id", "decision_floor") or any(
