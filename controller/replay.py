@@ -59,6 +59,12 @@ class Snapshot:
     state: ControllerState
 
 
+# Snapshots are spaced at least this many times their own write time apart (see snapshot_due).
+SNAPSHOT_DUTY_FACTOR = 50.0
+# Under a steady stream (never idle) a snapshot is still taken after this many every_seconds.
+SNAPSHOT_BUSY_FACTOR = 6.0
+
+
 class SnapshotStore:
     """Snapshots in a SQL database (a SQLite file by default), one row per log source."""
 
@@ -132,6 +138,7 @@ class Replayer:
         self._folded = threading.Condition(self.lock)
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
+        self._last_snapshot_cost = 0.0  # seconds the last snapshot write took
         self.loaded_from_snapshot = False
         # Monotonic time each recent entry was folded: how fast the controller reacts to it.
         self.folded_at: dict[int, float] = {}
@@ -168,15 +175,33 @@ class Replayer:
         if self.snapshots is None:
             return
         with self.lock:
+            started = time.monotonic()
             self.snapshots.save(self.source, self.position, self.last_position, self.state)
-            self._since_snapshot = 0
             self._last_snapshot = time.monotonic()
+            self._last_snapshot_cost = self._last_snapshot - started
+            self._since_snapshot = 0
 
-    def _maybe_snapshot(self) -> None:
+    def snapshot_due(self, *, idle: bool = True, now: float | None = None) -> bool:
+        """Whether `_maybe_snapshot` would write one now.
+
+        Every `every_entries` entries or `every_seconds`, but never more often than
+        SNAPSHOT_DUTY_FACTOR times the last write's duration: the write holds the fold (a
+        kill switch waits behind it), and at 1,000,000 entries it takes over a second, so
+        snapshots are spaced to keep that stall under ~2% of the time. While entries are
+        still arriving (`idle` False) a snapshot waits for a pause, up to
+        SNAPSHOT_BUSY_FACTOR times `every_seconds`.
+        """
         if self.snapshots is None or self._since_snapshot == 0:
-            return
-        if (self._since_snapshot >= self.every_entries
-                or time.monotonic() - self._last_snapshot >= self.every_seconds):
+            return False
+        since = (time.monotonic() if now is None else now) - self._last_snapshot
+        if since < SNAPSHOT_DUTY_FACTOR * self._last_snapshot_cost:
+            return False
+        if not idle:
+            return since >= SNAPSHOT_BUSY_FACTOR * self.every_seconds
+        return self._since_snapshot >= self.every_entries or since >= self.every_seconds
+
+    def _maybe_snapshot(self, *, idle: bool = True) -> None:
+        if self.snapshot_due(idle=idle):
             self.snapshot()
 
     # -- folding --------------------------------------------------------------------------
@@ -227,7 +252,9 @@ class Replayer:
                     return
                 if record is not None and self.handle(record):
                     on_change()
-                self._maybe_snapshot()
+                # Preferably when idle (caught up), so a snapshot does not delay entries
+                # already waiting to be folded, such as a kill switch.
+                self._maybe_snapshot(idle=record is None)
         finally:
             close = getattr(follower, "close", None)
             if close is not None:
