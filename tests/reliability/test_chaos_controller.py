@@ -44,8 +44,16 @@ stopped:
   the stable runs the original image at N and no canary is left; never started (killed before
   STARTED) → untouched; in progress → the canary/stable split of the last step.
 
+The Kafka variant (``test_chaos_controller_kafka_sigkill_during_rollouts``, marked kafka too)
+runs the same rounds with the ledger on the session's real broker: ``python -m ledger.server``
+on a KafkaLogStore (``--kafka-bootstrap``, a fresh topic), the controller replaying the topic
+with ``--store kafka:BOOTSTRAP/TOPIC``, the test reading it through its own reader store; in
+every other round, from round 0, the chaos thread also SIGKILLs the broker and restarts it (on
+its ports and data) after 0-1 s. The checks are the same.
+
 The policy's kill-to-rollback bound is KILL_BOUND_MS (see there). Rounds:
-``STEWARD_CHAOS_CONTROLLER_ROUNDS`` (default 3), seed ``STEWARD_CHAOS_SEED`` (default 8).
+``STEWARD_CHAOS_CONTROLLER_ROUNDS`` (default 3; on Kafka
+``STEWARD_CHAOS_CONTROLLER_KAFKA_ROUNDS``, default 2), seed ``STEWARD_CHAOS_SEED`` (default 8).
 Marked slow and kube; docs/RELIABILITY.md has the measured runs.
 """
 
@@ -73,6 +81,7 @@ from kubernetes.client.rest import ApiException
 
 from infra.kube import LocalCluster
 from ledger.client import LedgerClient, LedgerRpcError
+from ledger.errors import StoreUnavailable
 from ledger.formats import (
     KillScope,
     KillSwitchEngaged,
@@ -95,6 +104,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kube]
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("STEWARD_CHAOS_CONTROLLER_ROUNDS", "3"))
+KAFKA_ROUNDS = int(os.environ.get("STEWARD_CHAOS_CONTROLLER_KAFKA_ROUNDS", "2"))
 SEED = int(os.environ.get("STEWARD_CHAOS_SEED", "8"))
 V1 = "registry.example/model-server:v1"
 N = 4
@@ -418,12 +428,104 @@ def _settled(apps: client.AppsV1Api, ns: str, r: Rollout, steps: list[RolloutSte
     return canary is None and _spec(stable) == want and ready >= N
 
 
+@dataclass
+class Backend:
+    """Where the ledger lives: the server's store flags, the controller's ``--store``, how the
+    test reads the log (also while the server is down), and on Kafka a broker to SIGKILL too."""
+
+    server_args: list[str]
+    store_spec: str
+    read: Callable[[], list[LogEntry]]
+    rounds: int
+    broker: Proc | None = None  # SIGKILLed in every other round, from round 0
+
+
+class KafkaBroker(Proc):
+    """The session's Kafka broker as a Proc: SIGKILL, and start again on its ports and data."""
+
+    def __init__(self, cluster: Any, workdir: Path) -> None:
+        super().__init__("broker", [], workdir)
+        self.cluster = cluster
+
+    def start(self) -> None:
+        self.starts += 1
+        began = time.monotonic()
+        self.cluster.restart_broker(1)
+        self.start_seconds.append(time.monotonic() - began)
+
+    def kill(self) -> None:
+        self.kills += 1
+        self.cluster.kill_broker(1)
+
+    def stop(self) -> None:  # never leave the shared broker down
+        if not self.cluster.is_running(1):
+            self.start()
+
+
+class KafkaLog:
+    """The log from the Kafka topic, read on from the last offset through one reader store;
+    while the broker is down, the entries read so far (nothing can be appended then)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+
+        self.store = KafkaLogStore(KafkaStoreConfig(
+            bootstrap_servers=bootstrap, topic=topic, create_topics=False,
+            client_id="chaos-test-reader", operation_timeout_s=5.0, request_timeout_ms=4000))
+        self.entries: list[LogEntry] = []
+        self.next_offset = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> list[LogEntry]:
+        with self.lock:
+            try:
+                for rec in self.store.read(self.next_offset):
+                    self.entries.append(decode_log_entry(rec.value))
+                    self.next_offset = rec.position + 1
+            except StoreUnavailable:
+                pass
+            return list(self.entries)
+
+    def close(self) -> None:
+        self.store.close()
+
+
 def test_chaos_controller_sigkill_during_rollouts(
     tmp_path: Path, kube_cluster: LocalCluster, kube_namespace: str, kube_api_client: client.ApiClient,
 ) -> None:
-    ns = kube_namespace
+    db = tmp_path / "ledger.db"
+    run_rounds(tmp_path, kube_cluster, kube_namespace, kube_api_client, Backend(
+        ["--db", str(db)], f"sqlite:{db}", lambda: read_log(db), ROUNDS))
+
+
+@pytest.mark.kafka
+def test_chaos_controller_kafka_sigkill_during_rollouts(
+    tmp_path: Path, kube_cluster: LocalCluster, kube_namespace: str, kube_api_client: client.ApiClient,
+    kafka_cluster: Any, kafka_topic_name: str,
+) -> None:
+    bootstrap, topic = kafka_cluster.bootstrap_servers, kafka_topic_name
+    log: KafkaLog | None = None
+
+    def read() -> list[LogEntry]:  # the topics exist once the server has started
+        nonlocal log
+        if log is None:
+            log = KafkaLog(bootstrap, topic)
+        return log()
+
+    try:
+        run_rounds(tmp_path, kube_cluster, kube_namespace, kube_api_client, Backend(
+            ["--kafka-bootstrap", bootstrap, "--topic", topic, "--kafka-timeout", "10"],
+            f"kafka:{bootstrap}/{topic}", read, KAFKA_ROUNDS, broker=KafkaBroker(kafka_cluster, tmp_path)))
+    finally:
+        if log is not None:
+            log.close()
+
+
+def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_client: client.ApiClient,
+               backend: Backend) -> None:
+    rounds, read_log = backend.rounds, backend.read
     rng = random.Random(SEED)
-    print(f"\nchaos seed {SEED}, rounds {ROUNDS}")
+    print(f"\nchaos seed {SEED}, rounds {rounds}, store {backend.store_spec.split(':')[0]}")
     apps = client.AppsV1Api(kube_api_client)
     kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
     kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
@@ -433,13 +535,13 @@ def test_chaos_controller_sigkill_during_rollouts(
     flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl")
     (tmp_path / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
     (tmp_path / "controller.pem").write_bytes(cast["controller"].key.to_pem())
-    db, port = tmp_path / "ledger.db", free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
-    server = Proc("ledger", ["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
+    server = Proc("ledger", ["-m", "ledger.server", *backend.server_args, "--checkpoint-key",
                              str(tmp_path / "checkpoint.pem"), "--listen", address,
                              "--checkpoint-every-entries", "16"], tmp_path, _port_open(port))
     controller = Proc("controller", [
-        "-m", "controller.main", "--ledger", address, "--store", f"sqlite:{db}",
+        "-m", "controller.main", "--ledger", address, "--store", backend.store_spec,
         "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
         "--namespace", ns, "--snapshot-db", str(tmp_path / "snap.db"),
         "--snapshot-every-seconds", "1", "--lease-namespace", ns, "--identity", "ctl-chaos",
@@ -462,7 +564,7 @@ def test_chaos_controller_sigkill_during_rollouts(
         assert isinstance(policy, PolicySet)
         appender.append(flow.event(replace(policy, kill_rollback_bound_ms=KILL_BOUND_MS), "root1", "root2"))
         controller.start()
-        for round_ in range(ROUNDS):
+        for round_ in range(rounds):
             started = time.monotonic()
             batch = []
             for x in "ab":
@@ -477,6 +579,11 @@ def test_chaos_controller_sigkill_during_rollouts(
             if round_ % 2 == 1:  # every other round the ledger server dies too
                 schedule.insert(rng.randint(0, len(schedule)),
                                 ("ledger", rng.uniform(0.1, 2.5), rng.uniform(0.3, 1.5)))
+            if backend.broker is not None and round_ % 2 == 0:  # on Kafka the broker, other rounds
+                schedule.insert(rng.randint(0, len(schedule)),
+                                ("broker", rng.uniform(0.1, 2.5), rng.uniform(0.0, 1.0)))
+            if backend.broker is not None:  # fewer rounds: one more kill, once a rollout moves
+                schedule.insert(0, ("controller-moving", 0.0, rng.uniform(0.0, 0.5)))
             print(f"round {round_}: {[(r.name, r.outcome) for r in batch]} kills "
                   f"{[(w, round(a, 2), round(d, 2)) for w, a, d in schedule]}", flush=True)
             for r in batch:
@@ -500,21 +607,28 @@ def test_chaos_controller_sigkill_during_rollouts(
             rollouts.extend(batch)
             approved = time.monotonic()
 
+            def moving(batch: list[Rollout]) -> bool:
+                """In progress: started, not finished, and not parked at step 1 for good."""
+                steps = steps_by_proposal(read_log())
+                return any(r.outcome != "hold" and steps.get(r.proposal)
+                           and steps[r.proposal][-1].phase in ("STARTED", "ADVANCED") for r in batch)
+
             def chaos(schedule: list[tuple[str, float, float]] = schedule,
                       batch: list[Rollout] = batch) -> None:
                 nonlocal kills_during_rollout
                 try:
                     for what, after, down in schedule:
                         time.sleep(after)
-                        proc = controller if what == "controller" else server
+                        if what == "controller-moving":  # wait (20 s at most) for one in progress
+                            deadline = time.monotonic() + 20
+                            while time.monotonic() < deadline and not moving(batch):
+                                time.sleep(0.05)
+                            what = "controller"
+                        proc = {"controller": controller, "ledger": server}.get(what, backend.broker)
+                        assert proc is not None
                         proc.kill()
-                        if what == "controller":
-                            # In progress: started, not finished, and not parked at step 1 for good.
-                            steps = steps_by_proposal(read_log(db))
-                            if any(r.outcome != "hold" and steps.get(r.proposal)
-                                   and steps[r.proposal][-1].phase in ("STARTED", "ADVANCED")
-                                   for r in batch):
-                                kills_during_rollout += 1
+                        if what == "controller" and moving(batch):
+                            kills_during_rollout += 1
                         time.sleep(down)
                         proc.start()  # the controller counts as up once it has replayed the log
                 except BaseException as exc:
@@ -525,7 +639,7 @@ def test_chaos_controller_sigkill_during_rollouts(
             deadline = time.monotonic() + 120
             while True:
                 assert not chaos_errors, f"the chaos thread failed: {chaos_errors}"
-                entries = read_log(db)
+                entries = read_log()
                 steps = steps_by_proposal(entries)
                 for r in batch:
                     drive(r, steps.get(r.proposal, []), appender, flow, approved)
@@ -543,7 +657,7 @@ def test_chaos_controller_sigkill_during_rollouts(
         # The ModelRollout mirrors (written by the leader, asynchronously) catch up with the log.
         custom = client.CustomObjectsApi(kube_api_client)
         deadline = time.monotonic() + 30
-        while mismatches := mirror_mismatches(custom, ns, rollouts, read_log(db)):
+        while mismatches := mirror_mismatches(custom, ns, rollouts, read_log()):
             assert time.monotonic() < deadline, f"ModelRollout mirrors 30 s after settling: {mismatches}"
             time.sleep(0.5)
         controller.stop()  # the cluster stays as it is while it is compared with the log
@@ -553,19 +667,25 @@ def test_chaos_controller_sigkill_during_rollouts(
         check_all(address, appender.acks, rollouts, apps, ns, watcher.history, kube_cluster.kubeconfig)
         restarts = controller.log().count('"replayed size=')
         from_snapshot = controller.log().count("snapshot=True")
-        reactions = kill_reactions(read_log(db))
+        reactions = kill_reactions(read_log())
         print(f"controller SIGKILLs {controller.kills} ({kills_during_rollout} with a rollout in "
               f"progress), ledger SIGKILLs {server.kills}, controller starts {restarts}, "
               f"{from_snapshot} resumed from a snapshot; {len(appender.acks.acked)} acknowledged appends")
         print(f"controller start → log replayed: median {statistics.median(controller.start_seconds):.1f} s, "
               f"max {max(controller.start_seconds):.1f} s; kill switch → ROLLED_BACK (received_at): "
               + ", ".join(f"{ms / 1000:.1f} s" for ms in reactions))
-        assert controller.kills >= ROUNDS and server.kills >= ROUNDS // 2
+        if backend.broker is not None:
+            print(f"broker SIGKILLs {backend.broker.kills}, broker restart → ready: "
+                  + ", ".join(f"{t:.1f} s" for t in backend.broker.start_seconds))
+            assert backend.broker.kills >= (rounds + 1) // 2
+        assert controller.kills >= rounds and server.kills >= rounds // 2
         assert kills_during_rollout >= 1, "no controller SIGKILL landed while a rollout was in progress"
         assert from_snapshot >= 1, "no restarted controller resumed from its snapshot"
     finally:
         watcher.stop_event.set()
         controller.stop()
+        if backend.broker is not None:
+            backend.broker.stop()  # a broker left down would fail every later Kafka test
         server.stop()
         if appender is not None:
             appender.client.close()
