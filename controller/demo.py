@@ -212,6 +212,11 @@ def run(workdir: Path, keep_cluster: bool) -> int:
                  or f"{NAME}-canary" not in deployments(cluster), timeout=30)
         say(f"  canary gone {1000 * (time.monotonic() - killed_at):.0f} ms after the kill switch was acknowledged: {show(cluster)}")
         wait_for("the rollback to be recorded", phase_is(p2, "ROLLED_BACK"), timeout=30)
+        # The metrics loop times the stop from the views it is shown; let it see this one
+        # before the release changes what the views say.
+        wait_for("the controller to time its reaction", lambda: any(
+            float(line.split()[-1]) >= 1 for line in scrape_metrics("steward_kill_switch_reaction_seconds_count")),
+            timeout=15)
         refused("alice alone releases the kill switch", flow.release(scope, signers=("alice",)))
         submit("alice and bob release it", flow.release(scope))
 

@@ -67,9 +67,14 @@ class KillTimer:
         for v in views:
             seq = kill_seqs.get(v.proposal)
             if seq is None:
-                # Released (or never engaged): nothing left to time for this proposal.
+                # Released (or never engaged): nothing left to time for this proposal. A stop
+                # still pending ends here if the canary is now at 0: the view showing it came
+                # after the release (views lag the cluster), but the canary did stop.
                 for key in [k for k in self.pending if k[0] == v.proposal]:
                     del self.pending[key]
+                    if v.canary_replicas == 0:
+                        self.finished.add(key)
+                        done.append((v.proposal, key[1], now_ms))
                 continue
             key = (v.proposal, seq)
             if key in self.finished:

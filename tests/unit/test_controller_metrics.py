@@ -41,3 +41,19 @@ def test_a_rollout_rolled_back_before_a_global_kill_switch_is_not_a_reaction() -
     assert timer.update([view("ROLLED_BACK", 0, last_seq=9)], {P: 16}, 1010) == []
     assert timer.update([view("ROLLED_BACK", 0, last_seq=9)], {P: 16}, 5000) == []
     assert timer.pending == {}
+
+
+def test_a_stop_first_seen_at_0_after_the_release_is_still_timed_once() -> None:
+    # Views lag the cluster: the canary was still up in the last view before the release,
+    # and the first view showing it at 0 comes after the kill switch was released.
+    timer = KillTimer()
+    assert timer.update([view("STARTED", 1)], {P: 16}, 1000) == []
+    assert timer.update([view("ROLLED_BACK", 0, last_seq=17)], {}, 1300) == [(P, 16, 1300)]
+    assert timer.update([view("ROLLED_BACK", 0, last_seq=17)], {}, 1400) == []
+
+
+def test_a_release_while_the_canary_is_still_up_times_nothing() -> None:
+    timer = KillTimer()
+    assert timer.update([view("STARTED", 1)], {P: 16}, 1000) == []
+    assert timer.update([view("STARTED", 1)], {}, 1300) == []
+    assert timer.pending == {}
