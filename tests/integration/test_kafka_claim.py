@@ -8,7 +8,6 @@ the other two. A ledger server sees a fence first noticed by its checkpoint publ
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -32,22 +31,6 @@ from ledger.store.kafka_topic import TopicSettings, checkpoints_topic, create_to
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture
-def make_config(
-    kafka_cluster: KafkaCluster, kafka_topic_name: str
-) -> Callable[..., KafkaStoreConfig]:
-    counter = itertools.count()
-
-    def make(**overrides: object) -> KafkaStoreConfig:
-        options: dict[str, object] = {
-            "bootstrap_servers": kafka_cluster.bootstrap_servers,
-            "topic": f"{kafka_topic_name}-{next(counter)}",
-            "operation_timeout_s": 30.0,
-        }
-        options.update(overrides)
-        return KafkaStoreConfig(**options)  # type: ignore[arg-type]
-
-    return make
 
 
 @pytest.fixture

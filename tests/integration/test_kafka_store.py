@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,22 +17,6 @@ from tests.contract.store_contract import StoreContract
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture
-def make_config(
-    kafka_cluster: KafkaCluster, kafka_topic_name: str
-) -> Callable[..., KafkaStoreConfig]:
-    counter = itertools.count()
-
-    def make(**overrides: object) -> KafkaStoreConfig:
-        options: dict[str, object] = {
-            "bootstrap_servers": kafka_cluster.bootstrap_servers,
-            "topic": f"{kafka_topic_name}-{next(counter)}",
-            "operation_timeout_s": 30.0,
-        }
-        options.update(overrides)
-        return KafkaStoreConfig(**options)  # type: ignore[arg-type]
-
-    return make
 
 
 @pytest.fixture
