@@ -42,13 +42,13 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger.errors import FormatError, VerificationError
+from ledger.keys import verify_ed25519
 from ledger.merkle import HASH_SIZE, root_from_inclusion_proof
 
 __all__ = [
@@ -177,7 +177,6 @@ class Verifier:
 
     name: str
     public_key: bytes
-    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -186,10 +185,9 @@ class Verifier:
                 f"Ed25519 public key must be {_ED25519_KEY_SIZE} bytes", field="public_key"
             )
         try:
-            key = Ed25519PublicKey.from_public_bytes(self.public_key)
+            Ed25519PublicKey.from_public_bytes(self.public_key)
         except ValueError as e:
             raise MalformedError(f"not an Ed25519 public key: {e}", field="public_key") from None
-        object.__setattr__(self, "_key", key)
 
     @classmethod
     def from_public_key(cls, name: str, key: Ed25519PublicKey) -> Verifier:
@@ -207,11 +205,7 @@ class Verifier:
         """True iff ``signature`` (64 bytes, without key ID) is this key's over ``message``."""
         if len(signature) != _ED25519_SIG_SIZE:
             return False
-        try:
-            self._key.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
+        return verify_ed25519(self.public_key, signature, message)
 
 
 class Signer:

@@ -7,15 +7,15 @@ passphrase; public keys are SubjectPublicKeyInfo PEM.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from ledger.errors import KeyError_
 from ledger.formats import Signature, SignedEvent, signed_bytes
@@ -28,10 +28,25 @@ def key_id(public_raw: bytes) -> bytes:
     return hashlib.sha256(public_raw).digest()
 
 
-@functools.lru_cache(maxsize=4096)
-def _ed25519_public(raw: bytes) -> Ed25519PublicKey:
-    """The `cryptography` key for raw bytes, built once per key (a ledger has few keys)."""
-    return Ed25519PublicKey.from_public_bytes(raw)
+def verify_ed25519(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """True when `signature` is a valid Ed25519 signature by `public_raw` over `message`.
+
+    Strict verification (libsodium's): besides the RFC 8032 equation (cofactorless) it refuses
+    a non-canonical S (S >= L), a small-order or non-canonically encoded public key, and a
+    small-order R. OpenSSL (the `cryptography` package, which signs) accepts a superset of
+    these, so whatever passes here passes there too (tests/unit/test_ed25519_strict.py); a
+    small-order key would let anyone "sign" some messages, hence it never verifies.
+
+    libsodium also releases the interpreter lock while it checks, so threads verify in
+    parallel (the ledger server stages batches in the callers' threads).
+    """
+    if len(signature) != 64 or len(public_raw) != 32:
+        return False
+    try:
+        crypto_sign_open(bytes(signature) + bytes(message), bytes(public_raw))
+    except BadSignatureError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -52,13 +67,7 @@ class PublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         """True when `signature` is this key's Ed25519 signature over `message`."""
-        if len(signature) != 64:
-            return False
-        try:
-            _ed25519_public(self.raw).verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
+        return verify_ed25519(self.raw, signature, message)
 
     def to_pem(self) -> bytes:
         return Ed25519PublicKey.from_public_bytes(self.raw).public_bytes(
