@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ledger.ed25519 import verify_ed25519
 from ledger.errors import FormatError, VerificationError
-from ledger.keys import verify_ed25519
 from ledger.merkle import HASH_SIZE, root_from_inclusion_proof
 
 __all__ = [

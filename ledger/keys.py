@@ -14,9 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nacl.bindings import crypto_sign_open
-from nacl.exceptions import BadSignatureError
 
+from ledger.ed25519 import verify_ed25519
 from ledger.errors import KeyError_
 from ledger.formats import Signature, SignedEvent, signed_bytes
 
@@ -26,27 +25,6 @@ def key_id(public_raw: bytes) -> bytes:
     if len(public_raw) != 32:
         raise KeyError_(f"an Ed25519 public key is 32 bytes, observed {len(public_raw)}")
     return hashlib.sha256(public_raw).digest()
-
-
-def verify_ed25519(public_raw: bytes, signature: bytes, message: bytes) -> bool:
-    """True when `signature` is a valid Ed25519 signature by `public_raw` over `message`.
-
-    Strict verification (libsodium's): besides the RFC 8032 equation (cofactorless) it refuses
-    a non-canonical S (S >= L), a small-order or non-canonically encoded public key, and a
-    small-order R. OpenSSL (the `cryptography` package, which signs) accepts a superset of
-    these, so whatever passes here passes there too (tests/unit/test_ed25519_strict.py); a
-    small-order key would let anyone "sign" some messages, hence it never verifies.
-
-    libsodium also releases the interpreter lock while it checks, so threads verify in
-    parallel (the ledger server stages batches in the callers' threads).
-    """
-    if len(signature) != 64 or len(public_raw) != 32:
-        return False
-    try:
-        crypto_sign_open(bytes(signature) + bytes(message), bytes(public_raw))
-    except BadSignatureError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,10 @@ from ledger.formats import (
     signed_bytes,
 )
 from ledger.grpc_errors import ServiceError, guarded, status_for
-from ledger.keys import PrivateKey, PublicKey
+from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
 from ledger.rules import LedgerState, VerifiedSignature, check
+from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
@@ -100,6 +101,9 @@ class LedgerServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_workers: int = 32  # each following Read stream holds one worker
     max_batch_events: int = MAX_BATCH_EVENTS
+    # Signature-checking worker processes for streamed batches (ledger.sigcheck): 0 checks in
+    # the serving process, None one when the machine has more than one core.
+    verify_processes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,11 @@ class LedgerServer:
         checkpoint_every_ms: int = 1000,
         clock: Callable[[], int] = now_ms,
         on_fenced: Callable[[], None] | None = None,
+        checker: SignatureChecker | None = None,
     ) -> None:
         self.store = store
+        # Checks the signatures of staged batches; the default checks in the caller's thread.
+        self.checker = checker if checker is not None else SignatureChecker(0)
         self._key = checkpoint_key
         self._every_entries = max(1, checkpoint_every_entries)
         self._every_ms = checkpoint_every_ms
@@ -350,7 +357,8 @@ class LedgerServer:
         """
         keys = self._core.state.keys  # read without the lock: only a hint, see StagedBatch
         staged: list[StagedEvent] = []
-        verified: set[VerifiedSignature] = set()
+        to_check: list[tuple[bytes, bytes, bytes]] = []  # (public key, signature, signed bytes)
+        bodies: list[bytes] = []  # the body each signature of to_check signs
         for raw in signed_events:
             try:
                 event = decode_signed_event(raw)
@@ -366,9 +374,13 @@ class LedgerServer:
                     continue  # granted later (e.g. earlier in this batch): checked under the lock
                 if message is None:
                     message = signed_bytes(event.body)
-                if PublicKey(info.public_key).verify(sig.sig, message):
-                    verified.add((info.public_key, sig.sig, event.body))
-        return StagedBatch(tuple(staged), frozenset(verified))
+                to_check.append((info.public_key, sig.sig, message))
+                bodies.append(event.body)
+        # All of the batch's signatures at once: in a worker process for a large batch.
+        verdicts = self.checker.check(to_check)
+        verified = frozenset((pub, sig, body) for (pub, sig, _), body, ok
+                             in zip(to_check, bodies, verdicts, strict=True) if ok)
+        return StagedBatch(tuple(staged), verified)
 
     def append_batch(self, signed_events: Sequence[bytes], *,
                      staged: StagedBatch | None = None) -> list[Receipt | StewardError]:
@@ -900,6 +912,7 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.ledger.stop()
         self.grpc_server.stop(grace).wait()
+        self.ledger.checker.close()
         if self._owns_store:
             self.ledger.store.close()
 
@@ -948,7 +961,8 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     ledger = LedgerServer(store, key, checkpoint_every_entries=config.checkpoint_every_entries,
-                          checkpoint_every_ms=config.checkpoint_every_ms, on_fenced=on_fenced)
+                          checkpoint_every_ms=config.checkpoint_every_ms, on_fenced=on_fenced,
+                          checker=SignatureChecker(config.verify_processes))
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -975,6 +989,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         report = ledger.start()
     except BaseException:
         server.stop(None)
+        ledger.checker.close()
         if owns_store:
             store.close()
         raise
@@ -1008,6 +1023,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ca", help="CA for client certificates (mutual TLS)")
     p.add_argument("--require-client-cert", action="store_true", help="refuse clients without a certificate")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--verify-processes", type=int, choices=(0, 1), default=None, metavar="0|1",
+                   help="check the signatures of streamed batches in a worker process (1) or "
+                        "in the serving process (0); default: 1 on a machine with more than "
+                        "one core")
     p.add_argument("--projections", default="same", metavar="URL|PATH",
                    help="where the query projections live and QueryService reads them: a SQLAlchemy "
                         "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
@@ -1137,7 +1156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint_every_entries=args.checkpoint_every_entries,
             checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
             tls_key=args.tls_key, client_ca=args.client_ca,
-            require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes)
+            require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes,
+            verify_processes=args.verify_processes)
         done = threading.Event()
         services: list[AddService] = []
         url = _projections_url(args)

@@ -328,6 +328,31 @@ def test_append_stream_many_batches(env: Env) -> None:
     assert [r.seq for r in results if isinstance(r, Receipt)] == list(range(1, len(events) + 1))
 
 
+def test_append_stream_checks_a_large_batch_in_the_signature_worker(env: Env) -> None:
+    """A streamed batch this large goes to the worker process (ledger.sigcheck); its verdicts
+    refuse exactly the forged signatures, in place."""
+    _base(env)
+    events: list[SignedEvent] = []
+    for i in range(48):
+        event = env.flow.propose()
+        if i in (7, 40):
+            sig = event.signatures[0]
+            event = SignedEvent(event.body, (Signature(sig.key_id, sig.sig[:-1] + bytes([sig.sig[-1] ^ 1])),))
+        events.append(event)
+    checker = env.running.ledger.checker
+    assert checker.processes == 1  # this machine has two cores
+    results = env.client.append_many(events, batch_size=64)
+    assert checker.worker_pid() is not None and checker.fallbacks == 0
+    for i, r in enumerate(results):
+        if i in (7, 40):
+            assert isinstance(r, LedgerRpcError), i
+            assert (r.code, r.violation_code, r.field) == (CODE.UNAUTHENTICATED, "BAD_SIGNATURE",
+                                                           "signatures[0]")
+        else:
+            assert isinstance(r, Receipt), (i, r)
+    assert env.client.head().size == results[-1].seq + 1
+
+
 # --------------------------------------------------------------------------------------------
 # Reads, checkpoints and proofs
 

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit.ed25519 import verify as audit_verify
-from ledger.keys import verify_ed25519 as ledger_verify
+from ledger.ed25519 import verify_ed25519 as ledger_verify
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493

@@ -1,0 +1,180 @@
+"""Checking the signatures of a staged batch, in a worker process when there is one.
+
+Ed25519 verification is most of what staging a batch costs (docs/PERFORMANCE.md "Ingest").
+libsodium releases the interpreter lock while it verifies, but a thread returning from it must
+win the lock back from the threads running Python (decoding, the rules, gRPC), which with the
+interpreter's 5 ms switch interval stalls it after nearly every signature. A worker process
+has no such lock to win: a batch's signatures go to it as one request over a pipe, and the
+serving process waits for the verdicts with its lock released.
+
+The worker (``python -m ledger.sigworker``) is a plain child process, not a multiprocessing
+pool: it imports only libsodium's bindings (no re-import of the server's main module, no fork
+of a process running gRPC's and librdkafka's threads) and starts in tens of milliseconds.
+
+Small batches (a unary Append) are verified in the calling thread: the round trip would cost
+more than the check. If the worker dies, answers nonsense or takes longer than
+WORKER_TIMEOUT_S, it is killed, that batch is verified in the calling thread and a new worker
+is started for the next one. Verdicts never depend on where they were computed: the same
+function (ledger.ed25519.verify_many) runs in both places.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from ledger.ed25519 import verify_many
+from ledger.sigworker import encode_request
+
+log = logging.getLogger(__name__)
+
+# Below this many signatures a batch is verified in the calling thread.
+MIN_POOLED = 32
+# A worker that has not answered within this many seconds is given up on.
+WORKER_TIMEOUT_S = 30.0
+
+Item = tuple[bytes, bytes, bytes]  # (public key, signature, signed bytes)
+
+
+class WorkerFailed(Exception):
+    """The worker died, hung or answered something that is not an answer."""
+
+
+def default_processes() -> int:
+    """One worker on a machine with more than one core; none on a single core."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.sigworker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=None, close_fds=True, bufsize=0)
+        self.lock = threading.Lock()  # one request at a time on the pipe
+        self.timeout = WORKER_TIMEOUT_S
+
+    def check(self, items: Sequence[Item], timeout: float) -> bytes:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(encode_request(list(items)))
+        except OSError as exc:
+            raise WorkerFailed(f"sending the batch: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        head = self._read(4, deadline)
+        (count,) = struct.unpack(">I", head)
+        if count != len(items):
+            raise WorkerFailed(f"answered {count} verdicts for {len(items)} signatures")
+        verdicts = self._read(count, deadline)
+        if any(v > 1 for v in verdicts):
+            raise WorkerFailed("answered a verdict that is neither 0 nor 1")
+        return verdicts
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        chunks: list[bytes] = []
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise WorkerFailed(f"no answer within {self.timeout:g} s")
+            chunk = os.read(fd, n)
+            if not chunk:
+                raise WorkerFailed(f"exited (status {self.proc.poll()})")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()  # the worker ends at end of input
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class SignatureChecker:
+    """Verifies many signatures at once: `check(items)` -> one bool per item, in order.
+
+    `processes`: 0 verifies in the calling thread; 1 uses a worker process (None: one when the
+    machine has more than one core). Thread-safe: concurrent callers take turns on the worker
+    (while one waits for its verdicts, another's batch is verified in its own thread rather
+    than queueing).
+    """
+
+    def __init__(self, processes: int | None = None, *, min_pooled: int = MIN_POOLED,
+                 timeout: float = WORKER_TIMEOUT_S) -> None:
+        self.processes = min(1, default_processes() if processes is None else max(0, processes))
+        self.min_pooled = min_pooled
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._worker: _Worker | None = None
+        self._closed = False
+        self.fallbacks = 0  # batches verified here because the worker failed
+
+    def check(self, items: Sequence[Item]) -> list[bool]:
+        if not self.processes or len(items) < self.min_pooled or self._closed:
+            return [v == 1 for v in verify_many(items)]
+        worker = self._get_worker()
+        if worker is None or not worker.lock.acquire(blocking=False):
+            # Busy with another caller's batch (or cannot start): verify here in parallel.
+            return [v == 1 for v in verify_many(items)]
+        try:
+            verdicts = worker.check(items, self.timeout)
+        except WorkerFailed as exc:
+            self.fallbacks += 1
+            log.warning("signature worker pid %d failed (%s); verifying this batch in the "
+                        "serving process, a new worker starts with the next batch",
+                        worker.proc.pid, exc)
+            self._discard(worker)
+            verdicts = verify_many(items)
+        finally:
+            worker.lock.release()
+        return [v == 1 for v in verdicts]
+
+    def _get_worker(self) -> _Worker | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._worker is None:
+                try:
+                    self._worker = _Worker()
+                except OSError as exc:
+                    log.warning("cannot start a signature worker (%s); verifying in the "
+                                "serving process", exc)
+                    return None
+            return self._worker
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._worker is worker:
+                self._worker = None
+        worker.proc.kill()
+        worker.close()
+
+    def worker_pid(self) -> int | None:
+        """The worker's process id, None when there is none (for tests and operators)."""
+        with self._lock:
+            return self._worker.proc.pid if self._worker is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            with worker.lock:
+                worker.close()
