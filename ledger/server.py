@@ -83,6 +83,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# A store append taking at least this long is logged (store_append_slow).
+SLOW_STORE_APPEND_S = 2.0
+
+
 @dataclass(frozen=True)
 class LedgerServerConfig:
     """How to run one ledger server. Secrets are never stored here, only where to find them."""
@@ -519,6 +523,7 @@ class LedgerServer:
         return max(self._clock(), self._last_received_at)
 
     def _store_batch(self, staged: list[LogEntry]) -> None:
+        started = time.monotonic()
         try:
             positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged])
         except FencedError as exc:
@@ -537,6 +542,12 @@ class LedgerServer:
             except Exception as again:
                 log.error("rebuild_failed error=%s; retrying on the next append", type(again).__name__)
             raise
+        took = time.monotonic() - started
+        if took >= SLOW_STORE_APPEND_S:
+            # Appends wait on the store under the append lock: say so, or an outage the store
+            # rides out (a broker restarting) looks like a silent stall in this log.
+            log.warning("store_append_slow seq=%d count=%d seconds=%.1f", staged[0].seq,
+                        len(staged), took)
         self._positions.extend(positions)
         if staged[0].seq == 0:
             self._set_genesis(self._core.state)

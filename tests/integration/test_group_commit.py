@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
+
 from ledger.core import Receipt
 from ledger.formats import encode_signed_event
 from ledger.scenario import Cast, Flow
@@ -89,5 +91,34 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
     finally:
         for gate in store.gates.values():
             gate.set()
+        server.stop()
+        store.close()
+
+
+def test_a_slow_store_append_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """An append the store holds up (a broker restarting) leaves a line in the server's log."""
+    import logging
+
+    import ledger.server
+
+    monkeypatch.setattr(ledger.server, "SLOW_STORE_APPEND_S", 0.2)
+    cast = Cast.create()
+    flow = Flow(cast)
+    store = GatedStore(tmp_path / "ledger.db")
+    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_ms=0)
+    server.start()
+    try:
+        server.append(encode_signed_event(flow.genesis()))
+        assert "store_append_slow" not in caplog.text
+        gate = threading.Event()
+        store.gates = {store.calls: gate}
+        threading.Timer(0.4, gate.set).start()
+        with caplog.at_level(logging.WARNING, logger="ledger.server"):
+            receipts = server.append_batch([encode_signed_event(g) for g in flow.grants()])
+        slow = [r.getMessage() for r in caplog.records if "store_append_slow" in r.getMessage()]
+        assert len(slow) == 1, caplog.text
+        assert slow[0].startswith(f"store_append_slow seq=1 count={len(receipts)} seconds=0.")
+    finally:
         server.stop()
         store.close()
