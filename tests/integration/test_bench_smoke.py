@@ -26,6 +26,8 @@ EXPECTED: dict[str, list[str]] = {
                "kafka: unary Append p99 @ 500/s", "kafka: raw producer acks=all, same bytes",
                "kafka: AppendStream / raw producer", "sqlite: AppendStream (full verification)",
                "sqlite: unary Append p99 @ 500/s"],
+    "checkpoints": ["load: AppendStream", "on-demand checkpoint p50", "on-demand checkpoint p99",
+                    "coverage lag p99", "checkpoints published", "entries per checkpoint (median gap)"],
     "killswitch": ["kill switch → canary 0 p50", "kill switch → canary 0 p99"],
     "proofs": ["inclusion proof p99", "consistency proof p99"],
 }
@@ -55,3 +57,13 @@ def test_run_all_rejects_unknown_bench() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.run_all", "--only", "nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown bench" in out.stderr
+
+
+def test_checkpoint_coverage_lag_is_the_wait_until_a_checkpoint_covers_the_head() -> None:
+    from bench.checkpoints import coverage_lags
+
+    # (time, durable size, newest checkpoint size) as GetHead reports them
+    heads = [(0.0, 10, 0), (1.0, 20, 10), (2.5, 20, 20), (3.0, 30, 20)]
+    lags, uncovered = coverage_lags(heads)
+    assert lags == [1.0, 1.5, 0.0]  # size 10 covered at t=1.0; size 20 at t=2.5
+    assert uncovered == 1  # size 30 never covered while watched
