@@ -1,8 +1,23 @@
 """The Kafka log store: one ledger = one single-partition topic, written in transactions.
 
-Writing: one idempotent, transactional producer per store (``transactional.id`` per ledger).
+Two Kafka clients, one per direction:
+
+* Writing goes through confluent-kafka (librdkafka, C): one idempotent, transactional
+  ``Producer`` per store (``transactional.id`` per ledger), and a short-lived plain producer for
+  each claim record. librdkafka builds, checksums and sends batches in its own threads, outside
+  the interpreter lock; kafka-python's pure-Python producer cost the ledger server's single
+  interpreter 116-147 µs per record and alone capped ingest below the goal (docs/PERFORMANCE.md).
+  Every transactional call takes a timeout, so no kafka-python internals are needed any more to
+  bound a commit or an abort.
+* Reading (``read``, ``follow``, end offsets, the claim log) and the admin client (topic checks)
+  stay on kafka-python: the controller, projector and auditor use this store read-only and never
+  load a librdkafka producer.
+
 Every `append` is one Kafka transaction, committed before it returns (acks=all), so a batch is
-all or nothing for read_committed readers.
+all or nothing for read_committed readers: ``begin_transaction``, ``produce`` per record (offsets
+come from the delivery reports), ``flush`` (records not acknowledged in time, or any failed
+delivery, abort the transaction), ``commit_transaction``. Each step gets what is left of
+``operation_timeout_s`` (at least a second for the commit or abort).
 
 Who writes: the claim log. Every store instance has a fresh claim token (uuid4). The claim log
 is the companion topic ``<topic>.writers``: one record per claim, the last one names the writer.
@@ -18,10 +33,15 @@ dropped) runs:
 3. In both, the claim holds only if the last claim read *after* our InitProducerId is ours;
    otherwise the producer is dropped and the store is fenced for good.
 
-A fencing error during a transaction (ProducerFenced, an invalid epoch, or Kafka 4.2's
-UNKNOWN_SERVER_ERROR answer to an EndTxn racing an InitProducerId) is therefore not final by
-itself: the producer is dropped and the store re-claims at once through step 2, raising
-FencedError if another writer holds the last claim, StoreUnavailable (retry) if we still do.
+A fencing error during a transaction (librdkafka's ``_FENCED``, which it reports for
+PRODUCER_FENCED and INVALID_PRODUCER_EPOCH, or Kafka 4.2's UNKNOWN_SERVER_ERROR answer to an
+EndTxn racing an InitProducerId) is therefore not final by itself: the producer is dropped and
+the store re-claims at once through step 2, raising FencedError if another writer holds the last
+claim, StoreUnavailable (retry) if we still do. Any other error (including fatal ones that are
+not a bumped epoch, such as TRANSACTIONAL_ID_AUTHORIZATION_FAILED) aborts the transaction, or
+drops the producer if that fails, and raises StoreUnavailable; the next append re-claims. Either
+classification is safe: only the claim log decides who writes, the classification only decides
+whether it is asked now or at the next append.
 
 Why two writers never take turns and the chain cannot fork. Kafka gives: (a) a transaction
 commits only if its producer epoch is still the current one, and InitProducerId returns only
@@ -38,19 +58,30 @@ after any store failure), so by (a) its replay sees every commit of earlier epoc
 else commits until its epoch is bumped, which fails its next transaction: it always appends to
 the tail it replayed.
 
+A commit whose outcome is unknown (timed out, connection lost, any error from
+``commit_transaction``) is *in doubt*: the producer is dropped, the next InitProducerId settles
+it (the coordinator completes or aborts it first), and a retry of the same batch returns the
+first attempt's offsets if it did commit.
+
 Reading: read_committed consumers with manual assignment (no consumer group), seeking to the
 requested position. Positions are partition offsets; they skip the offsets of transaction
 markers, and `end_position()` is the last stable offset (one past the last commit marker).
 
 Checkpoint notes go to the companion topic ``<topic>.checkpoints`` (see kafka_topic.py), in
 transactions of the same producer, so a fenced writer cannot add checkpoints either.
+
+librdkafka's log lines and error callbacks go to the Python logger ``kafka.librdkafka`` (under
+kafka-python's ``kafka`` logger, so one level setting covers both clients): its warnings and
+errors at WARNING, each distinct line at most once a minute (repeats at DEBUG).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -59,10 +90,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka import errors as kerrors
 
-from ledger.errors import FencedError, StoreError, StoreUnavailable
+from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailable
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.kafka_topic import (
     TopicSettings,
@@ -72,21 +104,35 @@ from ledger.store.kafka_topic import (
 )
 
 log = logging.getLogger(__name__)
+# librdkafka's own lines: under kafka-python's "kafka" logger, so that one level (the ledger
+# server's --kafka-log-level) governs both clients.
+rdkafka_log = logging.getLogger("kafka.librdkafka")
 
-# Errors meaning "another producer with our transactional id took over".
-_FENCING_ERRORS: tuple[type[BaseException], ...] = (
-    kerrors.ProducerFencedError,
-    kerrors.InvalidProducerEpochError,
-    kerrors.TransactionCoordinatorFencedError,
-)
+# librdkafka error codes meaning "another InitProducerId bumped our producer epoch". librdkafka
+# reports both broker codes as its own _FENCED (a fatal error) once it has seen one; the broker
+# codes are listed in case one reaches us unnormalised. Not here: TRANSACTIONAL_ID_AUTHORIZATION_
+# FAILED, CLUSTER_AUTHORIZATION_FAILED and INVALID_TXN_STATE, which librdkafka also makes fatal,
+# but which say nothing about another writer (a missing ACL, a protocol state error): they drop
+# the producer and raise StoreUnavailable, and the claim log is asked at the next append.
+_FENCING_CODES: frozenset[int] = frozenset({
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+})
+
+# Largest produce request (librdkafka message.max.bytes), as kafka-python's max_request_size
+# was. The topic's max.message.bytes (1 MiB by default) still bounds one record batch on the
+# broker; a larger record fails its delivery, and the transaction is aborted.
+_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class KafkaStoreConfig:
     """How to reach the cluster and which topic holds the ledger.
 
-    Security options are passed to kafka-python unchanged (see docs/KAFKA.md). Secrets are
-    kept out of repr() so they never reach a log line.
+    The same options serve both clients: `client_options()` for kafka-python (readers, admin),
+    `producer_options()` with librdkafka's names for the confluent-kafka producers (see
+    docs/KAFKA.md for the mapping). Secrets are kept out of repr() so they never reach a log line.
     """
 
     bootstrap_servers: str
@@ -98,7 +144,8 @@ class KafkaStoreConfig:
     create_topics: bool = True  # False: the topics must exist (and are still checked)
     client_id: str = "steward-ledger"
     # Timeouts. request_timeout_ms bounds one broker request, operation_timeout_s one
-    # append/read as a whole before StoreUnavailable.
+    # append/read as a whole before StoreUnavailable, transaction_timeout_ms how long the
+    # coordinator keeps an open transaction of a vanished writer.
     request_timeout_ms: int = 15000
     operation_timeout_s: float = 60.0
     transaction_timeout_ms: int = 60000
@@ -143,6 +190,40 @@ class KafkaStoreConfig:
             opts["ssl_check_hostname"] = self.ssl_check_hostname
         return opts
 
+    def producer_options(self) -> dict[str, Any]:
+        """librdkafka options common to the ledger's producers (includes secrets; never log it).
+
+        ``request.timeout.ms`` (how long the broker may wait for acks=all) and
+        ``socket.timeout.ms`` (any request, e.g. to the transaction coordinator) both take
+        `request_timeout_ms`, like kafka-python's one request timeout; ``message.timeout.ms``
+        (a record's delivery, retries included) takes `operation_timeout_s`.
+        """
+        opts: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+            "request.timeout.ms": self.request_timeout_ms,
+            "socket.timeout.ms": self.request_timeout_ms,
+            "message.timeout.ms": max(1, int(self.operation_timeout_s * 1000)),
+            "message.max.bytes": _MAX_REQUEST_BYTES,
+            # The topics exist (checked at start); never create one by producing to it.
+            "allow.auto.create.topics": False,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_plain_username,
+            "sasl.password": self.sasl_plain_password,
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+            "ssl.key.password": self.ssl_password,
+        }
+        opts.update({k: v for k, v in optional.items() if v is not None})
+        if self.security_protocol.upper() in ("SSL", "SASL_SSL"):
+            opts["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_check_hostname else "none")
+        return opts
+
 
 def _checkpoint_key(size: int) -> bytes:
     return str(size).encode()
@@ -183,6 +264,66 @@ class WriterClaim:
                 f" (offset {self.position})")
 
 
+class LibrdkafkaLog:
+    """librdkafka's log lines and error callback, into Python logging without a flood.
+
+    Given to each producer as its ``logger`` and ``error_cb``. confluent-kafka calls
+    ``log(level, "%s [%s] %s", facility, client name, text)`` with librdkafka's syslog level
+    already mapped to a Python level, and ``error(KafkaError)`` for errors the client reports
+    on its own (a broker down, all brokers down, ...): both only while our thread is in
+    ``poll``/``flush``, so under the store's writer lock. With a broker gone librdkafka repeats
+    the same connection failure every reconnect backoff, and the store raises StoreUnavailable
+    (logged by the caller) anyway, so: librdkafka's warnings and worse are logged at WARNING
+    (it says ALERT for a fence, which the claim log then decides), each distinct line (numbers
+    ignored) at most once per `window` seconds, its repeats at DEBUG and counted in the next
+    WARNING of the same line; notices and info at INFO, debug at DEBUG. Fatal errors are not
+    rate-limited (confluent-kafka raises them from ``flush``/``poll`` rather than calling
+    `error`, but a fatal one passed here is logged at once).
+    """
+
+    _NUMBERS = re.compile(r"\d+")
+
+    def __init__(self, topic: str, *, window: float = 60.0,
+                 logger: logging.Logger | None = None) -> None:
+        self.topic = topic
+        self.window = window
+        self.logger = logger or rdkafka_log
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, ...], tuple[float, int]] = {}  # key -> (last logged, repeats)
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        text = msg % args if args else msg
+        if level >= logging.WARNING:
+            facility = str(args[0]) if args else ""
+            level, text = self._limited(("log", facility, self._NUMBERS.sub("#", text)), text)
+        elif level > logging.DEBUG:
+            level = logging.INFO
+        self.logger.log(level, "topic %s: librdkafka: %s", self.topic, text)
+
+    def error(self, err: KafkaError) -> None:
+        text = f"{err.name()}: {err.str()}"
+        if err.fatal():
+            level = logging.WARNING
+        else:
+            level, text = self._limited(("error", str(err.code()),
+                                         self._NUMBERS.sub("#", err.str())), text)
+        self.logger.log(level, "topic %s: librdkafka error %s", self.topic, text)
+
+    def _limited(self, key: tuple[str, ...], text: str) -> tuple[int, str]:
+        now = time.monotonic()
+        with self._lock:
+            last, repeats = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.window:
+                self._seen[key] = (last, repeats + 1)
+                return logging.DEBUG, text
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:  # distinct lines are few; never grow without bound
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+        if repeats:
+            text += f" ({repeats} more like it in the last {self.window:.0f}s, at DEBUG)"
+        return logging.WARNING, text
+
+
 class KafkaLogStore(LogStore):
     """LogStore on a Kafka topic; see the module docstring for the mapping."""
 
@@ -195,7 +336,8 @@ class KafkaLogStore(LogStore):
         self._cp_tp = TopicPartition(self.checkpoints_topic, 0)
         self._claims_tp = TopicPartition(self.writers_topic, 0)
         self._lock = threading.RLock()  # one writer operation at a time
-        self._producer: KafkaProducer | None = None
+        self._producer: OwnedProducer | None = None
+        self._rdlog = LibrdkafkaLog(self.topic)
         self._fenced: str | None = None  # why, once fenced: permanent
         # Our claim token (fresh per store instance) and whether our claim record was
         # acknowledged by the claim log (from then on we only ever re-claim, never claim anew).
@@ -230,7 +372,17 @@ class KafkaLogStore(LogStore):
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
             f"Kafka topic {self.topic} at {self.config.bootstrap_servers}: {what} failed: "
-            f"{type(exc).__name__}: {exc}")
+            f"{_describe(exc)}")
+
+    def _new_producer(self, what: str, options: dict[str, Any]) -> OwnedProducer:
+        """A confluent-kafka producer with our logging; ConfigError if librdkafka refuses the
+        options (an unknown value, an unreadable certificate file: no retry would help)."""
+        try:
+            return OwnedProducer(Producer({**self.config.producer_options(), **options,
+                                           "logger": self._rdlog, "error_cb": self._rdlog.error}))
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"Kafka topic {self.topic}: the {what} producer refused its "
+                              f"configuration: {_describe(exc)}") from exc
 
     def _admin(self) -> Any:
         try:
@@ -283,12 +435,12 @@ class KafkaLogStore(LogStore):
             try:
                 last = self._last_claim()
             except BaseException:
-                _close_producer(producer, self.topic)
+                producer.discard(self.topic)
                 raise
             if not self._is_ours(last):
                 # A newer claim landed before our InitProducerId, which has just fenced its
                 # writer: that one sees its own claim last and re-claims; we stop.
-                _close_producer(producer, self.topic)
+                producer.discard(self.topic)
                 raise self._superseded(last, "after initialising")
             self._producer = producer
             log.info("claimed ledger topic %s as transactional id %s (claim %s, offset %d)",
@@ -305,61 +457,59 @@ class KafkaLogStore(LogStore):
             "pid": os.getpid(),
             "claimed_at_ms": int(time.time() * 1000),
         }
-        timeout_ms = int(self.config.operation_timeout_s * 1000)
-        producer: KafkaProducer | None = None
+        timeout = self.config.operation_timeout_s
+        delivered: list[tuple[KafkaError | None, Message]] = []
+        producer = self._new_producer("claim", {
+            "acks": "all",
+            # One record, and a duplicate of it is harmless: no idempotence (no extra
+            # InitProducerId, no IdempotentWrite ACL for this producer).
+            "enable.idempotence": False,
+            "linger.ms": 0,
+        })
         try:
-            producer = KafkaProducer(
-                **self.config.client_options(),
-                acks="all",
-                # One record, and a duplicate of it is harmless: no idempotence (no extra
-                # InitProducerId, no IdempotentWrite ACL for this producer).
-                enable_idempotence=False,
-                allow_auto_create_topics=False,
-                max_block_ms=timeout_ms,
-                delivery_timeout_ms=timeout_ms,
-            )
-            meta = producer.send(
+            producer.client.produce(
                 self.writers_topic, key=self._token.encode(),
                 value=json.dumps(record, sort_keys=True).encode(), partition=0,
-            ).get(timeout=self.config.operation_timeout_s)
+                on_delivery=lambda err, msg: delivered.append((err, msg)))
+            if producer.client.flush(timeout) or not delivered:
+                raise TimeoutError(f"the claim record was not acknowledged within {timeout:.0f}s")
+            err, msg = delivered[0]
+            if err is not None:
+                raise KafkaException(err)
+            offset = msg.offset()
         except Exception as exc:
             # Maybe written, maybe not: the next claim_writer() writes it again (a second
             # record with our token changes nothing).
             raise self._unavailable(f"writing our claim to {self.writers_topic}", exc) from exc
         finally:
-            if producer is not None:
-                _close_producer(producer, self.topic)
+            producer.discard(self.topic)
         self._claim_written = True
         log.info("topic %s: claim %s written to %s at offset %d", self.topic,
-                 self._token[:12], self.writers_topic, meta.offset)
+                 self._token[:12], self.writers_topic, offset)
 
-    def _init_producer(self) -> KafkaProducer:
+    def _init_producer(self) -> OwnedProducer:
         """A new transactional producer, after InitProducerId (which fences every other one)."""
         tid = self.config.effective_transactional_id
-        producer: KafkaProducer | None = None
+        txn_ms = self.config.transaction_timeout_ms
+        op_ms = max(1, int(self.config.operation_timeout_s * 1000))
+        producer = self._new_producer("transactional", {
+            "transactional.id": tid,
+            "enable.idempotence": True,
+            "acks": "all",
+            "transaction.timeout.ms": txn_ms,
+            # librdkafka refuses a record timeout above the transaction timeout, and a request
+            # timeout above it + 100 ms.
+            "message.timeout.ms": min(op_ms, txn_ms),
+            "socket.timeout.ms": min(self.config.request_timeout_ms, txn_ms),
+            # Every append ends in flush(), which sends at once whatever linger says; the linger
+            # only keeps the broker threads from shipping a transaction's first records in
+            # small requests while the rest are still being produced.
+            "linger.ms": max(0, min(100, min(op_ms, txn_ms) // 2)),
+        })
         try:
-            producer = KafkaProducer(
-                **self.config.client_options(),
-                transactional_id=tid,
-                enable_idempotence=True,
-                acks="all",
-                # Every send is followed by flush() (see _transaction), so linger never
-                # delays a write; it keeps the sender thread from shipping a transaction's
-                # records one small request at a time (-30% CPU per record, same run).
-                # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms.
-                linger_ms=max(0, min(1000, int(self.config.operation_timeout_s * 1000)
-                                     - self.config.request_timeout_ms)),
-                batch_size=1024 * 1024,
-                allow_auto_create_topics=False,
-                max_block_ms=int(self.config.operation_timeout_s * 1000),
-                transaction_timeout_ms=self.config.transaction_timeout_ms,
-                delivery_timeout_ms=int(self.config.operation_timeout_s * 1000),
-                max_request_size=8 * 1024 * 1024,
-            )
-            producer.init_transactions()
+            producer.client.init_transactions(self.config.operation_timeout_s)
         except Exception as exc:
-            if producer is not None:
-                _close_producer(producer, self.topic)
+            producer.discard(self.topic)
             # Even a fencing error here (another InitProducerId racing ours) decides nothing:
             # the claim log does, on the next claim_writer().
             raise self._unavailable(f"initialising transactional id {tid}", exc) from exc
@@ -405,9 +555,8 @@ class KafkaLogStore(LogStore):
                 settled = self._settle_in_doubt(batch)
                 if settled is not None:
                     return settled
-            metas = self._transaction([(self.topic, key, value) for key, value in batch],
-                                      batch=batch)
-            offsets = [m.offset for m in metas]
+            offsets = self._transaction([(self.topic, key, value) for key, value in batch],
+                                        batch=batch)
             self._await_visible(self._tp, offsets[-1])
             return offsets
 
@@ -433,9 +582,9 @@ class KafkaLogStore(LogStore):
         with self._lock:
             self._check_open()
             self._raise_if_fenced()
-            metas = self._transaction(
+            offsets = self._transaction(
                 [(self.checkpoints_topic, _checkpoint_key(size), note.encode())])
-            self._await_visible(self._cp_tp, metas[-1].offset)
+            self._await_visible(self._cp_tp, offsets[-1])
 
     def _await_visible(self, tp: TopicPartition, offset: int) -> None:
         """Wait until read_committed readers can see `offset`.
@@ -469,41 +618,47 @@ class KafkaLogStore(LogStore):
             delay = min(delay * 1.5, 0.02)
 
     def _transaction(self, sends: list[tuple[str, bytes, bytes]],
-                     batch: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
+                     batch: list[tuple[bytes, bytes]] | None = None) -> list[int]:
+        """One transaction of `sends` (topic, key, value), all to partition 0; their offsets."""
         self.claim_writer()
         producer = self._producer
         assert producer is not None
-        timeout = self.config.operation_timeout_s
+        deadline = time.monotonic() + self.config.operation_timeout_s
         step = "beginning a transaction"
-        metas: list[Any] = []
+        offsets = [-1] * len(sends)
+        failed: list[KafkaError] = []
         try:
-            producer.begin_transaction()
+            producer.client.begin_transaction()
             step = "sending the batch"
-            futures = [producer.send(topic, value=value, key=key, partition=0)
-                       for topic, key, value in sends]
+            produce = producer.client.produce
+            for i, (topic, key, value) in enumerate(sends):
+                produce(topic, value=value, key=key, partition=0,
+                        on_delivery=functools.partial(_delivered, offsets, failed, i))
+            del produce  # no reference to the client itself outlives this frame's use of it
             step = "flushing the batch"
-            producer.flush(timeout=timeout)
-            metas = [f.get(timeout=timeout) for f in futures]
+            _flush_batch(producer, failed, len(sends), _left(deadline, 0.1))
             step = "committing the transaction"
-            _end_transaction(producer, commit=True, timeout=timeout)
-            return metas
+            _end_transaction(producer, commit=True, timeout=_left(deadline, 1.0))
+            return offsets
         except Exception as exc:
             committing = step == "committing the transaction"
             # Our epoch was bumped by another InitProducerId. Kafka 4.2's coordinator may also
             # answer an EndTxn racing one with UNKNOWN_SERVER_ERROR (PREPARE_EPOCH_FENCE,
             # docs/KAFKA.md) instead of PRODUCER_FENCED: same meaning, but the commit is in doubt.
-            bumped = _is_fencing(exc, producer) or (
-                committing and _is_end_txn_unknown_error(exc, producer))
+            bumped = _is_fencing(exc) or (committing and _is_end_txn_unknown_error(exc))
             if committing:
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
-                if batch is not None and len(metas) == len(batch):
-                    self._in_doubt = (batch, [m.offset for m in metas])
+                if batch is not None and len(offsets) == len(batch) and min(offsets) >= 0:
+                    self._in_doubt = (batch, list(offsets))
                 self._drop_producer()
             elif bumped:
                 self._drop_producer()
             else:
-                self._recover_after_error()
+                # A fence first seen by a delivery report (its records purged) shows in the
+                # abort: librdkafka then raises the fatal _FENCED.
+                abort_error = self._abort_and_drop(deadline)
+                bumped = abort_error is not None and _is_fencing(abort_error)
             if bumped:
                 # Not final by itself: the claim log decides, now. FencedError (for good) if
                 # another writer claimed after us; if the last claim is still ours we hold the
@@ -514,33 +669,40 @@ class KafkaLogStore(LogStore):
                     raise decided from exc
                 raise StoreUnavailable(
                     f"Kafka topic {self.topic}: {step} failed because our producer epoch was "
-                    f"bumped ({type(exc).__name__}), but the last claim in {self.writers_topic} "
+                    f"bumped ({_describe(exc)}), but the last claim in {self.writers_topic} "
                     f"is still ours: re-claimed, retry") from exc
             raise self._unavailable(step, exc) from exc
 
-    def _recover_after_error(self) -> None:
-        """Abort the failed transaction; if the producer is unusable, drop it.
+    def _abort_and_drop(self, deadline: float) -> BaseException | None:
+        """Abort the failed transaction, then drop the producer; the abort's error, if any.
 
-        A dropped producer is re-created by the next append through claim_writer()'s
-        re-claim (InitProducerId with the same transactional id, which also aborts whatever
-        this one left open), and only if the last claim is still ours.
+        The abort makes the batch's records aborted at once (an open transaction would hold
+        read_committed readers back until the transaction timeout); if it fails, the next
+        InitProducerId aborts it. The producer is dropped even after a clean abort: after a
+        failed delivery librdkafka's idempotence sequence has a gap, and the next transaction
+        of the same producer fails (OUT_OF_ORDER_SEQUENCE_NUMBER, "requires epoch bump"), a
+        spurious failure that costs the ledger server a full replay. The next append
+        re-claims (InitProducerId with the same transactional id: a fresh epoch and
+        sequence), and only if the last claim is still ours.
         """
         producer = self._producer
         if producer is None:
-            return
+            return None
+        failure: BaseException | None = None
         try:
-            _end_transaction(producer, commit=False, timeout=self.config.operation_timeout_s)
+            _end_transaction(producer, commit=False, timeout=_left(deadline, 1.0))
         except Exception as exc:
-            log.warning("topic %s: abort after a failed append failed too (%s: %s); "
-                        "re-claiming on the next append",
-                        self.topic, type(exc).__name__, exc)
-            self._drop_producer()
+            log.warning("topic %s: abort after a failed append failed too (%s); the next "
+                        "InitProducerId aborts it", self.topic, _describe(exc))
+            failure = exc
+        self._drop_producer()
+        return failure
 
     def _drop_producer(self) -> None:
         """Forget the producer (transient loss); the next operation re-claims (claim_writer)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            _close_producer(producer, self.topic)
+            producer.discard(self.topic)
 
     def _raise_if_fenced(self) -> None:
         if self._fenced is not None:
@@ -658,80 +820,118 @@ class KafkaLogStore(LogStore):
                 self._end_consumer = None
 
 
-def _close_producer(producer: KafkaProducer, topic: str) -> None:
-    try:
-        producer.close(timeout=0)
-    except Exception:
-        # kafka-python's close() flushes first and raises KafkaTimeoutError when records
-        # are pending (broker down) before it force-closes the sender thread, which then
-        # keeps retrying (docs/KAFKA.md). Force-close it ourselves, then close again.
-        sender = getattr(producer, "_sender", None)
-        if sender is not None and hasattr(sender, "force_close"):
-            sender.force_close()
+def _left(deadline: float, floor: float) -> float:
+    """Seconds left until `deadline`, but at least `floor`."""
+    return max(floor, deadline - time.monotonic())
+
+
+def _delivered(offsets: list[int], failed: list[KafkaError], index: int,
+               err: KafkaError | None, msg: Message) -> None:
+    """Delivery report of record `index` of a transaction (served inside flush())."""
+    if err is not None:
+        failed.append(err)
+    else:
+        offset = msg.offset()
+        offsets[index] = offset if offset is not None else -1
+
+
+def _flush_batch(producer: OwnedProducer, failed: list[KafkaError], count: int,
+                 timeout: float) -> None:
+    """Wait for every record's delivery report; raise unless all `count` were acknowledged."""
+    left = producer.client.flush(timeout)
+    if left:
+        raise TimeoutError(f"{left} of {count} records not acknowledged within {timeout:.1f}s")
+    if failed:
+        raise KafkaException(failed[0])
+
+
+def _end_transaction(producer: OwnedProducer, *, commit: bool, timeout: float) -> None:
+    """commit_transaction()/abort_transaction(), bounded by `timeout` seconds.
+
+    A commit that times out or fails is in doubt (the caller drops the producer); an abort
+    that fails leaves the transaction to the next InitProducerId.
+    """
+    if commit:
+        producer.client.commit_transaction(timeout)
+    else:
+        producer.client.abort_transaction(timeout)
+
+
+class OwnedProducer:
+    """A confluent-kafka Producer that is destroyed when we say so, in bounded time.
+
+    Producer.close() is not usable for a producer we drop: confluent-kafka 2.16's close() first
+    calls abort_transaction() and flush() with no time limit, and with the broker gone and a
+    transaction open it was still blocked after nine minutes (measured). Destroying the client
+    (rd_kafka_destroy, which runs when the last reference goes) takes ~30 ms in the same case.
+    So the store's code refers to the client only through this holder (locals, arguments and
+    tracebacks keep the holder, not the client), and `discard` drops the one reference: what
+    is queued or in flight is purged (their delivery reports fail with _PURGE_*), the client
+    is destroyed, and any open transaction is aborted, or a commit settled, by the coordinator
+    at the next InitProducerId of the transactional id.
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Producer) -> None:
+        self._client: Producer | None = client
+
+    @property
+    def client(self) -> Producer:
+        if self._client is None:
+            raise KafkaException(KafkaError(KafkaError._DESTROY, "the producer was discarded"))
+        return self._client
+
+    def discard(self, topic: str) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
         try:
-            producer.close(timeout=0)
+            client.purge(in_queue=True, in_flight=True, blocking=False)
         except Exception as exc:
-            log.debug("topic %s: closing a broken producer: %s", topic, exc)
+            log.debug("topic %s: purging a dropped producer: %s", topic, _describe(exc))
+        del client  # the last reference: rd_kafka_destroy() now
 
 
-def _end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -> None:
-    """commit_transaction()/abort_transaction() with a time limit.
-
-    kafka-python 3.0.12's commit_transaction() and abort_transaction() wait on the EndTxn
-    result with no timeout: with the broker gone they block forever (docs/KAFKA.md has the
-    reproduction). The result object they wait on does take a timeout, so wait on it here.
-    """
-    manager = getattr(producer, "_transaction_manager", None)
-    sender = getattr(producer, "_sender", None)
-    if manager is None or sender is None or not hasattr(manager, "begin_commit"):
-        # Internals changed: fall back to the public (unbounded) calls.
-        (producer.commit_transaction if commit else producer.abort_transaction)()
-        return
-    result = manager.begin_commit() if commit else manager.begin_abort()
-    sender.wakeup()
-    if not result.wait(timeout_ms=int(timeout * 1000)):
-        what = "commit" if commit else "abort"
-        raise kerrors.KafkaTimeoutError(
-            f"the transaction {what} was not acknowledged within {timeout:.0f}s")
-
-
-def _is_end_txn_unknown_error(exc: BaseException, producer: KafkaProducer | None) -> bool:
-    """Whether a failed commit is Kafka 4.2's UNKNOWN_SERVER_ERROR answer to EndTxn.
-
-    kafka-python 3.0.12 does not raise UnknownError for it: it records (and re-raises) a plain
-    KafkaError("Unhandled error in EndTxnResponse: [Error -1] UnknownError"), so the class
-    alone never matches; the message is the only trace.
-    """
-    if _is_fencing(exc, producer, (kerrors.UnknownError,)):
-        return True
-    manager = getattr(producer, "_transaction_manager", None) if producer else None
-    candidates: list[BaseException] = [exc]
-    last = getattr(manager, "last_error", None) if manager is not None else None
-    if isinstance(last, BaseException):
-        candidates.append(last)
-    return any("EndTxnResponse" in str(c) and "UnknownError" in str(c) for c in candidates)
-
-
-def _is_fencing(exc: BaseException, producer: KafkaProducer | None,
-                errors: tuple[type[BaseException], ...] | None = None) -> bool:
-    """Whether `exc` (or the producer's recorded fatal error) means we were fenced.
-
-    kafka-python reports a fencing seen by its background sender as a generic KafkaError
-    ("Cannot execute transactional method because we are in an error state: ...") on the
-    next call; the original ProducerFencedError is only in the transaction manager.
-    `errors` replaces the fencing error classes looked for.
-    """
-    wanted = errors if errors is not None else _FENCING_ERRORS
+def _kafka_errors(exc: BaseException) -> list[KafkaError]:
+    """The librdkafka errors carried by `exc` and its causes, outermost first."""
+    found: list[KafkaError] = []
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, wanted):
-            return True
-        for arg in getattr(current, "args", ()):
-            if isinstance(arg, wanted):
-                return True
+        if isinstance(current, KafkaException):
+            found.extend(arg for arg in current.args if isinstance(arg, KafkaError))
         current = current.__cause__ or current.__context__
-    manager = getattr(producer, "_transaction_manager", None) if producer else None
-    last = getattr(manager, "last_error", None) if manager is not None else None
-    return isinstance(last, wanted)
+    return found
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a log or an error message: the librdkafka error's name, text and flags."""
+    errors = _kafka_errors(exc)
+    if not errors:
+        return f"{type(exc).__name__}: {exc}"
+    err = errors[0]
+    flags = [name for name, on in (("fatal", err.fatal()), ("retriable", err.retriable()),
+                                   ("abortable", err.txn_requires_abort())) if on]
+    return f"{err.name()}: {err.str()}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def _is_end_txn_unknown_error(exc: BaseException) -> bool:
+    """Whether a failed commit is Kafka 4.2's UNKNOWN_SERVER_ERROR answer to EndTxn.
+
+    librdkafka takes an EndTxn error it has no rule for as permanent: commit_transaction()
+    raises it with its broker code, UNKNOWN (-1, "Unknown broker error"), as an abortable
+    (txn_requires_abort) error. Only asked for errors of commit_transaction().
+    """
+    return _is_fencing(exc) or any(e.code() == KafkaError.UNKNOWN for e in _kafka_errors(exc))
+
+
+def _is_fencing(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says another InitProducerId bumped our epoch.
+
+    librdkafka turns PRODUCER_FENCED and INVALID_PRODUCER_EPOCH into its fatal _FENCED; after
+    that every transactional call, produce() and flush() raise it, so the first call after the
+    fence tells.
+    """
+    return any(e.code() in _FENCING_CODES for e in _kafka_errors(exc))

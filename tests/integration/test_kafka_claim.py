@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from confluent_kafka import Producer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -29,8 +30,6 @@ from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
 from ledger.store.kafka_topic import TopicSettings, checkpoints_topic, create_topic, writers_topic
 
 pytestmark = pytest.mark.kafka
-
-
 
 
 @pytest.fixture
@@ -196,24 +195,36 @@ def test_a_dropped_store_whose_claim_is_still_the_last_re_claims_and_appends(
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [store.claim_token]
 
 
+def _stray_init(client: str, bootstrap: str, transactional_id: str) -> None:
+    """InitProducerId for `transactional_id` by a producer that writes no claim."""
+    if client == "kafka-python":
+        stray = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+        try:
+            stray.init_transactions()
+        finally:
+            stray.close(timeout=5)
+    else:
+        other = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+        other.init_transactions(30)
+        other.close()  # no transaction open: close() returns at once
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_an_epoch_bump_without_a_newer_claim_is_a_transient_loss(
     make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
-    stores: list[KafkaLogStore],
+    stores: list[KafkaLogStore], client: str,
 ) -> None:
     """A producer that runs InitProducerId without claiming (an older Steward, a stray tool)
-    fences our epoch but not our claim: the append in flight fails with a retryable error,
-    the store re-claims, and the retry lands."""
-    config = make_config(ledger="claim-bump")
+    fences our epoch but not our claim: the append in flight fails with a retryable error
+    (librdkafka's fatal _FENCED, classified as a bumped epoch), the store re-claims, and the
+    retry lands."""
+    config = make_config(ledger=f"claim-bump-{client}")
     store = KafkaLogStore(config)
     stores.append(store)
     store.append([(b"e1", b"1")])
-    stray = KafkaProducer(bootstrap_servers=kafka_cluster.bootstrap_servers,
-                          transactional_id=config.effective_transactional_id)
-    try:
-        stray.init_transactions()
-    finally:
-        stray.close(timeout=5)
-    with pytest.raises(StoreUnavailable, match="still ours: re-claimed, retry"):
+    _stray_init(client, kafka_cluster.bootstrap_servers, config.effective_transactional_id)
+    with pytest.raises(StoreUnavailable, match=r"epoch was bumped .*_FENCED.*still ours: "
+                                               r"re-claimed, retry"):
         store.append([(b"e2", b"2")])
     store.append([(b"e2", b"2")])
     assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] == [
@@ -335,19 +346,26 @@ def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving
 
 
 def test_the_end_txn_unknown_server_error_is_recognised_as_it_is_raised() -> None:
-    """kafka-python 3.0.12 reports Kafka 4.2's UNKNOWN_SERVER_ERROR answer to an EndTxn racing
-    an InitProducerId as a plain KafkaError (transaction_manager.EndTxnHandler), not as
-    UnknownError; the store must still take it as a bumped epoch, and only it."""
-    from kafka import errors as kerrors
+    """librdkafka has no rule for Kafka 4.2's UNKNOWN_SERVER_ERROR answer to an EndTxn racing
+    an InitProducerId: it takes it as permanent and commit_transaction() raises the broker code
+    UNKNOWN as an abortable error (rd_kafka_txn_handle_EndTxn). The store must take it as a
+    bumped epoch (with the commit in doubt), and only it."""
+    from confluent_kafka import KafkaError, KafkaException
 
     from ledger.store.kafka import _is_end_txn_unknown_error
 
-    # The exact expression of kafka-python's EndTxnHandler.
-    raised = kerrors.KafkaError(f"Unhandled error in EndTxnResponse: {kerrors.UnknownError()}")
-    assert _is_end_txn_unknown_error(raised, None)
-    wrapped = kerrors.KafkaError(
-        f"Cannot execute transactional method because we are in an error state: {raised}")
-    assert _is_end_txn_unknown_error(wrapped, None)
-    assert not _is_end_txn_unknown_error(
-        kerrors.KafkaTimeoutError("the transaction commit was not acknowledged within 30s"), None)
-    assert not _is_end_txn_unknown_error(kerrors.UnknownTopicOrPartitionError(), None)
+    # What rd_kafka_txn_handle_EndTxn builds for it.
+    raised = KafkaException(KafkaError(KafkaError.UNKNOWN,
+                                       "EndTxn commit failed: Unknown broker error",
+                                       txn_requires_abort=True))
+    assert _is_end_txn_unknown_error(raised)
+    try:
+        raise StoreUnavailable("wrapped") from raised
+    except StoreUnavailable as wrapped:
+        assert _is_end_txn_unknown_error(wrapped)
+    assert not _is_end_txn_unknown_error(KafkaException(KafkaError(
+        KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",
+        retriable=True)))
+    assert not _is_end_txn_unknown_error(KafkaException(KafkaError(
+        KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    assert not _is_end_txn_unknown_error(TimeoutError("1 of 1 records not acknowledged"))

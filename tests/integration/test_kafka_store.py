@@ -1,22 +1,32 @@
-"""KafkaLogStore on a real broker: the shared store contract, then Kafka-specific behaviour."""
+"""KafkaLogStore on a real broker: the shared store contract, then Kafka-specific behaviour.
+
+The store writes with confluent-kafka (librdkafka) and reads with kafka-python; the checks
+below read with a plain kafka-python consumer, and the foreign writers are both clients.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
-from ledger.errors import FencedError, StoreError, StoreUnavailable
+from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailable
 from ledger.store.base import LogStore
-from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+from ledger.store.kafka import (
+    KafkaLogStore,
+    KafkaStoreConfig,
+    LibrdkafkaLog,
+    _is_end_txn_unknown_error,
+    _is_fencing,
+)
 from tests.contract.store_contract import StoreContract
 
 pytestmark = pytest.mark.kafka
-
-
 
 
 @pytest.fixture
@@ -115,14 +125,18 @@ def test_fenced_writer_mid_transaction_leaves_nothing_visible(
     second = KafkaLogStore(config)
     try:
         first.append([(b"ok", b"1")])
-        producer = first._producer
-        assert producer is not None
+        assert first._producer is not None
+        producer = first._producer.client
         producer.begin_transaction()
-        producer.send(config.topic, key=b"ghost", value=b"never committed", partition=0)
-        producer.flush()
+        producer.produce(config.topic, key=b"ghost", value=b"never committed", partition=0)
+        assert producer.flush(30) == 0
         second.claim_writer()  # aborts the open transaction and fences `first`
-        with pytest.raises(Exception):  # noqa: B017 - kafka-python's own error type varies
-            producer.commit_transaction()
+        # What librdkafka raises for a real fence, and how the store classifies it.
+        with pytest.raises(KafkaException) as caught:
+            producer.commit_transaction(30)
+        err = caught.value.args[0]
+        assert err.code() == KafkaError._FENCED and err.fatal(), err
+        assert _is_fencing(caught.value)
         with pytest.raises(FencedError, match="fenced"):
             first.append([(b"after", b"x")])
         assert [r.key for r in second.read(0)] == [b"ok"]
@@ -144,7 +158,11 @@ def test_records_written_around_the_store_are_returned_as_they_are(
     foreign.send(store.topic, key=b"rogue", value=b"\x00garbage", partition=0).get(timeout=30)
     foreign.close()
     store.append([(b"k2", b"v2")])
-    assert [r.key for r in store.read(0)] == [b"k1", b"rogue", b"k2"]
+    other = Producer({"bootstrap.servers": kafka_cluster.bootstrap_servers})
+    other.produce(store.topic, key=b"rogue2", value=b"\x01more", partition=0)
+    assert other.flush(30) == 0
+    store.append([(b"k3", b"v3")])
+    assert [r.key for r in store.read(0)] == [b"k1", b"rogue", b"k2", b"rogue2", b"k3"]
 
 
 def test_follow_from_the_end_sees_only_new_records(store_factory: Callable[..., LogStore]) -> None:
@@ -177,6 +195,50 @@ def test_secrets_stay_out_of_repr(make_config: Callable[..., KafkaStoreConfig]) 
     options = config.client_options()
     assert options["sasl_plain_password"] == "hunter2"
     assert options["security_protocol"] == "SASL_SSL"
+    store = KafkaLogStore(make_config())
+    try:
+        assert "hunter2" not in repr(store)
+    finally:
+        store.close()
+
+
+def test_producer_options_use_librdkafka_names(
+    make_config: Callable[..., KafkaStoreConfig],
+) -> None:
+    config = make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                         sasl_plain_username="steward", sasl_plain_password="hunter2",
+                         ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
+                         ssl_password="s3cret", ssl_check_hostname=False,
+                         request_timeout_ms=7000, operation_timeout_s=20.0)
+    options = config.producer_options()
+    assert options == {
+        "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
+        "security.protocol": "SASL_SSL", "request.timeout.ms": 7000, "socket.timeout.ms": 7000,
+        "message.timeout.ms": 20000, "message.max.bytes": 8 * 1024 * 1024,
+        "allow.auto.create.topics": False, "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "steward", "sasl.password": "hunter2", "ssl.ca.location": "ca.pem",
+        "ssl.certificate.location": "client.pem", "ssl.key.location": "client.key",
+        "ssl.key.password": "s3cret", "ssl.endpoint.identification.algorithm": "none"}
+    assert make_config(security_protocol="SSL").producer_options()[
+        "ssl.endpoint.identification.algorithm"] == "https"
+    plain = make_config().producer_options()
+    assert "ssl.endpoint.identification.algorithm" not in plain and "sasl.password" not in plain
+    # librdkafka itself accepts every name and value (a real client is created, then closed).
+    Producer({**config.producer_options(), "security.protocol": "PLAINTEXT"}).close()
+
+
+def test_a_configuration_librdkafka_refuses_is_a_config_error(
+    make_config: Callable[..., KafkaStoreConfig],
+) -> None:
+    """Decided when the producer is created (here: at the claim, after the claim record), not
+    retried as unavailable; the message names the property."""
+    store = KafkaLogStore(make_config(transaction_timeout_ms=500))  # librdkafka's minimum: 1000
+    try:
+        with pytest.raises(ConfigError, match=r"transactional producer refused its configuration"
+                                              r".*transaction\.timeout\.ms"):
+            store.claim_writer()
+    finally:
+        store.close()
 
 
 def test_closed_store_refuses_everything(store_factory: Callable[..., LogStore]) -> None:
@@ -205,10 +267,101 @@ def test_a_retried_in_doubt_batch_is_not_written_twice(
     assert store.append(batch)[0] > offsets[-1]
 
 
+def test_a_delivery_failure_inside_a_transaction_aborts_it(
+    store_factory: Callable[..., LogStore], kafka_cluster: KafkaCluster
+) -> None:
+    """The broker refuses the second record of a batch (larger than the topic's
+    max.message.bytes, 1 MiB by default, but within the producer's 8 MiB): the first one was
+    written, the transaction is aborted, nothing of the batch becomes visible, and the very
+    next append succeeds (the producer is replaced: reusing it would fail that append with
+    OUT_OF_ORDER_SEQUENCE_NUMBER)."""
+    store = store_factory()
+    assert isinstance(store, KafkaLogStore)
+    store.append([(b"k1", b"v1")])
+    with pytest.raises(StoreUnavailable, match="flushing the batch failed: MSG_SIZE_TOO_LARGE"):
+        store.append([(b"small", b"fits"), (b"huge", b"x" * (2 * 1024 * 1024))])
+    assert store._producer is None  # aborted and dropped: the next append re-claims
+    # Aborted at once (k1 0, its marker 1, "small" 2, the abort marker 3): nothing left open
+    # holds read_committed readers back until the transaction timeout.
+    deadline = time.monotonic() + 10
+    while store.end_position() < 4:
+        assert time.monotonic() < deadline, "the aborted transaction still holds the LSO"
+        time.sleep(0.05)
+    store.append([(b"k2", b"v2")])
+    store.append([(b"k3", b"v3")])
+    assert [r.key for r in store.read(0)] == [b"k1", b"k2", b"k3"]
+    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, store.topic)] == [
+        b"k1", b"k2", b"k3"]
+
+
+def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
+    """What each error class means for the store (the real fence is raised in
+    test_fenced_writer_mid_transaction_leaves_nothing_visible; these are the others)."""
+    def raised(code: int, **flags: bool) -> KafkaException:
+        return KafkaException(KafkaError(code, "as librdkafka words it", **flags))
+
+    assert _is_fencing(raised(KafkaError._FENCED, fatal=True))
+    assert _is_fencing(raised(KafkaError.PRODUCER_FENCED))
+    assert _is_fencing(raised(KafkaError.INVALID_PRODUCER_EPOCH))
+    # Fatal, but nobody else initialised: an ACL or protocol problem, not a takeover.
+    for code in (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                 KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.INVALID_TXN_STATE):
+        assert not _is_fencing(raised(code, fatal=True))
+    assert not _is_fencing(raised(KafkaError._TIMED_OUT, retriable=True))
+    assert not _is_fencing(TimeoutError("1 of 1 records not acknowledged within 5.0s"))
+    # A cause further down the chain counts too.
+    try:
+        try:
+            raise raised(KafkaError._FENCED, fatal=True)
+        except KafkaException as inner:
+            raise StoreUnavailable("wrapped") from inner
+    except StoreUnavailable as outer:
+        assert _is_fencing(outer)
+    # Kafka 4.2's EndTxn UNKNOWN_SERVER_ERROR, as librdkafka raises it from commit_transaction.
+    unknown = KafkaException(KafkaError(KafkaError.UNKNOWN, "EndTxn commit failed: Unknown "
+                                        "broker error", txn_requires_abort=True))
+    assert _is_end_txn_unknown_error(unknown) and not _is_fencing(unknown)
+    assert _is_end_txn_unknown_error(raised(KafkaError._FENCED, fatal=True))
+    assert not _is_end_txn_unknown_error(raised(KafkaError._TIMED_OUT, retriable=True))
+    assert not _is_end_txn_unknown_error(raised(KafkaError.UNKNOWN_TOPIC_OR_PART))
+
+
+def test_librdkafka_lines_are_logged_without_a_flood(caplog: pytest.LogCaptureFixture) -> None:
+    """A real producer with nothing listening at its bootstrap address: librdkafka reports the
+    refused connection again at every reconnect; one WARNING per distinct line, the rest at
+    DEBUG, and the next WARNING of the line counts them."""
+    rdlog = LibrdkafkaLog("steward-test-log", window=60.0)
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "reconnect.backoff.ms": 10,
+                         "reconnect.backoff.max.ms": 50, "message.timeout.ms": 3000,
+                         "logger": rdlog, "error_cb": rdlog.error})
+    caplog.set_level(logging.DEBUG, logger="kafka.librdkafka")
+    producer.produce("t", value=b"v")
+    assert producer.flush(5) == 0  # the record times out after message.timeout.ms
+    producer.close()
+    records = [r for r in caplog.records if r.name == "kafka.librdkafka"]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert any("127.0.0.1:1" in w for w in warnings), warnings
+    assert len(debug) > len(warnings), (warnings, debug)  # repeats went to DEBUG
+    assert len(warnings) == len(set(warnings)), warnings
+    assert all(r.levelno <= logging.WARNING for r in records)
+    # The next WARNING of a repeated line says how many were held back.
+    rdlog.window = 0.0
+    rdlog.log(logging.ERROR, "%s [%s] %s", "FAIL", "x", "same line 1")
+    rdlog.window = 60.0
+    rdlog.log(logging.ERROR, "%s [%s] %s", "FAIL", "x", "same line 2")
+    rdlog.log(logging.ERROR, "%s [%s] %s", "FAIL", "x", "same line 3")
+    rdlog.window = 0.0
+    rdlog.log(logging.ERROR, "%s [%s] %s", "FAIL", "x", "same line 4")
+    assert caplog.records[-1].getMessage().endswith("(2 more like it in the last 0s, at DEBUG)")
+
+
 @pytest.mark.slow
 def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfig]) -> None:
     """Own broker (the session one is shared): appends fail with StoreUnavailable in bounded
-    time while it is down, and the retried batch lands exactly once after the restart."""
+    time while it is down (the batch is not acknowledged in time: its transaction is aborted or
+    left to the next InitProducerId), nothing of a failed batch ever shows, and the retried
+    batch lands exactly once after the restart."""
     with KafkaCluster(brokers=1) as cluster:
         config = make_config(bootstrap_servers=cluster.bootstrap_servers,
                              operation_timeout_s=5.0, request_timeout_ms=3000)
@@ -216,6 +369,15 @@ def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfi
         try:
             store.append([(b"before", b"1")])
             cluster.kill_broker(1)
+            started = time.monotonic()
+            # Not acknowledged in time: librdkafka's message timeout (= operation_timeout_s) or
+            # ours on flush(), whichever fires first.
+            with pytest.raises(StoreUnavailable,
+                               match=r"flushing the batch failed: (_MSG_TIMED_OUT|TimeoutError)"):
+                store.append([(b"lost", b"x")])
+            # Bounded: flush (5 s) + the abort's floor (1 s) + dropping the producer, which
+            # must not wait for anything (Producer.close() would: see OwnedProducer).
+            assert time.monotonic() - started < 12
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 store.append([(b"during", b"2")])
