@@ -663,6 +663,9 @@ class KafkaLogStore(LogStore):
                 # Not final by itself: the claim log decides, now. FencedError (for good) if
                 # another writer claimed after us; if the last claim is still ours we hold the
                 # ledger again and the caller retries (an in-doubt batch is settled then).
+                log.warning("topic %s: %s failed: our producer epoch was bumped (%s)%s; asking "
+                            "the claim log", self.topic, step, _describe(exc),
+                            ", the commit is in doubt" if committing else "")
                 try:
                     self.claim_writer()
                 except StoreError as decided:
@@ -888,6 +891,7 @@ class OwnedProducer:
             return
         try:
             client.purge(in_queue=True, in_flight=True, blocking=False)
+            client.poll(0)  # its last log lines (a fatal error's, say) and delivery reports
         except Exception as exc:
             log.debug("topic %s: purging a dropped producer: %s", topic, _describe(exc))
         del client  # the last reference: rd_kafka_destroy() now
