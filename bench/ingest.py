@@ -11,7 +11,9 @@ those proposals, then measures, in one run:
   transaction per batch). Goal on Kafka: >= 5,000 events/s on this 2-core machine;
 * raw: a kafka-python producer of the same entry bytes with acks=all (the upper bound the
   broker allows), and the same through a transactional producer committing every 256 records
-  (what the store does, without any verification), as ratios;
+  (what the store did before, without any verification), as ratios; and a confluent-kafka
+  (librdkafka) transactional producer of the same bytes, 256 per transaction, acks=all: what
+  the store's writer does now, without verification, i.e. the ceiling of AppendStream on Kafka;
 * unary: p50/p99 latency of ``Append`` offered open-loop at a fixed 500 events/s (latency is
   measured from each request's scheduled time, so a slow server cannot hide queueing);
 * the server process's CPU time per event in each of the two phases (from /proc), which a busy
@@ -19,7 +21,8 @@ those proposals, then measures, in one run:
   about 1,000,000 µs of CPU per second (one core, the GIL) it cannot keep up.
 
 kafka-python computes record-batch CRC32C in pure Python unless the ``crc32c`` package is
-installed; the parameters say which one this run used (it roughly halves the producer's CPU).
+installed; the parameters say which one this run used (it roughly halves a kafka-python
+producer's CPU; the store's readers still use kafka-python, its writer does not).
 
 With ``--profile DIR`` the server process also counts calls, wall and CPU time of the steps of
 an append (decode, verify, rules, group commit, producer send/flush/commit, visibility polls)
@@ -80,10 +83,8 @@ PROBES: list[tuple[str, Any]] = [
     ("ledger.store.kafka.KafkaLogStore._transaction", lambda self, sends, batch=None: len(sends)),
     ("ledger.store.kafka.KafkaLogStore._await_visible", None),
     ("ledger.store.kafka.KafkaLogStore._end_offset", None),
+    ("ledger.store.kafka._flush_batch", None),
     ("ledger.store.kafka._end_transaction", None),
-    ("kafka.KafkaProducer.send", None),
-    ("kafka.KafkaProducer.flush", None),
-    ("kafka.KafkaProducer.begin_transaction", None),
     ("ledger.store.sqlite.SQLiteLogStore.append", lambda self, records: len(records)),
 ]
 
@@ -396,6 +397,41 @@ def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> floa
         producer.close()
 
 
+def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
+    """librdkafka's transactional producer, BATCH records per transaction, acks=all: the
+    calls the store makes per append (produce each, flush, commit), without verification."""
+    from confluent_kafka import Producer
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = f"steward-bench-raw-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"bench-{topic}",
+                         "enable.idempotence": True, "acks": "all", "linger.ms": 100})
+    failed: list[Any] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+
+    producer.init_transactions(60)
+    started = time.perf_counter()
+    for i in range(0, len(records), BATCH):
+        producer.begin_transaction()
+        for r in records[i:i + BATCH]:
+            producer.produce(topic, value=r, key=r[:16], partition=0, on_delivery=delivered)
+        if producer.flush(60) or failed:
+            raise RuntimeError(f"raw confluent-kafka producer: not delivered: {failed[:1]}")
+        producer.commit_transaction(60)
+    rate = len(records) / (time.perf_counter() - started)
+    producer.close()  # no transaction open: returns at once
+    return rate
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--bootstrap", help="an existing Kafka (default: start one broker with infra.kafka)")
@@ -432,10 +468,15 @@ def main(argv: list[str] | None = None) -> int:
                 records = _entries(stream_n)
                 raw = raw_kafka(bootstrap, records, transactional=False)
                 txn = raw_kafka(bootstrap, records, transactional=True)
+                rd_txn = raw_confluent_transactional(bootstrap, records)
                 report.add("kafka: raw producer acks=all, same bytes", raw, "records/s")
                 report.add("kafka: AppendStream / raw producer", rate / raw, "x")
                 report.add(f"kafka: raw transactional producer, {BATCH}/txn", txn, "records/s")
                 report.add("kafka: AppendStream / raw transactional", rate / txn, "x")
+                report.add(f"kafka: raw confluent-kafka transactional producer, {BATCH}/txn "
+                           "(the store's writer)", rd_txn, "records/s")
+                report.add("kafka: AppendStream / raw confluent-kafka transactional",
+                           rate / rd_txn, "x")
         if "sqlite" in backends:
             run_backend(report, "sqlite", f"sqlite:{workdir / 'ledger.db'}", workdir, stream_n,
                         unary_n, args.rate, args.profile)
