@@ -630,11 +630,12 @@ class KafkaLogStore(LogStore):
         try:
             producer.client.begin_transaction()
             step = "sending the batch"
-            produce = producer.client.produce
+            # Through the holder every time: a local alias of the client (or of its bound
+            # method) would outlive a failure in this frame's traceback (see OwnedProducer).
             for i, (topic, key, value) in enumerate(sends):
-                produce(topic, value=value, key=key, partition=0,
-                        on_delivery=functools.partial(_delivered, offsets, failed, i))
-            del produce  # no reference to the client itself outlives this frame's use of it
+                producer.client.produce(topic, value=value, key=key, partition=0,
+                                        on_delivery=functools.partial(_delivered, offsets,
+                                                                      failed, i))
             step = "flushing the batch"
             _flush_batch(producer, failed, len(sends), _left(deadline, 0.1))
             step = "committing the transaction"
