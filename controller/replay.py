@@ -281,7 +281,8 @@ class LedgerReadStore(LogStore):
         assert isinstance(client, LedgerClient)
         self.client = client
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         raise StoreError("a LedgerReadStore is read-only")
 
     def read(self, start: int = 0, limit: int | None = None) -> Iterator[StoredRecord]:

@@ -524,8 +524,15 @@ class LedgerServer:
 
     def _store_batch(self, staged: list[LogEntry]) -> None:
         started = time.monotonic()
+        # A checkpoint due for the log as it stood before this batch (durable already) rides
+        # in the batch's own transaction: one store round trip under the append lock, not
+        # two. Never a note for the tree this batch makes: on Kafka an aborted transaction's
+        # records stay readable to read_uncommitted consumers, and a signed note for a tree
+        # that then never existed would look like the ledger signing two inconsistent trees.
+        checkpoint = self._checkpoint_due(self._durable_size())
         try:
-            positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged])
+            positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged],
+                                          (checkpoint.size, checkpoint.note) if checkpoint else None)
         except FencedError as exc:
             self._become_fenced(f"append seq={staged[0].seq}", exc)
             raise
@@ -549,11 +556,17 @@ class LedgerServer:
             log.warning("store_append_slow seq=%d count=%d seconds=%.1f", staged[0].seq,
                         len(staged), took)
         self._positions.extend(positions)
+        if checkpoint is not None:
+            self._remember(checkpoint)
+            log.info("checkpoint_published size=%d root=%s", checkpoint.size, checkpoint.root.hex())
         if staged[0].seq == 0:
             self._set_genesis(self._core.state)
         self._appended.notify_all()
         last = self._checkpoints[-1].size if self._checkpoints else 0
-        if self._core.size - last >= self._every_entries:
+        if self._core.size - last >= self._every_entries and self._every_ms <= 0:
+            # Due now. With the timer running (checkpoint_every_ms) it rides with the next
+            # batch, or the next tick publishes it when no batch comes; without a timer,
+            # publish it at once in a transaction of its own.
             try:
                 self._publish_checkpoint()
             except Exception as exc:
@@ -565,6 +578,16 @@ class LedgerServer:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "starting: the ledger is replaying its log")
 
     # -- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint_due(self, size: int) -> PublishedCheckpoint | None:
+        """The checkpoint for the durable log of `size` entries, signed, if one is due by
+        count and not published yet; None otherwise (or before the genesis names the key)."""
+        last = self._checkpoints[-1].size if self._checkpoints else 0
+        if self._signer is None or size - last < self._every_entries or size != self._durable_size():
+            return None
+        root = self._core.tree.root(size)
+        note = notes.sign_checkpoint(notes.Checkpoint(self._origin, size, root), self._signer)
+        return PublishedCheckpoint(size, note, root, self._origin)
 
     def _publish_checkpoint(self) -> PublishedCheckpoint | None:
         """Sign and save a checkpoint for the current size if it grew. Caller holds the lock."""

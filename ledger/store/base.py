@@ -34,10 +34,14 @@ class LogStore(abc.ABC):
     """Contract every backend passes (tests/contract/store_contract.py)."""
 
     @abc.abstractmethod
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         """Append a batch atomically and durably; return the positions assigned, in order.
 
         All or nothing: on any error no record of the batch becomes visible to readers.
+        `checkpoint`, when given, is a (tree size, signed note) kept as `save_checkpoint`
+        would keep it, in the same transaction: the batch and the note land together or not
+        at all (one store round trip instead of two; the note is for the tree the batch ends).
         Raises FencedError when another writer has taken over, StoreUnavailable when the
         backend cannot be reached (the caller may retry the same batch).
         """

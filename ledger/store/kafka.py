@@ -543,11 +543,14 @@ class KafkaLogStore(LogStore):
         log.warning("%s", self._fenced)
         return FencedError(self._fenced)
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         with self._lock:
             self._check_open()
             self._raise_if_fenced()
             if not records:
+                if checkpoint is not None:
+                    self.save_checkpoint(*checkpoint)
                 return []
             batch = [(bytes(k), bytes(v)) for k, v in records]
             if self._in_doubt is not None:
@@ -555,8 +558,12 @@ class KafkaLogStore(LogStore):
                 settled = self._settle_in_doubt(batch)
                 if settled is not None:
                     return settled
-            offsets = self._transaction([(self.topic, key, value) for key, value in batch],
-                                        batch=batch)
+            sends = [(self.topic, key, value) for key, value in batch]
+            if checkpoint is not None:
+                # The note rides in the batch's own transaction (one commit, not two).
+                size, note = checkpoint
+                sends.append((self.checkpoints_topic, _checkpoint_key(size), note.encode()))
+            offsets = self._transaction(sends, batch=batch)[:len(batch)]
             self._await_visible(self._tp, offsets[-1])
             return offsets
 
@@ -650,8 +657,10 @@ class KafkaLogStore(LogStore):
             if committing:
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
-                if batch is not None and len(offsets) == len(batch) and min(offsets) >= 0:
-                    self._in_doubt = (batch, list(offsets))
+                # (A checkpoint note may follow the batch in `sends`: only the batch counts.)
+                mine = offsets[:len(batch)] if batch is not None else []
+                if batch is not None and len(mine) == len(batch) and min(mine) >= 0:
+                    self._in_doubt = (batch, list(mine))
                 self._drop_producer()
             elif bumped:
                 self._drop_producer()

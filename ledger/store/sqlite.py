@@ -67,9 +67,12 @@ class SQLiteLogStore(LogStore):
         if self._closed:
             raise StoreError(f"the store {self.path.name} is closed")
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         self._check_open()
         if not records:
+            if checkpoint is not None:
+                self.save_checkpoint(*checkpoint)
             return []
         try:
             with self._engine.begin() as conn:
@@ -79,6 +82,9 @@ class SQLiteLogStore(LogStore):
                     log_table.insert(),
                     [{"position": p, "key": k, "value": v} for p, (k, v) in zip(positions, records, strict=True)],
                 )
+                if checkpoint is not None:
+                    size, note = checkpoint
+                    conn.execute(checkpoint_table.insert().values(size=size, note=note))
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(f"SQLite store {self.path.name}: {exc.orig}") from exc
         with self._appended:

@@ -75,6 +75,21 @@ class StoreContract:
             (1, "cp 1\n"), (5, "cp 5\n"), (9, "cp 9\n")
         ]
 
+    def test_a_checkpoint_stored_with_a_batch_is_kept_with_it(self, store_factory: Factory) -> None:
+        store = store_factory()
+        first = store.append(_records(3))
+        more = store.append(_records(2, start=3), (3, "cp 3\n"))
+        assert len(more) == 2 and more[0] > first[-1]
+        assert [(r.key, r.value) for r in store.read(0)] == _records(5)
+        assert store.end_position() > more[-1]  # (Kafka: past the commit marker too)
+        assert list(store.read(store.end_position())) == []
+        assert [(c.size, c.note) for c in store.checkpoints()] == [(3, "cp 3\n")]
+        store.save_checkpoint(5, "cp 5\n")
+        assert store.append([], (5, "cp 5 again\n")) == []  # an empty batch keeps the note alone
+        assert [(c.size, c.note) for c in store.checkpoints()] == [
+            (3, "cp 3\n"), (5, "cp 5\n"), (5, "cp 5 again\n")
+        ]
+
     def test_follow_yields_existing_then_new_records(self, store_factory: Factory) -> None:
         store = store_factory()
         store.append(_records(2))

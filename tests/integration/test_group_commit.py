@@ -24,12 +24,13 @@ class GatedStore(SQLiteLogStore):
         self.gates: dict[int, threading.Event] = {}
         self.calls = 0
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         index, self.calls = self.calls, self.calls + 1  # under the server's append lock
         gate = self.gates.get(index)
         if gate is not None and not gate.wait(30):
             raise AssertionError(f"gate {index} was never opened")
-        return super().append(records)
+        return super().append(records, checkpoint)
 
 
 def _until(what: str, condition: Callable[[], bool]) -> None:
@@ -119,6 +120,59 @@ def test_a_slow_store_append_is_logged(tmp_path: Path, monkeypatch: pytest.Monke
         slow = [r.getMessage() for r in caplog.records if "store_append_slow" in r.getMessage()]
         assert len(slow) == 1, caplog.text
         assert slow[0].startswith(f"store_append_slow seq=1 count={len(receipts)} seconds=0.")
+    finally:
+        server.stop()
+        store.close()
+
+
+class CountingStore(SQLiteLogStore):
+    """A real SQLite store that records each store call: ('append', size of the note it
+    carried or None) or ('save_checkpoint', size)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.calls: list[tuple[str, int | None]] = []
+
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
+        self.calls.append(("append", checkpoint[0] if checkpoint else None))
+        return super().append(records, checkpoint)
+
+    def save_checkpoint(self, size: int, note: str) -> None:
+        self.calls.append(("save_checkpoint", size))
+        super().save_checkpoint(size, note)
+
+
+def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -> None:
+    """With the timer running, the checkpoint due after a batch is stored with the next batch
+    (one store call, not two) and is for the log as it stood before that batch: never a note
+    for a tree the store has not committed yet. Without a next batch the tick publishes it."""
+    cast = Cast.create()
+    flow = Flow(cast)
+    store = CountingStore(tmp_path / "ledger.db")
+    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_entries=4,
+                          checkpoint_every_ms=60_000)
+    server.start()
+    try:
+        server.append(encode_signed_event(flow.genesis()))
+        server.append_batch([encode_signed_event(g) for g in flow.grants()])
+        size_after_grants = server.head()[0]
+        assert size_after_grants >= 4
+        store.calls.clear()
+        server.append(encode_signed_event(flow.policy()))
+        # The policy's batch carried the checkpoint for the log before it; no extra transaction.
+        assert store.calls == [("append", size_after_grants)]
+        assert [cp.size for cp in server.checkpoints()][-1] == size_after_grants
+        assert [(c.size, c.note) for c in store.checkpoints()][-1] == \
+            (size_after_grants, server.checkpoints()[-1].note)
+        proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
+        store.calls.clear()
+        server.append_batch([encode_signed_event(flow.health(proposal, 0)) for _ in range(4)])
+        assert store.calls == [("append", None)]  # 2 entries since the last note: none due
+        size = server.head()[0]
+        # Due now, and no batch follows: the on-demand path (as the tick does) publishes it.
+        assert server.checkpoint(publish_now=True).size == size
+        assert store.calls[-1] == ("save_checkpoint", size)
     finally:
         server.stop()
         store.close()

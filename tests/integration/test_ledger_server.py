@@ -653,13 +653,14 @@ class FlakyStore(SQLiteLogStore):
 
     mode: str = ""
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
         mode, self.mode = self.mode, ""
         if mode == "before":
             raise StoreUnavailable("database is locked")
         if mode == "fenced":
             raise FencedError("a newer writer holds the ledger")
-        positions = super().append(records)
+        positions = super().append(records, checkpoint)
         if mode == "after":
             raise StoreUnavailable("connection lost before the commit was confirmed")
         return positions
