@@ -1067,7 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--kafka-bootstrap: no projections), 'off' serves no QueryService")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--kafka-log-level", default="WARNING",
-                   help="level of kafka-python's own loggers (their INFO is a line per connection)")
+                   help="level of the Kafka clients' loggers: kafka-python's (their INFO is a "
+                        "line per connection) and librdkafka's (logger kafka.librdkafka)")
     k = p.add_argument_group("Kafka store (with --kafka-bootstrap)")
     k.add_argument("--topic", help="the ledger topic (checkpoints go to TOPIC.checkpoints)")
     k.add_argument("--ledger", default="", metavar="NAME",
