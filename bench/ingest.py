@@ -364,8 +364,9 @@ def _entries(n: int) -> list[bytes]:
     return [records[i % len(records)] for i in range(n)]
 
 
-def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> float:
-    from kafka import KafkaAdminClient, KafkaProducer
+def _raw_topic(bootstrap: str) -> str:
+    """A fresh one-partition topic for a raw producer run."""
+    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
     topic = f"steward-bench-raw-{uuid.uuid4().hex[:10]}"
@@ -374,6 +375,13 @@ def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> floa
         admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         admin.close()
+    return topic
+
+
+def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> float:
+    from kafka import KafkaProducer
+
+    topic = _raw_topic(bootstrap)
     opts: dict[str, Any] = {"bootstrap_servers": bootstrap.split(","), "acks": "all", "linger_ms": 5}
     if transactional:
         opts["transactional_id"] = f"bench-{topic}"
@@ -401,15 +409,8 @@ def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
     """librdkafka's transactional producer, BATCH records per transaction, acks=all: the
     calls the store makes per append (produce each, flush, commit), without verification."""
     from confluent_kafka import Producer
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
 
-    topic = f"steward-bench-raw-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    try:
-        admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        admin.close()
+    topic = _raw_topic(bootstrap)
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"bench-{topic}",
                          "enable.idempotence": True, "acks": "all", "linger.ms": 100})
     failed: list[Any] = []
