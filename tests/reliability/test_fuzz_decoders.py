@@ -239,3 +239,29 @@ def test_ledger_and_auditor_agree_on_entries(data: bytes) -> None:
 def test_seeds_are_valid(seed: int) -> None:
     lf.decode_log_entry(ENTRIES[seed])
     audit_formats.decode_entry(ENTRIES[seed])
+
+
+# -- the signature worker's pipe protocol (ledger.sigworker) ----------------------------------
+
+def _worker_requests() -> list[bytes]:
+    from ledger.sigworker import encode_request
+
+    key = PrivateKey.from_seed(bytes(range(32)))
+    items = [(key.public.raw, key.ed25519.sign(m), m) for m in (b"", b"m", bytes(300))]
+    return [encode_request(items)[4:], encode_request(items[:1])[4:]]
+
+
+@FUZZ
+@given(inputs(_worker_requests()))
+def test_sigworker_decode_items(data: bytes) -> None:
+    """A damaged request is a ValueError (the worker then exits with status 2), never a
+    verdict for bytes that are not an item; whatever does decode re-encodes to itself."""
+    from ledger.ed25519 import verify_many
+    from ledger.sigworker import decode_items, encode_request
+
+    try:
+        items = decode_items(data)
+    except ValueError:
+        return
+    assert encode_request(items)[4:] == data
+    assert len(verify_many(items)) == len(items)
