@@ -1,6 +1,7 @@
 """Controller replay at 1,000,000 events: cold replay (ratio to raw Ed25519) and restart time.
 
-* cold replay: ``controller.replay.Replayer.catch_up()`` over a SQLite log store holding the
+* cold replay: ``controller.replay.Replayer.catch_up()`` (with a signature worker process, as
+  steward-controller runs it; ``--verify-processes 0`` without) over a SQLite log store holding the
   generated ledger (bench.ledgergen), from position 0 with no snapshot: read, decode, every
   signature and rule checked by the shared ``ledger.rules``, folded into ControllerState.
   Reported as events/s and as a ratio to raw Ed25519 verifications/s in the same run;
@@ -32,24 +33,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--restarts", type=int, default=3, help="timed restarts from the snapshot")
     p.add_argument("--profile", action="store_true", help="profile a cold replay of 20,000 events")
+    p.add_argument("--verify-processes", type=int, choices=(0, 1), default=1,
+                   help="1 (what steward-controller does): each catch-up chunk's signatures are "
+                        "checked in a worker process; 0: in the replaying process")
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
     import sqlalchemy as sa
 
     from controller.replay import Replayer, SnapshotStore, snapshot_table
+    from ledger.sigcheck import SignatureChecker
     from ledger.store.sqlite import SQLiteLogStore
 
+    checker = SignatureChecker(args.verify_processes)
     gen = ledger(events)
     store = SQLiteLogStore(gen.sqlite_path())
     raw = RawSampler(1000 if args.smoke else 5000)
-    report = Report("replay", params={"events": gen.events, "proposals": gen.meta["proposals"]})
+    report = Report("replay", params={"events": gen.events, "proposals": gen.meta["proposals"],
+                                      "verify_processes": args.verify_processes})
     report.add("load average (1 min) at start", os.getloadavg()[0], "")
     with tempfile.TemporaryDirectory(prefix="steward-bench-replay-") as tmp:
         snapshots = SnapshotStore(Path(tmp) / "snapshots.db")
         never = 10**12  # snapshots only when the bench asks, so they are timed on their own
         cold = Replayer(store, snapshots=snapshots, source="bench",
-                        snapshot_every_entries=never, snapshot_every_seconds=never)
+                        snapshot_every_entries=never, snapshot_every_seconds=never,
+                        checker=checker)
         seconds, raw_rate, read = raw.around(cold.catch_up)
         state = cold.state
         if state.ledger.size != gen.events or state.invalid:
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         restarts: list[float] = []
         for _ in range(1 if args.smoke else args.restarts):
             warm = Replayer(store, snapshots=snapshots, source="bench",
-                            snapshot_every_entries=never, snapshot_every_seconds=never)
+                            snapshot_every_entries=never, snapshot_every_seconds=never,
+                            checker=checker)
             start = time.perf_counter()
             loaded = warm.load_snapshot()
             warm.catch_up()
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         report.add("then first look at every proposal (target, phase)", time.perf_counter() - start, "s")
         snapshots.close()
     store.close()
+    checker.close()
     report.add("load average (1 min) at end", os.getloadavg()[0], "")
     report.emit()
 

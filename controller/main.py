@@ -166,9 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             store, source = LedgerReadStore(ledger), f"grpc:{args.ledger}"
         snapshots = SnapshotStore(args.snapshot_db) if args.snapshot_db else None
+        from ledger.sigcheck import SignatureChecker
+
         replayer = Replayer(store, snapshots=snapshots, source=source,
                             snapshot_every_entries=args.snapshot_every_entries,
-                            snapshot_every_seconds=args.snapshot_every_seconds)
+                            snapshot_every_seconds=args.snapshot_every_seconds,
+                            checker=SignatureChecker())
         config = ControllerConfig(
             namespaces=namespaces, identity=args.identity, lease_namespace=args.lease_namespace,
             lease_name=args.lease_name, lease_seconds=args.lease_seconds,

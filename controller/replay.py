@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import sqlalchemy as sa
 from controller.snapshot import SnapshotError, decode_state, encode_state
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
-from ledger.formats import decode_log_entry
+from ledger.formats import LogEntry, decode_log_entry, signed_bytes
+from ledger.rules import VerifiedSignature
+from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.sqlite import sqlite_engine
 
@@ -125,8 +128,12 @@ class Replayer:
         source: str = "default",
         snapshot_every_entries: int = 500,
         snapshot_every_seconds: float = 5.0,
+        checker: SignatureChecker | None = None,
     ) -> None:
         self.store = store
+        # Checks the signatures of a catch-up chunk at once (a worker process, when the checker
+        # has one); None: each entry's signatures are checked by the rules as it is folded.
+        self.checker = checker
         self.snapshots = snapshots
         self.source = source
         self.every_entries = snapshot_every_entries
@@ -206,19 +213,25 @@ class Replayer:
 
     # -- folding --------------------------------------------------------------------------
 
-    def handle(self, record: StoredRecord) -> bool:
-        """Decode, check and fold one record; False when it was skipped as invalid."""
+    def handle(self, record: StoredRecord, decoded: LogEntry | FormatError | None = None,
+               verified: frozenset[VerifiedSignature] = frozenset()) -> bool:
+        """Decode, check and fold one record; False when it was skipped as invalid.
+
+        `decoded` is ``decode_log_entry(record.value)`` (or its error) when the caller has it;
+        `verified` the signatures the caller already checked (see catch_up)."""
         with self.lock:
             self.position = record.position + 1
             self._since_snapshot += 1
             try:
-                e = decode_log_entry(record.value)
+                if isinstance(decoded, FormatError):
+                    raise decoded
+                e = decode_log_entry(record.value) if decoded is None else decoded
             except FormatError as exc:
                 self.state.count_undecodable()
                 log.warning("invalid record skipped position=%d reason=%s", record.position, exc)
                 self._folded.notify_all()
                 return False
-            violation = self.state.fold(e)
+            violation = self.state.fold(e, verified)
             if violation is not None:
                 log.warning("invalid record skipped position=%d seq=%d code=%s reason=%s",
                             record.position, e.seq, violation.code, violation.message)
@@ -234,13 +247,85 @@ class Replayer:
         return True
 
     def catch_up(self) -> int:
-        """Fold every record committed now; returns how many records were read."""
+        """Fold every record committed now; returns how many records were read.
+
+        With a checker, records go in chunks whose signatures are checked all at once by the
+        checker's worker process, one chunk ahead: the worker verifies chunk k+1 while this
+        process folds chunk k. Only keys the state knew when a chunk was prepared are tried
+        (a hint); a key granted since is checked by the rules as usual, and the rules decide
+        for every signature whether its key may sign at that seq."""
         n = 0
-        for record in self.store.read(self.position):
-            self.handle(record)
-            n += 1
+        if self.checker is None:
+            for record in self.store.read(self.position):
+                self.handle(record)
+                n += 1
+            self._maybe_snapshot()
+            return n
+        with ThreadPoolExecutor(1, thread_name_prefix="catch-up-verify") as verifier:
+            pending: tuple[list[StoredRecord], list[LogEntry | FormatError],
+                           Future[frozenset[VerifiedSignature]]] | None = None
+            chunk: list[StoredRecord] = []
+            records = self.store.read(self.position)
+            while True:
+                nxt = next(records, None)
+                if nxt is not None:
+                    chunk.append(nxt)
+                    if len(chunk) < CATCH_UP_CHUNK:
+                        continue
+                # A full chunk (or the last one): send it to be verified, then fold the one
+                # before it while the worker checks this one.
+                ready = None
+                if chunk:
+                    decoded, to_check, bodies = self._prepare_chunk(chunk)
+                    ready = (chunk, decoded, verifier.submit(self._verified, to_check, bodies))
+                    chunk = []
+                if pending is not None:
+                    n += self._fold_chunk(*pending)
+                pending = ready
+                if nxt is None:
+                    if pending is not None:
+                        n += self._fold_chunk(*pending)
+                    break
         self._maybe_snapshot()
         return n
+
+    def _prepare_chunk(self, chunk: list[StoredRecord]) -> tuple[
+            list[LogEntry | FormatError], list[tuple[bytes, bytes, bytes]], list[bytes]]:
+        decoded: list[LogEntry | FormatError] = []
+        to_check: list[tuple[bytes, bytes, bytes]] = []
+        bodies: list[bytes] = []
+        keys = self.state.ledger.keys  # read without the lock: only a hint (see catch_up)
+        for record in chunk:
+            try:
+                e = decode_log_entry(record.value)
+            except FormatError as exc:
+                decoded.append(exc)
+                continue
+            decoded.append(e)
+            message: bytes | None = None
+            for sig in e.entry.signatures:
+                info = keys.get(sig.key_id)
+                if info is None:
+                    continue  # granted later (or never): the rules check it
+                if message is None:
+                    message = signed_bytes(e.entry.body)
+                to_check.append((info.public_key, sig.sig, message))
+                bodies.append(e.entry.body)
+        return decoded, to_check, bodies
+
+    def _verified(self, to_check: list[tuple[bytes, bytes, bytes]],
+                  bodies: list[bytes]) -> frozenset[VerifiedSignature]:
+        assert self.checker is not None
+        verdicts = self.checker.check(to_check)
+        return frozenset((pub, sig, body) for (pub, sig, _), body, ok
+                         in zip(to_check, bodies, verdicts, strict=True) if ok)
+
+    def _fold_chunk(self, chunk: list[StoredRecord], decoded: list[LogEntry | FormatError],
+                    verified: Future[frozenset[VerifiedSignature]]) -> int:
+        done = verified.result()
+        for record, d in zip(chunk, decoded, strict=True):
+            self.handle(record, d, done)
+        return len(chunk)
 
     def run(self, stop: threading.Event, on_change: Callable[[], None] = lambda: None,
             idle_timeout: float = 0.2) -> None:
@@ -266,6 +351,10 @@ class Replayer:
         """Block until at least `size` entries are folded (e.g. our own append came back)."""
         with self._folded:
             return self._folded.wait_for(lambda: self.state.ledger.size >= size, timeout)
+
+
+# Records per catch-up chunk whose signatures are checked together (with a checker).
+CATCH_UP_CHUNK = 512
 
 
 class LedgerReadStore(LogStore):

@@ -11,10 +11,11 @@ proposal's latest STARTED record, so the log (not the cluster) says what "restor
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from ledger.formats import LogEntry, ProposalSubmitted, RolloutStep, payload_hashes
-from ledger.rules import LedgerState, Violation, check
+from ledger.rules import LedgerState, VerifiedSignature, Violation, check
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,12 @@ class ControllerState:
     applied: int = 0
     invalid: int = 0
 
-    def fold(self, e: LogEntry) -> Violation | None:
-        """Check `e` against the state and apply it when valid; return the violation if not."""
-        violation = check(self.ledger, e)
+    def fold(self, e: LogEntry, verified: Container[VerifiedSignature] = ()) -> Violation | None:
+        """Check `e` against the state and apply it when valid; return the violation if not.
+
+        `verified`: (public key, signature, body) triples already checked with Ed25519 (the
+        rules still decide whether each key may sign, on this state)."""
+        violation = check(self.ledger, e, verified)
         if violation is not None:
             self.invalid += 1
             return violation

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+import controller.replay
 from controller.replay import Replayer, SnapshotStore, snapshot_table
 from ledger.formats import KillScope, SignedEvent, make_entry
+from ledger.sigcheck import SignatureChecker
 from ledger.store.sqlite import SQLiteLogStore
 from tests.unit.harness import Harness
 
@@ -19,19 +23,35 @@ def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
     store.append([(e.body.event_id, e.entry_bytes) for e in entries[start:]])
 
 
-def test_replay_folds_every_valid_entry(tmp_path: Path) -> None:
+@pytest.fixture(params=["in-process", "checker"])
+def checker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[SignatureChecker | None]:
+    """Replay folds entry by entry (no checker), or in chunks whose signatures a worker
+    process checks first; chunks of 3 so grants and their first use share chunks."""
+    if request.param == "in-process":
+        yield None
+        return
+    monkeypatch.setattr(controller.replay, "CATCH_UP_CHUNK", 3)
+    c = SignatureChecker(1, min_pooled=1)
+    yield c
+    assert c.fallbacks == 0
+    c.close()
+
+
+def test_replay_folds_every_valid_entry(tmp_path: Path, checker: SignatureChecker | None) -> None:
     h = Harness()
     h.approved()
     store = SQLiteLogStore(tmp_path / "log.db")
     write_log(h, store)
-    r = Replayer(store)
+    r = Replayer(store, checker=checker)
     assert r.catch_up() == h.core.size
     assert r.state.ledger.size == h.core.size
     assert r.state.ledger.last_hash == h.core.state.last_hash
     assert r.state.invalid == 0 and r.state.applied == h.core.size
 
 
-def test_forged_and_garbage_records_are_skipped_and_counted(tmp_path: Path) -> None:
+def test_forged_and_garbage_records_are_skipped_and_counted(
+        tmp_path: Path, checker: SignatureChecker | None) -> None:
     h = Harness()
     h.approved()
     store = SQLiteLogStore(tmp_path / "log.db")
@@ -45,7 +65,7 @@ def test_forged_and_garbage_records_are_skipped_and_counted(tmp_path: Path) -> N
     # The real log goes on after them.
     h.ok(h.flow.health(next(iter(h.core.state.proposals)), 0, True))
     write_log(h, store, start=h.core.size - 1)
-    r = Replayer(store)
+    r = Replayer(store, checker=checker)
     r.catch_up()
     assert r.state.invalid == 2
     assert not r.state.ledger.kill_switches
@@ -116,3 +136,27 @@ def test_follow_folds_new_entries_and_wakes_the_caller(tmp_path: Path) -> None:
     assert not t.is_alive()
     loaded = SnapshotStore(tmp_path / "snap.db").load("t")
     assert loaded is not None and loaded.state.ledger.size == h.core.size
+
+
+def test_a_key_revoked_inside_a_chunk_signs_nothing_after_it(
+        tmp_path: Path, checker: SignatureChecker | None, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker only says a signature is valid; whether its key may still sign is the
+    rules' call on the state at that seq, even when grant, use and revocation share a chunk."""
+    h = Harness()
+    p = h.proposal()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    evalbot = h.flow.cast["evalbot"].key.public
+    before = h.core.size
+    h.ok(h.flow.eval(p, "safety", 0.99))
+    h.ok(h.flow.revoke(evalbot.key_id))
+    write_log(h, store, start=before)
+    # Straight into storage after the revocation: a validly signed eval by the revoked key.
+    late = make_entry(h.core.size, h.core.state.last_hash, h.flow.eval(p, "quality", 0.9), h.now)
+    store.append([(late.body.event_id, late.entry_bytes)])
+    r = Replayer(store, checker=checker)
+    r.catch_up()
+    assert r.state.ledger.size == h.core.size  # the late eval was not folded
+    assert r.state.invalid == 1
+    assert "code=KEY_REVOKED" in caplog.text
+    assert r.state.ledger.last_hash == h.core.state.last_hash
