@@ -174,6 +174,11 @@ class KafkaStoreConfig:
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "client_id": self.client_id,
             "request_timeout_ms": self.request_timeout_ms,
+            # kafka-python's bootstrap picks a bootstrap server at random and, when it picks
+            # one in backoff, waits out that backoff instead of trying another: with one broker
+            # of three down and the default 30 s cap, a new client once picked the dead one five
+            # times and gave up at its 30 s deadline. A 1 s cap bounds each such wait.
+            "reconnect_backoff_max_ms": 1000,
             "security_protocol": self.security_protocol,
         }
         optional = {
