@@ -32,9 +32,9 @@ import sqlalchemy as sa
 from controller.snapshot import SnapshotError, decode_state, encode_state
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
-from ledger.formats import LogEntry, decode_log_entry, signed_bytes
+from ledger.formats import LogEntry, decode_log_entry
 from ledger.rules import VerifiedSignature
-from ledger.sigcheck import SignatureChecker
+from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.sqlite import sqlite_engine
 
@@ -276,8 +276,8 @@ class Replayer:
                 # before it while the worker checks this one.
                 ready = None
                 if chunk:
-                    decoded, to_check, bodies = self._prepare_chunk(chunk)
-                    ready = (chunk, decoded, verifier.submit(self._verified, to_check, bodies))
+                    decoded, checks = self._prepare_chunk(chunk)
+                    ready = (chunk, decoded, verifier.submit(self.checker.verified, checks))
                     chunk = []
                 if pending is not None:
                     n += self._fold_chunk(*pending)
@@ -289,12 +289,11 @@ class Replayer:
         self._maybe_snapshot()
         return n
 
-    def _prepare_chunk(self, chunk: list[StoredRecord]) -> tuple[
-            list[LogEntry | FormatError], list[tuple[bytes, bytes, bytes]], list[bytes]]:
+    def _prepare_chunk(self, chunk: list[StoredRecord]
+                       ) -> tuple[list[LogEntry | FormatError], PendingChecks]:
         decoded: list[LogEntry | FormatError] = []
-        to_check: list[tuple[bytes, bytes, bytes]] = []
-        bodies: list[bytes] = []
-        keys = self.state.ledger.keys  # read without the lock: only a hint (see catch_up)
+        # Keys read without the lock: only a hint (see catch_up).
+        checks = PendingChecks(self.state.ledger.keys)
         for record in chunk:
             try:
                 e = decode_log_entry(record.value)
@@ -302,23 +301,8 @@ class Replayer:
                 decoded.append(exc)
                 continue
             decoded.append(e)
-            message: bytes | None = None
-            for sig in e.entry.signatures:
-                info = keys.get(sig.key_id)
-                if info is None:
-                    continue  # granted later (or never): the rules check it
-                if message is None:
-                    message = signed_bytes(e.entry.body)
-                to_check.append((info.public_key, sig.sig, message))
-                bodies.append(e.entry.body)
-        return decoded, to_check, bodies
-
-    def _verified(self, to_check: list[tuple[bytes, bytes, bytes]],
-                  bodies: list[bytes]) -> frozenset[VerifiedSignature]:
-        assert self.checker is not None
-        verdicts = self.checker.check(to_check)
-        return frozenset((pub, sig, body) for (pub, sig, _), body, ok
-                         in zip(to_check, bodies, verdicts, strict=True) if ok)
+            checks.add(e.entry.body, e.entry.signatures)
+        return decoded, checks
 
     def _fold_chunk(self, chunk: list[StoredRecord], decoded: list[LogEntry | FormatError],
                     verified: Future[frozenset[VerifiedSignature]]) -> int:

@@ -52,13 +52,12 @@ from ledger.formats import (
     decode_body,
     decode_log_entry,
     decode_signed_event,
-    signed_bytes,
 )
 from ledger.grpc_errors import ServiceError, guarded, status_for
 from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
 from ledger.rules import LedgerState, VerifiedSignature, check
-from ledger.sigcheck import SignatureChecker
+from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
@@ -359,10 +358,10 @@ class LedgerServer:
         key to try, and changes nothing. Run it in the caller's thread, so concurrent callers
         verify in parallel with each other's store writes.
         """
-        keys = self._core.state.keys  # read without the lock: only a hint, see StagedBatch
+        # Keys read without the lock: only a hint, see StagedBatch. A key granted later (e.g.
+        # earlier in this batch) is checked under the lock.
+        pending = PendingChecks(self._core.state.keys)
         staged: list[StagedEvent] = []
-        to_check: list[tuple[bytes, bytes, bytes]] = []  # (public key, signature, signed bytes)
-        bodies: list[bytes] = []  # the body each signature of to_check signs
         for raw in signed_events:
             try:
                 event = decode_signed_event(raw)
@@ -371,20 +370,9 @@ class LedgerServer:
                 staged.append(StagedEvent(len(raw), error=exc))
                 continue
             staged.append(StagedEvent(len(raw), event, body, event_digest(event)))
-            message: bytes | None = None
-            for sig in event.signatures:
-                info = keys.get(sig.key_id)
-                if info is None:
-                    continue  # granted later (e.g. earlier in this batch): checked under the lock
-                if message is None:
-                    message = signed_bytes(event.body)
-                to_check.append((info.public_key, sig.sig, message))
-                bodies.append(event.body)
+            pending.add(event.body, event.signatures)
         # All of the batch's signatures at once: in a worker process for a large batch.
-        verdicts = self.checker.check(to_check)
-        verified = frozenset((pub, sig, body) for (pub, sig, _), body, ok
-                             in zip(to_check, bodies, verdicts, strict=True) if ok)
-        return StagedBatch(tuple(staged), verified)
+        return StagedBatch(tuple(staged), self.checker.verified(pending))
 
     def append_batch(self, signed_events: Sequence[bytes], *,
                      staged: StagedBatch | None = None) -> list[Receipt | StewardError]:
@@ -529,7 +517,7 @@ class LedgerServer:
         # two. Never a note for the tree this batch makes: on Kafka an aborted transaction's
         # records stay readable to read_uncommitted consumers, and a signed note for a tree
         # that then never existed would look like the ledger signing two inconsistent trees.
-        checkpoint = self._checkpoint_due(self._durable_size())
+        checkpoint = self._checkpoint_due()
         try:
             positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged],
                                           (checkpoint.size, checkpoint.note) if checkpoint else None)
@@ -579,12 +567,18 @@ class LedgerServer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _checkpoint_due(self, size: int) -> PublishedCheckpoint | None:
-        """The checkpoint for the durable log of `size` entries, signed, if one is due by
-        count and not published yet; None otherwise (or before the genesis names the key)."""
+    def _checkpoint_due(self) -> PublishedCheckpoint | None:
+        """The checkpoint for the durable log, signed, if one is due by count and not
+        published yet; None otherwise (or before the genesis names the key)."""
+        size = self._durable_size()
         last = self._checkpoints[-1].size if self._checkpoints else 0
-        if self._signer is None or size - last < self._every_entries or size != self._durable_size():
+        if self._signer is None or size - last < self._every_entries:
             return None
+        return self._signed_checkpoint(size)
+
+    def _signed_checkpoint(self, size: int) -> PublishedCheckpoint:
+        """A checkpoint note for the first `size` entries, signed (not stored, not published)."""
+        assert self._signer is not None
         root = self._core.tree.root(size)
         note = notes.sign_checkpoint(notes.Checkpoint(self._origin, size, root), self._signer)
         return PublishedCheckpoint(size, note, root, self._origin)
@@ -597,17 +591,14 @@ class LedgerServer:
             return latest
         if latest is not None and latest.size >= size:
             return latest
-        root = self._core.tree.root(size)
-        origin = self._origin
-        note = notes.sign_checkpoint(notes.Checkpoint(origin, size, root), self._signer)
+        cp = self._signed_checkpoint(size)
         try:
-            self.store.save_checkpoint(size, note)  # saved before anyone can see it
+            self.store.save_checkpoint(size, cp.note)  # saved before anyone can see it
         except FencedError as exc:
             self._become_fenced(f"checkpoint size={size}", exc)
             raise
-        cp = PublishedCheckpoint(size, note, root, origin)
         self._remember(cp)
-        log.info("checkpoint_published size=%d root=%s", size, root.hex())
+        log.info("checkpoint_published size=%d root=%s", size, cp.root.hex())
         return cp
 
     def _publish_loop(self) -> None:

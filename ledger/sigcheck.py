@@ -28,9 +28,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ledger.ed25519 import verify_many
+from ledger.formats import Signature, signed_bytes
+from ledger.rules import KeyInfo, VerifiedSignature
 from ledger.sigworker import encode_request
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,28 @@ MIN_POOLED = 32
 WORKER_TIMEOUT_S = 30.0
 
 Item = tuple[bytes, bytes, bytes]  # (public key, signature, signed bytes)
+
+
+class PendingChecks:
+    """The signatures of a batch to check together, each against the key known for its id
+    now (a hint: a key granted later is left to the rules, which also decide, at each seq,
+    whether a key may sign at all)."""
+
+    def __init__(self, keys: Mapping[bytes, KeyInfo]) -> None:
+        self.keys = keys
+        self.items: list[Item] = []
+        self.bodies: list[bytes] = []  # the body bytes each item's signature signs
+
+    def add(self, body: bytes, signatures: Sequence[Signature]) -> None:
+        message: bytes | None = None
+        for sig in signatures:
+            info = self.keys.get(sig.key_id)
+            if info is None:
+                continue
+            if message is None:
+                message = signed_bytes(body)
+            self.items.append((info.public_key, sig.sig, message))
+            self.bodies.append(body)
 
 
 class WorkerFailed(Exception):
@@ -58,7 +82,6 @@ class _Worker:
             [sys.executable, "-m", "ledger.sigworker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=None, close_fds=True, bufsize=0)
         self.lock = threading.Lock()  # one request at a time on the pipe
-        self.timeout = WORKER_TIMEOUT_S
 
     def check(self, items: Sequence[Item], timeout: float) -> bytes:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -67,24 +90,23 @@ class _Worker:
         except OSError as exc:
             raise WorkerFailed(f"sending the batch: {exc}") from exc
         deadline = time.monotonic() + timeout
-        self.timeout = timeout
-        head = self._read(4, deadline)
+        head = self._read(4, deadline, timeout)
         (count,) = struct.unpack(">I", head)
         if count != len(items):
             raise WorkerFailed(f"answered {count} verdicts for {len(items)} signatures")
-        verdicts = self._read(count, deadline)
+        verdicts = self._read(count, deadline, timeout)
         if any(v > 1 for v in verdicts):
             raise WorkerFailed("answered a verdict that is neither 0 nor 1")
         return verdicts
 
-    def _read(self, n: int, deadline: float) -> bytes:
+    def _read(self, n: int, deadline: float, timeout: float) -> bytes:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         chunks: list[bytes] = []
         while n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise WorkerFailed(f"no answer within {self.timeout:g} s")
+                raise WorkerFailed(f"no answer within {timeout:g} s")
             chunk = os.read(fd, n)
             if not chunk:
                 raise WorkerFailed(f"exited (status {self.proc.poll()})")
@@ -145,6 +167,12 @@ class SignatureChecker:
         finally:
             worker.lock.release()
         return [v == 1 for v in verdicts]
+
+    def verified(self, pending: PendingChecks) -> frozenset[VerifiedSignature]:
+        """The (public key, signature, body) triples of `pending` that verify."""
+        verdicts = self.check(pending.items)
+        return frozenset((pub, sig, body) for (pub, sig, _), body, ok
+                         in zip(pending.items, pending.bodies, verdicts, strict=True) if ok)
 
     def _get_worker(self) -> _Worker | None:
         with self._lock:
