@@ -606,7 +606,12 @@ def _fast_entry(entry: Entry) -> bytes | None:
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position); raises IndexError when truncated, ValueError when overlong."""
+    """(value, next position); raises IndexError when truncated, ValueError when overlong.
+
+    fastavro keeps a varint in 64 bits: the 10th byte contributes only its lowest bit and an
+    11th shifts out of range. Such encodings are left to it (ValueError), so that every value
+    read here is the one fastavro reads (an over-long encoding of a small value included).
+    """
     b = data[pos]
     if b < 0x80:
         return (b >> 1) ^ -(b & 1), pos + 1
@@ -615,12 +620,12 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
     while True:
         pos += 1
         b = data[pos]
+        if shift == 63 and b > 1:
+            raise ValueError("varint overflows 64 bits")
         z |= (b & 0x7F) << shift
         if b < 0x80:
             break
         shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
     return (z >> 1) ^ -(z & 1), pos + 1
 
 

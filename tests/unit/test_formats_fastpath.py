@@ -115,3 +115,35 @@ def test_a_second_array_block_decodes_as_fastavro_decodes_it() -> None:
         assert _outcome(decode_signed_event, data) == _outcome(
             lambda d: _fastavro_decode(SIGNED_EVENT_SCHEMA, d), data)
         assert decode_signed_event(data) == SignedEvent(b"body", (sig, sig))
+
+
+def _varints(rng: random.Random) -> list[bytes]:
+    """Varints of every length up to 12 bytes: canonical, zero-padded and with random groups."""
+    out = []
+    for length in range(1, 13):
+        for _ in range(8):
+            groups = [rng.choice([0, 1, 0x7F, rng.randrange(128)]) for _ in range(length)]
+            out.append(bytes(g | 0x80 for g in groups[:-1]) + bytes(groups[-1:]))
+        out.append(b"\x80" * (length - 1) + b"\x00")  # an over-long zero
+        out.append(b"\xff" * (length - 1) + b"\x01")
+    return out
+
+
+def test_over_long_varints_read_as_fastavro_reads_them() -> None:
+    # fastavro keeps a varint in 64 bits; what it makes of a 10th and 11th byte, the fast path
+    # must make of them too (or leave them to it).
+    rng = random.Random(5)
+    sig = Signature(b"\x05" * 32, b"\x06" * 64)
+    entry = _fastavro_bytes(ENTRY_SCHEMA, Entry(7, b"\x00" * 32, b"body", (sig,), 9))
+    event = _fastavro_bytes(SIGNED_EVENT_SCHEMA, SignedEvent(b"body", (sig,)))
+    assert entry[10] == 14 and entry[-1] == 18 and event[10] == 8
+    for varint in _varints(rng):
+        cases = [
+            (ENTRY_SCHEMA, entry[:10] + varint + entry[11:]),  # seq
+            (ENTRY_SCHEMA, entry[:-1] + varint),  # received_at
+            (SIGNED_EVENT_SCHEMA, event[:10] + varint + event[11:]),  # body length
+            (SIGNED_EVENT_SCHEMA, event[:15] + varint + event[16:]),  # signature count
+        ]
+        for schema, data in cases:
+            decode = decode_entry if schema is ENTRY_SCHEMA else decode_signed_event
+            assert _outcome(decode, data) == _outcome(lambda d, s=schema: _fastavro_decode(s, d), data), data.hex()
