@@ -9,9 +9,17 @@ Two Kafka clients, one per direction:
   interpreter 116-147 µs per record and alone capped ingest below the goal (docs/PERFORMANCE.md).
   Every transactional call takes a timeout, so no kafka-python internals are needed any more to
   bound a commit or an abort.
-* Reading (``read``, ``follow``, end offsets, the claim log) and the admin client (topic checks)
-  stay on kafka-python: the controller, projector and auditor use this store read-only and never
-  load a librdkafka producer.
+* The end-offset polls (``end_position``, the snapshot each read starts from, and the wait after
+  every commit until read_committed readers see the batch) go through a confluent-kafka
+  ``Consumer`` too: ``get_watermark_offsets(..., cached=False)`` with
+  ``isolation.level=read_committed`` answers the last stable offset (measured: an open
+  transaction holds it back exactly as kafka-python's read_committed ``end_offsets`` does). One
+  such consumer per store, never subscribed and never assigned: it joins no group and commits
+  nothing (confluent-kafka insists on a ``group.id``, so it has a fixed one that is never joined).
+  Each poll waits outside the interpreter lock; kafka-python's polls and its network thread were
+  about 6 % of the ledger server's CPU under load.
+* Reading records (``read``, ``follow``, the claim log) and the admin client (topic checks) stay
+  on kafka-python.
 
 Every `append` is one Kafka transaction, committed before it returns (acks=all), so a batch is
 all or nothing for read_committed readers: ``begin_transaction``, ``produce`` per record (offsets
@@ -90,7 +98,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as RdTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka import errors as kerrors
 
@@ -125,14 +134,35 @@ _FENCING_CODES: frozenset[int] = frozenset({
 # broker; a larger record fails its delivery, and the transaction is aborted.
 _MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
+# The end-offset consumer's group.id. confluent-kafka refuses a Consumer without one; the store's
+# consumer never subscribes (so never joins the group) and never commits, and the group never
+# exists on the brokers. librdkafka does look up its coordinator when it starts (FindCoordinator).
+END_OFFSETS_GROUP = "steward-end-offsets"
+
+# End-offset query errors that may pass by themselves: metadata that does not list a just-created
+# topic yet (measured: librdkafka answered _UNKNOWN_PARTITION at once right after a topic was
+# created, and the offsets 100 ms later), a leader moving, a lost connection. The query is asked
+# again until operation_timeout_s is spent, as kafka-python's end_offsets kept retrying.
+_END_OFFSET_PASSING: frozenset[int] = frozenset({
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+})
+_END_OFFSET_RETRY_S = 0.1
+
 
 @dataclass(frozen=True)
 class KafkaStoreConfig:
     """How to reach the cluster and which topic holds the ledger.
 
     The same options serve both clients: `client_options()` for kafka-python (readers, admin),
-    `producer_options()` with librdkafka's names for the confluent-kafka producers (see
-    docs/KAFKA.md for the mapping). Secrets are kept out of repr() so they never reach a log line.
+    `producer_options()` and `end_consumer_options()` with librdkafka's names for the
+    confluent-kafka producers and the end-offset consumer (see docs/KAFKA.md for the mapping).
+    Secrets are kept out of repr() so they never reach a log line.
     """
 
     bootstrap_servers: str
@@ -203,16 +233,40 @@ class KafkaStoreConfig:
         `request_timeout_ms`, like kafka-python's one request timeout; ``message.timeout.ms``
         (a record's delivery, retries included) takes `operation_timeout_s`.
         """
-        opts: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": self.client_id,
-            "security.protocol": self.security_protocol,
+        return {
+            **self._rdkafka_connection_options(),
             "request.timeout.ms": self.request_timeout_ms,
-            "socket.timeout.ms": self.request_timeout_ms,
             "message.timeout.ms": max(1, int(self.operation_timeout_s * 1000)),
             "message.max.bytes": _MAX_REQUEST_BYTES,
             # The topics exist (checked at start); never create one by producing to it.
             "allow.auto.create.topics": False,
+        }
+
+    def end_consumer_options(self) -> dict[str, Any]:
+        """librdkafka options of the end-offset consumer (includes secrets; never log it).
+
+        The producers' connection and security options, read_committed (so the high watermark
+        it reports is the last stable offset), and no group work: a fixed `END_OFFSETS_GROUP`
+        that is never joined (the consumer never subscribes) and no offset commits. Each query
+        is bounded by `operation_timeout_s` (the call's timeout), each request by
+        ``socket.timeout.ms`` = `request_timeout_ms`.
+        """
+        return {
+            **self._rdkafka_connection_options(),
+            "group.id": END_OFFSETS_GROUP,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "allow.auto.create.topics": False,
+        }
+
+    def _rdkafka_connection_options(self) -> dict[str, Any]:
+        """librdkafka options every client of the store shares (includes secrets)."""
+        opts: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+            "socket.timeout.ms": self.request_timeout_ms,
         }
         optional = {
             "sasl.mechanism": self.sasl_mechanism,
@@ -272,16 +326,18 @@ class WriterClaim:
 class LibrdkafkaLog:
     """librdkafka's log lines and error callback, into Python logging without a flood.
 
-    Given to each producer as its ``logger`` and ``error_cb``. confluent-kafka calls
-    ``log(level, "%s [%s] %s", facility, client name, text)`` with librdkafka's syslog level
-    already mapped to a Python level, and ``error(KafkaError)`` for errors the client reports
-    on its own (a broker down, all brokers down, ...): both only while our thread is in
-    ``poll``/``flush``, so under the store's writer lock. With a broker gone librdkafka repeats
-    the same connection failure every reconnect backoff, and the store raises StoreUnavailable
-    (logged by the caller) anyway, so: librdkafka's warnings and worse are logged at WARNING
-    (it says ALERT for a fence, which the claim log then decides), each distinct line (numbers
-    ignored) at most once per `window` seconds, its repeats at DEBUG and counted in the next
-    WARNING of the same line; notices and info at INFO, debug at DEBUG. Fatal errors are not
+    Given to each producer and to the end-offset consumer as its ``logger`` and ``error_cb``.
+    confluent-kafka calls ``log(level, "%s [%s] %s", facility, client name, text)`` with
+    librdkafka's syslog level already mapped to a Python level, and ``error(KafkaError)`` for
+    errors the client reports on its own (a broker down, all brokers down, ...): both only
+    while one of our threads is in ``poll``/``flush`` (the producers' under the store's writer
+    lock, the consumer's under its end-offset lock, so two threads may log here at once). With
+    a broker gone librdkafka repeats the same connection failure every reconnect backoff, and
+    the store raises StoreUnavailable (logged by the caller) anyway, so: librdkafka's warnings
+    and worse are logged at WARNING (it says ALERT for a fence, which the claim log then
+    decides), each distinct line (numbers ignored) at most once per `window` seconds, its
+    repeats at DEBUG and counted in the next WARNING of the same line; notices and info at
+    INFO, debug at DEBUG. Fatal errors are not
     rate-limited (confluent-kafka raises them from ``flush``/``poll`` rather than calling
     `error`, but a fatal one passed here is logged at once).
     """
@@ -353,7 +409,8 @@ class KafkaLogStore(LogStore):
         # is learned after the next InitProducerId; a retry of the same batch then returns
         # the first attempt's offsets instead of appending it twice.
         self._in_doubt: tuple[list[tuple[bytes, bytes]], list[int]] | None = None
-        self._end_consumer: KafkaConsumer | None = None
+        # The end-offset consumer (librdkafka), made on first use, dropped after a failure.
+        self._end_consumer: Consumer | None = None
         self._end_lock = threading.Lock()
         admin = self._admin()
         try:
@@ -408,6 +465,16 @@ class KafkaLogStore(LogStore):
             )
         except kerrors.KafkaError as exc:
             raise self._unavailable("connecting a consumer", exc) from exc
+
+    def _new_end_consumer(self) -> Consumer:
+        """The confluent-kafka consumer for end offsets; ConfigError if librdkafka refuses the
+        options (as for the producers: no retry would help). Creating it connects nothing yet."""
+        try:
+            return Consumer({**self.config.end_consumer_options(),
+                             "logger": self._rdlog, "error_cb": self._rdlog.error})
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"Kafka topic {self.topic}: the end-offset consumer refused its "
+                              f"configuration: {_describe(exc)}") from exc
 
     def _check_open(self) -> None:
         if self._closed:
@@ -804,18 +871,35 @@ class KafkaLogStore(LogStore):
         return self._end_offset(self._tp)
 
     def _end_offset(self, tp: TopicPartition) -> int:
-        """Last stable offset: read_committed end offset (one past the last commit marker)."""
+        """Last stable offset: read_committed end offset (one past the last commit marker).
+
+        librdkafka's ListOffsets for the latest offset with isolation.level=read_committed (the
+        consumer's setting), asked of the partition leader every time (``cached=False``);
+        the wait is outside the interpreter lock. An error that may pass (`_END_OFFSET_PASSING`)
+        is retried until `operation_timeout_s` is spent; then, or after any other error, the
+        consumer is dropped (the next call makes a new one) and StoreUnavailable is raised.
+        """
         with self._end_lock:
             if self._end_consumer is None:
-                self._end_consumer = self._new_consumer()
-            try:
-                offsets = self._end_consumer.end_offsets(
-                    [tp], timeout_ms=int(self.config.operation_timeout_s * 1000))
-            except kerrors.KafkaError as exc:
-                self._end_consumer.close()
-                self._end_consumer = None
-                raise self._unavailable(f"asking the end offset of {tp.topic}", exc) from exc
-            return int(offsets[tp])
+                self._end_consumer = self._new_end_consumer()
+            consumer = self._end_consumer
+            partition = RdTopicPartition(tp.topic, tp.partition)
+            deadline = time.monotonic() + self.config.operation_timeout_s
+            while True:
+                try:
+                    _low, high = consumer.get_watermark_offsets(
+                        partition, timeout=_left(deadline, 0.01), cached=False)
+                except (KafkaException, RuntimeError) as exc:
+                    _serve_end_consumer(consumer, self._rdlog)
+                    if _may_pass(exc) and time.monotonic() + _END_OFFSET_RETRY_S < deadline:
+                        time.sleep(_END_OFFSET_RETRY_S)
+                        continue
+                    self._end_consumer = None
+                    _close_end_consumer(consumer, self.topic)
+                    raise self._unavailable(f"asking the end offset of {tp.topic}",
+                                            exc) from exc
+                _serve_end_consumer(consumer, self._rdlog)
+                return int(high)
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         self._check_open()
@@ -833,14 +917,49 @@ class KafkaLogStore(LogStore):
             self._closed = True
             self._drop_producer()
         with self._end_lock:
-            if self._end_consumer is not None:
-                self._end_consumer.close()
-                self._end_consumer = None
+            consumer, self._end_consumer = self._end_consumer, None
+            if consumer is not None:
+                _serve_end_consumer(consumer, self._rdlog)
+                _close_end_consumer(consumer, self.topic)
 
 
 def _left(deadline: float, floor: float) -> float:
     """Seconds left until `deadline`, but at least `floor`."""
     return max(floor, deadline - time.monotonic())
+
+
+def _serve_end_consumer(consumer: Consumer, rdlog: LibrdkafkaLog) -> None:
+    """Hand the end-offset consumer's queued log lines and errors to `rdlog`.
+
+    confluent-kafka delivers a consumer's ``logger``/``error_cb`` events only from ``poll()``,
+    and this consumer is never polled for records: unserved, its events (a reconnect failure
+    every backoff while a broker is down) would pile up in librdkafka's queue. ``poll(0)``
+    serves them all without waiting; with nothing assigned it returns no record, at most a
+    consumer-level error event, which is logged like the others.
+    """
+    try:
+        event = consumer.poll(0)
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("serving the end-offset consumer's events: %s", _describe(exc))
+        return
+    if event is not None:
+        err = event.error()
+        if err is not None:
+            rdlog.error(err)
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """Whether an end-offset query error may pass if asked again (see _END_OFFSET_PASSING)."""
+    return any(e.code() in _END_OFFSET_PASSING or e.retriable() for e in _kafka_errors(exc))
+
+
+def _close_end_consumer(consumer: Consumer, topic: str) -> None:
+    """Close the end-offset consumer. It never subscribed, so this leaves no group and
+    commits nothing; measured at under a millisecond, with the broker up or gone."""
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("topic %s: closing the end-offset consumer: %s", topic, _describe(exc))
 
 
 def _delivered(offsets: list[int], failed: list[KafkaError], index: int,

@@ -1,7 +1,8 @@
 """KafkaLogStore on a real broker: the shared store contract, then Kafka-specific behaviour.
 
-The store writes with confluent-kafka (librdkafka) and reads with kafka-python; the checks
-below read with a plain kafka-python consumer, and the foreign writers are both clients.
+The store writes and asks for end offsets with confluent-kafka (librdkafka) and reads records
+with kafka-python; the checks below read with plain kafka-python consumers, and the foreign
+writers are both clients.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailable
 from ledger.store.base import LogStore
 from ledger.store.kafka import (
+    END_OFFSETS_GROUP,
     KafkaLogStore,
     KafkaStoreConfig,
     LibrdkafkaLog,
@@ -87,6 +89,94 @@ def test_positions_are_offsets_and_end_is_the_last_stable_offset(
     assert store.end_position() == 5
     assert _committed(kafka_cluster.bootstrap_servers, store.topic) == [
         (0, b"a", b"1"), (1, b"b", b"2"), (3, b"c", b"3")]
+
+
+def _end_offset(bootstrap: str, topic: str, isolation_level: str) -> int:
+    """kafka-python's end offset of partition 0 (read_committed: the last stable offset)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             isolation_level=isolation_level, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    try:
+        return int(consumer.end_offsets([tp])[tp])
+    finally:
+        consumer.close()
+
+
+def _wait_for_end(store: KafkaLogStore, end: int) -> None:
+    """The markers land a moment after commit/abort_transaction() returns."""
+    deadline = time.monotonic() + 10
+    while store.end_position() != end:
+        assert time.monotonic() < deadline, (store.end_position(), end)
+        time.sleep(0.02)
+
+
+def test_an_open_transaction_of_another_producer_holds_the_end_back(
+    store_factory: Callable[..., LogStore], kafka_cluster: KafkaCluster
+) -> None:
+    """end_position() (librdkafka's read_committed high watermark) is the last stable offset:
+    a foreign transactional producer's records do not count while its transaction is open,
+    although they are in the partition; its commit releases them, and so does an abort. At
+    every step kafka-python's read_committed end_offsets says the same."""
+    bootstrap = kafka_cluster.bootstrap_servers
+    store = store_factory()
+    assert isinstance(store, KafkaLogStore)
+    store.append([(b"a", b"1")])  # offset 0, its commit marker 1
+    assert store.end_position() == 2
+    other = Producer({"bootstrap.servers": bootstrap,
+                      "transactional.id": f"steward-test-foreign-{store.topic}"})
+    other.init_transactions(30)
+    other.begin_transaction()
+    for i in range(3):
+        other.produce(store.topic, key=b"f%d" % i, value=b"x", partition=0)
+    assert other.flush(30) == 0  # offsets 2..4, acknowledged but not committed
+    assert _end_offset(bootstrap, store.topic, "read_uncommitted") == 5
+    assert store.end_position() == 2
+    assert _end_offset(bootstrap, store.topic, "read_committed") == 2
+    assert [r.key for r in store.read(0)] == [b"a"]
+    other.commit_transaction(30)  # marker 5
+    _wait_for_end(store, 6)
+    assert _end_offset(bootstrap, store.topic, "read_committed") == 6
+    assert [r.key for r in store.read(0)] == [b"a", b"f0", b"f1", b"f2"]
+
+    other.begin_transaction()
+    other.produce(store.topic, key=b"ghost", value=b"x", partition=0)
+    assert other.flush(30) == 0  # offset 6
+    assert _end_offset(bootstrap, store.topic, "read_uncommitted") == 7
+    assert store.end_position() == 6
+    other.abort_transaction(30)  # marker 7
+    _wait_for_end(store, 8)
+    assert _end_offset(bootstrap, store.topic, "read_committed") == 8
+    assert [r.key for r in store.read(0)] == [b"a", b"f0", b"f1", b"f2"]
+    # The end-offset consumer's group.id is never joined: no such group on the broker.
+    admin = kafka_cluster.admin()
+    try:
+        assert END_OFFSETS_GROUP not in [g["group_id"] for g in admin.list_groups()]
+    finally:
+        admin.close()
+
+
+def test_a_failed_end_offset_query_is_unavailable_and_the_next_one_starts_afresh(
+    make_config: Callable[..., KafkaStoreConfig],
+) -> None:
+    """A partition that never shows up: asked again until operation_timeout_s is spent, then
+    StoreUnavailable naming librdkafka's error; the consumer is dropped and the next call makes
+    a new one. close() drops it too."""
+    store = KafkaLogStore(make_config(operation_timeout_s=1.0))
+    try:
+        assert store.end_position() == 0
+        first = store._end_consumer
+        assert first is not None
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"asking the end offset of .*-missing failed: "
+                                                   r"_UNKNOWN_PARTITION"):
+            store._end_offset(TopicPartition(store.topic + "-missing", 0))
+        assert 0.8 < time.monotonic() - started < 10
+        assert store._end_consumer is None
+        assert store.end_position() == 0
+        assert store._end_consumer is not None and store._end_consumer is not first
+    finally:
+        store.close()
+    assert store._end_consumer is None
 
 
 def test_a_second_writer_fences_the_first(
@@ -225,6 +315,32 @@ def test_producer_options_use_librdkafka_names(
     assert "ssl.endpoint.identification.algorithm" not in plain and "sasl.password" not in plain
     # librdkafka itself accepts every name and value (a real client is created, then closed).
     Producer({**config.producer_options(), "security.protocol": "PLAINTEXT"}).close()
+
+
+def test_end_consumer_options_use_librdkafka_names(
+    make_config: Callable[..., KafkaStoreConfig],
+) -> None:
+    """The producers' connection and security options, read_committed, and no group work."""
+    config = make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                         sasl_plain_username="steward", sasl_plain_password="hunter2",
+                         ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
+                         ssl_password="s3cret", ssl_check_hostname=False,
+                         request_timeout_ms=7000, operation_timeout_s=20.0)
+    options = config.end_consumer_options()
+    assert options == {
+        "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
+        "security.protocol": "SASL_SSL", "socket.timeout.ms": 7000,
+        "group.id": END_OFFSETS_GROUP, "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "isolation.level": "read_committed",
+        "allow.auto.create.topics": False, "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "steward", "sasl.password": "hunter2", "ssl.ca.location": "ca.pem",
+        "ssl.certificate.location": "client.pem", "ssl.key.location": "client.key",
+        "ssl.key.password": "s3cret", "ssl.endpoint.identification.algorithm": "none"}
+    producer = config.producer_options()
+    shared = {k: v for k, v in producer.items() if k in options}
+    assert shared == {k: v for k, v in options.items() if k in producer}
+    # librdkafka itself accepts every name and value (a real client is created, then closed).
+    Consumer({**options, "security.protocol": "PLAINTEXT"}).close()
 
 
 def test_a_configuration_librdkafka_refuses_is_a_config_error(
