@@ -43,7 +43,14 @@ from grpc_reflection.v1alpha import reflection
 
 from ledger import checkpoint as notes
 from ledger.core import LedgerCore, Receipt, event_digest
-from ledger.errors import ConfigError, FencedError, FormatError, StewardError, VerificationError
+from ledger.errors import (
+    ConfigError,
+    FencedError,
+    FormatError,
+    StewardError,
+    StoreUnavailable,
+    VerificationError,
+)
 from ledger.formats import (
     EventBody,
     LedgerGenesis,
@@ -151,17 +158,50 @@ class StagedBatch:
         return sum(e.size for e in self.events)
 
 
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch decoded, its signatures not checked yet (LedgerServer.decode)."""
+
+    events: tuple[StagedEvent, ...]
+    pending: PendingChecks
+
+
 class _Request:
-    """One caller's batch waiting for a group commit."""
+    """One caller's batch on its way through the group commit: queued, folded, stored."""
 
-    __slots__ = ("after", "done", "error", "results", "staged")
+    __slots__ = ("after", "done", "error", "on_done", "results", "staged", "taken")
 
-    def __init__(self, staged: StagedBatch, after: _Request | None = None) -> None:
+    def __init__(self, staged: StagedBatch, after: _Request | None = None,
+                 on_done: Callable[[], None] | None = None) -> None:
         self.staged = staged
         self.after = after  # the previous batch of the same caller: this one must follow it
         self.results: list[Receipt | StewardError] = []
         self.error: BaseException | None = None
-        self.done = False
+        self.on_done = on_done  # called (by whichever thread finishes it) once done is set
+        self.taken = False  # folded into the core by a group's leader
+        self.done = False  # answered: stored (results) or failed (error)
+
+    @property
+    def outcome(self) -> list[Receipt | StewardError] | BaseException:
+        return self.error if self.error is not None else self.results
+
+
+@dataclass(eq=False)
+class _Folded:
+    """A group folded into the core, waiting for the store writer (see LedgerServer)."""
+
+    requests: list[_Request]
+    results: list[list[Receipt | StewardError]]
+    entries: list[LogEntry]
+    size: int  # bytes of the entries
+    epoch: int  # LedgerServer._failures when it was folded
+
+
+def _notify(requests: Sequence[_Request]) -> None:
+    """Call the on_done callbacks of finished requests (outside every server lock)."""
+    for request in requests:
+        if request.on_done is not None:
+            request.on_done()
 
 
 def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
@@ -201,18 +241,35 @@ class LedgerServer:
         self._every_ms = checkpoint_every_ms
         self._clock = clock
         self._on_fenced = on_fenced
-        # One lock for everything that changes the core or signs: appends, rebuilds, checkpoints.
+        # One lock for everything that changes the core or signs: folds, rebuilds, checkpoints.
+        # The store write of a folded group is made without it (see _write_loop).
         self._lock = threading.RLock()
         self._appended = threading.Condition(self._lock)
-        # Group commit: callers queue their staged batches; one of them at a time (the one
-        # that set _committing) stores every queued batch (up to the limits) in one store
-        # transaction, then wakes the callers whose batches it stored. Waiting on a condition,
-        # not on the committer's lock, lets a stored caller return at once instead of queueing
-        # behind the next transaction (which also kept that one small).
+        # Group commit, in two stages that overlap:
+        # 1. fold: callers queue their staged batches; one of them at a time (the one that set
+        #    _committing) takes every queued batch (up to the limits), checks and folds it into
+        #    the core under the lock, and hands the group to the store writer;
+        # 2. store: one writer thread stores the folded groups in order, several per store
+        #    transaction, and answers their callers once they are durable.
+        # So the next group is checked while the previous one's store round trip is under way
+        # (a Kafka transaction is mostly waiting on the broker). The core runs ahead of the
+        # store by at most one stored and MAX_BATCH_EVENTS queued events; readers only ever see
+        # the durable part (_positions). A failed store write fails every group folded on top
+        # of it (_failures counts failures, a group remembers the count it was folded under),
+        # and the core is rebuilt from the store before anything else is folded.
         self._pending: deque[_Request] = deque()
         self._pending_lock = threading.Lock()
         self._group_done = threading.Condition(self._pending_lock)
         self._committing = False
+        self._folded: deque[_Folded] = deque()
+        self._folded_events = 0
+        self._writing: list[_Folded] = []
+        self._store_turn = threading.Condition(self._lock)
+        self._failures = 0
+        self._last_failure: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        self._riding = 0  # size of the checkpoint riding in the writer's transaction, if any
+        self._closing = False  # close(): the writer stores what is folded, then ends
         self._core = LedgerCore()
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
         self._last_received_at = 0
@@ -233,6 +290,9 @@ class LedgerServer:
         with self._lock:
             self.replay_report = self._claim_and_rebuild()
             self._load_checkpoints()
+        self._writer = threading.Thread(target=self._write_loop, name="ledger-store-writer",
+                                        daemon=True)
+        self._writer.start()
         self.ready.set()
         if self._every_ms > 0:
             self._publisher = threading.Thread(
@@ -358,6 +418,10 @@ class LedgerServer:
         key to try, and changes nothing. Run it in the caller's thread, so concurrent callers
         verify in parallel with each other's store writes.
         """
+        return self.check_signatures(self.decode(signed_events))
+
+    def decode(self, signed_events: Sequence[bytes]) -> DecodedBatch:
+        """The first half of stage(): decode, and collect the signatures to check."""
         # Keys read without the lock: only a hint, see StagedBatch. A key granted later (e.g.
         # earlier in this batch) is checked under the lock.
         pending = PendingChecks(self._core.state.keys)
@@ -371,8 +435,12 @@ class LedgerServer:
                 continue
             staged.append(StagedEvent(len(raw), event, body, event_digest(event)))
             pending.add(event.body, event.signatures)
-        # All of the batch's signatures at once: in a worker process for a large batch.
-        return StagedBatch(tuple(staged), self.checker.verified(pending))
+        return DecodedBatch(tuple(staged), pending)
+
+    def check_signatures(self, decoded: DecodedBatch) -> StagedBatch:
+        """The second half of stage(): all of the batch's signatures at once (in a worker
+        process for a large batch, the interpreter lock released while it waits)."""
+        return StagedBatch(decoded.events, self.checker.verified(decoded.pending))
 
     def append_batch(self, signed_events: Sequence[bytes], *,
                      staged: StagedBatch | None = None) -> list[Receipt | StewardError]:
@@ -388,7 +456,7 @@ class LedgerServer:
         self._wait_ready()
         if staged is None:
             staged = self.stage(signed_events)
-        (outcome,) = self._submit([staged])
+        (outcome,) = self.append_batches([staged])
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -398,36 +466,46 @@ class LedgerServer:
         """Several staged batches of one caller, in order, in as few transactions as the limits
         allow. Per batch: its results, or the exception that kept it out of the store; a batch
         after a failed one is not attempted (it gets the same exception)."""
-        self._wait_ready()
-        return self._submit(batches)
+        requests = self.submit(batches)
+        with self._group_done:
+            while not all(r.done for r in requests):
+                self._group_done.wait()
+        return [r.outcome for r in requests]
 
-    def _submit(self, batches: Sequence[StagedBatch]
-                ) -> list[list[Receipt | StewardError] | BaseException]:
+    def submit(self, batches: Sequence[StagedBatch], on_done: Callable[[], None] | None = None,
+               after: _Request | None = None) -> list[_Request]:
+        """Queue staged batches of one caller and return once they are folded (checked, in the
+        core), not stored: each request is ``done`` once stored or failed, and `on_done` is called
+        then. `after` is the caller's previous request, if it may still be on its way: these
+        are then never stored ahead of it. Lets a stream check its next batches while the
+        previous ones are being stored."""
+        self._wait_ready()
         requests: list[_Request] = []
         for staged in batches:
-            requests.append(_Request(staged, requests[-1] if requests else None))
+            requests.append(_Request(staged, requests[-1] if requests else after, on_done))
         with self._pending_lock:
             self._pending.extend(requests)
         for request in requests:
             while True:
                 with self._group_done:
-                    while self._committing and not request.done:
+                    while self._committing and not (request.taken or request.done):
                         self._group_done.wait()
-                    if request.done:
+                    if request.taken or request.done:
                         break
                     self._committing = True
                 try:
-                    self._commit_group(self._take_group())
+                    self._fold_group(self._take_group())
                 finally:
                     with self._group_done:
                         self._committing = False
                         self._group_done.notify_all()
-        return [r.error if r.error is not None else r.results for r in requests]
+        return requests
 
     def _take_group(self) -> list[_Request]:
         """The queued requests of the next transaction: at least one, FIFO, within the limits
         one request may reach on its own (MAX_BATCH_EVENTS events, the gRPC message size)."""
         group: list[_Request] = []
+        failed: list[_Request] = []
         events = size = 0
         with self._pending_lock:
             while self._pending:
@@ -437,40 +515,57 @@ class LedgerServer:
                     self._pending.popleft()
                     first.error = first.after.error
                     first.done = True
+                    failed.append(first)
                     continue
                 head = first.staged
                 if group and (events + len(head.events) > MAX_BATCH_EVENTS
                               or size + head.size > DEFAULT_MAX_MESSAGE_BYTES):
                     break
-                group.append(self._pending.popleft())
+                request = self._pending.popleft()
+                request.taken = True
+                group.append(request)
                 events += len(head.events)
                 size += head.size
+        _notify(failed)
         return group
 
-    def _commit_group(self, group: list[_Request]) -> None:
+    def _fold_group(self, group: list[_Request]) -> None:
+        """Check and fold `group` into the core, then hand it to the store writer."""
         if not group:
             return
         try:
             with self._lock:
-                results = self._append_locked(group)
+                # At most MAX_BATCH_EVENTS folded events wait for the writer: the core stays
+                # close to the store, and batches queueing meanwhile make the next group larger.
+                while self._folded_events >= MAX_BATCH_EVENTS:
+                    self._store_turn.wait()
+                if self._fenced:
+                    raise FencedError("this server was fenced earlier")
+                if self._closing:
+                    raise StoreUnavailable("the ledger server is shutting down; retry")
+                if self._needs_rebuild:
+                    # Only from the store's truth: wait until nothing folded is left to store.
+                    while self._folded or self._writing:
+                        self._store_turn.wait()
+                    if self._needs_rebuild:
+                        self._claim_and_rebuild()
+                results, entries = self._fold_locked(group)
+                self._folded.append(_Folded(group, results, entries,
+                                            sum(len(e.entry_bytes) for e in entries),
+                                            self._failures))
+                self._folded_events += max(1, len(entries))
+                self._store_turn.notify_all()
         except BaseException as exc:
-            # Nothing of the group is acknowledged: a later request may hold a duplicate
-            # receipt for an earlier one's entry, which was not stored either.
+            # Nothing of the group is acknowledged; a half-applied fold set _needs_rebuild.
             for request in group:
                 request.error = exc
                 request.done = True
+            _notify(group)
             if not isinstance(exc, Exception):
                 raise
-            return
-        for request, result in zip(group, results, strict=True):
-            request.results = result
-            request.done = True
 
-    def _append_locked(self, group: list[_Request]) -> list[list[Receipt | StewardError]]:
-        if self._fenced:
-            raise FencedError("this server was fenced earlier")
-        if self._needs_rebuild:
-            self._claim_and_rebuild()
+    def _fold_locked(self, group: list[_Request]
+                     ) -> tuple[list[list[Receipt | StewardError]], list[LogEntry]]:
         core = self._core
         out: list[list[Receipt | StewardError]] = []
         staged_entries: list[LogEntry] = []
@@ -484,6 +579,8 @@ class LedgerServer:
                     assert item.event is not None and item.body is not None
                     existing = core.existing_receipt(item.event, body=item.body, digest=item.digest)
                     if existing is not None:
+                        # Maybe of an entry still on its way to the store: answered with this
+                        # group, which the writer answers after the earlier ones.
                         results.append(existing)
                         continue
                     e = core.prepare(item.event, self._received_at(), body=item.body,
@@ -502,64 +599,151 @@ class LedgerServer:
                 staged_entries.append(e)
                 self._last_received_at = e.entry.received_at
             out.append(results)
-        if staged_entries:
-            self._store_batch(staged_entries)
-        return out
+        return out, staged_entries
 
     def _received_at(self) -> int:
         # Never goes back, so hold times and key expiry see a monotonic ledger clock.
         return max(self._clock(), self._last_received_at)
 
-    def _store_batch(self, staged: list[LogEntry]) -> None:
+    # -- the store writer --------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        """Store folded groups in order, as many per transaction as the limits allow, and
+        answer their callers. Runs until close(), storing what was folded before it."""
+        while True:
+            with self._lock:
+                while not self._folded:
+                    if self._closing:
+                        return
+                    self._store_turn.wait()
+                take = self._take_folded()
+            error = self._write(take)
+            finished: list[_Request] = []
+            for folded in take:
+                for request, results in zip(folded.requests, folded.results, strict=True):
+                    if error is None:
+                        request.results = results
+                    else:
+                        request.error = error
+                    request.done = True
+                    finished.append(request)
+            with self._group_done:
+                self._group_done.notify_all()
+            _notify(finished)
+
+    def _write(self, take: list[_Folded]) -> BaseException | None:
+        """Store the groups in `take`; None, or the error that kept them out of the store."""
+        entries = [e for g in take for e in g.entries]
+        error: BaseException | None = None
+        positions: list[int] = []
+        checkpoint: PublishedCheckpoint | None = None
+        stale = False
+        try:
+            with self._lock:
+                stale = take[0].epoch != self._failures
+                # A checkpoint due for the log as it stood before these groups (durable
+                # already) rides in their transaction: one store round trip, not two. Never a
+                # note for the tree they make: on Kafka an aborted transaction's records stay
+                # readable to read_uncommitted consumers, and a signed note for a tree that
+                # then never existed would look like the ledger signing two inconsistent trees.
+                checkpoint = None if stale or not entries else self._checkpoint_due()
+                self._riding = checkpoint.size if checkpoint is not None else 0
+            if stale:
+                # Folded on top of a group whose store write failed: its checks assumed
+                # entries that were never stored.
+                error = self._last_failure or StoreUnavailable(
+                    "an earlier batch could not be stored; retry")
+            elif entries:
+                positions = self._store_batch(entries, checkpoint)
+        except BaseException as exc:  # every failure fails the groups; the writer lives on
+            error = exc
+        with self._lock:
+            self._riding = 0
+            try:
+                if error is None:
+                    self._stored(entries, positions, checkpoint)
+                elif not stale:
+                    self._failures += 1
+                    self._last_failure = error
+                    self._needs_rebuild = True
+            finally:
+                self._writing = []
+                if self._needs_rebuild and not self._folded and not self._fenced:
+                    self._rebuild_after_failure()
+                self._store_turn.notify_all()
+        return error
+
+    def _take_folded(self) -> list[_Folded]:
+        """The folded groups of the next transaction (caller holds the lock): those of the same
+        epoch, within MAX_BATCH_EVENTS entries and the message size, at least one."""
+        take = [self._folded.popleft()]
+        entries, size = len(take[0].entries), take[0].size
+        while self._folded:
+            nxt = self._folded[0]
+            if nxt.epoch != take[0].epoch or entries + len(nxt.entries) > MAX_BATCH_EVENTS \
+                    or size + nxt.size > DEFAULT_MAX_MESSAGE_BYTES:
+                break
+            take.append(self._folded.popleft())
+            entries += len(nxt.entries)
+            size += nxt.size
+        self._folded_events -= sum(max(1, len(g.entries)) for g in take)
+        self._writing = take
+        self._store_turn.notify_all()
+        return take
+
+    def _store_batch(self, staged: list[LogEntry], checkpoint: PublishedCheckpoint | None
+                     ) -> list[int]:
+        """Store the entries (and a due checkpoint) in one store append; the writer's thread."""
         started = time.monotonic()
-        # A checkpoint due for the log as it stood before this batch (durable already) rides
-        # in the batch's own transaction: one store round trip under the append lock, not
-        # two. Never a note for the tree this batch makes: on Kafka an aborted transaction's
-        # records stay readable to read_uncommitted consumers, and a signed note for a tree
-        # that then never existed would look like the ledger signing two inconsistent trees.
-        checkpoint = self._checkpoint_due()
         try:
             positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged],
                                           (checkpoint.size, checkpoint.note) if checkpoint else None)
         except FencedError as exc:
-            self._become_fenced(f"append seq={staged[0].seq}", exc)
+            with self._lock:
+                self._become_fenced(f"append seq={staged[0].seq}", exc)
             raise
         except BaseException as exc:
-            # The core is ahead of the store: claim again, then rebuild from what the store
-            # really holds (an ambiguous failure may have stored the batch; the rebuild keeps it).
-            self._needs_rebuild = True
             log.error("store_append_failed seq=%d count=%d error=%s", staged[0].seq, len(staged),
                       type(exc).__name__)
-            try:
-                self._claim_and_rebuild()
-            except FencedError as fenced:
-                raise fenced from exc
-            except Exception as again:
-                log.error("rebuild_failed error=%s; retrying on the next append", type(again).__name__)
             raise
         took = time.monotonic() - started
         if took >= SLOW_STORE_APPEND_S:
-            # Appends wait on the store under the append lock: say so, or an outage the store
-            # rides out (a broker restarting) looks like a silent stall in this log.
+            # Appends wait on the store: say so, or an outage the store rides out (a broker
+            # restarting) looks like a silent stall in this log.
             log.warning("store_append_slow seq=%d count=%d seconds=%.1f", staged[0].seq,
                         len(staged), took)
+        return positions
+
+    def _stored(self, entries: list[LogEntry], positions: list[int],
+                checkpoint: PublishedCheckpoint | None) -> None:
+        """Make stored entries durable for readers (caller holds the lock)."""
         self._positions.extend(positions)
-        if checkpoint is not None:
+        if checkpoint is not None and (not self._checkpoints
+                                       or checkpoint.size > self._checkpoints[-1].size):
             self._remember(checkpoint)
             log.info("checkpoint_published size=%d root=%s", checkpoint.size, checkpoint.root.hex())
-        if staged[0].seq == 0:
+        if entries and entries[0].seq == 0:
             self._set_genesis(self._core.state)
         self._appended.notify_all()
         last = self._checkpoints[-1].size if self._checkpoints else 0
-        if self._core.size - last >= self._every_entries and self._every_ms <= 0:
+        if self._durable_size() - last >= self._every_entries and self._every_ms <= 0:
             # Due now. With the timer running (checkpoint_every_ms) it rides with the next
-            # batch, or the next tick publishes it when no batch comes; without a timer,
+            # transaction, or the next tick publishes it when none comes; without a timer,
             # publish it at once in a transaction of its own.
             try:
                 self._publish_checkpoint()
             except Exception as exc:
-                # The batch is stored and acknowledged; the next append or tick publishes.
+                # The entries are stored and acknowledged; the next append or tick publishes.
                 log.error("checkpoint_publish_failed error=%s", type(exc).__name__, exc_info=exc)
+
+    def _rebuild_after_failure(self) -> None:
+        """The core is ahead of the store: claim again, then rebuild from what the store really
+        holds (an ambiguous failure may have stored the batch; the rebuild keeps it). Caller
+        holds the lock and nothing is left to store; on failure the next fold tries again."""
+        try:
+            self._claim_and_rebuild()
+        except Exception as again:
+            log.error("rebuild_failed error=%s; retrying on the next append", type(again).__name__)
 
     def _wait_ready(self) -> None:
         if not self.ready.is_set():
@@ -586,6 +770,9 @@ class LedgerServer:
     def _publish_checkpoint(self) -> PublishedCheckpoint | None:
         """Sign and save a checkpoint for the current size if it grew. Caller holds the lock."""
         size = self._durable_size()
+        while self._riding and self._riding >= size:
+            # The writer is storing a note for this size: wait for it rather than store twice.
+            self._store_turn.wait()
         latest = self._checkpoints[-1] if self._checkpoints else None
         if self._signer is None or size == 0:
             return latest
@@ -759,6 +946,14 @@ class LedgerServer:
         if self._publisher is not None:
             self._publisher.join(timeout=5)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """After stop() and the last append: the writer stores what is folded, then ends."""
+        with self._lock:
+            self._closing = True
+            self._store_turn.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout)
+
     @property
     def fenced(self) -> bool:
         return self._fenced
@@ -793,70 +988,115 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
                      context: grpc.ServicerContext) -> Iterator[ledger_pb2.AppendBatchResult]:
         # Per-event refusals travel in the results; only whole-batch failures end the stream.
-        # A reader thread decodes and verifies the next batches while these are stored, so
-        # signature checks overlap the store's round trips; batches are still applied in order.
+        # Three stages overlap: a reader thread decodes and verifies the next batches; this
+        # thread checks them into the ledger (submit) as soon as they are staged, without
+        # waiting for the earlier batches' store writes; the ledger's writer stores them. Each
+        # batch is answered in order once durable.
+        decoded: queue.Queue[Any] = queue.Queue(maxsize=2)
         ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
+        wake = threading.Event()  # something was staged, or a submitted batch is done
 
-        def put(item: Any) -> bool:
+        def put(into: queue.Queue[Any], item: Any) -> bool:
             while not stop.is_set():
                 try:
-                    ahead.put(item, timeout=0.5)
+                    into.put(item, timeout=0.5)
+                    if into is ahead:
+                        wake.set()
                     return True
                 except queue.Full:
                     continue
             return False
 
         def read_ahead() -> None:
+            # Decodes batch n+1 while the signature worker checks batch n (check_ahead).
             try:
                 for batch in request_iterator:
                     if len(batch.signed_events) > self.max_batch_events:
-                        put(ServiceError(
+                        put(decoded, ServiceError(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
                             f"at most {self.max_batch_events} are accepted",
                             violation_code="BATCH_TOO_LARGE", field="signed_events"))
                         return
                     events = list(batch.signed_events)
-                    if not put((batch.batch_id, events, self.ledger.stage(events))):
+                    if not put(decoded, (batch.batch_id, events, self.ledger.decode(events))):
                         return
             except BaseException as exc:  # the client's stream failed: end ours the same way
-                put(exc)
+                put(decoded, exc)
                 return
-            put(_END_OF_STREAM)
+            put(decoded, _END_OF_STREAM)
+
+        def check_ahead() -> None:
+            while not stop.is_set():
+                try:
+                    item = decoded.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if not isinstance(item, tuple):
+                    put(ahead, item)
+                    return
+                batch_id, events, batch = item
+                try:
+                    staged = self.ledger.check_signatures(batch)
+                except BaseException as exc:
+                    put(ahead, exc)
+                    return
+                if not put(ahead, (batch_id, events, staged)):
+                    return
 
         threading.Thread(target=read_ahead, name="append-stream-reader", daemon=True).start()
+        threading.Thread(target=check_ahead, name="append-stream-checker", daemon=True).start()
+        inflight: deque[tuple[int, Any]] = deque()  # (batch id, request) in submission order
+        last = None  # the previous request: a batch is never stored ahead of it
+        end: Any = None  # _END_OF_STREAM or the exception that ends the client's stream
         try:
             while True:
-                # The batches already staged go to the store together (group commit); each is
-                # still answered on its own, in order, once it is durable.
-                items = [ahead.get()]
-                while isinstance(items[-1], tuple):
+                wake.clear()  # before looking: a change after this look wakes the wait below
+                items: list[Any] = []
+                if end is None:
                     try:
-                        items.append(ahead.get_nowait())
+                        items.append(ahead.get(timeout=None) if not inflight else ahead.get_nowait())
+                        while isinstance(items[-1], tuple):
+                            items.append(ahead.get_nowait())
                     except queue.Empty:
-                        break
+                        pass
                 batches = [it for it in items if isinstance(it, tuple)]
-                outcomes = self.ledger.append_batches([staged for _, _, staged in batches]) \
-                    if batches else []
-                for (batch_id, _, _), outcome in zip(batches, outcomes, strict=True):
+                if batches:
+                    # The batches staged together are checked together (group commit).
+                    requests = self.ledger.submit([staged for _, _, staged in batches],
+                                                  on_done=wake.set, after=last)
+                    last = requests[-1]
+                    inflight.extend(zip([batch_id for batch_id, _, _ in batches], requests,
+                                        strict=True))
+                if items and not isinstance(items[-1], tuple):
+                    end = items[-1]
+                while inflight and inflight[0][1].done:
+                    batch_id, request = inflight.popleft()
+                    outcome = request.outcome
                     if isinstance(outcome, BaseException):
                         raise outcome
-                    results = []
-                    for i, result in enumerate(outcome):
-                        if isinstance(result, Receipt):
-                            results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(result)))
-                        else:
-                            results.append(ledger_pb2.AppendResult(
-                                index=i, error=status_for(result, log).detail()))
-                    yield ledger_pb2.AppendBatchResult(batch_id=batch_id, results=results)
-                last = items[-1]
-                if last is _END_OF_STREAM:
-                    return
-                if isinstance(last, BaseException):
-                    raise last
+                    yield ledger_pb2.AppendBatchResult(batch_id=batch_id,
+                                                       results=self._results_pb(outcome))
+                if not inflight and end is not None:
+                    if end is _END_OF_STREAM:
+                        return
+                    raise end
+                if not batches and inflight:
+                    wake.wait()
         finally:
             stop.set()
+
+    @staticmethod
+    def _results_pb(outcome: list[Receipt | StewardError]) -> list[ledger_pb2.AppendResult]:
+        results = []
+        for i, result in enumerate(outcome):
+            if isinstance(result, Receipt):
+                results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(result)))
+            else:
+                results.append(ledger_pb2.AppendResult(
+                    index=i, error=status_for(result, log).detail()))
+        return results
 
     @guarded(log)
     def Get(self, request: ledger_pb2.GetRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
@@ -937,6 +1177,7 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.ledger.stop()
         self.grpc_server.stop(grace).wait()
+        self.ledger.close()
         self.ledger.checker.close()
         if self._owns_store:
             self.ledger.store.close()

@@ -67,3 +67,17 @@ def test_checkpoint_coverage_lag_is_the_wait_until_a_checkpoint_covers_the_head(
     lags, uncovered = coverage_lags(heads)
     assert lags == [1.0, 1.5, 0.0]  # size 10 covered at t=1.0; size 20 at t=2.5
     assert uncovered == 1  # size 30 never covered while watched
+
+
+def test_ingest_profile_probes_every_step_of_an_append(tmp_path: Path) -> None:
+    # --profile wraps server functions by name with item counters; a changed signature
+    # there breaks the profiled server (it once answered INTERNAL to the first append).
+    profile = tmp_path / "profile"
+    run_smoke("ingest", tmp_path, "--backends", "sqlite", "--profile", str(profile))
+    doc = json.loads((profile / "sqlite-stream.json").read_text())
+    probes = doc["probes"]
+    for step in ("ledger.server.LedgerServer.decode", "ledger.server.LedgerServer._fold_locked",
+                 "ledger.server.LedgerServer._store_batch", "ledger.store.sqlite.SQLiteLogStore.append"):
+        calls, _wall, _cpu, items = probes[step]
+        assert calls > 0 and items > 0, (step, probes[step])
+    assert doc["stacks"]["samples"] > 0

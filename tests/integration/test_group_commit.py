@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ledger.core import Receipt
+from ledger.errors import StoreUnavailable
 from ledger.formats import encode_signed_event
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServer
@@ -26,7 +27,7 @@ class GatedStore(SQLiteLogStore):
 
     def append(self, records: Sequence[tuple[bytes, bytes]],
                checkpoint: tuple[int, str] | None = None) -> list[int]:
-        index, self.calls = self.calls, self.calls + 1  # under the server's append lock
+        index, self.calls = self.calls, self.calls + 1  # only the server's writer thread appends
         gate = self.gates.get(index)
         if gate is not None and not gate.wait(30):
             raise AssertionError(f"gate {index} was never opened")
@@ -68,8 +69,9 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
 
         x = append(0)  # transaction 1, held at the store
         _until("the first transaction reached the store", lambda: store.calls == first + 1)
-        group = [append(i) for i in range(1, 7)]  # queue behind it: transaction 2
-        _until("six appends queued", lambda: len(server._pending) == 6)
+        group = [append(i) for i in range(1, 7)]  # checked meanwhile, stored in transaction 2
+        _until("six appends checked and waiting for the store",
+               lambda: sum(len(f.requests) for f in server._folded) == 6)
         gates[0].set()
         _until("the second transaction reached the store", lambda: store.calls == first + 2)
         gates[1].set()
@@ -175,4 +177,78 @@ def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -
         assert store.calls[-1] == ("save_checkpoint", size)
     finally:
         server.stop()
+        store.close()
+
+
+class FailingStore(GatedStore):
+    """A GatedStore whose appends numbered in `fail` raise once their gate opens."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fail: set[int] = set()
+
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
+        index = self.calls
+        positions = super().append([], None) if index in self.fail else None
+        if positions is not None:
+            raise StoreUnavailable(f"append {index} failed (test)")
+        return super().append(records, checkpoint)
+
+
+def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: Path) -> None:
+    """Groups are checked while the previous one is being stored. When that store write fails,
+    every group checked on top of it fails too, even one that only held a duplicate receipt of
+    an entry of the failed write: nothing unstored is ever acknowledged. The core is rebuilt
+    from the store, and the same events then go in at the same seqs."""
+    cast = Cast.create()
+    flow = Flow(cast)
+    store = FailingStore(tmp_path / "ledger.db")
+    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_ms=0)
+    server.start()
+    try:
+        server.append(encode_signed_event(flow.genesis()))
+        server.append_batch([encode_signed_event(g) for g in flow.grants()])
+        server.append(encode_signed_event(flow.policy()))
+        proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
+        size = server.head()[0]
+        events = [encode_signed_event(flow.health(proposal, i % 3)) for i in range(3)]
+        gate = threading.Event()
+        store.gates = {store.calls: gate}
+        store.fail = {store.calls}
+        outcomes: dict[str, object] = {}
+
+        def run(name: str, batch: list[bytes]) -> threading.Thread:
+            def go() -> None:
+                try:
+                    outcomes[name] = server.append_batch(batch)
+                except Exception as exc:  # the outcome is what is checked
+                    outcomes[name] = exc
+            thread = threading.Thread(target=go, daemon=True)
+            thread.start()
+            return thread
+
+        first = run("first", events[:2])  # its store write is held, then fails
+        _until("the first write reached the store", lambda: server._writing != [])
+        # Checked on top of it while it is held: a duplicate of its event and a new one.
+        second = run("second", [events[1], events[2]])
+        _until("the second group was checked", lambda: len(server._folded) == 1)
+        assert server.head()[0] == size  # readers see only what is durable
+        gate.set()
+        for thread in (first, second):
+            thread.join(10)
+        assert isinstance(outcomes["first"], StoreUnavailable), outcomes
+        assert isinstance(outcomes["second"], StoreUnavailable), outcomes
+        assert server.head()[0] == size
+        assert [r.position for r in store.read(0)] == list(range(size))
+        # Rebuilt from the store: the same events go in at the same seqs, once.
+        receipts = server.append_batch(events)
+        assert [r.seq for r in receipts if isinstance(r, Receipt)] == [size, size + 1, size + 2]
+        assert not any(r.duplicate for r in receipts if isinstance(r, Receipt))
+        assert server.head()[0] == size + 3
+    finally:
+        for gate in store.gates.values():
+            gate.set()
+        server.stop()
+        server.close()
         store.close()

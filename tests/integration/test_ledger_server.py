@@ -746,3 +746,90 @@ def test_more_services_share_the_server(tmp_path: Path) -> None:
         channel.close()
     finally:
         running.stop(None)
+
+
+class _HeldStore(SQLiteLogStore):
+    """A real SQLite store whose next append waits for `gate` and then, if `fail`, raises."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate: threading.Event | None = None
+        self.fail = False
+        self.held = threading.Event()
+
+    def append(self, records: Sequence[tuple[bytes, bytes]],
+               checkpoint: tuple[int, str] | None = None) -> list[int]:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.held.set()
+            assert gate.wait(30), "the test never opened the gate"
+            if self.fail:
+                raise StoreUnavailable("held append failed (test)")
+        return super().append(records, checkpoint)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["stored", "store-fails"])
+def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
+        tmp_path: Path, fail: bool) -> None:
+    """AppendStream does not wait for a batch's store write before checking the next batch;
+    the answers still come in order, each once durable. If the held write fails, the stream
+    ends with its error and no later batch of the stream is stored."""
+    cast = Cast.create()
+    flow = Flow(cast)
+    store = _HeldStore(tmp_path / "ledger.db")
+    running = serve(LedgerServerConfig(store=store, checkpoint_key=cast.checkpoint_key,
+                                       checkpoint_every_ms=0, verify_processes=0))
+    client = LedgerClient(running.address, timeout=10, retries=0)
+    try:
+        client.append(flow.genesis())
+        client.append_many(flow.grants())
+        client.append(flow.policy())
+        proposal = client.append(flow.propose()).leaf_hash
+        size = client.head().size
+        batches = [[encode_signed_event(flow.health(proposal, j % 3)) for j in range(4)]
+                   for _ in range(3)]
+        gate = threading.Event()
+        store.gate, store.fail = gate, fail
+        sent = threading.Event()
+        replies: list[object] = []
+
+        def requests() -> Iterator[ledger_pb2.AppendBatch]:
+            for i, batch in enumerate(batches):
+                yield ledger_pb2.AppendBatch(signed_events=batch, batch_id=i)
+            sent.set()
+
+        def run() -> None:
+            try:
+                replies.extend(client._stub.AppendStream(requests(), timeout=30))
+            except grpc.RpcError as err:
+                replies.append(err)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert store.held.wait(10)
+        server = running.ledger
+        deadline = time.monotonic() + 10
+        # The first batch is at the store; the others are checked meanwhile.
+        while sum(len(f.entries) for f in server._folded) < 8 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sum(len(f.entries) for f in server._folded) == 8
+        assert replies == [] and client.head().size == size  # nothing answered, nothing durable
+        gate.set()
+        thread.join(10)
+        if not fail:
+            assert [r.batch_id for r in replies] == [0, 1, 2]  # type: ignore[attr-defined]
+            seqs = [r.receipt.seq for reply in replies for r in reply.results]  # type: ignore[attr-defined]
+            assert seqs == list(range(size, size + 12))
+            assert client.head().size == size + 12
+        else:
+            assert len(replies) == 1 and isinstance(replies[0], grpc.RpcError)
+            assert replies[0].code() == grpc.StatusCode.UNAVAILABLE
+            assert client.head().size == size
+            assert sum(1 for _ in store.read(0)) == size  # no later batch went in after it
+            # The ledger recovers: the same events go in at the same seqs.
+            again = client.append_many([e for batch in batches for e in batch])
+            assert [r.seq for r in again if isinstance(r, Receipt)] == list(range(size, size + 12))
+    finally:
+        client.close()
+        running.stop(None)
+        store.close()
