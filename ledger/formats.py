@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import struct
 import types
 import typing
 from collections.abc import Mapping
@@ -543,66 +544,65 @@ _LONG_MIN = -(1 << 63)
 _LONG_MAX = (1 << 63) - 1
 
 
-def _write_long(out: list[bytes], n: int) -> None:
+# One-byte varints, and the 7-bit groups of a longer one (continuation bit set).
+_VARINT_LAST = tuple(bytes((z,)) for z in range(0x80))
+_VARINT_MORE = tuple(bytes((z | 0x80,)) for z in range(0x80))
+
+
+def _varint(n: int) -> bytes:
+    """A long as Avro writes it: zig-zag, then 7 bits a byte, the lowest group first."""
     z = (n << 1) ^ (n >> 63)
     if z < 0x80:
-        out.append(bytes((z,)))
-        return
-    buf = bytearray()
+        return _VARINT_LAST[z]
+    if z < 0x4000:
+        return bytes((z & 0x7F | 0x80, z >> 7))
+    groups = []
     while z >= 0x80:
-        buf.append((z & 0x7F) | 0x80)
+        groups.append(_VARINT_MORE[z & 0x7F])
         z >>= 7
-    buf.append(z)
-    out.append(bytes(buf))
+    groups.append(_VARINT_LAST[z])
+    return b"".join(groups)
 
 
-def _plain_long(n: Any) -> bool:
-    return type(n) is int and _LONG_MIN <= n <= _LONG_MAX
-
-
-def _plain_signatures(signatures: Any) -> bool:
+def _signatures_bytes(signatures: Any) -> bytes | None:
+    """The signatures array as one block, or None when the value is off the plain shape."""
     if type(signatures) is not tuple:
-        return False
+        return None
+    if not signatures:
+        return b"\x00"
+    parts = [_varint(len(signatures))]
     for sig in signatures:
         if (type(sig) is not Signature or type(sig.key_id) is not bytes or len(sig.key_id) != 32
                 or type(sig.sig) is not bytes or len(sig.sig) != SIG_SIZE):
-            return False
-    return True
-
-
-def _write_signatures(out: list[bytes], signatures: tuple[Signature, ...]) -> None:
-    if signatures:
-        _write_long(out, len(signatures))
-        for sig in signatures:
-            out.append(sig.key_id)
-            out.append(sig.sig)
-    out.append(b"\x00")
+            return None
+        parts.append(sig.key_id)
+        parts.append(sig.sig)
+    parts.append(b"\x00")
+    return b"".join(parts)
 
 
 def _fast_signed_event(event: SignedEvent) -> bytes | None:
-    if type(event) is not SignedEvent or type(event.body) is not bytes \
-            or not _plain_signatures(event.signatures):
+    if type(event) is not SignedEvent or type(event.body) is not bytes:
         return None
-    out: list[bytes] = []
-    _write_long(out, len(event.body))
-    out.append(event.body)
-    _write_signatures(out, event.signatures)
-    return b"".join(out)
+    signatures = _signatures_bytes(event.signatures)
+    if signatures is None:
+        return None
+    return b"".join((_varint(len(event.body)), event.body, signatures))
 
 
 def _fast_entry(entry: Entry) -> bytes | None:
-    if (type(entry) is not Entry or not _plain_long(entry.seq) or type(entry.prev) is not bytes
-            or len(entry.prev) != HASH_SIZE or type(entry.body) is not bytes
-            or not _plain_signatures(entry.signatures) or not _plain_long(entry.received_at)):
+    if type(entry) is not Entry:
         return None
-    out: list[bytes] = []
-    _write_long(out, entry.seq)
-    out.append(entry.prev)
-    _write_long(out, len(entry.body))
-    out.append(entry.body)
-    _write_signatures(out, entry.signatures)
-    _write_long(out, entry.received_at)
-    return b"".join(out)
+    seq, prev, body, received_at = entry.seq, entry.prev, entry.body, entry.received_at
+    if (type(seq) is not int or not _LONG_MIN <= seq <= _LONG_MAX
+            or type(prev) is not bytes or len(prev) != HASH_SIZE or type(body) is not bytes
+            or type(received_at) is not int or not _LONG_MIN <= received_at <= _LONG_MAX):
+        return None
+    signatures = _signatures_bytes(entry.signatures)
+    if signatures is None:
+        return None
+    return b"".join((_varint(seq), prev, _varint(len(body)), body, signatures,
+                     _varint(received_at)))
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
@@ -689,6 +689,230 @@ def _fast_decode_entry(payload: bytes) -> Entry | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Fast path for EventBody
+#
+# Every submission's body is decoded once at staging, so EventBody's Avro binary is read here
+# straight into the dataclasses, by readers built once, at import, from the shipped schema: one
+# per schema node, each `read(data, pos) -> (value, next position)`. The rule is the one above:
+# only the plain shape is read here. A reader that meets anything else (a sized or a second
+# array block, a union or enum index out of range, a boolean byte other than 0 or 1, a length
+# running past the end, invalid UTF-8, a varint fastavro would read differently, trailing
+# bytes, a type that does not name the payload) gives up, and the body goes to fastavro, whose
+# value or error stands, message included.
+
+
+class _OffPlainShape(Exception):
+    """The fast body reader met an encoding it leaves to fastavro."""
+
+
+_Reader = typing.Callable[[bytes, int], tuple[Any, int]]
+_unpack_double = struct.Struct("<d").unpack_from
+
+# Records by name; each dataclass mirrors its schema's fields in order (checked at import).
+_RECORD_TYPES: Mapping[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        *PAYLOAD_TYPES.values(),
+        RootKey,
+        TargetSelector,
+        RequiredEval,
+        PlanStep,
+        Target,
+        ModelRef,
+        ProposalOrigin,
+        Metric,
+        ObservedState,
+        KillScope,
+        AnnotationSource,
+    )
+}
+
+
+def _read_null(data: bytes, pos: int) -> tuple[None, int]:
+    return None, pos
+
+
+def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
+    b = data[pos]
+    if b > 1:
+        raise _OffPlainShape  # fastavro reads any non-zero byte as true
+    return b == 1, pos + 1
+
+
+def _read_double(data: bytes, pos: int) -> tuple[float, int]:
+    return _unpack_double(data, pos)[0], pos + 8
+
+
+# The readers below take a one-byte varint (nearly every length, count and index) inline:
+# b < 0x80 is the whole varint, zig-zag decoded as _read_long does.
+
+
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    b = data[pos]
+    if b < 0x80:
+        size, pos = (b >> 1) ^ -(b & 1), pos + 1
+    else:
+        size, pos = _read_long(data, pos)
+    end = pos + size
+    if size < 0 or end > len(data):
+        raise _OffPlainShape  # fastavro reads what is there (all of it for a negative size)
+    return data[pos:end].decode(), end
+
+
+def _fixed_reader(size: int) -> _Reader:
+    def read_fixed(data: bytes, pos: int) -> tuple[bytes, int]:
+        end = pos + size
+        if end > len(data):
+            raise _OffPlainShape  # fastavro returns the short read
+        return data[pos:end], end
+
+    return read_fixed
+
+
+def _enum_reader(symbols: tuple[str, ...]) -> _Reader:
+    def read_enum(data: bytes, pos: int) -> tuple[str, int]:
+        b = data[pos]
+        if b < 0x80:
+            index, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            index, pos = _read_long(data, pos)
+        if not 0 <= index < len(symbols):
+            raise _OffPlainShape  # fastavro indexes its list (a negative index wraps)
+        return symbols[index], pos
+
+    return read_enum
+
+
+def _array_reader(item: _Reader) -> _Reader:
+    def read_array(data: bytes, pos: int) -> tuple[tuple[Any, ...], int]:
+        b = data[pos]
+        if b < 0x80:
+            count, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            count, pos = _read_long(data, pos)
+        if count == 0:
+            return (), pos
+        if count < 0 or count > len(data) - pos:
+            raise _OffPlainShape  # a sized block, or more items than bytes left
+        items = []
+        for _ in range(count):
+            value, pos = item(data, pos)
+            items.append(value)
+        if data[pos] != 0:
+            raise _OffPlainShape  # a second block
+        return tuple(items), pos + 1
+
+    return read_array
+
+
+def _union_reader(branches: tuple[_Reader, ...]) -> _Reader:
+    def read_union(data: bytes, pos: int) -> tuple[Any, int]:
+        b = data[pos]
+        if b < 0x80:
+            index, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            index, pos = _read_long(data, pos)
+        if not 0 <= index < len(branches):
+            raise _OffPlainShape  # fastavro indexes its list (a negative index wraps)
+        return branches[index](data, pos)
+
+    return read_union
+
+
+def _fields_reader(fields: tuple[_Reader, ...]) -> typing.Callable[[bytes, int], tuple[list[Any], int]]:
+    def read_fields(data: bytes, pos: int) -> tuple[list[Any], int]:
+        values = []
+        for read in fields:
+            value, pos = read(data, pos)
+            values.append(value)
+        return values, pos
+
+    return read_fields
+
+
+def _record_reader(cls: type[Any], fields: tuple[_Reader, ...]) -> _Reader:
+    def read_record(data: bytes, pos: int) -> tuple[Any, int]:
+        values = []  # as read_fields does, without a call more per record
+        for read in fields:
+            value, pos = read(data, pos)
+            values.append(value)
+        return cls(*values), pos
+
+    return read_record
+
+
+_PRIMITIVE_READERS: Mapping[str, _Reader] = {
+    "null": _read_null,
+    "boolean": _read_boolean,
+    "int": _read_long,  # fastavro reads an int as a long, range unchecked; so do we
+    "long": _read_long,
+    "double": _read_double,
+    "string": _read_string,
+}
+
+
+def _field_names(node: Mapping[str, Any]) -> list[str]:
+    return [f["name"] for f in node["fields"]]
+
+
+def _reader(node: Any, named: dict[str, _Reader]) -> _Reader:
+    """The reader of one node of a parsed schema; `named` collects the named types met."""
+    if isinstance(node, str):
+        return named[node] if node in named else _PRIMITIVE_READERS[node]
+    if isinstance(node, list):
+        if not (len(node) == 2 and node[0] == "null") and not all(
+                isinstance(b, dict) and b["type"] == "record" for b in node):
+            # decode_body relies on fastavro returning a ["null", X] union as the bare value
+            # and any other union as (record name, record): only those two shapes are read here.
+            raise TypeError(f"the fast body reader reads no union like {node}")
+        return _union_reader(tuple(_reader(b, named) for b in node))
+    kind = node["type"]
+    reader: _Reader
+    if kind == "fixed":
+        reader = _fixed_reader(node["size"])
+    elif kind == "enum":
+        reader = _enum_reader(tuple(node["symbols"]))
+    elif kind == "array":
+        return _array_reader(_reader(node["items"], named))
+    elif kind == "record":
+        cls = _RECORD_TYPES[node["name"].rsplit(".", 1)[-1]]
+        fields = tuple(_reader(f["type"], named) for f in node["fields"])
+        if [f.name for f in dataclasses.fields(cls)] != _field_names(node):
+            raise TypeError(f"{cls.__name__}'s fields are not {node['name']}'s, in order")
+        reader = _record_reader(cls, fields)
+    else:
+        return _PRIMITIVE_READERS[kind]  # a primitive written as {"type": ...}
+    named[node["name"]] = reader
+    return reader
+
+
+def _body_reader(schema: Schema) -> typing.Callable[[bytes, int], tuple[list[Any], int]]:
+    """EventBody's fields as a list: the record has a `type` the dataclass derives instead."""
+    node = schema.parsed
+    if _field_names(node) != ["ledger", "event_id", "type", "issued_at", "refs", "payload"]:
+        raise TypeError(f"the fast body reader does not know {schema.name}'s fields")
+    named: dict[str, _Reader] = {}
+    return _fields_reader(tuple(_reader(f["type"], named) for f in node["fields"]))
+
+
+_READ_BODY_FIELDS = _body_reader(EVENT_BODY_SCHEMA)
+
+
+def _fast_decode_body(payload: bytes) -> EventBody | None:
+    """The EventBody in `payload` (the Avro binary after the fingerprint), None if not plain."""
+    if type(payload) is not bytes:
+        return None
+    try:
+        (ledger, event_id, type_name, issued_at, refs, body_payload), pos = _READ_BODY_FIELDS(
+            payload, 0)
+    except (_OffPlainShape, IndexError, ValueError, struct.error):
+        return None  # ValueError includes UnicodeDecodeError
+    if pos != len(payload) or type_name != type(body_payload).__name__:
+        return None  # trailing bytes, or a type that is not the payload's: fastavro's errors
+    return EventBody(ledger, event_id, issued_at, refs, body_payload)
+
+
+# --------------------------------------------------------------------------------------------
 # Bodies and signed bytes
 
 
@@ -714,6 +938,11 @@ def decode_body(body_bytes: bytes) -> EventBody:
             f"body is {len(body_bytes)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
         )
     schema, payload = _split_single_object(body_bytes, _BODY_WRITERS, "body")
+    fast = _fast_decode_body(payload) if schema is EVENT_BODY_SCHEMA else None
+    return fast if fast is not None else _decode_body_with_fastavro(schema, payload)
+
+
+def _decode_body_with_fastavro(schema: Schema, payload: bytes) -> EventBody:
     record = _schemaless_read(schema, payload, "body")
     branch_name, payload_record = record["payload"]
     payload_type = branch_name.rsplit(".", 1)[-1]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import random
+import re
+import struct
 from typing import Any
 
+import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import formats
 from ledger.errors import FormatError
@@ -15,8 +22,10 @@ from ledger.formats import (
     Entry,
     Signature,
     SignedEvent,
+    decode_body,
     decode_entry,
     decode_signed_event,
+    encode_body,
     encode_entry,
     encode_signed_event,
 )
@@ -147,3 +156,238 @@ def test_over_long_varints_read_as_fastavro_reads_them() -> None:
         for schema, data in cases:
             decode = decode_entry if schema is ENTRY_SCHEMA else decode_signed_event
             assert _outcome(decode, data) == _outcome(lambda d, s=schema: _fastavro_decode(s, d), data), data.hex()
+
+
+# --------------------------------------------------------------------------------------------
+# EventBody: the direct reader against fastavro, on bodies of every payload type.
+#
+# The bodies are generated from the schema itself (fastavro's plain values, written by
+# fastavro), so that neither the values nor the bytes go through the code under test. A
+# second writer, here, writes the same values the way Avro allows but nobody should:
+# over-long varints, arrays split in blocks or in sized blocks, booleans as bytes other
+# than 1. Whatever the bytes, decode_body must give what the fastavro path gives: the same
+# values (floats bit for bit) or the same error, class and message.
+
+_BODY = formats.EVENT_BODY_SCHEMA
+_BODY_PREFIX = formats.SINGLE_OBJECT_MAGIC + _BODY.fingerprint
+_LONGS = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(
+    [0, -1, 1, 63, -64, 64, -65, 8191, 8192, 2**31, -(2**31) - 1, 2**63 - 1, -(2**63)])
+_DOUBLES = st.floats() | st.binary(min_size=8, max_size=8).map(
+    lambda b: struct.unpack("<d", b)[0])  # NaNs with any payload, subnormals, -0.0
+_PRIMITIVES: dict[str, st.SearchStrategy[Any]] = {
+    "null": st.none(),
+    "boolean": st.booleans(),
+    "int": st.integers(-(2**31), 2**31 - 1),
+    "long": _LONGS,
+    "double": _DOUBLES,
+    "string": st.text(max_size=12),
+}
+
+
+def _values(node: Any, named: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """fastavro's plain values for a node of the parsed schema (unions in tuple notation)."""
+    if isinstance(node, str):
+        return named[node] if node in named else _PRIMITIVES[node]
+    if isinstance(node, list):
+        if node[0] == "null":
+            return st.none() | _values(node[1], named)
+        return st.one_of([st.tuples(st.just(b["name"]), _values(b, named)) for b in node])
+    kind = node["type"]
+    if kind == "array":
+        return st.lists(_values(node["items"], named), max_size=3)
+    if kind == "fixed":
+        found: st.SearchStrategy[Any] = st.binary(min_size=node["size"], max_size=node["size"])
+    elif kind == "enum":
+        found = st.sampled_from(node["symbols"])
+    elif kind == "record":
+        found = st.fixed_dictionaries({f["name"]: _values(f["type"], named) for f in node["fields"]})
+    else:
+        return _PRIMITIVES[kind]
+    named[node["name"]] = found
+    return found
+
+
+def _body_fields() -> dict[str, Any]:
+    named: dict[str, st.SearchStrategy[Any]] = {}
+    fields = {f["name"]: f["type"] for f in _BODY.parsed["fields"]}
+    out = {name: _values(node, named) for name, node in fields.items() if name != "payload"}
+    out["payload"] = {b["name"]: _values(b, named) for b in fields["payload"]}
+    return out
+
+
+_BODY_FIELDS = _body_fields()
+_PAYLOAD_NAMES = sorted(_BODY_FIELDS["payload"])
+_TYPES = _BODY.parsed["fields"][2]["type"]["symbols"]
+
+
+@st.composite
+def _body_records(draw: Any, payload_name: str | None = None, type_matches: bool = True) -> dict[str, Any]:
+    name = payload_name or draw(st.sampled_from(_PAYLOAD_NAMES))
+    record = {f: draw(s) for f, s in _BODY_FIELDS.items() if f != "payload"}
+    record["payload"] = (name, draw(_BODY_FIELDS["payload"][name]))
+    record["type"] = name.rsplit(".", 1)[1] if type_matches else draw(st.sampled_from(_TYPES))
+    return record
+
+
+def _fastavro_body(record: dict[str, Any]) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, _BODY.parsed, record)
+    return _BODY_PREFIX + out.getvalue()
+
+
+def _key(value: Any) -> Any:
+    """A comparable image of a decoded value: exact types, floats by their bits."""
+    if dataclasses.is_dataclass(value):
+        return (type(value).__name__, *(_key(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if isinstance(value, tuple | list):
+        return (type(value).__name__, *(_key(v) for v in value))
+    if isinstance(value, float):
+        return ("float", struct.pack("<d", value))
+    return (type(value).__name__, value)
+
+
+def _body_outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
+    try:
+        return "ok", _key(fn(data))
+    except Exception as exc:  # the class and message are what is compared
+        # fastavro names the BytesIO it read from by address: the one thing allowed to differ.
+        message = re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc))
+        return "error", type(exc).__name__, message, getattr(exc, "field", None)
+
+
+def _decode_body_with_fastavro(data: bytes) -> formats.EventBody:
+    schema, payload = formats._split_single_object(data, formats._BODY_WRITERS, "body")
+    return formats._decode_body_with_fastavro(schema, payload)
+
+
+def _assert_body_as_fastavro(data: bytes) -> tuple[Any, ...]:
+    outcome = _body_outcome(formats.decode_body, data)
+    assert outcome == _body_outcome(_decode_body_with_fastavro, data), data.hex()
+    return outcome
+
+
+@pytest.mark.parametrize("payload_name", _PAYLOAD_NAMES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_bodies_of_every_payload_type_decode_as_fastavro_decodes_them(payload_name: str, data: Any) -> None:
+    record = data.draw(_body_records(payload_name))
+    body = _fastavro_body(record)
+    assert _assert_body_as_fastavro(body)[0] == "ok"
+    assert formats._fast_decode_body(body[10:]) is not None  # the plain shape: read directly
+    decoded = decode_body(body)
+    assert decoded.type == payload_name.rsplit(".", 1)[1]
+    assert encode_body(decoded) == body
+
+
+@settings(max_examples=200, deadline=None)
+@given(_body_records(type_matches=False))
+def test_a_type_that_is_not_the_payload_is_fastavros_error(record: dict[str, Any]) -> None:
+    outcome = _assert_body_as_fastavro(_fastavro_body(record))
+    assert (outcome[0] == "ok") == (record["type"] == record["payload"][0].rsplit(".", 1)[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_bodies_get_fastavros_outcome(payload: bytes) -> None:
+    _assert_body_as_fastavro(_BODY_PREFIX + payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_body_records(), st.data())
+def test_truncated_extended_and_damaged_bodies_get_fastavros_outcome(record: dict[str, Any], data: Any) -> None:
+    body = _fastavro_body(record)
+    cut = data.draw(st.integers(10, len(body)))
+    _assert_body_as_fastavro(body[:cut])
+    _assert_body_as_fastavro(body + data.draw(st.binary(min_size=1, max_size=3)))
+    damaged = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(10, len(damaged) - 1))
+        damaged[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF]) | st.integers(0, 255))
+    _assert_body_as_fastavro(bytes(damaged))
+
+
+class _OddWriter:
+    """Writes a value as Avro allows but fastavro never does, each choice drawn by hypothesis."""
+
+    def __init__(self, draw: Any) -> None:
+        self.draw = draw
+        self.named: dict[str, Any] = _BODY.parsed["__named_schemas"]  # fastavro's, by full name
+
+    def varint(self, n: int, out: bytearray) -> None:
+        z = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
+        groups = []
+        while True:
+            groups.append(z & 0x7F)
+            z >>= 7
+            if not z:
+                break
+        # Pad with zero groups: up to 10 bytes fastavro reads the same value, beyond it does not.
+        groups += [0] * self.draw(st.sampled_from([0, 0, 1, 2]) | st.integers(0, 12 - len(groups)))
+        out += bytes(g | 0x80 for g in groups[:-1]) + bytes(groups[-1:])
+
+    def write(self, node: Any, value: Any, out: bytearray) -> None:
+        if isinstance(node, str):
+            node = self.named.get(node, node)
+        if isinstance(node, list):
+            if node[0] == "null":
+                index = 0 if value is None else 1
+            else:
+                index = [b["name"] for b in node].index(value[0])
+                value = value[1]
+            self.varint(index, out)
+            self.write(node[index], value, out)
+            return
+        kind = node if isinstance(node, str) else node["type"]
+        if kind in ("int", "long"):
+            self.varint(value, out)
+        elif kind == "boolean":
+            out.append(self.draw(st.integers(1, 255)) if value else 0)
+        elif kind == "double":
+            out += struct.pack("<d", value)
+        elif kind == "string":
+            raw = value.encode()
+            self.varint(len(raw), out)
+            out += raw
+        elif kind == "fixed":
+            out += value
+        elif kind == "enum":
+            self.varint(node["symbols"].index(value), out)
+        elif kind == "record":
+            for f in node["fields"]:
+                self.write(f["type"], value[f["name"]], out)
+        elif kind == "array":
+            items = list(value)
+            while items:
+                n = self.draw(st.integers(1, len(items)))
+                block = bytearray()
+                for item in items[:n]:
+                    self.write(node["items"], item, block)
+                if self.draw(st.booleans()):
+                    self.varint(-n, out)  # a sized block: negative count, then its byte size
+                    self.varint(len(block), out)
+                else:
+                    self.varint(n, out)
+                out += block
+                items = items[n:]
+            self.varint(0, out)
+        elif kind != "null":
+            raise AssertionError(f"no odd writer for {node}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(_body_records(), st.data())
+def test_odd_but_valid_encodings_decode_as_fastavro_decodes_them(record: dict[str, Any], data: Any) -> None:
+    out = bytearray()
+    _OddWriter(data.draw).write(_BODY.parsed, record, out)
+    _assert_body_as_fastavro(_BODY_PREFIX + bytes(out))
+
+
+def test_over_long_varints_in_a_body_are_read_as_fastavro_reads_them() -> None:
+    # issued_at is the body's only multi-byte long; pad it to every length up to 12 bytes.
+    sig_free = formats.EventBody("l", b"\x00" * 16, 5, (), formats.KeyRevoked(b"\x01" * 32, "r"))
+    body = encode_body(sig_free)
+    at = 10 + 2 + 16 + 1  # ledger "l", event_id, type
+    assert body[at] == 10  # zig-zag 5
+    rng = random.Random(6)
+    for varint in _varints(rng):
+        _assert_body_as_fastavro(body[:at] + varint + body[at + 1:])
