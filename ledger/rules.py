@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Container, Iterable, MutableMapping
+from collections.abc import Container, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.errors import StewardError
 from ledger.formats import (
@@ -364,10 +364,14 @@ class LedgerState:
 
     def apply(self, e: LogEntry) -> None:
         """Fold an entry that passed :func:`check` into the state."""
-        body, seq, h = e.body, e.seq, e.leaf_hash
+        body, seq, h = e.body, e.entry.seq, e.leaf_hash
         payload = body.payload
-        signers = [self.keys[s.key_id] for s in e.entry.signatures if s.key_id in self.keys]
-        author = signers[0].principal if signers else ""
+        author = ""  # the principal of the first signature by a known key
+        for sig in e.entry.signatures:
+            signer = self.keys.get(sig.key_id)
+            if signer is not None:
+                author = signer.principal
+                break
         if isinstance(payload, LedgerGenesis):
             self.ledger, self.origin = body.ledger, payload.origin
             self.root_threshold = payload.root_threshold
@@ -453,13 +457,17 @@ def eval_failures(policy: PolicySet, ev: EvalRecorded) -> tuple[str, ...]:
 def _compare(value: float, op: str, threshold: float) -> bool:
     if math.isnan(value):
         return False
-    return {
-        "GE": value >= threshold,
-        "GT": value > threshold,
-        "LE": value <= threshold,
-        "LT": value < threshold,
-        "EQ": value == threshold,
-    }[op]
+    if op == "GE":
+        return value >= threshold
+    if op == "GT":
+        return value > threshold
+    if op == "LE":
+        return value <= threshold
+    if op == "LT":
+        return value < threshold
+    if op == "EQ":
+        return value == threshold
+    raise KeyError(op)  # as the lookup in a table of the five did; check() admits no other
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,13 +478,11 @@ def _v(code: str, fld: str, message: str) -> Violation:
     return Violation(code, fld, message)
 
 
-@dataclass(frozen=True)
-class _Signers:
-    keys: tuple[KeyInfo, ...]
+class _Signers(NamedTuple):
+    """The distinct keys that signed an event (each verified, live) and their principals."""
 
-    @property
-    def principals(self) -> set[str]:
-        return {k.principal for k in self.keys}
+    keys: tuple[KeyInfo, ...]
+    principals: frozenset[str]
 
     def principals_with(self, role: str) -> set[str]:
         return {k.principal for k in self.keys if role in k.roles}
@@ -499,32 +505,31 @@ def _verify_signatures(
     message = signed_bytes(e.entry.body)
     seen: dict[bytes, KeyInfo] = {}
     for i, sig in enumerate(sigs):
-        where = f"signatures[{i}]"
         info = known.get(sig.key_id)
         if info is None:
-            return _v("UNKNOWN_KEY", where, f"key {sig.key_id.hex()} was never granted on this ledger")
+            return _v("UNKNOWN_KEY", f"signatures[{i}]", f"key {sig.key_id.hex()} was never granted on this ledger")
         if info.revoked_seq is not None:
             return _v(
-                "KEY_REVOKED", where,
+                "KEY_REVOKED", f"signatures[{i}]",
                 f"key {sig.key_id.hex()} of {info.principal} was revoked at seq {info.revoked_seq}; "
                 f"this entry is seq {e.seq}",
             )
         if info.expires_at is not None and e.entry.received_at >= info.expires_at:
             return _v(
-                "KEY_EXPIRED", where,
+                "KEY_EXPIRED", f"signatures[{i}]",
                 f"key {sig.key_id.hex()} of {info.principal} expired at {info.expires_at} ms; "
                 f"the entry was received at {e.entry.received_at} ms",
             )
         if (info.public_key, sig.sig, e.entry.body) in verified:
             pass
         elif not PublicKey(info.public_key).verify(sig.sig, message):
-            return _v("BAD_SIGNATURE", where, f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
+            return _v("BAD_SIGNATURE", f"signatures[{i}]", f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
         seen[sig.key_id] = info  # the same key twice counts once
-    return _Signers(tuple(seen.values()))
+    keys = tuple(seen.values())
+    return _Signers(keys, frozenset([k.principal for k in keys]))
 
 
-def _single_author(signers: _Signers, roles: Iterable[str], what: str) -> Violation | None:
-    roles = tuple(roles)
+def _single_author(signers: _Signers, roles: Sequence[str], what: str) -> Violation | None:
     principals = signers.principals
     if len(principals) != 1:
         return _v(
@@ -532,13 +537,14 @@ def _single_author(signers: _Signers, roles: Iterable[str], what: str) -> Violat
             f"{what} is signed by {len(principals)} principals ({', '.join(sorted(principals))}), "
             "expected exactly one author",
         )
-    if not any(r in k.roles for k in signers.keys for r in roles):
-        (principal,) = principals
-        return _v(
-            "ROLE_REQUIRED", "signatures",
-            f"{principal} signed {what} without a key holding role {' or '.join(roles)}",
-        )
-    return None
+    for k in signers.keys:
+        if not k.roles.isdisjoint(roles):
+            return None
+    (principal,) = principals
+    return _v(
+        "ROLE_REQUIRED", "signatures",
+        f"{principal} signed {what} without a key holding role {' or '.join(roles)}",
+    )
 
 
 def _root_threshold(signers: _Signers, m: int, what: str) -> Violation | None:
@@ -561,18 +567,19 @@ def check(state: LedgerState, e: LogEntry,
     """
     body = e.body
     payload = body.payload
+    seq = e.entry.seq
 
     # Structure: position in the chain, ledger name, idempotency key, references.
-    if e.seq != state.size:
-        return _v("SEQ_MISMATCH", "seq", f"entry seq is {e.seq}, expected {state.size}")
+    if seq != state.size:
+        return _v("SEQ_MISMATCH", "seq", f"entry seq is {seq}, expected {state.size}")
     if e.entry.prev != state.last_hash:
         return _v("PREV_MISMATCH", "prev", f"prev is {e.entry.prev.hex()}, expected {state.last_hash.hex()}")
-    if isinstance(payload, LedgerGenesis) != (e.seq == 0):
+    if isinstance(payload, LedgerGenesis) != (seq == 0):
         return _v(
             "GENESIS_MISPLACED", "type",
-            f"{body.type} at seq {e.seq}: LedgerGenesis must be the first entry and only the first",
+            f"{body.type} at seq {seq}: LedgerGenesis must be the first entry and only the first",
         )
-    if e.seq > 0 and body.ledger != state.ledger:
+    if seq > 0 and body.ledger != state.ledger:
         return _v("LEDGER_MISMATCH", "ledger", f"body names ledger {body.ledger!r}, expected {state.ledger!r}")
     if len(body.event_id) != 16:
         return _v("INVALID_FIELD", "event_id", f"event_id is {len(body.event_id)} bytes, expected 16")
