@@ -542,6 +542,8 @@ def _split_single_object(
 
 _LONG_MIN = -(1 << 63)
 _LONG_MAX = (1 << 63) - 1
+_SIGNED_EVENT_PREFIX = SINGLE_OBJECT_MAGIC + SIGNED_EVENT_SCHEMA.fingerprint
+_ENTRY_PREFIX = SINGLE_OBJECT_MAGIC + ENTRY_SCHEMA.fingerprint
 
 
 # One-byte varints, and the 7-bit groups of a longer one (continuation bit set).
@@ -582,15 +584,17 @@ def _signatures_bytes(signatures: Any) -> bytes | None:
 
 
 def _fast_signed_event(event: SignedEvent) -> bytes | None:
+    """The single-object encoding of a plain SignedEvent (magic and fingerprint included)."""
     if type(event) is not SignedEvent or type(event.body) is not bytes:
         return None
     signatures = _signatures_bytes(event.signatures)
     if signatures is None:
         return None
-    return b"".join((_varint(len(event.body)), event.body, signatures))
+    return b"".join((_SIGNED_EVENT_PREFIX, _varint(len(event.body)), event.body, signatures))
 
 
 def _fast_entry(entry: Entry) -> bytes | None:
+    """The single-object encoding of a plain Entry (magic and fingerprint included)."""
     if type(entry) is not Entry:
         return None
     seq, prev, body, received_at = entry.seq, entry.prev, entry.body, entry.received_at
@@ -601,7 +605,31 @@ def _fast_entry(entry: Entry) -> bytes | None:
     signatures = _signatures_bytes(entry.signatures)
     if signatures is None:
         return None
-    return b"".join((_varint(seq), prev, _varint(len(body)), body, signatures,
+    return b"".join((_ENTRY_PREFIX, _varint(seq), prev, _varint(len(body)), body, signatures,
+                      _varint(received_at)))
+
+
+# A SignedEvent decoded from exactly the bytes encode_signed_event writes for it keeps them, as
+# an attribute outside its fields (equality, hashing and repr ignore it; its fields, of the
+# plain shape, are immutable all through). Every submission is hashed at staging (event_digest
+# encodes it) and written into an entry at folding (the entry holds the same Avro for body and
+# signatures): both use the kept bytes instead of encoding the event again.
+_ENCODING = "_encoding"
+
+
+def _kept_encoding(event: SignedEvent) -> bytes | None:
+    encoded: bytes | None = getattr(event, _ENCODING, None)
+    return encoded
+
+
+def _fast_entry_of_event(seq: int, prev: bytes, event_encoding: bytes,
+                         received_at: int) -> bytes | None:
+    """_fast_entry, the body and signatures copied from the event's single-object encoding."""
+    if (type(seq) is not int or not _LONG_MIN <= seq <= _LONG_MAX
+            or type(prev) is not bytes or len(prev) != HASH_SIZE
+            or type(received_at) is not int or not _LONG_MIN <= received_at <= _LONG_MAX):
+        return None
+    return b"".join((_ENTRY_PREFIX, _varint(seq), prev, event_encoding[len(_SIGNED_EVENT_PREFIX):],
                      _varint(received_at)))
 
 
@@ -637,7 +665,7 @@ def _read_signatures(data: bytes, pos: int) -> tuple[tuple[Signature, ...], int]
         return None  # a sized block, or a count the data cannot hold: fastavro decides
     sigs = []
     for _ in range(count):
-        sigs.append(Signature(key_id=data[pos:pos + 32], sig=data[pos + 32:pos + 96]))
+        sigs.append(Signature(data[pos:pos + 32], data[pos + 32:pos + 96]))
         pos += 96
     if data[pos] != 0:
         return None  # a second block
@@ -663,7 +691,7 @@ def _fast_decode_signed_event(payload: bytes) -> SignedEvent | None:
         return None
     if sigs is None or sigs[1] != len(payload):
         return None
-    return SignedEvent(body=body[0], signatures=sigs[0])
+    return SignedEvent(body[0], sigs[0])
 
 
 def _fast_decode_entry(payload: bytes) -> Entry | None:
@@ -981,10 +1009,14 @@ def _check_signatures(signatures: tuple[Signature, ...], what: str) -> None:
 
 def encode_signed_event(event: SignedEvent) -> bytes:
     _check_signatures(event.signatures, "signed event")
-    payload = _fast_signed_event(event)
-    if payload is None:
-        payload = _schemaless_write(SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event")
-    return _single_object(SIGNED_EVENT_SCHEMA, payload)
+    encoded = _kept_encoding(event)
+    if encoded is not None:
+        return encoded
+    encoded = _fast_signed_event(event)
+    if encoded is None:
+        encoded = _single_object(SIGNED_EVENT_SCHEMA, _schemaless_write(
+            SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event"))
+    return encoded
 
 
 def decode_signed_event(data: bytes) -> SignedEvent:
@@ -997,15 +1029,24 @@ def decode_signed_event(data: bytes) -> SignedEvent:
     event: SignedEvent = fast if fast is not None else _SIGNED_EVENT_FROM_AVRO(
         _schemaless_read(schema, payload, "signed event"))
     _check_signatures(event.signatures, "signed event")
+    if fast is not None and type(data) is bytes:
+        # The values fix every byte but the varints' lengths, so the bytes are encode's when
+        # their length is: minimal varints for the body's length (below 2**20, as the data is
+        # at most MAX_ENTRY_BYTES: 1 to 3 bytes) and for the count (at most MAX_SIGNATURES: 1).
+        size, n = len(fast.body), len(fast.signatures)
+        if len(payload) == (1 if size < 64 else 2 if size < 8192 else 3) + size + (
+                96 * n + 2 if n else 1):
+            object.__setattr__(event, _ENCODING, data)
     return event
 
 
 def encode_entry(entry: Entry) -> bytes:
     _check_signatures(entry.signatures, "entry")
-    payload = _fast_entry(entry)
-    if payload is None:
-        payload = _schemaless_write(ENTRY_SCHEMA, _to_avro(entry), "entry")
-    return _single_object(ENTRY_SCHEMA, payload)
+    encoded = _fast_entry(entry)
+    if encoded is None:
+        encoded = _single_object(ENTRY_SCHEMA, _schemaless_write(
+            ENTRY_SCHEMA, _to_avro(entry), "entry"))
+    return encoded
 
 
 def decode_entry(data: bytes) -> Entry:
@@ -1036,16 +1077,14 @@ def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int,
 
     `body`, when given, must be ``decode_body(event.body)`` (a caller that decoded it already).
     """
-    entry = Entry(
-        seq=seq, prev=prev, body=event.body, signatures=event.signatures, received_at=received_at
-    )
-    entry_bytes = encode_entry(entry)
-    return LogEntry(
-        entry=entry,
-        entry_bytes=entry_bytes,
-        leaf_hash=leaf_hash(entry_bytes),
-        body=decode_body(event.body) if body is None else body,
-    )
+    entry = Entry(seq, prev, event.body, event.signatures, received_at)
+    event_encoding = _kept_encoding(event)
+    entry_bytes = None if event_encoding is None else _fast_entry_of_event(
+        seq, prev, event_encoding, received_at)
+    if entry_bytes is None:
+        entry_bytes = encode_entry(entry)
+    return LogEntry(entry, entry_bytes, leaf_hash(entry_bytes),
+                    decode_body(event.body) if body is None else body)
 
 
 def payload_hashes(payload: Payload) -> tuple[bytes, ...]:

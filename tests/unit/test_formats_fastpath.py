@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 import random
 import re
 import struct
@@ -344,8 +345,8 @@ class _OddWriter:
             out.append(self.draw(st.integers(1, 255)) if value else 0)
         elif kind == "double":
             out += struct.pack("<d", value)
-        elif kind == "string":
-            raw = value.encode()
+        elif kind in ("string", "bytes"):
+            raw = value.encode() if kind == "string" else value
             self.varint(len(raw), out)
             out += raw
         elif kind == "fixed":
@@ -391,3 +392,59 @@ def test_over_long_varints_in_a_body_are_read_as_fastavro_reads_them() -> None:
     rng = random.Random(6)
     for varint in _varints(rng):
         _assert_body_as_fastavro(body[:at] + varint + body[at + 1:])
+
+
+# --------------------------------------------------------------------------------------------
+# A decoded SignedEvent keeps the bytes it came from only when they are encode's bytes.
+
+
+# make_entry takes the decoded body from its caller; these bodies are random bytes.
+_ANY_BODY = formats.EventBody("l", b"\x00" * 16, 0, (), formats.KeyRevoked(b"\x00" * 32, ""))
+
+
+def _padded(data: bytes, at: int, extra: int) -> bytes:
+    """`data` with the one-byte varint at `at` written `extra` bytes longer (same value)."""
+    return data[:at] + bytes((data[at] | 0x80,)) + b"\x80" * (extra - 1) + b"\x00" + data[at + 1:]
+
+
+def test_a_decoded_event_encodes_and_enters_entries_as_a_fresh_one() -> None:
+    for event, entry in _samples(7, 80):
+        fresh = SignedEvent(event.body, event.signatures)
+        data = encode_signed_event(fresh)
+        variants = [data]
+        if len(event.body) < 64:  # a one-byte length varint: written over-long, same value
+            variants += [_padded(data, 10, 1), _padded(data, 10, 4)]
+        count_at = len(data) - (96 * len(event.signatures) + 2 if event.signatures else 1)
+        variants += [_padded(data, count_at, 2)]  # the signature count, over-long
+        for variant in variants:
+            decoded = decode_signed_event(variant)
+            assert decoded == fresh and hash(decoded) == hash(fresh) and repr(decoded) == repr(fresh)
+            assert pickle.loads(pickle.dumps(decoded)) == fresh
+            assert encode_signed_event(decoded) == data  # never the over-long bytes
+            kept = formats._kept_encoding(decoded)
+            assert kept == (data if variant == data else None)
+            made = formats.make_entry(entry.seq, entry.prev, decoded, entry.received_at, _ANY_BODY)
+            assert made.entry_bytes == encode_entry(entry) == _fastavro_bytes(ENTRY_SCHEMA, entry)
+            assert made.entry == entry and made.leaf_hash == formats.leaf_hash(made.entry_bytes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.tuples(st.binary(min_size=32, max_size=32),
+                                                    st.binary(min_size=64, max_size=64)), max_size=3),
+       st.data())
+def test_whatever_bytes_a_signed_event_came_from_its_encoding_is_its_values(
+        body: bytes, sigs: list[tuple[bytes, bytes]], data: Any) -> None:
+    event = SignedEvent(body, tuple(Signature(k, s) for k, s in sigs))
+    canonical = _fastavro_bytes(SIGNED_EVENT_SCHEMA, event)
+    out = bytearray()
+    _OddWriter(data.draw).write(SIGNED_EVENT_SCHEMA.parsed, formats._to_avro(event), out)
+    odd = formats._single_object(SIGNED_EVENT_SCHEMA, bytes(out))
+    for raw in (canonical, odd):
+        outcome = _outcome(decode_signed_event, raw)
+        assert outcome == _outcome(lambda d: _fastavro_decode(SIGNED_EVENT_SCHEMA, d), raw)
+        if outcome[0] == "ok":
+            decoded = outcome[1]
+            assert encode_signed_event(decoded) == canonical
+            assert formats._kept_encoding(decoded) in (None, canonical)
+            assert formats.make_entry(3, b"\x00" * 32, decoded, 5, _ANY_BODY).entry_bytes == encode_entry(
+                Entry(3, b"\x00" * 32, body, event.signatures, 5))
