@@ -113,7 +113,7 @@ class LedgerCore:
         self.tree.append(e.leaf_hash)
         if self.entries is not None:
             self.entries.append(e)
-        receipt = Receipt(e.seq, e.leaf_hash, e.entry.received_at)
+        receipt = Receipt(e.entry.seq, e.leaf_hash, e.entry.received_at)
         if digest is None:
             digest = event_digest(SignedEvent(e.entry.body, e.entry.signatures))
         self._receipts[e.body.event_id] = (digest, receipt)

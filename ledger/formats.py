@@ -648,12 +648,14 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
     while True:
         pos += 1
         b = data[pos]
-        if shift == 63 and b > 1:
-            raise ValueError("varint overflows 64 bits")
         z |= (b & 0x7F) << shift
         if b < 0x80:
             break
         shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+    if shift == 63 and b > 1:
+        raise ValueError("varint overflows 64 bits")
     return (z >> 1) ^ -(z & 1), pos + 1
 
 
