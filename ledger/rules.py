@@ -26,6 +26,7 @@ from ledger.formats import (
     HASH_SIZE,
     PRINCIPAL_KINDS,
     ROLES,
+    SINGLE_OBJECT_MAGIC,
     ZERO_HASH,
     ApprovalRecorded,
     EvalRecorded,
@@ -502,7 +503,10 @@ def _verify_signatures(
     sigs = e.entry.signatures
     if not sigs:
         return _v("NO_SIGNATURES", "signatures", "the event carries no signature, expected at least one")
-    message = signed_bytes(e.entry.body)
+    body = e.entry.body
+    if body[:2] != SINGLE_OBJECT_MAGIC:
+        signed_bytes(body)  # raises its FormatError, before any signature is looked at
+    message: bytes | None = None  # the signed bytes, made when a signature is not in `verified`
     seen: dict[bytes, KeyInfo] = {}
     for i, sig in enumerate(sigs):
         info = known.get(sig.key_id)
@@ -520,10 +524,11 @@ def _verify_signatures(
                 f"key {sig.key_id.hex()} of {info.principal} expired at {info.expires_at} ms; "
                 f"the entry was received at {e.entry.received_at} ms",
             )
-        if (info.public_key, sig.sig, e.entry.body) in verified:
-            pass
-        elif not PublicKey(info.public_key).verify(sig.sig, message):
-            return _v("BAD_SIGNATURE", f"signatures[{i}]", f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
+        if (info.public_key, sig.sig, body) not in verified:
+            if message is None:
+                message = signed_bytes(body)
+            if not PublicKey(info.public_key).verify(sig.sig, message):
+                return _v("BAD_SIGNATURE", f"signatures[{i}]", f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
         seen[sig.key_id] = info  # the same key twice counts once
     keys = tuple(seen.values())
     return _Signers(keys, frozenset([k.principal for k in keys]))
