@@ -74,6 +74,11 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(_NODE_PREFIX + bytes(left) + bytes(right)).digest()
 
 
+def _check_node(node: bytes) -> None:
+    if len(node) != HASH_SIZE:
+        raise FormatError(f"node hash is {len(node)} bytes, expected {HASH_SIZE}", field="node")
+
+
 class TreeRangeError(StewardError, ValueError):
     """A root or proof was asked for a size or index the tree cannot serve."""
 
@@ -125,8 +130,7 @@ class MemoryNodeStore:
         return bytes(buf[start : start + HASH_SIZE])
 
     def append(self, level: int, node: bytes) -> None:
-        if len(node) != HASH_SIZE:
-            raise FormatError(f"node hash is {len(node)} bytes, expected {HASH_SIZE}", field="node")
+        _check_node(node)
         if level < 0 or level > len(self._levels):
             raise IndexError(f"cannot append to level {level}: {len(self._levels)} levels exist")
         if level == len(self._levels):
@@ -206,16 +210,40 @@ class MerkleTree:
         if not isinstance(leaf_hash, bytes | bytearray) or len(leaf_hash) != HASH_SIZE:
             got = len(leaf_hash) if isinstance(leaf_hash, bytes | bytearray) else type(leaf_hash)
             raise FormatError(f"leaf hash must be {HASH_SIZE} bytes, got {got}", field="leaf_hash")
-        index = self._store.count(0)
+        store = self._store
+        if type(store) is MemoryNodeStore:
+            return self._append_in_memory(store, bytes(leaf_hash))
+        index = store.count(0)
         node = bytes(leaf_hash)
-        self._store.append(0, node)
+        store.append(0, node)
         level, i = 0, index
         # Each time the new node is a right child, its perfect parent is now complete.
         while i & 1:
-            node = self._hash(self._store.get(level, i - 1), node)
+            node = self._hash(store.get(level, i - 1), node)
             level += 1
             i >>= 1
-            self._store.append(level, node)
+            store.append(level, node)
+        return index
+
+    def _append_in_memory(self, store: MemoryNodeStore, node: bytes) -> int:
+        """append() on the default store, in its bytearrays: the leaf count is the length of
+        level 0, and the left sibling of a new right child is the node stored just before it."""
+        levels = store._levels
+        if not levels:
+            levels.append(bytearray())
+        buf = levels[0]
+        index = i = len(buf) // HASH_SIZE
+        buf += node
+        level = 0
+        while i & 1:
+            node = self._hash(bytes(buf[-2 * HASH_SIZE : -HASH_SIZE]), node)
+            _check_node(node)
+            level += 1
+            i >>= 1
+            if level == len(levels):
+                levels.append(bytearray())
+            buf = levels[level]
+            buf += node
         return index
 
     def root(self, size: int | None = None) -> bytes:

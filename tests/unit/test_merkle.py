@@ -385,6 +385,31 @@ def test_resume_from_store_and_complete_interrupted_append() -> None:
     assert tree.inclusion_proof(5, 8) == ref_path(5, hs[:8])
 
 
+def test_the_default_store_holds_the_nodes_any_store_holds() -> None:
+    # append() works in the default store's bytearrays; any other store goes through the
+    # NodeStore methods. Both must store the same nodes, level by level.
+    for n in (1, 2, 3, 7, 8, 9, 300):
+        hs = leaves(n, salt=n)
+        memory, other = MemoryNodeStore(), CountingStore()
+        for i, h in enumerate(hs):
+            assert MerkleTree(memory).append(h) == MerkleTree(other).append(h) == i
+        for level in range(n.bit_length() + 1):
+            assert memory.count(level) == other.count(level) == n >> level
+            assert [memory.get(level, i) for i in range(memory.count(level))] == [
+                other.get(level, i) for i in range(other.count(level))]
+        assert MerkleTree(memory).root() == ref_mth(hs)
+
+
+def test_a_node_hasher_returning_no_hash_is_refused_with_any_store() -> None:
+    hs = leaves(2)
+    for store in (MemoryNodeStore(), CountingStore()):
+        tree = MerkleTree(store, node_hasher=lambda left, right: b"short")
+        tree.append(hs[0])
+        with pytest.raises(FormatError, match="node hash is 5 bytes, expected 32"):
+            tree.append(hs[1])
+        assert store.count(0) == 2 and store.count(1) == 0
+
+
 def test_memory_store_is_compact() -> None:
     n = 2**12 + 5
     store = MemoryNodeStore()
