@@ -103,6 +103,19 @@ def _install_profiler(out_dir: str) -> None:
     for dotted, items in PROBES:
         probes.wrap(dotted, items)
     sampler = StackSampler(interval=0.01).start()
+    import gc
+
+    gc_seconds = [0.0, 0.0]  # [total, start of the current collection]
+    gc_counts = [0, 0, 0]  # collections by generation
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:  # the cyclic collector's pauses
+        if phase == "start":
+            gc_seconds[1] = time.perf_counter()
+        else:
+            gc_seconds[0] += time.perf_counter() - gc_seconds[1]
+            gc_counts[info["generation"]] += 1
+
+    gc.callbacks.append(on_gc)
     out = Path(out_dir)
     mark = [time.perf_counter(), time.process_time()]
     threads_before = _thread_cpu()
@@ -118,7 +131,9 @@ def _install_profiler(out_dir: str) -> None:
         threads_before.update(threads)
         by_kind["exited threads"] = (cpu - mark[1]) - sum(by_kind.values())
         doc = {"label": label, "wall_s": wall - mark[0], "process_cpu_s": cpu - mark[1],
-               "probes": probes.take(), "stacks": sampler.take(), "thread_cpu_s": by_kind}
+               "probes": probes.take(), "stacks": sampler.take(), "thread_cpu_s": by_kind,
+               "gc_s": gc_seconds[0], "gc_collections": list(gc_counts)}
+        gc_seconds[0], gc_counts[:] = 0.0, [0, 0, 0]
         mark[:] = [wall, cpu]
         tmp = out / f"{label}.json.tmp"
         tmp.write_text(json.dumps(doc))
@@ -149,7 +164,7 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
 
 def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None = None) -> int:
     """Run a ledger server on `kafka:BOOTSTRAP/TOPIC` or `sqlite:PATH` until SIGTERM."""
-    from ledger.server import LedgerServerConfig, serve
+    from ledger.server import LedgerServerConfig, serve, settle_heap
     from ledger.store.base import LogStore
 
     if profile:
@@ -167,6 +182,7 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
 
         store = SQLiteLogStore(where)
     running = serve(LedgerServerConfig(store=store, checkpoint_key=key_path, listen="127.0.0.1:0"))
+    settle_heap()  # as ledger.server's main does
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     tmp = Path(port_file + ".tmp")
@@ -298,6 +314,9 @@ def print_profile(doc: dict[str, Any], events: int) -> None:
     for name, (calls, wall, cpu, items) in sorted(doc["probes"].items(), key=lambda kv: -kv[1][1]):
         print(f"    {name:<44} {calls:>7.0f} {items:>7.0f} {wall / max(events, 1) * 1e6:>10,.1f} "
               f"{cpu / max(events, 1) * 1e6:>10,.1f} {wall / max(calls, 1) * 1e3:>12,.3f}")
+    if "gc_s" in doc:
+        print(f"    cyclic GC: {doc['gc_s'] / max(events, 1) * 1e6:,.1f} µs/event in "
+              f"{sum(doc['gc_collections'])} collections (by generation {doc['gc_collections']})")
     threads = sorted(doc.get("thread_cpu_s", {}).items(), key=lambda kv: -kv[1])
     print("    CPU by thread kind, µs/event: " + ", ".join(
         f"{kind} {seconds / max(events, 1) * 1e6:,.0f}" for kind, seconds in threads if seconds > 0))
