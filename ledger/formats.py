@@ -1080,6 +1080,8 @@ def make_entry(seq: int, prev: bytes, event: SignedEvent, received_at: int,
     `body`, when given, must be ``decode_body(event.body)`` (a caller that decoded it already).
     """
     entry = Entry(seq, prev, event.body, event.signatures, received_at)
+    # An event that kept its encoding (decoded, so of the plain shape and with at most
+    # MAX_SIGNATURES) lends the entry its body and signatures bytes.
     event_encoding = _kept_encoding(event)
     entry_bytes = None if event_encoding is None else _fast_entry_of_event(
         seq, prev, event_encoding, received_at)
