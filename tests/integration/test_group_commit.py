@@ -42,6 +42,14 @@ def _until(what: str, condition: Callable[[], bool]) -> None:
         time.sleep(0.005)
 
 
+def _with_a_proposal(server: LedgerServer, flow: Flow) -> bytes:
+    """Genesis, grants, policy and one proposal; the proposal's entry hash."""
+    server.append(encode_signed_event(flow.genesis()))
+    server.append_batch([encode_signed_event(g) for g in flow.grants()])
+    server.append(encode_signed_event(flow.policy()))
+    return server.append(encode_signed_event(flow.propose())).leaf_hash
+
+
 def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) -> None:
     cast = Cast.create()
     flow = Flow(cast)
@@ -50,10 +58,7 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
                           checkpoint_every_ms=0)
     server.start()
     try:
-        server.append(encode_signed_event(flow.genesis()))
-        server.append_batch([encode_signed_event(g) for g in flow.grants()])
-        server.append(encode_signed_event(flow.policy()))
-        proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
+        proposal = _with_a_proposal(server, flow)
         events = [encode_signed_event(flow.health(proposal, 0)) for _ in range(10)]
         first = store.calls
         gates = [threading.Event() for _ in range(3)]
@@ -207,10 +212,7 @@ def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: P
     server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_ms=0)
     server.start()
     try:
-        server.append(encode_signed_event(flow.genesis()))
-        server.append_batch([encode_signed_event(g) for g in flow.grants()])
-        server.append(encode_signed_event(flow.policy()))
-        proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
+        proposal = _with_a_proposal(server, flow)
         size = server.head()[0]
         events = [encode_signed_event(flow.health(proposal, i % 3)) for i in range(3)]
         gate = threading.Event()
