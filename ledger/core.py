@@ -54,8 +54,11 @@ class LedgerCore:
         # Only tests and the vector generator keep entries; the server reads its store.
         self.entries: list[LogEntry] | None = [] if keep_entries else None
         self.tree = MerkleTree()
-        # event_id -> (digest of the signed event, receipt), for idempotent retries.
-        self._receipts: dict[bytes, tuple[bytes, Receipt]] = {}
+        # event_id -> receipt and event_id -> digest of the signed event, for idempotent
+        # retries (two maps rather than one of pairs: a pair per entry is one more object for
+        # the cyclic collector to walk, forever).
+        self._receipts: dict[bytes, Receipt] = {}
+        self._digests: dict[bytes, bytes] = {}
 
     @property
     def size(self) -> int:
@@ -77,11 +80,10 @@ class LedgerCore:
         when given, are ``decode_body(event.body)`` and ``event_digest(event)``.
         """
         body = decode_body(event.body) if body is None else body
-        found = self._receipts.get(body.event_id)
-        if found is None:
+        receipt = self._receipts.get(body.event_id)
+        if receipt is None:
             return None
-        stored, receipt = found
-        if stored != (event_digest(event) if digest is None else digest):
+        if self._digests[body.event_id] != (event_digest(event) if digest is None else digest):
             raise DuplicateEventId(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
@@ -116,7 +118,8 @@ class LedgerCore:
         receipt = Receipt(e.entry.seq, e.leaf_hash, e.entry.received_at)
         if digest is None:
             digest = event_digest(SignedEvent(e.entry.body, e.entry.signatures))
-        self._receipts[e.body.event_id] = (digest, receipt)
+        self._receipts[e.body.event_id] = receipt
+        self._digests[e.body.event_id] = digest
         return receipt
 
     def append(self, event: SignedEvent, clock: Callable[[], int]) -> Receipt:
