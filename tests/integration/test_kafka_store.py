@@ -292,14 +292,19 @@ def test_secrets_stay_out_of_repr(make_config: Callable[..., KafkaStoreConfig]) 
         store.close()
 
 
+def _secured(make_config: Callable[..., KafkaStoreConfig]) -> KafkaStoreConfig:
+    """A config with every security option and both timeouts set."""
+    return make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                       sasl_plain_username="steward", sasl_plain_password="hunter2",
+                       ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
+                       ssl_password="s3cret", ssl_check_hostname=False,
+                       request_timeout_ms=7000, operation_timeout_s=20.0)
+
+
 def test_producer_options_use_librdkafka_names(
     make_config: Callable[..., KafkaStoreConfig],
 ) -> None:
-    config = make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                         sasl_plain_username="steward", sasl_plain_password="hunter2",
-                         ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
-                         ssl_password="s3cret", ssl_check_hostname=False,
-                         request_timeout_ms=7000, operation_timeout_s=20.0)
+    config = _secured(make_config)
     options = config.producer_options()
     assert options == {
         "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
@@ -321,11 +326,7 @@ def test_end_consumer_options_use_librdkafka_names(
     make_config: Callable[..., KafkaStoreConfig],
 ) -> None:
     """The producers' connection and security options, read_committed, and no group work."""
-    config = make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                         sasl_plain_username="steward", sasl_plain_password="hunter2",
-                         ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
-                         ssl_password="s3cret", ssl_check_hostname=False,
-                         request_timeout_ms=7000, operation_timeout_s=20.0)
+    config = _secured(make_config)
     options = config.end_consumer_options()
     assert options == {
         "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
