@@ -164,7 +164,8 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
 
 def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None = None) -> int:
     """Run a ledger server on `kafka:BOOTSTRAP/TOPIC` or `sqlite:PATH` until SIGTERM."""
-    from ledger.server import LedgerServerConfig, serve, settle_heap
+    from ledger.heap import settle_heap, tune_collector
+    from ledger.server import LedgerServerConfig, serve
     from ledger.store.base import LogStore
 
     if profile:
@@ -181,8 +182,9 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
         from ledger.store.sqlite import SQLiteLogStore
 
         store = SQLiteLogStore(where)
+    tune_collector()  # as ledger.server's main does
     running = serve(LedgerServerConfig(store=store, checkpoint_key=key_path, listen="127.0.0.1:0"))
-    settle_heap()  # as ledger.server's main does
+    settle_heap()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     tmp = Path(port_file + ".tmp")

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--restarts", type=int, default=3, help="timed restarts from the snapshot")
     p.add_argument("--profile", action="store_true", help="profile a cold replay of 20,000 events")
+    p.add_argument("--default-gc", action="store_true",
+                   help="leave Python's garbage collector as it is, instead of tuning it as "
+                        "steward-controller does (ledger.heap), to compare")
     p.add_argument("--verify-processes", type=int, choices=(0, 1), default=1,
                    help="1 (what steward-controller does): each catch-up chunk's signatures are "
                         "checked in a worker process; 0: in the replaying process")
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     store = SQLiteLogStore(gen.sqlite_path())
     raw = RawSampler(1000 if args.smoke else 5000)
     report = Report("replay", params={"events": gen.events, "proposals": gen.meta["proposals"],
-                                      "verify_processes": args.verify_processes})
+                                      "verify_processes": args.verify_processes,
+                                      "gc": "default" if args.default_gc else "ledger.heap"})
     report.add("load average (1 min) at start", os.getloadavg()[0], "")
     with tempfile.TemporaryDirectory(prefix="steward-bench-replay-") as tmp:
         snapshots = SnapshotStore(Path(tmp) / "snapshots.db")
@@ -58,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         cold = Replayer(store, snapshots=snapshots, source="bench",
                         snapshot_every_entries=never, snapshot_every_seconds=never,
                         checker=checker)
+        if not args.default_gc:
+            from ledger.heap import settle_heap, tune_collector
+
+            tune_collector()  # as steward-controller does around its replay (controller.runtime)
         seconds, raw_rate, read = raw.around(cold.catch_up)
+        if not args.default_gc:
+            settle_heap()
         state = cold.state
         if state.ledger.size != gen.events or state.invalid:
             raise AssertionError(f"replayed {state.ledger.size} valid and {state.invalid} invalid "

@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             renew_seconds=args.renew_seconds, tick_seconds=args.tick_seconds,
             mirror=not args.no_mirror,
             planner=PlannerConfig(not_ready_grace_ms=int(args.not_ready_grace_seconds * 1000)),
+            settle_heap=True,
         )
         controller = Controller(config, replayer, ledger, key, load_kube(args.kubeconfig))
     except (StewardError, OSError, ValueError) as exc:

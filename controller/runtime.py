@@ -27,6 +27,7 @@ from controller.mirror import Mirror
 from controller.planner import Action, PlannerConfig, plan
 from controller.replay import Replayer
 from controller.view import RolloutView, rollout_views
+from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 
 log = logging.getLogger("steward.controller")
@@ -47,6 +48,9 @@ class ControllerConfig:
     tick_seconds: float = 0.25
     mirror: bool = True
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    # Process-wide garbage-collector tuning around the replay (ledger.heap): only for the
+    # process entry point (steward-controller), never for a controller inside a test run.
+    settle_heap: bool = False
 
 
 class Controller:
@@ -93,9 +97,13 @@ class Controller:
 
     def start(self, stop: threading.Event) -> None:
         """Load the snapshot, catch up with the log and start the background threads."""
+        if self.config.settle_heap:
+            tune_collector()  # the replay allocates the long-lived state
         self.replayer.load_snapshot()
         started = time.monotonic()
         self.replayer.catch_up()
+        if self.config.settle_heap:
+            settle_heap()
         st = self.replayer.state
         log.info("replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s", st.ledger.size,
                  st.applied, st.invalid, (time.monotonic() - started) * 1000,

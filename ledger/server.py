@@ -22,7 +22,6 @@ Run it with ``python -m ledger.server --db PATH --checkpoint-key FILE`` (see ``-
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import queue
@@ -62,6 +61,7 @@ from ledger.formats import (
     decode_signed_event,
 )
 from ledger.grpc_errors import ServiceError, guarded, status_for
+from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
 from ledger.rules import LedgerState, VerifiedSignature, check
@@ -203,36 +203,6 @@ def _notify(requests: Sequence[_Request]) -> None:
     for request in requests:
         if request.on_done is not None:
             request.on_done()
-
-
-def settle_heap() -> None:
-    """Tune the cyclic garbage collector for a long-running ledger server, once it is loaded.
-
-    The core keeps a few objects per entry for the life of the process, so nearly every object
-    an append allocates survives, and the collector scans it again in each generation. Under
-    AppendStream load on Kafka (bench.ingest --profile, 20,000-40,000 entries) the default
-    thresholds cost 45 µs of collector pauses per event, a quarter of the server's CPU; at a
-    million replayed entries one full collection is a pause of seconds. So:
-
-    - `gc.freeze()` now, after the replay, and again after each full collection: frozen
-      objects are never scanned again (reference counting still frees them), so a long-lived
-      object is scanned by a full collection about once. A cycle frozen while alive is never
-      collected if it becomes garbage later: right after a full collection that is only what
-      requests in flight hold, a bounded amount;
-    - young collections every 50,000 allocations instead of 700 (a middle generation every
-      2): 14.5 µs per event in the same run, in pauses of about 70 ms under full load. Cyclic
-      garbage waits longer to be freed; there is little (refused events' tracebacks).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 2, 10)
-    if _freeze_after_full_collection not in gc.callbacks:
-        gc.callbacks.append(_freeze_after_full_collection)
-
-
-def _freeze_after_full_collection(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info["generation"] == 2:
-        gc.freeze()
 
 
 def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
@@ -1461,6 +1431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = _projections_url(args)
         if url is not None:
             services.append(projections_service(url, done))
+        tune_collector()  # before the replay: it allocates the long-lived state
         running = serve(config, add_services=services)
         settle_heap()
     except StewardError as exc:

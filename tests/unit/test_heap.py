@@ -1,4 +1,4 @@
-"""ledger.server.settle_heap: the loaded state leaves the collector's scans; garbage cycles
+"""ledger.heap: the loaded state leaves the collector's scans; garbage cycles
 made afterwards are still collected."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger.server import _freeze_after_full_collection, settle_heap
+from ledger.heap import _freeze_after_full_collection, settle_heap
 
 
 @pytest.fixture
