@@ -926,6 +926,7 @@ def _body_reader(schema: Schema) -> typing.Callable[[bytes, int], tuple[list[Any
 
 
 _READ_BODY_FIELDS = _body_reader(EVENT_BODY_SCHEMA)
+_BODY_PREFIX = SINGLE_OBJECT_MAGIC + EVENT_BODY_SCHEMA.fingerprint
 
 
 def _fast_decode_body(payload: bytes) -> EventBody | None:
@@ -967,9 +968,12 @@ def decode_body(body_bytes: bytes) -> EventBody:
         raise FormatError(
             f"body is {len(body_bytes)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
         )
+    if body_bytes[:10] == _BODY_PREFIX:  # the current schema, as _split_single_object finds
+        fast = _fast_decode_body(body_bytes[10:])
+        if fast is not None:
+            return fast
     schema, payload = _split_single_object(body_bytes, _BODY_WRITERS, "body")
-    fast = _fast_decode_body(payload) if schema is EVENT_BODY_SCHEMA else None
-    return fast if fast is not None else _decode_body_with_fastavro(schema, payload)
+    return _decode_body_with_fastavro(schema, payload)
 
 
 def _decode_body_with_fastavro(schema: Schema, payload: bytes) -> EventBody:
