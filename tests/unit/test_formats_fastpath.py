@@ -33,22 +33,26 @@ from ledger.formats import (
 
 
 def _fastavro_bytes(schema: formats.Schema, value: Any) -> bytes:
-    return formats._single_object(schema, formats._schemaless_write(schema, formats._to_avro(value), "x"))
+    field = "entry" if schema is ENTRY_SCHEMA else "signed_event"
+    return formats._single_object(schema, formats._schemaless_write(schema, formats._to_avro(value), field))
 
 
 def _fastavro_decode(schema: formats.Schema, data: bytes) -> Any:
     """What the decoders did before the fast path: fastavro, then the generated converter."""
     convert = formats._ENTRY_FROM_AVRO if schema is ENTRY_SCHEMA else formats._SIGNED_EVENT_FROM_AVRO
-    writers = {schema.fingerprint: schema}
-    found, payload = formats._split_single_object(data, writers, "x")
-    return convert(formats._schemaless_read(found, payload, "x"))
+    what = "entry" if schema is ENTRY_SCHEMA else "signed event"
+    found, payload = formats._split_single_object(data, {schema.fingerprint: schema}, what)
+    value = convert(formats._schemaless_read(found, payload, what))
+    formats._check_signatures(value.signatures, what)
+    return value
 
 
-def _outcome(fn: Any, data: bytes) -> tuple[str, Any]:
+def _outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
     try:
         return "ok", fn(data)
     except FormatError as exc:
-        return "error", type(exc).__name__
+        # fastavro names the BytesIO it read from by address: the one thing allowed to differ.
+        return "error", type(exc).__name__, re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc)), exc.field
 
 
 def _signatures(rng: random.Random) -> tuple[Signature, ...]:
@@ -251,8 +255,7 @@ def _body_outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
     try:
         return "ok", _key(fn(data))
     except Exception as exc:  # the class and message are what is compared
-        # fastavro names the BytesIO it read from by address: the one thing allowed to differ.
-        message = re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc))
+        message = re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc))  # as in _outcome
         return "error", type(exc).__name__, message, getattr(exc, "field", None)
 
 
