@@ -76,8 +76,8 @@ def test_ingest_profile_probes_every_step_of_an_append(tmp_path: Path) -> None:
     run_smoke("ingest", tmp_path, "--backends", "sqlite", "--profile", str(profile))
     doc = json.loads((profile / "sqlite-stream.json").read_text())
     probes = doc["probes"]
-    for step in ("ledger.server.LedgerServer.decode", "ledger.server.LedgerServer._fold_locked",
-                 "ledger.server.LedgerServer._store_batch", "ledger.store.sqlite.SQLiteLogStore.append"):
+    for step in ("LedgerServer.decode", "LedgerServer.check_signatures", "LedgerServer._fold_locked",
+                 "LedgerServer._write", "LedgerServer._store_batch", "SQLiteLogStore.append"):
         calls, _wall, _cpu, items = probes[step]
         assert calls > 0 and items > 0, (step, probes[step])
     assert doc["stacks"]["samples"] > 0
