@@ -796,6 +796,8 @@ def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
         def requests() -> Iterator[ledger_pb2.AppendBatch]:
             for i, batch in enumerate(batches):
                 yield ledger_pb2.AppendBatch(signed_events=batch, batch_id=i)
+                if i == 0:  # the next batches only once the first one's write is held
+                    assert store.held.wait(10)
             sent.set()
 
         def run() -> None:
@@ -808,11 +810,18 @@ def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
         thread.start()
         assert store.held.wait(10)
         server = running.ledger
+
+        def held_and_checked() -> tuple[int, int]:
+            with server._lock:
+                return (sum(len(f.entries) for f in server._writing),
+                        sum(len(f.entries) for f in server._folded))
+
         deadline = time.monotonic() + 10
-        # The first batch is at the store; the others are checked meanwhile.
-        while sum(len(f.entries) for f in server._folded) < 8 and time.monotonic() < deadline:
+        # The first batch is at the store; the others are checked meanwhile, without waiting
+        # for that write.
+        while held_and_checked() != (4, 8) and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert sum(len(f.entries) for f in server._folded) == 8
+        assert held_and_checked() == (4, 8)
         assert replies == [] and client.head().size == size  # nothing answered, nothing durable
         gate.set()
         thread.join(10)
