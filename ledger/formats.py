@@ -593,14 +593,19 @@ def _fast_signed_event(event: SignedEvent) -> bytes | None:
     return b"".join((_SIGNED_EVENT_PREFIX, _varint(len(event.body)), event.body, signatures))
 
 
+def _plain_entry_head(seq: Any, prev: Any, received_at: Any) -> bool:
+    """Whether an entry's own fields (beyond the event's) are of the plain shape."""
+    return (type(seq) is int and _LONG_MIN <= seq <= _LONG_MAX
+            and type(prev) is bytes and len(prev) == HASH_SIZE
+            and type(received_at) is int and _LONG_MIN <= received_at <= _LONG_MAX)
+
+
 def _fast_entry(entry: Entry) -> bytes | None:
     """The single-object encoding of a plain Entry (magic and fingerprint included)."""
     if type(entry) is not Entry:
         return None
     seq, prev, body, received_at = entry.seq, entry.prev, entry.body, entry.received_at
-    if (type(seq) is not int or not _LONG_MIN <= seq <= _LONG_MAX
-            or type(prev) is not bytes or len(prev) != HASH_SIZE or type(body) is not bytes
-            or type(received_at) is not int or not _LONG_MIN <= received_at <= _LONG_MAX):
+    if not _plain_entry_head(seq, prev, received_at) or type(body) is not bytes:
         return None
     signatures = _signatures_bytes(entry.signatures)
     if signatures is None:
@@ -625,9 +630,7 @@ def _kept_encoding(event: SignedEvent) -> bytes | None:
 def _fast_entry_of_event(seq: int, prev: bytes, event_encoding: bytes,
                          received_at: int) -> bytes | None:
     """_fast_entry, the body and signatures copied from the event's single-object encoding."""
-    if (type(seq) is not int or not _LONG_MIN <= seq <= _LONG_MAX
-            or type(prev) is not bytes or len(prev) != HASH_SIZE
-            or type(received_at) is not int or not _LONG_MIN <= received_at <= _LONG_MAX):
+    if not _plain_entry_head(seq, prev, received_at):
         return None
     return b"".join((_ENTRY_PREFIX, _varint(seq), prev, event_encoding[len(_SIGNED_EVENT_PREFIX):],
                      _varint(received_at)))

@@ -137,6 +137,28 @@ class MemoryNodeStore:
             self._levels.append(bytearray())
         self._levels[level] += node
 
+    def append_leaf(self, node: bytes, hash_pair: Callable[[bytes, bytes], bytes]) -> int:
+        """MerkleTree.append on this store, in its bytearrays (the same nodes, fewer calls):
+        the leaf count is the length of level 0, and the left sibling of a new right child is
+        the node stored just before it. Returns the leaf's index."""
+        levels = self._levels
+        if not levels:
+            levels.append(bytearray())
+        buf = levels[0]
+        index = i = len(buf) // HASH_SIZE
+        buf += node
+        level = 0
+        while i & 1:
+            node = hash_pair(bytes(buf[-2 * HASH_SIZE : -HASH_SIZE]), node)
+            _check_node(node)
+            level += 1
+            i >>= 1
+            if level == len(levels):
+                levels.append(bytearray())
+            buf = levels[level]
+            buf += node
+        return index
+
     def count(self, level: int) -> int:
         if level < 0 or level >= len(self._levels):
             return 0
@@ -212,7 +234,7 @@ class MerkleTree:
             raise FormatError(f"leaf hash must be {HASH_SIZE} bytes, got {got}", field="leaf_hash")
         store = self._store
         if type(store) is MemoryNodeStore:
-            return self._append_in_memory(store, bytes(leaf_hash))
+            return store.append_leaf(bytes(leaf_hash), self._hash)
         index = store.count(0)
         node = bytes(leaf_hash)
         store.append(0, node)
@@ -223,27 +245,6 @@ class MerkleTree:
             level += 1
             i >>= 1
             store.append(level, node)
-        return index
-
-    def _append_in_memory(self, store: MemoryNodeStore, node: bytes) -> int:
-        """append() on the default store, in its bytearrays: the leaf count is the length of
-        level 0, and the left sibling of a new right child is the node stored just before it."""
-        levels = store._levels
-        if not levels:
-            levels.append(bytearray())
-        buf = levels[0]
-        index = i = len(buf) // HASH_SIZE
-        buf += node
-        level = 0
-        while i & 1:
-            node = self._hash(bytes(buf[-2 * HASH_SIZE : -HASH_SIZE]), node)
-            _check_node(node)
-            level += 1
-            i >>= 1
-            if level == len(levels):
-                levels.append(bytearray())
-            buf = levels[level]
-            buf += node
         return index
 
     def root(self, size: int | None = None) -> bytes:

@@ -194,8 +194,17 @@ class _Folded:
     requests: list[_Request]
     results: list[list[Receipt | StewardError]]
     entries: list[LogEntry]
-    size: int  # bytes of the entries
     epoch: int  # LedgerServer._failures when it was folded
+
+    @property
+    def size(self) -> int:
+        """Bytes of the entries."""
+        return sum(len(e.entry_bytes) for e in self.entries)
+
+    @property
+    def weight(self) -> int:
+        """What it counts for against MAX_BATCH_EVENTS while it waits (an empty group too)."""
+        return max(1, len(self.entries))
 
 
 def _notify(requests: Sequence[_Request]) -> None:
@@ -263,7 +272,6 @@ class LedgerServer:
         self._group_done = threading.Condition(self._pending_lock)
         self._committing = False
         self._folded: deque[_Folded] = deque()
-        self._folded_events = 0
         self._writing: list[_Folded] = []
         self._store_turn = threading.Condition(self._lock)
         self._failures = 0
@@ -538,7 +546,7 @@ class LedgerServer:
             with self._lock:
                 # At most MAX_BATCH_EVENTS folded events wait for the writer: the core stays
                 # close to the store, and batches queueing meanwhile make the next group larger.
-                while self._folded_events >= MAX_BATCH_EVENTS:
+                while sum(f.weight for f in self._folded) >= MAX_BATCH_EVENTS:
                     self._store_turn.wait()
                 if self._fenced:
                     raise FencedError("this server was fenced earlier")
@@ -551,10 +559,7 @@ class LedgerServer:
                     if self._needs_rebuild:
                         self._claim_and_rebuild()
                 results, entries = self._fold_locked(group)
-                self._folded.append(_Folded(group, results, entries,
-                                            sum(len(e.entry_bytes) for e in entries),
-                                            self._failures))
-                self._folded_events += max(1, len(entries))
+                self._folded.append(_Folded(group, results, entries, self._failures))
                 self._store_turn.notify_all()
         except BaseException as exc:
             # Nothing of the group is acknowledged; a half-applied fold set _needs_rebuild.
@@ -687,7 +692,6 @@ class LedgerServer:
             take.append(self._folded.popleft())
             entries += len(nxt.entries)
             size += nxt.size
-        self._folded_events -= sum(max(1, len(g.entries)) for g in take)
         self._writing = take
         self._store_turn.notify_all()
         return take
@@ -1057,7 +1061,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 items: list[Any] = []
                 if end is None:
                     try:
-                        items.append(ahead.get(timeout=None) if not inflight else ahead.get_nowait())
+                        items.append(ahead.get() if not inflight else ahead.get_nowait())
                         while isinstance(items[-1], tuple):
                             items.append(ahead.get_nowait())
                     except queue.Empty:
