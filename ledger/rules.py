@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Container, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ledger.errors import StewardError
 from ledger.formats import (
@@ -265,16 +265,6 @@ class LedgerState:
     # (namespace, deployment) -> hashes of the proposals whose rollout there is active
     # (STARTED, ADVANCED or PAUSED); kept by `apply`, so `active_rollout_on` needs no scan.
     active_rollouts: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Snapshots pickled before the index existed rebuild it once, here.
-        self.__dict__.update(state)
-        if "active_rollouts" not in state:
-            self.active_rollouts = {}
-            for h, p in self.proposals.items():
-                if p.phase in ACTIVE_PHASES:
-                    t = p.proposal.target
-                    self.active_rollouts.setdefault((t.namespace, t.deployment), set()).add(h)
 
     # -- queries shared by the rules, the controller and the projections -----------------
 
