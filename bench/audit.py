@@ -110,7 +110,8 @@ class RawSampler:
 
 def ledger_fold(records: list[bytes]) -> int:
     from ledger.formats import decode_log_entry
-    from ledger.rules import LedgerState, check
+    from ledger.rules import check
+    from ledger.state import LedgerState
 
     state = LedgerState()
     for raw in records:

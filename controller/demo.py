@@ -33,8 +33,9 @@ from infra.kube import LocalCluster, binaries_present, build
 from ledger.client import LedgerClient
 from ledger.demo import ledger_server, narrator, save_keys, say
 from ledger.formats import KillScope, PlanStep, SignedEvent
-from ledger.rules import LedgerState, check
+from ledger.rules import check
 from ledger.scenario import Cast, Flow
+from ledger.state import LedgerState
 from ledger.timeline import lines
 
 NAMESPACE, NAME = "models", "model-server"

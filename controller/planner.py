@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from controller.state import ControllerState
 from ledger.formats import AnnotationSource, KillScope, ObservedState, Target
-from ledger.rules import ACTIVE_PHASES, LedgerState, ProposalState
+from ledger.state import ACTIVE_PHASES, LedgerState, ProposalState
 
 CANARY_SUFFIX = "-canary"
 TRACK_LABEL = "steward.dev/track"

@@ -9,7 +9,7 @@ the caller answers with a full replay (as before, when a snapshot was missing).
 
 What grows with the log is kept so that a restart does not rebuild it object by object:
 
-* the per-entry indexes of :class:`~ledger.rules.LedgerState` (``event_ids``, ``entry_seqs``,
+* the per-entry indexes of :class:`~ledger.state.LedgerState` (``event_ids``, ``entry_seqs``,
   ``entry_types``) and ``evals`` are stored as sorted fixed-width keys with parallel values and
   loaded as :class:`PackedIndex` (binary search over the bytes; entries folded after the
   snapshot go to a small dict in front of it);
@@ -37,7 +37,7 @@ from typing import Any, Generic, TypeVar, Union
 
 from controller.state import ControllerState, RolloutRecord
 from ledger.formats import HASH_SIZE, PAYLOAD_TYPES
-from ledger.rules import LedgerState, ProposalState
+from ledger.state import LedgerState, ProposalState
 
 MAGIC = b"STWCSNAP"
 VERSION = 1

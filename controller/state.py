@@ -4,7 +4,7 @@ Pure: no I/O. ``ControllerState.fold(entry)`` checks an entry with the shared ru
 state folded so far and applies it only when it passes; an entry that fails (forged, unsigned,
 written straight into storage) is counted and otherwise ignored, never acted on.
 
-Beyond :class:`ledger.rules.LedgerState` the controller needs, per proposal, the replica count
+Beyond :class:`ledger.state.LedgerState` the controller needs, per proposal, the replica count
 ``N`` and the stable image the rollout started from. Both come from the ``observed`` state of the
 proposal's latest STARTED record, so the log (not the cluster) says what "restore stable" means.
 """
@@ -15,7 +15,8 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from ledger.formats import LogEntry, ProposalSubmitted, RolloutStep, payload_hashes
-from ledger.rules import LedgerState, VerifiedSignature, Violation, check
+from ledger.rules import VerifiedSignature, Violation, check
+from ledger.state import LedgerState
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from controller.planner import (
 )
 from controller.state import ControllerState
 from ledger.formats import Target
-from ledger.rules import ProposalState
+from ledger.state import ProposalState
 
 # ModelRollout .status.phase values (the CRD documents these).
 DISPLAY_PHASES = {

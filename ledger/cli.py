@@ -51,7 +51,8 @@ from ledger.formats import (
     signed_bytes,
 )
 from ledger.keys import PrivateKey, PublicKey
-from ledger.rules import LedgerState, check
+from ledger.rules import check
+from ledger.state import LedgerState
 
 EPILOG = """\
 environment:

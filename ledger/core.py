@@ -21,7 +21,8 @@ from ledger.formats import (
     make_entry,
 )
 from ledger.merkle import MerkleTree
-from ledger.rules import LedgerState, RuleViolation, VerifiedSignature, Violation, check
+from ledger.rules import RuleViolation, VerifiedSignature, Violation, check
+from ledger.state import LedgerState
 
 
 @dataclass(frozen=True)

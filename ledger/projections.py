@@ -2,7 +2,7 @@
 
 A :class:`Projector` reads a :class:`~ledger.store.base.LogStore` from its stored position,
 decodes every record, re-checks it with the shared rules against an in-memory
-:class:`~ledger.rules.LedgerState` (storage is untrusted: a record that fails decoding or the
+:class:`~ledger.state.LedgerState` (storage is untrusted: a record that fails decoding or the
 rules is skipped and written to ``proj_invalid_records``), folds it, and writes the derived
 rows **and** the new read position in one transaction per batch. A crash therefore leaves the
 projections exactly at some batch boundary: never ahead of the log, never behind their position.
@@ -47,7 +47,8 @@ from ledger.formats import (
     decode_log_entry,
 )
 from ledger.keys import key_id
-from ledger.rules import LedgerState, check
+from ledger.rules import check
+from ledger.state import LedgerState
 from ledger.store.base import LogStore, StoredRecord
 
 log = logging.getLogger(__name__)

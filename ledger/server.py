@@ -64,8 +64,9 @@ from ledger.grpc_errors import ServiceError, guarded, status_for
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
-from ledger.rules import LedgerState, VerifiedSignature, check
+from ledger.rules import VerifiedSignature, check
 from ledger.sigcheck import PendingChecks, SignatureChecker
+from ledger.state import LedgerState
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc

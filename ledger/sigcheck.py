@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 
 from ledger.ed25519 import verify_many
 from ledger.formats import Signature, signed_bytes
-from ledger.rules import KeyInfo, VerifiedSignature
+from ledger.rules import VerifiedSignature
 from ledger.sigworker import encode_request
+from ledger.state import KeyInfo
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from ledger.formats import (
     RolloutStep,
 )
 from ledger.keys import key_id
-from ledger.rules import LedgerState, check, eval_failures
+from ledger.rules import check
+from ledger.state import LedgerState, eval_failures
 
 
 def short(h: bytes) -> str:

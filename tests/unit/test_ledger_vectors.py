@@ -9,7 +9,8 @@ from ledger.checkpoint import verify_checkpoint
 from ledger.formats import PAYLOAD_TYPES, decode_log_entry, signed_bytes
 from ledger.keys import PublicKey
 from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion
-from ledger.rules import LedgerState, check
+from ledger.rules import check
+from ledger.state import LedgerState
 from tests.vectors import generate
 
 DOC = json.loads(generate.VECTORS.read_text())

@@ -18,7 +18,8 @@ from ledger.formats import (
     SignedEvent,
     make_entry,
 )
-from ledger.rules import CODES, LedgerState, check, fold
+from ledger.rules import CODES, check, fold
+from ledger.state import LedgerState
 from tests.unit.harness import OBSERVED_CODES, Harness
 
 GLOBAL = KillScope("GLOBAL")

@@ -1,0 +1,355 @@
+"""The ledger state: what the governance rules need to judge the next entry, folded from the log.
+
+Pure: no I/O. :class:`LedgerState` holds a log's keys, policies, proposals (with their latest
+evals, standing decisions, health reports and rollout steps), engaged kill switches and
+per-entry indexes, and answers the queries the rules, the controller and the projections share.
+``state.apply(entry)`` folds one entry into it, trusting that the entry passed
+:func:`ledger.rules.check`. Values are frozen; the containers are updated in place by ``apply``.
+
+The dependency runs one way: :mod:`ledger.rules` reads this state to judge an entry and this
+module never imports the rules. So what needs both, checking then applying
+(``ledger.rules.apply_checked``) and folding a whole log (``ledger.rules.fold``), lives there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+
+from ledger.formats import (
+    ZERO_HASH,
+    ApprovalRecorded,
+    EvalRecorded,
+    HealthReported,
+    KeyGranted,
+    KeyRevoked,
+    KillScope,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    LedgerGenesis,
+    LogEntry,
+    PolicySet,
+    ProposalSubmitted,
+    RolloutStep,
+)
+from ledger.keys import key_id
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: bytes
+    principal: str
+    public_key: bytes
+    roles: frozenset[str]
+    granted_seq: int
+    expires_at: int | None = None
+    revoked_seq: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.principal.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    seq: int
+    entry_hash: bytes
+    policy: PolicySet
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    entry_hash: bytes
+    seq: int
+    evaluator: str
+    suite: str
+    passed: bool
+    failures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    entry_hash: bytes
+    seq: int
+    approver: str
+    decision: str
+    evals: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class HealthInfo:
+    seq: int
+    step: int
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    seq: int
+    at: int  # received_at of the RolloutStep entry
+    step: int
+    weight: int
+    phase: str
+
+
+ACTIVE_PHASES = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+
+
+@dataclass
+class ProposalState:
+    entry_hash: bytes
+    seq: int
+    proposer: str
+    proposal: ProposalSubmitted
+    policy_id: str
+    latest_evals: dict[str, EvalInfo] = field(default_factory=dict)
+    approvals: dict[str, ApprovalInfo] = field(default_factory=dict)
+    health: dict[int, HealthInfo] = field(default_factory=dict)
+    steps: list[StepInfo] = field(default_factory=list)
+    # Approvals older than this seq no longer count: set at each rollback, so that a rollout
+    # stopped by a kill switch resumes only on a fresh decision.
+    decision_floor: int = -1
+
+    @property
+    def phase(self) -> str:
+        """The rollout phase; DRIFT_CORRECTED records never change it."""
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s.phase
+        return "PENDING"
+
+    @property
+    def current(self) -> StepInfo | None:
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s
+        return None
+
+    @property
+    def step_started(self) -> StepInfo | None:
+        """The record that entered the current step (STARTED or ADVANCED)."""
+        for s in reversed(self.steps):
+            if s.phase in ("STARTED", "ADVANCED"):
+                return s
+        return None
+
+
+@dataclass
+class LedgerState:
+    """Everything the rules need to judge the next entry."""
+
+    size: int = 0
+    last_hash: bytes = ZERO_HASH
+    ledger: str = ""
+    origin: str = ""
+    root_threshold: int = 0
+    checkpoint_key_name: str = ""
+    checkpoint_public_key: bytes = b""
+    keys: dict[bytes, KeyInfo] = field(default_factory=dict)
+    # The per-entry indexes are plain dicts while folding; a controller restored from its
+    # snapshot holds packed, read-mostly mappings here instead (controller.snapshot).
+    event_ids: MutableMapping[bytes, int] = field(default_factory=dict)
+    entry_types: MutableMapping[bytes, str] = field(default_factory=dict)
+    entry_seqs: MutableMapping[bytes, int] = field(default_factory=dict)
+    policies: dict[str, PolicyInfo] = field(default_factory=dict)
+    proposals: dict[bytes, ProposalState] = field(default_factory=dict)
+    evals: MutableMapping[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
+    kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    # (namespace, deployment) -> hashes of the proposals whose rollout there is active
+    # (STARTED, ADVANCED or PAUSED); kept by `apply`, so `active_rollout_on` needs no scan.
+    active_rollouts: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+
+    # -- queries shared by the rules, the controller and the projections -----------------
+
+    def policy_for(self, namespace: str, deployment: str) -> PolicyInfo | None:
+        """The most specific policy whose selector matches; the newest among equals."""
+        best: tuple[int, int] | None = None
+        found: PolicyInfo | None = None
+        for info in self.policies.values():
+            sel = info.policy.selector
+            if sel.namespace not in ("*", namespace) or sel.deployment not in ("*", deployment):
+                continue
+            rank = ((sel.namespace != "*") + (sel.deployment != "*"), info.seq)
+            if best is None or rank > best:
+                best, found = rank, info
+        return found
+
+    def policy_of(self, proposal: ProposalState) -> PolicySet:
+        return self.policies[proposal.policy_id].policy
+
+    def kill_switch_for(self, proposal: ProposalState) -> KillScope | None:
+        """The engaged kill switch whose scope covers this proposal, if any."""
+        target = proposal.proposal.target
+        for scope in self.kill_switches:
+            if scope.kind == "GLOBAL":
+                return scope
+            if scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (
+                target.namespace,
+                target.deployment,
+            ):
+                return scope
+            if scope.kind == "PROPOSAL" and scope.proposal == proposal.entry_hash:
+                return scope
+        return None
+
+    def valid_approvers(self, proposal: ProposalState) -> list[str]:
+        """Distinct principals whose latest decision approves and still binds to the evidence."""
+        policy = self.policy_of(proposal)
+        latest = {suite: info.entry_hash for suite, info in proposal.latest_evals.items()}
+        required = {r.suite for r in policy.required_evals}
+        if not required <= latest.keys():
+            return []
+        bound = frozenset(latest[s] for s in required)
+        if not all(proposal.latest_evals[s].passed for s in required):
+            return []
+        return sorted(
+            a.approver
+            for a in proposal.approvals.values()
+            if a.decision == "APPROVE"
+            and a.seq > proposal.decision_floor
+            and a.evals == bound
+            and a.approver != proposal.proposer
+            and a.approver.split(":", 1)[0] in policy.approver_kinds
+        )
+
+    def vetoes(self, proposal: ProposalState) -> list[str]:
+        policy = self.policy_of(proposal)
+        if not policy.veto_on_reject:
+            return []
+        return sorted(
+            a.approver
+            for a in proposal.approvals.values()
+            if a.decision == "REJECT"
+            and a.seq > proposal.decision_floor
+            and a.approver.split(":", 1)[0] in policy.approver_kinds
+        )
+
+    def kill_release_threshold(self, scope: KillScope) -> int:
+        """k for releasing a kill switch: from the policy covering the scope, at least 1."""
+        if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
+            return self.policy_of(self.proposals[scope.proposal]).kill_release_approvals
+        if scope.kind == "TARGET":
+            info = self.policy_for(scope.namespace, scope.deployment)
+            if info is not None:
+                return info.policy.kill_release_approvals
+        if scope.kind == "GLOBAL" and self.policies:
+            return max(p.policy.kill_release_approvals for p in self.policies.values())
+        return max(self.root_threshold, 1)
+
+    def active_rollout_on(self, namespace: str, deployment: str) -> ProposalState | None:
+        active = self.active_rollouts.get((namespace, deployment))
+        if not active:
+            return None
+        # The rules allow one active rollout per target; were there more, the oldest proposal
+        # wins, as the scan over `proposals` (in log order) used to decide.
+        return min((self.proposals[h] for h in active), key=lambda p: p.seq)
+
+    # -- folding -------------------------------------------------------------------------
+
+    def apply(self, e: LogEntry) -> None:
+        """Fold an entry that passed :func:`ledger.rules.check` into the state."""
+        body, seq, h = e.body, e.entry.seq, e.leaf_hash
+        payload = body.payload
+        author = ""  # the principal of the first signature by a known key
+        for sig in e.entry.signatures:
+            signer = self.keys.get(sig.key_id)
+            if signer is not None:
+                author = signer.principal
+                break
+        if isinstance(payload, LedgerGenesis):
+            self.ledger, self.origin = body.ledger, payload.origin
+            self.root_threshold = payload.root_threshold
+            self.checkpoint_key_name = payload.checkpoint_key_name
+            self.checkpoint_public_key = payload.checkpoint_public_key
+            for root in payload.roots:
+                kid = key_id(root.public_key)
+                self.keys[kid] = KeyInfo(kid, root.principal, root.public_key, frozenset({"root"}), seq)
+        elif isinstance(payload, KeyGranted):
+            kid = key_id(payload.public_key)
+            self.keys[kid] = KeyInfo(
+                kid, payload.principal, payload.public_key, frozenset(payload.roles), seq,
+                payload.expires_at,
+            )
+        elif isinstance(payload, KeyRevoked):
+            old = self.keys[payload.key_id]
+            self.keys[payload.key_id] = KeyInfo(
+                old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
+                old.expires_at, seq,
+            )
+        elif isinstance(payload, PolicySet):
+            self.policies[payload.policy_id] = PolicyInfo(seq, h, payload)
+        elif isinstance(payload, ProposalSubmitted):
+            info = self.policy_for(payload.target.namespace, payload.target.deployment)
+            assert info is not None  # ledger.rules.check refused proposals without a policy
+            self.proposals[h] = ProposalState(h, seq, author, payload, info.policy.policy_id)
+        elif isinstance(payload, EvalRecorded):
+            proposal = self.proposals[payload.proposal]
+            failures = eval_failures(self.policy_of(proposal), payload)
+            proposal.latest_evals[payload.suite] = EvalInfo(
+                h, seq, author, payload.suite, not failures, failures
+            )
+            self.evals[h] = payload.proposal
+        elif isinstance(payload, ApprovalRecorded):
+            self.proposals[payload.proposal].approvals[author] = ApprovalInfo(
+                h, seq, author, payload.decision, frozenset(payload.evals)
+            )
+        elif isinstance(payload, HealthReported):
+            self.proposals[payload.proposal].health[payload.step] = HealthInfo(
+                seq, payload.step, payload.healthy
+            )
+        elif isinstance(payload, RolloutStep):
+            proposal = self.proposals[payload.proposal]
+            proposal.steps.append(
+                StepInfo(seq, e.entry.received_at, payload.step, payload.weight, payload.phase)
+            )
+            if payload.phase == "ROLLED_BACK":
+                proposal.decision_floor = seq
+            t = proposal.proposal.target
+            where = (t.namespace, t.deployment)
+            if proposal.phase in ACTIVE_PHASES:
+                self.active_rollouts.setdefault(where, set()).add(payload.proposal)
+            elif where in self.active_rollouts:
+                self.active_rollouts[where].discard(payload.proposal)
+                if not self.active_rollouts[where]:
+                    del self.active_rollouts[where]
+        elif isinstance(payload, KillSwitchEngaged):
+            self.kill_switches[payload.scope] = seq
+        elif isinstance(payload, KillSwitchReleased):
+            del self.kill_switches[payload.scope]
+        self.event_ids[body.event_id] = seq
+        self.entry_types[h] = body.type
+        self.entry_seqs[h] = seq
+        self.size = seq + 1
+        self.last_hash = h
+
+
+def eval_failures(policy: PolicySet, ev: EvalRecorded) -> tuple[str, ...]:
+    """Why an eval fails its policy (empty when it passes); recomputed, never trusted."""
+    metrics = {m.name: m.value for m in ev.metrics}
+    failures = []
+    for req in policy.required_evals:
+        if req.suite != ev.suite:
+            continue
+        value = metrics.get(req.metric)
+        if value is None:
+            failures.append(f"{req.metric}: missing, expected {req.op} {req.threshold}")
+        elif not _compare(value, req.op, req.threshold):
+            failures.append(f"{req.metric}: {value} is not {req.op} {req.threshold}")
+    return tuple(failures)
+
+
+def _compare(value: float, op: str, threshold: float) -> bool:
+    if math.isnan(value):
+        return False
+    if op == "GE":
+        return value >= threshold
+    if op == "GT":
+        return value > threshold
+    if op == "LE":
+        return value <= threshold
+    if op == "LT":
+        return value < threshold
+    if op == "EQ":
+        return value == threshold
+    raise KeyError(op)  # as the lookup in a table of the five did; the rules admit no other op
