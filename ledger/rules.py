@@ -61,51 +61,54 @@ PERMISSION = "permission"
 PRECONDITION = "precondition"
 DUPLICATE = "duplicate"
 
+# Every violation code, with its category and what it means: the one list of them. The strings
+# are part of the API (clients, docs/GOVERNANCE.md and the auditor rely on them) and a
+# meta-test in tests/unit/test_rules.py fails if one is never produced.
 CODES: dict[str, str] = {
     # Structure and chain
-    "GENESIS_MISPLACED": PRECONDITION,
-    "LEDGER_MISMATCH": MALFORMED,
-    "SEQ_MISMATCH": PRECONDITION,
-    "PREV_MISMATCH": PRECONDITION,
-    "DUPLICATE_EVENT_ID": DUPLICATE,
-    "REF_UNKNOWN": PRECONDITION,
-    "REF_MISSING": MALFORMED,
-    "INVALID_FIELD": MALFORMED,
+    "GENESIS_MISPLACED": PRECONDITION,  # LedgerGenesis not at seq 0, or another type at seq 0
+    "LEDGER_MISMATCH": MALFORMED,  # the body names another ledger than its genesis
+    "SEQ_MISMATCH": PRECONDITION,  # the entry's seq is not the log's next position
+    "PREV_MISMATCH": PRECONDITION,  # the entry's prev is not the hash of the log's last entry
+    "DUPLICATE_EVENT_ID": DUPLICATE,  # the event id (the idempotency key) is already in the log
+    "REF_UNKNOWN": PRECONDITION,  # a ref names no entry of the log
+    "REF_MISSING": MALFORMED,  # the payload names an entry that refs does not list
+    "INVALID_FIELD": MALFORMED,  # a field out of its domain (Violation.field names it)
     # Signatures and keys
-    "NO_SIGNATURES": UNAUTHENTICATED,
-    "UNKNOWN_KEY": UNAUTHENTICATED,
-    "BAD_SIGNATURE": UNAUTHENTICATED,
-    "KEY_REVOKED": PERMISSION,
-    "KEY_EXPIRED": PERMISSION,
-    "ROLE_REQUIRED": PERMISSION,
-    "MULTIPLE_AUTHORS": PERMISSION,
-    "THRESHOLD_NOT_MET": PERMISSION,
-    "KEY_EXISTS": DUPLICATE,
-    "KEY_UNKNOWN": PRECONDITION,
+    "NO_SIGNATURES": UNAUTHENTICATED,  # the event carries no signature
+    "UNKNOWN_KEY": UNAUTHENTICATED,  # a signature by a key never granted on this ledger
+    "BAD_SIGNATURE": UNAUTHENTICATED,  # a signature does not verify over the signed bytes
+    "KEY_REVOKED": PERMISSION,  # a signature by a key revoked before this entry
+    "KEY_EXPIRED": PERMISSION,  # a signature by a key past its expiry at the entry's received_at
+    "ROLE_REQUIRED": PERMISSION,  # the author holds no key with a role this event needs
+    "MULTIPLE_AUTHORS": PERMISSION,  # an event of one author signed by several principals
+    "THRESHOLD_NOT_MET": PERMISSION,  # fewer distinct root (or approver) principals than required
+    "KEY_EXISTS": DUPLICATE,  # the key was granted before, or genesis lists it twice
+    "KEY_UNKNOWN": PRECONDITION,  # revoking a key never granted or already revoked
     # Proposals, evals, approvals
-    "NO_POLICY": PRECONDITION,
-    "PROPOSAL_UNKNOWN": PRECONDITION,
-    "PROPOSAL_CLOSED": PRECONDITION,
-    "SELF_EVALUATION": PRECONDITION,
-    "SELF_APPROVAL": PRECONDITION,
-    "APPROVER_KIND_NOT_ALLOWED": PERMISSION,
-    "EVALS_MISSING": PRECONDITION,
-    "EVAL_FAILED": PRECONDITION,
-    "EVAL_NOT_FOR_PROPOSAL": PRECONDITION,
-    "APPROVAL_NOT_BOUND_TO_LATEST_EVAL": PRECONDITION,
+    "NO_POLICY": PRECONDITION,  # no policy selects the proposal's target
+    "PROPOSAL_UNKNOWN": PRECONDITION,  # the hash names no proposal of this ledger
+    "PROPOSAL_CLOSED": PRECONDITION,  # an eval or a decision on a proposal already promoted
+    "SELF_EVALUATION": PRECONDITION,  # the proposer evaluating its own proposal
+    "SELF_APPROVAL": PRECONDITION,  # the proposer approving or rejecting its own proposal
+    "APPROVER_KIND_NOT_ALLOWED": PERMISSION,  # the policy takes no decision from this principal kind
+    "EVALS_MISSING": PRECONDITION,  # approving before every required suite has an eval
+    "EVAL_FAILED": PRECONDITION,  # approving over a failing latest eval
+    "EVAL_NOT_FOR_PROPOSAL": PRECONDITION,  # a decision names an entry that is no eval of this proposal
+    "APPROVAL_NOT_BOUND_TO_LATEST_EVAL": PRECONDITION,  # an approval not naming exactly the latest eval of each required suite
     # Rollouts
-    "APPROVALS_INSUFFICIENT": PRECONDITION,
-    "VETOED": PRECONDITION,
-    "KILL_SWITCH_ENGAGED": PRECONDITION,
-    "ROLLOUT_STATE": PRECONDITION,
-    "TARGET_BUSY": PRECONDITION,
-    "STEP_NOT_IN_PLAN": PRECONDITION,
-    "WEIGHT_NOT_IN_PLAN": PRECONDITION,
-    "HOLD_NOT_ELAPSED": PRECONDITION,
-    "HEALTH_GATE": PRECONDITION,
+    "APPROVALS_INSUFFICIENT": PRECONDITION,  # too few valid approvals by distinct principals to go forward
+    "VETOED": PRECONDITION,  # a standing rejection under a veto policy
+    "KILL_SWITCH_ENGAGED": PRECONDITION,  # a kill switch covering the proposal is engaged
+    "ROLLOUT_STATE": PRECONDITION,  # this phase cannot follow the rollout's current one
+    "TARGET_BUSY": PRECONDITION,  # another proposal's rollout is active on the same target
+    "STEP_NOT_IN_PLAN": PRECONDITION,  # a step other than the plan's next one, or outside the plan
+    "WEIGHT_NOT_IN_PLAN": PRECONDITION,  # a weight other than the plan's for that step
+    "HOLD_NOT_ELAPSED": PRECONDITION,  # the current step was not held for its hold_seconds yet
+    "HEALTH_GATE": PRECONDITION,  # a health-gated step without a healthy report since it started
     # Kill switches
-    "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,
-    "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,
+    "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,  # releasing a scope that is not engaged
+    "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,  # engaging a scope that is already engaged
 }
 
 
