@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from audit.findings import Finding
 from audit.formats import Entry, KillScope, RolloutStep
-from audit.rules import ACTIVE, ProposalRecord, Signers, State, _proposal, _single_author
+from audit.rules import _proposal, _single_author
+from audit.state import ACTIVE, ProposalRecord, Signers, State
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from audit import rules
+from audit import rules, state
 from audit.conformance import Conformance
 from audit.ed25519 import verify as verify_ed25519
 from audit.errors import AuditError, DecodeError
@@ -306,7 +306,7 @@ class LogVerifier:
         self.workers = max(1, workers)
         self.report = Report()
         self.out = self.report.findings
-        self.state = rules.State()
+        self.state = state.State()
         self.conf = Conformance()
         self.tree = CompactRange()
         self.leaves: list[bytes] = []
@@ -613,7 +613,7 @@ class LogVerifier:
                 conf.last_at = at
             after_tick = len(out)
             payload = body.payload
-            genesis_keys = rules.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
+            genesis_keys = state.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
             signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
             if not self.unresolved and False not in sig_ok:
                 # _swaps' fast path (nothing failed, nothing waits): remember the body per key.
@@ -635,7 +635,7 @@ class LogVerifier:
             else:
                 rules.check_payload(st, seq, entry, body, signers, out)
             if len(out) == after_tick:
-                rules.apply(st, seq, entry, body, leaf, signers)
+                state.apply(st, seq, entry, body, leaf, signers)
                 if type(payload) is KillSwitchEngaged:
                     conf.kill_engaged(st, seq, entry.received_at, payload.scope)
                 elif type(payload) is RolloutStep:
@@ -691,7 +691,7 @@ class LogVerifier:
         self.out[i] = Finding("SIGNATURE_SWAPPED", f.seq, f"{f.message}; it is the signature of seq {other_seq}",
                               f.observed, f.expected)
 
-    def _check_trust(self, g: LedgerGenesis, signers: rules.Signers) -> None:
+    def _check_trust(self, g: LedgerGenesis, signers: state.Signers) -> None:
         listed = {(r.principal, r.public_key) for r in g.roots}
         pinned = set(self.trust.roots)
         if listed != pinned:

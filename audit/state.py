@@ -1,0 +1,299 @@
+"""What the auditor folds from the log: its own, independent model of the ledger's state.
+
+Pure: no I/O. :class:`State` holds the keys, policies, proposals (latest evals, standing
+decisions by principal and by key, health reports, rollout steps), engaged kill switches and
+per-entry indexes, and answers the queries the rules (:mod:`audit.rules`) and rollout
+conformance (:mod:`audit.conformance`) share. :func:`apply` folds one entry into it, and only an
+entry that had no finding, as the controller ignores such entries; :class:`Signers` is what
+:func:`audit.rules.resolve_signers` found of the entry's signatures, which ``apply`` needs for
+the author.
+
+The dependency runs one way: the rules read this state; this module never imports them. It
+imports nothing from ``ledger/`` or ``controller/`` either: it is the auditor's second opinion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from audit.formats import (
+    ApprovalRecorded,
+    Entry,
+    EvalRecorded,
+    EventBody,
+    HealthReported,
+    KeyGranted,
+    KeyRevoked,
+    KillScope,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    LedgerGenesis,
+    PolicySet,
+    ProposalSubmitted,
+    RolloutStep,
+    key_id,
+)
+
+ACTIVE = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+
+
+def kind_of(principal: str) -> str:
+    return principal.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: bytes
+    principal: str
+    public_key: bytes
+    roles: frozenset[str]
+    granted_seq: int
+    expires_at: int | None = None
+    revoked_seq: int | None = None
+
+
+@dataclass(slots=True)
+class EvalRecord:
+    hash: bytes
+    seq: int
+    suite: str
+    passed: bool
+
+
+@dataclass(slots=True)
+class Decision:
+    hash: bytes
+    seq: int
+    principal: str
+    key_id: bytes
+    decision: str
+    evals: frozenset[bytes]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    seq: int
+    at: int  # received_at
+    step: int
+    weight: int
+    phase: str
+
+
+@dataclass
+class ProposalRecord:
+    hash: bytes
+    seq: int
+    at: int
+    proposer: str
+    proposal: ProposalSubmitted
+    policy_id: str
+    latest_evals: dict[str, EvalRecord] = field(default_factory=dict)
+    by_principal: dict[str, Decision] = field(default_factory=dict)
+    by_key: dict[bytes, Decision] = field(default_factory=dict)
+    health: dict[int, tuple[int, bool]] = field(default_factory=dict)  # step -> (seq, healthy)
+    steps: list[StepRecord] = field(default_factory=list)
+    floor: int = -1  # decisions at or before this seq (the last rollback) no longer count
+
+    def current(self) -> StepRecord | None:
+        for s in reversed(self.steps):
+            if s.phase != "DRIFT_CORRECTED":
+                return s
+        return None
+
+    @property
+    def phase(self) -> str:
+        cur = self.current()
+        return cur.phase if cur else "PENDING"
+
+    def entered(self) -> StepRecord | None:
+        for s in reversed(self.steps):
+            if s.phase in ("STARTED", "ADVANCED"):
+                return s
+        return None
+
+
+@dataclass
+class State:
+    ledger: str = ""
+    origin: str = ""
+    root_threshold: int = 0
+    checkpoint_key_name: str = ""
+    checkpoint_public_key: bytes = b""
+    keys: dict[bytes, KeyRecord] = field(default_factory=dict)
+    event_ids: dict[bytes, int] = field(default_factory=dict)
+    entries: dict[bytes, int] = field(default_factory=dict)  # valid entry hash -> seq
+    policies: dict[str, tuple[int, PolicySet]] = field(default_factory=dict)
+    proposals: dict[bytes, ProposalRecord] = field(default_factory=dict)
+    evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
+    kills: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    # (namespace, deployment) -> hashes of the proposals whose rollout is active there, kept
+    # by apply() so that finding the active rollout of a target does not scan every proposal.
+    active: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+
+    def policy_for(self, namespace: str, deployment: str) -> PolicySet | None:
+        """Most specific selector wins, then the newest."""
+        best: tuple[int, int, PolicySet] | None = None
+        for seq, policy in self.policies.values():
+            sel = policy.selector
+            if sel.namespace in ("*", namespace) and sel.deployment in ("*", deployment):
+                rank = (int(sel.namespace != "*") + int(sel.deployment != "*"), seq)
+                if best is None or rank > best[:2]:
+                    best = (*rank, policy)
+        return best[2] if best else None
+
+    def policy(self, p: ProposalRecord) -> PolicySet:
+        return self.policies[p.policy_id][1]
+
+    def covering_kill(self, p: ProposalRecord) -> KillScope | None:
+        t = p.proposal.target
+        for scope in self.kills:
+            if (
+                scope.kind == "GLOBAL"
+                or (scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (t.namespace, t.deployment))
+                or (scope.kind == "PROPOSAL" and scope.proposal == p.hash)
+            ):
+                return scope
+        return None
+
+    def approvals(self, p: ProposalRecord) -> tuple[set[str], set[bytes]]:
+        """(distinct principals, distinct keys) whose standing decision is a valid approval."""
+        policy = self.policy(p)
+        required = {r.suite for r in policy.required_evals}
+        if not required <= p.latest_evals.keys() or not all(p.latest_evals[s].passed for s in required):
+            return set(), set()
+        bound = frozenset(p.latest_evals[s].hash for s in required)
+
+        def valid(d: Decision) -> bool:
+            return (
+                d.decision == "APPROVE"
+                and d.seq > p.floor
+                and d.evals == bound
+                and d.principal != p.proposer
+                and kind_of(d.principal) in policy.approver_kinds
+            )
+
+        principals = {d.principal for d in p.by_principal.values() if valid(d)}
+        keys = {d.key_id for d in p.by_key.values() if valid(d)}
+        return principals, keys
+
+    def vetoes(self, p: ProposalRecord) -> set[str]:
+        policy = self.policy(p)
+        if not policy.veto_on_reject:
+            return set()
+        return {
+            d.principal
+            for d in p.by_principal.values()
+            if d.decision == "REJECT" and d.seq > p.floor and kind_of(d.principal) in policy.approver_kinds
+        }
+
+    def active_on(self, namespace: str, deployment: str) -> ProposalRecord | None:
+        """The oldest proposal with an active rollout on the target."""
+        hashes = self.active.get((namespace, deployment))
+        if not hashes:
+            return None
+        return min((self.proposals[h] for h in hashes), key=lambda p: p.seq)
+
+    def active_proposals(self) -> list[ProposalRecord]:
+        """Every proposal with an active rollout, oldest first."""
+        return sorted((self.proposals[h] for hs in self.active.values() for h in hs), key=lambda p: p.seq)
+
+    def release_threshold(self, scope: KillScope) -> int:
+        if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
+            return self.policy(self.proposals[scope.proposal]).kill_release_approvals
+        if scope.kind == "TARGET":
+            pol = self.policy_for(scope.namespace, scope.deployment)
+            if pol is not None:
+                return pol.kill_release_approvals
+        if scope.kind == "GLOBAL" and self.policies:
+            return max(p.kill_release_approvals for _, p in self.policies.values())
+        return max(self.root_threshold, 1)
+
+
+@dataclass(slots=True)
+class Signers:
+    """The keys whose signatures on an entry verified and were valid at its seq."""
+
+    keys: tuple[KeyRecord, ...]
+
+    @property
+    def principals(self) -> set[str]:
+        return {k.principal for k in self.keys}
+
+    def with_role(self, role: str) -> tuple[set[str], set[bytes]]:
+        ks = [k for k in self.keys if role in k.roles]
+        return {k.principal for k in ks}, {k.key_id for k in ks}
+
+
+def eval_passes(policy: PolicySet, ev: EvalRecorded) -> bool:
+    """Recomputed from the policy; an eval never says itself whether it passed."""
+    values = {m.name: m.value for m in ev.metrics}
+    for req in policy.required_evals:
+        if req.suite != ev.suite:
+            continue
+        v = values.get(req.metric)
+        if v is None or math.isnan(v):
+            return False
+        ok = {"GE": v >= req.threshold, "GT": v > req.threshold, "LE": v <= req.threshold,
+              "LT": v < req.threshold, "EQ": v == req.threshold}[req.op]
+        if not ok:
+            return False
+    return True
+
+
+def genesis_keys(g: LedgerGenesis) -> dict[bytes, KeyRecord]:
+    return {key_id(r.public_key): KeyRecord(key_id(r.public_key), r.principal, r.public_key, frozenset({"root"}), 0)
+            for r in g.roots}
+
+
+# --------------------------------------------------------------------------------------------
+# Folding an entry that had no finding
+
+
+def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers) -> None:
+    p = body.payload  # exact types (the payload classes are final), the frequent ones first
+    author = signers.keys[0].principal if signers.keys else ""
+    if type(p) is HealthReported:
+        state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
+    elif type(p) is EvalRecorded:
+        prop = state.proposals[p.proposal]
+        prop.latest_evals[p.suite] = EvalRecord(leaf, seq, p.suite, eval_passes(state.policy(prop), p))
+        state.evals[leaf] = p.proposal
+    elif type(p) is ApprovalRecorded:
+        prop = state.proposals[p.proposal]
+        d = Decision(leaf, seq, author, signers.keys[0].key_id, p.decision, frozenset(p.evals))
+        prop.by_principal[author] = d
+        prop.by_key[d.key_id] = d
+    elif type(p) is LedgerGenesis:
+        state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
+        state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
+        state.keys.update(genesis_keys(p))
+    elif type(p) is KeyGranted:
+        kid = key_id(p.public_key)
+        state.keys[kid] = KeyRecord(kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at)
+    elif type(p) is KeyRevoked:
+        old = state.keys[p.key_id]
+        state.keys[p.key_id] = KeyRecord(old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
+                                         old.expires_at, seq)
+    elif type(p) is PolicySet:
+        state.policies[p.policy_id] = (seq, p)
+    elif type(p) is ProposalSubmitted:
+        pol = state.policy_for(p.target.namespace, p.target.deployment)
+        assert pol is not None
+        state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
+    elif type(p) is RolloutStep:
+        prop = state.proposals[p.proposal]
+        prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase))
+        if p.phase == "ROLLED_BACK":
+            prop.floor = seq
+        t = prop.proposal.target
+        if prop.phase in ACTIVE:
+            state.active.setdefault((t.namespace, t.deployment), set()).add(prop.hash)
+        else:
+            state.active.get((t.namespace, t.deployment), set()).discard(prop.hash)
+    elif type(p) is KillSwitchEngaged:
+        state.kills[p.scope] = seq
+    elif type(p) is KillSwitchReleased:
+        state.kills.pop(p.scope, None)
+    state.event_ids[body.event_id] = seq
+    state.entries[leaf] = seq
