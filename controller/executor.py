@@ -48,6 +48,7 @@ from controller.planner import (
     canary_name,
 )
 from controller.replay import Replayer
+from controller.view import GROUP, PLURAL, VERSION
 from ledger.events import new_body, sign
 from ledger.formats import (
     AnnotationSource,
@@ -63,7 +64,6 @@ log = logging.getLogger("steward.controller.executor")
 
 FIELD_MANAGER = "steward-controller"
 EMERGENCY_STOP_ANNOTATION = "steward.dev/emergency-stop"
-GROUP, VERSION, PLURAL = "steward.dev", "v1alpha1", "modelrollouts"
 APPLY = "application/apply-patch+yaml"
 
 

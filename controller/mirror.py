@@ -24,8 +24,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from controller.executor import APPLY, FIELD_MANAGER, GROUP, PLURAL, VERSION, ClusterCache
-from controller.view import RolloutView
+from controller.executor import APPLY, FIELD_MANAGER, ClusterCache
+from controller.view import GROUP, PLURAL, VERSION, RolloutView
 
 log = logging.getLogger("steward.controller.mirror")
 

@@ -200,7 +200,7 @@ def plugin(*args: str, env_vars: dict[str, str] | None = None) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "STEWARD_SERVER", "STEWARD_CONTROLLER")}
     env["HOME"] = env.get("HOME", "/nonexistent")
     env.update(env_vars or {})
-    return subprocess.run([sys.executable, "-m", "controller.kubectl_plugin", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "controller.kubectl", *args], capture_output=True,
                           text=True, timeout=60, env=env)
 
 

@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from controller import kubectl_plugin as kp
+from controller.kubectl import render, rows, sources
+from controller.kubectl.main import build_parser, main
 from controller.state import ControllerState
 from controller.view import rollout_views
 from ledger.formats import KillScope
@@ -21,7 +22,7 @@ def ago(seconds: int) -> dt.datetime:
     return NOW - dt.timedelta(seconds=seconds)
 
 
-INFO = kp.RolloutInfo(
+INFO = rows.RolloutInfo(
     name="model-server-3fa2c1d4e5", namespace="models", deployment="model-server", proposal=HEX,
     phase="Progressing", step=1, weight=50, approvals=("human:alice@example.org", "human:bob@example.org"),
     approval_count=2, approvals_required=2, steps=3, candidate_image="registry.example/m:v2",
@@ -29,28 +30,28 @@ INFO = kp.RolloutInfo(
     source="ledger", created=ago(300),
 )
 
-CLUSTER = kp.ClusterView(
+CLUSTER = rows.ClusterView(
     deployments=[
-        kp.DeploymentRow("model-server-canary", "canary", 2, 1, 2, 1, "registry.example/m:v2", ago(120)),
-        kp.DeploymentRow("model-server", "stable", 2, 2, 2, 2, "registry.example/m:v1", ago(7200)),
+        rows.DeploymentRow("model-server-canary", "canary", 2, 1, 2, 1, "registry.example/m:v2", ago(120)),
+        rows.DeploymentRow("model-server", "stable", 2, 2, 2, 2, "registry.example/m:v1", ago(7200)),
     ],
     replicasets=[
-        kp.ReplicaSetRow("model-server-6d4cf", "model-server", "1", 2, 2, "registry.example/m:v1", ago(7200)),
-        kp.ReplicaSetRow("model-server-old", "model-server", "0", 0, 0, "registry.example/m:v0", ago(9000)),
-        kp.ReplicaSetRow("model-server-canary-7f9", "model-server-canary", "1", 2, 1, "registry.example/m:v2", ago(120)),
+        rows.ReplicaSetRow("model-server-6d4cf", "model-server", "1", 2, 2, "registry.example/m:v1", ago(7200)),
+        rows.ReplicaSetRow("model-server-old", "model-server", "0", 0, 0, "registry.example/m:v0", ago(9000)),
+        rows.ReplicaSetRow("model-server-canary-7f9", "model-server-canary", "1", 2, 1, "registry.example/m:v2", ago(120)),
     ],
     pods=[
-        kp.PodRow("model-server-6d4cf-aaaaa", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7200)),
-        kp.PodRow("model-server-6d4cf-bbbbb", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7100)),
-        kp.PodRow("model-server-canary-7f9-ccccc", "model-server-canary-7f9", "Running", True, 1, 1, created=ago(100)),
-        kp.PodRow("model-server-canary-7f9-ddddd", "model-server-canary-7f9", "Running", False, 0, 1,
+        rows.PodRow("model-server-6d4cf-aaaaa", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7200)),
+        rows.PodRow("model-server-6d4cf-bbbbb", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7100)),
+        rows.PodRow("model-server-canary-7f9-ccccc", "model-server-canary-7f9", "Running", True, 1, 1, created=ago(100)),
+        rows.PodRow("model-server-canary-7f9-ddddd", "model-server-canary-7f9", "Running", False, 0, 1,
                   restarts=3, reason="CrashLoopBackOff", created=ago(60)),
     ],
 )
 
 
 def test_header_shows_status_step_weight_images_replicas_and_approvers() -> None:
-    lines = kp.render_header(INFO, CLUSTER)
+    lines = render.render_header(INFO, CLUSTER)
     assert lines[0] == "Name:         model-server-3fa2c1d4e5"
     assert [line for line in lines if line[14] == " "] == []  # every value starts in one column
     expected = {
@@ -73,7 +74,7 @@ def test_header_shows_status_step_weight_images_replicas_and_approvers() -> None
 
 
 def test_tree_nests_deployments_replicasets_and_pods_like_argo() -> None:
-    lines = kp.render_tree(kp.build_tree(INFO, CLUSTER, NOW))
+    lines = render.render_tree(render.build_tree(INFO, CLUSTER, NOW))
     kind_at = lines[0].index("KIND")
     names = [line[:kind_at].rstrip() for line in lines]
     assert names == [
@@ -99,17 +100,17 @@ def test_tree_nests_deployments_replicasets_and_pods_like_argo() -> None:
 
 
 def test_without_a_cluster_the_header_says_why() -> None:
-    text = kp.render_get(INFO, kp.ClusterView(error="no kubeconfig (pass --kubeconfig or set KUBECONFIG)"), NOW)
+    text = render.render_get(INFO, rows.ClusterView(error="no kubeconfig (pass --kubeconfig or set KUBECONFIG)"), NOW)
     assert "Cluster:" in text and "no kubeconfig" in text
     assert "ActualWeight" not in text and "Replicas:" not in text
     assert text.splitlines()[-1].startswith("⟳ model-server-3fa2c1d4e5")
 
 
 def test_list_table() -> None:
-    other = kp.RolloutInfo(name="ranker-0011223344", namespace="search", deployment="ranker",
+    other = rows.RolloutInfo(name="ranker-0011223344", namespace="search", deployment="ranker",
                            proposal="0011223344" + "f" * 54, phase="Killed", step=0, weight=0,
                            approval_count=1, candidate_image="registry.example/r:v9")
-    out = kp.render_list([INFO, other], all_namespaces=True).splitlines()
+    out = render.render_list([INFO, other], all_namespaces=True).splitlines()
     assert out[0].split() == ["NAMESPACE", "NAME", "PROPOSAL", "TARGET", "STATUS", "STEP", "WEIGHT",
                               "APPROVALS", "CANDIDATE"]
     assert out[1].split() == ["models", "model-server-3fa2c1d4e5", HEX[:12], "model-server", "Progressing",
@@ -120,17 +121,17 @@ def test_list_table() -> None:
 
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (59, "59s"), (61, "1m"), (7200, "2h"), (200000, "2d")])
 def test_age(seconds: int, text: str) -> None:
-    assert kp.age(ago(seconds), NOW) == text
+    assert render.age(ago(seconds), NOW) == text
 
 
 def test_display_phase_from_the_controller_message() -> None:
-    assert kp.display_phase("STARTED", False) == "Progressing"
-    assert kp.display_phase("ROLLED_BACK", False, "unhealthy report") == "RolledBack"
-    assert kp.display_phase("ROLLED_BACK", True) == "Killed"
-    assert kp.display_phase("ROLLED_BACK", False, "kill switch TARGET since seq 9") == "Killed"
+    assert rows.display_phase("STARTED", False) == "Progressing"
+    assert rows.display_phase("ROLLED_BACK", False, "unhealthy report") == "RolledBack"
+    assert rows.display_phase("ROLLED_BACK", True) == "Killed"
+    assert rows.display_phase("ROLLED_BACK", False, "kill switch TARGET since seq 9") == "Killed"
     m = controller_pb2.Rollout(proposal=bytes.fromhex(HEX), namespace="models", deployment="model-server",
                                phase="PROMOTED", step=2, weight=100, approvals=["human:a"], approvals_required=2)
-    info = kp.from_message(m)
+    info = sources.from_message(m)
     assert (info.name, info.phase, info.approval_count, info.source) == (
         "model-server-3fa2c1d4e5", "Promoted", 1, "controller")
 
@@ -141,10 +142,10 @@ def test_from_a_modelrollout_object() -> None:
            "spec": {"proposal": HEX, "target": "model-server", "candidateImage": "registry.example/m:v2"},
            "status": {"phase": "Killed", "step": 1, "weight": 0, "approvals": 2, "lastSeq": 50,
                       "message": "kill switch TARGET since seq 50"}}
-    info = kp.from_object(obj)
+    info = sources.from_object(obj)
     assert (info.proposal, info.phase, info.approval_count, info.last_seq, info.kill_switch) == (
         HEX, "Killed", 2, 50, "engaged")
-    assert kp.age(info.created, NOW) == "5m"
+    assert render.age(info.created, NOW) == "5m"
 
 
 def test_history_keeps_the_proposals_story_and_kills_in_scope() -> None:
@@ -156,7 +157,7 @@ def test_history_keeps_the_proposals_story_and_kills_in_scope() -> None:
     h.ok(h.flow.kill(KillScope("TARGET", "models", "model-server")))
     h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK", reason="kill switch"))
     entries = list(h.core.entries)
-    lines = kp.history_lines(entries, p, "models", "model-server")
+    lines = render.history_lines(entries, p, "models", "model-server")
     kinds = [line.split()[3] for line in lines]
     assert kinds == ["ProposalSubmitted", "EvalRecorded", "EvalRecorded", "ApprovalRecorded", "ApprovalRecorded",
                      "RolloutStep", "KillSwitchEngaged", "RolloutStep"]
@@ -170,13 +171,13 @@ def test_history_keeps_the_proposals_story_and_kills_in_scope() -> None:
     for e in entries:
         assert cs.fold(e) is None
     (view, _) = rollout_views(cs, {})
-    info = kp.from_view(view, 3)
+    info = sources.from_view(view, 3)
     assert (info.phase, info.weight, info.approvals_required, info.stable_image) == (
         "Killed", 0, 2, "registry.example/model-server:v1")
 
 
 def test_parser_flags_before_or_after_the_command() -> None:
-    parser = kp.build_parser()
+    parser = build_parser()
     a = parser.parse_args(["-n", "models", "--server", "h:1", "get", "abc123", "-w"])
     assert (a.namespace, a.server, a.rollout, a.watch, a.request_timeout) == ("models", "h:1", "abc123", True, 10.0)
     b = parser.parse_args(["get", "abc123", "-n", "models", "--controller", "c:2"])
@@ -186,20 +187,20 @@ def test_parser_flags_before_or_after_the_command() -> None:
 
 
 def test_kill_needs_exactly_one_scope(capsys: pytest.CaptureFixture[str]) -> None:
-    assert kp.main(["kill", "--all", "--target", "models/m", "--reason", "x", "--key", "k.pem"]) == 2
+    assert main(["kill", "--all", "--target", "models/m", "--reason", "x", "--key", "k.pem"]) == 2
     assert "choose exactly one of ROLLOUT, --all or --target" in capsys.readouterr().err
-    assert kp.main(["kill", "--all", "--reason", "x", "--key", "k.pem"]) == 2  # no ledger to submit to
+    assert main(["kill", "--all", "--reason", "x", "--key", "k.pem"]) == 2  # no ledger to submit to
     assert "STEWARD_SERVER" in capsys.readouterr().err
 
 
 def test_verify_without_a_trust_root_prints_the_audit_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert kp.main(["verify", "--server", "127.0.0.1:7443"]) == 2
+    assert main(["verify", "--server", "127.0.0.1:7443"]) == 2
     err = capsys.readouterr().err
     assert "steward-audit verify --grpc 127.0.0.1:7443 --trust-root TRUST_ROOT.json" in err
 
 
 def test_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        kp.main(["--help"])
+        main(["--help"])
     out = capsys.readouterr().out
     assert "kubectl steward approve 3fa2c1 --key alice.pem" in out and "STEWARD_CONTROLLER" in out
