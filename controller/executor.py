@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from controller.errors import ControllerError
 from controller.planner import (
     MARKER_ANNOTATION,
     PROPOSAL_ANNOTATION,
@@ -355,7 +356,7 @@ class Executor:
             try:
                 detail = self._run(a)
                 ok = True
-            except Refused as exc:
+            except RefusedError as exc:
                 ok, detail = False, str(exc)
             except ApiException as exc:
                 ok, detail = False, f"Kubernetes API {exc.status}: {exc.reason}"
@@ -409,12 +410,12 @@ class Executor:
                 # Recorded by an earlier attempt (before a crash or by the former leader).
                 self._wait_for_event(event_id)
                 return f"already recorded ({exc.violation_code})"
-            raise Refused(f"ledger refused: {exc}") from exc
+            raise RefusedError(f"ledger refused: {exc}") from exc
         if not receipt.duplicate:
             self._own += 1
         # The next plan must see this entry, or it would plan the same move again.
         if not self.replayer.wait_for_size(receipt.seq + 1, self.fold_timeout):
-            raise Refused(f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s")
+            raise RefusedError(f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s")
         return f"seq {receipt.seq}" + (" (duplicate)" if receipt.duplicate else "")
 
     def _wait_for_event(self, event_id: bytes) -> None:
@@ -424,7 +425,7 @@ class Executor:
                 if event_id in self.replayer.state.ledger.event_ids:
                     return
             time.sleep(0.02)
-        raise Refused(f"event {event_id.hex()} exists on the ledger but was not folded in time")
+        raise RefusedError(f"event {event_id.hex()} exists on the ledger but was not folded in time")
 
     # -- Kubernetes ---------------------------------------------------------------------
 
@@ -452,7 +453,7 @@ class Executor:
     def _apply_canary(self, a: ApplyCanary) -> str:
         stable: Any = self.cache.deployment(a.namespace, a.name)
         if stable is None:
-            raise Refused(f"Deployment {a.namespace}/{a.name} not found")
+            raise RefusedError(f"Deployment {a.namespace}/{a.name} not found")
         template = self.api.sanitize_for_serialization(stable.spec.template)
         template = copy.deepcopy(template)
         selector = dict((stable.spec.selector.match_labels or {}) if stable.spec.selector else {})
@@ -483,7 +484,7 @@ class Executor:
     def _apply_stable(self, ns: str, name: str, replicas: int, image: str, marker: str) -> str:
         stable: Any = self.cache.deployment(ns, name)
         if stable is None:
-            raise Refused(f"Deployment {ns}/{name} not found")
+            raise RefusedError(f"Deployment {ns}/{name} not found")
         container = stable.spec.template.spec.containers[0].name
         body = {
             "apiVersion": "apps/v1",
@@ -508,7 +509,7 @@ class Executor:
         return "canary deleted"
 
 
-class Refused(Exception):
+class RefusedError(ControllerError):
     """An action that could not be carried out now (the planner will try again)."""
 
 

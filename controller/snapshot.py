@@ -35,6 +35,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Generic, TypeVar, Union
 
+from controller.errors import ControllerError
 from controller.state import ControllerState, RolloutRecord
 from ledger.formats import HASH_SIZE, PAYLOAD_TYPES
 from ledger.state import LedgerState, ProposalState
@@ -49,7 +50,7 @@ EVENT_ID_SIZE = 16
 V = TypeVar("V")
 
 
-class SnapshotError(ValueError):
+class SnapshotError(ControllerError):
     """The blob is not a snapshot this code wrote: the caller replays the log instead."""
 
 
