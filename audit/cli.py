@@ -12,7 +12,8 @@ from pathlib import Path
 from audit import report as reports
 from audit.errors import AuditError
 from audit.sources import ExportSource, GrpcSource, KafkaSource, Source
-from audit.verify import TrustRoot, verify
+from audit.trust import TrustRoot
+from audit.verify import verify
 
 EPILOG = """\
 examples:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit.errors import AuditError
-from audit.findings import Finding
-from audit.verify import Report
+from audit.findings import Finding, Report
 
 
 def check_drift(report: Report, kubeconfig: Path) -> list[Finding]:

@@ -1,8 +1,13 @@
-"""What the auditor reports: findings, each with a code of its own and the step that found it."""
+"""What the auditor reports: findings, each with a code of its own and the step that found it,
+the numbered steps, and the :class:`Report` that collects them with a timeline of the log.
+
+The verifier (audit.verify) fills a Report; the renderers (audit.report) and the drift check
+(audit.drift) read it, without importing the verifier.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # code -> (verification step, what it means). docs/AUDIT.md carries the same table.
@@ -114,3 +119,48 @@ class Finding:
         if self.observed or self.expected:
             text += f" (observed: {self.observed or '-'}; expected: {self.expected or '-'})"
         return text
+
+
+@dataclass(slots=True)
+class TimelineEvent:
+    at: int
+    seq: int
+    kind: str  # proposal, eval, approval, reject, kill, release, step
+    proposal: bytes | None
+    label: str
+    weight: int | None = None
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    entries: int = 0
+    checkpoints: int = 0
+    verified_checkpoint: str | None = None  # the newest checkpoint note that verified clean
+    verified_size: int = 0
+    origin: str = ""
+    ledger: str = ""
+    steps_run: dict[int, str] = field(default_factory=dict)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    proposals: dict[str, str] = field(default_factory=dict)  # hash hex -> label
+    seconds: float = 0.0
+    open_obligations: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+STEP_NAMES = {
+    1: "decode entries and bodies, check schema fingerprints",
+    2: "verify every author signature",
+    3: "check key validity at each seq",
+    4: "check thresholds by distinct principal",
+    5: "check the hash chain",
+    6: "check the Merkle root at every checkpoint",
+    7: "verify every checkpoint's signed note",
+    8: "check consistency between checkpoints and with the saved checkpoint",
+    9: "apply the governance rules",
+    10: "check rollout conformance",
+    11: "compare the live cluster with the log (drift)",
+}

@@ -11,6 +11,7 @@ Byte layouts:
 * body bytes   = ``C3 01 ‖ fingerprint(EventBody) ‖ Avro binary``
 * signed bytes = ``b"steward/v1/event\\n" ‖ fingerprint ‖ Avro binary`` (body bytes minus magic)
 * entry bytes  = ``C3 01 ‖ fingerprint(Entry) ‖ Avro binary``; leaf = SHA-256(0x00 ‖ entry bytes)
+  (:func:`audit.merkle.leaf_hash`)
 """
 
 from __future__ import annotations
@@ -712,10 +713,6 @@ def signed_bytes(body: bytes) -> bytes:
 
 def key_id(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()
-
-
-def leaf_hash(entry_bytes: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry_bytes).digest()
 
 
 def payload_hashes(payload: Payload) -> tuple[bytes, ...]:

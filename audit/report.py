@@ -6,8 +6,7 @@ import html
 import json
 from typing import Any
 
-from audit.findings import CODES
-from audit.verify import STEP_NAMES, Report
+from audit.findings import CODES, STEP_NAMES, Report
 
 
 def text(report: Report, source: str) -> str:

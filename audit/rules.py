@@ -10,6 +10,9 @@ Semantics, as DESIGN states them: a key counts from the entry after its grant, s
 after the entry that revokes it (earlier signatures stay valid) and at its expiry (compared with
 the entry's received_at). Thresholds count distinct principals: several keys of one principal,
 or one key twice, count once.
+
+One idea, read top to bottom (the state, signer resolution, then each event type's checks and
+the fold), which is why it stays in one file past 600 lines.
 """
 
 from __future__ import annotations

@@ -20,36 +20,31 @@ Signature verification is the dominant cost; everything else is kept to a small 
 one Ed25519 verification per entry (see docs/AUDIT.md "Speed"). With ``workers > 1`` the main
 process decodes and ships chunks of (body bytes, public key, signature) to worker processes,
 and folds the rules of earlier chunks while the workers verify later ones (a pipeline); the
-verdicts come back as one byte per signature.
+verdicts come back as one byte per signature (audit.signatures).
+
+The trust input is audit.trust; what the walk produces (findings, the report, the step names)
+is audit.findings. What is left here is one idea, read top to bottom: the walk over the records
+(driving, ordering and choosing among records that claim one seq, each entry's checks, and the
+checks at the end), which is why it stays in one file past 600 lines.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any, TextIO
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from nacl.bindings import crypto_sign_open
-from nacl.exceptions import BadSignatureError
 
 from audit import rules, state
 from audit.conformance import Conformance
 from audit.ed25519 import verify as verify_ed25519
-from audit.errors import AuditError, DecodeError
-from audit.findings import Finding
+from audit.errors import DecodeError
+from audit.findings import Finding, Report, TimelineEvent
 from audit.formats import (
-    DOMAIN_PREFIX,
     ZERO_HASH,
     ApprovalRecorded,
     Entry,
@@ -64,8 +59,9 @@ from audit.formats import (
     RolloutStep,
     decode_entry_and_body,
     key_id,
+    signed_bytes,
 )
-from audit.merkle import CompactRange, consistency_proof, verify_consistency
+from audit.merkle import CompactRange, consistency_proof, leaf_hash, verify_consistency
 from audit.note import (
     Checkpoint,
     NoteError,
@@ -76,182 +72,14 @@ from audit.note import (
     parse_vkey,
     vkey_of,
 )
+from audit.signatures import ONE_VERDICT, VERDICT, SigTask, lower_priority, verify_chunk
+from audit.trust import TrustRoot
 
 PENDING_LIMIT = 4096  # out-of-order records held while waiting for a missing seq
 CHUNK = 1024  # entries per worker task: large, so the per-task IPC cost is spread thin
 CHUNK_INLINE = 128  # entries per verify-then-fold round in a single process
 DEPTH = 2  # tasks in flight per worker: one being verified, one queued behind it
 RECENT = 32  # signed bodies remembered per key, to recognise a signature moved from a nearby entry
-
-
-# --------------------------------------------------------------------------------------------
-# Trust input
-
-
-@dataclass(frozen=True)
-class TrustRoot:
-    roots: tuple[tuple[str, bytes], ...]  # (principal, raw Ed25519 public key)
-    vkey: str | None = None
-    origin: str | None = None
-    threshold: int | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> TrustRoot:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise AuditError(f"cannot read the trust-root file {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise AuditError(f"trust-root file {path} is not JSON: {exc}") from exc
-        return cls.from_json(data)
-
-    @classmethod
-    def from_json(cls, data: Any) -> TrustRoot:
-        if not isinstance(data, dict) or not isinstance(data.get("roots"), list) or not data["roots"]:
-            raise AuditError('trust-root file: expected {"roots": [{"principal", "public_pem" | "public_key_hex"}, ...]}')
-        roots = []
-        for i, r in enumerate(data["roots"]):
-            if not isinstance(r, dict) or not isinstance(r.get("principal"), str):
-                raise AuditError(f"trust-root file: roots[{i}] needs a principal")
-            roots.append((r["principal"], _public_key(r, i)))
-        vkey = data.get("vkey")
-        if vkey is not None:
-            try:
-                parse_vkey(vkey)
-            except NoteError as exc:
-                raise AuditError(f"trust-root file: {exc}") from exc
-        threshold = data.get("threshold", data.get("root_threshold"))
-        if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
-            raise AuditError("trust-root file: threshold must be a positive integer")
-        return cls(tuple(roots), vkey, data.get("origin"), threshold)
-
-
-def _public_key(r: dict[str, Any], i: int) -> bytes:
-    try:
-        if "public_key_hex" in r:
-            raw = bytes.fromhex(r["public_key_hex"])
-        elif "public_pem" in r:
-            key = serialization.load_pem_public_key(r["public_pem"].encode())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError("not an Ed25519 key")
-            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        else:
-            raise ValueError("needs public_pem or public_key_hex")
-    except (ValueError, TypeError) as exc:
-        raise AuditError(f"trust-root file: roots[{i}]: {exc}") from exc
-    if len(raw) != 32:
-        raise AuditError(f"trust-root file: roots[{i}]: an Ed25519 public key is 32 bytes")
-    return raw
-
-
-# --------------------------------------------------------------------------------------------
-# Signature verification, shared by the inline path and the worker processes
-
-# A worker task, flat so that it pickles as little more than the bytes themselves:
-# (body bytes of each entry, signatures per entry, public key per signature (None: no key by
-# that id anywhere in the log), signature per signature).
-SigTask = tuple[list[bytes], list[int], list[bytes | None], list[bytes]]
-# Verdict bytes: one per signature.
-_FALSE, _TRUE, _NOKEY = 0, 1, 2
-_VERDICT: tuple[bool | None, ...] = (False, True, None)
-_ONE: tuple[tuple[bool | None, ...], ...] = ((False,), (True,), (None,))
-
-
-def _verify_one(pub: bytes | None, sig: bytes, message: bytes) -> bool | None:
-    if pub is None:
-        return None
-    return verify_ed25519(pub, sig, message)
-
-
-def _lower_priority() -> None:
-    """Worker initializer: yield the CPU to the main process when both want it.
-
-    The main process (decode, rules, chain, in record order) is the pipeline's one serial
-    stage; with more runnable processes than cores the scheduler would otherwise take turns
-    and slow it down by the workers' share, while the workers have slack to spare.
-    """
-    try:
-        os.nice(10)
-    except OSError:
-        pass  # not allowed here: run at the same priority
-
-
-def verify_chunk(task: SigTask) -> bytes:
-    """Worker entry point: one verdict byte (_FALSE, _TRUE, _NOKEY) per signature of the chunk.
-
-    The signed bytes are built here from the body bytes (domain prefix ‖ body minus its magic),
-    so the main process neither copies them nor pickles them twice. libsodium is called
-    directly (audit.ed25519.verify's checks inlined): this loop runs once per signature.
-    """
-    bodies, counts, pubs, sigs = task
-    out = bytearray(len(sigs))
-    prefix, sign_open, bad = DOMAIN_PREFIX, crypto_sign_open, BadSignatureError
-    i = 0
-    for body, n in zip(bodies, counts, strict=True):
-        message = prefix + body[2:]
-        for _ in range(n):
-            pub = pubs[i]
-            if pub is None:
-                out[i] = _NOKEY
-            else:
-                sig = sigs[i]
-                if len(sig) == 64 and len(pub) == 32:
-                    try:
-                        sign_open(sig + message, pub)
-                        out[i] = _TRUE
-                    except bad:
-                        pass  # stays _FALSE
-            i += 1
-    return bytes(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Reports
-
-
-@dataclass(slots=True)
-class TimelineEvent:
-    at: int
-    seq: int
-    kind: str  # proposal, eval, approval, reject, kill, release, step
-    proposal: bytes | None
-    label: str
-    weight: int | None = None
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
-    entries: int = 0
-    checkpoints: int = 0
-    verified_checkpoint: str | None = None  # the newest checkpoint note that verified clean
-    verified_size: int = 0
-    origin: str = ""
-    ledger: str = ""
-    steps_run: dict[int, str] = field(default_factory=dict)
-    timeline: list[TimelineEvent] = field(default_factory=list)
-    proposals: dict[str, str] = field(default_factory=dict)  # hash hex -> label
-    seconds: float = 0.0
-    open_obligations: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-
-STEP_NAMES = {
-    1: "decode entries and bodies, check schema fingerprints",
-    2: "verify every author signature",
-    3: "check key validity at each seq",
-    4: "check thresholds by distinct principal",
-    5: "check the hash chain",
-    6: "check the Merkle root at every checkpoint",
-    7: "verify every checkpoint's signed note",
-    8: "check consistency between checkpoints and with the saved checkpoint",
-    9: "apply the governance rules",
-    10: "check rollout conformance",
-    11: "compare the live cluster with the log (drift)",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +96,19 @@ class _Prepared:
     ok: tuple[bool | None, ...] = ()  # signature verdicts, set when the record is accepted
     pos: int = 0  # position in the source, 0-based
     early: bool = False  # arrived while a lower seq had not
+
+
+def _parse_checkpoint_note(note: str) -> tuple[str, Checkpoint | None, str | None]:
+    """(note, the checkpoint it carries or None, why it is not one or None); checked at the end."""
+    try:
+        return note, parse_checkpoint(parse_note(note).text), None
+    except NoteError as exc:
+        return note, None, str(exc)
+
+
+def _decode_error(p: _Prepared) -> DecodeError:
+    """Why a record is not folded as an entry (its decode error; an entry without its body)."""
+    return p.error or DecodeError("undecodable")
 
 
 class Progress:
@@ -323,18 +164,8 @@ class LogVerifier:
         self.unresolved: dict[bytes, list[tuple[int, bytes]]] = {}  # key id -> (finding idx, sig)
         self.progress = Progress(progress, total)
         self.seen = 0
-        self.checkpoints: list[tuple[str, Checkpoint | None, str | None]] = []  # note, parsed, error
-        for note in checkpoint_notes:
-            try:
-                self.checkpoints.append((note, parse_checkpoint(parse_note(note).text), None))
-            except NoteError as exc:
-                self.checkpoints.append((note, None, str(exc)))
-        self.since: tuple[str, Checkpoint | None, str | None] | None = None
-        if since_checkpoint is not None:
-            try:
-                self.since = (since_checkpoint, parse_checkpoint(parse_note(since_checkpoint).text), None)
-            except NoteError as exc:
-                self.since = (since_checkpoint, None, str(exc))
+        self.checkpoints = [_parse_checkpoint_note(note) for note in checkpoint_notes]
+        self.since = None if since_checkpoint is None else _parse_checkpoint_note(since_checkpoint)
         self.root_sizes = {c.size for _, c, _ in self.checkpoints if c is not None}
         if self.since and self.since[1] is not None:
             self.root_sizes.add(self.since[1].size)
@@ -366,7 +197,7 @@ class LogVerifier:
                 accept(p, ())
                 continue
             n = len(entry.signatures)
-            ok = _ONE[verdicts[i]] if n == 1 else tuple([_VERDICT[v] for v in verdicts[i:i + n]])
+            ok = ONE_VERDICT[verdicts[i]] if n == 1 else tuple([VERDICT[v] for v in verdicts[i:i + n]])
             i += n
             # The common case, as _accept would do it: this record is for the seq after the
             # one record held (in order), so that one is folded and this one is held.
@@ -389,7 +220,7 @@ class LogVerifier:
     def _run_parallel(self, records: Iterator[bytes]) -> None:
         """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify."""
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-        with ctx.Pool(self.workers, initializer=_lower_priority) as pool:
+        with ctx.Pool(self.workers, initializer=lower_priority) as pool:
             inflight: deque[tuple[list[_Prepared], Any]] = deque()
             exhausted = False
             while not exhausted or inflight:
@@ -413,9 +244,9 @@ class LogVerifier:
         counts: list[int] = []
         kids: list[bytes] = []
         sigs: list[bytes] = []
-        sha256, decode, prepared, keymap = hashlib.sha256, decode_entry_and_body, _Prepared, self.keymap
+        decode, prepared, keymap = decode_entry_and_body, _Prepared, self.keymap
         for raw in raws:
-            leaf = sha256(b"\x00" + raw).digest()
+            leaf = leaf_hash(raw)
             try:
                 entry, body = decode(raw)
             except DecodeError as exc:
@@ -496,12 +327,16 @@ class LogVerifier:
             del cands[seq]
             if len(group) == 1:
                 chosen = group[0]
-                if chosen.early:
-                    self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
-                                            "out of seq order", "records in seq order", record=chosen.pos))
-                self._process(seq, chosen, chosen.ok)
+                self._fold_chosen(seq, chosen)
             else:
                 self._choose(seq, group, nxt)
+
+    def _fold_chosen(self, seq: int, chosen: _Prepared) -> None:
+        """Fold the record the chain holds at seq (reporting it if it came before earlier seqs)."""
+        if chosen.early:
+            self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
+                                    "out of seq order", "records in seq order", record=chosen.pos))
+        self._process(seq, chosen, chosen.ok)
 
     def _choose(self, seq: int, group: list[_Prepared], nxt: list[_Prepared] | None) -> None:
         """Several records claim `seq`: fold the one the evidence names, report the others.
@@ -539,10 +374,7 @@ class LogVerifier:
         scored = [(evidence(c), c) for c in group]
         best = max(scored, key=lambda sc: sc[0])  # max keeps the first of equals: the earliest
         chosen = best[1]
-        if chosen.early:
-            self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
-                                    "out of seq order", "records in seq order", record=chosen.pos))
-        self._process(seq, chosen, chosen.ok)
+        self._fold_chosen(seq, chosen)
         names = ("the checkpoint root at size {n} names", "the next entry's prev names",
                  "only it is signed by known keys among them:", "only it follows the previous entry among them:")
         for ev, c in scored:
@@ -552,7 +384,7 @@ class LogVerifier:
                        "it arrived first among equals:")
             reason = f"the chain holds record #{chosen.pos} ({why} that one)"
             if c.error is not None or c.entry is None:
-                err = c.error or DecodeError("undecodable")
+                err = _decode_error(c)
                 self.out.append(Finding(err.code, seq, f"{err}; {reason}", record=c.pos))
             else:
                 self.out.append(Finding("ENTRY_INSERTED", seq, f"a second, different record claims this seq; {reason}",
@@ -564,7 +396,7 @@ class LogVerifier:
             self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again",
                                     f"record #{p.pos}", "once", record=p.pos))
         elif p.entry is None:
-            err = p.error or DecodeError("undecodable")
+            err = _decode_error(p)
             self.out.append(Finding(err.code, seq, str(err), record=p.pos))
         else:
             self.out.append(Finding("ENTRY_INSERTED", seq, "a second, different record claims this seq, "
@@ -600,7 +432,7 @@ class LogVerifier:
                                entry.prev.hex(), self.last_leaf.hex()))
         chain_findings = len(out)
         if p.error is not None or entry is None or body is None:
-            err = p.error or DecodeError("undecodable")
+            err = _decode_error(p)
             out.append(Finding(err.code, seq, str(err)))
         else:
             # Steps 2-4, 9, 10 (one method with _process: this runs once per entry).
@@ -658,7 +490,7 @@ class LogVerifier:
         """A failing signature, or earlier ones waiting: tell swapped signatures from corrupted
         ones. (When nothing failed and nothing waits, _process only remembers the body.)"""
         out = self.out
-        message = DOMAIN_PREFIX + entry.body[2:]
+        message = signed_bytes(entry.body)
         bad = [i for i in range(first, len(out)) if out[i].code == "BAD_SIGNATURE"]
         for s, ok in zip(entry.signatures, sig_ok, strict=True):
             kid = s.key_id
@@ -668,7 +500,7 @@ class LogVerifier:
             waiting = self.unresolved.get(kid)
             if waiting:
                 for item in list(waiting):
-                    if _verify_one(pub, item[1], message):
+                    if verify_ed25519(pub, item[1], message):
                         self._swapped(item[0], seq)
                         waiting.remove(item)
                 if not waiting:
@@ -676,7 +508,7 @@ class LogVerifier:
             if ok is False and bad:
                 i = bad.pop(0)
                 for other_seq, other_body in self.recent.get(kid, ()):
-                    if _verify_one(pub, s.sig, DOMAIN_PREFIX + other_body[2:]):
+                    if verify_ed25519(pub, s.sig, signed_bytes(other_body)):
                         self._swapped(i, other_seq)
                         break
                 else:

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     events = 3_000 if args.smoke else args.events
 
     from audit.sources import ExportSource
-    from audit.verify import TrustRoot, verify
+    from audit.trust import TrustRoot
+    from audit.verify import verify
 
     gen = ledger(events)
     records = gen.load()

@@ -12,7 +12,8 @@ from kafka import KafkaProducer
 from audit.cli import main
 from audit.note import parse_checkpoint, parse_note
 from audit.sources import GrpcSource, KafkaSource
-from audit.verify import TrustRoot, verify
+from audit.trust import TrustRoot
+from audit.verify import verify
 from ledger.client import LedgerClient
 from ledger.formats import make_entry
 from ledger.keys import PrivateKey

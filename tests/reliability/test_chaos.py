@@ -166,7 +166,8 @@ def run_chaos(server: Server, flow: Flow, rounds: int, seed: int,
 
 
 def check_ledger(address: str, ledger: Ledger) -> None:
-    from audit.verify import TrustRoot, verify
+    from audit.trust import TrustRoot
+    from audit.verify import verify
 
     with LedgerClient(address, timeout=60) as client:
         entries = list(client.read(0))  # the client verifies the hash chain while reading

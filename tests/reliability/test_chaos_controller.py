@@ -729,7 +729,8 @@ def mirror_mismatches(custom: client.CustomObjectsApi, ns: str, rollouts: list[R
 def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.AppsV1Api, ns: str,
               history: History, kubeconfig: Path) -> None:
     from audit.drift import check_drift
-    from audit.verify import TrustRoot, verify
+    from audit.trust import TrustRoot
+    from audit.verify import verify
 
     # 1. The ledger: chain, checkpoints, acknowledged appends once, steward-audit zero findings.
     # (test_chaos.check_ledger keys "step twice" on (proposal, step, phase), which a retried

@@ -12,7 +12,10 @@ import pytest
 
 from audit import verify as audit_verify
 from audit.findings import Finding
-from audit.verify import TrustRoot, verify, verify_chunk
+from audit.formats import DOMAIN_PREFIX
+from audit.signatures import verify_chunk
+from audit.trust import TrustRoot
+from audit.verify import verify
 from tests.audit_tamper import FORK, TAMPERS, Builder, Log
 
 
@@ -55,8 +58,8 @@ def test_verify_chunk_gives_one_verdict_byte_per_signature() -> None:
     key = Ed25519PrivateKey.generate()
     pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     body_a, body_b = b"\xc3\x01aaaa", b"\xc3\x01bbbb"
-    sig_a = key.sign(audit_verify.DOMAIN_PREFIX + body_a[2:])
-    sig_b = key.sign(audit_verify.DOMAIN_PREFIX + body_b[2:])
+    sig_a = key.sign(DOMAIN_PREFIX + body_a[2:])
+    sig_b = key.sign(DOMAIN_PREFIX + body_b[2:])
     # entry a: good; entry b: good, then a's signature (bad here), then a key unknown anywhere
     verdicts = verify_chunk(([body_a, body_b], [1, 3], [pub, pub, pub, None], [sig_a, sig_b, sig_a, sig_b]))
     assert verdicts == bytes([1, 1, 0, 2])

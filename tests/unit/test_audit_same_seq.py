@@ -13,7 +13,8 @@ import pytest
 
 from audit import verify as audit_verify
 from audit.findings import Finding
-from audit.verify import TrustRoot, verify
+from audit.trust import TrustRoot
+from audit.verify import verify
 from ledger.formats import HealthReported, Metric, make_entry
 from ledger.keys import PrivateKey
 from tests.audit_tamper import Builder, Log

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from audit.verify import TrustRoot, verify
+from audit.trust import TrustRoot
+from audit.verify import verify
 from tests.audit_tamper import FORK, TAMPERS, Builder, Log
 
 

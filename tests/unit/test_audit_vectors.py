@@ -14,12 +14,12 @@ from audit.formats import (
     ENTRY_SCHEMAS,
     decode_body,
     decode_entry,
-    leaf_hash,
     signed_bytes,
 )
-from audit.merkle import CompactRange, verify_consistency, verify_inclusion
+from audit.merkle import CompactRange, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import open_checkpoint, parse_vkey
-from audit.verify import TrustRoot, verify
+from audit.trust import TrustRoot
+from audit.verify import verify
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "ledger-vectors.json"
 
