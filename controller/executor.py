@@ -49,6 +49,7 @@ from controller.planner import (
     canary_name,
 )
 from controller.replay import Replayer
+from controller.seams import LedgerAccess
 from controller.view import GROUP, PLURAL, VERSION
 from ledger.events import new_body, sign
 from ledger.formats import (
@@ -324,12 +325,12 @@ class Outcome:
 
 class Executor:
     def __init__(self, api: client.ApiClient, cache: ClusterCache, replayer: Replayer,
-                 ledger: Any, key: PrivateKey, *, fold_timeout: float = 10.0) -> None:
+                 ledger: LedgerAccess, key: PrivateKey, *, fold_timeout: float = 10.0) -> None:
         self.apps = client.AppsV1Api(api)
         self.api = api
         self.cache = cache
         self.replayer = replayer
-        self.ledger = ledger  # a LedgerClient (anything with append(SignedEvent) -> Receipt)
+        self.ledger = ledger
         self.key = key
         self.fold_timeout = fold_timeout
         # Fold of a stop's cause → canary patched to 0, in ms (for metrics layered on top).

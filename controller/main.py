@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.planner import PlannerConfig
 from controller.replay import LedgerReadStore, Replayer, SnapshotStore
@@ -33,6 +33,10 @@ from controller.runtime import Controller, ControllerConfig
 from ledger.errors import StewardError
 from ledger.keys import PrivateKey
 from ledger.store.base import LogStore
+
+if TYPE_CHECKING:
+    import grpc
+    from kubernetes.client import ApiClient
 
 log = logging.getLogger("steward.controller")
 
@@ -114,7 +118,7 @@ def open_store(spec: str) -> tuple[LogStore, str]:
     raise StewardError(f"--store {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
 
 
-def load_kube(kubeconfig: str | None) -> Any:
+def load_kube(kubeconfig: str | None) -> ApiClient:
     from kubernetes import config
 
     if kubeconfig:
@@ -128,7 +132,7 @@ def load_kube(kubeconfig: str | None) -> Any:
         return config.new_client_from_config()
 
 
-def _serve_grpc(listen: str, controller: Controller) -> Any:
+def _serve_grpc(listen: str, controller: Controller) -> grpc.Server:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 

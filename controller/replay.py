@@ -29,6 +29,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from controller.seams import LedgerReader
 from controller.snapshot import SnapshotError, decode_state, encode_state
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
@@ -348,10 +349,7 @@ class LedgerReadStore(LogStore):
     the Replayer still checks every signature and rule.
     """
 
-    def __init__(self, client: object) -> None:
-        from ledger.client import LedgerClient
-
-        assert isinstance(client, LedgerClient)
+    def __init__(self, client: LedgerReader) -> None:
         self.client = client
 
     def append(self, records: Sequence[tuple[bytes, bytes]],

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubernetes import client
 
@@ -26,6 +25,7 @@ from controller.leader import LeaderElector
 from controller.mirror import Mirror
 from controller.planner import Action, PlannerConfig, plan
 from controller.replay import Replayer
+from controller.seams import LedgerAccess
 from controller.view import RolloutView, rollout_views
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
@@ -54,7 +54,7 @@ class ControllerConfig:
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, replayer: Replayer, ledger: Any, key: PrivateKey,
+    def __init__(self, config: ControllerConfig, replayer: Replayer, ledger: LedgerAccess, key: PrivateKey,
                  api: client.ApiClient) -> None:
         if not config.namespaces:
             raise ValueError("the controller needs at least one namespace to manage")

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.kubectl import PROG
 from controller.kubectl.rows import (
@@ -28,8 +28,17 @@ from controller.kubectl.rows import (
     object_name,
 )
 from controller.planner import CANARY_SUFFIX
+from controller.seams import LedgerReader
 from controller.view import GROUP, PLURAL, VERSION
 from ledger.cli import CliError
+
+if TYPE_CHECKING:
+    import grpc
+    from kubernetes.client import ApiClient
+
+    from ledger.client import LedgerClient
+    from ledger.formats import LogEntry
+    from steward.v1.controller_pb2_grpc import ControllerServiceStub
 
 # --------------------------------------------------------------------------------------------
 # Each source's record, as a RolloutInfo
@@ -94,7 +103,7 @@ def _owner(meta: Any) -> str:
     return ""
 
 
-def read_cluster(api: Any, namespace: str, deployment: str) -> ClusterView:
+def read_cluster(api: ApiClient, namespace: str, deployment: str) -> ClusterView:
     from kubernetes import client
 
     # The client's models type every field Optional; these objects come from the API server.
@@ -146,12 +155,12 @@ def read_cluster(api: Any, namespace: str, deployment: str) -> ClusterView:
 class LedgerFold:
     """The log read from the ledger and folded here with the controller's own state code."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: LedgerReader) -> None:
         from controller.state import ControllerState
 
         self.client = client
         self.state = ControllerState()
-        self.entries: list[Any] = []
+        self.entries: list[LogEntry] = []
 
     def refresh(self) -> bool:
         """Fold entries appended since the last call; True when there were any."""
@@ -180,10 +189,10 @@ class LedgerFold:
 @dataclass
 class Tool:
     args: argparse.Namespace
-    _ledger: Any = None
+    _ledger: LedgerClient | None = None
     _fold: LedgerFold | None = None
-    _channel: Any = None
-    _kube: Any = None
+    _channel: grpc.Channel | None = None
+    _kube: ApiClient | None = None
     _kube_error: str = ""
     _kube_loaded: bool = False
 
@@ -197,7 +206,7 @@ class Tool:
     def controller(self) -> str:
         return self.args.controller or os.environ.get("STEWARD_CONTROLLER", "")
 
-    def ledger(self) -> Any:
+    def ledger(self) -> LedgerClient:
         if self._ledger is None:
             if not self.server:
                 raise CliError("this command needs the ledger: pass --server HOST:PORT or set STEWARD_SERVER")
@@ -213,7 +222,7 @@ class Tool:
         self._fold.refresh()
         return self._fold
 
-    def stub(self) -> Any:
+    def stub(self) -> ControllerServiceStub:
         import grpc
 
         from steward.v1 import controller_pb2_grpc
@@ -226,7 +235,7 @@ class Tool:
                 self._channel = grpc.insecure_channel(self.controller)
         return controller_pb2_grpc.ControllerServiceStub(self._channel)
 
-    def kube(self) -> Any:
+    def kube(self) -> ApiClient | None:
         """An ApiClient, or None (with the reason kept) when there is no usable kubeconfig."""
         if self._kube_loaded:
             return self._kube
