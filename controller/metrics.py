@@ -199,7 +199,7 @@ def attach(controller: Controller, *, registry: CollectorRegistry | None = None,
     The listener runs on the loop's thread, on the kill-switch path: it only does arithmetic.
     Looking up an entry's ``received_at`` is an RPC, so a worker thread does it.
     """
-    from controller.runtime import now_ms as wall_ms
+    from ledger.clock import now_ms as wall_ms
 
     clock = now_ms or wall_ms
     replayer = controller.replayer

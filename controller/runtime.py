@@ -27,14 +27,11 @@ from controller.planner import Action, PlannerConfig, plan
 from controller.replay import Replayer
 from controller.seams import LedgerAccess
 from controller.view import RolloutView, rollout_views
+from ledger.clock import now_ms
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 
 log = logging.getLogger("steward.controller")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

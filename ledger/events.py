@@ -7,14 +7,10 @@ time, the refs the payload names); `sign` encodes the body once and signs those 
 from __future__ import annotations
 
 import os
-import time
 
+from ledger.clock import now_ms
 from ledger.formats import EventBody, Payload, SignedEvent, encode_body, payload_hashes
 from ledger.keys import PrivateKey, sign_body
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_event_id() -> bytes:
