@@ -50,3 +50,39 @@ class StoreUnavailable(StoreError):
 
 class ConfigError(StewardError):
     """A configuration or topic setting that Steward refuses to run with."""
+
+
+class LedgerStartingError(StewardError):
+    """The ledger is still replaying its log: nothing can be read or appended yet; retry."""
+
+
+class DataLossError(StewardError):
+    """A record the ledger verified is gone from the store, or changed there since."""
+
+
+class RequestError(StewardError):
+    """A request the ledger refuses as asked; `field` names the request field at fault."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class OutOfRangeError(RequestError):
+    """A seq or tree size beyond what the durable log holds (or a pair of sizes out of order)."""
+
+
+class EntryNotFoundError(RequestError):
+    """No durable entry at the seq asked for."""
+
+
+class CheckpointNotFoundError(RequestError):
+    """No checkpoint was published for the size asked for (or none at all yet)."""
+
+
+class NoGenesisError(RequestError):
+    """Asked for what only the genesis can say (the checkpoint key's name) before there is one."""
+
+
+class CheckpointKeyMismatchError(RequestError):
+    """A genesis naming a checkpoint key other than the one this server signs with."""

@@ -20,7 +20,19 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from ledger.core import DuplicateEventId
-from ledger.errors import FencedError, FormatError, StewardError, StoreError
+from ledger.errors import (
+    CheckpointKeyMismatchError,
+    CheckpointNotFoundError,
+    DataLossError,
+    EntryNotFoundError,
+    FencedError,
+    FormatError,
+    LedgerStartingError,
+    NoGenesisError,
+    OutOfRangeError,
+    StewardError,
+    StoreError,
+)
 from ledger.merkle import TreeRangeError
 from ledger.rules import (
     DUPLICATE,
@@ -51,6 +63,20 @@ DUPLICATE_EVENT_ID_CODE = "DUPLICATE_EVENT_ID"
 FENCED_CODE = "FENCED"
 STORE_UNAVAILABLE_CODE = "STORE_UNAVAILABLE"
 OUT_OF_RANGE_CODE = "OUT_OF_RANGE"
+CHECKPOINT_KEY_MISMATCH_CODE = "CHECKPOINT_KEY_MISMATCH"
+
+# The ledger writer's refusals (ledger.writer raises them and knows nothing of gRPC): the
+# status each becomes, and the violation code it carries. Their message and field pass through.
+WRITER_ERROR_STATUS: dict[type[StewardError], tuple[grpc.StatusCode, str]] = {
+    LedgerStartingError: (grpc.StatusCode.UNAVAILABLE, ""),
+    DataLossError: (grpc.StatusCode.DATA_LOSS, ""),
+    OutOfRangeError: (grpc.StatusCode.OUT_OF_RANGE, OUT_OF_RANGE_CODE),
+    # A seq past the end: NOT_FOUND for Get, with the same violation code as the proofs' ranges.
+    EntryNotFoundError: (grpc.StatusCode.NOT_FOUND, OUT_OF_RANGE_CODE),
+    CheckpointNotFoundError: (grpc.StatusCode.NOT_FOUND, ""),
+    NoGenesisError: (grpc.StatusCode.FAILED_PRECONDITION, ""),
+    CheckpointKeyMismatchError: (grpc.StatusCode.FAILED_PRECONDITION, CHECKPOINT_KEY_MISMATCH_CODE),
+}
 
 _STATUS_BY_NUMBER = {s.value[0]: s for s in grpc.StatusCode}
 
@@ -138,6 +164,10 @@ def status_for(exc: BaseException, log: logging.Logger) -> Status:
     if isinstance(exc, StoreError) and exc.retryable:
         return Status(grpc.StatusCode.UNAVAILABLE, f"store unavailable, retry: {exc}",
                       STORE_UNAVAILABLE_CODE)
+    for kind in type(exc).__mro__:
+        if kind in WRITER_ERROR_STATUS:
+            code, violation_code = WRITER_ERROR_STATUS[kind]
+            return Status(code, str(exc), violation_code, getattr(exc, "field", ""))
     if isinstance(exc, TreeRangeError):
         return Status(grpc.StatusCode.OUT_OF_RANGE, str(exc), OUT_OF_RANGE_CODE)
     error_id = uuid.uuid4().hex[:16]

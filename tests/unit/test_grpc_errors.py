@@ -8,7 +8,19 @@ import grpc
 import pytest
 
 from ledger.core import DuplicateEventId
-from ledger.errors import FencedError, FormatError, StoreUnavailable, UnknownSchemaError
+from ledger.errors import (
+    CheckpointKeyMismatchError,
+    CheckpointNotFoundError,
+    DataLossError,
+    EntryNotFoundError,
+    FencedError,
+    FormatError,
+    LedgerStartingError,
+    NoGenesisError,
+    OutOfRangeError,
+    StoreUnavailable,
+    UnknownSchemaError,
+)
 from ledger.grpc_errors import (
     CATEGORY_STATUS,
     ERROR_ID_KEY,
@@ -71,6 +83,23 @@ def test_service_errors_and_ranges() -> None:
     err = ServiceError(C.FAILED_PRECONDITION, "wrong key", violation_code="CHECKPOINT_KEY_MISMATCH", field="payload.k")
     assert status_for(err, log) == Status(C.FAILED_PRECONDITION, "wrong key", "CHECKPOINT_KEY_MISMATCH", "payload.k")
     assert status_for(TreeRangeError("size 9 > 3"), log).code == C.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [(LedgerStartingError("starting: the ledger is replaying its log"), Status(C.UNAVAILABLE, "starting: the ledger is replaying its log")),
+     (DataLossError("the store no longer holds seq 3"), Status(C.DATA_LOSS, "the store no longer holds seq 3")),
+     (OutOfRangeError("the log has 2 entries, fewer than 5"), Status(C.OUT_OF_RANGE, "the log has 2 entries, fewer than 5", "OUT_OF_RANGE")),
+     (OutOfRangeError("seq 9 is not in a tree of size 4", field="seq"), Status(C.OUT_OF_RANGE, "seq 9 is not in a tree of size 4", "OUT_OF_RANGE", "seq")),
+     (EntryNotFoundError("no entry at seq 7; the log has 3", field="seq"), Status(C.NOT_FOUND, "no entry at seq 7; the log has 3", "OUT_OF_RANGE", "seq")),
+     (CheckpointNotFoundError("no checkpoint was published for size 4"), Status(C.NOT_FOUND, "no checkpoint was published for size 4")),
+     (NoGenesisError("no genesis yet"), Status(C.FAILED_PRECONDITION, "no genesis yet")),
+     (CheckpointKeyMismatchError("wrong key", field="payload.checkpoint_public_key"),
+      Status(C.FAILED_PRECONDITION, "wrong key", "CHECKPOINT_KEY_MISMATCH", "payload.checkpoint_public_key"))],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "")
+def test_the_writers_domain_errors_map_to_their_statuses(error: Exception, expected: Status) -> None:
+    # The writer (ledger.writer) knows no gRPC: each of its refusals has one status here.
+    assert status_for(error, log) == expected
 
 
 def test_unexpected_errors_are_internal_without_details(caplog: pytest.LogCaptureFixture) -> None:
