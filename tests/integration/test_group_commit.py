@@ -13,8 +13,8 @@ from ledger.core import Receipt
 from ledger.errors import StoreUnavailable
 from ledger.formats import encode_signed_event
 from ledger.scenario import Cast, Flow
-from ledger.server import LedgerServer
 from ledger.store.sqlite import SQLiteLogStore
+from ledger.writer import LedgerServer
 
 
 class GatedStore(SQLiteLogStore):
@@ -76,7 +76,7 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
         _until("the first transaction reached the store", lambda: store.calls == first + 1)
         group = [append(i) for i in range(1, 7)]  # checked meanwhile, stored in transaction 2
         _until("six appends checked and waiting for the store",
-               lambda: sum(len(f.requests) for f in server._folded) == 6)
+               lambda: sum(len(f.requests) for f in server.group_commit.folded) == 6)
         gates[0].set()
         _until("the second transaction reached the store", lambda: store.calls == first + 2)
         gates[1].set()
@@ -108,9 +108,9 @@ def test_a_slow_store_append_is_logged(tmp_path: Path, monkeypatch: pytest.Monke
     """An append the store holds up (a broker restarting) leaves a line in the server's log."""
     import logging
 
-    import ledger.server
+    import ledger.writer
 
-    monkeypatch.setattr(ledger.server, "SLOW_STORE_APPEND_S", 0.2)
+    monkeypatch.setattr(ledger.writer, "SLOW_STORE_APPEND_S", 0.2)
     cast = Cast.create()
     flow = Flow(cast)
     store = GatedStore(tmp_path / "ledger.db")
@@ -163,7 +163,7 @@ def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -
     try:
         server.append(encode_signed_event(flow.genesis()))
         server.append_batch([encode_signed_event(g) for g in flow.grants()])
-        size_after_grants = server.head()[0]
+        size_after_grants = server.head().size
         assert size_after_grants >= 4
         store.calls.clear()
         server.append(encode_signed_event(flow.policy()))
@@ -176,7 +176,7 @@ def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -
         store.calls.clear()
         server.append_batch([encode_signed_event(flow.health(proposal, 0)) for _ in range(4)])
         assert store.calls == [("append", None)]  # 2 entries since the last note: none due
-        size = server.head()[0]
+        size = server.head().size
         # Due now, and no batch follows: the on-demand path (as the tick does) publishes it.
         assert server.checkpoint(publish_now=True).size == size
         assert store.calls[-1] == ("save_checkpoint", size)
@@ -213,7 +213,7 @@ def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: P
     server.start()
     try:
         proposal = _with_a_proposal(server, flow)
-        size = server.head()[0]
+        size = server.head().size
         events = [encode_signed_event(flow.health(proposal, i % 3)) for i in range(3)]
         gate = threading.Event()
         store.gates = {store.calls: gate}
@@ -231,23 +231,23 @@ def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: P
             return thread
 
         first = run("first", events[:2])  # its store write is held, then fails
-        _until("the first write reached the store", lambda: server._writing != [])
+        _until("the first write reached the store", lambda: server.group_commit.writing != [])
         # Checked on top of it while it is held: a duplicate of its event and a new one.
         second = run("second", [events[1], events[2]])
-        _until("the second group was checked", lambda: len(server._folded) == 1)
-        assert server.head()[0] == size  # readers see only what is durable
+        _until("the second group was checked", lambda: len(server.group_commit.folded) == 1)
+        assert server.head().size == size  # readers see only what is durable
         gate.set()
         for thread in (first, second):
             thread.join(10)
         assert isinstance(outcomes["first"], StoreUnavailable), outcomes
         assert isinstance(outcomes["second"], StoreUnavailable), outcomes
-        assert server.head()[0] == size
+        assert server.head().size == size
         assert [r.position for r in store.read(0)] == list(range(size))
         # Rebuilt from the store: the same events go in at the same seqs, once.
         receipts = server.append_batch(events)
         assert [r.seq for r in receipts if isinstance(r, Receipt)] == [size, size + 1, size + 2]
         assert not any(r.duplicate for r in receipts if isinstance(r, Receipt))
-        assert server.head()[0] == size + 3
+        assert server.head().size == size + 3
     finally:
         for gate in store.gates.values():
             gate.set()

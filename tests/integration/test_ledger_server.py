@@ -605,7 +605,7 @@ def test_mutual_tls(tmp_path: Path, pki: Pki) -> None:
                 pytest.raises(LedgerRpcError) as info:
             anonymous.head()
         assert info.value.code == CODE.UNAVAILABLE
-        assert running.ledger.head()[0] == 1
+        assert running.ledger.head().size == 1
     finally:
         running.stop(None)
 
@@ -813,8 +813,8 @@ def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
 
         def held_and_checked() -> tuple[int, int]:
             with server._lock:
-                return (sum(len(f.entries) for f in server._writing),
-                        sum(len(f.entries) for f in server._folded))
+                return (sum(len(f.entries) for f in server.group_commit.writing),
+                        sum(len(f.entries) for f in server.group_commit.folded))
 
         deadline = time.monotonic() + 10
         # The first batch is at the store; the others are checked meanwhile, without waiting

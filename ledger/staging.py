@@ -1,0 +1,78 @@
+"""Staging: what the writer does to submitted events before its append lock.
+
+Decoding and Ed25519 checks are pure work on the submitted bytes, so they run in the caller's
+thread (or a signature worker process), in parallel with other callers' folds and store
+writes; only the rules, on the state an entry really follows, wait for the lock
+(:class:`ledger.writer.LedgerServer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ledger.core import event_digest
+from ledger.errors import StewardError
+from ledger.formats import EventBody, SignedEvent, decode_body, decode_signed_event
+from ledger.rules import VerifiedSignature
+from ledger.sigcheck import PendingChecks, SignatureChecker
+from ledger.state import KeyInfo
+
+
+@dataclass(frozen=True)
+class StagedEvent:
+    """One submitted event, decoded outside the append lock (or why it does not decode)."""
+
+    size: int  # bytes as submitted
+    event: SignedEvent | None = None
+    body: EventBody | None = None
+    digest: bytes = b""  # event_digest(event), for idempotency
+    error: StewardError | None = None
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """Events decoded and their signatures checked with Ed25519 before the append lock.
+
+    `verified` only says which signatures are cryptographically valid; whether their keys may
+    sign (known, not revoked, not expired, by an earlier event of the same batch too) is decided
+    under the lock by ``rules.check``, on the state the entry really follows.
+    """
+
+    events: tuple[StagedEvent, ...]
+    verified: frozenset[VerifiedSignature]
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.events)
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch decoded, its signatures not checked yet (LedgerServer.decode)."""
+
+    events: tuple[StagedEvent, ...]
+    pending: PendingChecks
+
+
+def decode(signed_events: Sequence[bytes], keys: Mapping[bytes, KeyInfo]) -> DecodedBatch:
+    """Decode each event, and collect its signatures to check against `keys` (a hint: the keys
+    known now, read without the lock; see StagedBatch)."""
+    pending = PendingChecks(keys)
+    staged: list[StagedEvent] = []
+    for raw in signed_events:
+        try:
+            event = decode_signed_event(raw)
+            body = decode_body(event.body)
+        except StewardError as exc:
+            staged.append(StagedEvent(len(raw), error=exc))
+            continue
+        staged.append(StagedEvent(len(raw), event, body, event_digest(event)))
+        pending.add(event.body, event.signatures)
+    return DecodedBatch(tuple(staged), pending)
+
+
+def check_signatures(decoded: DecodedBatch, checker: SignatureChecker) -> StagedBatch:
+    """All of the batch's signatures at once (in a worker process for a large batch, the
+    interpreter lock released while it waits)."""
+    return StagedBatch(decoded.events, checker.verified(decoded.pending))
