@@ -145,7 +145,8 @@ def test_forged_records_in_the_topic_change_nothing(world: dict[str, object]) ->
     # The auditor, reading the topic itself, flags every forged record.
     trust = Path(str(world["tmp"])) / "trust-root.json"
     write_trust_root(ledger, trust)
-    audit = subprocess.run(["steward-audit", "verify", "--kafka", str(world["bootstrap"]), "--topic",
+    audit = subprocess.run([str(Path(sys.executable).parent / "steward-audit"), "verify",
+                            "--kafka", str(world["bootstrap"]), "--topic",
                             str(world["topic"]), "--trust-root", str(trust), "--json", "--no-progress"],
                            capture_output=True, text=True, timeout=300)
     assert audit.returncode == 1, audit.stdout[-3000:] + audit.stderr[-3000:]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+AUDIT = str(Path(sys.executable).parent / "steward-audit")  # the console script beside this Python
+
 
 def test_demo_runs_and_its_export_verifies(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -20,7 +22,7 @@ def test_demo_runs_and_its_export_verifies(tmp_path: Path) -> None:
     assert "promoted" in demo.stdout
     match = re.search(r"^\s+(steward-audit verify .+)$", demo.stdout, re.MULTILINE)
     assert match, demo.stdout
-    audit = subprocess.run(shlex.split(match.group(1)), capture_output=True, text=True, timeout=300)
+    audit = subprocess.run([AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "VERIFIED" in audit.stdout
     for name in ("keys", "ledger.db", "ledger-export.avro", "trust-root.json"):
@@ -51,5 +53,5 @@ def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
     assert re.search(r"rolled back .*kill switch", text)
     match = re.search(r"^\s+(steward-audit verify .+)$", text, re.MULTILINE)
     assert match, text
-    audit = subprocess.run(shlex.split(match.group(1)), capture_output=True, text=True, timeout=300)
+    audit = subprocess.run([AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr

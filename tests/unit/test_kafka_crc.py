@@ -16,7 +16,7 @@ from kafka.record import util
 
 
 def test_kafka_python_uses_the_c_crc32c() -> None:
-    assert util.crc32c_c is not None, "the crc32c package is not importable: pip install -e ."
+    assert util.crc32c_c is not None, "the crc32c package is not importable: run scripts/setup"
     data = b"steward/v1/event\n" * 64
     # Same checksum as the pure-Python fallback, and the one kafka-python will use.
     assert util.calc_crc32c(data) == util.crc32c_c(data) == util.crc32c_py(data)
