@@ -77,7 +77,7 @@ PROBES: list[tuple[str, Any]] = [
     ("ledger.writer.LedgerServer._write", lambda self, entries: len(entries)),
     ("ledger.writer.LedgerServer._store_batch", lambda self, staged, *_: len(staged)),
     ("ledger.writer.LedgerServer._publish_checkpoint", None),
-    ("ledger.formats.decode_signed_event", None),
+    ("ledger.formats.decode_received_event", None),
     ("ledger.formats.decode_body", None),
     ("ledger.formats.encode_entry", None),
     ("ledger.keys.PublicKey.verify", None),

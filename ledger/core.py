@@ -15,6 +15,7 @@ from ledger.errors import StewardError
 from ledger.formats import (
     EventBody,
     LogEntry,
+    ReceivedEvent,
     SignedEvent,
     decode_body,
     encode_signed_event,
@@ -44,9 +45,10 @@ class DuplicateEventId(StewardError):
         self.seq = seq
 
 
-def event_digest(event: SignedEvent) -> bytes:
-    """What makes two submissions "the same signed event" for idempotency."""
-    return hashlib.sha256(encode_signed_event(event)).digest()
+def event_digest(event: SignedEvent | ReceivedEvent) -> bytes:
+    """What makes two submissions "the same signed event" for idempotency: its encoding."""
+    encoded = event.encoding() if isinstance(event, ReceivedEvent) else encode_signed_event(event)
+    return hashlib.sha256(encoded).digest()
 
 
 class LedgerCore:
@@ -88,12 +90,13 @@ class LedgerCore:
             raise DuplicateEventId(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
-    def prepare(self, event: SignedEvent, received_at: int, *, seq: int | None = None,
-                prev: bytes | None = None, state: LedgerState | None = None,
-                body: EventBody | None = None,
+    def prepare(self, event: SignedEvent | ReceivedEvent, received_at: int, *,
+                seq: int | None = None, prev: bytes | None = None,
+                state: LedgerState | None = None, body: EventBody | None = None,
                 verified: Container[VerifiedSignature] = ()) -> LogEntry:
         """The entry `event` becomes next; raises RuleViolation (nothing changes) if refused.
 
+        A ReceivedEvent lends the entry the bytes it came in (``make_entry``).
         `verified`: signatures the caller already checked with Ed25519 (rules.check trusts
         only their cryptography; who may sign is still judged on the state).
         """

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ledger.core import event_digest
 from ledger.errors import StewardError
-from ledger.formats import EventBody, SignedEvent, decode_body, decode_signed_event
+from ledger.formats import EventBody, ReceivedEvent, decode_body, decode_received_event
 from ledger.rules import VerifiedSignature
 from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.state import KeyInfo
@@ -24,7 +24,7 @@ class StagedEvent:
     """One submitted event, decoded outside the append lock (or why it does not decode)."""
 
     size: int  # bytes as submitted
-    event: SignedEvent | None = None
+    received: ReceivedEvent | None = None
     body: EventBody | None = None
     digest: bytes = b""  # event_digest(event), for idempotency
     error: StewardError | None = None
@@ -62,13 +62,13 @@ def decode(signed_events: Sequence[bytes], keys: Mapping[bytes, KeyInfo]) -> Dec
     staged: list[StagedEvent] = []
     for raw in signed_events:
         try:
-            event = decode_signed_event(raw)
-            body = decode_body(event.body)
+            received = decode_received_event(raw)
+            body = decode_body(received.event.body)
         except StewardError as exc:
             staged.append(StagedEvent(len(raw), error=exc))
             continue
-        staged.append(StagedEvent(len(raw), event, body, event_digest(event)))
-        pending.add(event.body, event.signatures)
+        staged.append(StagedEvent(len(raw), received, body, event_digest(received)))
+        pending.add(received.event.body, received.event.signatures)
     return DecodedBatch(tuple(staged), pending)
 
 

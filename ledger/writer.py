@@ -401,14 +401,15 @@ class LedgerServer:
                 try:
                     if item.error is not None:
                         raise item.error
-                    assert item.event is not None and item.body is not None
-                    existing = core.existing_receipt(item.event, body=item.body, digest=item.digest)
+                    assert item.received is not None and item.body is not None
+                    existing = core.existing_receipt(item.received.event, body=item.body,
+                                                      digest=item.digest)
                     if existing is not None:
                         # Maybe of an entry still on its way to the store: answered with this
                         # group, which the writer answers after the earlier ones.
                         results.append(existing)
                         continue
-                    e = core.prepare(item.event, self._received_at(), body=item.body,
+                    e = core.prepare(item.received, self._received_at(), body=item.body,
                                      verified=verified)
                     if e.seq == 0:
                         assert isinstance(e.body.payload, LedgerGenesis)

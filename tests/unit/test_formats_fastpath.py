@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import pickle
 import random
@@ -15,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import formats
+from ledger import fastcodec, formats, wire
+from ledger.core import event_digest
 from ledger.errors import FormatError
 from ledger.formats import (
     ENTRY_SCHEMA,
@@ -25,6 +27,7 @@ from ledger.formats import (
     SignedEvent,
     decode_body,
     decode_entry,
+    decode_received_event,
     decode_signed_event,
     encode_body,
     encode_entry,
@@ -260,7 +263,7 @@ def _body_outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
 
 
 def _decode_body_with_fastavro(data: bytes) -> formats.EventBody:
-    schema, payload = formats._split_single_object(data, formats._BODY_WRITERS, "body")
+    schema, payload = formats._split_single_object(data, wire.BODY_WRITERS, "body")
     return formats._decode_body_with_fastavro(schema, payload)
 
 
@@ -277,7 +280,7 @@ def test_bodies_of_every_payload_type_decode_as_fastavro_decodes_them(payload_na
     record = data.draw(_body_records(payload_name))
     body = _fastavro_body(record)
     assert _assert_body_as_fastavro(body)[0] == "ok"
-    assert formats._fast_decode_body(body[10:]) is not None  # the plain shape: read directly
+    assert fastcodec.read_body(body[10:]) is not None  # the plain shape: read directly
     decoded = decode_body(body)
     assert decoded.type == payload_name.rsplit(".", 1)[1]
     assert encode_body(decoded) == body
@@ -398,7 +401,7 @@ def test_over_long_varints_in_a_body_are_read_as_fastavro_reads_them() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# A decoded SignedEvent keeps the bytes it came from only when they are encode's bytes.
+# A received SignedEvent keeps the bytes it came from only when they are encode's bytes.
 
 
 # make_entry takes the decoded body from its caller; these bodies are random bytes.
@@ -420,15 +423,20 @@ def test_a_decoded_event_encodes_and_enters_entries_as_a_fresh_one() -> None:
         count_at = len(data) - (96 * len(event.signatures) + 2 if event.signatures else 1)
         variants += [_padded(data, count_at, 2)]  # the signature count, over-long
         for variant in variants:
-            decoded = decode_signed_event(variant)
+            received = decode_received_event(variant)
+            decoded = received.event
+            assert decode_signed_event(variant) == decoded
             assert decoded == fresh and hash(decoded) == hash(fresh) and repr(decoded) == repr(fresh)
             assert pickle.loads(pickle.dumps(decoded)) == fresh
             assert encode_signed_event(decoded) == data  # never the over-long bytes
-            kept = formats._kept_encoding(decoded)
+            assert received.encoding() == data  # never the over-long bytes
+            assert event_digest(received) == event_digest(decoded) == hashlib.sha256(data).digest()
+            kept = received.canonical
             assert kept == (data if variant == data else None)
-            made = formats.make_entry(entry.seq, entry.prev, decoded, entry.received_at, _ANY_BODY)
-            assert made.entry_bytes == encode_entry(entry) == _fastavro_bytes(ENTRY_SCHEMA, entry)
-            assert made.entry == entry and made.leaf_hash == formats.leaf_hash(made.entry_bytes)
+            for made in (formats.make_entry(entry.seq, entry.prev, received, entry.received_at, _ANY_BODY),
+                         formats.make_entry(entry.seq, entry.prev, decoded, entry.received_at, _ANY_BODY)):
+                assert made.entry_bytes == encode_entry(entry) == _fastavro_bytes(ENTRY_SCHEMA, entry)
+                assert made.entry == entry and made.leaf_hash == formats.leaf_hash(made.entry_bytes)
 
 
 @settings(max_examples=200, deadline=None)
@@ -446,8 +454,10 @@ def test_whatever_bytes_a_signed_event_came_from_its_encoding_is_its_values(
         outcome = _outcome(decode_signed_event, raw)
         assert outcome == _outcome(lambda d: _fastavro_decode(SIGNED_EVENT_SCHEMA, d), raw)
         if outcome[0] == "ok":
-            decoded = outcome[1]
-            assert encode_signed_event(decoded) == canonical
-            assert formats._kept_encoding(decoded) in (None, canonical)
-            assert formats.make_entry(3, b"\x00" * 32, decoded, 5, _ANY_BODY).entry_bytes == encode_entry(
+            received = decode_received_event(raw)
+            decoded = received.event
+            assert decoded == outcome[1]
+            assert encode_signed_event(decoded) == canonical == received.encoding()
+            assert received.canonical in (None, canonical)
+            assert formats.make_entry(3, b"\x00" * 32, received, 5, _ANY_BODY).entry_bytes == encode_entry(
                 Entry(3, b"\x00" * 32, body, event.signatures, 5))

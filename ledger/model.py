@@ -1,0 +1,280 @@
+"""The event model: frozen dataclasses that mirror the shipped Avro records field for field.
+
+This is what the rest of Steward reads and writes; ``ledger.formats`` turns it into bytes and
+back. Arrays are tuples, fixed and bytes are bytes, enums are their symbol strings, timestamps
+are int milliseconds since the epoch. The fast codec (``ledger.fastcodec``) relies on each
+record's fields being its schema's, in order (it checks that at import).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Enum symbols, as the schemas list them.
+ROLES = ("root", "proposer", "evaluator", "approver", "operator", "monitor", "controller")
+PRINCIPAL_KINDS = ("human", "agent", "service")
+COMPARE_OPS = ("GE", "GT", "LE", "LT", "EQ")
+DECISIONS = ("APPROVE", "REJECT")
+ROLLOUT_PHASES = ("STARTED", "ADVANCED", "PAUSED", "PROMOTED", "ROLLED_BACK", "DRIFT_CORRECTED")
+SCOPE_KINDS = ("GLOBAL", "TARGET", "PROPOSAL")
+
+
+@dataclass(frozen=True)
+class RootKey:
+    principal: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class LedgerGenesis:
+    origin: str
+    roots: tuple[RootKey, ...]
+    root_threshold: int
+    checkpoint_key_name: str
+    checkpoint_public_key: bytes
+
+
+@dataclass(frozen=True)
+class KeyGranted:
+    principal: str
+    public_key: bytes
+    roles: tuple[str, ...]
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyRevoked:
+    key_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetSelector:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class RequiredEval:
+    suite: str
+    metric: str
+    op: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    weight: int
+    hold_seconds: int
+    health_gate: bool
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    policy_id: str
+    selector: TargetSelector
+    required_evals: tuple[RequiredEval, ...]
+    approvals_required: int
+    approver_kinds: tuple[str, ...]
+    plan: tuple[PlanStep, ...]
+    veto_on_reject: bool
+    kill_release_approvals: int
+    kill_rollback_bound_ms: int
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    image: str
+    model_digest: str
+
+
+@dataclass(frozen=True)
+class ProposalOrigin:
+    agent: str
+    run: str
+
+
+@dataclass(frozen=True)
+class ProposalSubmitted:
+    target: Target
+    candidate: ModelRef
+    baseline: ModelRef
+    rationale: str
+    origin: ProposalOrigin
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class EvalRecorded:
+    proposal: bytes
+    suite: str
+    metrics: tuple[Metric, ...]
+    artifact_digest: str
+
+
+@dataclass(frozen=True)
+class ApprovalRecorded:
+    proposal: bytes
+    decision: str
+    evals: tuple[bytes, ...]
+    comment: str
+
+
+@dataclass(frozen=True)
+class HealthReported:
+    proposal: bytes
+    step: int
+    healthy: bool
+    metrics: tuple[Metric, ...]
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    stable_replicas: int
+    canary_replicas: int
+    canary_ready: int
+    stable_image: str
+    canary_image: str
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    proposal: bytes
+    step: int
+    weight: int
+    phase: str
+    reason: str
+    observed: ObservedState
+
+
+@dataclass(frozen=True)
+class KillScope:
+    kind: str
+    namespace: str = ""
+    deployment: str = ""
+    proposal: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AnnotationSource:
+    object: str
+    field_manager: str
+    time: str
+
+
+@dataclass(frozen=True)
+class KillSwitchEngaged:
+    scope: KillScope
+    reason: str
+    annotation: AnnotationSource | None = None
+
+
+@dataclass(frozen=True)
+class KillSwitchReleased:
+    scope: KillScope
+    reason: str
+
+
+Payload = (
+    LedgerGenesis
+    | KeyGranted
+    | KeyRevoked
+    | PolicySet
+    | ProposalSubmitted
+    | EvalRecorded
+    | ApprovalRecorded
+    | HealthReported
+    | RolloutStep
+    | KillSwitchEngaged
+    | KillSwitchReleased
+)
+
+PAYLOAD_TYPES: Mapping[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        LedgerGenesis,
+        KeyGranted,
+        KeyRevoked,
+        PolicySet,
+        ProposalSubmitted,
+        EvalRecorded,
+        ApprovalRecorded,
+        HealthReported,
+        RolloutStep,
+        KillSwitchEngaged,
+        KillSwitchReleased,
+    )
+}
+
+
+@dataclass(frozen=True)
+class EventBody:
+    ledger: str
+    event_id: bytes
+    issued_at: int
+    refs: tuple[bytes, ...]
+    payload: Payload
+
+    @property
+    def type(self) -> str:
+        """The event type; on the wire it is an enum that must name the payload's record."""
+        return type(self.payload).__name__
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_id: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class SignedEvent:
+    body: bytes
+    signatures: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    prev: bytes
+    body: bytes
+    signatures: tuple[Signature, ...]
+    received_at: int
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """An entry as read from the log: the exact bytes, their leaf hash and the decoded body."""
+
+    entry: Entry
+    entry_bytes: bytes
+    leaf_hash: bytes
+    body: EventBody
+
+    @property
+    def seq(self) -> int:
+        return self.entry.seq
+
+
+def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
+    """The entry hashes a payload names; each must also be listed in the body's refs."""
+    if isinstance(payload, EvalRecorded | HealthReported | RolloutStep):
+        return (payload.proposal,)
+    if isinstance(payload, ApprovalRecorded):
+        return (payload.proposal, *payload.evals)
+    if isinstance(payload, KillSwitchEngaged | KillSwitchReleased) and payload.scope.proposal:
+        return (payload.scope.proposal,)
+    return ()
