@@ -1,17 +1,20 @@
-"""A small Avro toolkit for the auditor: schema fingerprints and a compiled binary reader.
+"""The auditor's own Avro: Parsing Canonical Form, CRC-64-AVRO and a binary reader.
 
-* Fingerprints: Parsing Canonical Form (Avro spec "Transforming into Parsing Canonical Form")
-  and CRC-64-AVRO.
-* Readers: each schema node compiles to ``read(buf, pos) -> (value, pos)``, Python source
-  generated from the schema; records become the value classes the caller names
-  (:mod:`audit.formats` passes its dataclasses).
+Written again from the Avro specification, so that the auditor shares no decoding code with
+the ledger: ``canonical_form`` and ``crc64_avro`` give a schema's fingerprint, and
+``compile_reader`` turns a schema (parsed JSON) into ``read(buf, pos) -> (value, pos)``, the
+records built as the value classes it is given. ``audit.formats`` uses them on the shipped
+schemas.
 
-Nothing here knows Steward's schemas; :mod:`audit.formats` loads them and frames the bytes.
+The reader is generated Python source (docs/PERFORMANCE.md, "Generated code"). With
+``STEWARD_NO_CODEGEN=1`` in the environment it is built as plain closures instead: the same
+reads, checks and errors, nothing exec'd (tests/unit/test_codegen.py compares the two).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -20,8 +23,23 @@ from typing import Any
 
 from audit.errors import DecodeError
 
+
+def codegen_enabled() -> bool:
+    """Whether generated code is used: unless STEWARD_NO_CODEGEN is set to a non-zero value.
+
+    The ledger's switch (ledger.codegen), checked again here: the auditor imports nothing from
+    the ledger.
+    """
+    return os.environ.get("STEWARD_NO_CODEGEN", "") in ("", "0")
+
+
+# Read once, at import: the shipped schemas' readers are built then.
+GENERATE = codegen_enabled()
+
+
 # --------------------------------------------------------------------------------------------
-# Fingerprints
+# Fingerprints: Parsing Canonical Form (Avro spec "Transforming into Parsing Canonical Form")
+# and CRC-64-AVRO.
 
 _EMPTY64 = 0xC15D213AA4D7A795
 
@@ -94,7 +112,7 @@ def canonical_form(schema: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Readers
+# A small Avro binary decoder. Each schema node compiles to `read(buf, pos) -> (value, pos)`.
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
 _DOUBLE = struct.Struct("<d")
@@ -119,21 +137,27 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 _PRIMITIVE_READERS = _PRIMITIVES  # every primitive is read inline by the generated code
 
 
-def compile_reader(schema: Any, records: Mapping[str, type[Any]]) -> Reader:
-    """A reader for `schema`: Python source generated from the schema.
+def compile_reader(schema: Any, classes: Mapping[str, type[Any]], generate: bool = GENERATE) -> Reader:
+    """A reader for `schema`: Python source generated from the schema (or, when `generate` is
+    false, plain closures doing the same reads and checks: _plain_reader).
+
+    Records become the classes in `classes`, by full name (fields in the schema's order).
 
     Generated code keeps the hot path inline — varints, strings, fixed, doubles, enums, and
     whole nested records — so that a payload costs one call and decoding stays cheap next to
     the Ed25519 verification it precedes; a large union (the payload) dispatches through a
-    table of per-branch functions. Records become the classes `records` names by full name
-    (dataclasses); their field names are checked against the schema when the reader is built.
+    table of per-branch functions. The records' field names are checked against the schema
+    when the reader is built.
 
     Bounds: a read never moves `pos` backwards (lengths and counts are checked non-negative),
     so a read past the end either raises IndexError/struct.error at once or leaves `pos`
     beyond the end, which the caller's final `end == len(data)` check refuses
-    (`_single_object`). A reader's result must therefore only be used after that check.
+    (`audit.formats._single_object`). A reader's result must therefore only be used after
+    that check.
     """
-    gen = _Generator(records)
+    if not generate:
+        return _plain_reader(schema, classes)
+    gen = _Generator(classes)
     entry = gen.node(schema, "")
     namespace: dict[str, Any] = {
         "DecodeError": DecodeError,
@@ -142,6 +166,7 @@ def compile_reader(schema: Any, records: Mapping[str, type[Any]]) -> Reader:
         "_unpack_float": _FLOAT.unpack_from,
         **gen.env,
     }
+    # Why generated: docs/PERFORMANCE.md "Generated code" (1.65x fewer instructions per entry).
     exec(compile("\n".join(gen.lines), "<audit-avro-reader>", "exec"), namespace)
     reader: Reader = namespace[entry]
     return reader
@@ -153,8 +178,8 @@ INLINE_UNION_BRANCHES = 3  # larger unions dispatch through a table of functions
 class _Generator:
     """Emits reader source. Every function has the signature (buf, pos) -> (value, pos)."""
 
-    def __init__(self, records: Mapping[str, type[Any]]) -> None:
-        self.records = records
+    def __init__(self, classes: Mapping[str, type[Any]]) -> None:
+        self.classes = classes
         self.lines: list[str] = []
         self.env: dict[str, Any] = {}
         self.named: dict[str, str] = {}  # full name -> function name
@@ -270,7 +295,7 @@ class _Generator:
 
     def _record_lines(self, full: str, var: str, ind: str) -> list[str]:
         _, node, inner_ns = self.defs[full]
-        cls = self.records.get(full)
+        cls = self.classes.get(full)
         if cls is None:
             raise ValueError(f"no value class for record {full}")
         names = [f["name"] for f in node["fields"]]
@@ -358,3 +383,144 @@ class _Generator:
             f"{ind}{var}, pos = {table}[i](buf, pos)",
         ]
         return out
+
+
+
+# --------------------------------------------------------------------------------------------
+# The same reader as plain closures (STEWARD_NO_CODEGEN): one per schema node, doing what the
+# generated source does inline, check for check and message for message. The one-item array
+# shortcut is left out: the general block loop reads the same bytes to the same value.
+
+
+def _plain_reader(schema: Any, classes: Mapping[str, type[Any]]) -> Reader:
+    resolver = _Generator(classes)  # only its resolution of named types is used
+    records: dict[str, Reader] = {}
+
+    def long_(buf: bytes, pos: int) -> tuple[int, int]:
+        return _read_long(buf, pos)
+
+    def int_(buf: bytes, pos: int) -> tuple[int, int]:
+        v, pos = _read_long(buf, pos)
+        if not -2147483648 <= v < 2147483648:
+            raise DecodeError("int out of range")
+        return v, pos
+
+    def bytes_(buf: bytes, pos: int) -> tuple[bytes, int]:
+        n, pos = _read_long(buf, pos)
+        if n < 0:
+            raise DecodeError("bytes of negative length")
+        e = pos + n
+        return buf[pos:e], e
+
+    def string(buf: bytes, pos: int) -> tuple[str, int]:
+        n, pos = _read_long(buf, pos)
+        if n < 0:
+            raise DecodeError("string of negative length")
+        e = pos + n
+        return buf[pos:e].decode("utf-8"), e
+
+    def boolean(buf: bytes, pos: int) -> tuple[bool, int]:
+        b = buf[pos]
+        if b > 1:
+            raise DecodeError("boolean byte is not 0 or 1")
+        return b == 1, pos + 1
+
+    def null(buf: bytes, pos: int) -> tuple[None, int]:
+        return None, pos
+
+    def double(buf: bytes, pos: int) -> tuple[float, int]:
+        return _DOUBLE.unpack_from(buf, pos)[0], pos + 8
+
+    def float_(buf: bytes, pos: int) -> tuple[float, int]:
+        return _FLOAT.unpack_from(buf, pos)[0], pos + 4
+
+    primitives: dict[str, Reader] = {
+        "long": long_, "int": int_, "bytes": bytes_, "string": string, "boolean": boolean,
+        "null": null, "double": double, "float": float_,
+    }
+
+    def fixed(size: int) -> Reader:
+        def read_fixed(buf: bytes, pos: int) -> tuple[bytes, int]:
+            e = pos + size
+            return buf[pos:e], e
+
+        return read_fixed
+
+    def enum(symbols: tuple[str, ...]) -> Reader:
+        def read_enum(buf: bytes, pos: int) -> tuple[str, int]:
+            i, pos = _read_long(buf, pos)
+            if not 0 <= i < len(symbols):
+                raise DecodeError("enum index out of range")
+            return symbols[i], pos
+
+        return read_enum
+
+    def array(item: Reader) -> Reader:
+        def read_array(buf: bytes, pos: int) -> tuple[tuple[Any, ...], int]:
+            out: list[Any] = []
+            while True:
+                count, pos = _read_long(buf, pos)
+                if count == 0:
+                    return tuple(out), pos
+                if count < 0:
+                    count = -count
+                    _size, pos = _read_long(buf, pos)
+                if count > len(buf) - pos + 1:
+                    raise DecodeError("array block cannot fit in the data")
+                for _ in range(count):
+                    v, pos = item(buf, pos)
+                    out.append(v)
+
+        return read_array
+
+    def union(branches: tuple[Reader, ...]) -> Reader:
+        def read_union(buf: bytes, pos: int) -> tuple[Any, int]:
+            i, pos = _read_long(buf, pos)
+            if not 0 <= i < len(branches):
+                raise DecodeError("union branch out of range")
+            return branches[i](buf, pos)
+
+        return read_union
+
+    def record(full: str) -> Reader:
+        if full in records:  # built, or being built (a recursive record)
+            return records[full]
+        built: list[Reader] = []
+        records[full] = lambda buf, pos: built[0](buf, pos)
+        _, node, inner_ns = resolver.defs[full]
+        cls = classes.get(full)
+        if cls is None:
+            raise ValueError(f"no value class for record {full}")
+        names = [f["name"] for f in node["fields"]]
+        if names != [f.name for f in fields(cls)]:
+            raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
+        readers = [build(f["type"], inner_ns) for f in node["fields"]]
+
+        def read_record(buf: bytes, pos: int) -> tuple[Any, int]:
+            values = []
+            for read in readers:
+                v, pos = read(buf, pos)
+                values.append(v)
+            return cls(*values), pos
+
+        built.append(read_record)
+        records[full] = read_record
+        return read_record
+
+    def build(node: Any, ns: str) -> Reader:
+        kind, node, ns = resolver._resolve(node, ns)
+        if kind in primitives:
+            return primitives[kind]
+        if kind == "fixed":
+            return fixed(int(node["size"]))
+        if kind == "enum":
+            return enum(tuple(node["symbols"]))
+        if kind == "record":
+            return record(fullname(node["name"], node.get("namespace", ns)))
+        if kind == "array":
+            return array(build(node["items"], ns))
+        if kind == "union":
+            return union(tuple(build(branch, ns) for branch in node))
+        raise ValueError(f"unsupported schema node {node!r}")
+
+    return build(schema, "")

@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar, Union
 
 from controller.errors import ControllerError
 from controller.state import ControllerState, RolloutRecord
+from ledger.codegen import GENERATE
 from ledger.formats import HASH_SIZE, PAYLOAD_TYPES
 from ledger.state import LedgerState, ProposalState
 
@@ -306,14 +307,26 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
     codecs = [_codec(hints[n], f"{cls.__name__}.{n}") for n in fields]
     encs = [c[0] for c in codecs]
     decs = [c[1] for c in codecs]
-    n = len(fields)
 
     def enc(v: Any) -> Any:
         return [e(getattr(v, name)) for e, name in zip(encs, fields, strict=True)]
 
-    # The decoder is generated from the fields (as ledger.formats does for entries): plain
-    # values are type-checked inline, the rest go through their own decoder.
-    env: dict[str, Any] = {"cls": cls, "fail": _raise, "n": n, "new": object.__new__}
+    # Built as pickle would (no __post_init__ in these classes, checked here), which is about
+    # twice as fast as the frozen dataclass __init__ and its object.__setattr__ per field.
+    if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
+        raise TypeError(f"snapshot decoding builds {cls.__name__} without __init__; it has __post_init__ or __slots__")
+    # Generated from the fields (docs/PERFORMANCE.md "Generated code"), or with
+    # STEWARD_NO_CODEGEN set, a closure doing the same steps.
+    dec = (_generated_decoder if GENERATE else _plain_decoder)(cls, fields, hints, decs)
+    _DATACLASS_CODECS[cls] = (enc, dec)
+    return enc, dec
+
+
+def _generated_decoder(cls: type[Any], fields: list[str], hints: Mapping[str, Any],
+                       decs: list[_Dec]) -> _Dec:
+    """The decoder of `cls` from its record (a list, one value a field), as generated source:
+    plain values are type-checked inline, the rest go through their own decoder."""
+    env: dict[str, Any] = {"cls": cls, "fail": _raise, "n": len(fields), "new": object.__new__}
     args = []
     for i, (name, d) in enumerate(zip(fields, decs, strict=True)):
         hint = hints[name]
@@ -323,10 +336,6 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
             args.append(f"(x{i} if type(x{i} := v[{i}]) is t{i} else fail({cls.__name__ + '.' + name!r}, x{i}))")
         else:
             args.append(f"d{i}(v[{i}])")
-    # Built as pickle would (no __post_init__ in these classes, checked below), which is
-    # about twice as fast as the frozen dataclass __init__ and its object.__setattr__ per field.
-    if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
-        raise TypeError(f"snapshot decoding builds {cls.__name__} without __init__; it has __post_init__ or __slots__")
     items = ", ".join(f"{name!r}: {arg}" for name, arg in zip(fields, args, strict=True))
     source = (f"def dec(v):\n"
               f"    if type(v) is not list or len(v) != n:\n"
@@ -336,8 +345,32 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
               f"    return o\n")
     exec(source, env)  # generated from our own dataclass fields only
     dec: _Dec = env["dec"]
-    _DATACLASS_CODECS[cls] = (enc, dec)
-    return enc, dec
+    return dec
+
+
+def _plain_decoder(cls: type[Any], fields: list[str], hints: Mapping[str, Any],
+                   decs: list[_Dec]) -> _Dec:
+    """What _generated_decoder builds, as a closure: the same checks, in the same order."""
+    n = len(fields)
+    steps = [(i, name, hints[name] if hints[name] in (str, int, bool) else None, d)
+             for i, (name, d) in enumerate(zip(fields, decs, strict=True))]
+
+    def dec(v: Any) -> Any:
+        if type(v) is not list or len(v) != n:
+            _raise(cls.__name__, v)
+        o = object.__new__(cls)
+        values: dict[str, Any] = {}
+        for i, name, plain_type, d in steps:
+            if plain_type is None:
+                values[name] = d(v[i])
+            elif type(x := v[i]) is plain_type:
+                values[name] = x
+            else:
+                _raise(f"{cls.__name__}.{name}", x)
+        o.__dict__.update(values)
+        return o
+
+    return dec
 
 
 # Entry types as one byte each; a new payload type changes the table, refusing older snapshots.
