@@ -52,7 +52,7 @@ from ledger.wire import (
 # --------------------------------------------------------------------------------------------
 # Fast paths for SignedEvent and Entry
 #
-# Every submission is decoded, hashed (event_digest re-encodes it) and turned into an entry, so
+# Every submission is decoded, hashed (event_digest) and turned into an entry, so
 # these two fixed-shape records are written and read here directly (Avro binary: zig-zag
 # varint longs, length-prefixed bytes, raw fixed, one array block ending in a zero count).
 # The fast path only takes the plain shape: values of exactly the declared Python types and

@@ -207,6 +207,10 @@ _SIGNED_EVENT_FROM_AVRO = _record_converter(SignedEvent)
 _ENTRY_FROM_AVRO = _record_converter(Entry)
 
 
+# --------------------------------------------------------------------------------------------
+# fastavro and the single-object framing
+
+
 def _schemaless_write(schema: Schema, record: Mapping[str, Any], field: str) -> bytes:
     out = io.BytesIO()
     try:
@@ -267,9 +271,9 @@ def _split_single_object(
     return schema, data[10:]
 
 
-
 # --------------------------------------------------------------------------------------------
 # Bodies and signed bytes
+
 
 def encode_body(body: EventBody) -> bytes:
     """The single-object encoding of `body` with the current EventBody schema."""
