@@ -7,11 +7,15 @@ inputs and infrastructure: a file it cannot read, a broker it cannot reach, a ba
 from __future__ import annotations
 
 
-class AuditError(Exception):
+class AuditorError(Exception):
+    """Base of every deliberate auditor error."""
+
+
+class AuditError(AuditorError):
     """A usage or infrastructure problem: the audit could not be carried out."""
 
 
-class DecodeError(Exception):
+class DecodeError(AuditorError):
     """Bytes that do not decode as the format says; the verifier turns it into a finding."""
 
     def __init__(self, message: str, *, code: str = "DECODE_ERROR") -> None:

@@ -15,13 +15,14 @@ import hashlib
 from dataclasses import dataclass
 
 from audit.ed25519 import verify as verify_ed25519
+from audit.errors import AuditorError
 
 ED25519_ALG = 0x01
 SIG_PREFIX = "\u2014 "  # em dash and a space
 MAX_NOTE_BYTES = 1 << 20
 
 
-class NoteError(ValueError):
+class NoteError(AuditorError, ValueError):
     """A note, vkey or checkpoint that does not parse or does not verify."""
 
 

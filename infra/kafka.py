@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import steward_cache
+from infra import InfraError, steward_cache
 
 KAFKA_VERSION = "4.2.0"
 LOG4J_VERSION = "2.25.3"
@@ -46,7 +46,7 @@ STARTED_MARKER = "Kafka Server started"
 JVM_HEAP = ("-Xms256m", "-Xmx512m")
 
 
-class KafkaInfraError(RuntimeError):
+class KafkaInfraError(InfraError):
     """Fetching, starting or stopping the local Kafka failed; the message says what and why."""
 
 

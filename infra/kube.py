@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from infra import steward_cache
+from infra import InfraError, steward_cache
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -59,7 +59,7 @@ SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the kubernetes Servic
 STAGES_DIR = Path(__file__).resolve().parent / "kube_stages"
 
 
-class KubeError(RuntimeError):
+class KubeInfraError(InfraError):
     """The local control plane could not be built or started; the message says which part."""
 
 
@@ -114,7 +114,7 @@ def _run_go(args: Sequence[str], cwd: Path, what: str, env: dict[str, str] | Non
     out = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         tail = "\n".join(out.splitlines()[-40:])
-        raise KubeError(f"{what} failed ({' '.join(args)}), exit {proc.returncode}:\n{tail}")
+        raise KubeInfraError(f"{what} failed ({' '.join(args)}), exit {proc.returncode}:\n{tail}")
     return out
 
 
@@ -127,9 +127,9 @@ def _download_json(module: str, cwd: Path) -> dict[str, str]:
     try:
         info: dict[str, str] = json.loads(out.stdout)
     except json.JSONDecodeError as exc:
-        raise KubeError(f"go mod download {module} failed: {out.stderr.strip()}") from exc
+        raise KubeInfraError(f"go mod download {module} failed: {out.stderr.strip()}") from exc
     if info.get("Error") or out.returncode != 0:
-        raise KubeError(f"go mod download {module} failed: {info.get('Error') or out.stderr}")
+        raise KubeInfraError(f"go mod download {module} failed: {info.get('Error') or out.stderr}")
     return info
 
 
@@ -189,7 +189,7 @@ def _build_kube(version: str, work: Path, bd: Path, parallel: str) -> None:
         if path.startswith("./staging/")
     ]
     if not replaces:
-        raise KubeError(f"k8s.io/kubernetes@{version}: no staging replaces found in its go.mod")
+        raise KubeInfraError(f"k8s.io/kubernetes@{version}: no staging replaces found in its go.mod")
     _write_wrapper(work, "kube", "k8s.io/kubernetes", version, replaces, go_line, godebug)
     _log(f"wrapper for k8s.io/kubernetes {version}: {len(replaces)} staging modules "
          f"pinned to {staging_version}" + (f", {godebug}" if godebug else ""))
@@ -268,7 +268,7 @@ def build(version: str = KUBE_VERSION, parallel: int | None = None) -> Path:
         _log(f"binaries for {version} present in {bd} (stamp found), nothing to build")
         return bd
     if shutil.which("go") is None:
-        raise KubeError("the go toolchain is not on PATH; it is needed to build the control plane")
+        raise KubeInfraError("the go toolchain is not on PATH; it is needed to build the control plane")
     bd.mkdir(parents=True, exist_ok=True)
     # Two builds at once (two test sessions, CI and a person) would race on the same outputs:
     # the second waits for the first, then finds the stamp.
@@ -493,7 +493,7 @@ class LocalCluster:
     @property
     def state(self) -> Path:
         if self.state_dir is None:
-            raise KubeError("cluster not started: no state directory yet")
+            raise KubeInfraError("cluster not started: no state directory yet")
         return self.state_dir
 
     @property
@@ -529,10 +529,10 @@ class LocalCluster:
 
     def start(self, timeout: float = 180.0) -> LocalCluster:
         if self._procs:
-            raise KubeError("cluster already started")
+            raise KubeInfraError("cluster already started")
         if not binaries_present(self.version):
             if not self.build_if_missing:
-                raise KubeError(f"binaries for {self.version} missing in {self.bin_dir}; "
+                raise KubeInfraError(f"binaries for {self.version} missing in {self.bin_dir}; "
                                 "run `python -m infra.kube build`")
             build(self.version)
         if self.state_dir is None:
@@ -546,7 +546,7 @@ class LocalCluster:
             try:
                 self._start_all(deadline)
                 break
-            except KubeError as exc:
+            except KubeInfraError as exc:
                 # Ports are picked free but bound later by another process: another session
                 # may take one in between. Retry with fresh ports in a fresh state directory.
                 retry = ("address already in use" in str(exc) and self._owns_state
@@ -681,16 +681,16 @@ class LocalCluster:
         t0 = time.monotonic()
         while True:
             if proc.popen is not None and proc.popen.poll() is not None:
-                raise KubeError(f"{proc.name} exited with code {proc.popen.returncode} before "
+                raise KubeInfraError(f"{proc.name} exited with code {proc.popen.returncode} before "
                                 f"becoming healthy; tail of {proc.log}:\n{_tail(proc.log)}")
             try:
                 if ready():
                     _log(f"{what} healthy after {time.monotonic() - t0:.1f}s")
                     return
-            except (OSError, KubeError):
+            except (OSError, KubeInfraError):
                 pass
             if time.monotonic() > deadline:
-                raise KubeError(f"{what} did not become healthy in time; tail of "
+                raise KubeInfraError(f"{what} did not become healthy in time; tail of "
                                 f"{proc.log}:\n{_tail(proc.log)}")
             time.sleep(0.3)
 
@@ -720,7 +720,7 @@ class LocalCluster:
         out = subprocess.run(argv, input=input, capture_output=True, text=True,
                              timeout=timeout, check=False)
         if check and out.returncode != 0:
-            raise KubeError(f"kubectl {' '.join(args)} failed ({out.returncode}): "
+            raise KubeInfraError(f"kubectl {' '.join(args)} failed ({out.returncode}): "
                             f"{out.stderr.strip() or out.stdout.strip()}")
         return out
 
@@ -792,7 +792,7 @@ def stage_documents() -> str:
     """All KWOK Stage documents, as one multi-document YAML for ``kwok --config``."""
     files = sorted(STAGES_DIR.glob("*.yaml"))
     if not files:
-        raise KubeError(f"no KWOK stage files found in {STAGES_DIR}")
+        raise KubeInfraError(f"no KWOK stage files found in {STAGES_DIR}")
     return "".join("---\n" + f.read_text() for f in files)
 
 
@@ -821,10 +821,10 @@ def stop_detached(state_dir: Path | None) -> Path:
         elif pointer.is_file():
             state_dir = Path(pointer.read_text().strip())
         else:
-            raise KubeError("no cluster to stop: pass --state-dir or set STEWARD_KUBE_STATE")
+            raise KubeInfraError("no cluster to stop: pass --state-dir or set STEWARD_KUBE_STATE")
     state_file = state_dir / "state.json"
     if not state_file.is_file():
-        raise KubeError(f"{state_file} not found: is {state_dir} a cluster state directory?")
+        raise KubeInfraError(f"{state_file} not found: is {state_dir} a cluster state directory?")
     data = json.loads(state_file.read_text())
     procs: list[_Proc] = []
     for name, pid in reversed(list(data["pids"].items())):
@@ -875,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text, end="")
         elif args.cmd == "stop":
             _log(f"stopped cluster in {stop_detached(args.state_dir)}")
-    except KubeError as exc:
+    except KubeInfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

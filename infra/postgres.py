@@ -34,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from infra import InfraError
+
 SUPERUSER = "steward"
 OS_USER = "postgres"  # who runs the server when we are root
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -41,7 +43,7 @@ _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _INSTALL_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "install-postgres"
 
 
-class PostgresInfraError(RuntimeError):
+class PostgresInfraError(InfraError):
     """Installing, starting or stopping the local PostgreSQL failed; the message says why."""
 
 

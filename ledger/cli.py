@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ledger.errors import FormatError, KeyError_, StewardError
+from ledger.errors import BadKeyError, FormatError, StewardError
 from ledger.events import new_body, sign
 from ledger.formats import (
     ApprovalRecorded,
@@ -93,7 +93,7 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 def _load_key(path: str, args: argparse.Namespace) -> PrivateKey:
     try:
         return PrivateKey.load(Path(path), _passphrase(args))
-    except KeyError_ as exc:
+    except BadKeyError as exc:
         if "passphrase" in str(exc) and sys.stdin.isatty():
             secret = getpass.getpass(f"passphrase for {path}: ").encode()
             return PrivateKey.load(Path(path), secret)
@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except StewardError as exc:
         print(f"steward: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, CliError | FormatError | KeyError_) else 1
+        return 2 if isinstance(exc, CliError | FormatError | BadKeyError) else 1
     except KeyboardInterrupt:
         return 130
 

@@ -22,7 +22,7 @@ from ledger.formats import (
     make_entry,
 )
 from ledger.merkle import MerkleTree
-from ledger.rules import RuleViolation, VerifiedSignature, Violation, check
+from ledger.rules import RuleViolationError, VerifiedSignature, Violation, check
 from ledger.state import LedgerState
 
 
@@ -34,7 +34,7 @@ class Receipt:
     duplicate: bool = False  # True when the same signed event was already in the log
 
 
-class DuplicateEventId(StewardError):
+class DuplicateEventIdError(StewardError):
     """The event id is in the log with different content."""
 
     def __init__(self, event_id: bytes, seq: int) -> None:
@@ -72,14 +72,14 @@ class LedgerCore:
         for e in entries:
             violation = check(self.state, e)
             if violation is not None:
-                raise RuleViolation(violation)
+                raise RuleViolationError(violation)
             self.commit(e)
 
     def existing_receipt(self, event: SignedEvent, *, body: EventBody | None = None,
                          digest: bytes | None = None) -> Receipt | None:
         """The original receipt when this exact event is already in the log.
 
-        Raises DuplicateEventId when the id is taken by different content. `body` and `digest`,
+        Raises DuplicateEventIdError when the id is taken by different content. `body` and `digest`,
         when given, are ``decode_body(event.body)`` and ``event_digest(event)``.
         """
         body = decode_body(event.body) if body is None else body
@@ -87,14 +87,14 @@ class LedgerCore:
         if receipt is None:
             return None
         if self._digests[body.event_id] != (event_digest(event) if digest is None else digest):
-            raise DuplicateEventId(body.event_id, receipt.seq)
+            raise DuplicateEventIdError(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
     def prepare(self, event: SignedEvent | ReceivedEvent, received_at: int, *,
                 seq: int | None = None, prev: bytes | None = None,
                 state: LedgerState | None = None, body: EventBody | None = None,
                 verified: Container[VerifiedSignature] = ()) -> LogEntry:
-        """The entry `event` becomes next; raises RuleViolation (nothing changes) if refused.
+        """The entry `event` becomes next; raises RuleViolationError (nothing changes) if refused.
 
         A ReceivedEvent lends the entry the bytes it came in (``make_entry``).
         `verified`: signatures the caller already checked with Ed25519 (rules.check trusts
@@ -110,7 +110,7 @@ class LedgerCore:
         )
         violation: Violation | None = check(state, e, verified)
         if violation is not None:
-            raise RuleViolation(violation)
+            raise RuleViolationError(violation)
         return e
 
     def commit(self, e: LogEntry, *, digest: bytes | None = None) -> Receipt:

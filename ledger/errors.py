@@ -24,7 +24,7 @@ class UnknownSchemaError(FormatError):
     """A single-object encoding whose schema fingerprint is not one the project ships."""
 
 
-class KeyError_(StewardError):
+class BadKeyError(StewardError):
     """A key that cannot be loaded, parsed or used (wrong passphrase, not Ed25519 ...)."""
 
 
@@ -42,7 +42,7 @@ class FencedError(StoreError):
     """Another writer took over this ledger; this one must stop appending."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailableError(StoreError):
     """The backend cannot be reached right now (broker down, database locked)."""
 
     retryable = True

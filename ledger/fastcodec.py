@@ -263,7 +263,7 @@ def read_entry(payload: bytes) -> Entry | None:
 # value or error stands, message included.
 
 
-class _OffPlainShape(Exception):
+class _OffPlainShapeError(Exception):
     """The fast body reader met an encoding it leaves to fastavro."""
 
 
@@ -297,7 +297,7 @@ def _read_null(data: bytes, pos: int) -> tuple[None, int]:
 def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
     b = data[pos]
     if b > 1:
-        raise _OffPlainShape  # fastavro reads any non-zero byte as true
+        raise _OffPlainShapeError  # fastavro reads any non-zero byte as true
     return b == 1, pos + 1
 
 
@@ -317,7 +317,7 @@ def _read_string(data: bytes, pos: int) -> tuple[str, int]:
         size, pos = _read_long(data, pos)
     end = pos + size
     if size < 0 or end > len(data):
-        raise _OffPlainShape  # fastavro reads what is there (all of it for a negative size)
+        raise _OffPlainShapeError  # fastavro reads what is there (all of it for a negative size)
     return data[pos:end].decode(), end
 
 
@@ -325,7 +325,7 @@ def _fixed_reader(size: int) -> _Reader:
     def read_fixed(data: bytes, pos: int) -> tuple[bytes, int]:
         end = pos + size
         if end > len(data):
-            raise _OffPlainShape  # fastavro returns the short read
+            raise _OffPlainShapeError  # fastavro returns the short read
         return data[pos:end], end
 
     return read_fixed
@@ -339,7 +339,7 @@ def _enum_reader(symbols: tuple[str, ...]) -> _Reader:
         else:
             index, pos = _read_long(data, pos)
         if not 0 <= index < len(symbols):
-            raise _OffPlainShape  # fastavro indexes its list (a negative index wraps)
+            raise _OffPlainShapeError  # fastavro indexes its list (a negative index wraps)
         return symbols[index], pos
 
     return read_enum
@@ -355,13 +355,13 @@ def _array_reader(item: _Reader) -> _Reader:
         if count == 0:
             return (), pos
         if count < 0 or count > len(data) - pos:
-            raise _OffPlainShape  # a sized block, or more items than bytes left
+            raise _OffPlainShapeError  # a sized block, or more items than bytes left
         items = []
         for _ in range(count):
             value, pos = item(data, pos)
             items.append(value)
         if data[pos] != 0:
-            raise _OffPlainShape  # a second block
+            raise _OffPlainShapeError  # a second block
         return tuple(items), pos + 1
 
     return read_array
@@ -375,7 +375,7 @@ def _union_reader(branches: tuple[_Reader, ...]) -> _Reader:
         else:
             index, pos = _read_long(data, pos)
         if not 0 <= index < len(branches):
-            raise _OffPlainShape  # fastavro indexes its list (a negative index wraps)
+            raise _OffPlainShapeError  # fastavro indexes its list (a negative index wraps)
         return branches[index](data, pos)
 
     return read_union
@@ -468,7 +468,7 @@ def read_body(payload: bytes) -> EventBody | None:
     try:
         (ledger, event_id, type_name, issued_at, refs, body_payload), pos = _READ_BODY_FIELDS(
             payload, 0)
-    except (_OffPlainShape, IndexError, ValueError, struct.error):
+    except (_OffPlainShapeError, IndexError, ValueError, struct.error):
         return None  # ValueError includes UnicodeDecodeError
     if pos != len(payload) or type_name != type(body_payload).__name__:
         return None  # trailing bytes, or a type that is not the payload's: fastavro's errors

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ledger.core import Receipt
-from ledger.errors import StewardError, StoreUnavailable
+from ledger.errors import StewardError, StoreUnavailableError
 from ledger.formats import LogEntry
 from ledger.staging import StagedBatch
 
@@ -291,7 +291,7 @@ class GroupCommit:
             if stale:
                 # Folded on top of a group whose store write failed: its checks assumed
                 # entries that were never stored.
-                error = self._last_failure or StoreUnavailable(
+                error = self._last_failure or StoreUnavailableError(
                     "an earlier batch could not be stored; retry")
             else:
                 self._write([e for g in take for e in g.entries])

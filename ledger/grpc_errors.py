@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from ledger.core import DuplicateEventId
+from ledger.core import DuplicateEventIdError
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
@@ -40,7 +40,7 @@ from ledger.rules import (
     PERMISSION,
     PRECONDITION,
     UNAUTHENTICATED,
-    RuleViolation,
+    RuleViolationError,
 )
 from steward.v1 import common_pb2
 
@@ -147,10 +147,10 @@ def status_for(exc: BaseException, log: logging.Logger) -> Status:
     """Map an exception to the contract's status; unexpected ones are logged with an id."""
     if isinstance(exc, ServiceError):
         return exc.status
-    if isinstance(exc, RuleViolation):
+    if isinstance(exc, RuleViolationError):
         v = exc.violation
         return Status(CATEGORY_STATUS[v.category], str(v), v.code, v.field)
-    if isinstance(exc, DuplicateEventId):
+    if isinstance(exc, DuplicateEventIdError):
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc), DUPLICATE_EVENT_ID_CODE, "event_id")
     if isinstance(exc, FormatError):
         code = UNKNOWN_SCHEMA_CODE if exc.field == "fingerprint" else MALFORMED_CODE

@@ -16,14 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.ed25519 import verify_ed25519
-from ledger.errors import KeyError_
+from ledger.errors import BadKeyError
 from ledger.formats import Signature, SignedEvent, signed_bytes
 
 
 def key_id(public_raw: bytes) -> bytes:
     """SHA-256 of the raw public key (32 bytes)."""
     if len(public_raw) != 32:
-        raise KeyError_(f"an Ed25519 public key is 32 bytes, observed {len(public_raw)}")
+        raise BadKeyError(f"an Ed25519 public key is 32 bytes, observed {len(public_raw)}")
     return hashlib.sha256(public_raw).digest()
 
 
@@ -33,7 +33,7 @@ class PublicKey:
 
     def __post_init__(self) -> None:
         if len(self.raw) != 32:
-            raise KeyError_(f"an Ed25519 public key is 32 bytes, observed {len(self.raw)}")
+            raise BadKeyError(f"an Ed25519 public key is 32 bytes, observed {len(self.raw)}")
 
     @property
     def key_id(self) -> bytes:
@@ -57,9 +57,9 @@ class PublicKey:
         try:
             key = serialization.load_pem_public_key(data)
         except ValueError as exc:
-            raise KeyError_(f"not a PEM public key: {exc}") from exc
+            raise BadKeyError(f"not a PEM public key: {exc}") from exc
         if not isinstance(key, Ed25519PublicKey):
-            raise KeyError_(f"expected an Ed25519 public key, observed {type(key).__name__}")
+            raise BadKeyError(f"expected an Ed25519 public key, observed {type(key).__name__}")
         return cls(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
@@ -121,11 +121,11 @@ class PrivateKey:
             key = serialization.load_pem_private_key(data, password=passphrase or None)
         except TypeError as exc:
             # cryptography says TypeError for "encrypted but no passphrase" and the reverse.
-            raise KeyError_(f"passphrase problem: {exc}") from exc
+            raise BadKeyError(f"passphrase problem: {exc}") from exc
         except ValueError as exc:
-            raise KeyError_(f"cannot load the private key (wrong passphrase or not PEM): {exc}") from exc
+            raise BadKeyError(f"cannot load the private key (wrong passphrase or not PEM): {exc}") from exc
         if not isinstance(key, Ed25519PrivateKey):
-            raise KeyError_(f"expected an Ed25519 private key, observed {type(key).__name__}")
+            raise BadKeyError(f"expected an Ed25519 private key, observed {type(key).__name__}")
         return cls(key)
 
     def save(self, path: Path, passphrase: bytes | None = None) -> None:
@@ -139,7 +139,7 @@ class PrivateKey:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise KeyError_(f"cannot read key file {path}: {exc.strerror}") from exc
+            raise BadKeyError(f"cannot read key file {path}: {exc.strerror}") from exc
         return cls.from_pem(data, passphrase)
 
 

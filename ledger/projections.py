@@ -9,7 +9,7 @@ projections exactly at some batch boundary: never ahead of the log, never behind
 
 Restart: the in-memory state is rebuilt by replaying the log from its first record up to the
 stored position through the same decode/check/apply path, writing no rows; the result must land
-on the stored ``(next_seq, last_hash)`` or :class:`ProjectionDivergence` is raised (the log was
+on the stored ``(next_seq, last_hash)`` or :class:`ProjectionDivergenceError` is raised (the log was
 rewritten under projections already made). The same rebuild runs after any failed batch, since
 the in-memory state may then be ahead of the database.
 
@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
-from ledger.errors import StewardError, StoreUnavailable
+from ledger.errors import StewardError, StoreUnavailableError
 from ledger.formats import (
     ZERO_HASH,
     ApprovalRecorded,
@@ -193,7 +193,7 @@ class ProjectionError(StewardError):
     """The projections cannot be brought up to date."""
 
 
-class ProjectionDivergence(ProjectionError):
+class ProjectionDivergenceError(ProjectionError):
     """Replaying the log does not reach the stored position: the log changed under them."""
 
 
@@ -462,7 +462,7 @@ class Projector:
         state = self._replay_checked(stored) if self.full_replay else self._replay_trusted(stored)
         if state is None or (state.size, state.last_hash) != (stored.next_seq, stored.last_hash):
             observed = "a broken chain" if state is None else f"seq {state.size} (last hash {state.last_hash.hex()})"
-            raise ProjectionDivergence(
+            raise ProjectionDivergenceError(
                 f"projection {self.name!r} is at position {stored.next_position} = seq {stored.next_seq} "
                 f"(last hash {stored.last_hash.hex()}), but replaying the log up to that position gives "
                 f"{observed}; the log changed under the projections: rebuild them"
@@ -545,7 +545,7 @@ class Projector:
         while not stop_event.is_set():
             try:
                 self._follow(stop_event, idle_timeout)
-            except (StoreUnavailable, sa.exc.OperationalError) as exc:
+            except (StoreUnavailableError, sa.exc.OperationalError) as exc:
                 log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, retry_delay)
                 self.reset()
                 stop_event.wait(retry_delay)

@@ -126,7 +126,7 @@ class Violation:
         return f"{self.code} ({self.field}): {self.message}"
 
 
-class RuleViolation(StewardError):
+class RuleViolationError(StewardError):
     """Raised by :func:`apply_checked` when an entry breaks a rule."""
 
     def __init__(self, violation: Violation) -> None:
@@ -308,10 +308,10 @@ def check(state: LedgerState, e: LogEntry,
 
 
 def apply_checked(state: LedgerState, e: LogEntry) -> None:
-    """check() then apply(); raises RuleViolation and leaves the state untouched on failure."""
+    """check() then apply(); raises RuleViolationError and leaves the state untouched on failure."""
     violation = check(state, e)
     if violation is not None:
-        raise RuleViolation(violation)
+        raise RuleViolationError(violation)
     state.apply(e)
 
 

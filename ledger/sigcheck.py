@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from ledger.ed25519 import verify_many
+from ledger.errors import StewardError
 from ledger.formats import Signature, signed_bytes
 from ledger.rules import VerifiedSignature
 from ledger.sigworker import encode_request
@@ -68,7 +69,7 @@ class PendingChecks:
             self.bodies.append(body)
 
 
-class WorkerFailed(Exception):
+class SignatureWorkerError(StewardError):
     """The worker died, hung or answered something that is not an answer."""
 
 
@@ -89,15 +90,15 @@ class _Worker:
         try:
             self.proc.stdin.write(encode_request(list(items)))
         except OSError as exc:
-            raise WorkerFailed(f"sending the batch: {exc}") from exc
+            raise SignatureWorkerError(f"sending the batch: {exc}") from exc
         deadline = time.monotonic() + timeout
         head = self._read(4, deadline, timeout)
         (count,) = struct.unpack(">I", head)
         if count != len(items):
-            raise WorkerFailed(f"answered {count} verdicts for {len(items)} signatures")
+            raise SignatureWorkerError(f"answered {count} verdicts for {len(items)} signatures")
         verdicts = self._read(count, deadline, timeout)
         if any(v > 1 for v in verdicts):
-            raise WorkerFailed("answered a verdict that is neither 0 nor 1")
+            raise SignatureWorkerError("answered a verdict that is neither 0 nor 1")
         return verdicts
 
     def _read(self, n: int, deadline: float, timeout: float) -> bytes:
@@ -107,10 +108,10 @@ class _Worker:
         while n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise WorkerFailed(f"no answer within {timeout:g} s")
+                raise SignatureWorkerError(f"no answer within {timeout:g} s")
             chunk = os.read(fd, n)
             if not chunk:
-                raise WorkerFailed(f"exited (status {self.proc.poll()})")
+                raise SignatureWorkerError(f"exited (status {self.proc.poll()})")
             chunks.append(chunk)
             n -= len(chunk)
         return b"".join(chunks)
@@ -158,7 +159,7 @@ class SignatureChecker:
             return [v == 1 for v in verify_many(items)]
         try:
             verdicts = worker.check(items, self.timeout)
-        except WorkerFailed as exc:
+        except SignatureWorkerError as exc:
             self.fallbacks += 1
             log.warning("signature worker pid %d failed (%s); verifying this batch in the "
                         "serving process, a new worker starts with the next batch",

@@ -52,7 +52,7 @@ from ledger.errors import (
     NoGenesisError,
     OutOfRangeError,
     StewardError,
-    StoreUnavailable,
+    StoreUnavailableError,
     VerificationError,
 )
 from ledger.formats import LedgerGenesis, LogEntry, decode_log_entry
@@ -382,7 +382,7 @@ class LedgerServer:
         if self._fenced:
             raise FencedError("this server was fenced earlier")
         if self.group_commit.closing:
-            raise StoreUnavailable("the ledger server is shutting down; retry")
+            raise StoreUnavailableError("the ledger server is shutting down; retry")
         if self._needs_rebuild:
             # Only from the store's truth: wait until nothing folded is left to store.
             self.group_commit.wait_until_stored()

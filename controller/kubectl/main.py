@@ -24,7 +24,7 @@ from controller.kubectl.commands import (
 )
 from controller.kubectl.sources import Tool
 from ledger.cli import CliError
-from ledger.errors import FormatError, KeyError_, StewardError
+from ledger.errors import BadKeyError, FormatError, StewardError
 
 EPILOG = """\
 where rollouts come from:
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 1 is kept for "the ledger refused"; a ledger that cannot be reached is like bad input.
         unreachable = bool(getattr(exc, "retryable", False))
         print(f"{PROG}: {f'ledger at {tool.server}: ' if unreachable else ''}{exc}", file=sys.stderr)
-        return 2 if unreachable or isinstance(exc, CliError | FormatError | KeyError_) else 1
+        return 2 if unreachable or isinstance(exc, CliError | FormatError | BadKeyError) else 1
     except KeyboardInterrupt:
         return 130
     finally:

@@ -42,7 +42,7 @@ class LogStore(abc.ABC):
         `checkpoint`, when given, is a (tree size, signed note) kept as `save_checkpoint`
         would keep it, in the same transaction: the batch and the note land together or not
         at all (one store round trip instead of two; the note is for the tree the batch ends).
-        Raises FencedError when another writer has taken over, StoreUnavailable when the
+        Raises FencedError when another writer has taken over, StoreUnavailableError when the
         backend cannot be reached (the caller may retry the same batch).
         """
 

@@ -45,9 +45,9 @@ A fencing error during a transaction (librdkafka's ``_FENCED``, which it reports
 PRODUCER_FENCED and INVALID_PRODUCER_EPOCH, or Kafka 4.2's UNKNOWN_SERVER_ERROR answer to an
 EndTxn racing an InitProducerId) is therefore not final by itself: the producer is dropped and
 the store re-claims at once through step 2, raising FencedError if another writer holds the last
-claim, StoreUnavailable (retry) if we still do. Any other error (including fatal ones that are
+claim, StoreUnavailableError (retry) if we still do. Any other error (including fatal ones that are
 not a bumped epoch, such as TRANSACTIONAL_ID_AUTHORIZATION_FAILED) aborts the transaction, or
-drops the producer if that fails, and raises StoreUnavailable; the next append re-claims. Either
+drops the producer if that fails, and raises StoreUnavailableError; the next append re-claims. Either
 classification is safe: only the claim log decides who writes, the classification only decides
 whether it is asked now or at the next append.
 
@@ -103,7 +103,7 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka import errors as kerrors
 
-from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailable
+from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.kafka_topic import (
     TopicSettings,
@@ -122,7 +122,7 @@ rdkafka_log = logging.getLogger("kafka.librdkafka")
 # codes are listed in case one reaches us unnormalised. Not here: TRANSACTIONAL_ID_AUTHORIZATION_
 # FAILED, CLUSTER_AUTHORIZATION_FAILED and INVALID_TXN_STATE, which librdkafka also makes fatal,
 # but which say nothing about another writer (a missing ACL, a protocol state error): they drop
-# the producer and raise StoreUnavailable, and the claim log is asked at the next append.
+# the producer and raise StoreUnavailableError, and the claim log is asked at the next append.
 _FENCING_CODES: frozenset[int] = frozenset({
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
@@ -174,7 +174,7 @@ class KafkaStoreConfig:
     create_topics: bool = True  # False: the topics must exist (and are still checked)
     client_id: str = "steward-ledger"
     # Timeouts. request_timeout_ms bounds one broker request, operation_timeout_s one
-    # append/read as a whole before StoreUnavailable, transaction_timeout_ms how long the
+    # append/read as a whole before StoreUnavailableError, transaction_timeout_ms how long the
     # coordinator keeps an open transaction of a vanished writer.
     request_timeout_ms: int = 15000
     operation_timeout_s: float = 60.0
@@ -333,7 +333,7 @@ class LibrdkafkaLog:
     while one of our threads is in ``poll``/``flush`` (the producers' under the store's writer
     lock, the consumer's under its end-offset lock, so two threads may log here at once). With
     a broker gone librdkafka repeats the same connection failure every reconnect backoff, and
-    the store raises StoreUnavailable (logged by the caller) anyway, so: librdkafka's warnings
+    the store raises StoreUnavailableError (logged by the caller) anyway, so: librdkafka's warnings
     and worse are logged at WARNING (it says ALERT for a fence, which the claim log then
     decides), each distinct line (numbers ignored) at most once per `window` seconds, its
     repeats at DEBUG and counted in the next WARNING of the same line; notices and info at
@@ -431,8 +431,8 @@ class KafkaLogStore(LogStore):
 
     # ------------------------------------------------------------------ clients
 
-    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
             f"Kafka topic {self.topic} at {self.config.bootstrap_servers}: {what} failed: "
             f"{_describe(exc)}")
 
@@ -490,7 +490,7 @@ class KafkaLogStore(LogStore):
         the last claim is still ours. Either way the claim holds only if the last claim read
         after InitProducerId is ours. A ledger server calls this before it reads the tail, so
         nobody else can append between its reading the tail and its first append.
-        StoreUnavailable when Kafka cannot be reached (nothing is decided; call again).
+        StoreUnavailableError when Kafka cannot be reached (nothing is decided; call again).
         """
         with self._lock:
             self._check_open()
@@ -683,7 +683,7 @@ class KafkaLogStore(LogStore):
             try:
                 if self._end_offset(tp) > offset:
                     return
-            except StoreUnavailable as exc:
+            except StoreUnavailableError as exc:
                 # Never raise after a decided commit: the caller would retry and duplicate.
                 log.warning("topic %s: offset %d committed; cannot confirm visibility: %s",
                             tp.topic, offset, exc)
@@ -752,7 +752,7 @@ class KafkaLogStore(LogStore):
                     self.claim_writer()
                 except StoreError as decided:
                     raise decided from exc
-                raise StoreUnavailable(
+                raise StoreUnavailableError(
                     f"Kafka topic {self.topic}: {step} failed because our producer epoch was "
                     f"bumped ({_describe(exc)}), but the last claim in {self.writers_topic} "
                     f"is still ours: re-claimed, retry") from exc
@@ -830,7 +830,7 @@ class KafkaLogStore(LogStore):
                     if limit is not None and count >= limit:
                         return
                 if not got and time.monotonic() > deadline:
-                    raise StoreUnavailable(
+                    raise StoreUnavailableError(
                         f"Kafka topic {tp.topic}: no progress reading from offset "
                         f"{consumer.position(tp)} towards {end} in "
                         f"{self.config.operation_timeout_s:.0f}s")
@@ -877,7 +877,7 @@ class KafkaLogStore(LogStore):
         consumer's setting), asked of the partition leader every time (``cached=False``);
         the wait is outside the interpreter lock. An error that may pass (`_END_OFFSET_PASSING`)
         is retried until `operation_timeout_s` is spent; then, or after any other error, the
-        consumer is dropped (the next call makes a new one) and StoreUnavailable is raised.
+        consumer is dropped (the next call makes a new one) and StoreUnavailableError is raised.
         """
         with self._end_lock:
             if self._end_consumer is None:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger.errors import StoreError, StoreUnavailable
+from ledger.errors import StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 
 metadata = sa.MetaData()
@@ -86,7 +86,7 @@ class SQLiteLogStore(LogStore):
                     size, note = checkpoint
                     conn.execute(checkpoint_table.insert().values(size=size, note=note))
         except sa.exc.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite store {self.path.name}: {exc.orig}") from exc
+            raise StoreUnavailableError(f"SQLite store {self.path.name}: {exc.orig}") from exc
         with self._appended:
             self._appended.notify_all()
         return positions

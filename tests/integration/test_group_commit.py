@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ledger.core import Receipt
-from ledger.errors import StoreUnavailable
+from ledger.errors import StoreUnavailableError
 from ledger.formats import encode_signed_event
 from ledger.scenario import Cast, Flow
 from ledger.store.sqlite import SQLiteLogStore
@@ -197,7 +197,7 @@ class FailingStore(GatedStore):
         index = self.calls
         positions = super().append([], None) if index in self.fail else None
         if positions is not None:
-            raise StoreUnavailable(f"append {index} failed (test)")
+            raise StoreUnavailableError(f"append {index} failed (test)")
         return super().append(records, checkpoint)
 
 
@@ -239,8 +239,8 @@ def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: P
         gate.set()
         for thread in (first, second):
             thread.join(10)
-        assert isinstance(outcomes["first"], StoreUnavailable), outcomes
-        assert isinstance(outcomes["second"], StoreUnavailable), outcomes
+        assert isinstance(outcomes["first"], StoreUnavailableError), outcomes
+        assert isinstance(outcomes["second"], StoreUnavailableError), outcomes
         assert server.head().size == size
         assert [r.position for r in store.read(0)] == list(range(size))
         # Rebuilt from the store: the same events go in at the same seqs, once.

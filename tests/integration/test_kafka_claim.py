@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
 from ledger.client import LedgerClient, LedgerRpcError
-from ledger.errors import ConfigError, FencedError, StoreUnavailable
+from ledger.errors import ConfigError, FencedError, StoreUnavailableError
 from ledger.formats import encode_signed_event
 from ledger.grpc_errors import FENCED_CODE
 from ledger.scenario import Cast, Flow
@@ -162,7 +162,7 @@ def test_a_claim_landing_between_the_check_and_the_init_fences_the_old_writer_no
 
     with pytest.raises(FencedError, match="checked after initialising"):
         old.append([(b"e2", b"by old")])
-    with pytest.raises(StoreUnavailable, match="still ours: re-claimed, retry"):
+    with pytest.raises(StoreUnavailableError, match="still ours: re-claimed, retry"):
         new.append([(b"e2", b"by new")])  # its epoch was bumped by the old writer's init
     assert new.append([(b"e2", b"by new")])
     with pytest.raises(FencedError):
@@ -223,7 +223,7 @@ def test_an_epoch_bump_without_a_newer_claim_is_a_transient_loss(
     stores.append(store)
     store.append([(b"e1", b"1")])
     _stray_init(client, kafka_cluster.bootstrap_servers, config.effective_transactional_id)
-    with pytest.raises(StoreUnavailable, match=r"epoch was bumped .*_FENCED.*still ours: "
+    with pytest.raises(StoreUnavailableError, match=r"epoch was bumped .*_FENCED.*still ours: "
                                                r"re-claimed, retry"):
         store.append([(b"e2", b"2")])
     store.append([(b"e2", b"2")])
@@ -360,8 +360,8 @@ def test_the_end_txn_unknown_server_error_is_recognised_as_it_is_raised() -> Non
                                        txn_requires_abort=True))
     assert _is_end_txn_unknown_error(raised)
     try:
-        raise StoreUnavailable("wrapped") from raised
-    except StoreUnavailable as wrapped:
+        raise StoreUnavailableError("wrapped") from raised
+    except StoreUnavailableError as wrapped:
         assert _is_end_txn_unknown_error(wrapped)
     assert not _is_end_txn_unknown_error(KafkaException(KafkaError(
         KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra.kafka import KafkaCluster, random_cluster_id
-from ledger.errors import ConfigError, StoreUnavailable
+from ledger.errors import ConfigError, StoreUnavailableError
 from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
 from ledger.store.kafka_topic import (
     TopicSettings,
@@ -149,7 +149,7 @@ def test_three_brokers_survive_the_loss_of_the_leader(
         while not after:
             try:
                 after = store.append([(b"after-kill", b"v")])
-            except StoreUnavailable:
+            except StoreUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)

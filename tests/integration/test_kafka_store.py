@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
-from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailable
+from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore
 from ledger.store.kafka import (
     END_OFFSETS_GROUP,
@@ -159,7 +159,7 @@ def test_a_failed_end_offset_query_is_unavailable_and_the_next_one_starts_afresh
     make_config: Callable[..., KafkaStoreConfig],
 ) -> None:
     """A partition that never shows up: asked again until operation_timeout_s is spent, then
-    StoreUnavailable naming librdkafka's error; the consumer is dropped and the next call makes
+    StoreUnavailableError naming librdkafka's error; the consumer is dropped and the next call makes
     a new one. close() drops it too."""
     store = KafkaLogStore(make_config(operation_timeout_s=1.0))
     try:
@@ -167,7 +167,7 @@ def test_a_failed_end_offset_query_is_unavailable_and_the_next_one_starts_afresh
         first = store._end_consumer
         assert first is not None
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match=r"asking the end offset of .*-missing failed: "
+        with pytest.raises(StoreUnavailableError, match=r"asking the end offset of .*-missing failed: "
                                                    r"_UNKNOWN_PARTITION"):
             store._end_offset(TopicPartition(store.topic + "-missing", 0))
         assert 0.8 < time.monotonic() - started < 10
@@ -395,7 +395,7 @@ def test_a_delivery_failure_inside_a_transaction_aborts_it(
     store = store_factory()
     assert isinstance(store, KafkaLogStore)
     store.append([(b"k1", b"v1")])
-    with pytest.raises(StoreUnavailable, match="flushing the batch failed: MSG_SIZE_TOO_LARGE"):
+    with pytest.raises(StoreUnavailableError, match="flushing the batch failed: MSG_SIZE_TOO_LARGE"):
         store.append([(b"small", b"fits"), (b"huge", b"x" * (2 * 1024 * 1024))])
     assert store._producer is None  # aborted and dropped: the next append re-claims
     # Aborted at once (k1 0, its marker 1, "small" 2, the abort marker 3): nothing left open
@@ -431,8 +431,8 @@ def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
         try:
             raise raised(KafkaError._FENCED, fatal=True)
         except KafkaException as inner:
-            raise StoreUnavailable("wrapped") from inner
-    except StoreUnavailable as outer:
+            raise StoreUnavailableError("wrapped") from inner
+    except StoreUnavailableError as outer:
         assert _is_fencing(outer)
     # Kafka 4.2's EndTxn UNKNOWN_SERVER_ERROR, as librdkafka raises it from commit_transaction.
     unknown = KafkaException(KafkaError(KafkaError.UNKNOWN, "EndTxn commit failed: Unknown "
@@ -475,7 +475,7 @@ def test_librdkafka_lines_are_logged_without_a_flood(caplog: pytest.LogCaptureFi
 
 @pytest.mark.slow
 def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfig]) -> None:
-    """Own broker (the session one is shared): appends fail with StoreUnavailable in bounded
+    """Own broker (the session one is shared): appends fail with StoreUnavailableError in bounded
     time while it is down (the batch is not acknowledged in time: its transaction is aborted or
     left to the next InitProducerId), nothing of a failed batch ever shows, and the retried
     batch lands exactly once after the restart."""
@@ -489,14 +489,14 @@ def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfi
             started = time.monotonic()
             # Not acknowledged in time: librdkafka's message timeout (= operation_timeout_s) or
             # ours on flush(), whichever fires first.
-            with pytest.raises(StoreUnavailable,
+            with pytest.raises(StoreUnavailableError,
                                match=r"flushing the batch failed: (_MSG_TIMED_OUT|TimeoutError)"):
                 store.append([(b"lost", b"x")])
             # Bounded: flush (5 s) + the abort's floor (1 s) + dropping the producer, which
             # must not wait for anything (Producer.close() would: see OwnedProducer).
             assert time.monotonic() - started < 12
             started = time.monotonic()
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 store.append([(b"during", b"2")])
             assert time.monotonic() - started < 30  # bounded: no hang in commit/abort
             cluster.restart_broker(1)
@@ -505,7 +505,7 @@ def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfi
                 try:
                     store.append([(b"during", b"2")])
                     break
-                except StoreUnavailable:
+                except StoreUnavailableError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(1)

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ledger.checkpoint import verify_checkpoint, verify_tlog_proof
 from ledger.client import CheckpointInfo, Head, LedgerClient, LedgerRpcError
 from ledger.core import Receipt
-from ledger.errors import FencedError, StoreUnavailable
+from ledger.errors import FencedError, StoreUnavailableError
 from ledger.events import sign
 from ledger.formats import (
     EVENT_BODY_SCHEMA,
@@ -657,12 +657,12 @@ class FlakyStore(SQLiteLogStore):
                checkpoint: tuple[int, str] | None = None) -> list[int]:
         mode, self.mode = self.mode, ""
         if mode == "before":
-            raise StoreUnavailable("database is locked")
+            raise StoreUnavailableError("database is locked")
         if mode == "fenced":
             raise FencedError("a newer writer holds the ledger")
         positions = super().append(records, checkpoint)
         if mode == "after":
-            raise StoreUnavailable("connection lost before the commit was confirmed")
+            raise StoreUnavailableError("connection lost before the commit was confirmed")
         return positions
 
 
@@ -764,7 +764,7 @@ class _HeldStore(SQLiteLogStore):
             self.held.set()
             assert gate.wait(30), "the test never opened the gate"
             if self.fail:
-                raise StoreUnavailable("held append failed (test)")
+                raise StoreUnavailableError("held append failed (test)")
         return super().append(records, checkpoint)
 
 

@@ -81,7 +81,7 @@ from kubernetes.client.rest import ApiException
 
 from infra.kube import LocalCluster
 from ledger.client import LedgerClient, LedgerRpcError
-from ledger.errors import StoreUnavailable
+from ledger.errors import StoreUnavailableError
 from ledger.formats import (
     KillScope,
     KillSwitchEngaged,
@@ -482,7 +482,7 @@ class KafkaLog:
                 for rec in self.store.read(self.next_offset):
                     self.entries.append(decode_log_entry(rec.value))
                     self.next_offset = rec.position + 1
-            except StoreUnavailable:
+            except StoreUnavailableError:
                 pass
             return list(self.entries)
 

@@ -8,7 +8,7 @@ import pytest
 
 from ledger.core import LedgerCore, Receipt
 from ledger.formats import SignedEvent
-from ledger.rules import RuleViolation
+from ledger.rules import RuleViolationError
 from ledger.scenario import Cast, Flow
 
 # Every violation code a test has observed; a meta-test checks that each code is covered.
@@ -33,9 +33,9 @@ class Harness:
         assert not receipt.duplicate
         return receipt.leaf_hash
 
-    def refused(self, event: SignedEvent, code: str) -> RuleViolation:
+    def refused(self, event: SignedEvent, code: str) -> RuleViolationError:
         size, root = self.core.size, self.core.tree.root()
-        with pytest.raises(RuleViolation) as info:
+        with pytest.raises(RuleViolationError) as info:
             self.core.append(event, self.tick)
         assert info.value.violation.code == code, str(info.value)
         assert (self.core.size, self.core.tree.root()) == (size, root), "a refused event changed the ledger"

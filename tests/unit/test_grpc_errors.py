@@ -7,7 +7,7 @@ import logging
 import grpc
 import pytest
 
-from ledger.core import DuplicateEventId
+from ledger.core import DuplicateEventIdError
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
@@ -18,7 +18,7 @@ from ledger.errors import (
     LedgerStartingError,
     NoGenesisError,
     OutOfRangeError,
-    StoreUnavailable,
+    StoreUnavailableError,
     UnknownSchemaError,
 )
 from ledger.grpc_errors import (
@@ -31,7 +31,7 @@ from ledger.grpc_errors import (
     status_for,
 )
 from ledger.merkle import TreeRangeError
-from ledger.rules import CODES, RuleViolation, Violation
+from ledger.rules import CODES, RuleViolationError, Violation
 
 log = logging.getLogger("test.grpc_errors")
 C = grpc.StatusCode
@@ -40,7 +40,7 @@ C = grpc.StatusCode
 @pytest.mark.parametrize("code", sorted(CODES))
 def test_every_violation_code_maps_by_category(code: str) -> None:
     v = Violation(code, "payload.x", "observed y, expected z")
-    status = status_for(RuleViolation(v), log)
+    status = status_for(RuleViolationError(v), log)
     assert status.code == CATEGORY_STATUS[CODES[code]]
     assert (status.violation_code, status.field) == (code, "payload.x")
     assert "observed y, expected z" in status.message
@@ -55,7 +55,7 @@ def test_every_violation_code_maps_by_category(code: str) -> None:
      ("DUPLICATE_EVENT_ID", C.ALREADY_EXISTS)],
 )
 def test_the_documented_examples(code: str, expected: grpc.StatusCode) -> None:
-    assert status_for(RuleViolation(Violation(code, "f", "m")), log).code == expected
+    assert status_for(RuleViolationError(Violation(code, "f", "m")), log).code == expected
 
 
 def test_format_errors_are_invalid_argument() -> None:
@@ -66,7 +66,7 @@ def test_format_errors_are_invalid_argument() -> None:
 
 
 def test_duplicate_event_id() -> None:
-    status = status_for(DuplicateEventId(b"\x01" * 16, 7), log)
+    status = status_for(DuplicateEventIdError(b"\x01" * 16, 7), log)
     assert (status.code, status.violation_code, status.field) == (C.ALREADY_EXISTS, "DUPLICATE_EVENT_ID", "event_id")
     assert "seq 7" in status.message
 
@@ -75,7 +75,7 @@ def test_fenced_and_store_unavailable_are_retryable_unavailable() -> None:
     fenced = status_for(FencedError("producer fenced by epoch 4"), log)
     assert fenced.code == C.UNAVAILABLE and fenced.message.startswith("fenced: another ledger server took over")
     assert fenced.violation_code == "FENCED" and fenced.retryable
-    store = status_for(StoreUnavailable("database is locked"), log)
+    store = status_for(StoreUnavailableError("database is locked"), log)
     assert (store.code, store.violation_code) == (C.UNAVAILABLE, "STORE_UNAVAILABLE")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import KeyError_
+from ledger.errors import BadKeyError
 from ledger.keys import PrivateKey, PublicKey, key_id
 
 
@@ -31,9 +31,9 @@ def test_private_key_pem_round_trip_with_and_without_passphrase(tmp_path: Path) 
 def test_wrong_or_missing_passphrase_is_a_clear_error(tmp_path: Path) -> None:
     key = PrivateKey.generate()
     key.save(tmp_path / "locked.pem", passphrase=b"pw")
-    with pytest.raises(KeyError_):
+    with pytest.raises(BadKeyError):
         PrivateKey.load(tmp_path / "locked.pem", b"wrong")
-    with pytest.raises(KeyError_, match="passphrase"):
+    with pytest.raises(BadKeyError, match="passphrase"):
         PrivateKey.load(tmp_path / "locked.pem")
 
 
@@ -60,9 +60,9 @@ def test_non_ed25519_keys_are_refused() -> None:
     pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    with pytest.raises(KeyError_, match="Ed25519"):
+    with pytest.raises(BadKeyError, match="Ed25519"):
         PublicKey.from_pem(pem)
-    with pytest.raises(KeyError_, match="32 bytes"):
+    with pytest.raises(BadKeyError, match="32 bytes"):
         PublicKey(b"short")
 
 

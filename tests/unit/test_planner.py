@@ -45,7 +45,7 @@ from ledger.formats import (
     Target,
     make_entry,
 )
-from ledger.rules import RuleViolation
+from ledger.rules import RuleViolationError
 from tests.unit.harness import Harness
 
 T = Target("models", "model-server")
@@ -145,7 +145,7 @@ class Sim:
     def append(self, event: SignedEvent) -> bool:
         try:
             self.h.core.append(event, self.h.tick)
-        except RuleViolation:
+        except RuleViolationError:
             return False
         return True
 

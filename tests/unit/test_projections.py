@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from ledger import projections as proj
 from ledger.formats import KillScope, LogEntry, encode_entry, make_entry
-from ledger.projections import Position, ProjectionDivergence, Projector, dump, fresh_dump
-from ledger.rules import RuleViolation, fold
+from ledger.projections import Position, ProjectionDivergenceError, Projector, dump, fresh_dump
+from ledger.rules import RuleViolationError, fold
 from ledger.scenario import Cast
 from ledger.store.sqlite import SQLiteLogStore, log_table, sqlite_engine
 from tests.unit.harness import Harness
@@ -44,7 +44,7 @@ def _build_story() -> Story:
     h["q1"] = t.ok(f.eval(p1, "quality", 0.91))
     evals = (h["s1"], h["q1"])
     h["a1"] = t.ok(f.approve(p1, evals, "alice"))
-    with pytest.raises(RuleViolation) as refused:  # the proposing agent cannot approve
+    with pytest.raises(RuleViolationError) as refused:  # the proposing agent cannot approve
         t.core.append(f.approve(p1, evals, "agent"), t.tick)
     # SELF_APPROVAL once the agent also holds the approver role, ROLE_REQUIRED before.
     assert refused.value.violation.code in ("SELF_APPROVAL", "ROLE_REQUIRED")
@@ -342,7 +342,7 @@ class ProjectionSuite:
             conn.execute(log_table.update().where(log_table.c.position == 20).values(value=b"rewritten"))
         raw.dispose()
         restarted = Projector(store, engine, full_replay=full_replay)
-        with pytest.raises(ProjectionDivergence, match="rebuild them"):
+        with pytest.raises(ProjectionDivergenceError, match="rebuild them"):
             restarted.catch_up()
         restarted.rebuild()
         assert restarted.stored_position().next_seq == 20  # everything after it breaks the chain

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ledger.core import DuplicateEventId
+from ledger.core import DuplicateEventIdError
 from ledger.events import new_body, sign
 from ledger.formats import (
     EvalRecorded,
@@ -87,7 +87,7 @@ def test_duplicate_event_id_is_refused_by_the_rules(h: Harness) -> None:
     OBSERVED_CODES.add("DUPLICATE_EVENT_ID")
     # Through the core, the same id with other content is its own error, and the exact
     # same signed event again returns the original receipt.
-    with pytest.raises(DuplicateEventId):
+    with pytest.raises(DuplicateEventIdError):
         h.core.append(again, h.tick)
     assert h.core.append(first, h.tick).duplicate
 
