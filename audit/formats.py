@@ -1,4 +1,4 @@
-"""Decoding Steward's formats, written again from DESIGN §3 and the shipped Avro schemas.
+"""Decoding Steward's formats, written again from docs/DESIGN.md §3 and the shipped Avro schemas.
 
 The schemas in ``audit/schemas/`` are data copied from the ledger's; the code that reads them
 is the auditor's own: a small Avro binary decoder compiled from the schema JSON, its own

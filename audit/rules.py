@@ -1,4 +1,4 @@
-"""The governance rules of DESIGN §4, implemented again for the auditor.
+"""The governance rules of docs/DESIGN.md §4, implemented again for the auditor.
 
 Steps 3 (key validity at each seq), 4 (thresholds by distinct principal) and 9 (the rules of
 each event type) live here; step 10 (rollout conformance) is in :mod:`audit.conformance`. They

@@ -6,7 +6,7 @@ Example (SQLite ledger on this machine, local cluster)::
         --kubeconfig kubeconfig --key controller.key --namespace models \\
         --snapshot-db controller.db --lease-namespace steward-system --identity ctl-a
 
-The log is read directly from the store when ``--store`` is given (DESIGN §2: the controller
+The log is read directly from the store when ``--store`` is given (docs/DESIGN.md §2: the controller
 verifies what it reads itself), otherwise through the ledger's Read stream. Appends always go
 through the ledger server, which checks every step again at ingest. Logs are JSON lines on
 stderr. SIGTERM/SIGINT stop cleanly: the Lease is released and a last snapshot written.

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("steward.controller.metrics")
 
-# Kill switches must act within about half a second (DESIGN §2.3): resolution around that bound.
+# Kill switches must act within about half a second (docs/DESIGN.md §2.3): resolution around that bound.
 REACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 LABELS = ("namespace", "deployment", "proposal")
 

@@ -1,6 +1,6 @@
 """The planner: folded log + observed cluster → the actions that make the cluster obey the log.
 
-Pure (no I/O, no clock; ``now_ms`` is an argument) so every decision is a unit test. DESIGN §6:
+Pure (no I/O, no clock; ``now_ms`` is an argument) so every decision is a unit test. docs/DESIGN.md §6:
 the user owns Deployment ``<name>`` (N replicas) and a Service selecting ``app=<name>``; the
 controller runs ``<name>-canary`` with the candidate image. Weight w% gives the canary
 ``ceil(N·w/100)`` replicas and the stable ``N - canary``.

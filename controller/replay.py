@@ -3,7 +3,7 @@
 The :class:`Replayer` reads any :class:`~ledger.store.base.LogStore` (SQLite, Kafka, or the
 ledger's gRPC read stream through :class:`LedgerReadStore`) from a position, decodes every
 record and checks it with the shared rules against its *own* state. Storage is untrusted
-(DESIGN §2): a record that does not decode or breaks a rule — forged, unsigned, written straight
+(docs/DESIGN.md §2): a record that does not decode or breaks a rule — forged, unsigned, written straight
 into Kafka — is logged, counted and skipped; it never reaches the planner.
 
 Snapshots: the :class:`~controller.state.ControllerState` in the explicit, versioned encoding of

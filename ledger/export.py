@@ -1,4 +1,4 @@
-"""The offline export (DESIGN §3.6): everything an auditor needs, in one file.
+"""The offline export (docs/DESIGN.md §3.6): everything an auditor needs, in one file.
 
 An Avro object container file whose records are `{seq, entry}` — the exact entry bytes, in seq
 order — with, in the container metadata, every published checkpoint note, the ledger's origin,

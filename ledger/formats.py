@@ -1,4 +1,4 @@
-"""Event formats: the public API that turns the event model into bytes and back (DESIGN §3).
+"""Event formats: the public API that turns the event model into bytes and back (docs/DESIGN.md §3).
 
 Three kinds of bytes, kept apart on purpose:
 

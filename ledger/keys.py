@@ -1,4 +1,4 @@
-"""Ed25519 keys: create, save, load, sign, verify (DESIGN §3.1).
+"""Ed25519 keys: create, save, load, sign, verify (docs/DESIGN.md §3.1).
 
 ``key_id`` is SHA-256 over the raw 32-byte public key; on the wire it is the 32 digest bytes,
 for people it is their lowercase hex. Private keys are PKCS#8 PEM, optionally encrypted with a

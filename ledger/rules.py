@@ -1,4 +1,4 @@
-"""The governance rules (DESIGN §4) as one pure function over a folded state.
+"""The governance rules (docs/DESIGN.md §4) as one pure function over a folded state.
 
 ``check(state, entry)`` returns ``None`` when the entry may follow the log folded into
 ``state`` (a :class:`ledger.state.LedgerState`), or the first :class:`Violation` it finds, with

@@ -3,7 +3,7 @@
 A store knows nothing about signatures or rules. It holds `(key, value)` records at increasing
 positions; the ledger server puts an event id in the key and an entry's single-object encoding
 in the value. Readers decode and verify every record themselves, because storage is untrusted
-(DESIGN §2): a record someone wrote straight into Kafka is still returned by `read`.
+(docs/DESIGN.md §2): a record someone wrote straight into Kafka is still returned by `read`.
 
 Positions are backend-specific and only ordered: SQLite numbers records 0, 1, 2 ...; Kafka uses
 partition offsets, which skip transaction markers. `end_position()` is one past the last
