@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import InfraError, steward_cache
+from infra.kafka_security import KafkaSecurity
 
 KAFKA_VERSION = "4.2.0"
 LOG4J_VERSION = "2.25.3"
@@ -178,6 +179,10 @@ class BrokerNode:
     port: int
     controller_port: int
     directory: Path
+    # Secured clusters only (infra/kafka_security.py): `port` is then the SASL_SSL listener,
+    # `ssl_port` the mutual-TLS one and `internal_port` the PLAINTEXT inter-broker one.
+    ssl_port: int = 0
+    internal_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     pid: int | None = None  # set also when adopted from a state file (no Popen object)
 
@@ -207,6 +212,8 @@ class KafkaCluster:
     workdir: Path | None = None
     start_timeout: float = 180.0
     extra_config: dict[str, str] = field(default_factory=dict)
+    # TLS + SCRAM + ACL authorizer (infra/kafka_security.py); None: PLAINTEXT, no authorizer.
+    security: KafkaSecurity | None = None
     nodes: dict[int, BrokerNode] = field(default_factory=dict, init=False)
     cluster_id: str = field(default="", init=False)
     _own_workdir: bool = field(default=False, init=False)
@@ -248,12 +255,18 @@ class KafkaCluster:
             self._own_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_id = random_cluster_id()
-        ports = free_ports(2 * self.brokers)
+        per_node = 2 if self.security is None else 4
+        ports = free_ports(per_node * self.brokers)
         for i in range(self.brokers):
             node_id = i + 1
+            mine = ports[per_node * i:per_node * (i + 1)]
             self.nodes[node_id] = BrokerNode(
-                node_id=node_id, port=ports[2 * i], controller_port=ports[2 * i + 1],
-                directory=self.workdir / f"node-{node_id}")
+                node_id=node_id, port=mine[0], controller_port=mine[1],
+                directory=self.workdir / f"node-{node_id}",
+                ssl_port=mine[2] if self.security else 0,
+                internal_port=mine[3] if self.security else 0)
+        if self.security is not None:
+            self.security.prepare(self.workdir / "tls")
         started = time.monotonic()
         try:
             for node in self.nodes.values():
@@ -326,8 +339,11 @@ class KafkaCluster:
         from kafka import KafkaAdminClient
 
         servers = [n.address for n in self.nodes.values() if self._pid(n) is not None]
+        # On a secured cluster: the admin user (a super user) over SASL_SSL.
+        secured = self.security.client_options() if self.security is not None else {}
         return KafkaAdminClient(bootstrap_servers=servers or self.bootstrap_servers,
-                                client_id="steward-infra", request_timeout_ms=15000, **kwargs)
+                                client_id="steward-infra", request_timeout_ms=15000,
+                                **{**secured, **kwargs})
 
     def leader_of(self, topic: str, partition: int = 0, timeout: float = 30.0) -> int | None:
         """Node id leading `topic`/`partition` now, or None while it has no leader."""
@@ -443,6 +459,10 @@ class KafkaCluster:
             "num.recovery.threads.per.data.dir": "1",
             "unclean.leader.election.enable": "false",
         }
+        if self.security is not None:
+            props.update(self.security.server_properties(
+                internal_port=node.internal_port, sasl_ssl_port=node.port,
+                ssl_port=node.ssl_port, controller_port=node.controller_port))
         props.update(self.extra_config)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -457,9 +477,11 @@ class KafkaCluster:
         # One StorageTool JVM per node, run in parallel (each is a few seconds of JVM start).
         procs = []
         for node in self.nodes.values():
+            # SCRAM users are created here, before the first start (none on PLAINTEXT).
+            scram = self.security.format_arguments() if self.security is not None else []
             cmd = self._jvm(libs, "kafka.tools.StorageTool", "format",
                             f"--cluster-id={self.cluster_id}", "-c", str(node.config_file),
-                            heap=("-Xmx256m",))
+                            *scram, heap=("-Xmx256m",))
             procs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT)))
         for node, proc in procs:
