@@ -106,6 +106,7 @@ from kafka import errors as kerrors
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.kafka_topic import (
+    KafkaNotAuthorized,
     TopicSettings,
     checkpoints_topic,
     ensure_ledger_topics,
@@ -284,6 +285,51 @@ class KafkaStoreConfig:
         return opts
 
 
+def add_security_arguments(group: Any) -> None:
+    """The ``--kafka-*`` security flags (as the ledger server's), on an argparse group.
+
+    Secrets are never flags: ``--kafka-sasl-password-env`` and ``--kafka-ssl-password-env``
+    name the environment variables that hold them.
+    """
+    group.add_argument("--kafka-security-protocol", default="PLAINTEXT",
+                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    group.add_argument("--kafka-sasl-mechanism", help="e.g. SCRAM-SHA-512")
+    group.add_argument("--kafka-sasl-username")
+    group.add_argument("--kafka-sasl-password-env", metavar="VAR",
+                       help="environment variable holding the SASL password (never a flag)")
+    group.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates")
+    group.add_argument("--kafka-ssl-certfile", help="client certificate (PEM), for mutual TLS")
+    group.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
+    group.add_argument("--kafka-ssl-password-env", metavar="VAR",
+                       help="environment variable holding the client key's password")
+
+
+def security_from_args(args: Any) -> dict[str, Any]:
+    """`KafkaStoreConfig` security fields from `add_security_arguments` flags (secrets read
+    from the named environment variables; ConfigError naming a variable that is not set)."""
+    return {
+        "security_protocol": args.kafka_security_protocol,
+        "sasl_mechanism": args.kafka_sasl_mechanism,
+        "sasl_plain_username": args.kafka_sasl_username,
+        "sasl_plain_password": secret_from_env(args.kafka_sasl_password_env,
+                                               "the Kafka SASL password"),
+        "ssl_cafile": args.kafka_ssl_cafile,
+        "ssl_certfile": args.kafka_ssl_certfile,
+        "ssl_keyfile": args.kafka_ssl_keyfile,
+        "ssl_password": secret_from_env(args.kafka_ssl_password_env,
+                                        "the Kafka client key password"),
+    }
+
+
+def secret_from_env(var: str | None, what: str) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigError(f"environment variable {var} ({what}) is not set")
+    return value
+
+
 def _checkpoint_key(size: int) -> bytes:
     return str(size).encode()
 
@@ -351,9 +397,15 @@ class LibrdkafkaLog:
         self.logger = logger or rdkafka_log
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, ...], tuple[float, int]] = {}  # key -> (last logged, repeats)
+        # The last authorization failure librdkafka reported, for the store to name: a
+        # transaction refused on AddPartitionsToTxn shows only here, its records come back as
+        # _PURGE_QUEUE and the abort as INVALID_TXN_STATE.
+        self.authorization_failure: str | None = None
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         text = msg % args if args else msg
+        if "authorization failed" in text.lower():
+            self.authorization_failure = text
         if level >= logging.WARNING:
             facility = str(args[0]) if args else ""
             level, text = self._limited(("log", facility, self._NUMBERS.sub("#", text)), text)
@@ -363,6 +415,14 @@ class LibrdkafkaLog:
 
     def error(self, err: KafkaError) -> None:
         text = f"{err.name()}: {err.str()}"
+        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            # The end-offset consumer's FindCoordinator for END_OFFSETS_GROUP, which it never
+            # joins: no group ACL is needed (tested), so a refusal is not worth a warning.
+            self.logger.debug("topic %s: librdkafka error %s (the end-offset consumer's group "
+                              "is never joined; harmless)", self.topic, text)
+            return
+        if "AUTHORIZATION_FAILED" in err.name():
+            self.authorization_failure = text
         if err.fatal():
             level = logging.WARNING
         else:
@@ -412,6 +472,10 @@ class KafkaLogStore(LogStore):
         # The end-offset consumer (librdkafka), made on first use, dropped after a failure.
         self._end_consumer: Consumer | None = None
         self._end_lock = threading.Lock()
+        # kafka-python cannot tell a wrong password, an untrusted CA or a plaintext client on a
+        # TLS listener from a broker that is down: each is "socket disconnected" until its 30 s
+        # bootstrap deadline. librdkafka names each at once, so ask it first.
+        check_connection(config)
         admin = self._admin()
         try:
             ensure_ledger_topics(admin, self.topic, config.topic_settings,
@@ -550,6 +614,11 @@ class KafkaLogStore(LogStore):
                 raise KafkaException(err)
             offset = msg.offset()
         except Exception as exc:
+            if _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                raise KafkaNotAuthorized.missing(
+                    "Write", f"topic {self.writers_topic}",
+                    f"writing this writer's claim to {self.writers_topic}",
+                    _describe(exc)) from exc
             # Maybe written, maybe not: the next claim_writer() writes it again (a second
             # record with our token changes nothing).
             raise self._unavailable(f"writing our claim to {self.writers_topic}", exc) from exc
@@ -582,6 +651,14 @@ class KafkaLogStore(LogStore):
             producer.client.init_transactions(self.config.operation_timeout_s)
         except Exception as exc:
             producer.discard(self.topic)
+            if _has_code(exc, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED):
+                raise KafkaNotAuthorized.missing(
+                    "Write", f"transactional-id {tid}",
+                    f"initialising transactional id {tid}", _describe(exc)) from exc
+            if _has_code(exc, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                raise KafkaNotAuthorized.missing(
+                    "IdempotentWrite", "the cluster",
+                    f"initialising transactional id {tid}", _describe(exc)) from exc
             # Even a fencing error here (another InitProducerId racing ours) decides nothing:
             # the claim log does, on the next claim_writer().
             raise self._unavailable(f"initialising transactional id {tid}", exc) from exc
@@ -704,6 +781,7 @@ class KafkaLogStore(LogStore):
         assert producer is not None
         deadline = time.monotonic() + self.config.operation_timeout_s
         step = "beginning a transaction"
+        self._rdlog.authorization_failure = None
         offsets = [-1] * len(sends)
         failed: list[KafkaError] = []
         try:
@@ -756,6 +834,12 @@ class KafkaLogStore(LogStore):
                     f"Kafka topic {self.topic}: {step} failed because our producer epoch was "
                     f"bumped ({_describe(exc)}), but the last claim in {self.writers_topic} "
                     f"is still ours: re-claimed, retry") from exc
+            refused = self._rdlog.authorization_failure
+            if refused is not None or _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                topic = _refused_topic(refused or "", [t for t, _, _ in sends])
+                raise KafkaNotAuthorized.missing(
+                    "Write", f"topic {topic}", f"{step} to {topic}",
+                    refused or _describe(exc)) from exc
             raise self._unavailable(step, exc) from exc
 
     def _abort_and_drop(self, deadline: float) -> BaseException | None:
@@ -817,6 +901,10 @@ class KafkaLogStore(LogStore):
                     if consumer.position(tp) >= end:
                         return
                     batch = consumer.poll(timeout_ms=200)
+                except kerrors.TopicAuthorizationFailedError as exc:
+                    raise KafkaNotAuthorized.missing(
+                        "Read", f"topic {tp.topic}", f"reading topic {tp.topic}",
+                        "TOPIC_AUTHORIZATION_FAILED") from exc
                 except kerrors.KafkaError as exc:
                     raise self._unavailable(f"reading {tp.topic}", exc) from exc
                 got = batch.get(tp, [])
@@ -853,6 +941,10 @@ class KafkaLogStore(LogStore):
                 wait_ms = max(1, int((idle_since + idle_timeout - time.monotonic()) * 1000))
                 try:
                     batch = consumer.poll(timeout_ms=wait_ms)
+                except kerrors.TopicAuthorizationFailedError as exc:
+                    raise KafkaNotAuthorized.missing(
+                        "Read", f"topic {self.topic}", f"following topic {self.topic}",
+                        "TOPIC_AUTHORIZATION_FAILED") from exc
                 except kerrors.KafkaError as exc:
                     raise self._unavailable(f"following {self.topic}", exc) from exc
                 got = batch.get(self._tp, [])
@@ -891,6 +983,12 @@ class KafkaLogStore(LogStore):
                         partition, timeout=_left(deadline, 0.01), cached=False)
                 except (KafkaException, RuntimeError) as exc:
                     _serve_end_consumer(consumer, self._rdlog)
+                    if _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                        self._end_consumer = None
+                        _close_end_consumer(consumer, self.topic)
+                        raise KafkaNotAuthorized.missing(
+                            "Describe (or Read)", f"topic {tp.topic}",
+                            f"asking the end offset of {tp.topic}", _describe(exc)) from exc
                     if _may_pass(exc) and time.monotonic() + _END_OFFSET_RETRY_S < deadline:
                         time.sleep(_END_OFFSET_RETRY_S)
                         continue
@@ -921,6 +1019,82 @@ class KafkaLogStore(LogStore):
             if consumer is not None:
                 _serve_end_consumer(consumer, self._rdlog)
                 _close_end_consumer(consumer, self.topic)
+
+
+# How a connection that can never succeed shows in librdkafka's errors and log lines, and what
+# to tell the operator. Anything else (a refused connection, a broker starting) may pass.
+_CONNECTION_VERDICTS: tuple[tuple[str, str], ...] = (
+    ("SASL authentication error",
+     "SASL authentication failed: wrong user name or password, or a mechanism the listener "
+     "does not enable (sasl_mechanism)"),
+    ("certificate verify failed",
+     "TLS: the broker's certificate is not signed by a CA this client trusts (ssl_cafile)"),
+    ("in state APIVERSION_QUERY",
+     "the broker closed the connection before answering ApiVersions: the listener expects "
+     "TLS (security protocol SSL or SASL_SSL), or this is not a Kafka listener"),
+    ("SSL connection closed by peer",
+     "the broker closed the TLS connection: it requires SASL on this listener (SASL_SSL) or a "
+     "client certificate (ssl_certfile, ssl_keyfile) that it trusts"),
+    ("in state AUTH_HANDSHAKE",
+     "SASL handshake refused: the listener does not enable this mechanism (sasl_mechanism)"),
+)
+
+
+class _Collected:
+    """librdkafka's log lines and errors of one short-lived client, kept for a verdict."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, _level: int, msg: str, *args: Any) -> None:
+        self.lines.append(msg % args if args else msg)
+
+    def error(self, err: KafkaError) -> None:
+        self.lines.append(f"{err.name()}: {err.str()}")
+
+
+def check_connection(config: KafkaStoreConfig, timeout: float | None = None) -> None:
+    """Connect to the cluster once with librdkafka; ConfigError at once if it can never work.
+
+    A wrong SASL password, a broker certificate the CA file does not sign, a plaintext client
+    on a TLS listener or a TLS client without the certificate the listener requires are each
+    named within about a second (librdkafka reports them on the first attempt); no retry would
+    help. A broker that does not answer at all (down, starting) is left to the callers' own
+    timeouts: this returns after `timeout` (default: `operation_timeout_s`, at most 10 s).
+    The message names the bootstrap servers, the security protocol and the user, never a
+    password.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    seen = _Collected()
+    try:
+        options: dict[str, Any] = {**config._rdkafka_connection_options(), "logger": seen,
+                                   "error_cb": seen.error}
+        client = AdminClient(options)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"Kafka at {config.bootstrap_servers}: librdkafka refused the "
+                          f"connection options: {_describe(exc)}") from exc
+    limit = timeout if timeout is not None else min(config.operation_timeout_s, 10.0)
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            client.list_topics(timeout=max(0.05, min(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException:
+            pass
+        client.poll(0)  # serves the error callback and the log queue
+        for line in seen.lines:
+            for marker, verdict in _CONNECTION_VERDICTS:
+                if marker in line:
+                    who = (f", user {config.sasl_plain_username}"
+                           if config.sasl_plain_username else "")
+                    raise ConfigError(
+                        f"Kafka at {config.bootstrap_servers} ({config.security_protocol}"
+                        f"{who}): {verdict}. librdkafka: {line}")
+        if time.monotonic() >= deadline:
+            log.warning("Kafka at %s: no metadata within %.0fs (%s); going on",
+                        config.bootstrap_servers, limit, "; ".join(seen.lines[-2:]) or "no error")
+            return
 
 
 def _left(deadline: float, floor: float) -> float:
@@ -1063,6 +1237,19 @@ def _is_end_txn_unknown_error(exc: BaseException) -> bool:
     (txn_requires_abort) error. Only asked for errors of commit_transaction().
     """
     return _is_fencing(exc) or any(e.code() == KafkaError.UNKNOWN for e in _kafka_errors(exc))
+
+
+def _has_code(exc: BaseException, code: int) -> bool:
+    """Whether `exc` (or what caused it) carries librdkafka error `code`."""
+    return any(e.code() == code for e in _kafka_errors(exc))
+
+
+def _refused_topic(log_line: str, topics: list[str]) -> str:
+    """Which of `topics` librdkafka's authorization failure names (``partition "T" [0]``)."""
+    match = re.search(r'partition "([^"]+)"', log_line)
+    if match and match.group(1) in topics:
+        return match.group(1)
+    return " or ".join(dict.fromkeys(topics))
 
 
 def _is_fencing(exc: BaseException) -> bool:

@@ -18,12 +18,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from kafka.errors import (
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, StoreUnavailable
 
 CHECKPOINTS_SUFFIX = ".checkpoints"
 WRITERS_SUFFIX = ".writers"
+
+
+# Kafka's TOPIC_AUTHORIZATION_FAILED, in a per-topic error code (kafka-python does not raise it).
+TOPIC_AUTHORIZATION_FAILED = 29
+SECURITY_DOCS = 'docs/KAFKA.md, "Security"'
+
+
+class KafkaNotAuthorized(StoreUnavailable):
+    """The cluster's authorizer refused an operation: an ACL this client's principal needs is
+    missing. The message names the operation and the resource (the ACL to add) and what Steward
+    needed it for. Retrying helps only once the ACL is granted, so it is a StoreUnavailable: a
+    ledger server reports it and tries again on the next append, a process starting exits."""
+
+    @classmethod
+    def missing(cls, operation: str, resource: str, needed_for: str, detail: str = "",
+                ) -> KafkaNotAuthorized:
+        return cls(f"Kafka refused {needed_for}: not authorized ({detail or 'authorization failed'}"
+                   f"); this client's principal needs ACL {operation} on {resource} "
+                   f"({SECURITY_DOCS}; `steward kafka acls` prints them)")
 
 
 def checkpoints_topic(topic: str) -> str:
@@ -78,6 +101,11 @@ def create_topic(admin: Any, topic: str, settings: TopicSettings) -> bool:
         })
     except TopicAlreadyExistsError:
         return False
+    except TopicAuthorizationFailedError as exc:
+        raise KafkaNotAuthorized.missing(
+            "Create", f"topic {topic}", f"creating topic {topic}",
+            "TOPIC_AUTHORIZATION_FAILED; or create the topics first and run with "
+            "--no-create-topics") from exc
     return True
 
 
@@ -91,7 +119,9 @@ def ensure_ledger_topics(
     configured wrongly.
     """
     for name in ledger_topics(topic):
-        if create:
+        # Only a missing topic is created: CreateTopics needs the Create ACL even for a topic
+        # that exists, and a writer running on topics made by the operator has none.
+        if create and _describe_topic(admin, name) is None:
             create_topic(admin, name, settings)
         check_topic(admin, name, settings, timeout=timeout if create else 0.0)
 
@@ -109,6 +139,10 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
         time.sleep(0.2)
     if described is None:
         raise ConfigError(f"topic {topic}: does not exist (create it or let Steward create it)")
+    if described.get("error_code") == TOPIC_AUTHORIZATION_FAILED:
+        raise KafkaNotAuthorized.missing(
+            "Describe (or Read)", f"topic {topic}", f"describing topic {topic}",
+            "TOPIC_AUTHORIZATION_FAILED")
     partitions = described.get("partitions") or []
     if len(partitions) != 1:
         raise ConfigError(f"topic {topic}: partitions is {len(partitions)}, expected 1")
@@ -119,6 +153,11 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
             f"expected at least {settings.replication_factor}")
 
     configs = _describe_configs(admin, topic)
+    if not configs and _describe_configs_error(admin, topic) == TOPIC_AUTHORIZATION_FAILED:
+        raise KafkaNotAuthorized.missing(
+            "DescribeConfigs", f"topic {topic}",
+            f"reading the configuration of topic {topic} (retention, cleanup, ISR)",
+            "TOPIC_AUTHORIZATION_FAILED")
     while not configs and time.monotonic() < deadline:
         # A just-created topic may be known to the broker that answered describe_topics but
         # not yet to the one answering describe_configs (which then returns no configs).
@@ -157,6 +196,9 @@ def _describe_topic(admin: Any, topic: str) -> dict[str, Any] | None:
         # kafka-python 3.x: {"name", "error_code", "partitions": [{"partition_index",
         # "leader_id", "replica_nodes", "isr_nodes", ...}]}
         if entry.get("name") == topic:
+            if entry.get("error_code", 0) == TOPIC_AUTHORIZATION_FAILED:
+                # Kafka answers this for a topic that exists and one that does not alike.
+                return dict(entry)
             if entry.get("error_code", 0) != 0:
                 return None
             return dict(entry)
@@ -173,3 +215,20 @@ def _describe_configs(admin: Any, topic: str) -> dict[str, str]:
     per_topic = (result.get("topic") or {}).get(topic) or {}
     return {name: str(entry.get("value")) for name, entry in per_topic.items()
             if entry.get("value") is not None}
+
+
+def _describe_configs_error(admin: Any, topic: str) -> int | None:
+    """The error code of a DescribeConfigs of `topic`, or None if it cannot be learned.
+
+    kafka-python's describe_configs drops a per-resource error (an empty dict is all one sees),
+    so the request is sent again through the admin client's own request builder to read it.
+    Those are kafka-python internals (3.0): if they change, None, and the caller's message about
+    the missing settings stands.
+    """
+    try:
+        request = admin._describe_configs_request(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)])
+        response = admin._manager.run(admin._manager.send, request)
+        return int(response.results[0].error_code)
+    except Exception:
+        return None
