@@ -11,7 +11,7 @@ from pathlib import Path
 
 from audit import report as reports
 from audit.errors import AuditError
-from audit.sources import ExportSource, GrpcSource, KafkaSource, Source
+from audit.sources import ExportSource, GrpcSource, KafkaSecurity, KafkaSource, Source
 from audit.trust import TrustRoot
 from audit.verify import verify
 
@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)")
         g.add_argument("--grpc", metavar="HOST:PORT", help="a ledger gRPC server")
         sp.add_argument("--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)")
+        k = sp.add_argument_group("Kafka security (with --kafka; docs/KAFKA.md \"Security\")")
+        k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
+                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+        k.add_argument("--kafka-sasl-mechanism", help="e.g. SCRAM-SHA-512")
+        k.add_argument("--kafka-sasl-username")
+        k.add_argument("--kafka-sasl-password-env", metavar="VAR",
+                       help="environment variable holding the SASL password (never on the command line)")
+        k.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)")
+        k.add_argument("--kafka-ssl-certfile", help="client certificate (PEM), for mutual TLS")
+        k.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
+        k.add_argument("--kafka-ssl-password-env", metavar="VAR",
+                       help="environment variable holding the client key's password")
         sp.add_argument("--trust-root", type=Path, required=True, metavar="FILE", help="pinned root keys (JSON)")
 
     v = sub.add_parser("verify", help="verify a whole log once", epilog=EPILOG,
@@ -85,7 +97,11 @@ def _source(args: argparse.Namespace) -> Source:
     if args.kafka:
         if not args.topic:
             raise AuditError("--kafka needs --topic")
-        return KafkaSource(args.kafka, args.topic)
+        security = KafkaSecurity.from_env(
+            args.kafka_security_protocol, args.kafka_sasl_mechanism, args.kafka_sasl_username,
+            args.kafka_sasl_password_env, args.kafka_ssl_cafile, args.kafka_ssl_certfile,
+            args.kafka_ssl_keyfile, args.kafka_ssl_password_env)
+        return KafkaSource(args.kafka, args.topic, security=security)
     return GrpcSource(args.grpc)
 
 

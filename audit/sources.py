@@ -8,7 +8,10 @@ checkpoint notes); every check happens in :mod:`audit.verify`. Infrastructure pr
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,12 +115,110 @@ def write_export(path: Path, records: list[bytes], checkpoints: list[tuple[int, 
 # Kafka: one partition, read_committed, manual assignment, offset 0 to the end
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How the auditor authenticates to Kafka (the flags of ``steward-audit --kafka``).
+
+    Passwords come from environment variables named on the command line (`from_env`), never
+    from the command line itself, and are left out of repr().
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, protocol: str, sasl_mechanism: str | None, username: str | None,
+                 password_env: str | None, cafile: str | None, certfile: str | None,
+                 keyfile: str | None, key_password_env: str | None) -> KafkaSecurity:
+        return cls(protocol, sasl_mechanism, username, _env(password_env, "SASL password"),
+                   cafile, certfile, keyfile, _env(key_password_env, "client key password"))
+
+    def kafka_python(self) -> dict[str, Any]:
+        """kafka-python's options (includes secrets)."""
+        opts = {"security_protocol": self.protocol, "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.username, "sasl_plain_password": self.password,
+                "ssl_cafile": self.cafile, "ssl_certfile": self.certfile,
+                "ssl_keyfile": self.keyfile, "ssl_password": self.key_password}
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def librdkafka(self) -> dict[str, Any]:
+        """librdkafka's names for the same options (includes secrets)."""
+        opts = {"security.protocol": self.protocol, "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.username, "sasl.password": self.password,
+                "ssl.ca.location": self.cafile, "ssl.certificate.location": self.certfile,
+                "ssl.key.location": self.keyfile, "ssl.key.password": self.key_password}
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+def _env(var: str | None, what: str) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise AuditError(f"environment variable {var} (the Kafka {what}) is not set")
+    return value
+
+
+# How a connection that can never work shows in librdkafka's lines (kafka-python sees only
+# "socket disconnected" until its 30 s bootstrap deadline), and what it means.
+_CONNECTION_VERDICTS = (
+    ("SASL authentication error", "SASL authentication failed: wrong user name or password"),
+    ("certificate verify failed",
+     "TLS: the broker's certificate is not signed by a CA this client trusts (--kafka-ssl-cafile)"),
+    ("in state APIVERSION_QUERY",
+     "the broker closed the connection before answering ApiVersions: the listener expects TLS "
+     "(--kafka-security-protocol SSL or SASL_SSL)"),
+    ("SSL connection closed by peer",
+     "the broker closed the TLS connection: it requires SASL (SASL_SSL) or a client certificate"),
+)
+
+
+def check_kafka_connection(bootstrap: str, security: KafkaSecurity, timeout_s: float) -> None:
+    """Connect once with librdkafka; AuditError naming the cause if it can never work."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    lines: list[str] = []
+
+    class Collect:
+        def log(self, _level: int, msg: str, *args: Any) -> None:
+            lines.append(msg % args if args else msg)
+
+    options: dict[str, Any] = {
+        "bootstrap.servers": bootstrap, "client.id": "steward-audit", **security.librdkafka(),
+        "logger": Collect(), "error_cb": lambda err: lines.append(f"{err.name()}: {err.str()}")}
+    client = AdminClient(options)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            client.list_topics(timeout=0.5)
+            return
+        except KafkaException:
+            pass
+        client.poll(0)
+        for line in lines:
+            for marker, verdict in _CONNECTION_VERDICTS:
+                if marker in line:
+                    user = f", user {security.username}" if security.username else ""
+                    raise AuditError(f"Kafka at {bootstrap} ({security.protocol}{user}): "
+                                     f"{verdict}. librdkafka: {line}")
+
+
 class KafkaSource:
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0,
+                 security: KafkaSecurity | None = None) -> None:
         self.name = f"kafka://{bootstrap}/{topic}"
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self.security = security or KafkaSecurity()
         self.total: int | None = None
         self._consumer: Any = None
+        check_kafka_connection(bootstrap, self.security, timeout_s)
 
     def _new_consumer(self) -> Any:
         from kafka import KafkaConsumer
@@ -133,6 +234,7 @@ class KafkaSource:
                 request_timeout_ms=int(self.timeout_s * 1000) + 1000,
                 max_poll_records=1000,
                 fetch_max_bytes=64 * 1024 * 1024,
+                **self.security.kafka_python(),
             )
         except kerrors.KafkaError as exc:
             raise AuditError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
@@ -155,6 +257,11 @@ class KafkaSource:
                 yield from batch.get(tp, [])
                 if not follow and not batch:
                     end = consumer.end_offsets([tp])[tp]
+        except kerrors.TopicAuthorizationFailedError as exc:
+            raise AuditError(
+                f"reading {topic} from {self.bootstrap}: not authorized "
+                f"(TOPIC_AUTHORIZATION_FAILED): the auditor's principal needs ACL Read on "
+                f"topic {topic} (docs/KAFKA.md, \"Security\")") from exc
         except kerrors.KafkaError as exc:
             raise AuditError(f"reading {topic} from {self.bootstrap} failed: {exc}") from exc
         finally:

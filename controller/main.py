@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="SPEC",
                    help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
                         "(default: the ledger's Read stream)")
+    from ledger.store.kafka import add_security_arguments
+
+    add_security_arguments(p.add_argument_group(
+        "Kafka security (with --store kafka:...; docs/KAFKA.md \"Security\")"))
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     p.add_argument("--key", "--key-file", dest="key", required=True,
                    help="the controller's Ed25519 private key (PKCS#8 PEM)")
@@ -100,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_store(spec: str) -> tuple[LogStore, str]:
-    """A LogStore from `sqlite:PATH` or `kafka:BOOTSTRAP/TOPIC`, and its snapshot source name."""
+def open_store(spec: str, kafka_security: dict[str, Any] | None = None) -> tuple[LogStore, str]:
+    """A LogStore from `sqlite:PATH` or `kafka:BOOTSTRAP/TOPIC`, and its snapshot source name.
+
+    `kafka_security`: `KafkaStoreConfig` security fields (`security_from_args`)."""
     kind, _, rest = spec.partition(":")
     if kind == "sqlite" and rest:
         from ledger.store.sqlite import SQLiteLogStore
@@ -113,7 +119,7 @@ def open_store(spec: str) -> tuple[LogStore, str]:
         bootstrap, topic = rest.rsplit("/", 1)
         # A reader never creates topics; the ledger server owns them.
         config = KafkaStoreConfig(bootstrap_servers=bootstrap, topic=topic, create_topics=False,
-                                  client_id="steward-controller")
+                                  client_id="steward-controller", **(kafka_security or {}))
         return KafkaLogStore(config), f"kafka:{topic}"
     raise StewardError(f"--store {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
 
@@ -166,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca)
         if args.store:
-            store, source = open_store(args.store)
+            from ledger.store.kafka import security_from_args
+
+            store, source = open_store(args.store, security_from_args(args))
         else:
             store, source = LedgerReadStore(ledger), f"grpc:{args.ledger}"
         snapshots = SnapshotStore(args.snapshot_db) if args.snapshot_db else None

@@ -509,6 +509,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return int(server_main(forwarded) or 0)
 
 
+def cmd_kafka_acls(args: argparse.Namespace) -> int:
+    from ledger.store.kafka_acls import role_acls
+
+    acls = role_acls(args.role, args.topic, transactional_id=args.transactional_id or "",
+                     create_topics=args.create_topics)
+    print(f"# Steward {args.role} on ledger topic {args.topic}: {len(acls)} ACLs, nothing more "
+          "(docs/KAFKA.md, \"Security\")")
+    for acl in acls:
+        print(f"# {acl.operation} on {acl.resource_type} {acl.name}: {acl.needed_for}")
+        print(acl.kafka_acls_line(args.principal, args.bootstrap, args.command_config))
+    return 0
+
+
+KAFKA_ACLS_EPILOG = """\
+roles:
+  writer   the ledger server (python -m ledger.server --kafka-bootstrap ...)
+  reader   steward-controller --store kafka:..., the projector: reads the log, writes nothing
+  auditor  steward-audit --kafka ...: reads the log and its checkpoints only
+
+example (run the printed lines as a cluster admin, or pipe them to sh):
+  steward kafka acls --role writer --principal User:ledger --topic steward-prod \\
+      --bootstrap kafka-1:9093 --command-config admin.properties
+
+Every line grants one operation on one literal resource; none is optional (each was removed
+in turn in the tests, and the role then fails with a message naming it). The consumer group
+steward-end-offsets needs no ACL: no role ever joins it.
+"""
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -628,6 +657,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("proof", "print an inclusion proof as a C2SP tlog-proof bundle", cmd_proof)
     p.add_argument("--seq", type=int, required=True)
     add("vkey", "print the ledger's checkpoint verifier key (C2SP vkey)", cmd_vkey)
+    kafka = sub.add_parser("kafka", help="Kafka cluster set-up for a ledger").add_subparsers(
+        dest="kafka_cmd", required=True, metavar="ACTION")
+    p = kafka.add_parser(
+        "acls", help="print the kafka-acls.sh commands a role needs (writer, reader, auditor)",
+        description="Print the kafka-acls.sh commands that give one Steward role exactly the "
+                    "ACLs it needs on a ledger's topics, each with what it is for. Nothing is "
+                    "sent to Kafka: review the lines, then run them as a cluster admin.",
+        epilog=KAFKA_ACLS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_kafka_acls)
+    p.add_argument("--role", required=True, choices=["writer", "reader", "auditor"])
+    p.add_argument("--principal", required=True, metavar="User:NAME",
+                   help="the role's Kafka principal: User:<SASL user>, or the name its TLS "
+                        "certificate maps to")
+    p.add_argument("--topic", required=True, help="the ledger topic (its companions "
+                   "TOPIC.checkpoints and TOPIC.writers are included)")
+    p.add_argument("--transactional-id", metavar="ID",
+                   help="writer: the server's transactional id (default steward-ledger-TOPIC; "
+                        "steward-ledger-NAME with the server's --ledger NAME)")
+    p.add_argument("--create-topics", action="store_true",
+                   help="writer: add Create on the three topics (a server without "
+                        "--no-create-topics creates missing ones)")
+    p.add_argument("--bootstrap", default="BOOTSTRAP", metavar="HOST:PORT",
+                   help="put into each line's --bootstrap-server")
+    p.add_argument("--command-config", default="admin.properties", metavar="FILE",
+                   help="the admin's client properties for kafka-acls.sh (default admin.properties)")
+
     p = add("export", "write the offline export file auditors verify", cmd_export)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress line")
