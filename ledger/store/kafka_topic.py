@@ -140,8 +140,12 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
     if described is None:
         raise ConfigError(f"topic {topic}: does not exist (create it or let Steward create it)")
     if described.get("error_code") == TOPIC_AUTHORIZATION_FAILED:
+        # Every user of a ledger reads the log and its checkpoints (Read implies Describe);
+        # only the ledger server reads the claim log, a reader just checks that it exists.
+        operation = ("Describe (the ledger server: Read and Write)"
+                     if topic.endswith(WRITERS_SUFFIX) else "Read")
         raise KafkaNotAuthorized.missing(
-            "Describe (or Read)", f"topic {topic}", f"describing topic {topic}",
+            operation, f"topic {topic}", f"describing topic {topic}",
             "TOPIC_AUTHORIZATION_FAILED")
     partitions = described.get("partitions") or []
     if len(partitions) != 1:
