@@ -103,9 +103,9 @@ def create_topic(admin: Any, topic: str, settings: TopicSettings) -> bool:
         return False
     except TopicAuthorizationFailedError as exc:
         raise KafkaNotAuthorized.missing(
-            "Create", f"topic {topic}", f"creating topic {topic}",
-            "TOPIC_AUTHORIZATION_FAILED; or create the topics first and run with "
-            "--no-create-topics") from exc
+            "Create", f"topic {topic}",
+            f"creating topic {topic} (or create it first, and run without creating topics)",
+            "TOPIC_AUTHORIZATION_FAILED") from exc
     return True
 
 

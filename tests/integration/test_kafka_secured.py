@@ -89,11 +89,13 @@ class Ledger:
                 "--kafka-ssl-cafile", ca or self.ca]
 
     def server(self, name: str, user: str = "ledger", *, flags: list[str] | None = None,
-               password: str | None = None) -> Server:
+               password: str | None = None, topic: str | None = None,
+               create_topics: bool = False) -> Server:
         port_file = self.workdir / f"{name}.port"
         log_file = self.workdir / f"{name}.log"
         args = [sys.executable, "-m", "ledger.server", "--kafka-bootstrap", self.bootstrap,
-                "--topic", self.topic, "--no-create-topics", "--kafka-timeout", "10",
+                "--topic", topic or self.topic, "--kafka-timeout", "10",
+                *([] if create_topics else ["--no-create-topics"]),
                 "--checkpoint-key", str(self.key), "--port-file", str(port_file),
                 "--checkpoint-every-entries", "4", "--checkpoint-every-ms", "0",
                 "--projections", "off",
@@ -304,6 +306,29 @@ def test_the_writer_names_each_missing_acl(ledger: Ledger) -> None:
                  f"{acl.name.replace(ledger.topic, 'T')}"] = took
         assert _names_acl(text, acl), f"without {acl}: {text[-2000:]}"
         assert took < FAIL_FAST_S, f"without {acl}: {took:.1f}s"
+
+
+def test_a_writer_creating_its_topics_needs_create_and_names_it(ledger: Ledger) -> None:
+    """Without --no-create-topics on missing topics: exactly the --create-topics table."""
+    topic = f"{ledger.topic}-new"
+    acls = role_acls("writer", topic, create_topics=True)
+    creates = [a for a in acls if a.operation == "Create"]
+    assert len(creates) == 3
+    grant_acls(ledger.cluster, "User:ledger", [a for a in acls if a.operation != "Create"])
+    try:
+        server = ledger.server("no-create", topic=topic, create_topics=True)
+        started = time.monotonic()
+        assert server.wait() is None, "the server created its topics without Create"
+        MEASURED["writer without Create on topic T (topics missing)"] = time.monotonic() - started
+        assert _names_acl(server.log(), creates[0]), server.log()[-2000:]
+        grant_acls(ledger.cluster, "User:ledger", creates)
+        server = ledger.server("create", topic=topic, create_topics=True)
+        address = server.wait()
+        assert address is not None, server.log()[-3000:]
+        _fill(address, ledger.flow)
+        server.stop()
+    finally:
+        revoke_acls(ledger.cluster, "User:ledger", acls)
 
 
 def test_the_controller_names_each_missing_acl(ledger: Ledger) -> None:
