@@ -106,7 +106,7 @@ from kafka import errors as kerrors
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.kafka_topic import (
-    KafkaNotAuthorized,
+    KafkaNotAuthorizedError,
     TopicSettings,
     checkpoints_topic,
     ensure_ledger_topics,
@@ -615,7 +615,7 @@ class KafkaLogStore(LogStore):
             offset = msg.offset()
         except Exception as exc:
             if _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
-                raise KafkaNotAuthorized.missing(
+                raise KafkaNotAuthorizedError.missing(
                     "Write", f"topic {self.writers_topic}",
                     f"writing this writer's claim to {self.writers_topic}",
                     _describe(exc)) from exc
@@ -652,11 +652,11 @@ class KafkaLogStore(LogStore):
         except Exception as exc:
             producer.discard(self.topic)
             if _has_code(exc, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED):
-                raise KafkaNotAuthorized.missing(
+                raise KafkaNotAuthorizedError.missing(
                     "Write", f"transactional-id {tid}",
                     f"initialising transactional id {tid}", _describe(exc)) from exc
             if _has_code(exc, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
-                raise KafkaNotAuthorized.missing(
+                raise KafkaNotAuthorizedError.missing(
                     "IdempotentWrite", "the cluster",
                     f"initialising transactional id {tid}", _describe(exc)) from exc
             # Even a fencing error here (another InitProducerId racing ours) decides nothing:
@@ -837,7 +837,7 @@ class KafkaLogStore(LogStore):
             refused = self._rdlog.authorization_failure
             if refused is not None or _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
                 topic = _refused_topic(refused or "", [t for t, _, _ in sends])
-                raise KafkaNotAuthorized.missing(
+                raise KafkaNotAuthorizedError.missing(
                     "Write", f"topic {topic}", f"{step} to {topic}",
                     refused or _describe(exc)) from exc
             raise self._unavailable(step, exc) from exc
@@ -902,7 +902,7 @@ class KafkaLogStore(LogStore):
                         return
                     batch = consumer.poll(timeout_ms=200)
                 except kerrors.TopicAuthorizationFailedError as exc:
-                    raise KafkaNotAuthorized.missing(
+                    raise KafkaNotAuthorizedError.missing(
                         "Read", f"topic {tp.topic}", f"reading topic {tp.topic}",
                         "TOPIC_AUTHORIZATION_FAILED") from exc
                 except kerrors.KafkaError as exc:
@@ -942,7 +942,7 @@ class KafkaLogStore(LogStore):
                 try:
                     batch = consumer.poll(timeout_ms=wait_ms)
                 except kerrors.TopicAuthorizationFailedError as exc:
-                    raise KafkaNotAuthorized.missing(
+                    raise KafkaNotAuthorizedError.missing(
                         "Read", f"topic {self.topic}", f"following topic {self.topic}",
                         "TOPIC_AUTHORIZATION_FAILED") from exc
                 except kerrors.KafkaError as exc:
@@ -986,7 +986,7 @@ class KafkaLogStore(LogStore):
                     if _has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
                         self._end_consumer = None
                         _close_end_consumer(consumer, self.topic)
-                        raise KafkaNotAuthorized.missing(
+                        raise KafkaNotAuthorizedError.missing(
                             "Describe (or Read)", f"topic {tp.topic}",
                             f"asking the end offset of {tp.topic}", _describe(exc)) from exc
                     if _may_pass(exc) and time.monotonic() + _END_OFFSET_RETRY_S < deadline:

@@ -24,7 +24,7 @@ from kafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from ledger.errors import ConfigError, StoreUnavailable
+from ledger.errors import ConfigError, StoreUnavailableError
 
 CHECKPOINTS_SUFFIX = ".checkpoints"
 WRITERS_SUFFIX = ".writers"
@@ -35,15 +35,15 @@ TOPIC_AUTHORIZATION_FAILED = 29
 SECURITY_DOCS = 'docs/KAFKA.md, "Security"'
 
 
-class KafkaNotAuthorized(StoreUnavailable):
+class KafkaNotAuthorizedError(StoreUnavailableError):
     """The cluster's authorizer refused an operation: an ACL this client's principal needs is
     missing. The message names the operation and the resource (the ACL to add) and what Steward
-    needed it for. Retrying helps only once the ACL is granted, so it is a StoreUnavailable: a
+    needed it for. Retrying helps only once the ACL is granted, so it is a StoreUnavailableError: a
     ledger server reports it and tries again on the next append, a process starting exits."""
 
     @classmethod
     def missing(cls, operation: str, resource: str, needed_for: str, detail: str = "",
-                ) -> KafkaNotAuthorized:
+                ) -> KafkaNotAuthorizedError:
         return cls(f"Kafka refused {needed_for}: not authorized ({detail or 'authorization failed'}"
                    f"); this client's principal needs ACL {operation} on {resource} "
                    f"({SECURITY_DOCS}; `steward kafka acls` prints them)")
@@ -102,7 +102,7 @@ def create_topic(admin: Any, topic: str, settings: TopicSettings) -> bool:
     except TopicAlreadyExistsError:
         return False
     except TopicAuthorizationFailedError as exc:
-        raise KafkaNotAuthorized.missing(
+        raise KafkaNotAuthorizedError.missing(
             "Create", f"topic {topic}",
             f"creating topic {topic} (or create it first, and run without creating topics)",
             "TOPIC_AUTHORIZATION_FAILED") from exc
@@ -144,7 +144,7 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
         # only the ledger server reads the claim log, a reader just checks that it exists.
         operation = ("Describe (the ledger server: Read and Write)"
                      if topic.endswith(WRITERS_SUFFIX) else "Read")
-        raise KafkaNotAuthorized.missing(
+        raise KafkaNotAuthorizedError.missing(
             operation, f"topic {topic}", f"describing topic {topic}",
             "TOPIC_AUTHORIZATION_FAILED")
     partitions = described.get("partitions") or []
@@ -158,7 +158,7 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
 
     configs = _describe_configs(admin, topic)
     if not configs and _describe_configs_error(admin, topic) == TOPIC_AUTHORIZATION_FAILED:
-        raise KafkaNotAuthorized.missing(
+        raise KafkaNotAuthorizedError.missing(
             "DescribeConfigs", f"topic {topic}",
             f"reading the configuration of topic {topic} (retention, cleanup, ISR)",
             "TOPIC_AUTHORIZATION_FAILED")
