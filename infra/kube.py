@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from infra import InfraError, steward_cache
+from infra.processes import free_port
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -418,12 +418,6 @@ def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
 
 
 # ------------------------------------------------------------------------------------- cluster
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 30) -> str:

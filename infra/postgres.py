@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra import InfraError
+from infra.processes import free_port
 
 SUPERUSER = "steward"
 OS_USER = "postgres"  # who runs the server when we are root
@@ -93,12 +93,6 @@ def install() -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _is_root() -> bool:
