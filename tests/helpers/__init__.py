@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: one idea a module (processes, gRPC servers, Kafka reads, fuzzing)."""
