@@ -42,8 +42,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Probes, Report, StackSampler, median, parser, percentile, top_functions
+from infra.processes import Child, start_python, wait_for, wait_for_port_file
 
 BATCH = 256
 PROPOSALS = 32
@@ -199,15 +198,15 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
 class ServerProcess:
     """A started ledger server subprocess: its address, and its profile if it keeps one."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], address: str, profile: Path | None) -> None:
-        self.proc = proc
+    def __init__(self, child: Child, address: str, profile: Path | None) -> None:
+        self.child = child
         self.address = address
         self.profile = profile
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU the server process has used so far (None where /proc is absent)."""
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{self.child.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -219,12 +218,8 @@ class ServerProcess:
         done = self.profile / f"{label}.json"
         done.unlink(missing_ok=True)
         (self.profile / "label").write_text(label)
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while not done.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server wrote no profile {done}")
-            time.sleep(0.05)
+        self.child.send_signal(signal.SIGUSR1)
+        wait_for(f"the server's profile {done}", done.exists, 30, every=0.05, child=self.child)
         doc: dict[str, Any] = json.loads(done.read_text())
         return doc
 
@@ -234,29 +229,18 @@ def ledger_server(store_spec: str, key_path: Path, workdir: Path,
                   profile: Path | None = None) -> Iterator[ServerProcess]:
     """A ledger server subprocess (profiled into `profile` when given)."""
     port_file = workdir / f"port-{uuid.uuid4().hex[:8]}"
-    log = (workdir / "server.log").open("ab")
-    args = [sys.executable, "-m", "bench.ingest", "--serve", store_spec, "--key", str(key_path),
+    args = ["-m", "bench.ingest", "--serve", store_spec, "--key", str(key_path),
             "--port-file", str(port_file)]
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
         args += ["--profile-out", str(profile)]
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[1])
+    child = start_python(args, workdir / "server.log", name="the ledger server", append=True,
+                         cwd=Path(__file__).resolve().parents[1])
     try:
-        deadline = time.monotonic() + 180
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the ledger server did not start; see {workdir / 'server.log'}")
-            time.sleep(0.05)
-        yield ServerProcess(proc, f"127.0.0.1:{int(port_file.read_text())}", profile)
+        port = wait_for_port_file(port_file, 180, child=child)
+        yield ServerProcess(child, f"127.0.0.1:{port}", profile)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        child.stop(grace=30)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,63 +16,19 @@ Run: python -m bench.killswitch [--smoke] [--trials N]
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bench.common import Report, median, parser, percentile
+from infra.kube_workload import read_deployment, target_manifests
+from infra.processes import start_python, wait_for, wait_for_port_file
 
 REPO = Path(__file__).resolve().parents[1]
 NAME, CANARY = "model-server", "model-server-canary"
 V1, V2 = "registry.example/model-server:v1", "registry.example/model-server:v2"
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-@contextmanager
-def process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = log_path.open("wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log.close()
-
-
-def _deployment(apps: Any, ns: str, name: str) -> Any:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        return apps.read_namespaced_deployment(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 class CanaryWatch(threading.Thread):
@@ -128,39 +84,33 @@ def main(argv: list[str] | None = None) -> int:
                             "crd/modelrollouts.steward.dev")
             cluster.kubectl("create", "namespace", ns)
             wait_for("the default ServiceAccount", lambda: cluster.kubectl(
-                "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0)
-            labels = {"app": NAME}
-            for manifest in (
-                {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "labels": labels},
-                 "spec": {"replicas": 4, "selector": {"matchLabels": labels},
-                          "template": {"metadata": {"labels": labels},
-                                       "spec": {"containers": [{"name": "server", "image": V1}]}}}},
-                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": NAME},
-                 "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
-            ):
+                "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0, 60, every=0.05)
+            for manifest in target_manifests(NAME, V1, 4):
                 utils.create_from_dict(api, manifest, namespace=ns)
-            wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4)
+            wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4,
+                     60, every=0.05)
 
             cast = Cast.create()
             flow = Flow(cast, ledger="bench-kill", origin="steward.dev/ledger/bench-kill")
             (tmp / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
             (tmp / "controller.pem").write_bytes(cast["controller"].key.to_pem())
             db, port_file = tmp / "ledger.db", tmp / "ledger.port"
-            with process([sys.executable, "-m", "ledger.server", "--db", str(db), "--checkpoint-key",
-                          str(tmp / "checkpoint.pem"), "--port-file", str(port_file)], tmp / "ledger.log"):
-                wait_for("the ledger server", port_file.exists)
-                led = LedgerClient(f"127.0.0.1:{int(port_file.read_text())}")
+            with start_python(["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
+                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file)],
+                              tmp / "ledger.log", cwd=REPO) as server:
+                led = LedgerClient(f"127.0.0.1:{wait_for_port_file(port_file, 60, child=server)}")
                 led.append(flow.genesis())
                 for grant in flow.grants():
                     led.append(grant)
                 led.append(flow.policy(namespace=ns, plan=(PlanStep(10, 0, False), PlanStep(50, 0, True),
                                                              PlanStep(100, 0, False))))
-                with process([sys.executable, "-m", "controller.main", "--ledger", led.target,
-                              "--store", f"sqlite:{db}", "--kubeconfig", str(cluster.kubeconfig),
-                              "--key", str(tmp / "controller.pem"), "--namespace", ns,
-                              "--snapshot-db", str(tmp / "snap.db"), "--lease-namespace", ns,
-                              "--identity", "bench", "--tick-seconds", "0.2",
-                              "--not-ready-grace-seconds", "60"], tmp / "controller.log"):
+                with start_python(["-m", "controller.main", "--ledger", led.target,
+                                   "--store", f"sqlite:{db}", "--kubeconfig", str(cluster.kubeconfig),
+                                   "--key", str(tmp / "controller.pem"), "--namespace", ns,
+                                   "--snapshot-db", str(tmp / "snap.db"), "--lease-namespace", ns,
+                                   "--identity", "bench", "--tick-seconds", "0.2",
+                                   "--not-ready-grace-seconds", "60"],
+                                  tmp / "controller.log", cwd=REPO):
                     latencies = _trials(trials, led, flow, apps, ns, KillScope)
                 led.close()
             report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
@@ -184,7 +134,7 @@ def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any) -> 
         for who in ("alice", "bob"):
             led.append(flow.approve(p, evals, who))
         canary = wait_for(f"trial {i}: the canary at 1 replica", lambda: (
-            (d := _deployment(apps, ns, CANARY)) is not None and (d.spec.replicas or 0) >= 1 and d))
+            (d := read_deployment(apps, ns, CANARY)) is not None and (d.spec.replicas or 0) >= 1 and d), 60, every=0.05)
         watch = CanaryWatch(apps, ns, canary.metadata.resource_version)
         watch.start()
         time.sleep(0.2)  # let the watch connect; events after the resourceVersion are delivered anyway
@@ -195,8 +145,8 @@ def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any) -> 
             raise TimeoutError(f"trial {i}: the canary never reached 0 replicas")
         latencies.append(max(0.0, watch.zero_at - acked))
         wait_for(f"trial {i}: stable back at 4, canary gone", lambda: (
-            (s := _deployment(apps, ns, NAME)) is not None and s.spec.replicas == 4
-            and ((c := _deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0)))
+            (s := read_deployment(apps, ns, NAME)) is not None and s.spec.replicas == 4
+            and ((c := read_deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0)), 60, every=0.05)
         print(f"  trial {i + 1}/{n}: {latencies[-1] * 1000:.0f} ms", flush=True)
     return latencies
 

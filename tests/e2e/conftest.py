@@ -7,21 +7,17 @@ ledger's SQLite file itself and appending through gRPC. Policies use hold times 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
 from controller.state import ControllerState
 from infra.kube import LocalCluster
+from infra.kube_workload import target_manifests
+from infra.processes import Child, start_python, wait_for, wait_for_port_file
 from ledger.client import LedgerClient
 from ledger.formats import PlanStep, SignedEvent, decode_log_entry
 from ledger.scenario import Cast, Flow
@@ -32,19 +28,6 @@ V1 = "registry.example/model-server:v1"
 V2 = "registry.example/model-server:v2"
 FAST_PLAN = (PlanStep(10, 0, False), PlanStep(50, 1, True), PlanStep(100, 0, False))
 
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last  # type: ignore[return-value]
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {last!r}")
-
 
 @dataclass
 class Ledger:
@@ -52,7 +35,7 @@ class Ledger:
 
     db: Path
     address: str
-    proc: subprocess.Popen[bytes]
+    server: Child
     client: LedgerClient
     flow: Flow
     cast: Cast
@@ -97,18 +80,14 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
     key_file = tmp_path / "checkpoint.pem"
     key_file.write_bytes(cast.checkpoint_key.to_pem())
     db, port_file = tmp_path / "ledger.db", tmp_path / "ledger.port"
-    log = (tmp_path / "ledger.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.server", "--db", str(db), "--checkpoint-key", str(key_file),
+    server = start_python(
+        ["-m", "ledger.server", "--db", str(db), "--checkpoint-key", str(key_file),
          "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        tmp_path / "ledger.log", cwd=REPO,
     )
-    wait_for("the ledger server's port file", lambda: port_file.exists() or proc.poll() is not None)
-    if proc.poll() is not None:
-        pytest.fail(f"ledger server exited {proc.returncode}: {(tmp_path / 'ledger.log').read_text()}")
-    address = f"127.0.0.1:{int(port_file.read_text())}"
+    address = f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}"
     flow = Flow(cast, ledger="e2e", origin="steward.dev/ledger/e2e")
-    led = Ledger(db, address, proc, LedgerClient(address), flow, cast)
+    led = Ledger(db, address, server, LedgerClient(address), flow, cast)
     led.ok(flow.genesis())
     for grant in flow.grants():
         led.ok(grant)
@@ -117,12 +96,7 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
         yield led
     finally:
         led.client.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop(grace=10)
 
 
 @pytest.fixture(scope="session")
@@ -142,19 +116,6 @@ def custom(kube_api_client: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube_api_client)
 
 
-def target_manifests(name: str, image: str, replicas: int) -> list[dict[str, Any]]:
-    labels = {"app": name}
-    return [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": name, "labels": labels},
-         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"containers": [{"name": "server", "image": image}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
-    ]
-
-
 @pytest.fixture
 def target(kube_namespace: str, kube_api_client: client.ApiClient, crd_installed: None) -> str:
     """The user's Deployment `model-server` (4 replicas of v1) and its Service."""
@@ -171,31 +132,19 @@ def target(kube_namespace: str, kube_api_client: client.ApiClient, crd_installed
 @dataclass
 class ControllerProc:
     identity: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    _log: Any = field(repr=False, default=None)
+    child: Child
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.child.log()
 
     def actions(self) -> list[str]:
         return [line for line in self.log().splitlines() if '"action"' in line and '"ok": "True"' in line]
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.child.kill(timeout=10)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self._log is not None:
-            self._log.close()
-        return self.proc.returncode
+        return self.child.stop(grace=15)
 
 
 @dataclass
@@ -208,19 +157,16 @@ class Controllers:
     started: list[ControllerProc] = field(default_factory=list)
 
     def start(self, identity: str = "ctl-a", *extra: str) -> ControllerProc:
-        log_path = self.tmp / f"controller-{identity}-{len(self.started)}.log"
-        log = log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.main",
+        child = start_python(
+            ["-m", "controller.main",
              "--ledger", self.ledger.address, "--store", f"sqlite:{self.ledger.db}",
              "--kubeconfig", str(self.cluster.kubeconfig), "--key", str(self.key_file),
              "--namespace", self.namespace, "--snapshot-db", str(self.tmp / f"snap-{identity}.db"),
              "--lease-namespace", self.namespace, "--identity", identity,
              "--tick-seconds", "0.2", "--not-ready-grace-seconds", "20", *extra],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            self.tmp / f"controller-{identity}-{len(self.started)}.log", name=identity, cwd=REPO,
         )
-        cp = ControllerProc(identity, proc, log_path, log)
+        cp = ControllerProc(identity, child)
         self.started.append(cp)
         return cp
 

@@ -10,10 +10,12 @@ from kubernetes.client.rest import ApiException
 
 from controller.executor import EMERGENCY_STOP_ANNOTATION
 from infra.kube import FAIL_IMAGE
+from infra.kube_workload import read_deployment
+from infra.processes import wait_for
 from ledger.client import LedgerRpcError
 from ledger.formats import ApprovalRecorded, KillScope, KillSwitchEngaged
 from ledger.keys import PrivateKey
-from tests.e2e.conftest import V1, V2, Controllers, Ledger, wait_for
+from tests.e2e.conftest import V1, V2, Controllers, Ledger
 
 pytestmark = pytest.mark.kube
 
@@ -22,26 +24,17 @@ CANARY = "model-server-canary"
 PROMOTED_STEPS = [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
 
 
-def deployment(apps: client.AppsV1Api, ns: str, name: str) -> client.V1Deployment | None:
-    try:
-        return apps.read_namespaced_deployment(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def replicas(apps: client.AppsV1Api, ns: str) -> tuple[int, int, str]:
     """(stable replicas, canary replicas, stable image); canary 0 when absent."""
-    stable = deployment(apps, ns, NAME)
-    canary = deployment(apps, ns, CANARY)
+    stable = read_deployment(apps, ns, NAME)
+    canary = read_deployment(apps, ns, CANARY)
     assert stable is not None
     return (stable.spec.replicas, canary.spec.replicas if canary else 0,
             stable.spec.template.spec.containers[0].image)
 
 
 def canary_ready(apps: client.AppsV1Api, ns: str, n: int) -> bool:
-    c = deployment(apps, ns, CANARY)
+    c = read_deployment(apps, ns, CANARY)
     return c is not None and c.spec.replicas == n and (c.status.ready_replicas or 0) >= n
 
 
@@ -81,11 +74,11 @@ def test_full_rollout_promotes_the_candidate(
     assert started.body.payload.observed.stable_replicas == 4  # N as recorded, before the shift
     assert mirror_status(custom, ns, p).get("phase") == "Progressing"
     promote_with_health(ledger, p)
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V2)
-    stable = deployment(apps, ns, NAME)
+    stable = read_deployment(apps, ns, NAME)
     assert stable is not None
-    wait_for("stable ready on v2", lambda: (deployment(apps, ns, NAME).status.ready_replicas or 0) >= 4)
+    wait_for("stable ready on v2", lambda: (read_deployment(apps, ns, NAME).status.ready_replicas or 0) >= 4)
     assert ledger.steps(p) == PROMOTED_STEPS
     status = wait_for("mirror Promoted", lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Promoted" and s)
     assert status["weight"] == 100 and status["approvals"] == 2
@@ -114,7 +107,7 @@ def test_without_valid_approvals_the_canary_never_gets_a_replica(
     status = wait_for("mirror waiting for approvals",
                       lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Pending" and s)
     time.sleep(2)
-    assert deployment(apps, ns, CANARY) is None
+    assert read_deployment(apps, ns, CANARY) is None
     assert replicas(apps, ns) == (4, 0, V1)
     assert ledger.steps(p) == []
     assert "1 of 2" in mirror_status(custom, ns, p).get("message", "")
@@ -136,7 +129,7 @@ def test_kill_switch_removes_the_canary_and_release_needs_the_threshold(
     wait_for("step 1 canary ready", lambda: canary_ready(apps, ns, 2))
     scope = KillScope("TARGET", ns, NAME)
     ledger.ok(ledger.flow.kill(scope))
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None, 15)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None, 15)
     wait_for("stable restored", lambda: replicas(apps, ns) == (4, 0, V1))
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK")
     assert ledger.steps(p)[-1] == (1, 0, "ROLLED_BACK")
@@ -147,10 +140,10 @@ def test_kill_switch_removes_the_canary_and_release_needs_the_threshold(
     assert info.value.violation_code == "THRESHOLD_NOT_MET"
     ledger.ok(ledger.flow.release(scope))
     time.sleep(2)
-    assert deployment(apps, ns, CANARY) is None, "resumed without a fresh decision"
+    assert read_deployment(apps, ns, CANARY) is None, "resumed without a fresh decision"
     ledger.approve(p, evals)
     wait_for("restart on fresh approvals",
-             lambda: ledger.steps(p).count((0, 10, "STARTED")) == 2 and deployment(apps, ns, CANARY))
+             lambda: ledger.steps(p).count((0, 10, "STARTED")) == 2 and read_deployment(apps, ns, CANARY))
     steps = ledger.steps(p)
     assert steps[:3] == [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (1, 0, "ROLLED_BACK")]
     assert steps[3] == (0, 10, "STARTED")
@@ -166,7 +159,7 @@ def test_failing_canary_pods_roll_back(
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK", 30)
     state = ledger.state()
     assert "CrashLoopBackOff" in state.rollouts[p].last_reason
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V1)
 
 
@@ -181,7 +174,7 @@ def test_unhealthy_report_rolls_back(
     ledger.ok(ledger.flow.health(p, 1, False))
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK")
     assert "unhealthy" in ledger.state().rollouts[p].last_reason
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V1)
 
 
@@ -203,7 +196,7 @@ def test_sigkill_at_each_phase_ends_like_an_uninterrupted_run(
     third.kill()
     controllers.start("ctl-a")
     wait_for("PROMOTED", lambda: ledger.phase(p) == "PROMOTED", 30)
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V2)
     # Same story as an uninterrupted run: every step once, no drift, no rollback.
     assert ledger.steps(p) == PROMOTED_STEPS
@@ -226,7 +219,7 @@ def test_two_controllers_only_the_leader_writes_and_the_other_takes_over(
     ledger.ok(ledger.flow.health(p, 1, True))
     wait_for("ctl-b takes the lease", lambda: _holder(coord, ns) == "ctl-b", 20)
     wait_for("PROMOTED", lambda: ledger.phase(p) == "PROMOTED", 30)
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert b.actions()
     assert ledger.steps(p) == PROMOTED_STEPS
     assert replicas(apps, ns) == (4, 0, V2)
@@ -251,7 +244,7 @@ def test_emergency_stop_annotation_is_honoured_and_recorded(
     wait_for("mirror exists", lambda: mirror_status(custom, ns, p))
     controllers.cluster.kubectl("annotate", "-n", ns, "modelrollout", f"{NAME}-{p.hex()[:10]}",
                                 f"{EMERGENCY_STOP_ANNOTATION}=latency spike")
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None, 15)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None, 15)
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK")
     state = ledger.state()
     assert KillScope("PROPOSAL", proposal=p) in state.ledger.kill_switches
@@ -280,7 +273,7 @@ def test_hand_scaling_is_recorded_as_drift_and_corrected(
     wait_for("stable back at 2", lambda: replicas(apps, ns)[:2] == (2, 2))
     controllers.cluster.kubectl("set", "image", "-n", ns, f"deployment/{CANARY}", f"server={V1}")
     wait_for("second drift record", lambda: ledger.steps(p).count((1, 50, "DRIFT_CORRECTED")) == 2)
-    wait_for("canary back on v2", lambda: deployment(apps, ns, CANARY).spec.template.spec.containers[0].image == V2)
+    wait_for("canary back on v2", lambda: read_deployment(apps, ns, CANARY).spec.template.spec.containers[0].image == V2)
     promote_with_health(ledger, p)
-    wait_for("canary removed", lambda: deployment(apps, ns, CANARY) is None)
+    wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V2)

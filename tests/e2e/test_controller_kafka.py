@@ -12,11 +12,7 @@ and must go on to roll out once real approvals arrive. The auditor flags every f
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,33 +23,19 @@ from kubernetes import client
 
 from infra.kafka import KafkaCluster
 from infra.kube import LocalCluster
+from infra.kube_workload import target_manifests
+from infra.processes import Child, start_python, wait_for, wait_for_log, wait_for_port_file
 from ledger.client import LedgerClient
 from ledger.events import new_body, sign
 from ledger.export import write_trust_root
 from ledger.formats import ApprovalRecorded, ObservedState, RolloutStep, make_entry
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
-from tests.e2e.conftest import FAST_PLAN, target_manifests, wait_for
+from tests.e2e.conftest import FAST_PLAN
 
 pytestmark = [pytest.mark.kafka, pytest.mark.kube]
 REPO = Path(__file__).resolve().parents[2]
 V1, V2 = "registry.example/model-server:v1", "registry.example/model-server:v2"
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture
@@ -68,32 +50,30 @@ def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, ku
     (tmp_path / "controller.pem").write_bytes(cast["controller"].key.to_pem())
     bootstrap = kafka_cluster.bootstrap_servers
     port_file = tmp_path / "ledger.port"
-    server = _spawn(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", kafka_topic_name,
-                     "--checkpoint-key", str(tmp_path / "checkpoint.pem"), "--port-file", str(port_file)],
-                    tmp_path / "ledger.log")
-    procs = [server]
+    server = start_python(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", kafka_topic_name,
+                           "--checkpoint-key", str(tmp_path / "checkpoint.pem"), "--port-file", str(port_file)],
+                          tmp_path / "ledger.log", cwd=REPO)
+    children = [server]
     try:
-        wait_for("the ledger server on Kafka", lambda: port_file.exists() or server.poll() is not None, timeout=180)
-        assert server.poll() is None, (tmp_path / "ledger.log").read_text()
-        address = f"127.0.0.1:{int(port_file.read_text())}"
+        address = f"127.0.0.1:{wait_for_port_file(port_file, 180, child=server)}"
         flow = Flow(cast, ledger="kafka-e2e", origin="steward.dev/ledger/kafka-e2e")
         ledger = LedgerClient(address, timeout=30)
         ledger.append(flow.genesis())
         for grant in flow.grants():
             ledger.append(grant)
         ledger.append(flow.policy(namespace=kube_namespace, plan=FAST_PLAN))
-        controller_log = tmp_path / "controller.log"
-        procs.append(_spawn(
+        controller = start_python(
             ["-m", "controller.main", "--ledger", address, "--store", f"kafka:{bootstrap}/{kafka_topic_name}",
              "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
              "--namespace", kube_namespace, "--lease-namespace", kube_namespace, "--identity", "kafka-ctl",
-             "--tick-seconds", "0.2", "--log-format", "text"], controller_log))
+             "--tick-seconds", "0.2", "--log-format", "text"], tmp_path / "controller.log", cwd=REPO)
+        children.append(controller)
         yield {"flow": flow, "ledger": ledger, "bootstrap": bootstrap, "topic": kafka_topic_name,
-               "ns": kube_namespace, "cast": cast, "controller_log": controller_log, "tmp": tmp_path,
+               "ns": kube_namespace, "cast": cast, "controller": controller, "tmp": tmp_path,
                "apps": client.AppsV1Api(kube_api_client)}
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        for child in reversed(children):
+            child.stop(grace=20)
 
 
 def _canary_replicas(apps: client.AppsV1Api, ns: str) -> int:
@@ -130,9 +110,8 @@ def test_forged_records_in_the_topic_change_nothing(world: dict[str, object]) ->
     producer.close()
 
     # The controller reads them, refuses them, and gives the canary nothing.
-    log = Path(str(world["controller_log"]))
-    wait_for("the controller to skip the injected records",
-             lambda: len(re.findall(r"invalid record skipped", log.read_text(errors="replace"))) >= 4, timeout=60)
+    controller: Child = world["controller"]  # type: ignore[assignment]
+    wait_for_log(controller, r"invalid record skipped", 60, count=4)
     time.sleep(2)
     assert _canary_replicas(apps, ns) == 0
     assert all(e.body.type != "RolloutStep" for e in ledger.read(0))

@@ -14,8 +14,9 @@ import time
 import pytest
 from kubernetes import client, watch
 
+from infra.processes import wait_for
 from ledger.formats import KillScope
-from tests.e2e.conftest import V2, Controllers, Ledger, wait_for
+from tests.e2e.conftest import V2, Controllers, Ledger
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

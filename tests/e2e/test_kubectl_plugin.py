@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from infra.kube import LocalCluster, free_port
-from tests.e2e.conftest import V2, Controllers, Ledger, wait_for
+from infra.kube import LocalCluster
+from infra.processes import free_port, wait_for
+from tests.e2e.conftest import V2, Controllers, Ledger
 
 pytestmark = pytest.mark.kube
 
@@ -113,7 +114,7 @@ def test_approve_watch_kill_and_history_through_kubectl(
     assert kinds[:5] == ["ProposalSubmitted", "EvalRecorded", "EvalRecorded", "ApprovalRecorded", "ApprovalRecorded"]
     assert "RolloutStep" in kinds and "KillSwitchEngaged" in kinds
     assert "KILL SWITCH engaged (proposal" in history and "rolled back" in history
-    assert ctl.proc.poll() is None, ctl.log()[-3000:]
+    assert ctl.child.running(), ctl.log()[-3000:]
 
     # Release needs two approvers on one event: one is refused, two succeed.
     alone = kubectl.run("steward", "release", name, "-n", ns, "--key", "alice.pem", code=1)

@@ -7,13 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from infra.processes import start_python, wait_for_port_file
 from ledger.checkpoint import verify_tlog_proof
 from ledger.merkle import leaf_hash
 
@@ -55,19 +55,13 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     for name in ("root1", "root2", "root3", "agent", "evalbot", "alice", "bob", "oncall", "ledger"):
         _steward(tmp_path, "keys", "new", f"{name}.pem")
     port_file = tmp_path / "port"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--db", str(tmp_path / "log.db"),
+    server = start_python(
+        ["-m", "ledger.cli", "serve", "--db", str(tmp_path / "log.db"),
          "--checkpoint-key", "ledger.pem", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        tmp_path / "server.log", name="steward serve", cwd=tmp_path,
     )
-    deadline = time.monotonic() + 30
-    while not (port_file.exists() and port_file.read_text().strip()):
-        assert server.poll() is None, f"server exited: {server.stdout.read() if server.stdout else ''}"
-        assert time.monotonic() < deadline, "server did not start in 30 s"
-        time.sleep(0.05)
-    yield Cli(tmp_path, f"127.0.0.1:{port_file.read_text().strip()}")
-    server.terminate()
-    server.wait(timeout=10)
+    with server:
+        yield Cli(tmp_path, f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}")
 
 
 def _hash(output: str) -> str:

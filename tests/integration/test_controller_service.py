@@ -19,6 +19,7 @@ import pytest
 from controller.replay import Replayer
 from controller.service import RolloutBoard, add_controller_service, follow_replayer, register
 from controller.view import RolloutView
+from infra.processes import wait_for
 from ledger.client import LedgerClient
 from ledger.formats import KillScope, SignedEvent
 from ledger.grpc_errors import Status
@@ -51,13 +52,11 @@ class Env:
 
     def wait_version(self, size: int, timeout: float = 10) -> None:
         """Until the replay feeding the board has folded `size` entries' worth of changes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def reached() -> bool:
             _, views = self.board.snapshot()
-            if views and max(v.last_seq for v in views) >= size - 1:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"the board did not reach seq {size - 1} in {timeout}s")
+            return bool(views) and max(v.last_seq for v in views) >= size - 1
+
+        wait_for(f"the board to reach seq {size - 1}", reached, timeout, every=0.02)
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from infra.processes import wait_for
 from ledger.core import Receipt
 from ledger.errors import StoreUnavailableError
 from ledger.formats import encode_signed_event
@@ -35,11 +35,7 @@ class GatedStore(SQLiteLogStore):
 
 
 def _until(what: str, condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.005)
+    wait_for(what, condition, 10, every=0.005)
 
 
 def _with_a_proposal(server: LedgerServer, flow: Flow) -> bytes:

@@ -17,13 +17,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -49,10 +45,11 @@ from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree
 from ledger.scenario import Cast, Flow
 from ledger.store.kafka_topic import writers_topic
+from tests.helpers.keys import write_checkpoint_key
+from tests.helpers.ledger_server import LedgerServerProcess
 
 pytestmark = pytest.mark.kafka
 
-REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180.0  # a busy 2-core machine: interpreter + Kafka clients + replay
 
 
@@ -60,58 +57,14 @@ START_TIMEOUT = 180.0  # a busy 2-core machine: interpreter + Kafka clients + re
 # A ledger server process on Kafka
 
 
-@dataclass
-class KafkaServer:
-    name: str
-    workdir: Path
-    key: Path
-    bootstrap: str
-    topic: str
-    extra: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-    address: str = ""
-    starts: int = 0
+class KafkaServer(LedgerServerProcess):
+    """``python -m ledger.server`` on the topic; ``health`` asks its gRPC health service."""
 
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    def launch(self) -> Path:
-        """Start the process; returns the port file (see `wait_ready`)."""
-        self.starts += 1
-        port_file = self.workdir / f"{self.name}-port-{self.starts}"
-        args = ["-m", "ledger.server", "--kafka-bootstrap", self.bootstrap, "--topic", self.topic,
-                "--checkpoint-key", str(self.key), "--port-file", str(port_file),
-                "--checkpoint-every-entries", "64", *self.extra]
-        with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, *args], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO)
-        return port_file
-
-    def wait_ready(self, port_file: Path) -> str:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while not port_file.exists():
-            assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"{self.name} did not start:\n{self.log()[-3000:]}"
-            time.sleep(0.05)
-        self.address = f"127.0.0.1:{int(port_file.read_text())}"
-        return self.address
-
-    def start(self) -> str:
-        return self.wait_ready(self.launch())
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+    def __init__(self, name: str, workdir: Path, key: Path, bootstrap: str, topic: str,
+                 extra: list[str] | None = None) -> None:
+        super().__init__(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", topic,
+                          "--checkpoint-key", str(key), "--checkpoint-every-entries", "64", *(extra or [])],
+                         workdir, name=name, start_timeout=START_TIMEOUT, stop_grace=60)
 
     def health(self) -> int:
         with grpc.insecure_channel(self.address) as channel:
@@ -123,8 +76,7 @@ class KafkaServer:
 @pytest.fixture
 def key_and_flow(tmp_path: Path) -> tuple[Path, Flow]:
     cast = Cast.create()
-    key = tmp_path / "checkpoint.pem"
-    cast.checkpoint_key.save(key)
+    key = write_checkpoint_key(cast, tmp_path)
     return key, Flow(cast, ledger="kafka-ledger", origin="steward.dev/ledger/kafka-ledger")
 
 
@@ -199,7 +151,7 @@ def check_log(address: str, acked: dict[bytes, Receipt]) -> list[LogEntry]:
 def replay_counts(server: KafkaServer) -> tuple[int, int]:
     """(entries, skipped) of the server's last replay, from its log."""
     found = re.findall(r"replay_done entries=(\d+) skipped=(\d+)", server.log())
-    assert found, f"no replay report in {server.log_file}"
+    assert found, f"no replay report in {server.log_path}"
     entries, skipped = found[-1]
     return int(entries), int(skipped)
 

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import KafkaCluster
+from infra.processes import wait_for
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore
 from ledger.store.kafka import (
@@ -104,10 +105,7 @@ def _end_offset(bootstrap: str, topic: str, isolation_level: str) -> int:
 
 def _wait_for_end(store: KafkaLogStore, end: int) -> None:
     """The markers land a moment after commit/abort_transaction() returns."""
-    deadline = time.monotonic() + 10
-    while store.end_position() != end:
-        assert time.monotonic() < deadline, (store.end_position(), end)
-        time.sleep(0.02)
+    wait_for(f"the end position to be {end}", lambda: store.end_position() == end, 10, every=0.02)
 
 
 def test_an_open_transaction_of_another_producer_holds_the_end_back(
@@ -400,10 +398,8 @@ def test_a_delivery_failure_inside_a_transaction_aborts_it(
     assert store._producer is None  # aborted and dropped: the next append re-claims
     # Aborted at once (k1 0, its marker 1, "small" 2, the abort marker 3): nothing left open
     # holds read_committed readers back until the transaction timeout.
-    deadline = time.monotonic() + 10
-    while store.end_position() < 4:
-        assert time.monotonic() < deadline, "the aborted transaction still holds the LSO"
-        time.sleep(0.05)
+    wait_for("the aborted transaction to stop holding the LSO", lambda: store.end_position() >= 4, 10,
+             every=0.05)
     store.append([(b"k2", b"v2")])
     store.append([(b"k3", b"v3")])
     assert [r.key for r in store.read(0)] == [b"k1", b"k2", b"k3"]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from kubernetes import client
 
 from infra.kube import FAIL_IMAGE, KUBE_VERSION, LocalCluster
+from infra.kube_workload import deployment_manifest
+from infra.processes import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -25,38 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 CONTROLLER_SA = "system:serviceaccount:steward-system:steward-controller"
 PROPOSAL = "ab" * 32
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {last!r}")
-
-
-def deployment_manifest(name: str, image: str, replicas: int) -> dict[str, object]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
-
 
 def pods_of(core: client.CoreV1Api, ns: str, app: str) -> list[client.V1Pod]:
     return list(core.list_namespaced_pod(ns, label_selector=f"app={app}").items)
@@ -110,7 +79,7 @@ def test_sample_deployment_becomes_available_then_rolls_on_image_change(
         ok = d.status.ready_replicas == 4 and d.status.available_replicas == 4
         return d if ok and conds.get("Available") == "True" else None
 
-    wait_for("model-server to be Available with 4 ready replicas", available)
+    wait_for("model-server to be Available with 4 ready replicas", available, 60, every=0.5)
     pods = pods_of(core, ns, "model-server")
     assert len(pods) == 4
     assert all(is_ready(p) for p in pods)
@@ -135,14 +104,15 @@ def test_sample_deployment_becomes_available_then_rolls_on_image_change(
         )
         return sets if done else None
 
-    sets = wait_for("a new ReplicaSet to take over all 4 replicas", rolled, timeout=90)
+    sets = wait_for("a new ReplicaSet to take over all 4 replicas", rolled, 90, every=0.5)
     by_name = {rs.metadata.name: rs for rs in sets}
     (old,) = old_rs
     assert by_name[old].spec.replicas == 0
     new_rs = next(rs for name, rs in by_name.items() if name != old)
     assert new_rs.spec.template.spec.containers[0].image.endswith(":v2")
     # Old pods really go away (KWOK's pod-delete stage), leaving 4 pods of the new image.
-    wait_for("old pods to be deleted", lambda: len(pods_of(core, ns, "model-server")) == 4)
+    wait_for("old pods to be deleted", lambda: len(pods_of(core, ns, "model-server")) == 4,
+             60, every=0.5)
     images = {p.spec.containers[0].image for p in pods_of(core, ns, "model-server")}
     assert images == {"example.com/models/model-server:v2"}
 
@@ -153,7 +123,7 @@ def test_failing_image_pods_crashloop_and_never_become_ready(
 ) -> None:
     ns = kube_namespace
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-",
-                         input=json.dumps(deployment_manifest("broken", FAIL_IMAGE, 2)))
+                         input=json.dumps(deployment_manifest("broken", FAIL_IMAGE, 2, container="app")))
 
     def crashlooping() -> list[client.V1Pod] | None:
         pods = pods_of(core, ns, "broken")
@@ -168,7 +138,7 @@ def test_failing_image_pods_crashloop_and_never_become_ready(
                 return None
         return pods
 
-    first = wait_for("pods of the failing image to be in CrashLoopBackOff", crashlooping)
+    first = wait_for("pods of the failing image to be in CrashLoopBackOff", crashlooping, 60, every=0.5)
     assert not any(is_ready(p) for p in first)
     # Phase stays Running, so the ReplicaSet keeps these pods instead of churning new ones.
     time.sleep(3)
@@ -273,7 +243,7 @@ def test_controller_rbac_allows_exactly_what_it_needs(
                                check=False)
     assert out.returncode != 0 and "Forbidden" in out.stderr
     # And an allowed one goes through: a server-side apply that creates a canary Deployment.
-    canary = deployment_manifest("model-server-canary", "example.com/models/model-server:v2", 1)
+    canary = deployment_manifest("model-server-canary", "example.com/models/model-server:v2", 1, container="app")
     kube_cluster.kubectl("apply", "--server-side", "--field-manager=steward-controller",
                          "-n", ns, f"--as={CONTROLLER_SA}", "-f", "-",
                          input=json.dumps(canary))

@@ -6,15 +6,11 @@ verify, and retrying the same signed events must return their original receipts.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,53 +21,17 @@ from ledger.core import Receipt
 from ledger.formats import SignedEvent, decode_body
 from ledger.merkle import MerkleTree, verify_consistency
 from ledger.scenario import Cast, Flow
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class ServerProcess:
-    db: Path
-    key: Path
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    address: str = ""
-
-    def start(self) -> str:
-        port_file = self.workdir / "port"
-        port_file.unlink(missing_ok=True)
-        log = (self.workdir / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.server", "--db", str(self.db), "--checkpoint-key", str(self.key),
-             "--port-file", str(port_file), "--checkpoint-every-entries", "4", "--checkpoint-every-ms", "100"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert self.proc.poll() is None, (self.workdir / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        self.address = f"127.0.0.1:{port_file.read_text().strip()}"
-        return self.address
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+from tests.helpers.keys import write_checkpoint_key
+from tests.helpers.ledger_server import LedgerServerProcess
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Cast]]:
+def server(tmp_path: Path) -> Iterator[tuple[LedgerServerProcess, Cast]]:
     cast = Cast.create()
-    key = tmp_path / "checkpoint.pem"
-    cast.checkpoint_key.save(key)
-    proc = ServerProcess(tmp_path / "ledger.db", key, tmp_path)
+    key = write_checkpoint_key(cast, tmp_path)
+    proc = LedgerServerProcess(
+        ["-m", "ledger.server", "--db", str(tmp_path / "ledger.db"), "--checkpoint-key", str(key),
+         "--checkpoint-every-entries", "4", "--checkpoint-every-ms", "100"], tmp_path)
     try:
         yield proc, cast
     finally:
@@ -119,7 +79,7 @@ def _writer(client: LedgerClient, flow: Flow, tag: str, stop: threading.Event, i
         i += 1
 
 
-def test_sigkill_between_and_during_appends(server: tuple[ServerProcess, Cast]) -> None:
+def test_sigkill_between_and_during_appends(server: tuple[LedgerServerProcess, Cast]) -> None:
     proc, cast = server
     flow = Flow(cast)
     acked: dict[bytes, tuple[SignedEvent, Receipt]] = {}

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,54 +31,21 @@ from ledger.client import LedgerClient, LedgerRpcError
 from ledger.core import Receipt
 from ledger.formats import RolloutStep, decode_body, decode_signed_event, encode_signed_event
 from ledger.scenario import Cast, Flow
+from tests.helpers.ledger_server import LedgerServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("STEWARD_CHAOS_ROUNDS", "6"))
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Server:
-    spec: str  # sqlite:PATH or kafka:BOOTSTRAP/TOPIC
-    key: Path
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    address: str = ""
-    starts: int = 0
-
-    def start(self) -> str:
-        self.starts += 1
-        port_file = self.workdir / f"port-{self.starts}"
-        log = (self.workdir / "server.log").open("ab")
-        if self.spec.startswith("sqlite:"):
-            args = ["-m", "ledger.server", "--db", self.spec[len("sqlite:"):], "--checkpoint-key",
-                    str(self.key), "--port-file", str(port_file), "--checkpoint-every-entries", "64"]
-        else:  # the bench launcher runs ledger.server's serve() on a KafkaLogStore
-            args = ["-m", "bench.ingest", "--serve", self.spec, "--key", str(self.key),
-                    "--port-file", str(port_file)]
-        self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        log.close()
-        deadline = time.monotonic() + 180
-        while not port_file.exists():
-            assert self.proc.poll() is None, f"server exited: {(self.workdir / 'server.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.address = f"127.0.0.1:{int(port_file.read_text())}"
-        return self.address
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def chaos_server(spec: str, key: Path, workdir: Path) -> LedgerServerProcess:
+    """The server on ``spec``: sqlite:PATH or kafka:BOOTSTRAP/TOPIC."""
+    if spec.startswith("sqlite:"):
+        args = ["-m", "ledger.server", "--db", spec[len("sqlite:"):], "--checkpoint-key", str(key),
+                "--checkpoint-every-entries", "64"]
+    else:  # the bench launcher runs ledger.server's serve() on a KafkaLogStore
+        args = ["-m", "bench.ingest", "--serve", spec, "--key", str(key)]
+    return LedgerServerProcess(args, workdir, start_timeout=180, stop_grace=30)
 
 
 @dataclass
@@ -140,7 +104,7 @@ def _setup(address: str, flow: Flow, ledger: Ledger) -> list[bytes]:
         return [r.leaf_hash for r in receipts[-4:]]
 
 
-def run_chaos(server: Server, flow: Flow, rounds: int, seed: int,
+def run_chaos(server: LedgerServerProcess, flow: Flow, rounds: int, seed: int,
               between: Callable[[int, random.Random], None] = lambda _i, _r: None) -> Ledger:
     rng = random.Random(seed)
     ledger = Ledger()
@@ -206,7 +170,7 @@ def test_chaos_sqlite_server_sigkill(tmp_path: Path) -> None:
     cast = Cast.create()
     key = tmp_path / "checkpoint.pem"
     key.write_bytes(cast.checkpoint_key.to_pem())
-    server = Server(f"sqlite:{tmp_path / 'ledger.db'}", key, tmp_path)
+    server = chaos_server(f"sqlite:{tmp_path / 'ledger.db'}", key, tmp_path)
     try:
         ledger = run_chaos(server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"), ROUNDS, seed=1)
         # Drain the unanswered appends once more on the final server.
@@ -228,7 +192,7 @@ def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: ob
     cast = Cast.create()
     key = tmp_path / "checkpoint.pem"
     key.write_bytes(cast.checkpoint_key.to_pem())
-    server = Server(f"kafka:{kafka_cluster.bootstrap_servers}/{kafka_topic_name}", key, tmp_path)
+    server = chaos_server(f"kafka:{kafka_cluster.bootstrap_servers}/{kafka_topic_name}", key, tmp_path)
 
     def maybe_kill_broker(round_: int, rng: random.Random) -> None:
         if round_ % 2 == 1:  # every other round the broker dies too, with the server down

@@ -63,23 +63,21 @@ import hashlib
 import math
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, utils, watch
 from kubernetes.client.rest import ApiException
 
 from infra.kube import LocalCluster
+from infra.kube_workload import deployment_manifest, read_deployment
+from infra.processes import Child, free_port, port_open, start_python, wait_for
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.errors import StoreUnavailableError
 from ledger.formats import (
@@ -117,24 +115,6 @@ OUTCOMES = ("promote", "unhealthy", "kill", "hold", "retry")
 # then reports KILL_NOT_ROLLED_BACK, rightly. The bound is the round's settle timeout instead,
 # and the latencies actually seen are printed.
 KILL_BOUND_MS = 120_000
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last  # type: ignore[return-value]
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,10 +129,10 @@ class Proc:
     args: list[str]
     workdir: Path
     ready: Callable[[Proc], bool] = lambda _p: True
-    proc: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     starts: int = 0
     kills: int = 0
-    start_seconds: list[float] = field(default_factory=list)  # Popen → ready, each start
+    start_seconds: list[float] = field(default_factory=list)  # spawn → ready, each start
 
     @property
     def log_path(self) -> Path:
@@ -163,44 +143,21 @@ class Proc:
         began = time.monotonic()
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen([sys.executable, *self.args], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 60
-        while not self.ready(self):
-            assert self.proc.poll() is None, (
-                f"{self.name} exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, f"{self.name} did not become ready in 60 s"
-            time.sleep(0.05)
+        self.child = start_python(self.args, self.log_path, name=self.name, cwd=REPO, append=True)
+        wait_for(f"{self.name} to be ready", lambda: self.ready(self), 60, every=0.05, child=self.child)
         self.start_seconds.append(time.monotonic() - began)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.child is not None and self.child.running():
             self.kills += 1
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
+            self.child.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.child is not None:
+            self.child.stop(grace=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _port_open(port: int) -> Callable[[Proc], bool]:
-    def ready(_p: Proc) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-    return ready
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,15 +324,6 @@ class Rollout:
     stage: int = 0  # how far the test has driven it (what it appended so far)
 
 
-def _deployment(apps: client.AppsV1Api, ns: str, name: str) -> Any:
-    try:
-        return apps.read_namespaced_deployment(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _spec(d: Any) -> tuple[int, str] | None:
     return None if d is None else (d.spec.replicas, d.spec.template.spec.containers[0].image)
 
@@ -415,7 +363,7 @@ def attempts_of(story: list[tuple[int, int, str]]) -> list[list[tuple[int, int, 
 def _settled(apps: client.AppsV1Api, ns: str, r: Rollout, steps: list[RolloutStep]) -> bool:
     """The round may end for `r`: the log says where it is and the cluster got there."""
     phase = steps[-1].phase if steps else "PENDING"
-    stable, canary = _deployment(apps, ns, r.name), _deployment(apps, ns, r.name + "-canary")
+    stable, canary = read_deployment(apps, ns, r.name), read_deployment(apps, ns, r.name + "-canary")
     ready = (stable.status.ready_replicas or 0) if stable is not None else -1
     if r.outcome == "hold":
         return (phase == "ADVANCED" and steps[-1].step == 1 and _spec(stable) == (2, V1)
@@ -539,7 +487,7 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
     address = f"127.0.0.1:{port}"
     server = Proc("ledger", ["-m", "ledger.server", *backend.server_args, "--checkpoint-key",
                              str(tmp_path / "checkpoint.pem"), "--listen", address,
-                             "--checkpoint-every-entries", "16"], tmp_path, _port_open(port))
+                             "--checkpoint-every-entries", "16"], tmp_path, lambda _p: port_open(port))
     controller = Proc("controller", [
         "-m", "controller.main", "--ledger", address, "--store", backend.store_spec,
         "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
@@ -587,17 +535,10 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
             print(f"round {round_}: {[(r.name, r.outcome) for r in batch]} kills "
                   f"{[(w, round(a, 2), round(d, 2)) for w, a, d in schedule]}", flush=True)
             for r in batch:
-                labels = {"app": r.name}
-                utils.create_from_dict(kube_api_client, {
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": r.name, "labels": labels},
-                    "spec": {"replicas": N, "selector": {"matchLabels": labels},
-                             "template": {"metadata": {"labels": labels},
-                                          "spec": {"containers": [{"name": "server", "image": V1}]}}}},
-                    namespace=ns)
+                utils.create_from_dict(kube_api_client, deployment_manifest(r.name, V1, N), namespace=ns)
             for r in batch:
                 wait_for(f"{r.name}: {N} ready stable pods", lambda r=r: (
-                    (_deployment(apps, ns, r.name).status.ready_replicas or 0) >= N))
+                    (read_deployment(apps, ns, r.name).status.ready_replicas or 0) >= N), 60)
             for r in batch:
                 r.proposal = appender.append(flow.propose(r.candidate, namespace=ns, deployment=r.name))
                 r.evals = (appender.append(flow.eval(r.proposal, "safety", 0.99)),
@@ -649,8 +590,8 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
                 if time.monotonic() > deadline:
                     pytest.fail(f"round {round_} did not settle in 120 s: " + "; ".join(
                         f"{r.name} {r.outcome} steps={[(s.step, s.weight, s.phase) for s in steps.get(r.proposal, [])]} "
-                        f"stable={_spec(_deployment(apps, ns, r.name))} "
-                        f"canary={_spec(_deployment(apps, ns, r.name + '-canary'))}" for r in batch))
+                        f"stable={_spec(read_deployment(apps, ns, r.name))} "
+                        f"canary={_spec(read_deployment(apps, ns, r.name + '-canary'))}" for r in batch))
                 time.sleep(0.2)
             print(f"round {round_}: settled in {time.monotonic() - started:.1f}s", flush=True)
 
@@ -814,7 +755,7 @@ def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.Ap
             assert attempts[0][-1][:3] == (1, 0, "ROLLED_BACK"), (
                 f"{r.name}: first attempt ended {attempts[0][-1]}, expected ROLLED_BACK at step 1")
 
-        stable, canary = _deployment(apps, ns, r.name), _deployment(apps, ns, r.name + "-canary")
+        stable, canary = read_deployment(apps, ns, r.name), read_deployment(apps, ns, r.name + "-canary")
         if phase == "PROMOTED":
             want_stable, want_canary = (N, r.candidate), None
         elif phase == "ADVANCED":

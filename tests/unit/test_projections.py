@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from infra.processes import wait_for
 from ledger import projections as proj
 from ledger.formats import KillScope, LogEntry, encode_entry, make_entry
 from ledger.projections import Position, ProjectionDivergenceError, Projector, dump, fresh_dump
@@ -320,10 +321,8 @@ class ProjectionSuite:
             for i in range(0, len(st.entries), 9):
                 store.append(records(st.entries[i:i + 9]))
                 time.sleep(0.02)
-            deadline = time.monotonic() + 20
-            while projector.stored_position().next_position < len(st.entries):
-                assert time.monotonic() < deadline, "the projector did not catch up"
-                time.sleep(0.05)
+            wait_for("the projector to catch up",
+                     lambda: projector.stored_position().next_position >= len(st.entries), 20, every=0.05)
         finally:
             stop.set()
             thread.join(timeout=10)
