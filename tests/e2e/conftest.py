@@ -22,6 +22,7 @@ from ledger.client import LedgerClient
 from ledger.formats import PlanStep, SignedEvent, decode_log_entry
 from ledger.scenario import Cast, Flow
 from ledger.store.sqlite import SQLiteLogStore
+from tests.helpers.keys import write_checkpoint_key, write_principal_key
 
 REPO = Path(__file__).resolve().parents[2]
 V1 = "registry.example/model-server:v1"
@@ -77,8 +78,7 @@ class Ledger:
 def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
     """A fresh ledger whose policy selects the test's namespace, with a fast plan."""
     cast = Cast.create()
-    key_file = tmp_path / "checkpoint.pem"
-    key_file.write_bytes(cast.checkpoint_key.to_pem())
+    key_file = write_checkpoint_key(cast, tmp_path)
     db, port_file = tmp_path / "ledger.db", tmp_path / "ledger.port"
     server = start_python(
         ["-m", "ledger.server", "--db", str(db), "--checkpoint-key", str(key_file),
@@ -174,8 +174,7 @@ class Controllers:
 @pytest.fixture
 def controllers(tmp_path: Path, ledger: Ledger, kube_cluster: LocalCluster,
                 kube_namespace: str, target: str) -> Iterator[Controllers]:
-    key_file = tmp_path / "controller.pem"
-    key_file.write_bytes(ledger.cast["controller"].key.to_pem())
+    key_file = write_principal_key(ledger.cast, "controller", tmp_path)
     c = Controllers(tmp_path, ledger, kube_cluster, kube_namespace, key_file)
     try:
         yield c

@@ -32,6 +32,7 @@ from ledger.formats import ApprovalRecorded, ObservedState, RolloutStep, make_en
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
 from tests.e2e.conftest import FAST_PLAN
+from tests.helpers.keys import write_checkpoint_key, write_principal_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.kube]
 REPO = Path(__file__).resolve().parents[2]
@@ -46,12 +47,12 @@ def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, ku
     for manifest in target_manifests("model-server", V1, 4):
         utils.create_from_dict(kube_api_client, manifest, namespace=kube_namespace)
     cast = Cast.create()
-    (tmp_path / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
-    (tmp_path / "controller.pem").write_bytes(cast["controller"].key.to_pem())
+    checkpoint_key = write_checkpoint_key(cast, tmp_path)
+    controller_key = write_principal_key(cast, "controller", tmp_path)
     bootstrap = kafka_cluster.bootstrap_servers
     port_file = tmp_path / "ledger.port"
     server = start_python(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", kafka_topic_name,
-                           "--checkpoint-key", str(tmp_path / "checkpoint.pem"), "--port-file", str(port_file)],
+                           "--checkpoint-key", str(checkpoint_key), "--port-file", str(port_file)],
                           tmp_path / "ledger.log", cwd=REPO)
     children = [server]
     try:
@@ -64,7 +65,7 @@ def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, ku
         ledger.append(flow.policy(namespace=kube_namespace, plan=FAST_PLAN))
         controller = start_python(
             ["-m", "controller.main", "--ledger", address, "--store", f"kafka:{bootstrap}/{kafka_topic_name}",
-             "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
+             "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(controller_key),
              "--namespace", kube_namespace, "--lease-namespace", kube_namespace, "--identity", "kafka-ctl",
              "--tick-seconds", "0.2", "--log-format", "text"], tmp_path / "controller.log", cwd=REPO)
         children.append(controller)

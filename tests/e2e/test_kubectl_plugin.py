@@ -16,6 +16,7 @@ from kubernetes import client
 from infra.kube import LocalCluster
 from infra.processes import free_port, wait_for
 from tests.e2e.conftest import V2, Controllers, Ledger
+from tests.helpers.keys import write_principal_key
 
 pytestmark = pytest.mark.kube
 
@@ -44,7 +45,7 @@ class Kubectl:
 def kubectl(kube_cluster: LocalCluster, ledger: Ledger, tmp_path: Path) -> Kubectl:
     assert (SCRIPTS / "kubectl-steward").exists(), f"kubectl-steward is not installed next to {sys.executable}"
     for who in ("alice", "bob", "oncall", "agent"):
-        (tmp_path / f"{who}.pem").write_bytes(ledger.cast[who].key.to_pem())
+        write_principal_key(ledger.cast, who, tmp_path)
     return Kubectl(kube_cluster, ledger, tmp_path)
 
 

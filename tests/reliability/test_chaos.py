@@ -31,6 +31,7 @@ from ledger.client import LedgerClient, LedgerRpcError
 from ledger.core import Receipt
 from ledger.formats import RolloutStep, decode_body, decode_signed_event, encode_signed_event
 from ledger.scenario import Cast, Flow
+from tests.helpers.keys import write_checkpoint_key
 from tests.helpers.ledger_server import LedgerServerProcess
 
 ROUNDS = int(os.environ.get("STEWARD_CHAOS_ROUNDS", "6"))
@@ -166,19 +167,22 @@ def check_ledger(address: str, ledger: Ledger) -> None:
     assert checkpoints and report.verified_size == checkpoints[-1].size
 
 
+def drain_and_check(address: str, ledger: Ledger) -> None:
+    """Retry the unanswered appends once more on the final server, then check the whole log."""
+    with LedgerClient(address, timeout=60) as client:
+        for ev in ledger.unanswered:
+            ledger.acked[ev] = client.append(ev)
+    check_ledger(address, ledger)
+    assert len(ledger.acked) > 20
+
+
 def test_chaos_sqlite_server_sigkill(tmp_path: Path) -> None:
     cast = Cast.create()
-    key = tmp_path / "checkpoint.pem"
-    key.write_bytes(cast.checkpoint_key.to_pem())
+    key = write_checkpoint_key(cast, tmp_path)
     server = chaos_server(f"sqlite:{tmp_path / 'ledger.db'}", key, tmp_path)
     try:
         ledger = run_chaos(server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"), ROUNDS, seed=1)
-        # Drain the unanswered appends once more on the final server.
-        with LedgerClient(server.address, timeout=60) as client:
-            for ev in ledger.unanswered:
-                ledger.acked[ev] = client.append(ev)
-        check_ledger(server.address, ledger)
-        assert len(ledger.acked) > 20
+        drain_and_check(server.address, ledger)
     finally:
         server.stop()
 
@@ -190,8 +194,7 @@ def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: ob
 
     assert isinstance(kafka_cluster, KafkaCluster)
     cast = Cast.create()
-    key = tmp_path / "checkpoint.pem"
-    key.write_bytes(cast.checkpoint_key.to_pem())
+    key = write_checkpoint_key(cast, tmp_path)
     server = chaos_server(f"kafka:{kafka_cluster.bootstrap_servers}/{kafka_topic_name}", key, tmp_path)
 
     def maybe_kill_broker(round_: int, rng: random.Random) -> None:
@@ -202,10 +205,6 @@ def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: ob
     try:
         ledger = run_chaos(server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"),
                            max(2, ROUNDS // 2), seed=2, between=maybe_kill_broker)
-        with LedgerClient(server.address, timeout=60) as client:
-            for ev in ledger.unanswered:
-                ledger.acked[ev] = client.append(ev)
-        check_ledger(server.address, ledger)
-        assert len(ledger.acked) > 20
+        drain_and_check(server.address, ledger)
     finally:
         server.stop()

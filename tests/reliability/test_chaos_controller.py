@@ -96,6 +96,7 @@ from ledger.formats import (
 )
 from ledger.scenario import Cast, Flow
 from ledger.store.sqlite import SQLiteLogStore
+from tests.helpers.keys import write_checkpoint_key, write_principal_key
 from tests.reliability.test_chaos import Ledger as Acks
 
 pytestmark = [pytest.mark.slow, pytest.mark.kube]
@@ -481,16 +482,16 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
 
     cast = Cast.create()
     flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl")
-    (tmp_path / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
-    (tmp_path / "controller.pem").write_bytes(cast["controller"].key.to_pem())
+    checkpoint_key = write_checkpoint_key(cast, tmp_path)
+    controller_key = write_principal_key(cast, "controller", tmp_path)
     port = free_port()
     address = f"127.0.0.1:{port}"
     server = Proc("ledger", ["-m", "ledger.server", *backend.server_args, "--checkpoint-key",
-                             str(tmp_path / "checkpoint.pem"), "--listen", address,
+                             str(checkpoint_key), "--listen", address,
                              "--checkpoint-every-entries", "16"], tmp_path, lambda _p: port_open(port))
     controller = Proc("controller", [
         "-m", "controller.main", "--ledger", address, "--store", backend.store_spec,
-        "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(tmp_path / "controller.pem"),
+        "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(controller_key),
         "--namespace", ns, "--snapshot-db", str(tmp_path / "snap.db"),
         "--snapshot-every-seconds", "1", "--lease-namespace", ns, "--identity", "ctl-chaos",
         "--tick-seconds", "0.2", "--not-ready-grace-seconds", "30"], tmp_path,
