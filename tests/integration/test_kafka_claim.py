@@ -17,7 +17,7 @@ import grpc
 import pytest
 from confluent_kafka import Producer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from infra.kafka import KafkaCluster
 from ledger.client import LedgerClient, LedgerRpcError
@@ -28,6 +28,7 @@ from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, serve
 from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
 from ledger.store.kafka_topic import TopicSettings, checkpoints_topic, create_topic, writers_topic
+from tests.helpers.kafka_reads import committed_records
 
 pytestmark = pytest.mark.kafka
 
@@ -49,26 +50,8 @@ def admin(kafka_cluster: KafkaCluster) -> Iterator[Any]:
         client.close()
 
 
-def _committed(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes]]:
-    """Every read_committed record of partition 0, read by a plain consumer."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
-    try:
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        out: list[tuple[int, bytes, bytes]] = []
-        while consumer.position(tp) < end:
-            for rec in consumer.poll(timeout_ms=500).get(tp, []):
-                out.append((rec.offset, rec.key, rec.value))
-        return out
-    finally:
-        consumer.close()
-
-
 def _claim_tokens(bootstrap: str, topic: str) -> list[str]:
-    return [json.loads(v)["token"] for _, _, v in _committed(bootstrap, writers_topic(topic))]
+    return [json.loads(v)["token"] for _, _, v in committed_records(bootstrap, writers_topic(topic))]
 
 
 class InterleavedStore(KafkaLogStore):
@@ -118,7 +101,7 @@ def test_a_dropped_store_whose_claim_is_not_the_last_is_fenced_without_fencing_t
     assert new._producer is not None
     new.append([(b"e4", b"by new, still the writer")])
     new.save_checkpoint(2, "note\n")
-    keys = [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)]
+    keys = [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)]
     assert keys == [b"e1", b"e2", b"e4"]
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [
         old.claim_token, new.claim_token]
@@ -140,7 +123,7 @@ def test_a_fence_seen_inside_a_transaction_is_decided_at_once_by_the_claim_log(
     with pytest.raises(FencedError, match=f"the last claim in {writers_topic(config.topic)}"):
         old.append([(b"e2", b"by old, fenced")])
     new.append([(b"e2", b"by new")])
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
         b"e1", b"e2"]
 
 
@@ -167,7 +150,7 @@ def test_a_claim_landing_between_the_check_and_the_init_fences_the_old_writer_no
     assert new.append([(b"e2", b"by new")])
     with pytest.raises(FencedError):
         old.append([(b"e3", b"by old")])
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
         b"e1", b"e2"]
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [
         old.claim_token, new.claim_token]
@@ -189,7 +172,7 @@ def test_a_dropped_store_whose_claim_is_still_the_last_re_claims_and_appends(
     second = store.append([(b"e2", b"2")])
     store.save_checkpoint(2, "note\n")
     assert second[0] > first[0]
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
         b"e1", b"e2"]
     # A re-claim writes no new claim record: it only checks that the last one is ours.
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [store.claim_token]
@@ -227,7 +210,7 @@ def test_an_epoch_bump_without_a_newer_claim_is_a_transient_loss(
                                                r"re-claimed, retry"):
         store.append([(b"e2", b"2")])
     store.append([(b"e2", b"2")])
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
         b"e1", b"e2"]
 
 
@@ -239,7 +222,7 @@ def test_claim_records_name_the_claimant_and_carry_no_secrets(
     store = KafkaLogStore(config)
     stores.append(store)
     store.claim_writer()
-    [(_, key, value)] = _committed(kafka_cluster.bootstrap_servers, writers_topic(config.topic))
+    [(_, key, value)] = committed_records(kafka_cluster.bootstrap_servers, writers_topic(config.topic))
     record = json.loads(value)
     assert key == store.claim_token.encode()
     assert set(record) == {"token", "transactional_id", "topic", "host", "pid", "claimed_at_ms"}

@@ -28,6 +28,7 @@ from ledger.store.kafka import (
     _is_fencing,
 )
 from tests.contract.store_contract import StoreContract
+from tests.helpers.kafka_reads import committed_records
 
 pytestmark = pytest.mark.kafka
 
@@ -57,24 +58,6 @@ class TestKafkaStoreContract(StoreContract):
 # ---------------------------------------------------------------------------- Kafka specifics
 
 
-def _committed(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes]]:
-    """Every read_committed record of partition 0, read by a plain consumer."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
-    try:
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        out: list[tuple[int, bytes, bytes]] = []
-        while consumer.position(tp) < end:
-            for rec in consumer.poll(timeout_ms=500).get(tp, []):
-                out.append((rec.offset, rec.key, rec.value))
-        return out
-    finally:
-        consumer.close()
-
-
 def test_positions_are_offsets_and_end_is_the_last_stable_offset(
     store_factory: Callable[..., LogStore], kafka_cluster: KafkaCluster
 ) -> None:
@@ -88,7 +71,7 @@ def test_positions_are_offsets_and_end_is_the_last_stable_offset(
     second = store.append([(b"c", b"3")])
     assert second == [3]
     assert store.end_position() == 5
-    assert _committed(kafka_cluster.bootstrap_servers, store.topic) == [
+    assert committed_records(kafka_cluster.bootstrap_servers, store.topic) == [
         (0, b"a", b"1"), (1, b"b", b"2"), (3, b"c", b"3")]
 
 
@@ -197,7 +180,7 @@ def test_a_second_writer_fences_the_first(
         assert [(r.key, r.value) for r in second.read(0)] == [
             (b"e1", b"by first"), (b"e2", b"by second")]
         assert [r.position for r in first.read(pos[0])] == pos  # reading still works
-        keys = [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)]
+        keys = [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)]
         assert keys == [b"e1", b"e2"]
     finally:
         first.close()
@@ -228,7 +211,7 @@ def test_fenced_writer_mid_transaction_leaves_nothing_visible(
         with pytest.raises(FencedError, match="fenced"):
             first.append([(b"after", b"x")])
         assert [r.key for r in second.read(0)] == [b"ok"]
-        assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, config.topic)] \
+        assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] \
             == [b"ok"]
     finally:
         first.close()
@@ -270,7 +253,7 @@ def test_checkpoints_live_in_the_companion_topic(
     assert isinstance(store, KafkaLogStore)
     store.save_checkpoint(7, "origin\n7\nhash\n")
     assert store.checkpoints_topic == store.topic + ".checkpoints"
-    assert _committed(kafka_cluster.bootstrap_servers, store.checkpoints_topic) == [
+    assert committed_records(kafka_cluster.bootstrap_servers, store.checkpoints_topic) == [
         (0, b"7", b"origin\n7\nhash\n")]
     assert list(store.read(0)) == []
 
@@ -376,7 +359,7 @@ def test_a_retried_in_doubt_batch_is_not_written_twice(
     store._in_doubt = (batch, offsets)  # what a lost commit acknowledgement leaves behind
     store._drop_producer()
     assert store.append(batch) == offsets
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, store.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, store.topic)] == [
         b"ev-1", b"ev-2"]
     # The in-doubt state is gone: the same records appended again are a new batch.
     assert store.append(batch)[0] > offsets[-1]
@@ -403,7 +386,7 @@ def test_a_delivery_failure_inside_a_transaction_aborts_it(
     store.append([(b"k2", b"v2")])
     store.append([(b"k3", b"v3")])
     assert [r.key for r in store.read(0)] == [b"k1", b"k2", b"k3"]
-    assert [k for _, k, _ in _committed(kafka_cluster.bootstrap_servers, store.topic)] == [
+    assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, store.topic)] == [
         b"k1", b"k2", b"k3"]
 
 
