@@ -29,6 +29,7 @@ from ledger import formats as lf
 from ledger.errors import FormatError, VerificationError
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree
+from tests.helpers.mutations import mutated
 
 EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -57,28 +58,6 @@ VKEY, NOTE, CHECKPOINT_TEXT, TLOG_PROOF = _notes()
 
 
 # -- mutation strategies ---------------------------------------------------------------------
-
-
-@st.composite
-def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(("flip", "truncate", "insert", "delete", "set", "splice")))
-        at = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif op == "truncate":
-            del data[at:]
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "delete" and data:
-            del data[at:at + draw(st.integers(1, 16))]
-        elif op == "set" and data:
-            data[at] = draw(st.sampled_from((0x00, 0x01, 0x7F, 0x80, 0xFF)))
-        elif op == "splice":
-            other = draw(st.sampled_from(seeds))
-            data[at:] = other[draw(st.integers(0, len(other))):]
-    return bytes(data)
 
 
 def inputs(seeds: list[bytes]) -> st.SearchStrategy[bytes]:

@@ -37,6 +37,7 @@ from ledger.keys import PrivateKey, sign_body
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
+from tests.helpers.mutations import mutated
 
 EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
@@ -100,32 +101,12 @@ def _scope(proposal: bytes) -> object:
 # -- inputs ----------------------------------------------------------------------------------
 
 
-@st.composite
-def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(("flip", "truncate", "insert", "delete", "splice")))
-        at = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif op == "truncate":
-            del data[at:]
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "delete" and data:
-            del data[at:at + draw(st.integers(1, 16))]
-        else:
-            other = draw(st.sampled_from(seeds))
-            data[at:] = other[draw(st.integers(0, len(other))):]
-    return bytes(data)
-
-
 def garbage_or_mutated(ledger: Ledger) -> st.SearchStrategy[bytes]:
     header = ledger.appended[0][:10]
     return st.one_of(
         st.binary(max_size=2048),
         st.binary(max_size=512).map(lambda b: header + b),
-        mutated(ledger.appended),
+        mutated(ledger.appended, ops=("flip", "truncate", "insert", "delete", "splice")),
     )
 
 
