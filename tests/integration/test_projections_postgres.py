@@ -7,16 +7,15 @@ with an external database. Same test bodies as tests/unit/test_projections.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
 from ledger.projections import Projector
-from ledger.query import add_query_service
 from ledger.store.sqlite import SQLiteLogStore
-from steward.v1 import common_pb2, query_pb2, query_pb2_grpc
+from steward.v1 import common_pb2, query_pb2
+from tests.helpers.query_server import query_service
 from tests.unit.test_projections import ProjectionSuite, records, story
 
 pytestmark = pytest.mark.postgres
@@ -39,28 +38,20 @@ class TestProjectionsPostgres(ProjectionSuite):
         st = story()
         store.append(records(st.entries))
         Projector(store, engine).catch_up()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        add_query_service(server, engine)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = query_pb2_grpc.QueryServiceStub(channel)
-                got = stub.GetProposal(query_pb2.GetProposalRequest(hash=st.h["p1"]), timeout=10)
-                assert got.proposal.phase == "PROMOTED" and len(got.steps) == 4
-                assert got.projection.size == len(st.entries)
-                keys: list[query_pb2.GrantedKey] = []
-                token = ""
-                while True:
-                    response = stub.ListKeys(query_pb2.ListKeysRequest(
-                        include_revoked=True, page=common_pb2.PageRequest(page_size=2, page_token=token)), timeout=10)
-                    keys.extend(response.keys)
-                    token = response.page.next_page_token
-                    if not token:
-                        break
-                assert len(keys) == len({k.key_id for k in keys}) == 11
-                with pytest.raises(grpc.RpcError) as info:
-                    stub.GetProposal(query_pb2.GetProposalRequest(hash=bytes(32)), timeout=10)
-                assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
-        finally:
-            server.stop(grace=None).wait()
+        with query_service(engine) as stub:
+            got = stub.GetProposal(query_pb2.GetProposalRequest(hash=st.h["p1"]), timeout=10)
+            assert got.proposal.phase == "PROMOTED" and len(got.steps) == 4
+            assert got.projection.size == len(st.entries)
+            keys: list[query_pb2.GrantedKey] = []
+            token = ""
+            while True:
+                response = stub.ListKeys(query_pb2.ListKeysRequest(
+                    include_revoked=True, page=common_pb2.PageRequest(page_size=2, page_token=token)), timeout=10)
+                keys.extend(response.keys)
+                token = response.page.next_page_token
+                if not token:
+                    break
+            assert len(keys) == len({k.key_id for k in keys}) == 11
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetProposal(query_pb2.GetProposalRequest(hash=bytes(32)), timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

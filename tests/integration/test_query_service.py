@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ import sqlalchemy as sa
 
 from ledger.grpc_errors import Status
 from ledger.projections import Projector
-from ledger.query import add_query_service
 from ledger.scenario import Cast
 from ledger.store.sqlite import SQLiteLogStore, sqlite_engine
 from steward.v1 import common_pb2, query_pb2, query_pb2_grpc
+from tests.helpers.query_server import query_service
 from tests.unit.harness import Harness
 from tests.unit.test_projections import Story, records, story
 
@@ -38,17 +37,10 @@ def service(tmp_path: Path) -> Iterator[Service]:
     store.append(records(st.entries))
     projector = Projector(store, engine)
     projector.catch_up()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_query_service(server, engine)
-    port = server.add_insecure_port("127.0.0.1:0")
-    assert port
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Service(query_pb2_grpc.QueryServiceStub(channel), store, projector, st)
+        with query_service(engine, max_workers=4) as stub:
+            yield Service(stub, store, projector, st)
     finally:
-        channel.close()
-        server.stop(grace=None).wait()
         engine.dispose()
         store.close()
 
@@ -195,44 +187,32 @@ def test_paging_is_stable_while_the_log_grows(tmp_path: Path) -> None:
     store.append(records(t.core.entries))
     projector = Projector(store, engine)
     projector.catch_up()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    add_query_service(server, engine)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        first = stub.ListProposals(query_pb2.ListProposalsRequest(page=page(2)), timeout=10)
-        assert [p.hash for p in first.proposals] == hashes[:2]
-        # Two more proposals land between the pages.
-        seen = len(t.core.entries)
-        hashes += [t.ok(t.flow.propose(f"registry.example/m:v{i}", deployment=f"d{i}")) for i in (3, 4)]
-        store.append(records(t.core.entries[seen:]))
-        projector.catch_up()
-        rest = collect(lambda tok: stub.ListProposals(
-            query_pb2.ListProposalsRequest(page=page(2, tok or first.page.next_page_token)), timeout=10), "proposals")
-        assert [p.hash for p in first.proposals] + [p.hash for p in rest] == hashes
+        with query_service(engine) as stub:
+            first = stub.ListProposals(query_pb2.ListProposalsRequest(page=page(2)), timeout=10)
+            assert [p.hash for p in first.proposals] == hashes[:2]
+            # Two more proposals land between the pages.
+            seen = len(t.core.entries)
+            hashes += [t.ok(t.flow.propose(f"registry.example/m:v{i}", deployment=f"d{i}")) for i in (3, 4)]
+            store.append(records(t.core.entries[seen:]))
+            projector.catch_up()
+            rest = collect(lambda tok: stub.ListProposals(
+                query_pb2.ListProposalsRequest(page=page(2, tok or first.page.next_page_token)), timeout=10),
+                "proposals")
+            assert [p.hash for p in first.proposals] + [p.hash for p in rest] == hashes
     finally:
-        channel.close()
-        server.stop(grace=None).wait()
         engine.dispose()
         store.close()
 
 
 def test_empty_projection_answers(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    add_query_service(server, engine)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = query_pb2_grpc.QueryServiceStub(channel)
+        with query_service(engine) as stub:
             response = stub.ListProposals(query_pb2.ListProposalsRequest(), timeout=10)
             assert list(response.proposals) == [] and response.projection.size == 0
             assert response.projection.last_hash == bytes(32)
     finally:
-        server.stop(grace=None).wait()
         engine.dispose()
 
 
