@@ -73,6 +73,13 @@ class Ledger:
         for w in who or ("alice", "bob"):
             self.ok(self.flow.approve(p, evals, w))
 
+    def approved(self, namespace: str, image: str = V2) -> tuple[bytes, tuple[bytes, bytes]]:
+        """A proposal of ``image`` with both evals and alice's and bob's approvals: (hash, evals)."""
+        p = self.propose(namespace, image)
+        evals = self.evaluate(p)
+        self.approve(p, evals)
+        return p, evals
+
 
 @pytest.fixture
 def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
@@ -104,16 +111,6 @@ def crd_installed(kube_cluster: LocalCluster) -> None:
     kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
     kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                          "crd/modelrollouts.steward.dev")
-
-
-@pytest.fixture
-def apps(kube_api_client: client.ApiClient) -> client.AppsV1Api:
-    return client.AppsV1Api(kube_api_client)
-
-
-@pytest.fixture
-def custom(kube_api_client: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(kube_api_client)
 
 
 @pytest.fixture

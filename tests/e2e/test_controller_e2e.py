@@ -63,9 +63,7 @@ def test_full_rollout_promotes_the_candidate(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns)
-    evals = ledger.evaluate(p)
-    ledger.approve(p, evals)
+    p, _ = ledger.approved(ns)
     # Step 0 (10%: 1 canary, 3 stable) has no hold, so it may be passed before we look; step 1
     # (50%: 2 and 2) waits for a healthy report, so it is observable for sure.
     wait_for("STARTED", lambda: ledger.steps(p)[:1] == [(0, 10, "STARTED")])
@@ -123,9 +121,7 @@ def test_kill_switch_removes_the_canary_and_release_needs_the_threshold(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns)
-    evals = ledger.evaluate(p)
-    ledger.approve(p, evals)
+    p, evals = ledger.approved(ns)
     wait_for("step 1 canary ready", lambda: canary_ready(apps, ns, 2))
     scope = KillScope("TARGET", ns, NAME)
     ledger.ok(ledger.flow.kill(scope))
@@ -154,8 +150,7 @@ def test_failing_canary_pods_roll_back(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns, image=FAIL_IMAGE)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns, image=FAIL_IMAGE)
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK", 30)
     state = ledger.state()
     assert "CrashLoopBackOff" in state.rollouts[p].last_reason
@@ -168,8 +163,7 @@ def test_unhealthy_report_rolls_back(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns)
     wait_for("step 1", lambda: (1, 50, "ADVANCED") in ledger.steps(p))
     ledger.ok(ledger.flow.health(p, 1, False))
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK")
@@ -183,8 +177,7 @@ def test_sigkill_at_each_phase_ends_like_an_uninterrupted_run(
 ) -> None:
     ns = kube_namespace
     first = controllers.start("ctl-a")
-    p = ledger.propose(ns)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns)
     wait_for("STARTED", lambda: ledger.steps(p)[:1] == [(0, 10, "STARTED")])
     first.kill()  # right after the record, maybe before the apply
     second = controllers.start("ctl-a")
@@ -211,8 +204,7 @@ def test_two_controllers_only_the_leader_writes_and_the_other_takes_over(
     a = controllers.start("ctl-a")
     wait_for("ctl-a leads", lambda: _holder(coord, ns) == "ctl-a")
     b = controllers.start("ctl-b")
-    p = ledger.propose(ns)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns)
     wait_for("step 1", lambda: (1, 50, "ADVANCED") in ledger.steps(p))
     assert a.actions() and not b.actions(), "the standby acted"
     a.kill()
@@ -238,8 +230,7 @@ def test_emergency_stop_annotation_is_honoured_and_recorded(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns)
     wait_for("canary at step 1", lambda: canary_ready(apps, ns, 2))
     wait_for("mirror exists", lambda: mirror_status(custom, ns, p))
     controllers.cluster.kubectl("annotate", "-n", ns, "modelrollout", f"{NAME}-{p.hex()[:10]}",
@@ -265,8 +256,7 @@ def test_hand_scaling_is_recorded_as_drift_and_corrected(
 ) -> None:
     ns = kube_namespace
     controllers.start()
-    p = ledger.propose(ns)
-    ledger.approve(p, ledger.evaluate(p))
+    p, _ = ledger.approved(ns)
     wait_for("step 1 (2/2)", lambda: replicas(apps, ns)[:2] == (2, 2) and canary_ready(apps, ns, 2))
     controllers.cluster.kubectl("scale", "-n", ns, "deployment", NAME, "--replicas=6")
     wait_for("DRIFT_CORRECTED", lambda: (1, 50, "DRIFT_CORRECTED") in ledger.steps(p))

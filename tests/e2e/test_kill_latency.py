@@ -45,8 +45,7 @@ def test_kill_switch_reaction_time(ledger: Ledger, controllers: Controllers,
     controllers.start()
     results = []
     for i in range(TRIALS):
-        p = ledger.propose(ns, image=f"{V2}-{i}")
-        ledger.approve(p, ledger.evaluate(p))
+        p, _ = ledger.approved(ns, image=f"{V2}-{i}")
 
         def canary_up() -> bool:
             try:

@@ -36,16 +36,6 @@ def is_ready(pod: client.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conds)
 
 
-@pytest.fixture
-def apps(kube_api_client: client.ApiClient) -> client.AppsV1Api:
-    return client.AppsV1Api(kube_api_client)
-
-
-@pytest.fixture
-def core(kube_api_client: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(kube_api_client)
-
-
 @pytest.fixture(scope="module")
 def steward_installed(kube_cluster: LocalCluster) -> Iterator[str]:
     """``kubectl apply -k k8s/`` once for the module; returns kubectl's output."""
