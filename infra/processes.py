@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from infra import InfraError
+
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 
 
-class WaitTimeout(TimeoutError):
+class WaitTimeoutError(InfraError, TimeoutError):
     """A wait ran past its deadline; the message names what it waited for and what it saw."""
 
 
-class ChildExited(RuntimeError):
+class ChildExitedError(InfraError):
     """The child a wait depended on exited first; the message holds the tail of its log."""
 
 
@@ -93,8 +95,8 @@ class Child:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def exited_error(self, waiting_for: str) -> ChildExited:
-        return ChildExited(f"{self.name} exited with code {self.returncode} while waiting for "
+    def exited_error(self, waiting_for: str) -> ChildExitedError:
+        return ChildExitedError(f"{self.name} exited with code {self.returncode} while waiting for "
                            f"{waiting_for}; the end of {self.log_path}:\n{self.log_tail()}")
 
 
@@ -141,8 +143,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, ev
              *, child: Child | None = None) -> T:
     """Call ``probe`` every ``every`` seconds until it returns something truthy, and return that.
 
-    Raises :class:`WaitTimeout` after ``timeout`` seconds, naming ``what`` and the last value
-    seen; with ``child``, raises :class:`ChildExited` as soon as that process has exited. Both
+    Raises :class:`WaitTimeoutError` after ``timeout`` seconds, naming ``what`` and the last value
+    seen; with ``child``, raises :class:`ChildExitedError` as soon as that process has exited. Both
     messages end with the tail of the child's log.
     """
     deadline = time.monotonic() + timeout
@@ -157,7 +159,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, ev
             message = f"timed out after {timeout:g}s waiting for {what}; last observed: {last!r}"
             if child is not None:
                 message += f"\nthe end of {child.log_path}:\n{child.log_tail()}"
-            raise WaitTimeout(message)
+            raise WaitTimeoutError(message)
         time.sleep(every)
 
 
