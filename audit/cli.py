@@ -39,7 +39,16 @@ trust root file (JSON): {"roots": [{"principal": "human:root-ada@example.org",
   "vkey": "origin+keyid+base64key" (optional pin), "origin": "..." (optional pin),
   "threshold": m (optional minimum root signatures on genesis)}
 
-exit status: 0 verified, 1 findings, 2 usage or infrastructure error.
+exit status:
+  0 verified: no finding. From a live source (--grpc, --kafka) entries past the newest signed
+    checkpoint, if any, are reported PENDING, never as verified; --grpc first asks the server
+    to sign a checkpoint of its current size (unless --no-checkpoint-request), so none remain
+  1 findings: the log breaks a check (in an export, entries past the newest signed checkpoint
+    are the finding UNCOVERED_TAIL)
+  2 cannot audit the input: a malformed or unreadable export (one line says what, where and
+    why), an unreachable broker or server, a bad trust-root file, a usage error
+  Export files are read with bounds: a block may hold and inflate to at most 16 MiB, the
+  header's metadata at most 64 MiB, its JSON at most 16 levels deep.
 See docs/AUDIT.md for every step and finding code.
 """
 
@@ -55,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--export", type=Path, metavar="FILE", help="an export file (Avro container)")
         g.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)")
         g.add_argument("--grpc", metavar="HOST:PORT", help="a ledger gRPC server")
+        if export:
+            sp.add_argument("--no-checkpoint-request", action="store_true",
+                            help="with --grpc: do not ask the server to sign a checkpoint of its current size "
+                                 "(entries past its newest checkpoint are then reported pending)")
         sp.add_argument("--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)")
         k = sp.add_argument_group("Kafka security (with --kafka; docs/KAFKA.md \"Security\")")
         k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
@@ -91,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _source(args: argparse.Namespace) -> Source:
+def _source(args: argparse.Namespace, request_checkpoint: bool = True) -> Source:
     if getattr(args, "export", None):
         return ExportSource(args.export)
     if args.kafka:
@@ -102,7 +115,7 @@ def _source(args: argparse.Namespace) -> Source:
             args.kafka_sasl_password_env, args.kafka_ssl_cafile, args.kafka_ssl_certfile,
             args.kafka_ssl_keyfile, args.kafka_ssl_password_env)
         return KafkaSource(args.kafka, args.topic, security=security)
-    return GrpcSource(args.grpc)
+    return GrpcSource(args.grpc, request_checkpoint=request_checkpoint)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -132,12 +145,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     since = _read_text(args.since_checkpoint, "the saved checkpoint") if args.since_checkpoint else None
     if args.workers < 1:
         raise AuditError("--workers must be at least 1")
-    source = _source(args)
+    source = _source(args, request_checkpoint=not args.no_checkpoint_request)
     try:
         checkpoints = source.checkpoints()
         show = not args.no_progress and (args.progress or sys.stderr.isatty())
         result = verify(source.records(), trust, checkpoints, since, workers=args.workers,
-                        progress=sys.stderr if show else None, total=source.total)
+                        progress=sys.stderr if show else None, total=source.total,
+                        tail="pending" if source.live else "finding")
     finally:
         source.close()
     if args.kubeconfig:
@@ -166,9 +180,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     rounds = 0
     while True:
         since = state.read_text(encoding="utf-8") if state.exists() else None
-        source = _source(args)
+        # No checkpoint is asked for: a watcher polling every few seconds would have the server
+        # sign one each round. The server's own checkpoints catch up; the tail is pending.
+        source = _source(args, request_checkpoint=False)
         try:
-            result = verify(source.records(), trust, source.checkpoints(), since)
+            checkpoints = source.checkpoints()
+            result = verify(source.records(), trust, checkpoints, since, tail="pending")
         finally:
             source.close()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -178,7 +195,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 1
         if result.verified_checkpoint and result.verified_checkpoint != since:
             atomic_write(state, result.verified_checkpoint)
-        print(f"{stamp} ok {source.name}: {result.entries} entries, verified checkpoint {result.verified_size}",
+        pending = "" if result.pending is None else f", seq {result.pending[0]}..{result.pending[1]} pending"
+        print(f"{stamp} ok {source.name}: {result.entries} entries, verified checkpoint {result.verified_size}{pending}",
               flush=True)
         rounds += 1
         if args.rounds and rounds >= args.rounds:
@@ -195,10 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd_verify(args) if args.command == "verify" else cmd_watch(args)
     except AuditError as exc:
-        print(f"steward-audit: error: {exc}", file=sys.stderr)
+        print(f"steward-audit: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 2
+    except Exception as exc:  # a bug, not a finding: exit 1 must only ever mean findings
+        print(f"steward-audit: internal error (a bug in steward-audit, please report it): "
+              f"{type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: whatever it quotes cannot start a line of its own."""
+    return " ".join(text.split("\n")).replace("\r", " ")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ CODES: dict[str, tuple[int, str]] = {
     "ENTRY_INSERTED": (5, "a record claims a seq whose chain entry is another, different record"),
     "ENTRY_DUPLICATED": (5, "an identical record appears twice"),
     "LOG_TRUNCATED": (5, "the log ends before the size a checkpoint (or the saved checkpoint) commits to"),
+    "UNCOVERED_TAIL": (5, "an export whose last entries no signed checkpoint covers (nothing the ledger signed vouches for them)"),
     # 6 Merkle roots
     "CHECKPOINT_ROOT_MISMATCH": (6, "a checkpoint's root differs from the Merkle root of the log at its size"),
     # 7 checkpoint notes
@@ -145,6 +146,9 @@ class Report:
     proposals: dict[str, str] = field(default_factory=dict)  # hash hex -> label
     seconds: float = 0.0
     open_obligations: int = 0
+    # A live log's entries past the newest signed checkpoint: (first seq, last seq). They passed
+    # every check but the ledger has not vouched for them yet; never called verified.
+    pending: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:

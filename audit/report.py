@@ -24,9 +24,23 @@ def text(report: Report, source: str) -> str:
         lines.append(f"FINDINGS ({len(report.findings)}):")
         lines += [f"  {f}" for f in report.findings]
         lines.append("RESULT: NOT VERIFIED")
+    elif report.pending:
+        lines.append(f"PENDING: {pending_text(report.pending)}")
+        lines.append(f"RESULT: {verified_through(report.pending)}; seq {report.pending[0]}..{report.pending[1]} PENDING")
     else:
         lines.append("RESULT: VERIFIED (no findings)")
     return "\n".join(lines) + "\n"
+
+
+def pending_text(pending: tuple[int, int]) -> str:
+    first, last = pending
+    return (f"seq {first}..{last} ({last - first + 1} entries) passed every check, but no signed checkpoint "
+            "covers them yet: the ledger has not vouched for them")
+
+
+def verified_through(pending: tuple[int, int]) -> str:
+    first = pending[0]
+    return f"VERIFIED THROUGH seq {first - 1} (checkpoint {first})" if first else "NOTHING COVERED BY A CHECKPOINT"
 
 
 def as_json(report: Report, source: str) -> str:
@@ -40,6 +54,9 @@ def as_json(report: Report, source: str) -> str:
         "verified_checkpoint_size": report.verified_size,
         "steps": {str(k): {"name": v, "status": report.steps_run.get(k, "not run")} for k, v in STEP_NAMES.items()},
         "findings": [f.to_json() for f in report.findings],
+        "pending": None if report.pending is None else {
+            "first_seq": report.pending[0], "last_seq": report.pending[1],
+            "entries": report.pending[1] - report.pending[0] + 1},
         "seconds": round(report.seconds, 3),
     }
     return json.dumps(doc, indent=2) + "\n"
@@ -108,6 +125,8 @@ def as_html(report: Report, source: str) -> str:
         for k, name in STEP_NAMES.items()
     )
     verdict = "VERIFIED" if report.ok else f"NOT VERIFIED — {len(report.findings)} finding(s)"
+    if report.ok and report.pending:
+        verdict = f"{verified_through(report.pending)} — PENDING: {pending_text(report.pending)}"
     legend = "".join(f"<tr><td><code>{c}</code></td><td>{s}</td><td>{html.escape(d)}</td></tr>" for c, (s, d) in CODES.items()
                      if any(f.code == c for f in report.findings))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>steward-audit report</title>

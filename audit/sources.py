@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from audit.avro import canonical_form
+from audit.container import ContainerError, ContainerReader, read_long, shown
 from audit.errors import AuditError
 
 EXPORT_FORMAT = "steward-export/v1"
@@ -24,6 +26,9 @@ CHECKPOINTS_SUFFIX = ".checkpoints"
 class Source(Protocol):
     name: str
     total: int | None
+    # Whether the log is live (a server, a topic): entries past the newest signed checkpoint are
+    # then pending, not yet vouched for; in a file they never will be, and that is a finding.
+    live: bool
 
     def checkpoints(self) -> list[str]: ...
 
@@ -36,49 +41,99 @@ class Source(Protocol):
 # Offline export: an Avro object container file (schema audit/schemas/export_record.v1.avsc)
 
 
+def _export_schema() -> str:
+    """The Parsing Canonical Form of the shipped ExportRecord schema: the only one accepted."""
+    return canonical_form(json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text()))
+
+
 class ExportSource:
-    """Records ``{seq, entry}`` in seq order; checkpoints in the metadata ``steward.checkpoints``."""
+    """Records ``{seq, entry}`` in seq order; checkpoints in the metadata ``steward.checkpoints``.
+
+    Read with the auditor's own bounded container reader (audit.container): a malformed file
+    raises ContainerError (exit status 2) naming the byte offset or block, never anything else.
+    """
+
+    live = False  # a file: nothing more will be signed for it, an uncovered tail is a finding
 
     def __init__(self, path: Path) -> None:
-        import fastavro
-
         self.name = str(path)
         self.path = path
-        try:
-            with path.open("rb") as f:
-                reader = fastavro.reader(f)
-                self.metadata = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in reader.metadata.items()}
-        except OSError as exc:
-            raise AuditError(f"cannot read the export {path}: {exc.strerror}") from exc
-        except Exception as exc:  # fastavro: not an Avro container file
-            raise AuditError(f"{path} is not an Avro object container file: {exc}") from exc
-        fmt = self.metadata.get("steward.format", EXPORT_FORMAT)
-        if fmt != EXPORT_FORMAT:
-            raise AuditError(f"{path}: export format {fmt!r}, this auditor reads {EXPORT_FORMAT}")
         self.total: int | None = None
         try:
-            self._checkpoints = [str(c["note"]) for c in json.loads(self.metadata.get("steward.checkpoints", "[]"))]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise AuditError(f"{path}: metadata steward.checkpoints is not a JSON list of {{size, note}}: {exc}") from exc
+            self._file: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise AuditError(f"cannot read the export {path}: {exc.strerror}") from exc
+        try:
+            self._container = ContainerReader(self._file, str(path))
+            self._check_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _check_header(self) -> None:
+        c = self._container
+        fmt = c.text("steward.format", EXPORT_FORMAT)
+        if fmt != EXPORT_FORMAT:
+            raise ContainerError(f"{self.path}: metadata steward.format at byte {c.offsets['steward.format']}: "
+                                 f"export format {shown(fmt)}, this auditor reads {EXPORT_FORMAT}")
+        where = f"metadata avro.schema at byte {c.offsets.get('avro.schema', 0)}"
+        if "avro.schema" not in c.metadata:
+            raise ContainerError(f"{self.path}: header (byte 4): no avro.schema in the metadata")
+        try:
+            schema = canonical_form(c.json("avro.schema", ""))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ContainerError(f"{self.path}: {where}: not an Avro schema ({shown(str(exc))})") from None
+        if schema != _export_schema():
+            raise ContainerError(f"{self.path}: {where}: the records are {shown(schema, 80)}, "
+                                 "not steward.v1.ExportRecord {seq: long, entry: bytes}")
+        listed = c.json("steward.checkpoints", "[]")
+        where = f"metadata steward.checkpoints at byte {c.offsets.get('steward.checkpoints', 0)}"
+        if not isinstance(listed, list):
+            raise ContainerError(f"{self.path}: {where}: not a JSON list of {{size, note}}")
+        self._checkpoints: list[str] = []
+        for i, item in enumerate(listed):
+            if not (isinstance(item, dict) and isinstance(item.get("note"), str)
+                    and type(item.get("size")) is int and item["size"] >= 0):
+                raise ContainerError(f"{self.path}: {where}: item {i} is not {{\"size\": n >= 0, \"note\": text}}")
+            self._checkpoints.append(item["note"])
 
     def checkpoints(self) -> list[str]:
         return list(self._checkpoints)
 
     def records(self, start: int = 0) -> Iterator[bytes]:
-        import fastavro
-
+        index = 0
         try:
-            with self.path.open("rb") as f:
-                for i, rec in enumerate(fastavro.reader(f)):
-                    if i >= start:
-                        if not isinstance(rec, dict) or not isinstance(rec.get("entry"), bytes):
-                            raise AuditError(f"{self.path}: record {i} has no entry bytes")
-                        yield rec["entry"]
+            for number, at, count, raw in self._container.blocks():
+                for entry in _export_records(raw, count, f"{self.path}: block {number} at byte {at}"):
+                    if index >= start:
+                        yield entry
+                    index += 1
         except OSError as exc:
             raise AuditError(f"cannot read the export {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
-        pass
+        self._file.close()
+
+
+def _export_records(raw: bytes, count: int, where: str) -> Iterator[bytes]:
+    """The entry bytes of the `count` ExportRecords {seq: long, entry: bytes} in a block's data,
+    which they must fill exactly."""
+    pos = 0
+    for i in range(count):
+        seq = read_long(raw, pos)
+        if seq is None:
+            raise ContainerError(f"{where}: record {i} of {count}: its seq runs past the block's {len(raw)} bytes")
+        length = read_long(raw, seq[1])
+        if length is None:
+            raise ContainerError(f"{where}: record {i} of {count}: its entry length runs past the block's data")
+        n, pos = length
+        if not 0 <= n <= len(raw) - pos:
+            raise ContainerError(f"{where}: record {i} of {count}: entry length {n} at block byte {seq[1]}, "
+                                 f"but {len(raw) - pos} bytes remain in the block (truncated or corrupt)")
+        yield raw[pos:pos + n]
+        pos += n
+    if pos != len(raw):
+        raise ContainerError(f"{where}: {len(raw) - pos} bytes after its {count} records (a wrong count or a corrupt block)")
 
 
 def write_export(path: Path, records: list[bytes], checkpoints: list[tuple[int, str]],
@@ -211,6 +266,8 @@ def check_kafka_connection(bootstrap: str, security: KafkaSecurity, timeout_s: f
 
 
 class KafkaSource:
+    live = True  # the ledger server publishes checkpoints to <topic>.checkpoints as the log grows
+
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0,
                  security: KafkaSecurity | None = None) -> None:
         self.name = f"kafka://{bootstrap}/{topic}"
@@ -288,7 +345,15 @@ class KafkaSource:
 
 
 class GrpcSource:
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    """A ledger server. Unless told not to (`request_checkpoint=False`), the auditor first asks the
+    server to sign a checkpoint of its current size (GetCheckpoint with publish_now) and then
+    reads exactly that many entries, so that a signed checkpoint covers everything it reads. A
+    server that refuses (an auditor without the right to ask, a fenced server) is read to its
+    end, and the entries past its newest checkpoint are reported pending."""
+
+    live = True
+
+    def __init__(self, target: str, timeout_s: float = 30.0, request_checkpoint: bool = True) -> None:
         import grpc
 
         from steward.v1 import ledger_pb2_grpc
@@ -296,6 +361,10 @@ class GrpcSource:
         self.name = f"grpc://{target}"
         self.total: int | None = None
         self.timeout_s = timeout_s
+        self.request_checkpoint = request_checkpoint
+        self.covered: int | None = None  # the size of the checkpoint asked for, once known
+        self.refused: str | None = None  # why the server did not sign one, if it did not
+        self._asked = False
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
@@ -311,9 +380,30 @@ class GrpcSource:
         except grpc.RpcError as exc:
             raise AuditError(f"{what} failed: {exc.code().name}: {exc.details()}") from exc
 
+    def _ask_for_checkpoint(self) -> None:
+        """Once, before reading: a checkpoint signed now covers the log as it is now."""
+        import grpc
+
+        from steward.v1 import ledger_pb2
+
+        if self._asked or not self.request_checkpoint:
+            return
+        self._asked = True
+        try:
+            cp = self.stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(publish_now=True), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+                              grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                self.refused = f"{exc.code().name}: {exc.details()}"
+                return
+            raise AuditError(f"GetCheckpoint failed: {exc.code().name}: {exc.details()}") from exc
+        self.covered = cp.size
+
     def checkpoints(self) -> list[str]:
         from steward.v1 import ledger_pb2
 
+        self._ask_for_checkpoint()
         return self._call("ListCheckpoints", lambda: [
             c.note for c in self.stub.ListCheckpoints(ledger_pb2.ListCheckpointsRequest(), timeout=self.timeout_s)])
 
@@ -322,10 +412,15 @@ class GrpcSource:
 
         from steward.v1 import ledger_pb2
 
+        self._ask_for_checkpoint()
+        # Exactly the entries the requested checkpoint covers (later ones are for a later audit).
+        limit = 0 if follow or self.covered is None else max(self.covered - start, 0)
+        if limit == 0 and self.covered is not None and not follow:
+            return
         try:
             head = self.stub.GetHead(ledger_pb2.GetHeadRequest(), timeout=self.timeout_s)
-            self.total = head.size
-            for msg in self.stub.Read(ledger_pb2.ReadRequest(start_seq=start, limit=0, follow=follow)):
+            self.total = head.size if self.covered is None or follow else self.covered
+            for msg in self.stub.Read(ledger_pb2.ReadRequest(start_seq=start, limit=limit, follow=follow)):
                 yield msg.entry_bytes
         except grpc.RpcError as exc:
             raise AuditError(f"Read failed: {exc.code().name}: {exc.details()}") from exc

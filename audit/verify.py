@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from audit import rules, state
 from audit.conformance import Conformance
@@ -79,6 +79,7 @@ PENDING_LIMIT = 4096  # out-of-order records held while waiting for a missing se
 CHUNK = 1024  # entries per worker task: large, so the per-task IPC cost is spread thin
 CHUNK_INLINE = 128  # entries per verify-then-fold round in a single process
 DEPTH = 2  # tasks in flight per worker: one being verified, one queued behind it
+Tail = Literal["finding", "pending"]  # what entries past every signed checkpoint are
 RECENT = 32  # signed bodies remembered per key, to recognise a signature moved from a nearby entry
 
 
@@ -142,8 +143,10 @@ class LogVerifier:
         workers: int = 1,
         progress: TextIO | None = None,
         total: int | None = None,
+        tail: Tail = "pending",
     ) -> None:
         self.trust = trust
+        self.tail = tail
         self.workers = max(1, workers)
         self.report = Report()
         self.out = self.report.findings
@@ -609,8 +612,8 @@ class LogVerifier:
             if by_size.setdefault(cp.size, cp.root) != cp.root:
                 out.append(Finding("CHECKPOINT_FORK", cp.size - 1, f"two signed checkpoints for size {cp.size} differ",
                                    cp.root.hex(), by_size[cp.size].hex()))
-        if self.since is not None:
-            self._check_since(verifiers, size, clean)
+        saved = self._check_since(verifiers, size, clean) if self.since is not None else None
+        self._check_tail(size, [cp.size for _, cp in valid] + ([saved.size] if saved is not None else []))
         if clean and clean[-1][1].size <= size:
             self.report.verified_checkpoint, self.report.verified_size = clean[-1][0], clean[-1][1].size
         self.report.open_obligations = len(self.conf.finish(out))
@@ -650,28 +653,46 @@ class LogVerifier:
             return None
         return cp
 
-    def _check_since(self, verifiers: list[Verifier], size: int, clean: list[tuple[str, Checkpoint]]) -> None:
+    def _check_tail(self, size: int, signed_sizes: list[int]) -> None:
+        """Step 5: entries past every signed checkpoint. The authors signed them, but nothing the
+        ledger signed commits to them: a finding in a file, pending in a live log."""
+        covered = max((n for n in signed_sizes if n <= size), default=0)
+        if covered >= size:
+            return
+        first, last = covered, size - 1
+        if self.tail == "pending":
+            self.report.pending = (first, last)
+            return
+        newest = f"the newest signed checkpoint is for size {covered}" if covered else "the source holds no signed checkpoint"
+        self.out.append(Finding("UNCOVERED_TAIL", first,
+                                f"seqs {first}..{last} ({size - covered} entries) are covered by no signed checkpoint: {newest}",
+                                f"checkpoints up to size {covered}", f"a signed checkpoint for size {size}"))
+
+    def _check_since(self, verifiers: list[Verifier], size: int,
+                     clean: list[tuple[str, Checkpoint]]) -> Checkpoint | None:
+        """Step 8 against the saved checkpoint; it, if it verified and is not past the log."""
         assert self.since is not None
         note, cp, err = self.since
         saved = self._check_note(note, cp, err, verifiers, "the saved checkpoint")
         if saved is None:
-            return
+            return None
         if saved.size > size:
             self.out.append(Finding("LOG_TRUNCATED", size, f"the log holds {size} entries, fewer than the saved checkpoint's {saved.size}",
                                     str(size), f">= {saved.size}"))
-            return
+            return None
         root = self.roots.get(saved.size)
         if root is not None and root != saved.root:
             self.out.append(Finding("CHECKPOINT_FORK", saved.size - 1 if saved.size else None,
                                     "the log was rewritten since the saved checkpoint: its root at that size differs",
                                     root.hex(), saved.root.hex()))
-            return
+            return None
         if clean and self.tree_ok and clean[-1][1].size >= saved.size and saved.size:
             latest = clean[-1][1]
             proof = consistency_proof(self.leaves[: latest.size], saved.size)
             if not verify_consistency(saved.size, latest.size, proof, saved.root, latest.root):
                 self.out.append(Finding("CHECKPOINT_FORK", latest.size - 1,
                                         f"checkpoint {latest.size} is not consistent with the saved checkpoint {saved.size}"))
+        return saved
 
 
 def verify(
@@ -683,7 +704,12 @@ def verify(
     progress: TextIO | None = None,
     total: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    tail: Tail = "pending",
 ) -> Report:
-    """Verify a log given as entry bytes in log order, with its checkpoint notes."""
-    v = LogVerifier(trust, checkpoints, since_checkpoint, workers, progress, total)
+    """Verify a log given as entry bytes in log order, with its checkpoint notes.
+
+    `tail` says what entries past every signed checkpoint are: "finding" (UNCOVERED_TAIL) for a
+    file, which will never be signed further; "pending" (Report.pending) for a live log.
+    """
+    v = LogVerifier(trust, checkpoints, since_checkpoint, workers, progress, total, tail)
     return v.run(records)

@@ -1,8 +1,9 @@
 """The offline export (docs/DESIGN.md §3.6): everything an auditor needs, in one file.
 
 An Avro object container file whose records are `{seq, entry}` — the exact entry bytes, in seq
-order — with, in the container metadata, every published checkpoint note, the ledger's origin,
-name and vkey, and the genesis entry again (hex). The auditor needs nothing else but its pinned
+order, up to a checkpoint the server signs for the export — with, in the container metadata,
+every published checkpoint note up to that size, the ledger's origin, name and vkey, and the
+genesis entry again (hex). The auditor needs nothing else but its pinned
 root keys. Entries are read through the gRPC client, which checks the chain as it reads.
 """
 
@@ -16,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import grpc
 
+from ledger.client import LedgerRpcError
 from ledger.formats import LedgerGenesis, LogEntry, decode_body
 from ledger.keys import PublicKey
+
+# Why a server may not sign a checkpoint on demand: the caller may not ask (access control), or
+# the server was fenced by a newer writer.
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED)
 
 _SCHEMA = fastavro.parse_schema(
     json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text())
@@ -34,10 +42,37 @@ def _records(entries: Iterator[LogEntry], total: int, progress: bool) -> Iterato
         print(file=sys.stderr)
 
 
+def _covering_checkpoint(client: Any, progress: bool) -> int:
+    """The size of the log a signed checkpoint covers: the server signs one of its current size
+    first (publish_now); a server that refuses leaves the newest one it has."""
+    try:
+        return int(client.checkpoint(publish_now=True).size)
+    except LedgerRpcError as exc:
+        if exc.code not in _REFUSED:
+            raise
+        if progress:
+            print(f"the server signs no checkpoint now ({exc.code.name}: {exc.message}); exporting up to its "
+                  "newest checkpoint", file=sys.stderr)
+    try:
+        return int(client.checkpoint().size)
+    except LedgerRpcError as exc:
+        if exc.code is grpc.StatusCode.NOT_FOUND:
+            return 0  # no checkpoint yet: nothing is covered
+        raise
+
+
 def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
-    """Write the export atomically (a temp file renamed into place); return the entry count."""
+    """Write the export atomically (a temp file renamed into place); return the entry count.
+
+    The export holds exactly the entries a signed checkpoint covers, to the newest one: an
+    auditor reports entries past every checkpoint (UNCOVERED_TAIL), since nothing the ledger
+    signed vouches for them. Entries appended while exporting are left for the next export.
+    """
+    total = _covering_checkpoint(client, progress)
     head = client.head()
-    checkpoints = [{"size": c.size, "note": c.note} for c in client.checkpoints()]
+    # Only checkpoints up to the exported size: one published meanwhile would commit to
+    # entries the file does not hold.
+    checkpoints = [{"size": c.size, "note": c.note} for c in client.checkpoints() if c.size <= total]
     genesis = client.genesis()
     metadata = {
         "steward.format": "steward-export/v1",
@@ -47,16 +82,13 @@ def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
         "steward.genesis": genesis.entry_bytes.hex(),
         "steward.checkpoints": json.dumps(checkpoints),
     }
-    # Export up to the newest checkpoint or the head, whichever is larger: entries beyond the
-    # last checkpoint are still chained and signed, and verify on their own.
-    total = head.size
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
     try:
         with tmp.open("wb") as out:
             def counted() -> Iterator[dict[str, Any]]:
                 nonlocal count
-                for record in _records(client.read(0, limit=total), total, progress):
+                for record in _records(client.read(0, limit=total) if total else iter(()), total, progress):
                     count += 1
                     yield record
             fastavro.writer(out, _SCHEMA, counted(), metadata=metadata, codec="deflate")
