@@ -194,6 +194,66 @@ def test_audit_checkpoint_and_vkey(text: str) -> None:
     only((audit_note.NoteError,), audit_note.parse_vkey, text)
 
 
+# -- the auditor's export reader (audit.container through audit.sources.ExportSource) -------------
+
+
+def _exports() -> list[bytes]:
+    """Export files of the vector entries, deflated (as `steward export` writes them) and not."""
+    import io
+
+    import fastavro
+
+    schema = fastavro.parse_schema(json.loads(
+        (Path(audit_formats.__file__).parent / "schemas" / "export_record.v1.avsc").read_text()))
+    metadata = {"steward.format": "steward-export/v1",
+                "steward.checkpoints": json.dumps([{"size": len(ENTRIES), "note": NOTE}])}
+    out = []
+    for codec in ("deflate", "null"):
+        buf = io.BytesIO()
+        rows = [{"seq": i, "entry": raw} for i, raw in enumerate(ENTRIES)]
+        fastavro.writer(buf, schema, rows, metadata=metadata, codec=codec, sync_interval=2048)
+        out.append(buf.getvalue())
+    return out
+
+
+EXPORTS = _exports()
+
+
+def _read_export(data: bytes) -> None:
+    import tempfile
+
+    from audit.sources import ExportSource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.avro"
+        path.write_bytes(data)
+        source = ExportSource(path)
+        try:
+            source.checkpoints()
+            for _ in source.records():
+                pass
+        finally:
+            source.close()
+
+
+@FUZZ
+@given(st.one_of(mutated(EXPORTS), st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"Obj\x01" + b)))
+def test_audit_export_reader(data: bytes) -> None:
+    """Whatever the file holds, reading it raises nothing but the auditor's own AuditError (exit
+    status 2, one line), and an error message is one line."""
+    from audit.errors import AuditError
+
+    try:
+        _read_export(data)
+    except AuditError as exc:
+        assert "\n" not in str(exc), str(exc)
+
+
+def test_export_seeds_are_valid() -> None:
+    for data in EXPORTS:
+        _read_export(data)
+
+
 # -- the two decoders agree on what is valid -----------------------------------------------------
 
 
