@@ -24,6 +24,7 @@ CODES: dict[str, tuple[int, str]] = {
     "NO_SIGNATURES": (2, "an entry without any signature"),
     "BAD_SIGNATURE": (2, "a signature that does not verify over the entry's signed bytes"),
     "SIGNATURE_SWAPPED": (2, "a signature that does not verify here but was taken from another entry of the log"),
+    "SIGNATURES_NOT_CANONICAL": (2, "signatures not sorted by key id, or a key listed twice (a second encoding of one event)"),
     # 3 key validity at each seq
     "UNKNOWN_KEY": (3, "a signature by a key not granted before this seq"),
     "KEY_REVOKED": (3, "a signature by a key revoked at an earlier seq"),
@@ -57,6 +58,8 @@ CODES: dict[str, tuple[int, str]] = {
     "REF_UNKNOWN": (9, "a ref to no earlier valid entry"),
     "REF_MISSING": (9, "the payload names an entry its refs do not list"),
     "FIELD_INVALID": (9, "a field outside its allowed values"),
+    "NAME_INVALID": (9, "a namespace, Deployment name or principal that is not well formed (DNS-1123, kind:name)"),
+    "TEXT_INVALID": (9, "free text holding a control or invisible character, or over its length cap"),
     "KEY_DUPLICATE": (9, "a key granted twice"),
     "KEY_UNKNOWN": (9, "revoking a key that is not live"),
     "POLICY_INVALID": (9, "a policy with invalid fields"),

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from audit import names
 from audit.findings import Finding
 from audit.formats import (
     ApprovalRecorded,
@@ -73,6 +74,15 @@ def resolve_signers(
             return Signers((rec,))
     if not entry.signatures:
         out.append(Finding("NO_SIGNATURES", seq, "the entry carries no signature", "0 signatures", "at least 1"))
+    for i in range(1, len(signatures)):  # one event, one encoding: ascending key ids, each once
+        if signatures[i].key_id <= signatures[i - 1].key_id:
+            out.append(Finding(
+                "SIGNATURES_NOT_CANONICAL", seq,
+                f"signatures[{i}] is not after signatures[{i - 1}] in key-id order",
+                f"{signatures[i - 1].key_id.hex()[:16]} then {signatures[i].key_id.hex()[:16]}",
+                "signatures sorted by key id, each key once",
+            ))
+            break
     valid: dict[bytes, KeyRecord] = {}
     for i, (sig, ok) in enumerate(zip(entry.signatures, sig_ok, strict=True)):
         rec = keys.get(sig.key_id)
@@ -167,6 +177,8 @@ def check_structure(state: State, seq: int, body: EventBody, out: list[Finding])
     for h in payload_hashes(payload):
         if h not in body.refs:
             out.append(Finding("REF_MISSING", seq, "the payload names an entry the refs omit", h.hex(), "listed in refs"))
+    for code, fld, message in names.problems(payload):
+        out.append(Finding(code, seq, f"{fld}: {message}"))
 
 
 def check_genesis(body: EventBody, g: LedgerGenesis, signers: Signers, out: list[Finding]) -> None:

@@ -108,7 +108,9 @@ class _Writer:
         binary = self._avro(EVENT_BODY_SCHEMA.parsed, body_record)
         body = SINGLE_OBJECT_MAGIC + EVENT_BODY_SCHEMA.fingerprint + binary
         message = DOMAIN_PREFIX + EVENT_BODY_SCHEMA.fingerprint + binary
-        sigs = [{"key_id": k.key_id, "sig": k.key.ed25519.sign(message)} for k in signers]
+        # Sorted by key id, each key once: the one encoding the rules accept.
+        sigs = [{"key_id": k.key_id, "sig": k.key.ed25519.sign(message)}
+                for k in sorted({k.key_id: k for k in signers}.values(), key=lambda k: k.key_id)]
         entry_record = {"seq": self.seq, "prev": self.prev, "body": body, "signatures": sigs,
                         "received_at": self.clock}
         entry = SINGLE_OBJECT_MAGIC + ENTRY_SCHEMA.fingerprint + self._avro(ENTRY_SCHEMA.parsed, entry_record)

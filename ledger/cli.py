@@ -50,7 +50,7 @@ from ledger.formats import (
     encode_signed_event,
     signed_bytes,
 )
-from ledger.keys import PrivateKey, PublicKey
+from ledger.keys import PrivateKey, PublicKey, canonical_signatures
 from ledger.rules import check
 from ledger.state import LedgerState
 
@@ -398,9 +398,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
             print(f"key {key.key_id.hex()[:12]} already signed {path.name}; skipped")
             continue
         sigs.append(Signature(key.key_id, key.sign(message)))
-    path.write_bytes(encode_signed_event(SignedEvent(event.body, tuple(sigs))))
+    # Sorted by key id, whatever order the signers came in: the only encoding the ledger takes.
+    signatures = canonical_signatures(sigs)
+    path.write_bytes(encode_signed_event(SignedEvent(event.body, signatures)))
     body = decode_body(event.body)
-    print(f"{path}: {body.type} {body.event_id.hex()} now has {len(sigs)} signature(s)")
+    print(f"{path}: {body.type} {body.event_id.hex()} now has {len(signatures)} signature(s)")
     return 0
 
 

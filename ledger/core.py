@@ -22,7 +22,13 @@ from ledger.formats import (
     make_entry,
 )
 from ledger.merkle import MerkleTree
-from ledger.rules import RuleViolationError, VerifiedSignature, Violation, check
+from ledger.rules import (
+    RuleViolationError,
+    VerifiedSignature,
+    Violation,
+    check,
+    signature_order_violation,
+)
 from ledger.state import LedgerState
 
 
@@ -31,24 +37,35 @@ class Receipt:
     seq: int
     leaf_hash: bytes
     received_at: int
-    duplicate: bool = False  # True when the same signed event was already in the log
+    duplicate: bool = False  # True when the same event (the same body bytes) was already in the log
 
 
 class DuplicateEventIdError(StewardError):
-    """The event id is in the log with different content."""
+    """The event id is in the log with a different body."""
 
     def __init__(self, event_id: bytes, seq: int) -> None:
         super().__init__(
-            f"event_id {event_id.hex()} is already at seq {seq} with different content"
+            f"event_id {event_id.hex()} is already at seq {seq} with a different body"
         )
         self.event_id = event_id
         self.seq = seq
 
 
 def event_digest(event: SignedEvent | ReceivedEvent) -> bytes:
-    """What makes two submissions "the same signed event" for idempotency: its encoding."""
+    """The SHA-256 of a signed event's encoding (body and signatures)."""
     encoded = event.encoding() if isinstance(event, ReceivedEvent) else encode_signed_event(event)
     return hashlib.sha256(encoded).digest()
+
+
+def body_digest(body_bytes: bytes) -> bytes:
+    """What makes two submissions "the same event" for idempotency: the body bytes signed.
+
+    Not the signatures: they attest the body, and a retry may carry another valid set (a
+    co-signer added, one left out) or a bystander may have submitted a subset first. Either
+    way the event is in the log, so the retry gets the original receipt and the entry keeps the
+    signatures it was first accepted with (docs/FORMAT.md "One event, one encoding").
+    """
+    return hashlib.sha256(body_bytes).digest()
 
 
 class LedgerCore:
@@ -57,7 +74,7 @@ class LedgerCore:
         # Only tests and the vector generator keep entries; the server reads its store.
         self.entries: list[LogEntry] | None = [] if keep_entries else None
         self.tree = MerkleTree()
-        # event_id -> receipt and event_id -> digest of the signed event, for idempotent
+        # event_id -> receipt and event_id -> digest of the event's body, for idempotent
         # retries (two maps rather than one of pairs: a pair per entry is one more object for
         # the cyclic collector to walk, forever).
         self._receipts: dict[bytes, Receipt] = {}
@@ -77,16 +94,17 @@ class LedgerCore:
 
     def existing_receipt(self, event: SignedEvent, *, body: EventBody | None = None,
                          digest: bytes | None = None) -> Receipt | None:
-        """The original receipt when this exact event is already in the log.
+        """The original receipt when this event (the same body bytes) is already in the log,
+        whatever signatures the retry carries (see :func:`body_digest`).
 
-        Raises DuplicateEventIdError when the id is taken by different content. `body` and `digest`,
-        when given, are ``decode_body(event.body)`` and ``event_digest(event)``.
+        Raises DuplicateEventIdError when the id is taken by a different body. `body` and `digest`,
+        when given, are ``decode_body(event.body)`` and ``body_digest(event.body)``.
         """
         body = decode_body(event.body) if body is None else body
         receipt = self._receipts.get(body.event_id)
         if receipt is None:
             return None
-        if self._digests[body.event_id] != (event_digest(event) if digest is None else digest):
+        if self._digests[body.event_id] != (body_digest(event.body) if digest is None else digest):
             raise DuplicateEventIdError(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
@@ -114,20 +132,23 @@ class LedgerCore:
         return e
 
     def commit(self, e: LogEntry, *, digest: bytes | None = None) -> Receipt:
-        """Fold a prepared entry; `digest`, when given, is the event_digest of its event."""
+        """Fold a prepared entry; `digest`, when given, is the body_digest of its event."""
         self.state.apply(e)
         self.tree.append(e.leaf_hash)
         if self.entries is not None:
             self.entries.append(e)
         receipt = Receipt(e.entry.seq, e.leaf_hash, e.entry.received_at)
         if digest is None:
-            digest = event_digest(SignedEvent(e.entry.body, e.entry.signatures))
+            digest = body_digest(e.entry.body)
         self._receipts[e.body.event_id] = receipt
         self._digests[e.body.event_id] = digest
         return receipt
 
     def append(self, event: SignedEvent, clock: Callable[[], int]) -> Receipt:
         """Check and fold one event in memory (no store): for tests and vectors."""
+        order = signature_order_violation(event.signatures)  # before the retry lookup, as staging
+        if order is not None:
+            raise RuleViolationError(order)
         existing = self.existing_receipt(event)
         if existing is not None:
             return existing

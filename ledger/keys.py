@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,21 @@ class PrivateKey:
 
 
 def sign_body(body_bytes: bytes, keys: list[PrivateKey] | tuple[PrivateKey, ...]) -> SignedEvent:
-    """A SignedEvent carrying one signature per key over the body's signed bytes."""
+    """A SignedEvent carrying one signature per distinct key over the body's signed bytes,
+    sorted by key id: the one encoding the ledger accepts (see :func:`canonical_signatures`)."""
     message = signed_bytes(body_bytes)
     return SignedEvent(
         body=body_bytes,
-        signatures=tuple(Signature(key_id=k.key_id, sig=k.sign(message)) for k in keys),
+        signatures=canonical_signatures(Signature(key_id=k.key_id, sig=k.sign(message)) for k in keys),
     )
+
+
+def canonical_signatures(signatures: Iterable[Signature]) -> tuple[Signature, ...]:
+    """`signatures` sorted by key id, the first of each key kept: one event, one encoding.
+
+    Every signer (this module, ``steward sign``) builds its list through here, so what it hands
+    out is the encoding the rules accept (``ledger.rules.signature_order_violation``)."""
+    by_key: dict[bytes, Signature] = {}
+    for s in signatures:
+        by_key.setdefault(s.key_id, s)
+    return tuple(by_key[k] for k in sorted(by_key))

@@ -9,9 +9,11 @@ log) live here, not in :mod:`ledger.state`, because the rules read the state and
 never imports the rules. The ledger (at ingest) and the controller (at replay) share this
 module; the auditor has its own, independent implementation of the same rules.
 
-Thresholds are counted by distinct *principal*: two keys of one principal, or the same key
-twice, count once. A signature by a revoked key, an expired key or an unknown key rejects the
-whole event, so a stale key can never help reach a threshold.
+Thresholds are counted by distinct *principal*: two keys of one principal count once (and one
+key may not be listed twice at all: an event's signatures are sorted by key id, each key once,
+so that one event has one encoding). A signature by a revoked key, an expired key or an unknown
+key rejects the whole event, so a stale key can never help reach a threshold. Names and free
+text must be well formed (:mod:`ledger.names`).
 
 One idea, read top to bottom (hence its length): the violation codes, then :func:`check`
 (the chain and structure, the signatures and thresholds), then the rules of each event type.
@@ -45,10 +47,12 @@ from ledger.formats import (
     PolicySet,
     ProposalSubmitted,
     RolloutStep,
+    Signature,
     payload_hashes,
     signed_bytes,
 )
 from ledger.keys import PublicKey, key_id
+from ledger.names import first_payload_problem
 from ledger.state import ACTIVE_PHASES, KeyInfo, LedgerState, ProposalState
 
 # Categories say what a client should do about a violation; the gRPC layer maps them to
@@ -74,8 +78,11 @@ CODES: dict[str, str] = {
     "REF_UNKNOWN": PRECONDITION,  # a ref names no entry of the log
     "REF_MISSING": MALFORMED,  # the payload names an entry that refs does not list
     "INVALID_FIELD": MALFORMED,  # a field out of its domain (Violation.field names it)
+    "NAME_INVALID": MALFORMED,  # a namespace, Deployment name or principal that is not well formed (ledger.names)
+    "TEXT_INVALID": MALFORMED,  # free text with a control character or over its length cap (ledger.names)
     # Signatures and keys
     "NO_SIGNATURES": UNAUTHENTICATED,  # the event carries no signature
+    "SIGNATURES_NOT_CANONICAL": MALFORMED,  # signatures not in ascending key-id order, or a key twice
     "UNKNOWN_KEY": UNAUTHENTICATED,  # a signature by a key never granted on this ledger
     "BAD_SIGNATURE": UNAUTHENTICATED,  # a signature does not verify over the signed bytes
     "KEY_REVOKED": PERMISSION,  # a signature by a key revoked before this entry
@@ -170,6 +177,26 @@ class _Signers(NamedTuple):
 VerifiedSignature = tuple[bytes, bytes, bytes]
 
 
+def signature_order_violation(signatures: Sequence[Signature]) -> Violation | None:
+    """One event has one encoding: its signatures in strictly ascending key-id order.
+
+    Listing a key twice or reordering the list would otherwise give a second, equally valid
+    encoding of the same signed event, which a bystander could submit first (docs/FORMAT.md).
+    The writer refuses such a submission before anything else (``ledger.staging``) and the rules
+    refuse such an entry wherever it comes from.
+    """
+    for i in range(1, len(signatures)):
+        before, here = signatures[i - 1].key_id, signatures[i].key_id
+        if here <= before:
+            return _v(
+                "SIGNATURES_NOT_CANONICAL", f"signatures[{i}]",
+                f"key {here.hex()} "
+                + ("is listed twice" if here == before else f"follows key {before.hex()}")
+                + "; signatures must be sorted by key id (bytewise ascending), each key once",
+            )
+    return None
+
+
 def _verify_signatures(
     state: LedgerState, e: LogEntry, known: dict[bytes, KeyInfo],
     verified: Container[VerifiedSignature] = (),
@@ -178,6 +205,10 @@ def _verify_signatures(
     sigs = e.entry.signatures
     if not sigs:
         return _v("NO_SIGNATURES", "signatures", "the event carries no signature, expected at least one")
+    if len(sigs) > 1:
+        order = signature_order_violation(sigs)
+        if order is not None:
+            return order
     body = e.entry.body
     if body[:2] != SINGLE_OBJECT_MAGIC:
         signed_bytes(body)  # raises its FormatError, before any signature is looked at
@@ -204,7 +235,7 @@ def _verify_signatures(
                 message = signed_bytes(body)
             if not PublicKey(info.public_key).verify(sig.sig, message):
                 return _v("BAD_SIGNATURE", f"signatures[{i}]", f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
-        seen[sig.key_id] = info  # the same key twice counts once
+        seen[sig.key_id] = info
     keys = tuple(seen.values())
     return _Signers(keys, frozenset([k.principal for k in keys]))
 
@@ -276,6 +307,9 @@ def check(state: LedgerState, e: LogEntry,
     for h in payload_hashes(payload):
         if h not in body.refs:
             return _v("REF_MISSING", "refs", f"the payload names entry {h.hex()}, which refs does not list")
+    problem = first_payload_problem(payload)
+    if problem is not None:
+        return _v(problem.code, problem.field, problem.message)
 
     if isinstance(payload, LedgerGenesis):
         return _check_genesis(e, payload)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ledger.core import event_digest
+from ledger.core import body_digest
 from ledger.errors import StewardError
 from ledger.formats import EventBody, ReceivedEvent, decode_body, decode_received_event
-from ledger.rules import VerifiedSignature
+from ledger.rules import RuleViolationError, VerifiedSignature, signature_order_violation
 from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.state import KeyInfo
 
@@ -26,7 +26,7 @@ class StagedEvent:
     size: int  # bytes as submitted
     received: ReceivedEvent | None = None
     body: EventBody | None = None
-    digest: bytes = b""  # event_digest(event), for idempotency
+    digest: bytes = b""  # body_digest(event.body), for idempotency
     error: StewardError | None = None
 
 
@@ -63,11 +63,16 @@ def decode(signed_events: Sequence[bytes], keys: Mapping[bytes, KeyInfo]) -> Dec
     for raw in signed_events:
         try:
             received = decode_received_event(raw)
+            # One event, one encoding: a reordered or repeated signature list is refused here,
+            # before the retry lookup, so it can never stand for (or shadow) the author's event.
+            order = signature_order_violation(received.event.signatures)
+            if order is not None:
+                raise RuleViolationError(order)
             body = decode_body(received.event.body)
         except StewardError as exc:
             staged.append(StagedEvent(len(raw), error=exc))
             continue
-        staged.append(StagedEvent(len(raw), received, body, event_digest(received)))
+        staged.append(StagedEvent(len(raw), received, body, body_digest(received.event.body)))
         pending.add(received.event.body, received.event.signatures)
     return DecodedBatch(tuple(staged), pending)
 

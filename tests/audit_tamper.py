@@ -338,6 +338,26 @@ def _wrong_fingerprint() -> Log:
     return b.rechained(entries)
 
 
+def _reordered_signatures() -> Log:
+    """A second encoding of a root-signed grant: its two signatures listed in the other order."""
+    b = Builder().clean()
+    grant = b.flow.grant_key(b.cast["carol"].principal, b.cast.extra_key("carol-2", seed=b.seed), ("approver",))
+    b.forge(SignedEvent(grant.body, tuple(reversed(grant.signatures))))
+    return b.log()
+
+
+def _deployment_name_not_dns() -> Log:
+    b = Builder().clean()
+    b.forge(b.flow.propose("registry.example/model-server:v9", deployment="Model-Server"))
+    return b.log()
+
+
+def _control_character_in_text() -> Log:
+    b = Builder().clean()
+    b.forge(b.flow.kill(KillScope("GLOBAL"), reason="ok\n42 KillSwitchReleased GLOBAL"))
+    return b.log()
+
+
 TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "flipped byte in a body": ("BAD_SIGNATURE", _flip_body_byte),
     "swapped signature": ("SIGNATURE_SWAPPED", _swap_signature),
@@ -358,6 +378,9 @@ TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "checkpoint signed by the wrong key": ("CHECKPOINT_BAD_SIGNATURE", _checkpoint_wrong_key),
     "checkpoint with the wrong root": ("CHECKPOINT_ROOT_MISMATCH", _checkpoint_wrong_root),
     "wrong schema fingerprint": ("UNKNOWN_FINGERPRINT", _wrong_fingerprint),
+    "signatures out of key-id order": ("SIGNATURES_NOT_CANONICAL", _reordered_signatures),
+    "Deployment name that is no DNS-1123 subdomain": ("NAME_INVALID", _deployment_name_not_dns),
+    "newline in a kill switch reason": ("TEXT_INVALID", _control_character_in_text),
 }
 
 FORK = ("CHECKPOINT_FORK", _fork)

@@ -9,6 +9,7 @@ import pytest
 from ledger.core import DuplicateEventIdError
 from ledger.events import new_body, sign
 from ledger.formats import (
+    ApprovalRecorded,
     EvalRecorded,
     KillScope,
     KillSwitchEngaged,
@@ -446,6 +447,135 @@ def test_fold_of_the_log_equals_the_live_state(h: Harness) -> None:
 
 def _entries(h: Harness):  # type: ignore[no-untyped-def]
     return list(h.core.entries)
+
+
+# -- one event, one encoding (issue #14, attack 5) --------------------------------------------
+
+
+def _released(h: Harness) -> SignedEvent:
+    """A release of TARGET signed by alice and bob, once everything it needs is in the log."""
+    p, _ = h.approved()
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.kill(TARGET))
+    h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    return h.flow.release(TARGET, signers=("alice", "bob"))
+
+
+def test_signers_sort_signatures_by_key_id_and_list_each_key_once(h: Harness) -> None:
+    event = h.flow.release(TARGET, signers=("bob", "alice", "bob"))
+    ids = [s.key_id for s in event.signatures]
+    assert ids == sorted({h.cast["alice"].key.key_id, h.cast["bob"].key.key_id})
+
+
+def test_reordered_signatures_are_refused_as_malformed(h: Harness) -> None:
+    event = _released(h)
+    reordered = SignedEvent(event.body, tuple(reversed(event.signatures)))
+    err = h.refused(reordered, "SIGNATURES_NOT_CANONICAL")
+    assert err.violation.field == "signatures[1]" and err.violation.category == "malformed"
+    h.ok(event)
+
+
+def test_a_key_listed_twice_is_refused_as_malformed(h: Harness) -> None:
+    event = _released(h)
+    first, second = event.signatures
+    h.refused(SignedEvent(event.body, (first, first, second)), "SIGNATURES_NOT_CANONICAL")
+    h.refused(SignedEvent(event.body, (first, second, second)), "SIGNATURES_NOT_CANONICAL")
+    h.ok(event)
+
+
+def test_check_refuses_an_entry_with_unsorted_signatures_whatever_its_source(h: Harness) -> None:
+    # What the controller's replay and a server replaying its store run: rules.check itself.
+    event = _released(h)
+    st = h.core.state
+    e = make_entry(st.size, st.last_hash, SignedEvent(event.body, tuple(reversed(event.signatures))), h.tick())
+    violation = check(st, e)
+    assert violation is not None and violation.code == "SIGNATURES_NOT_CANONICAL"
+
+
+def test_a_retry_with_the_same_body_returns_the_original_receipt(h: Harness) -> None:
+    event = _released(h)
+    first = h.core.append(event, h.tick)
+    again = h.core.append(event, h.tick)
+    assert again.duplicate and (again.seq, again.leaf_hash) == (first.seq, first.leaf_hash)
+
+
+def test_a_retry_with_another_valid_signature_set_returns_the_original_receipt(h: Harness) -> None:
+    # A bystander submits a valid subset first; the author's full set is the same event.
+    p, _ = h.approved()
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.kill(TARGET))
+    h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    full = h.flow.release(TARGET, signers=("alice", "bob", "carol"))
+    ids = {h.cast[a].key.key_id for a in ("alice", "bob")}
+    subset = SignedEvent(full.body, tuple(s for s in full.signatures if s.key_id in ids))
+    first = h.core.append(subset, h.tick)
+    retry = h.core.append(full, h.tick)
+    assert retry.duplicate and (retry.seq, retry.leaf_hash) == (first.seq, first.leaf_hash)
+    assert h.core.entries is not None and h.core.entries[-1].entry.signatures == subset.signatures
+
+
+# -- names and text (issue #14, attack 6) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("namespace, deployment, field", [
+    ("models", "model-server ", "payload.target.deployment"),
+    ("models", "Model-Server", "payload.target.deployment"),
+    ("models", "model-server\n12 KillSwitchReleased", "payload.target.deployment"),
+    ("models", "-model", "payload.target.deployment"),
+    ("models", "m" * 254, "payload.target.deployment"),
+    ("Models", "model-server", "payload.target.namespace"),
+    ("models.prod", "model-server", "payload.target.namespace"),
+    ("m" * 64, "model-server", "payload.target.namespace"),
+])
+def test_proposal_target_must_be_dns_1123(h: Harness, namespace: str, deployment: str, field: str) -> None:
+    h.base(namespace="*")
+    err = h.refused(h.flow.propose(namespace=namespace, deployment=deployment), "NAME_INVALID")
+    assert err.violation.field == field and err.violation.category == "malformed"
+
+
+def test_dns_1123_names_at_their_limits_are_accepted(h: Harness) -> None:
+    h.base(namespace="*")
+    h.ok(h.flow.propose(namespace="n" * 63, deployment=".".join(["d" * 63] * 4)[:253].rstrip(".")))
+
+
+def test_policy_selector_and_kill_scope_names_must_be_dns_1123(h: Harness) -> None:
+    h.ok(h.flow.genesis())
+    for grant in h.flow.grants():
+        h.ok(grant)
+    h.refused(h.flow.policy(namespace="Models"), "NAME_INVALID")
+    h.refused(h.flow.policy(deployment="model server"), "NAME_INVALID")
+    h.ok(h.flow.policy())
+    err = h.refused(h.flow.kill(KillScope("TARGET", "models", "model-server\n")), "NAME_INVALID")
+    assert err.violation.field == "payload.scope.deployment"
+
+
+def test_principal_name_must_use_the_documented_characters(h: Harness) -> None:
+    h.ok(h.flow.genesis())
+    key = h.cast.extra_key("x", seed="rules")
+    for bad in ("human:alice smith", "human:alice\nhuman:mallory", "human:-alice", "agent:a/b",
+                "human:" + "a" * 201, "service:caf\u00e9"):
+        err = h.refused(h.flow.grant_key(bad, key, ("proposer",)), "NAME_INVALID")
+        assert err.violation.field == "payload.principal"
+    h.ok(h.flow.grant_key("human:alice.o+x_y-z@example.org", key, ("proposer",)))
+
+
+@pytest.mark.parametrize("text", ["line\nforged", "tab\there", "bell\a", "\x1b[2J", "rtl\u202eevil",
+                                  "zero\u200bwidth", "sep\u2028", "x" * 4097])
+def test_free_text_without_control_characters_and_within_its_cap(h: Harness, text: str) -> None:
+    h.proposal()
+    err = h.refused(h.flow.kill(GLOBAL, reason=text), "TEXT_INVALID")
+    assert err.violation.field == "payload.reason"
+
+
+def test_free_text_fields_of_each_type_are_checked(h: Harness) -> None:
+    p, evals = h.evaluated()
+    bad = "x\ny"
+    h.refused(h.flow.event(ApprovalRecorded(p, "APPROVE", evals, bad), "alice"), "TEXT_INVALID")
+    h.refused(h.flow.event(EvalRecorded(p, bad, (Metric("m", 1.0),), "d"), "evalbot"), "TEXT_INVALID")
+    err = h.refused(h.flow.event(EvalRecorded(p, "s", (Metric(bad, 1.0),), "d"), "evalbot"), "TEXT_INVALID")
+    assert err.violation.field == "payload.metrics[0].name"
+    h.refused(h.flow.revoke(h.cast["agent"].key.key_id, reason=bad), "TEXT_INVALID")
+    h.ok(h.flow.kill(GLOBAL, reason="unicode is fine: café, 日本語, emoji 🚦"))
 
 
 def test_every_violation_code_has_a_test() -> None:
