@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from audit.names import printable
+
 # code -> (verification step, what it means). docs/AUDIT.md carries the same table.
 CODES: dict[str, tuple[int, str]] = {
     # 0 trust input
@@ -122,7 +124,7 @@ class Finding:
         text = f"[{self.code}] {where}: {self.message}"
         if self.observed or self.expected:
             text += f" (observed: {self.observed or '-'}; expected: {self.expected or '-'})"
-        return text
+        return printable(text)  # messages quote the log: one finding, one line
 
 
 @dataclass(slots=True)

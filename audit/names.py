@@ -60,6 +60,15 @@ def text_fault(value: str, limit: int) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """`text` with control and invisible characters written as escapes (``\\n``, ``\\u202e``):
+    what the reports show, so a stored value, even one these rules now refuse, stays on its line."""
+    if text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BANNED else c
+                   for c in text)
+
+
 def _fields(p: Any) -> list[tuple[str, str, str]]:
     """(field, kind of check, value) for each name and text field of payload `p`."""
     t, out = type(p), []

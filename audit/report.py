@@ -7,10 +7,17 @@ import json
 from typing import Any
 
 from audit.findings import CODES, STEP_NAMES, Report
+from audit.names import printable
+
+
+def _h(value: str) -> str:
+    """A value from the log, for HTML: control and invisible characters escaped, then markup."""
+    return html.escape(printable(value))
 
 
 def text(report: Report, source: str) -> str:
-    lines = [f"steward-audit: {source}", f"  ledger {report.ledger or '?'} origin {report.origin or '?'}",
+    lines = [f"steward-audit: {printable(source)}",
+             printable(f"  ledger {report.ledger or '?'} origin {report.origin or '?'}"),
              f"  {report.entries} entries, {report.checkpoints} checkpoints, {report.seconds:.2f} s"]
     for step, name in STEP_NAMES.items():
         status = report.steps_run.get(step, "not run")
@@ -98,15 +105,15 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
             pts.append(f"{x(e.at):.1f},{y(last_w):.1f}")
         pts.append(f"{x(t1):.1f},{y(last_w):.1f}")
         parts.append(f'<polyline fill="none" stroke="{color[p]}" stroke-width="2" points="{" ".join(pts)}">'
-                     f"<title>{html.escape(report.proposals.get(p.hex(), p.hex()[:16]))}</title></polyline>")
+                     f"<title>{_h(report.proposals.get(p.hex(), p.hex()[:16]))}</title></polyline>")
     for e in events:
         if e.kind == "step":
             parts.append(f'<circle cx="{x(e.at):.1f}" cy="{y(e.weight or 0):.1f}" r="3" fill="{color.get(e.proposal or b"", "#000")}">'
-                         f"<title>seq {e.seq}: {html.escape(e.label)} {e.weight}%</title></circle>")
+                         f"<title>seq {e.seq}: {_h(e.label)} {e.weight}%</title></circle>")
         else:
             glyph, c = _MARK.get(e.kind, ("?", "#000"))
             parts.append(f'<text x="{x(e.at):.1f}" y="{height - bottom + 18}" text-anchor="middle" fill="{c}">{glyph}'
-                         f"<title>seq {e.seq}: {html.escape(e.label)}</title></text>")
+                         f"<title>seq {e.seq}: {_h(e.label)}</title></text>")
     legend = "  ".join(f"{g} {k}" for k, (g, _) in _MARK.items())
     parts.append(f'<text x="{left}" y="{height - 12}">{html.escape(legend)} — lines: canary weight per proposal</text>')
     parts.append("</svg>")
@@ -116,7 +123,7 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
 def as_html(report: Report, source: str) -> str:
     rows = "".join(
         f"<tr><td>{f.seq if f.seq is not None else '-'}{'' if f.record is None else f' (record #{f.record})'}</td><td>{f.step}</td><td><code>{f.code}</code></td>"
-        f"<td>{html.escape(f.message)}</td><td>{html.escape(f.observed)}</td><td>{html.escape(f.expected)}</td></tr>"
+        f"<td>{_h(f.message)}</td><td>{_h(f.observed)}</td><td>{_h(f.expected)}</td></tr>"
         for f in report.findings
     )
     steps = "".join(
@@ -132,7 +139,7 @@ def as_html(report: Report, source: str) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>steward-audit report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
 .ok{{color:#2ca02c}}.bad{{color:#d62728}}</style></head><body>
-<h1>steward-audit</h1><p>{html.escape(source)} — ledger <b>{html.escape(report.ledger)}</b>, origin {html.escape(report.origin)},
+<h1>steward-audit</h1><p>{_h(source)} — ledger <b>{_h(report.ledger)}</b>, origin {_h(report.origin)},
 {report.entries} entries, {report.checkpoints} checkpoints</p>
 <h2 class="{'ok' if report.ok else 'bad'}">{verdict}</h2>
 <h2>Rollout timeline</h2>{timeline_svg(report)}

@@ -51,6 +51,7 @@ from ledger.formats import (
     signed_bytes,
 )
 from ledger.keys import PrivateKey, PublicKey, canonical_signatures
+from ledger.names import printable
 from ledger.rules import check
 from ledger.state import LedgerState
 
@@ -421,20 +422,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_document(state), indent=2))
         return 0
-    print(f"ledger {state.ledger} ({state.origin}): {state.size} entries, root threshold {state.root_threshold}")
+    print(printable(f"ledger {state.ledger} ({state.origin}): {state.size} entries, root threshold {state.root_threshold}"))
     if state.kill_switches:
         from ledger.timeline import scope_text
 
         for scope, seq in state.kill_switches.items():
-            print(f"  KILL SWITCH ENGAGED: {scope_text(scope)} since seq {seq}")
+            print(printable(f"  KILL SWITCH ENGAGED: {scope_text(scope)} since seq {seq}"))
     for doc in status_document(state)["proposals"]:
         if args.proposal and not doc["hash"].startswith(args.proposal):
             continue
-        print(f"  proposal {doc['hash'][:12]} {doc['target']} → {doc['candidate']}: {doc['phase']}"
-              f" step {doc['step']} weight {doc['weight']}%, approvals {len(doc['approvers'])}/{doc['approvals_required']}"
-              f" ({', '.join(doc['approvers']) or 'none'})")
+        print(printable(
+            f"  proposal {doc['hash'][:12]} {doc['target']} → {doc['candidate']}: {doc['phase']}"
+            f" step {doc['step']} weight {doc['weight']}%, approvals {len(doc['approvers'])}/{doc['approvals_required']}"
+            f" ({', '.join(doc['approvers']) or 'none'})"))
         for suite, ev in doc["evals"].items():
-            print(f"      eval {suite}: {'pass' if ev['passed'] else 'FAIL ' + '; '.join(ev['failures'])}")
+            print(printable(f"      eval {suite}: {'pass' if ev['passed'] else 'FAIL ' + '; '.join(ev['failures'])}"))
     return 0
 
 

@@ -110,6 +110,19 @@ def text_problem(value: str, limit: int = LABEL_MAX) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """`text` with each control or invisible character written as its escape (``\\n``,
+    ``\\x1b``, ``\\u202e``): what every printer shows, so that stored data, even from a ledger
+    older than these rules, cannot start a line, move the cursor or reorder what is read."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(c) in _FORBIDDEN_CATEGORIES else c
+        for c in text
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Every name and text field of an event payload
 

@@ -25,6 +25,7 @@ from ledger.formats import (
     RolloutStep,
 )
 from ledger.keys import key_id
+from ledger.names import printable
 from ledger.rules import check
 from ledger.state import LedgerState, eval_failures
 
@@ -105,14 +106,16 @@ def describe(state: LedgerState, e: LogEntry) -> str:
 
 
 def lines(entries: Iterable[LogEntry], state: LedgerState | None = None) -> Iterator[str]:
-    """Timeline lines, folding as it goes; entries that break a rule are shown as refused."""
+    """Timeline lines, folding as it goes; entries that break a rule are shown as refused.
+
+    Each line is one line: what the log holds is shown escaped (:func:`ledger.names.printable`)."""
     state = state if state is not None else LedgerState()
     for e in entries:
         violation = check(state, e)
         stamp = f"{e.seq:>5}  {when(e.entry.received_at)}  {e.body.type:<18}"
         if violation is not None:
-            yield f"{stamp}  !! invalid entry, ignored: {violation}"
+            yield printable(f"{stamp}  !! invalid entry, ignored: {violation}")
             continue
         text = describe(state, e)
         state.apply(e)
-        yield f"{stamp}  {text}"
+        yield printable(f"{stamp}  {text}")

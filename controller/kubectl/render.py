@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.kubectl.rows import ClusterView, DeploymentRow, PodRow, RolloutInfo
+from ledger.names import printable
 
 ICONS = {"Healthy": "✔", "Running": "✔", "Promoted": "✔", "Progressing": "◌", "Pending": "◌",
          "Paused": "‖", "ScaledDown": "•", "Terminating": "•", "Degraded": "✖", "Failed": "✖",
@@ -75,9 +76,10 @@ def render_header(info: RolloutInfo, cluster: ClusterView) -> list[str]:
         rows.append(("Last seq", str(info.last_seq)))
     rows.append(("Source", info.source))
     width = max(len(k) for k, _ in rows) + 2
-    lines = [f"{(k + ':') if k else '':<{width}}{v}".rstrip() for k, v in rows]
+    # Values come from the log and the cluster: escaped, so none can forge a line.
+    lines = [f"{(k + ':') if k else '':<{width}}{printable(v)}".rstrip() for k, v in rows]
     if cluster.error:
-        lines.append(f"{'Cluster:':<{width}}{cluster.error}")
+        lines.append(f"{'Cluster:':<{width}}{printable(cluster.error)}")
     return lines
 
 
@@ -139,7 +141,7 @@ def render_tree(root: Node) -> list[str]:
 
     def walk(n: Node, prefix: str, last: bool, top: bool) -> None:
         lead = "" if top else prefix + ("└──" if last else "├──")
-        rows.append((f"{lead}{n.icon} {n.name}", n))
+        rows.append((printable(f"{lead}{n.icon} {n.name}"), n))
         child_prefix = "" if top else prefix + ("   " if last else "│  ")
         for i, c in enumerate(n.children):
             walk(c, child_prefix, i == len(n.children) - 1, False)
@@ -151,8 +153,8 @@ def render_tree(root: Node) -> list[str]:
     w_age = max(len("AGE"), *(len(n.age) for _, n in rows)) + 2
     out = [f"{'NAME':<{w_name}}{'KIND':<{w_kind}}{'STATUS':<{w_status}}{'AGE':<{w_age}}INFO"]
     for label, n in rows:
-        out.append(f"{label:<{w_name}}{n.kind:<{w_kind}}{status_text(n.status):<{w_status}}"
-                   f"{n.age:<{w_age}}{n.info}".rstrip())
+        out.append(printable(f"{label:<{w_name}}{n.kind:<{w_kind}}{status_text(n.status):<{w_status}}"
+                             f"{n.age:<{w_age}}{n.info}").rstrip())
     return out
 
 
@@ -170,7 +172,7 @@ def render_list(rollouts: Sequence[RolloutInfo], *, all_namespaces: bool) -> str
         row = [r.namespace] if all_namespaces else []
         row += [r.name, r.proposal[:12], r.deployment, r.phase, step, f"{r.weight}%",
                 f"{r.approval_count}{need}", r.candidate_image]
-        rows.append(row)
+        rows.append([printable(c) for c in row])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
