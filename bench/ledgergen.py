@@ -48,7 +48,7 @@ from ledger.merkle import MerkleTree
 from ledger.scenario import CAST, Cast
 
 # Bump when the workload changes: cached ledgers of another version are rebuilt.
-GEN_VERSION = 1
+GEN_VERSION = 2  # 2: signatures sorted by key id (one event, one encoding)
 LEDGER = "bench"
 ORIGIN = "steward.dev/ledger/bench"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so the bytes are reproducible
