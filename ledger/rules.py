@@ -36,6 +36,7 @@ from ledger.formats import (
     SINGLE_OBJECT_MAGIC,
     ApprovalRecorded,
     EvalRecorded,
+    EventBody,
     HealthReported,
     KeyGranted,
     KeyRevoked,
@@ -103,6 +104,8 @@ CODES: dict[str, str] = {
     "EVAL_FAILED": PRECONDITION,  # approving over a failing latest eval
     "EVAL_NOT_FOR_PROPOSAL": PRECONDITION,  # a decision names an entry that is no eval of this proposal
     "APPROVAL_NOT_BOUND_TO_LATEST_EVAL": PRECONDITION,  # an approval not naming exactly the latest eval of each required suite
+    "DECISION_NOT_AFTER_LATEST_ROLLBACK": PRECONDITION,  # a decision whose refs do not name exactly the proposal's latest rollback
+    "HEALTH_NOT_FOR_CURRENT_RUN": PRECONDITION,  # a health report whose refs do not name exactly the current run of its step
     # Rollouts
     "APPROVALS_INSUFFICIENT": PRECONDITION,  # too few valid approvals by distinct principals to go forward
     "VETOED": PRECONDITION,  # a standing rejection under a veto policy
@@ -116,6 +119,7 @@ CODES: dict[str, str] = {
     # Kill switches
     "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,  # releasing a scope that is not engaged
     "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,  # engaging a scope that is already engaged
+    "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT": PRECONDITION,  # a release whose refs do not name exactly the engagement it releases
 }
 
 
@@ -329,15 +333,15 @@ def check(state: LedgerState, e: LogEntry,
     if isinstance(payload, EvalRecorded):
         return _check_eval(state, signers, payload)
     if isinstance(payload, ApprovalRecorded):
-        return _check_approval(state, signers, payload)
+        return _check_approval(state, signers, payload, body)
     if isinstance(payload, HealthReported):
-        return _check_health(state, signers, payload)
+        return _check_health(state, signers, payload, body)
     if isinstance(payload, RolloutStep):
         return _check_rollout_step(state, signers, payload, e)
     if isinstance(payload, KillSwitchEngaged):
         return _check_kill_engaged(state, signers, payload)
     if isinstance(payload, KillSwitchReleased):
-        return _check_kill_released(state, signers, payload)
+        return _check_kill_released(state, signers, payload, body)
     raise AssertionError(f"unhandled payload {body.type}")  # decoding admits no other type
 
 
@@ -509,7 +513,26 @@ def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Viola
     return None
 
 
-def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded) -> Violation | None:
+def _bound_to_current(state: LedgerState, body: EventBody, kind: str, code: str, rule: str) -> Violation | None:
+    """The refs of `body` that name entries of type `kind` must be exactly those the current
+    state expects for its payload (:meth:`LedgerState.binding_refs`): an authorization signed
+    for an earlier state, or in advance of the state it would authorize, names another entry
+    or none, and is refused."""
+    named = [r for r in body.refs if state.entry_types.get(r) == kind]
+    expected = state.binding_refs(body.payload)
+    if sorted(named) == sorted(expected):
+        return None
+    return _v(
+        code, "refs",
+        f"{rule}: expected refs to name {_hashes(expected) or f'no {kind}'}, observed {_hashes(named) or f'no {kind}'}",
+    )
+
+
+def _hashes(hashes: Sequence[bytes]) -> str:
+    return ", ".join(h.hex()[:16] for h in hashes)
+
+
+def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded, body: EventBody) -> Violation | None:
     judged = _judge_of(state, signers, p.proposal, "approver", "ApprovalRecorded", "SELF_APPROVAL",
                        "approve or reject")
     if isinstance(judged, Violation):
@@ -524,6 +547,10 @@ def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded) 
         )
     if proposal.phase == "PROMOTED":
         return _v("PROPOSAL_CLOSED", "payload.proposal", "the proposal was already promoted")
+    violation = _bound_to_current(state, body, "RolloutStep", "DECISION_NOT_AFTER_LATEST_ROLLBACK",
+                                  "a decision names the proposal's latest rollback, if there is one")
+    if violation:
+        return violation
     for i, h in enumerate(p.evals):
         if state.evals.get(h) != p.proposal:
             return _v("EVAL_NOT_FOR_PROPOSAL", f"payload.evals[{i}]", f"entry {h.hex()} is not an eval of this proposal")
@@ -547,7 +574,7 @@ def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded) 
     return None
 
 
-def _check_health(state: LedgerState, signers: _Signers, p: HealthReported) -> Violation | None:
+def _check_health(state: LedgerState, signers: _Signers, p: HealthReported, body: EventBody) -> Violation | None:
     violation = _single_author(signers, ["monitor"], "HealthReported")
     if violation:
         return violation
@@ -556,7 +583,11 @@ def _check_health(state: LedgerState, signers: _Signers, p: HealthReported) -> V
         return proposal
     if p.step < 0 or p.step >= len(state.policy_of(proposal).plan):
         return _v("STEP_NOT_IN_PLAN", "payload.step", f"step {p.step} is outside the plan of {len(state.policy_of(proposal).plan)} steps")
-    return None
+    # A report on the step now running names the entry that began this run; a report on a
+    # step not running names none and can open no gate (a gate counts reports since its run
+    # began, and while it runs every accepted report names it).
+    return _bound_to_current(state, body, "RolloutStep", "HEALTH_NOT_FOR_CURRENT_RUN",
+                             "a health report names the RolloutStep that began the run of its step, while it runs")
 
 
 def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violation | None:
@@ -685,17 +716,32 @@ def _check_kill_engaged(state: LedgerState, signers: _Signers, p: KillSwitchEnga
     return None
 
 
-def _check_kill_released(state: LedgerState, signers: _Signers, p: KillSwitchReleased) -> Violation | None:
+def _check_kill_released(state: LedgerState, signers: _Signers, p: KillSwitchReleased,
+                         body: EventBody) -> Violation | None:
     violation = _check_scope(state, p.scope)
     if violation:
         return violation
     if p.scope not in state.kill_switches:
         return _v("KILL_SWITCH_NOT_ENGAGED", "payload.scope", "no kill switch is engaged for this scope")
-    k = state.kill_release_threshold(p.scope)
+    violation = _bound_to_current(state, body, "KillSwitchEngaged", "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+                                  "a release names the engagement it releases")
+    if violation:
+        return violation
+    # Every governing policy must be met on its own terms (LedgerState.kill_release_requirements).
+    requirements, stopped_proposers = state.kill_release_requirements(p.scope)
     approvers = signers.principals_with("approver")
-    if len(approvers) < k:
+    for req in requirements:
+        counted = {a for a in approvers if a not in stopped_proposers and a.split(":", 1)[0] in req.kinds}
+        if len(counted) >= req.approvals:
+            continue
+        why = [f"{a} (proposer of a rollout this switch stopped)" if a in stopped_proposers
+               else f"{a} (kind not in {', '.join(req.kinds)})" for a in sorted(approvers - counted)]
+        under = f" under policy {req.policy_id}" if req.policy_id else ""
         return _v(
             "THRESHOLD_NOT_MET", "signatures",
-            f"releasing a kill switch needs {k} distinct approver principals, observed {len(approvers)}",
+            f"releasing this kill switch needs {req.approvals} distinct approver principals of kind "
+            f"{' or '.join(req.kinds)}{under}, observed {len(counted)}"
+            + (f" ({', '.join(sorted(counted))})" if counted else "")
+            + (f"; not counted: {'; '.join(why)}" if why else ""),
         )
     return None

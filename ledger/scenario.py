@@ -4,12 +4,19 @@ Used by the test suites, the committed test vectors, the demo and the benchmarks
 of them exercise the same realistic story: genesis by two of three roots, key grants, a
 policy, an agent's proposal, evals, human approvals, rollout steps, a kill switch and its
 release. Keys come from fixed seeds when asked (vectors), fresh randomness otherwise.
+
+Authorizations are bound to the state they authorize (docs/GOVERNANCE.md): a release names the
+engagement it releases, a decision the proposal's latest rollback, a health report the run of
+its step. Given a view of the current state (``Flow(state=...)``: the in-memory ledger's, or
+:func:`followed_state` over a client's reads), the flow adds those refs itself, as the
+``steward`` CLI does, so the story reads the same; ``refs=`` adds more (tests of refusals sign
+events with explicit refs through :meth:`Flow.event`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ledger.events import new_body, sign
@@ -23,9 +30,11 @@ from ledger.formats import (
     KillSwitchEngaged,
     KillSwitchReleased,
     LedgerGenesis,
+    LogEntry,
     Metric,
     ModelRef,
     ObservedState,
+    Payload,
     PlanStep,
     PolicySet,
     ProposalOrigin,
@@ -38,6 +47,7 @@ from ledger.formats import (
     TargetSelector,
 )
 from ledger.keys import PrivateKey
+from ledger.state import LedgerState
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,9 @@ class Flow:
     origin: str = "steward.dev/ledger/demo"
     clock: Callable[[], int] | None = None
     ids: Callable[[], bytes] | None = None
+    # The current state of the ledger the events go to; when given, approvals, health reports
+    # and releases name what binds them to it (LedgerState.binding_refs).
+    state: Callable[[], LedgerState] | None = None
     _counter: int = field(default=0)
 
     def _body_kw(self) -> dict[str, object]:
@@ -113,6 +126,11 @@ class Flow:
     def event(self, payload: object, *signers: str, refs: tuple[bytes, ...] = ()) -> SignedEvent:
         body = new_body(self.ledger, payload, refs=refs, **self._body_kw())  # type: ignore[arg-type]
         return sign(body, *(self.cast[s].key for s in signers))
+
+    def bound(self, payload: Payload, *signers: str) -> SignedEvent:
+        """An authorization naming what binds it to the current state, if the flow sees one."""
+        refs = self.state().binding_refs(payload) if self.state is not None else ()
+        return self.event(payload, *signers, refs=refs)
 
     def signed_by_keys(self, payload: object, *keys: PrivateKey) -> SignedEvent:
         body = new_body(self.ledger, payload, **self._body_kw())  # type: ignore[arg-type]
@@ -189,10 +207,10 @@ class Flow:
         )
 
     def approve(self, proposal: bytes, evals: tuple[bytes, ...], signer: str, *, decision: str = "APPROVE") -> SignedEvent:
-        return self.event(ApprovalRecorded(proposal, decision, evals, "looks good" if decision == "APPROVE" else "no"), signer)
+        return self.bound(ApprovalRecorded(proposal, decision, evals, "looks good" if decision == "APPROVE" else "no"), signer)
 
     def health(self, proposal: bytes, step: int, healthy: bool = True, *, signer: str = "monitor") -> SignedEvent:
-        return self.event(HealthReported(proposal, step, healthy, (Metric("error_rate", 0.001),)), signer)
+        return self.bound(HealthReported(proposal, step, healthy, (Metric("error_rate", 0.001),)), signer)
 
     def step(self, proposal: bytes, step: int, weight: int, phase: str, *, signer: str = "controller",
              reason: str = "", observed: ObservedState | None = None) -> SignedEvent:
@@ -203,4 +221,18 @@ class Flow:
         return self.event(KillSwitchEngaged(scope, reason), signer)
 
     def release(self, scope: KillScope, signers: tuple[str, ...] = ("alice", "bob")) -> SignedEvent:
-        return self.event(KillSwitchReleased(scope, "investigated, safe"), *signers)
+        return self.bound(KillSwitchReleased(scope, "investigated, safe"), *signers)
+
+
+def followed_state(read: Callable[[int], Iterable[LogEntry]]) -> Callable[[], LedgerState]:
+    """The current state of a ledger read through `read(start_seq)` (e.g. ``LedgerClient.read``):
+    each call folds the entries appended since the last one. The entries are the ledger's,
+    already checked by it; this is for signing the next event, not for verifying the log."""
+    state = LedgerState()
+
+    def current() -> LedgerState:
+        for e in read(state.size):
+            state.apply(e)
+        return state
+
+    return current

@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from ledger.formats import (
+    PRINCIPAL_KINDS,
     ZERO_HASH,
     ApprovalRecorded,
     EvalRecorded,
@@ -29,6 +30,7 @@ from ledger.formats import (
     KillSwitchReleased,
     LedgerGenesis,
     LogEntry,
+    Payload,
     PolicySet,
     ProposalSubmitted,
     RolloutStep,
@@ -91,9 +93,33 @@ class StepInfo:
     step: int
     weight: int
     phase: str
+    # The RolloutStep entry's hash: what a decision after a rollback, and a health report on
+    # a run of a step, name in their refs to bind themselves to it.
+    entry_hash: bytes
 
 
 ACTIVE_PHASES = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """The engaged kill switch of one scope: the entry a release must name, and whom it stopped."""
+
+    entry_hash: bytes
+    # The proposals whose rollout was active under the scope when it was engaged: their
+    # proposers never count towards releasing it.
+    stopped: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class ReleaseRequirement:
+    """One policy's terms for releasing a kill switch: `approvals` distinct approver principals
+    of `kinds`. `policy_id` is empty where no policy governs the scope (then every kind counts
+    and the root threshold is the number)."""
+
+    policy_id: str
+    approvals: int
+    kinds: tuple[str, ...]
 
 
 @dataclass
@@ -134,6 +160,22 @@ class ProposalState:
                 return s
         return None
 
+    @property
+    def current_run(self) -> StepInfo | None:
+        """The record that entered the step running now; None unless the rollout is active.
+
+        A health report judges this run and names this entry (a step that runs again after a
+        rollback is a new run, with a new entry)."""
+        return self.step_started if self.phase in ACTIVE_PHASES else None
+
+    @property
+    def latest_rollback(self) -> StepInfo | None:
+        """The proposal's last ROLLED_BACK record: every later decision names it."""
+        for s in reversed(self.steps):
+            if s.phase == "ROLLED_BACK":
+                return s
+        return None
+
 
 @dataclass
 class LedgerState:
@@ -156,6 +198,7 @@ class LedgerState:
     proposals: dict[bytes, ProposalState] = field(default_factory=dict)
     evals: MutableMapping[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    engagements: dict[KillScope, Engagement] = field(default_factory=dict)  # the same scopes
     # (namespace, deployment) -> hashes of the proposals whose rollout there is active
     # (STARTED, ADVANCED or PAUSED); kept by `apply`, so `active_rollout_on` needs no scan.
     active_rollouts: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
@@ -225,17 +268,60 @@ class LedgerState:
             and a.approver.split(":", 1)[0] in policy.approver_kinds
         )
 
-    def kill_release_threshold(self, scope: KillScope) -> int:
-        """k for releasing a kill switch: from the policy covering the scope, at least 1."""
+    def kill_release_requirements(self, scope: KillScope) -> tuple[list[ReleaseRequirement], frozenset[str]]:
+        """What releasing the engaged switch of `scope` takes: every requirement must be met,
+        each counting only approver principals of its kinds, never one of the returned
+        principals (the proposers of the rollouts the switch stopped).
+
+        The policies that govern a release: those of the rollouts the switch stopped, plus the
+        policy covering the scope itself (the proposal's for PROPOSAL, the one selecting the
+        target for TARGET, every policy for GLOBAL, which holds every target). A switch holding
+        several policies is released only by signatures that satisfy each on its own terms
+        (its k, its approver kinds): the strictest policy is never diluted by a laxer one, and
+        no combination of kinds can lock a switch for good as an intersection of kinds could.
+        Without any policy, k is the root threshold and every kind counts.
+        """
+        engagement = self.engagements.get(scope)
+        stopped = [self.proposals[h] for h in engagement.stopped] if engagement else []
+        governing: dict[str, PolicySet] = {}
+        for proposal in stopped:
+            governing.setdefault(proposal.policy_id, self.policy_of(proposal))
         if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
-            return self.policy_of(self.proposals[scope.proposal]).kill_release_approvals
-        if scope.kind == "TARGET":
+            proposal = self.proposals[scope.proposal]
+            governing.setdefault(proposal.policy_id, self.policy_of(proposal))
+        elif scope.kind == "TARGET":
             info = self.policy_for(scope.namespace, scope.deployment)
             if info is not None:
-                return info.policy.kill_release_approvals
-        if scope.kind == "GLOBAL" and self.policies:
-            return max(p.policy.kill_release_approvals for p in self.policies.values())
-        return max(self.root_threshold, 1)
+                governing.setdefault(info.policy.policy_id, info.policy)
+        elif scope.kind == "GLOBAL":
+            for info in self.policies.values():
+                governing.setdefault(info.policy.policy_id, info.policy)
+        excluded = frozenset(p.proposer for p in stopped)
+        if not governing:
+            return [ReleaseRequirement("", max(self.root_threshold, 1), PRINCIPAL_KINDS)], excluded
+        return [
+            ReleaseRequirement(pid, policy.kill_release_approvals, policy.approver_kinds)
+            for pid, policy in sorted(governing.items())
+        ], excluded
+
+    def binding_refs(self, payload: Payload) -> tuple[bytes, ...]:
+        """The entries an authorization signed now must name in its refs to bind itself to
+        the state it authorizes (empty when there is none): a release names the engagement it
+        releases, a decision the proposal's latest rollback, a health report the run of the
+        step it judges. Clients call this on their folded state before they sign."""
+        if isinstance(payload, KillSwitchReleased):
+            engagement = self.engagements.get(payload.scope)
+            return (engagement.entry_hash,) if engagement else ()
+        if isinstance(payload, ApprovalRecorded | HealthReported):
+            proposal = self.proposals.get(payload.proposal)
+            if proposal is None:
+                return ()
+            if isinstance(payload, ApprovalRecorded):
+                rollback = proposal.latest_rollback
+                return (rollback.entry_hash,) if rollback else ()
+            run = proposal.current_run
+            return (run.entry_hash,) if run is not None and run.step == payload.step else ()
+        return ()
 
     def active_rollout_on(self, namespace: str, deployment: str) -> ProposalState | None:
         active = self.active_rollouts.get((namespace, deployment))
@@ -244,6 +330,13 @@ class LedgerState:
         # The rules allow one active rollout per target; were there more, the oldest proposal
         # wins, as the scan over `proposals` (in log order) used to decide.
         return min((self.proposals[h] for h in active), key=lambda p: p.seq)
+
+    def _active_under(self, scope: KillScope) -> frozenset[bytes]:
+        """The proposals with an active rollout that `scope` covers."""
+        return frozenset(
+            h for hashes in self.active_rollouts.values() for h in hashes
+            if _covers(scope, self.proposals[h])
+        )
 
     # -- folding -------------------------------------------------------------------------
 
@@ -301,7 +394,7 @@ class LedgerState:
         elif isinstance(payload, RolloutStep):
             proposal = self.proposals[payload.proposal]
             proposal.steps.append(
-                StepInfo(seq, e.entry.received_at, payload.step, payload.weight, payload.phase)
+                StepInfo(seq, e.entry.received_at, payload.step, payload.weight, payload.phase, h)
             )
             if payload.phase == "ROLLED_BACK":
                 proposal.decision_floor = seq
@@ -315,13 +408,24 @@ class LedgerState:
                     del self.active_rollouts[where]
         elif isinstance(payload, KillSwitchEngaged):
             self.kill_switches[payload.scope] = seq
+            self.engagements[payload.scope] = Engagement(h, self._active_under(payload.scope))
         elif isinstance(payload, KillSwitchReleased):
             del self.kill_switches[payload.scope]
+            del self.engagements[payload.scope]
         self.event_ids[body.event_id] = seq
         self.entry_types[h] = body.type
         self.entry_seqs[h] = seq
         self.size = seq + 1
         self.last_hash = h
+
+
+def _covers(scope: KillScope, proposal: ProposalState) -> bool:
+    target = proposal.proposal.target
+    if scope.kind == "GLOBAL":
+        return True
+    if scope.kind == "TARGET":
+        return (scope.namespace, scope.deployment) == (target.namespace, target.deployment)
+    return scope.proposal == proposal.entry_hash
 
 
 def eval_failures(policy: PolicySet, ev: EvalRecorded) -> tuple[str, ...]:

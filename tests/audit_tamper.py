@@ -62,8 +62,8 @@ class Builder:
 
     def __post_init__(self) -> None:
         self.cast = Cast.create(seed=self.seed)
-        self.flow = Flow(self.cast, clock=lambda: self.now)
         self.core = LedgerCore(keep_entries=True)
+        self.flow = Flow(self.cast, clock=lambda: self.now, state=lambda: self.core.state)
 
     def tick(self, ms: int = 1000) -> int:
         self.now += ms
@@ -219,7 +219,7 @@ def _fork() -> tuple[Log, str]:
     a = Builder().clean()
     saved = a.log().checkpoints[2]  # size 24, covering the first rollout's steps
     b = Builder()
-    b.cast, b.flow = a.cast, Flow(a.cast, clock=lambda: b.now)
+    b.cast, b.flow = a.cast, Flow(a.cast, clock=lambda: b.now, state=lambda: b.core.state)
     b.core = LedgerCore(keep_entries=True)
     for e in a.entries[:17]:  # up to the approvals of the first proposal
         b.core.commit(e)

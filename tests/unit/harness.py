@@ -22,7 +22,7 @@ class Harness:
     core: LedgerCore = field(default_factory=lambda: LedgerCore(keep_entries=True))
 
     def __post_init__(self) -> None:
-        self.flow = Flow(self.cast, clock=lambda: self.now)
+        self.flow = Flow(self.cast, clock=lambda: self.now, state=lambda: self.core.state)
 
     def tick(self, ms: int = 1000) -> int:
         self.now += ms

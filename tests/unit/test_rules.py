@@ -11,12 +11,17 @@ from ledger.events import new_body, sign
 from ledger.formats import (
     ApprovalRecorded,
     EvalRecorded,
+    HealthReported,
     KillScope,
     KillSwitchEngaged,
+    KillSwitchReleased,
     Metric,
     PlanStep,
+    PolicySet,
     Signature,
     SignedEvent,
+    TargetSelector,
+    decode_body,
     make_entry,
 )
 from ledger.rules import CODES, check, fold
@@ -432,6 +437,124 @@ def test_after_a_release_nothing_resumes_without_a_fresh_decision(h: Harness) ->
     h.ok(h.flow.approve(p, evals, "alice"))
     h.ok(h.flow.approve(p, evals, "bob"))
     h.ok(h.flow.step(p, 0, 10, "STARTED"))
+
+
+# -- authorizations bound to the state they authorize (#14, attacks 2-4) ---------------------
+
+
+def _release(h: Harness, scope: KillScope, signers: tuple[str, ...], *refs: bytes) -> SignedEvent:
+    return h.flow.event(KillSwitchReleased(scope, "safe"), *signers, refs=refs)
+
+
+def test_a_release_names_exactly_the_engagement_it_releases(h: Harness) -> None:
+    p, _ = h.approved()
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    first = h.ok(h.flow.kill(TARGET))
+    rolled_back = h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    h.refused(_release(h, TARGET, ("alice", "bob")), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    h.refused(_release(h, TARGET, ("alice", "bob"), rolled_back), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    stale = _release(h, TARGET, ("alice", "carol"), first)
+    h.ok(_release(h, TARGET, ("alice", "bob"), first))
+    second = h.ok(h.flow.kill(TARGET))
+    h.refused(stale, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    # Naming the current engagement and an older one as well is not naming it exactly.
+    h.refused(_release(h, TARGET, ("alice", "bob"), second, first), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    assert h.core.state.binding_refs(KillSwitchReleased(TARGET, "")) == (second,)
+    h.ok(h.flow.release(TARGET))  # the flow binds it from the state
+    assert TARGET not in h.core.state.engagements
+
+
+def test_release_never_counts_the_proposer_of_a_stopped_rollout(h: Harness) -> None:
+    # approver_kinds includes agents here, so only the stopped-proposer rule keeps it out.
+    p, _ = h.approved(kinds=("human", "agent"))
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.kill(GLOBAL))
+    assert h.core.state.engagements[GLOBAL].stopped == frozenset({p})
+    err = h.refused(h.flow.release(GLOBAL, signers=("agent", "alice")), "THRESHOLD_NOT_MET")
+    assert "proposer of a rollout this switch stopped" in str(err)
+    h.ok(h.flow.release(GLOBAL, signers=("alice", "bob")))
+
+
+def test_release_counts_only_the_policys_approver_kinds(h: Harness) -> None:
+    h.base(kinds=("human",), kill_release=1)
+    h.ok(h.flow.kill(TARGET))  # nothing running: the proposer rule plays no part
+    err = h.refused(h.flow.release(TARGET, signers=("agent",)), "THRESHOLD_NOT_MET")
+    assert "kind not in human" in str(err)
+    h.ok(h.flow.release(TARGET, signers=("agent", "alice")))
+
+
+def test_a_global_release_meets_every_policy_on_its_own_terms(h: Harness) -> None:
+    h.base(kinds=("human",), kill_release=2)
+    lab = dataclasses.replace(_policy(h), policy_id="lab", selector=TargetSelector("lab", "*"),
+                              approver_kinds=("agent",), kill_release_approvals=1)
+    h.ok(h.flow.event(lab, "root1", "root2"))
+    h.ok(h.flow.kill(GLOBAL))
+    requirements, _ = h.core.state.kill_release_requirements(GLOBAL)
+    assert [(r.policy_id, r.approvals, r.kinds) for r in requirements] == [
+        ("default", 2, ("human",)), ("lab", 1, ("agent",))]
+    h.refused(h.flow.release(GLOBAL, signers=("alice", "bob")), "THRESHOLD_NOT_MET")  # lab unmet
+    h.refused(h.flow.release(GLOBAL, signers=("agent", "alice")), "THRESHOLD_NOT_MET")  # default unmet
+    h.ok(h.flow.release(GLOBAL, signers=("agent", "alice", "bob")))
+
+
+def _policy(h: Harness) -> PolicySet:
+    payload = decode_body(h.flow.policy().body).payload
+    assert isinstance(payload, PolicySet)
+    return payload
+
+
+def test_a_decision_after_a_rollback_names_the_latest_rollback(h: Harness) -> None:
+    p, evals = h.approved()
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    # Before any rollback a decision names none.
+    first_run = h.core.state.proposals[p].steps[-1].entry_hash
+    h.refused(_decision(h, p, evals, "carol", "APPROVE", first_run), "DECISION_NOT_AFTER_LATEST_ROLLBACK")
+    withheld = [_decision(h, p, evals, "alice", "APPROVE"), _decision(h, p, evals, "carol", "REJECT")]
+    h.ok(h.flow.kill(TARGET))
+    first = h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    h.ok(h.flow.release(TARGET))
+    for decision in withheld:  # signed before the rollback: an approval and a veto alike
+        h.refused(decision, "DECISION_NOT_AFTER_LATEST_ROLLBACK")
+    h.ok(_decision(h, p, evals, "alice", "APPROVE", first))
+    h.ok(h.flow.approve(p, evals, "bob"))
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.kill(TARGET))
+    h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    h.refused(_decision(h, p, evals, "alice", "APPROVE", first), "DECISION_NOT_AFTER_LATEST_ROLLBACK")
+
+
+def _decision(h: Harness, p: bytes, evals: tuple[bytes, bytes], signer: str, decision: str,
+              *refs: bytes) -> SignedEvent:
+    return h.flow.event(ApprovalRecorded(p, decision, evals, "c"), signer, refs=refs)
+
+
+def test_a_health_report_names_the_current_run_of_its_step(h: Harness) -> None:
+    p, evals = h.approved()
+    # Nothing runs yet: a report names no run, and can open no gate later.
+    h.ok(h.flow.health(p, 1, True))
+    started = h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.refused(_report(h, p, 0), "HEALTH_NOT_FOR_CURRENT_RUN")  # its step runs: it must name it
+    h.refused(_report(h, p, 1, started), "HEALTH_NOT_FOR_CURRENT_RUN")  # step 1 does not run
+    h.ok(_report(h, p, 0, started))
+    first_run = h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    h.refused(_report(h, p, 1, started), "HEALTH_NOT_FOR_CURRENT_RUN")  # another step's run
+    withheld = _report(h, p, 1, first_run)
+    h.ok(h.flow.kill(TARGET))
+    rolled_back = h.ok(h.flow.step(p, 1, 0, "ROLLED_BACK"))
+    h.refused(_report(h, p, 1, first_run), "HEALTH_NOT_FOR_CURRENT_RUN")  # rolled back: no run
+    h.ok(h.flow.release(TARGET))
+    h.ok(_decision(h, p, evals, "alice", "APPROVE", rolled_back))
+    h.ok(_decision(h, p, evals, "bob", "APPROVE", rolled_back))
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    h.refused(withheld, "HEALTH_NOT_FOR_CURRENT_RUN")
+    h.refused(h.flow.step(p, 2, 100, "ADVANCED"), "HEALTH_GATE")
+    h.ok(h.flow.health(p, 1, True))  # the flow names the run from the state
+    h.ok(h.flow.step(p, 2, 100, "ADVANCED"))
+
+
+def _report(h: Harness, p: bytes, step: int, *refs: bytes) -> SignedEvent:
+    return h.flow.event(HealthReported(p, step, True, ()), "monitor", refs=refs)
 
 
 def test_fold_of_the_log_equals_the_live_state(h: Harness) -> None:

@@ -42,9 +42,10 @@ class _Counter:
 def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     counter = _Counter()
     cast = Cast.create(seed=SEED)
-    flow = Flow(cast, ledger="vectors", origin="steward.dev/ledger/vectors",
-                clock=lambda: counter.clock, ids=counter.event_id)
     core = LedgerCore(keep_entries=True)
+    # With the state, the flow binds approvals, health reports and the release (refs).
+    flow = Flow(cast, ledger="vectors", origin="steward.dev/ledger/vectors",
+                clock=lambda: counter.clock, ids=counter.event_id, state=lambda: core.state)
     submitted: list[SignedEvent] = []
 
     def add(event: SignedEvent) -> bytes:
@@ -69,6 +70,9 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     add(flow.kill(scope))
     add(flow.step(proposal, 1, 0, "ROLLED_BACK"))
     add(flow.release(scope))
+    # Decisions after the rollback name it: the rollout may start again on them.
+    add(flow.approve(proposal, evals, "alice"))
+    add(flow.approve(proposal, evals, "bob"))
     return core, cast, flow, submitted
 
 
