@@ -75,9 +75,12 @@ CODES: dict[str, tuple[int, str]] = {
     "EVALS_MISSING": (9, "an approval before every required suite was evaluated"),
     "APPROVAL_NOT_BOUND": (9, "an approval not bound to the latest eval of every required suite"),
     "EVAL_FAILED_APPROVED": (9, "an approval over a failing eval"),
+    "DECISION_NOT_AFTER_LATEST_ROLLBACK": (9, "a decision whose refs do not name exactly its proposal's latest rollback (signed before it)"),
+    "HEALTH_NOT_FOR_CURRENT_RUN": (9, "a health report whose refs do not name exactly the run of its step now running"),
     "STEP_NOT_IN_PLAN": (9, "a health report for a step outside the plan"),
     "KILL_SWITCH_ALREADY_ENGAGED": (9, "engaging a kill switch that is engaged"),
     "KILL_SWITCH_NOT_ENGAGED": (9, "releasing a kill switch that is not engaged"),
+    "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT": (9, "a release whose refs do not name exactly the engagement it releases"),
     # 10 rollout conformance
     "ROLLOUT_WITHOUT_APPROVAL": (10, "canary weight or promotion without enough valid approvals"),
     "ROLLOUT_VETOED": (10, "a rollout moving forward over a veto"),

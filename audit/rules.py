@@ -297,12 +297,31 @@ def _check_eval_recorded(state: State, seq: int, p: EvalRecorded, signers: Signe
         out.append(Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats"))
 
 
-def _check_health_reported(state: State, seq: int, p: HealthReported, signers: Signers, out: list[Finding]) -> None:
+def _bound(state: State, seq: int, body: EventBody, code: str, what: str, out: list[Finding]) -> bool:
+    """An authorization names exactly the entries that bind it to the current state
+    (State.binding): one signed for an earlier state, or in advance, names another or none."""
+    named, expected = state.binding(body)
+    if named == expected:
+        return True
+    out.append(Finding(code, seq, what, ", ".join(sorted(h.hex()[:16] for h in named)) or "none",
+                       ", ".join(sorted(h.hex()[:16] for h in expected)) or "none"))
+    return False
+
+
+def _check_health_reported(state: State, seq: int, p: HealthReported, signers: Signers, out: list[Finding],
+                           body: EventBody) -> None:
     author = _single_author(signers, ("monitor",), "HealthReported", seq, out)
     prop = _proposal(state, p.proposal, seq, out)
-    if author is not None and prop is not None and not 0 <= p.step < len(state.policy(prop).plan):
+    if author is None or prop is None:
+        return
+    if not 0 <= p.step < len(state.policy(prop).plan):
         out.append(Finding("STEP_NOT_IN_PLAN", seq, "health report for a step outside the plan", str(p.step),
                            f"0..{len(state.policy(prop).plan) - 1}"))
+        return
+    # A report on a step not running names no run and can open no gate (gates count reports
+    # made since their run began).
+    _bound(state, seq, body, "HEALTH_NOT_FOR_CURRENT_RUN",
+           "a health report does not name the run of its step now running", out)
 
 
 def _check_kill_switch_engaged(state: State, seq: int, p: KillSwitchEngaged, signers: Signers, out: list[Finding]) -> None:
@@ -314,13 +333,35 @@ def _check_kill_switch_engaged(state: State, seq: int, p: KillSwitchEngaged, sig
                            f"engaged since seq {state.kills[p.scope]}", "a released scope"))
 
 
-def _check_kill_switch_released(state: State, seq: int, p: KillSwitchReleased, signers: Signers, out: list[Finding]) -> None:
+def _check_kill_switch_released(state: State, seq: int, p: KillSwitchReleased, signers: Signers, out: list[Finding],
+                                body: EventBody) -> None:
     if not _check_scope(state, p.scope, seq, out):
         return
     if p.scope not in state.kills:
         out.append(Finding("KILL_SWITCH_NOT_ENGAGED", seq, "releasing a scope that is not engaged"))
         return
-    _threshold(signers, "approver", state.release_threshold(p.scope), "KillSwitchReleased", seq, out)
+    if not _bound(state, seq, body, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+                  "a release does not name the engagement it releases", out):
+        return
+    # Each governing policy on its own terms: its k, its approver kinds, never a proposer of
+    # a rollout the switch stopped.
+    terms, excluded = state.release_terms(p.scope)
+    for policy_id, needed, kinds in terms:
+        ks = [k for k in signers.keys if "approver" in k.roles and k.principal not in excluded
+              and kind_of(k.principal) in kinds]
+        principals = {k.principal for k in ks}
+        if len(principals) >= needed:
+            continue
+        others = sorted({k.principal for k in signers.keys if "approver" in k.roles} - principals)
+        code = "DOUBLE_COUNTED" if len({k.key_id for k in ks}) >= needed else "THRESHOLD_NOT_MET"
+        out.append(Finding(
+            code, seq,
+            f"KillSwitchReleased needs {needed} distinct approver principals of kind {'/'.join(kinds)}"
+            + (f" under policy {policy_id}" if policy_id else "")
+            + (f"; not counted: {', '.join(others)} (kind not allowed, or proposer of a stopped rollout)" if others else ""),
+            f"{len(principals)} principal(s) {sorted(principals)}", f">= {needed} principals",
+        ))
+        return
 
 
 def check_payload(
@@ -331,9 +372,14 @@ def check_payload(
     check = _PAYLOAD_CHECKS.get(type(p))
     if check is not None:
         check(state, seq, p, signers, out)
+        return
+    bound_check = _BOUND_CHECKS.get(type(p))
+    if bound_check is not None:
+        bound_check(state, seq, p, signers, out, body)
 
 
-def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signers, out: list[Finding]) -> None:
+def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signers, out: list[Finding],
+                    body: EventBody) -> None:
     author = _single_author(signers, ("approver",), "ApprovalRecorded", seq, out)
     prop = _proposal(state, p.proposal, seq, out)
     if author is None or prop is None:
@@ -348,6 +394,9 @@ def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signer
         return
     if prop.phase == "PROMOTED":
         out.append(Finding("PROPOSAL_CLOSED", seq, "decision after promotion"))
+        return
+    if not _bound(state, seq, body, "DECISION_NOT_AFTER_LATEST_ROLLBACK",
+                  "a decision does not name its proposal's latest rollback (signed before it?)", out):
         return
     for h in p.evals:
         if state.evals.get(h) != p.proposal:
@@ -379,8 +428,11 @@ _PAYLOAD_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Findin
     PolicySet: _check_policy_set,
     ProposalSubmitted: _check_proposal_submitted,
     EvalRecorded: _check_eval_recorded,
+    KillSwitchEngaged: _check_kill_switch_engaged,
+}
+# The authorizations, which also read the body: its refs bind them to the state (#14).
+_BOUND_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Finding], EventBody], None]] = {
     ApprovalRecorded: _check_approval,
     HealthReported: _check_health_reported,
-    KillSwitchEngaged: _check_kill_switch_engaged,
     KillSwitchReleased: _check_kill_switch_released,
 }

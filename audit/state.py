@@ -78,6 +78,7 @@ class StepRecord:
     step: int
     weight: int
     phase: str
+    hash: bytes  # the RolloutStep entry, which later decisions and health reports name
 
 
 @dataclass
@@ -112,6 +113,24 @@ class ProposalRecord:
                 return s
         return None
 
+    def running(self) -> StepRecord | None:
+        """The entry that began the run of the current step, while the rollout is active."""
+        return self.entered() if self.phase in ACTIVE else None
+
+    def last_rollback(self) -> StepRecord | None:
+        for s in reversed(self.steps):
+            if s.phase == "ROLLED_BACK":
+                return s
+        return None
+
+
+@dataclass(frozen=True)
+class Engaged:
+    """An engaged kill switch: its entry, and the proposals whose active rollout it stopped."""
+
+    hash: bytes
+    stopped: frozenset[bytes]
+
 
 @dataclass
 class State:
@@ -127,6 +146,10 @@ class State:
     proposals: dict[bytes, ProposalRecord] = field(default_factory=dict)
     evals: dict[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kills: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
+    engaged: dict[KillScope, Engaged] = field(default_factory=dict)  # the same scopes
+    # Entry hashes of every valid RolloutStep and KillSwitchEngaged: which refs bind to what.
+    step_hashes: set[bytes] = field(default_factory=set)
+    engagement_hashes: set[bytes] = field(default_factory=set)
     # (namespace, deployment) -> hashes of the proposals whose rollout is active there, kept
     # by apply() so that finding the active rollout of a target does not scan every proposal.
     active: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
@@ -146,13 +169,8 @@ class State:
         return self.policies[p.policy_id][1]
 
     def covering_kill(self, p: ProposalRecord) -> KillScope | None:
-        t = p.proposal.target
         for scope in self.kills:
-            if (
-                scope.kind == "GLOBAL"
-                or (scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (t.namespace, t.deployment))
-                or (scope.kind == "PROPOSAL" and scope.proposal == p.hash)
-            ):
+            if covers(scope, p):
                 return scope
         return None
 
@@ -198,16 +216,51 @@ class State:
         """Every proposal with an active rollout, oldest first."""
         return sorted((self.proposals[h] for hs in self.active.values() for h in hs), key=lambda p: p.seq)
 
-    def release_threshold(self, scope: KillScope) -> int:
+    def release_terms(self, scope: KillScope) -> tuple[list[tuple[str, int, tuple[str, ...]]], frozenset[str]]:
+        """([(policy id, k, approver kinds)], excluded principals) for releasing `scope`.
+
+        Every listed policy must be met on its own: the policies of the rollouts the switch
+        stopped, and the policy covering the scope (the proposal's, the target's, or every
+        policy for GLOBAL). The proposers of the stopped rollouts never count. Without any
+        policy: the root threshold, any kind (policy id "").
+        """
+        engaged = self.engaged.get(scope)
+        stopped = [self.proposals[h] for h in engaged.stopped] if engaged else []
+        governing: dict[str, PolicySet] = {p.policy_id: self.policy(p) for p in stopped}
         if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
-            return self.policy(self.proposals[scope.proposal]).kill_release_approvals
-        if scope.kind == "TARGET":
+            prop = self.proposals[scope.proposal]
+            governing[prop.policy_id] = self.policy(prop)
+        elif scope.kind == "TARGET":
             pol = self.policy_for(scope.namespace, scope.deployment)
             if pol is not None:
-                return pol.kill_release_approvals
-        if scope.kind == "GLOBAL" and self.policies:
-            return max(p.kill_release_approvals for _, p in self.policies.values())
-        return max(self.root_threshold, 1)
+                governing[pol.policy_id] = pol
+        elif scope.kind == "GLOBAL":
+            governing.update((pid, pol) for pid, (_, pol) in self.policies.items())
+        excluded = frozenset(p.proposer for p in stopped)
+        if not governing:
+            return [("", max(self.root_threshold, 1), ("human", "agent", "service"))], excluded
+        return [(pid, pol.kill_release_approvals, tuple(pol.approver_kinds))
+                for pid, pol in sorted(governing.items())], excluded
+
+    def binding(self, body: EventBody) -> tuple[set[bytes], set[bytes]]:
+        """(named, expected): the refs of `body` binding it to a state, and those the state
+        folded so far expects, for a release (engagements), a decision (its proposal's latest
+        rollback) or a health report (the run of its step, while it runs)."""
+        p = body.payload
+        if type(p) is KillSwitchReleased:
+            engaged = self.engaged.get(p.scope)
+            return ({r for r in body.refs if r in self.engagement_hashes},
+                    {engaged.hash} if engaged else set())
+        named = {r for r in body.refs if r in self.step_hashes}
+        if type(p) is ApprovalRecorded:
+            prop = self.proposals.get(p.proposal)
+            rollback = prop.last_rollback() if prop is not None else None
+            return named, {rollback.hash} if rollback else set()
+        if type(p) is HealthReported:
+            prop = self.proposals.get(p.proposal)
+            run = prop.running() if prop is not None else None
+            return named, {run.hash} if run is not None and run.step == p.step else set()
+        return named, set()
 
 
 @dataclass(slots=True)
@@ -223,6 +276,15 @@ class Signers:
     def with_role(self, role: str) -> tuple[set[str], set[bytes]]:
         ks = [k for k in self.keys if role in k.roles]
         return {k.principal for k in ks}, {k.key_id for k in ks}
+
+
+def covers(scope: KillScope, p: ProposalRecord) -> bool:
+    t = p.proposal.target
+    return (
+        scope.kind == "GLOBAL"
+        or (scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (t.namespace, t.deployment))
+        or (scope.kind == "PROPOSAL" and scope.proposal == p.hash)
+    )
 
 
 def eval_passes(policy: PolicySet, ev: EvalRecorded) -> bool:
@@ -283,7 +345,8 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
         state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
     elif type(p) is RolloutStep:
         prop = state.proposals[p.proposal]
-        prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase))
+        prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase, leaf))
+        state.step_hashes.add(leaf)
         if p.phase == "ROLLED_BACK":
             prop.floor = seq
         t = prop.proposal.target
@@ -293,7 +356,11 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
             state.active.get((t.namespace, t.deployment), set()).discard(prop.hash)
     elif type(p) is KillSwitchEngaged:
         state.kills[p.scope] = seq
+        state.engaged[p.scope] = Engaged(leaf, frozenset(
+            q.hash for q in state.active_proposals() if covers(p.scope, q)))
+        state.engagement_hashes.add(leaf)
     elif type(p) is KillSwitchReleased:
         state.kills.pop(p.scope, None)
+        state.engaged.pop(p.scope, None)
     state.event_ids[body.event_id] = seq
     state.entries[leaf] = seq

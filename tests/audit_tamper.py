@@ -20,6 +20,7 @@ from ledger.core import LedgerCore
 from ledger.formats import (
     Entry,
     KillScope,
+    KillSwitchReleased,
     LogEntry,
     SignedEvent,
     decode_body,
@@ -358,6 +359,59 @@ def _control_character_in_text() -> Log:
     return b.log()
 
 
+def _stopped(b: Builder) -> tuple[bytes, tuple[bytes, bytes], KillScope, bytes, bytes]:
+    """A rollout on model-c stopped by a kill switch: (proposal, evals, scope, engagement, rollback)."""
+    p, evals = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    scope = KillScope("TARGET", "models", "model-c")
+    engaged = b.ok(b.flow.kill(scope))
+    return p, evals, scope, engaged, b.ok(b.flow.step(p, 0, 0, "ROLLED_BACK"))
+
+
+def _release_signed_in_advance() -> Log:
+    b = Builder().clean()
+    presigned = b.flow.event(KillSwitchReleased(KillScope("TARGET", "models", "model-c"), "early"), "alice", "bob")
+    _stopped(b)
+    b.forge(presigned)
+    return b.log()
+
+
+def _stopped_proposer_counted() -> Log:
+    b = Builder().clean()
+    _, _, scope, engaged, _ = _stopped(b)
+    b.forge(b.flow.event(KillSwitchReleased(scope, "mine"), "agent", "alice", refs=(engaged,)))
+    return b.log()
+
+
+def _decision_before_rollback() -> Log:
+    b = Builder().clean()
+    p, evals = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    withheld = b.flow.approve(p, evals, "alice")  # no rollback yet: names none
+    scope = KillScope("TARGET", "models", "model-c")
+    b.ok(b.flow.kill(scope))
+    b.ok(b.flow.step(p, 0, 0, "ROLLED_BACK"))
+    b.ok(b.flow.release(scope))
+    b.forge(withheld)
+    return b.log()
+
+
+def _health_for_an_earlier_run() -> Log:
+    b = Builder().clean()
+    p, evals = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    withheld = b.flow.health(p, 0, True)  # names this run of step 0
+    scope = KillScope("TARGET", "models", "model-c")
+    b.ok(b.flow.kill(scope))
+    b.ok(b.flow.step(p, 0, 0, "ROLLED_BACK"))
+    b.ok(b.flow.release(scope))
+    b.ok(b.flow.approve(p, evals, "alice"))
+    b.ok(b.flow.approve(p, evals, "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    b.forge(withheld)
+    return b.log()
+
+
 TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "flipped byte in a body": ("BAD_SIGNATURE", _flip_body_byte),
     "swapped signature": ("SIGNATURE_SWAPPED", _swap_signature),
@@ -381,6 +435,10 @@ TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "signatures out of key-id order": ("SIGNATURES_NOT_CANONICAL", _reordered_signatures),
     "Deployment name that is no DNS-1123 subdomain": ("NAME_INVALID", _deployment_name_not_dns),
     "newline in a kill switch reason": ("TEXT_INVALID", _control_character_in_text),
+    "release signed before the engagement": ("RELEASE_NOT_FOR_CURRENT_ENGAGEMENT", _release_signed_in_advance),
+    "stopped proposer counted towards release": ("THRESHOLD_NOT_MET", _stopped_proposer_counted),
+    "decision signed before the rollback": ("DECISION_NOT_AFTER_LATEST_ROLLBACK", _decision_before_rollback),
+    "health report for an earlier run": ("HEALTH_NOT_FOR_CURRENT_RUN", _health_for_an_earlier_run),
 }
 
 FORK = ("CHECKPOINT_FORK", _fork)
