@@ -370,19 +370,28 @@ def cmd_decide(args: argparse.Namespace, decision: str) -> int:
             info = proposal.latest_evals[s]
             print(f"binding to the latest {s} eval {info.entry_hash.hex()[:12]} ({'pass' if info.passed else 'FAIL'})")
     payload = ApprovalRecorded(proposal.entry_hash, decision, evals, args.comment)
-    event = sign(new_body(state.ledger, payload), *_keys(args))
+    rollback = proposal.latest_rollback
+    if rollback is not None:
+        print(f"binding to the latest rollback at seq {rollback.seq} ({rollback.entry_hash.hex()[:12]})")
+    event = sign(new_body(state.ledger, payload, refs=state.binding_refs(payload)), *_keys(args))
     return _deliver(args, event, client)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     client = _client(args)
-    state, _ = _fold(client) if args.proposal else (None, [])
+    # Engaging stays one round trip unless a proposal must be resolved; a release names the
+    # engagement it releases, which only the folded log tells.
+    releasing = args.action == "release"
+    state, _ = _fold(client) if args.proposal or releasing else (None, [])
     scope = _scope(args, state)
     ledger = state.ledger if state else _ledger_name(args, client)
-    payload: Payload = (
-        KillSwitchEngaged(scope, args.reason) if args.action == "engage" else KillSwitchReleased(scope, args.reason)
-    )
-    event = sign(new_body(ledger, payload), *_keys(args))
+    payload: Payload = KillSwitchReleased(scope, args.reason) if releasing else KillSwitchEngaged(scope, args.reason)
+    refs: tuple[bytes, ...] = ()
+    if releasing and state is not None:
+        refs = state.binding_refs(payload)  # none when nothing is engaged: the ledger says so
+        if refs:
+            print(f"binding to the engagement at seq {state.kill_switches[scope]} ({refs[0].hex()[:12]})")
+    event = sign(new_body(ledger, payload, refs=refs), *_keys(args))
     return _deliver(args, event, client)
 
 

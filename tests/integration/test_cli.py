@@ -15,6 +15,10 @@ import pytest
 
 from infra.processes import start_python, wait_for_port_file
 from ledger.checkpoint import verify_tlog_proof
+from ledger.client import LedgerClient
+from ledger.events import new_body, sign
+from ledger.formats import ObservedState, RolloutStep
+from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
 
 POLICY = """\
@@ -52,7 +56,7 @@ def _steward(workdir: Path, *args: str) -> None:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
-    for name in ("root1", "root2", "root3", "agent", "evalbot", "alice", "bob", "oncall", "ledger"):
+    for name in ("root1", "root2", "root3", "agent", "evalbot", "alice", "bob", "oncall", "controller", "ledger"):
         _steward(tmp_path, "keys", "new", f"{name}.pem")
     port_file = tmp_path / "port"
     server = start_python(
@@ -62,6 +66,24 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     )
     with server:
         yield Cli(tmp_path, f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}")
+
+
+@dataclass
+class _Controller:
+    """Signs rollout steps with the controller's key and appends them through the client."""
+
+    cli: Cli
+    proposal: bytes
+
+    def step(self, step: int, weight: int, phase: str) -> None:
+        client = LedgerClient(self.cli.server, timeout=10, retries=0)
+        try:
+            payload = RolloutStep(self.proposal, step, weight, phase, phase.lower(),
+                                  ObservedState(4, 0, 0, "registry.example/m:v1", ""))
+            key = PrivateKey.load(self.cli.workdir / "controller.pem")
+            client.append(sign(new_body("cli", payload), key))
+        finally:
+            client.close()
 
 
 def _hash(output: str) -> str:
@@ -82,6 +104,7 @@ def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
         ("human:alice@example.org", "alice", ("approver",)),
         ("human:bob@example.org", "bob", ("approver",)),
         ("human:oncall@example.org", "oncall", ("operator",)),
+        ("service:steward-controller", "controller", ("controller",)),
     ):
         role_args = [a for r in roles for a in ("--role", r)]
         cli.run("grant", "--principal", principal, "--public-key", f"{key}.pub.pem", *role_args, *roots)
@@ -105,13 +128,23 @@ def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
     assert doc["hash"] == proposal
     assert doc["approvers"] == ["human:alice@example.org", "human:bob@example.org"]
 
-    cli.run("kill", "engage", "--target", "models/model-server", "--reason", "error spike", "--key", "oncall.pem")
+    # The controller (a program, not a CLI user) starts the canary and rolls it back under
+    # the kill switch; the CLI's release and fresh approvals then name what binds them (#14).
+    controller = _Controller(cli, bytes.fromhex(proposal))
+    controller.step(0, 10, "STARTED")
+    engaged = _hash(cli.run("kill", "engage", "--target", "models/model-server", "--reason", "error spike",
+                            "--key", "oncall.pem").stdout)
+    controller.step(0, 0, "ROLLED_BACK")
     alone = cli.run("kill", "release", "--target", "models/model-server", "--key", "alice.pem", ok=False)
     assert "THRESHOLD_NOT_MET" in alone.stderr
-    cli.run("kill", "release", "--target", "models/model-server", "--out", "release.evt", "--key", "alice.pem")
+    out = cli.run("kill", "release", "--target", "models/model-server", "--out", "release.evt", "--key", "alice.pem")
+    assert "binding to the engagement at seq" in out.stdout and f"({engaged[:12]})" in out.stdout
     cli.run("sign", "release.evt", "--key", "bob.pem")
     cli.run("submit", "release.evt")
     assert json.loads(cli.run("status", "--json").stdout)["kill_switches"] == []
+    assert "binding to the latest rollback" in cli.run("approve", "--proposal", short, "--key", "alice.pem").stdout
+    cli.run("approve", "--proposal", short, "--key", "bob.pem")
+    controller.step(0, 10, "STARTED")  # the fresh approvals count
 
     timeline = cli.run("log").stdout
     assert "proposed registry.example/m:v2" in timeline
