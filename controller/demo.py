@@ -34,7 +34,7 @@ from ledger.client import LedgerClient
 from ledger.demo import ledger_server, narrator, save_keys, say
 from ledger.formats import KillScope, PlanStep, SignedEvent
 from ledger.rules import check
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.state import LedgerState
 from ledger.timeline import lines
 
@@ -177,6 +177,7 @@ def run(workdir: Path, keep_cluster: bool) -> int:
 
         address = stack.enter_context(ledger_server(workdir))
         client = LedgerClient(address)
+        flow.state = followed_state(client.read)  # approvals, reports and releases name their binding
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
 
         submit, refused = narrator(client)

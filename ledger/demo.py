@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.formats import KillScope, SignedEvent
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.timeline import lines
 
 PLAN_NOTE = "plan 10% → 50% (health-gated) → 100%, then promotion"
@@ -79,6 +79,7 @@ def run(workdir: Path) -> int:
     with ledger_server(workdir) as address:
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
         client = LedgerClient(address)
+        flow.state = followed_state(client.read)  # approvals, reports and releases name their binding
 
         submit, refused = narrator(client)
 

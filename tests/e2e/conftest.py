@@ -20,7 +20,7 @@ from infra.kube_workload import target_manifests
 from infra.processes import Child, start_python, wait_for, wait_for_port_file
 from ledger.client import LedgerClient
 from ledger.formats import PlanStep, SignedEvent, decode_log_entry
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.store.sqlite import SQLiteLogStore
 from tests.helpers.keys import write_checkpoint_key, write_principal_key
 
@@ -93,8 +93,9 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
         tmp_path / "ledger.log", cwd=REPO,
     )
     address = f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}"
-    flow = Flow(cast, ledger="e2e", origin="steward.dev/ledger/e2e")
-    led = Ledger(db, address, server, LedgerClient(address), flow, cast)
+    ledger_client = LedgerClient(address)
+    flow = Flow(cast, ledger="e2e", origin="steward.dev/ledger/e2e", state=followed_state(ledger_client.read))
+    led = Ledger(db, address, server, ledger_client, flow, cast)
     led.ok(flow.genesis())
     for grant in flow.grants():
         led.ok(grant)

@@ -37,7 +37,7 @@ from ledger.formats import (
 )
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.store.sqlite import SQLiteLogStore
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
@@ -88,7 +88,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     running = _start(tmp_path, cast, checkpoint_every_entries=5)
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
-        yield Env(running, client, cast, Flow(cast))
+        yield Env(running, client, cast, Flow(cast, state=followed_state(client.read)))
     finally:
         client.close()
         running.stop(None)
@@ -674,7 +674,7 @@ def flaky(tmp_path: Path) -> Iterator[tuple[Env, FlakyStore]]:
                                        checkpoint_every_entries=2, checkpoint_every_ms=0))
     client = LedgerClient(running.address, retries=0)
     try:
-        yield Env(running, client, cast, Flow(cast)), store
+        yield Env(running, client, cast, Flow(cast, state=followed_state(client.read))), store
     finally:
         client.close()
         running.stop(None)

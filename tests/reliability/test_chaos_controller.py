@@ -94,7 +94,7 @@ from ledger.formats import (
     decode_signed_event,
     encode_signed_event,
 )
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.store.sqlite import SQLiteLogStore
 from tests.helpers.keys import write_checkpoint_key, write_principal_key
 from tests.reliability.test_chaos import Ledger as Acks
@@ -481,7 +481,9 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
                          "crd/modelrollouts.steward.dev")
 
     cast = Cast.create()
-    flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl")
+    # Approvals and health reports name what binds them, read from the store (up while the server is down).
+    flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl",
+                state=followed_state(lambda start: read_log()[start:]))
     checkpoint_key = write_checkpoint_key(cast, tmp_path)
     controller_key = write_principal_key(cast, "controller", tmp_path)
     port = free_port()
