@@ -26,7 +26,7 @@ import pytest
 from audit.cli import main
 from ledger.client import LedgerClient
 from ledger.export import write_export, write_trust_root
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +38,8 @@ ENTRIES = 17  # not a multiple of CHECKPOINT_EVERY: the server's own checkpoints
 
 
 def _populate(address: str, cast: Cast) -> None:
-    flow = Flow(cast)
     with LedgerClient(address, timeout=10, retries=0) as client:
+        flow = Flow(cast, state=followed_state(client.read))
         def ok(event: object) -> bytes:
             return client.append(event).leaf_hash  # type: ignore[arg-type]
 

@@ -35,7 +35,7 @@ from ledger.formats import (
     make_entry,
     signed_bytes,
 )
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.store.sqlite import SQLiteLogStore
 from tests.audit_tamper import TAMPERS
@@ -74,7 +74,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
                                        checkpoint_every_ms=0))
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
-        yield Env(running, client, cast, Flow(cast))
+        yield Env(running, client, cast, Flow(cast, state=followed_state(client.read)))
     finally:
         client.close()
         running.stop(None)
@@ -98,7 +98,10 @@ def _engaged(env: Env) -> None:
 
 def _signed(env: Env, *signers: str) -> SignedEvent:
     """A release signed by `signers`, their signatures in exactly the order given."""
-    body = encode_body(new_body(env.flow.ledger, KillSwitchReleased(TARGET, "investigated, safe")))
+    payload = KillSwitchReleased(TARGET, "investigated, safe")
+    assert env.flow.state is not None
+    refs = env.flow.state().binding_refs(payload)  # the engagement it releases
+    body = encode_body(new_body(env.flow.ledger, payload, refs=refs))
     message = signed_bytes(body)
     keys = [env.cast[s].key for s in signers]
     return SignedEvent(body, tuple(Signature(k.key_id, k.sign(message)) for k in keys))

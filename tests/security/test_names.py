@@ -31,7 +31,7 @@ from ledger.formats import (
     SignedEvent,
     make_entry,
 )
-from ledger.scenario import Cast, Flow
+from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.timeline import lines
 from tests.audit_tamper import Builder
@@ -65,7 +65,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
                                        checkpoint_every_ms=0))
     client = LedgerClient(running.address, timeout=10, retries=0)
-    flow = Flow(cast)
+    flow = Flow(cast, state=followed_state(client.read))
     try:
         e = Env(running, client, flow)
         e.ok(flow.genesis())
