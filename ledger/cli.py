@@ -61,20 +61,39 @@ environment:
   STEWARD_KEY_PASSPHRASE    passphrase of encrypted key files (or name another
                             variable with --passphrase-env)
 
-a governance flow, end to end:
+a governance flow, end to end, from an empty directory (two roots, a ledger server
+on SQLite, an agent's proposal, evals, an approval, a kill switch engaged and released;
+policy.yaml as in docs/GOVERNANCE.md):
   steward keys new root-a.pem --principal human:ada@example.org
+  steward keys new root-b.pem --principal human:grace@example.org
+  steward keys new ledger.pem
+  steward serve --db ledger.db --checkpoint-key ledger.pem --listen 127.0.0.1:7443 &
+  export STEWARD_SERVER=127.0.0.1:7443
   steward ledger init --name prod --origin example.org/steward/prod \\
-      --root human:ada@example.org=root-a.pub.pem --root human:grace@example.org=root-b.pub.pem \\
-      --threshold 2 --checkpoint-public ledger.pub.pem --key root-a.pem --key root-b.pem
-  steward grant --principal agent:researcher-7 --public-key agent.pub.pem --role proposer \\
-      --key root-a.pem --key root-b.pem
+      --root root-a.pub.pem --root root-b.pub.pem --threshold 2 \\
+      --checkpoint-public ledger.pub.pem --key root-a.pem --key root-b.pem
+  steward keys new agent.pem --principal agent:researcher-7
+  steward keys new evalbot.pem --principal service:evalbot
+  steward keys new alice.pem --principal human:alice@example.org
+  steward keys new bob.pem --principal human:bob@example.org
+  steward keys new oncall.pem --principal human:oncall@example.org
+  steward grant --public-key agent.pub.pem --role proposer --key root-a.pem --key root-b.pem
+  steward grant --public-key evalbot.pub.pem --role evaluator --key root-a.pem --key root-b.pem
+  steward grant --public-key alice.pub.pem --role approver --key root-a.pem --key root-b.pem
+  steward grant --public-key bob.pub.pem --role approver --key root-a.pem --key root-b.pem
+  steward grant --public-key oncall.pub.pem --role operator --key root-a.pem --key root-b.pem
   steward policy set policy.yaml --key root-a.pem --key root-b.pem
   steward propose --target models/model-server --image registry.example/model:v2 --key agent.pem
   steward eval --proposal 3fa2c1 --suite safety --metric refusal_rate=0.99 --key evalbot.pem
+  steward eval --proposal 3fa2c1 --suite quality --metric accuracy=0.91 --key evalbot.pem
   steward approve --proposal 3fa2c1 --key alice.pem
   steward kill engage --target models/model-server --reason "error spike" --key oncall.pem
   steward kill release --target models/model-server --key alice.pem --key bob.pem
   steward log --follow
+
+(3fa2c1 stands for the first digits of the hash `steward propose` printed.) A key made with
+--principal names its principal in its .pub.pem, so grant and ledger init --root need no
+separate principal; --principal and PRINCIPAL=FILE still say it explicitly.
 """
 
 
@@ -115,6 +134,31 @@ def _load_public(path: str) -> PublicKey:
     if b"PRIVATE KEY" in data:
         raise CliError(f"{path} holds a private key; give the public key (steward keys show --public-out)")
     return PublicKey.from_pem(data)
+
+
+# A public key file from `steward keys new --principal` names its principal on a line before
+# the PEM block: RFC 7468 explanatory text, which PEM readers (cryptography, OpenSSL) skip.
+PRINCIPAL_LABEL = "Principal: "
+
+
+def _principal_of(path: str) -> str | None:
+    """The principal a public key file names, if `keys new --principal` recorded one."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise CliError(f"cannot read public key {path}: {exc.strerror}") from exc
+    for line in text.split("-----BEGIN", 1)[0].splitlines():
+        if line.startswith(PRINCIPAL_LABEL):
+            return line.removeprefix(PRINCIPAL_LABEL).strip() or None
+    return None
+
+
+def _principal(given: str | None, public_key: str, flag: str) -> str:
+    principal = given or _principal_of(public_key)
+    if not principal:
+        raise CliError(f"{public_key} names no principal: give {flag} (or make the key with "
+                       "steward keys new FILE --principal KIND:NAME)")
+    return principal
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -230,9 +274,12 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         raise CliError(f"{path} exists; refusing to overwrite a key") from exc
     public_path = path.with_name(path.name.removesuffix(".pem") + ".pub.pem")
-    public_path.write_bytes(key.public.to_pem())
+    label = f"{PRINCIPAL_LABEL}{args.principal}\n".encode() if args.principal else b""
+    public_path.write_bytes(label + key.public.to_pem())
     print(f"private key: {path} (mode 600{', encrypted' if passphrase else ''})")
     print(f"public key:  {public_path}")
+    if args.principal:
+        print(f"principal:   {args.principal}")
     print(f"key id:      {key.key_id.hex()}")
     return 0
 
@@ -241,6 +288,9 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     data = Path(args.file).read_bytes()
     public = _load_key(args.file, args).public if b"PRIVATE KEY" in data else PublicKey.from_pem(data)
     print(f"key id: {public.key_id_hex}")
+    principal = None if b"PRIVATE KEY" in data else _principal_of(args.file)
+    if principal:
+        print(f"principal: {principal}")
     print(public.to_pem().decode(), end="")
     return 0
 
@@ -248,9 +298,10 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     roots = []
     for spec in args.root:
-        principal, sep, pem = spec.partition("=")
+        given, sep, pem = spec.partition("=")
         if not sep:
-            raise CliError(f"--root {spec!r}: expected PRINCIPAL=PUBLIC_KEY_PEM_FILE")
+            given, pem = "", spec
+        principal = _principal(given, pem, f"--root PRINCIPAL={pem}")
         roots.append(RootKey(principal, _load_public(pem).raw))
     checkpoint = _load_public(args.checkpoint_public)
     payload = LedgerGenesis(
@@ -266,7 +317,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_grant(args: argparse.Namespace) -> int:
     expires = _parse_time(args.expires, "--expires") if args.expires else None
-    payload = KeyGranted(args.principal, _load_public(args.public_key).raw, tuple(args.role), expires)
+    principal = _principal(args.principal, args.public_key, "--principal")
+    payload = KeyGranted(principal, _load_public(args.public_key).raw, tuple(args.role), expires)
     return _emit(args, payload)
 
 
@@ -588,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("new", "create an Ed25519 key pair (PKCS#8 PEM, mode 600) and its .pub.pem", cmd_keys_new, target=keys)
     p.add_argument("file", help="private key file to create (never overwritten)")
     p.add_argument("--encrypt", action="store_true", help="encrypt with the passphrase in --passphrase-env")
+    p.add_argument("--principal", metavar="KIND:NAME",
+                   help="who holds the key (human:, agent: or service:); written into the .pub.pem, "
+                        "where grant and ledger init --root read it when not given")
     p = add("show", "print a key's id and public PEM", cmd_keys_show, target=keys)
     p.add_argument("file", help="private or public key file")
 
@@ -595,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init", "sign the genesis (seq 0): roots, their threshold and the checkpoint key", cmd_init, (common, signing), target=ledger)
     p.add_argument("--name", required=True, help="the ledger's name (every event names it)")
     p.add_argument("--origin", required=True, help="checkpoint origin line, e.g. example.org/steward/prod")
-    p.add_argument("--root", action="append", required=True, metavar="PRINCIPAL=PUBPEM", help="a root key (repeat)")
+    p.add_argument("--root", action="append", required=True, metavar="[PRINCIPAL=]PUBPEM",
+                   help="a root key (repeat); the principal defaults to the one its .pub.pem names")
     p.add_argument("--threshold", type=int, required=True, help="distinct root principals needed to sign root actions")
     p.add_argument("--checkpoint-public", required=True, metavar="PUBPEM", help="public key the ledger signs checkpoints with")
     p.add_argument("--checkpoint-name", help="signed-note key name (default: the origin)")
@@ -607,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port here (useful with port 0)")
 
     p = add("grant", "grant a key roles (needs the root threshold)", cmd_grant, (common, signing))
-    p.add_argument("--principal", required=True, help="kind:name, kind one of human, agent, service")
+    p.add_argument("--principal", help="kind:name, kind one of human, agent, service "
+                   "(default: the principal the public key file names)")
     p.add_argument("--public-key", required=True, metavar="PUBPEM")
     p.add_argument("--role", action="append", required=True,
                    choices=["root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"])
