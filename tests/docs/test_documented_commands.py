@@ -19,20 +19,12 @@ import pytest
 from infra.kafka import KafkaCluster
 from ledger.scenario import Cast
 from tests.docs.collect import LOOKS_LIKE_A_COMMAND
-from tests.docs.documents import REPO, all_documents
+from tests.docs.documents import NO_SCENE_YET, REPO, all_documents
 from tests.docs.runner import DocFailure, Runner, Scene, Shell, check_shown_output, make_venv
 from tests.docs.world import LedgerServer, start_kafka_ledger, start_ledger
 
 DOCUMENTS = all_documents()
 PROPOSAL_HASH = r"entry hash ([0-9a-f]{64})"
-
-# Documents whose runnable examples no scene here runs yet, with the reason: listed by the counts
-# and by the test below, so they cannot be forgotten. Keep this empty.
-NO_SCENE_YET = {
-    "docs/KUBECTL.md": "needs a scene on the local control plane with a controller (issue #21)",
-    "kubectl steward --help": "needs a scene on the local control plane with a controller (issue #21)",
-}
-
 
 # --------------------------------------------------------------------------------------------
 # The reader's machine: a working directory, HOME, and the project's commands on PATH

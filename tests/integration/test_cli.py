@@ -182,3 +182,40 @@ def test_help_teaches() -> None:
     out = subprocess.run([sys.executable, "-m", "ledger.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for word in ("approve", "kill", "export", "STEWARD_SERVER", "a governance flow"):
         assert word in out
+
+
+def test_keys_new_principal_is_recorded_and_used_by_init_and_grant(tmp_path: Path) -> None:
+    """`keys new --principal` writes the principal into the .pub.pem; `ledger init --root FILE`
+    and `grant` without --principal take it from there; a key without one is told to name it."""
+    for name, principal in (("root-a", "human:ada@example.org"), ("root-b", "human:grace@example.org"),
+                            ("agent", "agent:researcher-7")):
+        _steward(tmp_path, "keys", "new", f"{name}.pem", "--principal", principal)
+    _steward(tmp_path, "keys", "new", "ledger.pem")
+    _steward(tmp_path, "keys", "new", "anonymous.pem")
+    shown = subprocess.run([sys.executable, "-m", "ledger.cli", "keys", "show", "agent.pub.pem"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "principal: agent:researcher-7" in shown.stdout, shown.stdout
+
+    init = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "ledger", "init", "--name", "p", "--origin", "example.org/p",
+         "--root", "root-a.pub.pem", "--root", "root-b.pub.pem", "--threshold", "2",
+         "--checkpoint-public", "ledger.pub.pem", "--key", "root-a.pem", "--key", "root-b.pem",
+         "--out", "genesis.evt"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    from ledger.formats import decode_body, decode_signed_event
+
+    genesis = decode_body(decode_signed_event((tmp_path / "genesis.evt").read_bytes()).body).payload
+    assert [r.principal for r in genesis.roots] == ["human:ada@example.org", "human:grace@example.org"]
+
+    signing = ["--key", "root-a.pem", "--key", "root-b.pem", "--ledger-name", "p"]
+    grant = subprocess.run([sys.executable, "-m", "ledger.cli", "grant", "--public-key", "agent.pub.pem",
+                            "--role", "proposer", *signing, "--out", "grant.evt"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert grant.returncode == 0, grant.stderr
+    granted = decode_body(decode_signed_event((tmp_path / "grant.evt").read_bytes()).body).payload
+    assert granted.principal == "agent:researcher-7"
+
+    unnamed = subprocess.run([sys.executable, "-m", "ledger.cli", "grant", "--public-key", "anonymous.pub.pem",
+                              "--role", "proposer", *signing, "--out", "x.evt"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert unnamed.returncode == 2 and "names no principal: give --principal" in unnamed.stderr, unnamed.stderr
