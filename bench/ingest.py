@@ -89,8 +89,8 @@ PROBES: list[tuple[str, Any]] = [
     ("ledger.store.kafka.KafkaLogStore._transaction", lambda self, sends, batch=None: len(sends)),
     ("ledger.store.kafka.KafkaLogStore._await_visible", None),
     ("ledger.store.kafka.KafkaLogStore._end_offset", None),
-    ("ledger.store.kafka._flush_batch", None),
-    ("ledger.store.kafka._end_transaction", None),
+    ("ledger.store.kafka.flush_batch", None),
+    ("ledger.store.kafka.end_transaction", None),
     ("ledger.store.sqlite.SQLiteLogStore.append", lambda self, records, *_: len(records)),
 ]
 
@@ -173,7 +173,8 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
     kind, _, where = store_spec.partition(":")
     store: LogStore
     if kind == "kafka":
-        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+        from ledger.store.kafka import KafkaLogStore
+        from ledger.store.kafka_config import KafkaStoreConfig
 
         bootstrap, _, topic = where.rpartition("/")
         store = KafkaLogStore(KafkaStoreConfig(bootstrap, topic))

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="SPEC",
                    help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
                         "(default: the ledger's Read stream)")
-    from ledger.store.kafka import add_security_arguments
+    from ledger.store.kafka_flags import add_security_arguments
 
     add_security_arguments(p.add_argument_group(
         "Kafka security (with --store kafka:...; docs/KAFKA.md \"Security\")"))
@@ -114,7 +114,8 @@ def open_store(spec: str, kafka_security: dict[str, Any] | None = None) -> tuple
 
         return SQLiteLogStore(rest), f"sqlite:{Path(rest).name}"
     if kind == "kafka" and "/" in rest:
-        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+        from ledger.store.kafka import KafkaLogStore
+        from ledger.store.kafka_config import KafkaStoreConfig
 
         bootstrap, topic = rest.rsplit("/", 1)
         # A reader never creates topics; the ledger server owns them.
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca)
         if args.store:
-            from ledger.store.kafka import security_from_args
+            from ledger.store.kafka_flags import security_from_args
 
             store, source = open_store(args.store, security_from_args(args))
         else:

@@ -258,7 +258,8 @@ def kafka_store_from_args(args: argparse.Namespace) -> LogStore:
     The claim (InitProducerId) comes before serve() replays the log: once it returns, no other
     writer can append, so the tail we replay is the one our first append continues.
     """
-    from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+    from ledger.store.kafka import KafkaLogStore
+    from ledger.store.kafka_config import KafkaStoreConfig
 
     if not args.topic:
         raise ConfigError("--kafka-bootstrap needs --topic")

@@ -19,7 +19,8 @@ from ledger.formats import make_entry
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, serve
-from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+from ledger.store.kafka import KafkaLogStore
+from ledger.store.kafka_config import KafkaStoreConfig
 from tests.audit_tamper import Builder, Log, checkpoint_note
 
 

@@ -26,7 +26,8 @@ from ledger.formats import encode_signed_event
 from ledger.grpc_errors import FENCED_CODE
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, serve
-from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+from ledger.store.kafka import KafkaLogStore
+from ledger.store.kafka_config import KafkaStoreConfig
 from ledger.store.kafka_topic import TopicSettings, checkpoints_topic, create_topic, writers_topic
 from tests.helpers.kafka_reads import committed_records
 
@@ -335,20 +336,20 @@ def test_the_end_txn_unknown_server_error_is_recognised_as_it_is_raised() -> Non
     bumped epoch (with the commit in doubt), and only it."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from ledger.store.kafka import _is_end_txn_unknown_error
+    from ledger.store.kafka_errors import is_end_txn_unknown_error
 
     # What rd_kafka_txn_handle_EndTxn builds for it.
     raised = KafkaException(KafkaError(KafkaError.UNKNOWN,
                                        "EndTxn commit failed: Unknown broker error",
                                        txn_requires_abort=True))
-    assert _is_end_txn_unknown_error(raised)
+    assert is_end_txn_unknown_error(raised)
     try:
         raise StoreUnavailableError("wrapped") from raised
     except StoreUnavailableError as wrapped:
-        assert _is_end_txn_unknown_error(wrapped)
-    assert not _is_end_txn_unknown_error(KafkaException(KafkaError(
+        assert is_end_txn_unknown_error(wrapped)
+    assert not is_end_txn_unknown_error(KafkaException(KafkaError(
         KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",
         retriable=True)))
-    assert not _is_end_txn_unknown_error(KafkaException(KafkaError(
+    assert not is_end_txn_unknown_error(KafkaException(KafkaError(
         KafkaError.UNKNOWN_TOPIC_OR_PART)))
-    assert not _is_end_txn_unknown_error(TimeoutError("1 of 1 records not acknowledged"))
+    assert not is_end_txn_unknown_error(TimeoutError("1 of 1 records not acknowledged"))

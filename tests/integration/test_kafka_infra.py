@@ -10,7 +10,8 @@ import pytest
 
 from infra.kafka import KafkaCluster, random_cluster_id
 from ledger.errors import ConfigError, StoreUnavailableError
-from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+from ledger.store.kafka import KafkaLogStore
+from ledger.store.kafka_config import KafkaStoreConfig
 from ledger.store.kafka_topic import (
     TopicSettings,
     check_topic,

@@ -42,8 +42,8 @@ from infra.kafka_security import CertificateAuthority
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.errors import StewardError
 from ledger.scenario import Cast, Flow
-from ledger.store.kafka import security_from_args
 from ledger.store.kafka_acls import KafkaAcl, role_acls
+from ledger.store.kafka_flags import security_from_args
 from ledger.store.kafka_topic import TopicSettings, ensure_ledger_topics
 from tests.audit_tamper import Builder
 from tests.fixtures.kafka import grant_acls, revoke_acls

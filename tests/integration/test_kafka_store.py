@@ -19,14 +19,10 @@ from infra.kafka import KafkaCluster
 from infra.processes import wait_for
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore
-from ledger.store.kafka import (
-    END_OFFSETS_GROUP,
-    KafkaLogStore,
-    KafkaStoreConfig,
-    LibrdkafkaLog,
-    _is_end_txn_unknown_error,
-    _is_fencing,
-)
+from ledger.store.kafka import KafkaLogStore
+from ledger.store.kafka_config import END_OFFSETS_GROUP, KafkaStoreConfig
+from ledger.store.kafka_errors import is_end_txn_unknown_error, is_fencing
+from ledger.store.librdkafka_log import LibrdkafkaLog
 from tests.contract.store_contract import StoreContract
 from tests.helpers.kafka_reads import committed_records
 
@@ -145,19 +141,19 @@ def test_a_failed_end_offset_query_is_unavailable_and_the_next_one_starts_afresh
     store = KafkaLogStore(make_config(operation_timeout_s=1.0))
     try:
         assert store.end_position() == 0
-        first = store._end_consumer
+        first = store._end_offsets.consumer
         assert first is not None
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError, match=r"asking the end offset of .*-missing failed: "
                                                    r"_UNKNOWN_PARTITION"):
             store._end_offset(TopicPartition(store.topic + "-missing", 0))
         assert 0.8 < time.monotonic() - started < 10
-        assert store._end_consumer is None
+        assert store._end_offsets.consumer is None
         assert store.end_position() == 0
-        assert store._end_consumer is not None and store._end_consumer is not first
+        assert store._end_offsets.consumer is not None and store._end_offsets.consumer is not first
     finally:
         store.close()
-    assert store._end_consumer is None
+    assert store._end_offsets.consumer is None
 
 
 def test_a_second_writer_fences_the_first(
@@ -207,7 +203,7 @@ def test_fenced_writer_mid_transaction_leaves_nothing_visible(
             producer.commit_transaction(30)
         err = caught.value.args[0]
         assert err.code() == KafkaError._FENCED and err.fatal(), err
-        assert _is_fencing(caught.value)
+        assert is_fencing(caught.value)
         with pytest.raises(FencedError, match="fenced"):
             first.append([(b"after", b"x")])
         assert [r.key for r in second.read(0)] == [b"ok"]
@@ -396,15 +392,15 @@ def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
     def raised(code: int, **flags: bool) -> KafkaException:
         return KafkaException(KafkaError(code, "as librdkafka words it", **flags))
 
-    assert _is_fencing(raised(KafkaError._FENCED, fatal=True))
-    assert _is_fencing(raised(KafkaError.PRODUCER_FENCED))
-    assert _is_fencing(raised(KafkaError.INVALID_PRODUCER_EPOCH))
+    assert is_fencing(raised(KafkaError._FENCED, fatal=True))
+    assert is_fencing(raised(KafkaError.PRODUCER_FENCED))
+    assert is_fencing(raised(KafkaError.INVALID_PRODUCER_EPOCH))
     # Fatal, but nobody else initialised: an ACL or protocol problem, not a takeover.
     for code in (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                  KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.INVALID_TXN_STATE):
-        assert not _is_fencing(raised(code, fatal=True))
-    assert not _is_fencing(raised(KafkaError._TIMED_OUT, retriable=True))
-    assert not _is_fencing(TimeoutError("1 of 1 records not acknowledged within 5.0s"))
+        assert not is_fencing(raised(code, fatal=True))
+    assert not is_fencing(raised(KafkaError._TIMED_OUT, retriable=True))
+    assert not is_fencing(TimeoutError("1 of 1 records not acknowledged within 5.0s"))
     # A cause further down the chain counts too.
     try:
         try:
@@ -412,14 +408,14 @@ def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
         except KafkaException as inner:
             raise StoreUnavailableError("wrapped") from inner
     except StoreUnavailableError as outer:
-        assert _is_fencing(outer)
+        assert is_fencing(outer)
     # Kafka 4.2's EndTxn UNKNOWN_SERVER_ERROR, as librdkafka raises it from commit_transaction.
     unknown = KafkaException(KafkaError(KafkaError.UNKNOWN, "EndTxn commit failed: Unknown "
                                         "broker error", txn_requires_abort=True))
-    assert _is_end_txn_unknown_error(unknown) and not _is_fencing(unknown)
-    assert _is_end_txn_unknown_error(raised(KafkaError._FENCED, fatal=True))
-    assert not _is_end_txn_unknown_error(raised(KafkaError._TIMED_OUT, retriable=True))
-    assert not _is_end_txn_unknown_error(raised(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    assert is_end_txn_unknown_error(unknown) and not is_fencing(unknown)
+    assert is_end_txn_unknown_error(raised(KafkaError._FENCED, fatal=True))
+    assert not is_end_txn_unknown_error(raised(KafkaError._TIMED_OUT, retriable=True))
+    assert not is_end_txn_unknown_error(raised(KafkaError.UNKNOWN_TOPIC_OR_PART))
 
 
 def test_librdkafka_lines_are_logged_without_a_flood(caplog: pytest.LogCaptureFixture) -> None:

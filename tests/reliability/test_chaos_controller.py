@@ -416,7 +416,8 @@ class KafkaLog:
     while the broker is down, the entries read so far (nothing can be appended then)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+        from ledger.store.kafka import KafkaLogStore
+        from ledger.store.kafka_config import KafkaStoreConfig
 
         self.store = KafkaLogStore(KafkaStoreConfig(
             bootstrap_servers=bootstrap, topic=topic, create_topics=False,
