@@ -2,7 +2,7 @@
 replicas reaching 0 in the API server, seen through a watch. Goal: p99 under 500 ms.
 
 Everything is real and in its own process: the local control plane (etcd, kube-apiserver,
-controller-manager, scheduler, KWOK; ``infra.kube.LocalCluster``), ``python -m ledger.server``
+controller-manager, scheduler, KWOK; ``infra.kube_cluster.LocalCluster``), ``python -m ledger.server``
 on SQLite and ``python -m controller.main`` (reading the ledger's SQLite store, appending over
 gRPC). Each trial: propose, two evals, two human approvals; wait for the controller to start
 the canary (1 of 4 replicas); open a watch on the canary Deployment from its current
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubernetes import client, utils
 
-    from infra.kube import LocalCluster
+    from infra.kube_cluster import LocalCluster
     from ledger.client import LedgerClient
     from ledger.formats import KillScope, PlanStep
     from ledger.scenario import Cast, Flow

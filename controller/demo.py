@@ -29,7 +29,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from infra.kube import LocalCluster, binaries_present, build
+from infra.kube_build import binaries_present, build
+from infra.kube_cluster import LocalCluster
 from ledger.client import LedgerClient
 from ledger.demo import ledger_server, narrator, save_keys, say
 from ledger.formats import KillScope, PlanStep, SignedEvent

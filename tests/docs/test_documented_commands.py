@@ -150,7 +150,7 @@ def _governance_policy() -> str:
 
 
 def steward_help_scene(reader: Reader) -> Scene:
-    from infra.kube import free_port
+    from infra.processes import free_port
 
     return Scene(
         placeholders={"127.0.0.1:7443": f"127.0.0.1:{free_port()}"},

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from controller.state import ControllerState
-from infra.kube import LocalCluster
+from infra.kube_cluster import LocalCluster
 from infra.kube_workload import target_manifests
 from infra.processes import Child, start_python, wait_for, wait_for_port_file
 from ledger.client import LedgerClient

@@ -9,7 +9,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from controller.executor import EMERGENCY_STOP_ANNOTATION
-from infra.kube import FAIL_IMAGE
+from infra.kube_cluster import FAIL_IMAGE
 from infra.kube_workload import read_deployment
 from infra.processes import wait_for
 from ledger.client import LedgerRpcError

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from infra.kube import LocalCluster
+from infra.kube_cluster import LocalCluster
 from infra.processes import free_port, wait_for
 from tests.e2e.conftest import V2, Controllers, Ledger
 from tests.helpers.keys import write_principal_key

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from infra.kube import FAIL_IMAGE, KUBE_VERSION, LocalCluster
+from infra.kube_build import KUBE_VERSION
+from infra.kube_cluster import FAIL_IMAGE, LocalCluster
 from infra.kube_workload import deployment_manifest
 from infra.processes import wait_for
 

@@ -1,6 +1,6 @@
 """Chaos: SIGKILL the controller (and, in some rounds, the ledger server) during rollouts.
 
-Everything is a real process on the real local control plane (``infra.kube.LocalCluster`` with
+Everything is a real process on the real local control plane (``infra.kube_cluster.LocalCluster`` with
 KWOK nodes): ``python -m ledger.server`` on SQLite at a fixed loopback port (so a restarted
 server is found at the same address), and ``python -m controller.main`` reading that SQLite
 file, appending through gRPC, holding a Lease and snapshotting every second.
@@ -75,7 +75,7 @@ import pytest
 from kubernetes import client, utils, watch
 from kubernetes.client.rest import ApiException
 
-from infra.kube import LocalCluster
+from infra.kube_cluster import LocalCluster
 from infra.kube_workload import deployment_manifest, read_deployment
 from infra.processes import Child, free_port, port_open, start_python, wait_for
 from ledger.client import LedgerClient, LedgerRpcError
