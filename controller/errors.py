@@ -13,3 +13,7 @@ from ledger.errors import StewardError
 
 class ControllerError(StewardError):
     """Base of every deliberate controller error (a refused action, a snapshot it cannot use)."""
+
+
+class SnapshotError(ControllerError):
+    """The blob is not a snapshot this code wrote: the caller replays the log instead."""

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from controller.errors import SnapshotError
 from controller.seams import LedgerReader
-from controller.snapshot import SnapshotError, decode_state, encode_state
+from controller.snapshot import decode_state, encode_state
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
 from ledger.formats import LogEntry, decode_log_entry

@@ -11,8 +11,8 @@ What grows with the log is kept so that a restart does not rebuild it object by 
 
 * the per-entry indexes of :class:`~ledger.state.LedgerState` (``event_ids``, ``entry_seqs``,
   ``entry_types``) and ``evals`` are stored as sorted fixed-width keys with parallel values and
-  loaded as :class:`PackedIndex` (binary search over the bytes; entries folded after the
-  snapshot go to a small dict in front of it);
+  loaded as :class:`~controller.packed_index.PackedIndex` (binary search over the bytes; entries
+  folded after the snapshot go to a small dict in front of it);
 * each proposal's evidence (payload, evals, approvals, health, steps) is one JSON fragment per
   field, decoded the first time it is read (:class:`StoredProposal`; payload and steps, which
   the planner reads for every proposal, for all restored proposals in one pass); its identity
@@ -32,10 +32,11 @@ import struct
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from typing import Any, Generic, TypeVar, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
-from controller.errors import ControllerError
+from controller.errors import SnapshotError
+from controller.packed_index import SEQ_WIDTH, PackedIndex, pack, seq_decode, seq_encode
 from controller.state import ControllerState, RolloutRecord
 from ledger.codegen import GENERATE
 from ledger.formats import HASH_SIZE, PAYLOAD_TYPES
@@ -45,171 +46,7 @@ MAGIC = b"STWCSNAP"
 VERSION = 1
 _HEADER = struct.Struct("<8sH32s")
 _LEN = struct.Struct("<Q")
-_SEQ = 8  # bytes per seq value, little-endian unsigned
 EVENT_ID_SIZE = 16
-
-V = TypeVar("V")
-
-
-class SnapshotError(ControllerError):
-    """The blob is not a snapshot this code wrote: the caller replays the log instead."""
-
-
-# --------------------------------------------------------------------------------------------
-# Packed indexes
-
-
-class PackedIndex(MutableMapping[bytes, V], Generic[V]):
-    """Fixed-width bytes keys -> values: a sorted packed base plus a dict of later additions.
-
-    The base is ``keys`` (``n * key_width`` bytes, sorted) and ``values`` (``n * value_width``
-    bytes, in the same order), read with a binary search; ``decode``/``encode`` turn one value
-    into bytes and back. Keys set afterwards live in a dict consulted first. The rules only
-    ever add to these indexes (an entry never leaves the log), so deletion is refused.
-    """
-
-    __slots__ = (
-        "_added",
-        "base_keys",
-        "base_values",
-        "count",
-        "decode",
-        "encode",
-        "key_width",
-        "recent",
-        "value_width",
-    )
-
-    def __init__(self, keys: bytes, values: bytes, key_width: int, value_width: int,
-                 decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> None:
-        count, rest = divmod(len(keys), key_width)
-        if rest or len(values) != count * value_width:
-            raise SnapshotError(
-                f"packed index: {len(keys)} key bytes and {len(values)} value bytes for key width "
-                f"{key_width} and value width {value_width}, expected {count * value_width} value bytes"
-            )
-        self.base_keys, self.base_values, self.count = keys, values, count
-        self.key_width, self.value_width = key_width, value_width
-        self.decode, self.encode = decode, encode
-        self.recent: dict[bytes, V] = {}
-        self._added = 0  # keys in `recent` that are not in the base
-
-    def _position(self, key: bytes) -> int:
-        """Where `key` is, or would be inserted, in the sorted base."""
-        w, keys = self.key_width, self.base_keys
-        lo, hi = 0, self.count
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if keys[mid * w:mid * w + w] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    def _find(self, key: bytes) -> int:
-        """Position of `key` in the base, or -1."""
-        w = self.key_width
-        if len(key) != w:
-            return -1
-        i = self._position(key)
-        return i if i < self.count and self.base_keys[i * w:i * w + w] == key else -1
-
-    def _base_value(self, i: int) -> V:
-        return self.decode(self.base_values[i * self.value_width:(i + 1) * self.value_width])
-
-    def __getitem__(self, key: bytes) -> V:
-        if key in self.recent:
-            return self.recent[key]
-        i = self._find(key)
-        if i < 0:
-            raise KeyError(key)
-        return self._base_value(i)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and (key in self.recent or self._find(key) >= 0)
-
-    def __setitem__(self, key: bytes, value: V) -> None:
-        if len(key) != self.key_width:
-            raise ValueError(f"key is {len(key)} bytes, expected {self.key_width}")
-        if key not in self.recent and self._find(key) < 0:
-            self._added += 1
-        self.recent[key] = value
-
-    def __delitem__(self, key: bytes) -> None:
-        raise TypeError("a packed index only grows: entries never leave the log")
-
-    def __len__(self) -> int:
-        return self.count + self._added
-
-    def __iter__(self) -> Iterator[bytes]:
-        w, keys = self.key_width, self.base_keys
-        for i in range(self.count):
-            yield keys[i * w:i * w + w]
-        for key in self.recent:
-            if self._find(key) < 0:
-                yield key
-
-    def __repr__(self) -> str:
-        return f"PackedIndex({len(self)} entries, {len(self.recent)} since the snapshot)"
-
-
-def pack(mapping: Mapping[bytes, V], key_width: int, value_width: int,
-         decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> PackedIndex[V]:
-    """A PackedIndex with every entry of `mapping` in its base (merging, when it is one)."""
-    if isinstance(mapping, PackedIndex) and mapping.key_width == key_width:
-        return _merge(mapping, value_width, decode, encode)
-    keys = sorted(mapping)
-    keys_blob = b"".join(keys)
-    if len(keys_blob) != len(keys) * key_width:
-        raise SnapshotError(f"an index key is not {key_width} bytes")
-    values = [mapping[k] for k in keys]
-    if encode is _seq_encode:  # the big ones: seqs as one array, not a million small bytes
-        seqs = array.array("Q", typing.cast(list[int], values))
-        if sys.byteorder != "little":
-            seqs.byteswap()
-        values_blob = seqs.tobytes()
-    else:
-        values_blob = b"".join(map(encode, values))
-    return PackedIndex(keys_blob, values_blob, key_width, value_width, decode, encode)
-
-
-def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V],
-           encode: Callable[[V], bytes]) -> PackedIndex[V]:
-    kw, vw = index.key_width, value_width
-    if index.value_width == vw:
-        values = bytearray(index.base_values)
-    else:  # another value encoding: re-encode the base (never on the hot path)
-        values = bytearray(b"".join(encode(index._base_value(i)) for i in range(index.count)))
-    new: list[tuple[int, bytes, bytes]] = []
-    for key, value in index.recent.items():
-        i = index._find(key)
-        if i >= 0:  # an overwritten base value
-            values[i * vw:(i + 1) * vw] = encode(value)
-        else:
-            new.append((index._position(key), key, encode(value)))
-    new.sort()
-    key_parts: list[bytes] = []
-    value_parts: list[bytes] = []
-    at = 0
-    for pos, key, encoded in new:
-        key_parts += [index.base_keys[at * kw:pos * kw], key]
-        value_parts += [bytes(values[at * vw:pos * vw]), encoded]
-        at = pos
-    key_parts.append(index.base_keys[at * kw:])
-    value_parts.append(bytes(values[at * vw:]))
-    return PackedIndex(b"".join(key_parts), b"".join(value_parts), kw, vw, decode, encode)
-
-
-def _seq_decode(b: bytes) -> int:
-    return int.from_bytes(b, "little")
-
-
-def _seq_encode(v: int) -> bytes:
-    return v.to_bytes(_SEQ, "little")
-
-
-def _hash_value(b: bytes) -> bytes:
-    return bytes(b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,8 +345,12 @@ def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list
 # The snapshot
 
 
+def _hash_value(b: bytes) -> bytes:
+    return bytes(b)
+
+
 def _seq_index(m: Mapping[bytes, int], width: int) -> PackedIndex[int]:
-    return pack(m, width, _SEQ, _seq_decode, _seq_encode)
+    return pack(m, width, SEQ_WIDTH, seq_decode, seq_encode)
 
 
 _TYPE_CODES = {name: bytes([i]) for i, name in enumerate(TYPE_TABLE)}
@@ -631,8 +472,8 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     ls = LedgerState()
     for name, (_enc, dec) in _LEDGER_FIELDS.items():
         setattr(ls, name, dec(meta["ledger"][name]))
-    ls.event_ids = PackedIndex(eid_keys, eid_vals, EVENT_ID_SIZE, _SEQ, _seq_decode, _seq_encode)
-    ls.entry_seqs = PackedIndex(entry_keys, seq_vals, HASH_SIZE, _SEQ, _seq_decode, _seq_encode)
+    ls.event_ids = PackedIndex(eid_keys, eid_vals, EVENT_ID_SIZE, SEQ_WIDTH, seq_decode, seq_encode)
+    ls.entry_seqs = PackedIndex(entry_keys, seq_vals, HASH_SIZE, SEQ_WIDTH, seq_decode, seq_encode)
     ls.entry_types = PackedIndex(entry_keys, type_vals, HASH_SIZE, 1, _type_decode, _type_encode)
     if type_vals.translate(None, _TYPE_CODE_BYTES):  # what is left is not a known code
         raise SnapshotError(f"an entry type code is outside the table of {len(TYPE_TABLE)} types")
@@ -683,5 +524,4 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     return state
 
 
-__all__ = ["MAGIC", "VERSION", "PackedIndex", "SnapshotError", "StoredProposal", "decode_state",
-           "encode_state", "pack"]
+__all__ = ["MAGIC", "VERSION", "StoredProposal", "decode_state", "encode_state"]

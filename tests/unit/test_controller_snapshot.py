@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from controller.errors import SnapshotError
+from controller.packed_index import PackedIndex, pack
 from controller.replay import Replayer, SnapshotStore, snapshot_table
-from controller.snapshot import (
-    MAGIC,
-    VERSION,
-    PackedIndex,
-    SnapshotError,
-    StoredProposal,
-    decode_state,
-    encode_state,
-    pack,
-)
+from controller.snapshot import MAGIC, VERSION, StoredProposal, decode_state, encode_state
 from controller.state import ControllerState
 from ledger.formats import KillScope, SignedEvent, make_entry
 from ledger.rules import check

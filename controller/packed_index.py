@@ -1,0 +1,173 @@
+"""PackedIndex: a read-mostly mapping of fixed-width bytes keys, kept as two packed byte strings.
+
+The controller's snapshot (controller/snapshot.py) stores the per-entry indexes of the ledger
+state (``event_ids``, ``entry_seqs``, ``entry_types``, ``evals``) as sorted fixed-width keys
+with parallel fixed-width values, and restores them as a `PackedIndex` over those bytes: a binary
+search finds a key, and entries folded after the snapshot go to a small dict in front of it. A
+restart then does not rebuild a million-entry dict object by object. `pack` builds one from any
+mapping (merging, when it is already a PackedIndex); `seq_decode`/`seq_encode` are the value
+encoding of the seq indexes.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Generic, TypeVar
+
+from controller.errors import SnapshotError
+
+SEQ_WIDTH = 8  # bytes per seq value, little-endian unsigned
+
+V = TypeVar("V")
+
+
+class PackedIndex(MutableMapping[bytes, V], Generic[V]):
+    """Fixed-width bytes keys -> values: a sorted packed base plus a dict of later additions.
+
+    The base is ``keys`` (``n * key_width`` bytes, sorted) and ``values`` (``n * value_width``
+    bytes, in the same order), read with a binary search; ``decode``/``encode`` turn one value
+    into bytes and back. Keys set afterwards live in a dict consulted first. The rules only
+    ever add to these indexes (an entry never leaves the log), so deletion is refused.
+    """
+
+    __slots__ = (
+        "_added",
+        "base_keys",
+        "base_values",
+        "count",
+        "decode",
+        "encode",
+        "key_width",
+        "recent",
+        "value_width",
+    )
+
+    def __init__(self, keys: bytes, values: bytes, key_width: int, value_width: int,
+                 decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> None:
+        count, rest = divmod(len(keys), key_width)
+        if rest or len(values) != count * value_width:
+            raise SnapshotError(
+                f"packed index: {len(keys)} key bytes and {len(values)} value bytes for key width "
+                f"{key_width} and value width {value_width}, expected {count * value_width} value bytes"
+            )
+        self.base_keys, self.base_values, self.count = keys, values, count
+        self.key_width, self.value_width = key_width, value_width
+        self.decode, self.encode = decode, encode
+        self.recent: dict[bytes, V] = {}
+        self._added = 0  # keys in `recent` that are not in the base
+
+    def _position(self, key: bytes) -> int:
+        """Where `key` is, or would be inserted, in the sorted base."""
+        w, keys = self.key_width, self.base_keys
+        lo, hi = 0, self.count
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if keys[mid * w:mid * w + w] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _find(self, key: bytes) -> int:
+        """Position of `key` in the base, or -1."""
+        w = self.key_width
+        if len(key) != w:
+            return -1
+        i = self._position(key)
+        return i if i < self.count and self.base_keys[i * w:i * w + w] == key else -1
+
+    def _base_value(self, i: int) -> V:
+        return self.decode(self.base_values[i * self.value_width:(i + 1) * self.value_width])
+
+    def __getitem__(self, key: bytes) -> V:
+        if key in self.recent:
+            return self.recent[key]
+        i = self._find(key)
+        if i < 0:
+            raise KeyError(key)
+        return self._base_value(i)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, bytes) and (key in self.recent or self._find(key) >= 0)
+
+    def __setitem__(self, key: bytes, value: V) -> None:
+        if len(key) != self.key_width:
+            raise ValueError(f"key is {len(key)} bytes, expected {self.key_width}")
+        if key not in self.recent and self._find(key) < 0:
+            self._added += 1
+        self.recent[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        raise TypeError("a packed index only grows: entries never leave the log")
+
+    def __len__(self) -> int:
+        return self.count + self._added
+
+    def __iter__(self) -> Iterator[bytes]:
+        w, keys = self.key_width, self.base_keys
+        for i in range(self.count):
+            yield keys[i * w:i * w + w]
+        for key in self.recent:
+            if self._find(key) < 0:
+                yield key
+
+    def __repr__(self) -> str:
+        return f"PackedIndex({len(self)} entries, {len(self.recent)} since the snapshot)"
+
+
+def pack(mapping: Mapping[bytes, V], key_width: int, value_width: int,
+         decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> PackedIndex[V]:
+    """A PackedIndex with every entry of `mapping` in its base (merging, when it is one)."""
+    if isinstance(mapping, PackedIndex) and mapping.key_width == key_width:
+        return _merge(mapping, value_width, decode, encode)
+    keys = sorted(mapping)
+    keys_blob = b"".join(keys)
+    if len(keys_blob) != len(keys) * key_width:
+        raise SnapshotError(f"an index key is not {key_width} bytes")
+    values = [mapping[k] for k in keys]
+    if encode is seq_encode:  # the big ones: seqs as one array, not a million small bytes
+        seqs = array.array("Q", typing.cast(list[int], values))
+        if sys.byteorder != "little":
+            seqs.byteswap()
+        values_blob = seqs.tobytes()
+    else:
+        values_blob = b"".join(map(encode, values))
+    return PackedIndex(keys_blob, values_blob, key_width, value_width, decode, encode)
+
+
+def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V],
+           encode: Callable[[V], bytes]) -> PackedIndex[V]:
+    kw, vw = index.key_width, value_width
+    if index.value_width == vw:
+        values = bytearray(index.base_values)
+    else:  # another value encoding: re-encode the base (never on the hot path)
+        values = bytearray(b"".join(encode(index._base_value(i)) for i in range(index.count)))
+    new: list[tuple[int, bytes, bytes]] = []
+    for key, value in index.recent.items():
+        i = index._find(key)
+        if i >= 0:  # an overwritten base value
+            values[i * vw:(i + 1) * vw] = encode(value)
+        else:
+            new.append((index._position(key), key, encode(value)))
+    new.sort()
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
+    at = 0
+    for pos, key, encoded in new:
+        key_parts += [index.base_keys[at * kw:pos * kw], key]
+        value_parts += [bytes(values[at * vw:pos * vw]), encoded]
+        at = pos
+    key_parts.append(index.base_keys[at * kw:])
+    value_parts.append(bytes(values[at * vw:]))
+    return PackedIndex(b"".join(key_parts), b"".join(value_parts), kw, vw, decode, encode)
+
+
+def seq_decode(b: bytes) -> int:
+    return int.from_bytes(b, "little")
+
+
+def seq_encode(v: int) -> bytes:
+    return v.to_bytes(SEQ_WIDTH, "little")
