@@ -333,7 +333,7 @@ class LedgerClient:
 
     def tlog_proof(self, seq: int) -> str:
         """A C2SP tlog-proof@v1 bundle for entry `seq` against the latest checkpoint."""
-        from ledger.checkpoint import write_tlog_proof
+        from ledger.tlog_proof import write_tlog_proof
 
         p = self.inclusion_proof(seq)
         return write_tlog_proof(p.index, p.proof, p.checkpoint)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from infra.processes import start_python, wait_for_port_file
-from ledger.checkpoint import verify_tlog_proof
 from ledger.client import LedgerClient
 from ledger.events import new_body, sign
 from ledger.formats import ObservedState, RolloutStep
 from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
+from ledger.tlog_proof import verify_tlog_proof
 
 POLICY = """\
 id: default

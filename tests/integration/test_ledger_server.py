@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ledger.checkpoint import verify_checkpoint, verify_tlog_proof
+from ledger.checkpoint import verify_checkpoint
 from ledger.client import CheckpointInfo, Head, LedgerClient, LedgerRpcError
 from ledger.core import Receipt
 from ledger.errors import FencedError, StoreUnavailableError
@@ -40,6 +40,7 @@ from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.store.sqlite import SQLiteLogStore
+from ledger.tlog_proof import verify_tlog_proof
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
 
 CODE = grpc.StatusCode

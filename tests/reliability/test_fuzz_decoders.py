@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from audit import formats as audit_formats
 from audit import note as audit_note
 from audit.errors import DecodeError
+from ledger import c2sp_text, signed_note, tlog_proof
 from ledger import checkpoint as lcp
 from ledger import formats as lf
 from ledger.errors import FormatError, VerificationError
@@ -50,7 +51,7 @@ def _notes() -> tuple[str, str, str, str]:
     for raw in ENTRIES:
         tree.append(lf.decode_log_entry(raw).leaf_hash)
     note = lcp.sign_checkpoint(lcp.Checkpoint("steward.dev/ledger/fuzz", tree.size, tree.root()), signer)
-    proof = lcp.write_tlog_proof(3, tree.inclusion_proof(3, tree.size), note)
+    proof = tlog_proof.write_tlog_proof(3, tree.inclusion_proof(3, tree.size), note)
     return signer.vkey, note, note.split("\n\n", 1)[0] + "\n", proof
 
 
@@ -128,34 +129,34 @@ def test_ledger_signed_bytes(data: bytes) -> None:
     only((FormatError,), lf.signed_bytes, data)
 
 
-# -- ledger.checkpoint -------------------------------------------------------------------------
+# -- ledger.checkpoint, ledger.signed_note, ledger.tlog_proof ----------------------------------
 
 
 @FUZZ
 @given(text_inputs([CHECKPOINT_TEXT]))
 def test_checkpoint_parse(text: str) -> None:
-    only((lcp.MalformedError,), lcp.Checkpoint.parse, text)
+    only((c2sp_text.MalformedError,), lcp.Checkpoint.parse, text)
 
 
 @FUZZ
 @given(text_inputs([NOTE]))
 def test_note_open_and_verify_checkpoint(text: str) -> None:
-    only((VerificationError,), lambda t: lcp.open_note(t, VKEY), text)
+    only((VerificationError,), lambda t: signed_note.open_note(t, VKEY), text)
     only((VerificationError,), lambda t: lcp.verify_checkpoint(t, VKEY), text)
 
 
 @FUZZ
 @given(text_inputs([VKEY]))
 def test_parse_vkey(text: str) -> None:
-    only((lcp.MalformedError,), lcp.parse_vkey, text)
+    only((c2sp_text.MalformedError,), signed_note.parse_vkey, text)
 
 
 @FUZZ
 @given(text_inputs([TLOG_PROOF]))
 def test_tlog_proof(text: str) -> None:
-    only((lcp.MalformedError,), lcp.parse_tlog_proof, text)
+    only((c2sp_text.MalformedError,), tlog_proof.parse_tlog_proof, text)
     leaf = lf.decode_log_entry(ENTRIES[3]).leaf_hash
-    only((VerificationError,), lambda t: lcp.verify_tlog_proof(t, leaf, VKEY), text)
+    only((VerificationError,), lambda t: tlog_proof.verify_tlog_proof(t, leaf, VKEY), text)
 
 
 # -- the auditor's own decoders ------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""C2SP checkpoints, signed notes, vkeys and tlog-proof bundles (ledger.checkpoint)."""
+"""C2SP checkpoints, signed notes, vkeys and tlog-proof bundles.
+
+ledger/c2sp_text.py, ledger/signed_note.py, ledger/checkpoint.py and ledger/tlog_proof.py.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +14,26 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.checkpoint import (
-    TLOG_PROOF_HEADER,
-    Checkpoint,
-    MalformedError,
-    Signer,
-    TlogProof,
+from ledger.c2sp_text import MalformedError
+from ledger.checkpoint import Checkpoint, Signer, sign_checkpoint, verify_checkpoint
+from ledger.errors import FormatError, VerificationError
+from ledger.merkle import MerkleTree, leaf_hash
+from ledger.signed_note import (
     Verifier,
     key_id,
     make_vkey,
     open_note,
     open_note_full,
-    parse_tlog_proof,
     parse_vkey,
-    sign_checkpoint,
     sign_note,
-    verify_checkpoint,
+)
+from ledger.tlog_proof import (
+    TLOG_PROOF_HEADER,
+    TlogProof,
+    parse_tlog_proof,
     verify_tlog_proof,
     write_tlog_proof,
 )
-from ledger.errors import FormatError, VerificationError
-from ledger.merkle import MerkleTree, leaf_hash
 
 # The example of the C2SP signed-note spec, as quoted in shared/vectors/README.md.
 EXAMPLE_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.checkpoint import Checkpoint, Signer, make_vkey, sign_checkpoint
+from ledger.checkpoint import Checkpoint, Signer, sign_checkpoint
 from ledger.core import LedgerCore
 from ledger.formats import KillScope, SignedEvent
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
+from ledger.signed_note import make_vkey
 
 VECTORS = Path(__file__).with_name("ledger-vectors.json")
 SEED = "steward-vectors-v1"
