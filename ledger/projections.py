@@ -13,8 +13,8 @@ on the stored ``(next_seq, last_hash)`` or :class:`ProjectionDivergenceError` is
 rewritten under projections already made). The same rebuild runs after any failed batch, since
 the in-memory state may then be ahead of the database.
 
-Works on SQLite and PostgreSQL (SQLAlchemy Core only). Tables are prefixed ``proj_`` so they
-can share a database with the SQLite log store. Hashes and key ids are lowercase hex.
+Works on SQLite and PostgreSQL (SQLAlchemy Core only). The tables are in
+ledger/projection_schema.py, what each event type writes in ledger/projection_rows.py.
 """
 
 from __future__ import annotations
@@ -29,164 +29,22 @@ import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
 from ledger.errors import StewardError, StoreUnavailableError
-from ledger.formats import (
-    ZERO_HASH,
-    ApprovalRecorded,
-    EvalRecorded,
-    HealthReported,
-    KeyGranted,
-    KeyRevoked,
-    KillScope,
-    KillSwitchEngaged,
-    KillSwitchReleased,
-    LedgerGenesis,
-    LogEntry,
-    PolicySet,
-    ProposalSubmitted,
-    RolloutStep,
-    decode_log_entry,
+from ledger.formats import ZERO_HASH, LogEntry, decode_log_entry
+from ledger.projection_rows import write_entry
+from ledger.projection_schema import (
+    DEFAULT_NAME,
+    DERIVED_TABLES,
+    create_tables,
+    invalid_records_table,
+    position_table,
 )
-from ledger.keys import key_id
 from ledger.rules import check
 from ledger.state import LedgerState
 from ledger.store.base import LogStore, StoredRecord
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "steward"
-MAX_REASON = 2000
-
-metadata = sa.MetaData()
-
-HexHash = sa.String(64)
-
-keys_table = sa.Table(
-    "proj_keys", metadata,
-    sa.Column("key_id", HexHash, primary_key=True),
-    sa.Column("principal", sa.String(256), nullable=False, index=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("roles", sa.String(256), nullable=False),  # sorted, space separated
-    sa.Column("granted_seq", sa.BigInteger, nullable=False, index=True),
-    sa.Column("expires_at", sa.BigInteger, nullable=True),
-    sa.Column("revoked_seq", sa.BigInteger, nullable=True),
-    sa.Column("revoke_reason", sa.Text, nullable=True),
-)
-
-policies_table = sa.Table(
-    "proj_policies", metadata,
-    sa.Column("policy_id", sa.String(256), primary_key=True),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("entry_hash", HexHash, nullable=False),
-    sa.Column("selector_namespace", sa.String(256), nullable=False),
-    sa.Column("selector_deployment", sa.String(256), nullable=False),
-    sa.Column("required_evals", sa.JSON, nullable=False),
-    sa.Column("approvals_required", sa.Integer, nullable=False),
-    sa.Column("approver_kinds", sa.JSON, nullable=False),
-    sa.Column("plan", sa.JSON, nullable=False),
-    sa.Column("veto_on_reject", sa.Boolean, nullable=False),
-    sa.Column("kill_release_approvals", sa.Integer, nullable=False),
-    sa.Column("kill_rollback_bound_ms", sa.BigInteger, nullable=False),
-)
-
-proposals_table = sa.Table(
-    "proj_proposals", metadata,
-    sa.Column("hash", HexHash, primary_key=True),
-    sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
-    sa.Column("submitted_at", sa.BigInteger, nullable=False),  # received_at, ms
-    sa.Column("proposer", sa.String(256), nullable=False, index=True),
-    sa.Column("namespace", sa.String(256), nullable=False),
-    sa.Column("deployment", sa.String(256), nullable=False),
-    sa.Column("candidate_image", sa.Text, nullable=False),
-    sa.Column("candidate_digest", sa.Text, nullable=False),
-    sa.Column("baseline_image", sa.Text, nullable=False),
-    sa.Column("baseline_digest", sa.Text, nullable=False),
-    sa.Column("rationale", sa.Text, nullable=False),
-    sa.Column("origin_agent", sa.Text, nullable=False),
-    sa.Column("origin_run", sa.Text, nullable=False),
-    sa.Column("policy_id", sa.String(256), nullable=False),
-    sa.Column("phase", sa.String(32), nullable=False, index=True),  # PENDING until a step
-    sa.Column("step", sa.Integer, nullable=True),
-    sa.Column("weight", sa.Integer, nullable=True),
-    sa.Column("updated_seq", sa.BigInteger, nullable=False),  # last entry about this proposal
-)
-sa.Index("ix_proj_proposals_target", proposals_table.c.namespace, proposals_table.c.deployment)
-
-evals_table = sa.Table(
-    "proj_evals", metadata,
-    sa.Column("hash", HexHash, primary_key=True),
-    sa.Column("proposal", HexHash, nullable=False, index=True),
-    sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
-    sa.Column("suite", sa.String(256), nullable=False),
-    sa.Column("evaluator", sa.String(256), nullable=False),
-    sa.Column("metrics", sa.JSON, nullable=False),  # [[name, value], ...]
-    sa.Column("artifact_digest", sa.Text, nullable=False),
-    sa.Column("passed", sa.Boolean, nullable=False),  # recomputed from the policy
-    sa.Column("failures", sa.JSON, nullable=False),
-    sa.Column("is_latest", sa.Boolean, nullable=False),  # the latest of its suite
-)
-
-approvals_table = sa.Table(
-    "proj_approvals", metadata,
-    sa.Column("hash", HexHash, primary_key=True),
-    sa.Column("proposal", HexHash, nullable=False, index=True),
-    sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
-    sa.Column("approver", sa.String(256), nullable=False),
-    sa.Column("decision", sa.String(16), nullable=False),
-    sa.Column("evals", sa.JSON, nullable=False),  # hex hashes the approver saw
-    sa.Column("comment", sa.Text, nullable=False),
-    # Counts towards the threshold now: the approver's latest decision, an approval, bound to
-    # the latest passing evals, not older than the last rollback, from an allowed kind.
-    sa.Column("valid_now", sa.Boolean, nullable=False),
-)
-
-rollout_steps_table = sa.Table(
-    "proj_rollout_steps", metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("hash", HexHash, nullable=False),
-    sa.Column("proposal", HexHash, nullable=False, index=True),
-    sa.Column("step", sa.Integer, nullable=False),
-    sa.Column("weight", sa.Integer, nullable=False),
-    sa.Column("phase", sa.String(32), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("at", sa.BigInteger, nullable=False),  # received_at, ms
-    sa.Column("observed", sa.JSON, nullable=False),
-)
-
-kill_switches_table = sa.Table(
-    "proj_kill_switches", metadata,
-    sa.Column("engaged_seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("scope_kind", sa.String(16), nullable=False),
-    sa.Column("scope_namespace", sa.String(256), nullable=False),
-    sa.Column("scope_deployment", sa.String(256), nullable=False),
-    sa.Column("scope_proposal", HexHash, nullable=True),
-    sa.Column("engaged_by", sa.String(256), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("released_seq", sa.BigInteger, nullable=True, index=True),
-    sa.Column("released_by", sa.JSON, nullable=True),  # signing principals, sorted
-    sa.Column("release_reason", sa.Text, nullable=True),
-)
-
-position_table = sa.Table(
-    "proj_projection_position", metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("next_position", sa.BigInteger, nullable=False),  # store position to read next
-    sa.Column("next_seq", sa.BigInteger, nullable=False),  # = size of the projected log
-    sa.Column("last_hash", HexHash, nullable=False),
-)
-
-invalid_records_table = sa.Table(
-    "proj_invalid_records", metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.BigInteger, nullable=True),  # when the record decoded
-    sa.Column("reason", sa.Text, nullable=False),
-)
-
-# Derived tables, in an order that is safe to clear.
-DERIVED_TABLES = (
-    keys_table, policies_table, proposals_table, evals_table, approvals_table,
-    rollout_steps_table, kill_switches_table,
-)
+MAX_REASON = 2000  # characters of a skipped record's reason kept in proj_invalid_records
 
 
 class ProjectionError(StewardError):
@@ -207,168 +65,12 @@ class Position:
 START = Position(0, 0, ZERO_HASH)
 
 
-def create_tables(engine: sa.Engine) -> None:
-    metadata.create_all(engine)
-
-
 def memory_engine() -> sa.Engine:
     """A private in-memory SQLite database shared by every thread of this process."""
     return sa.create_engine(
         "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
     )
 
-
-# --------------------------------------------------------------------------------------------
-# Row writers: one function per event type, called after the state has folded the entry.
-
-
-def _hex(h: bytes | None) -> str | None:
-    return h.hex() if h is not None else None
-
-
-def _scope_filter(scope: KillScope) -> Any:
-    t = kill_switches_table.c
-    return sa.and_(
-        t.scope_kind == scope.kind,
-        t.scope_namespace == scope.namespace,
-        t.scope_deployment == scope.deployment,
-        t.scope_proposal.is_(None) if scope.proposal is None else t.scope_proposal == scope.proposal.hex(),
-        t.released_seq.is_(None),
-    )
-
-
-def _refresh_approvals(conn: sa.Connection, state: LedgerState, proposal_hash: bytes) -> None:
-    """Recompute valid_now for every approval of one proposal from the folded state."""
-    proposal = state.proposals[proposal_hash]
-    valid = set(state.valid_approvers(proposal))
-    valid_hashes = [a.entry_hash.hex() for a in proposal.approvals.values() if a.approver in valid]
-    t = approvals_table.c
-    conn.execute(
-        approvals_table.update()
-        .where(t.proposal == proposal_hash.hex())
-        .values(valid_now=t.hash.in_(valid_hashes) if valid_hashes else sa.false())
-    )
-
-
-def _touch(conn: sa.Connection, state: LedgerState, proposal_hash: bytes, seq: int) -> None:
-    p = state.proposals[proposal_hash]
-    current = p.current
-    conn.execute(
-        proposals_table.update()
-        .where(proposals_table.c.hash == proposal_hash.hex())
-        .values(
-            phase=p.phase,
-            step=current.step if current else None,
-            weight=current.weight if current else None,
-            updated_seq=seq,
-        )
-    )
-
-
-def _write(conn: sa.Connection, state: LedgerState, e: LogEntry, signers: list[str]) -> None:
-    payload, seq, h = e.body.payload, e.seq, e.leaf_hash
-    author = signers[0] if signers else ""
-    if isinstance(payload, LedgerGenesis):
-        conn.execute(keys_table.insert(), [
-            {"key_id": key_id(r.public_key).hex(), "principal": r.principal,
-             "kind": r.principal.split(":", 1)[0], "roles": "root", "granted_seq": seq,
-             "expires_at": None, "revoked_seq": None}
-            for r in payload.roots
-        ])
-    elif isinstance(payload, KeyGranted):
-        conn.execute(keys_table.insert().values(
-            key_id=key_id(payload.public_key).hex(), principal=payload.principal,
-            kind=payload.principal.split(":", 1)[0], roles=" ".join(sorted(set(payload.roles))),
-            granted_seq=seq, expires_at=payload.expires_at, revoked_seq=None,
-        ))
-    elif isinstance(payload, KeyRevoked):
-        conn.execute(keys_table.update().where(keys_table.c.key_id == payload.key_id.hex())
-                     .values(revoked_seq=seq, revoke_reason=payload.reason))
-    elif isinstance(payload, PolicySet):
-        row = {
-            "seq": seq, "entry_hash": h.hex(),
-            "selector_namespace": payload.selector.namespace,
-            "selector_deployment": payload.selector.deployment,
-            "required_evals": [
-                {"suite": r.suite, "metric": r.metric, "op": r.op, "threshold": r.threshold}
-                for r in payload.required_evals
-            ],
-            "approvals_required": payload.approvals_required,
-            "approver_kinds": list(payload.approver_kinds),
-            "plan": [
-                {"weight": s.weight, "hold_seconds": s.hold_seconds, "health_gate": s.health_gate}
-                for s in payload.plan
-            ],
-            "veto_on_reject": payload.veto_on_reject,
-            "kill_release_approvals": payload.kill_release_approvals,
-            "kill_rollback_bound_ms": payload.kill_rollback_bound_ms,
-        }
-        updated = conn.execute(policies_table.update()
-                               .where(policies_table.c.policy_id == payload.policy_id).values(**row))
-        if updated.rowcount == 0:
-            conn.execute(policies_table.insert().values(policy_id=payload.policy_id, **row))
-        # A replaced policy changes which approvals count for every proposal under it.
-        for ph, p in state.proposals.items():
-            if p.policy_id == payload.policy_id:
-                _refresh_approvals(conn, state, ph)
-    elif isinstance(payload, ProposalSubmitted):
-        p = state.proposals[h]
-        conn.execute(proposals_table.insert().values(
-            hash=h.hex(), seq=seq, submitted_at=e.entry.received_at, proposer=p.proposer,
-            namespace=payload.target.namespace, deployment=payload.target.deployment,
-            candidate_image=payload.candidate.image, candidate_digest=payload.candidate.model_digest,
-            baseline_image=payload.baseline.image, baseline_digest=payload.baseline.model_digest,
-            rationale=payload.rationale, origin_agent=payload.origin.agent, origin_run=payload.origin.run,
-            policy_id=p.policy_id, phase=p.phase, step=None, weight=None, updated_seq=seq,
-        ))
-    elif isinstance(payload, EvalRecorded):
-        info = state.proposals[payload.proposal].latest_evals[payload.suite]
-        t = evals_table.c
-        conn.execute(evals_table.update()
-                     .where(t.proposal == payload.proposal.hex(), t.suite == payload.suite, t.is_latest)
-                     .values(is_latest=False))
-        conn.execute(evals_table.insert().values(
-            hash=h.hex(), proposal=payload.proposal.hex(), seq=seq, suite=payload.suite,
-            evaluator=info.evaluator, metrics=[[m.name, m.value] for m in payload.metrics],
-            artifact_digest=payload.artifact_digest, passed=info.passed,
-            failures=list(info.failures), is_latest=True,
-        ))
-        _refresh_approvals(conn, state, payload.proposal)
-        _touch(conn, state, payload.proposal, seq)
-    elif isinstance(payload, ApprovalRecorded):
-        conn.execute(approvals_table.insert().values(
-            hash=h.hex(), proposal=payload.proposal.hex(), seq=seq, approver=author,
-            decision=payload.decision, evals=[x.hex() for x in payload.evals],
-            comment=payload.comment, valid_now=False,
-        ))
-        _refresh_approvals(conn, state, payload.proposal)
-        _touch(conn, state, payload.proposal, seq)
-    elif isinstance(payload, HealthReported):
-        _touch(conn, state, payload.proposal, seq)
-    elif isinstance(payload, RolloutStep):
-        obs = payload.observed
-        conn.execute(rollout_steps_table.insert().values(
-            seq=seq, hash=h.hex(), proposal=payload.proposal.hex(), step=payload.step,
-            weight=payload.weight, phase=payload.phase, reason=payload.reason,
-            at=e.entry.received_at,
-            observed={"stable_replicas": obs.stable_replicas, "canary_replicas": obs.canary_replicas,
-                      "canary_ready": obs.canary_ready, "stable_image": obs.stable_image,
-                      "canary_image": obs.canary_image},
-        ))
-        _touch(conn, state, payload.proposal, seq)
-        if payload.phase == "ROLLED_BACK":  # older decisions stop counting
-            _refresh_approvals(conn, state, payload.proposal)
-    elif isinstance(payload, KillSwitchEngaged):
-        s = payload.scope
-        conn.execute(kill_switches_table.insert().values(
-            engaged_seq=seq, scope_kind=s.kind, scope_namespace=s.namespace,
-            scope_deployment=s.deployment, scope_proposal=_hex(s.proposal),
-            engaged_by=author, reason=payload.reason,
-        ))
-    elif isinstance(payload, KillSwitchReleased):
-        conn.execute(kill_switches_table.update().where(_scope_filter(payload.scope)).values(
-            released_seq=seq, released_by=sorted(set(signers)), release_reason=payload.reason,
-        ))
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,7 +287,7 @@ class Projector:
                     # Rows are derived from the state right after this entry folds, not later.
                     o = _judge(state, record)
                     if o.entry is not None:
-                        _write(conn, state, o.entry, list(o.signers))
+                        write_entry(conn, state, o.entry, list(o.signers))
                     else:
                         invalid += 1
                         log.warning("projection %s: skipped record at position %d: %s",

@@ -1,4 +1,4 @@
-"""QueryService: read-only gRPC views of the SQL projections (ledger.projections).
+"""QueryService: read-only gRPC views of the SQL projections (ledger/projection_schema.py).
 
 Each call reads one consistent snapshot of the ``proj_*`` tables (REPEATABLE READ on
 PostgreSQL, one read transaction on SQLite), so the rows and the ``projection`` status of a
@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
-from ledger import projections as proj
+from ledger import projection_schema as schema
 from ledger.formats import HASH_SIZE, ROLES, ROLLOUT_PHASES
 from ledger.grpc_errors import ServiceError, guarded
 from ledger.rules import principal_kind
@@ -214,7 +214,7 @@ def _key(r: Any) -> query_pb2.GrantedKey:
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, engine: sa.Engine, *, projection: str = proj.DEFAULT_NAME) -> None:
+    def __init__(self, engine: sa.Engine, *, projection: str = schema.DEFAULT_NAME) -> None:
         self.engine = engine
         self.projection = projection
 
@@ -236,7 +236,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 conn.rollback()
 
     def _status(self, conn: sa.Connection) -> query_pb2.ProjectionStatus:
-        pos, inv = proj.position_table.c, proj.invalid_records_table.c
+        pos, inv = schema.position_table.c, schema.invalid_records_table.c
         row = conn.execute(sa.select(pos.next_seq, pos.last_hash).where(pos.name == self.projection)).one_or_none()
         invalid = conn.execute(sa.select(sa.func.count()).where(inv.name == self.projection)).scalar_one()
         if row is None:
@@ -245,7 +245,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                           invalid_records=invalid)
 
     def _require_proposal(self, conn: sa.Connection, h: bytes, field: str) -> Any:
-        t = proj.proposals_table
+        t = schema.proposals_table
         row = conn.execute(sa.select(t).where(t.c.hash == h.hex())).one_or_none()
         if row is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{field}: no proposal {h.hex()} in the projections",
@@ -268,8 +268,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         phase = _phase("phase", request.phase, PROPOSAL_PHASES)
         proposer = _principal("proposer", request.proposer)
         page = _parse_page(request.page, "ListProposals", [namespace, deployment, phase, proposer])
-        t = proj.proposals_table.c
-        stmt = sa.select(proj.proposals_table)
+        t = schema.proposals_table.c
+        stmt = sa.select(schema.proposals_table)
         for col, value in ((t.namespace, namespace), (t.deployment, deployment), (t.phase, phase),
                            (t.proposer, proposer)):
             if value:
@@ -284,7 +284,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     context: grpc.ServicerContext) -> query_pb2.GetProposalResponse:
         h = _hash_ref(request, "proposal", "hash", "hash_hex", required=True)
         assert h is not None
-        ev, ap, st, pol = proj.evals_table, proj.approvals_table, proj.rollout_steps_table, proj.policies_table
+        ev, ap, st, pol = schema.evals_table, schema.approvals_table, schema.rollout_steps_table, schema.policies_table
         with self._snapshot() as conn:
             row = self._require_proposal(conn, h, request.WhichOneof("proposal") or "proposal")
             evals = conn.execute(sa.select(ev).where(ev.c.proposal == row.hash, ev.c.is_latest).order_by(ev.c.seq))
@@ -310,8 +310,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if len(suite) > 256:
             raise _invalid("suite", "longer than 256 characters")
         page = _parse_page(request.page, "ListEvals", [h or b"", suite, request.latest_only])
-        t = proj.evals_table.c
-        stmt = sa.select(proj.evals_table)
+        t = schema.evals_table.c
+        stmt = sa.select(schema.evals_table)
         if h is not None:
             stmt = stmt.where(t.proposal == h.hex())
         if suite:
@@ -331,8 +331,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         h = _hash_ref(request, "proposal", "proposal_hash", "proposal_hex", required=False)
         approver = _principal("approver", request.approver)
         page = _parse_page(request.page, "ListApprovals", [h or b"", approver, request.valid_only])
-        t = proj.approvals_table.c
-        stmt = sa.select(proj.approvals_table)
+        t = schema.approvals_table.c
+        stmt = sa.select(schema.approvals_table)
         if h is not None:
             stmt = stmt.where(t.proposal == h.hex())
         if approver:
@@ -353,13 +353,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         namespace = _name("namespace", request.namespace)
         deployment = _name("deployment", request.deployment)
         page = _parse_page(request.page, "ListRollouts", [phase, namespace, deployment])
-        t = proj.proposals_table.c
-        stmt = sa.select(proj.proposals_table).where(t.phase == phase if phase else t.phase != "PENDING")
+        t = schema.proposals_table.c
+        stmt = sa.select(schema.proposals_table).where(t.phase == phase if phase else t.phase != "PENDING")
         if namespace:
             stmt = stmt.where(t.namespace == namespace)
         if deployment:
             stmt = stmt.where(t.deployment == deployment)
-        st = proj.rollout_steps_table
+        st = schema.rollout_steps_table
         with self._snapshot() as conn:
             rows, page_out = _paged(conn, stmt, page, t.seq)
             steps: dict[str, list[query_pb2.RolloutStepRecord]] = {r.hash: [] for r in rows}
@@ -374,8 +374,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ListKillSwitches(self, request: query_pb2.ListKillSwitchesRequest,
                          context: grpc.ServicerContext) -> query_pb2.ListKillSwitchesResponse:
         page = _parse_page(request.page, "ListKillSwitches", [request.active_only])
-        t = proj.kill_switches_table.c
-        stmt = sa.select(proj.kill_switches_table)
+        t = schema.kill_switches_table.c
+        stmt = sa.select(schema.kill_switches_table)
         if request.active_only:
             stmt = stmt.where(t.released_seq.is_(None))
         with self._snapshot() as conn:
@@ -391,8 +391,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if role and role not in ROLES:
             raise _invalid("role", f"unknown role {role[:40]!r}; expected one of {', '.join(ROLES)}")
         page = _parse_page(request.page, "ListKeys", [principal, role, request.include_revoked])
-        t = proj.keys_table.c
-        stmt = sa.select(proj.keys_table)
+        t = schema.keys_table.c
+        stmt = sa.select(schema.keys_table)
         if principal:
             stmt = stmt.where(t.principal == principal)
         if role:
@@ -407,13 +407,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
 
 def add_query_service(server: grpc.Server, engine: sa.Engine, *,
-                      projection: str = proj.DEFAULT_NAME) -> QueryServicer:
+                      projection: str = schema.DEFAULT_NAME) -> QueryServicer:
     """Register QueryService on `server`, reading the projections in `engine`.
 
     The tables are created when missing, so the service answers (with empty lists) before the
     first projection batch commits. Returns the servicer.
     """
-    proj.create_tables(engine)
+    schema.create_tables(engine)
     servicer = QueryServicer(engine, projection=projection)
     query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
     return servicer

@@ -404,7 +404,8 @@ def test_records_written_around_the_server_are_skipped_and_counted(
     key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
 ) -> None:
     from controller.replay import Replayer
-    from ledger.projections import Projector, dump, fresh_dump, invalid_records_table
+    from ledger.projection_schema import invalid_records_table
+    from ledger.projections import Projector, dump, fresh_dump
     from ledger.store.kafka import KafkaLogStore
     from ledger.store.kafka_config import KafkaStoreConfig
     from ledger.store.sqlite import SQLiteLogStore, sqlite_engine

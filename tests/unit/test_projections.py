@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from infra.processes import wait_for
-from ledger import projections as proj
+from ledger import projection_schema as schema
 from ledger.formats import KillScope, LogEntry, encode_entry, make_entry
 from ledger.projections import Position, ProjectionDivergenceError, Projector, dump, fresh_dump
 from ledger.rules import RuleViolationError, fold
@@ -91,7 +91,7 @@ def rows(engine: sa.Engine, table: sa.Table, *where: object) -> list[sa.Row]:  #
 
 
 def invalid_rows(engine: sa.Engine) -> list[tuple[int, int | None, str]]:
-    t = proj.invalid_records_table
+    t = schema.invalid_records_table
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(t.c.position, t.c.seq, t.c.reason).order_by(t.c.position))]  # type: ignore[misc]
 
@@ -114,42 +114,42 @@ class ProjectionSuite:
         assert projector.catch_up() == len(st.entries)
         hx = {k: v.hex() for k, v in st.h.items()}
 
-        keys = rows(engine, proj.keys_table)
+        keys = rows(engine, schema.keys_table)
         assert len(keys) == 3 + 8
         oncall = [k for k in keys if k.principal == "human:oncall@example.org"]
         assert oncall[0].revoked_seq == len(st.entries) - 1 and oncall[0].roles == "operator"
         carol = next(k for k in keys if k.principal == "human:carol@example.org")
         assert (carol.roles, carol.kind, carol.revoked_seq) == ("approver operator", "human", None)
 
-        (policy,) = rows(engine, proj.policies_table)
+        (policy,) = rows(engine, schema.policies_table)
         assert policy.policy_id == "default" and policy.approvals_required == 2
         assert [s["weight"] for s in policy.plan] == [10, 50, 100]
 
-        p1, p2 = rows(engine, proj.proposals_table)
+        p1, p2 = rows(engine, schema.proposals_table)
         by_hash = {p.hash: p for p in (p1, p2)}
         assert (by_hash[hx["p1"]].phase, by_hash[hx["p1"]].step, by_hash[hx["p1"]].weight) == ("PROMOTED", 2, 100)
         assert by_hash[hx["p1"]].proposer == "agent:researcher-7"
         assert (by_hash[hx["p2"]].phase, by_hash[hx["p2"]].step, by_hash[hx["p2"]].deployment) == ("PENDING", None, "ranker")
         assert by_hash[hx["p2"]].updated_seq > by_hash[hx["p2"]].seq
 
-        evals = {r.hash: r for r in rows(engine, proj.evals_table)}
+        evals = {r.hash: r for r in rows(engine, schema.evals_table)}
         assert len(evals) == 5
         assert evals[hx["q2"]].passed and not evals[hx["q2"]].is_latest
         assert not evals[hx["q2b"]].passed and evals[hx["q2b"]].is_latest
         assert evals[hx["q2b"]].failures and evals[hx["s1"]].is_latest
 
-        approvals = {r.hash: r for r in rows(engine, proj.approvals_table)}
+        approvals = {r.hash: r for r in rows(engine, schema.approvals_table)}
         assert approvals[hx["a1"]].valid_now and approvals[hx["b1"]].valid_now
         assert approvals[hx["a1"]].approver == "human:alice@example.org"
         assert not approvals[hx["a2"]].valid_now, "a newer eval voids the approval"
         assert approvals[hx["r2"]].decision == "REJECT" and not approvals[hx["r2"]].valid_now
 
-        steps = rows(engine, proj.rollout_steps_table)
+        steps = rows(engine, schema.rollout_steps_table)
         assert [(s.step, s.weight, s.phase) for s in steps] == [
             (0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
         assert all(s.proposal == hx["p1"] for s in steps)
 
-        (kill,) = rows(engine, proj.kill_switches_table)
+        (kill,) = rows(engine, schema.kill_switches_table)
         assert (kill.scope_kind, kill.scope_namespace, kill.scope_deployment) == ("TARGET", "models", "model-server")
         assert kill.engaged_by == "human:oncall@example.org"
         assert kill.released_by == ["human:alice@example.org", "human:bob@example.org"]
@@ -164,18 +164,18 @@ class ProjectionSuite:
         store.append(records(st.entries))
         Projector(store, engine, batch_size=7).catch_up()
         state = fold(st.entries)
-        proposals = {r.hash: r for r in rows(engine, proj.proposals_table)}
+        proposals = {r.hash: r for r in rows(engine, schema.proposals_table)}
         assert set(proposals) == {h.hex() for h in state.proposals}
         for h, p in state.proposals.items():
             assert proposals[h.hex()].phase == p.phase
-            valid = {r.approver for r in rows(engine, proj.approvals_table,
-                                              proj.approvals_table.c.proposal == h.hex(),
-                                              proj.approvals_table.c.valid_now)}
+            valid = {r.approver for r in rows(engine, schema.approvals_table,
+                                              schema.approvals_table.c.proposal == h.hex(),
+                                              schema.approvals_table.c.valid_now)}
             assert valid == set(state.valid_approvers(p))
-        keys = {r.key_id: r for r in rows(engine, proj.keys_table)}
+        keys = {r.key_id: r for r in rows(engine, schema.keys_table)}
         assert {k.hex(): (i.principal, i.revoked_seq) for k, i in state.keys.items()} == {
             k: (r.principal, r.revoked_seq) for k, r in keys.items()}
-        active = rows(engine, proj.kill_switches_table, proj.kill_switches_table.c.released_seq.is_(None))
+        active = rows(engine, schema.kill_switches_table, schema.kill_switches_table.c.released_seq.is_(None))
         assert len(active) == len(state.kill_switches) == 0
 
     @pytest.mark.parametrize("batch_size", [1, 3, 1000])
@@ -309,7 +309,7 @@ class ProjectionSuite:
         assert restarted.state.size == half  # rebuilt by replay
         assert restarted.catch_up() == len(st.entries) - half
         assert dump(engine) == fresh_dump(store)
-        assert len(rows(engine, proj.keys_table)) == 11
+        assert len(rows(engine, schema.keys_table)) == 11
 
     def test_run_follows_the_log(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
         st = story()
