@@ -1,7 +1,7 @@
 """Ingest: events/s into a real ledger server through AppendStream, Kafka and SQLite backends.
 
 For each backend a real ``ledger.server`` runs in its own process (so the client does not share
-its interpreter) on a ``KafkaLogStore`` (a real broker, started with ``infra.kafka`` unless
+its interpreter) on a ``KafkaLogStore`` (a real broker, started with ``infra.kafka_cluster`` unless
 ``--bootstrap`` names one) or a ``SQLiteLogStore``. The client sets up a ledger (genesis by two
 roots, grants, a policy, 32 proposals), pre-signs a mix of health reports and eval results on
 those proposals, then measures, in one run:
@@ -456,7 +456,7 @@ def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
-    p.add_argument("--bootstrap", help="an existing Kafka (default: start one broker with infra.kafka)")
+    p.add_argument("--bootstrap", help="an existing Kafka (default: start one broker with infra.kafka_cluster)")
     p.add_argument("--backends", default="kafka,sqlite")
     p.add_argument("--events", type=int, default=20_000, help="events through AppendStream")
     p.add_argument("--warmup", type=int, default=10_000,
@@ -522,7 +522,7 @@ def kafka(bootstrap: str | None) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    from infra.kafka import KafkaCluster
+    from infra.kafka_cluster import KafkaCluster
 
     with KafkaCluster(brokers=1) as cluster:
         yield cluster.bootstrap_servers

@@ -1,6 +1,6 @@
 """A secured local Kafka: a throwaway CA, SCRAM-SHA-512 users, and the KRaft ACL authorizer.
 
-`KafkaSecurity` is what `infra.kafka.KafkaCluster(security=...)` needs to start brokers that
+`KafkaSecurity` is what `infra.kafka_cluster.KafkaCluster(security=...)` needs to start brokers that
 clients reach only over TLS:
 
 - ``SASL_SSL`` (the bootstrap listener): TLS with the CA's broker certificate (SAN

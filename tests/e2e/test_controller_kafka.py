@@ -22,7 +22,7 @@ import pytest
 from kafka import KafkaProducer
 from kubernetes import client
 
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from infra.kube_cluster import LocalCluster
 from infra.kube_workload import target_manifests
 from infra.processes import Child, start_python, wait_for, wait_for_log, wait_for_port_file

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaProducer
 
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.errors import ConfigError, FencedError, StoreUnavailableError
 from ledger.formats import encode_signed_event

@@ -1,4 +1,4 @@
-"""The local Kafka (infra/kafka.py) and the ledger topic checks (ledger/store/kafka_topic.py)."""
+"""The local Kafka (infra/kafka_install.py, infra/kafka_cluster.py) and the ledger topic checks (ledger/store/kafka_topic.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from infra.kafka import KafkaCluster, random_cluster_id
+from infra.kafka_cluster import KafkaCluster, random_cluster_id
 from ledger.errors import ConfigError, StoreUnavailableError
 from ledger.store.kafka import KafkaLogStore
 from ledger.store.kafka_config import KafkaStoreConfig

@@ -27,7 +27,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from ledger import checkpoint as notes
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.core import Receipt

@@ -37,7 +37,7 @@ from audit.cli import main as audit_main
 from controller.main import build_parser as controller_parser
 from controller.main import open_store
 from controller.replay import Replayer
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from infra.kafka_security import CertificateAuthority
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.errors import StewardError

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from infra.processes import wait_for
 from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore

@@ -190,7 +190,7 @@ def test_chaos_sqlite_server_sigkill(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: object,
                                                kafka_topic_name: str) -> None:
-    from infra.kafka import KafkaCluster
+    from infra.kafka_cluster import KafkaCluster
 
     assert isinstance(kafka_cluster, KafkaCluster)
     cast = Cast.create()
