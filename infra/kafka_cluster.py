@@ -98,7 +98,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-
 @dataclass
 class BrokerNode:
     node_id: int

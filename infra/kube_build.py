@@ -28,6 +28,7 @@ KWOK_VERSION = os.environ.get("STEWARD_KWOK_VERSION", "v0.8.0")
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBE_COMPONENTS, "etcd", "kwok")
 
+
 class KubeInfraError(InfraError):
     """The local control plane could not be built or started; the message says which part."""
 
@@ -52,7 +53,6 @@ def _stamp(version: str) -> Path:
 def binaries_present(version: str = KUBE_VERSION) -> bool:
     bd = bin_dir(version)
     return _stamp(version).is_file() and all((bd / b).is_file() for b in ALL_BINARIES)
-
 
 
 def _go_env() -> dict[str, str]:

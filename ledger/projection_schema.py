@@ -146,6 +146,5 @@ DERIVED_TABLES = (
 )
 
 
-
 def create_tables(engine: sa.Engine) -> None:
     metadata.create_all(engine)

@@ -135,6 +135,7 @@ log = logging.getLogger(__name__)
 def _checkpoint_key(size: int) -> bytes:
     return str(size).encode()
 
+
 class KafkaLogStore(LogStore):
     """LogStore on a Kafka topic; see the module docstring for the mapping."""
 
