@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.kafka import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 from ledger.scenario import Cast
 from tests.docs.collect import LOOKS_LIKE_A_COMMAND
 from tests.docs.documents import NO_SCENE_YET, REPO, all_documents
