@@ -90,6 +90,7 @@ policy.yaml as in docs/GOVERNANCE.md):
   steward kill engage --target models/model-server --reason "error spike" --key oncall.pem
   steward kill release --target models/model-server --key alice.pem --key bob.pem
   steward log --follow
+  steward store check --store sqlite:ledger.db     # offline: every entry and checkpoint
 
 (3fa2c1 stands for the first digits of the hash `steward propose` printed.) A key made with
 --principal names its principal in its .pub.pem, so grant and ledger init --root need no
@@ -565,6 +566,111 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(spec: str, flag: str) -> tuple[Any, str]:
+    """A store to read, never to write: `sqlite:PATH` (opened read-only, never created) or
+    `kafka:BOOTSTRAP/TOPIC` (not claimed: a running server is not disturbed)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        from ledger.store.sqlite import SQLiteLogStore
+
+        path = Path(rest)
+        if not path.is_file():
+            raise CliError(f"{flag} {spec}: no such file")
+        return SQLiteLogStore(path, read_only=True), f"sqlite:{path.name}"
+    if kind == "kafka" and "/" in rest:
+        from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+
+        bootstrap, topic = rest.rsplit("/", 1)
+        config = KafkaStoreConfig(bootstrap_servers=bootstrap, topic=topic, create_topics=False,
+                                  client_id="steward-store-check")
+        return KafkaLogStore(config), f"kafka:{topic}"
+    raise CliError(f"{flag} {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
+
+
+def _progress(done: int, total: int) -> None:
+    of = f" of {total:,} positions" if total else ""
+    print(f"  ... {done:,} records read{of}", file=sys.stderr, flush=True)
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    from ledger.recovery import check_export, check_store
+
+    try:
+        if args.export:
+            report = check_export(Path(args.export), progress=_progress)
+        else:
+            store, name = _open_store(args.store, "--store")
+            try:
+                report = check_store(store, name, progress=_progress)
+            finally:
+                store.close()
+    except StewardError as exc:  # damage, or a store that cannot be read: one line, exit 2
+        print(f"steward: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_store_restore(args: argparse.Namespace) -> int:
+    from ledger.recovery import restore_sqlite
+
+    kind, _, target = args.to.partition(":")
+    if kind != "sqlite" or not target:
+        raise CliError(f"--to {args.to!r}: expected sqlite:PATH (a new file)")
+    try:
+        if args.export:
+            report = restore_sqlite(Path(target), export=Path(args.export), progress=_progress)
+        else:
+            store, name = _open_store(args.source, "--from")
+            try:
+                report = restore_sqlite(Path(target), store=store, source=name,
+                                        progress=_progress)
+            finally:
+                store.close()
+    except StewardError as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()[:-1]))
+    print(f"restored {report.entries:,} entries and {len(report.checkpoints)} checkpoints "
+          f"to {target}; start the server on it with --db {target}")
+    return 0
+
+
+STORE_CHECK_HELP = """\
+Verify a ledger store offline, as the server does on start: every record decodes and
+extends the chain (seqs contiguous, each prev the leaf hash of the one before, every
+signature and rule), and every stored checkpoint verifies with the genesis's checkpoint
+key and carries the root of the entries it covers. Records written around the server are
+listed and skipped (docs/DESIGN.md 2.2). Changes nothing: a SQLite file is opened
+read-only, a Kafka topic is read without claiming it.
+
+exit status: 0 clean, 2 damaged or unreadable (the last line names the first damage:
+the seq and what is wrong).
+
+examples:
+  steward store check --store sqlite:ledger.db
+  steward store check --store kafka:broker1:9092,broker2:9092/steward-prod
+  steward store check --export ledger-export.avro
+
+what to do about damage: docs/RECOVERY.md
+"""
+
+STORE_RESTORE_HELP = """\
+Write a new SQLite store from a good copy of the ledger: an export (steward export), a
+SQLite backup, or the Kafka topic. The whole copy is verified first (as store check does);
+from a store only the ledger's own chain is copied, with its checkpoints. Never writes
+over an existing file; the new file is checked again before it is moved into place.
+
+examples:
+  steward store restore --export ledger-export.avro --to sqlite:ledger.restored.db
+  steward store restore --from sqlite:backup/ledger.db --to sqlite:ledger.restored.db
+  steward store restore --from kafka:broker1:9092/steward-prod --to sqlite:ledger.db
+
+then: stop the server, move the damaged file aside, move the restored one into its place
+(or start with --db on it). docs/RECOVERY.md has every step.
+"""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ledger.server import main as server_main
 
@@ -756,6 +862,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "write the offline export file auditors verify", cmd_export)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress line")
+
+    store = sub.add_parser("store", help="check a ledger store offline, or restore one").add_subparsers(
+        dest="store_cmd", required=True, metavar="ACTION")
+    p = store.add_parser("check", help="verify every entry and checkpoint of a store, offline",
+                         description=STORE_CHECK_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_store_check)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", metavar="SPEC",
+                        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC (as steward-controller names it)")
+    source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
+    p = store.add_parser("restore", help="write a new SQLite store from an export, a backup or a topic",
+                         description=STORE_RESTORE_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_store_restore)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", metavar="SPEC",
+                        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC: a good copy of the store")
+    source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
+    p.add_argument("--to", required=True, metavar="sqlite:PATH", help="the new SQLite file to write")
     return parser
 
 

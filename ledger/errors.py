@@ -48,6 +48,17 @@ class StoreUnavailableError(StoreError):
     retryable = True
 
 
+class StoreDamagedError(StoreError):
+    """The store holds damage to the ledger's own history (ledger.integrity): an entry the
+    ledger acknowledged is missing or changed, or a signed checkpoint disagrees with the
+    entries. Never retryable: the writer must not append over it (docs/RECOVERY.md).
+    `damage` is the :class:`ledger.integrity.Damage` found."""
+
+    def __init__(self, message: str, damage: object = None) -> None:
+        super().__init__(message)
+        self.damage = damage
+
+
 class ConfigError(StewardError):
     """A configuration or topic setting that Steward refuses to run with."""
 

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ledger.errors import ConfigError, StewardError
+from ledger.errors import ConfigError, StewardError, StoreDamagedError
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 from ledger.servicer import SERVICE_NAME, LedgerServicer
@@ -352,7 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StewardError as exc:
         if isinstance(store, LogStore):
             store.close()
-        print(f"ledger server: {exc}", file=sys.stderr)
+        # Damage: the writer would not append over it (docs/RECOVERY.md says what to do).
+        refused = "refusing to start: " if isinstance(exc, StoreDamagedError) else ""
+        print(f"ledger server: {refused}{exc}", file=sys.stderr)
         return 2
     print(f"listening on {running.address}", flush=True)
     if args.port_file:

@@ -47,19 +47,18 @@ from ledger.errors import (
     DataLossError,
     EntryNotFoundError,
     FencedError,
-    FormatError,
     LedgerStartingError,
     NoGenesisError,
     OutOfRangeError,
     StewardError,
+    StoreDamagedError,
     StoreUnavailableError,
-    VerificationError,
 )
-from ledger.formats import LedgerGenesis, LogEntry, decode_log_entry
+from ledger.formats import LedgerGenesis, LogEntry
 from ledger.group_commit import GroupCommit, Request, Results
+from ledger.integrity import ChainCheck, VerifiedCheckpoint, verify_checkpoints
 from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
-from ledger.rules import check
 from ledger.sigcheck import SignatureChecker
 from ledger.staging import DecodedBatch, StagedBatch
 from ledger.state import LedgerState
@@ -185,6 +184,7 @@ class LedgerServer:
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
         self._last_received_at = 0
         self._checkpoints: list[PublishedCheckpoint] = []
+        self._verified_checkpoints: list[VerifiedCheckpoint] = []  # by the last replay
         self._by_size: dict[int, PublishedCheckpoint] = {}
         self._signer: notes.Signer | None = None  # known once the genesis names the key
         self._origin = ""
@@ -198,8 +198,14 @@ class LedgerServer:
     # -- start and replay --------------------------------------------------------------------
 
     def start(self) -> ReplayReport:
+        """Replay and verify the store, then take appends. Raises StoreDamagedError (one line:
+        the seq and what is wrong) rather than append over damaged history."""
         with self._lock:
-            self.replay_report = self._claim_and_rebuild()
+            try:
+                self.replay_report = self._claim_and_rebuild()
+            except StoreDamagedError as exc:
+                log.error("replay_refused %s", exc)
+                raise
             self._load_checkpoints()
         self.group_commit.start()
         self.ready.set()
@@ -232,40 +238,33 @@ class LedgerServer:
             self._on_fenced()
 
     def _rebuild(self) -> ReplayReport:
-        """Fold the store again from scratch, re-checking every record."""
+        """Fold the store again from scratch, verifying every record and every stored
+        checkpoint (ledger.integrity); StoreDamagedError on damage, with nothing changed."""
         started = time.monotonic()
-        core = LedgerCore()
-        positions: list[int] = []
-        last_received_at = 0
-        skipped = 0
+        chain = ChainCheck(on_genesis=lambda genesis: self._require_our_key(genesis, stored=True))
         for record in self.store.read(0):
-            try:
-                e = decode_log_entry(record.value)
-            except FormatError as exc:
-                skipped += 1
-                log.warning("replay_skip position=%d reason=malformed detail=%r", record.position, str(exc)[:200])
+            skip = chain.add(record.position, record.value)
+            if skip is None:
                 continue
-            violation = check(core.state, e)
-            if violation is None and e.seq == 0:
-                assert isinstance(e.body.payload, LedgerGenesis)
-                self._require_our_key(e.body.payload, stored=True)
-            if violation is not None:
-                skipped += 1
-                log.warning("replay_skip position=%d seq=%d reason=%s field=%s", record.position,
-                            e.seq, violation.code, violation.field)
-                continue
-            core.commit(e)
-            positions.append(record.position)
-            last_received_at = max(last_received_at, e.entry.received_at)
+            if skip.entry is None:
+                log.warning("replay_skip position=%d reason=malformed detail=%r", skip.position,
+                            skip.detail)
+            else:
+                log.warning("replay_skip position=%d seq=%d reason=%s field=%s", skip.position,
+                            skip.entry.seq, skip.reason, skip.field)
+        chain.finish()
+        verified = verify_checkpoints(chain, ((c.size, c.note) for c in self.store.checkpoints()))
+        core = chain.core
         self._core = core
-        self._positions = positions
-        self._last_received_at = last_received_at
+        self._positions = chain.positions
+        self._last_received_at = chain.last_received_at
         self._needs_rebuild = False
         if core.size and self._signer is None:
             self._set_genesis(core.state)
-        log.info("replay_done entries=%d skipped=%d ms=%d", core.size, skipped,
-                 int((time.monotonic() - started) * 1000))
-        return ReplayReport(core.size, skipped)
+        self._verified_checkpoints = verified
+        log.info("replay_done entries=%d skipped=%d checkpoints=%d ms=%d", core.size,
+                 chain.skipped, len(verified), int((time.monotonic() - started) * 1000))
+        return ReplayReport(core.size, chain.skipped)
 
     def _set_genesis(self, state: LedgerState) -> None:
         self._origin = state.origin
@@ -287,25 +286,11 @@ class LedgerServer:
             field="payload.checkpoint_public_key")
 
     def _load_checkpoints(self) -> None:
-        """Keep the stored checkpoints that match the log; refuse one signed over another log."""
-        if self._signer is None:
-            return
-        size = self._core.size
-        for stored in self.store.checkpoints():
-            try:
-                cp = notes.verify_checkpoint(stored.note, self._signer.verifier, self._origin)
-            except VerificationError as exc:
-                log.warning("checkpoint_skip size=%d reason=%r", stored.size, str(exc)[:200])
-                continue
-            if cp.size > size or cp.root != self._core.tree.root(cp.size):
-                # Signing again at this size would publish two inconsistent checkpoints.
-                raise ConfigError(
-                    f"refusing to start: stored checkpoint for size {cp.size} does not match the "
-                    f"log of {size} valid entries (entries lost or rewritten in the store)"
-                )
+        """Publish the stored checkpoints the replay verified, each size once, growing."""
+        for cp in self._verified_checkpoints:
             if self._checkpoints and cp.size <= self._checkpoints[-1].size:
                 continue
-            self._remember(PublishedCheckpoint(cp.size, stored.note, cp.root, cp.origin))
+            self._remember(PublishedCheckpoint(cp.size, cp.note, cp.root, cp.origin))
 
     def _remember(self, cp: PublishedCheckpoint) -> None:
         self._checkpoints.append(cp)

@@ -3,20 +3,27 @@
 Durable: WAL journal with synchronous=FULL, so a batch acknowledged by `append` survives a
 crash of the process or the machine. One transaction per batch. Positions are 0, 1, 2 ...
 `follow` is woken at once by appends made in this process and polls for other writers.
+
+A file SQLite cannot read (not a database, a malformed page) raises StoreDamagedError naming
+the file, never a driver traceback; `read_only=True` opens an existing file for a check
+without creating or changing anything.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ledger.errors import StoreError, StoreUnavailableError
+from ledger.errors import StoreDamagedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 
 metadata = sa.MetaData()
@@ -40,8 +47,19 @@ checkpoint_table = sa.Table(
 _READ_CHUNK = 2000
 
 
-def sqlite_engine(path: Path | str) -> sa.Engine:
-    """An engine for a SQLite file with the pragmas durability needs."""
+def _unreadable(exc: sa.exc.DatabaseError) -> bool:
+    """SQLite's own "not a database" / "disk image is malformed": plain DatabaseError, not
+    one of its subclasses (a constraint, a programming error)."""
+    return type(exc.orig) is sqlite3.DatabaseError
+
+
+def sqlite_engine(path: Path | str, *, read_only: bool = False) -> sa.Engine:
+    """An engine for a SQLite file with the pragmas durability needs (or, `read_only`, one
+    that can neither create the file nor write to it)."""
+    if read_only:
+        quoted = urllib.parse.quote(str(path))
+        return sa.create_engine(f"sqlite:///file:{quoted}?mode=ro&uri=true",
+                                connect_args={"timeout": 30, "check_same_thread": False})
     engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -56,12 +74,36 @@ def sqlite_engine(path: Path | str) -> sa.Engine:
 
 
 class SQLiteLogStore(LogStore):
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self._engine = sqlite_engine(self.path)
-        metadata.create_all(self._engine, tables=[log_table, checkpoint_table])
+        self._engine = sqlite_engine(self.path, read_only=read_only)
+        with self._errors("opening"):
+            if read_only:
+                with self._engine.connect() as conn:
+                    tables = set(sa.inspect(conn).get_table_names())
+                missing = {log_table.name, checkpoint_table.name} - tables
+                if missing:
+                    raise StoreError(f"{self.path.name} holds no ledger (no table "
+                                     f"{', '.join(sorted(missing))})")
+            else:
+                metadata.create_all(self._engine, tables=[log_table, checkpoint_table])
         self._appended = threading.Condition()
         self._closed = False
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """SQLite's errors as the store's: busy or unreachable is StoreUnavailableError (retry),
+        a file it cannot read as a database is StoreDamagedError, named, in one line."""
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailableError(f"SQLite store {self.path.name}: {doing}: {exc.orig}") from None
+        except sa.exc.DatabaseError as exc:
+            if not _unreadable(exc):
+                raise
+            raise StoreDamagedError(
+                f"the SQLite store {self.path.name} is damaged ({doing}: {exc.orig}); "
+                "SQLite cannot read it as a database") from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -87,6 +129,11 @@ class SQLiteLogStore(LogStore):
                     conn.execute(checkpoint_table.insert().values(size=size, note=note))
         except sa.exc.OperationalError as exc:
             raise StoreUnavailableError(f"SQLite store {self.path.name}: {exc.orig}") from exc
+        except sa.exc.DatabaseError as exc:
+            if not _unreadable(exc):
+                raise
+            raise StoreDamagedError(f"the SQLite store {self.path.name} is damaged (appending: "
+                                    f"{exc.orig})") from exc
         with self._appended:
             self._appended.notify_all()
         return positions
@@ -97,7 +144,7 @@ class SQLiteLogStore(LogStore):
         position = start
         while remaining is None or remaining > 0:
             chunk = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
-            with self._engine.connect() as conn:
+            with self._errors(f"reading from position {position}"), self._engine.connect() as conn:
                 rows = conn.execute(
                     sa.select(log_table.c.position, log_table.c.key, log_table.c.value)
                     .where(log_table.c.position >= position)
@@ -134,17 +181,17 @@ class SQLiteLogStore(LogStore):
 
     def end_position(self) -> int:
         self._check_open()
-        with self._engine.connect() as conn:
+        with self._errors("reading the end"), self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))).scalar_one())
 
     def save_checkpoint(self, size: int, note: str) -> None:
         self._check_open()
-        with self._engine.begin() as conn:
+        with self._errors("saving a checkpoint"), self._engine.begin() as conn:
             conn.execute(checkpoint_table.insert().values(size=size, note=note))
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         self._check_open()
-        with self._engine.connect() as conn:
+        with self._errors("reading the checkpoints"), self._engine.connect() as conn:
             rows = conn.execute(sa.select(checkpoint_table.c.size, checkpoint_table.c.note).order_by(checkpoint_table.c.id)).all()
         return [StoredCheckpoint(r.size, r.note) for r in rows]
 
