@@ -2,9 +2,12 @@
 
 :class:`LedgerServer` owns a :class:`~ledger.store.base.LogStore`, the in-memory
 :class:`~ledger.core.LedgerCore` (rules state + Merkle tree) and the checkpoint signer. On start
-it reads every stored record and re-checks it (storage is untrusted): records that do not decode
-or break a rule are skipped, counted and logged, and the chain continues from the last valid
-entry. Appends are decoded and their signatures checked outside the lock (``stage``), then go
+it reads every stored record and re-checks it (storage is untrusted) through
+:mod:`ledger.integrity`, in the one pass that also rebuilds the state and the tree: records
+written around it are skipped, counted and logged; damage to its own history (an acknowledged
+entry missing or changed, a signed checkpoint the entries disagree with) raises
+StoreDamagedError and nothing is appended, so no acknowledged seq is ever handed out again.
+Appends are decoded and their signatures checked outside the lock (``stage``), then go
 through the group commit (:mod:`ledger.group_commit`): idempotency and rules
 (``core.prepare``) under one lock, then one ``store.append`` per group of batches. The core is
 folded before the store write; if the write fails the core is rebuilt from the store, so it is

@@ -105,7 +105,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from kafka import KafkaAdminClient, TopicPartition
 from kafka import errors as kerrors
 
-from ledger.errors import ConfigError, FencedError, StoreError, StoreUnavailableError
+from ledger.errors import (
+    ConfigError,
+    FencedError,
+    StoreDamagedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
 from ledger.store.kafka_claim import WriterClaim, claim_record
 from ledger.store.kafka_config import KafkaStoreConfig
@@ -566,7 +572,15 @@ class KafkaLogStore(LogStore):
         self._check_open()
         out = []
         for rec in self._read(self._cp_tp, 0, None):
-            out.append(StoredCheckpoint(int(rec.key.decode()), rec.value.decode()))
+            try:
+                out.append(StoredCheckpoint(int(rec.key.decode("ascii")), rec.value.decode()))
+            except (ValueError, UnicodeDecodeError):
+                # Only the ledger writes this topic: a record it cannot read is damage, named
+                # in one line (ledger.integrity), not a traceback.
+                raise StoreDamagedError(
+                    f"the checkpoint record at offset {rec.position} of {self.checkpoints_topic} "
+                    "is unreadable (its key is not a tree size or its note is not UTF-8)"
+                ) from None
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -295,3 +295,71 @@ def test_the_offline_check_of_a_missing_file_is_a_usage_error(tmp_path: Path) ->
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert "nowhere.db" in last_line(checked.stderr)
     assert not (tmp_path / "nowhere.db").exists()  # a check creates nothing
+
+
+# --------------------------------------------------------------------------------------------
+# The recovery path (docs/RECOVERY.md): restore from an export or a backup, then start
+
+
+def run_restore(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger.cli", "store", "restore", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def head_of(db: Path, key: Path) -> tuple[int, bytes, list[int]]:
+    """(size, root, checkpoint sizes) the real server serves on `db`."""
+    from ledger.client import LedgerClient
+    from ledger.keys import PrivateKey
+    from ledger.server import LedgerServerConfig, serve
+
+    running = serve(LedgerServerConfig(store=db, checkpoint_key=PrivateKey.load(key),
+                                       checkpoint_every_ms=0))
+    try:
+        with LedgerClient(running.address) as client:
+            head = client.head()
+            return head.size, head.root, [c.size for c in client.checkpoints()]
+    finally:
+        running.stop(None)
+
+
+@pytest.mark.parametrize("source", ["export", "backup"])
+def test_a_damaged_store_is_restored_from_a_good_copy(tmp_path: Path, source: str) -> None:
+    from ledger.client import LedgerClient
+    from ledger.export import write_export
+    from ledger.keys import PrivateKey
+    from ledger.server import LedgerServerConfig, serve
+
+    built = build_ledger(tmp_path, checkpoint_at_end=True)
+    good = head_of(built.db, built.key)
+    copy = tmp_path / ("ledger-export.avro" if source == "export" else "backup.db")
+    if source == "export":
+        running = serve(LedgerServerConfig(store=built.db, checkpoint_key=PrivateKey.load(built.key),
+                                           checkpoint_every_ms=0))
+        try:
+            with LedgerClient(running.address) as client:
+                write_export(client, copy, progress=False)
+        finally:
+            running.stop(None)
+    else:
+        con = sqlite3.connect(built.db)
+        backup = sqlite3.connect(copy)
+        con.backup(backup)  # what `sqlite3 ledger.db ".backup backup.db"` does
+        backup.close()
+        con.close()
+    flip_signature_bit(built.db, 4)
+    assert run_server(built).returncode == 2
+
+    restored = tmp_path / "restored.db"
+    spec = ["--export", str(copy)] if source == "export" else ["--from", f"sqlite:{copy}"]
+    result = run_restore(*spec, "--to", f"sqlite:{restored}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restored {good[0]} entries and 2 checkpoints" in result.stdout, result.stdout
+    assert run_check("--store", f"sqlite:{restored}").returncode == 0
+    assert head_of(restored, built.key) == good
+
+    # A restore never writes over a file, and never from a damaged copy.
+    again = run_restore(*spec, "--to", f"sqlite:{restored}")
+    assert again.returncode == 2 and "exists" in last_line(again.stderr)
+    damaged = run_restore("--from", f"sqlite:{built.db}", "--to", f"sqlite:{tmp_path / 'x.db'}")
+    assert damaged.returncode == 2 and "seq 4:" in last_line(damaged.stderr)
+    assert not (tmp_path / "x.db").exists()
