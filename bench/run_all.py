@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("proofs", "audit", "replay", "ingest", "checkpoints", "killswitch")
+BENCHES = ("proofs", "audit", "replay", "startup", "ingest", "checkpoints", "killswitch")
 REPO = Path(__file__).resolve().parents[1]
 
 

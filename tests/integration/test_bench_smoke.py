@@ -22,6 +22,7 @@ EXPECTED: dict[str, list[str]] = {
               "audit, 2 workers", "audit, 2 workers / raw (1 core)", "ledger fold (decode+check+apply)",
               "ledger fold / raw"],
     "replay": ["cold replay", "cold replay / raw", "snapshot write", "restart from snapshot (median)"],
+    "startup": ["fold only (median)", "verified start (median)", "verified start / fold only"],
     "ingest": ["kafka: AppendStream (full verification)", "kafka: unary Append p50 @ 500/s",
                "kafka: unary Append p99 @ 500/s", "kafka: raw producer acks=all, same bytes",
                "kafka: AppendStream / raw producer", "sqlite: AppendStream (full verification)",
