@@ -38,6 +38,7 @@ from ledger.core import LedgerCore
 from ledger.errors import FormatError, StoreDamagedError, VerificationError
 from ledger.formats import LedgerGenesis, LogEntry, decode_log_entry
 from ledger.rules import check
+from ledger.signed_note import Verifier
 
 ZERO_HASH = bytes(32)
 
@@ -183,7 +184,7 @@ def verify_checkpoints(chain: ChainCheck, stored: Iterable[tuple[int, str]]
     if n == 0:
         raise _damaged(Damage("seq 0", f"{chain.next_entry_problem()}; {len(stored)} signed "
                                        "checkpoints are stored after it", 0))
-    verifier = notes.Verifier(state.checkpoint_key_name, state.checkpoint_public_key)
+    verifier = Verifier(state.checkpoint_key_name, state.checkpoint_public_key)
     verified: list[VerifiedCheckpoint] = []
     for i, (size, note) in enumerate(stored, 1):
         try:
