@@ -649,7 +649,7 @@ the seq and what is wrong).
 
 examples:
   steward store check --store sqlite:ledger.db
-  steward store check --store kafka:broker1:9092,broker2:9092/steward-prod
+  steward store check --store kafka:broker1:9092,broker2:9092/steward-prod  # not run here: a production cluster (docs/RECOVERY.md runs it on a test broker)
   steward store check --export ledger-export.avro
 
 what to do about damage: docs/RECOVERY.md
@@ -664,7 +664,7 @@ over an existing file; the new file is checked again before it is moved into pla
 examples:
   steward store restore --export ledger-export.avro --to sqlite:ledger.restored.db
   steward store restore --from sqlite:backup/ledger.db --to sqlite:ledger.restored.db
-  steward store restore --from kafka:broker1:9092/steward-prod --to sqlite:ledger.db
+  steward store restore --from kafka:broker1:9092/steward-prod --to sqlite:ledger.db  # not run here: a production cluster (docs/RECOVERY.md runs it on a test broker)
 
 then: stop the server, move the damaged file aside, move the restored one into its place
 (or start with --db on it). docs/RECOVERY.md has every step.

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -152,12 +154,37 @@ def _governance_policy() -> str:
 def steward_help_scene(reader: Reader) -> Scene:
     from infra.processes import free_port
 
+    address = f"127.0.0.1:{free_port()}"
+
+    def exported() -> None:
+        # The store verbs' examples take the reader's export of the ledger the worked example made.
+        subprocess.run([sys.executable, "-m", "ledger.cli", "export", "--server", address, "--out",
+                        str(reader.file("ledger-export.avro"))], check=True, capture_output=True,
+                       cwd=reader.workdir, timeout=120)
+
+    def backed_up() -> None:
+        # `sqlite3 ledger.db ".backup backup/ledger.db"`, and the reader picks this copy instead
+        # of the export: the restore never writes over the file the previous line made.
+        _sqlite_backup(reader.file("ledger.db"), reader.file("backup/ledger.db"))
+        reader.file("ledger.restored.db").unlink(missing_ok=True)
+
     return Scene(
-        placeholders={"127.0.0.1:7443": f"127.0.0.1:{free_port()}"},
+        placeholders={"127.0.0.1:7443": address},
         bind={"3fa2c1": ("steward propose", PROPOSAL_HASH)},
-        given={"steward policy set": lambda: reader.file("policy.yaml").write_text(_governance_policy())},
+        given={"steward policy set": lambda: reader.file("policy.yaml").write_text(_governance_policy()),
+               "steward store check --export": exported,
+               "steward store restore --from sqlite:": backed_up},
         follow=("steward log --follow",),
     )
+
+
+def _sqlite_backup(source: Path, target: Path) -> None:
+    """A consistent copy of a live SQLite store, as `sqlite3 SOURCE ".backup TARGET"` makes."""
+    import sqlite3
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
 
 
 def test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch(reader: Reader) -> None:
@@ -269,10 +296,61 @@ def test_audit_examples_run_as_written(source: str, reader: Reader, ledger: Ledg
     assert (reader.workdir / "report.html").exists()
 
 
+# --------------------------------------------------------------------------------------------
+# docs/RECOVERY.md: checking a store offline and restoring it from a good copy
+
+
+def recovery_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer) -> Scene:
+    def the_store() -> None:
+        # The reader's ledger.db: a copy of a healthy server's store (the server refused to start
+        # on the damaged one; what damage does is tests/security/test_storage.py's part).
+        ledger.evaluated_proposal()
+        ledger.checkpoint_now()
+        _sqlite_backup(Path(ledger.store_args[1]), reader.file("ledger.db"))
+
+    def the_export() -> None:
+        ledger.export(reader.file("ledger-export.avro"))
+
+    def another_copy(backup: bool) -> Callable[[], None]:
+        def given() -> None:
+            # The document shows three alternatives; the reader runs one. Each writes the same
+            # new file, which restore never overwrites, so each starts without it.
+            reader.file("ledger.restored.db").unlink(missing_ok=True)
+            if backup:
+                _sqlite_backup(reader.file("ledger.db"), reader.file("backup/ledger.db"))
+        return given
+
+    return Scene(
+        placeholders={
+            "broker1:9092": kafka_ledger_bootstrap(kafka_ledger),
+            "steward-prod": kafka_ledger_topic(kafka_ledger),
+            "--checkpoint-key ledger-checkpoint.pem ...":
+                "--checkpoint-key ledger-checkpoint.pem --listen 127.0.0.1:0",
+        },
+        given={"steward store check --store sqlite:": the_store,
+               "steward store check --export": the_export,
+               "steward store restore --from sqlite:": another_copy(backup=True),
+               "steward store restore --from kafka:": another_copy(backup=False),
+               "python -m ledger.server": lambda: ledger.flow.cast.checkpoint_key.save(
+                   reader.file("ledger-checkpoint.pem"))},
+        follow=("python -m ledger.server",),
+    )
+
+
+@pytest.mark.kafka
+def test_recovery_examples_run_as_written(reader: Reader, ledger: LedgerServer,
+                                          kafka_ledger: LedgerServer) -> None:
+    runner = run_document("docs/RECOVERY.md", reader, recovery_scene(reader, ledger, kafka_ledger))
+    checks = [r for r in runner.ran if r.example.command.startswith("steward store check")]
+    assert len(checks) == 3 and all("clean" in r.output for r in checks), [r.output[-400:] for r in checks]
+    assert reader.file("ledger.db.damaged").exists() and reader.file("ledger.db").exists()
+
+
 # Every document a scene above runs, and the test that runs it.
 SCENES = {
     "steward --help": test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch,
     "README.md": test_readme_examples_run_as_written,
     "docs/AUDIT.md": test_audit_examples_run_as_written,
     "steward-audit --help": test_audit_examples_run_as_written,
+    "docs/RECOVERY.md": test_recovery_examples_run_as_written,
 }
