@@ -60,6 +60,9 @@ environment:
   STEWARD_SERVER            ledger address (host:port) when --server is not given
   STEWARD_KEY_PASSPHRASE    passphrase of encrypted key files (or name another
                             variable with --passphrase-env)
+  STEWARD_TLS_CA            CA bundle of the server (enables TLS) when --tls-ca is not given
+  STEWARD_TLS_CERT          client certificate (mutual TLS) when --tls-cert is not given
+  STEWARD_TLS_KEY           its private key when --tls-key is not given
 
 a governance flow, end to end, from an empty directory (two roots, a ledger server
 on SQLite, an agent's proposal, evals, an approval, a kill switch engaged and released;
@@ -170,9 +173,9 @@ def _client(args: argparse.Namespace) -> Any:
         raise CliError("no ledger server: pass --server HOST:PORT or set STEWARD_SERVER")
     return LedgerClient(
         target,
-        ca_file=args.tls_ca,
-        cert_file=args.tls_cert,
-        key_file=args.tls_key,
+        ca_file=args.tls_ca or os.environ.get("STEWARD_TLS_CA") or None,
+        cert_file=args.tls_cert or os.environ.get("STEWARD_TLS_CERT") or None,
+        key_file=args.tls_key or os.environ.get("STEWARD_TLS_KEY") or None,
         timeout=args.timeout,
     )
 
@@ -672,12 +675,9 @@ then: stop the server, move the damaged file aside, move the restored one into i
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ledger.server import main as server_main
+    from ledger.server import run
 
-    forwarded = ["--db", args.db, "--checkpoint-key", args.checkpoint_key, "--listen", args.listen]
-    if args.port_file:
-        forwarded += ["--port-file", args.port_file]
-    return int(server_main(forwarded) or 0)
+    return int(run(args, args.serve_parser) or 0)
 
 
 def cmd_kafka_acls(args: argparse.Namespace) -> int:
@@ -762,11 +762,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-public", required=True, metavar="PUBPEM", help="public key the ledger signs checkpoints with")
     p.add_argument("--checkpoint-name", help="signed-note key name (default: the origin)")
 
-    p = add("serve", "run a ledger server on the embedded SQLite store", cmd_serve)
-    p.add_argument("--db", required=True, help="SQLite file of the log (created if missing)")
-    p.add_argument("--checkpoint-key", required=True, help="the ledger's checkpoint private key")
-    p.add_argument("--listen", default="127.0.0.1:7443", help="address to listen on (default 127.0.0.1:7443)")
-    p.add_argument("--port-file", help="write the bound port here (useful with port 0)")
+    # The same flags as `python -m ledger.server` (one parser), not the client's --tls-*.
+    from ledger.server_flags import add_server_arguments
+
+    p = add("serve", "run a ledger server (SQLite or Kafka; TLS, access file, limits: docs/API.md)",
+            cmd_serve, parents=())
+    add_server_arguments(p, default_listen="127.0.0.1:7443")
+    p.set_defaults(serve_parser=p)
 
     p = add("grant", "grant a key roles (needs the root threshold)", cmd_grant, (common, signing))
     p.add_argument("--principal", help="kind:name, kind one of human, agent, service "

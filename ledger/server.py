@@ -2,7 +2,10 @@
 
 :func:`serve` puts the writer (:class:`ledger.writer.LedgerServer`) behind a gRPC server with
 its LedgerService (:mod:`ledger.servicer`), health and reflection, and any further services
-(QueryService ...); it binds, replays the store, then reports SERVING.
+(QueryService ...); it binds, replays the store, then reports SERVING. Every call passes the
+gate of :mod:`ledger.access` first (permissions with mutual TLS, stream slots); the worker
+pool keeps ``unary_workers`` threads that streams can never hold, so a kill switch and a health
+check are answered whatever other clients keep open (docs/security/network.md).
 
 Run it with ``python -m ledger.server --db PATH --checkpoint-key FILE`` (see ``--help``) or
 ``serve(LedgerServerConfig(...))``.
@@ -26,9 +29,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ledger.access import AccessPolicy, ServerGate, is_loopback
 from ledger.errors import ConfigError, StewardError, StoreDamagedError
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
+from ledger.limits import AppendLimits, RateLimit, StreamSlots
+from ledger.server_flags import add_server_arguments
 from ledger.servicer import SERVICE_NAME, LedgerServicer
 from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
@@ -53,9 +59,27 @@ class LedgerServerConfig:
     tls_cert: str | Path | None = None  # server certificate chain (PEM)
     tls_key: str | Path | None = None  # its private key (PEM)
     client_ca: str | Path | None = None  # CA that signs client certificates (mutual TLS)
-    require_client_cert: bool = False
+    # None: required exactly when client_ca is given. False with client_ca: optional (a
+    # client without one is anonymous and, with an access file, may call nothing but health).
+    require_client_cert: bool | None = None
+    # Identity -> permissions (ledger.access); needs client_ca. Without it every client the
+    # CA certified may call everything.
+    access_file: str | Path | None = None
+    # Plaintext on an address other clients can reach must be asked for explicitly.
+    insecure_plaintext: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_workers: int = 32  # each following Read stream holds one worker
+    # Worker threads: one per open stream, up to max_streams (max_streams_per_peer for one
+    # peer), plus unary_workers that only unary calls (Append, Health/Check ...) can use.
+    max_streams: int = 128
+    max_streams_per_peer: int = 32
+    unary_workers: int = 16
+    # Append rate limits (ledger.limits); None: not enforced.
+    append_rate_per_peer: RateLimit | None = None
+    append_rate_per_principal: RateLimit | None = None
+    kill_switch_rate_per_peer: RateLimit | None = None
+    # A second, plaintext port that serves only grpc.health.v1.Health (for kubelet probes,
+    # which cannot present a client certificate).
+    health_listen: str | None = None
     max_batch_events: int = MAX_BATCH_EVENTS
     # Signature-checking worker processes for streamed batches (ledger.sigcheck): 0 checks in
     # the serving process, None one when the machine has more than one core.
@@ -87,10 +111,14 @@ class RunningServer:
     grpc_server: grpc.Server
     health: health.HealthServicer
     _owns_store: bool = True
+    health_server: grpc.Server | None = None
+    health_port: int = 0
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.ledger.stop()
+        if self.health_server is not None:
+            self.health_server.stop(None)
         self.grpc_server.stop(grace).wait()
         self.ledger.close()
         self.ledger.checker.close()
@@ -105,18 +133,45 @@ def _read(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path is not None else None
 
 
+def requires_client_cert(config: LedgerServerConfig) -> bool:
+    """A client CA means required client certificates, unless the config says otherwise."""
+    if config.require_client_cert is None:
+        return config.client_ca is not None
+    return config.require_client_cert
+
+
 def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
+    required = requires_client_cert(config)
+    if config.access_file is not None and config.client_ca is None:
+        raise ConfigError("an access file maps client certificates to permissions: it needs "
+                          "client_ca (--client-ca), the CA that signs them")
     if config.tls_cert is None and config.tls_key is None:
-        if config.client_ca is not None or config.require_client_cert:
+        if config.client_ca is not None or required:
             raise ConfigError("mutual TLS needs TLS: give tls_cert and tls_key too")
+        if not is_loopback(config.listen) and not config.insecure_plaintext:
+            raise ConfigError(
+                f"plaintext on {config.listen}, an address other machines can reach: serve TLS "
+                "(--tls-cert, --tls-key) or say --insecure-plaintext")
         return None
     if config.tls_cert is None or config.tls_key is None:
         raise ConfigError("TLS needs both tls_cert and tls_key")
-    if config.require_client_cert and config.client_ca is None:
+    if required and config.client_ca is None:
         raise ConfigError("require_client_cert needs client_ca, the CA that signs client certificates")
     pair = (_read(config.tls_key), _read(config.tls_cert))
     return grpc.ssl_server_credentials([pair], root_certificates=_read(config.client_ca),  # type: ignore[list-item]
-                                       require_client_auth=config.require_client_cert)
+                                       require_client_auth=required)
+
+
+def _warn_about_exposure(config: LedgerServerConfig, creds: grpc.ServerCredentials | None) -> None:
+    if creds is None and not is_loopback(config.listen):
+        log.warning("insecure_plaintext listen=%s: anyone who reaches this address may call "
+                    "every method unauthenticated and unencrypted", config.listen)
+    if config.client_ca is not None and config.access_file is None:
+        log.warning("no_access_file: every client certified by the client CA may call every "
+                    "method, reflection and on-demand checkpoints included; give an access file")
+    if config.client_ca is not None and not requires_client_cert(config):
+        log.warning("client_cert_optional: clients without a certificate are admitted "
+                    "anonymously")
 
 
 # Registers one more servicer (QueryService, ControllerService ...) on the same gRPC server
@@ -127,6 +182,13 @@ AddService = Callable[[grpc.Server, "LedgerServer"], str]
 def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()) -> RunningServer:
     """Bind, replay the store, then report SERVING. Returns once the server accepts appends."""
     creds = _credentials(config)  # configuration errors first, before anything is opened
+    policy = AccessPolicy.load(config.access_file) if config.access_file is not None else None
+    slots = StreamSlots(config.max_streams, config.max_streams_per_peer)
+    limits = AppendLimits(config.append_rate_per_peer, config.append_rate_per_principal,
+                          config.kill_switch_rate_per_peer)
+    if config.unary_workers < 2:
+        raise ConfigError("unary_workers must be at least 2: the lane that streams cannot fill")
+    _warn_about_exposure(config, creds)
     key = _load_checkpoint_key(config)
     owns_store = not isinstance(config.store, LogStore)
     store = config.store if isinstance(config.store, LogStore) else SQLiteLogStore(config.store)
@@ -149,11 +211,14 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+    # Streams hold at most max_streams workers (ServerGate refuses the next one), so
+    # unary_workers always remain for unary calls.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_streams + config.unary_workers,
                                                     thread_name_prefix="ledger-rpc"),
-                         options=options)
+                         options=options, interceptors=[ServerGate(policy, slots, log)])
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
-        LedgerServicer(ledger, max_batch_events=config.max_batch_events), server)
+        LedgerServicer(ledger, max_batch_events=config.max_batch_events,
+                       limits=limits if limits.enabled else None), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names.extend(add(server, ledger) for add in add_services)
     set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the replay has finished
@@ -165,20 +230,33 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}")
     host = config.listen.rsplit(":", 1)[0]
+    health_server, health_port = None, 0
+    if config.health_listen is not None:
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
+                                                               thread_name_prefix="ledger-health"))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(config.health_listen)
+        if health_port == 0:
+            raise ConfigError(f"cannot listen on {config.health_listen} (health)")
+        health_server.start()
     server.start()
     try:
         report = ledger.start()
     except BaseException:
         server.stop(None)
+        if health_server is not None:
+            health_server.stop(None)
         ledger.checker.close()
         if owns_store:
             store.close()
         raise
     set_health(health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{port}"
-    log.info("listening address=%s tls=%s mtls=%s entries=%d skipped=%d", address, creds is not None,
-             config.require_client_cert, report.entries, report.skipped)
-    return RunningServer(address, port, ledger, server, health_servicer, owns_store)
+    log.info("listening address=%s tls=%s mtls=%s access_file=%s entries=%d skipped=%d", address,
+             creds is not None, creds is not None and requires_client_cert(config),
+             config.access_file, report.entries, report.skipped)
+    return RunningServer(address, port, ledger, server, health_servicer, owns_store,
+                         health_server, health_port)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,58 +266,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ledger.server",
                                 description="Run a Steward ledger server on a SQLite or Kafka log.")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", help="SQLite file of the log (created if missing)")
-    where.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
-                       help="Kafka bootstrap servers: keep the log on a Kafka topic (docs/KAFKA.md)")
-    p.add_argument("--checkpoint-key", required=True, help="the ledger's checkpoint private key (PEM)")
-    p.add_argument("--passphrase-env", metavar="VAR",
-                   help="environment variable that holds the checkpoint key's passphrase")
-    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
-    p.add_argument("--port-file", help="write the bound port here once serving")
-    p.add_argument("--checkpoint-every-entries", type=int, default=256)
-    p.add_argument("--checkpoint-every-ms", type=int, default=1000)
-    p.add_argument("--tls-cert", help="server certificate chain (PEM)")
-    p.add_argument("--tls-key", help="server private key (PEM)")
-    p.add_argument("--client-ca", help="CA for client certificates (mutual TLS)")
-    p.add_argument("--require-client-cert", action="store_true", help="refuse clients without a certificate")
-    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--verify-processes", type=int, choices=(0, 1), default=None, metavar="0|1",
-                   help="check the signatures of streamed batches in a worker process (1) or "
-                        "in the serving process (0); default: 1 on a machine with more than "
-                        "one core")
-    p.add_argument("--projections", default="same", metavar="URL|PATH",
-                   help="where the query projections live and QueryService reads them: a SQLAlchemy "
-                        "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
-                        "--kafka-bootstrap: no projections), 'off' serves no QueryService")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--kafka-log-level", default="WARNING",
-                   help="level of the Kafka clients' loggers: kafka-python's (their INFO is a "
-                        "line per connection) and librdkafka's (logger kafka.librdkafka)")
-    k = p.add_argument_group("Kafka store (with --kafka-bootstrap)")
-    k.add_argument("--topic", help="the ledger topic (checkpoints go to TOPIC.checkpoints)")
-    k.add_argument("--ledger", default="", metavar="NAME",
-                   help="ledger name for the transactional id steward-ledger-NAME (default: the topic)")
-    k.add_argument("--replication-factor", type=int, default=1,
-                   help="replication factor of created topics, minimum of existing ones (production: 3)")
-    k.add_argument("--min-insync-replicas", type=int, default=1,
-                   help="min.insync.replicas of created topics, minimum of existing ones (production: 2)")
-    k.add_argument("--no-create-topics", action="store_true",
-                   help="never create the topics: they must exist (they are still checked)")
-    k.add_argument("--kafka-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="longest one Kafka append or read may take before the store reports UNAVAILABLE "
-                        "(one broker request: at most half of it, and at most 15 s)")
-    k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
-                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    k.add_argument("--kafka-sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...")
-    k.add_argument("--kafka-sasl-username")
-    k.add_argument("--kafka-sasl-password-env", metavar="VAR",
-                   help="environment variable that holds the SASL password (never on the command line)")
-    k.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)")
-    k.add_argument("--kafka-ssl-certfile", help="client certificate (PEM)")
-    k.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
-    k.add_argument("--kafka-ssl-password-env", metavar="VAR",
-                   help="environment variable that holds the client key's password")
+    add_server_arguments(p)
     return p
 
 
@@ -321,9 +348,17 @@ def projections_service(url: str, stop: threading.Event) -> AddService:
     return add
 
 
+def _rate(parsed: tuple[float, int] | None) -> RateLimit | None:
+    return RateLimit(*parsed) if parsed is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Serve what parsed `args` (add_server_arguments) ask for, until SIGTERM or SIGINT."""
     if args.db is not None and args.topic:
         parser.error("--topic is for --kafka-bootstrap, not --db")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -339,8 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint_every_entries=args.checkpoint_every_entries,
             checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
             tls_key=args.tls_key, client_ca=args.client_ca,
-            require_client_cert=args.require_client_cert, max_message_bytes=args.max_message_bytes,
-            verify_processes=args.verify_processes)
+            require_client_cert=(False if args.client_cert_optional
+                                 else True if args.require_client_cert else None),
+            access_file=args.access_file, insecure_plaintext=args.insecure_plaintext,
+            health_listen=args.health_listen, max_streams=args.max_streams,
+            max_streams_per_peer=args.max_streams_per_peer, unary_workers=args.unary_workers,
+            append_rate_per_peer=_rate(args.append_rate_per_peer),
+            append_rate_per_principal=_rate(args.append_rate_per_principal),
+            kill_switch_rate_per_peer=_rate(args.kill_switch_rate_per_peer),
+            max_message_bytes=args.max_message_bytes, verify_processes=args.verify_processes)
         done = threading.Event()
         services: list[AddService] = []
         url = _projections_url(args)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
+from ledger.access import peer_identity
 from ledger.core import Receipt
 from ledger.errors import StewardError
+from ledger.formats import KillSwitchEngaged, signed_bytes
 from ledger.grpc_errors import ServiceError, guarded, status_for
+from ledger.limits import AppendLimits
+from ledger.staging import StagedBatch
 from ledger.writer import MAX_BATCH_EVENTS, LedgerServer, PublishedCheckpoint
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
 
@@ -42,13 +46,47 @@ _END_OF_STREAM = object()
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, ledger: LedgerServer, *, max_batch_events: int = MAX_BATCH_EVENTS) -> None:
+    def __init__(self, ledger: LedgerServer, *, max_batch_events: int = MAX_BATCH_EVENTS,
+                 limits: AppendLimits | None = None) -> None:
         self.ledger = ledger
         self.max_batch_events = max_batch_events
+        self.limits = limits
+
+    def _signing_principals(self, staged: StagedBatch, *, skip_kill_switches: bool) -> Counter[str]:
+        """Events per principal whose signature verified (a forged key id charges no one)."""
+        counts: Counter[str] = Counter()
+        for event in staged.events:
+            if event.received is None or event.body is None:
+                continue
+            if skip_kill_switches and isinstance(event.body.payload, KillSwitchEngaged):
+                continue
+            message = signed_bytes(event.received.event.body)
+            principals = set()
+            for sig in event.received.event.signatures:
+                info = self.ledger.key_info(sig.key_id)
+                if info is not None and (info.public_key, sig.sig, message) in staged.verified:
+                    principals.add(info.principal)
+            counts.update(principals)
+        return counts
 
     @guarded(log)
     def Append(self, request: ledger_pb2.AppendRequest, context: grpc.ServicerContext) -> ledger_pb2.Receipt:
-        return _receipt_pb(self.ledger.append(request.signed_event))
+        if self.limits is None:
+            return _receipt_pb(self.ledger.append(request.signed_event))
+        # Decoded first, so that a kill switch is charged to its own bucket: a peer that has
+        # used up its append rate on proposals or garbage can still stop a rollout.
+        staged = self.ledger.stage([request.signed_event])
+        (event,) = staged.events
+        peer = peer_identity(context)
+        if event.body is not None and isinstance(event.body.payload, KillSwitchEngaged):
+            self.limits.charge_kill_switch(peer)
+        else:
+            self.limits.charge_peer(peer, 1)
+            self.limits.charge_principals(self._signing_principals(staged, skip_kill_switches=False))
+        (result,) = self.ledger.append_batch([request.signed_event], staged=staged)
+        if isinstance(result, BaseException):
+            raise result
+        return _receipt_pb(result)
 
     @guarded(log)
     def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
@@ -58,6 +96,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         # thread checks them into the ledger (submit) as soon as they are staged, without
         # waiting for the earlier batches' store writes; the ledger's writer stores them. Each
         # batch is answered in order once durable.
+        limits, peer = self.limits, peer_identity(context) if self.limits is not None else ""
         decoded: queue.Queue[Any] = queue.Queue(maxsize=2)
         ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
@@ -85,9 +124,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                             f"at most {self.max_batch_events} are accepted",
                             violation_code="BATCH_TOO_LARGE", field="signed_events"))
                         return
+                    if limits is not None:  # before decoding: garbage costs the peer too
+                        limits.charge_peer(peer, len(batch.signed_events))
                     events = list(batch.signed_events)
                     if not put(decoded, (batch.batch_id, events, self.ledger.decode(events))):
                         return
+            except grpc.RpcError:  # the client cancelled or vanished: nothing worth a log line
+                put(decoded, ServiceError(grpc.StatusCode.CANCELLED,
+                                          "the client's request stream ended before its last batch"))
+                return
             except BaseException as exc:  # the client's stream failed: end ours the same way
                 put(decoded, exc)
                 return
@@ -105,6 +150,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 batch_id, events, batch = item
                 try:
                     staged = self.ledger.check_signatures(batch)
+                    if limits is not None:
+                        limits.charge_principals(
+                            self._signing_principals(staged, skip_kill_switches=True))
                 except BaseException as exc:
                     put(ahead, exc)
                     return

@@ -64,7 +64,7 @@ from ledger.keys import PrivateKey
 from ledger.merkle import leaf_hash
 from ledger.sigcheck import SignatureChecker
 from ledger.staging import DecodedBatch, StagedBatch
-from ledger.state import LedgerState
+from ledger.state import KeyInfo, LedgerState
 from ledger.store.base import LogStore
 
 # The server process's log: its lines keep the name operators and the docs know them by.
@@ -606,6 +606,11 @@ class LedgerServer:
     @property
     def origin(self) -> str:
         return self._origin
+
+    def key_info(self, key_id: bytes) -> KeyInfo | None:
+        """The key granted under `key_id` as the ledger knows it now (read without the lock:
+        a hint for rate limits, never for a rule)."""
+        return self._core.state.keys.get(key_id)
 
     @property
     def stopping(self) -> bool:

@@ -1,0 +1,174 @@
+"""Admission limits of the ledger's gRPC server: stream slots and append rate limits.
+
+Two resources a client can take from everyone else, bounded here:
+
+- **Stream slots.** A gRPC stream (``AppendStream``, a following ``Read``, a health ``Watch``)
+  holds one worker thread of the server for as long as it is open, idle or not. Streams get at
+  most ``max_streams`` workers in all and ``max_streams_per_peer`` per peer; the server's pool
+  has ``unary_workers`` more, which streams can never take, so a unary ``Append`` (a kill switch)
+  and ``Health/Check`` always find a worker (docs/security/network.md).
+- **Append rates.** Token buckets per peer (every submitted event, garbage included, before it
+  is decoded when it comes in a stream) and per signing principal (events whose signature
+  verified); ``KillSwitchEngaged`` sent with a unary ``Append`` is charged to its own bucket per
+  peer instead, so a peer that flooded proposals can still stop a rollout.
+
+Every refusal is a :class:`ledger.grpc_errors.ServiceError` with ``RESOURCE_EXHAUSTED``, the
+violation code ``STREAM_LIMIT`` or ``RATE_LIMITED`` and the limit's name as the field.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from ledger.grpc_errors import ServiceError
+
+STREAM_LIMIT_CODE = "STREAM_LIMIT"
+RATE_LIMITED_CODE = "RATE_LIMITED"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `rate` events per second on average, up to `burst` at once."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError(f"a rate limit needs rate > 0 and burst >= 1, got {self.rate}/s, burst {self.burst}")
+
+    def describe(self) -> str:
+        return f"{self.rate:g}/s, burst {self.burst}"
+
+
+class _Buckets:
+    """One token bucket per key (a peer, a principal), created full on first use."""
+
+    # A bucket that has been full for this long is forgotten, so one attacker cycling through
+    # peer addresses cannot grow the table without bound.
+    _FORGET_AFTER_S = 60.0
+    _SWEEP_EVERY = 4096
+
+    def __init__(self, limit: RateLimit, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.name = name
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._calls = 0
+
+    def take(self, key: str, n: int = 1) -> bool:
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.limit.burst), now))
+            tokens = min(float(self.limit.burst), tokens + (now - at) * self.limit.rate)
+            granted = tokens >= n
+            if granted:
+                tokens -= n
+            self._buckets[key] = (tokens, now)
+            self._calls += 1
+            if self._calls % self._SWEEP_EVERY == 0:
+                self._sweep(now)
+            return granted
+
+    def give(self, key: str, n: int) -> None:
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.limit.burst), self._clock()))
+            self._buckets[key] = (min(float(self.limit.burst), tokens + n), at)
+
+    def _sweep(self, now: float) -> None:
+        full_after = self.limit.burst / self.limit.rate + self._FORGET_AFTER_S
+        for key, (_tokens, at) in list(self._buckets.items()):
+            if now - at > full_after:
+                del self._buckets[key]
+
+    def refuse(self, who: str, n: int) -> ServiceError:
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"rate limit {self.name} ({self.limit.describe()}) exceeded by {who} "
+            f"({n} event{'s' if n != 1 else ''} refused, nothing appended); retry later",
+            violation_code=RATE_LIMITED_CODE, field=self.name)
+
+
+class AppendLimits:
+    """The append rate limits of one server; a limit left None is not enforced."""
+
+    def __init__(self, per_peer: RateLimit | None = None, per_principal: RateLimit | None = None,
+                 kill_switch_per_peer: RateLimit | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._peer = _Buckets(per_peer, "append_rate_per_peer", clock) if per_peer else None
+        self._principal = (_Buckets(per_principal, "append_rate_per_principal", clock)
+                           if per_principal else None)
+        self._kill = (_Buckets(kill_switch_per_peer, "kill_switch_rate_per_peer", clock)
+                      if kill_switch_per_peer else None)
+
+    @property
+    def enabled(self) -> bool:
+        return any(b is not None for b in (self._peer, self._principal, self._kill))
+
+    def charge_peer(self, peer: str, n: int) -> None:
+        if self._peer is not None and not self._peer.take(peer, n):
+            raise self._peer.refuse(f"peer {peer}", n)
+
+    def charge_kill_switch(self, peer: str) -> None:
+        if self._kill is not None and not self._kill.take(peer):
+            raise self._kill.refuse(f"peer {peer}", 1)
+
+    def charge_principals(self, principals: Counter[str]) -> None:
+        """Charge each principal for its events; all or nothing, so a refusal costs none."""
+        if self._principal is None:
+            return
+        taken: list[tuple[str, int]] = []
+        for principal, n in sorted(principals.items()):
+            if not self._principal.take(principal, n):
+                for done, m in taken:  # give back what this call took before the refusal
+                    self._principal.give(done, m)
+                raise self._principal.refuse(f"principal {principal}", n)
+            taken.append((principal, n))
+
+
+class StreamSlots:
+    """Counts open streams, in all and per peer; refuses one past either limit."""
+
+    def __init__(self, max_streams: int, max_per_peer: int) -> None:
+        if max_streams < 1 or max_per_peer < 1:
+            raise ValueError("stream limits must be at least 1")
+        self.max_streams = max_streams
+        self.max_per_peer = max_per_peer
+        self._lock = threading.Lock()
+        self._total = 0
+        self._by_peer: Counter[str] = Counter()
+
+    @property
+    def open(self) -> int:
+        return self._total
+
+    def acquire(self, peer: str, method: str) -> None:
+        with self._lock:
+            if self._by_peer[peer] >= self.max_per_peer:
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{method}: peer {peer} already has {self._by_peer[peer]} open streams, the "
+                    f"limit max_streams_per_peer is {self.max_per_peer}; close one first",
+                    violation_code=STREAM_LIMIT_CODE, field="max_streams_per_peer")
+            if self._total >= self.max_streams:
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{method}: the server has {self._total} open streams, the limit "
+                    f"max_streams is {self.max_streams}; retry later",
+                    violation_code=STREAM_LIMIT_CODE, field="max_streams")
+            self._total += 1
+            self._by_peer[peer] += 1
+
+    def release(self, peer: str) -> None:
+        with self._lock:
+            self._total -= 1
+            self._by_peer[peer] -= 1
+            if self._by_peer[peer] <= 0:
+                del self._by_peer[peer]

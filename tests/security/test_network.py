@@ -1,0 +1,223 @@
+"""Attack 1 of issue #14: one client must not starve the kill switch (docs/security/network.md).
+
+A real ledger server on SQLite, real gRPC. One attacker, unauthenticated, on the same loopback
+address as everyone else, opens idle AppendStreams, idle following Reads and streams of garbage
+batches; meanwhile an operator's unary ``Append`` of a ``KillSwitchEngaged`` and
+``grpc.health.v1.Health/Check`` must answer within a generous multiple of their latency on the
+same server without the attack, measured first in the same test.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ledger.client import LedgerClient
+from ledger.formats import KillScope
+from ledger.grpc_errors import VIOLATION_CODE_KEY, VIOLATION_FIELD_KEY
+from ledger.scenario import Cast, Flow
+from ledger.server import LedgerServerConfig, RunningServer, serve
+from steward.v1 import ledger_pb2, ledger_pb2_grpc
+
+TRIALS = 8
+CALL_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Ledger:
+    running: RunningServer
+    client: LedgerClient
+    flow: Flow
+    health: health_pb2_grpc.HealthStub
+    channel: grpc.Channel
+    kills: int = 0
+
+    def kill_switch_and_health(self) -> tuple[list[float], list[float]]:
+        """Engage TRIALS kill switches (each on its own target) and check health after each."""
+        appends, checks = [], []
+        for _ in range(TRIALS):
+            self.kills += 1
+            event = self.flow.kill(KillScope("TARGET", namespace="models", deployment=f"svc-{self.kills}"))
+            start = time.monotonic()
+            self.client.append(event)
+            appends.append(time.monotonic() - start)
+            start = time.monotonic()
+            answer = self.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+            checks.append(time.monotonic() - start)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        return appends, checks
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    cast = Cast.create()
+    flow = Flow(cast)
+    running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key))
+    client = LedgerClient(running.address, timeout=CALL_TIMEOUT_S, retries=0)
+    channel = grpc.insecure_channel(running.address)
+    try:
+        client.append(flow.genesis())
+        for grant in flow.grants():
+            client.append(grant)
+        client.append(flow.policy())
+        yield Ledger(running, client, flow, health_pb2_grpc.HealthStub(channel), channel)
+    finally:
+        channel.close()
+        client.close()
+        running.stop(None)
+
+
+@dataclass
+class Attacker:
+    """One client's worth of hostile streams; records how the server answered each."""
+
+    target: str
+    channels: list[grpc.Channel] = field(default_factory=list)
+    calls: list[grpc.RpcContext] = field(default_factory=list)
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
+        # A few connections, as one process would open: the limits count the peer, not a socket.
+        if len(self.channels) < 4:
+            self.channels.append(grpc.insecure_channel(self.target))
+        return ledger_pb2_grpc.LedgerServiceStub(self.channels[len(self.calls) % len(self.channels)])
+
+    def _drain(self, call: grpc.RpcContext) -> None:
+        try:
+            for _ in call:  # type: ignore[attr-defined]
+                pass
+            outcome = ("OK", "", "")
+        except grpc.RpcError as err:
+            md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+            outcome = (err.code().name, md.get(VIOLATION_CODE_KEY, ""),  # type: ignore[attr-defined]
+                       md.get(VIOLATION_FIELD_KEY, ""))
+        with self._lock:
+            self.outcomes[outcome] += 1
+
+    def _start(self, call: grpc.RpcContext) -> None:
+        self.calls.append(call)
+        threading.Thread(target=self._drain, args=(call,), daemon=True).start()
+
+    def idle_append_streams(self, n: int) -> None:
+        def nothing() -> Iterator[ledger_pb2.AppendBatch]:
+            self.stop.wait()
+            return
+            yield  # a generator that sends no batch until the attack ends
+
+        for _ in range(n):
+            self._start(self._stub().AppendStream(nothing()))
+
+    def follow_readers(self, n: int) -> None:
+        for _ in range(n):
+            self._start(self._stub().Read(ledger_pb2.ReadRequest(start_seq=0, follow=True)))
+
+    def garbage_streams(self, n: int, events_per_batch: int = 256) -> None:
+        def garbage() -> Iterator[ledger_pb2.AppendBatch]:
+            batch_id = 0
+            while not self.stop.is_set():
+                batch_id += 1
+                yield ledger_pb2.AppendBatch(
+                    batch_id=batch_id, signed_events=[os.urandom(96) for _ in range(events_per_batch)])
+                time.sleep(0.005)
+
+        for _ in range(n):
+            self._start(self._stub().AppendStream(garbage()))
+
+    def leave(self) -> None:
+        self.stop.set()
+        for call in self.calls:
+            call.cancel()
+        for channel in self.channels:
+            channel.close()
+
+
+def _assert_heard(base: tuple[list[float], list[float]], attacked: tuple[list[float], list[float]]) -> None:
+    for what, before, during in (("kill switch Append", base[0], attacked[0]),
+                                 ("Health/Check", base[1], attacked[1])):
+        # Generous on purpose (a shared 2-core machine): 10x the worst unloaded call, plus 250 ms.
+        bound = 10 * max(before) + 0.25
+        assert max(during) <= bound, (
+            f"{what} under attack: max {max(during) * 1000:.0f} ms, median "
+            f"{statistics.median(during) * 1000:.0f} ms; unloaded max {max(before) * 1000:.0f} ms "
+            f"(bound {bound * 1000:.0f} ms)")
+
+
+def _attack(ledger: Ledger, *, idle: int = 0, followers: int = 0, garbage: int = 0) -> Attacker:
+    attacker = Attacker(ledger.running.address)
+    attacker.idle_append_streams(idle)
+    attacker.follow_readers(followers)
+    attacker.garbage_streams(garbage)
+    time.sleep(1.0)  # every stream has reached the server and holds (or was refused) a worker
+    return attacker
+
+
+def test_32_idle_append_streams_do_not_starve_the_kill_switch(ledger: Ledger) -> None:
+    base = ledger.kill_switch_and_health()
+    attacker = _attack(ledger, idle=32)
+    try:
+        _assert_heard(base, ledger.kill_switch_and_health())
+    finally:
+        attacker.leave()
+
+
+def test_32_idle_follow_readers_do_not_starve_the_kill_switch(ledger: Ledger) -> None:
+    base = ledger.kill_switch_and_health()
+    attacker = _attack(ledger, followers=32)
+    try:
+        _assert_heard(base, ledger.kill_switch_and_health())
+    finally:
+        attacker.leave()
+
+
+def test_500_idle_streams_100_followers_and_garbage_do_not_starve_the_kill_switch(ledger: Ledger) -> None:
+    base = ledger.kill_switch_and_health()
+    attacker = _attack(ledger, idle=500, followers=100, garbage=4)
+    try:
+        _assert_heard(base, ledger.kill_switch_and_health())
+    finally:
+        attacker.leave()
+    time.sleep(0.5)  # the refused and cancelled calls report
+    # Streams past the per-peer limit were refused at once, with the limit named.
+    refused = attacker.outcomes[("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer")]
+    config = ledger.running
+    assert refused >= 500 + 100 + 4 - LedgerServerConfig.max_streams_per_peer, attacker.outcomes
+    assert config.ledger.head().size == 1 + len(ledger.flow.grants()) + 1 + ledger.kills, \
+        "garbage must append nothing"
+
+
+def test_streams_are_limited_per_peer_and_in_all(tmp_path: Path) -> None:
+    cast = Cast.create()
+    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key,
+                                       max_streams=6, max_streams_per_peer=4, unary_workers=2))
+    client = LedgerClient(running.address, retries=0, timeout=CALL_TIMEOUT_S)
+    attacker = Attacker(running.address)
+    try:
+        client.append(Flow(cast).genesis())
+        attacker.follow_readers(5)
+        time.sleep(1.0)
+        assert attacker.outcomes == Counter({("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer"): 1})
+        with pytest.raises(grpc.RpcError) as info:
+            list(grpc.insecure_channel(running.address).unary_stream(
+                "/steward.v1.LedgerService/Read",
+                request_serializer=ledger_pb2.ReadRequest.SerializeToString,
+                response_deserializer=ledger_pb2.EntryMessage.FromString,
+            )(ledger_pb2.ReadRequest(start_seq=0, follow=True), timeout=CALL_TIMEOUT_S))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "max_streams_per_peer is 4" in info.value.details()  # type: ignore[attr-defined]
+        assert client.head().size == 1  # unary calls still have their lane
+    finally:
+        attacker.leave()
+        client.close()
+        running.stop(None)
