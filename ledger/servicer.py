@@ -20,7 +20,7 @@ import grpc
 from ledger.access import peer_identity
 from ledger.core import Receipt
 from ledger.errors import StewardError
-from ledger.formats import KillSwitchEngaged, signed_bytes
+from ledger.formats import KillSwitchEngaged
 from ledger.grpc_errors import ServiceError, guarded, status_for
 from ledger.limits import AppendLimits
 from ledger.staging import StagedBatch
@@ -60,11 +60,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 continue
             if skip_kill_switches and isinstance(event.body.payload, KillSwitchEngaged):
                 continue
-            message = signed_bytes(event.received.event.body)
+            body = event.received.event.body
             principals = set()
             for sig in event.received.event.signatures:
                 info = self.ledger.key_info(sig.key_id)
-                if info is not None and (info.public_key, sig.sig, message) in staged.verified:
+                if info is not None and (info.public_key, sig.sig, body) in staged.verified:
                     principals.add(info.principal)
             counts.update(principals)
         return counts
