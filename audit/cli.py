@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="with --grpc: do not ask the server to sign a checkpoint of its current size "
                                  "(entries past its newest checkpoint are then reported pending)")
         sp.add_argument("--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)")
+        sp.add_argument("--tls-ca", type=Path, metavar="PEM", help="with --grpc: CA of the ledger server (TLS)")
+        sp.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="with --grpc: client certificate (mutual TLS; needs the read permission)")
+        sp.add_argument("--tls-key", type=Path, metavar="PEM", help="with --grpc: its private key")
         k = sp.add_argument_group("Kafka security (with --kafka; docs/KAFKA.md \"Security\")")
         k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
                        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
@@ -115,7 +119,8 @@ def _source(args: argparse.Namespace, request_checkpoint: bool = True) -> Source
             args.kafka_sasl_password_env, args.kafka_ssl_cafile, args.kafka_ssl_certfile,
             args.kafka_ssl_keyfile, args.kafka_ssl_password_env)
         return KafkaSource(args.kafka, args.topic, security=security)
-    return GrpcSource(args.grpc, request_checkpoint=request_checkpoint)
+    return GrpcSource(args.grpc, request_checkpoint=request_checkpoint,
+                      tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _read_text(path: Path, what: str) -> str:

@@ -353,7 +353,9 @@ class GrpcSource:
 
     live = True
 
-    def __init__(self, target: str, timeout_s: float = 30.0, request_checkpoint: bool = True) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, request_checkpoint: bool = True, *,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
         import grpc
 
         from steward.v1 import ledger_pb2_grpc
@@ -365,7 +367,20 @@ class GrpcSource:
         self.covered: int | None = None  # the size of the checkpoint asked for, once known
         self.refused: str | None = None  # why the server did not sign one, if it did not
         self._asked = False
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if (tls_cert is None) != (tls_key is None):
+            raise AuditError("--tls-cert and --tls-key go together")
+        if tls_ca is not None or tls_cert is not None:
+            try:
+                creds = grpc.ssl_channel_credentials(
+                    tls_ca.read_bytes() if tls_ca else None,
+                    tls_key.read_bytes() if tls_key else None,
+                    tls_cert.read_bytes() if tls_cert else None)
+            except OSError as exc:
+                raise AuditError(f"cannot read a TLS file: {exc}") from exc
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError as exc:

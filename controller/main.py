@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steward-controller", description=__doc__.split("\n\n")[0])
     p.add_argument("--ledger", required=True, metavar="HOST:PORT", help="ledger gRPC address")
     p.add_argument("--ledger-ca", help="CA certificate of the ledger server (TLS); plaintext without")
+    p.add_argument("--ledger-cert", help="client certificate for the ledger's mutual TLS (PEM); the "
+                                         "ledger's access file needs read and append for its name")
+    p.add_argument("--ledger-key", help="private key of --ledger-cert (PEM)")
     p.add_argument("--store", metavar="SPEC",
                    help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
                         "(default: the ledger's Read stream)")
@@ -171,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = PrivateKey.load(Path(args.key), passphrase.encode() if passphrase else None)
         from ledger.client import LedgerClient
 
-        ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca)
+        if (args.ledger_cert is None) != (args.ledger_key is None):
+            raise StewardError("--ledger-cert and --ledger-key go together")
+        ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca, cert_file=args.ledger_cert,
+                              key_file=args.ledger_key)
         if args.store:
             from ledger.store.kafka_flags import security_from_args
 

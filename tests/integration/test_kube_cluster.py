@@ -152,7 +152,9 @@ def test_apply_k8s_installs_steward_and_modelrollouts_print_columns(
         dep = json.loads(kube_cluster.kubectl(
             "get", "deployment", name, "-n", "steward-system", "-o", "json").stdout)
         probe = dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
-        assert probe["grpc"]["port"] == (7443 if name == "steward-ledger" else 7444)
+        # The ledger serves mutual TLS on 7443, which kubelet's gRPC probe cannot speak; it
+        # answers health alone, plaintext, on 7445 (--health-listen).
+        assert probe["grpc"]["port"] == (7445 if name == "steward-ledger" else 7444)
 
     ns = kube_namespace
     rollout = {
