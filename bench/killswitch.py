@@ -10,7 +10,16 @@ resourceVersion; append a proposal-scoped KillSwitchEngaged and take the time th
 returns; stop the clock on the first watch event where the canary has 0 replicas or is
 deleted. Then wait for the stable Deployment to be back at 4 before the next trial.
 
-Run: python -m bench.killswitch [--smoke] [--trials N]
+Under attack (issue #14, attack 1), in the same run: the same trials again while one client
+(bench.attacker) holds 500 idle AppendStreams and 100 following Reads and keeps 8 streams of
+garbage batches going, and a probe asks Health/Check every 50 ms. The attacker shares
+127.0.0.1 with the bench's own client and the controller, so per-peer append rates are off
+here (they would count all three as one peer): what protects the kill switch is the stream
+limits and the workers only unary calls may use (docs/security/network.md). Goal: p99 of
+engage → canary 0 under attack within 1.5x of the same p99 without, and every health check
+answered.
+
+Run: python -m bench.killswitch [--smoke] [--trials N] [--no-attack]
 """
 
 from __future__ import annotations
@@ -60,8 +69,14 @@ class CanaryWatch(threading.Thread):
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--no-attack", action="store_true", help="only the trials without an attacker")
+    p.add_argument("--idle-streams", type=int, default=500)
+    p.add_argument("--followers", type=int, default=100)
+    p.add_argument("--garbage-streams", type=int, default=8)
     args = p.parse_args(argv)
     trials = 3 if args.smoke else args.trials
+    if args.smoke:  # smoke size: the same attack, smaller
+        args.idle_streams, args.followers, args.garbage_streams = 50, 10, 2
 
     from kubernetes import client, utils
 
@@ -70,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.formats import KillScope, PlanStep
     from ledger.scenario import Cast, Flow
 
-    report = Report("killswitch", params={"trials": trials, "replicas": 4, "first_weight": 10})
+    report = Report("killswitch", params={
+        "trials": trials, "replicas": 4, "first_weight": 10,
+        "attack": None if args.no_attack else {"idle_streams": args.idle_streams, "followers": args.followers,
+                                               "garbage_streams": args.garbage_streams}})
     with tempfile.TemporaryDirectory(prefix="steward-bench-kill-") as tmp_s:
         tmp = Path(tmp_s)
         cluster = LocalCluster()
@@ -96,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "controller.pem").write_bytes(cast["controller"].key.to_pem())
             db, port_file = tmp / "ledger.db", tmp / "ledger.port"
             with start_python(["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
-                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file)],
-                              tmp / "ledger.log", cwd=REPO) as server:
+                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file),
+                               "--append-rate-per-peer", "off"], tmp / "ledger.log", cwd=REPO) as server:
                 led = LedgerClient(f"127.0.0.1:{wait_for_port_file(port_file, 60, child=server)}")
                 led.append(flow.genesis())
                 for grant in flow.grants():
@@ -111,12 +129,24 @@ def main(argv: list[str] | None = None) -> int:
                                    "--identity", "bench", "--tick-seconds", "0.2",
                                    "--not-ready-grace-seconds", "60"],
                                   tmp / "controller.log", cwd=REPO):
-                    latencies = _trials(trials, led, flow, apps, ns, KillScope)
+                    quiet = _trials(trials, led, flow, apps, ns, KillScope, first=0)
+                    attacked: list[tuple[float, float]] = []
+                    if not args.no_attack:
+                        attacked = _under_attack(report, args, trials, led, flow, apps, ns, KillScope)
                 led.close()
+            latencies = [acked for _, acked in quiet]
             report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
             p99 = percentile(latencies, 99) * 1000
             report.add("kill switch → canary 0 p99", p99, "ms", "< 500 ms", p99 < 500)
             report.add("kill switch → canary 0 max", max(latencies) * 1000, "ms")
+            if attacked:
+                base = percentile([sent for sent, _ in quiet], 99) * 1000
+                hit = percentile([sent for sent, _ in attacked], 99) * 1000
+                report.add("engage sent → canary 0 p99, no attack", base, "ms")
+                report.add("engage sent → canary 0 p99, under attack", hit, "ms")
+                report.add("under attack / no attack (p99)", hit / base, "x", "<= 1.5x", hit / base <= 1.5)
+                report.add("kill switch → canary 0 p99, under attack (from the ack)",
+                           percentile([acked for _, acked in attacked], 99) * 1000, "ms")
             api.close()
         finally:
             cluster.stop()
@@ -124,9 +154,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any) -> list[float]:
-    latencies: list[float] = []
-    for i in range(n):
+def _under_attack(report: Report, args: Any, trials: int, led: Any, flow: Any, apps: Any, ns: str,
+                  KillScope: Any) -> list[tuple[float, float]]:
+    from bench.attacker import Attacker, HealthProbe
+
+    probe = HealthProbe(led.target)
+    probe.start()
+    attacker = Attacker(led.target, idle_streams=args.idle_streams, followers=args.followers,
+                        garbage_streams=args.garbage_streams).start()
+    try:
+        time.sleep(2.0)  # every stream has reached the server: held, or refused
+        print(f"  attack on: {dict(attacker.outcomes)}", flush=True)
+        attacked = _trials(trials, led, flow, apps, ns, KillScope, first=trials)
+    finally:
+        attacker.leave()
+        probe.finish()
+    report.add("health checks answered under attack", probe.answered, "of",
+               f"all {probe.asked}", probe.answered == probe.asked)
+    report.add("health check p99 under attack", percentile(probe.latencies, 99) * 1000 if probe.latencies else -1, "ms")
+    report.add("attacker streams refused (RESOURCE_EXHAUSTED)", attacker.outcomes["RESOURCE_EXHAUSTED"], "streams")
+    report.add("attacker garbage batches sent", attacker.garbage_batches, "batches")
+    return attacked
+
+
+def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any,
+            first: int) -> list[tuple[float, float]]:
+    """(engage sent → canary 0, ack → canary 0) per trial, in seconds."""
+    latencies: list[tuple[float, float]] = []
+    for i in range(first, first + n):
         p = led.append(flow.propose(f"registry.example/model-server:v2-{i}", namespace=ns,
                                     deployment=NAME)).leaf_hash
         evals = (led.append(flow.eval(p, "safety", 0.99)).leaf_hash,
@@ -138,16 +193,19 @@ def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any) -> 
         watch = CanaryWatch(apps, ns, canary.metadata.resource_version)
         watch.start()
         time.sleep(0.2)  # let the watch connect; events after the resourceVersion are delivered anyway
+        sent = time.monotonic()
         led.append(flow.kill(KillScope("PROPOSAL", proposal=p)))
         acked = time.monotonic()
         watch.done.wait(30)
         if watch.zero_at is None:
             raise TimeoutError(f"trial {i}: the canary never reached 0 replicas")
-        latencies.append(max(0.0, watch.zero_at - acked))
+        latencies.append((max(0.0, watch.zero_at - sent), max(0.0, watch.zero_at - acked)))
         wait_for(f"trial {i}: stable back at 4, canary gone", lambda: (
             (s := read_deployment(apps, ns, NAME)) is not None and s.spec.replicas == 4
             and ((c := read_deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0)), 60, every=0.05)
-        print(f"  trial {i + 1}/{n}: {latencies[-1] * 1000:.0f} ms", flush=True)
+        print(f"  trial {i + 1 - first}/{n}{' (attack)' if first else ''}: "
+              f"{latencies[-1][1] * 1000:.0f} ms from the ack, {latencies[-1][0] * 1000:.0f} ms from sending",
+              flush=True)
     return latencies
 
 

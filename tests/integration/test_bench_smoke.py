@@ -29,7 +29,10 @@ EXPECTED: dict[str, list[str]] = {
                "sqlite: unary Append p99 @ 500/s"],
     "checkpoints": ["load: AppendStream", "on-demand checkpoint p50", "on-demand checkpoint p99",
                     "coverage lag p99", "checkpoints published", "entries per checkpoint (median gap)"],
-    "killswitch": ["kill switch → canary 0 p50", "kill switch → canary 0 p99"],
+    "killswitch": ["kill switch → canary 0 p50", "kill switch → canary 0 p99",
+                   "engage sent → canary 0 p99, no attack", "engage sent → canary 0 p99, under attack",
+                   "under attack / no attack (p99)", "health checks answered under attack",
+                   "attacker streams refused (RESOURCE_EXHAUSTED)"],
     "proofs": ["inclusion proof p99", "consistency proof p99"],
 }
 MARKS = {"ingest": [pytest.mark.kafka], "killswitch": [pytest.mark.kube]}

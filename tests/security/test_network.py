@@ -156,9 +156,10 @@ def _assert_heard(base: tuple[list[float], list[float]], attacked: tuple[list[fl
 
 def _attack(ledger: Ledger, *, idle: int = 0, followers: int = 0, garbage: int = 0) -> Attacker:
     attacker = Attacker(ledger.running.address)
+    attacker.garbage_streams(garbage)  # first, so that they hold slots and keep the server decoding
+    time.sleep(0.2)
     attacker.idle_append_streams(idle)
     attacker.follow_readers(followers)
-    attacker.garbage_streams(garbage)
     time.sleep(1.0)  # every stream has reached the server and holds (or was refused) a worker
     return attacker
 
