@@ -20,12 +20,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
 
 
+def channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, credentials)
+
+
 class Attacker:
     def __init__(self, target: str, *, idle_streams: int, followers: int, garbage_streams: int,
-                 events_per_batch: int = 256) -> None:
+                 events_per_batch: int = 256, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
         self.stop = threading.Event()
-        self.channels = [grpc.insecure_channel(target) for _ in range(4)]
+        self.channels = [channel(target, credentials) for _ in range(4)]
         self.calls: list[Any] = []
         self.outcomes: Counter[str] = Counter()
         self.garbage_batches = 0
@@ -96,9 +102,10 @@ class Attacker:
 class HealthProbe(threading.Thread):
     """Health/Check every `every` seconds with a `timeout`; counts the SERVING answers."""
 
-    def __init__(self, target: str, every: float = 0.05, timeout: float = 1.0) -> None:
+    def __init__(self, target: str, every: float = 0.05, timeout: float = 1.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         super().__init__(daemon=True)
-        self.channel = grpc.insecure_channel(target)
+        self.channel = channel(target, credentials)
         self.stub = health_pb2_grpc.HealthStub(self.channel)
         self.every, self.timeout = every, timeout
         self.asked = self.answered = 0

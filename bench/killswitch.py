@@ -10,14 +10,18 @@ resourceVersion; append a proposal-scoped KillSwitchEngaged and take the time th
 returns; stop the clock on the first watch event where the canary has 0 replicas or is
 deleted. Then wait for the stable Deployment to be back at 4 before the next trial.
 
+The ledger serves mutual TLS as k8s/ledger.yaml does (a throwaway CA, infra.pki; an access
+file; the default stream and rate limits): the bench's client, the controller and the attacker
+each present their own certificate, so the server tells them apart although all three connect
+from 127.0.0.1.
+
 Under attack (issue #14, attack 1), in the same run: the same trials again while one client
-(bench.attacker) holds 500 idle AppendStreams and 100 following Reads and keeps 8 streams of
-garbage batches going, and a probe asks Health/Check every 50 ms. The attacker shares
-127.0.0.1 with the bench's own client and the controller, so per-peer append rates are off
-here (they would count all three as one peer): what protects the kill switch is the stream
-limits and the workers only unary calls may use (docs/security/network.md). Goal: p99 of
-engage → canary 0 under attack within 1.5x of the same p99 without, and every health check
-answered.
+(bench.attacker, certificate ``research-infra`` with read and append) holds 500 idle
+AppendStreams and 100 following Reads and keeps 8 streams of garbage batches going (reopened
+at once when refused), and a probe asks Health/Check every 50 ms. Goal: p99 of engage →
+canary 0 under attack within 1.5x of the same p99 without, and every health check answered.
+``--plaintext`` runs the same without TLS, where the attacker shares the address with everyone
+(per-peer append rates off then: they would count all three as one peer).
 
 Run: python -m bench.killswitch [--smoke] [--trials N] [--no-attack]
 """
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-streams", type=int, default=500)
     p.add_argument("--followers", type=int, default=100)
     p.add_argument("--garbage-streams", type=int, default=8)
+    p.add_argument("--plaintext", action="store_true", help="no TLS: every client is one peer, 127.0.0.1")
     args = p.parse_args(argv)
     trials = 3 if args.smoke else args.trials
     if args.smoke:  # smoke size: the same attack, smaller
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.scenario import Cast, Flow
 
     report = Report("killswitch", params={
-        "trials": trials, "replicas": 4, "first_weight": 10,
+        "trials": trials, "replicas": 4, "first_weight": 10, "mtls": not args.plaintext,
         "attack": None if args.no_attack else {"idle_streams": args.idle_streams, "followers": args.followers,
                                                "garbage_streams": args.garbage_streams}})
     with tempfile.TemporaryDirectory(prefix="steward-bench-kill-") as tmp_s:
@@ -113,16 +118,20 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
             (tmp / "controller.pem").write_bytes(cast["controller"].key.to_pem())
             db, port_file = tmp / "ledger.db", tmp / "ledger.port"
+            tls = _Tls(tmp) if not args.plaintext else None
+            server_args = tls.server_args() if tls else ["--append-rate-per-peer", "off"]
             with start_python(["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
-                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file),
-                               "--append-rate-per-peer", "off"], tmp / "ledger.log", cwd=REPO) as server:
-                led = LedgerClient(f"127.0.0.1:{wait_for_port_file(port_file, 60, child=server)}")
+                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file), *server_args],
+                              tmp / "ledger.log", cwd=REPO) as server:
+                port = wait_for_port_file(port_file, 60, child=server)
+                led = tls.client(port) if tls else LedgerClient(f"127.0.0.1:{port}")
                 led.append(flow.genesis())
                 for grant in flow.grants():
                     led.append(grant)
                 led.append(flow.policy(namespace=ns, plan=(PlanStep(10, 0, False), PlanStep(50, 0, True),
                                                              PlanStep(100, 0, False))))
                 with start_python(["-m", "controller.main", "--ledger", led.target,
+                                   *(tls.controller_args() if tls else []),
                                    "--store", f"sqlite:{db}", "--kubeconfig", str(cluster.kubeconfig),
                                    "--key", str(tmp / "controller.pem"), "--namespace", ns,
                                    "--snapshot-db", str(tmp / "snap.db"), "--lease-namespace", ns,
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     quiet = _trials(trials, led, flow, apps, ns, KillScope, first=0)
                     attacked: list[tuple[float, float]] = []
                     if not args.no_attack:
-                        attacked = _under_attack(report, args, trials, led, flow, apps, ns, KillScope)
+                        attacked = _under_attack(report, args, trials, led, flow, apps, ns, KillScope, tls)
                 led.close()
             latencies = [acked for _, acked in quiet]
             report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
@@ -154,14 +163,49 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Tls:
+    """Mutual TLS for one run: a throwaway CA, the server's files, a certificate per client."""
+
+    ACCESS = ("identities:\n  bench: [read, append]\n  steward-controller: [read, append]\n"
+              "  research-infra: [read, append]\n  monitor: []\n")
+
+    def __init__(self, tmp: Path) -> None:
+        from infra.pki import make_pki
+
+        self.tmp = tmp
+        self.pki = make_pki(tmp)
+        (tmp / "access.yaml").write_text(self.ACCESS)
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert", str(self.pki.server_cert), "--tls-key", str(self.pki.server_key),
+                "--client-ca", str(self.pki.ca_path), "--access-file", str(self.tmp / "access.yaml")]
+
+    def client(self, port: int) -> Any:
+        from ledger.client import LedgerClient
+
+        cert = self.pki.client("bench")
+        return LedgerClient(f"localhost:{port}", ca_file=self.pki.ca, cert_file=cert.cert, key_file=cert.key)
+
+    def controller_args(self) -> list[str]:
+        cert, key = self.pki.client("steward-controller").write(self.tmp, "controller-client")
+        return ["--ledger-ca", str(self.pki.ca_path), "--ledger-cert", str(cert), "--ledger-key", str(key)]
+
+    def credentials(self, name: str) -> Any:
+        import grpc
+
+        cert = self.pki.client(name)
+        return grpc.ssl_channel_credentials(self.pki.ca, cert.key, cert.cert)
+
+
 def _under_attack(report: Report, args: Any, trials: int, led: Any, flow: Any, apps: Any, ns: str,
-                  KillScope: Any) -> list[tuple[float, float]]:
+                  KillScope: Any, tls: _Tls | None) -> list[tuple[float, float]]:
     from bench.attacker import Attacker, HealthProbe
 
-    probe = HealthProbe(led.target)
+    probe = HealthProbe(led.target, credentials=tls.credentials("monitor") if tls else None)
     probe.start()
     attacker = Attacker(led.target, idle_streams=args.idle_streams, followers=args.followers,
-                        garbage_streams=args.garbage_streams).start()
+                        garbage_streams=args.garbage_streams,
+                        credentials=tls.credentials("research-infra") if tls else None).start()
     try:
         time.sleep(2.0)  # every stream has reached the server: held, or refused
         print(f"  attack on: {dict(attacker.outcomes)}", flush=True)

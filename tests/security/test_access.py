@@ -1,7 +1,7 @@
 """Attack 9 of issue #14: access beyond signatures (docs/security/network.md).
 
 Real servers on SQLite over real gRPC with TLS; certificates come from a throwaway CA
-(tests.security.pki). With mutual TLS an access file maps certificate names to permissions;
+(infra.pki). With mutual TLS an access file maps certificate names to permissions;
 appends are rate limited per peer and per signing principal; plaintext off loopback and
 optional client certificates must be asked for.
 """
@@ -22,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from infra.pki import ClientCert, Pki, make_pki
 from ledger.client import LedgerClient, LedgerRpcError
 from ledger.errors import ConfigError
 from ledger.formats import KillScope
@@ -29,7 +30,6 @@ from ledger.limits import RateLimit
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, projections_service, serve
 from steward.v1 import ledger_pb2, ledger_pb2_grpc, query_pb2, query_pb2_grpc
-from tests.security.pki import ClientCert, Pki, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = grpc.StatusCode

@@ -1,7 +1,8 @@
-"""A throwaway certificate authority for the security tests (the `cryptography` package).
+"""A throwaway certificate authority for local runs: tests and benchmarks (`cryptography`).
 
 One CA signs a server certificate for ``localhost``/127.0.0.1 and any client certificates a
-test asks for, each with a subject common name and optional DNS/URI subject alternative names.
+caller asks for, each with a subject common name and optional DNS/URI subject alternative
+names. Keys are ECDSA P-256, valid for an hour; nothing here is meant for production.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ class ClientCert:
     cert: bytes
     key: bytes
 
+    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """Save as NAME.pem and NAME.key in `directory`; returns both paths."""
+        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+        cert.write_bytes(self.cert)
+        key.write_bytes(self.key)
+        return cert, key
+
 
 @dataclass
 class Pki:
@@ -34,6 +42,7 @@ class Pki:
     _ca_name: x509.Name = field(repr=False)
 
     def client(self, common_name: str, *, dns: tuple[str, ...] = (), uri: tuple[str, ...] = ()) -> ClientCert:
+        """A client certificate for `common_name` (and SANs), signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
         san: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         san += [x509.UniformResourceIdentifier(u) for u in uri]
