@@ -68,7 +68,7 @@ class _Buckets:
         with self._lock:
             tokens, at = self._buckets.get(key, (float(self.limit.burst), now))
             tokens = min(float(self.limit.burst), tokens + (now - at) * self.limit.rate)
-            granted = tokens >= n
+            granted = tokens >= max(n, 1)  # n == 0 asks whether a token is left
             if granted:
                 tokens -= n
             self._buckets[key] = (tokens, now)
@@ -92,7 +92,9 @@ class _Buckets:
         return ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"rate limit {self.name} ({self.limit.describe()}) exceeded by {who} "
-            f"({n} event{'s' if n != 1 else ''} refused, nothing appended); retry later",
+            f"({n} event{'s' if n != 1 else ''} refused, nothing appended); retry later"
+            if n else f"rate limit {self.name} ({self.limit.describe()}) used up by {who}; "
+            "no stream is opened until its bucket refills",
             violation_code=RATE_LIMITED_CODE, field=self.name)
 
 
@@ -115,6 +117,12 @@ class AppendLimits:
     def charge_peer(self, peer: str, n: int) -> None:
         if self._peer is not None and not self._peer.take(peer, n):
             raise self._peer.refuse(f"peer {peer}", n)
+
+    def check_peer(self, peer: str) -> None:
+        """Refuse at once when the peer has no token left (charges nothing): a stream opened
+        again and again by a peer over its rate then costs the server no threads."""
+        if self._peer is not None and not self._peer.take(peer, 0):
+            raise self._peer.refuse(f"peer {peer}", 0)
 
     def charge_kill_switch(self, peer: str) -> None:
         if self._kill is not None and not self._kill.take(peer):

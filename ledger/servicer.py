@@ -97,6 +97,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         # waiting for the earlier batches' store writes; the ledger's writer stores them. Each
         # batch is answered in order once durable.
         limits, peer = self.limits, peer_identity(context) if self.limits is not None else ""
+        if limits is not None:
+            limits.check_peer(peer)  # before any thread is started for this stream
         decoded: queue.Queue[Any] = queue.Queue(maxsize=2)
         ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
