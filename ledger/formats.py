@@ -92,6 +92,7 @@ from ledger.wire import (
     SINGLE_OBJECT_MAGIC,
     ZERO_HASH,
     Schema,
+    bad_index,
     crc64_avro,
 )
 
@@ -306,6 +307,9 @@ def decode_body(body_bytes: bytes) -> EventBody:
 
 def _decode_body_with_fastavro(schema: Schema, payload: bytes) -> EventBody:
     record = _schemaless_read(schema, payload, "body")
+    bad = bad_index(schema.parsed, payload)
+    if bad is not None:  # fastavro read it by wrapping around its list: a second encoding
+        raise FormatError(f"body: not a valid {schema.name} Avro encoding ({bad})")
     branch_name, payload_record = record["payload"]
     payload_type = branch_name.rsplit(".", 1)[-1]
     if record["type"] != payload_type:

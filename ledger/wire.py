@@ -107,3 +107,100 @@ SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
     SIGNED_EVENT_SCHEMA.fingerprint: SIGNED_EVENT_SCHEMA
 }
 
+
+
+# --------------------------------------------------------------------------------------------
+# Enum and union indices: what fastavro does not check
+#
+# fastavro reads an enum or union index and looks it up in a Python list, so a negative index
+# wraps around: the varint 01 (-1) reads as the last symbol. Such bytes are a second encoding of
+# the same value, one that the auditor (audit/avro.py) and any other Avro reader refuse. The
+# fast codec never reads them (it leaves them to fastavro); this walk finds them for the
+# fastavro path, which refuses what it finds. It runs only on encodings off the plain shape.
+
+_FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def bad_index(parsed: Any, data: bytes) -> str | None:
+    """The first enum or union index in `data` outside its list, as "enum E index -1 of 3"; None
+    when every index is in range. `parsed` is a fastavro-parsed schema; `data` is assumed to be
+    an encoding fastavro reads (errors of any other kind are fastavro's to report)."""
+    named: dict[str, Any] = {}
+
+    def collect(node: Any) -> None:  # every named type, wherever it is first defined
+        if isinstance(node, list):
+            for branch in node:
+                collect(branch)
+        elif isinstance(node, dict):
+            if node.get("type") in ("record", "enum", "fixed") and "name" in node:
+                named.setdefault(node["name"], node)
+            for f in node.get("fields", ()):
+                collect(f["type"])
+            for key in ("items", "values"):
+                if key in node:
+                    collect(node[key])
+
+    collect(parsed)
+
+    def long_at(pos: int) -> tuple[int, int]:
+        shift = result = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return (result >> 1) ^ -(result & 1), pos
+            shift += 7
+
+    def walk(node: Any, pos: int) -> int:
+        if isinstance(node, list):  # a union
+            index, pos = long_at(pos)
+            if not 0 <= index < len(node):
+                raise _BadIndex(f"union index {index} of {len(node)}")
+            return walk(node[index], pos)
+        if isinstance(node, str):
+            if node in named:
+                return walk(named[node], pos)
+            if node in _FIXED_WIDTH:
+                return pos + _FIXED_WIDTH[node]
+            if node in ("int", "long"):
+                return long_at(pos)[1]
+            if node in ("bytes", "string"):
+                size, pos = long_at(pos)
+                return pos + size
+            raise ValueError(f"schema type {node!r}")
+        kind = node["type"]
+        if kind == "record":
+            for f in node["fields"]:
+                pos = walk(f["type"], pos)
+            return pos
+        if kind == "enum":
+            index, pos = long_at(pos)
+            if not 0 <= index < len(node["symbols"]):
+                raise _BadIndex(f"enum {node['name']} index {index} of {len(node['symbols'])}")
+            return pos
+        if kind == "fixed":
+            return pos + int(node["size"])
+        if kind in ("array", "map"):
+            while True:
+                count, pos = long_at(pos)
+                if count == 0:
+                    return pos
+                if count < 0:  # a sized block: its byte size follows the count
+                    count, pos = -count, long_at(pos)[1]
+                for _ in range(count):
+                    if kind == "map":
+                        size, pos = long_at(pos)
+                        pos += size
+                    pos = walk(node["items" if kind == "array" else "values"], pos)
+        return walk(kind, pos)  # {"type": "long"} and the like
+
+    try:
+        walk(parsed, 0)
+    except _BadIndex as exc:
+        return str(exc)
+    return None
+
+
+class _BadIndex(Exception):
+    """Where bad_index found an index outside its list (caught inside it)."""

@@ -174,3 +174,52 @@ def test_sign_covers_the_encoded_body() -> None:
     body = new_body("demo", decode_body(FLOW.propose().body).payload)
     event = sign(body, CAST["agent"].key)
     assert decode_body(event.body) == body
+
+
+# -- enum and union indices: one reading per value ------------------------------------------
+# fastavro looks an index up in a Python list, so a negative one wraps around (the varint 01, -1,
+# reads as the last symbol). The auditor refuses such bytes; the ledger must too, or it accepts
+# entries the auditor flags (found by test_ledger_and_auditor_agree_on_entries).
+
+
+def _zigzag(n: int) -> bytes:
+    z, out = (n << 1) ^ (n >> 63), bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def test_a_negative_enum_index_is_refused_not_wrapped() -> None:
+    from ledger.formats import ApprovalRecorded
+
+    proposal = b"\x11" * 32
+    body = encode_body(new_body("t", ApprovalRecorded(proposal, "REJECT", (), "c"), issued_at=0))
+    at = body.rindex(proposal) + 32  # the decision's index follows the payload's proposal
+    assert body[at:at + 1] == _zigzag(1)  # REJECT is the second of two symbols
+    assert _fastavro_value(body[:at] + _zigzag(-1) + body[at + 1:]) == _fastavro_value(body)  # wraps
+    with pytest.raises(FormatError, match=r"enum steward\.v1\.Decision index -1 of 2"):
+        decode_body(body[:at] + _zigzag(-1) + body[at + 1:])
+    # An over-long varint is still a valid reading of index 1: Avro allows it, the ledger keeps it.
+    assert decode_body(body[:at] + b"\x82\x00" + body[at + 1:]).payload.decision == "REJECT"
+
+
+def test_a_negative_union_index_is_refused_not_wrapped() -> None:
+    from ledger.formats import KillScope, KillSwitchEngaged
+
+    body = encode_body(new_body("t", KillSwitchEngaged(KillScope("GLOBAL"), "r"), issued_at=0))
+    # magic and fingerprint, ledger "t", event id, type, issued_at 0, no refs: then the union index
+    at = 10 + 2 + 16 + 1 + 1 + 1
+    branches = len(formats.EVENT_BODY_SCHEMA.parsed["fields"][-1]["type"])
+    index = body[at] >> 1
+    wrapped = body[:at] + _zigzag(index - branches) + body[at + 1:]
+    assert _fastavro_value(wrapped) == _fastavro_value(body)  # fastavro wraps around
+    with pytest.raises(FormatError, match=rf"union index {index - branches} of {branches}"):
+        decode_body(wrapped)
+
+
+def _fastavro_value(body: bytes) -> object:
+    import io
+
+    return fastavro.schemaless_reader(io.BytesIO(body[10:]), formats.EVENT_BODY_SCHEMA.parsed, None)
