@@ -25,7 +25,11 @@ from tests.docs.collect import Example, ShownOutput, split_comment
 
 REPO = Path(__file__).resolve().parents[2]
 TAIL = 2500  # characters of output shown when a command fails
-FOLLOW_SECONDS = 3.0  # how long a command that never ends (--follow, -w, watch) runs
+# A command that never ends (--follow, -w, watch) runs until its first output, at most
+# FIRST_OUTPUT_SECONDS (starting a Python program on a loaded machine takes seconds), then
+# FOLLOW_SECONDS more, and is stopped.
+FIRST_OUTPUT_SECONDS = 30.0
+FOLLOW_SECONDS = 3.0
 
 ENTRY_POINTS = {
     "steward": "ledger.cli",
@@ -234,6 +238,9 @@ class Runner:
     def _follow(self, example: Example, command: str) -> Ran:
         log = self.shell.workdir.parent / f"follow-{example.line}.log"
         proc = self.shell.start(command, log)
+        deadline = time.monotonic() + FIRST_OUTPUT_SECONDS
+        while time.monotonic() < deadline and proc.poll() is None and not log.read_text().strip():
+            time.sleep(0.05)
         time.sleep(FOLLOW_SECONDS)
         code = self.shell.stop(proc)
         self.shell.background.remove((proc, log))
@@ -241,7 +248,7 @@ class Runner:
         if code not in (None, 0):
             raise failure(example, command, f"exited {code} while following", output)
         if not output.strip():
-            raise failure(example, command, f"printed nothing in {FOLLOW_SECONDS:.0f} s of following")
+            raise failure(example, command, f"printed nothing in {FIRST_OUTPUT_SECONDS:.0f} s of following")
         return Ran(example, command, code, output)
 
 
