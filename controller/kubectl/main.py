@@ -38,7 +38,7 @@ examples:
   kubectl steward list -A
   kubectl steward get model-server-3fa2c1d4e5 -n models
   kubectl steward get 3fa2c1 -n models -w                # redraw as it changes
-  kubectl steward status 3fa2c1 --timeout 10m            # 0 promoted, 1 rolled back, 2 timeout
+  kubectl steward status 3fa2c1 --timeout 600            # 0 promoted, 1 rolled back, 2 timeout
   kubectl steward history 3fa2c1                         # who proposed, evaluated, approved...
   kubectl steward approve 3fa2c1 --key alice.pem --comment "evals look right"
   kubectl steward reject 3fa2c1 --key bob.pem
