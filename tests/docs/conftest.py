@@ -7,7 +7,7 @@ import pytest
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from tests.docs.documents import NO_SCENE_YET, all_documents
+    from tests.docs.documents import all_documents
 
     if not any("tests/docs" in str(arg) or arg.endswith("tests") or arg == "."
                for arg in terminalreporter.config.args) and terminalreporter.config.args:
@@ -27,5 +27,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for doc in documents.values():
         for example in doc.marked:
             write(f"  not run here: {example.where}: {example.not_run_reason}")
-    for source, reason in NO_SCENE_YET.items():
-        write(f"  no scene yet, not run: {source}: {reason}")

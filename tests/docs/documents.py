@@ -10,13 +10,6 @@ from tests.docs.collect import Document, help_document, markdown_document, markd
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Documents whose runnable examples no scene in test_documented_commands.py runs yet, and why:
-# the counts list them and the coverage test accepts only these. Keep this empty.
-NO_SCENE_YET = {
-    "docs/KUBECTL.md": "needs a scene on the local control plane with steward-controller",
-    "kubectl steward --help": "needs a scene on the local control plane with steward-controller",
-}
-
 
 def _help_pages(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str]]:
     """(`PROG --help`, its text) for the parser and every subcommand, depth first."""

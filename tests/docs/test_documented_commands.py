@@ -1,15 +1,14 @@
 """Every command README.md, docs/ and the `--help` texts show runs as written, in order, per
 document, against real services; what a document shows a program print still has that shape.
 
-Each document with runnable examples has a scene below: the few facts it assumes (a ledger
-server, key files the reader already has, what `3fa2c1` stands for) bound explicitly. An example
-that cannot run on a test machine carries a visible `not run here: REASON` comment in the
+Each document with runnable examples has a scene below (the `kubectl steward` ones in
+tests/docs/test_kubectl_documents.py): the few facts it assumes (a ledger server, key files the
+reader already has, what `3fa2c1` stands for) bound explicitly. An example that cannot run on a test machine carries a visible `not run here: REASON` comment in the
 document (docs/README.md, "Examples that run"); tests/docs/conftest.py prints the counts.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,37 +20,14 @@ import pytest
 from infra.kafka_cluster import KafkaCluster
 from ledger.scenario import Cast
 from tests.docs.collect import LOOKS_LIKE_A_COMMAND
-from tests.docs.documents import NO_SCENE_YET, REPO, all_documents
-from tests.docs.runner import DocFailure, Runner, Scene, Shell, check_shown_output, make_venv
+from tests.docs.documents import REPO, all_documents
+from tests.docs.reader import Reader, run_document
+from tests.docs.runner import Scene
+from tests.docs.test_kubectl_documents import KUBECTL_SCENES
 from tests.docs.world import LedgerServer, start_kafka_ledger, start_ledger
 
 DOCUMENTS = all_documents()
 PROPOSAL_HASH = r"entry hash ([0-9a-f]{64})"
-
-# --------------------------------------------------------------------------------------------
-# The reader's machine: a working directory, HOME, and the project's commands on PATH
-
-
-class Reader:
-    def __init__(self, base: Path) -> None:
-        self.venv = base / "venv"
-        self.bin = make_venv(self.venv)
-        self.workdir = base / "work"
-        self.workdir.mkdir()
-        home = base / "home"
-        home.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
-        env.update(HOME=str(home), PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
-                   STEWARD_CACHE=os.environ.get("STEWARD_CACHE", str(home / ".cache" / "steward")))
-        self.shell = Shell(self.workdir, env)
-
-    def file(self, name: str) -> Path:
-        return self.workdir / name
-
-    def export(self, name: str, value: str) -> None:
-        """As if the reader had run `export NAME=VALUE` before the document's first command."""
-        self.shell.env[name] = value
-
 
 @pytest.fixture
 def reader(tmp_path: Path) -> Iterator[Reader]:
@@ -89,19 +65,6 @@ def kafka_ledger(tmp_path: Path, cast: Cast, kafka_cluster: KafkaCluster,
         server.stop()
 
 
-def run_document(source: str, reader: Reader, scene: Scene) -> Runner:
-    doc = DOCUMENTS[source]
-    runner = Runner(reader.shell, scene)
-    try:
-        runner.run_all(doc.examples)
-        for shown in doc.shown_outputs:
-            check_shown_output(shown, runner.ran)
-    except DocFailure as exc:
-        pytest.fail(str(exc), pytrace=False)  # the message says where; a traceback would not
-    assert [e for e in doc.examples if e.runnable], f"{source}: no runnable example left"
-    return runner
-
-
 # --------------------------------------------------------------------------------------------
 # The collector's rules, and that every document is covered
 
@@ -115,7 +78,7 @@ def test_no_untagged_block_looks_like_a_command() -> None:
 
 
 def test_every_document_with_runnable_examples_has_a_scene() -> None:
-    covered = {*SCENES, *NO_SCENE_YET}
+    covered = set(SCENES)
     missing = {s: len([e for e in d.examples if e.runnable]) for s, d in DOCUMENTS.items()
                if s not in covered and any(e.runnable for e in d.examples)}
     assert not missing, (
@@ -188,7 +151,7 @@ def _sqlite_backup(source: Path, target: Path) -> None:
 
 
 def test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch(reader: Reader) -> None:
-    runner = run_document("steward --help", reader, steward_help_scene(reader))
+    runner = run_document(DOCUMENTS["steward --help"], reader, steward_help_scene(reader))
     log = next(r for r in runner.ran if r.example.command.startswith("steward log")).output
     kinds = [line.split()[3] for line in log.splitlines() if line.split()[:1] != [""] and len(line.split()) > 3]
     assert "KillSwitchEngaged" in kinds and kinds[-1] == "KillSwitchReleased", log
@@ -243,7 +206,7 @@ def kafka_ledger_topic(server: LedgerServer) -> str:
 @pytest.mark.kafka
 def test_readme_examples_run_as_written(reader: Reader, ledger: LedgerServer,
                                         kafka_ledger: LedgerServer) -> None:
-    runner = run_document("README.md", reader, readme_scene(reader, ledger, kafka_ledger))
+    runner = run_document(DOCUMENTS["README.md"], reader, readme_scene(reader, ledger, kafka_ledger))
     verified = [r for r in runner.ran if r.example.command.startswith("steward-audit verify")]
     assert len(verified) == 3 and all("VERIFIED" in r.output or '"verified": true' in r.output
                                       for r in verified), [r.output[-500:] for r in verified]
@@ -290,7 +253,7 @@ def audit_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer
 @pytest.mark.parametrize("source", ["docs/AUDIT.md", "steward-audit --help"])
 def test_audit_examples_run_as_written(source: str, reader: Reader, ledger: LedgerServer,
                                        kafka_ledger: LedgerServer) -> None:
-    runner = run_document(source, reader, audit_scene(reader, ledger, kafka_ledger))
+    runner = run_document(DOCUMENTS[source], reader, audit_scene(reader, ledger, kafka_ledger))
     since = next(r for r in runner.ran if "--since-checkpoint" in r.command)
     assert re.search(r"consisten", since.output, re.IGNORECASE), since.output
     assert (reader.workdir / "report.html").exists()
@@ -340,7 +303,7 @@ def recovery_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerSer
 @pytest.mark.kafka
 def test_recovery_examples_run_as_written(reader: Reader, ledger: LedgerServer,
                                           kafka_ledger: LedgerServer) -> None:
-    runner = run_document("docs/RECOVERY.md", reader, recovery_scene(reader, ledger, kafka_ledger))
+    runner = run_document(DOCUMENTS["docs/RECOVERY.md"], reader, recovery_scene(reader, ledger, kafka_ledger))
     checks = [r for r in runner.ran if r.example.command.startswith("steward store check")]
     assert len(checks) == 3 and all("clean" in r.output for r in checks), [r.output[-400:] for r in checks]
     assert reader.file("ledger.db.damaged").exists() and reader.file("ledger.db").exists()
@@ -353,4 +316,5 @@ SCENES = {
     "docs/AUDIT.md": test_audit_examples_run_as_written,
     "steward-audit --help": test_audit_examples_run_as_written,
     "docs/RECOVERY.md": test_recovery_examples_run_as_written,
+    **KUBECTL_SCENES,  # tests/docs/test_kubectl_documents.py: on the local control plane
 }
