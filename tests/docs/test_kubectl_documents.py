@@ -31,7 +31,7 @@ import grpc
 import pytest
 from kubernetes import client
 
-from infra.kube import LocalCluster
+from infra.kube_cluster import LocalCluster
 from infra.processes import free_port, wait_for
 from ledger.export import write_trust_root
 from tests.docs.documents import all_documents
