@@ -85,7 +85,11 @@ def canonical_form(schema: Any) -> str:
         if kind in _PRIMITIVES:
             return json.dumps(kind)
         if kind in ("record", "enum", "fixed"):
-            inner_ns = node.get("namespace", ns) if "." not in node["name"] else node["name"].rsplit(".", 1)[0]
+            inner_ns = (
+                node.get("namespace", ns)
+                if "." not in node["name"]
+                else node["name"].rsplit(".", 1)[0]
+            )
             name = fullname(node["name"], node.get("namespace", ns))
             if name in seen:
                 return json.dumps(name)
@@ -137,7 +141,9 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 _PRIMITIVE_READERS = _PRIMITIVES  # every primitive is read inline by the generated code
 
 
-def compile_reader(schema: Any, classes: Mapping[str, type[Any]], generate: bool = GENERATE) -> Reader:
+def compile_reader(
+    schema: Any, classes: Mapping[str, type[Any]], generate: bool = GENERATE
+) -> Reader:
     """A reader for `schema`: Python source generated from the schema (or, when `generate` is
     false, plain closures doing the same reads and checks: _plain_reader).
 
@@ -246,7 +252,9 @@ class _Generator:
         if kind in ("long", "int"):
             out = self._varint(var, ind)
             if kind == "int":
-                out.append(f"{ind}if not -2147483648 <= {var} < 2147483648: raise DecodeError('int out of range')")
+                out.append(
+                    f"{ind}if not -2147483648 <= {var} < 2147483648: raise DecodeError('int out of range')"
+                )
             return out
         if kind in ("bytes", "string"):
             out = [
@@ -385,7 +393,6 @@ class _Generator:
         return out
 
 
-
 # --------------------------------------------------------------------------------------------
 # The same reader as plain closures (STEWARD_NO_CODEGEN): one per schema node, doing what the
 # generated source does inline, check for check and message for message. The one-item array
@@ -435,8 +442,14 @@ def _plain_reader(schema: Any, classes: Mapping[str, type[Any]]) -> Reader:
         return _FLOAT.unpack_from(buf, pos)[0], pos + 4
 
     primitives: dict[str, Reader] = {
-        "long": long_, "int": int_, "bytes": bytes_, "string": string, "boolean": boolean,
-        "null": null, "double": double, "float": float_,
+        "long": long_,
+        "int": int_,
+        "bytes": bytes_,
+        "string": string,
+        "boolean": boolean,
+        "null": null,
+        "double": double,
+        "float": float_,
     }
 
     def fixed(size: int) -> Reader:

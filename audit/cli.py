@@ -54,55 +54,114 @@ See docs/AUDIT.md for every step and finding code.
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="steward-audit", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="steward-audit",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def sources(sp: argparse.ArgumentParser, export: bool) -> None:
         g = sp.add_mutually_exclusive_group(required=True)
         if export:
-            g.add_argument("--export", type=Path, metavar="FILE", help="an export file (Avro container)")
-        g.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)")
+            g.add_argument(
+                "--export", type=Path, metavar="FILE", help="an export file (Avro container)"
+            )
+        g.add_argument(
+            "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)"
+        )
         g.add_argument("--grpc", metavar="HOST:PORT", help="a ledger gRPC server")
         if export:
-            sp.add_argument("--no-checkpoint-request", action="store_true",
-                            help="with --grpc: do not ask the server to sign a checkpoint of its current size "
-                                 "(entries past its newest checkpoint are then reported pending)")
-        sp.add_argument("--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)")
-        sp.add_argument("--tls-ca", type=Path, metavar="PEM", help="with --grpc: CA of the ledger server (TLS)")
-        sp.add_argument("--tls-cert", type=Path, metavar="PEM",
-                        help="with --grpc: client certificate (mutual TLS; needs the read permission)")
+            sp.add_argument(
+                "--no-checkpoint-request",
+                action="store_true",
+                help="with --grpc: do not ask the server to sign a checkpoint of its current size "
+                "(entries past its newest checkpoint are then reported pending)",
+            )
+        sp.add_argument(
+            "--topic", help="the ledger's Kafka topic (checkpoints: <topic>.checkpoints)"
+        )
+        sp.add_argument(
+            "--tls-ca", type=Path, metavar="PEM", help="with --grpc: CA of the ledger server (TLS)"
+        )
+        sp.add_argument(
+            "--tls-cert",
+            type=Path,
+            metavar="PEM",
+            help="with --grpc: client certificate (mutual TLS; needs the read permission)",
+        )
         sp.add_argument("--tls-key", type=Path, metavar="PEM", help="with --grpc: its private key")
-        k = sp.add_argument_group("Kafka security (with --kafka; docs/KAFKA.md \"Security\")")
-        k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
-                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+        k = sp.add_argument_group('Kafka security (with --kafka; docs/KAFKA.md "Security")')
+        k.add_argument(
+            "--kafka-security-protocol",
+            default="PLAINTEXT",
+            choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        )
         k.add_argument("--kafka-sasl-mechanism", help="e.g. SCRAM-SHA-512")
         k.add_argument("--kafka-sasl-username")
-        k.add_argument("--kafka-sasl-password-env", metavar="VAR",
-                       help="environment variable holding the SASL password (never on the command line)")
-        k.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)")
+        k.add_argument(
+            "--kafka-sasl-password-env",
+            metavar="VAR",
+            help="environment variable holding the SASL password (never on the command line)",
+        )
+        k.add_argument(
+            "--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)"
+        )
         k.add_argument("--kafka-ssl-certfile", help="client certificate (PEM), for mutual TLS")
         k.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
-        k.add_argument("--kafka-ssl-password-env", metavar="VAR",
-                       help="environment variable holding the client key's password")
-        sp.add_argument("--trust-root", type=Path, required=True, metavar="FILE", help="pinned root keys (JSON)")
+        k.add_argument(
+            "--kafka-ssl-password-env",
+            metavar="VAR",
+            help="environment variable holding the client key's password",
+        )
+        sp.add_argument(
+            "--trust-root", type=Path, required=True, metavar="FILE", help="pinned root keys (JSON)"
+        )
 
-    v = sub.add_parser("verify", help="verify a whole log once", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v = sub.add_parser(
+        "verify",
+        help="verify a whole log once",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sources(v, export=True)
-    v.add_argument("--since-checkpoint", type=Path, metavar="FILE", help="a checkpoint note saved earlier")
-    v.add_argument("--save-checkpoint", type=Path, metavar="FILE", help="write the newest verified checkpoint here")
+    v.add_argument(
+        "--since-checkpoint", type=Path, metavar="FILE", help="a checkpoint note saved earlier"
+    )
+    v.add_argument(
+        "--save-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="write the newest verified checkpoint here",
+    )
     v.add_argument("--json", action="store_true", help="JSON report on stdout")
     v.add_argument("--html", type=Path, metavar="FILE", help="HTML report with a rollout timeline")
-    v.add_argument("--workers", type=int, default=1, metavar="N", help="processes verifying signatures (default 1)")
-    v.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    v.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes verifying signatures (default 1)",
+    )
+    v.add_argument(
+        "--progress", action="store_true", help="progress bar even when stderr is not a terminal"
+    )
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
-    v.add_argument("--kubeconfig", type=Path, help="compare the live cluster with the log (step 11)")
+    v.add_argument(
+        "--kubeconfig", type=Path, help="compare the live cluster with the log (step 11)"
+    )
 
-    w = sub.add_parser("watch", help="follow a log and alert on the first finding", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w = sub.add_parser(
+        "watch",
+        help="follow a log and alert on the first finding",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sources(w, export=False)
-    w.add_argument("--state-dir", type=Path, required=True, help="keeps the last verified checkpoint")
+    w.add_argument(
+        "--state-dir", type=Path, required=True, help="keeps the last verified checkpoint"
+    )
     w.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     w.add_argument("--rounds", type=int, default=0, help="stop after N rounds (0: forever)")
     return p
@@ -115,12 +174,23 @@ def _source(args: argparse.Namespace, request_checkpoint: bool = True) -> Source
         if not args.topic:
             raise AuditError("--kafka needs --topic")
         security = KafkaSecurity.from_env(
-            args.kafka_security_protocol, args.kafka_sasl_mechanism, args.kafka_sasl_username,
-            args.kafka_sasl_password_env, args.kafka_ssl_cafile, args.kafka_ssl_certfile,
-            args.kafka_ssl_keyfile, args.kafka_ssl_password_env)
+            args.kafka_security_protocol,
+            args.kafka_sasl_mechanism,
+            args.kafka_sasl_username,
+            args.kafka_sasl_password_env,
+            args.kafka_ssl_cafile,
+            args.kafka_ssl_certfile,
+            args.kafka_ssl_keyfile,
+            args.kafka_ssl_password_env,
+        )
         return KafkaSource(args.kafka, args.topic, security=security)
-    return GrpcSource(args.grpc, request_checkpoint=request_checkpoint,
-                      tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    return GrpcSource(
+        args.grpc,
+        request_checkpoint=request_checkpoint,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -147,16 +217,25 @@ def atomic_write(path: Path, text: str) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     trust = TrustRoot.load(args.trust_root)
-    since = _read_text(args.since_checkpoint, "the saved checkpoint") if args.since_checkpoint else None
+    since = (
+        _read_text(args.since_checkpoint, "the saved checkpoint") if args.since_checkpoint else None
+    )
     if args.workers < 1:
         raise AuditError("--workers must be at least 1")
     source = _source(args, request_checkpoint=not args.no_checkpoint_request)
     try:
         checkpoints = source.checkpoints()
         show = not args.no_progress and (args.progress or sys.stderr.isatty())
-        result = verify(source.records(), trust, checkpoints, since, workers=args.workers,
-                        progress=sys.stderr if show else None, total=source.total,
-                        tail="pending" if source.live else "finding")
+        result = verify(
+            source.records(),
+            trust,
+            checkpoints,
+            since,
+            workers=args.workers,
+            progress=sys.stderr if show else None,
+            total=source.total,
+            tail="pending" if source.live else "finding",
+        )
     finally:
         source.close()
     if args.kubeconfig:
@@ -200,9 +279,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 1
         if result.verified_checkpoint and result.verified_checkpoint != since:
             atomic_write(state, result.verified_checkpoint)
-        pending = "" if result.pending is None else f", seq {result.pending[0]}..{result.pending[1]} pending"
-        print(f"{stamp} ok {source.name}: {result.entries} entries, verified checkpoint {result.verified_size}{pending}",
-              flush=True)
+        pending = (
+            ""
+            if result.pending is None
+            else f", seq {result.pending[0]}..{result.pending[1]} pending"
+        )
+        print(
+            f"{stamp} ok {source.name}: {result.entries} entries, verified checkpoint {result.verified_size}{pending}",
+            flush=True,
+        )
         rounds += 1
         if args.rounds and rounds >= args.rounds:
             return 0
@@ -223,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 2
     except Exception as exc:  # a bug, not a finding: exit 1 must only ever mean findings
-        print(f"steward-audit: internal error (a bug in steward-audit, please report it): "
-              f"{type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
+        print(
+            f"steward-audit: internal error (a bug in steward-audit, please report it): "
+            f"{type(exc).__name__}: {one_line(str(exc))}",
+            file=sys.stderr,
+        )
         return 2
 
 

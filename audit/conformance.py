@@ -49,17 +49,27 @@ class Conformance:
             return
         for h, ob in list(self.pending.items()):
             if at > ob.deadline:
-                out.append(Finding(
-                    "KILL_NOT_ROLLED_BACK", ob.kill_seq,
-                    f"the kill switch at seq {ob.kill_seq} was not followed by a rollback of proposal {h.hex()[:16]} in time",
-                    f"no ROLLED_BACK by {ob.deadline} ms (log went on to {at} ms)", f"ROLLED_BACK by {ob.deadline} ms",
-                ))
+                out.append(
+                    Finding(
+                        "KILL_NOT_ROLLED_BACK",
+                        ob.kill_seq,
+                        f"the kill switch at seq {ob.kill_seq} was not followed by a rollback of proposal {h.hex()[:16]} in time",
+                        f"no ROLLED_BACK by {ob.deadline} ms (log went on to {at} ms)",
+                        f"ROLLED_BACK by {ob.deadline} ms",
+                    )
+                )
                 del self.pending[h]
 
     # -- rollout steps -----------------------------------------------------------------------
 
     def check_step(
-        self, state: State, seq: int, entry: Entry, p: RolloutStep, signers: Signers, out: list[Finding]
+        self,
+        state: State,
+        seq: int,
+        entry: Entry,
+        p: RolloutStep,
+        signers: Signers,
+        out: list[Finding],
     ) -> None:
         if _single_author(signers, ("controller",), "RolloutStep", seq, out) is None:
             return
@@ -72,16 +82,40 @@ class Conformance:
 
         def expect(step: int, weight: int) -> None:
             if p.step != step:
-                out.append(Finding("STEP_OUT_OF_ORDER", seq, f"{p.phase} at the wrong step", str(p.step), str(step)))
+                out.append(
+                    Finding(
+                        "STEP_OUT_OF_ORDER",
+                        seq,
+                        f"{p.phase} at the wrong step",
+                        str(p.step),
+                        str(step),
+                    )
+                )
             elif p.weight > weight:
-                out.append(Finding("WEIGHT_BEYOND_PLAN", seq, f"{p.phase} with a weight above the plan's step {step}",
-                                   f"{p.weight}%", f"{weight}%"))
+                out.append(
+                    Finding(
+                        "WEIGHT_BEYOND_PLAN",
+                        seq,
+                        f"{p.phase} with a weight above the plan's step {step}",
+                        f"{p.weight}%",
+                        f"{weight}%",
+                    )
+                )
             elif p.weight != weight:
-                out.append(Finding("WEIGHT_OFF_PLAN", seq, f"{p.phase} with a weight off the plan's step {step}",
-                                   f"{p.weight}%", f"{weight}%"))
+                out.append(
+                    Finding(
+                        "WEIGHT_OFF_PLAN",
+                        seq,
+                        f"{p.phase} with a weight off the plan's step {step}",
+                        f"{p.weight}%",
+                        f"{weight}%",
+                    )
+                )
 
         def state_error(allowed: str) -> None:
-            out.append(Finding("ROLLOUT_STATE", seq, f"{p.phase} cannot follow {phase}", phase, allowed))
+            out.append(
+                Finding("ROLLOUT_STATE", seq, f"{p.phase} cannot follow {phase}", phase, allowed)
+            )
 
         if p.phase == "STARTED":
             if phase not in ("PENDING", "ROLLED_BACK"):
@@ -89,7 +123,14 @@ class Conformance:
             t = prop.proposal.target
             busy = state.active_on(t.namespace, t.deployment)
             if busy is not None:
-                out.append(Finding("TARGET_BUSY", seq, "another rollout is active on the target", busy.hash.hex()[:16]))
+                out.append(
+                    Finding(
+                        "TARGET_BUSY",
+                        seq,
+                        "another rollout is active on the target",
+                        busy.hash.hex()[:16],
+                    )
+                )
             expect(0, plan[0].weight)
             self._may_go(state, prop, seq, p.phase, out)
         elif p.phase in ("ADVANCED", "PROMOTED"):
@@ -97,13 +138,27 @@ class Conformance:
                 return state_error("an active rollout")
             if p.phase == "ADVANCED":
                 if cur.step + 1 >= len(plan):
-                    out.append(Finding("STEP_OUT_OF_ORDER", seq, "ADVANCED past the plan's last step",
-                                       str(p.step), f"PROMOTED at step {cur.step}"))
+                    out.append(
+                        Finding(
+                            "STEP_OUT_OF_ORDER",
+                            seq,
+                            "ADVANCED past the plan's last step",
+                            str(p.step),
+                            f"PROMOTED at step {cur.step}",
+                        )
+                    )
                 else:
                     expect(cur.step + 1, plan[cur.step + 1].weight)
             elif cur.step != len(plan) - 1 or p.step != len(plan) - 1:
-                out.append(Finding("PROMOTED_EARLY", seq, "promoted before every step of the plan ran",
-                                   f"at step {cur.step} of {len(plan)}", f"step {len(plan) - 1} (the last)"))
+                out.append(
+                    Finding(
+                        "PROMOTED_EARLY",
+                        seq,
+                        "promoted before every step of the plan ran",
+                        f"at step {cur.step} of {len(plan)}",
+                        f"step {len(plan) - 1} (the last)",
+                    )
+                )
             else:
                 expect(cur.step, 100)
             if len(out) == n:
@@ -127,40 +182,82 @@ class Conformance:
                 del self.pending[p.proposal]
 
     @staticmethod
-    def _may_go(state: State, prop: ProposalRecord, seq: int, phase: str, out: list[Finding]) -> None:
+    def _may_go(
+        state: State, prop: ProposalRecord, seq: int, phase: str, out: list[Finding]
+    ) -> None:
         need = state.policy(prop).approvals_required
         principals, keys = state.approvals(prop)
         if len(principals) < need:
             code = "DOUBLE_COUNTED" if len(keys) >= need else "ROLLOUT_WITHOUT_APPROVAL"
-            out.append(Finding(
-                code, seq, f"{phase} needs {need} valid approvals from distinct principals",
-                f"{len(principals)} principal(s) {sorted(principals)}, {len(keys)} key(s)", f">= {need} principals",
-            ))
+            out.append(
+                Finding(
+                    code,
+                    seq,
+                    f"{phase} needs {need} valid approvals from distinct principals",
+                    f"{len(principals)} principal(s) {sorted(principals)}, {len(keys)} key(s)",
+                    f">= {need} principals",
+                )
+            )
             return
         vetoes = state.vetoes(prop)
         if vetoes:
-            out.append(Finding("ROLLOUT_VETOED", seq, f"{phase} over a veto", ", ".join(sorted(vetoes)), "no standing rejection"))
+            out.append(
+                Finding(
+                    "ROLLOUT_VETOED",
+                    seq,
+                    f"{phase} over a veto",
+                    ", ".join(sorted(vetoes)),
+                    "no standing rejection",
+                )
+            )
             return
         scope = state.covering_kill(prop)
         if scope is not None:
-            out.append(Finding("ROLLOUT_UNDER_KILL_SWITCH", seq, f"{phase} while a {scope.kind} kill switch is engaged",
-                               f"engaged at seq {state.kills[scope]}", "released first"))
+            out.append(
+                Finding(
+                    "ROLLOUT_UNDER_KILL_SWITCH",
+                    seq,
+                    f"{phase} while a {scope.kind} kill switch is engaged",
+                    f"engaged at seq {state.kills[scope]}",
+                    "released first",
+                )
+            )
 
     @staticmethod
-    def _hold_and_health(state: State, prop: ProposalRecord, seq: int, at: int, out: list[Finding]) -> None:
+    def _hold_and_health(
+        state: State, prop: ProposalRecord, seq: int, at: int, out: list[Finding]
+    ) -> None:
         started = prop.entered()
         if started is None:
             return
         step = state.policy(prop).plan[started.step]
         if at - started.at < step.hold_seconds * 1000:
-            out.append(Finding("HOLD_NOT_ELAPSED", seq, f"step {started.step} left too early",
-                               f"held {at - started.at} ms", f">= {step.hold_seconds * 1000} ms"))
+            out.append(
+                Finding(
+                    "HOLD_NOT_ELAPSED",
+                    seq,
+                    f"step {started.step} left too early",
+                    f"held {at - started.at} ms",
+                    f">= {step.hold_seconds * 1000} ms",
+                )
+            )
         elif step.health_gate:
             report = prop.health.get(started.step)
             if report is None or report[0] < started.seq or not report[1]:
-                observed = "unhealthy" if report and report[0] >= started.seq else "no report since the step started"
-                out.append(Finding("HEALTH_GATE_SKIPPED", seq, f"gated step {started.step} left without a healthy report",
-                                   observed, "a healthy report"))
+                observed = (
+                    "unhealthy"
+                    if report and report[0] >= started.seq
+                    else "no report since the step started"
+                )
+                out.append(
+                    Finding(
+                        "HEALTH_GATE_SKIPPED",
+                        seq,
+                        f"gated step {started.step} left without a healthy report",
+                        observed,
+                        "a healthy report",
+                    )
+                )
 
     def finish(self, out: list[Finding]) -> list[Obligation]:
         """Obligations still open at the end of the log (not yet due: not findings)."""

@@ -71,7 +71,9 @@ def json_depth(text: str) -> int:
     hostile file. Strings and everything but brackets are dropped by regular expressions, and
     the running sum of +1/-1 steps is taken in C (about 1 s for 20 million brackets).
     """
-    steps = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii").translate(_BRACKET_STEP)
+    steps = (
+        _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii").translate(_BRACKET_STEP)
+    )
     return max(accumulate(array("b", steps)), default=0)
 
 
@@ -103,8 +105,11 @@ class ContainerReader:
 
     def _read(self, n: int, what: str) -> bytes:
         if n > self.size - self.pos:
-            raise self._fail(f"byte {self.pos}", f"truncated: the file ends inside {what} "
-                             f"({n} bytes needed, {self.size - self.pos} remain)")
+            raise self._fail(
+                f"byte {self.pos}",
+                f"truncated: the file ends inside {what} "
+                f"({n} bytes needed, {self.size - self.pos} remain)",
+            )
         data = self.stream.read(n)
         if len(data) != n:  # the file shrank while being read
             raise self._fail(f"byte {self.pos}", f"truncated: the file ends inside {what}")
@@ -119,7 +124,9 @@ class ContainerReader:
             shift += 7
             if not b & 0x80:
                 return (n >> 1) ^ -(n & 1)
-        raise self._fail(f"byte {start}", f"{what} is a varint longer than {_VARINT_MAX_BYTES} bytes")
+        raise self._fail(
+            f"byte {start}", f"{what} is a varint longer than {_VARINT_MAX_BYTES} bytes"
+        )
 
     def _length(self, what: str, limit: int) -> int:
         """A byte length: not negative, not past the end of the file, not past `limit`."""
@@ -130,8 +137,11 @@ class ContainerReader:
         if n > limit:
             raise self._fail(f"byte {at}", f"{what} is {n} bytes, more than the {limit} allowed")
         if n > self.size - self.pos:
-            raise self._fail(f"byte {at}", f"truncated or corrupt: {what} is {n} bytes, "
-                             f"only {self.size - self.pos} remain in the file")
+            raise self._fail(
+                f"byte {at}",
+                f"truncated or corrupt: {what} is {n} bytes, "
+                f"only {self.size - self.pos} remain in the file",
+            )
         return n
 
     # -- the header -----------------------------------------------------------------------------
@@ -140,11 +150,16 @@ class ContainerReader:
         if self.size < len(MAGIC):
             head = self._read(self.size, "the magic")
             if MAGIC.startswith(head):
-                raise self._fail("byte 0", f"truncated: the file ends inside the magic ({self.size} bytes)")
+                raise self._fail(
+                    "byte 0", f"truncated: the file ends inside the magic ({self.size} bytes)"
+                )
         magic = self._read(len(MAGIC), "the magic")
         if magic != MAGIC:
-            raise self._fail("byte 0", f"not an Avro object container file: the magic is {magic.hex()}, "
-                             f"expected {MAGIC.hex()} ('Obj' 1)")
+            raise self._fail(
+                "byte 0",
+                f"not an Avro object container file: the magic is {magic.hex()}, "
+                f"expected {MAGIC.hex()} ('Obj' 1)",
+            )
         total = 0
         while True:
             at = self.pos
@@ -156,25 +171,37 @@ class ContainerReader:
                 self._long("the metadata map's block size")
             # Each entry takes at least 2 bytes (two lengths), so a count is checked against
             # what remains before the loop runs.
-            if count > MAX_METADATA_ENTRIES - len(self.metadata) or 2 * count > self.size - self.pos:
-                raise self._fail(f"byte {at}", f"header metadata: a map block of {count} entries "
-                                 f"(at most {MAX_METADATA_ENTRIES}, and 2 bytes each in the {self.size - self.pos} left)")
+            if (
+                count > MAX_METADATA_ENTRIES - len(self.metadata)
+                or 2 * count > self.size - self.pos
+            ):
+                raise self._fail(
+                    f"byte {at}",
+                    f"header metadata: a map block of {count} entries "
+                    f"(at most {MAX_METADATA_ENTRIES}, and 2 bytes each in the {self.size - self.pos} left)",
+                )
             for _ in range(count):
                 key_at = self.pos
                 key = self._read(self._length("a metadata key's length", 1024), "a metadata key")
                 try:
                     name = key.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise self._fail(f"byte {key_at}", f"header metadata: key {shown(key)} is not UTF-8") from None
-                value_len = self._length(f"the length of metadata {shown(name)}", MAX_METADATA_BYTES - total)
+                    raise self._fail(
+                        f"byte {key_at}", f"header metadata: key {shown(key)} is not UTF-8"
+                    ) from None
+                value_len = self._length(
+                    f"the length of metadata {shown(name)}", MAX_METADATA_BYTES - total
+                )
                 self.offsets[name] = self.pos
                 self.metadata[name] = self._read(value_len, f"metadata {shown(name)}")
                 total += value_len
         self.sync = self._read(SYNC_SIZE, "the header's sync marker")
         codec = self.metadata.get("avro.codec", b"null")
         if codec.decode("utf-8", "replace") not in CODECS:
-            raise self._fail(f"metadata avro.codec at byte {self.offsets['avro.codec']}",
-                             f"codec {shown(codec)} is not supported (this auditor reads {', '.join(CODECS)})")
+            raise self._fail(
+                f"metadata avro.codec at byte {self.offsets['avro.codec']}",
+                f"codec {shown(codec)} is not supported (this auditor reads {', '.join(CODECS)})",
+            )
         self.codec = codec.decode()
 
     def text(self, key: str, default: str = "") -> str:
@@ -185,7 +212,9 @@ class ContainerReader:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            raise self._fail(f"metadata {key} at byte {self.offsets[key]}", "not UTF-8 text") from None
+            raise self._fail(
+                f"metadata {key} at byte {self.offsets[key]}", "not UTF-8 text"
+            ) from None
 
     def json(self, key: str, default: str) -> Any:
         """A metadata value parsed as JSON, at most MAX_JSON_DEPTH deep."""
@@ -193,7 +222,9 @@ class ContainerReader:
         where = f"metadata {key}" + (f" at byte {self.offsets[key]}" if key in self.offsets else "")
         depth = json_depth(text)
         if depth > MAX_JSON_DEPTH:
-            raise self._fail(where, f"JSON nested {depth} levels deep, more than the {MAX_JSON_DEPTH} allowed")
+            raise self._fail(
+                where, f"JSON nested {depth} levels deep, more than the {MAX_JSON_DEPTH} allowed"
+            )
         try:
             return json.loads(text)
         except (ValueError, RecursionError) as exc:
@@ -216,7 +247,9 @@ class ContainerReader:
             data = self._read(stored, f"block {number}'s data")
             sync = self._read(SYNC_SIZE, f"block {number}'s sync marker")
             if sync != self.sync:
-                raise self._fail(where, "its sync marker differs from the header's (a damaged or spliced file)")
+                raise self._fail(
+                    where, "its sync marker differs from the header's (a damaged or spliced file)"
+                )
             raw = data if self.codec == "null" else self._inflate(data, where)
             # Every object takes at least one byte: a count beyond the data cannot be honest.
             if count > len(raw):
@@ -232,12 +265,18 @@ class ContainerReader:
         except zlib.error as exc:
             raise self._fail(where, f"corrupt deflate data: {exc}") from None
         if len(raw) > MAX_BLOCK_BYTES:
-            raise self._fail(where, f"{len(data)} bytes of deflate data inflate past the {MAX_BLOCK_BYTES} "
-                             "bytes a block may hold (a deflate bomb?)")
+            raise self._fail(
+                where,
+                f"{len(data)} bytes of deflate data inflate past the {MAX_BLOCK_BYTES} "
+                "bytes a block may hold (a deflate bomb?)",
+            )
         if not inflater.eof:
             raise self._fail(where, "corrupt deflate data: the stream ends before its final block")
         if len(inflater.unused_data) > _ZLIB_TRAILER:
-            raise self._fail(where, f"corrupt deflate data: {len(inflater.unused_data)} bytes after the stream's end")
+            raise self._fail(
+                where,
+                f"corrupt deflate data: {len(inflater.unused_data)} bytes after the stream's end",
+            )
         return raw
 
 

@@ -46,11 +46,35 @@ def check_drift(report: Report, kubeconfig: Path) -> list[Finding]:
         if phase == "PROMOTED":
             live = stable.spec.template.spec.containers[0].image if stable is not None else None  # type: ignore[attr-defined]
             if live != image:
-                out.append(Finding("DRIFT", seq, f"{target} was promoted but runs another image", str(live), image))
+                out.append(
+                    Finding(
+                        "DRIFT",
+                        seq,
+                        f"{target} was promoted but runs another image",
+                        str(live),
+                        image,
+                    )
+                )
             if canary is not None:
-                out.append(Finding("DRIFT", seq, f"{target}-canary remains after promotion", "present", "absent"))
+                out.append(
+                    Finding(
+                        "DRIFT",
+                        seq,
+                        f"{target}-canary remains after promotion",
+                        "present",
+                        "absent",
+                    )
+                )
         elif phase in ("STARTED", "ADVANCED", "PAUSED") and weight > 0:
             live = canary.spec.template.spec.containers[0].image if canary is not None else None  # type: ignore[attr-defined]
             if live != image:
-                out.append(Finding("DRIFT", seq, f"{target}-canary does not run the candidate", str(live), image))
+                out.append(
+                    Finding(
+                        "DRIFT",
+                        seq,
+                        f"{target}-canary does not run the candidate",
+                        str(live),
+                        image,
+                    )
+                )
     return out

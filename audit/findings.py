@@ -15,18 +15,30 @@ from audit.names import printable
 # code -> (verification step, what it means). docs/AUDIT.md carries the same table.
 CODES: dict[str, tuple[int, str]] = {
     # 0 trust input
-    "TRUST_ROOT_MISMATCH": (0, "genesis does not list exactly the pinned root keys, or is not signed by enough of them"),
+    "TRUST_ROOT_MISMATCH": (
+        0,
+        "genesis does not list exactly the pinned root keys, or is not signed by enough of them",
+    ),
     "VKEY_MISMATCH": (0, "the genesis checkpoint key differs from the pinned vkey"),
     "ORIGIN_MISMATCH": (0, "the genesis origin differs from the pinned origin"),
     "EMPTY_LOG": (0, "the log holds no entry"),
     # 1 decoding and fingerprints
     "DECODE_ERROR": (1, "bytes that are not a valid Entry/EventBody encoding"),
-    "UNKNOWN_FINGERPRINT": (1, "a single-object encoding whose schema fingerprint the auditor does not know"),
+    "UNKNOWN_FINGERPRINT": (
+        1,
+        "a single-object encoding whose schema fingerprint the auditor does not know",
+    ),
     # 2 author signatures
     "NO_SIGNATURES": (2, "an entry without any signature"),
     "BAD_SIGNATURE": (2, "a signature that does not verify over the entry's signed bytes"),
-    "SIGNATURE_SWAPPED": (2, "a signature that does not verify here but was taken from another entry of the log"),
-    "SIGNATURES_NOT_CANONICAL": (2, "signatures not sorted by key id, or a key listed twice (a second encoding of one event)"),
+    "SIGNATURE_SWAPPED": (
+        2,
+        "a signature that does not verify here but was taken from another entry of the log",
+    ),
+    "SIGNATURES_NOT_CANONICAL": (
+        2,
+        "signatures not sorted by key id, or a key listed twice (a second encoding of one event)",
+    ),
     # 3 key validity at each seq
     "UNKNOWN_KEY": (3, "a signature by a key not granted before this seq"),
     "KEY_REVOKED": (3, "a signature by a key revoked at an earlier seq"),
@@ -42,16 +54,28 @@ CODES: dict[str, tuple[int, str]] = {
     "ENTRY_REORDERED": (5, "entries arrive out of seq order"),
     "ENTRY_INSERTED": (5, "a record claims a seq whose chain entry is another, different record"),
     "ENTRY_DUPLICATED": (5, "an identical record appears twice"),
-    "LOG_TRUNCATED": (5, "the log ends before the size a checkpoint (or the saved checkpoint) commits to"),
-    "UNCOVERED_TAIL": (5, "an export whose last entries no signed checkpoint covers (nothing the ledger signed vouches for them)"),
+    "LOG_TRUNCATED": (
+        5,
+        "the log ends before the size a checkpoint (or the saved checkpoint) commits to",
+    ),
+    "UNCOVERED_TAIL": (
+        5,
+        "an export whose last entries no signed checkpoint covers (nothing the ledger signed vouches for them)",
+    ),
     # 6 Merkle roots
-    "CHECKPOINT_ROOT_MISMATCH": (6, "a checkpoint's root differs from the Merkle root of the log at its size"),
+    "CHECKPOINT_ROOT_MISMATCH": (
+        6,
+        "a checkpoint's root differs from the Merkle root of the log at its size",
+    ),
     # 7 checkpoint notes
     "CHECKPOINT_MALFORMED": (7, "a checkpoint that is not a C2SP checkpoint note"),
     "CHECKPOINT_BAD_SIGNATURE": (7, "a checkpoint not signed by the ledger's checkpoint key"),
     "CHECKPOINT_ORIGIN_MISMATCH": (7, "a checkpoint for another origin"),
     # 8 consistency
-    "CHECKPOINT_FORK": (8, "checkpoints (or the saved checkpoint) that no single append-only log can explain"),
+    "CHECKPOINT_FORK": (
+        8,
+        "checkpoints (or the saved checkpoint) that no single append-only log can explain",
+    ),
     # 9 governance rules
     "GENESIS_MISPLACED": (9, "LedgerGenesis not at seq 0, or seq 0 not a LedgerGenesis"),
     "GENESIS_INVALID": (9, "a genesis with invalid fields"),
@@ -60,8 +84,14 @@ CODES: dict[str, tuple[int, str]] = {
     "REF_UNKNOWN": (9, "a ref to no earlier valid entry"),
     "REF_MISSING": (9, "the payload names an entry its refs do not list"),
     "FIELD_INVALID": (9, "a field outside its allowed values"),
-    "NAME_INVALID": (9, "a namespace, Deployment name or principal that is not well formed (DNS-1123, kind:name)"),
-    "TEXT_INVALID": (9, "free text holding a control or invisible character, or over its length cap"),
+    "NAME_INVALID": (
+        9,
+        "a namespace, Deployment name or principal that is not well formed (DNS-1123, kind:name)",
+    ),
+    "TEXT_INVALID": (
+        9,
+        "free text holding a control or invisible character, or over its length cap",
+    ),
     "KEY_DUPLICATE": (9, "a key granted twice"),
     "KEY_UNKNOWN": (9, "revoking a key that is not live"),
     "POLICY_INVALID": (9, "a policy with invalid fields"),
@@ -75,12 +105,21 @@ CODES: dict[str, tuple[int, str]] = {
     "EVALS_MISSING": (9, "an approval before every required suite was evaluated"),
     "APPROVAL_NOT_BOUND": (9, "an approval not bound to the latest eval of every required suite"),
     "EVAL_FAILED_APPROVED": (9, "an approval over a failing eval"),
-    "DECISION_NOT_AFTER_LATEST_ROLLBACK": (9, "a decision whose refs do not name exactly its proposal's latest rollback (signed before it)"),
-    "HEALTH_NOT_FOR_CURRENT_RUN": (9, "a health report whose refs do not name exactly the run of its step now running"),
+    "DECISION_NOT_AFTER_LATEST_ROLLBACK": (
+        9,
+        "a decision whose refs do not name exactly its proposal's latest rollback (signed before it)",
+    ),
+    "HEALTH_NOT_FOR_CURRENT_RUN": (
+        9,
+        "a health report whose refs do not name exactly the run of its step now running",
+    ),
     "STEP_NOT_IN_PLAN": (9, "a health report for a step outside the plan"),
     "KILL_SWITCH_ALREADY_ENGAGED": (9, "engaging a kill switch that is engaged"),
     "KILL_SWITCH_NOT_ENGAGED": (9, "releasing a kill switch that is not engaged"),
-    "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT": (9, "a release whose refs do not name exactly the engagement it releases"),
+    "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT": (
+        9,
+        "a release whose refs do not name exactly the engagement it releases",
+    ),
     # 10 rollout conformance
     "ROLLOUT_WITHOUT_APPROVAL": (10, "canary weight or promotion without enough valid approvals"),
     "ROLLOUT_VETOED": (10, "a rollout moving forward over a veto"),
@@ -93,7 +132,10 @@ CODES: dict[str, tuple[int, str]] = {
     "PROMOTED_EARLY": (10, "a promotion before every step of the plan ran"),
     "HOLD_NOT_ELAPSED": (10, "a step left before its hold time"),
     "HEALTH_GATE_SKIPPED": (10, "a gated step left without a healthy report since it started"),
-    "KILL_NOT_ROLLED_BACK": (10, "a kill switch not followed by a rollback of every active rollout in scope within the bound"),
+    "KILL_NOT_ROLLED_BACK": (
+        10,
+        "a kill switch not followed by a rollback of every active rollout in scope within the bound",
+    ),
     # 11 drift
     "DRIFT": (11, "the live cluster differs from what the log implies"),
 }

@@ -224,8 +224,17 @@ class KillSwitchReleased:
 
 
 Payload = (
-    LedgerGenesis | KeyGranted | KeyRevoked | PolicySet | ProposalSubmitted | EvalRecorded
-    | ApprovalRecorded | HealthReported | RolloutStep | KillSwitchEngaged | KillSwitchReleased
+    LedgerGenesis
+    | KeyGranted
+    | KeyRevoked
+    | PolicySet
+    | ProposalSubmitted
+    | EvalRecorded
+    | ApprovalRecorded
+    | HealthReported
+    | RolloutStep
+    | KillSwitchEngaged
+    | KillSwitchReleased
 )
 
 
@@ -248,10 +257,31 @@ class SignedEvent:
 _RECORD_CLASSES: dict[str, type[Any]] = {
     f"steward.v1.{cls.__name__}": cls
     for cls in (
-        Signature, Entry, RootKey, LedgerGenesis, KeyGranted, KeyRevoked, TargetSelector,
-        RequiredEval, PlanStep, PolicySet, Target, ModelRef, ProposalOrigin, ProposalSubmitted,
-        Metric, EvalRecorded, ApprovalRecorded, HealthReported, ObservedState, RolloutStep,
-        KillScope, AnnotationSource, KillSwitchEngaged, KillSwitchReleased, EventBody,
+        Signature,
+        Entry,
+        RootKey,
+        LedgerGenesis,
+        KeyGranted,
+        KeyRevoked,
+        TargetSelector,
+        RequiredEval,
+        PlanStep,
+        PolicySet,
+        Target,
+        ModelRef,
+        ProposalOrigin,
+        ProposalSubmitted,
+        Metric,
+        EvalRecorded,
+        ApprovalRecorded,
+        HealthReported,
+        ObservedState,
+        RolloutStep,
+        KillScope,
+        AnnotationSource,
+        KillSwitchEngaged,
+        KillSwitchReleased,
+        EventBody,
         SignedEvent,
     )
 }
@@ -314,8 +344,12 @@ def _single_object(data: bytes, schemas: Mapping[bytes, Schema], what: str) -> A
         raise DecodeError(f"{what}: a string is not UTF-8 ({exc})") from None
     if end != len(data):
         if end > len(data):
-            raise DecodeError(f"{what}: truncated {schema.name} (a field runs {end - len(data)} bytes past the end)")
-        raise DecodeError(f"{what}: {len(data) - end} trailing bytes after the {schema.name} record")
+            raise DecodeError(
+                f"{what}: truncated {schema.name} (a field runs {end - len(data)} bytes past the end)"
+            )
+        raise DecodeError(
+            f"{what}: {len(data) - end} trailing bytes after the {schema.name} record"
+        )
     return value
 
 
@@ -379,10 +413,16 @@ def key_id(public_key: bytes) -> bytes:
 def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
     """The entry hashes a payload names (each must also appear in the body's refs)."""
     # The payload classes are final: exact types, cheaper than isinstance.
-    if type(payload) is HealthReported or type(payload) is EvalRecorded or type(payload) is RolloutStep:
+    if (
+        type(payload) is HealthReported
+        or type(payload) is EvalRecorded
+        or type(payload) is RolloutStep
+    ):
         return (payload.proposal,)
     if type(payload) is ApprovalRecorded:
         return (payload.proposal, *payload.evals)
-    if (type(payload) is KillSwitchEngaged or type(payload) is KillSwitchReleased) and payload.scope.proposal:
+    if (
+        type(payload) is KillSwitchEngaged or type(payload) is KillSwitchReleased
+    ) and payload.scope.proposal:
         return (payload.scope.proposal,)
     return ()

@@ -65,35 +65,48 @@ def printable(text: str) -> str:
     what the reports show, so a stored value, even one these rules now refuse, stays on its line."""
     if text.isprintable():
         return text
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BANNED else c
-                   for c in text)
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BANNED else c
+        for c in text
+    )
 
 
 def _fields(p: Any) -> list[tuple[str, str, str]]:
     """(field, kind of check, value) for each name and text field of payload `p`."""
     t, out = type(p), []
     if t is LedgerGenesis:
-        out += [("origin", "text", p.origin), ("checkpoint_key_name", "text", p.checkpoint_key_name)]
+        out += [
+            ("origin", "text", p.origin),
+            ("checkpoint_key_name", "text", p.checkpoint_key_name),
+        ]
         out += [(f"roots[{i}].principal", "principal", r.principal) for i, r in enumerate(p.roots)]
     elif t is KeyGranted:
         out.append(("principal", "principal", p.principal))
     elif t is KeyRevoked:
         out.append(("reason", "prose", p.reason))
     elif t is PolicySet:
-        out += [("policy_id", "text", p.policy_id),
-                ("selector.namespace", "namespace*", p.selector.namespace),
-                ("selector.deployment", "deployment*", p.selector.deployment)]
+        out += [
+            ("policy_id", "text", p.policy_id),
+            ("selector.namespace", "namespace*", p.selector.namespace),
+            ("selector.deployment", "deployment*", p.selector.deployment),
+        ]
         for i, r in enumerate(p.required_evals):
-            out += [(f"required_evals[{i}].suite", "text", r.suite), (f"required_evals[{i}].metric", "text", r.metric)]
+            out += [
+                (f"required_evals[{i}].suite", "text", r.suite),
+                (f"required_evals[{i}].metric", "text", r.metric),
+            ]
     elif t is ProposalSubmitted:
-        out += [("target.namespace", "namespace", p.target.namespace),
-                ("target.deployment", "deployment", p.target.deployment),
-                ("candidate.image", "text", p.candidate.image),
-                ("candidate.model_digest", "text", p.candidate.model_digest),
-                ("baseline.image", "text", p.baseline.image),
-                ("baseline.model_digest", "text", p.baseline.model_digest),
-                ("rationale", "prose", p.rationale),
-                ("origin.agent", "text", p.origin.agent), ("origin.run", "text", p.origin.run)]
+        out += [
+            ("target.namespace", "namespace", p.target.namespace),
+            ("target.deployment", "deployment", p.target.deployment),
+            ("candidate.image", "text", p.candidate.image),
+            ("candidate.model_digest", "text", p.candidate.model_digest),
+            ("baseline.image", "text", p.baseline.image),
+            ("baseline.model_digest", "text", p.baseline.model_digest),
+            ("rationale", "prose", p.rationale),
+            ("origin.agent", "text", p.origin.agent),
+            ("origin.run", "text", p.origin.run),
+        ]
     elif t is EvalRecorded:
         out.append(("suite", "text", p.suite))
         out += [(f"metrics[{i}].name", "text", m.name) for i, m in enumerate(p.metrics)]
@@ -103,16 +116,24 @@ def _fields(p: Any) -> list[tuple[str, str, str]]:
     elif t is HealthReported:
         out += [(f"metrics[{i}].name", "text", m.name) for i, m in enumerate(p.metrics)]
     elif t is RolloutStep:
-        out += [("reason", "prose", p.reason), ("observed.stable_image", "text", p.observed.stable_image),
-                ("observed.canary_image", "text", p.observed.canary_image)]
+        out += [
+            ("reason", "prose", p.reason),
+            ("observed.stable_image", "text", p.observed.stable_image),
+            ("observed.canary_image", "text", p.observed.canary_image),
+        ]
     elif t is KillSwitchEngaged or t is KillSwitchReleased:
-        out += [("scope.namespace", "namespace", p.scope.namespace),
-                ("scope.deployment", "deployment", p.scope.deployment), ("reason", "prose", p.reason)]
+        out += [
+            ("scope.namespace", "namespace", p.scope.namespace),
+            ("scope.deployment", "deployment", p.scope.deployment),
+            ("reason", "prose", p.reason),
+        ]
         annotation = getattr(p, "annotation", None)
         if annotation is not None:
-            out += [("annotation.object", "text", annotation.object),
-                    ("annotation.field_manager", "text", annotation.field_manager),
-                    ("annotation.time", "text", annotation.time)]
+            out += [
+                ("annotation.object", "text", annotation.object),
+                ("annotation.field_manager", "text", annotation.field_manager),
+                ("annotation.time", "text", annotation.time),
+            ]
     return out
 
 
@@ -130,10 +151,18 @@ def problems(payload: Any) -> list[Problem]:
             if check.startswith("namespace") and not is_namespace(value):
                 found.append(("NAME_INVALID", fld, f"namespace {value!r} is not a DNS-1123 label"))
             elif check.startswith("deployment") and not is_deployment(value):
-                found.append(("NAME_INVALID", fld, f"Deployment name {value!r} is not a DNS-1123 subdomain"))
+                found.append(
+                    ("NAME_INVALID", fld, f"Deployment name {value!r} is not a DNS-1123 subdomain")
+                )
         elif check == "principal":
             if value.partition(":")[0] in _KINDS and ":" in value and not is_principal_name(value):
-                found.append(("NAME_INVALID", fld, f"principal {value!r} is not kind:name with the documented characters"))
+                found.append(
+                    (
+                        "NAME_INVALID",
+                        fld,
+                        f"principal {value!r} is not kind:name with the documented characters",
+                    )
+                )
         else:
             fault = text_fault(value, PROSE_MAX if check == "prose" else TEXT_MAX)
             if fault is not None:

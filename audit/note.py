@@ -148,7 +148,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
     """Parse a checkpoint's note text (not its signatures)."""
     lines = text.split("\n")
     if len(lines) < 4 or lines[-1] != "":
-        raise NoteError("checkpoint text needs origin, size and root lines, each ending in a newline")
+        raise NoteError(
+            "checkpoint text needs origin, size and root lines, each ending in a newline"
+        )
     origin, size_s, root_s = lines[0], lines[1], lines[2]
     if not origin:
         raise NoteError("checkpoint origin is empty")

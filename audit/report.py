@@ -16,15 +16,20 @@ def _h(value: str) -> str:
 
 
 def text(report: Report, source: str) -> str:
-    lines = [f"steward-audit: {printable(source)}",
-             printable(f"  ledger {report.ledger or '?'} origin {report.origin or '?'}"),
-             f"  {report.entries} entries, {report.checkpoints} checkpoints, {report.seconds:.2f} s"]
+    lines = [
+        f"steward-audit: {printable(source)}",
+        printable(f"  ledger {report.ledger or '?'} origin {report.origin or '?'}"),
+        f"  {report.entries} entries, {report.checkpoints} checkpoints, {report.seconds:.2f} s",
+    ]
     for step, name in STEP_NAMES.items():
         status = report.steps_run.get(step, "not run")
         errs = sum(1 for f in report.findings if f.step == step)
         mark = "FAIL" if errs else ("ok" if status == "run" else "--")
-        lines.append(f"  {step:>2}. {mark:<4} {name}" + (f" ({errs} finding(s))" if errs else "")
-                     + ("" if status == "run" else f" [{status}]"))
+        lines.append(
+            f"  {step:>2}. {mark:<4} {name}"
+            + (f" ({errs} finding(s))" if errs else "")
+            + ("" if status == "run" else f" [{status}]")
+        )
     if report.verified_checkpoint:
         lines.append(f"  newest verified checkpoint: size {report.verified_size}")
     if report.findings:
@@ -33,7 +38,9 @@ def text(report: Report, source: str) -> str:
         lines.append("RESULT: NOT VERIFIED")
     elif report.pending:
         lines.append(f"PENDING: {pending_text(report.pending)}")
-        lines.append(f"RESULT: {verified_through(report.pending)}; seq {report.pending[0]}..{report.pending[1]} PENDING")
+        lines.append(
+            f"RESULT: {verified_through(report.pending)}; seq {report.pending[0]}..{report.pending[1]} PENDING"
+        )
     else:
         lines.append("RESULT: VERIFIED (no findings)")
     return "\n".join(lines) + "\n"
@@ -41,13 +48,19 @@ def text(report: Report, source: str) -> str:
 
 def pending_text(pending: tuple[int, int]) -> str:
     first, last = pending
-    return (f"seq {first}..{last} ({last - first + 1} entries) passed every check, but no signed checkpoint "
-            "covers them yet: the ledger has not vouched for them")
+    return (
+        f"seq {first}..{last} ({last - first + 1} entries) passed every check, but no signed checkpoint "
+        "covers them yet: the ledger has not vouched for them"
+    )
 
 
 def verified_through(pending: tuple[int, int]) -> str:
     first = pending[0]
-    return f"VERIFIED THROUGH seq {first - 1} (checkpoint {first})" if first else "NOTHING COVERED BY A CHECKPOINT"
+    return (
+        f"VERIFIED THROUGH seq {first - 1} (checkpoint {first})"
+        if first
+        else "NOTHING COVERED BY A CHECKPOINT"
+    )
 
 
 def as_json(report: Report, source: str) -> str:
@@ -59,19 +72,32 @@ def as_json(report: Report, source: str) -> str:
         "entries": report.entries,
         "checkpoints": report.checkpoints,
         "verified_checkpoint_size": report.verified_size,
-        "steps": {str(k): {"name": v, "status": report.steps_run.get(k, "not run")} for k, v in STEP_NAMES.items()},
+        "steps": {
+            str(k): {"name": v, "status": report.steps_run.get(k, "not run")}
+            for k, v in STEP_NAMES.items()
+        },
         "findings": [f.to_json() for f in report.findings],
-        "pending": None if report.pending is None else {
-            "first_seq": report.pending[0], "last_seq": report.pending[1],
-            "entries": report.pending[1] - report.pending[0] + 1},
+        "pending": None
+        if report.pending is None
+        else {
+            "first_seq": report.pending[0],
+            "last_seq": report.pending[1],
+            "entries": report.pending[1] - report.pending[0] + 1,
+        },
         "seconds": round(report.seconds, 3),
     }
     return json.dumps(doc, indent=2) + "\n"
 
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"]
-_MARK = {"proposal": ("◆", "#444"), "eval": ("●", "#2ca02c"), "approval": ("✔", "#1f77b4"),
-         "reject": ("✖", "#d62728"), "kill": ("■", "#d62728"), "release": ("□", "#2ca02c")}
+_MARK = {
+    "proposal": ("◆", "#444"),
+    "eval": ("●", "#2ca02c"),
+    "approval": ("✔", "#1f77b4"),
+    "reject": ("✖", "#d62728"),
+    "kill": ("■", "#d62728"),
+    "release": ("□", "#2ca02c"),
+}
 
 
 def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
@@ -88,10 +114,14 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
     def y(w: int) -> float:
         return top + (100 - w) / 100 * (height - top - bottom)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">'
+    ]
     for w in (0, 25, 50, 75, 100):
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(w):.1f}" y2="{y(w):.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 6}" y="{y(w) + 4:.1f}" text-anchor="end">{w}%</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y(w):.1f}" y2="{y(w):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y(w) + 4:.1f}" text-anchor="end">{w}%</text>'
+        )
     proposals = list(dict.fromkeys(e.proposal for e in events if e.proposal is not None))
     color = {p: _COLORS[i % len(_COLORS)] for i, p in enumerate(proposals)}
     for p in proposals:
@@ -104,18 +134,26 @@ def timeline_svg(report: Report, width: int = 960, height: int = 360) -> str:
             last_w = e.weight or 0
             pts.append(f"{x(e.at):.1f},{y(last_w):.1f}")
         pts.append(f"{x(t1):.1f},{y(last_w):.1f}")
-        parts.append(f'<polyline fill="none" stroke="{color[p]}" stroke-width="2" points="{" ".join(pts)}">'
-                     f"<title>{_h(report.proposals.get(p.hex(), p.hex()[:16]))}</title></polyline>")
+        parts.append(
+            f'<polyline fill="none" stroke="{color[p]}" stroke-width="2" points="{" ".join(pts)}">'
+            f"<title>{_h(report.proposals.get(p.hex(), p.hex()[:16]))}</title></polyline>"
+        )
     for e in events:
         if e.kind == "step":
-            parts.append(f'<circle cx="{x(e.at):.1f}" cy="{y(e.weight or 0):.1f}" r="3" fill="{color.get(e.proposal or b"", "#000")}">'
-                         f"<title>seq {e.seq}: {_h(e.label)} {e.weight}%</title></circle>")
+            parts.append(
+                f'<circle cx="{x(e.at):.1f}" cy="{y(e.weight or 0):.1f}" r="3" fill="{color.get(e.proposal or b"", "#000")}">'
+                f"<title>seq {e.seq}: {_h(e.label)} {e.weight}%</title></circle>"
+            )
         else:
             glyph, c = _MARK.get(e.kind, ("?", "#000"))
-            parts.append(f'<text x="{x(e.at):.1f}" y="{height - bottom + 18}" text-anchor="middle" fill="{c}">{glyph}'
-                         f"<title>seq {e.seq}: {_h(e.label)}</title></text>")
+            parts.append(
+                f'<text x="{x(e.at):.1f}" y="{height - bottom + 18}" text-anchor="middle" fill="{c}">{glyph}'
+                f"<title>seq {e.seq}: {_h(e.label)}</title></text>"
+            )
     legend = "  ".join(f"{g} {k}" for k, (g, _) in _MARK.items())
-    parts.append(f'<text x="{left}" y="{height - 12}">{html.escape(legend)} — lines: canary weight per proposal</text>')
+    parts.append(
+        f'<text x="{left}" y="{height - 12}">{html.escape(legend)} — lines: canary weight per proposal</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -134,14 +172,17 @@ def as_html(report: Report, source: str) -> str:
     verdict = "VERIFIED" if report.ok else f"NOT VERIFIED — {len(report.findings)} finding(s)"
     if report.ok and report.pending:
         verdict = f"{verified_through(report.pending)} — PENDING: {pending_text(report.pending)}"
-    legend = "".join(f"<tr><td><code>{c}</code></td><td>{s}</td><td>{html.escape(d)}</td></tr>" for c, (s, d) in CODES.items()
-                     if any(f.code == c for f in report.findings))
+    legend = "".join(
+        f"<tr><td><code>{c}</code></td><td>{s}</td><td>{html.escape(d)}</td></tr>"
+        for c, (s, d) in CODES.items()
+        if any(f.code == c for f in report.findings)
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>steward-audit report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
 .ok{{color:#2ca02c}}.bad{{color:#d62728}}</style></head><body>
 <h1>steward-audit</h1><p>{_h(source)} — ledger <b>{_h(report.ledger)}</b>, origin {_h(report.origin)},
 {report.entries} entries, {report.checkpoints} checkpoints</p>
-<h2 class="{'ok' if report.ok else 'bad'}">{verdict}</h2>
+<h2 class="{"ok" if report.ok else "bad"}">{verdict}</h2>
 <h2>Rollout timeline</h2>{timeline_svg(report)}
 <h2>Steps</h2><ol>{steps}</ol>
 <h2>Findings</h2><table><tr><th>seq</th><th>step</th><th>code</th><th>message</th><th>observed</th><th>expected</th></tr>{rows}</table>

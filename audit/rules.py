@@ -43,7 +43,9 @@ from audit.formats import (
 )
 from audit.state import KeyRecord, ProposalRecord, Signers, State, kind_of
 
-ROLES = frozenset({"root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"})
+ROLES = frozenset(
+    {"root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"}
+)
 KINDS = ("human", "agent", "service")
 OPS = frozenset({"GE", "GT", "LE", "LT", "EQ"})
 MAX_REFS = 64
@@ -60,7 +62,11 @@ def well_formed_principal(principal: str) -> bool:
 
 
 def resolve_signers(
-    state: State, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], out: list[Finding],
+    state: State,
+    seq: int,
+    entry: Entry,
+    sig_ok: tuple[bool | None, ...],
+    out: list[Finding],
     keys: dict[bytes, KeyRecord] | None = None,
 ) -> Signers:
     """Steps 2 and 3: which signatures count. `sig_ok[i]` says whether signature i verified
@@ -69,46 +75,76 @@ def resolve_signers(
     signatures = entry.signatures
     if len(signatures) == 1 and len(sig_ok) == 1 and sig_ok[0]:  # the common case, no finding
         rec = keys.get(signatures[0].key_id)
-        if (rec is not None and (rec.revoked_seq is None or rec.revoked_seq >= seq)
-                and (rec.expires_at is None or entry.received_at < rec.expires_at)):
+        if (
+            rec is not None
+            and (rec.revoked_seq is None or rec.revoked_seq >= seq)
+            and (rec.expires_at is None or entry.received_at < rec.expires_at)
+        ):
             return Signers((rec,))
     if not entry.signatures:
-        out.append(Finding("NO_SIGNATURES", seq, "the entry carries no signature", "0 signatures", "at least 1"))
+        out.append(
+            Finding(
+                "NO_SIGNATURES", seq, "the entry carries no signature", "0 signatures", "at least 1"
+            )
+        )
     for i in range(1, len(signatures)):  # one event, one encoding: ascending key ids, each once
         if signatures[i].key_id <= signatures[i - 1].key_id:
-            out.append(Finding(
-                "SIGNATURES_NOT_CANONICAL", seq,
-                f"signatures[{i}] is not after signatures[{i - 1}] in key-id order",
-                f"{signatures[i - 1].key_id.hex()[:16]} then {signatures[i].key_id.hex()[:16]}",
-                "signatures sorted by key id, each key once",
-            ))
+            out.append(
+                Finding(
+                    "SIGNATURES_NOT_CANONICAL",
+                    seq,
+                    f"signatures[{i}] is not after signatures[{i - 1}] in key-id order",
+                    f"{signatures[i - 1].key_id.hex()[:16]} then {signatures[i].key_id.hex()[:16]}",
+                    "signatures sorted by key id, each key once",
+                )
+            )
             break
     valid: dict[bytes, KeyRecord] = {}
     for i, (sig, ok) in enumerate(zip(entry.signatures, sig_ok, strict=True)):
         rec = keys.get(sig.key_id)
         if rec is None:
-            out.append(Finding(
-                "UNKNOWN_KEY", seq, f"signatures[{i}] is by key {sig.key_id.hex()[:16]}, not granted before this seq",
-                sig.key_id.hex(), "a key granted at an earlier seq",
-            ))
+            out.append(
+                Finding(
+                    "UNKNOWN_KEY",
+                    seq,
+                    f"signatures[{i}] is by key {sig.key_id.hex()[:16]}, not granted before this seq",
+                    sig.key_id.hex(),
+                    "a key granted at an earlier seq",
+                )
+            )
             continue
         if not ok:
-            out.append(Finding(
-                "BAD_SIGNATURE", seq, f"signatures[{i}] by {rec.principal} does not verify over the signed bytes",
-                sig.sig.hex()[:32] + "…", f"an Ed25519 signature by {sig.key_id.hex()[:16]}",
-            ))
+            out.append(
+                Finding(
+                    "BAD_SIGNATURE",
+                    seq,
+                    f"signatures[{i}] by {rec.principal} does not verify over the signed bytes",
+                    sig.sig.hex()[:32] + "…",
+                    f"an Ed25519 signature by {sig.key_id.hex()[:16]}",
+                )
+            )
             continue
         if rec.revoked_seq is not None and rec.revoked_seq < seq:
-            out.append(Finding(
-                "KEY_REVOKED", seq, f"signatures[{i}] by {rec.principal} uses a key revoked at seq {rec.revoked_seq}",
-                f"signed at seq {seq}", f"before seq {rec.revoked_seq}",
-            ))
+            out.append(
+                Finding(
+                    "KEY_REVOKED",
+                    seq,
+                    f"signatures[{i}] by {rec.principal} uses a key revoked at seq {rec.revoked_seq}",
+                    f"signed at seq {seq}",
+                    f"before seq {rec.revoked_seq}",
+                )
+            )
             continue
         if rec.expires_at is not None and entry.received_at >= rec.expires_at:
-            out.append(Finding(
-                "KEY_EXPIRED", seq, f"signatures[{i}] by {rec.principal} uses an expired key",
-                f"received_at {entry.received_at}", f"before {rec.expires_at}",
-            ))
+            out.append(
+                Finding(
+                    "KEY_EXPIRED",
+                    seq,
+                    f"signatures[{i}] by {rec.principal} uses an expired key",
+                    f"received_at {entry.received_at}",
+                    f"before {rec.expires_at}",
+                )
+            )
             continue
         valid[sig.key_id] = rec
     return Signers(tuple(valid.values()))
@@ -121,14 +157,21 @@ def _threshold(
     if len(principals) >= needed:
         return True
     code = "DOUBLE_COUNTED" if len(keys) >= needed else "THRESHOLD_NOT_MET"
-    out.append(Finding(
-        code, seq, f"{what} needs {needed} distinct {role} principals",
-        f"{len(principals)} principal(s) {sorted(principals)} with {len(keys)} key(s)", f">= {needed} principals",
-    ))
+    out.append(
+        Finding(
+            code,
+            seq,
+            f"{what} needs {needed} distinct {role} principals",
+            f"{len(principals)} principal(s) {sorted(principals)} with {len(keys)} key(s)",
+            f">= {needed} principals",
+        )
+    )
     return False
 
 
-def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int, out: list[Finding]) -> str | None:
+def _single_author(
+    signers: Signers, roles: tuple[str, ...], what: str, seq: int, out: list[Finding]
+) -> str | None:
     keys = signers.keys
     if len(keys) == 1:  # the common case: one valid key, so one principal
         k = keys[0]
@@ -138,17 +181,27 @@ def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int
     principals = signers.principals
     if len(principals) != 1:
         if principals:  # zero is already a signature finding
-            out.append(Finding(
-                "MULTIPLE_AUTHORS", seq, f"{what} must have exactly one author",
-                ", ".join(sorted(principals)), "one principal",
-            ))
+            out.append(
+                Finding(
+                    "MULTIPLE_AUTHORS",
+                    seq,
+                    f"{what} must have exactly one author",
+                    ", ".join(sorted(principals)),
+                    "one principal",
+                )
+            )
         return None
     (author,) = principals
     if not any(r in k.roles for k in signers.keys for r in roles):
-        out.append(Finding(
-            "ROLE_MISSING", seq, f"{author} signed {what} without a key holding role {'/'.join(roles)}",
-            ", ".join(sorted({r for k in signers.keys for r in k.roles})), " or ".join(roles),
-        ))
+        out.append(
+            Finding(
+                "ROLE_MISSING",
+                seq,
+                f"{author} signed {what} without a key holding role {'/'.join(roles)}",
+                ", ".join(sorted({r for k in signers.keys for r in k.roles})),
+                " or ".join(roles),
+            )
+        )
         return None
     return author
 
@@ -160,23 +213,63 @@ def _single_author(signers: Signers, roles: tuple[str, ...], what: str, seq: int
 def check_structure(state: State, seq: int, body: EventBody, out: list[Finding]) -> None:
     payload = body.payload
     if (type(payload) is LedgerGenesis) != (seq == 0):
-        out.append(Finding("GENESIS_MISPLACED", seq, f"{body.type} at seq {seq}", body.type,
-                           "LedgerGenesis exactly at seq 0"))
+        out.append(
+            Finding(
+                "GENESIS_MISPLACED",
+                seq,
+                f"{body.type} at seq {seq}",
+                body.type,
+                "LedgerGenesis exactly at seq 0",
+            )
+        )
     if seq > 0 and body.ledger != state.ledger:
-        out.append(Finding("LEDGER_MISMATCH", seq, "the body names another ledger", body.ledger, state.ledger))
+        out.append(
+            Finding(
+                "LEDGER_MISMATCH", seq, "the body names another ledger", body.ledger, state.ledger
+            )
+        )
     if body.event_id in state.event_ids:
-        out.append(Finding(
-            "EVENT_REPLAYED", seq, f"event id {body.event_id.hex()} was already used",
-            f"at seq {seq}", f"only at seq {state.event_ids[body.event_id]}",
-        ))
+        out.append(
+            Finding(
+                "EVENT_REPLAYED",
+                seq,
+                f"event id {body.event_id.hex()} was already used",
+                f"at seq {seq}",
+                f"only at seq {state.event_ids[body.event_id]}",
+            )
+        )
     if len(body.refs) > 1 and (len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs)):
-        out.append(Finding("FIELD_INVALID", seq, "refs must be distinct and few", str(len(body.refs)), f"<= {MAX_REFS} distinct"))
+        out.append(
+            Finding(
+                "FIELD_INVALID",
+                seq,
+                "refs must be distinct and few",
+                str(len(body.refs)),
+                f"<= {MAX_REFS} distinct",
+            )
+        )
     for i, ref in enumerate(body.refs):
         if ref not in state.entries:
-            out.append(Finding("REF_UNKNOWN", seq, f"refs[{i}] names no earlier valid entry", ref.hex(), "an earlier entry hash"))
+            out.append(
+                Finding(
+                    "REF_UNKNOWN",
+                    seq,
+                    f"refs[{i}] names no earlier valid entry",
+                    ref.hex(),
+                    "an earlier entry hash",
+                )
+            )
     for h in payload_hashes(payload):
         if h not in body.refs:
-            out.append(Finding("REF_MISSING", seq, "the payload names an entry the refs omit", h.hex(), "listed in refs"))
+            out.append(
+                Finding(
+                    "REF_MISSING",
+                    seq,
+                    "the payload names an entry the refs omit",
+                    h.hex(),
+                    "listed in refs",
+                )
+            )
     for code, fld, message in names.problems(payload):
         out.append(Finding(code, seq, f"{fld}: {message}"))
 
@@ -194,7 +287,9 @@ def check_genesis(body: EventBody, g: LedgerGenesis, signers: Signers, out: list
         problems.append("no roots")
     if len({key_id(r.public_key) for r in g.roots}) != len(g.roots):
         problems.append("a root key listed twice")
-    problems += [f"root principal {r.principal!r}" for r in g.roots if not well_formed_principal(r.principal)]
+    problems += [
+        f"root principal {r.principal!r}" for r in g.roots if not well_formed_principal(r.principal)
+    ]
     distinct = len({r.principal for r in g.roots})
     if not 1 <= g.root_threshold <= distinct:
         problems.append(f"root threshold {g.root_threshold} outside 1..{distinct}")
@@ -226,13 +321,23 @@ def _check_policy(p: PolicySet, seq: int, out: list[Finding]) -> None:
     if p.kill_release_approvals < 1 or p.kill_rollback_bound_ms < 1:
         problems.append("kill switch settings")
     if problems:
-        out.append(Finding("POLICY_INVALID", seq, "invalid policy: " + ", ".join(problems), p.policy_id))
+        out.append(
+            Finding("POLICY_INVALID", seq, "invalid policy: " + ", ".join(problems), p.policy_id)
+        )
 
 
 def _proposal(state: State, h: bytes, seq: int, out: list[Finding]) -> ProposalRecord | None:
     p = state.proposals.get(h)
     if p is None:
-        out.append(Finding("PROPOSAL_UNKNOWN", seq, "the event names no proposal of this ledger", h.hex(), "a ProposalSubmitted hash"))
+        out.append(
+            Finding(
+                "PROPOSAL_UNKNOWN",
+                seq,
+                "the event names no proposal of this ledger",
+                h.hex(),
+                "a ProposalSubmitted hash",
+            )
+        )
     return p
 
 
@@ -251,17 +356,29 @@ def _check_scope(state: State, scope: KillScope, seq: int, out: list[Finding]) -
     return ok
 
 
-def _check_key_granted(state: State, seq: int, p: KeyGranted, signers: Signers, out: list[Finding]) -> None:
+def _check_key_granted(
+    state: State, seq: int, p: KeyGranted, signers: Signers, out: list[Finding]
+) -> None:
     if _threshold(signers, "root", state.root_threshold, "KeyGranted", seq, out):
         if not well_formed_principal(p.principal):
-            out.append(Finding("FIELD_INVALID", seq, "malformed principal", p.principal, "kind:name"))
+            out.append(
+                Finding("FIELD_INVALID", seq, "malformed principal", p.principal, "kind:name")
+            )
         if not p.roles or len(set(p.roles)) != len(p.roles) or not set(p.roles) <= ROLES:
-            out.append(Finding("FIELD_INVALID", seq, "roles must be known and distinct", ",".join(p.roles)))
+            out.append(
+                Finding("FIELD_INVALID", seq, "roles must be known and distinct", ",".join(p.roles))
+            )
         if key_id(p.public_key) in state.keys:
-            out.append(Finding("KEY_DUPLICATE", seq, "the key was granted before", key_id(p.public_key).hex()))
+            out.append(
+                Finding(
+                    "KEY_DUPLICATE", seq, "the key was granted before", key_id(p.public_key).hex()
+                )
+            )
 
 
-def _check_key_revoked(state: State, seq: int, p: KeyRevoked, signers: Signers, out: list[Finding]) -> None:
+def _check_key_revoked(
+    state: State, seq: int, p: KeyRevoked, signers: Signers, out: list[Finding]
+) -> None:
     target = state.keys.get(p.key_id)
     if target is None or target.revoked_seq is not None:
         out.append(Finding("KEY_UNKNOWN", seq, "revoking a key that is not live", p.key_id.hex()))
@@ -269,98 +386,178 @@ def _check_key_revoked(state: State, seq: int, p: KeyRevoked, signers: Signers, 
         _threshold(signers, "root", state.root_threshold, "KeyRevoked", seq, out)
 
 
-def _check_policy_set(state: State, seq: int, p: PolicySet, signers: Signers, out: list[Finding]) -> None:
+def _check_policy_set(
+    state: State, seq: int, p: PolicySet, signers: Signers, out: list[Finding]
+) -> None:
     if _threshold(signers, "root", state.root_threshold, "PolicySet", seq, out):
         _check_policy(p, seq, out)
 
 
-def _check_proposal_submitted(state: State, seq: int, p: ProposalSubmitted, signers: Signers, out: list[Finding]) -> None:
+def _check_proposal_submitted(
+    state: State, seq: int, p: ProposalSubmitted, signers: Signers, out: list[Finding]
+) -> None:
     if _single_author(signers, ("proposer",), "ProposalSubmitted", seq, out) is None:
         return
     if not p.target.namespace or not p.target.deployment or not p.candidate.image:
         out.append(Finding("FIELD_INVALID", seq, "target and candidate image are required"))
     elif state.policy_for(p.target.namespace, p.target.deployment) is None:
-        out.append(Finding("NO_POLICY", seq, "no policy selects the target", f"{p.target.namespace}/{p.target.deployment}"))
+        out.append(
+            Finding(
+                "NO_POLICY",
+                seq,
+                "no policy selects the target",
+                f"{p.target.namespace}/{p.target.deployment}",
+            )
+        )
 
 
-def _check_eval_recorded(state: State, seq: int, p: EvalRecorded, signers: Signers, out: list[Finding]) -> None:
+def _check_eval_recorded(
+    state: State, seq: int, p: EvalRecorded, signers: Signers, out: list[Finding]
+) -> None:
     author = _single_author(signers, ("evaluator",), "EvalRecorded", seq, out)
     prop = _proposal(state, p.proposal, seq, out)
     if author is None or prop is None:
         return
     if author == prop.proposer:
-        out.append(Finding("SELF_EVALUATION", seq, f"{author} evaluated its own proposal", author, "a principal other than the proposer"))
+        out.append(
+            Finding(
+                "SELF_EVALUATION",
+                seq,
+                f"{author} evaluated its own proposal",
+                author,
+                "a principal other than the proposer",
+            )
+        )
     if prop.phase == "PROMOTED":
         out.append(Finding("PROPOSAL_CLOSED", seq, "eval after promotion"))
     names = [m.name for m in p.metrics]
     if not p.suite or names != sorted(set(names)):
-        out.append(Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats"))
+        out.append(
+            Finding("FIELD_INVALID", seq, "suite required; metrics sorted by name, no repeats")
+        )
 
 
-def _bound(state: State, seq: int, body: EventBody, code: str, what: str, out: list[Finding]) -> bool:
+def _bound(
+    state: State, seq: int, body: EventBody, code: str, what: str, out: list[Finding]
+) -> bool:
     """An authorization names exactly the entries that bind it to the current state
     (State.binding): one signed for an earlier state, or in advance, names another or none."""
     named, expected = state.binding(body)
     if named == expected:
         return True
-    out.append(Finding(code, seq, what, ", ".join(sorted(h.hex()[:16] for h in named)) or "none",
-                       ", ".join(sorted(h.hex()[:16] for h in expected)) or "none"))
+    out.append(
+        Finding(
+            code,
+            seq,
+            what,
+            ", ".join(sorted(h.hex()[:16] for h in named)) or "none",
+            ", ".join(sorted(h.hex()[:16] for h in expected)) or "none",
+        )
+    )
     return False
 
 
-def _check_health_reported(state: State, seq: int, p: HealthReported, signers: Signers, out: list[Finding],
-                           body: EventBody) -> None:
+def _check_health_reported(
+    state: State, seq: int, p: HealthReported, signers: Signers, out: list[Finding], body: EventBody
+) -> None:
     author = _single_author(signers, ("monitor",), "HealthReported", seq, out)
     prop = _proposal(state, p.proposal, seq, out)
     if author is None or prop is None:
         return
     if not 0 <= p.step < len(state.policy(prop).plan):
-        out.append(Finding("STEP_NOT_IN_PLAN", seq, "health report for a step outside the plan", str(p.step),
-                           f"0..{len(state.policy(prop).plan) - 1}"))
+        out.append(
+            Finding(
+                "STEP_NOT_IN_PLAN",
+                seq,
+                "health report for a step outside the plan",
+                str(p.step),
+                f"0..{len(state.policy(prop).plan) - 1}",
+            )
+        )
         return
     # A report on a step not running names no run and can open no gate (gates count reports
     # made since their run began).
-    _bound(state, seq, body, "HEALTH_NOT_FOR_CURRENT_RUN",
-           "a health report does not name the run of its step now running", out)
+    _bound(
+        state,
+        seq,
+        body,
+        "HEALTH_NOT_FOR_CURRENT_RUN",
+        "a health report does not name the run of its step now running",
+        out,
+    )
 
 
-def _check_kill_switch_engaged(state: State, seq: int, p: KillSwitchEngaged, signers: Signers, out: list[Finding]) -> None:
+def _check_kill_switch_engaged(
+    state: State, seq: int, p: KillSwitchEngaged, signers: Signers, out: list[Finding]
+) -> None:
     roles = ("operator", "approver") + (("controller",) if p.annotation is not None else ())
     if _single_author(signers, roles, "KillSwitchEngaged", seq, out) is None:
         return
     if _check_scope(state, p.scope, seq, out) and p.scope in state.kills:
-        out.append(Finding("KILL_SWITCH_ALREADY_ENGAGED", seq, "scope already engaged",
-                           f"engaged since seq {state.kills[p.scope]}", "a released scope"))
+        out.append(
+            Finding(
+                "KILL_SWITCH_ALREADY_ENGAGED",
+                seq,
+                "scope already engaged",
+                f"engaged since seq {state.kills[p.scope]}",
+                "a released scope",
+            )
+        )
 
 
-def _check_kill_switch_released(state: State, seq: int, p: KillSwitchReleased, signers: Signers, out: list[Finding],
-                                body: EventBody) -> None:
+def _check_kill_switch_released(
+    state: State,
+    seq: int,
+    p: KillSwitchReleased,
+    signers: Signers,
+    out: list[Finding],
+    body: EventBody,
+) -> None:
     if not _check_scope(state, p.scope, seq, out):
         return
     if p.scope not in state.kills:
         out.append(Finding("KILL_SWITCH_NOT_ENGAGED", seq, "releasing a scope that is not engaged"))
         return
-    if not _bound(state, seq, body, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
-                  "a release does not name the engagement it releases", out):
+    if not _bound(
+        state,
+        seq,
+        body,
+        "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+        "a release does not name the engagement it releases",
+        out,
+    ):
         return
     # Each governing policy on its own terms: its k, its approver kinds, never a proposer of
     # a rollout the switch stopped.
     terms, excluded = state.release_terms(p.scope)
     for policy_id, needed, kinds in terms:
-        ks = [k for k in signers.keys if "approver" in k.roles and k.principal not in excluded
-              and kind_of(k.principal) in kinds]
+        ks = [
+            k
+            for k in signers.keys
+            if "approver" in k.roles
+            and k.principal not in excluded
+            and kind_of(k.principal) in kinds
+        ]
         principals = {k.principal for k in ks}
         if len(principals) >= needed:
             continue
         others = sorted({k.principal for k in signers.keys if "approver" in k.roles} - principals)
         code = "DOUBLE_COUNTED" if len({k.key_id for k in ks}) >= needed else "THRESHOLD_NOT_MET"
-        out.append(Finding(
-            code, seq,
-            f"KillSwitchReleased needs {needed} distinct approver principals of kind {'/'.join(kinds)}"
-            + (f" under policy {policy_id}" if policy_id else "")
-            + (f"; not counted: {', '.join(others)} (kind not allowed, or proposer of a stopped rollout)" if others else ""),
-            f"{len(principals)} principal(s) {sorted(principals)}", f">= {needed} principals",
-        ))
+        out.append(
+            Finding(
+                code,
+                seq,
+                f"KillSwitchReleased needs {needed} distinct approver principals of kind {'/'.join(kinds)}"
+                + (f" under policy {policy_id}" if policy_id else "")
+                + (
+                    f"; not counted: {', '.join(others)} (kind not allowed, or proposer of a stopped rollout)"
+                    if others
+                    else ""
+                ),
+                f"{len(principals)} principal(s) {sorted(principals)}",
+                f">= {needed} principals",
+            )
+        )
         return
 
 
@@ -378,47 +575,102 @@ def check_payload(
         bound_check(state, seq, p, signers, out, body)
 
 
-def _check_approval(state: State, seq: int, p: ApprovalRecorded, signers: Signers, out: list[Finding],
-                    body: EventBody) -> None:
+def _check_approval(
+    state: State,
+    seq: int,
+    p: ApprovalRecorded,
+    signers: Signers,
+    out: list[Finding],
+    body: EventBody,
+) -> None:
     author = _single_author(signers, ("approver",), "ApprovalRecorded", seq, out)
     prop = _proposal(state, p.proposal, seq, out)
     if author is None or prop is None:
         return
     policy = state.policy(prop)
     if author == prop.proposer:
-        out.append(Finding("SELF_APPROVAL", seq, f"{author} decided on its own proposal", author, "a principal other than the proposer"))
+        out.append(
+            Finding(
+                "SELF_APPROVAL",
+                seq,
+                f"{author} decided on its own proposal",
+                author,
+                "a principal other than the proposer",
+            )
+        )
         return
     if kind_of(author) not in policy.approver_kinds:
-        out.append(Finding("APPROVER_KIND_NOT_ALLOWED", seq, f"policy {policy.policy_id} does not accept this kind",
-                           kind_of(author), ", ".join(policy.approver_kinds)))
+        out.append(
+            Finding(
+                "APPROVER_KIND_NOT_ALLOWED",
+                seq,
+                f"policy {policy.policy_id} does not accept this kind",
+                kind_of(author),
+                ", ".join(policy.approver_kinds),
+            )
+        )
         return
     if prop.phase == "PROMOTED":
         out.append(Finding("PROPOSAL_CLOSED", seq, "decision after promotion"))
         return
-    if not _bound(state, seq, body, "DECISION_NOT_AFTER_LATEST_ROLLBACK",
-                  "a decision does not name its proposal's latest rollback (signed before it?)", out):
+    if not _bound(
+        state,
+        seq,
+        body,
+        "DECISION_NOT_AFTER_LATEST_ROLLBACK",
+        "a decision does not name its proposal's latest rollback (signed before it?)",
+        out,
+    ):
         return
     for h in p.evals:
         if state.evals.get(h) != p.proposal:
-            out.append(Finding("EVAL_NOT_FOR_PROPOSAL", seq, "the approval names an entry that is not an eval of this proposal", h.hex()))
+            out.append(
+                Finding(
+                    "EVAL_NOT_FOR_PROPOSAL",
+                    seq,
+                    "the approval names an entry that is not an eval of this proposal",
+                    h.hex(),
+                )
+            )
             return
     if p.decision == "REJECT":
         return
     required = sorted({r.suite for r in policy.required_evals})
     missing = [s for s in required if s not in prop.latest_evals]
     if missing:
-        out.append(Finding("EVALS_MISSING", seq, "approval before every required suite was evaluated", "", ", ".join(missing)))
+        out.append(
+            Finding(
+                "EVALS_MISSING",
+                seq,
+                "approval before every required suite was evaluated",
+                "",
+                ", ".join(missing),
+            )
+        )
         return
     latest = {prop.latest_evals[s].hash for s in required}
     if set(p.evals) != latest:
-        out.append(Finding(
-            "APPROVAL_NOT_BOUND", seq, "the approval does not name the latest eval of every required suite",
-            ", ".join(sorted(h.hex()[:16] for h in p.evals)), ", ".join(sorted(h.hex()[:16] for h in latest)),
-        ))
+        out.append(
+            Finding(
+                "APPROVAL_NOT_BOUND",
+                seq,
+                "the approval does not name the latest eval of every required suite",
+                ", ".join(sorted(h.hex()[:16] for h in p.evals)),
+                ", ".join(sorted(h.hex()[:16] for h in latest)),
+            )
+        )
         return
     failing = [s for s in required if not prop.latest_evals[s].passed]
     if failing:
-        out.append(Finding("EVAL_FAILED_APPROVED", seq, "approval over failing evals", ", ".join(failing), "passing evals"))
+        out.append(
+            Finding(
+                "EVAL_FAILED_APPROVED",
+                seq,
+                "approval over failing evals",
+                ", ".join(failing),
+                "passing evals",
+            )
+        )
 
 
 # Dispatch on the payload's exact type (the payload classes are distinct and final).
@@ -431,7 +683,9 @@ _PAYLOAD_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Findin
     KillSwitchEngaged: _check_kill_switch_engaged,
 }
 # The authorizations, which also read the body: its refs bind them to the state (#14).
-_BOUND_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Finding], EventBody], None]] = {
+_BOUND_CHECKS: dict[
+    type[Any], Callable[[State, int, Any, Signers, list[Finding], EventBody], None]
+] = {
     ApprovalRecorded: _check_approval,
     HealthReported: _check_health_reported,
     KillSwitchReleased: _check_kill_switch_released,

@@ -43,7 +43,9 @@ class Source(Protocol):
 
 def _export_schema() -> str:
     """The Parsing Canonical Form of the shipped ExportRecord schema: the only one accepted."""
-    return canonical_form(json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text()))
+    return canonical_form(
+        json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text())
+    )
 
 
 class ExportSource:
@@ -74,27 +76,39 @@ class ExportSource:
         c = self._container
         fmt = c.text("steward.format", EXPORT_FORMAT)
         if fmt != EXPORT_FORMAT:
-            raise ContainerError(f"{self.path}: metadata steward.format at byte {c.offsets['steward.format']}: "
-                                 f"export format {shown(fmt)}, this auditor reads {EXPORT_FORMAT}")
+            raise ContainerError(
+                f"{self.path}: metadata steward.format at byte {c.offsets['steward.format']}: "
+                f"export format {shown(fmt)}, this auditor reads {EXPORT_FORMAT}"
+            )
         where = f"metadata avro.schema at byte {c.offsets.get('avro.schema', 0)}"
         if "avro.schema" not in c.metadata:
             raise ContainerError(f"{self.path}: header (byte 4): no avro.schema in the metadata")
         try:
             schema = canonical_form(c.json("avro.schema", ""))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ContainerError(f"{self.path}: {where}: not an Avro schema ({shown(str(exc))})") from None
+            raise ContainerError(
+                f"{self.path}: {where}: not an Avro schema ({shown(str(exc))})"
+            ) from None
         if schema != _export_schema():
-            raise ContainerError(f"{self.path}: {where}: the records are {shown(schema, 80)}, "
-                                 "not steward.v1.ExportRecord {seq: long, entry: bytes}")
+            raise ContainerError(
+                f"{self.path}: {where}: the records are {shown(schema, 80)}, "
+                "not steward.v1.ExportRecord {seq: long, entry: bytes}"
+            )
         listed = c.json("steward.checkpoints", "[]")
         where = f"metadata steward.checkpoints at byte {c.offsets.get('steward.checkpoints', 0)}"
         if not isinstance(listed, list):
             raise ContainerError(f"{self.path}: {where}: not a JSON list of {{size, note}}")
         self._checkpoints: list[str] = []
         for i, item in enumerate(listed):
-            if not (isinstance(item, dict) and isinstance(item.get("note"), str)
-                    and type(item.get("size")) is int and item["size"] >= 0):
-                raise ContainerError(f"{self.path}: {where}: item {i} is not {{\"size\": n >= 0, \"note\": text}}")
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("note"), str)
+                and type(item.get("size")) is int
+                and item["size"] >= 0
+            ):
+                raise ContainerError(
+                    f'{self.path}: {where}: item {i} is not {{"size": n >= 0, "note": text}}'
+                )
             self._checkpoints.append(item["note"])
 
     def checkpoints(self) -> list[str]:
@@ -104,7 +118,9 @@ class ExportSource:
         index = 0
         try:
             for number, at, count, raw in self._container.blocks():
-                for entry in _export_records(raw, count, f"{self.path}: block {number} at byte {at}"):
+                for entry in _export_records(
+                    raw, count, f"{self.path}: block {number} at byte {at}"
+                ):
                     if index >= start:
                         yield entry
                     index += 1
@@ -122,29 +138,44 @@ def _export_records(raw: bytes, count: int, where: str) -> Iterator[bytes]:
     for i in range(count):
         seq = read_long(raw, pos)
         if seq is None:
-            raise ContainerError(f"{where}: record {i} of {count}: its seq runs past the block's {len(raw)} bytes")
+            raise ContainerError(
+                f"{where}: record {i} of {count}: its seq runs past the block's {len(raw)} bytes"
+            )
         length = read_long(raw, seq[1])
         if length is None:
-            raise ContainerError(f"{where}: record {i} of {count}: its entry length runs past the block's data")
+            raise ContainerError(
+                f"{where}: record {i} of {count}: its entry length runs past the block's data"
+            )
         n, pos = length
         if not 0 <= n <= len(raw) - pos:
-            raise ContainerError(f"{where}: record {i} of {count}: entry length {n} at block byte {seq[1]}, "
-                                 f"but {len(raw) - pos} bytes remain in the block (truncated or corrupt)")
-        yield raw[pos:pos + n]
+            raise ContainerError(
+                f"{where}: record {i} of {count}: entry length {n} at block byte {seq[1]}, "
+                f"but {len(raw) - pos} bytes remain in the block (truncated or corrupt)"
+            )
+        yield raw[pos : pos + n]
         pos += n
     if pos != len(raw):
-        raise ContainerError(f"{where}: {len(raw) - pos} bytes after its {count} records (a wrong count or a corrupt block)")
+        raise ContainerError(
+            f"{where}: {len(raw) - pos} bytes after its {count} records (a wrong count or a corrupt block)"
+        )
 
 
-def write_export(path: Path, records: list[bytes], checkpoints: list[tuple[int, str]],
-                 origin: str = "", vkey: str = "", ledger: str = "") -> None:
+def write_export(
+    path: Path,
+    records: list[bytes],
+    checkpoints: list[tuple[int, str]],
+    origin: str = "",
+    vkey: str = "",
+    ledger: str = "",
+) -> None:
     """Write an export file (tests and tooling; the ledger's `steward export` writes the same)."""
     import fastavro
 
     from audit.formats import decode_entry
 
-    schema = fastavro.parse_schema(json.loads(
-        (Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text()))
+    schema = fastavro.parse_schema(
+        json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text())
+    )
     metadata = {
         "steward.format": EXPORT_FORMAT,
         "steward.ledger": ledger,
@@ -188,26 +219,54 @@ class KafkaSecurity:
     key_password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls, protocol: str, sasl_mechanism: str | None, username: str | None,
-                 password_env: str | None, cafile: str | None, certfile: str | None,
-                 keyfile: str | None, key_password_env: str | None) -> KafkaSecurity:
-        return cls(protocol, sasl_mechanism, username, _env(password_env, "SASL password"),
-                   cafile, certfile, keyfile, _env(key_password_env, "client key password"))
+    def from_env(
+        cls,
+        protocol: str,
+        sasl_mechanism: str | None,
+        username: str | None,
+        password_env: str | None,
+        cafile: str | None,
+        certfile: str | None,
+        keyfile: str | None,
+        key_password_env: str | None,
+    ) -> KafkaSecurity:
+        return cls(
+            protocol,
+            sasl_mechanism,
+            username,
+            _env(password_env, "SASL password"),
+            cafile,
+            certfile,
+            keyfile,
+            _env(key_password_env, "client key password"),
+        )
 
     def kafka_python(self) -> dict[str, Any]:
         """kafka-python's options (includes secrets)."""
-        opts = {"security_protocol": self.protocol, "sasl_mechanism": self.sasl_mechanism,
-                "sasl_plain_username": self.username, "sasl_plain_password": self.password,
-                "ssl_cafile": self.cafile, "ssl_certfile": self.certfile,
-                "ssl_keyfile": self.keyfile, "ssl_password": self.key_password}
+        opts = {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+            "ssl_cafile": self.cafile,
+            "ssl_certfile": self.certfile,
+            "ssl_keyfile": self.keyfile,
+            "ssl_password": self.key_password,
+        }
         return {k: v for k, v in opts.items() if v is not None}
 
     def librdkafka(self) -> dict[str, Any]:
         """librdkafka's names for the same options (includes secrets)."""
-        opts = {"security.protocol": self.protocol, "sasl.mechanism": self.sasl_mechanism,
-                "sasl.username": self.username, "sasl.password": self.password,
-                "ssl.ca.location": self.cafile, "ssl.certificate.location": self.certfile,
-                "ssl.key.location": self.keyfile, "ssl.key.password": self.key_password}
+        opts = {
+            "security.protocol": self.protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.username,
+            "sasl.password": self.password,
+            "ssl.ca.location": self.cafile,
+            "ssl.certificate.location": self.certfile,
+            "ssl.key.location": self.keyfile,
+            "ssl.key.password": self.key_password,
+        }
         return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -224,13 +283,19 @@ def _env(var: str | None, what: str) -> str | None:
 # "socket disconnected" until its 30 s bootstrap deadline), and what it means.
 _CONNECTION_VERDICTS = (
     ("SASL authentication error", "SASL authentication failed: wrong user name or password"),
-    ("certificate verify failed",
-     "TLS: the broker's certificate is not signed by a CA this client trusts (--kafka-ssl-cafile)"),
-    ("in state APIVERSION_QUERY",
-     "the broker closed the connection before answering ApiVersions: the listener expects TLS "
-     "(--kafka-security-protocol SSL or SASL_SSL)"),
-    ("SSL connection closed by peer",
-     "the broker closed the TLS connection: it requires SASL (SASL_SSL) or a client certificate"),
+    (
+        "certificate verify failed",
+        "TLS: the broker's certificate is not signed by a CA this client trusts (--kafka-ssl-cafile)",
+    ),
+    (
+        "in state APIVERSION_QUERY",
+        "the broker closed the connection before answering ApiVersions: the listener expects TLS "
+        "(--kafka-security-protocol SSL or SASL_SSL)",
+    ),
+    (
+        "SSL connection closed by peer",
+        "the broker closed the TLS connection: it requires SASL (SASL_SSL) or a client certificate",
+    ),
 )
 
 
@@ -246,8 +311,12 @@ def check_kafka_connection(bootstrap: str, security: KafkaSecurity, timeout_s: f
             lines.append(msg % args if args else msg)
 
     options: dict[str, Any] = {
-        "bootstrap.servers": bootstrap, "client.id": "steward-audit", **security.librdkafka(),
-        "logger": Collect(), "error_cb": lambda err: lines.append(f"{err.name()}: {err.str()}")}
+        "bootstrap.servers": bootstrap,
+        "client.id": "steward-audit",
+        **security.librdkafka(),
+        "logger": Collect(),
+        "error_cb": lambda err: lines.append(f"{err.name()}: {err.str()}"),
+    }
     client = AdminClient(options)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -261,15 +330,22 @@ def check_kafka_connection(bootstrap: str, security: KafkaSecurity, timeout_s: f
             for marker, verdict in _CONNECTION_VERDICTS:
                 if marker in line:
                     user = f", user {security.username}" if security.username else ""
-                    raise AuditError(f"Kafka at {bootstrap} ({security.protocol}{user}): "
-                                     f"{verdict}. librdkafka: {line}")
+                    raise AuditError(
+                        f"Kafka at {bootstrap} ({security.protocol}{user}): "
+                        f"{verdict}. librdkafka: {line}"
+                    )
 
 
 class KafkaSource:
     live = True  # the ledger server publishes checkpoints to <topic>.checkpoints as the log grows
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0,
-                 security: KafkaSecurity | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.name = f"kafka://{bootstrap}/{topic}"
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
         self.security = security or KafkaSecurity()
@@ -318,14 +394,18 @@ class KafkaSource:
             raise AuditError(
                 f"reading {topic} from {self.bootstrap}: not authorized "
                 f"(TOPIC_AUTHORIZATION_FAILED): the auditor's principal needs ACL Read on "
-                f"topic {topic} (docs/KAFKA.md, \"Security\")") from exc
+                f'topic {topic} (docs/KAFKA.md, "Security")'
+            ) from exc
         except kerrors.KafkaError as exc:
             raise AuditError(f"reading {topic} from {self.bootstrap} failed: {exc}") from exc
         finally:
             consumer.close()
 
     def checkpoints(self) -> list[str]:
-        notes = [(int(r.key.decode()), r.value.decode()) for r in self._read(self.topic + CHECKPOINTS_SUFFIX, 0)]
+        notes = [
+            (int(r.key.decode()), r.value.decode())
+            for r in self._read(self.topic + CHECKPOINTS_SUFFIX, 0)
+        ]
         return [n for _, n in sorted(notes, key=lambda x: x[0])]
 
     def records(self, start: int = 0) -> Iterator[bytes]:
@@ -353,9 +433,16 @@ class GrpcSource:
 
     live = True
 
-    def __init__(self, target: str, timeout_s: float = 30.0, request_checkpoint: bool = True, *,
-                 tls_ca: Path | None = None, tls_cert: Path | None = None,
-                 tls_key: Path | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 30.0,
+        request_checkpoint: bool = True,
+        *,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
         import grpc
 
         from steward.v1 import ledger_pb2_grpc
@@ -375,7 +462,8 @@ class GrpcSource:
                 creds = grpc.ssl_channel_credentials(
                     tls_ca.read_bytes() if tls_ca else None,
                     tls_key.read_bytes() if tls_key else None,
-                    tls_cert.read_bytes() if tls_cert else None)
+                    tls_cert.read_bytes() if tls_cert else None,
+                )
             except OSError as exc:
                 raise AuditError(f"cannot read a TLS file: {exc}") from exc
             self.channel = grpc.secure_channel(target, creds, options=options)
@@ -405,11 +493,18 @@ class GrpcSource:
             return
         self._asked = True
         try:
-            cp = self.stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(publish_now=True), timeout=self.timeout_s)
+            cp = self.stub.GetCheckpoint(
+                ledger_pb2.GetCheckpointRequest(publish_now=True), timeout=self.timeout_s
+            )
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
-                              grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if exc.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.UNIMPLEMENTED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
                 self.refused = f"{exc.code().name}: {exc.details()}"
                 return
             raise AuditError(f"GetCheckpoint failed: {exc.code().name}: {exc.details()}") from exc
@@ -419,8 +514,15 @@ class GrpcSource:
         from steward.v1 import ledger_pb2
 
         self._ask_for_checkpoint()
-        return self._call("ListCheckpoints", lambda: [
-            c.note for c in self.stub.ListCheckpoints(ledger_pb2.ListCheckpointsRequest(), timeout=self.timeout_s)])
+        return self._call(
+            "ListCheckpoints",
+            lambda: [
+                c.note
+                for c in self.stub.ListCheckpoints(
+                    ledger_pb2.ListCheckpointsRequest(), timeout=self.timeout_s
+                )
+            ],
+        )
 
     def records(self, start: int = 0, follow: bool = False) -> Iterator[bytes]:
         import grpc
@@ -435,7 +537,9 @@ class GrpcSource:
         try:
             head = self.stub.GetHead(ledger_pb2.GetHeadRequest(), timeout=self.timeout_s)
             self.total = head.size if self.covered is None or follow else self.covered
-            for msg in self.stub.Read(ledger_pb2.ReadRequest(start_seq=start, limit=limit, follow=follow)):
+            for msg in self.stub.Read(
+                ledger_pb2.ReadRequest(start_seq=start, limit=limit, follow=follow)
+            ):
                 yield msg.entry_bytes
         except grpc.RpcError as exc:
             raise AuditError(f"Read failed: {exc.code().name}: {exc.details()}") from exc

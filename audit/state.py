@@ -178,7 +178,9 @@ class State:
         """(distinct principals, distinct keys) whose standing decision is a valid approval."""
         policy = self.policy(p)
         required = {r.suite for r in policy.required_evals}
-        if not required <= p.latest_evals.keys() or not all(p.latest_evals[s].passed for s in required):
+        if not required <= p.latest_evals.keys() or not all(
+            p.latest_evals[s].passed for s in required
+        ):
             return set(), set()
         bound = frozenset(p.latest_evals[s].hash for s in required)
 
@@ -202,7 +204,9 @@ class State:
         return {
             d.principal
             for d in p.by_principal.values()
-            if d.decision == "REJECT" and d.seq > p.floor and kind_of(d.principal) in policy.approver_kinds
+            if d.decision == "REJECT"
+            and d.seq > p.floor
+            and kind_of(d.principal) in policy.approver_kinds
         }
 
     def active_on(self, namespace: str, deployment: str) -> ProposalRecord | None:
@@ -214,9 +218,13 @@ class State:
 
     def active_proposals(self) -> list[ProposalRecord]:
         """Every proposal with an active rollout, oldest first."""
-        return sorted((self.proposals[h] for hs in self.active.values() for h in hs), key=lambda p: p.seq)
+        return sorted(
+            (self.proposals[h] for hs in self.active.values() for h in hs), key=lambda p: p.seq
+        )
 
-    def release_terms(self, scope: KillScope) -> tuple[list[tuple[str, int, tuple[str, ...]]], frozenset[str]]:
+    def release_terms(
+        self, scope: KillScope
+    ) -> tuple[list[tuple[str, int, tuple[str, ...]]], frozenset[str]]:
         """([(policy id, k, approver kinds)], excluded principals) for releasing `scope`.
 
         Every listed policy must be met on its own: the policies of the rollouts the switch
@@ -239,8 +247,10 @@ class State:
         excluded = frozenset(p.proposer for p in stopped)
         if not governing:
             return [("", max(self.root_threshold, 1), ("human", "agent", "service"))], excluded
-        return [(pid, pol.kill_release_approvals, tuple(pol.approver_kinds))
-                for pid, pol in sorted(governing.items())], excluded
+        return [
+            (pid, pol.kill_release_approvals, tuple(pol.approver_kinds))
+            for pid, pol in sorted(governing.items())
+        ], excluded
 
     def binding(self, body: EventBody) -> tuple[set[bytes], set[bytes]]:
         """(named, expected): the refs of `body` binding it to a state, and those the state
@@ -249,8 +259,10 @@ class State:
         p = body.payload
         if type(p) is KillSwitchReleased:
             engaged = self.engaged.get(p.scope)
-            return ({r for r in body.refs if r in self.engagement_hashes},
-                    {engaged.hash} if engaged else set())
+            return (
+                {r for r in body.refs if r in self.engagement_hashes},
+                {engaged.hash} if engaged else set(),
+            )
         named = {r for r in body.refs if r in self.step_hashes}
         if type(p) is ApprovalRecorded:
             prop = self.proposals.get(p.proposal)
@@ -282,7 +294,10 @@ def covers(scope: KillScope, p: ProposalRecord) -> bool:
     t = p.proposal.target
     return (
         scope.kind == "GLOBAL"
-        or (scope.kind == "TARGET" and (scope.namespace, scope.deployment) == (t.namespace, t.deployment))
+        or (
+            scope.kind == "TARGET"
+            and (scope.namespace, scope.deployment) == (t.namespace, t.deployment)
+        )
         or (scope.kind == "PROPOSAL" and scope.proposal == p.hash)
     )
 
@@ -296,30 +311,43 @@ def eval_passes(policy: PolicySet, ev: EvalRecorded) -> bool:
         v = values.get(req.metric)
         if v is None or math.isnan(v):
             return False
-        ok = {"GE": v >= req.threshold, "GT": v > req.threshold, "LE": v <= req.threshold,
-              "LT": v < req.threshold, "EQ": v == req.threshold}[req.op]
+        ok = {
+            "GE": v >= req.threshold,
+            "GT": v > req.threshold,
+            "LE": v <= req.threshold,
+            "LT": v < req.threshold,
+            "EQ": v == req.threshold,
+        }[req.op]
         if not ok:
             return False
     return True
 
 
 def genesis_keys(g: LedgerGenesis) -> dict[bytes, KeyRecord]:
-    return {key_id(r.public_key): KeyRecord(key_id(r.public_key), r.principal, r.public_key, frozenset({"root"}), 0)
-            for r in g.roots}
+    return {
+        key_id(r.public_key): KeyRecord(
+            key_id(r.public_key), r.principal, r.public_key, frozenset({"root"}), 0
+        )
+        for r in g.roots
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Folding an entry that had no finding
 
 
-def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers) -> None:
+def apply(
+    state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, signers: Signers
+) -> None:
     p = body.payload  # exact types (the payload classes are final), the frequent ones first
     author = signers.keys[0].principal if signers.keys else ""
     if type(p) is HealthReported:
         state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
     elif type(p) is EvalRecorded:
         prop = state.proposals[p.proposal]
-        prop.latest_evals[p.suite] = EvalRecord(leaf, seq, p.suite, eval_passes(state.policy(prop), p))
+        prop.latest_evals[p.suite] = EvalRecord(
+            leaf, seq, p.suite, eval_passes(state.policy(prop), p)
+        )
         state.evals[leaf] = p.proposal
     elif type(p) is ApprovalRecorded:
         prop = state.proposals[p.proposal]
@@ -328,21 +356,35 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
         prop.by_key[d.key_id] = d
     elif type(p) is LedgerGenesis:
         state.ledger, state.origin, state.root_threshold = body.ledger, p.origin, p.root_threshold
-        state.checkpoint_key_name, state.checkpoint_public_key = p.checkpoint_key_name, p.checkpoint_public_key
+        state.checkpoint_key_name, state.checkpoint_public_key = (
+            p.checkpoint_key_name,
+            p.checkpoint_public_key,
+        )
         state.keys.update(genesis_keys(p))
     elif type(p) is KeyGranted:
         kid = key_id(p.public_key)
-        state.keys[kid] = KeyRecord(kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at)
+        state.keys[kid] = KeyRecord(
+            kid, p.principal, p.public_key, frozenset(p.roles), seq, p.expires_at
+        )
     elif type(p) is KeyRevoked:
         old = state.keys[p.key_id]
-        state.keys[p.key_id] = KeyRecord(old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
-                                         old.expires_at, seq)
+        state.keys[p.key_id] = KeyRecord(
+            old.key_id,
+            old.principal,
+            old.public_key,
+            old.roles,
+            old.granted_seq,
+            old.expires_at,
+            seq,
+        )
     elif type(p) is PolicySet:
         state.policies[p.policy_id] = (seq, p)
     elif type(p) is ProposalSubmitted:
         pol = state.policy_for(p.target.namespace, p.target.deployment)
         assert pol is not None
-        state.proposals[leaf] = ProposalRecord(leaf, seq, entry.received_at, author, p, pol.policy_id)
+        state.proposals[leaf] = ProposalRecord(
+            leaf, seq, entry.received_at, author, p, pol.policy_id
+        )
     elif type(p) is RolloutStep:
         prop = state.proposals[p.proposal]
         prop.steps.append(StepRecord(seq, entry.received_at, p.step, p.weight, p.phase, leaf))
@@ -356,8 +398,9 @@ def apply(state: State, seq: int, entry: Entry, body: EventBody, leaf: bytes, si
             state.active.get((t.namespace, t.deployment), set()).discard(prop.hash)
     elif type(p) is KillSwitchEngaged:
         state.kills[p.scope] = seq
-        state.engaged[p.scope] = Engaged(leaf, frozenset(
-            q.hash for q in state.active_proposals() if covers(p.scope, q)))
+        state.engaged[p.scope] = Engaged(
+            leaf, frozenset(q.hash for q in state.active_proposals() if covers(p.scope, q))
+        )
         state.engagement_hashes.add(leaf)
     elif type(p) is KillSwitchReleased:
         state.kills.pop(p.scope, None)

@@ -35,8 +35,14 @@ class TrustRoot:
 
     @classmethod
     def from_json(cls, data: Any) -> TrustRoot:
-        if not isinstance(data, dict) or not isinstance(data.get("roots"), list) or not data["roots"]:
-            raise AuditError('trust-root file: expected {"roots": [{"principal", "public_pem" | "public_key_hex"}, ...]}')
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("roots"), list)
+            or not data["roots"]
+        ):
+            raise AuditError(
+                'trust-root file: expected {"roots": [{"principal", "public_pem" | "public_key_hex"}, ...]}'
+            )
         roots = []
         for i, r in enumerate(data["roots"]):
             if not isinstance(r, dict) or not isinstance(r.get("principal"), str):

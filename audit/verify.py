@@ -200,7 +200,11 @@ class LogVerifier:
                 accept(p, ())
                 continue
             n = len(entry.signatures)
-            ok = ONE_VERDICT[verdicts[i]] if n == 1 else tuple([VERDICT[v] for v in verdicts[i:i + n]])
+            ok = (
+                ONE_VERDICT[verdicts[i]]
+                if n == 1
+                else tuple([VERDICT[v] for v in verdicts[i : i + n]])
+            )
             i += n
             # The common case, as _accept would do it: this record is for the seq after the
             # one record held (in order), so that one is folded and this one is held.
@@ -298,8 +302,16 @@ class LogVerifier:
         if group is not None:
             for other in group:
                 if other.leaf == p.leaf:
-                    self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again",
-                                            f"record #{pos}", f"once, as record #{other.pos}", record=pos))
+                    self.out.append(
+                        Finding(
+                            "ENTRY_DUPLICATED",
+                            seq,
+                            "an identical record for this seq appears again",
+                            f"record #{pos}",
+                            f"once, as record #{other.pos}",
+                            record=pos,
+                        )
+                    )
                     return
             group.append(p)
         elif seq < expected:
@@ -337,8 +349,16 @@ class LogVerifier:
     def _fold_chosen(self, seq: int, chosen: _Prepared) -> None:
         """Fold the record the chain holds at seq (reporting it if it came before earlier seqs)."""
         if chosen.early:
-            self.out.append(Finding("ENTRY_REORDERED", seq, "the record arrived before earlier seqs",
-                                    "out of seq order", "records in seq order", record=chosen.pos))
+            self.out.append(
+                Finding(
+                    "ENTRY_REORDERED",
+                    seq,
+                    "the record arrived before earlier seqs",
+                    "out of seq order",
+                    "records in seq order",
+                    record=chosen.pos,
+                )
+            )
         self._process(seq, chosen, chosen.ok)
 
     def _choose(self, seq: int, group: list[_Prepared], nxt: list[_Prepared] | None) -> None:
@@ -356,8 +376,14 @@ class LogVerifier:
         prevs = {n.entry.prev for n in nxt if n.entry is not None} if nxt else set()
         roots: set[bytes] = set()
         if self.tree_ok and seq + 1 in self.root_sizes:
-            roots = {cp.root for _, cp, _ in self.checkpoints if cp is not None and cp.size == seq + 1}
-            if self.since is not None and self.since[1] is not None and self.since[1].size == seq + 1:
+            roots = {
+                cp.root for _, cp, _ in self.checkpoints if cp is not None and cp.size == seq + 1
+            }
+            if (
+                self.since is not None
+                and self.since[1] is not None
+                and self.since[1].size == seq + 1
+            ):
                 roots.add(self.since[1].root)
 
         def evidence(c: _Prepared) -> tuple[bool, bool, bool, bool]:
@@ -369,8 +395,13 @@ class LogVerifier:
             e = c.entry
             # Verdicts alone could name a key granted later in the same chunk: the keys must be
             # granted before this seq (the folded state), so the choice never depends on chunking.
-            signed = (e is not None and c.body is not None and bool(c.ok) and all(v is True for v in c.ok)
-                      and all(s.key_id in self.state.keys for s in e.signatures))
+            signed = (
+                e is not None
+                and c.body is not None
+                and bool(c.ok)
+                and all(v is True for v in c.ok)
+                and all(s.key_id in self.state.keys for s in e.signatures)
+            )
             prev_ok = e is not None and (not self.chain_known or e.prev == self.last_leaf)
             return root_ok, c.leaf in prevs, signed, prev_ok
 
@@ -378,41 +409,77 @@ class LogVerifier:
         best = max(scored, key=lambda sc: sc[0])  # max keeps the first of equals: the earliest
         chosen = best[1]
         self._fold_chosen(seq, chosen)
-        names = ("the checkpoint root at size {n} names", "the next entry's prev names",
-                 "only it is signed by known keys among them:", "only it follows the previous entry among them:")
+        names = (
+            "the checkpoint root at size {n} names",
+            "the next entry's prev names",
+            "only it is signed by known keys among them:",
+            "only it follows the previous entry among them:",
+        )
         for ev, c in scored:
             if c is chosen:
                 continue
-            why = next((names[i].format(n=seq + 1) for i in range(4) if best[0][i] and not ev[i]),
-                       "it arrived first among equals:")
+            why = next(
+                (names[i].format(n=seq + 1) for i in range(4) if best[0][i] and not ev[i]),
+                "it arrived first among equals:",
+            )
             reason = f"the chain holds record #{chosen.pos} ({why} that one)"
             if c.error is not None or c.entry is None:
                 err = _decode_error(c)
                 self.out.append(Finding(err.code, seq, f"{err}; {reason}", record=c.pos))
             else:
-                self.out.append(Finding("ENTRY_INSERTED", seq, f"a second, different record claims this seq; {reason}",
-                                        c.leaf.hex(), chosen.leaf.hex(), record=c.pos))
+                self.out.append(
+                    Finding(
+                        "ENTRY_INSERTED",
+                        seq,
+                        f"a second, different record claims this seq; {reason}",
+                        c.leaf.hex(),
+                        chosen.leaf.hex(),
+                        record=c.pos,
+                    )
+                )
 
     def _repeat(self, seq: int, p: _Prepared) -> None:
         leaf = self.leaves[seq] if 0 <= seq < len(self.leaves) else b""
         if p.leaf == leaf:
-            self.out.append(Finding("ENTRY_DUPLICATED", seq, "an identical record for this seq appears again",
-                                    f"record #{p.pos}", "once", record=p.pos))
+            self.out.append(
+                Finding(
+                    "ENTRY_DUPLICATED",
+                    seq,
+                    "an identical record for this seq appears again",
+                    f"record #{p.pos}",
+                    "once",
+                    record=p.pos,
+                )
+            )
         elif p.entry is None:
             err = _decode_error(p)
             self.out.append(Finding(err.code, seq, str(err), record=p.pos))
         else:
-            self.out.append(Finding("ENTRY_INSERTED", seq, "a second, different record claims this seq, "
-                                    "after the chain went past it", p.leaf.hex(), leaf.hex() if leaf else "",
-                                    record=p.pos))
+            self.out.append(
+                Finding(
+                    "ENTRY_INSERTED",
+                    seq,
+                    "a second, different record claims this seq, after the chain went past it",
+                    p.leaf.hex(),
+                    leaf.hex() if leaf else "",
+                    record=p.pos,
+                )
+            )
 
     def _gap(self) -> None:
         cands = self.cands
         nxt = min(cands)
-        self.out.append(Finding("ENTRY_MISSING", self.expected,
-                                f"seq {self.expected}..{nxt - 1} missing from the log" if nxt - 1 > self.expected
-                                else f"seq {self.expected} missing from the log",
-                                f"next record is seq {nxt}", f"seq {self.expected}"))
+        self.out.append(
+            Finding(
+                "ENTRY_MISSING",
+                self.expected,
+                f"seq {self.expected}..{nxt - 1} missing from the log"
+                if nxt - 1 > self.expected
+                else f"seq {self.expected} missing from the log",
+                f"next record is seq {nxt}",
+                f"seq {self.expected}",
+            )
+        )
         self.tree_ok = False
         self.chain_known = False
         self.leaves.extend([b""] * (nxt - self.expected))  # keep leaves indexed by seq
@@ -431,8 +498,15 @@ class LogVerifier:
         entry, body, leaf = p.entry, p.body, p.leaf
         # Step 5: the chain.
         if entry is not None and self.chain_known and entry.prev != self.last_leaf:
-            out.append(Finding("PREV_MISMATCH", seq, "prev is not the previous entry's leaf hash",
-                               entry.prev.hex(), self.last_leaf.hex()))
+            out.append(
+                Finding(
+                    "PREV_MISMATCH",
+                    seq,
+                    "prev is not the previous entry's leaf hash",
+                    entry.prev.hex(),
+                    self.last_leaf.hex(),
+                )
+            )
         chain_findings = len(out)
         if p.error is not None or entry is None or body is None:
             err = _decode_error(p)
@@ -448,7 +522,9 @@ class LogVerifier:
                 conf.last_at = at
             after_tick = len(out)
             payload = body.payload
-            genesis_keys = state.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
+            genesis_keys = (
+                state.genesis_keys(payload) if type(payload) is LedgerGenesis and seq == 0 else None
+            )
             signers = rules.resolve_signers(st, seq, entry, sig_ok, out, genesis_keys)
             if not self.unresolved and False not in sig_ok:
                 # _swaps' fast path (nothing failed, nothing waits): remember the body per key.
@@ -486,7 +562,12 @@ class LogVerifier:
             tree.append(leaf)
             if tree.size in self.root_sizes:
                 self.roots[tree.size] = tree.root()
-        if clean and entry is not None and body is not None and type(body.payload) is not HealthReported:
+        if (
+            clean
+            and entry is not None
+            and body is not None
+            and type(body.payload) is not HealthReported
+        ):
             self._timeline(seq, leaf, entry, body)  # most entries are health reports: not drawn
 
     def _swaps(self, seq: int, entry: Entry, sig_ok: tuple[bool | None, ...], first: int) -> None:
@@ -523,30 +604,62 @@ class LogVerifier:
 
     def _swapped(self, i: int, other_seq: int) -> None:
         f = self.out[i]
-        self.out[i] = Finding("SIGNATURE_SWAPPED", f.seq, f"{f.message}; it is the signature of seq {other_seq}",
-                              f.observed, f.expected)
+        self.out[i] = Finding(
+            "SIGNATURE_SWAPPED",
+            f.seq,
+            f"{f.message}; it is the signature of seq {other_seq}",
+            f.observed,
+            f.expected,
+        )
 
     def _check_trust(self, g: LedgerGenesis, signers: state.Signers) -> None:
         listed = {(r.principal, r.public_key) for r in g.roots}
         pinned = set(self.trust.roots)
         if listed != pinned:
-            self.out.append(Finding(
-                "TRUST_ROOT_MISMATCH", 0, "genesis does not list exactly the pinned root keys",
-                ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in listed)),
-                ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in pinned)),
-            ))
+            self.out.append(
+                Finding(
+                    "TRUST_ROOT_MISMATCH",
+                    0,
+                    "genesis does not list exactly the pinned root keys",
+                    ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in listed)),
+                    ", ".join(sorted(f"{p}:{k.hex()[:16]}" for p, k in pinned)),
+                )
+            )
         pinned_keys = {k for _, k in pinned}
         signed_by = {k.principal for k in signers.keys if k.public_key in pinned_keys}
         need = max(self.trust.threshold or 0, g.root_threshold, 1)
         if len(signed_by) < need:
-            self.out.append(Finding("TRUST_ROOT_MISMATCH", 0, "genesis is not signed by enough pinned roots",
-                                    f"{len(signed_by)} principal(s)", f">= {need}"))
-        if self.trust.vkey is not None and self.trust.vkey != vkey_of(g.checkpoint_key_name, g.checkpoint_public_key):
-            self.out.append(Finding("VKEY_MISMATCH", 0, "the genesis checkpoint key is not the pinned vkey",
-                                    vkey_of(g.checkpoint_key_name, g.checkpoint_public_key), self.trust.vkey))
+            self.out.append(
+                Finding(
+                    "TRUST_ROOT_MISMATCH",
+                    0,
+                    "genesis is not signed by enough pinned roots",
+                    f"{len(signed_by)} principal(s)",
+                    f">= {need}",
+                )
+            )
+        if self.trust.vkey is not None and self.trust.vkey != vkey_of(
+            g.checkpoint_key_name, g.checkpoint_public_key
+        ):
+            self.out.append(
+                Finding(
+                    "VKEY_MISMATCH",
+                    0,
+                    "the genesis checkpoint key is not the pinned vkey",
+                    vkey_of(g.checkpoint_key_name, g.checkpoint_public_key),
+                    self.trust.vkey,
+                )
+            )
         if self.trust.origin is not None and self.trust.origin != g.origin:
-            self.out.append(Finding("ORIGIN_MISMATCH", 0, "the genesis origin is not the pinned origin",
-                                    g.origin, self.trust.origin))
+            self.out.append(
+                Finding(
+                    "ORIGIN_MISMATCH",
+                    0,
+                    "the genesis origin is not the pinned origin",
+                    g.origin,
+                    self.trust.origin,
+                )
+            )
 
     def _timeline(self, seq: int, leaf: bytes, entry: Entry, body: EventBody) -> None:
         p, at, tl = body.payload, entry.received_at, self.report.timeline
@@ -554,7 +667,9 @@ class LogVerifier:
             return
         if isinstance(p, ProposalSubmitted):
             h = leaf
-            self.report.proposals[h.hex()] = f"{p.target.namespace}/{p.target.deployment} → {p.candidate.image}"
+            self.report.proposals[h.hex()] = (
+                f"{p.target.namespace}/{p.target.deployment} → {p.candidate.image}"
+            )
             tl.append(TimelineEvent(at, seq, "proposal", h, "proposed"))
         elif isinstance(p, EvalRecorded):
             tl.append(TimelineEvent(at, seq, "eval", p.proposal, f"eval {p.suite}"))
@@ -591,17 +706,30 @@ class LogVerifier:
         for note, cp in valid:
             if cp.size > size:
                 if not truncated_reported:
-                    out.append(Finding("LOG_TRUNCATED", size, f"a checkpoint commits to {cp.size} entries, the log holds {size}",
-                                       str(size), f">= {cp.size}"))
+                    out.append(
+                        Finding(
+                            "LOG_TRUNCATED",
+                            size,
+                            f"a checkpoint commits to {cp.size} entries, the log holds {size}",
+                            str(size),
+                            f">= {cp.size}",
+                        )
+                    )
                     truncated_reported = True
                 continue
             root = self.roots.get(cp.size)
             if root is None:
                 continue  # after a missing seq: ENTRY_MISSING already says why
             if root != cp.root:
-                out.append(Finding("CHECKPOINT_ROOT_MISMATCH", cp.size - 1 if cp.size else None,
-                                   f"checkpoint at size {cp.size} does not match the log",
-                                   cp.root.hex(), root.hex()))
+                out.append(
+                    Finding(
+                        "CHECKPOINT_ROOT_MISMATCH",
+                        cp.size - 1 if cp.size else None,
+                        f"checkpoint at size {cp.size} does not match the log",
+                        cp.root.hex(),
+                        root.hex(),
+                    )
+                )
             else:
                 clean.append((note, cp))
         # Step 8: no two signed checkpoints for one size with different roots. Consecutive
@@ -610,12 +738,24 @@ class LogVerifier:
         by_size: dict[int, bytes] = {}
         for _, cp in valid:
             if by_size.setdefault(cp.size, cp.root) != cp.root:
-                out.append(Finding("CHECKPOINT_FORK", cp.size - 1, f"two signed checkpoints for size {cp.size} differ",
-                                   cp.root.hex(), by_size[cp.size].hex()))
+                out.append(
+                    Finding(
+                        "CHECKPOINT_FORK",
+                        cp.size - 1,
+                        f"two signed checkpoints for size {cp.size} differ",
+                        cp.root.hex(),
+                        by_size[cp.size].hex(),
+                    )
+                )
         saved = self._check_since(verifiers, size, clean) if self.since is not None else None
-        self._check_tail(size, [cp.size for _, cp in valid] + ([saved.size] if saved is not None else []))
+        self._check_tail(
+            size, [cp.size for _, cp in valid] + ([saved.size] if saved is not None else [])
+        )
         if clean and clean[-1][1].size <= size:
-            self.report.verified_checkpoint, self.report.verified_size = clean[-1][0], clean[-1][1].size
+            self.report.verified_checkpoint, self.report.verified_size = (
+                clean[-1][0],
+                clean[-1][1].size,
+            )
         self.report.open_obligations = len(self.conf.finish(out))
         for step in range(1, 11):
             self.report.steps_run[step] = "run"
@@ -623,7 +763,7 @@ class LogVerifier:
             for step in (6, 7, 8):
                 self.report.steps_run[step] = "no checkpoint in the source"
         self.report.steps_run[11] = "not run (no --kubeconfig)"
-        out.sort(key=lambda f: (f.seq if f.seq is not None else -1))
+        out.sort(key=lambda f: f.seq if f.seq is not None else -1)
 
     def _verifiers(self) -> list[Verifier]:
         if self.trust.vkey is not None:
@@ -633,23 +773,44 @@ class LogVerifier:
             return []
         return [parse_vkey(vkey_of(st.checkpoint_key_name, st.checkpoint_public_key))]
 
-    def _check_note(self, note: str, cp: Checkpoint | None, err: str | None, verifiers: list[Verifier],
-                    what: str) -> Checkpoint | None:
+    def _check_note(
+        self,
+        note: str,
+        cp: Checkpoint | None,
+        err: str | None,
+        verifiers: list[Verifier],
+        what: str,
+    ) -> Checkpoint | None:
         seq = cp.size - 1 if cp is not None and cp.size else None
         if cp is None:
-            self.out.append(Finding("CHECKPOINT_MALFORMED", None, f"{what} is not a C2SP checkpoint: {err}"))
+            self.out.append(
+                Finding("CHECKPOINT_MALFORMED", None, f"{what} is not a C2SP checkpoint: {err}")
+            )
             return None
         try:
             open_note(note, verifiers)
         except NoteError as exc:
-            self.out.append(Finding("CHECKPOINT_BAD_SIGNATURE", seq, f"{what} at size {cp.size}: {exc}",
-                                    ", ".join(s.name + "+" + s.key_id.hex() for s in parse_note(note).signatures),
-                                    ", ".join(v.vkey for v in verifiers) or "the genesis checkpoint key"))
+            self.out.append(
+                Finding(
+                    "CHECKPOINT_BAD_SIGNATURE",
+                    seq,
+                    f"{what} at size {cp.size}: {exc}",
+                    ", ".join(s.name + "+" + s.key_id.hex() for s in parse_note(note).signatures),
+                    ", ".join(v.vkey for v in verifiers) or "the genesis checkpoint key",
+                )
+            )
             return None
         origin = self.trust.origin or self.state.origin
         if origin and cp.origin != origin:
-            self.out.append(Finding("CHECKPOINT_ORIGIN_MISMATCH", seq, f"{what} at size {cp.size} is for another log",
-                                    cp.origin, origin))
+            self.out.append(
+                Finding(
+                    "CHECKPOINT_ORIGIN_MISMATCH",
+                    seq,
+                    f"{what} at size {cp.size} is for another log",
+                    cp.origin,
+                    origin,
+                )
+            )
             return None
         return cp
 
@@ -663,13 +824,24 @@ class LogVerifier:
         if self.tail == "pending":
             self.report.pending = (first, last)
             return
-        newest = f"the newest signed checkpoint is for size {covered}" if covered else "the source holds no signed checkpoint"
-        self.out.append(Finding("UNCOVERED_TAIL", first,
-                                f"seqs {first}..{last} ({size - covered} entries) are covered by no signed checkpoint: {newest}",
-                                f"checkpoints up to size {covered}", f"a signed checkpoint for size {size}"))
+        newest = (
+            f"the newest signed checkpoint is for size {covered}"
+            if covered
+            else "the source holds no signed checkpoint"
+        )
+        self.out.append(
+            Finding(
+                "UNCOVERED_TAIL",
+                first,
+                f"seqs {first}..{last} ({size - covered} entries) are covered by no signed checkpoint: {newest}",
+                f"checkpoints up to size {covered}",
+                f"a signed checkpoint for size {size}",
+            )
+        )
 
-    def _check_since(self, verifiers: list[Verifier], size: int,
-                     clean: list[tuple[str, Checkpoint]]) -> Checkpoint | None:
+    def _check_since(
+        self, verifiers: list[Verifier], size: int, clean: list[tuple[str, Checkpoint]]
+    ) -> Checkpoint | None:
         """Step 8 against the saved checkpoint; it, if it verified and is not past the log."""
         assert self.since is not None
         note, cp, err = self.since
@@ -677,21 +849,39 @@ class LogVerifier:
         if saved is None:
             return None
         if saved.size > size:
-            self.out.append(Finding("LOG_TRUNCATED", size, f"the log holds {size} entries, fewer than the saved checkpoint's {saved.size}",
-                                    str(size), f">= {saved.size}"))
+            self.out.append(
+                Finding(
+                    "LOG_TRUNCATED",
+                    size,
+                    f"the log holds {size} entries, fewer than the saved checkpoint's {saved.size}",
+                    str(size),
+                    f">= {saved.size}",
+                )
+            )
             return None
         root = self.roots.get(saved.size)
         if root is not None and root != saved.root:
-            self.out.append(Finding("CHECKPOINT_FORK", saved.size - 1 if saved.size else None,
-                                    "the log was rewritten since the saved checkpoint: its root at that size differs",
-                                    root.hex(), saved.root.hex()))
+            self.out.append(
+                Finding(
+                    "CHECKPOINT_FORK",
+                    saved.size - 1 if saved.size else None,
+                    "the log was rewritten since the saved checkpoint: its root at that size differs",
+                    root.hex(),
+                    saved.root.hex(),
+                )
+            )
             return None
         if clean and self.tree_ok and clean[-1][1].size >= saved.size and saved.size:
             latest = clean[-1][1]
             proof = consistency_proof(self.leaves[: latest.size], saved.size)
             if not verify_consistency(saved.size, latest.size, proof, saved.root, latest.root):
-                self.out.append(Finding("CHECKPOINT_FORK", latest.size - 1,
-                                        f"checkpoint {latest.size} is not consistent with the saved checkpoint {saved.size}"))
+                self.out.append(
+                    Finding(
+                        "CHECKPOINT_FORK",
+                        latest.size - 1,
+                        f"checkpoint {latest.size} is not consistent with the saved checkpoint {saved.size}",
+                    )
+                )
         return saved
 
 

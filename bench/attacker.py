@@ -27,8 +27,16 @@ def channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Ch
 
 
 class Attacker:
-    def __init__(self, target: str, *, idle_streams: int, followers: int, garbage_streams: int,
-                 events_per_batch: int = 256, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        idle_streams: int,
+        followers: int,
+        garbage_streams: int,
+        events_per_batch: int = 256,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.stop = threading.Event()
         self.channels = [channel(target, credentials) for _ in range(4)]
@@ -64,8 +72,9 @@ class Attacker:
             batch_id += 1
             with self._lock:
                 self.garbage_batches += 1
-            yield ledger_pb2.AppendBatch(batch_id=batch_id, signed_events=[
-                os.urandom(96) for _ in range(self._plan[3])])
+            yield ledger_pb2.AppendBatch(
+                batch_id=batch_id, signed_events=[os.urandom(96) for _ in range(self._plan[3])]
+            )
 
     def _flood(self, i: int) -> None:
         while not self.stop.is_set():
@@ -102,8 +111,13 @@ class Attacker:
 class HealthProbe(threading.Thread):
     """Health/Check every `every` seconds with a `timeout`; counts the SERVING answers."""
 
-    def __init__(self, target: str, every: float = 0.05, timeout: float = 1.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        every: float = 0.05,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.channel = channel(target, credentials)
         self.stub = health_pb2_grpc.HealthStub(self.channel)

@@ -127,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--profile", action="store_true", help="print where the time goes (pyinstrument)")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="timed runs of each audit mode; the run with the median ratio is reported")
+    p.add_argument(
+        "--profile", action="store_true", help="print where the time goes (pyinstrument)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed runs of each audit mode; the run with the median ratio is reported",
+    )
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
@@ -146,10 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     from audit.formats import decode_entry
 
     sigs_per_event = sum(len(decode_entry(r).signatures) for r in records) / max(len(records), 1)
-    report = Report("audit", params={"events": len(records), "workers": args.workers,
-                                     "repeat": 1 if args.smoke else args.repeat,
-                                     "signatures_per_event": round(sigs_per_event, 5),
-                                     "proposals": gen.meta["proposals"], "checkpoints": len(notes)})
+    report = Report(
+        "audit",
+        params={
+            "events": len(records),
+            "workers": args.workers,
+            "repeat": 1 if args.smoke else args.repeat,
+            "signatures_per_event": round(sigs_per_event, 5),
+            "proposals": gen.meta["proposals"],
+            "checkpoints": len(notes),
+        },
+    )
 
     def run(workers: int) -> Callable[[], Any]:
         def go() -> Any:
@@ -157,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             if not result.ok:
                 raise AssertionError(f"the generated ledger did not verify: {result.findings[:3]}")
             return result
+
         return go
 
     def timed(workers: int) -> tuple[float, float, float, float]:
@@ -169,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             run(workers)()
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
             after = raw.sample()
-            runs.append((len(records) / seconds, (before + after) / 2,
-                         raw.sodium_around_last(), cpu / seconds))
+            runs.append(
+                (
+                    len(records) / seconds,
+                    (before + after) / 2,
+                    raw.sodium_around_last(),
+                    cpu / seconds,
+                )
+            )
         runs.sort(key=lambda r: r[0] / r[1])
         return runs[len(runs) // 2]
 
@@ -190,14 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     ratee = len(records) / te
 
     report.add("raw Ed25519 verify (mean of samples)", raw.mean, "verif/s")
-    report.add("raw strict Ed25519, libsodium (mean)", sum(raw.sodium) / len(raw.sodium),
-               "verif/s")
+    report.add("raw strict Ed25519, libsodium (mean)", sum(raw.sodium) / len(raw.sodium), "verif/s")
     report.add("audit, 1 process", rate1, "events/s")
     report.add("audit, 1 process / raw", rate1 / raw1, "x", "≥ 0.8x", rate1 / raw1 >= 0.8)
     report.add("audit, 1 process / raw libsodium", rate1 / sodium1, "x")
     report.add(f"audit, {args.workers} workers", ratew, "events/s")
-    report.add(f"audit, {args.workers} workers / raw (1 core)", ratew / raww, "x", "≥ 1.6x",
-               ratew / raww >= 1.6)
+    report.add(
+        f"audit, {args.workers} workers / raw (1 core)",
+        ratew / raww,
+        "x",
+        "≥ 1.6x",
+        ratew / raww >= 1.6,
+    )
     report.add(f"audit, {args.workers} workers / raw libsodium (1 core)", ratew / sodiumw, "x")
     report.add(f"audit, {args.workers} workers: main process CPU / wall", main_busy, "x")
     report.add("ledger fold (decode+check+apply)", ratef, "events/s")

@@ -84,8 +84,12 @@ def measure(address: str, events: list[bytes]) -> dict[str, Any]:
     loader.join()
     asker.join()
     client.close()
-    return {"seconds": load["seconds"], "on_demand": on_demand, "heads": heads,
-            "checkpoint_sizes": [c.size for c in checkpoints]}
+    return {
+        "seconds": load["seconds"],
+        "on_demand": on_demand,
+        "heads": heads,
+        "checkpoint_sizes": [c.size for c in checkpoints],
+    }
 
 
 def coverage_lags(heads: list[tuple[float, int, int]]) -> tuple[list[float], int]:
@@ -117,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cast = Cast.create()
     flow = Flow(cast)
-    report = Report("checkpoints", params={"events": n, "backend": args.backend,
-                                           "on_demand_every_s": ON_DEMAND_EVERY_S,
-                                           "head_every_s": HEAD_EVERY_S})
+    report = Report(
+        "checkpoints",
+        params={
+            "events": n,
+            "backend": args.backend,
+            "on_demand_every_s": ON_DEMAND_EVERY_S,
+            "head_every_s": HEAD_EVERY_S,
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="steward-bench-cp-") as tmp:
         workdir = Path(tmp)
         key_path = workdir / "checkpoint.pem"

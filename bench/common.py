@@ -37,7 +37,9 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, metric: str, value: float, unit: str, goal: str = "", met: bool | None = None) -> None:
+    def add(
+        self, metric: str, value: float, unit: str, goal: str = "", met: bool | None = None
+    ) -> None:
         self.rows.append(Row(metric, value, unit, goal, met))
 
     def emit(self) -> None:
@@ -48,15 +50,24 @@ class Report:
             goal = f"  (goal {r.goal})" if r.goal else ""
             print(f"  {r.metric:<{width}}  {r.value:>14,.3f} {r.unit}{goal}{verdict}")
         RESULTS.mkdir(parents=True, exist_ok=True)
-        doc = {"bench": self.bench, "params": self.params, "machine": machine(),
-               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": [asdict(r) for r in self.rows]}
+        doc = {
+            "bench": self.bench,
+            "params": self.params,
+            "machine": machine(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "rows": [asdict(r) for r in self.rows],
+        }
         out = RESULTS / f"{self.bench}.json"
         out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"  → {out}")
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
@@ -81,7 +92,9 @@ def median(samples: list[float]) -> float:
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs (CI)")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks the benchmark runs (CI)"
+    )
     return p
 
 
@@ -175,8 +188,12 @@ class Probes:
             try:
                 return original(*args, **kwargs)
             finally:
-                record(name, time.perf_counter() - wall, time.thread_time() - cpu,
-                       items(*args, **kwargs) if items is not None else 0)
+                record(
+                    name,
+                    time.perf_counter() - wall,
+                    time.thread_time() - cpu,
+                    items(*args, **kwargs) if items is not None else 0,
+                )
 
         setattr(owner, parts[-1], probe)
         if inspect.ismodule(owner):
@@ -191,7 +208,17 @@ class Probes:
         return out
 
 
-_IDLE_MARKS = ("sleep(", ".wait(", "select(", ".acquire(", ".get(", "poll(", "recv", "_wait", "with ")
+_IDLE_MARKS = (
+    "sleep(",
+    ".wait(",
+    "select(",
+    ".acquire(",
+    ".get(",
+    "poll(",
+    "recv",
+    "_wait",
+    "with ",
+)
 
 
 class StackSampler:
@@ -254,8 +281,13 @@ class StackSampler:
 
     def take(self) -> dict[str, Any]:
         with self._lock:
-            out = {"samples": self.samples, "interval": self.interval, "busy": self.busy,
-                   "idle": self.idle, "errors": self.errors[:5]}
+            out = {
+                "samples": self.samples,
+                "interval": self.interval,
+                "busy": self.busy,
+                "idle": self.idle,
+                "errors": self.errors[:5],
+            }
             self.errors = []
             self.busy, self.idle, self.samples = {}, {}, 0
         return out

@@ -69,10 +69,14 @@ PROBES: list[tuple[str, Any]] = [
     ("ledger.writer.LedgerServer.stage", lambda self, events: len(events)),
     ("ledger.writer.LedgerServer.decode", lambda self, events: len(events)),
     ("ledger.writer.LedgerServer.check_signatures", lambda self, batch: len(batch.events)),
-    ("ledger.writer.LedgerServer._fold_group",
-     lambda self, group: sum(len(r.staged.events) for r in group)),
-    ("ledger.writer.LedgerServer._fold_locked",
-     lambda self, group: sum(len(r.staged.events) for r in group)),
+    (
+        "ledger.writer.LedgerServer._fold_group",
+        lambda self, group: sum(len(r.staged.events) for r in group),
+    ),
+    (
+        "ledger.writer.LedgerServer._fold_locked",
+        lambda self, group: sum(len(r.staged.events) for r in group),
+    ),
     ("ledger.writer.LedgerServer._write", lambda self, entries: len(entries)),
     ("ledger.writer.LedgerServer._store_batch", lambda self, staged, *_: len(staged)),
     ("ledger.writer.LedgerServer._publish_checkpoint", None),
@@ -125,13 +129,22 @@ def _install_profiler(out_dir: str) -> None:
         threads = _thread_cpu()
         by_kind: dict[str, float] = {}
         for tid, (kind, seconds) in threads.items():
-            by_kind[kind] = by_kind.get(kind, 0.0) + seconds - threads_before.get(tid, (kind, 0.0))[1]
+            by_kind[kind] = (
+                by_kind.get(kind, 0.0) + seconds - threads_before.get(tid, (kind, 0.0))[1]
+            )
         threads_before.clear()
         threads_before.update(threads)
         by_kind["exited threads"] = (cpu - mark[1]) - sum(by_kind.values())
-        doc = {"label": label, "wall_s": wall - mark[0], "process_cpu_s": cpu - mark[1],
-               "probes": probes.take(), "stacks": sampler.take(), "thread_cpu_s": by_kind,
-               "gc_s": gc_seconds[0], "gc_collections": list(gc_counts)}
+        doc = {
+            "label": label,
+            "wall_s": wall - mark[0],
+            "process_cpu_s": cpu - mark[1],
+            "probes": probes.take(),
+            "stacks": sampler.take(),
+            "thread_cpu_s": by_kind,
+            "gc_s": gc_seconds[0],
+            "gc_collections": list(gc_counts),
+        }
         gc_seconds[0], gc_counts[:] = 0.0, [0, 0, 0]
         mark[:] = [wall, cpu]
         tmp = out / f"{label}.json.tmp"
@@ -146,15 +159,17 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
     thread's name without its number, or the OS thread name (gRPC's C threads)."""
     import re
 
-    names = {t.native_id: re.sub(r"[-_ ]?\(?\d+\)?.*$", "", t.name) or t.name
-             for t in threading.enumerate()}
+    names = {
+        t.native_id: re.sub(r"[-_ ]?\(?\d+\)?.*$", "", t.name) or t.name
+        for t in threading.enumerate()
+    }
     out = {}
     for task in Path("/proc/self/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
         tid = int(task.name)
         kind = names.get(tid, f"os:{re.sub(r'[-_]?[0-9]+$', '', comm)}")
         out[tid] = (kind, (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK"))
@@ -226,17 +241,31 @@ class ServerProcess:
 
 
 @contextmanager
-def ledger_server(store_spec: str, key_path: Path, workdir: Path,
-                  profile: Path | None = None) -> Iterator[ServerProcess]:
+def ledger_server(
+    store_spec: str, key_path: Path, workdir: Path, profile: Path | None = None
+) -> Iterator[ServerProcess]:
     """A ledger server subprocess (profiled into `profile` when given)."""
     port_file = workdir / f"port-{uuid.uuid4().hex[:8]}"
-    args = ["-m", "bench.ingest", "--serve", store_spec, "--key", str(key_path),
-            "--port-file", str(port_file)]
+    args = [
+        "-m",
+        "bench.ingest",
+        "--serve",
+        store_spec,
+        "--key",
+        str(key_path),
+        "--port-file",
+        str(port_file),
+    ]
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
         args += ["--profile-out", str(profile)]
-    child = start_python(args, workdir / "server.log", name="the ledger server", append=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    child = start_python(
+        args,
+        workdir / "server.log",
+        name="the ledger server",
+        append=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         port = wait_for_port_file(port_file, 180, child=child)
         yield ServerProcess(child, f"127.0.0.1:{port}", profile)
@@ -254,8 +283,12 @@ def _setup(client: Any, flow: Any) -> list[bytes]:
     for grant in flow.grants():
         client.append(grant)
     client.append(flow.policy())
-    return [client.append(flow.propose(f"registry.example/model-{i}:v2", deployment=f"model-{i}")).leaf_hash
-            for i in range(PROPOSALS)]
+    return [
+        client.append(
+            flow.propose(f"registry.example/model-{i}:v2", deployment=f"model-{i}")
+        ).leaf_hash
+        for i in range(PROPOSALS)
+    ]
 
 
 def _events(flow: Any, proposals: list[bytes], n: int) -> list[bytes]:
@@ -294,30 +327,55 @@ def _open_loop(client: Any, events: list[bytes], rate: float) -> list[float]:
 
 def print_profile(doc: dict[str, Any], events: int) -> None:
     """Per-event wall and CPU of each probed step, and where the busy samples went."""
-    print(f"\n  profile {doc['label']}: {events} events in {doc['wall_s']:.2f} s, server CPU "
-          f"{doc['process_cpu_s']:.2f} s = {doc['process_cpu_s'] / max(events, 1) * 1e6:,.0f} µs/event")
-    print(f"    {'step':<44} {'calls':>7} {'items':>7} {'wall µs/ev':>10} {'cpu µs/ev':>10} "
-          f"{'wall ms/call':>12}")
+    print(
+        f"\n  profile {doc['label']}: {events} events in {doc['wall_s']:.2f} s, server CPU "
+        f"{doc['process_cpu_s']:.2f} s = {doc['process_cpu_s'] / max(events, 1) * 1e6:,.0f} µs/event"
+    )
+    print(
+        f"    {'step':<44} {'calls':>7} {'items':>7} {'wall µs/ev':>10} {'cpu µs/ev':>10} "
+        f"{'wall ms/call':>12}"
+    )
     for name, (calls, wall, cpu, items) in sorted(doc["probes"].items(), key=lambda kv: -kv[1][1]):
-        print(f"    {name:<44} {calls:>7.0f} {items:>7.0f} {wall / max(events, 1) * 1e6:>10,.1f} "
-              f"{cpu / max(events, 1) * 1e6:>10,.1f} {wall / max(calls, 1) * 1e3:>12,.3f}")
+        print(
+            f"    {name:<44} {calls:>7.0f} {items:>7.0f} {wall / max(events, 1) * 1e6:>10,.1f} "
+            f"{cpu / max(events, 1) * 1e6:>10,.1f} {wall / max(calls, 1) * 1e3:>12,.3f}"
+        )
     if "gc_s" in doc:
-        print(f"    cyclic GC: {doc['gc_s'] / max(events, 1) * 1e6:,.1f} µs/event in "
-              f"{sum(doc['gc_collections'])} collections (by generation {doc['gc_collections']})")
+        print(
+            f"    cyclic GC: {doc['gc_s'] / max(events, 1) * 1e6:,.1f} µs/event in "
+            f"{sum(doc['gc_collections'])} collections (by generation {doc['gc_collections']})"
+        )
     threads = sorted(doc.get("thread_cpu_s", {}).items(), key=lambda kv: -kv[1])
-    print("    CPU by thread kind, µs/event: " + ", ".join(
-        f"{kind} {seconds / max(events, 1) * 1e6:,.0f}" for kind, seconds in threads if seconds > 0))
+    print(
+        "    CPU by thread kind, µs/event: "
+        + ", ".join(
+            f"{kind} {seconds / max(events, 1) * 1e6:,.0f}"
+            for kind, seconds in threads
+            if seconds > 0
+        )
+    )
     stacks = doc["stacks"]
     busy = sum(stacks["busy"].values())
-    print(f"    stack samples: {stacks['samples']} ticks, busy thread-samples {busy}, idle "
-          f"{sum(stacks['idle'].values())}; busy by function (inclusive%, self%):"
-          + (f" (sampler errors: {stacks['errors']})" if stacks.get("errors") else ""))
+    print(
+        f"    stack samples: {stacks['samples']} ticks, busy thread-samples {busy}, idle "
+        f"{sum(stacks['idle'].values())}; busy by function (inclusive%, self%):"
+        + (f" (sampler errors: {stacks['errors']})" if stacks.get("errors") else "")
+    )
     for fn, inclusive, own in top_functions(stacks["busy"], 22):
         print(f"      {fn:<60} {inclusive / max(busy, 1):>6.1%} {own / max(busy, 1):>6.1%}")
 
 
-def run_backend(report: Report, name: str, store_spec: str, workdir: Path, stream_n: int,
-                unary_n: int, rate: float, profile: Path | None = None, warmup_n: int = 0) -> float:
+def run_backend(
+    report: Report,
+    name: str,
+    store_spec: str,
+    workdir: Path,
+    stream_n: int,
+    unary_n: int,
+    rate: float,
+    profile: Path | None = None,
+    warmup_n: int = 0,
+) -> float:
     from ledger.client import LedgerClient
     from ledger.core import Receipt
     from ledger.scenario import Cast, Flow
@@ -326,8 +384,10 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
     flow = Flow(cast, ledger=f"bench-{name}", origin=f"steward.dev/ledger/bench-{name}")
     key_path = workdir / f"{name}-checkpoint.pem"
     cast.checkpoint_key.save(key_path)
-    with ledger_server(store_spec, key_path, workdir, profile) as server, \
-            LedgerClient(server.address, timeout=120) as client:
+    with (
+        ledger_server(store_spec, key_path, workdir, profile) as server,
+        LedgerClient(server.address, timeout=120) as client,
+    ):
         proposals = _setup(client, flow)
         if warmup_n:
             # A fresh broker spends its first seconds compiling (the JVM's JIT threads took
@@ -335,8 +395,12 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
             warm = _events(flow, proposals, warmup_n)
             started = time.perf_counter()
             client.append_many(warm, batch_size=BATCH)
-            report.add(f"{name}: AppendStream, warm-up (first {warmup_n:,} events, fresh "
-                       "server and store)", warmup_n / (time.perf_counter() - started), "events/s")
+            report.add(
+                f"{name}: AppendStream, warm-up (first {warmup_n:,} events, fresh "
+                "server and store)",
+                warmup_n / (time.perf_counter() - started),
+                "events/s",
+            )
         base = client.head().size
         stream = _events(flow, proposals, stream_n)
         server.snapshot(f"{name}-setup")
@@ -352,8 +416,13 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
         if refused or client.head().size != base + stream_n:
             raise AssertionError(f"{name}: {len(refused)} refused, e.g. {refused[:1]}")
         rate_stream = stream_n / seconds
-        report.add(f"{name}: AppendStream (full verification)", rate_stream, "events/s",
-                   "≥ 5,000/s" if name == "kafka" else "", rate_stream >= 5000 if name == "kafka" else None)
+        report.add(
+            f"{name}: AppendStream (full verification)",
+            rate_stream,
+            "events/s",
+            "≥ 5,000/s" if name == "kafka" else "",
+            rate_stream >= 5000 if name == "kafka" else None,
+        )
         unary = _events(flow, proposals, unary_n)
         cpu = server.cpu_seconds()
         lat = _open_loop(client, unary, rate)
@@ -367,8 +436,12 @@ def run_backend(report: Report, name: str, store_spec: str, workdir: Path, strea
         report.add(f"{name}: unary Append p99 @ {rate:.0f}/s", percentile(lat, 99) * 1000, "ms")
         if stream_cpu is not None and unary_cpu is not None:
             # CPU per event moves less with a busy machine than rates and latencies do.
-            report.add(f"{name}: server CPU per event, AppendStream", stream_cpu / stream_n * 1e6, "µs")
-            report.add(f"{name}: server CPU per event, unary Append", unary_cpu / unary_n * 1e6, "µs")
+            report.add(
+                f"{name}: server CPU per event, AppendStream", stream_cpu / stream_n * 1e6, "µs"
+            )
+            report.add(
+                f"{name}: server CPU per event, unary Append", unary_cpu / unary_n * 1e6, "µs"
+            )
         report.params[f"{name}_entries"] = client.head().size
     return rate_stream
 
@@ -403,7 +476,11 @@ def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> floa
     from kafka import KafkaProducer
 
     topic = _raw_topic(bootstrap)
-    opts: dict[str, Any] = {"bootstrap_servers": bootstrap.split(","), "acks": "all", "linger_ms": 5}
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "acks": "all",
+        "linger_ms": 5,
+    }
     if transactional:
         opts["transactional_id"] = f"bench-{topic}"
     producer = KafkaProducer(**opts)
@@ -414,7 +491,7 @@ def raw_kafka(bootstrap: str, records: list[bytes], transactional: bool) -> floa
         if transactional:
             for i in range(0, len(records), BATCH):
                 producer.begin_transaction()
-                for r in records[i:i + BATCH]:
+                for r in records[i : i + BATCH]:
                     producer.send(topic, key=r[:16], value=r)
                 producer.commit_transaction()
         else:
@@ -432,8 +509,15 @@ def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
     from confluent_kafka import Producer
 
     topic = _raw_topic(bootstrap)
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"bench-{topic}",
-                         "enable.idempotence": True, "acks": "all", "linger.ms": 100})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"bench-{topic}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 100,
+        }
+    )
     failed: list[Any] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -444,7 +528,7 @@ def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
         producer.begin_transaction()
-        for r in records[i:i + BATCH]:
+        for r in records[i : i + BATCH]:
             producer.produce(topic, value=r, key=r[:16], partition=0, on_delivery=delivered)
         if producer.flush(60) or failed:
             raise RuntimeError(f"raw confluent-kafka producer: not delivered: {failed[:1]}")
@@ -456,16 +540,26 @@ def raw_confluent_transactional(bootstrap: str, records: list[bytes]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
-    p.add_argument("--bootstrap", help="an existing Kafka (default: start one broker with infra.kafka_cluster)")
+    p.add_argument(
+        "--bootstrap", help="an existing Kafka (default: start one broker with infra.kafka_cluster)"
+    )
     p.add_argument("--backends", default="kafka,sqlite")
     p.add_argument("--events", type=int, default=20_000, help="events through AppendStream")
-    p.add_argument("--warmup", type=int, default=10_000,
-                   help="events streamed (and reported) before the measured AppendStream phase, "
-                        "so a freshly started broker's JIT compilation is not in the figure")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=10_000,
+        help="events streamed (and reported) before the measured AppendStream phase, "
+        "so a freshly started broker's JIT compilation is not in the figure",
+    )
     p.add_argument("--unary", type=int, default=2_000, help="unary appends at --rate")
     p.add_argument("--rate", type=float, default=500.0)
-    p.add_argument("--profile", metavar="DIR", type=Path,
-                   help="profile the server process per phase into DIR and print a breakdown")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="profile the server process per phase into DIR and print a breakdown",
+    )
     # Internal: the server process.
     p.add_argument("--serve", help=argparse_hidden())
     p.add_argument("--key", help=argparse_hidden())
@@ -478,9 +572,17 @@ def main(argv: list[str] | None = None) -> int:
     warmup_n = 100 if args.smoke else max(0, args.warmup)
     unary_n = 50 if args.smoke else args.unary
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    report = Report("ingest", params={"stream_events": stream_n, "warmup_events": warmup_n,
-                                      "batch": BATCH, "unary": unary_n,
-                                      "rate": args.rate, "cpus": os.cpu_count()})
+    report = Report(
+        "ingest",
+        params={
+            "stream_events": stream_n,
+            "warmup_events": warmup_n,
+            "batch": BATCH,
+            "unary": unary_n,
+            "rate": args.rate,
+            "cpus": os.cpu_count(),
+        },
+    )
     if "kafka" in backends:
         from kafka.record import util as kafka_record_util
 
@@ -490,8 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         if "kafka" in backends:
             with kafka(args.bootstrap) as bootstrap:
                 topic = f"steward-bench-{uuid.uuid4().hex[:10]}"
-                rate = run_backend(report, "kafka", f"kafka:{bootstrap}/{topic}", workdir, stream_n,
-                                   unary_n, args.rate, args.profile, warmup_n)
+                rate = run_backend(
+                    report,
+                    "kafka",
+                    f"kafka:{bootstrap}/{topic}",
+                    workdir,
+                    stream_n,
+                    unary_n,
+                    args.rate,
+                    args.profile,
+                    warmup_n,
+                )
                 records = _entries(stream_n)
                 raw = raw_kafka(bootstrap, records, transactional=False)
                 txn = raw_kafka(bootstrap, records, transactional=True)
@@ -500,13 +611,27 @@ def main(argv: list[str] | None = None) -> int:
                 report.add("kafka: AppendStream / raw producer", rate / raw, "x")
                 report.add(f"kafka: raw transactional producer, {BATCH}/txn", txn, "records/s")
                 report.add("kafka: AppendStream / raw transactional", rate / txn, "x")
-                report.add(f"kafka: raw confluent-kafka transactional producer, {BATCH}/txn "
-                           "(the store's writer)", rd_txn, "records/s")
-                report.add("kafka: AppendStream / raw confluent-kafka transactional",
-                           rate / rd_txn, "x")
+                report.add(
+                    f"kafka: raw confluent-kafka transactional producer, {BATCH}/txn "
+                    "(the store's writer)",
+                    rd_txn,
+                    "records/s",
+                )
+                report.add(
+                    "kafka: AppendStream / raw confluent-kafka transactional", rate / rd_txn, "x"
+                )
         if "sqlite" in backends:
-            run_backend(report, "sqlite", f"sqlite:{workdir / 'ledger.db'}", workdir, stream_n,
-                        unary_n, args.rate, args.profile, warmup_n)
+            run_backend(
+                report,
+                "sqlite",
+                f"sqlite:{workdir / 'ledger.db'}",
+                workdir,
+                stream_n,
+                unary_n,
+                args.rate,
+                args.profile,
+                warmup_n,
+            )
     report.emit()
     return 0
 

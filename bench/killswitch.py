@@ -58,9 +58,13 @@ class CanaryWatch(threading.Thread):
 
         w = watch.Watch()
         try:
-            for ev in w.stream(self.apps.list_namespaced_deployment, self.ns,
-                               field_selector=f"metadata.name={CANARY}",
-                               resource_version=self.rv, timeout_seconds=30):
+            for ev in w.stream(
+                self.apps.list_namespaced_deployment,
+                self.ns,
+                field_selector=f"metadata.name={CANARY}",
+                resource_version=self.rv,
+                timeout_seconds=30,
+            ):
                 obj = ev["object"]
                 if ev["type"] == "DELETED" or (obj.spec.replicas or 0) == 0:
                     self.zero_at = time.monotonic()
@@ -77,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-streams", type=int, default=500)
     p.add_argument("--followers", type=int, default=100)
     p.add_argument("--garbage-streams", type=int, default=8)
-    p.add_argument("--plaintext", action="store_true", help="no TLS: every client is one peer, 127.0.0.1")
+    p.add_argument(
+        "--plaintext", action="store_true", help="no TLS: every client is one peer, 127.0.0.1"
+    )
     args = p.parse_args(argv)
     trials = 3 if args.smoke else args.trials
     if args.smoke:  # smoke size: the same attack, smaller
@@ -90,10 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.formats import KillScope, PlanStep
     from ledger.scenario import Cast, Flow
 
-    report = Report("killswitch", params={
-        "trials": trials, "replicas": 4, "first_weight": 10, "mtls": not args.plaintext,
-        "attack": None if args.no_attack else {"idle_streams": args.idle_streams, "followers": args.followers,
-                                               "garbage_streams": args.garbage_streams}})
+    report = Report(
+        "killswitch",
+        params={
+            "trials": trials,
+            "replicas": 4,
+            "first_weight": 10,
+            "mtls": not args.plaintext,
+            "attack": None
+            if args.no_attack
+            else {
+                "idle_streams": args.idle_streams,
+                "followers": args.followers,
+                "garbage_streams": args.garbage_streams,
+            },
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="steward-bench-kill-") as tmp_s:
         tmp = Path(tmp_s)
         cluster = LocalCluster()
@@ -103,15 +121,32 @@ def main(argv: list[str] | None = None) -> int:
             apps = client.AppsV1Api(api)
             ns = f"bench-kill-{os.getpid()}"
             cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/modelrollouts.steward.dev")
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/modelrollouts.steward.dev",
+            )
             cluster.kubectl("create", "namespace", ns)
-            wait_for("the default ServiceAccount", lambda: cluster.kubectl(
-                "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0, 60, every=0.05)
+            wait_for(
+                "the default ServiceAccount",
+                lambda: (
+                    cluster.kubectl(
+                        "get", "serviceaccount", "default", "-n", ns, check=False
+                    ).returncode
+                    == 0
+                ),
+                60,
+                every=0.05,
+            )
             for manifest in target_manifests(NAME, V1, 4):
                 utils.create_from_dict(api, manifest, namespace=ns)
-            wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4,
-                     60, every=0.05)
+            wait_for(
+                "4 ready stable pods",
+                lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4,
+                60,
+                every=0.05,
+            )
 
             cast = Cast.create()
             flow = Flow(cast, ledger="bench-kill", origin="steward.dev/ledger/bench-kill")
@@ -120,28 +155,71 @@ def main(argv: list[str] | None = None) -> int:
             db, port_file = tmp / "ledger.db", tmp / "ledger.port"
             tls = _Tls(tmp) if not args.plaintext else None
             server_args = tls.server_args() if tls else ["--append-rate-per-peer", "off"]
-            with start_python(["-m", "ledger.server", "--db", str(db), "--checkpoint-key",
-                               str(tmp / "checkpoint.pem"), "--port-file", str(port_file), *server_args],
-                              tmp / "ledger.log", cwd=REPO) as server:
+            with start_python(
+                [
+                    "-m",
+                    "ledger.server",
+                    "--db",
+                    str(db),
+                    "--checkpoint-key",
+                    str(tmp / "checkpoint.pem"),
+                    "--port-file",
+                    str(port_file),
+                    *server_args,
+                ],
+                tmp / "ledger.log",
+                cwd=REPO,
+            ) as server:
                 port = wait_for_port_file(port_file, 60, child=server)
                 led = tls.client(port) if tls else LedgerClient(f"127.0.0.1:{port}")
                 led.append(flow.genesis())
                 for grant in flow.grants():
                     led.append(grant)
-                led.append(flow.policy(namespace=ns, plan=(PlanStep(10, 0, False), PlanStep(50, 0, True),
-                                                             PlanStep(100, 0, False))))
-                with start_python(["-m", "controller.main", "--ledger", led.target,
-                                   *(tls.controller_args() if tls else []),
-                                   "--store", f"sqlite:{db}", "--kubeconfig", str(cluster.kubeconfig),
-                                   "--key", str(tmp / "controller.pem"), "--namespace", ns,
-                                   "--snapshot-db", str(tmp / "snap.db"), "--lease-namespace", ns,
-                                   "--identity", "bench", "--tick-seconds", "0.2",
-                                   "--not-ready-grace-seconds", "60"],
-                                  tmp / "controller.log", cwd=REPO):
+                led.append(
+                    flow.policy(
+                        namespace=ns,
+                        plan=(
+                            PlanStep(10, 0, False),
+                            PlanStep(50, 0, True),
+                            PlanStep(100, 0, False),
+                        ),
+                    )
+                )
+                with start_python(
+                    [
+                        "-m",
+                        "controller.main",
+                        "--ledger",
+                        led.target,
+                        *(tls.controller_args() if tls else []),
+                        "--store",
+                        f"sqlite:{db}",
+                        "--kubeconfig",
+                        str(cluster.kubeconfig),
+                        "--key",
+                        str(tmp / "controller.pem"),
+                        "--namespace",
+                        ns,
+                        "--snapshot-db",
+                        str(tmp / "snap.db"),
+                        "--lease-namespace",
+                        ns,
+                        "--identity",
+                        "bench",
+                        "--tick-seconds",
+                        "0.2",
+                        "--not-ready-grace-seconds",
+                        "60",
+                    ],
+                    tmp / "controller.log",
+                    cwd=REPO,
+                ):
                     quiet = _trials(trials, led, flow, apps, ns, KillScope, first=0)
                     attacked: list[tuple[float, float]] = []
                     if not args.no_attack:
-                        attacked = _under_attack(report, args, trials, led, flow, apps, ns, KillScope, tls)
+                        attacked = _under_attack(
+                            report, args, trials, led, flow, apps, ns, KillScope, tls
+                        )
                 led.close()
             latencies = [acked for _, acked in quiet]
             report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
@@ -153,9 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                 hit = percentile([sent for sent, _ in attacked], 99) * 1000
                 report.add("engage sent → canary 0 p99, no attack", base, "ms")
                 report.add("engage sent → canary 0 p99, under attack", hit, "ms")
-                report.add("under attack / no attack (p99)", hit / base, "x", "<= 1.5x", hit / base <= 1.5)
-                report.add("kill switch → canary 0 p99, under attack (from the ack)",
-                           percentile([acked for _, acked in attacked], 99) * 1000, "ms")
+                report.add(
+                    "under attack / no attack (p99)", hit / base, "x", "<= 1.5x", hit / base <= 1.5
+                )
+                report.add(
+                    "kill switch → canary 0 p99, under attack (from the ack)",
+                    percentile([acked for _, acked in attacked], 99) * 1000,
+                    "ms",
+                )
             api.close()
         finally:
             cluster.stop()
@@ -166,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
 class _Tls:
     """Mutual TLS for one run: a throwaway CA, the server's files, a certificate per client."""
 
-    ACCESS = ("identities:\n  bench: [read, append]\n  steward-controller: [read, append]\n"
-              "  research-infra: [read, append]\n  monitor: []\n")
+    ACCESS = (
+        "identities:\n  bench: [read, append]\n  steward-controller: [read, append]\n"
+        "  research-infra: [read, append]\n  monitor: []\n"
+    )
 
     def __init__(self, tmp: Path) -> None:
         from infra.pki import make_pki
@@ -177,18 +262,35 @@ class _Tls:
         (tmp / "access.yaml").write_text(self.ACCESS)
 
     def server_args(self) -> list[str]:
-        return ["--tls-cert", str(self.pki.server_cert), "--tls-key", str(self.pki.server_key),
-                "--client-ca", str(self.pki.ca_path), "--access-file", str(self.tmp / "access.yaml")]
+        return [
+            "--tls-cert",
+            str(self.pki.server_cert),
+            "--tls-key",
+            str(self.pki.server_key),
+            "--client-ca",
+            str(self.pki.ca_path),
+            "--access-file",
+            str(self.tmp / "access.yaml"),
+        ]
 
     def client(self, port: int) -> Any:
         from ledger.client import LedgerClient
 
         cert = self.pki.client("bench")
-        return LedgerClient(f"localhost:{port}", ca_file=self.pki.ca, cert_file=cert.cert, key_file=cert.key)
+        return LedgerClient(
+            f"localhost:{port}", ca_file=self.pki.ca, cert_file=cert.cert, key_file=cert.key
+        )
 
     def controller_args(self) -> list[str]:
         cert, key = self.pki.client("steward-controller").write(self.tmp, "controller-client")
-        return ["--ledger-ca", str(self.pki.ca_path), "--ledger-cert", str(cert), "--ledger-key", str(key)]
+        return [
+            "--ledger-ca",
+            str(self.pki.ca_path),
+            "--ledger-cert",
+            str(cert),
+            "--ledger-key",
+            str(key),
+        ]
 
     def credentials(self, name: str) -> Any:
         import grpc
@@ -197,15 +299,28 @@ class _Tls:
         return grpc.ssl_channel_credentials(self.pki.ca, cert.key, cert.cert)
 
 
-def _under_attack(report: Report, args: Any, trials: int, led: Any, flow: Any, apps: Any, ns: str,
-                  KillScope: Any, tls: _Tls | None) -> list[tuple[float, float]]:
+def _under_attack(
+    report: Report,
+    args: Any,
+    trials: int,
+    led: Any,
+    flow: Any,
+    apps: Any,
+    ns: str,
+    KillScope: Any,
+    tls: _Tls | None,
+) -> list[tuple[float, float]]:
     from bench.attacker import Attacker, HealthProbe
 
     probe = HealthProbe(led.target, credentials=tls.credentials("monitor") if tls else None)
     probe.start()
-    attacker = Attacker(led.target, idle_streams=args.idle_streams, followers=args.followers,
-                        garbage_streams=args.garbage_streams,
-                        credentials=tls.credentials("research-infra") if tls else None).start()
+    attacker = Attacker(
+        led.target,
+        idle_streams=args.idle_streams,
+        followers=args.followers,
+        garbage_streams=args.garbage_streams,
+        credentials=tls.credentials("research-infra") if tls else None,
+    ).start()
     try:
         time.sleep(2.0)  # every stream has reached the server: held, or refused
         print(f"  attack on: {dict(attacker.outcomes)}", flush=True)
@@ -213,30 +328,57 @@ def _under_attack(report: Report, args: Any, trials: int, led: Any, flow: Any, a
     finally:
         attacker.leave()
         probe.finish()
-    report.add("health checks answered under attack", probe.answered, "of",
-               f"all {probe.asked}", probe.answered == probe.asked)
-    report.add("health check p99 under attack", percentile(probe.latencies, 99) * 1000 if probe.latencies else -1, "ms")
-    report.add("attacker streams refused (RESOURCE_EXHAUSTED)", attacker.outcomes["RESOURCE_EXHAUSTED"], "streams")
+    report.add(
+        "health checks answered under attack",
+        probe.answered,
+        "of",
+        f"all {probe.asked}",
+        probe.answered == probe.asked,
+    )
+    report.add(
+        "health check p99 under attack",
+        percentile(probe.latencies, 99) * 1000 if probe.latencies else -1,
+        "ms",
+    )
+    report.add(
+        "attacker streams refused (RESOURCE_EXHAUSTED)",
+        attacker.outcomes["RESOURCE_EXHAUSTED"],
+        "streams",
+    )
     report.add("attacker garbage batches sent", attacker.garbage_batches, "batches")
     return attacked
 
 
-def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any,
-            first: int) -> list[tuple[float, float]]:
+def _trials(
+    n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any, first: int
+) -> list[tuple[float, float]]:
     """(engage sent → canary 0, ack → canary 0) per trial, in seconds."""
     latencies: list[tuple[float, float]] = []
     for i in range(first, first + n):
-        p = led.append(flow.propose(f"registry.example/model-server:v2-{i}", namespace=ns,
-                                    deployment=NAME)).leaf_hash
-        evals = (led.append(flow.eval(p, "safety", 0.99)).leaf_hash,
-                 led.append(flow.eval(p, "quality", 0.91)).leaf_hash)
+        p = led.append(
+            flow.propose(f"registry.example/model-server:v2-{i}", namespace=ns, deployment=NAME)
+        ).leaf_hash
+        evals = (
+            led.append(flow.eval(p, "safety", 0.99)).leaf_hash,
+            led.append(flow.eval(p, "quality", 0.91)).leaf_hash,
+        )
         for who in ("alice", "bob"):
             led.append(flow.approve(p, evals, who))
-        canary = wait_for(f"trial {i}: the canary at 1 replica", lambda: (
-            (d := read_deployment(apps, ns, CANARY)) is not None and (d.spec.replicas or 0) >= 1 and d), 60, every=0.05)
+        canary = wait_for(
+            f"trial {i}: the canary at 1 replica",
+            lambda: (
+                (d := read_deployment(apps, ns, CANARY)) is not None
+                and (d.spec.replicas or 0) >= 1
+                and d
+            ),
+            60,
+            every=0.05,
+        )
         watch = CanaryWatch(apps, ns, canary.metadata.resource_version)
         watch.start()
-        time.sleep(0.2)  # let the watch connect; events after the resourceVersion are delivered anyway
+        time.sleep(
+            0.2
+        )  # let the watch connect; events after the resourceVersion are delivered anyway
         sent = time.monotonic()
         led.append(flow.kill(KillScope("PROPOSAL", proposal=p)))
         acked = time.monotonic()
@@ -244,12 +386,23 @@ def _trials(n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any,
         if watch.zero_at is None:
             raise TimeoutError(f"trial {i}: the canary never reached 0 replicas")
         latencies.append((max(0.0, watch.zero_at - sent), max(0.0, watch.zero_at - acked)))
-        wait_for(f"trial {i}: stable back at 4, canary gone", lambda: (
-            (s := read_deployment(apps, ns, NAME)) is not None and s.spec.replicas == 4
-            and ((c := read_deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0)), 60, every=0.05)
-        print(f"  trial {i + 1 - first}/{n}{' (attack)' if first else ''}: "
-              f"{latencies[-1][1] * 1000:.0f} ms from the ack, {latencies[-1][0] * 1000:.0f} ms from sending",
-              flush=True)
+        wait_for(
+            f"trial {i}: stable back at 4, canary gone",
+            lambda: (
+                (s := read_deployment(apps, ns, NAME)) is not None
+                and s.spec.replicas == 4
+                and (
+                    (c := read_deployment(apps, ns, CANARY)) is None or (c.spec.replicas or 0) == 0
+                )
+            ),
+            60,
+            every=0.05,
+        )
+        print(
+            f"  trial {i + 1 - first}/{n}{' (attack)' if first else ''}: "
+            f"{latencies[-1][1] * 1000:.0f} ms from the ack, {latencies[-1][0] * 1000:.0f} ms from sending",
+            flush=True,
+        )
     return latencies
 
 

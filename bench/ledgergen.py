@@ -93,8 +93,13 @@ class _Writer:
         fastavro.schemaless_writer(buf, schema, record)
         return buf.getvalue()
 
-    def append(self, type_: str, payload: dict[str, Any], signers: tuple[_Key, ...],
-               refs: tuple[bytes, ...] = ()) -> bytes:
+    def append(
+        self,
+        type_: str,
+        payload: dict[str, Any],
+        signers: tuple[_Key, ...],
+        refs: tuple[bytes, ...] = (),
+    ) -> bytes:
         """Write one entry; returns its leaf hash (what later events reference)."""
         self.clock += self.rng.randint(1, 40)
         body_record = {
@@ -109,11 +114,22 @@ class _Writer:
         body = SINGLE_OBJECT_MAGIC + EVENT_BODY_SCHEMA.fingerprint + binary
         message = DOMAIN_PREFIX + EVENT_BODY_SCHEMA.fingerprint + binary
         # Sorted by key id, each key once: the one encoding the rules accept.
-        sigs = [{"key_id": k.key_id, "sig": k.key.ed25519.sign(message)}
-                for k in sorted({k.key_id: k for k in signers}.values(), key=lambda k: k.key_id)]
-        entry_record = {"seq": self.seq, "prev": self.prev, "body": body, "signatures": sigs,
-                        "received_at": self.clock}
-        entry = SINGLE_OBJECT_MAGIC + ENTRY_SCHEMA.fingerprint + self._avro(ENTRY_SCHEMA.parsed, entry_record)
+        sigs = [
+            {"key_id": k.key_id, "sig": k.key.ed25519.sign(message)}
+            for k in sorted({k.key_id: k for k in signers}.values(), key=lambda k: k.key_id)
+        ]
+        entry_record = {
+            "seq": self.seq,
+            "prev": self.prev,
+            "body": body,
+            "signatures": sigs,
+            "received_at": self.clock,
+        }
+        entry = (
+            SINGLE_OBJECT_MAGIC
+            + ENTRY_SCHEMA.fingerprint
+            + self._avro(ENTRY_SCHEMA.parsed, entry_record)
+        )
         leaf = hashlib.sha256(b"\x00" + entry).digest()
         self.out.write(_LEN.pack(len(entry)))
         self.out.write(entry)
@@ -133,8 +149,13 @@ class _Writer:
         self.checkpoints.append((self.seq, notes.sign_checkpoint(cp, self.signer)))
 
 
-_OBSERVED = {"stable_replicas": 4, "canary_replicas": 0, "canary_ready": 0,
-             "stable_image": "registry.example/model-server:v1", "canary_image": ""}
+_OBSERVED = {
+    "stable_replicas": 4,
+    "canary_replicas": 0,
+    "canary_ready": 0,
+    "stable_image": "registry.example/model-server:v1",
+    "canary_image": "",
+}
 PLAN_WEIGHTS = (10, 50, 100)
 
 
@@ -150,8 +171,14 @@ def _script(n: int, rng: random.Random, deployment: str) -> list[tuple[str, Any]
     steps += [("approve", "alice"), ("approve", "bob")]
     steps += [("health", rng.randrange(3)) for _ in range(rng.randint(6, 14))]
     if rng.random() < 0.15:  # a full canary rollout
-        steps += [("step", ("STARTED", 0)), ("health", 0), ("step", ("ADVANCED", 1)),
-                  ("health", 1), ("step", ("ADVANCED", 2)), ("step", ("PROMOTED", 2))]
+        steps += [
+            ("step", ("STARTED", 0)),
+            ("health", 0),
+            ("step", ("ADVANCED", 1)),
+            ("health", 1),
+            ("step", ("ADVANCED", 2)),
+            ("step", ("PROMOTED", 2)),
+        ]
     return steps
 
 
@@ -161,11 +188,21 @@ def _generate(n: int, seed: str, out: Any) -> tuple[_Writer, Cast, dict[str, Any
     keys = {h: _Key(a.principal, a.key, a.key.key_id) for h, a in cast.actors.items()}
     w = _Writer(rng, cast.checkpoint_key, out)
     # Genesis and grants.
-    roots = [{"principal": keys[h].principal, "public_key": keys[h].key.public.raw} for h in ("root1", "root2", "root3")]
-    w.append("LedgerGenesis", {"origin": ORIGIN, "roots": roots, "root_threshold": 2,
-                               "checkpoint_key_name": ORIGIN,
-                               "checkpoint_public_key": cast.checkpoint_key.public.raw},
-             (keys["root1"], keys["root2"]))
+    roots = [
+        {"principal": keys[h].principal, "public_key": keys[h].key.public.raw}
+        for h in ("root1", "root2", "root3")
+    ]
+    w.append(
+        "LedgerGenesis",
+        {
+            "origin": ORIGIN,
+            "roots": roots,
+            "root_threshold": 2,
+            "checkpoint_key_name": ORIGIN,
+            "checkpoint_public_key": cast.checkpoint_key.public.raw,
+        },
+        (keys["root1"], keys["root2"]),
+    )
     granted = [(h, p, roles) for h, p, roles in CAST if roles != ("root",)]
     evaluators, monitors = [keys["evalbot"]], [keys["monitor"]]
     for i in range(EXTRA_EVALUATORS):
@@ -180,16 +217,37 @@ def _generate(n: int, seed: str, out: Any) -> tuple[_Writer, Cast, dict[str, Any
     roots2 = (keys["root1"], keys["root2"])
     for _h, principal, roles in granted:
         k = by_principal[principal]
-        w.append("KeyGranted", {"principal": principal, "public_key": k.key.public.raw,
-                                "roles": list(roles), "expires_at": None}, roots2)
-    w.append("PolicySet", {
-        "policy_id": "default", "selector": {"namespace": "models", "deployment": "*"},
-        "required_evals": [{"suite": "safety", "metric": "refusal_rate", "op": "GE", "threshold": 0.95},
-                           {"suite": "quality", "metric": "accuracy", "op": "GE", "threshold": 0.80}],
-        "approvals_required": 2, "approver_kinds": ["human"],
-        "plan": [{"weight": wt, "hold_seconds": 0, "health_gate": i == 1} for i, wt in enumerate(PLAN_WEIGHTS)],
-        "veto_on_reject": True, "kill_release_approvals": 2, "kill_rollback_bound_ms": 5000,
-    }, roots2)
+        w.append(
+            "KeyGranted",
+            {
+                "principal": principal,
+                "public_key": k.key.public.raw,
+                "roles": list(roles),
+                "expires_at": None,
+            },
+            roots2,
+        )
+    w.append(
+        "PolicySet",
+        {
+            "policy_id": "default",
+            "selector": {"namespace": "models", "deployment": "*"},
+            "required_evals": [
+                {"suite": "safety", "metric": "refusal_rate", "op": "GE", "threshold": 0.95},
+                {"suite": "quality", "metric": "accuracy", "op": "GE", "threshold": 0.80},
+            ],
+            "approvals_required": 2,
+            "approver_kinds": ["human"],
+            "plan": [
+                {"weight": wt, "hold_seconds": 0, "health_gate": i == 1}
+                for i, wt in enumerate(PLAN_WEIGHTS)
+            ],
+            "veto_on_reject": True,
+            "kill_release_approvals": 2,
+            "kill_rollback_bound_ms": 5000,
+        },
+        roots2,
+    )
 
     # Proposals in flight: slot -> (script, position, proposal hash, latest eval per suite).
     slots: list[dict[str, Any]] = []
@@ -210,34 +268,76 @@ def _generate(n: int, seed: str, out: Any) -> tuple[_Writer, Cast, dict[str, Any
         if kind == "propose":
             num, deployment = arg
             image = f"registry.example/{deployment}:r{num}"
-            s["hash"] = w.append("ProposalSubmitted", {
-                "target": {"namespace": "models", "deployment": deployment},
-                "candidate": {"image": image, "model_digest": "sha256:" + hashlib.sha256(image.encode()).hexdigest()},
-                "baseline": {"image": f"registry.example/{deployment}:stable", "model_digest": "sha256:" + "0" * 64},
-                "rationale": "fine-tuned on the newest curated data; lower refusal errors",
-                "origin": {"agent": "agent:researcher-7", "run": f"run-{num:07d}"},
-            }, (keys["agent"],))
+            s["hash"] = w.append(
+                "ProposalSubmitted",
+                {
+                    "target": {"namespace": "models", "deployment": deployment},
+                    "candidate": {
+                        "image": image,
+                        "model_digest": "sha256:" + hashlib.sha256(image.encode()).hexdigest(),
+                    },
+                    "baseline": {
+                        "image": f"registry.example/{deployment}:stable",
+                        "model_digest": "sha256:" + "0" * 64,
+                    },
+                    "rationale": "fine-tuned on the newest curated data; lower refusal errors",
+                    "origin": {"agent": "agent:researcher-7", "run": f"run-{num:07d}"},
+                },
+                (keys["agent"],),
+            )
         elif kind == "eval":
             suite, value = arg
             metric = "refusal_rate" if suite == "safety" else "accuracy"
-            s["evals"][suite] = w.append("EvalRecorded", {
-                "proposal": h, "suite": suite, "metrics": [{"name": metric, "value": value}],
-                "artifact_digest": "sha256:" + rng.randbytes(32).hex(),
-            }, (rng.choice(evaluators),), (h,))
+            s["evals"][suite] = w.append(
+                "EvalRecorded",
+                {
+                    "proposal": h,
+                    "suite": suite,
+                    "metrics": [{"name": metric, "value": value}],
+                    "artifact_digest": "sha256:" + rng.randbytes(32).hex(),
+                },
+                (rng.choice(evaluators),),
+                (h,),
+            )
         elif kind == "approve":
             evals = [s["evals"]["safety"], s["evals"]["quality"]]
-            w.append("ApprovalRecorded", {"proposal": h, "decision": "APPROVE", "evals": evals,
-                                          "comment": "looks good"}, (keys[arg],), (h, *evals))
+            w.append(
+                "ApprovalRecorded",
+                {"proposal": h, "decision": "APPROVE", "evals": evals, "comment": "looks good"},
+                (keys[arg],),
+                (h, *evals),
+            )
         elif kind == "health":
-            w.append("HealthReported", {"proposal": h, "step": arg, "healthy": True,
-                                        "metrics": [{"name": "error_rate", "value": round(rng.random() / 500, 6)},
-                                                    {"name": "p99_ms", "value": float(rng.randint(80, 140))}]},
-                     (rng.choice(monitors),), (h,))
+            w.append(
+                "HealthReported",
+                {
+                    "proposal": h,
+                    "step": arg,
+                    "healthy": True,
+                    "metrics": [
+                        {"name": "error_rate", "value": round(rng.random() / 500, 6)},
+                        {"name": "p99_ms", "value": float(rng.randint(80, 140))},
+                    ],
+                },
+                (rng.choice(monitors),),
+                (h,),
+            )
         else:
             phase, step = arg
             weight = 100 if phase == "PROMOTED" else PLAN_WEIGHTS[step]
-            w.append("RolloutStep", {"proposal": h, "step": step, "weight": weight, "phase": phase,
-                                     "reason": phase.lower(), "observed": _OBSERVED}, (keys["controller"],), (h,))
+            w.append(
+                "RolloutStep",
+                {
+                    "proposal": h,
+                    "step": step,
+                    "weight": weight,
+                    "phase": phase,
+                    "reason": phase.lower(),
+                    "observed": _OBSERVED,
+                },
+                (keys["controller"],),
+                (h,),
+            )
         if s["at"] == len(s["script"]):
             slots[i] = new_slot(i)
     w.checkpoint()
@@ -245,13 +345,22 @@ def _generate(n: int, seed: str, out: Any) -> tuple[_Writer, Cast, dict[str, Any
         "origin": ORIGIN,
         "vkey": w.signer.vkey,
         "threshold": 2,
-        "roots": [{"principal": keys[h].principal, "public_key_hex": keys[h].key.public.raw.hex()}
-                  for h in ("root1", "root2", "root3")],
+        "roots": [
+            {"principal": keys[h].principal, "public_key_hex": keys[h].key.public.raw.hex()}
+            for h in ("root1", "root2", "root3")
+        ],
     }
-    meta = {"version": GEN_VERSION, "seed": seed, "events": w.seq, "bytes": w.nbytes,
-            "proposals": proposals, "types": w.types, "trust_root": trust,
-            "checkpoints": [{"size": s, "note": note} for s, note in w.checkpoints],
-            "root": w.tree.root().hex()}
+    meta = {
+        "version": GEN_VERSION,
+        "seed": seed,
+        "events": w.seq,
+        "bytes": w.nbytes,
+        "proposals": proposals,
+        "types": w.types,
+        "trust_root": trust,
+        "checkpoints": [{"size": s, "note": note} for s, note in w.checkpoints],
+        "root": w.tree.root().hex(),
+    }
     return w, cast, meta
 
 
@@ -280,7 +389,7 @@ class GeneratedLedger:
         view, at, end = memoryview(data), 0, len(data)
         while at < end:
             (size,) = _LEN.unpack_from(view, at)
-            yield bytes(view[at + 4: at + 4 + size])
+            yield bytes(view[at + 4 : at + 4 + size])
             at += 4 + size
 
     def load(self) -> list[bytes]:
@@ -300,8 +409,10 @@ class GeneratedLedger:
         con.execute("PRAGMA synchronous=OFF")
         rows = ((i, _event_id(rec), rec) for i, rec in enumerate(self.records()))
         con.executemany("INSERT INTO log_records(position, key, value) VALUES (?, ?, ?)", rows)
-        con.executemany("INSERT INTO log_checkpoints(size, note) VALUES (?, ?)",
-                        [(c["size"], c["note"]) for c in self.meta["checkpoints"]])
+        con.executemany(
+            "INSERT INTO log_checkpoints(size, note) VALUES (?, ?)",
+            [(c["size"], c["note"]) for c in self.meta["checkpoints"]],
+        )
         con.commit()
         con.close()
         tmp.replace(path)
@@ -313,17 +424,33 @@ class GeneratedLedger:
         if path.exists():
             return path
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        schema = fastavro.parse_schema(json.loads(
-            (Path(__file__).resolve().parents[1] / "ledger" / "schemas" / "export_record.v1.avsc").read_text()))
+        schema = fastavro.parse_schema(
+            json.loads(
+                (
+                    Path(__file__).resolve().parents[1]
+                    / "ledger"
+                    / "schemas"
+                    / "export_record.v1.avsc"
+                ).read_text()
+            )
+        )
         genesis = next(self.records())
         metadata = {
-            "steward.format": "steward-export/v1", "steward.ledger": LEDGER, "steward.origin": ORIGIN,
-            "steward.vkey": self.meta["trust_root"]["vkey"], "steward.genesis": genesis.hex(),
+            "steward.format": "steward-export/v1",
+            "steward.ledger": LEDGER,
+            "steward.origin": ORIGIN,
+            "steward.vkey": self.meta["trust_root"]["vkey"],
+            "steward.genesis": genesis.hex(),
             "steward.checkpoints": json.dumps(self.meta["checkpoints"]),
         }
         with tmp.open("wb") as out:
-            fastavro.writer(out, schema, ({"seq": i, "entry": r} for i, r in enumerate(self.records())),
-                            metadata=metadata, codec="deflate")
+            fastavro.writer(
+                out,
+                schema,
+                ({"seq": i, "entry": r} for i, r in enumerate(self.records())),
+                metadata=metadata,
+                codec="deflate",
+            )
         tmp.replace(path)
         return path
 
@@ -342,7 +469,7 @@ def _event_id(entry: bytes) -> bytes:
         shift += 7
         at += 1
     at += length >> 1  # zigzag of a non-negative length
-    return body[at: at + 16]
+    return body[at : at + 16]
 
 
 def ledger(n: int, *, seed: str = "steward-bench", progress: bool = True) -> GeneratedLedger:
@@ -357,26 +484,37 @@ def ledger(n: int, *, seed: str = "steward-bench", progress: bool = True) -> Gen
     started = time.monotonic()
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     if progress:
-        print(f"generating a ledger of {n:,} events into {directory} …", file=sys.stderr, flush=True)
+        print(
+            f"generating a ledger of {n:,} events into {directory} …", file=sys.stderr, flush=True
+        )
     with tmp.open("wb") as out:
         _w, _cast, meta = _generate(n, seed, out)
     meta["generated_seconds"] = round(time.monotonic() - started, 1)
     tmp.replace(path)
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     if progress:
-        print(f"  done in {meta['generated_seconds']} s ({meta['bytes'] / 2**20:,.0f} MiB)", file=sys.stderr)
+        print(
+            f"  done in {meta['generated_seconds']} s ({meta['bytes'] / 2**20:,.0f} MiB)",
+            file=sys.stderr,
+        )
     return GeneratedLedger(path, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--seed", default="steward-bench")
     p.add_argument("--sqlite", action="store_true", help="also build the SQLite store copy")
     p.add_argument("--export", action="store_true", help="also build the offline export copy")
     args = p.parse_args(argv)
     g = ledger(args.events, seed=args.seed)
-    print(json.dumps({k: v for k, v in g.meta.items() if k not in ("checkpoints", "trust_root")}, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in g.meta.items() if k not in ("checkpoints", "trust_root")}, indent=1
+        )
+    )
     if args.sqlite:
         print(g.sqlite_path())
     if args.export:

@@ -33,12 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--restarts", type=int, default=3, help="timed restarts from the snapshot")
     p.add_argument("--profile", action="store_true", help="profile a cold replay of 20,000 events")
-    p.add_argument("--default-gc", action="store_true",
-                   help="leave Python's garbage collector as it is, instead of tuning it as "
-                        "steward-controller does (ledger.heap), to compare")
-    p.add_argument("--verify-processes", type=int, choices=(0, 1), default=1,
-                   help="1 (what steward-controller does): each catch-up chunk's signatures are "
-                        "checked in a worker process; 0: in the replaying process")
+    p.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="leave Python's garbage collector as it is, instead of tuning it as "
+        "steward-controller does (ledger.heap), to compare",
+    )
+    p.add_argument(
+        "--verify-processes",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1 (what steward-controller does): each catch-up chunk's signatures are "
+        "checked in a worker process; 0: in the replaying process",
+    )
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
@@ -52,16 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     gen = ledger(events)
     store = SQLiteLogStore(gen.sqlite_path())
     raw = RawSampler(1000 if args.smoke else 5000)
-    report = Report("replay", params={"events": gen.events, "proposals": gen.meta["proposals"],
-                                      "verify_processes": args.verify_processes,
-                                      "gc": "default" if args.default_gc else "ledger.heap"})
+    report = Report(
+        "replay",
+        params={
+            "events": gen.events,
+            "proposals": gen.meta["proposals"],
+            "verify_processes": args.verify_processes,
+            "gc": "default" if args.default_gc else "ledger.heap",
+        },
+    )
     report.add("load average (1 min) at start", os.getloadavg()[0], "")
     with tempfile.TemporaryDirectory(prefix="steward-bench-replay-") as tmp:
         snapshots = SnapshotStore(Path(tmp) / "snapshots.db")
         never = 10**12  # snapshots only when the bench asks, so they are timed on their own
-        cold = Replayer(store, snapshots=snapshots, source="bench",
-                        snapshot_every_entries=never, snapshot_every_seconds=never,
-                        checker=checker)
+        cold = Replayer(
+            store,
+            snapshots=snapshots,
+            source="bench",
+            snapshot_every_entries=never,
+            snapshot_every_seconds=never,
+            checker=checker,
+        )
         if not args.default_gc:
             from ledger.heap import settle_heap, tune_collector
 
@@ -71,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             settle_heap()
         state = cold.state
         if state.ledger.size != gen.events or state.invalid:
-            raise AssertionError(f"replayed {state.ledger.size} valid and {state.invalid} invalid "
-                                 f"of {gen.events} events")
+            raise AssertionError(
+                f"replayed {state.ledger.size} valid and {state.invalid} invalid "
+                f"of {gen.events} events"
+            )
         rate = read / seconds
         report.add("raw Ed25519 verify (mean of samples)", raw_rate, "verif/s")
         report.add("cold replay", rate, "events/s")
@@ -93,9 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
         restarts: list[float] = []
         for _ in range(1 if args.smoke else args.restarts):
-            warm = Replayer(store, snapshots=snapshots, source="bench",
-                            snapshot_every_entries=never, snapshot_every_seconds=never,
-                            checker=checker)
+            warm = Replayer(
+                store,
+                snapshots=snapshots,
+                source="bench",
+                snapshot_every_entries=never,
+                snapshot_every_seconds=never,
+                checker=checker,
+            )
             start = time.perf_counter()
             loaded = warm.load_snapshot()
             warm.catch_up()
@@ -108,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         with warm.lock:
             for p in warm.state.ledger.proposals.values():
                 _ = (p.proposal.target, p.phase)
-        report.add("then first look at every proposal (target, phase)", time.perf_counter() - start, "s")
+        report.add(
+            "then first look at every proposal (target, phase)", time.perf_counter() - start, "s"
+        )
         snapshots.close()
     store.close()
     checker.close()
@@ -118,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         small = ledger(20_000 if not args.smoke else 3_000)
         small_store = SQLiteLogStore(small.sqlite_path())
-        print_hotspots("cold replay (controller.replay.Replayer.catch_up)",
-                       hotspots(lambda: Replayer(small_store).catch_up()))
+        print_hotspots(
+            "cold replay (controller.replay.Replayer.catch_up)",
+            hotspots(lambda: Replayer(small_store).catch_up()),
+        )
         with tempfile.TemporaryDirectory(prefix="steward-bench-replay-") as tmp:
             snaps = SnapshotStore(Path(tmp) / "s.db")
             r = Replayer(small_store, snapshots=snaps, source="p")

@@ -87,16 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             store = SQLiteLogStore(path)
             started = time.perf_counter()
-            size = (fold_only(store, key.public.raw) if name == "fold only"
-                    else verified_start(store, key))
+            size = (
+                fold_only(store, key.public.raw)
+                if name == "fold only"
+                else verified_start(store, key)
+            )
             times[name].append(time.perf_counter() - started)
             store.close()
             sizes.add(size)
     assert sizes == {generated.events}, sizes
     before, after = median(times["fold only"]), median(times["verified start"])
     checkpoints = len(generated.checkpoint_notes)
-    report = Report("startup", params={"events": events, "rounds": args.rounds,
-                                       "checkpoints": checkpoints})
+    report = Report(
+        "startup", params={"events": events, "rounds": args.rounds, "checkpoints": checkpoints}
+    )
     report.add("fold only (median)", before, "s")
     report.add("verified start (median)", after, "s")
     report.add("verified start / fold only", after / before, "ratio")

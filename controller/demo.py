@@ -105,13 +105,19 @@ def deployments(cluster: LocalCluster) -> dict[str, tuple[int, int, str]]:
     api = _APPS[cluster.kubeconfig]
     out = {}
     for d in api.list_namespaced_deployment(NAMESPACE).items:
-        out[d.metadata.name] = (d.spec.replicas or 0, d.status.ready_replicas or 0,
-                                d.spec.template.spec.containers[0].image)
+        out[d.metadata.name] = (
+            d.spec.replicas or 0,
+            d.status.ready_replicas or 0,
+            d.spec.template.spec.containers[0].image,
+        )
     return out
 
 
 def show(cluster: LocalCluster) -> str:
-    return ", ".join(f"{n} {r[1]}/{r[0]} ready ({r[2].rsplit(':', 1)[-1]})" for n, r in sorted(deployments(cluster).items()))
+    return ", ".join(
+        f"{n} {r[1]}/{r[0]} ready ({r[2].rsplit(':', 1)[-1]})"
+        for n, r in sorted(deployments(cluster).items())
+    )
 
 
 def free_port() -> int:
@@ -134,16 +140,38 @@ def scrape_metrics(prefix: str) -> list[str]:
 
 
 @contextmanager
-def controller_process(workdir: Path, address: str, cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
+def controller_process(
+    workdir: Path, address: str, cluster: LocalCluster
+) -> Iterator[subprocess.Popen[bytes]]:
     log = (workdir / "controller.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.main", "--ledger", address,
-         "--store", f"sqlite:{workdir / 'ledger.db'}", "--kubeconfig", str(cluster.kubeconfig),
-         "--key", str(workdir / "keys" / "controller.pem"), "--namespace", NAMESPACE,
-         "--snapshot-db", str(workdir / "controller.db"), "--lease-namespace", NAMESPACE,
-         "--identity", "demo-controller", "--not-ready-grace-seconds", "30",
-         "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "controller.main",
+            "--ledger",
+            address,
+            "--store",
+            f"sqlite:{workdir / 'ledger.db'}",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--key",
+            str(workdir / "keys" / "controller.pem"),
+            "--namespace",
+            NAMESPACE,
+            "--snapshot-db",
+            str(workdir / "controller.db"),
+            "--lease-namespace",
+            NAMESPACE,
+            "--identity",
+            "demo-controller",
+            "--not-ready-grace-seconds",
+            "30",
+            "--metrics-listen",
+            f"127.0.0.1:{METRICS_PORT}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         time.sleep(0.5)
@@ -167,18 +195,24 @@ def run(workdir: Path, keep_cluster: bool) -> int:
     save_keys(cast, workdir / "keys")
     flow = Flow(cast, ledger="demo", origin="steward.dev/ledger/demo")
     with ExitStack() as stack:
-        say("starting the local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, KWOK)…")
+        say(
+            "starting the local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, KWOK)…"
+        )
         cluster = LocalCluster()
         cluster.start()
         if not keep_cluster:
             stack.callback(cluster.stop)
         create_target(cluster)
-        wait_for("4 ready model-server pods", lambda: deployments(cluster).get(NAME, (0, 0, ""))[1] >= 4)
+        wait_for(
+            "4 ready model-server pods", lambda: deployments(cluster).get(NAME, (0, 0, ""))[1] >= 4
+        )
         say(f"  cluster up; kubeconfig {cluster.kubeconfig}; {show(cluster)}")
 
         address = stack.enter_context(ledger_server(workdir))
         client = LedgerClient(address)
-        flow.state = followed_state(client.read)  # approvals, reports and releases name their binding
+        flow.state = followed_state(
+            client.read
+        )  # approvals, reports and releases name their binding
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
 
         submit, refused = narrator(client)
@@ -187,63 +221,97 @@ def run(workdir: Path, keep_cluster: bool) -> int:
             def probe() -> str | None:
                 p = fold(client).proposals.get(proposal)
                 return p.phase if p is not None and p.phase in phases else None
+
             return probe
 
         say("\n1. genesis, keys and a policy")
         submit("genesis signed by two of three roots", flow.genesis())
         for grant in flow.grants():
             submit("grant " + grant_name(grant), grant)
-        submit("policy: 2 human approvals; canary 25→50→100%", flow.policy(namespace=NAMESPACE, plan=PLAN))
+        submit(
+            "policy: 2 human approvals; canary 25→50→100%",
+            flow.policy(namespace=NAMESPACE, plan=PLAN),
+        )
 
         stack.enter_context(controller_process(workdir, address, cluster))
         say("steward-controller started (replays the SQLite log itself, appends through gRPC)")
 
         say("\n2. v2: proposed, evaluated, approved by people — then stopped by one")
         p2 = submit("agent proposes v2", flow.propose(V2, namespace=NAMESPACE, deployment=NAME))
-        e2 = (submit("evalbot: safety", flow.eval(p2, "safety", 0.99)),
-              submit("evalbot: quality", flow.eval(p2, "quality", 0.91)))
+        e2 = (
+            submit("evalbot: safety", flow.eval(p2, "safety", 0.99)),
+            submit("evalbot: quality", flow.eval(p2, "quality", 0.91)),
+        )
         refused("the agent approves its own proposal", flow.approve(p2, e2, "agent"))
         submit("alice approves", flow.approve(p2, e2, "alice"))
         submit("bob approves", flow.approve(p2, e2, "bob"))
         wait_for("the canary to start", phase_is(p2, "STARTED", "ADVANCED"))
-        wait_for("a ready canary pod", lambda: deployments(cluster).get(f"{NAME}-canary", (0, 0, ""))[1] >= 1)
+        wait_for(
+            "a ready canary pod",
+            lambda: deployments(cluster).get(f"{NAME}-canary", (0, 0, ""))[1] >= 1,
+        )
         say(f"  controller started the canary: {show(cluster)}")
         scope = KillScope("TARGET", NAMESPACE, NAME)
         killed_at = time.monotonic()
         submit("on-call engages the kill switch", flow.kill(scope, reason="p99 latency spike"))
-        wait_for("the canary to be removed", lambda: deployments(cluster).get(f"{NAME}-canary", (0, 0, ""))[0] == 0
-                 or f"{NAME}-canary" not in deployments(cluster), timeout=30)
-        say(f"  canary gone {1000 * (time.monotonic() - killed_at):.0f} ms after the kill switch was acknowledged: {show(cluster)}")
+        wait_for(
+            "the canary to be removed",
+            lambda: (
+                deployments(cluster).get(f"{NAME}-canary", (0, 0, ""))[0] == 0
+                or f"{NAME}-canary" not in deployments(cluster)
+            ),
+            timeout=30,
+        )
+        say(
+            f"  canary gone {1000 * (time.monotonic() - killed_at):.0f} ms after the kill switch was acknowledged: {show(cluster)}"
+        )
         wait_for("the rollback to be recorded", phase_is(p2, "ROLLED_BACK"), timeout=30)
         # The metrics loop times the stop from the views it is shown; let it see this one
         # before the release changes what the views say.
-        wait_for("the controller to time its reaction", lambda: any(
-            float(line.split()[-1]) >= 1 for line in scrape_metrics("steward_kill_switch_reaction_seconds_count")),
-            timeout=15)
+        wait_for(
+            "the controller to time its reaction",
+            lambda: any(
+                float(line.split()[-1]) >= 1
+                for line in scrape_metrics("steward_kill_switch_reaction_seconds_count")
+            ),
+            timeout=15,
+        )
         refused("alice alone releases the kill switch", flow.release(scope, signers=("alice",)))
         submit("alice and bob release it", flow.release(scope))
 
         say("\n3. v3: every step of the plan, then promotion")
         p3 = submit("agent proposes v3", flow.propose(V3, namespace=NAMESPACE, deployment=NAME))
-        e3 = (submit("evalbot: safety", flow.eval(p3, "safety", 0.98)),
-              submit("evalbot: quality", flow.eval(p3, "quality", 0.93)))
+        e3 = (
+            submit("evalbot: safety", flow.eval(p3, "safety", 0.98)),
+            submit("evalbot: quality", flow.eval(p3, "quality", 0.93)),
+        )
         submit("alice approves", flow.approve(p3, e3, "alice"))
         submit("bob approves", flow.approve(p3, e3, "bob"))
 
         def at_step(step: int) -> Callable[[], bool]:
             def probe() -> bool:
                 p = fold(client).proposals.get(p3)
-                return bool(p and p.current and p.current.step >= step) or bool(p and p.phase == "PROMOTED")
+                return bool(p and p.current and p.current.step >= step) or bool(
+                    p and p.phase == "PROMOTED"
+                )
+
             return probe
 
         wait_for("step 1 (50%)", at_step(1))
         say(f"  canary at 50%: {show(cluster)}")
         submit("monitor: step 1 healthy", flow.health(p3, 1, True))
         wait_for("promotion", phase_is(p3, "PROMOTED"), timeout=120)
-        wait_for("stable on v3 with 4 ready pods", lambda: deployments(cluster).get(NAME, (0, 0, ""))[2] == V3
-                 and deployments(cluster)[NAME][1] >= 4)
+        wait_for(
+            "stable on v3 with 4 ready pods",
+            lambda: (
+                deployments(cluster).get(NAME, (0, 0, ""))[2] == V3
+                and deployments(cluster)[NAME][1] >= 4
+            ),
+        )
         say(f"  promoted: {show(cluster)}")
-        for line in scrape_metrics("steward_kill_switch_reaction_seconds_count") + scrape_metrics("steward_events_applied_total"):
+        for line in scrape_metrics("steward_kill_switch_reaction_seconds_count") + scrape_metrics(
+            "steward_events_applied_total"
+        ):
             say(f"  metrics: {line}")
 
         client.checkpoint(publish_now=True)
@@ -256,7 +324,9 @@ def run(workdir: Path, keep_cluster: bool) -> int:
         export, trust = workdir / "ledger-export.avro", workdir / "trust-root.json"
         count = write_export(client, export, progress=False)
         write_trust_root(client, trust)
-    say(f"\nleft in {workdir}: keys/, ledger.db ({count} entries), controller.log, ledger-export.avro, trust-root.json")
+    say(
+        f"\nleft in {workdir}: keys/, ledger.db ({count} entries), controller.log, ledger-export.avro, trust-root.json"
+    )
     say("verify it independently with:")
     say(f"  steward-audit verify --export {export} --trust-root {trust}")
     return 0
@@ -271,10 +341,19 @@ def grant_name(event: SignedEvent) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, help="where to leave keys, log and export (default: a new temporary directory)")
-    parser.add_argument("--keep-cluster", action="store_true", help="leave the control plane running at the end")
+    parser = argparse.ArgumentParser(
+        prog="python -m controller.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where to leave keys, log and export (default: a new temporary directory)",
+    )
+    parser.add_argument(
+        "--keep-cluster", action="store_true", help="leave the control plane running at the end"
+    )
     args: Any = parser.parse_args(argv)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="steward-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -93,8 +93,13 @@ def _ms(ts: dt.datetime | str | None) -> int:
 class ClusterCache:
     """Deployments, canary Pods and ModelRollouts of some namespaces, kept current by watches."""
 
-    def __init__(self, api: client.ApiClient, namespaces: Iterable[str],
-                 on_change: Callable[[], None] = lambda: None, watch_timeout: int = 30) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespaces: Iterable[str],
+        on_change: Callable[[], None] = lambda: None,
+        watch_timeout: int = 30,
+    ) -> None:
         self.api = api
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -114,8 +119,12 @@ class ClusterCache:
     def start(self, stop: threading.Event) -> None:
         for ns in self.namespaces:
             for kind in ("deployments", "pods", "modelrollouts"):
-                t = threading.Thread(target=self._watch_loop, args=(stop, ns, kind),
-                                     name=f"watch-{kind}-{ns}", daemon=True)
+                t = threading.Thread(
+                    target=self._watch_loop,
+                    args=(stop, ns, kind),
+                    name=f"watch-{kind}-{ns}",
+                    daemon=True,
+                )
                 t.start()
                 self._threads.append(t)
 
@@ -136,12 +145,16 @@ class ClusterCache:
             return self.apps.list_namespaced_deployment, {}
         if kind == "pods":
             return self.core.list_namespaced_pod, {"label_selector": f"{TRACK_LABEL}=canary"}
-        return self.custom.list_namespaced_custom_object, {"group": GROUP, "version": VERSION,
-                                                           "plural": PLURAL}
+        return self.custom.list_namespaced_custom_object, {
+            "group": GROUP,
+            "version": VERSION,
+            "plural": PLURAL,
+        }
 
     def _store(self, kind: str) -> dict[tuple[str, str], Any]:
-        return {"deployments": self.deployments, "pods": self.pods,
-                "modelrollouts": self.rollouts}[kind]
+        return {"deployments": self.deployments, "pods": self.pods, "modelrollouts": self.rollouts}[
+            kind
+        ]
 
     def _watch_loop(self, stop: threading.Event, ns: str, kind: str) -> None:
         fn, kw = self._list_fn(kind)
@@ -164,11 +177,24 @@ class ClusterCache:
                 self.on_change()
                 w = watch.Watch()
                 args = {"namespace": ns, **kw} if kind == "modelrollouts" else kw
-                stream = (w.stream(fn, **args, resource_version=rv, timeout_seconds=self.watch_timeout,
-                                   allow_watch_bookmarks=True) if kind == "modelrollouts"
-                          else w.stream(fn, ns, **kw, resource_version=rv,
-                                        timeout_seconds=self.watch_timeout,
-                                        allow_watch_bookmarks=True))
+                stream = (
+                    w.stream(
+                        fn,
+                        **args,
+                        resource_version=rv,
+                        timeout_seconds=self.watch_timeout,
+                        allow_watch_bookmarks=True,
+                    )
+                    if kind == "modelrollouts"
+                    else w.stream(
+                        fn,
+                        ns,
+                        **kw,
+                        resource_version=rv,
+                        timeout_seconds=self.watch_timeout,
+                        allow_watch_bookmarks=True,
+                    )
+                )
                 for event in stream:
                     if stop.is_set():
                         w.stop()
@@ -193,7 +219,9 @@ class ClusterCache:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def update(self, store: dict[tuple[str, str], Any], ns: str, obj: Any, *, deleted: bool) -> None:
+    def update(
+        self, store: dict[tuple[str, str], Any], ns: str, obj: Any, *, deleted: bool
+    ) -> None:
         key = (ns, _name(obj))
         with self.lock:
             if deleted:
@@ -229,18 +257,22 @@ class ClusterCache:
                 stable = self.deployments.get((t.namespace, t.deployment))
                 canary = self.deployments.get((t.namespace, canary_name(t.deployment)))
                 pods = tuple(
-                    _observed_pod(p) for (ns, _), p in sorted(self.pods.items())
-                    if ns == t.namespace and p.metadata.deletion_timestamp is None
+                    _observed_pod(p)
+                    for (ns, _), p in sorted(self.pods.items())
+                    if ns == t.namespace
+                    and p.metadata.deletion_timestamp is None
                     and (p.metadata.labels or {}).get("app") == t.deployment
                 )
                 stops = tuple(
-                    s for (ns, _), obj in sorted(self.rollouts.items())
+                    s
+                    for (ns, _), obj in sorted(self.rollouts.items())
                     if ns == t.namespace and (s := _emergency_stop(obj, t.deployment)) is not None
                 )
                 out[t] = ObservedTarget(
                     _observed_deployment(stable) if stable else None,
                     _observed_deployment(canary) if canary else None,
-                    pods, stops,
+                    pods,
+                    stops,
                 )
         return out
 
@@ -324,8 +356,16 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, api: client.ApiClient, cache: ClusterCache, replayer: Replayer,
-                 ledger: LedgerAccess, key: PrivateKey, *, fold_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        cache: ClusterCache,
+        replayer: Replayer,
+        ledger: LedgerAccess,
+        key: PrivateKey,
+        *,
+        fold_timeout: float = 10.0,
+    ) -> None:
         self.apps = client.AppsV1Api(api)
         self.api = api
         self.cache = cache
@@ -366,8 +406,14 @@ class Executor:
             took = time.monotonic() - started
             outcome = Outcome(a, ok, detail, took)
             outcomes.append(outcome)
-            log.log(logging.INFO if ok else logging.WARNING, "action=%s ok=%s ms=%.1f detail=%s",
-                    _describe(a), ok, took * 1000, detail)
+            log.log(
+                logging.INFO if ok else logging.WARNING,
+                "action=%s ok=%s ms=%.1f detail=%s",
+                _describe(a),
+                ok,
+                took * 1000,
+                detail,
+            )
             if not ok:
                 failed.add(target)
         return outcomes
@@ -381,7 +427,9 @@ class Executor:
 
     def _run(self, a: Action) -> str:
         if isinstance(a, RecordStep):
-            payload: Payload = RolloutStep(a.proposal, a.step, a.weight, a.phase, a.reason, a.observed)
+            payload: Payload = RolloutStep(
+                a.proposal, a.step, a.weight, a.phase, a.reason, a.observed
+            )
             return self._record(payload, a.event_id)
         if isinstance(a, RecordKillSwitch):
             scope = KillScope("PROPOSAL", proposal=a.proposal)
@@ -416,7 +464,9 @@ class Executor:
             self._own += 1
         # The next plan must see this entry, or it would plan the same move again.
         if not self.replayer.wait_for_size(receipt.seq + 1, self.fold_timeout):
-            raise RefusedError(f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s")
+            raise RefusedError(
+                f"entry {receipt.seq} accepted but not folded within {self.fold_timeout}s"
+            )
         return f"seq {receipt.seq}" + (" (duplicate)" if receipt.duplicate else "")
 
     def _wait_for_event(self, event_id: bytes) -> None:
@@ -426,19 +476,24 @@ class Executor:
                 if event_id in self.replayer.state.ledger.event_ids:
                     return
             time.sleep(0.02)
-        raise RefusedError(f"event {event_id.hex()} exists on the ledger but was not folded in time")
+        raise RefusedError(
+            f"event {event_id.hex()} exists on the ledger but was not folded in time"
+        )
 
     # -- Kubernetes ---------------------------------------------------------------------
 
     def _stop_canary(self, a: StopCanary) -> str:
         name = canary_name(a.name)
-        body = {"spec": {"replicas": 0},
-                "metadata": {"annotations": {STOPPING_ANNOTATION: a.reason[:1000]}}}
+        body = {
+            "spec": {"replicas": 0},
+            "metadata": {"annotations": {STOPPING_ANNOTATION: a.reason[:1000]}},
+        }
         try:
             # The answer is not deserialized: on the kill path every millisecond counts, and
             # the watch brings the new object anyway (a re-planned stop is idempotent).
             raw: Any = self.apps.patch_namespaced_deployment(
-                name, a.namespace, body, field_manager=FIELD_MANAGER, _preload_content=False)
+                name, a.namespace, body, field_manager=FIELD_MANAGER, _preload_content=False
+            )
             raw.read()
         except ApiException as exc:
             if exc.status == 404:
@@ -473,12 +528,20 @@ class Executor:
                 "labels": {"app": a.name, TRACK_LABEL: "canary"},
                 "annotations": {MARKER_ANNOTATION: a.marker, PROPOSAL_ANNOTATION: a.proposal.hex()},
             },
-            "spec": {"replicas": a.replicas, "selector": {"matchLabels": selector},
-                     "template": template},
+            "spec": {
+                "replicas": a.replicas,
+                "selector": {"matchLabels": selector},
+                "template": template,
+            },
         }
         obj = self.apps.patch_namespaced_deployment(
-            canary_name(a.name), a.namespace, body, field_manager=FIELD_MANAGER, force=True,
-            _content_type=APPLY)
+            canary_name(a.name),
+            a.namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
         self.cache.put_deployment(obj)
         return f"canary {a.replicas} x {a.image}"
 
@@ -491,18 +554,23 @@ class Executor:
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}},
-            "spec": {"replicas": replicas,
-                     "template": {"spec": {"containers": [{"name": container, "image": image}]}}},
+            "spec": {
+                "replicas": replicas,
+                "template": {"spec": {"containers": [{"name": container, "image": image}]}},
+            },
         }
         obj = self.apps.patch_namespaced_deployment(
-            name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+            name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
+        )
         self.cache.put_deployment(obj)
         return f"stable {replicas} x {image}"
 
     def _remove_canary(self, a: RemoveCanary) -> str:
         name = canary_name(a.name)
         try:
-            self.apps.delete_namespaced_deployment(name, a.namespace, propagation_policy="Background")
+            self.apps.delete_namespaced_deployment(
+                name, a.namespace, propagation_policy="Background"
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise

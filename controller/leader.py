@@ -97,8 +97,11 @@ class LeaderElector:
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=client.V1LeaseSpec(
-                    holder_identity=self.identity, lease_duration_seconds=self.lease_seconds,
-                    acquire_time=now, renew_time=now, lease_transitions=0,
+                    holder_identity=self.identity,
+                    lease_duration_seconds=self.lease_seconds,
+                    acquire_time=now,
+                    renew_time=now,
+                    lease_transitions=0,
                 ),
             )
             try:

@@ -67,40 +67,78 @@ class JsonFormatter(logging.Formatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steward-controller", description=__doc__.split("\n\n")[0])
     p.add_argument("--ledger", required=True, metavar="HOST:PORT", help="ledger gRPC address")
-    p.add_argument("--ledger-ca", help="CA certificate of the ledger server (TLS); plaintext without")
-    p.add_argument("--ledger-cert", help="client certificate for the ledger's mutual TLS (PEM); the "
-                                         "ledger's access file needs read and append for its name")
+    p.add_argument(
+        "--ledger-ca", help="CA certificate of the ledger server (TLS); plaintext without"
+    )
+    p.add_argument(
+        "--ledger-cert",
+        help="client certificate for the ledger's mutual TLS (PEM); the "
+        "ledger's access file needs read and append for its name",
+    )
     p.add_argument("--ledger-key", help="private key of --ledger-cert (PEM)")
-    p.add_argument("--store", metavar="SPEC",
-                   help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
-                        "(default: the ledger's Read stream)")
+    p.add_argument(
+        "--store",
+        metavar="SPEC",
+        help="replay straight from the log store: sqlite:PATH or kafka:BOOTSTRAP/TOPIC "
+        "(default: the ledger's Read stream)",
+    )
     from ledger.store.kafka_flags import add_security_arguments
 
-    add_security_arguments(p.add_argument_group(
-        "Kafka security (with --store kafka:...; docs/KAFKA.md \"Security\")"))
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    p.add_argument("--key", "--key-file", dest="key", required=True,
-                   help="the controller's Ed25519 private key (PKCS#8 PEM)")
-    p.add_argument("--passphrase-env", default=DEFAULT_PASSPHRASE_ENV, metavar="VAR",
-                   help=f"environment variable holding the key's passphrase (default {DEFAULT_PASSPHRASE_ENV})")
-    p.add_argument("--namespace", "--namespaces", dest="namespaces", action="append", required=True,
-                   help="namespace to manage (repeat or comma-separate)")
+    add_security_arguments(
+        p.add_argument_group('Kafka security (with --store kafka:...; docs/KAFKA.md "Security")')
+    )
+    p.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
+    p.add_argument(
+        "--key",
+        "--key-file",
+        dest="key",
+        required=True,
+        help="the controller's Ed25519 private key (PKCS#8 PEM)",
+    )
+    p.add_argument(
+        "--passphrase-env",
+        default=DEFAULT_PASSPHRASE_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the key's passphrase (default {DEFAULT_PASSPHRASE_ENV})",
+    )
+    p.add_argument(
+        "--namespace",
+        "--namespaces",
+        dest="namespaces",
+        action="append",
+        required=True,
+        help="namespace to manage (repeat or comma-separate)",
+    )
     p.add_argument("--snapshot-db", help="SQLite file (or SQLAlchemy URL) for replay snapshots")
     p.add_argument("--snapshot-every-entries", type=int, default=500)
     p.add_argument("--snapshot-every-seconds", type=float, default=5.0)
-    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}",
-                   help="this controller's name in the leader Lease")
-    p.add_argument("--lease-namespace", help="namespace of the leader-election Lease "
-                                              "(without it this process always acts)")
+    p.add_argument(
+        "--identity",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="this controller's name in the leader Lease",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        help="namespace of the leader-election Lease (without it this process always acts)",
+    )
     p.add_argument("--lease-name", default="steward-controller")
     p.add_argument("--lease-seconds", type=int, default=5)
     p.add_argument("--renew-seconds", type=float, default=1.5)
     p.add_argument("--listen", help="HOST:PORT for gRPC health and ControllerService")
-    p.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: a free one)")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: a free one)",
+    )
     p.add_argument("--tick-seconds", type=float, default=0.25, help="re-plan at least this often")
-    p.add_argument("--not-ready-grace-seconds", type=float, default=120.0,
-                   help="a canary pod not Ready this long triggers a rollback")
+    p.add_argument(
+        "--not-ready-grace-seconds",
+        type=float,
+        default=120.0,
+        help="a canary pod not Ready this long triggers a rollback",
+    )
     p.add_argument("--no-mirror", action="store_true", help="do not write ModelRollout objects")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
@@ -122,8 +160,13 @@ def open_store(spec: str, kafka_security: dict[str, Any] | None = None) -> tuple
 
         bootstrap, topic = rest.rsplit("/", 1)
         # A reader never creates topics; the ledger server owns them.
-        config = KafkaStoreConfig(bootstrap_servers=bootstrap, topic=topic, create_topics=False,
-                                  client_id="steward-controller", **(kafka_security or {}))
+        config = KafkaStoreConfig(
+            bootstrap_servers=bootstrap,
+            topic=topic,
+            create_topics=False,
+            client_id="steward-controller",
+            **(kafka_security or {}),
+        )
         return KafkaLogStore(config), f"kafka:{topic}"
     raise StewardError(f"--store {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
 
@@ -168,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
-    namespaces = tuple(sorted({n.strip() for v in args.namespaces for n in v.split(",") if n.strip()}))
+    namespaces = tuple(
+        sorted({n.strip() for v in args.namespaces for n in v.split(",") if n.strip()})
+    )
     try:
         passphrase = os.environ.get(args.passphrase_env)
         key = PrivateKey.load(Path(args.key), passphrase.encode() if passphrase else None)
@@ -176,8 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if (args.ledger_cert is None) != (args.ledger_key is None):
             raise StewardError("--ledger-cert and --ledger-key go together")
-        ledger = LedgerClient(args.ledger, ca_file=args.ledger_ca, cert_file=args.ledger_cert,
-                              key_file=args.ledger_key)
+        ledger = LedgerClient(
+            args.ledger,
+            ca_file=args.ledger_ca,
+            cert_file=args.ledger_cert,
+            key_file=args.ledger_key,
+        )
         if args.store:
             from ledger.store.kafka_flags import security_from_args
 
@@ -187,14 +236,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         snapshots = SnapshotStore(args.snapshot_db) if args.snapshot_db else None
         from ledger.sigcheck import SignatureChecker
 
-        replayer = Replayer(store, snapshots=snapshots, source=source,
-                            snapshot_every_entries=args.snapshot_every_entries,
-                            snapshot_every_seconds=args.snapshot_every_seconds,
-                            checker=SignatureChecker())
+        replayer = Replayer(
+            store,
+            snapshots=snapshots,
+            source=source,
+            snapshot_every_entries=args.snapshot_every_entries,
+            snapshot_every_seconds=args.snapshot_every_seconds,
+            checker=SignatureChecker(),
+        )
         config = ControllerConfig(
-            namespaces=namespaces, identity=args.identity, lease_namespace=args.lease_namespace,
-            lease_name=args.lease_name, lease_seconds=args.lease_seconds,
-            renew_seconds=args.renew_seconds, tick_seconds=args.tick_seconds,
+            namespaces=namespaces,
+            identity=args.identity,
+            lease_namespace=args.lease_namespace,
+            lease_name=args.lease_name,
+            lease_seconds=args.lease_seconds,
+            renew_seconds=args.renew_seconds,
+            tick_seconds=args.tick_seconds,
             mirror=not args.no_mirror,
             planner=PlannerConfig(not_ready_grace_ms=int(args.not_ready_grace_seconds * 1000)),
             settle_heap=True,
@@ -219,8 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controller import metrics
 
         metrics_server = metrics.serve(controller, args.metrics_listen)
-    log.info("starting identity=%s namespaces=%s store=%s lease=%s", args.identity,
-             ",".join(namespaces), source, args.lease_namespace or "-")
+    log.info(
+        "starting identity=%s namespaces=%s store=%s lease=%s",
+        args.identity,
+        ",".join(namespaces),
+        source,
+        args.lease_namespace or "-",
+    )
     try:
         controller.run(stop)
     except Exception:

@@ -60,8 +60,9 @@ class KillTimer:
     pending: dict[tuple[bytes, int], int] = field(default_factory=dict)  # (proposal, seq) -> seen
     finished: set[tuple[bytes, int]] = field(default_factory=set)
 
-    def update(self, views: Iterable[RolloutView], kill_seqs: Mapping[bytes, int],
-               now_ms: int) -> list[tuple[bytes, int, int]]:
+    def update(
+        self, views: Iterable[RolloutView], kill_seqs: Mapping[bytes, int], now_ms: int
+    ) -> list[tuple[bytes, int, int]]:
         """Reactions finished by these views: (proposal, kill switch seq, observed at ms)."""
         done: list[tuple[bytes, int, int]] = []
         for v in views:
@@ -113,14 +114,22 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         views = self.m.views
-        phase = GaugeMetricFamily("steward_rollout_phase",
-                                  "1 for the rollout's current ledger phase, 0 for the others",
-                                  labels=[*LABELS, "phase"])
-        weight = GaugeMetricFamily("steward_rollout_weight", "canary weight in percent", labels=LABELS)
-        step = GaugeMetricFamily("steward_rollout_step", "current step of the policy's plan",
-                                 labels=LABELS)
-        approvals = GaugeMetricFamily("steward_rollout_approvals",
-                                      "valid approvals bound to the proposal's evidence", labels=LABELS)
+        phase = GaugeMetricFamily(
+            "steward_rollout_phase",
+            "1 for the rollout's current ledger phase, 0 for the others",
+            labels=[*LABELS, "phase"],
+        )
+        weight = GaugeMetricFamily(
+            "steward_rollout_weight", "canary weight in percent", labels=LABELS
+        )
+        step = GaugeMetricFamily(
+            "steward_rollout_step", "current step of the policy's plan", labels=LABELS
+        )
+        approvals = GaugeMetricFamily(
+            "steward_rollout_approvals",
+            "valid approvals bound to the proposal's evidence",
+            labels=LABELS,
+        )
         for v in views:
             for p in PHASES:
                 phase.add_metric([*_labels(v), p], 1.0 if v.phase == p else 0.0)
@@ -129,20 +138,30 @@ class _StateCollector(Collector):
             approvals.add_metric(_labels(v), len(v.approvals))
         yield from (phase, weight, step, approvals)
         applied, invalid = self.m.counts()
-        yield CounterMetricFamily("steward_events_applied", "log entries folded into the state",
-                                  value=applied)
-        yield CounterMetricFamily("steward_invalid_events",
-                                  "records skipped: undecodable or breaking a rule", value=invalid)
-        yield GaugeMetricFamily("steward_controller_leader", "1 while this process holds the Lease",
-                                value=1.0 if self.m.is_leader() else 0.0)
+        yield CounterMetricFamily(
+            "steward_events_applied", "log entries folded into the state", value=applied
+        )
+        yield CounterMetricFamily(
+            "steward_invalid_events",
+            "records skipped: undecodable or breaking a rule",
+            value=invalid,
+        )
+        yield GaugeMetricFamily(
+            "steward_controller_leader",
+            "1 while this process holds the Lease",
+            value=1.0 if self.m.is_leader() else 0.0,
+        )
 
 
 class ControllerMetrics:
     """The controller's metrics in their own registry (so tests and processes never collide)."""
 
-    def __init__(self, counts: Callable[[], tuple[int, int]],
-                 is_leader: Callable[[], bool] = lambda: True,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], tuple[int, int]],
+        is_leader: Callable[[], bool] = lambda: True,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         self.counts = counts
         self.is_leader = is_leader
@@ -151,11 +170,14 @@ class ControllerMetrics:
         self.reaction = Histogram(
             "steward_kill_switch_reaction_seconds",
             "kill switch entry received_at (ledger clock) to the canary observed at 0 replicas",
-            buckets=REACTION_BUCKETS, registry=self.registry)
+            buckets=REACTION_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
 
-    def update(self, views: list[RolloutView], kill_seqs: Mapping[bytes, int],
-               now_ms: int) -> list[tuple[bytes, int, int]]:
+    def update(
+        self, views: list[RolloutView], kill_seqs: Mapping[bytes, int], now_ms: int
+    ) -> list[tuple[bytes, int, int]]:
         self.views = list(views)
         return self.timer.update(views, kill_seqs, now_ms)
 
@@ -192,8 +214,12 @@ def _kill_seqs(controller: Controller) -> dict[bytes, int]:
         return out
 
 
-def attach(controller: Controller, *, registry: CollectorRegistry | None = None,
-           now_ms: Callable[[], int] | None = None) -> tuple[ControllerMetrics, Callable[[], None]]:
+def attach(
+    controller: Controller,
+    *,
+    registry: CollectorRegistry | None = None,
+    now_ms: Callable[[], int] | None = None,
+) -> tuple[ControllerMetrics, Callable[[], None]]:
     """Metrics fed by the controller loop; returns them and a function that stops the worker.
 
     The listener runs on the loop's thread, on the kill-switch path: it only does arithmetic.

@@ -79,8 +79,13 @@ class Mirror:
                     self._apply(v, {"status": status}, subresource=True)
                     writes += 1
             except ApiException as exc:
-                log.warning("mirror write failed object=%s/%s status=%s reason=%s",
-                            v.namespace, v.object_name, exc.status, exc.reason)
+                log.warning(
+                    "mirror write failed object=%s/%s status=%s reason=%s",
+                    v.namespace,
+                    v.object_name,
+                    exc.status,
+                    exc.reason,
+                )
                 continue
             self._written[key] = wanted
         return writes
@@ -96,9 +101,21 @@ class Mirror:
             },
             **part,
         }
-        fn = (self.custom.patch_namespaced_custom_object_status if subresource
-              else self.custom.patch_namespaced_custom_object)
-        obj = fn(GROUP, VERSION, v.namespace, PLURAL, v.object_name, body,
-                 field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        fn = (
+            self.custom.patch_namespaced_custom_object_status
+            if subresource
+            else self.custom.patch_namespaced_custom_object
+        )
+        obj = fn(
+            GROUP,
+            VERSION,
+            v.namespace,
+            PLURAL,
+            v.object_name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
         if isinstance(obj, dict):
             self.cache.update(self.cache.rollouts, v.namespace, obj, deleted=False)

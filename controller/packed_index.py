@@ -45,8 +45,15 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         "value_width",
     )
 
-    def __init__(self, keys: bytes, values: bytes, key_width: int, value_width: int,
-                 decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> None:
+    def __init__(
+        self,
+        keys: bytes,
+        values: bytes,
+        key_width: int,
+        value_width: int,
+        decode: Callable[[bytes], V],
+        encode: Callable[[V], bytes],
+    ) -> None:
         count, rest = divmod(len(keys), key_width)
         if rest or len(values) != count * value_width:
             raise SnapshotError(
@@ -65,7 +72,7 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         lo, hi = 0, self.count
         while lo < hi:
             mid = (lo + hi) >> 1
-            if keys[mid * w:mid * w + w] < key:
+            if keys[mid * w : mid * w + w] < key:
                 lo = mid + 1
             else:
                 hi = mid
@@ -77,10 +84,10 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         if len(key) != w:
             return -1
         i = self._position(key)
-        return i if i < self.count and self.base_keys[i * w:i * w + w] == key else -1
+        return i if i < self.count and self.base_keys[i * w : i * w + w] == key else -1
 
     def _base_value(self, i: int) -> V:
-        return self.decode(self.base_values[i * self.value_width:(i + 1) * self.value_width])
+        return self.decode(self.base_values[i * self.value_width : (i + 1) * self.value_width])
 
     def __getitem__(self, key: bytes) -> V:
         if key in self.recent:
@@ -109,7 +116,7 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def __iter__(self) -> Iterator[bytes]:
         w, keys = self.key_width, self.base_keys
         for i in range(self.count):
-            yield keys[i * w:i * w + w]
+            yield keys[i * w : i * w + w]
         for key in self.recent:
             if self._find(key) < 0:
                 yield key
@@ -118,8 +125,13 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         return f"PackedIndex({len(self)} entries, {len(self.recent)} since the snapshot)"
 
 
-def pack(mapping: Mapping[bytes, V], key_width: int, value_width: int,
-         decode: Callable[[bytes], V], encode: Callable[[V], bytes]) -> PackedIndex[V]:
+def pack(
+    mapping: Mapping[bytes, V],
+    key_width: int,
+    value_width: int,
+    decode: Callable[[bytes], V],
+    encode: Callable[[V], bytes],
+) -> PackedIndex[V]:
     """A PackedIndex with every entry of `mapping` in its base (merging, when it is one)."""
     if isinstance(mapping, PackedIndex) and mapping.key_width == key_width:
         return _merge(mapping, value_width, decode, encode)
@@ -138,8 +150,12 @@ def pack(mapping: Mapping[bytes, V], key_width: int, value_width: int,
     return PackedIndex(keys_blob, values_blob, key_width, value_width, decode, encode)
 
 
-def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V],
-           encode: Callable[[V], bytes]) -> PackedIndex[V]:
+def _merge(
+    index: PackedIndex[V],
+    value_width: int,
+    decode: Callable[[bytes], V],
+    encode: Callable[[V], bytes],
+) -> PackedIndex[V]:
     kw, vw = index.key_width, value_width
     if index.value_width == vw:
         values = bytearray(index.base_values)
@@ -149,7 +165,7 @@ def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V]
     for key, value in index.recent.items():
         i = index._find(key)
         if i >= 0:  # an overwritten base value
-            values[i * vw:(i + 1) * vw] = encode(value)
+            values[i * vw : (i + 1) * vw] = encode(value)
         else:
             new.append((index._position(key), key, encode(value)))
     new.sort()
@@ -157,11 +173,11 @@ def _merge(index: PackedIndex[V], value_width: int, decode: Callable[[bytes], V]
     value_parts: list[bytes] = []
     at = 0
     for pos, key, encoded in new:
-        key_parts += [index.base_keys[at * kw:pos * kw], key]
-        value_parts += [bytes(values[at * vw:pos * vw]), encoded]
+        key_parts += [index.base_keys[at * kw : pos * kw], key]
+        value_parts += [bytes(values[at * vw : pos * vw]), encoded]
         at = pos
-    key_parts.append(index.base_keys[at * kw:])
-    value_parts.append(bytes(values[at * vw:]))
+    key_parts.append(index.base_keys[at * kw :])
+    value_parts.append(bytes(values[at * vw :]))
     return PackedIndex(b"".join(key_parts), b"".join(value_parts), kw, vw, decode, encode)
 
 

@@ -40,15 +40,17 @@ PROPOSAL_ANNOTATION = "steward.dev/proposal"
 STOPPING_ANNOTATION = "steward.dev/stopping"
 
 # Container states that mean a canary pod will not become healthy by waiting.
-FAILING_REASONS = frozenset({
-    "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerError",
-    "CreateContainerConfigError",
-    "RunContainerError",
-})
+FAILING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerError",
+        "CreateContainerConfigError",
+        "RunContainerError",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,14 @@ class Wait:
 
 
 Action = (
-    RecordStep | RecordKillSwitch | ApplyCanary | ScaleStable | StopCanary | Promote
-    | RemoveCanary | Wait
+    RecordStep
+    | RecordKillSwitch
+    | ApplyCanary
+    | ScaleStable
+    | StopCanary
+    | Promote
+    | RemoveCanary
+    | Wait
 )
 
 
@@ -216,7 +224,10 @@ def step_event_id(proposal: bytes, step: int, phase: str, attempt: int) -> bytes
     retried step lands on the same id: the ledger records it once.
     """
     data = (
-        b"steward/v1/step" + proposal + step.to_bytes(4, "big") + phase.encode("ascii")
+        b"steward/v1/step"
+        + proposal
+        + step.to_bytes(4, "big")
+        + phase.encode("ascii")
         + attempt.to_bytes(4, "big")
     )
     return hashlib.sha256(data).digest()[:16]
@@ -261,7 +272,11 @@ def plan(
 
 class _Target:
     def __init__(
-        self, state: ControllerState, target: Target, obs: ObservedTarget, now_ms: int,
+        self,
+        state: ControllerState,
+        target: Target,
+        obs: ObservedTarget,
+        now_ms: int,
         cfg: PlannerConfig,
     ) -> None:
         self.state = state
@@ -279,8 +294,11 @@ class _Target:
         stops = self._unrecorded_stops(proposals)
         active = next((p for p in proposals if p.phase in ACTIVE_PHASES), None)
         if self.obs.stable is None:
-            return [Wait(p.entry_hash, f"Deployment {self.ns}/{self.name} not found")
-                    for p in proposals if p.phase in (*ACTIVE_PHASES, "PENDING")]
+            return [
+                Wait(p.entry_hash, f"Deployment {self.ns}/{self.name} not found")
+                for p in proposals
+                if p.phase in (*ACTIVE_PHASES, "PENDING")
+            ]
         if active is not None:
             return self._active(active, stops.get(active.entry_hash))
         # Emergency stops on proposals that are not rolling out: record them, nothing to undo.
@@ -302,7 +320,10 @@ class _Target:
                 continue
             if KillScope("PROPOSAL", proposal=stop.proposal) in self.ls.kill_switches:
                 continue  # already stopped by a kill switch on this proposal
-            if annotation_kill_event_id(stop.proposal, stop.source, stop.reason) in self.ls.event_ids:
+            if (
+                annotation_kill_event_id(stop.proposal, stop.source, stop.reason)
+                in self.ls.event_ids
+            ):
                 continue  # recorded before (and maybe released since): honoured once
             found[stop.proposal] = stop
         return found
@@ -319,13 +340,20 @@ class _Target:
             canary_image=canary.image if canary else "",
         )
 
-    def _record(self, p: ProposalState, step: int, weight: int, phase: str, reason: str) -> RecordStep:
+    def _record(
+        self, p: ProposalState, step: int, weight: int, phase: str, reason: str
+    ) -> RecordStep:
         attempt = rollbacks(p)
         if phase == "DRIFT_CORRECTED":
             record = self.state.rollouts.get(p.entry_hash)
             attempt = record.drift_count if record else 0
         return RecordStep(
-            p.entry_hash, step, weight, phase, reason, self._observed_state(),
+            p.entry_hash,
+            step,
+            weight,
+            phase,
+            reason,
+            self._observed_state(),
             step_event_id(p.entry_hash, step, phase, attempt),
         )
 
@@ -336,8 +364,10 @@ class _Target:
         policy = self.ls.policy_of(p)
         approvers = self.ls.valid_approvers(p)
         if len(approvers) < policy.approvals_required:
-            return (f"waiting for approvals: {len(approvers)} of {policy.approvals_required} valid"
-                    + (f" ({', '.join(approvers)})" if approvers else ""))
+            return (
+                f"waiting for approvals: {len(approvers)} of {policy.approvals_required} valid"
+                + (f" ({', '.join(approvers)})" if approvers else "")
+            )
         vetoes = self.ls.vetoes(p)
         if vetoes:
             return f"vetoed by {', '.join(vetoes)}"
@@ -389,10 +419,14 @@ class _Target:
             kill = None
             if stop is not None:
                 kill = RecordKillSwitch(
-                    p.entry_hash, stop.reason, stop.source,
+                    p.entry_hash,
+                    stop.reason,
+                    stop.source,
                     annotation_kill_event_id(p.entry_hash, stop.source, stop.reason),
                 )
-            return self._rollback(p, record.total_replicas, record.stable_image, reason, cause_seq, kill)
+            return self._rollback(
+                p, record.total_replicas, record.stable_image, reason, cause_seq, kill
+            )
 
         total, stable_image = record.total_replicas, record.stable_image
         want_c = canary_replicas(total, cur.weight)
@@ -449,7 +483,9 @@ class _Target:
             ]
         return [
             self._record(p, cur.step, 100, "PROMOTED", "every step of the plan passed"),
-            Promote(self.ns, self.name, total, candidate, marker(p.entry_hash, rollbacks(p), "promoted")),
+            Promote(
+                self.ns, self.name, total, candidate, marker(p.entry_hash, rollbacks(p), "promoted")
+            ),
         ]
 
     def _stop_reason(self, p: ProposalState, stop: EmergencyStop | None) -> tuple[str, int] | None:
@@ -460,7 +496,10 @@ class _Target:
             return f"{scope.kind} kill switch engaged at seq {seq}", seq
         if stop is not None:
             src = stop.source
-            return f"emergency stop annotated by {src.field_manager} at {src.time}: {stop.reason}", -1
+            return (
+                f"emergency stop annotated by {src.field_manager} at {src.time}: {stop.reason}",
+                -1,
+            )
         vetoes = self.ls.vetoes(p)
         if vetoes:
             return f"vetoed by {', '.join(vetoes)}", -1
@@ -492,7 +531,12 @@ class _Target:
         return None
 
     def _rollback(
-        self, p: ProposalState, total: int, stable_image: str, reason: str, cause_seq: int,
+        self,
+        p: ProposalState,
+        total: int,
+        stable_image: str,
+        reason: str,
+        cause_seq: int,
         kill: RecordKillSwitch | None,
     ) -> list[Action]:
         cur = p.current
@@ -503,8 +547,15 @@ class _Target:
         if canary is not None and (canary.replicas != 0 or not canary.stopping):
             out.append(StopCanary(self.ns, self.name, reason, cause_seq))
         if stable.replicas != total or stable.image != stable_image:
-            out.append(ScaleStable(self.ns, self.name, total, stable_image,
-                                   marker(p.entry_hash, rollbacks(p), "rolled-back")))
+            out.append(
+                ScaleStable(
+                    self.ns,
+                    self.name,
+                    total,
+                    stable_image,
+                    marker(p.entry_hash, rollbacks(p), "rolled-back"),
+                )
+            )
         if kill is not None:
             out.append(kill)
         out.append(self._record(p, cur.step, 0, "ROLLED_BACK", reason))
@@ -528,16 +579,27 @@ class _Target:
                 m = marker(owner.entry_hash, rollbacks(owner), "promoted")
                 return [Promote(self.ns, self.name, total, candidate, m)]
             if not stable.settled(total):
-                return [Wait(owner.entry_hash,
-                             f"promoted; stable pods ready {stable.ready_replicas}/{total}")]
+                return [
+                    Wait(
+                        owner.entry_hash,
+                        f"promoted; stable pods ready {stable.ready_replicas}/{total}",
+                    )
+                ]
             return [RemoveCanary(self.ns, self.name)]
         out: list[Action] = []
         stable_image = record.stable_image if record else stable.image
         if canary.replicas != 0:
             out.append(StopCanary(self.ns, self.name, canary.stopping or "rollout ended"))
         if stable.replicas != total or stable.image != stable_image:
-            out.append(ScaleStable(self.ns, self.name, total, stable_image,
-                                   marker(owner.entry_hash, rollbacks(owner), "rolled-back")))
+            out.append(
+                ScaleStable(
+                    self.ns,
+                    self.name,
+                    total,
+                    stable_image,
+                    marker(owner.entry_hash, rollbacks(owner), "rolled-back"),
+                )
+            )
         out.append(RemoveCanary(self.ns, self.name))
         return out
 

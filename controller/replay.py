@@ -80,19 +80,28 @@ class SnapshotStore:
 
     def load(self, source: str) -> Snapshot | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(snapshot_table).where(snapshot_table.c.source == source)).first()
+            row = conn.execute(
+                sa.select(snapshot_table).where(snapshot_table.c.source == source)
+            ).first()
         if row is None:
             return None
         try:
             blob = row.state
             state = decode_state(blob if isinstance(blob, bytes) else bytes(blob))
         except SnapshotError as exc:  # an old or damaged snapshot only costs a full replay
-            log.warning("snapshot unreadable, replaying from the start source=%s error=%s", source, exc)
+            log.warning(
+                "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
+            )
             return None
         held = (state.ledger.size, state.applied, state.invalid)
         if held != (row.size, row.applied, row.invalid):
-            log.warning("snapshot row says size/applied/invalid=%s, its state holds %s; replaying "
-                        "from the start source=%s", (row.size, row.applied, row.invalid), held, source)
+            log.warning(
+                "snapshot row says size/applied/invalid=%s, its state holds %s; replaying "
+                "from the start source=%s",
+                (row.size, row.applied, row.invalid),
+                held,
+                source,
+            )
             return None
         return Snapshot(int(row.position), int(row.last_position), state)
 
@@ -170,14 +179,27 @@ class Replayer:
             except FormatError:
                 matches = False
             if not matches:
-                log.warning("snapshot does not match the log, replaying from the start source=%s "
-                            "position=%d", self.source, snap.position)
+                log.warning(
+                    "snapshot does not match the log, replaying from the start source=%s "
+                    "position=%d",
+                    self.source,
+                    snap.position,
+                )
                 return False
         with self.lock:
-            self.state, self.position, self.last_position = snap.state, snap.position, snap.last_position
+            self.state, self.position, self.last_position = (
+                snap.state,
+                snap.position,
+                snap.last_position,
+            )
         self.loaded_from_snapshot = True
-        log.info("snapshot loaded source=%s position=%d size=%d invalid=%d", self.source,
-                 snap.position, snap.state.ledger.size, snap.state.invalid)
+        log.info(
+            "snapshot loaded source=%s position=%d size=%d invalid=%d",
+            self.source,
+            snap.position,
+            snap.state.ledger.size,
+            snap.state.invalid,
+        )
         return True
 
     def snapshot(self) -> None:
@@ -215,8 +237,12 @@ class Replayer:
 
     # -- folding --------------------------------------------------------------------------
 
-    def handle(self, record: StoredRecord, decoded: LogEntry | FormatError | None = None,
-               verified: frozenset[VerifiedSignature] = frozenset()) -> bool:
+    def handle(
+        self,
+        record: StoredRecord,
+        decoded: LogEntry | FormatError | None = None,
+        verified: frozenset[VerifiedSignature] = frozenset(),
+    ) -> bool:
         """Decode, check and fold one record; False when it was skipped as invalid.
 
         `decoded` is ``decode_log_entry(record.value)`` (or its error) when the caller has it;
@@ -235,8 +261,13 @@ class Replayer:
                 return False
             violation = self.state.fold(e, verified)
             if violation is not None:
-                log.warning("invalid record skipped position=%d seq=%d code=%s reason=%s",
-                            record.position, e.seq, violation.code, violation.message)
+                log.warning(
+                    "invalid record skipped position=%d seq=%d code=%s reason=%s",
+                    record.position,
+                    e.seq,
+                    violation.code,
+                    violation.message,
+                )
                 self._folded.notify_all()
                 return False
             self.last_position = record.position
@@ -264,8 +295,14 @@ class Replayer:
             self._maybe_snapshot()
             return n
         with ThreadPoolExecutor(1, thread_name_prefix="catch-up-verify") as verifier:
-            pending: tuple[list[StoredRecord], list[LogEntry | FormatError],
-                           Future[frozenset[VerifiedSignature]]] | None = None
+            pending: (
+                tuple[
+                    list[StoredRecord],
+                    list[LogEntry | FormatError],
+                    Future[frozenset[VerifiedSignature]],
+                ]
+                | None
+            ) = None
             chunk: list[StoredRecord] = []
             records = self.store.read(self.position)
             while True:
@@ -291,8 +328,9 @@ class Replayer:
         self._maybe_snapshot()
         return n
 
-    def _prepare_chunk(self, chunk: list[StoredRecord]
-                       ) -> tuple[list[LogEntry | FormatError], PendingChecks]:
+    def _prepare_chunk(
+        self, chunk: list[StoredRecord]
+    ) -> tuple[list[LogEntry | FormatError], PendingChecks]:
         decoded: list[LogEntry | FormatError] = []
         # Keys read without the lock: only a hint (see catch_up).
         checks = PendingChecks(self.state.ledger.keys)
@@ -306,15 +344,23 @@ class Replayer:
             checks.add(e.entry.body, e.entry.signatures)
         return decoded, checks
 
-    def _fold_chunk(self, chunk: list[StoredRecord], decoded: list[LogEntry | FormatError],
-                    verified: Future[frozenset[VerifiedSignature]]) -> int:
+    def _fold_chunk(
+        self,
+        chunk: list[StoredRecord],
+        decoded: list[LogEntry | FormatError],
+        verified: Future[frozenset[VerifiedSignature]],
+    ) -> int:
         done = verified.result()
         for record, d in zip(chunk, decoded, strict=True):
             self.handle(record, d, done)
         return len(chunk)
 
-    def run(self, stop: threading.Event, on_change: Callable[[], None] = lambda: None,
-            idle_timeout: float = 0.2) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        on_change: Callable[[], None] = lambda: None,
+        idle_timeout: float = 0.2,
+    ) -> None:
         """Follow the store until `stop` is set, calling `on_change` after each valid entry."""
         follower = self.store.follow(self.position, idle_timeout=idle_timeout)
         try:
@@ -353,8 +399,9 @@ class LedgerReadStore(LogStore):
     def __init__(self, client: LedgerReader) -> None:
         self.client = client
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         raise StoreError("a LedgerReadStore is read-only")
 
     def read(self, start: int = 0, limit: int | None = None) -> Iterator[StoredRecord]:

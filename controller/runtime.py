@@ -51,8 +51,14 @@ class ControllerConfig:
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, replayer: Replayer, ledger: LedgerAccess, key: PrivateKey,
-                 api: client.ApiClient) -> None:
+    def __init__(
+        self,
+        config: ControllerConfig,
+        replayer: Replayer,
+        ledger: LedgerAccess,
+        key: PrivateKey,
+        api: client.ApiClient,
+    ) -> None:
         if not config.namespaces:
             raise ValueError("the controller needs at least one namespace to manage")
         self.config = config
@@ -64,8 +70,12 @@ class Controller:
         self.leader: LeaderElector | None = None
         if config.lease_namespace:
             self.leader = LeaderElector(
-                api, config.lease_namespace, config.identity, name=config.lease_name,
-                lease_seconds=config.lease_seconds, renew_seconds=config.renew_seconds,
+                api,
+                config.lease_namespace,
+                config.identity,
+                name=config.lease_name,
+                lease_seconds=config.lease_seconds,
+                renew_seconds=config.renew_seconds,
                 renew_deadline_seconds=min(config.lease_seconds - 1.0, config.lease_seconds * 0.8),
                 on_change=self._leadership_changed,
             )
@@ -102,9 +112,14 @@ class Controller:
         if self.config.settle_heap:
             settle_heap()
         st = self.replayer.state
-        log.info("replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s", st.ledger.size,
-                 st.applied, st.invalid, (time.monotonic() - started) * 1000,
-                 self.replayer.loaded_from_snapshot)
+        log.info(
+            "replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s",
+            st.ledger.size,
+            st.applied,
+            st.invalid,
+            (time.monotonic() - started) * 1000,
+            self.replayer.loaded_from_snapshot,
+        )
         self._spawn("replay", lambda: self.replayer.run(stop, self.wake.set))
         self.cache.start(stop)
         if self.leader is not None:

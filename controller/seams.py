@@ -38,8 +38,9 @@ class LedgerAccess(Protocol):
 
 
 class LedgerReader(Protocol):
-    def read(self, start: int = 0, *, limit: int | None = None,
-             follow: bool = False) -> Iterator[LogEntry]:
+    def read(
+        self, start: int = 0, *, limit: int | None = None, follow: bool = False
+    ) -> Iterator[LogEntry]:
         """Entries from ``start``, decoded, the hash chain checked; ``follow`` keeps waiting."""
         ...
 

@@ -116,22 +116,29 @@ def to_message(v: RolloutView) -> controller_pb2.Rollout:
 
 
 def _invalid(field: str, message: str, code: str = INVALID_FILTER) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violation_code=code,
-                        field=field)
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violation_code=code, field=field
+    )
 
 
-def _filters(namespace: str, deployment: str, phase: str = "", proposal: bytes = b"",
-             ) -> Callable[[RolloutView], bool]:
+def _filters(
+    namespace: str,
+    deployment: str,
+    phase: str = "",
+    proposal: bytes = b"",
+) -> Callable[[RolloutView], bool]:
     if phase and phase not in PHASES:
         raise _invalid("phase", f"{phase[:40]!r} is not one of {', '.join(PHASES)}")
     if proposal and len(proposal) != 32:
         raise _invalid("proposal", f"expected a 32-byte entry hash, got {len(proposal)} bytes")
 
     def match(v: RolloutView) -> bool:
-        return ((not namespace or v.namespace == namespace)
-                and (not deployment or v.deployment == deployment)
-                and (not phase or v.phase == phase)
-                and (not proposal or v.proposal == proposal))
+        return (
+            (not namespace or v.namespace == namespace)
+            and (not deployment or v.deployment == deployment)
+            and (not phase or v.phase == phase)
+            and (not proposal or v.proposal == proposal)
+        )
 
     return match
 
@@ -147,11 +154,15 @@ def _page_start(page: common_pb2.PageRequest, filters: list[str]) -> int:
         if not isinstance(offset, int) or offset < 0:
             raise ValueError("bad offset")
     except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error) as exc:
-        raise _invalid("page.page_token", "not a page token this service issued",
-                       INVALID_PAGE_TOKEN) from exc
+        raise _invalid(
+            "page.page_token", "not a page token this service issued", INVALID_PAGE_TOKEN
+        ) from exc
     if pinned != filters:
-        raise _invalid("page.page_token", "issued for other filters; repeat the request with the "
-                       "same filters", INVALID_PAGE_TOKEN)
+        raise _invalid(
+            "page.page_token",
+            "issued for other filters; repeat the request with the same filters",
+            INVALID_PAGE_TOKEN,
+        )
     return offset
 
 
@@ -166,21 +177,28 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self.poll_seconds = poll_seconds  # how often a watch checks that its client is still there
 
     @guarded(log)
-    def GetRollout(self, request: controller_pb2.GetRolloutRequest,
-                   context: grpc.ServicerContext) -> controller_pb2.Rollout:
+    def GetRollout(
+        self, request: controller_pb2.GetRolloutRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.Rollout:
         if len(request.proposal) != 32:
-            raise _invalid("proposal", f"expected a 32-byte entry hash, got {len(request.proposal)} bytes")
+            raise _invalid(
+                "proposal", f"expected a 32-byte entry hash, got {len(request.proposal)} bytes"
+            )
         v = self.board.get(request.proposal)
         if v is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND,
-                               f"proposal: no rollout for proposal {request.proposal.hex()} "
-                               f"(the controller has folded {self.board.version} changes)",
-                               violation_code=PROPOSAL_NOT_FOUND, field="proposal")
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND,
+                f"proposal: no rollout for proposal {request.proposal.hex()} "
+                f"(the controller has folded {self.board.version} changes)",
+                violation_code=PROPOSAL_NOT_FOUND,
+                field="proposal",
+            )
         return to_message(v)
 
     @guarded(log)
-    def ListRollouts(self, request: controller_pb2.ListRolloutsRequest,
-                     context: grpc.ServicerContext) -> controller_pb2.ListRolloutsResponse:
+    def ListRollouts(
+        self, request: controller_pb2.ListRolloutsRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.ListRolloutsResponse:
         match = _filters(request.namespace, request.deployment, request.phase)
         filters = [request.namespace, request.deployment, request.phase]
         start = _page_start(request.page, filters)
@@ -188,7 +206,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         _, views = self.board.snapshot()
         # Proposals only ever get added, in log order, so an offset stays a stable cursor.
         matching = [v for v in views if match(v)]
-        chunk = matching[start:start + size]
+        chunk = matching[start : start + size]
         more = start + size < len(matching)
         token = _page_token(start + size, filters) if more else ""
         return controller_pb2.ListRolloutsResponse(
@@ -197,8 +215,9 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         )
 
     @guarded(log)
-    def WatchRollouts(self, request: controller_pb2.WatchRolloutsRequest,
-                      context: grpc.ServicerContext) -> Iterator[controller_pb2.Rollout]:
+    def WatchRollouts(
+        self, request: controller_pb2.WatchRolloutsRequest, context: grpc.ServicerContext
+    ) -> Iterator[controller_pb2.Rollout]:
         match = _filters(request.namespace, request.deployment, proposal=request.proposal)
         version, views = self.board.snapshot()
         for v in views:
@@ -230,8 +249,9 @@ def register(server: grpc.Server, controller: Controller) -> RolloutBoard:
     return board
 
 
-def follow_replayer(replayer: Replayer, board: RolloutBoard, stop: threading.Event,
-                    *, interval: float = 0.2) -> threading.Thread:
+def follow_replayer(
+    replayer: Replayer, board: RolloutBoard, stop: threading.Event, *, interval: float = 0.2
+) -> threading.Thread:
     """Publish the views of `replayer`'s folded log (no cluster observation) as it grows.
 
     Starts a thread that follows the replayer's store until `stop` is set. For a
@@ -246,8 +266,9 @@ def follow_replayer(replayer: Replayer, board: RolloutBoard, stop: threading.Eve
     changed = threading.Event()
 
     def run() -> None:
-        follower = threading.Thread(target=replayer.run, args=(stop, changed.set),
-                                    name="service-replay", daemon=True)
+        follower = threading.Thread(
+            target=replayer.run, args=(stop, changed.set), name="service-replay", daemon=True
+        )
         follower.start()
         board.publish(views())
         while not stop.is_set():

@@ -69,6 +69,7 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is bytes:
+
         def dec_bytes(v: Any) -> bytes:
             if not isinstance(v, str):
                 raise _fail(what, v)
@@ -76,12 +77,15 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
                 return bytes.fromhex(v)
             except ValueError:
                 raise _fail(what, v) from None
+
         return (lambda v: v.hex()), dec_bytes
     if hint in (str, int, bool, float):
+
         def dec_plain(v: Any, t: type = hint) -> Any:
             if type(v) is not t and not (t is float and type(v) is int):
                 raise _fail(what, v)
             return float(typing.cast(float, v)) if t is float else v
+
         return (lambda v: v), dec_plain
     if origin in (Union, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
@@ -94,6 +98,7 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
             if not isinstance(v, list) or len(v) != len(fixed):
                 raise _fail(what, v)
             return tuple(d(x) for (_e, d), x in zip(fixed, v, strict=True))
+
         return (lambda v: [e(x) for (e, _d), x in zip(fixed, v, strict=True)]), dec_fixed
     if origin in (tuple, list, frozenset, set):
         item_enc, item_dec = _codec(args[0], f"{what}[]")
@@ -108,13 +113,16 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
             if not isinstance(v, list):
                 raise _fail(what, v)
             return build([item_dec(x) for x in v])
+
         return enc_seq, dec_seq
     if origin is dict and args == (bytes, int):  # last_seq: one pair per proposal, kept fast
+
         def dec_seqs(v: Any) -> Any:
             out = {bytes.fromhex(k): x for k, x in v}
             if not all(type(x) is int for x in out.values()):
                 raise _fail(what, v)
             return out
+
         return (lambda v: [[k.hex(), x] for k, x in v.items()]), dec_seqs
     if origin is dict:
         k_enc, k_dec = _codec(args[0], f"{what}.key")
@@ -124,6 +132,7 @@ def _codec(hint: Any, what: str) -> tuple[_Enc, _Dec]:
             if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 for p in v):
                 raise _fail(what, v)
             return {k_dec(k): v_dec(x) for k, x in v}
+
         # Pairs in insertion order: the order of some dicts is observable (kill_switch_for).
         return (lambda v: [[k_enc(k), v_enc(x)] for k, x in v.items()]), dec_dict
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
@@ -140,7 +149,9 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
         return found
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
-    _SCHEMA.append(f"{cls.__module__}.{cls.__qualname__}({', '.join(f'{n}: {hints[n]}' for n in fields)})")
+    _SCHEMA.append(
+        f"{cls.__module__}.{cls.__qualname__}({', '.join(f'{n}: {hints[n]}' for n in fields)})"
+    )
     codecs = [_codec(hints[n], f"{cls.__name__}.{n}") for n in fields]
     encs = [c[0] for c in codecs]
     decs = [c[1] for c in codecs]
@@ -151,7 +162,9 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
     # Built as pickle would (no __post_init__ in these classes, checked here), which is about
     # twice as fast as the frozen dataclass __init__ and its object.__setattr__ per field.
     if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
-        raise TypeError(f"snapshot decoding builds {cls.__name__} without __init__; it has __post_init__ or __slots__")
+        raise TypeError(
+            f"snapshot decoding builds {cls.__name__} without __init__; it has __post_init__ or __slots__"
+        )
     # Generated from the fields (docs/PERFORMANCE.md "Generated code"), or with
     # STEWARD_NO_CODEGEN set, a closure doing the same steps.
     dec = (_generated_decoder if GENERATE else _plain_decoder)(cls, fields, hints, decs)
@@ -159,8 +172,9 @@ def _dataclass_codec(cls: type[Any]) -> tuple[_Enc, _Dec]:
     return enc, dec
 
 
-def _generated_decoder(cls: type[Any], fields: list[str], hints: Mapping[str, Any],
-                       decs: list[_Dec]) -> _Dec:
+def _generated_decoder(
+    cls: type[Any], fields: list[str], hints: Mapping[str, Any], decs: list[_Dec]
+) -> _Dec:
     """The decoder of `cls` from its record (a list, one value a field), as generated source:
     plain values are type-checked inline, the rest go through their own decoder."""
     env: dict[str, Any] = {"cls": cls, "fail": _raise, "n": len(fields), "new": object.__new__}
@@ -170,27 +184,34 @@ def _generated_decoder(cls: type[Any], fields: list[str], hints: Mapping[str, An
         env[f"d{i}"] = d
         if hint in (str, int, bool):
             env[f"t{i}"] = hint
-            args.append(f"(x{i} if type(x{i} := v[{i}]) is t{i} else fail({cls.__name__ + '.' + name!r}, x{i}))")
+            args.append(
+                f"(x{i} if type(x{i} := v[{i}]) is t{i} else fail({cls.__name__ + '.' + name!r}, x{i}))"
+            )
         else:
             args.append(f"d{i}(v[{i}])")
     items = ", ".join(f"{name!r}: {arg}" for name, arg in zip(fields, args, strict=True))
-    source = (f"def dec(v):\n"
-              f"    if type(v) is not list or len(v) != n:\n"
-              f"        fail({cls.__name__!r}, v)\n"
-              f"    o = new(cls)\n"
-              f"    o.__dict__.update({{{items}}})\n"
-              f"    return o\n")
+    source = (
+        f"def dec(v):\n"
+        f"    if type(v) is not list or len(v) != n:\n"
+        f"        fail({cls.__name__!r}, v)\n"
+        f"    o = new(cls)\n"
+        f"    o.__dict__.update({{{items}}})\n"
+        f"    return o\n"
+    )
     exec(source, env)  # generated from our own dataclass fields only
     dec: _Dec = env["dec"]
     return dec
 
 
-def _plain_decoder(cls: type[Any], fields: list[str], hints: Mapping[str, Any],
-                   decs: list[_Dec]) -> _Dec:
+def _plain_decoder(
+    cls: type[Any], fields: list[str], hints: Mapping[str, Any], decs: list[_Dec]
+) -> _Dec:
     """What _generated_decoder builds, as a closure: the same checks, in the same order."""
     n = len(fields)
-    steps = [(i, name, hints[name] if hints[name] in (str, int, bool) else None, d)
-             for i, (name, d) in enumerate(zip(fields, decs, strict=True))]
+    steps = [
+        (i, name, hints[name] if hints[name] in (str, int, bool) else None, d)
+        for i, (name, d) in enumerate(zip(fields, decs, strict=True))
+    ]
 
     def dec(v: Any) -> Any:
         if type(v) is not list or len(v) != n:
@@ -220,19 +241,25 @@ _INDEXED = ("event_ids", "entry_types", "entry_seqs", "evals", "proposals")
 _LEDGER_HINTS = typing.get_type_hints(LedgerState)
 _LEDGER_FIELDS = {
     f.name: _codec(_LEDGER_HINTS[f.name], f"LedgerState.{f.name}")
-    for f in dataclasses.fields(LedgerState) if f.name not in _INDEXED
+    for f in dataclasses.fields(LedgerState)
+    if f.name not in _INDEXED
 }
 _CONTROLLER_HINTS = typing.get_type_hints(ControllerState)
 _CONTROLLER_FIELDS = {
     f.name: _codec(_CONTROLLER_HINTS[f.name], f"ControllerState.{f.name}")
-    for f in dataclasses.fields(ControllerState) if f.name != "ledger"
+    for f in dataclasses.fields(ControllerState)
+    if f.name != "ledger"
 }
 _PROPOSAL_EAGER = ("entry_hash", "seq", "proposer", "policy_id", "decision_floor")
 _PROPOSAL_HINTS = typing.get_type_hints(ProposalState)
-_PROPOSAL_LAZY = tuple(f.name for f in dataclasses.fields(ProposalState) if f.name not in _PROPOSAL_EAGER)
+_PROPOSAL_LAZY = tuple(
+    f.name for f in dataclasses.fields(ProposalState) if f.name not in _PROPOSAL_EAGER
+)
 _PROPOSAL_LAZY_CODECS = [_codec(_PROPOSAL_HINTS[n], f"ProposalState.{n}") for n in _PROPOSAL_LAZY]
-_SCHEMA.append(f"LedgerState({sorted(_LEDGER_HINTS.items())!r}) ControllerState({sorted(_CONTROLLER_HINTS.items())!r}) "
-               f"ProposalState({sorted(_PROPOSAL_HINTS.items())!r}) {RolloutRecord.__name__}")
+_SCHEMA.append(
+    f"LedgerState({sorted(_LEDGER_HINTS.items())!r}) ControllerState({sorted(_CONTROLLER_HINTS.items())!r}) "
+    f"ProposalState({sorted(_PROPOSAL_HINTS.items())!r}) {RolloutRecord.__name__}"
+)
 # Changes with any field of any class a snapshot holds: a snapshot from other definitions is refused.
 SCHEMA_FINGERPRINT = hashlib.sha256("\n".join(_SCHEMA).encode()).hexdigest()
 
@@ -264,14 +291,17 @@ class StoredProposal(ProposalState):
             return d[name]
         lengths = d["_lengths"]
         start = d["_at"] + sum(lengths[:i])
-        value = _PROPOSAL_LAZY_CODECS[i][1](json.loads(d["_docs"][start:start + lengths[i]]))
+        value = _PROPOSAL_LAZY_CODECS[i][1](json.loads(d["_docs"][start : start + lengths[i]]))
         d[name] = value
         return value
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ProposalState):
             return NotImplemented
-        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(ProposalState))
+        return all(
+            getattr(self, f.name) == getattr(other, f.name)
+            for f in dataclasses.fields(ProposalState)
+        )
 
 
 _PROPOSAL_LAZY_INDEX = {name: i for i, name in enumerate(_PROPOSAL_LAZY)}
@@ -296,7 +326,7 @@ class _Batch:
             d = p.__dict__
             lengths = d["_lengths"]
             start = d["_at"] + sum(lengths[:i])
-            parts.append(d["_docs"][start:start + lengths[i]])
+            parts.append(d["_docs"][start : start + lengths[i]])
         # As in decode_state: no cyclic GC while building ~300,000 acyclic objects (with it, the
         # collector walks the growing heap again and again: 2.5-5 s instead of 1 s at 55,000).
         was_enabled = gc.isenabled()
@@ -304,17 +334,25 @@ class _Batch:
         try:
             values = json.loads(b"[" + b",".join(parts) + b"]")
             if len(values) != len(todo):
-                raise SnapshotError(f"{len(values)} values of ProposalState.{name} for {len(todo)} proposals")
+                raise SnapshotError(
+                    f"{len(values)} values of ProposalState.{name} for {len(todo)} proposals"
+                )
             for p, value in zip(todo, values, strict=True):
                 p.__dict__[name] = dec(value)
         finally:
             if was_enabled:
                 gc.enable()
+
+
 # One encoder for every fragment (json.dumps with separators builds a new one per call).
 _json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 if _PROPOSAL_EAGER != ("entry_hash", "seq", "proposer", "policy_id", "decision_floor") or any(
-        _PROPOSAL_HINTS[n] is not t for n, t in zip(_PROPOSAL_EAGER, (bytes, int, str, str, int), strict=True)):
-    raise AssertionError("ProposalState's identity fields changed: update decode_state's row reader")
+    _PROPOSAL_HINTS[n] is not t
+    for n, t in zip(_PROPOSAL_EAGER, (bytes, int, str, str, int), strict=True)
+):
+    raise AssertionError(
+        "ProposalState's identity fields changed: update decode_state's row reader"
+    )
 
 
 def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list[int]]:
@@ -329,12 +367,14 @@ def _proposal_document(p: ProposalState, stamp: int | None) -> tuple[bytes, list
     if stamp is not None and d.get("_stamp") == stamp:
         if "_docs" in d:  # as loaded: its fragments, still in the snapshot's bytes
             lengths = d["_lengths"]
-            return d["_docs"][d["_at"]:d["_at"] + sum(lengths)], lengths
+            return d["_docs"][d["_at"] : d["_at"] + sum(lengths)], lengths
         cached = d.get("_snapshot_doc")
         if cached is not None:
             return cached
-    parts = [_json(enc(getattr(p, n))).encode()
-             for n, (enc, _dec) in zip(_PROPOSAL_LAZY, _PROPOSAL_LAZY_CODECS, strict=True)]
+    parts = [
+        _json(enc(getattr(p, n))).encode()
+        for n, (enc, _dec) in zip(_PROPOSAL_LAZY, _PROPOSAL_LAZY_CODECS, strict=True)
+    ]
     doc, lengths = b"".join(parts), [len(x) for x in parts]
     d["_stamp"], d["_snapshot_doc"] = stamp, (doc, lengths)
     d.pop("_docs", None)  # re-encoded: the fragments in the old snapshot are stale
@@ -403,19 +443,33 @@ def encode_state(state: ControllerState, *, compact: bool = False) -> bytes:
         "schema": SCHEMA_FINGERPRINT,
         "types": TYPE_TABLE,
         "ledger": {name: enc(getattr(ls, name)) for name, (enc, _d) in _LEDGER_FIELDS.items()},
-        "controller": {name: enc(getattr(state, name)) for name, (enc, _d) in _CONTROLLER_FIELDS.items()},
+        "controller": {
+            name: enc(getattr(state, name)) for name, (enc, _d) in _CONTROLLER_FIELDS.items()
+        },
     }
     sections = [
         _json(meta).encode(),
-        b"".join(hashes), ints.tobytes(), json.dumps(list(names)).encode(), name_idx.tobytes(),
+        b"".join(hashes),
+        ints.tobytes(),
+        json.dumps(list(names)).encode(),
+        name_idx.tobytes(),
         b"".join(docs),
-        event_ids.base_keys, event_ids.base_values,
-        entry_seqs.base_keys, entry_seqs.base_values, entry_types.base_values,
-        evals.base_keys, evals.base_values,
+        event_ids.base_keys,
+        event_ids.base_values,
+        entry_seqs.base_keys,
+        entry_seqs.base_values,
+        entry_types.base_values,
+        evals.base_keys,
+        evals.base_values,
     ]
     body = b"".join(part for s in sections for part in (_LEN.pack(len(s)), s))
     if compact:
-        ls.event_ids, ls.entry_seqs, ls.entry_types, ls.evals = event_ids, entry_seqs, entry_types, evals
+        ls.event_ids, ls.entry_seqs, ls.entry_types, ls.evals = (
+            event_ids,
+            entry_seqs,
+            entry_types,
+            evals,
+        )
     return _HEADER.pack(MAGIC, VERSION, hashlib.sha256(body).digest()) + body
 
 
@@ -425,13 +479,15 @@ _SECTIONS = 13
 def decode_state(blob: bytes) -> ControllerState:
     """The state a snapshot holds; SnapshotError if it is not one this code wrote, intact."""
     if len(blob) < _HEADER.size:
-        raise SnapshotError(f"snapshot is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header")
+        raise SnapshotError(
+            f"snapshot is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header"
+        )
     magic, version, digest = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise SnapshotError(f"snapshot magic is {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise SnapshotError(f"snapshot version is {version}, expected {VERSION}")
-    body = memoryview(blob)[_HEADER.size:]
+    body = memoryview(blob)[_HEADER.size :]
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotError("snapshot digest does not match its contents (truncated or damaged)")
     sections: list[bytes] = []
@@ -442,8 +498,10 @@ def decode_state(blob: bytes) -> ControllerState:
         (n,) = _LEN.unpack_from(body, pos)
         pos += _LEN.size
         if pos + n > len(body):
-            raise SnapshotError(f"snapshot section {len(sections)} is {n} bytes, {len(body) - pos} left")
-        sections.append(bytes(body[pos:pos + n]))
+            raise SnapshotError(
+                f"snapshot section {len(sections)} is {n} bytes, {len(body) - pos} left"
+            )
+        sections.append(bytes(body[pos : pos + n]))
         pos += n
     if len(sections) != _SECTIONS:
         raise SnapshotError(f"snapshot has {len(sections)} sections, expected {_SECTIONS}")
@@ -463,12 +521,30 @@ def decode_state(blob: bytes) -> ControllerState:
 
 
 def _decode_sections(sections: list[bytes]) -> ControllerState:
-    meta_json, prop_hashes, prop_ints, prop_names, prop_name_idx, docs, eid_keys, eid_vals, entry_keys, seq_vals, type_vals, eval_keys, eval_vals = sections
+    (
+        meta_json,
+        prop_hashes,
+        prop_ints,
+        prop_names,
+        prop_name_idx,
+        docs,
+        eid_keys,
+        eid_vals,
+        entry_keys,
+        seq_vals,
+        type_vals,
+        eval_keys,
+        eval_vals,
+    ) = sections
     meta = json.loads(meta_json)
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_FINGERPRINT:
-        raise SnapshotError("snapshot schema fingerprint differs: written by other state definitions")
+        raise SnapshotError(
+            "snapshot schema fingerprint differs: written by other state definitions"
+        )
     if meta["types"] != TYPE_TABLE:
-        raise SnapshotError(f"snapshot entry type table is {meta['types']!r:.200}, expected {TYPE_TABLE!r}")
+        raise SnapshotError(
+            f"snapshot entry type table is {meta['types']!r:.200}, expected {TYPE_TABLE!r}"
+        )
     ls = LedgerState()
     for name, (_enc, dec) in _LEDGER_FIELDS.items():
         setattr(ls, name, dec(meta["ledger"][name]))
@@ -481,7 +557,9 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     # Every folded entry is in each per-entry index exactly once.
     for name, index in (("event_ids", ls.event_ids), ("entry_seqs", ls.entry_seqs)):
         if len(index) != ls.size:
-            raise SnapshotError(f"snapshot {name} holds {len(index)} entries, expected size {ls.size}")
+            raise SnapshotError(
+                f"snapshot {name} holds {len(index)} entries, expected size {ls.size}"
+            )
     state = ControllerState(ledger=ls)
     for name, (_enc, dec) in _CONTROLLER_FIELDS.items():
         setattr(state, name, dec(meta["controller"][name]))
@@ -491,8 +569,10 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     count, rest = divmod(len(prop_hashes), HASH_SIZE)
     per_row = 3 + len(_PROPOSAL_LAZY)
     if rest or len(prop_ints) != count * per_row * 8 or len(prop_name_idx) != count * 2 * 4:
-        raise SnapshotError(f"proposal columns of {len(prop_hashes)}, {len(prop_ints)} and "
-                            f"{len(prop_name_idx)} bytes do not describe {count} proposals")
+        raise SnapshotError(
+            f"proposal columns of {len(prop_hashes)}, {len(prop_ints)} and "
+            f"{len(prop_name_idx)} bytes do not describe {count} proposals"
+        )
     ints_array, idx_array = array.array("q"), array.array("I")
     ints_array.frombytes(prop_ints)
     idx_array.frombytes(prop_name_idx)
@@ -507,17 +587,26 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     new, cls, seq_of, end_of_docs = object.__new__, StoredProposal, last_seq.get, len(docs)
     batch = _Batch()
     for k in range(count):
-        h = prop_hashes[k * HASH_SIZE:(k + 1) * HASH_SIZE]
+        h = prop_hashes[k * HASH_SIZE : (k + 1) * HASH_SIZE]
         o = k * per_row
         seq, floor, at = ints[o], ints[o + 1], ints[o + 2]
-        lengths = ints[o + 3:o + per_row]
+        lengths = ints[o + 3 : o + per_row]
         if seq < 0 or at < 0 or min(lengths) <= 0 or at + sum(lengths) > end_of_docs:
-            raise _fail("proposals[]", ints[o:o + per_row])
+            raise _fail("proposals[]", ints[o : o + per_row])
         p = new(cls)
         # The evidence stays in the shared `docs` bytes until it is read (no copy per proposal).
-        p.__dict__.update(entry_hash=h, seq=seq, proposer=names[idx[2 * k]],
-                          policy_id=names[idx[2 * k + 1]], decision_floor=floor, _docs=docs,
-                          _at=at, _lengths=lengths, _stamp=seq_of(h), _batch=batch)
+        p.__dict__.update(
+            entry_hash=h,
+            seq=seq,
+            proposer=names[idx[2 * k]],
+            policy_id=names[idx[2 * k + 1]],
+            decision_floor=floor,
+            _docs=docs,
+            _at=at,
+            _lengths=lengths,
+            _stamp=seq_of(h),
+            _batch=batch,
+        )
         proposals[h] = p
         batch.proposals.append(p)
     ls.proposals = proposals

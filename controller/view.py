@@ -90,7 +90,9 @@ def rollout_views(
     return views
 
 
-def _view(state: ControllerState, p: ProposalState, obs: ObservedTarget | None, message: str) -> RolloutView:
+def _view(
+    state: ControllerState, p: ProposalState, obs: ObservedTarget | None, message: str
+) -> RolloutView:
     ls = state.ledger
     policy = ls.policy_of(p)
     record = state.rollouts.get(p.entry_hash)
@@ -109,7 +111,9 @@ def _view(state: ControllerState, p: ProposalState, obs: ObservedTarget | None, 
     want_c = canary_replicas(total, weight) if phase in ("STARTED", "ADVANCED", "PAUSED") else 0
     want_s = total - want_c
     stable = obs.stable if obs else None
-    canary = obs.canary if obs and obs.canary and obs.canary.proposal == p.entry_hash.hex() else None
+    canary = (
+        obs.canary if obs and obs.canary and obs.canary.proposal == p.entry_hash.hex() else None
+    )
     if not message and record is not None and phase in ("PROMOTED", "ROLLED_BACK"):
         message = record.last_reason
     return RolloutView(

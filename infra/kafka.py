@@ -28,8 +28,11 @@ def _cli_start(args: argparse.Namespace) -> int:
     if state_file.exists():
         old = KafkaCluster.from_state(json.loads(state_file.read_text()))
         if any(old.is_running(i) for i in old.node_ids):
-            print(f"Kafka already running: {old.bootstrap_servers} (state {state_file}); "
-                  "run `python -m infra.kafka stop` first", file=sys.stderr)
+            print(
+                f"Kafka already running: {old.bootstrap_servers} (state {state_file}); "
+                "run `python -m infra.kafka stop` first",
+                file=sys.stderr,
+            )
             return 1
     cluster = KafkaCluster(brokers=args.brokers, version=args.version)
     started = time.monotonic()
@@ -37,10 +40,14 @@ def _cli_start(args: argparse.Namespace) -> int:
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(cluster.state(), indent=2) + "\n")
     env_file = state_file.with_name("kafka.env")
-    env_file.write_text(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}\n"
-                        f"STEWARD_KAFKA_BOOTSTRAP={cluster.bootstrap_servers}\n")
-    kafka_log(f"{args.brokers} broker(s) ready in {time.monotonic() - started:.1f}s; "
-         f"state {state_file}, env {env_file}, logs under {cluster.workdir}")
+    env_file.write_text(
+        f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}\n"
+        f"STEWARD_KAFKA_BOOTSTRAP={cluster.bootstrap_servers}\n"
+    )
+    kafka_log(
+        f"{args.brokers} broker(s) ready in {time.monotonic() - started:.1f}s; "
+        f"state {state_file}, env {env_file}, logs under {cluster.workdir}"
+    )
     print(cluster.bootstrap_servers)
     return 0
 
@@ -70,11 +77,15 @@ def _cli_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.kafka",
-                                     description="Local Apache Kafka (KRaft) for Steward")
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.kafka", description="Local Apache Kafka (KRaft) for Steward"
+    )
     parser.add_argument("--version", default=KAFKA_VERSION, help="Kafka version (Maven)")
-    parser.add_argument("--state-file", default=str(default_state_file()),
-                        help="where start records pids and ports for stop")
+    parser.add_argument(
+        "--state-file",
+        default=str(default_state_file()),
+        help="where start records pids and ports for stop",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="fetch the broker jars with Maven (cached)")
     start = sub.add_parser("start", help="start brokers, print the bootstrap address")

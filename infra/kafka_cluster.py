@@ -184,12 +184,15 @@ class KafkaCluster:
         ports = free_ports(per_node * self.brokers)
         for i in range(self.brokers):
             node_id = i + 1
-            mine = ports[per_node * i:per_node * (i + 1)]
+            mine = ports[per_node * i : per_node * (i + 1)]
             self.nodes[node_id] = BrokerNode(
-                node_id=node_id, port=mine[0], controller_port=mine[1],
+                node_id=node_id,
+                port=mine[0],
+                controller_port=mine[1],
                 directory=self.workdir / f"node-{node_id}",
                 ssl_port=mine[2] if self.security else 0,
-                internal_port=mine[3] if self.security else 0)
+                internal_port=mine[3] if self.security else 0,
+            )
         if self.security is not None:
             self.security.prepare(self.workdir / "tls")
         started = time.monotonic()
@@ -266,9 +269,12 @@ class KafkaCluster:
         servers = [n.address for n in self.nodes.values() if self._pid(n) is not None]
         # On a secured cluster: the admin user (a super user) over SASL_SSL.
         secured = self.security.client_options() if self.security is not None else {}
-        return KafkaAdminClient(bootstrap_servers=servers or self.bootstrap_servers,
-                                client_id="steward-infra", request_timeout_ms=15000,
-                                **{**secured, **kwargs})
+        return KafkaAdminClient(
+            bootstrap_servers=servers or self.bootstrap_servers,
+            client_id="steward-infra",
+            request_timeout_ms=15000,
+            **{**secured, **kwargs},
+        )
 
     def leader_of(self, topic: str, partition: int = 0, timeout: float = 30.0) -> int | None:
         """Node id leading `topic`/`partition` now, or None while it has no leader."""
@@ -282,7 +288,8 @@ class KafkaCluster:
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise KafkaInfraError(
-                        f"cannot describe topic {topic}: {type(exc).__name__}: {exc}") from exc
+                        f"cannot describe topic {topic}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 time.sleep(0.5)
 
     def _leader_once(self, topic: str, partition: int) -> int | None:
@@ -314,23 +321,33 @@ class KafkaCluster:
             "own_workdir": self._own_workdir,
             "bootstrap_servers": self.bootstrap_servers,
             "nodes": [
-                {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port,
-                 "directory": str(n.directory), "pid": self._pid(n)}
+                {
+                    "node_id": n.node_id,
+                    "port": n.port,
+                    "controller_port": n.controller_port,
+                    "directory": str(n.directory),
+                    "pid": self._pid(n),
+                }
                 for n in self.nodes.values()
             ],
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> KafkaCluster:
-        cluster = cls(brokers=len(state["nodes"]), version=state["version"],
-                      workdir=Path(state["workdir"]))
+        cluster = cls(
+            brokers=len(state["nodes"]), version=state["version"], workdir=Path(state["workdir"])
+        )
         cluster.cluster_id = state["cluster_id"]
         cluster._own_workdir = bool(state.get("own_workdir"))
         cluster._detached = True
         for n in state["nodes"]:
             cluster.nodes[n["node_id"]] = BrokerNode(
-                node_id=n["node_id"], port=n["port"], controller_port=n["controller_port"],
-                directory=Path(n["directory"]), pid=n["pid"])
+                node_id=n["node_id"],
+                port=n["port"],
+                controller_port=n["controller_port"],
+                directory=Path(n["directory"]),
+                pid=n["pid"],
+            )
         return cluster
 
     # -- internals
@@ -340,7 +357,8 @@ class KafkaCluster:
             return self.nodes[node_id]
         except KeyError:
             raise KafkaInfraError(
-                f"no broker with node id {node_id} (have {self.node_ids})") from None
+                f"no broker with node id {node_id} (have {self.node_ids})"
+            ) from None
 
     def _pid(self, node: BrokerNode) -> int | None:
         if node.process is not None:
@@ -385,17 +403,28 @@ class KafkaCluster:
             "unclean.leader.election.enable": "false",
         }
         if self.security is not None:
-            props.update(self.security.server_properties(
-                internal_port=node.internal_port, sasl_ssl_port=node.port,
-                ssl_port=node.ssl_port, controller_port=node.controller_port))
+            props.update(
+                self.security.server_properties(
+                    internal_port=node.internal_port,
+                    sasl_ssl_port=node.port,
+                    ssl_port=node.ssl_port,
+                    controller_port=node.controller_port,
+                )
+            )
         props.update(self.extra_config)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
     def _jvm(self, libs: Path, main: str, *args: str, heap: Sequence[str] = JVM_HEAP) -> list[str]:
         return [
-            _java(), *heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            _java(),
+            *heap,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_FILES / 'log4j2.properties'}",
-            "-cp", f"{libs}/*", main, *args,
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
         ]
 
     def _format_all(self, libs: Path) -> None:
@@ -404,24 +433,35 @@ class KafkaCluster:
         for node in self.nodes.values():
             # SCRAM users are created here, before the first start (none on PLAINTEXT).
             scram = self.security.format_arguments() if self.security is not None else []
-            cmd = self._jvm(libs, "kafka.tools.StorageTool", "format",
-                            f"--cluster-id={self.cluster_id}", "-c", str(node.config_file),
-                            *scram, heap=("-Xmx256m",))
-            procs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.STDOUT)))
+            cmd = self._jvm(
+                libs,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={self.cluster_id}",
+                "-c",
+                str(node.config_file),
+                *scram,
+                heap=("-Xmx256m",),
+            )
+            procs.append(
+                (node, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            )
         for node, proc in procs:
             out, _ = proc.communicate(timeout=self.start_timeout)
             if proc.returncode != 0:
                 raise KafkaInfraError(
                     f"formatting KRaft storage of node {node.node_id} failed "
                     f"(kafka.tools.StorageTool exit {proc.returncode}):\n"
-                    + "\n".join(out.decode(errors="replace").splitlines()[-30:]))
+                    + "\n".join(out.decode(errors="replace").splitlines()[-30:])
+                )
 
     def _launch(self, node: BrokerNode, libs: Path) -> None:
         with node.log_file.open("ab") as log:
             node.process = subprocess.Popen(
                 self._jvm(libs, "kafka.Kafka", str(node.config_file)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 # Own session: a Ctrl-C meant for pytest does not hit the brokers first.
                 start_new_session=True,
             )
@@ -437,7 +477,8 @@ class KafkaCluster:
                     code = node.process.poll() if node.process else "?"
                     raise KafkaInfraError(
                         f"Kafka broker {node.node_id} exited during start-up (exit {code}); "
-                        f"tail of {node.log_file}:\n{_tail(node.log_file)}")
+                        f"tail of {node.log_file}:\n{_tail(node.log_file)}"
+                    )
                 try:
                     text = node.log_file.read_text(errors="replace")
                 except OSError:
@@ -468,18 +509,23 @@ class KafkaCluster:
         try:
             info = admin.describe_cluster()
             # kafka-python 3.x: {"brokers": [{"broker_id", "host", "port", "is_fenced"}], ...}
-            return {int(b["broker_id"]) for b in info.get("brokers", [])
-                    if not b.get("is_fenced", False)}
+            return {
+                int(b["broker_id"])
+                for b in info.get("brokers", [])
+                if not b.get("is_fenced", False)
+            }
         finally:
             admin.close()
 
     def _not_ready(self, node_ids: set[int], why: str) -> KafkaInfraError:
         tails = "\n".join(
             f"--- tail of {self.nodes[i].log_file}:\n{_tail(self.nodes[i].log_file)}"
-            for i in sorted(node_ids))
+            for i in sorted(node_ids)
+        )
         return KafkaInfraError(
             f"Kafka broker(s) {sorted(node_ids)} not ready within {self.start_timeout:.0f}s "
-            f"({why})\n{tails}")
+            f"({why})\n{tails}"
+        )
 
     def _wait_exit(self, node: BrokerNode, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -54,13 +54,21 @@ def fetch(version: str = KAFKA_VERSION, *, log4j_version: str = LOG4J_VERSION) -
     shutil.copyfile(KAFKA_FILES / "pom.xml", work / "pom.xml")
     partial = work / "libs.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    kafka_log(f"fetching Apache Kafka {version} broker jars (log4j {log4j_version}) with Maven "
-         f"into {libs} ...")
+    kafka_log(
+        f"fetching Apache Kafka {version} broker jars (log4j {log4j_version}) with Maven "
+        f"into {libs} ..."
+    )
     started = time.monotonic()
     cmd = [
-        mvn, "-B", "-q", "-f", str(work / "pom.xml"),
-        f"-Dkafka.version={version}", f"-Dlog4j.version={log4j_version}",
-        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(work / "pom.xml"),
+        f"-Dkafka.version={version}",
+        f"-Dlog4j.version={log4j_version}",
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
         f"-DoutputDirectory={partial}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -68,7 +76,8 @@ def fetch(version: str = KAFKA_VERSION, *, log4j_version: str = LOG4J_VERSION) -
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise KafkaInfraError(
             f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} "
-            f"(exit {proc.returncode}):\n{tail}")
+            f"(exit {proc.returncode}):\n{tail}"
+        )
     if not any(partial.glob(f"kafka_2.13-{version}.jar")):
         raise KafkaInfraError(f"Maven finished but {partial} has no kafka_2.13-{version}.jar")
     # Swap in the complete folder only, so an interrupted fetch is never mistaken for a good one.

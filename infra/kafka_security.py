@@ -64,16 +64,30 @@ class CertificateAuthority:
         name = x509.Name([x509.NameAttribute(name_oid.COMMON_NAME, self.common_name)])
         now = datetime.datetime.now(datetime.UTC)
         self._cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(self._key, hashes.SHA256()))
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
         self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         return self
 
@@ -89,22 +103,33 @@ class CertificateAuthority:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(name_oid.COMMON_NAME, name)]))
-            .issuer_name(self._cert.subject).public_key(key.public_key())
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [eku.SERVER_AUTH if server else eku.CLIENT_AUTH]), critical=False))
+            .add_extension(
+                x509.ExtendedKeyUsage([eku.SERVER_AUTH if server else eku.CLIENT_AUTH]),
+                critical=False,
+            )
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
         cert = builder.sign(self._key, hashes.SHA256())
         cert_file, key_file = self.directory / f"{name}.pem", self.directory / f"{name}.key"
-        key_file.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         key_file.chmod(0o600)
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_file, key_file
@@ -155,19 +180,25 @@ class KafkaSecurity:
             out += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         return out
 
-    def server_properties(self, *, internal_port: int, sasl_ssl_port: int, ssl_port: int,
-                          controller_port: int) -> dict[str, str]:
+    def server_properties(
+        self, *, internal_port: int, sasl_ssl_port: int, ssl_port: int, controller_port: int
+    ) -> dict[str, str]:
         """The listener, TLS, SASL and authorizer settings of one node."""
         assert self.broker_cert is not None, "prepare() first"
         cert, key = self.broker_cert
         host = "127.0.0.1"
         return {
-            "listeners": (f"INTERNAL://{host}:{internal_port},SASL_SSL://{host}:{sasl_ssl_port},"
-                          f"SSL://{host}:{ssl_port},CONTROLLER://{host}:{controller_port}"),
-            "advertised.listeners": (f"INTERNAL://{host}:{internal_port},"
-                                     f"SASL_SSL://{host}:{sasl_ssl_port},SSL://{host}:{ssl_port}"),
-            "listener.security.protocol.map": ("INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,"
-                                               "SASL_SSL:SASL_SSL,SSL:SSL"),
+            "listeners": (
+                f"INTERNAL://{host}:{internal_port},SASL_SSL://{host}:{sasl_ssl_port},"
+                f"SSL://{host}:{ssl_port},CONTROLLER://{host}:{controller_port}"
+            ),
+            "advertised.listeners": (
+                f"INTERNAL://{host}:{internal_port},"
+                f"SASL_SSL://{host}:{sasl_ssl_port},SSL://{host}:{ssl_port}"
+            ),
+            "listener.security.protocol.map": (
+                "INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
+            ),
             "inter.broker.listener.name": "INTERNAL",
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self._keystore(cert, key)),
@@ -176,8 +207,7 @@ class KafkaSecurity:
             "listener.name.ssl.ssl.client.auth": "required",
             "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
             "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             "authorizer.class.name": AUTHORIZER,
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"{BROKER_PRINCIPAL};User:{ADMIN_USER}",

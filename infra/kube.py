@@ -27,13 +27,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("start", help="start a cluster in the background and print its env")
     s.add_argument("--version", default=KUBE_VERSION)
     s.add_argument("--nodes", type=int, default=2)
-    s.add_argument("--state-dir", type=Path, default=None,
-                   help="where state and logs go (default: a new temporary directory)")
-    s.add_argument("--env-file", type=Path, default=None,
-                   help="also copy the env file (export KUBECONFIG=...) here")
+    s.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where state and logs go (default: a new temporary directory)",
+    )
+    s.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="also copy the env file (export KUBECONFIG=...) here",
+    )
     t = sub.add_parser("stop", help="stop a cluster started by `start`")
-    t.add_argument("--state-dir", type=Path, default=None,
-                   help="default: $STEWARD_KUBE_STATE, else the last started cluster")
+    t.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="default: $STEWARD_KUBE_STATE, else the last started cluster",
+    )
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":

@@ -90,7 +90,11 @@ def _download_json(module: str, cwd: Path) -> dict[str, str]:
     cwd.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
         ["go", "mod", "download", "-json", module],
-        cwd=cwd, env=_go_env(), capture_output=True, text=True, check=False,
+        cwd=cwd,
+        env=_go_env(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         info: dict[str, str] = json.loads(out.stdout)
@@ -133,8 +137,13 @@ def _parse_gomod(text: str) -> tuple[str | None, str | None, list[tuple[str, str
 
 
 def _write_wrapper(
-    work: Path, name: str, require: str, version: str, replaces: list[str],
-    go_line: str | None, godebug: str | None,
+    work: Path,
+    name: str,
+    require: str,
+    version: str,
+    replaces: list[str],
+    go_line: str | None,
+    godebug: str | None,
 ) -> None:
     work.mkdir(parents=True, exist_ok=True)
     lines = [f"module steward.build/{name}", "", go_line or "go 1.25", ""]
@@ -152,15 +161,17 @@ def _build_kube(version: str, work: Path, bd: Path, parallel: str) -> None:
     major, minor, patch = version.lstrip("v").split(".")[:3]
     staging_version = f"v0.{minor}.{patch}"
     replaces = [
-        f"{mod} => {mod} {staging_version}"
-        for mod, path in local
-        if path.startswith("./staging/")
+        f"{mod} => {mod} {staging_version}" for mod, path in local if path.startswith("./staging/")
     ]
     if not replaces:
-        raise KubeInfraError(f"k8s.io/kubernetes@{version}: no staging replaces found in its go.mod")
+        raise KubeInfraError(
+            f"k8s.io/kubernetes@{version}: no staging replaces found in its go.mod"
+        )
     _write_wrapper(work, "kube", "k8s.io/kubernetes", version, replaces, go_line, godebug)
-    kube_log(f"wrapper for k8s.io/kubernetes {version}: {len(replaces)} staging modules "
-         f"pinned to {staging_version}" + (f", {godebug}" if godebug else ""))
+    kube_log(
+        f"wrapper for k8s.io/kubernetes {version}: {len(replaces)} staging modules "
+        f"pinned to {staging_version}" + (f", {godebug}" if godebug else "")
+    )
     build_date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ldflags = []
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
@@ -180,9 +191,21 @@ def _build_kube(version: str, work: Path, bd: Path, parallel: str) -> None:
         kube_log(f"{comp}: building")
         tmp = bd / f".{comp}.tmp"
         _run_go(
-            ["go", "build", "-mod=mod", "-p", parallel, "-trimpath",
-             "-ldflags", " ".join(ldflags), "-o", str(tmp), f"k8s.io/kubernetes/cmd/{comp}"],
-            work, comp,
+            [
+                "go",
+                "build",
+                "-mod=mod",
+                "-p",
+                parallel,
+                "-trimpath",
+                "-ldflags",
+                " ".join(ldflags),
+                "-o",
+                str(tmp),
+                f"k8s.io/kubernetes/cmd/{comp}",
+            ],
+            work,
+            comp,
         )
         tmp.rename(bd / comp)
         kube_log(f"{comp}: done in {time.monotonic() - t0:.0f}s")
@@ -204,9 +227,21 @@ def _build_etcd(version: str, work: Path, bd: Path, parallel: str) -> None:
     _write_wrapper(work, "etcd", "go.etcd.io/etcd/server/v3", version, replaces, go_line, godebug)
     tmp = bd / ".etcd.tmp"
     _run_go(
-        ["go", "build", "-mod=mod", "-p", parallel, "-trimpath", "-ldflags", "-s -w",
-         "-o", str(tmp), "go.etcd.io/etcd/server/v3"],
-        work, "etcd",
+        [
+            "go",
+            "build",
+            "-mod=mod",
+            "-p",
+            parallel,
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(tmp),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        work,
+        "etcd",
     )
     tmp.rename(bd / "etcd")
     kube_log(f"etcd: done in {time.monotonic() - t0:.0f}s")
@@ -222,9 +257,19 @@ def _build_kwok(version: str, work: Path, bd: Path, parallel: str) -> None:
     env = _go_env()
     env["GOBIN"] = str(bd)
     _run_go(
-        ["go", "install", "-p", parallel, "-trimpath", "-ldflags", "-s -w",
-         f"sigs.k8s.io/kwok/cmd/kwok@{version}"],
-        work, "kwok", env,
+        [
+            "go",
+            "install",
+            "-p",
+            parallel,
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            f"sigs.k8s.io/kwok/cmd/kwok@{version}",
+        ],
+        work,
+        "kwok",
+        env,
     )
     kube_log(f"kwok: done in {time.monotonic() - t0:.0f}s")
 
@@ -236,7 +281,9 @@ def build(version: str = KUBE_VERSION, parallel: int | None = None) -> Path:
         kube_log(f"binaries for {version} present in {bd} (stamp found), nothing to build")
         return bd
     if shutil.which("go") is None:
-        raise KubeInfraError("the go toolchain is not on PATH; it is needed to build the control plane")
+        raise KubeInfraError(
+            "the go toolchain is not on PATH; it is needed to build the control plane"
+        )
     bd.mkdir(parents=True, exist_ok=True)
     # Two builds at once (two test sessions, CI and a person) would race on the same outputs:
     # the second waits for the first, then finds the stamp.
@@ -256,14 +303,25 @@ def build(version: str = KUBE_VERSION, parallel: int | None = None) -> Path:
 def _build_all(version: str, bd: Path, p: str) -> None:
     work = cache_root() / version / "build"
     t0 = time.monotonic()
-    kube_log(f"building Kubernetes {version}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} "
-         f"into {bd} (go build -p {p})")
+    kube_log(
+        f"building Kubernetes {version}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} "
+        f"into {bd} (go build -p {p})"
+    )
     _build_kube(version, work / "kube", bd, p)
     _build_etcd(ETCD_VERSION, work / "etcd", bd, p)
     _build_kwok(KWOK_VERSION, work / "kwok", bd, p)
     total = time.monotonic() - t0
-    _stamp(version).write_text(json.dumps({
-        "kubernetes": version, "etcd": ETCD_VERSION, "kwok": KWOK_VERSION,
-        "seconds": round(total), "built_at": dt.datetime.now(dt.UTC).isoformat(),
-    }, indent=2) + "\n")
+    _stamp(version).write_text(
+        json.dumps(
+            {
+                "kubernetes": version,
+                "etcd": ETCD_VERSION,
+                "kwok": KWOK_VERSION,
+                "seconds": round(total),
+                "built_at": dt.datetime.now(dt.UTC).isoformat(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     kube_log(f"all binaries built in {total:.0f}s ({total / 60:.1f} min)")

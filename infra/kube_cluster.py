@@ -143,7 +143,9 @@ class LocalCluster:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -153,8 +155,10 @@ class LocalCluster:
             raise KubeInfraError("cluster already started")
         if not binaries_present(self.version):
             if not self.build_if_missing:
-                raise KubeInfraError(f"binaries for {self.version} missing in {self.bin_dir}; "
-                                "run `python -m infra.kube build`")
+                raise KubeInfraError(
+                    f"binaries for {self.version} missing in {self.bin_dir}; "
+                    "run `python -m infra.kube build`"
+                )
             build(self.version)
         if self.state_dir is None:
             self.state_dir = Path(tempfile.mkdtemp(prefix="steward-kube-"))
@@ -170,8 +174,7 @@ class LocalCluster:
             except KubeInfraError as exc:
                 # Ports are picked free but bound later by another process: another session
                 # may take one in between. Retry with fresh ports in a fresh state directory.
-                retry = ("address already in use" in str(exc) and self._owns_state
-                         and attempt < 3)
+                retry = "address already in use" in str(exc) and self._owns_state and attempt < 3
                 _terminate(list(reversed(self._procs)), 10.0)
                 self._procs.clear()
                 if not retry:
@@ -189,96 +192,149 @@ class LocalCluster:
     def _start_all(self, deadline: float) -> None:
         st, bd = self.state, self.bin_dir
         pki = make_pki(st / "pki")
-        self.ports = {name: free_port() for name in (
-            "etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
+        self.ports = {
+            name: free_port()
+            for name in (
+                "etcd-client",
+                "etcd-peer",
+                "apiserver",
+                "controller-manager",
+                "scheduler",
+                "kwok",
+            )
+        }
         p = self.ports
         self.server = f"https://127.0.0.1:{p['apiserver']}"
         write_kubeconfig(self.kubeconfig, self.server, pki)
 
         etcd_url = f"http://127.0.0.1:{p['etcd-client']}"
         peer_url = f"http://127.0.0.1:{p['etcd-peer']}"
-        self._spawn("etcd", [
-            str(bd / "etcd"), "--name=steward", f"--data-dir={st / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=steward={peer_url}", "--initial-cluster-state=new",
-            # Test data only: skipping fsync makes etcd fast on a shared disk.
-            "--unsafe-no-fsync", "--quota-backend-bytes=2147483648", "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(bd / "etcd"),
+                "--name=steward",
+                f"--data-dir={st / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=steward={peer_url}",
+                "--initial-cluster-state=new",
+                # Test data only: skipping fsync makes etcd fast on a shared disk.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
         self._wait("etcd", deadline, lambda: _http_ok(f"{etcd_url}/health", b'"health":"true"'))
 
-        self._spawn("kube-apiserver", [
-            str(bd / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}",
-            # No default route here, so the advertise address must be given.
-            "--advertise-address=127.0.0.1",
-            f"--cert-dir={st / 'apiserver-certs'}",
-            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca_cert}",
-            "--authorization-mode=Node,RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # No kube-proxy or real endpoints: don't reconcile the kubernetes Service.
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bd / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                # No default route here, so the advertise address must be given.
+                "--advertise-address=127.0.0.1",
+                f"--cert-dir={st / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # No kube-proxy or real endpoints: don't reconcile the kubernetes Service.
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+            ],
+        )
         ctx = _client_ssl(pki)
-        self._wait("kube-apiserver", deadline,
-                   lambda: _http_ok(f"{self.server}/readyz", b"ok", ctx))
+        self._wait(
+            "kube-apiserver", deadline, lambda: _http_ok(f"{self.server}/readyz", b"ok", ctx)
+        )
 
         kubeconfig = str(self.kubeconfig)
-        common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-                  f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false",
-                  "--bind-address=127.0.0.1"]
-        self._spawn("kube-controller-manager", [
-            str(bd / "kube-controller-manager"), *common,
-            f"--secure-port={p['controller-manager']}",
-            f"--cert-dir={st / 'controller-manager-certs'}",
-            f"--root-ca-file={pki.ca_cert}",
-            f"--service-account-private-key-file={pki.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--use-service-account-credentials=false",
-            # Fast eviction would fight KWOK's heartbeats on a loaded machine; keep defaults
-            # except a short pod GC threshold for terminated pods.
-            "--terminated-pod-gc-threshold=100",
-        ])
-        self._spawn("kube-scheduler", [
-            str(bd / "kube-scheduler"), *common,
-            f"--secure-port={p['scheduler']}", f"--cert-dir={st / 'scheduler-certs'}",
-        ])
+        common = [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+        ]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(bd / "kube-controller-manager"),
+                *common,
+                f"--secure-port={p['controller-manager']}",
+                f"--cert-dir={st / 'controller-manager-certs'}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--use-service-account-credentials=false",
+                # Fast eviction would fight KWOK's heartbeats on a loaded machine; keep defaults
+                # except a short pod GC threshold for terminated pods.
+                "--terminated-pod-gc-threshold=100",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(bd / "kube-scheduler"),
+                *common,
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={st / 'scheduler-certs'}",
+            ],
+        )
         # Their serving certs are self-signed in memory; only liveness matters here.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        for comp, port in (("kube-controller-manager", p["controller-manager"]),
-                           ("kube-scheduler", p["scheduler"])):
-            self._wait(comp, deadline,
-                       functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz", b"ok",
-                                         insecure))
+        for comp, port in (
+            ("kube-controller-manager", p["controller-manager"]),
+            ("kube-scheduler", p["scheduler"]),
+        ):
+            self._wait(
+                comp,
+                deadline,
+                functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz", b"ok", insecure),
+            )
 
         kwok_config = st / "kwok.yaml"
         kwok_config.write_text(stage_documents())
-        self._spawn("kwok", [
-            str(bd / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={kwok_config}",
-            "--manage-all-nodes=true",
-            f"--tls-cert-file={pki.admin_cert}", f"--tls-private-key-file={pki.admin_key}",
-            "--node-ip=127.0.0.1", f"--node-port={p['kwok']}",
-            f"--server-address=127.0.0.1:{p['kwok']}",
-            "--node-lease-duration-seconds=40",
-        ])
+        self._spawn(
+            "kwok",
+            [
+                str(bd / "kwok"),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={kwok_config}",
+                "--manage-all-nodes=true",
+                f"--tls-cert-file={pki.admin_cert}",
+                f"--tls-private-key-file={pki.admin_key}",
+                "--node-ip=127.0.0.1",
+                f"--node-port={p['kwok']}",
+                f"--server-address=127.0.0.1:{p['kwok']}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
         nodes = "".join(
-            json.dumps(_node_manifest(f"kwok-node-{i}")) + "\n" for i in range(self.nodes))
+            json.dumps(_node_manifest(f"kwok-node-{i}")) + "\n" for i in range(self.nodes)
+        )
         self.kubectl("apply", "-f", "-", input=nodes)
         self._wait("kwok (nodes Ready)", deadline, self._nodes_ready, log_of="kwok")
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl(
-            "get", "nodes", "-o",
-            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}'
-            '{"\\n"}{end}', check=False)
+            "get",
+            "nodes",
+            "-o",
+            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+            check=False,
+        )
         states = out.stdout.split()
         return out.returncode == 0 and len(states) == self.nodes and set(states) == {"True"}
 
@@ -287,7 +343,10 @@ class LocalCluster:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as fh:
             popen = subprocess.Popen(
-                argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=self.state,
                 # Own session: Ctrl-C in a test run must not kill the cluster mid-teardown.
                 start_new_session=True,
@@ -296,14 +355,20 @@ class LocalCluster:
         kube_log(f"started {name} (pid {popen.pid})")
 
     def _wait(
-        self, what: str, deadline: float, ready: Callable[[], bool], log_of: str | None = None,
+        self,
+        what: str,
+        deadline: float,
+        ready: Callable[[], bool],
+        log_of: str | None = None,
     ) -> None:
         proc = next(p for p in self._procs if p.name == (log_of or what))
         t0 = time.monotonic()
         while True:
             if proc.popen is not None and proc.popen.poll() is not None:
-                raise KubeInfraError(f"{proc.name} exited with code {proc.popen.returncode} before "
-                                f"becoming healthy; tail of {proc.log}:\n{_tail(proc.log)}")
+                raise KubeInfraError(
+                    f"{proc.name} exited with code {proc.popen.returncode} before "
+                    f"becoming healthy; tail of {proc.log}:\n{_tail(proc.log)}"
+                )
             try:
                 if ready():
                     kube_log(f"{what} healthy after {time.monotonic() - t0:.1f}s")
@@ -311,18 +376,28 @@ class LocalCluster:
             except (OSError, KubeInfraError):
                 pass
             if time.monotonic() > deadline:
-                raise KubeInfraError(f"{what} did not become healthy in time; tail of "
-                                f"{proc.log}:\n{_tail(proc.log)}")
+                raise KubeInfraError(
+                    f"{what} did not become healthy in time; tail of {proc.log}:\n{_tail(proc.log)}"
+                )
             time.sleep(0.3)
 
     def _write_state(self) -> None:
-        data = {"version": self.version, "server": self.server, "ports": self.ports,
-                "pids": self.pids, "owns_state": self._owns_state,
-                "binaries": {p.name: str(self.bin_dir / p.name) for p in self._procs}}
+        data = {
+            "version": self.version,
+            "server": self.server,
+            "ports": self.ports,
+            "pids": self.pids,
+            "owns_state": self._owns_state,
+            "binaries": {p.name: str(self.bin_dir / p.name) for p in self._procs},
+        }
         (self.state / "state.json").write_text(json.dumps(data, indent=2) + "\n")
         env = self.env()
-        env.update({f"STEWARD_KUBE_PID_{n.upper().replace('-', '_')}": str(pid)
-                    for n, pid in self.pids.items()})
+        env.update(
+            {
+                f"STEWARD_KUBE_PID_{n.upper().replace('-', '_')}": str(pid)
+                for n, pid in self.pids.items()
+            }
+        )
         self.env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
 
     def stop(self, grace: float = 10.0) -> None:
@@ -334,15 +409,22 @@ class LocalCluster:
 
     # -- clients
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120,
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this cluster; raise with its stderr on failure."""
         argv = [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args]
-        out = subprocess.run(argv, input=input, capture_output=True, text=True,
-                             timeout=timeout, check=False)
+        out = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and out.returncode != 0:
-            raise KubeInfraError(f"kubectl {' '.join(args)} failed ({out.returncode}): "
-                            f"{out.stderr.strip() or out.stdout.strip()}")
+            raise KubeInfraError(
+                f"kubectl {' '.join(args)} failed ({out.returncode}): "
+                f"{out.stderr.strip() or out.stdout.strip()}"
+            )
         return out
 
     def api_client(self) -> ApiClient:
@@ -356,7 +438,8 @@ def _http_ok(url: str, expect: bytes, ctx: ssl.SSLContext | None = None) -> bool
     try:
         # Loopback only: bypass any proxy configured in the environment.
         opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+        )
         with opener.open(url, timeout=2) as resp:
             return resp.status == 200 and expect in resp.read()
     except (urllib.error.URLError, OSError, ssl.SSLError):

@@ -26,32 +26,50 @@ SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the kubernetes Servic
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
 
 
 def _cert(
-    subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-    sans: Sequence[x509.GeneralName] = (), usage: Sequence[x509.ObjectIdentifier] = (),
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    sans: Sequence[x509.GeneralName] = (),
+    usage: Sequence[x509.ObjectIdentifier] = (),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=30 if not ca else 365))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=not ca,
-            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-            encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=not ca,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
@@ -81,21 +99,34 @@ def make_pki(directory: Path) -> Pki:
     ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
-    dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-           "kubernetes.default.svc.cluster.local"]
+    dns = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
     serving = _cert(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
-        serving_key, ca_name, ca_key, sans=sans, usage=[ExtendedKeyUsageOID.SERVER_AUTH],
+        serving_key,
+        ca_name,
+        ca_key,
+        sans=sans,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH],
     )
     admin_key = ec.generate_private_key(ec.SECP256R1())
     admin = _cert(
-        x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin"),
-        ]),
-        admin_key, ca_name, ca_key,
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin"),
+            ]
+        ),
+        admin_key,
+        ca_name,
+        ca_key,
         # kwok also serves its kubelet endpoint with this pair, so allow both uses.
         sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
         usage=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
@@ -104,9 +135,12 @@ def make_pki(directory: Path) -> Pki:
 
     pem = serialization.Encoding.PEM
     pki = Pki(
-        ca_cert=directory / "ca.crt", serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key", admin_cert=directory / "admin.crt",
-        admin_key=directory / "admin.key", sa_key=directory / "sa.key",
+        ca_cert=directory / "ca.crt",
+        serving_cert=directory / "apiserver.crt",
+        serving_key=directory / "apiserver.key",
+        admin_cert=directory / "admin.crt",
+        admin_key=directory / "admin.key",
+        sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
     pki.ca_cert.write_bytes(ca.public_bytes(pem))
@@ -115,8 +149,9 @@ def make_pki(directory: Path) -> Pki:
     pki.admin_cert.write_bytes(admin.public_bytes(pem))
     _write_key(pki.admin_key, admin_key)
     _write_key(pki.sa_key, sa_key)
-    pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(
-        pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pki.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return pki
 
 
@@ -124,16 +159,43 @@ def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 
-    path.write_text(json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "steward-local", "cluster": {
-            "server": server, "certificate-authority-data": b64(pki.ca_cert)}}],
-        "users": [{"name": "admin", "user": {
-            "client-certificate-data": b64(pki.admin_cert),
-            "client-key-data": b64(pki.admin_key)}}],
-        "contexts": [{"name": "steward-local", "context": {
-            "cluster": "steward-local", "user": "admin", "namespace": "default"}}],
-        "current-context": "steward-local",
-    }, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "steward-local",
+                        "cluster": {
+                            "server": server,
+                            "certificate-authority-data": b64(pki.ca_cert),
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "admin",
+                        "user": {
+                            "client-certificate-data": b64(pki.admin_cert),
+                            "client-key-data": b64(pki.admin_key),
+                        },
+                    }
+                ],
+                "contexts": [
+                    {
+                        "name": "steward-local",
+                        "context": {
+                            "cluster": "steward-local",
+                            "user": "admin",
+                            "namespace": "default",
+                        },
+                    }
+                ],
+                "current-context": "steward-local",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     path.chmod(0o600)

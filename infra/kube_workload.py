@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from kubernetes.client import AppsV1Api, V1Deployment
 
 
-def deployment_manifest(name: str, image: str, replicas: int,
-                        container: str = "server") -> dict[str, Any]:
+def deployment_manifest(
+    name: str, image: str, replicas: int, container: str = "server"
+) -> dict[str, Any]:
     """A Deployment of ``replicas`` pods running ``image``, selected by the label ``app: name``."""
     labels = {"app": name}
     return {
@@ -38,8 +39,12 @@ def target_manifests(name: str, image: str, replicas: int) -> list[dict[str, Any
     """The Deployment ``name`` and a Service of the same name in front of it (port 80 → 8080)."""
     return [
         deployment_manifest(name, image, replicas),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
     ]
 
 

@@ -41,7 +41,9 @@ class Pki:
     _ca_key: ec.EllipticCurvePrivateKey = field(repr=False)
     _ca_name: x509.Name = field(repr=False)
 
-    def client(self, common_name: str, *, dns: tuple[str, ...] = (), uri: tuple[str, ...] = ()) -> ClientCert:
+    def client(
+        self, common_name: str, *, dns: tuple[str, ...] = (), uri: tuple[str, ...] = ()
+    ) -> ClientCert:
         """A client certificate for `common_name` (and SANs), signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
         san: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -50,8 +52,15 @@ class Pki:
         return ClientCert(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey,
-          issuer: x509.Name | None, *, ca: bool, san: list[x509.GeneralName] | None = None) -> x509.Certificate:
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    *,
+    ca: bool,
+    san: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
@@ -70,19 +79,33 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.Elliptic
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_pki(directory: Path) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("steward security test CA", ca_key, ca_key, None, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", server_key, ca_key, ca.subject, ca=False,
-                   san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = _cert(
+        "localhost",
+        server_key,
+        ca_key,
+        ca.subject,
+        ca=False,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     pem = serialization.Encoding.PEM
     (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
     (directory / "server.pem").write_bytes(server.public_bytes(pem))
     (directory / "server.key").write_bytes(_pem_key(server_key))
-    return Pki(directory, ca.public_bytes(pem), directory / "ca.pem", directory / "server.pem",
-               directory / "server.key", ca_key, ca.subject)
+    return Pki(
+        directory,
+        ca.public_bytes(pem),
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        ca_key,
+        ca.subject,
+    )

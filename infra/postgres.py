@@ -62,7 +62,9 @@ def find_bindir() -> Path | None:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10
+            )
             candidate = Path(out.stdout.strip())
             if out.returncode == 0 and _has_server(candidate):
                 return candidate
@@ -81,7 +83,9 @@ def install() -> Path:
     if bindir is not None:
         return bindir
     if not _INSTALL_SCRIPT.is_file():
-        raise PostgresInfraError(f"PostgreSQL is not installed and {_INSTALL_SCRIPT.name} is missing")
+        raise PostgresInfraError(
+            f"PostgreSQL is not installed and {_INSTALL_SCRIPT.name} is missing"
+        )
     result = subprocess.run([str(_INSTALL_SCRIPT)], capture_output=True, text=True)
     bindir = find_bindir()
     if result.returncode != 0 or bindir is None:
@@ -106,8 +110,18 @@ def _ensure_os_user() -> tuple[int, int]:
         entry = pwd.getpwnam(OS_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", OS_USER],
-            check=True, capture_output=True,
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                OS_USER,
+            ],
+            check=True,
+            capture_output=True,
         )
         entry = pwd.getpwnam(OS_USER)
     return entry.pw_uid, entry.pw_gid
@@ -140,8 +154,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary directory; a context manager."""
 
-    def __init__(self, *, fsync: bool = True, base_dir: Path | str | None = None,
-                 port: int | None = None, bindir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fsync: bool = True,
+        base_dir: Path | str | None = None,
+        port: int | None = None,
+        bindir: Path | None = None,
+    ) -> None:
         self.fsync = fsync
         self._base_dir_arg = Path(base_dir) if base_dir is not None else None
         self.port = port or 0
@@ -201,26 +221,58 @@ class PostgresServer:
         if not self.port:
             self.port = free_port()
         try:
-            self._run([str(bindir / "initdb"), "-D", str(self.data_dir), "--username", SUPERUSER,
-                       "--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-instructions"],
-                      "initdb", timeout=120)
+            self._run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--username",
+                    SUPERUSER,
+                    "--auth",
+                    "trust",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C",
+                    "--no-instructions",
+                ],
+                "initdb",
+                timeout=120,
+            )
         except BaseException:
             self._remove_base()
             raise
-        options = " ".join([
-            f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
-            f"-c unix_socket_directories={self.socket_dir}",
-            f"-c fsync={'on' if self.fsync else 'off'}",
-            f"-c synchronous_commit={'on' if self.fsync else 'off'}",
-            f"-c full_page_writes={'on' if self.fsync else 'off'}",
-            "-c max_connections=200",
-        ])
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.socket_dir}",
+                f"-c fsync={'on' if self.fsync else 'off'}",
+                f"-c synchronous_commit={'on' if self.fsync else 'off'}",
+                f"-c full_page_writes={'on' if self.fsync else 'off'}",
+                "-c max_connections=200",
+            ]
+        )
         self._running = True  # from here on stop() has something to clean up
         atexit.register(self.stop)
         try:
-            self._run([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                       "-o", options, "-w", "-t", str(int(timeout)), "start"], "pg_ctl start", timeout=timeout + 10)
+            self._run(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                "pg_ctl start",
+                timeout=timeout + 10,
+            )
             self._wait_ready(time.monotonic() + timeout)
         except BaseException:
             self.stop()
@@ -237,8 +289,21 @@ class PostgresServer:
         stopped = False
         if (self.data_dir / "postmaster.pid").exists():
             try:
-                self._run([str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                           "-t", str(int(timeout)), "stop"], "pg_ctl stop", timeout=timeout + 10)
+                self._run(
+                    [
+                        str(self._bindir / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        str(int(timeout)),
+                        "stop",
+                    ],
+                    "pg_ctl stop",
+                    timeout=timeout + 10,
+                )
                 stopped = True
             except PostgresInfraError:
                 stopped = False
@@ -279,8 +344,14 @@ class PostgresServer:
     def _admin(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres",
-                             autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        ) as conn:
             conn.execute(sql.encode())  # names are checked above
 
     def _prepare_dirs(self) -> None:
@@ -296,7 +367,9 @@ class PostgresServer:
             for path in (self.base_dir, self.socket_dir):
                 os.chown(path, uid, gid)
             # The server user must reach the directory through every parent.
-            probe = subprocess.run(_as_server_user(["test", "-w", str(self.base_dir)]), capture_output=True)
+            probe = subprocess.run(
+                _as_server_user(["test", "-w", str(self.base_dir)]), capture_output=True
+            )
             if probe.returncode != 0:
                 raise PostgresInfraError(
                     f"user {OS_USER} cannot write {self.base_dir}: a parent directory is closed to it; "
@@ -305,10 +378,17 @@ class PostgresServer:
 
     def _run(self, argv: list[str], what: str, *, timeout: float) -> None:
         try:
-            result = subprocess.run(_as_server_user(argv), capture_output=True, text=True, timeout=timeout,
-                                    cwd=self._base())
+            result = subprocess.run(
+                _as_server_user(argv),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=self._base(),
+            )
         except subprocess.TimeoutExpired as exc:
-            raise PostgresInfraError(f"{what} did not finish in {timeout:.0f} s\n{_tail(self.log_file)}") from exc
+            raise PostgresInfraError(
+                f"{what} did not finish in {timeout:.0f} s\n{_tail(self.log_file)}"
+            ) from exc
         if result.returncode != 0:
             raise PostgresInfraError(
                 f"{what} exited {result.returncode}:\n{result.stdout[-1500:]}{result.stderr[-1500:]}\n"
@@ -321,14 +401,21 @@ class PostgresServer:
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                with psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres",
-                                     connect_timeout=5) as conn:
+                with psycopg.connect(
+                    host="127.0.0.1",
+                    port=self.port,
+                    user=SUPERUSER,
+                    dbname="postgres",
+                    connect_timeout=5,
+                ) as conn:
                     conn.execute("SELECT 1")
                 return
             except psycopg.OperationalError as exc:
                 last = exc
                 time.sleep(0.1)
-        raise PostgresInfraError(f"PostgreSQL on port {self.port} not ready: {last}\n{_tail(self.log_file)}")
+        raise PostgresInfraError(
+            f"PostgreSQL on port {self.port} not ready: {last}\n{_tail(self.log_file)}"
+        )
 
     def _kill_postmaster(self) -> None:
         pid = self.pid

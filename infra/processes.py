@@ -96,31 +96,56 @@ class Child:
         self.stop()
 
     def exited_error(self, waiting_for: str) -> ChildExitedError:
-        return ChildExitedError(f"{self.name} exited with code {self.returncode} while waiting for "
-                           f"{waiting_for}; the end of {self.log_path}:\n{self.log_tail()}")
+        return ChildExitedError(
+            f"{self.name} exited with code {self.returncode} while waiting for "
+            f"{waiting_for}; the end of {self.log_path}:\n{self.log_tail()}"
+        )
 
 
-def start(argv: Sequence[str], log_path: Path, *, name: str | None = None, cwd: Path | None = None,
-          env: Mapping[str, str] | None = None, append: bool = False) -> Child:
+def start(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    name: str | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    append: bool = False,
+) -> Child:
     """Start ``argv`` with stdout and stderr written to ``log_path`` (appended to with ``append``,
     so a restarted process keeps one log)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab" if append else "wb") as log:  # the child keeps its own descriptor
-        popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, cwd=cwd,
-                                 env=None if env is None else dict(env))
+        popen = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+        )
     return Child(name or Path(argv[0]).name, popen, log_path)
 
 
-def start_python(args: Sequence[str], log_path: Path, *, name: str | None = None,
-                 cwd: Path | None = None, env: Mapping[str, str] | None = None,
-                 append: bool = False) -> Child:
+def start_python(
+    args: Sequence[str],
+    log_path: Path,
+    *,
+    name: str | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    append: bool = False,
+) -> Child:
     """Start this interpreter with ``args`` (e.g. ``["-m", "ledger.server", ...]``), unbuffered
     so that its log is current whenever a wait shows its tail."""
     module = args[1] if len(args) > 1 and args[0] == "-m" else None
-    return start([sys.executable, *args], log_path, name=name or module, cwd=cwd,
-                 env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
-                 append=append)
+    return start(
+        [sys.executable, *args],
+        log_path,
+        name=name or module,
+        cwd=cwd,
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        append=append,
+    )
 
 
 def free_port() -> int:
@@ -139,8 +164,14 @@ def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
         return False
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.1,
-             *, child: Child | None = None) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 30.0,
+    every: float = 0.1,
+    *,
+    child: Child | None = None,
+) -> T:
     """Call ``probe`` every ``every`` seconds until it returns something truthy, and return that.
 
     Raises :class:`WaitTimeoutError` after ``timeout`` seconds, naming ``what`` and the last value
@@ -163,15 +194,22 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, ev
         time.sleep(every)
 
 
-def wait_for_port(port: int, timeout: float, *, host: str = LOOPBACK,
-                  child: Child | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float, *, host: str = LOOPBACK, child: Child | None = None
+) -> None:
     """Until something accepts connections on ``host:port``."""
-    wait_for(f"{host}:{port} to accept connections", lambda: port_open(port, host), timeout,
-             every=0.05, child=child)
+    wait_for(
+        f"{host}:{port} to accept connections",
+        lambda: port_open(port, host),
+        timeout,
+        every=0.05,
+        child=child,
+    )
 
 
 def wait_for_port_file(port_file: Path, timeout: float, *, child: Child | None = None) -> int:
     """Until a server has written the port it listens on into ``port_file``; returns that port."""
+
     def written() -> int | None:
         try:
             text = port_file.read_text().strip()
@@ -192,5 +230,10 @@ def wait_for_log(child: Child, pattern: str, timeout: float, *, count: int = 1) 
         lines = [line for line in child.log().splitlines() if regex.search(line)]
         return lines if len(lines) >= count else None
 
-    return wait_for(f"{count} line(s) matching {pattern!r} in {child.log_path.name}", matched,
-                    timeout, every=0.1, child=child)
+    return wait_for(
+        f"{count} line(s) matching {pattern!r} in {child.log_path.name}",
+        matched,
+        timeout,
+        every=0.1,
+        child=child,
+    )

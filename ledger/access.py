@@ -136,9 +136,15 @@ class AccessPolicy:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not YAML: {exc}") from exc
-        if not isinstance(doc, dict) or set(doc) != {"identities"} or not isinstance(doc["identities"], dict):
-            raise ConfigError(f"{source}: expected one top-level key 'identities' mapping each "
-                              "certificate name (CN or SAN) to a list of permissions")
+        if (
+            not isinstance(doc, dict)
+            or set(doc) != {"identities"}
+            or not isinstance(doc["identities"], dict)
+        ):
+            raise ConfigError(
+                f"{source}: expected one top-level key 'identities' mapping each "
+                "certificate name (CN or SAN) to a list of permissions"
+            )
         grants: dict[str, frozenset[str]] = {}
         for name, perms in doc["identities"].items():
             if not isinstance(name, str) or not name:
@@ -147,8 +153,10 @@ class AccessPolicy:
                 raise ConfigError(f"{source}: identities.{name}: expected a list of permissions")
             unknown = sorted(set(perms) - set(PERMISSIONS))
             if unknown:
-                raise ConfigError(f"{source}: identities.{name}: unknown permission {unknown[0]!r}; "
-                                  f"expected some of {', '.join(PERMISSIONS)}")
+                raise ConfigError(
+                    f"{source}: identities.{name}: unknown permission {unknown[0]!r}; "
+                    f"expected some of {', '.join(PERMISSIONS)}"
+                )
             grants[name] = frozenset(perms)
         return cls(grants, source)
 
@@ -172,8 +180,7 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
     once, so its worker is free again in microseconds.
     """
 
-    def __init__(self, policy: AccessPolicy | None, slots: StreamSlots,
-                 log: Any) -> None:
+    def __init__(self, policy: AccessPolicy | None, slots: StreamSlots, log: Any) -> None:
         self.policy = policy
         self.slots = slots
         self.log = log
@@ -190,13 +197,18 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
         for permission in (needed, extra):
             if permission is not None and permission not in held:
                 who = identities[0] if identities else "a client without a certificate"
-                what = (f"{method} with publish_now" if permission is extra and extra != needed
-                        else method)
+                what = (
+                    f"{method} with publish_now"
+                    if permission is extra and extra != needed
+                    else method
+                )
                 raise ServiceError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{what} needs the permission {permission!r}; {who} has "
                     f"{', '.join(sorted(held)) or 'none'} in {self.policy.source}",
-                    violation_code=PERMISSION_DENIED_CODE, field=permission)
+                    violation_code=PERMISSION_DENIED_CODE,
+                    field=permission,
+                )
 
     def _refuse(self, context: grpc.ServicerContext, exc: ServiceError) -> NoReturn:
         abort(context, status_for(exc, self.log))
@@ -220,7 +232,8 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                 return inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer)
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
 
         def admitted(request: Any, context: grpc.ServicerContext) -> str:
             """Check the call and take its stream slot; returns the peer that holds it."""
@@ -244,12 +257,15 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                     gate.slots.release(peer)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer)
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
 
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
-            def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            def stream_stream(
+                requests: Iterator[Any], context: grpc.ServicerContext
+            ) -> Iterator[Any]:
                 peer = admitted(None, context)
                 try:
                     yield from inner_ss(requests, context)
@@ -257,7 +273,8 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                     gate.slots.release(peer)
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer)
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
 
         inner_su = handler.stream_unary
 
@@ -269,4 +286,5 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                 gate.slots.release(peer)
 
         return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer)
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )

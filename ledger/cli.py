@@ -136,7 +136,9 @@ def _load_public(path: str) -> PublicKey:
     except OSError as exc:
         raise CliError(f"cannot read public key {path}: {exc.strerror}") from exc
     if b"PRIVATE KEY" in data:
-        raise CliError(f"{path} holds a private key; give the public key (steward keys show --public-out)")
+        raise CliError(
+            f"{path} holds a private key; give the public key (steward keys show --public-out)"
+        )
     return PublicKey.from_pem(data)
 
 
@@ -160,8 +162,10 @@ def _principal_of(path: str) -> str | None:
 def _principal(given: str | None, public_key: str, flag: str) -> str:
     principal = given or _principal_of(public_key)
     if not principal:
-        raise CliError(f"{public_key} names no principal: give {flag} (or make the key with "
-                       "steward keys new FILE --principal KIND:NAME)")
+        raise CliError(
+            f"{public_key} names no principal: give {flag} (or make the key with "
+            "steward keys new FILE --principal KIND:NAME)"
+        )
     return principal
 
 
@@ -196,8 +200,12 @@ def _deliver(args: argparse.Namespace, event: SignedEvent, client: Any = None) -
     if getattr(args, "out", None):
         Path(args.out).write_bytes(encode_signed_event(event))
         body = decode_body(event.body)
-        print(f"wrote {body.type} {body.event_id.hex()} with {len(event.signatures)} signature(s) to {args.out}")
-        print(f"others add their signatures with: steward sign {args.out} --key FILE; then: steward submit {args.out}")
+        print(
+            f"wrote {body.type} {body.event_id.hex()} with {len(event.signatures)} signature(s) to {args.out}"
+        )
+        print(
+            f"others add their signatures with: steward sign {args.out} --key FILE; then: steward submit {args.out}"
+        )
         return 0
     client = client or _client(args)
     receipt = client.append(event)
@@ -228,7 +236,9 @@ def _proposal_hash(text: str, state: LedgerState) -> bytes:
     if not matches:
         raise CliError(f"--proposal {text}: no proposal hash starts with it")
     if len(matches) > 1:
-        raise CliError(f"--proposal {text}: ambiguous, matches {len(matches)} proposals; give more digits")
+        raise CliError(
+            f"--proposal {text}: ambiguous, matches {len(matches)} proposals; give more digits"
+        )
     return matches[0]
 
 
@@ -257,7 +267,9 @@ def _parse_time(text: str, flag: str) -> int:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError as exc:
-        raise CliError(f"{flag} {text!r}: expected an ISO 8601 time such as 2027-01-31T00:00:00+00:00") from exc
+        raise CliError(
+            f"{flag} {text!r}: expected an ISO 8601 time such as 2027-01-31T00:00:00+00:00"
+        ) from exc
     if moment.tzinfo is None:
         raise CliError(f"{flag} {text!r}: add a time zone (e.g. +00:00)")
     return int(moment.timestamp() * 1000)
@@ -290,7 +302,9 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
     data = Path(args.file).read_bytes()
-    public = _load_key(args.file, args).public if b"PRIVATE KEY" in data else PublicKey.from_pem(data)
+    public = (
+        _load_key(args.file, args).public if b"PRIVATE KEY" in data else PublicKey.from_pem(data)
+    )
     print(f"key id: {public.key_id_hex}")
     principal = None if b"PRIVATE KEY" in data else _principal_of(args.file)
     if principal:
@@ -353,19 +367,29 @@ def load_policy(path: Path) -> PolicySet:
     try:
         selector = need(doc, "selector", "")
         plan = [
-            PlanStep(int(need(s, "weight", f"plan[{i}].")), int(s.get("hold_seconds", 0)), bool(s.get("health_gate", False)))
+            PlanStep(
+                int(need(s, "weight", f"plan[{i}].")),
+                int(s.get("hold_seconds", 0)),
+                bool(s.get("health_gate", False)),
+            )
             for i, s in enumerate(need(doc, "plan", ""))
         ]
         evals = [
-            RequiredEval(str(need(r, "suite", f"required_evals[{i}].")), str(need(r, "metric", f"required_evals[{i}].")),
-                         str(r.get("op", "GE")).upper(), float(need(r, "threshold", f"required_evals[{i}].")))
+            RequiredEval(
+                str(need(r, "suite", f"required_evals[{i}].")),
+                str(need(r, "metric", f"required_evals[{i}].")),
+                str(r.get("op", "GE")).upper(),
+                float(need(r, "threshold", f"required_evals[{i}].")),
+            )
             for i, r in enumerate(doc.get("required_evals", []))
         ]
         approvals = doc.get("approvals", {})
         kill = doc.get("kill_switch", {})
         return PolicySet(
             policy_id=str(need(doc, "id", "")),
-            selector=TargetSelector(str(need(selector, "namespace", "selector.")), str(selector.get("deployment", "*"))),
+            selector=TargetSelector(
+                str(need(selector, "namespace", "selector.")), str(selector.get("deployment", "*"))
+            ),
             required_evals=tuple(evals),
             approvals_required=int(approvals.get("required", 2)),
             approver_kinds=tuple(approvals.get("kinds", ["human"])),
@@ -407,7 +431,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CliError(f"--metric {spec!r}: expected NAME=NUMBER") from exc
         if not sep or not name:
             raise CliError(f"--metric {spec!r}: expected NAME=NUMBER")
-    payload = EvalRecorded(proposal, args.suite, tuple(Metric(k, metrics[k]) for k in sorted(metrics)), args.artifact)
+    payload = EvalRecorded(
+        proposal, args.suite, tuple(Metric(k, metrics[k]) for k in sorted(metrics)), args.artifact
+    )
     event = sign(new_body(state.ledger, payload), *_keys(args))
     return _deliver(args, event, client)
 
@@ -417,18 +443,24 @@ def cmd_decide(args: argparse.Namespace, decision: str) -> int:
     state, _ = _fold(client)
     proposal = state.proposals[_proposal_hash(args.proposal, state)]
     required = sorted({r.suite for r in state.policy_of(proposal).required_evals})
-    evals = tuple(proposal.latest_evals[s].entry_hash for s in required if s in proposal.latest_evals)
+    evals = tuple(
+        proposal.latest_evals[s].entry_hash for s in required if s in proposal.latest_evals
+    )
     if decision == "APPROVE":
         missing = [s for s in required if s not in proposal.latest_evals]
         if missing:
             raise CliError(f"cannot approve yet: no eval recorded for {', '.join(missing)}")
         for s in required:
             info = proposal.latest_evals[s]
-            print(f"binding to the latest {s} eval {info.entry_hash.hex()[:12]} ({'pass' if info.passed else 'FAIL'})")
+            print(
+                f"binding to the latest {s} eval {info.entry_hash.hex()[:12]} ({'pass' if info.passed else 'FAIL'})"
+            )
     payload = ApprovalRecorded(proposal.entry_hash, decision, evals, args.comment)
     rollback = proposal.latest_rollback
     if rollback is not None:
-        print(f"binding to the latest rollback at seq {rollback.seq} ({rollback.entry_hash.hex()[:12]})")
+        print(
+            f"binding to the latest rollback at seq {rollback.seq} ({rollback.entry_hash.hex()[:12]})"
+        )
     event = sign(new_body(state.ledger, payload, refs=state.binding_refs(payload)), *_keys(args))
     return _deliver(args, event, client)
 
@@ -441,12 +473,18 @@ def cmd_kill(args: argparse.Namespace) -> int:
     state, _ = _fold(client) if args.proposal or releasing else (None, [])
     scope = _scope(args, state)
     ledger = state.ledger if state else _ledger_name(args, client)
-    payload: Payload = KillSwitchReleased(scope, args.reason) if releasing else KillSwitchEngaged(scope, args.reason)
+    payload: Payload = (
+        KillSwitchReleased(scope, args.reason)
+        if releasing
+        else KillSwitchEngaged(scope, args.reason)
+    )
     refs: tuple[bytes, ...] = ()
     if releasing and state is not None:
         refs = state.binding_refs(payload)  # none when nothing is engaged: the ledger says so
         if refs:
-            print(f"binding to the engagement at seq {state.kill_switches[scope]} ({refs[0].hex()[:12]})")
+            print(
+                f"binding to the engagement at seq {state.kill_switches[scope]} ({refs[0].hex()[:12]})"
+            )
     event = sign(new_body(ledger, payload, refs=refs), *_keys(args))
     return _deliver(args, event, client)
 
@@ -487,7 +525,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_document(state), indent=2))
         return 0
-    print(printable(f"ledger {state.ledger} ({state.origin}): {state.size} entries, root threshold {state.root_threshold}"))
+    print(
+        printable(
+            f"ledger {state.ledger} ({state.origin}): {state.size} entries, root threshold {state.root_threshold}"
+        )
+    )
     if state.kill_switches:
         from ledger.timeline import scope_text
 
@@ -496,12 +538,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     for doc in status_document(state)["proposals"]:
         if args.proposal and not doc["hash"].startswith(args.proposal):
             continue
-        print(printable(
-            f"  proposal {doc['hash'][:12]} {doc['target']} → {doc['candidate']}: {doc['phase']}"
-            f" step {doc['step']} weight {doc['weight']}%, approvals {len(doc['approvers'])}/{doc['approvals_required']}"
-            f" ({', '.join(doc['approvers']) or 'none'})"))
+        print(
+            printable(
+                f"  proposal {doc['hash'][:12]} {doc['target']} → {doc['candidate']}: {doc['phase']}"
+                f" step {doc['step']} weight {doc['weight']}%, approvals {len(doc['approvers'])}/{doc['approvals_required']}"
+                f" ({', '.join(doc['approvers']) or 'none'})"
+            )
+        )
         for suite, ev in doc["evals"].items():
-            print(printable(f"      eval {suite}: {'pass' if ev['passed'] else 'FAIL ' + '; '.join(ev['failures'])}"))
+            print(
+                printable(
+                    f"      eval {suite}: {'pass' if ev['passed'] else 'FAIL ' + '; '.join(ev['failures'])}"
+                )
+            )
     return 0
 
 
@@ -509,25 +558,44 @@ def status_document(state: LedgerState) -> dict[str, Any]:
     proposals = []
     for h, p in state.proposals.items():
         current = p.current
-        proposals.append({
-            "hash": h.hex(),
-            "seq": p.seq,
-            "target": f"{p.proposal.target.namespace}/{p.proposal.target.deployment}",
-            "candidate": p.proposal.candidate.image,
-            "proposer": p.proposer,
-            "phase": p.phase,
-            "step": current.step if current else None,
-            "weight": current.weight if current else 0,
-            "approvers": state.valid_approvers(p),
-            "approvals_required": state.policy_of(p).approvals_required,
-            "kill_switch": state.kill_switch_for(p) is not None,
-            "evals": {s: {"passed": e.passed, "failures": list(e.failures), "hash": e.entry_hash.hex()}
-                      for s, e in p.latest_evals.items()},
-        })
-    return {"ledger": state.ledger, "size": state.size, "proposals": proposals,
-            "kill_switches": [{"kind": s.kind, "namespace": s.namespace, "deployment": s.deployment,
-                               "proposal": s.proposal.hex() if s.proposal else None, "seq": seq}
-                              for s, seq in state.kill_switches.items()]}
+        proposals.append(
+            {
+                "hash": h.hex(),
+                "seq": p.seq,
+                "target": f"{p.proposal.target.namespace}/{p.proposal.target.deployment}",
+                "candidate": p.proposal.candidate.image,
+                "proposer": p.proposer,
+                "phase": p.phase,
+                "step": current.step if current else None,
+                "weight": current.weight if current else 0,
+                "approvers": state.valid_approvers(p),
+                "approvals_required": state.policy_of(p).approvals_required,
+                "kill_switch": state.kill_switch_for(p) is not None,
+                "evals": {
+                    s: {
+                        "passed": e.passed,
+                        "failures": list(e.failures),
+                        "hash": e.entry_hash.hex(),
+                    }
+                    for s, e in p.latest_evals.items()
+                },
+            }
+        )
+    return {
+        "ledger": state.ledger,
+        "size": state.size,
+        "proposals": proposals,
+        "kill_switches": [
+            {
+                "kind": s.kind,
+                "namespace": s.namespace,
+                "deployment": s.deployment,
+                "proposal": s.proposal.hex() if s.proposal else None,
+                "seq": seq,
+            }
+            for s, seq in state.kill_switches.items()
+        ],
+    }
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -584,8 +652,12 @@ def _open_store(spec: str, flag: str) -> tuple[Any, str]:
         from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
 
         bootstrap, topic = rest.rsplit("/", 1)
-        config = KafkaStoreConfig(bootstrap_servers=bootstrap, topic=topic, create_topics=False,
-                                  client_id="steward-store-check")
+        config = KafkaStoreConfig(
+            bootstrap_servers=bootstrap,
+            topic=topic,
+            create_topics=False,
+            client_id="steward-store-check",
+        )
         return KafkaLogStore(config), f"kafka:{topic}"
     raise CliError(f"{flag} {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
 
@@ -626,16 +698,17 @@ def cmd_store_restore(args: argparse.Namespace) -> int:
         else:
             store, name = _open_store(args.source, "--from")
             try:
-                report = restore_sqlite(Path(target), store=store, source=name,
-                                        progress=_progress)
+                report = restore_sqlite(Path(target), store=store, source=name, progress=_progress)
             finally:
                 store.close()
     except StewardError as exc:
         print(f"steward: {exc}", file=sys.stderr)
         return 2
     print("\n".join(report.lines()[:-1]))
-    print(f"restored {report.entries:,} entries and {len(report.checkpoints)} checkpoints "
-          f"to {target}; start the server on it with --db {target}")
+    print(
+        f"restored {report.entries:,} entries and {len(report.checkpoints)} checkpoints "
+        f"to {target}; start the server on it with --db {target}"
+    )
     return 0
 
 
@@ -683,10 +756,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_kafka_acls(args: argparse.Namespace) -> int:
     from ledger.store.kafka_acls import role_acls
 
-    acls = role_acls(args.role, args.topic, transactional_id=args.transactional_id or "",
-                     create_topics=args.create_topics)
-    print(f"# Steward {args.role} on ledger topic {args.topic}: {len(acls)} ACLs, nothing more "
-          "(docs/KAFKA.md, \"Security\")")
+    acls = role_acls(
+        args.role,
+        args.topic,
+        transactional_id=args.transactional_id or "",
+        create_topics=args.create_topics,
+    )
+    print(
+        f"# Steward {args.role} on ledger topic {args.topic}: {len(acls)} ACLs, nothing more "
+        '(docs/KAFKA.md, "Security")'
+    )
     for acl in acls:
         print(f"# {acl.operation} on {acl.resource_type} {acl.name}: {acl.needed_for}")
         print(acl.kafka_acls_line(args.principal, args.bootstrap, args.command_config))
@@ -726,67 +805,152 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls-cert", help="client certificate for mutual TLS")
     common.add_argument("--tls-key", help="client private key for mutual TLS")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
-    common.add_argument("--passphrase-env", default="STEWARD_KEY_PASSPHRASE",
-                        help="environment variable holding key passphrases (default STEWARD_KEY_PASSPHRASE)")
+    common.add_argument(
+        "--passphrase-env",
+        default="STEWARD_KEY_PASSPHRASE",
+        help="environment variable holding key passphrases (default STEWARD_KEY_PASSPHRASE)",
+    )
     signing = argparse.ArgumentParser(add_help=False)
-    signing.add_argument("--key", action="append", default=[], metavar="FILE",
-                         help="private key file to sign with (repeat for several signers)")
-    signing.add_argument("--out", metavar="FILE",
-                         help="write the signed event to FILE instead of submitting it, so others can `steward sign` it")
-    signing.add_argument("--ledger-name", help="ledger name, to sign offline with --out without asking the server")
+    signing.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="private key file to sign with (repeat for several signers)",
+    )
+    signing.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the signed event to FILE instead of submitting it, so others can `steward sign` it",
+    )
+    signing.add_argument(
+        "--ledger-name", help="ledger name, to sign offline with --out without asking the server"
+    )
 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int], parents: Sequence[argparse.ArgumentParser] = (common,), target: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        help_text: str,
+        func: Callable[[argparse.Namespace], int],
+        parents: Sequence[argparse.ArgumentParser] = (common,),
+        target: Any = sub,
+    ) -> argparse.ArgumentParser:
         p = target.add_parser(name, help=help_text, description=help_text, parents=list(parents))
         p.set_defaults(func=func)
         return p
 
-    keys = sub.add_parser("keys", help="create and show Ed25519 keys").add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
-    p = add("new", "create an Ed25519 key pair (PKCS#8 PEM, mode 600) and its .pub.pem", cmd_keys_new, target=keys)
+    keys = sub.add_parser("keys", help="create and show Ed25519 keys").add_subparsers(
+        dest="keys_cmd", required=True, metavar="ACTION"
+    )
+    p = add(
+        "new",
+        "create an Ed25519 key pair (PKCS#8 PEM, mode 600) and its .pub.pem",
+        cmd_keys_new,
+        target=keys,
+    )
     p.add_argument("file", help="private key file to create (never overwritten)")
-    p.add_argument("--encrypt", action="store_true", help="encrypt with the passphrase in --passphrase-env")
-    p.add_argument("--principal", metavar="KIND:NAME",
-                   help="who holds the key (human:, agent: or service:); written into the .pub.pem, "
-                        "where grant and ledger init --root read it when not given")
+    p.add_argument(
+        "--encrypt", action="store_true", help="encrypt with the passphrase in --passphrase-env"
+    )
+    p.add_argument(
+        "--principal",
+        metavar="KIND:NAME",
+        help="who holds the key (human:, agent: or service:); written into the .pub.pem, "
+        "where grant and ledger init --root read it when not given",
+    )
     p = add("show", "print a key's id and public PEM", cmd_keys_show, target=keys)
     p.add_argument("file", help="private or public key file")
 
-    ledger = sub.add_parser("ledger", help="create a ledger").add_subparsers(dest="ledger_cmd", required=True, metavar="ACTION")
-    p = add("init", "sign the genesis (seq 0): roots, their threshold and the checkpoint key", cmd_init, (common, signing), target=ledger)
+    ledger = sub.add_parser("ledger", help="create a ledger").add_subparsers(
+        dest="ledger_cmd", required=True, metavar="ACTION"
+    )
+    p = add(
+        "init",
+        "sign the genesis (seq 0): roots, their threshold and the checkpoint key",
+        cmd_init,
+        (common, signing),
+        target=ledger,
+    )
     p.add_argument("--name", required=True, help="the ledger's name (every event names it)")
-    p.add_argument("--origin", required=True, help="checkpoint origin line, e.g. example.org/steward/prod")
-    p.add_argument("--root", action="append", required=True, metavar="[PRINCIPAL=]PUBPEM",
-                   help="a root key (repeat); the principal defaults to the one its .pub.pem names")
-    p.add_argument("--threshold", type=int, required=True, help="distinct root principals needed to sign root actions")
-    p.add_argument("--checkpoint-public", required=True, metavar="PUBPEM", help="public key the ledger signs checkpoints with")
+    p.add_argument(
+        "--origin", required=True, help="checkpoint origin line, e.g. example.org/steward/prod"
+    )
+    p.add_argument(
+        "--root",
+        action="append",
+        required=True,
+        metavar="[PRINCIPAL=]PUBPEM",
+        help="a root key (repeat); the principal defaults to the one its .pub.pem names",
+    )
+    p.add_argument(
+        "--threshold",
+        type=int,
+        required=True,
+        help="distinct root principals needed to sign root actions",
+    )
+    p.add_argument(
+        "--checkpoint-public",
+        required=True,
+        metavar="PUBPEM",
+        help="public key the ledger signs checkpoints with",
+    )
     p.add_argument("--checkpoint-name", help="signed-note key name (default: the origin)")
 
     # The same flags as `python -m ledger.server` (one parser), not the client's --tls-*.
     from ledger.server_flags import add_server_arguments
 
-    p = add("serve", "run a ledger server (SQLite or Kafka; TLS, access file, limits: docs/API.md)",
-            cmd_serve, parents=())
+    p = add(
+        "serve",
+        "run a ledger server (SQLite or Kafka; TLS, access file, limits: docs/API.md)",
+        cmd_serve,
+        parents=(),
+    )
     add_server_arguments(p, default_listen="127.0.0.1:7443")
     p.set_defaults(serve_parser=p)
 
     p = add("grant", "grant a key roles (needs the root threshold)", cmd_grant, (common, signing))
-    p.add_argument("--principal", help="kind:name, kind one of human, agent, service "
-                   "(default: the principal the public key file names)")
+    p.add_argument(
+        "--principal",
+        help="kind:name, kind one of human, agent, service "
+        "(default: the principal the public key file names)",
+    )
     p.add_argument("--public-key", required=True, metavar="PUBPEM")
-    p.add_argument("--role", action="append", required=True,
-                   choices=["root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"])
+    p.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=["root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"],
+    )
     p.add_argument("--expires", help="ISO 8601 expiry with a time zone")
 
-    p = add("revoke", "revoke a key: by the root threshold, or by the key itself", cmd_revoke, (common, signing))
+    p = add(
+        "revoke",
+        "revoke a key: by the root threshold, or by the key itself",
+        cmd_revoke,
+        (common, signing),
+    )
     p.add_argument("--key-id", required=True, help="64 hex digits")
     p.add_argument("--reason", default="revoked")
 
-    policy = sub.add_parser("policy", help="set a rollout policy").add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
-    p = add("set", "set a policy from a YAML file (format: docs/GOVERNANCE.md)", cmd_policy_set, (common, signing), target=policy)
+    policy = sub.add_parser("policy", help="set a rollout policy").add_subparsers(
+        dest="policy_cmd", required=True, metavar="ACTION"
+    )
+    p = add(
+        "set",
+        "set a policy from a YAML file (format: docs/GOVERNANCE.md)",
+        cmd_policy_set,
+        (common, signing),
+        target=policy,
+    )
     p.add_argument("file")
 
-    p = add("propose", "propose a candidate model for a target Deployment", cmd_propose, (common, signing))
+    p = add(
+        "propose",
+        "propose a candidate model for a target Deployment",
+        cmd_propose,
+        (common, signing),
+    )
     p.add_argument("--target", required=True, metavar="NS/DEPLOYMENT")
     p.add_argument("--image", required=True)
     p.add_argument("--digest", default="", help="model digest, e.g. sha256:...")
@@ -796,33 +960,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="", help="originating agent")
     p.add_argument("--run", default="", help="originating run id")
 
-    p = add("eval", "record an eval result (pass/fail is recomputed from the policy)", cmd_eval, (common, signing))
-    p.add_argument("--proposal", required=True, help="proposal hash or a unique prefix (6+ hex digits)")
+    p = add(
+        "eval",
+        "record an eval result (pass/fail is recomputed from the policy)",
+        cmd_eval,
+        (common, signing),
+    )
+    p.add_argument(
+        "--proposal", required=True, help="proposal hash or a unique prefix (6+ hex digits)"
+    )
     p.add_argument("--suite", required=True)
     p.add_argument("--metric", action="append", required=True, metavar="NAME=VALUE")
     p.add_argument("--artifact", default="", help="artifact digest of the eval run")
 
     for name, decision in (("approve", "APPROVE"), ("reject", "REJECT")):
-        p = add(name, f"{name} a proposal, bound to the latest eval of every required suite",
-                functools.partial(cmd_decide, decision=decision), (common, signing))
+        p = add(
+            name,
+            f"{name} a proposal, bound to the latest eval of every required suite",
+            functools.partial(cmd_decide, decision=decision),
+            (common, signing),
+        )
         p.add_argument("--proposal", required=True, help="proposal hash or a unique prefix")
         p.add_argument("--comment", default="")
 
-    kill = sub.add_parser("kill", help="engage or release a kill switch").add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, help_text in (("engage", "stop now: one operator or approver signature"),
-                              ("release", "allow rollouts again: k distinct approvers on one event")):
+    kill = sub.add_parser("kill", help="engage or release a kill switch").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    for action, help_text in (
+        ("engage", "stop now: one operator or approver signature"),
+        ("release", "allow rollouts again: k distinct approvers on one event"),
+    ):
         p = add(action, help_text, cmd_kill, (common, signing), target=kill)
         p.add_argument("--all", action="store_true", help="global scope")
         p.add_argument("--target", metavar="NS/DEPLOYMENT")
         p.add_argument("--proposal", metavar="HASH")
         p.add_argument("--reason", required=action == "engage", default="released")
 
-    p = add("sign", "add your signature to an event file written with --out", cmd_sign, (common, signing))
+    p = add(
+        "sign",
+        "add your signature to an event file written with --out",
+        cmd_sign,
+        (common, signing),
+    )
     p.add_argument("file")
     p = add("submit", "submit an event file", cmd_submit)
     p.add_argument("file")
 
-    p = add("status", "proposals, rollouts and kill switches, from a locally verified fold of the log", cmd_status)
+    p = add(
+        "status",
+        "proposals, rollouts and kill switches, from a locally verified fold of the log",
+        cmd_status,
+    )
     p.add_argument("--proposal", help="only proposals whose hash starts with this")
     p.add_argument("--json", action="store_true")
 
@@ -831,59 +1019,104 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_seq", type=int, help="start printing at this seq")
 
     p = add("checkpoint", "print the latest signed checkpoint", cmd_checkpoint)
-    p.add_argument("--publish", action="store_true", help="ask the ledger to sign one at the current size first")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="ask the ledger to sign one at the current size first",
+    )
     p = add("proof", "print an inclusion proof as a C2SP tlog-proof bundle", cmd_proof)
     p.add_argument("--seq", type=int, required=True)
     add("vkey", "print the ledger's checkpoint verifier key (C2SP vkey)", cmd_vkey)
     kafka = sub.add_parser("kafka", help="Kafka cluster set-up for a ledger").add_subparsers(
-        dest="kafka_cmd", required=True, metavar="ACTION")
+        dest="kafka_cmd", required=True, metavar="ACTION"
+    )
     p = kafka.add_parser(
-        "acls", help="print the kafka-acls.sh commands a role needs (writer, reader, auditor)",
+        "acls",
+        help="print the kafka-acls.sh commands a role needs (writer, reader, auditor)",
         description="Print the kafka-acls.sh commands that give one Steward role exactly the "
-                    "ACLs it needs on a ledger's topics, each with what it is for. Nothing is "
-                    "sent to Kafka: review the lines, then run them as a cluster admin.",
-        epilog=KAFKA_ACLS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "ACLs it needs on a ledger's topics, each with what it is for. Nothing is "
+        "sent to Kafka: review the lines, then run them as a cluster admin.",
+        epilog=KAFKA_ACLS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_kafka_acls)
     p.add_argument("--role", required=True, choices=["writer", "reader", "auditor"])
-    p.add_argument("--principal", required=True, metavar="User:NAME",
-                   help="the role's Kafka principal: User:<SASL user>, or the name its TLS "
-                        "certificate maps to")
-    p.add_argument("--topic", required=True, help="the ledger topic (its companions "
-                   "TOPIC.checkpoints and TOPIC.writers are included)")
-    p.add_argument("--transactional-id", metavar="ID",
-                   help="writer: the server's transactional id (default steward-ledger-TOPIC; "
-                        "steward-ledger-NAME with the server's --ledger NAME)")
-    p.add_argument("--create-topics", action="store_true",
-                   help="writer: add Create on the three topics (a server without "
-                        "--no-create-topics creates missing ones)")
-    p.add_argument("--bootstrap", default="BOOTSTRAP", metavar="HOST:PORT",
-                   help="put into each line's --bootstrap-server")
-    p.add_argument("--command-config", default="admin.properties", metavar="FILE",
-                   help="the admin's client properties for kafka-acls.sh (default admin.properties)")
+    p.add_argument(
+        "--principal",
+        required=True,
+        metavar="User:NAME",
+        help="the role's Kafka principal: User:<SASL user>, or the name its TLS "
+        "certificate maps to",
+    )
+    p.add_argument(
+        "--topic",
+        required=True,
+        help="the ledger topic (its companions TOPIC.checkpoints and TOPIC.writers are included)",
+    )
+    p.add_argument(
+        "--transactional-id",
+        metavar="ID",
+        help="writer: the server's transactional id (default steward-ledger-TOPIC; "
+        "steward-ledger-NAME with the server's --ledger NAME)",
+    )
+    p.add_argument(
+        "--create-topics",
+        action="store_true",
+        help="writer: add Create on the three topics (a server without "
+        "--no-create-topics creates missing ones)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        default="BOOTSTRAP",
+        metavar="HOST:PORT",
+        help="put into each line's --bootstrap-server",
+    )
+    p.add_argument(
+        "--command-config",
+        default="admin.properties",
+        metavar="FILE",
+        help="the admin's client properties for kafka-acls.sh (default admin.properties)",
+    )
 
     p = add("export", "write the offline export file auditors verify", cmd_export)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
-    store = sub.add_parser("store", help="check a ledger store offline, or restore one").add_subparsers(
-        dest="store_cmd", required=True, metavar="ACTION")
-    p = store.add_parser("check", help="verify every entry and checkpoint of a store, offline",
-                         description=STORE_CHECK_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    store = sub.add_parser(
+        "store", help="check a ledger store offline, or restore one"
+    ).add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
+    p = store.add_parser(
+        "check",
+        help="verify every entry and checkpoint of a store, offline",
+        description=STORE_CHECK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_store_check)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--store", metavar="SPEC",
-                        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC (as steward-controller names it)")
+    source.add_argument(
+        "--store",
+        metavar="SPEC",
+        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC (as steward-controller names it)",
+    )
     source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
-    p = store.add_parser("restore", help="write a new SQLite store from an export, a backup or a topic",
-                         description=STORE_RESTORE_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = store.add_parser(
+        "restore",
+        help="write a new SQLite store from an export, a backup or a topic",
+        description=STORE_RESTORE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_store_restore)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from", dest="source", metavar="SPEC",
-                        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC: a good copy of the store")
+    source.add_argument(
+        "--from",
+        dest="source",
+        metavar="SPEC",
+        help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC: a good copy of the store",
+    )
     source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
-    p.add_argument("--to", required=True, metavar="sqlite:PATH", help="the new SQLite file to write")
+    p.add_argument(
+        "--to", required=True, metavar="sqlite:PATH", help="the new SQLite file to write"
+    )
     return parser
 
 

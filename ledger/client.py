@@ -209,7 +209,7 @@ class LedgerClient:
         idempotent, so an event stored before the failure gets its original receipt.
         """
         data = [e if isinstance(e, bytes) else encode_signed_event(e) for e in events]
-        batches = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+        batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
         results: list[list[Receipt | LedgerRpcError]] = []
         attempt = 0
         while len(results) < len(batches):
@@ -220,11 +220,14 @@ class LedgerClient:
             )
             try:
                 for reply in self._stub.AppendStream(requests, timeout=self.timeout * len(batches)):
-                    results.append([
-                        _receipt(r.receipt) if r.HasField("receipt")
-                        else LedgerRpcError(Status.from_detail(r.error))
-                        for r in reply.results
-                    ])
+                    results.append(
+                        [
+                            _receipt(r.receipt)
+                            if r.HasField("receipt")
+                            else LedgerRpcError(Status.from_detail(r.error))
+                            for r in reply.results
+                        ]
+                    )
             except grpc.RpcError as err:
                 error = LedgerRpcError.from_rpc_error(err)
                 if not error.retryable or attempt >= self.retries:
@@ -255,7 +258,9 @@ class LedgerClient:
     def _entry(self, pb: ledger_pb2.EntryMessage, expected_seq: int) -> LogEntry:
         e = decode_log_entry(pb.entry_bytes)
         if e.seq != expected_seq or pb.seq != expected_seq:
-            raise VerificationError(f"the server sent seq {e.seq} (labelled {pb.seq}), expected {expected_seq}")
+            raise VerificationError(
+                f"the server sent seq {e.seq} (labelled {pb.seq}), expected {expected_seq}"
+            )
         if e.leaf_hash != pb.leaf_hash:
             raise VerificationError(f"entry {e.seq}: leaf hash does not match the entry bytes")
         return e
@@ -266,7 +271,9 @@ class LedgerClient:
     def genesis(self) -> LogEntry:
         return self._entry(self._unary(self._stub.GetGenesis, ledger_pb2.GetGenesisRequest()), 0)
 
-    def read(self, start: int = 0, *, limit: int | None = None, follow: bool = False) -> Iterator[LogEntry]:
+    def read(
+        self, start: int = 0, *, limit: int | None = None, follow: bool = False
+    ) -> Iterator[LogEntry]:
         """Entries from `start`, decoded, with the hash chain checked as they arrive.
 
         With ``follow`` it keeps waiting for new entries, reconnecting after a server restart.
@@ -283,7 +290,8 @@ class LedgerClient:
                     if e.entry.prev != prev:
                         raise VerificationError(
                             f"entry {seq}: prev {e.entry.prev.hex()} is not the hash of entry "
-                            f"{seq - 1} ({prev.hex()}): the chain is broken")
+                            f"{seq - 1} ({prev.hex()}): the chain is broken"
+                        )
                     yield e
                     attempt = 0
                     prev, seq = e.leaf_hash, seq + 1
@@ -314,22 +322,29 @@ class LedgerClient:
 
     def checkpoints(self) -> list[CheckpointInfo]:
         request = ledger_pb2.ListCheckpointsRequest()
-        return self._call(lambda: [_checkpoint(pb) for pb in self._stub.ListCheckpoints(request, timeout=self.timeout)])
+        return self._call(
+            lambda: [
+                _checkpoint(pb) for pb in self._stub.ListCheckpoints(request, timeout=self.timeout)
+            ]
+        )
 
     def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
         request = ledger_pb2.GetInclusionProofRequest(seq=seq)
         if tree_size is not None:
             request.tree_size = tree_size
         pb = self._unary(self._stub.GetInclusionProof, request)
-        return InclusionProof(pb.index, pb.tree_size, tuple(pb.proof), pb.checkpoint, pb.leaf_hash, pb.root)
+        return InclusionProof(
+            pb.index, pb.tree_size, tuple(pb.proof), pb.checkpoint, pb.leaf_hash, pb.root
+        )
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> ConsistencyProof:
         request = ledger_pb2.GetConsistencyProofRequest(size1=size1)
         if size2 is not None:
             request.size2 = size2
         pb = self._unary(self._stub.GetConsistencyProof, request)
-        return ConsistencyProof(pb.size1, pb.size2, tuple(pb.proof), pb.root1, pb.root2,
-                                pb.checkpoint1, pb.checkpoint2)
+        return ConsistencyProof(
+            pb.size1, pb.size2, tuple(pb.proof), pb.root1, pb.root2, pb.checkpoint1, pb.checkpoint2
+        )
 
     def tlog_proof(self, seq: int) -> str:
         """A C2SP tlog-proof@v1 bundle for entry `seq` against the latest checkpoint."""

@@ -44,9 +44,7 @@ class DuplicateEventIdError(StewardError):
     """The event id is in the log with a different body."""
 
     def __init__(self, event_id: bytes, seq: int) -> None:
-        super().__init__(
-            f"event_id {event_id.hex()} is already at seq {seq} with a different body"
-        )
+        super().__init__(f"event_id {event_id.hex()} is already at seq {seq} with a different body")
         self.event_id = event_id
         self.seq = seq
 
@@ -92,8 +90,9 @@ class LedgerCore:
                 raise RuleViolationError(violation)
             self.commit(e)
 
-    def existing_receipt(self, event: SignedEvent, *, body: EventBody | None = None,
-                         digest: bytes | None = None) -> Receipt | None:
+    def existing_receipt(
+        self, event: SignedEvent, *, body: EventBody | None = None, digest: bytes | None = None
+    ) -> Receipt | None:
         """The original receipt when this event (the same body bytes) is already in the log,
         whatever signatures the retry carries (see :func:`body_digest`).
 
@@ -108,10 +107,17 @@ class LedgerCore:
             raise DuplicateEventIdError(body.event_id, receipt.seq)
         return Receipt(receipt.seq, receipt.leaf_hash, receipt.received_at, duplicate=True)
 
-    def prepare(self, event: SignedEvent | ReceivedEvent, received_at: int, *,
-                seq: int | None = None, prev: bytes | None = None,
-                state: LedgerState | None = None, body: EventBody | None = None,
-                verified: Container[VerifiedSignature] = ()) -> LogEntry:
+    def prepare(
+        self,
+        event: SignedEvent | ReceivedEvent,
+        received_at: int,
+        *,
+        seq: int | None = None,
+        prev: bytes | None = None,
+        state: LedgerState | None = None,
+        body: EventBody | None = None,
+        verified: Container[VerifiedSignature] = (),
+    ) -> LogEntry:
         """The entry `event` becomes next; raises RuleViolationError (nothing changes) if refused.
 
         A ReceivedEvent lends the entry the bytes it came in (``make_entry``).

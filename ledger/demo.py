@@ -50,17 +50,31 @@ def ledger_server(workdir: Path) -> Iterator[str]:
     port_file.unlink(missing_ok=True)
     log = (workdir / "ledger-server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.server", "--db", str(workdir / "ledger.db"),
-         "--checkpoint-key", str(workdir / "keys" / "ledger-checkpoint.pem"),
-         "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-         "--checkpoint-every-entries", "8"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "ledger.server",
+            "--db",
+            str(workdir / "ledger.db"),
+            "--checkpoint-key",
+            str(workdir / "keys" / "ledger-checkpoint.pem"),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--checkpoint-every-entries",
+            "8",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists() or not port_file.read_text().strip():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the ledger server did not start; see {workdir / 'ledger-server.log'}")
+                raise SystemExit(
+                    f"the ledger server did not start; see {workdir / 'ledger-server.log'}"
+                )
             time.sleep(0.05)
         yield f"127.0.0.1:{port_file.read_text().strip()}"
     finally:
@@ -79,7 +93,9 @@ def run(workdir: Path) -> int:
     with ledger_server(workdir) as address:
         say(f"ledger server on {address} (SQLite log {workdir / 'ledger.db'})")
         client = LedgerClient(address)
-        flow.state = followed_state(client.read)  # approvals, reports and releases name their binding
+        flow.state = followed_state(
+            client.read
+        )  # approvals, reports and releases name their binding
 
         submit, refused = narrator(client)
 
@@ -91,8 +107,10 @@ def run(workdir: Path) -> int:
 
         say("\n2. an agent proposes, evaluators measure, people decide")
         proposal = submit("agent:researcher-7 proposes model-server:v2", flow.propose())
-        evals = (submit("evalbot: safety refusal_rate=0.99", flow.eval(proposal, "safety", 0.99)),
-                 submit("evalbot: quality accuracy=0.91", flow.eval(proposal, "quality", 0.91)))
+        evals = (
+            submit("evalbot: safety refusal_rate=0.99", flow.eval(proposal, "safety", 0.99)),
+            submit("evalbot: quality accuracy=0.91", flow.eval(proposal, "quality", 0.91)),
+        )
         refused("the agent approves its own proposal", flow.approve(proposal, evals, "agent"))
         submit("alice approves (bound to the latest evals)", flow.approve(proposal, evals, "alice"))
         submit("bob approves", flow.approve(proposal, evals, "bob"))
@@ -100,14 +118,19 @@ def run(workdir: Path) -> int:
         say("\n3. the rollout starts; on-call stops it with one signature")
         submit("controller: canary 10%", flow.step(proposal, 0, 10, "STARTED"))
         scope = KillScope("TARGET", "models", "model-server")
-        submit("on-call engages the kill switch for the target", flow.kill(scope, reason="latency spike"))
+        submit(
+            "on-call engages the kill switch for the target",
+            flow.kill(scope, reason="latency spike"),
+        )
         refused("the controller tries to advance anyway", flow.step(proposal, 1, 50, "ADVANCED"))
         submit("controller: rolled back, canary removed", flow.step(proposal, 0, 0, "ROLLED_BACK"))
         refused("alice alone releases the kill switch", flow.release(scope, signers=("alice",)))
         submit("alice and bob release it together", flow.release(scope))
 
         say("\n4. nothing resumes without a fresh decision; then promotion")
-        refused("the controller restarts on the old approvals", flow.step(proposal, 0, 10, "STARTED"))
+        refused(
+            "the controller restarts on the old approvals", flow.step(proposal, 0, 10, "STARTED")
+        )
         submit("alice approves again", flow.approve(proposal, evals, "alice"))
         submit("bob approves again", flow.approve(proposal, evals, "bob"))
         submit("controller: canary 10%", flow.step(proposal, 0, 10, "STARTED"))
@@ -120,7 +143,10 @@ def run(workdir: Path) -> int:
         say("\n5. the timeline, as anyone can rebuild it from the log")
         for line in lines(client.read(0)):
             say("  " + line)
-        say(f"\nlatest checkpoint (size {checkpoint.size}):\n" + "".join("  " + ln + "\n" for ln in checkpoint.note.splitlines()))
+        say(
+            f"\nlatest checkpoint (size {checkpoint.size}):\n"
+            + "".join("  " + ln + "\n" for ln in checkpoint.note.splitlines())
+        )
 
         from ledger.export import write_export, write_trust_root
 
@@ -138,7 +164,9 @@ def run(workdir: Path) -> int:
     return 0
 
 
-def narrator(client: LedgerClient) -> tuple[Callable[[str, SignedEvent], bytes], Callable[[str, SignedEvent], None]]:
+def narrator(
+    client: LedgerClient,
+) -> tuple[Callable[[str, SignedEvent], bytes], Callable[[str, SignedEvent], None]]:
     """`submit` appends and prints the receipt; `refused` shows the ledger refusing an event."""
 
     def submit(what: str, event: SignedEvent) -> bytes:
@@ -166,9 +194,16 @@ def grant_principal(event: SignedEvent) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, help="where to leave keys, log and export (default: a new temporary directory)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ledger.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where to leave keys, log and export (default: a new temporary directory)",
+    )
     args = parser.parse_args(argv)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="steward-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,12 @@ from ledger.keys import PublicKey
 
 # Why a server may not sign a checkpoint on demand: the caller may not ask (access control), or
 # the server was fenced by a newer writer.
-_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED)
+_REFUSED = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
 
 _SCHEMA = fastavro.parse_schema(
     json.loads((Path(__file__).parent / "schemas" / "export_record.v1.avsc").read_text())
@@ -51,8 +55,11 @@ def _covering_checkpoint(client: Any, progress: bool) -> int:
         if exc.code not in _REFUSED:
             raise
         if progress:
-            print(f"the server signs no checkpoint now ({exc.code.name}: {exc.message}); exporting up to its "
-                  "newest checkpoint", file=sys.stderr)
+            print(
+                f"the server signs no checkpoint now ({exc.code.name}: {exc.message}); exporting up to its "
+                "newest checkpoint",
+                file=sys.stderr,
+            )
     try:
         return int(client.checkpoint().size)
     except LedgerRpcError as exc:
@@ -72,7 +79,9 @@ def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
     head = client.head()
     # Only checkpoints up to the exported size: one published meanwhile would commit to
     # entries the file does not hold.
-    checkpoints = [{"size": c.size, "note": c.note} for c in client.checkpoints() if c.size <= total]
+    checkpoints = [
+        {"size": c.size, "note": c.note} for c in client.checkpoints() if c.size <= total
+    ]
     genesis = client.genesis()
     metadata = {
         "steward.format": "steward-export/v1",
@@ -86,11 +95,15 @@ def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
     count = 0
     try:
         with tmp.open("wb") as out:
+
             def counted() -> Iterator[dict[str, Any]]:
                 nonlocal count
-                for record in _records(client.read(0, limit=total) if total else iter(()), total, progress):
+                for record in _records(
+                    client.read(0, limit=total) if total else iter(()), total, progress
+                ):
                     count += 1
                     yield record
+
             fastavro.writer(out, _SCHEMA, counted(), metadata=metadata, codec="deflate")
             out.flush()
             os.fsync(out.fileno())
@@ -113,8 +126,11 @@ def write_trust_root(client: Any, path: Path) -> None:
         "vkey": client.vkey(),
         "root_threshold": genesis.root_threshold,
         "roots": [
-            {"principal": r.principal, "public_key_hex": r.public_key.hex(),
-             "public_pem": PublicKey(r.public_key).to_pem().decode()}
+            {
+                "principal": r.principal,
+                "public_key_hex": r.public_key.hex(),
+                "public_pem": PublicKey(r.public_key).to_pem().decode(),
+            }
             for r in genesis.roots
         ],
     }

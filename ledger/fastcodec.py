@@ -95,8 +95,13 @@ def _signatures_bytes(signatures: Any) -> bytes | None:
         return b"\x00"
     parts = [_varint(len(signatures))]
     for sig in signatures:
-        if (type(sig) is not Signature or type(sig.key_id) is not bytes or len(sig.key_id) != 32
-                or type(sig.sig) is not bytes or len(sig.sig) != SIG_SIZE):
+        if (
+            type(sig) is not Signature
+            or type(sig.key_id) is not bytes
+            or len(sig.key_id) != 32
+            or type(sig.sig) is not bytes
+            or len(sig.sig) != SIG_SIZE
+        ):
             return None
         parts.append(sig.key_id)
         parts.append(sig.sig)
@@ -116,9 +121,14 @@ def write_signed_event(event: SignedEvent) -> bytes | None:
 
 def _plain_entry_head(seq: Any, prev: Any, received_at: Any) -> bool:
     """Whether an entry's own fields (beyond the event's) are of the plain shape."""
-    return (type(seq) is int and _LONG_MIN <= seq <= _LONG_MAX
-            and type(prev) is bytes and len(prev) == HASH_SIZE
-            and type(received_at) is int and _LONG_MIN <= received_at <= _LONG_MAX)
+    return (
+        type(seq) is int
+        and _LONG_MIN <= seq <= _LONG_MAX
+        and type(prev) is bytes
+        and len(prev) == HASH_SIZE
+        and type(received_at) is int
+        and _LONG_MIN <= received_at <= _LONG_MAX
+    )
 
 
 def write_entry(entry: Entry) -> bytes | None:
@@ -131,12 +141,22 @@ def write_entry(entry: Entry) -> bytes | None:
     signatures = _signatures_bytes(entry.signatures)
     if signatures is None:
         return None
-    return b"".join((ENTRY_PREFIX, _varint(seq), prev, _varint(len(body)), body, signatures,
-                      _varint(received_at)))
+    return b"".join(
+        (
+            ENTRY_PREFIX,
+            _varint(seq),
+            prev,
+            _varint(len(body)),
+            body,
+            signatures,
+            _varint(received_at),
+        )
+    )
 
 
-def write_entry_of_event(seq: int, prev: bytes, event_encoding: bytes,
-                         received_at: int) -> bytes | None:
+def write_entry_of_event(
+    seq: int, prev: bytes, event_encoding: bytes, received_at: int
+) -> bytes | None:
     """write_entry, the body and signatures copied from the event's single-object encoding.
 
     `event_encoding` must be ``encode_signed_event`` of the event (``ReceivedEvent.canonical``):
@@ -144,8 +164,15 @@ def write_entry_of_event(seq: int, prev: bytes, event_encoding: bytes,
     """
     if not _plain_entry_head(seq, prev, received_at):
         return None
-    return b"".join((ENTRY_PREFIX, _varint(seq), prev, event_encoding[len(SIGNED_EVENT_PREFIX):],
-                     _varint(received_at)))
+    return b"".join(
+        (
+            ENTRY_PREFIX,
+            _varint(seq),
+            prev,
+            event_encoding[len(SIGNED_EVENT_PREFIX) :],
+            _varint(received_at),
+        )
+    )
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
@@ -182,7 +209,7 @@ def _read_signatures(data: bytes, pos: int) -> tuple[tuple[Signature, ...], int]
         return None  # a sized block, or a count the data cannot hold: fastavro decides
     sigs = []
     for _ in range(count):
-        sigs.append(Signature(data[pos:pos + 32], data[pos + 32:pos + 96]))
+        sigs.append(Signature(data[pos : pos + 32], data[pos + 32 : pos + 96]))
         pos += 96
     if data[pos] != 0:
         return None  # a second block
@@ -193,7 +220,7 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int] | None:
     size, pos = _read_long(data, pos)
     if size < 0 or pos + size > len(data):
         return None
-    return data[pos:pos + size], pos + size
+    return data[pos : pos + size], pos + size
 
 
 def read_signed_event(payload: bytes) -> SignedEvent | None:
@@ -224,7 +251,8 @@ def is_canonical(payload: bytes, event: SignedEvent) -> bool:
     """
     size, n = len(event.body), len(event.signatures)
     return len(payload) == (1 if size < 64 else 2 if size < 8192 else 3) + size + (
-        96 * n + 2 if n else 1)
+        96 * n + 2 if n else 1
+    )
 
 
 def read_entry(payload: bytes) -> Entry | None:
@@ -233,7 +261,7 @@ def read_entry(payload: bytes) -> Entry | None:
         return None
     try:
         seq, pos = _read_long(payload, 0)
-        prev = payload[pos:pos + HASH_SIZE]
+        prev = payload[pos : pos + HASH_SIZE]
         if len(prev) != HASH_SIZE:
             return None
         body = _read_bytes(payload, pos + HASH_SIZE)
@@ -381,7 +409,9 @@ def _union_reader(branches: tuple[_Reader, ...]) -> _Reader:
     return read_union
 
 
-def _fields_reader(fields: tuple[_Reader, ...]) -> typing.Callable[[bytes, int], tuple[list[Any], int]]:
+def _fields_reader(
+    fields: tuple[_Reader, ...],
+) -> typing.Callable[[bytes, int], tuple[list[Any], int]]:
     def read_fields(data: bytes, pos: int) -> tuple[list[Any], int]:
         values = []
         for read in fields:
@@ -423,7 +453,8 @@ def _reader(node: Any, named: dict[str, _Reader]) -> _Reader:
         return named[node] if node in named else _PRIMITIVE_READERS[node]
     if isinstance(node, list):
         if not (len(node) == 2 and node[0] == "null") and not all(
-                isinstance(b, dict) and b["type"] == "record" for b in node):
+            isinstance(b, dict) and b["type"] == "record" for b in node
+        ):
             # decode_body relies on fastavro returning a ["null", X] union as the bare value
             # and any other union as (record name, record): only those two shapes are read here.
             raise TypeError(f"the fast body reader reads no union like {node}")
@@ -467,10 +498,10 @@ def read_body(payload: bytes) -> EventBody | None:
         return None
     try:
         (ledger, event_id, type_name, issued_at, refs, body_payload), pos = _READ_BODY_FIELDS(
-            payload, 0)
+            payload, 0
+        )
     except (_OffPlainShapeError, IndexError, ValueError, struct.error):
         return None  # ValueError includes UnicodeDecodeError
     if pos != len(payload) or type_name != type(body_payload).__name__:
         return None  # trailing bytes, or a type that is not the payload's: fastavro's errors
     return EventBody(ledger, event_id, issued_at, refs, body_payload)
-

@@ -98,18 +98,67 @@ from ledger.wire import (
 
 # The model's and the wire's names, re-exported, and this module's own.
 __all__ = [
-    "COMPARE_OPS", "DECISIONS", "DOMAIN_PREFIX", "ENTRY_SCHEMA", "EVENT_BODY_SCHEMA",
-    "EVENT_ID_SIZE", "HASH_SIZE", "MAX_BODY_BYTES", "MAX_ENTRY_BYTES", "MAX_SIGNATURES",
-    "PAYLOAD_TYPES", "PRINCIPAL_KINDS", "ROLES", "ROLLOUT_PHASES", "SCOPE_KINDS",
-    "SIGNED_EVENT_SCHEMA", "SIG_SIZE", "SINGLE_OBJECT_MAGIC", "ZERO_HASH", "AnnotationSource",
-    "ApprovalRecorded", "Entry", "EvalRecorded", "EventBody", "HealthReported", "KeyGranted",
-    "KeyRevoked", "KillScope", "KillSwitchEngaged", "KillSwitchReleased", "LedgerGenesis",
-    "LogEntry", "Metric", "ModelRef", "ObservedState", "Payload", "PlanStep", "PolicySet",
-    "ProposalOrigin", "ProposalSubmitted", "ReceivedEvent", "RequiredEval", "RolloutStep",
-    "RootKey", "Schema", "Signature", "SignedEvent", "Target", "TargetSelector", "crc64_avro",
-    "decode_body", "decode_entry", "decode_log_entry", "decode_received_event",
-    "decode_signed_event", "encode_body", "encode_entry", "encode_signed_event", "make_entry",
-    "payload_hashes", "signed_bytes",
+    "COMPARE_OPS",
+    "DECISIONS",
+    "DOMAIN_PREFIX",
+    "ENTRY_SCHEMA",
+    "EVENT_BODY_SCHEMA",
+    "EVENT_ID_SIZE",
+    "HASH_SIZE",
+    "MAX_BODY_BYTES",
+    "MAX_ENTRY_BYTES",
+    "MAX_SIGNATURES",
+    "PAYLOAD_TYPES",
+    "PRINCIPAL_KINDS",
+    "ROLES",
+    "ROLLOUT_PHASES",
+    "SCOPE_KINDS",
+    "SIGNED_EVENT_SCHEMA",
+    "SIG_SIZE",
+    "SINGLE_OBJECT_MAGIC",
+    "ZERO_HASH",
+    "AnnotationSource",
+    "ApprovalRecorded",
+    "Entry",
+    "EvalRecorded",
+    "EventBody",
+    "HealthReported",
+    "KeyGranted",
+    "KeyRevoked",
+    "KillScope",
+    "KillSwitchEngaged",
+    "KillSwitchReleased",
+    "LedgerGenesis",
+    "LogEntry",
+    "Metric",
+    "ModelRef",
+    "ObservedState",
+    "Payload",
+    "PlanStep",
+    "PolicySet",
+    "ProposalOrigin",
+    "ProposalSubmitted",
+    "ReceivedEvent",
+    "RequiredEval",
+    "RolloutStep",
+    "RootKey",
+    "Schema",
+    "Signature",
+    "SignedEvent",
+    "Target",
+    "TargetSelector",
+    "crc64_avro",
+    "decode_body",
+    "decode_entry",
+    "decode_log_entry",
+    "decode_received_event",
+    "decode_signed_event",
+    "encode_body",
+    "encode_entry",
+    "encode_signed_event",
+    "make_entry",
+    "payload_hashes",
+    "signed_bytes",
 ]
 
 
@@ -283,7 +332,9 @@ def encode_body(body: EventBody) -> bytes:
     record["type"] = body.type
     record["payload"] = (f"steward.v1.{body.type}", _to_avro(body.payload))
     # Field order in the dict does not matter to fastavro; the schema fixes it.
-    encoded = _single_object(EVENT_BODY_SCHEMA, _schemaless_write(EVENT_BODY_SCHEMA, record, "body"))
+    encoded = _single_object(
+        EVENT_BODY_SCHEMA, _schemaless_write(EVENT_BODY_SCHEMA, record, "body")
+    )
     if len(encoded) > MAX_BODY_BYTES:
         raise FormatError(
             f"body is {len(encoded)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
@@ -297,7 +348,9 @@ def decode_body(body_bytes: bytes) -> EventBody:
         raise FormatError(
             f"body is {len(body_bytes)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
         )
-    if body_bytes[:10] == fastcodec.BODY_PREFIX:  # the current schema, as _split_single_object finds
+    if (
+        body_bytes[:10] == fastcodec.BODY_PREFIX
+    ):  # the current schema, as _split_single_object finds
         fast = fastcodec.read_body(body_bytes[10:])
         if fast is not None:
             return fast
@@ -331,6 +384,7 @@ def signed_bytes(body_bytes: bytes) -> bytes:
     if body_bytes[:2] != SINGLE_OBJECT_MAGIC:
         raise FormatError("body does not start with the single-object marker c301", field="body")
     return DOMAIN_PREFIX + body_bytes[2:]
+
 
 # --------------------------------------------------------------------------------------------
 # Signed events and entries
@@ -367,8 +421,10 @@ def encode_signed_event(event: SignedEvent) -> bytes:
     _check_signatures(event.signatures, "signed event")
     encoded = fastcodec.write_signed_event(event)
     if encoded is None:
-        encoded = _single_object(SIGNED_EVENT_SCHEMA, _schemaless_write(
-            SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event"))
+        encoded = _single_object(
+            SIGNED_EVENT_SCHEMA,
+            _schemaless_write(SIGNED_EVENT_SCHEMA, _to_avro(event), "signed_event"),
+        )
     return encoded
 
 
@@ -380,11 +436,17 @@ def decode_received_event(data: bytes) -> ReceivedEvent:
         )
     schema, payload = _split_single_object(data, SIGNED_EVENT_WRITERS, "signed event")
     fast = fastcodec.read_signed_event(payload) if schema is SIGNED_EVENT_SCHEMA else None
-    event: SignedEvent = fast if fast is not None else _SIGNED_EVENT_FROM_AVRO(
-        _schemaless_read(schema, payload, "signed event"))
+    event: SignedEvent = (
+        fast
+        if fast is not None
+        else _SIGNED_EVENT_FROM_AVRO(_schemaless_read(schema, payload, "signed event"))
+    )
     _check_signatures(event.signatures, "signed event")
-    canonical = (data if fast is not None and type(data) is bytes
-                 and fastcodec.is_canonical(payload, fast) else None)
+    canonical = (
+        data
+        if fast is not None and type(data) is bytes and fastcodec.is_canonical(payload, fast)
+        else None
+    )
     return ReceivedEvent(event, canonical)
 
 
@@ -396,8 +458,9 @@ def encode_entry(entry: Entry) -> bytes:
     _check_signatures(entry.signatures, "entry")
     encoded = fastcodec.write_entry(entry)
     if encoded is None:
-        encoded = _single_object(ENTRY_SCHEMA, _schemaless_write(
-            ENTRY_SCHEMA, _to_avro(entry), "entry"))
+        encoded = _single_object(
+            ENTRY_SCHEMA, _schemaless_write(ENTRY_SCHEMA, _to_avro(entry), "entry")
+        )
     return encoded
 
 
@@ -406,8 +469,9 @@ def decode_entry(data: bytes) -> Entry:
         raise FormatError(f"entry is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}")
     schema, payload = _split_single_object(data, ENTRY_WRITERS, "entry")
     fast = fastcodec.read_entry(payload) if schema is ENTRY_SCHEMA else None
-    entry: Entry = fast if fast is not None else _ENTRY_FROM_AVRO(
-        _schemaless_read(schema, payload, "entry"))
+    entry: Entry = (
+        fast if fast is not None else _ENTRY_FROM_AVRO(_schemaless_read(schema, payload, "entry"))
+    )
     _check_signatures(entry.signatures, "entry")
     return entry
 
@@ -423,8 +487,13 @@ def decode_log_entry(entry_bytes: bytes) -> LogEntry:
     )
 
 
-def make_entry(seq: int, prev: bytes, event: SignedEvent | ReceivedEvent, received_at: int,
-               body: EventBody | None = None) -> LogEntry:
+def make_entry(
+    seq: int,
+    prev: bytes,
+    event: SignedEvent | ReceivedEvent,
+    received_at: int,
+    body: EventBody | None = None,
+) -> LogEntry:
     """The entry the ledger writes for an accepted event (body bytes kept as received).
 
     `body`, when given, must be ``decode_body(event.body)`` (a caller that decoded it already).
@@ -434,9 +503,16 @@ def make_entry(seq: int, prev: bytes, event: SignedEvent | ReceivedEvent, receiv
     signed = event.event if isinstance(event, ReceivedEvent) else event
     canonical = event.canonical if isinstance(event, ReceivedEvent) else None
     entry = Entry(seq, prev, signed.body, signed.signatures, received_at)
-    entry_bytes = None if canonical is None else fastcodec.write_entry_of_event(
-        seq, prev, canonical, received_at)
+    entry_bytes = (
+        None
+        if canonical is None
+        else fastcodec.write_entry_of_event(seq, prev, canonical, received_at)
+    )
     if entry_bytes is None:
         entry_bytes = encode_entry(entry)
-    return LogEntry(entry, entry_bytes, leaf_hash(entry_bytes),
-                    decode_body(signed.body) if body is None else body)
+    return LogEntry(
+        entry,
+        entry_bytes,
+        leaf_hash(entry_bytes),
+        decode_body(signed.body) if body is None else body,
+    )

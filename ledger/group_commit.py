@@ -43,8 +43,12 @@ class Request:
 
     __slots__ = ("after", "done", "error", "on_done", "results", "staged", "taken")
 
-    def __init__(self, staged: StagedBatch, after: Request | None = None,
-                 on_done: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        staged: StagedBatch,
+        after: Request | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         self.staged = staged
         self.after = after  # the previous batch of the same caller: this one must follow it
         self.results: Results = []
@@ -102,9 +106,17 @@ class GroupCommit:
     left to store (the moment to rebuild from the store).
     """
 
-    def __init__(self, lock: threading.RLock, *, fold: Fold, write: Write,
-                 on_failure: Callable[[BaseException], None], on_idle: Callable[[], None],
-                 max_events: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        lock: threading.RLock,
+        *,
+        fold: Fold,
+        write: Write,
+        on_failure: Callable[[BaseException], None],
+        on_idle: Callable[[], None],
+        max_events: int,
+        max_bytes: int,
+    ) -> None:
         self._lock = lock
         self._fold = fold
         self._write = write
@@ -127,8 +139,9 @@ class GroupCommit:
         self._closing = False  # close(): the writer stores what is folded, then ends
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._write_loop, name="ledger-store-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._write_loop, name="ledger-store-writer", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -161,8 +174,12 @@ class GroupCommit:
             while not all(r.done for r in requests):
                 self._group_done.wait()
 
-    def submit(self, batches: Sequence[StagedBatch], on_done: Callable[[], None] | None = None,
-               after: Request | None = None) -> list[Request]:
+    def submit(
+        self,
+        batches: Sequence[StagedBatch],
+        on_done: Callable[[], None] | None = None,
+        after: Request | None = None,
+    ) -> list[Request]:
         """Queue staged batches of one caller and return once they are folded (checked, in the
         core), not stored: each request is ``done`` once stored or failed, and `on_done` is called
         then. `after` is the caller's previous request, if it may still be on its way: these
@@ -205,8 +222,10 @@ class GroupCommit:
                     failed.append(first)
                     continue
                 head = first.staged
-                if group and (events + len(head.events) > self._max_events
-                              or size + head.size > self._max_bytes):
+                if group and (
+                    events + len(head.events) > self._max_events
+                    or size + head.size > self._max_bytes
+                ):
                     break
                 request = self._pending.popleft()
                 request.taken = True
@@ -271,8 +290,11 @@ class GroupCommit:
         entries, size = len(take[0].entries), take[0].size
         while self.folded:
             nxt = self.folded[0]
-            if nxt.epoch != take[0].epoch or entries + len(nxt.entries) > self._max_events \
-                    or size + nxt.size > self._max_bytes:
+            if (
+                nxt.epoch != take[0].epoch
+                or entries + len(nxt.entries) > self._max_events
+                or size + nxt.size > self._max_bytes
+            ):
                 break
             take.append(self.folded.popleft())
             entries += len(nxt.entries)
@@ -292,7 +314,8 @@ class GroupCommit:
                 # Folded on top of a group whose store write failed: its checks assumed
                 # entries that were never stored.
                 error = self._last_failure or StoreUnavailableError(
-                    "an earlier batch could not be stored; retry")
+                    "an earlier batch could not be stored; retry"
+                )
             else:
                 self._write([e for g in take for e in g.entries])
         except BaseException as exc:  # every failure fails the groups; the writer lives on

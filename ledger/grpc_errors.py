@@ -137,8 +137,9 @@ class Status:
 class ServiceError(StewardError):
     """A refusal the server decides itself (not one of the rules), with its status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, violation_code: str = "",
-                 field: str = "") -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, violation_code: str = "", field: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = Status(code, message, violation_code, field)
 
@@ -162,8 +163,9 @@ def status_for(exc: BaseException, log: logging.Logger) -> Status:
             FENCED_CODE,
         )
     if isinstance(exc, StoreError) and exc.retryable:
-        return Status(grpc.StatusCode.UNAVAILABLE, f"store unavailable, retry: {exc}",
-                      STORE_UNAVAILABLE_CODE)
+        return Status(
+            grpc.StatusCode.UNAVAILABLE, f"store unavailable, retry: {exc}", STORE_UNAVAILABLE_CODE
+        )
     for kind in type(exc).__mro__:
         if kind in WRITER_ERROR_STATUS:
             code, violation_code = WRITER_ERROR_STATUS[kind]
@@ -192,6 +194,7 @@ def guarded(log: logging.Logger) -> Callable[[F], F]:
 
     def wrap(method: F) -> F:
         if inspect.isgeneratorfunction(method):
+
             @functools.wraps(method)
             def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:

@@ -111,8 +111,9 @@ class ChainCheck:
             return self._hold(Skip(position, None, "malformed", "", str(exc)[:200]))
         violation = check(core.state, e)
         if violation is not None:
-            return self._hold(Skip(position, e, violation.code, violation.field,
-                                   violation.message[:200]))
+            return self._hold(
+                Skip(position, e, violation.code, violation.field, violation.message[:200])
+            )
         if e.seq == 0 and self.on_genesis is not None:
             payload = e.body.payload
             assert isinstance(payload, LedgerGenesis)
@@ -148,14 +149,17 @@ class ChainCheck:
                 if e.entry.prev != last:
                     linked = f"the leaf hash of seq {n - 1}" if n else "32 zero bytes"
                     changed = f"seq {n - 1} or seq {n} was changed" if n else "it was changed"
-                    return (f"its prev is not {linked}: {changed} "
-                            f"(store position {skip.position})")
-                return (f"changed: {skip.reason} on {skip.field or 'the entry'}: {skip.detail} "
-                        f"(store position {skip.position})")
+                    return f"its prev is not {linked}: {changed} (store position {skip.position})"
+                return (
+                    f"changed: {skip.reason} on {skip.field or 'the entry'}: {skip.detail} "
+                    f"(store position {skip.position})"
+                )
         for skip in self._tail:
             if skip.entry is None:
-                return (f"missing or changed: the record at store position {skip.position} "
-                        f"does not decode ({skip.detail})")
+                return (
+                    f"missing or changed: the record at store position {skip.position} "
+                    f"does not decode ({skip.detail})"
+                )
         later = [s for s in (skip.seq for skip in self._tail) if s is not None and s > n]
         if later:
             after = f"the record after seq {n - 1}" if n else "the first record"
@@ -169,8 +173,9 @@ class ChainCheck:
             raise _damaged(damage)
 
 
-def verify_checkpoints(chain: ChainCheck, stored: Iterable[tuple[int, str]]
-                       ) -> list[VerifiedCheckpoint]:
+def verify_checkpoints(
+    chain: ChainCheck, stored: Iterable[tuple[int, str]]
+) -> list[VerifiedCheckpoint]:
     """Check every stored checkpoint note against the folded chain, in stored order.
 
     Each must verify with the checkpoint key and origin the genesis names, cover no more
@@ -182,23 +187,39 @@ def verify_checkpoints(chain: ChainCheck, stored: Iterable[tuple[int, str]]
         return []
     state, tree, n = chain.core.state, chain.core.tree, chain.core.size
     if n == 0:
-        raise _damaged(Damage("seq 0", f"{chain.next_entry_problem()}; {len(stored)} signed "
-                                       "checkpoints are stored after it", 0))
+        raise _damaged(
+            Damage(
+                "seq 0",
+                f"{chain.next_entry_problem()}; {len(stored)} signed "
+                "checkpoints are stored after it",
+                0,
+            )
+        )
     verifier = Verifier(state.checkpoint_key_name, state.checkpoint_public_key)
     verified: list[VerifiedCheckpoint] = []
     for i, (size, note) in enumerate(stored, 1):
         try:
             cp = notes.verify_checkpoint(note, verifier, state.origin)
         except VerificationError as exc:
-            raise _damaged(Damage(f"checkpoint #{i} for size {size}",
-                                  f"does not verify with the ledger's checkpoint key: {exc}")
-                           ) from None
+            raise _damaged(
+                Damage(
+                    f"checkpoint #{i} for size {size}",
+                    f"does not verify with the ledger's checkpoint key: {exc}",
+                )
+            ) from None
         if cp.size != size:
-            raise _damaged(Damage(f"checkpoint #{i} for size {size}",
-                                  f"its signed note is for size {cp.size}"))
+            raise _damaged(
+                Damage(f"checkpoint #{i} for size {size}", f"its signed note is for size {cp.size}")
+            )
         if cp.size > n:
-            raise _damaged(Damage(f"seq {n}", f"{chain.next_entry_problem()}; the signed "
-                                              f"checkpoint for size {cp.size} covers it", n))
+            raise _damaged(
+                Damage(
+                    f"seq {n}",
+                    f"{chain.next_entry_problem()}; the signed "
+                    f"checkpoint for size {cp.size} covers it",
+                    n,
+                )
+            )
         verified.append(VerifiedCheckpoint(cp.size, note, cp.root, cp.origin))
     # Roots, smallest size first, so the damage named is the earliest one.
     matched = 0
@@ -207,11 +228,20 @@ def verify_checkpoints(chain: ChainCheck, stored: Iterable[tuple[int, str]]
             matched = max(matched, checked.size)
             continue
         last = checked.size - 1
-        together = (f" (or seqs {matched}..{last} were rewritten together, links and all)"
-                    if matched < last else "")
-        raise _damaged(Damage(f"seq {last}", f"changed: the entries up to it do not give the root "
-                                             f"the signed checkpoint for size {checked.size} names"
-                                             f"{together}", last))
+        together = (
+            f" (or seqs {matched}..{last} were rewritten together, links and all)"
+            if matched < last
+            else ""
+        )
+        raise _damaged(
+            Damage(
+                f"seq {last}",
+                f"changed: the entries up to it do not give the root "
+                f"the signed checkpoint for size {checked.size} names"
+                f"{together}",
+                last,
+            )
+        )
     return verified
 
 

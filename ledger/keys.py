@@ -124,7 +124,9 @@ class PrivateKey:
             # cryptography says TypeError for "encrypted but no passphrase" and the reverse.
             raise BadKeyError(f"passphrase problem: {exc}") from exc
         except ValueError as exc:
-            raise BadKeyError(f"cannot load the private key (wrong passphrase or not PEM): {exc}") from exc
+            raise BadKeyError(
+                f"cannot load the private key (wrong passphrase or not PEM): {exc}"
+            ) from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise BadKeyError(f"expected an Ed25519 private key, observed {type(key).__name__}")
         return cls(key)
@@ -150,7 +152,9 @@ def sign_body(body_bytes: bytes, keys: list[PrivateKey] | tuple[PrivateKey, ...]
     message = signed_bytes(body_bytes)
     return SignedEvent(
         body=body_bytes,
-        signatures=canonical_signatures(Signature(key_id=k.key_id, sig=k.sign(message)) for k in keys),
+        signatures=canonical_signatures(
+            Signature(key_id=k.key_id, sig=k.sign(message)) for k in keys
+        ),
     )
 
 

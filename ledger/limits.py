@@ -41,7 +41,9 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1:
-            raise ValueError(f"a rate limit needs rate > 0 and burst >= 1, got {self.rate}/s, burst {self.burst}")
+            raise ValueError(
+                f"a rate limit needs rate > 0 and burst >= 1, got {self.rate}/s, burst {self.burst}"
+            )
 
     def describe(self) -> str:
         return f"{self.rate:g}/s, burst {self.burst}"
@@ -55,7 +57,9 @@ class _Buckets:
     _FORGET_AFTER_S = 60.0
     _SWEEP_EVERY = 4096
 
-    def __init__(self, limit: RateLimit, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: RateLimit, name: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.name = name
         self._clock = clock
@@ -93,22 +97,33 @@ class _Buckets:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"rate limit {self.name} ({self.limit.describe()}) exceeded by {who} "
             f"({n} event{'s' if n != 1 else ''} refused, nothing appended); retry later"
-            if n else f"rate limit {self.name} ({self.limit.describe()}) used up by {who}; "
+            if n
+            else f"rate limit {self.name} ({self.limit.describe()}) used up by {who}; "
             "no stream is opened until its bucket refills",
-            violation_code=RATE_LIMITED_CODE, field=self.name)
+            violation_code=RATE_LIMITED_CODE,
+            field=self.name,
+        )
 
 
 class AppendLimits:
     """The append rate limits of one server; a limit left None is not enforced."""
 
-    def __init__(self, per_peer: RateLimit | None = None, per_principal: RateLimit | None = None,
-                 kill_switch_per_peer: RateLimit | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_peer: RateLimit | None = None,
+        per_principal: RateLimit | None = None,
+        kill_switch_per_peer: RateLimit | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._peer = _Buckets(per_peer, "append_rate_per_peer", clock) if per_peer else None
-        self._principal = (_Buckets(per_principal, "append_rate_per_principal", clock)
-                           if per_principal else None)
-        self._kill = (_Buckets(kill_switch_per_peer, "kill_switch_rate_per_peer", clock)
-                      if kill_switch_per_peer else None)
+        self._principal = (
+            _Buckets(per_principal, "append_rate_per_principal", clock) if per_principal else None
+        )
+        self._kill = (
+            _Buckets(kill_switch_per_peer, "kill_switch_rate_per_peer", clock)
+            if kill_switch_per_peer
+            else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -164,13 +179,17 @@ class StreamSlots:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{method}: peer {peer} already has {self._by_peer[peer]} open streams, the "
                     f"limit max_streams_per_peer is {self.max_per_peer}; close one first",
-                    violation_code=STREAM_LIMIT_CODE, field="max_streams_per_peer")
+                    violation_code=STREAM_LIMIT_CODE,
+                    field="max_streams_per_peer",
+                )
             if self._total >= self.max_streams:
                 raise ServiceError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{method}: the server has {self._total} open streams, the limit "
                     f"max_streams is {self.max_streams}; retry later",
-                    violation_code=STREAM_LIMIT_CODE, field="max_streams")
+                    violation_code=STREAM_LIMIT_CODE,
+                    field="max_streams",
+                )
             self._total += 1
             self._by_peer[peer] += 1
 

@@ -62,19 +62,24 @@ def dns1123_label_problem(value: str) -> str | None:
     if len(value) > DNS1123_LABEL_MAX:
         return f"is {len(value)} characters, a DNS-1123 label has at most {DNS1123_LABEL_MAX}"
     if not _DNS1123_LABEL.fullmatch(value):
-        return (f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit)")
+        return (
+            f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit)"
+        )
     return None
 
 
 def dns1123_subdomain_problem(value: str) -> str | None:
     """Why `value` is not a DNS-1123 subdomain (a Kubernetes Deployment name), or None."""
     if len(value) > DNS1123_SUBDOMAIN_MAX:
-        return (f"is {len(value)} characters, a DNS-1123 subdomain has at most "
-                f"{DNS1123_SUBDOMAIN_MAX}")
+        return (
+            f"is {len(value)} characters, a DNS-1123 subdomain has at most {DNS1123_SUBDOMAIN_MAX}"
+        )
     if not all(_DNS1123_LABEL.fullmatch(part) for part in value.split(".")):
-        return (f"{value!r} is not a DNS-1123 subdomain (dot-separated labels of lower-case "
-                "letters, digits and '-', each starting and ending with a letter or digit)")
+        return (
+            f"{value!r} is not a DNS-1123 subdomain (dot-separated labels of lower-case "
+            "letters, digits and '-', each starting and ending with a letter or digit)"
+        )
     return None
 
 
@@ -92,8 +97,10 @@ def principal_name_problem(principal: str) -> str | None:
     if len(name) > PRINCIPAL_NAME_MAX:
         return f"the name is {len(name)} characters, at most {PRINCIPAL_NAME_MAX} are allowed"
     if not _PRINCIPAL_NAME.fullmatch(name):
-        return (f"{principal!r}: the name after 'kind:' must be ASCII letters, digits and "
-                "'. _ @ + -', starting with a letter or digit")
+        return (
+            f"{principal!r}: the name after 'kind:' must be ASCII letters, digits and "
+            "'. _ @ + -', starting with a letter or digit"
+        )
     return None
 
 
@@ -105,8 +112,10 @@ def text_problem(value: str, limit: int = LABEL_MAX) -> str | None:
         return None
     for i, c in enumerate(value):
         if unicodedata.category(c) in _FORBIDDEN_CATEGORIES:
-            return (f"holds the control or invisible character U+{ord(c):04X} at position {i}; "
-                    "free text may not hold control characters")
+            return (
+                f"holds the control or invisible character U+{ord(c):04X} at position {i}; "
+                "free text may not hold control characters"
+            )
     return None
 
 
@@ -118,7 +127,8 @@ def printable(text: str) -> str:
         return text
     return "".join(
         c.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(c) in _FORBIDDEN_CATEGORIES else c
+        if unicodedata.category(c) in _FORBIDDEN_CATEGORIES
+        else c
         for c in text
     )
 

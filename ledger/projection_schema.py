@@ -18,7 +18,8 @@ metadata = sa.MetaData()
 HexHash = sa.String(64)
 
 keys_table = sa.Table(
-    "proj_keys", metadata,
+    "proj_keys",
+    metadata,
     sa.Column("key_id", HexHash, primary_key=True),
     sa.Column("principal", sa.String(256), nullable=False, index=True),
     sa.Column("kind", sa.String(16), nullable=False),
@@ -30,7 +31,8 @@ keys_table = sa.Table(
 )
 
 policies_table = sa.Table(
-    "proj_policies", metadata,
+    "proj_policies",
+    metadata,
     sa.Column("policy_id", sa.String(256), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("entry_hash", HexHash, nullable=False),
@@ -46,7 +48,8 @@ policies_table = sa.Table(
 )
 
 proposals_table = sa.Table(
-    "proj_proposals", metadata,
+    "proj_proposals",
+    metadata,
     sa.Column("hash", HexHash, primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
     sa.Column("submitted_at", sa.BigInteger, nullable=False),  # received_at, ms
@@ -69,7 +72,8 @@ proposals_table = sa.Table(
 sa.Index("ix_proj_proposals_target", proposals_table.c.namespace, proposals_table.c.deployment)
 
 evals_table = sa.Table(
-    "proj_evals", metadata,
+    "proj_evals",
+    metadata,
     sa.Column("hash", HexHash, primary_key=True),
     sa.Column("proposal", HexHash, nullable=False, index=True),
     sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
@@ -83,7 +87,8 @@ evals_table = sa.Table(
 )
 
 approvals_table = sa.Table(
-    "proj_approvals", metadata,
+    "proj_approvals",
+    metadata,
     sa.Column("hash", HexHash, primary_key=True),
     sa.Column("proposal", HexHash, nullable=False, index=True),
     sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
@@ -97,7 +102,8 @@ approvals_table = sa.Table(
 )
 
 rollout_steps_table = sa.Table(
-    "proj_rollout_steps", metadata,
+    "proj_rollout_steps",
+    metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("hash", HexHash, nullable=False),
     sa.Column("proposal", HexHash, nullable=False, index=True),
@@ -110,7 +116,8 @@ rollout_steps_table = sa.Table(
 )
 
 kill_switches_table = sa.Table(
-    "proj_kill_switches", metadata,
+    "proj_kill_switches",
+    metadata,
     sa.Column("engaged_seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("scope_kind", sa.String(16), nullable=False),
     sa.Column("scope_namespace", sa.String(256), nullable=False),
@@ -124,7 +131,8 @@ kill_switches_table = sa.Table(
 )
 
 position_table = sa.Table(
-    "proj_projection_position", metadata,
+    "proj_projection_position",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("next_position", sa.BigInteger, nullable=False),  # store position to read next
     sa.Column("next_seq", sa.BigInteger, nullable=False),  # = size of the projected log
@@ -132,7 +140,8 @@ position_table = sa.Table(
 )
 
 invalid_records_table = sa.Table(
-    "proj_invalid_records", metadata,
+    "proj_invalid_records",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, nullable=True),  # when the record decoded
@@ -141,8 +150,13 @@ invalid_records_table = sa.Table(
 
 # Derived tables, in an order that is safe to clear.
 DERIVED_TABLES = (
-    keys_table, policies_table, proposals_table, evals_table, approvals_table,
-    rollout_steps_table, kill_switches_table,
+    keys_table,
+    policies_table,
+    proposals_table,
+    evals_table,
+    approvals_table,
+    rollout_steps_table,
+    kill_switches_table,
 )
 
 

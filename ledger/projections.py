@@ -96,13 +96,17 @@ def _judge(state: LedgerState, record: StoredRecord) -> _Outcome:
     try:
         violation = check(state, e)
     except Exception as exc:  # the rules must not crash on hostile content either
-        return _Outcome(record, seq=e.seq, reason=f"check raised {type(exc).__name__}: {exc}"[:MAX_REASON])
+        return _Outcome(
+            record, seq=e.seq, reason=f"check raised {type(exc).__name__}: {exc}"[:MAX_REASON]
+        )
     if violation is not None:
         return _Outcome(record, seq=e.seq, reason=f"rule {violation}"[:MAX_REASON])
     # Signers in signature order, resolved before apply (a key may revoke itself).
-    signers = tuple(dict.fromkeys(
-        state.keys[s.key_id].principal for s in e.entry.signatures if s.key_id in state.keys
-    ))
+    signers = tuple(
+        dict.fromkeys(
+            state.keys[s.key_id].principal for s in e.entry.signatures if s.key_id in state.keys
+        )
+    )
     state.apply(e)
     return _Outcome(record, entry=e, signers=signers)
 
@@ -114,8 +118,16 @@ class Projector:
     optimistic check on the position row and its batch is rolled back.
     """
 
-    def __init__(self, store: LogStore, engine: sa.Engine, *, name: str = DEFAULT_NAME,
-                 batch_size: int = 500, create: bool = True, full_replay: bool = False) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        engine: sa.Engine,
+        *,
+        name: str = DEFAULT_NAME,
+        batch_size: int = 500,
+        create: bool = True,
+        full_replay: bool = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.store = store
@@ -137,8 +149,11 @@ class Projector:
     def stored_position(self) -> Position:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(position_table.c.next_position, position_table.c.next_seq, position_table.c.last_hash)
-                .where(position_table.c.name == self.name)
+                sa.select(
+                    position_table.c.next_position,
+                    position_table.c.next_seq,
+                    position_table.c.last_hash,
+                ).where(position_table.c.name == self.name)
             ).one_or_none()
         if row is None:
             return START
@@ -162,7 +177,11 @@ class Projector:
         stored = self.stored_position()
         state = self._replay_checked(stored) if self.full_replay else self._replay_trusted(stored)
         if state is None or (state.size, state.last_hash) != (stored.next_seq, stored.last_hash):
-            observed = "a broken chain" if state is None else f"seq {state.size} (last hash {state.last_hash.hex()})"
+            observed = (
+                "a broken chain"
+                if state is None
+                else f"seq {state.size} (last hash {state.last_hash.hex()})"
+            )
             raise ProjectionDivergenceError(
                 f"projection {self.name!r} is at position {stored.next_position} = seq {stored.next_seq} "
                 f"(last hash {stored.last_hash.hex()}), but replaying the log up to that position gives "
@@ -194,9 +213,13 @@ class Projector:
             return state
         t = invalid_records_table.c
         with self.engine.connect() as conn:
-            skipped = set(conn.execute(
-                sa.select(t.position).where(t.name == self.name, t.position < stored.next_position)
-            ).scalars())
+            skipped = set(
+                conn.execute(
+                    sa.select(t.position).where(
+                        t.name == self.name, t.position < stored.next_position
+                    )
+                ).scalars()
+            )
         for record in self.store.read(0):
             if record.position >= stored.next_position:
                 break
@@ -220,7 +243,9 @@ class Projector:
         with self._lock, self.engine.begin() as conn:
             for table in reversed(DERIVED_TABLES):
                 conn.execute(table.delete())
-            conn.execute(invalid_records_table.delete().where(invalid_records_table.c.name == self.name))
+            conn.execute(
+                invalid_records_table.delete().where(invalid_records_table.c.name == self.name)
+            )
             conn.execute(position_table.delete().where(position_table.c.name == self.name))
             self._state, self._position = None, START
         return self.catch_up()
@@ -239,8 +264,9 @@ class Projector:
                 self._project(batch)
                 consumed += len(batch)
 
-    def run(self, stop_event: threading.Event, *, idle_timeout: float = 0.2,
-            retry_delay: float = 1.0) -> None:
+    def run(
+        self, stop_event: threading.Event, *, idle_timeout: float = 0.2, retry_delay: float = 1.0
+    ) -> None:
         """Follow the log until `stop_event` is set, committing a batch whenever the log idles
         or `batch_size` records are pending. Unavailable storage or database is retried."""
         while not stop_event.is_set():
@@ -289,11 +315,20 @@ class Projector:
                         write_entry(conn, state, o.entry, list(o.signers))
                     else:
                         invalid += 1
-                        log.warning("projection %s: skipped record at position %d: %s",
-                                    self.name, o.record.position, o.reason)
-                        conn.execute(invalid_records_table.insert().values(
-                            name=self.name, position=o.record.position, seq=o.seq, reason=o.reason,
-                        ))
+                        log.warning(
+                            "projection %s: skipped record at position %d: %s",
+                            self.name,
+                            o.record.position,
+                            o.reason,
+                        )
+                        conn.execute(
+                            invalid_records_table.insert().values(
+                                name=self.name,
+                                position=o.record.position,
+                                seq=o.seq,
+                                reason=o.reason,
+                            )
+                        )
                 new = Position(batch[-1].position + 1, state.size, state.last_hash)
                 self._commit_position(conn, expected, new)
         except BaseException:
@@ -305,7 +340,11 @@ class Projector:
 
     def _commit_position(self, conn: sa.Connection, expected: Position, new: Position) -> None:
         """Move the position inside the batch's transaction, only from where we found it."""
-        values = {"next_position": new.next_position, "next_seq": new.next_seq, "last_hash": new.last_hash.hex()}
+        values = {
+            "next_position": new.next_position,
+            "next_seq": new.next_seq,
+            "last_hash": new.last_hash.hex(),
+        }
         t = position_table.c
         if expected == START:
             exists = conn.execute(sa.select(t.name).where(t.name == self.name)).one_or_none()
@@ -328,7 +367,9 @@ class Projector:
 # Comparing projections (tests, and the ledger's crash checks)
 
 
-def dump(engine: sa.Engine, tables: Iterable[sa.Table] = DERIVED_TABLES) -> dict[str, list[tuple[Any, ...]]]:
+def dump(
+    engine: sa.Engine, tables: Iterable[sa.Table] = DERIVED_TABLES
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the derived tables, sorted, for comparisons."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as conn:

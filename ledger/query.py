@@ -44,7 +44,9 @@ PROPOSAL_NOT_FOUND = "PROPOSAL_NOT_FOUND"
 
 
 def _invalid(field: str, message: str, code: str = INVALID_FILTER) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violation_code=code, field=field)
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violation_code=code, field=field
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,7 +61,10 @@ def _name(field: str, value: str) -> str:
 
 def _principal(field: str, value: str) -> str:
     if value and principal_kind(value) is None:
-        raise _invalid(field, f"{value[:80]!r} is not a principal (expected human:, agent: or service: and a name)")
+        raise _invalid(
+            field,
+            f"{value[:80]!r} is not a principal (expected human:, agent: or service: and a name)",
+        )
     return value
 
 
@@ -70,11 +75,15 @@ def _phase(field: str, value: str, allowed: Sequence[str]) -> str:
     return phase
 
 
-def _hash_ref(request: Any, oneof: str, bytes_field: str, hex_field: str, *, required: bool) -> bytes | None:
+def _hash_ref(
+    request: Any, oneof: str, bytes_field: str, hex_field: str, *, required: bool
+) -> bytes | None:
     which = request.WhichOneof(oneof)
     if which is None:
         if required:
-            raise _invalid(oneof, f"set {bytes_field} (32 bytes) or {hex_field} (64 hex characters)")
+            raise _invalid(
+                oneof, f"set {bytes_field} (32 bytes) or {hex_field} (64 hex characters)"
+            )
         return None
     if which == bytes_field:
         raw: bytes = getattr(request, bytes_field)
@@ -116,10 +125,15 @@ def _parse_page(page: common_pb2.PageRequest, method: str, filters: Sequence[obj
         if version != 1 or not isinstance(seq, int) or not isinstance(tie, str) or seq < 0:
             raise ValueError("bad fields")
     except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error) as exc:
-        raise _invalid("page.page_token", "not a page token this service issued", INVALID_PAGE_TOKEN) from exc
+        raise _invalid(
+            "page.page_token", "not a page token this service issued", INVALID_PAGE_TOKEN
+        ) from exc
     if token_digest != digest:
-        raise _invalid("page.page_token", "issued for other filters; repeat the request with the same filters",
-                       INVALID_PAGE_TOKEN)
+        raise _invalid(
+            "page.page_token",
+            "issued for other filters; repeat the request with the same filters",
+            INVALID_PAGE_TOKEN,
+        )
     return _Page(size, (seq, tie), digest)
 
 
@@ -128,22 +142,29 @@ def _token(page: _Page, seq: int, tie: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _paged(conn: sa.Connection, stmt: sa.Select[Any], page: _Page, seq_col: Any,
-           tie_col: Any | None = None) -> tuple[list[Any], common_pb2.PageResponse]:
+def _paged(
+    conn: sa.Connection, stmt: sa.Select[Any], page: _Page, seq_col: Any, tie_col: Any | None = None
+) -> tuple[list[Any], common_pb2.PageResponse]:
     """Rows of `stmt` after the page's key, ordered by (seq, tie), and the next token."""
     if page.after is not None:
         seq, tie = page.after
-        stmt = stmt.where(seq_col > seq if tie_col is None else
-                          sa.or_(seq_col > seq, sa.and_(seq_col == seq, tie_col > tie)))
+        stmt = stmt.where(
+            seq_col > seq
+            if tie_col is None
+            else sa.or_(seq_col > seq, sa.and_(seq_col == seq, tie_col > tie))
+        )
     order = [seq_col] if tie_col is None else [seq_col, tie_col]
     rows = list(conn.execute(stmt.order_by(*order).limit(page.size + 1)))
     more = len(rows) > page.size
-    rows = rows[:page.size]
+    rows = rows[: page.size]
     token = ""
     if more:
         last = rows[-1]
-        token = _token(page, int(last._mapping[seq_col.name]),
-                       "" if tie_col is None else str(last._mapping[tie_col.name]))
+        token = _token(
+            page,
+            int(last._mapping[seq_col.name]),
+            "" if tie_col is None else str(last._mapping[tie_col.name]),
+        )
     return rows, common_pb2.PageResponse(next_page_token=token)
 
 
@@ -153,58 +174,99 @@ def _paged(conn: sa.Connection, stmt: sa.Select[Any], page: _Page, seq_col: Any,
 
 def _proposal(r: Any) -> query_pb2.Proposal:
     return query_pb2.Proposal(
-        hash=bytes.fromhex(r.hash), seq=r.seq, submitted_at_ms=r.submitted_at, proposer=r.proposer,
-        namespace=r.namespace, deployment=r.deployment, candidate_image=r.candidate_image,
-        candidate_digest=r.candidate_digest, baseline_image=r.baseline_image,
-        baseline_digest=r.baseline_digest, rationale=r.rationale, origin_agent=r.origin_agent,
-        origin_run=r.origin_run, policy_id=r.policy_id, phase=r.phase, step=r.step,
-        weight=r.weight, updated_seq=r.updated_seq,
+        hash=bytes.fromhex(r.hash),
+        seq=r.seq,
+        submitted_at_ms=r.submitted_at,
+        proposer=r.proposer,
+        namespace=r.namespace,
+        deployment=r.deployment,
+        candidate_image=r.candidate_image,
+        candidate_digest=r.candidate_digest,
+        baseline_image=r.baseline_image,
+        baseline_digest=r.baseline_digest,
+        rationale=r.rationale,
+        origin_agent=r.origin_agent,
+        origin_run=r.origin_run,
+        policy_id=r.policy_id,
+        phase=r.phase,
+        step=r.step,
+        weight=r.weight,
+        updated_seq=r.updated_seq,
     )
 
 
 def _eval(r: Any) -> query_pb2.Eval:
     return query_pb2.Eval(
-        hash=bytes.fromhex(r.hash), proposal=bytes.fromhex(r.proposal), seq=r.seq, suite=r.suite,
-        evaluator=r.evaluator, metrics=[query_pb2.EvalMetric(name=n, value=v) for n, v in r.metrics],
-        artifact_digest=r.artifact_digest, passed=r.passed, failures=list(r.failures),
+        hash=bytes.fromhex(r.hash),
+        proposal=bytes.fromhex(r.proposal),
+        seq=r.seq,
+        suite=r.suite,
+        evaluator=r.evaluator,
+        metrics=[query_pb2.EvalMetric(name=n, value=v) for n, v in r.metrics],
+        artifact_digest=r.artifact_digest,
+        passed=r.passed,
+        failures=list(r.failures),
         is_latest=r.is_latest,
     )
 
 
 def _approval(r: Any) -> query_pb2.Approval:
     return query_pb2.Approval(
-        hash=bytes.fromhex(r.hash), proposal=bytes.fromhex(r.proposal), seq=r.seq,
-        approver=r.approver, decision=r.decision, evals=[bytes.fromhex(h) for h in r.evals],
-        comment=r.comment, valid_now=r.valid_now,
+        hash=bytes.fromhex(r.hash),
+        proposal=bytes.fromhex(r.proposal),
+        seq=r.seq,
+        approver=r.approver,
+        decision=r.decision,
+        evals=[bytes.fromhex(h) for h in r.evals],
+        comment=r.comment,
+        valid_now=r.valid_now,
     )
 
 
 def _step(r: Any) -> query_pb2.RolloutStepRecord:
     obs = r.observed
     return query_pb2.RolloutStepRecord(
-        seq=r.seq, hash=bytes.fromhex(r.hash), proposal=bytes.fromhex(r.proposal), step=r.step,
-        weight=r.weight, phase=r.phase, reason=r.reason, at_ms=r.at,
-        stable_replicas=obs["stable_replicas"], canary_replicas=obs["canary_replicas"],
-        canary_ready=obs["canary_ready"], stable_image=obs["stable_image"],
+        seq=r.seq,
+        hash=bytes.fromhex(r.hash),
+        proposal=bytes.fromhex(r.proposal),
+        step=r.step,
+        weight=r.weight,
+        phase=r.phase,
+        reason=r.reason,
+        at_ms=r.at,
+        stable_replicas=obs["stable_replicas"],
+        canary_replicas=obs["canary_replicas"],
+        canary_ready=obs["canary_ready"],
+        stable_image=obs["stable_image"],
         canary_image=obs["canary_image"],
     )
 
 
 def _kill_switch(r: Any) -> query_pb2.KillSwitch:
     return query_pb2.KillSwitch(
-        engaged_seq=r.engaged_seq, scope_kind=r.scope_kind, namespace=r.scope_namespace,
+        engaged_seq=r.engaged_seq,
+        scope_kind=r.scope_kind,
+        namespace=r.scope_namespace,
         deployment=r.scope_deployment,
         proposal=bytes.fromhex(r.scope_proposal) if r.scope_proposal else b"",
-        engaged_by=r.engaged_by, reason=r.reason, active=r.released_seq is None,
-        released_seq=r.released_seq, released_by=list(r.released_by or ()),
+        engaged_by=r.engaged_by,
+        reason=r.reason,
+        active=r.released_seq is None,
+        released_seq=r.released_seq,
+        released_by=list(r.released_by or ()),
         release_reason=r.release_reason or "",
     )
 
 
 def _key(r: Any) -> query_pb2.GrantedKey:
     return query_pb2.GrantedKey(
-        key_id=bytes.fromhex(r.key_id), principal=r.principal, kind=r.kind, roles=r.roles.split(),
-        granted_seq=r.granted_seq, expires_at_ms=r.expires_at, revoked_seq=r.revoked_seq,
+        key_id=bytes.fromhex(r.key_id),
+        principal=r.principal,
+        kind=r.kind,
+        roles=r.roles.split(),
+        granted_seq=r.granted_seq,
+        expires_at_ms=r.expires_at,
+        revoked_seq=r.revoked_seq,
         revoke_reason=r.revoke_reason or "",
     )
 
@@ -222,7 +284,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def _snapshot(self) -> Iterator[sa.Connection]:
         """One read-only snapshot for a whole response."""
         if self.engine.dialect.name == "postgresql":
-            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+            with (
+                self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+                conn.begin(),
+            ):
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 yield conn
             return
@@ -237,32 +302,45 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     def _status(self, conn: sa.Connection) -> query_pb2.ProjectionStatus:
         pos, inv = schema.position_table.c, schema.invalid_records_table.c
-        row = conn.execute(sa.select(pos.next_seq, pos.last_hash).where(pos.name == self.projection)).one_or_none()
-        invalid = conn.execute(sa.select(sa.func.count()).where(inv.name == self.projection)).scalar_one()
+        row = conn.execute(
+            sa.select(pos.next_seq, pos.last_hash).where(pos.name == self.projection)
+        ).one_or_none()
+        invalid = conn.execute(
+            sa.select(sa.func.count()).where(inv.name == self.projection)
+        ).scalar_one()
         if row is None:
-            return query_pb2.ProjectionStatus(size=0, last_hash=bytes(HASH_SIZE), invalid_records=invalid)
-        return query_pb2.ProjectionStatus(size=row.next_seq, last_hash=bytes.fromhex(row.last_hash),
-                                          invalid_records=invalid)
+            return query_pb2.ProjectionStatus(
+                size=0, last_hash=bytes(HASH_SIZE), invalid_records=invalid
+            )
+        return query_pb2.ProjectionStatus(
+            size=row.next_seq, last_hash=bytes.fromhex(row.last_hash), invalid_records=invalid
+        )
 
     def _require_proposal(self, conn: sa.Connection, h: bytes, field: str) -> Any:
         t = schema.proposals_table
         row = conn.execute(sa.select(t).where(t.c.hash == h.hex())).one_or_none()
         if row is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{field}: no proposal {h.hex()} in the projections",
-                               violation_code=PROPOSAL_NOT_FOUND, field=field)
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND,
+                f"{field}: no proposal {h.hex()} in the projections",
+                violation_code=PROPOSAL_NOT_FOUND,
+                field=field,
+            )
         return row
 
     # -- RPCs
 
     @guarded(log)
-    def GetProjectionStatus(self, request: query_pb2.GetProjectionStatusRequest,
-                            context: grpc.ServicerContext) -> query_pb2.ProjectionStatus:
+    def GetProjectionStatus(
+        self, request: query_pb2.GetProjectionStatusRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ProjectionStatus:
         with self._snapshot() as conn:
             return self._status(conn)
 
     @guarded(log)
-    def ListProposals(self, request: query_pb2.ListProposalsRequest,
-                      context: grpc.ServicerContext) -> query_pb2.ListProposalsResponse:
+    def ListProposals(
+        self, request: query_pb2.ListProposalsRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ListProposalsResponse:
         namespace = _name("namespace", request.namespace)
         deployment = _name("deployment", request.deployment)
         phase = _phase("phase", request.phase, PROPOSAL_PHASES)
@@ -270,28 +348,44 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         page = _parse_page(request.page, "ListProposals", [namespace, deployment, phase, proposer])
         t = schema.proposals_table.c
         stmt = sa.select(schema.proposals_table)
-        for col, value in ((t.namespace, namespace), (t.deployment, deployment), (t.phase, phase),
-                           (t.proposer, proposer)):
+        for col, value in (
+            (t.namespace, namespace),
+            (t.deployment, deployment),
+            (t.phase, phase),
+            (t.proposer, proposer),
+        ):
             if value:
                 stmt = stmt.where(col == value)
         with self._snapshot() as conn:
             rows, page_out = _paged(conn, stmt, page, t.seq)
             return query_pb2.ListProposalsResponse(
-                proposals=[_proposal(r) for r in rows], page=page_out, projection=self._status(conn))
+                proposals=[_proposal(r) for r in rows], page=page_out, projection=self._status(conn)
+            )
 
     @guarded(log)
-    def GetProposal(self, request: query_pb2.GetProposalRequest,
-                    context: grpc.ServicerContext) -> query_pb2.GetProposalResponse:
+    def GetProposal(
+        self, request: query_pb2.GetProposalRequest, context: grpc.ServicerContext
+    ) -> query_pb2.GetProposalResponse:
         h = _hash_ref(request, "proposal", "hash", "hash_hex", required=True)
         assert h is not None
-        ev, ap, st, pol = schema.evals_table, schema.approvals_table, schema.rollout_steps_table, schema.policies_table
+        ev, ap, st, pol = (
+            schema.evals_table,
+            schema.approvals_table,
+            schema.rollout_steps_table,
+            schema.policies_table,
+        )
         with self._snapshot() as conn:
             row = self._require_proposal(conn, h, request.WhichOneof("proposal") or "proposal")
-            evals = conn.execute(sa.select(ev).where(ev.c.proposal == row.hash, ev.c.is_latest).order_by(ev.c.seq))
-            approvals = list(conn.execute(sa.select(ap).where(ap.c.proposal == row.hash).order_by(ap.c.seq)))
+            evals = conn.execute(
+                sa.select(ev).where(ev.c.proposal == row.hash, ev.c.is_latest).order_by(ev.c.seq)
+            )
+            approvals = list(
+                conn.execute(sa.select(ap).where(ap.c.proposal == row.hash).order_by(ap.c.seq))
+            )
             steps = conn.execute(sa.select(st).where(st.c.proposal == row.hash).order_by(st.c.seq))
-            required = conn.execute(sa.select(pol.c.approvals_required)
-                                    .where(pol.c.policy_id == row.policy_id)).scalar_one()
+            required = conn.execute(
+                sa.select(pol.c.approvals_required).where(pol.c.policy_id == row.policy_id)
+            ).scalar_one()
             return query_pb2.GetProposalResponse(
                 proposal=_proposal(row),
                 latest_evals=[_eval(r) for r in evals],
@@ -303,8 +397,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
 
     @guarded(log)
-    def ListEvals(self, request: query_pb2.ListEvalsRequest,
-                  context: grpc.ServicerContext) -> query_pb2.ListEvalsResponse:
+    def ListEvals(
+        self, request: query_pb2.ListEvalsRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ListEvalsResponse:
         h = _hash_ref(request, "proposal", "proposal_hash", "proposal_hex", required=False)
         suite = request.suite
         if len(suite) > 256:
@@ -322,12 +417,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             if h is not None:
                 self._require_proposal(conn, h, request.WhichOneof("proposal") or "proposal")
             rows, page_out = _paged(conn, stmt, page, t.seq)
-            return query_pb2.ListEvalsResponse(evals=[_eval(r) for r in rows], page=page_out,
-                                               projection=self._status(conn))
+            return query_pb2.ListEvalsResponse(
+                evals=[_eval(r) for r in rows], page=page_out, projection=self._status(conn)
+            )
 
     @guarded(log)
-    def ListApprovals(self, request: query_pb2.ListApprovalsRequest,
-                      context: grpc.ServicerContext) -> query_pb2.ListApprovalsResponse:
+    def ListApprovals(
+        self, request: query_pb2.ListApprovalsRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ListApprovalsResponse:
         h = _hash_ref(request, "proposal", "proposal_hash", "proposal_hex", required=False)
         approver = _principal("approver", request.approver)
         page = _parse_page(request.page, "ListApprovals", [h or b"", approver, request.valid_only])
@@ -343,18 +440,22 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             if h is not None:
                 self._require_proposal(conn, h, request.WhichOneof("proposal") or "proposal")
             rows, page_out = _paged(conn, stmt, page, t.seq)
-            return query_pb2.ListApprovalsResponse(approvals=[_approval(r) for r in rows], page=page_out,
-                                                   projection=self._status(conn))
+            return query_pb2.ListApprovalsResponse(
+                approvals=[_approval(r) for r in rows], page=page_out, projection=self._status(conn)
+            )
 
     @guarded(log)
-    def ListRollouts(self, request: query_pb2.QueryRolloutsRequest,
-                     context: grpc.ServicerContext) -> query_pb2.QueryRolloutsResponse:
+    def ListRollouts(
+        self, request: query_pb2.QueryRolloutsRequest, context: grpc.ServicerContext
+    ) -> query_pb2.QueryRolloutsResponse:
         phase = _phase("phase", request.phase, ROLLOUT_FILTER_PHASES)
         namespace = _name("namespace", request.namespace)
         deployment = _name("deployment", request.deployment)
         page = _parse_page(request.page, "ListRollouts", [phase, namespace, deployment])
         t = schema.proposals_table.c
-        stmt = sa.select(schema.proposals_table).where(t.phase == phase if phase else t.phase != "PENDING")
+        stmt = sa.select(schema.proposals_table).where(
+            t.phase == phase if phase else t.phase != "PENDING"
+        )
         if namespace:
             stmt = stmt.where(t.namespace == namespace)
         if deployment:
@@ -364,15 +465,23 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             rows, page_out = _paged(conn, stmt, page, t.seq)
             steps: dict[str, list[query_pb2.RolloutStepRecord]] = {r.hash: [] for r in rows}
             if steps:
-                for s in conn.execute(sa.select(st).where(st.c.proposal.in_(list(steps))).order_by(st.c.seq)):
+                for s in conn.execute(
+                    sa.select(st).where(st.c.proposal.in_(list(steps))).order_by(st.c.seq)
+                ):
                     steps[s.proposal].append(_step(s))
             return query_pb2.QueryRolloutsResponse(
-                rollouts=[query_pb2.RolloutHistory(proposal=_proposal(r), steps=steps[r.hash]) for r in rows],
-                page=page_out, projection=self._status(conn))
+                rollouts=[
+                    query_pb2.RolloutHistory(proposal=_proposal(r), steps=steps[r.hash])
+                    for r in rows
+                ],
+                page=page_out,
+                projection=self._status(conn),
+            )
 
     @guarded(log)
-    def ListKillSwitches(self, request: query_pb2.ListKillSwitchesRequest,
-                         context: grpc.ServicerContext) -> query_pb2.ListKillSwitchesResponse:
+    def ListKillSwitches(
+        self, request: query_pb2.ListKillSwitchesRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ListKillSwitchesResponse:
         page = _parse_page(request.page, "ListKillSwitches", [request.active_only])
         t = schema.kill_switches_table.c
         stmt = sa.select(schema.kill_switches_table)
@@ -380,16 +489,22 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             stmt = stmt.where(t.released_seq.is_(None))
         with self._snapshot() as conn:
             rows, page_out = _paged(conn, stmt, page, t.engaged_seq)
-            return query_pb2.ListKillSwitchesResponse(kill_switches=[_kill_switch(r) for r in rows],
-                                                      page=page_out, projection=self._status(conn))
+            return query_pb2.ListKillSwitchesResponse(
+                kill_switches=[_kill_switch(r) for r in rows],
+                page=page_out,
+                projection=self._status(conn),
+            )
 
     @guarded(log)
-    def ListKeys(self, request: query_pb2.ListKeysRequest,
-                 context: grpc.ServicerContext) -> query_pb2.ListKeysResponse:
+    def ListKeys(
+        self, request: query_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> query_pb2.ListKeysResponse:
         principal = _principal("principal", request.principal)
         role = request.role
         if role and role not in ROLES:
-            raise _invalid("role", f"unknown role {role[:40]!r}; expected one of {', '.join(ROLES)}")
+            raise _invalid(
+                "role", f"unknown role {role[:40]!r}; expected one of {', '.join(ROLES)}"
+            )
         page = _parse_page(request.page, "ListKeys", [principal, role, request.include_revoked])
         t = schema.keys_table.c
         stmt = sa.select(schema.keys_table)
@@ -402,12 +517,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             stmt = stmt.where(t.revoked_seq.is_(None))
         with self._snapshot() as conn:
             rows, page_out = _paged(conn, stmt, page, t.granted_seq, t.key_id)
-            return query_pb2.ListKeysResponse(keys=[_key(r) for r in rows], page=page_out,
-                                              projection=self._status(conn))
+            return query_pb2.ListKeysResponse(
+                keys=[_key(r) for r in rows], page=page_out, projection=self._status(conn)
+            )
 
 
-def add_query_service(server: grpc.Server, engine: sa.Engine, *,
-                      projection: str = schema.DEFAULT_NAME) -> QueryServicer:
+def add_query_service(
+    server: grpc.Server, engine: sa.Engine, *, projection: str = schema.DEFAULT_NAME
+) -> QueryServicer:
     """Register QueryService on `server`, reading the projections in `engine`.
 
     The tables are created when missing, so the service answers (with empty lists) before the

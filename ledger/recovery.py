@@ -49,29 +49,46 @@ class CheckReport:
 
     def lines(self) -> list[str]:
         newest = max((c.size for c in self.checkpoints), default=0)
-        out = [f"checked {self.source}: {self.records:,} records",
-               f"  chain: {self.entries:,} entries (seq 0..{self.entries - 1}), each prev the "
-               "leaf hash of the one before, every signature and rule checked"
-               if self.entries else "  chain: empty"]
-        out.append(f"  checkpoints: {len(self.checkpoints)} checkpoints verified with the "
-                   "genesis's checkpoint key, each root recomputed"
-                   + (f"; the newest covers {newest:,} entries, "
-                      f"{self.entries - newest:,} come after it" if self.checkpoints else ""))
+        out = [
+            f"checked {self.source}: {self.records:,} records",
+            f"  chain: {self.entries:,} entries (seq 0..{self.entries - 1}), each prev the "
+            "leaf hash of the one before, every signature and rule checked"
+            if self.entries
+            else "  chain: empty",
+        ]
+        out.append(
+            f"  checkpoints: {len(self.checkpoints)} checkpoints verified with the "
+            "genesis's checkpoint key, each root recomputed"
+            + (
+                f"; the newest covers {newest:,} entries, {self.entries - newest:,} come after it"
+                if self.checkpoints
+                else ""
+            )
+        )
         if self.skipped:
-            out.append(f"  {self.skipped} records skipped: not the ledger's own, written around "
-                       "it (docs/DESIGN.md §2.2); the chain goes on after them")
+            out.append(
+                f"  {self.skipped} records skipped: not the ledger's own, written around "
+                "it (docs/DESIGN.md §2.2); the chain goes on after them"
+            )
             for skip in self.listed_skips:
                 seq = "" if skip.seq is None else f" seq={skip.seq}"
-                out.append(f"    position {skip.position}{seq}: {skip.reason}"
-                           f"{' (' + skip.field + ')' if skip.field else ''}: {skip.detail}")
+                out.append(
+                    f"    position {skip.position}{seq}: {skip.reason}"
+                    f"{' (' + skip.field + ')' if skip.field else ''}: {skip.detail}"
+                )
             if self.skipped > len(self.listed_skips):
                 out.append(f"    ... and {self.skipped - len(self.listed_skips)} more")
         out.append("clean")
         return out
 
 
-def _verify(records: Iterator[tuple[int, bytes]], checkpoints: Callable[[], list[tuple[int, str]]],
-            source: str, total: int, progress: Progress | None) -> CheckReport:
+def _verify(
+    records: Iterator[tuple[int, bytes]],
+    checkpoints: Callable[[], list[tuple[int, str]]],
+    source: str,
+    total: int,
+    progress: Progress | None,
+) -> CheckReport:
     chain = ChainCheck()
     report = CheckReport(source)
     for position, value in records:
@@ -91,9 +108,13 @@ def _verify(records: Iterator[tuple[int, bytes]], checkpoints: Callable[[], list
 
 def check_store(store: LogStore, source: str, *, progress: Progress | None = None) -> CheckReport:
     """Verify every record and checkpoint of `store`; StoreDamagedError names the first damage."""
-    return _verify(((r.position, r.value) for r in store.read(0)),
-                   lambda: [(c.size, c.note) for c in store.checkpoints()],
-                   source, store.end_position(), progress)
+    return _verify(
+        ((r.position, r.value) for r in store.read(0)),
+        lambda: [(c.size, c.note) for c in store.checkpoints()],
+        source,
+        store.end_position(),
+        progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,10 +133,14 @@ def _open_export(path: Path) -> tuple[Iterator[tuple[int, bytes]], list[tuple[in
         reader = fastavro.reader(handle)
         meta = reader.metadata
         if meta.get("steward.format") != "steward-export/v1":
-            raise SourceError(f"{path.name} is not a Steward export (steward.format is "
-                              f"{meta.get('steward.format')!r})")
-        notes = [(int(c["size"]), str(c["note"]))
-                 for c in json.loads(meta.get("steward.checkpoints", "[]"))]
+            raise SourceError(
+                f"{path.name} is not a Steward export (steward.format is "
+                f"{meta.get('steward.format')!r})"
+            )
+        notes = [
+            (int(c["size"]), str(c["note"]))
+            for c in json.loads(meta.get("steward.checkpoints", "[]"))
+        ]
     except (ValueError, KeyError, TypeError, EOFError) as exc:
         handle.close()
         raise SourceError(f"{path.name} is not a readable Steward export: {exc}") from None
@@ -127,12 +152,15 @@ def _open_export(path: Path) -> tuple[Iterator[tuple[int, bytes]], list[tuple[in
         try:
             for i, record in enumerate(reader):
                 if not isinstance(record, dict) or not isinstance(record.get("entry"), bytes):
-                    raise StoreDamagedError(f"the export {path.name} is damaged: record {i} "
-                                            "holds no entry")
+                    raise StoreDamagedError(
+                        f"the export {path.name} is damaged: record {i} holds no entry"
+                    )
                 yield i, record["entry"]
         except (ValueError, EOFError, OSError) as exc:
-            raise StoreDamagedError(f"the export {path.name} is damaged after record "
-                                    f"{i if 'i' in locals() else 0}: {exc}") from None
+            raise StoreDamagedError(
+                f"the export {path.name} is damaged after record "
+                f"{i if 'i' in locals() else 0}: {exc}"
+            ) from None
         finally:
             handle.close()
 
@@ -146,8 +174,10 @@ def check_export(path: Path, *, progress: Progress | None = None) -> CheckReport
     report = _verify(records, lambda: notes, f"export {path.name}", 0, progress)
     if report.skipped:
         first = report.listed_skips[0]
-        raise StoreDamagedError(f"the export {path.name} is damaged at record {first.position}: "
-                                f"{first.reason}: {first.detail}")
+        raise StoreDamagedError(
+            f"the export {path.name} is damaged at record {first.position}: "
+            f"{first.reason}: {first.detail}"
+        )
     return report
 
 
@@ -155,8 +185,14 @@ def check_export(path: Path, *, progress: Progress | None = None) -> CheckReport
 # Restore
 
 
-def restore_sqlite(target: Path, *, export: Path | None = None, store: LogStore | None = None,
-                   source: str = "", progress: Progress | None = None) -> CheckReport:
+def restore_sqlite(
+    target: Path,
+    *,
+    export: Path | None = None,
+    store: LogStore | None = None,
+    source: str = "",
+    progress: Progress | None = None,
+) -> CheckReport:
     """Write a new SQLite store at `target` from an export or another store, verified first.
 
     From a store, only the ledger's chain is copied (records written around it are left
@@ -195,9 +231,11 @@ def restore_sqlite(target: Path, *, export: Path | None = None, store: LogStore 
             out.save_checkpoint(cp.size, cp.note)
         copied = check_store(out, f"sqlite:{target.name}")
         if (copied.entries, len(copied.checkpoints)) != (report.entries, len(report.checkpoints)):
-            raise StoreError(f"the restored copy holds {copied.entries} entries and "
-                             f"{len(copied.checkpoints)} checkpoints, expected {report.entries} "
-                             f"and {len(report.checkpoints)}")
+            raise StoreError(
+                f"the restored copy holds {copied.entries} entries and "
+                f"{len(copied.checkpoints)} checkpoints, expected {report.entries} "
+                f"and {len(report.checkpoints)}"
+            )
     except BaseException:
         out.close()
         for leftover in _sqlite_files(tmp):

@@ -193,7 +193,8 @@ def signature_order_violation(signatures: Sequence[Signature]) -> Violation | No
         before, here = signatures[i - 1].key_id, signatures[i].key_id
         if here <= before:
             return _v(
-                "SIGNATURES_NOT_CANONICAL", f"signatures[{i}]",
+                "SIGNATURES_NOT_CANONICAL",
+                f"signatures[{i}]",
                 f"key {here.hex()} "
                 + ("is listed twice" if here == before else f"follows key {before.hex()}")
                 + "; signatures must be sorted by key id (bytewise ascending), each key once",
@@ -202,13 +203,17 @@ def signature_order_violation(signatures: Sequence[Signature]) -> Violation | No
 
 
 def _verify_signatures(
-    state: LedgerState, e: LogEntry, known: dict[bytes, KeyInfo],
+    state: LedgerState,
+    e: LogEntry,
+    known: dict[bytes, KeyInfo],
     verified: Container[VerifiedSignature] = (),
 ) -> _Signers | Violation:
     """Step 1: every signature is by a known, live key and verifies over the signed bytes."""
     sigs = e.entry.signatures
     if not sigs:
-        return _v("NO_SIGNATURES", "signatures", "the event carries no signature, expected at least one")
+        return _v(
+            "NO_SIGNATURES", "signatures", "the event carries no signature, expected at least one"
+        )
     if len(sigs) > 1:
         order = signature_order_violation(sigs)
         if order is not None:
@@ -221,16 +226,22 @@ def _verify_signatures(
     for i, sig in enumerate(sigs):
         info = known.get(sig.key_id)
         if info is None:
-            return _v("UNKNOWN_KEY", f"signatures[{i}]", f"key {sig.key_id.hex()} was never granted on this ledger")
+            return _v(
+                "UNKNOWN_KEY",
+                f"signatures[{i}]",
+                f"key {sig.key_id.hex()} was never granted on this ledger",
+            )
         if info.revoked_seq is not None:
             return _v(
-                "KEY_REVOKED", f"signatures[{i}]",
+                "KEY_REVOKED",
+                f"signatures[{i}]",
                 f"key {sig.key_id.hex()} of {info.principal} was revoked at seq {info.revoked_seq}; "
                 f"this entry is seq {e.seq}",
             )
         if info.expires_at is not None and e.entry.received_at >= info.expires_at:
             return _v(
-                "KEY_EXPIRED", f"signatures[{i}]",
+                "KEY_EXPIRED",
+                f"signatures[{i}]",
                 f"key {sig.key_id.hex()} of {info.principal} expired at {info.expires_at} ms; "
                 f"the entry was received at {e.entry.received_at} ms",
             )
@@ -238,7 +249,11 @@ def _verify_signatures(
             if message is None:
                 message = signed_bytes(body)
             if not PublicKey(info.public_key).verify(sig.sig, message):
-                return _v("BAD_SIGNATURE", f"signatures[{i}]", f"signature by key {sig.key_id.hex()} does not verify over the signed bytes")
+                return _v(
+                    "BAD_SIGNATURE",
+                    f"signatures[{i}]",
+                    f"signature by key {sig.key_id.hex()} does not verify over the signed bytes",
+                )
         seen[sig.key_id] = info
     keys = tuple(seen.values())
     return _Signers(keys, frozenset([k.principal for k in keys]))
@@ -248,7 +263,8 @@ def _single_author(signers: _Signers, roles: Sequence[str], what: str) -> Violat
     principals = signers.principals
     if len(principals) != 1:
         return _v(
-            "MULTIPLE_AUTHORS", "signatures",
+            "MULTIPLE_AUTHORS",
+            "signatures",
             f"{what} is signed by {len(principals)} principals ({', '.join(sorted(principals))}), "
             "expected exactly one author",
         )
@@ -257,7 +273,8 @@ def _single_author(signers: _Signers, roles: Sequence[str], what: str) -> Violat
             return None
     (principal,) = principals
     return _v(
-        "ROLE_REQUIRED", "signatures",
+        "ROLE_REQUIRED",
+        "signatures",
         f"{principal} signed {what} without a key holding role {' or '.join(roles)}",
     )
 
@@ -266,15 +283,17 @@ def _root_threshold(signers: _Signers, m: int, what: str) -> Violation | None:
     roots = signers.principals_with("root")
     if len(roots) < m:
         return _v(
-            "THRESHOLD_NOT_MET", "signatures",
+            "THRESHOLD_NOT_MET",
+            "signatures",
             f"{what} needs {m} distinct root principals, observed {len(roots)}"
             + (f" ({', '.join(sorted(roots))})" if roots else ""),
         )
     return None
 
 
-def check(state: LedgerState, e: LogEntry,
-          verified: Container[VerifiedSignature] = ()) -> Violation | None:
+def check(
+    state: LedgerState, e: LogEntry, verified: Container[VerifiedSignature] = ()
+) -> Violation | None:
     """Whether `e` may be the next entry after the log folded into `state`.
 
     `verified` holds signatures the caller has already checked with Ed25519 (see
@@ -288,19 +307,31 @@ def check(state: LedgerState, e: LogEntry,
     if seq != state.size:
         return _v("SEQ_MISMATCH", "seq", f"entry seq is {seq}, expected {state.size}")
     if e.entry.prev != state.last_hash:
-        return _v("PREV_MISMATCH", "prev", f"prev is {e.entry.prev.hex()}, expected {state.last_hash.hex()}")
+        return _v(
+            "PREV_MISMATCH",
+            "prev",
+            f"prev is {e.entry.prev.hex()}, expected {state.last_hash.hex()}",
+        )
     if isinstance(payload, LedgerGenesis) != (seq == 0):
         return _v(
-            "GENESIS_MISPLACED", "type",
+            "GENESIS_MISPLACED",
+            "type",
             f"{body.type} at seq {seq}: LedgerGenesis must be the first entry and only the first",
         )
     if seq > 0 and body.ledger != state.ledger:
-        return _v("LEDGER_MISMATCH", "ledger", f"body names ledger {body.ledger!r}, expected {state.ledger!r}")
+        return _v(
+            "LEDGER_MISMATCH",
+            "ledger",
+            f"body names ledger {body.ledger!r}, expected {state.ledger!r}",
+        )
     if len(body.event_id) != 16:
-        return _v("INVALID_FIELD", "event_id", f"event_id is {len(body.event_id)} bytes, expected 16")
+        return _v(
+            "INVALID_FIELD", "event_id", f"event_id is {len(body.event_id)} bytes, expected 16"
+        )
     if body.event_id in state.event_ids:
         return _v(
-            "DUPLICATE_EVENT_ID", "event_id",
+            "DUPLICATE_EVENT_ID",
+            "event_id",
             f"event_id {body.event_id.hex()} is already at seq {state.event_ids[body.event_id]}",
         )
     if len(body.refs) > MAX_REFS or len(set(body.refs)) != len(body.refs):
@@ -310,7 +341,11 @@ def check(state: LedgerState, e: LogEntry,
             return _v("REF_UNKNOWN", f"refs[{i}]", f"no entry with hash {ref.hex()} in the log")
     for h in payload_hashes(payload):
         if h not in body.refs:
-            return _v("REF_MISSING", "refs", f"the payload names entry {h.hex()}, which refs does not list")
+            return _v(
+                "REF_MISSING",
+                "refs",
+                f"the payload names entry {h.hex()}, which refs does not list",
+            )
     problem = first_payload_problem(payload)
     if problem is not None:
         return _v(problem.code, problem.field, problem.message)
@@ -366,18 +401,33 @@ def fold(entries: Iterable[LogEntry]) -> LedgerState:
 
 def _check_genesis(e: LogEntry, g: LedgerGenesis) -> Violation | None:
     if not e.body.ledger or not _NAME_RE.match(e.body.ledger):
-        return _v("INVALID_FIELD", "ledger", f"ledger name {e.body.ledger!r} must be a non-empty name")
+        return _v(
+            "INVALID_FIELD", "ledger", f"ledger name {e.body.ledger!r} must be a non-empty name"
+        )
     if not g.origin or any(c.isspace() for c in g.origin):
-        return _v("INVALID_FIELD", "payload.origin", f"origin {g.origin!r} must be non-empty without spaces")
-    if not g.checkpoint_key_name or "+" in g.checkpoint_key_name or any(c.isspace() for c in g.checkpoint_key_name):
-        return _v("INVALID_FIELD", "payload.checkpoint_key_name", "a note key name has no spaces and no '+'")
+        return _v(
+            "INVALID_FIELD",
+            "payload.origin",
+            f"origin {g.origin!r} must be non-empty without spaces",
+        )
+    if (
+        not g.checkpoint_key_name
+        or "+" in g.checkpoint_key_name
+        or any(c.isspace() for c in g.checkpoint_key_name)
+    ):
+        return _v(
+            "INVALID_FIELD",
+            "payload.checkpoint_key_name",
+            "a note key name has no spaces and no '+'",
+        )
     if not g.roots:
         return _v("INVALID_FIELD", "payload.roots", "genesis lists no root keys")
     known: dict[bytes, KeyInfo] = {}
     for i, root in enumerate(g.roots):
         if principal_kind(root.principal) is None:
             return _v(
-                "INVALID_FIELD", f"payload.roots[{i}].principal",
+                "INVALID_FIELD",
+                f"payload.roots[{i}].principal",
                 f"{root.principal!r} is not kind:name with kind one of {', '.join(PRINCIPAL_KINDS)}",
             )
         kid = key_id(root.public_key)
@@ -387,7 +437,8 @@ def _check_genesis(e: LogEntry, g: LedgerGenesis) -> Violation | None:
     distinct = len({r.principal for r in g.roots})
     if not 1 <= g.root_threshold <= distinct:
         return _v(
-            "INVALID_FIELD", "payload.root_threshold",
+            "INVALID_FIELD",
+            "payload.root_threshold",
             f"root threshold is {g.root_threshold}, expected 1..{distinct} (the distinct root principals)",
         )
     signers = _verify_signatures(LedgerState(), e, known)
@@ -402,17 +453,24 @@ def _check_key_granted(state: LedgerState, signers: _Signers, p: KeyGranted) -> 
         return violation
     if principal_kind(p.principal) is None:
         return _v(
-            "INVALID_FIELD", "payload.principal",
+            "INVALID_FIELD",
+            "payload.principal",
             f"{p.principal!r} is not kind:name with kind one of {', '.join(PRINCIPAL_KINDS)}",
         )
     if not p.roles or len(set(p.roles)) != len(p.roles):
         return _v("INVALID_FIELD", "payload.roles", "roles must be non-empty and distinct")
     if any(r not in ROLES for r in p.roles):
-        return _v("INVALID_FIELD", "payload.roles", f"unknown role; expected some of {', '.join(ROLES)}")
+        return _v(
+            "INVALID_FIELD", "payload.roles", f"unknown role; expected some of {', '.join(ROLES)}"
+        )
     kid = key_id(p.public_key)
     if kid in state.keys:
         old = state.keys[kid]
-        return _v("KEY_EXISTS", "payload.public_key", f"key {kid.hex()} was already granted to {old.principal} at seq {old.granted_seq}")
+        return _v(
+            "KEY_EXISTS",
+            "payload.public_key",
+            f"key {kid.hex()} was already granted to {old.principal} at seq {old.granted_seq}",
+        )
     return None
 
 
@@ -421,7 +479,11 @@ def _check_key_revoked(state: LedgerState, signers: _Signers, p: KeyRevoked) -> 
     if target is None:
         return _v("KEY_UNKNOWN", "payload.key_id", f"key {p.key_id.hex()} was never granted")
     if target.revoked_seq is not None:
-        return _v("KEY_UNKNOWN", "payload.key_id", f"key {p.key_id.hex()} was already revoked at seq {target.revoked_seq}")
+        return _v(
+            "KEY_UNKNOWN",
+            "payload.key_id",
+            f"key {p.key_id.hex()} was already revoked at seq {target.revoked_seq}",
+        )
     # A key may always revoke itself (a holder who lost control of it can stop it at once).
     if {k.key_id for k in signers.keys} == {p.key_id}:
         return None
@@ -430,36 +492,68 @@ def _check_key_revoked(state: LedgerState, signers: _Signers, p: KeyRevoked) -> 
 
 def _check_policy(p: PolicySet) -> Violation | None:
     if not p.policy_id or not _NAME_RE.match(p.policy_id):
-        return _v("INVALID_FIELD", "payload.policy_id", f"policy id {p.policy_id!r} must be a non-empty name")
+        return _v(
+            "INVALID_FIELD",
+            "payload.policy_id",
+            f"policy id {p.policy_id!r} must be a non-empty name",
+        )
     if not p.selector.namespace or not p.selector.deployment:
-        return _v("INVALID_FIELD", "payload.selector", "selector namespace and deployment are names or '*'")
+        return _v(
+            "INVALID_FIELD",
+            "payload.selector",
+            "selector namespace and deployment are names or '*'",
+        )
     for i, req in enumerate(p.required_evals):
-        if not req.suite or not req.metric or req.op not in COMPARE_OPS or math.isnan(req.threshold):
-            return _v("INVALID_FIELD", f"payload.required_evals[{i}]", "suite, metric, op and a numeric threshold are required")
+        if (
+            not req.suite
+            or not req.metric
+            or req.op not in COMPARE_OPS
+            or math.isnan(req.threshold)
+        ):
+            return _v(
+                "INVALID_FIELD",
+                f"payload.required_evals[{i}]",
+                "suite, metric, op and a numeric threshold are required",
+            )
     if p.approvals_required < 1:
-        return _v("INVALID_FIELD", "payload.approvals_required", f"is {p.approvals_required}, expected at least 1")
+        return _v(
+            "INVALID_FIELD",
+            "payload.approvals_required",
+            f"is {p.approvals_required}, expected at least 1",
+        )
     if not p.approver_kinds or len(set(p.approver_kinds)) != len(p.approver_kinds):
-        return _v("INVALID_FIELD", "payload.approver_kinds", "expected at least one distinct principal kind")
+        return _v(
+            "INVALID_FIELD",
+            "payload.approver_kinds",
+            "expected at least one distinct principal kind",
+        )
     if not p.plan:
         return _v("INVALID_FIELD", "payload.plan", "the rollout plan has no step")
     previous = 0
     for i, step in enumerate(p.plan):
         if not previous < step.weight <= 100:
             return _v(
-                "INVALID_FIELD", f"payload.plan[{i}].weight",
+                "INVALID_FIELD",
+                f"payload.plan[{i}].weight",
                 f"weight {step.weight}, expected more than {previous} and at most 100 (weights increase)",
             )
         if step.hold_seconds < 0:
             return _v("INVALID_FIELD", f"payload.plan[{i}].hold_seconds", "must not be negative")
         previous = step.weight
     if p.kill_release_approvals < 1:
-        return _v("INVALID_FIELD", "payload.kill_release_approvals", f"is {p.kill_release_approvals}, expected at least 1")
+        return _v(
+            "INVALID_FIELD",
+            "payload.kill_release_approvals",
+            f"is {p.kill_release_approvals}, expected at least 1",
+        )
     if p.kill_rollback_bound_ms < 1:
         return _v("INVALID_FIELD", "payload.kill_rollback_bound_ms", "expected a positive bound")
     return None
 
 
-def _check_proposal(state: LedgerState, signers: _Signers, p: ProposalSubmitted) -> Violation | None:
+def _check_proposal(
+    state: LedgerState, signers: _Signers, p: ProposalSubmitted
+) -> Violation | None:
     violation = _single_author(signers, ["proposer"], "ProposalSubmitted")
     if violation:
         return violation
@@ -469,7 +563,8 @@ def _check_proposal(state: LedgerState, signers: _Signers, p: ProposalSubmitted)
         return _v("INVALID_FIELD", "payload.candidate.image", "the candidate image is required")
     if state.policy_for(p.target.namespace, p.target.deployment) is None:
         return _v(
-            "NO_POLICY", "payload.target",
+            "NO_POLICY",
+            "payload.target",
             f"no policy selects {p.target.namespace}/{p.target.deployment}; set one first",
         )
     return None
@@ -479,12 +574,17 @@ def _proposal(state: LedgerState, h: bytes) -> ProposalState | Violation:
     proposal = state.proposals.get(h)
     if proposal is None:
         kind = state.entry_types.get(h, "nothing")
-        return _v("PROPOSAL_UNKNOWN", "payload.proposal", f"entry {h.hex()} is {kind}, expected a ProposalSubmitted")
+        return _v(
+            "PROPOSAL_UNKNOWN",
+            "payload.proposal",
+            f"entry {h.hex()} is {kind}, expected a ProposalSubmitted",
+        )
     return proposal
 
 
-def _judge_of(state: LedgerState, signers: _Signers, h: bytes, role: str, what: str,
-              self_code: str, verb: str) -> tuple[ProposalState, str] | Violation:
+def _judge_of(
+    state: LedgerState, signers: _Signers, h: bytes, role: str, what: str, self_code: str, verb: str
+) -> tuple[ProposalState, str] | Violation:
     """The one author of an event judging proposal `h`, who must not be its proposer."""
     violation = _single_author(signers, [role], what)
     if violation:
@@ -499,7 +599,9 @@ def _judge_of(state: LedgerState, signers: _Signers, h: bytes, role: str, what: 
 
 
 def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Violation | None:
-    judged = _judge_of(state, signers, p.proposal, "evaluator", "EvalRecorded", "SELF_EVALUATION", "evaluate")
+    judged = _judge_of(
+        state, signers, p.proposal, "evaluator", "EvalRecorded", "SELF_EVALUATION", "evaluate"
+    )
     if isinstance(judged, Violation):
         return judged
     proposal, _author = judged
@@ -509,11 +611,15 @@ def _check_eval(state: LedgerState, signers: _Signers, p: EvalRecorded) -> Viola
         return _v("INVALID_FIELD", "payload.suite", "the suite name is required")
     names = [m.name for m in p.metrics]
     if names != sorted(set(names)):
-        return _v("INVALID_FIELD", "payload.metrics", "metrics must be sorted by name without repeats")
+        return _v(
+            "INVALID_FIELD", "payload.metrics", "metrics must be sorted by name without repeats"
+        )
     return None
 
 
-def _bound_to_current(state: LedgerState, body: EventBody, kind: str, code: str, rule: str) -> Violation | None:
+def _bound_to_current(
+    state: LedgerState, body: EventBody, kind: str, code: str, rule: str
+) -> Violation | None:
     """The refs of `body` that name entries of type `kind` must be exactly those the current
     state expects for its payload (:meth:`LedgerState.binding_refs`): an authorization signed
     for an earlier state, or in advance of the state it would authorize, names another entry
@@ -523,7 +629,8 @@ def _bound_to_current(state: LedgerState, body: EventBody, kind: str, code: str,
     if sorted(named) == sorted(expected):
         return None
     return _v(
-        code, "refs",
+        code,
+        "refs",
         f"{rule}: expected refs to name {_hashes(expected) or f'no {kind}'}, observed {_hashes(named) or f'no {kind}'}",
     )
 
@@ -532,9 +639,18 @@ def _hashes(hashes: Sequence[bytes]) -> str:
     return ", ".join(h.hex()[:16] for h in hashes)
 
 
-def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded, body: EventBody) -> Violation | None:
-    judged = _judge_of(state, signers, p.proposal, "approver", "ApprovalRecorded", "SELF_APPROVAL",
-                       "approve or reject")
+def _check_approval(
+    state: LedgerState, signers: _Signers, p: ApprovalRecorded, body: EventBody
+) -> Violation | None:
+    judged = _judge_of(
+        state,
+        signers,
+        p.proposal,
+        "approver",
+        "ApprovalRecorded",
+        "SELF_APPROVAL",
+        "approve or reject",
+    )
     if isinstance(judged, Violation):
         return judged
     proposal, author = judged
@@ -542,28 +658,43 @@ def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded, 
     kind = author.split(":", 1)[0]
     if kind not in policy.approver_kinds:
         return _v(
-            "APPROVER_KIND_NOT_ALLOWED", "signatures",
+            "APPROVER_KIND_NOT_ALLOWED",
+            "signatures",
             f"policy {policy.policy_id} accepts approvals from {', '.join(policy.approver_kinds)}, observed a {kind}",
         )
     if proposal.phase == "PROMOTED":
         return _v("PROPOSAL_CLOSED", "payload.proposal", "the proposal was already promoted")
-    violation = _bound_to_current(state, body, "RolloutStep", "DECISION_NOT_AFTER_LATEST_ROLLBACK",
-                                  "a decision names the proposal's latest rollback, if there is one")
+    violation = _bound_to_current(
+        state,
+        body,
+        "RolloutStep",
+        "DECISION_NOT_AFTER_LATEST_ROLLBACK",
+        "a decision names the proposal's latest rollback, if there is one",
+    )
     if violation:
         return violation
     for i, h in enumerate(p.evals):
         if state.evals.get(h) != p.proposal:
-            return _v("EVAL_NOT_FOR_PROPOSAL", f"payload.evals[{i}]", f"entry {h.hex()} is not an eval of this proposal")
+            return _v(
+                "EVAL_NOT_FOR_PROPOSAL",
+                f"payload.evals[{i}]",
+                f"entry {h.hex()} is not an eval of this proposal",
+            )
     if p.decision == "REJECT":
         return None
     required = sorted({r.suite for r in policy.required_evals})
     missing = [s for s in required if s not in proposal.latest_evals]
     if missing:
-        return _v("EVALS_MISSING", "payload.evals", f"no eval recorded yet for required suite(s) {', '.join(missing)}")
+        return _v(
+            "EVALS_MISSING",
+            "payload.evals",
+            f"no eval recorded yet for required suite(s) {', '.join(missing)}",
+        )
     latest = {proposal.latest_evals[s].entry_hash for s in required}
     if set(p.evals) != latest:
         return _v(
-            "APPROVAL_NOT_BOUND_TO_LATEST_EVAL", "payload.evals",
+            "APPROVAL_NOT_BOUND_TO_LATEST_EVAL",
+            "payload.evals",
             "an approval must name exactly the latest eval of every required suite: expected "
             f"{sorted(h.hex()[:16] for h in latest)}, observed {sorted(h.hex()[:16] for h in p.evals)}",
         )
@@ -574,7 +705,9 @@ def _check_approval(state: LedgerState, signers: _Signers, p: ApprovalRecorded, 
     return None
 
 
-def _check_health(state: LedgerState, signers: _Signers, p: HealthReported, body: EventBody) -> Violation | None:
+def _check_health(
+    state: LedgerState, signers: _Signers, p: HealthReported, body: EventBody
+) -> Violation | None:
     violation = _single_author(signers, ["monitor"], "HealthReported")
     if violation:
         return violation
@@ -582,12 +715,21 @@ def _check_health(state: LedgerState, signers: _Signers, p: HealthReported, body
     if isinstance(proposal, Violation):
         return proposal
     if p.step < 0 or p.step >= len(state.policy_of(proposal).plan):
-        return _v("STEP_NOT_IN_PLAN", "payload.step", f"step {p.step} is outside the plan of {len(state.policy_of(proposal).plan)} steps")
+        return _v(
+            "STEP_NOT_IN_PLAN",
+            "payload.step",
+            f"step {p.step} is outside the plan of {len(state.policy_of(proposal).plan)} steps",
+        )
     # A report on the step now running names the entry that began this run; a report on a
     # step not running names none and can open no gate (a gate counts reports since its run
     # began, and while it runs every accepted report names it).
-    return _bound_to_current(state, body, "RolloutStep", "HEALTH_NOT_FOR_CURRENT_RUN",
-                             "a health report names the RolloutStep that began the run of its step, while it runs")
+    return _bound_to_current(
+        state,
+        body,
+        "RolloutStep",
+        "HEALTH_NOT_FOR_CURRENT_RUN",
+        "a health report names the RolloutStep that began the run of its step, while it runs",
+    )
 
 
 def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violation | None:
@@ -596,7 +738,8 @@ def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violatio
     approvers = state.valid_approvers(proposal)
     if len(approvers) < policy.approvals_required:
         return _v(
-            "APPROVALS_INSUFFICIENT", "payload.phase",
+            "APPROVALS_INSUFFICIENT",
+            "payload.phase",
             f"{phase} needs {policy.approvals_required} valid approvals from distinct principals, "
             f"observed {len(approvers)}" + (f" ({', '.join(approvers)})" if approvers else ""),
         )
@@ -605,7 +748,11 @@ def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violatio
         return _v("VETOED", "payload.phase", f"rejected by {', '.join(vetoes)} under a veto policy")
     scope = state.kill_switch_for(proposal)
     if scope is not None:
-        return _v("KILL_SWITCH_ENGAGED", "payload.phase", f"a {scope.kind} kill switch is engaged since seq {state.kill_switches[scope]}")
+        return _v(
+            "KILL_SWITCH_ENGAGED",
+            "payload.phase",
+            f"a {scope.kind} kill switch is engaged since seq {state.kill_switches[scope]}",
+        )
     return None
 
 
@@ -617,18 +764,29 @@ def _hold_and_health(state: LedgerState, proposal: ProposalState, now: int) -> V
     held_ms = now - started.at
     if held_ms < plan_step.hold_seconds * 1000:
         return _v(
-            "HOLD_NOT_ELAPSED", "payload.phase",
+            "HOLD_NOT_ELAPSED",
+            "payload.phase",
             f"step {started.step} was held {held_ms} ms, expected at least {plan_step.hold_seconds * 1000} ms",
         )
     if plan_step.health_gate:
         report = proposal.health.get(started.step)
         if report is None or report.seq < started.seq or not report.healthy:
-            observed = "no report since the step started" if report is None or report.seq < started.seq else "unhealthy"
-            return _v("HEALTH_GATE", "payload.phase", f"step {started.step} needs a healthy report, observed {observed}")
+            observed = (
+                "no report since the step started"
+                if report is None or report.seq < started.seq
+                else "unhealthy"
+            )
+            return _v(
+                "HEALTH_GATE",
+                "payload.phase",
+                f"step {started.step} needs a healthy report, observed {observed}",
+            )
     return None
 
 
-def _check_rollout_step(state: LedgerState, signers: _Signers, p: RolloutStep, e: LogEntry) -> Violation | None:
+def _check_rollout_step(
+    state: LedgerState, signers: _Signers, p: RolloutStep, e: LogEntry
+) -> Violation | None:
     violation = _single_author(signers, ["controller"], "RolloutStep")
     if violation:
         return violation
@@ -640,20 +798,38 @@ def _check_rollout_step(state: LedgerState, signers: _Signers, p: RolloutStep, e
 
     def expect(step: int, weight: int) -> Violation | None:
         if p.step != step:
-            return _v("STEP_NOT_IN_PLAN", "payload.step", f"{p.phase} at step {p.step}, expected step {step}")
+            return _v(
+                "STEP_NOT_IN_PLAN",
+                "payload.step",
+                f"{p.phase} at step {p.step}, expected step {step}",
+            )
         if p.weight != weight:
-            return _v("WEIGHT_NOT_IN_PLAN", "payload.weight", f"{p.phase} with weight {p.weight}, expected {weight}")
+            return _v(
+                "WEIGHT_NOT_IN_PLAN",
+                "payload.weight",
+                f"{p.phase} with weight {p.weight}, expected {weight}",
+            )
         return None
 
     def wrong_phase(allowed: str) -> Violation:
-        return _v("ROLLOUT_STATE", "payload.phase", f"{p.phase} while the rollout is {phase}, expected {allowed}")
+        return _v(
+            "ROLLOUT_STATE",
+            "payload.phase",
+            f"{p.phase} while the rollout is {phase}, expected {allowed}",
+        )
 
     if p.phase == "STARTED":
         if phase not in ("PENDING", "ROLLED_BACK"):
             return wrong_phase("PENDING or ROLLED_BACK")
-        busy = state.active_rollout_on(proposal.proposal.target.namespace, proposal.proposal.target.deployment)
+        busy = state.active_rollout_on(
+            proposal.proposal.target.namespace, proposal.proposal.target.deployment
+        )
         if busy is not None:
-            return _v("TARGET_BUSY", "payload.proposal", f"proposal {busy.entry_hash.hex()} is rolling out on the same target")
+            return _v(
+                "TARGET_BUSY",
+                "payload.proposal",
+                f"proposal {busy.entry_hash.hex()} is rolling out on the same target",
+            )
         return expect(0, plan[0].weight) or _may_go(state, proposal, p.phase)
     if p.phase in ("ADVANCED", "PROMOTED"):
         if phase not in ACTIVE_PHASES:
@@ -661,13 +837,25 @@ def _check_rollout_step(state: LedgerState, signers: _Signers, p: RolloutStep, e
         assert current is not None
         if p.phase == "ADVANCED":
             if current.step + 1 >= len(plan):
-                return _v("STEP_NOT_IN_PLAN", "payload.step", f"step {current.step} is the plan's last; expected PROMOTED")
+                return _v(
+                    "STEP_NOT_IN_PLAN",
+                    "payload.step",
+                    f"step {current.step} is the plan's last; expected PROMOTED",
+                )
             v = expect(current.step + 1, plan[current.step + 1].weight)
         else:
             if current.step != len(plan) - 1:
-                return _v("STEP_NOT_IN_PLAN", "payload.step", f"PROMOTED at step {current.step}, expected the last step {len(plan) - 1}")
+                return _v(
+                    "STEP_NOT_IN_PLAN",
+                    "payload.step",
+                    f"PROMOTED at step {current.step}, expected the last step {len(plan) - 1}",
+                )
             v = expect(current.step, 100)
-        return v or _may_go(state, proposal, p.phase) or _hold_and_health(state, proposal, e.entry.received_at)
+        return (
+            v
+            or _may_go(state, proposal, p.phase)
+            or _hold_and_health(state, proposal, e.entry.received_at)
+        )
     if p.phase in ("PAUSED", "ROLLED_BACK"):
         if phase not in ACTIVE_PHASES:
             return wrong_phase("STARTED, ADVANCED or PAUSED")
@@ -689,19 +877,30 @@ def _check_scope(state: LedgerState, scope: KillScope) -> Violation | None:
     else:
         ok = not scope.namespace and not scope.deployment and scope.proposal is not None
         if ok and scope.proposal not in state.proposals:
-            return _v("PROPOSAL_UNKNOWN", "payload.scope.proposal", "the scope names no proposal of this ledger")
+            return _v(
+                "PROPOSAL_UNKNOWN",
+                "payload.scope.proposal",
+                "the scope names no proposal of this ledger",
+            )
     if not ok:
         return _v(
-            "INVALID_FIELD", "payload.scope",
+            "INVALID_FIELD",
+            "payload.scope",
             f"a {scope.kind} scope takes "
-            + {"GLOBAL": "nothing else", "TARGET": "namespace and deployment only", "PROPOSAL": "a proposal hash only"}[scope.kind],
+            + {
+                "GLOBAL": "nothing else",
+                "TARGET": "namespace and deployment only",
+                "PROPOSAL": "a proposal hash only",
+            }[scope.kind],
         )
     if scope.proposal is not None and len(scope.proposal) != HASH_SIZE:
         return _v("INVALID_FIELD", "payload.scope.proposal", "expected a 32-byte entry hash")
     return None
 
 
-def _check_kill_engaged(state: LedgerState, signers: _Signers, p: KillSwitchEngaged) -> Violation | None:
+def _check_kill_engaged(
+    state: LedgerState, signers: _Signers, p: KillSwitchEngaged
+) -> Violation | None:
     # Stopping is cheap: one operator or approver. The controller may sign only to record an
     # emergency stop requested by annotating a ModelRollout, and must say so.
     roles = ["operator", "approver"] + (["controller"] if p.annotation is not None else [])
@@ -712,33 +911,52 @@ def _check_kill_engaged(state: LedgerState, signers: _Signers, p: KillSwitchEnga
     if violation:
         return violation
     if p.scope in state.kill_switches:
-        return _v("KILL_SWITCH_ALREADY_ENGAGED", "payload.scope", f"this scope is engaged since seq {state.kill_switches[p.scope]}")
+        return _v(
+            "KILL_SWITCH_ALREADY_ENGAGED",
+            "payload.scope",
+            f"this scope is engaged since seq {state.kill_switches[p.scope]}",
+        )
     return None
 
 
-def _check_kill_released(state: LedgerState, signers: _Signers, p: KillSwitchReleased,
-                         body: EventBody) -> Violation | None:
+def _check_kill_released(
+    state: LedgerState, signers: _Signers, p: KillSwitchReleased, body: EventBody
+) -> Violation | None:
     violation = _check_scope(state, p.scope)
     if violation:
         return violation
     if p.scope not in state.kill_switches:
-        return _v("KILL_SWITCH_NOT_ENGAGED", "payload.scope", "no kill switch is engaged for this scope")
-    violation = _bound_to_current(state, body, "KillSwitchEngaged", "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
-                                  "a release names the engagement it releases")
+        return _v(
+            "KILL_SWITCH_NOT_ENGAGED", "payload.scope", "no kill switch is engaged for this scope"
+        )
+    violation = _bound_to_current(
+        state,
+        body,
+        "KillSwitchEngaged",
+        "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+        "a release names the engagement it releases",
+    )
     if violation:
         return violation
     # Every governing policy must be met on its own terms (LedgerState.kill_release_requirements).
     requirements, stopped_proposers = state.kill_release_requirements(p.scope)
     approvers = signers.principals_with("approver")
     for req in requirements:
-        counted = {a for a in approvers if a not in stopped_proposers and a.split(":", 1)[0] in req.kinds}
+        counted = {
+            a for a in approvers if a not in stopped_proposers and a.split(":", 1)[0] in req.kinds
+        }
         if len(counted) >= req.approvals:
             continue
-        why = [f"{a} (proposer of a rollout this switch stopped)" if a in stopped_proposers
-               else f"{a} (kind not in {', '.join(req.kinds)})" for a in sorted(approvers - counted)]
+        why = [
+            f"{a} (proposer of a rollout this switch stopped)"
+            if a in stopped_proposers
+            else f"{a} (kind not in {', '.join(req.kinds)})"
+            for a in sorted(approvers - counted)
+        ]
         under = f" under policy {req.policy_id}" if req.policy_id else ""
         return _v(
-            "THRESHOLD_NOT_MET", "signatures",
+            "THRESHOLD_NOT_MET",
+            "signatures",
             f"releasing this kill switch needs {req.approvals} distinct approver principals of kind "
             f"{' or '.join(req.kinds)}{under}, observed {len(counted)}"
             + (f" ({', '.join(sorted(counted))})" if counted else "")

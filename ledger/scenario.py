@@ -138,9 +138,12 @@ class Flow:
 
     # -- the story -------------------------------------------------------------------------
 
-    def genesis(self, threshold: int = 2, signers: tuple[str, ...] = ("root1", "root2")) -> SignedEvent:
+    def genesis(
+        self, threshold: int = 2, signers: tuple[str, ...] = ("root1", "root2")
+    ) -> SignedEvent:
         roots = tuple(
-            RootKey(self.cast[h].principal, self.cast[h].key.public.raw) for h in ("root1", "root2", "root3")
+            RootKey(self.cast[h].principal, self.cast[h].key.public.raw)
+            for h in ("root1", "root2", "root3")
         )
         payload = LedgerGenesis(
             origin=self.origin,
@@ -151,24 +154,46 @@ class Flow:
         )
         return self.event(payload, *signers)
 
-    def grant(self, handle: str, signers: tuple[str, ...] = ("root1", "root2"), expires_at: int | None = None) -> SignedEvent:
+    def grant(
+        self,
+        handle: str,
+        signers: tuple[str, ...] = ("root1", "root2"),
+        expires_at: int | None = None,
+    ) -> SignedEvent:
         actor = self.cast[handle]
-        return self.event(KeyGranted(actor.principal, actor.key.public.raw, actor.roles, expires_at), *signers)
+        return self.event(
+            KeyGranted(actor.principal, actor.key.public.raw, actor.roles, expires_at), *signers
+        )
 
-    def grant_key(self, principal: str, key: PrivateKey, roles: tuple[str, ...],
-                  signers: tuple[str, ...] = ("root1", "root2")) -> SignedEvent:
+    def grant_key(
+        self,
+        principal: str,
+        key: PrivateKey,
+        roles: tuple[str, ...],
+        signers: tuple[str, ...] = ("root1", "root2"),
+    ) -> SignedEvent:
         return self.event(KeyGranted(principal, key.public.raw, roles, None), *signers)
 
     def grants(self) -> list[SignedEvent]:
         return [self.grant(h) for h, _, roles in CAST if roles != ("root",)]
 
-    def revoke(self, key_id: bytes, signers: tuple[str, ...] = ("root1", "root2"), reason: str = "rotated") -> SignedEvent:
+    def revoke(
+        self, key_id: bytes, signers: tuple[str, ...] = ("root1", "root2"), reason: str = "rotated"
+    ) -> SignedEvent:
         return self.event(KeyRevoked(key_id, reason), *signers)
 
-    def policy(self, *, approvals: int = 2, plan: tuple[PlanStep, ...] = DEFAULT_PLAN,
-               namespace: str = "models", deployment: str = "*", veto: bool = True,
-               kill_release: int = 2, kinds: tuple[str, ...] = ("human",),
-               signers: tuple[str, ...] = ("root1", "root2")) -> SignedEvent:
+    def policy(
+        self,
+        *,
+        approvals: int = 2,
+        plan: tuple[PlanStep, ...] = DEFAULT_PLAN,
+        namespace: str = "models",
+        deployment: str = "*",
+        veto: bool = True,
+        kill_release: int = 2,
+        kinds: tuple[str, ...] = ("human",),
+        signers: tuple[str, ...] = ("root1", "root2"),
+    ) -> SignedEvent:
         return self.event(
             PolicySet(
                 policy_id="default",
@@ -187,8 +212,14 @@ class Flow:
             *signers,
         )
 
-    def propose(self, image: str = "registry.example/model-server:v2", *, namespace: str = "models",
-                deployment: str = "model-server", signer: str = "agent") -> SignedEvent:
+    def propose(
+        self,
+        image: str = "registry.example/model-server:v2",
+        *,
+        namespace: str = "models",
+        deployment: str = "model-server",
+        signer: str = "agent",
+    ) -> SignedEvent:
         return self.event(
             ProposalSubmitted(
                 target=Target(namespace, deployment),
@@ -200,24 +231,50 @@ class Flow:
             signer,
         )
 
-    def eval(self, proposal: bytes, suite: str, value: float, *, signer: str = "evalbot") -> SignedEvent:
+    def eval(
+        self, proposal: bytes, suite: str, value: float, *, signer: str = "evalbot"
+    ) -> SignedEvent:
         metric = {"safety": "refusal_rate", "quality": "accuracy"}.get(suite, "score")
         return self.event(
             EvalRecorded(proposal, suite, (Metric(metric, value),), "sha256:" + "a" * 64), signer
         )
 
-    def approve(self, proposal: bytes, evals: tuple[bytes, ...], signer: str, *, decision: str = "APPROVE") -> SignedEvent:
-        return self.bound(ApprovalRecorded(proposal, decision, evals, "looks good" if decision == "APPROVE" else "no"), signer)
+    def approve(
+        self, proposal: bytes, evals: tuple[bytes, ...], signer: str, *, decision: str = "APPROVE"
+    ) -> SignedEvent:
+        return self.bound(
+            ApprovalRecorded(
+                proposal, decision, evals, "looks good" if decision == "APPROVE" else "no"
+            ),
+            signer,
+        )
 
-    def health(self, proposal: bytes, step: int, healthy: bool = True, *, signer: str = "monitor") -> SignedEvent:
-        return self.bound(HealthReported(proposal, step, healthy, (Metric("error_rate", 0.001),)), signer)
+    def health(
+        self, proposal: bytes, step: int, healthy: bool = True, *, signer: str = "monitor"
+    ) -> SignedEvent:
+        return self.bound(
+            HealthReported(proposal, step, healthy, (Metric("error_rate", 0.001),)), signer
+        )
 
-    def step(self, proposal: bytes, step: int, weight: int, phase: str, *, signer: str = "controller",
-             reason: str = "", observed: ObservedState | None = None) -> SignedEvent:
+    def step(
+        self,
+        proposal: bytes,
+        step: int,
+        weight: int,
+        phase: str,
+        *,
+        signer: str = "controller",
+        reason: str = "",
+        observed: ObservedState | None = None,
+    ) -> SignedEvent:
         obs = observed or ObservedState(4, 0, 0, "registry.example/model-server:v1", "")
-        return self.event(RolloutStep(proposal, step, weight, phase, reason or phase.lower(), obs), signer)
+        return self.event(
+            RolloutStep(proposal, step, weight, phase, reason or phase.lower(), obs), signer
+        )
 
-    def kill(self, scope: KillScope, *, signer: str = "oncall", reason: str = "anomaly seen") -> SignedEvent:
+    def kill(
+        self, scope: KillScope, *, signer: str = "oncall", reason: str = "anomaly seen"
+    ) -> SignedEvent:
         return self.event(KillSwitchEngaged(scope, reason), signer)
 
     def release(self, scope: KillScope, signers: tuple[str, ...] = ("alice", "bob")) -> SignedEvent:

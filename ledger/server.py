@@ -143,35 +143,47 @@ def requires_client_cert(config: LedgerServerConfig) -> bool:
 def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
     required = requires_client_cert(config)
     if config.access_file is not None and config.client_ca is None:
-        raise ConfigError("an access file maps client certificates to permissions: it needs "
-                          "client_ca (--client-ca), the CA that signs them")
+        raise ConfigError(
+            "an access file maps client certificates to permissions: it needs "
+            "client_ca (--client-ca), the CA that signs them"
+        )
     if config.tls_cert is None and config.tls_key is None:
         if config.client_ca is not None or required:
             raise ConfigError("mutual TLS needs TLS: give tls_cert and tls_key too")
         if not is_loopback(config.listen) and not config.insecure_plaintext:
             raise ConfigError(
                 f"plaintext on {config.listen}, an address other machines can reach: serve TLS "
-                "(--tls-cert, --tls-key) or say --insecure-plaintext")
+                "(--tls-cert, --tls-key) or say --insecure-plaintext"
+            )
         return None
     if config.tls_cert is None or config.tls_key is None:
         raise ConfigError("TLS needs both tls_cert and tls_key")
     if required and config.client_ca is None:
-        raise ConfigError("require_client_cert needs client_ca, the CA that signs client certificates")
+        raise ConfigError(
+            "require_client_cert needs client_ca, the CA that signs client certificates"
+        )
     pair = (_read(config.tls_key), _read(config.tls_cert))
-    return grpc.ssl_server_credentials([pair], root_certificates=_read(config.client_ca),  # type: ignore[list-item]
-                                       require_client_auth=required)
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=_read(config.client_ca),  # type: ignore[list-item]
+        require_client_auth=required,
+    )
 
 
 def _warn_about_exposure(config: LedgerServerConfig, creds: grpc.ServerCredentials | None) -> None:
     if creds is None and not is_loopback(config.listen):
-        log.warning("insecure_plaintext listen=%s: anyone who reaches this address may call "
-                    "every method unauthenticated and unencrypted", config.listen)
+        log.warning(
+            "insecure_plaintext listen=%s: anyone who reaches this address may call "
+            "every method unauthenticated and unencrypted",
+            config.listen,
+        )
     if config.client_ca is not None and config.access_file is None:
-        log.warning("no_access_file: every client certified by the client CA may call every "
-                    "method, reflection and on-demand checkpoints included; give an access file")
+        log.warning(
+            "no_access_file: every client certified by the client CA may call every "
+            "method, reflection and on-demand checkpoints included; give an access file"
+        )
     if config.client_ca is not None and not requires_client_cert(config):
-        log.warning("client_cert_optional: clients without a certificate are admitted "
-                    "anonymously")
+        log.warning("client_cert_optional: clients without a certificate are admitted anonymously")
 
 
 # Registers one more servicer (QueryService, ControllerService ...) on the same gRPC server
@@ -184,8 +196,11 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
     creds = _credentials(config)  # configuration errors first, before anything is opened
     policy = AccessPolicy.load(config.access_file) if config.access_file is not None else None
     slots = StreamSlots(config.max_streams, config.max_streams_per_peer)
-    limits = AppendLimits(config.append_rate_per_peer, config.append_rate_per_principal,
-                          config.kill_switch_rate_per_peer)
+    limits = AppendLimits(
+        config.append_rate_per_peer,
+        config.append_rate_per_principal,
+        config.kill_switch_rate_per_peer,
+    )
     if config.unary_workers < 2:
         raise ConfigError("unary_workers must be at least 2: the lane that streams cannot fill")
     _warn_about_exposure(config, creds)
@@ -203,9 +218,14 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
     def on_fenced() -> None:
         set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    ledger = LedgerServer(store, key, checkpoint_every_entries=config.checkpoint_every_entries,
-                          checkpoint_every_ms=config.checkpoint_every_ms, on_fenced=on_fenced,
-                          checker=SignatureChecker(config.verify_processes))
+    ledger = LedgerServer(
+        store,
+        key,
+        checkpoint_every_entries=config.checkpoint_every_entries,
+        checkpoint_every_ms=config.checkpoint_every_ms,
+        on_fenced=on_fenced,
+        checker=SignatureChecker(config.verify_processes),
+    )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -213,27 +233,45 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
     ]
     # Streams hold at most max_streams workers (ServerGate refuses the next one), so
     # unary_workers always remain for unary calls.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_streams + config.unary_workers,
-                                                    thread_name_prefix="ledger-rpc"),
-                         options=options, interceptors=[ServerGate(policy, slots, log)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_streams + config.unary_workers, thread_name_prefix="ledger-rpc"
+        ),
+        options=options,
+        interceptors=[ServerGate(policy, slots, log)],
+    )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
-        LedgerServicer(ledger, max_batch_events=config.max_batch_events,
-                       limits=limits if limits.enabled else None), server)
+        LedgerServicer(
+            ledger,
+            max_batch_events=config.max_batch_events,
+            limits=limits if limits.enabled else None,
+        ),
+        server,
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names.extend(add(server, ledger) for add in add_services)
     set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the replay has finished
     reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    port = (server.add_secure_port(config.listen, creds) if creds is not None
-            else server.add_insecure_port(config.listen))
+        (
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = (
+        server.add_secure_port(config.listen, creds)
+        if creds is not None
+        else server.add_insecure_port(config.listen)
+    )
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}")
     host = config.listen.rsplit(":", 1)[0]
     health_server, health_port = None, 0
     if config.health_listen is not None:
-        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
-                                                               thread_name_prefix="ledger-health"))
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-health")
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(config.health_listen)
         if health_port == 0:
@@ -252,11 +290,18 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         raise
     set_health(health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{port}"
-    log.info("listening address=%s tls=%s mtls=%s access_file=%s entries=%d skipped=%d", address,
-             creds is not None, creds is not None and requires_client_cert(config),
-             config.access_file, report.entries, report.skipped)
-    return RunningServer(address, port, ledger, server, health_servicer, owns_store,
-                         health_server, health_port)
+    log.info(
+        "listening address=%s tls=%s mtls=%s access_file=%s entries=%d skipped=%d",
+        address,
+        creds is not None,
+        creds is not None and requires_client_cert(config),
+        config.access_file,
+        report.entries,
+        report.skipped,
+    )
+    return RunningServer(
+        address, port, ledger, server, health_servicer, owns_store, health_server, health_port
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +309,10 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ledger.server",
-                                description="Run a Steward ledger server on a SQLite or Kafka log.")
+    p = argparse.ArgumentParser(
+        prog="python -m ledger.server",
+        description="Run a Steward ledger server on a SQLite or Kafka log.",
+    )
     add_server_arguments(p)
     return p
 
@@ -291,17 +338,26 @@ def kafka_store_from_args(args: argparse.Namespace) -> LogStore:
     if not args.topic:
         raise ConfigError("--kafka-bootstrap needs --topic")
     config = KafkaStoreConfig(
-        bootstrap_servers=args.kafka_bootstrap, topic=args.topic, ledger=args.ledger,
-        replication_factor=args.replication_factor, min_insync_replicas=args.min_insync_replicas,
-        create_topics=not args.no_create_topics, operation_timeout_s=args.kafka_timeout,
+        bootstrap_servers=args.kafka_bootstrap,
+        topic=args.topic,
+        ledger=args.ledger,
+        replication_factor=args.replication_factor,
+        min_insync_replicas=args.min_insync_replicas,
+        create_topics=not args.no_create_topics,
+        operation_timeout_s=args.kafka_timeout,
         # kafka-python wants delivery_timeout_ms (= the operation timeout) > request_timeout_ms.
         request_timeout_ms=min(15000, int(args.kafka_timeout * 500)),
-        security_protocol=args.kafka_security_protocol, sasl_mechanism=args.kafka_sasl_mechanism,
+        security_protocol=args.kafka_security_protocol,
+        sasl_mechanism=args.kafka_sasl_mechanism,
         sasl_plain_username=args.kafka_sasl_username,
-        sasl_plain_password=_secret_from_env(args.kafka_sasl_password_env, "the Kafka SASL password"),
-        ssl_cafile=args.kafka_ssl_cafile, ssl_certfile=args.kafka_ssl_certfile,
+        sasl_plain_password=_secret_from_env(
+            args.kafka_sasl_password_env, "the Kafka SASL password"
+        ),
+        ssl_cafile=args.kafka_ssl_cafile,
+        ssl_certfile=args.kafka_ssl_certfile,
         ssl_keyfile=args.kafka_ssl_keyfile,
-        ssl_password=_secret_from_env(args.kafka_ssl_password_env, "the Kafka client key password"))
+        ssl_password=_secret_from_env(args.kafka_ssl_password_env, "the Kafka client key password"),
+    )
     store = KafkaLogStore(config)
     try:
         store.claim_writer()
@@ -361,28 +417,41 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Serve what parsed `args` (add_server_arguments) ask for, until SIGTERM or SIGINT."""
     if args.db is not None and args.topic:
         parser.error("--topic is for --kafka-bootstrap, not --db")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("kafka").setLevel(args.kafka_log_level.upper())
     store: str | LogStore = args.db
     try:
         if args.kafka_bootstrap is not None:
             store = kafka_store_from_args(args)
         config = LedgerServerConfig(
-            store=store, checkpoint_key=args.checkpoint_key,
-            checkpoint_key_passphrase_env=args.passphrase_env, listen=args.listen,
+            store=store,
+            checkpoint_key=args.checkpoint_key,
+            checkpoint_key_passphrase_env=args.passphrase_env,
+            listen=args.listen,
             checkpoint_every_entries=args.checkpoint_every_entries,
-            checkpoint_every_ms=args.checkpoint_every_ms, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, client_ca=args.client_ca,
-            require_client_cert=(False if args.client_cert_optional
-                                 else True if args.require_client_cert else None),
-            access_file=args.access_file, insecure_plaintext=args.insecure_plaintext,
-            health_listen=args.health_listen, max_streams=args.max_streams,
-            max_streams_per_peer=args.max_streams_per_peer, unary_workers=args.unary_workers,
+            checkpoint_every_ms=args.checkpoint_every_ms,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+            require_client_cert=(
+                False if args.client_cert_optional else True if args.require_client_cert else None
+            ),
+            access_file=args.access_file,
+            insecure_plaintext=args.insecure_plaintext,
+            health_listen=args.health_listen,
+            max_streams=args.max_streams,
+            max_streams_per_peer=args.max_streams_per_peer,
+            unary_workers=args.unary_workers,
             append_rate_per_peer=_rate(args.append_rate_per_peer),
             append_rate_per_principal=_rate(args.append_rate_per_principal),
             kill_switch_rate_per_peer=_rate(args.kill_switch_rate_per_peer),
-            max_message_bytes=args.max_message_bytes, verify_processes=args.verify_processes)
+            max_message_bytes=args.max_message_bytes,
+            verify_processes=args.verify_processes,
+        )
         done = threading.Event()
         services: list[AddService] = []
         url = _projections_url(args)

@@ -33,89 +33,187 @@ DEFAULT_APPEND_RATE_PER_PRINCIPAL = "100:1000"
 DEFAULT_KILL_SWITCH_RATE_PER_PEER = "10:100"
 
 
-def add_server_arguments(p: argparse.ArgumentParser, *, default_listen: str = "127.0.0.1:0") -> None:
+def add_server_arguments(
+    p: argparse.ArgumentParser, *, default_listen: str = "127.0.0.1:0"
+) -> None:
     """The server's flags, shared by ``python -m ledger.server`` and ``steward serve``."""
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", help="SQLite file of the log (created if missing)")
-    where.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
-                       help="Kafka bootstrap servers: keep the log on a Kafka topic (docs/KAFKA.md)")
-    p.add_argument("--checkpoint-key", required=True, help="the ledger's checkpoint private key (PEM)")
-    p.add_argument("--passphrase-env", metavar="VAR",
-                   help="environment variable that holds the checkpoint key's passphrase")
-    p.add_argument("--listen", default=default_listen,
-                   help=f"HOST:PORT (port 0 picks a free one; default {default_listen})")
+    where.add_argument(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers: keep the log on a Kafka topic (docs/KAFKA.md)",
+    )
+    p.add_argument(
+        "--checkpoint-key", required=True, help="the ledger's checkpoint private key (PEM)"
+    )
+    p.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="environment variable that holds the checkpoint key's passphrase",
+    )
+    p.add_argument(
+        "--listen",
+        default=default_listen,
+        help=f"HOST:PORT (port 0 picks a free one; default {default_listen})",
+    )
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--checkpoint-every-entries", type=int, default=256)
     p.add_argument("--checkpoint-every-ms", type=int, default=1000)
     t = p.add_argument_group("TLS and access (docs/API.md)")
     t.add_argument("--tls-cert", help="server certificate chain (PEM)")
     t.add_argument("--tls-key", help="server private key (PEM)")
-    t.add_argument("--client-ca", help="CA for client certificates (mutual TLS; client "
-                                       "certificates are then required)")
+    t.add_argument(
+        "--client-ca",
+        help="CA for client certificates (mutual TLS; client certificates are then required)",
+    )
     optional = t.add_mutually_exclusive_group()
-    optional.add_argument("--require-client-cert", action="store_true",
-                          help="refuse clients without a certificate (the default with --client-ca)")
-    optional.add_argument("--client-cert-optional", action="store_true",
-                          help="with --client-ca, admit clients without a certificate anonymously")
-    t.add_argument("--access-file", metavar="YAML",
-                   help="client certificate identity -> permissions (append, read, query, admin); "
-                        "needs --client-ca")
-    t.add_argument("--insecure-plaintext", action="store_true",
-                   help="allow plaintext on an address other than loopback (logs a warning)")
-    t.add_argument("--health-listen", metavar="HOST:PORT",
-                   help="also serve grpc.health.v1.Health alone, plaintext, here (kubelet probes)")
+    optional.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate (the default with --client-ca)",
+    )
+    optional.add_argument(
+        "--client-cert-optional",
+        action="store_true",
+        help="with --client-ca, admit clients without a certificate anonymously",
+    )
+    t.add_argument(
+        "--access-file",
+        metavar="YAML",
+        help="client certificate identity -> permissions (append, read, query, admin); "
+        "needs --client-ca",
+    )
+    t.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plaintext on an address other than loopback (logs a warning)",
+    )
+    t.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1.Health alone, plaintext, here (kubelet probes)",
+    )
     lim = p.add_argument_group("limits (docs/security/network.md)")
-    lim.add_argument("--max-streams", type=int, default=128,
-                     help="open streams (AppendStream, following Read ...) in all (default 128)")
-    lim.add_argument("--max-streams-per-peer", type=int, default=32,
-                     help="open streams of one peer: certificate identity or IP address (default 32)")
-    lim.add_argument("--unary-workers", type=int, default=16,
-                     help="worker threads only unary calls may use (default 16)")
-    lim.add_argument("--append-rate-per-peer", type=rate_limit, metavar="RATE:BURST|off",
-                     default=DEFAULT_APPEND_RATE_PER_PEER,
-                     help=f"events per second a peer may submit (default {DEFAULT_APPEND_RATE_PER_PEER})")
-    lim.add_argument("--append-rate-per-principal", type=rate_limit, metavar="RATE:BURST|off",
-                     default=DEFAULT_APPEND_RATE_PER_PRINCIPAL,
-                     help="events per second one signing principal may append "
-                          f"(default {DEFAULT_APPEND_RATE_PER_PRINCIPAL})")
-    lim.add_argument("--kill-switch-rate-per-peer", type=rate_limit, metavar="RATE:BURST|off",
-                     default=DEFAULT_KILL_SWITCH_RATE_PER_PEER,
-                     help="KillSwitchEngaged per second a peer may send by Append, in a bucket of "
-                          f"their own (default {DEFAULT_KILL_SWITCH_RATE_PER_PEER})")
+    lim.add_argument(
+        "--max-streams",
+        type=int,
+        default=128,
+        help="open streams (AppendStream, following Read ...) in all (default 128)",
+    )
+    lim.add_argument(
+        "--max-streams-per-peer",
+        type=int,
+        default=32,
+        help="open streams of one peer: certificate identity or IP address (default 32)",
+    )
+    lim.add_argument(
+        "--unary-workers",
+        type=int,
+        default=16,
+        help="worker threads only unary calls may use (default 16)",
+    )
+    lim.add_argument(
+        "--append-rate-per-peer",
+        type=rate_limit,
+        metavar="RATE:BURST|off",
+        default=DEFAULT_APPEND_RATE_PER_PEER,
+        help=f"events per second a peer may submit (default {DEFAULT_APPEND_RATE_PER_PEER})",
+    )
+    lim.add_argument(
+        "--append-rate-per-principal",
+        type=rate_limit,
+        metavar="RATE:BURST|off",
+        default=DEFAULT_APPEND_RATE_PER_PRINCIPAL,
+        help="events per second one signing principal may append "
+        f"(default {DEFAULT_APPEND_RATE_PER_PRINCIPAL})",
+    )
+    lim.add_argument(
+        "--kill-switch-rate-per-peer",
+        type=rate_limit,
+        metavar="RATE:BURST|off",
+        default=DEFAULT_KILL_SWITCH_RATE_PER_PEER,
+        help="KillSwitchEngaged per second a peer may send by Append, in a bucket of "
+        f"their own (default {DEFAULT_KILL_SWITCH_RATE_PER_PEER})",
+    )
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--verify-processes", type=int, choices=(0, 1), default=None, metavar="0|1",
-                   help="check the signatures of streamed batches in a worker process (1) or "
-                        "in the serving process (0); default: 1 on a machine with more than "
-                        "one core")
-    p.add_argument("--projections", default="same", metavar="URL|PATH",
-                   help="where the query projections live and QueryService reads them: a SQLAlchemy "
-                        "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
-                        "--kafka-bootstrap: no projections), 'off' serves no QueryService")
+    p.add_argument(
+        "--verify-processes",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        metavar="0|1",
+        help="check the signatures of streamed batches in a worker process (1) or "
+        "in the serving process (0); default: 1 on a machine with more than "
+        "one core",
+    )
+    p.add_argument(
+        "--projections",
+        default="same",
+        metavar="URL|PATH",
+        help="where the query projections live and QueryService reads them: a SQLAlchemy "
+        "URL or a SQLite file path; 'same' (default) uses the --db SQLite file (with "
+        "--kafka-bootstrap: no projections), 'off' serves no QueryService",
+    )
     p.add_argument("--log-level", default="INFO")
-    p.add_argument("--kafka-log-level", default="WARNING",
-                   help="level of the Kafka clients' loggers: kafka-python's (their INFO is a "
-                        "line per connection) and librdkafka's (logger kafka.librdkafka)")
+    p.add_argument(
+        "--kafka-log-level",
+        default="WARNING",
+        help="level of the Kafka clients' loggers: kafka-python's (their INFO is a "
+        "line per connection) and librdkafka's (logger kafka.librdkafka)",
+    )
     k = p.add_argument_group("Kafka store (with --kafka-bootstrap)")
     k.add_argument("--topic", help="the ledger topic (checkpoints go to TOPIC.checkpoints)")
-    k.add_argument("--ledger", default="", metavar="NAME",
-                   help="ledger name for the transactional id steward-ledger-NAME (default: the topic)")
-    k.add_argument("--replication-factor", type=int, default=1,
-                   help="replication factor of created topics, minimum of existing ones (production: 3)")
-    k.add_argument("--min-insync-replicas", type=int, default=1,
-                   help="min.insync.replicas of created topics, minimum of existing ones (production: 2)")
-    k.add_argument("--no-create-topics", action="store_true",
-                   help="never create the topics: they must exist (they are still checked)")
-    k.add_argument("--kafka-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="longest one Kafka append or read may take before the store reports UNAVAILABLE "
-                        "(one broker request: at most half of it, and at most 15 s)")
-    k.add_argument("--kafka-security-protocol", default="PLAINTEXT",
-                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    k.add_argument(
+        "--ledger",
+        default="",
+        metavar="NAME",
+        help="ledger name for the transactional id steward-ledger-NAME (default: the topic)",
+    )
+    k.add_argument(
+        "--replication-factor",
+        type=int,
+        default=1,
+        help="replication factor of created topics, minimum of existing ones (production: 3)",
+    )
+    k.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        default=1,
+        help="min.insync.replicas of created topics, minimum of existing ones (production: 2)",
+    )
+    k.add_argument(
+        "--no-create-topics",
+        action="store_true",
+        help="never create the topics: they must exist (they are still checked)",
+    )
+    k.add_argument(
+        "--kafka-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest one Kafka append or read may take before the store reports UNAVAILABLE "
+        "(one broker request: at most half of it, and at most 15 s)",
+    )
+    k.add_argument(
+        "--kafka-security-protocol",
+        default="PLAINTEXT",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
     k.add_argument("--kafka-sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...")
     k.add_argument("--kafka-sasl-username")
-    k.add_argument("--kafka-sasl-password-env", metavar="VAR",
-                   help="environment variable that holds the SASL password (never on the command line)")
-    k.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)")
+    k.add_argument(
+        "--kafka-sasl-password-env",
+        metavar="VAR",
+        help="environment variable that holds the SASL password (never on the command line)",
+    )
+    k.add_argument(
+        "--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates (PEM)"
+    )
     k.add_argument("--kafka-ssl-certfile", help="client certificate (PEM)")
     k.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
-    k.add_argument("--kafka-ssl-password-env", metavar="VAR",
-                   help="environment variable that holds the client key's password")
+    k.add_argument(
+        "--kafka-ssl-password-env",
+        metavar="VAR",
+        help="environment variable that holds the client key's password",
+    )

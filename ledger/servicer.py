@@ -34,8 +34,9 @@ SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 
 
 def _receipt_pb(r: Receipt) -> ledger_pb2.Receipt:
-    return ledger_pb2.Receipt(seq=r.seq, leaf_hash=r.leaf_hash, received_at=r.received_at,
-                              duplicate=r.duplicate)
+    return ledger_pb2.Receipt(
+        seq=r.seq, leaf_hash=r.leaf_hash, received_at=r.received_at, duplicate=r.duplicate
+    )
 
 
 def _checkpoint_pb(cp: PublishedCheckpoint) -> ledger_pb2.Checkpoint:
@@ -46,8 +47,13 @@ _END_OF_STREAM = object()
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, ledger: LedgerServer, *, max_batch_events: int = MAX_BATCH_EVENTS,
-                 limits: AppendLimits | None = None) -> None:
+    def __init__(
+        self,
+        ledger: LedgerServer,
+        *,
+        max_batch_events: int = MAX_BATCH_EVENTS,
+        limits: AppendLimits | None = None,
+    ) -> None:
         self.ledger = ledger
         self.max_batch_events = max_batch_events
         self.limits = limits
@@ -70,7 +76,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return counts
 
     @guarded(log)
-    def Append(self, request: ledger_pb2.AppendRequest, context: grpc.ServicerContext) -> ledger_pb2.Receipt:
+    def Append(
+        self, request: ledger_pb2.AppendRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.Receipt:
         if self.limits is None:
             return _receipt_pb(self.ledger.append(request.signed_event))
         # Decoded first, so that a kill switch is charged to its own bucket: a peer that has
@@ -82,15 +90,18 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             self.limits.charge_kill_switch(peer)
         else:
             self.limits.charge_peer(peer, 1)
-            self.limits.charge_principals(self._signing_principals(staged, skip_kill_switches=False))
+            self.limits.charge_principals(
+                self._signing_principals(staged, skip_kill_switches=False)
+            )
         (result,) = self.ledger.append_batch([request.signed_event], staged=staged)
         if isinstance(result, BaseException):
             raise result
         return _receipt_pb(result)
 
     @guarded(log)
-    def AppendStream(self, request_iterator: Iterator[ledger_pb2.AppendBatch],
-                     context: grpc.ServicerContext) -> Iterator[ledger_pb2.AppendBatchResult]:
+    def AppendStream(
+        self, request_iterator: Iterator[ledger_pb2.AppendBatch], context: grpc.ServicerContext
+    ) -> Iterator[ledger_pb2.AppendBatchResult]:
         # Per-event refusals travel in the results; only whole-batch failures end the stream.
         # Three stages overlap: a reader thread decodes and verifies the next batches; this
         # thread checks them into the ledger (submit) as soon as they are staged, without
@@ -120,11 +131,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             try:
                 for batch in request_iterator:
                     if len(batch.signed_events) > self.max_batch_events:
-                        put(decoded, ServiceError(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
-                            f"at most {self.max_batch_events} are accepted",
-                            violation_code="BATCH_TOO_LARGE", field="signed_events"))
+                        put(
+                            decoded,
+                            ServiceError(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                f"batch {batch.batch_id} has {len(batch.signed_events)} events, "
+                                f"at most {self.max_batch_events} are accepted",
+                                violation_code="BATCH_TOO_LARGE",
+                                field="signed_events",
+                            ),
+                        )
                         return
                     if limits is not None:  # before decoding: garbage costs the peer too
                         limits.charge_peer(peer, len(batch.signed_events))
@@ -132,8 +148,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     if not put(decoded, (batch.batch_id, events, self.ledger.decode(events))):
                         return
             except grpc.RpcError:  # the client cancelled or vanished: nothing worth a log line
-                put(decoded, ServiceError(grpc.StatusCode.CANCELLED,
-                                          "the client's request stream ended before its last batch"))
+                put(
+                    decoded,
+                    ServiceError(
+                        grpc.StatusCode.CANCELLED,
+                        "the client's request stream ended before its last batch",
+                    ),
+                )
                 return
             except BaseException as exc:  # the client's stream failed: end ours the same way
                 put(decoded, exc)
@@ -154,7 +175,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     staged = self.ledger.check_signatures(batch)
                     if limits is not None:
                         limits.charge_principals(
-                            self._signing_principals(staged, skip_kill_switches=True))
+                            self._signing_principals(staged, skip_kill_switches=True)
+                        )
                 except BaseException as exc:
                     put(ahead, exc)
                     return
@@ -180,11 +202,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 batches = [it for it in items if isinstance(it, tuple)]
                 if batches:
                     # The batches staged together are checked together (group commit).
-                    requests = self.ledger.submit([staged for _, _, staged in batches],
-                                                  on_done=wake.set, after=last)
+                    requests = self.ledger.submit(
+                        [staged for _, _, staged in batches], on_done=wake.set, after=last
+                    )
                     last = requests[-1]
-                    inflight.extend(zip([batch_id for batch_id, _, _ in batches], requests,
-                                        strict=True))
+                    inflight.extend(
+                        zip([batch_id for batch_id, _, _ in batches], requests, strict=True)
+                    )
                 if items and not isinstance(items[-1], tuple):
                     end = items[-1]
                 while inflight and inflight[0][1].done:
@@ -192,8 +216,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     outcome = request.outcome
                     if isinstance(outcome, BaseException):
                         raise outcome
-                    yield ledger_pb2.AppendBatchResult(batch_id=batch_id,
-                                                       results=self._results_pb(outcome))
+                    yield ledger_pb2.AppendBatchResult(
+                        batch_id=batch_id, results=self._results_pb(outcome)
+                    )
                 if not inflight and end is not None:
                     if end is _END_OF_STREAM:
                         return
@@ -210,22 +235,29 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             if isinstance(result, Receipt):
                 results.append(ledger_pb2.AppendResult(index=i, receipt=_receipt_pb(result)))
             else:
-                results.append(ledger_pb2.AppendResult(
-                    index=i, error=status_for(result, log).detail()))
+                results.append(
+                    ledger_pb2.AppendResult(index=i, error=status_for(result, log).detail())
+                )
         return results
 
     @guarded(log)
-    def Get(self, request: ledger_pb2.GetRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
+    def Get(
+        self, request: ledger_pb2.GetRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.EntryMessage:
         entry_bytes, leaf = self.ledger.get(request.seq)
         return ledger_pb2.EntryMessage(seq=request.seq, entry_bytes=entry_bytes, leaf_hash=leaf)
 
     @guarded(log)
-    def GetGenesis(self, request: ledger_pb2.GetGenesisRequest, context: grpc.ServicerContext) -> ledger_pb2.EntryMessage:
+    def GetGenesis(
+        self, request: ledger_pb2.GetGenesisRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.EntryMessage:
         entry_bytes, leaf = self.ledger.get(0)
         return ledger_pb2.EntryMessage(seq=0, entry_bytes=entry_bytes, leaf_hash=leaf)
 
     @guarded(log)
-    def Read(self, request: ledger_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[ledger_pb2.EntryMessage]:
+    def Read(
+        self, request: ledger_pb2.ReadRequest, context: grpc.ServicerContext
+    ) -> Iterator[ledger_pb2.EntryMessage]:
         seq = request.start_seq
         remaining = request.limit or None
         while context.is_active() and not self.ledger.stopping:
@@ -239,43 +271,75 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             # Wake at once on appends; the timeout lets a cancelled stream end promptly.
             self.ledger.wait_for_size(seq, timeout=0.5)
         if self.ledger.stopping:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the ledger server is stopping; reconnect")
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "the ledger server is stopping; reconnect"
+            )
 
     @guarded(log)
-    def GetHead(self, request: ledger_pb2.GetHeadRequest, context: grpc.ServicerContext) -> ledger_pb2.Head:
+    def GetHead(
+        self, request: ledger_pb2.GetHeadRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.Head:
         head = self.ledger.head()
         cp = head.checkpoint
-        return ledger_pb2.Head(size=head.size, root=head.root, last_leaf_hash=head.last_leaf_hash,
-                               ledger=self.ledger.ledger_name, origin=self.ledger.origin,
-                               checkpoint_size=cp.size if cp else 0)
+        return ledger_pb2.Head(
+            size=head.size,
+            root=head.root,
+            last_leaf_hash=head.last_leaf_hash,
+            ledger=self.ledger.ledger_name,
+            origin=self.ledger.origin,
+            checkpoint_size=cp.size if cp else 0,
+        )
 
     @guarded(log)
-    def GetCheckpoint(self, request: ledger_pb2.GetCheckpointRequest, context: grpc.ServicerContext) -> ledger_pb2.Checkpoint:
+    def GetCheckpoint(
+        self, request: ledger_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.Checkpoint:
         size = request.size if request.HasField("size") else None
         return _checkpoint_pb(self.ledger.checkpoint(size, publish_now=request.publish_now))
 
     @guarded(log)
-    def ListCheckpoints(self, request: ledger_pb2.ListCheckpointsRequest, context: grpc.ServicerContext) -> Iterator[ledger_pb2.Checkpoint]:
+    def ListCheckpoints(
+        self, request: ledger_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> Iterator[ledger_pb2.Checkpoint]:
         for cp in self.ledger.checkpoints():
             yield _checkpoint_pb(cp)
 
     @guarded(log)
-    def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.ServicerContext) -> ledger_pb2.InclusionProof:
+    def GetInclusionProof(
+        self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.InclusionProof:
         tree_size = request.tree_size if request.HasField("tree_size") else None
         p = self.ledger.inclusion_proof(request.seq, tree_size)
-        return ledger_pb2.InclusionProof(index=request.seq, tree_size=p.tree_size, proof=p.proof,
-                                         checkpoint=p.note, leaf_hash=p.leaf_hash, root=p.root)
+        return ledger_pb2.InclusionProof(
+            index=request.seq,
+            tree_size=p.tree_size,
+            proof=p.proof,
+            checkpoint=p.note,
+            leaf_hash=p.leaf_hash,
+            root=p.root,
+        )
 
     @guarded(log)
-    def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext) -> ledger_pb2.ConsistencyProof:
+    def GetConsistencyProof(
+        self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.ConsistencyProof:
         size2 = request.size2 if request.HasField("size2") else None
         p = self.ledger.consistency_proof(request.size1, size2)
         return ledger_pb2.ConsistencyProof(
-            size1=p.size1, size2=p.size2, proof=p.proof, root1=p.root1, root2=p.root2,
-            checkpoint1=self.ledger.note_for(p.size1), checkpoint2=self.ledger.note_for(p.size2))
+            size1=p.size1,
+            size2=p.size2,
+            proof=p.proof,
+            root1=p.root1,
+            root2=p.root2,
+            checkpoint1=self.ledger.note_for(p.size1),
+            checkpoint2=self.ledger.note_for(p.size2),
+        )
 
     @guarded(log)
-    def GetVkey(self, request: ledger_pb2.GetVkeyRequest, context: grpc.ServicerContext) -> ledger_pb2.Vkey:
+    def GetVkey(
+        self, request: ledger_pb2.GetVkeyRequest, context: grpc.ServicerContext
+    ) -> ledger_pb2.Vkey:
         key = self.ledger.vkey()
-        return ledger_pb2.Vkey(vkey=key.vkey, key_name=key.name, public_key=key.public_key,
-                               origin=self.ledger.origin)
+        return ledger_pb2.Vkey(
+            vkey=key.vkey, key_name=key.name, public_key=key.public_key, origin=self.ledger.origin
+        )

@@ -81,8 +81,13 @@ def default_processes() -> int:
 class _Worker:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.sigworker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=None, close_fds=True, bufsize=0)
+            [sys.executable, "-m", "ledger.sigworker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            close_fds=True,
+            bufsize=0,
+        )
         self.lock = threading.Lock()  # one request at a time on the pipe
 
     def check(self, items: Sequence[Item], timeout: float) -> bytes:
@@ -140,8 +145,13 @@ class SignatureChecker:
     than queueing).
     """
 
-    def __init__(self, processes: int | None = None, *, min_pooled: int = MIN_POOLED,
-                 timeout: float = WORKER_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        processes: int | None = None,
+        *,
+        min_pooled: int = MIN_POOLED,
+        timeout: float = WORKER_TIMEOUT_S,
+    ) -> None:
         self.processes = min(1, default_processes() if processes is None else max(0, processes))
         self.min_pooled = min_pooled
         self.timeout = timeout
@@ -161,9 +171,12 @@ class SignatureChecker:
             verdicts = worker.check(items, self.timeout)
         except SignatureWorkerError as exc:
             self.fallbacks += 1
-            log.warning("signature worker pid %d failed (%s); verifying this batch in the "
-                        "serving process, a new worker starts with the next batch",
-                        worker.proc.pid, exc)
+            log.warning(
+                "signature worker pid %d failed (%s); verifying this batch in the "
+                "serving process, a new worker starts with the next batch",
+                worker.proc.pid,
+                exc,
+            )
             self._discard(worker)
             verdicts = verify_many(items)
         finally:
@@ -173,8 +186,11 @@ class SignatureChecker:
     def verified(self, pending: PendingChecks) -> frozenset[VerifiedSignature]:
         """The (public key, signature, body) triples of `pending` that verify."""
         verdicts = self.check(pending.items)
-        return frozenset((pub, sig, body) for (pub, sig, _), body, ok
-                         in zip(pending.items, pending.bodies, verdicts, strict=True) if ok)
+        return frozenset(
+            (pub, sig, body)
+            for (pub, sig, _), body, ok in zip(pending.items, pending.bodies, verdicts, strict=True)
+            if ok
+        )
 
     def _get_worker(self) -> _Worker | None:
         with self._lock:
@@ -184,8 +200,10 @@ class SignatureChecker:
                 try:
                     self._worker = _Worker()
                 except OSError as exc:
-                    log.warning("cannot start a signature worker (%s); verifying in the "
-                                "serving process", exc)
+                    log.warning(
+                        "cannot start a signature worker (%s); verifying in the serving process",
+                        exc,
+                    )
                     return None
             return self._worker
 

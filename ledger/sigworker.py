@@ -43,9 +43,13 @@ def decode_items(payload: bytes) -> list[tuple[bytes, bytes, bytes]]:
         start = i + _HEAD + 4
         if start + n > len(payload):
             raise ValueError(f"message at byte {start} runs past the request")
-        items.append((bytes(view[i:i + PUBLIC_KEY_SIZE]),
-                      bytes(view[i + PUBLIC_KEY_SIZE:i + _HEAD]),
-                      bytes(view[start:start + n])))
+        items.append(
+            (
+                bytes(view[i : i + PUBLIC_KEY_SIZE]),
+                bytes(view[i + PUBLIC_KEY_SIZE : i + _HEAD]),
+                bytes(view[start : start + n]),
+            )
+        )
         i = start + n
     return items
 

@@ -268,7 +268,9 @@ class LedgerState:
             and a.approver.split(":", 1)[0] in policy.approver_kinds
         )
 
-    def kill_release_requirements(self, scope: KillScope) -> tuple[list[ReleaseRequirement], frozenset[str]]:
+    def kill_release_requirements(
+        self, scope: KillScope
+    ) -> tuple[list[ReleaseRequirement], frozenset[str]]:
         """What releasing the engaged switch of `scope` takes: every requirement must be met,
         each counting only approver principals of its kinds, never one of the returned
         principals (the proposers of the rollouts the switch stopped).
@@ -334,7 +336,9 @@ class LedgerState:
     def _active_under(self, scope: KillScope) -> frozenset[bytes]:
         """The proposals with an active rollout that `scope` covers."""
         return frozenset(
-            h for hashes in self.active_rollouts.values() for h in hashes
+            h
+            for hashes in self.active_rollouts.values()
+            for h in hashes
             if _covers(scope, self.proposals[h])
         )
 
@@ -357,18 +361,29 @@ class LedgerState:
             self.checkpoint_public_key = payload.checkpoint_public_key
             for root in payload.roots:
                 kid = key_id(root.public_key)
-                self.keys[kid] = KeyInfo(kid, root.principal, root.public_key, frozenset({"root"}), seq)
+                self.keys[kid] = KeyInfo(
+                    kid, root.principal, root.public_key, frozenset({"root"}), seq
+                )
         elif isinstance(payload, KeyGranted):
             kid = key_id(payload.public_key)
             self.keys[kid] = KeyInfo(
-                kid, payload.principal, payload.public_key, frozenset(payload.roles), seq,
+                kid,
+                payload.principal,
+                payload.public_key,
+                frozenset(payload.roles),
+                seq,
                 payload.expires_at,
             )
         elif isinstance(payload, KeyRevoked):
             old = self.keys[payload.key_id]
             self.keys[payload.key_id] = KeyInfo(
-                old.key_id, old.principal, old.public_key, old.roles, old.granted_seq,
-                old.expires_at, seq,
+                old.key_id,
+                old.principal,
+                old.public_key,
+                old.roles,
+                old.granted_seq,
+                old.expires_at,
+                seq,
             )
         elif isinstance(payload, PolicySet):
             self.policies[payload.policy_id] = PolicyInfo(seq, h, payload)

@@ -76,11 +76,15 @@ def describe(state: LedgerState, e: LogEntry) -> str:
     if isinstance(p, PolicySet):
         weights = "→".join(str(s.weight) for s in p.plan)
         suites = ", ".join(sorted({r.suite for r in p.required_evals})) or "none"
-        return (f"{who} set policy {p.policy_id} for {p.selector.namespace}/{p.selector.deployment}: "
-                f"evals {suites}; {p.approvals_required} approvals ({'/'.join(p.approver_kinds)}); plan {weights}%")
+        return (
+            f"{who} set policy {p.policy_id} for {p.selector.namespace}/{p.selector.deployment}: "
+            f"evals {suites}; {p.approvals_required} approvals ({'/'.join(p.approver_kinds)}); plan {weights}%"
+        )
     if isinstance(p, ProposalSubmitted):
-        return (f"{who} proposed {p.candidate.image} for {p.target.namespace}/{p.target.deployment} "
-                f"(proposal {short(e.leaf_hash)})")
+        return (
+            f"{who} proposed {p.candidate.image} for {p.target.namespace}/{p.target.deployment} "
+            f"(proposal {short(e.leaf_hash)})"
+        )
     if isinstance(p, EvalRecorded):
         metrics = ", ".join(f"{m.name}={m.value:g}" for m in p.metrics)
         verdict = ""
@@ -95,8 +99,10 @@ def describe(state: LedgerState, e: LogEntry) -> str:
     if isinstance(p, HealthReported):
         return f"{who} reported step {p.step} of {short(p.proposal)} {'healthy' if p.healthy else 'UNHEALTHY'}"
     if isinstance(p, RolloutStep):
-        return (f"{who} {p.phase.lower().replace('_', ' ')} {short(p.proposal)}: step {p.step}, "
-                f"canary weight {p.weight}% ({p.reason})")
+        return (
+            f"{who} {p.phase.lower().replace('_', ' ')} {short(p.proposal)}: step {p.step}, "
+            f"canary weight {p.weight}% ({p.reason})"
+        )
     if isinstance(p, KillSwitchEngaged):
         via = f" via annotation by {p.annotation.field_manager}" if p.annotation else ""
         return f"KILL SWITCH engaged ({scope_text(p.scope)}) by {who}{via}: {p.reason}"

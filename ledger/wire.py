@@ -108,7 +108,6 @@ SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
 }
 
 
-
 # --------------------------------------------------------------------------------------------
 # Enum and union indices: what fastavro does not check
 #

@@ -179,9 +179,14 @@ class LedgerServer:
         # Folds the next group while the previous one is being stored; readers only ever see
         # the durable part (_positions).
         self.group_commit = GroupCommit(
-            self._lock, fold=self._fold_group, write=self._write,
-            on_failure=self._store_failed, on_idle=self._rebuild_after_failure,
-            max_events=MAX_BATCH_EVENTS, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+            self._lock,
+            fold=self._fold_group,
+            write=self._write,
+            on_failure=self._store_failed,
+            on_idle=self._rebuild_after_failure,
+            max_events=MAX_BATCH_EVENTS,
+            max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+        )
         self._riding = 0  # size of the checkpoint riding in the writer's transaction, if any
         self._core = LedgerCore()
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
@@ -250,11 +255,17 @@ class LedgerServer:
             if skip is None:
                 continue
             if skip.entry is None:
-                log.warning("replay_skip position=%d reason=malformed detail=%r", skip.position,
-                            skip.detail)
+                log.warning(
+                    "replay_skip position=%d reason=malformed detail=%r", skip.position, skip.detail
+                )
             else:
-                log.warning("replay_skip position=%d seq=%d reason=%s field=%s", skip.position,
-                            skip.entry.seq, skip.reason, skip.field)
+                log.warning(
+                    "replay_skip position=%d seq=%d reason=%s field=%s",
+                    skip.position,
+                    skip.entry.seq,
+                    skip.reason,
+                    skip.field,
+                )
         chain.finish()
         verified = verify_checkpoints(chain, ((c.size, c.note) for c in self.store.checkpoints()))
         core = chain.core
@@ -265,8 +276,13 @@ class LedgerServer:
         if core.size and self._signer is None:
             self._set_genesis(core.state)
         self._verified_checkpoints = verified
-        log.info("replay_done entries=%d skipped=%d checkpoints=%d ms=%d", core.size,
-                 chain.skipped, len(verified), int((time.monotonic() - started) * 1000))
+        log.info(
+            "replay_done entries=%d skipped=%d checkpoints=%d ms=%d",
+            core.size,
+            chain.skipped,
+            len(verified),
+            int((time.monotonic() - started) * 1000),
+        )
         return ReplayReport(core.size, chain.skipped)
 
     def _set_genesis(self, state: LedgerState) -> None:
@@ -286,7 +302,8 @@ class LedgerServer:
             raise ConfigError(f"refusing to start: {message}; start it with the ledger's own key")
         raise CheckpointKeyMismatchError(
             message + "; the genesis must name the server's checkpoint key",
-            field="payload.checkpoint_public_key")
+            field="payload.checkpoint_public_key",
+        )
 
     def _load_checkpoints(self) -> None:
         """Publish the stored checkpoints the replay verified, each size once, growing."""
@@ -327,8 +344,9 @@ class LedgerServer:
         process for a large batch, the interpreter lock released while it waits)."""
         return staging.check_signatures(decoded, self.checker)
 
-    def append_batch(self, signed_events: Sequence[bytes], *,
-                     staged: StagedBatch | None = None) -> Results:
+    def append_batch(
+        self, signed_events: Sequence[bytes], *, staged: StagedBatch | None = None
+    ) -> Results:
         """Check each event in order; store the accepted ones in one transaction.
 
         Returns one result per event: its receipt, or the error that refused it. Raises (and
@@ -346,8 +364,7 @@ class LedgerServer:
             raise outcome
         return outcome
 
-    def append_batches(self, batches: Sequence[StagedBatch]
-                       ) -> list[Results | BaseException]:
+    def append_batches(self, batches: Sequence[StagedBatch]) -> list[Results | BaseException]:
         """Several staged batches of one caller, in order, in as few transactions as the limits
         allow. Per batch: its results, or the exception that kept it out of the store; a batch
         after a failed one is not attempted (it gets the same exception)."""
@@ -355,8 +372,12 @@ class LedgerServer:
         self.group_commit.wait(requests)
         return [r.outcome for r in requests]
 
-    def submit(self, batches: Sequence[StagedBatch], on_done: Callable[[], None] | None = None,
-               after: Request | None = None) -> list[Request]:
+    def submit(
+        self,
+        batches: Sequence[StagedBatch],
+        on_done: Callable[[], None] | None = None,
+        after: Request | None = None,
+    ) -> list[Request]:
         """Queue staged batches of one caller and return once they are folded (checked, in the
         core), not stored: each request is ``done`` once stored or failed, and `on_done` is called
         then. `after` is the caller's previous request, if it may still be on its way: these
@@ -390,15 +411,17 @@ class LedgerServer:
                     if item.error is not None:
                         raise item.error
                     assert item.received is not None and item.body is not None
-                    existing = core.existing_receipt(item.received.event, body=item.body,
-                                                      digest=item.digest)
+                    existing = core.existing_receipt(
+                        item.received.event, body=item.body, digest=item.digest
+                    )
                     if existing is not None:
                         # Maybe of an entry still on its way to the store: answered with this
                         # group, which the writer answers after the earlier ones.
                         results.append(existing)
                         continue
-                    e = core.prepare(item.received, self._received_at(), body=item.body,
-                                     verified=verified)
+                    e = core.prepare(
+                        item.received, self._received_at(), body=item.body, verified=verified
+                    )
                     if e.seq == 0:
                         assert isinstance(e.body.payload, LedgerGenesis)
                         self._require_our_key(e.body.payload, stored=False)
@@ -449,35 +472,45 @@ class LedgerServer:
         """A store write failed: the core is ahead of the store (caller holds the lock)."""
         self._needs_rebuild = True
 
-    def _store_batch(self, staged: list[LogEntry], checkpoint: PublishedCheckpoint | None
-                     ) -> list[int]:
+    def _store_batch(
+        self, staged: list[LogEntry], checkpoint: PublishedCheckpoint | None
+    ) -> list[int]:
         """Store the entries (and a due checkpoint) in one store append; the writer's thread."""
         started = time.monotonic()
         try:
-            positions = self.store.append([(e.body.event_id, e.entry_bytes) for e in staged],
-                                          (checkpoint.size, checkpoint.note) if checkpoint else None)
+            positions = self.store.append(
+                [(e.body.event_id, e.entry_bytes) for e in staged],
+                (checkpoint.size, checkpoint.note) if checkpoint else None,
+            )
         except FencedError as exc:
             with self._lock:
                 self._become_fenced(f"append seq={staged[0].seq}", exc)
             raise
         except BaseException as exc:
-            log.error("store_append_failed seq=%d count=%d error=%s", staged[0].seq, len(staged),
-                      type(exc).__name__)
+            log.error(
+                "store_append_failed seq=%d count=%d error=%s",
+                staged[0].seq,
+                len(staged),
+                type(exc).__name__,
+            )
             raise
         took = time.monotonic() - started
         if took >= SLOW_STORE_APPEND_S:
             # Appends wait on the store: say so, or an outage the store rides out (a broker
             # restarting) looks like a silent stall in this log.
-            log.warning("store_append_slow seq=%d count=%d seconds=%.1f", staged[0].seq,
-                        len(staged), took)
+            log.warning(
+                "store_append_slow seq=%d count=%d seconds=%.1f", staged[0].seq, len(staged), took
+            )
         return positions
 
-    def _stored(self, entries: list[LogEntry], positions: list[int],
-                checkpoint: PublishedCheckpoint | None) -> None:
+    def _stored(
+        self, entries: list[LogEntry], positions: list[int], checkpoint: PublishedCheckpoint | None
+    ) -> None:
         """Make stored entries durable for readers (caller holds the lock)."""
         self._positions.extend(positions)
-        if checkpoint is not None and (not self._checkpoints
-                                       or checkpoint.size > self._checkpoints[-1].size):
+        if checkpoint is not None and (
+            not self._checkpoints or checkpoint.size > self._checkpoints[-1].size
+        ):
             self._remember(checkpoint)
             log.info("checkpoint_published size=%d root=%s", checkpoint.size, checkpoint.root.hex())
         if entries and entries[0].seq == 0:
@@ -558,7 +591,9 @@ class LedgerServer:
             except Exception as exc:
                 log.error("checkpoint_publish_failed error=%s", type(exc).__name__, exc_info=exc)
 
-    def checkpoint(self, size: int | None = None, *, publish_now: bool = False) -> PublishedCheckpoint:
+    def checkpoint(
+        self, size: int | None = None, *, publish_now: bool = False
+    ) -> PublishedCheckpoint:
         self._wait_ready()
         with self._lock:
             if publish_now:
@@ -567,7 +602,9 @@ class LedgerServer:
                 self._publish_checkpoint()
             if size is None:
                 if not self._checkpoints:
-                    raise CheckpointNotFoundError("no checkpoint published yet (the ledger is empty)")
+                    raise CheckpointNotFoundError(
+                        "no checkpoint published yet (the ledger is empty)"
+                    )
                 return self._checkpoints[-1]
             found = self._by_size.get(size)
             if found is None:
@@ -625,8 +662,9 @@ class LedgerServer:
     def get(self, seq: int) -> tuple[bytes, bytes]:
         for _, entry_bytes, leaf in self.read(seq, 1):
             return entry_bytes, leaf
-        raise EntryNotFoundError(f"no entry at seq {seq}; the log has {self._durable_size()}",
-                                 field="seq")
+        raise EntryNotFoundError(
+            f"no entry at seq {seq}; the log has {self._durable_size()}", field="seq"
+        )
 
     def read(self, start: int, limit: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
         """Durable entries from `start` (seq, entry bytes, leaf hash), at most `limit`."""
@@ -645,7 +683,9 @@ class LedgerServer:
                 continue  # a record that failed verification at replay
             leaf = leaf_hash(record.value)
             if leaf != tree.leaf(seq):
-                raise DataLossError(f"the stored record for seq {seq} changed after it was verified")
+                raise DataLossError(
+                    f"the stored record for seq {seq} changed after it was verified"
+                )
             yield seq, record.value, leaf
             seq += 1
             if seq >= end:
@@ -667,13 +707,15 @@ class LedgerServer:
                 tree_size = cp.size
             self._check_size(tree_size)
             if seq >= tree_size:
-                raise OutOfRangeError(f"seq {seq} is not in a tree of size {tree_size}",
-                                      field="seq")
+                raise OutOfRangeError(
+                    f"seq {seq} is not in a tree of size {tree_size}", field="seq"
+                )
             tree = self._core.tree
             proof = tree.inclusion_proof(seq, tree_size)
             note = self._by_size[tree_size].note if tree_size in self._by_size else ""
-            return TreeInclusion(tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size),
-                                 note)
+            return TreeInclusion(
+                tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size), note
+            )
 
     def consistency_proof(self, size1: int, size2: int | None) -> TreeConsistency:
         self._wait_ready()
@@ -684,14 +726,20 @@ class LedgerServer:
             if size1 > size2:
                 raise OutOfRangeError(f"size1 {size1} is larger than size2 {size2}", field="size1")
             tree = self._core.tree
-            return TreeConsistency(size1, size2, tuple(tree.consistency_proof(size1, size2)),
-                                   tree.root(size1), tree.root(size2))
+            return TreeConsistency(
+                size1,
+                size2,
+                tuple(tree.consistency_proof(size1, size2)),
+                tree.root(size1),
+                tree.root(size2),
+            )
 
     def _check_size(self, size: int) -> None:
         if size > self._durable_size():
             raise OutOfRangeError(
                 f"tree size {size} is beyond the log's {self._durable_size()} entries",
-                field="tree_size")
+                field="tree_size",
+            )
 
     def note_for(self, size: int) -> str:
         cp = self._by_size.get(size)
@@ -711,4 +759,3 @@ class LedgerServer:
     @property
     def fenced(self) -> bool:
         return self._fenced
-

@@ -39,7 +39,9 @@ def sign_note(text: str, name: str, key: PrivateKey) -> str:
     return f"{text}\n\u2014 {name} {base64.b64encode(sig).decode()}\n"
 
 
-def checkpoint_note(origin: str, size: int, root: bytes, key: PrivateKey, name: str | None = None) -> str:
+def checkpoint_note(
+    origin: str, size: int, root: bytes, key: PrivateKey, name: str | None = None
+) -> str:
     text = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
     return sign_note(text, name or origin, key)
 
@@ -127,7 +129,9 @@ class Builder:
         self.ok(f.health(p1, 2, True))
         return self
 
-    def pending_proposal(self, approvers: tuple[str, ...] = ()) -> tuple[bytes, tuple[bytes, bytes]]:
+    def pending_proposal(
+        self, approvers: tuple[str, ...] = ()
+    ) -> tuple[bytes, tuple[bytes, bytes]]:
         """A fresh proposal on its own target with passing evals and the given approvals."""
         f = self.flow
         p = self.ok(f.propose("registry.example/model-server:v9", deployment="model-c"))
@@ -139,18 +143,31 @@ class Builder:
     # -- what the auditor gets ---------------------------------------------------------------
 
     def trust(self) -> dict[str, object]:
-        roots = [{"principal": self.cast[h].principal, "public_key_hex": self.cast[h].key.public.raw.hex()}
-                 for h in ("root1", "root2", "root3")]
-        return {"roots": roots, "vkey": vkey_of(self.flow.origin, self.cast.checkpoint_key.public.raw),
-                "origin": self.flow.origin}
+        roots = [
+            {
+                "principal": self.cast[h].principal,
+                "public_key_hex": self.cast[h].key.public.raw.hex(),
+            }
+            for h in ("root1", "root2", "root3")
+        ]
+        return {
+            "roots": roots,
+            "vkey": vkey_of(self.flow.origin, self.cast.checkpoint_key.public.raw),
+            "origin": self.flow.origin,
+        }
 
     def checkpoints_for(self, leaves: list[bytes]) -> list[str]:
         sizes = sorted({*range(CHECKPOINT_EVERY, len(leaves) + 1, CHECKPOINT_EVERY), len(leaves)})
-        return [checkpoint_note(self.flow.origin, n, root_of(leaves[:n]), self.cast.checkpoint_key) for n in sizes]
+        return [
+            checkpoint_note(self.flow.origin, n, root_of(leaves[:n]), self.cast.checkpoint_key)
+            for n in sizes
+        ]
 
     def log(self) -> Log:
         leaves = [e.leaf_hash for e in self.entries]
-        return Log([e.entry_bytes for e in self.entries], self.checkpoints_for(leaves), self.trust())
+        return Log(
+            [e.entry_bytes for e in self.entries], self.checkpoints_for(leaves), self.trust()
+        )
 
     def rechained(self, entries: list[Entry]) -> Log:
         """Re-encode `entries` with a correct prev chain and fresh checkpoints (an operator
@@ -183,8 +200,10 @@ def _swap_signature() -> Log:
     b = Builder().clean()
     entries = [e.entry for e in b.entries]
     a, c = entries[-2], entries[-1]
-    entries[-2], entries[-1] = (dataclasses.replace(a, signatures=c.signatures),
-                                dataclasses.replace(c, signatures=a.signatures))
+    entries[-2], entries[-1] = (
+        dataclasses.replace(a, signatures=c.signatures),
+        dataclasses.replace(c, signatures=a.signatures),
+    )
     return b.rechained(entries)
 
 
@@ -327,7 +346,9 @@ def _checkpoint_wrong_key() -> Log:
 def _checkpoint_wrong_root() -> Log:
     b = Builder().clean()
     log = b.log()
-    log.checkpoints[1] = checkpoint_note(b.flow.origin, 16, hashlib.sha256(b"wrong").digest(), b.cast.checkpoint_key)
+    log.checkpoints[1] = checkpoint_note(
+        b.flow.origin, 16, hashlib.sha256(b"wrong").digest(), b.cast.checkpoint_key
+    )
     return log
 
 
@@ -342,7 +363,9 @@ def _wrong_fingerprint() -> Log:
 def _reordered_signatures() -> Log:
     """A second encoding of a root-signed grant: its two signatures listed in the other order."""
     b = Builder().clean()
-    grant = b.flow.grant_key(b.cast["carol"].principal, b.cast.extra_key("carol-2", seed=b.seed), ("approver",))
+    grant = b.flow.grant_key(
+        b.cast["carol"].principal, b.cast.extra_key("carol-2", seed=b.seed), ("approver",)
+    )
     b.forge(SignedEvent(grant.body, tuple(reversed(grant.signatures))))
     return b.log()
 
@@ -370,7 +393,9 @@ def _stopped(b: Builder) -> tuple[bytes, tuple[bytes, bytes], KillScope, bytes, 
 
 def _release_signed_in_advance() -> Log:
     b = Builder().clean()
-    presigned = b.flow.event(KillSwitchReleased(KillScope("TARGET", "models", "model-c"), "early"), "alice", "bob")
+    presigned = b.flow.event(
+        KillSwitchReleased(KillScope("TARGET", "models", "model-c"), "early"), "alice", "bob"
+    )
     _stopped(b)
     b.forge(presigned)
     return b.log()
@@ -435,9 +460,15 @@ TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "signatures out of key-id order": ("SIGNATURES_NOT_CANONICAL", _reordered_signatures),
     "Deployment name that is no DNS-1123 subdomain": ("NAME_INVALID", _deployment_name_not_dns),
     "newline in a kill switch reason": ("TEXT_INVALID", _control_character_in_text),
-    "release signed before the engagement": ("RELEASE_NOT_FOR_CURRENT_ENGAGEMENT", _release_signed_in_advance),
+    "release signed before the engagement": (
+        "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+        _release_signed_in_advance,
+    ),
     "stopped proposer counted towards release": ("THRESHOLD_NOT_MET", _stopped_proposer_counted),
-    "decision signed before the rollback": ("DECISION_NOT_AFTER_LATEST_ROLLBACK", _decision_before_rollback),
+    "decision signed before the rollback": (
+        "DECISION_NOT_AFTER_LATEST_ROLLBACK",
+        _decision_before_rollback,
+    ),
     "health report for an earlier run": ("HEALTH_NOT_FOR_CURRENT_RUN", _health_for_an_earlier_run),
 }
 

@@ -73,8 +73,10 @@ def _watch_controller(tool: Tool, info: RolloutInfo, timeout: float) -> Iterator
             yield from_message(m)
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-            raise CliError(f"ControllerService at {tool.controller}: WatchRollouts failed: "
-                           f"{err.code().name}: {err.details()}") from err  # type: ignore[attr-defined]
+            raise CliError(
+                f"ControllerService at {tool.controller}: WatchRollouts failed: "
+                f"{err.code().name}: {err.details()}"
+            ) from err  # type: ignore[attr-defined]
 
 
 def _poll(tool: Tool, info: RolloutInfo, deadline: float) -> Iterator[RolloutInfo]:
@@ -87,11 +89,16 @@ def _poll(tool: Tool, info: RolloutInfo, deadline: float) -> Iterator[RolloutInf
 def cmd_status(tool: Tool) -> int:
     info = tool.resolve(tool.args.rollout)
     deadline = time.monotonic() + tool.args.timeout
-    updates = (_watch_controller(tool, info, tool.args.timeout) if tool.controller
-               else _poll(tool, info, deadline))
+    updates = (
+        _watch_controller(tool, info, tool.args.timeout)
+        if tool.controller
+        else _poll(tool, info, deadline)
+    )
     shown = None
     for r in updates:
-        line = f"{r.name}: {r.phase}, step {r.step}, weight {r.weight}%" + (f" — {r.message}" if r.message else "")
+        line = f"{r.name}: {r.phase}, step {r.step}, weight {r.weight}%" + (
+            f" — {r.message}" if r.message else ""
+        )
         if line != shown:
             print(line, flush=True)
             shown = line
@@ -101,15 +108,19 @@ def cmd_status(tool: Tool) -> int:
             return 1
         if time.monotonic() >= deadline:
             break
-    print(f"{info.name}: still {shown and shown.split(': ', 1)[1]} after {tool.args.timeout:g}s",
-          file=sys.stderr)
+    print(
+        f"{info.name}: still {shown and shown.split(': ', 1)[1]} after {tool.args.timeout:g}s",
+        file=sys.stderr,
+    )
     return 2
 
 
 def cmd_history(tool: Tool) -> int:
     info = tool.resolve(tool.args.rollout)
     fold = tool.fold()
-    for line in history_lines(fold.entries, bytes.fromhex(info.proposal), info.namespace, info.deployment):
+    for line in history_lines(
+        fold.entries, bytes.fromhex(info.proposal), info.namespace, info.deployment
+    ):
         print(line)
     return 0
 
@@ -118,10 +129,21 @@ def _cli_args(tool: Tool, **extra: Any) -> argparse.Namespace:
     """The namespace ledger.cli's commands read, built from this tool's flags."""
     a = tool.args
     if not tool.server:
-        raise CliError("signing commands submit to the ledger: pass --server HOST:PORT or set STEWARD_SERVER")
-    return argparse.Namespace(server=tool.server, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
-                              timeout=a.request_timeout, passphrase_env=a.passphrase_env, key=a.key,
-                              out=getattr(a, "out", None), ledger_name=None, **extra)
+        raise CliError(
+            "signing commands submit to the ledger: pass --server HOST:PORT or set STEWARD_SERVER"
+        )
+    return argparse.Namespace(
+        server=tool.server,
+        tls_ca=a.tls_ca,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        timeout=a.request_timeout,
+        passphrase_env=a.passphrase_env,
+        key=a.key,
+        out=getattr(a, "out", None),
+        ledger_name=None,
+        **extra,
+    )
 
 
 def cmd_decide(tool: Tool, decision: str) -> int:
@@ -129,7 +151,9 @@ def cmd_decide(tool: Tool, decision: str) -> int:
 
     info = tool.resolve(tool.args.rollout)
     print(f"{decision.lower()} {info.name} (proposal {info.proposal[:12]}, {info.candidate_image})")
-    return cli.cmd_decide(_cli_args(tool, proposal=info.proposal, comment=tool.args.comment), decision)
+    return cli.cmd_decide(
+        _cli_args(tool, proposal=info.proposal, comment=tool.args.comment), decision
+    )
 
 
 def cmd_kill(tool: Tool, action: str) -> int:
@@ -138,15 +162,22 @@ def cmd_kill(tool: Tool, action: str) -> int:
     a = tool.args
     proposal = tool.resolve(a.rollout).proposal if a.rollout else None
     reason = a.reason or ("released" if action == "release" else "")
-    return cli.cmd_kill(_cli_args(tool, action=action, all=a.all, target=a.target, proposal=proposal,
-                                  reason=reason))
+    return cli.cmd_kill(
+        _cli_args(tool, action=action, all=a.all, target=a.target, proposal=proposal, reason=reason)
+    )
 
 
 def audit_command(tool: Tool) -> list[str]:
     exe = Path(sys.executable).parent / "steward-audit"
     found = str(exe) if exe.exists() else (shutil.which("steward-audit") or "steward-audit")
-    argv = [found, "verify", "--grpc", tool.server or "HOST:PORT",
-            "--trust-root", tool.args.trust_root or "TRUST_ROOT.json"]
+    argv = [
+        found,
+        "verify",
+        "--grpc",
+        tool.server or "HOST:PORT",
+        "--trust-root",
+        tool.args.trust_root or "TRUST_ROOT.json",
+    ]
     kubeconfig = tool.args.kubeconfig or os.environ.get("KUBECONFIG", "")
     if tool.args.check_cluster and kubeconfig:
         argv += ["--kubeconfig", kubeconfig]
@@ -158,12 +189,18 @@ def audit_command(tool: Tool) -> list[str]:
 def cmd_verify(tool: Tool) -> int:
     argv = audit_command(tool)
     if not tool.server or not tool.args.trust_root:
-        print("verify runs the independent auditor, which trusts only the root keys you pin:",
-              file=sys.stderr)
+        print(
+            "verify runs the independent auditor, which trusts only the root keys you pin:",
+            file=sys.stderr,
+        )
         print("  " + shlex.join(["steward-audit", *argv[1:]]), file=sys.stderr)
-        raise CliError("give --server (or STEWARD_SERVER) and --trust-root FILE to run it from here")
+        raise CliError(
+            "give --server (or STEWARD_SERVER) and --trust-root FILE to run it from here"
+        )
     print("running: " + shlex.join(["steward-audit", *argv[1:]]), file=sys.stderr, flush=True)
     try:
         return subprocess.run(argv, check=False).returncode
     except FileNotFoundError as exc:
-        raise CliError(f"steward-audit not found ({argv[0]}): install Steward or put it on PATH") from exc
+        raise CliError(
+            f"steward-audit not found ({argv[0]}): install Steward or put it on PATH"
+        ) from exc

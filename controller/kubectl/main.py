@@ -63,77 +63,155 @@ def _common_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    p.add_argument("--server", default=d(None), metavar="HOST:PORT", help="ledger address (default $STEWARD_SERVER)")
-    p.add_argument("--controller", default=d(None), metavar="HOST:PORT",
-                   help="ControllerService address (default $STEWARD_CONTROLLER)")
-    p.add_argument("--kubeconfig", default=d(None), help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
+    p.add_argument(
+        "--server",
+        default=d(None),
+        metavar="HOST:PORT",
+        help="ledger address (default $STEWARD_SERVER)",
+    )
+    p.add_argument(
+        "--controller",
+        default=d(None),
+        metavar="HOST:PORT",
+        help="ControllerService address (default $STEWARD_CONTROLLER)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=d(None),
+        help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)",
+    )
     p.add_argument("--context", default=d(None), help="kubeconfig context")
     p.add_argument("-n", "--namespace", default=d(None), help="namespace (default: the context's)")
-    p.add_argument("--request-timeout", type=float, default=d(10.0), metavar="SECONDS",
-                   help="per-call timeout (default 10)")
-    p.add_argument("--tls-ca", default=d(None), help="CA bundle for the ledger and controller (enables TLS)")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d(10.0),
+        metavar="SECONDS",
+        help="per-call timeout (default 10)",
+    )
+    p.add_argument(
+        "--tls-ca", default=d(None), help="CA bundle for the ledger and controller (enables TLS)"
+    )
     p.add_argument("--tls-cert", default=d(None), help="client certificate for mutual TLS (ledger)")
     p.add_argument("--tls-key", default=d(None), help="client key for mutual TLS (ledger)")
-    p.add_argument("--passphrase-env", default=d("STEWARD_KEY_PASSPHRASE"), metavar="VAR",
-                   help="environment variable holding key passphrases")
+    p.add_argument(
+        "--passphrase-env",
+        default=d("STEWARD_KEY_PASSPHRASE"),
+        metavar="VAR",
+        help="environment variable holding key passphrases",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         description="Watch and govern Steward model rollouts: the ledger decides, the controller "
-                    "obeys, people approve and stop.")
+        "obeys, people approve and stop.",
+    )
     _common_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str, func: Callable[[Tool], int], example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    def add(
+        name: str, help_text: str, func: Callable[[Tool], int], example: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _common_flags(p, suppress=True)
         p.set_defaults(func=func)
         return p
 
     def rollout_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
-        p.add_argument("rollout", metavar="ROLLOUT", nargs="?" if optional else None,
-                       help="ModelRollout name or proposal hash prefix (6+ hex digits)")
+        p.add_argument(
+            "rollout",
+            metavar="ROLLOUT",
+            nargs="?" if optional else None,
+            help="ModelRollout name or proposal hash prefix (6+ hex digits)",
+        )
 
     def signing(p: argparse.ArgumentParser, *, many: bool = False) -> None:
-        p.add_argument("--key", action="append", default=[], metavar="FILE", required=not many,
-                       help="your private key file" + (" (repeat: one per approver)" if many else ""))
+        p.add_argument(
+            "--key",
+            action="append",
+            default=[],
+            metavar="FILE",
+            required=not many,
+            help="your private key file" + (" (repeat: one per approver)" if many else ""),
+        )
 
-    p = add("get", "a rollout's status and its Deployments, ReplicaSets and Pods", cmd_get,
-            "kubectl steward get model-server-3fa2c1d4e5 -n models -w")
+    p = add(
+        "get",
+        "a rollout's status and its Deployments, ReplicaSets and Pods",
+        cmd_get,
+        "kubectl steward get model-server-3fa2c1d4e5 -n models -w",
+    )
     rollout_arg(p)
-    p.add_argument("-w", "--watch", action="store_true", help="redraw whenever it changes (Ctrl-C stops)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between reads with -w (default 1)")
-    p.add_argument("--timeout", type=float, default=0.0, help="stop watching after this many seconds (0: never)")
+    p.add_argument(
+        "-w", "--watch", action="store_true", help="redraw whenever it changes (Ctrl-C stops)"
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between reads with -w (default 1)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="stop watching after this many seconds (0: never)",
+    )
 
     p = add("list", "rollouts in a table", cmd_list, "kubectl steward list -A")
     p.add_argument("-A", "--all-namespaces", action="store_true")
 
-    p = add("status", "wait until a rollout is promoted or rolled back; exit 0 promoted, 1 rolled "
-            "back or killed, 2 timeout", cmd_status, "kubectl steward status 3fa2c1 --timeout 600")
+    p = add(
+        "status",
+        "wait until a rollout is promoted or rolled back; exit 0 promoted, 1 rolled "
+        "back or killed, 2 timeout",
+        cmd_status,
+        "kubectl steward status 3fa2c1 --timeout 600",
+    )
     rollout_arg(p)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between ledger reads (default 1)")
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between ledger reads (default 1)"
+    )
 
-    p = add("history", "the rollout's story from the log: proposal, evals, approvals, steps, kills",
-            cmd_history, "kubectl steward history 3fa2c1")
+    p = add(
+        "history",
+        "the rollout's story from the log: proposal, evals, approvals, steps, kills",
+        cmd_history,
+        "kubectl steward history 3fa2c1",
+    )
     rollout_arg(p)
 
     for name, decision in (("approve", "APPROVE"), ("reject", "REJECT")):
-        p = add(name, f"{name} the proposal, bound to the latest eval of every required suite",
-                functools.partial(cmd_decide, decision=decision), f"kubectl steward {name} 3fa2c1 --key alice.pem")
+        p = add(
+            name,
+            f"{name} the proposal, bound to the latest eval of every required suite",
+            functools.partial(cmd_decide, decision=decision),
+            f"kubectl steward {name} 3fa2c1 --key alice.pem",
+        )
         rollout_arg(p)
         signing(p)
         p.add_argument("--comment", default="")
 
     for name, help_text, example in (
-        ("kill", "engage a kill switch: one operator or approver signature stops at once",
-         'kubectl steward kill --target models/model-server --reason "error spike" --key oncall.pem'),
-        ("release", "release a kill switch: k distinct approvers on one event (--key per approver, "
-         "or --out FILE and `steward sign`)",
-         "kubectl steward release --target models/model-server --key alice.pem --key bob.pem"),
+        (
+            "kill",
+            "engage a kill switch: one operator or approver signature stops at once",
+            'kubectl steward kill --target models/model-server --reason "error spike" --key oncall.pem',
+        ),
+        (
+            "release",
+            "release a kill switch: k distinct approvers on one event (--key per approver, "
+            "or --out FILE and `steward sign`)",
+            "kubectl steward release --target models/model-server --key alice.pem --key bob.pem",
+        ),
     ):
         action = "engage" if name == "kill" else "release"
         p = add(name, help_text, functools.partial(cmd_kill, action=action), example)
@@ -143,12 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", required=name == "kill", default=None)
         signing(p, many=name == "release")
         if name == "release":
-            p.add_argument("--out", metavar="FILE", help="write the event for others to sign instead of submitting")
+            p.add_argument(
+                "--out",
+                metavar="FILE",
+                help="write the event for others to sign instead of submitting",
+            )
 
-    p = add("verify", "audit the whole ledger with the independent steward-audit", cmd_verify,
-            "kubectl steward verify --trust-root trust.json --check-cluster")
+    p = add(
+        "verify",
+        "audit the whole ledger with the independent steward-audit",
+        cmd_verify,
+        "kubectl steward verify --trust-root trust.json --check-cluster",
+    )
     p.add_argument("--trust-root", help="pinned root keys (JSON, docs/AUDIT.md)")
-    p.add_argument("--check-cluster", action="store_true", help="also compare the live cluster with the log")
+    p.add_argument(
+        "--check-cluster", action="store_true", help="also compare the live cluster with the log"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     return parser
 
@@ -160,14 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("kill", "release"):
             scopes = [x for x in (args.rollout, args.all, args.target) if x]
             if len(scopes) != 1:
-                raise CliError(f"{args.command}: choose exactly one of ROLLOUT, --all or --target NS/DEPLOYMENT")
+                raise CliError(
+                    f"{args.command}: choose exactly one of ROLLOUT, --all or --target NS/DEPLOYMENT"
+                )
             if args.command == "release" and not args.key:
                 raise CliError("release: give --key FILE (repeat for each approver, or use --out)")
         return int(args.func(tool))
     except StewardError as exc:
         # 1 is kept for "the ledger refused"; a ledger that cannot be reached is like bad input.
         unreachable = bool(getattr(exc, "retryable", False))
-        print(f"{PROG}: {f'ledger at {tool.server}: ' if unreachable else ''}{exc}", file=sys.stderr)
+        print(
+            f"{PROG}: {f'ledger at {tool.server}: ' if unreachable else ''}{exc}", file=sys.stderr
+        )
         return 2 if unreachable or isinstance(exc, CliError | FormatError | BadKeyError) else 1
     except KeyboardInterrupt:
         return 130

@@ -12,9 +12,21 @@ from typing import Any
 from controller.kubectl.rows import ClusterView, DeploymentRow, PodRow, RolloutInfo
 from ledger.names import printable
 
-ICONS = {"Healthy": "✔", "Running": "✔", "Promoted": "✔", "Progressing": "◌", "Pending": "◌",
-         "Paused": "‖", "ScaledDown": "•", "Terminating": "•", "Degraded": "✖", "Failed": "✖",
-         "RolledBack": "↺", "Killed": "✖", "Error": "✖"}
+ICONS = {
+    "Healthy": "✔",
+    "Running": "✔",
+    "Promoted": "✔",
+    "Progressing": "◌",
+    "Pending": "◌",
+    "Paused": "‖",
+    "ScaledDown": "•",
+    "Terminating": "•",
+    "Degraded": "✖",
+    "Failed": "✖",
+    "RolledBack": "↺",
+    "Killed": "✖",
+    "Error": "✖",
+}
 
 
 def age(created: dt.datetime | None, now: dt.datetime) -> str:
@@ -30,7 +42,9 @@ def age(created: dt.datetime | None, now: dt.datetime) -> str:
 def status_text(status: str) -> str:
     from controller.planner import FAILING_REASONS
 
-    icon = ICONS.get(status) or ("✖" if status in FAILING_REASONS or status.endswith("Error") else "◌")
+    icon = ICONS.get(status) or (
+        "✖" if status in FAILING_REASONS or status.endswith("Error") else "◌"
+    )
     return f"{icon} {status}"
 
 
@@ -38,7 +52,11 @@ def actual_weight(cluster: ClusterView) -> int | None:
     """The canary's share of the ready pods, as the cluster serves traffic now."""
     ready = {d.track: d.ready for d in cluster.deployments}
     total = sum(ready.values())
-    return None if not cluster.deployments or total == 0 else round(100 * ready.get("canary", 0) / total)
+    return (
+        None
+        if not cluster.deployments or total == 0
+        else round(100 * ready.get("canary", 0) / total)
+    )
 
 
 def render_header(info: RolloutInfo, cluster: ClusterView) -> list[str]:
@@ -56,7 +74,9 @@ def render_header(info: RolloutInfo, cluster: ClusterView) -> list[str]:
     actual = actual_weight(cluster)
     if actual is not None:
         rows.append(("ActualWeight", f"{actual}%"))
-    stable = info.stable_image or next((d.image for d in cluster.deployments if d.track == "stable"), "")
+    stable = info.stable_image or next(
+        (d.image for d in cluster.deployments if d.track == "stable"), ""
+    )
     images = [f"{stable} (stable)"] if stable else []
     if info.candidate_image:
         images.append(f"{info.candidate_image} (canary)")
@@ -116,21 +136,48 @@ def build_tree(info: RolloutInfo, cluster: ClusterView, now: dt.datetime) -> Nod
     extra = f"step {info.step}{'/' + str(info.steps) if info.steps else ''}, weight {info.weight}%"
     root = Node("⟳", info.name, "ModelRollout", info.phase, age(info.created, now), extra)
     for d in sorted(cluster.deployments, key=lambda d: d.track != "stable"):
-        dn = Node("◫", d.name, "Deployment", _deployment_status(d), age(d.created, now),
-                  f"{d.track}, {d.ready}/{d.replicas} ready")
+        dn = Node(
+            "◫",
+            d.name,
+            "Deployment",
+            _deployment_status(d),
+            age(d.created, now),
+            f"{d.track}, {d.ready}/{d.replicas} ready",
+        )
         sets = [r for r in cluster.replicasets if r.owner == d.name]
         # Like `kubectl argo rollouts get`: every ReplicaSet with pods, plus the newest one.
         sets.sort(key=lambda r: int(r.revision) if r.revision.isdigit() else 0, reverse=True)
-        shown = [r for i, r in enumerate(sets) if i == 0 or r.replicas > 0
-                 or any(p.owner == r.name for p in cluster.pods)]
+        shown = [
+            r
+            for i, r in enumerate(sets)
+            if i == 0 or r.replicas > 0 or any(p.owner == r.name for p in cluster.pods)
+        ]
         for r in shown:
-            status = "ScaledDown" if r.replicas == 0 else ("Healthy" if r.ready >= r.replicas else "Progressing")
-            rn = Node("⧉", r.name, "ReplicaSet", status, age(r.created, now),
-                      f"rev:{r.revision or '?'}, {r.image}")
+            status = (
+                "ScaledDown"
+                if r.replicas == 0
+                else ("Healthy" if r.ready >= r.replicas else "Progressing")
+            )
+            rn = Node(
+                "⧉",
+                r.name,
+                "ReplicaSet",
+                status,
+                age(r.created, now),
+                f"rev:{r.revision or '?'}, {r.image}",
+            )
             for p in sorted((p for p in cluster.pods if p.owner == r.name), key=lambda p: p.name):
                 restarts = f", restarts:{p.restarts}" if p.restarts else ""
-                rn.children.append(Node("□", p.name, "Pod", _pod_status(p), age(p.created, now),
-                                        f"ready:{p.containers_ready}/{p.containers}{restarts}"))
+                rn.children.append(
+                    Node(
+                        "□",
+                        p.name,
+                        "Pod",
+                        _pod_status(p),
+                        age(p.created, now),
+                        f"ready:{p.containers_ready}/{p.containers}{restarts}",
+                    )
+                )
             dn.children.append(rn)
         root.children.append(dn)
     return root
@@ -153,13 +200,19 @@ def render_tree(root: Node) -> list[str]:
     w_age = max(len("AGE"), *(len(n.age) for _, n in rows)) + 2
     out = [f"{'NAME':<{w_name}}{'KIND':<{w_kind}}{'STATUS':<{w_status}}{'AGE':<{w_age}}INFO"]
     for label, n in rows:
-        out.append(printable(f"{label:<{w_name}}{n.kind:<{w_kind}}{status_text(n.status):<{w_status}}"
-                             f"{n.age:<{w_age}}{n.info}").rstrip())
+        out.append(
+            printable(
+                f"{label:<{w_name}}{n.kind:<{w_kind}}{status_text(n.status):<{w_status}}"
+                f"{n.age:<{w_age}}{n.info}"
+            ).rstrip()
+        )
     return out
 
 
 def render_get(info: RolloutInfo, cluster: ClusterView, now: dt.datetime) -> str:
-    return "\n".join([*render_header(info, cluster), "", *render_tree(build_tree(info, cluster, now))])
+    return "\n".join(
+        [*render_header(info, cluster), "", *render_tree(build_tree(info, cluster, now))]
+    )
 
 
 def render_list(rollouts: Sequence[RolloutInfo], *, all_namespaces: bool) -> str:
@@ -170,12 +223,21 @@ def render_list(rollouts: Sequence[RolloutInfo], *, all_namespaces: bool) -> str
         need = f"/{r.approvals_required}" if r.approvals_required is not None else ""
         step = f"{r.step}/{r.steps}" if r.steps else str(r.step)
         row = [r.namespace] if all_namespaces else []
-        row += [r.name, r.proposal[:12], r.deployment, r.phase, step, f"{r.weight}%",
-                f"{r.approval_count}{need}", r.candidate_image]
+        row += [
+            r.name,
+            r.proposal[:12],
+            r.deployment,
+            r.phase,
+            step,
+            f"{r.weight}%",
+            f"{r.approval_count}{need}",
+            r.candidate_image,
+        ]
         rows.append([printable(c) for c in row])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def relevant(entry: Any, proposal: bytes, namespace: str, deployment: str) -> bool:
@@ -187,13 +249,20 @@ def relevant(entry: Any, proposal: bytes, namespace: str, deployment: str) -> bo
         return True
     if isinstance(p, KillSwitchEngaged | KillSwitchReleased):
         s = p.scope
-        return s.kind == "GLOBAL" or (s.kind == "TARGET" and (s.namespace, s.deployment) == (namespace, deployment))
+        return s.kind == "GLOBAL" or (
+            s.kind == "TARGET" and (s.namespace, s.deployment) == (namespace, deployment)
+        )
     return False
 
 
-def history_lines(entries: Sequence[Any], proposal: bytes, namespace: str, deployment: str) -> list[str]:
+def history_lines(
+    entries: Sequence[Any], proposal: bytes, namespace: str, deployment: str
+) -> list[str]:
     """ledger.timeline's lines for the whole log (each needs the state before it), filtered."""
     from ledger.timeline import lines
 
-    return [line for e, line in zip(entries, lines(entries), strict=True)
-            if relevant(e, proposal, namespace, deployment)]
+    return [
+        line
+        for e, line in zip(entries, lines(entries), strict=True)
+        if relevant(e, proposal, namespace, deployment)
+    ]

@@ -43,11 +43,11 @@ def object_name(deployment: str, proposal_hex: str) -> str:
 
 def display_phase(ledger_phase: str, kill_switch: bool, message: str = "") -> str:
     phase = DISPLAY_PHASES.get(ledger_phase, ledger_phase.title())
-    if ledger_phase == "ROLLED_BACK" and (kill_switch or "kill switch" in message
-                                          or "emergency stop" in message):
+    if ledger_phase == "ROLLED_BACK" and (
+        kill_switch or "kill switch" in message or "emergency stop" in message
+    ):
         return "Killed"
     return phase
-
 
 
 # The cluster side, as plain rows (so rendering is pure)
@@ -96,4 +96,3 @@ class ClusterView:
     replicasets: list[ReplicaSetRow] = field(default_factory=list)
     pods: list[PodRow] = field(default_factory=list)
     error: str = ""  # why the cluster could not be read (the header still prints)
-

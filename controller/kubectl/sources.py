@@ -47,12 +47,23 @@ if TYPE_CHECKING:
 def from_view(v: Any, steps: int | None = None) -> RolloutInfo:
     """From a controller.view.RolloutView (the ledger fold done here)."""
     return RolloutInfo(
-        name=v.object_name, namespace=v.namespace, deployment=v.deployment,
-        proposal=v.proposal_hex, phase=v.display_phase, step=v.step, weight=v.weight,
-        approvals=tuple(v.approvals), approval_count=len(v.approvals),
-        approvals_required=v.approvals_required, steps=steps,
-        candidate_image=v.candidate_image, stable_image=v.stable_image, message=v.message,
-        kill_switch=v.kill_switch, last_seq=v.last_seq, source="ledger",
+        name=v.object_name,
+        namespace=v.namespace,
+        deployment=v.deployment,
+        proposal=v.proposal_hex,
+        phase=v.display_phase,
+        step=v.step,
+        weight=v.weight,
+        approvals=tuple(v.approvals),
+        approval_count=len(v.approvals),
+        approvals_required=v.approvals_required,
+        steps=steps,
+        candidate_image=v.candidate_image,
+        stable_image=v.stable_image,
+        message=v.message,
+        kill_switch=v.kill_switch,
+        last_seq=v.last_seq,
+        source="ledger",
     )
 
 
@@ -60,12 +71,22 @@ def from_message(m: Any) -> RolloutInfo:
     """From a steward.v1.Rollout (ControllerService)."""
     h = bytes(m.proposal).hex()
     return RolloutInfo(
-        name=object_name(m.deployment, h), namespace=m.namespace, deployment=m.deployment,
-        proposal=h, phase=display_phase(m.phase, m.kill_switch, m.message), step=m.step,
-        weight=m.weight, approvals=tuple(m.approvals), approval_count=len(m.approvals),
-        approvals_required=m.approvals_required, candidate_image=m.candidate_image,
-        stable_image=m.stable_image, message=m.message,
-        kill_switch="engaged" if m.kill_switch else "", last_seq=m.last_seq, source="controller",
+        name=object_name(m.deployment, h),
+        namespace=m.namespace,
+        deployment=m.deployment,
+        proposal=h,
+        phase=display_phase(m.phase, m.kill_switch, m.message),
+        step=m.step,
+        weight=m.weight,
+        approvals=tuple(m.approvals),
+        approval_count=len(m.approvals),
+        approvals_required=m.approvals_required,
+        candidate_image=m.candidate_image,
+        stable_image=m.stable_image,
+        message=m.message,
+        kill_switch="engaged" if m.kill_switch else "",
+        last_seq=m.last_seq,
+        source="controller",
     )
 
 
@@ -74,13 +95,20 @@ def from_object(obj: dict[str, Any]) -> RolloutInfo:
     meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
     created = meta.get("creationTimestamp")
     return RolloutInfo(
-        name=meta.get("name", ""), namespace=meta.get("namespace", ""),
-        deployment=spec.get("target", ""), proposal=spec.get("proposal", ""),
-        phase=status.get("phase") or "Pending", step=int(status.get("step") or 0),
-        weight=int(status.get("weight") or 0), approval_count=int(status.get("approvals") or 0),
-        candidate_image=spec.get("candidateImage", ""), message=status.get("message") or "",
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        deployment=spec.get("target", ""),
+        proposal=spec.get("proposal", ""),
+        phase=status.get("phase") or "Pending",
+        step=int(status.get("step") or 0),
+        weight=int(status.get("weight") or 0),
+        approval_count=int(status.get("approvals") or 0),
+        candidate_image=spec.get("candidateImage", ""),
+        message=status.get("message") or "",
         kill_switch="engaged" if (status.get("message") or "").startswith("kill switch") else "",
-        last_seq=status.get("lastSeq"), source="cluster", created=_parse_ts(created),
+        last_seq=status.get("lastSeq"),
+        source="cluster",
+        created=_parse_ts(created),
     )
 
 
@@ -116,20 +144,34 @@ def read_cluster(api: ApiClient, namespace: str, deployment: str) -> ClusterView
         if track is None:
             continue
         st = d.status
-        view.deployments.append(DeploymentRow(
-            d.metadata.name, track, d.spec.replicas if d.spec.replicas is not None else 1,
-            st.ready_replicas or 0, st.updated_replicas or 0, st.available_replicas or 0,
-            d.spec.template.spec.containers[0].image, d.metadata.creation_timestamp))
+        view.deployments.append(
+            DeploymentRow(
+                d.metadata.name,
+                track,
+                d.spec.replicas if d.spec.replicas is not None else 1,
+                st.ready_replicas or 0,
+                st.updated_replicas or 0,
+                st.available_replicas or 0,
+                d.spec.template.spec.containers[0].image,
+                d.metadata.creation_timestamp,
+            )
+        )
     owners = {d.name for d in view.deployments}
     for rs in apps.list_namespaced_replica_set(namespace).items:
         owner = _owner(rs.metadata)
         if owner not in owners:
             continue
-        view.replicasets.append(ReplicaSetRow(
-            rs.metadata.name, owner,
-            (rs.metadata.annotations or {}).get("deployment.kubernetes.io/revision", ""),
-            rs.spec.replicas or 0, rs.status.ready_replicas or 0,
-            rs.spec.template.spec.containers[0].image, rs.metadata.creation_timestamp))
+        view.replicasets.append(
+            ReplicaSetRow(
+                rs.metadata.name,
+                owner,
+                (rs.metadata.annotations or {}).get("deployment.kubernetes.io/revision", ""),
+                rs.spec.replicas or 0,
+                rs.status.ready_replicas or 0,
+                rs.spec.template.spec.containers[0].image,
+                rs.metadata.creation_timestamp,
+            )
+        )
     rs_names = {r.name for r in view.replicasets}
     for p in core.list_namespaced_pod(namespace).items:
         owner = _owner(p.metadata)
@@ -137,14 +179,29 @@ def read_cluster(api: ApiClient, namespace: str, deployment: str) -> ClusterView
             continue
         st = p.status
         statuses = st.container_statuses or []
-        reason = next((c.state.waiting.reason for c in statuses
-                       if c.state and c.state.waiting and c.state.waiting.reason), "")
+        reason = next(
+            (
+                c.state.waiting.reason
+                for c in statuses
+                if c.state and c.state.waiting and c.state.waiting.reason
+            ),
+            "",
+        )
         ready = any(c.type == "Ready" and c.status == "True" for c in st.conditions or [])
-        view.pods.append(PodRow(
-            p.metadata.name, owner, st.phase or "Unknown", ready,
-            sum(1 for c in statuses if c.ready), len(p.spec.containers or []),
-            sum(c.restart_count or 0 for c in statuses), reason, p.metadata.creation_timestamp,
-            p.metadata.deletion_timestamp is not None))
+        view.pods.append(
+            PodRow(
+                p.metadata.name,
+                owner,
+                st.phase or "Unknown",
+                ready,
+                sum(1 for c in statuses if c.ready),
+                len(p.spec.containers or []),
+                sum(c.restart_count or 0 for c in statuses),
+                reason,
+                p.metadata.creation_timestamp,
+                p.metadata.deletion_timestamp is not None,
+            )
+        )
     return view
 
 
@@ -180,9 +237,14 @@ class LedgerFold:
         out = []
         for v in rollout_views(self.state, {}):
             p = ls.proposals[v.proposal]
-            out.append(replace(from_view(v, len(ls.policy_of(p).plan)),
-                               created=dt.datetime.fromtimestamp(
-                                   self.entries[p.seq].entry.received_at / 1000, tz=dt.UTC)))
+            out.append(
+                replace(
+                    from_view(v, len(ls.policy_of(p).plan)),
+                    created=dt.datetime.fromtimestamp(
+                        self.entries[p.seq].entry.received_at / 1000, tz=dt.UTC
+                    ),
+                )
+            )
         return out
 
 
@@ -209,11 +271,18 @@ class Tool:
     def ledger(self) -> LedgerClient:
         if self._ledger is None:
             if not self.server:
-                raise CliError("this command needs the ledger: pass --server HOST:PORT or set STEWARD_SERVER")
+                raise CliError(
+                    "this command needs the ledger: pass --server HOST:PORT or set STEWARD_SERVER"
+                )
             from ledger.client import LedgerClient
 
-            self._ledger = LedgerClient(self.server, ca_file=self.args.tls_ca, cert_file=self.args.tls_cert,
-                                        key_file=self.args.tls_key, timeout=self.args.request_timeout)
+            self._ledger = LedgerClient(
+                self.server,
+                ca_file=self.args.tls_ca,
+                cert_file=self.args.tls_cert,
+                key_file=self.args.tls_key,
+                timeout=self.args.request_timeout,
+            )
         return self._ledger
 
     def fold(self) -> LedgerFold:
@@ -264,7 +333,10 @@ class Tool:
 
             try:
                 contexts, active = config.list_kube_config_contexts(
-                    self.args.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None)
+                    self.args.kubeconfig
+                    or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+                    or None
+                )
                 chosen = next((c for c in contexts if c["name"] == self.args.context), active)
                 return str((chosen or {}).get("context", {}).get("namespace") or "default")
             except (config.ConfigException, OSError):
@@ -285,7 +357,9 @@ class Tool:
         if self.controller:
             out = self._controller_rollouts(namespace)
         elif self.server:
-            out = [r for r in self.fold().rollouts() if namespace is None or r.namespace == namespace]
+            out = [
+                r for r in self.fold().rollouts() if namespace is None or r.namespace == namespace
+            ]
         else:
             out = self._cluster_rollouts(namespace)
         return out
@@ -295,8 +369,13 @@ class Tool:
 
         out, token = [], ""
         while True:
-            resp = self._rpc("ListRollouts", controller_pb2.ListRolloutsRequest(
-                namespace=namespace or "", page=common_pb2.PageRequest(page_size=500, page_token=token)))
+            resp = self._rpc(
+                "ListRollouts",
+                controller_pb2.ListRolloutsRequest(
+                    namespace=namespace or "",
+                    page=common_pb2.PageRequest(page_size=500, page_token=token),
+                ),
+            )
             out += [from_message(m) for m in resp.rollouts]
             token = resp.page.next_page_token
             if not token:
@@ -307,8 +386,12 @@ class Tool:
         if not self.server:
             return rollouts
         by = {r.proposal: r for r in self.fold().rollouts()}
-        return [replace(r, steps=by[r.proposal].steps, created=by[r.proposal].created)
-                if r.proposal in by else r for r in rollouts]
+        return [
+            replace(r, steps=by[r.proposal].steps, created=by[r.proposal].created)
+            if r.proposal in by
+            else r
+            for r in rollouts
+        ]
 
     def _rpc(self, method: str, request: Any) -> Any:
         import grpc
@@ -316,8 +399,10 @@ class Tool:
         try:
             return getattr(self.stub(), method)(request, timeout=self.args.request_timeout)
         except grpc.RpcError as err:
-            raise CliError(f"ControllerService at {self.controller}: {method} failed: "
-                           f"{err.code().name}: {err.details()}") from err  # type: ignore[attr-defined]
+            raise CliError(
+                f"ControllerService at {self.controller}: {method} failed: "
+                f"{err.code().name}: {err.details()}"
+            ) from err  # type: ignore[attr-defined]
 
     def _cluster_rollouts(self, namespace: str | None) -> list[RolloutInfo]:
         from kubernetes import client
@@ -325,41 +410,60 @@ class Tool:
 
         api = self.kube()
         if api is None:
-            raise CliError(f"nowhere to read rollouts from: give --controller or --server, or a "
-                           f"cluster ({self._kube_error})")
+            raise CliError(
+                f"nowhere to read rollouts from: give --controller or --server, or a "
+                f"cluster ({self._kube_error})"
+            )
         custom: Any = client.CustomObjectsApi(api)
         try:
             if namespace is None:
                 items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
             else:
-                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+                    "items"
+                ]
         except ApiException as exc:
-            raise CliError(f"listing ModelRollouts in {namespace or 'all namespaces'}: "
-                           f"{exc.status} {exc.reason}") from exc
+            raise CliError(
+                f"listing ModelRollouts in {namespace or 'all namespaces'}: "
+                f"{exc.status} {exc.reason}"
+            ) from exc
         return sorted((from_object(o) for o in items), key=lambda r: (r.namespace, r.name))
 
     def resolve(self, text: str) -> RolloutInfo:
         """A ModelRollout name or a proposal hash prefix (6+ hex digits) → one rollout."""
         namespace = self.namespace() if self.args.namespace else None
         candidates = self.rollouts(None)
-        named = [r for r in candidates if r.name == text and (namespace is None or r.namespace == namespace)]
+        named = [
+            r
+            for r in candidates
+            if r.name == text and (namespace is None or r.namespace == namespace)
+        ]
         if len(named) == 1:
             return named[0]
         if len(named) > 1:
             spaces = ", ".join(sorted(r.namespace for r in named))
-            raise CliError(f"rollout {text!r} exists in several namespaces ({spaces}); pass -n NAMESPACE")
+            raise CliError(
+                f"rollout {text!r} exists in several namespaces ({spaces}); pass -n NAMESPACE"
+            )
         prefix = text.lower()
         if re.fullmatch(r"[0-9a-f]{6,64}", prefix):
             hits = [r for r in candidates if r.proposal.startswith(prefix)]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
-                raise CliError(f"rollout {text!r}: the prefix matches {len(hits)} proposals; give more digits")
+                raise CliError(
+                    f"rollout {text!r}: the prefix matches {len(hits)} proposals; give more digits"
+                )
         where = f"namespace {namespace}" if namespace else "any namespace"
-        hint = "" if len(prefix) >= 6 or not re.fullmatch(r"[0-9a-f]+", prefix) else \
-            " (a proposal prefix needs at least 6 hex digits)"
-        raise CliError(f"rollout {text!r}: no ModelRollout of that name in {where} and no proposal "
-                       f"hash starting with it{hint}; `{PROG} list -A` shows what exists")
+        hint = (
+            ""
+            if len(prefix) >= 6 or not re.fullmatch(r"[0-9a-f]+", prefix)
+            else " (a proposal prefix needs at least 6 hex digits)"
+        )
+        raise CliError(
+            f"rollout {text!r}: no ModelRollout of that name in {where} and no proposal "
+            f"hash starting with it{hint}; `{PROG} list -A` shows what exists"
+        )
 
     def cluster(self, info: RolloutInfo) -> tuple[RolloutInfo, ClusterView]:
         """The cluster tree, and the ModelRollout's age when the object exists."""
@@ -373,8 +477,11 @@ class Tool:
             view = read_cluster(api, info.namespace, info.deployment)
             if info.created is None:
                 obj: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                    GROUP, VERSION, info.namespace, PLURAL, info.name)
-                info = replace(info, created=_parse_ts(obj.get("metadata", {}).get("creationTimestamp")))
+                    GROUP, VERSION, info.namespace, PLURAL, info.name
+                )
+                info = replace(
+                    info, created=_parse_ts(obj.get("metadata", {}).get("creationTimestamp"))
+                )
             return info, view
         except ApiException as exc:
             if exc.status == 404:

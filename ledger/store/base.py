@@ -34,8 +34,9 @@ class LogStore(abc.ABC):
     """Contract every backend passes (tests/contract/store_contract.py)."""
 
     @abc.abstractmethod
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         """Append a batch atomically and durably; return the positions assigned, in order.
 
         All or nothing: on any error no record of the batch becomes visible to readers.

@@ -174,15 +174,18 @@ class KafkaLogStore(LogStore):
         check_connection(config)
         admin = self._admin()
         try:
-            ensure_ledger_topics(admin, self.topic, config.topic_settings,
-                                 create=config.create_topics)
+            ensure_ledger_topics(
+                admin, self.topic, config.topic_settings, create=config.create_topics
+            )
         finally:
             admin.close()
 
     def __repr__(self) -> str:
-        return (f"KafkaLogStore(topic={self.topic!r}, "
-                f"transactional_id={self.config.effective_transactional_id!r}, "
-                f"claim={self._token[:12]!r})")
+        return (
+            f"KafkaLogStore(topic={self.topic!r}, "
+            f"transactional_id={self.config.effective_transactional_id!r}, "
+            f"claim={self._token[:12]!r})"
+        )
 
     @property
     def claim_token(self) -> str:
@@ -198,11 +201,21 @@ class KafkaLogStore(LogStore):
         """A confluent-kafka producer with our logging; ConfigError if librdkafka refuses the
         options (an unknown value, an unreadable certificate file: no retry would help)."""
         try:
-            return OwnedProducer(Producer({**self.config.producer_options(), **options,
-                                           "logger": self._rdlog, "error_cb": self._rdlog.error}))
+            return OwnedProducer(
+                Producer(
+                    {
+                        **self.config.producer_options(),
+                        **options,
+                        "logger": self._rdlog,
+                        "error_cb": self._rdlog.error,
+                    }
+                )
+            )
         except (KafkaException, ValueError, TypeError) as exc:
-            raise ConfigError(f"Kafka topic {self.topic}: the {what} producer refused its "
-                              f"configuration: {describe(exc)}") from exc
+            raise ConfigError(
+                f"Kafka topic {self.topic}: the {what} producer refused its "
+                f"configuration: {describe(exc)}"
+            ) from exc
 
     def _admin(self) -> Any:
         try:
@@ -249,27 +262,36 @@ class KafkaLogStore(LogStore):
                 producer.discard(self.topic)
                 raise self._superseded(last, "after initialising")
             self._producer = producer
-            log.info("claimed ledger topic %s as transactional id %s (claim %s, offset %d)",
-                     self.topic, self.config.effective_transactional_id, self._token[:12],
-                     last.position if last is not None else -1)
+            log.info(
+                "claimed ledger topic %s as transactional id %s (claim %s, offset %d)",
+                self.topic,
+                self.config.effective_transactional_id,
+                self._token[:12],
+                last.position if last is not None else -1,
+            )
 
     def _write_claim(self) -> None:
         """Append our claim record to the claim log (acks=all, no transaction)."""
         timeout = self.config.operation_timeout_s
         delivered: list[tuple[KafkaError | None, Message]] = []
-        producer = self._new_producer("claim", {
-            "acks": "all",
-            # One record, and a duplicate of it is harmless: no idempotence (no extra
-            # InitProducerId, no IdempotentWrite ACL for this producer).
-            "enable.idempotence": False,
-            "linger.ms": 0,
-        })
+        producer = self._new_producer(
+            "claim",
+            {
+                "acks": "all",
+                # One record, and a duplicate of it is harmless: no idempotence (no extra
+                # InitProducerId, no IdempotentWrite ACL for this producer).
+                "enable.idempotence": False,
+                "linger.ms": 0,
+            },
+        )
         try:
             producer.client.produce(
-                self.writers_topic, key=self._token.encode(),
-                value=claim_record(self._token, self.config.effective_transactional_id,
-                                   self.topic), partition=0,
-                on_delivery=lambda err, msg: delivered.append((err, msg)))
+                self.writers_topic,
+                key=self._token.encode(),
+                value=claim_record(self._token, self.config.effective_transactional_id, self.topic),
+                partition=0,
+                on_delivery=lambda err, msg: delivered.append((err, msg)),
+            )
             if producer.client.flush(timeout) or not delivered:
                 raise TimeoutError(f"the claim record was not acknowledged within {timeout:.0f}s")
             err, msg = delivered[0]
@@ -279,49 +301,65 @@ class KafkaLogStore(LogStore):
         except Exception as exc:
             if has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
                 raise KafkaNotAuthorizedError.missing(
-                    "Write", f"topic {self.writers_topic}",
+                    "Write",
+                    f"topic {self.writers_topic}",
                     f"writing this writer's claim to {self.writers_topic}",
-                    describe(exc)) from exc
+                    describe(exc),
+                ) from exc
             # Maybe written, maybe not: the next claim_writer() writes it again (a second
             # record with our token changes nothing).
             raise self._unavailable(f"writing our claim to {self.writers_topic}", exc) from exc
         finally:
             producer.discard(self.topic)
         self._claim_written = True
-        log.info("topic %s: claim %s written to %s at offset %d", self.topic,
-                 self._token[:12], self.writers_topic, offset)
+        log.info(
+            "topic %s: claim %s written to %s at offset %d",
+            self.topic,
+            self._token[:12],
+            self.writers_topic,
+            offset,
+        )
 
     def _init_producer(self) -> OwnedProducer:
         """A new transactional producer, after InitProducerId (which fences every other one)."""
         tid = self.config.effective_transactional_id
         txn_ms = self.config.transaction_timeout_ms
         op_ms = max(1, int(self.config.operation_timeout_s * 1000))
-        producer = self._new_producer("transactional", {
-            "transactional.id": tid,
-            "enable.idempotence": True,
-            "acks": "all",
-            "transaction.timeout.ms": txn_ms,
-            # librdkafka refuses a record timeout above the transaction timeout, and a request
-            # timeout above it + 100 ms.
-            "message.timeout.ms": min(op_ms, txn_ms),
-            "socket.timeout.ms": min(self.config.request_timeout_ms, txn_ms),
-            # Every append ends in flush(), which sends at once whatever linger says; the linger
-            # only keeps the broker threads from shipping a transaction's first records in
-            # small requests while the rest are still being produced.
-            "linger.ms": max(0, min(100, min(op_ms, txn_ms) // 2)),
-        })
+        producer = self._new_producer(
+            "transactional",
+            {
+                "transactional.id": tid,
+                "enable.idempotence": True,
+                "acks": "all",
+                "transaction.timeout.ms": txn_ms,
+                # librdkafka refuses a record timeout above the transaction timeout, and a request
+                # timeout above it + 100 ms.
+                "message.timeout.ms": min(op_ms, txn_ms),
+                "socket.timeout.ms": min(self.config.request_timeout_ms, txn_ms),
+                # Every append ends in flush(), which sends at once whatever linger says; the linger
+                # only keeps the broker threads from shipping a transaction's first records in
+                # small requests while the rest are still being produced.
+                "linger.ms": max(0, min(100, min(op_ms, txn_ms) // 2)),
+            },
+        )
         try:
             producer.client.init_transactions(self.config.operation_timeout_s)
         except Exception as exc:
             producer.discard(self.topic)
             if has_code(exc, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED):
                 raise KafkaNotAuthorizedError.missing(
-                    "Write", f"transactional-id {tid}",
-                    f"initialising transactional id {tid}", describe(exc)) from exc
+                    "Write",
+                    f"transactional-id {tid}",
+                    f"initialising transactional id {tid}",
+                    describe(exc),
+                ) from exc
             if has_code(exc, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
                 raise KafkaNotAuthorizedError.missing(
-                    "IdempotentWrite", "the cluster",
-                    f"initialising transactional id {tid}", describe(exc)) from exc
+                    "IdempotentWrite",
+                    "the cluster",
+                    f"initialising transactional id {tid}",
+                    describe(exc),
+                ) from exc
             # Even a fencing error here (another InitProducerId racing ours) decides nothing:
             # the claim log does, on the next claim_writer().
             raise self._unavailable(f"initialising transactional id {tid}", exc) from exc
@@ -351,12 +389,14 @@ class KafkaLogStore(LogStore):
         self._fenced = (
             f"this writer was fenced: another writer with transactional id {tid} took over "
             f"ledger topic {self.topic}: the last claim in {self.writers_topic} is {seen}, "
-            f"expected ours ({self._token[:12]}), checked {when}; this store never claims again")
+            f"expected ours ({self._token[:12]}), checked {when}; this store never claims again"
+        )
         log.warning("%s", self._fenced)
         return FencedError(self._fenced)
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         with self._lock:
             self._check_open()
             self._raise_if_fenced()
@@ -375,7 +415,7 @@ class KafkaLogStore(LogStore):
                 # The note rides in the batch's own transaction (one commit, not two).
                 size, note = checkpoint
                 sends.append((self.checkpoints_topic, _checkpoint_key(size), note.encode()))
-            offsets = self._transaction(sends, batch=batch)[:len(batch)]
+            offsets = self._transaction(sends, batch=batch)[: len(batch)]
             self._await_visible(self._tp, offsets[-1])
             return offsets
 
@@ -384,17 +424,26 @@ class KafkaLogStore(LogStore):
         assert self._in_doubt is not None
         records, offsets = self._in_doubt
         found = list(self._read(self._tp, offsets[0], len(offsets)))
-        committed = [r.position for r in found] == offsets and \
-            [(r.key, r.value) for r in found] == records
+        committed = [r.position for r in found] == offsets and [
+            (r.key, r.value) for r in found
+        ] == records
         self._in_doubt = None
         if committed and batch == records:
-            log.info("topic %s: the retried batch had been committed at offsets %d..%d",
-                     self.topic, offsets[0], offsets[-1])
+            log.info(
+                "topic %s: the retried batch had been committed at offsets %d..%d",
+                self.topic,
+                offsets[0],
+                offsets[-1],
+            )
             return offsets
         if committed:
-            log.warning("topic %s: a batch reported as failed had been committed at offsets "
-                        "%d..%d; appending a different batch now", self.topic, offsets[0],
-                        offsets[-1])
+            log.warning(
+                "topic %s: a batch reported as failed had been committed at offsets "
+                "%d..%d; appending a different batch now",
+                self.topic,
+                offsets[0],
+                offsets[-1],
+            )
         return None
 
     def save_checkpoint(self, size: int, note: str) -> None:
@@ -402,7 +451,8 @@ class KafkaLogStore(LogStore):
             self._check_open()
             self._raise_if_fenced()
             offsets = self._transaction(
-                [(self.checkpoints_topic, _checkpoint_key(size), note.encode())])
+                [(self.checkpoints_topic, _checkpoint_key(size), note.encode())]
+            )
             self._await_visible(self._cp_tp, offsets[-1])
 
     def _await_visible(self, tp: TopicPartition, offset: int) -> None:
@@ -425,19 +475,28 @@ class KafkaLogStore(LogStore):
                     return
             except StoreUnavailableError as exc:
                 # Never raise after a decided commit: the caller would retry and duplicate.
-                log.warning("topic %s: offset %d committed; cannot confirm visibility: %s",
-                            tp.topic, offset, exc)
+                log.warning(
+                    "topic %s: offset %d committed; cannot confirm visibility: %s",
+                    tp.topic,
+                    offset,
+                    exc,
+                )
                 return
             if time.monotonic() > deadline:
-                log.warning("topic %s: offset %d committed but not yet visible to "
-                            "read_committed readers after %.0fs", tp.topic, offset,
-                            self.config.operation_timeout_s)
+                log.warning(
+                    "topic %s: offset %d committed but not yet visible to "
+                    "read_committed readers after %.0fs",
+                    tp.topic,
+                    offset,
+                    self.config.operation_timeout_s,
+                )
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.02)
 
-    def _transaction(self, sends: list[tuple[str, bytes, bytes]],
-                     batch: list[tuple[bytes, bytes]] | None = None) -> list[int]:
+    def _transaction(
+        self, sends: list[tuple[str, bytes, bytes]], batch: list[tuple[bytes, bytes]] | None = None
+    ) -> list[int]:
         """One transaction of `sends` (topic, key, value), all to partition 0; their offsets."""
         self.claim_writer()
         producer = self._producer
@@ -453,9 +512,13 @@ class KafkaLogStore(LogStore):
             # Through the holder every time: a local alias of the client (or of its bound
             # method) would outlive a failure in this frame's traceback (see OwnedProducer).
             for i, (topic, key, value) in enumerate(sends):
-                producer.client.produce(topic, value=value, key=key, partition=0,
-                                        on_delivery=functools.partial(delivered, offsets,
-                                                                      failed, i))
+                producer.client.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    partition=0,
+                    on_delivery=functools.partial(delivered, offsets, failed, i),
+                )
             step = "flushing the batch"
             flush_batch(producer, failed, len(sends), _left(deadline, 0.1))
             step = "committing the transaction"
@@ -471,7 +534,7 @@ class KafkaLogStore(LogStore):
                 # EndTxn may have reached the coordinator: the outcome is unknown until the
                 # next InitProducerId, so the producer is dropped rather than aborted.
                 # (A checkpoint note may follow the batch in `sends`: only the batch counts.)
-                mine = offsets[:len(batch)] if batch is not None else []
+                mine = offsets[: len(batch)] if batch is not None else []
                 if batch is not None and len(mine) == len(batch) and min(mine) >= 0:
                     self._in_doubt = (batch, list(mine))
                 self._drop_producer()
@@ -486,9 +549,14 @@ class KafkaLogStore(LogStore):
                 # Not final by itself: the claim log decides, now. FencedError (for good) if
                 # another writer claimed after us; if the last claim is still ours we hold the
                 # ledger again and the caller retries (an in-doubt batch is settled then).
-                log.warning("topic %s: %s failed: our producer epoch was bumped (%s)%s; asking "
-                            "the claim log", self.topic, step, describe(exc),
-                            ", the commit is in doubt" if committing else "")
+                log.warning(
+                    "topic %s: %s failed: our producer epoch was bumped (%s)%s; asking "
+                    "the claim log",
+                    self.topic,
+                    step,
+                    describe(exc),
+                    ", the commit is in doubt" if committing else "",
+                )
                 try:
                     self.claim_writer()
                 except StoreError as decided:
@@ -496,13 +564,14 @@ class KafkaLogStore(LogStore):
                 raise StoreUnavailableError(
                     f"Kafka topic {self.topic}: {step} failed because our producer epoch was "
                     f"bumped ({describe(exc)}), but the last claim in {self.writers_topic} "
-                    f"is still ours: re-claimed, retry") from exc
+                    f"is still ours: re-claimed, retry"
+                ) from exc
             refused = self._rdlog.authorization_failure
             if refused is not None or has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
                 topic = refused_topic(refused or "", [t for t, _, _ in sends])
                 raise KafkaNotAuthorizedError.missing(
-                    "Write", f"topic {topic}", f"{step} to {topic}",
-                    refused or describe(exc)) from exc
+                    "Write", f"topic {topic}", f"{step} to {topic}", refused or describe(exc)
+                ) from exc
             raise self._unavailable(step, exc) from exc
 
     def _abort_and_drop(self, deadline: float) -> BaseException | None:
@@ -524,8 +593,12 @@ class KafkaLogStore(LogStore):
         try:
             end_transaction(producer, commit=False, timeout=_left(deadline, 1.0))
         except Exception as exc:
-            log.warning("topic %s: abort after a failed append failed too (%s); the next "
-                        "InitProducerId aborts it", self.topic, describe(exc))
+            log.warning(
+                "topic %s: abort after a failed append failed too (%s); the next "
+                "InitProducerId aborts it",
+                self.topic,
+                describe(exc),
+            )
             failure = exc
         self._drop_producer()
         return failure
@@ -557,8 +630,9 @@ class KafkaLogStore(LogStore):
 
     def follow(self, start: int = 0, *, idle_timeout: float = 0.5) -> Iterator[StoredRecord | None]:
         self._check_open()
-        return follow_records(self.config, self._tp, start, idle_timeout,
-                              closed=lambda: self._closed)
+        return follow_records(
+            self.config, self._tp, start, idle_timeout, closed=lambda: self._closed
+        )
 
     def end_position(self) -> int:
         self._check_open()

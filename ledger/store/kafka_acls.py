@@ -33,20 +33,26 @@ class KafkaAcl:
     operation: str  # Kafka's operation name: Read, Write, Describe, DescribeConfigs, Create
     needed_for: str
 
-    def kafka_acls_line(self, principal: str, bootstrap: str = "BOOTSTRAP",
-                        command_config: str = "admin.properties") -> str:
+    def kafka_acls_line(
+        self, principal: str, bootstrap: str = "BOOTSTRAP", command_config: str = "admin.properties"
+    ) -> str:
         """The ``kafka-acls.sh`` command that grants it."""
-        resource = {"topic": f"--topic {self.name}",
-                    "transactional-id": f"--transactional-id {self.name}",
-                    "group": f"--group {self.name}",
-                    "cluster": "--cluster"}[self.resource_type]
-        return (f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {command_config} "
-                f"--add --allow-principal {principal} --operation {self.operation} {resource} "
-                f"--resource-pattern-type literal")
+        resource = {
+            "topic": f"--topic {self.name}",
+            "transactional-id": f"--transactional-id {self.name}",
+            "group": f"--group {self.name}",
+            "cluster": "--cluster",
+        }[self.resource_type]
+        return (
+            f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {command_config} "
+            f"--add --allow-principal {principal} --operation {self.operation} {resource} "
+            f"--resource-pattern-type literal"
+        )
 
 
-def role_acls(role: str, topic: str, *, transactional_id: str = "",
-              create_topics: bool = False) -> list[KafkaAcl]:
+def role_acls(
+    role: str, topic: str, *, transactional_id: str = "", create_topics: bool = False
+) -> list[KafkaAcl]:
     """Exactly the ACLs `role` needs for the ledger on `topic`.
 
     `transactional_id` defaults to the store's (``steward-ledger-<topic>``); `create_topics`
@@ -59,20 +65,42 @@ def role_acls(role: str, topic: str, *, transactional_id: str = "",
     # Kafka lets Read and Write imply Describe: a topic that is read needs no Describe ACL.
     if role == "auditor":
         return [
-            KafkaAcl("topic", topic, "Read", "steward-audit: reading the entries (Metadata, "
-                     "ListOffsets, Fetch)"),
+            KafkaAcl(
+                "topic",
+                topic,
+                "Read",
+                "steward-audit: reading the entries (Metadata, ListOffsets, Fetch)",
+            ),
             KafkaAcl("topic", cps, "Read", "steward-audit: reading the checkpoint notes"),
         ]
     acls = [
-        KafkaAcl("topic", topic, "Read", "replaying and following the log (Fetch; its "
-                 "implied Describe: Metadata at start, ListOffsets for the end offset)"),
+        KafkaAcl(
+            "topic",
+            topic,
+            "Read",
+            "replaying and following the log (Fetch; its "
+            "implied Describe: Metadata at start, ListOffsets for the end offset)",
+        ),
         KafkaAcl("topic", cps, "Read", "reading the checkpoint notes"),
     ]
-    acls += [KafkaAcl("topic", name, "DescribeConfigs", "checking the topic's retention, "
-                      "cleanup and ISR settings at start") for name in (topic, cps, claims)]
+    acls += [
+        KafkaAcl(
+            "topic",
+            name,
+            "DescribeConfigs",
+            "checking the topic's retention, cleanup and ISR settings at start",
+        )
+        for name in (topic, cps, claims)
+    ]
     if role == "reader":
-        acls.append(KafkaAcl("topic", claims, "Describe", "checking at start that the claim "
-                             "log exists (Metadata)"))
+        acls.append(
+            KafkaAcl(
+                "topic",
+                claims,
+                "Describe",
+                "checking at start that the claim log exists (Metadata)",
+            )
+        )
         return acls
     tid = transactional_id or f"steward-ledger-{topic}"
     acls += [
@@ -80,12 +108,19 @@ def role_acls(role: str, topic: str, *, transactional_id: str = "",
         KafkaAcl("topic", claims, "Write", "writing this server's claim record at start"),
         KafkaAcl("topic", topic, "Write", "appending entries (Produce in a transaction)"),
         KafkaAcl("topic", cps, "Write", "publishing checkpoint notes"),
-        KafkaAcl("transactional-id", tid, "Write", "the transactional producer (FindCoordinator, "
-                 "InitProducerId, AddPartitionsToTxn, EndTxn)"),
+        KafkaAcl(
+            "transactional-id",
+            tid,
+            "Write",
+            "the transactional producer (FindCoordinator, "
+            "InitProducerId, AddPartitionsToTxn, EndTxn)",
+        ),
     ]
     if create_topics:
-        acls += [KafkaAcl("topic", name, "Create", "creating the topic at the first start")
-                 for name in (topic, cps, claims)]
+        acls += [
+            KafkaAcl("topic", name, "Create", "creating the topic at the first start")
+            for name in (topic, cps, claims)
+        ]
     return acls
     tid = transactional_id or f"steward-ledger-{topic}"
     acls += [
@@ -93,12 +128,22 @@ def role_acls(role: str, topic: str, *, transactional_id: str = "",
         KafkaAcl("topic", claims, "Write", "writing this server's claim record at start"),
         KafkaAcl("topic", topic, "Write", "appending entries (Produce in a transaction)"),
         KafkaAcl("topic", cps, "Write", "publishing checkpoint notes"),
-        KafkaAcl("transactional-id", tid, "Write", "the transactional producer "
-                 "(InitProducerId, AddPartitionsToTxn, EndTxn)"),
-        KafkaAcl("transactional-id", tid, "Describe", "finding the transaction coordinator "
-                 "(FindCoordinator)"),
+        KafkaAcl(
+            "transactional-id",
+            tid,
+            "Write",
+            "the transactional producer (InitProducerId, AddPartitionsToTxn, EndTxn)",
+        ),
+        KafkaAcl(
+            "transactional-id",
+            tid,
+            "Describe",
+            "finding the transaction coordinator (FindCoordinator)",
+        ),
     ]
     if create_topics:
-        acls += [KafkaAcl("topic", name, "Create", "creating the topic at the first start")
-                 for name in (topic, cps, claims)]
+        acls += [
+            KafkaAcl("topic", name, "Create", "creating the topic at the first start")
+            for name in (topic, cps, claims)
+        ]
     return acls

@@ -53,8 +53,13 @@ class WriterClaim:
             token = data["token"]
             if not isinstance(token, str) or not token:
                 raise ValueError("token is not a non-empty string")
-            return cls(position, token, str(data.get("host", "")), int(data.get("pid", 0)),
-                       int(data.get("claimed_at_ms", 0)))
+            return cls(
+                position,
+                token,
+                str(data.get("host", "")),
+                int(data.get("pid", 0)),
+                int(data.get("claimed_at_ms", 0)),
+            )
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("claim log record at offset %d is not a claim (%s)", position, exc)
             return cls(position, "")
@@ -62,6 +67,8 @@ class WriterClaim:
     def describe(self) -> str:
         if not self.token:
             return f"an unreadable record at offset {self.position}"
-        return (f"claim {self.token[:12]} by {self.host or '?'} pid {self.pid} at "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.claimed_at_ms / 1000))}"
-                f" (offset {self.position})")
+        return (
+            f"claim {self.token[:12]} by {self.host or '?'} pid {self.pid} at "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.claimed_at_ms / 1000))}"
+            f" (offset {self.position})"
+        )

@@ -149,5 +149,6 @@ class KafkaStoreConfig:
         opts.update({k: v for k, v in optional.items() if v is not None})
         if self.security_protocol.upper() in ("SSL", "SASL_SSL"):
             opts["ssl.endpoint.identification.algorithm"] = (
-                "https" if self.ssl_check_hostname else "none")
+                "https" if self.ssl_check_hostname else "none"
+            )
         return opts

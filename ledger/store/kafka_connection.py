@@ -24,19 +24,29 @@ log = logging.getLogger("ledger.store.kafka")
 # How a connection that can never succeed shows in librdkafka's errors and log lines, and what
 # to tell the operator. Anything else (a refused connection, a broker starting) may pass.
 _CONNECTION_VERDICTS: tuple[tuple[str, str], ...] = (
-    ("SASL authentication error",
-     "SASL authentication failed: wrong user name or password, or a mechanism the listener "
-     "does not enable (sasl_mechanism)"),
-    ("certificate verify failed",
-     "TLS: the broker's certificate is not signed by a CA this client trusts (ssl_cafile)"),
-    ("in state APIVERSION_QUERY",
-     "the broker closed the connection before answering ApiVersions: the listener expects "
-     "TLS (security protocol SSL or SASL_SSL), or this is not a Kafka listener"),
-    ("SSL connection closed by peer",
-     "the broker closed the TLS connection: it requires SASL on this listener (SASL_SSL) or a "
-     "client certificate (ssl_certfile, ssl_keyfile) that it trusts"),
-    ("in state AUTH_HANDSHAKE",
-     "SASL handshake refused: the listener does not enable this mechanism (sasl_mechanism)"),
+    (
+        "SASL authentication error",
+        "SASL authentication failed: wrong user name or password, or a mechanism the listener "
+        "does not enable (sasl_mechanism)",
+    ),
+    (
+        "certificate verify failed",
+        "TLS: the broker's certificate is not signed by a CA this client trusts (ssl_cafile)",
+    ),
+    (
+        "in state APIVERSION_QUERY",
+        "the broker closed the connection before answering ApiVersions: the listener expects "
+        "TLS (security protocol SSL or SASL_SSL), or this is not a Kafka listener",
+    ),
+    (
+        "SSL connection closed by peer",
+        "the broker closed the TLS connection: it requires SASL on this listener (SASL_SSL) or a "
+        "client certificate (ssl_certfile, ssl_keyfile) that it trusts",
+    ),
+    (
+        "in state AUTH_HANDSHAKE",
+        "SASL handshake refused: the listener does not enable this mechanism (sasl_mechanism)",
+    ),
 )
 
 
@@ -68,12 +78,17 @@ def check_connection(config: KafkaStoreConfig, timeout: float | None = None) -> 
 
     seen = _Collected()
     try:
-        options: dict[str, Any] = {**config.rdkafka_connection_options(), "logger": seen,
-                                   "error_cb": seen.error}
+        options: dict[str, Any] = {
+            **config.rdkafka_connection_options(),
+            "logger": seen,
+            "error_cb": seen.error,
+        }
         client = AdminClient(options)
     except (KafkaException, ValueError, TypeError) as exc:
-        raise ConfigError(f"Kafka at {config.bootstrap_servers}: librdkafka refused the "
-                          f"connection options: {describe(exc)}") from exc
+        raise ConfigError(
+            f"Kafka at {config.bootstrap_servers}: librdkafka refused the "
+            f"connection options: {describe(exc)}"
+        ) from exc
     limit = timeout if timeout is not None else min(config.operation_timeout_s, 10.0)
     deadline = time.monotonic() + limit
     while True:
@@ -86,12 +101,18 @@ def check_connection(config: KafkaStoreConfig, timeout: float | None = None) -> 
         for line in seen.lines:
             for marker, verdict in _CONNECTION_VERDICTS:
                 if marker in line:
-                    who = (f", user {config.sasl_plain_username}"
-                           if config.sasl_plain_username else "")
+                    who = (
+                        f", user {config.sasl_plain_username}" if config.sasl_plain_username else ""
+                    )
                     raise ConfigError(
                         f"Kafka at {config.bootstrap_servers} ({config.security_protocol}"
-                        f"{who}): {verdict}. librdkafka: {line}")
+                        f"{who}): {verdict}. librdkafka: {line}"
+                    )
         if time.monotonic() >= deadline:
-            log.warning("Kafka at %s: no metadata within %.0fs (%s); going on",
-                        config.bootstrap_servers, limit, "; ".join(seen.lines[-2:]) or "no error")
+            log.warning(
+                "Kafka at %s: no metadata within %.0fs (%s); going on",
+                config.bootstrap_servers,
+                limit,
+                "; ".join(seen.lines[-2:]) or "no error",
+            )
             return

@@ -34,15 +34,17 @@ log = logging.getLogger("ledger.store.kafka")
 # topic yet (measured: librdkafka answered _UNKNOWN_PARTITION at once right after a topic was
 # created, and the offsets 100 ms later), a leader moving, a lost connection. The query is asked
 # again until operation_timeout_s is spent, as kafka-python's end_offsets kept retrying.
-_END_OFFSET_PASSING: frozenset[int] = frozenset({
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._UNKNOWN_TOPIC,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError._TRANSPORT,
-    KafkaError._ALL_BROKERS_DOWN,
-})
+_END_OFFSET_PASSING: frozenset[int] = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
 _END_OFFSET_RETRY_S = 0.1
 
 
@@ -61,11 +63,18 @@ class EndOffsetPoller:
         """The confluent-kafka consumer for end offsets; ConfigError if librdkafka refuses the
         options (as for the producers: no retry would help). Creating it connects nothing yet."""
         try:
-            return Consumer({**self.config.end_consumer_options(),
-                             "logger": self._rdlog, "error_cb": self._rdlog.error})
+            return Consumer(
+                {
+                    **self.config.end_consumer_options(),
+                    "logger": self._rdlog,
+                    "error_cb": self._rdlog.error,
+                }
+            )
         except (KafkaException, ValueError, TypeError) as exc:
-            raise ConfigError(f"Kafka topic {self.topic}: the end-offset consumer refused its "
-                              f"configuration: {describe(exc)}") from exc
+            raise ConfigError(
+                f"Kafka topic {self.topic}: the end-offset consumer refused its "
+                f"configuration: {describe(exc)}"
+            ) from exc
 
     def end_offset(self, tp: TopicPartition) -> int:
         """Last stable offset: read_committed end offset (one past the last commit marker).
@@ -85,22 +94,30 @@ class EndOffsetPoller:
             while True:
                 try:
                     _low, high = consumer.get_watermark_offsets(
-                        partition, timeout=_left(deadline, 0.01), cached=False)
+                        partition, timeout=_left(deadline, 0.01), cached=False
+                    )
                 except (KafkaException, RuntimeError) as exc:
                     _serve_end_consumer(consumer, self._rdlog)
                     if has_code(exc, KafkaError.TOPIC_AUTHORIZATION_FAILED):
                         self.consumer = None
                         _close_end_consumer(consumer, self.topic)
                         raise KafkaNotAuthorizedError.missing(
-                            "Describe (or Read)", f"topic {tp.topic}",
-                            f"asking the end offset of {tp.topic}", describe(exc)) from exc
+                            "Describe (or Read)",
+                            f"topic {tp.topic}",
+                            f"asking the end offset of {tp.topic}",
+                            describe(exc),
+                        ) from exc
                     if _may_pass(exc) and time.monotonic() + _END_OFFSET_RETRY_S < deadline:
                         time.sleep(_END_OFFSET_RETRY_S)
                         continue
                     self.consumer = None
                     _close_end_consumer(consumer, self.topic)
-                    raise unavailable(self.topic, self.config.bootstrap_servers,
-                                      f"asking the end offset of {tp.topic}", exc) from exc
+                    raise unavailable(
+                        self.topic,
+                        self.config.bootstrap_servers,
+                        f"asking the end offset of {tp.topic}",
+                        exc,
+                    ) from exc
                 _serve_end_consumer(consumer, self._rdlog)
                 return int(high)
 

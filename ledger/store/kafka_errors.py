@@ -21,18 +21,22 @@ from ledger.errors import StoreUnavailableError
 # FAILED, CLUSTER_AUTHORIZATION_FAILED and INVALID_TXN_STATE, which librdkafka also makes fatal,
 # but which say nothing about another writer (a missing ACL, a protocol state error): they drop
 # the producer and raise StoreUnavailableError, and the claim log is asked at the next append.
-FENCING_CODES: frozenset[int] = frozenset({
-    KafkaError._FENCED,
-    KafkaError.PRODUCER_FENCED,
-    KafkaError.INVALID_PRODUCER_EPOCH,
-})
+FENCING_CODES: frozenset[int] = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    }
+)
 
 
-def unavailable(topic: str, bootstrap_servers: str, what: str,
-                exc: BaseException) -> StoreUnavailableError:
+def unavailable(
+    topic: str, bootstrap_servers: str, what: str, exc: BaseException
+) -> StoreUnavailableError:
     """The store's "Kafka topic T at SERVERS: WHAT failed: ERROR" (retry later)."""
     return StoreUnavailableError(
-        f"Kafka topic {topic} at {bootstrap_servers}: {what} failed: {describe(exc)}")
+        f"Kafka topic {topic} at {bootstrap_servers}: {what} failed: {describe(exc)}"
+    )
 
 
 def kafka_errors(exc: BaseException) -> list[KafkaError]:
@@ -54,8 +58,15 @@ def describe(exc: BaseException) -> str:
     if not errors:
         return f"{type(exc).__name__}: {exc}"
     err = errors[0]
-    flags = [name for name, on in (("fatal", err.fatal()), ("retriable", err.retriable()),
-                                   ("abortable", err.txn_requires_abort())) if on]
+    flags = [
+        name
+        for name, on in (
+            ("fatal", err.fatal()),
+            ("retriable", err.retriable()),
+            ("abortable", err.txn_requires_abort()),
+        )
+        if on
+    ]
     return f"{err.name()}: {err.str()}" + (f" ({', '.join(flags)})" if flags else "")
 
 

@@ -19,17 +19,26 @@ def add_security_arguments(group: Any) -> None:
     Secrets are never flags: ``--kafka-sasl-password-env`` and ``--kafka-ssl-password-env``
     name the environment variables that hold them.
     """
-    group.add_argument("--kafka-security-protocol", default="PLAINTEXT",
-                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    group.add_argument(
+        "--kafka-security-protocol",
+        default="PLAINTEXT",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
     group.add_argument("--kafka-sasl-mechanism", help="e.g. SCRAM-SHA-512")
     group.add_argument("--kafka-sasl-username")
-    group.add_argument("--kafka-sasl-password-env", metavar="VAR",
-                       help="environment variable holding the SASL password (never a flag)")
+    group.add_argument(
+        "--kafka-sasl-password-env",
+        metavar="VAR",
+        help="environment variable holding the SASL password (never a flag)",
+    )
     group.add_argument("--kafka-ssl-cafile", help="CA bundle that signs the brokers' certificates")
     group.add_argument("--kafka-ssl-certfile", help="client certificate (PEM), for mutual TLS")
     group.add_argument("--kafka-ssl-keyfile", help="client private key (PEM)")
-    group.add_argument("--kafka-ssl-password-env", metavar="VAR",
-                       help="environment variable holding the client key's password")
+    group.add_argument(
+        "--kafka-ssl-password-env",
+        metavar="VAR",
+        help="environment variable holding the client key's password",
+    )
 
 
 def security_from_args(args: Any) -> dict[str, Any]:
@@ -39,13 +48,15 @@ def security_from_args(args: Any) -> dict[str, Any]:
         "security_protocol": args.kafka_security_protocol,
         "sasl_mechanism": args.kafka_sasl_mechanism,
         "sasl_plain_username": args.kafka_sasl_username,
-        "sasl_plain_password": secret_from_env(args.kafka_sasl_password_env,
-                                               "the Kafka SASL password"),
+        "sasl_plain_password": secret_from_env(
+            args.kafka_sasl_password_env, "the Kafka SASL password"
+        ),
         "ssl_cafile": args.kafka_ssl_cafile,
         "ssl_certfile": args.kafka_ssl_certfile,
         "ssl_keyfile": args.kafka_ssl_keyfile,
-        "ssl_password": secret_from_env(args.kafka_ssl_password_env,
-                                        "the Kafka client key password"),
+        "ssl_password": secret_from_env(
+            args.kafka_ssl_password_env, "the Kafka client key password"
+        ),
     }
 
 

@@ -13,8 +13,9 @@ from ledger.store.kafka_errors import describe
 log = logging.getLogger("ledger.store.kafka")
 
 
-def delivered(offsets: list[int], failed: list[KafkaError], index: int,
-               err: KafkaError | None, msg: Message) -> None:
+def delivered(
+    offsets: list[int], failed: list[KafkaError], index: int, err: KafkaError | None, msg: Message
+) -> None:
     """Delivery report of record `index` of a transaction (served inside flush())."""
     if err is not None:
         failed.append(err)
@@ -23,8 +24,9 @@ def delivered(offsets: list[int], failed: list[KafkaError], index: int,
         offsets[index] = offset if offset is not None else -1
 
 
-def flush_batch(producer: OwnedProducer, failed: list[KafkaError], count: int,
-                 timeout: float) -> None:
+def flush_batch(
+    producer: OwnedProducer, failed: list[KafkaError], count: int, timeout: float
+) -> None:
     """Wait for every record's delivery report; raise unless all `count` were acknowledged."""
     left = producer.client.flush(timeout)
     if left:

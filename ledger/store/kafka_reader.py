@@ -22,8 +22,9 @@ from ledger.store.kafka_errors import unavailable
 from ledger.store.kafka_topic import KafkaNotAuthorizedError
 
 
-def read_records(config: KafkaStoreConfig, tp: TopicPartition, start: int, end: int,
-                 limit: int | None) -> Iterator[StoredRecord]:
+def read_records(
+    config: KafkaStoreConfig, tp: TopicPartition, start: int, end: int, limit: int | None
+) -> Iterator[StoredRecord]:
     """The committed records of `tp` from `start` up to `end` (the end offset the caller
     snapshotted), at most `limit` of them; StoreUnavailableError when no progress is made for
     `operation_timeout_s`."""
@@ -40,11 +41,15 @@ def read_records(config: KafkaStoreConfig, tp: TopicPartition, start: int, end: 
                 batch = consumer.poll(timeout_ms=200)
             except kerrors.TopicAuthorizationFailedError as exc:
                 raise KafkaNotAuthorizedError.missing(
-                    "Read", f"topic {tp.topic}", f"reading topic {tp.topic}",
-                    "TOPIC_AUTHORIZATION_FAILED") from exc
+                    "Read",
+                    f"topic {tp.topic}",
+                    f"reading topic {tp.topic}",
+                    "TOPIC_AUTHORIZATION_FAILED",
+                ) from exc
             except kerrors.KafkaError as exc:
-                raise unavailable(config.topic, config.bootstrap_servers, f"reading {tp.topic}",
-                                  exc) from exc
+                raise unavailable(
+                    config.topic, config.bootstrap_servers, f"reading {tp.topic}", exc
+                ) from exc
             got = batch.get(tp, [])
             if got:
                 deadline = time.monotonic() + config.operation_timeout_s
@@ -59,13 +64,20 @@ def read_records(config: KafkaStoreConfig, tp: TopicPartition, start: int, end: 
                 raise StoreUnavailableError(
                     f"Kafka topic {tp.topic}: no progress reading from offset "
                     f"{consumer.position(tp)} towards {end} in "
-                    f"{config.operation_timeout_s:.0f}s")
+                    f"{config.operation_timeout_s:.0f}s"
+                )
     finally:
         consumer.close()
 
 
-def follow_records(config: KafkaStoreConfig, tp: TopicPartition, start: int, idle_timeout: float,
-                   *, closed: Callable[[], bool]) -> Iterator[StoredRecord | None]:
+def follow_records(
+    config: KafkaStoreConfig,
+    tp: TopicPartition,
+    start: int,
+    idle_timeout: float,
+    *,
+    closed: Callable[[], bool],
+) -> Iterator[StoredRecord | None]:
     """Every committed record of `tp` from `start` on, as it comes, and None after each
     `idle_timeout` seconds without one; ends when `closed()` says the store was closed."""
     consumer = _new_consumer(config)
@@ -81,11 +93,15 @@ def follow_records(config: KafkaStoreConfig, tp: TopicPartition, start: int, idl
                 batch = consumer.poll(timeout_ms=wait_ms)
             except kerrors.TopicAuthorizationFailedError as exc:
                 raise KafkaNotAuthorizedError.missing(
-                    "Read", f"topic {tp.topic}", f"following topic {tp.topic}",
-                    "TOPIC_AUTHORIZATION_FAILED") from exc
+                    "Read",
+                    f"topic {tp.topic}",
+                    f"following topic {tp.topic}",
+                    "TOPIC_AUTHORIZATION_FAILED",
+                ) from exc
             except kerrors.KafkaError as exc:
-                raise unavailable(config.topic, config.bootstrap_servers, f"following {tp.topic}",
-                                  exc) from exc
+                raise unavailable(
+                    config.topic, config.bootstrap_servers, f"following {tp.topic}", exc
+                ) from exc
             got = batch.get(tp, [])
             for rec in got:
                 yield StoredRecord(rec.offset, rec.key or b"", rec.value or b"")
@@ -111,5 +127,6 @@ def _new_consumer(config: KafkaStoreConfig) -> KafkaConsumer:
             max_poll_records=500,
         )
     except kerrors.KafkaError as exc:
-        raise unavailable(config.topic, config.bootstrap_servers, "connecting a consumer",
-                          exc) from exc
+        raise unavailable(
+            config.topic, config.bootstrap_servers, "connecting a consumer", exc
+        ) from exc

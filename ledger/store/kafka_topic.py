@@ -42,11 +42,18 @@ class KafkaNotAuthorizedError(StoreUnavailableError):
     ledger server reports it and tries again on the next append, a process starting exits."""
 
     @classmethod
-    def missing(cls, operation: str, resource: str, needed_for: str, detail: str = "",
-                ) -> KafkaNotAuthorizedError:
-        return cls(f"Kafka refused {needed_for}: not authorized ({detail or 'authorization failed'}"
-                   f"); this client's principal needs ACL {operation} on {resource} "
-                   f"({SECURITY_DOCS}; `steward kafka acls` prints them)")
+    def missing(
+        cls,
+        operation: str,
+        resource: str,
+        needed_for: str,
+        detail: str = "",
+    ) -> KafkaNotAuthorizedError:
+        return cls(
+            f"Kafka refused {needed_for}: not authorized ({detail or 'authorization failed'}"
+            f"); this client's principal needs ACL {operation} on {resource} "
+            f"({SECURITY_DOCS}; `steward kafka acls` prints them)"
+        )
 
 
 def checkpoints_topic(topic: str) -> str:
@@ -76,7 +83,8 @@ class TopicSettings:
         if not 1 <= self.min_insync_replicas <= self.replication_factor:
             raise ConfigError(
                 f"min.insync.replicas is {self.min_insync_replicas}, expected between 1 and "
-                f"the replication factor {self.replication_factor}")
+                f"the replication factor {self.replication_factor}"
+            )
 
     def topic_configs(self) -> dict[str, str]:
         """Topic-level configs set explicitly at creation (never left to broker defaults)."""
@@ -92,25 +100,33 @@ class TopicSettings:
 def create_topic(admin: Any, topic: str, settings: TopicSettings) -> bool:
     """Create `topic` with one partition and the required configs; False if it existed."""
     try:
-        admin.create_topics({
-            topic: {
-                "num_partitions": 1,
-                "replication_factor": settings.replication_factor,
-                "configs": settings.topic_configs(),
+        admin.create_topics(
+            {
+                topic: {
+                    "num_partitions": 1,
+                    "replication_factor": settings.replication_factor,
+                    "configs": settings.topic_configs(),
+                }
             }
-        })
+        )
     except TopicAlreadyExistsError:
         return False
     except TopicAuthorizationFailedError as exc:
         raise KafkaNotAuthorizedError.missing(
-            "Create", f"topic {topic}",
+            "Create",
+            f"topic {topic}",
             f"creating topic {topic} (or create it first, and run without creating topics)",
-            "TOPIC_AUTHORIZATION_FAILED") from exc
+            "TOPIC_AUTHORIZATION_FAILED",
+        ) from exc
     return True
 
 
 def ensure_ledger_topics(
-    admin: Any, topic: str, settings: TopicSettings, *, create: bool = True,
+    admin: Any,
+    topic: str,
+    settings: TopicSettings,
+    *,
+    create: bool = True,
     timeout: float = 30.0,
 ) -> None:
     """Create (when `create`) and then check the ledger topic and its two companions.
@@ -142,11 +158,14 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
     if described.get("error_code") == TOPIC_AUTHORIZATION_FAILED:
         # Every user of a ledger reads the log and its checkpoints (Read implies Describe);
         # only the ledger server reads the claim log, a reader just checks that it exists.
-        operation = ("Describe (the ledger server: Read and Write)"
-                     if topic.endswith(WRITERS_SUFFIX) else "Read")
+        operation = (
+            "Describe (the ledger server: Read and Write)"
+            if topic.endswith(WRITERS_SUFFIX)
+            else "Read"
+        )
         raise KafkaNotAuthorizedError.missing(
-            operation, f"topic {topic}", f"describing topic {topic}",
-            "TOPIC_AUTHORIZATION_FAILED")
+            operation, f"topic {topic}", f"describing topic {topic}", "TOPIC_AUTHORIZATION_FAILED"
+        )
     partitions = described.get("partitions") or []
     if len(partitions) != 1:
         raise ConfigError(f"topic {topic}: partitions is {len(partitions)}, expected 1")
@@ -154,14 +173,17 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
     if replicas < settings.replication_factor:
         raise ConfigError(
             f"topic {topic}: replication factor is {replicas}, "
-            f"expected at least {settings.replication_factor}")
+            f"expected at least {settings.replication_factor}"
+        )
 
     configs = _describe_configs(admin, topic)
     if not configs and _describe_configs_error(admin, topic) == TOPIC_AUTHORIZATION_FAILED:
         raise KafkaNotAuthorizedError.missing(
-            "DescribeConfigs", f"topic {topic}",
+            "DescribeConfigs",
+            f"topic {topic}",
             f"reading the configuration of topic {topic} (retention, cleanup, ISR)",
-            "TOPIC_AUTHORIZATION_FAILED")
+            "TOPIC_AUTHORIZATION_FAILED",
+        )
     while not configs and time.monotonic() < deadline:
         # A just-created topic may be known to the broker that answered describe_topics but
         # not yet to the one answering describe_configs (which then returns no configs).
@@ -176,19 +198,22 @@ def check_topic(admin: Any, topic: str, settings: TopicSettings, *, timeout: flo
     for name, expected in expected_exact.items():
         observed = configs.get(name)
         if observed is None:
-            raise ConfigError(f"topic {topic}: {name} is not reported by the broker, "
-                              f"expected {expected}")
+            raise ConfigError(
+                f"topic {topic}: {name} is not reported by the broker, expected {expected}"
+            )
         if observed.strip().lower() != expected:
             raise ConfigError(f"topic {topic}: {name} is {observed}, expected {expected}")
     min_isr = configs.get("min.insync.replicas")
     if min_isr is None or int(min_isr) < settings.min_insync_replicas:
         raise ConfigError(
             f"topic {topic}: min.insync.replicas is {min_isr}, "
-            f"expected at least {settings.min_insync_replicas}")
+            f"expected at least {settings.min_insync_replicas}"
+        )
     if int(min_isr) > replicas:
         raise ConfigError(
             f"topic {topic}: min.insync.replicas is {min_isr}, expected at most the "
-            f"replication factor {replicas} (no write could ever be acknowledged)")
+            f"replication factor {replicas} (no write could ever be acknowledged)"
+        )
 
 
 def _describe_topic(admin: Any, topic: str) -> dict[str, Any] | None:
@@ -213,12 +238,16 @@ def _describe_configs(admin: Any, topic: str) -> dict[str, str]:
     # config_filter='all': the default ('modified') leaves out values inherited from the
     # broker, and an inherited retention.ms of 7 days is exactly what must be caught.
     result = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+        [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+    )
     # kafka-python 3.x: {"topic": {name: {config: {"value": ..., "config_source": ...}}}};
     # a per-resource error is not raised, it just yields no configs (hence the checks above).
     per_topic = (result.get("topic") or {}).get(topic) or {}
-    return {name: str(entry.get("value")) for name, entry in per_topic.items()
-            if entry.get("value") is not None}
+    return {
+        name: str(entry.get("value"))
+        for name, entry in per_topic.items()
+        if entry.get("value") is not None
+    }
 
 
 def _describe_configs_error(admin: Any, topic: str) -> int | None:
@@ -230,8 +259,7 @@ def _describe_configs_error(admin: Any, topic: str) -> int | None:
     the missing settings stands.
     """
     try:
-        request = admin._describe_configs_request(
-            [ConfigResource(ConfigResourceType.TOPIC, topic)])
+        request = admin._describe_configs_request([ConfigResource(ConfigResourceType.TOPIC, topic)])
         response = admin._manager.run(admin._manager.send, request)
         return int(response.results[0].error_code)
     except Exception:

@@ -41,8 +41,9 @@ class LibrdkafkaLog:
 
     _NUMBERS = re.compile(r"\d+")
 
-    def __init__(self, topic: str, *, window: float = 60.0,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self, topic: str, *, window: float = 60.0, logger: logging.Logger | None = None
+    ) -> None:
         self.topic = topic
         self.window = window
         self.logger = logger or rdkafka_log
@@ -69,16 +70,21 @@ class LibrdkafkaLog:
         if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
             # The end-offset consumer's FindCoordinator for END_OFFSETS_GROUP, which it never
             # joins: no group ACL is needed (tested), so a refusal is not worth a warning.
-            self.logger.debug("topic %s: librdkafka error %s (the end-offset consumer's group "
-                              "is never joined; harmless)", self.topic, text)
+            self.logger.debug(
+                "topic %s: librdkafka error %s (the end-offset consumer's group "
+                "is never joined; harmless)",
+                self.topic,
+                text,
+            )
             return
         if "AUTHORIZATION_FAILED" in err.name():
             self.authorization_failure = text
         if err.fatal():
             level = logging.WARNING
         else:
-            level, text = self._limited(("error", str(err.code()),
-                                         self._NUMBERS.sub("#", err.str())), text)
+            level, text = self._limited(
+                ("error", str(err.code()), self._NUMBERS.sub("#", err.str())), text
+            )
         self.logger.log(level, "topic %s: librdkafka error %s", self.topic, text)
 
     def _limited(self, key: tuple[str, ...], text: str) -> tuple[int, str]:

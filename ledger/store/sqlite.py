@@ -58,9 +58,13 @@ def sqlite_engine(path: Path | str, *, read_only: bool = False) -> sa.Engine:
     that can neither create the file nor write to it)."""
     if read_only:
         quoted = urllib.parse.quote(str(path))
-        return sa.create_engine(f"sqlite:///file:{quoted}?mode=ro&uri=true",
-                                connect_args={"timeout": 30, "check_same_thread": False})
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+        return sa.create_engine(
+            f"sqlite:///file:{quoted}?mode=ro&uri=true",
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+    engine = sa.create_engine(
+        f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False}
+    )
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -83,8 +87,9 @@ class SQLiteLogStore(LogStore):
                     tables = set(sa.inspect(conn).get_table_names())
                 missing = {log_table.name, checkpoint_table.name} - tables
                 if missing:
-                    raise StoreError(f"{self.path.name} holds no ledger (no table "
-                                     f"{', '.join(sorted(missing))})")
+                    raise StoreError(
+                        f"{self.path.name} holds no ledger (no table {', '.join(sorted(missing))})"
+                    )
             else:
                 metadata.create_all(self._engine, tables=[log_table, checkpoint_table])
         self._appended = threading.Condition()
@@ -97,20 +102,24 @@ class SQLiteLogStore(LogStore):
         try:
             yield
         except sa.exc.OperationalError as exc:
-            raise StoreUnavailableError(f"SQLite store {self.path.name}: {doing}: {exc.orig}") from None
+            raise StoreUnavailableError(
+                f"SQLite store {self.path.name}: {doing}: {exc.orig}"
+            ) from None
         except sa.exc.DatabaseError as exc:
             if not _unreadable(exc):
                 raise
             raise StoreDamagedError(
                 f"the SQLite store {self.path.name} is damaged ({doing}: {exc.orig}); "
-                "SQLite cannot read it as a database") from None
+                "SQLite cannot read it as a database"
+            ) from None
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the store {self.path.name} is closed")
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         self._check_open()
         if not records:
             if checkpoint is not None:
@@ -118,11 +127,16 @@ class SQLiteLogStore(LogStore):
             return []
         try:
             with self._engine.begin() as conn:
-                start = conn.execute(sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))).scalar_one()
+                start = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))
+                ).scalar_one()
                 positions = list(range(start, start + len(records)))
                 conn.execute(
                     log_table.insert(),
-                    [{"position": p, "key": k, "value": v} for p, (k, v) in zip(positions, records, strict=True)],
+                    [
+                        {"position": p, "key": k, "value": v}
+                        for p, (k, v) in zip(positions, records, strict=True)
+                    ],
                 )
                 if checkpoint is not None:
                     size, note = checkpoint
@@ -132,8 +146,9 @@ class SQLiteLogStore(LogStore):
         except sa.exc.DatabaseError as exc:
             if not _unreadable(exc):
                 raise
-            raise StoreDamagedError(f"the SQLite store {self.path.name} is damaged (appending: "
-                                    f"{exc.orig})") from exc
+            raise StoreDamagedError(
+                f"the SQLite store {self.path.name} is damaged (appending: {exc.orig})"
+            ) from exc
         with self._appended:
             self._appended.notify_all()
         return positions
@@ -182,7 +197,11 @@ class SQLiteLogStore(LogStore):
     def end_position(self) -> int:
         self._check_open()
         with self._errors("reading the end"), self._engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))
+                ).scalar_one()
+            )
 
     def save_checkpoint(self, size: int, note: str) -> None:
         self._check_open()
@@ -192,7 +211,11 @@ class SQLiteLogStore(LogStore):
     def checkpoints(self) -> list[StoredCheckpoint]:
         self._check_open()
         with self._errors("reading the checkpoints"), self._engine.connect() as conn:
-            rows = conn.execute(sa.select(checkpoint_table.c.size, checkpoint_table.c.note).order_by(checkpoint_table.c.id)).all()
+            rows = conn.execute(
+                sa.select(checkpoint_table.c.size, checkpoint_table.c.note).order_by(
+                    checkpoint_table.c.id
+                )
+            ).all()
         return [StoredCheckpoint(r.size, r.note) for r in rows]
 
     def close(self) -> None:

@@ -21,7 +21,9 @@ Factory = Callable[..., LogStore]
 
 
 def _records(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    return [(f"key-{i}".encode(), f"value-{i}".encode() * (1 + i % 3)) for i in range(start, start + n)]
+    return [
+        (f"key-{i}".encode(), f"value-{i}".encode() * (1 + i % 3)) for i in range(start, start + n)
+    ]
 
 
 class StoreContract:
@@ -72,7 +74,9 @@ class StoreContract:
         for size in (1, 5, 9):
             store.save_checkpoint(size, f"cp {size}\n")
         assert [(c.size, c.note) for c in store.checkpoints()] == [
-            (1, "cp 1\n"), (5, "cp 5\n"), (9, "cp 9\n")
+            (1, "cp 1\n"),
+            (5, "cp 5\n"),
+            (9, "cp 9\n"),
         ]
 
     def test_a_checkpoint_stored_with_a_batch_is_kept_with_it(self, store_factory: Factory) -> None:
@@ -87,7 +91,9 @@ class StoreContract:
         store.save_checkpoint(5, "cp 5\n")
         assert store.append([], (5, "cp 5 again\n")) == []  # an empty batch keeps the note alone
         assert [(c.size, c.note) for c in store.checkpoints()] == [
-            (3, "cp 3\n"), (5, "cp 5\n"), (5, "cp 5 again\n")
+            (3, "cp 3\n"),
+            (5, "cp 5\n"),
+            (5, "cp 5 again\n"),
         ]
 
     def test_follow_yields_existing_then_new_records(self, store_factory: Factory) -> None:
@@ -133,4 +139,3 @@ class StoreContract:
         store.close()
         with pytest.raises(StoreError):
             store.append(_records(1))
-

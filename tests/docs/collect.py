@@ -27,7 +27,8 @@ from pathlib import Path
 COMMAND_LANGUAGES = ("bash", "sh", "shell", "console")
 MARKER = "not run here:"
 LOOKS_LIKE_A_COMMAND = re.compile(
-    r"^(\$ |(steward|steward-audit|steward-controller|kubectl|python3?|scripts/\S+)(\s|$))")
+    r"^(\$ |(steward|steward-audit|steward-controller|kubectl|python3?|scripts/\S+)(\s|$))"
+)
 HELP_EXAMPLE = re.compile(r"^\s+((steward|steward-audit|kubectl steward)\s.*|export [A-Z_]+=\S.*)$")
 FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 
@@ -83,7 +84,7 @@ def split_comment(line: str) -> tuple[str, str]:
         elif ch in "'\"":
             quote = ch
         elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip(), line[i + 1:].strip()
+            return line[:i].rstrip(), line[i + 1 :].strip()
     return line.rstrip(), ""
 
 
@@ -168,8 +169,11 @@ def markdown_document(path: Path, root: Path) -> Document:
         if language in COMMAND_LANGUAGES:
             doc.examples += _block_examples(source, language, body)
         elif language == "output":
-            doc.shown_outputs.append(ShownOutput(source, start, info[len("output"):].strip(),
-                                                 [text for _, text in body]))
+            doc.shown_outputs.append(
+                ShownOutput(
+                    source, start, info[len("output") :].strip(), [text for _, text in body]
+                )
+            )
         elif not language:
             first = next((text for _, text in body if text.strip()), "")
             if LOOKS_LIKE_A_COMMAND.match(first.strip()):

@@ -25,8 +25,11 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from controller.kubectl.main import build_parser as kubectl_parser
     from ledger.cli import build_parser as steward_parser
 
-    return {"steward --help": steward_parser(), "steward-audit --help": audit_parser(),
-            "kubectl steward --help": kubectl_parser()}  # keys: how a reader asks for them
+    return {
+        "steward --help": steward_parser(),
+        "steward-audit --help": audit_parser(),
+        "kubectl steward --help": kubectl_parser(),
+    }  # keys: how a reader asks for them
 
 
 def help_documents() -> list[Document]:

@@ -21,8 +21,11 @@ class Reader:
         home = base / "home"
         home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
-        env.update(HOME=str(home), PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
-                   STEWARD_CACHE=os.environ.get("STEWARD_CACHE", str(home / ".cache" / "steward")))
+        env.update(
+            HOME=str(home),
+            PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            STEWARD_CACHE=os.environ.get("STEWARD_CACHE", str(home / ".cache" / "steward")),
+        )
         self.shell = Shell(self.workdir, env)
 
     def file(self, name: str) -> Path:

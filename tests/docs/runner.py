@@ -48,15 +48,18 @@ def make_venv(directory: Path) -> Path:
     for name in ("python", "python3"):
         _script(bin_dir / name, f'exec {shlex.quote(sys.executable)} "$@"')
     (bin_dir / "activate").write_text(
-        f'VIRTUAL_ENV={shlex.quote(str(directory))}; export VIRTUAL_ENV\n'
+        f"VIRTUAL_ENV={shlex.quote(str(directory))}; export VIRTUAL_ENV\n"
         '_OLD_PATH="$PATH"; PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH\n'
-        'deactivate () { PATH="$_OLD_PATH"; export PATH; unset VIRTUAL_ENV; unset -f deactivate; }\n')
+        'deactivate () { PATH="$_OLD_PATH"; export PATH; unset VIRTUAL_ENV; unset -f deactivate; }\n'
+    )
     return bin_dir
 
 
 def _script(path: Path, body: str) -> None:
-    path.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
-                    f" export PYTHONPATH\n{body}\n")
+    path.write_text(
+        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
+        f" export PYTHONPATH\n{body}\n"
+    )
     path.chmod(0o755)
 
 
@@ -115,8 +118,10 @@ class Shell:
         self.background: list[tuple[subprocess.Popen[str], Path]] = []
 
     def _bash(self, command: str) -> list[str]:
-        script = (f'. {shlex.quote(str(self.state))}; cd "${{PWD:-.}}" 2>/dev/null\n{command}\n'
-                  f'__rc=$?; export -p > {shlex.quote(str(self.state))}.next; exit $__rc\n')
+        script = (
+            f'. {shlex.quote(str(self.state))}; cd "${{PWD:-.}}" 2>/dev/null\n{command}\n'
+            f"__rc=$?; export -p > {shlex.quote(str(self.state))}.next; exit $__rc\n"
+        )
         return ["bash", "-c", script]
 
     def _keep_state(self, succeeded: bool) -> None:
@@ -125,15 +130,29 @@ class Shell:
             new.replace(self.state)
 
     def run(self, command: str, timeout: float) -> tuple[int, str]:
-        proc = subprocess.run(self._bash(command), cwd=self.workdir, env=self.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(
+            self._bash(command),
+            cwd=self.workdir,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
         self._keep_state(proc.returncode == 0)
         return proc.returncode, proc.stdout
 
     def start(self, command: str, log: Path) -> subprocess.Popen[str]:
         handle = log.open("w")
-        proc = subprocess.Popen(self._bash(command), cwd=self.workdir, env=self.env, text=True,
-                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            self._bash(command),
+            cwd=self.workdir,
+            env=self.env,
+            text=True,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         handle.close()
         self.background.append((proc, log))
         return proc
@@ -180,8 +199,10 @@ class Runner:
                     match = re.search(pattern, earlier.output)
                     if match:
                         return match.group(1)
-            raise DocFailure(f"placeholder {placeholder!r}: no earlier `{prefix}` printed "
-                             f"{pattern!r}")
+            raise DocFailure(
+                f"placeholder {placeholder!r}: no earlier `{prefix}` printed {pattern!r}"
+            )
+
         return value
 
     def run_all(self, examples: list[Example]) -> None:
@@ -213,8 +234,12 @@ class Runner:
             code, output = self.shell.run(command, self.scene.timeout)
         except subprocess.TimeoutExpired as exc:
             out = exc.output if isinstance(exc.output, str) else (exc.output or b"").decode()
-            raise failure(example, command, f"still running after {self.scene.timeout:.0f} s", out) from None
-        expected = next((c for p, c in self.scene.exit_codes.items() if example.command.startswith(p)), 0)
+            raise failure(
+                example, command, f"still running after {self.scene.timeout:.0f} s", out
+            ) from None
+        expected = next(
+            (c for p, c in self.scene.exit_codes.items() if example.command.startswith(p)), 0
+        )
         if code != expected:
             raise failure(example, command, f"exited {code}, expected {expected}", output)
         return Ran(example, command, code, output)
@@ -229,8 +254,12 @@ class Runner:
             time.sleep(0.05)
         time.sleep(0.2)  # a process that prints and then dies at once is caught below
         if proc.poll() is not None:
-            raise failure(example, command, f"started in the background but exited {proc.returncode}",
-                          log.read_text())
+            raise failure(
+                example,
+                command,
+                f"started in the background but exited {proc.returncode}",
+                log.read_text(),
+            )
         if not log.read_text().strip():
             raise failure(example, command, "started in the background but printed nothing in 30 s")
         return Ran(example, command, None, log.read_text())
@@ -248,7 +277,9 @@ class Runner:
         if code not in (None, 0):
             raise failure(example, command, f"exited {code} while following", output)
         if not output.strip():
-            raise failure(example, command, f"printed nothing in {FIRST_OUTPUT_SECONDS:.0f} s of following")
+            raise failure(
+                example, command, f"printed nothing in {FIRST_OUTPUT_SECONDS:.0f} s of following"
+            )
         return Ran(example, command, code, output)
 
 
@@ -278,15 +309,23 @@ def shape_problems(shown: list[str], real: str) -> list[str]:
 
 
 def check_shown_output(shown: ShownOutput, ran: list[Ran]) -> None:
-    latest = next((r for r in reversed(ran) if r.example.command.startswith(shown.of_command)), None)
+    latest = next(
+        (r for r in reversed(ran) if r.example.command.startswith(shown.of_command)), None
+    )
     if latest is None:
-        raise DocFailure(f"{shown.source}:{shown.line}: shows the output of `{shown.of_command}`, "
-                         "which no example before it runs")
+        raise DocFailure(
+            f"{shown.source}:{shown.line}: shows the output of `{shown.of_command}`, "
+            "which no example before it runs"
+        )
     check_example_output(f"{shown.source}:{shown.line}", shown.lines, latest)
 
 
 def check_example_output(where: str, shown: list[str], ran: Ran) -> None:
     problems = shape_problems(shown, ran.output)
     if problems:
-        raise failure(ran.example, ran.command, f"the output shown at {where} no longer matches: "
-                      + "; ".join(problems), ran.output)
+        raise failure(
+            ran.example,
+            ran.command,
+            f"the output shown at {where} no longer matches: " + "; ".join(problems),
+            ran.output,
+        )

@@ -29,6 +29,7 @@ from tests.docs.world import LedgerServer, start_kafka_ledger, start_ledger
 DOCUMENTS = all_documents()
 PROPOSAL_HASH = r"entry hash ([0-9a-f]{64})"
 
+
 @pytest.fixture
 def reader(tmp_path: Path) -> Iterator[Reader]:
     r = Reader(tmp_path)
@@ -53,11 +54,13 @@ def ledger(tmp_path: Path, cast: Cast) -> Iterator[LedgerServer]:
 
 
 @pytest.fixture
-def kafka_ledger(tmp_path: Path, cast: Cast, kafka_cluster: KafkaCluster,
-                 kafka_topic_name: str) -> Iterator[LedgerServer]:
+def kafka_ledger(
+    tmp_path: Path, cast: Cast, kafka_cluster: KafkaCluster, kafka_topic_name: str
+) -> Iterator[LedgerServer]:
     """The same cast's ledger (same roots, origin and checkpoint key) on a Kafka topic."""
-    server = start_kafka_ledger(tmp_path / "kafka-ledger", cast, kafka_cluster.bootstrap_servers,
-                                kafka_topic_name)
+    server = start_kafka_ledger(
+        tmp_path / "kafka-ledger", cast, kafka_cluster.bootstrap_servers, kafka_topic_name
+    )
     try:
         server.checkpoint_now()
         yield server
@@ -70,20 +73,27 @@ def kafka_ledger(tmp_path: Path, cast: Cast, kafka_cluster: KafkaCluster,
 
 
 def test_no_untagged_block_looks_like_a_command() -> None:
-    untagged = [f"{doc.source}:{line}" for doc in DOCUMENTS.values() for line in doc.untagged_commands]
+    untagged = [
+        f"{doc.source}:{line}" for doc in DOCUMENTS.values() for line in doc.untagged_commands
+    ]
     assert not untagged, (
         "these fenced blocks start like a command but have no info string; tag them ```bash "
         "(examples, run by the tests) or ```text (a synopsis or output, not run): "
-        + ", ".join(untagged))
+        + ", ".join(untagged)
+    )
 
 
 def test_every_document_with_runnable_examples_has_a_scene() -> None:
     covered = set(SCENES)
-    missing = {s: len([e for e in d.examples if e.runnable]) for s, d in DOCUMENTS.items()
-               if s not in covered and any(e.runnable for e in d.examples)}
+    missing = {
+        s: len([e for e in d.examples if e.runnable])
+        for s, d in DOCUMENTS.items()
+        if s not in covered and any(e.runnable for e in d.examples)
+    }
     assert not missing, (
         "documents with runnable examples and no scene in tests/docs/test_documented_commands.py "
-        f"(add one, or mark what cannot run with a visible `# not run here: REASON`): {missing}")
+        f"(add one, or mark what cannot run with a visible `# not run here: REASON`): {missing}"
+    )
 
 
 def test_the_collector_reads_markers_continuations_and_console_output(tmp_path: Path) -> None:
@@ -93,12 +103,15 @@ def test_the_collector_reads_markers_continuations_and_console_output(tmp_path: 
         "```bash\n# not run here: a whole block\nsteward a \\\n  --b c\n```\n"
         "```bash\nsteward one   # fine\nsteward two   # not run here: needs a real cluster\n```\n"
         "```console\n$ steward log\nNAME   SEQ\nx      1\n```\n"
-        "```\nsteward-audit verify --x\n```\n```text\nsteward-audit verify [--x]\n```\n")
+        "```\nsteward-audit verify --x\n```\n```text\nsteward-audit verify [--x]\n```\n"
+    )
     doc = markdown_document(tmp_path / "X.md", tmp_path)
     assert [(e.line, e.command, e.not_run_reason) for e in doc.examples] == [
-        (3, "steward a --b c", "a whole block"), (7, "steward one   # fine", None),
+        (3, "steward a --b c", "a whole block"),
+        (7, "steward one   # fine", None),
         (8, "steward two   # not run here: needs a real cluster", "needs a real cluster"),
-        (11, "steward log", None)]
+        (11, "steward log", None),
+    ]
     assert doc.examples[-1].output == ["NAME   SEQ", "x      1"]
     assert doc.untagged_commands == [15]
     assert LOOKS_LIKE_A_COMMAND.match("steward.dev/ledger/vectors") is None
@@ -121,9 +134,22 @@ def steward_help_scene(reader: Reader) -> Scene:
 
     def exported() -> None:
         # The store verbs' examples take the reader's export of the ledger the worked example made.
-        subprocess.run([sys.executable, "-m", "ledger.cli", "export", "--server", address, "--out",
-                        str(reader.file("ledger-export.avro"))], check=True, capture_output=True,
-                       cwd=reader.workdir, timeout=120)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "export",
+                "--server",
+                address,
+                "--out",
+                str(reader.file("ledger-export.avro")),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=reader.workdir,
+            timeout=120,
+        )
 
     def backed_up() -> None:
         # `sqlite3 ledger.db ".backup backup/ledger.db"`, and the reader picks this copy instead
@@ -134,9 +160,13 @@ def steward_help_scene(reader: Reader) -> Scene:
     return Scene(
         placeholders={"127.0.0.1:7443": address},
         bind={"3fa2c1": ("steward propose", PROPOSAL_HASH)},
-        given={"steward policy set": lambda: reader.file("policy.yaml").write_text(_governance_policy()),
-               "steward store check --export": exported,
-               "steward store restore --from sqlite:": backed_up},
+        given={
+            "steward policy set": lambda: reader.file("policy.yaml").write_text(
+                _governance_policy()
+            ),
+            "steward store check --export": exported,
+            "steward store restore --from sqlite:": backed_up,
+        },
         follow=("steward log --follow",),
     )
 
@@ -150,10 +180,16 @@ def _sqlite_backup(source: Path, target: Path) -> None:
         src.backup(dst)
 
 
-def test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch(reader: Reader) -> None:
+def test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch(
+    reader: Reader,
+) -> None:
     runner = run_document(DOCUMENTS["steward --help"], reader, steward_help_scene(reader))
     log = next(r for r in runner.ran if r.example.command.startswith("steward log")).output
-    kinds = [line.split()[3] for line in log.splitlines() if line.split()[:1] != [""] and len(line.split()) > 3]
+    kinds = [
+        line.split()[3]
+        for line in log.splitlines()
+        if line.split()[:1] != [""] and len(line.split()) > 3
+    ]
     assert "KillSwitchEngaged" in kinds and kinds[-1] == "KillSwitchReleased", log
 
 
@@ -171,6 +207,7 @@ def readme_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServe
         # `steward keys new alice.pem` just made her key; the roots grant it, and an agent's
         # proposal with passing evals waits for approvals.
         from ledger.keys import PrivateKey
+
         key = PrivateKey.load(reader.file("alice.pem"))
         ledger.append(ledger.flow.grant_key("human:alice@example.org", key, ("approver",)))
         ledger.evaluated_proposal()
@@ -204,12 +241,16 @@ def kafka_ledger_topic(server: LedgerServer) -> str:
 
 
 @pytest.mark.kafka
-def test_readme_examples_run_as_written(reader: Reader, ledger: LedgerServer,
-                                        kafka_ledger: LedgerServer) -> None:
-    runner = run_document(DOCUMENTS["README.md"], reader, readme_scene(reader, ledger, kafka_ledger))
+def test_readme_examples_run_as_written(
+    reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer
+) -> None:
+    runner = run_document(
+        DOCUMENTS["README.md"], reader, readme_scene(reader, ledger, kafka_ledger)
+    )
     verified = [r for r in runner.ran if r.example.command.startswith("steward-audit verify")]
-    assert len(verified) == 3 and all("VERIFIED" in r.output or '"verified": true' in r.output
-                                      for r in verified), [r.output[-500:] for r in verified]
+    assert len(verified) == 3 and all(
+        "VERIFIED" in r.output or '"verified": true' in r.output for r in verified
+    ), [r.output[-500:] for r in verified]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,19 +281,22 @@ def audit_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer
             "127.0.0.1:9092": kafka_ledger_bootstrap(kafka_ledger),
             "steward-ledger": kafka_ledger_topic(kafka_ledger),
         },
-        given={"steward export": exported_before,
-               "steward-audit verify --export ledger.avro": exported_before,
-               "steward-audit verify --export later.avro": a_later_export,
-               "steward-audit verify --kafka": kafka_has_more,
-               "steward-audit watch --kafka": kafka_has_more},
+        given={
+            "steward export": exported_before,
+            "steward-audit verify --export ledger.avro": exported_before,
+            "steward-audit verify --export later.avro": a_later_export,
+            "steward-audit verify --kafka": kafka_has_more,
+            "steward-audit watch --kafka": kafka_has_more,
+        },
         follow=("steward-audit watch",),
     )
 
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("source", ["docs/AUDIT.md", "steward-audit --help"])
-def test_audit_examples_run_as_written(source: str, reader: Reader, ledger: LedgerServer,
-                                       kafka_ledger: LedgerServer) -> None:
+def test_audit_examples_run_as_written(
+    source: str, reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer
+) -> None:
     runner = run_document(DOCUMENTS[source], reader, audit_scene(reader, ledger, kafka_ledger))
     since = next(r for r in runner.ran if "--since-checkpoint" in r.command)
     assert re.search(r"consisten", since.output, re.IGNORECASE), since.output
@@ -281,31 +325,39 @@ def recovery_scene(reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerSer
             reader.file("ledger.restored.db").unlink(missing_ok=True)
             if backup:
                 _sqlite_backup(reader.file("ledger.db"), reader.file("backup/ledger.db"))
+
         return given
 
     return Scene(
         placeholders={
             "broker1:9092": kafka_ledger_bootstrap(kafka_ledger),
             "steward-prod": kafka_ledger_topic(kafka_ledger),
-            "--checkpoint-key ledger-checkpoint.pem ...":
-                "--checkpoint-key ledger-checkpoint.pem --listen 127.0.0.1:0",
+            "--checkpoint-key ledger-checkpoint.pem ...": "--checkpoint-key ledger-checkpoint.pem --listen 127.0.0.1:0",
         },
-        given={"steward store check --store sqlite:": the_store,
-               "steward store check --export": the_export,
-               "steward store restore --from sqlite:": another_copy(backup=True),
-               "steward store restore --from kafka:": another_copy(backup=False),
-               "python -m ledger.server": lambda: ledger.flow.cast.checkpoint_key.save(
-                   reader.file("ledger-checkpoint.pem"))},
+        given={
+            "steward store check --store sqlite:": the_store,
+            "steward store check --export": the_export,
+            "steward store restore --from sqlite:": another_copy(backup=True),
+            "steward store restore --from kafka:": another_copy(backup=False),
+            "python -m ledger.server": lambda: ledger.flow.cast.checkpoint_key.save(
+                reader.file("ledger-checkpoint.pem")
+            ),
+        },
         follow=("python -m ledger.server",),
     )
 
 
 @pytest.mark.kafka
-def test_recovery_examples_run_as_written(reader: Reader, ledger: LedgerServer,
-                                          kafka_ledger: LedgerServer) -> None:
-    runner = run_document(DOCUMENTS["docs/RECOVERY.md"], reader, recovery_scene(reader, ledger, kafka_ledger))
+def test_recovery_examples_run_as_written(
+    reader: Reader, ledger: LedgerServer, kafka_ledger: LedgerServer
+) -> None:
+    runner = run_document(
+        DOCUMENTS["docs/RECOVERY.md"], reader, recovery_scene(reader, ledger, kafka_ledger)
+    )
     checks = [r for r in runner.ran if r.example.command.startswith("steward store check")]
-    assert len(checks) == 3 and all("clean" in r.output for r in checks), [r.output[-400:] for r in checks]
+    assert len(checks) == 3 and all("clean" in r.output for r in checks), [
+        r.output[-400:] for r in checks
+    ]
     assert reader.file("ledger.db.damaged").exists() and reader.file("ledger.db").exists()
 
 

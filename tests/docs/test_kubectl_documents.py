@@ -77,12 +77,19 @@ class World:
         """An approved proposal rolling out, held at the gated step with its canary ready and
         the controller saying why it waits (what `get` shows as `Message:`)."""
         self.proposal = self.rollout = self.ledger.approved(self.namespace, self.next_image())[0]
-        wait_for("the rollout at its gated step", lambda: (GATED_STEP, 50, "ADVANCED")
-                 in self.ledger.steps(self.proposal), 90)
+        wait_for(
+            "the rollout at its gated step",
+            lambda: (GATED_STEP, 50, "ADVANCED") in self.ledger.steps(self.proposal),
+            90,
+        )
         wait_for("a ready canary", self.canary_ready, 90)
-        wait_for("the controller's reason for waiting", lambda: (
-            lambda view: view is not None and view.step == GATED_STEP and view.message)(
-            self.controller_view(self.proposal)), 30)
+        wait_for(
+            "the controller's reason for waiting",
+            lambda: (lambda view: view is not None and view.step == GATED_STEP and view.message)(
+                self.controller_view(self.proposal)
+            ),
+            30,
+        )
 
     def monitor_reports(self, healthy: bool) -> None:
         self.ledger.ok(self.ledger.flow.health(self.proposal, GATED_STEP, healthy))
@@ -92,8 +99,11 @@ class World:
         resolves `3fa2c1` through)."""
         self.proposal = self.ledger.propose(self.namespace, self.next_image())
         self.ledger.evaluate(self.proposal)
-        wait_for("the controller to know the new proposal",
-                 lambda: self.controller_view(self.proposal), 30)
+        wait_for(
+            "the controller to know the new proposal",
+            lambda: self.controller_view(self.proposal),
+            30,
+        )
 
     def back_to_the_rollout(self) -> None:
         self.proposal = self.rollout
@@ -112,7 +122,8 @@ class World:
         with grpc.insecure_channel(self.controller) as channel:
             try:
                 return controller_pb2_grpc.ControllerServiceStub(channel).GetRollout(
-                    controller_pb2.GetRolloutRequest(proposal=proposal), timeout=5)
+                    controller_pb2.GetRolloutRequest(proposal=proposal), timeout=5
+                )
             except grpc.RpcError:
                 return None
 
@@ -126,7 +137,9 @@ class World:
 
     def canary_ready(self) -> bool:
         canary = self._canary()
-        return canary is not None and (canary.status.ready_replicas or 0) >= (canary.spec.replicas or 1)
+        return canary is not None and (canary.status.ready_replicas or 0) >= (
+            canary.spec.replicas or 1
+        )
 
     def canary_exists(self) -> bool:
         return self._canary() is not None
@@ -136,8 +149,11 @@ def plugin_path(reader: Reader, cluster: LocalCluster) -> str:
     """This checkout's scripts, the cluster's kubectl, then the rest of PATH without directories
     that hold another `kubectl-steward` (kubectl would warn that one shadows the other, and
     `kubectl plugin list` exits 1 on warnings)."""
-    rest = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-            if d and not (Path(d) / "kubectl-steward").exists()]
+    rest = [
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not (Path(d) / "kubectl-steward").exists()
+    ]
     return os.pathsep.join([str(reader.bin), str(cluster.bin_dir), *rest])
 
 
@@ -165,8 +181,10 @@ def kubectl_scene(world: World, reader: Reader, *, healthy: bool) -> Scene:
             "kubectl steward verify": lambda: world.verifiable(reader),
             f"kubectl steward get {DEPLOYMENT}-3fa2c1d4e5 -n models -w": world.back_to_the_rollout,
         },
-        follow=("kubectl steward get 3fa2c1 -n models -w",
-                f"kubectl steward get {DEPLOYMENT}-3fa2c1d4e5 -n models -w"),
+        follow=(
+            "kubectl steward get 3fa2c1 -n models -w",
+            f"kubectl steward get {DEPLOYMENT}-3fa2c1d4e5 -n models -w",
+        ),
         exit_codes={"kubectl steward status": 0 if healthy else 1},
     )
 
@@ -176,16 +194,21 @@ def _output_of(ran: list[Ran], prefix: str) -> str:
 
 
 def test_kubectl_documents_run_as_written(
-    tmp_path: Path, ledger: Ledger, controllers: Controllers,  # noqa: F811  (the fixtures above)
-    kube_cluster: LocalCluster, kube_namespace: str, apps: client.AppsV1Api,
+    tmp_path: Path,
+    ledger: Ledger,  # noqa: F811  (the fixture imported above)
+    controllers: Controllers,  # noqa: F811
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    apps: client.AppsV1Api,
 ) -> None:
     port = free_port()
     controllers.start("ctl-a", "--listen", f"127.0.0.1:{port}")
     world = World(ledger, kube_namespace, f"127.0.0.1:{port}", kube_cluster, apps)
     reference, helped = Reader(tmp_path / "reference"), Reader(tmp_path / "help")
     try:
-        ran = run_document(DOCUMENTS[REFERENCE], reference,
-                           kubectl_scene(world, reference, healthy=True)).ran
+        ran = run_document(
+            DOCUMENTS[REFERENCE], reference, kubectl_scene(world, reference, healthy=True)
+        ).ran
         status = _output_of(ran, "kubectl steward status")
         assert "Promoted" in status, status
         assert "kubectl-steward" in _output_of(ran, "kubectl plugin list")

@@ -75,9 +75,22 @@ def start_ledger(directory: Path, cast: Cast, *store_args: str) -> LedgerServer:
     store = store_args or ("--db", str(directory / "ledger.db"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.server", *store, "--checkpoint-key", str(key),
-             "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "ledger.server",
+                *store,
+                "--checkpoint-key",
+                str(key),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     deadline = time.monotonic() + 90
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -95,6 +108,17 @@ def start_ledger(directory: Path, cast: Cast, *store_args: str) -> LedgerServer:
 
 
 def start_kafka_ledger(directory: Path, cast: Cast, bootstrap: str, topic: str) -> LedgerServer:
-    return start_ledger(directory, cast, "--kafka-bootstrap", bootstrap, "--topic", topic,
-                        "--ledger", LEDGER, "--replication-factor", "1",
-                        "--min-insync-replicas", "1")
+    return start_ledger(
+        directory,
+        cast,
+        "--kafka-bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--ledger",
+        LEDGER,
+        "--replication-factor",
+        "1",
+        "--min-insync-replicas",
+        "1",
+    )

@@ -67,7 +67,10 @@ class Ledger:
         return self.ok(self.flow.propose(image, namespace=namespace, deployment=deployment))
 
     def evaluate(self, p: bytes) -> tuple[bytes, bytes]:
-        return (self.ok(self.flow.eval(p, "safety", 0.99)), self.ok(self.flow.eval(p, "quality", 0.91)))
+        return (
+            self.ok(self.flow.eval(p, "safety", 0.99)),
+            self.ok(self.flow.eval(p, "quality", 0.91)),
+        )
 
     def approve(self, p: bytes, evals: tuple[bytes, ...], *who: str) -> None:
         for w in who or ("alice", "bob"):
@@ -88,13 +91,29 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
     key_file = write_checkpoint_key(cast, tmp_path)
     db, port_file = tmp_path / "ledger.db", tmp_path / "ledger.port"
     server = start_python(
-        ["-m", "ledger.server", "--db", str(db), "--checkpoint-key", str(key_file),
-         "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-        tmp_path / "ledger.log", cwd=REPO,
+        [
+            "-m",
+            "ledger.server",
+            "--db",
+            str(db),
+            "--checkpoint-key",
+            str(key_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        tmp_path / "ledger.log",
+        cwd=REPO,
     )
     address = f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}"
     ledger_client = LedgerClient(address)
-    flow = Flow(cast, ledger="e2e", origin="steward.dev/ledger/e2e", state=followed_state(ledger_client.read))
+    flow = Flow(
+        cast,
+        ledger="e2e",
+        origin="steward.dev/ledger/e2e",
+        state=followed_state(ledger_client.read),
+    )
     led = Ledger(db, address, server, ledger_client, flow, cast)
     led.ok(flow.genesis())
     for grant in flow.grants():
@@ -110,8 +129,9 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
 @pytest.fixture(scope="session")
 def crd_installed(kube_cluster: LocalCluster) -> None:
     kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                         "crd/modelrollouts.steward.dev")
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/modelrollouts.steward.dev"
+    )
 
 
 @pytest.fixture
@@ -122,8 +142,18 @@ def target(kube_namespace: str, kube_api_client: client.ApiClient, crd_installed
     for manifest in target_manifests("model-server", V1, 4):
         utils.create_from_dict(kube_api_client, manifest, namespace=kube_namespace)
     apps = client.AppsV1Api(kube_api_client)
-    wait_for("4 ready stable pods", lambda: (apps.read_namespaced_deployment(
-        "model-server", kube_namespace).status.ready_replicas or 0) >= 4)
+    wait_for(
+        "4 ready stable pods",
+        lambda: (
+            (
+                apps.read_namespaced_deployment(
+                    "model-server", kube_namespace
+                ).status.ready_replicas
+                or 0
+            )
+            >= 4
+        ),
+    )
     return "model-server"
 
 
@@ -136,7 +166,11 @@ class ControllerProc:
         return self.child.log()
 
     def actions(self) -> list[str]:
-        return [line for line in self.log().splitlines() if '"action"' in line and '"ok": "True"' in line]
+        return [
+            line
+            for line in self.log().splitlines()
+            if '"action"' in line and '"ok": "True"' in line
+        ]
 
     def kill(self) -> None:
         self.child.kill(timeout=10)
@@ -156,13 +190,34 @@ class Controllers:
 
     def start(self, identity: str = "ctl-a", *extra: str) -> ControllerProc:
         child = start_python(
-            ["-m", "controller.main",
-             "--ledger", self.ledger.address, "--store", f"sqlite:{self.ledger.db}",
-             "--kubeconfig", str(self.cluster.kubeconfig), "--key", str(self.key_file),
-             "--namespace", self.namespace, "--snapshot-db", str(self.tmp / f"snap-{identity}.db"),
-             "--lease-namespace", self.namespace, "--identity", identity,
-             "--tick-seconds", "0.2", "--not-ready-grace-seconds", "20", *extra],
-            self.tmp / f"controller-{identity}-{len(self.started)}.log", name=identity, cwd=REPO,
+            [
+                "-m",
+                "controller.main",
+                "--ledger",
+                self.ledger.address,
+                "--store",
+                f"sqlite:{self.ledger.db}",
+                "--kubeconfig",
+                str(self.cluster.kubeconfig),
+                "--key",
+                str(self.key_file),
+                "--namespace",
+                self.namespace,
+                "--snapshot-db",
+                str(self.tmp / f"snap-{identity}.db"),
+                "--lease-namespace",
+                self.namespace,
+                "--identity",
+                identity,
+                "--tick-seconds",
+                "0.2",
+                "--not-ready-grace-seconds",
+                "20",
+                *extra,
+            ],
+            self.tmp / f"controller-{identity}-{len(self.started)}.log",
+            name=identity,
+            cwd=REPO,
         )
         cp = ControllerProc(identity, child)
         self.started.append(cp)
@@ -170,8 +225,9 @@ class Controllers:
 
 
 @pytest.fixture
-def controllers(tmp_path: Path, ledger: Ledger, kube_cluster: LocalCluster,
-                kube_namespace: str, target: str) -> Iterator[Controllers]:
+def controllers(
+    tmp_path: Path, ledger: Ledger, kube_cluster: LocalCluster, kube_namespace: str, target: str
+) -> Iterator[Controllers]:
     key_file = write_principal_key(ledger.cast, "controller", tmp_path)
     c = Controllers(tmp_path, ledger, kube_cluster, kube_namespace, key_file)
     try:

@@ -21,7 +21,12 @@ pytestmark = pytest.mark.kube
 
 NAME = "model-server"
 CANARY = "model-server-canary"
-PROMOTED_STEPS = [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
+PROMOTED_STEPS = [
+    (0, 10, "STARTED"),
+    (1, 50, "ADVANCED"),
+    (2, 100, "ADVANCED"),
+    (2, 100, "PROMOTED"),
+]
 
 
 def replicas(apps: client.AppsV1Api, ns: str) -> tuple[int, int, str]:
@@ -29,8 +34,11 @@ def replicas(apps: client.AppsV1Api, ns: str) -> tuple[int, int, str]:
     stable = read_deployment(apps, ns, NAME)
     canary = read_deployment(apps, ns, CANARY)
     assert stable is not None
-    return (stable.spec.replicas, canary.spec.replicas if canary else 0,
-            stable.spec.template.spec.containers[0].image)
+    return (
+        stable.spec.replicas,
+        canary.spec.replicas if canary else 0,
+        stable.spec.template.spec.containers[0].image,
+    )
 
 
 def canary_ready(apps: client.AppsV1Api, ns: str, n: int) -> bool:
@@ -40,7 +48,8 @@ def canary_ready(apps: client.AppsV1Api, ns: str, n: int) -> bool:
 
 def mirror(custom: client.CustomObjectsApi, ns: str, p: bytes) -> dict:
     return custom.get_namespaced_custom_object(
-        "steward.dev", "v1alpha1", ns, "modelrollouts", f"{NAME}-{p.hex()[:10]}")
+        "steward.dev", "v1alpha1", ns, "modelrollouts", f"{NAME}-{p.hex()[:10]}"
+    )
 
 
 def mirror_status(custom: client.CustomObjectsApi, ns: str, p: bytes) -> dict:
@@ -58,8 +67,11 @@ def promote_with_health(ledger: Ledger, p: bytes, timeout: float = 40) -> None:
 
 
 def test_full_rollout_promotes_the_candidate(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api,
-    custom: client.CustomObjectsApi, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    custom: client.CustomObjectsApi,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -76,16 +88,25 @@ def test_full_rollout_promotes_the_candidate(
     assert replicas(apps, ns) == (4, 0, V2)
     stable = read_deployment(apps, ns, NAME)
     assert stable is not None
-    wait_for("stable ready on v2", lambda: (read_deployment(apps, ns, NAME).status.ready_replicas or 0) >= 4)
+    wait_for(
+        "stable ready on v2",
+        lambda: (read_deployment(apps, ns, NAME).status.ready_replicas or 0) >= 4,
+    )
     assert ledger.steps(p) == PROMOTED_STEPS
-    status = wait_for("mirror Promoted", lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Promoted" and s)
+    status = wait_for(
+        "mirror Promoted",
+        lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Promoted" and s,
+    )
     assert status["weight"] == 100 and status["approvals"] == 2
     assert status["lastSeq"] == ledger.state().last_seq[p]
 
 
 def test_without_valid_approvals_the_canary_never_gets_a_replica(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api,
-    custom: client.CustomObjectsApi, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    custom: client.CustomObjectsApi,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -102,8 +123,10 @@ def test_without_valid_approvals_the_canary_never_gets_a_replica(
     ledger.approve(p, evals, "bob")
     newer = ledger.ok(ledger.flow.eval(p, "quality", 0.93))
     ledger.approve(p, (evals[0], newer), "bob")  # only bob's fresh approval is valid now
-    status = wait_for("mirror waiting for approvals",
-                      lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Pending" and s)
+    status = wait_for(
+        "mirror waiting for approvals",
+        lambda: (s := mirror_status(custom, ns, p)).get("phase") == "Pending" and s,
+    )
     time.sleep(2)
     assert read_deployment(apps, ns, CANARY) is None
     assert replicas(apps, ns) == (4, 0, V1)
@@ -116,8 +139,11 @@ def test_without_valid_approvals_the_canary_never_gets_a_replica(
 
 
 def test_kill_switch_removes_the_canary_and_release_needs_the_threshold(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api,
-    custom: client.CustomObjectsApi, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    custom: client.CustomObjectsApi,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -138,15 +164,22 @@ def test_kill_switch_removes_the_canary_and_release_needs_the_threshold(
     time.sleep(2)
     assert read_deployment(apps, ns, CANARY) is None, "resumed without a fresh decision"
     ledger.approve(p, evals)
-    wait_for("restart on fresh approvals",
-             lambda: ledger.steps(p).count((0, 10, "STARTED")) == 2 and read_deployment(apps, ns, CANARY))
+    wait_for(
+        "restart on fresh approvals",
+        lambda: (
+            ledger.steps(p).count((0, 10, "STARTED")) == 2 and read_deployment(apps, ns, CANARY)
+        ),
+    )
     steps = ledger.steps(p)
     assert steps[:3] == [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (1, 0, "ROLLED_BACK")]
     assert steps[3] == (0, 10, "STARTED")
 
 
 def test_failing_canary_pods_roll_back(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -159,7 +192,10 @@ def test_failing_canary_pods_roll_back(
 
 
 def test_unhealthy_report_rolls_back(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -173,7 +209,10 @@ def test_unhealthy_report_rolls_back(
 
 
 def test_sigkill_at_each_phase_ends_like_an_uninterrupted_run(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     first = controllers.start("ctl-a")
@@ -196,7 +235,10 @@ def test_sigkill_at_each_phase_ends_like_an_uninterrupted_run(
 
 
 def test_two_controllers_only_the_leader_writes_and_the_other_takes_over(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
     kube_api_client: client.ApiClient,
 ) -> None:
     ns = kube_namespace
@@ -225,16 +267,25 @@ def _holder(coord: client.CoordinationV1Api, ns: str) -> str:
 
 
 def test_emergency_stop_annotation_is_honoured_and_recorded(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api,
-    custom: client.CustomObjectsApi, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    custom: client.CustomObjectsApi,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
     p, _ = ledger.approved(ns)
     wait_for("canary at step 1", lambda: canary_ready(apps, ns, 2))
     wait_for("mirror exists", lambda: mirror_status(custom, ns, p))
-    controllers.cluster.kubectl("annotate", "-n", ns, "modelrollout", f"{NAME}-{p.hex()[:10]}",
-                                f"{EMERGENCY_STOP_ANNOTATION}=latency spike")
+    controllers.cluster.kubectl(
+        "annotate",
+        "-n",
+        ns,
+        "modelrollout",
+        f"{NAME}-{p.hex()[:10]}",
+        f"{EMERGENCY_STOP_ANNOTATION}=latency spike",
+    )
     wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None, 15)
     wait_for("ROLLED_BACK", lambda: ledger.phase(p) == "ROLLED_BACK")
     state = ledger.state()
@@ -252,7 +303,10 @@ def _entries(ledger: Ledger) -> list:
 
 
 def test_hand_scaling_is_recorded_as_drift_and_corrected(
-    ledger: Ledger, controllers: Controllers, apps: client.AppsV1Api, kube_namespace: str,
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     controllers.start()
@@ -263,7 +317,10 @@ def test_hand_scaling_is_recorded_as_drift_and_corrected(
     wait_for("stable back at 2", lambda: replicas(apps, ns)[:2] == (2, 2))
     controllers.cluster.kubectl("set", "image", "-n", ns, f"deployment/{CANARY}", f"server={V1}")
     wait_for("second drift record", lambda: ledger.steps(p).count((1, 50, "DRIFT_CORRECTED")) == 2)
-    wait_for("canary back on v2", lambda: read_deployment(apps, ns, CANARY).spec.template.spec.containers[0].image == V2)
+    wait_for(
+        "canary back on v2",
+        lambda: read_deployment(apps, ns, CANARY).spec.template.spec.containers[0].image == V2,
+    )
     promote_with_health(ledger, p)
     wait_for("canary removed", lambda: read_deployment(apps, ns, CANARY) is None)
     assert replicas(apps, ns) == (4, 0, V2)

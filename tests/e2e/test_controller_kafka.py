@@ -41,8 +41,15 @@ V1, V2 = "registry.example/model-server:v1", "registry.example/model-server:v2"
 
 
 @pytest.fixture
-def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, kube_cluster: LocalCluster,
-          kube_namespace: str, kube_api_client: client.ApiClient, crd_installed: None) -> Iterator[dict[str, object]]:
+def world(
+    tmp_path: Path,
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kube_api_client: client.ApiClient,
+    crd_installed: None,
+) -> Iterator[dict[str, object]]:
     from kubernetes import utils
 
     for manifest in target_manifests("model-server", V1, 4):
@@ -52,9 +59,22 @@ def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, ku
     controller_key = write_principal_key(cast, "controller", tmp_path)
     bootstrap = kafka_cluster.bootstrap_servers
     port_file = tmp_path / "ledger.port"
-    server = start_python(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", kafka_topic_name,
-                           "--checkpoint-key", str(checkpoint_key), "--port-file", str(port_file)],
-                          tmp_path / "ledger.log", cwd=REPO)
+    server = start_python(
+        [
+            "-m",
+            "ledger.server",
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            kafka_topic_name,
+            "--checkpoint-key",
+            str(checkpoint_key),
+            "--port-file",
+            str(port_file),
+        ],
+        tmp_path / "ledger.log",
+        cwd=REPO,
+    )
     children = [server]
     try:
         address = f"127.0.0.1:{wait_for_port_file(port_file, 180, child=server)}"
@@ -65,14 +85,43 @@ def world(tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str, ku
             ledger.append(grant)
         ledger.append(flow.policy(namespace=kube_namespace, plan=FAST_PLAN))
         controller = start_python(
-            ["-m", "controller.main", "--ledger", address, "--store", f"kafka:{bootstrap}/{kafka_topic_name}",
-             "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(controller_key),
-             "--namespace", kube_namespace, "--lease-namespace", kube_namespace, "--identity", "kafka-ctl",
-             "--tick-seconds", "0.2", "--log-format", "text"], tmp_path / "controller.log", cwd=REPO)
+            [
+                "-m",
+                "controller.main",
+                "--ledger",
+                address,
+                "--store",
+                f"kafka:{bootstrap}/{kafka_topic_name}",
+                "--kubeconfig",
+                str(kube_cluster.kubeconfig),
+                "--key",
+                str(controller_key),
+                "--namespace",
+                kube_namespace,
+                "--lease-namespace",
+                kube_namespace,
+                "--identity",
+                "kafka-ctl",
+                "--tick-seconds",
+                "0.2",
+                "--log-format",
+                "text",
+            ],
+            tmp_path / "controller.log",
+            cwd=REPO,
+        )
         children.append(controller)
-        yield {"flow": flow, "ledger": ledger, "bootstrap": bootstrap, "topic": kafka_topic_name,
-               "ns": kube_namespace, "cast": cast, "controller": controller, "tmp": tmp_path,
-               "apps": client.AppsV1Api(kube_api_client)}
+        yield {
+            "flow": flow,
+            "ledger": ledger,
+            "bootstrap": bootstrap,
+            "topic": kafka_topic_name,
+            "ns": kube_namespace,
+            "cast": cast,
+            "controller": controller,
+            "tmp": tmp_path,
+            "apps": client.AppsV1Api(kube_api_client),
+        }
     finally:
         for child in reversed(children):
             child.stop(grace=20)
@@ -90,8 +139,10 @@ def test_forged_records_in_the_topic_change_nothing(world: dict[str, object]) ->
     ns = str(world["ns"])
 
     proposal = ledger.append(flow.propose(V2, namespace=ns, deployment="model-server")).leaf_hash
-    evals = (ledger.append(flow.eval(proposal, "safety", 0.99)).leaf_hash,
-             ledger.append(flow.eval(proposal, "quality", 0.9)).leaf_hash)
+    evals = (
+        ledger.append(flow.eval(proposal, "safety", 0.99)).leaf_hash,
+        ledger.append(flow.eval(proposal, "quality", 0.9)).leaf_hash,
+    )
 
     # Someone with topic access but no keys writes around the server. Each forged record is a
     # well-formed entry at the right position, so only signature checks can refuse it.
@@ -100,10 +151,18 @@ def test_forged_records_in_the_topic_change_nothing(world: dict[str, object]) ->
     seq, prev = head.size, head.last_leaf_hash
     forged = []
     for key in (stranger_alice, stranger_bob):
-        event = sign(new_body(flow.ledger, ApprovalRecorded(proposal, "APPROVE", evals, "forged")), key)
+        event = sign(
+            new_body(flow.ledger, ApprovalRecorded(proposal, "APPROVE", evals, "forged")), key
+        )
         forged.append(make_entry(seq, prev, event, int(time.time() * 1000)))
-    step = RolloutStep(proposal, 0, FAST_PLAN[0].weight, "STARTED", "forged", ObservedState(4, 0, 0, V1, ""))
-    forged.append(make_entry(seq, prev, sign(new_body(flow.ledger, step), fake_controller), int(time.time() * 1000)))
+    step = RolloutStep(
+        proposal, 0, FAST_PLAN[0].weight, "STARTED", "forged", ObservedState(4, 0, 0, V1, "")
+    )
+    forged.append(
+        make_entry(
+            seq, prev, sign(new_body(flow.ledger, step), fake_controller), int(time.time() * 1000)
+        )
+    )
     producer = KafkaProducer(bootstrap_servers=str(world["bootstrap"]).split(","), acks="all")
     producer.send(str(world["topic"]), key=b"garbage", value=b"\xc3\x01not an entry at all")
     for e in forged:
@@ -126,10 +185,23 @@ def test_forged_records_in_the_topic_change_nothing(world: dict[str, object]) ->
     # The auditor, reading the topic itself, flags every forged record.
     trust = Path(str(world["tmp"])) / "trust-root.json"
     write_trust_root(ledger, trust)
-    audit = subprocess.run([str(Path(sys.executable).parent / "steward-audit"), "verify",
-                            "--kafka", str(world["bootstrap"]), "--topic",
-                            str(world["topic"]), "--trust-root", str(trust), "--json", "--no-progress"],
-                           capture_output=True, text=True, timeout=300)
+    audit = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "steward-audit"),
+            "verify",
+            "--kafka",
+            str(world["bootstrap"]),
+            "--topic",
+            str(world["topic"]),
+            "--trust-root",
+            str(trust),
+            "--json",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert audit.returncode == 1, audit.stdout[-3000:] + audit.stderr[-3000:]
     findings = json.loads(audit.stdout)["findings"]
     at_seq = [f["code"] for f in findings if f["seq"] == seq]

@@ -15,14 +15,20 @@ AUDIT = str(Path(sys.executable).parent / "steward-audit")  # the console script
 
 def test_demo_runs_and_its_export_verifies(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    demo = subprocess.run([sys.executable, "-m", "ledger.demo", "--dir", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    demo = subprocess.run(
+        [sys.executable, "-m", "ledger.demo", "--dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "SELF_APPROVAL" in demo.stdout
     assert "promoted" in demo.stdout
     match = re.search(r"^\s+(steward-audit verify .+)$", demo.stdout, re.MULTILINE)
     assert match, demo.stdout
-    audit = subprocess.run([AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300)
+    audit = subprocess.run(
+        [AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300
+    )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "VERIFIED" in audit.stdout
     for name in ("keys", "ledger.db", "ledger-export.avro", "trust-root.json"):
@@ -36,14 +42,20 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert commands == ["scripts/demo", "scripts/test"]
     ci = (repo / ".ci" / "run").read_text()
-    assert re.search(r"^scripts/test\b", ci, re.MULTILINE), ".ci/run must call the README's test command"
+    assert re.search(r"^scripts/test\b", ci, re.MULTILINE), (
+        ".ci/run must call the README's test command"
+    )
 
 
 @pytest.mark.kube
 def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
     out = tmp_path / "story"
-    demo = subprocess.run([sys.executable, "-m", "controller.demo", "--dir", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    demo = subprocess.run(
+        [sys.executable, "-m", "controller.demo", "--dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     text = demo.stdout
     assert "SELF_APPROVAL" in text and "THRESHOLD_NOT_MET" in text
@@ -53,5 +65,7 @@ def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
     assert re.search(r"rolled back .*kill switch", text)
     match = re.search(r"^\s+(steward-audit verify .+)$", text, re.MULTILINE)
     assert match, text
-    audit = subprocess.run([AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300)
+    audit = subprocess.run(
+        [AUDIT, *shlex.split(match.group(1))[1:]], capture_output=True, text=True, timeout=300
+    )
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -23,14 +23,21 @@ pytestmark = [pytest.mark.kube, pytest.mark.slow]
 TRIALS = 5
 
 
-def _watch_canary_zero(apps: client.AppsV1Api, ns: str, ready: threading.Event,
-                       seen: list[float]) -> None:
-    current = apps.list_namespaced_deployment(ns, field_selector="metadata.name=model-server-canary")
+def _watch_canary_zero(
+    apps: client.AppsV1Api, ns: str, ready: threading.Event, seen: list[float]
+) -> None:
+    current = apps.list_namespaced_deployment(
+        ns, field_selector="metadata.name=model-server-canary"
+    )
     w = watch.Watch()
     ready.set()
-    for event in w.stream(apps.list_namespaced_deployment, ns,
-                          field_selector="metadata.name=model-server-canary",
-                          resource_version=current.metadata.resource_version, timeout_seconds=30):
+    for event in w.stream(
+        apps.list_namespaced_deployment,
+        ns,
+        field_selector="metadata.name=model-server-canary",
+        resource_version=current.metadata.resource_version,
+        timeout_seconds=30,
+    ):
         obj = event["object"]
         if event["type"] == "DELETED" or obj.spec.replicas == 0:
             seen.append(time.monotonic())
@@ -38,8 +45,9 @@ def _watch_canary_zero(apps: client.AppsV1Api, ns: str, ready: threading.Event,
             return
 
 
-def test_kill_switch_reaction_time(ledger: Ledger, controllers: Controllers,
-                                   kube_namespace: str, kube_api_client: client.ApiClient) -> None:
+def test_kill_switch_reaction_time(
+    ledger: Ledger, controllers: Controllers, kube_namespace: str, kube_api_client: client.ApiClient
+) -> None:
     ns = kube_namespace
     apps = client.AppsV1Api(kube_api_client)
     controllers.start()
@@ -65,10 +73,14 @@ def test_kill_switch_reaction_time(ledger: Ledger, controllers: Controllers,
         t.join(15)
         assert seen, f"trial {i}: the canary never reached 0"
         results.append(((seen[0] - acked) * 1000, (acked - before) * 1000))
-        print(f"trial {i}: ack→canary 0 {results[-1][0]:.0f} ms (append itself {results[-1][1]:.0f} ms)")
+        print(
+            f"trial {i}: ack→canary 0 {results[-1][0]:.0f} ms (append itself {results[-1][1]:.0f} ms)"
+        )
         wait_for(f"trial {i}: rolled back", lambda p=p: ledger.phase(p) == "ROLLED_BACK")
         wait_for(f"trial {i}: canary gone", lambda: not canary_up())
         time.sleep(0.5)
     reaction = [r[0] for r in results]
-    print(f"kill switch reaction over {TRIALS} trials: median {statistics.median(reaction):.0f} ms, "
-          f"min {min(reaction):.0f} ms, max {max(reaction):.0f} ms")
+    print(
+        f"kill switch reaction over {TRIALS} trials: median {statistics.median(reaction):.0f} ms, "
+        f"min {min(reaction):.0f} ms, max {max(reaction):.0f} ms"
+    )

@@ -7,8 +7,12 @@ from kafka import KafkaConsumer, TopicPartition
 
 def committed_records(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes]]:
     """Every read_committed record of partition 0 as (offset, key, value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
     tp = TopicPartition(topic, 0)
     try:
         consumer.assign([tp])

@@ -37,8 +37,13 @@ class LedgerServerProcess:
         """Start the process without waiting; returns the port file to hand to ``wait_ready``."""
         self.starts += 1
         port_file = self.workdir / f"{self.name}-port-{self.starts}"
-        self.child = start_python([*self.args, "--port-file", str(port_file)], self.log_path,
-                                  name=self.name, cwd=REPO, append=True)
+        self.child = start_python(
+            [*self.args, "--port-file", str(port_file)],
+            self.log_path,
+            name=self.name,
+            cwd=REPO,
+            append=True,
+        )
         return port_file
 
     def wait_ready(self, port_file: Path) -> str:

@@ -22,10 +22,10 @@ def mutated(draw: st.DrawFn, seeds: list[bytes], ops: tuple[str, ...] = ALL_OPS)
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete" and data:
-            del data[at:at + draw(st.integers(1, 16))]
+            del data[at : at + draw(st.integers(1, 16))]
         elif op == "set" and data:
             data[at] = draw(st.sampled_from((0x00, 0x01, 0x7F, 0x80, 0xFF)))
         elif op == "splice":
             other = draw(st.sampled_from(seeds))
-            data[at:] = other[draw(st.integers(0, len(other))):]
+            data[at:] = other[draw(st.integers(0, len(other))) :]
     return bytes(data)

@@ -14,7 +14,9 @@ from steward.v1 import query_pb2_grpc
 
 
 @contextmanager
-def query_service(engine: sa.Engine, max_workers: int = 2) -> Iterator[query_pb2_grpc.QueryServiceStub]:
+def query_service(
+    engine: sa.Engine, max_workers: int = 2
+) -> Iterator[query_pb2_grpc.QueryServiceStub]:
     """A stub of QueryService reading the projections in ``engine``; server stopped on exit."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     add_query_service(server, engine)

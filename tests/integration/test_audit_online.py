@@ -48,39 +48,77 @@ def _audit_kafka(bootstrap: str, topic: str, log: Log) -> list[str]:
 
 
 @pytest.mark.kafka
-def test_kafka_clean_then_injected_records(kafka_cluster, kafka_topic_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_kafka_clean_then_injected_records(
+    kafka_cluster, kafka_topic_name: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_cluster.bootstrap_servers
     b, log = _write_clean(bootstrap, kafka_topic_name)
     assert _audit_kafka(bootstrap, kafka_topic_name, log) == []
 
     trust = tmp_path / "trust.json"
     trust.write_text(json.dumps(log.trust))
-    assert main(["verify", "--kafka", bootstrap, "--topic", kafka_topic_name, "--trust-root", str(trust)]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--kafka",
+                bootstrap,
+                "--topic",
+                kafka_topic_name,
+                "--trust-root",
+                str(trust),
+            ]
+        )
+        == 0
+    )
 
     # Someone bypasses the ledger server and writes straight into the topic: a chained entry
     # signed by a key the ledger never granted, then a copy of an old record.
     last = b.entries[-1]
     stranger = PrivateKey.from_seed(bytes(range(32)))
-    forged = make_entry(len(b.entries), last.leaf_hash, b.flow.signed_by_keys(
-        _payload(b), stranger), last.entry.received_at + 1)
+    forged = make_entry(
+        len(b.entries),
+        last.leaf_hash,
+        b.flow.signed_by_keys(_payload(b), stranger),
+        last.entry.received_at + 1,
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     try:
-        producer.send(kafka_topic_name, key=forged.body.event_id, value=forged.entry_bytes, partition=0)
+        producer.send(
+            kafka_topic_name, key=forged.body.event_id, value=forged.entry_bytes, partition=0
+        )
         producer.send(kafka_topic_name, key=b"replay", value=b.entries[5].entry_bytes, partition=0)
         producer.flush()
     finally:
         producer.close()
     codes = _audit_kafka(bootstrap, kafka_topic_name, log)
     assert "UNKNOWN_KEY" in codes and "ENTRY_DUPLICATED" in codes, codes
-    assert main(["verify", "--kafka", bootstrap, "--topic", kafka_topic_name, "--trust-root", str(trust)]) == 1
+    assert (
+        main(
+            [
+                "verify",
+                "--kafka",
+                bootstrap,
+                "--topic",
+                kafka_topic_name,
+                "--trust-root",
+                str(trust),
+            ]
+        )
+        == 1
+    )
 
     # A checkpoint for the forged history, signed by someone else, is flagged too.
     other = PrivateKey.from_seed(bytes(32))
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     try:
         note = checkpoint_note(b.flow.origin, len(b.entries) + 1, bytes(32), other)
-        producer.send(kafka_topic_name + ".checkpoints", key=str(len(b.entries) + 1).encode(),
-                      value=note.encode(), partition=0)
+        producer.send(
+            kafka_topic_name + ".checkpoints",
+            key=str(len(b.entries) + 1).encode(),
+            value=note.encode(),
+            partition=0,
+        )
         producer.flush()
     finally:
         producer.close()
@@ -97,26 +135,47 @@ def _payload(b: Builder) -> object:
 def test_kafka_unreachable_topic_is_exit_2(kafka_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     trust = tmp_path / "trust.json"
     trust.write_text(json.dumps(Builder().trust()))
-    assert main(["verify", "--kafka", kafka_cluster.bootstrap_servers, "--topic", "no-such-topic-here",
-                 "--trust-root", str(trust)]) == 2
+    assert (
+        main(
+            [
+                "verify",
+                "--kafka",
+                kafka_cluster.bootstrap_servers,
+                "--topic",
+                "no-such-topic-here",
+                "--trust-root",
+                str(trust),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[RunningServer, Cast]]:
     cast = Cast.create(seed="audit-online")
-    running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0, checkpoint_every_entries=4))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "ledger.db",
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_ms=0,
+            checkpoint_every_entries=4,
+        )
+    )
     try:
         yield running, cast
     finally:
         running.stop(None)
 
 
-def test_grpc_source_against_a_real_ledger_server(server: tuple[RunningServer, Cast], tmp_path: Path) -> None:
+def test_grpc_source_against_a_real_ledger_server(
+    server: tuple[RunningServer, Cast], tmp_path: Path
+) -> None:
     running, cast = server
     flow = Flow(cast)
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
+
         def ok(event: object) -> bytes:
             return client.append(event).leaf_hash  # type: ignore[arg-type]
 
@@ -143,7 +202,34 @@ def test_grpc_source_against_a_real_ledger_server(server: tuple[RunningServer, C
     trust = tmp_path / "trust.json"
     trust.write_text(json.dumps(trust_doc))
     saved = tmp_path / "seen.note"
-    assert main(["verify", "--grpc", running.address, "--trust-root", str(trust), "--save-checkpoint", str(saved)]) == 0
-    assert main(["watch", "--grpc", running.address, "--trust-root", str(trust), "--state-dir", str(tmp_path / "st"),
-                 "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--grpc",
+                running.address,
+                "--trust-root",
+                str(trust),
+                "--save-checkpoint",
+                str(saved),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "watch",
+                "--grpc",
+                running.address,
+                "--trust-root",
+                str(trust),
+                "--state-dir",
+                str(tmp_path / "st"),
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "st" / "last-verified.note").exists()

@@ -18,21 +18,48 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED: dict[str, list[str]] = {
-    "audit": ["raw Ed25519 verify (mean of samples)", "audit, 1 process", "audit, 1 process / raw",
-              "audit, 2 workers", "audit, 2 workers / raw (1 core)", "ledger fold (decode+check+apply)",
-              "ledger fold / raw"],
-    "replay": ["cold replay", "cold replay / raw", "snapshot write", "restart from snapshot (median)"],
+    "audit": [
+        "raw Ed25519 verify (mean of samples)",
+        "audit, 1 process",
+        "audit, 1 process / raw",
+        "audit, 2 workers",
+        "audit, 2 workers / raw (1 core)",
+        "ledger fold (decode+check+apply)",
+        "ledger fold / raw",
+    ],
+    "replay": [
+        "cold replay",
+        "cold replay / raw",
+        "snapshot write",
+        "restart from snapshot (median)",
+    ],
     "startup": ["fold only (median)", "verified start (median)", "verified start / fold only"],
-    "ingest": ["kafka: AppendStream (full verification)", "kafka: unary Append p50 @ 500/s",
-               "kafka: unary Append p99 @ 500/s", "kafka: raw producer acks=all, same bytes",
-               "kafka: AppendStream / raw producer", "sqlite: AppendStream (full verification)",
-               "sqlite: unary Append p99 @ 500/s"],
-    "checkpoints": ["load: AppendStream", "on-demand checkpoint p50", "on-demand checkpoint p99",
-                    "coverage lag p99", "checkpoints published", "entries per checkpoint (median gap)"],
-    "killswitch": ["kill switch → canary 0 p50", "kill switch → canary 0 p99",
-                   "engage sent → canary 0 p99, no attack", "engage sent → canary 0 p99, under attack",
-                   "under attack / no attack (p99)", "health checks answered under attack",
-                   "attacker streams refused (RESOURCE_EXHAUSTED)"],
+    "ingest": [
+        "kafka: AppendStream (full verification)",
+        "kafka: unary Append p50 @ 500/s",
+        "kafka: unary Append p99 @ 500/s",
+        "kafka: raw producer acks=all, same bytes",
+        "kafka: AppendStream / raw producer",
+        "sqlite: AppendStream (full verification)",
+        "sqlite: unary Append p99 @ 500/s",
+    ],
+    "checkpoints": [
+        "load: AppendStream",
+        "on-demand checkpoint p50",
+        "on-demand checkpoint p99",
+        "coverage lag p99",
+        "checkpoints published",
+        "entries per checkpoint (median gap)",
+    ],
+    "killswitch": [
+        "kill switch → canary 0 p50",
+        "kill switch → canary 0 p99",
+        "engage sent → canary 0 p99, no attack",
+        "engage sent → canary 0 p99, under attack",
+        "under attack / no attack (p99)",
+        "health checks answered under attack",
+        "attacker streams refused (RESOURCE_EXHAUSTED)",
+    ],
     "proofs": ["inclusion proof p99", "consistency proof p99"],
 }
 MARKS = {"ingest": [pytest.mark.kafka], "killswitch": [pytest.mark.kube]}
@@ -40,8 +67,14 @@ MARKS = {"ingest": [pytest.mark.kafka], "killswitch": [pytest.mark.kube]}
 
 def run_smoke(name: str, tmp: Path, *extra: str) -> dict:
     env = {**os.environ, "STEWARD_BENCH_RESULTS": str(tmp / "results"), "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", *extra], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--smoke", *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads((tmp / "results" / f"{name}.json").read_text())
 
@@ -58,8 +91,13 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
 
 
 def test_run_all_rejects_unknown_bench() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.run_all", "--only", "nope"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--only", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "unknown bench" in out.stderr
 
 
@@ -80,8 +118,14 @@ def test_ingest_profile_probes_every_step_of_an_append(tmp_path: Path) -> None:
     run_smoke("ingest", tmp_path, "--backends", "sqlite", "--profile", str(profile))
     doc = json.loads((profile / "sqlite-stream.json").read_text())
     probes = doc["probes"]
-    for step in ("LedgerServer.decode", "LedgerServer.check_signatures", "LedgerServer._fold_locked",
-                 "LedgerServer._write", "LedgerServer._store_batch", "SQLiteLogStore.append"):
+    for step in (
+        "LedgerServer.decode",
+        "LedgerServer.check_signatures",
+        "LedgerServer._fold_locked",
+        "LedgerServer._write",
+        "LedgerServer._store_batch",
+        "SQLiteLogStore.append",
+    ):
         calls, _wall, _cpu, items = probes[step]
         assert calls > 0 and items > 0, (step, probes[step])
     assert doc["stacks"]["samples"] > 0

@@ -42,27 +42,65 @@ class Cli:
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "STEWARD_SERVER": self.server}
-        proc = subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=self.workdir, env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", *args],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if ok:
-            assert proc.returncode == 0, f"steward {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == 0, (
+                f"steward {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
 
 def _steward(workdir: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=workdir, check=True,
-                   capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
-    for name in ("root1", "root2", "root3", "agent", "evalbot", "alice", "bob", "oncall", "controller", "ledger"):
+    for name in (
+        "root1",
+        "root2",
+        "root3",
+        "agent",
+        "evalbot",
+        "alice",
+        "bob",
+        "oncall",
+        "controller",
+        "ledger",
+    ):
         _steward(tmp_path, "keys", "new", f"{name}.pem")
     port_file = tmp_path / "port"
     server = start_python(
-        ["-m", "ledger.cli", "serve", "--db", str(tmp_path / "log.db"),
-         "--checkpoint-key", "ledger.pem", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-        tmp_path / "server.log", name="steward serve", cwd=tmp_path,
+        [
+            "-m",
+            "ledger.cli",
+            "serve",
+            "--db",
+            str(tmp_path / "log.db"),
+            "--checkpoint-key",
+            "ledger.pem",
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        tmp_path / "server.log",
+        name="steward serve",
+        cwd=tmp_path,
     )
     with server:
         yield Cli(tmp_path, f"127.0.0.1:{wait_for_port_file(port_file, 30, child=server)}")
@@ -78,8 +116,14 @@ class _Controller:
     def step(self, step: int, weight: int, phase: str) -> None:
         client = LedgerClient(self.cli.server, timeout=10, retries=0)
         try:
-            payload = RolloutStep(self.proposal, step, weight, phase, phase.lower(),
-                                  ObservedState(4, 0, 0, "registry.example/m:v1", ""))
+            payload = RolloutStep(
+                self.proposal,
+                step,
+                weight,
+                phase,
+                phase.lower(),
+                ObservedState(4, 0, 0, "registry.example/m:v1", ""),
+            )
             key = PrivateKey.load(self.cli.workdir / "controller.pem")
             client.append(sign(new_body("cli", payload), key))
         finally:
@@ -93,10 +137,28 @@ def _hash(output: str) -> str:
 
 
 def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
-    cli.run("ledger", "init", "--name", "cli", "--origin", "example.org/steward/cli",
-            "--root", "human:ada@example.org=root1.pub.pem", "--root", "human:grace@example.org=root2.pub.pem",
-            "--root", "human:edsger@example.org=root3.pub.pem", "--threshold", "2",
-            "--checkpoint-public", "ledger.pub.pem", "--key", "root1.pem", "--key", "root2.pem")
+    cli.run(
+        "ledger",
+        "init",
+        "--name",
+        "cli",
+        "--origin",
+        "example.org/steward/cli",
+        "--root",
+        "human:ada@example.org=root1.pub.pem",
+        "--root",
+        "human:grace@example.org=root2.pub.pem",
+        "--root",
+        "human:edsger@example.org=root3.pub.pem",
+        "--threshold",
+        "2",
+        "--checkpoint-public",
+        "ledger.pub.pem",
+        "--key",
+        "root1.pem",
+        "--key",
+        "root2.pem",
+    )
     roots = ("--key", "root1.pem", "--key", "root3.pem")
     for principal, key, roles in (
         ("agent:researcher-7", "agent", ("proposer", "approver")),
@@ -107,15 +169,46 @@ def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
         ("service:steward-controller", "controller", ("controller",)),
     ):
         role_args = [a for r in roles for a in ("--role", r)]
-        cli.run("grant", "--principal", principal, "--public-key", f"{key}.pub.pem", *role_args, *roots)
+        cli.run(
+            "grant", "--principal", principal, "--public-key", f"{key}.pub.pem", *role_args, *roots
+        )
     (cli.workdir / "policy.yaml").write_text(POLICY)
     cli.run("policy", "set", "policy.yaml", *roots)
 
-    proposal = _hash(cli.run("propose", "--target", "models/model-server", "--image", "registry.example/m:v2",
-                             "--key", "agent.pem").stdout)
+    proposal = _hash(
+        cli.run(
+            "propose",
+            "--target",
+            "models/model-server",
+            "--image",
+            "registry.example/m:v2",
+            "--key",
+            "agent.pem",
+        ).stdout
+    )
     short = proposal[:10]
-    cli.run("eval", "--proposal", short, "--suite", "safety", "--metric", "refusal_rate=0.99", "--key", "evalbot.pem")
-    cli.run("eval", "--proposal", short, "--suite", "quality", "--metric", "accuracy=0.9", "--key", "evalbot.pem")
+    cli.run(
+        "eval",
+        "--proposal",
+        short,
+        "--suite",
+        "safety",
+        "--metric",
+        "refusal_rate=0.99",
+        "--key",
+        "evalbot.pem",
+    )
+    cli.run(
+        "eval",
+        "--proposal",
+        short,
+        "--suite",
+        "quality",
+        "--metric",
+        "accuracy=0.9",
+        "--key",
+        "evalbot.pem",
+    )
 
     self_approval = cli.run("approve", "--proposal", short, "--key", "agent.pem", ok=False)
     assert self_approval.returncode == 1
@@ -132,17 +225,41 @@ def test_full_governance_flow_through_the_cli(cli: Cli) -> None:
     # the kill switch; the CLI's release and fresh approvals then name what binds them (#14).
     controller = _Controller(cli, bytes.fromhex(proposal))
     controller.step(0, 10, "STARTED")
-    engaged = _hash(cli.run("kill", "engage", "--target", "models/model-server", "--reason", "error spike",
-                            "--key", "oncall.pem").stdout)
+    engaged = _hash(
+        cli.run(
+            "kill",
+            "engage",
+            "--target",
+            "models/model-server",
+            "--reason",
+            "error spike",
+            "--key",
+            "oncall.pem",
+        ).stdout
+    )
     controller.step(0, 0, "ROLLED_BACK")
-    alone = cli.run("kill", "release", "--target", "models/model-server", "--key", "alice.pem", ok=False)
+    alone = cli.run(
+        "kill", "release", "--target", "models/model-server", "--key", "alice.pem", ok=False
+    )
     assert "THRESHOLD_NOT_MET" in alone.stderr
-    out = cli.run("kill", "release", "--target", "models/model-server", "--out", "release.evt", "--key", "alice.pem")
+    out = cli.run(
+        "kill",
+        "release",
+        "--target",
+        "models/model-server",
+        "--out",
+        "release.evt",
+        "--key",
+        "alice.pem",
+    )
     assert "binding to the engagement at seq" in out.stdout and f"({engaged[:12]})" in out.stdout
     cli.run("sign", "release.evt", "--key", "bob.pem")
     cli.run("submit", "release.evt")
     assert json.loads(cli.run("status", "--json").stdout)["kill_switches"] == []
-    assert "binding to the latest rollback" in cli.run("approve", "--proposal", short, "--key", "alice.pem").stdout
+    assert (
+        "binding to the latest rollback"
+        in cli.run("approve", "--proposal", short, "--key", "alice.pem").stdout
+    )
     cli.run("approve", "--proposal", short, "--key", "bob.pem")
     controller.step(0, 10, "STARTED")  # the fresh approvals count
 
@@ -168,10 +285,22 @@ def _entry_bytes(cli: Cli, seq: int) -> bytes:
 
 
 def test_cli_errors_name_the_problem(cli: Cli) -> None:
-    missing = cli.run("propose", "--target", "models", "--image", "x", "--key", "agent.pem", ok=False)
+    missing = cli.run(
+        "propose", "--target", "models", "--image", "x", "--key", "agent.pem", ok=False
+    )
     assert missing.returncode == 2 and "NAMESPACE/DEPLOYMENT" in missing.stderr
-    no_key = cli.run("grant", "--principal", "human:x@example.org", "--public-key", "alice.pem",
-                     "--role", "approver", "--key", "root1.pem", ok=False)
+    no_key = cli.run(
+        "grant",
+        "--principal",
+        "human:x@example.org",
+        "--public-key",
+        "alice.pem",
+        "--role",
+        "approver",
+        "--key",
+        "root1.pem",
+        ok=False,
+    )
     assert "private key" in no_key.stderr
     (cli.workdir / "bad.yaml").write_text("id: p\nselector: {namespace: models}\n")
     bad = cli.run("policy", "set", "bad.yaml", "--key", "root1.pem", ok=False)
@@ -179,7 +308,9 @@ def test_cli_errors_name_the_problem(cli: Cli) -> None:
 
 
 def test_help_teaches() -> None:
-    out = subprocess.run([sys.executable, "-m", "ledger.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for word in ("approve", "kill", "export", "STEWARD_SERVER", "a governance flow"):
         assert word in out
 
@@ -187,35 +318,106 @@ def test_help_teaches() -> None:
 def test_keys_new_principal_is_recorded_and_used_by_init_and_grant(tmp_path: Path) -> None:
     """`keys new --principal` writes the principal into the .pub.pem; `ledger init --root FILE`
     and `grant` without --principal take it from there; a key without one is told to name it."""
-    for name, principal in (("root-a", "human:ada@example.org"), ("root-b", "human:grace@example.org"),
-                            ("agent", "agent:researcher-7")):
+    for name, principal in (
+        ("root-a", "human:ada@example.org"),
+        ("root-b", "human:grace@example.org"),
+        ("agent", "agent:researcher-7"),
+    ):
         _steward(tmp_path, "keys", "new", f"{name}.pem", "--principal", principal)
     _steward(tmp_path, "keys", "new", "ledger.pem")
     _steward(tmp_path, "keys", "new", "anonymous.pem")
-    shown = subprocess.run([sys.executable, "-m", "ledger.cli", "keys", "show", "agent.pub.pem"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "keys", "show", "agent.pub.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "principal: agent:researcher-7" in shown.stdout, shown.stdout
 
     init = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "ledger", "init", "--name", "p", "--origin", "example.org/p",
-         "--root", "root-a.pub.pem", "--root", "root-b.pub.pem", "--threshold", "2",
-         "--checkpoint-public", "ledger.pub.pem", "--key", "root-a.pem", "--key", "root-b.pem",
-         "--out", "genesis.evt"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "ledger",
+            "init",
+            "--name",
+            "p",
+            "--origin",
+            "example.org/p",
+            "--root",
+            "root-a.pub.pem",
+            "--root",
+            "root-b.pub.pem",
+            "--threshold",
+            "2",
+            "--checkpoint-public",
+            "ledger.pub.pem",
+            "--key",
+            "root-a.pem",
+            "--key",
+            "root-b.pem",
+            "--out",
+            "genesis.evt",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert init.returncode == 0, init.stderr
     from ledger.formats import decode_body, decode_signed_event
 
     genesis = decode_body(decode_signed_event((tmp_path / "genesis.evt").read_bytes()).body).payload
-    assert [r.principal for r in genesis.roots] == ["human:ada@example.org", "human:grace@example.org"]
+    assert [r.principal for r in genesis.roots] == [
+        "human:ada@example.org",
+        "human:grace@example.org",
+    ]
 
     signing = ["--key", "root-a.pem", "--key", "root-b.pem", "--ledger-name", "p"]
-    grant = subprocess.run([sys.executable, "-m", "ledger.cli", "grant", "--public-key", "agent.pub.pem",
-                            "--role", "proposer", *signing, "--out", "grant.evt"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    grant = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "grant",
+            "--public-key",
+            "agent.pub.pem",
+            "--role",
+            "proposer",
+            *signing,
+            "--out",
+            "grant.evt",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert grant.returncode == 0, grant.stderr
     granted = decode_body(decode_signed_event((tmp_path / "grant.evt").read_bytes()).body).payload
     assert granted.principal == "agent:researcher-7"
 
-    unnamed = subprocess.run([sys.executable, "-m", "ledger.cli", "grant", "--public-key", "anonymous.pub.pem",
-                              "--role", "proposer", *signing, "--out", "x.evt"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert unnamed.returncode == 2 and "names no principal: give --principal" in unnamed.stderr, unnamed.stderr
+    unnamed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "grant",
+            "--public-key",
+            "anonymous.pub.pem",
+            "--role",
+            "proposer",
+            *signing,
+            "--out",
+            "x.evt",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unnamed.returncode == 2 and "names no principal: give --principal" in unnamed.stderr, (
+        unnamed.stderr
+    )

@@ -25,8 +25,9 @@ class GatedStore(SQLiteLogStore):
         self.gates: dict[int, threading.Event] = {}
         self.calls = 0
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         index, self.calls = self.calls, self.calls + 1  # only the server's writer thread appends
         gate = self.gates.get(index)
         if gate is not None and not gate.wait(30):
@@ -50,8 +51,9 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
     cast = Cast.create()
     flow = Flow(cast)
     store = GatedStore(tmp_path / "ledger.db")
-    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_entries=10**6,
-                          checkpoint_every_ms=0)
+    server = LedgerServer(
+        store, cast.checkpoint_key, checkpoint_every_entries=10**6, checkpoint_every_ms=0
+    )
     server.start()
     try:
         proposal = _with_a_proposal(server, flow)
@@ -64,6 +66,7 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
         def append(i: int) -> threading.Thread:
             def run() -> None:
                 results[i] = server.append(events[i])
+
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
             return thread
@@ -71,8 +74,10 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
         x = append(0)  # transaction 1, held at the store
         _until("the first transaction reached the store", lambda: store.calls == first + 1)
         group = [append(i) for i in range(1, 7)]  # checked meanwhile, stored in transaction 2
-        _until("six appends checked and waiting for the store",
-               lambda: sum(len(f.requests) for f in server.group_commit.folded) == 6)
+        _until(
+            "six appends checked and waiting for the store",
+            lambda: sum(len(f.requests) for f in server.group_commit.folded) == 6,
+        )
         gates[0].set()
         _until("the second transaction reached the store", lambda: store.calls == first + 2)
         gates[1].set()
@@ -83,14 +88,17 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
         for thread in [x, *group]:
             thread.join(5)
         waiting = [i for i, t in enumerate([x, *group]) if t.is_alive()]
-        assert waiting == [], f"callers {waiting} of a stored transaction still wait for the next one"
+        assert waiting == [], (
+            f"callers {waiting} of a stored transaction still wait for the next one"
+        )
         assert sorted(results) == list(range(7))
         gates[2].set()
         for thread in later:
             thread.join(10)
         assert sorted(results) == list(range(10))
-        assert 3 <= store.calls - first <= 5, \
+        assert 3 <= store.calls - first <= 5, (
             f"{store.calls - first} transactions, expected 3 to 5 (1, the queued 6 in one, the last 3)"
+        )
         assert len({r.seq for r in results.values()}) == 10
     finally:
         for gate in store.gates.values():
@@ -99,8 +107,9 @@ def test_a_stored_caller_does_not_wait_for_the_next_transaction(tmp_path: Path) 
         store.close()
 
 
-def test_a_slow_store_append_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_slow_store_append_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """An append the store holds up (a broker restarting) leaves a line in the server's log."""
     import logging
 
@@ -136,8 +145,9 @@ class CountingStore(SQLiteLogStore):
         super().__init__(path)
         self.calls: list[tuple[str, int | None]] = []
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         self.calls.append(("append", checkpoint[0] if checkpoint else None))
         return super().append(records, checkpoint)
 
@@ -153,8 +163,9 @@ def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -
     cast = Cast.create()
     flow = Flow(cast)
     store = CountingStore(tmp_path / "ledger.db")
-    server = LedgerServer(store, cast.checkpoint_key, checkpoint_every_entries=4,
-                          checkpoint_every_ms=60_000)
+    server = LedgerServer(
+        store, cast.checkpoint_key, checkpoint_every_entries=4, checkpoint_every_ms=60_000
+    )
     server.start()
     try:
         server.append(encode_signed_event(flow.genesis()))
@@ -166,8 +177,10 @@ def test_a_due_checkpoint_rides_in_the_next_batchs_transaction(tmp_path: Path) -
         # The policy's batch carried the checkpoint for the log before it; no extra transaction.
         assert store.calls == [("append", size_after_grants)]
         assert [cp.size for cp in server.checkpoints()][-1] == size_after_grants
-        assert [(c.size, c.note) for c in store.checkpoints()][-1] == \
-            (size_after_grants, server.checkpoints()[-1].note)
+        assert [(c.size, c.note) for c in store.checkpoints()][-1] == (
+            size_after_grants,
+            server.checkpoints()[-1].note,
+        )
         proposal = server.append(encode_signed_event(flow.propose())).leaf_hash
         store.calls.clear()
         server.append_batch([encode_signed_event(flow.health(proposal, 0)) for _ in range(4)])
@@ -188,8 +201,9 @@ class FailingStore(GatedStore):
         super().__init__(path)
         self.fail: set[int] = set()
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         index = self.calls
         positions = super().append([], None) if index in self.fail else None
         if positions is not None:
@@ -222,6 +236,7 @@ def test_a_failed_store_write_fails_every_group_checked_on_top_of_it(tmp_path: P
                     outcomes[name] = server.append_batch(batch)
                 except Exception as exc:  # the outcome is what is checked
                     outcomes[name] = exc
+
             thread = threading.Thread(target=go, daemon=True)
             thread.start()
             return thread

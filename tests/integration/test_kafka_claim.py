@@ -52,7 +52,9 @@ def admin(kafka_cluster: KafkaCluster) -> Iterator[Any]:
 
 
 def _claim_tokens(bootstrap: str, topic: str) -> list[str]:
-    return [json.loads(v)["token"] for _, _, v in committed_records(bootstrap, writers_topic(topic))]
+    return [
+        json.loads(v)["token"] for _, _, v in committed_records(bootstrap, writers_topic(topic))
+    ]
 
 
 class InterleavedStore(KafkaLogStore):
@@ -73,7 +75,8 @@ class InterleavedStore(KafkaLogStore):
 
 
 def test_a_dropped_store_whose_claim_is_not_the_last_is_fenced_without_fencing_the_newcomer(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
     stores: list[KafkaLogStore],
 ) -> None:
     config = make_config(ledger="claim-a")
@@ -89,8 +92,10 @@ def test_a_dropped_store_whose_claim_is_not_the_last_is_fenced_without_fencing_t
         old.append([(b"e3", b"by old, after the takeover")])
     message = str(caught.value)
     assert f"transactional id {config.effective_transactional_id}" in message
-    assert f"the last claim in {writers_topic(config.topic)} is claim {new.claim_token[:12]}" \
-        in message, message
+    assert (
+        f"the last claim in {writers_topic(config.topic)} is claim {new.claim_token[:12]}"
+        in message
+    ), message
     assert "checked before re-initialising" in message, message
     # For good: no re-claim later either, for appends or checkpoints.
     with pytest.raises(FencedError):
@@ -105,11 +110,14 @@ def test_a_dropped_store_whose_claim_is_not_the_last_is_fenced_without_fencing_t
     keys = [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)]
     assert keys == [b"e1", b"e2", b"e4"]
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [
-        old.claim_token, new.claim_token]
+        old.claim_token,
+        new.claim_token,
+    ]
 
 
 def test_a_fence_seen_inside_a_transaction_is_decided_at_once_by_the_claim_log(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
     stores: list[KafkaLogStore],
 ) -> None:
     """The old writer still holds its producer when the newcomer claims: its next transaction
@@ -125,11 +133,14 @@ def test_a_fence_seen_inside_a_transaction_is_decided_at_once_by_the_claim_log(
         old.append([(b"e2", b"by old, fenced")])
     new.append([(b"e2", b"by new")])
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
-        b"e1", b"e2"]
+        b"e1",
+        b"e2",
+    ]
 
 
 def test_a_claim_landing_between_the_check_and_the_init_fences_the_old_writer_not_the_new(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
     stores: list[KafkaLogStore],
 ) -> None:
     """The narrowest window: the old writer saw its own claim last, then the newcomer claimed
@@ -152,9 +163,13 @@ def test_a_claim_landing_between_the_check_and_the_init_fences_the_old_writer_no
     with pytest.raises(FencedError):
         old.append([(b"e3", b"by old")])
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
-        b"e1", b"e2"]
+        b"e1",
+        b"e2",
+    ]
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [
-        old.claim_token, new.claim_token]
+        old.claim_token,
+        new.claim_token,
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +177,8 @@ def test_a_claim_landing_between_the_check_and_the_init_fences_the_old_writer_no
 
 
 def test_a_dropped_store_whose_claim_is_still_the_last_re_claims_and_appends(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
     stores: list[KafkaLogStore],
 ) -> None:
     config = make_config(ledger="claim-b")
@@ -174,7 +190,9 @@ def test_a_dropped_store_whose_claim_is_still_the_last_re_claims_and_appends(
     store.save_checkpoint(2, "note\n")
     assert second[0] > first[0]
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
-        b"e1", b"e2"]
+        b"e1",
+        b"e2",
+    ]
     # A re-claim writes no new claim record: it only checks that the last one is ours.
     assert _claim_tokens(kafka_cluster.bootstrap_servers, config.topic) == [store.claim_token]
 
@@ -195,8 +213,10 @@ def _stray_init(client: str, bootstrap: str, transactional_id: str) -> None:
 
 @pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_an_epoch_bump_without_a_newer_claim_is_a_transient_loss(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
-    stores: list[KafkaLogStore], client: str,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
+    stores: list[KafkaLogStore],
+    client: str,
 ) -> None:
     """A producer that runs InitProducerId without claiming (an older Steward, a stray tool)
     fences our epoch but not our claim: the append in flight fails with a retryable error
@@ -207,23 +227,31 @@ def test_an_epoch_bump_without_a_newer_claim_is_a_transient_loss(
     stores.append(store)
     store.append([(b"e1", b"1")])
     _stray_init(client, kafka_cluster.bootstrap_servers, config.effective_transactional_id)
-    with pytest.raises(StoreUnavailableError, match=r"epoch was bumped .*_FENCED.*still ours: "
-                                               r"re-claimed, retry"):
+    with pytest.raises(
+        StoreUnavailableError,
+        match=r"epoch was bumped .*_FENCED.*still ours: "
+        r"re-claimed, retry",
+    ):
         store.append([(b"e2", b"2")])
     store.append([(b"e2", b"2")])
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] == [
-        b"e1", b"e2"]
+        b"e1",
+        b"e2",
+    ]
 
 
 def test_claim_records_name_the_claimant_and_carry_no_secrets(
-    make_config: Callable[..., KafkaStoreConfig], kafka_cluster: KafkaCluster,
+    make_config: Callable[..., KafkaStoreConfig],
+    kafka_cluster: KafkaCluster,
     stores: list[KafkaLogStore],
 ) -> None:
     config = make_config(ledger="claim-record")
     store = KafkaLogStore(config)
     stores.append(store)
     store.claim_writer()
-    [(_, key, value)] = committed_records(kafka_cluster.bootstrap_servers, writers_topic(config.topic))
+    [(_, key, value)] = committed_records(
+        kafka_cluster.bootstrap_servers, writers_topic(config.topic)
+    )
     record = json.loads(value)
     assert key == store.claim_token.encode()
     assert set(record) == {"token", "transactional_id", "topic", "host", "pid", "claimed_at_ms"}
@@ -238,36 +266,48 @@ def test_claim_records_name_the_claimant_and_carry_no_secrets(
 
 
 def test_a_missing_writers_topic_is_refused_naming_it_when_creation_is_off(
-    make_config: Callable[..., KafkaStoreConfig], admin: Any,
+    make_config: Callable[..., KafkaStoreConfig],
+    admin: Any,
 ) -> None:
     config = make_config(create_topics=False)
     for name in (config.topic, checkpoints_topic(config.topic)):
         assert create_topic(admin, name, TopicSettings())
     with pytest.raises(ConfigError) as caught:
         KafkaLogStore(config)
-    assert str(caught.value) == (f"topic {writers_topic(config.topic)}: does not exist "
-                                 f"(create it or let Steward create it)")
+    assert str(caught.value) == (
+        f"topic {writers_topic(config.topic)}: does not exist (create it or let Steward create it)"
+    )
 
 
 def test_a_misconfigured_writers_topic_is_refused_naming_it_and_the_setting(
-    make_config: Callable[..., KafkaStoreConfig], admin: Any,
+    make_config: Callable[..., KafkaStoreConfig],
+    admin: Any,
 ) -> None:
     config = make_config()
     for name in (config.topic, checkpoints_topic(config.topic)):
         assert create_topic(admin, name, TopicSettings())
     # Created by hand without retention settings: it inherits the broker's 7 days.
-    admin.create_topics({writers_topic(config.topic): {
-        "num_partitions": 1, "replication_factor": 1,
-        "configs": {"retention.bytes": "-1"}}})
+    admin.create_topics(
+        {
+            writers_topic(config.topic): {
+                "num_partitions": 1,
+                "replication_factor": 1,
+                "configs": {"retention.bytes": "-1"},
+            }
+        }
+    )
     time.sleep(0.5)
     with pytest.raises(ConfigError) as caught:
         KafkaLogStore(config)
-    assert str(caught.value) == (f"topic {writers_topic(config.topic)}: retention.ms is "
-                                 f"604800000, expected -1")
+    assert str(caught.value) == (
+        f"topic {writers_topic(config.topic)}: retention.ms is 604800000, expected -1"
+    )
 
 
 def test_the_store_creates_the_writers_topic_with_the_ledger_settings(
-    make_config: Callable[..., KafkaStoreConfig], admin: Any, stores: list[KafkaLogStore],
+    make_config: Callable[..., KafkaStoreConfig],
+    admin: Any,
+    stores: list[KafkaLogStore],
 ) -> None:
     from ledger.store.kafka_topic import check_topic
 
@@ -281,7 +321,8 @@ def test_the_store_creates_the_writers_topic_with_the_ledger_settings(
 
 
 def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving(
-    make_config: Callable[..., KafkaStoreConfig], stores: list[KafkaLogStore],
+    make_config: Callable[..., KafkaStoreConfig],
+    stores: list[KafkaLogStore],
 ) -> None:
     config = make_config(ledger="claim-server")
     cast = Cast.create()
@@ -289,9 +330,14 @@ def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving
     store = KafkaLogStore(config)
     stores.append(store)
     every_ms = 6000
-    running = serve(LedgerServerConfig(store=store, checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_entries=10_000,
-                                       checkpoint_every_ms=every_ms))
+    running = serve(
+        LedgerServerConfig(
+            store=store,
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_entries=10_000,
+            checkpoint_every_ms=every_ms,
+        )
+    )
     try:
         with LedgerClient(running.address, retries=0, timeout=60) as client:
             for event in (flow.genesis(), *flow.grants(), flow.policy()):
@@ -299,8 +345,9 @@ def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving
             size = client.head().size
             # Wait for a tick of the publisher; the next one is `every_ms` away.
             deadline = time.monotonic() + 3 * every_ms / 1000
-            while not (running.ledger.checkpoints() and
-                       running.ledger.checkpoints()[-1].size == size):
+            while not (
+                running.ledger.checkpoints() and running.ledger.checkpoints()[-1].size == size
+            ):
                 assert time.monotonic() < deadline, "the publisher never published"
                 time.sleep(0.05)
             ticked = time.monotonic()
@@ -315,8 +362,10 @@ def test_a_fence_seen_first_by_the_checkpoint_publisher_turns_health_not_serving
             with grpc.insecure_channel(running.address) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 deadline = time.monotonic() + 3 * every_ms / 1000
-                while health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status \
-                        != health_pb2.HealthCheckResponse.NOT_SERVING:
+                while (
+                    health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+                    != health_pb2.HealthCheckResponse.NOT_SERVING
+                ):
                     assert time.monotonic() < deadline, "health stayed SERVING after the fence"
                     time.sleep(0.1)
             assert running.ledger.fenced  # without any append after the takeover
@@ -339,17 +388,28 @@ def test_the_end_txn_unknown_server_error_is_recognised_as_it_is_raised() -> Non
     from ledger.store.kafka_errors import is_end_txn_unknown_error
 
     # What rd_kafka_txn_handle_EndTxn builds for it.
-    raised = KafkaException(KafkaError(KafkaError.UNKNOWN,
-                                       "EndTxn commit failed: Unknown broker error",
-                                       txn_requires_abort=True))
+    raised = KafkaException(
+        KafkaError(
+            KafkaError.UNKNOWN,
+            "EndTxn commit failed: Unknown broker error",
+            txn_requires_abort=True,
+        )
+    )
     assert is_end_txn_unknown_error(raised)
     try:
         raise StoreUnavailableError("wrapped") from raised
     except StoreUnavailableError as wrapped:
         assert is_end_txn_unknown_error(wrapped)
-    assert not is_end_txn_unknown_error(KafkaException(KafkaError(
-        KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",
-        retriable=True)))
-    assert not is_end_txn_unknown_error(KafkaException(KafkaError(
-        KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    assert not is_end_txn_unknown_error(
+        KafkaException(
+            KafkaError(
+                KafkaError._TIMED_OUT,
+                "Timed out waiting for operation to finish, retry call to resume",
+                retriable=True,
+            )
+        )
+    )
+    assert not is_end_txn_unknown_error(
+        KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    )
     assert not is_end_txn_unknown_error(TimeoutError("1 of 1 records not acknowledged"))

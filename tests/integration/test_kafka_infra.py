@@ -58,8 +58,9 @@ def test_ensure_creates_both_topics_with_the_required_settings(
 
 
 def _create_raw(admin: Any, name: str, partitions: int = 1, **configs: str) -> None:
-    admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
-                                "configs": configs}})
+    admin.create_topics(
+        {name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs}}
+    )
 
 
 _GOOD = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -72,14 +73,25 @@ _GOOD = {"retention.ms": "-1", "retention.bytes": "-1"}
         # Not set at all: inherited from the broker default of 7 days (needs config_filter=all).
         (1, {"retention.bytes": "-1"}, "retention.ms is 604800000, expected -1"),
         (1, {**_GOOD, "retention.ms": "86400000"}, "retention.ms is 86400000, expected -1"),
-        (1, {**_GOOD, "retention.bytes": "1073741824"}, "retention.bytes is 1073741824, expected -1"),
+        (
+            1,
+            {**_GOOD, "retention.bytes": "1073741824"},
+            "retention.bytes is 1073741824, expected -1",
+        ),
         (1, {**_GOOD, "cleanup.policy": "compact"}, "cleanup.policy is compact, expected delete"),
-        (1, {**_GOOD, "unclean.leader.election.enable": "true"},
-         "unclean.leader.election.enable is true, expected false"),
+        (
+            1,
+            {**_GOOD, "unclean.leader.election.enable": "true"},
+            "unclean.leader.election.enable is true, expected false",
+        ),
     ],
 )
 def test_a_wrongly_configured_topic_is_refused_naming_the_setting(
-    admin: Any, kafka_topic_name: str, partitions: int, configs: dict[str, str], message: str,
+    admin: Any,
+    kafka_topic_name: str,
+    partitions: int,
+    configs: dict[str, str],
+    message: str,
 ) -> None:
     _create_raw(admin, kafka_topic_name, partitions, **configs)
     time.sleep(0.5)
@@ -105,8 +117,11 @@ def test_settings_themselves_are_checked() -> None:
 def test_a_missing_topic_is_refused_when_creation_is_off(
     kafka_cluster: KafkaCluster, kafka_topic_name: str
 ) -> None:
-    config = KafkaStoreConfig(bootstrap_servers=kafka_cluster.bootstrap_servers,
-                              topic=kafka_topic_name, create_topics=False)
+    config = KafkaStoreConfig(
+        bootstrap_servers=kafka_cluster.bootstrap_servers,
+        topic=kafka_topic_name,
+        create_topics=False,
+    )
     with pytest.raises(ConfigError, match=f"topic {kafka_topic_name}: does not exist"):
         KafkaLogStore(config)
 
@@ -115,8 +130,9 @@ def test_the_store_refuses_a_wrong_topic(
     kafka_cluster: KafkaCluster, admin: Any, kafka_topic_name: str
 ) -> None:
     _create_raw(admin, kafka_topic_name, 2, **_GOOD)
-    config = KafkaStoreConfig(bootstrap_servers=kafka_cluster.bootstrap_servers,
-                              topic=kafka_topic_name)
+    config = KafkaStoreConfig(
+        bootstrap_servers=kafka_cluster.bootstrap_servers, topic=kafka_topic_name
+    )
     with pytest.raises(ConfigError, match="partitions is 2, expected 1"):
         KafkaLogStore(config)
 
@@ -128,9 +144,13 @@ def test_three_brokers_survive_the_loss_of_the_leader(
     """RF 3 / min ISR 2: kill the partition leader, appends go on, restart it, nothing lost."""
     cluster = kafka_cluster3
     assert cluster.node_ids == [1, 2, 3]
-    config = KafkaStoreConfig(bootstrap_servers=cluster.bootstrap_servers,
-                              topic=kafka_topic_name, replication_factor=3,
-                              min_insync_replicas=2, operation_timeout_s=30.0)
+    config = KafkaStoreConfig(
+        bootstrap_servers=cluster.bootstrap_servers,
+        topic=kafka_topic_name,
+        replication_factor=3,
+        min_insync_replicas=2,
+        operation_timeout_s=30.0,
+    )
     store = KafkaLogStore(config)
     try:
         admin = cluster.admin()

@@ -60,16 +60,40 @@ START_TIMEOUT = 180.0  # a busy 2-core machine: interpreter + Kafka clients + re
 class KafkaServer(LedgerServerProcess):
     """``python -m ledger.server`` on the topic; ``health`` asks its gRPC health service."""
 
-    def __init__(self, name: str, workdir: Path, key: Path, bootstrap: str, topic: str,
-                 extra: list[str] | None = None) -> None:
-        super().__init__(["-m", "ledger.server", "--kafka-bootstrap", bootstrap, "--topic", topic,
-                          "--checkpoint-key", str(key), "--checkpoint-every-entries", "64", *(extra or [])],
-                         workdir, name=name, start_timeout=START_TIMEOUT, stop_grace=60)
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        key: Path,
+        bootstrap: str,
+        topic: str,
+        extra: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            [
+                "-m",
+                "ledger.server",
+                "--kafka-bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--checkpoint-key",
+                str(key),
+                "--checkpoint-every-entries",
+                "64",
+                *(extra or []),
+            ],
+            workdir,
+            name=name,
+            start_timeout=START_TIMEOUT,
+            stop_grace=60,
+        )
 
     def health(self) -> int:
         with grpc.insecure_channel(self.address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=10)
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
             return int(reply.status)
 
 
@@ -96,8 +120,12 @@ def servers() -> Iterator[list[KafkaServer]]:
 def setup_ledger(address: str, flow: Flow, acked: dict[bytes, Receipt]) -> list[bytes]:
     """Genesis, grants, policy and 8 proposals; returns the proposals' leaf hashes."""
     with LedgerClient(address, timeout=60) as client:
-        events = [flow.genesis(), *flow.grants(), flow.policy(),
-                  *(flow.propose(f"registry.example/m:{i}", deployment=f"m-{i}") for i in range(8))]
+        events = [
+            flow.genesis(),
+            *flow.grants(),
+            flow.policy(),
+            *(flow.propose(f"registry.example/m:{i}", deployment=f"m-{i}") for i in range(8)),
+        ]
         for ev in events:
             data = encode_signed_event(ev)
             acked[data] = client.append(data)
@@ -133,8 +161,9 @@ def check_log(address: str, acked: dict[bytes, Receipt]) -> list[LogEntry]:
     assert head.size == len(entries)
     seq_of: dict[bytes, int] = {}
     for e in entries:
-        assert e.body.event_id not in seq_of, \
+        assert e.body.event_id not in seq_of, (
             f"event id at seq {seq_of[e.body.event_id]} and again at {e.seq}"
+        )
         seq_of[e.body.event_id] = e.seq
     for data, receipt in acked.items():
         seq = seq_of.get(event_id(data))
@@ -158,8 +187,12 @@ def replay_counts(server: KafkaServer) -> tuple[int, int]:
 
 def claim_tokens(bootstrap: str, topic: str) -> list[str]:
     """The tokens of the ledger's claim log ``<topic>.writers``, oldest first."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
     tp = TopicPartition(writers_topic(topic), 0)
     try:
         consumer.assign([tp])
@@ -174,8 +207,9 @@ def claim_tokens(bootstrap: str, topic: str) -> list[str]:
         consumer.close()
 
 
-def append_until_acked(client: LedgerClient, data: bytes, deadline: float,
-                       errors: list[LedgerRpcError]) -> Receipt:
+def append_until_acked(
+    client: LedgerClient, data: bytes, deadline: float, errors: list[LedgerRpcError]
+) -> Receipt:
     """Retry the same signed event on UNAVAILABLE/DEADLINE_EXCEEDED until it is acknowledged."""
     while True:
         try:
@@ -195,8 +229,11 @@ def append_until_acked(client: LedgerClient, data: bytes, deadline: float,
 
 
 def test_second_server_fences_the_first_and_nothing_forks(
-    tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str,
-    key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
+    tmp_path: Path,
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    key_and_flow: tuple[Path, Flow],
+    servers: list[KafkaServer],
 ) -> None:
     """The newcomer wins for good: the first server's appends may fail in any way while the
     second claims (issue #4: a failure that dropped its producer used to make it re-claim and
@@ -272,13 +309,21 @@ def test_second_server_fences_the_first_and_nothing_forks(
         t.join(300)
         assert not t.is_alive()
     # If the second server was fenced, the first one claimed the ledger back: its store lines say how.
-    assert not failures, (failures, [line for line in first.log().splitlines()
-                                     if "ledger." in line and "checkpoint_published" not in line])
+    assert not failures, (
+        failures,
+        [
+            line
+            for line in first.log().splitlines()
+            if "ledger." in line and "checkpoint_published" not in line
+        ],
+    )
 
     # The loser: UNAVAILABLE with the FENCED code and a message that says so; NOT_SERVING.
     assert fenced, "no client saw the first server fenced"
-    with LedgerClient(first.address, retries=0, timeout=30) as client, \
-            pytest.raises(LedgerRpcError) as caught:
+    with (
+        LedgerClient(first.address, retries=0, timeout=30) as client,
+        pytest.raises(LedgerRpcError) as caught,
+    ):
         client.append(next_event())
     err = caught.value
     assert err.code == grpc.StatusCode.UNAVAILABLE and err.violation_code == FENCED_CODE
@@ -310,13 +355,22 @@ def test_second_server_fences_the_first_and_nothing_forks(
 
 
 def test_broker_sigkill_during_appends_loses_and_doubles_nothing(
-    tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str,
-    key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
+    tmp_path: Path,
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    key_and_flow: tuple[Path, Flow],
+    servers: list[KafkaServer],
 ) -> None:
     key, flow = key_and_flow
     # Short store timeouts: appends fail fast (UNAVAILABLE) while the broker is down.
-    server = KafkaServer("server", tmp_path, key, kafka_cluster.bootstrap_servers, kafka_topic_name,
-                         extra=["--kafka-timeout", "10"])
+    server = KafkaServer(
+        "server",
+        tmp_path,
+        key,
+        kafka_cluster.bootstrap_servers,
+        kafka_topic_name,
+        extra=["--kafka-timeout", "10"],
+    )
     servers.append(server)
     server.start()
     acked: dict[bytes, Receipt] = {}
@@ -370,12 +424,18 @@ def test_broker_sigkill_during_appends_loses_and_doubles_nothing(
 # (d) records written around the server
 
 
-FOREIGN_KINDS = ("garbage", "bad signature", "wrong seq and prev", "unknown key",
-                 "a stored entry again")
+FOREIGN_KINDS = (
+    "garbage",
+    "bad signature",
+    "wrong seq and prev",
+    "unknown key",
+    "a stored entry again",
+)
 
 
-def foreign_record(kind: str, flow: Flow, stranger: PrivateKey, last: LogEntry,
-                   proposal: bytes) -> tuple[bytes, bytes]:
+def foreign_record(
+    kind: str, flow: Flow, stranger: PrivateKey, last: LogEntry, proposal: bytes
+) -> tuple[bytes, bytes]:
     """(key, value) of a record a producer that bypasses the server might write next.
 
     The signed ones carry the seq and prev the next entry really needs, so only their
@@ -387,8 +447,10 @@ def foreign_record(kind: str, flow: Flow, stranger: PrivateKey, last: LogEntry,
     if kind == "garbage":
         return b"junk", b"\x00\x01 not an entry at all"
     if kind == "bad signature":
-        flipped = SignedEvent(good.body, tuple(
-            Signature(s.key_id, bytes(b ^ 0xFF for b in s.sig)) for s in good.signatures))
+        flipped = SignedEvent(
+            good.body,
+            tuple(Signature(s.key_id, bytes(b ^ 0xFF for b in s.sig)) for s in good.signatures),
+        )
         return event_id, make_entry(seq, prev, flipped, now).entry_bytes
     if kind == "wrong seq and prev":
         return event_id, make_entry(seq + 7, bytes(32), good, now).entry_bytes
@@ -400,8 +462,11 @@ def foreign_record(kind: str, flow: Flow, stranger: PrivateKey, last: LogEntry,
 
 
 def test_records_written_around_the_server_are_skipped_and_counted(
-    tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str,
-    key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
+    tmp_path: Path,
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    key_and_flow: tuple[Path, Flow],
+    servers: list[KafkaServer],
 ) -> None:
     from controller.replay import Replayer
     from ledger.projection_schema import invalid_records_table
@@ -439,8 +504,13 @@ def test_records_written_around_the_server_are_skipped_and_counted(
     assert replay_counts(server) == (len(acked), len(foreign))
     # Each for its own reason: the signed ones with the right seq are caught by verification.
     reasons = re.findall(r"replay_skip position=\d+ (?:seq=\d+ )?reason=(\w+)", server.log())
-    assert reasons[-len(foreign):] == ["malformed", "BAD_SIGNATURE", "SEQ_MISMATCH", "UNKNOWN_KEY",
-                                       "SEQ_MISMATCH"]
+    assert reasons[-len(foreign) :] == [
+        "malformed",
+        "BAD_SIGNATURE",
+        "SEQ_MISMATCH",
+        "UNKNOWN_KEY",
+        "SEQ_MISMATCH",
+    ]
     with LedgerClient(server.address, retries=0, timeout=30) as client:
         for _ in range(5):
             data = next_event()
@@ -454,8 +524,9 @@ def test_records_written_around_the_server_are_skipped_and_counted(
     expected = fresh_dump(valid)
     valid.close()
 
-    reader = KafkaLogStore(KafkaStoreConfig(kafka_cluster.bootstrap_servers, kafka_topic_name,
-                                            operation_timeout_s=30))
+    reader = KafkaLogStore(
+        KafkaStoreConfig(kafka_cluster.bootstrap_servers, kafka_topic_name, operation_timeout_s=30)
+    )
     try:
         # A Projector of our own over the topic: invalid_records rows, rows = the valid fold.
         engine = sqlite_engine(tmp_path / "reader-projections.db")
@@ -478,14 +549,23 @@ def test_records_written_around_the_server_are_skipped_and_counted(
 
 
 def test_server_projections_follow_a_kafka_log(
-    tmp_path: Path, kafka_cluster: KafkaCluster, kafka_topic_name: str,
-    key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
+    tmp_path: Path,
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    key_and_flow: tuple[Path, Flow],
+    servers: list[KafkaServer],
 ) -> None:
     from steward.v1 import query_pb2, query_pb2_grpc
 
     key, flow = key_and_flow
-    server = KafkaServer("server", tmp_path, key, kafka_cluster.bootstrap_servers, kafka_topic_name,
-                         extra=["--projections", str(tmp_path / "projections.db")])
+    server = KafkaServer(
+        "server",
+        tmp_path,
+        key,
+        kafka_cluster.bootstrap_servers,
+        kafka_topic_name,
+        extra=["--projections", str(tmp_path / "projections.db")],
+    )
     servers.append(server)
     server.start()
     acked: dict[bytes, Receipt] = {}
@@ -497,10 +577,12 @@ def test_server_projections_follow_a_kafka_log(
             acked[data] = client.append(data)
     stub = query_pb2_grpc.QueryServiceStub(grpc.insecure_channel(server.address))
     wait_until = time.monotonic() + 20
-    while (status := stub.GetProjectionStatus(query_pb2.GetProjectionStatusRequest(),
-                                              timeout=10)).size < len(acked):
-        assert time.monotonic() < wait_until, \
+    while (
+        status := stub.GetProjectionStatus(query_pb2.GetProjectionStatusRequest(), timeout=10)
+    ).size < len(acked):
+        assert time.monotonic() < wait_until, (
             f"projections stuck at {status.size} of {len(acked)} entries"
+        )
         time.sleep(0.2)
 
 
@@ -513,14 +595,22 @@ CHUNK_C = 250
 
 
 def test_leader_loss_during_5000_appends_on_three_brokers(
-    tmp_path: Path, kafka_cluster3: KafkaCluster, kafka_topic_name: str,
-    key_and_flow: tuple[Path, Flow], servers: list[KafkaServer],
+    tmp_path: Path,
+    kafka_cluster3: KafkaCluster,
+    kafka_topic_name: str,
+    key_and_flow: tuple[Path, Flow],
+    servers: list[KafkaServer],
 ) -> None:
     key, flow = key_and_flow
     cluster = kafka_cluster3
-    server = KafkaServer("server", tmp_path, key, cluster.bootstrap_servers, kafka_topic_name,
-                         extra=["--replication-factor", "3", "--min-insync-replicas", "2",
-                                "--kafka-timeout", "20"])
+    server = KafkaServer(
+        "server",
+        tmp_path,
+        key,
+        cluster.bootstrap_servers,
+        kafka_topic_name,
+        extra=["--replication-factor", "3", "--min-insync-replicas", "2", "--kafka-timeout", "20"],
+    )
     servers.append(server)
     server.start()
     acked: dict[bytes, Receipt] = {}
@@ -543,7 +633,7 @@ def test_leader_loss_during_5000_appends_on_three_brokers(
     started = time.monotonic()
     with LedgerClient(server.address, retries=0, timeout=30) as client:
         for i in range(0, TOTAL_C, CHUNK_C):
-            chunk = events[i:i + CHUNK_C]
+            chunk = events[i : i + CHUNK_C]
             if i >= TOTAL_C * 3 // 10 and killer is None:
                 # Killed from another thread so that the kill lands while batches are in flight.
                 killer = threading.Thread(target=kill_leader)
@@ -572,9 +662,11 @@ def test_leader_loss_during_5000_appends_on_three_brokers(
     server.stop()
     server.start()
     assert replay_counts(server) == (len(entries), 0)
-    print(f"leader {killed[0]} killed (transaction coordinator: {coordinator[0]}); "
-          f"{retried_chunks} chunk(s) retried; new leader {new_leader}; "
-          f"{time.monotonic() - started:.0f}s for {TOTAL_C} appends")
+    print(
+        f"leader {killed[0]} killed (transaction coordinator: {coordinator[0]}); "
+        f"{retried_chunks} chunk(s) retried; new leader {new_leader}; "
+        f"{time.monotonic() - started:.0f}s for {TOTAL_C} appends"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,7 +674,9 @@ def test_leader_loss_during_5000_appends_on_three_brokers(
 
 
 def test_command_line_refuses_bad_kafka_options(
-    tmp_path: Path, key_and_flow: tuple[Path, Flow], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    key_and_flow: tuple[Path, Flow],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ledger.server import _projections_url, build_parser, main
@@ -599,9 +693,14 @@ def test_command_line_refuses_bad_kafka_options(
         main([*base, "--db", str(tmp_path / "x.db")])  # exactly one store
     parse = build_parser().parse_args
     assert _projections_url(parse([*base, "--topic", "t"])) is None  # 'same' on Kafka: none
-    assert _projections_url(parse([*base, "--topic", "t", "--projections", "p.db"])) == "sqlite:///p.db"
-    assert _projections_url(parse([*base, "--topic", "t", "--projections", "postgresql://h/db"])) \
+    assert (
+        _projections_url(parse([*base, "--topic", "t", "--projections", "p.db"]))
+        == "sqlite:///p.db"
+    )
+    assert (
+        _projections_url(parse([*base, "--topic", "t", "--projections", "postgresql://h/db"]))
         == "postgresql://h/db"
+    )
     sqlite = ["--db", "l.db", "--checkpoint-key", str(key)]
     assert _projections_url(parse(sqlite)) == "sqlite:///l.db"
     assert _projections_url(parse([*sqlite, "--projections", "off"])) is None

@@ -84,37 +84,85 @@ class Ledger:
         return self.cluster.security.password(user)
 
     def security_flags(self, user: str, *, ca: str | None = None) -> list[str]:
-        return ["--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", "SCRAM-SHA-512",
-                "--kafka-sasl-username", user, "--kafka-sasl-password-env", PASSWORD_ENV,
-                "--kafka-ssl-cafile", ca or self.ca]
+        return [
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username",
+            user,
+            "--kafka-sasl-password-env",
+            PASSWORD_ENV,
+            "--kafka-ssl-cafile",
+            ca or self.ca,
+        ]
 
-    def server(self, name: str, user: str = "ledger", *, flags: list[str] | None = None,
-               password: str | None = None, topic: str | None = None,
-               create_topics: bool = False) -> Server:
+    def server(
+        self,
+        name: str,
+        user: str = "ledger",
+        *,
+        flags: list[str] | None = None,
+        password: str | None = None,
+        topic: str | None = None,
+        create_topics: bool = False,
+    ) -> Server:
         port_file = self.workdir / f"{name}.port"
         log_file = self.workdir / f"{name}.log"
-        args = [sys.executable, "-m", "ledger.server", "--kafka-bootstrap", self.bootstrap,
-                "--topic", topic or self.topic, "--kafka-timeout", "10",
-                *([] if create_topics else ["--no-create-topics"]),
-                "--checkpoint-key", str(self.key), "--port-file", str(port_file),
-                "--checkpoint-every-entries", "4", "--checkpoint-every-ms", "0",
-                "--projections", "off",
-                *(flags if flags is not None else self.security_flags(user))]
+        args = [
+            sys.executable,
+            "-m",
+            "ledger.server",
+            "--kafka-bootstrap",
+            self.bootstrap,
+            "--topic",
+            topic or self.topic,
+            "--kafka-timeout",
+            "10",
+            *([] if create_topics else ["--no-create-topics"]),
+            "--checkpoint-key",
+            str(self.key),
+            "--port-file",
+            str(port_file),
+            "--checkpoint-every-entries",
+            "4",
+            "--checkpoint-every-ms",
+            "0",
+            "--projections",
+            "off",
+            *(flags if flags is not None else self.security_flags(user)),
+        ]
         env = {**os.environ, PASSWORD_ENV: password or self.password(user)}
         with log_file.open("wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         self.procs.append(proc)
         return Server(proc, port_file, log_file)
 
-    def audit(self, user: str = "auditor", *, ca: str | None = None,
-              password: str | None = None, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    def audit(
+        self,
+        user: str = "auditor",
+        *,
+        ca: str | None = None,
+        password: str | None = None,
+        capsys: pytest.CaptureFixture[str],
+    ) -> tuple[int, str]:
         trust = self.workdir / "trust.json"
         trust.write_text(json.dumps(Builder(seed=SEED).trust()))
         os.environ[PASSWORD_ENV] = password or self.password(user)
         try:
-            code = audit_main(["verify", "--kafka", self.bootstrap, "--topic", self.topic,
-                               "--trust-root", str(trust), "--no-progress",
-                               *self.security_flags(user, ca=ca)])
+            code = audit_main(
+                [
+                    "verify",
+                    "--kafka",
+                    self.bootstrap,
+                    "--topic",
+                    self.topic,
+                    "--trust-root",
+                    str(trust),
+                    "--no-progress",
+                    *self.security_flags(user, ca=ca),
+                ]
+            )
         finally:
             del os.environ[PASSWORD_ENV]
         captured = capsys.readouterr()
@@ -122,9 +170,19 @@ class Ledger:
 
     def controller_store(self, user: str = "controller") -> object:
         """The store `steward-controller --store kafka:BOOTSTRAP/TOPIC` opens, same flags."""
-        args = controller_parser().parse_args([
-            "--ledger", "127.0.0.1:1", "--key", "unused", "--namespace", "models",
-            "--store", f"kafka:{self.bootstrap}/{self.topic}", *self.security_flags(user)])
+        args = controller_parser().parse_args(
+            [
+                "--ledger",
+                "127.0.0.1:1",
+                "--key",
+                "unused",
+                "--namespace",
+                "models",
+                "--store",
+                f"kafka:{self.bootstrap}/{self.topic}",
+                *self.security_flags(user),
+            ]
+        )
         os.environ[PASSWORD_ENV] = self.password(user)
         try:
             store, _source = open_store(args.store, security_from_args(args))
@@ -163,8 +221,9 @@ class Server:
 
 
 @pytest.fixture
-def ledger(kafka_secured_cluster: KafkaCluster, kafka_topic_name: str,
-           tmp_path: Path) -> Iterator[Ledger]:
+def ledger(
+    kafka_secured_cluster: KafkaCluster, kafka_topic_name: str, tmp_path: Path
+) -> Iterator[Ledger]:
     """Topics created by the operator (the admin), each role holding exactly its ACLs."""
     cast = Cast.create(seed=SEED)
     key = tmp_path / "checkpoint.pem"
@@ -175,9 +234,14 @@ def ledger(kafka_secured_cluster: KafkaCluster, kafka_topic_name: str,
         ensure_ledger_topics(admin, found.topic, TopicSettings())
     finally:
         admin.close()
-    grants = {f"User:{role_user}": role_acls(role, found.topic)
-              for role, role_user in (("writer", "ledger"), ("reader", "controller"),
-                                      ("auditor", "auditor"))}
+    grants = {
+        f"User:{role_user}": role_acls(role, found.topic)
+        for role, role_user in (
+            ("writer", "ledger"),
+            ("reader", "controller"),
+            ("auditor", "auditor"),
+        )
+    }
     for principal, acls in grants.items():
         grant_acls(kafka_secured_cluster, principal, acls)
     try:
@@ -209,8 +273,13 @@ def _fill(address: str, flow: Flow) -> int:
 def _names_acl(text: str, acl: KafkaAcl) -> bool:
     """Whether `text` names the ACL to add: its operation and its resource."""
     resource = {"topic": "topic", "transactional-id": "transactional-id"}[acl.resource_type]
-    return bool(re.search(rf"ACL {re.escape(acl.operation)}( \([^)]*\))? on "
-                          rf"{resource} {re.escape(acl.name)}\b", text))
+    return bool(
+        re.search(
+            rf"ACL {re.escape(acl.operation)}( \([^)]*\))? on "
+            rf"{resource} {re.escape(acl.name)}\b",
+            text,
+        )
+    )
 
 
 def _measure(label: str, started: float) -> float:
@@ -232,7 +301,8 @@ def _report_timings() -> Iterator[None]:
 
 
 def test_each_role_works_with_exactly_its_acls(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str],
+    ledger: Ledger,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = ledger.server("writer")
     address = server.wait()
@@ -302,8 +372,10 @@ def test_the_writer_names_each_missing_acl(ledger: Ledger) -> None:
             text, took = _writer_fails_naming(ledger, acl, f"without-{i}")
         finally:
             grant_acls(ledger.cluster, "User:ledger", [acl])
-        MEASURED[f"writer without {acl.operation} on {acl.resource_type} "
-                 f"{acl.name.replace(ledger.topic, 'T')}"] = took
+        MEASURED[
+            f"writer without {acl.operation} on {acl.resource_type} "
+            f"{acl.name.replace(ledger.topic, 'T')}"
+        ] = took
         assert _names_acl(text, acl), f"without {acl}: {text[-2000:]}"
         assert took < FAIL_FAST_S, f"without {acl}: {took:.1f}s"
 
@@ -341,8 +413,11 @@ def test_the_controller_names_each_missing_acl(ledger: Ledger) -> None:
                 store.close()  # type: ignore[attr-defined]
         finally:
             grant_acls(ledger.cluster, "User:controller", [acl])
-        took = _measure(f"controller without {acl.operation} on {acl.resource_type} "
-                        f"{acl.name.replace(ledger.topic, 'T')}", started)
+        took = _measure(
+            f"controller without {acl.operation} on {acl.resource_type} "
+            f"{acl.name.replace(ledger.topic, 'T')}",
+            started,
+        )
         assert _names_acl(str(refused.value), acl), f"without {acl}: {refused.value}"
         assert took < FAIL_FAST_S
 
@@ -358,11 +433,26 @@ def test_the_controller_process_exits_naming_the_acl(ledger: Ledger, tmp_path: P
     try:
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "controller.main", "--ledger", "127.0.0.1:1", "--key", str(key),
-             "--namespace", "models", "--store", f"kafka:{ledger.bootstrap}/{ledger.topic}",
-             *ledger.security_flags("controller")],
-            capture_output=True, text=True, cwd=REPO, timeout=120,
-            env={**os.environ, PASSWORD_ENV: ledger.password("controller")})
+            [
+                sys.executable,
+                "-m",
+                "controller.main",
+                "--ledger",
+                "127.0.0.1:1",
+                "--key",
+                str(key),
+                "--namespace",
+                "models",
+                "--store",
+                f"kafka:{ledger.bootstrap}/{ledger.topic}",
+                *ledger.security_flags("controller"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**os.environ, PASSWORD_ENV: ledger.password("controller")},
+        )
         _measure("controller process exit (missing ACL)", started)
     finally:
         grant_acls(ledger.cluster, "User:controller", [acl])
@@ -371,7 +461,8 @@ def test_the_controller_process_exits_naming_the_acl(ledger: Ledger, tmp_path: P
 
 
 def test_the_auditor_names_each_missing_acl(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str],
+    ledger: Ledger,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = ledger.server("writer")
     address = server.wait()
@@ -385,8 +476,11 @@ def test_the_auditor_names_each_missing_acl(
             code, out = ledger.audit(capsys=capsys)
         finally:
             grant_acls(ledger.cluster, "User:auditor", [acl])
-        took = _measure(f"auditor without {acl.operation} on {acl.resource_type} "
-                        f"{acl.name.replace(ledger.topic, 'T')}", started)
+        took = _measure(
+            f"auditor without {acl.operation} on {acl.resource_type} "
+            f"{acl.name.replace(ledger.topic, 'T')}",
+            started,
+        )
         assert code == 2, out
         assert _names_acl(out, acl), out
         assert took < FAIL_FAST_S
@@ -397,17 +491,28 @@ def test_the_auditor_names_each_missing_acl(
 
 
 def test_bad_credentials_and_tls_fail_fast_naming_the_cause(
-    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    ledger: Ledger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     stranger = CertificateAuthority(tmp_path / "other-ca").create()
     wrong = "not-the-password"
     cases = {
-        "wrong password": (ledger.security_flags("ledger"), wrong,
-                           "SASL authentication failed: wrong user name or password"),
-        "untrusted CA": (ledger.security_flags("ledger", ca=str(stranger.cert_file)), None,
-                         "not signed by a CA this client trusts"),
+        "wrong password": (
+            ledger.security_flags("ledger"),
+            wrong,
+            "SASL authentication failed: wrong user name or password",
+        ),
+        "untrusted CA": (
+            ledger.security_flags("ledger", ca=str(stranger.cert_file)),
+            None,
+            "not signed by a CA this client trusts",
+        ),
         "plaintext client on the TLS listener": (
-            ["--kafka-security-protocol", "PLAINTEXT"], None, "the listener expects TLS"),
+            ["--kafka-security-protocol", "PLAINTEXT"],
+            None,
+            "the listener expects TLS",
+        ),
     }
     for label, (flags, password, cause) in cases.items():
         server = ledger.server(label.replace(" ", "-"), flags=flags, password=password)
@@ -444,8 +549,11 @@ def _readme_kafka_block() -> list[str]:
 
 @pytest.mark.slow
 def test_readme_example_on_three_secured_brokers(
-    kafka_secured_cluster3: KafkaCluster, kafka_topic_name: str, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    kafka_secured_cluster3: KafkaCluster,
+    kafka_topic_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ledger.cli import main as steward_main
 
@@ -492,7 +600,11 @@ def test_readme_example_on_three_secured_brokers(
     env = {**os.environ, "STEWARD_KAFKA_PASSWORD": cluster.security.password("ledger")}
     proc = subprocess.Popen(
         [sys.executable, *server_line[1:], "--port-file", str(port_file), "--kafka-timeout", "20"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         server = Server(proc, port_file, tmp_path / "none.log")
         address = server.wait()
@@ -502,8 +614,16 @@ def test_readme_example_on_three_secured_brokers(
         # directory the README's relative file names (ca.pem) are in.
         monkeypatch.chdir(tmp_path)
         args = controller_parser().parse_args(
-            ["--ledger", "127.0.0.1:1", "--key", "unused", "--namespace", "models",
-             *[a for a in controller_line[1:] if a != "..."]])
+            [
+                "--ledger",
+                "127.0.0.1:1",
+                "--key",
+                "unused",
+                "--namespace",
+                "models",
+                *[a for a in controller_line[1:] if a != "..."],
+            ]
+        )
         os.environ["STEWARD_KAFKA_PASSWORD"] = cluster.security.password("controller")
         try:
             store, _ = open_store(args.store, security_from_args(args))
@@ -527,8 +647,13 @@ def _parse_kafka_acls_line(line: str) -> tuple[str, KafkaAcl]:
     """(principal, ACL) from one `steward kafka acls` output line."""
     words = shlex.split(line)
     value = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
-    for flag, kind in (("--topic", "topic"), ("--transactional-id", "transactional-id"),
-                       ("--group", "group")):
+    for flag, kind in (
+        ("--topic", "topic"),
+        ("--transactional-id", "transactional-id"),
+        ("--group", "group"),
+    ):
         if flag in value:
             return value["--allow-principal"], KafkaAcl(kind, value[flag], value["--operation"], "")
-    return value["--allow-principal"], KafkaAcl("cluster", "kafka-cluster", value["--operation"], "")
+    return value["--allow-principal"], KafkaAcl(
+        "cluster", "kafka-cluster", value["--operation"], ""
+    )

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def store_factory(make_config: Callable[..., KafkaStoreConfig]) -> Iterator[Callable[..., LogStore]]:
+def store_factory(
+    make_config: Callable[..., KafkaStoreConfig],
+) -> Iterator[Callable[..., LogStore]]:
     opened: list[KafkaLogStore] = []
 
     def make(reopen: KafkaLogStore | None = None) -> LogStore:
@@ -68,13 +70,20 @@ def test_positions_are_offsets_and_end_is_the_last_stable_offset(
     assert second == [3]
     assert store.end_position() == 5
     assert committed_records(kafka_cluster.bootstrap_servers, store.topic) == [
-        (0, b"a", b"1"), (1, b"b", b"2"), (3, b"c", b"3")]
+        (0, b"a", b"1"),
+        (1, b"b", b"2"),
+        (3, b"c", b"3"),
+    ]
 
 
 def _end_offset(bootstrap: str, topic: str, isolation_level: str) -> int:
     """kafka-python's end offset of partition 0 (read_committed: the last stable offset)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level=isolation_level, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+    )
     tp = TopicPartition(topic, 0)
     try:
         return int(consumer.end_offsets([tp])[tp])
@@ -99,8 +108,9 @@ def test_an_open_transaction_of_another_producer_holds_the_end_back(
     assert isinstance(store, KafkaLogStore)
     store.append([(b"a", b"1")])  # offset 0, its commit marker 1
     assert store.end_position() == 2
-    other = Producer({"bootstrap.servers": bootstrap,
-                      "transactional.id": f"steward-test-foreign-{store.topic}"})
+    other = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"steward-test-foreign-{store.topic}"}
+    )
     other.init_transactions(30)
     other.begin_transaction()
     for i in range(3):
@@ -144,8 +154,11 @@ def test_a_failed_end_offset_query_is_unavailable_and_the_next_one_starts_afresh
         first = store._end_offsets.consumer
         assert first is not None
         started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match=r"asking the end offset of .*-missing failed: "
-                                                   r"_UNKNOWN_PARTITION"):
+        with pytest.raises(
+            StoreUnavailableError,
+            match=r"asking the end offset of .*-missing failed: "
+            r"_UNKNOWN_PARTITION",
+        ):
             store._end_offset(TopicPartition(store.topic + "-missing", 0))
         assert 0.8 < time.monotonic() - started < 10
         assert store._end_offsets.consumer is None
@@ -174,7 +187,9 @@ def test_a_second_writer_fences_the_first(
             first.save_checkpoint(1, "late note\n")
         pos = second.append([(b"e2", b"by second")])
         assert [(r.key, r.value) for r in second.read(0)] == [
-            (b"e1", b"by first"), (b"e2", b"by second")]
+            (b"e1", b"by first"),
+            (b"e2", b"by second"),
+        ]
         assert [r.position for r in first.read(pos[0])] == pos  # reading still works
         keys = [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)]
         assert keys == [b"e1", b"e2"]
@@ -207,8 +222,9 @@ def test_fenced_writer_mid_transaction_leaves_nothing_visible(
         with pytest.raises(FencedError, match="fenced"):
             first.append([(b"after", b"x")])
         assert [r.key for r in second.read(0)] == [b"ok"]
-        assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)] \
-            == [b"ok"]
+        assert [
+            k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, config.topic)
+        ] == [b"ok"]
     finally:
         first.close()
         second.close()
@@ -250,14 +266,19 @@ def test_checkpoints_live_in_the_companion_topic(
     store.save_checkpoint(7, "origin\n7\nhash\n")
     assert store.checkpoints_topic == store.topic + ".checkpoints"
     assert committed_records(kafka_cluster.bootstrap_servers, store.checkpoints_topic) == [
-        (0, b"7", b"origin\n7\nhash\n")]
+        (0, b"7", b"origin\n7\nhash\n")
+    ]
     assert list(store.read(0)) == []
 
 
 def test_secrets_stay_out_of_repr(make_config: Callable[..., KafkaStoreConfig]) -> None:
-    config = make_config(security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
-                         sasl_plain_username="steward", sasl_plain_password="hunter2",
-                         ssl_password="s3cret")
+    config = make_config(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_plain_username="steward",
+        sasl_plain_password="hunter2",
+        ssl_password="s3cret",
+    )
     assert "hunter2" not in repr(config) and "s3cret" not in repr(config)
     options = config.client_options()
     assert options["sasl_plain_password"] == "hunter2"
@@ -271,11 +292,19 @@ def test_secrets_stay_out_of_repr(make_config: Callable[..., KafkaStoreConfig]) 
 
 def _secured(make_config: Callable[..., KafkaStoreConfig]) -> KafkaStoreConfig:
     """A config with every security option and both timeouts set."""
-    return make_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                       sasl_plain_username="steward", sasl_plain_password="hunter2",
-                       ssl_cafile="ca.pem", ssl_certfile="client.pem", ssl_keyfile="client.key",
-                       ssl_password="s3cret", ssl_check_hostname=False,
-                       request_timeout_ms=7000, operation_timeout_s=20.0)
+    return make_config(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="steward",
+        sasl_plain_password="hunter2",
+        ssl_cafile="ca.pem",
+        ssl_certfile="client.pem",
+        ssl_keyfile="client.key",
+        ssl_password="s3cret",
+        ssl_check_hostname=False,
+        request_timeout_ms=7000,
+        operation_timeout_s=20.0,
+    )
 
 
 def test_producer_options_use_librdkafka_names(
@@ -284,15 +313,29 @@ def test_producer_options_use_librdkafka_names(
     config = _secured(make_config)
     options = config.producer_options()
     assert options == {
-        "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
-        "security.protocol": "SASL_SSL", "request.timeout.ms": 7000, "socket.timeout.ms": 7000,
-        "message.timeout.ms": 20000, "message.max.bytes": 8 * 1024 * 1024,
-        "allow.auto.create.topics": False, "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "steward", "sasl.password": "hunter2", "ssl.ca.location": "ca.pem",
-        "ssl.certificate.location": "client.pem", "ssl.key.location": "client.key",
-        "ssl.key.password": "s3cret", "ssl.endpoint.identification.algorithm": "none"}
-    assert make_config(security_protocol="SSL").producer_options()[
-        "ssl.endpoint.identification.algorithm"] == "https"
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": "steward-ledger",
+        "security.protocol": "SASL_SSL",
+        "request.timeout.ms": 7000,
+        "socket.timeout.ms": 7000,
+        "message.timeout.ms": 20000,
+        "message.max.bytes": 8 * 1024 * 1024,
+        "allow.auto.create.topics": False,
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "steward",
+        "sasl.password": "hunter2",
+        "ssl.ca.location": "ca.pem",
+        "ssl.certificate.location": "client.pem",
+        "ssl.key.location": "client.key",
+        "ssl.key.password": "s3cret",
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+    assert (
+        make_config(security_protocol="SSL").producer_options()[
+            "ssl.endpoint.identification.algorithm"
+        ]
+        == "https"
+    )
     plain = make_config().producer_options()
     assert "ssl.endpoint.identification.algorithm" not in plain and "sasl.password" not in plain
     # librdkafka itself accepts every name and value (a real client is created, then closed).
@@ -306,14 +349,24 @@ def test_end_consumer_options_use_librdkafka_names(
     config = _secured(make_config)
     options = config.end_consumer_options()
     assert options == {
-        "bootstrap.servers": config.bootstrap_servers, "client.id": "steward-ledger",
-        "security.protocol": "SASL_SSL", "socket.timeout.ms": 7000,
-        "group.id": END_OFFSETS_GROUP, "enable.auto.commit": False,
-        "enable.auto.offset.store": False, "isolation.level": "read_committed",
-        "allow.auto.create.topics": False, "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "steward", "sasl.password": "hunter2", "ssl.ca.location": "ca.pem",
-        "ssl.certificate.location": "client.pem", "ssl.key.location": "client.key",
-        "ssl.key.password": "s3cret", "ssl.endpoint.identification.algorithm": "none"}
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": "steward-ledger",
+        "security.protocol": "SASL_SSL",
+        "socket.timeout.ms": 7000,
+        "group.id": END_OFFSETS_GROUP,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "allow.auto.create.topics": False,
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "steward",
+        "sasl.password": "hunter2",
+        "ssl.ca.location": "ca.pem",
+        "ssl.certificate.location": "client.pem",
+        "ssl.key.location": "client.key",
+        "ssl.key.password": "s3cret",
+        "ssl.endpoint.identification.algorithm": "none",
+    }
     producer = config.producer_options()
     shared = {k: v for k, v in producer.items() if k in options}
     assert shared == {k: v for k, v in options.items() if k in producer}
@@ -328,8 +381,11 @@ def test_a_configuration_librdkafka_refuses_is_a_config_error(
     retried as unavailable; the message names the property."""
     store = KafkaLogStore(make_config(transaction_timeout_ms=500))  # librdkafka's minimum: 1000
     try:
-        with pytest.raises(ConfigError, match=r"transactional producer refused its configuration"
-                                              r".*transaction\.timeout\.ms"):
+        with pytest.raises(
+            ConfigError,
+            match=r"transactional producer refused its configuration"
+            r".*transaction\.timeout\.ms",
+        ):
             store.claim_writer()
     finally:
         store.close()
@@ -338,8 +394,12 @@ def test_a_configuration_librdkafka_refuses_is_a_config_error(
 def test_closed_store_refuses_everything(store_factory: Callable[..., LogStore]) -> None:
     store = store_factory()
     store.close()
-    for call in (lambda: list(store.read(0)), store.end_position, store.checkpoints,
-                 lambda: store.save_checkpoint(1, "x")):
+    for call in (
+        lambda: list(store.read(0)),
+        store.end_position,
+        store.checkpoints,
+        lambda: store.save_checkpoint(1, "x"),
+    ):
         with pytest.raises(StoreError):
             call()
 
@@ -356,7 +416,9 @@ def test_a_retried_in_doubt_batch_is_not_written_twice(
     store._drop_producer()
     assert store.append(batch) == offsets
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, store.topic)] == [
-        b"ev-1", b"ev-2"]
+        b"ev-1",
+        b"ev-2",
+    ]
     # The in-doubt state is gone: the same records appended again are a new batch.
     assert store.append(batch)[0] > offsets[-1]
 
@@ -372,23 +434,33 @@ def test_a_delivery_failure_inside_a_transaction_aborts_it(
     store = store_factory()
     assert isinstance(store, KafkaLogStore)
     store.append([(b"k1", b"v1")])
-    with pytest.raises(StoreUnavailableError, match="flushing the batch failed: MSG_SIZE_TOO_LARGE"):
+    with pytest.raises(
+        StoreUnavailableError, match="flushing the batch failed: MSG_SIZE_TOO_LARGE"
+    ):
         store.append([(b"small", b"fits"), (b"huge", b"x" * (2 * 1024 * 1024))])
     assert store._producer is None  # aborted and dropped: the next append re-claims
     # Aborted at once (k1 0, its marker 1, "small" 2, the abort marker 3): nothing left open
     # holds read_committed readers back until the transaction timeout.
-    wait_for("the aborted transaction to stop holding the LSO", lambda: store.end_position() >= 4, 10,
-             every=0.05)
+    wait_for(
+        "the aborted transaction to stop holding the LSO",
+        lambda: store.end_position() >= 4,
+        10,
+        every=0.05,
+    )
     store.append([(b"k2", b"v2")])
     store.append([(b"k3", b"v3")])
     assert [r.key for r in store.read(0)] == [b"k1", b"k2", b"k3"]
     assert [k for _, k, _ in committed_records(kafka_cluster.bootstrap_servers, store.topic)] == [
-        b"k1", b"k2", b"k3"]
+        b"k1",
+        b"k2",
+        b"k3",
+    ]
 
 
 def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
     """What each error class means for the store (the real fence is raised in
     test_fenced_writer_mid_transaction_leaves_nothing_visible; these are the others)."""
+
     def raised(code: int, **flags: bool) -> KafkaException:
         return KafkaException(KafkaError(code, "as librdkafka words it", **flags))
 
@@ -396,8 +468,11 @@ def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
     assert is_fencing(raised(KafkaError.PRODUCER_FENCED))
     assert is_fencing(raised(KafkaError.INVALID_PRODUCER_EPOCH))
     # Fatal, but nobody else initialised: an ACL or protocol problem, not a takeover.
-    for code in (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                 KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.INVALID_TXN_STATE):
+    for code in (
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_TXN_STATE,
+    ):
         assert not is_fencing(raised(code, fatal=True))
     assert not is_fencing(raised(KafkaError._TIMED_OUT, retriable=True))
     assert not is_fencing(TimeoutError("1 of 1 records not acknowledged within 5.0s"))
@@ -410,8 +485,13 @@ def test_fenced_versus_retry_classification_of_librdkafka_errors() -> None:
     except StoreUnavailableError as outer:
         assert is_fencing(outer)
     # Kafka 4.2's EndTxn UNKNOWN_SERVER_ERROR, as librdkafka raises it from commit_transaction.
-    unknown = KafkaException(KafkaError(KafkaError.UNKNOWN, "EndTxn commit failed: Unknown "
-                                        "broker error", txn_requires_abort=True))
+    unknown = KafkaException(
+        KafkaError(
+            KafkaError.UNKNOWN,
+            "EndTxn commit failed: Unknown broker error",
+            txn_requires_abort=True,
+        )
+    )
     assert is_end_txn_unknown_error(unknown) and not is_fencing(unknown)
     assert is_end_txn_unknown_error(raised(KafkaError._FENCED, fatal=True))
     assert not is_end_txn_unknown_error(raised(KafkaError._TIMED_OUT, retriable=True))
@@ -423,9 +503,16 @@ def test_librdkafka_lines_are_logged_without_a_flood(caplog: pytest.LogCaptureFi
     refused connection again at every reconnect; one WARNING per distinct line, the rest at
     DEBUG, and the next WARNING of the line counts them."""
     rdlog = LibrdkafkaLog("steward-test-log", window=60.0)
-    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "reconnect.backoff.ms": 10,
-                         "reconnect.backoff.max.ms": 50, "message.timeout.ms": 3000,
-                         "logger": rdlog, "error_cb": rdlog.error})
+    producer = Producer(
+        {
+            "bootstrap.servers": "127.0.0.1:1",
+            "reconnect.backoff.ms": 10,
+            "reconnect.backoff.max.ms": 50,
+            "message.timeout.ms": 3000,
+            "logger": rdlog,
+            "error_cb": rdlog.error,
+        }
+    )
     caplog.set_level(logging.DEBUG, logger="kafka.librdkafka")
     producer.produce("t", value=b"v")
     assert producer.flush(5) == 0  # the record times out after message.timeout.ms
@@ -455,8 +542,11 @@ def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfi
     left to the next InitProducerId), nothing of a failed batch ever shows, and the retried
     batch lands exactly once after the restart."""
     with KafkaCluster(brokers=1) as cluster:
-        config = make_config(bootstrap_servers=cluster.bootstrap_servers,
-                             operation_timeout_s=5.0, request_timeout_ms=3000)
+        config = make_config(
+            bootstrap_servers=cluster.bootstrap_servers,
+            operation_timeout_s=5.0,
+            request_timeout_ms=3000,
+        )
         store = KafkaLogStore(config)
         try:
             store.append([(b"before", b"1")])
@@ -464,8 +554,10 @@ def test_broker_killed_then_restarted(make_config: Callable[..., KafkaStoreConfi
             started = time.monotonic()
             # Not acknowledged in time: librdkafka's message timeout (= operation_timeout_s) or
             # ours on flush(), whichever fires first.
-            with pytest.raises(StoreUnavailableError,
-                               match=r"flushing the batch failed: (_MSG_TIMED_OUT|TimeoutError)"):
+            with pytest.raises(
+                StoreUnavailableError,
+                match=r"flushing the batch failed: (_MSG_TIMED_OUT|TimeoutError)",
+            ):
                 store.append([(b"lost", b"x")])
             # Bounded: flush (5 s) + the abort's floor (1 s) + dropping the producer, which
             # must not wait for anything (Producer.close() would: see OwnedProducer).

@@ -28,6 +28,7 @@ K8S = REPO / "k8s"
 CONTROLLER_SA = "system:serviceaccount:steward-system:steward-controller"
 PROPOSAL = "ab" * 32
 
+
 def pods_of(core: client.CoreV1Api, ns: str, app: str) -> list[client.V1Pod]:
     return list(core.list_namespaced_pod(ns, label_selector=f"app={app}").items)
 
@@ -41,8 +42,9 @@ def is_ready(pod: client.V1Pod) -> bool:
 def steward_installed(kube_cluster: LocalCluster) -> Iterator[str]:
     """``kubectl apply -k k8s/`` once for the module; returns kubectl's output."""
     out = kube_cluster.kubectl("apply", "-k", str(K8S)).stdout
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/modelrollouts.steward.dev")
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modelrollouts.steward.dev"
+    )
     yield out
 
 
@@ -58,8 +60,10 @@ def test_server_is_the_version_we_built(kube_cluster: LocalCluster) -> None:
 
 
 def test_sample_deployment_becomes_available_then_rolls_on_image_change(
-    kube_cluster: LocalCluster, kube_namespace: str,
-    apps: client.AppsV1Api, core: client.CoreV1Api,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
 ) -> None:
     ns = kube_namespace
     kube_cluster.kubectl("apply", "-k", str(K8S / "sample"), "-n", ns)
@@ -80,8 +84,14 @@ def test_sample_deployment_becomes_available_then_rolls_on_image_change(
 
     old_rs = {rs.metadata.name for rs in apps.list_namespaced_replica_set(ns).items}
     assert len(old_rs) == 1
-    kube_cluster.kubectl("set", "image", "deployment/model-server",
-                         "server=example.com/models/model-server:v2", "-n", ns)
+    kube_cluster.kubectl(
+        "set",
+        "image",
+        "deployment/model-server",
+        "server=example.com/models/model-server:v2",
+        "-n",
+        ns,
+    )
 
     def rolled() -> list[client.V1ReplicaSet] | None:
         d = apps.read_namespaced_deployment("model-server", ns)
@@ -89,9 +99,11 @@ def test_sample_deployment_becomes_available_then_rolls_on_image_change(
         new = [rs for rs in sets if rs.metadata.name not in old_rs]
         done = (
             d.status.observed_generation == d.metadata.generation
-            and d.status.updated_replicas == 4 and d.status.ready_replicas == 4
+            and d.status.updated_replicas == 4
+            and d.status.ready_replicas == 4
             and (d.status.replicas or 0) == 4
-            and len(new) == 1 and new[0].status.ready_replicas == 4
+            and len(new) == 1
+            and new[0].status.ready_replicas == 4
         )
         return sets if done else None
 
@@ -102,34 +114,48 @@ def test_sample_deployment_becomes_available_then_rolls_on_image_change(
     new_rs = next(rs for name, rs in by_name.items() if name != old)
     assert new_rs.spec.template.spec.containers[0].image.endswith(":v2")
     # Old pods really go away (KWOK's pod-delete stage), leaving 4 pods of the new image.
-    wait_for("old pods to be deleted", lambda: len(pods_of(core, ns, "model-server")) == 4,
-             60, every=0.5)
+    wait_for(
+        "old pods to be deleted", lambda: len(pods_of(core, ns, "model-server")) == 4, 60, every=0.5
+    )
     images = {p.spec.containers[0].image for p in pods_of(core, ns, "model-server")}
     assert images == {"example.com/models/model-server:v2"}
 
 
 def test_failing_image_pods_crashloop_and_never_become_ready(
-    kube_cluster: LocalCluster, kube_namespace: str,
-    apps: client.AppsV1Api, core: client.CoreV1Api,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
 ) -> None:
     ns = kube_namespace
-    kube_cluster.kubectl("apply", "-n", ns, "-f", "-",
-                         input=json.dumps(deployment_manifest("broken", FAIL_IMAGE, 2, container="app")))
+    kube_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps(deployment_manifest("broken", FAIL_IMAGE, 2, container="app")),
+    )
 
     def crashlooping() -> list[client.V1Pod] | None:
         pods = pods_of(core, ns, "broken")
         if len(pods) != 2:
             return None
         for p in pods:
-            waiting = [s.state.waiting for s in p.status.container_statuses or []
-                       if s.state and s.state.waiting]
+            waiting = [
+                s.state.waiting
+                for s in p.status.container_statuses or []
+                if s.state and s.state.waiting
+            ]
             if p.status.phase != "Running" or not waiting:
                 return None
             if any(w.reason != "CrashLoopBackOff" for w in waiting):
                 return None
         return pods
 
-    first = wait_for("pods of the failing image to be in CrashLoopBackOff", crashlooping, 60, every=0.5)
+    first = wait_for(
+        "pods of the failing image to be in CrashLoopBackOff", crashlooping, 60, every=0.5
+    )
     assert not any(is_ready(p) for p in first)
     # Phase stays Running, so the ReplicaSet keeps these pods instead of churning new ones.
     time.sleep(3)
@@ -141,16 +167,25 @@ def test_failing_image_pods_crashloop_and_never_become_ready(
 
 
 def test_apply_k8s_installs_steward_and_modelrollouts_print_columns(
-    kube_cluster: LocalCluster, kube_namespace: str, steward_installed: str,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    steward_installed: str,
 ) -> None:
-    for obj in ("customresourcedefinition.apiextensions.k8s.io/modelrollouts.steward.dev",
-                "serviceaccount/steward-controller", "deployment.apps/steward-ledger",
-                "deployment.apps/steward-controller", "service/steward-ledger",
-                "service/steward-controller"):
+    for obj in (
+        "customresourcedefinition.apiextensions.k8s.io/modelrollouts.steward.dev",
+        "serviceaccount/steward-controller",
+        "deployment.apps/steward-ledger",
+        "deployment.apps/steward-controller",
+        "service/steward-ledger",
+        "service/steward-controller",
+    ):
         assert obj in steward_installed
     for name in ("steward-ledger", "steward-controller"):
-        dep = json.loads(kube_cluster.kubectl(
-            "get", "deployment", name, "-n", "steward-system", "-o", "json").stdout)
+        dep = json.loads(
+            kube_cluster.kubectl(
+                "get", "deployment", name, "-n", "steward-system", "-o", "json"
+            ).stdout
+        )
         probe = dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
         # The ledger serves mutual TLS on 7443, which kubelet's gRPC probe cannot speak; it
         # answers health alone, plaintext, on 7445 (--health-listen).
@@ -161,14 +196,34 @@ def test_apply_k8s_installs_steward_and_modelrollouts_print_columns(
         "apiVersion": "steward.dev/v1alpha1",
         "kind": "ModelRollout",
         "metadata": {"name": "model-server-rollout"},
-        "spec": {"proposal": PROPOSAL, "target": "model-server",
-                 "candidateImage": "example.com/models/model-server:v2"},
+        "spec": {
+            "proposal": PROPOSAL,
+            "target": "model-server",
+            "candidateImage": "example.com/models/model-server:v2",
+        },
     }
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(rollout))
-    status = {"status": {"phase": "Progressing", "step": 2, "weight": 25, "approvals": 2,
-                         "lastSeq": 41, "message": "holding at 25%"}}
-    kube_cluster.kubectl("patch", "modelrollout", "model-server-rollout", "-n", ns,
-                         "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    status = {
+        "status": {
+            "phase": "Progressing",
+            "step": 2,
+            "weight": 25,
+            "approvals": 2,
+            "lastSeq": 41,
+            "message": "holding at 25%",
+        }
+    }
+    kube_cluster.kubectl(
+        "patch",
+        "modelrollout",
+        "model-server-rollout",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
 
     table = kube_cluster.kubectl("get", "modelrollouts", "-n", ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "PROPOSAL", "PHASE", "STEP", "WEIGHT", "AGE"]
@@ -195,8 +250,10 @@ def can_i(cluster: LocalCluster, verb: str, resource: str, ns: str | None) -> bo
 ALLOWED = [
     *[(v, "deployments.apps") for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "pods") for v in ("get", "list", "watch")],
-    *[(v, "modelrollouts.steward.dev")
-      for v in ("get", "list", "watch", "create", "patch", "update")],
+    *[
+        (v, "modelrollouts.steward.dev")
+        for v in ("get", "list", "watch", "create", "patch", "update")
+    ],
     *[(v, "modelrollouts.steward.dev/status") for v in ("get", "patch", "update")],
     ("create", "events"),
     ("create", "events.events.k8s.io"),
@@ -217,7 +274,9 @@ FORBIDDEN = [
 
 
 def test_controller_rbac_allows_exactly_what_it_needs(
-    kube_cluster: LocalCluster, kube_namespace: str, steward_installed: str,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    steward_installed: str,
 ) -> None:
     ns = kube_namespace
     refused_but_needed = [(v, r) for v, r in ALLOWED if not can_i(kube_cluster, v, r, ns)]
@@ -232,13 +291,25 @@ def test_controller_rbac_allows_exactly_what_it_needs(
     assert not can_i(kube_cluster, "get", "secrets", "steward-system")
 
     # A real request as the service account is refused by the API server, not just by can-i.
-    out = kube_cluster.kubectl("delete", "secret", "anything", "-n", ns, f"--as={CONTROLLER_SA}",
-                               check=False)
+    out = kube_cluster.kubectl(
+        "delete", "secret", "anything", "-n", ns, f"--as={CONTROLLER_SA}", check=False
+    )
     assert out.returncode != 0 and "Forbidden" in out.stderr
     # And an allowed one goes through: a server-side apply that creates a canary Deployment.
-    canary = deployment_manifest("model-server-canary", "example.com/models/model-server:v2", 1, container="app")
-    kube_cluster.kubectl("apply", "--server-side", "--field-manager=steward-controller",
-                         "-n", ns, f"--as={CONTROLLER_SA}", "-f", "-",
-                         input=json.dumps(canary))
-    kube_cluster.kubectl("delete", "deployment", "model-server-canary", "-n", ns,
-                         f"--as={CONTROLLER_SA}")
+    canary = deployment_manifest(
+        "model-server-canary", "example.com/models/model-server:v2", 1, container="app"
+    )
+    kube_cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=steward-controller",
+        "-n",
+        ns,
+        f"--as={CONTROLLER_SA}",
+        "-f",
+        "-",
+        input=json.dumps(canary),
+    )
+    kube_cluster.kubectl(
+        "delete", "deployment", "model-server-canary", "-n", ns, f"--as={CONTROLLER_SA}"
+    )

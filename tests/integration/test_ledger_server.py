@@ -66,7 +66,13 @@ class Env:
             latest = None
         return self.client.head(), latest, len(self.client.checkpoints())
 
-    def refused(self, event: SignedEvent | bytes, code: grpc.StatusCode, violation: str, field: str | None = None) -> LedgerRpcError:
+    def refused(
+        self,
+        event: SignedEvent | bytes,
+        code: grpc.StatusCode,
+        violation: str,
+        field: str | None = None,
+    ) -> LedgerRpcError:
         before = self.state()
         with pytest.raises(LedgerRpcError) as info:
             self.client.append(event)
@@ -79,8 +85,14 @@ class Env:
 
 
 def _start(tmp_path: Path, cast: Cast, **config: object) -> RunningServer:
-    return serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                    checkpoint_every_ms=0, **config))  # type: ignore[arg-type]
+    return serve(
+        LedgerServerConfig(
+            store=tmp_path / "ledger.db",
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_ms=0,
+            **config,
+        )
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -118,14 +130,22 @@ def test_full_governance_flow(env: Env) -> None:
     # The agent's own approval is refused: SELF_APPROVAL when its key may approve at all
     # (the scenario's cast decides), else ROLE_REQUIRED.
     if "approver" in env.cast["agent"].roles:
-        env.refused(flow.approve(p, evals, "agent"), CODE.FAILED_PRECONDITION, "SELF_APPROVAL", "signatures")
+        env.refused(
+            flow.approve(p, evals, "agent"), CODE.FAILED_PRECONDITION, "SELF_APPROVAL", "signatures"
+        )
     else:
-        env.refused(flow.approve(p, evals, "agent"), CODE.PERMISSION_DENIED, "ROLE_REQUIRED", "signatures")
+        env.refused(
+            flow.approve(p, evals, "agent"), CODE.PERMISSION_DENIED, "ROLE_REQUIRED", "signatures"
+        )
     # Nor with another key of the same principal: separation of duties counts principals.
     second = env.cast.extra_key("agent-approver")
     env.ok(flow.grant_key(env.cast["agent"].principal, second, ("approver",)))
-    env.refused(flow.signed_by_keys(ApprovalRecorded(p, "APPROVE", evals, "mine"), second),
-                CODE.FAILED_PRECONDITION, "SELF_APPROVAL", "signatures")
+    env.refused(
+        flow.signed_by_keys(ApprovalRecorded(p, "APPROVE", evals, "mine"), second),
+        CODE.FAILED_PRECONDITION,
+        "SELF_APPROVAL",
+        "signatures",
+    )
     env.ok(flow.approve(p, evals, "alice"))
     env.ok(flow.approve(p, evals, "bob"))
     env.ok(flow.step(p, 0, 10, "STARTED"))
@@ -133,12 +153,18 @@ def test_full_governance_flow(env: Env) -> None:
     env.ok(flow.kill(scope))
     env.refused(flow.step(p, 1, 50, "ADVANCED"), CODE.FAILED_PRECONDITION, "KILL_SWITCH_ENGAGED")
     env.ok(flow.step(p, 0, 0, "ROLLED_BACK"))
-    env.refused(flow.release(scope, signers=("alice",)), CODE.PERMISSION_DENIED, "THRESHOLD_NOT_MET")
+    env.refused(
+        flow.release(scope, signers=("alice",)), CODE.PERMISSION_DENIED, "THRESHOLD_NOT_MET"
+    )
     env.ok(flow.release(scope))
 
     entries = list(env.client.read(0))
     assert [e.seq for e in entries] == list(range(len(entries)))
-    assert [e.body.type for e in entries][-3:] == ["KillSwitchEngaged", "RolloutStep", "KillSwitchReleased"]
+    assert [e.body.type for e in entries][-3:] == [
+        "KillSwitchEngaged",
+        "RolloutStep",
+        "KillSwitchReleased",
+    ]
     assert env.client.genesis().body.type == "LedgerGenesis"
     tree = MerkleTree.from_leaves(e.leaf_hash for e in entries)
     assert env.client.head().root == tree.root()
@@ -166,8 +192,12 @@ def test_truncated_avro(env: Env) -> None:
 
 def test_unknown_schema_fingerprint(env: Env) -> None:
     data = encode_signed_event(_valid(env))
-    env.refused(SINGLE_OBJECT_MAGIC + b"\x01" * 8 + data[10:], CODE.INVALID_ARGUMENT,
-                "UNKNOWN_SCHEMA", "fingerprint")
+    env.refused(
+        SINGLE_OBJECT_MAGIC + b"\x01" * 8 + data[10:],
+        CODE.INVALID_ARGUMENT,
+        "UNKNOWN_SCHEMA",
+        "fingerprint",
+    )
 
 
 def test_unknown_body_fingerprint(env: Env) -> None:
@@ -178,8 +208,10 @@ def test_unknown_body_fingerprint(env: Env) -> None:
 
 def test_oversized_event_is_invalid_argument(env: Env) -> None:
     event = _valid(env)
-    big = SignedEvent(SINGLE_OBJECT_MAGIC + EVENT_BODY_SCHEMA.fingerprint + b"\x00" * (MAX_ENTRY_BYTES + 1),
-                      event.signatures)
+    big = SignedEvent(
+        SINGLE_OBJECT_MAGIC + EVENT_BODY_SCHEMA.fingerprint + b"\x00" * (MAX_ENTRY_BYTES + 1),
+        event.signatures,
+    )
     env.refused(big, CODE.INVALID_ARGUMENT, "MALFORMED")
 
 
@@ -200,7 +232,9 @@ def test_bad_signature(env: Env) -> None:
     event = _valid(env)
     sig = event.signatures[0]
     forged = Signature(sig.key_id, bytes([sig.sig[0] ^ 1]) + sig.sig[1:])
-    env.refused(SignedEvent(event.body, (forged,)), CODE.UNAUTHENTICATED, "BAD_SIGNATURE", "signatures[0]")
+    env.refused(
+        SignedEvent(event.body, (forged,)), CODE.UNAUTHENTICATED, "BAD_SIGNATURE", "signatures[0]"
+    )
 
 
 def test_unknown_key(env: Env) -> None:
@@ -237,7 +271,12 @@ def test_missing_evals(env: Env) -> None:
     _base(env)
     p = env.ok(env.flow.propose())
     e1 = env.ok(env.flow.eval(p, "safety", 0.99))
-    env.refused(env.flow.approve(p, (e1,), "alice"), CODE.FAILED_PRECONDITION, "EVALS_MISSING", "payload.evals")
+    env.refused(
+        env.flow.approve(p, (e1,), "alice"),
+        CODE.FAILED_PRECONDITION,
+        "EVALS_MISSING",
+        "payload.evals",
+    )
 
 
 def test_kill_switch_in_force(env: Env) -> None:
@@ -270,7 +309,9 @@ def test_old_signature_on_a_new_body(env: Env) -> None:
     env.ok(event)
     body = decode_body(event.body)
     new_body_bytes = sign(replace(body, event_id=b"\x11" * 16)).body  # no signature of its own
-    env.refused(SignedEvent(new_body_bytes, event.signatures), CODE.UNAUTHENTICATED, "BAD_SIGNATURE")
+    env.refused(
+        SignedEvent(new_body_bytes, event.signatures), CODE.UNAUTHENTICATED, "BAD_SIGNATURE"
+    )
 
 
 def test_genesis_with_another_checkpoint_key(env: Env) -> None:
@@ -280,7 +321,9 @@ def test_genesis_with_another_checkpoint_key(env: Env) -> None:
         wrong = env.flow.genesis()
     finally:
         env.cast.checkpoint_key = real
-    err = env.refused(wrong, CODE.FAILED_PRECONDITION, "CHECKPOINT_KEY_MISMATCH", "payload.checkpoint_public_key")
+    err = env.refused(
+        wrong, CODE.FAILED_PRECONDITION, "CHECKPOINT_KEY_MISMATCH", "payload.checkpoint_public_key"
+    )
     assert "checkpoint key" in err.message
     env.ok(env.flow.genesis())
 
@@ -289,8 +332,9 @@ def test_rule_order_before_genesis(env: Env) -> None:
     env.refused(env.flow.propose(), CODE.FAILED_PRECONDITION, "GENESIS_MISPLACED")
 
 
-def test_internal_error_hides_the_details(env: Env, monkeypatch: pytest.MonkeyPatch,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_internal_error_hides_the_details(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     event = _valid(env)
 
     def boom(*_a: object, **_k: object) -> None:
@@ -338,7 +382,9 @@ def test_append_stream_checks_a_large_batch_in_the_signature_worker(env: Env) ->
         event = env.flow.propose()
         if i in (7, 40):
             sig = event.signatures[0]
-            event = SignedEvent(event.body, (Signature(sig.key_id, sig.sig[:-1] + bytes([sig.sig[-1] ^ 1])),))
+            event = SignedEvent(
+                event.body, (Signature(sig.key_id, sig.sig[:-1] + bytes([sig.sig[-1] ^ 1])),)
+            )
         events.append(event)
     checker = env.running.ledger.checker
     assert checker.processes == 1  # this machine has two cores
@@ -347,8 +393,11 @@ def test_append_stream_checks_a_large_batch_in_the_signature_worker(env: Env) ->
     for i, r in enumerate(results):
         if i in (7, 40):
             assert isinstance(r, LedgerRpcError), i
-            assert (r.code, r.violation_code, r.field) == (CODE.UNAUTHENTICATED, "BAD_SIGNATURE",
-                                                           "signatures[0]")
+            assert (r.code, r.violation_code, r.field) == (
+                CODE.UNAUTHENTICATED,
+                "BAD_SIGNATURE",
+                "signatures[0]",
+            )
         else:
             assert isinstance(r, Receipt), (i, r)
     assert env.client.head().size == results[-1].seq + 1
@@ -386,7 +435,9 @@ def test_get_out_of_range(env: Env) -> None:
 
 
 def test_checkpoints_every_n_entries_and_on_demand_are_consistent(env: Env) -> None:
-    _base(env)  # genesis, then 8 grants in one batch (checkpoint at 9: a batch may overshoot), policy
+    _base(
+        env
+    )  # genesis, then 8 grants in one batch (checkpoint at 9: a batch may overshoot), policy
     vkey = env.client.vkey()
     for i in range(5):  # sizes 11..15: the 5th entry since 9 publishes at 14
         env.ok(env.flow.propose(f"registry.example/m:v{i}", deployment=f"d{i}"))
@@ -432,8 +483,14 @@ def test_inclusion_proof_publishes_a_covering_checkpoint(env: Env) -> None:
 
 def test_background_checkpoints(tmp_path: Path) -> None:
     cast = Cast.create()
-    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_entries=1000, checkpoint_every_ms=50))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "l.db",
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_entries=1000,
+            checkpoint_every_ms=50,
+        )
+    )
     try:
         with LedgerClient(running.address) as client:
             client.append(Flow(cast).genesis())
@@ -462,7 +519,9 @@ def test_health_is_serving(env: Env) -> None:
 def test_reflection_lists_the_services(env: Env) -> None:
     channel = grpc.insecure_channel(env.running.address)
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert {"steward.v1.LedgerService", "grpc.health.v1.Health"} <= names
     channel.close()
@@ -507,7 +566,9 @@ def test_refuses_to_start_with_another_checkpoint_key(tmp_path: Path) -> None:
         client.append(Flow(cast).genesis())
     running.stop(None)
     with pytest.raises(ConfigError, match="checkpoint key"):
-        serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=PrivateKey.generate()))
+        serve(
+            LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=PrivateKey.generate())
+        )
 
 
 def test_direct_stub_with_proto_messages(env: Env) -> None:
@@ -515,7 +576,10 @@ def test_direct_stub_with_proto_messages(env: Env) -> None:
     channel = grpc.insecure_channel(env.running.address)
     stub = ledger_pb2_grpc.LedgerServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Append(ledger_pb2.AppendRequest(signed_event=encode_signed_event(env.flow.propose())), timeout=5)
+        stub.Append(
+            ledger_pb2.AppendRequest(signed_event=encode_signed_event(env.flow.propose())),
+            timeout=5,
+        )
     md = dict(info.value.trailing_metadata())  # type: ignore[attr-defined]
     assert info.value.code() == CODE.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert md["steward-violation-code"] == "GENESIS_MISPLACED"
@@ -537,8 +601,15 @@ class Pki:
     ca_path: Path
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey,
-          issuer: x509.Name | None, *, ca: bool, san: list[x509.GeneralName] | None = None) -> x509.Certificate:
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    *,
+    ca: bool,
+    san: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
@@ -557,8 +628,9 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.Elliptic
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @pytest.fixture
@@ -568,16 +640,28 @@ def pki(tmp_path: Path) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("steward test CA", ca_key, ca_key, None, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", server_key, ca_key, ca.subject, ca=False,
-                   san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = _cert(
+        "localhost",
+        server_key,
+        ca_key,
+        ca.subject,
+        ca=False,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = _cert("research-infra", client_key, ca_key, ca.subject, ca=False)
     pem = serialization.Encoding.PEM
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
     (tmp_path / "server.pem").write_bytes(server.public_bytes(pem))
     (tmp_path / "server.key").write_bytes(_pem_key(server_key))
-    return Pki(ca.public_bytes(pem), tmp_path / "server.pem", tmp_path / "server.key",
-               client.public_bytes(pem), _pem_key(client_key), tmp_path / "ca.pem")
+    return Pki(
+        ca.public_bytes(pem),
+        tmp_path / "server.pem",
+        tmp_path / "server.key",
+        client.public_bytes(pem),
+        _pem_key(client_key),
+        tmp_path / "ca.pem",
+    )
 
 
 def test_tls(tmp_path: Path, pki: Pki) -> None:
@@ -586,8 +670,10 @@ def test_tls(tmp_path: Path, pki: Pki) -> None:
     try:
         with LedgerClient(f"localhost:{running.port}", ca_file=pki.ca_path) as client:
             assert client.append(Flow(cast).genesis()).seq == 0
-        with LedgerClient(f"localhost:{running.port}", retries=0, timeout=3) as plain, \
-                pytest.raises(LedgerRpcError) as info:
+        with (
+            LedgerClient(f"localhost:{running.port}", retries=0, timeout=3) as plain,
+            pytest.raises(LedgerRpcError) as info,
+        ):
             plain.head()
         assert info.value.code == CODE.UNAVAILABLE
     finally:
@@ -596,14 +682,28 @@ def test_tls(tmp_path: Path, pki: Pki) -> None:
 
 def test_mutual_tls(tmp_path: Path, pki: Pki) -> None:
     cast = Cast.create()
-    running = _start(tmp_path, cast, tls_cert=pki.server_cert, tls_key=pki.server_key,
-                     client_ca=pki.ca_path, require_client_cert=True)
+    running = _start(
+        tmp_path,
+        cast,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        client_ca=pki.ca_path,
+        require_client_cert=True,
+    )
     try:
-        with LedgerClient(f"localhost:{running.port}", ca_file=pki.ca, cert_file=pki.client_cert,
-                          key_file=pki.client_key) as client:
+        with LedgerClient(
+            f"localhost:{running.port}",
+            ca_file=pki.ca,
+            cert_file=pki.client_cert,
+            key_file=pki.client_key,
+        ) as client:
             assert client.append(Flow(cast).genesis()).seq == 0
-        with LedgerClient(f"localhost:{running.port}", ca_file=pki.ca, retries=0, timeout=3) as anonymous, \
-                pytest.raises(LedgerRpcError) as info:
+        with (
+            LedgerClient(
+                f"localhost:{running.port}", ca_file=pki.ca, retries=0, timeout=3
+            ) as anonymous,
+            pytest.raises(LedgerRpcError) as info,
+        ):
             anonymous.head()
         assert info.value.code == CODE.UNAVAILABLE
         assert running.ledger.head().size == 1
@@ -615,19 +715,28 @@ def test_mutual_tls_needs_tls() -> None:
     from ledger.errors import ConfigError
 
     with pytest.raises(ConfigError, match="mutual TLS needs TLS"):
-        serve(LedgerServerConfig(store=":memory:", checkpoint_key=PrivateKey.generate(),
-                                 require_client_cert=True))
+        serve(
+            LedgerServerConfig(
+                store=":memory:", checkpoint_key=PrivateKey.generate(), require_client_cert=True
+            )
+        )
 
 
-def test_passphrase_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_passphrase_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     cast = Cast.create()
     key_file = tmp_path / "checkpoint.pem"
     cast.checkpoint_key.save(key_file, b"correct horse")
     monkeypatch.setenv("TEST_CKPT_PASS", "correct horse")
     caplog.set_level("DEBUG")
-    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=key_file,
-                                       checkpoint_key_passphrase_env="TEST_CKPT_PASS"))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "l.db",
+            checkpoint_key=key_file,
+            checkpoint_key_passphrase_env="TEST_CKPT_PASS",
+        )
+    )
     try:
         with LedgerClient(running.address) as client:
             client.append(Flow(cast).genesis())
@@ -654,8 +763,9 @@ class FlakyStore(SQLiteLogStore):
 
     mode: str = ""
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         mode, self.mode = self.mode, ""
         if mode == "before":
             raise StoreUnavailableError("database is locked")
@@ -671,8 +781,14 @@ class FlakyStore(SQLiteLogStore):
 def flaky(tmp_path: Path) -> Iterator[tuple[Env, FlakyStore]]:
     cast = Cast.create()
     store = FlakyStore(tmp_path / "flaky.db")
-    running = serve(LedgerServerConfig(store=store, checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_entries=2, checkpoint_every_ms=0))
+    running = serve(
+        LedgerServerConfig(
+            store=store,
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_entries=2,
+            checkpoint_every_ms=0,
+        )
+    )
     client = LedgerClient(running.address, retries=0)
     try:
         yield Env(running, client, cast, Flow(cast, state=followed_state(client.read))), store
@@ -693,7 +809,9 @@ def test_failed_store_append_changes_nothing(flaky: tuple[Env, FlakyStore]) -> N
     assert [e.seq for e in env.client.read(0)] == list(range(receipt.seq + 1))
 
 
-def test_ambiguous_store_failure_then_retry_returns_the_stored_receipt(flaky: tuple[Env, FlakyStore]) -> None:
+def test_ambiguous_store_failure_then_retry_returns_the_stored_receipt(
+    flaky: tuple[Env, FlakyStore],
+) -> None:
     env, store = flaky
     _base(env)
     size = env.client.head().size
@@ -707,7 +825,9 @@ def test_ambiguous_store_failure_then_retry_returns_the_stored_receipt(flaky: tu
     assert env.client.head().size == size + 1
 
 
-def test_fenced_server_stops_appending_and_reports_not_serving(flaky: tuple[Env, FlakyStore]) -> None:
+def test_fenced_server_stops_appending_and_reports_not_serving(
+    flaky: tuple[Env, FlakyStore],
+) -> None:
     env, store = flaky
     _base(env)
     head = env.client.head()
@@ -720,7 +840,9 @@ def test_fenced_server_stops_appending_and_reports_not_serving(flaky: tuple[Env,
     assert info.value.violation_code == "FENCED"
     assert env.client.head() == head
     channel = grpc.insecure_channel(env.running.address)
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    reply = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=5
+    )
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
 
@@ -730,20 +852,29 @@ def test_more_services_share_the_server(tmp_path: Path) -> None:
 
     def add_controller(server: grpc.Server, _ledger: object) -> str:
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(
-            controller_pb2_grpc.ControllerServiceServicer(), server)
+            controller_pb2_grpc.ControllerServiceServicer(), server
+        )
         return controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 
     cast = Cast.create()
-    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key),
-                    add_services=[add_controller])
+    running = serve(
+        LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key),
+        add_services=[add_controller],
+    )
     try:
         channel = grpc.insecure_channel(running.address)
         health = health_pb2_grpc.HealthStub(channel)
-        reply = health.Check(health_pb2.HealthCheckRequest(service="steward.v1.ControllerService"), timeout=5)
+        reply = health.Check(
+            health_pb2.HealthCheckRequest(service="steward.v1.ControllerService"), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
-        assert "steward.v1.ControllerService" in {s.name for r in replies for s in r.list_services_response.service}
+        replies = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        assert "steward.v1.ControllerService" in {
+            s.name for r in replies for s in r.list_services_response.service
+        }
         channel.close()
     finally:
         running.stop(None)
@@ -758,8 +889,9 @@ class _HeldStore(SQLiteLogStore):
         self.fail = False
         self.held = threading.Event()
 
-    def append(self, records: Sequence[tuple[bytes, bytes]],
-               checkpoint: tuple[int, str] | None = None) -> list[int]:
+    def append(
+        self, records: Sequence[tuple[bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> list[int]:
         gate, self.gate = self.gate, None
         if gate is not None:
             self.held.set()
@@ -771,15 +903,22 @@ class _HeldStore(SQLiteLogStore):
 
 @pytest.mark.parametrize("fail", [False, True], ids=["stored", "store-fails"])
 def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
-        tmp_path: Path, fail: bool) -> None:
+    tmp_path: Path, fail: bool
+) -> None:
     """AppendStream does not wait for a batch's store write before checking the next batch;
     the answers still come in order, each once durable. If the held write fails, the stream
     ends with its error and no later batch of the stream is stored."""
     cast = Cast.create()
     flow = Flow(cast)
     store = _HeldStore(tmp_path / "ledger.db")
-    running = serve(LedgerServerConfig(store=store, checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0, verify_processes=0))
+    running = serve(
+        LedgerServerConfig(
+            store=store,
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_ms=0,
+            verify_processes=0,
+        )
+    )
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
         client.append(flow.genesis())
@@ -787,8 +926,9 @@ def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
         client.append(flow.policy())
         proposal = client.append(flow.propose()).leaf_hash
         size = client.head().size
-        batches = [[encode_signed_event(flow.health(proposal, j % 3)) for j in range(4)]
-                   for _ in range(3)]
+        batches = [
+            [encode_signed_event(flow.health(proposal, j % 3)) for j in range(4)] for _ in range(3)
+        ]
         gate = threading.Event()
         store.gate, store.fail = gate, fail
         sent = threading.Event()
@@ -814,8 +954,10 @@ def test_append_stream_checks_the_next_batch_while_one_is_being_stored(
 
         def held_and_checked() -> tuple[int, int]:
             with server._lock:
-                return (sum(len(f.entries) for f in server.group_commit.writing),
-                        sum(len(f.entries) for f in server.group_commit.folded))
+                return (
+                    sum(len(f.entries) for f in server.group_commit.writing),
+                    sum(len(f.entries) for f in server.group_commit.folded),
+                )
 
         deadline = time.monotonic() + 10
         # The first batch is at the store; the others are checked meanwhile, without waiting

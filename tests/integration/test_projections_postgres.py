@@ -45,8 +45,13 @@ class TestProjectionsPostgres(ProjectionSuite):
             keys: list[query_pb2.GrantedKey] = []
             token = ""
             while True:
-                response = stub.ListKeys(query_pb2.ListKeysRequest(
-                    include_revoked=True, page=common_pb2.PageRequest(page_size=2, page_token=token)), timeout=10)
+                response = stub.ListKeys(
+                    query_pb2.ListKeysRequest(
+                        include_revoked=True,
+                        page=common_pb2.PageRequest(page_size=2, page_token=token),
+                    ),
+                    timeout=10,
+                )
                 keys.extend(response.keys)
                 token = response.page.next_page_token
                 if not token:

@@ -30,23 +30,42 @@ def server(tmp_path: Path) -> Iterator[tuple[LedgerServerProcess, Cast]]:
     cast = Cast.create()
     key = write_checkpoint_key(cast, tmp_path)
     proc = LedgerServerProcess(
-        ["-m", "ledger.server", "--db", str(tmp_path / "ledger.db"), "--checkpoint-key", str(key),
-         "--checkpoint-every-entries", "4", "--checkpoint-every-ms", "100"], tmp_path)
+        [
+            "-m",
+            "ledger.server",
+            "--db",
+            str(tmp_path / "ledger.db"),
+            "--checkpoint-key",
+            str(key),
+            "--checkpoint-every-entries",
+            "4",
+            "--checkpoint-every-ms",
+            "100",
+        ],
+        tmp_path,
+    )
     try:
         yield proc, cast
     finally:
         proc.stop()
 
 
-def _verify_log(client: LedgerClient, acked: dict[bytes, tuple[SignedEvent, Receipt]],
-                earlier: list[CheckpointInfo]) -> None:
+def _verify_log(
+    client: LedgerClient,
+    acked: dict[bytes, tuple[SignedEvent, Receipt]],
+    earlier: list[CheckpointInfo],
+) -> None:
     entries = list(client.read(0))  # the client checks seq order and every prev link
     ids = [e.body.event_id for e in entries]
     assert len(ids) == len(set(ids)), "an event is in the log twice"
     by_id = {e.body.event_id: e for e in entries}
     for event_id, (_event, receipt) in acked.items():
         e = by_id[event_id]  # every acknowledged event is there
-        assert (e.seq, e.leaf_hash, e.entry.received_at) == (receipt.seq, receipt.leaf_hash, receipt.received_at)
+        assert (e.seq, e.leaf_hash, e.entry.received_at) == (
+            receipt.seq,
+            receipt.leaf_hash,
+            receipt.received_at,
+        )
     tree = MerkleTree.from_leaves(e.leaf_hash for e in entries)
     assert client.head().root == tree.root()
     latest = client.checkpoint(publish_now=True)
@@ -57,8 +76,14 @@ def _verify_log(client: LedgerClient, acked: dict[bytes, tuple[SignedEvent, Rece
         assert verify_consistency(cp.size, latest.size, list(proof.proof), cp.root, latest.root)
 
 
-def _writer(client: LedgerClient, flow: Flow, tag: str, stop: threading.Event, in_flight: list[SignedEvent],
-            record: Callable[[SignedEvent, Receipt], None]) -> None:
+def _writer(
+    client: LedgerClient,
+    flow: Flow,
+    tag: str,
+    stop: threading.Event,
+    in_flight: list[SignedEvent],
+    record: Callable[[SignedEvent, Receipt], None],
+) -> None:
     """Append until stopped or until the server dies; single appends and small batches."""
     i = 0
     while not stop.is_set():

@@ -24,7 +24,9 @@ def server(tmp_path: Path) -> Iterator[tuple[LedgerServerProcess, Flow]]:
     cast = Cast.create()
     key = write_checkpoint_key(cast, tmp_path)
     proc = LedgerServerProcess(
-        ["-m", "ledger.server", "--db", str(tmp_path / "log.db"), "--checkpoint-key", str(key)], tmp_path)
+        ["-m", "ledger.server", "--db", str(tmp_path / "log.db"), "--checkpoint-key", str(key)],
+        tmp_path,
+    )
     proc.start()
     yield proc, Flow(cast)
     proc.stop()
@@ -40,7 +42,9 @@ def _wait_projected(address: str, size: int) -> query_pb2.ProjectionStatus:
     return wait_for(f"the projections to reach the log's size {size}", projected, 30, every=0.05)
 
 
-def test_query_service_follows_appends_and_survives_sigkill(server: tuple[LedgerServerProcess, Flow]) -> None:
+def test_query_service_follows_appends_and_survives_sigkill(
+    server: tuple[LedgerServerProcess, Flow],
+) -> None:
     proc, flow = server
     client = LedgerClient(proc.address)
     client.append(flow.genesis())
@@ -48,8 +52,10 @@ def test_query_service_follows_appends_and_survives_sigkill(server: tuple[Ledger
         client.append(grant)
     client.append(flow.policy())
     proposal = client.append(flow.propose()).leaf_hash
-    evals = (client.append(flow.eval(proposal, "safety", 0.99)).leaf_hash,
-             client.append(flow.eval(proposal, "quality", 0.9)).leaf_hash)
+    evals = (
+        client.append(flow.eval(proposal, "safety", 0.99)).leaf_hash,
+        client.append(flow.eval(proposal, "quality", 0.9)).leaf_hash,
+    )
     client.append(flow.approve(proposal, evals, "alice"))
     size = client.head().size
 

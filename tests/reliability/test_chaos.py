@@ -42,8 +42,16 @@ pytestmark = pytest.mark.slow
 def chaos_server(spec: str, key: Path, workdir: Path) -> LedgerServerProcess:
     """The server on ``spec``: sqlite:PATH or kafka:BOOTSTRAP/TOPIC."""
     if spec.startswith("sqlite:"):
-        args = ["-m", "ledger.server", "--db", spec[len("sqlite:"):], "--checkpoint-key", str(key),
-                "--checkpoint-every-entries", "64"]
+        args = [
+            "-m",
+            "ledger.server",
+            "--db",
+            spec[len("sqlite:") :],
+            "--checkpoint-key",
+            str(key),
+            "--checkpoint-every-entries",
+            "64",
+        ]
     else:  # the bench launcher runs ledger.server's serve() on a KafkaLogStore
         args = ["-m", "bench.ingest", "--serve", spec, "--key", str(key)]
     return LedgerServerProcess(args, workdir, start_timeout=180, stop_grace=30)
@@ -64,23 +72,25 @@ def _events(flow: Flow, proposals: list[bytes], n: int) -> Iterator[bytes]:
         yield encode_signed_event(ev)
 
 
-def _appender(address: str, todo: list[bytes], ledger: Ledger, stop: threading.Event, rng: random.Random) -> None:
+def _appender(
+    address: str, todo: list[bytes], ledger: Ledger, stop: threading.Event, rng: random.Random
+) -> None:
     """Append until the server dies; keeps what was acknowledged and what was left unanswered."""
     client = LedgerClient(address, retries=0, timeout=20)
     try:
         while todo and not stop.is_set():
             if rng.random() < 0.5:
-                batch = todo[:rng.randint(2, 40)]
+                batch = todo[: rng.randint(2, 40)]
                 try:
                     results = client.append_many(batch, batch_size=16)
                 except LedgerRpcError:
                     ledger.unanswered.extend(batch)
-                    del todo[:len(batch)]
+                    del todo[: len(batch)]
                     return
                 for ev, r in zip(batch, results, strict=True):
                     assert isinstance(r, Receipt), f"refused: {r}"
                     ledger.acked[ev] = r
-                del todo[:len(batch)]
+                del todo[: len(batch)]
             else:
                 ev = todo[0]
                 try:
@@ -97,16 +107,25 @@ def _appender(address: str, todo: list[bytes], ledger: Ledger, stop: threading.E
 
 def _setup(address: str, flow: Flow, ledger: Ledger) -> list[bytes]:
     with LedgerClient(address, timeout=60) as client:
-        events = [flow.genesis(), *flow.grants(), flow.policy(),
-                  *(flow.propose(f"registry.example/m:{i}", deployment=f"m-{i}") for i in range(4))]
+        events = [
+            flow.genesis(),
+            *flow.grants(),
+            flow.policy(),
+            *(flow.propose(f"registry.example/m:{i}", deployment=f"m-{i}") for i in range(4)),
+        ]
         receipts = [client.append(e) for e in events]
         for e, r in zip(events, receipts, strict=True):
             ledger.acked[encode_signed_event(e)] = r
         return [r.leaf_hash for r in receipts[-4:]]
 
 
-def run_chaos(server: LedgerServerProcess, flow: Flow, rounds: int, seed: int,
-              between: Callable[[int, random.Random], None] = lambda _i, _r: None) -> Ledger:
+def run_chaos(
+    server: LedgerServerProcess,
+    flow: Flow,
+    rounds: int,
+    seed: int,
+    between: Callable[[int, random.Random], None] = lambda _i, _r: None,
+) -> Ledger:
     rng = random.Random(seed)
     ledger = Ledger()
     proposals = _setup(server.start(), flow, ledger)
@@ -145,7 +164,9 @@ def check_ledger(address: str, ledger: Ledger) -> None:
     steps: set[tuple[bytes, int, int, str]] = set()
     attempts: dict[bytes, int] = {}
     for e in entries:
-        assert e.body.event_id not in by_event_id, f"event id twice: seq {by_event_id[e.body.event_id]} and {e.seq}"
+        assert e.body.event_id not in by_event_id, (
+            f"event id twice: seq {by_event_id[e.body.event_id]} and {e.seq}"
+        )
         by_event_id[e.body.event_id] = e.seq
         p = e.body.payload
         if isinstance(p, RolloutStep) and p.phase != "DRIFT_CORRECTED":
@@ -160,8 +181,14 @@ def check_ledger(address: str, ledger: Ledger) -> None:
         assert seq == receipt.seq, f"acknowledged event at seq {receipt.seq} is at {seq}"
         assert entries[seq].leaf_hash == receipt.leaf_hash
     genesis = entries[0].body.payload
-    trust = TrustRoot.from_json({"roots": [{"principal": r.principal, "public_key_hex": r.public_key.hex()}
-                                           for r in genesis.roots]})  # type: ignore[union-attr]
+    trust = TrustRoot.from_json(
+        {
+            "roots": [
+                {"principal": r.principal, "public_key_hex": r.public_key.hex()}
+                for r in genesis.roots
+            ]
+        }
+    )  # type: ignore[union-attr]
     report = verify([e.entry_bytes for e in entries], trust, [c.note for c in checkpoints])
     assert report.ok, report.findings[:5]
     assert checkpoints and report.verified_size == checkpoints[-1].size
@@ -181,21 +208,26 @@ def test_chaos_sqlite_server_sigkill(tmp_path: Path) -> None:
     key = write_checkpoint_key(cast, tmp_path)
     server = chaos_server(f"sqlite:{tmp_path / 'ledger.db'}", key, tmp_path)
     try:
-        ledger = run_chaos(server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"), ROUNDS, seed=1)
+        ledger = run_chaos(
+            server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"), ROUNDS, seed=1
+        )
         drain_and_check(server.address, ledger)
     finally:
         server.stop()
 
 
 @pytest.mark.kafka
-def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: object,
-                                               kafka_topic_name: str) -> None:
+def test_chaos_kafka_server_and_broker_sigkill(
+    tmp_path: Path, kafka_cluster: object, kafka_topic_name: str
+) -> None:
     from infra.kafka_cluster import KafkaCluster
 
     assert isinstance(kafka_cluster, KafkaCluster)
     cast = Cast.create()
     key = write_checkpoint_key(cast, tmp_path)
-    server = chaos_server(f"kafka:{kafka_cluster.bootstrap_servers}/{kafka_topic_name}", key, tmp_path)
+    server = chaos_server(
+        f"kafka:{kafka_cluster.bootstrap_servers}/{kafka_topic_name}", key, tmp_path
+    )
 
     def maybe_kill_broker(round_: int, rng: random.Random) -> None:
         if round_ % 2 == 1:  # every other round the broker dies too, with the server down
@@ -203,8 +235,13 @@ def test_chaos_kafka_server_and_broker_sigkill(tmp_path: Path, kafka_cluster: ob
             kafka_cluster.restart_broker(1)
 
     try:
-        ledger = run_chaos(server, Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"),
-                           max(2, ROUNDS // 2), seed=2, between=maybe_kill_broker)
+        ledger = run_chaos(
+            server,
+            Flow(cast, ledger="chaos", origin="steward.dev/ledger/chaos"),
+            max(2, ROUNDS // 2),
+            seed=2,
+            between=maybe_kill_broker,
+        )
         drain_and_check(server.address, ledger)
     finally:
         server.stop()

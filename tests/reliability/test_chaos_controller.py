@@ -145,7 +145,9 @@ class Proc:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
         self.child = start_python(self.args, self.log_path, name=self.name, cwd=REPO, append=True)
-        wait_for(f"{self.name} to be ready", lambda: self.ready(self), 60, every=0.05, child=self.child)
+        wait_for(
+            f"{self.name} to be ready", lambda: self.ready(self), 60, every=0.05, child=self.child
+        )
         self.start_seconds.append(time.monotonic() - began)
 
     def kill(self) -> None:
@@ -206,9 +208,13 @@ def steps_by_proposal(entries: list[LogEntry]) -> dict[bytes, list[RolloutStep]]
 
 
 def killed_proposals(entries: list[LogEntry]) -> set[bytes]:
-    return {e.body.payload.scope.proposal for e in entries
-            if isinstance(e.body.payload, KillSwitchEngaged) and e.body.payload.scope.kind == "PROPOSAL"
-            and e.body.payload.scope.proposal is not None}
+    return {
+        e.body.payload.scope.proposal
+        for e in entries
+        if isinstance(e.body.payload, KillSwitchEngaged)
+        and e.body.payload.scope.kind == "PROPOSAL"
+        and e.body.payload.scope.proposal is not None
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +247,12 @@ class DeploymentWatch(threading.Thread):
         while not self.stop_event.is_set():
             w = watch.Watch()
             try:
-                for ev in w.stream(self.apps.list_namespaced_deployment, self.ns,
-                                   resource_version=self.rv, timeout_seconds=5):
+                for ev in w.stream(
+                    self.apps.list_namespaced_deployment,
+                    self.ns,
+                    resource_version=self.rv,
+                    timeout_seconds=5,
+                ):
                     obj = ev["object"]
                     if ev["type"] == "ERROR":
                         self.history.error = f"watch error: {obj}"
@@ -284,8 +294,13 @@ def folded(states: list[Any]) -> list[Any]:
 
 def step_event_id(proposal: bytes, step: int, phase: str, attempt: int) -> bytes:
     """The controller's deterministic RolloutStep id, written out here from its definition."""
-    data = (b"steward/v1/step" + proposal + step.to_bytes(4, "big") + phase.encode("ascii")
-            + attempt.to_bytes(4, "big"))
+    data = (
+        b"steward/v1/step"
+        + proposal
+        + step.to_bytes(4, "big")
+        + phase.encode("ascii")
+        + attempt.to_bytes(4, "big")
+    )
     return hashlib.sha256(data).digest()[:16]
 
 
@@ -329,7 +344,9 @@ def _spec(d: Any) -> tuple[int, str] | None:
     return None if d is None else (d.spec.replicas, d.spec.template.spec.containers[0].image)
 
 
-def drive(r: Rollout, steps: list[RolloutStep], appender: Appender, flow: Flow, approved: float) -> None:
+def drive(
+    r: Rollout, steps: list[RolloutStep], appender: Appender, flow: Flow, approved: float
+) -> None:
     """Append what `r`'s outcome calls for once the log shows the rollout got there."""
     at_step_1 = bool(steps) and (steps[-1].step, steps[-1].phase) == (1, "ADVANCED")
     if r.outcome == "kill" and r.stage == 0 and time.monotonic() >= approved + r.kill_at:
@@ -364,13 +381,25 @@ def attempts_of(story: list[tuple[int, int, str]]) -> list[list[tuple[int, int, 
 def _settled(apps: client.AppsV1Api, ns: str, r: Rollout, steps: list[RolloutStep]) -> bool:
     """The round may end for `r`: the log says where it is and the cluster got there."""
     phase = steps[-1].phase if steps else "PENDING"
-    stable, canary = read_deployment(apps, ns, r.name), read_deployment(apps, ns, r.name + "-canary")
+    stable, canary = (
+        read_deployment(apps, ns, r.name),
+        read_deployment(apps, ns, r.name + "-canary"),
+    )
     ready = (stable.status.ready_replicas or 0) if stable is not None else -1
     if r.outcome == "hold":
-        return (phase == "ADVANCED" and steps[-1].step == 1 and _spec(stable) == (2, V1)
-                and _spec(canary) == (2, r.candidate) and (canary.status.ready_replicas or 0) >= 2)
-    final = {"promote": ("PROMOTED",), "retry": ("PROMOTED",), "unhealthy": ("ROLLED_BACK",),
-             "kill": ("ROLLED_BACK", "PENDING")}[r.outcome]
+        return (
+            phase == "ADVANCED"
+            and steps[-1].step == 1
+            and _spec(stable) == (2, V1)
+            and _spec(canary) == (2, r.candidate)
+            and (canary.status.ready_replicas or 0) >= 2
+        )
+    final = {
+        "promote": ("PROMOTED",),
+        "retry": ("PROMOTED",),
+        "unhealthy": ("ROLLED_BACK",),
+        "kill": ("ROLLED_BACK", "PENDING"),
+    }[r.outcome]
     if phase not in final or (r.outcome == "kill" and r.stage == 0):
         return False
     want = (N, r.candidate) if phase == "PROMOTED" else (N, V1)
@@ -419,9 +448,16 @@ class KafkaLog:
         from ledger.store.kafka import KafkaLogStore
         from ledger.store.kafka_config import KafkaStoreConfig
 
-        self.store = KafkaLogStore(KafkaStoreConfig(
-            bootstrap_servers=bootstrap, topic=topic, create_topics=False,
-            client_id="chaos-test-reader", operation_timeout_s=5.0, request_timeout_ms=4000))
+        self.store = KafkaLogStore(
+            KafkaStoreConfig(
+                bootstrap_servers=bootstrap,
+                topic=topic,
+                create_topics=False,
+                client_id="chaos-test-reader",
+                operation_timeout_s=5.0,
+                request_timeout_ms=4000,
+            )
+        )
         self.entries: list[LogEntry] = []
         self.next_offset = 0
         self.lock = threading.Lock()
@@ -441,17 +477,29 @@ class KafkaLog:
 
 
 def test_chaos_controller_sigkill_during_rollouts(
-    tmp_path: Path, kube_cluster: LocalCluster, kube_namespace: str, kube_api_client: client.ApiClient,
+    tmp_path: Path,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kube_api_client: client.ApiClient,
 ) -> None:
     db = tmp_path / "ledger.db"
-    run_rounds(tmp_path, kube_cluster, kube_namespace, kube_api_client, Backend(
-        ["--db", str(db)], f"sqlite:{db}", lambda: read_log(db), ROUNDS))
+    run_rounds(
+        tmp_path,
+        kube_cluster,
+        kube_namespace,
+        kube_api_client,
+        Backend(["--db", str(db)], f"sqlite:{db}", lambda: read_log(db), ROUNDS),
+    )
 
 
 @pytest.mark.kafka
 def test_chaos_controller_kafka_sigkill_during_rollouts(
-    tmp_path: Path, kube_cluster: LocalCluster, kube_namespace: str, kube_api_client: client.ApiClient,
-    kafka_cluster: Any, kafka_topic_name: str,
+    tmp_path: Path,
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kube_api_client: client.ApiClient,
+    kafka_cluster: Any,
+    kafka_topic_name: str,
 ) -> None:
     bootstrap, topic = kafka_cluster.bootstrap_servers, kafka_topic_name
     log: KafkaLog | None = None
@@ -463,42 +511,99 @@ def test_chaos_controller_kafka_sigkill_during_rollouts(
         return log()
 
     try:
-        run_rounds(tmp_path, kube_cluster, kube_namespace, kube_api_client, Backend(
-            ["--kafka-bootstrap", bootstrap, "--topic", topic, "--kafka-timeout", "10"],
-            f"kafka:{bootstrap}/{topic}", read, KAFKA_ROUNDS, broker=KafkaBroker(kafka_cluster, tmp_path)))
+        run_rounds(
+            tmp_path,
+            kube_cluster,
+            kube_namespace,
+            kube_api_client,
+            Backend(
+                ["--kafka-bootstrap", bootstrap, "--topic", topic, "--kafka-timeout", "10"],
+                f"kafka:{bootstrap}/{topic}",
+                read,
+                KAFKA_ROUNDS,
+                broker=KafkaBroker(kafka_cluster, tmp_path),
+            ),
+        )
     finally:
         if log is not None:
             log.close()
 
 
-def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_client: client.ApiClient,
-               backend: Backend) -> None:
+def run_rounds(
+    tmp_path: Path,
+    kube_cluster: LocalCluster,
+    ns: str,
+    kube_api_client: client.ApiClient,
+    backend: Backend,
+) -> None:
     rounds, read_log = backend.rounds, backend.read
     rng = random.Random(SEED)
     print(f"\nchaos seed {SEED}, rounds {rounds}, store {backend.store_spec.split(':')[0]}")
     apps = client.AppsV1Api(kube_api_client)
     kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                         "crd/modelrollouts.steward.dev")
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/modelrollouts.steward.dev"
+    )
 
     cast = Cast.create()
     # Approvals and health reports name what binds them, read from the store (up while the server is down).
-    flow = Flow(cast, ledger="chaos-ctl", origin="steward.dev/ledger/chaos-ctl",
-                state=followed_state(lambda start: read_log()[start:]))
+    flow = Flow(
+        cast,
+        ledger="chaos-ctl",
+        origin="steward.dev/ledger/chaos-ctl",
+        state=followed_state(lambda start: read_log()[start:]),
+    )
     checkpoint_key = write_checkpoint_key(cast, tmp_path)
     controller_key = write_principal_key(cast, "controller", tmp_path)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server = Proc("ledger", ["-m", "ledger.server", *backend.server_args, "--checkpoint-key",
-                             str(checkpoint_key), "--listen", address,
-                             "--checkpoint-every-entries", "16"], tmp_path, lambda _p: port_open(port))
-    controller = Proc("controller", [
-        "-m", "controller.main", "--ledger", address, "--store", backend.store_spec,
-        "--kubeconfig", str(kube_cluster.kubeconfig), "--key", str(controller_key),
-        "--namespace", ns, "--snapshot-db", str(tmp_path / "snap.db"),
-        "--snapshot-every-seconds", "1", "--lease-namespace", ns, "--identity", "ctl-chaos",
-        "--tick-seconds", "0.2", "--not-ready-grace-seconds", "30"], tmp_path,
-        ready=lambda p: p.log().count('"replayed size=') >= p.starts)
+    server = Proc(
+        "ledger",
+        [
+            "-m",
+            "ledger.server",
+            *backend.server_args,
+            "--checkpoint-key",
+            str(checkpoint_key),
+            "--listen",
+            address,
+            "--checkpoint-every-entries",
+            "16",
+        ],
+        tmp_path,
+        lambda _p: port_open(port),
+    )
+    controller = Proc(
+        "controller",
+        [
+            "-m",
+            "controller.main",
+            "--ledger",
+            address,
+            "--store",
+            backend.store_spec,
+            "--kubeconfig",
+            str(kube_cluster.kubeconfig),
+            "--key",
+            str(controller_key),
+            "--namespace",
+            ns,
+            "--snapshot-db",
+            str(tmp_path / "snap.db"),
+            "--snapshot-every-seconds",
+            "1",
+            "--lease-namespace",
+            ns,
+            "--identity",
+            "ctl-chaos",
+            "--tick-seconds",
+            "0.2",
+            "--not-ready-grace-seconds",
+            "30",
+        ],
+        tmp_path,
+        ready=lambda p: p.log().count('"replayed size=') >= p.starts,
+    )
     watcher = DeploymentWatch(apps, ns)
     watcher.start()
     rollouts: list[Rollout] = []
@@ -514,7 +619,9 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
             appender.append(grant)
         policy = decode_body(flow.policy(namespace=ns, plan=PLAN).body).payload
         assert isinstance(policy, PolicySet)
-        appender.append(flow.event(replace(policy, kill_rollback_bound_ms=KILL_BOUND_MS), "root1", "root2"))
+        appender.append(
+            flow.event(replace(policy, kill_rollback_bound_ms=KILL_BOUND_MS), "root1", "root2")
+        )
         controller.start()
         for round_ in range(rounds):
             started = time.monotonic()
@@ -522,31 +629,54 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
             for x in "ab":
                 if not outcomes:
                     outcomes = rng.sample(OUTCOMES, len(OUTCOMES))
-                batch.append(Rollout(f"r{round_}-{x}", outcomes.pop(),
-                                     f"registry.example/model-server:v2-r{round_}{x}",
-                                     kill_at=rng.uniform(0.2, 4.0)))
+                batch.append(
+                    Rollout(
+                        f"r{round_}-{x}",
+                        outcomes.pop(),
+                        f"registry.example/model-server:v2-r{round_}{x}",
+                        kill_at=rng.uniform(0.2, 4.0),
+                    )
+                )
             # (what, seconds after the previous kill's process is back up, seconds down)
-            schedule = [("controller", rng.uniform(0.1, 2.5), rng.uniform(0.0, 0.5))
-                        for _ in range(rng.randint(1, 3))]
+            schedule = [
+                ("controller", rng.uniform(0.1, 2.5), rng.uniform(0.0, 0.5))
+                for _ in range(rng.randint(1, 3))
+            ]
             if round_ % 2 == 1:  # every other round the ledger server dies too
-                schedule.insert(rng.randint(0, len(schedule)),
-                                ("ledger", rng.uniform(0.1, 2.5), rng.uniform(0.3, 1.5)))
+                schedule.insert(
+                    rng.randint(0, len(schedule)),
+                    ("ledger", rng.uniform(0.1, 2.5), rng.uniform(0.3, 1.5)),
+                )
             if backend.broker is not None and round_ % 2 == 0:  # on Kafka the broker, other rounds
-                schedule.insert(rng.randint(0, len(schedule)),
-                                ("broker", rng.uniform(0.1, 2.5), rng.uniform(0.0, 1.0)))
+                schedule.insert(
+                    rng.randint(0, len(schedule)),
+                    ("broker", rng.uniform(0.1, 2.5), rng.uniform(0.0, 1.0)),
+                )
             if backend.broker is not None:  # fewer rounds: one more kill, once a rollout moves
                 schedule.insert(0, ("controller-moving", 0.0, rng.uniform(0.0, 0.5)))
-            print(f"round {round_}: {[(r.name, r.outcome) for r in batch]} kills "
-                  f"{[(w, round(a, 2), round(d, 2)) for w, a, d in schedule]}", flush=True)
+            print(
+                f"round {round_}: {[(r.name, r.outcome) for r in batch]} kills "
+                f"{[(w, round(a, 2), round(d, 2)) for w, a, d in schedule]}",
+                flush=True,
+            )
             for r in batch:
-                utils.create_from_dict(kube_api_client, deployment_manifest(r.name, V1, N), namespace=ns)
+                utils.create_from_dict(
+                    kube_api_client, deployment_manifest(r.name, V1, N), namespace=ns
+                )
             for r in batch:
-                wait_for(f"{r.name}: {N} ready stable pods", lambda r=r: (
-                    (read_deployment(apps, ns, r.name).status.ready_replicas or 0) >= N), 60)
+                wait_for(
+                    f"{r.name}: {N} ready stable pods",
+                    lambda r=r: (read_deployment(apps, ns, r.name).status.ready_replicas or 0) >= N,
+                    60,
+                )
             for r in batch:
-                r.proposal = appender.append(flow.propose(r.candidate, namespace=ns, deployment=r.name))
-                r.evals = (appender.append(flow.eval(r.proposal, "safety", 0.99)),
-                           appender.append(flow.eval(r.proposal, "quality", 0.91)))
+                r.proposal = appender.append(
+                    flow.propose(r.candidate, namespace=ns, deployment=r.name)
+                )
+                r.evals = (
+                    appender.append(flow.eval(r.proposal, "safety", 0.99)),
+                    appender.append(flow.eval(r.proposal, "quality", 0.91)),
+                )
                 for who in ("alice", "bob"):
                     appender.append(flow.approve(r.proposal, r.evals, who))
             rollouts.extend(batch)
@@ -555,11 +685,16 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
             def moving(batch: list[Rollout]) -> bool:
                 """In progress: started, not finished, and not parked at step 1 for good."""
                 steps = steps_by_proposal(read_log())
-                return any(r.outcome != "hold" and steps.get(r.proposal)
-                           and steps[r.proposal][-1].phase in ("STARTED", "ADVANCED") for r in batch)
+                return any(
+                    r.outcome != "hold"
+                    and steps.get(r.proposal)
+                    and steps[r.proposal][-1].phase in ("STARTED", "ADVANCED")
+                    for r in batch
+                )
 
-            def chaos(schedule: list[tuple[str, float, float]] = schedule,
-                      batch: list[Rollout] = batch) -> None:
+            def chaos(
+                schedule: list[tuple[str, float, float]] = schedule, batch: list[Rollout] = batch
+            ) -> None:
                 nonlocal kills_during_rollout
                 try:
                     for what, after, down in schedule:
@@ -569,7 +704,9 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
                             while time.monotonic() < deadline and not moving(batch):
                                 time.sleep(0.05)
                             what = "controller"
-                        proc = {"controller": controller, "ledger": server}.get(what, backend.broker)
+                        proc = {"controller": controller, "ledger": server}.get(
+                            what, backend.broker
+                        )
                         assert proc is not None
                         proc.kill()
                         if what == "controller" and moving(batch):
@@ -589,13 +726,19 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
                 for r in batch:
                     drive(r, steps.get(r.proposal, []), appender, flow, approved)
                 if not chaos_thread.is_alive() and all(
-                        _settled(apps, ns, r, steps.get(r.proposal, [])) for r in batch):
+                    _settled(apps, ns, r, steps.get(r.proposal, [])) for r in batch
+                ):
                     break
                 if time.monotonic() > deadline:
-                    pytest.fail(f"round {round_} did not settle in 120 s: " + "; ".join(
-                        f"{r.name} {r.outcome} steps={[(s.step, s.weight, s.phase) for s in steps.get(r.proposal, [])]} "
-                        f"stable={_spec(read_deployment(apps, ns, r.name))} "
-                        f"canary={_spec(read_deployment(apps, ns, r.name + '-canary'))}" for r in batch))
+                    pytest.fail(
+                        f"round {round_} did not settle in 120 s: "
+                        + "; ".join(
+                            f"{r.name} {r.outcome} steps={[(s.step, s.weight, s.phase) for s in steps.get(r.proposal, [])]} "
+                            f"stable={_spec(read_deployment(apps, ns, r.name))} "
+                            f"canary={_spec(read_deployment(apps, ns, r.name + '-canary'))}"
+                            for r in batch
+                        )
+                    )
                 time.sleep(0.2)
             print(f"round {round_}: settled in {time.monotonic() - started:.1f}s", flush=True)
 
@@ -603,28 +746,40 @@ def run_rounds(tmp_path: Path, kube_cluster: LocalCluster, ns: str, kube_api_cli
         custom = client.CustomObjectsApi(kube_api_client)
         deadline = time.monotonic() + 30
         while mismatches := mirror_mismatches(custom, ns, rollouts, read_log()):
-            assert time.monotonic() < deadline, f"ModelRollout mirrors 30 s after settling: {mismatches}"
+            assert time.monotonic() < deadline, (
+                f"ModelRollout mirrors 30 s after settling: {mismatches}"
+            )
             time.sleep(0.5)
         controller.stop()  # the cluster stays as it is while it is compared with the log
         time.sleep(1.0)  # let the watch deliver the last events
         watcher.stop_event.set()
         watcher.join(10)
-        check_all(address, appender.acks, rollouts, apps, ns, watcher.history, kube_cluster.kubeconfig)
+        check_all(
+            address, appender.acks, rollouts, apps, ns, watcher.history, kube_cluster.kubeconfig
+        )
         restarts = controller.log().count('"replayed size=')
         from_snapshot = controller.log().count("snapshot=True")
         reactions = kill_reactions(read_log())
-        print(f"controller SIGKILLs {controller.kills} ({kills_during_rollout} with a rollout in "
-              f"progress), ledger SIGKILLs {server.kills}, controller starts {restarts}, "
-              f"{from_snapshot} resumed from a snapshot; {len(appender.acks.acked)} acknowledged appends")
-        print(f"controller start → log replayed: median {statistics.median(controller.start_seconds):.1f} s, "
-              f"max {max(controller.start_seconds):.1f} s; kill switch → ROLLED_BACK (received_at): "
-              + ", ".join(f"{ms / 1000:.1f} s" for ms in reactions))
+        print(
+            f"controller SIGKILLs {controller.kills} ({kills_during_rollout} with a rollout in "
+            f"progress), ledger SIGKILLs {server.kills}, controller starts {restarts}, "
+            f"{from_snapshot} resumed from a snapshot; {len(appender.acks.acked)} acknowledged appends"
+        )
+        print(
+            f"controller start → log replayed: median {statistics.median(controller.start_seconds):.1f} s, "
+            f"max {max(controller.start_seconds):.1f} s; kill switch → ROLLED_BACK (received_at): "
+            + ", ".join(f"{ms / 1000:.1f} s" for ms in reactions)
+        )
         if backend.broker is not None:
-            print(f"broker SIGKILLs {backend.broker.kills}, broker restart → ready: "
-                  + ", ".join(f"{t:.1f} s" for t in backend.broker.start_seconds))
+            print(
+                f"broker SIGKILLs {backend.broker.kills}, broker restart → ready: "
+                + ", ".join(f"{t:.1f} s" for t in backend.broker.start_seconds)
+            )
             assert backend.broker.kills >= (rounds + 1) // 2
         assert controller.kills >= rounds and server.kills >= rounds // 2
-        assert kills_during_rollout >= 1, "no controller SIGKILL landed while a rollout was in progress"
+        assert kills_during_rollout >= 1, (
+            "no controller SIGKILL landed while a rollout was in progress"
+        )
         assert from_snapshot >= 1, "no restarted controller resumed from its snapshot"
     finally:
         watcher.stop_event.set()
@@ -642,27 +797,41 @@ def kill_reactions(entries: list[LogEntry]) -> list[int]:
     for i, e in enumerate(entries):
         p = e.body.payload
         if isinstance(p, KillSwitchEngaged) and p.scope.kind == "PROPOSAL":
-            later = next((x for x in entries[i + 1:] if isinstance(x.body.payload, RolloutStep)
-                          and x.body.payload.proposal == p.scope.proposal
-                          and x.body.payload.phase == "ROLLED_BACK"), None)
+            later = next(
+                (
+                    x
+                    for x in entries[i + 1 :]
+                    if isinstance(x.body.payload, RolloutStep)
+                    and x.body.payload.proposal == p.scope.proposal
+                    and x.body.payload.phase == "ROLLED_BACK"
+                ),
+                None,
+            )
             if later is not None:
                 out.append(later.entry.received_at - e.entry.received_at)
     return out
 
 
-def mirror_mismatches(custom: client.CustomObjectsApi, ns: str, rollouts: list[Rollout],
-                      entries: list[LogEntry]) -> list[str]:
+def mirror_mismatches(
+    custom: client.CustomObjectsApi, ns: str, rollouts: list[Rollout], entries: list[LogEntry]
+) -> list[str]:
     """ModelRollouts whose status.phase is not the one the log implies (Killed: a kill switch)."""
     steps = steps_by_proposal(entries)
     out = []
     for r in rollouts:
         mine = steps.get(r.proposal, [])
         phase = mine[-1].phase if mine else "PENDING"
-        want = {"PENDING": "Pending", "STARTED": "Progressing", "ADVANCED": "Progressing",
-                "PROMOTED": "Promoted", "ROLLED_BACK": "Killed" if r.outcome == "kill" else "RolledBack"}[phase]
+        want = {
+            "PENDING": "Pending",
+            "STARTED": "Progressing",
+            "ADVANCED": "Progressing",
+            "PROMOTED": "Promoted",
+            "ROLLED_BACK": "Killed" if r.outcome == "kill" else "RolledBack",
+        }[phase]
         try:
-            obj = custom.get_namespaced_custom_object("steward.dev", "v1alpha1", ns, "modelrollouts",
-                                                      f"{r.name}-{r.proposal.hex()[:10]}")
+            obj = custom.get_namespaced_custom_object(
+                "steward.dev", "v1alpha1", ns, "modelrollouts", f"{r.name}-{r.proposal.hex()[:10]}"
+            )
             got = (obj.get("status") or {}).get("phase")
         except ApiException as exc:
             got = f"HTTP {exc.status}"
@@ -671,8 +840,15 @@ def mirror_mismatches(custom: client.CustomObjectsApi, ns: str, rollouts: list[R
     return out
 
 
-def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.AppsV1Api, ns: str,
-              history: History, kubeconfig: Path) -> None:
+def check_all(
+    address: str,
+    acks: Acks,
+    rollouts: list[Rollout],
+    apps: client.AppsV1Api,
+    ns: str,
+    history: History,
+    kubeconfig: Path,
+) -> None:
     from audit.drift import check_drift
     from audit.trust import TrustRoot
     from audit.verify import verify
@@ -688,40 +864,62 @@ def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.Ap
     by_event_id: dict[bytes, int] = {}
     for e in entries:
         assert e.body.event_id not in by_event_id, (
-            f"event id {e.body.event_id.hex()} twice: seq {by_event_id[e.body.event_id]} and {e.seq}")
+            f"event id {e.body.event_id.hex()} twice: seq {by_event_id[e.body.event_id]} and {e.seq}"
+        )
         by_event_id[e.body.event_id] = e.seq
     for raw, receipt in acks.acked.items():
         seq = by_event_id.get(decode_body(decode_signed_event(raw).body).event_id)
-        assert seq == receipt.seq, f"acknowledged append: receipt seq {receipt.seq}, found at seq {seq}"
-        assert entries[seq].leaf_hash == receipt.leaf_hash, f"seq {seq}: leaf hash differs from the receipt's"
+        assert seq == receipt.seq, (
+            f"acknowledged append: receipt seq {receipt.seq}, found at seq {seq}"
+        )
+        assert entries[seq].leaf_hash == receipt.leaf_hash, (
+            f"seq {seq}: leaf hash differs from the receipt's"
+        )
     assert checkpoints, "no checkpoint was published"
     genesis = entries[0].body.payload
-    trust = TrustRoot.from_json({"roots": [{"principal": r.principal, "public_key_hex": r.public_key.hex()}
-                                           for r in genesis.roots]})  # type: ignore[union-attr]
+    trust = TrustRoot.from_json(
+        {
+            "roots": [
+                {"principal": r.principal, "public_key_hex": r.public_key.hex()}
+                for r in genesis.roots
+            ]
+        }
+    )  # type: ignore[union-attr]
     report = verify([e.entry_bytes for e in entries], trust, [c.note for c in checkpoints])
     assert report.findings == [], f"steward-audit findings: {report.findings[:5]}"
     assert report.verified_size == checkpoints[-1].size, (
-        f"steward-audit verified size {report.verified_size}, newest checkpoint {checkpoints[-1].size}")
+        f"steward-audit verified size {report.verified_size}, newest checkpoint {checkpoints[-1].size}"
+    )
     drift = check_drift(report, kubeconfig)
     assert drift == [], f"steward-audit drift findings: {drift}"
 
     # 2. Rollout steps: deterministic ids, none twice, each proposal's story well formed.
-    proposals = {e.leaf_hash: e.body.payload for e in entries if isinstance(e.body.payload, ProposalSubmitted)}
+    proposals = {
+        e.leaf_hash: e.body.payload
+        for e in entries
+        if isinstance(e.body.payload, ProposalSubmitted)
+    }
     seen: dict[tuple[bytes, int, str, int], int] = {}
     attempts: dict[bytes, int] = {}
     for e in entries:
         p = e.body.payload
         if not isinstance(p, RolloutStep):
             continue
-        assert p.phase != "DRIFT_CORRECTED", f"seq {e.seq}: DRIFT_CORRECTED with nobody editing by hand: {p.reason}"
+        assert p.phase != "DRIFT_CORRECTED", (
+            f"seq {e.seq}: DRIFT_CORRECTED with nobody editing by hand: {p.reason}"
+        )
         attempt = attempts.get(p.proposal, 0)
         key = (p.proposal, p.step, p.phase, attempt)
-        assert key not in seen, (f"rollout step recorded twice: {p.phase} step {p.step} of "
-                                 f"{p.proposal.hex()[:12]} attempt {attempt} at seq {seen[key]} and {e.seq}")
+        assert key not in seen, (
+            f"rollout step recorded twice: {p.phase} step {p.step} of "
+            f"{p.proposal.hex()[:12]} attempt {attempt} at seq {seen[key]} and {e.seq}"
+        )
         seen[key] = e.seq
         want_id = step_event_id(p.proposal, p.step, p.phase, attempt)
-        assert e.body.event_id == want_id, (f"seq {e.seq}: event id {e.body.event_id.hex()}, expected the "
-                                            f"deterministic {want_id.hex()}")
+        assert e.body.event_id == want_id, (
+            f"seq {e.seq}: event id {e.body.event_id.hex()}, expected the "
+            f"deterministic {want_id.hex()}"
+        )
         if p.phase == "ROLLED_BACK":
             attempts[p.proposal] = attempt + 1
     by_proposal = steps_by_proposal(entries)
@@ -738,28 +936,48 @@ def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.Ap
             # Each attempt: a prefix of the plan's story, ended (always, unless it is the last)
             # by one ROLLED_BACK at weight 0 at the step it had reached.
             if a[-1][2] == "ROLLED_BACK":
-                ok = a[:-1] == STORY[:len(a) - 1] and 2 <= len(a) <= 4 and a[-1][:2] == (a[-2][0], 0)
+                ok = (
+                    a[:-1] == STORY[: len(a) - 1]
+                    and 2 <= len(a) <= 4
+                    and a[-1][:2] == (a[-2][0], 0)
+                )
             else:
-                ok = i == len(attempts) - 1 and a == STORY[:len(a)]
-            assert ok, f"{r.name}: attempt {i} recorded {a}; expected a prefix of {STORY}, ended by ROLLED_BACK if not the last"
+                ok = i == len(attempts) - 1 and a == STORY[: len(a)]
+            assert ok, (
+                f"{r.name}: attempt {i} recorded {a}; expected a prefix of {STORY}, ended by ROLLED_BACK if not the last"
+            )
         for s in steps:
             if s.phase == "STARTED":
                 obs = s.observed
                 assert (obs.stable_replicas + obs.canary_replicas, obs.stable_image) == (N, V1), (
-                    f"{r.name}: STARTED observed {obs}, expected {N} x {V1}")
+                    f"{r.name}: STARTED observed {obs}, expected {N} x {V1}"
+                )
         phase = story[-1][2] if story else "PENDING"
-        expected = {"promote": {"PROMOTED"}, "unhealthy": {"ROLLED_BACK"}, "hold": {"ADVANCED"},
-                    "kill": {"ROLLED_BACK", "PENDING"}, "retry": {"PROMOTED"}}[r.outcome]
-        assert phase in expected, f"{r.name} ({r.outcome}): last phase {phase}, expected one of {expected}"
+        expected = {
+            "promote": {"PROMOTED"},
+            "unhealthy": {"ROLLED_BACK"},
+            "hold": {"ADVANCED"},
+            "kill": {"ROLLED_BACK", "PENDING"},
+            "retry": {"PROMOTED"},
+        }[r.outcome]
+        assert phase in expected, (
+            f"{r.name} ({r.outcome}): last phase {phase}, expected one of {expected}"
+        )
         want_attempts = 2 if r.outcome == "retry" else min(1, len(story))
-        assert len(attempts) == want_attempts, f"{r.name} ({r.outcome}): {len(attempts)} attempts, expected {want_attempts}"
+        assert len(attempts) == want_attempts, (
+            f"{r.name} ({r.outcome}): {len(attempts)} attempts, expected {want_attempts}"
+        )
         if phase == "PENDING":
             assert r.proposal in killed, f"{r.name}: never started but no kill switch on it"
         if r.outcome in ("unhealthy", "retry"):
             assert attempts[0][-1][:3] == (1, 0, "ROLLED_BACK"), (
-                f"{r.name}: first attempt ended {attempts[0][-1]}, expected ROLLED_BACK at step 1")
+                f"{r.name}: first attempt ended {attempts[0][-1]}, expected ROLLED_BACK at step 1"
+            )
 
-        stable, canary = read_deployment(apps, ns, r.name), read_deployment(apps, ns, r.name + "-canary")
+        stable, canary = (
+            read_deployment(apps, ns, r.name),
+            read_deployment(apps, ns, r.name + "-canary"),
+        )
         if phase == "PROMOTED":
             want_stable, want_canary = (N, r.candidate), None
         elif phase == "ADVANCED":
@@ -768,17 +986,22 @@ def check_all(address: str, acks: Acks, rollouts: list[Rollout], apps: client.Ap
         else:  # rolled back, killed, or never started
             want_stable, want_canary = (N, V1), None
         assert _spec(stable) == want_stable, (
-            f"{r.name} ({phase}): stable (replicas, image) {_spec(stable)}, expected {want_stable}")
+            f"{r.name} ({phase}): stable (replicas, image) {_spec(stable)}, expected {want_stable}"
+        )
         assert _spec(canary) == want_canary, (
-            f"{r.name} ({phase}): canary (replicas, image) {_spec(canary)}, expected {want_canary}")
+            f"{r.name} ({phase}): canary (replicas, image) {_spec(canary)}, expected {want_canary}"
+        )
 
         want_s, want_c = implied_states(steps, r.candidate)
         seen_s = history.states.get(r.name, [])
         seen_c = history.states.get(r.name + "-canary", [])
         assert is_subsequence(seen_s, want_s), (
-            f"{r.name}: stable went through {seen_s}, not a subsequence of what the log implies {want_s}")
+            f"{r.name}: stable went through {seen_s}, not a subsequence of what the log implies {want_s}"
+        )
         assert is_subsequence(seen_c, want_c), (
-            f"{r.name}-canary went through {seen_c}, not a subsequence of what the log implies {want_c}")
+            f"{r.name}-canary went through {seen_c}, not a subsequence of what the log implies {want_c}"
+        )
         assert stable.metadata.generation <= len(want_s), (
             f"{r.name}: generation {stable.metadata.generation}, expected at most {len(want_s)} "
-            f"(1 + the {len(want_s) - 1} spec changes the log implies)")
+            f"(1 + the {len(want_s) - 1} spec changes the log implies)"
+        )

@@ -33,14 +33,21 @@ from ledger.merkle import MerkleTree
 from tests.helpers.mutations import mutated
 
 EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "ledger-vectors.json").read_text())
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "ledger-vectors.json").read_text()
+)
 ENTRIES = [bytes.fromhex(e["entry_hex"]) for e in VECTORS["entries"]]
 BODIES = [bytes.fromhex(e["body_hex"]) for e in VECTORS["entries"]]
 SIGNED_EVENTS = [
-    lf.encode_signed_event(lf.SignedEvent(d.body, d.signatures)) for d in map(lf.decode_entry, ENTRIES)
+    lf.encode_signed_event(lf.SignedEvent(d.body, d.signatures))
+    for d in map(lf.decode_entry, ENTRIES)
 ]
 
 
@@ -50,7 +57,9 @@ def _notes() -> tuple[str, str, str, str]:
     tree = MerkleTree()
     for raw in ENTRIES:
         tree.append(lf.decode_log_entry(raw).leaf_hash)
-    note = lcp.sign_checkpoint(lcp.Checkpoint("steward.dev/ledger/fuzz", tree.size, tree.root()), signer)
+    note = lcp.sign_checkpoint(
+        lcp.Checkpoint("steward.dev/ledger/fuzz", tree.size, tree.root()), signer
+    )
     proof = tlog_proof.write_tlog_proof(3, tree.inclusion_proof(3, tree.size), note)
     return signer.vkey, note, note.split("\n\n", 1)[0] + "\n", proof
 
@@ -80,13 +89,17 @@ def text_mutated(draw: st.DrawFn, seeds: list[str]) -> str:
         if op == "insert":
             text = text[:at] + draw(st.text(max_size=8)) + text[at:]
         elif op == "delete":
-            text = text[:at] + text[at + draw(st.integers(1, 8)):]
+            text = text[:at] + text[at + draw(st.integers(1, 8)) :]
         elif op == "replace" and at < len(text):
-            text = text[:at] + draw(st.characters()) + text[at + 1:]
+            text = text[:at] + draw(st.characters()) + text[at + 1 :]
         elif op == "truncate":
             text = text[:at]
         else:
-            text = text[:at] + draw(st.sampled_from(("\n", "\n\n", "\r\n", " ", "\u2014 "))) + text[at:]
+            text = (
+                text[:at]
+                + draw(st.sampled_from(("\n", "\n\n", "\r\n", " ", "\u2014 ")))
+                + text[at:]
+            )
     return text
 
 
@@ -204,10 +217,15 @@ def _exports() -> list[bytes]:
 
     import fastavro
 
-    schema = fastavro.parse_schema(json.loads(
-        (Path(audit_formats.__file__).parent / "schemas" / "export_record.v1.avsc").read_text()))
-    metadata = {"steward.format": "steward-export/v1",
-                "steward.checkpoints": json.dumps([{"size": len(ENTRIES), "note": NOTE}])}
+    schema = fastavro.parse_schema(
+        json.loads(
+            (Path(audit_formats.__file__).parent / "schemas" / "export_record.v1.avsc").read_text()
+        )
+    )
+    metadata = {
+        "steward.format": "steward-export/v1",
+        "steward.checkpoints": json.dumps([{"size": len(ENTRIES), "note": NOTE}]),
+    }
     out = []
     for codec in ("deflate", "null"):
         buf = io.BytesIO()
@@ -238,7 +256,13 @@ def _read_export(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.one_of(mutated(EXPORTS), st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"Obj\x01" + b)))
+@given(
+    st.one_of(
+        mutated(EXPORTS),
+        st.binary(max_size=512),
+        st.binary(max_size=512).map(lambda b: b"Obj\x01" + b),
+    )
+)
 def test_audit_export_reader(data: bytes) -> None:
     """Whatever the file holds, reading it raises nothing but the auditor's own AuditError (exit
     status 2, one line), and an error message is one line."""
@@ -282,6 +306,7 @@ def test_seeds_are_valid(seed: int) -> None:
 
 
 # -- the signature worker's pipe protocol (ledger.sigworker) ----------------------------------
+
 
 def _worker_requests() -> list[bytes]:
     from ledger.sigworker import encode_request

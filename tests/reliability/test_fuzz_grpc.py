@@ -40,9 +40,15 @@ from steward.v1 import ledger_pb2, ledger_pb2_grpc
 from tests.helpers.mutations import mutated
 
 EXAMPLES = int(os.environ.get("STEWARD_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
+)
 
 ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -72,20 +78,29 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     tmp: Path = tmp_path_factory.mktemp("fuzz-grpc")
     cast = Cast.create()
     flow = Flow(cast, ledger="fuzz", origin="steward.dev/ledger/fuzz")
-    running = serve(LedgerServerConfig(store=tmp / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp / "ledger.db", checkpoint_key=cast.checkpoint_key, checkpoint_every_ms=0
+        )
+    )
     channel = grpc.insecure_channel(running.address)
     client = LedgerClient(running.address, retries=0)
     try:
         events = [flow.genesis(), *flow.grants(), flow.policy(), flow.propose()]
         receipts = [client.append(e) for e in events]
         proposal = receipts[-1].leaf_hash
-        more = [flow.eval(proposal, "safety", 0.97), flow.eval(proposal, "quality", 0.9),
-                flow.health(proposal, 0), flow.kill(_scope(proposal))]
+        more = [
+            flow.eval(proposal, "safety", 0.97),
+            flow.eval(proposal, "quality", 0.9),
+            flow.health(proposal, 0),
+            flow.kill(_scope(proposal)),
+        ]
         for e in more:
             client.append(e)
         appended = [encode_signed_event(e) for e in (*events, *more)]
-        yield Ledger(running, ledger_pb2_grpc.LedgerServiceStub(channel), client, flow, appended, proposal)
+        yield Ledger(
+            running, ledger_pb2_grpc.LedgerServiceStub(channel), client, flow, appended, proposal
+        )
     finally:
         client.close()
         channel.close()
@@ -152,8 +167,14 @@ def _raw_many(body: bytes, event: SignedEvent) -> bytes:
     from ledger.formats import SIGNED_EVENT_SCHEMA, SINGLE_OBJECT_MAGIC
 
     out = io.BytesIO()
-    fastavro.schemaless_writer(out, SIGNED_EVENT_SCHEMA.parsed, {
-        "body": body, "signatures": [{"key_id": s.key_id, "sig": s.sig} for s in event.signatures]})
+    fastavro.schemaless_writer(
+        out,
+        SIGNED_EVENT_SCHEMA.parsed,
+        {
+            "body": body,
+            "signatures": [{"key_id": s.key_id, "sig": s.sig} for s in event.signatures],
+        },
+    )
     return SINGLE_OBJECT_MAGIC + SIGNED_EVENT_SCHEMA.fingerprint + out.getvalue()
 
 
@@ -210,8 +231,12 @@ def test_fuzz_append_stream(ledger: Ledger) -> None:
                 return data.draw(garbage_or_mutated(ledger))
             return _forged(ledger, data.draw(st.integers(0, 6)), data)
 
-        requests = [ledger_pb2.AppendBatch(batch_id=i, signed_events=[item() for _ in range(data.draw(st.integers(0, 8)))])
-                    for i in range(batches)]
+        requests = [
+            ledger_pb2.AppendBatch(
+                batch_id=i, signed_events=[item() for _ in range(data.draw(st.integers(0, 8)))]
+            )
+            for i in range(batches)
+        ]
         try:
             for reply in ledger.stub.AppendStream(iter(requests), timeout=60):
                 for r in reply.results:

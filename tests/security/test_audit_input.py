@@ -40,6 +40,7 @@ ENTRIES = 17  # not a multiple of CHECKPOINT_EVERY: the server's own checkpoints
 def _populate(address: str, cast: Cast) -> None:
     with LedgerClient(address, timeout=10, retries=0) as client:
         flow = Flow(cast, state=followed_state(client.read))
+
         def ok(event: object) -> bytes:
             return client.append(event).leaf_hash  # type: ignore[arg-type]
 
@@ -60,13 +61,21 @@ def _populate(address: str, cast: Cast) -> None:
 def ledger(tmp_path: Path) -> Iterator[tuple[RunningServer, Path]]:
     """A running ledger server whose newest checkpoint (16) leaves seq 16 uncovered, and its trust root."""
     cast = Cast.create(seed="audit-input")
-    running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0, checkpoint_every_entries=CHECKPOINT_EVERY))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "ledger.db",
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_ms=0,
+            checkpoint_every_entries=CHECKPOINT_EVERY,
+        )
+    )
     try:
         _populate(running.address, cast)
         trust = tmp_path / "trust.json"
         with LedgerClient(running.address, timeout=10, retries=0) as client:
-            assert client.checkpoints()[-1].size < ENTRIES, "the server's checkpoints must leave a tail"
+            assert client.checkpoints()[-1].size < ENTRIES, (
+                "the server's checkpoints must leave a tail"
+            )
             write_trust_root(client, trust)
         yield running, trust
     finally:
@@ -78,8 +87,14 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     """(the bytes of a real export, its trust root)."""
     tmp = tmp_path_factory.mktemp("export")
     cast = Cast.create(seed="audit-input")
-    running = serve(LedgerServerConfig(store=tmp / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0, checkpoint_every_entries=CHECKPOINT_EVERY))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp / "ledger.db",
+            checkpoint_key=cast.checkpoint_key,
+            checkpoint_every_ms=0,
+            checkpoint_every_entries=CHECKPOINT_EVERY,
+        )
+    )
     try:
         _populate(running.address, cast)
         with LedgerClient(running.address, timeout=10, retries=0) as client:
@@ -138,21 +153,21 @@ class Container:
                 break
             for _ in range(count):
                 n, pos = _long(data, pos)
-                key = data[pos:pos + n].decode()
+                key = data[pos : pos + n].decode()
                 pos += n
                 n, pos = _long(data, pos)
-                meta[key] = data[pos:pos + n]
+                meta[key] = data[pos : pos + n]
                 pos += n
-        sync = data[pos:pos + 16]
+        sync = data[pos : pos + 16]
         pos += 16
         header_end, blocks = pos, []
         while pos < len(data):
             at = pos
             count, pos = _long(data, pos)
             size, pos = _long(data, pos)
-            blocks.append(Block(count, data[pos:pos + size], at))
+            blocks.append(Block(count, data[pos : pos + size], at))
             pos += size
-            assert data[pos:pos + 16] == sync
+            assert data[pos : pos + 16] == sync
             pos += 16
         return cls(meta, sync, blocks, header_end)
 
@@ -171,7 +186,7 @@ class Container:
         for _ in range(self.blocks[block].count):
             seq, pos = _long(raw, pos)
             n, pos = _long(raw, pos)
-            out.append((seq, raw[pos:pos + n]))
+            out.append((seq, raw[pos : pos + n]))
             pos += n
         return out
 
@@ -188,14 +203,19 @@ def _record(seq: int, entry: bytes) -> bytes:
 # -- running the auditor -------------------------------------------------------------------------
 
 
-def _audit(path: Path, trust: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
-    code = main(["verify", "--export", str(path), "--trust-root", str(trust), "--no-progress", *extra])
+def _audit(
+    path: Path, trust: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str, str]:
+    code = main(
+        ["verify", "--export", str(path), "--trust-root", str(trust), "--no-progress", *extra]
+    )
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def _cannot_audit(data: bytes, tmp_path: Path, trust: Path, capsys: pytest.CaptureFixture[str],
-                  *words: str) -> str:
+def _cannot_audit(
+    data: bytes, tmp_path: Path, trust: Path, capsys: pytest.CaptureFixture[str], *words: str
+) -> str:
     """The file is refused: exit 2, one line on stderr naming the file, where and why."""
     path = tmp_path / "hostile.avro"
     path.write_bytes(data)
@@ -212,8 +232,9 @@ def _cannot_audit(data: bytes, tmp_path: Path, trust: Path, capsys: pytest.Captu
     return line
 
 
-def test_the_real_export_verifies(export: tuple[bytes, Path], tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_real_export_verifies(
+    export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     path = tmp_path / "ledger.avro"
     path.write_bytes(data)
@@ -236,10 +257,20 @@ def test_the_exporter_ends_covered_by_a_checkpoint(export: tuple[bytes, Path]) -
 # -- malformed containers: exit 2, one line --------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["in the magic", "in the metadata", "in the header's sync marker",
-                                   "in a block's header", "in a block's data", "in the last sync marker"])
-def test_truncated_export(where: str, export: tuple[bytes, Path], tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "where",
+    [
+        "in the magic",
+        "in the metadata",
+        "in the header's sync marker",
+        "in a block's header",
+        "in a block's data",
+        "in the last sync marker",
+    ],
+)
+def test_truncated_export(
+    where: str, export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     c = Container.parse(data)
     cut = {  # (a cut exactly at a block boundary leaves a whole, shorter file: not this test)
@@ -253,19 +284,29 @@ def test_truncated_export(where: str, export: tuple[bytes, Path], tmp_path: Path
     _cannot_audit(data[:cut], tmp_path, trust, capsys, "truncated")
 
 
-def test_bad_sync_marker(export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_sync_marker(
+    export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     c = Container.parse(data)
-    at = c.blocks[0].offset + len(_zigzag(c.blocks[0].count)) + len(_zigzag(len(c.blocks[0].data))) \
-        + len(c.blocks[0].data) + 7
+    at = (
+        c.blocks[0].offset
+        + len(_zigzag(c.blocks[0].count))
+        + len(_zigzag(len(c.blocks[0].data)))
+        + len(c.blocks[0].data)
+        + 7
+    )
     flipped = bytearray(data)
     flipped[at] ^= 0x40
     _cannot_audit(bytes(flipped), tmp_path, trust, capsys, "sync marker", "block 0")
 
 
-@pytest.mark.parametrize("damage", ["invalid block type", "stream cut short", "data after the stream"])
-def test_corrupt_deflate_block(damage: str, export: tuple[bytes, Path], tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "damage", ["invalid block type", "stream cut short", "data after the stream"]
+)
+def test_corrupt_deflate_block(
+    damage: str, export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     c = Container.parse(data)
     stored = c.blocks[0].data
@@ -286,20 +327,30 @@ def _absurd(c: Container, field: str) -> bytes:
     count_field = _zigzag(b0.count)
     if field == "block size":
         head = _zigzag(b0.count) + _zigzag(ABSURD)
-        return data[:b0.offset] + head + b0.data + c.sync + data[b0.offset + len(count_field)
-                                                                  + len(_zigzag(len(b0.data))) + len(b0.data) + 16:]
+        return (
+            data[: b0.offset]
+            + head
+            + b0.data
+            + c.sync
+            + data[b0.offset + len(count_field) + len(_zigzag(len(b0.data))) + len(b0.data) + 16 :]
+        )
     if field == "negative block size":
-        return data[:b0.offset] + count_field + _zigzag(-5) + data[b0.offset + len(count_field) + len(_zigzag(len(b0.data))):]
+        return (
+            data[: b0.offset]
+            + count_field
+            + _zigzag(-5)
+            + data[b0.offset + len(count_field) + len(_zigzag(len(b0.data))) :]
+        )
     if field == "block object count":
-        return data[:b0.offset] + _zigzag(ABSURD) + data[b0.offset + len(count_field):]
+        return data[: b0.offset] + _zigzag(ABSURD) + data[b0.offset + len(count_field) :]
     if field == "negative object count":
-        return data[:b0.offset] + _zigzag(-3) + data[b0.offset + len(count_field):]
+        return data[: b0.offset] + _zigzag(-3) + data[b0.offset + len(count_field) :]
     if field == "metadata entry count":
         return b"Obj\x01" + _zigzag(ABSURD) + data[5:]
     if field == "metadata value length":
         key = b"steward.format"
         i = data.index(key) + len(key)
-        return data[:i] + _zigzag(ABSURD) + data[i + 1:]
+        return data[:i] + _zigzag(ABSURD) + data[i + 1 :]
     if field == "entry length":
         records = c.records(0)
         raw = b"".join(_record(s, e) for s, e in records[:-1])
@@ -311,41 +362,66 @@ def _absurd(c: Container, field: str) -> bytes:
     raise AssertionError(field)
 
 
-@pytest.mark.parametrize("field", ["block size", "negative block size", "block object count",
-                                   "negative object count", "metadata entry count", "metadata value length",
-                                   "entry length", "record count beyond the block's data"])
-def test_absurd_length_fields(field: str, export: tuple[bytes, Path], tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "field",
+    [
+        "block size",
+        "negative block size",
+        "block object count",
+        "negative object count",
+        "metadata entry count",
+        "metadata value length",
+        "entry length",
+        "record count beyond the block's data",
+    ],
+)
+def test_absurd_length_fields(
+    field: str, export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     _cannot_audit(_absurd(Container.parse(data), field), tmp_path, trust, capsys)
 
 
 @pytest.mark.parametrize("codec", [b"snappy", b"zstandard", b"deflate\x00"])
-def test_unknown_codec(codec: bytes, export: tuple[bytes, Path], tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_codec(
+    codec: bytes, export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, trust = export
     c = Container.parse(data)
     c.meta["avro.codec"] = codec
     _cannot_audit(c.build(), tmp_path, trust, capsys, "codec")
 
 
-@pytest.mark.parametrize("key,value", [
-    ("steward.checkpoints", "[" * 100_000 + "]" * 100_000),
-    ("steward.checkpoints", '[{"size": 1, "note": ' * 5_000 + "1" + "}]" * 5_000),
-    ("avro.schema", '{"type": ' * 100_000 + '"long"' + "}" * 100_000),
-    ("steward.checkpoints", "[1, 2]"),
-    ("steward.checkpoints", '[{"size": "x", "note": 3}]'),
-    ("avro.schema", '{"type": "record", "name": "Other", "fields": [{"name": "seq", "type": "string"}]}'),
-])
-def test_hostile_json_metadata(key: str, value: str, export: tuple[bytes, Path], tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("steward.checkpoints", "[" * 100_000 + "]" * 100_000),
+        ("steward.checkpoints", '[{"size": 1, "note": ' * 5_000 + "1" + "}]" * 5_000),
+        ("avro.schema", '{"type": ' * 100_000 + '"long"' + "}" * 100_000),
+        ("steward.checkpoints", "[1, 2]"),
+        ("steward.checkpoints", '[{"size": "x", "note": 3}]'),
+        (
+            "avro.schema",
+            '{"type": "record", "name": "Other", "fields": [{"name": "seq", "type": "string"}]}',
+        ),
+    ],
+)
+def test_hostile_json_metadata(
+    key: str,
+    value: str,
+    export: tuple[bytes, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     data, trust = export
     c = Container.parse(data)
     c.meta[key] = value.encode()
     _cannot_audit(c.build(), tmp_path, trust, capsys, key)
 
 
-def test_not_an_avro_file(tmp_path: Path, export: tuple[bytes, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_an_avro_file(
+    tmp_path: Path, export: tuple[bytes, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _cannot_audit(b"PK\x03\x04 a zip file, not an export", tmp_path, export[1], capsys, "magic")
 
 
@@ -377,12 +453,28 @@ def test_deflate_bomb_stays_bounded(export: tuple[bytes, Path], tmp_path: Path) 
     c.blocks.insert(1, Block(1000, bomb, 0))
     path = tmp_path / "bomb.avro"
     path.write_bytes(c.build())
-    probe = ("import resource, sys; from audit.cli import main; code = main(sys.argv[1:]); "
-             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-             "sys.exit(code)")
+    probe = (
+        "import resource, sys; from audit.cli import main; code = main(sys.argv[1:]); "
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+        "sys.exit(code)"
+    )
     run = subprocess.run(
-        [sys.executable, "-c", probe, "verify", "--export", str(path), "--trust-root", str(trust), "--no-progress"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, preexec_fn=_limit_memory,
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "verify",
+            "--export",
+            str(path),
+            "--trust-root",
+            str(trust),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        preexec_fn=_limit_memory,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     lines = run.stderr.strip().splitlines()
@@ -396,8 +488,9 @@ def test_deflate_bomb_stays_bounded(export: tuple[bytes, Path], tmp_path: Path) 
 # -- tails no signed checkpoint covers ----------------------------------------------------------
 
 
-def test_uncovered_tail_in_an_export_is_a_finding(export: tuple[bytes, Path], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_uncovered_tail_in_an_export_is_a_finding(
+    export: tuple[bytes, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The export's checkpoints stop at 12 of 17 entries: seqs 12..16 are signed by their
     authors, but nothing the ledger signed vouches for them."""
     data, trust = export
@@ -415,8 +508,9 @@ def test_uncovered_tail_in_an_export_is_a_finding(export: tuple[bytes, Path], tm
     assert code == 1 and "RESULT: NOT VERIFIED" in out and "UNCOVERED_TAIL" in out, out
 
 
-def test_live_audit_asks_for_a_checkpoint_covering_the_tail(ledger: tuple[RunningServer, Path],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_live_audit_asks_for_a_checkpoint_covering_the_tail(
+    ledger: tuple[RunningServer, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     running, trust = ledger
     code = main(["verify", "--grpc", running.address, "--trust-root", str(trust), "--json"])
     doc = json.loads(capsys.readouterr().out)
@@ -427,16 +521,28 @@ def test_live_audit_asks_for_a_checkpoint_covering_the_tail(ledger: tuple[Runnin
         assert client.checkpoints()[-1].size == ENTRIES
 
 
-def test_live_audit_without_asking_reports_the_tail_pending(ledger: tuple[RunningServer, Path],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_live_audit_without_asking_reports_the_tail_pending(
+    ledger: tuple[RunningServer, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     running, trust = ledger
-    code = main(["verify", "--grpc", running.address, "--trust-root", str(trust), "--no-checkpoint-request"])
+    code = main(
+        ["verify", "--grpc", running.address, "--trust-root", str(trust), "--no-checkpoint-request"]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "RESULT: VERIFIED (no findings)" not in out, out
     assert "PENDING" in out and "seq 16..16" in out, out
-    code = main(["verify", "--grpc", running.address, "--trust-root", str(trust), "--no-checkpoint-request",
-                 "--json"])
+    code = main(
+        [
+            "verify",
+            "--grpc",
+            running.address,
+            "--trust-root",
+            str(trust),
+            "--no-checkpoint-request",
+            "--json",
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["pending"] == {"first_seq": 16, "last_seq": 16, "entries": 1}, doc
     assert doc["verified_checkpoint_size"] == 16, doc

@@ -52,7 +52,9 @@ class Ledger:
         assert not receipt.duplicate
         return receipt.leaf_hash
 
-    def refused(self, event: SignedEvent, code: grpc.StatusCode, violation: str, field: str) -> LedgerRpcError:
+    def refused(
+        self, event: SignedEvent, code: grpc.StatusCode, violation: str, field: str
+    ) -> LedgerRpcError:
         head = self.client.head()
         with pytest.raises(LedgerRpcError) as info:
             self.client.append(event)
@@ -69,27 +71,40 @@ class Ledger:
             assert isinstance(result, Receipt)
         self.ok(self.flow.policy(**policy))  # type: ignore[arg-type]
 
-    def evaluated(self, image: str = "registry.example/model-server:v2",
-                  deployment: str = "model-server") -> tuple[bytes, tuple[bytes, bytes]]:
+    def evaluated(
+        self, image: str = "registry.example/model-server:v2", deployment: str = "model-server"
+    ) -> tuple[bytes, tuple[bytes, bytes]]:
         p = self.ok(self.flow.propose(image, deployment=deployment))
-        return p, (self.ok(self.flow.eval(p, "safety", 0.99)), self.ok(self.flow.eval(p, "quality", 0.91)))
+        return p, (
+            self.ok(self.flow.eval(p, "safety", 0.99)),
+            self.ok(self.flow.eval(p, "quality", 0.91)),
+        )
 
-    def approve(self, p: bytes, evals: tuple[bytes, bytes], signer: str, *refs: bytes) -> SignedEvent:
-        return self.flow.event(ApprovalRecorded(p, "APPROVE", evals, "looks good"), signer, refs=refs)
+    def approve(
+        self, p: bytes, evals: tuple[bytes, bytes], signer: str, *refs: bytes
+    ) -> SignedEvent:
+        return self.flow.event(
+            ApprovalRecorded(p, "APPROVE", evals, "looks good"), signer, refs=refs
+        )
 
     def release(self, scope: KillScope, signers: tuple[str, ...], *refs: bytes) -> SignedEvent:
         return self.flow.event(KillSwitchReleased(scope, "investigated, safe"), *signers, refs=refs)
 
     def report(self, p: bytes, step: int, *refs: bytes) -> SignedEvent:
-        return self.flow.event(HealthReported(p, step, True, (Metric("error_rate", 0.001),)), "monitor", refs=refs)
+        return self.flow.event(
+            HealthReported(p, step, True, (Metric("error_rate", 0.001),)), "monitor", refs=refs
+        )
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     cast = Cast.create()  # the demo cast: the agent holds proposer and approver
     assert "approver" in cast["agent"].roles
-    running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key, checkpoint_every_ms=0
+        )
+    )
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
         yield Ledger(running, client, cast, Flow(cast))
@@ -109,10 +124,16 @@ def test_attack2_a_release_signed_in_advance_releases_no_later_engagement(ledger
     engaged = ledger.ok(ledger.flow.kill(TARGET))
     rolled_back = ledger.ok(ledger.flow.step(p, 0, 0, "ROLLED_BACK"))
     # The held-back release names no engagement: refused, the switch stays engaged.
-    ledger.refused(presigned, CODE.FAILED_PRECONDITION, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT", "refs")
+    ledger.refused(
+        presigned, CODE.FAILED_PRECONDITION, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT", "refs"
+    )
     # Naming some other entry instead of the engagement is refused the same way.
-    ledger.refused(ledger.release(TARGET, ("alice", "bob"), rolled_back),
-                   CODE.FAILED_PRECONDITION, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT", "refs")
+    ledger.refused(
+        ledger.release(TARGET, ("alice", "bob"), rolled_back),
+        CODE.FAILED_PRECONDITION,
+        "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT",
+        "refs",
+    )
     # A release of this engagement, kept back until the switch is engaged again, releases
     # nothing later either.
     kept = ledger.release(TARGET, ("alice", "carol"), engaged)
@@ -122,7 +143,9 @@ def test_attack2_a_release_signed_in_advance_releases_no_later_engagement(ledger
     ledger.ok(ledger.release(TARGET, ("alice", "bob"), engaged_again))
 
 
-def test_attack3_the_stopped_proposer_and_disallowed_kinds_do_not_count_towards_release(ledger: Ledger) -> None:
+def test_attack3_the_stopped_proposer_and_disallowed_kinds_do_not_count_towards_release(
+    ledger: Ledger,
+) -> None:
     ledger.base(kinds=("human",), kill_release=2)
     p, evals = ledger.evaluated()
     ledger.ok(ledger.approve(p, evals, "alice"))
@@ -131,8 +154,12 @@ def test_attack3_the_stopped_proposer_and_disallowed_kinds_do_not_count_towards_
     engaged = ledger.ok(ledger.flow.kill(TARGET))
     ledger.ok(ledger.flow.step(p, 0, 0, "ROLLED_BACK"))
     # The agent whose rollout the switch stopped, plus one human: one allowed approver, not two.
-    err = ledger.refused(ledger.release(TARGET, ("agent", "alice"), engaged),
-                         CODE.PERMISSION_DENIED, "THRESHOLD_NOT_MET", "signatures")
+    err = ledger.refused(
+        ledger.release(TARGET, ("agent", "alice"), engaged),
+        CODE.PERMISSION_DENIED,
+        "THRESHOLD_NOT_MET",
+        "signatures",
+    )
     assert "agent:researcher-7" in err.message
     ledger.ok(ledger.release(TARGET, ("alice", "bob"), engaged))
 
@@ -147,17 +174,28 @@ def test_attack3_a_global_switch_satisfies_every_policy_on_its_own_terms(ledger:
     assert isinstance(default, PolicySet)
     from dataclasses import replace
 
-    lab = replace(default, policy_id="lab", selector=TargetSelector("lab", "*"),
-                  approver_kinds=("human", "agent"), kill_release_approvals=1)
+    lab = replace(
+        default,
+        policy_id="lab",
+        selector=TargetSelector("lab", "*"),
+        approver_kinds=("human", "agent"),
+        kill_release_approvals=1,
+    )
     ledger.ok(ledger.flow.event(lab, "root1", "root2"))
     engaged = ledger.ok(ledger.flow.kill(GLOBAL))
     # An agent and a human meet "lab" (k=1) but not "default" (k=2, humans only).
-    ledger.refused(ledger.release(GLOBAL, ("agent", "alice"), engaged),
-                   CODE.PERMISSION_DENIED, "THRESHOLD_NOT_MET", "signatures")
+    ledger.refused(
+        ledger.release(GLOBAL, ("agent", "alice"), engaged),
+        CODE.PERMISSION_DENIED,
+        "THRESHOLD_NOT_MET",
+        "signatures",
+    )
     ledger.ok(ledger.release(GLOBAL, ("alice", "bob"), engaged))
 
 
-def test_attack4_approvals_signed_before_a_rollback_do_not_restart_the_rollout(ledger: Ledger) -> None:
+def test_attack4_approvals_signed_before_a_rollback_do_not_restart_the_rollout(
+    ledger: Ledger,
+) -> None:
     ledger.base()
     p, evals = ledger.evaluated()
     ledger.ok(ledger.approve(p, evals, "alice"))
@@ -169,16 +207,24 @@ def test_attack4_approvals_signed_before_a_rollback_do_not_restart_the_rollout(l
     rolled_back = ledger.ok(ledger.flow.step(p, 0, 0, "ROLLED_BACK"))
     ledger.ok(ledger.release(TARGET, ("alice", "bob"), engaged))
     for approval in withheld:
-        ledger.refused(approval, CODE.FAILED_PRECONDITION, "DECISION_NOT_AFTER_LATEST_ROLLBACK", "refs")
-    ledger.refused(ledger.flow.step(p, 0, 10, "STARTED"), CODE.FAILED_PRECONDITION, "APPROVALS_INSUFFICIENT",
-                   "payload.phase")
+        ledger.refused(
+            approval, CODE.FAILED_PRECONDITION, "DECISION_NOT_AFTER_LATEST_ROLLBACK", "refs"
+        )
+    ledger.refused(
+        ledger.flow.step(p, 0, 10, "STARTED"),
+        CODE.FAILED_PRECONDITION,
+        "APPROVALS_INSUFFICIENT",
+        "payload.phase",
+    )
     # Decisions made after the rollback name it, and count.
     ledger.ok(ledger.approve(p, evals, "alice", rolled_back))
     ledger.ok(ledger.approve(p, evals, "bob", rolled_back))
     ledger.ok(ledger.flow.step(p, 0, 10, "STARTED"))
 
 
-def test_attack4_a_health_report_for_an_earlier_run_does_not_pass_a_later_gate(ledger: Ledger) -> None:
+def test_attack4_a_health_report_for_an_earlier_run_does_not_pass_a_later_gate(
+    ledger: Ledger,
+) -> None:
     ledger.base()
     p, evals = ledger.evaluated()
     ledger.ok(ledger.approve(p, evals, "alice"))
@@ -194,7 +240,12 @@ def test_attack4_a_health_report_for_an_earlier_run_does_not_pass_a_later_gate(l
     ledger.ok(ledger.flow.step(p, 0, 10, "STARTED"))
     second_run = ledger.ok(ledger.flow.step(p, 1, 50, "ADVANCED"))
     ledger.refused(withheld, CODE.FAILED_PRECONDITION, "HEALTH_NOT_FOR_CURRENT_RUN", "refs")
-    ledger.refused(ledger.flow.step(p, 2, 100, "ADVANCED"), CODE.FAILED_PRECONDITION, "HEALTH_GATE", "payload.phase")
+    ledger.refused(
+        ledger.flow.step(p, 2, 100, "ADVANCED"),
+        CODE.FAILED_PRECONDITION,
+        "HEALTH_GATE",
+        "payload.phase",
+    )
     # A report for this run, naming it, opens the gate.
     ledger.ok(ledger.report(p, 1, second_run))
     ledger.ok(ledger.flow.step(p, 2, 100, "ADVANCED"))

@@ -70,8 +70,11 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     cast = Cast.create()
-    running = serve(LedgerServerConfig(store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key,
-                                       checkpoint_every_ms=0))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "ledger.db", checkpoint_key=cast.checkpoint_key, checkpoint_every_ms=0
+        )
+    )
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
         yield Env(running, client, cast, Flow(cast, state=followed_state(client.read)))
@@ -125,7 +128,9 @@ def test_reordered_signatures_are_refused_and_the_author_still_gets_in(env: Env)
     _engaged(env)
     first, second = _in_key_order(env, "alice", "bob")
     author = _signed(env, first, second)
-    err = env.refused(_signed(env, second, first), CODE.INVALID_ARGUMENT, "SIGNATURES_NOT_CANONICAL")
+    err = env.refused(
+        _signed(env, second, first), CODE.INVALID_ARGUMENT, "SIGNATURES_NOT_CANONICAL"
+    )
     assert err.field == "signatures[1]"
     env.ok(author)
 
@@ -159,8 +164,14 @@ def test_steward_sign_writes_the_signatures_in_key_id_order(tmp_path: Path) -> N
     event = flow.release(TARGET, signers=(high,))  # written with --out by the higher key id
     path = tmp_path / "release.evt"
     path.write_bytes(encode_signed_event(event))
-    subprocess.run([sys.executable, "-m", "ledger.cli", "sign", str(path), "--key", f"{low}.pem"],
-                   cwd=tmp_path, check=True, capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "sign", str(path), "--key", f"{low}.pem"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     signed = decode_signed_event(path.read_bytes())
     assert [s.key_id for s in signed.signatures] == sorted(cast[h].key.key_id for h in (low, high))
 

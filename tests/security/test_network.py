@@ -54,7 +54,9 @@ class Ledger:
         appends, checks = [], []
         for _ in range(TRIALS):
             self.kills += 1
-            event = self.flow.kill(KillScope("TARGET", namespace="models", deployment=f"svc-{self.kills}"))
+            event = self.flow.kill(
+                KillScope("TARGET", namespace="models", deployment=f"svc-{self.kills}")
+            )
             start = time.monotonic()
             self.client.append(event)
             appends.append(time.monotonic() - start)
@@ -72,10 +74,26 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     (tmp_path / "checkpoint.pem").write_bytes(cast.checkpoint_key.to_pem())
     port_file = tmp_path / "port"
     server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.server", "--db", str(tmp_path / "ledger.db"), "--checkpoint-key",
-         str(tmp_path / "checkpoint.pem"), "--port-file", str(port_file), "--projections", "off",
-         "--log-level", "WARNING", *os.environ.get("STEWARD_TEST_SERVER_FLAGS", "").split()],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("wb"))
+        [
+            sys.executable,
+            "-m",
+            "ledger.server",
+            "--db",
+            str(tmp_path / "ledger.db"),
+            "--checkpoint-key",
+            str(tmp_path / "checkpoint.pem"),
+            "--port-file",
+            str(port_file),
+            "--projections",
+            "off",
+            "--log-level",
+            "WARNING",
+            *os.environ.get("STEWARD_TEST_SERVER_FLAGS", "").split(),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("wb"),
+    )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -112,7 +130,9 @@ class Attacker:
         # A few connections, as one process would open: the limits count the peer, not a socket.
         if len(self.channels) < 4:
             self.channels.append(grpc.insecure_channel(self.target))
-        return ledger_pb2_grpc.LedgerServiceStub(self.channels[len(self.calls) % len(self.channels)])
+        return ledger_pb2_grpc.LedgerServiceStub(
+            self.channels[len(self.calls) % len(self.channels)]
+        )
 
     def _drain(self, call: grpc.RpcContext) -> None:
         try:
@@ -121,8 +141,11 @@ class Attacker:
             outcome = ("OK", "", "")
         except grpc.RpcError as err:
             md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-            outcome = (err.code().name, md.get(VIOLATION_CODE_KEY, ""),  # type: ignore[attr-defined]
-                       md.get(VIOLATION_FIELD_KEY, ""))
+            outcome = (
+                err.code().name,
+                md.get(VIOLATION_CODE_KEY, ""),  # type: ignore[attr-defined]
+                md.get(VIOLATION_FIELD_KEY, ""),
+            )
         with self._lock:
             self.outcomes[outcome] += 1
 
@@ -149,7 +172,9 @@ class Attacker:
             while not self.stop.is_set():
                 batch_id += 1
                 yield ledger_pb2.AppendBatch(
-                    batch_id=batch_id, signed_events=[os.urandom(96) for _ in range(events_per_batch)])
+                    batch_id=batch_id,
+                    signed_events=[os.urandom(96) for _ in range(events_per_batch)],
+                )
                 time.sleep(0.005)
 
         for _ in range(n):
@@ -163,15 +188,20 @@ class Attacker:
             channel.close()
 
 
-def _assert_heard(base: tuple[list[float], list[float]], attacked: tuple[list[float], list[float]]) -> None:
-    for what, before, during in (("kill switch Append", base[0], attacked[0]),
-                                 ("Health/Check", base[1], attacked[1])):
+def _assert_heard(
+    base: tuple[list[float], list[float]], attacked: tuple[list[float], list[float]]
+) -> None:
+    for what, before, during in (
+        ("kill switch Append", base[0], attacked[0]),
+        ("Health/Check", base[1], attacked[1]),
+    ):
         # Generous on purpose (a shared 2-core machine): 10x the worst unloaded call, plus 250 ms.
         bound = 10 * max(before) + 0.25
         assert max(during) <= bound, (
             f"{what} under attack: max {max(during) * 1000:.0f} ms, median "
             f"{statistics.median(during) * 1000:.0f} ms; unloaded max {max(before) * 1000:.0f} ms "
-            f"(bound {bound * 1000:.0f} ms)")
+            f"(bound {bound * 1000:.0f} ms)"
+        )
 
 
 def _attack(ledger: Ledger, *, idle: int = 0, followers: int = 0, garbage: int = 0) -> Attacker:
@@ -202,13 +232,17 @@ def test_32_idle_follow_readers_do_not_starve_the_kill_switch(ledger: Ledger) ->
         attacker.leave()
 
 
-def test_500_idle_streams_100_followers_and_garbage_do_not_starve_the_kill_switch(ledger: Ledger) -> None:
+def test_500_idle_streams_100_followers_and_garbage_do_not_starve_the_kill_switch(
+    ledger: Ledger,
+) -> None:
     base = ledger.kill_switch_and_health()
     attacker = _attack(ledger, idle=500, followers=100, garbage=4)
     past_the_limit = 500 + 100 + 4 - LedgerServerConfig.max_streams_per_peer
 
     def refused() -> int:  # by the stream limit, or (garbage streams) by the peer's append rate
-        return sum(n for (code, _, _), n in attacker.outcomes.items() if code == "RESOURCE_EXHAUSTED")
+        return sum(
+            n for (code, _, _), n in attacker.outcomes.items() if code == "RESOURCE_EXHAUSTED"
+        )
 
     try:
         # Streams past the per-peer limit are refused with the limit named; on a busy machine
@@ -217,33 +251,49 @@ def test_500_idle_streams_100_followers_and_garbage_do_not_starve_the_kill_switc
         while refused() < past_the_limit and time.monotonic() < deadline:
             time.sleep(0.1)
         assert refused() >= past_the_limit, attacker.outcomes
-        assert attacker.outcomes[("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer")] >= 500 + 100 - 32
-        assert all(field for code, _, field in attacker.outcomes if code == "RESOURCE_EXHAUSTED"), \
+        assert (
+            attacker.outcomes[("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer")]
+            >= 500 + 100 - 32
+        )
+        assert all(field for code, _, field in attacker.outcomes if code == "RESOURCE_EXHAUSTED"), (
             f"every refusal names its limit: {attacker.outcomes}"
+        )
         _assert_heard(base, ledger.kill_switch_and_health())
     finally:
         attacker.leave()
-    assert ledger.client.head().size == 1 + len(ledger.flow.grants()) + 1 + ledger.kills, \
+    assert ledger.client.head().size == 1 + len(ledger.flow.grants()) + 1 + ledger.kills, (
         "garbage must append nothing"
+    )
 
 
 def test_streams_are_limited_per_peer_and_in_all(tmp_path: Path) -> None:
     cast = Cast.create()
-    running = serve(LedgerServerConfig(store=tmp_path / "l.db", checkpoint_key=cast.checkpoint_key,
-                                       max_streams=6, max_streams_per_peer=4, unary_workers=2))
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "l.db",
+            checkpoint_key=cast.checkpoint_key,
+            max_streams=6,
+            max_streams_per_peer=4,
+            unary_workers=2,
+        )
+    )
     client = LedgerClient(running.address, retries=0, timeout=CALL_TIMEOUT_S)
     attacker = Attacker(running.address)
     try:
         client.append(Flow(cast).genesis())
         attacker.follow_readers(5)
         time.sleep(1.0)
-        assert attacker.outcomes == Counter({("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer"): 1})
+        assert attacker.outcomes == Counter(
+            {("RESOURCE_EXHAUSTED", "STREAM_LIMIT", "max_streams_per_peer"): 1}
+        )
         with pytest.raises(grpc.RpcError) as info:
-            list(grpc.insecure_channel(running.address).unary_stream(
-                "/steward.v1.LedgerService/Read",
-                request_serializer=ledger_pb2.ReadRequest.SerializeToString,
-                response_deserializer=ledger_pb2.EntryMessage.FromString,
-            )(ledger_pb2.ReadRequest(start_seq=0, follow=True), timeout=CALL_TIMEOUT_S))
+            list(
+                grpc.insecure_channel(running.address).unary_stream(
+                    "/steward.v1.LedgerService/Read",
+                    request_serializer=ledger_pb2.ReadRequest.SerializeToString,
+                    response_deserializer=ledger_pb2.EntryMessage.FromString,
+                )(ledger_pb2.ReadRequest(start_seq=0, follow=True), timeout=CALL_TIMEOUT_S)
+            )
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         assert "max_streams_per_peer is 4" in info.value.details()  # type: ignore[attr-defined]
         assert client.head().size == 1  # unary calls still have their lane

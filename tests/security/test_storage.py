@@ -47,8 +47,9 @@ def build_ledger(tmp_path: Path, *, checkpoint_at_end: bool = False) -> Built:
     cast.checkpoint_key.save(key)
     db = tmp_path / "ledger.db"
     store = SQLiteLogStore(db)
-    writer = LedgerServer(store, cast.checkpoint_key, checkpoint_every_entries=10_000,
-                          checkpoint_every_ms=0)
+    writer = LedgerServer(
+        store, cast.checkpoint_key, checkpoint_every_entries=10_000, checkpoint_every_ms=0
+    )
     writer.start()
     try:
         for event in [flow.genesis(), *flow.grants(), flow.policy()]:
@@ -72,7 +73,9 @@ def stored_rows(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, 
     """What the ledger keeps: every record and every checkpoint, as stored."""
     con = sqlite3.connect(db)
     try:
-        records = con.execute("SELECT position, key, value FROM log_records ORDER BY position").fetchall()
+        records = con.execute(
+            "SELECT position, key, value FROM log_records ORDER BY position"
+        ).fetchall()
         notes = con.execute("SELECT id, size, note FROM log_checkpoints ORDER BY id").fetchall()
     finally:
         con.close()
@@ -82,7 +85,9 @@ def stored_rows(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, 
 def record_value(db: Path, position: int) -> bytes:
     con = sqlite3.connect(db)
     try:
-        (value,) = con.execute("SELECT value FROM log_records WHERE position = ?", (position,)).fetchone()
+        (value,) = con.execute(
+            "SELECT value FROM log_records WHERE position = ?", (position,)
+        ).fetchone()
     finally:
         con.close()
     return bytes(value)
@@ -126,10 +131,26 @@ def run_server(built: Built) -> subprocess.CompletedProcess[str]:
     """Start the server on the built file; if it comes up serving (the bug), stop it at once."""
     port_file = built.db.with_suffix(".port")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.server", "--db", str(built.db), "--checkpoint-key",
-         str(built.key), "--projections", "off", "--checkpoint-every-ms", "0", "--port-file",
-         str(port_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "ledger.server",
+            "--db",
+            str(built.db),
+            "--checkpoint-key",
+            str(built.key),
+            "--projections",
+            "off",
+            "--checkpoint-every-ms",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and not port_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -140,8 +161,13 @@ def run_server(built: Built) -> subprocess.CompletedProcess[str]:
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ledger.cli", "store", "check", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "store", "check", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def last_line(text: str) -> str:
@@ -239,7 +265,8 @@ def garble_pages(db: Path) -> None:
 
 @pytest.mark.parametrize("damage", [truncate_half, garble_pages], ids=["truncated", "garbled"])
 def test_a_corrupt_sqlite_file_refuses_the_start_in_one_line(
-        tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
     built = build_ledger(tmp_path)
     con = sqlite3.connect(built.db)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
@@ -302,8 +329,13 @@ def test_the_offline_check_of_a_missing_file_is_a_usage_error(tmp_path: Path) ->
 
 
 def run_restore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ledger.cli", "store", "restore", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "store", "restore", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def head_of(db: Path, key: Path) -> tuple[int, bytes, list[int]]:
@@ -312,8 +344,9 @@ def head_of(db: Path, key: Path) -> tuple[int, bytes, list[int]]:
     from ledger.keys import PrivateKey
     from ledger.server import LedgerServerConfig, serve
 
-    running = serve(LedgerServerConfig(store=db, checkpoint_key=PrivateKey.load(key),
-                                       checkpoint_every_ms=0))
+    running = serve(
+        LedgerServerConfig(store=db, checkpoint_key=PrivateKey.load(key), checkpoint_every_ms=0)
+    )
     try:
         with LedgerClient(running.address) as client:
             head = client.head()
@@ -333,8 +366,11 @@ def test_a_damaged_store_is_restored_from_a_good_copy(tmp_path: Path, source: st
     good = head_of(built.db, built.key)
     copy = tmp_path / ("ledger-export.avro" if source == "export" else "backup.db")
     if source == "export":
-        running = serve(LedgerServerConfig(store=built.db, checkpoint_key=PrivateKey.load(built.key),
-                                           checkpoint_every_ms=0))
+        running = serve(
+            LedgerServerConfig(
+                store=built.db, checkpoint_key=PrivateKey.load(built.key), checkpoint_every_ms=0
+            )
+        )
         try:
             with LedgerClient(running.address) as client:
                 write_export(client, copy, progress=False)

@@ -38,7 +38,9 @@ class Harness:
         with pytest.raises(RuleViolationError) as info:
             self.core.append(event, self.tick)
         assert info.value.violation.code == code, str(info.value)
-        assert (self.core.size, self.core.tree.root()) == (size, root), "a refused event changed the ledger"
+        assert (self.core.size, self.core.tree.root()) == (size, root), (
+            "a refused event changed the ledger"
+        )
         OBSERVED_CODES.add(code)
         return info.value
 
@@ -57,7 +59,10 @@ class Harness:
 
     def evaluated(self, **policy: object) -> tuple[bytes, tuple[bytes, bytes]]:
         p = self.proposal(**policy)
-        evals = (self.ok(self.flow.eval(p, "safety", 0.99)), self.ok(self.flow.eval(p, "quality", 0.91)))
+        evals = (
+            self.ok(self.flow.eval(p, "safety", 0.99)),
+            self.ok(self.flow.eval(p, "quality", 0.91)),
+        )
         return p, evals
 
     def approved(self, **policy: object) -> tuple[bytes, tuple[bytes, bytes]]:

@@ -26,20 +26,61 @@ def test_clean_export_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str
     export, trust = _files(tmp_path, Builder().clean().log())
     saved = tmp_path / "seen.note"
     html = tmp_path / "r.html"
-    code = main(["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress",
-                 "--save-checkpoint", str(saved), "--html", str(html)])
+    code = main(
+        [
+            "verify",
+            "--export",
+            str(export),
+            "--trust-root",
+            str(trust),
+            "--no-progress",
+            "--save-checkpoint",
+            str(saved),
+            "--html",
+            str(html),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "RESULT: VERIFIED" in out
     assert saved.read_text().startswith("steward.dev/ledger/demo\n")
     assert "<svg" in html.read_text() and "<script" not in html.read_text()
-    assert main(["verify", "--export", str(export), "--trust-root", str(trust), "--since-checkpoint", str(saved)]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--export",
+                str(export),
+                "--trust-root",
+                str(trust),
+                "--since-checkpoint",
+                str(saved),
+            ]
+        )
+        == 0
+    )
 
 
-def test_tampered_export_exits_1_with_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tampered_export_exits_1_with_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code_wanted, make = TAMPERS["self-approval"]
     export, trust = _files(tmp_path, make())
-    assert main(["verify", "--export", str(export), "--trust-root", str(trust), "--json", "--workers", "2"]) == 1
+    assert (
+        main(
+            [
+                "verify",
+                "--export",
+                str(export),
+                "--trust-root",
+                str(trust),
+                "--json",
+                "--workers",
+                "2",
+            ]
+        )
+        == 1
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["verified"] is False
     assert code_wanted in {f["code"] for f in doc["findings"]}
@@ -47,10 +88,18 @@ def test_tampered_export_exits_1_with_json(tmp_path: Path, capsys: pytest.Captur
 
 def test_infrastructure_and_usage_errors_exit_2(tmp_path: Path) -> None:
     export, trust = _files(tmp_path, Builder().clean().log())
-    assert main(["verify", "--export", str(tmp_path / "missing.avro"), "--trust-root", str(trust)]) == 2
-    assert main(["verify", "--export", str(export), "--trust-root", str(tmp_path / "nope.json")]) == 2
+    assert (
+        main(["verify", "--export", str(tmp_path / "missing.avro"), "--trust-root", str(trust)])
+        == 2
+    )
+    assert (
+        main(["verify", "--export", str(export), "--trust-root", str(tmp_path / "nope.json")]) == 2
+    )
     (tmp_path / "garbage.avro").write_bytes(b"not avro")
-    assert main(["verify", "--export", str(tmp_path / "garbage.avro"), "--trust-root", str(trust)]) == 2
+    assert (
+        main(["verify", "--export", str(tmp_path / "garbage.avro"), "--trust-root", str(trust)])
+        == 2
+    )
     assert main(["verify", "--trust-root", str(trust)]) == 2
 
 

@@ -52,8 +52,11 @@ def _health_body(clean: Builder) -> tuple[bytes, int]:
     """A health report's body bytes and the offset of its `healthy` boolean."""
     e = next(x for x in reversed(clean.entries) if x.body.type == "HealthReported")
     assert isinstance(e.body.payload, HealthReported)
-    flipped = encode_body(dataclasses.replace(
-        e.body, payload=dataclasses.replace(e.body.payload, healthy=not e.body.payload.healthy)))
+    flipped = encode_body(
+        dataclasses.replace(
+            e.body, payload=dataclasses.replace(e.body.payload, healthy=not e.body.payload.healthy)
+        )
+    )
     (offset,) = [i for i, (a, b) in enumerate(zip(e.entry.body, flipped, strict=True)) if a != b]
     return e.entry.body, offset
 
@@ -63,7 +66,7 @@ def test_boolean_bytes_other_than_0_and_1_are_refused(clean: Builder) -> None:
     decode_body(body)
     for bad in (2, 3, 0x80, 0xFF):
         with pytest.raises(DecodeError, match="boolean"):
-            decode_body(body[:at] + bytes([bad]) + body[at + 1:])
+            decode_body(body[:at] + bytes([bad]) + body[at + 1 :])
 
 
 def test_union_branch_and_enum_index_out_of_range_are_refused(clean: Builder) -> None:
@@ -75,7 +78,7 @@ def test_union_branch_and_enum_index_out_of_range_are_refused(clean: Builder) ->
     assert body[type_at] == 2 * 7  # HealthReported is symbol 7, zig-zag encoded
     for bad in (2 * 11, 2 * 60, 1):  # past the last symbol; a negative index
         with pytest.raises(DecodeError, match="enum"):
-            decode_body(body[:type_at] + bytes([bad]) + body[type_at + 1:])
+            decode_body(body[:type_at] + bytes([bad]) + body[type_at + 1 :])
     # The payload union index comes right after issued_at and the refs array.
     pos = type_at + 1
     while body[pos] & 0x80:  # issued_at varint
@@ -86,7 +89,7 @@ def test_union_branch_and_enum_index_out_of_range_are_refused(clean: Builder) ->
     assert body[pos] == 2 * 7
     for bad in (2 * 11, 1):
         with pytest.raises(DecodeError, match="union"):
-            decode_body(body[:pos] + bytes([bad]) + body[pos + 1:])
+            decode_body(body[:pos] + bytes([bad]) + body[pos + 1 :])
 
 
 def test_negative_lengths_are_refused(clean: Builder) -> None:
@@ -97,4 +100,4 @@ def test_negative_lengths_are_refused(clean: Builder) -> None:
         pos += 1
     pos += 1 + 32
     with pytest.raises(DecodeError):
-        decode_entry(raw[:pos] + b"\x01" + raw[pos + 2:])  # zig-zag 1 = -1
+        decode_entry(raw[:pos] + b"\x01" + raw[pos + 2 :])  # zig-zag 1 = -1

@@ -87,7 +87,9 @@ def test_generated_proofs_verify_and_compact_range_matches() -> None:
             proof = consistency_proof(leaves[:n], m)
             assert verify_consistency(m, n, proof, root_of(leaves[:m]), root)
             if m < n:
-                assert not verify_consistency(m, n, proof, root_of(leaves[: m - 1]) if m > 1 else leaves[1], root)
+                assert not verify_consistency(
+                    m, n, proof, root_of(leaves[: m - 1]) if m > 1 else leaves[1], root
+                )
 
 
 def test_garbage_is_rejected_without_raising() -> None:

@@ -10,43 +10,92 @@ from audit.verify import verify
 from tests.audit_tamper import TAMPERS
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("models", True), ("a", True), ("n" * 63, True), ("n" * 64, False), ("Models", False),
-    ("-a", False), ("a-", False), ("a.b", False), ("", False), ("a b", False), ("a\n", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("models", True),
+        ("a", True),
+        ("n" * 63, True),
+        ("n" * 64, False),
+        ("Models", False),
+        ("-a", False),
+        ("a-", False),
+        ("a.b", False),
+        ("", False),
+        ("a b", False),
+        ("a\n", False),
+    ],
+)
 def test_namespace_is_a_dns_1123_label(value: str, ok: bool) -> None:
     assert names.is_namespace(value) is ok
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("model-server", True), ("model.server-2", True), (".".join(["d" * 63] * 4)[:253], True),
-    ("d" * 254, False), ("model-server ", False), ("Model-Server", False), ("a..b", False),
-    (".a", False), ("a.", False), ("a_b", False), ("model-server\nx", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("model-server", True),
+        ("model.server-2", True),
+        (".".join(["d" * 63] * 4)[:253], True),
+        ("d" * 254, False),
+        ("model-server ", False),
+        ("Model-Server", False),
+        ("a..b", False),
+        (".a", False),
+        ("a.", False),
+        ("a_b", False),
+        ("model-server\nx", False),
+    ],
+)
 def test_deployment_is_a_dns_1123_subdomain(value: str, ok: bool) -> None:
     assert names.is_deployment(value) is ok
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("human:alice@example.org", True), ("service:steward-controller", True), ("agent:a.b+c_d", True),
-    ("human:alice smith", False), ("human:-a", False), ("human:", False), ("agent:a/b", False),
-    ("human:" + "a" * 200, True), ("human:" + "a" * 201, False), ("human:caf\u00e9", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("human:alice@example.org", True),
+        ("service:steward-controller", True),
+        ("agent:a.b+c_d", True),
+        ("human:alice smith", False),
+        ("human:-a", False),
+        ("human:", False),
+        ("agent:a/b", False),
+        ("human:" + "a" * 200, True),
+        ("human:" + "a" * 201, False),
+        ("human:caf\u00e9", False),
+    ],
+)
 def test_principal_name_characters(value: str, ok: bool) -> None:
     assert names.is_principal_name(value) is ok
 
 
-@pytest.mark.parametrize("value, fault", [
-    ("plain text, with spaces and unicode: café 日本語 🚦", False), ("a\nb", True), ("\x1b[2J", True),
-    ("\u202e", True), ("\u200b", True), ("\u2029", True), ("\x7f", True), ("\x85", True),
-    ("x" * 512, False), ("x" * 513, True),
-])
+@pytest.mark.parametrize(
+    "value, fault",
+    [
+        ("plain text, with spaces and unicode: café 日本語 🚦", False),
+        ("a\nb", True),
+        ("\x1b[2J", True),
+        ("\u202e", True),
+        ("\u200b", True),
+        ("\u2029", True),
+        ("\x7f", True),
+        ("\x85", True),
+        ("x" * 512, False),
+        ("x" * 513, True),
+    ],
+)
 def test_text_has_no_control_character_and_a_cap(value: str, fault: bool) -> None:
     assert (names.text_fault(value, names.TEXT_MAX) is not None) is fault
 
 
-@pytest.mark.parametrize("name", ["signatures out of key-id order", "Deployment name that is no DNS-1123 subdomain",
-                                  "newline in a kill switch reason"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "signatures out of key-id order",
+        "Deployment name that is no DNS-1123 subdomain",
+        "newline in a kill switch reason",
+    ],
+)
 def test_each_new_finding_is_the_only_one(name: str) -> None:
     code, make = TAMPERS[name]
     log = make()

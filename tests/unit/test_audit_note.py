@@ -63,8 +63,12 @@ def test_checkpoint_round_trip() -> None:
     pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     root = hashlib.sha256(b"x").digest()
     text = f"steward.dev/ledger/t\n42\n{base64.b64encode(root).decode()}\n"
-    cp = open_checkpoint(_sign(text, "steward.dev/ledger/t", key), [parse_vkey(vkey_of("steward.dev/ledger/t", pub))])
+    cp = open_checkpoint(
+        _sign(text, "steward.dev/ledger/t", key), [parse_vkey(vkey_of("steward.dev/ledger/t", pub))]
+    )
     assert (cp.origin, cp.size, cp.root) == ("steward.dev/ledger/t", 42, root)
     with pytest.raises(NoteError):
-        open_checkpoint(_sign(text.replace("\n42\n", "\n042\n"), "steward.dev/ledger/t", key),
-                        [parse_vkey(vkey_of("steward.dev/ledger/t", pub))])
+        open_checkpoint(
+            _sign(text.replace("\n42\n", "\n042\n"), "steward.dev/ledger/t", key),
+            [parse_vkey(vkey_of("steward.dev/ledger/t", pub))],
+        )

@@ -20,7 +20,9 @@ from tests.audit_tamper import FORK, TAMPERS, Builder, Log
 
 
 def _findings(log: Log, workers: int, since: str | None = None) -> list[Finding]:
-    report = verify(log.records, TrustRoot.from_json(log.trust), log.checkpoints, since, workers=workers)
+    report = verify(
+        log.records, TrustRoot.from_json(log.trust), log.checkpoints, since, workers=workers
+    )
     return report.findings
 
 
@@ -61,5 +63,7 @@ def test_verify_chunk_gives_one_verdict_byte_per_signature() -> None:
     sig_a = key.sign(DOMAIN_PREFIX + body_a[2:])
     sig_b = key.sign(DOMAIN_PREFIX + body_b[2:])
     # entry a: good; entry b: good, then a's signature (bad here), then a key unknown anywhere
-    verdicts = verify_chunk(([body_a, body_b], [1, 3], [pub, pub, pub, None], [sig_a, sig_b, sig_a, sig_b]))
+    verdicts = verify_chunk(
+        ([body_a, body_b], [1, 3], [pub, pub, pub, None], [sig_a, sig_b, sig_a, sig_b])
+    )
     assert verdicts == bytes([1, 1, 0, 2])

@@ -23,7 +23,9 @@ SEQ = 10  # a health report of the clean story; seq 11 follows it
 
 
 def _findings(log: Log, workers: int = 1) -> list[Finding]:
-    return verify(log.records, TrustRoot.from_json(log.trust), log.checkpoints, workers=workers).findings
+    return verify(
+        log.records, TrustRoot.from_json(log.trust), log.checkpoints, workers=workers
+    ).findings
 
 
 def _forged_for(b: Builder, seq: int, *, stranger: bool = False) -> bytes:
@@ -50,7 +52,9 @@ def _one(findings: list[Finding]) -> Finding:
 def test_forged_before_real_names_the_forged_record(workers: int) -> None:
     b = Builder().clean()
     log = b.log()
-    log.records.insert(SEQ, _forged_for(b, SEQ))  # record #SEQ is the forgery, #SEQ+1 the real entry
+    log.records.insert(
+        SEQ, _forged_for(b, SEQ)
+    )  # record #SEQ is the forgery, #SEQ+1 the real entry
     f = _one(_findings(log, workers))
     assert (f.code, f.seq, f.record) == ("ENTRY_INSERTED", SEQ, SEQ)
     assert f"record #{SEQ + 1}" in f.message and "next entry's prev" in f.message, f.message
@@ -79,8 +83,10 @@ def test_two_forgeries_before_real_are_each_reported_once() -> None:
     log = b.log()
     log.records[SEQ:SEQ] = [_forged_for(b, SEQ, stranger=True), _forged_for(b, SEQ)]
     findings = _findings(log)
-    assert [(f.code, f.seq, f.record) for f in findings] == [("ENTRY_INSERTED", SEQ, SEQ),
-                                                              ("ENTRY_INSERTED", SEQ, SEQ + 1)]
+    assert [(f.code, f.seq, f.record) for f in findings] == [
+        ("ENTRY_INSERTED", SEQ, SEQ),
+        ("ENTRY_INSERTED", SEQ, SEQ + 1),
+    ]
 
 
 def test_undecodable_record_before_real_keeps_its_decode_code_and_cascades_nothing() -> None:
@@ -123,7 +129,9 @@ def test_without_other_evidence_the_first_valid_record_is_kept() -> None:
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_workers_and_small_chunks_agree_with_one_process(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_workers_and_small_chunks_agree_with_one_process(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     monkeypatch.setattr(audit_verify, "CHUNK", 3)
     monkeypatch.setattr(audit_verify, "CHUNK_INLINE", 2)
     b = Builder().clean()
@@ -131,5 +139,7 @@ def test_workers_and_small_chunks_agree_with_one_process(monkeypatch: pytest.Mon
     log.records.insert(SEQ if where == "before" else SEQ + 1, _forged_for(b, SEQ, stranger=True))
     log.records.insert(3, b"\xc3\x01not an entry at all")
     inline = _findings(log, workers=1)
-    assert [f.code for f in inline] == ["UNKNOWN_FINGERPRINT", "ENTRY_INSERTED"], [str(f) for f in inline]
+    assert [f.code for f in inline] == ["UNKNOWN_FINGERPRINT", "ENTRY_INSERTED"], [
+        str(f) for f in inline
+    ]
     assert _findings(log, workers=2) == inline

@@ -10,7 +10,9 @@ from tests.audit_tamper import FORK, TAMPERS, Builder, Log
 
 
 def _verify(log: Log, since: str | None = None, workers: int = 1) -> list[str]:
-    report = verify(log.records, TrustRoot.from_json(log.trust), log.checkpoints, since, workers=workers)
+    report = verify(
+        log.records, TrustRoot.from_json(log.trust), log.checkpoints, since, workers=workers
+    )
     return [f.code for f in report.findings]
 
 

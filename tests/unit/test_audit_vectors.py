@@ -34,7 +34,10 @@ def vec() -> dict[str, Any]:
 
 def _trust(vec: dict[str, Any]) -> TrustRoot:
     keys = {k["key_id"]: k for k in vec["keys"]}
-    roots = [{"principal": keys[k]["principal"], "public_pem": keys[k]["public_pem"]} for k in vec["roots_trusted"]]
+    roots = [
+        {"principal": keys[k]["principal"], "public_pem": keys[k]["public_pem"]}
+        for k in vec["roots_trusted"]
+    ]
     return TrustRoot.from_json({"roots": roots, "vkey": vec["vkey"], "origin": vec["origin"]})
 
 
@@ -74,9 +77,13 @@ def test_proofs(vec: dict[str, Any]) -> None:
         return [bytes.fromhex(h) if len(h) == 64 else base64.b64decode(h) for h in p]
 
     for c in vec["inclusion"]:
-        assert verify_inclusion(leaves[c["index"]], c["index"], c["size"], hashes(c["proof"]), roots[c["size"]])
+        assert verify_inclusion(
+            leaves[c["index"]], c["index"], c["size"], hashes(c["proof"]), roots[c["size"]]
+        )
     for c in vec["consistency"]:
-        assert verify_consistency(c["size1"], c["size2"], hashes(c["proof"]), roots[c["size1"]], roots[c["size2"]])
+        assert verify_consistency(
+            c["size1"], c["size2"], hashes(c["proof"]), roots[c["size1"]], roots[c["size2"]]
+        )
 
 
 def test_checkpoint_note(vec: dict[str, Any]) -> None:

@@ -65,11 +65,19 @@ def entries() -> list[LogEntry]:
 # The switch
 
 
-@pytest.mark.parametrize(("value", "generate"), [
-    (None, True), ("", True), ("0", True), ("1", False), ("yes", False),
-])
+@pytest.mark.parametrize(
+    ("value", "generate"),
+    [
+        (None, True),
+        ("", True),
+        ("0", True),
+        ("1", False),
+        ("yes", False),
+    ],
+)
 def test_one_variable_switches_the_ledger_and_the_auditor_alike(
-        monkeypatch: pytest.MonkeyPatch, value: str | None, generate: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, value: str | None, generate: bool
+) -> None:
     assert codegen.NO_CODEGEN_ENV == "STEWARD_NO_CODEGEN"
     if value is None:
         monkeypatch.delenv(codegen.NO_CODEGEN_ENV, raising=False)
@@ -95,8 +103,9 @@ def _run(args: list[str], no_codegen: bool) -> subprocess.CompletedProcess[str]:
     env.pop(codegen.NO_CODEGEN_ENV, None)
     if no_codegen:
         env[codegen.NO_CODEGEN_ENV] = "1"
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_variable_turns_every_generator_off_at_import() -> None:
@@ -109,11 +118,16 @@ def test_the_variable_turns_every_generator_off_at_import() -> None:
 
 
 def test_the_unit_tests_of_the_three_decoders_pass_on_the_plain_path() -> None:
-    tests = ["tests/unit/test_formats.py", "tests/unit/test_ledger_vectors.py",
-             "tests/unit/test_controller_snapshot.py", "tests/unit/test_audit_decoder.py",
-             "tests/unit/test_audit_vectors.py"]
-    run = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests],
-               no_codegen=True)
+    tests = [
+        "tests/unit/test_formats.py",
+        "tests/unit/test_ledger_vectors.py",
+        "tests/unit/test_controller_snapshot.py",
+        "tests/unit/test_audit_decoder.py",
+        "tests/unit/test_audit_vectors.py",
+    ]
+    run = _run(
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests], no_codegen=True
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
@@ -184,8 +198,10 @@ def _snapshot_decoders(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     decs = [snapshot._codec(hints[n], f"{cls.__name__}.{n}")[1] for n in fields]
-    return (snapshot._generated_decoder(cls, fields, hints, decs),
-            snapshot._plain_decoder(cls, fields, hints, decs))
+    return (
+        snapshot._generated_decoder(cls, fields, hints, decs),
+        snapshot._plain_decoder(cls, fields, hints, decs),
+    )
 
 
 def test_snapshot_decoders_agree_on_every_record_and_its_damage() -> None:
@@ -203,8 +219,11 @@ def test_snapshot_decoders_agree_on_every_record_and_its_damage() -> None:
         good = _outcome(generated, record)
         assert good == ("ok", cls, instance, _shape(instance)) and _outcome(plain, record) == good
         damaged = [None, {}, record[:-1], [*record, 0]]
-        damaged += [[*record[:i], wrong, *record[i + 1:]]
-                    for i in range(len(record)) for wrong in (None, 1.5, "x", [], True)]
+        damaged += [
+            [*record[:i], wrong, *record[i + 1 :]]
+            for i in range(len(record))
+            for wrong in (None, 1.5, "x", [], True)
+        ]
         for value in damaged:
             assert _outcome(generated, value) == _outcome(plain, value), (cls, value)
     assert len(checked) >= 5, checked
@@ -222,24 +241,31 @@ def _variants(data: bytes) -> Iterator[bytes]:
         yield data[:k]
     for i in range(10, len(data)):
         for b in {0x00, 0xFF, data[i] ^ 0x01}:
-            yield data[:i] + bytes((b,)) + data[i + 1:]
+            yield data[:i] + bytes((b,)) + data[i + 1 :]
 
 
 def test_audit_readers_agree_on_every_record_and_its_damage(entries: list[LogEntry]) -> None:
     readers = {}
-    for schemas in (audit_formats.BODY_SCHEMAS, audit_formats.ENTRY_SCHEMAS,
-                    audit_formats.SIGNED_EVENT_SCHEMAS):
+    for schemas in (
+        audit_formats.BODY_SCHEMAS,
+        audit_formats.ENTRY_SCHEMAS,
+        audit_formats.SIGNED_EVENT_SCHEMAS,
+    ):
         for schema in schemas.values():
             raw = (ROOT / "audit" / "schemas" / schema.file).read_text(encoding="utf-8")
             parsed = json.loads(raw)
             readers[schema.name] = (
                 avro.compile_reader(parsed, audit_formats._RECORD_CLASSES, generate=True),
-                avro.compile_reader(parsed, audit_formats._RECORD_CLASSES, generate=False))
+                avro.compile_reader(parsed, audit_formats._RECORD_CLASSES, generate=False),
+            )
     samples = []
     for e in entries:
         event = formats.SignedEvent(e.entry.body, e.entry.signatures)
-        samples += [("steward.v1.Entry", e.entry_bytes), ("steward.v1.EventBody", e.entry.body),
-                    ("steward.v1.SignedEvent", formats.encode_signed_event(event))]
+        samples += [
+            ("steward.v1.Entry", e.entry_bytes),
+            ("steward.v1.EventBody", e.entry.body),
+            ("steward.v1.SignedEvent", formats.encode_signed_event(event)),
+        ]
     for name, data in samples:
         generated, plain = (_after_fingerprint(r) for r in readers[name])
         assert _outcome(generated, data)[0] == "ok"

@@ -9,8 +9,27 @@ P = b"\x01" * 32
 
 
 def view(phase: str, canary: int, last_seq: int = 9) -> RolloutView:
-    return RolloutView(P, "models", "model-server", phase, phase.title(), 0, 10, (), 2, last_seq,
-                       "img:v2", "img:v1", 3, canary, 4 - canary, canary, canary, "TARGET", "")
+    return RolloutView(
+        P,
+        "models",
+        "model-server",
+        phase,
+        phase.title(),
+        0,
+        10,
+        (),
+        2,
+        last_seq,
+        "img:v2",
+        "img:v1",
+        3,
+        canary,
+        4 - canary,
+        canary,
+        canary,
+        "TARGET",
+        "",
+    )
 
 
 def test_a_stop_seen_in_two_views_is_timed_from_the_first() -> None:

@@ -24,8 +24,9 @@ def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
 
 
 @pytest.fixture(params=["in-process", "checker"])
-def checker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[SignatureChecker | None]:
+def checker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SignatureChecker | None]:
     """Replay folds entry by entry (no checker), or in chunks whose signatures a worker
     process checks first; chunks of 3 so grants and their first use share chunks."""
     if request.param == "in-process":
@@ -51,7 +52,8 @@ def test_replay_folds_every_valid_entry(tmp_path: Path, checker: SignatureChecke
 
 
 def test_forged_and_garbage_records_are_skipped_and_counted(
-        tmp_path: Path, checker: SignatureChecker | None) -> None:
+    tmp_path: Path, checker: SignatureChecker | None
+) -> None:
     h = Harness()
     h.approved()
     store = SQLiteLogStore(tmp_path / "log.db")
@@ -139,7 +141,8 @@ def test_follow_folds_new_entries_and_wakes_the_caller(tmp_path: Path) -> None:
 
 
 def test_a_key_revoked_inside_a_chunk_signs_nothing_after_it(
-        tmp_path: Path, checker: SignatureChecker | None, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, checker: SignatureChecker | None, caplog: pytest.LogCaptureFixture
+) -> None:
     """The worker only says a signature is valid; whether its key may still sign is the
     rules' call on the state at that seq, even when grant, use and revocation share a chunk."""
     h = Harness()

@@ -67,8 +67,12 @@ def test_a_restored_state_judges_and_folds_the_next_entries_like_the_original() 
     assert encode_state(restored) == encode_state(folded(h))
     # An event submitted again (its id is in the snapshot's packed index) is refused as by the dicts.
     old = (h.core.entries or [])[3]
-    again = make_entry(h.core.size, h.core.state.last_hash,
-                       SignedEvent(old.entry.body, old.entry.signatures), h.tick())
+    again = make_entry(
+        h.core.size,
+        h.core.state.last_hash,
+        SignedEvent(old.entry.body, old.entry.signatures),
+        h.tick(),
+    )
     violation = check(restored.ledger, again)
     assert violation is not None and violation.code == "DUPLICATE_EVENT_ID"
     assert violation == check(folded(h).ledger, again)
@@ -80,7 +84,7 @@ def test_compacting_keeps_the_contents_and_the_next_snapshot_merges() -> None:
     first = encode_state(state, compact=True)
     assert isinstance(state.ledger.entry_seqs, PackedIndex)
     h.ok(h.flow.health(p, 0, False))
-    for e in (h.core.entries or [])[state.ledger.size:]:
+    for e in (h.core.entries or [])[state.ledger.size :]:
         assert state.fold(e) is None
     second = encode_state(state, compact=True)
     assert first != second
@@ -110,18 +114,29 @@ def _reseal(body: bytes, version: int = VERSION) -> bytes:
     return struct.pack("<8sH32s", MAGIC, version, hashlib.sha256(body).digest()) + body
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit flip", "unknown version", "other magic",
-                                    "resealed with a section missing", "empty"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "bit flip",
+        "unknown version",
+        "other magic",
+        "resealed with a section missing",
+        "empty",
+    ],
+)
 def test_a_damaged_or_foreign_blob_is_refused(damage: str) -> None:
     h, _ = rich_harness()
     blob = encode_state(folded(h))
     body = blob[42:]
     bad = {
         "truncated": blob[:-7],
-        "bit flip": blob[:len(blob) // 2] + bytes([blob[len(blob) // 2] ^ 0x10]) + blob[len(blob) // 2 + 1:],
+        "bit flip": blob[: len(blob) // 2]
+        + bytes([blob[len(blob) // 2] ^ 0x10])
+        + blob[len(blob) // 2 + 1 :],
         "unknown version": _reseal(body, VERSION + 1),
         "other magic": b"\x80\x05" + blob[2:],  # what a pickle starts with
-        "resealed with a section missing": _reseal(body[:-(8 + 32 * 3)]),
+        "resealed with a section missing": _reseal(body[: -(8 + 32 * 3)]),
         "empty": b"",
     }[damage]
     with pytest.raises(SnapshotError):
@@ -161,11 +176,14 @@ def _blob(snaps: SnapshotStore) -> bytes:
 def test_a_refused_snapshot_leads_to_a_full_replay(tmp_path: Path, damage: str) -> None:
     h, store, snaps = _replayer_with_snapshot(tmp_path)
     blob = _blob(snaps)
-    _set_blob(snaps, {
-        "bit flip": blob[:-1] + bytes([blob[-1] ^ 1]),
-        "unknown version": _reseal(blob[42:], VERSION + 7),
-        "a pickle": b"\x80\x05\x95" + bytes(40),
-    }[damage])
+    _set_blob(
+        snaps,
+        {
+            "bit flip": blob[:-1] + bytes([blob[-1] ^ 1]),
+            "unknown version": _reseal(blob[42:], VERSION + 7),
+            "a pickle": b"\x80\x05\x95" + bytes(40),
+        }[damage],
+    )
     fresh = Replayer(store, snapshots=snaps, source="t")
     assert not fresh.load_snapshot()
     assert fresh.position == 0

@@ -16,8 +16,13 @@ def _replayer(tmp_path: Path) -> Replayer:
     h.base()  # genesis, grants, a policy
     store = SQLiteLogStore(tmp_path / "log.db")
     store.append([(e.body.event_id, e.entry_bytes) for e in h.core.entries or []])
-    r = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t",
-                 snapshot_every_entries=1, snapshot_every_seconds=5.0)
+    r = Replayer(
+        store,
+        snapshots=SnapshotStore(tmp_path / "snap.db"),
+        source="t",
+        snapshot_every_entries=1,
+        snapshot_every_seconds=5.0,
+    )
     assert r.catch_up() == h.core.size > 1
     return r
 

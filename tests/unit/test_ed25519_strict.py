@@ -51,8 +51,10 @@ def _recover_x(y: int, sign: int) -> int | None:
 def _add(a: Point, b: Point) -> Point:
     (x1, y1), (x2, y2) = a, b
     t = D * x1 * x2 * y1 * y2 % P
-    return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P,
-            (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
+    return (
+        (x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P,
+        (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P,
+    )
 
 
 def _mul(k: int, a: Point) -> Point:
@@ -165,8 +167,14 @@ def _mixed_order_key_cases(rng: random.Random) -> list[Case]:
         r = rng.randrange(1, L)
         r_enc = _encode(_mul(r, B))
         s = (r + _h(r_enc, a_enc, msg) * a) % L
-        out.append((f"mixed-order key, k mod 8 = {_h(r_enc, a_enc, msg) % 8}", a_enc,
-                    r_enc + s.to_bytes(32, "little"), msg))
+        out.append(
+            (
+                f"mixed-order key, k mod 8 = {_h(r_enc, a_enc, msg) % 8}",
+                a_enc,
+                r_enc + s.to_bytes(32, "little"),
+                msg,
+            )
+        )
     return out
 
 
@@ -185,8 +193,13 @@ def _non_canonical_encodings() -> list[Case]:
 def cases() -> list[Case]:
     rng = random.Random(20261126)
     honest = _honest_cases(rng)
-    return (honest + _non_canonical_s(honest) + _small_order_key_cases()
-            + _mixed_order_key_cases(rng) + _non_canonical_encodings())
+    return (
+        honest
+        + _non_canonical_s(honest)
+        + _small_order_key_cases()
+        + _mixed_order_key_cases(rng)
+        + _non_canonical_encodings()
+    )
 
 
 def test_the_torsion_points_are_the_eight_of_small_order() -> None:
@@ -205,8 +218,11 @@ def test_honest_signatures_verify_under_both(cases: list[Case]) -> None:
 
 
 def test_whatever_libsodium_accepts_openssl_accepts(cases: list[Case]) -> None:
-    disagreements = [what for what, pub, sig, msg in cases
-                     if _libsodium_accepts(pub, sig, msg) and not _openssl_accepts(pub, sig, msg)]
+    disagreements = [
+        what
+        for what, pub, sig, msg in cases
+        if _libsodium_accepts(pub, sig, msg) and not _openssl_accepts(pub, sig, msg)
+    ]
     assert disagreements == []
 
 

@@ -122,8 +122,11 @@ def test_type_must_name_the_payload() -> None:
 
 def test_oversized_body_is_refused() -> None:
     big = formats.ProposalSubmitted(
-        formats.Target("models", "m"), formats.ModelRef("x", "y"), formats.ModelRef("x", "y"),
-        "r" * (formats.MAX_BODY_BYTES + 1), formats.ProposalOrigin("a", "b"),
+        formats.Target("models", "m"),
+        formats.ModelRef("x", "y"),
+        formats.ModelRef("x", "y"),
+        "r" * (formats.MAX_BODY_BYTES + 1),
+        formats.ProposalOrigin("a", "b"),
     )
     with pytest.raises(FormatError, match="limit"):
         encode_body(new_body("demo", big))
@@ -197,12 +200,14 @@ def test_a_negative_enum_index_is_refused_not_wrapped() -> None:
     proposal = b"\x11" * 32
     body = encode_body(new_body("t", ApprovalRecorded(proposal, "REJECT", (), "c"), issued_at=0))
     at = body.rindex(proposal) + 32  # the decision's index follows the payload's proposal
-    assert body[at:at + 1] == _zigzag(1)  # REJECT is the second of two symbols
-    assert _fastavro_value(body[:at] + _zigzag(-1) + body[at + 1:]) == _fastavro_value(body)  # wraps
+    assert body[at : at + 1] == _zigzag(1)  # REJECT is the second of two symbols
+    assert _fastavro_value(body[:at] + _zigzag(-1) + body[at + 1 :]) == _fastavro_value(
+        body
+    )  # wraps
     with pytest.raises(FormatError, match=r"enum steward\.v1\.Decision index -1 of 2"):
-        decode_body(body[:at] + _zigzag(-1) + body[at + 1:])
+        decode_body(body[:at] + _zigzag(-1) + body[at + 1 :])
     # An over-long varint is still a valid reading of index 1: Avro allows it, the ledger keeps it.
-    assert decode_body(body[:at] + b"\x82\x00" + body[at + 1:]).payload.decision == "REJECT"
+    assert decode_body(body[:at] + b"\x82\x00" + body[at + 1 :]).payload.decision == "REJECT"
 
 
 def test_a_negative_union_index_is_refused_not_wrapped() -> None:
@@ -213,7 +218,7 @@ def test_a_negative_union_index_is_refused_not_wrapped() -> None:
     at = 10 + 2 + 16 + 1 + 1 + 1
     branches = len(formats.EVENT_BODY_SCHEMA.parsed["fields"][-1]["type"])
     index = body[at] >> 1
-    wrapped = body[:at] + _zigzag(index - branches) + body[at + 1:]
+    wrapped = body[:at] + _zigzag(index - branches) + body[at + 1 :]
     assert _fastavro_value(wrapped) == _fastavro_value(body)  # fastavro wraps around
     with pytest.raises(FormatError, match=rf"union index {index - branches} of {branches}"):
         decode_body(wrapped)

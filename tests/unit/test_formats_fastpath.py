@@ -37,12 +37,16 @@ from ledger.formats import (
 
 def _fastavro_bytes(schema: formats.Schema, value: Any) -> bytes:
     field = "entry" if schema is ENTRY_SCHEMA else "signed_event"
-    return formats._single_object(schema, formats._schemaless_write(schema, formats._to_avro(value), field))
+    return formats._single_object(
+        schema, formats._schemaless_write(schema, formats._to_avro(value), field)
+    )
 
 
 def _fastavro_decode(schema: formats.Schema, data: bytes) -> Any:
     """What the decoders did before the fast path: fastavro, then the generated converter."""
-    convert = formats._ENTRY_FROM_AVRO if schema is ENTRY_SCHEMA else formats._SIGNED_EVENT_FROM_AVRO
+    convert = (
+        formats._ENTRY_FROM_AVRO if schema is ENTRY_SCHEMA else formats._SIGNED_EVENT_FROM_AVRO
+    )
     what = "entry" if schema is ENTRY_SCHEMA else "signed event"
     found, payload = formats._split_single_object(data, {schema.fingerprint: schema}, what)
     value = convert(formats._schemaless_read(found, payload, what))
@@ -55,17 +59,41 @@ def _outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
         return "ok", fn(data)
     except FormatError as exc:
         # fastavro names the BytesIO it read from by address: the one thing allowed to differ.
-        return "error", type(exc).__name__, re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc)), exc.field
+        return (
+            "error",
+            type(exc).__name__,
+            re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", str(exc)),
+            exc.field,
+        )
 
 
 def _signatures(rng: random.Random) -> tuple[Signature, ...]:
-    return tuple(Signature(rng.randbytes(32), rng.randbytes(64)) for _ in range(rng.choice([0, 1, 2, 3, 16])))
+    return tuple(
+        Signature(rng.randbytes(32), rng.randbytes(64)) for _ in range(rng.choice([0, 1, 2, 3, 16]))
+    )
 
 
 def _samples(seed: int, n: int) -> list[tuple[SignedEvent, Entry]]:
     rng = random.Random(seed)
-    longs = [0, 1, -1, 63, 64, -64, -65, 127, 128, 8191, 8192, 2**31, -(2**31), 2**62, 2**63 - 1, -(2**63),
-             1_766_000_000_000]
+    longs = [
+        0,
+        1,
+        -1,
+        63,
+        64,
+        -64,
+        -65,
+        127,
+        128,
+        8191,
+        8192,
+        2**31,
+        -(2**31),
+        2**62,
+        2**63 - 1,
+        -(2**63),
+        1_766_000_000_000,
+    ]
     out = []
     for _ in range(n):
         body = rng.randbytes(rng.choice([0, 1, 63, 64, 127, 128, 300, 8192, 30_000]))
@@ -93,14 +121,21 @@ def test_decoders_read_back_what_fastavro_reads() -> None:
 def test_values_off_the_plain_shape_still_go_through_fastavro() -> None:
     # A 31-byte prev, a list instead of a tuple, a bool seq: whatever fastavro did, still done.
     sig = Signature(b"\x01" * 32, b"\x02" * 64)
-    odd = [Entry(1, b"\x00" * 31, b"b", (sig,), 2), Entry(True, b"\x00" * 32, b"b", (sig,), 2),
-           Entry(1, b"\x00" * 32, b"b", [sig], 2), Entry(2**63, b"\x00" * 32, b"b", (), 2)]  # type: ignore[arg-type]
+    odd = [
+        Entry(1, b"\x00" * 31, b"b", (sig,), 2),
+        Entry(True, b"\x00" * 32, b"b", (sig,), 2),
+        Entry(1, b"\x00" * 32, b"b", [sig], 2),
+        Entry(2**63, b"\x00" * 32, b"b", (), 2),
+    ]  # type: ignore[arg-type]
     for entry in odd:
         assert _outcome(lambda e: encode_entry(e), entry) == _outcome(  # type: ignore[arg-type]
-            lambda e: _fastavro_bytes(ENTRY_SCHEMA, e), entry)  # type: ignore[arg-type]
+            lambda e: _fastavro_bytes(ENTRY_SCHEMA, e), entry
+        )  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("schema", [SIGNED_EVENT_SCHEMA, ENTRY_SCHEMA], ids=["signed_event", "entry"])
+@pytest.mark.parametrize(
+    "schema", [SIGNED_EVENT_SCHEMA, ENTRY_SCHEMA], ids=["signed_event", "entry"]
+)
 def test_damaged_encodings_get_the_outcome_fastavro_gave(schema: formats.Schema) -> None:
     rng = random.Random(3)
     decode = decode_entry if schema is ENTRY_SCHEMA else decode_signed_event
@@ -116,7 +151,9 @@ def test_damaged_encodings_get_the_outcome_fastavro_gave(schema: formats.Schema)
             damaged.append(bytes(data))
         # A second array block and a sized (negative-count) block: valid Avro, fastavro's call.
         for data in damaged:
-            assert _outcome(decode, data) == _outcome(lambda d: _fastavro_decode(schema, d), data), data.hex()
+            assert _outcome(decode, data) == _outcome(
+                lambda d: _fastavro_decode(schema, d), data
+            ), data.hex()
             checked += 1
     assert checked > 1000
 
@@ -124,13 +161,16 @@ def test_damaged_encodings_get_the_outcome_fastavro_gave(schema: formats.Schema)
 def test_a_second_array_block_decodes_as_fastavro_decodes_it() -> None:
     sig = Signature(b"\x03" * 32, b"\x04" * 64)
     one_block = _fastavro_bytes(SIGNED_EVENT_SCHEMA, SignedEvent(b"body", (sig, sig)))
-    head, items = one_block[:15], one_block[16:16 + 192]  # magic+fp, body; count 2; items; 0
+    head, items = one_block[:15], one_block[16 : 16 + 192]  # magic+fp, body; count 2; items; 0
     assert one_block[15] == 4  # zig-zag 2
     two_blocks = head + b"\x02" + items[:96] + b"\x02" + items[96:] + b"\x00"
-    sized = head + b"\x01\xc0\x01" + items[:96] + b"\x02" + items[96:] + b"\x00"  # count -1, 96 bytes
+    sized = (
+        head + b"\x01\xc0\x01" + items[:96] + b"\x02" + items[96:] + b"\x00"
+    )  # count -1, 96 bytes
     for data in (two_blocks, sized):
         assert _outcome(decode_signed_event, data) == _outcome(
-            lambda d: _fastavro_decode(SIGNED_EVENT_SCHEMA, d), data)
+            lambda d: _fastavro_decode(SIGNED_EVENT_SCHEMA, d), data
+        )
         assert decode_signed_event(data) == SignedEvent(b"body", (sig, sig))
 
 
@@ -163,7 +203,9 @@ def test_over_long_varints_read_as_fastavro_reads_them() -> None:
         ]
         for schema, data in cases:
             decode = decode_entry if schema is ENTRY_SCHEMA else decode_signed_event
-            assert _outcome(decode, data) == _outcome(lambda d, s=schema: _fastavro_decode(s, d), data), data.hex()
+            assert _outcome(decode, data) == _outcome(
+                lambda d, s=schema: _fastavro_decode(s, d), data
+            ), data.hex()
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,9 +221,11 @@ def test_over_long_varints_read_as_fastavro_reads_them() -> None:
 _BODY = formats.EVENT_BODY_SCHEMA
 _BODY_PREFIX = formats.SINGLE_OBJECT_MAGIC + _BODY.fingerprint
 _LONGS = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(
-    [0, -1, 1, 63, -64, 64, -65, 8191, 8192, 2**31, -(2**31) - 1, 2**63 - 1, -(2**63)])
+    [0, -1, 1, 63, -64, 64, -65, 8191, 8192, 2**31, -(2**31) - 1, 2**63 - 1, -(2**63)]
+)
 _DOUBLES = st.floats() | st.binary(min_size=8, max_size=8).map(
-    lambda b: struct.unpack("<d", b)[0])  # NaNs with any payload, subnormals, -0.0
+    lambda b: struct.unpack("<d", b)[0]
+)  # NaNs with any payload, subnormals, -0.0
 _PRIMITIVES: dict[str, st.SearchStrategy[Any]] = {
     "null": st.none(),
     "boolean": st.booleans(),
@@ -208,7 +252,9 @@ def _values(node: Any, named: dict[str, st.SearchStrategy[Any]]) -> st.SearchStr
     elif kind == "enum":
         found = st.sampled_from(node["symbols"])
     elif kind == "record":
-        found = st.fixed_dictionaries({f["name"]: _values(f["type"], named) for f in node["fields"]})
+        found = st.fixed_dictionaries(
+            {f["name"]: _values(f["type"], named) for f in node["fields"]}
+        )
     else:
         return _PRIMITIVES[kind]
     named[node["name"]] = found
@@ -229,7 +275,9 @@ _TYPES = _BODY.parsed["fields"][2]["type"]["symbols"]
 
 
 @st.composite
-def _body_records(draw: Any, payload_name: str | None = None, type_matches: bool = True) -> dict[str, Any]:
+def _body_records(
+    draw: Any, payload_name: str | None = None, type_matches: bool = True
+) -> dict[str, Any]:
     name = payload_name or draw(st.sampled_from(_PAYLOAD_NAMES))
     record = {f: draw(s) for f, s in _BODY_FIELDS.items() if f != "payload"}
     record["payload"] = (name, draw(_BODY_FIELDS["payload"][name]))
@@ -246,7 +294,10 @@ def _fastavro_body(record: dict[str, Any]) -> bytes:
 def _key(value: Any) -> Any:
     """A comparable image of a decoded value: exact types, floats by their bits."""
     if dataclasses.is_dataclass(value):
-        return (type(value).__name__, *(_key(getattr(value, f.name)) for f in dataclasses.fields(value)))
+        return (
+            type(value).__name__,
+            *(_key(getattr(value, f.name)) for f in dataclasses.fields(value)),
+        )
     if isinstance(value, tuple | list):
         return (type(value).__name__, *(_key(v) for v in value))
     if isinstance(value, float):
@@ -276,7 +327,9 @@ def _assert_body_as_fastavro(data: bytes) -> tuple[Any, ...]:
 @pytest.mark.parametrize("payload_name", _PAYLOAD_NAMES)
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_bodies_of_every_payload_type_decode_as_fastavro_decodes_them(payload_name: str, data: Any) -> None:
+def test_bodies_of_every_payload_type_decode_as_fastavro_decodes_them(
+    payload_name: str, data: Any
+) -> None:
     record = data.draw(_body_records(payload_name))
     body = _fastavro_body(record)
     assert _assert_body_as_fastavro(body)[0] == "ok"
@@ -301,7 +354,9 @@ def test_garbage_bodies_get_fastavros_outcome(payload: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(_body_records(), st.data())
-def test_truncated_extended_and_damaged_bodies_get_fastavros_outcome(record: dict[str, Any], data: Any) -> None:
+def test_truncated_extended_and_damaged_bodies_get_fastavros_outcome(
+    record: dict[str, Any], data: Any
+) -> None:
     body = _fastavro_body(record)
     cut = data.draw(st.integers(10, len(body)))
     _assert_body_as_fastavro(body[:cut])
@@ -309,7 +364,9 @@ def test_truncated_extended_and_damaged_bodies_get_fastavros_outcome(record: dic
     damaged = bytearray(body)
     for _ in range(data.draw(st.integers(1, 3))):
         at = data.draw(st.integers(10, len(damaged) - 1))
-        damaged[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF]) | st.integers(0, 255))
+        damaged[at] = data.draw(
+            st.sampled_from([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF]) | st.integers(0, 255)
+        )
     _assert_body_as_fastavro(bytes(damaged))
 
 
@@ -383,7 +440,9 @@ class _OddWriter:
 
 @settings(max_examples=300, deadline=None)
 @given(_body_records(), st.data())
-def test_odd_but_valid_encodings_decode_as_fastavro_decodes_them(record: dict[str, Any], data: Any) -> None:
+def test_odd_but_valid_encodings_decode_as_fastavro_decodes_them(
+    record: dict[str, Any], data: Any
+) -> None:
     out = bytearray()
     _OddWriter(data.draw).write(_BODY.parsed, record, out)
     _assert_body_as_fastavro(_BODY_PREFIX + bytes(out))
@@ -397,7 +456,7 @@ def test_over_long_varints_in_a_body_are_read_as_fastavro_reads_them() -> None:
     assert body[at] == 10  # zig-zag 5
     rng = random.Random(6)
     for varint in _varints(rng):
-        _assert_body_as_fastavro(body[:at] + varint + body[at + 1:])
+        _assert_body_as_fastavro(body[:at] + varint + body[at + 1 :])
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +469,7 @@ _ANY_BODY = formats.EventBody("l", b"\x00" * 16, 0, (), formats.KeyRevoked(b"\x0
 
 def _padded(data: bytes, at: int, extra: int) -> bytes:
     """`data` with the one-byte varint at `at` written `extra` bytes longer (same value)."""
-    return data[:at] + bytes((data[at] | 0x80,)) + b"\x80" * (extra - 1) + b"\x00" + data[at + 1:]
+    return data[:at] + bytes((data[at] | 0x80,)) + b"\x80" * (extra - 1) + b"\x00" + data[at + 1 :]
 
 
 def test_a_decoded_event_encodes_and_enters_entries_as_a_fresh_one() -> None:
@@ -426,25 +485,37 @@ def test_a_decoded_event_encodes_and_enters_entries_as_a_fresh_one() -> None:
             received = decode_received_event(variant)
             decoded = received.event
             assert decode_signed_event(variant) == decoded
-            assert decoded == fresh and hash(decoded) == hash(fresh) and repr(decoded) == repr(fresh)
+            assert (
+                decoded == fresh and hash(decoded) == hash(fresh) and repr(decoded) == repr(fresh)
+            )
             assert pickle.loads(pickle.dumps(decoded)) == fresh
             assert encode_signed_event(decoded) == data  # never the over-long bytes
             assert received.encoding() == data  # never the over-long bytes
             assert event_digest(received) == event_digest(decoded) == hashlib.sha256(data).digest()
             kept = received.canonical
             assert kept == (data if variant == data else None)
-            for made in (formats.make_entry(entry.seq, entry.prev, received, entry.received_at, _ANY_BODY),
-                         formats.make_entry(entry.seq, entry.prev, decoded, entry.received_at, _ANY_BODY)):
-                assert made.entry_bytes == encode_entry(entry) == _fastavro_bytes(ENTRY_SCHEMA, entry)
+            for made in (
+                formats.make_entry(entry.seq, entry.prev, received, entry.received_at, _ANY_BODY),
+                formats.make_entry(entry.seq, entry.prev, decoded, entry.received_at, _ANY_BODY),
+            ):
+                assert (
+                    made.entry_bytes == encode_entry(entry) == _fastavro_bytes(ENTRY_SCHEMA, entry)
+                )
                 assert made.entry == entry and made.leaf_hash == formats.leaf_hash(made.entry_bytes)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300), st.lists(st.tuples(st.binary(min_size=32, max_size=32),
-                                                    st.binary(min_size=64, max_size=64)), max_size=3),
-       st.data())
+@given(
+    st.binary(max_size=300),
+    st.lists(
+        st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)),
+        max_size=3,
+    ),
+    st.data(),
+)
 def test_whatever_bytes_a_signed_event_came_from_its_encoding_is_its_values(
-        body: bytes, sigs: list[tuple[bytes, bytes]], data: Any) -> None:
+    body: bytes, sigs: list[tuple[bytes, bytes]], data: Any
+) -> None:
     event = SignedEvent(body, tuple(Signature(k, s) for k, s in sigs))
     canonical = _fastavro_bytes(SIGNED_EVENT_SCHEMA, event)
     out = bytearray()
@@ -459,5 +530,6 @@ def test_whatever_bytes_a_signed_event_came_from_its_encoding_is_its_values(
             assert decoded == outcome[1]
             assert encode_signed_event(decoded) == canonical == received.encoding()
             assert received.canonical in (None, canonical)
-            assert formats.make_entry(3, b"\x00" * 32, received, 5, _ANY_BODY).entry_bytes == encode_entry(
-                Entry(3, b"\x00" * 32, body, event.signatures, 5))
+            assert formats.make_entry(
+                3, b"\x00" * 32, received, 5, _ANY_BODY
+            ).entry_bytes == encode_entry(Entry(3, b"\x00" * 32, body, event.signatures, 5))

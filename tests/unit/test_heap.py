@@ -27,7 +27,9 @@ class Node:
         self.other: Node | None = None
 
 
-def test_settle_heap_freezes_the_loaded_state_and_still_collects_new_cycles(restore_gc: None) -> None:
+def test_settle_heap_freezes_the_loaded_state_and_still_collects_new_cycles(
+    restore_gc: None,
+) -> None:
     state = [Node() for _ in range(1000)]  # the replayed log, long-lived
     settle_heap()
     frozen = gc.get_freeze_count()

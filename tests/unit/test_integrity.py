@@ -20,8 +20,12 @@ def ledger() -> tuple[list[LogEntry], Flow, Cast]:
     flow = Flow(cast)
     core = LedgerCore(keep_entries=True)
     clock = iter(range(1_000, 2_000))
-    for event in [flow.genesis(), *flow.grants(), flow.policy(),
-                  *(flow.propose(f"registry.example/m:v{i}") for i in range(4))]:
+    for event in [
+        flow.genesis(),
+        *flow.grants(),
+        flow.policy(),
+        *(flow.propose(f"registry.example/m:v{i}") for i in range(4)),
+    ]:
         core.append(event, lambda: next(clock))
     assert core.entries is not None
     return core.entries, flow, cast
@@ -49,7 +53,8 @@ def test_a_clean_store(ledger: tuple[list[LogEntry], Flow, Cast]) -> None:
 
 @pytest.mark.parametrize("where", ["middle", "tail"])
 def test_records_written_around_the_server_are_foreign(
-        ledger: tuple[list[LogEntry], Flow, Cast], where: str) -> None:
+    ledger: tuple[list[LogEntry], Flow, Cast], where: str
+) -> None:
     entries, flow, _ = ledger
     last = entries[-1]
     # What an intruder who can read the topic might write next: garbage, an entry with the
@@ -67,11 +72,15 @@ def test_a_later_seq_after_the_chain_is_damage(ledger: tuple[list[LogEntry], Flo
     entries, _, _ = ledger
     values = [e.entry_bytes for e in entries]
     del values[4]
-    with pytest.raises(StoreDamagedError, match=r"at seq 4: missing: the record after seq 3 claims seq 5"):
+    with pytest.raises(
+        StoreDamagedError, match=r"at seq 4: missing: the record after seq 3 claims seq 5"
+    ):
         fold(values).finish()
 
 
-def test_a_changed_entry_with_successors_is_damage(ledger: tuple[list[LogEntry], Flow, Cast]) -> None:
+def test_a_changed_entry_with_successors_is_damage(
+    ledger: tuple[list[LogEntry], Flow, Cast],
+) -> None:
     entries, _, _ = ledger
     values = [e.entry_bytes for e in entries]
     values[3] = bad_signature(entries[3])
@@ -80,12 +89,16 @@ def test_a_changed_entry_with_successors_is_damage(ledger: tuple[list[LogEntry],
 
 
 def test_an_undecodable_entry_with_successors_is_damage(
-        ledger: tuple[list[LogEntry], Flow, Cast]) -> None:
+    ledger: tuple[list[LogEntry], Flow, Cast],
+) -> None:
     entries, _, _ = ledger
     values = [e.entry_bytes for e in entries]
     values[3] = values[3][:20]
-    with pytest.raises(StoreDamagedError, match=r"at seq 3: missing or changed: the record at "
-                                                r"store position 3 does not decode"):
+    with pytest.raises(
+        StoreDamagedError,
+        match=r"at seq 3: missing or changed: the record at "
+        r"store position 3 does not decode",
+    ):
         fold(values).finish()
 
 
@@ -101,11 +114,17 @@ def test_checkpoints_are_verified(ledger: tuple[list[LogEntry], Flow, Cast]) -> 
 
     n = chain.size
     assert [c.size for c in verify_checkpoints(chain, [(3, note(3)), (n, note(n))])] == [3, n]
-    with pytest.raises(StoreDamagedError, match=rf"at seq {n}: missing; the signed checkpoint "
-                                                rf"for size {n + 1} covers it"):
+    with pytest.raises(
+        StoreDamagedError,
+        match=rf"at seq {n}: missing; the signed checkpoint "
+        rf"for size {n + 1} covers it",
+    ):
         verify_checkpoints(chain, [(n + 1, note(n + 1))])
-    with pytest.raises(StoreDamagedError, match=r"at seq 5: changed: the entries up to it do not "
-                                                r"give the root"):
+    with pytest.raises(
+        StoreDamagedError,
+        match=r"at seq 5: changed: the entries up to it do not "
+        r"give the root",
+    ):
         verify_checkpoints(chain, [(6, note(6, bytes(32)))])
     with pytest.raises(StoreDamagedError, match=r"checkpoint #1 for size 3: does not verify"):
         verify_checkpoints(chain, [(3, note(3).replace("\n3\n", "\n2\n"))])

@@ -23,29 +23,90 @@ def ago(seconds: int) -> dt.datetime:
 
 
 INFO = rows.RolloutInfo(
-    name="model-server-3fa2c1d4e5", namespace="models", deployment="model-server", proposal=HEX,
-    phase="Progressing", step=1, weight=50, approvals=("human:alice@example.org", "human:bob@example.org"),
-    approval_count=2, approvals_required=2, steps=3, candidate_image="registry.example/m:v2",
-    stable_image="registry.example/m:v1", message="holding step 1 for 3.0s more", last_seq=41,
-    source="ledger", created=ago(300),
+    name="model-server-3fa2c1d4e5",
+    namespace="models",
+    deployment="model-server",
+    proposal=HEX,
+    phase="Progressing",
+    step=1,
+    weight=50,
+    approvals=("human:alice@example.org", "human:bob@example.org"),
+    approval_count=2,
+    approvals_required=2,
+    steps=3,
+    candidate_image="registry.example/m:v2",
+    stable_image="registry.example/m:v1",
+    message="holding step 1 for 3.0s more",
+    last_seq=41,
+    source="ledger",
+    created=ago(300),
 )
 
 CLUSTER = rows.ClusterView(
     deployments=[
-        rows.DeploymentRow("model-server-canary", "canary", 2, 1, 2, 1, "registry.example/m:v2", ago(120)),
-        rows.DeploymentRow("model-server", "stable", 2, 2, 2, 2, "registry.example/m:v1", ago(7200)),
+        rows.DeploymentRow(
+            "model-server-canary", "canary", 2, 1, 2, 1, "registry.example/m:v2", ago(120)
+        ),
+        rows.DeploymentRow(
+            "model-server", "stable", 2, 2, 2, 2, "registry.example/m:v1", ago(7200)
+        ),
     ],
     replicasets=[
-        rows.ReplicaSetRow("model-server-6d4cf", "model-server", "1", 2, 2, "registry.example/m:v1", ago(7200)),
-        rows.ReplicaSetRow("model-server-old", "model-server", "0", 0, 0, "registry.example/m:v0", ago(9000)),
-        rows.ReplicaSetRow("model-server-canary-7f9", "model-server-canary", "1", 2, 1, "registry.example/m:v2", ago(120)),
+        rows.ReplicaSetRow(
+            "model-server-6d4cf", "model-server", "1", 2, 2, "registry.example/m:v1", ago(7200)
+        ),
+        rows.ReplicaSetRow(
+            "model-server-old", "model-server", "0", 0, 0, "registry.example/m:v0", ago(9000)
+        ),
+        rows.ReplicaSetRow(
+            "model-server-canary-7f9",
+            "model-server-canary",
+            "1",
+            2,
+            1,
+            "registry.example/m:v2",
+            ago(120),
+        ),
     ],
     pods=[
-        rows.PodRow("model-server-6d4cf-aaaaa", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7200)),
-        rows.PodRow("model-server-6d4cf-bbbbb", "model-server-6d4cf", "Running", True, 1, 1, created=ago(7100)),
-        rows.PodRow("model-server-canary-7f9-ccccc", "model-server-canary-7f9", "Running", True, 1, 1, created=ago(100)),
-        rows.PodRow("model-server-canary-7f9-ddddd", "model-server-canary-7f9", "Running", False, 0, 1,
-                  restarts=3, reason="CrashLoopBackOff", created=ago(60)),
+        rows.PodRow(
+            "model-server-6d4cf-aaaaa",
+            "model-server-6d4cf",
+            "Running",
+            True,
+            1,
+            1,
+            created=ago(7200),
+        ),
+        rows.PodRow(
+            "model-server-6d4cf-bbbbb",
+            "model-server-6d4cf",
+            "Running",
+            True,
+            1,
+            1,
+            created=ago(7100),
+        ),
+        rows.PodRow(
+            "model-server-canary-7f9-ccccc",
+            "model-server-canary-7f9",
+            "Running",
+            True,
+            1,
+            1,
+            created=ago(100),
+        ),
+        rows.PodRow(
+            "model-server-canary-7f9-ddddd",
+            "model-server-canary-7f9",
+            "Running",
+            False,
+            0,
+            1,
+            restarts=3,
+            reason="CrashLoopBackOff",
+            created=ago(60),
+        ),
     ],
 )
 
@@ -90,36 +151,84 @@ def test_tree_nests_deployments_replicasets_and_pods_like_argo() -> None:
         "      └──□ model-server-canary-7f9-ddddd",
     ]
     assert lines[0].split() == ["NAME", "KIND", "STATUS", "AGE", "INFO"]
-    assert "ModelRollout  ◌ Progressing" in lines[1] and "5m" in lines[1] and "step 1/3, weight 50%" in lines[1]
+    assert (
+        "ModelRollout  ◌ Progressing" in lines[1]
+        and "5m" in lines[1]
+        and "step 1/3, weight 50%" in lines[1]
+    )
     assert "Deployment" in lines[2] and "✔ Healthy" in lines[2] and "stable, 2/2 ready" in lines[2]
     assert "◌ Progressing" in lines[6] and "canary, 1/2 ready" in lines[6]
     assert "rev:1, registry.example/m:v1" in lines[3]
     assert "✖ CrashLoopBackOff" in lines[9] and "ready:0/1, restarts:3" in lines[9]
     # Columns line up: every KIND starts where the header's does.
-    assert {line[kind_at:].split()[0] for line in lines[1:]} == {"ModelRollout", "Deployment", "ReplicaSet", "Pod"}
+    assert {line[kind_at:].split()[0] for line in lines[1:]} == {
+        "ModelRollout",
+        "Deployment",
+        "ReplicaSet",
+        "Pod",
+    }
 
 
 def test_without_a_cluster_the_header_says_why() -> None:
-    text = render.render_get(INFO, rows.ClusterView(error="no kubeconfig (pass --kubeconfig or set KUBECONFIG)"), NOW)
+    text = render.render_get(
+        INFO, rows.ClusterView(error="no kubeconfig (pass --kubeconfig or set KUBECONFIG)"), NOW
+    )
     assert "Cluster:" in text and "no kubeconfig" in text
     assert "ActualWeight" not in text and "Replicas:" not in text
     assert text.splitlines()[-1].startswith("⟳ model-server-3fa2c1d4e5")
 
 
 def test_list_table() -> None:
-    other = rows.RolloutInfo(name="ranker-0011223344", namespace="search", deployment="ranker",
-                           proposal="0011223344" + "f" * 54, phase="Killed", step=0, weight=0,
-                           approval_count=1, candidate_image="registry.example/r:v9")
+    other = rows.RolloutInfo(
+        name="ranker-0011223344",
+        namespace="search",
+        deployment="ranker",
+        proposal="0011223344" + "f" * 54,
+        phase="Killed",
+        step=0,
+        weight=0,
+        approval_count=1,
+        candidate_image="registry.example/r:v9",
+    )
     out = render.render_list([INFO, other], all_namespaces=True).splitlines()
-    assert out[0].split() == ["NAMESPACE", "NAME", "PROPOSAL", "TARGET", "STATUS", "STEP", "WEIGHT",
-                              "APPROVALS", "CANDIDATE"]
-    assert out[1].split() == ["models", "model-server-3fa2c1d4e5", HEX[:12], "model-server", "Progressing",
-                              "1/3", "50%", "2/2", "registry.example/m:v2"]
-    assert out[2].split() == ["search", "ranker-0011223344", "0011223344ff", "ranker", "Killed", "0", "0%",
-                              "1", "registry.example/r:v9"]
+    assert out[0].split() == [
+        "NAMESPACE",
+        "NAME",
+        "PROPOSAL",
+        "TARGET",
+        "STATUS",
+        "STEP",
+        "WEIGHT",
+        "APPROVALS",
+        "CANDIDATE",
+    ]
+    assert out[1].split() == [
+        "models",
+        "model-server-3fa2c1d4e5",
+        HEX[:12],
+        "model-server",
+        "Progressing",
+        "1/3",
+        "50%",
+        "2/2",
+        "registry.example/m:v2",
+    ]
+    assert out[2].split() == [
+        "search",
+        "ranker-0011223344",
+        "0011223344ff",
+        "ranker",
+        "Killed",
+        "0",
+        "0%",
+        "1",
+        "registry.example/r:v9",
+    ]
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (59, "59s"), (61, "1m"), (7200, "2h"), (200000, "2d")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(5, "5s"), (59, "59s"), (61, "1m"), (7200, "2h"), (200000, "2d")]
+)
 def test_age(seconds: int, text: str) -> None:
     assert render.age(ago(seconds), NOW) == text
 
@@ -129,22 +238,54 @@ def test_display_phase_from_the_controller_message() -> None:
     assert rows.display_phase("ROLLED_BACK", False, "unhealthy report") == "RolledBack"
     assert rows.display_phase("ROLLED_BACK", True) == "Killed"
     assert rows.display_phase("ROLLED_BACK", False, "kill switch TARGET since seq 9") == "Killed"
-    m = controller_pb2.Rollout(proposal=bytes.fromhex(HEX), namespace="models", deployment="model-server",
-                               phase="PROMOTED", step=2, weight=100, approvals=["human:a"], approvals_required=2)
+    m = controller_pb2.Rollout(
+        proposal=bytes.fromhex(HEX),
+        namespace="models",
+        deployment="model-server",
+        phase="PROMOTED",
+        step=2,
+        weight=100,
+        approvals=["human:a"],
+        approvals_required=2,
+    )
     info = sources.from_message(m)
     assert (info.name, info.phase, info.approval_count, info.source) == (
-        "model-server-3fa2c1d4e5", "Promoted", 1, "controller")
+        "model-server-3fa2c1d4e5",
+        "Promoted",
+        1,
+        "controller",
+    )
 
 
 def test_from_a_modelrollout_object() -> None:
-    obj = {"metadata": {"name": "model-server-3fa2c1d4e5", "namespace": "models",
-                        "creationTimestamp": "2026-01-01T11:55:00Z"},
-           "spec": {"proposal": HEX, "target": "model-server", "candidateImage": "registry.example/m:v2"},
-           "status": {"phase": "Killed", "step": 1, "weight": 0, "approvals": 2, "lastSeq": 50,
-                      "message": "kill switch TARGET since seq 50"}}
+    obj = {
+        "metadata": {
+            "name": "model-server-3fa2c1d4e5",
+            "namespace": "models",
+            "creationTimestamp": "2026-01-01T11:55:00Z",
+        },
+        "spec": {
+            "proposal": HEX,
+            "target": "model-server",
+            "candidateImage": "registry.example/m:v2",
+        },
+        "status": {
+            "phase": "Killed",
+            "step": 1,
+            "weight": 0,
+            "approvals": 2,
+            "lastSeq": 50,
+            "message": "kill switch TARGET since seq 50",
+        },
+    }
     info = sources.from_object(obj)
     assert (info.proposal, info.phase, info.approval_count, info.last_seq, info.kill_switch) == (
-        HEX, "Killed", 2, 50, "engaged")
+        HEX,
+        "Killed",
+        2,
+        50,
+        "engaged",
+    )
     assert render.age(info.created, NOW) == "5m"
 
 
@@ -159,8 +300,16 @@ def test_history_keeps_the_proposals_story_and_kills_in_scope() -> None:
     entries = list(h.core.entries)
     lines = render.history_lines(entries, p, "models", "model-server")
     kinds = [line.split()[3] for line in lines]
-    assert kinds == ["ProposalSubmitted", "EvalRecorded", "EvalRecorded", "ApprovalRecorded", "ApprovalRecorded",
-                     "RolloutStep", "KillSwitchEngaged", "RolloutStep"]
+    assert kinds == [
+        "ProposalSubmitted",
+        "EvalRecorded",
+        "EvalRecorded",
+        "ApprovalRecorded",
+        "ApprovalRecorded",
+        "RolloutStep",
+        "KillSwitchEngaged",
+        "RolloutStep",
+    ]
     assert "proposed registry.example/model-server:v2" in lines[0]
     assert "human:alice@example.org approved" in lines[3]
     assert "KILL SWITCH engaged (target models/model-server)" in lines[6]
@@ -173,13 +322,23 @@ def test_history_keeps_the_proposals_story_and_kills_in_scope() -> None:
     (view, _) = rollout_views(cs, {})
     info = sources.from_view(view, 3)
     assert (info.phase, info.weight, info.approvals_required, info.stable_image) == (
-        "Killed", 0, 2, "registry.example/model-server:v1")
+        "Killed",
+        0,
+        2,
+        "registry.example/model-server:v1",
+    )
 
 
 def test_parser_flags_before_or_after_the_command() -> None:
     parser = build_parser()
     a = parser.parse_args(["-n", "models", "--server", "h:1", "get", "abc123", "-w"])
-    assert (a.namespace, a.server, a.rollout, a.watch, a.request_timeout) == ("models", "h:1", "abc123", True, 10.0)
+    assert (a.namespace, a.server, a.rollout, a.watch, a.request_timeout) == (
+        "models",
+        "h:1",
+        "abc123",
+        True,
+        10.0,
+    )
     b = parser.parse_args(["get", "abc123", "-n", "models", "--controller", "c:2"])
     assert (b.namespace, b.controller, b.server) == ("models", "c:2", None)
     c = parser.parse_args(["release", "--target", "models/m", "--key", "a.pem", "--key", "b.pem"])
@@ -193,7 +352,9 @@ def test_kill_needs_exactly_one_scope(capsys: pytest.CaptureFixture[str]) -> Non
     assert "STEWARD_SERVER" in capsys.readouterr().err
 
 
-def test_verify_without_a_trust_root_prints_the_audit_command(capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_without_a_trust_root_prints_the_audit_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["verify", "--server", "127.0.0.1:7443"]) == 2
     err = capsys.readouterr().err
     assert "steward-audit verify --grpc 127.0.0.1:7443 --trust-root TRUST_ROOT.json" in err

@@ -42,7 +42,9 @@ def test_entries_chain_sign_and_fold() -> None:
         assert e.entry.prev == prev == bytes.fromhex(v["prev_hex"])
         assert signed_bytes(e.entry.body).hex() == v["signed_bytes_hex"]
         for sig in v["signatures"]:
-            assert keys[sig["key_id"]].verify(bytes.fromhex(sig["sig_hex"]), bytes.fromhex(v["signed_bytes_hex"]))
+            assert keys[sig["key_id"]].verify(
+                bytes.fromhex(sig["sig_hex"]), bytes.fromhex(v["signed_bytes_hex"])
+            )
         assert check(state, e) is None
         state.apply(e)
         tree.append(e.leaf_hash)
@@ -55,9 +57,16 @@ def test_proofs_and_checkpoint_verify() -> None:
     root = bytes.fromhex(DOC["roots"][n])
     for p in DOC["inclusion"]:
         leaf = bytes.fromhex(DOC["entries"][p["index"]]["leaf_hash_hex"])
-        assert verify_inclusion(leaf, p["index"], p["size"], [bytes.fromhex(h) for h in p["proof"]], root)
+        assert verify_inclusion(
+            leaf, p["index"], p["size"], [bytes.fromhex(h) for h in p["proof"]], root
+        )
     for p in DOC["consistency"]:
-        assert verify_consistency(p["size1"], p["size2"], [bytes.fromhex(h) for h in p["proof"]],
-                                  bytes.fromhex(DOC["roots"][p["size1"]]), root)
+        assert verify_consistency(
+            p["size1"],
+            p["size2"],
+            [bytes.fromhex(h) for h in p["proof"]],
+            bytes.fromhex(DOC["roots"][p["size1"]]),
+            root,
+        )
     cp = verify_checkpoint(DOC["checkpoint"], DOC["vkey"])
     assert (cp.origin, cp.size, cp.root) == (DOC["origin"], n, root)

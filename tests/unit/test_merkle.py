@@ -396,7 +396,8 @@ def test_the_default_store_holds_the_nodes_any_store_holds() -> None:
         for level in range(n.bit_length() + 1):
             assert memory.count(level) == other.count(level) == n >> level
             assert [memory.get(level, i) for i in range(memory.count(level))] == [
-                other.get(level, i) for i in range(other.count(level))]
+                other.get(level, i) for i in range(other.count(level))
+            ]
         assert MerkleTree(memory).root() == ref_mth(hs)
 
 

@@ -55,10 +55,17 @@ GLOBAL = KillScope("GLOBAL")
 TARGET = KillScope("TARGET", "models", "model-server")
 
 
-def ready(replicas: int, image: str, marker: str = "", proposal: str = "", stopping: str = "") -> ObservedDeployment:
+def ready(
+    replicas: int, image: str, marker: str = "", proposal: str = "", stopping: str = ""
+) -> ObservedDeployment:
     return ObservedDeployment(
-        replicas=replicas, image=image, ready_replicas=replicas, updated_replicas=replicas,
-        marker=marker, proposal=proposal, stopping=stopping,
+        replicas=replicas,
+        image=image,
+        ready_replicas=replicas,
+        updated_replicas=replicas,
+        marker=marker,
+        proposal=proposal,
+        stopping=stopping,
     )
 
 
@@ -78,7 +85,7 @@ class Sim:
     def fold(self) -> ControllerState:
         entries = self.h.core.entries
         assert entries is not None
-        for e in entries[self.cs.ledger.size:]:
+        for e in entries[self.cs.ledger.size :]:
             assert self.cs.fold(e) is None
         return self.cs
 
@@ -88,7 +95,9 @@ class Sim:
     def plan(self, config: PlannerConfig | None = None) -> list[Action]:
         return plan(self.fold(), self.observed(), self.h.now, config)
 
-    def tick(self, *, only: type | None = None, config: PlannerConfig | None = None) -> list[Action]:
+    def tick(
+        self, *, only: type | None = None, config: PlannerConfig | None = None
+    ) -> list[Action]:
         """Plan once and carry the actions out in order, stopping at a refused record."""
         actions = self.plan(config)
         for a in actions:
@@ -117,8 +126,11 @@ class Sim:
         if isinstance(a, RecordKillSwitch):
             body = new_body(
                 self.h.flow.ledger,
-                KillSwitchEngaged(KillScope("PROPOSAL", proposal=a.proposal), a.reason, a.annotation),
-                event_id=a.event_id, issued_at=self.h.now,
+                KillSwitchEngaged(
+                    KillScope("PROPOSAL", proposal=a.proposal), a.reason, a.annotation
+                ),
+                event_id=a.event_id,
+                issued_at=self.h.now,
             )
             return self.append(sign(body, self.h.cast["controller"].key))
         if isinstance(a, ApplyCanary):
@@ -129,12 +141,18 @@ class Sim:
         elif isinstance(a, ScaleStable):
             assert self.stable is not None
             self.stable = dataclasses.replace(
-                self.stable, replicas=a.replicas, image=a.image, ready_replicas=a.replicas,
-                updated_replicas=a.replicas, marker=a.marker,
+                self.stable,
+                replicas=a.replicas,
+                image=a.image,
+                ready_replicas=a.replicas,
+                updated_replicas=a.replicas,
+                marker=a.marker,
             )
         elif isinstance(a, StopCanary):
             assert self.canary is not None
-            self.canary = dataclasses.replace(self.canary, replicas=0, ready_replicas=0, stopping=a.reason)
+            self.canary = dataclasses.replace(
+                self.canary, replicas=0, ready_replicas=0, stopping=a.reason
+            )
         elif isinstance(a, Promote):
             self.stable = ready(a.replicas, a.image, a.marker)
         elif isinstance(a, RemoveCanary):
@@ -177,7 +195,9 @@ def sim(h: Harness) -> Sim:
 
 
 def kinds(actions: list[Action]) -> list[str]:
-    return [type(a).__name__ + (f":{a.phase}" if isinstance(a, RecordStep) else "") for a in actions]
+    return [
+        type(a).__name__ + (f":{a.phase}" if isinstance(a, RecordStep) else "") for a in actions
+    ]
 
 
 def approve_fresh(h: Harness, p: bytes) -> None:
@@ -200,7 +220,9 @@ def test_canary_replicas_round_up_and_cover_the_whole_range() -> None:
 def test_step_event_ids_are_deterministic_and_distinct() -> None:
     p = b"\x01" * 32
     assert step_event_id(p, 1, "ADVANCED", 0) == step_event_id(p, 1, "ADVANCED", 0)
-    ids = {step_event_id(p, s, ph, a) for s in (0, 1) for ph in ("STARTED", "ADVANCED") for a in (0, 1)}
+    ids = {
+        step_event_id(p, s, ph, a) for s in (0, 1) for ph in ("STARTED", "ADVANCED") for a in (0, 1)
+    }
     assert len(ids) == 8
     assert all(len(i) == 16 for i in ids)
 
@@ -221,7 +243,12 @@ def test_full_rollout_to_promotion(h: Harness, sim: Sim) -> None:
     assert "healthy report" in next(a for a in sim.plan() if isinstance(a, Wait)).message
     h.ok(h.flow.health(p, 1, True))
     sim.run()
-    assert sim.phases(p) == [(0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
+    assert sim.phases(p) == [
+        (0, 10, "STARTED"),
+        (1, 50, "ADVANCED"),
+        (2, 100, "ADVANCED"),
+        (2, 100, "PROMOTED"),
+    ]
     assert sim.canary is None
     assert sim.stable == ready(4, V2, sim.stable.marker if sim.stable else "")
     assert sim.plan() == []  # nothing more to do once promoted
@@ -335,7 +362,9 @@ def test_kill_switch_of_any_scope_rolls_back_at_once(h: Harness, sim: Sim, kind:
     p, _ = h.approved()
     sim.run()
     assert sim.replicas() == (2, 2)  # at step 1, waiting for health
-    scope = {"GLOBAL": GLOBAL, "TARGET": TARGET, "PROPOSAL": KillScope("PROPOSAL", proposal=p)}[kind]
+    scope = {"GLOBAL": GLOBAL, "TARGET": TARGET, "PROPOSAL": KillScope("PROPOSAL", proposal=p)}[
+        kind
+    ]
     h.ok(h.flow.kill(scope))
     actions = sim.plan()
     # Stopping first: the canary goes to zero before anything is written to the ledger.
@@ -381,11 +410,17 @@ def test_kill_release_needs_the_threshold(h: Harness) -> None:
 def test_emergency_stop_annotation_rolls_back_then_records_a_kill(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     sim.tick()
-    src = AnnotationSource("models/model-server-" + p.hex()[:10], "kubectl-annotate", "2026-01-01T00:00:05Z")
+    src = AnnotationSource(
+        "models/model-server-" + p.hex()[:10], "kubectl-annotate", "2026-01-01T00:00:05Z"
+    )
     sim.stops = (EmergencyStop(p, "latency spike", src),)
     actions = sim.plan()
     assert kinds(actions) == [
-        "StopCanary", "ScaleStable", "RecordKillSwitch", "RecordStep:ROLLED_BACK", "RemoveCanary",
+        "StopCanary",
+        "ScaleStable",
+        "RecordKillSwitch",
+        "RecordStep:ROLLED_BACK",
+        "RemoveCanary",
     ]
     sim.run()
     assert sim.canary is None
@@ -420,7 +455,9 @@ def test_unhealthy_report_for_the_current_step_rolls_back(h: Harness, sim: Sim) 
     assert sim.phases(p)[-1] == (1, 0, "ROLLED_BACK") and sim.canary is None
 
 
-def test_an_unhealthy_report_from_before_a_restart_does_not_roll_back_again(h: Harness, sim: Sim) -> None:
+def test_an_unhealthy_report_from_before_a_restart_does_not_roll_back_again(
+    h: Harness, sim: Sim
+) -> None:
     p, _ = h.approved(plan=(PlanStep(50, 0, True), PlanStep(100, 0, False)))
     sim.tick()
     h.ok(h.flow.health(p, 0, False))
@@ -436,7 +473,9 @@ def test_crashlooping_canary_pod_rolls_back(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     sim.pods_ready = False
     sim.tick()
-    sim.pods = (ObservedPod("model-server-canary-x", V2, False, "Running", "CrashLoopBackOff", h.now),)
+    sim.pods = (
+        ObservedPod("model-server-canary-x", V2, False, "Running", "CrashLoopBackOff", h.now),
+    )
     actions = sim.plan()
     assert kinds(actions)[0] == "StopCanary" and "CrashLoopBackOff" in actions[0].reason  # type: ignore[union-attr]
     sim.run()

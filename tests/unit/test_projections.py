@@ -87,13 +87,20 @@ def records(entries: tuple[LogEntry, ...] | list[LogEntry]) -> list[tuple[bytes,
 
 def rows(engine: sa.Engine, table: sa.Table, *where: object) -> list[sa.Row]:  # type: ignore[type-arg]
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(table).where(*where).order_by(*table.primary_key.columns)))
+        return list(
+            conn.execute(sa.select(table).where(*where).order_by(*table.primary_key.columns))
+        )
 
 
 def invalid_rows(engine: sa.Engine) -> list[tuple[int, int | None, str]]:
     t = schema.invalid_records_table
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(t.c.position, t.c.seq, t.c.reason).order_by(t.c.position))]  # type: ignore[misc]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(t.c.position, t.c.seq, t.c.reason).order_by(t.c.position)
+            )
+        ]  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,9 +134,17 @@ class ProjectionSuite:
 
         p1, p2 = rows(engine, schema.proposals_table)
         by_hash = {p.hash: p for p in (p1, p2)}
-        assert (by_hash[hx["p1"]].phase, by_hash[hx["p1"]].step, by_hash[hx["p1"]].weight) == ("PROMOTED", 2, 100)
+        assert (by_hash[hx["p1"]].phase, by_hash[hx["p1"]].step, by_hash[hx["p1"]].weight) == (
+            "PROMOTED",
+            2,
+            100,
+        )
         assert by_hash[hx["p1"]].proposer == "agent:researcher-7"
-        assert (by_hash[hx["p2"]].phase, by_hash[hx["p2"]].step, by_hash[hx["p2"]].deployment) == ("PENDING", None, "ranker")
+        assert (by_hash[hx["p2"]].phase, by_hash[hx["p2"]].step, by_hash[hx["p2"]].deployment) == (
+            "PENDING",
+            None,
+            "ranker",
+        )
         assert by_hash[hx["p2"]].updated_seq > by_hash[hx["p2"]].seq
 
         evals = {r.hash: r for r in rows(engine, schema.evals_table)}
@@ -146,20 +161,32 @@ class ProjectionSuite:
 
         steps = rows(engine, schema.rollout_steps_table)
         assert [(s.step, s.weight, s.phase) for s in steps] == [
-            (0, 10, "STARTED"), (1, 50, "ADVANCED"), (2, 100, "ADVANCED"), (2, 100, "PROMOTED")]
+            (0, 10, "STARTED"),
+            (1, 50, "ADVANCED"),
+            (2, 100, "ADVANCED"),
+            (2, 100, "PROMOTED"),
+        ]
         assert all(s.proposal == hx["p1"] for s in steps)
 
         (kill,) = rows(engine, schema.kill_switches_table)
-        assert (kill.scope_kind, kill.scope_namespace, kill.scope_deployment) == ("TARGET", "models", "model-server")
+        assert (kill.scope_kind, kill.scope_namespace, kill.scope_deployment) == (
+            "TARGET",
+            "models",
+            "model-server",
+        )
         assert kill.engaged_by == "human:oncall@example.org"
         assert kill.released_by == ["human:alice@example.org", "human:bob@example.org"]
         assert kill.released_seq == kill.engaged_seq + 1
 
         last = st.entries[-1]
-        assert projector.stored_position() == Position(len(st.entries), last.seq + 1, last.leaf_hash)
+        assert projector.stored_position() == Position(
+            len(st.entries), last.seq + 1, last.leaf_hash
+        )
         assert invalid_rows(engine) == []
 
-    def test_rows_agree_with_an_independent_fold(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
+    def test_rows_agree_with_an_independent_fold(
+        self, engine: sa.Engine, store: SQLiteLogStore
+    ) -> None:
         st = story()
         store.append(records(st.entries))
         Projector(store, engine, batch_size=7).catch_up()
@@ -168,30 +195,48 @@ class ProjectionSuite:
         assert set(proposals) == {h.hex() for h in state.proposals}
         for h, p in state.proposals.items():
             assert proposals[h.hex()].phase == p.phase
-            valid = {r.approver for r in rows(engine, schema.approvals_table,
-                                              schema.approvals_table.c.proposal == h.hex(),
-                                              schema.approvals_table.c.valid_now)}
+            valid = {
+                r.approver
+                for r in rows(
+                    engine,
+                    schema.approvals_table,
+                    schema.approvals_table.c.proposal == h.hex(),
+                    schema.approvals_table.c.valid_now,
+                )
+            }
             assert valid == set(state.valid_approvers(p))
         keys = {r.key_id: r for r in rows(engine, schema.keys_table)}
         assert {k.hex(): (i.principal, i.revoked_seq) for k, i in state.keys.items()} == {
-            k: (r.principal, r.revoked_seq) for k, r in keys.items()}
-        active = rows(engine, schema.kill_switches_table, schema.kill_switches_table.c.released_seq.is_(None))
+            k: (r.principal, r.revoked_seq) for k, r in keys.items()
+        }
+        active = rows(
+            engine, schema.kill_switches_table, schema.kill_switches_table.c.released_seq.is_(None)
+        )
         assert len(active) == len(state.kill_switches) == 0
 
     @pytest.mark.parametrize("batch_size", [1, 3, 1000])
-    def test_batch_size_does_not_change_rows(self, engine: sa.Engine, store: SQLiteLogStore, batch_size: int) -> None:
+    def test_batch_size_does_not_change_rows(
+        self, engine: sa.Engine, store: SQLiteLogStore, batch_size: int
+    ) -> None:
         store.append(records(story().entries))
         Projector(store, engine, batch_size=batch_size).catch_up()
         assert dump(engine) == fresh_dump(store)
 
-    def test_crash_between_rows_and_commit(self, engine: sa.Engine, store: SQLiteLogStore,
-                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_crash_between_rows_and_commit(
+        self,
+        engine: sa.Engine,
+        store: SQLiteLogStore,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         st = story()
         store.append(records(st.entries))
         original = Projector._commit_position
         calls = {"n": 0}
 
-        def crashing(self: Projector, conn: sa.Connection, expected: Position, new: Position) -> None:
+        def crashing(
+            self: Projector, conn: sa.Connection, expected: Position, new: Position
+        ) -> None:
             original(self, conn, expected, new)  # rows and position written, not yet committed
             calls["n"] += 1
             if calls["n"] == 3:
@@ -216,7 +261,9 @@ class ProjectionSuite:
         assert Projector(store, engine).catch_up() == 0
         assert dump(engine) == fresh_dump(store)
 
-    def test_process_killed_mid_batch(self, engine: sa.Engine, store: SQLiteLogStore, tmp_path: Path) -> None:
+    def test_process_killed_mid_batch(
+        self, engine: sa.Engine, store: SQLiteLogStore, tmp_path: Path
+    ) -> None:
         """A real process death (os._exit, no cleanup) after a batch's rows are written."""
         st = story()
         store.append(records(st.entries))
@@ -248,7 +295,9 @@ class ProjectionSuite:
         projector.catch_up()
         assert dump(engine) == fresh_dump(store)
 
-    def test_garbage_records_are_skipped_and_recorded(self, engine: sa.Engine, store: SQLiteLogStore) -> None:
+    def test_garbage_records_are_skipped_and_recorded(
+        self, engine: sa.Engine, store: SQLiteLogStore
+    ) -> None:
         st = story()
         entries = list(st.entries)
         flow_keys = st.cast.extra_key("intruder", seed="projections")
@@ -258,10 +307,19 @@ class ProjectionSuite:
         from ledger.events import new_body, sign  # local: only this test forges
         from ledger.formats import ModelRef, ProposalOrigin, ProposalSubmitted, Target
 
-        forged_body = new_body(after.body.ledger, ProposalSubmitted(
-            Target("models", "model-server"), ModelRef("evil:latest", "sha256:" + "e" * 64),
-            ModelRef("x", "y"), "trust me", ProposalOrigin("agent:x", "r")))
-        forged = make_entry(21, after.leaf_hash, sign(forged_body, flow_keys), after.entry.received_at + 1)
+        forged_body = new_body(
+            after.body.ledger,
+            ProposalSubmitted(
+                Target("models", "model-server"),
+                ModelRef("evil:latest", "sha256:" + "e" * 64),
+                ModelRef("x", "y"),
+                "trust me",
+                ProposalOrigin("agent:x", "r"),
+            ),
+        )
+        forged = make_entry(
+            21, after.leaf_hash, sign(forged_body, flow_keys), after.entry.received_at + 1
+        )
         truncated = entries[5].entry_bytes[:-7]
         bad = [
             (3, b"k", b"garbage"),
@@ -295,8 +353,9 @@ class ProjectionSuite:
         assert projector.stored_position().next_seq == len(entries)
 
     @pytest.mark.parametrize("full_replay", [False, True])
-    def test_restart_resumes_without_duplicates(self, engine: sa.Engine, store: SQLiteLogStore,
-                                                full_replay: bool) -> None:
+    def test_restart_resumes_without_duplicates(
+        self, engine: sa.Engine, store: SQLiteLogStore, full_replay: bool
+    ) -> None:
         st = story()
         half = len(st.entries) // 2
         store.append(records(st.entries[:half]))
@@ -319,10 +378,14 @@ class ProjectionSuite:
         thread.start()
         try:
             for i in range(0, len(st.entries), 9):
-                store.append(records(st.entries[i:i + 9]))
+                store.append(records(st.entries[i : i + 9]))
                 time.sleep(0.02)
-            wait_for("the projector to catch up",
-                     lambda: projector.stored_position().next_position >= len(st.entries), 20, every=0.05)
+            wait_for(
+                "the projector to catch up",
+                lambda: projector.stored_position().next_position >= len(st.entries),
+                20,
+                every=0.05,
+            )
         finally:
             stop.set()
             thread.join(timeout=10)
@@ -330,15 +393,18 @@ class ProjectionSuite:
         assert dump(engine) == fresh_dump(store)
 
     @pytest.mark.parametrize("full_replay", [False, True])
-    def test_rewritten_log_is_detected_and_rebuilt(self, engine: sa.Engine, store: SQLiteLogStore,
-                                                   full_replay: bool) -> None:
+    def test_rewritten_log_is_detected_and_rebuilt(
+        self, engine: sa.Engine, store: SQLiteLogStore, full_replay: bool
+    ) -> None:
         st = story()
         store.append(records(st.entries))
         Projector(store, engine).catch_up()
         # Someone rewrites an early record in the storage itself.
         raw = sqlite_engine(store.path)
         with raw.begin() as conn:
-            conn.execute(log_table.update().where(log_table.c.position == 20).values(value=b"rewritten"))
+            conn.execute(
+                log_table.update().where(log_table.c.position == 20).values(value=b"rewritten")
+            )
         raw.dispose()
         restarted = Projector(store, engine, full_replay=full_replay)
         with pytest.raises(ProjectionDivergenceError, match="rebuild them"):

@@ -124,7 +124,8 @@ def test_threshold_two_keys_of_one_principal_count_once(h: Harness) -> None:
     h.ok(h.flow.grant_key(h.cast["root1"].principal, second, ("root",)))
     event = h.flow.signed_by_keys(
         _body(h.flow.grant("agent")).payload,
-        h.cast["root1"].key, second,
+        h.cast["root1"].key,
+        second,
     )
     h.refused(event, "THRESHOLD_NOT_MET")
 
@@ -228,7 +229,11 @@ def test_proposal_needs_a_policy(h: Harness) -> None:
 
 def test_proposer_never_evaluates_its_own_proposal(h: Harness) -> None:
     h.ok(h.flow.genesis())
-    h.ok(h.flow.grant_key(h.cast["agent"].principal, h.cast.extra_key("agent-eval", seed="rules"), ("evaluator",)))
+    h.ok(
+        h.flow.grant_key(
+            h.cast["agent"].principal, h.cast.extra_key("agent-eval", seed="rules"), ("evaluator",)
+        )
+    )
     for grant in h.flow.grants():
         h.ok(grant)
     h.ok(h.flow.policy())
@@ -257,7 +262,10 @@ def test_approver_kind_must_be_allowed(h: Harness) -> None:
     p, evals = h.evaluated()
     svc = h.cast.extra_key("svc-approver", seed="rules")
     h.ok(h.flow.grant_key("service:autoapprover", svc, ("approver",)))
-    h.refused(h.flow.signed_by_keys(_body(h.flow.approve(p, evals, "alice")).payload, svc), "APPROVER_KIND_NOT_ALLOWED")
+    h.refused(
+        h.flow.signed_by_keys(_body(h.flow.approve(p, evals, "alice")).payload, svc),
+        "APPROVER_KIND_NOT_ALLOWED",
+    )
 
 
 def test_eval_pass_fail_is_recomputed_from_the_policy(h: Harness) -> None:
@@ -384,10 +392,14 @@ def test_one_rollout_per_target(h: Harness) -> None:
 
 
 @pytest.mark.parametrize("scope_kind", ["GLOBAL", "TARGET", "PROPOSAL"])
-def test_kill_switch_blocks_every_scope_and_rollback_is_always_allowed(h: Harness, scope_kind: str) -> None:
+def test_kill_switch_blocks_every_scope_and_rollback_is_always_allowed(
+    h: Harness, scope_kind: str
+) -> None:
     p, _ = h.approved()
     h.ok(h.flow.step(p, 0, 10, "STARTED"))
-    scope = {"GLOBAL": GLOBAL, "TARGET": TARGET, "PROPOSAL": KillScope("PROPOSAL", proposal=p)}[scope_kind]
+    scope = {"GLOBAL": GLOBAL, "TARGET": TARGET, "PROPOSAL": KillScope("PROPOSAL", proposal=p)}[
+        scope_kind
+    ]
     h.ok(h.flow.kill(scope))
     h.refused(h.flow.step(p, 1, 50, "ADVANCED"), "KILL_SWITCH_ENGAGED")
     h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
@@ -405,7 +417,11 @@ def test_controller_engages_only_when_recording_an_annotation(h: Harness) -> Non
     h.refused(h.flow.kill(GLOBAL, signer="controller"), "ROLE_REQUIRED")
     from ledger.formats import AnnotationSource
 
-    payload = KillSwitchEngaged(GLOBAL, "annotation", AnnotationSource("models/model-server", "kubectl", "2026-01-01T00:00:00Z"))
+    payload = KillSwitchEngaged(
+        GLOBAL,
+        "annotation",
+        AnnotationSource("models/model-server", "kubectl", "2026-01-01T00:00:00Z"),
+    )
     h.ok(h.flow.event(payload, "controller"))
 
 
@@ -452,13 +468,17 @@ def test_a_release_names_exactly_the_engagement_it_releases(h: Harness) -> None:
     first = h.ok(h.flow.kill(TARGET))
     rolled_back = h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
     h.refused(_release(h, TARGET, ("alice", "bob")), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
-    h.refused(_release(h, TARGET, ("alice", "bob"), rolled_back), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    h.refused(
+        _release(h, TARGET, ("alice", "bob"), rolled_back), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT"
+    )
     stale = _release(h, TARGET, ("alice", "carol"), first)
     h.ok(_release(h, TARGET, ("alice", "bob"), first))
     second = h.ok(h.flow.kill(TARGET))
     h.refused(stale, "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
     # Naming the current engagement and an older one as well is not naming it exactly.
-    h.refused(_release(h, TARGET, ("alice", "bob"), second, first), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT")
+    h.refused(
+        _release(h, TARGET, ("alice", "bob"), second, first), "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT"
+    )
     assert h.core.state.binding_refs(KillSwitchReleased(TARGET, "")) == (second,)
     h.ok(h.flow.release(TARGET))  # the flow binds it from the state
     assert TARGET not in h.core.state.engagements
@@ -485,15 +505,24 @@ def test_release_counts_only_the_policys_approver_kinds(h: Harness) -> None:
 
 def test_a_global_release_meets_every_policy_on_its_own_terms(h: Harness) -> None:
     h.base(kinds=("human",), kill_release=2)
-    lab = dataclasses.replace(_policy(h), policy_id="lab", selector=TargetSelector("lab", "*"),
-                              approver_kinds=("agent",), kill_release_approvals=1)
+    lab = dataclasses.replace(
+        _policy(h),
+        policy_id="lab",
+        selector=TargetSelector("lab", "*"),
+        approver_kinds=("agent",),
+        kill_release_approvals=1,
+    )
     h.ok(h.flow.event(lab, "root1", "root2"))
     h.ok(h.flow.kill(GLOBAL))
     requirements, _ = h.core.state.kill_release_requirements(GLOBAL)
     assert [(r.policy_id, r.approvals, r.kinds) for r in requirements] == [
-        ("default", 2, ("human",)), ("lab", 1, ("agent",))]
+        ("default", 2, ("human",)),
+        ("lab", 1, ("agent",)),
+    ]
     h.refused(h.flow.release(GLOBAL, signers=("alice", "bob")), "THRESHOLD_NOT_MET")  # lab unmet
-    h.refused(h.flow.release(GLOBAL, signers=("agent", "alice")), "THRESHOLD_NOT_MET")  # default unmet
+    h.refused(
+        h.flow.release(GLOBAL, signers=("agent", "alice")), "THRESHOLD_NOT_MET"
+    )  # default unmet
     h.ok(h.flow.release(GLOBAL, signers=("agent", "alice", "bob")))
 
 
@@ -508,8 +537,13 @@ def test_a_decision_after_a_rollback_names_the_latest_rollback(h: Harness) -> No
     h.ok(h.flow.step(p, 0, 10, "STARTED"))
     # Before any rollback a decision names none.
     first_run = h.core.state.proposals[p].steps[-1].entry_hash
-    h.refused(_decision(h, p, evals, "carol", "APPROVE", first_run), "DECISION_NOT_AFTER_LATEST_ROLLBACK")
-    withheld = [_decision(h, p, evals, "alice", "APPROVE"), _decision(h, p, evals, "carol", "REJECT")]
+    h.refused(
+        _decision(h, p, evals, "carol", "APPROVE", first_run), "DECISION_NOT_AFTER_LATEST_ROLLBACK"
+    )
+    withheld = [
+        _decision(h, p, evals, "alice", "APPROVE"),
+        _decision(h, p, evals, "carol", "REJECT"),
+    ]
     h.ok(h.flow.kill(TARGET))
     first = h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
     h.ok(h.flow.release(TARGET))
@@ -520,11 +554,14 @@ def test_a_decision_after_a_rollback_names_the_latest_rollback(h: Harness) -> No
     h.ok(h.flow.step(p, 0, 10, "STARTED"))
     h.ok(h.flow.kill(TARGET))
     h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
-    h.refused(_decision(h, p, evals, "alice", "APPROVE", first), "DECISION_NOT_AFTER_LATEST_ROLLBACK")
+    h.refused(
+        _decision(h, p, evals, "alice", "APPROVE", first), "DECISION_NOT_AFTER_LATEST_ROLLBACK"
+    )
 
 
-def _decision(h: Harness, p: bytes, evals: tuple[bytes, bytes], signer: str, decision: str,
-              *refs: bytes) -> SignedEvent:
+def _decision(
+    h: Harness, p: bytes, evals: tuple[bytes, bytes], signer: str, decision: str, *refs: bytes
+) -> SignedEvent:
     return h.flow.event(ApprovalRecorded(p, decision, evals, "c"), signer, refs=refs)
 
 
@@ -610,7 +647,9 @@ def test_check_refuses_an_entry_with_unsorted_signatures_whatever_its_source(h: 
     # What the controller's replay and a server replaying its store run: rules.check itself.
     event = _released(h)
     st = h.core.state
-    e = make_entry(st.size, st.last_hash, SignedEvent(event.body, tuple(reversed(event.signatures))), h.tick())
+    e = make_entry(
+        st.size, st.last_hash, SignedEvent(event.body, tuple(reversed(event.signatures))), h.tick()
+    )
     violation = check(st, e)
     assert violation is not None and violation.code == "SIGNATURES_NOT_CANONICAL"
 
@@ -640,17 +679,22 @@ def test_a_retry_with_another_valid_signature_set_returns_the_original_receipt(h
 # -- names and text (issue #14, attack 6) -----------------------------------------------------
 
 
-@pytest.mark.parametrize("namespace, deployment, field", [
-    ("models", "model-server ", "payload.target.deployment"),
-    ("models", "Model-Server", "payload.target.deployment"),
-    ("models", "model-server\n12 KillSwitchReleased", "payload.target.deployment"),
-    ("models", "-model", "payload.target.deployment"),
-    ("models", "m" * 254, "payload.target.deployment"),
-    ("Models", "model-server", "payload.target.namespace"),
-    ("models.prod", "model-server", "payload.target.namespace"),
-    ("m" * 64, "model-server", "payload.target.namespace"),
-])
-def test_proposal_target_must_be_dns_1123(h: Harness, namespace: str, deployment: str, field: str) -> None:
+@pytest.mark.parametrize(
+    "namespace, deployment, field",
+    [
+        ("models", "model-server ", "payload.target.deployment"),
+        ("models", "Model-Server", "payload.target.deployment"),
+        ("models", "model-server\n12 KillSwitchReleased", "payload.target.deployment"),
+        ("models", "-model", "payload.target.deployment"),
+        ("models", "m" * 254, "payload.target.deployment"),
+        ("Models", "model-server", "payload.target.namespace"),
+        ("models.prod", "model-server", "payload.target.namespace"),
+        ("m" * 64, "model-server", "payload.target.namespace"),
+    ],
+)
+def test_proposal_target_must_be_dns_1123(
+    h: Harness, namespace: str, deployment: str, field: str
+) -> None:
     h.base(namespace="*")
     err = h.refused(h.flow.propose(namespace=namespace, deployment=deployment), "NAME_INVALID")
     assert err.violation.field == field and err.violation.category == "malformed"
@@ -675,15 +719,32 @@ def test_policy_selector_and_kill_scope_names_must_be_dns_1123(h: Harness) -> No
 def test_principal_name_must_use_the_documented_characters(h: Harness) -> None:
     h.ok(h.flow.genesis())
     key = h.cast.extra_key("x", seed="rules")
-    for bad in ("human:alice smith", "human:alice\nhuman:mallory", "human:-alice", "agent:a/b",
-                "human:" + "a" * 201, "service:caf\u00e9"):
+    for bad in (
+        "human:alice smith",
+        "human:alice\nhuman:mallory",
+        "human:-alice",
+        "agent:a/b",
+        "human:" + "a" * 201,
+        "service:caf\u00e9",
+    ):
         err = h.refused(h.flow.grant_key(bad, key, ("proposer",)), "NAME_INVALID")
         assert err.violation.field == "payload.principal"
     h.ok(h.flow.grant_key("human:alice.o+x_y-z@example.org", key, ("proposer",)))
 
 
-@pytest.mark.parametrize("text", ["line\nforged", "tab\there", "bell\a", "\x1b[2J", "rtl\u202eevil",
-                                  "zero\u200bwidth", "sep\u2028", "x" * 4097])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "line\nforged",
+        "tab\there",
+        "bell\a",
+        "\x1b[2J",
+        "rtl\u202eevil",
+        "zero\u200bwidth",
+        "sep\u2028",
+        "x" * 4097,
+    ],
+)
 def test_free_text_without_control_characters_and_within_its_cap(h: Harness, text: str) -> None:
     h.proposal()
     err = h.refused(h.flow.kill(GLOBAL, reason=text), "TEXT_INVALID")
@@ -694,8 +755,12 @@ def test_free_text_fields_of_each_type_are_checked(h: Harness) -> None:
     p, evals = h.evaluated()
     bad = "x\ny"
     h.refused(h.flow.event(ApprovalRecorded(p, "APPROVE", evals, bad), "alice"), "TEXT_INVALID")
-    h.refused(h.flow.event(EvalRecorded(p, bad, (Metric("m", 1.0),), "d"), "evalbot"), "TEXT_INVALID")
-    err = h.refused(h.flow.event(EvalRecorded(p, "s", (Metric(bad, 1.0),), "d"), "evalbot"), "TEXT_INVALID")
+    h.refused(
+        h.flow.event(EvalRecorded(p, bad, (Metric("m", 1.0),), "d"), "evalbot"), "TEXT_INVALID"
+    )
+    err = h.refused(
+        h.flow.event(EvalRecorded(p, "s", (Metric(bad, 1.0),), "d"), "evalbot"), "TEXT_INVALID"
+    )
     assert err.violation.field == "payload.metrics[0].name"
     h.refused(h.flow.revoke(h.cast["agent"].key.key_id, reason=bad), "TEXT_INVALID")
     h.ok(h.flow.kill(GLOBAL, reason="unicode is fine: café, 日本語, emoji 🚦"))

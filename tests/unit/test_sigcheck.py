@@ -50,14 +50,18 @@ def test_worker_loop_answers_each_request_in_order() -> None:
     assert serve(inp, out) == 0
     data = out.getvalue()
     expected = bytes(0 if i in {3, 39} else 1 for i in range(40))
-    assert data == (len(items).to_bytes(4, "big") + expected + (2).to_bytes(4, "big") + b"\1\1"
-                    + bytes(4))
+    assert data == (
+        len(items).to_bytes(4, "big") + expected + (2).to_bytes(4, "big") + b"\1\1" + bytes(4)
+    )
 
 
 def test_malformed_request_ends_the_worker_with_status_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "ledger.sigworker"],
-                          input=(200).to_bytes(4, "big") + b"x" * 200, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ledger.sigworker"],
+        input=(200).to_bytes(4, "big") + b"x" * 200,
+        capture_output=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert b"malformed request" in proc.stderr
 

@@ -45,8 +45,14 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     cast = Cast.create(seed=SEED)
     core = LedgerCore(keep_entries=True)
     # With the state, the flow binds approvals, health reports and the release (refs).
-    flow = Flow(cast, ledger="vectors", origin="steward.dev/ledger/vectors",
-                clock=lambda: counter.clock, ids=counter.event_id, state=lambda: core.state)
+    flow = Flow(
+        cast,
+        ledger="vectors",
+        origin="steward.dev/ledger/vectors",
+        clock=lambda: counter.clock,
+        ids=counter.event_id,
+        state=lambda: core.state,
+    )
     submitted: list[SignedEvent] = []
 
     def add(event: SignedEvent) -> bytes:
@@ -120,7 +126,9 @@ def vectors() -> dict[str, Any]:
                 "prev_hex": e.entry.prev.hex(),
                 "body_hex": e.entry.body.hex(),
                 "signed_bytes_hex": (b"steward/v1/event\n" + e.entry.body[2:]).hex(),
-                "signatures": [{"key_id": s.key_id.hex(), "sig_hex": s.sig.hex()} for s in e.entry.signatures],
+                "signatures": [
+                    {"key_id": s.key_id.hex(), "sig_hex": s.sig.hex()} for s in e.entry.signatures
+                ],
             }
             for e in core.entries
         ],
@@ -143,7 +151,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the committed file differs")
     parser.add_argument("--walkthrough", action="store_true", help="print docs/FORMAT.md §7")
     args = parser.parse_args(argv)
@@ -153,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if VECTORS.read_text() != text:
-            print(f"{VECTORS.name} is out of date: run python -m tests.vectors.generate", file=sys.stderr)
+            print(
+                f"{VECTORS.name} is out of date: run python -m tests.vectors.generate",
+                file=sys.stderr,
+            )
             return 1
         return 0
     VECTORS.write_text(text)
     print(f"wrote {VECTORS} ({len(vectors()['entries'])} entries)")
     return 0
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,15 +202,15 @@ class _Reader:
             value = self._varint()
         elif kind == "string":
             n = self._varint()
-            value = repr(self.data[self.pos:self.pos + n].decode())
+            value = repr(self.data[self.pos : self.pos + n].decode())
             self.pos += n
         elif kind == "fixed":
             assert size is not None
-            value = self.data[self.pos:self.pos + size].hex()[:16] + "…"
+            value = self.data[self.pos : self.pos + size].hex()[:16] + "…"
             self.pos += size
         else:
             raise ValueError(kind)
-        self.rows.append((name, self.data[start:self.pos].hex(), str(value)))
+        self.rows.append((name, self.data[start : self.pos].hex(), str(value)))
         return value
 
     def table(self) -> str:
@@ -240,8 +252,10 @@ def walkthrough(seq: int = 20) -> str:
     en.field("prev", "fixed", 32)
     body_len_start = en.pos
     n = en._varint()
-    en.rows.append(("body: length", entry[body_len_start:en.pos].hex(), str(n)))
-    en.rows.append(("body: the author's body bytes, unchanged", entry[en.pos:en.pos + n].hex(), f"{n} bytes"))
+    en.rows.append(("body: length", entry[body_len_start : en.pos].hex(), str(n)))
+    en.rows.append(
+        ("body: the author's body bytes, unchanged", entry[en.pos : en.pos + n].hex(), f"{n} bytes")
+    )
     en.pos += n
     en.field("signatures: block count", "long")
     en.field("signatures[0].key_id", "fixed", 32)
@@ -251,36 +265,38 @@ def walkthrough(seq: int = 20) -> str:
     assert en.pos == len(entry), "walkthrough out of step with the schema"
 
     inclusion = doc["inclusion"][seq]
-    return "\n".join([
-        f"Entry {seq} of the vectors: a `{e['type']}` signed by the on-call operator.",
-        "",
-        f"**Body bytes** ({len(body)} bytes):",
-        "",
-        b.table(),
-        "",
-        "**Signed bytes** = `steward/v1/event\\n` (hex `737465776172642f76312f6576656e740a`) followed by",
-        f"the body bytes from offset 2: `{e['signed_bytes_hex'][:80]}…` ({len(e['signed_bytes_hex']) // 2} bytes).",
-        f"The operator's key `{e['signatures'][0]['key_id'][:16]}…` signs them with Ed25519:",
-        f"`{e['signatures'][0]['sig_hex'][:64]}…`.",
-        "",
-        f"**Entry bytes** ({len(entry)} bytes), as the ledger writes them:",
-        "",
-        en.table(),
-        "",
-        f"**Leaf hash** = SHA-256(`00` ‖ entry bytes) = `{e['leaf_hash_hex']}`; entry {seq + 1}'s `prev` is this hash.",
-        "",
-        f"**Inclusion** of leaf {seq} in the tree of size {inclusion['size']}: the proof is "
-        f"{len(inclusion['proof'])} hashes, `{', '.join(p[:12] + '…' for p in inclusion['proof'])}`; "
-        f"hashing up from the leaf gives the root `{doc['roots'][-1]}`.",
-        "",
-        "**Checkpoint**: the signed note the ledger publishes for that size:",
-        "",
-        "```",
-        doc["checkpoint"].rstrip("\n"),
-        "```",
-        "",
-        f"Verify it with the ledger's vkey `{doc['vkey']}`.",
-    ])
+    return "\n".join(
+        [
+            f"Entry {seq} of the vectors: a `{e['type']}` signed by the on-call operator.",
+            "",
+            f"**Body bytes** ({len(body)} bytes):",
+            "",
+            b.table(),
+            "",
+            "**Signed bytes** = `steward/v1/event\\n` (hex `737465776172642f76312f6576656e740a`) followed by",
+            f"the body bytes from offset 2: `{e['signed_bytes_hex'][:80]}…` ({len(e['signed_bytes_hex']) // 2} bytes).",
+            f"The operator's key `{e['signatures'][0]['key_id'][:16]}…` signs them with Ed25519:",
+            f"`{e['signatures'][0]['sig_hex'][:64]}…`.",
+            "",
+            f"**Entry bytes** ({len(entry)} bytes), as the ledger writes them:",
+            "",
+            en.table(),
+            "",
+            f"**Leaf hash** = SHA-256(`00` ‖ entry bytes) = `{e['leaf_hash_hex']}`; entry {seq + 1}'s `prev` is this hash.",
+            "",
+            f"**Inclusion** of leaf {seq} in the tree of size {inclusion['size']}: the proof is "
+            f"{len(inclusion['proof'])} hashes, `{', '.join(p[:12] + '…' for p in inclusion['proof'])}`; "
+            f"hashing up from the leaf gives the root `{doc['roots'][-1]}`.",
+            "",
+            "**Checkpoint**: the signed note the ledger publishes for that size:",
+            "",
+            "```",
+            doc["checkpoint"].rstrip("\n"),
+            "```",
+            "",
+            f"Verify it with the ledger's vkey `{doc['vkey']}`.",
+        ]
+    )
 
 
 if __name__ == "__main__":
