@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import threading
 import time
@@ -12,13 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from infra.pki import Pki, make_pki
 from ledger.checkpoint import verify_checkpoint
 from ledger.client import CheckpointInfo, Head, LedgerClient, LedgerRpcError
 from ledger.core import Receipt
@@ -591,77 +587,9 @@ def test_direct_stub_with_proto_messages(env: Env) -> None:
 # TLS and mutual TLS
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: bytes
-    server_cert: Path
-    server_key: Path
-    client_cert: bytes
-    client_key: bytes
-    ca_path: Path
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-    *,
-    ca: bool,
-    san: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    import ipaddress
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("steward test CA", ca_key, ca_key, None, ca=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert(
-        "localhost",
-        server_key,
-        ca_key,
-        ca.subject,
-        ca=False,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("research-infra", client_key, ca_key, ca.subject, ca=False)
-    pem = serialization.Encoding.PEM
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp_path / "server.pem").write_bytes(server.public_bytes(pem))
-    (tmp_path / "server.key").write_bytes(_pem_key(server_key))
-    return Pki(
-        ca.public_bytes(pem),
-        tmp_path / "server.pem",
-        tmp_path / "server.key",
-        client.public_bytes(pem),
-        _pem_key(client_key),
-        tmp_path / "ca.pem",
-    )
+    return make_pki(tmp_path)
 
 
 def test_tls(tmp_path: Path, pki: Pki) -> None:
@@ -690,12 +618,13 @@ def test_mutual_tls(tmp_path: Path, pki: Pki) -> None:
         client_ca=pki.ca_path,
         require_client_cert=True,
     )
+    research_infra = pki.client("research-infra")
     try:
         with LedgerClient(
             f"localhost:{running.port}",
             ca_file=pki.ca,
-            cert_file=pki.client_cert,
-            key_file=pki.client_key,
+            cert_file=research_infra.cert,
+            key_file=research_infra.key,
         ) as client:
             assert client.append(Flow(cast).genesis()).seq == 0
         with (
