@@ -22,6 +22,7 @@ from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.store.kafka import KafkaLogStore
 from ledger.store.kafka_config import KafkaStoreConfig
 from tests.audit_tamper import Builder, Log, checkpoint_note
+from tests.helpers.stories import canary_started
 
 
 def _size(note: str) -> int:
@@ -175,19 +176,7 @@ def test_grpc_source_against_a_real_ledger_server(
     flow = Flow(cast)
     client = LedgerClient(running.address, timeout=10, retries=0)
     try:
-
-        def ok(event: object) -> bytes:
-            return client.append(event).leaf_hash  # type: ignore[arg-type]
-
-        ok(flow.genesis())
-        for g in flow.grants():
-            ok(g)
-        ok(flow.policy())
-        p = ok(flow.propose())
-        evals = (ok(flow.eval(p, "safety", 0.99)), ok(flow.eval(p, "quality", 0.91)))
-        ok(flow.approve(p, evals, "alice"))
-        ok(flow.approve(p, evals, "bob"))
-        ok(flow.step(p, 0, 10, "STARTED"))
+        canary_started(lambda event: client.append(event).leaf_hash, flow)
     finally:
         client.close()
     b = Builder(seed="audit-online")

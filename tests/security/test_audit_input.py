@@ -26,8 +26,10 @@ import pytest
 from audit.cli import main
 from ledger.client import LedgerClient
 from ledger.export import write_export, write_trust_root
+from ledger.formats import SignedEvent
 from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
+from tests.helpers.stories import canary_started
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_EVERY = 4
@@ -41,18 +43,10 @@ def _populate(address: str, cast: Cast) -> None:
     with LedgerClient(address, timeout=10, retries=0) as client:
         flow = Flow(cast, state=followed_state(client.read))
 
-        def ok(event: object) -> bytes:
-            return client.append(event).leaf_hash  # type: ignore[arg-type]
+        def ok(event: SignedEvent) -> bytes:
+            return client.append(event).leaf_hash
 
-        ok(flow.genesis())
-        for g in flow.grants():
-            ok(g)
-        ok(flow.policy())
-        p = ok(flow.propose())
-        evals = (ok(flow.eval(p, "safety", 0.99)), ok(flow.eval(p, "quality", 0.91)))
-        ok(flow.approve(p, evals, "alice"))
-        ok(flow.approve(p, evals, "bob"))
-        ok(flow.step(p, 0, 10, "STARTED"))
+        p = canary_started(ok, flow)
         ok(flow.health(p, 0, True))
         assert client.head().size == ENTRIES
 
