@@ -180,6 +180,9 @@ class TimelineEvent:
     proposal: bytes | None
     label: str
     weight: int | None = None
+    # STARTED steps: the replicas (stable + canary) observed as the rollout started, the N the
+    # controller shares between stable and canary and gives the stable on promotion.
+    total_replicas: int | None = None
 
 
 @dataclass

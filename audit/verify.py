@@ -677,7 +677,10 @@ class LogVerifier:
             kind = "approval" if p.decision == "APPROVE" else "reject"
             tl.append(TimelineEvent(at, seq, kind, p.proposal, p.decision.lower()))
         elif isinstance(p, RolloutStep):
-            tl.append(TimelineEvent(at, seq, "step", p.proposal, p.phase, p.weight))
+            total = None
+            if p.phase == "STARTED":
+                total = p.observed.stable_replicas + p.observed.canary_replicas
+            tl.append(TimelineEvent(at, seq, "step", p.proposal, p.phase, p.weight, total))
         elif isinstance(p, KillSwitchEngaged | KillSwitchReleased):
             kind = "kill" if isinstance(p, KillSwitchEngaged) else "release"
             tl.append(TimelineEvent(at, seq, kind, p.scope.proposal, f"{kind} {p.scope.kind}"))
