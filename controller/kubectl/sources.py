@@ -466,29 +466,44 @@ class Tool:
         )
 
     def cluster(self, info: RolloutInfo) -> tuple[RolloutInfo, ClusterView]:
-        """The cluster tree, and the ModelRollout's age when the object exists."""
+        """The cluster tree, and the ModelRollout's age when the object exists.
+
+        Never raises for what the cluster answers: the header is still worth printing, so a
+        failed read or a missing target Deployment becomes the view's error line."""
         api = self.kube()
         if api is None:
             return info, ClusterView(error=self._kube_error)
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
+        target = f"{info.namespace}/{info.deployment}"
         try:
             view = read_cluster(api, info.namespace, info.deployment)
-            if info.created is None:
-                obj: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                    GROUP, VERSION, info.namespace, PLURAL, info.name
-                )
-                info = replace(
-                    info, created=_parse_ts(obj.get("metadata", {}).get("creationTimestamp"))
-                )
-            return info, view
         except ApiException as exc:
             if exc.status == 404:
+                return info, ClusterView(
+                    error=f"Deployment {target} not found (listing namespace "
+                    f"{info.namespace}: {exc.status} {exc.reason})"
+                )
+            return info, ClusterView(error=f"reading {info.namespace}: {exc.status} {exc.reason}")
+        except Exception as exc:
+            return info, ClusterView(error=f"reading {info.namespace}: {type(exc).__name__}: {exc}")
+        if not any(d.track == "stable" for d in view.deployments):
+            view = replace(view, error=f"Deployment {target} not found")
+        if info.created is not None:
+            return info, view
+        try:
+            obj: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, info.namespace, PLURAL, info.name
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # no ModelRollout mirrored (yet): the tree stands, no age
                 return info, view
             return info, ClusterView(error=f"reading {info.namespace}: {exc.status} {exc.reason}")
-        except Exception as exc:  # the header is still worth printing
+        except Exception as exc:
             return info, ClusterView(error=f"reading {info.namespace}: {type(exc).__name__}: {exc}")
+        created = _parse_ts(obj.get("metadata", {}).get("creationTimestamp"))
+        return replace(info, created=created), view
 
     def refresh(self, info: RolloutInfo) -> RolloutInfo:
         """The same rollout, read again from the same source."""

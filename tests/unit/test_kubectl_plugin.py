@@ -178,6 +178,41 @@ def test_without_a_cluster_the_header_says_why() -> None:
     assert text.splitlines()[-1].startswith("⟳ model-server-3fa2c1d4e5")
 
 
+def _tool_on_a_cluster(monkeypatch: pytest.MonkeyPatch, read: object) -> sources.Tool:
+    """A Tool whose cluster reads go to `read` (in place of read_cluster's API calls)."""
+    tool = sources.Tool(build_parser().parse_args(["get", INFO.name]))
+    tool._kube, tool._kube_loaded = object(), True  # type: ignore[assignment]
+    monkeypatch.setattr(sources, "read_cluster", read)
+    return tool
+
+
+def test_get_when_the_api_answers_404_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes.client import ApiException
+
+    def not_found(api: object, namespace: str, deployment: str) -> rows.ClusterView:
+        raise ApiException(status=404, reason="Not Found")
+
+    info, view = _tool_on_a_cluster(monkeypatch, not_found).cluster(INFO)
+    assert info == INFO
+    assert "models/model-server" in view.error and "not found" in view.error
+    text = render.render_get(info, view, NOW)
+    assert "Cluster:" in text and "models/model-server" in text
+
+
+def test_get_when_the_target_deployment_does_not_exist_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_stable(api: object, namespace: str, deployment: str) -> rows.ClusterView:
+        return rows.ClusterView()  # the namespace lists no Deployment of that name
+
+    _, view = _tool_on_a_cluster(monkeypatch, no_stable).cluster(INFO)
+    assert view.error == "Deployment models/model-server not found"
+    _, present = _tool_on_a_cluster(monkeypatch, lambda *_: CLUSTER).cluster(INFO)
+    assert present.error == "" and present.deployments == CLUSTER.deployments
+
+
 def test_list_table() -> None:
     other = rows.RolloutInfo(
         name="ranker-0011223344",
