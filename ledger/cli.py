@@ -810,14 +810,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="STEWARD_KEY_PASSPHRASE",
         help="environment variable holding key passphrases (default STEWARD_KEY_PASSPHRASE)",
     )
-    signing = argparse.ArgumentParser(add_help=False)
-    signing.add_argument(
+    # `sign` takes only the keys: it signs a file in place and neither submits nor writes
+    # elsewhere, so the event-making commands' --out and --ledger-name mean nothing to it.
+    keys_only = argparse.ArgumentParser(add_help=False)
+    keys_only.add_argument(
         "--key",
         action="append",
         default=[],
         metavar="FILE",
         help="private key file to sign with (repeat for several signers)",
     )
+    signing = argparse.ArgumentParser(add_help=False, parents=[keys_only])
     signing.add_argument(
         "--out",
         metavar="FILE",
@@ -998,9 +1001,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "sign",
-        "add your signature to an event file written with --out",
+        "add your signature to an event file written with --out; the file is rewritten in "
+        "place and not submitted (`steward submit FILE` does that)",
         cmd_sign,
-        (common, signing),
+        (common, keys_only),
     )
     p.add_argument("file")
     p = add("submit", "submit an event file", cmd_submit)
