@@ -48,7 +48,8 @@ from ledger.merkle import MerkleTree
 from ledger.scenario import CAST, Cast
 
 # Bump when the workload changes: cached ledgers of another version are rebuilt.
-GEN_VERSION = 2  # 2: signatures sorted by key id (one event, one encoding)
+GEN_VERSION = 3  # 2: signatures sorted by key id (one event, one encoding); 3: health reports
+# during a rollout name the RolloutStep entry of the run they judge (#14)
 LEDGER = "bench"
 ORIGIN = "steward.dev/ledger/bench"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so the bytes are reproducible
@@ -320,12 +321,12 @@ def _generate(n: int, seed: str, out: Any) -> tuple[_Writer, Cast, dict[str, Any
                     ],
                 },
                 (rng.choice(monitors),),
-                (h,),
+                (h, s["run"]) if s.get("run") else (h,),  # the run it judges, while one is on
             )
         else:
             phase, step = arg
             weight = 100 if phase == "PROMOTED" else PLAN_WEIGHTS[step]
-            w.append(
+            s["run"] = w.append(
                 "RolloutStep",
                 {
                     "proposal": h,
