@@ -20,7 +20,6 @@ a properties file (only the SCRAM salted hashes land in the formatted metadata l
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
@@ -32,16 +31,6 @@ ADMIN_USER = "admin"
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 # The broker's own principal on the PLAINTEXT inter-broker and controller listeners.
 BROKER_PRINCIPAL = "User:ANONYMOUS"
-
-
-def _crypto() -> Any:
-    """cryptography's x509 pieces (imported late: only secured clusters need them)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    return x509, hashes, serialization, ec, NameOID, ExtendedKeyUsageOID
 
 
 @dataclass
@@ -58,37 +47,13 @@ class CertificateAuthority:
         return self.directory / "ca.pem"
 
     def create(self) -> CertificateAuthority:
-        x509, hashes, serialization, ec, name_oid, _ = _crypto()
+        from infra.certificates import certificate, common_name, new_key, pem_certificate
+
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(name_oid.COMMON_NAME, self.common_name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        self._key = new_key()
+        name = common_name(self.common_name)
+        self._cert = certificate(name, self._key, name, self._key, ca=True, days=2)
+        self.cert_file.write_bytes(pem_certificate(self._cert))
         return self
 
     def issue(self, name: str, *, server: bool) -> tuple[Path, Path]:
@@ -97,41 +62,26 @@ class CertificateAuthority:
         Server certificates carry ``IP:127.0.0.1`` and ``DNS:localhost`` (clients check the
         host name); client certificates have CN `name` (the principal on the SSL listener).
         """
-        x509, hashes, serialization, ec, name_oid, eku = _crypto()
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(name_oid.COMMON_NAME, name)]))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([eku.SERVER_AUTH if server else eku.CLIENT_AUTH]),
-                critical=False,
-            )
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        from infra.certificates import certificate, common_name, new_key, pem_certificate, pem_key
+
+        key = new_key()
+        sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        cert = certificate(
+            common_name(name),
+            key,
+            self._cert.subject,
+            self._key,
+            sans=sans if server else (),
+            usage=[ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH],
+            days=2,
         )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(self._key, hashes.SHA256())
         cert_file, key_file = self.directory / f"{name}.pem", self.directory / f"{name}.key"
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        key_file.write_bytes(pem_key(key))
         key_file.chmod(0o600)
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert_file.write_bytes(pem_certificate(cert))
         return cert_file, key_file
 
 

@@ -8,17 +8,17 @@ the ``kubernetes`` package.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import ipaddress
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from infra.certificates import certificate
 
 # The Service network: the API server's certificate names the kubernetes Service's address.
 SERVICE_CIDR = "10.96.0.0/16"
@@ -34,48 +34,6 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         )
     )
     path.chmod(0o600)
-
-
-def _cert(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    sans: Sequence[x509.GeneralName] = (),
-    usage: Sequence[x509.ObjectIdentifier] = (),
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30 if not ca else 365))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=not ca,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    if usage:
-        b = b.add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -96,7 +54,7 @@ def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "steward-local-ca")])
-    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    ca = certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
     dns = [
@@ -108,7 +66,7 @@ def make_pki(directory: Path) -> Pki:
     ]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
-    serving = _cert(
+    serving = certificate(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
         serving_key,
         ca_name,
@@ -117,7 +75,7 @@ def make_pki(directory: Path) -> Pki:
         usage=[ExtendedKeyUsageOID.SERVER_AUTH],
     )
     admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin = _cert(
+    admin = certificate(
         x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),

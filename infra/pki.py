@@ -7,15 +7,16 @@ names. Keys are ECDSA P-256, valid for an hour; nothing here is meant for produc
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from infra.certificates import certificate, pem_certificate, pem_key
+from infra.certificates import common_name as name
 
 
 @dataclass(frozen=True)
@@ -48,58 +49,26 @@ class Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         san: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         san += [x509.UniformResourceIdentifier(u) for u in uri]
-        cert = _cert(common_name, key, self._ca_key, self._ca_name, ca=False, san=san)
-        return ClientCert(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-    *,
-    ca: bool,
-    san: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+        cert = certificate(name(common_name), key, self._ca_name, self._ca_key, sans=san)
+        return ClientCert(pem_certificate(cert), pem_key(key))
 
 
 def make_pki(directory: Path) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("steward security test CA", ca_key, ca_key, None, ca=True)
+    ca_name = name("steward security test CA")
+    ca = certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert(
-        "localhost",
+    server = certificate(
+        name("localhost"),
         server_key,
+        ca_name,
         ca_key,
-        ca.subject,
-        ca=False,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     pem = serialization.Encoding.PEM
     (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
     (directory / "server.pem").write_bytes(server.public_bytes(pem))
-    (directory / "server.key").write_bytes(_pem_key(server_key))
+    (directory / "server.key").write_bytes(pem_key(server_key))
     return Pki(
         directory,
         ca.public_bytes(pem),
