@@ -1,21 +1,31 @@
-"""One hostile client of a ledger server, for bench.killswitch (issue #14, attack 1).
+"""One hostile client of a ledger server, in a process of its own (issue #14, attack 1).
 
 It opens idle AppendStreams, idle following Reads, and keeps streams of garbage batches going
-(a refused or ended stream is opened again at once), all from one process, while a thread
-asks ``grpc.health.v1.Health/Check`` every 50 ms and counts the answers.
+(a refused or ended stream is opened again at once). bench.killswitch starts it as
+``python -m bench.attacker`` so that its ~600 threads do not share the measuring client's
+interpreter; with ``--nice`` it lowers its own CPU priority first, standing for an attacker on
+a machine of its own. When told to leave (SIGTERM or SIGINT) it writes what the server answered
+its streams, as JSON, to ``--out`` (or stdout), then closes everything and exits 0.
+
+Run: python -m bench.attacker --target HOST:PORT [--ca F --cert F --key F] [--idle-streams N]
+[--followers N] [--garbage-streams N] [--nice N] [--out FILE]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import signal
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
 
@@ -107,39 +117,77 @@ class Attacker:
         for channel in self.channels:
             channel.close()
 
+    def outcome(self) -> dict[str, Any]:
+        """What the server did with this attacker's streams so far, for the JSON report."""
+        with self._lock:
+            return {
+                "outcomes": dict(self.outcomes),
+                "garbage_batches": self.garbage_batches,
+                "streams_opened": len(self.calls),
+            }
 
-class HealthProbe(threading.Thread):
-    """Health/Check every `every` seconds with a `timeout`; counts the SERVING answers."""
 
-    def __init__(
-        self,
-        target: str,
-        every: float = 0.05,
-        timeout: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__(daemon=True)
-        self.channel = channel(target, credentials)
-        self.stub = health_pb2_grpc.HealthStub(self.channel)
-        self.every, self.timeout = every, timeout
-        self.asked = self.answered = 0
-        self.latencies: list[float] = []
-        self.done = threading.Event()
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    if args.ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        args.ca.read_bytes(),
+        args.key.read_bytes() if args.key else None,
+        args.cert.read_bytes() if args.cert else None,
+    )
 
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.asked += 1
-            start = time.monotonic()
-            try:
-                reply = self.stub.Check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    self.answered += 1
-                    self.latencies.append(time.monotonic() - start)
-            except grpc.RpcError:
-                pass
-            self.done.wait(self.every)
 
-    def finish(self) -> None:
-        self.done.set()
-        self.join(5)
-        self.channel.close()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--target", required=True, help="the ledger server, HOST:PORT")
+    p.add_argument("--ca", type=Path, help="CA certificate (PEM): TLS; without it, plaintext")
+    p.add_argument("--cert", type=Path, help="this client's certificate (PEM), for mutual TLS")
+    p.add_argument("--key", type=Path, help="this client's private key (PEM), for mutual TLS")
+    p.add_argument("--idle-streams", type=int, default=500)
+    p.add_argument("--followers", type=int, default=100)
+    p.add_argument("--garbage-streams", type=int, default=8)
+    p.add_argument("--events-per-batch", type=int, default=256)
+    p.add_argument(
+        "--nice", type=int, default=0, help="add this to the process's niceness first (os.nice)"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds between opening the streams and saying the attack is on",
+    )
+    p.add_argument("--out", type=Path, help="write the JSON outcome here instead of stdout")
+    args = p.parse_args(argv)
+    if (args.cert is None) != (args.key is None):
+        p.error("--cert and --key go together")
+
+    leave = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: leave.set())
+    if args.nice:
+        os.nice(args.nice)
+    attacker = Attacker(
+        args.target,
+        idle_streams=args.idle_streams,
+        followers=args.followers,
+        garbage_streams=args.garbage_streams,
+        events_per_batch=args.events_per_batch,
+        credentials=_credentials(args),
+    ).start()
+    leave.wait(args.settle)  # every stream has reached the server: held, or refused
+    # The line the bench waits for before its trials.
+    print(f"attack on: niceness {os.nice(0)}, {attacker.outcome()}", file=sys.stderr, flush=True)
+    while not leave.wait(0.5):  # a short wait, so that the signal handler runs promptly
+        pass
+    # Counted before leaving: the cancellations leave() causes are not the server's answers.
+    report = json.dumps(attacker.outcome())
+    if args.out is None:
+        print(report, flush=True)
+    else:
+        args.out.write_text(report + "\n")
+    attacker.leave()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
