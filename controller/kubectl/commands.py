@@ -1,8 +1,8 @@
 """``kubectl steward``'s commands: each one reads through a :class:`Tool` and prints.
 
 Signing commands (approve, reject, kill, release) run the ``steward`` CLI's own code paths
-(``ledger.cli.cmd_decide`` / ``cmd_kill``) with the user's key file: the key never leaves the
-machine and the ledger checks every rule again. ``verify`` runs the independent
+(``ledger.cli.decisions.cmd_decide`` / ``ledger.cli.kill.cmd_kill``) with the user's key file:
+the key never leaves the machine and the ledger checks every rule again. ``verify`` runs the independent
 ``steward-audit``.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from controller.kubectl.render import history_lines, render_get, render_list
 from controller.kubectl.rows import DONE_BAD, DONE_OK, RolloutInfo
 from controller.kubectl.sources import Tool, from_message
-from ledger.cli import CliError
+from ledger.cli.common import CliError
 
 
 def _now() -> dt.datetime:
@@ -147,22 +147,22 @@ def _cli_args(tool: Tool, **extra: Any) -> argparse.Namespace:
 
 
 def cmd_decide(tool: Tool, decision: str) -> int:
-    from ledger import cli
+    from ledger.cli.decisions import cmd_decide as steward_decide
 
     info = tool.resolve(tool.args.rollout)
     print(f"{decision.lower()} {info.name} (proposal {info.proposal[:12]}, {info.candidate_image})")
-    return cli.cmd_decide(
+    return steward_decide(
         _cli_args(tool, proposal=info.proposal, comment=tool.args.comment), decision
     )
 
 
 def cmd_kill(tool: Tool, action: str) -> int:
-    from ledger import cli
+    from ledger.cli.kill import cmd_kill as steward_kill
 
     a = tool.args
     proposal = tool.resolve(a.rollout).proposal if a.rollout else None
     reason = a.reason or ("released" if action == "release" else "")
-    return cli.cmd_kill(
+    return steward_kill(
         _cli_args(tool, action=action, all=a.all, target=a.target, proposal=proposal, reason=reason)
     )
 

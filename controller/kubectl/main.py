@@ -23,7 +23,7 @@ from controller.kubectl.commands import (
     cmd_verify,
 )
 from controller.kubectl.sources import Tool
-from ledger.cli import CliError
+from ledger.cli.common import CliError
 from ledger.errors import BadKeyError, FormatError, StewardError
 
 EPILOG = """\

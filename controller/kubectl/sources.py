@@ -30,7 +30,7 @@ from controller.kubectl.rows import (
 from controller.planner import CANARY_SUFFIX
 from controller.seams import LedgerReader
 from controller.view import GROUP, PLURAL, VERSION
-from ledger.cli import CliError
+from ledger.cli.common import CliError
 
 if TYPE_CHECKING:
     import grpc

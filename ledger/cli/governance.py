@@ -1,0 +1,124 @@
+"""The root actions: `steward ledger init` (the genesis), `grant`, `revoke` and `policy set`
+(with the policy YAML reader, `load_policy`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ledger.cli.common import (
+    CliError,
+    deliver,
+    emit,
+    load_public,
+    parse_time,
+    principal_for,
+    signing_keys,
+)
+from ledger.events import new_body, sign
+from ledger.formats import (
+    KeyGranted,
+    KeyRevoked,
+    LedgerGenesis,
+    PlanStep,
+    PolicySet,
+    RequiredEval,
+    RootKey,
+    TargetSelector,
+)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    roots = []
+    for spec in args.root:
+        given, sep, pem = spec.partition("=")
+        if not sep:
+            given, pem = "", spec
+        principal = principal_for(given, pem, f"--root PRINCIPAL={pem}")
+        roots.append(RootKey(principal, load_public(pem).raw))
+    checkpoint = load_public(args.checkpoint_public)
+    payload = LedgerGenesis(
+        origin=args.origin,
+        roots=tuple(roots),
+        root_threshold=args.threshold,
+        checkpoint_key_name=args.checkpoint_name or args.origin,
+        checkpoint_public_key=checkpoint.raw,
+    )
+    event = sign(new_body(args.name, payload), *signing_keys(args))
+    return deliver(args, event)
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    expires = parse_time(args.expires, "--expires") if args.expires else None
+    principal = principal_for(args.principal, args.public_key, "--principal")
+    payload = KeyGranted(principal, load_public(args.public_key).raw, tuple(args.role), expires)
+    return emit(args, payload)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    try:
+        key_id = bytes.fromhex(args.key_id)
+    except ValueError as exc:
+        raise CliError(f"--key-id {args.key_id!r}: expected 64 hex digits") from exc
+    if len(key_id) != 32:
+        raise CliError(f"--key-id: expected 64 hex digits, observed {len(args.key_id)}")
+    return emit(args, KeyRevoked(key_id, args.reason))
+
+
+def load_policy(path: Path) -> PolicySet:
+    """A PolicySet from YAML; errors name the field."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read policy {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CliError(f"{path}: expected a mapping at the top level")
+
+    def need(mapping: dict[str, Any], key: str, where: str) -> Any:
+        if key not in mapping:
+            raise CliError(f"{path}: {where}{key} is required")
+        return mapping[key]
+
+    try:
+        selector = need(doc, "selector", "")
+        plan = [
+            PlanStep(
+                int(need(s, "weight", f"plan[{i}].")),
+                int(s.get("hold_seconds", 0)),
+                bool(s.get("health_gate", False)),
+            )
+            for i, s in enumerate(need(doc, "plan", ""))
+        ]
+        evals = [
+            RequiredEval(
+                str(need(r, "suite", f"required_evals[{i}].")),
+                str(need(r, "metric", f"required_evals[{i}].")),
+                str(r.get("op", "GE")).upper(),
+                float(need(r, "threshold", f"required_evals[{i}].")),
+            )
+            for i, r in enumerate(doc.get("required_evals", []))
+        ]
+        approvals = doc.get("approvals", {})
+        kill = doc.get("kill_switch", {})
+        return PolicySet(
+            policy_id=str(need(doc, "id", "")),
+            selector=TargetSelector(
+                str(need(selector, "namespace", "selector.")), str(selector.get("deployment", "*"))
+            ),
+            required_evals=tuple(evals),
+            approvals_required=int(approvals.get("required", 2)),
+            approver_kinds=tuple(approvals.get("kinds", ["human"])),
+            plan=tuple(plan),
+            veto_on_reject=bool(approvals.get("veto_on_reject", True)),
+            kill_release_approvals=int(kill.get("release_approvals", 2)),
+            kill_rollback_bound_ms=int(kill.get("rollback_bound_ms", 5000)),
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CliError(f"{path}: {exc}") from exc
+
+
+def cmd_policy_set(args: argparse.Namespace) -> int:
+    return emit(args, load_policy(Path(args.file)))
