@@ -35,6 +35,9 @@ the bench prints a per-event breakdown. Profiling slows the server: compare its 
 each other, not with an unprofiled run.
 
 Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite] [--profile DIR]
+
+Its length is one idea read top to bottom: one benchmark, its set-up, its measured phases and
+its report (the profile's probes included).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ When the marker matches the step the log implies but replicas or image do not, a
 changed the object by hand: that is drift, recorded as DRIFT_CORRECTED and corrected. When the
 marker does not match, the controller's own apply has not landed yet (a crash, or a watch
 that has not caught up) and is simply re-applied.
+
+Its length is one idea read top to bottom: one pure function from the folded log and the
+observed cluster to actions, with a helper per decision it makes.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ What grows with the log is kept so that a restart does not rebuild it object by 
   (hash, seq, proposer, policy, decision floor) is decoded at once, from binary columns.
 
 The rest (keys, policies, kill switches, rollouts, ...) is small and decoded eagerly.
+
+Its length is one idea read top to bottom: the encoding, then the codec built from the state's
+type hints (generated and plain decoders side by side, docs/PERFORMANCE.md "Generated code").
 """
 
 from __future__ import annotations

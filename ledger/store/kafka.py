@@ -89,6 +89,10 @@ kafka_end_offsets.py (the librdkafka end-offset poller), kafka_reader.py (the ka
 readers), kafka_connection.py (the connection check), kafka_errors.py (what a client error
 means), librdkafka_log.py (librdkafka's log lines), kafka_flags.py (the ``--kafka-*`` security
 flags), kafka_topic.py and kafka_acls.py (topics and ACLs).
+
+Its length is one idea read top to bottom: `KafkaLogStore`, the store as the writer and the
+readers see it (claim, append in transactions, in-doubt batches, read, follow); the mechanics it
+uses sit in the `kafka_*.py` modules beside it.
 """
 
 from __future__ import annotations
