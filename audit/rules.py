@@ -14,8 +14,8 @@ or one key twice, count once.
 One idea, read top to bottom (the state, signer resolution, then each event type's checks and
 the fold), which is why it stays in one file past 600 lines.
 
-Its length is one idea read top to bottom: the checks, one function per event type, in the order
-of the event types in docs/GOVERNANCE.md.
+Its length is one idea read top to bottom: the signers and the structure, then one check per
+event type.
 """
 
 from __future__ import annotations
