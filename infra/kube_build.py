@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra import InfraError, steward_cache
+from infra.go_build import go_env, run_go
 
 KUBE_VERSION = os.environ.get("STEWARD_KUBE_VERSION", "v1.35.4")
 ETCD_VERSION = os.environ.get("STEWARD_ETCD_VERSION", "v3.6.16")
@@ -55,35 +56,8 @@ def binaries_present(version: str = KUBE_VERSION) -> bool:
     return _stamp(version).is_file() and all((bd / b).is_file() for b in ALL_BINARIES)
 
 
-def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["CGO_ENABLED"] = "0"
-    # Never let the go command fetch a different toolchain behind our back.
-    env.setdefault("GOTOOLCHAIN", "local")
-    env.setdefault("GOFLAGS", "-buildvcs=false")
-    return env
-
-
 def _run_go(args: Sequence[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
-    """Run a go command, heartbeat while it runs, and raise with the log tail if it fails."""
-    start = time.monotonic()
-    log_path = cwd / f"{what}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            list(args), cwd=cwd, env=env or _go_env(), stdout=log, stderr=subprocess.STDOUT
-        )
-        next_beat = 60.0
-        while proc.poll() is None:
-            time.sleep(1)
-            elapsed = time.monotonic() - start
-            if elapsed >= next_beat:
-                kube_log(f"  {what}: still building ({elapsed / 60:.0f} min)")
-                next_beat += 60
-    out = log_path.read_text(errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(out.splitlines()[-40:])
-        raise KubeInfraError(f"{what} failed ({' '.join(args)}), exit {proc.returncode}:\n{tail}")
-    return out
+    return run_go(args, cwd, what, log=kube_log, error=KubeInfraError, env=env)
 
 
 def _download_json(module: str, cwd: Path) -> dict[str, str]:
@@ -91,7 +65,7 @@ def _download_json(module: str, cwd: Path) -> dict[str, str]:
     out = subprocess.run(
         ["go", "mod", "download", "-json", module],
         cwd=cwd,
-        env=_go_env(),
+        env=go_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -254,7 +228,7 @@ def _build_kwok(version: str, work: Path, bd: Path, parallel: str) -> None:
     t0 = time.monotonic()
     kube_log(f"kwok {version}: building")
     work.mkdir(parents=True, exist_ok=True)
-    env = _go_env()
+    env = go_env()
     env["GOBIN"] = str(bd)
     _run_go(
         [
