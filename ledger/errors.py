@@ -91,6 +91,11 @@ class CheckpointNotFoundError(RequestError):
     """No checkpoint was published for the size asked for (or none at all yet)."""
 
 
+class CheckpointPendingError(RequestError):
+    """No checkpoint covers the entries a proof needs yet, and the caller may not have one
+    published on demand: the periodic publisher will cover them; retry."""
+
+
 class NoGenesisError(RequestError):
     """Asked for what only the genesis can say (the checkpoint key's name) before there is one."""
 

@@ -23,6 +23,7 @@ from ledger.core import DuplicateEventIdError
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
+    CheckpointPendingError,
     DataLossError,
     EntryNotFoundError,
     FencedError,
@@ -64,6 +65,7 @@ FENCED_CODE = "FENCED"
 STORE_UNAVAILABLE_CODE = "STORE_UNAVAILABLE"
 OUT_OF_RANGE_CODE = "OUT_OF_RANGE"
 CHECKPOINT_KEY_MISMATCH_CODE = "CHECKPOINT_KEY_MISMATCH"
+CHECKPOINT_PENDING_CODE = "CHECKPOINT_PENDING"
 
 # The ledger writer's refusals (ledger.writer raises them and knows nothing of gRPC): the
 # status each becomes, and the violation code it carries. Their message and field pass through.
@@ -74,6 +76,7 @@ WRITER_ERROR_STATUS: dict[type[StewardError], tuple[grpc.StatusCode, str]] = {
     # A seq past the end: NOT_FOUND for Get, with the same violation code as the proofs' ranges.
     EntryNotFoundError: (grpc.StatusCode.NOT_FOUND, OUT_OF_RANGE_CODE),
     CheckpointNotFoundError: (grpc.StatusCode.NOT_FOUND, ""),
+    CheckpointPendingError: (grpc.StatusCode.UNAVAILABLE, CHECKPOINT_PENDING_CODE),
     NoGenesisError: (grpc.StatusCode.FAILED_PRECONDITION, ""),
     CheckpointKeyMismatchError: (grpc.StatusCode.FAILED_PRECONDITION, CHECKPOINT_KEY_MISMATCH_CODE),
 }

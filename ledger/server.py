@@ -245,6 +245,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
             ledger,
             max_batch_events=config.max_batch_events,
             limits=limits if limits.enabled else None,
+            access=policy,
         ),
         server,
     )

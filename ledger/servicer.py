@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from ledger.access import peer_identity
+from ledger.access import ADMIN, APPEND, AccessPolicy, certificate_identities, peer_identity
 from ledger.core import Receipt
 from ledger.errors import StewardError
 from ledger.formats import KillSwitchEngaged
@@ -53,10 +53,21 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         *,
         max_batch_events: int = MAX_BATCH_EVENTS,
         limits: AppendLimits | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.ledger = ledger
         self.max_batch_events = max_batch_events
         self.limits = limits
+        self.access = access
+
+    def _may_publish(self, context: grpc.ServicerContext) -> bool:
+        """Whether this caller may have a checkpoint signed and stored for its proof: one who
+        may append or administer (each already makes the server write); not a read-only
+        identity. Without an access file every caller may, as before."""
+        if self.access is None:
+            return True
+        held = self.access.permissions(certificate_identities(context))
+        return APPEND in held or ADMIN in held
 
     def _signing_principals(self, staged: StagedBatch, *, skip_kill_switches: bool) -> Counter[str]:
         """Events per principal whose signature verified (a forged key id charges no one)."""
@@ -309,7 +320,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.InclusionProof:
         tree_size = request.tree_size if request.HasField("tree_size") else None
-        p = self.ledger.inclusion_proof(request.seq, tree_size)
+        p = self.ledger.inclusion_proof(
+            request.seq, tree_size, may_publish=self._may_publish(context)
+        )
         return ledger_pb2.InclusionProof(
             index=request.seq,
             tree_size=p.tree_size,
@@ -324,7 +337,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.ConsistencyProof:
         size2 = request.size2 if request.HasField("size2") else None
-        p = self.ledger.consistency_proof(request.size1, size2)
+        p = self.ledger.consistency_proof(
+            request.size1, size2, may_publish=self._may_publish(context)
+        )
         return ledger_pb2.ConsistencyProof(
             size1=p.size1,
             size2=p.size2,

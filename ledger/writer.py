@@ -46,6 +46,7 @@ from ledger.core import LedgerCore, Receipt
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
+    CheckpointPendingError,
     ConfigError,
     DataLossError,
     EntryNotFoundError,
@@ -175,6 +176,9 @@ class LedgerServer:
         # One lock for everything that changes the core or signs: folds, rebuilds, checkpoints.
         # The store write of a folded group is made without it (see ledger.group_commit).
         self._lock = threading.RLock()
+        # Notified (under the lock) whenever a checkpoint is remembered: proofs that may not
+        # publish one themselves wait on it for the periodic publisher.
+        self._published = threading.Condition(self._lock)
         self._appended = threading.Condition(self._lock)
         # Folds the next group while the previous one is being stored; readers only ever see
         # the durable part (_positions).
@@ -315,6 +319,7 @@ class LedgerServer:
     def _remember(self, cp: PublishedCheckpoint) -> None:
         self._checkpoints.append(cp)
         self._by_size[cp.size] = cp
+        self._published.notify_all()
 
     # -- appends -----------------------------------------------------------------------------
 
@@ -615,9 +620,35 @@ class LedgerServer:
         with self._lock:
             return list(self._checkpoints)
 
-    def _covering_checkpoint(self, size: int) -> PublishedCheckpoint:
-        """The latest checkpoint, published now if it does not cover `size` entries yet."""
+    def _covering_checkpoint(self, size: int, *, may_publish: bool = True) -> PublishedCheckpoint:
+        """The latest checkpoint, published now if it does not cover `size` entries yet.
+
+        A caller that ``may_publish`` not (a read-only identity: a signature and a store write
+        per call would be theirs to order, issue #14) waits for the periodic publisher instead,
+        at most two periods and a second; then CheckpointPendingError (retry later).
+        """
         latest = self._checkpoints[-1] if self._checkpoints else None
+        if (latest is None or latest.size < size) and not may_publish:
+            if size > self._durable_size():
+                raise OutOfRangeError(
+                    f"the log has {self._durable_size()} entries, fewer than {size}"
+                )
+            wait = 2 * max(self._every_ms, 0) / 1000 + 1.0
+            if not self._published.wait_for(
+                lambda: bool(self._checkpoints) and self._checkpoints[-1].size >= size, wait
+            ):
+                every = (
+                    f"every {self._every_ms} ms"
+                    if self._every_ms > 0
+                    else f"every {self._every_entries} entries"
+                )
+                raise CheckpointPendingError(
+                    f"no checkpoint covers {size} entries yet, and this caller may not have one "
+                    f"published on demand (it needs 'append' or 'admin'); one is published "
+                    f"{every}: retry, or name a tree size that a checkpoint covers",
+                    field="tree_size",
+                )
+            latest = self._checkpoints[-1]
         if latest is None or latest.size < size:
             latest = self._publish_checkpoint()
         if latest is None or latest.size < size:
@@ -699,11 +730,15 @@ class LedgerServer:
                 self._appended.wait(timeout)
             return self._durable_size()
 
-    def inclusion_proof(self, seq: int, tree_size: int | None) -> TreeInclusion:
+    def inclusion_proof(
+        self, seq: int, tree_size: int | None, *, may_publish: bool = True
+    ) -> TreeInclusion:
+        """A proof of ``seq`` in the tree of ``tree_size`` (unset: the latest checkpoint, which
+        a caller that ``may_publish`` has published if none covers ``seq`` yet)."""
         self._wait_ready()
         with self._lock:
             if tree_size is None:
-                cp = self._covering_checkpoint(seq + 1)
+                cp = self._covering_checkpoint(seq + 1, may_publish=may_publish)
                 tree_size = cp.size
             self._check_size(tree_size)
             if seq >= tree_size:
@@ -717,11 +752,13 @@ class LedgerServer:
                 tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size), note
             )
 
-    def consistency_proof(self, size1: int, size2: int | None) -> TreeConsistency:
+    def consistency_proof(
+        self, size1: int, size2: int | None, *, may_publish: bool = True
+    ) -> TreeConsistency:
         self._wait_ready()
         with self._lock:
             if size2 is None:
-                size2 = self._covering_checkpoint(max(size1, 1)).size
+                size2 = self._covering_checkpoint(max(size1, 1), may_publish=may_publish).size
             self._check_size(size2)
             if size1 > size2:
                 raise OutOfRangeError(f"size1 {size1} is larger than size2 {size2}", field="size1")

@@ -405,3 +405,32 @@ def test_a_peer_over_its_rate_can_still_engage_the_kill_switch(
     size = running.ledger.head().size
     receipt = client.append(flow.kill(KillScope("GLOBAL")))  # its own bucket
     assert receipt.seq == size
+
+
+def test_a_reader_waits_for_the_periodic_checkpoint_rather_than_ordering_one(
+    mtls: tuple[RunningServer, Cast], pki: Pki
+) -> None:
+    """A proof of an entry no checkpoint covers yet would have the server sign and store a
+    checkpoint for the caller: a read-only identity asking for the newest entry after every
+    append would double the server's writes. It waits for the periodic publisher instead
+    (here there is none, so it is told to retry); an identity that may append still gets its
+    proof at once, with the checkpoint published for it."""
+    running, cast = mtls
+    flow = Flow(cast)
+    with _client(running, pki, pki.client("ops-admin")) as admin:
+        admin.append(flow.grant("alice"))
+    published = len(running.ledger.checkpoints())
+    with _client(running, pki, pki.client("reader-cn", dns=("auditor.steward.test",))) as reader:
+        for ask in (lambda: reader.inclusion_proof(1), lambda: reader.consistency_proof(2)):
+            with pytest.raises(LedgerRpcError) as info:
+                ask()
+            err = info.value
+            assert err.code == CODE.UNAVAILABLE, err
+            assert err.violation_code == "CHECKPOINT_PENDING", err
+            assert "needs 'append' or 'admin'" in err.message, err.message
+        assert len(running.ledger.checkpoints()) == published
+        # A proof against a size some checkpoint covers needs nothing new: the reader gets it.
+        assert reader.inclusion_proof(0, tree_size=1).tree_size == 1
+    with _client(running, pki, pki.client("research-infra")) as writer:
+        assert writer.inclusion_proof(1).tree_size == 2
+    assert len(running.ledger.checkpoints()) == published + 1

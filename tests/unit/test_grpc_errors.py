@@ -11,6 +11,7 @@ from ledger.core import DuplicateEventIdError
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
+    CheckpointPendingError,
     DataLossError,
     EntryNotFoundError,
     FencedError,
@@ -134,6 +135,15 @@ def test_service_errors_and_ranges() -> None:
         (
             CheckpointNotFoundError("no checkpoint was published for size 4"),
             Status(C.NOT_FOUND, "no checkpoint was published for size 4"),
+        ),
+        (
+            CheckpointPendingError("no checkpoint covers 3 entries yet", field="tree_size"),
+            Status(
+                C.UNAVAILABLE,
+                "no checkpoint covers 3 entries yet",
+                "CHECKPOINT_PENDING",
+                "tree_size",
+            ),
         ),
         (NoGenesisError("no genesis yet"), Status(C.FAILED_PRECONDITION, "no genesis yet")),
         (
