@@ -16,6 +16,7 @@ from ledger.cli.kill import cmd_kill
 from ledger.cli.reading import cmd_checkpoint, cmd_export, cmd_log, cmd_proof, cmd_status, cmd_vkey
 from ledger.cli.serving import cmd_kafka_acls, cmd_serve
 from ledger.cli.store import cmd_store_check, cmd_store_restore
+from ledger.store.kafka_flags import add_security_arguments
 
 EPILOG = """\
 environment:
@@ -423,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqlite:PATH or kafka:BOOTSTRAP/TOPIC (as steward-controller names it)",
     )
     source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
+    add_security_arguments(
+        p.add_argument_group('Kafka security (with --store kafka:...; docs/KAFKA.md "Security")')
+    )
     p = store.add_parser(
         "restore",
         help="write a new SQLite store from an export, a backup or a topic",
@@ -440,5 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--export", metavar="FILE", help="an export file (steward export)")
     p.add_argument(
         "--to", required=True, metavar="sqlite:PATH", help="the new SQLite file to write"
+    )
+    add_security_arguments(
+        p.add_argument_group('Kafka security (with --from kafka:...; docs/KAFKA.md "Security")')
     )
     return parser

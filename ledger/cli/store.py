@@ -12,9 +12,10 @@ from ledger.cli.common import CliError
 from ledger.errors import StewardError
 
 
-def _open_store(spec: str, flag: str) -> tuple[Any, str]:
+def _open_store(spec: str, flag: str, args: argparse.Namespace) -> tuple[Any, str]:
     """A store to read, never to write: `sqlite:PATH` (opened read-only, never created) or
-    `kafka:BOOTSTRAP/TOPIC` (not claimed: a running server is not disturbed)."""
+    `kafka:BOOTSTRAP/TOPIC` (not claimed: a running server is not disturbed), with the
+    ``--kafka-*`` security flags of `args` (the reader's ACLs are enough)."""
     kind, _, rest = spec.partition(":")
     if kind == "sqlite" and rest:
         from ledger.store.sqlite import SQLiteLogStore
@@ -25,6 +26,7 @@ def _open_store(spec: str, flag: str) -> tuple[Any, str]:
         return SQLiteLogStore(path, read_only=True), f"sqlite:{path.name}"
     if kind == "kafka" and "/" in rest:
         from ledger.store.kafka import KafkaLogStore, KafkaStoreConfig
+        from ledger.store.kafka_flags import security_from_args
 
         bootstrap, topic = rest.rsplit("/", 1)
         config = KafkaStoreConfig(
@@ -32,6 +34,7 @@ def _open_store(spec: str, flag: str) -> tuple[Any, str]:
             topic=topic,
             create_topics=False,
             client_id="steward-store-check",
+            **security_from_args(args),
         )
         return KafkaLogStore(config), f"kafka:{topic}"
     raise CliError(f"{flag} {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
@@ -49,7 +52,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
         if args.export:
             report = check_export(Path(args.export), progress=_progress)
         else:
-            store, name = _open_store(args.store, "--store")
+            store, name = _open_store(args.store, "--store", args)
             try:
                 report = check_store(store, name, progress=_progress)
             finally:
@@ -71,7 +74,7 @@ def cmd_store_restore(args: argparse.Namespace) -> int:
         if args.export:
             report = restore_sqlite(Path(target), export=Path(args.export), progress=_progress)
         else:
-            store, name = _open_store(args.source, "--from")
+            store, name = _open_store(args.source, "--from", args)
             try:
                 report = restore_sqlite(Path(target), store=store, source=name, progress=_progress)
             finally:

@@ -336,6 +336,41 @@ def test_each_role_works_with_exactly_its_acls(
         assert ledger.password(user) not in server.log() + out
 
 
+def test_store_check_reads_a_secured_topic_with_a_readers_flags(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`steward store check --store kafka:...` takes the same --kafka-* flags as the
+    controller: with the reader's credentials and ACLs it verifies the whole topic; with a
+    wrong password it is one line naming the cause, exit 2, and no password is printed."""
+    from ledger.cli import main as steward_main
+
+    server = ledger.server("writer")
+    address = server.wait()
+    assert address is not None, server.log()[-3000:]
+    size = _fill(address, ledger.flow)
+    server.stop()
+    spec = f"kafka:{ledger.bootstrap}/{ledger.topic}"
+    for password, expected_code in (
+        (ledger.password("controller"), 0),
+        ("not-the-password-9f3", 2),
+    ):
+        os.environ[PASSWORD_ENV] = password
+        try:
+            code = steward_main(
+                ["store", "check", "--store", spec, *ledger.security_flags("controller")]
+            )
+        finally:
+            del os.environ[PASSWORD_ENV]
+        out = capsys.readouterr()
+        assert code == expected_code, out.out + out.err
+        assert password not in out.out + out.err
+        if expected_code == 0:
+            assert f"chain: {size:,} entries" in out.out, out.out
+        else:
+            (line,) = [x for x in out.err.splitlines() if x.startswith("steward:")]
+            assert "SASL authentication failed" in line, out.err
+
+
 # --------------------------------------------------------------------------------------------
 # Without any one ACL: a named error, fast
 
