@@ -81,6 +81,9 @@ class LedgerServerConfig:
     # which cannot present a client certificate).
     health_listen: str | None = None
     max_batch_events: int = MAX_BATCH_EVENTS
+    # An AppendStream with nothing in flight that sends no batch for this long is ended
+    # (RESOURCE_EXHAUSTED, STREAM_IDLE), so its slot is free again; 0: never.
+    stream_idle_seconds: float = 60.0
     # Signature-checking worker processes for streamed batches (ledger.sigcheck): 0 checks in
     # the serving process, None one when the machine has more than one core.
     verify_processes: int | None = None
@@ -244,6 +247,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         LedgerServicer(
             ledger,
             max_batch_events=config.max_batch_events,
+            stream_idle_seconds=config.stream_idle_seconds,
             limits=limits if limits.enabled else None,
             access=policy,
         ),
@@ -446,6 +450,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             health_listen=args.health_listen,
             max_streams=args.max_streams,
             max_streams_per_peer=args.max_streams_per_peer,
+            stream_idle_seconds=args.stream_idle_seconds,
             unary_workers=args.unary_workers,
             append_rate_per_peer=_rate(args.append_rate_per_peer),
             append_rate_per_principal=_rate(args.append_rate_per_principal),

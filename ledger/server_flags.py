@@ -108,6 +108,14 @@ def add_server_arguments(
         help="open streams of one peer: certificate identity or IP address (default 32)",
     )
     lim.add_argument(
+        "--stream-idle-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="end an AppendStream that sends no batch for S seconds with nothing in flight, "
+        "freeing its slot (RESOURCE_EXHAUSTED, STREAM_IDLE; default 60, 0: never)",
+    )
+    lim.add_argument(
         "--unary-workers",
         type=int,
         default=16,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
@@ -54,11 +55,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         max_batch_events: int = MAX_BATCH_EVENTS,
         limits: AppendLimits | None = None,
         access: AccessPolicy | None = None,
+        stream_idle_seconds: float = 0.0,
     ) -> None:
         self.ledger = ledger
         self.max_batch_events = max_batch_events
         self.limits = limits
         self.access = access
+        self.stream_idle_seconds = stream_idle_seconds
 
     def _may_publish(self, context: grpc.ServicerContext) -> bool:
         """Whether this caller may have a checkpoint signed and stored for its proof: one who
@@ -125,6 +128,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
         wake = threading.Event()  # something was staged, or a submitted batch is done
+        last_batch = [time.monotonic()]  # when the client last sent a batch (the idle clock)
 
         def put(into: queue.Queue[Any], item: Any) -> bool:
             while not stop.is_set():
@@ -141,6 +145,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             # Decodes batch n+1 while the signature worker checks batch n (check_ahead).
             try:
                 for batch in request_iterator:
+                    last_batch[0] = time.monotonic()
                     if len(batch.signed_events) > self.max_batch_events:
                         put(
                             decoded,
@@ -205,7 +210,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 items: list[Any] = []
                 if end is None:
                     try:
-                        items.append(ahead.get() if not inflight else ahead.get_nowait())
+                        items.append(
+                            self._next_staged(ahead, last_batch)
+                            if not inflight
+                            else ahead.get_nowait()
+                        )
                         while isinstance(items[-1], tuple):
                             items.append(ahead.get_nowait())
                     except queue.Empty:
@@ -238,6 +247,31 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     wake.wait()
         finally:
             stop.set()
+
+    def _next_staged(self, ahead: queue.Queue[Any], last_batch: list[float]) -> Any:
+        """The next staged batch (or end) of an AppendStream with nothing in flight.
+
+        A client that sends nothing for ``stream_idle_seconds`` holds a stream slot (and its
+        threads) for nothing: its stream is ended, so idle streams cannot keep the slots from
+        the clients that have events to append (issue #14, attack 1).
+        """
+        idle = self.stream_idle_seconds
+        if idle <= 0:
+            return ahead.get()
+        while True:
+            left = last_batch[0] + idle - time.monotonic()
+            if left <= 0:
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this AppendStream sent no batch for {idle:g} s: ended to free its slot; "
+                    "open a stream when there are events to append",
+                    violation_code="STREAM_IDLE",
+                    field="stream_idle_seconds",
+                )
+            try:
+                return ahead.get(timeout=left)
+            except queue.Empty:
+                continue
 
     @staticmethod
     def _results_pb(outcome: list[Receipt | StewardError]) -> list[ledger_pb2.AppendResult]:

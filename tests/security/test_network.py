@@ -301,3 +301,63 @@ def test_streams_are_limited_per_peer_and_in_all(tmp_path: Path) -> None:
         attacker.leave()
         client.close()
         running.stop(None)
+
+
+def test_an_idle_append_stream_is_ended_and_its_slot_freed(tmp_path: Path) -> None:
+    """A stream that sends nothing holds a slot and three threads; past stream_idle_seconds
+    with nothing in flight it is ended (RESOURCE_EXHAUSTED, STREAM_IDLE), so a peer's idle
+    streams cannot keep its slots from its own real appends. A stream that keeps sending is
+    not ended, however long it lives."""
+    cast = Cast.create()
+    flow = Flow(cast)
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "l.db",
+            checkpoint_key=cast.checkpoint_key,
+            max_streams_per_peer=3,
+            stream_idle_seconds=0.5,
+        )
+    )
+    client = LedgerClient(running.address, retries=0, timeout=CALL_TIMEOUT_S)
+    channel = grpc.insecure_channel(running.address)
+    stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    leave = threading.Event()
+
+    def idle() -> Iterator[ledger_pb2.AppendBatch]:
+        leave.wait()
+        return
+        yield
+
+    def busy() -> Iterator[ledger_pb2.AppendBatch]:
+        for i in range(8):  # 8 x 0.2 s: longer than the idle limit in all
+            yield ledger_pb2.AppendBatch(batch_id=i)
+            time.sleep(0.2)
+
+    try:
+        client.append(flow.genesis())
+        idle_calls = [stub.AppendStream(idle(), timeout=30) for _ in range(2)]
+        started = time.monotonic()
+        assert len(list(stub.AppendStream(busy(), timeout=30))) == 8
+        assert time.monotonic() - started > 1.5
+        for call in idle_calls:
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+            err = info.value
+            md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err  # type: ignore[attr-defined]
+            assert md.get(VIOLATION_CODE_KEY) == "STREAM_IDLE", md
+            assert md.get(VIOLATION_FIELD_KEY) == "stream_idle_seconds", md
+            assert "sent no batch for 0.5 s" in err.details()  # type: ignore[attr-defined]
+
+        # Their slots are free again: the peer holds all three at once, and each is answered.
+        def one_then_wait() -> Iterator[ledger_pb2.AppendBatch]:
+            yield ledger_pb2.AppendBatch(batch_id=1)
+            leave.wait()
+
+        held = [stub.AppendStream(one_then_wait(), timeout=30) for _ in range(3)]
+        assert [next(call).batch_id for call in held] == [1, 1, 1]
+    finally:
+        leave.set()
+        channel.close()
+        client.close()
+        running.stop(None)
