@@ -3,12 +3,12 @@
 It opens idle AppendStreams, idle following Reads, and keeps streams of garbage batches going
 (a refused or ended stream is opened again at once). bench.killswitch starts it as
 ``python -m bench.attacker`` so that its ~600 threads do not share the measuring client's
-interpreter; with ``--nice`` it lowers its own CPU priority first, standing for an attacker on
-a machine of its own. When told to leave (SIGTERM or SIGINT) it writes what the server answered
+interpreter; with ``--nice`` or ``--sched-idle`` it lowers its own CPU priority first, standing
+for an attacker on a machine of its own. When told to leave (SIGTERM or SIGINT) it writes what the server answered
 its streams, as JSON, to ``--out`` (or stdout), then closes everything and exits 0.
 
 Run: python -m bench.attacker --target HOST:PORT [--ca F --cert F --key F] [--idle-streams N]
-[--followers N] [--garbage-streams N] [--nice N] [--out FILE]
+[--followers N] [--garbage-streams N] [--nice N] [--sched-idle] [--out FILE]
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         "--nice", type=int, default=0, help="add this to the process's niceness first (os.nice)"
     )
     p.add_argument(
+        "--sched-idle",
+        action="store_true",
+        help="run under SCHED_IDLE (only on CPU time nothing else wants): closer than any "
+        "niceness to an attacker on a machine of its own",
+    )
+    p.add_argument(
         "--settle",
         type=float,
         default=2.0,
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: leave.set())
     if args.nice:
         os.nice(args.nice)
+    if args.sched_idle:
+        # Before any thread starts: Linux threads inherit the policy of the one creating them.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     attacker = Attacker(
         args.target,
         idle_streams=args.idle_streams,
@@ -176,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     leave.wait(args.settle)  # every stream has reached the server: held, or refused
     # The line the bench waits for before its trials.
-    print(f"attack on: niceness {os.nice(0)}, {attacker.outcome()}", file=sys.stderr, flush=True)
+    policy = "SCHED_IDLE" if os.sched_getscheduler(0) == os.SCHED_IDLE else "SCHED_OTHER"
+    print(
+        f"attack on: {policy}, niceness {os.nice(0)}, {attacker.outcome()}",
+        file=sys.stderr,
+        flush=True,
+    )
     while not leave.wait(0.5):  # a short wait, so that the signal handler runs promptly
         pass
     # Counted before leaving: the cancellations leave() causes are not the server's answers.

@@ -54,9 +54,12 @@ EXPECTED: dict[str, list[str]] = {
     "killswitch": [
         "kill switch → canary 0 p50",
         "kill switch → canary 0 p99",
+        "ack → canary 0 p99, no attack",
+        "ack → canary 0 p99, under attack",
+        "ack → canary 0: under attack / no attack (p99)",
         "engage sent → canary 0 p99, no attack",
         "engage sent → canary 0 p99, under attack",
-        "under attack / no attack (p99)",
+        "engage sent → canary 0: under attack / no attack (p99)",
         "health checks answered under attack",
         "attacker streams refused (RESOURCE_EXHAUSTED)",
     ],
