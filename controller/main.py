@@ -35,8 +35,9 @@ from ledger.keys import PrivateKey
 from ledger.store.base import LogStore
 
 if TYPE_CHECKING:
-    import grpc
     from kubernetes.client import ApiClient
+
+    from controller.grpc_server import ServiceListen
 
 log = logging.getLogger("steward.controller")
 
@@ -127,6 +128,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=int, default=5)
     p.add_argument("--renew-seconds", type=float, default=1.5)
     p.add_argument("--listen", help="HOST:PORT for gRPC health and ControllerService")
+    svc = p.add_argument_group(
+        "ControllerService security (with --listen; docs/security/network.md)"
+    )
+    svc.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    svc.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    svc.add_argument(
+        "--client-ca", help="CA that signs client certificates: mutual TLS, certificates required"
+    )
+    svc.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="serve plaintext on an address other machines can reach (logged as a warning)",
+    )
+    svc.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1.Health alone, plaintext, here (kubelet probes)",
+    )
+    svc.add_argument(
+        "--max-streams", type=int, default=32, help="open WatchRollouts in all (default 32)"
+    )
+    svc.add_argument(
+        "--max-streams-per-peer",
+        type=int,
+        default=8,
+        help="open WatchRollouts of one peer: certificate name or IP address (default 8)",
+    )
     p.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
@@ -185,20 +213,19 @@ def load_kube(kubeconfig: str | None) -> ApiClient:
         return config.new_client_from_config()
 
 
-def _serve_grpc(listen: str, controller: Controller) -> grpc.Server:
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+def _service_listen(args: argparse.Namespace) -> ServiceListen:
+    from controller.grpc_server import ServiceListen
 
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=8))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    from controller import service
-
-    service.register(server, controller)
-    server.add_insecure_port(listen)
-    server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server
+    return ServiceListen(
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        insecure_plaintext=args.insecure_plaintext,
+        health_listen=args.health_listen,
+        max_streams=args.max_streams,
+        max_streams_per_peer=args.max_streams_per_peer,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sorted({n.strip() for v in args.namespaces for n in v.split(",") if n.strip()})
     )
     try:
+        if args.listen:
+            from controller.grpc_server import check_service_listen
+
+            check_service_listen(_service_listen(args))  # a bad --listen setup fails first
         passphrase = os.environ.get(args.passphrase_env)
         key = PrivateKey.load(Path(args.key), passphrase.encode() if passphrase else None)
         from ledger.client import LedgerClient
@@ -270,7 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = _serve_grpc(args.listen, controller) if args.listen else None
+    server = None
+    if args.listen:
+        from controller import service
+        from controller.grpc_server import serve_controller_service
+
+        try:
+            server = serve_controller_service(
+                _service_listen(args), lambda grpc_server: service.register(grpc_server, controller)
+            )
+        except StewardError as exc:
+            print(f"steward-controller: {exc}", file=sys.stderr)
+            return 2
     metrics_server = None
     if args.metrics_listen:
         from controller import metrics

@@ -35,6 +35,7 @@ from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 from ledger.limits import AppendLimits, RateLimit, StreamSlots
 from ledger.server_flags import add_server_arguments
+from ledger.server_tls import server_credentials
 from ledger.servicer import SERVICE_NAME, LedgerServicer
 from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
@@ -132,10 +133,6 @@ class RunningServer:
         self.grpc_server.wait_for_termination()
 
 
-def _read(path: str | Path | None) -> bytes | None:
-    return Path(path).read_bytes() if path is not None else None
-
-
 def requires_client_cert(config: LedgerServerConfig) -> bool:
     """A client CA means required client certificates, unless the config says otherwise."""
     if config.require_client_cert is None:
@@ -150,26 +147,13 @@ def _credentials(config: LedgerServerConfig) -> grpc.ServerCredentials | None:
             "an access file maps client certificates to permissions: it needs "
             "client_ca (--client-ca), the CA that signs them"
         )
-    if config.tls_cert is None and config.tls_key is None:
-        if config.client_ca is not None or required:
-            raise ConfigError("mutual TLS needs TLS: give tls_cert and tls_key too")
-        if not is_loopback(config.listen) and not config.insecure_plaintext:
-            raise ConfigError(
-                f"plaintext on {config.listen}, an address other machines can reach: serve TLS "
-                "(--tls-cert, --tls-key) or say --insecure-plaintext"
-            )
-        return None
-    if config.tls_cert is None or config.tls_key is None:
-        raise ConfigError("TLS needs both tls_cert and tls_key")
-    if required and config.client_ca is None:
-        raise ConfigError(
-            "require_client_cert needs client_ca, the CA that signs client certificates"
-        )
-    pair = (_read(config.tls_key), _read(config.tls_cert))
-    return grpc.ssl_server_credentials(
-        [pair],
-        root_certificates=_read(config.client_ca),  # type: ignore[list-item]
-        require_client_auth=required,
+    return server_credentials(
+        config.listen,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        client_ca=config.client_ca,
+        require_client_cert=required,
+        insecure_plaintext=config.insecure_plaintext,
     )
 
 

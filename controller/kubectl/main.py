@@ -92,8 +92,14 @@ def _common_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     p.add_argument(
         "--tls-ca", default=d(None), help="CA bundle for the ledger and controller (enables TLS)"
     )
-    p.add_argument("--tls-cert", default=d(None), help="client certificate for mutual TLS (ledger)")
-    p.add_argument("--tls-key", default=d(None), help="client key for mutual TLS (ledger)")
+    p.add_argument(
+        "--tls-cert",
+        default=d(None),
+        help="client certificate for mutual TLS (ledger and controller)",
+    )
+    p.add_argument(
+        "--tls-key", default=d(None), help="client key for mutual TLS (ledger and controller)"
+    )
     p.add_argument(
         "--passphrase-env",
         default=d("STEWARD_KEY_PASSPHRASE"),

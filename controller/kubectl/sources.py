@@ -298,7 +298,14 @@ class Tool:
 
         if self._channel is None:
             if self.args.tls_ca:
-                creds = grpc.ssl_channel_credentials(Path(self.args.tls_ca).read_bytes())
+                # The same client certificate as for the ledger, when the controller serves
+                # mutual TLS (steward-controller --client-ca).
+                cert, key = self.args.tls_cert, self.args.tls_key
+                creds = grpc.ssl_channel_credentials(
+                    Path(self.args.tls_ca).read_bytes(),
+                    Path(key).read_bytes() if cert and key else None,
+                    Path(cert).read_bytes() if cert and key else None,
+                )
                 self._channel = grpc.secure_channel(self.controller, creds)
             else:
                 self._channel = grpc.insecure_channel(self.controller)
