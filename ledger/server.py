@@ -40,6 +40,7 @@ from ledger.servicer import SERVICE_NAME, LedgerServicer
 from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
+from ledger.witness import WitnessClient, WitnessEndpoint, WitnessPolicy
 from ledger.writer import DEFAULT_MAX_MESSAGE_BYTES, MAX_BATCH_EVENTS, LedgerServer
 from steward.v1 import ledger_pb2_grpc
 
@@ -88,6 +89,12 @@ class LedgerServerConfig:
     # Signature-checking worker processes for streamed batches (ledger.sigcheck): 0 checks in
     # the serving process, None one when the machine has more than one core.
     verify_processes: int | None = None
+    # Witnesses that cosign every published checkpoint (ledger.witness, docs/WITNESS.md); the
+    # threshold says how many cosignatures make a checkpoint witnessed (None: all of them).
+    witnesses: tuple[WitnessEndpoint, ...] = ()
+    witness_threshold: int | None = None
+    witness_timeout_s: float = 5.0
+    witness_max_backoff_s: float = 30.0  # the longest wait between retries to a failing witness
 
 
 def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
@@ -117,10 +124,13 @@ class RunningServer:
     _owns_store: bool = True
     health_server: grpc.Server | None = None
     health_port: int = 0
+    witnessing: WitnessClient | None = None
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.ledger.stop()
+        if self.witnessing is not None:
+            self.witnessing.stop()
         if self.health_server is not None:
             self.health_server.stop(None)
         self.grpc_server.stop(grace).wait()
@@ -213,6 +223,19 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         on_fenced=on_fenced,
         checker=SignatureChecker(config.verify_processes),
     )
+    witnessing = None
+    if config.witness_threshold and not config.witnesses:
+        raise ConfigError("a witness threshold needs witnesses (--witness)")
+    if config.witnesses:
+        witnessing = WitnessClient(
+            WitnessPolicy(
+                config.witnesses,
+                config.witness_threshold,
+                config.witness_timeout_s,
+                max_backoff_s=config.witness_max_backoff_s,
+            )
+        )
+        witnessing.attach(ledger)  # before the replay: no publication is missed
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -277,6 +300,8 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         if owns_store:
             store.close()
         raise
+    if witnessing is not None:
+        witnessing.start()
     set_health(health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{port}"
     log.info(
@@ -289,7 +314,15 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         report.skipped,
     )
     return RunningServer(
-        address, port, ledger, server, health_servicer, owns_store, health_server, health_port
+        address,
+        port,
+        ledger,
+        server,
+        health_servicer,
+        owns_store,
+        health_server,
+        health_port,
+        witnessing,
     )
 
 
@@ -441,6 +474,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             kill_switch_rate_per_peer=_rate(args.kill_switch_rate_per_peer),
             max_message_bytes=args.max_message_bytes,
             verify_processes=args.verify_processes,
+            witnesses=tuple(WitnessEndpoint.parse(w) for w in args.witness),
+            witness_threshold=args.witness_threshold,
+            witness_timeout_s=args.witness_timeout,
         )
         done = threading.Event()
         services: list[AddService] = []

@@ -144,6 +144,29 @@ def add_server_arguments(
         help="KillSwitchEngaged per second a peer may send by Append, in a bucket of "
         f"their own (default {DEFAULT_KILL_SWITCH_RATE_PER_PEER})",
     )
+    w = p.add_argument_group("witnesses (docs/WITNESS.md)")
+    w.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="NAME=URL,VKEY",
+        help="a C2SP tlog-witness to cosign every checkpoint: a label for the logs, the URL "
+        "prefix of its add-checkpoint endpoint, its cosigner vkey (repeat for each witness)",
+    )
+    w.add_argument(
+        "--witness-threshold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cosignatures that make a checkpoint witnessed (default: every --witness)",
+    )
+    w.add_argument(
+        "--witness-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest one add-checkpoint request may take (default 5)",
+    )
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument(
         "--verify-processes",

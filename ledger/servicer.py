@@ -41,7 +41,9 @@ def _receipt_pb(r: Receipt) -> ledger_pb2.Receipt:
 
 
 def _checkpoint_pb(cp: PublishedCheckpoint) -> ledger_pb2.Checkpoint:
-    return ledger_pb2.Checkpoint(size=cp.size, note=cp.note, root=cp.root, origin=cp.origin)
+    return ledger_pb2.Checkpoint(
+        size=cp.size, note=cp.cosigned_note, root=cp.root, origin=cp.origin
+    )
 
 
 _END_OF_STREAM = object()

@@ -30,6 +30,7 @@ here because those share one lock and one core; the queue's mechanics are in gro
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from ledger import checkpoint as notes
 from ledger import staging
 from ledger.clock import now_ms
 from ledger.core import LedgerCore, Receipt
+from ledger.cosignature import cosigned_note
 from ledger.errors import (
     CheckpointKeyMismatchError,
     CheckpointNotFoundError,
@@ -94,10 +96,18 @@ class ClaimingStore(Protocol):
 
 @dataclass(frozen=True)
 class PublishedCheckpoint:
+    """A checkpoint the ledger signed (`note`, its bytes as stored) and the witness cosignature
+    lines collected for it since; `cosigned_note` is what readers are given."""
+
     size: int
     note: str
     root: bytes
     origin: str
+    cosignatures: tuple[str, ...] = ()
+
+    @property
+    def cosigned_note(self) -> str:
+        return cosigned_note(self.note, self.cosignatures) if self.cosignatures else self.note
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,10 @@ class LedgerServer:
         self._fenced = False
         self._stopping = threading.Event()
         self._publisher: threading.Thread | None = None
+        # Called with each newly published checkpoint, under the lock: they must not block
+        # (the witness client queues it; ledger.witness).
+        self._on_published: list[Callable[[PublishedCheckpoint], None]] = []
+        self._stored_cosignatures: dict[int, tuple[str, ...]] = {}  # by the last replay
         self.ready = threading.Event()
         self.replay_report = ReplayReport(0, 0)
 
@@ -271,7 +285,9 @@ class LedgerServer:
                     skip.field,
                 )
         chain.finish()
-        verified = verify_checkpoints(chain, ((c.size, c.note) for c in self.store.checkpoints()))
+        stored = self.store.checkpoints()
+        verified = verify_checkpoints(chain, ((c.size, c.note) for c in stored))
+        self._stored_cosignatures = {c.size: c.cosignatures for c in stored if c.cosignatures}
         core = chain.core
         self._core = core
         self._positions = chain.positions
@@ -314,12 +330,48 @@ class LedgerServer:
         for cp in self._verified_checkpoints:
             if self._checkpoints and cp.size <= self._checkpoints[-1].size:
                 continue
-            self._remember(PublishedCheckpoint(cp.size, cp.note, cp.root, cp.origin))
+            cosigs = self._stored_cosignatures.get(cp.size, ())
+            self._remember(PublishedCheckpoint(cp.size, cp.note, cp.root, cp.origin, cosigs))
 
     def _remember(self, cp: PublishedCheckpoint) -> None:
         self._checkpoints.append(cp)
         self._by_size[cp.size] = cp
         self._published.notify_all()
+
+    def _announce(self, cp: PublishedCheckpoint) -> None:
+        """Tell the listeners (the witness client) of a newly published checkpoint."""
+        log.info("checkpoint_published size=%d root=%s", cp.size, cp.root.hex())
+        for listener in self._on_published:
+            try:
+                listener(cp)
+            except Exception as exc:  # a listener's bug must never fail a publication
+                log.error("checkpoint_listener_failed error=%s", type(exc).__name__, exc_info=exc)
+
+    def on_checkpoint_published(self, listener: Callable[[PublishedCheckpoint], None]) -> None:
+        """Call `listener` with every checkpoint published from now on (under the writer's
+        lock: it must return at once)."""
+        with self._lock:
+            self._on_published.append(listener)
+
+    def add_cosignatures(self, size: int, lines: Sequence[str]) -> PublishedCheckpoint:
+        """Keep verified witness cosignature lines for the published checkpoint of `size`:
+        in the store first (added to the checkpoint, its note unchanged), then for readers."""
+        with self._lock:
+            cp = self._by_size.get(size)
+            if cp is None:
+                raise CheckpointNotFoundError(f"no checkpoint was published for size {size}")
+            new = [line for line in dict.fromkeys(lines) if line not in cp.cosignatures]
+            if not new:
+                return cp
+            self.store.add_cosignatures(size, cp.note, new)
+            updated = PublishedCheckpoint(
+                cp.size, cp.note, cp.root, cp.origin, (*cp.cosignatures, *new)
+            )
+            self._by_size[size] = updated
+            i = bisect.bisect_left(self._checkpoints, size, key=lambda c: c.size)
+            if i < len(self._checkpoints) and self._checkpoints[i].size == size:
+                self._checkpoints[i] = updated
+            return updated
 
     # -- appends -----------------------------------------------------------------------------
 
@@ -517,7 +569,7 @@ class LedgerServer:
             not self._checkpoints or checkpoint.size > self._checkpoints[-1].size
         ):
             self._remember(checkpoint)
-            log.info("checkpoint_published size=%d root=%s", checkpoint.size, checkpoint.root.hex())
+            self._announce(checkpoint)
         if entries and entries[0].seq == 0:
             self._set_genesis(self._core.state)
         self._appended.notify_all()
@@ -584,7 +636,7 @@ class LedgerServer:
             self._become_fenced(f"checkpoint size={size}", exc)
             raise
         self._remember(cp)
-        log.info("checkpoint_published size=%d root=%s", size, cp.root.hex())
+        self._announce(cp)
         return cp
 
     def _publish_loop(self) -> None:
@@ -747,7 +799,7 @@ class LedgerServer:
                 )
             tree = self._core.tree
             proof = tree.inclusion_proof(seq, tree_size)
-            note = self._by_size[tree_size].note if tree_size in self._by_size else ""
+            note = self._by_size[tree_size].cosigned_note if tree_size in self._by_size else ""
             return TreeInclusion(
                 tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size), note
             )
@@ -780,7 +832,7 @@ class LedgerServer:
 
     def note_for(self, size: int) -> str:
         cp = self._by_size.get(size)
-        return cp.note if cp else ""
+        return cp.cosigned_note if cp else ""
 
     def stop(self) -> None:
         self._stopping.set()

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.kube",
     "tests.fixtures.postgres",
+    "tests.fixtures.witness",
 ]

@@ -16,6 +16,8 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from ledger.errors import StoreError
+
 
 @dataclass(frozen=True)
 class StoredRecord:
@@ -26,8 +28,12 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class StoredCheckpoint:
+    """A checkpoint note as the ledger signed it, and the witness cosignature lines kept for
+    it since (added later, each a signed-note signature line; the note's bytes never change)."""
+
     size: int
     note: str
+    cosignatures: tuple[str, ...] = ()
 
 
 class LogStore(abc.ABC):
@@ -69,7 +75,15 @@ class LogStore(abc.ABC):
 
     @abc.abstractmethod
     def checkpoints(self) -> list[StoredCheckpoint]:
-        """Every saved checkpoint, oldest first."""
+        """Every saved checkpoint, oldest first, with the cosignatures kept for it."""
+
+    def add_cosignatures(self, size: int, note: str, lines: Sequence[str]) -> None:
+        """Keep witness cosignature lines for the saved checkpoint `note` of size `size`.
+
+        Adds to what is kept; never rewrites the note itself, so a crash half-way leaves the
+        signed checkpoint as it was. A store that keeps none (a read-only view) says so.
+        """
+        raise StoreError(f"{type(self).__name__} keeps no witness cosignatures")
 
     @abc.abstractmethod
     def close(self) -> None:

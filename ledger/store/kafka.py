@@ -648,10 +648,11 @@ class KafkaLogStore(LogStore):
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         self._check_open()
-        out = []
+        out: list[StoredCheckpoint] = []
+        by_size: dict[int, list[int]] = {}  # size -> indexes in out
         for rec in self._read(self._cp_tp, 0, None):
             try:
-                out.append(StoredCheckpoint(int(rec.key.decode("ascii")), rec.value.decode()))
+                size, note = int(rec.key.decode("ascii")), rec.value.decode()
             except (ValueError, UnicodeDecodeError):
                 # Only the ledger writes this topic: a record it cannot read is damage, named
                 # in one line (ledger.integrity), not a traceback.
@@ -659,7 +660,21 @@ class KafkaLogStore(LogStore):
                     f"the checkpoint record at offset {rec.position} of {self.checkpoints_topic} "
                     "is unreadable (its key is not a tree size or its note is not UTF-8)"
                 ) from None
+            _add_stored(out, by_size, StoredCheckpoint(size, note))
         return out
+
+    def add_cosignatures(self, size: int, note: str, lines: Sequence[str]) -> None:
+        """A record of its own on the checkpoints topic, keyed by the size like the note: the
+        note with the cosignature lines appended. Readers that know nothing of witnesses read
+        it as one more note for that size, which verifies with the same key and root."""
+        cosigned = note + "".join(line + "\n" for line in lines)
+        with self._lock:
+            self._check_open()
+            self._raise_if_fenced()
+            offsets = self._transaction(
+                [(self.checkpoints_topic, _checkpoint_key(size), cosigned.encode())]
+            )
+            self._await_visible(self._cp_tp, offsets[-1])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -670,6 +685,22 @@ class KafkaLogStore(LogStore):
             self._closed = True
             self._drop_producer()
         self._end_offsets.close()
+
+
+def _add_stored(
+    out: list[StoredCheckpoint], by_size: dict[int, list[int]], record: StoredCheckpoint
+) -> None:
+    """Add `record` to `out`: as cosignatures of the note of its size it extends (written by
+    add_cosignatures), or as a checkpoint of its own."""
+    for i in by_size.get(record.size, ()):
+        cp = out[i]
+        if record.note.startswith(cp.note) and record.note != cp.note:
+            extra = record.note[len(cp.note) :].splitlines()
+            merged = tuple(dict.fromkeys((*cp.cosignatures, *extra)))
+            out[i] = StoredCheckpoint(cp.size, cp.note, merged)
+            return
+    by_size.setdefault(record.size, []).append(len(out))
+    out.append(record)
 
 
 def _left(deadline: float, floor: float) -> float:

@@ -44,6 +44,17 @@ checkpoint_table = sa.Table(
     sa.Column("note", sa.Text, nullable=False),
 )
 
+# Witness cosignatures, added to a saved checkpoint after it was published (docs/WITNESS.md):
+# rows of their own, so adding one never rewrites the note the ledger signed.
+cosignature_table = sa.Table(
+    "log_cosignatures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.UniqueConstraint("size", "line"),
+)
+
 _READ_CHUNK = 2000
 
 
@@ -91,7 +102,10 @@ class SQLiteLogStore(LogStore):
                         f"{self.path.name} holds no ledger (no table {', '.join(sorted(missing))})"
                     )
             else:
-                metadata.create_all(self._engine, tables=[log_table, checkpoint_table])
+                metadata.create_all(
+                    self._engine, tables=[log_table, checkpoint_table, cosignature_table]
+                )
+        self._read_only = read_only
         self._appended = threading.Condition()
         self._closed = False
 
@@ -216,7 +230,28 @@ class SQLiteLogStore(LogStore):
                     checkpoint_table.c.id
                 )
             ).all()
-        return [StoredCheckpoint(r.size, r.note) for r in rows]
+            cosigned: dict[int, list[str]] = {}
+            # A file written before witnesses existed, opened read-only, has no such table.
+            if not self._read_only or sa.inspect(conn).has_table(cosignature_table.name):
+                for c in conn.execute(
+                    sa.select(cosignature_table.c.size, cosignature_table.c.line).order_by(
+                        cosignature_table.c.id
+                    )
+                ):
+                    cosigned.setdefault(c.size, []).append(c.line)
+        return [StoredCheckpoint(r.size, r.note, tuple(cosigned.get(r.size, ()))) for r in rows]
+
+    def add_cosignatures(self, size: int, note: str, lines: Sequence[str]) -> None:
+        self._check_open()
+        with self._errors("saving cosignatures"), self._engine.begin() as conn:
+            known = set(
+                conn.execute(
+                    sa.select(cosignature_table.c.line).where(cosignature_table.c.size == size)
+                ).scalars()
+            )
+            new = [line for line in dict.fromkeys(lines) if line not in known]
+            if new:
+                conn.execute(cosignature_table.insert(), [{"size": size, "line": x} for x in new])
 
     def close(self) -> None:
         self._closed = True
