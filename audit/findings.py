@@ -71,6 +71,15 @@ CODES: dict[str, tuple[int, str]] = {
     "CHECKPOINT_MALFORMED": (7, "a checkpoint that is not a C2SP checkpoint note"),
     "CHECKPOINT_BAD_SIGNATURE": (7, "a checkpoint not signed by the ledger's checkpoint key"),
     "CHECKPOINT_ORIGIN_MISMATCH": (7, "a checkpoint for another origin"),
+    "CHECKPOINT_UNWITNESSED": (
+        7,
+        "the newest checkpoint of a file carries fewer witness cosignatures than the trust "
+        "root's witness threshold",
+    ),
+    "COSIGNATURE_BAD_SIGNATURE": (
+        7,
+        "a cosignature that claims a trusted witness's key but does not verify",
+    ),
     # 8 consistency
     "CHECKPOINT_FORK": (
         8,
@@ -215,7 +224,7 @@ STEP_NAMES = {
     4: "check thresholds by distinct principal",
     5: "check the hash chain",
     6: "check the Merkle root at every checkpoint",
-    7: "verify every checkpoint's signed note",
+    7: "verify every checkpoint's signed note and its witness cosignatures",
     8: "check consistency between checkpoints and with the saved checkpoint",
     9: "apply the governance rules",
     10: "check rollout conformance",

@@ -1,5 +1,12 @@
 """The auditor's trust input: the pinned root keys (and optionally the checkpoint vkey, the
-origin and the root threshold) from a trust-root file (docs/AUDIT.md). Nothing else is trusted.
+origin and the root threshold), and the witnesses whose cosignatures make a checkpoint final
+with their threshold, from a trust-root file (docs/AUDIT.md, docs/WITNESS.md). Nothing else is
+trusted.
+
+Versions of the file: 1 (no ``version`` key: roots, vkey, origin, threshold) and 2 (adds
+``witnesses`` ``[{"name", "vkey"}]`` and ``witness_threshold``). A version 1 file names no
+witness: its witness threshold is 0. A version 2 file that names witnesses without a threshold
+requires all of them.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from audit.cosignature import Witness, parse_witness_vkey
 from audit.errors import AuditError
 from audit.note import NoteError, parse_vkey
+
+VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,8 @@ class TrustRoot:
     vkey: str | None = None
     origin: str | None = None
     threshold: int | None = None
+    witnesses: tuple[Witness, ...] = ()
+    witness_threshold: int = 0  # cosignatures a checkpoint needs to be relied on
 
     @classmethod
     def load(cls, path: Path) -> TrustRoot:
@@ -57,7 +69,47 @@ class TrustRoot:
         threshold = data.get("threshold", data.get("root_threshold"))
         if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
             raise AuditError("trust-root file: threshold must be a positive integer")
-        return cls(tuple(roots), vkey, data.get("origin"), threshold)
+        version = data.get("version", 1)
+        if version not in VERSIONS:
+            raise AuditError(
+                f"trust-root file: version {version!r} is not one this auditor reads "
+                f"({', '.join(map(str, VERSIONS))})"
+            )
+        witnesses, witness_threshold = _witnesses(data) if version >= 2 else ((), 0)
+        return cls(tuple(roots), vkey, data.get("origin"), threshold, witnesses, witness_threshold)
+
+
+def _witnesses(data: dict[str, Any]) -> tuple[tuple[Witness, ...], int]:
+    listed = data.get("witnesses", [])
+    if not isinstance(listed, list):
+        raise AuditError('trust-root file: expected "witnesses": [{"name", "vkey"}, ...]')
+    out: list[Witness] = []
+    for i, w in enumerate(listed):
+        if not isinstance(w, dict) or not isinstance(w.get("vkey"), str):
+            raise AuditError(f"trust-root file: witnesses[{i}] needs a vkey")
+        try:
+            witness = parse_witness_vkey(w["vkey"])
+        except NoteError as exc:
+            raise AuditError(f"trust-root file: witnesses[{i}]: {exc}") from exc
+        if w.get("name", witness.name) != witness.name:
+            raise AuditError(
+                f"trust-root file: witnesses[{i}] is named {w['name']!r} but its vkey is "
+                f"{witness.name!r}'s"
+            )
+        if witness in out:
+            raise AuditError(f"trust-root file: witnesses[{i}] is listed twice")
+        out.append(witness)
+    threshold = data.get("witness_threshold", len(out))
+    if (
+        not isinstance(threshold, int)
+        or isinstance(threshold, bool)
+        or not 0 <= threshold <= len(out)
+    ):
+        raise AuditError(
+            f"trust-root file: witness_threshold must be an integer in 0..{len(out)} "
+            "(the number of witnesses listed)"
+        )
+    return tuple(out), threshold
 
 
 def _public_key(r: dict[str, Any], i: int) -> bytes:

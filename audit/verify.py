@@ -6,7 +6,8 @@
  4. check thresholds by distinct principal;
  5. check the hash chain (prev, seq gaps, reorders, insertions, truncation vs checkpoints);
  6. compute the Merkle root at every checkpoint size;
- 7. verify every checkpoint's signed note (genesis checkpoint key, pinned vkey if given);
+ 7. verify every checkpoint's signed note (genesis checkpoint key, pinned vkey if given) and
+    the witness cosignatures it carries (the trust root's witnesses and threshold);
  8. check consistency between checkpoints and with a checkpoint saved earlier;
  9. apply the governance rules (audit.rules, an independent implementation);
 10. check rollout conformance (audit.conformance);
@@ -41,6 +42,7 @@ from typing import Any, Literal, TextIO
 
 from audit import rules, state
 from audit.conformance import Conformance
+from audit.cosignature import cosigned_by
 from audit.ed25519 import verify as verify_ed25519
 from audit.errors import DecodeError
 from audit.findings import Finding, Report, TimelineEvent
@@ -751,13 +753,17 @@ class LogVerifier:
                     )
                 )
         saved = self._check_since(verifiers, size, clean) if self.since is not None else None
+        # Step 7, witnesses: only a checkpoint with the trust root's threshold of cosignatures
+        # is relied on (none needed when the trust root names no witness).
+        final = self._witnessed(valid, clean)
+        signed = valid if self.tail == "finding" else final
         self._check_tail(
-            size, [cp.size for _, cp in valid] + ([saved.size] if saved is not None else [])
+            size, [cp.size for _, cp in signed] + ([saved.size] if saved is not None else [])
         )
-        if clean and clean[-1][1].size <= size:
+        if final and final[-1][1].size <= size:
             self.report.verified_checkpoint, self.report.verified_size = (
-                clean[-1][0],
-                clean[-1][1].size,
+                final[-1][0],
+                final[-1][1].size,
             )
         self.report.open_obligations = len(self.conf.finish(out))
         for step in range(1, 11):
@@ -767,6 +773,49 @@ class LogVerifier:
                 self.report.steps_run[step] = "no checkpoint in the source"
         self.report.steps_run[11] = "not run (no --kubeconfig)"
         out.sort(key=lambda f: f.seq if f.seq is not None else -1)
+
+    def _witnessed(
+        self, valid: list[tuple[str, Checkpoint]], clean: list[tuple[str, Checkpoint]]
+    ) -> list[tuple[str, Checkpoint]]:
+        """The clean checkpoints with enough valid witness cosignatures, oldest first.
+
+        A cosignature that claims a trusted witness's key and does not verify is a finding on
+        any checkpoint. In a file (tail "finding") the newest clean checkpoint is the one the
+        audit relies on: short of the threshold, it is CHECKPOINT_UNWITNESSED. In a live log,
+        witnesses answer after the checkpoint is published: entries past the newest witnessed
+        checkpoint are pending, not a finding.
+        """
+        witnesses, need = self.trust.witnesses, self.trust.witness_threshold
+        if not witnesses:
+            return clean
+        counts: dict[str, list[str]] = {}
+        for note, cp in valid:
+            good, bad = cosigned_by(parse_note(note), witnesses)
+            counts[note] = good
+            for name in bad:
+                self.out.append(
+                    Finding(
+                        "COSIGNATURE_BAD_SIGNATURE",
+                        cp.size - 1 if cp.size else None,
+                        f"checkpoint at size {cp.size}: the cosignature by witness {name} "
+                        "does not verify",
+                    )
+                )
+        final = [c for c in clean if len(counts.get(c[0], ())) >= need]
+        if self.tail == "finding" and clean and (not final or final[-1] != clean[-1]):
+            note, cp = clean[-1]
+            got = counts.get(note, [])
+            self.out.append(
+                Finding(
+                    "CHECKPOINT_UNWITNESSED",
+                    cp.size - 1 if cp.size else None,
+                    f"the newest checkpoint (size {cp.size}) carries {len(got)} of the "
+                    f"{need} witness cosignatures the trust root requires",
+                    ", ".join(got) or "none",
+                    f">= {need} of " + ", ".join(w.name for w in witnesses),
+                )
+            )
+        return final
 
     def _verifiers(self) -> list[Verifier]:
         if self.trust.vkey is not None:

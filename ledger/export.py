@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import fastavro
 import grpc
 
 from ledger.client import LedgerRpcError
+from ledger.cosignature import WitnessKey
+from ledger.errors import ConfigError, StewardError
 from ledger.formats import LedgerGenesis, LogEntry, decode_body
 from ledger.keys import PublicKey
 
@@ -68,14 +71,41 @@ def _covering_checkpoint(client: Any, progress: bool) -> int:
         raise
 
 
-def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
+def _await_cosignatures(client: Any, size: int, wanted: int, wait_s: float) -> None:
+    """Wait until the checkpoint of `size` carries `wanted` signature lines besides the
+    ledger's (the witnesses cosign it within moments of its publication, docs/WITNESS.md)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        lines = client.checkpoint(size).note.split("\n\n")[-1].count("\n")
+        if lines - 1 >= wanted:
+            return
+        if time.monotonic() >= deadline:
+            raise StewardError(
+                f"the checkpoint of size {size} carries {lines - 1} witness cosignatures after "
+                f"{wait_s:g} s, fewer than the {wanted} asked for"
+            )
+        time.sleep(0.1)
+
+
+def write_export(
+    client: Any,
+    path: Path,
+    *,
+    progress: bool = True,
+    cosignatures: int = 0,
+    cosignature_wait_s: float = 30.0,
+) -> int:
     """Write the export atomically (a temp file renamed into place); return the entry count.
 
     The export holds exactly the entries a signed checkpoint covers, to the newest one: an
     auditor reports entries past every checkpoint (UNCOVERED_TAIL), since nothing the ledger
     signed vouches for them. Entries appended while exporting are left for the next export.
+    With `cosignatures`, the covering checkpoint is exported once it carries that many witness
+    cosignatures (an auditor whose trust root names witnesses relies on them).
     """
     total = _covering_checkpoint(client, progress)
+    if cosignatures and total:
+        _await_cosignatures(client, total, cosignatures, cosignature_wait_s)
     head = client.head()
     # Only checkpoints up to the exported size: one published meanwhile would commit to
     # entries the file does not hold.
@@ -113,15 +143,33 @@ def write_export(client: Any, path: Path, *, progress: bool = True) -> int:
     return count
 
 
-def write_trust_root(client: Any, path: Path) -> None:
-    """The auditor's trust input: the genesis root keys and the ledger's vkey, as JSON.
+TRUST_ROOT_VERSION = 2  # audit/trust.py reads it; version 2 names witnesses
+
+
+def write_trust_root(
+    client: Any,
+    path: Path,
+    *,
+    witnesses: Sequence[str] = (),
+    witness_threshold: int | None = None,
+) -> None:
+    """The auditor's trust input: the genesis root keys, the ledger's vkey, and the witnesses
+    (their cosigner vkeys) whose cosignatures a checkpoint needs, `witness_threshold` of them
+    (default: all), as JSON.
 
     In real use the auditor obtains the root keys out of band and pins them; the demo writes
     the file from the genesis so that the command it prints works.
     """
+    keys = [WitnessKey.parse(v) for v in witnesses]
+    if len({k.vkey for k in keys}) != len(keys):
+        raise ConfigError("a witness is named twice")
+    threshold = len(keys) if witness_threshold is None else witness_threshold
+    if not 0 <= threshold <= len(keys):
+        raise ConfigError(f"witness threshold {threshold}: expected 0..{len(keys)}")
     genesis = decode_body(client.genesis().entry.body).payload
     assert isinstance(genesis, LedgerGenesis)
     doc = {
+        "version": TRUST_ROOT_VERSION,
         "origin": genesis.origin,
         "vkey": client.vkey(),
         "root_threshold": genesis.root_threshold,
@@ -133,5 +181,7 @@ def write_trust_root(client: Any, path: Path) -> None:
             }
             for r in genesis.roots
         ],
+        "witnesses": [{"name": k.name, "vkey": k.vkey} for k in keys],
+        "witness_threshold": threshold,
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")

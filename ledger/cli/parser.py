@@ -13,7 +13,15 @@ from ledger.cli.event_files import cmd_sign, cmd_submit
 from ledger.cli.governance import cmd_grant, cmd_init, cmd_policy_set, cmd_revoke
 from ledger.cli.keys import cmd_keys_new, cmd_keys_show
 from ledger.cli.kill import cmd_kill
-from ledger.cli.reading import cmd_checkpoint, cmd_export, cmd_log, cmd_proof, cmd_status, cmd_vkey
+from ledger.cli.reading import (
+    cmd_checkpoint,
+    cmd_export,
+    cmd_log,
+    cmd_proof,
+    cmd_status,
+    cmd_trust_root,
+    cmd_vkey,
+)
 from ledger.cli.serving import cmd_kafka_acls, cmd_serve
 from ledger.cli.store import cmd_store_check, cmd_store_restore
 from ledger.store.kafka_flags import add_security_arguments
@@ -406,6 +414,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "write the offline export file auditors verify", cmd_export)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--cosignatures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait (up to 30 s) until the covering checkpoint carries N witness cosignatures "
+        "(docs/WITNESS.md)",
+    )
+
+    p = add(
+        "trust-root",
+        "write the auditor's trust root: the genesis roots, the ledger's vkey, its witnesses",
+        cmd_trust_root,
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness whose cosignatures checkpoints need: its cosigner vkey (repeat)",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cosignatures a checkpoint needs (default: every --witness)",
+    )
 
     store = sub.add_parser(
         "store", help="check a ledger store offline, or restore one"

@@ -126,6 +126,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ledger.export import write_export
 
     client = connect(args)
-    count = write_export(client, Path(args.out), progress=not args.quiet)
+    count = write_export(
+        client, Path(args.out), progress=not args.quiet, cosignatures=args.cosignatures
+    )
     print(f"exported {count} entries to {args.out}")
+    return 0
+
+
+def cmd_trust_root(args: argparse.Namespace) -> int:
+    from ledger.c2sp_text import MalformedError
+    from ledger.errors import ConfigError
+    from ledger.export import write_trust_root
+
+    client = connect(args)
+    try:
+        write_trust_root(
+            client,
+            Path(args.out),
+            witnesses=args.witness,
+            witness_threshold=args.witness_threshold,
+        )
+    except MalformedError as exc:
+        raise ConfigError(f"--witness: {exc}") from None
+    print(f"wrote the trust root to {args.out}")
     return 0
