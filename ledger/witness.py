@@ -29,6 +29,7 @@ import base64
 import binascii
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import deque
@@ -194,9 +195,11 @@ class WitnessClient:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for worker in self._workers:
             if worker.thread is not None:
-                worker.thread.join(timeout)
+                # A request in flight ends by its own timeout (the threads are daemons).
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
 
     def submit(self, cp: _Published) -> None:
         """Queue `cp` for every witness; returns at once (the writer's listener)."""

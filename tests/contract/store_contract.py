@@ -96,6 +96,20 @@ class StoreContract:
             (5, "cp 5 again\n"),
         ]
 
+    def test_cosignatures_are_added_to_a_checkpoint_without_changing_its_note(
+        self, store_factory: Factory
+    ) -> None:
+        store = store_factory()
+        note = "origin\n3\nroot\n\n\u2014 origin sig\n"
+        store.save_checkpoint(3, note)
+        store.save_checkpoint(5, "cp 5\n")
+        store.add_cosignatures(3, note, ["\u2014 w1 aaaa"])
+        store.add_cosignatures(3, note, ["\u2014 w1 aaaa", "\u2014 w2 bbbb"])  # again: kept once
+        expected = [(3, note, ("\u2014 w1 aaaa", "\u2014 w2 bbbb")), (5, "cp 5\n", ())]
+        assert [(c.size, c.note, c.cosignatures) for c in store.checkpoints()] == expected
+        reopened = store_factory(reopen=store)
+        assert [(c.size, c.note, c.cosignatures) for c in reopened.checkpoints()] == expected
+
     def test_follow_yields_existing_then_new_records(self, store_factory: Factory) -> None:
         store = store_factory()
         store.append(_records(2))
