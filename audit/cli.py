@@ -37,7 +37,9 @@ examples:
 trust root file (JSON): {"roots": [{"principal": "human:root-ada@example.org",
   "public_key_hex": "..."} or {"principal": ..., "public_pem": "-----BEGIN PUBLIC KEY-----..."}],
   "vkey": "origin+keyid+base64key" (optional pin), "origin": "..." (optional pin),
-  "threshold": m (optional minimum root signatures on genesis)}
+  "threshold": m (optional minimum root signatures on genesis), "version": 2,
+  "witnesses": [{"name", "vkey"}] and "witness_threshold": k (optional: the cosignatures a
+  checkpoint needs, default all listed; docs/WITNESS.md)}
 
 exit status:
   0 verified: no finding. From a live source (--grpc, --kafka) entries past the newest signed

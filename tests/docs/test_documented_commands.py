@@ -9,6 +9,7 @@ document (docs/README.md, "Examples that run"); tests/docs/conftest.py prints th
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from infra.kafka_cluster import KafkaCluster
+from ledger.client import LedgerClient
 from ledger.scenario import Cast
 from tests.docs.collect import LOOKS_LIKE_A_COMMAND
 from tests.docs.documents import REPO, all_documents
@@ -361,6 +363,54 @@ def test_recovery_examples_run_as_written(
     assert reader.file("ledger.db.damaged").exists() and reader.file("ledger.db").exists()
 
 
+# --------------------------------------------------------------------------------------------
+# docs/WITNESS.md: a real litewitness, the reader's ledger restarted with it, a trust root
+
+
+def witness_scene(reader: Reader, ledger: LedgerServer) -> Scene:
+    from infra import go_tools
+    from infra.processes import free_port
+    from tests.docs.world import ORIGIN
+
+    for tool in ("litewitness", "witnessctl"):  # as `go install` would put them on PATH
+        reader.bin.joinpath(tool).symlink_to(go_tools.install(tool))
+    reader.export("STEWARD_SERVER", ledger.address)
+    address = f"127.0.0.1:{free_port()}"
+
+    def restarted_with_the_witness() -> None:
+        # The reader's own ledger.db and ledger.pem: the running ledger's, which stops first.
+        ledger.checkpoint_now()
+        ledger.stop()
+        _sqlite_backup(Path(ledger.store_args[1]), reader.file("ledger.db"))
+        ledger.flow.cast.checkpoint_key.save(reader.file("ledger.pem"))
+
+    def more_entries() -> None:
+        # Entries the ledger appended since it was restarted, so a new checkpoint is due.
+        client = LedgerClient(address)
+        try:
+            client.append(ledger.flow.propose())
+        finally:
+            client.close()
+
+    return Scene(
+        placeholders={
+            "example.org/steward/prod": ORIGIN,
+            "127.0.0.1:7380": f"127.0.0.1:{free_port()}",
+            "127.0.0.1:7443": address,
+        },
+        bind={"witness.example/w1+4a7b1c2d+BH3q...": ("litewitness", r"vkey=(\S+)")},
+        given={"steward serve": restarted_with_the_witness, "steward checkpoint": more_entries},
+    )
+
+
+def test_witness_examples_run_as_written(reader: Reader, ledger: LedgerServer) -> None:
+    runner = run_document(DOCUMENTS["docs/WITNESS.md"], reader, witness_scene(reader, ledger))
+    audited = next(r for r in runner.ran if r.example.command.startswith("steward-audit"))
+    assert "VERIFIED" in audited.output, audited.output[-800:]
+    trust = json.loads(reader.file("trust.json").read_text())
+    assert [w["name"] for w in trust["witnesses"]] == ["witness.example/w1"], trust
+
+
 # Every document a scene above runs, and the test that runs it.
 SCENES = {
     "steward --help": test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch,
@@ -368,5 +418,6 @@ SCENES = {
     "docs/AUDIT.md": test_audit_examples_run_as_written,
     "steward-audit --help": test_audit_examples_run_as_written,
     "docs/RECOVERY.md": test_recovery_examples_run_as_written,
+    "docs/WITNESS.md": test_witness_examples_run_as_written,
     **KUBECTL_SCENES,  # tests/docs/test_kubectl_documents.py: on the local control plane
 }
