@@ -105,6 +105,8 @@ class Checkpoints(Protocol):
 
     def checkpoints(self) -> Sequence[_Published]: ...
 
+    def checkpoint(self, size: int | None = None) -> _Published: ...
+
     def consistency_proof(self, size1: int, size2: int | None) -> _Proof: ...
 
     def add_cosignatures(self, size: int, lines: Sequence[str]) -> _Published: ...
@@ -266,6 +268,11 @@ class WitnessClient:
         with (cosigned, or refused for good); False to retry it later."""
         assert self._ledger is not None
         endpoint = worker.endpoint
+        if worker.known_size > cp.size or (
+            worker.known_size == cp.size
+            and self._cosigned_by(self._ledger.checkpoint(cp.size), endpoint)
+        ):
+            return True  # queued twice (at start and by the listener), or overtaken
         for _ in range(3):
             if worker.known_size > cp.size:
                 return True  # it has cosigned a larger tree of ours already

@@ -319,3 +319,20 @@ def test_a_forked_store_is_refused_by_the_witnesses_and_flagged_by_the_auditor(
         if fork is not None:
             fork.stop()
         main.stop()
+
+
+def test_a_witness_that_does_not_know_the_log_yet_is_retried_until_it_does(
+    tmp_path: Path, cast: Cast, witnesses: Callable[[str], Litewitness]
+) -> None:
+    w = witnesses("witness.test/late").start()  # running, but the log is not added yet
+    ledger = _start(tmp_path / "ledger.db", cast, [w.flag("late")])
+    try:
+        _genesis(ledger)
+        size = ledger.client.checkpoint(publish_now=True).size
+        wait_for("a 403 from the witness", lambda: "403" in status_of(ledger, "late").last_error)
+        assert _cosigners(ledger.client.checkpoint(), [w]) == set()
+        w.add_log(ORIGIN, _ledger_vkey(cast))  # witnessctl, while litewitness runs
+        assert _wait_cosigned(ledger, [w], size).size == size
+        assert status_of(ledger, "late").refusals == 0
+    finally:
+        ledger.stop()
