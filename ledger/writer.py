@@ -363,7 +363,9 @@ class LedgerServer:
             new = [line for line in dict.fromkeys(lines) if line not in cp.cosignatures]
             if not new:
                 return cp
-            self.store.add_cosignatures(size, cp.note, new)
+            # All of them, not only the new ones: a store that writes a record per call
+            # (Kafka) then holds one that carries every cosignature, whoever reads it.
+            self.store.add_cosignatures(size, cp.note, [*cp.cosignatures, *new])
             updated = PublishedCheckpoint(
                 cp.size, cp.note, cp.root, cp.origin, (*cp.cosignatures, *new)
             )

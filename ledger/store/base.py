@@ -80,8 +80,10 @@ class LogStore(abc.ABC):
     def add_cosignatures(self, size: int, note: str, lines: Sequence[str]) -> None:
         """Keep witness cosignature lines for the saved checkpoint `note` of size `size`.
 
-        Adds to what is kept; never rewrites the note itself, so a crash half-way leaves the
-        signed checkpoint as it was. A store that keeps none (a read-only view) says so.
+        `lines` are every cosignature the checkpoint carries now; those kept already are not
+        kept twice. Adds to what is kept; never rewrites the note itself, so a crash half-way
+        leaves the signed checkpoint as it was. A store that keeps none (a read-only view)
+        says so.
         """
         raise StoreError(f"{type(self).__name__} keeps no witness cosignatures")
 

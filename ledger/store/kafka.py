@@ -665,9 +665,11 @@ class KafkaLogStore(LogStore):
 
     def add_cosignatures(self, size: int, note: str, lines: Sequence[str]) -> None:
         """A record of its own on the checkpoints topic, keyed by the size like the note: the
-        note with the cosignature lines appended. Readers that know nothing of witnesses read
-        it as one more note for that size, which verifies with the same key and root."""
-        cosigned = note + "".join(line + "\n" for line in lines)
+        note with every cosignature line appended, so the newest record of a size carries them
+        all and a reader of the topic (steward-audit --kafka) needs no merging. Readers that
+        know nothing of witnesses read it as one more note for that size, which verifies with
+        the same key and root."""
+        cosigned = note + "".join(line + "\n" for line in dict.fromkeys(lines))
         with self._lock:
             self._check_open()
             self._raise_if_fenced()

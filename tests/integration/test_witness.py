@@ -6,6 +6,7 @@ the auditor (docs/WITNESS.md)."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import socket
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.kafka_cluster import KafkaCluster
 from infra.processes import free_port, wait_for
 from ledger.client import CheckpointInfo, LedgerClient
 from ledger.core import Receipt
@@ -23,6 +25,9 @@ from ledger.cosignature import verify_cosignatures
 from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.signed_note import make_vkey, open_note_full
+from ledger.store.base import LogStore
+from ledger.store.kafka import KafkaLogStore
+from ledger.store.kafka_config import KafkaStoreConfig
 from ledger.witness import WitnessEndpoint, WitnessStatus
 from tests.fixtures.witness import Litewitness
 
@@ -49,7 +54,7 @@ def _ledger_vkey(cast: Cast) -> str:
     return make_vkey(ORIGIN, cast.checkpoint_key.public.raw)
 
 
-def _start(db: Path, cast: Cast, witnesses: list[str], **config: object) -> Ledger:
+def _start(db: Path | LogStore, cast: Cast, witnesses: list[str], **config: object) -> Ledger:
     settings: dict[str, object] = {
         "checkpoint_every_entries": 3,
         "checkpoint_every_ms": 0,
@@ -336,3 +341,38 @@ def test_a_witness_that_does_not_know_the_log_yet_is_retried_until_it_does(
         assert status_of(ledger, "late").refusals == 0
     finally:
         ledger.stop()
+
+
+@pytest.mark.kafka
+def test_on_kafka_the_cosignatures_reach_the_checkpoints_topic_and_the_auditor(
+    tmp_path: Path,
+    cast: Cast,
+    two: list[Litewitness],
+    kafka_cluster: KafkaCluster,
+    kafka_topic_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from audit.cli import main as audit
+    from ledger.export import write_trust_root
+
+    config = KafkaStoreConfig(
+        bootstrap_servers=kafka_cluster.bootstrap_servers, topic=kafka_topic_name
+    )
+    store = KafkaLogStore(config)
+    ledger = _start(store, cast, [w.flag(f"w{i}") for i, w in enumerate(two)])
+    try:
+        _genesis(ledger)
+        ledger.append(3)
+        size = _wait_cosigned(ledger, two, ledger.client.checkpoint(publish_now=True).size).size
+        stored = {c.size: c for c in store.checkpoints()}
+        assert len(stored[size].cosignatures) == 2
+        trust = tmp_path / "trust.json"
+        write_trust_root(ledger.client, trust, witnesses=[w.vkey for w in two])
+        capsys.readouterr()
+        args = ["verify", "--kafka", kafka_cluster.bootstrap_servers, "--topic", kafka_topic_name]
+        assert audit([*args, "--trust-root", str(trust), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["verified_checkpoint_size"] == size and report["pending"] is None, report
+    finally:
+        ledger.stop()
+        store.close()
