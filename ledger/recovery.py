@@ -110,7 +110,13 @@ def check_store(store: LogStore, source: str, *, progress: Progress | None = Non
     """Verify every record and checkpoint of `store`; StoreDamagedError names the first damage."""
     return _verify(
         ((r.position, r.value) for r in store.read(0)),
-        lambda: [(c.size, c.note) for c in store.checkpoints()],
+        # With the witnesses' cosignatures, as readers are given them: a restored copy keeps
+        # them (in its notes, as an export's notes carry them).
+        # (Appended as text: a damaged note is integrity's to name, not a parse error here.)
+        lambda: [
+            (c.size, c.note + "".join(line + "\n" for line in c.cosignatures))
+            for c in store.checkpoints()
+        ],
         source,
         store.end_position(),
         progress,

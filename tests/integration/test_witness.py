@@ -22,12 +22,14 @@ from infra.processes import free_port, wait_for
 from ledger.client import CheckpointInfo, LedgerClient
 from ledger.core import Receipt
 from ledger.cosignature import verify_cosignatures
+from ledger.recovery import restore_sqlite
 from ledger.scenario import Cast, Flow, followed_state
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from ledger.signed_note import make_vkey, open_note_full
 from ledger.store.base import LogStore
 from ledger.store.kafka import KafkaLogStore
 from ledger.store.kafka_config import KafkaStoreConfig
+from ledger.store.sqlite import SQLiteLogStore
 from ledger.witness import WitnessEndpoint, WitnessStatus
 from tests.fixtures.witness import Litewitness
 
@@ -150,13 +152,20 @@ def test_every_checkpoint_gets_both_cosignatures(
         newest = published[-1]
     finally:
         ledger.stop()
-    # Stored with the checkpoint: a restarted server publishes the same cosigned note.
-    again = _start(tmp_path / "ledger.db", cast, [])
+    # Stored with the checkpoint: a restarted server publishes the same cosigned note, and so
+    # does one on a copy `steward store restore` made.
+    store = SQLiteLogStore(tmp_path / "ledger.db", read_only=True)
     try:
-        assert again.client.checkpoint().note == newest.note
-        assert [c.note for c in again.client.checkpoints()] == [c.note for c in published]
+        restore_sqlite(tmp_path / "restored.db", store=store)
     finally:
-        again.stop()
+        store.close()
+    for db in ("ledger.db", "restored.db"):
+        again = _start(tmp_path / db, cast, [])
+        try:
+            assert again.client.checkpoint().note == newest.note
+            assert [c.note for c in again.client.checkpoints()] == [c.note for c in published]
+        finally:
+            again.stop()
 
 
 def test_a_witness_down_for_a_while_catches_up_with_a_consistency_proof(
