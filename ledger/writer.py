@@ -18,7 +18,10 @@ the server for good (``on_fenced`` turns its health NOT_SERVING).
 
 Checkpoints come from the one append-only tree, so their sizes only grow and any two are
 consistent. They are published every N entries, every T ms (a background thread) and on demand,
-and saved with ``store.save_checkpoint`` before anyone sees them.
+and saved with ``store.save_checkpoint`` before anyone sees them. Listeners
+(``on_checkpoint_published``: the witness client, ledger/witness.py) hear of each new one; the
+witnesses' cosignatures come back through ``add_cosignatures``, stored added to the checkpoint,
+and readers get the cosigned note.
 
 Refusals are the domain errors of :mod:`ledger.errors`; :mod:`ledger.grpc_errors` maps them to
 gRPC statuses for :mod:`ledger.servicer`. This module knows nothing of gRPC.
@@ -218,6 +221,7 @@ class LedgerServer:
         # (the witness client queues it; ledger.witness).
         self._on_published: list[Callable[[PublishedCheckpoint], None]] = []
         self._stored_cosignatures: dict[int, tuple[str, ...]] = {}  # by the last replay
+        self._cosigning = threading.Lock()  # one cosignature store write at a time
         self.ready = threading.Event()
         self.replay_report = ReplayReport(0, 0)
 
@@ -355,9 +359,13 @@ class LedgerServer:
 
     def add_cosignatures(self, size: int, lines: Sequence[str]) -> PublishedCheckpoint:
         """Keep verified witness cosignature lines for the published checkpoint of `size`:
-        in the store first (added to the checkpoint, its note unchanged), then for readers."""
-        with self._lock:
-            cp = self._by_size.get(size)
+        in the store first (added to the checkpoint, its note unchanged), then for readers.
+
+        The store write is made without the writer's lock (appends go on meanwhile) but under
+        a lock of its own, so each write sees every cosignature kept before it."""
+        with self._cosigning:
+            with self._lock:
+                cp = self._by_size.get(size)
             if cp is None:
                 raise CheckpointNotFoundError(f"no checkpoint was published for size {size}")
             new = [line for line in dict.fromkeys(lines) if line not in cp.cosignatures]
@@ -369,10 +377,11 @@ class LedgerServer:
             updated = PublishedCheckpoint(
                 cp.size, cp.note, cp.root, cp.origin, (*cp.cosignatures, *new)
             )
-            self._by_size[size] = updated
-            i = bisect.bisect_left(self._checkpoints, size, key=lambda c: c.size)
-            if i < len(self._checkpoints) and self._checkpoints[i].size == size:
-                self._checkpoints[i] = updated
+            with self._lock:
+                self._by_size[size] = updated
+                i = bisect.bisect_left(self._checkpoints, size, key=lambda c: c.size)
+                if i < len(self._checkpoints) and self._checkpoints[i].size == size:
+                    self._checkpoints[i] = updated
             return updated
 
     # -- appends -----------------------------------------------------------------------------
