@@ -398,7 +398,7 @@ def witness_scene(reader: Reader, ledger: LedgerServer) -> Scene:
             "127.0.0.1:7380": f"127.0.0.1:{free_port()}",
             "127.0.0.1:7443": address,
         },
-        bind={"witness.example/w1+4a7b1c2d+BH3q...": ("litewitness", r"vkey=(\S+)")},
+        bind={"witness.example/w1+4a7b1c2d+BH3q...": ("curl", r"(witness\.example/w1\+\S+)")},
         given={"steward serve": restarted_with_the_witness, "steward checkpoint": more_entries},
     )
 
