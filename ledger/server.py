@@ -41,6 +41,8 @@ from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
 from ledger.witness import WitnessClient, WitnessEndpoint, WitnessPolicy
+from ledger.tiles_http import TilesHTTPServer, serve_tiles
+from ledger.tiles_log import LedgerTileLog
 from ledger.writer import DEFAULT_MAX_MESSAGE_BYTES, MAX_BATCH_EVENTS, LedgerServer
 from steward.v1 import ledger_pb2_grpc
 
@@ -95,6 +97,8 @@ class LedgerServerConfig:
     witness_threshold: int | None = None
     witness_timeout_s: float = 5.0
     witness_max_backoff_s: float = 30.0  # the longest wait between retries to a failing witness
+    # HOST:PORT to serve the log as C2SP tlog-tiles over HTTP, read-only (docs/TILES.md).
+    tiles_listen: str | None = None
 
 
 def _load_checkpoint_key(config: LedgerServerConfig) -> PrivateKey:
@@ -125,9 +129,21 @@ class RunningServer:
     health_server: grpc.Server | None = None
     health_port: int = 0
     witnessing: WitnessClient | None = None
+    tiles_server: TilesHTTPServer | None = None
+
+    @property
+    def tiles_url(self) -> str | None:
+        """The tlog-tiles prefix (``http://host:port/``), when tiles are served."""
+        if self.tiles_server is None:
+            return None
+        host = str(self.tiles_server.server_address[0])
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.tiles_server.port}/"
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
+        if self.tiles_server is not None:
+            self.tiles_server.stop()
         self.ledger.stop()
         if self.witnessing is not None:
             self.witnessing.stop()
@@ -181,6 +197,12 @@ def _warn_about_exposure(config: LedgerServerConfig, creds: grpc.ServerCredentia
         )
     if config.client_ca is not None and not requires_client_cert(config):
         log.warning("client_cert_optional: clients without a certificate are admitted anonymously")
+    if config.tiles_listen is not None and config.access_file is not None:
+        log.warning(
+            "tiles_public listen=%s: the tiles serve the whole log to anyone who reaches this "
+            "address, whatever the access file allows over gRPC",
+            config.tiles_listen,
+        )
 
 
 # Registers one more servicer (QueryService, ControllerService ...) on the same gRPC server
@@ -289,6 +311,20 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         if health_port == 0:
             raise ConfigError(f"cannot listen on {config.health_listen} (health)")
         health_server.start()
+    tiles_server = None
+    if config.tiles_listen is not None:
+        # Bound before the replay, like the gRPC port, so a taken port fails at once; until a
+        # checkpoint is published every tile is 404.
+        try:
+            tiles_server = serve_tiles(config.tiles_listen, LedgerTileLog(ledger))
+        except (OSError, ValueError) as exc:
+            server.stop(None)
+            if health_server is not None:
+                health_server.stop(None)
+            ledger.checker.close()
+            if owns_store:
+                store.close()
+            raise ConfigError(f"cannot listen on {config.tiles_listen} (tiles): {exc}") from exc
     server.start()
     try:
         report = ledger.start()
@@ -296,6 +332,8 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         server.stop(None)
         if health_server is not None:
             health_server.stop(None)
+        if tiles_server is not None:
+            tiles_server.stop()
         ledger.checker.close()
         if owns_store:
             store.close()
@@ -305,13 +343,14 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
     set_health(health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{port}"
     log.info(
-        "listening address=%s tls=%s mtls=%s access_file=%s entries=%d skipped=%d",
+        "listening address=%s tls=%s mtls=%s access_file=%s entries=%d skipped=%d tiles_port=%s",
         address,
         creds is not None,
         creds is not None and requires_client_cert(config),
         config.access_file,
         report.entries,
         report.skipped,
+        tiles_server.port if tiles_server is not None else None,
     )
     return RunningServer(
         address,
@@ -323,6 +362,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         health_server,
         health_port,
         witnessing,
+        tiles_server,
     )
 
 
@@ -477,6 +517,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             witnesses=tuple(WitnessEndpoint.parse(w) for w in args.witness),
             witness_threshold=args.witness_threshold,
             witness_timeout_s=args.witness_timeout,
+            tiles_listen=args.tiles_listen,
         )
         done = threading.Event()
         services: list[AddService] = []
@@ -494,6 +535,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"ledger server: {refused}{exc}", file=sys.stderr)
         return 2
     print(f"listening on {running.address}", flush=True)
+    if running.tiles_url is not None:
+        print(f"tiles on {running.tiles_url}", flush=True)
     if args.port_file:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(f"{running.port}\n")

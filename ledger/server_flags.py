@@ -94,6 +94,12 @@ def add_server_arguments(
         metavar="HOST:PORT",
         help="also serve grpc.health.v1.Health alone, plaintext, here (kubelet probes)",
     )
+    t.add_argument(
+        "--tiles-listen",
+        metavar="HOST:PORT",
+        help="also serve the log read-only over HTTP as C2SP tlog-tiles here (checkpoint, "
+        "tile/..., public by design: docs/TILES.md)",
+    )
     lim = p.add_argument_group("limits (docs/security/network.md)")
     lim.add_argument(
         "--max-streams",

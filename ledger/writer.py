@@ -44,7 +44,7 @@ from typing import Protocol, runtime_checkable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import checkpoint as notes
-from ledger import staging
+from ledger import staging, tiles
 from ledger.clock import now_ms
 from ledger.core import LedgerCore, Receipt
 from ledger.cosignature import cosigned_note
@@ -833,6 +833,15 @@ class LedgerServer:
                 tree.root(size1),
                 tree.root(size2),
             )
+
+    def tile_hashes(self, ref: tiles.TileRef) -> bytes:
+        """A tlog-tiles hash tile of the durable log, read from the tree (ledger.tiles)."""
+        self._wait_ready()
+        with self._lock:
+            size = self._durable_size()
+            if not tiles.exists_in(ref, size):
+                raise OutOfRangeError(f"{tiles.tile_path(ref)} is beyond the log's {size} entries")
+            return tiles.tile_hashes(self._core.tree, ref)
 
     def _check_size(self, size: int) -> None:
         if size > self._durable_size():
