@@ -11,7 +11,14 @@ from pathlib import Path
 
 from audit import report as reports
 from audit.errors import AuditError
-from audit.sources import ExportSource, GrpcSource, KafkaSecurity, KafkaSource, Source
+from audit.sources import (
+    ExportSource,
+    GrpcSource,
+    KafkaSecurity,
+    KafkaSource,
+    Source,
+    TilesSource,
+)
 from audit.trust import TrustRoot
 from audit.verify import verify
 
@@ -27,6 +34,9 @@ examples:
   # online, straight from Kafka (read_committed) or from a ledger server
   steward-audit verify --kafka 127.0.0.1:9092 --topic steward-ledger --trust-root trust.json
   steward-audit verify --grpc 127.0.0.1:50051 --trust-root trust.json --json
+
+  # a tiled log over HTTP (steward serve --tiles-listen, or static tiles): every tile checked
+  steward-audit verify --tiles http://127.0.0.1:7480/ --trust-root trust.json
 
   # reports, and signature checks on two worker processes
   steward-audit verify --export ledger.avro --trust-root trust.json --html report.html --workers 2
@@ -44,11 +54,13 @@ trust root file (JSON): {"roots": [{"principal": "human:root-ada@example.org",
 exit status:
   0 verified: no finding. From a live source (--grpc, --kafka) entries past the newest signed
     checkpoint, if any, are reported PENDING, never as verified; --grpc first asks the server
-    to sign a checkpoint of its current size (unless --no-checkpoint-request), so none remain
+    to sign a checkpoint of its current size (unless --no-checkpoint-request), so none remain;
+    --tiles reads exactly what the served checkpoint covers
   1 findings: the log breaks a check (in an export, entries past the newest signed checkpoint
     are the finding UNCOVERED_TAIL)
   2 cannot audit the input: a malformed or unreadable export (one line says what, where and
-    why), an unreachable broker or server, a bad trust-root file, a usage error
+    why), an unreachable broker or server, a tile that contradicts the entries it covers (the
+    tiles name it), a bad trust-root file, a usage error
   Export files are read with bounds: a block may hold and inflate to at most 16 MiB, the
   header's metadata at most 64 MiB, its JSON at most 16 levels deep.
 See docs/AUDIT.md for every step and finding code.
@@ -74,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
             "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (with --topic)"
         )
         g.add_argument("--grpc", metavar="HOST:PORT", help="a ledger gRPC server")
+        g.add_argument(
+            "--tiles",
+            metavar="URL",
+            help="a tiled log over HTTP (C2SP tlog-tiles), e.g. steward serve --tiles-listen: "
+            "its checkpoint and every tile it covers",
+        )
         if export:
             sp.add_argument(
                 "--no-checkpoint-request",
@@ -172,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
 def _source(args: argparse.Namespace, request_checkpoint: bool = True) -> Source:
     if getattr(args, "export", None):
         return ExportSource(args.export)
+    if args.tiles:
+        return TilesSource(args.tiles)
     if args.kafka:
         if not args.topic:
             raise AuditError("--kafka needs --topic")

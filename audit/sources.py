@@ -1,4 +1,5 @@
-"""Where the auditor reads a log from: an export file, a Kafka topic, a ledger gRPC server.
+"""Where the auditor reads a log from: an export file, a Kafka topic, a ledger gRPC server, a
+tiled log over HTTP (C2SP tlog-tiles).
 
 None of them is trusted: a source only delivers bytes (entry records in log order and
 checkpoint notes); every check happens in :mod:`audit.verify`. Infrastructure problems
@@ -549,3 +550,139 @@ class GrpcSource:
 
     def close(self) -> None:
         self.channel.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A tiled log over HTTP (C2SP tlog-tiles): `checkpoint`, hash tiles and entry bundles
+
+# The largest resource a tiles server may send: a full bundle of 256 entries of at most 65,535
+# bytes each (a hash tile is 8 KiB, a checkpoint note far less).
+MAX_TILE_RESOURCE_BYTES = 256 * (2 + 0xFFFF)
+
+
+class TilesSource:
+    """A log served as tiles (``steward serve --tiles-listen``, or static files anywhere).
+
+    It delivers the one checkpoint the server publishes and exactly the entries that checkpoint
+    covers, read from the entry bundles; on the way every tile the checkpoint's tree is made of
+    is compared with the entries (audit.tiles), and audit.verify then checks the entries against
+    the checkpoint, its signature and everything else. A tile that contradicts the entries, a
+    malformed bundle, or a server that fails (not 404) raises AuditError (exit status 2); a
+    bundle the server does not have (404) ends the log there, which the verifier reports
+    (LOG_TRUNCATED), as it would for an export cut short.
+    """
+
+    # Every entry served is one the served checkpoint claims to cover (nothing past it is ever
+    # served), so an entry no valid checkpoint covers is a finding, as in a file, not pending.
+    live = False
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise AuditError(f"--tiles {url!r}: expected an http:// or https:// URL prefix")
+        self.name = url
+        self.total: int | None = None
+        self.tiles_checked = 0
+        self._scheme, self._netloc = parts.scheme, parts.netloc
+        self._base = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self._timeout = timeout_s
+        self._conn: Any = None
+        self._note: str | None = None
+
+    def _connection(self) -> Any:
+        import http.client
+
+        if self._conn is None:
+            cls = (
+                http.client.HTTPSConnection
+                if self._scheme == "https"
+                else http.client.HTTPConnection
+            )
+            self._conn = cls(self._netloc, timeout=self._timeout)
+        return self._conn
+
+    def fetch(self, path: str) -> bytes | None:
+        """The resource at ``path`` under the prefix; None when the server says 404 (or 410)."""
+        import http.client
+        import zlib
+
+        url = f"{self._scheme}://{self._netloc}{self._base}{path}"
+        for attempt in (1, 2):  # a kept-alive connection the server closed: once more, anew
+            try:
+                conn = self._connection()
+                conn.request(
+                    "GET",
+                    self._base + path,
+                    headers={"Accept-Encoding": "gzip, identity", "User-Agent": "steward-audit"},
+                )
+                resp = conn.getresponse()
+                length = resp.getheader("Content-Length")
+                if (
+                    length is not None
+                    and length.isdigit()
+                    and int(length) <= MAX_TILE_RESOURCE_BYTES
+                ):
+                    body = resp.read()
+                else:  # no length, or one larger than any tile: read no more than the limit
+                    body = resp.read(MAX_TILE_RESOURCE_BYTES + 1)
+                    self.close()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise AuditError(f"cannot fetch {url}: {exc}") from exc
+        if resp.status in (404, 410):
+            return None
+        if resp.status != 200:
+            said = body[:200].decode("utf-8", "replace").split("\n")[0]
+            raise AuditError(f"{url}: HTTP {resp.status} {resp.reason}: {said}")
+        if len(body) > MAX_TILE_RESOURCE_BYTES:
+            raise AuditError(
+                f"{url}: more than {MAX_TILE_RESOURCE_BYTES} bytes, larger than any tile"
+            )
+        if (resp.getheader("Content-Encoding") or "identity").lower() == "gzip":
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                body = inflate.decompress(body, MAX_TILE_RESOURCE_BYTES + 1)
+            except zlib.error as exc:
+                raise AuditError(f"{url}: not valid gzip ({exc})") from exc
+            if len(body) > MAX_TILE_RESOURCE_BYTES or inflate.unconsumed_tail:
+                raise AuditError(f"{url}: inflates past {MAX_TILE_RESOURCE_BYTES} bytes")
+        return body
+
+    def _checkpoint(self) -> str:
+        if self._note is None:
+            data = self.fetch("checkpoint")
+            if data is None:
+                raise AuditError(f"{self.name}: the server has no checkpoint (404)")
+            try:
+                self._note = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AuditError(f"{self.name}checkpoint is not UTF-8 text") from exc
+        return self._note
+
+    def checkpoints(self) -> list[str]:
+        return [self._checkpoint()]
+
+    def records(self, start: int = 0) -> Iterator[bytes]:
+        from audit.note import NoteError, parse_checkpoint, parse_note
+        from audit.tiles import TiledLogReader
+
+        note = self._checkpoint()
+        try:
+            size = parse_checkpoint(parse_note(note).text).size
+        except NoteError:
+            return  # nothing is covered; the verifier reports the malformed checkpoint
+        self.total = size
+        reader = TiledLogReader(size, self.fetch)
+        for index, entry in enumerate(reader.entries()):
+            if index >= start:
+                yield entry
+        self.tiles_checked = reader.tiles_checked
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

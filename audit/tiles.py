@@ -12,8 +12,9 @@ tile that tree is made of against them: each level-0 tile against the leaf hashe
 bundle, each tile above against the roots of the full tiles below, partial tiles included. So
 once the caller has checked that the entries' root is the checkpoint's (audit.verify does), every
 tile served for that checkpoint is verified. A tile that contradicts the entries raises
-:class:`TileError`; a bundle the server does not have (``None`` from ``fetch``) ends the
-entries there, which the verifier then reports as a log shorter than its checkpoint.
+:class:`TileError`; a bundle the server does not have (``None`` from ``fetch``), or one with
+fewer entries than its width, ends the entries there (after those it has), which the verifier
+then reports as a log shorter than its checkpoint.
 """
 
 from __future__ import annotations
@@ -99,8 +100,14 @@ class TiledLogReader:
                 self.truncated_at = n * TILE_WIDTH
                 return
             entries = read_bundle(data, path)
-            if len(entries) != width:
+            if len(entries) > width:
                 raise TileError(f"{path}: {len(entries)} entries, the tile is {width} wide")
+            if len(entries) < width:
+                # The server has fewer entries than its checkpoint commits to: the log ends
+                # here, and the verifier reports it shorter than the checkpoint.
+                self.truncated_at = n * TILE_WIDTH + len(entries)
+                yield from entries
+                return
             leaves = [leaf_hash(e) for e in entries]
             self._check(0, n, leaves, what=f"the leaf hashes of the entries in {path}")
             yield from entries

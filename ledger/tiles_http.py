@@ -186,6 +186,9 @@ class TileResponder:
 class _Handler(BaseHTTPRequestHandler):
     server: TilesHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: a mirror fetches thousands of tiles
+    # Small answers on a kept-alive connection: without this each waits out the client's
+    # delayed acknowledgement (tens of milliseconds a tile).
+    disable_nagle_algorithm = True
     server_version = "steward-tiles"
     sys_version = ""
     # Requests the standard library refuses itself (a garbage request line, a header too long)

@@ -10,12 +10,20 @@ from ledger import tiles
 from ledger.merkle import MerkleTree, leaf_hash
 
 
-def tiled_log(entries: list[bytes], checkpoint_note: str) -> dict[str, bytes]:
-    """``checkpoint``, every hash tile and every entry bundle of the tree of ``entries``."""
+def tiled_log(
+    entries: list[bytes], checkpoint_note: str, size: int | None = None
+) -> dict[str, bytes]:
+    """``checkpoint``, every hash tile and every entry bundle of the tree of ``entries``.
+
+    ``size`` is the size the checkpoint names when it is not ``len(entries)`` (a tampered log
+    that lost entries): the bundles are then named for that size and hold the entries there
+    are, as a server that serves what it stores would; the hash tiles are those of the entries.
+    """
     tree = MerkleTree.from_leaves(leaf_hash(e) for e in entries)
     served = {"checkpoint": checkpoint_note.encode()}
     for ref in tiles.tiles_for_size(len(entries)):
         served[tiles.tile_path(ref)] = tiles.tile_hashes(tree, ref)
+    for ref in tiles.tiles_for_size(len(entries) if size is None else size):
         if ref.level == 0:
             bundle = tiles.TileRef(None, ref.index, ref.width)
             first = ref.index * tiles.TILE_WIDTH
@@ -23,9 +31,11 @@ def tiled_log(entries: list[bytes], checkpoint_note: str) -> dict[str, bytes]:
     return served
 
 
-def write_tiled_log(directory: Path, entries: list[bytes], checkpoint_note: str) -> Path:
+def write_tiled_log(
+    directory: Path, entries: list[bytes], checkpoint_note: str, size: int | None = None
+) -> Path:
     """The same as files under ``directory``, for any static HTTP server to serve."""
-    for path, data in tiled_log(entries, checkpoint_note).items():
+    for path, data in tiled_log(entries, checkpoint_note, size).items():
         target = directory / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)

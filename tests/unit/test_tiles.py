@@ -229,3 +229,15 @@ def test_a_bundle_the_server_lacks_ends_the_log_there() -> None:
     reader = audit_tiles.TiledLogReader(600, served.get)
     assert len(list(reader.entries())) == 256
     assert reader.truncated_at == 256
+
+
+def test_a_bundle_short_of_its_width_ends_the_log_after_its_entries() -> None:
+    entries = _entries(600)
+    served = tiled_log(entries[:590], "note\n", size=600)
+    assert "tile/entries/002.p/88" in served and "tile/0/002.p/88" not in served
+    reader = audit_tiles.TiledLogReader(600, served.get)
+    assert list(reader.entries()) == entries[:590]
+    assert reader.truncated_at == 590
+    served["tile/entries/002.p/88"] = tiles.entry_bundle([*entries[512:600], b"extra"])
+    with pytest.raises(audit_tiles.TileError, match="89 entries, the tile is 88 wide"):
+        list(audit_tiles.TiledLogReader(600, served.get).entries())
