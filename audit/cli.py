@@ -35,9 +35,6 @@ examples:
   steward-audit verify --kafka 127.0.0.1:9092 --topic steward-ledger --trust-root trust.json
   steward-audit verify --grpc 127.0.0.1:50051 --trust-root trust.json --json
 
-  # a tiled log over HTTP (steward serve --tiles-listen, or static tiles): every tile checked
-  steward-audit verify --tiles http://127.0.0.1:7480/ --trust-root trust.json
-
   # reports, and signature checks on two worker processes
   steward-audit verify --export ledger.avro --trust-root trust.json --html report.html --workers 2
 
@@ -89,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument(
             "--tiles",
             metavar="URL",
-            help="a tiled log over HTTP (C2SP tlog-tiles), e.g. steward serve --tiles-listen: "
-            "its checkpoint and every tile it covers",
+            help="a tiled log over HTTP (C2SP tlog-tiles, as a ledger server's --tiles-listen "
+            "serves it): its checkpoint and every tile it covers (docs/TILES.md)",
         )
         if export:
             sp.add_argument(

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from ledger import tiles
-from ledger.errors import FormatError
+from ledger.errors import FormatError, LedgerStartingError
 from ledger.tiles import TilePathError, TileRef
 
 log = logging.getLogger("ledger.tiles")
@@ -46,7 +46,8 @@ class TileLog(Protocol):
     """What the tiles are served from: one checkpoint, and the hashes and entries it covers."""
 
     def published_checkpoint_text(self) -> str | None:
-        """The signed checkpoint note served as ``checkpoint`` (None before the first one)."""
+        """The signed checkpoint note served as ``checkpoint`` (None before the first one;
+        LedgerStartingError while the log is being replayed)."""
         ...
 
     def checkpoint_size(self, text: str) -> int:
@@ -131,7 +132,15 @@ class TileResponder:
         if not path.startswith("/"):
             return _error(HTTPStatus.BAD_REQUEST, "the path must start with /")
         path = path[1:]
-        text = self.source.published_checkpoint_text()
+        try:
+            text = self.source.published_checkpoint_text()
+        except LedgerStartingError:
+            # Bound before the replay: say "soon", which clients retry, rather than "never".
+            starting = _error(
+                HTTPStatus.SERVICE_UNAVAILABLE, "starting: the ledger is replaying its log"
+            )
+            starting.headers["Retry-After"] = "1"
+            return starting
         if path == "checkpoint":
             if text is None:
                 return _error(HTTPStatus.NOT_FOUND, "no checkpoint published yet")

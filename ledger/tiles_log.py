@@ -10,7 +10,7 @@ The checkpoint served, and so the size up to which anything is served, comes fro
 from __future__ import annotations
 
 from ledger.checkpoint import Checkpoint
-from ledger.errors import CheckpointNotFoundError, LedgerStartingError
+from ledger.errors import CheckpointNotFoundError
 from ledger.signed_note import split_note
 from ledger.tiles import TileRef
 from ledger.writer import LedgerServer
@@ -25,10 +25,10 @@ class LedgerTileLog:
 
     def published_checkpoint_text(self) -> str | None:
         """The checkpoint served at ``checkpoint``: the newest the writer has published (and so
-        saved in its store). None while it replays or before the first checkpoint."""
+        saved in its store). None before the first one; LedgerStartingError while it replays."""
         try:
             return self._ledger.checkpoint().note
-        except (CheckpointNotFoundError, LedgerStartingError):
+        except CheckpointNotFoundError:
             return None
 
     def checkpoint_size(self, text: str) -> int:

@@ -411,6 +411,45 @@ def test_witness_examples_run_as_written(reader: Reader, ledger: LedgerServer) -
     assert [w["name"] for w in trust["witnesses"]] == ["witness.example/w1"], trust
 
 
+# docs/TILES.md: a ledger server with tiles, read by curl, steward-audit and the Go mirror
+
+
+def tiles_scene(reader: Reader, ledger: LedgerServer) -> Scene:
+    from infra.processes import free_port
+
+    def the_readers_ledger() -> None:
+        # The reader's ledger.db and ledger.pem: a copy of a ledger with a governance story and
+        # a checkpoint; their server (the document's `steward serve`) serves its tiles.
+        ledger.evaluated_proposal()
+        ledger.checkpoint_now()
+        _sqlite_backup(Path(ledger.store_args[1]), reader.file("ledger.db"))
+        ledger.flow.cast.checkpoint_key.save(reader.file("ledger.pem"))
+
+    return Scene(
+        placeholders={
+            "127.0.0.1:7443": f"127.0.0.1:{free_port()}",
+            "127.0.0.1:7480": f"127.0.0.1:{free_port()}",
+            "tools/tiles-mirror": str(REPO / "tools" / "tiles-mirror"),
+        },
+        given={
+            "steward serve": the_readers_ledger,
+            "steward-audit verify --tiles": lambda: ledger.trust_root(reader.file("trust.json")),
+        },
+        timeout=300,  # the first `go build` of the mirror fetches its modules
+    )
+
+
+def test_tiles_examples_run_as_written(reader: Reader, ledger: LedgerServer) -> None:
+    runner = run_document(DOCUMENTS["docs/TILES.md"], reader, tiles_scene(reader, ledger))
+    by_start = {r.example.command.split()[0]: r for r in runner.ran}
+    assert f"\n{ledger.flow.origin}\n" in "\n" + runner.ran[1].output, runner.ran[1].output
+    assert "beyond the newest checkpoint" in runner.ran[2].output
+    assert "VERIFIED" in by_start["steward-audit"].output, by_start["steward-audit"].output
+    mirrored = json.loads(by_start["./tiles-mirror"].output)
+    assert mirrored["entries"] == mirrored["size"] > 0
+    assert (reader.workdir / "mirror" / "entries.bin").exists()
+
+
 # Every document a scene above runs, and the test that runs it.
 SCENES = {
     "steward --help": test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch,
@@ -419,5 +458,6 @@ SCENES = {
     "steward-audit --help": test_audit_examples_run_as_written,
     "docs/RECOVERY.md": test_recovery_examples_run_as_written,
     "docs/WITNESS.md": test_witness_examples_run_as_written,
+    "docs/TILES.md": test_tiles_examples_run_as_written,
     **KUBECTL_SCENES,  # tests/docs/test_kubectl_documents.py: on the local control plane
 }

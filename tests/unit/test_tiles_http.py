@@ -150,3 +150,18 @@ def test_over_a_socket_get_head_and_refused_methods() -> None:
         conn.close()
     finally:
         server.stop()
+
+
+class _Starting(MemoryTileLog):
+    def published_checkpoint_text(self) -> str | None:
+        from ledger.errors import LedgerStartingError
+
+        raise LedgerStartingError("starting: the ledger is replaying its log")
+
+
+def test_while_the_ledger_replays_everything_is_503_retry_after() -> None:
+    responder = TileResponder(_Starting(ENTRIES[:10], NOTE))
+    for path in ("/checkpoint", "/tile/0/000.p/1"):
+        r = responder.get(path)
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert r.body == b"starting: the ledger is replaying its log\n"
