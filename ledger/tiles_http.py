@@ -317,10 +317,12 @@ def serve_tiles(
     listen: str, source: TileLog, *, max_connections: int = 64, timeout: float = 30.0
 ) -> TilesHTTPServer:
     """Bind ``HOST:PORT`` (port 0 picks one) and serve ``source``'s tiles from a thread."""
-    host, _, port = listen.rpartition(":")
+    host, _, port_s = listen.rpartition(":")
     host = host.strip("[]")
+    if not host or not port_s.isdigit() or int(port_s) > 65535:
+        raise ValueError(f"{listen!r}: expected HOST:PORT, the port from 0 to 65535")
     server = TilesHTTPServer(
-        (host, int(port)), TileResponder(source), max_connections=max_connections, timeout=timeout
+        (host, int(port_s)), TileResponder(source), max_connections=max_connections, timeout=timeout
     )
     server.start()
     return server

@@ -165,3 +165,9 @@ def test_while_the_ledger_replays_everything_is_503_retry_after() -> None:
         r = responder.get(path)
         assert r.status == 503 and r.headers["Retry-After"] == "1"
         assert r.body == b"starting: the ledger is replaying its log\n"
+
+
+@pytest.mark.parametrize("listen", ["nonsense", "127.0.0.1:99999", ":80", "127.0.0.1:-1"])
+def test_a_listen_address_that_is_no_host_and_port_is_refused_by_name(listen: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        serve_tiles(listen, MemoryTileLog([], None))
