@@ -313,8 +313,8 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         health_server.start()
     tiles_server = None
     if config.tiles_listen is not None:
-        # Bound before the replay, like the gRPC port, so a taken port fails at once; until a
-        # checkpoint is published every tile is 404.
+        # Bound before the replay, like the gRPC port, so a taken port fails at once; while it
+        # replays every path is 503 (retry), then 404 until a checkpoint is published.
         try:
             tiles_server = serve_tiles(config.tiles_listen, LedgerTileLog(ledger))
         except (OSError, ValueError) as exc:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ledger.errors import FormatError
-from ledger.merkle import HASH_SIZE, MerkleTree
+from ledger.merkle import MerkleTree
 
 __all__ = [
     "MAX_BUNDLE_ENTRY_BYTES",
@@ -44,7 +44,6 @@ __all__ = [
     "hashes_at_level",
     "parse_tile_path",
     "read_entry_bundle",
-    "tile_hash_count",
     "tile_hashes",
     "tile_path",
     "tiles_for_size",
@@ -212,10 +211,3 @@ def read_entry_bundle(data: bytes) -> list[bytes]:
         entries.append(bytes(data[at : at + n]))
         at += n
     return entries
-
-
-def tile_hash_count(data: bytes) -> int:
-    """How many hashes a hash tile's bytes hold; :class:`FormatError` if not whole hashes."""
-    if len(data) % HASH_SIZE:
-        raise FormatError(f"a hash tile of {len(data)} bytes is not whole {HASH_SIZE}-byte hashes")
-    return len(data) // HASH_SIZE
