@@ -131,6 +131,10 @@ def test_the_cli_reads_tiles_and_says_what_a_bad_tile_is(
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["entries"] == len(log.records) and report["findings"] == []
+    watch = ["watch", *args[1:], "--state-dir", str(tmp_path / "state"), "--rounds", "1"]
+    assert main(watch) == 0
+    assert (tmp_path / "state" / "last-verified.note").read_text() == log.checkpoints[-1]
+    capsys.readouterr()
 
     (tile,) = (tiles / "tile" / "0" / "000.p").iterdir()  # the one partial level-0 tile
     data = bytearray(tile.read_bytes())
