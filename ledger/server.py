@@ -40,9 +40,9 @@ from ledger.servicer import SERVICE_NAME, LedgerServicer
 from ledger.sigcheck import SignatureChecker
 from ledger.store.base import LogStore
 from ledger.store.sqlite import SQLiteLogStore
-from ledger.witness import WitnessClient, WitnessEndpoint, WitnessPolicy
 from ledger.tiles_http import TilesHTTPServer, serve_tiles
 from ledger.tiles_log import LedgerTileLog
+from ledger.witness import WitnessClient, WitnessEndpoint, WitnessPolicy
 from ledger.writer import DEFAULT_MAX_MESSAGE_BYTES, MAX_BATCH_EVENTS, LedgerServer
 from steward.v1 import ledger_pb2_grpc
 

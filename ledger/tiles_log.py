@@ -25,9 +25,11 @@ class LedgerTileLog:
 
     def published_checkpoint_text(self) -> str | None:
         """The checkpoint served at ``checkpoint``: the newest the writer has published (and so
-        saved in its store). None before the first one; LedgerStartingError while it replays."""
+        saved in its store), with the witnesses' cosignatures collected for it so far (the
+        ledger's own note unchanged, their lines after it: docs/WITNESS.md). None before the
+        first one; LedgerStartingError while it replays."""
         try:
-            return self._ledger.checkpoint().note
+            return self._ledger.checkpoint().cosigned_note
         except CheckpointNotFoundError:
             return None
 

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,12 @@ def test_every_checkpoint_gets_both_cosignatures(
     # litewitness prints its vkey: the key ID rule of tlog-cosignature (type 0x04) matches ours.
     for w in two:
         wait_for("litewitness's vkey line", lambda w=w: w.vkey in w.log(), 10)
-    ledger = _start(tmp_path / "ledger.db", cast, [w.flag(f"w{i}") for i, w in enumerate(two)])
+    ledger = _start(
+        tmp_path / "ledger.db",
+        cast,
+        [w.flag(f"w{i}") for i, w in enumerate(two)],
+        tiles_listen="127.0.0.1:0",
+    )
     try:
         _genesis(ledger)
         for _ in range(4):
@@ -150,6 +156,9 @@ def test_every_checkpoint_gets_both_cosignatures(
             )
             assert status_of(ledger, label).refusals == 0
         newest = published[-1]
+        # The tiles endpoint serves the same cosigned note at `checkpoint` (docs/TILES.md).
+        with urllib.request.urlopen(f"{ledger.running.tiles_url}checkpoint", timeout=10) as r:
+            assert r.read().decode() == newest.note
     finally:
         ledger.stop()
     # Stored with the checkpoint: a restarted server publishes the same cosigned note, and so
