@@ -1,14 +1,16 @@
 """Carry the planner's actions out on Kubernetes and on the ledger.
 
-* :class:`ClusterCache` keeps Deployments, canary Pods and ModelRollouts of the managed
-  namespaces current through watches (list once, then watch from that resourceVersion; re-list
+* :class:`ClusterCache` keeps Deployments, canary Pods, ModelRollouts and
+  HorizontalPodAutoscalers of the managed namespaces current through watches (list once, then watch from that resourceVersion; re-list
   on 410 Gone), and calls back on every change so a kill switch or a failing pod reaches the
   planner without polling. Objects the controller writes are put into the cache from the API
   server's answer at once (only if newer), so the next plan never acts on a stale copy.
 * :class:`Executor` runs actions in order, one target at a time, and stops a target's list at the
   first failure. Deployments are written with server-side apply under the field manager
   ``steward-controller`` (force: the controller's fields are the controller's); the stop is a
-  plain patch of ``spec.replicas`` so it is as fast as the API server allows. Each step is
+  plain patch of ``spec.replicas`` so it is as fast as the API server allows. A stable that an
+  HPA scales is written with a plain patch of its image and marker only: its replica count is
+  the HPA's, read through the scale subresource before each canary share is applied. Each step is
   recorded as a RolloutStep signed with the controller key, with the planner's deterministic
   event id; an ``ALREADY_EXISTS`` answer means an earlier attempt recorded it, which is success.
 """
@@ -35,6 +37,7 @@ from controller.planner import (
     TRACK_LABEL,
     Action,
     ApplyCanary,
+    Containers,
     EmergencyStop,
     ObservedDeployment,
     ObservedPod,
@@ -65,8 +68,11 @@ from ledger.keys import PrivateKey
 log = logging.getLogger("steward.controller.executor")
 
 FIELD_MANAGER = "steward-controller"
+# What the watch caches hold, one watch per kind and namespace.
+KINDS = ("deployments", "pods", "modelrollouts", "horizontalpodautoscalers")
 EMERGENCY_STOP_ANNOTATION = "steward.dev/emergency-stop"
 APPLY = "application/apply-patch+yaml"
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 
 
 def _rv(obj: Any) -> int:
@@ -91,7 +97,8 @@ def _ms(ts: dt.datetime | str | None) -> int:
 
 
 class ClusterCache:
-    """Deployments, canary Pods and ModelRollouts of some namespaces, kept current by watches."""
+    """Deployments, canary Pods, ModelRollouts and HPAs of some namespaces, kept current by
+    watches."""
 
     def __init__(
         self,
@@ -104,6 +111,7 @@ class ClusterCache:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
         self.namespaces = tuple(sorted(set(namespaces)))
         self.on_change = on_change
         self.watch_timeout = watch_timeout
@@ -111,6 +119,7 @@ class ClusterCache:
         self.deployments: dict[tuple[str, str], Any] = {}  # V1Deployment
         self.pods: dict[tuple[str, str], Any] = {}  # V1Pod
         self.rollouts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.autoscalers: dict[tuple[str, str], Any] = {}  # V2HorizontalPodAutoscaler
         self._synced: set[tuple[str, str]] = set()
         self._threads: list[threading.Thread] = []
 
@@ -118,7 +127,7 @@ class ClusterCache:
 
     def start(self, stop: threading.Event) -> None:
         for ns in self.namespaces:
-            for kind in ("deployments", "pods", "modelrollouts"):
+            for kind in KINDS:
                 t = threading.Thread(
                     target=self._watch_loop,
                     args=(stop, ns, kind),
@@ -130,7 +139,7 @@ class ClusterCache:
 
     @property
     def synced(self) -> bool:
-        return len(self._synced) == 3 * len(self.namespaces)
+        return len(self._synced) == len(KINDS) * len(self.namespaces)
 
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -145,6 +154,8 @@ class ClusterCache:
             return self.apps.list_namespaced_deployment, {}
         if kind == "pods":
             return self.core.list_namespaced_pod, {"label_selector": f"{TRACK_LABEL}=canary"}
+        if kind == "horizontalpodautoscalers":
+            return self.autoscaling.list_namespaced_horizontal_pod_autoscaler, {}
         return self.custom.list_namespaced_custom_object, {
             "group": GROUP,
             "version": VERSION,
@@ -152,9 +163,12 @@ class ClusterCache:
         }
 
     def _store(self, kind: str) -> dict[tuple[str, str], Any]:
-        return {"deployments": self.deployments, "pods": self.pods, "modelrollouts": self.rollouts}[
-            kind
-        ]
+        return {
+            "deployments": self.deployments,
+            "pods": self.pods,
+            "modelrollouts": self.rollouts,
+            "horizontalpodautoscalers": self.autoscalers,
+        }[kind]
 
     def _watch_loop(self, stop: threading.Event, ns: str, kind: str) -> None:
         fn, kw = self._list_fn(kind)
@@ -248,6 +262,24 @@ class ClusterCache:
         with self.lock:
             return self.deployments.get((ns, name))
 
+    def autoscaler_of(self, ns: str, deployment: str) -> str:
+        """The HPA whose scaleTargetRef names Deployment `deployment`, or ""."""
+        with self.lock:
+            return self._autoscaler_of(ns, deployment)
+
+    def _autoscaler_of(self, ns: str, deployment: str) -> str:
+        for (hpa_ns, hpa_name), hpa in sorted(self.autoscalers.items()):
+            ref = hpa.spec.scale_target_ref if hpa.spec else None
+            if (
+                hpa_ns == ns
+                and ref is not None
+                and ref.kind == "Deployment"
+                and (ref.api_version or "apps/v1").split("/")[0] == "apps"
+                and ref.name == deployment
+            ):
+                return str(hpa_name)
+        return ""
+
     def observe(self, targets: Iterable[Target]) -> dict[Target, ObservedTarget]:
         out: dict[Target, ObservedTarget] = {}
         with self.lock:
@@ -273,6 +305,7 @@ class ClusterCache:
                     _observed_deployment(canary) if canary else None,
                     pods,
                     stops,
+                    self._autoscaler_of(t.namespace, t.deployment),
                 )
         return out
 
@@ -281,13 +314,16 @@ def _name(obj: Any) -> str:
     return str(obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name)
 
 
+def _containers(pod_spec: Any) -> Containers:
+    return tuple((c.name, c.image or "") for c in (pod_spec.containers or []))
+
+
 def _observed_deployment(d: Any) -> ObservedDeployment:
     ann = d.metadata.annotations or {}
-    containers = d.spec.template.spec.containers or []
     status = d.status or client.V1DeploymentStatus()
     return ObservedDeployment(
         replicas=d.spec.replicas if d.spec.replicas is not None else 1,
-        image=containers[0].image if containers else "",
+        containers=_containers(d.spec.template.spec),
         ready_replicas=status.ready_replicas or 0,
         updated_replicas=status.updated_replicas or 0,
         generation=d.metadata.generation or 0,
@@ -306,10 +342,9 @@ def _observed_pod(p: Any) -> ObservedPod:
         if cs.state and cs.state.waiting and cs.state.waiting.reason:
             waiting = cs.state.waiting.reason
             break
-    containers = p.spec.containers or []
     return ObservedPod(
         name=p.metadata.name,
-        image=containers[0].image if containers else "",
+        containers=_containers(p.spec),
         ready=ready,
         phase=status.phase or "",
         waiting_reason=waiting,
@@ -439,7 +474,9 @@ class Executor:
         if isinstance(a, ApplyCanary):
             return self._apply_canary(a)
         if isinstance(a, ScaleStable | Promote):
-            return self._apply_stable(a.namespace, a.name, a.replicas, a.image, a.marker)
+            return self._apply_stable(
+                a.namespace, a.name, a.replicas, a.image, a.container, a.marker
+            )
         if isinstance(a, RemoveCanary):
             return self._remove_canary(a)
         raise AssertionError(f"unknown action {a!r}")
@@ -510,6 +547,8 @@ class Executor:
         stable: Any = self.cache.deployment(a.namespace, a.name)
         if stable is None:
             raise RefusedError(f"Deployment {a.namespace}/{a.name} not found")
+        if a.scale_basis is not None:
+            self._check_scale(a.namespace, a.name, a.scale_basis)
         template = self.api.sanitize_for_serialization(stable.spec.template)
         template = copy.deepcopy(template)
         selector = dict((stable.spec.selector.match_labels or {}) if stable.spec.selector else {})
@@ -517,8 +556,9 @@ class Executor:
         selector[TRACK_LABEL] = "canary"
         meta = template.setdefault("metadata", {})
         meta["labels"] = {**(meta.get("labels") or {}), **selector}
-        containers = template["spec"]["containers"]
-        containers[0]["image"] = a.image
+        # Only the named container changes; the others run as the stable runs them.
+        named = _named(template["spec"]["containers"], a.container, f"{a.namespace}/{a.name}")
+        named["image"] = a.image
         body = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -545,19 +585,56 @@ class Executor:
         self.cache.put_deployment(obj)
         return f"canary {a.replicas} x {a.image}"
 
-    def _apply_stable(self, ns: str, name: str, replicas: int, image: str, marker: str) -> str:
+    def _check_scale(self, ns: str, name: str, basis: int) -> None:
+        """Refuse a canary share computed from a scale the HPA has moved since (re-plan)."""
+        scale = self.apps.read_namespaced_deployment_scale(name, ns)
+        current = scale.spec.replicas if scale.spec and scale.spec.replicas is not None else 0
+        if current != basis:
+            raise RefusedError(
+                f"the scale of {ns}/{name} is {current}, the canary share was planned for "
+                f"{basis}: re-planning on the HPA's count"
+            )
+
+    def _apply_stable(
+        self,
+        ns: str,
+        name: str,
+        replicas: int | None,
+        image: str,
+        container: str | None,
+        marker: str,
+    ) -> str:
         stable: Any = self.cache.deployment(ns, name)
         if stable is None:
             raise RefusedError(f"Deployment {ns}/{name} not found")
-        container = stable.spec.template.spec.containers[0].name
+        spec: dict[str, Any] = {}
+        if container is not None:
+            names = [c.name for c in stable.spec.template.spec.containers or []]
+            if container not in names:
+                raise RefusedError(_no_container(container, names, f"{ns}/{name}"))
+            spec["template"] = {"spec": {"containers": [{"name": container, "image": image}]}}
+        metadata = {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}}
+        if replicas is None:
+            # Not an apply: an apply that leaves out a field this manager owned would remove
+            # it (spec.replicas back to its default of 1 under the HPA's feet). A strategic
+            # merge patch changes only what it names, and owns nothing else.
+            obj = self.apps.patch_namespaced_deployment(
+                name,
+                ns,
+                {"metadata": metadata, "spec": spec},
+                field_manager=FIELD_MANAGER,
+                _content_type=STRATEGIC_MERGE,
+            )
+            self.cache.put_deployment(obj)
+            return f"stable image {image} (replicas left to the HPA or the user)"
+        hpa = self.cache.autoscaler_of(ns, name)
+        if hpa:
+            raise RefusedError(f"HorizontalPodAutoscaler {hpa} owns the replicas of {ns}/{name}")
         body = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}},
-            "spec": {
-                "replicas": replicas,
-                "template": {"spec": {"containers": [{"name": container, "image": image}]}},
-            },
+            "metadata": metadata,
+            "spec": {"replicas": replicas, **spec},
         }
         obj = self.apps.patch_namespaced_deployment(
             name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
@@ -580,6 +657,21 @@ class Executor:
 
 class RefusedError(ControllerError):
     """An action that could not be carried out now (the planner will try again)."""
+
+
+def _no_container(container: str, names: list[str], deployment: str) -> str:
+    listed = ", ".join(names) or "none"
+    return f"container {container!r} not found in Deployment {deployment} (containers: {listed})"
+
+
+def _named(containers: list[dict[str, Any]], container: str, deployment: str) -> dict[str, Any]:
+    """The container called `container` in a serialized pod template (RefusedError if none)."""
+    for c in containers:
+        if c.get("name") == container:
+            return c
+    raise RefusedError(
+        _no_container(container, [str(c.get("name")) for c in containers], deployment)
+    )
 
 
 def _describe(a: Action) -> str:

@@ -3,7 +3,11 @@
 Pure (no I/O, no clock; ``now_ms`` is an argument) so every decision is a unit test. docs/DESIGN.md §6:
 the user owns Deployment ``<name>`` (N replicas) and a Service selecting ``app=<name>``; the
 controller runs ``<name>-canary`` with the candidate image. Weight w% gives the canary
-``ceil(N·w/100)`` replicas and the stable ``N - canary``.
+``ceil(N·w/100)`` replicas and the stable ``N - canary``; the stable shrinks only once the
+canary pods of the step are ready (surge), so serving capacity never dips below N. When a
+HorizontalPodAutoscaler scales the stable, N is the HPA's current count at every plan and the
+stable's replica count is never written: the canary runs its share on top. The container the
+candidate image goes into is named by the policy (:func:`target_settings`).
 
 Ordering inside the returned list is the contract with the executor, which runs actions in
 order and stops a target's list at the first failure:
@@ -29,11 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
-from ledger.formats import AnnotationSource, KillScope, ObservedState, Target
+from ledger.formats import AnnotationSource, KillScope, ObservedState, PolicySet, Target
 from ledger.state import ACTIVE_PHASES, LedgerState, ProposalState
 
 CANARY_SUFFIX = "-canary"
@@ -58,18 +62,74 @@ FAILING_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    # A canary pod not Ready this long after it was created counts as failing.
+    # A canary pod not Ready this long after it was created counts as failing, unless the
+    # target's policy sets its own grace (TargetSettings.readiness_grace_ms).
     not_ready_grace_ms: int = 120_000
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """How the controller treats a target, as the policy that governs it says."""
+
+    # The container that gets the candidate image; None: the pod's only container (a pod
+    # with several containers then needs a name, and the rollout waits saying so).
+    container: str | None = None
+    # How long a canary pod may stay not Ready before it counts as failing; None: the
+    # controller's --not-ready-grace-seconds. Large models that load for minutes need more.
+    readiness_grace_ms: int | None = None
+
+
+def target_settings(policy: PolicySet) -> TargetSettings:
+    """The per-target settings of a policy: ``container`` and ``readiness_grace_seconds``.
+
+    They are schema v2 fields of PolicySet. Until every policy carries them they are read as
+    optional attributes, so a policy without them keeps today's behaviour (the only container,
+    the controller's grace); this is the one place that maps the policy onto the settings.
+    """
+    container = getattr(policy, "container", None)
+    grace = getattr(policy, "readiness_grace_seconds", None)
+    return TargetSettings(
+        container=container if isinstance(container, str) and container else None,
+        readiness_grace_ms=(
+            grace * 1000
+            if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0
+            else None
+        ),
+    )
+
+
+def choose_container(wanted: str | None, names: Sequence[str], deployment: str) -> tuple[str, str]:
+    """(the container to update, "") or ("", why none can be): the error names what exists."""
+    listed = ", ".join(names) or "none"
+    if wanted is None:
+        if len(names) == 1:
+            return names[0], ""
+        return "", (
+            f"Deployment {deployment} has {len(names)} containers ({listed}): the policy must "
+            "name the one that gets the candidate image"
+        )
+    if wanted in names:
+        return wanted, ""
+    return "", f"container {wanted!r} not found in Deployment {deployment} (containers: {listed})"
 
 
 # --------------------------------------------------------------------------------------------
 # Observations (built by the executor from its watch caches)
 
 
+# (name, image) of each container of a pod or pod template, in order.
+Containers = tuple[tuple[str, str], ...]
+
+
+def image_in(containers: Containers, name: str) -> str:
+    """The image of container `name`, or "" when there is no such container."""
+    return next((image for n, image in containers if n == name), "")
+
+
 @dataclass(frozen=True)
 class ObservedDeployment:
-    replicas: int  # spec.replicas
-    image: str  # the first container's image: the model server
+    replicas: int  # spec.replicas (the scale subresource's spec.replicas)
+    containers: Containers  # the pod template's containers
     ready_replicas: int = 0
     updated_replicas: int = 0
     generation: int = 1
@@ -77,6 +137,13 @@ class ObservedDeployment:
     marker: str = ""  # MARKER_ANNOTATION
     proposal: str = ""  # PROPOSAL_ANNOTATION (hex), canary only
     stopping: str = ""  # STOPPING_ANNOTATION: a stop was begun for this reason
+
+    @property
+    def container_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.containers)
+
+    def image(self, container: str) -> str:
+        return image_in(self.containers, container)
 
     def settled(self, replicas: int) -> bool:
         """The Deployment controller has caught up and `replicas` pods are updated and ready."""
@@ -91,11 +158,14 @@ class ObservedDeployment:
 @dataclass(frozen=True)
 class ObservedPod:
     name: str
-    image: str
+    containers: Containers
     ready: bool
     phase: str = "Running"
-    waiting_reason: str = ""  # the first container's state.waiting.reason
+    waiting_reason: str = ""  # the first waiting reason among its containers' states
     created_ms: int = 0
+
+    def image(self, container: str) -> str:
+        return image_in(self.containers, container)
 
 
 @dataclass(frozen=True)
@@ -113,6 +183,9 @@ class ObservedTarget:
     canary: ObservedDeployment | None = None
     canary_pods: tuple[ObservedPod, ...] = ()
     emergency_stops: tuple[EmergencyStop, ...] = ()
+    # The HorizontalPodAutoscaler whose scaleTargetRef names the stable Deployment, if any:
+    # it owns the stable's replica count, which the controller then only reads.
+    autoscaler: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +217,8 @@ class RecordKillSwitch:
 
 @dataclass(frozen=True)
 class ApplyCanary:
-    """Server-side apply ``<name>-canary``: the stable's pod template with the candidate image."""
+    """Server-side apply ``<name>-canary``: the stable's pod template, the candidate image in
+    ``container`` (the other containers as the stable has them)."""
 
     namespace: str
     name: str  # the target (stable) Deployment
@@ -152,15 +226,20 @@ class ApplyCanary:
     image: str
     proposal: bytes
     marker: str
+    container: str
+    # An HPA owns the stable: the stable's scale this share was computed from. The executor
+    # reads the scale subresource before applying and refuses when it moved (re-plan).
+    scale_basis: int | None = None
 
 
 @dataclass(frozen=True)
 class ScaleStable:
     namespace: str
     name: str
-    replicas: int
+    replicas: int | None  # None: an HPA owns the count; it is not written
     image: str  # the image the log implies for the stable (restores a hand-set image)
     marker: str
+    container: str | None  # the container `image` is for; None: no image is written
 
 
 @dataclass(frozen=True)
@@ -179,9 +258,11 @@ class Promote:
 
     namespace: str
     name: str
-    replicas: int
+    # None: the count is not written (an HPA owns it; a drift after promotion is the image's)
+    replicas: int | None
     image: str
     marker: str
+    container: str
 
 
 @dataclass(frozen=True)
@@ -290,6 +371,8 @@ class _Target:
         self.cfg = cfg
         self.ns = target.namespace
         self.name = target.deployment
+        # An HPA owns the stable's replica count: N is its current count, never written.
+        self.hpa = bool(obs.autoscaler)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -313,7 +396,10 @@ class _Target:
             return out
         if self.obs.canary is not None:
             return self._finish(proposals)
-        return self._maybe_start(proposals)
+        drift = self._drift_after_promotion(proposals)
+        if any(not isinstance(a, Wait) for a in drift):
+            return drift  # the promoted image first; a next rollout starts from it
+        return [*drift, *self._maybe_start(proposals)]
 
     def _unrecorded_stops(self, proposals: list[ProposalState]) -> dict[bytes, EmergencyStop]:
         mine = {p.entry_hash for p in proposals if p.phase != "PROMOTED"}
@@ -331,16 +417,42 @@ class _Target:
             found[stop.proposal] = stop
         return found
 
+    # -- the target's settings and the live count -------------------------------------
+
+    def _settings(self, p: ProposalState) -> TargetSettings:
+        return target_settings(self.ls.policy_of(p))
+
+    def _container(self, p: ProposalState) -> tuple[str, str]:
+        """(the container `p` updates, "") or ("", the error that says why there is none)."""
+        stable = self.obs.stable
+        assert stable is not None
+        wanted = self._settings(p).container
+        return choose_container(wanted, stable.container_names, f"{self.ns}/{self.name}")
+
+    def _total(self, recorded: int) -> int:
+        """N: the HPA's current count (read at every plan) or the count recorded at STARTED."""
+        stable = self.obs.stable
+        return stable.replicas if self.hpa and stable is not None else recorded
+
+    def _owned(self, replicas: int) -> int | None:
+        """The stable replica count to write, or None when an HPA owns it."""
+        return None if self.hpa else replicas
+
+    def _basis(self, total: int) -> int | None:
+        """The scale a canary share was computed from, for the executor to check (HPA only)."""
+        return total if self.hpa else None
+
     # -- observed state as recorded on the ledger --------------------------------------
 
-    def _observed_state(self) -> ObservedState:
+    def _observed_state(self, p: ProposalState) -> ObservedState:
         stable, canary = self.obs.stable, self.obs.canary
+        container = self._container(p)[0] if stable else ""
         return ObservedState(
             stable_replicas=stable.replicas if stable else 0,
             canary_replicas=canary.replicas if canary else 0,
             canary_ready=canary.ready_replicas if canary else 0,
-            stable_image=stable.image if stable else "",
-            canary_image=canary.image if canary else "",
+            stable_image=stable.image(container) if stable else "",
+            canary_image=canary.image(container) if canary else "",
         )
 
     def _record(
@@ -356,7 +468,7 @@ class _Target:
             weight,
             phase,
             reason,
-            self._observed_state(),
+            self._observed_state(p),
             step_event_id(p.entry_hash, step, phase, attempt),
         )
 
@@ -394,6 +506,9 @@ class _Target:
     def _start(self, p: ProposalState) -> list[Action]:
         stable = self.obs.stable
         assert stable is not None
+        container, error = self._container(p)
+        if error:
+            return [Wait(p.entry_hash, error)]
         if stable.replicas < 1:
             return [Wait(p.entry_hash, f"Deployment {self.name} has no replicas to shift")]
         policy = self.ls.policy_of(p)
@@ -402,10 +517,13 @@ class _Target:
         c = canary_replicas(total, weight)
         m = marker(p.entry_hash, rollbacks(p), 0)
         approvers = ", ".join(self.ls.valid_approvers(p))
+        # The stable shrinks on a later plan, once these canary pods are ready (surge).
+        candidate = p.proposal.candidate.image
         return [
             self._record(p, 0, weight, "STARTED", f"approved by {approvers}"),
-            ApplyCanary(self.ns, self.name, c, p.proposal.candidate.image, p.entry_hash, m),
-            ScaleStable(self.ns, self.name, total - c, stable.image, m),
+            ApplyCanary(
+                self.ns, self.name, c, candidate, p.entry_hash, m, container, self._basis(total)
+            ),
         ]
 
     # -- an active rollout --------------------------------------------------------------
@@ -428,34 +546,52 @@ class _Target:
                     annotation_kill_event_id(p.entry_hash, stop.source, stop.reason),
                 )
             return self._rollback(
-                p, record.total_replicas, record.stable_image, reason, cause_seq, kill
+                p, self._total(record.total_replicas), record.stable_image, reason, cause_seq, kill
             )
+        container, error = self._container(p)
+        if error:  # nothing can be applied to a container that is not there: hold the step
+            return [Wait(p.entry_hash, error)]
 
-        total, stable_image = record.total_replicas, record.stable_image
+        total, stable_image = self._total(record.total_replicas), record.stable_image
         want_c = canary_replicas(total, cur.weight)
-        want_s = total - want_c
+        want_s = self._owned(total - want_c)
         m = marker(p.entry_hash, rollbacks(p), cur.step)
         candidate = p.proposal.candidate.image
         stable, canary = self.obs.stable, self.obs.canary
         assert stable is not None
+        apply_canary = ApplyCanary(
+            self.ns, self.name, want_c, candidate, p.entry_hash, m, container, self._basis(total)
+        )
+        scale_stable = ScaleStable(self.ns, self.name, want_s, stable_image, m, container)
 
         applies: list[Action] = []
         drift: list[str] = []
+        surge = ""
         if canary is None or canary.marker != m:
-            applies.append(ApplyCanary(self.ns, self.name, want_c, candidate, p.entry_hash, m))
-        elif canary.replicas != want_c or canary.image != candidate:
-            drift.append(_describe(canary_name(self.name), canary, want_c, candidate))
-            applies.append(ApplyCanary(self.ns, self.name, want_c, candidate, p.entry_hash, m))
+            applies.append(apply_canary)
+        elif canary.image(container) != candidate or (not self.hpa and canary.replicas != want_c):
+            drift.append(_describe(canary_name(self.name), canary, container, want_c, candidate))
+            applies.append(apply_canary)
+        elif canary.replicas != want_c:
+            applies.append(apply_canary)  # the HPA moved: the canary follows its share
         if stable.marker != m:
-            applies.append(ScaleStable(self.ns, self.name, want_s, stable_image, m))
-        elif stable.replicas != want_s or stable.image != stable_image:
-            drift.append(_describe(self.name, stable, want_s, stable_image))
-            applies.append(ScaleStable(self.ns, self.name, want_s, stable_image, m))
+            canary_ready = canary is not None and canary.marker == m and canary.settled(want_c)
+            if want_s is not None and want_s < stable.replicas and not canary_ready:
+                ready = canary.ready_replicas if canary is not None and canary.marker == m else 0
+                surge = f"canary pods ready {ready}/{want_c} before the stable shrinks"
+            else:
+                applies.append(scale_stable)
+        elif stable.image(container) != stable_image or (
+            want_s is not None and stable.replicas != want_s
+        ):
+            drift.append(_describe(self.name, stable, container, want_s, stable_image))
+            applies.append(scale_stable)
         if drift:
             note = "; ".join(drift)
             return [self._record(p, cur.step, cur.weight, "DRIFT_CORRECTED", note), *applies]
-        if applies:
-            return [*applies, Wait(p.entry_hash, f"applying step {cur.step} ({cur.weight}%)")]
+        if applies or surge:
+            message = surge or f"applying step {cur.step} ({cur.weight}%)"
+            return [*applies, Wait(p.entry_hash, message)]
 
         assert canary is not None
         if not canary.settled(want_c):
@@ -481,13 +617,26 @@ class _Target:
             m2 = marker(p.entry_hash, rollbacks(p), nxt)
             return [
                 self._record(p, nxt, weight, "ADVANCED", f"step {cur.step} held and healthy"),
-                ApplyCanary(self.ns, self.name, c, candidate, p.entry_hash, m2),
-                ScaleStable(self.ns, self.name, total - c, stable_image, m2),
+                ApplyCanary(
+                    self.ns,
+                    self.name,
+                    c,
+                    candidate,
+                    p.entry_hash,
+                    m2,
+                    container,
+                    self._basis(total),
+                ),
             ]
         return [
             self._record(p, cur.step, 100, "PROMOTED", "every step of the plan passed"),
             Promote(
-                self.ns, self.name, total, candidate, marker(p.entry_hash, rollbacks(p), "promoted")
+                self.ns,
+                self.name,
+                self._owned(total),
+                candidate,
+                marker(p.entry_hash, rollbacks(p), "promoted"),
+                container,
             ),
         ]
 
@@ -521,16 +670,19 @@ class _Target:
 
     def _failing_pod(self, p: ProposalState) -> str | None:
         candidate = p.proposal.candidate.image
+        container = self._container(p)[0] if self.obs.stable is not None else ""
+        grace_ms = self._settings(p).readiness_grace_ms
+        if grace_ms is None:
+            grace_ms = self.cfg.not_ready_grace_ms
         for pod in sorted(self.obs.canary_pods, key=lambda x: x.name):
-            if pod.image != candidate or pod.ready:
+            if pod.ready or not _runs(pod, container, candidate):
                 continue
             if pod.waiting_reason in FAILING_REASONS:
                 return f"canary pod {pod.name} is {pod.waiting_reason}"
             if pod.phase == "Failed":
                 return f"canary pod {pod.name} failed"
-            if self.now - pod.created_ms > self.cfg.not_ready_grace_ms:
-                grace = self.cfg.not_ready_grace_ms / 1000
-                return f"canary pod {pod.name} not ready after {grace:.0f}s"
+            if self.now - pod.created_ms > grace_ms:
+                return f"canary pod {pod.name} not ready after {grace_ms / 1000:.0f}s"
         return None
 
     def _rollback(
@@ -549,16 +701,9 @@ class _Target:
         out: list[Action] = []
         if canary is not None and (canary.replicas != 0 or not canary.stopping):
             out.append(StopCanary(self.ns, self.name, reason, cause_seq))
-        if stable.replicas != total or stable.image != stable_image:
-            out.append(
-                ScaleStable(
-                    self.ns,
-                    self.name,
-                    total,
-                    stable_image,
-                    marker(p.entry_hash, rollbacks(p), "rolled-back"),
-                )
-            )
+        restore = self._restore_stable(p, total, stable_image)
+        if restore is not None:
+            out.append(restore)
         if kill is not None:
             out.append(kill)
         out.append(self._record(p, cur.step, 0, "ROLLED_BACK", reason))
@@ -575,12 +720,15 @@ class _Target:
         if owner is None:
             return []  # a canary the log does not explain: not ours to touch
         record = self.state.rollouts.get(owner.entry_hash)
-        total = record.total_replicas if record else stable.replicas + canary.replicas
+        total = self._total(record.total_replicas if record else stable.replicas + canary.replicas)
         if owner.phase == "PROMOTED":
+            container, error = self._container(owner)
+            if error:
+                return [Wait(owner.entry_hash, error)]
             candidate = owner.proposal.candidate.image
-            if stable.image != candidate or stable.replicas != total:
+            if stable.image(container) != candidate or (not self.hpa and stable.replicas != total):
                 m = marker(owner.entry_hash, rollbacks(owner), "promoted")
-                return [Promote(self.ns, self.name, total, candidate, m)]
+                return [Promote(self.ns, self.name, self._owned(total), candidate, m, container)]
             if not stable.settled(total):
                 return [
                     Wait(
@@ -590,27 +738,80 @@ class _Target:
                 ]
             return [RemoveCanary(self.ns, self.name)]
         out: list[Action] = []
-        stable_image = record.stable_image if record else stable.image
         if canary.replicas != 0:
             out.append(StopCanary(self.ns, self.name, canary.stopping or "rollout ended"))
-        if stable.replicas != total or stable.image != stable_image:
-            out.append(
-                ScaleStable(
-                    self.ns,
-                    self.name,
-                    total,
-                    stable_image,
-                    marker(owner.entry_hash, rollbacks(owner), "rolled-back"),
-                )
-            )
+        stable_image = record.stable_image if record else ""
+        restore = self._restore_stable(owner, total, stable_image)
+        if restore is not None:
+            out.append(restore)
         out.append(RemoveCanary(self.ns, self.name))
         return out
 
+    def _restore_stable(
+        self, p: ProposalState, total: int, stable_image: str
+    ) -> ScaleStable | None:
+        """Put the stable back at N on its image, if it is not there (rollbacks).
 
-def _describe(name: str, live: ObservedDeployment, replicas: int, image: str) -> str:
+        Without a container to name (the policy's is gone) only the count is restored; with
+        an HPA only the image."""
+        stable = self.obs.stable
+        assert stable is not None
+        # No image is written without both a container to name and an image to restore.
+        container = (self._container(p)[0] or None) if stable_image else None
+        replicas = self._owned(total)
+        image_off = container is not None and stable.image(container) != stable_image
+        replicas_off = replicas is not None and stable.replicas != replicas
+        if not image_off and not replicas_off:
+            return None
+        m = marker(p.entry_hash, rollbacks(p), "rolled-back")
+        return ScaleStable(self.ns, self.name, replicas, stable_image, m, container)
+
+    # -- after promotion -----------------------------------------------------------------
+
+    def _drift_after_promotion(self, proposals: list[ProposalState]) -> list[Action]:
+        """The promoted candidate stays the stable's image until the next rollout starts.
+
+        A hand-set image on the container the policy names is drift, recorded and corrected
+        as during a rollout. The replica count is not: after promotion the candidate serves
+        all traffic whatever the count, and capacity is the user's (or their HPA's) to set.
+        """
+        stable = self.obs.stable
+        assert stable is not None
+        ended = [p for p in proposals if p.steps]
+        if not ended:
+            return []
+        last = max(ended, key=lambda p: p.steps[-1].seq)
+        cur = last.current
+        if last.phase != "PROMOTED" or cur is None:
+            return []
+        container, error = self._container(last)
+        if error:
+            return [Wait(last.entry_hash, f"promoted; {error}")]
+        candidate, live = last.proposal.candidate.image, stable.image(container)
+        if live == candidate:
+            return []
+        m = marker(last.entry_hash, rollbacks(last), "promoted")
+        note = f"{self.name}: image {live or '(none)'}, expected {candidate} (promoted)"
+        return [
+            self._record(last, cur.step, cur.weight, "DRIFT_CORRECTED", note),
+            Promote(self.ns, self.name, None, candidate, m, container),
+        ]
+
+
+def _runs(pod: ObservedPod, container: str, image: str) -> bool:
+    """The pod runs `image` in `container` (in any container when none could be named)."""
+    if container:
+        return pod.image(container) == image
+    return any(i == image for _, i in pod.containers)
+
+
+def _describe(
+    name: str, live: ObservedDeployment, container: str, replicas: int | None, image: str
+) -> str:
     parts = []
-    if live.replicas != replicas:
+    if replicas is not None and live.replicas != replicas:
         parts.append(f"replicas {live.replicas}, expected {replicas}")
-    if live.image != image:
-        parts.append(f"image {live.image}, expected {image}")
+    live_image = live.image(container)
+    if live_image != image:
+        parts.append(f"image {live_image or '(none)'}, expected {image}")
     return f"{name}: " + ", ".join(parts)

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 
 from controller.planner import (
     Action,
+    ObservedDeployment,
     ObservedTarget,
     RecordStep,
     StopCanary,
     Wait,
     canary_replicas,
+    choose_container,
+    target_settings,
 )
 from controller.state import ControllerState
-from ledger.formats import Target
+from ledger.formats import PolicySet, Target
 from ledger.state import ProposalState
 
 # The ModelRollout custom resource (k8s/crd-modelrollouts.yaml): written by the mirror, read by kubectl.
@@ -104,13 +107,17 @@ def _view(
         display = "Killed"
     if phase == "ROLLED_BACK" and record is not None and "emergency stop" in record.last_reason:
         display = "Killed"
-    total = record.total_replicas if record else (obs.stable.replicas if obs and obs.stable else 0)
+    stable = obs.stable if obs else None
+    # With an HPA, N is its current count and the stable keeps it (the canary runs on top).
+    hpa = bool(obs and obs.autoscaler) and stable is not None
+    total = record.total_replicas if record else (stable.replicas if stable else 0)
+    if hpa and stable is not None:
+        total = stable.replicas
     weight = cur.weight if cur and phase != "ROLLED_BACK" else 0
     if phase == "PROMOTED":
         weight = 100
     want_c = canary_replicas(total, weight) if phase in ("STARTED", "ADVANCED", "PAUSED") else 0
-    want_s = total - want_c
-    stable = obs.stable if obs else None
+    want_s = total if hpa else total - want_c
     canary = (
         obs.canary if obs and obs.canary and obs.canary.proposal == p.entry_hash.hex() else None
     )
@@ -128,7 +135,7 @@ def _view(
         approvals_required=policy.approvals_required,
         last_seq=state.last_seq.get(p.entry_hash, p.seq),
         candidate_image=p.proposal.candidate.image,
-        stable_image=record.stable_image if record else (stable.image if stable else ""),
+        stable_image=record.stable_image if record else _live_image(policy, stable),
         desired_stable_replicas=want_s,
         desired_canary_replicas=want_c,
         stable_replicas=stable.replicas if stable else 0,
@@ -137,3 +144,11 @@ def _view(
         kill_switch=f"{scope.kind} since seq {ls.kill_switches[scope]}" if scope else "",
         message=message,
     )
+
+
+def _live_image(policy: PolicySet, stable: ObservedDeployment | None) -> str:
+    """The stable's image in the container the policy names ("" when it cannot be named)."""
+    if stable is None:
+        return ""
+    container, _ = choose_container(target_settings(policy).container, stable.container_names, "")
+    return stable.image(container) if container else ""

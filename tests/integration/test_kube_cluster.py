@@ -250,6 +250,8 @@ def can_i(cluster: LocalCluster, verb: str, resource: str, ns: str | None) -> bo
 ALLOWED = [
     *[(v, "deployments.apps") for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "pods") for v in ("get", "list", "watch")],
+    ("get", "deployments.apps/scale"),
+    *[(v, "horizontalpodautoscalers.autoscaling") for v in ("get", "list", "watch")],
     *[
         (v, "modelrollouts.steward.dev")
         for v in ("get", "list", "watch", "create", "patch", "update")
@@ -261,6 +263,8 @@ ALLOWED = [
 FORBIDDEN = [
     ("update", "deployments.apps"),
     ("patch", "deployments.apps/scale"),
+    ("update", "deployments.apps/scale"),
+    ("patch", "horizontalpodautoscalers.autoscaling"),
     ("create", "pods"),
     ("delete", "pods"),
     ("get", "secrets"),

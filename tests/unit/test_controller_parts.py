@@ -43,7 +43,8 @@ def test_deployment_observation_reads_spec_status_and_markers() -> None:
         ),
     )
     o = _observed_deployment(d)
-    assert (o.replicas, o.image, o.ready_replicas, o.marker) == (2, "img:2", 1, "abc/0/1")
+    assert (o.replicas, o.image("s"), o.ready_replicas, o.marker) == (2, "img:2", 1, "abc/0/1")
+    assert o.containers == (("s", "img:2"),)
     assert not o.settled(2) and o.generation == 3
 
 

@@ -15,6 +15,7 @@ import pytest
 from controller.planner import (
     Action,
     ApplyCanary,
+    Containers,
     EmergencyStop,
     ObservedDeployment,
     ObservedPod,
@@ -51,6 +52,7 @@ from tests.unit.harness import Harness
 T = Target("models", "model-server")
 V1 = "registry.example/model-server:v1"
 V2 = "registry.example/model-server:v2"
+SERVER = "server"  # the only container of the simulated model server
 GLOBAL = KillScope("GLOBAL")
 TARGET = KillScope("TARGET", "models", "model-server")
 
@@ -60,7 +62,7 @@ def ready(
 ) -> ObservedDeployment:
     return ObservedDeployment(
         replicas=replicas,
-        image=image,
+        containers=((SERVER, image),),
         ready_replicas=replicas,
         updated_replicas=replicas,
         marker=marker,
@@ -78,6 +80,7 @@ class Sim:
     canary: ObservedDeployment | None = None
     pods: tuple[ObservedPod, ...] = ()
     stops: tuple[EmergencyStop, ...] = ()
+    autoscaler: str = ""  # the HPA that scales the stable, if any
     cs: ControllerState = field(default_factory=ControllerState)
     pods_ready: bool = True  # whether applied canary pods become ready
     log: list[Action] = field(default_factory=list)
@@ -90,7 +93,7 @@ class Sim:
         return self.cs
 
     def observed(self) -> dict[Target, ObservedTarget]:
-        return {T: ObservedTarget(self.stable, self.canary, self.pods, self.stops)}
+        return {T: ObservedTarget(self.stable, self.canary, self.pods, self.stops, self.autoscaler)}
 
     def plan(self, config: PlannerConfig | None = None) -> list[Action]:
         return plan(self.fold(), self.observed(), self.h.now, config)
@@ -134,18 +137,28 @@ class Sim:
             )
             return self.append(sign(body, self.h.cast["controller"].key))
         if isinstance(a, ApplyCanary):
+            assert self.stable is not None
             n = a.replicas if self.pods_ready else 0
             self.canary = ObservedDeployment(
-                a.replicas, a.image, n, a.replicas, marker=a.marker, proposal=a.proposal.hex()
+                a.replicas,
+                with_image(self.stable.containers, a.container, a.image),
+                n,
+                a.replicas,
+                marker=a.marker,
+                proposal=a.proposal.hex(),
             )
         elif isinstance(a, ScaleStable):
             assert self.stable is not None
+            replicas = self.stable.replicas if a.replicas is None else a.replicas
+            containers = self.stable.containers
+            if a.container is not None:
+                containers = with_image(containers, a.container, a.image)
             self.stable = dataclasses.replace(
                 self.stable,
-                replicas=a.replicas,
-                image=a.image,
-                ready_replicas=a.replicas,
-                updated_replicas=a.replicas,
+                replicas=replicas,
+                containers=containers,
+                ready_replicas=replicas,
+                updated_replicas=replicas,
                 marker=a.marker,
             )
         elif isinstance(a, StopCanary):
@@ -154,7 +167,12 @@ class Sim:
                 self.canary, replicas=0, ready_replicas=0, stopping=a.reason
             )
         elif isinstance(a, Promote):
-            self.stable = ready(a.replicas, a.image, a.marker)
+            assert self.stable is not None
+            replicas = self.stable.replicas if a.replicas is None else a.replicas
+            self.stable = dataclasses.replace(
+                ready(replicas, a.image, a.marker),
+                containers=with_image(self.stable.containers, a.container, a.image),
+            )
         elif isinstance(a, RemoveCanary):
             self.canary = None
             self.pods = ()
@@ -176,6 +194,12 @@ class Sim:
     def replicas(self) -> tuple[int, int]:
         assert self.stable is not None
         return self.stable.replicas, self.canary.replicas if self.canary else 0
+
+
+def with_image(containers: Containers, name: str, image: str) -> Containers:
+    """What applying `image` to container `name` does to a pod template (the others kept)."""
+    assert name in [n for n, _ in containers], f"no container {name} in {containers}"
+    return tuple((n, image if n == name else i) for n, i in containers)
 
 
 def step_event(h: Harness, a: RecordStep) -> SignedEvent:
@@ -233,9 +257,12 @@ def test_step_event_ids_are_deterministic_and_distinct() -> None:
 def test_full_rollout_to_promotion(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     first = sim.tick()
-    assert kinds(first) == ["RecordStep:STARTED", "ApplyCanary", "ScaleStable"]
+    # Surge: the canary first; the stable shrinks once the canary pods are ready.
+    assert kinds(first) == ["RecordStep:STARTED", "ApplyCanary"]
+    assert sim.replicas() == (4, 1)
+    assert sim.canary is not None and sim.canary.image(SERVER) == V2
+    assert kinds(sim.tick()) == ["ScaleStable", "Wait"]
     assert sim.replicas() == (3, 1)
-    assert sim.canary is not None and sim.canary.image == V2
     sim.run()
     # Step 1 has a health gate: nothing moves until a healthy report for step 1.
     assert sim.phases(p) == [(0, 10, "STARTED"), (1, 50, "ADVANCED")]
@@ -263,6 +290,7 @@ def test_promotion_removes_the_canary_only_once_the_stable_is_ready(h: Harness, 
     p2, _ = h2.approved(plan=(PlanStep(100, 0, False),))
     s2 = Sim(h2)
     s2.tick()  # STARTED
+    s2.tick()  # the stable shrinks (to 0) once the canary is ready
     h2.tick(1000)
     s2.tick(only=RecordStep)  # PROMOTED recorded, crash before the apply
     assert s2.phases(p2)[-1][2] == "PROMOTED"
@@ -278,6 +306,7 @@ def test_promotion_removes_the_canary_only_once_the_stable_is_ready(h: Harness, 
 def test_hold_time_keeps_the_step(h: Harness, sim: Sim) -> None:
     h.approved(plan=(PlanStep(25, 5, False), PlanStep(100, 0, False)))
     sim.tick()
+    sim.tick()  # the stable shrinks once the canary is ready
     h.tick(1000)
     waits = sim.plan()
     assert kinds(waits) == ["Wait"] and "holding step 0" in waits[0].message  # type: ignore[union-attr]
@@ -372,7 +401,7 @@ def test_kill_switch_of_any_scope_rolls_back_at_once(h: Harness, sim: Sim, kind:
     assert f"{kind} kill switch" in actions[0].reason  # type: ignore[union-attr]
     sim.run()
     assert sim.canary is None and sim.replicas() == (4, 0)
-    assert sim.stable is not None and sim.stable.image == V1
+    assert sim.stable is not None and sim.stable.image(SERVER) == V1
     assert sim.phases(p)[-1] == (1, 0, "ROLLED_BACK")
 
 
@@ -391,6 +420,7 @@ def test_after_a_release_nothing_resumes_without_a_fresh_decision(h: Harness, si
     restart = first[0]
     assert isinstance(restart, RecordStep)
     assert restart.event_id == step_event_id(p, 0, "STARTED", 1)  # attempt 1: one rollback before
+    sim.tick()  # the stable shrinks once the canary is ready
     assert sim.replicas() == (3, 1)
 
 
@@ -410,6 +440,7 @@ def test_kill_release_needs_the_threshold(h: Harness) -> None:
 def test_emergency_stop_annotation_rolls_back_then_records_a_kill(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     sim.tick()
+    sim.tick()  # the stable shrinks once the canary is ready: there is a stable to restore
     src = AnnotationSource(
         "models/model-server-" + p.hex()[:10], "kubectl-annotate", "2026-01-01T00:00:05Z"
     )
@@ -465,6 +496,7 @@ def test_an_unhealthy_report_from_before_a_restart_does_not_roll_back_again(
     approve_fresh(h, p)
     sim.tick()
     assert sim.phases(p)[-1] == (0, 50, "STARTED")
+    sim.tick()  # the stable shrinks once the canary is ready
     h.tick(1000)
     assert kinds(sim.plan()) == ["Wait"]  # waits for a fresh report, no rollback
 
@@ -474,7 +506,9 @@ def test_crashlooping_canary_pod_rolls_back(h: Harness, sim: Sim) -> None:
     sim.pods_ready = False
     sim.tick()
     sim.pods = (
-        ObservedPod("model-server-canary-x", V2, False, "Running", "CrashLoopBackOff", h.now),
+        ObservedPod(
+            "model-server-canary-x", ((SERVER, V2),), False, "Running", "CrashLoopBackOff", h.now
+        ),
     )
     actions = sim.plan()
     assert kinds(actions)[0] == "StopCanary" and "CrashLoopBackOff" in actions[0].reason  # type: ignore[union-attr]
@@ -486,7 +520,7 @@ def test_a_canary_pod_not_ready_past_the_grace_rolls_back(h: Harness, sim: Sim) 
     h.approved()
     sim.pods_ready = False
     sim.tick()
-    sim.pods = (ObservedPod("model-server-canary-y", V2, False, "Pending", "", h.now),)
+    sim.pods = (ObservedPod("model-server-canary-y", ((SERVER, V2),), False, "Pending", "", h.now),)
     cfg = PlannerConfig(not_ready_grace_ms=10_000)
     assert kinds(sim.plan(cfg)) == ["Wait"]
     h.tick(11_000)
@@ -499,6 +533,7 @@ def test_a_canary_pod_not_ready_past_the_grace_rolls_back(h: Harness, sim: Sim) 
 def test_hand_scaled_stable_is_recorded_as_drift_and_corrected(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     sim.tick()
+    sim.tick()  # the stable shrinks once the canary is ready
     assert sim.stable is not None
     sim.stable = dataclasses.replace(sim.stable, replicas=7)  # kubectl scale
     actions = sim.plan()
@@ -508,11 +543,11 @@ def test_hand_scaled_stable_is_recorded_as_drift_and_corrected(h: Harness, sim: 
     assert sim.replicas() == (3, 1)
     assert sim.phases(p) == [(0, 10, "STARTED"), (0, 10, "DRIFT_CORRECTED")]
     # A second hand change gets its own record (its own event id).
-    sim.canary = dataclasses.replace(sim.canary, image=V1)  # type: ignore[arg-type]
+    sim.canary = dataclasses.replace(sim.canary, containers=((SERVER, V1),))  # type: ignore[arg-type]
     second = sim.tick()
     assert kinds(second) == ["RecordStep:DRIFT_CORRECTED", "ApplyCanary"]
     assert second[0].event_id != actions[0].event_id  # type: ignore[union-attr]
-    assert sim.phases(p)[-1] == (0, 10, "DRIFT_CORRECTED") and sim.canary.image == V2
+    assert sim.phases(p)[-1] == (0, 10, "DRIFT_CORRECTED") and sim.canary.image(SERVER) == V2
 
 
 def test_a_record_without_its_apply_is_reapplied_not_drift(h: Harness, sim: Sim) -> None:
@@ -520,8 +555,10 @@ def test_a_record_without_its_apply_is_reapplied_not_drift(h: Harness, sim: Sim)
     first = sim.tick(only=RecordStep)  # crash right after the ledger accepted STARTED
     assert sim.canary is None and sim.phases(p) == [(0, 10, "STARTED")]
     again = sim.plan()
-    assert kinds(again) == ["ApplyCanary", "ScaleStable", "Wait"]
+    assert kinds(again) == ["ApplyCanary", "Wait"]  # the stable waits for the canary (surge)
     sim.tick()
+    assert sim.replicas() == (4, 1)
+    assert kinds(sim.tick()) == ["ScaleStable", "Wait"]
     assert sim.replicas() == (3, 1)
     # Re-planned from the same log, the forward move has the same id: never recorded twice.
     assert first[0].event_id == step_event_id(p, 0, "STARTED", 0)  # type: ignore[union-attr]
@@ -530,6 +567,7 @@ def test_a_record_without_its_apply_is_reapplied_not_drift(h: Harness, sim: Sim)
 def test_a_stop_begun_before_a_crash_is_finished(h: Harness, sim: Sim) -> None:
     p, _ = h.approved()
     sim.tick()
+    sim.tick()  # the stable shrinks once the canary is ready: there is a stable to restore
     h.ok(h.flow.health(p, 0, False))  # no gate on step 0, still a reason to stop
     sim.tick(only=StopCanary)  # crash after zeroing the canary
     assert sim.canary is not None and sim.canary.replicas == 0
