@@ -258,8 +258,7 @@ class Promote:
 
     namespace: str
     name: str
-    # None: the count is not written (an HPA owns it; a drift after promotion is the image's)
-    replicas: int | None
+    replicas: int | None  # None: an HPA owns the count; it is not written
     image: str
     marker: str
     container: str
@@ -769,11 +768,12 @@ class _Target:
     # -- after promotion -----------------------------------------------------------------
 
     def _drift_after_promotion(self, proposals: list[ProposalState]) -> list[Action]:
-        """The promoted candidate stays the stable's image until the next rollout starts.
+        """After promotion the stable runs the candidate at N until the next rollout starts.
 
-        A hand-set image on the container the policy names is drift, recorded and corrected
-        as during a rollout. The replica count is not: after promotion the candidate serves
-        all traffic whatever the count, and capacity is the user's (or their HPA's) to set.
+        The same definition as the auditor's drift check (audit/drift.py): a hand-set image
+        on the named container, or a hand-set count (unless an HPA owns the count), is drift,
+        recorded and corrected as during a rollout. Not under a kill switch in scope: people
+        may be rolling back by hand, and the controller does not push the candidate back.
         """
         stable = self.obs.stable
         assert stable is not None
@@ -781,20 +781,30 @@ class _Target:
         if not ended:
             return []
         last = max(ended, key=lambda p: p.steps[-1].seq)
-        cur = last.current
-        if last.phase != "PROMOTED" or cur is None:
+        cur, record = last.current, self.state.rollouts.get(last.entry_hash)
+        if last.phase != "PROMOTED" or cur is None or record is None:
             return []
         container, error = self._container(last)
         if error:
             return [Wait(last.entry_hash, f"promoted; {error}")]
-        candidate, live = last.proposal.candidate.image, stable.image(container)
-        if live == candidate:
+        candidate, replicas = last.proposal.candidate.image, self._owned(record.total_replicas)
+        if stable.image(container) == candidate and replicas in (None, stable.replicas):
             return []
+        note = _describe(self.name, stable, container, replicas, candidate) + " (promoted)"
+        scope = self.ls.kill_switch_for(last)
+        if scope is not None:
+            seq = self.ls.kill_switches[scope]
+            return [
+                Wait(
+                    last.entry_hash,
+                    f"promoted; {note}: not corrected while the {scope.kind} kill switch "
+                    f"engaged at seq {seq} is on",
+                )
+            ]
         m = marker(last.entry_hash, rollbacks(last), "promoted")
-        note = f"{self.name}: image {live or '(none)'}, expected {candidate} (promoted)"
         return [
             self._record(last, cur.step, cur.weight, "DRIFT_CORRECTED", note),
-            Promote(self.ns, self.name, None, candidate, m, container),
+            Promote(self.ns, self.name, replicas, candidate, m, container),
         ]
 
 

@@ -329,7 +329,7 @@ def test_a_hand_set_image_after_promotion_is_recorded_and_corrected(h: Harness, 
     assert record.reason == f"model-server: image {V1}, expected {V2} (promoted)"
     assert (record.step, record.weight) == (1, 100)
     assert record.event_id == step_event_id(p, 1, "DRIFT_CORRECTED", 0)
-    assert promote.replicas is None  # the image only
+    assert (promote.replicas, promote.image, promote.container) == (N, V2, SERVER)
     sim.run()
     assert sim.stable.image(SERVER) == V2 and sim.phases(p)[-1] == (1, 100, "DRIFT_CORRECTED")
     assert h.core.state.proposals[p].phase == "PROMOTED"  # a correction is no new phase
@@ -340,11 +340,43 @@ def test_a_hand_set_image_after_promotion_is_recorded_and_corrected(h: Harness, 
     assert sim.stable.image(SERVER) == V2
 
 
-def test_after_promotion_the_replica_count_is_the_users(h: Harness, sim: Sim) -> None:
+def test_under_a_kill_switch_a_hand_set_image_after_promotion_is_left_alone(
+    h: Harness, sim: Sim
+) -> None:
+    p = promoted(h, sim)
+    assert sim.stable is not None
+    scope = KillScope("TARGET", "models", "model-server")
+    h.ok(h.flow.kill(scope))
+    sim.stable = dataclasses.replace(sim.stable, containers=((SERVER, V1),))  # on-call's rollback
+    actions = sim.plan()
+    assert kinds(actions) == ["Wait"]
+    message = actions[0].message  # type: ignore[union-attr]
+    assert f"image {V1}, expected {V2} (promoted): not corrected while the TARGET kill" in message
+    h.ok(h.flow.release(scope))
+    assert kinds(sim.plan()) == ["RecordStep:DRIFT_CORRECTED", "Promote"]
+    assert sim.phases(p)[-1][2] == "PROMOTED"
+
+
+def test_a_hand_scale_after_promotion_is_drift_too(h: Harness, sim: Sim) -> None:
+    p = promoted(h, sim)
+    assert sim.stable is not None
+    sim.stable = dataclasses.replace(sim.stable, replicas=9, ready_replicas=9)  # kubectl scale
+    actions = sim.tick()
+    assert kinds(actions) == ["RecordStep:DRIFT_CORRECTED", "Promote"]
+    assert actions[0].reason == "model-server: replicas 9, expected 4 (promoted)"  # type: ignore[union-attr]
+    assert sim.replicas() == (N, 0) and sim.phases(p)[-1] == (1, 100, "DRIFT_CORRECTED")
+
+
+def test_after_promotion_an_hpa_owns_the_count(h: Harness, sim: Sim) -> None:
+    sim.autoscaler = "model-server"
     promoted(h, sim)
     assert sim.stable is not None
-    sim.stable = dataclasses.replace(sim.stable, replicas=9, ready_replicas=9)
+    sim.stable = dataclasses.replace(sim.stable, replicas=9, ready_replicas=9)  # the HPA
     assert sim.plan() == []
+    sim.stable = dataclasses.replace(sim.stable, containers=((SERVER, V1),))
+    actions = sim.plan()
+    assert kinds(actions) == ["RecordStep:DRIFT_CORRECTED", "Promote"]
+    assert actions[1].replicas is None  # type: ignore[union-attr]
 
 
 def test_a_later_rollout_starts_from_the_corrected_image(h: Harness, sim: Sim) -> None:
