@@ -614,10 +614,17 @@ class Executor:
                 raise RefusedError(_no_container(container, names, f"{ns}/{name}"))
             spec["template"] = {"spec": {"containers": [{"name": container, "image": image}]}}
         metadata = {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}}
-        if replicas is None:
-            # Not an apply: an apply that leaves out a field this manager owned would remove
-            # it (spec.replicas back to its default of 1 under the HPA's feet). A strategic
-            # merge patch changes only what it names, and owns nothing else.
+        if replicas is not None:
+            hpa = self.cache.autoscaler_of(ns, name)
+            if hpa:
+                raise RefusedError(
+                    f"HorizontalPodAutoscaler {hpa} owns the replicas of {ns}/{name}"
+                )
+            spec["replicas"] = replicas
+        if replicas is None or container is None:
+            # Not an apply: an apply that leaves out a field this manager owned removes it
+            # (spec.replicas back to its default of 1 under the HPA's feet, or the image of
+            # the container). A strategic merge patch changes only what it names.
             obj = self.apps.patch_namespaced_deployment(
                 name,
                 ns,
@@ -626,16 +633,9 @@ class Executor:
                 _content_type=STRATEGIC_MERGE,
             )
             self.cache.put_deployment(obj)
-            return f"stable image {image} (replicas left to the HPA or the user)"
-        hpa = self.cache.autoscaler_of(ns, name)
-        if hpa:
-            raise RefusedError(f"HorizontalPodAutoscaler {hpa} owns the replicas of {ns}/{name}")
-        body = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata,
-            "spec": {"replicas": replicas, **spec},
-        }
+            count = "replicas left to the HPA" if replicas is None else f"{replicas} replicas"
+            return f"stable patched: {count}, " + (f"image {image}" if container else "image kept")
+        body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
         obj = self.apps.patch_namespaced_deployment(
             name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
         )

@@ -155,6 +155,13 @@ def test_the_executor_updates_the_named_container_and_leaves_the_other_alone(
         assert stable.spec.replicas == 4
         assert [c["image"] for c in containers_of(stable)] == [V2, PROXY]
         assert containers_of(stable)[1] == proxy_before
+        # No container to name (a stop after the policy's container vanished): the count
+        # alone, and the images stay as they are (no apply that would drop the image field).
+        (count_only,) = executor.execute([ScaleStable(ns, llm, 3, "", "m/0/rb", None)])
+        assert count_only.ok, count_only
+        stable = apps.read_namespaced_deployment(llm, ns)
+        assert stable.spec.replicas == 3
+        assert [c["image"] for c in containers_of(stable)] == [V2, PROXY]
         # A name the pod does not have is refused, naming the containers it has.
         (missing,) = executor.execute([ApplyCanary(ns, llm, 2, V2, proposal, "m/0/1", "model")])
         assert not missing.ok
