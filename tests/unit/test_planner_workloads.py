@@ -29,6 +29,7 @@ from controller.planner import (
     step_event_id,
     target_settings,
 )
+from controller.view import rollout_views
 from ledger.formats import KillScope, PlanStep, PolicySet
 from tests.unit.harness import Harness
 from tests.unit.test_planner import SERVER, V1, V2, Sim, kinds, ready
@@ -401,3 +402,16 @@ def test_a_promoted_target_whose_container_cannot_be_named_says_so(h: Harness, s
     actions = sim.plan()
     assert all(isinstance(a, Wait) for a in actions)
     assert "promoted; Deployment models/model-server has 2 containers" in actions[0].message  # type: ignore[union-attr]
+
+
+def test_the_view_shows_the_hpas_count_and_the_named_containers_image(h: Harness, sim: Sim) -> None:
+    h.approved()
+    sim.autoscaler = "model-server"
+    sim.stable = two_containers(N, V1)
+    give_policy(sim, container=SERVER)
+    sim.run()
+    assert sim.stable is not None
+    sim.stable = dataclasses.replace(sim.stable, replicas=8, ready_replicas=8, updated_replicas=8)
+    (view,) = rollout_views(sim.fold(), sim.observed())
+    assert (view.weight, view.desired_stable_replicas, view.desired_canary_replicas) == (50, 8, 4)
+    assert view.stable_image == V1
