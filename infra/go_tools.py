@@ -18,6 +18,7 @@ import hashlib
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,16 +67,8 @@ def tool_path(name: str) -> Path:
 def install(name: str) -> Path:
     """Build the pinned tool ``name`` unless it is already in the cache; return its path."""
     tool = _tool(name)
-    target = tool_path(name)
-    if target.is_file():
-        return target
-    _need_go()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
-        if target.is_file():
-            return target
-        t0 = time.monotonic()
-        go_log(f"{tool.name}: building {tool.package}@{tool.version}")
+
+    def build(target: Path) -> None:
         work = target.parent / "build"
         env = go_env()
         env["GOBIN"] = str(work / "bin")
@@ -87,27 +80,17 @@ def install(name: str) -> Path:
             error=GoToolError,
             env=env,
         )
-        # The rename makes the tool appear whole or not at all (a build killed half-way
-        # leaves nothing that looks done).
         (work / "bin" / tool.name).rename(target)
-        go_log(f"{tool.name}: done in {time.monotonic() - t0:.0f}s")
-    return target
+
+    return _build_once(tool_path(name), f"{tool.package}@{tool.version}", build)
 
 
 def build_local(source: Path, name: str) -> Path:
     """Build the Go program in ``source`` (a directory with go.mod and go.sum) into the cache,
     keyed by the hash of its files; return the binary's path."""
     digest = _tree_hash(source)
-    target = cache_root() / "local" / f"{name}-{digest[:16]}" / name
-    if target.is_file():
-        return target
-    _need_go()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
-        if target.is_file():
-            return target
-        t0 = time.monotonic()
-        go_log(f"{name}: building {source.name}")
+
+    def build(target: Path) -> None:
         tmp = target.parent / f".{name}.tmp"
         build_dir = target.parent / "build"
         # Built from a copy, so a build never writes into the checkout (go.sum updates, logs).
@@ -121,7 +104,25 @@ def build_local(source: Path, name: str) -> Path:
             error=GoToolError,
         )
         tmp.rename(target)
-        go_log(f"{name}: done in {time.monotonic() - t0:.0f}s")
+
+    return _build_once(cache_root() / "local" / f"{name}-{digest[:16]}" / name, source.name, build)
+
+
+def _build_once(target: Path, what: str, build: Callable[[Path], None]) -> Path:
+    """``target`` if it is there, else ``build(target)`` under the directory's lock. Builds end
+    with a rename into ``target``, so a tool appears whole or not at all (a build killed
+    half-way leaves nothing that looks done)."""
+    if target.is_file():
+        return target
+    _need_go()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent):
+        if target.is_file():
+            return target
+        t0 = time.monotonic()
+        go_log(f"{target.name}: building {what}")
+        build(target)
+        go_log(f"{target.name}: done in {time.monotonic() - t0:.0f}s")
     return target
 
 
