@@ -18,7 +18,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 from audit.errors import DecodeError
@@ -139,6 +139,18 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 _PRIMITIVE_READERS = _PRIMITIVES  # every primitive is read inline by the generated code
+
+
+def _check_fields(cls: type[Any], names: list[str]) -> None:
+    """The schema's fields are the class's, in order; a class may have more fields after
+    them, with defaults: an older writer's record, whose later fields take those defaults
+    (Avro resolution of appended fields; audit.formats checks the defaults are the reader
+    schema's)."""
+    declared = fields(cls)
+    if [f.name for f in declared[: len(names)]] != names or any(
+        f.default is MISSING for f in declared[len(names) :]
+    ):
+        raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
 
 
 def compile_reader(
@@ -306,9 +318,7 @@ class _Generator:
         cls = self.classes.get(full)
         if cls is None:
             raise ValueError(f"no value class for record {full}")
-        names = [f["name"] for f in node["fields"]]
-        if names != [f.name for f in fields(cls)]:
-            raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
+        _check_fields(cls, [f["name"] for f in node["fields"]])
         cls_name = "_cls_" + re.sub(r"[^A-Za-z0-9]", "_", full)
         self.env[cls_name] = cls
         self.inlining.append(full)
@@ -504,9 +514,7 @@ def _plain_reader(schema: Any, classes: Mapping[str, type[Any]]) -> Reader:
         cls = classes.get(full)
         if cls is None:
             raise ValueError(f"no value class for record {full}")
-        names = [f["name"] for f in node["fields"]]
-        if names != [f.name for f in fields(cls)]:
-            raise ValueError(f"{cls.__name__} fields {names} do not match the schema")
+        _check_fields(cls, [f["name"] for f in node["fields"]])
         readers = [build(f["type"], inner_ns) for f in node["fields"]]
 
         def read_record(buf: bytes, pos: int) -> tuple[Any, int]:

@@ -107,6 +107,27 @@ class PlanStep:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class NoDataRule:
+    deadline_seconds: int
+    action: str  # ROLLBACK or PAUSE
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class HealthCheck:
+    name: str
+    query: str
+    op: str
+    threshold: float
+    interval_seconds: int
+    count: int
+    failure_limit: int
+    steps: tuple[int, ...] | None
+    no_data: NoDataRule
+
+
+# The fields EventBody v2 added have defaults (the v2 schema's, checked at load below): a body
+# written with v1 reads with them, as Avro resolution of appended fields gives.
+@dataclass(slots=True, unsafe_hash=True)
 class PolicySet:
     policy_id: str
     selector: TargetSelector
@@ -117,6 +138,9 @@ class PolicySet:
     veto_on_reject: bool
     kill_release_approvals: int
     kill_rollback_bound_ms: int
+    analysis: tuple[HealthCheck, ...] = ()
+    container: str | None = None
+    readiness_grace_seconds: int | None = None
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -169,11 +193,28 @@ class ApprovalRecorded:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class Sample:
+    taken_at: int
+    value: float | None  # None: inconclusive (no data, or an error `detail` names)
+    detail: str
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class CheckEvidence:
+    name: str
+    query: str
+    evaluated_at: int
+    samples: tuple[Sample, ...]
+    verdict: str  # PASS, FAIL or INCONCLUSIVE: recomputed by audit.analysis, never trusted
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class HealthReported:
     proposal: bytes
     step: int
     healthy: bool
     metrics: tuple[Metric, ...]
+    checks: tuple[CheckEvidence, ...] = ()
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -266,6 +307,8 @@ _RECORD_CLASSES: dict[str, type[Any]] = {
         TargetSelector,
         RequiredEval,
         PlanStep,
+        NoDataRule,
+        HealthCheck,
         PolicySet,
         Target,
         ModelRef,
@@ -274,6 +317,8 @@ _RECORD_CLASSES: dict[str, type[Any]] = {
         Metric,
         EvalRecorded,
         ApprovalRecorded,
+        Sample,
+        CheckEvidence,
         HealthReported,
         ObservedState,
         RolloutStep,
@@ -313,7 +358,51 @@ def _load(file: str) -> Schema:
     )
 
 
-BODY_SCHEMAS: Mapping[bytes, Schema] = {s.fingerprint: s for s in [_load("event_body.v1.avsc")]}
+def _records(node: Any, ns: str = "") -> dict[str, Any]:
+    """Every record schema defined in `node`, by full name."""
+    found: dict[str, Any] = {}
+    if isinstance(node, list):
+        for branch in node:
+            found.update(_records(branch, ns))
+    elif isinstance(node, dict):
+        kind = node.get("type")
+        if kind == "record":
+            full = fullname(node["name"], node.get("namespace", ns))
+            found[full] = node
+            inner = full.rsplit(".", 1)[0]
+            for f in node["fields"]:
+                found.update(_records(f["type"], inner))
+        elif kind == "array":
+            found.update(_records(node["items"], ns))
+        elif isinstance(kind, dict | list):
+            found.update(_records(kind, ns))
+    return found
+
+
+def _check_resolution(old_file: str, new_file: str) -> None:
+    """Bodies written with `old_file` read as `new_file` gives them: every record the newer
+    schema extends gains only fields at its end, each with a default, and that default is the
+    value class's (which the reader builds an older record with)."""
+    old = _records(json.loads(resources.files("audit.schemas").joinpath(old_file).read_text()))
+    new = _records(json.loads(resources.files("audit.schemas").joinpath(new_file).read_text()))
+    for full, old_node in old.items():
+        old_names = [f["name"] for f in old_node["fields"]]
+        new_fields = new[full]["fields"]
+        if [f["name"] for f in new_fields[: len(old_names)]] != old_names:
+            raise ValueError(f"{new_file}: {full} does not extend {old_file}'s fields")
+        cls = _RECORD_CLASSES[full]
+        for f in new_fields[len(old_names) :]:
+            declared = cls.__dataclass_fields__[f["name"]].default
+            expected = tuple(f["default"]) if isinstance(f.get("default"), list) else f["default"]
+            if declared != expected:
+                raise ValueError(f"{full}.{f['name']}: default {declared!r}, schema {expected!r}")
+
+
+# v2 is written now; v1 bodies still read (resolved to v2, checked here at import).
+_check_resolution("event_body.v1.avsc", "event_body.v2.avsc")
+BODY_SCHEMAS: Mapping[bytes, Schema] = {
+    s.fingerprint: s for s in [_load("event_body.v2.avsc"), _load("event_body.v1.avsc")]
+}
 ENTRY_SCHEMAS: Mapping[bytes, Schema] = {s.fingerprint: s for s in [_load("entry.v1.avsc")]}
 SIGNED_EVENT_SCHEMAS: Mapping[bytes, Schema] = {
     s.fingerprint: s for s in [_load("signed_event.v1.avsc")]

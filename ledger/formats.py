@@ -38,8 +38,10 @@ from ledger.codegen import GENERATE
 from ledger.errors import FormatError, UnknownSchemaError
 from ledger.merkle import leaf_hash
 from ledger.model import (
+    CHECK_VERDICTS,
     COMPARE_OPS,
     DECISIONS,
+    NO_DATA_ACTIONS,
     PAYLOAD_TYPES,
     PRINCIPAL_KINDS,
     ROLES,
@@ -47,9 +49,11 @@ from ledger.model import (
     SCOPE_KINDS,
     AnnotationSource,
     ApprovalRecorded,
+    CheckEvidence,
     Entry,
     EvalRecorded,
     EventBody,
+    HealthCheck,
     HealthReported,
     KeyGranted,
     KeyRevoked,
@@ -60,6 +64,7 @@ from ledger.model import (
     LogEntry,
     Metric,
     ModelRef,
+    NoDataRule,
     ObservedState,
     Payload,
     PlanStep,
@@ -69,6 +74,7 @@ from ledger.model import (
     RequiredEval,
     RolloutStep,
     RootKey,
+    Sample,
     Signature,
     SignedEvent,
     Target,
@@ -81,6 +87,7 @@ from ledger.wire import (
     ENTRY_SCHEMA,
     ENTRY_WRITERS,
     EVENT_BODY_SCHEMA,
+    EVENT_BODY_SCHEMA_V1,
     EVENT_ID_SIZE,
     HASH_SIZE,
     MAX_BODY_BYTES,
@@ -98,16 +105,19 @@ from ledger.wire import (
 
 # The model's and the wire's names, re-exported, and this module's own.
 __all__ = [
+    "CHECK_VERDICTS",
     "COMPARE_OPS",
     "DECISIONS",
     "DOMAIN_PREFIX",
     "ENTRY_SCHEMA",
     "EVENT_BODY_SCHEMA",
+    "EVENT_BODY_SCHEMA_V1",
     "EVENT_ID_SIZE",
     "HASH_SIZE",
     "MAX_BODY_BYTES",
     "MAX_ENTRY_BYTES",
     "MAX_SIGNATURES",
+    "NO_DATA_ACTIONS",
     "PAYLOAD_TYPES",
     "PRINCIPAL_KINDS",
     "ROLES",
@@ -119,9 +129,11 @@ __all__ = [
     "ZERO_HASH",
     "AnnotationSource",
     "ApprovalRecorded",
+    "CheckEvidence",
     "Entry",
     "EvalRecorded",
     "EventBody",
+    "HealthCheck",
     "HealthReported",
     "KeyGranted",
     "KeyRevoked",
@@ -132,6 +144,7 @@ __all__ = [
     "LogEntry",
     "Metric",
     "ModelRef",
+    "NoDataRule",
     "ObservedState",
     "Payload",
     "PlanStep",
@@ -142,6 +155,7 @@ __all__ = [
     "RequiredEval",
     "RolloutStep",
     "RootKey",
+    "Sample",
     "Schema",
     "Signature",
     "SignedEvent",
@@ -270,13 +284,15 @@ def _schemaless_write(schema: Schema, record: Mapping[str, Any], field: str) -> 
     return out.getvalue()
 
 
-def _schemaless_read(schema: Schema, data: bytes, what: str) -> dict[str, Any]:
+def _schemaless_read(
+    schema: Schema, data: bytes, what: str, reader: Schema | None = None
+) -> dict[str, Any]:
     buf = io.BytesIO(data)
     try:
         record = fastavro.schemaless_reader(
             buf,
             schema.parsed,
-            None,
+            None if reader is None or reader is schema else reader.parsed,
             return_record_name=True,
             return_record_name_override=True,
         )
@@ -325,19 +341,27 @@ def _split_single_object(
 # Bodies and signed bytes
 
 
-def encode_body(body: EventBody) -> bytes:
-    """The single-object encoding of `body` with the current EventBody schema."""
+def encode_body(body: EventBody, schema: Schema = EVENT_BODY_SCHEMA) -> bytes:
+    """The single-object encoding of `body` with the current EventBody schema.
+
+    `schema` may name an older EventBody schema (``BODY_WRITERS``), to write the bodies an
+    older writer wrote (test vectors, compatibility tests); a body that the older schema
+    cannot hold (a field it lacks set to other than its default) is refused, never cut.
+    """
     record = _to_avro(body)
     record.pop("payload")
     record["type"] = body.type
     record["payload"] = (f"steward.v1.{body.type}", _to_avro(body.payload))
     # Field order in the dict does not matter to fastavro; the schema fixes it.
-    encoded = _single_object(
-        EVENT_BODY_SCHEMA, _schemaless_write(EVENT_BODY_SCHEMA, record, "body")
-    )
+    encoded = _single_object(schema, _schemaless_write(schema, record, "body"))
     if len(encoded) > MAX_BODY_BYTES:
         raise FormatError(
             f"body is {len(encoded)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
+        )
+    if schema is not EVENT_BODY_SCHEMA and decode_body(encoded) != body:
+        raise FormatError(
+            f"body: {schema.file} cannot hold this {body.type} (a field it lacks is set)",
+            field="payload",
         )
     return encoded
 
@@ -348,18 +372,16 @@ def decode_body(body_bytes: bytes) -> EventBody:
         raise FormatError(
             f"body is {len(body_bytes)} bytes, the limit is {MAX_BODY_BYTES}", field="body"
         )
-    if (
-        body_bytes[:10] == fastcodec.BODY_PREFIX
-    ):  # the current schema, as _split_single_object finds
-        fast = fastcodec.read_body(body_bytes[10:])
-        if fast is not None:
-            return fast
+    fast = fastcodec.read_body(body_bytes[10:], body_bytes[:10])  # a known schema's prefix
+    if fast is not None:
+        return fast
     schema, payload = _split_single_object(body_bytes, BODY_WRITERS, "body")
     return _decode_body_with_fastavro(schema, payload)
 
 
 def _decode_body_with_fastavro(schema: Schema, payload: bytes) -> EventBody:
-    record = _schemaless_read(schema, payload, "body")
+    # An older writer's body is read into the current schema (Avro schema resolution).
+    record = _schemaless_read(schema, payload, "body", reader=EVENT_BODY_SCHEMA)
     bad = bad_index(schema.parsed, payload)
     if bad is not None:  # fastavro read it by wrapping around its list: a second encoding
         raise FormatError(f"body: not a valid {schema.name} Avro encoding ({bad})")

@@ -19,6 +19,8 @@ COMPARE_OPS = ("GE", "GT", "LE", "LT", "EQ")
 DECISIONS = ("APPROVE", "REJECT")
 ROLLOUT_PHASES = ("STARTED", "ADVANCED", "PAUSED", "PROMOTED", "ROLLED_BACK", "DRIFT_CORRECTED")
 SCOPE_KINDS = ("GLOBAL", "TARGET", "PROPOSAL")
+NO_DATA_ACTIONS = ("ROLLBACK", "PAUSE")
+CHECK_VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,30 @@ class PlanStep:
 
 
 @dataclass(frozen=True)
+class NoDataRule:
+    """What a check without a verdict `deadline_seconds` after its step's run began does:
+    ROLLBACK (the canary goes to 0) or PAUSE (the rollout stops where it is, recorded)."""
+
+    deadline_seconds: int
+    action: str
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One automated health check of a policy's analysis (schema v2; docs/ANALYSIS.md)."""
+
+    name: str
+    query: str  # a PromQL template: {namespace} {deployment} {canary_selector} {stable_selector}
+    op: str
+    threshold: float
+    interval_seconds: int
+    count: int  # conclusive measurements that make a passing verdict
+    failure_limit: int  # failed measurements that make a failing verdict
+    steps: tuple[int, ...] | None  # None: every health-gated step of the plan
+    no_data: NoDataRule
+
+
+@dataclass(frozen=True)
 class PolicySet:
     policy_id: str
     selector: TargetSelector
@@ -82,6 +108,10 @@ class PolicySet:
     veto_on_reject: bool
     kill_release_approvals: int
     kill_rollback_bound_ms: int
+    # Schema v2; the defaults are the schema's, which a body written with v1 resolves to.
+    analysis: tuple[HealthCheck, ...] = ()
+    container: str | None = None  # the container to update; None: the pod's first
+    readiness_grace_seconds: int | None = None  # None: the controller's default
 
 
 @dataclass(frozen=True)
@@ -134,11 +164,34 @@ class ApprovalRecorded:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One measurement of a check: a value, or None (inconclusive: no data, or an error that
+    `detail` names)."""
+
+    taken_at: int
+    value: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CheckEvidence:
+    """A check's run so far on one step: the query as sent, every sample, and the verdict
+    (recomputed by every reader from the samples and the policy: ledger.analysis)."""
+
+    name: str
+    query: str
+    evaluated_at: int
+    samples: tuple[Sample, ...]
+    verdict: str
+
+
+@dataclass(frozen=True)
 class HealthReported:
     proposal: bytes
     step: int
     healthy: bool
     metrics: tuple[Metric, ...]
+    checks: tuple[CheckEvidence, ...] = ()  # schema v2; empty for a report judged by hand
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,15 @@ def _deployment(fld: str, value: str, wildcard: bool = False) -> Problem | None:
     return None if problem is None else Problem(NAME_INVALID, fld, "Deployment name " + problem)
 
 
+def _container(fld: str, value: str | None) -> Problem | None:
+    if value is None:
+        return None
+    # Kubernetes checks a container's name as a DNS-1123 label; an empty one is refused here,
+    # since null (not "") is how a policy says "the pod's first container".
+    problem = dns1123_label_problem(value) if value else "is empty (null names the first)"
+    return None if problem is None else Problem(NAME_INVALID, fld, "container name " + problem)
+
+
 def _principal(fld: str, value: str) -> Problem | None:
     if principal_kind(value) is None:
         return None  # an unknown kind is the type rules' own finding (INVALID_FIELD)
@@ -195,6 +204,10 @@ def _checks(p: Payload) -> Iterator[Problem | None]:
         for i, req in enumerate(p.required_evals):
             yield _text(f"payload.required_evals[{i}].suite", req.suite)
             yield _text(f"payload.required_evals[{i}].metric", req.metric)
+        for i, hc in enumerate(p.analysis):
+            yield _text(f"payload.analysis[{i}].name", hc.name)
+            yield _text(f"payload.analysis[{i}].query", hc.query, PROSE_MAX)
+        yield _container("payload.container", p.container)
     elif isinstance(p, ProposalSubmitted):
         yield _namespace("payload.target.namespace", p.target.namespace)
         yield _deployment("payload.target.deployment", p.target.deployment)
@@ -214,6 +227,11 @@ def _checks(p: Payload) -> Iterator[Problem | None]:
     elif isinstance(p, HealthReported):
         for i, m in enumerate(p.metrics):
             yield _text(f"payload.metrics[{i}].name", m.name)
+        for i, ev in enumerate(p.checks):
+            yield _text(f"payload.checks[{i}].name", ev.name)
+            yield _text(f"payload.checks[{i}].query", ev.query, PROSE_MAX)
+            for j, sample in enumerate(ev.samples):
+                yield _text(f"payload.checks[{i}].samples[{j}].detail", sample.detail)
     elif isinstance(p, RolloutStep):
         yield _text("payload.reason", p.reason, PROSE_MAX)
         yield _text("payload.observed.stable_image", p.observed.stable_image)

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from ledger.events import new_body, sign
 from ledger.formats import (
     ApprovalRecorded,
+    CheckEvidence,
     EvalRecorded,
+    EventBody,
+    HealthCheck,
     HealthReported,
     KeyGranted,
     KeyRevoked,
@@ -42,11 +45,13 @@ from ledger.formats import (
     RequiredEval,
     RolloutStep,
     RootKey,
+    Schema,
     SignedEvent,
     Target,
     TargetSelector,
+    encode_body,
 )
-from ledger.keys import PrivateKey
+from ledger.keys import PrivateKey, sign_body
 from ledger.state import LedgerState
 
 
@@ -113,7 +118,15 @@ class Flow:
     # The current state of the ledger the events go to; when given, approvals, health reports
     # and releases name what binds them to it (LedgerState.binding_refs).
     state: Callable[[], LedgerState] | None = None
+    # The EventBody schema the events are written with; None: the current one. An older one
+    # writes the bodies an older writer wrote (the vectors hold both).
+    body_schema: Schema | None = None
     _counter: int = field(default=0)
+
+    def _sign(self, body: EventBody, keys: Iterable[PrivateKey]) -> SignedEvent:
+        if self.body_schema is None:
+            return sign(body, *keys)
+        return sign_body(encode_body(body, self.body_schema), tuple(keys))
 
     def _body_kw(self) -> dict[str, object]:
         kw: dict[str, object] = {}
@@ -125,7 +138,7 @@ class Flow:
 
     def event(self, payload: object, *signers: str, refs: tuple[bytes, ...] = ()) -> SignedEvent:
         body = new_body(self.ledger, payload, refs=refs, **self._body_kw())  # type: ignore[arg-type]
-        return sign(body, *(self.cast[s].key for s in signers))
+        return self._sign(body, (self.cast[s].key for s in signers))
 
     def bound(self, payload: Payload, *signers: str) -> SignedEvent:
         """An authorization naming what binds it to the current state, if the flow sees one."""
@@ -134,7 +147,7 @@ class Flow:
 
     def signed_by_keys(self, payload: object, *keys: PrivateKey) -> SignedEvent:
         body = new_body(self.ledger, payload, **self._body_kw())  # type: ignore[arg-type]
-        return sign(body, *keys)
+        return self._sign(body, keys)
 
     # -- the story -------------------------------------------------------------------------
 
@@ -193,6 +206,7 @@ class Flow:
         kill_release: int = 2,
         kinds: tuple[str, ...] = ("human",),
         signers: tuple[str, ...] = ("root1", "root2"),
+        analysis: tuple[HealthCheck, ...] = (),
     ) -> SignedEvent:
         return self.event(
             PolicySet(
@@ -208,6 +222,7 @@ class Flow:
                 veto_on_reject=veto,
                 kill_release_approvals=kill_release,
                 kill_rollback_bound_ms=5000,
+                analysis=analysis,
             ),
             *signers,
         )
@@ -250,11 +265,17 @@ class Flow:
         )
 
     def health(
-        self, proposal: bytes, step: int, healthy: bool = True, *, signer: str = "monitor"
+        self,
+        proposal: bytes,
+        step: int,
+        healthy: bool = True,
+        *,
+        signer: str = "monitor",
+        checks: tuple[CheckEvidence, ...] = (),
     ) -> SignedEvent:
-        return self.bound(
-            HealthReported(proposal, step, healthy, (Metric("error_rate", 0.001),)), signer
-        )
+        """A report on `step`: judged by hand (no `checks`), or the evidence of analysis."""
+        metrics = () if checks else (Metric("error_rate", 0.001),)
+        return self.bound(HealthReported(proposal, step, healthy, metrics, checks), signer)
 
     def step(
         self,

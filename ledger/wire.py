@@ -95,13 +95,19 @@ class Schema:
         )
 
 
-EVENT_BODY_SCHEMA = Schema.load("event_body.v1.avsc")
+# The EventBody every writer writes now (version 2), and the one before it, which readers
+# still resolve to it (Avro schema resolution: the fields v2 added take their defaults).
+EVENT_BODY_SCHEMA = Schema.load("event_body.v2.avsc")
+EVENT_BODY_SCHEMA_V1 = Schema.load("event_body.v1.avsc")
 SIGNED_EVENT_SCHEMA = Schema.load("signed_event.v1.avsc")
 ENTRY_SCHEMA = Schema.load("entry.v1.avsc")
 
 # The writer schemas a reader accepts, by kind. A new schema version is added here, next to
-# the old one, so that old entries keep decoding.
-BODY_WRITERS: Mapping[bytes, Schema] = {EVENT_BODY_SCHEMA.fingerprint: EVENT_BODY_SCHEMA}
+# the old one, so that old entries keep decoding; the first is the one written.
+BODY_WRITERS: Mapping[bytes, Schema] = {
+    EVENT_BODY_SCHEMA.fingerprint: EVENT_BODY_SCHEMA,
+    EVENT_BODY_SCHEMA_V1.fingerprint: EVENT_BODY_SCHEMA_V1,
+}
 ENTRY_WRITERS: Mapping[bytes, Schema] = {ENTRY_SCHEMA.fingerprint: ENTRY_SCHEMA}
 SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
     SIGNED_EVENT_SCHEMA.fingerprint: SIGNED_EVENT_SCHEMA

@@ -1,5 +1,10 @@
 """Writes tests/vectors/ledger-vectors.json: a small ledger anyone can check with their own code.
 
+Entries 0 to 24 are written with EventBody v1 (as a ledger of before schema v2 holds them),
+the rest with v2: a policy with automated analysis, a rollout that advances past its gated
+step on a report carrying the checks' evidence, and its promotion. Readers resolve v1 bodies
+to v2 (docs/FORMAT.md §2).
+
 Deterministic: keys come from fixed seeds, the clock and the event ids are counters, and
 Ed25519 signatures are deterministic, so running this again reproduces the file byte for byte
 (a test checks that). Run: python -m tests.vectors.generate [--check]
@@ -14,9 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ledger.analysis import render_query
 from ledger.checkpoint import Checkpoint, Signer, sign_checkpoint
 from ledger.core import LedgerCore
-from ledger.formats import KillScope, SignedEvent
+from ledger.formats import (
+    EVENT_BODY_SCHEMA,
+    EVENT_BODY_SCHEMA_V1,
+    CheckEvidence,
+    HealthCheck,
+    KillScope,
+    NoDataRule,
+    Sample,
+    SignedEvent,
+    Target,
+)
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
 from ledger.signed_note import make_vkey
@@ -52,6 +68,7 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
         clock=lambda: counter.clock,
         ids=counter.event_id,
         state=lambda: core.state,
+        body_schema=EVENT_BODY_SCHEMA_V1,
     )
     submitted: list[SignedEvent] = []
 
@@ -80,7 +97,40 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     # Decisions after the rollback name it: the rollout may start again on them.
     add(flow.approve(proposal, evals, "alice"))
     add(flow.approve(proposal, evals, "bob"))
+    # From here on, EventBody v2: the policy gains analysis and the gated step is judged by it.
+    flow.body_schema = None
+    add(flow.policy(analysis=(ERROR_RATE,)))
+    add(flow.step(proposal, 0, 10, "STARTED"))
+    add(flow.step(proposal, 1, 50, "ADVANCED"))
+    query = render_query(ERROR_RATE, Target("models", "model-server"))
+    samples = (
+        Sample(counter.clock + 100, 0.004, ""),
+        Sample(counter.clock + 200, None, "no data"),
+        Sample(counter.clock + 300, 0.006, ""),
+    )
+    evidence = CheckEvidence("error-rate", query, counter.clock + 300, samples, "PASS")
+    add(flow.health(proposal, 1, True, checks=(evidence,)))
+    add(flow.step(proposal, 2, 100, "ADVANCED"))
+    add(flow.step(proposal, 2, 100, "PROMOTED"))
     return core, cast, flow, submitted
+
+
+# The vectors' health check: the canary's share of 5xx responses, at most 5%, two conclusive
+# measurements ten seconds apart, failing on the first bad one.
+ERROR_RATE = HealthCheck(
+    name="error-rate",
+    query=(
+        'sum(rate(http_requests_total{{canary_selector},code=~"5.."}[1m]))'
+        " / sum(rate(http_requests_total{{canary_selector}}[1m]))"
+    ),
+    op="LE",
+    threshold=0.05,
+    interval_seconds=10,
+    count=2,
+    failure_limit=1,
+    steps=None,
+    no_data=NoDataRule(deadline_seconds=60, action="ROLLBACK"),
+)
 
 
 def _public_keys(cast: Cast) -> list[dict[str, str]]:
@@ -101,8 +151,9 @@ def vectors() -> dict[str, Any]:
     note = sign_checkpoint(Checkpoint(flow.origin, n, tree.root(n)), signer)
     return {
         "description": (
-            "A Steward ledger of every event type. entry_hex is the Entry's Avro single-object "
-            "encoding; leaf_hash_hex = SHA-256(00 || entry bytes); prev_hex links to the previous "
+            "A Steward ledger of every event type. Bodies of entries 0-24 are EventBody v1, "
+            "the rest v2 (the fingerprint after c301 says which). entry_hex is the Entry's Avro "
+            "single-object encoding; leaf_hash_hex = SHA-256(00 || entry bytes); prev_hex links to the previous "
             "leaf hash; signed_bytes_hex is what each signature covers. See docs/FORMAT.md."
         ),
         "origin": flow.origin,
@@ -110,7 +161,8 @@ def vectors() -> dict[str, Any]:
         "vkey": make_vkey(flow.origin, cast.checkpoint_key.public.raw),
         "checkpoint_public_key_hex": cast.checkpoint_key.public.raw.hex(),
         "schema_fingerprints": {
-            "EventBody": core.entries[0].entry.body[2:10].hex(),
+            "EventBody": EVENT_BODY_SCHEMA.fingerprint.hex(),
+            "EventBody.v1": EVENT_BODY_SCHEMA_V1.fingerprint.hex(),
             "Entry": core.entries[0].entry_bytes[2:10].hex(),
         },
         "keys": _public_keys(cast),
