@@ -27,10 +27,12 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ledger.analysis import MAX_COUNT, checks_for_step, evidence_problem, judge
 from ledger.errors import StewardError
 from ledger.formats import (
     COMPARE_OPS,
     HASH_SIZE,
+    NO_DATA_ACTIONS,
     PRINCIPAL_KINDS,
     ROLES,
     SINGLE_OBJECT_MAGIC,
@@ -106,6 +108,7 @@ CODES: dict[str, str] = {
     "APPROVAL_NOT_BOUND_TO_LATEST_EVAL": PRECONDITION,  # an approval not naming exactly the latest eval of each required suite
     "DECISION_NOT_AFTER_LATEST_ROLLBACK": PRECONDITION,  # a decision whose refs do not name exactly the proposal's latest rollback
     "HEALTH_NOT_FOR_CURRENT_RUN": PRECONDITION,  # a health report whose refs do not name exactly the current run of its step
+    "HEALTH_VERDICT_MISMATCH": MALFORMED,  # a check's signed verdict (or the report's healthy) is not what its samples make under the policy
     # Rollouts
     "APPROVALS_INSUFFICIENT": PRECONDITION,  # too few valid approvals by distinct principals to go forward
     "VETOED": PRECONDITION,  # a standing rejection under a veto policy
@@ -115,7 +118,7 @@ CODES: dict[str, str] = {
     "STEP_NOT_IN_PLAN": PRECONDITION,  # a step other than the plan's next one, or outside the plan
     "WEIGHT_NOT_IN_PLAN": PRECONDITION,  # a weight other than the plan's for that step
     "HOLD_NOT_ELAPSED": PRECONDITION,  # the current step was not held for its hold_seconds yet
-    "HEALTH_GATE": PRECONDITION,  # a health-gated step without a healthy report since it started
+    "HEALTH_GATE": PRECONDITION,  # a health-gated step without a healthy report (or passing checks) since it started
     # Kill switches
     "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,  # releasing a scope that is not engaged
     "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,  # engaging a scope that is already engaged
@@ -540,6 +543,11 @@ def _check_policy(p: PolicySet) -> Violation | None:
         if step.hold_seconds < 0:
             return _v("INVALID_FIELD", f"payload.plan[{i}].hold_seconds", "must not be negative")
         previous = step.weight
+    violation = _check_analysis(p)
+    if violation:
+        return violation
+    if p.readiness_grace_seconds is not None and p.readiness_grace_seconds < 0:
+        return _v("INVALID_FIELD", "payload.readiness_grace_seconds", "must not be negative")
     if p.kill_release_approvals < 1:
         return _v(
             "INVALID_FIELD",
@@ -548,6 +556,50 @@ def _check_policy(p: PolicySet) -> Violation | None:
         )
     if p.kill_rollback_bound_ms < 1:
         return _v("INVALID_FIELD", "payload.kill_rollback_bound_ms", "expected a positive bound")
+    return None
+
+
+def _check_analysis(p: PolicySet) -> Violation | None:
+    """Each health check is complete and can decide: docs/ANALYSIS.md "The policy"."""
+    gated = [i for i, step in enumerate(p.plan) if step.health_gate]
+    names: set[str] = set()
+    for i, c in enumerate(p.analysis):
+        at = f"payload.analysis[{i}]"
+        if not c.name or c.name in names:
+            return _v("INVALID_FIELD", f"{at}.name", f"check name {c.name!r} is empty or repeated")
+        names.add(c.name)
+        if not c.query:
+            return _v("INVALID_FIELD", f"{at}.query", "the query is required")
+        if c.op not in COMPARE_OPS or math.isnan(c.threshold):
+            return _v("INVALID_FIELD", f"{at}.op", "an op and a numeric threshold are required")
+        if c.interval_seconds < 1:
+            return _v("INVALID_FIELD", f"{at}.interval_seconds", "expected at least 1 second")
+        if not 1 <= c.count <= MAX_COUNT:
+            return _v("INVALID_FIELD", f"{at}.count", f"is {c.count}, expected 1..{MAX_COUNT}")
+        if not 1 <= c.failure_limit <= c.count:
+            return _v(
+                "INVALID_FIELD",
+                f"{at}.failure_limit",
+                f"is {c.failure_limit}, expected 1..{c.count} (the count)",
+            )
+        if c.steps is not None and (
+            not c.steps or len(set(c.steps)) != len(c.steps) or not set(c.steps) <= set(gated)
+        ):
+            return _v(
+                "INVALID_FIELD",
+                f"{at}.steps",
+                f"expected null or distinct health-gated steps of the plan ({gated})",
+            )
+        if c.no_data.action not in NO_DATA_ACTIONS:
+            return _v("INVALID_FIELD", f"{at}.no_data.action", f"expected {NO_DATA_ACTIONS}")
+        least = c.count * c.interval_seconds
+        if c.no_data.deadline_seconds < least:
+            # A shorter deadline would act on a check still measuring on schedule.
+            return _v(
+                "INVALID_FIELD",
+                f"{at}.no_data.deadline_seconds",
+                f"is {c.no_data.deadline_seconds}, expected at least count * interval_seconds ({least})",
+            )
     return None
 
 
@@ -720,6 +772,9 @@ def _check_health(
             "payload.step",
             f"step {p.step} is outside the plan of {len(state.policy_of(proposal).plan)} steps",
         )
+    violation = _check_evidence(state, proposal, p)
+    if violation:
+        return violation
     # A report on the step now running names the entry that began this run; a report on a
     # step not running names none and can open no gate (a gate counts reports since its run
     # began, and while it runs every accepted report names it).
@@ -730,6 +785,46 @@ def _check_health(
         "HEALTH_NOT_FOR_CURRENT_RUN",
         "a health report names the RolloutStep that began the run of its step, while it runs",
     )
+
+
+def _check_evidence(
+    state: LedgerState, proposal: ProposalState, p: HealthReported
+) -> Violation | None:
+    """The checks a report carries gate its step, and each signed verdict is the one its
+    samples make under the policy (recomputed, never trusted), as is the report's `healthy`."""
+    if not p.checks:
+        return None  # judged by hand: `healthy` is the signer's word, as before analysis
+    gating = {c.name: c for c in checks_for_step(state.policy_of(proposal), p.step)}
+    seen: set[str] = set()
+    for i, ev in enumerate(p.checks):
+        at = f"payload.checks[{i}]"
+        check = gating.get(ev.name)
+        if check is None or ev.name in seen:
+            return _v(
+                "INVALID_FIELD",
+                f"{at}.name",
+                f"check {ev.name!r} is repeated or gates no step {p.step} of the policy "
+                f"(gating: {', '.join(sorted(gating)) or 'none'})",
+            )
+        seen.add(ev.name)
+        problem = evidence_problem(check, proposal.proposal.target, ev)
+        if problem is not None:
+            return _v("INVALID_FIELD", f"{at}.{problem[0]}", problem[1])
+        judged = judge(check, ev.samples)
+        if ev.verdict != judged.verdict:
+            return _v(
+                "HEALTH_VERDICT_MISMATCH",
+                f"{at}.verdict",
+                f"signed {ev.verdict}, the samples make {judged.verdict} ({judged.why})",
+            )
+    healthy = all(ev.verdict == "PASS" for ev in p.checks)
+    if p.healthy != healthy:
+        return _v(
+            "HEALTH_VERDICT_MISMATCH",
+            "payload.healthy",
+            f"healthy is {p.healthy}, the checks' verdicts make it {healthy}",
+        )
+    return None
 
 
 def _may_go(state: LedgerState, proposal: ProposalState, phase: str) -> Violation | None:
@@ -768,7 +863,21 @@ def _hold_and_health(state: LedgerState, proposal: ProposalState, now: int) -> V
             "payload.phase",
             f"step {started.step} was held {held_ms} ms, expected at least {plan_step.hold_seconds * 1000} ms",
         )
-    if plan_step.health_gate:
+    analysis = state.analysis_of_run(proposal, started)
+    if analysis:
+        # Every check gating the step has passed in this run, recomputed from its samples.
+        pending = [
+            f"{name}: " + ("no report" if r is None else f"{r.verdict} ({r.why})")
+            for name, r in analysis
+            if r is None or r.verdict != "PASS"
+        ]
+        if pending:
+            return _v(
+                "HEALTH_GATE",
+                "payload.phase",
+                f"step {started.step} needs every check to pass, observed {'; '.join(pending)}",
+            )
+    elif plan_step.health_gate:
         report = proposal.health.get(started.step)
         if report is None or report.seq < started.seq or not report.healthy:
             observed = (

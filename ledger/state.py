@@ -17,6 +17,7 @@ import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
+from ledger.analysis import checks_for_step, judge
 from ledger.formats import (
     PRINCIPAL_KINDS,
     ZERO_HASH,
@@ -81,9 +82,25 @@ class ApprovalInfo:
 
 @dataclass(frozen=True)
 class HealthInfo:
+    """The latest report on a step judged by hand (a report without checks)."""
+
     seq: int
     step: int
     healthy: bool
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The latest evidence of one check on one step, with its verdict recomputed from the
+    signed samples under the policy (ledger.analysis.judge), never read from the report."""
+
+    seq: int
+    step: int
+    name: str
+    verdict: str
+    why: str
+    evaluated_at: int
+    values: tuple[float | None, ...]  # every sample's value, None where inconclusive
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,8 @@ class ProposalState:
     latest_evals: dict[str, EvalInfo] = field(default_factory=dict)
     approvals: dict[str, ApprovalInfo] = field(default_factory=dict)
     health: dict[int, HealthInfo] = field(default_factory=dict)
+    # step -> check name -> its latest evidence on that step (reports of automated analysis)
+    checks: dict[int, dict[str, CheckResult]] = field(default_factory=dict)
     steps: list[StepInfo] = field(default_factory=list)
     # Approvals older than this seq no longer count: set at each rollback, so that a rollout
     # stopped by a kill switch resumes only on a fresh decision.
@@ -325,6 +344,18 @@ class LedgerState:
             return (run.entry_hash,) if run is not None and run.step == payload.step else ()
         return ()
 
+    def analysis_of_run(
+        self, proposal: ProposalState, run: StepInfo
+    ) -> list[tuple[str, CheckResult | None]]:
+        """Each check gating the step of `run`, with its latest evidence since the run began
+        (None: no report yet); empty when no check gates the step (it is judged by hand)."""
+        results = proposal.checks.get(run.step, {})
+        out: list[tuple[str, CheckResult | None]] = []
+        for check in checks_for_step(self.policy_of(proposal), run.step):
+            found = results.get(check.name)
+            out.append((check.name, found if found is not None and found.seq > run.seq else None))
+        return out
+
     def active_rollout_on(self, namespace: str, deployment: str) -> ProposalState | None:
         active = self.active_rollouts.get((namespace, deployment))
         if not active:
@@ -403,9 +434,23 @@ class LedgerState:
                 h, seq, author, payload.decision, frozenset(payload.evals)
             )
         elif isinstance(payload, HealthReported):
-            self.proposals[payload.proposal].health[payload.step] = HealthInfo(
-                seq, payload.step, payload.healthy
-            )
+            proposal = self.proposals[payload.proposal]
+            if not payload.checks:
+                proposal.health[payload.step] = HealthInfo(seq, payload.step, payload.healthy)
+            else:
+                by_name = {c.name: c for c in self.policy_of(proposal).analysis}
+                results = proposal.checks.setdefault(payload.step, {})
+                for ev in payload.checks:
+                    judged = judge(by_name[ev.name], ev.samples)
+                    results[ev.name] = CheckResult(
+                        seq,
+                        payload.step,
+                        ev.name,
+                        judged.verdict,
+                        judged.why,
+                        ev.evaluated_at,
+                        tuple(s.value for s in ev.samples),
+                    )
         elif isinstance(payload, RolloutStep):
             proposal = self.proposals[payload.proposal]
             proposal.steps.append(

@@ -590,6 +590,17 @@ def test_a_health_report_names_the_current_run_of_its_step(h: Harness) -> None:
     h.ok(h.flow.step(p, 2, 100, "ADVANCED"))
 
 
+def test_a_health_verdict_is_recomputed_not_trusted(h: Harness) -> None:
+    # More cases: tests/unit/test_rules_analysis.py.
+    from tests.unit.test_rules_analysis import ERRORS, _evidence
+
+    p, _ = h.approved(analysis=(ERRORS,))
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    lie = _evidence("PASS", 0.5, 0.5, 0.5)
+    h.refused(h.flow.health(p, 1, True, checks=(lie,)), "HEALTH_VERDICT_MISMATCH")
+
+
 def _report(h: Harness, p: bytes, step: int, *refs: bytes) -> SignedEvent:
     return h.flow.event(HealthReported(p, step, True, ()), "monitor", refs=refs)
 
