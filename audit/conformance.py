@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.analysis import gating
 from audit.findings import Finding
 from audit.formats import Entry, KillScope, RolloutStep
 from audit.rules import _proposal, _single_author
@@ -241,6 +242,26 @@ class Conformance:
                     f">= {step.hold_seconds * 1000} ms",
                 )
             )
+        elif gating(state.policy(prop), started.step):
+            # Every check gating the step passed in this run, as the auditor recomputes it.
+            results = prop.checks.get(started.step, {})
+            pending = []
+            for check in gating(state.policy(prop), started.step):
+                r = results.get(check.name)
+                if r is None or r[0] < started.seq:
+                    pending.append(f"{check.name}: no report in this run")
+                elif r[1] != "PASS":
+                    pending.append(f"{check.name}: {r[1]} ({r[2]})")
+            if pending:
+                out.append(
+                    Finding(
+                        "HEALTH_GATE_SKIPPED",
+                        seq,
+                        f"gated step {started.step} left without every check passing",
+                        "; ".join(pending),
+                        "every check PASS, recomputed from its samples",
+                    )
+                )
         elif step.health_gate:
             report = prop.health.get(started.step)
             if report is None or report[0] < started.seq or not report[1]:

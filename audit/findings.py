@@ -123,6 +123,15 @@ CODES: dict[str, tuple[int, str]] = {
         "a health report whose refs do not name exactly the run of its step now running",
     ),
     "STEP_NOT_IN_PLAN": (9, "a health report for a step outside the plan"),
+    "HEALTH_VERDICT_MISMATCH": (
+        9,
+        "a health report whose check verdict (or healthy) is not what its signed samples make "
+        "under the policy",
+    ),
+    "HEALTH_EVIDENCE_INVALID": (
+        9,
+        "a health report carrying a check that does not gate its step, or not the policy's query",
+    ),
     "KILL_SWITCH_ALREADY_ENGAGED": (9, "engaging a kill switch that is engaged"),
     "KILL_SWITCH_NOT_ENGAGED": (9, "releasing a kill switch that is not engaged"),
     "RELEASE_NOT_FOR_CURRENT_ENGAGEMENT": (
@@ -140,7 +149,11 @@ CODES: dict[str, tuple[int, str]] = {
     "WEIGHT_OFF_PLAN": (10, "a canary weight below or otherwise off the plan's weight"),
     "PROMOTED_EARLY": (10, "a promotion before every step of the plan ran"),
     "HOLD_NOT_ELAPSED": (10, "a step left before its hold time"),
-    "HEALTH_GATE_SKIPPED": (10, "a gated step left without a healthy report since it started"),
+    "HEALTH_GATE_SKIPPED": (
+        10,
+        "a gated step left without a healthy report since it started, or, when checks gate it, "
+        "without every check passing (recomputed) in that run",
+    ),
     "KILL_NOT_ROLLED_BACK": (
         10,
         "a kill switch not followed by a rollback of every active rollout in scope within the bound",

@@ -95,6 +95,13 @@ def _fields(p: Any) -> list[tuple[str, str, str]]:
                 (f"required_evals[{i}].suite", "text", r.suite),
                 (f"required_evals[{i}].metric", "text", r.metric),
             ]
+        for i, c in enumerate(p.analysis):
+            out += [
+                (f"analysis[{i}].name", "text", c.name),
+                (f"analysis[{i}].query", "prose", c.query),
+            ]
+        if p.container is not None:
+            out.append(("container", "container", p.container))
     elif t is ProposalSubmitted:
         out += [
             ("target.namespace", "namespace", p.target.namespace),
@@ -115,6 +122,15 @@ def _fields(p: Any) -> list[tuple[str, str, str]]:
         out.append(("comment", "prose", p.comment))
     elif t is HealthReported:
         out += [(f"metrics[{i}].name", "text", m.name) for i, m in enumerate(p.metrics)]
+        for i, ev in enumerate(p.checks):
+            out += [
+                (f"checks[{i}].name", "text", ev.name),
+                (f"checks[{i}].query", "prose", ev.query),
+            ]
+            out += [
+                (f"checks[{i}].samples[{j}].detail", "text", sample.detail)
+                for j, sample in enumerate(ev.samples)
+            ]
     elif t is RolloutStep:
         out += [
             ("reason", "prose", p.reason),
@@ -153,6 +169,11 @@ def problems(payload: Any) -> list[Problem]:
             elif check.startswith("deployment") and not is_deployment(value):
                 found.append(
                     ("NAME_INVALID", fld, f"Deployment name {value!r} is not a DNS-1123 subdomain")
+                )
+        elif check == "container":  # a Kubernetes container name: a DNS-1123 label
+            if not is_namespace(value):
+                found.append(
+                    ("NAME_INVALID", fld, f"container name {value!r} is not a DNS-1123 label")
                 )
         elif check == "principal":
             if value.partition(":")[0] in _KINDS and ":" in value and not is_principal_name(value):

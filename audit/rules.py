@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from audit import names
+from audit.analysis import MAX_SAMPLES, gating, policy_problems, rendered, verdict
 from audit.findings import Finding
 from audit.formats import (
     ApprovalRecorded,
@@ -323,6 +324,7 @@ def _check_policy(p: PolicySet, seq: int, out: list[Finding]) -> None:
         last = s.weight
     if p.kill_release_approvals < 1 or p.kill_rollback_bound_ms < 1:
         problems.append("kill switch settings")
+    problems += policy_problems(p)
     if problems:
         out.append(
             Finding("POLICY_INVALID", seq, "invalid policy: " + ", ".join(problems), p.policy_id)
@@ -478,6 +480,7 @@ def _check_health_reported(
             )
         )
         return
+    _check_evidence(state, seq, prop, p, out)
     # A report on a step not running names no run and can open no gate (gates count reports
     # made since their run began).
     _bound(
@@ -488,6 +491,66 @@ def _check_health_reported(
         "a health report does not name the run of its step now running",
         out,
     )
+
+
+def _check_evidence(
+    state: State, seq: int, prop: ProposalRecord, p: HealthReported, out: list[Finding]
+) -> None:
+    """Each check a report carries gates its step with the policy's query, and its signed
+    verdict is the one its samples make (recomputed, never trusted), as is `healthy`."""
+    if not p.checks:
+        return  # judged by hand
+    checks = {c.name: c for c in gating(state.policy(prop), p.step)}
+    seen: set[str] = set()
+    for ev in p.checks:
+        check = checks.get(ev.name)
+        if check is None or ev.name in seen:
+            out.append(
+                Finding(
+                    "HEALTH_EVIDENCE_INVALID",
+                    seq,
+                    f"check {ev.name!r} does not gate step {p.step}, or is repeated",
+                    ev.name,
+                    ", ".join(sorted(checks)) or "no check",
+                )
+            )
+            return
+        seen.add(ev.name)
+        query = rendered(check, prop.proposal.target)
+        if ev.query != query or len(ev.samples) > MAX_SAMPLES:
+            out.append(
+                Finding(
+                    "HEALTH_EVIDENCE_INVALID",
+                    seq,
+                    f"check {ev.name!r}: not the policy's query, or too many samples",
+                    f"{ev.query!r}, {len(ev.samples)} samples",
+                    f"{query!r}, at most {MAX_SAMPLES}",
+                )
+            )
+            return
+        recomputed, why = verdict(check, ev.samples)
+        if ev.verdict != recomputed:
+            out.append(
+                Finding(
+                    "HEALTH_VERDICT_MISMATCH",
+                    seq,
+                    f"check {ev.name!r} signed {ev.verdict}; its samples make {recomputed}",
+                    ev.verdict,
+                    f"{recomputed} ({why})",
+                )
+            )
+            return
+    healthy = all(ev.verdict == "PASS" for ev in p.checks)
+    if p.healthy != healthy:
+        out.append(
+            Finding(
+                "HEALTH_VERDICT_MISMATCH",
+                seq,
+                "healthy disagrees with the checks' verdicts",
+                str(p.healthy),
+                str(healthy),
+            )
+        )
 
 
 def _check_kill_switch_engaged(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from audit.analysis import verdict
 from audit.formats import (
     ApprovalRecorded,
     Entry,
@@ -93,6 +94,9 @@ class ProposalRecord:
     by_principal: dict[str, Decision] = field(default_factory=dict)
     by_key: dict[bytes, Decision] = field(default_factory=dict)
     health: dict[int, tuple[int, bool]] = field(default_factory=dict)  # step -> (seq, healthy)
+    # step -> check name -> (seq, verdict recomputed, why): reports of automated analysis;
+    # `health` keeps only the reports judged by hand (without checks).
+    checks: dict[int, dict[str, tuple[int, str, str]]] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
     floor: int = -1  # decisions at or before this seq (the last rollback) no longer count
 
@@ -342,7 +346,14 @@ def apply(
     p = body.payload  # exact types (the payload classes are final), the frequent ones first
     author = signers.keys[0].principal if signers.keys else ""
     if type(p) is HealthReported:
-        state.proposals[p.proposal].health[p.step] = (seq, p.healthy)
+        prop = state.proposals[p.proposal]
+        if not p.checks:
+            prop.health[p.step] = (seq, p.healthy)
+        else:
+            by_name = {c.name: c for c in state.policy(prop).analysis}
+            results = prop.checks.setdefault(p.step, {})
+            for ev in p.checks:
+                results[ev.name] = (seq, *verdict(by_name[ev.name], ev.samples))
     elif type(p) is EvalRecorded:
         prop = state.proposals[p.proposal]
         prop.latest_evals[p.suite] = EvalRecord(

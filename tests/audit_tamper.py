@@ -16,13 +16,19 @@ from dataclasses import dataclass, field
 
 from audit.merkle import root_of
 from audit.note import note_key_id, vkey_of
+from ledger.analysis import render_query
 from ledger.core import LedgerCore
 from ledger.formats import (
+    CheckEvidence,
     Entry,
+    HealthCheck,
     KillScope,
     KillSwitchReleased,
     LogEntry,
+    NoDataRule,
+    Sample,
     SignedEvent,
+    Target,
     decode_body,
     encode_entry,
     make_entry,
@@ -437,6 +443,49 @@ def _health_for_an_earlier_run() -> Log:
     return b.log()
 
 
+ERROR_RATE = HealthCheck(
+    name="error-rate",
+    query='sum(rate(http_requests_total{{canary_selector},code=~"5.."}[1m]))',
+    op="LE",
+    threshold=0.05,
+    interval_seconds=10,
+    count=2,
+    failure_limit=1,
+    steps=None,
+    no_data=NoDataRule(60, "ROLLBACK"),
+)
+
+
+def _at_analysed_step(b: Builder) -> bytes:
+    """A rollout at its health-gated step 1, which the check ERROR_RATE gates."""
+    b.ok(b.flow.policy(analysis=(ERROR_RATE,)))
+    p, _ = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    b.ok(b.flow.step(p, 1, 50, "ADVANCED"))
+    return p
+
+
+def _evidence(verdict: str, *values: float) -> CheckEvidence:
+    query = render_query(ERROR_RATE, Target("models", "model-c"))
+    samples = tuple(Sample(START + i, v, "") for i, v in enumerate(values))
+    return CheckEvidence(ERROR_RATE.name, query, START + len(values), samples, verdict)
+
+
+def _verdict_contradicting_its_samples() -> Log:
+    b = Builder().clean()
+    p = _at_analysed_step(b)
+    b.forge(b.flow.health(p, 1, True, checks=(_evidence("PASS", 0.2, 0.3),)))
+    return b.log()
+
+
+def _advance_over_a_failing_check() -> Log:
+    b = Builder().clean()
+    p = _at_analysed_step(b)
+    b.ok(b.flow.health(p, 1, False, checks=(_evidence("FAIL", 0.2),)))
+    b.forge(b.flow.step(p, 2, 100, "ADVANCED"))
+    return b.log()
+
+
 TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "flipped byte in a body": ("BAD_SIGNATURE", _flip_body_byte),
     "swapped signature": ("SIGNATURE_SWAPPED", _swap_signature),
@@ -470,6 +519,11 @@ TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
         _decision_before_rollback,
     ),
     "health report for an earlier run": ("HEALTH_NOT_FOR_CURRENT_RUN", _health_for_an_earlier_run),
+    "health verdict contradicting its samples": (
+        "HEALTH_VERDICT_MISMATCH",
+        _verdict_contradicting_its_samples,
+    ),
+    "advance over a failing check": ("HEALTH_GATE_SKIPPED", _advance_over_a_failing_check),
 }
 
 FORK = ("CHECKPOINT_FORK", _fork)

@@ -20,9 +20,11 @@ from ledger.cli.common import (
 )
 from ledger.events import new_body, sign
 from ledger.formats import (
+    HealthCheck,
     KeyGranted,
     KeyRevoked,
     LedgerGenesis,
+    NoDataRule,
     PlanStep,
     PolicySet,
     RequiredEval,
@@ -101,6 +103,32 @@ def load_policy(path: Path) -> PolicySet:
             )
             for i, r in enumerate(doc.get("required_evals", []))
         ]
+        analysis = []
+        for i, c in enumerate(doc.get("analysis", [])):
+            where = f"analysis[{i}]."
+            no_data = c.get("no_data", {})
+            count = int(c.get("count", 3))
+            interval = int(c.get("interval_seconds", 60))
+            steps = c.get("steps")
+            analysis.append(
+                HealthCheck(
+                    name=str(need(c, "name", where)),
+                    query=str(need(c, "query", where)),
+                    op=str(need(c, "op", where)).upper(),
+                    threshold=float(need(c, "threshold", where)),
+                    interval_seconds=interval,
+                    count=count,
+                    failure_limit=int(c.get("failure_limit", 1)),
+                    steps=None if steps is None else tuple(int(x) for x in steps),
+                    no_data=NoDataRule(
+                        # By default a check gets twice the time its measurements take.
+                        int(no_data.get("deadline_seconds", 2 * count * interval)),
+                        str(no_data.get("action", "ROLLBACK")).upper(),
+                    ),
+                )
+            )
+        grace = doc.get("readiness_grace_seconds")
+        container = doc.get("container")
         approvals = doc.get("approvals", {})
         kill = doc.get("kill_switch", {})
         return PolicySet(
@@ -115,6 +143,9 @@ def load_policy(path: Path) -> PolicySet:
             veto_on_reject=bool(approvals.get("veto_on_reject", True)),
             kill_release_approvals=int(kill.get("release_approvals", 2)),
             kill_rollback_bound_ms=int(kill.get("rollback_bound_ms", 5000)),
+            analysis=tuple(analysis),
+            container=None if container is None else str(container),
+            readiness_grace_seconds=None if grace is None else int(grace),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise CliError(f"{path}: {exc}") from exc
