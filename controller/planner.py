@@ -37,8 +37,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
-from ledger.formats import AnnotationSource, KillScope, ObservedState, PolicySet, Target
-from ledger.state import ACTIVE_PHASES, LedgerState, ProposalState
+from ledger.analysis import checks_for_step
+from ledger.formats import (
+    AnnotationSource,
+    HealthCheck,
+    KillScope,
+    ObservedState,
+    PolicySet,
+    Target,
+)
+from ledger.state import ACTIVE_PHASES, CheckResult, LedgerState, ProposalState, StepInfo
 
 CANARY_SUFFIX = "-canary"
 TRACK_LABEL = "steward.dev/track"
@@ -592,6 +600,9 @@ class _Target:
             message = surge or f"applying step {cur.step} ({cur.weight}%)"
             return [*applies, Wait(p.entry_hash, message)]
 
+        paused = self._paused(p)
+        if paused is not None:
+            return paused
         assert canary is not None
         if not canary.settled(want_c):
             return [Wait(p.entry_hash, f"canary pods ready {canary.ready_replicas}/{want_c}")]
@@ -606,7 +617,16 @@ class _Target:
         if held < plan_step.hold_seconds * 1000:
             left = plan_step.hold_seconds * 1000 - held
             return [Wait(p.entry_hash, f"holding step {cur.step} for {left / 1000:.1f}s more")]
-        if plan_step.health_gate:
+        analysis = self._analysis(p, started)
+        passed = "healthy"
+        if analysis:
+            # Every check gating the step must pass (verdicts recomputed when folded); one
+            # past its deadline without a verdict was acted on above (_stop_reason, _paused).
+            pending = [(c, r) for c, r in analysis if r is None or r.verdict != "PASS"]
+            if pending:
+                return [self._waiting_for_checks(p, cur.step, started, pending)]
+            passed = "checks passed: " + "; ".join(r.why for _c, r in analysis if r)
+        elif plan_step.health_gate:
             report = p.health.get(started.step)
             if report is None or report.seq < started.seq or not report.healthy:
                 return [Wait(p.entry_hash, f"step {cur.step} waits for a healthy report")]
@@ -615,7 +635,7 @@ class _Target:
             c = canary_replicas(total, weight)
             m2 = marker(p.entry_hash, rollbacks(p), nxt)
             return [
-                self._record(p, nxt, weight, "ADVANCED", f"step {cur.step} held and healthy"),
+                self._record(p, nxt, weight, "ADVANCED", f"step {cur.step} held; {passed}"),
                 ApplyCanary(
                     self.ns,
                     self.name,
@@ -659,6 +679,15 @@ class _Target:
         report = p.health.get(cur.step)
         if report is not None and report.seq > started.seq and not report.healthy:
             return f"unhealthy report for step {cur.step} at seq {report.seq}", report.seq
+        for check, result in self._analysis(p, started):
+            if result is not None and result.verdict == "FAIL":
+                return (
+                    f"step {cur.step} check failed: {result.why} (report at seq {result.seq})",
+                    result.seq,
+                )
+            late = self._past_deadline(check, result, cur.step, started)
+            if late is not None and check.no_data.action == "ROLLBACK":
+                return late, result.seq if result is not None else -1
         failing = self._failing_pod(p)
         if failing is not None:
             return failing, -1
@@ -666,6 +695,66 @@ class _Target:
         if canary is not None and canary.stopping and canary.proposal == p.entry_hash.hex():
             return canary.stopping, -1  # a stop begun before a restart: finish it
         return None
+
+    # -- automated analysis -------------------------------------------------------------
+
+    def _analysis(
+        self, p: ProposalState, started: StepInfo
+    ) -> list[tuple[HealthCheck, CheckResult | None]]:
+        """The checks gating the running step, each with its latest result in this run."""
+        results = p.checks.get(started.step, {})
+        out: list[tuple[HealthCheck, CheckResult | None]] = []
+        for check in checks_for_step(self.ls.policy_of(p), started.step):
+            r = results.get(check.name)
+            out.append((check, r if r is not None and r.seq > started.seq else None))
+        return out
+
+    def _past_deadline(
+        self, check: HealthCheck, result: CheckResult | None, step: int, started: StepInfo
+    ) -> str | None:
+        """Why `check` is past its no-data deadline without a verdict, or None."""
+        if result is not None and result.verdict != "INCONCLUSIVE":
+            return None
+        deadline_ms = check.no_data.deadline_seconds * 1000
+        if self.now - started.at < deadline_ms:
+            return None
+        seen = result.why if result is not None else f"{check.name}: no report"
+        return (
+            f"step {step} check {check.name} has no verdict {check.no_data.deadline_seconds}s "
+            f"after the step began ({seen}); no-data action {check.no_data.action}"
+        )
+
+    def _paused(self, p: ProposalState) -> list[Action] | None:
+        """A check past its deadline whose policy says PAUSE: record PAUSED once, then hold.
+        Nothing advances a paused rollout but its checks passing; a kill switch rolls it back."""
+        cur, started = p.current, p.step_started
+        assert cur is not None and started is not None
+        for check, result in self._analysis(p, started):
+            late = self._past_deadline(check, result, cur.step, started)
+            if late is None or check.no_data.action != "PAUSE":
+                continue
+            if p.phase != "PAUSED":
+                return [self._record(p, cur.step, cur.weight, "PAUSED", late)]
+        return None
+
+    def _waiting_for_checks(
+        self,
+        p: ProposalState,
+        step: int,
+        started: StepInfo,
+        pending: list[tuple[HealthCheck, CheckResult | None]],
+    ) -> Wait:
+        parts = []
+        for check, r in pending:
+            left = check.no_data.deadline_seconds * 1000 - (self.now - started.at)
+            seen = r.why if r is not None else f"{check.name}: no report yet"
+            parts.append(
+                f"{seen}; {check.no_data.action} in {left / 1000:.0f}s without a verdict"
+                if left > 0
+                else seen
+            )
+        prefix = "paused" if p.phase == "PAUSED" else f"step {step} holds for its checks"
+        return Wait(p.entry_hash, f"{prefix}: " + " | ".join(parts))
 
     def _failing_pod(self, p: ProposalState) -> str | None:
         candidate = p.proposal.candidate.image
