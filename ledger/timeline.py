@@ -97,6 +97,14 @@ def describe(state: LedgerState, e: LogEntry) -> str:
         verb = "approved" if p.decision == "APPROVE" else "rejected"
         return f"{who} {verb} proposal {short(p.proposal)} (bound to {len(p.evals)} evals)"
     if isinstance(p, HealthReported):
+        if p.checks:  # the signed verdicts; the rules refused any its samples do not make
+            judged = "; ".join(
+                f"{c.name} {c.verdict} ["
+                + ", ".join("-" if s.value is None else f"{s.value:g}" for s in c.samples[-5:])
+                + "]"
+                for c in p.checks
+            )
+            return f"{who} checked step {p.step} of {short(p.proposal)}: {judged}"
         return f"{who} reported step {p.step} of {short(p.proposal)} {'healthy' if p.healthy else 'UNHEALTHY'}"
     if isinstance(p, RolloutStep):
         return (

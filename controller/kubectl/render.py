@@ -92,6 +92,15 @@ def render_header(info: RolloutInfo, cluster: ClusterView) -> list[str]:
     who = f" ({', '.join(info.approvals)})" if info.approvals else ""
     rows.append(("Approvals", f"{info.approval_count}{need}{who}"))
     rows.append(("Kill switch", info.kill_switch or "none"))
+    for i, c in enumerate(info.checks):
+        values = ", ".join("-" if v is None else f"{v:g}" for v in c.values[-6:])
+        more = "…, " if len(c.values) > 6 else ""
+        rows.append(
+            (
+                "Checks" if i == 0 else "",
+                f"{c.name} {c.verdict} at step {c.step} [{more}{values}] ({c.why}; seq {c.seq})",
+            )
+        )
     if info.last_seq is not None:
         rows.append(("Last seq", str(info.last_seq)))
     rows.append(("Source", info.source))

@@ -16,6 +16,19 @@ DONE_OK, DONE_BAD = ("Promoted",), ("RolledBack", "Killed")  # display phases th
 
 
 @dataclass(frozen=True)
+class CheckRow:
+    """A check's latest evidence on the ledger: its verdict (recomputed when folded), the
+    sampled values (None where inconclusive) and why."""
+
+    name: str
+    step: int
+    verdict: str
+    values: tuple[float | None, ...]
+    why: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class RolloutInfo:
     name: str  # the ModelRollout name: <deployment>-<proposal hex[:10]>
     namespace: str
@@ -35,6 +48,7 @@ class RolloutInfo:
     last_seq: int | None = None
     source: str = ""  # controller, ledger or cluster
     created: dt.datetime | None = None
+    checks: tuple[CheckRow, ...] = ()  # from the ledger, when it is at hand
 
 
 def object_name(deployment: str, proposal_hex: str) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.kubectl import PROG
 from controller.kubectl.rows import (
+    CheckRow,
     ClusterView,
     DeploymentRow,
     PodRow,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from ledger.client import LedgerClient
     from ledger.formats import LogEntry
+    from ledger.state import ProposalState
     from steward.v1.controller_pb2_grpc import ControllerServiceStub
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +67,16 @@ def from_view(v: Any, steps: int | None = None) -> RolloutInfo:
         last_seq=v.last_seq,
         source="ledger",
     )
+
+
+def check_rows(p: ProposalState) -> tuple[CheckRow, ...]:
+    """Each check's latest evidence for the proposal, on whichever step it was last taken."""
+    latest: dict[str, CheckRow] = {}
+    for step in sorted(p.checks):
+        for name, r in p.checks[step].items():
+            if name not in latest or r.seq > latest[name].seq:
+                latest[name] = CheckRow(name, r.step, r.verdict, r.values, r.why, r.seq)
+    return tuple(latest[n] for n in sorted(latest))
 
 
 def from_message(m: Any) -> RolloutInfo:
@@ -243,6 +255,7 @@ class LedgerFold:
                     created=dt.datetime.fromtimestamp(
                         self.entries[p.seq].entry.received_at / 1000, tz=dt.UTC
                     ),
+                    checks=check_rows(p),
                 )
             )
         return out
@@ -394,7 +407,12 @@ class Tool:
             return rollouts
         by = {r.proposal: r for r in self.fold().rollouts()}
         return [
-            replace(r, steps=by[r.proposal].steps, created=by[r.proposal].created)
+            replace(
+                r,
+                steps=by[r.proposal].steps,
+                created=by[r.proposal].created,
+                checks=by[r.proposal].checks,
+            )
             if r.proposal in by
             else r
             for r in rollouts

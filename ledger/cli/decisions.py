@@ -15,11 +15,11 @@ from ledger.cli.common import (
     proposal_hash,
     signing_keys,
 )
+from ledger.cli.health import parse_metrics
 from ledger.events import new_body, sign
 from ledger.formats import (
     ApprovalRecorded,
     EvalRecorded,
-    Metric,
     ModelRef,
     ProposalOrigin,
     ProposalSubmitted,
@@ -43,18 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     client = connect(args)
     state, _ = fold(client)
     proposal = proposal_hash(args.proposal, state)
-    metrics: dict[str, float] = {}
-    for spec in args.metric:
-        name, sep, value = spec.partition("=")
-        try:
-            metrics[name] = float(value)
-        except ValueError as exc:
-            raise CliError(f"--metric {spec!r}: expected NAME=NUMBER") from exc
-        if not sep or not name:
-            raise CliError(f"--metric {spec!r}: expected NAME=NUMBER")
-    payload = EvalRecorded(
-        proposal, args.suite, tuple(Metric(k, metrics[k]) for k in sorted(metrics)), args.artifact
-    )
+    payload = EvalRecorded(proposal, args.suite, parse_metrics(args.metric), args.artifact)
     event = sign(new_body(state.ledger, payload), *signing_keys(args))
     return deliver(args, event, client)
 

@@ -11,6 +11,7 @@ from typing import Any
 from ledger.cli.decisions import cmd_decide, cmd_eval, cmd_propose
 from ledger.cli.event_files import cmd_sign, cmd_submit
 from ledger.cli.governance import cmd_grant, cmd_init, cmd_policy_set, cmd_revoke
+from ledger.cli.health import cmd_health_report
 from ledger.cli.keys import cmd_keys_new, cmd_keys_show
 from ledger.cli.kill import cmd_kill
 from ledger.cli.reading import (
@@ -61,6 +62,7 @@ policy.yaml as in docs/GOVERNANCE.md):
   steward eval --proposal 3fa2c1 --suite safety --metric refusal_rate=0.99 --key evalbot.pem
   steward eval --proposal 3fa2c1 --suite quality --metric accuracy=0.91 --key evalbot.pem
   steward approve --proposal 3fa2c1 --key alice.pem
+  steward health report --proposal 3fa2c1 --step 1 --metric error_rate=0.002 --healthy --key sre.pem
   steward kill engage --target models/model-server --reason "error spike" --key oncall.pem
   steward kill release --target models/model-server --key alice.pem --key bob.pem
   steward log --follow
@@ -314,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--proposal", required=True, help="proposal hash or a unique prefix")
         p.add_argument("--comment", default="")
+
+    health = sub.add_parser("health", help="report a rollout step's health").add_subparsers(
+        dest="health_cmd", required=True, metavar="ACTION"
+    )
+    p = add(
+        "report",
+        "report a step healthy or unhealthy, judged by hand (a monitor key; bound to the run "
+        "of the step; steps gated by the policy's checks open only on their verdicts)",
+        cmd_health_report,
+        (common, signing),
+        target=health,
+    )
+    p.add_argument("--proposal", required=True, help="proposal hash or a unique prefix")
+    p.add_argument("--step", required=True, type=int, help="the plan step (0-based)")
+    p.add_argument("--metric", action="append", metavar="NAME=VALUE", help="what was observed")
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--healthy", dest="healthy", action="store_true")
+    verdict.add_argument("--unhealthy", dest="healthy", action="store_false")
 
     kill = sub.add_parser("kill", help="engage or release a kill switch").add_subparsers(
         dest="action", required=True, metavar="ACTION"
