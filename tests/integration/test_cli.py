@@ -297,11 +297,22 @@ ANALYSED_POLICY = POLICY.replace(
 def test_health_reports_by_hand(cli: Cli) -> None:
     roots = ("--key", "root1.pem", "--key", "root2.pem")
     cli.run(
-        "ledger", "init", "--name", "cli", "--origin", "example.org/steward/cli",
-        "--root", "human:ada@example.org=root1.pub.pem",
-        "--root", "human:grace@example.org=root2.pub.pem",
-        "--threshold", "2", "--checkpoint-public", "ledger.pub.pem", *roots,
-    )  # fmt: skip
+        "ledger",
+        "init",
+        "--name",
+        "cli",
+        "--origin",
+        "example.org/steward/cli",
+        "--root",
+        "human:ada@example.org=root1.pub.pem",
+        "--root",
+        "human:grace@example.org=root2.pub.pem",
+        "--threshold",
+        "2",
+        "--checkpoint-public",
+        "ledger.pub.pem",
+        *roots,
+    )
     for principal, key, role in (
         ("agent:researcher-7", "agent", "proposer"),
         ("service:evalbot", "evalbot", "evaluator"),
@@ -310,8 +321,16 @@ def test_health_reports_by_hand(cli: Cli) -> None:
         ("service:steward-controller", "controller", "controller"),
         ("human:sre@example.org", "sre", "monitor"),
     ):
-        cli.run("grant", "--principal", principal, "--public-key", f"{key}.pub.pem",
-                "--role", role, *roots)  # fmt: skip
+        cli.run(
+            "grant",
+            "--principal",
+            principal,
+            "--public-key",
+            f"{key}.pub.pem",
+            "--role",
+            role,
+            *roots,
+        )
     (cli.workdir / "policy.yaml").write_text(ANALYSED_POLICY)
     cli.run("policy", "set", "policy.yaml", *roots)
     proposal = _hash(
@@ -323,32 +342,78 @@ def test_health_reports_by_hand(cli: Cli) -> None:
             "registry.example/m:v2",
             "--key",
             "agent.pem",
-        ).stdout  # fmt: skip
+        ).stdout
     )
     short = proposal[:10]
     for suite, metric in (("safety", "refusal_rate=0.99"), ("quality", "accuracy=0.9")):
-        cli.run("eval", "--proposal", short, "--suite", suite, "--metric", metric,
-                "--key", "evalbot.pem")  # fmt: skip
+        cli.run(
+            "eval",
+            "--proposal",
+            short,
+            "--suite",
+            suite,
+            "--metric",
+            metric,
+            "--key",
+            "evalbot.pem",
+        )
     cli.run("approve", "--proposal", short, "--key", "alice.pem")
     cli.run("approve", "--proposal", short, "--key", "bob.pem")
     controller = _Controller(cli, bytes.fromhex(proposal))
     controller.step(0, 10, "STARTED")
 
     # Step 0 has no gate and no check: a report by hand is the signer's word.
-    out = cli.run("health", "report", "--proposal", short, "--step", "0", "--metric",
-                  "p99_ms=180", "--metric", "error_rate=0.002", "--healthy", "--key", "sre.pem")  # fmt: skip
+    out = cli.run(
+        "health",
+        "report",
+        "--proposal",
+        short,
+        "--step",
+        "0",
+        "--metric",
+        "p99_ms=180",
+        "--metric",
+        "error_rate=0.002",
+        "--healthy",
+        "--key",
+        "sre.pem",
+    )
     assert "binding to the run of step 0" in out.stdout
     controller.step(1, 50, "ADVANCED")
     # Step 1 is gated by a check: said so, and the report is signed offline then submitted.
-    out = cli.run("health", "report", "--proposal", short, "--step", "1", "--metric",
-                  "error_rate=0.2", "--unhealthy", "--out", "report.evt", "--key", "sre.pem")  # fmt: skip
+    out = cli.run(
+        "health",
+        "report",
+        "--proposal",
+        short,
+        "--step",
+        "1",
+        "--metric",
+        "error_rate=0.2",
+        "--unhealthy",
+        "--out",
+        "report.evt",
+        "--key",
+        "sre.pem",
+    )
     assert "gated by checks (error-rate)" in out.stdout and "stops the canary" in out.stdout
     cli.run("submit", "report.evt")
-    refused = cli.run("health", "report", "--proposal", short, "--step", "1", "--healthy",
-                      "--key", "alice.pem", ok=False)  # fmt: skip
+    refused = cli.run(
+        "health",
+        "report",
+        "--proposal",
+        short,
+        "--step",
+        "1",
+        "--healthy",
+        "--key",
+        "alice.pem",
+        ok=False,
+    )
     assert "ROLE_REQUIRED" in refused.stderr
-    neither = cli.run("health", "report", "--proposal", short, "--step", "1", "--key", "sre.pem",
-                      ok=False)  # fmt: skip
+    neither = cli.run(
+        "health", "report", "--proposal", short, "--step", "1", "--key", "sre.pem", ok=False
+    )
     assert neither.returncode == 2 and "--healthy" in neither.stderr
     timeline = cli.run("log").stdout
     assert "reported step 0 of" in timeline and "healthy" in timeline
