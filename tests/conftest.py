@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.postgres",
     "tests.fixtures.witness",
+    "tests.fixtures.prometheus",
 ]
