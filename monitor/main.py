@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.port_file:
         Path(args.port_file).write_text(f"{server.server_port}\n")
     monitor = Monitor(client, key, Prometheus(args.prometheus, args.query_timeout), metrics)
+    logging.getLogger("steward.monitor").info(
+        "following the ledger at %s, querying %s; metrics on %s:%d",
+        args.server,
+        args.prometheus,
+        host or "127.0.0.1",
+        server.server_port,
+    )
     signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
     try:
         monitor.run()

@@ -62,7 +62,6 @@ policy.yaml as in docs/GOVERNANCE.md):
   steward eval --proposal 3fa2c1 --suite safety --metric refusal_rate=0.99 --key evalbot.pem
   steward eval --proposal 3fa2c1 --suite quality --metric accuracy=0.91 --key evalbot.pem
   steward approve --proposal 3fa2c1 --key alice.pem
-  steward health report --proposal 3fa2c1 --step 1 --metric error_rate=0.002 --healthy --key sre.pem
   steward kill engage --target models/model-server --reason "error spike" --key oncall.pem
   steward kill release --target models/model-server --key alice.pem --key bob.pem
   steward log --follow

@@ -3,7 +3,7 @@ which one failed: the document and line, the command as written and as run, its 
 
 Each command runs in its own `bash -c` in the scene's directory; exports and `cd` carry over to
 the next command (the shell's exported state is saved after each one). `steward`,
-`steward-audit`, `steward-controller`, `kubectl-steward` and `python` resolve to small scripts
+`steward-audit`, `steward-controller`, `kubectl-steward`, `steward-monitor` and `python` resolve to small scripts
 that run this checkout's code with the test's interpreter, in a directory laid out like the
 project's `.venv` (so `. .venv/bin/activate` works when a scene maps `.venv` to it).
 """
@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "steward-audit": "audit.cli",
     "steward-controller": "controller.main",
     "kubectl-steward": "controller.kubectl",
+    "steward-monitor": "monitor",
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from infra.kafka_cluster import KafkaCluster
+from infra.prometheus import MetricsSource, PrometheusServer
 from ledger.client import LedgerClient
 from ledger.scenario import Cast
 from tests.docs.collect import LOOKS_LIKE_A_COMMAND
@@ -450,8 +451,96 @@ def test_tiles_examples_run_as_written(reader: Reader, ledger: LedgerServer) -> 
     assert (reader.workdir / "mirror" / "entries.bin").exists()
 
 
+# docs/ANALYSIS.md: steward-monitor against a real Prometheus, and a report judged by hand
+
+
+def _analysis_policy() -> str:
+    """The policy docs/ANALYSIS.md shows, with seconds where it says minutes: the scene waits
+    for the monitor's first verdicts, not for an hour of traffic."""
+    text = (REPO / "docs" / "ANALYSIS.md").read_text()
+    policy = text.split("## The policy", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    for slow, fast in (
+        ("interval_seconds: 60", "interval_seconds: 1"),
+        ("count: 5", "count: 2"),
+        ("[1m]", "[5s]"),
+        ("[5m]", "[5s]"),
+        ("hold_seconds: 300", "hold_seconds: 0"),
+        ("hold_seconds: 600", "hold_seconds: 0"),
+    ):
+        policy = policy.replace(slow, fast)
+    return policy
+
+
+def analysis_scene(
+    reader: Reader, ledger: LedgerServer, prometheus: PrometheusServer, metrics: MetricsSource
+) -> Scene:
+    cast = ledger.flow.cast
+    reader.export("STEWARD_SERVER", ledger.address)
+    for file, who in (("root-a.pem", "root1"), ("root-b.pem", "root2"), ("sre.pem", "monitor")):
+        cast[who].key.save(reader.file(file))  # keys the reader holds (sre: granted monitor)
+
+    def a_rollout_at_its_gated_step() -> None:
+        # The canary serves traffic Prometheus scrapes; a proposal is approved and the
+        # controller (signed here with its key) has started it and moved it to step 1.
+        metrics.set("stable", rps=30)
+        metrics.set("canary", rps=20, error_ratio=0.002)
+        p = ledger.evaluated_proposal()
+        evals = tuple(
+            e.leaf_hash
+            for e in ledger.client.read(0)
+            if getattr(e.body.payload, "proposal", None) == p and e.body.type == "EvalRecorded"
+        )
+        for who in ("alice", "bob"):
+            ledger.append(ledger.flow.approve(p, evals, who))
+        ledger.append(ledger.flow.step(p, 0, 10, "STARTED"))
+        ledger.append(ledger.flow.step(p, 1, 50, "ADVANCED"))
+
+    return Scene(
+        placeholders={
+            "127.0.0.1:7443": ledger.address,
+            "http://127.0.0.1:9090": prometheus.url,
+            "127.0.0.1:9102": "127.0.0.1:0",
+            "3fa2c1": lambda: ledger.proposals[-1].hex()[:6],
+        },
+        given={
+            "steward policy set": lambda: reader.file("analysis-policy.yaml").write_text(
+                _analysis_policy()
+            ),
+            "steward-monitor": a_rollout_at_its_gated_step,
+        },
+        follow=("steward log --follow",),
+    )
+
+
+def test_analysis_examples_run_as_written(
+    reader: Reader,
+    ledger: LedgerServer,
+    prometheus: PrometheusServer,
+    metrics_source: MetricsSource,
+) -> None:
+    from infra.processes import wait_for
+    from ledger.formats import HealthReported
+
+    scene = analysis_scene(reader, ledger, prometheus, metrics_source)
+    runner = run_document(DOCUMENTS["docs/ANALYSIS.md"], reader, scene)
+
+    def verdicts() -> list[str]:
+        return [
+            c.verdict
+            for e in ledger.client.read(0)
+            if isinstance(e.body.payload, HealthReported)
+            for c in e.body.payload.checks
+        ]
+
+    # The monitor signed the run's samples until the check passed (it runs in the background).
+    wait_for("a PASS from steward-monitor", lambda: "PASS" in verdicts(), 60)
+    manual = next(r for r in runner.ran if r.example.command.startswith("steward health report"))
+    assert "gated by checks (error-rate)" in manual.output
+
+
 # Every document a scene above runs, and the test that runs it.
 SCENES = {
+    "docs/ANALYSIS.md": test_analysis_examples_run_as_written,
     "steward --help": test_steward_help_runs_from_an_empty_directory_to_a_released_kill_switch,
     "README.md": test_readme_examples_run_as_written,
     "docs/AUDIT.md": test_audit_examples_run_as_written,
