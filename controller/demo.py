@@ -3,14 +3,17 @@
 It starts the local control plane (etcd, kube-apiserver, controller-manager, scheduler and
 KWOK; built from Go modules on first use, then cached), creates the user's Deployment
 `models/model-server` (4 replicas of v1) and its Service, starts a ledger server on the embedded
-SQLite store and `steward-controller` reading that log itself. Then, through gRPC:
+SQLite store, `steward-controller` reading that log itself, a Prometheus (Debian's package) on
+loopback scraping the model server's request metrics, and `steward-monitor`. Then, through gRPC:
 
-1. genesis, keys and a policy (canary 25% → 50% (health-gated) → 100%, then promotion);
+1. genesis, keys and a policy (canary 25% → 50% (gated by an error-rate check on Prometheus)
+   → 100%, then promotion);
 2. an agent proposes v2; evals; the agent's own approval is refused; two people approve;
 3. the controller starts the canary; on-call engages the kill switch; the controller removes
    the canary at once (the time is printed); a release needs two approvers;
-4. the agent proposes v3; evals, approvals, health reports; the controller walks every step
-   and promotes: the stable Deployment ends on v3;
+4. the agent proposes v3; evals, approvals; steward-monitor measures the canary's error rate
+   at step 1 and signs the samples; the controller walks every step and promotes: the stable
+   Deployment ends on v3; the values that gated each step are printed;
 5. the timeline; an export and a trust root; the steward-audit command that verifies them.
 
 Run: python -m controller.demo [--dir DIR] [--keep-cluster]
@@ -31,9 +34,18 @@ from typing import Any, TypeVar
 
 from infra.kube_build import binaries_present, build
 from infra.kube_cluster import LocalCluster
+from infra.prometheus import MetricsSource, PrometheusServer
 from ledger.client import LedgerClient
 from ledger.demo import ledger_server, narrator, save_keys, say
-from ledger.formats import KillScope, PlanStep, SignedEvent
+from ledger.formats import (
+    HealthCheck,
+    HealthReported,
+    KillScope,
+    NoDataRule,
+    PlanStep,
+    RolloutStep,
+    SignedEvent,
+)
 from ledger.rules import check
 from ledger.scenario import Cast, Flow, followed_state
 from ledger.state import LedgerState
@@ -42,6 +54,22 @@ from ledger.timeline import lines
 NAMESPACE, NAME = "models", "model-server"
 V1, V2, V3 = (f"registry.example/model-server:{v}" for v in ("v1", "v2", "v3"))
 PLAN = (PlanStep(25, 2, False), PlanStep(50, 2, True), PlanStep(100, 1, False))
+# The health gate of step 1: the canary's share of 5xx responses, measured every second by
+# steward-monitor on the demo's Prometheus (docs/ANALYSIS.md).
+ERROR_RATE = HealthCheck(
+    name="error-rate",
+    query=(
+        'sum(rate(http_requests_total{{canary_selector},code=~"5.."}[5s]))'
+        " / sum(rate(http_requests_total{{canary_selector}}[5s]))"
+    ),
+    op="LE",
+    threshold=0.01,
+    interval_seconds=1,
+    count=3,
+    failure_limit=2,
+    steps=None,
+    no_data=NoDataRule(90, "ROLLBACK"),
+)
 T = TypeVar("T")
 
 
@@ -187,6 +215,57 @@ def controller_process(
         log.close()
 
 
+@contextmanager
+def monitor_process(workdir: Path, address: str, prometheus: str) -> Iterator[None]:
+    log = (workdir / "monitor.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "--server",
+            address,
+            "--key",
+            str(workdir / "keys" / "monitor.pem"),
+            "--prometheus",
+            prometheus,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            raise SystemExit(f"steward-monitor exited; see {workdir / 'monitor.log'}")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def gating_values(client: LedgerClient, proposal: bytes) -> list[str]:
+    """For each step the rollout left, the checks' last report on it and the advance it opened."""
+    out: list[str] = []
+    last: dict[int, HealthReported] = {}
+    for e in client.read(0):
+        p = e.body.payload
+        if isinstance(p, HealthReported) and p.proposal == proposal and p.checks:
+            last[p.step] = p
+        elif isinstance(p, RolloutStep) and p.proposal == proposal and p.phase == "ADVANCED":
+            report = last.get(p.step - 1)
+            if report is None:
+                continue
+            for c in report.checks:
+                values = ", ".join("-" if x.value is None else f"{x.value:.4f}" for x in c.samples)
+                out.append(f"step {report.step}: {c.name} {c.verdict} from [{values}] ({c.query})")
+            out.append(f"step {p.step - 1} → {p.step}: {p.reason}")
+    return out
+
+
 def run(workdir: Path, keep_cluster: bool) -> int:
     if not binaries_present():
         say("building the local Kubernetes control plane (first run only; cached afterwards)…")
@@ -207,6 +286,16 @@ def run(workdir: Path, keep_cluster: bool) -> int:
             "4 ready model-server pods", lambda: deployments(cluster).get(NAME, (0, 0, ""))[1] >= 4
         )
         say(f"  cluster up; kubeconfig {cluster.kubeconfig}; {show(cluster)}")
+
+        # The model server's request metrics (its canary's and its stable's), which a real
+        # Prometheus scrapes every second; the canary serves 0.4% errors.
+        source = MetricsSource(NAMESPACE, NAME).start()
+        stack.callback(source.stop)
+        source.set("stable", rps=40, error_ratio=0.002)
+        source.set("canary", rps=20, error_ratio=0.004)
+        prometheus = PrometheusServer([source.address], workdir=workdir / "prometheus").start()
+        stack.callback(prometheus.close)
+        say(f"Prometheus on {prometheus.url} scraping the model server's metrics")
 
         address = stack.enter_context(ledger_server(workdir))
         client = LedgerClient(address)
@@ -229,12 +318,14 @@ def run(workdir: Path, keep_cluster: bool) -> int:
         for grant in flow.grants():
             submit("grant " + grant_name(grant), grant)
         submit(
-            "policy: 2 human approvals; canary 25→50→100%",
-            flow.policy(namespace=NAMESPACE, plan=PLAN),
+            "policy: 2 human approvals; canary 25→50→100%; step 1 gated by error rate ≤ 1%",
+            flow.policy(namespace=NAMESPACE, plan=PLAN, analysis=(ERROR_RATE,)),
         )
 
         stack.enter_context(controller_process(workdir, address, cluster))
         say("steward-controller started (replays the SQLite log itself, appends through gRPC)")
+        stack.enter_context(monitor_process(workdir, address, prometheus.url))
+        say("steward-monitor started (follows the log, queries Prometheus, signs what it saw)")
 
         say("\n2. v2: proposed, evaluated, approved by people — then stopped by one")
         p2 = submit("agent proposes v2", flow.propose(V2, namespace=NAMESPACE, deployment=NAME))
@@ -298,9 +389,10 @@ def run(workdir: Path, keep_cluster: bool) -> int:
             return probe
 
         wait_for("step 1 (50%)", at_step(1))
-        say(f"  canary at 50%: {show(cluster)}")
-        submit("monitor: step 1 healthy", flow.health(p3, 1, True))
+        say(f"  canary at 50%: {show(cluster)}; steward-monitor measures its error rate")
         wait_for("promotion", phase_is(p3, "PROMOTED"), timeout=120)
+        for line in gating_values(client, p3):
+            say(f"  gate: {line}")
         wait_for(
             "stable on v3 with 4 ready pods",
             lambda: (

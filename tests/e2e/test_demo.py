@@ -61,6 +61,9 @@ def test_full_story_demo_promotes_after_a_kill_switch(tmp_path: Path) -> None:
     assert "SELF_APPROVAL" in text and "THRESHOLD_NOT_MET" in text
     assert re.search(r"canary gone \d+ ms after the kill switch", text)
     assert "promoted: model-server 4/4 ready (v3)" in text
+    # The gate of step 1 was steward-monitor's samples from Prometheus, printed.
+    assert re.search(r"gate: step 1: error-rate PASS from \[[^]]*0\.00\d+", text), text[-3000:]
+    assert "checks passed: error-rate: 3 of 3 measurements" in text
     assert "metrics: steward_kill_switch_reaction_seconds_count 1.0" in text
     assert re.search(r"rolled back .*kill switch", text)
     match = re.search(r"^\s+(steward-audit verify .+)$", text, re.MULTILINE)
