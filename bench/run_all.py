@@ -15,7 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("proofs", "audit", "replay", "startup", "ingest", "checkpoints", "killswitch")
+BENCHES = (
+    "proofs",
+    "audit",
+    "replay",
+    "startup",
+    "ingest",
+    "checkpoints",
+    "killswitch",
+    "analysis",
+)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -64,8 +64,19 @@ EXPECTED: dict[str, list[str]] = {
         "attacker streams refused (RESOURCE_EXHAUSTED)",
     ],
     "proofs": ["inclusion proof p99", "consistency proof p99"],
+    "analysis": [
+        "metric bad → canary 0, p50",
+        "  bad → FAIL report on the log, p50",
+        "  FAIL report → canary 0, p50",
+        "monitor CPU per check",
+        "monitor query+sign+submit per check (mean)",
+    ],
 }
-MARKS = {"ingest": [pytest.mark.kafka], "killswitch": [pytest.mark.kube]}
+MARKS = {
+    "ingest": [pytest.mark.kafka],
+    "killswitch": [pytest.mark.kube],
+    "analysis": [pytest.mark.kube],
+}
 
 
 def run_smoke(name: str, tmp: Path, *extra: str) -> dict:
