@@ -210,3 +210,17 @@ def test_a_snapshot_that_does_not_match_the_log_is_discarded(tmp_path: Path) -> 
     fresh = Replayer(other_store, snapshots=snaps, source="t")
     assert not fresh.load_snapshot()
     assert fresh.position == 0
+
+
+def test_the_checks_evidence_survives_a_snapshot() -> None:
+    from tests.unit.test_planner_analysis import CHECK, report
+
+    h = Harness()
+    p, _ = h.approved(analysis=(CHECK,))
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    report(h, p, 0.01, None, 0.2)
+    state = folded(h)
+    back = decode_state(encode_state(state))
+    assert back == state
+    assert back.ledger.proposals[p].checks[1]["error-rate"].values == (0.01, None, 0.2)
