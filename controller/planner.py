@@ -88,21 +88,13 @@ class TargetSettings:
 
 
 def target_settings(policy: PolicySet) -> TargetSettings:
-    """The per-target settings of a policy: ``container`` and ``readiness_grace_seconds``.
-
-    They are schema v2 fields of PolicySet. Until every policy carries them they are read as
-    optional attributes, so a policy without them keeps today's behaviour (the only container,
-    the controller's grace); this is the one place that maps the policy onto the settings.
-    """
-    container = getattr(policy, "container", None)
-    grace = getattr(policy, "readiness_grace_seconds", None)
+    """The per-target settings of a policy (schema v2 fields of PolicySet; a v1 policy has
+    neither): the container to update (None: the pod's only container) and the readiness
+    grace (None: the controller's ``--not-ready-grace-seconds``)."""
+    grace = policy.readiness_grace_seconds
     return TargetSettings(
-        container=container if isinstance(container, str) and container else None,
-        readiness_grace_ms=(
-            grace * 1000
-            if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0
-            else None
-        ),
+        container=policy.container or None,
+        readiness_grace_ms=grace * 1000 if grace is not None and grace >= 0 else None,
     )
 
 

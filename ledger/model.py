@@ -110,7 +110,7 @@ class PolicySet:
     kill_rollback_bound_ms: int
     # Schema v2; the defaults are the schema's, which a body written with v1 resolves to.
     analysis: tuple[HealthCheck, ...] = ()
-    container: str | None = None  # the container to update; None: the pod's first
+    container: str | None = None  # the container to update; None: the pod's only one
     readiness_grace_seconds: int | None = None  # None: the controller's default
 
 

@@ -24,7 +24,6 @@ from controller.planner import ApplyCanary, Promote, ScaleStable
 from controller.replay import Replayer
 from infra.kube_workload import read_deployment
 from infra.processes import wait_for
-from ledger.formats import PolicySet
 from ledger.store.sqlite import SQLiteLogStore
 from tests.e2e.conftest import FAST_PLAN, V1, V2, Controllers, Ledger
 from tests.e2e.test_controller_e2e import canary_ready, mirror_status, promote_with_health
@@ -173,10 +172,6 @@ def test_the_executor_updates_the_named_container_and_leaves_the_other_alone(
         store.close()
 
 
-@pytest.mark.skipif(
-    "container" not in {f.name for f in dataclasses.fields(PolicySet)},
-    reason="needs PolicySet.container (schema v2); runs as soon as the schema has it",
-)
 def test_the_policy_names_the_container_and_the_rollout_promotes(
     ledger: Ledger,
     controllers: Controllers,

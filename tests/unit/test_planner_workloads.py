@@ -1,9 +1,8 @@
 """The planner on real workloads: a named container, an HPA, surge, per-policy grace, drift
 after promotion. Same simulated cluster as tests/unit/test_planner.py.
 
-Schema v2 gives PolicySet ``container`` and ``readiness_grace_seconds``; until it lands these
-tests hand the folded state a policy carrying them (``PolicyV2``), which is what
-``target_settings`` reads either way.
+Schema v2 gives PolicySet ``container`` and ``readiness_grace_seconds``; these tests hand the
+folded state a policy carrying them, which is what ``target_settings`` reads.
 """
 
 from __future__ import annotations
@@ -30,20 +29,12 @@ from controller.planner import (
     target_settings,
 )
 from controller.view import rollout_views
-from ledger.formats import KillScope, PlanStep, PolicySet
+from ledger.formats import KillScope, PlanStep
 from tests.unit.harness import Harness
 from tests.unit.test_planner import SERVER, V1, V2, Sim, kinds, ready
 
 SIDECAR = ("proxy", "registry.example/proxy:1.4")
 N = 4
-
-
-@dataclass(frozen=True)
-class PolicyV2(PolicySet):
-    """A PolicySet with the schema v2 fields, standing in until the schema has them."""
-
-    container: str | None = None
-    readiness_grace_seconds: int | None = None
 
 
 @pytest.fixture
@@ -60,8 +51,8 @@ def give_policy(sim: Sim, **settings: object) -> None:
     """Fold the log so far and give its policy the schema v2 settings."""
     cs = sim.fold()
     for pid, info in cs.ledger.policies.items():
-        fields = {f.name: getattr(info.policy, f.name) for f in dataclasses.fields(PolicySet)}
-        cs.ledger.policies[pid] = dataclasses.replace(info, policy=PolicyV2(**fields, **settings))  # type: ignore[arg-type]
+        policy = dataclasses.replace(info.policy, **settings)  # type: ignore[arg-type]
+        cs.ledger.policies[pid] = dataclasses.replace(info, policy=policy)
 
 
 def two_containers(replicas: int, image: str) -> ObservedDeployment:
@@ -81,12 +72,10 @@ def test_a_policy_without_the_v2_fields_keeps_todays_behaviour(h: Harness) -> No
     h.base()
     policy = h.core.state.policies["default"].policy
     assert target_settings(policy) == TargetSettings(container=None, readiness_grace_ms=None)
-    fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(PolicySet)}
-    v2 = PolicyV2(**fields, container="server", readiness_grace_seconds=900)
+    v2 = dataclasses.replace(policy, container="server", readiness_grace_seconds=900)
     assert target_settings(v2) == TargetSettings("server", 900_000)
-    # Nonsense values mean "not set", never a crash.
-    odd = PolicyV2(**fields, container="", readiness_grace_seconds=True)
-    assert target_settings(odd) == TargetSettings()
+    # An empty name means "not set" (the rules refuse one on the log).
+    assert target_settings(dataclasses.replace(policy, container="")) == TargetSettings()
 
 
 def test_choose_container_names_what_exists() -> None:
