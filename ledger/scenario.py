@@ -207,6 +207,8 @@ class Flow:
         kinds: tuple[str, ...] = ("human",),
         signers: tuple[str, ...] = ("root1", "root2"),
         analysis: tuple[HealthCheck, ...] = (),
+        container: str | None = None,
+        readiness_grace_seconds: int | None = None,
     ) -> SignedEvent:
         return self.event(
             PolicySet(
@@ -223,6 +225,8 @@ class Flow:
                 kill_release_approvals=kill_release,
                 kill_rollback_bound_ms=5000,
                 analysis=analysis,
+                container=container,
+                readiness_grace_seconds=readiness_grace_seconds,
             ),
             *signers,
         )

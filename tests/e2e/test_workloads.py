@@ -9,7 +9,6 @@ through the scale subresource, which is the write Steward must follow and never 
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +179,7 @@ def test_the_policy_names_the_container_and_the_rollout_promotes(
     llm: str,
 ) -> None:
     ns = kube_namespace
-    base = ledger.flow.policy(namespace=ns, plan=FAST_PLAN).body.payload
-    ledger.ok(ledger.flow.event(dataclasses.replace(base, container="server"), "root1", "root2"))  # type: ignore[type-var]
+    ledger.ok(ledger.flow.policy(namespace=ns, plan=FAST_PLAN, container="server"))
     controllers.start()
     p = approved_for(ledger, ns, llm)
     wait_for("step 1", lambda: (1, 50, "ADVANCED") in ledger.steps(p), 40)
