@@ -10,7 +10,7 @@ resourceVersion; append a proposal-scoped KillSwitchEngaged and take the time th
 returns; stop the clock on the first watch event where the canary has 0 replicas or is
 deleted. Then wait for the stable Deployment to be back at 4 before the next trial.
 
-The ledger serves mutual TLS as k8s/ledger.yaml does (a throwaway CA, infra.pki; an access
+The ledger serves mutual TLS as k8s/base/ledger.yaml does (a throwaway CA, infra.pki; an access
 file; the default stream and rate limits): the bench's client, the controller and the attacker
 each present their own certificate, so the server tells them apart although all three connect
 from 127.0.0.1.
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             api = cluster.api_client()
             apps = client.AppsV1Api(api)
             ns = f"bench-kill-{os.getpid()}"
-            cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+            cluster.kubectl("apply", "-f", str(REPO / "k8s" / "base" / "crd-modelrollouts.yaml"))
             cluster.kubectl(
                 "wait",
                 "--for=condition=Established",

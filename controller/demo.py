@@ -116,7 +116,7 @@ spec: {{selector: {{{labels}}}, ports: [{{port: 80, targetPort: 8080}}]}}
     path = cluster.state / "target.yaml"
     path.write_text(manifest)
     cluster.kubectl("apply", "-f", str(path))
-    crd = Path(__file__).resolve().parents[1] / "k8s" / "crd-modelrollouts.yaml"
+    crd = Path(__file__).resolve().parents[1] / "k8s" / "base" / "crd-modelrollouts.yaml"
     if crd.exists():
         cluster.kubectl("apply", "-f", str(crd))
 

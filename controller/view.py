@@ -25,7 +25,7 @@ from controller.state import ControllerState
 from ledger.formats import PolicySet, Target
 from ledger.state import ProposalState
 
-# The ModelRollout custom resource (k8s/crd-modelrollouts.yaml): written by the mirror, read by kubectl.
+# The ModelRollout custom resource (k8s/base/crd-modelrollouts.yaml): written by the mirror, read by kubectl.
 GROUP, VERSION, PLURAL = "steward.dev", "v1alpha1", "modelrollouts"
 
 # ModelRollout .status.phase values (the CRD documents these).

@@ -128,7 +128,7 @@ def ledger(tmp_path: Path, kube_namespace: str) -> Iterator[Ledger]:
 
 @pytest.fixture(scope="session")
 def crd_installed(kube_cluster: LocalCluster) -> None:
-    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "base" / "crd-modelrollouts.yaml"))
     kube_cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", "crd/modelrollouts.steward.dev"
     )

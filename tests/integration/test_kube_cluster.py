@@ -174,17 +174,16 @@ def test_apply_k8s_installs_steward_and_modelrollouts_print_columns(
     for obj in (
         "customresourcedefinition.apiextensions.k8s.io/modelrollouts.steward.dev",
         "serviceaccount/steward-controller",
-        "deployment.apps/steward-ledger",
+        "statefulset.apps/steward-ledger",
         "deployment.apps/steward-controller",
         "service/steward-ledger",
         "service/steward-controller",
+        "networkpolicy.networking.k8s.io/steward-ledger",
     ):
         assert obj in steward_installed
-    for name in ("steward-ledger", "steward-controller"):
+    for kind, name in (("statefulset", "steward-ledger"), ("deployment", "steward-controller")):
         dep = json.loads(
-            kube_cluster.kubectl(
-                "get", "deployment", name, "-n", "steward-system", "-o", "json"
-            ).stdout
+            kube_cluster.kubectl("get", kind, name, "-n", "steward-system", "-o", "json").stdout
         )
         probe = dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
         # The ledger serves mutual TLS on 7443, which kubelet's gRPC probe cannot speak; it

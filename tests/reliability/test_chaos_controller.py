@@ -540,7 +540,7 @@ def run_rounds(
     rng = random.Random(SEED)
     print(f"\nchaos seed {SEED}, rounds {rounds}, store {backend.store_spec.split(':')[0]}")
     apps = client.AppsV1Api(kube_api_client)
-    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "base" / "crd-modelrollouts.yaml"))
     kube_cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", "crd/modelrollouts.steward.dev"
     )
