@@ -131,7 +131,9 @@ def wheel_problems(wheel: Path) -> list[str]:
     console script; an empty list when it has them all."""
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        entry_points = next((zf.read(n).decode() for n in names if n.endswith("entry_points.txt")), "")
+        entry_points = next(
+            (zf.read(n).decode() for n in names if n.endswith("entry_points.txt")), ""
+        )
     needed = [str(p.relative_to(REPO)) for p in sorted((REPO / "steward").rglob("*.py"))]
     needed += [str(p.relative_to(REPO)) for p in sorted((REPO / "ledger" / "schemas").glob("*"))]
     needed += [str(p.relative_to(REPO)) for p in sorted((REPO / "infra" / "kube_stages").glob("*"))]
