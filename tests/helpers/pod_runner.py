@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,9 +67,11 @@ class PodProcess:
     exits: list[int] = field(default_factory=list)
     restart_at: float = 0.0
 
+    sockets: Path = Path()  # the pod's container ports as Unix sockets (a short path)
+
     @property
     def ports_dir(self) -> Path:
-        return self.directory / "ports"
+        return self.sockets
 
     def log(self) -> str:
         return "".join(
@@ -93,6 +96,8 @@ class PodRunner:
         self.pods: dict[str, PodProcess] = {}
         self.waiting: dict[str, str] = {}  # pod -> why it cannot start
         self.routes = root / "routes.json"
+        # Unix socket paths are limited to 107 bytes; a test's temporary directory is longer.
+        self.sockets = Path(tempfile.mkdtemp(prefix="stw-"))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,7 +113,7 @@ class PodRunner:
             "apiserver",
             [
                 (
-                    f"unix:{self.root / 'apiserver.sock'}",
+                    f"unix:{self.sockets / 'apiserver.sock'}",
                     f"tcp:127.0.0.1:{self.cluster.ports['apiserver']}",
                 )
             ],
@@ -127,6 +132,7 @@ class PodRunner:
             self.pods.clear()
         for relay in self._relays:
             relay.stop(grace=5)
+        shutil.rmtree(self.sockets, ignore_errors=True)
         self.api.close()
 
     def _loop(self) -> None:
@@ -174,10 +180,12 @@ class PodRunner:
             proc = PodProcess(
                 pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, directory, pod
             )
+            proc.sockets = self.sockets / pod.metadata.uid[:8]
             self._prepare(proc)
         except PodWaiting as why:
             self.waiting[key] = str(why)
             shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(self.sockets / pod.metadata.uid[:8], ignore_errors=True)
             return
         self.waiting.pop(key, None)
         self.pods[pod.metadata.uid] = proc
@@ -317,7 +325,7 @@ class PodRunner:
     def _write_routes(self) -> None:
         """The endpoints: for each Service port, the sockets of the running pods it selects."""
         routes: dict[str, list[str]] = {
-            "default/kubernetes:443": [str(self.root / "apiserver.sock")]
+            "default/kubernetes:443": [str(self.sockets / "apiserver.sock")]
         }
         for ns in self.namespaces:
             for svc in self.core.list_namespaced_service(ns).items:
@@ -506,6 +514,15 @@ class PodRunner:
                 and p.child is not None
                 and p.child.running()
             ]
+
+    def diagnosis(self) -> str:
+        """What the node knows, for a failed wait: pods waiting and why, exits, API errors."""
+        errors = self.root / "runner-errors.log"
+        return (
+            f"waiting: {self.waiting}\nexits: {self.crash_loops()}\n"
+            f"runner errors: {errors.read_text()[-3000:] if errors.exists() else 'none'}\n"
+            f"{self.logs(self.namespaces[0], '')}"
+        )
 
     def crash_loops(self) -> dict[str, list[int]]:
         """Every pod whose container has exited, with its exit codes."""
