@@ -2,7 +2,7 @@
 document, against real services; what a document shows a program print still has that shape.
 
 Each document with runnable examples has a scene below (the `kubectl steward` ones in
-tests/docs/test_kubectl_documents.py): the few facts it assumes (a ledger server, key files the
+tests/docs/test_kubectl_documents.py, docs/INSTALL.md's in tests/docs/test_install_document.py): the few facts it assumes (a ledger server, key files the
 reader already has, what `3fa2c1` stands for) bound explicitly. An example that cannot run on a test machine carries a visible `not run here: REASON` comment in the
 document (docs/README.md, "Examples that run"); tests/docs/conftest.py prints the counts.
 """
@@ -26,6 +26,7 @@ from tests.docs.collect import LOOKS_LIKE_A_COMMAND
 from tests.docs.documents import REPO, all_documents
 from tests.docs.reader import Reader, run_document
 from tests.docs.runner import Scene
+from tests.docs.test_install_document import INSTALL_SCENES
 from tests.docs.test_kubectl_documents import KUBECTL_SCENES
 from tests.docs.world import LedgerServer, start_kafka_ledger, start_ledger
 
@@ -549,4 +550,5 @@ SCENES = {
     "docs/WITNESS.md": test_witness_examples_run_as_written,
     "docs/TILES.md": test_tiles_examples_run_as_written,
     **KUBECTL_SCENES,  # tests/docs/test_kubectl_documents.py: on the local control plane
+    **INSTALL_SCENES,  # tests/docs/test_install_document.py: the shipped manifests, from zero
 }
