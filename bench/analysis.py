@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             api = cluster.api_client()
             apps = client.AppsV1Api(api)
             ns = f"bench-analysis-{os.getpid()}"
-            cluster.kubectl("apply", "-f", str(REPO / "k8s" / "crd-modelrollouts.yaml"))
+            cluster.kubectl("apply", "-f", str(REPO / "k8s" / "base" / "crd-modelrollouts.yaml"))
             cluster.kubectl("create", "namespace", ns)
             wait_for(
                 "the default ServiceAccount",
