@@ -13,11 +13,10 @@ module never imports the rules. So what needs both, checking then applying
 
 from __future__ import annotations
 
-import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
-from ledger.analysis import checks_for_step, judge
+from ledger.analysis import checks_for_step, judge, meets
 from ledger.formats import (
     PRINCIPAL_KINDS,
     ZERO_HASH,
@@ -498,22 +497,6 @@ def eval_failures(policy: PolicySet, ev: EvalRecorded) -> tuple[str, ...]:
         value = metrics.get(req.metric)
         if value is None:
             failures.append(f"{req.metric}: missing, expected {req.op} {req.threshold}")
-        elif not _compare(value, req.op, req.threshold):
+        elif not meets(value, req.op, req.threshold):
             failures.append(f"{req.metric}: {value} is not {req.op} {req.threshold}")
     return tuple(failures)
-
-
-def _compare(value: float, op: str, threshold: float) -> bool:
-    if math.isnan(value):
-        return False
-    if op == "GE":
-        return value >= threshold
-    if op == "GT":
-        return value > threshold
-    if op == "LE":
-        return value <= threshold
-    if op == "LT":
-        return value < threshold
-    if op == "EQ":
-        return value == threshold
-    raise KeyError(op)  # as the lookup in a table of the five did; the rules admit no other op
