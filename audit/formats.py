@@ -125,8 +125,17 @@ class HealthCheck:
     no_data: NoDataRule
 
 
-# The fields EventBody v2 added have defaults (the v2 schema's, checked at load below): a body
-# written with v1 reads with them, as Avro resolution of appended fields gives.
+@dataclass(slots=True, unsafe_hash=True)
+class TrafficRouting:
+    http_route: str
+    stable_service: str
+    canary_service: str
+    port: int
+
+
+# The fields EventBody v2 and v3 added have defaults (the schemas', checked at load below): a
+# body written with an older version reads with them, as Avro resolution of appended fields
+# gives.
 @dataclass(slots=True, unsafe_hash=True)
 class PolicySet:
     policy_id: str
@@ -141,6 +150,9 @@ class PolicySet:
     analysis: tuple[HealthCheck, ...] = ()
     container: str | None = None
     readiness_grace_seconds: int | None = None
+    resume_approvals: int = 1
+    traffic: TrafficRouting | None = None
+    notify: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -264,6 +276,18 @@ class KillSwitchReleased:
     reason: str
 
 
+@dataclass(slots=True, unsafe_hash=True)
+class RolloutPaused:
+    proposal: bytes
+    reason: str
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RolloutResumed:
+    proposal: bytes
+    reason: str
+
+
 Payload = (
     LedgerGenesis
     | KeyGranted
@@ -276,6 +300,8 @@ Payload = (
     | RolloutStep
     | KillSwitchEngaged
     | KillSwitchReleased
+    | RolloutPaused
+    | RolloutResumed
 )
 
 
@@ -309,6 +335,7 @@ _RECORD_CLASSES: dict[str, type[Any]] = {
         PlanStep,
         NoDataRule,
         HealthCheck,
+        TrafficRouting,
         PolicySet,
         Target,
         ModelRef,
@@ -326,6 +353,8 @@ _RECORD_CLASSES: dict[str, type[Any]] = {
         AnnotationSource,
         KillSwitchEngaged,
         KillSwitchReleased,
+        RolloutPaused,
+        RolloutResumed,
         EventBody,
         SignedEvent,
     )
@@ -398,10 +427,12 @@ def _check_resolution(old_file: str, new_file: str) -> None:
                 raise ValueError(f"{full}.{f['name']}: default {declared!r}, schema {expected!r}")
 
 
-# v2 is written now; v1 bodies still read (resolved to v2, checked here at import).
-_check_resolution("event_body.v1.avsc", "event_body.v2.avsc")
+# v3 is written now; v1 and v2 bodies still read (resolved to v3, checked here at import).
+_check_resolution("event_body.v1.avsc", "event_body.v3.avsc")
+_check_resolution("event_body.v2.avsc", "event_body.v3.avsc")
 BODY_SCHEMAS: Mapping[bytes, Schema] = {
-    s.fingerprint: s for s in [_load("event_body.v2.avsc"), _load("event_body.v1.avsc")]
+    s.fingerprint: s
+    for s in [_load("event_body.v3.avsc"), _load("event_body.v2.avsc"), _load("event_body.v1.avsc")]
 }
 ENTRY_SCHEMAS: Mapping[bytes, Schema] = {s.fingerprint: s for s in [_load("entry.v1.avsc")]}
 SIGNED_EVENT_SCHEMAS: Mapping[bytes, Schema] = {
@@ -506,6 +537,8 @@ def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
         type(payload) is HealthReported
         or type(payload) is EvalRecorded
         or type(payload) is RolloutStep
+        or type(payload) is RolloutPaused
+        or type(payload) is RolloutResumed
     ):
         return (payload.proposal,)
     if type(payload) is ApprovalRecorded:

@@ -25,6 +25,8 @@ from audit.formats import (
     LedgerGenesis,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
 )
 
@@ -150,6 +152,8 @@ def _fields(p: Any) -> list[tuple[str, str, str]]:
                 ("annotation.field_manager", "text", annotation.field_manager),
                 ("annotation.time", "text", annotation.time),
             ]
+    elif t is RolloutPaused or t is RolloutResumed:
+        out.append(("reason", "prose", p.reason))
     return out
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from audit import names
 from audit.analysis import MAX_SAMPLES, gating, policy_problems, rendered, verdict
+from audit.delivery import delivery_problems
 from audit.findings import Finding
 from audit.formats import (
     ApprovalRecorded,
@@ -325,6 +326,7 @@ def _check_policy(p: PolicySet, seq: int, out: list[Finding]) -> None:
     if p.kill_release_approvals < 1 or p.kill_rollback_bound_ms < 1:
         problems.append("kill switch settings")
     problems += policy_problems(p)
+    problems += delivery_problems(p)
     if problems:
         out.append(
             Finding("POLICY_INVALID", seq, "invalid policy: " + ", ".join(problems), p.policy_id)

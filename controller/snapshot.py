@@ -308,6 +308,29 @@ class StoredProposal(ProposalState):
 
 
 _PROPOSAL_LAZY_INDEX = {name: i for i, name in enumerate(_PROPOSAL_LAZY)}
+
+
+class _LazyWithDefault:
+    """A lazy field that ProposalState gives a plain default (``pause: ... = None``): the class
+    attribute would answer before ``__getattr__`` is ever asked, so this data descriptor, which
+    takes precedence over it, reads the instance's value, or decodes it on first use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type[Any] | None = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        return d[self.name] if self.name in d else obj.__getattr__(self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+for _name in _PROPOSAL_LAZY:
+    if hasattr(ProposalState, _name):  # a plain default, set on the class by @dataclass
+        setattr(StoredProposal, _name, _LazyWithDefault(_name))
 _BATCHED = frozenset({"proposal", "steps"})
 
 

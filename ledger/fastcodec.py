@@ -42,6 +42,7 @@ from ledger.model import (
     SignedEvent,
     Target,
     TargetSelector,
+    TrafficRouting,
 )
 from ledger.wire import (
     BODY_WRITERS,
@@ -323,6 +324,7 @@ _RECORD_TYPES: Mapping[str, type[Any]] = {
         NoDataRule,
         CheckEvidence,
         Sample,
+        TrafficRouting,
     )
 }
 

@@ -98,6 +98,18 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class TrafficRouting:
+    """Traffic mode (schema v3): the Gateway API HTTPRoute whose backendRefs weights the
+    controller sets to each step's weight, between a stable and a canary Service, all in the
+    target's namespace."""
+
+    http_route: str
+    stable_service: str
+    canary_service: str
+    port: int
+
+
+@dataclass(frozen=True)
 class PolicySet:
     policy_id: str
     selector: TargetSelector
@@ -112,6 +124,10 @@ class PolicySet:
     analysis: tuple[HealthCheck, ...] = ()
     container: str | None = None  # the container to update; None: the pod's only one
     readiness_grace_seconds: int | None = None  # None: the controller's default
+    # Schema v3, with the schema's defaults as above.
+    resume_approvals: int = 1  # distinct approver principals a RolloutResumed needs
+    traffic: TrafficRouting | None = None  # None: replica mode (the canary's share of pods)
+    notify: tuple[str, ...] = ()  # webhook sink URLs (http or https)
 
 
 @dataclass(frozen=True)
@@ -241,6 +257,23 @@ class KillSwitchReleased:
     reason: str
 
 
+@dataclass(frozen=True)
+class RolloutPaused:
+    """Schema v3: hold a running rollout at its current step and weight until resumed."""
+
+    proposal: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutResumed:
+    """Schema v3: end the current pause (named in refs); signed by the approvers the policy's
+    resume_approvals asks for."""
+
+    proposal: bytes
+    reason: str
+
+
 Payload = (
     LedgerGenesis
     | KeyGranted
@@ -253,6 +286,8 @@ Payload = (
     | RolloutStep
     | KillSwitchEngaged
     | KillSwitchReleased
+    | RolloutPaused
+    | RolloutResumed
 )
 
 PAYLOAD_TYPES: Mapping[str, type[Any]] = {
@@ -269,6 +304,8 @@ PAYLOAD_TYPES: Mapping[str, type[Any]] = {
         RolloutStep,
         KillSwitchEngaged,
         KillSwitchReleased,
+        RolloutPaused,
+        RolloutResumed,
     )
 }
 
@@ -324,7 +361,9 @@ class LogEntry:
 
 def payload_hashes(payload: Payload) -> tuple[bytes, ...]:
     """The entry hashes a payload names; each must also be listed in the body's refs."""
-    if isinstance(payload, EvalRecorded | HealthReported | RolloutStep):
+    if isinstance(
+        payload, EvalRecorded | HealthReported | RolloutStep | RolloutPaused | RolloutResumed
+    ):
         return (payload.proposal,)
     if isinstance(payload, ApprovalRecorded):
         return (payload.proposal, *payload.evals)

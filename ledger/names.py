@@ -41,6 +41,8 @@ from ledger.model import (
     Payload,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
 )
 
@@ -245,6 +247,8 @@ def _checks(p: Payload) -> Iterator[Problem | None]:
             yield _text("payload.annotation.time", p.annotation.time)
     elif isinstance(p, KillSwitchReleased):
         yield from _scope(p.scope)
+        yield _text("payload.reason", p.reason, PROSE_MAX)
+    elif isinstance(p, RolloutPaused | RolloutResumed):
         yield _text("payload.reason", p.reason, PROSE_MAX)
 
 

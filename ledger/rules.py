@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ledger.analysis import MAX_COUNT, checks_for_step, evidence_problem, judge
+from ledger.delivery import delivery_problem
 from ledger.errors import StewardError
 from ledger.formats import (
     COMPARE_OPS,
@@ -49,6 +50,8 @@ from ledger.formats import (
     LogEntry,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
     Signature,
     payload_hashes,
@@ -119,6 +122,12 @@ CODES: dict[str, str] = {
     "WEIGHT_NOT_IN_PLAN": PRECONDITION,  # a weight other than the plan's for that step
     "HOLD_NOT_ELAPSED": PRECONDITION,  # the current step was not held for its hold_seconds yet
     "HEALTH_GATE": PRECONDITION,  # a health-gated step without a healthy report (or passing checks) since it started
+    "ROLLOUT_PAUSED": PRECONDITION,  # a forward step (ADVANCED, PROMOTED) while a RolloutPaused is in force
+    # Pause and resume
+    "ROLLOUT_NOT_RUNNING": PRECONDITION,  # pausing a rollout that has not started, or has ended (PROMOTED, ROLLED_BACK)
+    "ROLLOUT_ALREADY_PAUSED": PRECONDITION,  # pausing a rollout already paused
+    "ROLLOUT_NOT_PAUSED": PRECONDITION,  # resuming a rollout that is not paused
+    "RESUME_NOT_FOR_CURRENT_PAUSE": PRECONDITION,  # a resume whose refs do not name exactly the pause it ends
     # Kill switches
     "KILL_SWITCH_NOT_ENGAGED": PRECONDITION,  # releasing a scope that is not engaged
     "KILL_SWITCH_ALREADY_ENGAGED": PRECONDITION,  # engaging a scope that is already engaged
@@ -380,6 +389,10 @@ def check(
         return _check_kill_engaged(state, signers, payload)
     if isinstance(payload, KillSwitchReleased):
         return _check_kill_released(state, signers, payload, body)
+    if isinstance(payload, RolloutPaused):
+        return _check_paused(state, signers, payload)
+    if isinstance(payload, RolloutResumed):
+        return _check_resumed(state, signers, payload, body)
     raise AssertionError(f"unhandled payload {body.type}")  # decoding admits no other type
 
 
@@ -548,6 +561,9 @@ def _check_policy(p: PolicySet) -> Violation | None:
         return violation
     if p.readiness_grace_seconds is not None and p.readiness_grace_seconds < 0:
         return _v("INVALID_FIELD", "payload.readiness_grace_seconds", "must not be negative")
+    delivery = delivery_problem(p)
+    if delivery is not None:
+        return _v("INVALID_FIELD", *delivery)
     if p.kill_release_approvals < 1:
         return _v(
             "INVALID_FIELD",
@@ -944,6 +960,13 @@ def _check_rollout_step(
         if phase not in ACTIVE_PHASES:
             return wrong_phase("STARTED, ADVANCED or PAUSED")
         assert current is not None
+        if proposal.pause is not None:
+            return _v(
+                "ROLLOUT_PAUSED",
+                "payload.phase",
+                f"{p.phase} while the rollout is paused (by {proposal.pause.author} at seq "
+                f"{proposal.pause.seq}); a RolloutResumed must come first",
+            )
         if p.phase == "ADVANCED":
             if current.step + 1 >= len(plan):
                 return _v(
@@ -1072,3 +1095,80 @@ def _check_kill_released(
             + (f"; not counted: {'; '.join(why)}" if why else ""),
         )
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Pause and resume (EventBody v3)
+
+
+def _check_paused(state: LedgerState, signers: _Signers, p: RolloutPaused) -> Violation | None:
+    # Holding is cheap, as stopping is: one approver or operator.
+    violation = _single_author(signers, ["approver", "operator"], "RolloutPaused")
+    if violation:
+        return violation
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    if proposal.phase not in ACTIVE_PHASES:
+        return _v(
+            "ROLLOUT_NOT_RUNNING",
+            "payload.proposal",
+            f"the rollout is {proposal.phase}; only a rollout that has started and is not "
+            "promoted or rolled back can be paused",
+        )
+    if proposal.pause is not None:
+        return _v(
+            "ROLLOUT_ALREADY_PAUSED",
+            "payload.proposal",
+            f"the rollout is paused since seq {proposal.pause.seq} (by {proposal.pause.author})",
+        )
+    return None
+
+
+def _check_resumed(
+    state: LedgerState, signers: _Signers, p: RolloutResumed, body: EventBody
+) -> Violation | None:
+    proposal = _proposal(state, p.proposal)
+    if isinstance(proposal, Violation):
+        return proposal
+    if proposal.pause is None:
+        return _v(
+            "ROLLOUT_NOT_PAUSED",
+            "payload.proposal",
+            f"the rollout is {proposal.phase} and not paused; there is nothing to resume",
+        )
+    violation = _bound_to_current(
+        state,
+        body,
+        "RolloutPaused",
+        "RESUME_NOT_FOR_CURRENT_PAUSE",
+        "a resume names the pause it ends",
+    )
+    if violation:
+        return violation
+    # Like a kill-switch release: distinct approver principals of the policy's kinds, never
+    # the proposer (who could otherwise push its own change on past a hold).
+    policy = state.policy_of(proposal)
+    approvers = signers.principals_with("approver")
+    counted = {
+        a
+        for a in approvers
+        if a != proposal.proposer and a.split(":", 1)[0] in policy.approver_kinds
+    }
+    if len(counted) >= policy.resume_approvals:
+        return None
+    why = [
+        f"{a} (proposer of this change)"
+        if a == proposal.proposer
+        else f"{a} (kind not in {', '.join(policy.approver_kinds)})"
+        for a in sorted(approvers - counted)
+    ] + [f"{a} (no approver role)" for a in sorted(signers.principals - approvers)]
+    return _v(
+        "THRESHOLD_NOT_MET",
+        "signatures",
+        f"resuming needs {policy.resume_approvals} distinct approver principals of kind "
+        f"{' or '.join(policy.approver_kinds)} under policy {policy.policy_id}, observed "
+        f"{len(counted)}"
+        + (f" ({', '.join(sorted(counted))})" if counted else "")
+        + (f"; not counted: {'; '.join(why)}" if why else ""),
+    )

@@ -43,12 +43,15 @@ from ledger.formats import (
     ProposalOrigin,
     ProposalSubmitted,
     RequiredEval,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
     RootKey,
     Schema,
     SignedEvent,
     Target,
     TargetSelector,
+    TrafficRouting,
     encode_body,
 )
 from ledger.keys import PrivateKey, sign_body
@@ -209,6 +212,9 @@ class Flow:
         analysis: tuple[HealthCheck, ...] = (),
         container: str | None = None,
         readiness_grace_seconds: int | None = None,
+        resume_approvals: int = 1,
+        traffic: TrafficRouting | None = None,
+        notify: tuple[str, ...] = (),
     ) -> SignedEvent:
         return self.event(
             PolicySet(
@@ -227,6 +233,9 @@ class Flow:
                 analysis=analysis,
                 container=container,
                 readiness_grace_seconds=readiness_grace_seconds,
+                resume_approvals=resume_approvals,
+                traffic=traffic,
+                notify=notify,
             ),
             *signers,
         )
@@ -304,6 +313,21 @@ class Flow:
 
     def release(self, scope: KillScope, signers: tuple[str, ...] = ("alice", "bob")) -> SignedEvent:
         return self.bound(KillSwitchReleased(scope, "investigated, safe"), *signers)
+
+    def pause(
+        self, proposal: bytes, *, signer: str = "carol", reason: str = "latency looks odd"
+    ) -> SignedEvent:
+        return self.event(RolloutPaused(proposal, reason), signer)
+
+    def resume(
+        self,
+        proposal: bytes,
+        signers: tuple[str, ...] = ("alice",),
+        *,
+        reason: str = "latency explained, safe to go on",
+    ) -> SignedEvent:
+        """A resume naming the pause in force (when the flow sees the state)."""
+        return self.bound(RolloutResumed(proposal, reason), *signers)
 
 
 def followed_state(read: Callable[[int], Iterable[LogEntry]]) -> Callable[[], LedgerState]:

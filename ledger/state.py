@@ -33,6 +33,8 @@ from ledger.formats import (
     Payload,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
 )
 from ledger.keys import key_id
@@ -115,6 +117,30 @@ class StepInfo:
 
 
 ACTIVE_PHASES = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+# A rollout ends here: a pause in force ends with it.
+TERMINAL_PHASES = frozenset({"PROMOTED", "ROLLED_BACK"})
+
+
+@dataclass(frozen=True)
+class PauseInfo:
+    """The RolloutPaused in force on a proposal: what a resume names, and who paused and why."""
+
+    seq: int
+    at: int  # received_at of the RolloutPaused entry
+    entry_hash: bytes
+    author: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """The latest RolloutResumed of a proposal: the planner restarts the step's dwell here."""
+
+    seq: int
+    at: int  # received_at of the RolloutResumed entry
+    entry_hash: bytes
+    approvers: tuple[str, ...]  # every principal that signed it, sorted
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -154,6 +180,15 @@ class ProposalState:
     # Approvals older than this seq no longer count: set at each rollback, so that a rollout
     # stopped by a kill switch resumes only on a fresh decision.
     decision_floor: int = -1
+    # The governed pause in force (RolloutPaused, until a RolloutResumed or the rollout's end),
+    # and the latest resume.
+    pause: PauseInfo | None = None
+    last_resume: ResumeInfo | None = None
+
+    @property
+    def paused_by(self) -> int | None:
+        """The seq of the RolloutPaused in force, None when the rollout is not paused."""
+        return self.pause.seq if self.pause is not None else None
 
     @property
     def phase(self) -> str:
@@ -327,11 +362,16 @@ class LedgerState:
     def binding_refs(self, payload: Payload) -> tuple[bytes, ...]:
         """The entries an authorization signed now must name in its refs to bind itself to
         the state it authorizes (empty when there is none): a release names the engagement it
-        releases, a decision the proposal's latest rollback, a health report the run of the
-        step it judges. Clients call this on their folded state before they sign."""
+        releases, a resume the pause it ends, a decision the proposal's latest rollback, a
+        health report the run of the step it judges. Clients call this on their folded state
+        before they sign."""
         if isinstance(payload, KillSwitchReleased):
             engagement = self.engagements.get(payload.scope)
             return (engagement.entry_hash,) if engagement else ()
+        if isinstance(payload, RolloutResumed):
+            paused = self.proposals.get(payload.proposal)
+            pause = paused.pause if paused is not None else None
+            return (pause.entry_hash,) if pause is not None else ()
         if isinstance(payload, ApprovalRecorded | HealthReported):
             proposal = self.proposals.get(payload.proposal)
             if proposal is None:
@@ -457,6 +497,8 @@ class LedgerState:
             )
             if payload.phase == "ROLLED_BACK":
                 proposal.decision_floor = seq
+            if payload.phase in TERMINAL_PHASES:
+                proposal.pause = None  # the rollout ended: nothing is held any more
             t = proposal.proposal.target
             where = (t.namespace, t.deployment)
             if proposal.phase in ACTIVE_PHASES:
@@ -465,6 +507,16 @@ class LedgerState:
                 self.active_rollouts[where].discard(payload.proposal)
                 if not self.active_rollouts[where]:
                     del self.active_rollouts[where]
+        elif isinstance(payload, RolloutPaused):
+            self.proposals[payload.proposal].pause = PauseInfo(
+                seq, e.entry.received_at, h, author, payload.reason
+            )
+        elif isinstance(payload, RolloutResumed):
+            proposal = self.proposals[payload.proposal]
+            proposal.pause = None
+            proposal.last_resume = ResumeInfo(
+                seq, e.entry.received_at, h, self._signers_of(e), payload.reason
+            )
         elif isinstance(payload, KillSwitchEngaged):
             self.kill_switches[payload.scope] = seq
             self.engagements[payload.scope] = Engagement(h, self._active_under(payload.scope))
@@ -476,6 +528,14 @@ class LedgerState:
         self.entry_seqs[h] = seq
         self.size = seq + 1
         self.last_hash = h
+
+    def _signers_of(self, e: LogEntry) -> tuple[str, ...]:
+        """The distinct principals of the keys that signed `e`, sorted."""
+        return tuple(
+            sorted(
+                {self.keys[s.key_id].principal for s in e.entry.signatures if s.key_id in self.keys}
+            )
+        )
 
 
 def _covers(scope: KillScope, proposal: ProposalState) -> bool:

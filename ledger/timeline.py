@@ -22,6 +22,8 @@ from ledger.formats import (
     LogEntry,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
 )
 from ledger.keys import key_id
@@ -116,6 +118,10 @@ def describe(state: LedgerState, e: LogEntry) -> str:
         return f"KILL SWITCH engaged ({scope_text(p.scope)}) by {who}{via}: {p.reason}"
     if isinstance(p, KillSwitchReleased):
         return f"kill switch released ({scope_text(p.scope)}) by {who}: {p.reason}"
+    if isinstance(p, RolloutPaused):
+        return f"{who} paused the rollout of {short(p.proposal)}: {p.reason}"
+    if isinstance(p, RolloutResumed):
+        return f"{who} resumed the rollout of {short(p.proposal)}: {p.reason}"
     return e.body.type
 
 

@@ -95,9 +95,11 @@ class Schema:
         )
 
 
-# The EventBody every writer writes now (version 2), and the one before it, which readers
-# still resolve to it (Avro schema resolution: the fields v2 added take their defaults).
-EVENT_BODY_SCHEMA = Schema.load("event_body.v2.avsc")
+# The EventBody every writer writes now (version 3), and the ones before it, which readers
+# still resolve to it (Avro schema resolution: the fields v2 and v3 added take their
+# defaults; v3's new enum symbols and union branches are appended, so old indexes keep theirs).
+EVENT_BODY_SCHEMA = Schema.load("event_body.v3.avsc")
+EVENT_BODY_SCHEMA_V2 = Schema.load("event_body.v2.avsc")
 EVENT_BODY_SCHEMA_V1 = Schema.load("event_body.v1.avsc")
 SIGNED_EVENT_SCHEMA = Schema.load("signed_event.v1.avsc")
 ENTRY_SCHEMA = Schema.load("entry.v1.avsc")
@@ -106,6 +108,7 @@ ENTRY_SCHEMA = Schema.load("entry.v1.avsc")
 # the old one, so that old entries keep decoding; the first is the one written.
 BODY_WRITERS: Mapping[bytes, Schema] = {
     EVENT_BODY_SCHEMA.fingerprint: EVENT_BODY_SCHEMA,
+    EVENT_BODY_SCHEMA_V2.fingerprint: EVENT_BODY_SCHEMA_V2,
     EVENT_BODY_SCHEMA_V1.fingerprint: EVENT_BODY_SCHEMA_V1,
 }
 ENTRY_WRITERS: Mapping[bytes, Schema] = {ENTRY_SCHEMA.fingerprint: ENTRY_SCHEMA}

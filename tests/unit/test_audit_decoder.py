@@ -76,7 +76,7 @@ def test_union_branch_and_enum_index_out_of_range_are_refused(clean: Builder) ->
     ledger_len = len(decoded.ledger.encode())
     type_at = 10 + 1 + ledger_len + 16
     assert body[type_at] == 2 * 7  # HealthReported is symbol 7, zig-zag encoded
-    for bad in (2 * 11, 2 * 60, 1):  # past the last symbol; a negative index
+    for bad in (2 * 13, 2 * 60, 1):  # past the last symbol (v3 has 13); a negative index
         with pytest.raises(DecodeError, match="enum"):
             decode_body(body[:type_at] + bytes([bad]) + body[type_at + 1 :])
     # The payload union index comes right after issued_at and the refs array.
@@ -87,7 +87,7 @@ def test_union_branch_and_enum_index_out_of_range_are_refused(clean: Builder) ->
     assert body[pos] == 2 * len(decoded.refs)
     pos += 1 + 32 * len(decoded.refs) + 1  # refs block and its terminating 0
     assert body[pos] == 2 * 7
-    for bad in (2 * 11, 1):
+    for bad in (2 * 13, 1):
         with pytest.raises(DecodeError, match="union"):
             decode_body(body[:pos] + bytes([bad]) + body[pos + 1 :])
 

@@ -43,8 +43,12 @@ def _trust(vec: dict[str, Any]) -> TrustRoot:
 
 def test_fingerprints_match(vec: dict[str, Any]) -> None:
     fps = vec["schema_fingerprints"]
-    # The auditor reads both EventBody versions, the current one first.
-    assert [fp.hex() for fp in BODY_SCHEMAS] == [fps["EventBody"], fps["EventBody.v1"]]
+    # The auditor reads every EventBody version, the current one first.
+    assert [fp.hex() for fp in BODY_SCHEMAS] == [
+        fps["EventBody"],
+        fps["EventBody.v2"],
+        fps["EventBody.v1"],
+    ]
     assert [fp.hex() for fp in ENTRY_SCHEMAS] == [vec["schema_fingerprints"]["Entry"]]
 
 

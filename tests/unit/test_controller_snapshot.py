@@ -52,6 +52,26 @@ def test_round_trip_equals_the_folded_state() -> None:
     assert encode_state(decode_state(blob)) == blob
 
 
+def test_a_pause_and_the_latest_resume_survive_a_snapshot() -> None:
+    # A restarted controller restores from its snapshot: a pause must still hold after it.
+    h, p = rich_harness()
+    h.ok(h.flow.pause(p))
+    h.ok(h.flow.resume(p))
+    h.ok(h.flow.pause(p, signer="oncall", reason="again"))
+    state = folded(h)
+    back = decode_state(encode_state(state))
+    assert back == state
+    restored = back.ledger.proposals[p]
+    assert restored.pause is not None and restored.pause.reason == "again"
+    assert restored.last_resume is not None
+    assert restored.last_resume.approvers == ("human:alice@example.org",)
+    start = h.core.size
+    h.ok(h.flow.resume(p, ("bob",)))
+    for e in (h.core.entries or [])[start:]:
+        assert back.fold(e) is None
+    assert back.ledger.proposals[p].pause is None
+
+
 def test_a_restored_state_judges_and_folds_the_next_entries_like_the_original() -> None:
     h, p = rich_harness()
     restored = decode_state(encode_state(folded(h)))

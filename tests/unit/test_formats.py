@@ -49,6 +49,8 @@ def all_events() -> list[formats.SignedEvent]:
         FLOW.step(p, 0, 10, "STARTED"),
         FLOW.kill(KillScope("PROPOSAL", proposal=p)),
         FLOW.release(KillScope("GLOBAL")),
+        FLOW.pause(p),
+        FLOW.resume(p, ("alice", "bob")),
     ]
 
 

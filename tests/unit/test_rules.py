@@ -18,9 +18,12 @@ from ledger.formats import (
     Metric,
     PlanStep,
     PolicySet,
+    RolloutPaused,
+    RolloutResumed,
     Signature,
     SignedEvent,
     TargetSelector,
+    TrafficRouting,
     decode_body,
     make_entry,
 )
@@ -775,6 +778,103 @@ def test_free_text_fields_of_each_type_are_checked(h: Harness) -> None:
     assert err.violation.field == "payload.metrics[0].name"
     h.refused(h.flow.revoke(h.cast["agent"].key.key_id, reason=bad), "TEXT_INVALID")
     h.ok(h.flow.kill(GLOBAL, reason="unicode is fine: café, 日本語, emoji 🚦"))
+
+
+# -- pause and resume (EventBody v3) --------------------------------------------------------
+
+
+def _running(h: Harness, **policy: object) -> bytes:
+    p, _evals = h.approved(**policy)
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    return p
+
+
+def test_a_pause_holds_the_rollout_until_a_resume_by_enough_approvers(h: Harness) -> None:
+    p = _running(h, resume_approvals=2)
+    pause = h.ok(h.flow.pause(p, signer="oncall"))
+    assert h.core.state.proposals[p].paused_by == h.core.size - 1
+    h.refused(h.flow.step(p, 1, 50, "ADVANCED"), "ROLLOUT_PAUSED")
+    h.ok(h.flow.step(p, 0, 10, "PAUSED", reason="paused by human:oncall@example.org"))
+    h.refused(h.flow.pause(p, signer="alice"), "ROLLOUT_ALREADY_PAUSED")
+    err = h.refused(h.flow.resume(p, ("alice", "agent", "oncall")), "THRESHOLD_NOT_MET")
+    msg = err.violation.message
+    assert "observed 1 (human:alice@example.org)" in msg and "needs 2" in msg
+    assert "agent:researcher-7 (proposer of this change)" in msg
+    assert "human:oncall@example.org (no approver role)" in msg
+    h.ok(h.flow.resume(p, ("alice", "bob")))
+    state = h.core.state.proposals[p]
+    assert state.pause is None and state.last_resume is not None
+    assert state.last_resume.approvers == ("human:alice@example.org", "human:bob@example.org")
+    assert h.core.entries is not None and pause in h.core.entries[-1].body.refs
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+
+
+def test_only_a_started_unfinished_rollout_can_be_paused(h: Harness) -> None:
+    p, _evals = h.approved()
+    h.refused(h.flow.pause(p), "ROLLOUT_NOT_RUNNING")  # PENDING
+    h.refused(h.flow.pause(p, signer="evalbot"), "ROLE_REQUIRED")
+    h.refused(h.flow.event(RolloutPaused(bytes(32), "x"), "carol", refs=()), "REF_UNKNOWN")
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    h.ok(h.flow.health(p, 1))
+    h.ok(h.flow.step(p, 2, 100, "ADVANCED"))
+    h.ok(h.flow.step(p, 2, 100, "PROMOTED"))
+    err = h.refused(h.flow.pause(p), "ROLLOUT_NOT_RUNNING")
+    assert "PROMOTED" in err.violation.message
+    h.refused(h.flow.resume(p), "ROLLOUT_NOT_PAUSED")
+
+
+def test_a_resume_names_the_pause_in_force_and_a_rollback_ends_a_pause(h: Harness) -> None:
+    p = _running(h)
+    h.ok(h.flow.pause(p))
+    early = h.flow.resume(p)  # signed now, withheld
+    h.ok(h.flow.resume(p, ("bob",)))
+    h.ok(h.flow.pause(p, signer="oncall"))
+    h.refused(early, "RESUME_NOT_FOR_CURRENT_PAUSE")  # names the first pause, not this one
+    unbound = h.flow.event(RolloutResumed(p, "go"), "alice", "bob")
+    h.refused(unbound, "RESUME_NOT_FOR_CURRENT_PAUSE")
+    h.ok(h.flow.kill(KillScope("PROPOSAL", proposal=p)))
+    h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))  # a kill switch wins over a pause
+    assert h.core.state.proposals[p].pause is None
+    h.refused(h.flow.resume(p), "ROLLOUT_NOT_PAUSED")
+
+
+def test_policy_delivery_settings_are_checked_field_by_field(h: Harness) -> None:
+    h.base()
+    route = TrafficRouting("model-server", "model-server-stable", "model-server-canary", 8080)
+    bad: list[tuple[dict[str, object], str]] = [
+        ({"resume_approvals": 0}, "payload.resume_approvals"),
+        ({"resume_approvals": 17}, "payload.resume_approvals"),
+        ({"traffic": dataclasses.replace(route, http_route="Route")}, "payload.traffic.http_route"),
+        (
+            {"traffic": dataclasses.replace(route, stable_service="1svc")},
+            "payload.traffic.stable_service",
+        ),
+        (
+            {"traffic": dataclasses.replace(route, canary_service="model-server-stable")},
+            "payload.traffic.canary_service",
+        ),
+        ({"traffic": dataclasses.replace(route, port=0)}, "payload.traffic.port"),
+        ({"traffic": dataclasses.replace(route, port=65536)}, "payload.traffic.port"),
+        ({"notify": ("ftp://hooks.example.org/x",)}, "payload.notify[0]"),
+        ({"notify": ("https://ok.example.org", "https://")}, "payload.notify[1]"),
+        ({"notify": ("https://user:secret@hooks.example.org/x",)}, "payload.notify[0]"),
+        ({"notify": ("https://hooks.example.org/a b",)}, "payload.notify[0]"),
+        ({"notify": ("https://hooks.example.org:99999/",)}, "payload.notify[0]"),
+        ({"notify": ("https://h.example.org/" + "a" * 2048,)}, "payload.notify[0]"),
+        ({"notify": ("https://h.example.org/x", "https://h.example.org/x")}, "payload.notify[1]"),
+        ({"notify": tuple(f"https://h{i}.example.org" for i in range(9))}, "payload.notify"),
+    ]
+    for fields, at in bad:
+        err = h.refused(h.flow.policy(**fields), "INVALID_FIELD")  # type: ignore[arg-type]
+        assert err.violation.field == at, (fields, str(err))
+    h.ok(
+        h.flow.policy(
+            resume_approvals=16,
+            traffic=route,
+            notify=tuple(f"https://h{i}.example.org/steward?x={i}" for i in range(8)),
+        )
+    )
 
 
 def test_every_violation_code_has_a_test() -> None:

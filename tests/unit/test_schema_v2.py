@@ -11,8 +11,8 @@ import audit.formats as audit_formats
 from ledger import fastcodec, formats
 from ledger.errors import FormatError
 from ledger.formats import (
-    EVENT_BODY_SCHEMA,
     EVENT_BODY_SCHEMA_V1,
+    EVENT_BODY_SCHEMA_V2,
     HealthReported,
     PolicySet,
     decode_body,
@@ -29,13 +29,13 @@ V1_BODIES = [
 V2_BODIES = [
     bytes.fromhex(e["body_hex"])
     for e in DOC["entries"]
-    if e["body_hex"][4:20] == EVENT_BODY_SCHEMA.fingerprint.hex()
+    if e["body_hex"][4:20] == EVENT_BODY_SCHEMA_V2.fingerprint.hex()
 ]
 
 
 def test_the_vectors_hold_both_versions() -> None:
     assert len(V1_BODIES) == 25 and len(V2_BODIES) >= 5
-    assert EVENT_BODY_SCHEMA.fingerprint != EVENT_BODY_SCHEMA_V1.fingerprint
+    assert EVENT_BODY_SCHEMA_V2.fingerprint != EVENT_BODY_SCHEMA_V1.fingerprint
 
 
 @pytest.mark.parametrize("index", range(25))

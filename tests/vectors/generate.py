@@ -1,9 +1,12 @@
 """Writes tests/vectors/ledger-vectors.json: a small ledger anyone can check with their own code.
 
 Entries 0 to 24 are written with EventBody v1 (as a ledger of before schema v2 holds them),
-the rest with v2: a policy with automated analysis, a rollout that advances past its gated
-step on a report carrying the checks' evidence, and its promotion. Readers resolve v1 bodies
-to v2 (docs/FORMAT.md §2).
+entries 25 to 30 with v2: a policy with automated analysis, a rollout that advances past its
+gated step on a report carrying the checks' evidence, and its promotion. The rest are v3: a
+policy in traffic mode with a webhook sink whose resumes need two approvers, a second
+proposal's rollout paused at its first step (the controller records PAUSED at the weight it
+holds), resumed by two approvers, and promoted. Readers resolve v1 and v2 bodies to v3
+(docs/FORMAT.md §2).
 
 Deterministic: keys come from fixed seeds, the clock and the event ids are counters, and
 Ed25519 signatures are deterministic, so running this again reproduces the file byte for byte
@@ -25,6 +28,7 @@ from ledger.core import LedgerCore
 from ledger.formats import (
     EVENT_BODY_SCHEMA,
     EVENT_BODY_SCHEMA_V1,
+    EVENT_BODY_SCHEMA_V2,
     CheckEvidence,
     HealthCheck,
     KillScope,
@@ -32,6 +36,7 @@ from ledger.formats import (
     Sample,
     SignedEvent,
     Target,
+    TrafficRouting,
 )
 from ledger.keys import PrivateKey
 from ledger.scenario import Cast, Flow
@@ -98,7 +103,7 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     add(flow.approve(proposal, evals, "alice"))
     add(flow.approve(proposal, evals, "bob"))
     # From here on, EventBody v2: the policy gains analysis and the gated step is judged by it.
-    flow.body_schema = None
+    flow.body_schema = EVENT_BODY_SCHEMA_V2
     add(flow.policy(analysis=(ERROR_RATE,)))
     add(flow.step(proposal, 0, 10, "STARTED"))
     add(flow.step(proposal, 1, 50, "ADVANCED"))
@@ -112,7 +117,27 @@ def build() -> tuple[LedgerCore, Cast, Flow, list[SignedEvent]]:
     add(flow.health(proposal, 1, True, checks=(evidence,)))
     add(flow.step(proposal, 2, 100, "ADVANCED"))
     add(flow.step(proposal, 2, 100, "PROMOTED"))
+    # From here on, EventBody v3: traffic mode, a webhook sink, and a governed pause.
+    flow.body_schema = None
+    add(flow.policy(resume_approvals=2, traffic=ROUTING, notify=(SINK,)))
+    second = add(flow.propose("registry.example/model-server:v3"))
+    evals = (add(flow.eval(second, "safety", 0.98)), add(flow.eval(second, "quality", 0.93)))
+    add(flow.approve(second, evals, "alice"))
+    add(flow.approve(second, evals, "bob"))
+    add(flow.step(second, 0, 10, "STARTED"))
+    add(flow.pause(second, signer="carol", reason="p99 latency up 40%, looking"))
+    add(flow.step(second, 0, 10, "PAUSED", reason="paused by human:carol@example.org"))
+    add(flow.resume(second, ("alice", "bob"), reason="a noisy neighbour, not the model"))
+    add(flow.step(second, 1, 50, "ADVANCED"))
+    add(flow.health(second, 1, True))
+    add(flow.step(second, 2, 100, "ADVANCED"))
+    add(flow.step(second, 2, 100, "PROMOTED"))
     return core, cast, flow, submitted
+
+
+# The vectors' traffic routing and webhook sink (EventBody v3).
+ROUTING = TrafficRouting("model-server", "model-server-stable", "model-server-canary", 8080)
+SINK = "https://hooks.example.org/steward"
 
 
 # The vectors' health check: the canary's share of 5xx responses, at most 5%, two conclusive
@@ -152,7 +177,8 @@ def vectors() -> dict[str, Any]:
     return {
         "description": (
             "A Steward ledger of every event type. Bodies of entries 0-24 are EventBody v1, "
-            "the rest v2 (the fingerprint after c301 says which). entry_hex is the Entry's Avro "
+            "25-30 v2, the rest v3 (the fingerprint after c301 says which). entry_hex is the "
+            "Entry's Avro "
             "single-object encoding; leaf_hash_hex = SHA-256(00 || entry bytes); prev_hex links to the previous "
             "leaf hash; signed_bytes_hex is what each signature covers. See docs/FORMAT.md."
         ),
@@ -162,6 +188,7 @@ def vectors() -> dict[str, Any]:
         "checkpoint_public_key_hex": cast.checkpoint_key.public.raw.hex(),
         "schema_fingerprints": {
             "EventBody": EVENT_BODY_SCHEMA.fingerprint.hex(),
+            "EventBody.v2": EVENT_BODY_SCHEMA_V2.fingerprint.hex(),
             "EventBody.v1": EVENT_BODY_SCHEMA_V1.fingerprint.hex(),
             "Entry": core.entries[0].entry_bytes[2:10].hex(),
         },
