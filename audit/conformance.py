@@ -4,7 +4,8 @@
   principals, over a veto, or under a kill switch;
 * weights never beyond the plan's current step, steps in plan order, hold times and health
   gates respected;
-* promotion only after every step of the plan;
+* promotion only after every step of the plan, and no step forward while a pause holds the
+  rollout (a RolloutPaused not yet resumed);
 * every kill switch followed, within the policy's ``kill_rollback_bound_ms`` (measured by
   received_at), by a ROLLED_BACK for each rollout that was active in its scope.
 """
@@ -162,6 +163,16 @@ class Conformance:
                 )
             else:
                 expect(cur.step, 100)
+            if len(out) == n and prop.paused is not None:
+                out.append(
+                    Finding(
+                        "ROLLOUT_WHILE_PAUSED",
+                        seq,
+                        f"{p.phase} while a pause holds the rollout",
+                        f"paused at seq {prop.paused[0]} by {prop.paused[2]}, not resumed",
+                        "a RolloutResumed first",
+                    )
+                )
             if len(out) == n:
                 self._may_go(state, prop, seq, p.phase, out)
             if len(out) == n:

@@ -138,6 +138,16 @@ CODES: dict[str, tuple[int, str]] = {
         9,
         "a release whose refs do not name exactly the engagement it releases",
     ),
+    "ROLLOUT_NOT_RUNNING": (
+        9,
+        "a pause of a rollout that has not started, or has ended (promoted or rolled back)",
+    ),
+    "ROLLOUT_ALREADY_PAUSED": (9, "a pause of a rollout already paused"),
+    "ROLLOUT_NOT_PAUSED": (9, "a resume of a rollout that is not paused"),
+    "RESUME_NOT_FOR_CURRENT_PAUSE": (
+        9,
+        "a resume whose refs do not name exactly the pause in force (signed for another one)",
+    ),
     # 10 rollout conformance
     "ROLLOUT_WITHOUT_APPROVAL": (10, "canary weight or promotion without enough valid approvals"),
     "ROLLOUT_VETOED": (10, "a rollout moving forward over a veto"),
@@ -148,6 +158,7 @@ CODES: dict[str, tuple[int, str]] = {
     "WEIGHT_BEYOND_PLAN": (10, "a canary weight above the plan's weight for the current step"),
     "WEIGHT_OFF_PLAN": (10, "a canary weight below or otherwise off the plan's weight"),
     "PROMOTED_EARLY": (10, "a promotion before every step of the plan ran"),
+    "ROLLOUT_WHILE_PAUSED": (10, "a rollout moving forward while a pause holds it"),
     "HOLD_NOT_ELAPSED": (10, "a step left before its hold time"),
     "HEALTH_GATE_SKIPPED": (
         10,

@@ -43,10 +43,12 @@ from audit.formats import (
     LedgerGenesis,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     key_id,
     payload_hashes,
 )
-from audit.state import KeyRecord, ProposalRecord, Signers, State, kind_of
+from audit.state import ACTIVE, KeyRecord, ProposalRecord, Signers, State, kind_of
 
 ROLES = frozenset(
     {"root", "proposer", "evaluator", "approver", "operator", "monitor", "controller"}
@@ -629,6 +631,94 @@ def _check_kill_switch_released(
         return
 
 
+def _check_rollout_paused(
+    state: State, seq: int, p: RolloutPaused, signers: Signers, out: list[Finding]
+) -> None:
+    author = _single_author(signers, ("approver", "operator"), "RolloutPaused", seq, out)
+    prop = _proposal(state, p.proposal, seq, out)
+    if author is None or prop is None:
+        return
+    if prop.phase not in ACTIVE:
+        out.append(
+            Finding(
+                "ROLLOUT_NOT_RUNNING",
+                seq,
+                "a pause of a rollout that is not running",
+                prop.phase,
+                "STARTED, ADVANCED or PAUSED",
+            )
+        )
+    elif prop.paused is not None:
+        out.append(
+            Finding(
+                "ROLLOUT_ALREADY_PAUSED",
+                seq,
+                "a pause of a rollout already paused",
+                f"paused at seq {prop.paused[0]} by {prop.paused[2]}",
+                "a rollout not paused",
+            )
+        )
+
+
+def _check_rollout_resumed(
+    state: State,
+    seq: int,
+    p: RolloutResumed,
+    signers: Signers,
+    out: list[Finding],
+    body: EventBody,
+) -> None:
+    prop = _proposal(state, p.proposal, seq, out)
+    if prop is None:
+        return
+    if prop.paused is None:
+        out.append(
+            Finding(
+                "ROLLOUT_NOT_PAUSED", seq, "a resume of a rollout not paused", prop.phase, "paused"
+            )
+        )
+        return
+    if not _bound(
+        state,
+        seq,
+        body,
+        "RESUME_NOT_FOR_CURRENT_PAUSE",
+        "a resume does not name the pause in force",
+        out,
+    ):
+        return
+    # Distinct approver principals of the policy's kinds, never the proposer.
+    policy = state.policy(prop)
+    needed = policy.resume_approvals
+    ks = [
+        k
+        for k in signers.keys
+        if "approver" in k.roles
+        and k.principal != prop.proposer
+        and kind_of(k.principal) in policy.approver_kinds
+    ]
+    principals = {k.principal for k in ks}
+    if len(principals) >= needed:
+        return
+    others = sorted(signers.principals - principals)
+    out.append(
+        Finding(
+            "DOUBLE_COUNTED" if len({k.key_id for k in ks}) >= needed else "THRESHOLD_NOT_MET",
+            seq,
+            f"RolloutResumed needs {needed} distinct approver principals of kind "
+            f"{'/'.join(policy.approver_kinds)} under policy {policy.policy_id}"
+            + (
+                f"; not counted: {', '.join(others)} (no approver role, kind not allowed, "
+                "or the proposer)"
+                if others
+                else ""
+            ),
+            f"{len(principals)} principal(s) {sorted(principals)}",
+            f">= {needed} principals",
+        )
+    )
+
+
 def check_payload(
     state: State, seq: int, entry: Entry, body: EventBody, signers: Signers, out: list[Finding]
 ) -> None:
@@ -749,6 +839,7 @@ _PAYLOAD_CHECKS: dict[type[Any], Callable[[State, int, Any, Signers, list[Findin
     ProposalSubmitted: _check_proposal_submitted,
     EvalRecorded: _check_eval_recorded,
     KillSwitchEngaged: _check_kill_switch_engaged,
+    RolloutPaused: _check_rollout_paused,
 }
 # The authorizations, which also read the body: its refs bind them to the state (#14).
 _BOUND_CHECKS: dict[
@@ -757,4 +848,5 @@ _BOUND_CHECKS: dict[
     ApprovalRecorded: _check_approval,
     HealthReported: _check_health_reported,
     KillSwitchReleased: _check_kill_switch_released,
+    RolloutResumed: _check_rollout_resumed,
 }

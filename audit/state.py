@@ -32,11 +32,14 @@ from audit.formats import (
     LedgerGenesis,
     PolicySet,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
     key_id,
 )
 
 ACTIVE = frozenset({"STARTED", "ADVANCED", "PAUSED"})
+ENDED = frozenset({"PROMOTED", "ROLLED_BACK"})  # a pause in force ends with the rollout
 
 
 def kind_of(principal: str) -> str:
@@ -99,6 +102,8 @@ class ProposalRecord:
     checks: dict[int, dict[str, tuple[int, str, str]]] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
     floor: int = -1  # decisions at or before this seq (the last rollback) no longer count
+    # The RolloutPaused in force: (seq, entry hash, author); None when not paused.
+    paused: tuple[int, bytes, str] | None = None
 
     def current(self) -> StepRecord | None:
         for s in reversed(self.steps):
@@ -154,6 +159,7 @@ class State:
     # Entry hashes of every valid RolloutStep and KillSwitchEngaged: which refs bind to what.
     step_hashes: set[bytes] = field(default_factory=set)
     engagement_hashes: set[bytes] = field(default_factory=set)
+    pause_hashes: set[bytes] = field(default_factory=set)  # every valid RolloutPaused
     # (namespace, deployment) -> hashes of the proposals whose rollout is active there, kept
     # by apply() so that finding the active rollout of a target does not scan every proposal.
     active: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
@@ -258,14 +264,22 @@ class State:
 
     def binding(self, body: EventBody) -> tuple[set[bytes], set[bytes]]:
         """(named, expected): the refs of `body` binding it to a state, and those the state
-        folded so far expects, for a release (engagements), a decision (its proposal's latest
-        rollback) or a health report (the run of its step, while it runs)."""
+        folded so far expects, for a release (engagements), a resume (the pause in force), a
+        decision (its proposal's latest rollback) or a health report (the run of its step,
+        while it runs)."""
         p = body.payload
         if type(p) is KillSwitchReleased:
             engaged = self.engaged.get(p.scope)
             return (
                 {r for r in body.refs if r in self.engagement_hashes},
                 {engaged.hash} if engaged else set(),
+            )
+        if type(p) is RolloutResumed:
+            prop = self.proposals.get(p.proposal)
+            paused = prop.paused if prop is not None else None
+            return (
+                {r for r in body.refs if r in self.pause_hashes},
+                {paused[1]} if paused is not None else set(),
             )
         named = {r for r in body.refs if r in self.step_hashes}
         if type(p) is ApprovalRecorded:
@@ -402,6 +416,8 @@ def apply(
         state.step_hashes.add(leaf)
         if p.phase == "ROLLED_BACK":
             prop.floor = seq
+        if p.phase in ENDED:
+            prop.paused = None
         t = prop.proposal.target
         if prop.phase in ACTIVE:
             state.active.setdefault((t.namespace, t.deployment), set()).add(prop.hash)
@@ -416,5 +432,10 @@ def apply(
     elif type(p) is KillSwitchReleased:
         state.kills.pop(p.scope, None)
         state.engaged.pop(p.scope, None)
+    elif type(p) is RolloutPaused:
+        state.proposals[p.proposal].paused = (seq, leaf, author)
+        state.pause_hashes.add(leaf)
+    elif type(p) is RolloutResumed:
+        state.proposals[p.proposal].paused = None
     state.event_ids[body.event_id] = seq
     state.entries[leaf] = seq

@@ -148,8 +148,10 @@ class Flow:
         refs = self.state().binding_refs(payload) if self.state is not None else ()
         return self.event(payload, *signers, refs=refs)
 
-    def signed_by_keys(self, payload: object, *keys: PrivateKey) -> SignedEvent:
-        body = new_body(self.ledger, payload, **self._body_kw())  # type: ignore[arg-type]
+    def signed_by_keys(
+        self, payload: object, *keys: PrivateKey, refs: tuple[bytes, ...] = ()
+    ) -> SignedEvent:
+        body = new_body(self.ledger, payload, refs=refs, **self._body_kw())  # type: ignore[arg-type]
         return self._sign(body, keys)
 
     # -- the story -------------------------------------------------------------------------

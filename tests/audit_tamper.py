@@ -486,6 +486,51 @@ def _advance_over_a_failing_check() -> Log:
     return b.log()
 
 
+def _running_paused(b: Builder) -> tuple[bytes, bytes]:
+    """A fresh rollout at its first step, paused: (proposal, the pause)."""
+    p, _ = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    return p, b.ok(b.flow.pause(p))
+
+
+def _pause_of_a_promoted_rollout() -> Log:
+    b = Builder().clean()
+    b.forge(b.flow.pause(b.p1))
+    return b.log()
+
+
+def _second_pause() -> Log:
+    b = Builder().clean()
+    p, _ = _running_paused(b)
+    b.forge(b.flow.pause(p, signer="oncall"))
+    return b.log()
+
+
+def _resume_when_not_paused() -> Log:
+    b = Builder().clean()
+    p, _ = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    b.forge(b.flow.resume(p, ("alice", "bob")))
+    return b.log()
+
+
+def _resume_signed_for_an_earlier_pause() -> Log:
+    b = Builder().clean()
+    p, _ = _running_paused(b)
+    withheld = b.flow.resume(p)  # names the first pause
+    b.ok(b.flow.resume(p, ("bob",)))
+    b.ok(b.flow.pause(p, signer="oncall"))
+    b.forge(withheld)
+    return b.log()
+
+
+def _advance_while_paused() -> Log:
+    b = Builder().clean()
+    p, _ = _running_paused(b)
+    b.forge(b.flow.step(p, 1, 50, "ADVANCED"))
+    return b.log()
+
+
 TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
     "flipped byte in a body": ("BAD_SIGNATURE", _flip_body_byte),
     "swapped signature": ("SIGNATURE_SWAPPED", _swap_signature),
@@ -524,6 +569,14 @@ TAMPERS: dict[str, tuple[str, Callable[[], Log]]] = {
         _verdict_contradicting_its_samples,
     ),
     "advance over a failing check": ("HEALTH_GATE_SKIPPED", _advance_over_a_failing_check),
+    "pause of a promoted rollout": ("ROLLOUT_NOT_RUNNING", _pause_of_a_promoted_rollout),
+    "second pause": ("ROLLOUT_ALREADY_PAUSED", _second_pause),
+    "resume when not paused": ("ROLLOUT_NOT_PAUSED", _resume_when_not_paused),
+    "resume signed for an earlier pause": (
+        "RESUME_NOT_FOR_CURRENT_PAUSE",
+        _resume_signed_for_an_earlier_pause,
+    ),
+    "advance while paused": ("ROLLOUT_WHILE_PAUSED", _advance_while_paused),
 }
 
 FORK = ("CHECKPOINT_FORK", _fork)

@@ -57,3 +57,18 @@ def test_tampers_are_caught_with_workers() -> None:
     for name in ("swapped signature", "double counting", "reordered entries"):
         code, make = TAMPERS[name]
         assert code in _verify(make(), workers=2), name
+
+
+def test_a_resume_the_proposer_signs_alone_is_a_threshold_finding() -> None:
+    # The agent proposed the change and holds the approver role: it never counts (the
+    # kill-switch release's THRESHOLD_NOT_MET tamper already holds that code in TAMPERS).
+    b = Builder().clean()
+    p, _ = b.pending_proposal(("alice", "bob"))
+    b.ok(b.flow.step(p, 0, 10, "STARTED"))
+    b.ok(b.flow.pause(p))
+    b.forge(b.flow.resume(p, ("agent",)))
+    log = b.log()
+    report = verify(log.records, TrustRoot.from_json(log.trust), log.checkpoints)
+    found = [f for f in report.findings if f.code == "THRESHOLD_NOT_MET"]
+    assert len(found) == 1 and found[0].seq == len(log.records) - 1, report.findings
+    assert "agent:researcher-7" in found[0].message
