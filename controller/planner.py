@@ -316,6 +316,12 @@ def step_event_id(proposal: bytes, step: int, phase: str, attempt: int) -> bytes
     return hashlib.sha256(data).digest()[:16]
 
 
+def pause_step_event_id(proposal: bytes, pause: bytes) -> bytes:
+    """The PAUSED record of one governed pause (named by its entry hash): one per pause, however
+    often planned, and distinct from another pause at the same step and attempt."""
+    return hashlib.sha256(b"steward/v1/pause-step" + proposal + pause).digest()[:16]
+
+
 def annotation_kill_event_id(proposal: bytes, source: AnnotationSource, reason: str) -> bytes:
     """One kill record per annotation (object, manager, time, reason), however often seen."""
     data = "\n".join((source.object, source.field_manager, source.time, reason)).encode()
@@ -455,7 +461,13 @@ class _Target:
         )
 
     def _record(
-        self, p: ProposalState, step: int, weight: int, phase: str, reason: str
+        self,
+        p: ProposalState,
+        step: int,
+        weight: int,
+        phase: str,
+        reason: str,
+        event_id: bytes | None = None,
     ) -> RecordStep:
         attempt = rollbacks(p)
         if phase == "DRIFT_CORRECTED":
@@ -468,7 +480,7 @@ class _Target:
             phase,
             reason,
             self._observed_state(p),
-            step_event_id(p.entry_hash, step, phase, attempt),
+            event_id or step_event_id(p.entry_hash, step, phase, attempt),
         )
 
     # -- starting -----------------------------------------------------------------------
@@ -588,6 +600,9 @@ class _Target:
         if drift:
             note = "; ".join(drift)
             return [self._record(p, cur.step, cur.weight, "DRIFT_CORRECTED", note), *applies]
+        holding = self._held(p, applies)
+        if holding is not None:
+            return holding
         if applies or surge:
             message = surge or f"applying step {cur.step} ({cur.weight}%)"
             return [*applies, Wait(p.entry_hash, message)]
@@ -605,7 +620,7 @@ class _Target:
         started = p.step_started
         assert started is not None
         plan_step = plan[started.step]
-        held = self.now - started.at
+        held = self.now - _run_start(p, started)
         if held < plan_step.hold_seconds * 1000:
             left = plan_step.hold_seconds * 1000 - held
             return [Wait(p.entry_hash, f"holding step {cur.step} for {left / 1000:.1f}s more")]
@@ -677,8 +692,10 @@ class _Target:
                     f"step {cur.step} check failed: {result.why} (report at seq {result.seq})",
                     result.seq,
                 )
-            late = self._past_deadline(check, result, cur.step, started)
-            if late is not None and check.no_data.action == "ROLLBACK":
+            late = self._past_deadline(check, result, cur.step, _run_start(p, started))
+            # A governed pause waits for people, not for data: its no-data clock restarts
+            # at the resume (_run_start); a failing verdict still rolls back.
+            if late is not None and check.no_data.action == "ROLLBACK" and p.pause is None:
                 return late, result.seq if result is not None else -1
         failing = self._failing_pod(p)
         if failing is not None:
@@ -702,13 +719,13 @@ class _Target:
         return out
 
     def _past_deadline(
-        self, check: HealthCheck, result: CheckResult | None, step: int, started: StepInfo
+        self, check: HealthCheck, result: CheckResult | None, step: int, since: int
     ) -> str | None:
         """Why `check` is past its no-data deadline without a verdict, or None."""
         if result is not None and result.verdict != "INCONCLUSIVE":
             return None
         deadline_ms = check.no_data.deadline_seconds * 1000
-        if self.now - started.at < deadline_ms:
+        if self.now - since < deadline_ms:
             return None
         seen = result.why if result is not None else f"{check.name}: no report"
         return (
@@ -722,12 +739,30 @@ class _Target:
         cur, started = p.current, p.step_started
         assert cur is not None and started is not None
         for check, result in self._analysis(p, started):
-            late = self._past_deadline(check, result, cur.step, started)
+            late = self._past_deadline(check, result, cur.step, _run_start(p, started))
             if late is None or check.no_data.action != "PAUSE":
                 continue
             if p.phase != "PAUSED":
                 return [self._record(p, cur.step, cur.weight, "PAUSED", late)]
         return None
+
+    def _held(self, p: ProposalState, applies: list[Action]) -> list[Action] | None:
+        """A governed pause (RolloutPaused on the log): record PAUSED once, at the current step
+        and weight, then hold there until a RolloutResumed. The current step's objects are
+        still applied (the weight it holds is the step's), and a stop still wins: this runs
+        after _stop_reason."""
+        pause = p.pause
+        if pause is None:
+            return None
+        cur = p.current
+        assert cur is not None
+        why = f"paused by {pause.author} at seq {pause.seq}: {pause.reason}"
+        if not any(s.phase == "PAUSED" and s.seq > pause.seq for s in p.steps):
+            event_id = pause_step_event_id(p.entry_hash, pause.entry_hash)
+            return [self._record(p, cur.step, cur.weight, "PAUSED", why, event_id), *applies]
+        k = self.ls.policy_of(p).resume_approvals
+        hold = f"{why}; holding step {cur.step} at {cur.weight}% until resumed by {k} approver(s)"
+        return [*applies, Wait(p.entry_hash, hold)]
 
     def _waiting_for_checks(
         self,
@@ -738,7 +773,7 @@ class _Target:
     ) -> Wait:
         parts = []
         for check, r in pending:
-            left = check.no_data.deadline_seconds * 1000 - (self.now - started.at)
+            left = check.no_data.deadline_seconds * 1000 - (self.now - _run_start(p, started))
             seen = r.why if r is not None else f"{check.name}: no report yet"
             parts.append(
                 f"{seen}; {check.no_data.action} in {left / 1000:.0f}s without a verdict"
@@ -894,6 +929,15 @@ def _runs(pod: ObservedPod, container: str, image: str) -> bool:
     if container:
         return pod.image(container) == image
     return any(i == image for _, i in pod.containers)
+
+
+def _run_start(p: ProposalState, started: StepInfo) -> int:
+    """When the current step's run began for its hold and no-data clocks: when the step was
+    entered, or the latest resume after that (a resumed step dwells again in full)."""
+    resumed = p.last_resume
+    if resumed is not None and resumed.seq > started.seq:
+        return max(started.at, resumed.at)
+    return started.at
 
 
 def _describe(

@@ -93,6 +93,13 @@ def rollout_views(
     return views
 
 
+def _resumed_since_paused(p: ProposalState) -> bool:
+    """Whether the latest resume came after the latest PAUSED record."""
+    resumed = p.last_resume
+    last_paused = next((s for s in reversed(p.steps) if s.phase == "PAUSED"), None)
+    return resumed is not None and last_paused is not None and resumed.seq > last_paused.seq
+
+
 def _view(
     state: ControllerState, p: ProposalState, obs: ObservedTarget | None, message: str
 ) -> RolloutView:
@@ -103,6 +110,12 @@ def _view(
     phase = p.phase
     scope = ls.kill_switch_for(p)
     display = DISPLAY_PHASES.get(phase, phase.title())
+    # A governed pause shows at once (before the controller records PAUSED), and a resumed
+    # rollout is progressing again (though its last record is still the PAUSED one).
+    if p.pause is not None and phase in ("STARTED", "ADVANCED"):
+        display = DISPLAY_PHASES["PAUSED"]
+    elif phase == "PAUSED" and p.pause is None and _resumed_since_paused(p):
+        display = DISPLAY_PHASES["STARTED"]
     if phase == "ROLLED_BACK" and record is not None and "kill switch" in record.last_reason:
         display = "Killed"
     if phase == "ROLLED_BACK" and record is not None and "emergency stop" in record.last_reason:
