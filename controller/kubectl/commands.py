@@ -1,7 +1,8 @@
 """``kubectl steward``'s commands: each one reads through a :class:`Tool` and prints.
 
-Signing commands (approve, reject, kill, release) run the ``steward`` CLI's own code paths
-(``ledger.cli.decisions.cmd_decide`` / ``ledger.cli.kill.cmd_kill``) with the user's key file:
+Signing commands (approve, reject, kill, release, pause, resume, abort, retry) run the
+``steward`` CLI's own code paths (``ledger.cli.decisions.cmd_decide``,
+``ledger.cli.kill.cmd_kill``, ``ledger.cli.rollout.cmd_rollout``) with the user's key file:
 the key never leaves the machine and the ledger checks every rule again. ``verify`` runs the independent
 ``steward-audit``.
 """
@@ -139,10 +140,7 @@ def _cli_args(tool: Tool, **extra: Any) -> argparse.Namespace:
         tls_key=a.tls_key,
         timeout=a.request_timeout,
         passphrase_env=a.passphrase_env,
-        key=a.key,
-        out=getattr(a, "out", None),
-        ledger_name=None,
-        **extra,
+        **{"key": a.key, "out": getattr(a, "out", None), "ledger_name": None, **extra},
     )
 
 
@@ -165,6 +163,67 @@ def cmd_kill(tool: Tool, action: str) -> int:
     return steward_kill(
         _cli_args(tool, action=action, all=a.all, target=a.target, proposal=proposal, reason=reason)
     )
+
+
+def cmd_pause_resume(tool: Tool, action: str) -> int:
+    from ledger.cli.rollout import cmd_rollout
+
+    a = tool.args
+    info = tool.resolve(a.rollout)
+    reason = a.reason or "resumed"
+    print(f"{action} {info.name} (proposal {info.proposal[:12]}, {info.candidate_image})")
+    return cmd_rollout(_cli_args(tool, action=action, proposal=info.proposal, reason=reason))
+
+
+def cmd_abort(tool: Tool) -> int:
+    """Argo's `abort`: a kill switch scoped to this one proposal (one signature stops it)."""
+    from ledger.cli.kill import cmd_kill as steward_kill
+
+    a = tool.args
+    info = tool.resolve(a.rollout)
+    print(f"abort {info.name}: a kill switch on proposal {info.proposal[:12]} only")
+    return steward_kill(
+        _cli_args(
+            tool, action="engage", all=False, target=None, proposal=info.proposal, reason=a.reason
+        )
+    )
+
+
+def cmd_retry(tool: Tool) -> int:
+    """Argo's `retry`: after a rollback, the fresh approvals the rules ask for (one event per
+    approver key; the controller starts again once there are enough and nothing stops it)."""
+    from ledger.cli.common import connect, fold
+    from ledger.cli.decisions import cmd_decide as steward_decide
+    from ledger.cli.rollout import retry_problem
+
+    a = tool.args
+    info = tool.resolve(a.rollout)
+    args = _cli_args(tool, proposal=info.proposal, comment=a.comment)
+    state, _ = fold(connect(args))
+    proposal = state.proposals[bytes.fromhex(info.proposal)]
+    problem = retry_problem(state, proposal)
+    if problem is not None:
+        raise CliError(f"retry {info.name}: {problem}")
+    for key in a.key:
+        print(f"retry {info.name}: a fresh approval with {key}")
+        code = steward_decide(
+            _cli_args(tool, proposal=info.proposal, comment=a.comment, key=[key]), "APPROVE"
+        )
+        if code:
+            return code
+    state, _ = fold(connect(args))
+    proposal = state.proposals[proposal.entry_hash]
+    policy = state.policy_of(proposal)
+    fresh = state.valid_approvers(proposal)
+    print(f"fresh approvals: {len(fresh)} of {policy.approvals_required}")
+    scope = state.kill_switch_for(proposal)
+    if scope is not None:
+        which = "this rollout" if scope.kind == "PROPOSAL" else f"a {scope.kind} scope"
+        print(
+            f"a kill switch on {which} (seq {state.kill_switches[scope]}) still holds it: "
+            f"the controller starts again once it is released (kubectl steward release)"
+        )
+    return 0
 
 
 def audit_command(tool: Tool) -> list[str]:

@@ -14,11 +14,14 @@ from typing import Any
 
 from controller.kubectl import PROG
 from controller.kubectl.commands import (
+    cmd_abort,
     cmd_decide,
     cmd_get,
     cmd_history,
     cmd_kill,
     cmd_list,
+    cmd_pause_resume,
+    cmd_retry,
     cmd_status,
     cmd_verify,
 )
@@ -120,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        name: str, help_text: str, func: Callable[[Tool], int], example: str
+        name: str, help_text: str, func: Callable[[Tool], int], example: str, more: str = ""
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_text,
-            description=help_text,
-            epilog=f"example:\n  {example}",
+            description=help_text + (f"\n\n{more}" if more else ""),
+            epilog=f"example{'s' if chr(10) in example else ''}:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _common_flags(p, suppress=True)
@@ -244,6 +247,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-cluster", action="store_true", help="also compare the live cluster with the log"
     )
     p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    # Argo Rollouts' pause, resume, abort and retry, as governed events (docs/KUBECTL.md has
+    # the side-by-side of every `kubectl argo rollouts` command).
+    p = add(
+        "pause",
+        "hold a running rollout at its step and weight: one approver or operator signs",
+        functools.partial(cmd_pause_resume, action="pause"),
+        'kubectl steward pause 3fa2c1 --reason "p99 latency up 40%" --key oncall.pem',
+        "The controller records PAUSED and holds the weight until a resume, through restarts\n"
+        "(the pause is on the log). A kill switch (kill, abort) still stops it at once.",
+    )
+    rollout_arg(p)
+    signing(p)
+    p.add_argument("--reason", required=True, help="why: recorded on the log, shown by history")
+    p = add(
+        "resume",
+        "let a paused rollout go on: the approvers the policy's resume_approvals asks for",
+        functools.partial(cmd_pause_resume, action="resume"),
+        'kubectl steward resume 3fa2c1 --key alice.pem --reason "a noisy neighbour"',
+        "One --key per approver, on one event (default: one approver; never the proposer).\n"
+        "Collected one by one instead, as a kill-switch release is: --out resume.evt, then\n"
+        "each approver runs `steward sign resume.evt --key FILE`, then `steward submit resume.evt`.\n"
+        "The rollout goes on from its step, whose hold time starts again. Refused: ROLLOUT_NOT_PAUSED,\n"
+        "RESUME_NOT_FOR_CURRENT_PAUSE (signed for another pause), THRESHOLD_NOT_MET (too few).",
+    )
+    rollout_arg(p)
+    signing(p, many=True)
+    p.add_argument("--reason", default=None, help="why it may go on (default: resumed)")
+    p.add_argument(
+        "--out", metavar="FILE", help="write the event for others to sign instead of submitting"
+    )
+    p = add(
+        "abort",
+        "stop this rollout now and roll it back: a kill switch on this one proposal",
+        cmd_abort,
+        "kubectl steward abort 3fa2c1 --key oncall.pem",
+        "The same event as `kill ROLLOUT`. Like any kill switch it stays engaged until released\n"
+        "(release ROLLOUT, by the policy's kill_release_approvals approvers); then `retry`.",
+    )
+    rollout_arg(p)
+    signing(p)
+    p.add_argument("--reason", default="aborted", help="why (default: aborted)")
+    p = add(
+        "retry",
+        "after a rollback, approve the rollout afresh so that it starts again (one approval "
+        "per --key)",
+        cmd_retry,
+        "kubectl steward release 3fa2c1 --key alice.pem --key bob.pem   # the abort's switch\n"
+        "  kubectl steward retry 3fa2c1 --key alice.pem --key bob.pem",
+        "The rules count no approval made before a rollback, so a retry is what approve does:\n"
+        "each approver's fresh decision, bound to the rollback and the latest evals. Refused\n"
+        "here unless the rollout is rolled back; a kill switch still engaged (abort's) must be\n"
+        "released before the controller starts it again.",
+    )
+    rollout_arg(p)
+    signing(p, many=True)
+    p.add_argument("--comment", default="retry", help="recorded with each approval")
     return parser
 
 
@@ -259,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.command == "release" and not args.key:
                 raise CliError("release: give --key FILE (repeat for each approver, or use --out)")
+        if args.command in ("resume", "retry") and not args.key:
+            raise CliError(f"{args.command}: give --key FILE (repeat: one per approver)")
         return int(args.func(tool))
     except StewardError as exc:
         # 1 is kept for "the ledger refused"; a ledger that cannot be reached is like bad input.

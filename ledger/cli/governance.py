@@ -142,6 +142,7 @@ def load_policy(path: Path) -> PolicySet:
             plan=tuple(plan),
             veto_on_reject=bool(approvals.get("veto_on_reject", True)),
             kill_release_approvals=int(kill.get("release_approvals", 2)),
+            resume_approvals=int(doc.get("resume_approvals", 1)),
             kill_rollback_bound_ms=int(kill.get("rollback_bound_ms", 5000)),
             analysis=tuple(analysis),
             container=None if container is None else str(container),

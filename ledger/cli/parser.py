@@ -23,6 +23,7 @@ from ledger.cli.reading import (
     cmd_trust_root,
     cmd_vkey,
 )
+from ledger.cli.rollout import cmd_rollout
 from ledger.cli.serving import cmd_kafka_acls, cmd_serve
 from ledger.cli.store import cmd_store_check, cmd_store_restore
 from ledger.store.kafka_flags import add_security_arguments
@@ -106,6 +107,35 @@ then: stop the server, move the damaged file aside, move the restored one into i
 (or start with --db on it). docs/RECOVERY.md has every step.
 """
 
+ROLLOUT_PAUSE_HELP = """\
+One approver or operator signs; the ledger accepts a pause only for a rollout that has
+started and is neither promoted nor rolled back, and not already paused. The controller
+then records PAUSED at the current step and weight and holds there (through restarts:
+the pause is on the log). A kill switch still stops a paused rollout at once.
+
+example:
+  steward rollout pause --proposal 3fa2c1 --reason "p99 latency up 40%" --key oncall.pem
+
+then: steward rollout resume (docs/GOVERNANCE.md "Pause and resume")
+"""
+
+ROLLOUT_RESUME_HELP = """\
+A resume names the pause it ends and needs the signatures of the policy's
+resume_approvals distinct approvers of its approver_kinds (default 1), never the
+proposer's. The rollout then goes on from its step, whose hold time starts again.
+
+examples:
+  steward rollout resume --proposal 3fa2c1 --key alice.pem --key bob.pem --reason "a noisy neighbour"
+  # or each approver in turn, as for a kill-switch release (here: after a later pause):
+  steward rollout resume --proposal 3fa2c1 --key alice.pem --out resume.evt
+  steward sign resume.evt --key bob.pem
+  steward submit resume.evt
+
+refused with: ROLLOUT_NOT_PAUSED (nothing to resume), RESUME_NOT_FOR_CURRENT_PAUSE
+(signed for another pause), THRESHOLD_NOT_MET (too few approvers: the message says who
+was not counted and why).
+"""
+
 KAFKA_ACLS_EPILOG = """\
 roles:
   writer   the ledger server (python -m ledger.server --kafka-bootstrap ...)
@@ -125,7 +155,7 @@ steward-end-offsets needs no ACL: no role ever joins it.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steward",
-        description="Govern a Steward ledger: keys, policies, proposals, evals, approvals, kill switches.",
+        description="Govern a Steward ledger: keys, policies, proposals, evals, approvals, pauses, kill switches.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -346,6 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", metavar="NS/DEPLOYMENT")
         p.add_argument("--proposal", metavar="HASH")
         p.add_argument("--reason", required=action == "engage", default="released")
+
+    rollout = sub.add_parser(
+        "rollout", help="pause or resume a running rollout (signed events the policy governs)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_text, epilog in (
+        ("pause", "hold a running rollout at its step and weight", ROLLOUT_PAUSE_HELP),
+        ("resume", "let a paused rollout go on", ROLLOUT_RESUME_HELP),
+    ):
+        p = rollout.add_parser(
+            action,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common, signing],
+        )
+        p.set_defaults(func=cmd_rollout)
+        p.add_argument(
+            "--proposal", required=True, help="proposal hash or a unique prefix (6+ hex digits)"
+        )
+        p.add_argument(
+            "--reason",
+            required=action == "pause",
+            default="resumed",
+            help="why: recorded on the log and shown by `steward log` and `kubectl steward history`",
+        )
 
     p = add(
         "sign",

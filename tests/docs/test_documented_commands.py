@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,11 +169,84 @@ def steward_help_scene(reader: Reader) -> Scene:
             "steward policy set": lambda: reader.file("policy.yaml").write_text(
                 _governance_policy()
             ),
+            "steward rollout pause": lambda: _rollout_started(reader, address),
+            "steward rollout resume --proposal 3fa2c1 --key alice.pem --out": lambda: _paused_again(
+                reader, address
+            ),
             "steward store check --export": exported,
             "steward store restore --from sqlite:": backed_up,
         },
         follow=("steward log --follow",),
     )
+
+
+def _signed_by_reader(
+    reader: Reader, address: str, make: Callable[[object], object], *key_files: str
+) -> None:
+    """Append the event `make(state)` builds over the reader's ledger, signed with the reader's
+    key files (or, for a key the scene makes, the PrivateKey given instead of a file name)."""
+    from ledger.client import LedgerClient
+    from ledger.events import new_body, sign
+    from ledger.keys import PrivateKey
+    from ledger.state import LedgerState
+
+    client = LedgerClient(address)
+    try:
+        state = LedgerState()
+        for e in client.read(0):
+            state.apply(e)
+        payload = make(state)
+        keys = [
+            k if isinstance(k, PrivateKey) else PrivateKey.load(reader.file(k)) for k in key_files
+        ]
+        body = new_body(state.ledger, payload, refs=state.binding_refs(payload))  # type: ignore[arg-type]
+        client.append(sign(body, *keys))
+    finally:
+        client.close()
+
+
+def _rollout_started(reader: Reader, address: str) -> None:
+    """The pause examples act on a running rollout: bob approves too (the policy asks for two
+    approvals), and the controller, which this scene does not run, records STARTED."""
+    from ledger.formats import ApprovalRecorded, KeyGranted, ObservedState, RolloutStep
+    from ledger.keys import PrivateKey
+
+    def bobs_approval(state: Any) -> ApprovalRecorded:
+        (p,) = state.proposals.values()
+        suites = sorted({r.suite for r in state.policy_of(p).required_evals})
+        evals = tuple(p.latest_evals[s].entry_hash for s in suites)
+        return ApprovalRecorded(p.entry_hash, "APPROVE", evals, "")
+
+    _signed_by_reader(reader, address, bobs_approval, "bob.pem")
+    controller = PrivateKey.generate()
+    _signed_by_reader(
+        reader,
+        address,
+        lambda _s: KeyGranted(
+            "service:steward-controller", controller.public.raw, ("controller",), None
+        ),
+        "root-a.pem",
+        "root-b.pem",
+    )
+
+    def started(state: Any) -> RolloutStep:
+        (p,) = state.proposals.values()
+        weight = state.policy_of(p).plan[0].weight
+        observed = ObservedState(4, 0, 0, "registry.example/model:v1", "")
+        return RolloutStep(p.entry_hash, 0, weight, "STARTED", "approved", observed)
+
+    _signed_by_reader(reader, address, started, controller)  # type: ignore[arg-type]
+
+
+def _paused_again(reader: Reader, address: str) -> None:
+    """The second resume example ends a later pause, which on-call signs."""
+    from ledger.formats import RolloutPaused
+
+    def pause(state: Any) -> RolloutPaused:
+        (p,) = state.proposals.values()
+        return RolloutPaused(p.entry_hash, "error rate creeping up")
+
+    _signed_by_reader(reader, address, pause, "oncall.pem")
 
 
 def _sqlite_backup(source: Path, target: Path) -> None:

@@ -14,7 +14,10 @@ same `3fa2c1`. So `3fa2c1` names, at each point, the proposal the command is for
 - from `approve` on: a newer proposal of the same Deployment, evaluated, awaiting decisions;
 - the --help text's subcommand examples (from `get model-server-3fa2c1d4e5 -n models -w` on):
   the rollout again, which has ended, so that `status` sees it end (a proposal that never
-  started waits out its whole `--timeout`).
+  started waits out its whole `--timeout`);
+- from `pause` on (the last subcommands of the --help text): a new rollout, held at its gated
+  step, once the global switch the text's `release --all --out` began is released; it is
+  paused, resumed, aborted, its switch released and retried.
 
 Between the documents the reader does what KUBECTL.md's last `release` says comes next: bob
 signs release.evt (`steward sign`) and it is submitted (`steward submit`), releasing the global
@@ -108,6 +111,22 @@ class World:
     def back_to_the_rollout(self) -> None:
         self.proposal = self.rollout
 
+    def running_again(self, reader: Reader) -> None:
+        """The --help text's pause, resume, abort and retry act on a running rollout: the reader
+        has the global switch its `release --all ... --out release.evt` began released (bob
+        signs, it is submitted, as between the documents), and a new approved rollout is held
+        at the gated step."""
+        for step in ("steward sign release.evt --key bob.pem", "steward submit release.evt"):
+            code, output = reader.shell.run(step, 60)
+            assert code == 0, f"{step}: exited {code}\n{output}"
+        self.rollout_held_at_the_gate()
+
+    def rolled_back(self) -> None:
+        """`retry` follows `abort`: the controller has rolled the rollout back by then."""
+        wait_for(
+            "the abort's rollback", lambda: self.ledger.phase(self.proposal) == "ROLLED_BACK", 60
+        )
+
     def verifiable(self, reader: Reader) -> None:
         """The auditor's pinned roots; and the cluster settled after the rollout ended, since
         `--check-cluster` compares it with the log."""
@@ -180,6 +199,8 @@ def kubectl_scene(world: World, reader: Reader, *, healthy: bool) -> Scene:
             "kubectl steward approve": world.awaiting_decisions,
             "kubectl steward verify": lambda: world.verifiable(reader),
             f"kubectl steward get {DEPLOYMENT}-3fa2c1d4e5 -n models -w": world.back_to_the_rollout,
+            "kubectl steward pause": lambda: world.running_again(reader),
+            "kubectl steward retry": world.rolled_back,
         },
         follow=(
             "kubectl steward get 3fa2c1 -n models -w",

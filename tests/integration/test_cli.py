@@ -563,3 +563,128 @@ def test_keys_new_principal_is_recorded_and_used_by_init_and_grant(tmp_path: Pat
     assert unnamed.returncode == 2 and "names no principal: give --principal" in unnamed.stderr, (
         unnamed.stderr
     )
+
+
+def test_pause_and_resume_through_the_cli(cli: Cli) -> None:
+    """An operator pauses; a resume needs the policy's two approvers, collected as a release
+    is (--out, steward sign, steward submit); the agent that proposed never counts."""
+    cli.run(
+        "ledger",
+        "init",
+        "--name",
+        "cli",
+        "--origin",
+        "example.org/steward/cli",
+        "--root",
+        "human:ada@example.org=root1.pub.pem",
+        "--root",
+        "human:grace@example.org=root2.pub.pem",
+        "--threshold",
+        "2",
+        "--checkpoint-public",
+        "ledger.pub.pem",
+        "--key",
+        "root1.pem",
+        "--key",
+        "root2.pem",
+    )
+    roots = ("--key", "root1.pem", "--key", "root2.pem")
+    for principal, key, roles in (
+        ("agent:researcher-7", "agent", ("proposer", "approver")),
+        ("service:evalbot", "evalbot", ("evaluator",)),
+        ("human:alice@example.org", "alice", ("approver",)),
+        ("human:bob@example.org", "bob", ("approver",)),
+        ("human:oncall@example.org", "oncall", ("operator",)),
+        ("service:steward-controller", "controller", ("controller",)),
+    ):
+        role_args = [a for r in roles for a in ("--role", r)]
+        cli.run(
+            "grant", "--principal", principal, "--public-key", f"{key}.pub.pem", *role_args, *roots
+        )
+    (cli.workdir / "policy.yaml").write_text(
+        POLICY.replace("kinds: [human]", "kinds: [human, agent]") + "resume_approvals: 2\n"
+    )
+    cli.run("policy", "set", "policy.yaml", *roots)
+    proposal = _hash(
+        cli.run(
+            "propose",
+            "--target",
+            "models/model-server",
+            "--image",
+            "registry.example/m:v2",
+            "--key",
+            "agent.pem",
+        ).stdout
+    )
+    short = proposal[:10]
+    for suite, metric in (("safety", "refusal_rate=0.99"), ("quality", "accuracy=0.9")):
+        cli.run(
+            "eval",
+            "--proposal",
+            short,
+            "--suite",
+            suite,
+            "--metric",
+            metric,
+            "--key",
+            "evalbot.pem",
+        )
+    for who in ("alice", "bob"):
+        cli.run("approve", "--proposal", short, "--key", f"{who}.pem")
+
+    early = cli.run(
+        "rollout", "pause", "--proposal", short, "--reason", "x", "--key", "oncall.pem", ok=False
+    )
+    assert early.returncode == 1 and "ROLLOUT_NOT_RUNNING" in early.stderr
+    controller = _Controller(cli, bytes.fromhex(proposal))
+    controller.step(0, 10, "STARTED")
+    paused = cli.run(
+        "rollout", "pause", "--proposal", short, "--reason", "p99 latency up", "--key", "oncall.pem"
+    )
+    pause_hash = _hash(paused.stdout)
+    assert "pausing the rollout" in paused.stdout and "at step 0" in paused.stdout
+
+    # The proposing agent and alice: one approver counted, the ledger refuses.
+    short_of_two = cli.run(
+        "rollout",
+        "resume",
+        "--proposal",
+        short,
+        "--key",
+        "agent.pem",
+        "--key",
+        "alice.pem",
+        ok=False,
+    )
+    assert short_of_two.returncode == 1
+    assert "THRESHOLD_NOT_MET" in short_of_two.stderr
+    assert "agent:researcher-7 (proposer of this change)" in short_of_two.stderr
+    assert "these keys give 1 (human:alice@example.org)" in short_of_two.stdout
+    assert "collect the others with --out FILE" in short_of_two.stdout
+
+    out = cli.run(
+        "rollout",
+        "resume",
+        "--proposal",
+        short,
+        "--reason",
+        "explained",
+        "--key",
+        "alice.pem",
+        "--out",
+        "resume.evt",
+    )
+    assert "binding to the pause at seq" in out.stdout and f"({pause_hash[:12]})" in out.stdout
+    cli.run("sign", "resume.evt", "--key", "bob.pem")
+    cli.run("submit", "resume.evt")
+    again = cli.run(
+        "rollout", "resume", "--proposal", short, "--key", "alice.pem", "--key", "bob.pem", ok=False
+    )
+    assert "ROLLOUT_NOT_PAUSED" in again.stderr
+    timeline = cli.run("log").stdout
+    assert (
+        "human:oncall@example.org paused the rollout" in timeline and "p99 latency up" in timeline
+    )
+    assert "resumed the rollout" in timeline and "explained" in timeline
+    help_text = cli.run("rollout", "resume", "--help").stdout
+    assert "resume_approvals" in help_text and "steward sign resume.evt" in help_text

@@ -400,3 +400,38 @@ def test_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "kubectl steward approve 3fa2c1 --key alice.pem" in out and "STEWARD_CONTROLLER" in out
+
+
+def test_pause_resume_abort_retry_teach_and_check_their_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = build_parser().format_help()
+    for command in ("pause", "resume", "abort", "retry"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["resume", "--help"])
+    helped = capsys.readouterr().out
+    assert "resume_approvals" in helped and "steward sign resume.evt" in helped
+    with pytest.raises(SystemExit):  # a pause says why
+        main(["pause", "3fa2c1", "--key", "oncall.pem"])
+    assert "--reason" in capsys.readouterr().err
+    assert main(["resume", "3fa2c1"]) == 2
+    assert "resume: give --key FILE" in capsys.readouterr().err
+    assert main(["retry", "3fa2c1"]) == 2
+    assert "retry: give --key FILE" in capsys.readouterr().err
+
+
+def test_retry_applies_only_to_a_rolled_back_rollout() -> None:
+    from ledger.cli.rollout import retry_problem
+
+    h = Harness()
+    p, _ = h.approved()
+    state = h.core.state
+    assert "use approve" in (retry_problem(state, state.proposals[p]) or "")
+    h.ok(h.flow.step(p, 0, 10, "STARTED"))
+    h.ok(h.flow.pause(p))
+    running = retry_problem(state, state.proposals[p]) or ""
+    assert "STARTED, not rolled back" in running and "resume" in running
+    h.ok(h.flow.kill(KillScope("PROPOSAL", proposal=p)))
+    h.ok(h.flow.step(p, 0, 0, "ROLLED_BACK"))
+    assert retry_problem(state, state.proposals[p]) is None
