@@ -39,6 +39,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f" ({', '.join(doc['approvers']) or 'none'})"
             )
         )
+        if doc["paused"]:
+            pause = doc["paused"]
+            print(
+                printable(
+                    f"      PAUSED by {pause['by']} at seq {pause['seq']}: {pause['reason']}"
+                    f" (a resume needs {pause['resume_approvals']} approver(s))"
+                )
+            )
         for suite, ev in doc["evals"].items():
             print(
                 printable(
@@ -65,6 +73,15 @@ def status_document(state: LedgerState) -> dict[str, Any]:
                 "approvers": state.valid_approvers(p),
                 "approvals_required": state.policy_of(p).approvals_required,
                 "kill_switch": state.kill_switch_for(p) is not None,
+                # The governed pause in force (RolloutPaused not yet resumed), if any.
+                "paused": None
+                if p.pause is None
+                else {
+                    "seq": p.pause.seq,
+                    "by": p.pause.author,
+                    "reason": p.pause.reason,
+                    "resume_approvals": state.policy_of(p).resume_approvals,
+                },
                 "evals": {
                     s: {
                         "passed": e.passed,

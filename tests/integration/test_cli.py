@@ -644,6 +644,11 @@ def test_pause_and_resume_through_the_cli(cli: Cli) -> None:
     pause_hash = _hash(paused.stdout)
     assert "pausing the rollout" in paused.stdout and "at step 0" in paused.stdout
 
+    (doc,) = json.loads(cli.run("status", "--json").stdout)["proposals"]
+    assert doc["paused"]["by"] == "human:oncall@example.org"
+    assert doc["paused"]["resume_approvals"] == 2
+    assert "PAUSED by human:oncall@example.org" in cli.run("status").stdout
+
     # The proposing agent and alice: one approver counted, the ledger refuses.
     short_of_two = cli.run(
         "rollout",
@@ -681,6 +686,7 @@ def test_pause_and_resume_through_the_cli(cli: Cli) -> None:
         "rollout", "resume", "--proposal", short, "--key", "alice.pem", "--key", "bob.pem", ok=False
     )
     assert "ROLLOUT_NOT_PAUSED" in again.stderr
+    assert json.loads(cli.run("status", "--json").stdout)["proposals"][0]["paused"] is None
     timeline = cli.run("log").stdout
     assert (
         "human:oncall@example.org paused the rollout" in timeline and "p99 latency up" in timeline
