@@ -58,6 +58,8 @@ from audit.formats import (
     KillSwitchReleased,
     LedgerGenesis,
     ProposalSubmitted,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
     decode_entry_and_body,
     key_id,
@@ -686,6 +688,9 @@ class LogVerifier:
         elif isinstance(p, KillSwitchEngaged | KillSwitchReleased):
             kind = "kill" if isinstance(p, KillSwitchEngaged) else "release"
             tl.append(TimelineEvent(at, seq, kind, p.scope.proposal, f"{kind} {p.scope.kind}"))
+        elif isinstance(p, RolloutPaused | RolloutResumed):
+            kind = "pause" if isinstance(p, RolloutPaused) else "resume"
+            tl.append(TimelineEvent(at, seq, kind, p.proposal, kind))
 
     # -- steps 5-8 at the end --------------------------------------------------------------------
 

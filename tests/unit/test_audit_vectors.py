@@ -103,3 +103,7 @@ def test_the_whole_ledger_verifies_clean(vec: dict[str, Any]) -> None:
     report = verify(records, _trust(vec), [vec["checkpoint"]])
     assert [str(f) for f in report.findings] == []
     assert report.verified_size == len(records)
+    # The v3 entries' pause and resume are on the report's timeline, at their seqs.
+    marks = [(e.seq, e.kind) for e in report.timeline if e.kind in ("pause", "resume")]
+    kinds = {e["seq"]: e["type"] for e in vec["entries"]}
+    assert [kinds[s] for s, _ in marks] == ["RolloutPaused", "RolloutResumed"]
