@@ -112,7 +112,8 @@ def _view(
     display = DISPLAY_PHASES.get(phase, phase.title())
     # A governed pause shows at once (before the controller records PAUSED), and a resumed
     # rollout is progressing again (though its last record is still the PAUSED one).
-    if p.pause is not None and phase in ("STARTED", "ADVANCED"):
+    # (The phase first: a restored proposal decodes `pause` on first use, and most have ended.)
+    if phase in ("STARTED", "ADVANCED") and p.pause is not None:
         display = DISPLAY_PHASES["PAUSED"]
     elif phase == "PAUSED" and p.pause is None and _resumed_since_paused(p):
         display = DISPLAY_PHASES["STARTED"]
