@@ -791,6 +791,8 @@ def _running(h: Harness, **policy: object) -> bytes:
 
 def test_a_pause_holds_the_rollout_until_a_resume_by_enough_approvers(h: Harness) -> None:
     p = _running(h, resume_approvals=2)
+    err = h.refused(h.flow.pause(p, reason="line one\nline two"), "TEXT_INVALID")
+    assert err.violation.field == "payload.reason"
     pause = h.ok(h.flow.pause(p, signer="oncall"))
     assert h.core.state.proposals[p].paused_by == h.core.size - 1
     h.refused(h.flow.step(p, 1, 50, "ADVANCED"), "ROLLOUT_PAUSED")
