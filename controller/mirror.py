@@ -2,7 +2,8 @@
 
 Name ``<deployment>-<proposal hash[:10]>`` in the target's namespace; ``spec`` names the
 proposal, target and candidate image; ``status`` shows phase, step, weight, valid approvals,
-the last ledger seq that changed the rollout and why it is where it is. ``kubectl get
+the last ledger seq that changed the rollout and why it is where it is, plus the standard
+``conditions`` (controller.conditions) and ``observedGeneration``. ``kubectl get
 modelrollouts -w`` follows progress. The ledger stays the truth: the mirror is rewritten from
 the log, and only by the leader.
 
@@ -17,6 +18,7 @@ reported. Anyone may stop; releasing still needs k approver signatures on the le
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from controller.conditions import desired_conditions, rollout_conditions
 from controller.executor import APPLY, FIELD_MANAGER, ClusterCache
 from controller.view import GROUP, PLURAL, VERSION, RolloutView
 
@@ -48,6 +51,26 @@ def mirror_status(v: RolloutView) -> dict[str, Any]:
     }
 
 
+def now_rfc3339() -> str:
+    """Now as Kubernetes writes times: RFC 3339, UTC, whole seconds."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def with_conditions(
+    status: dict[str, Any], v: RolloutView, live: dict[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """`status` plus ``conditions`` and ``observedGeneration`` for the object as it is live
+    (its generation; its conditions' transition times are kept where the status holds)."""
+    meta = (live or {}).get("metadata") or {}
+    generation = int(meta.get("generation") or 1)
+    previous = ((live or {}).get("status") or {}).get("conditions") or []
+    return {
+        **status,
+        "observedGeneration": generation,
+        "conditions": rollout_conditions(v, previous, generation, now),
+    }
+
+
 class Mirror:
     def __init__(self, api: client.ApiClient, cache: ClusterCache) -> None:
         self.custom = client.CustomObjectsApi(api)
@@ -66,15 +89,21 @@ class Mirror:
                 continue
             key = (v.namespace, v.object_name)
             spec, status = mirror_spec(v), mirror_status(v)
-            wanted = (tuple(sorted(spec.items())), tuple(sorted(status.items())))
+            # What the status says, without times: equal means nothing to write.
+            wanted = (
+                tuple(sorted(spec.items())),
+                tuple(sorted(status.items())),
+                desired_conditions(v),
+            )
             if self._written.get(key) == wanted:
                 continue
             try:
                 with self.cache.lock:
                     live = self.cache.rollouts.get(key)
                 if live is None or live.get("spec") != spec:
-                    self._apply(v, {"spec": spec})
+                    live = self._apply(v, {"spec": spec})
                     writes += 1
+                status = with_conditions(status, v, live, now_rfc3339())
                 if live is None or live.get("status") != status:
                     self._apply(v, {"status": status}, subresource=True)
                     writes += 1
@@ -90,7 +119,9 @@ class Mirror:
             self._written[key] = wanted
         return writes
 
-    def _apply(self, v: RolloutView, part: dict[str, Any], *, subresource: bool = False) -> None:
+    def _apply(
+        self, v: RolloutView, part: dict[str, Any], *, subresource: bool = False
+    ) -> dict[str, Any] | None:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ModelRollout",
@@ -119,3 +150,5 @@ class Mirror:
         )
         if isinstance(obj, dict):
             self.cache.update(self.cache.rollouts, v.namespace, obj, deleted=False)
+            return obj
+        return None

@@ -60,6 +60,9 @@ class RolloutView:
     canary_ready: int
     kill_switch: str  # "" or which kill switch covers the proposal
     message: str
+    # The reason of the rollout's last real RolloutStep (why it is PAUSED, PROMOTED,
+    # ROLLED_BACK...), "" before it started: the conditions' messages.
+    last_reason: str = ""
 
     @property
     def proposal_hex(self) -> str:
@@ -157,6 +160,7 @@ def _view(
         canary_ready=canary.ready_replicas if canary else 0,
         kill_switch=f"{scope.kind} since seq {ls.kill_switches[scope]}" if scope else "",
         message=message,
+        last_reason=record.last_reason if record else "",
     )
 
 
