@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.notify import RetryPolicy, check_sink_url
 from controller.planner import PlannerConfig
 from controller.replay import LedgerReadStore, Replayer, SnapshotStore
 from controller.runtime import Controller, ControllerConfig
@@ -168,6 +169,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="a canary pod not Ready this long triggers a rollback",
     )
     p.add_argument("--no-mirror", action="store_true", help="do not write ModelRollout objects")
+    n = p.add_argument_group(
+        'Events and notifications (docs/CONTROLLER.md "Events and notifications")',
+        "Every RolloutStep, kill switch and release on the ledger becomes a Kubernetes Event "
+        "on the ModelRollout and its Deployment and a CloudEvent POSTed to each webhook sink: "
+        "the global ones below plus those of the policy governing the rollout "
+        "(PolicySet.notify). Delivery is at-least-once, in ledger order per sink; the "
+        "CloudEvent id is the ledger entry's hash, so receivers drop repeats by id.",
+    )
+    n.add_argument(
+        "--notify-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an http(s) webhook sink for every rollout's CloudEvents; repeat for several. "
+        "Logs name it by host and a hash only: a token in its user info, path or query is "
+        "never written anywhere",
+    )
+    n.add_argument(
+        "--notify-state",
+        metavar="PATH",
+        help="JSON file keeping each sink's delivery position, so a restart neither loses "
+        "nor repeats notifications (default: <--snapshot-db>.notify.json when --snapshot-db "
+        "is a file; without either, a restart notifies only what happens after it)",
+    )
+    n.add_argument(
+        "--notify-dead-letter",
+        metavar="PATH",
+        help="JSON-lines file receiving each notification a sink still refused after the "
+        "last attempt (sink by hash, error, the whole CloudEvent); without it they are "
+        "only logged as errors",
+    )
+    n.add_argument(
+        "--notify-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="POST attempts per notification and sink before dead-lettering it (default 5; "
+        "a 4xx other than 408/409/425/429 is final at once)",
+    )
+    n.add_argument(
+        "--notify-backoff-seconds",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="wait before the 2nd attempt; doubled for each next one, at most 30 s (default 0.5)",
+    )
+    n.add_argument(
+        "--notify-timeout-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="give up one POST after this long (a slow sink delays only its own queue; "
+        "never the kill switch) (default 5)",
+    )
+    n.add_argument(
+        "--no-events",
+        action="store_true",
+        help="do not create Kubernetes Events (the RBAC then needs no create on events)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     return p
@@ -197,6 +257,27 @@ def open_store(spec: str, kafka_security: dict[str, Any] | None = None) -> tuple
         )
         return KafkaLogStore(config), f"kafka:{topic}"
     raise StewardError(f"--store {spec!r}: expected sqlite:PATH or kafka:BOOTSTRAP/TOPIC")
+
+
+def check_notify_args(args: argparse.Namespace) -> None:
+    """Refuse notification settings that cannot work, naming the flag (ValueError)."""
+    if args.notify_attempts < 1:
+        raise ValueError(f"--notify-attempts {args.notify_attempts}: at least 1")
+    if args.notify_backoff_seconds < 0:
+        raise ValueError(f"--notify-backoff-seconds {args.notify_backoff_seconds}: negative")
+    if args.notify_timeout_seconds <= 0:
+        raise ValueError(f"--notify-timeout-seconds {args.notify_timeout_seconds}: must be > 0")
+    for url in args.notify_url:
+        check_sink_url(url)
+
+
+def notify_state_path(explicit: str | None, snapshot_db: str | None) -> str | None:
+    """--notify-state, or next to a --snapshot-db file (not a database URL)."""
+    if explicit:
+        return explicit
+    if snapshot_db and "://" not in snapshot_db:
+        return f"{snapshot_db}.notify.json"
+    return None
 
 
 def load_kube(kubeconfig: str | None) -> ApiClient:
@@ -242,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sorted({n.strip() for v in args.namespaces for n in v.split(",") if n.strip()})
     )
     try:
+        check_notify_args(args)
         if args.listen:
             from controller.grpc_server import check_service_listen
 
@@ -286,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             mirror=not args.no_mirror,
             planner=PlannerConfig(not_ready_grace_ms=int(args.not_ready_grace_seconds * 1000)),
             settle_heap=True,
+            kube_events=not args.no_events,
+            notify_urls=tuple(check_sink_url(u) for u in args.notify_url),
+            notify_state=notify_state_path(args.notify_state, args.snapshot_db),
+            notify_dead_letter=args.notify_dead_letter,
+            notify_retry=RetryPolicy(
+                attempts=args.notify_attempts, first_backoff=args.notify_backoff_seconds
+            ),
+            notify_timeout=args.notify_timeout_seconds,
         )
         controller = Controller(config, replayer, ledger, key, load_kube(args.kubeconfig))
     except (StewardError, OSError, ValueError) as exc:

@@ -160,6 +160,9 @@ class Replayer:
         self.loaded_from_snapshot = False
         # Monotonic time each recent entry was folded: how fast the controller reacts to it.
         self.folded_at: dict[int, float] = {}
+        # Called with each valid entry and its store position right after it is folded, under
+        # the lock (the notifications: it must only queue, never wait).
+        self.on_fold: Callable[[LogEntry, int], None] | None = None
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -276,6 +279,8 @@ class Replayer:
                 # Seqs are folded in increasing order, so the first key is the oldest (a scan
                 # with min() here cost ~6% of a cold replay).
                 del self.folded_at[next(iter(self.folded_at))]
+            if self.on_fold is not None:
+                self.on_fold(e, record.position)
             self._folded.notify_all()
         return True
 

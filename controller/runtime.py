@@ -17,17 +17,32 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kubernetes import client
 
 from controller.executor import ClusterCache, Executor, Outcome
+from controller.kube_events import KubeEventsOutlet
 from controller.leader import LeaderElector
 from controller.mirror import Mirror
+from controller.notices import Notice, notices_for
+from controller.notify import (
+    DeadLetters,
+    Notifier,
+    Outlet,
+    Position,
+    PositionFile,
+    RetryPolicy,
+    WebhookOutlet,
+    sink_key,
+)
 from controller.planner import Action, PlannerConfig, plan
 from controller.replay import Replayer
 from controller.seams import LedgerAccess
 from controller.view import RolloutView, rollout_views
 from ledger.clock import now_ms
+from ledger.errors import FormatError
+from ledger.formats import LogEntry, PolicySet, decode_log_entry
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 
@@ -48,6 +63,19 @@ class ControllerConfig:
     # Process-wide garbage-collector tuning around the replay (ledger.heap): only for the
     # process entry point (steward-controller), never for a controller inside a test run.
     settle_heap: bool = False
+    # Notifications (controller.notify): Kubernetes Events, global webhook sinks (each policy
+    # may add its own), where delivery positions and dead letters are kept.
+    kube_events: bool = True
+    notify_urls: tuple[str, ...] = ()
+    notify_state: str | None = None
+    notify_dead_letter: str | None = None
+    notify_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    notify_timeout: float = 5.0
+
+
+def policy_notify(policy: PolicySet) -> tuple[str, ...]:
+    """The policy's own webhook sinks (`PolicySet.notify`, schema v3)."""
+    return tuple(getattr(policy, "notify", ()))
 
 
 class Controller:
@@ -79,11 +107,87 @@ class Controller:
                 renew_deadline_seconds=min(config.lease_seconds - 1.0, config.lease_seconds * 0.8),
                 on_change=self._leadership_changed,
             )
+        self.notifier = self._notifier(config, api)
+        replayer.on_fold = self._on_fold
         self.views: list[RolloutView] = []
         self.last_actions: list[Action] = []
         self._listeners: list[Callable[[list[RolloutView]], None]] = []
         self._threads: list[threading.Thread] = []
         self._mirror_wake = threading.Event()
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def _notifier(self, config: ControllerConfig, api: client.ApiClient) -> Notifier:
+        def source() -> tuple[str, str]:
+            ls = self.replayer.state.ledger  # two strings set once by the genesis
+            return ls.origin or f"steward.dev/ledger/{ls.ledger}", ls.ledger
+
+        def webhook(url: str) -> Outlet:
+            return WebhookOutlet(url, source, config.notify_timeout)
+
+        fixed: list[Outlet] = []
+        if config.kube_events:
+            fixed.append(KubeEventsOutlet(api, self.cache, config.identity))
+        fixed.extend(webhook(u) for u in config.notify_urls)
+        return Notifier(
+            fixed,
+            PositionFile(Path(config.notify_state) if config.notify_state else None),
+            DeadLetters(Path(config.notify_dead_letter) if config.notify_dead_letter else None),
+            policy_sinks=self._policy_sinks,
+            webhook=webhook,
+            retry=config.notify_retry,
+            active=lambda: self.is_leader,
+        )
+
+    def _policy_sinks(self, notice: Notice) -> list[str]:
+        """The webhook URLs of the policies that govern the rollouts a notice is about."""
+        urls: list[str] = []
+        with self.replayer.lock:
+            ls = self.replayer.state.ledger
+            for ref in notice.rollouts:
+                p = ls.proposals.get(ref.proposal)
+                if p is not None:
+                    urls.extend(u for u in policy_notify(ls.policy_of(p)) if u not in urls)
+        return urls
+
+    def _on_fold(self, entry: LogEntry, position: int) -> None:
+        for notice in notices_for(entry, self.replayer.state.ledger):
+            self.notifier.offer(notice, position)
+
+    def _recover_notices(self) -> None:
+        """Re-offer what the outlets had not delivered before a restart and a snapshot folded.
+
+        Entries after the snapshot are folded (and offered) by the catch-up; those between
+        the lowest outlet position and the snapshot are read here, and offered with the
+        snapshot's state (a notice is the same from any state at or after its entry)."""
+        notifier = self.notifier
+        if not notifier.armed:
+            return
+        with self.replayer.lock:
+            ls = self.replayer.state.ledger
+            keys = {
+                *notifier.fixed,
+                *(sink_key(u) for i in ls.policies.values() for u in policy_notify(i.policy)),
+            }
+        notifier.positions.prune(keys)
+        low = notifier.positions.low(keys)
+        end = self.replayer.position
+        if low is None or low.position + 1 >= end:
+            return
+        offered = 0
+        for record in self.replayer.store.read(low.position + 1, limit=end - low.position - 1):
+            try:
+                e = decode_log_entry(record.value)
+            except FormatError:
+                continue
+            with self.replayer.lock:
+                ls = self.replayer.state.ledger
+                if ls.entry_seqs.get(e.leaf_hash) != e.seq:
+                    continue  # not a valid entry of this log: never folded
+                for notice in notices_for(e, ls):
+                    notifier.offer(notice, record.position)
+                    offered += 1
+        log.info("notifications re-offered from=%d to=%d notices=%d", low.seq, end, offered)
 
     # -- for layers on top (ControllerService, metrics) ------------------------------------
 
@@ -107,11 +211,14 @@ class Controller:
         if self.config.settle_heap:
             tune_collector()  # the replay allocates the long-lived state
         self.replayer.load_snapshot()
+        self._recover_notices()
         started = time.monotonic()
         self.replayer.catch_up()
         if self.config.settle_heap:
             settle_heap()
         st = self.replayer.state
+        # A first start notifies from here on, not the whole history.
+        self.notifier.arm(Position(st.ledger.size - 1, self.replayer.last_position))
         log.info(
             "replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s",
             st.ledger.size,
@@ -149,6 +256,7 @@ class Controller:
                 time.sleep(0.2)
         for t in self._threads:
             t.join(timeout=3)
+        self.notifier.close()
 
     def _mirror_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
