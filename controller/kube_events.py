@@ -11,7 +11,8 @@ the step, weight, phase, ledger seq and the entry's own reason.
 
 The involved object's ``uid`` is what ``kubectl describe`` selects Events by: it is read from the
 watch cache, or from the API server when the cache does not have the object yet; an object that
-does not exist gets no Event (e.g. ``--no-mirror``: no ModelRollout).
+does not exist gets no Event (with ``--no-mirror`` there is no ModelRollout; with the mirror on,
+one not written yet is waited for through the outlet's retries).
 """
 
 from __future__ import annotations
@@ -76,12 +77,17 @@ class KubeEventsOutlet:
     key = KUBE_EVENTS_KEY
     label = "Kubernetes Events"
 
-    def __init__(self, api: client.ApiClient, cache: ClusterCache, instance: str) -> None:
+    def __init__(
+        self, api: client.ApiClient, cache: ClusterCache, instance: str, *, mirror: bool = True
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.cache = cache
         self.instance = instance
+        # With the mirror on, a missing ModelRollout is one not written yet (the mirror runs on
+        # its own thread): retried. Without it there is none to attach Events to.
+        self.mirror = mirror
 
     def deliver(self, notice: Notice) -> None:
         for ref in notice.rollouts:
@@ -94,8 +100,12 @@ class KubeEventsOutlet:
 
     def _objects(self, ref: RolloutRef) -> list[tuple[str, str, str, str]]:
         out = []
-        uid = self._uid_rollout(ref)
-        if uid:
+        if self.mirror:
+            uid = self._uid_rollout(ref)
+            if not uid:
+                raise DeliveryError(
+                    f"ModelRollout {ref.namespace}/{ref.object_name} not written yet"
+                )
             out.append(("ModelRollout", f"{GROUP}/{VERSION}", ref.object_name, uid))
         uid = self._uid_deployment(ref)
         if uid:

@@ -127,7 +127,7 @@ class Controller:
 
         fixed: list[Outlet] = []
         if config.kube_events:
-            fixed.append(KubeEventsOutlet(api, self.cache, config.identity))
+            fixed.append(KubeEventsOutlet(api, self.cache, config.identity, mirror=config.mirror))
         fixed.extend(webhook(u) for u in config.notify_urls)
         return Notifier(
             fixed,

@@ -32,21 +32,23 @@ class HttpSink:
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.in_flight = 0
+        self.arrivals: list[float] = []  # time.monotonic() of every POST, as it arrives
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                arrived = time.monotonic()
                 with sink.lock:
                     sink.in_flight += 1
+                    sink.arrivals.append(arrived)
                     status = sink.status
                     delay = sink.delay
                 try:
                     body = json.loads(raw)
                 except ValueError:
                     body = {"_raw": raw.decode(errors="replace")}
-                arrived = time.monotonic()
                 if delay:
                     time.sleep(delay)
                 with sink.lock:
