@@ -42,7 +42,9 @@ def event_name(object_name: str, notice: Notice) -> str:
 def event_body(
     notice: Notice, kind: str, api_version: str, namespace: str, name: str, uid: str, instance: str
 ) -> dict[str, Any]:
-    when = rfc3339_ms(notice.time_ms)[:19] + "Z"  # metav1.Time: whole seconds
+    # eventTime (microseconds) rather than first/lastTimestamp (whole seconds): two steps a
+    # few ms apart keep distinct, ordered times (kubectl get events --sort-by=.eventTime).
+    when = rfc3339_ms(notice.time_ms)[:-1] + "000Z"
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -61,9 +63,7 @@ def event_body(
         "reason": notice.reason,
         "message": notice.summary,
         "type": "Warning" if notice.warning else "Normal",
-        "firstTimestamp": when,
-        "lastTimestamp": when,
-        "count": 1,
+        "eventTime": when,
         "source": {"component": "steward-controller"},
         "reportingComponent": REPORTING_CONTROLLER,
         "reportingInstance": instance[:128],

@@ -1,4 +1,5 @@
-"""What a ledger entry tells the outside world: one :class:`Notice` per RolloutStep, kill or release.
+"""What a ledger entry tells the outside world: one :class:`Notice` per RolloutStep, kill switch,
+release, pause or resume.
 
 Pure: no I/O. The same notice feeds both outlets, so they can never tell different stories:
 
@@ -20,6 +21,8 @@ from ledger.formats import (
     KillSwitchEngaged,
     KillSwitchReleased,
     LogEntry,
+    RolloutPaused,
+    RolloutResumed,
     RolloutStep,
 )
 from ledger.state import ACTIVE_PHASES, LedgerState, ProposalState
@@ -28,6 +31,10 @@ from ledger.state import ACTIVE_PHASES, LedgerState, ProposalState
 STEP_TYPE = "dev.steward.rollout.step"
 KILL_TYPE = "dev.steward.killswitch.engaged"
 RELEASE_TYPE = "dev.steward.killswitch.released"
+PAUSE_TYPE = "dev.steward.rollout.pause"  # the signed request; the planner's PAUSED step follows
+RESUME_TYPE = "dev.steward.rollout.resume"
+# Notices about exactly one rollout (the others are about a kill switch's scope).
+ROLLOUT_TYPES = frozenset({STEP_TYPE, PAUSE_TYPE, RESUME_TYPE})
 
 # Kubernetes Event `reason` (CamelCase, as kubectl shows it) per RolloutStep phase.
 STEP_REASONS = {
@@ -74,7 +81,7 @@ class Notice:
     @property
     def subject(self) -> str:
         """CloudEvents `subject`: the ModelRollout, or the kill switch's scope."""
-        if len(self.rollouts) == 1 and self.type == STEP_TYPE:
+        if len(self.rollouts) == 1 and self.type in ROLLOUT_TYPES:
             r = self.rollouts[0]
             return f"{r.namespace}/{r.object_name}"
         return self.scope or "ledger"
@@ -86,6 +93,10 @@ class Notice:
             head = f"step {self.step} weight {self.weight}% {self.phase}"
         elif self.type == KILL_TYPE:
             head = f"kill switch {self.scope} engaged"
+        elif self.type == PAUSE_TYPE:
+            head = "pause requested"
+        elif self.type == RESUME_TYPE:
+            head = "resumed"
         else:
             head = f"kill switch {self.scope} released"
         text = f"{head} (ledger seq {self.seq})" + (f": {self.message}" if self.message else "")
@@ -162,6 +173,23 @@ def notices_for(entry: LogEntry, state: LedgerState) -> tuple[Notice, ...]:
                 step=payload.step,
                 weight=payload.weight,
                 phase=payload.phase,
+            ),
+        )
+    if isinstance(payload, RolloutPaused | RolloutResumed):
+        p = state.proposals.get(payload.proposal)
+        if p is None:
+            return ()
+        paused = isinstance(payload, RolloutPaused)
+        return (
+            Notice(
+                seq=seq,
+                entry_hash=entry_hash,
+                time_ms=time_ms,
+                type=PAUSE_TYPE if paused else RESUME_TYPE,
+                reason="PauseRequested" if paused else "RolloutResumed",
+                warning=False,
+                rollouts=(_ref(p),),
+                message=payload.reason,
             ),
         )
     if isinstance(payload, KillSwitchEngaged):

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.notices import STEP_TYPE, Notice
+from controller.notices import ROLLOUT_TYPES, STEP_TYPE, Notice
 
 log = logging.getLogger("steward.controller.notify")
 
@@ -108,20 +108,20 @@ def rfc3339_ms(ms: int) -> str:
 def cloudevent(notice: Notice, source: str, ledger: str) -> dict[str, Any]:
     """The CloudEvents 1.0 structured-mode JSON of a notice."""
     refs = notice.rollouts
-    first = refs[0] if refs else None
+    one = refs[0] if refs and notice.type in ROLLOUT_TYPES else None
     data: dict[str, Any] = {
         "ledger": ledger,
         "seq": notice.seq,
         "entry": notice.entry_hash.hex(),
         "reason": notice.message,
-        "proposal": first.proposal.hex() if first and notice.type == STEP_TYPE else None,
-        "namespace": first.namespace if first and notice.type == STEP_TYPE else None,
-        "deployment": first.deployment if first and notice.type == STEP_TYPE else None,
-        "modelRollout": first.object_name if first and notice.type == STEP_TYPE else None,
+        "proposal": one.proposal.hex() if one else None,
+        "namespace": one.namespace if one else None,
+        "deployment": one.deployment if one else None,
+        "modelRollout": one.object_name if one else None,
     }
     if notice.type == STEP_TYPE:
         data.update(step=notice.step, weight=notice.weight, phase=notice.phase)
-    else:
+    elif one is None:
         data.update(
             scope=notice.scope,
             rollouts=[

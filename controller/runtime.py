@@ -42,7 +42,7 @@ from controller.seams import LedgerAccess
 from controller.view import RolloutView, rollout_views
 from ledger.clock import now_ms
 from ledger.errors import FormatError
-from ledger.formats import LogEntry, PolicySet, decode_log_entry
+from ledger.formats import LogEntry, decode_log_entry
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 
@@ -71,11 +71,6 @@ class ControllerConfig:
     notify_dead_letter: str | None = None
     notify_retry: RetryPolicy = field(default_factory=RetryPolicy)
     notify_timeout: float = 5.0
-
-
-def policy_notify(policy: PolicySet) -> tuple[str, ...]:
-    """The policy's own webhook sinks (`PolicySet.notify`, schema v3)."""
-    return tuple(getattr(policy, "notify", ()))
 
 
 class Controller:
@@ -147,7 +142,7 @@ class Controller:
             for ref in notice.rollouts:
                 p = ls.proposals.get(ref.proposal)
                 if p is not None:
-                    urls.extend(u for u in policy_notify(ls.policy_of(p)) if u not in urls)
+                    urls.extend(u for u in ls.policy_of(p).notify if u not in urls)
         return urls
 
     def _on_fold(self, entry: LogEntry, position: int) -> None:
@@ -167,7 +162,7 @@ class Controller:
             ls = self.replayer.state.ledger
             keys = {
                 *notifier.fixed,
-                *(sink_key(u) for i in ls.policies.values() for u in policy_notify(i.policy)),
+                *(sink_key(u) for i in ls.policies.values() for u in i.policy.notify),
             }
         notifier.positions.prune(keys)
         low = notifier.positions.low(keys)

@@ -3,7 +3,15 @@ derived from the state at the entry or from any later state (what a restart re-r
 
 from __future__ import annotations
 
-from controller.notices import KILL_TYPE, RELEASE_TYPE, STEP_TYPE, notices_for, stopped_by
+from controller.notices import (
+    KILL_TYPE,
+    PAUSE_TYPE,
+    RELEASE_TYPE,
+    RESUME_TYPE,
+    STEP_TYPE,
+    notices_for,
+    stopped_by,
+)
 from controller.notify import cloudevent
 from ledger.formats import KillScope, RolloutStep
 from ledger.rules import apply_checked
@@ -102,3 +110,23 @@ def test_the_cloudevent_is_structured_1_0_with_the_entry_hash_as_id() -> None:
     assert kev["type"] == "dev.steward.killswitch.engaged"
     assert kev["data"]["rollouts"][0]["proposal"] == q.hex()
     assert kev["data"]["scope"] == "TARGET models/model-server"
+
+
+def test_a_signed_pause_and_its_resume_are_notices_about_their_rollout() -> None:
+    h = Harness()
+    sim = Sim(h)
+    p, _ = h.approved()
+    sim.tick()  # STARTED: a pause needs a running rollout
+    h.ok(h.flow.pause(p, reason="latency looks odd"))
+    h.ok(h.flow.resume(p))
+    entries = h.core.entries or []
+    found = [n for e in entries[-2:] for n in notices_for(e, h.core.state)]
+    assert [(n.type, n.reason) for n in found] == [
+        (PAUSE_TYPE, "PauseRequested"),
+        (RESUME_TYPE, "RolloutResumed"),
+    ]
+    assert all([r.proposal for r in n.rollouts] == [p] for n in found)
+    assert found[0].message == "latency looks odd"
+    ev = cloudevent(found[0], "s", "rules")
+    assert ev["type"] == "dev.steward.rollout.pause" and ev["data"]["proposal"] == p.hex()
+    assert ev["subject"] == f"models/model-server-{p.hex()[:10]}"

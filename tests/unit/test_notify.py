@@ -230,3 +230,20 @@ def test_only_the_leader_delivers() -> None:
         leader = True
         wait_for("delivered once leader", lambda: len(sink.events()) == 1, 10)
         n.close()
+
+
+def test_kubernetes_event_names_are_derived_from_the_entry_and_bodies_carry_the_story() -> None:
+    from controller.kube_events import event_body, event_name
+
+    n = notice(17)
+    assert event_name("model-server-0123456789", n) == (
+        f"model-server-0123456789.{n.entry_hash.hex()[:16]}"
+    )
+    assert len(event_name("x" * 300, n)) <= 253
+    body = event_body(n, "ModelRollout", "steward.dev/v1alpha1", "models", "mr", "uid-1", "ctl")
+    assert body["metadata"]["name"] == event_name("mr", n)
+    assert body["involvedObject"]["uid"] == "uid-1"
+    assert (body["reason"], body["type"]) == ("StepAdvanced", "Normal")
+    assert body["message"] == "step 17 weight 10% ADVANCED (ledger seq 17): step 17"
+    assert body["eventTime"].endswith(".017000Z")  # microseconds: steps ms apart stay ordered
+    assert body["reportingComponent"] == "steward.dev/controller"
