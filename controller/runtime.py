@@ -158,13 +158,9 @@ class Controller:
         notifier = self.notifier
         if not notifier.armed:
             return
-        with self.replayer.lock:
-            ls = self.replayer.state.ledger
-            keys = {
-                *notifier.fixed,
-                *(sink_key(u) for i in ls.policies.values() for u in i.policy.notify),
-            }
-        notifier.positions.prune(keys)
+        # Every outlet with a position, even one whose policy is not folded yet (the state
+        # here is only the snapshot's): pruning waits for the caught-up state.
+        keys = {*notifier.fixed, *notifier.positions.positions}
         low = notifier.positions.low(keys)
         end = self.replayer.position
         if low is None or low.position + 1 >= end:
@@ -183,6 +179,17 @@ class Controller:
                     notifier.offer(notice, record.position)
                     offered += 1
         log.info("notifications re-offered from=%d to=%d notices=%d", low.seq, end, offered)
+
+    def _prune_positions(self) -> None:
+        """Forget the positions of sinks no policy names any more (caught-up state only: they
+        would hold the next restart's re-read back for nothing)."""
+        with self.replayer.lock:
+            ls = self.replayer.state.ledger
+            keys = {
+                *self.notifier.fixed,
+                *(sink_key(u) for i in ls.policies.values() for u in i.policy.notify),
+            }
+        self.notifier.positions.prune(keys)
 
     # -- for layers on top (ControllerService, metrics) ------------------------------------
 
@@ -214,6 +221,7 @@ class Controller:
         st = self.replayer.state
         # A first start notifies from here on, not the whole history.
         self.notifier.arm(Position(st.ledger.size - 1, self.replayer.last_position))
+        self._prune_positions()
         log.info(
             "replayed size=%d applied=%d invalid=%d ms=%.0f snapshot=%s",
             st.ledger.size,

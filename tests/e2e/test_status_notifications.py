@@ -82,7 +82,7 @@ def test_a_promoted_rollout_tells_its_story_and_the_sink_gets_each_step_once(
         ledger.ok(ledger.flow.policy(namespace=ns, plan=FAST_PLAN, notify=(team.url,)))
         flags = (
             *("--notify-url", sink.url, "--notify-state", str(tmp_path / "notify.json")),
-            *("--snapshot-every-entries", "1"),  # the restart starts past the undelivered entry
+            *("--notify-attempts", "50", "--notify-backoff-seconds", "0.2"),
         )
         first = controllers.start("ctl-a", *flags)
         p, _ = ledger.approved(ns)
@@ -93,20 +93,39 @@ def test_a_promoted_rollout_tells_its_story_and_the_sink_gets_each_step_once(
         # CloudEvent was not delivered when the controller died.
         assert delivered_before <= 1
         second = controllers.start("ctl-a", *flags)
+        first_two = {h for h, _, _ in step_entries(ledger, p)}
+        wait_for(
+            "the restart delivered the first two steps",
+            lambda: {e["id"] for e in sink.events()} >= first_two,
+            30,
+        )
+        # Now the sink fails (503, retried) while the rollout finishes, and the controller is
+        # stopped cleanly: its last snapshot holds every step, the sink has not had the last
+        # two. Only re-reading the log from the sink's position can deliver them.
+        sink.status, sink.delay = 503, 0.0
         wait_for("canary at step 1", lambda: canary_ready(apps, ns, 2), 40)
         ledger.ok(ledger.flow.health(p, 1, True))
         wait_for("PROMOTED", lambda: ledger.phase(p) == "PROMOTED", 40)
         steps = step_entries(ledger, p)
         assert [phase for _, _, phase in steps] == ["STARTED", "ADVANCED", "ADVANCED", "PROMOTED"]
         wait_for(
+            "a refused POST of a later step", lambda: any(r.status == 503 for r in sink.all()), 20
+        )
+        assert second.stop() == 0
+        assert "snapshot" in second.log()
+        sink.status = 200
+        third = controllers.start("ctl-a", *flags)
+        wait_for(
             "one CloudEvent per step",
             lambda: {e["id"] for e in sink.events()} >= {h for h, _, _ in steps},
             30,
         )
+        assert "notifications re-offered" in third.log()
         time.sleep(1.5)  # a duplicate, if any were coming, would have arrived by now
         events = sink.events()
         # At-least-once with the entry hash as id: at most the one event in flight at the
         # SIGKILL may come twice; deduplicated by id they are the steps, in ledger order.
+        # (Refused POSTs are not in events(): only those the sink accepted.)
         ids = [e["id"] for e in events]
         unique = list(dict.fromkeys(ids))
         assert unique == [h for h, _, _ in steps], (delivered_before, ids)
@@ -184,8 +203,19 @@ def test_a_promoted_rollout_tells_its_story_and_the_sink_gets_each_step_once(
     assert "Completed" in described and "Promoted" in described  # the conditions
     listed = kube_cluster.kubectl("get", "events", "-n", ns).stdout
     assert "modelrollout/" + obj_name in listed and "RolloutPromoted" in listed
-    second.stop()
-    assert "notification delivered" in second.log()
+    # A hand-scaled stable after promotion is drift: corrected, recorded, and an Event says so.
+    kube_cluster.kubectl("scale", "deployment", NAME, "-n", ns, "--replicas=2")
+    drift = wait_for(
+        "DriftCorrected Event",
+        lambda: [
+            e for e in our_events(core, ns, "Deployment", NAME) if e.reason == "DriftCorrected"
+        ],
+        30,
+    )
+    assert drift[0].type == "Warning" and "DRIFT_CORRECTED" in drift[0].message
+    assert any(e.reason == "DriftCorrected" for e in our_events(core, ns, "ModelRollout", obj_name))
+    third.stop()
+    assert "notification delivered" in third.log()
 
 
 def test_a_killed_rollout_aborts_a_failing_sink_dead_letters_a_slow_one_never_delays_it(
