@@ -14,7 +14,7 @@ folded included) and re-offers what each outlet had not finished; a crash betwee
 the position write repeats that one event, with the same id.
 
 A failed delivery is retried with exponential backoff (5xx, 408, 429, timeouts, connection
-errors; another 4xx is final at once); after the last attempt the event goes to the dead-letter
+errors; another 4xx, or a redirect, which is never followed, is final at once); after the last attempt the event goes to the dead-letter
 log (``--notify-dead-letter``, JSON lines) and the outlet moves on. Only the leader delivers;
 a standby keeps its queues and positions and delivers them if it takes over.
 
@@ -155,6 +155,17 @@ def backoff_delays(attempts: int, first: float, cap: float = 30.0) -> list[float
 # Outlets
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A sink that redirects is answered with an error, never followed: following would let
+    whoever controls the sink point the controller's POSTs at any address it can reach."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 class WebhookOutlet:
     """POST each notice as a structured CloudEvent to one URL."""
 
@@ -188,10 +199,11 @@ class WebhookOutlet:
             headers["Authorization"] = self.authorization
         request = urllib.request.Request(self.endpoint, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                answer.read(1024)
+            with _OPENER.open(request, timeout=self.timeout) as answer:
+                answer.read(1024)  # the answer's body means nothing here; never read it all
         except urllib.error.HTTPError as exc:
-            final = 400 <= exc.code < 500 and exc.code not in RETRYABLE_CLIENT_ERRORS
+            # A redirect (not followed) or a client error no retry can fix.
+            final = 300 <= exc.code < 500 and exc.code not in RETRYABLE_CLIENT_ERRORS
             # str(exc) would carry the URL: say the status only.
             raise DeliveryError(f"HTTP {exc.code}", final=final) from None
         except (urllib.error.URLError, OSError) as exc:

@@ -58,6 +58,8 @@ class HttpSink:
                     sink.in_flight -= 1
                 try:
                     self.send_response(status)
+                    if 300 <= status < 400:  # a redirect to this very sink, another path
+                        self.send_header("Location", "/redirected")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:

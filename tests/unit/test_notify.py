@@ -175,9 +175,11 @@ def test_a_failing_sink_is_retried_then_dead_lettered_without_secrets(
             assert secret not in written
 
 
-def test_a_client_error_is_final_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [404, 302, 307])
+def test_a_client_error_or_a_redirect_is_final_at_once(tmp_path: Path, status: int) -> None:
+    """A redirect is never followed: the sink's owner must not steer the controller's POSTs."""
     dead = tmp_path / "dead.jsonl"
-    with HttpSink(status=404) as sink:
+    with HttpSink(status=status) as sink:
         n = Notifier(
             [WebhookOutlet(sink.url, source, 2.0)],
             PositionFile(None),
@@ -189,6 +191,7 @@ def test_a_client_error_is_final_at_once(tmp_path: Path) -> None:
         wait_for("dead letter", lambda: dead.exists(), 10)
         n.close()
         assert len(sink.all()) == 1
+        assert json.loads(dead.read_text())["error"] == f"HTTP {status}"
 
 
 def test_offering_never_waits_for_a_slow_sink(tmp_path: Path) -> None:
