@@ -10,6 +10,9 @@ with it and the counts survive restarts (they are part of the replay snapshot):
 * ``steward_events_applied_total`` / ``steward_invalid_events_total``: entries folded, and
   records skipped because they did not decode or broke a rule (forged, unsigned, injected);
 * ``steward_controller_leader`` 1 while this process holds the Lease;
+* ``steward_notifications_delivered_total{sink}`` / ``steward_notifications_dead_lettered_total{sink}``
+  / ``steward_notifications_pending{sink}``: per outlet of controller.notify (``kubernetes-events``
+  or ``sink-<hash of the URL>``, never the URL), since this process started;
 * ``steward_kill_switch_reaction_seconds`` (histogram): from the kill switch entry's
   ``received_at`` (the ledger's clock) to this controller observing the canary at 0 replicas
   through its watch. Observed by the leader only, so a sum over replicas counts each stop once.
@@ -32,6 +35,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.notify import OutletStats
 from controller.service import PHASES
 from controller.view import RolloutView
 
@@ -151,6 +155,24 @@ class _StateCollector(Collector):
             "1 while this process holds the Lease",
             value=1.0 if self.m.is_leader() else 0.0,
         )
+        delivered = CounterMetricFamily(
+            "steward_notifications_delivered",
+            "notifications an outlet delivered (Kubernetes Events, each webhook sink)",
+            labels=["sink"],
+        )
+        dead = CounterMetricFamily(
+            "steward_notifications_dead_lettered",
+            "notifications an outlet gave up on after its last attempt",
+            labels=["sink"],
+        )
+        pending = GaugeMetricFamily(
+            "steward_notifications_pending", "notifications queued for an outlet", labels=["sink"]
+        )
+        for o in self.m.notifications():
+            delivered.add_metric([o.key], o.delivered)
+            dead.add_metric([o.key], o.dead_lettered)
+            pending.add_metric([o.key], o.pending)
+        yield from (delivered, dead, pending)
 
 
 class ControllerMetrics:
@@ -161,10 +183,12 @@ class ControllerMetrics:
         counts: Callable[[], tuple[int, int]],
         is_leader: Callable[[], bool] = lambda: True,
         registry: CollectorRegistry | None = None,
+        notifications: Callable[[], list[OutletStats]] = list,
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.counts = counts
         self.is_leader = is_leader
+        self.notifications = notifications
         self.views: list[RolloutView] = []
         self.timer = KillTimer()
         self.reaction = Histogram(
@@ -234,7 +258,13 @@ def attach(
         with replayer.lock:
             return replayer.state.applied, replayer.state.invalid
 
-    metrics = ControllerMetrics(counts, lambda: controller.is_leader, registry)
+    notifier = getattr(controller, "notifier", None)  # a controller-shaped test object: none
+    metrics = ControllerMetrics(
+        counts,
+        lambda: controller.is_leader,
+        registry,
+        notifier.stats if notifier is not None else list,
+    )
     work: queue.Queue[tuple[int, int] | None] = queue.Queue()
 
     def listener(views: list[RolloutView]) -> None:

@@ -401,6 +401,7 @@ class OutletWorker:
                 log.exception("notification outlet failed sink=%s", self.outlet.key)
                 if attempt > len(delays):
                     self.dead.write(self.outlet, notice, attempt, f"{type(exc).__name__}: {exc}")
+                    self.dead_lettered += 1
                     return True
                 if self.stop.wait(delays[attempt - 1]):
                     return False
@@ -414,6 +415,14 @@ class OutletWorker:
                 attempt,
             )
             return True
+
+
+@dataclass(frozen=True)
+class OutletStats:
+    key: str
+    delivered: int
+    dead_lettered: int
+    pending: int
 
 
 class Notifier:
@@ -491,3 +500,8 @@ class Notifier:
 
     def pending(self) -> int:
         return sum(w.queue.qsize() for w in self.workers.values())
+
+    def stats(self) -> list[OutletStats]:
+        with self.lock:
+            workers = sorted(self.workers.items())
+        return [OutletStats(k, w.delivered, w.dead_lettered, w.queue.qsize()) for k, w in workers]

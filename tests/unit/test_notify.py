@@ -250,3 +250,34 @@ def test_kubernetes_event_names_are_derived_from_the_entry_and_bodies_carry_the_
     assert body["message"] == "step 17 weight 10% ADVANCED (ledger seq 17): step 17"
     assert body["eventTime"].endswith(".017000Z")  # microseconds: steps ms apart stay ordered
     assert body["reportingComponent"] == "steward.dev/controller"
+
+
+def test_metrics_count_deliveries_and_dead_letters_per_sink_never_naming_the_url(
+    tmp_path: Path,
+) -> None:
+    from prometheus_client import generate_latest
+
+    from controller.metrics import ControllerMetrics
+
+    with HttpSink() as ok, HttpSink(status=500, path="/x?token=s3cr3t") as failing:
+        n = Notifier(
+            [WebhookOutlet(ok.url, source, 2.0), WebhookOutlet(failing.url, source, 2.0)],
+            PositionFile(None),
+            DeadLetters(None),
+            retry=RetryPolicy(attempts=2, first_backoff=0.01),
+        )
+        n.arm(Position(0, 0))
+        n.offer(notice(1), 1)
+        n.offer(notice(2), 2)
+        wait_for(
+            "both handled", lambda: sum(s.delivered + s.dead_lettered for s in n.stats()) == 4, 10
+        )
+        n.close()
+        text = generate_latest(ControllerMetrics(lambda: (0, 0), notifications=n.stats).registry)
+    lines = text.decode()
+    assert f'steward_notifications_delivered_total{{sink="{sink_key(ok.url)}"}} 2.0' in lines
+    assert (
+        f'steward_notifications_dead_lettered_total{{sink="{sink_key(failing.url)}"}} 2.0' in lines
+    )
+    assert f'steward_notifications_pending{{sink="{sink_key(ok.url)}"}} 0.0' in lines
+    assert "s3cr3t" not in lines and "127.0.0.1" not in lines
