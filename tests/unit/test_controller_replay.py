@@ -68,10 +68,14 @@ def test_forged_and_garbage_records_are_skipped_and_counted(
     h.ok(h.flow.health(next(iter(h.core.state.proposals)), 0, True))
     write_log(h, store, start=h.core.size - 1)
     r = Replayer(store, checker=checker)
+    folded: list[int] = []
+    r.on_fold = lambda e, position: folded.append(e.seq)
     r.catch_up()
     assert r.state.invalid == 2
     assert not r.state.ledger.kill_switches
     assert r.state.ledger.size == h.core.size
+    # The notifications see only what was folded: the forged kill switch is never announced.
+    assert folded == list(range(h.core.size))
 
 
 def test_restart_from_snapshot_continues_where_it_stopped(tmp_path: Path) -> None:
