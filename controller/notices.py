@@ -14,7 +14,8 @@ step before the kill was active), so both ways give the same notice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Container
+from dataclasses import dataclass, replace
 
 from ledger.formats import (
     KillScope,
@@ -226,3 +227,18 @@ def notices_for(entry: LogEntry, state: LedgerState) -> tuple[Notice, ...]:
             ),
         )
     return ()
+
+
+def for_namespaces(notice: Notice, managed: Container[str]) -> Notice | None:
+    """The notice as a controller managing `managed` tells it: only its own rollouts.
+
+    Several controllers (clusters) may follow one ledger; each announces the rollouts it drives,
+    so a receiver is not told the same step by every cluster. A notice about rollouts none of
+    which is managed here is None; one about none at all (a kill switch that stopped nothing)
+    is kept: it is about the scope."""
+    if not notice.rollouts:
+        return notice
+    mine = tuple(r for r in notice.rollouts if r.namespace in managed)
+    if not mine:
+        return None
+    return notice if len(mine) == len(notice.rollouts) else replace(notice, rollouts=mine)

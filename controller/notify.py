@@ -493,10 +493,12 @@ class Notifier:
             self.positions.set_start(start)
             self.armed = True
 
-    def close(self) -> None:
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop the workers; one in the middle of a POST gets `timeout` seconds in all."""
         self.stop.set()
+        deadline = time.monotonic() + timeout
         for w in list(self.workers.values()):
-            w.thread.join(timeout=2)
+            w.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def pending(self) -> int:
         return sum(w.queue.qsize() for w in self.workers.values())

@@ -25,7 +25,7 @@ from controller.executor import ClusterCache, Executor, Outcome
 from controller.kube_events import KubeEventsOutlet
 from controller.leader import LeaderElector
 from controller.mirror import Mirror
-from controller.notices import Notice, notices_for
+from controller.notices import Notice, for_namespaces, notices_for
 from controller.notify import (
     DeadLetters,
     Notifier,
@@ -145,8 +145,17 @@ class Controller:
                     urls.extend(u for u in ls.policy_of(p).notify if u not in urls)
         return urls
 
-    def _on_fold(self, entry: LogEntry, position: int) -> None:
+    def _notices(self, entry: LogEntry) -> list[Notice]:
+        """This controller's notices of an entry (call with the replayer's lock held)."""
+        out = []
         for notice in notices_for(entry, self.replayer.state.ledger):
+            mine = for_namespaces(notice, self.config.namespaces)
+            if mine is not None:
+                out.append(mine)
+        return out
+
+    def _on_fold(self, entry: LogEntry, position: int) -> None:
+        for notice in self._notices(entry):
             self.notifier.offer(notice, position)
 
     def _recover_notices(self) -> None:
@@ -175,7 +184,7 @@ class Controller:
                 ls = self.replayer.state.ledger
                 if ls.entry_seqs.get(e.leaf_hash) != e.seq:
                     continue  # not a valid entry of this log: never folded
-                for notice in notices_for(e, ls):
+                for notice in self._notices(e):
                     notifier.offer(notice, record.position)
                     offered += 1
         log.info("notifications re-offered from=%d to=%d notices=%d", low.seq, end, offered)

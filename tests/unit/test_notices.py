@@ -3,12 +3,16 @@ derived from the state at the entry or from any later state (what a restart re-r
 
 from __future__ import annotations
 
+import dataclasses
+
 from controller.notices import (
     KILL_TYPE,
     PAUSE_TYPE,
     RELEASE_TYPE,
     RESUME_TYPE,
     STEP_TYPE,
+    RolloutRef,
+    for_namespaces,
     notices_for,
     stopped_by,
 )
@@ -130,3 +134,21 @@ def test_a_signed_pause_and_its_resume_are_notices_about_their_rollout() -> None
     ev = cloudevent(found[0], "s", "rules")
     assert ev["type"] == "dev.steward.rollout.pause" and ev["data"]["proposal"] == p.hex()
     assert ev["subject"] == f"models/model-server-{p.hex()[:10]}"
+
+
+def test_a_controller_announces_only_the_rollouts_it_manages() -> None:
+    h, _ = story()
+    entries = h.core.entries or []
+    notices = [n for e in entries for n in notices_for(e, h.core.state)]
+    assert all(for_namespaces(n, ("models",)) == n for n in notices)
+    steps = [n for n in notices if n.type == STEP_TYPE]
+    assert all(for_namespaces(n, ("other",)) is None for n in steps)
+    kill = next(n for n in notices if n.type == KILL_TYPE)
+    two = dataclasses.replace(
+        kill, rollouts=(*kill.rollouts, RolloutRef(b"\x09" * 32, "other", "llm"))
+    )
+    assert for_namespaces(two, ("other",)) == dataclasses.replace(
+        kill, rollouts=(RolloutRef(b"\x09" * 32, "other", "llm"),)
+    )
+    nothing = dataclasses.replace(kill, rollouts=())
+    assert for_namespaces(nothing, ("other",)) == nothing  # about the scope: kept
