@@ -314,3 +314,44 @@ def test_a_killed_rollout_aborts_a_failing_sink_dead_letters_a_slow_one_never_de
         assert "pager: p99 latency" in got[2].message
     described = kube_cluster.kubectl("describe", "deployment", NAME, "-n", ns).stdout
     assert "KillSwitchEngaged" in described and "RolledBack" in described
+
+
+def test_only_the_leader_notifies_and_a_takeover_loses_nothing(
+    ledger: Ledger,
+    controllers: Controllers,
+    apps: client.AppsV1Api,
+    kube_namespace: str,
+    kube_api_client: client.ApiClient,
+) -> None:
+    ns = kube_namespace
+    coord = client.CoordinationV1Api(kube_api_client)
+    with HttpSink() as sink:
+        a = controllers.start("ctl-a", "--notify-url", sink.url)
+        wait_for("ctl-a leads", lambda: _holder(coord, ns) == "ctl-a")
+        b = controllers.start("ctl-b", "--notify-url", sink.url)
+        p, _ = ledger.approved(ns)
+        wait_for("step 1", lambda: (1, 50, "ADVANCED") in ledger.steps(p), 40)
+        first_two = [h for h, _, _ in step_entries(ledger, p)]
+        wait_for("the leader's two", lambda: len(sink.events()) >= 2, 20)
+        time.sleep(1.0)  # a standby delivering too would show as a second copy by now
+        assert [e["id"] for e in sink.events()] == first_two, "the standby notified"
+        assert "notification delivered" not in b.log()
+        a.kill()
+        ledger.ok(ledger.flow.health(p, 1, True))
+        wait_for("ctl-b takes the lease", lambda: _holder(coord, ns) == "ctl-b", 20)
+        wait_for("PROMOTED", lambda: ledger.phase(p) == "PROMOTED", 30)
+        steps = [h for h, _, _ in step_entries(ledger, p)]
+        wait_for("every step", lambda: {e["id"] for e in sink.events()} >= set(steps), 30)
+        ids = [e["id"] for e in sink.events()]
+        # The new leader's queue held everything since it started: the two steps the old
+        # leader had delivered come again, same ids; deduplicated, the steps in order.
+        assert list(dict.fromkeys(ids)) == steps
+        assert len(ids) <= len(steps) + 2
+        assert "notification delivered" in b.log()
+
+
+def _holder(coord: client.CoordinationV1Api, ns: str) -> str:
+    try:
+        return coord.read_namespaced_lease("steward-controller", ns).spec.holder_identity or ""
+    except client.ApiException:
+        return ""
