@@ -42,8 +42,8 @@ def event_name(object_name: str, notice: Notice) -> str:
 def event_body(
     notice: Notice, kind: str, api_version: str, namespace: str, name: str, uid: str, instance: str
 ) -> dict[str, Any]:
-    # eventTime (microseconds) rather than first/lastTimestamp (whole seconds): two steps a
-    # few ms apart keep distinct, ordered times (kubectl get events --sort-by=.eventTime).
+    # eventTime (microseconds): two steps a few ms apart keep distinct, ordered times
+    # (kubectl get events --sort-by=.eventTime); first/lastTimestamp hold whole seconds only.
     when = rfc3339_ms(notice.time_ms)[:-1] + "000Z"
     return {
         "apiVersion": "v1",
@@ -64,6 +64,10 @@ def event_body(
         "message": notice.summary,
         "type": "Warning" if notice.warning else "Normal",
         "eventTime": when,
+        # Also whole seconds where kubectl describe sorts and ages Events by them.
+        "firstTimestamp": when[:19] + "Z",
+        "lastTimestamp": when[:19] + "Z",
+        "count": 1,
         "source": {"component": "steward-controller"},
         "reportingComponent": REPORTING_CONTROLLER,
         "reportingInstance": instance[:128],

@@ -193,16 +193,21 @@ def test_a_promoted_rollout_tells_its_story_and_the_sink_gets_each_step_once(
         "False",
     )
     ours = kube_cluster.kubectl(
-        "get", "events", "-n", ns, "--field-selector", "reportingComponent=steward.dev/controller"
+        *("get", "events", "-n", ns, "--field-selector"),
+        *("reportingComponent=steward.dev/controller", "--sort-by=.eventTime"),
     ).stdout
     assert ours.count("RolloutPromoted") == 2  # the ModelRollout's and the Deployment's
+    assert "ScalingReplicaSet" not in ours  # the field selector keeps only ours
     described = kube_cluster.kubectl("describe", "modelrollout", obj_name, "-n", ns).stdout
     story = described[described.index("Events:") :]
     assert sorted(line.split()[1] for line in story.splitlines()[3:7]) == sorted(want)
     assert "Conditions:" in described
     assert "Completed" in described and "Promoted" in described  # the conditions
-    listed = kube_cluster.kubectl("get", "events", "-n", ns).stdout
-    assert "modelrollout/" + obj_name in listed and "RolloutPromoted" in listed
+    listed = kube_cluster.kubectl("get", "events", "-n", ns, "--sort-by=.eventTime").stdout
+    ours_in_order = [
+        line.split()[2] for line in listed.splitlines() if f"modelrollout/{obj_name}" in line
+    ]
+    assert ours_in_order == want
     # A hand-scaled stable after promotion is drift: corrected, recorded, and an Event says so.
     kube_cluster.kubectl("scale", "deployment", NAME, "-n", ns, "--replicas=2")
     drift = wait_for(

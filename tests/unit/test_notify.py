@@ -249,6 +249,7 @@ def test_kubernetes_event_names_are_derived_from_the_entry_and_bodies_carry_the_
     assert (body["reason"], body["type"]) == ("StepAdvanced", "Normal")
     assert body["message"] == "step 17 weight 10% ADVANCED (ledger seq 17): step 17"
     assert body["eventTime"].endswith(".017000Z")  # microseconds: steps ms apart stay ordered
+    assert body["lastTimestamp"] == body["eventTime"][:19] + "Z"  # what kubectl describe sorts by
     assert body["reportingComponent"] == "steward.dev/controller"
 
 
