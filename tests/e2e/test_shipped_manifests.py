@@ -355,6 +355,21 @@ def test_shipped_manifests_run_from_genesis_to_a_kill_switch_and_a_promotion(
         p.name for p in runner.running(SYSTEM, "steward-controller-")
     }
 
+    # Events with the shipped RBAC (create on events, nothing more): the promotion and the kill
+    # switch are on the target Deployment, as the controller's own service account wrote them.
+    def reasons() -> list[str]:
+        events = client.CoreV1Api(kube_api_client).list_namespaced_event(
+            ns, field_selector="reportingComponent=steward.dev/controller"
+        )
+        return [e.reason for e in events.items if e.involved_object.kind == "Deployment"]
+
+    seen = wait_for(
+        "the controller's Events",
+        lambda: {"KillSwitchEngaged", "RolloutPromoted"} <= set(reasons()) and reasons(),
+        60,
+    )
+    assert "RolledBack" in seen
+
     # The controller's metrics, on the port its scrape annotations name.
     controller_pod = runner.running(SYSTEM, "steward-controller-")[0]
     metrics = runner.forward_pod(controller_pod, 9090)
