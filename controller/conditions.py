@@ -3,10 +3,11 @@
 Pure: no I/O, the time passed in. Five condition types, each always present so ``kubectl wait
 --for=condition=Completed modelrollout/X`` and dashboards can rely on them:
 
-- ``Progressing``: True while the canary moves (STARTED, ADVANCED; reasons ``RolloutStarted``,
-  ``StepAdvanced``); False with ``AwaitingDecision``, ``KillSwitchEngaged`` (pending under a kill
+- ``Progressing``: True while the canary moves (STARTED, ADVANCED, or resumed after a pause;
+  reasons ``RolloutStarted``, ``StepAdvanced``, ``RolloutResumed``); False with ``AwaitingDecision``, ``KillSwitchEngaged`` (pending under a kill
   switch), ``RolloutPaused``, ``RolloutCompleted``, ``RolledBack`` or ``KillSwitch``.
-- ``Paused``: True when the last RolloutStep is PAUSED (``RolloutPaused``), else ``NotPaused``.
+- ``Paused``: True from a governed pause (RolloutPaused on the log) or a PAUSED record until the
+  resume (``RolloutPaused``), else ``NotPaused``.
 - ``Healthy``: True (``NoFailure``) unless the run was rolled back automatically (False,
   ``RolledBack``, the rollback's reason as message); Unknown before the canary ran
   (``NotStarted``) and after a kill switch stopped it before any verdict (``KillSwitch``).
@@ -53,18 +54,31 @@ def _killed(v: RolloutView) -> bool:
     return v.display_phase == "Killed"
 
 
+def _phase(v: RolloutView) -> str:
+    """The phase the conditions describe: the log's governed pause and resume, not only the
+    controller's last record. A pause holds from its RolloutPaused (the PAUSED record follows
+    on the next tick), and a resumed rollout progresses again at once, though its last record
+    stays PAUSED until the step's hold has run again (seconds to hours)."""
+    if v.phase in ("STARTED", "ADVANCED") and v.display_phase == "Paused":
+        return "PAUSED"
+    if v.phase == "PAUSED" and v.display_phase == "Progressing":
+        return "RESUMED"
+    return v.phase
+
+
 def desired_conditions(v: RolloutView) -> tuple[Condition, ...]:
     """The five conditions of a rollout, in CONDITION_TYPES order, without times."""
     where = f"step {v.step}, weight {v.weight}%"
     why = v.last_reason or v.message
-    if v.phase in ("STARTED", "ADVANCED"):
+    phase = _phase(v)
+    if phase in ("STARTED", "ADVANCED", "RESUMED"):
         progressing = Condition(
             "Progressing",
             "True",
-            "RolloutStarted" if v.phase == "STARTED" else "StepAdvanced",
+            {"STARTED": "RolloutStarted", "ADVANCED": "StepAdvanced"}.get(phase, "RolloutResumed"),
             where,
         )
-    elif v.phase == "PENDING":
+    elif phase == "PENDING":
         blocked = bool(v.kill_switch)
         progressing = Condition(
             "Progressing",
@@ -73,9 +87,9 @@ def desired_conditions(v: RolloutView) -> tuple[Condition, ...]:
             (f"kill switch {v.kill_switch}" if blocked else v.message)
             or f"waiting for {v.approvals_required} valid approvals",
         )
-    elif v.phase == "PAUSED":
+    elif phase == "PAUSED":
         progressing = Condition("Progressing", "False", "RolloutPaused", f"paused at {where}")
-    elif v.phase == "PROMOTED":
+    elif phase == "PROMOTED":
         progressing = Condition("Progressing", "False", "RolloutCompleted", "candidate promoted")
     else:  # ROLLED_BACK
         progressing = Condition(
@@ -84,27 +98,27 @@ def desired_conditions(v: RolloutView) -> tuple[Condition, ...]:
 
     paused = (
         Condition("Paused", "True", "RolloutPaused", why or f"paused at {where}")
-        if v.phase == "PAUSED"
+        if phase == "PAUSED"
         else Condition("Paused", "False", "NotPaused", "")
     )
 
-    if v.phase == "PENDING":
+    if phase == "PENDING":
         healthy = Condition("Healthy", "Unknown", "NotStarted", "the canary has not run yet")
-    elif v.phase == "ROLLED_BACK" and _killed(v):
+    elif phase == "ROLLED_BACK" and _killed(v):
         healthy = Condition("Healthy", "Unknown", "KillSwitch", "stopped before a verdict")
-    elif v.phase == "ROLLED_BACK":
+    elif phase == "ROLLED_BACK":
         healthy = Condition("Healthy", "False", "RolledBack", why)
     else:
         healthy = Condition("Healthy", "True", "NoFailure", "no failure in this run")
 
     completed = (
         Condition("Completed", "True", "Promoted", why or "candidate promoted")
-        if v.phase == "PROMOTED"
+        if phase == "PROMOTED"
         else Condition("Completed", "False", "NotPromoted", "")
     )
     aborted = (
         Condition("Aborted", "True", "KillSwitch" if _killed(v) else "RolledBack", why)
-        if v.phase == "ROLLED_BACK"
+        if phase == "ROLLED_BACK"
         else Condition("Aborted", "False", "NotAborted", "")
     )
     return (progressing, paused, healthy, completed, aborted)

@@ -26,6 +26,8 @@ from infra.processes import wait_for
 from ledger.export import write_trust_root
 from ledger.formats import PlanStep
 from tests.e2e.conftest import V2, Controllers, Ledger
+from tests.e2e.test_controller_e2e import mirror
+from tests.e2e.test_status_notifications import conditions, our_events
 from tests.helpers.keys import write_principal_key
 
 pytestmark = pytest.mark.kube
@@ -87,6 +89,8 @@ def test_a_pause_holds_through_a_restart_and_a_resume_needs_its_approvers(
     ledger: Ledger,
     controllers: Controllers,
     apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
     kube_cluster: LocalCluster,
     kube_namespace: str,
     tmp_path: Path,
@@ -114,6 +118,25 @@ def test_a_pause_holds_through_a_restart_and_a_resume_needs_its_approvers(
     assert paused.returncode == 0, paused.stdout + paused.stderr
     wait_for("PAUSED", lambda: (0, 25, "PAUSED") in ledger.steps(p), 30)
     wait_for("the step's weight applied", lambda: deployments(apps, ns) == HELD, 60)
+
+    # What plain kubectl shows: the Paused condition with the person's reason, and an Event.
+    wait_for(
+        "Paused condition",
+        lambda: conditions(custom, ns, p).get("Paused", {}).get("status") == "True",
+        30,
+    )
+    paused_condition = conditions(custom, ns, p)["Paused"]
+    assert paused_condition["reason"] == "RolloutPaused"
+    assert "p99 latency up 40%" in paused_condition["message"]
+    assert conditions(custom, ns, p)["Progressing"]["status"] == "False"
+    obj_name = mirror(custom, ns, p)["metadata"]["name"]
+    wait_for(
+        "a RolloutPaused Event",
+        lambda: any(
+            e.reason == "RolloutPaused" for e in our_events(core, ns, "ModelRollout", obj_name)
+        ),
+        30,
+    )
 
     # Longer than the step's hold: nothing moves, on the log or in the cluster.
     assert watched_replicas(apps, ns, 12) == {(NAME, 3), (CANARY, 1)}
@@ -154,6 +177,13 @@ def test_a_pause_holds_through_a_restart_and_a_resume_needs_its_approvers(
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     resumed_at = time.monotonic()
+    # Resumed: no longer Paused at once, though the next step waits for its hold.
+    wait_for(
+        "Paused condition cleared",
+        lambda: conditions(custom, ns, p).get("Paused", {}).get("status") == "False",
+        30,
+    )
+    assert time.monotonic() - resumed_at < 9
     wait_for("PROMOTED", lambda: ledger.phase(p) == "PROMOTED", 90)
     # The resumed step dwelt its whole hold again before the rollout went on.
     assert time.monotonic() - resumed_at >= 9

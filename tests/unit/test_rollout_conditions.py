@@ -8,7 +8,7 @@ import dataclasses
 from controller.conditions import CONDITION_TYPES, desired_conditions, rollout_conditions
 from controller.mirror import mirror_status, with_conditions
 from controller.view import RolloutView, rollout_views
-from ledger.formats import KillScope, NoDataRule
+from ledger.formats import KillScope, NoDataRule, PlanStep
 from tests.unit.harness import Harness
 from tests.unit.test_planner import Sim
 from tests.unit.test_planner_analysis import CHECK, at_step_1, report
@@ -152,3 +152,29 @@ def test_the_mirror_status_carries_conditions_and_generation() -> None:
     # Written back unchanged: equal, so the mirror writes nothing more.
     live["status"] = status
     assert with_conditions(mirror_status(v), v, live, T1) == status
+
+
+def test_a_governed_pause_shows_at_once_and_a_resume_clears_it_before_the_next_step() -> None:
+    h = Harness()
+    sim = Sim(h)
+    plan = (PlanStep(25, 10, False), PlanStep(100, 0, False))
+    p, _ = h.approved(plan=plan)
+    sim.run()
+    assert table(view(sim))["Progressing"] == ("True", "RolloutStarted")
+    # Signed on the log, not yet recorded by the controller: already Paused.
+    h.ok(h.flow.pause(p, signer="oncall", reason="p99 latency up"))
+    assert view(sim).phase == "STARTED"
+    assert table(view(sim))["Paused"] == ("True", "RolloutPaused")
+    assert table(view(sim))["Progressing"] == ("False", "RolloutPaused")
+    sim.run()  # the controller records PAUSED and holds
+    assert view(sim).phase == "PAUSED"
+    paused = {c.type: c for c in desired_conditions(view(sim))}
+    assert paused["Paused"].status == "True" and "p99 latency up" in paused["Paused"].message
+    # Resumed: progressing again at once, though the last record is PAUSED until the hold ends.
+    h.ok(h.flow.resume(p))
+    assert view(sim).phase == "PAUSED"
+    assert table(view(sim))["Paused"] == ("False", "NotPaused")
+    assert table(view(sim))["Progressing"] == ("True", "RolloutResumed")
+    h.tick(10_000)
+    sim.run()
+    assert table(view(sim))["Completed"] == ("True", "Promoted")
