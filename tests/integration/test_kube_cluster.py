@@ -249,6 +249,8 @@ def can_i(cluster: LocalCluster, verb: str, resource: str, ns: str | None) -> bo
 ALLOWED = [
     *[(v, "deployments.apps") for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "pods") for v in ("get", "list", "watch")],
+    *[(v, "services") for v in ("get", "list", "watch", "create", "patch")],
+    *[(v, "httproutes.gateway.networking.k8s.io") for v in ("get", "list", "watch", "patch")],
     ("get", "deployments.apps/scale"),
     *[(v, "horizontalpodautoscalers.autoscaling") for v in ("get", "list", "watch")],
     *[
@@ -265,6 +267,11 @@ FORBIDDEN = [
     ("update", "deployments.apps/scale"),
     ("patch", "horizontalpodautoscalers.autoscaling"),
     ("create", "pods"),
+    ("delete", "services"),
+    ("update", "services"),
+    ("create", "httproutes.gateway.networking.k8s.io"),
+    ("delete", "httproutes.gateway.networking.k8s.io"),
+    ("update", "httproutes.gateway.networking.k8s.io"),
     ("delete", "pods"),
     ("get", "secrets"),
     ("delete", "secrets"),
@@ -280,6 +287,7 @@ def test_controller_rbac_allows_exactly_what_it_needs(
     kube_cluster: LocalCluster,
     kube_namespace: str,
     steward_installed: str,
+    gateway_api: str,  # HTTPRoute served, so can-i resolves the traffic-mode rights
 ) -> None:
     ns = kube_namespace
     refused_but_needed = [(v, r) for v, r in ALLOWED if not can_i(kube_cluster, v, r, ns)]
