@@ -52,7 +52,17 @@ from controller.planner import (
     canary_name,
 )
 from controller.replay import Replayer
+from controller.route_writer import RouteRefusedError, RouteWriter
 from controller.seams import LedgerAccess
+from controller.traffic import (
+    ROUTE_GROUP,
+    ROUTE_PLURAL,
+    ROUTE_VERSION,
+    EnsureServices,
+    ObservedRoute,
+    SetRouteWeights,
+    observed_route,
+)
 from controller.view import GROUP, PLURAL, VERSION
 from ledger.events import new_body, sign
 from ledger.formats import (
@@ -69,7 +79,19 @@ log = logging.getLogger("steward.controller.executor")
 
 FIELD_MANAGER = "steward-controller"
 # What the watch caches hold, one watch per kind and namespace.
-KINDS = ("deployments", "pods", "modelrollouts", "horizontalpodautoscalers")
+KINDS = (
+    "deployments",
+    "pods",
+    "modelrollouts",
+    "horizontalpodautoscalers",
+    "services",
+    "httproutes",
+)
+# Kinds read through CustomObjectsApi (plain dicts, the namespace as a keyword).
+CUSTOM_KINDS = ("modelrollouts", "httproutes")
+# A kind the cluster may not serve: without the Gateway API CRDs there is no HTTPRoute to
+# watch, which is fine for replica mode (the cache counts it as synced and empty).
+OPTIONAL_KINDS = ("httproutes",)
 EMERGENCY_STOP_ANNOTATION = "steward.dev/emergency-stop"
 APPLY = "application/apply-patch+yaml"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
@@ -120,6 +142,8 @@ class ClusterCache:
         self.pods: dict[tuple[str, str], Any] = {}  # V1Pod
         self.rollouts: dict[tuple[str, str], dict[str, Any]] = {}
         self.autoscalers: dict[tuple[str, str], Any] = {}  # V2HorizontalPodAutoscaler
+        self.services: dict[tuple[str, str], Any] = {}  # V1Service
+        self.routes: dict[tuple[str, str], dict[str, Any]] = {}  # HTTPRoute
         self._synced: set[tuple[str, str]] = set()
         self._threads: list[threading.Thread] = []
 
@@ -156,6 +180,14 @@ class ClusterCache:
             return self.core.list_namespaced_pod, {"label_selector": f"{TRACK_LABEL}=canary"}
         if kind == "horizontalpodautoscalers":
             return self.autoscaling.list_namespaced_horizontal_pod_autoscaler, {}
+        if kind == "services":
+            return self.core.list_namespaced_service, {}
+        if kind == "httproutes":
+            return self.custom.list_namespaced_custom_object, {
+                "group": ROUTE_GROUP,
+                "version": ROUTE_VERSION,
+                "plural": ROUTE_PLURAL,
+            }
         return self.custom.list_namespaced_custom_object, {
             "group": GROUP,
             "version": VERSION,
@@ -168,6 +200,8 @@ class ClusterCache:
             "pods": self.pods,
             "modelrollouts": self.rollouts,
             "horizontalpodautoscalers": self.autoscalers,
+            "services": self.services,
+            "httproutes": self.routes,
         }[kind]
 
     def _watch_loop(self, stop: threading.Event, ns: str, kind: str) -> None:
@@ -176,7 +210,7 @@ class ClusterCache:
         backoff = 0.2
         while not stop.is_set():
             try:
-                if kind == "modelrollouts":
+                if kind in CUSTOM_KINDS:
                     listed = fn(namespace=ns, **kw)
                     items, rv = listed.get("items", []), listed["metadata"]["resourceVersion"]
                 else:
@@ -190,7 +224,7 @@ class ClusterCache:
                 self._synced.add((ns, kind))
                 self.on_change()
                 w = watch.Watch()
-                args = {"namespace": ns, **kw} if kind == "modelrollouts" else kw
+                args = {"namespace": ns, **kw} if kind in CUSTOM_KINDS else kw
                 stream = (
                     w.stream(
                         fn,
@@ -199,7 +233,7 @@ class ClusterCache:
                         timeout_seconds=self.watch_timeout,
                         allow_watch_bookmarks=True,
                     )
-                    if kind == "modelrollouts"
+                    if kind in CUSTOM_KINDS
                     else w.stream(
                         fn,
                         ns,
@@ -222,6 +256,15 @@ class ClusterCache:
                     self.on_change()
                 backoff = 0.2
             except ApiException as exc:
+                if kind in OPTIONAL_KINDS and exc.status in (403, 404):
+                    # Not served (no Gateway API CRDs) or not granted: nothing to observe,
+                    # and replica mode needs nothing; look again now and then.
+                    if (ns, kind) not in self._synced:
+                        log.info("not watching %s in %s: %s", kind, ns, exc.status)
+                    self._synced.add((ns, kind))
+                    self.on_change()
+                    stop.wait(10.0)
+                    continue
                 if exc.status != 410:
                     log.warning("watch failed kind=%s namespace=%s status=%s", kind, ns, exc.status)
                     time.sleep(backoff)
@@ -248,6 +291,13 @@ class ClusterCache:
     def put_deployment(self, obj: Any) -> None:
         """Our own write, from the API server's answer: visible to the next plan at once."""
         self.update(self.deployments, obj.metadata.namespace, obj, deleted=False)
+
+    def put_route(self, obj: dict[str, Any]) -> None:
+        """Our own route write, visible to the next plan at once (no drift seen twice)."""
+        self.update(self.routes, obj["metadata"]["namespace"], obj, deleted=False)
+
+    def put_service(self, obj: Any) -> None:
+        self.update(self.services, obj.metadata.namespace, obj, deleted=False)
 
     def drop_deployment(self, ns: str, name: str) -> None:
         with self.lock:
@@ -300,12 +350,20 @@ class ClusterCache:
                     for (ns, _), obj in sorted(self.rollouts.items())
                     if ns == t.namespace and (s := _emergency_stop(obj, t.deployment)) is not None
                 )
+                routes: tuple[ObservedRoute, ...] = tuple(
+                    observed_route(obj)
+                    for (ns, _), obj in sorted(self.routes.items())
+                    if ns == t.namespace
+                )
+                services = frozenset(name for (ns, name) in self.services if ns == t.namespace)
                 out[t] = ObservedTarget(
                     _observed_deployment(stable) if stable else None,
                     _observed_deployment(canary) if canary else None,
                     pods,
                     stops,
                     self._autoscaler_of(t.namespace, t.deployment),
+                    routes,
+                    services,
                 )
         return out
 
@@ -331,6 +389,9 @@ def _observed_deployment(d: Any) -> ObservedDeployment:
         marker=ann.get(MARKER_ANNOTATION, ""),
         proposal=ann.get(PROPOSAL_ANNOTATION, ""),
         stopping=ann.get(STOPPING_ANNOTATION, ""),
+        track=(d.spec.template.metadata.labels or {}).get(TRACK_LABEL, "")
+        if d.spec.template.metadata
+        else "",
     )
 
 
@@ -410,6 +471,9 @@ class Executor:
         self.fold_timeout = fold_timeout
         # Fold of a stop's cause → canary patched to 0, in ms (for metrics layered on top).
         self.reactions: list[float] = []
+        # Traffic mode: fold of a stop's cause → the route's canary weight written as 0, in ms.
+        self.route_reactions: list[float] = []
+        self.routes = RouteWriter(api, FIELD_MANAGER)
         self._own = 0  # entries this execute() appended (not a reason to re-plan)
 
     def execute(self, actions: Iterable[Action]) -> list[Outcome]:
@@ -432,7 +496,7 @@ class Executor:
             try:
                 detail = self._run(a)
                 ok = True
-            except RefusedError as exc:
+            except (RefusedError, RouteRefusedError) as exc:
                 ok, detail = False, str(exc)
             except ApiException as exc:
                 ok, detail = False, f"Kubernetes API {exc.status}: {exc.reason}"
@@ -475,8 +539,14 @@ class Executor:
             return self._apply_canary(a)
         if isinstance(a, ScaleStable | Promote):
             return self._apply_stable(
-                a.namespace, a.name, a.replicas, a.image, a.container, a.marker
+                a.namespace, a.name, a.replicas, a.image, a.container, a.marker, a.track
             )
+        if isinstance(a, SetRouteWeights):
+            return self._set_route(a)
+        if isinstance(a, EnsureServices):
+            for svc in self.routes.ensure_services(a, self.cache.deployment(a.namespace, a.name)):
+                self.cache.put_service(svc)
+            return f"Services {a.routing.stable_service}, {a.routing.canary_service} applied"
         if isinstance(a, RemoveCanary):
             return self._remove_canary(a)
         raise AssertionError(f"unknown action {a!r}")
@@ -543,6 +613,17 @@ class Executor:
         self.reactions.append(reaction)
         return f"canary scaled to 0 reaction_ms={reaction:.1f} after seq {a.cause_seq} was folded"
 
+    def _set_route(self, a: SetRouteWeights) -> str:
+        obj, detail = self.routes.set_weights(a)
+        if obj is not None:
+            self.cache.put_route(obj)
+        folded = self.replayer.folded_at.get(a.cause_seq) if a.canary_weight == 0 else None
+        if folded is None:
+            return detail
+        reaction = (time.monotonic() - folded) * 1000
+        self.route_reactions.append(reaction)
+        return f"{detail} reaction_ms={reaction:.1f} after seq {a.cause_seq} was folded"
+
     def _apply_canary(self, a: ApplyCanary) -> str:
         stable: Any = self.cache.deployment(a.namespace, a.name)
         if stable is None:
@@ -603,6 +684,7 @@ class Executor:
         image: str,
         container: str | None,
         marker: str,
+        track: str = "",
     ) -> str:
         stable: Any = self.cache.deployment(ns, name)
         if stable is None:
@@ -613,6 +695,11 @@ class Executor:
             if container not in names:
                 raise RefusedError(_no_container(container, names, f"{ns}/{name}"))
             spec["template"] = {"spec": {"containers": [{"name": container, "image": image}]}}
+        if track:
+            # Traffic mode: the stable Service selects the stable pods by this label (the
+            # canary pods match the stable's own selector too).
+            template = spec.setdefault("template", {})
+            template["metadata"] = {"labels": {TRACK_LABEL: track}}
         metadata = {"name": name, "namespace": ns, "annotations": {MARKER_ANNOTATION: marker}}
         if replicas is not None:
             hpa = self.cache.autoscaler_of(ns, name)

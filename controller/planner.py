@@ -37,6 +37,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
+from controller.traffic import (
+    STABLE_TRACK,
+    EnsureServices,
+    ObservedRoute,
+    SetRouteWeights,
+    weight_drift,
+)
 from ledger.analysis import checks_for_step
 from ledger.formats import (
     AnnotationSource,
@@ -45,6 +52,7 @@ from ledger.formats import (
     ObservedState,
     PolicySet,
     Target,
+    TrafficRouting,
 )
 from ledger.state import ACTIVE_PHASES, CheckResult, LedgerState, ProposalState, StepInfo
 
@@ -85,6 +93,9 @@ class TargetSettings:
     # How long a canary pod may stay not Ready before it counts as failing; None: the
     # controller's --not-ready-grace-seconds. Large models that load for minutes need more.
     readiness_grace_ms: int | None = None
+    # Traffic mode (controller/traffic.py): the canary's share is set as HTTPRoute weights;
+    # None: replica mode, the share is the canary's part of the pods.
+    traffic: TrafficRouting | None = None
 
 
 def target_settings(policy: PolicySet) -> TargetSettings:
@@ -95,6 +106,7 @@ def target_settings(policy: PolicySet) -> TargetSettings:
     return TargetSettings(
         container=policy.container or None,
         readiness_grace_ms=grace * 1000 if grace is not None and grace >= 0 else None,
+        traffic=policy.traffic,
     )
 
 
@@ -137,6 +149,7 @@ class ObservedDeployment:
     marker: str = ""  # MARKER_ANNOTATION
     proposal: str = ""  # PROPOSAL_ANNOTATION (hex), canary only
     stopping: str = ""  # STOPPING_ANNOTATION: a stop was begun for this reason
+    track: str = ""  # the pod template's TRACK_LABEL (traffic mode labels the stable's pods)
 
     @property
     def container_names(self) -> tuple[str, ...]:
@@ -186,6 +199,12 @@ class ObservedTarget:
     # The HorizontalPodAutoscaler whose scaleTargetRef names the stable Deployment, if any:
     # it owns the stable's replica count, which the controller then only reads.
     autoscaler: str = ""
+    # Traffic mode: the namespace's HTTPRoutes and the names of its Services.
+    routes: tuple[ObservedRoute, ...] = ()
+    services: frozenset[str] = frozenset()
+
+    def route(self, name: str) -> ObservedRoute | None:
+        return next((r for r in self.routes if r.name == name), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +259,7 @@ class ScaleStable:
     image: str  # the image the log implies for the stable (restores a hand-set image)
     marker: str
     container: str | None  # the container `image` is for; None: no image is written
+    track: str = ""  # traffic mode: the pod template label the stable Service selects
 
 
 @dataclass(frozen=True)
@@ -262,6 +282,7 @@ class Promote:
     image: str
     marker: str
     container: str
+    track: str = ""  # traffic mode: the pod template label the stable Service selects
 
 
 @dataclass(frozen=True)
@@ -286,6 +307,8 @@ Action = (
     | StopCanary
     | Promote
     | RemoveCanary
+    | EnsureServices
+    | SetRouteWeights
     | Wait
 )
 
@@ -427,6 +450,14 @@ class _Target:
     def _settings(self, p: ProposalState) -> TargetSettings:
         return target_settings(self.ls.policy_of(p))
 
+    def _traffic(self, p: ProposalState) -> TrafficRouting | None:
+        return self._settings(p).traffic
+
+    def _track(self, p: ProposalState) -> str:
+        """The label traffic mode keeps on the stable's pods ("" in replica mode). Every apply
+        of the stable names it: an apply that left it out would remove it."""
+        return STABLE_TRACK if self._traffic(p) is not None else ""
+
     def _container(self, p: ProposalState) -> tuple[str, str]:
         """(the container `p` updates, "") or ("", the error that says why there is none)."""
         stable = self.obs.stable
@@ -564,8 +595,11 @@ class _Target:
             return [Wait(p.entry_hash, error)]
 
         total, stable_image = self._total(record.total_replicas), record.stable_image
+        traffic = self._traffic(p)
         want_c = canary_replicas(total, cur.weight)
-        want_s = self._owned(total - want_c)
+        # Traffic mode: the stable keeps its N; it takes every request again the moment a stop
+        # sets the canary's weight to 0.
+        want_s = self._owned(total if traffic is not None else total - want_c)
         m = marker(p.entry_hash, rollbacks(p), cur.step)
         candidate = p.proposal.candidate.image
         stable, canary = self.obs.stable, self.obs.canary
@@ -573,7 +607,9 @@ class _Target:
         apply_canary = ApplyCanary(
             self.ns, self.name, want_c, candidate, p.entry_hash, m, container, self._basis(total)
         )
-        scale_stable = ScaleStable(self.ns, self.name, want_s, stable_image, m, container)
+        scale_stable = ScaleStable(
+            self.ns, self.name, want_s, stable_image, m, container, self._track(p)
+        )
 
         applies: list[Action] = []
         drift: list[str] = []
@@ -597,15 +633,47 @@ class _Target:
         ):
             drift.append(_describe(self.name, stable, container, want_s, stable_image))
             applies.append(scale_stable)
+        elif stable.track != self._track(p):
+            drift.append(f"{self.name}: pod label {TRACK_LABEL}={stable.track or '(none)'}")
+            applies.append(scale_stable)
+        route_first: list[Action] = []  # lowering the canary's weight: before anything else
+        route_after: list[Action] = []  # raising it: after the canary is Ready
+        if traffic is not None:
+            if not {traffic.stable_service, traffic.canary_service} <= self.obs.services:
+                applies.insert(0, EnsureServices(self.ns, self.name, traffic))
+            route = self.obs.route(traffic.http_route)
+            live = route.canary_weight(traffic) if route is not None else None
+            set_weights = SetRouteWeights(self.ns, self.name, traffic, cur.weight, m)
+            if route is None:
+                surge = surge or f"HTTPRoute {self.ns}/{traffic.http_route} not found"
+            elif live == cur.weight and route.marker == m:
+                pass
+            elif live is not None and live > cur.weight:
+                if route.marker == m:
+                    drift.append(weight_drift(route, traffic, cur.weight))
+                route_first.append(set_weights)
+            elif route.marker == m:  # weights the controller wrote for this step, changed
+                drift.append(weight_drift(route, traffic, cur.weight))
+                route_after.append(set_weights)
+            elif self._ready_for_weight(canary, stable, m, want_c):
+                route_after.append(set_weights)
+            else:
+                ready = canary.ready_replicas if canary is not None and canary.marker == m else 0
+                surge = surge or (
+                    f"canary pods ready {ready}/{want_c} before HTTPRoute "
+                    f"{traffic.http_route} gives the canary {cur.weight}%"
+                )
         if drift:
             note = "; ".join(drift)
-            return [self._record(p, cur.step, cur.weight, "DRIFT_CORRECTED", note), *applies]
-        holding = self._held(p, applies)
+            drift_step = self._record(p, cur.step, cur.weight, "DRIFT_CORRECTED", note)
+            return [drift_step, *route_first, *applies, *route_after]
+        # A governed pause holds this step's weight: its route writes still go out, in order.
+        holding = self._held(p, [*route_first, *applies, *route_after])
         if holding is not None:
             return holding
-        if applies or surge:
+        if applies or surge or route_first or route_after:
             message = surge or f"applying step {cur.step} ({cur.weight}%)"
-            return [*applies, Wait(p.entry_hash, message)]
+            return [*route_first, *applies, *route_after, Wait(p.entry_hash, message)]
 
         paused = self._paused(p)
         if paused is not None:
@@ -663,8 +731,40 @@ class _Target:
                 candidate,
                 marker(p.entry_hash, rollbacks(p), "promoted"),
                 container,
+                self._track(p),
             ),
         ]
+
+    def _ready_for_weight(
+        self,
+        canary: ObservedDeployment | None,
+        stable: ObservedDeployment,
+        m: str,
+        want_c: int,
+    ) -> bool:
+        """Traffic mode, forward: the step's canary pods are Ready and the stable's pods carry
+        the label its Service selects, so both Services have endpoints for their weights."""
+        return (
+            canary is not None
+            and canary.marker == m
+            and canary.settled(want_c)
+            and stable.marker == m
+            and stable.track == STABLE_TRACK
+            and stable.settled(stable.replicas)
+        )
+
+    def _route_to_stable(
+        self, p: ProposalState, tag: str, cause_seq: int = -1
+    ) -> list[SetRouteWeights]:
+        """Traffic mode: the canary's weight to 0 (all to the stable) unless it is there."""
+        traffic = self._traffic(p)
+        if traffic is None:
+            return []
+        route = self.obs.route(traffic.http_route)
+        if route is None or route.canary_weight(traffic) == 0:
+            return []
+        m = marker(p.entry_hash, rollbacks(p), tag)
+        return [SetRouteWeights(self.ns, self.name, traffic, 0, m, cause_seq)]
 
     def _stop_reason(self, p: ProposalState, stop: EmergencyStop | None) -> tuple[str, int] | None:
         """Why this active rollout must roll back now and the entry that says so (-1 if none)."""
@@ -813,7 +913,8 @@ class _Target:
         assert cur is not None
         stable, canary = self.obs.stable, self.obs.canary
         assert stable is not None
-        out: list[Action] = []
+        # Traffic mode: no request reaches the canary before its replicas go.
+        out: list[Action] = [*self._route_to_stable(p, "rolled-back", cause_seq)]
         if canary is not None and (canary.replicas != 0 or not canary.stopping):
             out.append(StopCanary(self.ns, self.name, reason, cause_seq))
         restore = self._restore_stable(p, total, stable_image)
@@ -841,9 +942,16 @@ class _Target:
             if error:
                 return [Wait(owner.entry_hash, error)]
             candidate = owner.proposal.candidate.image
-            if stable.image(container) != candidate or (not self.hpa and stable.replicas != total):
+            track = self._track(owner)
+            if (
+                stable.image(container) != candidate
+                or (not self.hpa and stable.replicas != total)
+                or (track and stable.track != track)
+            ):
                 m = marker(owner.entry_hash, rollbacks(owner), "promoted")
-                return [Promote(self.ns, self.name, self._owned(total), candidate, m, container)]
+                return [
+                    Promote(self.ns, self.name, self._owned(total), candidate, m, container, track)
+                ]
             if not stable.settled(total):
                 return [
                     Wait(
@@ -851,8 +959,10 @@ class _Target:
                         f"promoted; stable pods ready {stable.ready_replicas}/{total}",
                     )
                 ]
-            return [RemoveCanary(self.ns, self.name)]
-        out: list[Action] = []
+            # Traffic mode: the stable runs the candidate at N; it gets the weight back, then
+            # the canary goes.
+            return [*self._route_to_stable(owner, "promoted"), RemoveCanary(self.ns, self.name)]
+        out: list[Action] = [*self._route_to_stable(owner, "rolled-back")]
         if canary.replicas != 0:
             out.append(StopCanary(self.ns, self.name, canary.stopping or "rollout ended"))
         stable_image = record.stable_image if record else ""
@@ -879,7 +989,7 @@ class _Target:
         if not image_off and not replicas_off:
             return None
         m = marker(p.entry_hash, rollbacks(p), "rolled-back")
-        return ScaleStable(self.ns, self.name, replicas, stable_image, m, container)
+        return ScaleStable(self.ns, self.name, replicas, stable_image, m, container, self._track(p))
 
     # -- after promotion -----------------------------------------------------------------
 
@@ -920,7 +1030,7 @@ class _Target:
         m = marker(last.entry_hash, rollbacks(last), "promoted")
         return [
             self._record(last, cur.step, cur.weight, "DRIFT_CORRECTED", note),
-            Promote(self.ns, self.name, replicas, candidate, m, container),
+            Promote(self.ns, self.name, replicas, candidate, m, container, self._track(last)),
         ]
 
 
