@@ -30,7 +30,16 @@ canary 0 is reported beside it.
 ``--plaintext`` runs the same without TLS, where the attacker shares the address with everyone
 (per-peer append rates off then: they would count all three as one peer).
 
+Traffic mode (``--traffic``; docs/CONTROLLER.md): the Gateway API CRDs installed, the policy
+names an HTTPRoute, and each trial starts once the route gives the canary its 10%. A second
+watch, on the route, stops its clock at the first event where the canary's weight is 0: **ack →
+weight 0** is reported as its own figure, beside ack → canary 0, and every trial checks from the
+two watches' resourceVersions (etcd's one revision counter) that the weight reached 0 before the
+replicas did. Traffic mode runs the quiet trials only (the attack measures the ledger, which
+traffic mode does not change).
+
 Run: python -m bench.killswitch [--smoke] [--trials N] [--no-attack] [--attacker-nice N]
+     [--traffic]
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from infra.processes import start_python, wait_for, wait_for_log, wait_for_port_
 
 REPO = Path(__file__).resolve().parents[1]
 NAME, CANARY = "model-server", "model-server-canary"
+STABLE_SERVICE, CANARY_SERVICE, PORT = "model-server-stable", "model-server-canary", 8080
 V1, V2 = "registry.example/model-server:v1", "registry.example/model-server:v2"
 
 
@@ -59,6 +69,7 @@ class CanaryWatch(threading.Thread):
         super().__init__(daemon=True)
         self.apps, self.ns, self.rv = apps, ns, resource_version
         self.zero_at: float | None = None
+        self.zero_rv = 0  # the resourceVersion of that event (etcd's revision)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -76,10 +87,66 @@ class CanaryWatch(threading.Thread):
                 obj = ev["object"]
                 if ev["type"] == "DELETED" or (obj.spec.replicas or 0) == 0:
                     self.zero_at = time.monotonic()
+                    self.zero_rv = int(obj.metadata.resource_version)
                     break
         finally:
             w.stop()
             self.done.set()
+
+
+class RouteWatch(threading.Thread):
+    """Watches the HTTPRoute from a resourceVersion; notes when the canary's weight is 0."""
+
+    def __init__(self, custom: Any, ns: str, resource_version: str) -> None:
+        super().__init__(daemon=True)
+        self.custom, self.ns, self.rv = custom, ns, resource_version
+        self.zero_at: float | None = None
+        self.zero_rv = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import watch
+
+        w = watch.Watch()
+        try:
+            for ev in w.stream(
+                self.custom.list_namespaced_custom_object,
+                "gateway.networking.k8s.io",
+                "v1",
+                self.ns,
+                "httproutes",
+                field_selector=f"metadata.name={NAME}",
+                resource_version=self.rv,
+                timeout_seconds=30,
+            ):
+                if canary_weight(ev["object"]) == 0:
+                    self.zero_at = time.monotonic()
+                    self.zero_rv = int(ev["object"]["metadata"]["resourceVersion"])
+                    break
+        finally:
+            w.stop()
+            self.done.set()
+
+
+def canary_weight(route: dict[str, Any]) -> int | None:
+    """The canary Service's weight in the route's first rule (None if it has none)."""
+    rules = route.get("spec", {}).get("rules") or [{}]
+    for ref in rules[0].get("backendRefs") or []:
+        if ref.get("name") == CANARY_SERVICE:
+            return int(ref.get("weight", 1))
+    return None
+
+
+def user_route() -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": NAME},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "rules": [{"backendRefs": [{"name": NAME, "port": 80}]}],
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         "--plaintext", action="store_true", help="no TLS: every client is one peer, 127.0.0.1"
     )
     p.add_argument(
+        "--traffic",
+        action="store_true",
+        help="traffic mode: the canary's share is HTTPRoute weight; reports ack → weight 0 "
+        "(quiet trials only)",
+    )
+    p.add_argument(
         "--blocks",
         type=int,
         default=6,
@@ -114,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "outside the bench falls on both alike (1: all quiet trials, then all attacked ones)",
     )
     args = p.parse_args(argv)
+    if args.traffic:
+        args.no_attack = True
     trials = 3 if args.smoke else args.trials
     blocks = 1 if args.no_attack else max(1, min(2 if args.smoke else args.blocks, trials))
     if args.smoke:  # smoke size: the same attack, smaller
@@ -123,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from infra.kube_cluster import LocalCluster
     from ledger.client import LedgerClient
-    from ledger.formats import KillScope, PlanStep
+    from ledger.formats import KillScope, PlanStep, TrafficRouting
     from ledger.scenario import Cast, Flow
 
     report = Report(
-        "killswitch",
+        "killswitch-traffic" if args.traffic else "killswitch",
         params={
+            "mode": "traffic" if args.traffic else "replicas",
             "trials": trials,
             "blocks": blocks,
             "replicas": 4,
@@ -174,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             for manifest in target_manifests(NAME, V1, 4):
                 utils.create_from_dict(api, manifest, namespace=ns)
+            if args.traffic:
+                from infra.gateway_api import install
+
+                install(cluster)
+                client.CustomObjectsApi(api).create_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", ns, "httproutes", user_route()
+                )
             wait_for(
                 "4 ready stable pods",
                 lambda: (apps.read_namespaced_deployment(NAME, ns).status.ready_replicas or 0) >= 4,
@@ -216,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                             PlanStep(50, 0, True),
                             PlanStep(100, 0, False),
                         ),
+                        traffic=TrafficRouting(NAME, STABLE_SERVICE, CANARY_SERVICE, PORT)
+                        if args.traffic
+                        else None,
                     )
                 )
                 with start_python(
@@ -247,10 +333,36 @@ def main(argv: list[str] | None = None) -> int:
                     tmp / "controller.log",
                     cwd=REPO,
                 ):
+                    routes: RouteLatencies = [] if args.traffic else None
                     quiet, attacked = _alternate(
-                        report, args, trials, blocks, led, flow, apps, ns, KillScope, tls, tmp
+                        report,
+                        args,
+                        trials,
+                        blocks,
+                        led,
+                        flow,
+                        apps,
+                        ns,
+                        KillScope,
+                        tls,
+                        tmp,
+                        routes,
                     )
                 led.close()
+            if routes:
+                weight_0 = [t for t, _ in routes]
+                report.add("kill switch → weight 0 p50", median(weight_0) * 1000, "ms")
+                p99 = percentile(weight_0, 99) * 1000
+                report.add("kill switch → weight 0 p99", p99, "ms", "< 500 ms", p99 < 500)
+                report.add("kill switch → weight 0 max", max(weight_0) * 1000, "ms")
+                first = sum(1 for _, before in routes if before)
+                report.add(
+                    "weight 0 before canary 0",
+                    first,
+                    "trials",
+                    f"all {len(routes)}",
+                    first == len(routes),
+                )
             latencies = [acked for _, acked in quiet]
             report.add("kill switch → canary 0 p50", median(latencies) * 1000, "ms")
             p99 = percentile(latencies, 99) * 1000
@@ -323,6 +435,9 @@ class _Tls:
 
 
 Latencies = list[tuple[float, float]]  # (engage sent → canary 0, ack → canary 0), seconds
+# Traffic mode: (ack → weight 0 in seconds, whether the weight reached 0 before the replicas);
+# None in replica mode.
+RouteLatencies = list[tuple[float, bool]] | None
 
 
 def _alternate(
@@ -337,6 +452,7 @@ def _alternate(
     KillScope: Any,
     tls: _Tls | None,
     tmp: Path,
+    routes: RouteLatencies = None,
 ) -> tuple[Latencies, Latencies]:
     """Quiet and attacked trials in alternating blocks: Q A Q A ... (each block its share).
 
@@ -356,7 +472,7 @@ def _alternate(
     sizes = [trials // blocks + (1 if b < trials % blocks else 0) for b in range(blocks)]
     index = 0
     for b, size in enumerate(sizes):
-        quiet += _trials(size, led, flow, apps, ns, KillScope, first=index, label="")
+        quiet += _trials(size, led, flow, apps, ns, KillScope, first=index, label="", routes=routes)
         index += size
         if args.no_attack:
             continue
@@ -472,9 +588,21 @@ def _compare(report: Report, quiet: Latencies, attacked: Latencies) -> None:
 
 
 def _trials(
-    n: int, led: Any, flow: Any, apps: Any, ns: str, KillScope: Any, first: int, label: str
+    n: int,
+    led: Any,
+    flow: Any,
+    apps: Any,
+    ns: str,
+    KillScope: Any,
+    first: int,
+    label: str,
+    routes: RouteLatencies = None,
 ) -> Latencies:
-    """(engage sent → canary 0, ack → canary 0) per trial, in seconds."""
+    """(engage sent → canary 0, ack → canary 0) per trial, in seconds; in traffic mode also
+    (ack → weight 0, weight 0 first) into ``routes``."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(apps.api_client)
     latencies: list[tuple[float, float]] = []
     for i in range(first, first + n):
         p = led.append(
@@ -496,6 +624,25 @@ def _trials(
             60,
             every=0.05,
         )
+        route_watch = None
+        if routes is not None:
+            route = wait_for(
+                f"trial {i}: the route gives the canary 10%",
+                lambda: (
+                    (
+                        r := custom.get_namespaced_custom_object(
+                            "gateway.networking.k8s.io", "v1", ns, "httproutes", NAME
+                        )
+                    )
+                    and canary_weight(r) == 10
+                    and r
+                ),
+                60,
+                every=0.05,
+            )
+            canary = read_deployment(apps, ns, CANARY)
+            route_watch = RouteWatch(custom, ns, route["metadata"]["resourceVersion"])
+            route_watch.start()
         watch = CanaryWatch(apps, ns, canary.metadata.resource_version)
         watch.start()
         time.sleep(
@@ -508,6 +655,17 @@ def _trials(
         if watch.zero_at is None:
             raise TimeoutError(f"trial {i}: the canary never reached 0 replicas")
         latencies.append((max(0.0, watch.zero_at - sent), max(0.0, watch.zero_at - acked)))
+        extra = ""
+        if route_watch is not None and routes is not None:
+            route_watch.done.wait(30)
+            if route_watch.zero_at is None:
+                raise TimeoutError(f"trial {i}: the canary's weight never reached 0")
+            routes.append(
+                (max(0.0, route_watch.zero_at - acked), route_watch.zero_rv < watch.zero_rv)
+            )
+            extra = f", weight 0 at {routes[-1][0] * 1000:.0f} ms" + (
+                "" if routes[-1][1] else " (AFTER the replicas)"
+            )
         wait_for(
             f"trial {i}: stable back at 4, canary gone",
             lambda: (
@@ -522,7 +680,8 @@ def _trials(
         )
         print(
             f"  trial {i + 1 - first}/{n}{label}: "
-            f"{latencies[-1][1] * 1000:.0f} ms from the ack, {latencies[-1][0] * 1000:.0f} ms from sending",
+            f"{latencies[-1][1] * 1000:.0f} ms from the ack, {latencies[-1][0] * 1000:.0f} ms from sending"
+            f"{extra}",
             flush=True,
         )
     return latencies

@@ -79,7 +79,7 @@ MARKS = {
 }
 
 
-def run_smoke(name: str, tmp: Path, *extra: str) -> dict:
+def run_smoke(name: str, tmp: Path, *extra: str, result: str = "") -> dict:
     env = {**os.environ, "STEWARD_BENCH_RESULTS": str(tmp / "results"), "PYTHONUNBUFFERED": "1"}
     out = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--smoke", *extra],
@@ -90,7 +90,7 @@ def run_smoke(name: str, tmp: Path, *extra: str) -> dict:
         timeout=1200,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return json.loads((tmp / "results" / f"{name}.json").read_text())
+    return json.loads((tmp / "results" / f"{result or name}.json").read_text())
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS.get(n, [])) for n in EXPECTED])
@@ -102,6 +102,19 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
     assert not missing, f"{name} did not report {missing}; it reported {sorted(metrics)}"
     assert all(isinstance(r["value"], int | float) for r in doc["rows"])
     assert doc["machine"]["cpus"]
+
+
+@pytest.mark.kube
+def test_killswitch_traffic_mode_reports_ack_to_weight_0(tmp_path: Path) -> None:
+    """Traffic mode: ack → weight 0 is its own figure, and in every trial the route's weight
+    reached 0 before the canary's replicas did (the bench checks it from the two watches)."""
+    doc = run_smoke("killswitch", tmp_path, "--traffic", result="killswitch-traffic")
+    rows = {r["metric"]: r for r in doc["rows"]}
+    for metric in ("kill switch → weight 0 p50", "kill switch → weight 0 p99"):
+        assert isinstance(rows[metric]["value"], int | float) and rows[metric]["value"] > 0
+    assert "kill switch → canary 0 p99" in rows
+    order = rows["weight 0 before canary 0"]
+    assert order["value"] == doc["params"]["trials"] and order["met"] is True
 
 
 def test_run_all_rejects_unknown_bench() -> None:
