@@ -71,9 +71,22 @@ def render_header(info: RolloutInfo, cluster: ClusterView) -> list[str]:
         rows.append(("Message", info.message))
     rows.append(("Step", f"{info.step}/{info.steps}" if info.steps else str(info.step)))
     rows.append(("SetWeight", f"{info.weight}%"))
-    actual = actual_weight(cluster)
+    # Traffic mode: the weight is what the HTTPRoute gives the canary Service, per route;
+    # replica mode: the canary's part of the ready pods.
+    routed = [(r, r.canary_percent) for r in cluster.routes]
+    actual = next((pct for _, pct in routed if pct is not None), None)
+    if actual is None and not routed:
+        actual = actual_weight(cluster)
     if actual is not None:
         rows.append(("ActualWeight", f"{actual}%"))
+    for i, (route, _) in enumerate(routed):
+        services = ", ".join(
+            f"Service {name}{f' ({track})' if track else ''} {w}"
+            for name, track, w in route.backends
+        )
+        rows.append(
+            ("Traffic" if i == 0 else "", f"HTTPRoute {route.name}: {services or '(none)'}")
+        )
     stable = info.stable_image or next(
         (d.image for d in cluster.deployments if d.track == "stable"), ""
     )

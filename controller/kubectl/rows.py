@@ -104,9 +104,26 @@ class DeploymentRow:
     created: dt.datetime | None = None
 
 
+@dataclass(frozen=True)
+class RouteRow:
+    """Traffic mode: an HTTPRoute the controller writes for the target, and the weight it gives
+    each Service in its first rule (the controller writes every rule alike)."""
+
+    name: str
+    backends: tuple[tuple[str, str, int], ...]  # (Service, track: stable/canary/"", weight)
+
+    @property
+    def canary_percent(self) -> int | None:
+        """The canary's share of the route's weight now, in percent (None: no weight at all)."""
+        total = sum(w for _, _, w in self.backends)
+        canary = sum(w for _, track, w in self.backends if track == "canary")
+        return None if total == 0 else round(100 * canary / total)
+
+
 @dataclass
 class ClusterView:
     deployments: list[DeploymentRow] = field(default_factory=list)
+    routes: list[RouteRow] = field(default_factory=list)
     replicasets: list[ReplicaSetRow] = field(default_factory=list)
     pods: list[PodRow] = field(default_factory=list)
     error: str = ""  # why the cluster could not be read (the header still prints)

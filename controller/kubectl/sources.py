@@ -25,6 +25,7 @@ from controller.kubectl.rows import (
     PodRow,
     ReplicaSetRow,
     RolloutInfo,
+    RouteRow,
     display_phase,
     object_name,
 )
@@ -214,7 +215,57 @@ def read_cluster(api: ApiClient, namespace: str, deployment: str) -> ClusterView
                 p.metadata.deletion_timestamp is not None,
             )
         )
+    view.routes = read_routes(api, namespace, deployment)
     return view
+
+
+def read_routes(api: ApiClient, namespace: str, deployment: str) -> list[RouteRow]:
+    """Traffic mode: the HTTPRoutes the controller annotated as the target's, with the weight
+    each Service gets (its track read from the Services the controller labels). None when the
+    cluster serves no HTTPRoute (replica mode needs none) or the reader may not list them."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from controller.planner import TRACK_LABEL
+    from controller.traffic import (
+        ROUTE_GROUP,
+        ROUTE_PLURAL,
+        ROUTE_TARGET_ANNOTATION,
+        ROUTE_VERSION,
+        route_backends,
+    )
+
+    try:
+        listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            ROUTE_GROUP, ROUTE_VERSION, namespace, ROUTE_PLURAL
+        )
+    except ApiException as exc:
+        if exc.status in (403, 404):
+            return []
+        raise
+    mine = [
+        r
+        for r in listed.get("items", [])
+        if (r.get("metadata", {}).get("annotations") or {}).get(ROUTE_TARGET_ANNOTATION)
+        == deployment
+    ]
+    if not mine:
+        return []
+    core: Any = client.CoreV1Api(api)
+    tracks = {
+        s.metadata.name: (s.metadata.labels or {}).get(TRACK_LABEL, "")
+        for s in core.list_namespaced_service(namespace, label_selector=f"app={deployment}").items
+    }
+    rows = []
+    for r in sorted(mine, key=lambda r: r["metadata"]["name"]):
+        rules = route_backends(r)
+        first = rules[0] if rules else ()
+        rows.append(
+            RouteRow(
+                r["metadata"]["name"], tuple((name, tracks.get(name, ""), w) for name, w in first)
+            )
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ the two objects is the order the API server committed them.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +23,12 @@ from kubernetes import client, watch
 
 from controller.traffic import ROUTE_GROUP, ROUTE_PLURAL, ROUTE_VERSION, ObservedRoute
 from controller.traffic import observed_route as parse_route
+from infra.kube_cluster import LocalCluster
 from infra.kube_workload import read_deployment
 from infra.processes import wait_for
 from ledger.formats import KillScope, TrafficRouting
 from tests.e2e.conftest import FAST_PLAN, V2, Controllers, Ledger
+from tests.e2e.test_kubectl_plugin import Kubectl
 
 pytestmark = pytest.mark.kube
 
@@ -183,6 +187,12 @@ def traffic(
         rec.stop.set()
 
 
+@pytest.fixture
+def cli(kube_cluster: LocalCluster, ledger: Ledger, tmp_path: Path) -> Kubectl:
+    """The built kubectl finding the kubectl-steward plugin on PATH (test_kubectl_plugin's)."""
+    return Kubectl(kube_cluster, ledger, tmp_path)
+
+
 def read_route(custom: client.CustomObjectsApi, ns: str) -> dict[str, Any]:
     return custom.get_namespaced_custom_object(ROUTE_GROUP, ROUTE_VERSION, ns, ROUTE_PLURAL, NAME)
 
@@ -272,6 +282,7 @@ def test_kill_switch_takes_the_weight_to_0_before_the_replicas(
 
 
 def test_a_hand_edited_route_is_corrected_and_recorded(
+    cli: Kubectl,
     ledger: Ledger,
     controllers: Controllers,
     traffic: Recorder,
@@ -283,6 +294,15 @@ def test_a_hand_edited_route_is_corrected_and_recorded(
     controllers.start()
     p, _ = ledger.approved(ns)
     wait_for("weight 50 at step 1", lambda: traffic.live_weight() == 50, 60)
+    # `kubectl steward get` shows the weight set and the weight the route gives each Service.
+    got = cli.run("steward", "get", f"{NAME}-{p.hex()[:10]}", "-n", ns).stdout
+    assert re.search(r"SetWeight:\s+50%", got), got
+    assert re.search(r"ActualWeight:\s+50%", got), got
+    assert re.search(
+        r"Traffic:\s+HTTPRoute model-server: Service model-server-stable \(stable\) 50, "
+        r"Service model-server-canary \(canary\) 50",
+        got,
+    ), got
     # Someone sends 80% to the canary by hand (the step's marker left as it was).
     route = read_route(custom, ns)
     rules = route["spec"]["rules"]

@@ -169,6 +169,29 @@ def test_tree_nests_deployments_replicasets_and_pods_like_argo() -> None:
     }
 
 
+def test_traffic_mode_header_shows_set_and_actual_weight_per_service_of_the_route() -> None:
+    """As `kubectl argo rollouts get` does: the weight the step sets, and what the route gives
+    now (here a hand edit the controller has not yet corrected: 80 against a set 50)."""
+    import dataclasses
+
+    route = rows.RouteRow(
+        "model-server",
+        (("model-server-stable", "stable", 20), ("model-server-canary", "canary", 80)),
+    )
+    lines = render.render_header(INFO, dataclasses.replace(CLUSTER, routes=[route]))
+    fields = {line[:14].strip(): line[14:] for line in lines}
+    assert fields["SetWeight:"] == "50%"
+    assert fields["ActualWeight:"] == "80%"  # the route's share, not the pods' (33%)
+    assert fields["Traffic:"] == (
+        "HTTPRoute model-server: Service model-server-stable (stable) 20, "
+        "Service model-server-canary (canary) 80"
+    )
+    # A route with no weight at all (every backend 0) has no actual weight to show.
+    empty = rows.RouteRow("r", (("model-server-stable", "stable", 0),))
+    text = "\n".join(render.render_header(INFO, dataclasses.replace(CLUSTER, routes=[empty])))
+    assert "ActualWeight" not in text and "HTTPRoute r: Service model-server-stable" in text
+
+
 def test_without_a_cluster_the_header_says_why() -> None:
     text = render.render_get(
         INFO, rows.ClusterView(error="no kubeconfig (pass --kubeconfig or set KUBECONFIG)"), NOW
