@@ -633,7 +633,9 @@ class _Target:
         ):
             drift.append(_describe(self.name, stable, container, want_s, stable_image))
             applies.append(scale_stable)
-        elif stable.track != self._track(p):
+        elif traffic is not None and stable.track != STABLE_TRACK:
+            # Only in traffic mode: in replica mode the label is the user's to set or not (a
+            # stable may well carry steward.dev/track=stable of its own).
             drift.append(f"{self.name}: pod label {TRACK_LABEL}={stable.track or '(none)'}")
             applies.append(scale_stable)
         route_first: list[Action] = []  # lowering the canary's weight: before anything else

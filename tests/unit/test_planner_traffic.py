@@ -60,7 +60,8 @@ class TrafficSim(Sim):
             self.services = self.services | {a.routing.stable_service, a.routing.canary_service}
             return True
         ok = super().execute(a)
-        if isinstance(a, ScaleStable | Promote) and self.stable is not None:
+        if isinstance(a, ScaleStable | Promote) and a.track and self.stable is not None:
+            # The executor adds the label in traffic mode; without one it leaves labels alone.
             self.stable = dataclasses.replace(self.stable, track=a.track)
         return ok
 
@@ -248,3 +249,16 @@ def test_replica_mode_never_touches_a_route(h: Harness, sim: TrafficSim) -> None
     assert sim.stable is not None and sim.stable.track == ""
     h.ok(h.flow.kill(KillScope("PROPOSAL", proposal=p)))
     assert kinds(sim.plan())[0] == "StopCanary"
+
+
+def test_replica_mode_leaves_a_stable_labelled_by_its_owner_alone(h: Harness) -> None:
+    """k8s/sample's stable carries steward.dev/track=stable itself: in replica mode that is the
+    user's label, not drift (an earlier draft recorded DRIFT_CORRECTED for it in a loop)."""
+    sim = TrafficSim(h)
+    assert sim.stable is not None
+    sim.stable = dataclasses.replace(sim.stable, track=STABLE_TRACK)
+    p, _ = h.approved()
+    sim.run()
+    assert sim.replicas() == (2, 2)
+    assert "DRIFT_CORRECTED" not in [phase for _, _, phase in sim.phases(p)]
+    assert sim.stable is not None and sim.stable.track == STABLE_TRACK
