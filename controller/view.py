@@ -134,7 +134,8 @@ def _view(
     if phase == "PROMOTED":
         weight = 100
     want_c = canary_replicas(total, weight) if phase in ("STARTED", "ADVANCED", "PAUSED") else 0
-    want_s = total if hpa else total - want_c
+    # Traffic mode: the stable keeps N during the rollout (the route, not the pods, splits).
+    want_s = total if hpa or target_settings(policy).traffic is not None else total - want_c
     canary = (
         obs.canary if obs and obs.canary and obs.canary.proposal == p.entry_hash.hex() else None
     )

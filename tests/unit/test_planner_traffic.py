@@ -262,3 +262,15 @@ def test_replica_mode_leaves_a_stable_labelled_by_its_owner_alone(h: Harness) ->
     assert sim.replicas() == (2, 2)
     assert "DRIFT_CORRECTED" not in [phase for _, _, phase in sim.phases(p)]
     assert sim.stable is not None and sim.stable.track == STABLE_TRACK
+
+
+def test_the_read_model_says_the_stable_keeps_n_in_traffic_mode(
+    h: Harness, sim: TrafficSim
+) -> None:
+    from controller.view import rollout_views
+
+    p, _ = h.approved(traffic=ROUTING)
+    sim.run()
+    (view,) = rollout_views(sim.fold(), sim.observed(), sim.plan())
+    assert view.proposal == p
+    assert (view.weight, view.desired_stable_replicas, view.desired_canary_replicas) == (50, 4, 2)
