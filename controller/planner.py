@@ -1016,9 +1016,32 @@ class _Target:
         if error:
             return [Wait(last.entry_hash, f"promoted; {error}")]
         candidate, replicas = last.proposal.candidate.image, self._owned(record.total_replicas)
-        if stable.image(container) == candidate and replicas in (None, stable.replicas):
+        m = marker(last.entry_hash, rollbacks(last), "promoted")
+        notes: list[str] = []
+        fixes: list[Action] = []
+        # Traffic mode: the canary is gone, so every request belongs to the stable. Only a
+        # route the controller wrote for this promotion (its marker) is held to that: a route
+        # someone has since taken over, marker and all, is theirs.
+        traffic = self._traffic(last)
+        route = self.obs.route(traffic.http_route) if traffic is not None else None
+        if (
+            traffic is not None
+            and route is not None
+            and route.marker == m
+            and route.canary_weight(traffic) != 0
+        ):
+            notes.append(weight_drift(route, traffic, 0) + " (promoted)")
+            fixes.append(SetRouteWeights(self.ns, self.name, traffic, 0, m))
+        if stable.image(container) != candidate or replicas not in (None, stable.replicas):
+            notes.append(
+                _describe(self.name, stable, container, replicas, candidate) + " (promoted)"
+            )
+            fixes.append(
+                Promote(self.ns, self.name, replicas, candidate, m, container, self._track(last))
+            )
+        if not notes:
             return []
-        note = _describe(self.name, stable, container, replicas, candidate) + " (promoted)"
+        note = "; ".join(notes)
         scope = self.ls.kill_switch_for(last)
         if scope is not None:
             seq = self.ls.kill_switches[scope]
@@ -1029,11 +1052,7 @@ class _Target:
                     f"engaged at seq {seq} is on",
                 )
             ]
-        m = marker(last.entry_hash, rollbacks(last), "promoted")
-        return [
-            self._record(last, cur.step, cur.weight, "DRIFT_CORRECTED", note),
-            Promote(self.ns, self.name, replicas, candidate, m, container, self._track(last)),
-        ]
+        return [self._record(last, cur.step, cur.weight, "DRIFT_CORRECTED", note), *fixes]
 
 
 def _runs(pod: ObservedPod, container: str, image: str) -> bool:

@@ -274,3 +274,38 @@ def test_the_read_model_says_the_stable_keeps_n_in_traffic_mode(
     (view,) = rollout_views(sim.fold(), sim.observed(), sim.plan())
     assert view.proposal == p
     assert (view.weight, view.desired_stable_replicas, view.desired_canary_replicas) == (50, 4, 2)
+
+
+def test_after_promotion_a_route_sending_weight_to_the_removed_canary_is_drift(
+    h: Harness, sim: TrafficSim
+) -> None:
+    p, _ = h.approved(traffic=ROUTING, plan=(PlanStep(100, 0, False),))
+    sim.run()
+    assert sim.phases(p)[-1][2] == "PROMOTED" and sim.canary is None
+    assert sim.route is not None and sim.canary_weight() == 0
+    promoted = sim.route
+    edited = (("model-server-stable", 70), ("model-server-canary", 30))
+    sim.route = ObservedRoute(promoted.name, (edited,), promoted.marker)
+    actions = sim.plan()
+    assert kinds(actions) == ["RecordStep:DRIFT_CORRECTED", "SetRouteWeights"]
+    record, fix = actions
+    assert isinstance(record, RecordStep) and "(promoted)" in record.reason
+    assert isinstance(fix, SetRouteWeights) and fix.canary_weight == 0
+    sim.run()
+    assert sim.canary_weight() == 0 and sim.plan() == []
+    # Under a kill switch in scope it is reported, not corrected (on-call may be at work).
+    sim.route = ObservedRoute(promoted.name, (edited,), promoted.marker)
+    h.ok(h.flow.kill(KillScope("TARGET", "models", "model-server")))
+    waits = sim.plan()
+    assert kinds(waits) == ["Wait"] and "not corrected while the TARGET kill switch" in (
+        waits[0].message  # type: ignore[union-attr]
+    )
+
+
+def test_after_promotion_a_route_someone_took_over_is_theirs(h: Harness, sim: TrafficSim) -> None:
+    h.approved(traffic=ROUTING, plan=(PlanStep(100, 0, False),))
+    sim.run()
+    assert sim.route is not None
+    # Rewritten by someone else, our marker gone with it: not the controller's to undo.
+    sim.route = ObservedRoute(sim.route.name, ((("model-server-v3", 1),),), "")
+    assert sim.plan() == []
