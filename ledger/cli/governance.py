@@ -30,6 +30,7 @@ from ledger.formats import (
     RequiredEval,
     RootKey,
     TargetSelector,
+    TrafficRouting,
 )
 
 
@@ -127,6 +128,17 @@ def load_policy(path: Path) -> PolicySet:
                     ),
                 )
             )
+        traffic = doc.get("traffic")
+        if traffic is not None and not isinstance(traffic, dict):
+            raise CliError(
+                f"{path}: traffic: expected a mapping of http_route, stable_service, "
+                f"canary_service and port, observed {type(traffic).__name__}"
+            )
+        notify = doc.get("notify", [])
+        if not isinstance(notify, list):
+            raise CliError(
+                f"{path}: notify: expected a list of webhook URLs, observed {type(notify).__name__}"
+            )
         grace = doc.get("readiness_grace_seconds")
         container = doc.get("container")
         approvals = doc.get("approvals", {})
@@ -147,6 +159,15 @@ def load_policy(path: Path) -> PolicySet:
             analysis=tuple(analysis),
             container=None if container is None else str(container),
             readiness_grace_seconds=None if grace is None else int(grace),
+            traffic=None
+            if traffic is None
+            else TrafficRouting(
+                http_route=str(need(traffic, "http_route", "traffic.")),
+                stable_service=str(need(traffic, "stable_service", "traffic.")),
+                canary_service=str(need(traffic, "canary_service", "traffic.")),
+                port=int(need(traffic, "port", "traffic.")),
+            ),
+            notify=tuple(str(url) for url in notify),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise CliError(f"{path}: {exc}") from exc
