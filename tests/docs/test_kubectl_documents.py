@@ -201,6 +201,9 @@ def kubectl_scene(world: World, reader: Reader, *, healthy: bool) -> Scene:
             f"kubectl steward get {DEPLOYMENT}-3fa2c1d4e5 -n models -w": world.back_to_the_rollout,
             "kubectl steward pause": lambda: world.running_again(reader),
             "kubectl steward retry": world.rolled_back,
+            # "Plain kubectl" shows the promoted rollout's conditions and Events (the proposal
+            # of the moment by then is the one `reject` vetoed, which never completes).
+            "kubectl get modelrollouts": world.back_to_the_rollout,
         },
         follow=(
             "kubectl steward get 3fa2c1 -n models -w",
