@@ -33,7 +33,7 @@ import yaml
 
 from ledger.errors import ConfigError
 from ledger.grpc_errors import ServiceError, abort, status_for
-from ledger.limits import StreamSlots
+from ledger.limits import PenaltyBox, StreamSlots
 
 APPEND, READ, QUERY, ADMIN = "append", "read", "query", "admin"
 PERMISSIONS = (APPEND, READ, QUERY, ADMIN)
@@ -174,16 +174,24 @@ class AccessPolicy:
 
 
 class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Checks permissions (with an access policy) and takes a stream slot for every stream.
+    """Checks permissions (with an access policy) and takes a stream slot for every stream;
+    refuses the ``AppendStream`` of a peer in the penalty box before either.
 
     The checks run in the call's worker thread, before the servicer; a refused call returns at
     once, so its worker is free again in microseconds.
     """
 
-    def __init__(self, policy: AccessPolicy | None, slots: StreamSlots, log: Any) -> None:
+    def __init__(
+        self,
+        policy: AccessPolicy | None,
+        slots: StreamSlots,
+        log: Any,
+        penalty_box: PenaltyBox | None = None,
+    ) -> None:
         self.policy = policy
         self.slots = slots
         self.log = log
+        self.penalty_box = penalty_box
 
     def _check(self, method: str, context: grpc.ServicerContext, request: Any) -> None:
         if self.policy is None:
@@ -210,6 +218,16 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                     field=permission,
                 )
 
+    def _boxed(self, peer: str) -> ServiceError | None:
+        """The refusal of a peer in the penalty box, None for one that is not."""
+        if self.penalty_box is None:
+            return None
+        try:
+            self.penalty_box.check(peer)
+        except ServiceError as exc:
+            return exc
+        return None
+
     def _refuse(self, context: grpc.ServicerContext, exc: ServiceError) -> NoReturn:
         abort(context, status_for(exc, self.log))
 
@@ -219,6 +237,7 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method: str = details.method
         streaming = handler.request_streaming or handler.response_streaming
+        boxed_method = method == _LEDGER + "AppendStream"  # what a boxed peer loses first
         gate = self
 
         if handler.unary_unary is not None:
@@ -240,8 +259,17 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
             try:
                 gate._check(method, context, request)
                 peer = peer_identity(context)
+                boxed = gate._boxed(peer) if boxed_method else None
                 if streaming:
                     gate.slots.acquire(peer, method.rsplit("/", 1)[-1])
+                if boxed is not None:  # held in its slot, then refused; no batch is read
+                    try:
+                        box = gate.penalty_box
+                        assert box is not None
+                        box.hold(peer, context.is_active)
+                    finally:
+                        gate.slots.release(peer)
+                    raise boxed
             except ServiceError as exc:
                 gate._refuse(context, exc)
             return peer

@@ -12,8 +12,17 @@ Two resources a client can take from everyone else, bounded here:
   verified); ``KillSwitchEngaged`` sent with a unary ``Append`` is charged to its own bucket per
   peer instead, so a peer that flooded proposals can still stop a rollout.
 
+- **The penalty box.** A peer whose appends are refused for a rate limit ``strikes`` times
+  within ``window`` seconds has every ``AppendStream`` refused at the gate, before a slot, a
+  thread or a byte of its batches is spent on it, and every unary ``Append`` other than a
+  ``KillSwitchEngaged`` refused before it is checked, for ``cooldown`` seconds. A flood of
+  streams that the rate limit refuses one by one, each after the server has started it and read
+  its first batch, thus becomes a flood of refusals that cost the server almost nothing
+  (docs/security/network.md, "The penalty box").
+
 Every refusal is a :class:`ledger.grpc_errors.ServiceError` with ``RESOURCE_EXHAUSTED``, the
-violation code ``STREAM_LIMIT`` or ``RATE_LIMITED`` and the limit's name as the field.
+violation code ``STREAM_LIMIT``, ``RATE_LIMITED`` or ``PENALTY_BOX`` and the limit's name as
+the field.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from ledger.grpc_errors import ServiceError
 
 STREAM_LIMIT_CODE = "STREAM_LIMIT"
 RATE_LIMITED_CODE = "RATE_LIMITED"
+PENALTY_BOX_CODE = "PENALTY_BOX"
 
 
 @dataclass(frozen=True)
@@ -199,3 +209,113 @@ class StreamSlots:
             self._by_peer[peer] -= 1
             if self._by_peer[peer] <= 0:
                 del self._by_peer[peer]
+
+
+@dataclass(frozen=True)
+class PenaltyRule:
+    """`strikes` rate-limit refusals of one peer within `window_s` seconds box its appends for
+    `cooldown_s` seconds."""
+
+    strikes: int
+    window_s: float
+    cooldown_s: float
+
+    def __post_init__(self) -> None:
+        if self.strikes < 1 or self.window_s <= 0 or self.cooldown_s <= 0:
+            raise ValueError(
+                "a penalty box needs strikes >= 1, window > 0 and cooldown > 0, got "
+                f"{self.strikes} strikes in {self.window_s:g} s, cooldown {self.cooldown_s:g} s"
+            )
+
+    def describe(self) -> str:
+        return (
+            f"{self.strikes} rate-limit refusals within {self.window_s:g} s: appends refused "
+            f"for {self.cooldown_s:g} s"
+        )
+
+
+class PenaltyBox:
+    """Peers whose appends were refused for a rate limit too often, refused early for a while.
+
+    Why: a refusal by the per-peer rate comes only after the server has started the stream (a
+    slot, two threads) and read its first batch; a client that reopens refused streams at once
+    makes hundreds of them a second (docs/PERFORMANCE.md, "Kill switch under attack"). Once a
+    peer has shown that it does not back off, its streams are refused at the gate instead, which
+    costs a fraction of that. Keyed by peer, like the rate: another peer never shares a box, and
+    a boxed peer may still engage a kill switch (its own bucket, ``kill_switch_rate_per_peer``).
+    """
+
+    _SWEEP_EVERY = 1024
+
+    def __init__(
+        self,
+        rule: PenaltyRule,
+        clock: Callable[[], float] = time.monotonic,
+        hold_s: float = 1.0,
+    ) -> None:
+        self.rule = rule
+        self.hold_s = hold_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._strikes: dict[str, list[float]] = {}  # peer -> times of its recent strikes
+        self._until: dict[str, float] = {}  # peer -> end of its cool-down
+        self._calls = 0
+
+    def strike(self, peer: str) -> None:
+        """One refusal of `peer`'s appends for a rate limit; boxes it on the last allowed one."""
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._strikes.get(peer, ()) if now - t < self.rule.window_s]
+            recent.append(now)
+            if len(recent) >= self.rule.strikes:
+                self._until[peer] = now + self.rule.cooldown_s
+                recent = []
+            self._strikes[peer] = recent
+            self._calls += 1
+            if self._calls % self._SWEEP_EVERY == 0:
+                self._sweep(now)
+
+    def check(self, peer: str) -> None:
+        """Refuse when `peer` is in the box (charges and counts nothing)."""
+        until = self._until.get(peer)
+        if until is None:
+            return
+        left = until - self._clock()
+        if left <= 0:
+            with self._lock:
+                if self._until.get(peer) == until:
+                    del self._until[peer]
+            return
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"penalty_box ({self.rule.describe()}): peer {peer} is refused appends for "
+            f"{left:.1f} s more; a KillSwitchEngaged sent with Append is still accepted",
+            violation_code=PENALTY_BOX_CODE,
+            field="penalty_box",
+        )
+
+    def hold(self, peer: str, is_active: Callable[[], bool]) -> None:
+        """Wait up to ``hold_s`` (less when the box ends sooner) before a boxed stream is
+        refused, while the caller is still there.
+
+        Why: a client that reopens a refused stream as soon as it hears the refusal would
+        otherwise hear it within a millisecond and make hundreds of streams a second, each
+        still costing the server its HTTP/2 and TLS work. Held, such a client opens one stream
+        per ``hold_s`` for each stream it runs. The held stream keeps the slot it took
+        (``max_streams_per_peer``), so holding never costs more threads than the peer may hold
+        anyway, and a peer that opens streams without waiting gets the stream limit's
+        immediate refusal past its slots."""
+        deadline = min(self._clock() + self.hold_s, self._until.get(peer, 0.0))
+        while is_active():
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    def _sweep(self, now: float) -> None:
+        for peer, times in list(self._strikes.items()):
+            if not times or now - times[-1] >= self.rule.window_s:
+                del self._strikes[peer]
+        for peer, until in list(self._until.items()):
+            if until <= now:
+                del self._until[peer]

@@ -33,7 +33,7 @@ from ledger.access import AccessPolicy, ServerGate, is_loopback
 from ledger.errors import ConfigError, StewardError, StoreDamagedError
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
-from ledger.limits import AppendLimits, RateLimit, StreamSlots
+from ledger.limits import AppendLimits, PenaltyBox, PenaltyRule, RateLimit, StreamSlots
 from ledger.server_flags import add_server_arguments
 from ledger.server_tls import server_credentials
 from ledger.servicer import SERVICE_NAME, LedgerServicer
@@ -81,6 +81,9 @@ class LedgerServerConfig:
     append_rate_per_peer: RateLimit | None = None
     append_rate_per_principal: RateLimit | None = None
     kill_switch_rate_per_peer: RateLimit | None = None
+    # Strikes (rate-limit refusals) of one peer within a window that box its appends for a
+    # cool-down (ledger.limits.PenaltyBox); None: no box.
+    penalty_box: PenaltyRule | None = None
     # A second, plaintext port that serves only grpc.health.v1.Health (for kubelet probes,
     # which cannot present a client certificate).
     health_listen: str | None = None
@@ -220,6 +223,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         config.append_rate_per_principal,
         config.kill_switch_rate_per_peer,
     )
+    box = PenaltyBox(config.penalty_box) if config.penalty_box is not None else None
     if config.unary_workers < 2:
         raise ConfigError("unary_workers must be at least 2: the lane that streams cannot fill")
     _warn_about_exposure(config, creds)
@@ -262,6 +266,13 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # A fixed receive window per stream (64 KiB, gRPC's default lookahead) instead of one
+        # that bandwidth probing grows to megabytes: a stream the gate holds or refuses without
+        # reading can make the server take in (decrypt, frame, buffer) only that much. Measured
+        # with the bench's attacker: 0.15 -> 0.06 cores of server CPU (docs/PERFORMANCE.md,
+        # "Kill switch under attack"). 64 KiB in flight per stream is still far more than the
+        # ingest rate needs on a LAN.
+        ("grpc.http2.bdp_probe", 0),
     ]
     # Streams hold at most max_streams workers (ServerGate refuses the next one), so
     # unary_workers always remain for unary calls.
@@ -270,7 +281,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
             max_workers=config.max_streams + config.unary_workers, thread_name_prefix="ledger-rpc"
         ),
         options=options,
-        interceptors=[ServerGate(policy, slots, log)],
+        interceptors=[ServerGate(policy, slots, log, box)],
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
         LedgerServicer(
@@ -279,6 +290,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
             stream_idle_seconds=config.stream_idle_seconds,
             limits=limits if limits.enabled else None,
             access=policy,
+            penalty_box=box,
         ),
         server,
     )
@@ -512,6 +524,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             append_rate_per_peer=_rate(args.append_rate_per_peer),
             append_rate_per_principal=_rate(args.append_rate_per_principal),
             kill_switch_rate_per_peer=_rate(args.kill_switch_rate_per_peer),
+            penalty_box=PenaltyRule(*args.penalty_box) if args.penalty_box else None,
             max_message_bytes=args.max_message_bytes,
             verify_processes=args.verify_processes,
             witnesses=tuple(WitnessEndpoint.parse(w) for w in args.witness),

@@ -25,12 +25,35 @@ def rate_limit(text: str) -> tuple[float, int] | None:
     return parsed
 
 
+def penalty_rule(text: str) -> tuple[int, float, float] | None:
+    """``STRIKES:WINDOW_S:COOLDOWN_S`` or ``off``; for argparse."""
+    if text == "off":
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        parsed = (int(parts[0]), float(parts[1]), float(parts[2]))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected STRIKES:WINDOW_S:COOLDOWN_S or off, got {text!r}"
+        ) from exc
+    if parsed[0] < 1 or parsed[1] <= 0 or parsed[2] <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: strikes must be >= 1, the window and the cool-down > 0"
+        )
+    return parsed
+
+
 # The limits `python -m ledger.server` and `steward serve` apply unless told otherwise; the
 # Python API (LedgerServerConfig) enforces none by default. Generous for people and one
 # controller, tight enough that one agent cannot bury the log (docs/security/network.md).
 DEFAULT_APPEND_RATE_PER_PEER = "2000:10000"
 DEFAULT_APPEND_RATE_PER_PRINCIPAL = "100:1000"
 DEFAULT_KILL_SWITCH_RATE_PER_PEER = "10:100"
+# 16 refusals for a rate in 10 s: far more than a client that backs off ever collects, and a
+# client that reopens refused streams at once collects them in a fraction of a second.
+DEFAULT_PENALTY_BOX = "16:10:10"
 
 
 def add_server_arguments(
@@ -149,6 +172,16 @@ def add_server_arguments(
         default=DEFAULT_KILL_SWITCH_RATE_PER_PEER,
         help="KillSwitchEngaged per second a peer may send by Append, in a bucket of "
         f"their own (default {DEFAULT_KILL_SWITCH_RATE_PER_PEER})",
+    )
+    lim.add_argument(
+        "--penalty-box",
+        type=penalty_rule,
+        metavar="STRIKES:WINDOW_S:COOLDOWN_S|off",
+        default=DEFAULT_PENALTY_BOX,
+        help="a peer whose appends are refused for a rate limit STRIKES times within WINDOW_S "
+        "seconds has its AppendStreams, and its Appends other than KillSwitchEngaged, refused "
+        f"early for COOLDOWN_S seconds (RESOURCE_EXHAUSTED, PENALTY_BOX; default "
+        f"{DEFAULT_PENALTY_BOX})",
     )
     w = p.add_argument_group("witnesses (docs/WITNESS.md)")
     w.add_argument(

@@ -23,7 +23,7 @@ from ledger.core import Receipt
 from ledger.errors import StewardError
 from ledger.formats import KillSwitchEngaged
 from ledger.grpc_errors import ServiceError, guarded, status_for
-from ledger.limits import AppendLimits
+from ledger.limits import RATE_LIMITED_CODE, AppendLimits, PenaltyBox
 from ledger.staging import StagedBatch
 from ledger.writer import MAX_BATCH_EVENTS, LedgerServer, PublishedCheckpoint
 from steward.v1 import ledger_pb2, ledger_pb2_grpc
@@ -58,8 +58,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         limits: AppendLimits | None = None,
         access: AccessPolicy | None = None,
         stream_idle_seconds: float = 0.0,
+        penalty_box: PenaltyBox | None = None,
     ) -> None:
         self.ledger = ledger
+        self.penalty_box = penalty_box
         self.max_batch_events = max_batch_events
         self.limits = limits
         self.access = access
@@ -73,6 +75,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             return True
         held = self.access.permissions(certificate_identities(context))
         return APPEND in held or ADMIN in held
+
+    def _strike(self, peer: str, exc: BaseException) -> None:
+        """A refusal for a rate limit is one strike of the peer towards the penalty box."""
+        if (
+            self.penalty_box is not None
+            and isinstance(exc, ServiceError)
+            and exc.status.violation_code == RATE_LIMITED_CODE
+        ):
+            self.penalty_box.strike(peer)
 
     def _signing_principals(self, staged: StagedBatch, *, skip_kill_switches: bool) -> Counter[str]:
         """Events per principal whose signature verified (a forged key id charges no one)."""
@@ -105,10 +116,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if event.body is not None and isinstance(event.body.payload, KillSwitchEngaged):
             self.limits.charge_kill_switch(peer)
         else:
-            self.limits.charge_peer(peer, 1)
-            self.limits.charge_principals(
-                self._signing_principals(staged, skip_kill_switches=False)
-            )
+            if self.penalty_box is not None:
+                self.penalty_box.check(peer)
+            try:
+                self.limits.charge_peer(peer, 1)
+                self.limits.charge_principals(
+                    self._signing_principals(staged, skip_kill_switches=False)
+                )
+            except ServiceError as exc:
+                self._strike(peer, exc)
+                raise
         (result,) = self.ledger.append_batch([request.signed_event], staged=staged)
         if isinstance(result, BaseException):
             raise result
@@ -125,7 +142,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         # batch is answered in order once durable.
         limits, peer = self.limits, peer_identity(context) if self.limits is not None else ""
         if limits is not None:
-            limits.check_peer(peer)  # before any thread is started for this stream
+            try:
+                limits.check_peer(peer)  # before any thread is started for this stream
+            except ServiceError as exc:
+                self._strike(peer, exc)
+                raise
         decoded: queue.Queue[Any] = queue.Queue(maxsize=2)
         ahead: queue.Queue[Any] = queue.Queue(maxsize=3)
         stop = threading.Event()
@@ -161,7 +182,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                         )
                         return
                     if limits is not None:  # before decoding: garbage costs the peer too
-                        limits.charge_peer(peer, len(batch.signed_events))
+                        try:
+                            limits.charge_peer(peer, len(batch.signed_events))
+                        except ServiceError as exc:
+                            self._strike(peer, exc)
+                            raise
                     events = list(batch.signed_events)
                     if not put(decoded, (batch.batch_id, events, self.ledger.decode(events))):
                         return
@@ -196,6 +221,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                             self._signing_principals(staged, skip_kill_switches=True)
                         )
                 except BaseException as exc:
+                    self._strike(peer, exc)
                     put(ahead, exc)
                     return
                 if not put(ahead, (batch_id, events, staged)):
