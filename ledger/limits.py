@@ -13,12 +13,13 @@ Two resources a client can take from everyone else, bounded here:
   peer instead, so a peer that flooded proposals can still stop a rollout.
 
 - **The penalty box.** A peer whose appends are refused for a rate limit ``strikes`` times
-  within ``window`` seconds has every ``AppendStream`` refused at the gate, before a slot, a
-  thread or a byte of its batches is spent on it, and every unary ``Append`` other than a
-  ``KillSwitchEngaged`` refused before it is checked, for ``cooldown`` seconds. A flood of
-  streams that the rate limit refuses one by one, each after the server has started it and read
-  its first batch, thus becomes a flood of refusals that cost the server almost nothing
-  (docs/security/network.md, "The penalty box").
+  within ``window`` seconds has its ``AppendStream``s held a second in their slot and refused at
+  the gate, before a thread or a batch is spent on them, and its unary ``Append``s other than a
+  ``KillSwitchEngaged`` refused before they are checked, for ``cooldown`` seconds (started
+  again while it goes on at that pace). A flood of streams that the rate limit refused one by
+  one, each after the server had started it and read its first batch, thus becomes about one
+  cheap refusal per second per stream the client runs (docs/security/network.md, "The penalty
+  box").
 
 Every refusal is a :class:`ledger.grpc_errors.ServiceError` with ``RESOURCE_EXHAUSTED``, the
 violation code ``STREAM_LIMIT``, ``RATE_LIMITED`` or ``PENALTY_BOX`` and the limit's name as
@@ -214,7 +215,7 @@ class StreamSlots:
 @dataclass(frozen=True)
 class PenaltyRule:
     """`strikes` rate-limit refusals of one peer within `window_s` seconds box its appends for
-    `cooldown_s` seconds."""
+    `cooldown_s` seconds; as many attempts while boxed start the cool-down again."""
 
     strikes: int
     window_s: float
@@ -276,16 +277,30 @@ class PenaltyBox:
                 self._sweep(now)
 
     def check(self, peer: str) -> None:
-        """Refuse when `peer` is in the box (charges and counts nothing)."""
+        """Refuse when `peer` is in the box.
+
+        A refusal here is a strike too: a boxed peer that goes on at ``strikes`` attempts per
+        window stays boxed (the cool-down starts again), so the box does not open every
+        cool-down for another round of streams started, read and refused by the rate. A client
+        that backs off (fewer attempts per window; a held stream takes a second) is out after
+        one cool-down."""
         until = self._until.get(peer)
         if until is None:
             return
-        left = until - self._clock()
+        now = self._clock()
+        left = until - now
         if left <= 0:
             with self._lock:
                 if self._until.get(peer) == until:
                     del self._until[peer]
             return
+        with self._lock:
+            recent = [t for t in self._strikes.get(peer, ()) if now - t < self.rule.window_s]
+            recent.append(now)
+            if len(recent) >= self.rule.strikes:
+                self._until[peer] = now + self.rule.cooldown_s
+                recent = []
+            self._strikes[peer] = recent
         raise ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"penalty_box ({self.rule.describe()}): peer {peer} is refused appends for "
