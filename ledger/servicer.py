@@ -110,14 +110,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             return _receipt_pb(self.ledger.append(request.signed_event))
         # Decoded first, so that a kill switch is charged to its own bucket: a peer that has
         # used up its append rate on proposals or garbage can still stop a rollout.
-        staged = self.ledger.stage([request.signed_event])
-        (event,) = staged.events
+        decoded = self.ledger.decode([request.signed_event])
+        (event,) = decoded.events
         peer = peer_identity(context)
-        if event.body is not None and isinstance(event.body.payload, KillSwitchEngaged):
+        kill_switch = event.body is not None and isinstance(event.body.payload, KillSwitchEngaged)
+        if not kill_switch and self.penalty_box is not None:
+            self.penalty_box.check(peer)  # before the signatures are checked
+        staged = self.ledger.check_signatures(decoded)
+        if kill_switch:
             self.limits.charge_kill_switch(peer)
         else:
-            if self.penalty_box is not None:
-                self.penalty_box.check(peer)
             try:
                 self.limits.charge_peer(peer, 1)
                 self.limits.charge_principals(
