@@ -23,6 +23,7 @@ service on the server, before any servicer code runs.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +267,9 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
                     try:
                         box = gate.penalty_box
                         assert box is not None
-                        box.hold(peer, context.is_active)
+                        gone = threading.Event()
+                        if context.add_callback(gone.set):  # False: the call already ended
+                            box.hold(peer, gone)
                     finally:
                         gate.slots.release(peer)
                     raise boxed

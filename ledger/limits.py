@@ -309,9 +309,10 @@ class PenaltyBox:
             field="penalty_box",
         )
 
-    def hold(self, peer: str, is_active: Callable[[], bool]) -> None:
+    def hold(self, peer: str, gone: threading.Event) -> None:
         """Wait up to ``hold_s`` (less when the box ends sooner) before a boxed stream is
-        refused, while the caller is still there.
+        refused, or until `gone` is set (the caller left; the gate sets it from the call's
+        termination callback, so a held stream costs one wake-up, not a poll).
 
         Why: a client that reopens a refused stream as soon as it hears the refusal would
         otherwise hear it within a millisecond and make hundreds of streams a second, each
@@ -320,12 +321,9 @@ class PenaltyBox:
         (``max_streams_per_peer``), so holding never costs more threads than the peer may hold
         anyway, and a peer that opens streams without waiting gets the stream limit's
         immediate refusal past its slots."""
-        deadline = min(self._clock() + self.hold_s, self._until.get(peer, 0.0))
-        while is_active():
-            left = deadline - self._clock()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
+        left = min(self.hold_s, self._until.get(peer, 0.0) - self._clock())
+        if left > 0:
+            gone.wait(left)
 
     def _sweep(self, now: float) -> None:
         for peer, times in list(self._strikes.items()):
