@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.errors import ControllerError
 from controller.notices import ROLLOUT_TYPES, STEP_TYPE, Notice
 
 log = logging.getLogger("steward.controller.notify")
@@ -52,7 +53,9 @@ RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
 MAX_SINKS = 64  # global + every policy's; more means a misconfiguration, not a need
 
 
-class DeliveryError(Exception):
+class DeliveryError(ControllerError):
+    """A notice an outlet could not deliver; `final` when retrying cannot help."""
+
     def __init__(self, message: str, *, final: bool = False) -> None:
         super().__init__(message)
         self.final = final  # no retry can help (e.g. 400, 404)
