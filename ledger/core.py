@@ -67,11 +67,14 @@ def body_digest(body_bytes: bytes) -> bytes:
 
 
 class LedgerCore:
-    def __init__(self, *, keep_entries: bool = False) -> None:
+    def __init__(self, *, keep_entries: bool = False, tree: MerkleTree | None = None) -> None:
         self.state = LedgerState()
         # Only tests and the vector generator keep entries; the server reads its store.
         self.entries: list[LogEntry] | None = [] if keep_entries else None
-        self.tree = MerkleTree()
+        # Empty: the replay fills it (a server on SQLite hands in one kept as tiles).
+        self.tree = MerkleTree() if tree is None else tree
+        if self.tree.size:
+            raise ValueError(f"a new core needs an empty tree, this one has {self.tree.size}")
         # event_id -> receipt and event_id -> digest of the event's body, for idempotent
         # retries (two maps rather than one of pairs: a pair per entry is one more object for
         # the cyclic collector to walk, forever).

@@ -61,17 +61,19 @@ from ledger.errors import (
     OutOfRangeError,
     StewardError,
     StoreDamagedError,
+    StoreError,
     StoreUnavailableError,
 )
 from ledger.formats import LedgerGenesis, LogEntry
 from ledger.group_commit import GroupCommit, Request, Results
 from ledger.integrity import ChainCheck, VerifiedCheckpoint, verify_checkpoints
 from ledger.keys import PrivateKey
-from ledger.merkle import leaf_hash
+from ledger.merkle import MerkleTree, leaf_hash
 from ledger.sigcheck import SignatureChecker
 from ledger.staging import DecodedBatch, StagedBatch
 from ledger.state import KeyInfo, LedgerState
 from ledger.store.base import LogStore
+from ledger.tile_store import TileNodeStore, TileStorage
 
 # The server process's log: its lines keep the name operators and the docs know them by.
 log = logging.getLogger("ledger.server")
@@ -205,6 +207,8 @@ class LedgerServer:
             max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
         )
         self._riding = 0  # size of the checkpoint riding in the writer's transaction, if any
+        # A store that keeps tiles keeps the tree: memory holds its right edge, not its history.
+        self._tile_storage: TileStorage | None = store.tile_storage()
         self._core = LedgerCore()
         self._positions: list[int] = []  # store position of each seq (positions are not seqs)
         self._last_received_at = 0
@@ -271,7 +275,13 @@ class LedgerServer:
         """Fold the store again from scratch, verifying every record and every stored
         checkpoint (ledger.integrity); StoreDamagedError on damage, with nothing changed."""
         started = time.monotonic()
-        chain = ChainCheck(on_genesis=lambda genesis: self._require_our_key(genesis, stored=True))
+        tiled = None
+        if self._tile_storage is not None:
+            tiled = TileNodeStore(self._tile_storage, replaying=True)
+        chain = ChainCheck(
+            on_genesis=lambda genesis: self._require_our_key(genesis, stored=True),
+            core=LedgerCore(tree=MerkleTree(tiled)),
+        )
         for record in self.store.read(0):
             skip = chain.add(record.position, record.value)
             if skip is None:
@@ -291,6 +301,15 @@ class LedgerServer:
         chain.finish()
         stored = self.store.checkpoints()
         verified = verify_checkpoints(chain, ((c.size, c.note) for c in stored))
+        if tiled is not None:
+            tiled.finish_replay()
+            if tiled.repaired:
+                # Derived data, rewritten from the verified entries: missing after an upgrade
+                # or a crash between a batch and its tiles; different only if damaged.
+                level, index = tiled.repaired[0]
+                log.warning(
+                    "tiles_rewritten count=%d first=%s", len(tiled.repaired), f"{level}/{index}"
+                )
         self._stored_cosignatures = {c.size: c.cosignatures for c in stored if c.cosignatures}
         core = chain.core
         self._core = core
@@ -535,6 +554,30 @@ class LedgerServer:
         with self._lock:
             self._riding = 0
             self._stored(entries, positions, checkpoint)
+        self._store_tiles()
+
+    def _store_tiles(self) -> None:
+        """Hand the tiles the durable log completed to the store (the writer's thread, after
+        the entries they cover are stored: a tile never runs ahead of its entries)."""
+        storage = self._tile_storage
+        if storage is None:
+            return
+        try:
+            with self._lock:
+                tree_store = self._core.tree.store
+                if not isinstance(tree_store, TileNodeStore):
+                    return
+                tiles_due = tree_store.tiles_to_write(self._durable_size())
+            if not tiles_due:
+                return
+            storage.write_tiles(tiles_due)
+        except (StoreError, DataLossError) as exc:
+            # The entries are stored and acknowledged: the tiles stay in memory and are offered
+            # again with the next full tile; a restart recomputes them from the entries anyway.
+            log.warning("tiles_write_failed error=%s detail=%s", type(exc).__name__, exc)
+            return
+        with self._lock:
+            tree_store.written(tiles_due)
 
     def _store_failed(self, error: BaseException) -> None:
         """A store write failed: the core is ahead of the store (caller holds the lock)."""
@@ -841,7 +884,10 @@ class LedgerServer:
             size = self._durable_size()
             if not tiles.exists_in(ref, size):
                 raise OutOfRangeError(f"{tiles.tile_path(ref)} is beyond the log's {size} entries")
-            return tiles.tile_hashes(self._core.tree, ref)
+            tree = self._core.tree
+            if isinstance(tree.store, TileNodeStore) and ref.level is not None:
+                return tree.store.tile(ref.level, ref.index, ref.width)
+            return tiles.tile_hashes(tree, ref)
 
     def _check_size(self, size: int) -> None:
         if size > self._durable_size():

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ledger.errors import StoreError
+from ledger.tile_store import TileStorage
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class LogStore(abc.ABC):
         says so.
         """
         raise StoreError(f"{type(self).__name__} keeps no witness cosignatures")
+
+    def tile_storage(self) -> TileStorage | None:
+        """Where the ledger keeps its Merkle tree as tlog-tiles (ledger.tile_store), or None
+        when this backend keeps none: the writer then holds the tree in memory."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -22,9 +22,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ledger.errors import StoreDamagedError, StoreError, StoreUnavailableError
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
+from ledger.tile_store import StoredTile
 
 metadata = sa.MetaData()
 
@@ -53,6 +55,18 @@ cosignature_table = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("line", sa.Text, nullable=False),
     sa.UniqueConstraint("size", "line"),
+)
+
+# The Merkle tree as C2SP tlog-tiles (ledger.tile_store): one row per tile, the widest
+# version written (a partial tile's row is replaced as it grows, then by the full tile).
+# Derived from the records, so never trusted: every start compares the full tiles with the
+# ones its replay computes and rewrites any that differ.
+tile_table = sa.Table(
+    "log_tiles",
+    metadata,
+    sa.Column("level", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
 )
 
 _READ_CHUNK = 2000
@@ -103,7 +117,8 @@ class SQLiteLogStore(LogStore):
                     )
             else:
                 metadata.create_all(
-                    self._engine, tables=[log_table, checkpoint_table, cosignature_table]
+                    self._engine,
+                    tables=[log_table, checkpoint_table, cosignature_table, tile_table],
                 )
         self._read_only = read_only
         self._appended = threading.Condition()
@@ -217,6 +232,33 @@ class SQLiteLogStore(LogStore):
                 ).scalar_one()
             )
 
+    def tile_storage(self) -> SQLiteTileStorage | None:
+        """The store's tile table (None when opened read-only: a check changes nothing)."""
+        return None if self._read_only else SQLiteTileStorage(self)
+
+    def read_tile(self, level: int, index: int) -> bytes | None:
+        self._check_open()
+        with self._errors("reading a tile"), self._engine.connect() as conn:
+            if self._read_only and not sa.inspect(conn).has_table(tile_table.name):
+                return None  # a file from before tiles, opened read-only
+            row = conn.execute(
+                sa.select(tile_table.c.hashes).where(
+                    tile_table.c.level == level, tile_table.c.idx == index
+                )
+            ).first()
+        return None if row is None else bytes(row[0])
+
+    def write_tiles(self, tiles: Sequence[StoredTile]) -> None:
+        self._check_open()
+        if not tiles:
+            return
+        rows = {(t.level, t.index): t.hashes for t in tiles}  # the last of each wins
+        with self._errors("writing tiles"), self._engine.begin() as conn:
+            conn.execute(
+                sqlite_insert(tile_table).prefix_with("OR REPLACE"),
+                [{"level": lv, "idx": i, "hashes": h} for (lv, i), h in rows.items()],
+            )
+
     def save_checkpoint(self, size: int, note: str) -> None:
         self._check_open()
         with self._errors("saving a checkpoint"), self._engine.begin() as conn:
@@ -256,3 +298,16 @@ class SQLiteLogStore(LogStore):
     def close(self) -> None:
         self._closed = True
         self._engine.dispose()
+
+
+class SQLiteTileStorage:
+    """The :class:`ledger.tile_store.TileStorage` of a SQLite store: its ``log_tiles`` table."""
+
+    def __init__(self, store: SQLiteLogStore) -> None:
+        self._store = store
+
+    def read_tile(self, level: int, index: int) -> bytes | None:
+        return self._store.read_tile(level, index)
+
+    def write_tiles(self, tiles: Sequence[StoredTile]) -> None:
+        self._store.write_tiles(tiles)

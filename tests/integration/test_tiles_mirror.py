@@ -31,6 +31,7 @@ from infra.go_tools import build_local
 from ledger import tiles
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.scenario import Cast
+from ledger.store.sqlite import SQLiteLogStore
 from ledger.tiles_http import serve_tiles
 from tests.helpers.ledger_server import LedgerServerProcess
 from tests.helpers.tiles import MemoryTileLog
@@ -236,5 +237,25 @@ def test_steward_serve_tiles_to_the_go_client_and_to_the_auditor(
         for field in ("findings", "entries", "verified_checkpoint_size", "pending"):
             assert tiles_report[field] == export_report[field], field
         assert tiles_report["entries"] == 3000
+        # The server keeps its tree as these tiles (ledger.tile_store): the generated ledger
+        # had none, so its first replay wrote the 11 full ones.
+        assert "tiles_rewritten count=11 first=0/0" in server.log()
     finally:
         server.stop()
+    # What the store holds is what the Go client verified, byte for byte.
+    store = SQLiteLogStore(db, read_only=True)
+    try:
+        verified = sorted((tmp_path / "mirror" / "tiles" / "tile" / "0").rglob("*"))
+        verified = [p for p in verified if p.is_file()]
+        assert len(verified) == 11
+        for path in verified:
+            ref = tiles.parse_tile_path(path.relative_to(tmp_path / "mirror" / "tiles").as_posix())
+            assert store.read_tile(0, ref.index) == path.read_bytes(), path
+        # And the partial tiles of the size replayed, as the tree computed here has them.
+        tree = MerkleTree.from_leaves(leaf_hash(e) for e in generated.load())
+        for partial in (tiles.TileRef(0, 11, 184), tiles.TileRef(1, 0, 11)):
+            assert store.read_tile(partial.level or 0, partial.index) == tiles.tile_hashes(
+                tree, partial
+            ), partial
+    finally:
+        store.close()

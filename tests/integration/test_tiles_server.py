@@ -1,19 +1,26 @@
 """A ledger server's tiles as its log grows: what the writer publishes is what is served, and
 nothing past the newest checkpoint; steward-audit reads the same log from the tiles as from
-gRPC."""
+gRPC. On SQLite the tree itself is kept as those tiles, checked at start and on every read."""
 
 from __future__ import annotations
 
 import http.client
+import logging
+import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from audit.sources import GrpcSource, Source, TilesSource
 from audit.trust import TrustRoot
 from audit.verify import Report, verify
-from ledger.client import LedgerClient
+from bench import ledgergen
+from ledger import tiles
+from ledger.client import LedgerClient, LedgerRpcError
+from ledger.merkle import MerkleTree, leaf_hash, verify_inclusion
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from tests.audit_tamper import Builder
@@ -97,3 +104,81 @@ def test_the_tiles_follow_the_published_checkpoints(server: tuple[RunningServer,
     assert from_tiles.findings == from_grpc.findings == []
     assert from_tiles.entries == from_grpc.entries == size + 1
     assert from_tiles.verified_size == from_grpc.verified_size == size + 1
+
+
+def test_the_tree_is_kept_as_tiles_checked_at_start_and_on_every_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SQLite store keeps the tree as tlog-tiles (ledger.tile_store): a restart checks
+    every full tile against the entries and rewrites a damaged one; a tile damaged while the
+    server runs fails the proof that reads it with DATA_LOSS, never a wrong proof."""
+    generated = ledgergen.ledger(3000, progress=False)
+    db = tmp_path / "ledger.db"
+    shutil.copy(generated.sqlite_path(), db)
+    leaves = [leaf_hash(e) for e in generated.load()]
+    tree = MerkleTree.from_leaves(leaves)
+    expected = {
+        (ref.level, ref.index): tiles.tile_hashes(tree, ref) for ref in tiles.tiles_for_size(3000)
+    }
+
+    def stored() -> dict[tuple[int, int], bytes]:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT level, idx, hashes FROM log_tiles").fetchall()
+        return {(level, idx): bytes(h) for level, idx, h in rows}
+
+    def damage(level: int, index: int) -> None:
+        with sqlite3.connect(db) as conn:
+            (hashes,) = conn.execute(
+                "SELECT hashes FROM log_tiles WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+            flipped = bytearray(hashes)
+            flipped[100] ^= 0x04
+            conn.execute(
+                "UPDATE log_tiles SET hashes = ? WHERE level = ? AND idx = ?",
+                (bytes(flipped), level, index),
+            )
+
+    def start() -> RunningServer:
+        return serve(
+            LedgerServerConfig(
+                store=db,
+                checkpoint_key=Cast.create(seed="steward-bench").checkpoint_key,
+                checkpoint_every_ms=0,
+            )
+        )
+
+    # First start on a store from before tiles: every tile written (11 full, 2 partial).
+    caplog.set_level(logging.INFO, logger="ledger.server")
+    start().stop(None)
+    assert stored() == expected
+    assert "tiles_rewritten count=11 first=0/0" in caplog.text
+
+    # A flipped bit in a stored tile: the next start finds it and rewrites it.
+    caplog.clear()
+    damage(0, 5)
+    running = start()
+    try:
+        assert "tiles_rewritten count=1 first=0/5" in caplog.text
+        assert stored() == expected
+        client = LedgerClient(running.address, timeout=10, retries=0)
+        try:
+            root = tree.root(3000)
+            proof = client.inclusion_proof(1500, 3000)
+            assert verify_inclusion(leaves[1500], 1500, 3000, list(proof.proof), root)
+            # Damaged under the running server: the proof that needs tile 0/3 fails, closed.
+            damage(0, 3)
+            with pytest.raises(LedgerRpcError) as raised:
+                client.inclusion_proof(900, 3000)
+            assert raised.value.code == grpc.StatusCode.DATA_LOSS
+            assert "tile 0/3: its hashes hash to" in str(raised.value)
+            # Other proofs still come from tiles that are whole.
+            proof = client.inclusion_proof(2000, 3000)
+            assert verify_inclusion(leaves[2000], 2000, 3000, list(proof.proof), root)
+        finally:
+            client.close()
+    finally:
+        running.stop(None)
+    caplog.clear()
+    start().stop(None)
+    assert "tiles_rewritten count=1 first=0/3" in caplog.text
+    assert stored() == expected
