@@ -33,6 +33,7 @@ see docs/PERFORMANCE.md "Tiled tree".
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ DEFAULT_CACHE_TILES = 512
 walks stay here, so a cold proof reads about one tile per level-0 neighbourhood."""
 
 REPLAY_WRITE_BATCH = 64
-"""Tiles written per storage transaction while replaying (512 KB)."""
+"""Tiles per storage transaction when a replay writes what it found missing (512 KB)."""
 
 _FULL_BYTES = TILE_WIDTH * HASH_SIZE
 
@@ -135,6 +136,12 @@ class TileNodeStore:
     completes; call :meth:`finish_replay` after the last entry of the replay. Afterwards full
     tiles wait in memory until :meth:`tiles_to_write` hands them out and :meth:`written` says
     they are stored.
+
+    Threads: one appends (the writer's fold, under its lock); any number may read nodes below
+    the counts they have seen at the same time, without that lock, so a proof that reads tiles
+    back never holds up an append. A reader takes each level's edge as one (first, nodes) pair,
+    which an append replaces rather than cuts; a full tile leaves ``_unwritten`` only after
+    the storage has it; the cache has its own lock.
     """
 
     def __init__(
@@ -154,8 +161,11 @@ class TileNodeStore:
         # cut, when a new tile starts, so a reader holding the pair sees one consistent edge.
         self._edge: list[tuple[int, bytearray]] = []
         self._unwritten: dict[tuple[int, int], bytes] = {}  # full tiles not yet in storage
-        self._replay_batch: list[StoredTile] = []
+        # What the replay found missing or different, by key: written only by finish_replay,
+        # so a start that refuses damaged history has written nothing (docs/RECOVERY.md).
+        self._repairs: dict[tuple[int, int], bytes] = {}
         self._cache: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()
+        self._cache_lock = threading.Lock()  # readers share the cache; the rest is theirs
         # Full tiles the replay found missing or different (partial ones, stale after any crash
         # between a batch and its next full tile, are rewritten without a word).
         self.repaired: list[tuple[int, int]] = []
@@ -234,11 +244,20 @@ class TileNodeStore:
 
     def finish_replay(self) -> None:
         """Write what the replay found missing or different (the partial tiles of the size
-        replayed included), and leave replay mode."""
-        for t in self._partial_tiles(self.count(0)):
-            if self._storage.read_tile(t.level, t.index) != t.hashes:
-                self._replay_batch.append(t)
-        self._flush_replay()
+        replayed included), and leave replay mode. Call it once the replay is verified: until
+        then nothing is written. Holds the tiles to write in memory meanwhile: nothing on a
+        restart, 8 KB per 256 entries on the first start over a store without tiles (an
+        upgrade; 320 MB at ten million entries, once)."""
+        partial = [
+            t
+            for t in self._partial_tiles(self.count(0))
+            if self._storage.read_tile(t.level, t.index) != t.hashes
+        ]
+        batch = [StoredTile(level, index, h) for (level, index), h in self._repairs.items()]
+        batch += partial
+        for at in range(0, len(batch), REPLAY_WRITE_BATCH):
+            self._storage.write_tiles(batch[at : at + REPLAY_WRITE_BATCH])
+        self._repairs = {}
         self._replaying = False
 
     @property
@@ -273,24 +292,18 @@ class TileNodeStore:
             return
         if self._storage.read_tile(level, index) != hashes:
             self.repaired.append((level, index))
-            self._replay_batch.append(StoredTile(level, index, hashes))
-            if len(self._replay_batch) >= REPLAY_WRITE_BATCH:
-                self._flush_replay()
-
-    def _flush_replay(self) -> None:
-        if self._replay_batch:
-            self._storage.write_tiles(self._replay_batch)
-            self._replay_batch = []
+            self._repairs[(level, index)] = hashes
 
     def _full_tile(self, level: int, index: int) -> list[bytes]:
         key = (level, index)
-        levels = self._cache.get(key)
-        if levels is not None:
-            self._cache.move_to_end(key)
-            return levels
+        with self._cache_lock:
+            levels = self._cache.get(key)
+            if levels is not None:
+                self._cache.move_to_end(key)
+                return levels
         hashes = self._unwritten.get(key)
         if hashes is None:
-            hashes = next((t.hashes for t in self._replay_batch if (t.level, t.index) == key), None)
+            hashes = self._repairs.get(key)
         checked = hashes is not None  # from memory: the tree's own nodes
         if hashes is None:
             hashes = self._storage.read_tile(level, index)
@@ -308,7 +321,8 @@ class TileNodeStore:
                     f"tile {level}/{index}: its hashes hash to {levels[TILE_HEIGHT].hex()}, "
                     f"expected {parent.hex()} (the node the tree holds above it)"
                 )
-        self._cache[key] = levels
-        if len(self._cache) > self._cache_tiles:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[key] = levels
+            if len(self._cache) > self._cache_tiles:
+                self._cache.popitem(last=False)
         return levels

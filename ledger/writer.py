@@ -852,11 +852,12 @@ class LedgerServer:
                     f"seq {seq} is not in a tree of size {tree_size}", field="seq"
                 )
             tree = self._core.tree
-            proof = tree.inclusion_proof(seq, tree_size)
             note = self._by_size[tree_size].cosigned_note if tree_size in self._by_size else ""
-            return TreeInclusion(
-                tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size), note
-            )
+        # Outside the lock: the tree's nodes below the durable size never change, and reading
+        # them may read tiles back from the store (ledger.tile_store), which must not hold up
+        # an append (a kill switch) behind a reader's disk.
+        proof = tree.inclusion_proof(seq, tree_size)
+        return TreeInclusion(tree_size, tuple(proof), tree.leaf(seq), tree.root(tree_size), note)
 
     def consistency_proof(
         self, size1: int, size2: int | None, *, may_publish: bool = True
@@ -869,13 +870,14 @@ class LedgerServer:
             if size1 > size2:
                 raise OutOfRangeError(f"size1 {size1} is larger than size2 {size2}", field="size1")
             tree = self._core.tree
-            return TreeConsistency(
-                size1,
-                size2,
-                tuple(tree.consistency_proof(size1, size2)),
-                tree.root(size1),
-                tree.root(size2),
-            )
+        # Outside the lock, as inclusion_proof.
+        return TreeConsistency(
+            size1,
+            size2,
+            tuple(tree.consistency_proof(size1, size2)),
+            tree.root(size1),
+            tree.root(size2),
+        )
 
     def tile_hashes(self, ref: tiles.TileRef) -> bytes:
         """A tlog-tiles hash tile of the durable log, read from the tree (ledger.tiles)."""
@@ -885,9 +887,10 @@ class LedgerServer:
             if not tiles.exists_in(ref, size):
                 raise OutOfRangeError(f"{tiles.tile_path(ref)} is beyond the log's {size} entries")
             tree = self._core.tree
-            if isinstance(tree.store, TileNodeStore) and ref.level is not None:
-                return tree.store.tile(ref.level, ref.index, ref.width)
-            return tiles.tile_hashes(tree, ref)
+        # Outside the lock, as inclusion_proof.
+        if isinstance(tree.store, TileNodeStore) and ref.level is not None:
+            return tree.store.tile(ref.level, ref.index, ref.width)
+        return tiles.tile_hashes(tree, ref)
 
     def _check_size(self, size: int) -> None:
         if size > self._durable_size():

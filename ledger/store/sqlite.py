@@ -116,9 +116,10 @@ class SQLiteLogStore(LogStore):
                         f"{self.path.name} holds no ledger (no table {', '.join(sorted(missing))})"
                     )
             else:
+                # Not the tile table: made by the first tile write, so opening a store whose
+                # replay then refuses damaged history has written nothing to it.
                 metadata.create_all(
-                    self._engine,
-                    tables=[log_table, checkpoint_table, cosignature_table, tile_table],
+                    self._engine, tables=[log_table, checkpoint_table, cosignature_table]
                 )
         self._read_only = read_only
         self._tiles: SQLiteTileStorage | None = None
@@ -244,8 +245,8 @@ class SQLiteLogStore(LogStore):
     def read_tile(self, level: int, index: int) -> bytes | None:
         self._check_open()
         with self._errors("reading a tile"), self._engine.connect() as conn:
-            if self._read_only and not sa.inspect(conn).has_table(tile_table.name):
-                return None  # a file from before tiles, opened read-only
+            if not sa.inspect(conn).has_table(tile_table.name):
+                return None  # no tile written yet (a store from before tiles)
             row = conn.execute(
                 sa.select(tile_table.c.hashes).where(
                     tile_table.c.level == level, tile_table.c.idx == index
@@ -259,6 +260,7 @@ class SQLiteLogStore(LogStore):
             return
         rows = {(t.level, t.index): t.hashes for t in tiles}  # the last of each wins
         with self._errors("writing tiles"), self._engine.begin() as conn:
+            tile_table.create(conn, checkfirst=True)
             conn.execute(
                 sqlite_insert(tile_table).prefix_with("OR REPLACE"),
                 [{"level": lv, "idx": i, "hashes": h} for (lv, i), h in rows.items()],
@@ -333,6 +335,8 @@ class SQLiteTileStorage:
                     self._opened.append(conn)
             row = conn.execute(self._SELECT, (level, index)).fetchone()
         except sqlite3.OperationalError as exc:
+            if str(exc) == f"no such table: {tile_table.name}":
+                return None  # no tile written yet (a store from before tiles)
             raise StoreUnavailableError(
                 f"SQLite store {self._store.path.name}: reading a tile: {exc}"
             ) from None

@@ -16,6 +16,7 @@ import http.client
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -179,6 +180,8 @@ def test_steward_serve_tiles_to_the_go_client_and_to_the_auditor(
     generated = ledgergen.ledger(3000, progress=False)
     db = tmp_path / "ledger.db"
     shutil.copy(generated.sqlite_path(), db)
+    with sqlite3.connect(db) as conn:  # a store from before tiles, whatever the cache holds
+        conn.execute("DROP TABLE IF EXISTS log_tiles")
     key = tmp_path / "checkpoint.pem"
     Cast.create(seed="steward-bench").checkpoint_key.save(key)
     server = LedgerServerProcess(

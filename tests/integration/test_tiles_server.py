@@ -8,6 +8,7 @@ import http.client
 import logging
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from audit.trust import TrustRoot
 from audit.verify import Report, verify
 from bench import ledgergen
 from ledger import tiles
-from ledger.client import LedgerClient, LedgerRpcError
+from ledger.client import InclusionProof, LedgerClient, LedgerRpcError
 from ledger.merkle import MerkleTree, leaf_hash, verify_inclusion
+from ledger.model import KillScope
 from ledger.scenario import Cast, Flow
 from ledger.server import LedgerServerConfig, RunningServer, serve
 from tests.audit_tamper import Builder
@@ -115,6 +117,8 @@ def test_the_tree_is_kept_as_tiles_checked_at_start_and_on_every_read(
     generated = ledgergen.ledger(3000, progress=False)
     db = tmp_path / "ledger.db"
     shutil.copy(generated.sqlite_path(), db)
+    with sqlite3.connect(db) as conn:  # a store from before tiles, whatever the cache holds
+        conn.execute("DROP TABLE IF EXISTS log_tiles")
     leaves = [leaf_hash(e) for e in generated.load()]
     tree = MerkleTree.from_leaves(leaves)
     expected = {
@@ -182,3 +186,51 @@ def test_the_tree_is_kept_as_tiles_checked_at_start_and_on_every_read(
     start().stop(None)
     assert "tiles_rewritten count=1 first=0/3" in caplog.text
     assert stored() == expected
+
+
+def test_a_proof_waiting_on_a_tile_read_does_not_hold_up_a_kill_switch(
+    server: tuple[RunningServer, Cast], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of the tree reads tiles back from the store without the writer's lock: a proof
+    stuck on the disk (here, a read that waits for the test) leaves appends free to go."""
+    running, cast = server
+    flow = Flow(cast)
+    client = LedgerClient(running.address, timeout=10, retries=0)
+    try:
+        client.append(flow.genesis())
+        client.append_many(flow.grants())
+        client.append(flow.policy())
+        client.append_many([flow.propose(f"registry.example/m:v{i}") for i in range(300)])
+        size = running.ledger.checkpoint(publish_now=True).size
+        assert size > 256  # tile 0/0 is full, in the store, and not read back yet
+
+        storage = running.ledger._tile_storage
+        assert storage is not None
+        entered, release = threading.Event(), threading.Event()
+        read_tile = storage.read_tile
+
+        def stuck_read(level: int, index: int) -> bytes | None:
+            entered.set()
+            release.wait(30)
+            return read_tile(level, index)
+
+        monkeypatch.setattr(storage, "read_tile", stuck_read)
+        result: list[object] = []
+        reader = threading.Thread(
+            target=lambda: result.append(client.inclusion_proof(10, size)), daemon=True
+        )
+        reader.start()
+        assert entered.wait(10), "the proof never read tile 0/0 back"
+        # The proof is inside the store read; a kill switch is appended all the same.
+        receipt = client.append(flow.kill(KillScope("GLOBAL")))
+        assert receipt.seq == size
+        assert reader.is_alive() and not result
+        release.set()
+        reader.join(10)
+        (proof,) = result
+        assert isinstance(proof, InclusionProof)
+        entries = [entry for _, entry, _ in running.ledger.read(0)]
+        root = MerkleTree.from_leaves(leaf_hash(e) for e in entries[:size]).root()
+        assert verify_inclusion(leaf_hash(entries[10]), 10, size, list(proof.proof), root)
+    finally:
+        client.close()

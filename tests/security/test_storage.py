@@ -69,17 +69,19 @@ def build_ledger(tmp_path: Path, *, checkpoint_at_end: bool = False) -> Built:
     return Built(db, key, size, checkpoint_size)
 
 
-def stored_rows(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    """What the ledger keeps: every record and every checkpoint, as stored."""
+def stored_rows(db: Path) -> tuple[list[tuple[object, ...]], ...]:
+    """What the ledger keeps: every record, every checkpoint, and which tables exist (a start
+    that refuses must not even create the tile table, ledger.tile_store), as stored."""
     con = sqlite3.connect(db)
     try:
         records = con.execute(
             "SELECT position, key, value FROM log_records ORDER BY position"
         ).fetchall()
         notes = con.execute("SELECT id, size, note FROM log_checkpoints ORDER BY id").fetchall()
+        tables = con.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
     finally:
         con.close()
-    return records, notes
+    return records, notes, tables
 
 
 def record_value(db: Path, position: int) -> bytes:

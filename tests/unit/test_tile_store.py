@@ -160,16 +160,21 @@ def test_a_replay_rewrites_missing_and_different_tiles_and_keeps_good_ones() -> 
     assert store.unwritten == 0  # nothing held: the storage has every full tile
 
 
-def test_a_replay_over_an_empty_storage_writes_in_batches_not_at_the_end() -> None:
+def test_a_replay_writes_nothing_until_it_is_finished_then_in_batches() -> None:
+    """A start that refuses damaged history must leave the store as it found it."""
     storage = MemoryTileStorage()
     store = TileNodeStore(storage, replaying=True)
     tree = MerkleTree(store)
     for leaf in LEAVES[:40_000]:
         tree.append(leaf)
-    # 156 full tiles: two batches of 64 written during the replay, the rest at its end with
-    # the partial tiles of size 40,000 (0/156 of 64 hashes, 1/0 of 156).
-    assert storage.writes == 2 and len(storage.tiles) == 128
+    assert storage.writes == 0 and storage.tiles == {}
+    # Proofs during a replay (checkpoint roots) read the tiles still held.
+    assert tree.inclusion_proof(5, 40_000) == MerkleTree.from_leaves(
+        LEAVES[:40_000]
+    ).inclusion_proof(5, 40_000)
     store.finish_replay()
+    # 156 full tiles and the partial ones of size 40,000 (0/156 of 64 hashes, 1/0 of 156),
+    # 64 per transaction.
     assert storage.writes == 3 and len(storage.tiles) == 158
     assert len(storage.tiles[(0, 156)]) == 64 * 32 and len(storage.tiles[(1, 0)]) == 156 * 32
     assert len(store.repaired) == 156  # the full ones
