@@ -30,6 +30,7 @@ Pure: no store, no I/O. The writer and the CLI pass records and checkpoint notes
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -90,7 +91,8 @@ class ChainCheck:
 
     on_genesis: Callable[[LedgerGenesis], None] | None = None
     core: LedgerCore = field(default_factory=LedgerCore)
-    positions: list[int] = field(default_factory=list)  # store position of each seq
+    # Store position of each seq: 8 bytes each, not an int object (the server keeps it).
+    positions: array[int] = field(default_factory=lambda: array("q"))
     last_received_at: int = 0
     skipped: int = 0
     records: int = 0

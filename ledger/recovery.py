@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ class CheckReport:
     skipped: int = 0
     listed_skips: list[Skip] = field(default_factory=list)
     checkpoints: list[VerifiedCheckpoint] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)  # the store position of each seq
+    positions: Sequence[int] = ()  # the store position of each seq
 
     def lines(self) -> list[str]:
         newest = max((c.size for c in self.checkpoints), default=0)

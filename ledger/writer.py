@@ -37,6 +37,7 @@ import bisect
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -210,7 +211,8 @@ class LedgerServer:
         # A store that keeps tiles keeps the tree: memory holds its right edge, not its history.
         self._tile_storage: TileStorage | None = store.tile_storage()
         self._core = LedgerCore()
-        self._positions: list[int] = []  # store position of each seq (positions are not seqs)
+        # Store position of each seq (positions are not seqs), 8 bytes each.
+        self._positions: array[int] = array("q")
         self._last_received_at = 0
         self._checkpoints: list[PublishedCheckpoint] = []
         self._verified_checkpoints: list[VerifiedCheckpoint] = []  # by the last replay
