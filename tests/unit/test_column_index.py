@@ -115,3 +115,17 @@ def test_the_ledger_core_keeps_its_per_entry_maps_as_columns() -> None:
         receipts[7].received_at,
         True,
     )
+
+
+def test_keys_alike_but_for_a_few_bytes_still_spread_over_every_segment() -> None:
+    """A signer chooses its event ids: keys that share all but their last two bytes (which a
+    table indexed by the key's own leading bytes would pile into one probe chain) spread over
+    the segments and their slots as any keys do, through Python's randomised hash."""
+    index = ColumnIndex.ints(16)
+    prefix = b"\x00" * 14
+    for i in range(20_000):
+        index[prefix + i.to_bytes(2, "big")] = i
+    used = index._used
+    assert min(used) > 0.5 * 20_000 / 256, sorted(used)[:5]  # no segment starved...
+    assert max(used) < 2.0 * 20_000 / 256, sorted(used)[-5:]  # ...and none piled up
+    assert all(index[prefix + i.to_bytes(2, "big")] == i for i in range(0, 20_000, 7))
