@@ -70,6 +70,9 @@ tile_table = sa.Table(
 )
 
 _READ_CHUNK = 2000
+_NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM log_records"
+_INSERT_RECORD = "INSERT INTO log_records (position, key, value) VALUES (?, ?, ?)"
+_INSERT_CHECKPOINT = "INSERT INTO log_checkpoints (size, note) VALUES (?, ?)"
 
 
 def _unreadable(exc: sa.exc.DatabaseError) -> bool:
@@ -123,6 +126,8 @@ class SQLiteLogStore(LogStore):
                 )
         self._read_only = read_only
         self._tiles: SQLiteTileStorage | None = None
+        self._writer: sqlite3.Connection | None = None  # appends' own connection
+        self._writing = threading.Lock()
         self._appended = threading.Condition()
         self._closed = False
 
@@ -156,33 +161,52 @@ class SQLiteLogStore(LogStore):
             if checkpoint is not None:
                 self.save_checkpoint(*checkpoint)
             return []
-        try:
-            with self._engine.begin() as conn:
-                start = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(log_table.c.position) + 1, 0))
-                ).scalar_one()
-                positions = list(range(start, start + len(records)))
-                conn.execute(
-                    log_table.insert(),
-                    [
-                        {"position": p, "key": k, "value": v}
-                        for p, (k, v) in zip(positions, records, strict=True)
-                    ],
-                )
-                if checkpoint is not None:
-                    size, note = checkpoint
-                    conn.execute(checkpoint_table.insert().values(size=size, note=note))
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailableError(f"SQLite store {self.path.name}: {exc.orig}") from exc
-        except sa.exc.DatabaseError as exc:
-            if not _unreadable(exc):
-                raise
-            raise StoreDamagedError(
-                f"the SQLite store {self.path.name} is damaged (appending: {exc.orig})"
-            ) from exc
+        if self._read_only:
+            raise StoreError(f"the store {self.path.name} is open read-only")
+        # A plain sqlite3 connection, not SQLAlchemy: one append (a unary Append is one) cost
+        # 499 us of CPU through the engine against 121 us this way (measured here, 500 appends
+        # of one 600-byte record, synchronous=FULL); the statements are the same.
+        with self._writing:
+            try:
+                conn = self._writer_connection()
+                conn.execute("BEGIN IMMEDIATE")  # the write lock first: no stale next position
+                try:
+                    (start,) = conn.execute(_NEXT_POSITION).fetchone()
+                    positions = list(range(start, start + len(records)))
+                    conn.executemany(
+                        _INSERT_RECORD,
+                        [(p, k, v) for p, (k, v) in zip(positions, records, strict=True)],
+                    )
+                    if checkpoint is not None:
+                        conn.execute(_INSERT_CHECKPOINT, checkpoint)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"SQLite store {self.path.name}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:  # a constraint, a programming error
+                    raise
+                raise StoreDamagedError(
+                    f"the SQLite store {self.path.name} is damaged (appending: {exc})"
+                ) from exc
         with self._appended:
             self._appended.notify_all()
         return positions
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The connection appends go through (caller holds _writing), with the engine's pragmas."""
+        if self._writer is None:
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._writer = conn
+        return self._writer
 
     def read(self, start: int = 0, limit: int | None = None) -> Iterator[StoredRecord]:
         self._check_open()
@@ -306,6 +330,10 @@ class SQLiteLogStore(LogStore):
         self._closed = True
         if self._tiles is not None:
             self._tiles.close()
+        with self._writing:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self._engine.dispose()
 
 
