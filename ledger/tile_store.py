@@ -255,10 +255,17 @@ class TileNodeStore:
         ]
         batch = [StoredTile(level, index, h) for (level, index), h in self._repairs.items()]
         batch += partial
-        for at in range(0, len(batch), REPLAY_WRITE_BATCH):
-            self._storage.write_tiles(batch[at : at + REPLAY_WRITE_BATCH])
-        self._repairs = {}
         self._replaying = False
+        try:
+            for at in range(0, len(batch), REPLAY_WRITE_BATCH):
+                self._storage.write_tiles(batch[at : at + REPLAY_WRITE_BATCH])
+                for t in batch[at : at + REPLAY_WRITE_BATCH]:
+                    self._repairs.pop((t.level, t.index), None)
+        finally:
+            # Whatever the storage did not take waits with the tiles appends complete, and is
+            # offered again by tiles_to_write.
+            self._unwritten.update(self._repairs)
+            self._repairs = {}
 
     @property
     def nbytes(self) -> int:

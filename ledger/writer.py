@@ -304,7 +304,14 @@ class LedgerServer:
         stored = self.store.checkpoints()
         verified = verify_checkpoints(chain, ((c.size, c.note) for c in stored))
         if tiled is not None:
-            tiled.finish_replay()
+            try:
+                tiled.finish_replay()
+            except StoreError as exc:
+                # Derived data: the log is whole, so the start goes on; the tiles wait in
+                # memory and are offered to the store again with the next full tile.
+                log.warning(
+                    "tiles_write_failed at=start error=%s detail=%s", type(exc).__name__, exc
+                )
             if tiled.repaired:
                 # Derived data, rewritten from the verified entries: missing after an upgrade
                 # or a crash between a batch and its tiles; different only if damaged.

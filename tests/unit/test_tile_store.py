@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 
 import pytest
 
 from ledger import tiles
-from ledger.errors import DataLossError
+from ledger.errors import DataLossError, StoreUnavailableError
 from ledger.merkle import MemoryNodeStore, MerkleTree, verify_inclusion
 from ledger.tile_store import MemoryTileStorage, StoredTile, TileDamagedError, TileNodeStore
 
@@ -186,3 +187,38 @@ def test_a_node_store_that_is_not_empty_cannot_start_a_core() -> None:
     tree = MerkleTree.from_leaves(LEAVES[:3])
     with pytest.raises(ValueError, match="needs an empty tree, this one has 3"):
         LedgerCore(tree=tree)
+
+
+class _FullDisk(MemoryTileStorage):
+    """Takes the first `room` writes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write_tiles(self, tiles: Sequence[StoredTile]) -> None:
+        if self.room == 0:
+            raise StoreUnavailableError("database or disk is full")
+        self.room -= 1
+        super().write_tiles(tiles)
+
+
+def test_tiles_a_replay_could_not_write_are_offered_again_later() -> None:
+    storage = _FullDisk(room=1)  # one batch of 64 goes in, then the disk is full
+    store = TileNodeStore(storage, replaying=True)
+    tree = MerkleTree(store)
+    for leaf in LEAVES[:40_000]:
+        tree.append(leaf)
+    with pytest.raises(StoreUnavailableError):
+        store.finish_replay()
+    assert len(storage.tiles) == 64 and store.unwritten == 156 - 64
+    # Proofs still work from what memory holds; the rest is offered with the next write.
+    assert tree.root() == MerkleTree.from_leaves(LEAVES[:40_000]).root()
+    storage.room = 10
+    for leaf in LEAVES[40_000:40_256]:
+        tree.append(leaf)
+    due = store.tiles_to_write(40_256)
+    storage.write_tiles(due)
+    store.written(due)
+    assert store.unwritten == 0
+    assert all((0, i) in storage.tiles for i in range(157))
