@@ -135,6 +135,8 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (b & 0x7F) << shift
         shift += 7
+    if n >> 64:  # a 10th byte above 1: no 64-bit value (readers that mask would each differ)
+        raise DecodeError("varint overflows 64 bits")
     return (n >> 1) ^ -(n & 1), pos
 
 
@@ -255,6 +257,7 @@ class _Generator:
             f"{ind}    while b & 128:",
             f"{ind}        if sh > 63: raise DecodeError('varint longer than 10 bytes')",
             f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << sh; sh += 7",
+            f"{ind}    if n >> 64: raise DecodeError('varint overflows 64 bits')",
             f"{ind}    {var} = (n >> 1) ^ -(n & 1)",
         ]
 

@@ -87,7 +87,13 @@ class Note:
 
 def parse_note(note: str) -> Note:
     """Split a signed note into its text and signature lines (nothing is verified here)."""
-    if len(note.encode()) > MAX_NOTE_BYTES:
+    try:
+        size = len(note.encode())
+    except UnicodeEncodeError as exc:  # JSON's "\ud800" escape decodes to a lone surrogate
+        raise NoteError(
+            f"note is not UTF-8 text (a lone surrogate at character {exc.start})"
+        ) from None
+    if size > MAX_NOTE_BYTES:
         raise NoteError("note is too large")
     if not note.endswith("\n"):
         raise NoteError("a signed note ends with a newline")

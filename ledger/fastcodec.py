@@ -291,9 +291,9 @@ def read_entry(payload: bytes) -> Entry | None:
 # straight into the dataclasses, by readers built once, at import, from the shipped schema: one
 # per schema node, each `read(data, pos) -> (value, next position)`. The rule is the one above:
 # only the plain shape is read here. A reader that meets anything else (a sized or a second
-# array block, a union or enum index out of range, a boolean byte other than 0 or 1, a length
-# running past the end, invalid UTF-8, a varint fastavro would read differently, trailing
-# bytes, a type that does not name the payload) gives up, and the body goes to fastavro, whose
+# array block, a union or enum index out of range, a boolean byte other than 0 or 1, an int
+# outside 32 bits, a length running past the end, invalid UTF-8, a varint fastavro would read
+# differently, trailing bytes, a type that does not name the payload) gives up, and the body goes to fastavro, whose
 # value or error stands, message included.
 
 
@@ -338,6 +338,13 @@ def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
     if b > 1:
         raise _OffPlainShapeError  # fastavro reads any non-zero byte as true
     return b == 1, pos + 1
+
+
+def _read_int(data: bytes, pos: int) -> tuple[int, int]:
+    value, pos = _read_long(data, pos)
+    if not -0x80000000 <= value < 0x80000000:
+        raise _OffPlainShapeError  # fastavro reads an int as wide as a long; the spec does not
+    return value, pos
 
 
 def _read_double(data: bytes, pos: int) -> tuple[float, int]:
@@ -447,7 +454,7 @@ def _record_reader(cls: type[Any], fields: tuple[_Reader, ...]) -> _Reader:
 _PRIMITIVE_READERS: Mapping[str, _Reader] = {
     "null": _read_null,
     "boolean": _read_boolean,
-    "int": _read_long,  # fastavro reads an int as a long, range unchecked; so do we
+    "int": _read_int,
     "long": _read_long,
     "double": _read_double,
     "string": _read_string,

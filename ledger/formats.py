@@ -103,8 +103,8 @@ from ledger.wire import (
     SINGLE_OBJECT_MAGIC,
     ZERO_HASH,
     Schema,
-    bad_index,
     crc64_avro,
+    off_spec,
 )
 
 # The model's and the wire's names, re-exported, and this module's own.
@@ -315,6 +315,9 @@ def _schemaless_read(
         )
     if not isinstance(record, dict):
         raise FormatError(f"{what}: expected a {schema.name} record")
+    bad = off_spec(schema.parsed, data)
+    if bad is not None:  # fastavro read what no Avro reader may: a second encoding
+        raise FormatError(f"{what}: not a valid {schema.name} Avro encoding ({bad})")
     return record
 
 
@@ -390,9 +393,6 @@ def decode_body(body_bytes: bytes) -> EventBody:
 def _decode_body_with_fastavro(schema: Schema, payload: bytes) -> EventBody:
     # An older writer's body is read into the current schema (Avro schema resolution).
     record = _schemaless_read(schema, payload, "body", reader=EVENT_BODY_SCHEMA)
-    bad = bad_index(schema.parsed, payload)
-    if bad is not None:  # fastavro read it by wrapping around its list: a second encoding
-        raise FormatError(f"body: not a valid {schema.name} Avro encoding ({bad})")
     branch_name, payload_record = record["payload"]
     payload_type = branch_name.rsplit(".", 1)[-1]
     if record["type"] != payload_type:

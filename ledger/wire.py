@@ -118,20 +118,23 @@ SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Enum and union indices: what fastavro does not check
+# What fastavro does not check
 #
 # fastavro reads an enum or union index and looks it up in a Python list, so a negative index
-# wraps around: the varint 01 (-1) reads as the last symbol. Such bytes are a second encoding of
-# the same value, one that the auditor (audit/avro.py) and any other Avro reader refuse. The
-# fast codec never reads them (it leaves them to fastavro); this walk finds them for the
+# wraps around: the varint 01 (-1) reads as the last symbol. It reads any non-zero boolean byte
+# as true, an int as wide as a long, and a varint of any length (keeping its low 64 bits). Such bytes are a second encoding of the same value (or
+# no Avro value at all), ones that the auditor (audit/avro.py) and any other Avro reader refuse.
+# The fast codec never reads them (it leaves them to fastavro); this walk finds them for the
 # fastavro path, which refuses what it finds. It runs only on encodings off the plain shape.
 
 _FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 
 
-def bad_index(parsed: Any, data: bytes) -> str | None:
-    """The first enum or union index in `data` outside its list, as "enum E index -1 of 3"; None
-    when every index is in range. `parsed` is a fastavro-parsed schema; `data` is assumed to be
+def off_spec(parsed: Any, data: bytes) -> str | None:
+    """The first value in `data` that the Avro specification refuses and fastavro reads: an enum
+    or union index outside its list ("enum E index -1 of 3"), a boolean byte other than 0 or 1,
+    an int outside 32 bits, a varint longer than 10 bytes or above 64 bits. None when there is
+    none. `parsed` is a fastavro-parsed schema; `data` is assumed to be
     an encoding fastavro reads (errors of any other kind are fastavro's to report)."""
     named: dict[str, Any] = {}
 
@@ -157,8 +160,12 @@ def bad_index(parsed: Any, data: bytes) -> str | None:
             pos += 1
             result |= (b & 0x7F) << shift
             if not b & 0x80:
+                if result >> 64:  # fastavro keeps the low 64 bits
+                    raise _BadIndex("varint overflows 64 bits")
                 return (result >> 1) ^ -(result & 1), pos
             shift += 7
+            if shift > 63:  # fastavro reads on: an 11th byte and more
+                raise _BadIndex("varint longer than 10 bytes")
 
     def walk(node: Any, pos: int) -> int:
         if isinstance(node, list):  # a union
@@ -169,9 +176,18 @@ def bad_index(parsed: Any, data: bytes) -> str | None:
         if isinstance(node, str):
             if node in named:
                 return walk(named[node], pos)
+            if node == "boolean":
+                if data[pos] > 1:
+                    raise _BadIndex(f"boolean byte {data[pos]}, not 0 or 1")
+                return pos + 1
             if node in _FIXED_WIDTH:
                 return pos + _FIXED_WIDTH[node]
-            if node in ("int", "long"):
+            if node == "int":
+                value, pos = long_at(pos)
+                if not -(2**31) <= value < 2**31:
+                    raise _BadIndex(f"int {value} outside 32 bits")
+                return pos
+            if node == "long":
                 return long_at(pos)[1]
             if node in ("bytes", "string"):
                 size, pos = long_at(pos)
@@ -211,4 +227,4 @@ def bad_index(parsed: Any, data: bytes) -> str | None:
 
 
 class _BadIndex(Exception):
-    """Where bad_index found an index outside its list (caught inside it)."""
+    """Where off_spec found a value the specification refuses (caught inside it)."""

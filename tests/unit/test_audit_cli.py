@@ -116,3 +116,24 @@ def test_wrong_trust_root_is_a_finding(tmp_path: Path, capsys: pytest.CaptureFix
 def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--help"]) == 0
     assert "--since-checkpoint" in capsys.readouterr().out
+
+
+def test_a_checkpoint_with_a_lone_surrogate_is_a_finding_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON's "\\ud800" escape reads as a lone surrogate, which no UTF-8 encoder takes: the
+    export's checkpoint list can hold one (found by test_audit_notes at 30,000 examples)."""
+    log = Builder().clean().log()
+    sizes = [parse_checkpoint(parse_note(n).text).size for n in log.checkpoints]
+    notes = [*log.checkpoints[:-1], "\ud800" + log.checkpoints[-1][1:]]
+    export = tmp_path / "ledger.avro"
+    write_export(export, log.records, list(zip(sizes, notes, strict=True)))
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps(log.trust))
+    code = main(["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert (
+        "[CHECKPOINT_MALFORMED] log: checkpoint is not a C2SP checkpoint: note is not UTF-8" in out
+    )
+    assert "internal error" not in out

@@ -226,6 +226,70 @@ def test_a_negative_union_index_is_refused_not_wrapped() -> None:
         decode_body(wrapped)
 
 
+@pytest.mark.parametrize("byte", [2, 3, 0x7F, 0xFF])
+def test_a_boolean_byte_other_than_0_or_1_is_refused_not_read_as_true(byte: int) -> None:
+    from ledger.formats import HealthReported
+
+    proposal = b"\x22" * 32
+    body = encode_body(new_body("t", HealthReported(proposal, 1, True, ()), issued_at=0))
+    at = body.rindex(proposal) + 32 + 1  # the report's step (one byte), then `healthy`
+    assert body[at] == 1
+    forged = body[:at] + bytes([byte]) + body[at + 1 :]
+    # fastavro reads it as true, the auditor refuses it (found by the fuzz test above), so must we
+    assert _fastavro_value(forged) == _fastavro_value(body)
+    with pytest.raises(FormatError, match=rf"boolean byte {byte}, not 0 or 1"):
+        decode_body(forged)
+
+
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**62])
+def test_an_int_outside_32_bits_is_refused(value: int) -> None:
+    from ledger.formats import LedgerGenesis, RootKey
+
+    genesis = LedgerGenesis("t", (RootKey("root", b"\x33" * 32),), 1, "k", b"\x44" * 32)
+    body = encode_body(new_body("t", genesis, issued_at=0))
+    at = body.rindex(b"\x33" * 32) + 32 + 1  # the roots' closing block, then root_threshold
+    assert body[at : at + 1] == _zigzag(1)
+    forged = body[:at] + _zigzag(value) + body[at + 1 :]
+    with pytest.raises(FormatError, match=rf"int {value} outside 32 bits"):
+        decode_body(forged)
+    # the edges of 32 bits still read
+    for edge in (2**31 - 1, -(2**31)):
+        edged = body[:at] + _zigzag(edge) + body[at + 1 :]
+        assert decode_body(edged).payload.root_threshold == edge
+
+
+def _overlong(z: int, length: int, last: int = 0) -> bytes:
+    """The zig-zagged `z` in `length` varint bytes, the last of them `last` (0 pads)."""
+    out = bytearray()
+    for _ in range(length - 1):
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z | last)
+    return bytes(out)
+
+
+def test_a_varint_past_10_bytes_or_64_bits_is_refused_by_the_ledger_and_the_auditor() -> None:
+    from audit import formats as audit_formats
+    from audit.errors import DecodeError
+
+    entry = Entry(3, b"\x55" * 32, FLOW.propose().body, (Signature(b"\x66" * 32, b"\x77" * 64),), 0)
+    data = encode_entry(entry)
+    assert data.endswith(b"\x00")  # received_at 0 is the last byte
+    # Ten bytes are a valid, over-long, reading of 0 for both (Avro allows it).
+    ten = data[:-1] + _overlong(0, 10)
+    assert decode_entry(ten).received_at == 0
+    assert audit_formats.decode_entry(ten).received_at == 0
+    # Eleven bytes (fastavro reads them), or a tenth byte past the 64th bit: no reader agrees.
+    for bad, why in (
+        (data[:-1] + _overlong(0, 11), "varint longer than 10 bytes"),
+        (data[:-1] + _overlong(0, 10, last=2), "varint overflows 64 bits"),
+    ):
+        with pytest.raises(FormatError, match=why):
+            decode_entry(bad)
+        with pytest.raises(DecodeError, match=why):
+            audit_formats.decode_entry(bad)
+
+
 def _fastavro_value(body: bytes) -> object:
     import io
 
