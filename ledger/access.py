@@ -34,7 +34,7 @@ import yaml
 
 from ledger.errors import ConfigError
 from ledger.grpc_errors import ServiceError, abort, status_for
-from ledger.limits import PenaltyBox, StreamSlots
+from ledger.limits import PenaltyBox, ReadBudget, StreamSlots
 
 APPEND, READ, QUERY, ADMIN = "append", "read", "query", "admin"
 PERMISSIONS = (APPEND, READ, QUERY, ADMIN)
@@ -174,9 +174,16 @@ class AccessPolicy:
 # The gate: an interceptor in front of every service
 
 
+# Unary calls that read history back from the store, charged to ReadBudget.
+READ_METHODS = frozenset(
+    _LEDGER + name for name in ("Get", "GetInclusionProof", "GetConsistencyProof")
+)
+
+
 class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
     """Checks permissions (with an access policy) and takes a stream slot for every stream;
-    refuses the ``AppendStream`` of a peer in the penalty box before either.
+    refuses the ``AppendStream`` of a peer in the penalty box before either; charges reads of
+    history to the peer's read budget.
 
     The checks run in the call's worker thread, before the servicer; a refused call returns at
     once, so its worker is free again in microseconds.
@@ -188,11 +195,13 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
         slots: StreamSlots,
         log: Any,
         penalty_box: PenaltyBox | None = None,
+        reads: ReadBudget | None = None,
     ) -> None:
         self.policy = policy
         self.slots = slots
         self.log = log
         self.penalty_box = penalty_box
+        self.reads = reads
 
     def _check(self, method: str, context: grpc.ServicerContext, request: Any) -> None:
         if self.policy is None:
@@ -244,9 +253,13 @@ class ServerGate(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
+            reads = gate.reads if method in READ_METHODS else None
+
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     gate._check(method, context, request)
+                    if reads is not None:  # after the permission check: a refusal costs none
+                        reads.charge(peer_identity(context), method.rsplit("/", 1)[-1])
                 except ServiceError as exc:
                     gate._refuse(context, exc)
                 return inner_uu(request, context)

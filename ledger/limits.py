@@ -21,6 +21,13 @@ Two resources a client can take from everyone else, bounded here:
   cheap refusal per second per stream the client runs (docs/security/network.md, "The penalty
   box").
 
+- **Reads of history.** A proof or a single entry is read back from the store (tiles and
+  entries on disk, since the tree is kept as tiles: 0.2-0.7 ms of a core for a cold proof at
+  10M entries), outside the writer's lock, so a flood of them never delays an append, but it
+  can keep a core busy. ``Get``, ``GetInclusionProof`` and ``GetConsistencyProof`` take a token
+  per call from a bucket per peer (:class:`ReadBudget`); a client that needs the whole log reads
+  it with ``Read``, the tiles or an export.
+
 Every refusal is a :class:`ledger.grpc_errors.ServiceError` with ``RESOURCE_EXHAUSTED``, the
 violation code ``STREAM_LIMIT``, ``RATE_LIMITED`` or ``PENALTY_BOX`` and the limit's name as
 the field.
@@ -165,6 +172,26 @@ class AppendLimits:
                     self._principal.give(done, m)
                 raise self._principal.refuse(f"principal {principal}", n)
             taken.append((principal, n))
+
+
+class ReadBudget:
+    """Calls that read history back from the store, per peer (see the module's docstring)."""
+
+    NAME = "read_rate_per_peer"
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets = _Buckets(limit, self.NAME, clock)
+
+    def charge(self, peer: str, method: str) -> None:
+        if not self._buckets.take(peer):
+            limit = self._buckets.limit
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{method}: rate limit {self.NAME} ({limit.describe()}) used up by peer "
+                f"{peer}; retry later, or read many entries with Read, the tiles or an export",
+                violation_code=RATE_LIMITED_CODE,
+                field=self.NAME,
+            )
 
 
 class StreamSlots:

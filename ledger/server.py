@@ -33,7 +33,14 @@ from ledger.access import AccessPolicy, ServerGate, is_loopback
 from ledger.errors import ConfigError, StewardError, StoreDamagedError
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
-from ledger.limits import AppendLimits, PenaltyBox, PenaltyRule, RateLimit, StreamSlots
+from ledger.limits import (
+    AppendLimits,
+    PenaltyBox,
+    PenaltyRule,
+    RateLimit,
+    ReadBudget,
+    StreamSlots,
+)
 from ledger.server_flags import add_server_arguments
 from ledger.server_tls import server_credentials
 from ledger.servicer import SERVICE_NAME, LedgerServicer
@@ -84,6 +91,8 @@ class LedgerServerConfig:
     # Strikes (rate-limit refusals) of one peer within a window that box its appends for a
     # cool-down (ledger.limits.PenaltyBox); None: no box.
     penalty_box: PenaltyRule | None = None
+    # Get and proof calls per second per peer (ledger.limits.ReadBudget); None: not enforced.
+    read_rate_per_peer: RateLimit | None = None
     # A second, plaintext port that serves only grpc.health.v1.Health (for kubelet probes,
     # which cannot present a client certificate).
     health_listen: str | None = None
@@ -224,6 +233,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         config.kill_switch_rate_per_peer,
     )
     box = PenaltyBox(config.penalty_box) if config.penalty_box is not None else None
+    reads = ReadBudget(config.read_rate_per_peer) if config.read_rate_per_peer else None
     if config.unary_workers < 2:
         raise ConfigError("unary_workers must be at least 2: the lane that streams cannot fill")
     _warn_about_exposure(config, creds)
@@ -281,7 +291,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
             max_workers=config.max_streams + config.unary_workers, thread_name_prefix="ledger-rpc"
         ),
         options=options,
-        interceptors=[ServerGate(policy, slots, log, box)],
+        interceptors=[ServerGate(policy, slots, log, box, reads)],
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
         LedgerServicer(
@@ -525,6 +535,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             append_rate_per_principal=_rate(args.append_rate_per_principal),
             kill_switch_rate_per_peer=_rate(args.kill_switch_rate_per_peer),
             penalty_box=PenaltyRule(*args.penalty_box) if args.penalty_box else None,
+            read_rate_per_peer=_rate(args.read_rate_per_peer),
             max_message_bytes=args.max_message_bytes,
             verify_processes=args.verify_processes,
             witnesses=tuple(WitnessEndpoint.parse(w) for w in args.witness),

@@ -54,6 +54,9 @@ DEFAULT_KILL_SWITCH_RATE_PER_PEER = "10:100"
 # 16 refusals for a rate in 10 s: far more than a client that backs off ever collects, and a
 # client that reopens refused streams at once collects them in a fraction of a second.
 DEFAULT_PENALTY_BOX = "16:10:10"
+# Proofs and single entries per second per peer: a client checking its receipts needs a few; at
+# 0.2-0.7 ms of a core for a cold proof (10M entries kept as tiles), 200/s is at most ~14% of one.
+DEFAULT_READ_RATE_PER_PEER = "200:1000"
 
 
 def add_server_arguments(
@@ -182,6 +185,15 @@ def add_server_arguments(
         "seconds has its AppendStreams, and its Appends other than KillSwitchEngaged, refused "
         f"early for COOLDOWN_S seconds (RESOURCE_EXHAUSTED, PENALTY_BOX; default "
         f"{DEFAULT_PENALTY_BOX})",
+    )
+    lim.add_argument(
+        "--read-rate-per-peer",
+        type=rate_limit,
+        metavar="RATE:BURST|off",
+        default=DEFAULT_READ_RATE_PER_PEER,
+        help="Get, GetInclusionProof and GetConsistencyProof calls per second a peer may make "
+        f"(RESOURCE_EXHAUSTED, RATE_LIMITED; default {DEFAULT_READ_RATE_PER_PEER}); Read, the "
+        "tiles and exports are for reading much",
     )
     w = p.add_argument_group("witnesses (docs/WITNESS.md)")
     w.add_argument(

@@ -361,3 +361,57 @@ def test_an_idle_append_stream_is_ended_and_its_slot_freed(tmp_path: Path) -> No
         channel.close()
         client.close()
         running.stop(None)
+
+
+def test_reads_of_history_are_limited_per_peer_and_never_cost_the_kill_switch(
+    tmp_path: Path,
+) -> None:
+    """Proofs and single entries are read back from disk (the tree kept as tiles), outside the
+    writer's lock: a flood cannot delay an append, but it could keep a core busy. Each peer has
+    a read budget; past it a read is RESOURCE_EXHAUSTED (RATE_LIMITED, read_rate_per_peer),
+    while the same peer's kill switch, head and streamed Read are served, and the budget
+    refills at its rate."""
+    from ledger.limits import RateLimit
+
+    cast = Cast.create()
+    flow = Flow(cast)
+    running = serve(
+        LedgerServerConfig(
+            store=tmp_path / "l.db",
+            checkpoint_key=cast.checkpoint_key,
+            read_rate_per_peer=RateLimit(2.0, 6),
+        )
+    )
+    client = LedgerClient(running.address, retries=0, timeout=CALL_TIMEOUT_S)
+    stub = ledger_pb2_grpc.LedgerServiceStub(grpc.insecure_channel(running.address))
+    reads = [
+        lambda: stub.GetInclusionProof(ledger_pb2.GetInclusionProofRequest(seq=0)),
+        lambda: stub.GetConsistencyProof(ledger_pb2.GetConsistencyProofRequest(size1=1)),
+        lambda: stub.Get(ledger_pb2.GetRequest(seq=1)),
+    ]
+    try:
+        client.append(flow.genesis())
+        for grant in flow.grants():
+            client.append(grant)
+        for i in range(6):  # the burst, in each kind of read
+            reads[i % 3]()
+        for read in reads:
+            with pytest.raises(grpc.RpcError) as info:
+                read()
+            err = info.value
+            md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            assert md.get(VIOLATION_CODE_KEY) == "RATE_LIMITED", md
+            assert md.get(VIOLATION_FIELD_KEY) == "read_rate_per_peer", md
+            assert "read_rate_per_peer (2/s, burst 6) used up by peer ip:127.0.0.1" in (
+                err.details()  # type: ignore[attr-defined]
+            )
+        size = client.head().size
+        receipt = client.append(flow.kill(KillScope("GLOBAL")))
+        assert receipt.seq == size
+        assert len(list(client.read(0))) == size + 1  # reading much: a stream, not proofs
+        time.sleep(0.6)  # one token back at 2/s
+        assert stub.Get(ledger_pb2.GetRequest(seq=0)).seq == 0
+    finally:
+        client.close()
+        running.stop(None)
