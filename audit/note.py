@@ -160,8 +160,11 @@ def parse_checkpoint(text: str) -> Checkpoint:
     origin, size_s, root_s = lines[0], lines[1], lines[2]
     if not origin:
         raise NoteError("checkpoint origin is empty")
-    if not size_s.isdigit() or (len(size_s) > 1 and size_s[0] == "0"):
+    # isascii: str.isdigit() is also true of "¹" and "٣", which int() refuses or reads
+    if not (size_s.isascii() and size_s.isdigit()) or (len(size_s) > 1 and size_s[0] == "0"):
         raise NoteError(f"checkpoint size {size_s!r} is not a decimal number")
+    if int(size_s) >= 2**64:
+        raise NoteError(f"checkpoint size {size_s} does not fit in 64 bits")
     try:
         root = base64.b64decode(root_s, validate=True)
     except (ValueError, binascii.Error) as exc:

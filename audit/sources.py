@@ -621,6 +621,7 @@ class TilesSource:
                 length = resp.getheader("Content-Length")
                 if (
                     length is not None
+                    and length.isascii()  # a hostile server's "²" is a digit to isdigit()
                     and length.isdigit()
                     and int(length) <= MAX_TILE_RESOURCE_BYTES
                 ):

@@ -293,7 +293,7 @@ def attach(
 def serve(controller: Controller, listen: str) -> MetricsServer:
     """Attach metrics to `controller` and serve ``/metrics`` on HOST:PORT (port 0: a free one)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError(f"metrics address {listen!r}: expected HOST:PORT")
     metrics, stop = attach(controller)
     server, thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)

@@ -319,7 +319,7 @@ def serve_tiles(
     """Bind ``HOST:PORT`` (port 0 picks one) and serve ``source``'s tiles from a thread."""
     host, _, port_s = listen.rpartition(":")
     host = host.strip("[]")
-    if not host or not port_s.isdigit() or int(port_s) > 65535:
+    if not host or not (port_s.isascii() and port_s.isdigit()) or int(port_s) > 65535:
         raise ValueError(f"{listen!r}: expected HOST:PORT, the port from 0 to 65535")
     server = TilesHTTPServer(
         (host, int(port_s)), TileResponder(source), max_connections=max_connections, timeout=timeout

@@ -154,6 +154,12 @@ def _pod_status(p: PodRow) -> str:
     return p.phase
 
 
+def _revision(text: str) -> int:
+    """A ReplicaSet's revision annotation as a number for sorting; 0 when it is none (anyone who
+    may edit a ReplicaSet writes it, and "²" is a digit to str.isdigit() but not to int())."""
+    return int(text) if text.isascii() and text.isdigit() else 0
+
+
 def build_tree(info: RolloutInfo, cluster: ClusterView, now: dt.datetime) -> Node:
     extra = f"step {info.step}{'/' + str(info.steps) if info.steps else ''}, weight {info.weight}%"
     root = Node("⟳", info.name, "ModelRollout", info.phase, age(info.created, now), extra)
@@ -168,7 +174,7 @@ def build_tree(info: RolloutInfo, cluster: ClusterView, now: dt.datetime) -> Nod
         )
         sets = [r for r in cluster.replicasets if r.owner == d.name]
         # Like `kubectl argo rollouts get`: every ReplicaSet with pods, plus the newest one.
-        sets.sort(key=lambda r: int(r.revision) if r.revision.isdigit() else 0, reverse=True)
+        sets.sort(key=lambda r: _revision(r.revision), reverse=True)
         shown = [
             r
             for i, r in enumerate(sets)

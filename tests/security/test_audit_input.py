@@ -548,3 +548,46 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "0 verified" in out and "1 findings" in out and "2 cannot audit the input" in out, out
+
+
+# -- a hostile tiles server ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u00b9\u00b2"])
+def test_a_tiles_server_whose_content_length_is_a_superscript_digit(
+    export: tuple[bytes, Path], length: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`Content-Length: ²` is a digit to str.isdigit() and no number to int(): the auditor read
+    it as one and ended with an internal error. It must read no more than a tile's limit and
+    judge what it got: here no signed checkpoint, so NOT VERIFIED."""
+    import http.server
+    import threading
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", length)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"not a checkpoint\n")
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _data, trust = export
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        code = main(["verify", "--tiles", url, "--trust-root", str(trust), "--no-progress"])
+        captured = capsys.readouterr()
+        assert "internal error" not in captured.out + captured.err, captured
+        # What it served is read (no more than the limit) and judged: no signed checkpoint.
+        assert code == 1, captured
+        assert "checkpoint is not a C2SP checkpoint" in captured.out, captured
+        assert "RESULT: NOT VERIFIED" in captured.out, captured
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -137,3 +137,25 @@ def test_a_checkpoint_with_a_lone_surrogate_is_a_finding_not_a_crash(
         "[CHECKPOINT_MALFORMED] log: checkpoint is not a C2SP checkpoint: note is not UTF-8" in out
     )
     assert "internal error" not in out
+
+
+@pytest.mark.parametrize(
+    ("size", "why"),
+    [
+        ("\u00b945", "is not a decimal number"),  # "¹45": a digit to str.isdigit(), not to int()
+        ("\u0663", "is not a decimal number"),  # Arabic-Indic three: int() reads it as 3
+        (str(2**64), "does not fit in 64 bits"),
+    ],
+)
+def test_a_checkpoint_size_is_ascii_decimal_in_64_bits_for_the_auditor_as_for_the_ledger(
+    size: str, why: str
+) -> None:
+    from audit.note import NoteError
+    from ledger.c2sp_text import MalformedError
+    from ledger.checkpoint import Checkpoint
+
+    text = f"steward.dev/ledger/t\n{size}\n{'A' * 43}=\n"
+    with pytest.raises(NoteError, match=why):
+        parse_checkpoint(text)
+    with pytest.raises(MalformedError):
+        Checkpoint.parse(text)

@@ -169,6 +169,27 @@ def test_tree_nests_deployments_replicasets_and_pods_like_argo() -> None:
     }
 
 
+def test_a_revision_annotation_that_is_no_number_sorts_last_and_prints_escaped() -> None:
+    """Anyone who may edit a ReplicaSet writes its revision: "²" is a digit to str.isdigit(),
+    which int() refuses; `get` used to end with a ValueError."""
+    import dataclasses
+
+    hostile = rows.ReplicaSetRow(
+        "model-server-x", "model-server", "²", 1, 1, "registry.example/m:v1", ago(60)
+    )
+    cluster = dataclasses.replace(CLUSTER, replicasets=[hostile, *CLUSTER.replicasets])
+    lines = render.render_tree(render.build_tree(INFO, cluster, NOW))
+    kind_at = lines[0].index("KIND")
+    names = [line[:kind_at].rstrip() for line in lines]
+    assert names[2:5] == [
+        "├──◫ model-server",
+        "│  ├──⧉ model-server-6d4cf",
+        "│  │  ├──□ model-server-6d4cf-aaaaa",
+    ]
+    assert any("model-server-x" in n for n in names)
+    assert render._revision("12") == 12 and render._revision("²") == 0 and render._revision("") == 0
+
+
 def test_traffic_mode_header_shows_set_and_actual_weight_per_service_of_the_route() -> None:
     """As `kubectl argo rollouts get` does: the weight the step sets, and what the route gives
     now (here a hand edit the controller has not yet corrected: 80 against a set 50)."""
