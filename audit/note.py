@@ -41,7 +41,13 @@ class Verifier:
 
 
 def _valid_name(name: str) -> bool:
-    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+    if not name or "+" in name or any(c.isspace() for c in name):
+        return False
+    try:
+        name.encode()  # a lone surrogate (JSON's "\ud800") has no UTF-8 form to hash
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def note_key_id(name: str, public_key: bytes) -> bytes:

@@ -159,3 +159,14 @@ def test_a_checkpoint_size_is_ascii_decimal_in_64_bits_for_the_auditor_as_for_th
         parse_checkpoint(text)
     with pytest.raises(MalformedError):
         Checkpoint.parse(text)
+
+
+def test_a_verifier_key_whose_name_holds_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    """Found by test_audit_checkpoint_and_vkey at 60,000 examples: the key id hashes the name's
+    UTF-8 bytes, which a lone surrogate (JSON's "\\ud800", in a trust root) does not have."""
+    from audit.note import NoteError, parse_vkey
+
+    with pytest.raises(NoteError, match="bad name or key id"):
+        parse_vkey(
+            "\ud800teward.dev/ledger/fuzz+36b9a975+AQOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
+        )
