@@ -293,8 +293,8 @@ def read_entry(payload: bytes) -> Entry | None:
 # only the plain shape is read here. A reader that meets anything else (a sized or a second
 # array block, a union or enum index out of range, a boolean byte other than 0 or 1, an int
 # outside 32 bits, a length running past the end, invalid UTF-8, a varint fastavro would read
-# differently, trailing bytes, a type that does not name the payload) gives up, and the body goes to fastavro, whose
-# value or error stands, message included.
+# differently, trailing bytes, a type that does not name the payload) gives up, and the body
+# goes to fastavro, whose value or error stands, message included.
 
 
 class _OffPlainShapeError(Exception):

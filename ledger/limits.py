@@ -1,6 +1,6 @@
-"""Admission limits of the ledger's gRPC server: stream slots and append rate limits.
+"""Admission limits of the ledger's gRPC server: stream slots, append rates and a read budget.
 
-Two resources a client can take from everyone else, bounded here:
+What a client can take from everyone else, bounded here:
 
 - **Stream slots.** A gRPC stream (``AppendStream``, a following ``Read``, a health ``Watch``)
   holds one worker thread of the server for as long as it is open, idle or not. Streams get at

@@ -122,20 +122,21 @@ SIGNED_EVENT_WRITERS: Mapping[bytes, Schema] = {
 #
 # fastavro reads an enum or union index and looks it up in a Python list, so a negative index
 # wraps around: the varint 01 (-1) reads as the last symbol. It reads any non-zero boolean byte
-# as true, an int as wide as a long, and a varint of any length (keeping its low 64 bits). Such bytes are a second encoding of the same value (or
-# no Avro value at all), ones that the auditor (audit/avro.py) and any other Avro reader refuse.
+# as true, an int as wide as a long, and a varint of any length (keeping its low 64 bits). Such
+# bytes are a second encoding of the same value (or no Avro value at all), ones that the auditor
+# (audit/avro.py) and any other Avro reader refuse.
 # The fast codec never reads them (it leaves them to fastavro); this walk finds them for the
 # fastavro path, which refuses what it finds. It runs only on encodings off the plain shape.
 
-_FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_FIXED_WIDTH = {"null": 0, "float": 4, "double": 8}  # booleans are checked, not skipped
 
 
 def off_spec(parsed: Any, data: bytes) -> str | None:
     """The first value in `data` that the Avro specification refuses and fastavro reads: an enum
     or union index outside its list ("enum E index -1 of 3"), a boolean byte other than 0 or 1,
     an int outside 32 bits, a varint longer than 10 bytes or above 64 bits. None when there is
-    none. `parsed` is a fastavro-parsed schema; `data` is assumed to be
-    an encoding fastavro reads (errors of any other kind are fastavro's to report)."""
+    none. `parsed` is a fastavro-parsed schema; `data` is assumed to be an encoding fastavro
+    reads (errors of any other kind are fastavro's to report)."""
     named: dict[str, Any] = {}
 
     def collect(node: Any) -> None:  # every named type, wherever it is first defined
@@ -161,31 +162,31 @@ def off_spec(parsed: Any, data: bytes) -> str | None:
             result |= (b & 0x7F) << shift
             if not b & 0x80:
                 if result >> 64:  # fastavro keeps the low 64 bits
-                    raise _BadIndex("varint overflows 64 bits")
+                    raise _OffSpec("varint overflows 64 bits")
                 return (result >> 1) ^ -(result & 1), pos
             shift += 7
             if shift > 63:  # fastavro reads on: an 11th byte and more
-                raise _BadIndex("varint longer than 10 bytes")
+                raise _OffSpec("varint longer than 10 bytes")
 
     def walk(node: Any, pos: int) -> int:
         if isinstance(node, list):  # a union
             index, pos = long_at(pos)
             if not 0 <= index < len(node):
-                raise _BadIndex(f"union index {index} of {len(node)}")
+                raise _OffSpec(f"union index {index} of {len(node)}")
             return walk(node[index], pos)
         if isinstance(node, str):
             if node in named:
                 return walk(named[node], pos)
             if node == "boolean":
                 if data[pos] > 1:
-                    raise _BadIndex(f"boolean byte {data[pos]}, not 0 or 1")
+                    raise _OffSpec(f"boolean byte {data[pos]}, not 0 or 1")
                 return pos + 1
             if node in _FIXED_WIDTH:
                 return pos + _FIXED_WIDTH[node]
             if node == "int":
                 value, pos = long_at(pos)
                 if not -(2**31) <= value < 2**31:
-                    raise _BadIndex(f"int {value} outside 32 bits")
+                    raise _OffSpec(f"int {value} outside 32 bits")
                 return pos
             if node == "long":
                 return long_at(pos)[1]
@@ -201,7 +202,7 @@ def off_spec(parsed: Any, data: bytes) -> str | None:
         if kind == "enum":
             index, pos = long_at(pos)
             if not 0 <= index < len(node["symbols"]):
-                raise _BadIndex(f"enum {node['name']} index {index} of {len(node['symbols'])}")
+                raise _OffSpec(f"enum {node['name']} index {index} of {len(node['symbols'])}")
             return pos
         if kind == "fixed":
             return pos + int(node["size"])
@@ -221,10 +222,10 @@ def off_spec(parsed: Any, data: bytes) -> str | None:
 
     try:
         walk(parsed, 0)
-    except _BadIndex as exc:
+    except _OffSpec as exc:
         return str(exc)
     return None
 
 
-class _BadIndex(Exception):
+class _OffSpec(Exception):
     """Where off_spec found a value the specification refuses (caught inside it)."""
