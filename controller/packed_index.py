@@ -12,9 +12,10 @@ encoding of the seq indexes.
 from __future__ import annotations
 
 import array
+import itertools
 import sys
 import typing
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Generic, TypeVar
 
 from controller.errors import SnapshotError
@@ -29,8 +30,14 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
 
     The base is ``keys`` (``n * key_width`` bytes, sorted) and ``values`` (``n * value_width``
     bytes, in the same order), read with a binary search; ``decode``/``encode`` turn one value
-    into bytes and back. Keys set afterwards live in a dict consulted first. The rules only
-    ever add to these indexes (an entry never leaves the log), so deletion is refused.
+    into bytes and back. Keys set afterwards live in a dict consulted first, in the order they
+    were added. The rules only ever add to these indexes (an entry never leaves the log, and is
+    indexed once), so deletion is refused, and so is a new value for a key already present.
+
+    The incremental snapshot (controller.snapshot_parts) writes the additions in that order:
+    ``persisted`` of them are in snapshot parts already, ``pending`` says how many each of
+    those parts holds, and ``rebase`` swaps in a base that a compaction of the parts built,
+    dropping the additions it now holds.
     """
 
     __slots__ = (
@@ -41,6 +48,8 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         "decode",
         "encode",
         "key_width",
+        "pending",
+        "persisted",
         "recent",
         "value_width",
     )
@@ -65,6 +74,53 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         self.decode, self.encode = decode, encode
         self.recent: dict[bytes, V] = {}
         self._added = 0  # keys in `recent` that are not in the base
+        self.persisted = 0  # the first `persisted` keys of `recent` are in snapshot parts
+        self.pending: list[tuple[int, int]] = []  # (part, keys of `recent` it holds), in order
+
+    @classmethod
+    def growing(
+        cls,
+        mapping: Mapping[bytes, V],
+        key_width: int,
+        value_width: int,
+        decode: Callable[[bytes], V],
+        encode: Callable[[V], bytes],
+    ) -> PackedIndex[V]:
+        """An empty base with every entry of `mapping` as an addition, in its order.
+
+        A plain dict is taken over, not copied (the caller replaces its reference with this)."""
+        index: PackedIndex[V] = cls(b"", b"", key_width, value_width, decode, encode)
+        # Key widths are checked when the additions are packed (snapshot_parts), not here,
+        # under the fold lock.
+        recent = mapping if type(mapping) is dict else dict(mapping.items())
+        index.recent, index._added = recent, len(recent)
+        return index
+
+    def unpersisted(self) -> list[tuple[bytes, V]]:
+        """The additions not yet in a snapshot part, in the order they were made."""
+        return list(itertools.islice(self.recent.items(), self.persisted, None))
+
+    def mark_persisted(self, part: int, count: int) -> None:
+        """`count` more additions are now in snapshot part `part`."""
+        self.persisted += count
+        self.pending.append((part, count))
+
+    def rebase(self, keys: bytes, values: bytes, through: int) -> None:
+        """Take `keys`/`values` (every entry of the parts up to `through`) as the base and
+        drop the additions those parts hold; later additions stay, in their order."""
+        count, rest = divmod(len(keys), self.key_width)
+        if rest or len(values) != count * self.value_width:
+            raise SnapshotError(f"rebase with {len(keys)} key and {len(values)} value bytes")
+        trim = sum(n for part, n in self.pending if part <= through)
+        if count != self.count + trim:
+            raise SnapshotError(
+                f"rebase through part {through}: {count} keys, expected {self.count} + {trim}"
+            )
+        self.recent = dict(itertools.islice(self.recent.items(), trim, None))
+        self.persisted -= trim
+        self.pending = [(part, n) for part, n in self.pending if part > through]
+        self.base_keys, self.base_values, self.count = keys, values, count
+        self._added = len(self.recent)
 
     def _position(self, key: bytes) -> int:
         """Where `key` is, or would be inserted, in the sorted base."""
@@ -103,9 +159,16 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def __setitem__(self, key: bytes, value: V) -> None:
         if len(key) != self.key_width:
             raise ValueError(f"key is {len(key)} bytes, expected {self.key_width}")
-        if key not in self.recent and self._find(key) < 0:
+        if key in self.recent:
+            old = self.recent[key]
+        elif (i := self._find(key)) >= 0:
+            old = self._base_value(i)
+        else:
             self._added += 1
-        self.recent[key] = value
+            self.recent[key] = value
+            return
+        if old != value:
+            raise ValueError(f"key {key.hex()} is already indexed with another value")
 
     def __delitem__(self, key: bytes) -> None:
         raise TypeError("a packed index only grows: entries never leave the log")
@@ -148,6 +211,43 @@ def pack(
     else:
         values_blob = b"".join(map(encode, values))
     return PackedIndex(keys_blob, values_blob, key_width, value_width, decode, encode)
+
+
+def merge_sorted(
+    base_keys: bytes,
+    base_values: bytes,
+    key_width: int,
+    value_width: int,
+    additions: Sequence[tuple[bytes, bytes]],
+) -> tuple[bytes, bytes]:
+    """The base with `additions` (sorted (key, encoded value) pairs, none of them in the base)
+    merged in: a binary search per addition and one copy of the base, so merging a few
+    thousand keys into a million costs about as much as copying the base."""
+    kw, vw = key_width, value_width
+    count = len(base_keys) // kw
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
+    at = 0
+    previous = b""
+    for key, value in additions:
+        if len(key) != kw or len(value) != vw or key <= previous:
+            raise SnapshotError("index additions are not sorted, distinct keys of the widths")
+        previous = key
+        lo, hi = at, count
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if base_keys[mid * kw : mid * kw + kw] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < count and base_keys[lo * kw : lo * kw + kw] == key:
+            raise SnapshotError(f"index key {key.hex()} is in the base and added again")
+        key_parts += [base_keys[at * kw : lo * kw], key]
+        value_parts += [base_values[at * vw : lo * vw], value]
+        at = lo
+    key_parts.append(base_keys[at * kw :])
+    value_parts.append(base_values[at * vw :])
+    return b"".join(key_parts), b"".join(value_parts)
 
 
 def _merge(

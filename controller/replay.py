@@ -6,14 +6,14 @@ record and checks it with the shared rules against its *own* state. Storage is u
 (docs/DESIGN.md §2): a record that does not decode or breaks a rule — forged, unsigned, written straight
 into Kafka — is logged, counted and skipped; it never reaches the planner.
 
-Snapshots: the :class:`~controller.state.ControllerState` in the explicit, versioned encoding of
-:mod:`controller.snapshot` (no pickle: decoding builds only the state's own classes), the next
-store position and the counts, in one SQL row written in ONE transaction every N entries or T
-seconds. A restart loads the snapshot and continues from its position. A snapshot is trusted
-only if it decodes intact (magic, version, digest, schema, counts), its row agrees with the
-state it holds, and the record at its last valid position still hashes to the state's last
-entry (same log, not a replaced file); otherwise it is discarded and the log replayed from the
-start.
+Snapshots (controller.snapshot_store): every N entries or T seconds, one *part* holding what
+changed since the last one (controller.snapshot_parts, no pickle), written with the next store
+position and the counts in ONE transaction; the fold lock is held only to take the changes,
+not to encode or write them. A restart loads the chain of parts and continues from its
+position. A snapshot is trusted only if every part decodes intact (magic, version, digest,
+schema, counts, a chain without gaps), its head agrees with the state it holds, and the record
+at its last valid position still hashes to the state's last entry (same log, not a replaced
+file); otherwise it is discarded and the log replayed from the start.
 """
 
 from __future__ import annotations
@@ -24,108 +24,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-import sqlalchemy as sa
-
-from controller.errors import SnapshotError
 from controller.seams import LedgerReader
-from controller.snapshot import decode_state, encode_state
+from controller.snapshot_parts import (
+    Part,
+    after_failure,
+    after_write,
+    begin_full,
+    capture,
+    encode_capture,
+    prepare_step,
+    rebase,
+    tracked,
+)
+from controller.snapshot_store import Snapshot, SnapshotStore
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
 from ledger.formats import LogEntry, decode_log_entry
 from ledger.rules import VerifiedSignature
 from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
-from ledger.store.sqlite import sqlite_engine
 
 log = logging.getLogger("steward.controller.replay")
-
-_metadata = sa.MetaData()
-snapshot_table = sa.Table(
-    "controller_snapshots",
-    _metadata,
-    sa.Column("source", sa.String(200), primary_key=True),
-    sa.Column("position", sa.BigInteger, nullable=False),  # next store position to read
-    sa.Column("last_position", sa.BigInteger, nullable=False),  # position of the last valid entry
-    sa.Column("size", sa.BigInteger, nullable=False),  # entries folded (= next seq)
-    sa.Column("applied", sa.BigInteger, nullable=False),
-    sa.Column("invalid", sa.BigInteger, nullable=False),
-    sa.Column("state", sa.LargeBinary, nullable=False),
-    sa.Column("taken_at_ms", sa.BigInteger, nullable=False),
-)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    position: int
-    last_position: int
-    state: ControllerState
-
 
 # Snapshots are spaced at least this many times their own write time apart (see snapshot_due).
 SNAPSHOT_DUTY_FACTOR = 50.0
 # Under a steady stream (never idle) a snapshot is still taken after this many every_seconds.
 SNAPSHOT_BUSY_FACTOR = 6.0
-
-
-class SnapshotStore:
-    """Snapshots in a SQL database (a SQLite file by default), one row per log source."""
-
-    def __init__(self, url_or_path: str | Path) -> None:
-        text = str(url_or_path)
-        self.engine = sa.create_engine(text) if "://" in text else sqlite_engine(text)
-        _metadata.create_all(self.engine)
-
-    def load(self, source: str) -> Snapshot | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(snapshot_table).where(snapshot_table.c.source == source)
-            ).first()
-        if row is None:
-            return None
-        try:
-            blob = row.state
-            state = decode_state(blob if isinstance(blob, bytes) else bytes(blob))
-        except SnapshotError as exc:  # an old or damaged snapshot only costs a full replay
-            log.warning(
-                "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
-            )
-            return None
-        held = (state.ledger.size, state.applied, state.invalid)
-        if held != (row.size, row.applied, row.invalid):
-            log.warning(
-                "snapshot row says size/applied/invalid=%s, its state holds %s; replaying "
-                "from the start source=%s",
-                (row.size, row.applied, row.invalid),
-                held,
-                source,
-            )
-            return None
-        return Snapshot(int(row.position), int(row.last_position), state)
-
-    def save(self, source: str, position: int, last_position: int, state: ControllerState) -> None:
-        """Write the snapshot; the state's growing indexes are compacted into what was written."""
-        values = {
-            "position": position,
-            "last_position": last_position,
-            "size": state.ledger.size,
-            "applied": state.applied,
-            "invalid": state.invalid,
-            "state": encode_state(state, compact=True),
-            "taken_at_ms": time.time_ns() // 1_000_000,
-        }
-        # State and position in ONE transaction: a crash keeps the old pair or the new pair.
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                snapshot_table.update().where(snapshot_table.c.source == source).values(**values)
-            ).rowcount
-            if not updated:
-                conn.execute(snapshot_table.insert().values(source=source, **values))
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 class Replayer:
@@ -158,6 +83,8 @@ class Replayer:
         self._last_snapshot = time.monotonic()
         self._last_snapshot_cost = 0.0  # seconds the last snapshot write took
         self.loaded_from_snapshot = False
+        self.last_capture_seconds = 0.0  # the longest the last snapshot held the fold lock
+        self.last_part_bytes = 0
         # Monotonic time each recent entry was folded: how fast the controller reacts to it.
         self.folded_at: dict[int, float] = {}
         # Called with each valid entry and its store position right after it is folded, under
@@ -205,15 +132,60 @@ class Replayer:
         )
         return True
 
-    def snapshot(self) -> None:
-        if self.snapshots is None:
-            return
-        with self.lock:
+    def snapshot(self, *, wait: bool = True) -> bool:
+        """Write a part holding what changed since the last one; False if none was written
+        (no store, or `wait` is False and a compaction is committing).
+
+        The fold lock is held only while the changes are taken (references to what was
+        folded, and the changed proposals encoded) and while the written part is recorded;
+        the part is encoded and written outside it."""
+        store = self.snapshots
+        if store is None or not store.writing.acquire(blocking=wait):
+            return False
+        try:
             started = time.monotonic()
-            self.snapshots.save(self.source, self.position, self.last_position, self.state)
+            through = store.through(self.source)  # the chain cannot move: `writing` is held
+            held = 0.0
+            prepared = None
+            with self.lock:
+                log_ = tracked(self.state)
+                full = through is None or log_ is None or log_.through != through
+                if full:  # a base: prepared in steps, the fold going on between them
+                    prepared = begin_full(self.state)
+            while prepared is not None:
+                with self.lock:
+                    held_from = time.monotonic()
+                    done = prepare_step(self.state, prepared)
+                    held = max(held, time.monotonic() - held_from)
+                if done:
+                    break
+            with self.lock:
+                held_from = time.monotonic()
+                taken = capture(self.state, (through or 0) + 1, full=full, prepared=prepared)
+                position, last_position = self.position, self.last_position
+                self._since_snapshot = 0
+                self.last_capture_seconds = max(held, time.monotonic() - held_from)
+            try:
+                blob = encode_capture(taken)
+                store.write_part(self.source, taken, blob, position, last_position)
+            except BaseException:
+                with self.lock:
+                    after_failure(self.state, taken)
+                raise
+            with self.lock:
+                after_write(self.state, taken)
+            self.last_part_bytes = len(blob)
             self._last_snapshot = time.monotonic()
             self._last_snapshot_cost = self._last_snapshot - started
-            self._since_snapshot = 0
+        finally:
+            store.writing.release()
+        store.after_write(self.source, self._rebase)
+        return True
+
+    def _rebase(self, base: Part) -> None:
+        """A compaction wrote a new base: the in-memory indexes take its packed bytes."""
+        with self.lock:
+            rebase(self.state, base)
 
     def snapshot_due(self, *, idle: bool = True, now: float | None = None) -> bool:
         """Whether `_maybe_snapshot` would write one now.
@@ -236,7 +208,8 @@ class Replayer:
 
     def _maybe_snapshot(self, *, idle: bool = True) -> None:
         if self.snapshot_due(idle=idle):
-            self.snapshot()
+            # Never waits for a compaction's commit: the next entry or pause tries again.
+            self.snapshot(wait=False)
 
     # -- folding --------------------------------------------------------------------------
 
@@ -449,3 +422,14 @@ class LedgerReadStore(LogStore):
 
     def close(self) -> None:
         pass
+
+
+__all__ = [
+    "CATCH_UP_CHUNK",
+    "SNAPSHOT_BUSY_FACTOR",
+    "SNAPSHOT_DUTY_FACTOR",
+    "LedgerReadStore",
+    "Replayer",
+    "Snapshot",
+    "SnapshotStore",
+]

@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 import controller.replay
-from controller.replay import Replayer, SnapshotStore, snapshot_table
+from controller.replay import Replayer, SnapshotStore
+from controller.snapshot_store import head_table
 from ledger.formats import KillScope, SignedEvent, make_entry
 from ledger.sigcheck import SignatureChecker
 from ledger.store.sqlite import SQLiteLogStore
@@ -97,7 +98,7 @@ def test_restart_from_snapshot_continues_where_it_stopped(tmp_path: Path) -> Non
     assert again.catch_up() == 1  # only the new entry is read
     assert again.state.ledger.size == h.core.size
     with snaps.engine.connect() as conn:
-        row = conn.execute(sa.select(snapshot_table)).one()
+        row = conn.execute(sa.select(head_table)).one()
     assert row.position == first_size and row.size == first_size
 
 

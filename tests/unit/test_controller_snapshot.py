@@ -11,8 +11,10 @@ import sqlalchemy as sa
 
 from controller.errors import SnapshotError
 from controller.packed_index import PackedIndex, pack
-from controller.replay import Replayer, SnapshotStore, snapshot_table
+from controller.replay import Replayer, SnapshotStore
 from controller.snapshot import MAGIC, VERSION, StoredProposal, decode_state, encode_state
+from controller.snapshot_parts import PART_MAGIC, PART_VERSION
+from controller.snapshot_store import head_table, part_table
 from controller.state import ControllerState
 from ledger.formats import KillScope, SignedEvent, make_entry
 from ledger.rules import check
@@ -119,14 +121,18 @@ def test_packed_index_lookups_and_merge() -> None:
     assert dict(index) == base and len(index) == 100
     assert bytes([2]) * 4 in index and bytes([3]) * 4 not in index and b"\x02" not in index
     index[bytes([3]) * 4] = 3  # new, between two base keys
-    index[bytes([2]) * 4] = 20  # overwrites a base value
-    assert index[bytes([3]) * 4] == 3 and index[bytes([2]) * 4] == 20 and len(index) == 101
+    index[bytes([2]) * 4] = 2  # the value it has: nothing changes
+    with pytest.raises(ValueError, match="already indexed"):
+        index[bytes([2]) * 4] = 20  # an entry is indexed once: never another value
+    with pytest.raises(ValueError, match="already indexed"):
+        index[bytes([3]) * 4] = 30
+    assert index[bytes([3]) * 4] == 3 and index[bytes([2]) * 4] == 2 and len(index) == 101
     with pytest.raises(KeyError):
         index[bytes([5]) * 4]
     with pytest.raises(TypeError, match="only grows"):
         del index[bytes([2]) * 4]
     merged = pack(index, 4, 8, dec, enc)
-    assert not merged.recent and dict(merged) == {**base, bytes([3]) * 4: 3, bytes([2]) * 4: 20}
+    assert not merged.recent and dict(merged) == {**base, bytes([3]) * 4: 3}
     assert list(merged) == sorted(merged)
 
 
@@ -184,12 +190,17 @@ def _replayer_with_snapshot(tmp_path: Path) -> tuple[Harness, SQLiteLogStore, Sn
 
 def _set_blob(snaps: SnapshotStore, blob: bytes) -> None:
     with snaps.engine.begin() as conn:
-        conn.execute(snapshot_table.update().values(state=blob))
+        conn.execute(part_table.update().values(blob=blob))
 
 
 def _blob(snaps: SnapshotStore) -> bytes:
+    """The one part (a base) the first snapshot wrote."""
     with snaps.engine.connect() as conn:
-        return bytes(conn.execute(sa.select(snapshot_table.c.state)).scalar_one())
+        return bytes(conn.execute(sa.select(part_table.c.blob)).scalar_one())
+
+
+def _reseal_part(body: bytes, version: int = PART_VERSION) -> bytes:
+    return struct.pack("<8sH32s", PART_MAGIC, version, hashlib.sha256(body).digest()) + body
 
 
 @pytest.mark.parametrize("damage", ["bit flip", "unknown version", "a pickle"])
@@ -200,7 +211,7 @@ def test_a_refused_snapshot_leads_to_a_full_replay(tmp_path: Path, damage: str) 
         snaps,
         {
             "bit flip": blob[:-1] + bytes([blob[-1] ^ 1]),
-            "unknown version": _reseal(blob[42:], VERSION + 7),
+            "unknown version": _reseal_part(blob[42:], PART_VERSION + 7),
             "a pickle": b"\x80\x05\x95" + bytes(40),
         }[damage],
     )
@@ -214,7 +225,7 @@ def test_a_refused_snapshot_leads_to_a_full_replay(tmp_path: Path, damage: str) 
 def test_a_snapshot_whose_row_disagrees_with_its_state_is_discarded(tmp_path: Path) -> None:
     _h, store, snaps = _replayer_with_snapshot(tmp_path)
     with snaps.engine.begin() as conn:
-        conn.execute(snapshot_table.update().values(size=sa.literal(1)))
+        conn.execute(head_table.update().values(size=sa.literal(1)))
     assert not Replayer(store, snapshots=snaps, source="t").load_snapshot()
 
 

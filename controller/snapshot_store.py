@@ -1,0 +1,399 @@
+"""Where the controller's snapshots live: a chain of parts in a SQL database (SQLite by default).
+
+Per log source, ``controller_snapshot_heads`` holds one row (the next store position to read,
+the position of the last valid entry, the counts, and ``through``: the number of the last part),
+and ``controller_snapshot_parts`` the parts (controller.snapshot_parts): a base, then one part
+per snapshot holding what changed since the one before. Writing part N inserts its row and
+moves the head to it in ONE transaction, so a crash keeps the chain up to N - 1 or up to N.
+
+Compaction merges parts off the fold, in a background thread (or at once, for tests):
+
+* the newest parts, four at a time once four of about the same size follow each other
+  (size-tiered: each entry is rewritten a few times, about log4(entries / part size));
+* everything into a new base once the parts after the base hold a quarter as many entries as
+  the base itself. The new base's packed indexes then replace the controller's in-memory ones
+  (``on_base``), so memory does not keep a dict entry for every entry folded since the start.
+
+Each compaction replaces the rows it merged in one transaction, checking they are still there.
+A load reads the head, the parts ``1..through`` it names (their numbers and sizes must follow
+each other, every part's digest must match), and builds the state; anything else — a missing or
+damaged part, a head that disagrees with its parts — means a full replay, as before.
+
+A database written by earlier code holds one whole snapshot per source in ``controller_snapshots``
+(controller.snapshot, version 1); it is still read when no head exists, and the first part
+written after it is a base, which replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from controller.errors import SnapshotError
+from controller.snapshot import decode_state
+from controller.snapshot_parts import (
+    Capture,
+    Part,
+    decode_part,
+    encode_part,
+    merge_parts,
+    state_from_parts,
+)
+from controller.state import ControllerState
+from ledger.store.sqlite import sqlite_engine
+
+log = logging.getLogger("steward.controller.snapshots")
+
+_metadata = sa.MetaData()
+head_table = sa.Table(
+    "controller_snapshot_heads",
+    _metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),  # next store position to read
+    sa.Column("last_position", sa.BigInteger, nullable=False),  # position of the last valid entry
+    sa.Column("size", sa.BigInteger, nullable=False),  # entries folded (= next seq)
+    sa.Column("applied", sa.BigInteger, nullable=False),
+    sa.Column("invalid", sa.BigInteger, nullable=False),
+    sa.Column("through", sa.BigInteger, nullable=False),  # the number of the last part
+    sa.Column("taken_at_ms", sa.BigInteger, nullable=False),
+)
+part_table = sa.Table(
+    "controller_snapshot_parts",
+    _metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("first", sa.BigInteger, primary_key=True),
+    sa.Column("last", sa.BigInteger, nullable=False),
+    sa.Column("size_before", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+# Version 1: one whole snapshot per source (read, never written now).
+legacy_table = sa.Table(
+    "controller_snapshots",
+    _metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("last_position", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("applied", sa.BigInteger, nullable=False),
+    sa.Column("invalid", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("taken_at_ms", sa.BigInteger, nullable=False),
+)
+
+# Four parts whose entry counts have the same base-4 magnitude are merged into one.
+TIER_FANOUT = 4
+# Everything is merged into a new base once the later parts hold this share of its entries
+# (and at least REBASE_MIN_ENTRIES): each entry is then rewritten a bounded number of times.
+REBASE_SHARE = 0.25
+REBASE_MIN_ENTRIES = 1024
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    position: int
+    last_position: int
+    state: ControllerState
+
+
+@dataclass(frozen=True)
+class PartRow:
+    first: int
+    last: int
+    size_before: int
+    size: int
+
+    @property
+    def entries(self) -> int:
+        return self.size - self.size_before
+
+
+def compaction_plan(rows: list[PartRow]) -> list[PartRow]:
+    """The run of consecutive parts to merge next (empty: none). Pure, for the tests."""
+    if len(rows) < 2 or rows[0].size_before != 0:
+        return []
+    later = sum(r.entries for r in rows[1:])
+    if later >= REBASE_MIN_ENTRIES and later >= REBASE_SHARE * rows[0].entries:
+        return rows
+    tail: list[PartRow] = []
+    for r in reversed(rows[1:]):
+        if tail and _tier(r) != _tier(tail[-1]):
+            break
+        tail.append(r)
+    return list(reversed(tail)) if len(tail) >= TIER_FANOUT else []
+
+
+def _tier(row: PartRow) -> int:
+    return max(row.entries, 1).bit_length() // 2
+
+
+class SnapshotStore:
+    """Snapshot chains in a SQL database (a SQLite file by default), one per log source."""
+
+    def __init__(self, url_or_path: str | Path, *, background: bool = True) -> None:
+        text = str(url_or_path)
+        self.engine = sa.create_engine(text) if "://" in text else sqlite_engine(text)
+        _metadata.create_all(self.engine)
+        # Held from a capture to its bookkeeping after the commit, and by a compaction from its
+        # check that its parts are still there to its swap of the in-memory base: the chain
+        # changes one step at a time. Always taken before the replayer's fold lock.
+        self.writing = threading.Lock()
+        self.background = background
+        self._wake = threading.Condition()
+        self._todo: dict[str, Callable[[Part], None]] = {}
+        self._closed = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self.compactions = 0  # merges committed (for the bench and the tests)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def load(self, source: str) -> Snapshot | None:
+        with self.engine.connect() as conn:
+            head = conn.execute(sa.select(head_table).where(head_table.c.source == source)).first()
+            if head is None:
+                return self._load_legacy(conn, source)
+            rows = conn.execute(
+                sa.select(part_table)
+                .where(part_table.c.source == source, part_table.c.first <= head.through)
+                .order_by(part_table.c.first)
+            ).all()
+        try:
+            parts = [decode_part(bytes(r.blob)) for r in rows]
+            for r, p in zip(rows, parts, strict=True):
+                if (r.first, r.last, r.size_before, r.size) != (
+                    p.first,
+                    p.last,
+                    p.size_before,
+                    p.size,
+                ):
+                    raise SnapshotError(
+                        f"part row {r.first}..{r.last} holds part {p.first}..{p.last}"
+                    )
+            if not parts or parts[-1].last != head.through:
+                raise SnapshotError(
+                    f"head names part {head.through}, the parts end at "
+                    f"{parts[-1].last if parts else 'none'}"
+                )
+            state = state_from_parts(parts)
+        except SnapshotError as exc:  # a damaged chain only costs a full replay
+            log.warning(
+                "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
+            )
+            return None
+        return self._checked(head, state, source)
+
+    def _load_legacy(self, conn: sa.Connection, source: str) -> Snapshot | None:
+        row = conn.execute(sa.select(legacy_table).where(legacy_table.c.source == source)).first()
+        if row is None:
+            return None
+        try:
+            state = decode_state(bytes(row.state))
+        except SnapshotError as exc:
+            log.warning(
+                "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
+            )
+            return None
+        return self._checked(row, state, source)
+
+    @staticmethod
+    def _checked(row: sa.Row[object], state: ControllerState, source: str) -> Snapshot | None:
+        held = (state.ledger.size, state.applied, state.invalid)
+        said = (row.size, row.applied, row.invalid)  # type: ignore[attr-defined]
+        if held != said:
+            log.warning(
+                "snapshot row says size/applied/invalid=%s, its state holds %s; replaying "
+                "from the start source=%s",
+                said,
+                held,
+                source,
+            )
+            return None
+        return Snapshot(int(row.position), int(row.last_position), state)  # type: ignore[attr-defined]
+
+    def through(self, source: str) -> int | None:
+        """The number of the last part of `source`'s chain, or None when it has none."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(head_table.c.through).where(head_table.c.source == source)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def part_rows(self, source: str) -> list[PartRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    part_table.c.first,
+                    part_table.c.last,
+                    part_table.c.size_before,
+                    part_table.c.size,
+                )
+                .where(part_table.c.source == source)
+                .order_by(part_table.c.first)
+            ).all()
+        return [PartRow(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    # -- writing (with `writing` held) --------------------------------------------------------
+
+    def write_part(
+        self, source: str, c: Capture, blob: bytes, position: int, last_position: int
+    ) -> None:
+        """Part `c.part` and the head that names it, in one transaction; a full part replaces
+        the whole chain (and a version 1 snapshot)."""
+        head = {
+            "position": position,
+            "last_position": last_position,
+            "size": c.size,
+            "applied": c.applied,
+            "invalid": c.invalid,
+            "through": c.part,
+            "taken_at_ms": time.time_ns() // 1_000_000,
+        }
+        with self.engine.begin() as conn:
+            if c.full:
+                conn.execute(part_table.delete().where(part_table.c.source == source))
+                conn.execute(legacy_table.delete().where(legacy_table.c.source == source))
+            conn.execute(
+                part_table.insert().values(
+                    source=source,
+                    first=c.part,
+                    last=c.part,
+                    size_before=c.size_before,
+                    size=c.size,
+                    blob=blob,
+                )
+            )
+            updated = conn.execute(
+                head_table.update().where(head_table.c.source == source).values(**head)
+            ).rowcount
+            if not updated:
+                conn.execute(head_table.insert().values(source=source, **head))
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def after_write(self, source: str, on_base: Callable[[Part], None]) -> None:
+        """A part was written: compact in the background (or now, without a thread)."""
+        if not self.background:
+            while self.compact(source, on_base):
+                pass
+            return
+        with self._wake:
+            if self._closed:
+                return
+            self._todo[source] = on_base
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._compactor, name="snapshot-compaction", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify_all()
+
+    def _compactor(self) -> None:
+        while True:
+            with self._wake:
+                while not self._todo and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                source, on_base = self._todo.popitem()
+                self._busy = True
+            try:
+                while not self._closed and self.compact(source, on_base):
+                    pass
+            except Exception:  # a failed compaction leaves the chain as it was
+                log.exception("snapshot compaction failed source=%s", source)
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no compaction is queued or running (for the bench and the tests)."""
+        with self._wake:
+            return self._wake.wait_for(lambda: not self._todo and not self._busy, timeout)
+
+    def compact(self, source: str, on_base: Callable[[Part], None]) -> bool:
+        """Merge the run of parts `compaction_plan` names; True when it merged one."""
+        run = compaction_plan(self.part_rows(source))
+        if not run:
+            return False
+        with self.engine.connect() as conn:
+            blobs = conn.execute(
+                sa.select(part_table.c.blob)
+                .where(
+                    part_table.c.source == source,
+                    part_table.c.first >= run[0].first,
+                    part_table.c.first <= run[-1].first,
+                )
+                .order_by(part_table.c.first)
+            ).all()
+        merged = merge_parts([decode_part(bytes(b[0])) for b in blobs])
+        blob = encode_part(merged)
+        with self.writing:
+            with self.engine.begin() as conn:
+                still = conn.execute(
+                    sa.select(part_table.c.first, part_table.c.last)
+                    .where(
+                        part_table.c.source == source,
+                        part_table.c.first >= run[0].first,
+                        part_table.c.first <= run[-1].first,
+                    )
+                    .order_by(part_table.c.first)
+                ).all()
+                if [(int(a), int(b)) for a, b in still] != [(r.first, r.last) for r in run]:
+                    return False  # a base was written meanwhile: these parts are gone
+                conn.execute(
+                    part_table.delete().where(
+                        part_table.c.source == source,
+                        part_table.c.first >= run[0].first,
+                        part_table.c.first <= run[-1].first,
+                    )
+                )
+                conn.execute(
+                    part_table.insert().values(
+                        source=source,
+                        first=merged.first,
+                        last=merged.last,
+                        size_before=merged.size_before,
+                        size=merged.size,
+                        blob=blob,
+                    )
+                )
+            self.compactions += 1
+            log.info(
+                "snapshot parts merged source=%s parts=%d..%d entries=%d bytes=%d",
+                source,
+                merged.first,
+                merged.last,
+                merged.entries,
+                len(blob),
+            )
+            if merged.size_before == 0:
+                on_base(merged)
+        return True
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=60)
+        self.engine.dispose()
+
+
+__all__ = [
+    "PartRow",
+    "Snapshot",
+    "SnapshotStore",
+    "compaction_plan",
+    "head_table",
+    "legacy_table",
+    "part_table",
+]

@@ -1,0 +1,425 @@
+"""The incremental snapshot (issue #19): parts that hold what changed, a chain that restores the
+folded state at every cut, compaction off the fold, and damage or failure that costs a replay,
+never a wrong state."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import controller.snapshot_store as snapshot_store
+from controller.errors import SnapshotError
+from controller.packed_index import PackedIndex, merge_sorted, seq_decode, seq_encode
+from controller.replay import Replayer
+from controller.snapshot import encode_state
+from controller.snapshot_parts import ChangeLog, decode_part, encode_part, merge_parts
+from controller.snapshot_store import (
+    PartRow,
+    SnapshotStore,
+    compaction_plan,
+    head_table,
+    legacy_table,
+    part_table,
+)
+from controller.state import ControllerState
+from ledger.formats import LogEntry
+from ledger.store.sqlite import SQLiteLogStore
+from tests.unit.harness import Harness
+from tests.unit.test_controller_snapshot import rich_harness
+
+
+def fold(entries: list[LogEntry]) -> ControllerState:
+    state = ControllerState()
+    for e in entries:
+        assert state.fold(e) is None
+    return state
+
+
+def longer_harness() -> tuple[Harness, bytes]:
+    """rich_harness, then a second rollout, health reports and a step: ~40 entries."""
+    h, p = rich_harness()
+    for i in range(6):
+        h.ok(h.flow.health(p, 0, i % 3 != 0))
+    h.ok(h.flow.step(p, 1, 50, "ADVANCED"))
+    q = h.ok(h.flow.propose("registry.example/model-server:v4", deployment="third"))
+    evals = (h.ok(h.flow.eval(q, "safety", 0.99)), h.ok(h.flow.eval(q, "quality", 0.91)))
+    h.ok(h.flow.approve(q, evals, "alice"))
+    h.ok(h.flow.approve(q, evals, "bob"))
+    h.ok(h.flow.step(q, 0, 10, "STARTED"))
+    for _ in range(4):
+        h.ok(h.flow.health(q, 0, True))
+    return h, p
+
+
+def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
+    store.append([(e.body.event_id, e.entry_bytes) for e in (h.core.entries or [])[start:]])
+
+
+def parts(snaps: SnapshotStore) -> list[Any]:
+    with snaps.engine.connect() as conn:
+        rows = conn.execute(sa.select(part_table).order_by(part_table.c.first)).all()
+    return [decode_part(bytes(r.blob)) for r in rows]
+
+
+@pytest.fixture
+def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compaction at the sizes of a test log (the defaults wait for thousands of entries).
+    monkeypatch.setattr(snapshot_store, "REBASE_MIN_ENTRIES", 4)
+
+
+@pytest.mark.usefixtures("small_thresholds")
+def test_every_cut_of_the_chain_restores_the_folded_state(tmp_path: Path) -> None:
+    h, _ = longer_harness()
+    entries = list(h.core.entries or [])
+    store = SQLiteLogStore(tmp_path / "log.db")
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    merged_before = 0
+    for i, e in enumerate(entries):
+        store.append([(e.body.event_id, e.entry_bytes)])
+        r.catch_up()
+        assert r.snapshot()
+        expected = fold(entries[: i + 1])
+        assert r.state == expected  # tracking and compaction never change what is folded
+        loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+        assert loaded is not None and loaded.state == expected, f"after entry {i}"
+        assert loaded.position == i + 1
+        # The restored state folds on exactly as the original does.
+        if i + 1 < len(entries):
+            assert loaded.state.fold(entries[i + 1]) is None
+    assert snaps.compactions > merged_before
+    # Compaction moved the base forward and trimmed the dicts in front of it.
+    assert len(r.state.ledger.event_ids.recent) < len(entries) // 2  # type: ignore[attr-defined]
+
+
+def test_a_part_holds_only_what_changed(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    r.snapshot()
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    r.catch_up()
+    r.snapshot()
+    *_, base, part = parts(snaps)
+    assert base.size_before == 0 and base.size == size
+    assert (part.size_before, part.size, part.entries) == (size, size + 1, 1)
+    assert [row.entry_hash for row in part.proposals] == [p]  # the one proposal named
+    assert len(part.indexes["event_ids"][0]) == 16 and len(part.indexes["evals"][0]) == 0
+    assert len(part.proposals) < len(base.proposals)
+
+
+def test_the_fold_lock_is_free_while_a_part_is_encoded_and_written(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    writing, release = threading.Event(), threading.Event()
+
+    class SlowStore(SnapshotStore):
+        def write_part(self, *args: Any, **kwargs: Any) -> None:
+            writing.set()
+            assert release.wait(10)
+            super().write_part(*args, **kwargs)
+
+    snaps = SlowStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    t = threading.Thread(target=r.snapshot)
+    t.start()
+    assert writing.wait(10)
+    # Meanwhile the fold goes on: a new entry (a kill switch would be one) is folded at once.
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, False))
+    write_log(h, store, start=size)
+    assert r.lock.acquire(timeout=1)
+    r.lock.release()
+    r.catch_up()
+    assert r.state.ledger.size == size + 1
+    release.set()
+    t.join(10)
+    assert SnapshotStore(tmp_path / "snap.db").load("t").state == fold(
+        (h.core.entries or [])[:size]
+    )  # type: ignore[union-attr]
+    # The entry folded during the write goes into the next part.
+    r.snapshot()
+    assert SnapshotStore(tmp_path / "snap.db").load("t").state == fold(h.core.entries or [])  # type: ignore[union-attr]
+
+
+def test_a_failed_write_changes_nothing_and_its_changes_go_into_the_next(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    r.snapshot()
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, False))
+    write_log(h, store, start=size)
+    r.catch_up()
+
+    def refuse_the_head(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The part row is inserted, then the head update fails: the transaction rolls back.
+        if statement.startswith("UPDATE controller_snapshot_heads"):
+            raise OSError("disk full")
+
+    before = parts(snaps)
+    sa.event.listen(snaps.engine, "before_cursor_execute", refuse_the_head)
+    with pytest.raises(OSError, match="disk full"):
+        r.snapshot()
+    sa.event.remove(snaps.engine, "before_cursor_execute", refuse_the_head)
+    assert [(x.first, x.last, x.size) for x in parts(snaps)] == [
+        (x.first, x.last, x.size) for x in before
+    ]
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold((h.core.entries or [])[:size])
+    # The proposal the failed part held is still marked changed, and the entry unwritten.
+    r.snapshot()
+    last = parts(snaps)[-1]
+    assert [row.entry_hash for row in last.proposals] == [p] and last.entries == 1
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold(h.core.entries or [])
+
+
+def _chain(tmp_path: Path) -> tuple[Harness, SQLiteLogStore, SnapshotStore]:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    r.snapshot()
+    for ok in (True, False, True):
+        size = h.core.size
+        h.ok(h.flow.health(p, 1, ok))
+        write_log(h, store, start=size)
+        r.catch_up()
+        r.snapshot()
+    assert len(parts(snaps)) == 4  # a base and three parts (below the compaction thresholds)
+    return h, store, snaps
+
+
+def _damage(snaps: SnapshotStore, how: str) -> None:
+    with snaps.engine.begin() as conn:
+        if how == "a part missing":
+            conn.execute(part_table.delete().where(part_table.c.first == 3))
+        elif how == "a part bit-flipped":
+            blob = bytes(
+                conn.execute(
+                    sa.select(part_table.c.blob).where(part_table.c.first == 2)
+                ).scalar_one()
+            )
+            conn.execute(
+                part_table.update()
+                .where(part_table.c.first == 2)
+                .values(blob=blob[:-1] + bytes([blob[-1] ^ 1]))
+            )
+        elif how == "the last part missing":
+            conn.execute(part_table.delete().where(part_table.c.first == 4))
+        elif how == "a row naming another part":
+            blob = conn.execute(
+                sa.select(part_table.c.blob).where(part_table.c.first == 2)
+            ).scalar_one()
+            conn.execute(part_table.update().where(part_table.c.first == 3).values(blob=blob))
+        elif how == "the head disagreeing with its state":
+            conn.execute(head_table.update().values(applied=sa.literal(3)))
+        elif how == "no base":
+            conn.execute(part_table.delete().where(part_table.c.first == 1))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "a part missing",
+        "a part bit-flipped",
+        "the last part missing",
+        "a row naming another part",
+        "the head disagreeing with its state",
+        "no base",
+    ],
+)
+def test_a_damaged_chain_means_a_full_replay(tmp_path: Path, how: str) -> None:
+    h, store, snaps = _chain(tmp_path)
+    _damage(snaps, how)
+    fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert not fresh.load_snapshot()
+    assert fresh.catch_up() == h.core.size
+    assert fresh.state == fold(h.core.entries or [])
+    # The next snapshot starts a new chain: a base, which loads.
+    fresh.snapshot()
+    assert [x.size_before for x in parts(snaps)] == [0]
+    again = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert again.load_snapshot() and again.state == fold(h.core.entries or [])
+
+
+def test_a_version_1_snapshot_still_loads_and_the_next_snapshot_replaces_it(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    state = fold(h.core.entries or [])
+    with snaps.engine.begin() as conn:  # what earlier code wrote: one whole snapshot
+        conn.execute(
+            legacy_table.insert().values(
+                source="t",
+                position=h.core.size,
+                last_position=h.core.size - 1,
+                size=state.ledger.size,
+                applied=state.applied,
+                invalid=state.invalid,
+                state=encode_state(state),
+                taken_at_ms=0,
+            )
+        )
+    r = Replayer(store, snapshots=snaps, source="t")
+    assert r.load_snapshot() and r.state == state and r.catch_up() == 0
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    r.catch_up()
+    r.snapshot()
+    assert [x.size_before for x in parts(snaps)] == [0]  # a base, not a part after version 1
+    with snaps.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(legacy_table)).scalar() == 0
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold(h.core.entries or [])
+
+
+def test_merging_any_run_of_parts_holds_what_the_run_held(tmp_path: Path) -> None:
+    h, _store, snaps = _chain(tmp_path)
+    chain = parts(snaps)
+    from controller.snapshot_parts import state_from_parts
+
+    whole = state_from_parts(chain)
+    assert whole == fold(h.core.entries or [])
+    for i in range(len(chain)):
+        for j in range(i + 1, len(chain) + 1):
+            merged = decode_part(encode_part(merge_parts(chain[i:j])))
+            assert (merged.first, merged.last) == (chain[i].first, chain[j - 1].last)
+            assert state_from_parts([*chain[:i], merged, *chain[j:]]) == whole
+    with pytest.raises(SnapshotError, match="does not follow"):
+        merge_parts([chain[0], chain[2]])
+    with pytest.raises(SnapshotError, match="does not start with a base"):
+        state_from_parts(chain[1:])
+
+
+def test_compaction_in_the_background_swaps_the_in_memory_base(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db")  # background compaction, as the controller runs
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    r.snapshot()
+    # Enough parts to pass REBASE_SHARE of the base: the compactor writes a new base.
+    for i in range(h.core.size // 3 + 2):
+        size = h.core.size
+        h.ok(h.flow.health(p, 1, i % 2 == 0))
+        write_log(h, store, start=size)
+        r.catch_up()
+        assert r.snapshot()
+    assert snaps.wait_idle(30)
+    assert snaps.compactions >= 1
+    rows = snaps.part_rows("t")
+    assert rows[0].size_before == 0 and rows[0].size > h.core.size // 2
+    index = r.state.ledger.entry_seqs
+    assert isinstance(index, PackedIndex) and index.count == rows[0].size
+    assert len(index.recent) == h.core.size - rows[0].size
+    assert r.state == fold(h.core.entries or [])
+    assert SnapshotStore(tmp_path / "snap.db").load("t").state == r.state  # type: ignore[union-attr]
+    snaps.close()
+
+
+def test_compaction_plan_merges_tiers_and_rebases_at_a_quarter() -> None:
+    def chain(base: int, *sizes: int) -> list[PartRow]:
+        rows, at = [PartRow(1, 1, 0, base)], base
+        for k, n in enumerate(sizes, start=2):
+            rows.append(PartRow(k, k, at, at + n))
+            at += n
+        return rows
+
+    assert compaction_plan(chain(1_000_000)) == []
+    assert compaction_plan(chain(1_000_000, 500, 500, 500)) == []
+    four = chain(1_000_000, 500, 500, 500, 500)
+    assert compaction_plan(four) == four[1:]
+    # A larger part before the small ones is not merged with them.
+    mixed = chain(1_000_000, 8_000, 500, 500, 500, 500)
+    assert compaction_plan(mixed) == mixed[2:]
+    assert compaction_plan(chain(1_000_000, 8_000, 500, 500, 500)) == []
+    # The later parts hold a quarter of the base: everything becomes one base.
+    big = chain(100_000, 20_000, 5_000)
+    assert compaction_plan(big) == big
+    assert compaction_plan(chain(10_000, 3_000)) == chain(10_000, 3_000)
+    assert compaction_plan(chain(1_000, 300)) == []  # under REBASE_MIN_ENTRIES
+    # Not a chain that starts with a base: left alone (a load refuses it anyway).
+    assert compaction_plan(chain(1_000_000, 500, 500, 500, 500)[1:]) == []
+
+
+def test_packed_index_tracks_additions_and_rebases() -> None:
+    live = {bytes([i]) * 4: i for i in (5, 1, 3)}
+    index = PackedIndex.growing(live, 4, 8, seq_decode, seq_encode)
+    assert index.recent is live and len(index) == 3 and index.count == 0
+    assert index.unpersisted() == list(live.items())
+    index.mark_persisted(7, 2)
+    index[bytes([9]) * 4] = 9
+    assert index.unpersisted() == [(bytes([3]) * 4, 3), (bytes([9]) * 4, 9)]
+    keys, values = merge_sorted(
+        b"", b"", 4, 8, sorted((k, seq_encode(v)) for k, v in list(live.items())[:2])
+    )
+    with pytest.raises(SnapshotError, match="expected 0 \\+ 2"):
+        index.rebase(keys + bytes([7]) * 4, values + seq_encode(7), 7)
+    index.rebase(keys, values, 7)
+    assert index.count == 2 and list(index.recent) == [bytes([3]) * 4, bytes([9]) * 4]
+    assert index.persisted == 0 and index.pending == []
+    assert dict(index) == {bytes([i]) * 4: i for i in (1, 3, 5, 9)}
+    with pytest.raises(SnapshotError, match="in the base and added again"):
+        merge_sorted(keys, values, 4, 8, [(bytes([1]) * 4, seq_encode(1))])
+    with pytest.raises(SnapshotError, match="not sorted"):
+        merge_sorted(b"", b"", 4, 8, [(b"bbbb", bytes(8)), (b"aaaa", bytes(8))])
+
+
+def test_the_change_log_records_what_the_fold_names() -> None:
+    h, p = longer_harness()
+    state = fold(h.core.entries or [])
+    state.last_seq = ChangeLog(state.last_seq, through=3, size=state.ledger.size)
+    assert not state.last_seq.changed
+    h.ok(h.flow.health(p, 1, True))
+    assert state.fold((h.core.entries or [])[-1]) is None
+    assert state.last_seq.changed == {p} and state.last_seq[p] == h.core.size - 1
+
+
+def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
+    from controller.snapshot_parts import (
+        begin_full,
+        capture,
+        encode_capture,
+        prepare_step,
+        state_from_parts,
+    )
+
+    h, p = longer_harness()
+    entries = list(h.core.entries or [])
+    state = fold(entries)
+    prep = begin_full(state)
+    assert not prepare_step(state, prep, proposals=1, items=3)
+    # Between two steps the fold goes on: the prepared proposal is named again, a new one
+    # arrives, and index additions beyond those copied so far.
+    h.ok(h.flow.health(p, 1, False))
+    late = h.ok(h.flow.propose("registry.example/model-server:v9", deployment="late"))
+    for e in (h.core.entries or [])[len(entries) :]:
+        assert state.fold(e) is None
+    assert p in prep.rows  # encoded before it changed
+    while not prepare_step(state, prep, proposals=1, items=3):
+        pass
+    taken = capture(state, 1, full=True, prepared=prep)
+    assert taken.changed == {p, late}
+    part = decode_part(encode_capture(taken))
+    assert state_from_parts([part]) == fold(h.core.entries or [])
