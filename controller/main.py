@@ -428,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if controller.leader is not None:
             controller.leader.release()
         replayer.snapshot()
+        if snapshots is not None:
+            snapshots.close()  # lets a running compaction commit (or roll back) first
         store.close()
         ledger.close()
     log.info("stopped identity=%s", args.identity)

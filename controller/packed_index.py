@@ -37,7 +37,9 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     The incremental snapshot (controller.snapshot_parts) writes the additions in that order:
     ``persisted`` of them are in snapshot parts already, ``pending`` says how many each of
     those parts holds, and ``rebase`` swaps in a base that a compaction of the parts built,
-    dropping the additions it now holds.
+    dropping the additions it now holds. While a base part is written, ``freeze`` sets the
+    additions so far aside, unchanged, to be read outside the fold lock; later ones go to a
+    new dict in front of them.
     """
 
     __slots__ = (
@@ -47,6 +49,7 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         "count",
         "decode",
         "encode",
+        "frozen",
         "key_width",
         "pending",
         "persisted",
@@ -76,6 +79,7 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         self._added = 0  # keys in `recent` that are not in the base
         self.persisted = 0  # the first `persisted` keys of `recent` are in snapshot parts
         self.pending: list[tuple[int, int]] = []  # (part, keys of `recent` it holds), in order
+        self.frozen: dict[bytes, V] | None = None  # additions set aside (freeze), never changed
 
     @classmethod
     def growing(
@@ -105,17 +109,36 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         self.persisted += count
         self.pending.append((part, count))
 
+    def freeze(self) -> dict[bytes, V]:
+        """Set the additions so far aside (they stay readable) and start a new dict in front:
+        O(1) under the fold lock, and the set-aside dict can be read outside it."""
+        if self.frozen is not None:
+            raise SnapshotError("the index's additions are already set aside")
+        self.frozen, self.recent = self.recent, {}
+        self.persisted, self.pending = 0, []
+        return self.frozen
+
+    def thaw(self) -> None:
+        """Undo `freeze` (the base part was not written): one dict of additions, in order."""
+        if self.frozen is not None:
+            self.frozen.update(self.recent)
+            self.recent, self.frozen = self.frozen, None
+            self.persisted, self.pending = 0, []
+
     def rebase(self, keys: bytes, values: bytes, through: int) -> None:
         """Take `keys`/`values` (every entry of the parts up to `through`) as the base and
-        drop the additions those parts hold; later additions stay, in their order."""
+        drop the additions those parts hold (and any set aside); later ones stay, in order."""
         count, rest = divmod(len(keys), self.key_width)
         if rest or len(values) != count * self.value_width:
             raise SnapshotError(f"rebase with {len(keys)} key and {len(values)} value bytes")
         trim = sum(n for part, n in self.pending if part <= through)
-        if count != self.count + trim:
+        aside = len(self.frozen) if self.frozen is not None else 0
+        if count != self.count + aside + trim:
             raise SnapshotError(
-                f"rebase through part {through}: {count} keys, expected {self.count} + {trim}"
+                f"rebase through part {through}: {count} keys, expected "
+                f"{self.count} + {aside} + {trim}"
             )
+        self.frozen = None
         self.recent = dict(itertools.islice(self.recent.items(), trim, None))
         self.persisted -= trim
         self.pending = [(part, n) for part, n in self.pending if part > through]
@@ -148,19 +171,27 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def __getitem__(self, key: bytes) -> V:
         if key in self.recent:
             return self.recent[key]
+        frozen = self.frozen
+        if frozen is not None and key in frozen:
+            return frozen[key]
         i = self._find(key)
         if i < 0:
             raise KeyError(key)
         return self._base_value(i)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and (key in self.recent or self._find(key) >= 0)
+        if not isinstance(key, bytes):
+            return False
+        frozen = self.frozen
+        return key in self.recent or (frozen is not None and key in frozen) or self._find(key) >= 0
 
     def __setitem__(self, key: bytes, value: V) -> None:
         if len(key) != self.key_width:
             raise ValueError(f"key is {len(key)} bytes, expected {self.key_width}")
         if key in self.recent:
             old = self.recent[key]
+        elif self.frozen is not None and key in self.frozen:
+            old = self.frozen[key]
         elif (i := self._find(key)) >= 0:
             old = self._base_value(i)
         else:
@@ -180,7 +211,7 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         w, keys = self.key_width, self.base_keys
         for i in range(self.count):
             yield keys[i * w : i * w + w]
-        for key in self.recent:
+        for key in itertools.chain(self.frozen or (), self.recent):
             if self._find(key) < 0:
                 yield key
 
@@ -262,7 +293,7 @@ def _merge(
     else:  # another value encoding: re-encode the base (never on the hot path)
         values = bytearray(b"".join(encode(index._base_value(i)) for i in range(index.count)))
     new: list[tuple[int, bytes, bytes]] = []
-    for key, value in index.recent.items():
+    for key, value in itertools.chain((index.frozen or {}).items(), index.recent.items()):
         i = index._find(key)
         if i >= 0:  # an overwritten base value
             values[i * vw : (i + 1) * vw] = encode(value)

@@ -156,6 +156,7 @@ class Capture:
     ledger: dict[str, Any]
     proposals: list[ProposalRow]
     additions: dict[str, list[tuple[bytes, Any]]]  # per index, in the order they were made
+    aside: dict[str, dict[bytes, Any]]  # full only: the additions set aside, read unlocked
     bases: dict[str, tuple[bytes, bytes]]  # full only: the packed bases they merge into
     changed: set[bytes]
     merged: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # full: set by encode
@@ -178,45 +179,36 @@ def tracked(state: ControllerState) -> ChangeLog | None:
 @dataclass
 class FullPreparation:
     """A base part taken in steps, the fold lock released between them (`prepare_step`): the
-    proposals encoded so far and a copy of each index's additions so far, in their order.
-    What the fold changes meanwhile is named by the ChangeLog and taken again by `capture`."""
+    proposals encoded so far. The indexes' additions were set aside by `begin_full` (read
+    outside the lock); what the fold changes meanwhile is taken again by `capture`."""
 
     rows: dict[bytes, ProposalRow]
-    items: dict[str, list[tuple[bytes, Any]]]
     todo: list[bytes]
 
 
 def begin_full(state: ControllerState) -> FullPreparation:
-    """Start tracking the state (lock held): last_seq becomes a ChangeLog, the indexes
-    PackedIndexes (a dict is taken over, not copied); O(proposals) to list them."""
+    """Start a base (lock held): last_seq becomes a ChangeLog, the indexes PackedIndexes
+    (a dict is taken over, not copied) with their additions set aside; O(proposals) to list
+    them, and nothing per entry."""
     log = _start_tracking(state)
     log.changed = set()
     for spec in INDEXES:
-        _index(state.ledger, spec)
-    return FullPreparation(
-        rows={}, items={spec[0]: [] for spec in INDEXES}, todo=list(state.ledger.proposals)
-    )
+        index = _index(state.ledger, spec)
+        index.thaw()  # a base attempted before and not written
+        index.freeze()
+    return FullPreparation(rows={}, todo=list(state.ledger.proposals))
 
 
-def prepare_step(
-    state: ControllerState, prep: FullPreparation, *, proposals: int = 64, items: int = 16_384
-) -> bool:
-    """Encode up to `proposals` more proposals and copy up to `items` more additions of each
-    index (lock held; about 10 ms at the defaults); True when nothing is left to prepare."""
+def prepare_step(state: ControllerState, prep: FullPreparation, *, proposals: int = 64) -> bool:
+    """Encode up to `proposals` more proposals (lock held; a few ms at the default, measured
+    in bench.replay); True when none is left to encode."""
     ls, log = state.ledger, tracked(state)
     if log is None:
         raise SnapshotError("prepare_step on a state begin_full did not start")
-    batch, prep.todo = prep.todo[:proposals], prep.todo[proposals:]
+    batch, prep.todo = prep.todo[-proposals:], prep.todo[:-proposals]  # from the end: O(batch)
     for h in batch:
-        p = ls.proposals[h]
-        prep.rows[h] = _row(p, log.get(h), state.rollouts.get(h))
-    done = not prep.todo
-    for name, *_rest in INDEXES:
-        recent, have = getattr(ls, name).recent, prep.items[name]
-        if len(have) < len(recent):  # islice skips what was copied: only while there is more
-            have += itertools.islice(recent.items(), len(have), len(have) + items)
-            done = done and len(have) == len(recent)
-    return done
+        prep.rows[h] = _row(ls.proposals[h], log.get(h), state.rollouts.get(h))
+    return not prep.todo
 
 
 def _start_tracking(state: ControllerState) -> ChangeLog:
@@ -250,11 +242,13 @@ def capture(
             else _row(p, log.get(h), state.rollouts.get(h))
             for h, p in ls.proposals.items()  # in the order they were submitted
         ]
-        copied = prepared.items if prepared is not None else {spec[0]: [] for spec in INDEXES}
+        if prepared is None:  # at once: set the additions so far aside now
+            for ix in indexes:
+                ix.thaw()
+                ix.freeze()
+        aside = {spec[0]: ix.frozen or {} for spec, ix in zip(INDEXES, indexes, strict=True)}
         additions = {
-            spec[0]: copied[spec[0]]
-            + list(itertools.islice(ix.recent.items(), len(copied[spec[0]]), None))
-            for spec, ix in zip(INDEXES, indexes, strict=True)
+            spec[0]: list(ix.recent.items()) for spec, ix in zip(INDEXES, indexes, strict=True)
         }
         bases = {
             spec[0]: (ix.base_keys, ix.base_values)
@@ -264,7 +258,7 @@ def capture(
         proposals = sorted((ls.proposals[h] for h in changed), key=lambda p: p.seq)
         rows = [_row(p, log.get(p.entry_hash), state.rollouts.get(p.entry_hash)) for p in proposals]
         additions = {spec[0]: ix.unpersisted() for spec, ix in zip(INDEXES, indexes, strict=True)}
-        bases = {}
+        bases, aside = {}, {}
     return Capture(
         part=part,
         full=full,
@@ -275,6 +269,7 @@ def capture(
         ledger={name: enc(getattr(ls, name)) for name, (enc, _d) in _LEDGER_FIELDS.items()},
         proposals=rows,
         additions=additions,
+        aside=aside,
         bases=bases,
         changed=changed,
     )
@@ -306,22 +301,22 @@ def _row(p: ProposalState, stamp: int | None, rollout: RolloutRecord | None) -> 
     )
 
 
-def _packed_additions(items: list[tuple[bytes, Any]], spec: _IndexSpec) -> tuple[bytes, bytes]:
-    """Sorted keys and their values, packed. The keys are distinct (an index's keys), so the
-    pairs sort by key alone. Seqs go through one array, not a call per value: packing a
-    million additions took 1.4 s with a call per value and a check per key, 0.4 s so."""
+def _packed(items: Mapping[bytes, Any], spec: _IndexSpec) -> tuple[bytes, bytes]:
+    """Sorted keys and their values, packed. Keys sorted alone and values looked up, seqs
+    through one array rather than a call per value: for a million additions 0.9 s, where
+    sorting (key, value) pairs and a call per value took 1.7 s (bench.replay, 1M base)."""
     name, kw, vw, _dec, enc = spec
     ordered = sorted(items)
-    keys = b"".join([k for k, _v in ordered])
+    keys = b"".join(ordered)
     if len(keys) != kw * len(ordered):
         raise SnapshotError(f"an {name} key is not {kw} bytes")
     if enc is seq_encode:
-        seqs = array.array("Q", [v for _k, v in ordered])
+        seqs = array.array("Q", [items[k] for k in ordered])
         if sys.byteorder != "little":
             seqs.byteswap()
         values = seqs.tobytes()
     else:
-        values = b"".join([enc(v) for _k, v in ordered])
+        values = b"".join([enc(items[k]) for k in ordered])
     if len(values) != vw * len(ordered):
         raise SnapshotError(f"an {name} value is not {vw} bytes")
     return keys, values
@@ -330,12 +325,14 @@ def _packed_additions(items: list[tuple[bytes, Any]], spec: _IndexSpec) -> tuple
 def encode_capture(c: Capture) -> bytes:
     """The part blob of a capture (outside the fold lock). For a full capture the indexes'
     merged bases are kept in ``c.merged`` for `after_write`."""
-    if [k for k, _v in c.additions["entry_seqs"]] != [k for k, _v in c.additions["entry_types"]]:
-        raise SnapshotError("entry_types and entry_seqs name different entries")
     indexes: dict[str, tuple[bytes, bytes]] = {}
     for spec in INDEXES:
         name, kw, vw = spec[0], spec[1], spec[2]
-        keys, values = _packed_additions(c.additions[name], spec)
+        items = dict(c.aside.get(name, {}))
+        items.update(c.additions[name])
+        if len(items) != len(c.aside.get(name, {})) + len(c.additions[name]):
+            raise SnapshotError(f"an {name} key is added twice")
+        keys, values = _packed(items, spec)
         base_keys, base_values = c.bases.get(name, (b"", b""))
         if base_keys:
             pairs = [
@@ -344,6 +341,8 @@ def encode_capture(c: Capture) -> bytes:
             ]
             keys, values = merge_sorted(base_keys, base_values, kw, vw, pairs)
         indexes[name] = (keys, values)
+    if indexes["entry_seqs"][0] != indexes["entry_types"][0]:
+        raise SnapshotError("entry_types and entry_seqs name different entries")
     if c.full:
         c.merged = indexes
     part = Part(
@@ -372,7 +371,7 @@ def after_write(state: ControllerState, c: Capture) -> None:
             continue
         added = len(c.additions[spec[0]])
         if c.full:
-            index.mark_persisted(c.part, added - index.persisted)
+            index.mark_persisted(c.part, added)
             keys, values = c.merged[spec[0]]
             index.rebase(keys, values, c.part)
         else:
@@ -384,6 +383,11 @@ def after_failure(state: ControllerState, c: Capture) -> None:
     log = tracked(state)
     if log is not None:
         log.changed |= c.changed
+    if c.full:
+        for spec in INDEXES:
+            index = getattr(state.ledger, spec[0])
+            if isinstance(index, PackedIndex):
+                index.thaw()
 
 
 def rebase(state: ControllerState, base: Part) -> bool:
@@ -396,6 +400,8 @@ def rebase(state: ControllerState, base: Part) -> bool:
     for name, kw, _vw, _dec, _enc in INDEXES:
         index = getattr(state.ledger, name)
         if not isinstance(index, PackedIndex):
+            return False
+        if index.frozen is not None:  # a base is being written: it will rebase itself
             return False
         held = sum(n for part, n in index.pending if part <= base.last) + index.count
         if held != len(base.indexes[name][0]) // kw:

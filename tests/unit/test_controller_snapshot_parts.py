@@ -374,8 +374,23 @@ def test_packed_index_tracks_additions_and_rebases() -> None:
     keys, values = merge_sorted(
         b"", b"", 4, 8, sorted((k, seq_encode(v)) for k, v in list(live.items())[:2])
     )
-    with pytest.raises(SnapshotError, match="expected 0 \\+ 2"):
+    with pytest.raises(SnapshotError, match="expected 0 \\+ 0 \\+ 2"):
         index.rebase(keys + bytes([7]) * 4, values + seq_encode(7), 7)
+    # A base being written sets the additions aside; lookups still find them, and an
+    # unwritten base puts them back in their order.
+    aside = index.freeze()
+    index[bytes([4]) * 4] = 4
+    assert aside == {bytes([i]) * 4: i for i in (5, 1, 3, 9)} and list(index.recent) == [
+        bytes([4]) * 4
+    ]
+    assert index[bytes([5]) * 4] == 5 and bytes([9]) * 4 in index and len(index) == 5
+    with pytest.raises(ValueError, match="already indexed"):
+        index[bytes([5]) * 4] = 6
+    index.thaw()
+    assert index.frozen is None and list(index.recent) == [bytes([i]) * 4 for i in (5, 1, 3, 9, 4)]
+    del index.recent[bytes([4]) * 4]  # (dict-level, to get back to the case below)
+    index._added -= 1
+    index.mark_persisted(7, 2)
     index.rebase(keys, values, 7)
     assert index.count == 2 and list(index.recent) == [bytes([3]) * 4, bytes([9]) * 4]
     assert index.persisted == 0 and index.pending == []
@@ -405,21 +420,51 @@ def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
         state_from_parts,
     )
 
-    h, p = longer_harness()
+    h, _p = longer_harness()
     entries = list(h.core.entries or [])
     state = fold(entries)
     prep = begin_full(state)
-    assert not prepare_step(state, prep, proposals=1, items=3)
-    # Between two steps the fold goes on: the prepared proposal is named again, a new one
-    # arrives, and index additions beyond those copied so far.
-    h.ok(h.flow.health(p, 1, False))
+    assert not prepare_step(state, prep, proposals=1)
+    (encoded,) = prep.rows  # the first proposal encoded, before the fold goes on
+    # Between two steps the fold goes on: the encoded proposal is named again, a new one
+    # arrives, and the indexes get additions after the ones set aside.
+    h.ok(h.flow.health(encoded, 0, False))
     late = h.ok(h.flow.propose("registry.example/model-server:v9", deployment="late"))
     for e in (h.core.entries or [])[len(entries) :]:
         assert state.fold(e) is None
-    assert p in prep.rows  # encoded before it changed
-    while not prepare_step(state, prep, proposals=1, items=3):
+    while not prepare_step(state, prep, proposals=1):
         pass
     taken = capture(state, 1, full=True, prepared=prep)
-    assert taken.changed == {p, late}
+    assert taken.changed == {encoded, late}
     part = decode_part(encode_capture(taken))
     assert state_from_parts([part]) == fold(h.core.entries or [])
+
+
+def test_a_failed_base_puts_the_additions_back_and_the_next_base_holds_them(tmp_path: Path) -> None:
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+
+    def refuse_the_head(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO controller_snapshot_heads"):
+            raise OSError("disk full")
+
+    sa.event.listen(snaps.engine, "before_cursor_execute", refuse_the_head)
+    with pytest.raises(OSError, match="disk full"):
+        r.snapshot()
+    sa.event.remove(snaps.engine, "before_cursor_execute", refuse_the_head)
+    assert parts(snaps) == [] and snaps.load("t") is None
+    index = r.state.ledger.event_ids
+    assert isinstance(index, PackedIndex) and index.frozen is None and index.count == 0
+    assert r.state == fold(h.core.entries or [])
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    r.catch_up()
+    assert r.snapshot()
+    assert [x.size_before for x in parts(snaps)] == [0]
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold(h.core.entries or [])
