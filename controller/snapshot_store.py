@@ -3,7 +3,9 @@
 Per log source, ``controller_snapshot_heads`` holds one row (the next store position to read,
 the position of the last valid entry, the counts, and ``through``: the number of the last part),
 and ``controller_snapshot_parts`` the parts (controller.snapshot_parts): a base, then one part
-per snapshot holding what changed since the one before. Writing part N inserts its row and
+per snapshot holding what changed since the one before, their bytes in 64 MiB rows of
+``controller_snapshot_chunks`` (SQLite refuses a value over 1 GB; a base of ten million entries
+is about 1.8 GB). Writing part N inserts its row and
 moves the head to it in ONE transaction, so a crash keeps the chain up to N - 1 or up to N.
 
 Compaction merges parts off the fold, in a background thread (or at once, for tests):
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -71,8 +74,20 @@ part_table = sa.Table(
     sa.Column("last", sa.BigInteger, nullable=False),
     sa.Column("size_before", sa.BigInteger, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),  # bytes of the part, in `chunks` rows
+    sa.Column("chunks", sa.Integer, nullable=False),
 )
+# A part's bytes, cut in pieces: SQLite refuses a value over 1,000,000,000 bytes, and a base at
+# ten million entries is about 1.8 GB.
+chunk_table = sa.Table(
+    "controller_snapshot_chunks",
+    _metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("first", sa.BigInteger, primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+CHUNK_BYTES = 64 * 2**20
 # Version 1: one whole snapshot per source (read, never written now).
 legacy_table = sa.Table(
     "controller_snapshots",
@@ -133,6 +148,48 @@ def _tier(row: PartRow) -> int:
     return max(row.entries, 1).bit_length() // 2
 
 
+def _insert_part(
+    conn: sa.Connection,
+    source: str,
+    first: int,
+    last: int,
+    size_before: int,
+    size: int,
+    blob: bytes,
+) -> None:
+    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    conn.execute(
+        part_table.insert().values(
+            source=source,
+            first=first,
+            last=last,
+            size_before=size_before,
+            size=size,
+            length=len(blob),
+            chunks=len(chunks),
+        )
+    )
+    for i, data in enumerate(chunks):
+        conn.execute(chunk_table.insert().values(source=source, first=first, chunk=i, data=data))
+
+
+def _read_blob(conn: sa.Connection, source: str, row: sa.Row[Any]) -> bytes:
+    """A part's bytes from its chunks; SnapshotError if one is missing or the length differs."""
+    pieces = conn.execute(
+        sa.select(chunk_table.c.chunk, chunk_table.c.data)
+        .where(chunk_table.c.source == source, chunk_table.c.first == row.first)
+        .order_by(chunk_table.c.chunk)
+    ).all()
+    if [int(p[0]) for p in pieces] != list(range(row.chunks)):
+        raise SnapshotError(
+            f"part {row.first} has chunks {[int(p[0]) for p in pieces]}, expected {row.chunks}"
+        )
+    blob = b"".join(bytes(p[1]) for p in pieces)
+    if len(blob) != row.length:
+        raise SnapshotError(f"part {row.first} is {len(blob)} bytes, its row says {row.length}")
+    return blob
+
+
 class SnapshotStore:
     """Snapshot chains in a SQL database (a SQLite file by default), one per log source."""
 
@@ -164,8 +221,14 @@ class SnapshotStore:
                 .where(part_table.c.source == source, part_table.c.first <= head.through)
                 .order_by(part_table.c.first)
             ).all()
+            try:
+                parts = [decode_part(_read_blob(conn, source, r)) for r in rows]
+            except SnapshotError as exc:
+                log.warning(
+                    "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
+                )
+                return None
         try:
-            parts = [decode_part(bytes(r.blob)) for r in rows]
             for r, p in zip(rows, parts, strict=True):
                 if (r.first, r.last, r.size_before, r.size) != (
                     p.first,
@@ -258,17 +321,9 @@ class SnapshotStore:
         with self.engine.begin() as conn:
             if c.full:
                 conn.execute(part_table.delete().where(part_table.c.source == source))
+                conn.execute(chunk_table.delete().where(chunk_table.c.source == source))
                 conn.execute(legacy_table.delete().where(legacy_table.c.source == source))
-            conn.execute(
-                part_table.insert().values(
-                    source=source,
-                    first=c.part,
-                    last=c.part,
-                    size_before=c.size_before,
-                    size=c.size,
-                    blob=blob,
-                )
-            )
+            _insert_part(conn, source, c.part, c.part, c.size_before, c.size, blob)
             updated = conn.execute(
                 head_table.update().where(head_table.c.source == source).values(**head)
             ).rowcount
@@ -324,8 +379,8 @@ class SnapshotStore:
         if not run:
             return False
         with self.engine.connect() as conn:
-            blobs = conn.execute(
-                sa.select(part_table.c.blob)
+            rows = conn.execute(
+                sa.select(part_table)
                 .where(
                     part_table.c.source == source,
                     part_table.c.first >= run[0].first,
@@ -333,7 +388,7 @@ class SnapshotStore:
                 )
                 .order_by(part_table.c.first)
             ).all()
-        merged = merge_parts([decode_part(bytes(b[0])) for b in blobs])
+            merged = merge_parts([decode_part(_read_blob(conn, source, r)) for r in rows])
         blob = encode_part(merged)
         with self.writing:
             with self.engine.begin() as conn:
@@ -348,22 +403,16 @@ class SnapshotStore:
                 ).all()
                 if [(int(a), int(b)) for a, b in still] != [(r.first, r.last) for r in run]:
                     return False  # a base was written meanwhile: these parts are gone
-                conn.execute(
-                    part_table.delete().where(
-                        part_table.c.source == source,
-                        part_table.c.first >= run[0].first,
-                        part_table.c.first <= run[-1].first,
+                for table in (part_table, chunk_table):
+                    conn.execute(
+                        table.delete().where(
+                            table.c.source == source,
+                            table.c.first >= run[0].first,
+                            table.c.first <= run[-1].first,
+                        )
                     )
-                )
-                conn.execute(
-                    part_table.insert().values(
-                        source=source,
-                        first=merged.first,
-                        last=merged.last,
-                        size_before=merged.size_before,
-                        size=merged.size,
-                        blob=blob,
-                    )
+                _insert_part(
+                    conn, source, merged.first, merged.last, merged.size_before, merged.size, blob
                 )
             self.compactions += 1
             log.info(
@@ -392,6 +441,7 @@ __all__ = [
     "PartRow",
     "Snapshot",
     "SnapshotStore",
+    "chunk_table",
     "compaction_plan",
     "head_table",
     "legacy_table",

@@ -62,7 +62,9 @@ def test_sigkill_during_part_writes_and_compactions_loses_nothing(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rng = random.Random(19)
     kills, restarts_from = 0, []
-    for _round in range(40):
+    # Twelve kills at random instants, then a run left to finish (the machine's speed only
+    # changes where the kills land, not whether the test ends).
+    for round_ in range(13):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(tmp_path / "log.db"), str(tmp_path / "snap.db")],
             stdout=subprocess.PIPE,
@@ -73,11 +75,12 @@ def test_sigkill_during_part_writes_and_compactions_loses_nothing(tmp_path: Path
         ready = child.stdout.readline().split()
         assert ready and ready[0] == "ready", ready
         restarts_from.append(int(ready[1]))
-        time.sleep(rng.uniform(0.005, 0.12))
-        if child.poll() is None:
-            child.send_signal(signal.SIGKILL)
-            kills += 1
-        out, _ = child.communicate(timeout=60)
+        if round_ < 12:
+            time.sleep(rng.uniform(0.005, 0.12))
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+                kills += 1
+        out, _ = child.communicate(timeout=300)
         loaded = SnapshotStore(tmp_path / "snap.db").load("t")
         if loaded is None:
             assert restarts_from == [0] * len(restarts_from), "a snapshot was lost"
@@ -87,8 +90,7 @@ def test_sigkill_during_part_writes_and_compactions_loses_nothing(tmp_path: Path
         assert loaded.state == fold_prefix(entries, size), f"after kill {kills} at size {size}"
         if "done" in out:
             break
-    else:
-        raise AssertionError(f"the child never finished in 40 rounds ({kills} kills)")
+    assert "done" in out, "the run left to finish did not"
     assert kills >= 8, f"only {kills} kills landed before the child finished"
     assert restarts_from[-1] > 0  # the last start came back from a snapshot, not from zero
     assert loaded is not None and loaded.state == fold_prefix(entries, len(entries))

@@ -14,7 +14,7 @@ from controller.packed_index import PackedIndex, pack
 from controller.replay import Replayer, SnapshotStore
 from controller.snapshot import MAGIC, VERSION, StoredProposal, decode_state, encode_state
 from controller.snapshot_parts import PART_MAGIC, PART_VERSION
-from controller.snapshot_store import head_table, part_table
+from controller.snapshot_store import chunk_table, head_table, part_table
 from controller.state import ControllerState
 from ledger.formats import KillScope, SignedEvent, make_entry
 from ledger.rules import check
@@ -190,13 +190,14 @@ def _replayer_with_snapshot(tmp_path: Path) -> tuple[Harness, SQLiteLogStore, Sn
 
 def _set_blob(snaps: SnapshotStore, blob: bytes) -> None:
     with snaps.engine.begin() as conn:
-        conn.execute(part_table.update().values(blob=blob))
+        conn.execute(chunk_table.update().values(data=blob))
+        conn.execute(part_table.update().values(length=len(blob)))
 
 
 def _blob(snaps: SnapshotStore) -> bytes:
-    """The one part (a base) the first snapshot wrote."""
+    """The one part (a base, one chunk) the first snapshot wrote."""
     with snaps.engine.connect() as conn:
-        return bytes(conn.execute(sa.select(part_table.c.blob)).scalar_one())
+        return bytes(conn.execute(sa.select(chunk_table.c.data)).scalar_one())
 
 
 def _reseal_part(body: bytes, version: int = PART_VERSION) -> bytes:

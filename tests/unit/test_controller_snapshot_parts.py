@@ -20,6 +20,8 @@ from controller.snapshot_parts import ChangeLog, decode_part, encode_part, merge
 from controller.snapshot_store import (
     PartRow,
     SnapshotStore,
+    _read_blob,
+    chunk_table,
     compaction_plan,
     head_table,
     legacy_table,
@@ -62,13 +64,15 @@ def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
 def parts(snaps: SnapshotStore) -> list[Any]:
     with snaps.engine.connect() as conn:
         rows = conn.execute(sa.select(part_table).order_by(part_table.c.first)).all()
-    return [decode_part(bytes(r.blob)) for r in rows]
+        return [decode_part(_read_blob(conn, "t", r)) for r in rows]
 
 
 @pytest.fixture
 def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Compaction at the sizes of a test log (the defaults wait for thousands of entries).
+    # Compaction at the sizes of a test log (the defaults wait for thousands of entries), and
+    # parts cut in several chunks, as a base of millions of entries is.
     monkeypatch.setattr(snapshot_store, "REBASE_MIN_ENTRIES", 4)
+    monkeypatch.setattr(snapshot_store, "CHUNK_BYTES", 1000)
 
 
 @pytest.mark.usefixtures("small_thresholds")
@@ -212,23 +216,26 @@ def _damage(snaps: SnapshotStore, how: str) -> None:
         if how == "a part missing":
             conn.execute(part_table.delete().where(part_table.c.first == 3))
         elif how == "a part bit-flipped":
-            blob = bytes(
-                conn.execute(
-                    sa.select(part_table.c.blob).where(part_table.c.first == 2)
-                ).scalar_one()
-            )
+            where = (chunk_table.c.first == 2, chunk_table.c.chunk == 0)
+            data = bytes(conn.execute(sa.select(chunk_table.c.data).where(*where)).scalar_one())
             conn.execute(
-                part_table.update()
-                .where(part_table.c.first == 2)
-                .values(blob=blob[:-1] + bytes([blob[-1] ^ 1]))
+                chunk_table.update().where(*where).values(data=data[:-1] + bytes([data[-1] ^ 1]))
+            )
+        elif how == "a chunk missing":
+            conn.execute(
+                chunk_table.delete().where(chunk_table.c.first == 1, chunk_table.c.chunk == 1)
             )
         elif how == "the last part missing":
             conn.execute(part_table.delete().where(part_table.c.first == 4))
         elif how == "a row naming another part":
-            blob = conn.execute(
-                sa.select(part_table.c.blob).where(part_table.c.first == 2)
+            row2 = conn.execute(sa.select(part_table).where(part_table.c.first == 2)).one()
+            data = conn.execute(
+                sa.select(chunk_table.c.data).where(chunk_table.c.first == 2)
             ).scalar_one()
-            conn.execute(part_table.update().where(part_table.c.first == 3).values(blob=blob))
+            conn.execute(chunk_table.update().where(chunk_table.c.first == 3).values(data=data))
+            conn.execute(
+                part_table.update().where(part_table.c.first == 3).values(length=row2.length)
+            )
         elif how == "the head disagreeing with its state":
             conn.execute(head_table.update().values(applied=sa.literal(3)))
         elif how == "no base":
@@ -240,13 +247,18 @@ def _damage(snaps: SnapshotStore, how: str) -> None:
     [
         "a part missing",
         "a part bit-flipped",
+        "a chunk missing",
         "the last part missing",
         "a row naming another part",
         "the head disagreeing with its state",
         "no base",
     ],
 )
-def test_a_damaged_chain_means_a_full_replay(tmp_path: Path, how: str) -> None:
+def test_a_damaged_chain_means_a_full_replay(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if how == "a chunk missing":
+        monkeypatch.setattr(snapshot_store, "CHUNK_BYTES", 1000)  # the base in several chunks
     h, store, snaps = _chain(tmp_path)
     _damage(snaps, how)
     fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
