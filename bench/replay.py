@@ -5,8 +5,11 @@
   generated ledger (bench.ledgergen), from position 0 with no snapshot: read, decode, every
   signature and rule checked by the shared ``ledger.rules``, folded into ControllerState.
   Reported as events/s and as a ratio to raw Ed25519 verifications/s in the same run;
-* snapshot write: ``Replayer.snapshot()`` (state + position in one SQL transaction): the first
-  after the cold replay packs the per-entry indexes; the next one only merges what changed;
+* snapshot write: ``Replayer.snapshot()`` (a part + the head in one SQL transaction): the cold
+  replay stops ``--tail`` entries short and writes a base (everything); then the tail is folded
+  as a live controller folds it, with a part every ``--every`` entries holding only what changed
+  (issue #19): how long each held the fold lock, how long each took, its size, against the
+  whole-state encoding every snapshot used to be, measured on the same state in the same run;
 * restart from the snapshot: a new Replayer on the same store and snapshot database,
   ``load_snapshot()`` + ``catch_up()``, i.e. what a restarted controller does before it can
   act. Goal: under 2 s at 1,000,000 events. A restored proposal's evidence is decoded on first
@@ -21,17 +24,37 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.audit import RawSampler, hotspots, print_hotspots
-from bench.common import Report, median, parser
+from bench.common import Report, median, parser, percentile
 from bench.ledgergen import ledger
+
+
+class _Prefix:
+    """The first `end` records of a log store (what the cold replay reads)."""
+
+    def __init__(self, store: Any, end: int) -> None:
+        self.store, self.end = store, end
+
+    def read(self, start: int = 0, limit: int | None = None) -> Iterator[Any]:
+        count = self.end - start if limit is None else min(limit, self.end - start)
+        return self.store.read(start, limit=count) if count > 0 else iter(())
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--restarts", type=int, default=3, help="timed restarts from the snapshot")
+    p.add_argument(
+        "--tail",
+        type=int,
+        default=20_000,
+        help="entries folded after the first snapshot, live, with a part every --every",
+    )
+    p.add_argument("--every", type=int, default=500, help="entries per snapshot part")
     p.add_argument("--profile", action="store_true", help="profile a cold replay of 20,000 events")
     p.add_argument(
         "--default-gc",
@@ -50,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
-    import sqlalchemy as sa
-
-    from controller.replay import Replayer, SnapshotStore, snapshot_table
+    from controller.replay import Replayer, SnapshotStore
+    from controller.snapshot import encode_state
     from ledger.sigcheck import SignatureChecker
     from ledger.store.sqlite import SQLiteLogStore
 
@@ -73,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="steward-bench-replay-") as tmp:
         snapshots = SnapshotStore(Path(tmp) / "snapshots.db")
         never = 10**12  # snapshots only when the bench asks, so they are timed on their own
+        tail = min(args.tail, gen.events // 2) if not args.smoke else 1_000
         cold = Replayer(
-            store,
+            _Prefix(store, gen.events - tail),  # the cold replay stops `tail` entries short
             snapshots=snapshots,
             source="bench",
             snapshot_every_entries=never,
@@ -89,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.default_gc:
             settle_heap()
         state = cold.state
-        if state.ledger.size != gen.events or state.invalid:
+        if state.ledger.size != gen.events - tail or state.invalid:
             raise AssertionError(
                 f"replayed {state.ledger.size} valid and {state.invalid} invalid "
                 f"of {gen.events} events"
@@ -102,15 +125,64 @@ def main(argv: list[str] | None = None) -> int:
         report.add("cold replay / raw libsodium", rate / raw.sodium_around_last(), "x")
         report.add("cold replay total", seconds, "s")
 
+        # The first snapshot after the cold replay is a base: everything, packed.
         start = time.perf_counter()
-        cold.snapshot()  # the first packs the indexes folded as dicts, after the cold replay
-        report.add("snapshot write", time.perf_counter() - start, "s")
+        cold.snapshot()
+        report.add(
+            "snapshot write, first (a base: the whole state)", time.perf_counter() - start, "s"
+        )
+        report.add(
+            "  the longest the base held the fold lock (it is taken in steps)",
+            1000 * cold.last_capture_seconds,
+            "ms",
+            "< 50 ms",
+            cold.last_capture_seconds < 0.05,
+        )
+        report.add("base part size", cold.last_part_bytes / 2**20, "MiB")
+
+        # Then what a live controller does: fold entries as they come and write a part every
+        # `--every` entries (each holding only what changed), compactions in the background.
+        cold.store = store
+        held: list[float] = []
+        writes: list[float] = []
+        part_bytes: list[int] = []
+        folds: list[float] = []
+        while cold.position < gen.events:
+            start = time.perf_counter()
+            for record in store.read(cold.position, limit=args.every):
+                cold.handle(record)
+            folds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            cold.snapshot()
+            writes.append(time.perf_counter() - start)
+            held.append(cold.last_capture_seconds)
+            part_bytes.append(cold.last_part_bytes)
+        snapshots.wait_idle(600)
+        if cold.state.ledger.size != gen.events or cold.state.invalid:
+            raise AssertionError(f"folded {cold.state.ledger.size} of {gen.events} events")
+        report.add("parts written after the base (one per --every entries)", len(writes), "")
+        report.add("snapshot: fold lock held, p50", 1000 * median(held), "ms")
+        report.add(
+            "snapshot: fold lock held, max", 1000 * max(held), "ms", "< 50 ms", max(held) < 0.05
+        )
+        report.add("snapshot write (capture + encode + commit), p50", 1000 * median(writes), "ms")
+        report.add("snapshot write, p99", 1000 * percentile(writes, 99), "ms")
+        report.add("part size, p50", median([float(b) for b in part_bytes]) / 1024, "KiB")
+        report.add(f"folding {args.every} entries, p50", 1000 * median(folds), "ms")
+        report.add("compactions committed (background)", snapshots.compactions, "")
+        # The baseline, in the same run: what every snapshot wrote before parts, the whole state.
         start = time.perf_counter()
-        cold.snapshot()  # later ones merge what was folded since into the packed indexes
-        report.add("snapshot write (next)", time.perf_counter() - start, "s")
-        with snapshots.engine.connect() as conn:
-            blob_size = conn.execute(sa.select(sa.func.length(snapshot_table.c.state))).scalar_one()
-        report.add("snapshot size", blob_size / 2**20, "MiB")
+        with cold.lock:
+            whole = encode_state(cold.state)
+        encode_seconds = time.perf_counter() - start
+        report.add(
+            "whole-state encoding (every snapshot before #19), encode only", encode_seconds, "s"
+        )
+        report.add("whole-state size", len(whole) / 2**20, "MiB")
+        report.add("part write p50 / whole-state encode", median(writes) / encode_seconds, "x")
+        del whole
+        chain = snapshots.part_rows("bench")
+        report.add("parts in the chain at the end", len(chain), "")
 
         restarts: list[float] = []
         for _ in range(1 if args.smoke else args.restarts):

@@ -20,6 +20,7 @@ BENCHES = (
     "audit",
     "replay",
     "startup",
+    "memory",
     "ingest",
     "checkpoints",
     "killswitch",

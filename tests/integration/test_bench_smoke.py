@@ -30,9 +30,13 @@ EXPECTED: dict[str, list[str]] = {
     "replay": [
         "cold replay",
         "cold replay / raw",
-        "snapshot write",
+        "snapshot write, first (a base: the whole state)",
+        "snapshot: fold lock held, max",
+        "snapshot write (capture + encode + commit), p50",
+        "part write p50 / whole-state encode",
         "restart from snapshot (median)",
     ],
+    "memory": ["resident after start", "growth per entry", "live state: open proposals"],
     "startup": ["fold only (median)", "verified start (median)", "verified start / fold only"],
     "ingest": [
         "kafka: AppendStream (full verification)",

@@ -1,0 +1,110 @@
+"""The ledger server's resident memory after it starts on a large log (issue #19).
+
+A fresh process (so nothing of the bench is counted) imports the server, notes its resident
+set, starts ``ledger.writer.LedgerServer`` on a copy of the generated ledger's SQLite store (a
+start writes the tree's tiles into it; bench.ledgergen's cache stays as generated), then notes
+the resident set again, and its peak. Reported: the growth, the growth per entry, and what the
+live state holds (keys, policies, proposals, and the proposals still open), so a run at two
+sizes shows whether memory grows with history or with live state. Goal (issue #19): under
+1.5 GiB at 10,000,000 events.
+
+Run: python -m bench.memory [--smoke] [--events N]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import Report, parser
+from bench.ledgergen import ledger
+
+CHILD = r"""
+import json, resource, sys, time
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+from ledger.heap import tune_collector
+from ledger.scenario import Cast
+from ledger.store.sqlite import SQLiteLogStore
+from ledger.writer import LedgerServer
+
+key = Cast.create(seed="steward-bench").checkpoint_key
+before = rss()
+tune_collector()  # as the server's entry point does before its replay
+store = SQLiteLogStore(sys.argv[1])
+writer = LedgerServer(store, key, checkpoint_every_ms=0)
+started = time.perf_counter()
+report = writer.start()
+seconds = time.perf_counter() - started
+after = rss()
+state = writer._core.state  # the rules state the start folded (read only here)
+open_proposals = sum(1 for p in state.proposals.values() if p.phase not in ("PROMOTED", "ROLLED_BACK"))
+print(json.dumps({
+    "entries": report.entries,
+    "seconds": seconds,
+    "rss_before": before,
+    "rss_after": after,
+    "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "keys": len(state.keys),
+    "policies": len(state.policies),
+    "proposals": len(state.proposals),
+    "open_proposals": open_proposals,
+}))
+writer.stop()
+writer.close()
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__ or "")
+    p.add_argument("--events", type=int, default=1_000_000)
+    args = p.parse_args(argv)
+    events = 3_000 if args.smoke else args.events
+    generated = ledger(events)
+    workdir = Path(tempfile.mkdtemp(prefix="steward-bench-memory-"))
+    try:
+        path = workdir / "ledger.sqlite"
+        shutil.copy(generated.sqlite_path(), path)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        ).stdout
+    finally:
+        shutil.rmtree(workdir)
+    m = json.loads(out.strip().splitlines()[-1])
+    if m["entries"] != generated.events:
+        raise AssertionError(f"the server started on {m['entries']} of {generated.events} entries")
+    growth = m["rss_after"] - m["rss_before"]
+    report = Report("memory", params={"events": generated.events})
+    report.add("start (verified replay)", m["seconds"], "s")
+    report.add("resident after imports", m["rss_before"] / 2**20, "MiB")
+    report.add(
+        "resident after start",
+        m["rss_after"] / 2**20,
+        "MiB",
+        "< 1,536 MiB at 10M",
+        m["rss_after"] < 1.5 * 2**30 if generated.events >= 10_000_000 else None,
+    )
+    report.add("peak resident", m["rss_peak"] / 2**20, "MiB")
+    report.add("growth per entry", growth / generated.events, "B")
+    for name in ("keys", "policies", "proposals", "open_proposals"):
+        report.add(f"live state: {name.replace('_', ' ')}", m[name], "")
+    report.emit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
