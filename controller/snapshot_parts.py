@@ -154,7 +154,7 @@ class Capture:
     applied: int
     invalid: int
     ledger: dict[str, Any]
-    proposals: list[ProposalRow]
+    proposals: list[ProposalRow] | _Ordered  # a base's: ordered outside the lock
     additions: dict[str, list[tuple[bytes, Any]]]  # per index, in the order they were made
     aside: dict[str, dict[bytes, Any]]  # full only: the additions set aside, read unlocked
     bases: dict[str, tuple[bytes, bytes]]  # full only: the packed bases they merge into
@@ -205,7 +205,8 @@ def prepare_step(state: ControllerState, prep: FullPreparation, *, proposals: in
     ls, log = state.ledger, tracked(state)
     if log is None:
         raise SnapshotError("prepare_step on a state begin_full did not start")
-    batch, prep.todo = prep.todo[-proposals:], prep.todo[:-proposals]  # from the end: O(batch)
+    batch = prep.todo[-proposals:]
+    del prep.todo[-proposals:]  # from the end: O(batch), not a copy of the rest per step
     for h in batch:
         prep.rows[h] = _row(ls.proposals[h], log.get(h), state.rollouts.get(h))
     return not prep.todo
@@ -232,16 +233,19 @@ def capture(
         raise SnapshotError("a delta part of a state that no part was written from")
     log = _start_tracking(state)
     indexes = [_index(ls, spec) for spec in INDEXES]
-    rows: list[ProposalRow]
+    rows: list[ProposalRow] | _Ordered
     changed, log.changed = log.changed, set()
     if full:
-        ready = prepared.rows if prepared is not None else {}
-        rows = [
-            ready[h]
-            if h in ready and h not in changed
-            else _row(p, log.get(h), state.rollouts.get(h))
-            for h, p in ls.proposals.items()  # in the order they were submitted
-        ]
+        # Under the lock only what the fold changed since the steps: every proposal submitted
+        # since is in `changed` too. The rows are put in order outside it (encode_capture):
+        # done here, that loop held the lock 229 ms at ten million entries.
+        order = list(ls.proposals)  # in the order they were submitted
+        if prepared is None:
+            ready, todo = {}, order
+        else:
+            ready, todo = prepared.rows, [h for h in changed if h in ls.proposals]
+        fresh = {h: _row(ls.proposals[h], log.get(h), state.rollouts.get(h)) for h in todo}
+        rows = _Ordered(order, fresh, ready)
         if prepared is None:  # at once: set the additions so far aside now
             for ix in indexes:
                 ix.thaw()
@@ -273,6 +277,19 @@ def capture(
         bases=bases,
         changed=changed,
     )
+
+
+@dataclass(frozen=True)
+class _Ordered:
+    """A base's proposal rows, put in order when the part is encoded (outside the lock)."""
+
+    order: list[bytes]
+    fresh: dict[bytes, ProposalRow]
+    ready: dict[bytes, ProposalRow]
+
+    def rows(self) -> list[ProposalRow]:
+        fresh, ready = self.fresh, self.ready
+        return [fresh[h] if h in fresh else ready[h] for h in self.order]
 
 
 def _row(p: ProposalState, stamp: int | None, rollout: RolloutRecord | None) -> ProposalRow:
@@ -353,7 +370,7 @@ def encode_capture(c: Capture) -> bytes:
         applied=c.applied,
         invalid=c.invalid,
         ledger=c.ledger,
-        proposals=tuple(c.proposals),
+        proposals=tuple(c.proposals.rows() if isinstance(c.proposals, _Ordered) else c.proposals),
         indexes=indexes,
     )
     return encode_part(part)
