@@ -488,7 +488,6 @@ def encode_state(state: ControllerState, *, compact: bool = False) -> bytes:
         evals.base_keys,
         evals.base_values,
     ]
-    body = b"".join(part for s in sections for part in (_LEN.pack(len(s)), s))
     if compact:
         ls.event_ids, ls.entry_seqs, ls.entry_types, ls.evals = (
             event_ids,
@@ -496,7 +495,46 @@ def encode_state(state: ControllerState, *, compact: bool = False) -> bytes:
             entry_types,
             evals,
         )
-    return _HEADER.pack(MAGIC, VERSION, hashlib.sha256(body).digest()) + body
+    return frame(sections, MAGIC, VERSION)
+
+
+def frame(sections: list[bytes], magic: bytes, version: int) -> bytes:
+    """``magic | version (u16) | SHA-256 of the rest | sections`` (each a u64 length, bytes)."""
+    body = b"".join(part for s in sections for part in (_LEN.pack(len(s)), s))
+    return _HEADER.pack(magic, version, hashlib.sha256(body).digest()) + body
+
+
+def unframe(blob: bytes, magic: bytes, version: int, count: int, what: str) -> list[bytes]:
+    """The `count` sections of a blob `frame` wrote with this magic and version, its digest
+    checked; SnapshotError naming `what` (a snapshot, a part) and the first thing that differs."""
+    if len(blob) < _HEADER.size:
+        raise SnapshotError(
+            f"{what} is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header"
+        )
+    found_magic, found_version, digest = _HEADER.unpack_from(blob)
+    if found_magic != magic:
+        raise SnapshotError(f"{what} magic is {found_magic!r}, expected {magic!r}")
+    if found_version != version:
+        raise SnapshotError(f"{what} version is {found_version}, expected {version}")
+    body = memoryview(blob)[_HEADER.size :]
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotError(f"{what} digest does not match its contents (truncated or damaged)")
+    sections: list[bytes] = []
+    pos = 0
+    while pos < len(body):
+        if pos + _LEN.size > len(body):
+            raise SnapshotError(f"{what} section header cut at byte {pos}")
+        (n,) = _LEN.unpack_from(body, pos)
+        pos += _LEN.size
+        if pos + n > len(body):
+            raise SnapshotError(
+                f"{what} section {len(sections)} is {n} bytes, {len(body) - pos} left"
+            )
+        sections.append(bytes(body[pos : pos + n]))
+        pos += n
+    if len(sections) != count:
+        raise SnapshotError(f"{what} has {len(sections)} sections, expected {count}")
+    return sections
 
 
 _SECTIONS = 13
@@ -504,33 +542,7 @@ _SECTIONS = 13
 
 def decode_state(blob: bytes) -> ControllerState:
     """The state a snapshot holds; SnapshotError if it is not one this code wrote, intact."""
-    if len(blob) < _HEADER.size:
-        raise SnapshotError(
-            f"snapshot is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header"
-        )
-    magic, version, digest = _HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise SnapshotError(f"snapshot magic is {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise SnapshotError(f"snapshot version is {version}, expected {VERSION}")
-    body = memoryview(blob)[_HEADER.size :]
-    if hashlib.sha256(body).digest() != digest:
-        raise SnapshotError("snapshot digest does not match its contents (truncated or damaged)")
-    sections: list[bytes] = []
-    pos = 0
-    while pos < len(body):
-        if pos + _LEN.size > len(body):
-            raise SnapshotError(f"snapshot section header cut at byte {pos}")
-        (n,) = _LEN.unpack_from(body, pos)
-        pos += _LEN.size
-        if pos + n > len(body):
-            raise SnapshotError(
-                f"snapshot section {len(sections)} is {n} bytes, {len(body) - pos} left"
-            )
-        sections.append(bytes(body[pos : pos + n]))
-        pos += n
-    if len(sections) != _SECTIONS:
-        raise SnapshotError(f"snapshot has {len(sections)} sections, expected {_SECTIONS}")
+    sections = unframe(blob, MAGIC, VERSION, _SECTIONS, "snapshot")
     # Decoding allocates ~100,000 containers at a million entries and none of them form cycles:
     # the cyclic collector would walk the growing heap again and again (~25% of the time).
     was_enabled = gc.isenabled()
@@ -639,4 +651,12 @@ def _decode_sections(sections: list[bytes]) -> ControllerState:
     return state
 
 
-__all__ = ["MAGIC", "VERSION", "StoredProposal", "decode_state", "encode_state"]
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "StoredProposal",
+    "decode_state",
+    "encode_state",
+    "frame",
+    "unframe",
+]

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import array
 import gc
-import hashlib
 import itertools
 import json
-import struct
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +59,8 @@ from controller.snapshot import (
     _json,
     _type_decode,
     _type_encode,
+    frame,
+    unframe,
 )
 from controller.state import ControllerState, RolloutRecord
 from ledger.formats import HASH_SIZE
@@ -68,8 +68,6 @@ from ledger.state import LedgerState, ProposalState
 
 PART_MAGIC = b"STWCPART"
 PART_VERSION = 1
-_HEADER = struct.Struct("<8sH32s")
-_LEN = struct.Struct("<Q")
 _SECTIONS = 15
 _ROLLOUT_ENC, _ROLLOUT_DEC = _codec(RolloutRecord, "RolloutRecord")
 _NO_STAMP = -1
@@ -478,39 +476,12 @@ def encode_part(part: Part) -> bytes:
         ix["evals"][1],
         ix["entry_types"][0],
     ]
-    body = b"".join(piece for s in sections for piece in (_LEN.pack(len(s)), s))
-    return _HEADER.pack(PART_MAGIC, PART_VERSION, hashlib.sha256(body).digest()) + body
+    return frame(sections, PART_MAGIC, PART_VERSION)
 
 
 def decode_part(blob: bytes) -> Part:
     """The part a blob holds; SnapshotError if it is not one this code wrote, intact."""
-    if len(blob) < _HEADER.size:
-        raise SnapshotError(
-            f"part is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header"
-        )
-    magic, version, digest = _HEADER.unpack_from(blob)
-    if magic != PART_MAGIC:
-        raise SnapshotError(f"part magic is {magic!r}, expected {PART_MAGIC!r}")
-    if version != PART_VERSION:
-        raise SnapshotError(f"part version is {version}, expected {PART_VERSION}")
-    body = memoryview(blob)[_HEADER.size :]
-    if hashlib.sha256(body).digest() != digest:
-        raise SnapshotError("part digest does not match its contents (truncated or damaged)")
-    sections: list[bytes] = []
-    pos = 0
-    while pos < len(body):
-        if pos + _LEN.size > len(body):
-            raise SnapshotError(f"part section header cut at byte {pos}")
-        (n,) = _LEN.unpack_from(body, pos)
-        pos += _LEN.size
-        if pos + n > len(body):
-            raise SnapshotError(
-                f"part section {len(sections)} is {n} bytes, {len(body) - pos} left"
-            )
-        sections.append(bytes(body[pos : pos + n]))
-        pos += n
-    if len(sections) != _SECTIONS:
-        raise SnapshotError(f"part has {len(sections)} sections, expected {_SECTIONS}")
+    sections = unframe(blob, PART_MAGIC, PART_VERSION, _SECTIONS, "part")
     was_enabled = gc.isenabled()
     gc.disable()  # as in decode_state: many acyclic objects, no collector walks meanwhile
     try:
