@@ -8,7 +8,11 @@ live state holds (keys, policies, proposals, and the proposals still open), so a
 sizes shows whether memory grows with history or with live state. Goal (issue #19): under
 1.5 GiB at 10,000,000 events.
 
-Run: python -m bench.memory [--smoke] [--events N]
+The server keeps its per-entry indexes in a scratch SQLite file (ledger.spilled_index); the
+file's size is reported too. ``--baseline`` also starts it, in a second fresh process on a
+fresh copy, with those indexes packed in memory as before, and reports both side by side.
+
+Run: python -m bench.memory [--smoke] [--events N] [--baseline]
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.common import Report, parser
-from bench.ledgergen import ledger
+from bench.ledgergen import GeneratedLedger, ledger
 
 CHILD = r"""
 import json, resource, sys, time
@@ -42,7 +47,7 @@ key = Cast.create(seed="steward-bench").checkpoint_key
 before = rss()
 tune_collector()  # as the server's entry point does before its replay
 store = SQLiteLogStore(sys.argv[1])
-writer = LedgerServer(store, key, checkpoint_every_ms=0)
+writer = LedgerServer(store, key, checkpoint_every_ms=0, spill_indexes=sys.argv[2] == "spill")
 started = time.perf_counter()
 report = writer.start()
 seconds = time.perf_counter() - started
@@ -59,24 +64,21 @@ print(json.dumps({
     "policies": len(state.policies),
     "proposals": len(state.proposals),
     "open_proposals": open_proposals,
+    "scratch_bytes": writer._core.scratch.size_bytes() if writer._core.scratch else 0,
 }))
 writer.stop()
 writer.close()
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__ or "")
-    p.add_argument("--events", type=int, default=1_000_000)
-    args = p.parse_args(argv)
-    events = 3_000 if args.smoke else args.events
-    generated = ledger(events)
+def _start(generated: GeneratedLedger, mode: str) -> dict[str, Any]:
+    """Start a server on a fresh copy of the ledger in a fresh process; what it measured."""
     workdir = Path(tempfile.mkdtemp(prefix="steward-bench-memory-"))
     try:
         path = workdir / "ledger.sqlite"
         shutil.copy(generated.sqlite_path(), path)
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(path)],
+            [sys.executable, "-c", CHILD, str(path), mode],
             check=True,
             capture_output=True,
             text=True,
@@ -84,9 +86,24 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout
     finally:
         shutil.rmtree(workdir)
-    m = json.loads(out.strip().splitlines()[-1])
+    m: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if m["entries"] != generated.events:
         raise AssertionError(f"the server started on {m['entries']} of {generated.events} entries")
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__ or "")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also start with the per-entry indexes in memory (the way before), to compare",
+    )
+    args = p.parse_args(argv)
+    events = 3_000 if args.smoke else args.events
+    generated = ledger(events)
+    m = _start(generated, "spill")
     growth = m["rss_after"] - m["rss_before"]
     report = Report("memory", params={"events": generated.events})
     report.add("start (verified replay)", m["seconds"], "s")
@@ -100,8 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add("peak resident", m["rss_peak"] / 2**20, "MiB")
     report.add("growth per entry", growth / generated.events, "B")
+    report.add("scratch index file (on disk)", m["scratch_bytes"] / 2**20, "MiB")
     for name in ("keys", "policies", "proposals", "open_proposals"):
         report.add(f"live state: {name.replace('_', ' ')}", m[name], "")
+    if args.baseline:
+        b = _start(generated, "memory")
+        report.add("baseline (indexes in memory): start", b["seconds"], "s")
+        report.add("baseline: resident after start", b["rss_after"] / 2**20, "MiB")
+        report.add("baseline: peak resident", b["rss_peak"] / 2**20, "MiB")
+        report.add(
+            "baseline: growth per entry", (b["rss_after"] - b["rss_before"]) / generated.events, "B"
+        )
+        report.add("start time, spilled ÷ in memory", m["seconds"] / b["seconds"], "x")
+        report.add(
+            "resident after start, spilled ÷ in memory", m["rss_after"] / b["rss_after"], "x"
+        )
     report.emit()
     return 0
 

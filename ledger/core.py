@@ -11,6 +11,7 @@ import hashlib
 from array import array
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from ledger.column_index import ColumnIndex
 from ledger.errors import StewardError
@@ -33,6 +34,9 @@ from ledger.rules import (
     signature_order_violation,
 )
 from ledger.state import LedgerState
+
+if TYPE_CHECKING:  # the server hands one in; the core itself does no I/O
+    from ledger.spilled_index import ScratchIndexes
 
 
 @dataclass(frozen=True)
@@ -69,28 +73,85 @@ def body_digest(body_bytes: bytes) -> bytes:
     return hashlib.sha256(body_bytes).digest()
 
 
-class LedgerCore:
-    def __init__(self, *, keep_entries: bool = False, tree: MerkleTree | None = None) -> None:
-        # The three maps with a key per entry, as packed columns (ledger.column_index): a
-        # fraction of the dicts' memory, which grows with the whole history.
-        self.state = LedgerState(
-            event_ids=ColumnIndex.ints(EVENT_ID_SIZE),
-            entry_types=ColumnIndex.names(HASH_SIZE),
-            entry_seqs=ColumnIndex.ints(HASH_SIZE),
+class MemorySeqColumns:
+    """Per seq: the leaf hash, the body digest and the receive time, as packed columns.
+
+    A Receipt and a digest per entry in dicts cost 321 bytes per entry (tracemalloc, 100,000
+    entries); these columns cost 72. A server keeps them on disk instead
+    (ledger.spilled_index.SpilledSeqColumns, the same interface).
+    """
+
+    def __init__(self) -> None:
+        self._leaf_hashes = bytearray()  # 32 bytes per seq
+        self._digests = bytearray()  # 32 bytes per seq: body_digest of its event
+        self._received_at = array("q")  # per seq
+
+    def __len__(self) -> int:
+        return len(self._received_at)
+
+    def append(self, leaf: bytes, digest: bytes, received_at: int) -> None:
+        self._leaf_hashes += leaf
+        self._digests += digest
+        self._received_at.append(received_at)
+
+    def __getitem__(self, seq: int) -> tuple[bytes, bytes, int]:
+        if not 0 <= seq < len(self._received_at):
+            raise IndexError(f"seq {seq} of {len(self._received_at)}")
+        at = seq * HASH_SIZE
+        return (
+            bytes(self._leaf_hashes[at : at + HASH_SIZE]),
+            bytes(self._digests[at : at + HASH_SIZE]),
+            self._received_at[seq],
         )
+
+
+class SeqColumns(Protocol):
+    def __len__(self) -> int: ...
+    def append(self, leaf: bytes, digest: bytes, received_at: int) -> None: ...
+    def __getitem__(self, seq: int) -> tuple[bytes, bytes, int]: ...
+
+
+class LedgerCore:
+    def __init__(
+        self,
+        *,
+        keep_entries: bool = False,
+        tree: MerkleTree | None = None,
+        scratch: ScratchIndexes | None = None,
+    ) -> None:
+        # The maps with a key per entry, and the columns with a value per seq, grow with the
+        # whole history. In memory they are packed (ledger.column_index: a fraction of the
+        # dicts' memory); a server hands in `scratch` and keeps them on disk
+        # (ledger.spilled_index), its memory then growing with live state only.
+        self.scratch = scratch
+        self.state: LedgerState
+        self._columns: SeqColumns
+        if scratch is None:
+            self.state = LedgerState(
+                event_ids=ColumnIndex.ints(EVENT_ID_SIZE),
+                entry_types=ColumnIndex.names(HASH_SIZE),
+                entry_seqs=ColumnIndex.ints(HASH_SIZE),
+            )
+            self._columns = MemorySeqColumns()
+        else:
+            self.state = LedgerState(
+                event_ids=scratch.map("event_ids"),  # type: ignore[arg-type]
+                entry_types=scratch.map("entry_types"),  # type: ignore[arg-type]
+                entry_seqs=scratch.map("entry_seqs"),  # type: ignore[arg-type]
+                evals=scratch.map("evals"),  # type: ignore[arg-type]
+            )
+            self._columns = scratch.seq_columns()
         # Only tests and the vector generator keep entries; the server reads its store.
         self.entries: list[LogEntry] | None = [] if keep_entries else None
         # Empty: the replay fills it (a server on SQLite hands in one kept as tiles).
         self.tree = MerkleTree() if tree is None else tree
         if self.tree.size:
             raise ValueError(f"a new core needs an empty tree, this one has {self.tree.size}")
-        # What an idempotent retry is answered from, one column per seq (the event id -> seq
-        # map is the state's event_ids): packed bytes, not an object per entry. A Receipt and a
-        # digest per entry in dicts cost 321 bytes per entry (tracemalloc, 100,000 entries);
-        # these columns cost 72.
-        self._leaf_hashes = bytearray()  # 32 bytes per seq
-        self._digests = bytearray()  # 32 bytes per seq: body_digest of its event
-        self._received_at = array("q")  # per seq
+
+    def close(self) -> None:
+        """Remove the scratch indexes, if any (the core is unusable after)."""
+        if self.scratch is not None:
+            self.scratch.close()
 
     @property
     def size(self) -> int:
@@ -117,13 +178,10 @@ class LedgerCore:
         seq = self.state.event_ids.get(body.event_id)
         if seq is None:
             return None
-        at = seq * HASH_SIZE
-        if self._digests[at : at + HASH_SIZE] != (
-            body_digest(event.body) if digest is None else digest
-        ):
+        leaf, stored_digest, received_at = self._columns[seq]
+        if stored_digest != (body_digest(event.body) if digest is None else digest):
             raise DuplicateEventIdError(body.event_id, seq)
-        leaf = bytes(self._leaf_hashes[at : at + HASH_SIZE])
-        return Receipt(seq, leaf, self._received_at[seq], duplicate=True)
+        return Receipt(seq, leaf, received_at, duplicate=True)
 
     def prepare(
         self,
@@ -157,17 +215,15 @@ class LedgerCore:
 
     def commit(self, e: LogEntry, *, digest: bytes | None = None) -> Receipt:
         """Fold a prepared entry; `digest`, when given, is the body_digest of its event."""
-        if e.entry.seq != len(self._received_at):  # the columns are indexed by seq
-            raise ValueError(f"entry seq {e.entry.seq}, expected {len(self._received_at)}")
+        if e.entry.seq != len(self._columns):  # the columns are indexed by seq
+            raise ValueError(f"entry seq {e.entry.seq}, expected {len(self._columns)}")
         self.state.apply(e)
         self.tree.append(e.leaf_hash)
         if self.entries is not None:
             self.entries.append(e)
         if digest is None:
             digest = body_digest(e.entry.body)
-        self._leaf_hashes += e.leaf_hash
-        self._digests += digest
-        self._received_at.append(e.entry.received_at)
+        self._columns.append(e.leaf_hash, digest, e.entry.received_at)
         return Receipt(e.entry.seq, e.leaf_hash, e.entry.received_at)
 
     def append(self, event: SignedEvent, clock: Callable[[], int]) -> Receipt:

@@ -71,6 +71,7 @@ from ledger.integrity import ChainCheck, VerifiedCheckpoint, verify_checkpoints
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.sigcheck import SignatureChecker
+from ledger.spilled_index import ScratchIndexes
 from ledger.staging import DecodedBatch, StagedBatch
 from ledger.state import KeyInfo, LedgerState
 from ledger.store.base import LogStore
@@ -180,8 +181,12 @@ class LedgerServer:
         clock: Callable[[], int] = now_ms,
         on_fenced: Callable[[], None] | None = None,
         checker: SignatureChecker | None = None,
+        spill_indexes: bool = True,
     ) -> None:
         self.store = store
+        # The per-entry indexes on disk (ledger.spilled_index), rebuilt by every replay: memory
+        # grows with live state, not with history. False keeps them packed in memory (tests).
+        self._spill_indexes = spill_indexes
         # Checks the signatures of staged batches; the default checks in the caller's thread.
         self.checker = checker if checker is not None else SignatureChecker(0)
         self._key = checkpoint_key
@@ -282,8 +287,20 @@ class LedgerServer:
             tiled = TileNodeStore(self._tile_storage, replaying=True)
         chain = ChainCheck(
             on_genesis=lambda genesis: self._require_our_key(genesis, stored=True),
-            core=LedgerCore(tree=MerkleTree(tiled)),
+            core=LedgerCore(
+                tree=MerkleTree(tiled),
+                scratch=ScratchIndexes() if self._spill_indexes else None,
+            ),
         )
+        try:
+            return self._fold_store(chain, tiled, started)
+        except BaseException:
+            chain.core.close()  # its scratch indexes, half built
+            raise
+
+    def _fold_store(
+        self, chain: ChainCheck, tiled: TileNodeStore | None, started: float
+    ) -> ReplayReport:
         for record in self.store.read(0):
             skip = chain.add(record.position, record.value)
             if skip is None:
@@ -321,6 +338,8 @@ class LedgerServer:
                 )
         self._stored_cosignatures = {c.size: c.cosignatures for c in stored if c.cosignatures}
         core = chain.core
+        # The previous core's scratch indexes go when nothing reads its state any more (SQLite
+        # removes the file with the connection): a reader may still hold that state now.
         self._core = core
         self._positions = chain.positions
         self._last_received_at = chain.last_received_at
@@ -922,6 +941,8 @@ class LedgerServer:
     def close(self, timeout: float = 10.0) -> None:
         """After stop() and the last append: the writer stores what is folded, then ends."""
         self.group_commit.close(timeout)
+        with self._lock:
+            self._core.close()
 
     @property
     def fenced(self) -> bool:

@@ -36,7 +36,12 @@ EXPECTED: dict[str, list[str]] = {
         "part write p50 / whole-state encode",
         "restart from snapshot (median)",
     ],
-    "memory": ["resident after start", "growth per entry", "live state: open proposals"],
+    "memory": [
+        "resident after start",
+        "growth per entry",
+        "scratch index file (on disk)",
+        "live state: open proposals",
+    ],
     "startup": ["fold only (median)", "verified start (median)", "verified start / fold only"],
     "ingest": [
         "kafka: AppendStream (full verification)",

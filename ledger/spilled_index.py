@@ -1,0 +1,235 @@
+"""The per-entry indexes of a ledger server kept on disk, in a scratch SQLite database.
+
+The rules state has four maps with a key per entry of the log (``event_ids``, ``entry_types``,
+``entry_seqs``, ``evals``: ledger.state), and the core three columns with a value per seq (leaf
+hash, body digest, receive time: what an idempotent retry is answered from). Even packed
+(ledger.column_index) they cost about 214 bytes per entry: 2 GiB at ten million entries, all
+of it history. Issue #19 asks that the server's memory grow with live state instead.
+
+So the server keeps them in a :class:`ScratchIndexes`: a private, temporary SQLite database on
+disk (SQLite's own: opened with an empty file name, created in ``SQLITE_TMPDIR`` or ``TMPDIR``,
+deleted when closed), with a page cache of a few MB. What was added recently sits in a dict in
+front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to it in
+sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the table.
+
+Why scratch, rebuilt at every start, rather than tables in the ledger's store: a server
+replays and re-checks its whole log at every start anyway (ledger.integrity), so the index is
+built from entries it has just verified and is never trusted from disk, and it works the same
+on every store (SQLite, Kafka). No journal and no fsync: a crash loses only this file, which
+nobody reads again (SQLite deletes it with the process's last handle).
+
+Thread safety: one connection, used under a lock (the writer calls under its own lock;
+readers of the state may call from other threads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, MutableMapping
+from typing import Generic, TypeVar
+
+__all__ = ["FLUSH_AT", "ScratchIndexes", "SpilledMap", "SpilledSeqColumns"]
+
+V = TypeVar("V")
+
+FLUSH_AT = 2048
+"""Additions held in memory before they are written to the table, per map: a batch sorted by
+key touches each leaf page of the B-tree once."""
+
+CACHE_KIB = 4096
+"""SQLite's page cache for the whole scratch database, per connection (KiB)."""
+
+
+class ScratchIndexes:
+    """A private temporary on-disk SQLite database holding a server's per-entry indexes."""
+
+    def __init__(self, *, cache_kib: int = CACHE_KIB, flush_at: int = FLUSH_AT) -> None:
+        self.flush_at = flush_at
+        # "" is SQLite's private temporary database: on disk (not memory) once its cache
+        # is full, removed when the connection closes.
+        self._conn = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        self.lock = threading.Lock()
+        self._closed = False
+        for pragma in (
+            "journal_mode=OFF",
+            "synchronous=OFF",
+            f"cache_size=-{int(cache_kib)}",
+            "temp_store=FILE",
+        ):
+            self._conn.execute(f"PRAGMA {pragma}")
+
+    def map(self, name: str) -> SpilledMap[object]:
+        """A new bytes-keyed map in a table of its own (values: int, str or bytes)."""
+        return SpilledMap(self, name, flush_at=self.flush_at)
+
+    def seq_columns(self) -> SpilledSeqColumns:
+        return SpilledSeqColumns(self, flush_at=self.flush_at)
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.executemany(sql, rows)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def size_bytes(self) -> int:
+        """The database's size on disk (pages in use times the page size)."""
+        with self.lock:
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(size)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+
+def _identifier(name: str) -> str:
+    if not name.isidentifier():
+        raise ValueError(f"table name {name!r} is not an identifier")
+    return name
+
+
+class SpilledMap(MutableMapping[bytes, V], Generic[V]):
+    """bytes -> value, the newest additions in a dict and the rest in a scratch table.
+
+    Only grows, as the rules' maps do (an entry never leaves the log): deletion is refused, and
+    a key is added once: the rules refuse a second event with an event id, and an entry hash
+    covers its predecessor's, so neither repeats. A key added twice is found when its batch is
+    written and raises ValueError there.
+    """
+
+    def __init__(self, db: ScratchIndexes, name: str, *, flush_at: int = FLUSH_AT) -> None:
+        self._db = db
+        self._name = _identifier(name)
+        self._flush_at = flush_at
+        self._recent: dict[bytes, V] = {}
+        self._flushed = 0
+        db.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
+        self._select = f"SELECT v FROM {self._name} WHERE k = ?"
+        self._insert = f"INSERT INTO {self._name} (k, v) VALUES (?, ?)"
+
+    def _stored(self, key: object) -> tuple[V] | None:
+        with self._db.lock:
+            row: tuple[V] | None = self._db.execute(self._select, (key,)).fetchone()
+        return row
+
+    def __getitem__(self, key: bytes) -> V:
+        try:
+            return self._recent[key]
+        except KeyError:
+            pass
+        row = self._stored(key)
+        if row is None:
+            raise KeyError(key)
+        return row[0]
+
+    def get(self, key: bytes, default: V | None = None) -> V | None:  # type: ignore[override]
+        try:
+            return self._recent[key]
+        except KeyError:
+            pass
+        if not isinstance(key, bytes):
+            return default
+        row = self._stored(key)
+        return default if row is None else row[0]
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._recent:
+            return True
+        return isinstance(key, bytes) and self._stored(key) is not None
+
+    def __setitem__(self, key: bytes, value: V) -> None:
+        if type(key) is not bytes:
+            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        self._recent[key] = value
+        if len(self._recent) >= self._flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the additions held in memory to the table, in key order."""
+        if not self._recent:
+            return
+        rows = sorted(self._recent.items())
+        with self._db.lock:
+            try:
+                self._db.executemany(self._insert, rows)  # type: ignore[arg-type]
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"{self._name}: a key added twice ({exc})") from exc
+        self._flushed += len(rows)
+        self._recent = {}
+
+    def __delitem__(self, key: bytes) -> None:
+        raise TypeError("a spilled index only grows: entries never leave the log")
+
+    def __len__(self) -> int:
+        return self._flushed + len(self._recent)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The keys in the table (key order), then the recent ones (insertion order)."""
+        with self._db.lock:
+            stored = [k for (k,) in self._db.execute(f"SELECT k FROM {self._name} ORDER BY k")]
+        yield from stored
+        yield from list(self._recent)
+
+    def __repr__(self) -> str:
+        return f"SpilledMap({self._name}, {len(self)} keys, {len(self._recent)} in memory)"
+
+
+Row = tuple[bytes, bytes, int]  # leaf hash, body digest, received_at
+
+
+class SpilledSeqColumns:
+    """Per seq (0, 1, 2 ... appended in order): the leaf hash, the body digest and the receive
+    time; the last ones in memory, the rest in a scratch table keyed by seq."""
+
+    def __init__(self, db: ScratchIndexes, *, flush_at: int = FLUSH_AT) -> None:
+        self._db = db
+        self._flush_at = flush_at
+        self._recent: list[tuple[int, bytes, bytes, int]] = []
+        self._size = 0
+        db.execute(
+            "CREATE TABLE seq_columns (seq INTEGER PRIMARY KEY, leaf BLOB, digest BLOB, at INTEGER)"
+        )
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, leaf: bytes, digest: bytes, received_at: int) -> None:
+        self._recent.append((self._size, bytes(leaf), bytes(digest), received_at))
+        self._size += 1
+        if len(self._recent) >= self._flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._recent:
+            return
+        with self._db.lock:
+            self._db.executemany(
+                "INSERT INTO seq_columns (seq, leaf, digest, at) VALUES (?, ?, ?, ?)",
+                self._recent,  # type: ignore[arg-type]
+            )
+        self._recent = []
+
+    def __getitem__(self, seq: int) -> Row:
+        if not 0 <= seq < self._size:
+            raise IndexError(f"seq {seq} of {self._size}")
+        first_recent = self._size - len(self._recent)
+        if seq >= first_recent:
+            _, leaf, digest, at = self._recent[seq - first_recent]
+            return leaf, digest, at
+        with self._db.lock:
+            row = self._db.execute(
+                "SELECT leaf, digest, at FROM seq_columns WHERE seq = ?", (seq,)
+            ).fetchone()
+        if row is None:  # written by flush in order, so a gap is a bug, not damage
+            raise LookupError(f"seq {seq} is missing from the scratch index")
+        return bytes(row[0]), bytes(row[1]), int(row[2])

@@ -1,0 +1,152 @@
+"""The per-entry indexes kept on disk (ledger.spilled_index) answer as the in-memory ones do.
+
+Small flush sizes put almost every key in the scratch table, so the lookups below go to SQLite,
+not to the dict in front of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from ledger.core import DuplicateEventIdError, LedgerCore
+from ledger.formats import SignedEvent, decode_body
+from ledger.scenario import Cast, Flow
+from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledSeqColumns
+
+
+def _key(i: int, width: int = 32) -> bytes:
+    return hashlib.sha256(i.to_bytes(8, "big")).digest()[:width]
+
+
+@pytest.fixture
+def scratch() -> ScratchIndexes:
+    db = ScratchIndexes(cache_kib=64)
+    yield db
+    db.close()
+
+
+@pytest.mark.parametrize("flush_at", [1, 7, 1000])
+def test_random_additions_and_lookups_agree_with_a_dict(
+    scratch: ScratchIndexes, flush_at: int
+) -> None:
+    rng = random.Random(flush_at)
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=flush_at)
+    plain: dict[bytes, object] = {}
+    values: list[object] = [7, "HealthReported", b"\x01" * 32, 2**62]
+    for i in range(3000):
+        k = _key(i)
+        v = rng.choice(values) if i % 3 else i
+        spilled[k] = v
+        plain[k] = v
+        probe = _key(rng.randrange(4000))  # a quarter of the probes are absent
+        assert spilled.get(probe) == plain.get(probe)
+        assert (probe in spilled) == (probe in plain)
+    assert len(spilled) == len(plain) == 3000
+    assert sorted(spilled) == sorted(plain)
+    for k, v in plain.items():
+        assert spilled[k] == v
+    with pytest.raises(KeyError):
+        spilled[_key(5000)]
+    assert spilled.get(_key(5000), "none") == "none"
+    assert spilled.get("not bytes") is None  # type: ignore[arg-type]
+    assert "not bytes" not in spilled
+
+
+def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=2)
+    spilled[_key(1)] = 1
+    with pytest.raises(TypeError, match="only grows"):
+        del spilled[_key(1)]
+    with pytest.raises(TypeError, match="bytes"):
+        spilled["text"] = 1  # type: ignore[index]
+    spilled[_key(2)] = 2  # flushed: both are in the table now
+    spilled[_key(1)] = 3
+    with pytest.raises(ValueError, match="t: a key added twice"):
+        spilled[_key(3)] = 4  # the batch holding the repeated key is written
+
+
+def test_a_table_name_must_be_an_identifier(scratch: ScratchIndexes) -> None:
+    with pytest.raises(ValueError, match="not an identifier"):
+        SpilledMap(scratch, "t; DROP TABLE x")
+
+
+def test_seq_columns_read_back_every_seq_from_memory_and_from_disk(
+    scratch: ScratchIndexes,
+) -> None:
+    columns = SpilledSeqColumns(scratch, flush_at=5)
+    rows = [(_key(i), _key(i + 10_000), 1_700_000_000_000 + i) for i in range(23)]
+    for row in rows:
+        columns.append(*row)
+    assert len(columns) == 23
+    for seq, row in enumerate(rows):  # 0..19 from the table, 20..22 from memory
+        assert columns[seq] == row
+    for bad in (-1, 23):
+        with pytest.raises(IndexError, match=f"seq {bad} of 23"):
+            columns[bad]
+
+
+def test_the_scratch_database_has_no_name_anyone_could_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite creates it in SQLITE_TMPDIR and unlinks it at once: nothing else can open it,
+    and it is gone with the process, even one that is killed."""
+    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path))
+    db = ScratchIndexes(cache_kib=64)
+    try:
+        spilled = db.map("t")
+        for i in range(20_000):  # 20,000 keys of 32 bytes: well past a 64 KiB cache
+            spilled[_key(i)] = i
+        spilled.flush()
+        assert db.size_bytes() > 500_000
+        assert os.listdir(tmp_path) == []
+        assert spilled[_key(12_345)] == 12_345
+    finally:
+        db.close()
+
+
+def _events(flow: Flow) -> list[SignedEvent]:
+    events = [flow.genesis(), *flow.grants(), flow.policy()]
+    return events + [flow.propose(f"registry.example/m:v{i}") for i in range(40)]
+
+
+def test_a_core_on_scratch_indexes_folds_and_answers_as_one_in_memory() -> None:
+    flow = Flow(Cast.create(seed="spilled"))
+    events = _events(flow)
+    # Batches of 4: all but the last few additions are looked up in the scratch tables.
+    cores = [LedgerCore(), LedgerCore(scratch=ScratchIndexes(cache_kib=64, flush_at=4))]
+    try:
+        receipts = []
+        evals: list[SignedEvent] = []
+        for core in cores:
+            tick = iter(range(1_700_000_000_000, 1_800_000_000_000, 1000)).__next__
+            got = [core.append(e, tick) for e in events]
+            if not evals:  # the same events for both cores: the proposal's hash is the same
+                proposal = got[-1].leaf_hash
+                evals = [flow.eval(proposal, "safety", 0.97), flow.eval(proposal, "quality", 0.86)]
+            got += [core.append(e, tick) for e in evals]
+            # A retry of an early event: its seq is long in the scratch table by now.
+            got.append(core.append(events[3], tick))
+            receipts.append(got)
+        memory, spilled = cores
+        assert receipts[0] == receipts[1]
+        assert receipts[1][-1].duplicate and receipts[1][-1].seq == 3
+        for name in ("event_ids", "entry_types", "entry_seqs", "evals"):
+            a, b = getattr(memory.state, name), getattr(spilled.state, name)
+            assert len(a) == len(b), name
+            assert {k: a[k] for k in a} == {k: b[k] for k in b}, name
+        # The same event id with another body is refused from the table too.
+        clash = flow.propose("registry.example/other:v1")
+        taken = dataclasses.replace(
+            decode_body(clash.body), event_id=decode_body(events[5].body).event_id
+        )
+        with pytest.raises(DuplicateEventIdError, match="already at seq 5"):
+            spilled.existing_receipt(clash, body=taken)
+    finally:
+        for core in cores:
+            core.close()
