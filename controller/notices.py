@@ -210,7 +210,7 @@ def notices_for(entry: LogEntry, state: LedgerState) -> tuple[Notice, ...]:
     if isinstance(payload, KillSwitchReleased):
         proposals = (
             (state.proposals[payload.scope.proposal],)
-            if payload.scope.proposal in state.proposals
+            if payload.scope.proposal is not None and payload.scope.proposal in state.proposals
             else ()
         )
         return (

@@ -122,7 +122,8 @@ class LedgerCore:
         # The maps with a key per entry, and the columns with a value per seq, grow with the
         # whole history. In memory they are packed (ledger.column_index: a fraction of the
         # dicts' memory); a server hands in `scratch` and keeps them on disk
-        # (ledger.spilled_index), its memory then growing with live state only.
+        # (ledger.spilled_index), with every proposal but the most recently used ones: its
+        # memory then holds what is in flight, not the history.
         self.scratch = scratch
         self.state: LedgerState
         self._columns: SeqColumns
@@ -139,6 +140,7 @@ class LedgerCore:
                 entry_types=scratch.map("entry_types"),  # type: ignore[arg-type]
                 entry_seqs=scratch.map("entry_seqs"),  # type: ignore[arg-type]
                 evals=scratch.map("evals"),  # type: ignore[arg-type]
+                proposals=scratch.objects("proposals"),
             )
             self._columns = scratch.seq_columns()
         # Only tests and the vector generator keep entries; the server reads its store.

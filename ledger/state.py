@@ -248,7 +248,9 @@ class LedgerState:
     entry_types: MutableMapping[bytes, str] = field(default_factory=dict)
     entry_seqs: MutableMapping[bytes, int] = field(default_factory=dict)
     policies: dict[str, PolicyInfo] = field(default_factory=dict)
-    proposals: dict[bytes, ProposalState] = field(default_factory=dict)
+    # A server keeps most proposals on disk (ledger.spilled_index.SpilledObjects): change a
+    # proposal only right after looking it up, as `apply` does.
+    proposals: MutableMapping[bytes, ProposalState] = field(default_factory=dict)
     evals: MutableMapping[bytes, bytes] = field(default_factory=dict)  # eval hash -> proposal hash
     kill_switches: dict[KillScope, int] = field(default_factory=dict)  # scope -> engaged seq
     engagements: dict[KillScope, Engagement] = field(default_factory=dict)  # the same scopes
@@ -341,7 +343,11 @@ class LedgerState:
         governing: dict[str, PolicySet] = {}
         for proposal in stopped:
             governing.setdefault(proposal.policy_id, self.policy_of(proposal))
-        if scope.kind == "PROPOSAL" and scope.proposal in self.proposals:
+        if (
+            scope.kind == "PROPOSAL"
+            and scope.proposal is not None
+            and scope.proposal in self.proposals
+        ):
             proposal = self.proposals[scope.proposal]
             governing.setdefault(proposal.policy_id, self.policy_of(proposal))
         elif scope.kind == "TARGET":

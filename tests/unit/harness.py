@@ -10,6 +10,7 @@ from ledger.core import LedgerCore, Receipt
 from ledger.formats import SignedEvent
 from ledger.rules import RuleViolationError
 from ledger.scenario import Cast, Flow
+from ledger.spilled_index import ScratchIndexes
 
 # Every violation code a test has observed; a meta-test checks that each code is covered.
 OBSERVED_CODES: set[str] = set()
@@ -20,6 +21,16 @@ class Harness:
     cast: Cast = field(default_factory=lambda: Cast.create(seed="rules"))
     now: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     core: LedgerCore = field(default_factory=lambda: LedgerCore(keep_entries=True))
+
+    @classmethod
+    def on(cls, state: str) -> Harness:
+        """A harness on the in-memory state ("in-memory") or a server's ("spilled")."""
+        if state == "in-memory":
+            return cls()
+        if state == "spilled":
+            scratch = ScratchIndexes(cache_kib=64, flush_at=1, hot_objects=1)
+            return cls(core=LedgerCore(keep_entries=True, scratch=scratch))
+        raise ValueError(f"state {state!r}, expected in-memory or spilled")
 
     def __post_init__(self) -> None:
         self.flow = Flow(self.cast, clock=lambda: self.now, state=lambda: self.core.state)

@@ -35,9 +35,12 @@ GLOBAL = KillScope("GLOBAL")
 TARGET = KillScope("TARGET", "models", "model-server")
 
 
-@pytest.fixture
-def h() -> Harness:
-    return Harness()
+@pytest.fixture(params=["in-memory", "spilled"])
+def h(request: pytest.FixtureRequest) -> Harness:
+    """Every rule test runs twice: on the in-memory state, and on the state a server keeps, its
+    indexes and proposals on disk with one addition and one proposal in memory at a time (so
+    every lookup of another proposal reads it back, and every change is written out)."""
+    return Harness.on(request.param)
 
 
 # -- genesis and structure -------------------------------------------------------------------

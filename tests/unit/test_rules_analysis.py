@@ -34,9 +34,10 @@ ERRORS = HealthCheck(
 )
 
 
-@pytest.fixture
-def h() -> Harness:
-    return Harness()
+@pytest.fixture(params=["in-memory", "spilled"])
+def h(request: pytest.FixtureRequest) -> Harness:
+    """On the in-memory state and on a server's, spilled to disk (tests/unit/harness.py)."""
+    return Harness.on(request.param)
 
 
 def _samples(*values: float | None) -> tuple[Sample, ...]:

@@ -17,7 +17,8 @@ import pytest
 from ledger.core import DuplicateEventIdError, LedgerCore
 from ledger.formats import SignedEvent, decode_body
 from ledger.scenario import Cast, Flow
-from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledSeqColumns
+from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledObjects, SpilledSeqColumns
+from tests.unit.harness import Harness
 
 
 def _key(i: int, width: int = 32) -> bytes:
@@ -150,3 +151,73 @@ def test_a_core_on_scratch_indexes_folds_and_answers_as_one_in_memory() -> None:
     finally:
         for core in cores:
             core.close()
+
+
+def test_spilled_objects_keep_every_change_made_after_a_lookup(scratch: ScratchIndexes) -> None:
+    """Objects paged out and back in, as a server's proposals are, with changes made to each
+    right after looking it up, end up as a dict changed the same way ends up."""
+    rng = random.Random(3)
+    spilled: SpilledObjects[dict[str, list[int]]] = SpilledObjects(scratch, "objects", hot=3)
+    plain: dict[bytes, dict[str, list[int]]] = {}
+    for step in range(2000):
+        if step % 10 == 0 or not plain:
+            k = _key(len(plain))
+            spilled[k] = {"changes": []}
+            plain[k] = {"changes": []}
+        k = rng.choice(list(plain))
+        spilled[k]["changes"].append(step)
+        plain[k]["changes"].append(step)
+    assert spilled.in_memory == 3
+    assert spilled.loads > 1000  # most lookups read the object back from the table
+    assert len(spilled) == len(plain) == 200
+    assert list(spilled) == sorted(plain)
+    assert {k: spilled[k] for k in plain} == plain
+
+
+def test_membership_never_reads_an_object_back(scratch: ScratchIndexes) -> None:
+    spilled: SpilledObjects[list[int]] = SpilledObjects(scratch, "objects", hot=1)
+    spilled[_key(1)] = [1]
+    spilled[_key(2)] = [2]  # _key(1) is pickled out
+    loads = spilled.loads
+    assert _key(1) in spilled and _key(3) not in spilled and "text" not in spilled
+    assert spilled.loads == loads
+    assert spilled.get(_key(3)) is None and spilled[_key(1)] == [1]
+    spilled[_key(1)] = [10]  # a new value for a key: one key still
+    assert len(spilled) == 2 and spilled[_key(1)] == [10] and spilled[_key(2)] == [2]
+    with pytest.raises(TypeError, match="only grow"):
+        del spilled[_key(1)]
+    with pytest.raises(ValueError, match="hot is 0"):
+        SpilledObjects(scratch, "other", hot=0)
+
+
+def test_a_server_state_pages_its_proposals_and_folds_as_the_in_memory_one() -> None:
+    """Many proposals, one in memory at a time: every eval and approval reads its proposal
+    back, changes it, and the next lookup of another one writes it out."""
+    memory = Harness.on("in-memory")
+    start = memory.now
+    events: list[SignedEvent] = []
+
+    def ok(event: SignedEvent) -> bytes:
+        events.append(event)
+        return memory.ok(event)
+
+    for event in [memory.flow.genesis(), *memory.flow.grants(), memory.flow.policy()]:
+        ok(event)
+    proposals = [ok(memory.flow.propose(f"registry.example/m:v{i}")) for i in range(6)]
+    for p in proposals + proposals[::-1]:
+        ok(memory.flow.eval(p, "safety", 0.97))
+    for p in proposals:
+        safety = memory.core.state.proposals[p].latest_evals["safety"].entry_hash
+        ok(memory.flow.approve(p, (safety, ok(memory.flow.eval(p, "quality", 0.86))), "alice"))
+
+    spilled = Harness.on("spilled")
+    spilled.now = start
+    for event in events:
+        spilled.ok(event)
+    objects = spilled.core.state.proposals
+    assert isinstance(objects, SpilledObjects) and objects.loads >= 12  # each read back twice+
+    assert memory.core.tree.root() == spilled.core.tree.root()
+    assert dict(memory.core.state.proposals) == {k: objects[k] for k in objects}
+    assert all(len(p.approvals) == 1 for p in memory.core.state.proposals.values())
+    for h in (memory, spilled):
+        h.core.close()
