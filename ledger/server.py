@@ -103,6 +103,9 @@ class LedgerServerConfig:
     # Signature-checking worker processes for streamed batches (ledger.sigcheck): 0 checks in
     # the serving process, None one when the machine has more than one core.
     verify_processes: int | None = None
+    # Where the server's per-entry indexes and idle proposals go (ledger.spilled_index): a
+    # file unlinked once open, about 450 bytes per entry of the log. None: TMPDIR or /tmp.
+    scratch_dir: str | None = None
     # Witnesses that cosign every published checkpoint (ledger.witness, docs/WITNESS.md); the
     # threshold says how many cosignatures make a checkpoint witnessed (None: all of them).
     witnesses: tuple[WitnessEndpoint, ...] = ()
@@ -258,6 +261,7 @@ def serve(config: LedgerServerConfig, *, add_services: Sequence[AddService] = ()
         checkpoint_every_ms=config.checkpoint_every_ms,
         on_fenced=on_fenced,
         checker=SignatureChecker(config.verify_processes),
+        scratch_dir=config.scratch_dir,
     )
     witnessing = None
     if config.witness_threshold and not config.witnesses:
@@ -538,6 +542,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             read_rate_per_peer=_rate(args.read_rate_per_peer),
             max_message_bytes=args.max_message_bytes,
             verify_processes=args.verify_processes,
+            scratch_dir=args.scratch_dir,
             witnesses=tuple(WitnessEndpoint.parse(w) for w in args.witness),
             witness_threshold=args.witness_threshold,
             witness_timeout_s=args.witness_timeout,

@@ -84,6 +84,14 @@ def add_server_arguments(
         help=f"HOST:PORT (port 0 picks a free one; default {default_listen})",
     )
     p.add_argument("--port-file", help="write the bound port here once serving")
+    p.add_argument(
+        "--scratch-dir",
+        metavar="DIR",
+        help="where the server keeps its per-entry indexes and idle proposals while it runs: "
+        "a file about 450 bytes per entry of the log, rebuilt at every start and unlinked as "
+        "soon as it is open (default: TMPDIR or /tmp; in a pod with a read-only root, a "
+        "volume)",
+    )
     p.add_argument("--checkpoint-every-entries", type=int, default=256)
     p.add_argument("--checkpoint-every-ms", type=int, default=1000)
     t = p.add_argument_group("TLS and access (docs/API.md)")

@@ -6,9 +6,10 @@ hash, body digest, receive time: what an idempotent retry is answered from). Eve
 (ledger.column_index) they cost about 214 bytes per entry: 2 GiB at ten million entries, all
 of it history. Issue #19 asks that the server's memory grow with live state instead.
 
-So the server keeps them in a :class:`ScratchIndexes`: a private, temporary SQLite database on
-disk (SQLite's own: opened with an empty file name, created in ``SQLITE_TMPDIR`` or ``TMPDIR``,
-deleted when closed), with a page cache of a few MB. What was added recently sits in a dict in
+So the server keeps them in a :class:`ScratchIndexes`: a SQLite database in a file created in
+the scratch directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and
+unlinked as soon as it is open, so nothing else can open it and it is gone with the process,
+however that ends. Its page cache is a few MB. What was added recently sits in a dict in
 front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to it in
 sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the table.
 
@@ -16,7 +17,7 @@ Why scratch, rebuilt at every start, rather than tables in the ledger's store: a
 replays and re-checks its whole log at every start anyway (ledger.integrity), so the index is
 built from entries it has just verified and is never trusted from disk, and it works the same
 on every store (SQLite, Kafka). No journal and no fsync: a crash loses only this file, which
-nobody reads again (SQLite deletes it with the process's last handle).
+nobody reads again. A directory that cannot hold it is found at start, never at an append.
 
 Thread safety: one connection, used under a lock (the writer calls under its own lock;
 readers of the state may call from other threads).
@@ -24,12 +25,17 @@ readers of the state may call from other threads).
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Iterator, MutableMapping
 from collections import OrderedDict
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from ledger.errors import ConfigError
 
 __all__ = [
     "FLUSH_AT",
@@ -58,24 +64,42 @@ class ScratchIndexes:
     """A private temporary on-disk SQLite database holding a server's per-entry indexes."""
 
     def __init__(
-        self, *, cache_kib: int = CACHE_KIB, flush_at: int = FLUSH_AT, hot_objects: int = HOT_OBJECTS
+        self,
+        directory: str | Path | None = None,
+        *,
+        cache_kib: int = CACHE_KIB,
+        flush_at: int = FLUSH_AT,
+        hot_objects: int = HOT_OBJECTS,
     ) -> None:
         # How many additions each map holds in memory, and how many objects (tests make both
         # tiny, so that every lookup goes to the tables).
         self.flush_at = flush_at
         self.hot_objects = hot_objects
-        # "" is SQLite's private temporary database: on disk (not memory) once its cache
-        # is full, removed when the connection closes.
-        self._conn = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        where = str(directory) if directory is not None else tempfile.gettempdir()
+        try:
+            fd, path = tempfile.mkstemp(prefix="steward-scratch-", suffix=".sqlite", dir=where)
+        except OSError as exc:
+            raise ConfigError(
+                f"the scratch directory {where} cannot hold the server's indexes "
+                f"({exc.strerror or exc}); give a writable one with --scratch-dir"
+            ) from exc
+        try:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            for pragma in (
+                "journal_mode=OFF",  # no journal file beside it: SQLite never needs its name
+                "synchronous=OFF",
+                f"cache_size=-{int(cache_kib)}",
+                "temp_store=MEMORY",  # a pod's root file system is read-only
+            ):
+                self._conn.execute(f"PRAGMA {pragma}")
+            self._conn.execute("CREATE TABLE created (x)")  # the file is SQLite's now
+        finally:
+            # Unlinked while open: no other process can open it by name, and the space is
+            # freed when the last handle closes, a crash included.
+            os.close(fd)
+            os.unlink(path)
         self.lock = threading.Lock()
         self._closed = False
-        for pragma in (
-            "journal_mode=OFF",
-            "synchronous=OFF",
-            f"cache_size=-{int(cache_kib)}",
-            "temp_store=FILE",
-        ):
-            self._conn.execute(f"PRAGMA {pragma}")
 
     def map(self, name: str) -> SpilledMap[object]:
         """A new bytes-keyed map in a table of its own (values: int, str or bytes)."""

@@ -182,11 +182,13 @@ class LedgerServer:
         on_fenced: Callable[[], None] | None = None,
         checker: SignatureChecker | None = None,
         spill_indexes: bool = True,
+        scratch_dir: str | None = None,
     ) -> None:
         self.store = store
         # The per-entry indexes on disk (ledger.spilled_index), rebuilt by every replay: memory
         # grows with live state, not with history. False keeps them packed in memory (tests).
         self._spill_indexes = spill_indexes
+        self._scratch_dir = scratch_dir  # where that file goes (None: TMPDIR or /tmp)
         # Checks the signatures of staged batches; the default checks in the caller's thread.
         self.checker = checker if checker is not None else SignatureChecker(0)
         self._key = checkpoint_key
@@ -289,7 +291,7 @@ class LedgerServer:
             on_genesis=lambda genesis: self._require_our_key(genesis, stored=True),
             core=LedgerCore(
                 tree=MerkleTree(tiled),
-                scratch=ScratchIndexes() if self._spill_indexes else None,
+                scratch=ScratchIndexes(self._scratch_dir) if self._spill_indexes else None,
             ),
         )
         try:

@@ -553,6 +553,45 @@ def test_restart_replays_and_skips_garbage(tmp_path: Path) -> None:
         running.stop(None)
 
 
+def test_the_scratch_file_is_in_the_named_directory_and_nobody_can_open_it(tmp_path: Path) -> None:
+    """The per-entry indexes and idle proposals go to --scratch-dir, in a file unlinked once
+    open: the directory stays empty while the server appends and answers retries from it."""
+    cast = Cast.create()
+    flow = Flow(cast)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    running = _start(tmp_path, cast, scratch_dir=str(scratch))
+    try:
+        with LedgerClient(running.address) as client:
+            client.append(flow.genesis())
+            grants = flow.grants()
+            receipts = client.append_many(grants)
+            assert client.append_many(grants) == [replace(r, duplicate=True) for r in receipts]
+        assert list(scratch.iterdir()) == []
+        assert running.ledger._core.scratch is not None
+        assert running.ledger._core.scratch.size_bytes() > 0
+    finally:
+        running.stop(None)
+
+
+@pytest.mark.parametrize("bad", ["missing", "a-file"])
+def test_a_scratch_directory_that_cannot_hold_the_file_stops_the_start(
+    tmp_path: Path, bad: str
+) -> None:
+    from ledger.errors import ConfigError
+
+    (tmp_path / "a-file").write_text("not a directory")
+    where = tmp_path / bad
+    with pytest.raises(ConfigError, match=f"the scratch directory {where} cannot hold"):
+        serve(
+            LedgerServerConfig(
+                store=tmp_path / "ledger.db",
+                checkpoint_key=PrivateKey.generate(),
+                scratch_dir=str(where),
+            )
+        )
+
+
 def test_refuses_to_start_with_another_checkpoint_key(tmp_path: Path) -> None:
     from ledger.errors import ConfigError
 

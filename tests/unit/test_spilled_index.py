@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.core import DuplicateEventIdError, LedgerCore
+from ledger.errors import ConfigError
 from ledger.formats import SignedEvent, decode_body
 from ledger.scenario import Cast, Flow
 from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledObjects, SpilledSeqColumns
@@ -92,13 +93,10 @@ def test_seq_columns_read_back_every_seq_from_memory_and_from_disk(
             columns[bad]
 
 
-def test_the_scratch_database_has_no_name_anyone_could_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite creates it in SQLITE_TMPDIR and unlinks it at once: nothing else can open it,
-    and it is gone with the process, even one that is killed."""
-    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path))
-    db = ScratchIndexes(cache_kib=64)
+def test_the_scratch_database_has_no_name_anyone_could_open(tmp_path: Path) -> None:
+    """Created in the directory given and unlinked at once: nothing else can open it, and it
+    is gone with the process, even one that is killed."""
+    db = ScratchIndexes(tmp_path, cache_kib=64)
     try:
         spilled = db.map("t")
         for i in range(20_000):  # 20,000 keys of 32 bytes: well past a 64 KiB cache
@@ -107,8 +105,22 @@ def test_the_scratch_database_has_no_name_anyone_could_open(
         assert db.size_bytes() > 500_000
         assert os.listdir(tmp_path) == []
         assert spilled[_key(12_345)] == 12_345
+        # The process still holds it, unlinked, and nothing but it: no journal beside it.
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:  # (the descriptor listdir itself used is gone by now)
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:
+                continue
+        ours = [h for h in held if h.startswith(str(tmp_path))]
+        assert len(ours) == 1 and ours[0].endswith(".sqlite (deleted)"), ours
     finally:
         db.close()
+
+
+def test_a_directory_that_cannot_hold_it_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"the scratch directory {tmp_path / 'missing'} cannot"):
+        ScratchIndexes(tmp_path / "missing")
 
 
 def _events(flow: Flow) -> list[SignedEvent]:
