@@ -31,16 +31,18 @@ import sqlite3
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ledger.errors import ConfigError
+from ledger.tile_store import StoredTile
 
 __all__ = [
     "FLUSH_AT",
     "HOT_OBJECTS",
     "ScratchIndexes",
+    "ScratchTileStorage",
     "SpilledMap",
     "SpilledObjects",
     "SpilledSeqColumns",
@@ -108,6 +110,10 @@ class ScratchIndexes:
     def objects(self, name: str) -> SpilledObjects[Any]:
         """A new bytes-keyed map of objects, the most recently used ones in memory."""
         return SpilledObjects(self, name, hot=self.hot_objects)
+
+    def tile_storage(self) -> ScratchTileStorage:
+        """Tiles of the Merkle tree, for a store that keeps none (Kafka)."""
+        return ScratchTileStorage(self)
 
     def seq_columns(self) -> SpilledSeqColumns:
         return SpilledSeqColumns(self, flush_at=self.flush_at)
@@ -383,3 +389,33 @@ class SpilledSeqColumns:
         if row is None:  # written by flush in order, so a gap is a bug, not damage
             raise LookupError(f"seq {seq} is missing from the scratch index")
         return bytes(row[0]), bytes(row[1]), int(row[2])
+
+
+class ScratchTileStorage:
+    """A :class:`ledger.tile_store.TileStorage` in the scratch database, for a store that keeps
+    no tiles (Kafka): the tree's memory is then its right edge there too, not 64 bytes a leaf.
+
+    Like every tile storage it is a cache of what the entries determine (ledger.tile_store):
+    the start fills it while it replays, and each tile read back is checked against the edge.
+    """
+
+    def __init__(self, db: ScratchIndexes) -> None:
+        self._db = db
+        db.execute(
+            "CREATE TABLE tiles (level INTEGER, idx INTEGER, hashes BLOB, PRIMARY KEY (level, idx))"
+            " WITHOUT ROWID"
+        )
+
+    def read_tile(self, level: int, index: int) -> bytes | None:
+        with self._db.lock:
+            row = self._db.execute(
+                "SELECT hashes FROM tiles WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def write_tiles(self, tiles: Sequence[StoredTile]) -> None:
+        rows: list[tuple[object, ...]] = [(t.level, t.index, bytes(t.hashes)) for t in tiles]
+        with self._db.lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO tiles (level, idx, hashes) VALUES (?, ?, ?)", rows
+            )

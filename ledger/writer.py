@@ -216,7 +216,10 @@ class LedgerServer:
         )
         self._riding = 0  # size of the checkpoint riding in the writer's transaction, if any
         # A store that keeps tiles keeps the tree: memory holds its right edge, not its history.
-        self._tile_storage: TileStorage | None = store.tile_storage()
+        self._store_tiles_in: TileStorage | None = store.tile_storage()
+        # Where the current core's tiles go: the store's, or (a store that keeps none, with
+        # the scratch file) the scratch file's; set by each rebuild, read under the lock.
+        self._tile_storage: TileStorage | None = self._store_tiles_in
         self._core = LedgerCore()
         # Store position of each seq (positions are not seqs), 8 bytes each.
         self._positions: array[int] = array("q")
@@ -284,18 +287,21 @@ class LedgerServer:
         """Fold the store again from scratch, verifying every record and every stored
         checkpoint (ledger.integrity); StoreDamagedError on damage, with nothing changed."""
         started = time.monotonic()
+        scratch = ScratchIndexes(self._scratch_dir) if self._spill_indexes else None
+        storage = self._store_tiles_in
+        if storage is None and scratch is not None:
+            storage = scratch.tile_storage()
         tiled = None
-        if self._tile_storage is not None:
-            tiled = TileNodeStore(self._tile_storage, replaying=True)
+        if storage is not None:
+            tiled = TileNodeStore(storage, replaying=True)
         chain = ChainCheck(
             on_genesis=lambda genesis: self._require_our_key(genesis, stored=True),
-            core=LedgerCore(
-                tree=MerkleTree(tiled),
-                scratch=ScratchIndexes(self._scratch_dir) if self._spill_indexes else None,
-            ),
+            core=LedgerCore(tree=MerkleTree(tiled), scratch=scratch),
         )
         try:
-            return self._fold_store(chain, tiled, started)
+            report = self._fold_store(chain, tiled, started)
+            self._tile_storage = storage
+            return report
         except BaseException:
             chain.core.close()  # its scratch indexes, half built
             raise
@@ -589,12 +595,12 @@ class LedgerServer:
     def _store_tiles(self) -> None:
         """Hand the tiles the durable log completed to the store (the writer's thread, after
         the entries they cover are stored: a tile never runs ahead of its entries)."""
-        storage = self._tile_storage
-        if storage is None:
-            return
         try:
-            with self._lock:
+            with self._lock:  # the core and where its tiles go, both of one rebuild
+                storage = self._tile_storage
                 tree_store = self._core.tree.store
+                if storage is None:
+                    return
                 if not isinstance(tree_store, TileNodeStore):
                     return
                 tiles_due = tree_store.tiles_to_write(self._durable_size())

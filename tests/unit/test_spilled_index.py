@@ -17,8 +17,10 @@ import pytest
 from ledger.core import DuplicateEventIdError, LedgerCore
 from ledger.errors import ConfigError
 from ledger.formats import SignedEvent, decode_body
+from ledger.merkle import MemoryNodeStore, MerkleTree
 from ledger.scenario import Cast, Flow
 from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledObjects, SpilledSeqColumns
+from ledger.tile_store import TileNodeStore
 from tests.unit.harness import Harness
 
 
@@ -233,3 +235,30 @@ def test_a_server_state_pages_its_proposals_and_folds_as_the_in_memory_one() -> 
     assert all(len(p.approvals) == 1 for p in memory.core.state.proposals.values())
     for h in (memory, spilled):
         h.core.close()
+
+
+def test_a_tree_kept_as_tiles_in_the_scratch_file_is_the_memory_tree(
+    scratch: ScratchIndexes,
+) -> None:
+    """A store without tiles (Kafka) keeps the tree's tiles in the scratch file: read back
+    (a cache of one tile), every root and proof is the in-memory tree's."""
+    leaves = [_key(i) for i in range(70_000)]  # past a full level-1 tile (65,536 leaves)
+    storage = scratch.tile_storage()
+    store = TileNodeStore(storage, cache_tiles=1)
+    tree = MerkleTree(store)
+    for i, leaf in enumerate(leaves):
+        tree.append(leaf)
+        if i % 1000 == 999 or i == len(leaves) - 1:
+            due = store.tiles_to_write(i + 1)
+            if due:
+                storage.write_tiles(due)
+                store.written(due)
+    memory = MerkleTree.from_leaves(leaves, MemoryNodeStore())
+    rng = random.Random(5)
+    for size in (1, 256, 257, 65_536, 65_537, 70_000, *rng.sample(range(1, 70_000), 10)):
+        assert tree.root(size) == memory.root(size), size
+        index = rng.randrange(size)
+        assert tree.inclusion_proof(index, size) == memory.inclusion_proof(index, size)
+    assert store.reads > 10  # tiles did come back from the scratch file
+    assert storage.read_tile(0, 0) == b"".join(leaves[:256])
+    assert storage.read_tile(9, 0) is None
