@@ -260,7 +260,11 @@ class SpilledObjects(MutableMapping[bytes, V], Generic[V]):
         self._hot: OrderedDict[bytes, V] = OrderedDict()
         self._count = 0
         self.loads = 0  # objects read back from the table (for benches and tests)
-        db.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        # A rowid table, unlike the maps': a pickled proposal (about 1.5 KB) fits in its leaf
+        # page there, where a WITHOUT ROWID row over about 1 KB takes a 4 KB overflow page of
+        # its own (4.6 KB a proposal on disk, measured with dbstat at 100,000 entries; 2.0 KB
+        # here).
+        db.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v BLOB)")
         self._select = f"SELECT v FROM {self._name} WHERE k = ?"
         self._exists = f"SELECT 1 FROM {self._name} WHERE k = ?"
         self._upsert = f"INSERT OR REPLACE INTO {self._name} (k, v) VALUES (?, ?)"
