@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -86,11 +87,23 @@ async def serve(pairs: list[tuple[str, str]], routes: Path | None) -> None:
             Path(rest).unlink(missing_ok=True)
             servers.append(await asyncio.start_unix_server(_handler(target, routes), rest))
     print("relay ready", flush=True)
-    await asyncio.Event().wait()
+    await _until_orphaned()
+
+
+async def _until_orphaned() -> None:
+    """Return once the process that started this relay has ended (the relay is then a child
+    of another process). The parent-death signal set in `main` is not enough: the container
+    drops to its manifest's user before it execs, and a process of that user may not signal
+    this one, which runs as root, so the kernel's signal is refused when the container ends
+    (about ten relays outlived their pods in each run of the suite)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(0.2)
 
 
 def main(argv: list[str]) -> int:
-    # Die with the process that started this relay: a pod's network goes with its container.
+    # Die with the process that started this relay: a pod's network goes with its container
+    # (where the container runs as root; otherwise `_until_orphaned` ends the relay).
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     spec = json.loads(Path(argv[0]).read_text())
     routes = Path(spec["routes"]) if spec.get("routes") else None
