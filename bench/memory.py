@@ -10,7 +10,8 @@ sizes shows whether memory grows with history or with live state. Goal (issue #1
 
 The server keeps its per-entry indexes in a scratch SQLite file (ledger.spilled_index); the
 file's size is reported too. ``--baseline`` also starts it, in a second fresh process on a
-fresh copy, with those indexes packed in memory as before, and reports both side by side.
+fresh copy, with those indexes packed in memory as before, and reports both side by side
+(``--smoke`` always does).
 
 Run: python -m bench.memory [--smoke] [--events N] [--baseline]
 """
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add("scratch index file (on disk)", m["scratch_bytes"] / 2**20, "MiB")
     for name in ("keys", "policies", "proposals", "open_proposals"):
         report.add(f"live state: {name.replace('_', ' ')}", m[name], "")
-    if args.baseline:
+    if args.baseline or args.smoke:  # the smoke run checks the comparison works, too
         b = _start(generated, "memory")
         report.add("baseline (indexes in memory): start", b["seconds"], "s")
         report.add("baseline: resident after start", b["rss_after"] / 2**20, "MiB")

@@ -41,6 +41,7 @@ EXPECTED: dict[str, list[str]] = {
         "growth per entry",
         "scratch index file (on disk)",
         "live state: open proposals",
+        "resident after start, spilled ÷ in memory",
     ],
     "startup": ["fold only (median)", "verified start (median)", "verified start / fold only"],
     "ingest": [
