@@ -150,11 +150,16 @@ class TileNodeStore:
         *,
         replaying: bool = False,
         cache_tiles: int = DEFAULT_CACHE_TILES,
+        scratch: bool = False,
     ) -> None:
         if cache_tiles < 1:
             raise ValueError(f"cache_tiles is {cache_tiles}, expected >= 1")
         self._storage = storage
         self._replaying = replaying
+        # A storage the server made for this run alone (ledger.spilled_index), empty at start
+        # and never read as evidence: a replay writes each tile as it completes rather than
+        # hold every one in memory until the replay is verified (320 MB at ten million).
+        self._scratch = scratch
         self._cache_tiles = cache_tiles
         self._counts: list[int] = []  # hashes per tree level
         # Per tree level: (index of the first node kept, those nodes packed). Replaced, never
@@ -296,6 +301,9 @@ class TileNodeStore:
     def _completed(self, level: int, index: int, hashes: bytes) -> None:
         if not self._replaying:
             self._unwritten[(level, index)] = hashes
+            return
+        if self._scratch:
+            self._storage.write_tiles([StoredTile(level, index, hashes)])
             return
         if self._storage.read_tile(level, index) != hashes:
             self.repaired.append((level, index))

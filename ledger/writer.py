@@ -289,11 +289,12 @@ class LedgerServer:
         started = time.monotonic()
         scratch = ScratchIndexes(self._scratch_dir) if self._spill_indexes else None
         storage = self._store_tiles_in
-        if storage is None and scratch is not None:
+        in_scratch = storage is None and scratch is not None
+        if scratch is not None and storage is None:
             storage = scratch.tile_storage()
         tiled = None
         if storage is not None:
-            tiled = TileNodeStore(storage, replaying=True)
+            tiled = TileNodeStore(storage, replaying=True, scratch=in_scratch)
         chain = ChainCheck(
             on_genesis=lambda genesis: self._require_our_key(genesis, stored=True),
             core=LedgerCore(tree=MerkleTree(tiled), scratch=scratch),
