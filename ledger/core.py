@@ -135,13 +135,9 @@ class LedgerCore:
             )
             self._columns = MemorySeqColumns()
         else:
-            self.state = LedgerState(
-                event_ids=scratch.map("event_ids"),  # type: ignore[arg-type]
-                entry_types=scratch.map("entry_types"),  # type: ignore[arg-type]
-                entry_seqs=scratch.map("entry_seqs"),  # type: ignore[arg-type]
-                evals=scratch.map("evals"),  # type: ignore[arg-type]
-                proposals=scratch.objects("proposals"),
-            )
+            from ledger.spilled_index import spilled_state  # the server's; the core does no I/O
+
+            self.state = spilled_state(scratch)
             self._columns = scratch.seq_columns()
         # Only tests and the vector generator keep entries; the server reads its store.
         self.entries: list[LogEntry] | None = [] if keep_entries else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,7 @@ class Projector:
         batch_size: int = 500,
         create: bool = True,
         full_replay: bool = False,
+        new_state: Callable[[], LedgerState] = LedgerState,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -137,6 +138,9 @@ class Projector:
         # Re-check every signature and rule of the already projected prefix on restart (slow);
         # by default the hash chain proves the prefix unchanged instead.
         self.full_replay = full_replay
+        # An empty state to fold into: in memory by default; the server's keeps what grows
+        # with history in its scratch directory (ledger.spilled_index.spilled_state).
+        self._new_state = new_state
         if create:
             create_tables(engine)
         self._state: LedgerState | None = None
@@ -192,7 +196,7 @@ class Projector:
 
     def _replay_checked(self, stored: Position) -> LedgerState:
         """Replay the prefix through decode, check and apply, writing nothing."""
-        state = LedgerState()
+        state = self._new_state()
         if stored.next_position > 0:
             for record in self.store.read(0):
                 if record.position >= stored.next_position:
@@ -208,7 +212,7 @@ class Projector:
         last must be the stored `last_hash`. Records recorded as invalid are skipped by
         position. Returns None at the first record that does not fit (the caller reports it).
         """
-        state = LedgerState()
+        state = self._new_state()
         if stored.next_position == 0:
             return state
         t = invalid_records_table.c

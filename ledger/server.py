@@ -466,7 +466,9 @@ def _projections_url(args: argparse.Namespace) -> str | None:
     return value if "://" in value else f"sqlite:///{value}"
 
 
-def projections_service(url: str, stop: threading.Event) -> AddService:
+def projections_service(
+    url: str, stop: threading.Event, scratch_dir: str | None = None
+) -> AddService:
     """QueryService over projections that a background thread keeps caught up with the log.
 
     The projector follows the same store the ledger writes and commits rows together with its
@@ -476,6 +478,7 @@ def projections_service(url: str, stop: threading.Event) -> AddService:
 
     from ledger.projections import Projector
     from ledger.query import add_query_service
+    from ledger.spilled_index import ScratchIndexes, spilled_state
     from ledger.store.sqlite import sqlite_engine
     from steward.v1 import query_pb2
 
@@ -484,7 +487,12 @@ def projections_service(url: str, stop: threading.Event) -> AddService:
             engine = sqlite_engine(url.removeprefix("sqlite:///"))
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
-        projector = Projector(ledger.store, engine)
+        # Its state, like the writer's, keeps what grows with history in the scratch directory.
+        projector = Projector(
+            ledger.store,
+            engine,
+            new_state=lambda: spilled_state(ScratchIndexes(scratch_dir)),
+        )
         threading.Thread(target=projector.run, args=(stop,), name="projector", daemon=True).start()
         add_query_service(server, engine)
         return str(query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name)
@@ -552,7 +560,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         services: list[AddService] = []
         url = _projections_url(args)
         if url is not None:
-            services.append(projections_service(url, done))
+            services.append(projections_service(url, done, args.scratch_dir))
         tune_collector()  # before the replay: it allocates the long-lived state
         running = serve(config, add_services=services)
         settle_heap()

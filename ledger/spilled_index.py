@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ledger.errors import ConfigError
+from ledger.state import LedgerState
 from ledger.tile_store import StoredTile
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "SpilledMap",
     "SpilledObjects",
     "SpilledSeqColumns",
+    "spilled_state",
 ]
 
 V = TypeVar("V")
@@ -148,6 +150,18 @@ def _identifier(name: str) -> str:
     if not name.isidentifier():
         raise ValueError(f"table name {name!r} is not an identifier")
     return name
+
+
+def spilled_state(scratch: ScratchIndexes) -> LedgerState:
+    """An empty rules state whose per-entry maps and proposals are in `scratch`: what a server
+    folds into (the writer's core, and the projector beside it)."""
+    return LedgerState(
+        event_ids=scratch.map("event_ids"),  # type: ignore[arg-type]
+        entry_types=scratch.map("entry_types"),  # type: ignore[arg-type]
+        entry_seqs=scratch.map("entry_seqs"),  # type: ignore[arg-type]
+        evals=scratch.map("evals"),  # type: ignore[arg-type]
+        proposals=scratch.objects("proposals"),
+    )
 
 
 class SpilledMap(MutableMapping[bytes, V], Generic[V]):

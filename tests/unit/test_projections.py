@@ -22,6 +22,8 @@ from ledger.formats import KillScope, LogEntry, encode_entry, make_entry
 from ledger.projections import Position, ProjectionDivergenceError, Projector, dump, fresh_dump
 from ledger.rules import RuleViolationError, fold
 from ledger.scenario import Cast
+from ledger.spilled_index import ScratchIndexes, SpilledObjects, spilled_state
+from ledger.state import LedgerState
 from ledger.store.sqlite import SQLiteLogStore, log_table, sqlite_engine
 from tests.unit.harness import Harness
 
@@ -213,6 +215,37 @@ class ProjectionSuite:
             engine, schema.kill_switches_table, schema.kill_switches_table.c.released_seq.is_(None)
         )
         assert len(active) == len(state.kill_switches) == 0
+
+    def test_a_state_spilled_to_disk_projects_the_same_rows(
+        self, engine: sa.Engine, store: SQLiteLogStore, tmp_path: Path
+    ) -> None:
+        """The server's projector folds into a state kept in its scratch directory
+        (ledger.spilled_index), one proposal in memory at a time here: the rows are those of
+        the in-memory fold, a policy replaced over every proposal and a restart included."""
+        t = Harness(cast=Cast.create(seed="spilled-projections"))
+        t.base()
+        ps = [
+            t.ok(t.flow.propose(f"registry.example/m:v{i}", deployment=f"m{i}")) for i in range(4)
+        ]
+        safety = [t.ok(t.flow.eval(p, "safety", 0.99)) for p in ps]  # each reads its proposal back
+        quality = [t.ok(t.flow.eval(p, "quality", 0.91)) for p in ps]
+        for p, s, q in zip(ps, safety, quality, strict=True):
+            t.ok(t.flow.approve(p, (s, q), "alice"))
+        t.ok(t.flow.policy(approvals=1))  # every proposal's valid approvals are refreshed
+        assert t.core.entries is not None
+        store.append(records(t.core.entries))
+
+        def spilled() -> LedgerState:
+            return spilled_state(ScratchIndexes(tmp_path, flush_at=1, hot_objects=1))
+
+        projector = Projector(store, engine, batch_size=3, new_state=spilled)
+        projector.catch_up()
+        assert dump(engine) == fresh_dump(store)
+        proposals = projector.state.proposals
+        assert isinstance(proposals, SpilledObjects) and proposals.loads >= 12
+        projector.reset()  # as after a restart: the state is folded again, into a new file
+        assert projector.state.size == len(t.core.entries)
+        assert not [f for f in tmp_path.iterdir() if f.name.startswith("steward-scratch")]
 
     @pytest.mark.parametrize("batch_size", [1, 3, 1000])
     def test_batch_size_does_not_change_rows(
