@@ -104,7 +104,7 @@ class LedgerServerConfig:
     # the serving process, None one when the machine has more than one core.
     verify_processes: int | None = None
     # Where the server's per-entry indexes and idle proposals go (ledger.spilled_index): a
-    # file unlinked once open, about 450 bytes per entry of the log. None: TMPDIR or /tmp.
+    # file unlinked once open, about 375 bytes per entry of the log. None: TMPDIR or /tmp.
     scratch_dir: str | None = None
     # Witnesses that cosign every published checkpoint (ledger.witness, docs/WITNESS.md); the
     # threshold says how many cosignatures make a checkpoint witnessed (None: all of them).

@@ -88,7 +88,7 @@ def add_server_arguments(
         "--scratch-dir",
         metavar="DIR",
         help="where the server keeps its per-entry indexes and idle proposals while it runs: "
-        "a file about 450 bytes per entry of the log, rebuilt at every start and unlinked as "
+        "a file of about 375 bytes per entry of the log, rebuilt at every start and unlinked as "
         "soon as it is open (default: TMPDIR or /tmp; in a pod with a read-only root, a "
         "volume)",
     )
