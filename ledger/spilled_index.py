@@ -11,7 +11,10 @@ the scratch directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or
 unlinked as soon as it is open, so nothing else can open it and it is gone with the process,
 however that ends. Its page cache is a few MB. What was added recently sits in a dict in
 front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to it in
-sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the table.
+sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the table. The same file
+holds the proposals but for the most recently used (:class:`SpilledObjects`), and, for a store
+that keeps none, the tree's tiles (:class:`ScratchTileStorage`); :func:`spilled_state` is the
+empty rules state the writer and the projector fold into.
 
 Why scratch, rebuilt at every start, rather than tables in the ledger's store: a server
 replays and re-checks its whole log at every start anyway (ledger.integrity), so the index is

@@ -288,10 +288,9 @@ class LedgerServer:
         checkpoint (ledger.integrity); StoreDamagedError on damage, with nothing changed."""
         started = time.monotonic()
         scratch = ScratchIndexes(self._scratch_dir) if self._spill_indexes else None
-        storage = self._store_tiles_in
-        in_scratch = storage is None and scratch is not None
-        if scratch is not None and storage is None:
-            storage = scratch.tile_storage()
+        storage, in_scratch = self._store_tiles_in, False
+        if storage is None and scratch is not None:  # a store without tiles (Kafka)
+            storage, in_scratch = scratch.tile_storage(), True
         tiled = None
         if storage is not None:
             tiled = TileNodeStore(storage, replaying=True, scratch=in_scratch)
