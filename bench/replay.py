@@ -44,6 +44,11 @@ class _Prefix:
         return self.store.read(start, limit=count) if count > 0 else iter(())
 
 
+def _db_mib(directory: str) -> float:
+    """The snapshot database's files (the database, its write-ahead log) in MiB."""
+    return sum(f.stat().st_size for f in Path(directory).glob("snapshots.db*")) / 2**20
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--events", type=int, default=1_000_000)
@@ -73,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
+    from controller.planner import plan
     from controller.replay import Replayer, SnapshotStore
     from controller.snapshot import encode_state
+    from controller.view import rollout_views
     from ledger.sigcheck import SignatureChecker
     from ledger.store.sqlite import SQLiteLogStore
 
@@ -125,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         report.add("cold replay / raw libsodium", rate / raw.sodium_around_last(), "x")
         report.add("cold replay total", seconds, "s")
 
-        # The first snapshot after the cold replay is a base: everything, packed.
+        # The baseline, in the same run: what every snapshot wrote before parts, the whole
+        # state (taken here, where the indexes are still the replay's dicts: after a part
+        # they are rows, which the whole-state encoding would read back one by one).
+        start = time.perf_counter()
+        with cold.lock:
+            whole = encode_state(cold.state)
+        encode_seconds = time.perf_counter() - start
+        whole_mib = len(whole) / 2**20
+        del whole
+
+        # The first snapshot after the cold replay is a base: everything, its indexes as rows.
         start = time.perf_counter()
         cold.snapshot()
         report.add(
@@ -170,21 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         report.add("part size, p50", median([float(b) for b in part_bytes]) / 1024, "KiB")
         report.add(f"folding {args.every} entries, p50", 1000 * median(folds), "ms")
         report.add("compactions committed (background)", snapshots.compactions, "")
-        # The baseline, in the same run: what every snapshot wrote before parts, the whole state.
-        start = time.perf_counter()
-        with cold.lock:
-            whole = encode_state(cold.state)
-        encode_seconds = time.perf_counter() - start
         report.add(
-            "whole-state encoding (every snapshot before #19), encode only", encode_seconds, "s"
+            "whole-state encoding (every snapshot before #19), encode only, before the tail",
+            encode_seconds,
+            "s",
         )
-        report.add("whole-state size", len(whole) / 2**20, "MiB")
+        report.add("whole-state size", whole_mib, "MiB")
         report.add("part write p50 / whole-state encode", median(writes) / encode_seconds, "x")
-        del whole
         chain = snapshots.part_rows("bench")
         report.add("parts in the chain at the end", len(chain), "")
 
+        report.add("snapshot database on disk (parts and index rows)", _db_mib(tmp), "MiB")
         restarts: list[float] = []
+        lookups: list[int] = []
         for _ in range(1 if args.smoke else args.restarts):
             warm = Replayer(
                 store,
@@ -194,14 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                 snapshot_every_seconds=never,
                 checker=checker,
             )
+            rows = snapshots.index_rows("bench")
+            before = rows.lookups
             start = time.perf_counter()
             loaded = warm.load_snapshot()
             warm.catch_up()
             restarts.append(time.perf_counter() - start)
+            lookups.append(rows.lookups - before)
             if not loaded or warm.state.ledger.size != gen.events:
                 raise AssertionError("the restart did not come back from the snapshot")
         restart = median(restarts)
         report.add("restart from snapshot (median)", restart, "s", "< 2 s", restart < 2.0)
+        report.add("  index rows read by the restart", max(lookups), "")
         start = time.perf_counter()
         with warm.lock:
             for p in warm.state.ledger.proposals.values():
@@ -209,6 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         report.add(
             "then first look at every proposal (target, phase)", time.perf_counter() - start, "s"
         )
+        # What every reconcile then does with the fold lock held (controller.runtime
+        # reconcile_once), without the Kubernetes observations: every proposal's target, the
+        # plan, and a view of every proposal (what the ModelRollout mirror and `get` show).
+        start = time.perf_counter()
+        with warm.lock:
+            state = warm.state
+            targets = {p.proposal.target for p in state.ledger.proposals.values()}
+            actions = plan(state, {}, int(time.time() * 1000))
+            views = rollout_views(state, {}, actions)
+        report.add(
+            "then one reconcile's lock hold without observations (targets, plan, views)",
+            time.perf_counter() - start,
+            "s",
+        )
+        report.add("  targets", len(targets), "")
+        report.add("  views (one per proposal)", len(views), "")
         snapshots.close()
     store.close()
     checker.close()

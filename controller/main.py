@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store, source = open_store(args.store, security_from_args(args))
         else:
             store, source = LedgerReadStore(ledger), f"grpc:{args.ledger}"
-        snapshots = SnapshotStore(args.snapshot_db) if args.snapshot_db else None
+        snapshots = SnapshotStore(args.snapshot_db, exclusive=True) if args.snapshot_db else None
         from ledger.sigcheck import SignatureChecker
 
         replayer = Replayer(

@@ -7,6 +7,10 @@ search finds a key, and entries folded after the snapshot go to a small dict in 
 restart then does not rebuild a million-entry dict object by object. `pack` builds one from any
 mapping (merging, when it is already a PackedIndex); `seq_decode`/`seq_encode` are the value
 encoding of the seq indexes.
+
+Since snapshot parts of version 2 (issue #19), the base of a restored index is not bytes but
+rows of a SQL table (controller.index_rows) read one key at a time: `RowLookup` is all this
+module knows of them, so it stays free of I/O.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import itertools
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from controller.errors import SnapshotError
 
 SEQ_WIDTH = 8  # bytes per seq value, little-endian unsigned
 
 V = TypeVar("V")
+
+
+class RowLookup(Protocol):
+    """Where an index's persisted entries are when they are rows rather than packed bytes."""
+
+    def get(self, ix: int, key: bytes) -> bytes | None:
+        """The encoded value of `key` in index `ix`, or None."""
+
+    def keys(self, ix: int) -> Iterator[bytes]:
+        """Every key of index `ix`, in order."""
 
 
 class PackedIndex(MutableMapping[bytes, V], Generic[V]):
@@ -50,10 +64,12 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         "decode",
         "encode",
         "frozen",
+        "ix",
         "key_width",
         "pending",
         "persisted",
         "recent",
+        "rows",
         "value_width",
     )
 
@@ -80,6 +96,26 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         self.persisted = 0  # the first `persisted` keys of `recent` are in snapshot parts
         self.pending: list[tuple[int, int]] = []  # (part, keys of `recent` it holds), in order
         self.frozen: dict[bytes, V] | None = None  # additions set aside (freeze), never changed
+        # The base as rows (snapshot parts of version 2): then base_keys/base_values are empty,
+        # `count` says how many rows there are, and `recent` holds only what no part holds yet.
+        self.rows: RowLookup | None = None
+        self.ix = -1  # the index's number among the rows
+
+    @classmethod
+    def on_rows(
+        cls,
+        rows: RowLookup,
+        ix: int,
+        count: int,
+        key_width: int,
+        value_width: int,
+        decode: Callable[[bytes], V],
+        encode: Callable[[V], bytes],
+    ) -> PackedIndex[V]:
+        """An index whose `count` persisted entries are rows of index `ix`, read on demand."""
+        index: PackedIndex[V] = cls(b"", b"", key_width, value_width, decode, encode)
+        index.rows, index.ix, index.count = rows, ix, count
+        return index
 
     @classmethod
     def growing(
@@ -103,6 +139,25 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def unpersisted(self) -> list[tuple[bytes, V]]:
         """The additions not yet in a snapshot part, in the order they were made."""
         return list(itertools.islice(self.recent.items(), self.persisted, None))
+
+    def adopt_rows(self, rows: RowLookup, ix: int, count: int, written: int) -> None:
+        """A base part wrote this index as `count` rows of index `ix`: they replace the packed
+        base and the additions set aside, and the first `written` additions, which it held."""
+        self.rows, self.ix, self.count = rows, ix, count
+        self.base_keys = self.base_values = b""
+        self.frozen = None
+        self.recent = dict(itertools.islice(self.recent.items(), written, None))
+        self.persisted, self.pending = 0, []
+        self._added = len(self.recent)
+
+    def absorb(self, written: int) -> None:
+        """A part wrote the first `written` additions as rows: they leave memory."""
+        if self.rows is None:
+            raise SnapshotError("absorb on an index whose base is not rows")
+        if written:
+            self.recent = dict(itertools.islice(self.recent.items(), written, None))
+            self.count += written
+            self._added = len(self.recent)
 
     def mark_persisted(self, part: int, count: int) -> None:
         """`count` more additions are now in snapshot part `part`."""
@@ -128,6 +183,8 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def rebase(self, keys: bytes, values: bytes, through: int) -> None:
         """Take `keys`/`values` (every entry of the parts up to `through`) as the base and
         drop the additions those parts hold (and any set aside); later ones stay, in order."""
+        if self.rows is not None:
+            raise SnapshotError("rebase of an index whose base is rows: parts no longer hold it")
         count, rest = divmod(len(keys), self.key_width)
         if rest or len(values) != count * self.value_width:
             raise SnapshotError(f"rebase with {len(keys)} key and {len(values)} value bytes")
@@ -168,22 +225,37 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
     def _base_value(self, i: int) -> V:
         return self.decode(self.base_values[i * self.value_width : (i + 1) * self.value_width])
 
+    def _base_get(self, key: bytes) -> bytes | None:
+        """The encoded value of `key` in the base (packed or rows), or None."""
+        if self.rows is not None:
+            if len(key) != self.key_width:
+                return None
+            return self.rows.get(self.ix, key)
+        i = self._find(key)
+        if i < 0:
+            return None
+        return self.base_values[i * self.value_width : (i + 1) * self.value_width]
+
     def __getitem__(self, key: bytes) -> V:
         if key in self.recent:
             return self.recent[key]
         frozen = self.frozen
         if frozen is not None and key in frozen:
             return frozen[key]
-        i = self._find(key)
-        if i < 0:
+        found = self._base_get(key)
+        if found is None:
             raise KeyError(key)
-        return self._base_value(i)
+        return self.decode(found)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes):
             return False
         frozen = self.frozen
-        return key in self.recent or (frozen is not None and key in frozen) or self._find(key) >= 0
+        return (
+            key in self.recent
+            or (frozen is not None and key in frozen)
+            or self._base_get(key) is not None
+        )
 
     def __setitem__(self, key: bytes, value: V) -> None:
         if len(key) != self.key_width:
@@ -192,8 +264,8 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
             old = self.recent[key]
         elif self.frozen is not None and key in self.frozen:
             old = self.frozen[key]
-        elif (i := self._find(key)) >= 0:
-            old = self._base_value(i)
+        elif (found := self._base_get(key)) is not None:
+            old = self.decode(found)
         else:
             self._added += 1
             self.recent[key] = value
@@ -208,6 +280,10 @@ class PackedIndex(MutableMapping[bytes, V], Generic[V]):
         return self.count + self._added
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.rows is not None:
+            yield from self.rows.keys(self.ix)
+            yield from self.recent  # additions never repeat a row's key (__setitem__)
+            return
         w, keys = self.key_width, self.base_keys
         for i in range(self.count):
             yield keys[i * w : i * w + w]
@@ -227,7 +303,7 @@ def pack(
     encode: Callable[[V], bytes],
 ) -> PackedIndex[V]:
     """A PackedIndex with every entry of `mapping` in its base (merging, when it is one)."""
-    if isinstance(mapping, PackedIndex) and mapping.key_width == key_width:
+    if isinstance(mapping, PackedIndex) and mapping.key_width == key_width and mapping.rows is None:
         return _merge(mapping, value_width, decode, encode)
     keys = sorted(mapping)
     keys_blob = b"".join(keys)

@@ -172,8 +172,9 @@ class Replayer:
                 with self.lock:
                     after_failure(self.state, taken)
                 raise
+            rows = store.index_rows(self.source) if taken.rows else None
             with self.lock:
-                after_write(self.state, taken)
+                after_write(self.state, taken, rows)
             self.last_part_bytes = len(blob)
             self._last_snapshot = time.monotonic()
             self._last_snapshot_cost = self._last_snapshot - started

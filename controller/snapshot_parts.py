@@ -3,9 +3,12 @@
 Issue #19: rewriting the whole state at every snapshot cost 3.8 s at a million entries, with the
 fold held. A snapshot now writes one *part* holding only what changed since the previous part:
 
-* the entries folded since then, as sorted additions to the four per-entry indexes (``event_ids``,
+* the entries folded since then, as additions to the four per-entry indexes (``event_ids``,
   ``entry_seqs``, ``entry_types``, ``evals``), taken from the order the
-  :class:`~controller.packed_index.PackedIndex` recorded them in;
+  :class:`~controller.packed_index.PackedIndex` recorded them in. A part of version 2 holds
+  only their counts: the additions themselves are rows (controller.index_rows) written in the
+  part's transaction, which a restart does not read. Version 1 held them as sorted sections,
+  and is still read (the next part is then a base of version 2);
 * the proposals an entry named since then (the rules change a proposal only when folding an
   entry that names it, and ``ControllerState.fold`` then sets its ``last_seq``, which the
   :class:`ChangeLog` records), each with its rollout record and its ``last_seq``;
@@ -28,10 +31,11 @@ from __future__ import annotations
 
 import array
 import gc
+import heapq
 import itertools
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,7 @@ from controller.errors import SnapshotError
 from controller.packed_index import (
     SEQ_WIDTH,
     PackedIndex,
+    RowLookup,
     merge_sorted,
     seq_decode,
     seq_encode,
@@ -67,7 +72,8 @@ from ledger.formats import HASH_SIZE
 from ledger.state import LedgerState, ProposalState
 
 PART_MAGIC = b"STWCPART"
-PART_VERSION = 1
+PART_VERSION = 2  # 2: the indexes are rows beside the parts; 1: sorted sections inside them
+ROWS_VERSION = 2
 _SECTIONS = 15
 _ROLLOUT_ENC, _ROLLOUT_DEC = _codec(RolloutRecord, "RolloutRecord")
 _NO_STAMP = -1
@@ -133,8 +139,11 @@ class Part:
     invalid: int
     ledger: dict[str, Any]  # the encoded small fields of LedgerState
     proposals: tuple[ProposalRow, ...]
-    # Per index: sorted keys and their values, the entries this part adds.
+    # Per index: sorted keys and their values, the entries this part adds (version 1; empty
+    # in version 2, whose indexes are rows).
     indexes: dict[str, tuple[bytes, bytes]]
+    # Version 2: per index, how many rows it has once this part is written; None: version 1.
+    index_rows: dict[str, int] | None = None
 
     @property
     def entries(self) -> int:
@@ -157,7 +166,11 @@ class Capture:
     aside: dict[str, dict[bytes, Any]]  # full only: the additions set aside, read unlocked
     bases: dict[str, tuple[bytes, bytes]]  # full only: the packed bases they merge into
     changed: set[bytes]
+    counts: dict[str, int]  # per index, its rows once this part is written
     merged: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # full: set by encode
+    # Per index, the (key, encoded value) rows to insert with the part, set by encode_capture
+    # (a base's sorted by key, so that the table's B-tree is filled in order).
+    rows: dict[str, Iterable[tuple[bytes, bytes]]] = field(default_factory=dict)
 
 
 def _index(ls: LedgerState, spec: _IndexSpec) -> PackedIndex[Any]:
@@ -184,10 +197,24 @@ class FullPreparation:
     todo: list[bytes]
 
 
+def _refuse_rows_base(ls: LedgerState) -> None:
+    """A base holds every index entry, and an index on rows holds most of its entries only in
+    the rows of the chain the base would replace: that happens only when another writer moved
+    the chain under this controller (its head is not the part this state last wrote)."""
+    for name, *_ in INDEXES:
+        index = getattr(ls, name)
+        if isinstance(index, PackedIndex) and index.rows is not None:
+            raise SnapshotError(
+                "the snapshot chain was replaced under this controller (its head is not the "
+                "part this controller wrote last); restart the controller to load it"
+            )
+
+
 def begin_full(state: ControllerState) -> FullPreparation:
     """Start a base (lock held): last_seq becomes a ChangeLog, the indexes PackedIndexes
     (a dict is taken over, not copied) with their additions set aside; O(proposals) to list
     them, and nothing per entry."""
+    _refuse_rows_base(state.ledger)
     log = _start_tracking(state)
     log.changed = set()
     for spec in INDEXES:
@@ -229,6 +256,8 @@ def capture(
     ls = state.ledger
     if not full and tracked(state) is None:
         raise SnapshotError("a delta part of a state that no part was written from")
+    if full:
+        _refuse_rows_base(ls)
     log = _start_tracking(state)
     indexes = [_index(ls, spec) for spec in INDEXES]
     rows: list[ProposalRow] | _Ordered
@@ -256,11 +285,19 @@ def capture(
             spec[0]: (ix.base_keys, ix.base_values)
             for spec, ix in zip(INDEXES, indexes, strict=True)
         }
+        counts = {
+            spec[0]: ix.count + len(aside[spec[0]]) + len(additions[spec[0]])
+            for spec, ix in zip(INDEXES, indexes, strict=True)
+        }
     else:
         proposals = sorted((ls.proposals[h] for h in changed), key=lambda p: p.seq)
         rows = [_row(p, log.get(p.entry_hash), state.rollouts.get(p.entry_hash)) for p in proposals]
         additions = {spec[0]: ix.unpersisted() for spec, ix in zip(INDEXES, indexes, strict=True)}
         bases, aside = {}, {}
+        counts = {
+            spec[0]: ix.count + len(additions[spec[0]])
+            for spec, ix in zip(INDEXES, indexes, strict=True)
+        }
     return Capture(
         part=part,
         full=full,
@@ -274,6 +311,7 @@ def capture(
         aside=aside,
         bases=bases,
         changed=changed,
+        counts=counts,
     )
 
 
@@ -337,9 +375,58 @@ def _packed(items: Mapping[bytes, Any], spec: _IndexSpec) -> tuple[bytes, bytes]
     return keys, values
 
 
+def _pairs(keys: bytes, values: bytes, kw: int, vw: int) -> Iterator[tuple[bytes, bytes]]:
+    for i in range(len(keys) // kw):
+        yield keys[i * kw : i * kw + kw], values[i * vw : i * vw + vw]
+
+
 def encode_capture(c: Capture) -> bytes:
-    """The part blob of a capture (outside the fold lock). For a full capture the indexes'
-    merged bases are kept in ``c.merged`` for `after_write`."""
+    """The part blob of a capture (outside the fold lock), version 2: the index additions go
+    to ``c.rows``, written beside the part in its transaction."""
+    for spec in INDEXES:
+        name, kw, vw, _dec, enc = spec
+        items = dict(c.aside.get(name, {}))
+        items.update(c.additions[name])
+        if len(items) != len(c.aside.get(name, {})) + len(c.additions[name]):
+            raise SnapshotError(f"an {name} key is added twice")
+        if c.full:
+            # A base: millions of rows, handed to the insert in key order (the table's B-tree
+            # fills page by page) and one at a time (a list of ten million pairs per index
+            # would hold gigabytes): the packed base of a chain of version 1, if any, merged
+            # with the additions, both sorted.
+            base_keys, base_values = c.bases.get(name, (b"", b""))
+            keys, values = _packed(items, spec)
+            total = (len(base_keys) + len(keys)) // kw
+            c.rows[name] = heapq.merge(
+                _pairs(base_keys, base_values, kw, vw), _pairs(keys, values, kw, vw)
+            )
+        else:
+            pairs = [(k, enc(v)) for k, v in items.items()]
+            if any(len(k) != kw or len(v) != vw for k, v in pairs):
+                raise SnapshotError(f"an {name} key or value is not {kw} / {vw} bytes")
+            total = c.counts[name] - len(c.additions[name]) + len(pairs)
+            c.rows[name] = pairs
+        if total != c.counts[name]:
+            raise SnapshotError(f"{name}: {total} rows for a count of {c.counts[name]}")
+    part = Part(
+        first=c.part,
+        last=c.part,
+        size_before=c.size_before,
+        size=c.size,
+        applied=c.applied,
+        invalid=c.invalid,
+        ledger=c.ledger,
+        proposals=tuple(c.proposals.rows() if isinstance(c.proposals, _Ordered) else c.proposals),
+        indexes={name: (b"", b"") for name, *_ in INDEXES},
+        index_rows=dict(c.counts),
+    )
+    return encode_part(part)
+
+
+def encode_capture_v1(c: Capture) -> bytes:
+    """The part blob of a capture in version 1 (index additions as sorted sections), which
+    parts were before version 2; kept for the tests that read old chains. For a full capture
+    the indexes' merged bases are kept in ``c.merged``."""
     indexes: dict[str, tuple[bytes, bytes]] = {}
     for spec in INDEXES:
         name, kw, vw = spec[0], spec[1], spec[2]
@@ -374,18 +461,26 @@ def encode_capture(c: Capture) -> bytes:
     return encode_part(part)
 
 
-def after_write(state: ControllerState, c: Capture) -> None:
-    """The part of `c` is durable: record it in the state's tracking (fold lock held)."""
+def after_write(state: ControllerState, c: Capture, rows: RowLookup | None = None) -> None:
+    """The part of `c` is durable: record it in the state's tracking (fold lock held). With
+    `rows` (a version 2 part, whose index additions are those rows now) they leave memory."""
     log = tracked(state)
     if log is None:
         return
+    if c.rows and rows is None:
+        raise SnapshotError("a part whose indexes are rows, recorded without those rows")
     log.through, log.size = c.part, c.size
-    for spec in INDEXES:
+    for ix, spec in enumerate(INDEXES):
         index = getattr(state.ledger, spec[0])
         if not isinstance(index, PackedIndex):
             continue
         added = len(c.additions[spec[0]])
-        if c.full:
+        if rows is not None:
+            if c.full:
+                index.adopt_rows(rows, ix, c.counts[spec[0]], added)
+            else:
+                index.absorb(added)
+        elif c.full:
             index.mark_persisted(c.part, added)
             keys, values = c.merged[spec[0]]
             index.rebase(keys, values, c.part)
@@ -412,6 +507,8 @@ def rebase(state: ControllerState, base: Part) -> bool:
     log = tracked(state)
     if log is None or base.size_before != 0 or base.last > log.through:
         return False
+    if base.index_rows is not None:
+        return False  # version 2: the indexes are rows already, nothing to swap in
     for name, kw, _vw, _dec, _enc in INDEXES:
         index = getattr(state.ledger, name)
         if not isinstance(index, PackedIndex):
@@ -458,6 +555,8 @@ def encode_part(part: Part) -> bytes:
         "invalid": part.invalid,
         "ledger": part.ledger,
     }
+    if part.index_rows is not None:
+        meta["index_rows"] = part.index_rows
     ix = part.indexes
     sections = [
         _json(meta).encode(),
@@ -476,12 +575,15 @@ def encode_part(part: Part) -> bytes:
         ix["evals"][1],
         ix["entry_types"][0],
     ]
-    return frame(sections, PART_MAGIC, PART_VERSION)
+    return frame(sections, PART_MAGIC, ROWS_VERSION if part.index_rows is not None else 1)
 
 
 def decode_part(blob: bytes) -> Part:
     """The part a blob holds; SnapshotError if it is not one this code wrote, intact."""
-    sections = unframe(blob, PART_MAGIC, PART_VERSION, _SECTIONS, "part")
+    version = int.from_bytes(blob[8:10], "little") if len(blob) >= 10 else PART_VERSION
+    if version not in (1, ROWS_VERSION):
+        version = PART_VERSION  # unframe names the version found and the one expected
+    sections = unframe(blob, PART_MAGIC, version, _SECTIONS, "part")
     was_enabled = gc.isenabled()
     gc.disable()  # as in decode_state: many acyclic objects, no collector walks meanwhile
     try:
@@ -534,6 +636,18 @@ def _decode_sections(sections: list[bytes]) -> Part:
     ledger = meta.get("ledger")
     if not isinstance(ledger, dict) or set(ledger) != set(_LEDGER_FIELDS):
         raise _fail("part ledger fields", ledger)
+    index_rows = meta.get("index_rows")
+    if index_rows is not None:
+        if (
+            not isinstance(index_rows, dict)
+            or set(index_rows) != {name for name, *_ in INDEXES}
+            or not all(type(n) is int and n >= 0 for n in index_rows.values())
+        ):
+            raise _fail("part index_rows", index_rows)
+        if any(index_rows[name] != size for name in ("event_ids", "entry_seqs", "entry_types")):
+            raise SnapshotError(f"part index_rows {index_rows} disagree with size {size}")
+        if any((eid_keys, eid_vals, entry_keys, seq_vals, type_vals, eval_keys, eval_vals)):
+            raise SnapshotError("part of version 2 holds index sections; its indexes are rows")
     if type_keys != entry_keys:
         raise SnapshotError("part entry_types and entry_seqs name different entries")
     if type_vals.translate(None, _TYPE_CODE_BYTES):
@@ -551,7 +665,7 @@ def _decode_sections(sections: list[bytes]) -> Part:
             raise SnapshotError(f"part {name}: {len(keys)} key and {len(values)} value bytes")
         # Sorted order is not re-checked here (a Python pass over a million keys would cost
         # a second of every restart): the digest covers damage, and merges check their input.
-        if name != "evals" and count != size - size_before:
+        if name != "evals" and index_rows is None and count != size - size_before:
             raise SnapshotError(f"part {name} adds {count} entries, expected {size - size_before}")
     count, rest = divmod(len(hashes), HASH_SIZE)
     per_row = 4 + len(_PROPOSAL_LAZY)
@@ -610,6 +724,7 @@ def _decode_sections(sections: list[bytes]) -> Part:
         ledger=ledger,
         proposals=tuple(rows),
         indexes=indexes,
+        index_rows=index_rows,
     )
 
 
@@ -618,7 +733,9 @@ def _decode_sections(sections: list[bytes]) -> Part:
 
 
 def check_chain(parts: list[Part]) -> None:
-    """Each part starts where the one before ended: numbers and sizes."""
+    """Each part starts where the one before ended: numbers and sizes; one version."""
+    if len({p.index_rows is None for p in parts}) > 1:
+        raise SnapshotError("a chain mixes parts of version 1 and 2")
     for before, after in itertools.pairwise(parts):
         if after.first != before.last + 1 or after.size_before != before.size:
             raise SnapshotError(
@@ -639,6 +756,9 @@ def merge_parts(parts: list[Part]) -> Part:
             rows[r.entry_hash] = r
     indexes: dict[str, tuple[bytes, bytes]] = {}
     for name, kw, vw, _dec, _enc in INDEXES:
+        if parts[0].index_rows is not None:
+            indexes[name] = (b"", b"")  # version 2: the rows hold them already
+            continue
         additions: list[tuple[bytes, bytes]] = []
         for p in parts[1:]:
             keys, values = p.indexes[name]
@@ -660,18 +780,23 @@ def merge_parts(parts: list[Part]) -> Part:
         ledger=last.ledger,
         proposals=tuple(sorted(rows.values(), key=lambda r: r.seq)),
         indexes=indexes,
+        index_rows=last.index_rows,
     )
 
 
-def state_from_parts(parts: list[Part]) -> ControllerState:
-    """The state a base and the parts after it hold, tracked for the next part."""
+def state_from_parts(parts: list[Part], rows: RowLookup | None = None) -> ControllerState:
+    """The state a base and the parts after it hold, tracked for the next part. A chain of
+    version 2 needs the `rows` its indexes are in; one of version 1 is tracked so that the
+    next part is a base (of version 2)."""
     if not parts or parts[0].size_before != 0:
         raise SnapshotError("a chain of parts does not start with a base")
     check_chain(parts)
+    if parts[0].index_rows is not None and rows is None:
+        raise SnapshotError("a chain of version 2 read without its index rows")
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _state(parts)
+        return _state(parts, rows)
     except SnapshotError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -681,14 +806,19 @@ def state_from_parts(parts: list[Part]) -> ControllerState:
             gc.enable()
 
 
-def _state(parts: list[Part]) -> ControllerState:
+def _state(parts: list[Part], rows: RowLookup | None) -> ControllerState:
     base, last = parts[0], parts[-1]
     ls = LedgerState()
     for name, (_enc, dec) in _LEDGER_FIELDS.items():
         setattr(ls, name, dec(last.ledger[name]))
     if ls.size != last.size:
         raise SnapshotError(f"part says size {last.size}, its ledger fields {ls.size}")
-    for name, kw, vw, dec, enc in INDEXES:
+    if last.index_rows is not None and rows is not None:
+        for ix, (name, kw, vw, dec, enc) in enumerate(INDEXES):
+            setattr(
+                ls, name, PackedIndex.on_rows(rows, ix, last.index_rows[name], kw, vw, dec, enc)
+            )
+    for name, kw, vw, dec, enc in INDEXES if last.index_rows is None else ():
         keys, values = base.indexes[name]
         index: PackedIndex[Any] = PackedIndex(keys, values, kw, vw, dec, enc)
         for later in parts[1:]:
@@ -710,7 +840,8 @@ def _state(parts: list[Part]) -> ControllerState:
             )
     state = ControllerState(ledger=ls)
     state.applied, state.invalid = last.applied, last.invalid
-    log = ChangeLog(through=last.last, size=last.size)
+    # A chain of version 1 is read, and replaced by a base of version 2 at the next part.
+    log = ChangeLog(through=last.last if last.index_rows is not None else -1, size=last.size)
     proposals: dict[bytes, ProposalState] = {}
     rollouts: dict[bytes, RolloutRecord] = {}
     new, cls = object.__new__, StoredProposal
@@ -748,6 +879,7 @@ def _state(parts: list[Part]) -> ControllerState:
 __all__ = [
     "PART_MAGIC",
     "PART_VERSION",
+    "ROWS_VERSION",
     "Capture",
     "ChangeLog",
     "FullPreparation",
@@ -760,6 +892,7 @@ __all__ = [
     "check_chain",
     "decode_part",
     "encode_capture",
+    "encode_capture_v1",
     "encode_part",
     "merge_parts",
     "prepare_step",

@@ -4,9 +4,10 @@ Per log source, ``controller_snapshot_heads`` holds one row (the next store posi
 the position of the last valid entry, the counts, and ``through``: the number of the last part),
 and ``controller_snapshot_parts`` the parts (controller.snapshot_parts): a base, then one part
 per snapshot holding what changed since the one before, their bytes in 64 MiB rows of
-``controller_snapshot_chunks`` (SQLite refuses a value over 1 GB; a base of ten million entries
-is about 1.8 GB). Writing part N inserts its row and
-moves the head to it in ONE transaction, so a crash keeps the chain up to N - 1 or up to N.
+``controller_snapshot_chunks`` (SQLite refuses a value over 1 GB). The per-entry indexes are
+rows of ``controller_snapshot_index_rows`` (controller.index_rows), which a restart does not
+read. Writing part N inserts its row and its index rows and moves the head to it in ONE
+transaction, so a crash keeps the chain up to N - 1 or up to N.
 
 Compaction merges parts off the fold, in a background thread (or at once, for tests):
 
@@ -28,6 +29,7 @@ written after it is a base, which replaces it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
@@ -39,8 +41,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from controller.errors import SnapshotError
+from controller.index_rows import (
+    IndexRows,
+    delete_rows,
+    insert_rows,
+    rows_metadata,
+    source_id,
+)
 from controller.snapshot import decode_state
 from controller.snapshot_parts import (
+    INDEXES,
     Capture,
     Part,
     decode_part,
@@ -190,13 +200,42 @@ def _read_blob(conn: sa.Connection, source: str, row: sa.Row[Any]) -> bytes:
     return blob
 
 
+def _exclusive_lock(path: str) -> Any:
+    """An open lock file beside the database, locked (flock, released when the process ends,
+    even by SIGKILL); SnapshotError naming the file if another process holds it."""
+    lock_path = f"{path}.lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SnapshotError(
+            f"snapshot database {path} is in use by another controller (lock {lock_path}); "
+            "give each controller its own --snapshot-db"
+        ) from None
+    except OSError as exc:
+        handle.close()
+        raise SnapshotError(f"cannot lock snapshot database {path} ({lock_path}): {exc}") from exc
+    return handle
+
+
 class SnapshotStore:
     """Snapshot chains in a SQL database (a SQLite file by default), one per log source."""
 
-    def __init__(self, url_or_path: str | Path, *, background: bool = True) -> None:
+    def __init__(
+        self, url_or_path: str | Path, *, background: bool = True, exclusive: bool = False
+    ) -> None:
         text = str(url_or_path)
+        # `exclusive` (what steward-controller asks): a lock beside a SQLite file, held until
+        # close, so that no second controller writes the same file. A state restored from
+        # version 2 parts reads its indexes from the rows its own parts wrote; another writer's
+        # rows (or its base, deleting them) would be taken as this controller's.
+        self._lock_file = _exclusive_lock(text) if exclusive and "://" not in text else None
         self.engine = sa.create_engine(text) if "://" in text else sqlite_engine(text)
         _metadata.create_all(self.engine)
+        rows_metadata.create_all(self.engine)
+        self._rows: dict[str, IndexRows] = {}  # per source, the lookups of its index rows
+        self._rows_lock = threading.Lock()
         # Held from a capture to its bookkeeping after the commit, and by a compaction from its
         # check that its parts are still there to its swap of the in-memory base: the chain
         # changes one step at a time. Always taken before the replayer's fold lock.
@@ -244,13 +283,34 @@ class SnapshotStore:
                     f"head names part {head.through}, the parts end at "
                     f"{parts[-1].last if parts else 'none'}"
                 )
-            state = state_from_parts(parts)
+            lookups = self.index_rows(source) if parts and parts[0].index_rows is not None else None
+            state = state_from_parts(parts, lookups)
         except SnapshotError as exc:  # a damaged chain only costs a full replay
             log.warning(
                 "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
             )
             return None
         return self._checked(head, state, source)
+
+    def index_rows(self, source: str) -> IndexRows:
+        """The lookups of `source`'s index rows (one connection per source, kept open)."""
+        with self._rows_lock:
+            found = self._rows.get(source)
+            if found is None:
+                with self.engine.begin() as conn:
+                    sid = source_id(conn, source)
+                found = IndexRows(
+                    self.engine, source, sid, lambda why: self._drop_head(source, why)
+                )
+                self._rows[source] = found
+            return found
+
+    def _drop_head(self, source: str, why: str) -> None:
+        """A damaged index row: without its head the chain is not read, and the next start
+        replays the log."""
+        log.error("snapshot dropped: %s source=%s", why, source)
+        with self.engine.begin() as conn:
+            conn.execute(head_table.delete().where(head_table.c.source == source))
 
     def _load_legacy(self, conn: sa.Connection, source: str) -> Snapshot | None:
         row = conn.execute(sa.select(legacy_table).where(legacy_table.c.source == source)).first()
@@ -323,6 +383,12 @@ class SnapshotStore:
                 conn.execute(part_table.delete().where(part_table.c.source == source))
                 conn.execute(chunk_table.delete().where(chunk_table.c.source == source))
                 conn.execute(legacy_table.delete().where(legacy_table.c.source == source))
+            if c.rows:
+                sid = source_id(conn, source)
+                if c.full:
+                    delete_rows(conn, sid)
+                for ix, (name, *_) in enumerate(INDEXES):
+                    insert_rows(conn, sid, ix, c.rows[name])
             _insert_part(conn, source, c.part, c.part, c.size_before, c.size, blob)
             updated = conn.execute(
                 head_table.update().where(head_table.c.source == source).values(**head)
@@ -434,7 +500,14 @@ class SnapshotStore:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=60)
+        with self._rows_lock:
+            for rows in self._rows.values():
+                rows.close()
+            self._rows.clear()
         self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
 
 __all__ = [

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 import controller.snapshot_store as snapshot_store
 from controller.errors import SnapshotError
+from controller.index_rows import rows_table
 from controller.packed_index import PackedIndex, merge_sorted, seq_decode, seq_encode
 from controller.replay import Replayer
 from controller.snapshot import encode_state
@@ -117,8 +118,27 @@ def test_a_part_holds_only_what_changed(tmp_path: Path) -> None:
     assert base.size_before == 0 and base.size == size
     assert (part.size_before, part.size, part.entries) == (size, size + 1, 1)
     assert [row.entry_hash for row in part.proposals] == [p]  # the one proposal named
-    assert len(part.indexes["event_ids"][0]) == 16 and len(part.indexes["evals"][0]) == 0
     assert len(part.proposals) < len(base.proposals)
+    # Version 2: the index additions are rows beside the part, which counts them.
+    assert part.indexes["event_ids"] == (b"", b"") and part.indexes["evals"] == (b"", b"")
+    assert part.index_rows == {
+        **base.index_rows,
+        "event_ids": size + 1,
+        "entry_seqs": size + 1,
+        "entry_types": size + 1,
+    }
+    assert index_row_counts(snaps) == [size + 1, size + 1, size + 1, base.index_rows["evals"]]
+    assert not r.state.ledger.event_ids.recent  # type: ignore[attr-defined]
+
+
+def index_row_counts(snaps: SnapshotStore) -> list[int]:
+    with snaps.engine.connect() as conn:
+        found = dict(
+            conn.execute(
+                sa.select(rows_table.c.ix, sa.func.count()).group_by(rows_table.c.ix)
+            ).all()
+        )
+    return [int(found.get(ix, 0)) for ix in range(4)]
 
 
 def test_the_fold_lock_is_free_while_a_part_is_encoded_and_written(tmp_path: Path) -> None:
@@ -310,20 +330,26 @@ def test_merging_any_run_of_parts_holds_what_the_run_held(tmp_path: Path) -> Non
     chain = parts(snaps)
     from controller.snapshot_parts import state_from_parts
 
-    whole = state_from_parts(chain)
+    rows = snaps.index_rows("t")
+    whole = state_from_parts(chain, rows)
     assert whole == fold(h.core.entries or [])
     for i in range(len(chain)):
         for j in range(i + 1, len(chain) + 1):
             merged = decode_part(encode_part(merge_parts(chain[i:j])))
             assert (merged.first, merged.last) == (chain[i].first, chain[j - 1].last)
-            assert state_from_parts([*chain[:i], merged, *chain[j:]]) == whole
+            assert merged.index_rows == chain[j - 1].index_rows
+            assert state_from_parts([*chain[:i], merged, *chain[j:]], rows) == whole
+    with pytest.raises(SnapshotError, match="without its index rows"):
+        state_from_parts(chain)
     with pytest.raises(SnapshotError, match="does not follow"):
         merge_parts([chain[0], chain[2]])
     with pytest.raises(SnapshotError, match="does not start with a base"):
         state_from_parts(chain[1:])
 
 
-def test_compaction_in_the_background_swaps_the_in_memory_base(tmp_path: Path) -> None:
+def test_compaction_in_the_background_merges_parts_and_the_indexes_stay_rows(
+    tmp_path: Path,
+) -> None:
     h, p = longer_harness()
     store = SQLiteLogStore(tmp_path / "log.db")
     write_log(h, store)
@@ -342,9 +368,12 @@ def test_compaction_in_the_background_swaps_the_in_memory_base(tmp_path: Path) -
     assert snaps.compactions >= 1
     rows = snaps.part_rows("t")
     assert rows[0].size_before == 0 and rows[0].size > h.core.size // 2
+    # The indexes were never in the parts: every entry is a row once its part is written, and
+    # memory holds none of them.
     index = r.state.ledger.entry_seqs
-    assert isinstance(index, PackedIndex) and index.count == rows[0].size
-    assert len(index.recent) == h.core.size - rows[0].size
+    assert isinstance(index, PackedIndex) and index.rows is not None
+    assert index.count == h.core.size and not index.recent
+    assert index_row_counts(snaps)[:3] == [h.core.size] * 3
     assert r.state == fold(h.core.entries or [])
     assert SnapshotStore(tmp_path / "snap.db").load("t").state == r.state  # type: ignore[union-attr]
     snaps.close()
@@ -428,6 +457,7 @@ def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
         begin_full,
         capture,
         encode_capture,
+        encode_capture_v1,
         prepare_step,
         state_from_parts,
     )
@@ -448,8 +478,17 @@ def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
         pass
     taken = capture(state, 1, full=True, prepared=prep)
     assert taken.changed == {encoded, late}
-    part = decode_part(encode_capture(taken))
-    assert state_from_parts([part]) == fold(h.core.entries or [])
+    everything = fold(h.core.entries or [])
+    # Version 2: the rows to write beside the part hold every entry, sorted.
+    encode_capture(taken)
+    event_ids = list(taken.rows["event_ids"])
+    assert taken.counts["event_ids"] == len(event_ids) == len(everything.ledger.event_ids)
+    assert dict(event_ids) == {k: seq_encode(v) for k, v in everything.ledger.event_ids.items()}
+    assert [k for k, _ in taken.rows["entry_seqs"]] == sorted(everything.ledger.entry_seqs)
+    # Version 1 (the indexes in the part) from the same capture restores the whole state.
+    part = decode_part(encode_capture_v1(taken))
+    assert part.index_rows is None
+    assert state_from_parts([part]) == everything
 
 
 def test_a_failed_base_puts_the_additions_back_and_the_next_base_holds_them(tmp_path: Path) -> None:
@@ -480,3 +519,160 @@ def test_a_failed_base_puts_the_additions_back_and_the_next_base_holds_them(tmp_
     assert [x.size_before for x in parts(snaps)] == [0]
     loaded = SnapshotStore(tmp_path / "snap.db").load("t")
     assert loaded is not None and loaded.state == fold(h.core.entries or [])
+
+
+# --------------------------------------------------------------------------------------------
+# Version 2: the per-entry indexes as rows beside the parts
+
+
+def test_a_restart_reads_no_index_row_until_the_fold_asks(tmp_path: Path) -> None:
+    h, store, _snaps = _chain(tmp_path)
+    again = SnapshotStore(tmp_path / "snap.db")
+    fresh = Replayer(store, snapshots=again, source="t")
+    assert fresh.load_snapshot()
+    rows = again.index_rows("t")
+    assert rows.lookups == 0  # the restart read the parts only
+    index = fresh.state.ledger.event_ids
+    assert isinstance(index, PackedIndex) and index.rows is rows and not index.recent
+    size = h.core.size
+    p = next(iter(fresh.state.ledger.proposals))
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    assert fresh.catch_up() == 1
+    assert rows.lookups > 0  # the fold looked keys up in the rows
+    assert fresh.state == fold(h.core.entries or [])
+    # A key added since the part is in memory until the next part makes it a row.
+    assert len(index.recent) == 1
+    assert fresh.snapshot() and not index.recent and index.count == h.core.size
+
+
+def test_a_version_1_chain_still_loads_and_the_next_part_is_a_version_2_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import controller.replay as replay_module
+    from controller.snapshot_parts import encode_capture_v1
+
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    with monkeypatch.context() as m:  # what the code before version 2 wrote
+        m.setattr(replay_module, "encode_capture", encode_capture_v1)
+        snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+        old = Replayer(store, snapshots=snaps, source="t")
+        old.catch_up()
+        old.snapshot()
+        size = h.core.size
+        h.ok(h.flow.health(p, 1, True))
+        write_log(h, store, start=size)
+        old.catch_up()
+        old.snapshot()
+        snaps.close()
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    assert [x.index_rows for x in parts(snaps)] == [None, None]
+    assert index_row_counts(snaps) == [0, 0, 0, 0]
+    r = Replayer(store, snapshots=snaps, source="t")
+    assert r.load_snapshot() and r.state == fold(h.core.entries or [])
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, False))
+    write_log(h, store, start=size)
+    r.catch_up()
+    assert r.snapshot()
+    (base,) = parts(snaps)  # the version 1 chain replaced by one base, of version 2
+    assert base.size_before == 0 and base.index_rows is not None
+    assert index_row_counts(snaps)[:3] == [h.core.size] * 3
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold(h.core.entries or [])
+
+
+def test_a_damaged_index_row_stops_the_fold_and_drops_the_snapshot(tmp_path: Path) -> None:
+    h, store, snaps = _chain(tmp_path)
+    with snaps.engine.begin() as conn:  # one bit of every row's value flipped
+        for key, ix, value in conn.execute(
+            sa.select(rows_table.c.key, rows_table.c.ix, rows_table.c.value)
+        ).all():
+            flipped = bytes([value[0] ^ 1]) + bytes(value[1:])
+            conn.execute(
+                rows_table.update()
+                .where(rows_table.c.key == key, rows_table.c.ix == ix)
+                .values(value=flipped)
+            )
+    again = SnapshotStore(tmp_path / "snap.db")
+    fresh = Replayer(store, snapshots=again, source="t")
+    assert fresh.load_snapshot()  # the rows are not read at load
+    size = h.core.size
+    p = next(iter(fresh.state.ledger.proposals))
+    h.ok(h.flow.health(p, 1, True))  # names the proposal: its entry is looked up
+    write_log(h, store, start=size)
+    with pytest.raises(SnapshotError, match="index row damaged"):
+        fresh.catch_up()
+    # The head is gone: the next start replays the log and comes to the right state.
+    restarted = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert not restarted.load_snapshot()
+    restarted.catch_up()
+    assert restarted.state == fold(h.core.entries or [])
+
+
+def test_a_chain_replaced_under_the_controller_is_refused_not_overwritten(tmp_path: Path) -> None:
+    # Its indexes are rows of the chain it wrote: a base would have to hold them, and they are
+    # not in memory. (Only another writer, or a hand in the database, moves the head.)
+    h, store, snaps = _chain(tmp_path)
+    first = Replayer(store, snapshots=snaps, source="t")
+    assert first.load_snapshot()
+    size = h.core.size
+    p = next(iter(first.state.ledger.proposals))
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    first.catch_up()
+    with snaps.engine.begin() as conn:
+        conn.execute(head_table.delete())
+    chain = [(x.first, x.last) for x in parts(snaps)]
+    with pytest.raises(SnapshotError, match="replaced under this controller"):
+        first.snapshot()
+    assert [(x.first, x.last) for x in parts(snaps)] == chain  # nothing written
+    assert first.state == fold(h.core.entries or [])  # the fold is unharmed
+    assert first.state.last_seq.changed  # type: ignore[attr-defined]  # still to be written
+
+
+def test_one_controller_at_a_time_writes_a_snapshot_database(tmp_path: Path) -> None:
+    # Two controllers on one file would read each other's index rows as their own.
+    first = SnapshotStore(tmp_path / "snap.db", exclusive=True)
+    with pytest.raises(SnapshotError, match=r"snap\.db is in use by another controller"):
+        SnapshotStore(tmp_path / "snap.db", exclusive=True)
+    reader = SnapshotStore(tmp_path / "snap.db")  # not exclusive: tools and tests may read
+    reader.close()
+    first.close()
+    SnapshotStore(tmp_path / "snap.db", exclusive=True).close()  # released with the store
+
+
+class _Rows:
+    """Rows of one index in a dict (a unit test of PackedIndex's logic, not of SQL)."""
+
+    def __init__(self, items: dict[bytes, bytes]) -> None:
+        self.items = items
+
+    def get(self, ix: int, key: bytes) -> bytes | None:
+        assert ix == 3
+        return self.items.get(key)
+
+    def keys(self, ix: int) -> Any:
+        return iter(sorted(self.items))
+
+
+def test_packed_index_on_rows_reads_adds_and_absorbs() -> None:
+    rows = _Rows({bytes([k]) * 4: seq_encode(k) for k in (1, 2, 3)})
+    index = PackedIndex.on_rows(rows, 3, 3, 4, 8, seq_decode, seq_encode)
+    assert index[bytes([2]) * 4] == 2 and bytes([3]) * 4 in index and len(index) == 3
+    assert bytes([9]) * 4 not in index and b"\x01" not in index  # a key of another width
+    index[bytes([2]) * 4] = 2  # the same value again: accepted
+    with pytest.raises(ValueError, match="already indexed with another value"):
+        index[bytes([2]) * 4] = 7
+    index[bytes([5]) * 4] = 5
+    index[bytes([4]) * 4] = 4
+    assert len(index) == 5 and list(index)[:3] == sorted(rows.items)
+    assert index.unpersisted() == [(bytes([5]) * 4, 5), (bytes([4]) * 4, 4)]
+    rows.items[bytes([5]) * 4] = seq_encode(5)  # a part wrote the first addition
+    index.absorb(1)
+    assert index.recent == {bytes([4]) * 4: 4} and index.count == 4 and len(index) == 5
+    assert index[bytes([5]) * 4] == 5
+    with pytest.raises(SnapshotError, match="base is rows"):
+        index.rebase(b"", b"", 1)
