@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
+from controller.target_index import TargetIndex
 from controller.traffic import (
     STABLE_TRACK,
     EnsureServices,
@@ -368,15 +369,24 @@ def plan(
     observed: Mapping[Target, ObservedTarget],
     now_ms: int,
     config: PlannerConfig | None = None,
+    index: TargetIndex | None = None,
 ) -> list[Action]:
-    """Every action needed now, target by target (targets without an observation are skipped)."""
+    """Every action needed now, target by target (targets without an observation are skipped).
+
+    `index`, when it holds every proposal of `state`, says which proposals name each target
+    (the runtime keeps one up to date), instead of a pass over every proposal of the ledger."""
     cfg = config or PlannerConfig()
+    ls = state.ledger
     by_target: dict[Target, list[ProposalState]] = {}
-    for p in state.ledger.proposals.values():
-        by_target.setdefault(p.proposal.target, []).append(p)
+    if index is None or not index.current(state):
+        for p in ls.proposals.values():
+            by_target.setdefault(p.proposal.target, []).append(p)
     actions: list[Action] = []
     for target in sorted(observed, key=lambda t: (t.namespace, t.deployment)):
-        proposals = sorted(by_target.get(target, []), key=lambda p: p.seq)
+        if index is not None and index.current(state):
+            proposals = [ls.proposals[h] for h in index.hashes(target)]  # in seq order
+        else:
+            proposals = sorted(by_target.get(target, []), key=lambda p: p.seq)
         if proposals:
             actions.extend(_Target(state, target, observed[target], now_ms, cfg).plan(proposals))
     return actions

@@ -2,8 +2,15 @@
 
 Threads: the Replayer follows the log store; one watch per (namespace, kind) keeps the cluster
 cache; the LeaderElector renews the Lease. Each of them sets ``wake``; the loop then plans from
-one consistent state (under the replayer's lock) and, only when leader, executes and mirrors.
-A timer tick re-plans anyway so hold times and not-ready grace periods expire on time.
+one consistent state (under the replayer's lock) and, only when leader, executes. A timer tick
+re-plans anyway so hold times and not-ready grace periods expire on time.
+
+Nothing the loop does under the fold lock looks at every proposal of the ledger: which
+proposals name which target is kept by a TargetIndex (brought up to date a bounded number of
+proposals per hold of the lock), and the views of every proposal (what `kubectl steward get`,
+the metrics and the ModelRollout mirror show) are built by a thread of their own, a chunk per
+hold (controller.view.views_in_chunks). At a million entries a reconcile held the lock 0.9-1.0 s
+for them, and a kill switch's fold waited behind it.
 
 Every process replays and observes, leader or not, so a standby that takes over acts on a
 state that is already current. On restart the first plan reconciles: it applies what the log
@@ -36,17 +43,21 @@ from controller.notify import (
     WebhookOutlet,
     sink_key,
 )
-from controller.planner import Action, PlannerConfig, plan
+from controller.planner import Action, ObservedTarget, PlannerConfig, plan
 from controller.replay import Replayer
 from controller.seams import LedgerAccess
-from controller.view import RolloutView, rollout_views
+from controller.target_index import TargetIndex
+from controller.view import RolloutView, views_in_chunks
 from ledger.clock import now_ms
 from ledger.errors import FormatError
-from ledger.formats import LogEntry, decode_log_entry
+from ledger.formats import LogEntry, Target, decode_log_entry
 from ledger.heap import settle_heap, tune_collector
 from ledger.keys import PrivateKey
 
 log = logging.getLogger("steward.controller")
+
+TARGET_CHUNK = 1024  # proposals indexed per hold of the fold lock (see controller.snapshot's
+# BATCH_WINDOW: a restored proposal's target is decoded a window at a time)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,10 @@ class Controller:
         self._listeners: list[Callable[[list[RolloutView]], None]] = []
         self._threads: list[threading.Thread] = []
         self._mirror_wake = threading.Event()
+        self._targets = TargetIndex()
+        # The last plan's observations and actions, for the views thread to show.
+        self._views_wanted: tuple[dict[Target, ObservedTarget], list[Action]] | None = None
+        self._views_wake = threading.Event()
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -240,6 +255,7 @@ class Controller:
             self.replayer.loaded_from_snapshot,
         )
         self._spawn("replay", lambda: self.replayer.run(stop, self.wake.set))
+        self._spawn("views", lambda: self._views_loop(stop))
         self.cache.start(stop)
         if self.leader is not None:
             leader = self.leader
@@ -282,21 +298,58 @@ class Controller:
                 log.exception("mirror sync failed; retrying")
                 time.sleep(0.5)
 
-    def reconcile_once(self) -> list[Outcome]:
-        with self.replayer.lock:
-            state = self.replayer.state
-            targets = {p.proposal.target for p in state.ledger.proposals.values()}
-            observed = self.cache.observe(targets)
-            actions = plan(state, observed, now_ms(), self.config.planner)
-            views = rollout_views(state, observed, actions)
-        self.views, self.last_actions = views, actions
+    def _views_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._views_wake.wait(1.0)
+            self._views_wake.clear()
+            wanted = self._views_wanted
+            if stop.is_set() or wanted is None:
+                continue
+            try:
+                self.refresh_views(*wanted)
+            except Exception:
+                log.exception("views failed; retrying on the next plan")
+                time.sleep(0.5)
+
+    def refresh_views(
+        self, observed: dict[Target, ObservedTarget], actions: list[Action]
+    ) -> list[RolloutView]:
+        """Build the views of every proposal (the fold lock a chunk at a time), publish them
+        to the listeners and wake the mirror."""
+        while True:
+            views = views_in_chunks(
+                self.replayer.lock, lambda: self.replayer.state, observed, actions
+            )
+            if views is not None:
+                break
+        self.views = views
         for fn in self._listeners:
             fn(views)
+        if self.config.mirror:
+            self._mirror_wake.set()  # written by its own thread: never in the way of a stop
+        return views
+
+    def _index_targets(self) -> None:
+        """Bring the target index up to date, TARGET_CHUNK proposals per hold of the lock (the
+        first plan after a restart reads every restored proposal's target)."""
+        while True:
+            with self.replayer.lock:
+                if self._targets.update(self.replayer.state, TARGET_CHUNK):
+                    return
+
+    def reconcile_once(self) -> list[Outcome]:
+        self._index_targets()
+        with self.replayer.lock:
+            state = self.replayer.state
+            self._targets.update(state)  # what was folded since: a few proposals at most
+            observed = self.cache.observe(self._targets.targets())
+            actions = plan(state, observed, now_ms(), self.config.planner, self._targets)
+        self.last_actions = actions
+        self._views_wanted = (observed, actions)
+        self._views_wake.set()
         if not self.is_leader:
             return []
         outcomes = self.executor.execute(actions)
-        if self.config.mirror:
-            self._mirror_wake.set()  # written by its own thread: never in the way of a stop
         if any(o.ok for o in outcomes):
             self.wake.set()  # something changed: plan again right away (failures wait a tick)
         return outcomes

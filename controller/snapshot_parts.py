@@ -869,7 +869,7 @@ def _state(parts: list[Part], rows: RowLookup | None) -> ControllerState:
             else:
                 rollouts.pop(r.entry_hash, None)
     for restored in proposals.values():  # one a later part holds again is decoded from that part
-        restored.__dict__["_batch"].proposals.append(restored)
+        restored.__dict__["_batch"].add(restored)
     ls.proposals = proposals
     state.rollouts = rollouts
     state.last_seq = log

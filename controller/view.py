@@ -7,8 +7,11 @@ Pure: derived from the folded log, the cluster observation and the planner's las
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from controller.planner import (
     Action,
@@ -74,25 +77,88 @@ class RolloutView:
         return f"{self.deployment}-{self.proposal.hex()[:10]}"
 
 
+@dataclass(frozen=True)
+class ViewNotes:
+    """What a plan says of each proposal (its Wait, the step it is recording) and of each
+    target being stopped: the views' messages."""
+
+    notes: Mapping[bytes, str]
+    stopping: Mapping[tuple[str, str], str]
+
+    @classmethod
+    def of(cls, actions: Iterable[Action]) -> ViewNotes:
+        notes: dict[bytes, str] = {}
+        stopping: dict[tuple[str, str], str] = {}
+        for a in actions:
+            if isinstance(a, Wait):
+                notes.setdefault(a.proposal, a.message)
+            elif isinstance(a, RecordStep):
+                notes.setdefault(a.proposal, f"recording {a.phase.lower()}: {a.reason}")
+            elif isinstance(a, StopCanary):
+                stopping[(a.namespace, a.name)] = a.reason
+        return cls(notes, stopping)
+
+
 def rollout_views(
     state: ControllerState,
     observed: Mapping[Target, ObservedTarget],
     actions: Iterable[Action] = (),
 ) -> list[RolloutView]:
     """A view per proposal on the ledger, oldest first."""
-    notes: dict[bytes, str] = {}
-    for a in actions:
-        if isinstance(a, Wait):
-            notes.setdefault(a.proposal, a.message)
-        elif isinstance(a, RecordStep):
-            notes.setdefault(a.proposal, f"recording {a.phase.lower()}: {a.reason}")
-    stopping = {(a.namespace, a.name): a.reason for a in actions if isinstance(a, StopCanary)}
+    ordered = sorted(state.ledger.proposals.values(), key=lambda p: p.seq)
+    return views_of(state, ordered, observed, ViewNotes.of(actions))
+
+
+def views_of(
+    state: ControllerState,
+    proposals: Iterable[ProposalState],
+    observed: Mapping[Target, ObservedTarget],
+    notes: ViewNotes,
+) -> list[RolloutView]:
+    """The views of `proposals`, in their order."""
     views = []
-    for p in sorted(state.ledger.proposals.values(), key=lambda p: p.seq):
+    for p in proposals:
         t = p.proposal.target
         obs = observed.get(t)
-        message = notes.get(p.entry_hash) or stopping.get((t.namespace, t.deployment)) or ""
+        message = (
+            notes.notes.get(p.entry_hash) or notes.stopping.get((t.namespace, t.deployment)) or ""
+        )
         views.append(_view(state, p, obs, message))
+    return views
+
+
+VIEW_CHUNK = 1024  # proposals viewed per hold of the fold lock (16 µs each at a million)
+
+
+def views_in_chunks(
+    lock: AbstractContextManager[Any],
+    current: Callable[[], ControllerState],
+    observed: Mapping[Target, ObservedTarget],
+    actions: Iterable[Action],
+    *,
+    chunk: int = VIEW_CHUNK,
+    held: list[float] | None = None,
+) -> list[RolloutView] | None:
+    """`rollout_views` of the state `current()` returns, taking `lock` (the fold lock) for
+    `chunk` proposals at a time, so that a fold (a kill switch) never waits for a view of every
+    proposal: 0.9 s at a million entries, in one hold, before. Views of one call may come from
+    states a few entries apart (they are for people; the planner never reads them). None if
+    the state was replaced meanwhile (a replay from the start): the caller asks again. With
+    `held`, each hold's seconds are appended to it (for the bench)."""
+    notes = ViewNotes.of(actions)
+    with lock:
+        state = current()
+        proposals = list(state.ledger.proposals.values())
+    proposals.sort(key=lambda p: p.seq)  # seq is set at once, even on a restored proposal
+    views: list[RolloutView] = []
+    for start in range(0, len(proposals), chunk):
+        with lock:
+            began = time.perf_counter()
+            if current() is not state:
+                return None
+            views += views_of(state, proposals[start : start + chunk], observed, notes)
+            if held is not None:
+                held.append(time.perf_counter() - began)
     return views
 
 

@@ -34,6 +34,7 @@ from controller.planner import (
     step_event_id,
 )
 from controller.state import ControllerState
+from controller.target_index import TargetIndex
 from ledger.events import new_body, sign
 from ledger.formats import (
     AnnotationSource,
@@ -84,6 +85,7 @@ class Sim:
     cs: ControllerState = field(default_factory=ControllerState)
     pods_ready: bool = True  # whether applied canary pods become ready
     log: list[Action] = field(default_factory=list)
+    targets: TargetIndex = field(default_factory=TargetIndex)
 
     def fold(self) -> ControllerState:
         entries = self.h.core.entries
@@ -96,7 +98,14 @@ class Sim:
         return {T: ObservedTarget(self.stable, self.canary, self.pods, self.stops, self.autoscaler)}
 
     def plan(self, config: PlannerConfig | None = None) -> list[Action]:
-        return plan(self.fold(), self.observed(), self.h.now, config)
+        state, observed = self.fold(), self.observed()
+        actions = plan(state, observed, self.h.now, config)
+        # The runtime plans with the targets kept by a TargetIndex, brought up to date one
+        # proposal at a time here: every planner test checks it plans the same.
+        while not self.targets.update(state, limit=1):
+            pass
+        assert plan(state, observed, self.h.now, config, self.targets) == actions
+        return actions
 
     def tick(
         self, *, only: type | None = None, config: PlannerConfig | None = None

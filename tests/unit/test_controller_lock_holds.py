@@ -1,0 +1,135 @@
+"""What a reconcile does under the fold lock grows with live work, not with the ledger: the
+target index kept up to date in bounded steps, views built a chunk per hold, restored proposals
+decoded a window at a time. Each piece is held to the plain computation it replaces."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import controller.snapshot as snapshot_module
+from controller.planner import ObservedTarget, plan
+from controller.replay import Replayer, SnapshotStore
+from controller.state import ControllerState
+from controller.target_index import TargetIndex
+from controller.view import rollout_views, views_in_chunks
+from ledger.formats import Target
+from ledger.store.sqlite import SQLiteLogStore
+from tests.unit.test_controller_snapshot_parts import fold, longer_harness, write_log
+from tests.unit.test_planner import V1, ready
+
+
+def grouped(state: ControllerState) -> dict[Target, list[bytes]]:
+    """The plain computation: every proposal, by target, in seq order."""
+    out: dict[Target, list[bytes]] = {}
+    for p in sorted(state.ledger.proposals.values(), key=lambda p: p.seq):
+        out.setdefault(p.proposal.target, []).append(p.entry_hash)
+    return out
+
+
+def test_the_target_index_groups_as_a_pass_over_every_proposal_does() -> None:
+    h, p = longer_harness()
+    state = fold(h.core.entries or [])
+    index = TargetIndex()
+    steps = 0
+    while not index.update(state, limit=1):  # one proposal per call
+        steps += 1
+    assert steps == len(state.ledger.proposals) - 1
+    assert index.current(state)
+    assert {t: index.hashes(t) for t in index} == grouped(state)
+    assert len(index.targets()) >= 3
+    # New proposals are picked up, and only they are looked at.
+    size = h.core.size
+    h.ok(h.flow.propose("registry.example/model-server:v7", deployment="third"))
+    h.ok(h.flow.propose("registry.example/model-server:v8", deployment="fourth"))
+    for e in (h.core.entries or [])[size:]:
+        assert state.fold(e) is None
+    assert not index.current(state)
+    assert index.update(state)
+    assert {t: index.hashes(t) for t in index} == grouped(state)
+    assert index.hashes(Target("nowhere", "none")) == []
+    # A state replaced (a replay from the start) is indexed from scratch.
+    again = fold(h.core.entries or [])
+    assert not index.current(again) and index.update(again)
+    assert {t: index.hashes(t) for t in index} == grouped(again)
+
+
+def test_the_target_index_keeps_seq_order_whatever_order_proposals_arrive_in() -> None:
+    h, _ = longer_harness()
+    for i in range(4):
+        h.ok(h.flow.propose(f"registry.example/model-server:v1{i}", deployment="third"))
+    state = fold(h.core.entries or [])
+    state.ledger.proposals = dict(reversed(list(state.ledger.proposals.items())))
+    index = TargetIndex()
+    assert index.update(state)
+    assert {t: index.hashes(t) for t in index} == grouped(state)
+
+
+def test_plans_with_the_index_equal_plans_with_a_pass_over_every_proposal() -> None:
+    h, _ = longer_harness()
+    state = fold(h.core.entries or [])
+    index = TargetIndex()
+    index.update(state)
+    observed = {t: ObservedTarget(ready(4, V1)) for t in index.targets()}
+    assert plan(state, observed, h.now, index=index) == plan(state, observed, h.now)
+    # An index that is behind the state is not used (the plan passes over every proposal).
+    h.ok(h.flow.propose("registry.example/model-server:v9", deployment="late"))
+    assert state.fold((h.core.entries or [])[-1]) is None
+    assert not index.current(state)
+    observed[Target("models", "late")] = ObservedTarget(ready(2, V1))
+    assert plan(state, observed, h.now, index=index) == plan(state, observed, h.now)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_views_built_a_chunk_at_a_time_equal_the_views_built_at_once(chunk: int) -> None:
+    h, _ = longer_harness()
+    state = fold(h.core.entries or [])
+    index = TargetIndex()
+    index.update(state)
+    observed = {t: ObservedTarget(ready(4, V1)) for t in index.targets()}
+    actions = plan(state, observed, h.now)
+    lock = threading.RLock()
+    held: list[float] = []
+    chunked = views_in_chunks(lock, lambda: state, observed, actions, chunk=chunk, held=held)
+    assert chunked == rollout_views(state, observed, actions)
+    assert len(held) == -(-len(state.ledger.proposals) // chunk)  # one hold per chunk
+
+
+def test_views_start_over_when_the_state_is_replaced_between_chunks() -> None:
+    h, _ = longer_harness()
+    state = fold(h.core.entries or [])
+    states = [state]
+
+    class Lock:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: object) -> None:
+            states.append(fold(h.core.entries or []))  # a replay replaced it meanwhile
+
+    assert views_in_chunks(Lock(), lambda: states[-1], {}, [], chunk=1) is None
+
+
+def test_a_restored_proposal_is_decoded_with_its_window_not_the_whole_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_module, "BATCH_WINDOW", 2)
+    h, _ = longer_harness()
+    for i in range(5):
+        h.ok(h.flow.propose(f"registry.example/model-server:v2{i}", deployment="third"))
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    r.snapshot()
+    fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert fresh.load_snapshot()
+    restored = list(fresh.state.ledger.proposals.values())
+    assert len(restored) >= 6
+    _ = restored[2].proposal.target  # the third proposal: window [2, 4)
+    decoded = ["proposal" in p.__dict__ for p in restored]
+    assert decoded[:6] == [False, False, True, True, False, False]
+    assert fresh.state == fold(h.core.entries or [])  # and every other decodes as well
