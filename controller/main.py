@@ -356,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             snapshot_every_entries=args.snapshot_every_entries,
             snapshot_every_seconds=args.snapshot_every_seconds,
             checker=SignatureChecker(),
+            background_snapshots=True,
         )
         config = ControllerConfig(
             namespaces=namespaces,

@@ -30,7 +30,7 @@ def grouped(state: ControllerState) -> dict[Target, list[bytes]]:
 
 
 def test_the_target_index_groups_as_a_pass_over_every_proposal_does() -> None:
-    h, p = longer_harness()
+    h, _p = longer_harness()
     state = fold(h.core.entries or [])
     index = TargetIndex()
     steps = 0

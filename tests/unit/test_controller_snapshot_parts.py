@@ -676,3 +676,59 @@ def test_packed_index_on_rows_reads_adds_and_absorbs() -> None:
     assert index[bytes([5]) * 4] == 5
     with pytest.raises(SnapshotError, match="base is rows"):
         index.rebase(b"", b"", 1)
+
+
+def test_with_background_snapshots_the_follower_folds_while_a_part_is_written(
+    tmp_path: Path,
+) -> None:
+    # steward-controller's mode: the follower (Replayer.run) hands a due snapshot to a thread
+    # and goes on; a write that fails is logged and the follower goes on as well.
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    writing, release = threading.Event(), threading.Event()
+    fail = [False]
+
+    class SlowStore(SnapshotStore):
+        def write_part(self, *args: Any, **kwargs: Any) -> None:
+            writing.set()
+            assert release.wait(10)
+            if fail[0]:
+                raise OSError("disk full")
+            super().write_part(*args, **kwargs)
+
+    snaps = SlowStore(tmp_path / "snap.db", background=False)
+    r = Replayer(
+        store,
+        snapshots=snaps,
+        source="t",
+        snapshot_every_entries=1,
+        snapshot_every_seconds=0.01,
+        background_snapshots=True,
+    )
+    stop = threading.Event()
+    follower = threading.Thread(target=r.run, args=(stop,), kwargs={"idle_timeout": 0.02})
+    follower.start()
+    try:
+        assert writing.wait(10)  # the first snapshot (a base) is being written
+        size = h.core.size
+        h.ok(h.flow.health(p, 1, False))
+        write_log(h, store, start=size)
+        assert r.wait_for_size(size + 1, 10)  # folded while the base is held up
+        fail[0] = True
+        release.set()
+        r.wait_for_snapshot(10)
+        assert follower.is_alive()
+        h.ok(h.flow.health(p, 1, True))  # after a failed write, the follower still folds
+        write_log(h, store, start=size + 1)
+        assert r.wait_for_size(size + 2, 10)
+        fail[0] = False
+    finally:
+        stop.set()
+        h.ok(h.flow.health(p, 1, True))  # an entry to wake the follower so it sees `stop`
+        write_log(h, store, start=h.core.size - 1)
+        follower.join(10)
+    assert not follower.is_alive()
+    # On the way out the follower writes a last part: everything it folded is in the chain.
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == r.state
