@@ -44,6 +44,19 @@ class _Prefix:
         return self.store.read(start, limit=count) if count > 0 else iter(())
 
 
+def _settled(state: Any, index: Any, target: Any) -> Any:
+    """A target's stable Deployment as a settled one looks: 4 ready replicas of the image its
+    last promoted proposal names (the generated targets' one container is "server")."""
+    from controller.planner import ObservedDeployment, ObservedTarget
+
+    image = "registry.example/unknown:0"
+    for h in index.stepped(target):
+        p = state.ledger.proposals[h]
+        if p.phase == "PROMOTED":
+            image = p.proposal.candidate.image
+    return ObservedTarget(ObservedDeployment(4, (("server", image),), 4, 4))
+
+
 def _db_mib(directory: str) -> float:
     """The snapshot database's files (the database, its write-ahead log) in MiB."""
     return sum(f.stat().st_size for f in Path(directory).glob("snapshots.db*")) / 2**20
@@ -78,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
-    from controller.planner import ObservedDeployment, ObservedTarget, plan
+    from controller.planner import plan
     from controller.replay import Replayer, SnapshotStore
     from controller.runtime import TARGET_CHUNK
     from controller.snapshot import encode_state
@@ -224,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         report.add("restart from snapshot (median)", restart, "s", "< 2 s", restart < 2.0)
         report.add("  index rows read by the restart", max(lookups), "")
         # What the controller's loop does with the fold lock held (controller.runtime), on the
-        # restarted state, every target observed with a settled stable Deployment: first the
+        # restarted state, every target observed with a settled stable Deployment running its
+        # last promoted image (so the plan starts the next approved rollout): first the
         # target index brought up to date a chunk per hold (after a restart it decodes every
         # proposal's target), then the plan, then the views a chunk per hold (their own thread).
         index = TargetIndex()
@@ -245,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         report.add(
             "  longest fold-lock hold", 1000 * max(holds), "ms", "< 50 ms", max(holds) < 0.05
         )
-        observed = {
-            t: ObservedTarget(ObservedDeployment(4, (("model-server", "v1"),), 4, 4))
-            for t in index.targets()
-        }
+        observed = {t: _settled(warm.state, index, t) for t in index.targets()}
         start = time.perf_counter()
         with warm.lock:
             actions = plan(warm.state, observed, int(time.time() * 1000), index=index)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
@@ -377,19 +377,53 @@ def plan(
     (the runtime keeps one up to date), instead of a pass over every proposal of the ledger."""
     cfg = config or PlannerConfig()
     ls = state.ledger
+    indexed = index is not None and index.current(state)
     by_target: dict[Target, list[ProposalState]] = {}
-    if index is None or not index.current(state):
+    if not indexed:
         for p in ls.proposals.values():
             by_target.setdefault(p.proposal.target, []).append(p)
     actions: list[Action] = []
     for target in sorted(observed, key=lambda t: (t.namespace, t.deployment)):
-        if index is not None and index.current(state):
-            proposals = [ls.proposals[h] for h in index.hashes(target)]  # in seq order
+        everyone: Iterable[ProposalState]
+        if index is not None and indexed:
+            hashes = index.hashes(target)
+            if not hashes:
+                continue
+            everyone = _InOrder(ls.proposals, hashes)
+            stepped = [ls.proposals[h] for h in index.stepped(target)]
+            # The ledger state's own index of active rollouts (the rules keep it).
+            active = ls.active_rollout_on(target.namespace, target.deployment)
         else:
             proposals = sorted(by_target.get(target, []), key=lambda p: p.seq)
-        if proposals:
-            actions.extend(_Target(state, target, observed[target], now_ms, cfg).plan(proposals))
+            if not proposals:
+                continue
+            everyone, stepped = proposals, [p for p in proposals if p.steps]
+            active = next((p for p in stepped if p.phase in ACTIVE_PHASES), None)
+        actions.extend(
+            _Target(state, target, observed[target], now_ms, cfg).plan(everyone, stepped, active)
+        )
     return actions
+
+
+class _InOrder:
+    """A target's proposals in seq order, read one at a time from the state as they are
+    iterated (the start of a rollout stops at the first that may go)."""
+
+    def __init__(self, proposals: Mapping[bytes, ProposalState], hashes: Sequence[bytes]) -> None:
+        self.proposals, self.hashes = proposals, hashes
+
+    def __iter__(self) -> Iterator[ProposalState]:
+        proposals = self.proposals
+        return (proposals[h] for h in self.hashes)
+
+
+def _hash_of(hex_hash: str) -> bytes | None:
+    """The entry hash a canary's annotation names (lowercase hex, as written), or None."""
+    try:
+        h = bytes.fromhex(hex_hash)
+    except ValueError:
+        return None
+    return h if h.hex() == hex_hash else None
 
 
 class _Target:
@@ -414,9 +448,15 @@ class _Target:
 
     # -- entry point -------------------------------------------------------------------
 
-    def plan(self, proposals: list[ProposalState]) -> list[Action]:
+    def plan(
+        self,
+        proposals: Iterable[ProposalState],
+        stepped: list[ProposalState],
+        active: ProposalState | None,
+    ) -> list[Action]:
+        """`proposals`: the target's, in seq order; `stepped`: those of them with steps (the
+        only ones whose phase is not PENDING), in seq order; `active`: the one rolling out."""
         stops = self._unrecorded_stops(proposals)
-        active = next((p for p in proposals if p.phase in ACTIVE_PHASES), None)
         if self.obs.stable is None:
             return [
                 Wait(p.entry_hash, f"Deployment {self.ns}/{self.name} not found")
@@ -433,13 +473,15 @@ class _Target:
         if out:
             return out
         if self.obs.canary is not None:
-            return self._finish(proposals)
-        drift = self._drift_after_promotion(proposals)
+            return self._finish()
+        drift = self._drift_after_promotion(stepped)
         if any(not isinstance(a, Wait) for a in drift):
             return drift  # the promoted image first; a next rollout starts from it
         return [*drift, *self._maybe_start(proposals)]
 
-    def _unrecorded_stops(self, proposals: list[ProposalState]) -> dict[bytes, EmergencyStop]:
+    def _unrecorded_stops(self, proposals: Iterable[ProposalState]) -> dict[bytes, EmergencyStop]:
+        if not self.obs.emergency_stops:
+            return {}
         mine = {p.entry_hash for p in proposals if p.phase != "PROMOTED"}
         found: dict[bytes, EmergencyStop] = {}
         for stop in self.obs.emergency_stops:
@@ -543,7 +585,7 @@ class _Target:
             return f"{scope.kind} kill switch engaged at seq {self.ls.kill_switches[scope]}"
         return None
 
-    def _maybe_start(self, proposals: list[ProposalState]) -> list[Action]:
+    def _maybe_start(self, proposals: Iterable[ProposalState]) -> list[Action]:
         waits: list[Action] = []
         for p in proposals:
             if p.phase not in ("PENDING", "ROLLED_BACK"):
@@ -941,11 +983,12 @@ class _Target:
 
     # -- finishing a promotion or a rollback after the record ---------------------------
 
-    def _finish(self, proposals: list[ProposalState]) -> list[Action]:
+    def _finish(self) -> list[Action]:
         canary, stable = self.obs.canary, self.obs.stable
         assert canary is not None and stable is not None
-        owner = next((p for p in proposals if p.entry_hash.hex() == canary.proposal), None)
-        if owner is None:
+        h = _hash_of(canary.proposal)
+        owner = self.ls.proposals.get(h) if h is not None else None
+        if owner is None or owner.proposal.target != self.target:
             return []  # a canary the log does not explain: not ours to touch
         record = self.state.rollouts.get(owner.entry_hash)
         total = self._total(record.total_replicas if record else stable.replicas + canary.replicas)
@@ -1005,7 +1048,7 @@ class _Target:
 
     # -- after promotion -----------------------------------------------------------------
 
-    def _drift_after_promotion(self, proposals: list[ProposalState]) -> list[Action]:
+    def _drift_after_promotion(self, stepped: list[ProposalState]) -> list[Action]:
         """After promotion the stable runs the candidate at N until the next rollout starts.
 
         The same definition as the auditor's drift check (audit/drift.py): a hand-set image
@@ -1015,7 +1058,7 @@ class _Target:
         """
         stable = self.obs.stable
         assert stable is not None
-        ended = [p for p in proposals if p.steps]
+        ended = stepped
         if not ended:
             return []
         last = max(ended, key=lambda p: p.steps[-1].seq)

@@ -9,6 +9,11 @@ keeps insertion order), at most `limit` of them per call, so that the runtime ca
 fold lock between two calls; the first call after a restart reads each restored proposal's
 target (decoding it) a bounded number at a time.
 
+It also keeps, per target, the proposals that have steps (a rollout record in
+``ControllerState.rollouts``: the rules make STARTED a proposal's first step, and its fold
+creates the record): the planner finds the active rollout, the last promotion and the owner of
+a canary among them, not among every proposal of the target.
+
 Pure: no I/O, no lock of its own (callers hold the fold lock around each call).
 """
 
@@ -30,36 +35,45 @@ class TargetIndex:
         self._seen = 0  # proposals of the state's dict looked at, in its order
         self._hashes: dict[Target, list[bytes]] = {}
         self._seqs: dict[Target, list[int]] = {}
+        self._stepped_seen = 0  # rollout records looked at, in the dict's order
+        self._stepped: dict[Target, list[bytes]] = {}
+        self._stepped_seqs: dict[Target, list[int]] = {}
 
     def update(self, state: ControllerState, limit: int | None = None) -> bool:
         """Index up to `limit` proposals added since the last call (all with None); True when
         every proposal of `state` is indexed. A new state object (a replay that replaced the
         state) starts the index over."""
         if state is not self._state:
-            self._state, self._seen = state, 0
+            self._state, self._seen, self._stepped_seen = state, 0, 0
             self._hashes, self._seqs = {}, {}
+            self._stepped, self._stepped_seqs = {}, {}
         proposals = state.ledger.proposals
         total = len(proposals)
-        if self._seen == total:
-            return True
-        stop = total if limit is None else min(total, self._seen + limit)
-        for p in itertools.islice(proposals.values(), self._seen, stop):
-            target = p.proposal.target
-            hashes = self._hashes.setdefault(target, [])
-            seqs = self._seqs.setdefault(target, [])
-            if not seqs or p.seq > seqs[-1]:  # the usual case: proposals arrive in seq order
-                hashes.append(p.entry_hash)
-                seqs.append(p.seq)
-            else:
-                at = bisect.bisect_right(seqs, p.seq)
-                hashes.insert(at, p.entry_hash)
-                seqs.insert(at, p.seq)
-        self._seen = stop
-        return stop == total
+        if self._seen < total:
+            stop = total if limit is None else min(total, self._seen + limit)
+            for p in itertools.islice(proposals.values(), self._seen, stop):
+                _insert(self._hashes, self._seqs, p.proposal.target, p.entry_hash, p.seq)
+            self._seen = stop
+            if stop < total:
+                return False
+        # Rollout records are only ever added (a restart builds a new state), each once.
+        records = state.rollouts
+        if len(records) < self._stepped_seen:
+            self._stepped_seen = 0
+            self._stepped, self._stepped_seqs = {}, {}
+        for h in itertools.islice(records, self._stepped_seen, None):
+            p = proposals[h]
+            _insert(self._stepped, self._stepped_seqs, p.proposal.target, h, p.seq)
+        self._stepped_seen = len(records)
+        return True
 
     def current(self, state: ControllerState) -> bool:
         """Whether every proposal of `state` is indexed."""
-        return state is self._state and self._seen == len(state.ledger.proposals)
+        return (
+            state is self._state
+            and self._seen == len(state.ledger.proposals)
+            and self._stepped_seen == len(state.rollouts)
+        )
 
     def targets(self) -> set[Target]:
         return set(self._hashes)
@@ -68,8 +82,30 @@ class TargetIndex:
         """The proposals naming `target`, oldest first (empty when none does)."""
         return self._hashes.get(target, [])
 
+    def stepped(self, target: Target) -> list[bytes]:
+        """The proposals naming `target` that have steps (a rollout record), oldest first."""
+        return self._stepped.get(target, [])
+
     def __iter__(self) -> Iterator[Target]:
         return iter(self._hashes)
+
+
+def _insert(
+    hashes: dict[Target, list[bytes]],
+    seqs: dict[Target, list[int]],
+    target: Target,
+    h: bytes,
+    seq: int,
+) -> None:
+    """Add `h` to `target`'s list, kept in seq order."""
+    in_order, seq_list = hashes.setdefault(target, []), seqs.setdefault(target, [])
+    if not seq_list or seq > seq_list[-1]:  # the usual case: they arrive in seq order
+        in_order.append(h)
+        seq_list.append(seq)
+    else:
+        at = bisect.bisect_right(seq_list, seq)
+        in_order.insert(at, h)
+        seq_list.insert(at, seq)
 
 
 __all__ = ["TargetIndex"]

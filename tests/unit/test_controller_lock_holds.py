@@ -21,16 +21,21 @@ from tests.unit.test_controller_snapshot_parts import fold, longer_harness, writ
 from tests.unit.test_planner import V1, ready
 
 
-def grouped(state: ControllerState) -> dict[Target, list[bytes]]:
-    """The plain computation: every proposal, by target, in seq order."""
+def grouped(state: ControllerState, *, stepped: bool = False) -> dict[Target, list[bytes]]:
+    """The plain computation: every proposal (with steps), by target, in seq order."""
     out: dict[Target, list[bytes]] = {}
     for p in sorted(state.ledger.proposals.values(), key=lambda p: p.seq):
-        out.setdefault(p.proposal.target, []).append(p.entry_hash)
+        if p.steps or not stepped:
+            out.setdefault(p.proposal.target, []).append(p.entry_hash)
     return out
 
 
+def stepped_of(index: TargetIndex) -> dict[Target, list[bytes]]:
+    return {t: index.stepped(t) for t in index if index.stepped(t)}
+
+
 def test_the_target_index_groups_as_a_pass_over_every_proposal_does() -> None:
-    h, _p = longer_harness()
+    h, _ = longer_harness()
     state = fold(h.core.entries or [])
     index = TargetIndex()
     steps = 0
@@ -39,6 +44,7 @@ def test_the_target_index_groups_as_a_pass_over_every_proposal_does() -> None:
     assert steps == len(state.ledger.proposals) - 1
     assert index.current(state)
     assert {t: index.hashes(t) for t in index} == grouped(state)
+    assert stepped_of(index) == grouped(state, stepped=True) != {}
     assert len(index.targets()) >= 3
     # New proposals are picked up, and only they are looked at.
     size = h.core.size
@@ -49,6 +55,18 @@ def test_the_target_index_groups_as_a_pass_over_every_proposal_does() -> None:
     assert not index.current(state)
     assert index.update(state)
     assert {t: index.hashes(t) for t in index} == grouped(state)
+    # A rollout started since: its proposal joins the ones with steps.
+    size = h.core.size
+    q = h.ok(h.flow.propose("registry.example/model-server:v5", deployment="fifth"))
+    evals = (h.ok(h.flow.eval(q, "safety", 0.99)), h.ok(h.flow.eval(q, "quality", 0.91)))
+    h.ok(h.flow.approve(q, evals, "alice"))
+    h.ok(h.flow.approve(q, evals, "bob"))
+    h.ok(h.flow.step(q, 0, 10, "STARTED"))
+    for e in (h.core.entries or [])[size:]:
+        assert state.fold(e) is None
+    assert not index.current(state) and index.update(state)
+    assert stepped_of(index)[Target("models", "fifth")] == [q]
+    assert stepped_of(index) == grouped(state, stepped=True)
     assert index.hashes(Target("nowhere", "none")) == []
     # A state replaced (a replay from the start) is indexed from scratch.
     again = fold(h.core.entries or [])
@@ -133,3 +151,35 @@ def test_a_restored_proposal_is_decoded_with_its_window_not_the_whole_snapshot(
     decoded = ["proposal" in p.__dict__ for p in restored]
     assert decoded[:6] == [False, False, True, True, False, False]
     assert fresh.state == fold(h.core.entries or [])  # and every other decodes as well
+
+
+@pytest.mark.parametrize(
+    ("names", "expect_stop"),
+    [
+        ("pending", True),  # a pending proposal of this target: its canary is rolled back
+        ("other target", False),  # not this target's: not ours to touch
+        ("uppercase", False),  # not the annotation the controller writes
+        ("garbage", False),
+    ],
+)
+def test_a_canary_is_finished_for_the_proposal_it_names_with_or_without_the_index(
+    names: str, expect_stop: bool
+) -> None:
+    h, _ = longer_harness()
+    pending = h.ok(h.flow.propose("registry.example/model-server:v6", deployment="idle"))
+    elsewhere = h.ok(h.flow.propose("registry.example/model-server:v6", deployment="elsewhere"))
+    state = fold(h.core.entries or [])
+    index = TargetIndex()
+    index.update(state)
+    annotation = {
+        "pending": pending.hex(),
+        "other target": elsewhere.hex(),
+        "uppercase": pending.hex().upper(),
+        "garbage": "not-hex",
+    }[names]
+    target = Target("models", "idle")  # no rollout on it: a canary there is finished
+    canary = ready(1, "registry.example/model-server:v6", proposal=annotation)
+    observed = {target: ObservedTarget(ready(3, V1), canary)}
+    plain = plan(state, observed, h.now)
+    assert plan(state, observed, h.now, index=index) == plain
+    assert any(a.__class__.__name__ == "StopCanary" for a in plain) == expect_stop
