@@ -183,7 +183,7 @@ class Replayer:
             rows = store.index_rows(self.source) if taken.rows else None
             with self.lock:
                 after_write(self.state, taken, rows)
-            self.last_part_bytes = len(blob)
+            self.last_part_bytes = blob.size
             self._last_snapshot = time.monotonic()
             self._last_snapshot_cost = self._last_snapshot - started
         finally:

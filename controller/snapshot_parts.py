@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import array
 import gc
+import hashlib
 import heapq
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controller.errors import SnapshotError
 from controller.packed_index import (
@@ -330,7 +331,11 @@ class _Ordered:
 
 def _row(p: ProposalState, stamp: int | None, rollout: RolloutRecord | None) -> ProposalRow:
     d = p.__dict__
-    if "_docs" in d and d.get("_stamp") == stamp and stamp is not None:
+    kept = getattr(type(p), "kept_evidence", None)  # restored from columns (snapshot_restore)
+    stored = kept(p, stamp) if kept is not None else None
+    if stored is not None:
+        docs, at, lengths = stored  # untouched since loaded
+    elif "_docs" in d and d.get("_stamp") == stamp and stamp is not None:
         docs, at, lengths = d["_docs"], d["_at"], tuple(d["_lengths"])  # untouched since loaded
     else:
         parts = [
@@ -380,7 +385,7 @@ def _pairs(keys: bytes, values: bytes, kw: int, vw: int) -> Iterator[tuple[bytes
         yield keys[i * kw : i * kw + kw], values[i * vw : i * vw + vw]
 
 
-def encode_capture(c: Capture) -> bytes:
+def encode_capture(c: Capture) -> PartBlobs:
     """The part blob of a capture (outside the fold lock), version 2: the index additions go
     to ``c.rows``, written beside the part in its transaction."""
     for spec in INDEXES:
@@ -423,7 +428,7 @@ def encode_capture(c: Capture) -> bytes:
     return encode_part(part)
 
 
-def encode_capture_v1(c: Capture) -> bytes:
+def encode_capture_v1(c: Capture) -> PartBlobs:
     """The part blob of a capture in version 1 (index additions as sorted sections), which
     parts were before version 2; kept for the tests that read old chains. For a full capture
     the indexes' merged bases are kept in ``c.merged``."""
@@ -528,7 +533,24 @@ def rebase(state: ControllerState, base: Part) -> bool:
 # The part blob: PART_MAGIC | version (u16) | SHA-256 of the rest | sections (u64 length, bytes)
 
 
-def encode_part(part: Part) -> bytes:
+@dataclass(frozen=True)
+class PartBlobs:
+    """A part as stored: the framed sections, and (version 2) the proposals' evidence apart,
+    which a restart does not read (its length and SHA-256 are in the sections' meta)."""
+
+    main: bytes
+    docs: bytes = b""
+
+    @property
+    def size(self) -> int:
+        return len(self.main) + len(self.docs)
+
+
+def docs_digest(docs: bytes) -> str:
+    return hashlib.sha256(docs).hexdigest()
+
+
+def encode_part(part: Part) -> PartBlobs:
     names: dict[str, int] = {}
     ints = array.array("q")
     name_idx = array.array("I")
@@ -555,8 +577,10 @@ def encode_part(part: Part) -> bytes:
         "invalid": part.invalid,
         "ledger": part.ledger,
     }
-    if part.index_rows is not None:
+    evidence = b"".join(docs)
+    if part.index_rows is not None:  # version 2: the evidence apart
         meta["index_rows"] = part.index_rows
+        meta["docs"] = {"length": len(evidence), "sha256": docs_digest(evidence)}
     ix = part.indexes
     sections = [
         _json(meta).encode(),
@@ -564,7 +588,7 @@ def encode_part(part: Part) -> bytes:
         ints.tobytes(),
         json.dumps(list(names)).encode(),
         name_idx.tobytes(),
-        b"".join(docs),
+        evidence if part.index_rows is None else b"",
         _json([r.rollout for r in part.proposals]).encode(),
         ix["event_ids"][0],
         ix["event_ids"][1],
@@ -575,19 +599,49 @@ def encode_part(part: Part) -> bytes:
         ix["evals"][1],
         ix["entry_types"][0],
     ]
-    return frame(sections, PART_MAGIC, ROWS_VERSION if part.index_rows is not None else 1)
+    if part.index_rows is None:
+        return PartBlobs(frame(sections, PART_MAGIC, 1))
+    return PartBlobs(frame(sections, PART_MAGIC, ROWS_VERSION), evidence)
 
 
-def decode_part(blob: bytes) -> Part:
-    """The part a blob holds; SnapshotError if it is not one this code wrote, intact."""
-    version = int.from_bytes(blob[8:10], "little") if len(blob) >= 10 else PART_VERSION
+def part_version(blob: bytes) -> int:
+    """The version a part's main blob says it is (checked by `part_sections`)."""
+    return int.from_bytes(blob[8:10], "little") if len(blob) >= 10 else -1
+
+
+def part_sections(blob: bytes) -> list[bytes]:
+    """The sections of a part's main blob, its digest checked (version 1 or 2)."""
+    version = part_version(blob)
     if version not in (1, ROWS_VERSION):
         version = PART_VERSION  # unframe names the version found and the one expected
-    sections = unframe(blob, PART_MAGIC, version, _SECTIONS, "part")
+    return unframe(blob, PART_MAGIC, version, _SECTIONS, "part")
+
+
+def check_docs(meta: dict[str, Any], docs: bytes) -> None:
+    """The evidence of a version 2 part is the one its meta describes."""
+    described = meta.get("docs")
+    if (
+        not isinstance(described, dict)
+        or type(described.get("length")) is not int
+        or not isinstance(described.get("sha256"), str)
+    ):
+        raise _fail("part docs", described)
+    if len(docs) != described["length"] or docs_digest(docs) != described["sha256"]:
+        raise SnapshotError(
+            f"part evidence is {len(docs)} bytes that do not match its digest "
+            f"(expected {described['length']} bytes): truncated or damaged"
+        )
+
+
+def decode_part(blobs: PartBlobs | bytes) -> Part:
+    """The part blobs hold; SnapshotError if they are not what this code wrote, intact."""
+    if isinstance(blobs, bytes):
+        blobs = PartBlobs(blobs)
+    sections = part_sections(blobs.main)
     was_enabled = gc.isenabled()
     gc.disable()  # as in decode_state: many acyclic objects, no collector walks meanwhile
     try:
-        return _decode_sections(sections)
+        return _decode_sections(sections, blobs.docs)
     except SnapshotError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -604,7 +658,33 @@ def _int(meta: dict[str, Any], name: str) -> int:
     return v
 
 
-def _decode_sections(sections: list[bytes]) -> Part:
+@dataclass(frozen=True)
+class Columns:
+    """A part decoded but for its proposals, which stay in columns (one row per proposal):
+    what `decode_part` builds rows from, and a restart (controller.snapshot_restore) builds
+    proposals from without rows."""
+
+    meta: dict[str, Any]
+    first: int
+    last: int
+    size_before: int
+    size: int
+    ledger: dict[str, Any]
+    index_rows: dict[str, int] | None
+    indexes: dict[str, tuple[bytes, bytes]]
+    count: int  # proposals
+    hashes: bytes  # count * 32
+    ints: list[int]  # count * PER_ROW: seq, decision floor, stamp, evidence offset, lengths
+    names: list[str]
+    name_idx: list[int]  # count * 2: proposer, policy id
+    rollouts: list[Any]  # count: the encoded RolloutRecord or None
+    docs: bytes  # version 1: the evidence; version 2: empty (it is apart)
+
+
+PER_ROW = 4 + len(_PROPOSAL_LAZY)
+
+
+def _columns(sections: list[bytes]) -> Columns:
     (
         meta_json,
         hashes,
@@ -625,6 +705,8 @@ def _decode_sections(sections: list[bytes]) -> Part:
     meta = json.loads(meta_json)
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_FINGERPRINT:
         raise SnapshotError("part schema fingerprint differs: written by other state definitions")
+    if meta.get("index_rows") is not None and docs:  # version 2: the evidence is apart
+        raise SnapshotError("part of version 2 holds its evidence inside")
     if meta.get("types") != TYPE_TABLE:
         raise SnapshotError(
             f"part entry type table is {meta.get('types')!r:.200}, expected {TYPE_TABLE!r}"
@@ -668,7 +750,7 @@ def _decode_sections(sections: list[bytes]) -> Part:
         if name != "evals" and index_rows is None and count != size - size_before:
             raise SnapshotError(f"part {name} adds {count} entries, expected {size - size_before}")
     count, rest = divmod(len(hashes), HASH_SIZE)
-    per_row = 4 + len(_PROPOSAL_LAZY)
+    per_row = PER_ROW
     if rest or len(prop_ints) != count * per_row * 8 or len(prop_name_idx) != count * 2 * 4:
         raise SnapshotError(
             f"part proposal columns of {len(hashes)}, {len(prop_ints)} and "
@@ -680,13 +762,50 @@ def _decode_sections(sections: list[bytes]) -> Part:
     if sys.byteorder != "little":
         ints_array.byteswap()
         idx_array.byteswap()
-    ints, idx = ints_array.tolist(), idx_array.tolist()
     names = json.loads(prop_names)
     if not isinstance(names, list) or not all(type(n) is str for n in names):
         raise _fail("part proposal names", names)
+    if idx_array and max(idx_array) >= len(names):
+        raise _fail("part proposal name indexes", max(idx_array))
     rollouts = json.loads(rollouts_json)
     if not isinstance(rollouts, list) or len(rollouts) != count:
         raise _fail("part rollouts", rollouts)
+    return Columns(
+        meta=meta,
+        first=first,
+        last=last,
+        size_before=size_before,
+        size=size,
+        ledger=ledger,
+        index_rows=index_rows,
+        indexes=indexes,
+        count=count,
+        hashes=hashes,
+        ints=ints_array.tolist(),
+        names=names,
+        name_idx=idx_array.tolist(),
+        rollouts=rollouts,
+        docs=docs,
+    )
+
+
+def _decode_sections(sections: list[bytes], docs_apart: bytes) -> Part:
+    cols = _columns(sections)
+    docs = cols.docs
+    if cols.index_rows is not None:  # version 2: the evidence apart, checked here
+        check_docs(cols.meta, docs_apart)
+        docs = docs_apart
+    count, per_row, hashes, ints, idx, names, rollouts = (
+        cols.count,
+        PER_ROW,
+        cols.hashes,
+        cols.ints,
+        cols.name_idx,
+        cols.names,
+        cols.rollouts,
+    )
+    first, last, size_before, size = cols.first, cols.last, cols.size_before, cols.size
+    meta, ledger, index_rows, indexes = cols.meta, cols.ledger, cols.index_rows, cols.indexes
     rows = []
     for k in range(count):
         o = k * per_row
@@ -732,7 +851,20 @@ def _decode_sections(sections: list[bytes]) -> Part:
 # Chains of parts: merged (compaction) and turned back into a state (restart)
 
 
-def check_chain(parts: list[Part]) -> None:
+class _Span(Protocol):
+    @property
+    def first(self) -> int: ...
+    @property
+    def last(self) -> int: ...
+    @property
+    def size_before(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def index_rows(self) -> dict[str, int] | None: ...
+
+
+def check_chain(parts: Sequence[_Span]) -> None:
     """Each part starts where the one before ended: numbers and sizes; one version."""
     if len({p.index_rows is None for p in parts}) > 1:
         raise SnapshotError("a chain mixes parts of version 1 and 2")
@@ -882,8 +1014,10 @@ __all__ = [
     "ROWS_VERSION",
     "Capture",
     "ChangeLog",
+    "Columns",
     "FullPreparation",
     "Part",
+    "PartBlobs",
     "ProposalRow",
     "after_failure",
     "after_write",

@@ -33,7 +33,7 @@ import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,17 @@ from controller.index_rows import (
 from controller.snapshot import decode_state
 from controller.snapshot_parts import (
     INDEXES,
+    ROWS_VERSION,
     Capture,
     Part,
+    PartBlobs,
     decode_part,
     encode_part,
     merge_parts,
+    part_version,
     state_from_parts,
 )
+from controller.snapshot_restore import LazyDocs, decode_restored, restore_state
 from controller.state import ControllerState
 from ledger.store.sqlite import sqlite_engine
 
@@ -98,6 +102,16 @@ chunk_table = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 CHUNK_BYTES = 64 * 2**20
+# A part's evidence (version 2), apart from its sections so that a restart does not read it:
+# the proposals' documents, read when the first of them is (controller.snapshot_restore).
+docs_table = sa.Table(
+    "controller_snapshot_docs",
+    _metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("first", sa.BigInteger, primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
 # Version 1: one whole snapshot per source (read, never written now).
 legacy_table = sa.Table(
     "controller_snapshots",
@@ -165,8 +179,9 @@ def _insert_part(
     last: int,
     size_before: int,
     size: int,
-    blob: bytes,
+    blobs: PartBlobs,
 ) -> None:
+    blob = blobs.main
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     conn.execute(
         part_table.insert().values(
@@ -181,6 +196,28 @@ def _insert_part(
     )
     for i, data in enumerate(chunks):
         conn.execute(chunk_table.insert().values(source=source, first=first, chunk=i, data=data))
+    docs = blobs.docs
+    for i in range(0, len(docs), CHUNK_BYTES):
+        conn.execute(
+            docs_table.insert().values(
+                source=source, first=first, chunk=i // CHUNK_BYTES, data=docs[i : i + CHUNK_BYTES]
+            )
+        )
+
+
+def _read_docs(conn: sa.Connection, source: str, first: int) -> bytes:
+    """A part's evidence (version 2), from its chunks (its meta's digest checks them)."""
+    pieces = conn.execute(
+        sa.select(docs_table.c.data)
+        .where(docs_table.c.source == source, docs_table.c.first == first)
+        .order_by(docs_table.c.chunk)
+    ).all()
+    return b"".join(bytes(p[0]) for p in pieces)
+
+
+def _read_blobs(conn: sa.Connection, source: str, row: sa.Row[Any]) -> PartBlobs:
+    """A part's sections and its evidence."""
+    return PartBlobs(_read_blob(conn, source, row), _read_docs(conn, source, int(row.first)))
 
 
 def _read_blob(conn: sa.Connection, source: str, row: sa.Row[Any]) -> bytes:
@@ -235,6 +272,8 @@ class SnapshotStore:
         _metadata.create_all(self.engine)
         rows_metadata.create_all(self.engine)
         self._rows: dict[str, IndexRows] = {}  # per source, the lookups of its index rows
+        # Per source, the evidence of the parts a load restored proposals from (read lazily).
+        self._restored: dict[str, dict[int, LazyDocs]] = {}
         self._rows_lock = threading.Lock()
         # Held from a capture to its bookkeeping after the commit, and by a compaction from its
         # check that its parts are still there to its swap of the in-memory base: the chain
@@ -251,6 +290,12 @@ class SnapshotStore:
     # -- reading ----------------------------------------------------------------------------
 
     def load(self, source: str) -> Snapshot | None:
+        # `writing`: no compaction replaces the parts between their reading and the note of
+        # the evidence the restored state will read from them (_keep_docs).
+        with self.writing:
+            return self._load(source)
+
+    def _load(self, source: str) -> Snapshot | None:
         with self.engine.connect() as conn:
             head = conn.execute(sa.select(head_table).where(head_table.c.source == source)).first()
             if head is None:
@@ -261,7 +306,25 @@ class SnapshotStore:
                 .order_by(part_table.c.first)
             ).all()
             try:
-                parts = [decode_part(_read_blob(conn, source, r)) for r in rows]
+                mains = [_read_blob(conn, source, r) for r in rows]
+                if mains and all(part_version(m) == ROWS_VERSION for m in mains):
+                    # Version 2: the proposals stay in columns, their evidence in the database
+                    # until it is read (controller.snapshot_restore).
+                    restored = [
+                        decode_restored(
+                            m,
+                            self._docs_loader(source, int(r.first)),
+                            lambda why: self._drop_head(source, why),
+                        )
+                        for m, r in zip(mains, rows, strict=True)
+                    ]
+                    parts: list[Any] = [x.cols for x in restored]
+                else:
+                    restored = []
+                    parts = [
+                        decode_part(PartBlobs(m, _read_docs(conn, source, int(r.first))))
+                        for m, r in zip(mains, rows, strict=True)
+                    ]
             except SnapshotError as exc:
                 log.warning(
                     "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
@@ -283,14 +346,37 @@ class SnapshotStore:
                     f"head names part {head.through}, the parts end at "
                     f"{parts[-1].last if parts else 'none'}"
                 )
-            lookups = self.index_rows(source) if parts and parts[0].index_rows is not None else None
-            state = state_from_parts(parts, lookups)
+            if restored:
+                state = restore_state(restored, self.index_rows(source))
+                with self._rows_lock:
+                    self._restored[source] = {x.cols.first: x.docs for x in restored}
+            else:
+                lookups = (
+                    self.index_rows(source) if parts and parts[0].index_rows is not None else None
+                )
+                state = state_from_parts(parts, lookups)
         except SnapshotError as exc:  # a damaged chain only costs a full replay
             log.warning(
                 "snapshot unreadable, replaying from the start source=%s error=%s", source, exc
             )
             return None
         return self._checked(head, state, source)
+
+    def _docs_loader(self, source: str, first: int) -> Callable[[], bytes]:
+        def load() -> bytes:
+            with self.engine.connect() as conn:
+                return _read_docs(conn, source, first)
+
+        return load
+
+    def _keep_docs(self, source: str, firsts: Iterable[int] | None) -> None:
+        """Load, before their rows are deleted, the evidence of restored parts whose
+        proposals may not have been read yet (all of the source's with None)."""
+        with self._rows_lock:
+            live = self._restored.get(source, {})
+            wanted = [docs for first, docs in live.items() if firsts is None or first in firsts]
+        for docs in wanted:
+            docs.get()
 
     def index_rows(self, source: str) -> IndexRows:
         """The lookups of `source`'s index rows (one connection per source, kept open)."""
@@ -365,7 +451,7 @@ class SnapshotStore:
     # -- writing (with `writing` held) --------------------------------------------------------
 
     def write_part(
-        self, source: str, c: Capture, blob: bytes, position: int, last_position: int
+        self, source: str, c: Capture, blob: PartBlobs, position: int, last_position: int
     ) -> None:
         """Part `c.part` and the head that names it, in one transaction; a full part replaces
         the whole chain (and a version 1 snapshot)."""
@@ -378,10 +464,13 @@ class SnapshotStore:
             "through": c.part,
             "taken_at_ms": time.time_ns() // 1_000_000,
         }
+        if c.full:
+            self._keep_docs(source, None)
         with self.engine.begin() as conn:
             if c.full:
                 conn.execute(part_table.delete().where(part_table.c.source == source))
                 conn.execute(chunk_table.delete().where(chunk_table.c.source == source))
+                conn.execute(docs_table.delete().where(docs_table.c.source == source))
                 conn.execute(legacy_table.delete().where(legacy_table.c.source == source))
             if c.rows:
                 sid = source_id(conn, source)
@@ -454,9 +543,12 @@ class SnapshotStore:
                 )
                 .order_by(part_table.c.first)
             ).all()
-            merged = merge_parts([decode_part(_read_blob(conn, source, r)) for r in rows])
+            merged = merge_parts([decode_part(_read_blobs(conn, source, r)) for r in rows])
         blob = encode_part(merged)
         with self.writing:
+            # A state restored from these parts may not have read their evidence yet: it is
+            # read now, before its rows go (a merged part keeps the number of its first).
+            self._keep_docs(source, {r.first for r in run})
             with self.engine.begin() as conn:
                 still = conn.execute(
                     sa.select(part_table.c.first, part_table.c.last)
@@ -469,7 +561,7 @@ class SnapshotStore:
                 ).all()
                 if [(int(a), int(b)) for a, b in still] != [(r.first, r.last) for r in run]:
                     return False  # a base was written meanwhile: these parts are gone
-                for table in (part_table, chunk_table):
+                for table in (part_table, chunk_table, docs_table):
                     conn.execute(
                         table.delete().where(
                             table.c.source == source,
@@ -487,7 +579,7 @@ class SnapshotStore:
                 merged.first,
                 merged.last,
                 merged.entries,
-                len(blob),
+                blob.size,
             )
             if merged.size_before == 0:
                 on_base(merged)
@@ -516,6 +608,7 @@ __all__ = [
     "SnapshotStore",
     "chunk_table",
     "compaction_plan",
+    "docs_table",
     "head_table",
     "legacy_table",
     "part_table",

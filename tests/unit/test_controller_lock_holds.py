@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import controller.snapshot as snapshot_module
+import controller.snapshot_restore as snapshot_restore
 from controller.planner import ObservedTarget, plan
 from controller.replay import Replayer, SnapshotStore
+from controller.snapshot_restore import ColumnProposal
 from controller.state import ControllerState
 from controller.target_index import TargetIndex
 from controller.view import rollout_views, views_in_chunks
@@ -133,7 +134,7 @@ def test_views_start_over_when_the_state_is_replaced_between_chunks() -> None:
 def test_a_restored_proposal_is_decoded_with_its_window_not_the_whole_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(snapshot_module, "BATCH_WINDOW", 2)
+    monkeypatch.setattr(snapshot_restore, "WINDOW", 2)
     h, _ = longer_harness()
     for i in range(5):
         h.ok(h.flow.propose(f"registry.example/model-server:v2{i}", deployment="third"))
@@ -146,10 +147,13 @@ def test_a_restored_proposal_is_decoded_with_its_window_not_the_whole_snapshot(
     fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
     assert fresh.load_snapshot()
     restored = list(fresh.state.ledger.proposals.values())
-    assert len(restored) >= 6
+    assert len(restored) >= 6 and all(isinstance(p, ColumnProposal) for p in restored)
+    assert all(set(p.__dict__) == {"_p", "_k"} for p in restored)  # nothing read at load
+    part = restored[2].__dict__["_p"]
     _ = restored[2].proposal.target  # the third proposal: window [2, 4)
-    decoded = ["proposal" in p.__dict__ for p in restored]
-    assert decoded[:6] == [False, False, True, True, False, False]
+    assert "proposal" in restored[2].__dict__
+    assert sorted(k for _i, k in part.decoded) == [3]  # its neighbour, waiting to be read
+    assert not any("proposal" in p.__dict__ for i, p in enumerate(restored) if i != 2)
     assert fresh.state == fold(h.core.entries or [])  # and every other decodes as well
 
 

@@ -256,3 +256,22 @@ def test_the_checks_evidence_survives_a_snapshot() -> None:
     back = decode_state(encode_state(state))
     assert back == state
     assert back.ledger.proposals[p].checks[1]["error-rate"].values == (0.01, None, 0.2)
+
+
+def test_a_restored_proposal_decodes_its_window_of_the_snapshot_not_all_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whole snapshots (version 1) and chains of version 1: a window of BATCH_WINDOW proposals.
+    import controller.snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "BATCH_WINDOW", 2)
+    h, _ = rich_harness()
+    for i in range(4):
+        h.ok(h.flow.propose(f"registry.example/model-server:w{i}", deployment="other"))
+    state = folded(h)
+    back = decode_state(encode_state(state))
+    restored = list(back.ledger.proposals.values())
+    assert len(restored) >= 5
+    _ = restored[2].proposal
+    assert ["proposal" in p.__dict__ for p in restored][:5] == [False, False, True, True, False]
+    assert back == state

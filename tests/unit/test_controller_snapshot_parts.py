@@ -21,9 +21,10 @@ from controller.snapshot_parts import ChangeLog, decode_part, encode_part, merge
 from controller.snapshot_store import (
     PartRow,
     SnapshotStore,
-    _read_blob,
+    _read_blobs,
     chunk_table,
     compaction_plan,
+    docs_table,
     head_table,
     legacy_table,
     part_table,
@@ -65,7 +66,7 @@ def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
 def parts(snaps: SnapshotStore) -> list[Any]:
     with snaps.engine.connect() as conn:
         rows = conn.execute(sa.select(part_table).order_by(part_table.c.first)).all()
-        return [decode_part(_read_blob(conn, "t", r)) for r in rows]
+        return [decode_part(_read_blobs(conn, "t", r)) for r in rows]
 
 
 @pytest.fixture
@@ -732,3 +733,78 @@ def test_with_background_snapshots_the_follower_folds_while_a_part_is_written(
     # On the way out the follower writes a last part: everything it folded is in the chain.
     loaded = SnapshotStore(tmp_path / "snap.db").load("t")
     assert loaded is not None and loaded.state == r.state
+
+
+# --------------------------------------------------------------------------------------------
+# Version 2: proposals restored from columns, their evidence read when first needed
+
+
+def test_a_restart_reads_no_evidence_until_a_proposal_is_read(tmp_path: Path) -> None:
+    h, store, _snaps = _chain(tmp_path)
+    reads: list[int] = []
+
+    class Counting(SnapshotStore):
+        def _docs_loader(self, source: str, first: int) -> Any:
+            load = super()._docs_loader(source, first)
+
+            def counted() -> bytes:
+                reads.append(first)
+                return load()
+
+            return counted
+
+    fresh = Replayer(store, snapshots=Counting(tmp_path / "snap.db"), source="t")
+    assert fresh.load_snapshot()
+    assert reads == []
+    assert fresh.state == fold(h.core.entries or [])  # reads every proposal's evidence
+    assert sorted(reads) == sorted(set(reads)) and reads  # each part's once
+
+
+def test_damaged_evidence_stops_the_reader_and_drops_the_snapshot(tmp_path: Path) -> None:
+    h, store, snaps = _chain(tmp_path)
+    with snaps.engine.begin() as conn:
+        (first, data) = conn.execute(
+            sa.select(docs_table.c.first, docs_table.c.data).order_by(docs_table.c.first)
+        ).first()
+        flipped = bytes([data[0] ^ 1]) + bytes(data[1:])
+        conn.execute(docs_table.update().where(docs_table.c.first == first).values(data=flipped))
+    fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert fresh.load_snapshot()  # the evidence is not read at load
+    with pytest.raises(SnapshotError, match="evidence damaged"):
+        for p in fresh.state.ledger.proposals.values():
+            _ = p.proposal
+    restarted = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert not restarted.load_snapshot()  # the head was dropped: the log is replayed
+    restarted.catch_up()
+    assert restarted.state == fold(h.core.entries or [])
+
+
+@pytest.mark.usefixtures("small_thresholds")
+def test_parts_merged_after_a_restart_keep_the_evidence_of_unread_proposals(
+    tmp_path: Path,
+) -> None:
+    h, _ = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    r = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db", background=False), source="t")
+    r.catch_up()
+    r.snapshot()
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    fresh = Replayer(store, snapshots=snaps, source="t")
+    assert fresh.load_snapshot()  # nothing of the evidence read yet
+    restored = list(fresh.state.ledger.proposals.values())
+    merged_before = snaps.compactions
+    for i in range(h.core.size // 2):  # parts enough for a new base: the old one is deleted
+        size = h.core.size
+        # New proposals: nothing restored is read (a health report would read its proposal).
+        h.ok(h.flow.propose(f"registry.example/model-server:n{i}", deployment="fifth"))
+        write_log(h, store, start=size)
+        fresh.catch_up()
+        assert fresh.snapshot()
+    assert snaps.compactions > merged_before
+    base = parts(snaps)[0]
+    assert base.size_before == 0 and base.last > 1  # a new base: part 1's rows are gone
+    assert all(set(p.__dict__) == {"_p", "_k"} for p in restored)  # still unread
+    assert fresh.state == fold(h.core.entries or [])  # every proposal's evidence, still there
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fresh.state
