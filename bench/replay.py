@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         index = TargetIndex()
         holds: list[float] = []
         start = time.perf_counter()
+        snapshots.read_evidence("bench")  # as the runtime does, without the fold lock
+        report.add(
+            "first reconcile after the restart: evidence read (no lock)",
+            time.perf_counter() - start,
+            "s",
+        )
+        start = time.perf_counter()
         while True:
             with warm.lock:
                 began = time.perf_counter()
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             if done:
                 break
         report.add(
-            "first reconcile after the restart: target index, total",
+            "  then the target index, total (a chunk per hold)",
             time.perf_counter() - start,
             "s",
         )
@@ -264,9 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         with warm.lock:
             actions = plan(warm.state, observed, int(time.time() * 1000), index=index)
         report.add(
-            "  plan, every target observed (fold lock held)",
+            "  first plan, every target observed (fold lock held)",
             1000 * (time.perf_counter() - start),
             "ms",
+        )
+        start = time.perf_counter()
+        with warm.lock:
+            actions = plan(warm.state, observed, int(time.time() * 1000), index=index)
+        report.add(
+            "  next plan (fold lock held)",
+            1000 * (time.perf_counter() - start),
+            "ms",
+            "< 50 ms",
+            time.perf_counter() - start < 0.05,
         )
         holds = []
         start = time.perf_counter()

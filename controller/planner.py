@@ -417,6 +417,25 @@ class _InOrder:
         return (proposals[h] for h in self.hashes)
 
 
+def _latest_step(
+    stepped: list[ProposalState], last_seq: Mapping[bytes, int]
+) -> ProposalState | None:
+    """The proposal whose last step is the latest (each entry names one proposal, so there is
+    one), reading the steps of as few as it can: the seq of the last entry naming a proposal
+    (`last_seq`) bounds its last step's, so they are tried from the latest named down, until
+    the next cannot beat the best found. After a restart each try decodes evidence."""
+    unknown = 1 << 62  # a proposal last_seq does not know: tried first, never skipped
+    best: ProposalState | None = None
+    best_seq = -1
+    for p in sorted(stepped, key=lambda p: last_seq.get(p.entry_hash, unknown), reverse=True):
+        if last_seq.get(p.entry_hash, unknown) < best_seq:
+            break
+        seq = p.steps[-1].seq
+        if seq > best_seq:
+            best, best_seq = p, seq
+    return best
+
+
 def _hash_of(hex_hash: str) -> bytes | None:
     """The entry hash a canary's annotation names (lowercase hex, as written), or None."""
     try:
@@ -1058,10 +1077,9 @@ class _Target:
         """
         stable = self.obs.stable
         assert stable is not None
-        ended = stepped
-        if not ended:
+        last = _latest_step(stepped, self.state.last_seq)
+        if last is None:
             return []
-        last = max(ended, key=lambda p: p.steps[-1].seq)
         cur, record = last.current, self.state.rollouts.get(last.entry_hash)
         if last.phase != "PROMOTED" or cur is None or record is None:
             return []

@@ -331,7 +331,10 @@ class Controller:
 
     def _index_targets(self) -> None:
         """Bring the target index up to date, TARGET_CHUNK proposals per hold of the lock (the
-        first plan after a restart reads every restored proposal's target)."""
+        first plan after a restart reads every restored proposal's target), after the evidence
+        of the restored proposals is read without the lock (the plan reads some of it)."""
+        if self.replayer.snapshots is not None:
+            self.replayer.snapshots.read_evidence(self.replayer.source)
         while True:
             with self.replayer.lock:
                 if self._targets.update(self.replayer.state, TARGET_CHUNK):

@@ -123,6 +123,10 @@ class ProposalRow:
     at: int
     lengths: tuple[int, ...]
     rollout: Any  # the encoded RolloutRecord, or None
+    # The proposal's target (namespace, deployment): a column in version 2, so that a restart
+    # knows which proposals name which target without decoding their evidence; None in rows
+    # read from version 1.
+    target: tuple[str, str] | None = None
 
     def evidence(self) -> bytes:
         return self.docs[self.at : self.at + sum(self.lengths)]
@@ -345,7 +349,10 @@ def _row(p: ProposalState, stamp: int | None, rollout: RolloutRecord | None) -> 
         docs, at, lengths = b"".join(parts), 0, tuple(len(x) for x in parts)
     if len(p.entry_hash) != HASH_SIZE:
         raise SnapshotError(f"proposal hash is {len(p.entry_hash)} bytes, expected {HASH_SIZE}")
+    known = getattr(type(p), "known_target", None)  # from columns, without the evidence
+    target = known(p) if known is not None else p.proposal.target
     return ProposalRow(
+        target=(target.namespace, target.deployment),
         entry_hash=p.entry_hash,
         seq=p.seq,
         decision_floor=p.decision_floor,
@@ -561,6 +568,11 @@ def encode_part(part: Part) -> PartBlobs:
         ints.extend((r.seq, r.decision_floor, r.stamp, at, *r.lengths))
         name_idx.append(names.setdefault(r.proposer, len(names)))
         name_idx.append(names.setdefault(r.policy_id, len(names)))
+        if part.index_rows is not None:  # version 2: the target too
+            if r.target is None:
+                raise SnapshotError(f"proposal {r.entry_hash.hex()} without its target")
+            name_idx.append(names.setdefault(r.target[0], len(names)))
+            name_idx.append(names.setdefault(r.target[1], len(names)))
         docs.append(doc)
         at += len(doc)
     if sys.byteorder != "little":
@@ -676,7 +688,10 @@ class Columns:
     hashes: bytes  # count * 32
     ints: list[int]  # count * PER_ROW: seq, decision floor, stamp, evidence offset, lengths
     names: list[str]
-    name_idx: list[int]  # count * 2: proposer, policy id
+    name_idx: list[
+        int
+    ]  # count * NAMES_PER_ROW: proposer, policy id (version 2: namespace, deployment)
+    names_per_row: int
     rollouts: list[Any]  # count: the encoded RolloutRecord or None
     docs: bytes  # version 1: the evidence; version 2: empty (it is apart)
 
@@ -751,7 +766,12 @@ def _columns(sections: list[bytes]) -> Columns:
             raise SnapshotError(f"part {name} adds {count} entries, expected {size - size_before}")
     count, rest = divmod(len(hashes), HASH_SIZE)
     per_row = PER_ROW
-    if rest or len(prop_ints) != count * per_row * 8 or len(prop_name_idx) != count * 2 * 4:
+    names_per_row = 2 if index_rows is None else 4
+    if (
+        rest
+        or len(prop_ints) != count * per_row * 8
+        or len(prop_name_idx) != count * names_per_row * 4
+    ):
         raise SnapshotError(
             f"part proposal columns of {len(hashes)}, {len(prop_ints)} and "
             f"{len(prop_name_idx)} bytes do not describe {count} proposals"
@@ -784,6 +804,7 @@ def _columns(sections: list[bytes]) -> Columns:
         ints=ints_array.tolist(),
         names=names,
         name_idx=idx_array.tolist(),
+        names_per_row=names_per_row,
         rollouts=rollouts,
         docs=docs,
     )
@@ -805,6 +826,7 @@ def _decode_sections(sections: list[bytes], docs_apart: bytes) -> Part:
         cols.rollouts,
     )
     first, last, size_before, size = cols.first, cols.last, cols.size_before, cols.size
+    npr = cols.names_per_row
     meta, ledger, index_rows, indexes = cols.meta, cols.ledger, cols.index_rows, cols.indexes
     rows = []
     for k in range(count):
@@ -825,12 +847,13 @@ def _decode_sections(sections: list[bytes], docs_apart: bytes) -> Part:
                 seq=seq,
                 decision_floor=floor,
                 stamp=stamp,
-                proposer=names[idx[2 * k]],
-                policy_id=names[idx[2 * k + 1]],
+                proposer=names[idx[npr * k]],
+                policy_id=names[idx[npr * k + 1]],
                 docs=docs,
                 at=at,
                 lengths=lengths,
                 rollout=rollouts[k],
+                target=(names[idx[npr * k + 2]], names[idx[npr * k + 3]]) if npr == 4 else None,
             )
         )
     return Part(

@@ -48,11 +48,12 @@ from controller.snapshot_parts import (
     part_sections,
 )
 from controller.state import ControllerState, RolloutRecord
-from ledger.formats import HASH_SIZE
+from ledger.formats import HASH_SIZE, Target
 from ledger.state import LedgerState, ProposalState
 
-# Proposals per decoding window of `proposal` and `steps` (see controller.snapshot).
-WINDOW = 1024
+# Rows per decoding window of `proposal` and `steps`: the views read them for every proposal
+# (256 per hold of the fold lock), the planner for a few (the latest step of each target).
+WINDOW = 64
 
 
 class LazyDocs:
@@ -110,8 +111,12 @@ class RestoredPart:
         if name == "decision_floor":
             return cols.ints[o + 1]
         if name == "proposer":
-            return cols.names[cols.name_idx[2 * k]]
-        return cols.names[cols.name_idx[2 * k + 1]]  # policy_id
+            return cols.names[cols.name_idx[4 * k]]
+        return cols.names[cols.name_idx[4 * k + 1]]  # policy_id
+
+    def target(self, k: int) -> Target:
+        cols = self.cols
+        return Target(cols.names[cols.name_idx[4 * k + 2]], cols.names[cols.name_idx[4 * k + 3]])
 
     def stamp(self, k: int) -> int | None:
         stamp = self.cols.ints[k * PER_ROW + 2]
@@ -180,6 +185,11 @@ class ColumnProposal(StoredProposal):
             value = part.lazy(i, d["_k"])
         d[name] = value
         return value
+
+    def known_target(self) -> Target:
+        """The target, from the columns (the evidence holds it too, and is not read)."""
+        d = self.__dict__
+        return d["_p"].target(d["_k"])  # type: ignore[no-any-return]
 
     def kept_evidence(self, stamp: int | None) -> tuple[bytes, int, tuple[int, ...]] | None:
         """The evidence as stored, if nothing was folded into the proposal since (`stamp` is

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 from controller.state import ControllerState
 from ledger.formats import Target
+from ledger.state import ProposalState
 
 
 class TargetIndex:
@@ -52,7 +53,7 @@ class TargetIndex:
         if self._seen < total:
             stop = total if limit is None else min(total, self._seen + limit)
             for p in itertools.islice(proposals.values(), self._seen, stop):
-                _insert(self._hashes, self._seqs, p.proposal.target, p.entry_hash, p.seq)
+                _insert(self._hashes, self._seqs, _target(p), p.entry_hash, p.seq)
             self._seen = stop
             if stop < total:
                 return False
@@ -63,7 +64,7 @@ class TargetIndex:
             self._stepped, self._stepped_seqs = {}, {}
         for h in itertools.islice(records, self._stepped_seen, None):
             p = proposals[h]
-            _insert(self._stepped, self._stepped_seqs, p.proposal.target, h, p.seq)
+            _insert(self._stepped, self._stepped_seqs, _target(p), h, p.seq)
         self._stepped_seen = len(records)
         return True
 
@@ -88,6 +89,13 @@ class TargetIndex:
 
     def __iter__(self) -> Iterator[Target]:
         return iter(self._hashes)
+
+
+def _target(p: ProposalState) -> Target:
+    """A proposal's target; a restored one (controller.snapshot_restore) knows it from its
+    part's columns, without decoding its evidence (5 s for every proposal at ten million)."""
+    known = getattr(type(p), "known_target", None)
+    return p.proposal.target if known is None else known(p)
 
 
 def _insert(

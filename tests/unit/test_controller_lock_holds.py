@@ -187,3 +187,59 @@ def test_a_canary_is_finished_for_the_proposal_it_names_with_or_without_the_inde
     plain = plan(state, observed, h.now)
     assert plan(state, observed, h.now, index=index) == plain
     assert any(a.__class__.__name__ == "StopCanary" for a in plain) == expect_stop
+
+
+def test_a_restored_state_is_indexed_by_target_without_reading_any_evidence(
+    tmp_path: Path,
+) -> None:
+    h, _ = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    r = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db", background=False), source="t")
+    r.catch_up()
+    r.snapshot()
+    fresh = Replayer(store, snapshots=SnapshotStore(tmp_path / "snap.db"), source="t")
+    assert fresh.load_snapshot()
+    restored = list(fresh.state.ledger.proposals.values())
+    index = TargetIndex()
+    assert index.update(fresh.state)
+    parts = {id(p.__dict__["_p"]): p.__dict__["_p"] for p in restored}
+    assert all(part.docs._docs is None for part in parts.values())  # no evidence read
+    # The target columns say what the evidence says.
+    assert [p.known_target() for p in restored] == [p.proposal.target for p in restored]
+    assert {t: index.hashes(t) for t in index} == grouped(fold(h.core.entries or []))
+    assert stepped_of(index) == grouped(fold(h.core.entries or []), stepped=True)
+
+
+def test_the_latest_step_is_found_as_max_finds_it_reading_few_steps() -> None:
+    import random
+    from types import SimpleNamespace
+
+    from controller.planner import _latest_step
+
+    class P:
+        """A proposal with steps, counting the reads of its steps."""
+
+        def __init__(self, i: int, last: int, read: list[int]) -> None:
+            self.entry_hash = bytes([i]) * 32
+            self.last, self.read = last, read
+
+        @property
+        def steps(self) -> list[SimpleNamespace]:
+            self.read.append(self.last)
+            return [SimpleNamespace(seq=self.last)]
+
+    rng = random.Random(19)
+    for _trial in range(200):
+        seqs = rng.sample(range(10_000), rng.randint(1, 30))  # each entry names one proposal
+        read: list[int] = []
+        stepped = [P(i, s, read) for i, s in enumerate(seqs)]
+        # The last entry naming a proposal is its last step or later; some are not known.
+        last_seq = {
+            p.entry_hash: p.last + rng.choice([0, 0, 1, 50]) for p in stepped if rng.random() > 0.1
+        }
+        found = _latest_step(stepped, last_seq)  # type: ignore[arg-type]
+        assert found is max(stepped, key=lambda p: p.last)
+        if len(last_seq) == len(stepped) and len(stepped) > 10:
+            assert len(read) < len(stepped)
+    assert _latest_step([], {}) is None
