@@ -56,6 +56,8 @@ from ledger.keys import PrivateKey
 
 log = logging.getLogger("steward.controller")
 
+# The views thread rests as long as its last build took, up to this (views are for people).
+VIEWS_REST_MAX_SECONDS = 10.0
 TARGET_CHUNK = 1024  # proposals indexed per hold of the fold lock (see controller.snapshot's
 # BATCH_WINDOW: a restored proposal's target is decoded a window at a time)
 
@@ -305,11 +307,17 @@ class Controller:
             wanted = self._views_wanted
             if stop.is_set() or wanted is None:
                 continue
+            began = time.monotonic()
             try:
                 self.refresh_views(*wanted)
             except Exception:
                 log.exception("views failed; retrying on the next plan")
                 time.sleep(0.5)
+                continue
+            # Every plan asks for new views (4 a second); building them takes 2 s at a million
+            # entries (bench.replay), so without a pause this thread would hold a core, and
+            # the interpreter, for views nobody may be reading: it rests as long as it worked.
+            stop.wait(min(VIEWS_REST_MAX_SECONDS, time.monotonic() - began))
 
     def refresh_views(
         self, observed: dict[Target, ObservedTarget], actions: list[Action]
