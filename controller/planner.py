@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.state import ControllerState
-from controller.target_index import TargetIndex
+from controller.target_index import TargetIndex, latest_of
 from controller.traffic import (
     STABLE_TRACK,
     EnsureServices,
@@ -390,17 +390,20 @@ def plan(
             if not hashes:
                 continue
             everyone = _InOrder(ls.proposals, hashes)
-            stepped = [ls.proposals[h] for h in index.stepped(target)]
-            # The ledger state's own index of active rollouts (the rules keep it).
+            # The ledger state's own index of active rollouts (the rules keep it), and the
+            # index's note of the target's latest step.
             active = ls.active_rollout_on(target.namespace, target.deployment)
+            latest = index.latest_step(state, target)
         else:
             proposals = sorted(by_target.get(target, []), key=lambda p: p.seq)
             if not proposals:
                 continue
-            everyone, stepped = proposals, [p for p in proposals if p.steps]
+            stepped = [p for p in proposals if p.steps]
+            everyone = proposals
             active = next((p for p in stepped if p.phase in ACTIVE_PHASES), None)
+            latest = latest_of(stepped, state.last_seq)
         actions.extend(
-            _Target(state, target, observed[target], now_ms, cfg).plan(everyone, stepped, active)
+            _Target(state, target, observed[target], now_ms, cfg).plan(everyone, active, latest)
         )
     return actions
 
@@ -415,25 +418,6 @@ class _InOrder:
     def __iter__(self) -> Iterator[ProposalState]:
         proposals = self.proposals
         return (proposals[h] for h in self.hashes)
-
-
-def _latest_step(
-    stepped: list[ProposalState], last_seq: Mapping[bytes, int]
-) -> ProposalState | None:
-    """The proposal whose last step is the latest (each entry names one proposal, so there is
-    one), reading the steps of as few as it can: the seq of the last entry naming a proposal
-    (`last_seq`) bounds its last step's, so they are tried from the latest named down, until
-    the next cannot beat the best found. After a restart each try decodes evidence."""
-    unknown = 1 << 62  # a proposal last_seq does not know: tried first, never skipped
-    best: ProposalState | None = None
-    best_seq = -1
-    for p in sorted(stepped, key=lambda p: last_seq.get(p.entry_hash, unknown), reverse=True):
-        if last_seq.get(p.entry_hash, unknown) < best_seq:
-            break
-        seq = p.steps[-1].seq
-        if seq > best_seq:
-            best, best_seq = p, seq
-    return best
 
 
 def _hash_of(hex_hash: str) -> bytes | None:
@@ -470,11 +454,11 @@ class _Target:
     def plan(
         self,
         proposals: Iterable[ProposalState],
-        stepped: list[ProposalState],
         active: ProposalState | None,
+        latest: ProposalState | None,
     ) -> list[Action]:
-        """`proposals`: the target's, in seq order; `stepped`: those of them with steps (the
-        only ones whose phase is not PENDING), in seq order; `active`: the one rolling out."""
+        """`proposals`: the target's, in seq order; `active`: the one rolling out; `latest`:
+        the one whose last step is the target's latest (None: no proposal has steps)."""
         stops = self._unrecorded_stops(proposals)
         if self.obs.stable is None:
             return [
@@ -493,7 +477,7 @@ class _Target:
             return out
         if self.obs.canary is not None:
             return self._finish()
-        drift = self._drift_after_promotion(stepped)
+        drift = self._drift_after_promotion(latest)
         if any(not isinstance(a, Wait) for a in drift):
             return drift  # the promoted image first; a next rollout starts from it
         return [*drift, *self._maybe_start(proposals)]
@@ -1067,7 +1051,7 @@ class _Target:
 
     # -- after promotion -----------------------------------------------------------------
 
-    def _drift_after_promotion(self, stepped: list[ProposalState]) -> list[Action]:
+    def _drift_after_promotion(self, last: ProposalState | None) -> list[Action]:
         """After promotion the stable runs the candidate at N until the next rollout starts.
 
         The same definition as the auditor's drift check (audit/drift.py): a hand-set image
@@ -1077,7 +1061,6 @@ class _Target:
         """
         stable = self.obs.stable
         assert stable is not None
-        last = _latest_step(stepped, self.state.last_seq)
         if last is None:
             return []
         cur, record = last.current, self.state.rollouts.get(last.entry_hash)

@@ -172,6 +172,7 @@ class Controller:
         return out
 
     def _on_fold(self, entry: LogEntry, position: int) -> None:
+        self._targets.note(self.replayer.state, entry)  # a step: its target's latest
         for notice in self._notices(entry):
             self.notifier.offer(notice, position)
 

@@ -92,6 +92,7 @@ class Sim:
         assert entries is not None
         for e in entries[self.cs.ledger.size :]:
             assert self.cs.fold(e) is None
+            self.targets.note(self.cs, e)  # as the runtime's on_fold does
         return self.cs
 
     def observed(self) -> dict[Target, ObservedTarget]:
