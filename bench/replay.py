@@ -59,6 +59,35 @@ def _settled(state: Any, index: Any, target: Any) -> Any:
     return ObservedTarget(ObservedDeployment(4, (("server", image),), 4, 4))
 
 
+class _CollectorPauses:
+    """The garbage collector's pauses while the block runs (gc.callbacks), as (start, end,
+    generation): a pause stops every thread, inside a fold-lock hold or not, so a hold's own
+    length is told apart from the collections that fell into it."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((self._began, time.perf_counter(), info["generation"]))
+
+    def within(self, began: float, ended: float) -> float:
+        """Seconds of pauses inside [began, ended]."""
+        return sum(
+            min(e, ended) - max(b, began) for b, e, _ in self.pauses if b < ended and e > began
+        )
+
+    def __enter__(self) -> _CollectorPauses:
+        gc.callbacks.insert(0, self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def _db_mib(directory: str) -> float:
     """The snapshot database's files (the database, its write-ahead log) in MiB."""
     return sum(f.stat().st_size for f in Path(directory).glob("snapshots.db*")) / 2**20
@@ -244,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded = warm.load_snapshot()
             warm.catch_up()
             restarts.append(time.perf_counter() - start)
+            if not args.default_gc:
+                settle_heap()  # as controller.runtime does once caught up
             lookups.append(rows.lookups - before)
             if not loaded or warm.state.ledger.size != gen.events:
                 raise AssertionError("the restart did not come back from the snapshot")
@@ -299,16 +330,35 @@ def main(argv: list[str] | None = None) -> int:
             "< 50 ms",
             time.perf_counter() - start < 0.05,
         )
-        holds = []
+        view_holds: list[tuple[float, float]] = []
         start = time.perf_counter()
-        views = views_in_chunks(warm.lock, lambda: warm.state, observed, actions, held=holds)
+        with _CollectorPauses() as pauses:
+            views = views_in_chunks(
+                warm.lock, lambda: warm.state, observed, actions, held=view_holds
+            )
         report.add(
             "  views of every proposal, total (their own thread)", time.perf_counter() - start, "s"
         )
+        longest = max(e - b for b, e in view_holds)
         report.add(
-            "  views: longest fold-lock hold", 1000 * max(holds), "ms", "< 50 ms", max(holds) < 0.05
+            "  views: longest fold-lock hold", 1000 * longest, "ms", "< 50 ms", longest < 0.05
+        )
+        own = max(e - b - pauses.within(b, e) for b, e in view_holds)
+        report.add(
+            "  views: longest hold less the collector's pauses in it",
+            1000 * own,
+            "ms",
+            "< 50 ms",
+            own < 0.05,
         )
         report.add("  views (one per proposal)", len(views or ()), "")
+        report.add("  views: collector pauses meanwhile (any thread)", len(pauses.pauses), "")
+        longest_pause = max(pauses.pauses, key=lambda x: x[1] - x[0], default=(0.0, 0.0, 0))
+        report.add(
+            f"  views: longest collector pause (generation {longest_pause[2]})",
+            1000 * (longest_pause[1] - longest_pause[0]),
+            "ms",
+        )
         # The baseline, same state: what a reconcile held the lock for before (every
         # proposal's target, the plan, the views, in one hold).
         start = time.perf_counter()

@@ -138,14 +138,15 @@ def views_in_chunks(
     actions: Iterable[Action],
     *,
     chunk: int = VIEW_CHUNK,
-    held: list[float] | None = None,
+    held: list[tuple[float, float]] | None = None,
 ) -> list[RolloutView] | None:
     """`rollout_views` of the state `current()` returns, taking `lock` (the fold lock) for
     `chunk` proposals at a time, so that a fold (a kill switch) never waits for a view of every
     proposal: 0.9 s at a million entries, in one hold, before. Views of one call may come from
     states a few entries apart (they are for people; the planner never reads them). None if
     the state was replaced meanwhile (a replay from the start): the caller asks again. With
-    `held`, each hold's seconds are appended to it (for the bench)."""
+    `held`, each hold's start and end (`time.perf_counter()`) are appended to it (for the
+    bench, which tells the collector's pauses inside a hold apart)."""
     notes = ViewNotes.of(actions)
     with lock:
         state = current()
@@ -159,7 +160,7 @@ def views_in_chunks(
                 return None
             views += views_of(state, proposals[start : start + chunk], observed, notes)
             if held is not None:
-                held.append(time.perf_counter() - began)
+                held.append((began, time.perf_counter()))
     return views
 
 

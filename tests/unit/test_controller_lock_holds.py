@@ -111,7 +111,7 @@ def test_views_built_a_chunk_at_a_time_equal_the_views_built_at_once(chunk: int)
     observed = {t: ObservedTarget(ready(4, V1)) for t in index.targets()}
     actions = plan(state, observed, h.now)
     lock = threading.RLock()
-    held: list[float] = []
+    held: list[tuple[float, float]] = []
     chunked = views_in_chunks(lock, lambda: state, observed, actions, chunk=chunk, held=held)
     assert chunked == rollout_views(state, observed, actions)
     assert len(held) == -(-len(state.ledger.proposals) // chunk)  # one hold per chunk
