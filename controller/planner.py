@@ -913,7 +913,7 @@ class _Target:
             return None
         cur = p.current
         assert cur is not None
-        why = f"paused by {pause.author} at seq {pause.seq}: {pause.reason}"
+        why = pause.why()
         if not any(s.phase == "PAUSED" and s.seq > pause.seq for s in p.steps):
             event_id = pause_step_event_id(p.entry_hash, pause.entry_hash)
             return [self._record(p, cur.step, cur.weight, "PAUSED", why, event_id), *applies]

@@ -184,8 +184,12 @@ def _view(
     # A governed pause shows at once (before the controller records PAUSED), and a resumed
     # rollout is progressing again (though its last record is still the PAUSED one).
     # (The phase first: a restored proposal decodes `pause` on first use, and most have ended.)
+    last_reason = record.last_reason if record else ""
     if phase in ("STARTED", "ADVANCED") and p.pause is not None:
         display = DISPLAY_PHASES["PAUSED"]
+        # Until the PAUSED record lands, the last record says why the rollout started: the
+        # Paused condition must already say who paused it and why (what PAUSED will say).
+        last_reason = p.pause.why()
     elif phase == "PAUSED" and p.pause is None and _resumed_since_paused(p):
         display = DISPLAY_PHASES["STARTED"]
     if phase == "ROLLED_BACK" and record is not None and "kill switch" in record.last_reason:
@@ -229,7 +233,7 @@ def _view(
         canary_ready=canary.ready_replicas if canary else 0,
         kill_switch=f"{scope.kind} since seq {ls.kill_switches[scope]}" if scope else "",
         message=message,
-        last_reason=record.last_reason if record else "",
+        last_reason=last_reason,
     )
 
 

@@ -131,6 +131,10 @@ class PauseInfo:
     author: str
     reason: str
 
+    def why(self) -> str:
+        """How the controller's PAUSED record and the Paused condition say who paused and why."""
+        return f"paused by {self.author} at seq {self.seq}: {self.reason}"
+
 
 @dataclass(frozen=True)
 class ResumeInfo:

@@ -166,10 +166,14 @@ def test_a_governed_pause_shows_at_once_and_a_resume_clears_it_before_the_next_s
     assert view(sim).phase == "STARTED"
     assert table(view(sim))["Paused"] == ("True", "RolloutPaused")
     assert table(view(sim))["Progressing"] == ("False", "RolloutPaused")
+    # ... and says who paused it and why, not why it started (the last record's reason).
+    early = {c.type: c for c in desired_conditions(view(sim))}
+    assert "p99 latency up" in early["Paused"].message, early["Paused"].message
+    assert "oncall" in early["Paused"].message and "approved by" not in early["Paused"].message
     sim.run()  # the controller records PAUSED and holds
     assert view(sim).phase == "PAUSED"
     paused = {c.type: c for c in desired_conditions(view(sim))}
-    assert paused["Paused"].status == "True" and "p99 latency up" in paused["Paused"].message
+    assert paused["Paused"].status == "True" and paused["Paused"].message == early["Paused"].message
     # Resumed: progressing again at once, though the last record is PAUSED until the hold ends.
     h.ok(h.flow.resume(p))
     assert view(sim).phase == "PAUSED"
