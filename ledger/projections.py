@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
-from ledger.errors import StewardError, StoreUnavailableError
+from ledger.errors import StewardError, StoreError, StoreUnavailableError
 from ledger.formats import ZERO_HASH, LogEntry, decode_log_entry
 from ledger.projection_rows import write_entry
 from ledger.projection_schema import (
@@ -280,6 +280,13 @@ class Projector:
                 log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, retry_delay)
                 self.reset()
                 stop_event.wait(retry_delay)
+            except StoreError:
+                # Stopping: the server closes the store after setting the stop, without waiting
+                # for this thread. What is committed stays committed; the rest is projected on
+                # the next start. Not stopping, a closed or broken store is a real failure.
+                if stop_event.is_set():
+                    return
+                raise
 
     def _follow(self, stop_event: threading.Event, idle_timeout: float) -> None:
         with self._lock:

@@ -425,6 +425,39 @@ class ProjectionSuite:
         assert not thread.is_alive()
         assert dump(engine) == fresh_dump(store)
 
+    def test_a_store_closed_after_the_stop_ends_the_thread_quietly(
+        self, engine: sa.Engine, store: SQLiteLogStore
+    ) -> None:
+        """The server sets the stop, then closes the store without joining the projector (a
+        daemon thread); the follower may be inside the store when it closes. Seen in CI as an
+        unhandled StoreError in the projector thread."""
+        st = story()
+        store.append(records(st.entries))
+        projector = Projector(store, engine)
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                projector.run(stop, idle_timeout=0.5)
+            except BaseException as exc:  # what the thread would leave unhandled
+                failures.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_for(
+            "the projector to catch up",
+            lambda: projector.stored_position().next_position >= len(st.entries),
+            20,
+            every=0.05,
+        )
+        time.sleep(0.1)  # now idle inside store.follow, checking the end every 50 ms
+        stop.set()
+        store.close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert failures == []
+
     @pytest.mark.parametrize("full_replay", [False, True])
     def test_rewritten_log_is_detected_and_rebuilt(
         self, engine: sa.Engine, store: SQLiteLogStore, full_replay: bool
