@@ -47,7 +47,7 @@ from controller.planner import Action, ObservedTarget, PlannerConfig, plan
 from controller.replay import Replayer
 from controller.seams import LedgerAccess
 from controller.target_index import TargetIndex
-from controller.view import RolloutView, views_in_chunks
+from controller.view import RolloutView, ViewCache, views_in_chunks
 from ledger.clock import now_ms
 from ledger.errors import FormatError
 from ledger.formats import LogEntry, Target, decode_log_entry
@@ -125,6 +125,8 @@ class Controller:
         self._targets = TargetIndex()
         # The last plan's observations and actions, for the views thread to show.
         self._views_wanted: tuple[dict[Target, ObservedTarget], list[Action]] | None = None
+        # The views of the last pass, kept where nothing changed (every proposal, each pass).
+        self._view_cache = ViewCache()
         self._views_wake = threading.Event()
 
     # -- notifications ---------------------------------------------------------------------
@@ -327,7 +329,11 @@ class Controller:
         to the listeners and wake the mirror."""
         while True:
             views = views_in_chunks(
-                self.replayer.lock, lambda: self.replayer.state, observed, actions
+                self.replayer.lock,
+                lambda: self.replayer.state,
+                observed,
+                actions,
+                cache=self._view_cache,
             )
             if views is not None:
                 break

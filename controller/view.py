@@ -8,6 +8,7 @@ Pure: derived from the folded log, the cluster observation and the planner's las
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ def views_in_chunks(
     *,
     chunk: int = VIEW_CHUNK,
     held: list[tuple[float, float]] | None = None,
+    cache: ViewCache | None = None,
 ) -> list[RolloutView] | None:
     """`rollout_views` of the state `current()` returns, taking `lock` (the fold lock) for
     `chunk` proposals at a time, so that a fold (a kill switch) never waits for a view of every
@@ -146,11 +148,14 @@ def views_in_chunks(
     states a few entries apart (they are for people; the planner never reads them). None if
     the state was replaced meanwhile (a replay from the start): the caller asks again. With
     `held`, each hold's start and end (`time.perf_counter()`) are appended to it (for the
-    bench, which tells the collector's pauses inside a hold apart)."""
+    bench, which tells the collector's pauses inside a hold apart). With `cache` (kept from
+    one call to the next), a proposal whose inputs did not change keeps its view (ViewCache)."""
     notes = ViewNotes.of(actions)
     with lock:
         state = current()
         proposals = list(state.ledger.proposals.values())
+        if cache is not None:
+            cache.begin(state)
     proposals.sort(key=lambda p: p.seq)  # seq is set at once, even on a restored proposal
     views: list[RolloutView] = []
     for start in range(0, len(proposals), chunk):
@@ -158,10 +163,108 @@ def views_in_chunks(
             began = time.perf_counter()
             if current() is not state:
                 return None
-            views += views_of(state, proposals[start : start + chunk], observed, notes)
+            part = proposals[start : start + chunk]
+            if cache is None:
+                views += views_of(state, part, observed, notes)
+            else:
+                views += cache.views_of(state, part, observed, notes)
             if held is not None:
                 held.append((began, time.perf_counter()))
     return views
+
+
+class ViewCache:
+    """The views of the last pass, kept for the next one: a proposal whose inputs did not
+    change keeps its view object, so a pass over every proposal builds (and allocates) only
+    the views that changed. Measured (bench.replay, ten million entries): a pass built 558,905
+    views in 42.8 s, and what it allocated, all alive until the next pass, was scanned by the
+    collector's full pauses of up to 0.97 s, which stop every thread (a kill switch's fold
+    too).
+
+    A view is built from (`_view`): the proposal and its rollout record, which change only
+    with an entry that names the proposal (ControllerState.last_seq moves); the target's
+    observation (a version per target, moved when it is no longer equal); the plan's message;
+    and what all proposals share, the kill switches and the policies. A change of those
+    shared inputs (rare: an engagement, a release, a new policy) drops every kept view; the
+    kill switches are compared at each chunk, so an engagement shows in the pass that sees it
+    folded. Held to `views_of` by equivalence tests (tests/unit/test_view_cache.py)."""
+
+    def __init__(self) -> None:
+        self._state: weakref.ref[ControllerState] | None = None
+        self._kills: tuple[tuple[Any, int], ...] = ()
+        self._policies: tuple[tuple[str, int], ...] = ()
+        self._observed: dict[Target, tuple[ObservedTarget | None, int]] = {}
+        self._next_version = 0
+        # proposal -> (last seq, observation version, message), and its view: apart, so that
+        # the stamps (ints and a string) are tuples the collector stops tracking.
+        self._stamps: dict[bytes, tuple[int, int, str]] = {}
+        self._views: dict[bytes, RolloutView] = {}
+        self.built = 0  # views built (not kept) since the cache was made
+        self.kept = 0
+
+    def begin(self, state: ControllerState) -> None:
+        """At the start of a pass (fold lock held): forget everything if the state was
+        replaced or the policies changed."""
+        ls = state.ledger
+        policies = tuple((pid, info.seq) for pid, info in ls.policies.items())
+        kept_state = self._state() if self._state is not None else None
+        if kept_state is not state or policies != self._policies:
+            self._forget()
+            self._state = weakref.ref(state)
+            self._policies = policies
+        self._check_kill_switches(state)
+
+    def _forget(self) -> None:
+        self._stamps.clear()
+        self._views.clear()
+        self._observed.clear()
+
+    def _check_kill_switches(self, state: ControllerState) -> None:
+        kills = tuple(state.ledger.kill_switches.items())
+        if kills != self._kills:
+            self._stamps.clear()
+            self._views.clear()
+            self._kills = kills
+
+    def _version(self, target: Target, obs: ObservedTarget | None) -> int:
+        """The observation's version for `target`: the same while it stays equal."""
+        kept = self._observed.get(target)
+        if kept is not None and (kept[0] is obs or kept[0] == obs):
+            if kept[0] is not obs:
+                self._observed[target] = (obs, kept[1])  # the next lookups compare identity
+            return kept[1]
+        self._next_version += 1
+        self._observed[target] = (obs, self._next_version)
+        return self._next_version
+
+    def views_of(
+        self,
+        state: ControllerState,
+        proposals: Iterable[ProposalState],
+        observed: Mapping[Target, ObservedTarget],
+        notes: ViewNotes,
+    ) -> list[RolloutView]:
+        """What `views_of` returns for `proposals`, from the kept views where nothing changed
+        (fold lock held)."""
+        self._check_kill_switches(state)
+        last_seq = state.last_seq
+        views = []
+        for p in proposals:
+            h = p.entry_hash
+            t = p.proposal.target
+            obs = observed.get(t)
+            message = notes.notes.get(h) or notes.stopping.get((t.namespace, t.deployment)) or ""
+            stamp = (last_seq.get(h, p.seq), self._version(t, obs), message)
+            if self._stamps.get(h) == stamp:
+                views.append(self._views[h])
+                self.kept += 1
+                continue
+            view = _view(state, p, obs, message)
+            self._stamps[h] = stamp
+            self._views[h] = view
+            self.built += 1
+            views.append(view)
+        return views
 
 
 def _resumed_since_paused(p: ProposalState) -> bool:
