@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             checker=checker,
         )
         if not args.default_gc:
-            from ledger.heap import settle_heap, tune_collector
+            from ledger.heap import settle_heap, settling_collector, tune_collector
 
             tune_collector()  # as steward-controller does around its replay (controller.runtime)
         seconds, raw_rate, read = raw.around(cold.catch_up)
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             warm.catch_up()
             restarts.append(time.perf_counter() - start)
             if not args.default_gc:
-                settle_heap()  # as controller.runtime does once caught up
+                settle_heap()  # as controller.runtime does once caught up,
+                settling_collector()  # until its first views pass is built
             lookups.append(rows.lookups - before)
             if not loaded or warm.state.ledger.size != gen.events:
                 raise AssertionError("the restart did not come back from the snapshot")
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             views = views_in_chunks(
                 warm.lock, lambda: warm.state, observed, actions, held=view_holds, cache=cache
             )
+        if not args.default_gc:
+            tune_collector()  # as the runtime does after its first views pass
         report.add(
             "  views of every proposal, total (their own thread)", time.perf_counter() - start, "s"
         )

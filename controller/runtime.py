@@ -51,7 +51,7 @@ from controller.view import RolloutView, ViewCache, views_in_chunks
 from ledger.clock import now_ms
 from ledger.errors import FormatError
 from ledger.formats import LogEntry, Target, decode_log_entry
-from ledger.heap import settle_heap, tune_collector
+from ledger.heap import settle_heap, settling_collector, tune_collector
 from ledger.keys import PrivateKey
 
 log = logging.getLogger("steward.controller")
@@ -127,6 +127,7 @@ class Controller:
         self._views_wanted: tuple[dict[Target, ObservedTarget], list[Action]] | None = None
         # The views of the last pass, kept where nothing changed (every proposal, each pass).
         self._view_cache = ViewCache()
+        self._views_settled = False
         self._views_wake = threading.Event()
 
     # -- notifications ---------------------------------------------------------------------
@@ -247,6 +248,10 @@ class Controller:
         self.replayer.catch_up()
         if self.config.settle_heap:
             settle_heap()
+            # Until the first views pass is built: it decodes every restored proposal and
+            # builds every view, long-lived objects that small collections scan a batch at a
+            # time (ledger.heap; a 965 ms pause at ten million entries otherwise).
+            settling_collector()
         st = self.replayer.state
         # A first start notifies from here on, not the whole history.
         self.notifier.arm(Position(st.ledger.size - 1, self.replayer.last_position))
@@ -317,6 +322,9 @@ class Controller:
                 log.exception("views failed; retrying on the next plan")
                 time.sleep(0.5)
                 continue
+            if self.config.settle_heap and not self._views_settled:
+                tune_collector()  # the first pass is built: back to the steady thresholds
+                self._views_settled = True
             # Every plan asks for new views (4 a second); building them takes 2 s at a million
             # entries (bench.replay), so without a pause this thread would hold a core, and
             # the interpreter, for views nobody may be reading: it rests as long as it worked.

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger.heap import _freeze_after_full_collection, settle_heap
+from ledger.heap import (
+    SETTLING_THRESHOLDS,
+    _freeze_after_full_collection,
+    settle_heap,
+    settling_collector,
+    tune_collector,
+)
 
 
 @pytest.fixture
@@ -51,3 +57,35 @@ def test_settle_heap_freezes_the_loaded_state_and_still_collects_new_cycles(
     more = [Node() for _ in range(1000)]
     gc.collect(2)
     assert gc.get_freeze_count() >= frozen + len(more)
+
+
+def test_settling_collects_in_small_batches_and_freezes_them_then_tunes_back(
+    restore_gc: None,
+) -> None:
+    settle_heap()
+    settling_collector()
+    assert gc.get_threshold() == SETTLING_THRESHOLDS
+    pauses: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            pauses.append(gc.get_freeze_count())
+
+    gc.callbacks.append(count)
+    try:
+        # Long-lived state built after the load: each full collection sees a batch of it.
+        built = [[i] for i in range(400_000)]
+    finally:
+        gc.callbacks.remove(count)
+    assert len(pauses) >= 2, "full collections came in small batches"
+    assert gc.get_freeze_count() >= len(built) // 2  # and what survived them is frozen
+    # A garbage cycle made meanwhile is still collected.
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    del a, b
+    gc.collect(0)
+    assert alive() is None
+    tune_collector()
+    assert gc.get_threshold() == (50_000, 2, 10)
+    assert gc.callbacks.count(_freeze_after_full_collection) == 1
