@@ -214,6 +214,90 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
     return 0
 
 
+def _serve_bare(port_file: str) -> int:
+    """The baseline of a unary Append: a gRPC server built as ledger.server builds its own (the
+    same thread pool, the same options), whose Append method does nothing (no interceptor, no
+    decoding), until SIGTERM. What is left of a unary call's server CPU is gRPC's own."""
+    import grpc
+
+    from ledger.server import LedgerServerConfig
+
+    config = LedgerServerConfig(store=":memory:", checkpoint_key="unused")
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.max_streams + config.unary_workers),
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
+        ],
+    )
+    receipt = b"\x08" + b"\x01" * 120  # about a Receipt's size; never parsed
+
+    def append(_request: bytes, _context: Any) -> bytes:
+        return receipt
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "steward.v1.LedgerService",
+                {"Append": grpc.unary_unary_rpc_method_handler(append)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(port_file)
+    done.wait()
+    server.stop(1).wait()
+    return 0
+
+
+class _BareClient:
+    """Sends each event as the AppendRequest a LedgerClient sends, to the bare server."""
+
+    def __init__(self, address: str) -> None:
+        import grpc
+
+        self.channel = grpc.insecure_channel(address)
+        self._append = self.channel.unary_unary("/steward.v1.LedgerService/Append")
+
+    def append(self, event: bytes) -> None:
+        from steward.v1 import ledger_pb2
+
+        self._append(ledger_pb2.AppendRequest(signed_event=event).SerializeToString(), timeout=120)
+
+
+def bare_grpc_unary(workdir: Path, events: list[bytes], rate: float) -> float | None:
+    """Server CPU seconds per unary call of the bare server, offered as the unary phase is."""
+    port_file = workdir / f"port-bare-{uuid.uuid4().hex[:8]}"
+    child = start_python(
+        ["-m", "bench.ingest", "--serve-bare", "--port-file", str(port_file)],
+        workdir / "bare-server.log",
+        name="the bare gRPC server",
+        append=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        port = wait_for_port_file(port_file, 60, child=child)
+        server = ServerProcess(child, f"127.0.0.1:{port}", None)
+        client = _BareClient(server.address)
+        try:
+            _open_loop(client, events[: max(1, len(events) // 4)], rate)  # warm the channel
+            cpu = server.cpu_seconds()
+            _open_loop(client, events, rate)
+            used = _used(cpu, server.cpu_seconds())
+        finally:
+            client.channel.close()
+        return None if used is None else used / len(events)
+    finally:
+        child.stop(grace=30)
+
+
 class ServerProcess:
     """A started ledger server subprocess: its address, and its profile if it keeps one."""
 
@@ -378,7 +462,8 @@ def run_backend(
     rate: float,
     profile: Path | None = None,
     warmup_n: int = 0,
-) -> float:
+) -> tuple[float, float | None]:
+    """Events/s through AppendStream, and the server's CPU seconds per unary Append."""
     from ledger.client import LedgerClient
     from ledger.core import Receipt
     from ledger.scenario import Cast, Flow
@@ -446,7 +531,8 @@ def run_backend(
                 f"{name}: server CPU per event, unary Append", unary_cpu / unary_n * 1e6, "µs"
             )
         report.params[f"{name}_entries"] = client.head().size
-    return rate_stream
+    unary_per_event = None if unary_cpu is None else unary_cpu / unary_n
+    return rate_stream, unary_per_event
 
 
 def _used(before: float | None, after: float | None) -> float | None:
@@ -568,9 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", help=argparse_hidden())
     p.add_argument("--port-file", help=argparse_hidden())
     p.add_argument("--profile-out", help=argparse_hidden())
+    p.add_argument("--serve-bare", action="store_true", help=argparse_hidden())
     args = p.parse_args(argv)
     if args.serve:
         return _serve(args.serve, args.key, args.port_file, args.profile_out)
+    if args.serve_bare:
+        return _serve_bare(args.port_file)
     stream_n = 600 if args.smoke else args.events
     warmup_n = 100 if args.smoke else max(0, args.warmup)
     unary_n = 50 if args.smoke else args.unary
@@ -590,12 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         from kafka.record import util as kafka_record_util
 
         report.params["kafka_crc32c"] = "C" if kafka_record_util.crc32c_c is not None else "Python"
+    unary_cpu: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmp:
         workdir = Path(tmp)
         if "kafka" in backends:
             with kafka(args.bootstrap) as bootstrap:
                 topic = f"steward-bench-{uuid.uuid4().hex[:10]}"
-                rate = run_backend(
+                rate, unary_cpu["kafka"] = run_backend(
                     report,
                     "kafka",
                     f"kafka:{bootstrap}/{topic}",
@@ -624,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kafka: AppendStream / raw confluent-kafka transactional", rate / rd_txn, "x"
                 )
         if "sqlite" in backends:
-            run_backend(
+            _rate, unary_cpu["sqlite"] = run_backend(
                 report,
                 "sqlite",
                 f"sqlite:{workdir / 'ledger.db'}",
@@ -635,6 +725,23 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile,
                 warmup_n,
             )
+        # The baseline of a unary Append's CPU: the same calls, same rate, to a gRPC server
+        # whose Append does nothing. Issue #19 asks <= 300 µs a call of the whole path.
+        from ledger.scenario import Cast, Flow
+
+        flow = Flow(Cast.create(), ledger="bench-bare", origin="steward.dev/ledger/bench-bare")
+        bare = bare_grpc_unary(workdir, _events(flow, [b"\x00" * 32] * 4, unary_n), args.rate)
+        if bare is not None:
+            report.add(
+                f"bare gRPC unary call (no-op handler) @ {args.rate:.0f}/s: server CPU",
+                bare * 1e6,
+                "µs",
+            )
+            for name, per_event in unary_cpu.items():
+                if per_event is not None:
+                    report.add(
+                        f"{name}: unary Append CPU / bare gRPC unary call", per_event / bare, "x"
+                    )
     report.emit()
     return 0
 

@@ -35,6 +35,7 @@ EXPECTED: dict[str, list[str]] = {
         "snapshot write (capture + encode + commit), p50",
         "part write p50 / whole-state encode",
         "restart from snapshot (median)",
+        "  next views pass: views built again",
     ],
     "memory": [
         "resident after start",
@@ -52,6 +53,7 @@ EXPECTED: dict[str, list[str]] = {
         "kafka: AppendStream / raw producer",
         "sqlite: AppendStream (full verification)",
         "sqlite: unary Append p99 @ 500/s",
+        "bare gRPC unary call (no-op handler) @ 500/s: server CPU",
     ],
     "checkpoints": [
         "load: AppendStream",
