@@ -35,6 +35,7 @@ from controller.snapshot_parts import (
     encode_capture,
     prepare_step,
     rebase,
+    release_base,
     tracked,
 )
 from controller.snapshot_store import Snapshot, SnapshotStore
@@ -183,6 +184,8 @@ class Replayer:
             rows = store.index_rows(self.source) if taken.rows else None
             with self.lock:
                 after_write(self.state, taken, rows)
+            if taken.full:
+                release_base(taken)  # a piece at a time: freed at once, no thread would run
             self.last_part_bytes = blob.size
             self._last_snapshot = time.monotonic()
             self._last_snapshot_cost = self._last_snapshot - started

@@ -367,24 +367,70 @@ def _row(p: ProposalState, stamp: int | None, rollout: RolloutRecord | None) -> 
 
 
 def _packed(items: Mapping[bytes, Any], spec: _IndexSpec) -> tuple[bytes, bytes]:
-    """Sorted keys and their values, packed. Keys sorted alone and values looked up, seqs
-    through one array rather than a call per value: for a million additions 0.9 s, where
-    sorting (key, value) pairs and a call per value took 1.7 s (bench.replay, 1M base)."""
+    """Sorted keys and their values, packed (the version-1 sections)."""
+    keys, values, _count = _packed_runs(items, items.get, {}, spec)
+    return b"".join(keys), b"".join(values)
+
+
+# A base's index keys (ten million 16- and 32-byte hashes at ten million entries, per index)
+# were put in order by one `sorted()`, which holds the interpreter from start to end: no other
+# thread ran meanwhile, a kill switch's fold included (bench.replay: 972 ms at a million
+# entries, on a busy minute). By the first byte into 256 buckets, each sorted apart, the
+# interpreter changes hands between them, and the order is the same (bytes compare byte by
+# byte, so the first byte orders the buckets). Keys are hashes: the buckets are even.
+KEY_BUCKETS = 256
+
+
+def _in_key_order(keys: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """`keys` sorted, as consecutive runs (one per first byte)."""
+    buckets: list[list[bytes]] = [[] for _ in range(KEY_BUCKETS)]
+    try:
+        for k in keys:
+            buckets[k[0]].append(k)
+    except IndexError:
+        raise SnapshotError("an index key is empty") from None
+    for i, run in enumerate(buckets):
+        if run:
+            buckets[i] = []  # each run is freed once used, not all at the end
+            run.sort()
+            yield run
+
+
+def _packed_runs(
+    keys: Iterable[bytes],
+    get: Callable[[bytes], Any],
+    added: Mapping[bytes, Any],
+    spec: _IndexSpec,
+) -> tuple[list[bytes], list[bytes], int]:
+    """The keys in order and their values (`get(key)`, or `added[key]` where it gives None),
+    packed a run at a time: lists of key and value bytes, and how many. Checked: every key
+    and value has the index's width. Keys sorted alone and values looked up, seqs through one
+    array per run rather than a call per value: for a million additions 0.9 s, where sorting
+    (key, value) pairs and a call per value took 1.7 s (bench.replay, 1M base)."""
     name, kw, vw, _dec, enc = spec
-    ordered = sorted(items)
-    keys = b"".join(ordered)
-    if len(keys) != kw * len(ordered):
-        raise SnapshotError(f"an {name} key is not {kw} bytes")
-    if enc is seq_encode:
-        seqs = array.array("Q", [items[k] for k in ordered])
-        if sys.byteorder != "little":
-            seqs.byteswap()
-        values = seqs.tobytes()
-    else:
-        values = b"".join([enc(items[k]) for k in ordered])
-    if len(values) != vw * len(ordered):
-        raise SnapshotError(f"an {name} value is not {vw} bytes")
-    return keys, values
+    key_runs: list[bytes] = []
+    value_runs: list[bytes] = []
+    count = 0
+    for run in _in_key_order(keys):
+        values = [get(k) for k in run]
+        if added:
+            values = [v if v is not None else added[k] for k, v in zip(run, values, strict=True)]
+        packed = b"".join(run)
+        if len(packed) != kw * len(run):
+            raise SnapshotError(f"an {name} key is not {kw} bytes")
+        if enc is seq_encode:
+            seqs = array.array("Q", values)
+            if sys.byteorder != "little":
+                seqs.byteswap()
+            packed_values = seqs.tobytes()
+        else:
+            packed_values = b"".join([enc(v) for v in values])
+        if len(packed_values) != vw * len(run):
+            raise SnapshotError(f"an {name} value is not {vw} bytes")
+        key_runs.append(packed)
+        value_runs.append(packed_values)
+        count += len(run)
+    return key_runs, value_runs, count
 
 
 def _pairs(keys: bytes, values: bytes, kw: int, vw: int) -> Iterator[tuple[bytes, bytes]]:
@@ -392,27 +438,63 @@ def _pairs(keys: bytes, values: bytes, kw: int, vw: int) -> Iterator[tuple[bytes
         yield keys[i * kw : i * kw + kw], values[i * vw : i * vw + vw]
 
 
+def _run_pairs(
+    keys: list[bytes], values: list[bytes], kw: int, vw: int
+) -> Iterator[tuple[bytes, bytes]]:
+    for k, v in zip(keys, values, strict=True):
+        yield from _pairs(k, v, kw, vw)
+
+
+def release_base(c: Capture) -> None:
+    """Empty what a written base captured, an entry at a time (after `after_write`, outside
+    the fold lock). Dropped at once, its set-aside index dicts (ten million entries each at
+    ten million entries) and its proposal rows are freed by one deallocation that holds the
+    interpreter throughout: 130 ms per five million index entries measured here, during which
+    no thread runs. Emptied in a loop, the interpreter changes hands as it goes."""
+    for additions in c.aside.values():
+        _empty(additions)
+    if isinstance(c.proposals, _Ordered):
+        _empty(c.proposals.ready)
+        _empty(c.proposals.fresh)
+        order = c.proposals.order
+        while order:
+            del order[-4096:]
+
+
+def _empty(d: dict[Any, Any]) -> None:
+    pop = d.popitem
+    for _ in range(len(d)):
+        pop()
+
+
 def encode_capture(c: Capture) -> PartBlobs:
     """The part blob of a capture (outside the fold lock), version 2: the index additions go
     to ``c.rows``, written beside the part in its transaction."""
     for spec in INDEXES:
         name, kw, vw, _dec, enc = spec
-        items = dict(c.aside.get(name, {}))
-        items.update(c.additions[name])
-        if len(items) != len(c.aside.get(name, {})) + len(c.additions[name]):
-            raise SnapshotError(f"an {name} key is added twice")
         if c.full:
             # A base: millions of rows, handed to the insert in key order (the table's B-tree
             # fills page by page) and one at a time (a list of ten million pairs per index
             # would hold gigabytes): the packed base of a chain of version 1, if any, merged
-            # with the additions, both sorted.
+            # with the additions, both sorted. The set-aside dict is read, never copied (a
+            # copy of ten million entries is one call that holds the interpreter).
+            aside = c.aside.get(name, {})
+            added = dict(c.additions[name])
+            if len(added) != len(c.additions[name]) or any(k in aside for k in added):
+                raise SnapshotError(f"an {name} key is added twice")
             base_keys, base_values = c.bases.get(name, (b"", b""))
-            keys, values = _packed(items, spec)
-            total = (len(base_keys) + len(keys)) // kw
+            key_runs, value_runs, count = _packed_runs(
+                itertools.chain(aside, added), aside.get, added, spec
+            )
+            total = len(base_keys) // kw + count
             c.rows[name] = heapq.merge(
-                _pairs(base_keys, base_values, kw, vw), _pairs(keys, values, kw, vw)
+                _pairs(base_keys, base_values, kw, vw), _run_pairs(key_runs, value_runs, kw, vw)
             )
         else:
+            items = dict(c.aside.get(name, {}))
+            items.update(c.additions[name])
+            if len(items) != len(c.aside.get(name, {})) + len(c.additions[name]):
+                raise SnapshotError(f"an {name} key is added twice")
             pairs = [(k, enc(v)) for k, v in items.items()]
             if any(len(k) != kw or len(v) != vw for k, v in pairs):
                 raise SnapshotError(f"an {name} key or value is not {kw} / {vw} bytes")

@@ -808,3 +808,80 @@ def test_parts_merged_after_a_restart_keep_the_evidence_of_unread_proposals(
     assert fresh.state == fold(h.core.entries or [])  # every proposal's evidence, still there
     loaded = SnapshotStore(tmp_path / "snap.db").load("t")
     assert loaded is not None and loaded.state == fresh.state
+
+
+# --------------------------------------------------------------------------------------------
+# A base never holds the interpreter for a whole index at once
+
+
+def test_keys_in_buckets_come_out_in_the_order_one_sort_gives() -> None:
+    import os
+
+    from controller.snapshot_parts import _in_key_order
+
+    rng_keys = [os.urandom(32) for _ in range(5000)] + [os.urandom(16) for _ in range(50)]
+    edges = [b"\x00" * 32, b"\xff" * 32, b"\x00" + b"\xff" * 31, b"\xff" + b"\x00" * 31]
+    same_first = [b"\x7f" + os.urandom(31) for _ in range(300)]  # one bucket only
+    for keys in (rng_keys + edges, same_first, [], edges):
+        runs = list(_in_key_order(iter(keys)))
+        assert [k for run in runs for k in run] == sorted(keys)
+        assert all(run for run in runs)  # no empty run
+        assert len({run[0][0] for run in runs}) == len(runs)  # one run per first byte
+    with pytest.raises(SnapshotError, match="empty"):
+        list(_in_key_order([b"\x01" * 32, b""]))
+
+
+def test_packed_runs_take_values_from_the_additions_and_check_widths() -> None:
+    import os
+
+    from controller.snapshot_parts import INDEXES, _packed_runs
+
+    spec = next(s for s in INDEXES if s[0] == "entry_seqs")
+    aside = {os.urandom(32): i for i in range(1000)}
+    added = {os.urandom(32): 5000 + i for i in range(20)}
+    keys, values, count = _packed_runs([*aside, *added], aside.get, added, spec)
+    everything = {**aside, **added}
+    assert count == len(everything)
+    packed_keys, packed_values = b"".join(keys), b"".join(values)
+    ordered = sorted(everything)
+    assert packed_keys == b"".join(ordered)
+    assert packed_values == b"".join(seq_encode(everything[k]) for k in ordered)
+    with pytest.raises(SnapshotError, match="not 32 bytes"):
+        _packed_runs([b"\x01" * 31], {b"\x01" * 31: 1}.get, {}, spec)
+
+
+def test_a_written_base_is_emptied_a_piece_at_a_time_and_the_state_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import controller.replay as replay_module
+    from controller.snapshot_parts import release_base
+
+    released: list[Any] = []
+
+    def keep(c: Any) -> None:
+        sizes = [len(d) for d in c.aside.values()]
+        release_base(c)
+        released.append((c, sizes))
+
+    monkeypatch.setattr(replay_module, "release_base", keep)
+    h, p = longer_harness()
+    store = SQLiteLogStore(tmp_path / "log.db")
+    write_log(h, store)
+    snaps = SnapshotStore(tmp_path / "snap.db", background=False)
+    r = Replayer(store, snapshots=snaps, source="t")
+    r.catch_up()
+    assert r.snapshot()
+    ((base, sizes),) = released
+    assert base.full and sum(sizes) > 0  # it held the replay's indexes, set aside
+    assert all(len(d) == 0 for d in base.aside.values())
+    assert not base.proposals.ready and not base.proposals.order
+    assert r.state == fold(h.core.entries or [])
+    # The chain goes on from it, and a restart reads it back whole.
+    size = h.core.size
+    h.ok(h.flow.health(p, 1, True))
+    write_log(h, store, start=size)
+    r.catch_up()
+    assert r.snapshot()
+    assert len(released) == 1  # a delta part is not a base
+    loaded = SnapshotStore(tmp_path / "snap.db").load("t")
+    assert loaded is not None and loaded.state == fold(h.core.entries or [])
