@@ -275,15 +275,11 @@ class _BareClient:
 def bare_grpc_unary(workdir: Path, events: list[bytes], rate: float) -> float | None:
     """Server CPU seconds per unary call of the bare server, offered as the unary phase is."""
     port_file = workdir / f"port-bare-{uuid.uuid4().hex[:8]}"
-    child = start_python(
-        ["-m", "bench.ingest", "--serve-bare", "--port-file", str(port_file)],
-        workdir / "bare-server.log",
-        name="the bare gRPC server",
-        append=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    try:
-        port = wait_for_port_file(port_file, 60, child=child)
+    args = ["-m", "bench.ingest", "--serve-bare", "--port-file", str(port_file)]
+    with _server_child(args, workdir / "bare-server.log", "the bare gRPC server", 60) as (
+        child,
+        port,
+    ):
         server = ServerProcess(child, f"127.0.0.1:{port}", None)
         client = _BareClient(server.address)
         try:
@@ -294,6 +290,18 @@ def bare_grpc_unary(workdir: Path, events: list[bytes], rate: float) -> float | 
         finally:
             client.channel.close()
         return None if used is None else used / len(events)
+
+
+@contextmanager
+def _server_child(
+    args: list[str], log: Path, name: str, timeout: float
+) -> Iterator[tuple[Child, int]]:
+    """`python ARGS` (a server mode of this module) in its own process, with the port it
+    wrote to the file named after --port-file in `args`; stopped on the way out."""
+    port_file = Path(args[args.index("--port-file") + 1])
+    child = start_python(args, log, name=name, append=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        yield child, wait_for_port_file(port_file, timeout, child=child)
     finally:
         child.stop(grace=30)
 
@@ -346,18 +354,8 @@ def ledger_server(
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
         args += ["--profile-out", str(profile)]
-    child = start_python(
-        args,
-        workdir / "server.log",
-        name="the ledger server",
-        append=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    try:
-        port = wait_for_port_file(port_file, 180, child=child)
+    with _server_child(args, workdir / "server.log", "the ledger server", 180) as (child, port):
         yield ServerProcess(child, f"127.0.0.1:{port}", profile)
-    finally:
-        child.stop(grace=30)
 
 
 # --------------------------------------------------------------------------------------------
