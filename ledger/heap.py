@@ -27,8 +27,8 @@ allocations) before it is freed.
   decodes every restored proposal): smaller generations, a full collection every second
   middle one, so that each pause scans a small batch. Then `tune_collector()` again. Measured
   with bench.replay at ten million entries: a full collection during that pass stopped every
-  thread for 965 ms with the thresholds above (a pause scans each young object's references
-  into a heap of gigabytes, 0.3-0.7 µs an object here). Not the steady state: each full
+  thread for 965 ms with the thresholds above (a pause follows each young object's references
+  into a heap of gigabytes); with these, 87.6 ms. Not the steady state: each full
   collection freezes, and freezing ten times as often would catch ten times as many cycles
   in flight.
 """
@@ -40,9 +40,9 @@ import gc
 YOUNG_THRESHOLD = 50_000
 # While settling: a young collection every 5,000 allocations, a full one every second middle
 # one (each freezes what survived). bench.replay at a million entries, the first views pass
-# after a restart (2026-12-06, one run each): with 50,000 / 2 / 10 its longest pause was a
-# 67 ms middle collection; 20,000: a 62.8 ms full one, pass 3.54 s; 10,000: 29.4 ms, 3.41 s;
-# 5,000: 14.2 ms, 3.40 s (172 pauses). Smaller batches cost no more in all: each object is
+# after a restart (2026-12-06, one run each): with 50,000 / 2 / 10 (beside a CI run) its
+# longest pause was a 67 ms middle collection; 20,000: a 62.8 ms full one, pass 3.54 s;
+# 10,000: 29.4 ms, 3.41 s; 5,000: 14.2 ms, 3.40 s (172 pauses). Smaller batches cost no more in all: each object is
 # still scanned about once per generation, and a small batch stays in the processor's cache.
 SETTLING_THRESHOLDS = (5_000, 2, 1)
 
