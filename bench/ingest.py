@@ -203,15 +203,21 @@ def _serve(store_spec: str, key_path: str, port_file: str, profile: str | None =
     tune_collector()  # as ledger.server's main does
     running = serve(LedgerServerConfig(store=store, checkpoint_key=key_path, listen="127.0.0.1:0"))
     settle_heap()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(f"{running.port}\n")
-    tmp.replace(port_file)
-    done.wait()
+    _announce_and_wait(running.port, port_file)
     running.stop()
     store.close()
     return 0
+
+
+def _announce_and_wait(port: int, port_file: str) -> None:
+    """Write `port` to `port_file` (whole or not at all: readers poll it), then wait for
+    SIGTERM: how each server mode of this bench runs."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(port_file)
+    done.wait()
 
 
 def _serve_bare(port_file: str) -> int:
@@ -247,12 +253,7 @@ def _serve_bare(port_file: str) -> int:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(port_file)
-    done.wait()
+    _announce_and_wait(port, port_file)
     server.stop(1).wait()
     return 0
 
