@@ -56,6 +56,10 @@ def is_principal_name(principal: str) -> bool:
 def text_fault(value: str, limit: int) -> str | None:
     if len(value) > limit:
         return f"{len(value)} characters, over the cap of {limit}"
+    # str.isprintable is False for every banned category (and for Zs, Co, Cn too), so a
+    # printable value needs no per-character look; this was 10% of an audit (cProfile, 200k).
+    if value.isprintable():
+        return None
     for i, c in enumerate(value):
         if unicodedata.category(c) in _BANNED:
             return f"control or invisible character U+{ord(c):04X} at position {i}"

@@ -82,10 +82,27 @@ def test_principal_name_characters(value: str, ok: bool) -> None:
         ("\x85", True),
         ("x" * 512, False),
         ("x" * 513, True),
+        # Not printable, yet allowed (Zs, Co): they take the per-character path and pass.
+        ("no\u00a0break", False),
+        ("private \ue000 use", False),
+        ("thin\u2009space then \u2028", True),
     ],
 )
 def test_text_has_no_control_character_and_a_cap(value: str, fault: bool) -> None:
     assert (names.text_fault(value, names.TEXT_MAX) is not None) is fault
+
+
+def test_every_printable_character_is_outside_the_banned_categories() -> None:
+    """text_fault's shortcut (a printable value has nothing to look for) rests on this, for
+    every code point of this Python's Unicode database."""
+    import unicodedata
+
+    wrong = [
+        hex(cp)
+        for cp in range(0x110000)
+        if chr(cp).isprintable() and unicodedata.category(chr(cp)) in names._BANNED
+    ]
+    assert wrong == []
 
 
 @pytest.mark.parametrize(
