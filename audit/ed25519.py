@@ -7,8 +7,10 @@ signatures that "verify" for some messages, so an entry signed that way is a fin
 laxer verifier would pass it. The `cryptography` package (OpenSSL) accepts a superset of what
 this accepts (tests/unit/test_ed25519_strict.py).
 
-libsodium releases the interpreter lock while it checks, and it is faster than OpenSSL's
-Ed25519 here (docs/AUDIT.md "Speed").
+Two implementations of the same rules: the auditor's native one (ed25519-dalek, built from
+native/ed25519, audit.native_ed25519) when it is installed, else libsodium. Both release the
+interpreter lock while they check; tests/unit/test_ed25519_native.py holds them to the same
+verdicts (docs/AUDIT.md "Speed").
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ from __future__ import annotations
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
+from audit import native_ed25519
+
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is `public_key`'s valid Ed25519 signature over `message`."""
+    if native_ed25519.LIBRARY is not None:
+        return native_ed25519.verify(public_key, signature, message)
+    return verify_libsodium(public_key, signature, message)
+
+
+def verify_libsodium(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """:func:`verify` through libsodium, whether or not the native verifier is installed."""
     if len(signature) != SIGNATURE_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
         return False
     try:

@@ -1,8 +1,10 @@
 """Author signatures checked in batches: the inline path and the worker processes share it.
 
 A batch (:data:`SigTask`) is flat so that it pickles as little more than the bytes themselves;
-the answer is one verdict byte per signature. This is the auditor's hot loop: it calls
-libsodium directly rather than through :func:`audit.ed25519.verify`.
+the answer is one verdict byte per signature. This is the auditor's hot loop: the whole batch
+goes to the native verifier in one call when it is installed (audit.native_ed25519), else
+libsodium is called directly, signature by signature, rather than through
+:func:`audit.ed25519.verify`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
+from audit import native_ed25519
 from audit.formats import DOMAIN_PREFIX
 
 # A worker task, flat so that it pickles as little more than the bytes themselves:
@@ -30,7 +33,8 @@ def lower_priority() -> None:
 
     The main process (decode, rules, chain, in record order) is the pipeline's one serial
     stage; with more runnable processes than cores the scheduler would otherwise take turns
-    and slow it down by the workers' share, while the workers have slack to spare.
+    and slow it down by the workers' share, while the workers have slack to spare. A worker
+    thread gets the same: on Linux, nice() applies to the calling thread alone.
     """
     try:
         os.nice(10)
@@ -45,6 +49,13 @@ def verify_chunk(task: SigTask) -> bytes:
     so the main process neither copies them nor pickles them twice. libsodium is called
     directly (audit.ed25519.verify's checks inlined): this loop runs once per signature.
     """
+    if native_ed25519.LIBRARY is not None:
+        return native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task)
+    return verify_chunk_libsodium(task)
+
+
+def verify_chunk_libsodium(task: SigTask) -> bytes:
+    """:func:`verify_chunk` through libsodium, whether or not the native verifier is installed."""
     bodies, counts, pubs, sigs = task
     out = bytearray(len(sigs))
     prefix, sign_open, bad = DOMAIN_PREFIX, crypto_sign_open, BadSignatureError
