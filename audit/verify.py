@@ -36,11 +36,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-from audit import rules, state
+from audit import native_ed25519, rules, state
 from audit.conformance import Conformance
 from audit.cosignature import cosigned_by
 from audit.ed25519 import verify as verify_ed25519
@@ -229,22 +230,38 @@ class LogVerifier:
             accept(p, ok)
 
     def _run_parallel(self, records: Iterator[bytes]) -> None:
-        """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify."""
+        """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify.
+
+        With the native verifier the workers are threads: it lets go of the interpreter lock
+        for a whole batch, so nothing is forked or pickled. Without it, libsodium is called
+        once per signature from Python, which needs the lock, so the workers are processes."""
+        if native_ed25519.LIBRARY is not None:
+            with ThreadPoolExecutor(
+                self.workers, thread_name_prefix="audit-verify", initializer=lower_priority
+            ) as threads:
+                self._pipeline(records, lambda task: threads.submit(verify_chunk, task).result)
+            return
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
         with ctx.Pool(self.workers, initializer=lower_priority) as pool:
-            inflight: deque[tuple[list[_Prepared], Any]] = deque()
-            exhausted = False
-            while not exhausted or inflight:
-                while not exhausted and len(inflight) < self.workers * DEPTH:
-                    raws = list(islice(records, CHUNK))
-                    if not raws:
-                        exhausted = True
-                        break
-                    chunk, task = self._prepare_chunk(raws)
-                    inflight.append((chunk, pool.apply_async(verify_chunk, (task,))))
-                if inflight:
-                    chunk, result = inflight.popleft()
-                    self._accept_chunk(chunk, result.get())
+            self._pipeline(records, lambda task: pool.apply_async(verify_chunk, (task,)).get)
+
+    def _pipeline(
+        self, records: Iterator[bytes], submit: Callable[[SigTask], Callable[[], bytes]]
+    ) -> None:
+        """Keeps DEPTH tasks per worker in flight; `submit` starts one and returns its wait."""
+        inflight: deque[tuple[list[_Prepared], Callable[[], bytes]]] = deque()
+        exhausted = False
+        while not exhausted or inflight:
+            while not exhausted and len(inflight) < self.workers * DEPTH:
+                raws = list(islice(records, CHUNK))
+                if not raws:
+                    exhausted = True
+                    break
+                chunk, task = self._prepare_chunk(raws)
+                inflight.append((chunk, submit(task)))
+            if inflight:
+                chunk, wait = inflight.popleft()
+                self._accept_chunk(chunk, wait())
 
     def _prepare_chunk(self, raws: list[bytes]) -> tuple[list[_Prepared], SigTask]:
         """Step 1 (decode, fingerprints) and the leaf hash of each record of a chunk; learns the

@@ -3,13 +3,15 @@
 Chunks are shrunk to a few entries so that every tampered log spans many chunks: an entry's
 verdicts must line up with it across chunk boundaries, keys granted in one chunk must serve the
 next, and the pipeline (rules of chunk k folded while workers verify chunk k+1..) must not
-reorder anything.
+reorder anything. Both kinds of worker are held to it: threads calling the native verifier,
+and processes calling libsodium (the native verifier turned off).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from audit import native_ed25519
 from audit import verify as audit_verify
 from audit.findings import Finding
 from audit.formats import DOMAIN_PREFIX
@@ -26,10 +28,41 @@ def _findings(log: Log, workers: int, since: str | None = None) -> list[Finding]
     return report.findings
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["threads, native", "processes, libsodium"])
+def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audit_verify, "CHUNK", 3)
     monkeypatch.setattr(audit_verify, "CHUNK_INLINE", 2)
+    if request.param == "processes, libsodium":
+        monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+    else:
+        assert native_ed25519.LIBRARY is not None, "run `python -m infra.native build`"
+
+
+def test_workers_are_threads_with_the_native_verifier_and_processes_without(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+    import threading
+
+    log = Builder().clean().log()
+    seen: list[str] = []
+    real = audit_verify.verify_chunk
+
+    def spy(task: audit_verify.SigTask) -> bytes:
+        seen.append(f"{multiprocessing.current_process().name}/{threading.current_thread().name}")
+        return real(task)
+
+    monkeypatch.setattr(audit_verify, "verify_chunk", spy)
+    assert _findings(log, workers=2) == []
+    assert seen and all(s.startswith("MainProcess/audit-verify") for s in seen), seen
+    monkeypatch.setattr(audit_verify, "verify_chunk", real)  # a process pool pickles it by name
+    monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+
+    def no_threads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("threads without the native verifier")
+
+    monkeypatch.setattr(audit_verify, "ThreadPoolExecutor", no_threads)
+    assert _findings(log, workers=2) == []
 
 
 @pytest.mark.usefixtures("small_chunks")
