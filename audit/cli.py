@@ -159,7 +159,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes verifying signatures (default 1)",
+        help=(
+            "how many verify signatures (default 1: the main process itself); with 2 or more "
+            "they are threads when the native verifier is installed (python -m infra.native "
+            "status), else processes"
+        ),
     )
     v.add_argument(
         "--progress", action="store_true", help="progress bar even when stderr is not a terminal"

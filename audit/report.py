@@ -15,12 +15,22 @@ def _h(value: str) -> str:
     return html.escape(printable(value))
 
 
+VERIFIER_NAMES = {
+    "native": "native strict Ed25519 (native/ed25519, curve25519-dalek)",
+    "libsodium": "libsodium strict Ed25519 (the native verifier is not installed)",
+}
+
+
 def text(report: Report, source: str) -> str:
     lines = [
         f"steward-audit: {printable(source)}",
         printable(f"  ledger {report.ledger or '?'} origin {report.origin or '?'}"),
         f"  {report.entries} entries, {report.checkpoints} checkpoints, {report.seconds:.2f} s",
     ]
+    if report.verifier:
+        lines.append(
+            f"  signatures checked by: {VERIFIER_NAMES.get(report.verifier, report.verifier)}"
+        )
     for step, name in STEP_NAMES.items():
         status = report.steps_run.get(step, "not run")
         errs = sum(1 for f in report.findings if f.step == step)
@@ -85,6 +95,7 @@ def as_json(report: Report, source: str) -> str:
             "entries": report.pending[1] - report.pending[0] + 1,
         },
         "seconds": round(report.seconds, 3),
+        "verifier": report.verifier,
     }
     return json.dumps(doc, indent=2) + "\n"
 

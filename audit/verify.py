@@ -182,6 +182,7 @@ class LogVerifier:
 
     def run(self, records: Iterable[bytes]) -> Report:
         start = time.monotonic()
+        self.report.verifier = "native" if native_ed25519.LIBRARY is not None else "libsodium"
         if self.workers > 1:
             self._run_parallel(iter(records))
         else:

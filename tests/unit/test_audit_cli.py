@@ -43,6 +43,8 @@ def test_clean_export_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert code == 0, out
     assert "RESULT: VERIFIED" in out
+    # The report names what checked the signatures: here, the native verifier setup installs.
+    assert "  signatures checked by: native strict Ed25519" in out
     assert saved.read_text().startswith("steward.dev/ledger/demo\n")
     assert "<svg" in html.read_text() and "<script" not in html.read_text()
     assert (
@@ -84,6 +86,21 @@ def test_tampered_export_exits_1_with_json(
     doc = json.loads(capsys.readouterr().out)
     assert doc["verified"] is False
     assert code_wanted in {f["code"] for f in doc["findings"]}
+    assert doc["verifier"] == "native"
+
+
+def test_the_report_says_when_libsodium_checked_the_signatures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import native_ed25519
+
+    monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+    export, trust = _files(tmp_path, Builder().clean().log())
+    args = ["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress"]
+    assert main([*args, "--workers", "2"]) == 0
+    assert "signatures checked by: libsodium strict Ed25519" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verifier"] == "libsodium"
 
 
 def test_infrastructure_and_usage_errors_exit_2(tmp_path: Path) -> None:
