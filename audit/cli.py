@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=(
             "how many verify signatures (default 1: the main process itself); with 2 or more "
-            "they are threads when the native verifier is installed (python -m infra.native "
+            "they are the native verifier's threads when it is installed (python -m infra.native "
             "status), else processes"
         ),
     )

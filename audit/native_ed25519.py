@@ -20,6 +20,7 @@ import ctypes
 import os
 import sys
 from array import array
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 from typing import cast
@@ -50,6 +51,8 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))  # CDLL, not PyDLL: each call releases the interpreter lock
         one = lib.steward_ed25519_verify
         batch = lib.steward_ed25519_verify_bodies
+        for name in ("pool_new", "pool_submit", "ticket_wait", "pool_free"):
+            getattr(lib, f"steward_ed25519_{name}")
     except (OSError, AttributeError):
         return None
     one.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
@@ -68,6 +71,18 @@ def _load() -> ctypes.CDLL | None:
         ctypes.c_size_t,  # signatures
     ]
     batch.restype = ctypes.c_int
+    pool_new = lib.steward_ed25519_pool_new
+    pool_new.argtypes = [ctypes.c_size_t, ctypes.c_int]
+    pool_new.restype = ctypes.c_void_p
+    submit = lib.steward_ed25519_pool_submit
+    submit.argtypes = [ctypes.c_void_p, *batch.argtypes]
+    submit.restype = ctypes.c_void_p
+    wait = lib.steward_ed25519_ticket_wait
+    wait.argtypes = [ctypes.c_void_p]
+    wait.restype = ctypes.c_int
+    pool_free = lib.steward_ed25519_pool_free
+    pool_free.argtypes = [ctypes.c_void_p]
+    pool_free.restype = None
     return lib
 
 
@@ -85,6 +100,79 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     return status == 1
 
 
+class _Batch:
+    """A signature batch laid out for the library: every buffer it reads, and the verdicts.
+
+    The object keeps the buffers alive: a batch handed to a pool thread must outlive the
+    thread's reading of it, which :class:`VerifierPool` guarantees by holding the batch until
+    its ticket is waited for."""
+
+    __slots__ = ("args", "n", "verdicts")
+
+    def __init__(
+        self,
+        prefix: bytes,
+        skip: int,
+        bodies: list[bytes],
+        counts: list[int],
+        pubs: list[bytes | None],
+        sigs: list[bytes],
+    ) -> None:
+        n = len(sigs)
+        if len(pubs) != n or sum(counts) != n or len(counts) != len(bodies):
+            raise ValueError(
+                f"a signature batch that does not add up: {len(bodies)} bodies, {len(counts)} "
+                f"counts summing to {sum(counts)}, {len(pubs)} keys, {n} signatures"
+            )
+        known = cast("list[bytes]", pubs)  # read as such only once None is ruled out
+        if (
+            None not in pubs
+            and set(map(len, known)) <= {KEY_SIZE}
+            and set(map(len, sigs)) <= {SIGNATURE_SIZE}
+        ):
+            # Every key known and every size right: the common case, without a loop in Python.
+            initial = b"\x01" * n
+            pub_bytes = b"".join(known)
+            sig_bytes = b"".join(sigs)
+        else:
+            marks = bytearray(n)
+            pub_parts: list[bytes] = []
+            sig_parts: list[bytes] = []
+            for i, (pub, sig) in enumerate(zip(pubs, sigs, strict=True)):
+                if pub is None:
+                    marks[i] = NOKEY
+                elif len(pub) == KEY_SIZE and len(sig) == SIGNATURE_SIZE:
+                    marks[i] = TRUE
+                    pub_parts.append(pub)
+                    sig_parts.append(sig)
+                    continue
+                pub_parts.append(_NO_KEY)
+                sig_parts.append(_NO_SIG)
+            initial = bytes(marks)
+            pub_bytes = b"".join(pub_parts)
+            sig_bytes = b"".join(sig_parts)
+        self.n = n
+        self.verdicts = ctypes.create_string_buffer(initial, max(n, 1))
+        self.args = (
+            prefix,
+            len(prefix),
+            skip,
+            b"".join(bodies),
+            array("Q", accumulate(map(len, bodies))).tobytes(),
+            array("I", counts).tobytes(),
+            len(bodies),
+            pub_bytes,
+            sig_bytes,
+            ctypes.addressof(self.verdicts),
+            n,
+        )
+
+    def result(self, status: int) -> bytes:
+        if status != 0:
+            raise ValueError(f"the native verifier refused the batch's shape (status {status})")
+        return self.verdicts.raw[: self.n]
+
+
 def verify_bodies(
     prefix: bytes,
     skip: int,
@@ -99,54 +187,70 @@ def verify_bodies(
     (None) gives NOKEY; a key or signature of the wrong size gives FALSE without a check.
     """
     assert LIBRARY is not None
-    n = len(sigs)
-    if len(pubs) != n or sum(counts) != n or len(counts) != len(bodies):
-        raise ValueError(
-            f"a signature batch that does not add up: {len(bodies)} bodies, {len(counts)} "
-            f"counts summing to {sum(counts)}, {len(pubs)} keys, {n} signatures"
-        )
-    known = cast("list[bytes]", pubs)  # read as such only once None is ruled out
-    if (
-        None not in pubs
-        and set(map(len, known)) <= {KEY_SIZE}
-        and set(map(len, sigs)) <= {SIGNATURE_SIZE}
-    ):
-        # Every key known and every size right: the common case, without a loop in Python.
-        verdicts = bytearray(b"\x01" * n)
-        pub_bytes = b"".join(known)
-        sig_bytes = b"".join(sigs)
-    else:
-        verdicts = bytearray(n)
-        pub_parts: list[bytes] = []
-        sig_parts: list[bytes] = []
-        for i, (pub, sig) in enumerate(zip(pubs, sigs, strict=True)):
-            if pub is None:
-                verdicts[i] = NOKEY
-            elif len(pub) == KEY_SIZE and len(sig) == SIGNATURE_SIZE:
-                verdicts[i] = TRUE
-                pub_parts.append(pub)
-                sig_parts.append(sig)
-                continue
-            pub_parts.append(_NO_KEY)
-            sig_parts.append(_NO_SIG)
-        pub_bytes = b"".join(pub_parts)
-        sig_bytes = b"".join(sig_parts)
-    ends = array("Q", accumulate(map(len, bodies)))
-    out = (ctypes.c_char * n).from_buffer(verdicts) if n else None
-    status = LIBRARY.steward_ed25519_verify_bodies(
-        prefix,
-        len(prefix),
-        skip,
-        b"".join(bodies),
-        ends.tobytes(),
-        array("I", counts).tobytes(),
-        len(bodies),
-        pub_bytes,
-        sig_bytes,
-        ctypes.addressof(out) if out is not None else None,
-        n,
-    )
-    if status != 0:
-        raise ValueError(f"the native verifier refused the batch's shape (status {status})")
-    del out  # the buffer export must end before the bytearray is read as bytes
-    return bytes(verdicts)
+    batch = _Batch(prefix, skip, bodies, counts, pubs, sigs)
+    status: int = LIBRARY.steward_ed25519_verify_bodies(*batch.args)
+    return batch.result(status)
+
+
+class VerifierPool:
+    """Native verifying threads that never take the interpreter lock: :meth:`submit` hands
+    over a batch and returns a wait that gives its verdicts (as :func:`verify_bodies` would).
+
+    Why not Python threads calling :func:`verify_bodies`: each needs the lock to pick a task
+    up and to hand its answer back, and waits up to the switch interval for it while the main
+    thread decodes (docs/AUDIT.md "Speed"). Used as a context manager, the pool waits for
+    every batch still out before its threads stop, so no thread reads a freed buffer even
+    when the caller gives up half-way.
+    """
+
+    def __init__(self, threads: int, nice: int = 10) -> None:
+        assert LIBRARY is not None
+        self._pool = LIBRARY.steward_ed25519_pool_new(max(1, threads), nice)
+        if not self._pool:
+            raise OSError("the native verifier could not start its threads")
+        self._out: dict[int, _Batch] = {}  # ticket -> its batch, kept alive until waited
+
+    def submit(
+        self,
+        prefix: bytes,
+        skip: int,
+        bodies: list[bytes],
+        counts: list[int],
+        pubs: list[bytes | None],
+        sigs: list[bytes],
+    ) -> Callable[[], bytes]:
+        assert LIBRARY is not None
+        if not self._pool:
+            raise RuntimeError("the verifier pool is closed")
+        batch = _Batch(prefix, skip, bodies, counts, pubs, sigs)
+        ticket: int | None = LIBRARY.steward_ed25519_pool_submit(self._pool, *batch.args)
+        if not ticket:
+            raise RuntimeError("the verifier pool refused the batch: it is shutting down")
+        self._out[ticket] = batch
+        return lambda: self._wait(ticket)
+
+    def _wait(self, ticket: int) -> bytes:
+        assert LIBRARY is not None
+        batch = self._out.get(ticket)
+        if batch is None:
+            raise RuntimeError("this batch's verdicts were already taken")
+        status: int = LIBRARY.steward_ed25519_ticket_wait(ticket)  # lets go of the lock
+        del self._out[ticket]
+        return batch.result(status)
+
+    def close(self) -> None:
+        """Waits for every batch still out, then stops the threads. Idempotent."""
+        if not self._pool:
+            return
+        assert LIBRARY is not None
+        for ticket in list(self._out):
+            LIBRARY.steward_ed25519_ticket_wait(ticket)
+            del self._out[ticket]
+        LIBRARY.steward_ed25519_pool_free(self._pool)
+        self._pool = None
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

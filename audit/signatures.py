@@ -33,8 +33,7 @@ def lower_priority() -> None:
 
     The main process (decode, rules, chain, in record order) is the pipeline's one serial
     stage; with more runnable processes than cores the scheduler would otherwise take turns
-    and slow it down by the workers' share, while the workers have slack to spare. A worker
-    thread gets the same: on Linux, nice() applies to the calling thread alone.
+    and slow it down by the workers' share, while the workers have slack to spare.
     """
     try:
         os.nice(10)

@@ -9,6 +9,8 @@ and processes calling libsodium (the native verifier turned off).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from audit import native_ed25519
@@ -28,7 +30,7 @@ def _findings(log: Log, workers: int, since: str | None = None) -> list[Finding]
     return report.findings
 
 
-@pytest.fixture(params=["threads, native", "processes, libsodium"])
+@pytest.fixture(params=["native threads", "processes, libsodium"])
 def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audit_verify, "CHUNK", 3)
     monkeypatch.setattr(audit_verify, "CHUNK_INLINE", 2)
@@ -38,31 +40,24 @@ def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         assert native_ed25519.LIBRARY is not None, "run `python -m infra.native build`"
 
 
-def test_workers_are_threads_with_the_native_verifier_and_processes_without(
+def test_workers_are_native_threads_with_the_native_verifier_and_processes_without(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import multiprocessing
-    import threading
-
     log = Builder().clean().log()
-    seen: list[str] = []
-    real = audit_verify.verify_chunk
+    submitted: list[int] = []
+    real_submit = native_ed25519.VerifierPool.submit
 
-    def spy(task: audit_verify.SigTask) -> bytes:
-        seen.append(f"{multiprocessing.current_process().name}/{threading.current_thread().name}")
-        return real(task)
+    def spy(self: native_ed25519.VerifierPool, *args: Any) -> Any:
+        submitted.append(len(args[2]))  # bodies in the batch
+        return real_submit(self, *args)
 
-    monkeypatch.setattr(audit_verify, "verify_chunk", spy)
+    monkeypatch.setattr(native_ed25519.VerifierPool, "submit", spy)
     assert _findings(log, workers=2) == []
-    assert seen and all(s.startswith("MainProcess/audit-verify") for s in seen), seen
-    monkeypatch.setattr(audit_verify, "verify_chunk", real)  # a process pool pickles it by name
+    assert sum(submitted) == len(log.records), "every entry went to the native pool"
+    submitted.clear()
     monkeypatch.setattr(native_ed25519, "LIBRARY", None)
-
-    def no_threads(*args: object, **kwargs: object) -> None:
-        raise AssertionError("threads without the native verifier")
-
-    monkeypatch.setattr(audit_verify, "ThreadPoolExecutor", no_threads)
     assert _findings(log, workers=2) == []
+    assert submitted == [], "without the native verifier: worker processes, no pool"
 
 
 @pytest.mark.usefixtures("small_chunks")

@@ -164,3 +164,41 @@ def test_an_empty_setting_turns_the_native_path_off(monkeypatch: pytest.MonkeyPa
     assert native_ed25519._load() is None
     monkeypatch.setenv(native_ed25519.ENV, "/nonexistent/libsteward_ed25519.so")
     assert native_ed25519._load() is None
+
+
+def test_the_pool_gives_the_verdicts_of_one_call_in_any_order_of_waiting() -> None:
+    rng = random.Random(23)
+    tasks = [_batch(rng) for _ in range(6)]
+    expected = [native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *t) for t in tasks]
+    with native_ed25519.VerifierPool(2) as pool:
+        waits = [pool.submit(DOMAIN_PREFIX, 2, *t) for t in tasks]
+        got = {i: waits[i]() for i in (3, 0, 5, 1, 4, 2)}
+    assert [got[i] for i in range(6)] == expected
+
+
+def test_a_pool_closed_with_batches_out_waits_for_them_and_then_refuses_more() -> None:
+    rng = random.Random(29)
+    task = _batch(rng)
+    pool = native_ed25519.VerifierPool(1)
+    waits = [pool.submit(DOMAIN_PREFIX, 2, *task) for _ in range(4)]
+    pool.close()  # the batches were still out: close waited for them before freeing anything
+    pool.close()  # and a second close is harmless
+    with pytest.raises(RuntimeError, match="already taken"):
+        waits[0]()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(DOMAIN_PREFIX, 2, *task)
+
+
+def test_a_batch_is_waited_for_once() -> None:
+    rng = random.Random(31)
+    with native_ed25519.VerifierPool(1) as pool:
+        wait = pool.submit(DOMAIN_PREFIX, 2, *_batch(rng))
+        first = wait()
+        with pytest.raises(RuntimeError, match="already taken"):
+            wait()
+    assert len(first) > 0
+
+
+def test_a_pool_batch_that_does_not_add_up_is_refused_before_it_is_handed_over() -> None:
+    with native_ed25519.VerifierPool(1) as pool, pytest.raises(ValueError, match="not add up"):
+        pool.submit(DOMAIN_PREFIX, 2, [b"\x00\x01x"], [2], [bytes(32)], [bytes(64)])
