@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from audit import names
@@ -119,3 +121,36 @@ def test_each_new_finding_is_the_only_one(name: str) -> None:
     report = verify(log.records, TrustRoot.from_json(log.trust), log.checkpoints)
     assert [f.code for f in report.findings] == [code], [str(f) for f in report.findings]
     assert all("\n" not in str(f) for f in report.findings)
+
+
+def _health_report(metric: str, name: str, query: str, detail: str) -> Any:
+    from audit.formats import CheckEvidence, HealthReported, Metric, Sample
+
+    return HealthReported(
+        proposal=bytes(32),
+        step=1,
+        healthy=True,
+        metrics=(Metric("latency_p99", 0.1), Metric(metric, 0.2)),
+        checks=(
+            CheckEvidence("error-rate", "sum(rate(x[1m]))", 1, (Sample(1, 0.0, ""),), "PASS"),
+            CheckEvidence(name, query, 2, (Sample(2, None, "ok"), Sample(3, 1.0, detail)), "PASS"),
+        ),
+    )
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "\u202e", "x" * 513, "q" * 4097])
+@pytest.mark.parametrize("where", ["metric", "name", "query", "detail"])
+def test_a_health_reports_shortcut_gives_the_general_answer(where: str, bad: str) -> None:
+    """problems() answers a clean health report without the general path; whatever a field
+    holds, the answer is the general path's (field named), as if there were no shortcut."""
+    values = {"metric": "m", "name": "n", "query": "up", "detail": "fine"}
+    assert names.problems(_health_report(**values)) == []
+    values[where] = bad
+    report = _health_report(**values)
+    general = names._general_problems(report)
+    assert names.problems(report) == general
+    limit_hit = len(bad) > (names.PROSE_MAX if where == "query" else names.TEXT_MAX)
+    if "\n" in bad or "\u202e" in bad or limit_hit:
+        assert general and general[0][0] == "TEXT_INVALID", general
+    else:
+        assert general == []  # 513 characters are within a query's prose cap
