@@ -11,6 +11,7 @@ from pathlib import Path
 
 from audit import report as reports
 from audit.errors import AuditError
+from audit.heap import audit_collector
 from audit.sources import (
     ExportSource,
     GrpcSource,
@@ -324,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
         return int(exc.code or 0)
     try:
-        return cmd_verify(args) if args.command == "verify" else cmd_watch(args)
+        with audit_collector():  # process-wide, so here and not in verify() (audit.heap)
+            return cmd_verify(args) if args.command == "verify" else cmd_watch(args)
     except AuditError as exc:
         print(f"steward-audit: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ Measured in one run, on the same machine and minute:
 
 * raw: Ed25519 verifications/s with the `cryptography` package (bench.common.raw_ed25519_rate),
   sampled before and after each timed run and averaged, because the machine is shared;
-* audit, 1 process: events/s through ``audit.verify.verify`` (every step 1-10: decode,
+* audit, 1 process: events/s through ``audit.verify.verify`` with the collector tuned as the
+  command line tunes it (audit.heap) (every step 1-10: decode,
   signatures, keys, thresholds, chain, Merkle roots, checkpoint notes, rules, conformance);
   goal >= 0.8x raw;
 * audit, 2 workers (``--workers 2``; threads with the native verifier, else processes):
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     events = 3_000 if args.smoke else args.events
 
     from audit import native_ed25519
+    from audit.heap import audit_collector
     from audit.sources import ExportSource
     from audit.trust import TrustRoot
     from audit.verify import verify
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(workers: int) -> Callable[[], Any]:
         def go() -> Any:
-            result = verify(records, trust, notes, workers=workers)
+            with audit_collector():  # as steward-audit's command line runs it (audit.heap)
+                result = verify(records, trust, notes, workers=workers)
             if not result.ok:
                 raise AssertionError(f"the generated ledger did not verify: {result.findings[:3]}")
             return result

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from audit.cli import main
 from audit.note import parse_checkpoint, parse_note
 from audit.sources import write_export
+from audit.trust import TrustRoot
 from tests.audit_tamper import TAMPERS, Builder, Log
 
 
@@ -187,3 +189,31 @@ def test_a_verifier_key_whose_name_holds_a_lone_surrogate_is_refused_not_a_crash
         parse_vkey(
             "\ud800teward.dev/ledger/fuzz+36b9a975+AQOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
         )
+
+
+def test_the_cli_tunes_the_collector_for_the_run_and_restores_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from audit import cli
+    from audit.heap import AUDIT_THRESHOLDS
+
+    export, trust = _files(tmp_path, Builder().clean().log())
+    seen: list[tuple[int, int, int]] = []
+    real = cli.verify
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.get_threshold())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "verify", spy)
+    before = gc.get_threshold()
+    args = ["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress"]
+    assert main(args) == 0
+    assert seen == [AUDIT_THRESHOLDS]
+    assert gc.get_threshold() == before
+    # verify() itself, a library call, leaves the caller's collector alone.
+    log = Builder().clean().log()
+    real(log.records, TrustRoot.from_json(log.trust), log.checkpoints)
+    assert gc.get_threshold() == before
