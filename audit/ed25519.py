@@ -7,7 +7,7 @@ signatures that "verify" for some messages, so an entry signed that way is a fin
 laxer verifier would pass it. The `cryptography` package (OpenSSL) accepts a superset of what
 this accepts (tests/unit/test_ed25519_strict.py).
 
-Two implementations of the same rules: the auditor's native one (ed25519-dalek, built from
+Two implementations of the same rules: the auditor's native one (curve25519-dalek, built from
 native/ed25519, audit.native_ed25519) when it is installed, else libsodium. Both release the
 interpreter lock while they check; tests/unit/test_ed25519_native.py holds them to the same
 verdicts (docs/AUDIT.md "Speed").

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = native_ed25519.library_path()
     if native_ed25519.LIBRARY is not None:
-        print(f"native (ed25519-dalek): {path}")
+        print(f"native (native/ed25519, curve25519-dalek): {path}")
     else:
         why = "turned off ($STEWARD_ED25519_LIB is empty)" if path is None else f"none at {path}"
         print(f"libsodium: {why}")
