@@ -28,7 +28,10 @@ class Harness:
         if state == "in-memory":
             return cls()
         if state == "spilled":
-            scratch = ScratchIndexes(cache_kib=64, flush_at=1, hot_objects=1)
+            # Everything tiny: lookups go to the tables, past a filter of many layers.
+            scratch = ScratchIndexes(
+                cache_kib=64, flush_at=1, hot_objects=1, found_keys=1, first_filter_keys=4
+            )
             return cls(core=LedgerCore(keep_entries=True, scratch=scratch))
         raise ValueError(f"state {state!r}, expected in-memory or spilled")
 

@@ -17,9 +17,16 @@ import pytest
 from ledger.core import DuplicateEventIdError, LedgerCore
 from ledger.errors import ConfigError
 from ledger.formats import SignedEvent, decode_body
+from ledger.key_filter import KeyFilter
 from ledger.merkle import MemoryNodeStore, MerkleTree
 from ledger.scenario import Cast, Flow
-from ledger.spilled_index import ScratchIndexes, SpilledMap, SpilledObjects, SpilledSeqColumns
+from ledger.spilled_index import (
+    FOUND_KEYS,
+    ScratchIndexes,
+    SpilledMap,
+    SpilledObjects,
+    SpilledSeqColumns,
+)
 from ledger.tile_store import TileNodeStore
 from tests.unit.harness import Harness
 
@@ -36,11 +43,22 @@ def scratch() -> ScratchIndexes:
 
 
 @pytest.mark.parametrize("flush_at", [1, 7, 1000])
+@pytest.mark.parametrize(
+    ("found_keys", "filtered"), [(0, False), (5, False), (0, True), (FOUND_KEYS, True)]
+)
 def test_random_additions_and_lookups_agree_with_a_dict(
-    scratch: ScratchIndexes, flush_at: int
+    scratch: ScratchIndexes, flush_at: int, found_keys: int, filtered: bool
 ) -> None:
     rng = random.Random(flush_at)
-    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=flush_at)
+    # A filter with a tiny first layer: many layers, and false positives that must still
+    # be answered "absent" by the table.
+    spilled: SpilledMap[object] = SpilledMap(
+        scratch,
+        "t",
+        flush_at=flush_at,
+        found_keys=found_keys,
+        key_filter=KeyFilter(first_layer_keys=16, bits_per_key=2) if filtered else None,
+    )
     plain: dict[bytes, object] = {}
     values: list[object] = [7, "HealthReported", b"\x01" * 32, 2**62]
     for i in range(3000):
@@ -60,6 +78,29 @@ def test_random_additions_and_lookups_agree_with_a_dict(
     assert spilled.get(_key(5000), "none") == "none"
     assert spilled.get("not bytes") is None  # type: ignore[arg-type]
     assert "not bytes" not in spilled
+
+
+def test_a_filtered_map_asks_its_table_only_for_keys_it_may_hold(scratch: ScratchIndexes) -> None:
+    """What the filter and the found keys are for: a new event id costs no query, and a
+    proposal referred to again and again costs one."""
+    spilled: SpilledMap[object] = SpilledMap(
+        scratch, "t", flush_at=100, found_keys=4, key_filter=KeyFilter(first_layer_keys=1000)
+    )
+    for i in range(1000):
+        spilled[_key(i)] = i
+    spilled.flush()
+    assert spilled.queries == 0
+    absent = [_key(i) for i in range(1000, 3000)]
+    assert not any(k in spilled for k in absent)
+    assert spilled.queries < 0.05 * len(absent)  # the filter's false positives only
+    before = spilled.queries
+    for _ in range(50):
+        assert spilled[_key(7)] == 7 and spilled.get(_key(8)) == 8
+    assert spilled.queries == before + 2
+    for i in range(20):  # more than found_keys distinct keys: the oldest are read again
+        assert spilled[_key(i)] == i
+    assert spilled[_key(7)] == 7
+    assert spilled.queries == before + 2 + 20 + 1
 
 
 def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
