@@ -8,7 +8,7 @@ laxer verifier would pass it. The `cryptography` package (OpenSSL) accepts a sup
 this accepts (tests/unit/test_ed25519_strict.py).
 
 Two implementations of the same rules: the auditor's native one (curve25519-dalek, built from
-native/ed25519, audit.native_ed25519) when it is installed, else libsodium. Both release the
+native/ed25519, steward_ed25519) when it is installed, else libsodium. Both release the
 interpreter lock while they check; tests/unit/test_ed25519_native.py holds them to the same
 verdicts (docs/AUDIT.md "Speed").
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from audit import native_ed25519
+import steward_ed25519
 
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
@@ -26,8 +26,8 @@ PUBLIC_KEY_SIZE = 32
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is `public_key`'s valid Ed25519 signature over `message`."""
-    if native_ed25519.LIBRARY is not None:
-        return native_ed25519.verify(public_key, signature, message)
+    if steward_ed25519.LIBRARY is not None:
+        return steward_ed25519.verify(public_key, signature, message)
     return verify_libsodium(public_key, signature, message)
 
 

@@ -231,7 +231,7 @@ class Report:
     timeline: list[TimelineEvent] = field(default_factory=list)
     proposals: dict[str, str] = field(default_factory=dict)  # hash hex -> label
     seconds: float = 0.0
-    # What checked the signatures: "native" (audit.native_ed25519) or "libsodium".
+    # What checked the signatures: "native" (steward_ed25519) or "libsodium".
     verifier: str = ""
     open_obligations: int = 0
     # A live log's entries past the newest signed checkpoint: (first seq, last seq). They passed

@@ -2,7 +2,7 @@
 
 A batch (:data:`SigTask`) is flat so that it pickles as little more than the bytes themselves;
 the answer is one verdict byte per signature. This is the auditor's hot loop: the whole batch
-goes to the native verifier in one call when it is installed (audit.native_ed25519), else
+goes to the native verifier in one call when it is installed (steward_ed25519), else
 libsodium is called directly, signature by signature, rather than through
 :func:`audit.ed25519.verify`.
 """
@@ -14,7 +14,7 @@ import os
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from audit import native_ed25519
+import steward_ed25519
 from audit.formats import DOMAIN_PREFIX
 
 # A worker task, flat so that it pickles as little more than the bytes themselves:
@@ -48,8 +48,8 @@ def verify_chunk(task: SigTask) -> bytes:
     so the main process neither copies them nor pickles them twice. libsodium is called
     directly (audit.ed25519.verify's checks inlined): this loop runs once per signature.
     """
-    if native_ed25519.LIBRARY is not None:
-        return native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task)
+    if steward_ed25519.LIBRARY is not None:
+        return steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task)
     return verify_chunk_libsodium(task)
 
 

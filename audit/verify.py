@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Literal, TextIO
 
-from audit import native_ed25519, rules, state
+import steward_ed25519
+from audit import rules, state
 from audit.conformance import Conformance
 from audit.cosignature import cosigned_by
 from audit.ed25519 import verify as verify_ed25519
@@ -187,7 +188,7 @@ class LogVerifier:
 
     def run(self, records: Iterable[bytes]) -> Report:
         start = time.monotonic()
-        self.report.verifier = "native" if native_ed25519.LIBRARY is not None else "libsodium"
+        self.report.verifier = "native" if steward_ed25519.LIBRARY is not None else "libsodium"
         if self.workers > 1:
             self._run_parallel(iter(records))
         else:
@@ -238,12 +239,12 @@ class LogVerifier:
     def _run_parallel(self, records: Iterator[bytes]) -> None:
         """A pipeline: decode chunk k+1.. and fold the rules of chunk k while workers verify.
 
-        With the native verifier the workers are its own threads (native_ed25519.VerifierPool):
+        With the native verifier the workers are its own threads (steward_ed25519.VerifierPool):
         they never take the interpreter lock, so nothing is forked or pickled and the chunks
         can be as small as the inline path's. Without it, libsodium is called once per
         signature from Python, which needs the lock, so the workers are processes."""
-        if native_ed25519.LIBRARY is not None:
-            with native_ed25519.VerifierPool(self.workers) as verifiers:
+        if steward_ed25519.LIBRARY is not None:
+            with steward_ed25519.VerifierPool(self.workers) as verifiers:
                 self._pipeline(
                     records,
                     lambda task: verifiers.submit(DOMAIN_PREFIX, 2, *task),

@@ -15,7 +15,7 @@ Measured in one run, on the same machine and minute:
 * raw libsodium: the strict primitive the ledger verifies with, sampled the same way; issue
   #19's goals are against it: >= 0.85x for one process, >= 1.7x for two workers (1 core);
 * raw native verifier: the primitive the auditor calls when it is installed
-  (audit.native_ed25519, batches of 64), sampled the same way; the audit rows divided by it
+  (steward_ed25519, batches of 64), sampled the same way; the audit rows divided by it
   say what the code around verification costs;
 * the ledger's own fold (decode + ``ledger.rules.check`` + ``apply``), for comparison;
 * the offline export read end to end (``audit.sources.ExportSource``), for information.
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
 
-    from audit import native_ed25519
+    import steward_ed25519
     from audit.heap import audit_collector
     from audit.sources import ExportSource
     from audit.trust import TrustRoot
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "signatures_per_event": round(sigs_per_event, 5),
             "proposals": gen.meta["proposals"],
             "checkpoints": len(notes),
-            "verifier": "native" if native_ed25519.LIBRARY is not None else "libsodium",
+            "verifier": "native" if steward_ed25519.LIBRARY is not None else "libsodium",
         },
     )
 

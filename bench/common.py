@@ -136,15 +136,15 @@ def raw_native_rate(n: int = 2000) -> float | None:
     """Strict Ed25519 verifications per second through the auditor's native verifier, in
     batches of 64 as audit.signatures sends them; None when it is not installed.
 
-    The primitive steward-audit calls when it is there (audit.native_ed25519): the audit rows
+    The primitive steward-audit calls when it is there (steward_ed25519): the audit rows
     divided by it say how much the code around verification costs, as the libsodium rows did
     before it.
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from audit import native_ed25519
+    import steward_ed25519
 
-    if native_ed25519.LIBRARY is None:
+    if steward_ed25519.LIBRARY is None:
         return None
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes_raw()
@@ -153,7 +153,7 @@ def raw_native_rate(n: int = 2000) -> float | None:
     rounds = max(1, n // 64)
     start = time.perf_counter()
     for _ in range(rounds):
-        native_ed25519.verify_bodies(b"", 2, bodies, [1] * 64, [public] * 64, sigs)
+        steward_ed25519.verify_bodies(b"", 2, bodies, [1] * 64, [public] * 64, sigs)
     return rounds * 64 / (time.perf_counter() - start)
 
 

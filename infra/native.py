@@ -5,7 +5,7 @@ crates in its Cargo.lock into the cache outside the repository, keyed by the has
 sources, the compiler's version and this CPU's features (it is built for this CPU:
 ``-C target-cpu=native`` lets curve25519-dalek use AVX-512 IFMA where the CPU has it, 25.5 µs
 a signature against 43-47 µs with AVX2 alone, 2026-12-07), then installs the
-library where audit.native_ed25519 looks for it: ``<sys.prefix>/lib/steward-native/``.
+library where steward_ed25519 looks for it: ``<sys.prefix>/lib/steward-native/``.
 A build appears whole or not at all (it ends with a rename), so a killed build is redone.
 
 Without cargo the auditor still works, through libsodium; ``build`` then says so and exits 1,
@@ -38,7 +38,7 @@ def log(msg: str) -> None:
 
 
 def install_path(prefix: Path | None = None) -> Path:
-    """Where audit.native_ed25519 finds the library for the interpreter at ``prefix``."""
+    """Where steward_ed25519 finds the library for the interpreter at ``prefix``."""
     return (prefix or Path(sys.prefix)) / "lib" / "steward-native" / LIBRARY_NAME
 
 
@@ -138,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"native: {exc}", file=sys.stderr)
             return 1
         return 0
-    from audit import native_ed25519
+    import steward_ed25519
 
-    path = native_ed25519.library_path()
-    if native_ed25519.LIBRARY is not None:
+    path = steward_ed25519.library_path()
+    if steward_ed25519.LIBRARY is not None:
         print(f"native (native/ed25519, curve25519-dalek): {path}")
     else:
         why = "turned off ($STEWARD_ED25519_LIB is empty)" if path is None else f"none at {path}"

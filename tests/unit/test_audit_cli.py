@@ -94,9 +94,9 @@ def test_tampered_export_exits_1_with_json(
 def test_the_report_says_when_libsodium_checked_the_signatures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit import native_ed25519
+    import steward_ed25519
 
-    monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+    monkeypatch.setattr(steward_ed25519, "LIBRARY", None)
     export, trust = _files(tmp_path, Builder().clean().log())
     args = ["verify", "--export", str(export), "--trust-root", str(trust), "--no-progress"]
     assert main([*args, "--workers", "2"]) == 0

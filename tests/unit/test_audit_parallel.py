@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from audit import native_ed25519
+import steward_ed25519
 from audit import verify as audit_verify
 from audit.findings import Finding
 from audit.formats import DOMAIN_PREFIX
@@ -35,9 +35,9 @@ def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(audit_verify, "CHUNK", 3)
     monkeypatch.setattr(audit_verify, "CHUNK_INLINE", 2)
     if request.param == "processes, libsodium":
-        monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+        monkeypatch.setattr(steward_ed25519, "LIBRARY", None)
     else:
-        assert native_ed25519.LIBRARY is not None, "run `python -m infra.native build`"
+        assert steward_ed25519.LIBRARY is not None, "run `python -m infra.native build`"
 
 
 def test_workers_are_native_threads_with_the_native_verifier_and_processes_without(
@@ -45,17 +45,17 @@ def test_workers_are_native_threads_with_the_native_verifier_and_processes_witho
 ) -> None:
     log = Builder().clean().log()
     submitted: list[int] = []
-    real_submit = native_ed25519.VerifierPool.submit
+    real_submit = steward_ed25519.VerifierPool.submit
 
-    def spy(self: native_ed25519.VerifierPool, *args: Any) -> Any:
+    def spy(self: steward_ed25519.VerifierPool, *args: Any) -> Any:
         submitted.append(len(args[2]))  # bodies in the batch
         return real_submit(self, *args)
 
-    monkeypatch.setattr(native_ed25519.VerifierPool, "submit", spy)
+    monkeypatch.setattr(steward_ed25519.VerifierPool, "submit", spy)
     assert _findings(log, workers=2) == []
     assert sum(submitted) == len(log.records), "every entry went to the native pool"
     submitted.clear()
-    monkeypatch.setattr(native_ed25519, "LIBRARY", None)
+    monkeypatch.setattr(steward_ed25519, "LIBRARY", None)
     assert _findings(log, workers=2) == []
     assert submitted == [], "without the native verifier: worker processes, no pool"
 

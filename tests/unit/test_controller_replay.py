@@ -24,17 +24,18 @@ def write_log(h: Harness, store: SQLiteLogStore, start: int = 0) -> None:
     store.append([(e.body.event_id, e.entry_bytes) for e in entries[start:]])
 
 
-@pytest.fixture(params=["in-process", "checker"])
+@pytest.fixture(params=["in-process", "worker", "native"])
 def checker(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[SignatureChecker | None]:
     """Replay folds entry by entry (no checker), or in chunks whose signatures a worker
-    process checks first; chunks of 3 so grants and their first use share chunks."""
+    process or the native verifier checks first; chunks of 3 so grants and their first use
+    share chunks."""
     if request.param == "in-process":
         yield None
         return
     monkeypatch.setattr(controller.replay, "CATCH_UP_CHUNK", 3)
-    c = SignatureChecker(1, min_pooled=1)
+    c = SignatureChecker(1, min_pooled=1, native=request.param == "native")
     yield c
     assert c.fallbacks == 0
     c.close()

@@ -15,7 +15,7 @@ import random
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit import native_ed25519
+import steward_ed25519
 from audit.ed25519 import verify as audit_verify
 from audit.ed25519 import verify_libsodium
 from audit.formats import DOMAIN_PREFIX
@@ -25,15 +25,15 @@ from tests.unit.test_ed25519_strict import cases as strict_cases  # noqa: F401  
 
 
 def test_the_native_library_is_installed() -> None:
-    assert native_ed25519.LIBRARY is not None, (
-        f"no native verifier at {native_ed25519.library_path()}: "
+    assert steward_ed25519.LIBRARY is not None, (
+        f"no native verifier at {steward_ed25519.library_path()}: "
         "run `python -m infra.native build` (scripts/setup does)"
     )
 
 
 def _native(pub: bytes, sig: bytes, msg: bytes) -> bool:
-    assert native_ed25519.LIBRARY is not None
-    return native_ed25519.verify(pub, sig, msg)
+    assert steward_ed25519.LIBRARY is not None
+    return steward_ed25519.verify(pub, sig, msg)
 
 
 def test_edge_cases_get_libsodiums_verdicts(strict_cases: list[Case]) -> None:  # noqa: F811
@@ -51,7 +51,7 @@ def test_audit_verify_is_the_native_one() -> None:
     pub = key.public_key().public_bytes_raw()
     assert audit_verify(pub, key.sign(b"m"), b"m") is True
     assert audit_verify(pub, key.sign(b"m"), b"n") is False
-    assert native_ed25519.LIBRARY is not None
+    assert steward_ed25519.LIBRARY is not None
 
 
 def test_one_flipped_bit_anywhere_gets_libsodiums_verdict() -> None:
@@ -119,7 +119,7 @@ def test_a_batch_gets_the_verdicts_of_the_libsodium_loop() -> None:
     rng = random.Random(7)
     for _ in range(5):
         task = _batch(rng)
-        ours = native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task)
+        ours = steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task)
         assert ours == verify_chunk(task)
         theirs = verify_chunk_libsodium(task)
         assert ours == theirs
@@ -134,13 +134,13 @@ def test_a_clean_batch_takes_the_loopless_path_and_agrees() -> None:
     sigs = [key.sign(DOMAIN_PREFIX + b[2:]) for b in bodies]
     sigs[3] = key.sign(b"something else")
     task: SigTask = (bodies, [1] * 10, [pub] * 10, sigs)
-    assert native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task) == bytes([1, 1, 1, 0] + [1] * 6)
+    assert steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *task) == bytes([1, 1, 1, 0] + [1] * 6)
     assert verify_chunk_libsodium(task) == bytes([1, 1, 1, 0] + [1] * 6)
 
 
 def test_an_empty_batch_is_empty() -> None:
-    assert native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [], [], [], []) == b""
-    assert native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [b"\x00\x01"], [0], [], []) == b""
+    assert steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [], [], [], []) == b""
+    assert steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [b"\x00\x01"], [0], [], []) == b""
 
 
 @pytest.mark.parametrize(
@@ -155,22 +155,22 @@ def test_a_batch_that_does_not_add_up_is_refused_by_name(
     counts: list[int], pubs: list[bytes | None], sigs: list[bytes], said: str
 ) -> None:
     with pytest.raises(ValueError, match=said):
-        native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [b"\x00\x01x"], counts, pubs, sigs)
+        steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, [b"\x00\x01x"], counts, pubs, sigs)
 
 
 def test_an_empty_setting_turns_the_native_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native_ed25519.ENV, "")
-    assert native_ed25519.library_path() is None
-    assert native_ed25519._load() is None
-    monkeypatch.setenv(native_ed25519.ENV, "/nonexistent/libsteward_ed25519.so")
-    assert native_ed25519._load() is None
+    monkeypatch.setenv(steward_ed25519.ENV, "")
+    assert steward_ed25519.library_path() is None
+    assert steward_ed25519._load() is None
+    monkeypatch.setenv(steward_ed25519.ENV, "/nonexistent/libsteward_ed25519.so")
+    assert steward_ed25519._load() is None
 
 
 def test_the_pool_gives_the_verdicts_of_one_call_in_any_order_of_waiting() -> None:
     rng = random.Random(23)
     tasks = [_batch(rng) for _ in range(6)]
-    expected = [native_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *t) for t in tasks]
-    with native_ed25519.VerifierPool(2) as pool:
+    expected = [steward_ed25519.verify_bodies(DOMAIN_PREFIX, 2, *t) for t in tasks]
+    with steward_ed25519.VerifierPool(2) as pool:
         waits = [pool.submit(DOMAIN_PREFIX, 2, *t) for t in tasks]
         got = {i: waits[i]() for i in (3, 0, 5, 1, 4, 2)}
     assert [got[i] for i in range(6)] == expected
@@ -179,7 +179,7 @@ def test_the_pool_gives_the_verdicts_of_one_call_in_any_order_of_waiting() -> No
 def test_a_pool_closed_with_batches_out_waits_for_them_and_then_refuses_more() -> None:
     rng = random.Random(29)
     task = _batch(rng)
-    pool = native_ed25519.VerifierPool(1)
+    pool = steward_ed25519.VerifierPool(1)
     waits = [pool.submit(DOMAIN_PREFIX, 2, *task) for _ in range(4)]
     pool.close()  # the batches were still out: close waited for them before freeing anything
     pool.close()  # and a second close is harmless
@@ -191,7 +191,7 @@ def test_a_pool_closed_with_batches_out_waits_for_them_and_then_refuses_more() -
 
 def test_a_batch_is_waited_for_once() -> None:
     rng = random.Random(31)
-    with native_ed25519.VerifierPool(1) as pool:
+    with steward_ed25519.VerifierPool(1) as pool:
         wait = pool.submit(DOMAIN_PREFIX, 2, *_batch(rng))
         first = wait()
         with pytest.raises(RuntimeError, match="already taken"):
@@ -200,5 +200,5 @@ def test_a_batch_is_waited_for_once() -> None:
 
 
 def test_a_pool_batch_that_does_not_add_up_is_refused_before_it_is_handed_over() -> None:
-    with native_ed25519.VerifierPool(1) as pool, pytest.raises(ValueError, match="not add up"):
+    with steward_ed25519.VerifierPool(1) as pool, pytest.raises(ValueError, match="not add up"):
         pool.submit(DOMAIN_PREFIX, 2, [b"\x00\x01x"], [2], [bytes(32)], [bytes(64)])

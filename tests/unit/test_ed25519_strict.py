@@ -1,7 +1,8 @@
 """Strict Ed25519 (libsodium) against OpenSSL's (the `cryptography` package) on edge cases.
 
-The ledger, the controller and the auditor verify with libsodium; authors sign with
-`cryptography`. Two properties keep them in agreement:
+The ledger, the controller and the auditor verify with libsodium, or with Steward's native
+verifier (steward_ed25519) when it is installed, which every case here holds to libsodium's
+verdict; authors sign with `cryptography`. Two properties keep them in agreement:
 - every honest signature verifies under both;
 - whatever libsodium accepts, OpenSSL accepts too (it is the stricter one), so nothing the
   ledger stored can be refused by a verifier built on `cryptography`.
@@ -21,6 +22,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+import steward_ed25519
 from audit.ed25519 import verify as audit_verify
 from ledger.ed25519 import verify_ed25519 as ledger_verify
 
@@ -113,6 +115,8 @@ def _openssl_accepts(pub: bytes, sig: bytes, msg: bytes) -> bool:
 def _libsodium_accepts(pub: bytes, sig: bytes, msg: bytes) -> bool:
     ours = ledger_verify(pub, sig, msg)
     assert audit_verify(pub, sig, msg) is ours, "the ledger's and the auditor's verify disagree"
+    batch = steward_ed25519.verify_items([(pub, sig, msg)] * 2)  # ledger.sigcheck's call
+    assert batch == bytes([ours]) * 2, "the native batch and libsodium disagree"
     return ours
 
 

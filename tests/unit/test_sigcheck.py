@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import steward_ed25519
 from ledger.ed25519 import verify_many
-from ledger.sigcheck import SignatureChecker
+from ledger.sigcheck import SignatureChecker, SignatureWorkerError
 from ledger.sigworker import decode_items, encode_request, serve
 
 
@@ -68,7 +69,7 @@ def test_malformed_request_ends_the_worker_with_status_2() -> None:
 
 @pytest.fixture
 def checker() -> Iterator[SignatureChecker]:
-    c = SignatureChecker(1, min_pooled=8, timeout=20)
+    c = SignatureChecker(1, min_pooled=8, timeout=20, native=False)
     yield c
     c.close()
 
@@ -97,7 +98,7 @@ def test_a_killed_worker_costs_one_fallback_and_is_replaced(checker: SignatureCh
 
 
 def test_a_hung_worker_is_given_up_after_the_timeout() -> None:
-    c = SignatureChecker(1, min_pooled=8, timeout=1.0)
+    c = SignatureChecker(1, min_pooled=8, timeout=1.0, native=False)
     try:
         items = _items(16, {2})
         assert c.check(items) == [i != 2 for i in range(16)]
@@ -133,3 +134,29 @@ def test_close_ends_the_worker(checker: SignatureChecker) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # ended and reaped by close(): the pid is gone
     assert checker.check(_items(20, {0}))[0] is False  # still answers, in process
+
+
+def test_the_native_checker_gives_the_workers_verdicts(checker: SignatureChecker) -> None:
+    """The same batch through steward_ed25519 in the calling thread and through the libsodium
+    worker: forged signatures, a wrong-size key and signature, an empty batch."""
+    native = SignatureChecker(1, min_pooled=8, native=True)
+    items = _items(200, {0, 3, 150, 199})
+    public, signature, message = items[10]
+    items[20] = (public[:31], signature, message)
+    items[30] = (public, signature + b"\x00", message)
+    verdicts = native.check(items)
+    assert verdicts == checker.check(items)
+    assert verdicts == [i not in {0, 3, 150, 199, 20, 30} for i in range(200)]
+    assert native.check([]) == []
+    assert native.worker_pid() is None  # nothing was started for it
+    native.close()
+
+
+def test_the_checker_uses_the_native_verifier_when_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert SignatureChecker(1).native, "run `python -m infra.native build`"
+    monkeypatch.setattr(steward_ed25519, "LIBRARY", None)
+    assert not SignatureChecker(1).native
+    with pytest.raises(SignatureWorkerError, match="native verifier is not installed"):
+        SignatureChecker(1, native=True)

@@ -1,17 +1,22 @@
-"""The auditor's native strict Ed25519 verifier (native/ed25519, Rust), loaded through ctypes.
+"""Steward's native strict Ed25519 verifier (native/ed25519, Rust), loaded through ctypes.
 
-Why a second implementation: the ledger verifies with libsodium, and an auditor that checks it
-with a different implementation of the same strict rules does not share its bugs. It is also
-faster here: built for this CPU (AVX-512 IFMA), a signature in a batch costs 25.5 µs against
-libsodium's 58 µs (2026-12-07, five alternating rounds, 200-byte messages), and ctypes lets go
-of the interpreter lock for the length of a call, so a batch verifies in a thread while Python
-folds the one before.
+A primitive, like libsodium: the ledger's signature checks (ledger.sigcheck) and the auditor's
+(audit.signatures) both call it when it is installed, and neither imports the other. It applies
+libsodium's strict rules and is held to libsodium's verdicts case by case
+(tests/unit/test_ed25519_native.py). It is faster here: built for this CPU (AVX-512 IFMA), a
+signature in a batch costs 25.5 µs against libsodium's 58 µs (2026-12-07, five alternating
+rounds, 200-byte messages), and ctypes lets go of the interpreter lock for the length of a call,
+so a batch verifies in a thread while Python folds the one before.
+
+Two implementations stay in play. The ledger server re-verifies its whole log with libsodium
+at every start (ledger.integrity through ledger.rules), and an auditor who wants an
+implementation other than the one the ledger used while appending runs with the native path
+off (below).
 
 Where the library is: ``$STEWARD_ED25519_LIB`` if set (an empty value turns the native path
 off), else ``<sys.prefix>/lib/steward-native/`` where ``python -m infra.native build`` (run by
 scripts/setup) installs it. When it is absent or does not load, :data:`LIBRARY` is None and
-the auditor verifies through libsodium instead (audit.ed25519, audit.signatures): the same
-verdicts (tests/unit/test_ed25519_native.py), only slower.
+callers verify through libsodium instead: the same verdicts, only slower.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import ctypes
 import os
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from pathlib import Path
 from typing import cast
@@ -190,6 +195,18 @@ def verify_bodies(
     batch = _Batch(prefix, skip, bodies, counts, pubs, sigs)
     status: int = LIBRARY.steward_ed25519_verify_bodies(*batch.args)
     return batch.result(status)
+
+
+def verify_items(items: Sequence[tuple[bytes, bytes, bytes]]) -> bytes:
+    """One verdict byte per (public key, signature, message), 1 when it verifies, else 0:
+    ledger.ed25519.verify_many's answer, in one call that lets go of the interpreter lock."""
+    assert LIBRARY is not None
+    if not items:
+        return b""
+    pubs: list[bytes | None] = [public for public, _, _ in items]
+    sigs = [signature for _, signature, _ in items]
+    messages = [message for _, _, message in items]
+    return verify_bodies(b"", 0, messages, [1] * len(items), pubs, sigs)
 
 
 class VerifierPool:
