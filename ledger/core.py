@@ -26,6 +26,7 @@ from ledger.formats import (
     make_entry,
 )
 from ledger.merkle import HASH_SIZE, MerkleTree
+from ledger.quick_init import quick_init
 from ledger.rules import (
     RuleViolationError,
     VerifiedSignature,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # the server hands one in; the core itself does no I/O
     from ledger.spilled_index import ScratchIndexes
 
 
+@quick_init
 @dataclass(frozen=True)
 class Receipt:
     seq: int

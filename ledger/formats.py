@@ -84,6 +84,7 @@ from ledger.model import (
     TrafficRouting,
     payload_hashes,
 )
+from ledger.quick_init import quick_init
 from ledger.wire import (
     BODY_WRITERS,
     DOMAIN_PREFIX,
@@ -420,6 +421,7 @@ def signed_bytes(body_bytes: bytes) -> bytes:
 # Signed events and entries
 
 
+@quick_init
 @dataclass(frozen=True)
 class ReceivedEvent:
     """A signed event decoded from submitted bytes, with those bytes when they can stand for it.

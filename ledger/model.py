@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.quick_init import quick_init
+
 # Enum symbols, as the schemas list them.
 ROLES = ("root", "proposer", "evaluator", "approver", "operator", "monitor", "controller")
 PRINCIPAL_KINDS = ("human", "agent", "service")
@@ -23,12 +25,14 @@ NO_DATA_ACTIONS = ("ROLLBACK", "PAUSE")
 CHECK_VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 
 
+@quick_init
 @dataclass(frozen=True)
 class RootKey:
     principal: str
     public_key: bytes
 
 
+@quick_init
 @dataclass(frozen=True)
 class LedgerGenesis:
     origin: str
@@ -38,6 +42,7 @@ class LedgerGenesis:
     checkpoint_public_key: bytes
 
 
+@quick_init
 @dataclass(frozen=True)
 class KeyGranted:
     principal: str
@@ -46,18 +51,21 @@ class KeyGranted:
     expires_at: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class KeyRevoked:
     key_id: bytes
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class TargetSelector:
     namespace: str
     deployment: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class RequiredEval:
     suite: str
@@ -66,6 +74,7 @@ class RequiredEval:
     threshold: float
 
 
+@quick_init
 @dataclass(frozen=True)
 class PlanStep:
     weight: int
@@ -73,6 +82,7 @@ class PlanStep:
     health_gate: bool
 
 
+@quick_init
 @dataclass(frozen=True)
 class NoDataRule:
     """What a check without a verdict `deadline_seconds` after its step's run began does:
@@ -82,6 +92,7 @@ class NoDataRule:
     action: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class HealthCheck:
     """One automated health check of a policy's analysis (schema v2; docs/ANALYSIS.md)."""
@@ -97,6 +108,7 @@ class HealthCheck:
     no_data: NoDataRule
 
 
+@quick_init
 @dataclass(frozen=True)
 class TrafficRouting:
     """Traffic mode (schema v3): the Gateway API HTTPRoute whose backendRefs weights the
@@ -109,6 +121,7 @@ class TrafficRouting:
     port: int
 
 
+@quick_init
 @dataclass(frozen=True)
 class PolicySet:
     policy_id: str
@@ -130,24 +143,28 @@ class PolicySet:
     notify: tuple[str, ...] = ()  # webhook sink URLs (http or https)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Target:
     namespace: str
     deployment: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class ModelRef:
     image: str
     model_digest: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class ProposalOrigin:
     agent: str
     run: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class ProposalSubmitted:
     target: Target
@@ -157,12 +174,14 @@ class ProposalSubmitted:
     origin: ProposalOrigin
 
 
+@quick_init
 @dataclass(frozen=True)
 class Metric:
     name: str
     value: float
 
 
+@quick_init
 @dataclass(frozen=True)
 class EvalRecorded:
     proposal: bytes
@@ -171,6 +190,7 @@ class EvalRecorded:
     artifact_digest: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class ApprovalRecorded:
     proposal: bytes
@@ -179,6 +199,7 @@ class ApprovalRecorded:
     comment: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class Sample:
     """One measurement of a check: a value, or None (inconclusive: no data, or an error that
@@ -189,6 +210,7 @@ class Sample:
     detail: str = ""
 
 
+@quick_init
 @dataclass(frozen=True)
 class CheckEvidence:
     """A check's run so far on one step: the query as sent, every sample, and the verdict
@@ -201,6 +223,7 @@ class CheckEvidence:
     verdict: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class HealthReported:
     proposal: bytes
@@ -210,6 +233,7 @@ class HealthReported:
     checks: tuple[CheckEvidence, ...] = ()  # schema v2; empty for a report judged by hand
 
 
+@quick_init
 @dataclass(frozen=True)
 class ObservedState:
     stable_replicas: int
@@ -219,6 +243,7 @@ class ObservedState:
     canary_image: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class RolloutStep:
     proposal: bytes
@@ -229,6 +254,7 @@ class RolloutStep:
     observed: ObservedState
 
 
+@quick_init
 @dataclass(frozen=True)
 class KillScope:
     kind: str
@@ -237,6 +263,7 @@ class KillScope:
     proposal: bytes | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class AnnotationSource:
     object: str
@@ -244,6 +271,7 @@ class AnnotationSource:
     time: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class KillSwitchEngaged:
     scope: KillScope
@@ -251,12 +279,14 @@ class KillSwitchEngaged:
     annotation: AnnotationSource | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class KillSwitchReleased:
     scope: KillScope
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class RolloutPaused:
     """Schema v3: hold a running rollout at its current step and weight until resumed."""
@@ -265,6 +295,7 @@ class RolloutPaused:
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class RolloutResumed:
     """Schema v3: end the current pause (named in refs); signed by the approvers the policy's
@@ -310,6 +341,7 @@ PAYLOAD_TYPES: Mapping[str, type[Any]] = {
 }
 
 
+@quick_init
 @dataclass(frozen=True)
 class EventBody:
     ledger: str
@@ -324,18 +356,21 @@ class EventBody:
         return type(self.payload).__name__
 
 
+@quick_init
 @dataclass(frozen=True)
 class Signature:
     key_id: bytes
     sig: bytes
 
 
+@quick_init
 @dataclass(frozen=True)
 class SignedEvent:
     body: bytes
     signatures: tuple[Signature, ...]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Entry:
     seq: int
@@ -345,6 +380,7 @@ class Entry:
     received_at: int
 
 
+@quick_init
 @dataclass(frozen=True)
 class LogEntry:
     """An entry as read from the log: the exact bytes, their leaf hash and the decoded body."""

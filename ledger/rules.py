@@ -59,6 +59,7 @@ from ledger.formats import (
 )
 from ledger.keys import PublicKey, key_id
 from ledger.names import first_payload_problem
+from ledger.quick_init import quick_init
 from ledger.state import ACTIVE_PHASES, KeyInfo, LedgerState, ProposalState
 
 # Categories say what a client should do about a violation; the gRPC layer maps them to
@@ -135,6 +136,7 @@ CODES: dict[str, str] = {
 }
 
 
+@quick_init
 @dataclass(frozen=True)
 class Violation:
     code: str

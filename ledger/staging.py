@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from ledger.core import body_digest
 from ledger.errors import StewardError
 from ledger.formats import EventBody, ReceivedEvent, decode_body, decode_received_event
+from ledger.quick_init import quick_init
 from ledger.rules import RuleViolationError, VerifiedSignature, signature_order_violation
 from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.state import KeyInfo
 
 
+@quick_init
 @dataclass(frozen=True)
 class StagedEvent:
     """One submitted event, decoded outside the append lock (or why it does not decode)."""
@@ -30,6 +32,7 @@ class StagedEvent:
     error: StewardError | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class StagedBatch:
     """Events decoded and their signatures checked with Ed25519 before the append lock.
@@ -47,6 +50,7 @@ class StagedBatch:
         return sum(e.size for e in self.events)
 
 
+@quick_init
 @dataclass(frozen=True)
 class DecodedBatch:
     """A batch decoded, its signatures not checked yet (LedgerServer.decode)."""

@@ -38,8 +38,10 @@ from ledger.formats import (
     RolloutStep,
 )
 from ledger.keys import key_id
+from ledger.quick_init import quick_init
 
 
+@quick_init
 @dataclass(frozen=True)
 class KeyInfo:
     key_id: bytes
@@ -55,6 +57,7 @@ class KeyInfo:
         return self.principal.split(":", 1)[0]
 
 
+@quick_init
 @dataclass(frozen=True)
 class PolicyInfo:
     seq: int
@@ -62,6 +65,7 @@ class PolicyInfo:
     policy: PolicySet
 
 
+@quick_init
 @dataclass(frozen=True)
 class EvalInfo:
     entry_hash: bytes
@@ -72,6 +76,7 @@ class EvalInfo:
     failures: tuple[str, ...]
 
 
+@quick_init
 @dataclass(frozen=True)
 class ApprovalInfo:
     entry_hash: bytes
@@ -81,6 +86,7 @@ class ApprovalInfo:
     evals: frozenset[bytes]
 
 
+@quick_init
 @dataclass(frozen=True)
 class HealthInfo:
     """The latest report on a step judged by hand (a report without checks)."""
@@ -90,6 +96,7 @@ class HealthInfo:
     healthy: bool
 
 
+@quick_init
 @dataclass(frozen=True)
 class CheckResult:
     """The latest evidence of one check on one step, with its verdict recomputed from the
@@ -104,6 +111,7 @@ class CheckResult:
     values: tuple[float | None, ...]  # every sample's value, None where inconclusive
 
 
+@quick_init
 @dataclass(frozen=True)
 class StepInfo:
     seq: int
@@ -121,6 +129,7 @@ ACTIVE_PHASES = frozenset({"STARTED", "ADVANCED", "PAUSED"})
 TERMINAL_PHASES = frozenset({"PROMOTED", "ROLLED_BACK"})
 
 
+@quick_init
 @dataclass(frozen=True)
 class PauseInfo:
     """The RolloutPaused in force on a proposal: what a resume names, and who paused and why."""
@@ -136,6 +145,7 @@ class PauseInfo:
         return f"paused by {self.author} at seq {self.seq}: {self.reason}"
 
 
+@quick_init
 @dataclass(frozen=True)
 class ResumeInfo:
     """The latest RolloutResumed of a proposal: the planner restarts the step's dwell here."""
@@ -147,6 +157,7 @@ class ResumeInfo:
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class Engagement:
     """The engaged kill switch of one scope: the entry a release must name, and whom it stopped."""
@@ -157,6 +168,7 @@ class Engagement:
     stopped: frozenset[bytes]
 
 
+@quick_init
 @dataclass(frozen=True)
 class ReleaseRequirement:
     """One policy's terms for releasing a kill switch: `approvals` distinct approver principals
