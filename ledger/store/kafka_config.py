@@ -136,6 +136,13 @@ class KafkaStoreConfig:
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
             "socket.timeout.ms": self.request_timeout_ms,
+            # TCP_NODELAY, as the broker sets on its side. With Nagle's algorithm on, a small
+            # request written after one not yet acknowledged waits for the broker's delayed ACK:
+            # a transaction of 5 records flushed in 23.9 ms (p50) with linger.ms 0, and the
+            # store's appends (linger.ms 100) had a p90 of 9-23.5 ms; with it off, 2.1 / 2.5 ms
+            # p50 / p90 (a raw confluent-kafka transactional producer on this machine's broker,
+            # 300 transactions each, 2026-12-07).
+            "socket.nagle.disable": True,
         }
         optional = {
             "sasl.mechanism": self.sasl_mechanism,
