@@ -7,10 +7,10 @@ signatures that "verify" for some messages, so an entry signed that way is a fin
 laxer verifier would pass it. The `cryptography` package (OpenSSL) accepts a superset of what
 this accepts (tests/unit/test_ed25519_strict.py).
 
-Two implementations of the same rules: the auditor's native one (curve25519-dalek, built from
-native/ed25519, steward_ed25519) when it is installed, else libsodium. Both release the
-interpreter lock while they check; tests/unit/test_ed25519_native.py holds them to the same
-verdicts (docs/AUDIT.md "Speed").
+Two implementations of the same rules: the native one (curve25519-dalek, built from
+native/ed25519, steward_ed25519; the ledger uses it too) when installed, else libsodium. Both
+release the interpreter lock while they check; tests/unit/test_ed25519_native.py holds them to
+the same verdicts (docs/AUDIT.md "Speed").
 """
 
 from __future__ import annotations

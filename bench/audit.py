@@ -87,7 +87,7 @@ class RawSampler:
         self.n = n
         self.samples: list[float] = []
         self.sodium: list[float] = []  # libsodium, sampled next to each `cryptography` sample
-        self.native: list[float] = []  # the auditor's native verifier, when installed
+        self.native: list[float] = []  # the native verifier, when installed
 
     def sample(self) -> float:
         rate = raw_ed25519_rate(self.n)

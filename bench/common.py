@@ -133,7 +133,7 @@ def raw_libsodium_rate(n: int = 2000) -> float:
 
 
 def raw_native_rate(n: int = 2000) -> float | None:
-    """Strict Ed25519 verifications per second through the auditor's native verifier, in
+    """Strict Ed25519 verifications per second through the native verifier, in
     batches of 64 as audit.signatures sends them; None when it is not installed.
 
     The primitive steward-audit calls when it is there (steward_ed25519): the audit rows

@@ -1,4 +1,5 @@
-"""The project's own native library: native/ed25519 (Rust), the auditor's strict verifier.
+"""The project's own native library: native/ed25519 (Rust), the strict Ed25519 verifier the
+ledger server, the controller and the auditor call through steward_ed25519.
 
 ``python -m infra.native build`` (scripts/setup runs it) builds the crate with cargo from the
 crates in its Cargo.lock into the cache outside the repository, keyed by the hash of its
@@ -8,8 +9,8 @@ a signature against 43-47 µs with AVX2 alone, 2026-12-07), then installs the
 library where steward_ed25519 looks for it: ``<sys.prefix>/lib/steward-native/``.
 A build appears whole or not at all (it ends with a rename), so a killed build is redone.
 
-Without cargo the auditor still works, through libsodium; ``build`` then says so and exits 1,
-and ``status`` says which path the auditor takes.
+Without cargo everything still works, through libsodium; ``build`` then says so and exits 1,
+and ``status`` says which path this environment takes.
 """
 
 from __future__ import annotations
@@ -123,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.native",
         description=(
-            "Build and install the auditor's native strict Ed25519 verifier (native/ed25519, "
-            "Rust). Without it steward-audit verifies through libsodium: same verdicts, slower."
+            "Build and install the native strict Ed25519 verifier (native/ed25519, Rust) that "
+            "the ledger server, the controller and steward-audit use. Without it they verify "
+            "through libsodium: same verdicts, slower."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build (unless cached) and install into this environment")
-    sub.add_parser("status", help="say which verifier steward-audit uses here, and why")
+    sub.add_parser("status", help="say which verifier this environment uses, and why")
     args = parser.parse_args(argv)
     if args.command == "build":
         try:

@@ -1,4 +1,4 @@
-"""The auditor's native verifier (native/ed25519, ed25519-dalek) against libsodium, verdict by verdict.
+"""The native verifier (native/ed25519, curve25519-dalek) against libsodium, verdict by verdict.
 
 Two implementations of strict Ed25519 must agree on every input, or the auditor would report
 findings the ledger never made (or miss one). The cases: the edge cases of
