@@ -213,9 +213,9 @@ def bulk_insert(table: str, rows: list[tuple[bytes, Any]]) -> tuple[str, tuple[A
     if not rows:
         return None
     width = len(rows[0][0])
-    keys = b"".join([k for k, _ in rows])
-    if width == 0 or len(keys) != width * len(rows):
+    if width == 0 or any(len(k) != width for k, _ in rows):
         return None
+    keys = b"".join([k for k, _ in rows])
     values = [v for _, v in rows]
     kind = type(values[0])
     if any(type(v) is not kind for v in values):
@@ -229,8 +229,8 @@ def bulk_insert(table: str, rows: list[tuple[bytes, Any]]) -> tuple[str, tuple[A
         return sql, (keys, json.dumps(values))
     if kind is bytes:
         value_width = len(values[0])
-        blob = b"".join(values)
-        if value_width and len(blob) == value_width * len(values):
+        if value_width and all(len(v) == value_width for v in values):
+            blob = b"".join(values)
             value = f"substr(?2, j.key * {value_width} + 1, {value_width})"
             sql = f"INSERT INTO {table} (k, v) SELECT {key}, {value} FROM json_each(?3) AS j"
             return sql, (keys, blob, "[" + "0," * (len(values) - 1) + "0]")
@@ -490,13 +490,14 @@ class SpilledSeqColumns:
         if not self._recent:
             return
         rows = self._recent
-        leaves = b"".join([leaf for _, leaf, _, _ in rows])
-        digests = b"".join([digest for _, _, digest, _ in rows])
         times = [at for _, _, _, at in rows]
         with self._db.lock:
-            if len(leaves) == len(digests) == HASH_SIZE * len(rows) and all(
-                t in _JSON_INT for t in times
+            if all(
+                len(leaf) == len(digest) == HASH_SIZE and at in _JSON_INT
+                for _, leaf, digest, at in rows
             ):
+                leaves = b"".join([leaf for _, leaf, _, _ in rows])
+                digests = b"".join([digest for _, _, digest, _ in rows])
                 # One statement, as bulk_insert does for the maps (the seqs are consecutive).
                 self._db.execute(
                     "INSERT INTO seq_columns (seq, leaf, digest, at) SELECT ?1 + j.key, "

@@ -349,6 +349,9 @@ def test_bulk_insert_stores_what_row_by_row_stores(
 
 def test_bulk_insert_needs_keys_of_one_width() -> None:
     assert bulk_insert("t", [(b"ab", 1), (b"abc", 2)]) is None
+    # Widths that add up to a multiple of the first one's are still refused.
+    assert bulk_insert("t", [(b"ab", 1), (b"cdef", 2), (b"", 3)]) is None
+    assert bulk_insert("t", [(b"ab", b"ab"), (b"cd", b"cdef"), (b"ef", b"")]) is None
     assert bulk_insert("t", [(b"", 1)]) is None
     assert bulk_insert("t", []) is None
 
@@ -366,3 +369,9 @@ def test_seq_columns_flush_in_one_statement_reads_back_as_appended(
     )
     assert typed.fetchall() == [("blob", "blob", "integer")]
     assert [columns[seq] for seq in range(2500)] == rows
+    # Hashes of other sizes (never a server's) go row by row, and read back as they came.
+    odd = [(b"\x01" * 31, b"\x02" * 33, 5), (b"\x03" * 33, b"\x04" * 31, 6)]
+    for row in odd:
+        columns.append(*row)
+    columns.flush()
+    assert [columns[2500], columns[2501]] == odd
