@@ -21,14 +21,32 @@ import tempfile
 import tomllib
 import zipfile
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from infra import steward_cache
 
 REPO = Path(__file__).resolve().parents[2]
-# What pyproject.toml packages (its `packages.find` include) and what the build reads.
-PACKAGES = ("ledger", "controller", "audit", "steward", "infra")
 BUILD_FILES = ("pyproject.toml", "README.md")
+
+
+def _packages() -> tuple[str, ...]:
+    """What pyproject.toml packages: the top-level packages its `packages.find` include names.
+
+    Read from it, not listed here: a list of its own missed `monitor` and `steward_ed25519`,
+    and the wheel's controller then failed at its first import."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        include = tomllib.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return tuple(
+        sorted(
+            p.name
+            for p in REPO.iterdir()
+            if (p / "__init__.py").is_file() and any(fnmatch(p.name, pat) for pat in include)
+        )
+    )
+
+
+PACKAGES = _packages()
 
 
 @dataclass(frozen=True)
@@ -127,14 +145,15 @@ def build_wheel(files: list[Path], out_dir: Path) -> Path:
 
 
 def wheel_problems(wheel: Path) -> list[str]:
-    """What the wheel lacks: the generated gRPC package, the schemas, the KWOK stages, every
-    console script; an empty list when it has them all."""
+    """What the wheel lacks: a package pyproject.toml names, the generated gRPC package, the
+    schemas, the KWOK stages, every console script; an empty list when it has them all."""
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(
             (zf.read(n).decode() for n in names if n.endswith("entry_points.txt")), ""
         )
-    needed = [str(p.relative_to(REPO)) for p in sorted((REPO / "steward").rglob("*.py"))]
+    needed = [f"{package}/__init__.py" for package in PACKAGES]
+    needed += [str(p.relative_to(REPO)) for p in sorted((REPO / "steward").rglob("*.py"))]
     needed += [str(p.relative_to(REPO)) for p in sorted((REPO / "ledger" / "schemas").glob("*"))]
     needed += [str(p.relative_to(REPO)) for p in sorted((REPO / "infra" / "kube_stages").glob("*"))]
     problems = [f"missing {name}" for name in needed if name not in names]
