@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from controller.seams import LedgerReader
 from controller.snapshot_parts import (
+    ChangeLog,
     Part,
     after_failure,
     after_write,
@@ -42,6 +43,7 @@ from controller.snapshot_store import Snapshot, SnapshotStore
 from controller.state import ControllerState
 from ledger.errors import FormatError, StoreError
 from ledger.formats import LogEntry, decode_log_entry
+from ledger.heap import freeze_survivors
 from ledger.rules import VerifiedSignature
 from ledger.sigcheck import PendingChecks, SignatureChecker
 from ledger.store.base import LogStore, StoredCheckpoint, StoredRecord
@@ -83,7 +85,13 @@ class Replayer:
         self.source = source
         self.every_entries = snapshot_every_entries
         self.every_seconds = snapshot_every_seconds
-        self.state = ControllerState()
+        # With snapshots, last_seq is a ChangeLog from the start (not yet tracking): the first
+        # base would otherwise copy the replayed dict into one under the fold lock.
+        self.state = (
+            ControllerState(last_seq=ChangeLog(tracking=False))
+            if snapshots is not None
+            else ControllerState()
+        )
         self.position = 0  # next store position to read
         self.last_position = -1  # store position of the last valid entry
         self.lock = threading.RLock()  # hold it while reading self.state
@@ -157,10 +165,12 @@ class Replayer:
             held = 0.0
             prepared = None
             with self.lock:
+                held_from = time.monotonic()
                 log_ = tracked(self.state)
                 full = through is None or log_ is None or log_.through != through
                 if full:  # a base: prepared in steps, the fold going on between them
                     prepared = begin_full(self.state)
+                held = time.monotonic() - held_from
             while prepared is not None:
                 with self.lock:
                     held_from = time.monotonic()
@@ -168,6 +178,9 @@ class Replayer:
                     held = max(held, time.monotonic() - held_from)
                 if done:
                     break
+                # The rows encoded so far live until the base is written: left young, they
+                # set off the collector inside later steps (ledger.heap).
+                freeze_survivors()
             with self.lock:
                 held_from = time.monotonic()
                 taken = capture(self.state, (through or 0) + 1, full=full, prepared=prepared)

@@ -70,3 +70,15 @@ def settle_heap() -> None:
 def _freeze_after_full_collection(phase: str, info: dict[str, int]) -> None:
     if phase == "stop" and info["generation"] == 2:
         gc.freeze()
+
+
+def freeze_survivors() -> None:
+    """In a process that tuned the collector (`tune_collector`), freeze what is alive now;
+    elsewhere nothing. For a stretch that builds many objects which all live until it ends
+    (the controller's base snapshot part, encoded a few proposals per hold of the fold lock):
+    frozen between holds, none of them is scanned by a collection that would otherwise fall
+    inside a later hold. bench.replay at a million entries (2026-12-07): a step's longest
+    hold 61.4 ms (a middle collection of 57.9 ms inside it), 6.0 ms freezing after each step.
+    Frees nothing: they are freed by their reference counts, as everything frozen is."""
+    if _freeze_after_full_collection in gc.callbacks:
+        gc.freeze()

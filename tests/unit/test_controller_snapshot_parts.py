@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -453,7 +454,26 @@ def test_the_change_log_records_what_the_fold_names() -> None:
     assert state.last_seq.changed == {p} and state.last_seq[p] == h.core.size - 1
 
 
-def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
+def test_a_change_log_not_yet_tracking_records_nothing_until_a_base_begins() -> None:
+    from controller.snapshot_parts import begin_full, capture
+
+    h, p = longer_harness()
+    state = ControllerState(last_seq=ChangeLog(tracking=False))
+    for e in h.core.entries or []:
+        assert state.fold(e) is None
+    assert state.last_seq.changed is None and state.last_seq == fold(h.core.entries or []).last_seq
+    # No part was written from it: a delta would claim to follow a part that does not exist.
+    with pytest.raises(SnapshotError, match="no part was written from"):
+        capture(state, 1, full=False)
+    begin_full(state)
+    assert state.last_seq.changed == set()
+    h.ok(h.flow.health(p, 1, True))
+    assert state.fold((h.core.entries or [])[-1]) is None
+    assert state.last_seq.changed == {p}
+
+
+@pytest.mark.parametrize("last_seq", ["a dict (a state folded by hand)", "a ChangeLog (Replayer)"])
+def test_a_base_prepared_in_steps_holds_what_was_folded_between_them(last_seq: str) -> None:
     from controller.snapshot_parts import (
         begin_full,
         capture,
@@ -465,7 +485,12 @@ def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
 
     h, _p = longer_harness()
     entries = list(h.core.entries or [])
-    state = fold(entries)
+    if last_seq.startswith("a dict"):
+        state = fold(entries)
+    else:
+        state = ControllerState(last_seq=ChangeLog(tracking=False))
+        for e in entries:
+            assert state.fold(e) is None
     prep = begin_full(state)
     assert not prepare_step(state, prep, proposals=1)
     (encoded,) = prep.rows  # the first proposal encoded, before the fold goes on
@@ -490,6 +515,22 @@ def test_a_base_prepared_in_steps_holds_what_was_folded_between_them() -> None:
     part = decode_part(encode_capture_v1(taken))
     assert part.index_rows is None
     assert state_from_parts([part]) == everything
+    # In the order they were submitted, the one submitted between the steps last.
+    assert [r.entry_hash for r in part.proposals] == list(everything.ledger.proposals)
+    assert part.proposals[-1].entry_hash == late
+
+
+def test_the_proposals_submitted_since_a_base_began_are_the_last_ones() -> None:
+    from controller.snapshot_parts import _submitted_since
+
+    proposals = {bytes([i]) * 32: i for i in range(5)}
+    assert _submitted_since(proposals, 5) == []  # type: ignore[arg-type]
+    assert _submitted_since(proposals, 3) == [bytes([3]) * 32, bytes([4]) * 32]  # type: ignore[arg-type]
+    # Another mapping (the ledger server's spilled one): listed, the same answer.
+    view = MappingProxyType(proposals)
+    assert _submitted_since(view, 2) == list(proposals)[2:]  # type: ignore[arg-type]
+    with pytest.raises(SnapshotError, match="6 proposals when the base was begun, 5 now"):
+        _submitted_since(proposals, 6)  # type: ignore[arg-type]
 
 
 def test_a_failed_base_puts_the_additions_back_and_the_next_base_holds_them(tmp_path: Path) -> None:

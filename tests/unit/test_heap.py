@@ -12,6 +12,7 @@ import pytest
 from ledger.heap import (
     SETTLING_THRESHOLDS,
     _freeze_after_full_collection,
+    freeze_survivors,
     settle_heap,
     settling_collector,
     tune_collector,
@@ -89,3 +90,21 @@ def test_settling_collects_in_small_batches_and_freezes_them_then_tunes_back(
     tune_collector()
     assert gc.get_threshold() == (50_000, 2, 10)
     assert gc.callbacks.count(_freeze_after_full_collection) == 1
+
+
+def test_freeze_survivors_freezes_only_in_a_process_that_tuned_the_collector(
+    restore_gc: None,
+) -> None:
+    if _freeze_after_full_collection in gc.callbacks:
+        gc.callbacks.remove(_freeze_after_full_collection)
+    gc.unfreeze()
+    rows = [Node() for _ in range(1000)]  # a base's rows, encoded so far
+    freeze_survivors()  # a library caller, nobody tuned the collector: left as it is
+    assert gc.get_freeze_count() == 0
+    tune_collector()
+    freeze_survivors()
+    assert gc.get_freeze_count() >= len(rows)
+    # Frozen, they still die when their last reference goes.
+    alive = weakref.ref(rows[0])
+    del rows
+    assert alive() is None
