@@ -31,6 +31,9 @@ allocations) before it is freed.
   into a heap of gigabytes); with these, 87.6 ms. Not the steady state: each full
   collection freezes, and freezing ten times as often would catch ten times as many cycles
   in flight.
+- `freeze_survivors()` between the holds of a stretch whose objects all live until it ends
+  (the controller's base snapshot part), so that no collection inside a later hold scans them;
+  a no-op unless the process tuned the collector.
 """
 
 from __future__ import annotations
