@@ -10,9 +10,12 @@
   as a live controller folds it, with a part every ``--every`` entries holding only what changed
   (issue #19): how long each held the fold lock, how long each took, its size, against the
   whole-state encoding every snapshot used to be, measured on the same state in the same run;
-* restart from the snapshot: a new Replayer on the same store and snapshot database,
-  ``load_snapshot()`` + ``catch_up()``, i.e. what a restarted controller does before it can
-  act. Goal: under 2 s at 1,000,000 events. A restored proposal's evidence is decoded on first
+* restart from the snapshot: in a new process per restart (``--restart-only``), once the
+  bench's own store is closed, as a restarted controller finds it: the snapshot database
+  opened, a new Replayer's ``load_snapshot()`` + ``catch_up()``, i.e. what a restarted
+  controller does before it can act. Goal: under 2 s at 10,000,000 events. Then again in the
+  bench's process, for the reconciles below (and reported: that process held the cold state
+  and wrote the snapshot, and restarts there have been slower). A restored proposal's evidence is decoded on first
   use (controller.snapshot), so the cost deferred to the first reconcile — which looks at every
   proposal's target and phase — is reported too, as is the load average around the run.
 
@@ -22,8 +25,11 @@ Run: python -m bench.replay [--smoke] [--events N] [--profile]
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -120,6 +126,54 @@ def _db_mib(directory: str) -> float:
     return sum(f.stat().st_size for f in Path(directory).glob("snapshots.db*")) / 2**20
 
 
+def _restart_only(events: int, db: Path, default_gc: bool) -> int:
+    """One controller restart, as steward-controller starts: the collector tuned, the
+    snapshot store opened, the chain loaded, the log caught up with (nothing left to fold)."""
+    from controller.replay import Replayer, SnapshotStore
+    from ledger.store.sqlite import SQLiteLogStore
+
+    if not default_gc:
+        from ledger.heap import tune_collector
+
+        tune_collector()
+    gen = ledger(events)
+    store = SQLiteLogStore(gen.sqlite_path())
+    start = time.perf_counter()
+    snapshots = SnapshotStore(db)
+    never = 10**12
+    warm = Replayer(
+        store,
+        snapshots=snapshots,
+        source="bench",
+        snapshot_every_entries=never,
+        snapshot_every_seconds=never,
+    )
+    loaded = warm.load_snapshot()
+    warm.catch_up()
+    seconds = time.perf_counter() - start
+    if not loaded or warm.state.ledger.size != gen.events:
+        raise AssertionError("the restart did not come back from the snapshot")
+    lookups = snapshots.index_rows("bench").lookups
+    snapshots.close()
+    store.close()
+    print(json.dumps({"seconds": seconds, "index_rows_read": lookups}))
+    return 0
+
+
+def _restart_in_a_new_process(events: int, db: Path, default_gc: bool) -> float:
+    command = [sys.executable, "-m", "bench.replay", "--events", str(events), "--restart-only"]
+    command.append(str(db))
+    if default_gc:
+        command.append("--default-gc")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"a restart in a new process failed:\n{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["index_rows_read"]:
+        raise AssertionError(f"a restart read {result['index_rows_read']} index rows")
+    return float(result["seconds"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__ or "")
     p.add_argument("--events", type=int, default=1_000_000)
@@ -152,7 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         help="1 (what steward-controller does): each catch-up chunk's signatures are "
         "checked in a worker process; 0: in the replaying process",
     )
+    p.add_argument(
+        "--restart-only",
+        metavar="DB",
+        help="time one restart of a controller from the snapshot database DB (source "
+        "'bench', of the ledger of --events) in this process and print it as JSON: what the "
+        "bench runs in a new process for each timed restart",
+    )
     args = p.parse_args(argv)
+    if args.restart_only:
+        return _restart_only(args.events, Path(args.restart_only), args.default_gc)
     events = 3_000 if args.smoke else args.events
 
     from controller.planner import plan
@@ -289,6 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
         report.add("snapshot database on disk (parts and index rows)", _db_mib(tmp), "MiB")
+        # A restarted controller is a new process, and the one before it closed its store (or
+        # died): each restart the goal counts runs in a process of its own, timed from opening
+        # the snapshot database to caught up with the log.
+        snapshots.close()
+        fresh = [
+            _restart_in_a_new_process(gen.events, Path(tmp) / "snapshots.db", args.default_gc)
+            for _ in range(1 if args.smoke else args.restarts)
+        ]
+        restart = median(fresh)
+        report.add(
+            "restart from snapshot, a new process (median)", restart, "s", "< 2 s", restart < 2.0
+        )
+        snapshots = SnapshotStore(Path(tmp) / "snapshots.db")
         restarts: list[float] = []
         lookups: list[int] = []
         for _ in range(1 if args.smoke else args.restarts):
@@ -312,9 +388,12 @@ def main(argv: list[str] | None = None) -> int:
             lookups.append(rows.lookups - before)
             if not loaded or warm.state.ledger.size != gen.events:
                 raise AssertionError("the restart did not come back from the snapshot")
-        restart = median(restarts)
-        report.add("restart from snapshot (median)", restart, "s", "< 2 s", restart < 2.0)
-        report.add("  index rows read by the restart", max(lookups), "")
+        report.add(
+            "restart again in this process, which wrote the snapshot (median)",
+            median(restarts),
+            "s",
+        )
+        report.add("  index rows read by a restart", max(lookups), "")
         # What the controller's loop does with the fold lock held (controller.runtime), on the
         # restarted state, every target observed with a settled stable Deployment running its
         # last promoted image (so the plan starts the next approved rollout): first the

@@ -34,7 +34,8 @@ EXPECTED: dict[str, list[str]] = {
         "snapshot: fold lock held, max",
         "snapshot write (capture + encode + commit), p50",
         "part write p50 / whole-state encode",
-        "restart from snapshot (median)",
+        "restart from snapshot, a new process (median)",
+        "restart again in this process, which wrote the snapshot (median)",
         "  next views pass: views built again",
     ],
     "memory": [
