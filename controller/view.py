@@ -27,6 +27,7 @@ from controller.planner import (
 )
 from controller.state import ControllerState
 from ledger.formats import PolicySet, Target
+from ledger.heap import freeze_survivors
 from ledger.state import ProposalState
 
 # The ModelRollout custom resource (k8s/base/crd-modelrollouts.yaml): written by the mirror, read by kubectl.
@@ -164,12 +165,17 @@ def views_in_chunks(
             if current() is not state:
                 return None
             part = proposals[start : start + chunk]
+            built = -1 if cache is None else cache.built
             if cache is None:
                 views += views_of(state, part, observed, notes)
             else:
                 views += cache.views_of(state, part, observed, notes)
             if held is not None:
                 held.append((began, time.perf_counter()))
+        if cache is None or cache.built != built:
+            # New views (and the evidence a restored proposal decoded for them) live on:
+            # left young, they set off collections inside the next holds (ledger.heap).
+            freeze_survivors()
     return views
 
 

@@ -177,3 +177,33 @@ def test_the_cache_does_not_keep_a_replaced_state_alive() -> None:
     gc.collect()
     assert old() is None
     cached_views(sim, cache)
+
+
+def test_views_built_are_frozen_after_their_hold_and_a_pass_that_builds_none_freezes_nothing() -> (
+    None
+):
+    import gc
+
+    from ledger.heap import _freeze_after_full_collection, tune_collector
+
+    h = Harness()
+    sim = Sim(h)
+    cache = ViewCache()
+    h.evaluated(plan=PLAN)
+    h.ok(h.flow.propose("registry.example/model-server:v3"))
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    tune_collector()  # as steward-controller does: only then does the pass freeze anything
+    try:
+        first = cached_views(sim, cache, chunk=1)
+        assert cache.built == 2 and gc.get_freeze_count() > 0
+        # Tracked, yet in none of the collector's generations: frozen.
+        young = {id(o) for generation in range(3) for o in gc.get_objects(generation)}
+        assert all(gc.is_tracked(v) and id(v) not in young for v in first)
+        gc.unfreeze()
+        cached_views(sim, cache, chunk=1)  # nothing changed: every view kept
+        assert cache.built == 2 and gc.get_freeze_count() == 0
+    finally:
+        gc.callbacks.remove(_freeze_after_full_collection)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
