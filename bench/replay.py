@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The first snapshot after the cold replay is a base: everything, its indexes as rows.
         start = time.perf_counter()
-        with _StallProbe() as stalls:
+        with _StallProbe() as stalls, _CollectorPauses() as base_pauses:
             cold.snapshot()
         report.add(
             "snapshot write, first (a base: the whole state)", time.perf_counter() - start, "s"
@@ -304,6 +304,20 @@ def main(argv: list[str] | None = None) -> int:
             "< 50 ms",
             cold.last_capture_seconds < 0.05,
         )
+        own = max(e - b - base_pauses.within(b, e) for b, e in cold.last_capture_holds)
+        report.add("  the longest hold less the collector's pauses in it", 1000 * own, "ms")
+        report.add(
+            "  holds of the fold lock by the base",
+            len(cold.last_capture_holds),
+            "",
+        )
+        report.add(
+            "  of them with a collector pause inside",
+            sum(1 for b, e in cold.last_capture_holds if base_pauses.within(b, e) > 0),
+            "",
+        )
+        longest_pause = max((e - b for b, e, _ in base_pauses.pauses), default=0.0)
+        report.add("  the collector's longest pause during the base", 1000 * longest_pause, "ms")
         report.add("base part size", cold.last_part_bytes / 2**20, "MiB")
 
         # Then what a live controller does: fold entries as they come and write a part every

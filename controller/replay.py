@@ -101,6 +101,9 @@ class Replayer:
         self._last_snapshot_cost = 0.0  # seconds the last snapshot write took
         self.loaded_from_snapshot = False
         self.last_capture_seconds = 0.0  # the longest the last snapshot held the fold lock
+        # Each hold of the fold lock by the last snapshot, (start, end) in time.perf_counter()
+        # (the bench tells the collector's pauses inside them apart).
+        self.last_capture_holds: list[tuple[float, float]] = []
         self.last_part_bytes = 0
         # Monotonic time each recent entry was folded: how fast the controller reacts to it.
         self.folded_at: dict[int, float] = {}
@@ -162,31 +165,33 @@ class Replayer:
         try:
             started = time.monotonic()
             through = store.through(self.source)  # the chain cannot move: `writing` is held
-            held = 0.0
+            holds: list[tuple[float, float]] = []
             prepared = None
             with self.lock:
-                held_from = time.monotonic()
+                held_from = time.perf_counter()
                 log_ = tracked(self.state)
                 full = through is None or log_ is None or log_.through != through
                 if full:  # a base: prepared in steps, the fold going on between them
                     prepared = begin_full(self.state)
-                held = time.monotonic() - held_from
+                holds.append((held_from, time.perf_counter()))
             while prepared is not None:
                 with self.lock:
-                    held_from = time.monotonic()
+                    held_from = time.perf_counter()
                     done = prepare_step(self.state, prepared)
-                    held = max(held, time.monotonic() - held_from)
+                    holds.append((held_from, time.perf_counter()))
                 if done:
                     break
                 # The rows encoded so far live until the base is written: left young, they
                 # set off the collector inside later steps (ledger.heap).
                 freeze_survivors()
             with self.lock:
-                held_from = time.monotonic()
+                held_from = time.perf_counter()
                 taken = capture(self.state, (through or 0) + 1, full=full, prepared=prepared)
                 position, last_position = self.position, self.last_position
                 self._since_snapshot = 0
-                self.last_capture_seconds = max(held, time.monotonic() - held_from)
+                holds.append((held_from, time.perf_counter()))
+            self.last_capture_holds = holds
+            self.last_capture_seconds = max(end - begin for begin, end in holds)
             try:
                 blob = encode_capture(taken)
                 store.write_part(self.source, taken, blob, position, last_position)
