@@ -34,7 +34,14 @@ and samples every thread's stack; it writes DIR/<backend>-<phase>.json per measu
 the bench prints a per-event breakdown. Profiling slows the server: compare its figures with
 each other, not with an unprofiled run.
 
+With ``--history N`` the SQLite run is made again on a copy of ``bench.ledgergen``'s ledger of
+N events (the events signed by its cast, on proposals submitted after it), and the bench
+reports the rates and CPU per event against the empty ledger of the same run: what a long
+history costs an append. The server's start verifies the whole history first (about 160 s a
+million events, see ``bench.memory``), and that start is not in the figures.
+
 Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite] [--profile DIR]
+     [--history N]
 
 Its length is one idea read top to bottom: one benchmark, its set-up, its measured phases and
 its report (the profile's probes included).
@@ -338,7 +345,11 @@ class ServerProcess:
 
 @contextmanager
 def ledger_server(
-    store_spec: str, key_path: Path, workdir: Path, profile: Path | None = None
+    store_spec: str,
+    key_path: Path,
+    workdir: Path,
+    profile: Path | None = None,
+    start_timeout: float = 180,
 ) -> Iterator[ServerProcess]:
     """A ledger server subprocess (profiled into `profile` when given)."""
     port_file = workdir / f"port-{uuid.uuid4().hex[:8]}"
@@ -355,7 +366,10 @@ def ledger_server(
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
         args += ["--profile-out", str(profile)]
-    with _server_child(args, workdir / "server.log", "the ledger server", 180) as (child, port):
+    with _server_child(args, workdir / "server.log", "the ledger server", start_timeout) as (
+        child,
+        port,
+    ):
         yield ServerProcess(child, f"127.0.0.1:{port}", profile)
 
 
@@ -363,12 +377,14 @@ def ledger_server(
 # The workload
 
 
-def _setup(client: Any, flow: Any) -> list[bytes]:
-    """Genesis, grants, policy and the proposals the measured events refer to."""
-    client.append(flow.genesis())
-    for grant in flow.grants():
-        client.append(grant)
-    client.append(flow.policy())
+def _setup(client: Any, flow: Any, *, history: bool = False) -> list[bytes]:
+    """Genesis, grants, policy and the proposals the measured events refer to (only the
+    proposals on a generated ledger's history: it has the rest)."""
+    if not history:
+        client.append(flow.genesis())
+        for grant in flow.grants():
+            client.append(grant)
+        client.append(flow.policy())
     return [
         client.append(
             flow.propose(f"registry.example/model-{i}:v2", deployment=f"model-{i}")
@@ -461,21 +477,34 @@ def run_backend(
     rate: float,
     profile: Path | None = None,
     warmup_n: int = 0,
-) -> tuple[float, float | None]:
-    """Events/s through AppendStream, and the server's CPU seconds per unary Append."""
+    history: int = 0,
+) -> tuple[float, float | None, float | None]:
+    """Events/s through AppendStream, and the server's CPU seconds per event, streamed and
+    unary. With `history`, `store_spec` is a SQLite store holding bench.ledgergen's ledger of
+    that many events: the events are signed by its cast, on proposals submitted after it."""
     from ledger.client import LedgerClient
     from ledger.core import Receipt
     from ledger.scenario import Cast, Flow
 
-    cast = Cast.create()
-    flow = Flow(cast, ledger=f"bench-{name}", origin=f"steward.dev/ledger/bench-{name}")
+    if history:
+        from bench.ledgergen import LEDGER, ORIGIN
+
+        cast = Cast.create(seed="steward-bench")  # bench.ledgergen's cast, its default seed
+        flow = Flow(cast, ledger=LEDGER, origin=ORIGIN)
+    else:
+        cast = Cast.create()
+        flow = Flow(cast, ledger=f"bench-{name}", origin=f"steward.dev/ledger/bench-{name}")
     key_path = workdir / f"{name}-checkpoint.pem"
     cast.checkpoint_key.save(key_path)
+    # A start verifies the whole history: about 160 s a million events on SQLite (bench.memory).
+    start_timeout = 180 + history * 0.0004
     with (
-        ledger_server(store_spec, key_path, workdir, profile) as server,
+        ledger_server(store_spec, key_path, workdir, profile, start_timeout) as server,
         LedgerClient(server.address, timeout=120) as client,
     ):
-        proposals = _setup(client, flow)
+        if history:
+            print(f"  {name}: the server started on {client.head().size:,} entries", flush=True)
+        proposals = _setup(client, flow, history=bool(history))
         if warmup_n:
             # A fresh broker spends its first seconds compiling (the JVM's JIT threads took
             # ~0.3 of a core during a 6 s run right after start): measured apart, reported.
@@ -531,7 +560,8 @@ def run_backend(
             )
         report.params[f"{name}_entries"] = client.head().size
     unary_per_event = None if unary_cpu is None else unary_cpu / unary_n
-    return rate_stream, unary_per_event
+    stream_per_event = None if stream_cpu is None else stream_cpu / stream_n
+    return rate_stream, stream_per_event, unary_per_event
 
 
 def _used(before: float | None, after: float | None) -> float | None:
@@ -641,6 +671,15 @@ def main(argv: list[str] | None = None) -> int:
         "so a freshly started broker's JIT compilation is not in the figure",
     )
     p.add_argument("--unary", type=int, default=2_000, help="unary appends at --rate")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also stream into a SQLite ledger that holds bench.ledgergen's N events (generated "
+        "once and cached; its server's start verifies them all, about 160 s a million), "
+        "against the empty SQLite ledger of the same run",
+    )
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument(
         "--profile",
@@ -671,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": BATCH,
             "unary": unary_n,
             "rate": args.rate,
+            "history": args.history,
             "cpus": os.cpu_count(),
         },
     )
@@ -684,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         if "kafka" in backends:
             with kafka(args.bootstrap) as bootstrap:
                 topic = f"steward-bench-{uuid.uuid4().hex[:10]}"
-                rate, unary_cpu["kafka"] = run_backend(
+                rate, _, unary_cpu["kafka"] = run_backend(
                     report,
                     "kafka",
                     f"kafka:{bootstrap}/{topic}",
@@ -712,8 +752,8 @@ def main(argv: list[str] | None = None) -> int:
                 report.add(
                     "kafka: AppendStream / raw confluent-kafka transactional", rate / rd_txn, "x"
                 )
-        if "sqlite" in backends:
-            _rate, unary_cpu["sqlite"] = run_backend(
+        if "sqlite" in backends or args.history:
+            fresh, fresh_cpu, unary_cpu["sqlite"] = run_backend(
                 report,
                 "sqlite",
                 f"sqlite:{workdir / 'ledger.db'}",
@@ -724,6 +764,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile,
                 warmup_n,
             )
+        if args.history:
+            _history(report, workdir, args, stream_n, unary_n, warmup_n, fresh, fresh_cpu)
         # The baseline of a unary Append's CPU: the same calls, same rate, to a gRPC server
         # whose Append does nothing. Issue #19 asks <= 300 µs a call of the whole path.
         from ledger.scenario import Cast, Flow
@@ -743,6 +785,48 @@ def main(argv: list[str] | None = None) -> int:
                     )
     report.emit()
     return 0
+
+
+def _history(
+    report: Report,
+    workdir: Path,
+    args: Any,
+    stream_n: int,
+    unary_n: int,
+    warmup_n: int,
+    fresh: float,
+    fresh_cpu: float | None,
+) -> None:
+    """The SQLite run again on a copy of bench.ledgergen's ledger of --history events: what a
+    long history costs an append (the per-entry maps are in the server's scratch file)."""
+    import shutil
+
+    from bench.ledgergen import ledger
+
+    generated = ledger(args.history)
+    path = workdir / "history.db"
+    shutil.copy(generated.sqlite_path(), path)
+    name = f"sqlite after {args.history:,}"
+    rate, cpu, _ = run_backend(
+        report,
+        name,
+        f"sqlite:{path}",
+        workdir,
+        stream_n,
+        unary_n,
+        args.rate,
+        args.profile,
+        warmup_n,
+        history=args.history,
+    )
+    report.add(f"{name}: AppendStream / on the empty ledger of this run", rate / fresh, "x")
+    if cpu is not None and fresh_cpu is not None:
+        report.add(
+            f"{name}: server CPU per event, AppendStream / on the empty ledger",
+            cpu / fresh_cpu,
+            "x",
+        )
+    path.unlink()
 
 
 def argparse_hidden() -> str:

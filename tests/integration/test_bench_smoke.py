@@ -117,6 +117,19 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
     assert doc["machine"]["cpus"]
 
 
+def test_ingest_history_streams_into_a_generated_ledger(tmp_path: Path) -> None:
+    """--history N: the same stream into a server started on bench.ledgergen's ledger of N
+    events, signed by that ledger's cast; every event accepted (the bench checks the head)."""
+    doc = run_smoke("ingest", tmp_path, "--backends", "sqlite", "--history", "3000")
+    rows = {r["metric"]: r["value"] for r in doc["rows"]}
+    name = "sqlite after 3,000"
+    assert rows[f"{name}: AppendStream (full verification)"] > 0
+    assert rows[f"{name}: AppendStream / on the empty ledger of this run"] > 0
+    assert "sqlite: AppendStream (full verification)" in rows
+    # The history, its proposals, then the warm-up, the stream and the unary calls.
+    assert doc["params"][f"{name}_entries"] == 3000 + 32 + 100 + 600 + 50
+
+
 @pytest.mark.kube
 def test_killswitch_traffic_mode_reports_ack_to_weight_0(tmp_path: Path) -> None:
     """Traffic mode: ack → weight 0 is its own figure, and in every trial the route's weight
