@@ -118,16 +118,17 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
 
 
 def test_ingest_history_streams_into_a_generated_ledger(tmp_path: Path) -> None:
-    """--history N: the same stream into a server started on bench.ledgergen's ledger of N
-    events, signed by that ledger's cast; every event accepted (the bench checks the head)."""
-    doc = run_smoke("ingest", tmp_path, "--backends", "sqlite", "--history", "3000")
+    """--history N: the same stream into servers started on bench.ledgergen's ledgers of 3,000
+    and N events, signed by their cast; every event accepted (the bench checks the head)."""
+    doc = run_smoke("ingest", tmp_path, "--backends", "sqlite", "--history", "4000")
     rows = {r["metric"]: r["value"] for r in doc["rows"]}
-    name = "sqlite after 3,000"
-    assert rows[f"{name}: AppendStream (full verification)"] > 0
-    assert rows[f"{name}: AppendStream / on the empty ledger of this run"] > 0
+    for n in (3000, 4000):
+        name = f"sqlite after {n:,}"
+        assert rows[f"{name}: AppendStream (full verification)"] > 0
+        # The history, its proposals, then the warm-up, the stream and the unary calls.
+        assert doc["params"][f"{name}_entries"] == n + 32 + 100 + 600 + 50
+    assert rows["sqlite after 4,000: AppendStream / sqlite after 3,000"] > 0
     assert "sqlite: AppendStream (full verification)" in rows
-    # The history, its proposals, then the warm-up, the stream and the unary calls.
-    assert doc["params"][f"{name}_entries"] == 3000 + 32 + 100 + 600 + 50
 
 
 @pytest.mark.kube
