@@ -117,18 +117,20 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
     assert doc["machine"]["cpus"]
 
 
-def test_ingest_history_streams_into_a_generated_ledger(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])
+def test_ingest_history_streams_into_a_generated_ledger(backend: str, tmp_path: Path) -> None:
     """--history N: the same stream into servers started on bench.ledgergen's ledgers of 3,000
-    and N events, signed by their cast; every event accepted (the bench checks the head)."""
-    doc = run_smoke("ingest", tmp_path, "--backends", "sqlite", "--history", "4000")
+    and N events (a copy of the SQLite file, or a topic the Kafka store wrote them to), signed
+    by their cast; every event accepted (the bench checks the head)."""
+    doc = run_smoke("ingest", tmp_path, "--backends", backend, "--history", "4000")
     rows = {r["metric"]: r["value"] for r in doc["rows"]}
     for n in (3000, 4000):
-        name = f"sqlite after {n:,}"
+        name = f"{backend} after {n:,}"
         assert rows[f"{name}: AppendStream (full verification)"] > 0
         # The history, its proposals, then the warm-up, the stream and the unary calls.
         assert doc["params"][f"{name}_entries"] == n + 32 + 100 + 600 + 50
-    assert rows["sqlite after 4,000: AppendStream / sqlite after 3,000"] > 0
-    assert "sqlite: AppendStream (full verification)" in rows
+    assert rows[f"{backend} after 4,000: AppendStream / {backend} after 3,000"] > 0
+    assert f"{backend}: AppendStream (full verification)" in rows
 
 
 @pytest.mark.kube
