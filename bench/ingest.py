@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -729,20 +729,26 @@ def main(argv: list[str] | None = None) -> int:
     unary_cpu: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmp:
         workdir = Path(tmp)
+
+        def measure(name: str, spec: str, history: int = 0) -> tuple[float, Any, Any]:
+            """run_backend with this run's sizes, rate and profile."""
+            return run_backend(
+                report,
+                name,
+                spec,
+                workdir,
+                stream_n,
+                unary_n,
+                args.rate,
+                args.profile,
+                warmup_n,
+                history=history,
+            )
+
         if "kafka" in backends:
             with kafka(args.bootstrap) as bootstrap:
                 topic = f"steward-bench-{uuid.uuid4().hex[:10]}"
-                rate, _, unary_cpu["kafka"] = run_backend(
-                    report,
-                    "kafka",
-                    f"kafka:{bootstrap}/{topic}",
-                    workdir,
-                    stream_n,
-                    unary_n,
-                    args.rate,
-                    args.profile,
-                    warmup_n,
-                )
+                rate, _, unary_cpu["kafka"] = measure("kafka", f"kafka:{bootstrap}/{topic}")
                 records = _entries(stream_n)
                 raw = raw_kafka(bootstrap, records, transactional=False)
                 txn = raw_kafka(bootstrap, records, transactional=True)
@@ -761,21 +767,11 @@ def main(argv: list[str] | None = None) -> int:
                     "kafka: AppendStream / raw confluent-kafka transactional", rate / rd_txn, "x"
                 )
                 if args.history:
-                    _history(report, workdir, args, stream_n, unary_n, warmup_n, bootstrap)
+                    _history(report, measure, workdir, args.history, bootstrap)
         if "sqlite" in backends:
-            _rate, _cpu, unary_cpu["sqlite"] = run_backend(
-                report,
-                "sqlite",
-                f"sqlite:{workdir / 'ledger.db'}",
-                workdir,
-                stream_n,
-                unary_n,
-                args.rate,
-                args.profile,
-                warmup_n,
-            )
+            _rate, _cpu, unary_cpu["sqlite"] = measure("sqlite", f"sqlite:{workdir / 'ledger.db'}")
             if args.history:
-                _history(report, workdir, args, stream_n, unary_n, warmup_n)
+                _history(report, measure, workdir, args.history)
         # The baseline of a unary Append's CPU: the same calls, same rate, to a gRPC server
         # whose Append does nothing. Issue #19 asks <= 300 µs a call of the whole path.
         from ledger.scenario import Cast, Flow
@@ -805,24 +801,23 @@ SHORT_HISTORY = 3_000
 
 def _history(
     report: Report,
+    measure: Callable[..., tuple[float, Any, Any]],
     workdir: Path,
-    args: Any,
-    stream_n: int,
-    unary_n: int,
-    warmup_n: int,
+    history: int,
     bootstrap: str | None = None,
 ) -> None:
-    """The run on bench.ledgergen's ledgers of SHORT_HISTORY and of --history events, each in a
-    fresh server and store (a copy of the SQLite file, or a topic the store has written them
-    to, given `bootstrap`): what a long history costs an append (the per-entry maps are in
-    the server's scratch file, the tiles in the SQLite store or the scratch file)."""
+    """`measure` (run_backend) on bench.ledgergen's ledgers of SHORT_HISTORY and of `history`
+    events, each in a fresh server and store (a copy of the SQLite file, or a topic the store
+    has written them to, given `bootstrap`): what a long history costs an append (the
+    per-entry maps are in the server's scratch file, the tiles in the SQLite store or the
+    scratch file)."""
     import shutil
 
     from bench.ledgergen import ledger
 
     backend = "kafka" if bootstrap else "sqlite"
     measured: list[tuple[str, float, float | None]] = []
-    for n in (SHORT_HISTORY, args.history):
+    for n in (SHORT_HISTORY, history):
         if bootstrap:
             spec = f"kafka:{bootstrap}/{_history_topic(bootstrap, ledger(n).records(), n)}"
         else:
@@ -830,18 +825,7 @@ def _history(
             shutil.copy(ledger(n).sqlite_path(), path)
             spec = f"sqlite:{path}"
         name = f"{backend} after {n:,}"
-        rate, cpu, _ = run_backend(
-            report,
-            name,
-            spec,
-            workdir,
-            stream_n,
-            unary_n,
-            args.rate,
-            args.profile,
-            warmup_n,
-            history=n,
-        )
+        rate, cpu, _ = measure(name, spec, history=n)
         measured.append((name, rate, cpu))
         if not bootstrap:
             path.unlink()
