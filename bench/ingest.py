@@ -34,10 +34,10 @@ and samples every thread's stack; it writes DIR/<backend>-<phase>.json per measu
 the bench prints a per-event breakdown. Profiling slows the server: compare its figures with
 each other, not with an unprofiled run.
 
-With ``--history N`` the SQLite run is made again on copies of ``bench.ledgergen``'s ledgers of
-3,000 and of N events (the events signed by their cast, on proposals submitted after them), and
-the bench reports N's rate and CPU per event against 3,000's: what a long history costs an
-append, the workload the same. The server's start verifies the whole history first (about 160 s a
+With ``--history N`` each backend's run is made again on ``bench.ledgergen``'s ledgers of 3,000
+and of N events (copies of the SQLite file, or fresh topics the Kafka store writes them to; the
+events signed by their cast, on proposals submitted after them), and the bench reports N's rate
+and CPU per event against 3,000's: what a long history costs an append, the workload the same. The server's start verifies the whole history first (about 160 s a
 million events, see ``bench.memory``), and that start is not in the figures.
 
 Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite] [--profile DIR]
@@ -480,8 +480,8 @@ def run_backend(
     history: int = 0,
 ) -> tuple[float, float | None, float | None]:
     """Events/s through AppendStream, and the server's CPU seconds per event, streamed and
-    unary. With `history`, `store_spec` is a SQLite store holding bench.ledgergen's ledger of
-    that many events: the events are signed by its cast, on proposals submitted after it."""
+    unary. With `history`, `store_spec` is a store holding bench.ledgergen's ledger of that many
+    events: the events are signed by its cast, on proposals submitted after it."""
     from ledger.client import LedgerClient
     from ledger.core import Receipt
     from ledger.scenario import Cast, Flow
@@ -684,9 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="N",
-        help="also stream into SQLite ledgers that hold bench.ledgergen's 3,000 and N events "
-        "(generated once and cached; a server's start verifies them all, about 160 s a "
-        "million), and report N's figures against 3,000's",
+        help="also stream, on each backend, into ledgers that hold bench.ledgergen's 3,000 and "
+        "N events (generated once and cached; a server's start verifies them all, about 160 s "
+        "a million), and report N's figures against 3,000's",
     )
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument(
@@ -702,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-out", help=argparse_hidden())
     p.add_argument("--serve-bare", action="store_true", help=argparse_hidden())
     args = p.parse_args(argv)
+    if args.history and args.history <= SHORT_HISTORY:
+        p.error(
+            f"--history {args.history}: give more than {SHORT_HISTORY:,} events, the length of "
+            "the history it is compared with (or 0 for none)"
+        )
     if args.serve:
         return _serve(args.serve, args.key, args.port_file, args.profile_out)
     if args.serve_bare:

@@ -133,6 +133,19 @@ def test_ingest_history_streams_into_a_generated_ledger(backend: str, tmp_path: 
     assert f"{backend}: AppendStream (full verification)" in rows
 
 
+@pytest.mark.parametrize("history", ["50", "3000", "-1"])
+def test_ingest_history_shorter_than_its_baseline_is_refused(history: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--history", history],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert f"--history {history}: give more than 3,000 events" in out.stderr
+
+
 @pytest.mark.kube
 def test_killswitch_traffic_mode_reports_ack_to_weight_0(tmp_path: Path) -> None:
     """Traffic mode: ack → weight 0 is its own figure, and in every trial the route's weight
