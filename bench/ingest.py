@@ -60,13 +60,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import Probes, Report, StackSampler, median, parser, percentile, top_functions
 from infra.processes import Child, start_python, wait_for, wait_for_port_file
 
+if TYPE_CHECKING:
+    from bench.ledgergen import GeneratedLedger
+
 BATCH = 256
 PROPOSALS = 32
+# The baseline of --history: a generated ledger as short as the generator makes sense for, so
+# that only the history's length differs (the same cast, policy and workload), each in a
+# server and store of its own in the same run.
+SHORT_HISTORY = 3_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +506,8 @@ def run_backend(
     # A start verifies the whole history: about 160 s a million events on SQLite (bench.memory),
     # and Kafka's reads are slower.
     start_timeout = 180 + history * 0.0008
+    if history:
+        print(f"  {name}: starting a server, which verifies all {history:,} entries", flush=True)
     launched = time.perf_counter()
     with (
         ledger_server(store_spec, key_path, workdir, profile, start_timeout) as server,
@@ -735,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmp:
         workdir = Path(tmp)
 
-        def measure(name: str, spec: str, history: int = 0) -> tuple[float, Any, Any]:
+        def measure(
+            name: str, spec: str, history: int = 0
+        ) -> tuple[float, float | None, float | None]:
             """run_backend with this run's sizes, rate and profile."""
             return run_backend(
                 report,
@@ -798,15 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The baseline of --history: a generated ledger as short as the generator makes sense for, so
-# that only the history's length differs (the same cast, policy and workload), each in a
-# server and store of its own in the same run.
-SHORT_HISTORY = 3_000
-
-
 def _history(
     report: Report,
-    measure: Callable[..., tuple[float, Any, Any]],
+    measure: Callable[..., tuple[float, float | None, float | None]],
     workdir: Path,
     history: int,
     bootstrap: str | None = None,
@@ -823,11 +828,12 @@ def _history(
     backend = "kafka" if bootstrap else "sqlite"
     measured: list[tuple[str, float, float | None]] = []
     for n in (SHORT_HISTORY, history):
+        generated = ledger(n)
         if bootstrap:
-            spec = f"kafka:{bootstrap}/{_history_topic(bootstrap, ledger(n).records(), n)}"
+            spec = f"kafka:{bootstrap}/{_history_topic(bootstrap, generated)}"
         else:
             path = workdir / f"history-{n}.db"
-            shutil.copy(ledger(n).sqlite_path(), path)
+            shutil.copy(generated.sqlite_path(), path)
             spec = f"sqlite:{path}"
         name = f"{backend} after {n:,}"
         rate, cpu, _ = measure(name, spec, history=n)
@@ -840,8 +846,8 @@ def _history(
         report.add(f"{name}: server CPU per event, AppendStream / {short}", cpu / short_cpu, "x")
 
 
-def _history_topic(bootstrap: str, records: Iterator[bytes], n: int) -> str:
-    """A fresh topic holding `records` (n of them), written by the Kafka store itself in
+def _history_topic(bootstrap: str, generated: GeneratedLedger) -> str:
+    """A fresh topic holding `generated`'s records, written by the Kafka store itself in
     transactions of 5,000, as a server would have written them over time."""
     from bench.ledgergen import _event_id
     from ledger.store.kafka import KafkaLogStore
@@ -851,7 +857,8 @@ def _history_topic(bootstrap: str, records: Iterator[bytes], n: int) -> str:
     store = KafkaLogStore(KafkaStoreConfig(bootstrap, topic))
     started, chunk, done = time.monotonic(), [], 0
     try:
-        for record in records:
+        n = generated.events
+        for record in generated.records():
             chunk.append((_event_id(record), record))
             if len(chunk) == 5_000:
                 store.append(chunk)
