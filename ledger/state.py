@@ -546,8 +546,10 @@ class LedgerState:
             del self.kill_switches[payload.scope]
             del self.engagements[payload.scope]
         self.event_ids[body.event_id] = seq
-        self.entry_types[h] = body.type
+        # The seq first: a server's two maps are one table, written when the type is
+        # (ledger.spilled_index.SpilledEntryIndex).
         self.entry_seqs[h] = seq
+        self.entry_types[h] = body.type
         self.size = seq + 1
         self.last_hash = h
 

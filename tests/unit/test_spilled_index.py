@@ -22,8 +22,10 @@ from ledger.key_filter import KeyFilter
 from ledger.merkle import MemoryNodeStore, MerkleTree
 from ledger.scenario import Cast, Flow
 from ledger.spilled_index import (
+    ENTRY_TYPES,
     FOUND_KEYS,
     ScratchIndexes,
+    SpilledEntryIndex,
     SpilledMap,
     SpilledObjects,
     SpilledSeqColumns,
@@ -116,6 +118,62 @@ def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
     spilled[_key(1)] = 3
     with pytest.raises(ValueError, match="t: a key added twice"):
         spilled[_key(3)] = 4  # the batch holding the repeated key is written
+
+
+@pytest.mark.parametrize("flush_at", [1, 7, 1000])
+def test_entry_seqs_and_types_in_one_table_answer_as_two_dicts(
+    scratch: ScratchIndexes, flush_at: int
+) -> None:
+    rng = random.Random(flush_at)
+    index = SpilledEntryIndex(SpilledMap(scratch, "entries", flush_at=flush_at, found_keys=3))
+    seqs: dict[bytes, int] = {}
+    types: dict[bytes, str] = {}
+    for seq in range(3000):
+        k = _key(seq)
+        name = ENTRY_TYPES[seq % len(ENTRY_TYPES)] if seq % 5 else rng.choice(ENTRY_TYPES)
+        # In the order LedgerState.apply writes them.
+        index.seqs[k], seqs[k] = seq, seq
+        index.types[k], types[k] = name, name
+        probe = _key(rng.randrange(4000))  # a quarter of the probes are absent
+        assert index.seqs.get(probe) == seqs.get(probe)
+        assert index.types.get(probe, "nothing") == types.get(probe, "nothing")
+        assert (probe in index.types) == (probe in types) == (probe in index.seqs)
+    assert len(index.seqs) == len(index.types) == 3000
+    assert sorted(index.seqs) == sorted(index.types) == sorted(seqs)
+    for k in seqs:
+        assert (index.seqs[k], index.types[k]) == (seqs[k], types[k])
+    with pytest.raises(KeyError):
+        index.types[_key(5000)]
+    # One table holds both: a row per entry.
+    (rows,) = scratch.execute("SELECT count(*) FROM entries").fetchone()
+    assert rows + len(index.table._recent) == 3000
+
+
+def test_an_entry_index_refuses_a_type_without_its_seq_and_an_unknown_type(
+    scratch: ScratchIndexes,
+) -> None:
+    index = SpilledEntryIndex(SpilledMap(scratch, "entries", flush_at=1))
+    with pytest.raises(ValueError, match="right after its seq, never alone"):
+        index.types[_key(1)] = "HealthReported"
+    index.seqs[_key(1)] = 0
+    with pytest.raises(ValueError, match="seq 1 set while seq 0 has no type"):
+        index.seqs[_key(2)] = 1
+    index.seqs[_key(2)] = 1
+    with pytest.raises(ValueError, match="right after its seq"):
+        index.types[_key(1)] = "HealthReported"  # not the key whose seq is waiting
+    index.seqs[_key(3)] = 2
+    with pytest.raises(ValueError, match="'Gossip' is not an entry type"):
+        index.types[_key(3)] = "Gossip"
+    with pytest.raises(ValueError, match="out of range"):
+        index.seqs[_key(4)] = -1
+    with pytest.raises(TypeError, match="bytes"):
+        index.seqs["text"] = 3  # type: ignore[index]
+    assert len(index.types) == 0  # nothing half-written: no row without both halves
+    index.seqs[_key(5)] = 0
+    index.types[_key(5)] = "LedgerGenesis"
+    assert (index.seqs[_key(5)], index.types[_key(5)]) == (0, "LedgerGenesis")
+    with pytest.raises(TypeError, match="only grows"):
+        del index.types[_key(5)]
 
 
 def test_a_table_name_must_be_an_identifier(scratch: ScratchIndexes) -> None:
