@@ -6,7 +6,8 @@ hash, body digest, receive time: what an idempotent retry is answered from). Eve
 (ledger.column_index) they cost about 214 bytes per entry: 2 GiB at ten million entries, all
 of it history. Issue #19 asks that the server's memory grow with live state instead.
 
-So the server keeps them in a :class:`ScratchIndexes`: a SQLite database in a file created in
+So the server keeps them in a :class:`ScratchIndexes` (``entry_seqs`` and ``entry_types`` in
+one table, :class:`SpilledEntryIndex`): a SQLite database in a file created in
 the scratch directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and
 unlinked as soon as it is open, so nothing else can open it and it is gone with the process,
 however that ends. Its page cache is a few MB. What was added recently sits in a dict in
