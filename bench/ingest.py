@@ -37,8 +37,10 @@ each other, not with an unprofiled run.
 With ``--history N`` each backend's run is made again on ``bench.ledgergen``'s ledgers of 3,000
 and of N events (copies of the SQLite file, or fresh topics the Kafka store writes them to; the
 events signed by their cast, on proposals submitted after them), and the bench reports N's rate
-and CPU per event against 3,000's: what a long history costs an append, the workload the same. The server's start verifies the whole history first (about 160 s a
-million events, see ``bench.memory``), and that start is not in the figures.
+and CPU per event against 3,000's: what a long history costs an append, the workload the
+same. The server's start verifies the whole history first (about 160 s a million events, see
+``bench.memory``; 25-26 min for ten million Kafka records), and that start is reported on its
+own row, not in the stream's figures.
 
 Run: python -m bench.ingest [--smoke] [--bootstrap HOST:PORT] [--backends kafka,sqlite] [--profile DIR]
      [--history N]
