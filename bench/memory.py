@@ -14,7 +14,12 @@ file's size is reported too. ``--baseline`` also starts it, in a second fresh pr
 fresh copy, with those indexes packed in memory as before, and reports both side by side
 (``--smoke`` always does).
 
-Run: python -m bench.memory [--smoke] [--events N] [--baseline]
+A start's time is mostly the replay verifying every entry again; ``--verify-inline`` also
+restarts it with the replay's signatures verified one at a time in the fold, as before
+ledger.replay_checks sent them to a libsodium worker a chunk ahead, and reports the ratio of
+the two restarts (``--smoke`` always does).
+
+Run: python -m bench.memory [--smoke] [--events N] [--baseline] [--verify-inline]
 """
 
 from __future__ import annotations
@@ -52,7 +57,10 @@ key = Cast.create(seed="steward-bench").checkpoint_key
 before = rss()
 tune_collector()  # as the server's entry point does before its replay
 store = SQLiteLogStore(sys.argv[1])
-writer = LedgerServer(store, key, checkpoint_every_ms=0, spill_indexes=sys.argv[2] == "spill")
+mode = sys.argv[2]  # spill (the server's way), memory (indexes in memory), inline (see --verify-inline)
+writer = LedgerServer(
+    store, key, checkpoint_every_ms=0, spill_indexes=mode != "memory", verify_ahead=mode != "inline"
+)
 started = time.perf_counter()
 report = writer.start()
 seconds = time.perf_counter() - started
@@ -114,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also start with the per-entry indexes in memory (the way before), to compare",
     )
+    p.add_argument(
+        "--verify-inline",
+        action="store_true",
+        help="also restart with the replay's signatures verified in the fold, one at a time "
+        "(the way before ledger.replay_checks), to compare start times",
+    )
     args = p.parse_args(argv)
     events = 3_000 if args.smoke else args.events
     generated = ledger(events)
@@ -149,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         report.add(
             "resident after start, spilled ÷ in memory", m["rss_after"] / b["rss_after"], "x"
         )
+    if args.verify_inline or args.smoke:
+        _, v = _start(generated, "inline")
+        report.add("baseline (signatures verified in the fold): restart time", v["seconds"], "s")
+        report.add("restart time, checked ahead ÷ in the fold", m["seconds"] / v["seconds"], "x")
     report.emit()
     return 0
 

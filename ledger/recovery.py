@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ledger.errors import StewardError, StoreDamagedError, StoreError
 from ledger.integrity import ChainCheck, Skip, VerifiedCheckpoint, verify_checkpoints
+from ledger.replay_checks import fold_checked_ahead, replay_checker
 from ledger.store.base import LogStore
 
 # Progress is reported every this many records.
@@ -91,12 +92,16 @@ def _verify(
 ) -> CheckReport:
     chain = ChainCheck()
     report = CheckReport(source)
-    for position, value in records:
-        skip = chain.add(position, value)
-        if skip is not None and len(report.listed_skips) < LISTED_SKIPS:
-            report.listed_skips.append(skip)
-        if progress is not None and chain.records % PROGRESS_EVERY == 0:
-            progress(chain.records, total)
+    checker = replay_checker()  # as a server's start: libsodium, a chunk ahead of the fold
+    try:
+        for skip in fold_checked_ahead(chain, records, checker):
+            if skip is not None and len(report.listed_skips) < LISTED_SKIPS:
+                report.listed_skips.append(skip)
+            if progress is not None and chain.records % PROGRESS_EVERY == 0:
+                progress(chain.records, total)
+    finally:
+        if checker is not None:
+            checker.close()
     if progress is not None and chain.records >= PROGRESS_EVERY:
         progress(chain.records, total)
     chain.finish()

@@ -67,9 +67,10 @@ from ledger.errors import (
 )
 from ledger.formats import LedgerGenesis, LogEntry
 from ledger.group_commit import GroupCommit, Request, Results
-from ledger.integrity import ChainCheck, VerifiedCheckpoint, verify_checkpoints
+from ledger.integrity import ChainCheck, Skip, VerifiedCheckpoint, verify_checkpoints
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree, leaf_hash
+from ledger.replay_checks import fold_checked_ahead, replay_checker
 from ledger.sigcheck import SignatureChecker
 from ledger.spilled_index import ScratchIndexes
 from ledger.staging import DecodedBatch, StagedBatch
@@ -183,8 +184,12 @@ class LedgerServer:
         checker: SignatureChecker | None = None,
         spill_indexes: bool = True,
         scratch_dir: str | None = None,
+        verify_ahead: bool = True,
     ) -> None:
         self.store = store
+        # A replay's signatures checked by a libsodium worker a chunk ahead of the fold
+        # (ledger.replay_checks); False verifies them in the fold (the benchmark's baseline).
+        self._verify_ahead = verify_ahead
         # The per-entry indexes on disk (ledger.spilled_index), rebuilt by every replay: memory
         # grows with live state, not with history. False keeps them packed in memory (tests).
         self._spill_indexes = spill_indexes
@@ -309,22 +314,16 @@ class LedgerServer:
     def _fold_store(
         self, chain: ChainCheck, tiled: TileNodeStore | None, started: float
     ) -> ReplayReport:
-        for record in self.store.read(0):
-            skip = chain.add(record.position, record.value)
-            if skip is None:
-                continue
-            if skip.entry is None:
-                log.warning(
-                    "replay_skip position=%d reason=malformed detail=%r", skip.position, skip.detail
-                )
-            else:
-                log.warning(
-                    "replay_skip position=%d seq=%d reason=%s field=%s",
-                    skip.position,
-                    skip.entry.seq,
-                    skip.reason,
-                    skip.field,
-                )
+        checker = replay_checker() if self._verify_ahead else None
+        try:
+            for skip in fold_checked_ahead(
+                chain, ((r.position, r.value) for r in self.store.read(0)), checker
+            ):
+                if skip is not None:
+                    _log_skip(skip)
+        finally:
+            if checker is not None:
+                checker.close()  # its worker process: a start needs it no longer
         chain.finish()
         stored = self.store.checkpoints()
         verified = verify_checkpoints(chain, ((c.size, c.note) for c in stored))
@@ -955,3 +954,19 @@ class LedgerServer:
     @property
     def fenced(self) -> bool:
         return self._fenced
+
+
+def _log_skip(skip: Skip) -> None:
+    """A record the replay did not fold: foreign, unless the end shows damage (integrity)."""
+    if skip.entry is None:
+        log.warning(
+            "replay_skip position=%d reason=malformed detail=%r", skip.position, skip.detail
+        )
+    else:
+        log.warning(
+            "replay_skip position=%d seq=%d reason=%s field=%s",
+            skip.position,
+            skip.entry.seq,
+            skip.reason,
+            skip.field,
+        )
