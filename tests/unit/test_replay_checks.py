@@ -3,6 +3,7 @@ the fold reaches, record for record, what the fold reaches verifying them itself
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import ledger.rules
+import ledger.writer
 from ledger.core import LedgerCore
 from ledger.errors import FormatError, StoreDamagedError
 from ledger.formats import (
@@ -258,9 +260,18 @@ def test_damage_is_refused_the_same_way(checker: SignatureChecker) -> None:
 
 
 @pytest.mark.parametrize("verify_ahead", [True, False])
-def test_a_server_starts_on_the_same_head(tmp_path: Path, verify_ahead: bool) -> None:
+def test_a_server_starts_on_the_same_head(
+    tmp_path: Path,
+    verify_ahead: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    inline_checks: list[int],
+) -> None:
     """A server started on the same store either way: same size, root and checkpoints, and no
-    signature worker left running once it serves."""
+    signature worker left running once it serves. Chunks of 32, so that this short log has
+    chunks whose keys are known and the worker really checks them."""
+    monkeypatch.setattr(
+        ledger.writer, "fold_checked_ahead", functools.partial(fold_checked_ahead, chunk=32)
+    )
     path = tmp_path / "ledger.sqlite"
     store = SQLiteLogStore(str(path))
     clock = iter(range(1_000, 100_000))  # as _ledger's: the same entries, refs included
@@ -280,7 +291,11 @@ def test_a_server_starts_on_the_same_head(tmp_path: Path, verify_ahead: bool) ->
         store, CAST.checkpoint_key, checkpoint_every_ms=0, verify_ahead=verify_ahead
     )
     try:
+        before = inline_checks[0]
         report = again.start()
+        inline = inline_checks[0] - before
+        signatures = sum(len(e.entry.signatures) for e in ENTRIES)
+        assert (inline < signatures // 2) if verify_ahead else (inline == signatures)
         assert report.entries == len(ENTRIES)
         assert again.head() == head
         assert not _sigworkers(), "the start's worker outlived it"
