@@ -235,6 +235,7 @@ class GroupCommit:
                     # Its caller's previous batch failed: never store this one ahead of it.
                     self._pending.popleft()
                     first.answer(first.after.error)
+                    first.after = None
                     failed.append(first)
                     continue
                 head = first.staged
@@ -245,6 +246,11 @@ class GroupCommit:
                     break
                 request = self._pending.popleft()
                 request.taken = True
+                # Its predecessor is folded or failed by now, and `after` is read only while a
+                # request is pending. Kept, each request would hold the one before: a stream's
+                # every batch, events and all, alive until the stream ends (bench.ingest's
+                # server held all 20,000 events of a stream, and the collector scanned them).
+                request.after = None
                 group.append(request)
                 events += len(head.events)
                 size += head.size

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +33,7 @@ from ledger.formats import (
     decode_body,
     encode_signed_event,
 )
+from ledger.group_commit import Request
 from ledger.keys import PrivateKey
 from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ledger.scenario import Cast, Flow, followed_state
@@ -367,6 +370,45 @@ def test_append_stream_many_batches(env: Env) -> None:
     events = [*env.flow.grants(), env.flow.policy()]
     results = env.client.append_many(events, batch_size=3)
     assert [r.seq for r in results if isinstance(r, Receipt)] == list(range(1, len(events) + 1))
+
+
+def _live(kind: type) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is kind)
+
+
+def test_a_long_append_stream_holds_only_the_batches_in_flight(env: Env) -> None:
+    """A stream's server side keeps its previous batch's request (the next one is never stored
+    ahead of it), and nothing older: each request used to hold the one before, so a client
+    keeping one AppendStream open held every event it ever sent in the server's memory."""
+    _base(env)
+    proposal = env.ok(env.flow.propose())
+    batches = [
+        [encode_signed_event(env.flow.health(proposal, (i + j) % 3)) for j in range(4)]
+        for i in range(40)
+    ]
+    answered: queue.Queue[int] = queue.Queue()
+    live: list[int] = []
+    before = _live(Request)
+
+    def requests() -> Iterator[ledger_pb2.AppendBatch]:
+        for i, batch in enumerate(batches):
+            if i:
+                assert answered.get(timeout=10) == i - 1  # one batch at a time
+            if i in (10, 25, 39):
+                live.append(_live(Request) - before)
+            yield ledger_pb2.AppendBatch(signed_events=batch, batch_id=i)
+
+    replies = []
+    for reply in env.client._stub.AppendStream(requests(), timeout=60):
+        replies.append(reply)
+        answered.put(reply.batch_id)
+    assert [r.batch_id for r in replies] == list(range(40))
+    assert all(r.HasField("receipt") for reply in replies for r in reply.results)
+    # Counted against those alive before the stream (the store writer keeps its last group's):
+    # at most the stream's previous request and the writer's newer group, however long the
+    # stream (9, 24 and 38 when each request held the one before).
+    assert max(live) <= 2, f"requests alive on the server while streaming: {live}"
 
 
 def test_append_stream_checks_a_large_batch_with_the_native_verifier(env: Env) -> None:

@@ -7,6 +7,7 @@ time at 500 unary appends/s). Each request now holds its own lock until answered
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -58,3 +59,35 @@ def test_a_request_is_answered_once() -> None:
     with pytest.raises(RuntimeError, match="answered once"):
         request.answer(ValueError("again"))
     assert request.outcome == []
+
+
+def _live_requests() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Request)
+
+
+def test_a_callers_chain_of_requests_holds_only_what_is_still_pending() -> None:
+    """A caller hands each batch in `after` its previous one (AppendStream does, for the
+    whole stream). Once taken, a request lets go of its predecessor: otherwise the newest
+    request held every earlier batch of the stream, events and all, until the stream ended."""
+    commit = _commit()
+    commit.start()
+    try:
+        before = _live_requests()
+        last: Request | None = None
+        for _ in range(50):
+            (last,) = commit.submit([StagedBatch((), frozenset())], after=last)
+            commit.wait([last])
+        assert _live_requests() - before == 1  # the newest one only, not 50
+        assert last is not None and last.taken and last.after is None
+    finally:
+        commit.close(5)
+
+
+def test_a_pending_request_still_fails_with_the_failure_of_the_batch_before_it() -> None:
+    commit = _commit()
+    failed = _request()
+    failed.answer(ValueError("the store refused it"))
+    (after_it,) = commit.submit([StagedBatch((), frozenset())], after=failed)
+    assert after_it.done and isinstance(after_it.outcome, ValueError)
+    assert after_it.after is None  # answered: it needs its predecessor no more
