@@ -269,6 +269,11 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         self._found_keys = found_keys
         # The keys in the table, when most lookups miss: a miss it rules out costs no query.
         self._filter = key_filter
+        # The last key the table was asked for and did not hold. The rules look a new event's
+        # id up right after existing_receipt did, so a key the filter lets through would cost
+        # its query twice. A key enters the table only by flush, which clears this under the
+        # same lock as the query that set it.
+        self._absent: bytes | None = None
         self.queries = 0  # lookups that went to the table (for benches and tests)
         db.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
         self._select = f"SELECT v FROM {self._name} WHERE k = ?"
@@ -280,10 +285,14 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
             return (found[key],)
         if self._filter is not None and not self._filter.might_contain(key):
             return None
+        if key == self._absent:
+            return None
         with self._db.lock:  # (readers of the state call from other threads too)
             self.queries += 1
             row: tuple[V] | None = self._db.execute(self._select, (key,)).fetchone()
-            if row is not None and self._found_keys > 0:
+            if row is None:
+                self._absent = key
+            elif self._found_keys > 0:
                 if len(found) >= self._found_keys:
                     found.popitem(last=False)
                 found[key] = row[0]
@@ -328,6 +337,7 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         rows = sorted(self._recent.items())
         bulk = bulk_insert(self._name, rows)
         with self._db.lock:
+            self._absent = None  # the batch may hold it
             try:
                 if bulk is None:
                     self._db.executemany(self._insert, rows)  # type: ignore[arg-type]

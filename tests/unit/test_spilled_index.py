@@ -107,6 +107,30 @@ def test_a_filtered_map_asks_its_table_only_for_keys_it_may_hold(scratch: Scratc
     assert spilled.queries == before + 2 + 20 + 1
 
 
+def test_a_key_the_table_lacks_costs_one_query_when_asked_again_at_once(
+    scratch: ScratchIndexes,
+) -> None:
+    """existing_receipt and then the rules look each new event id up: one that the filter lets
+    through (every key here: no filter) is asked of the table once, not twice; and once it is
+    added and written to the table, it is found."""
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=4, found_keys=0)
+    for i in range(8):
+        spilled[_key(i)] = i
+    new = _key(100)
+    assert spilled.get(new) is None and new not in spilled
+    assert spilled.queries == 1
+    spilled[new] = 100  # in memory first, then in the table
+    assert spilled[new] == 100
+    for i in range(8, 11):
+        spilled[_key(i)] = i  # the fourth addition writes the batch with the new key in it
+    assert spilled.queries == 1
+    assert spilled[new] == 100 and new in spilled
+    assert spilled.queries == 3  # read from the table, not answered "absent" from memory
+    other = _key(200)
+    assert other not in spilled and spilled.get(other) is None and spilled[new] == 100
+    assert spilled.queries == 5
+
+
 def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
     spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=2)
     spilled[_key(1)] = 1
