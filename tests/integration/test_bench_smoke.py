@@ -54,6 +54,7 @@ EXPECTED: dict[str, list[str]] = {
         "kafka: AppendStream / raw producer",
         "sqlite: AppendStream (full verification)",
         "sqlite: unary Append p99 @ 500/s",
+        "sqlite: server resident growth over the stream",
         "bare gRPC unary call (no-op handler) @ 500/s: server CPU",
     ],
     "checkpoints": [
