@@ -18,7 +18,7 @@ the fold lock, that lets go of the interpreter lock and waits to get it back. At
 keys, 16 bits gave 1.49% "maybe" for absent keys and 32 gives 0.23% (300,000 random keys,
 2026-12-07), for 30 MiB more and the same cost a lookup (three probes either way: 1.27 and
 1.29 µs). In bench.ingest's profile after a ten-million-event history, those queries were a
-fifth of the server's busy samples (19.8%, existing_receipt's lookup of the new event id).
+fifth of the server's busy samples (18.8%, in existing_receipt's lookup of the new event id).
 
 The probes come from Python's hash of the key, which is keyed per process (SipHash, randomised
 at start): a client choosing event ids cannot aim them at set bits ahead of time, and one that
