@@ -133,7 +133,7 @@ class ScratchIndexes:
         """A new bytes-keyed map in a table of its own (values: int, str or bytes).
 
         `filtered`: keep a :class:`ledger.key_filter.KeyFilter` of the keys in the table, for a
-        map most lookups of which miss (about 2 bytes a key in memory, no query for a miss)."""
+        map most lookups of which miss (4 to 8 bytes a key in memory, no query for a miss)."""
         return SpilledMap(
             self,
             name,
