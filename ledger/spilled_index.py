@@ -7,20 +7,22 @@ hash, body digest, receive time: what an idempotent retry is answered from). Eve
 of it history. Issue #19 asks that the server's memory grow with live state instead.
 
 So the server keeps them in a :class:`ScratchIndexes` (``entry_seqs`` and ``entry_types`` in
-one table, :class:`SpilledEntryIndex`): a SQLite database in a file created in
-the scratch directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and
-unlinked as soon as it is open, so nothing else can open it and it is gone with the process,
-however that ends. Its page cache is a few MB. What was added recently sits in a dict in
-front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to it in
-sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the keys found in the
+one table, :class:`SpilledEntryIndex`): SQLite databases in files created in the scratch
+directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and unlinked as soon
+as they are open (:class:`ScratchFile`), so nothing else can open them and they are gone with
+the process, however that ends. Each page cache is a few MB. What was added recently sits in a
+dict in front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to
+it in sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the keys found in the
 table lately (:data:`FOUND_KEYS`), then the table. The event ids, looked up for every event
 submitted and nearly always absent, also have a :class:`ledger.key_filter.KeyFilter` that
 rules most misses out without a query. Those two took a Kafka ingest from 139 to 94 µs of
 server CPU per event (bench.ingest, 2026-12-07: 3.5 queries per event before, 6 µs each at
-200,000 keys and more as the table outgrows the page cache). The same file
-holds the proposals but for the most recently used (:class:`SpilledObjects`), and, for a store
-that keeps none, the tree's tiles (:class:`ScratchTileStorage`); :func:`spilled_state` is the
-empty rules state the writer and the projector fold into.
+200,000 keys and more as the table outgrows the page cache). Each map is a database of its
+own, whose full batches a writer thread writes behind the fold (:class:`SpilledMap` says why);
+one more database holds the proposals but for the most recently used
+(:class:`SpilledObjects`), the per-seq columns, and, for a store that keeps none, the tree's
+tiles (:class:`ScratchTileStorage`); :func:`spilled_state` is the empty rules state the writer
+and the projector fold into.
 
 Why scratch, rebuilt at every start, rather than tables in the ledger's store: a server
 replays and re-checks its whole log at every start anyway (ledger.integrity), so the index is
@@ -28,8 +30,9 @@ built from entries it has just verified and is never trusted from disk, and it w
 on every store (SQLite, Kafka). No journal and no fsync: a crash loses only this file, which
 nobody reads again. A directory that cannot hold it is found at start, never at an append.
 
-Thread safety: one connection, used under a lock (the writer calls under its own lock;
-readers of the state may call from other threads).
+Thread safety: one connection per database, used under that database's lock (the ledger's
+writer calls under its own lock, readers of the state may call from other threads, and the
+writer thread writes the maps' batches).
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ HOT_OBJECTS = 4096
 a proposal (tracemalloc, 100,000 generated entries), 17 MB."""
 
 CACHE_KIB = 4096
-"""SQLite's page cache for the whole scratch database, per connection (KiB)."""
+"""SQLite's page cache of each scratch database (KiB): a server has four (its three maps, and
+the rest). More is slower here: 64 MiB cost 25.8-26.6 µs of CPU an entry against 22.2 with 4 MiB,
+at ten million entries (2026-12-07, in process)."""
 
 
 class ScratchFile:
@@ -317,8 +322,8 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         key_filter: KeyFilter | None = None,
     ) -> None:
         self._db = db
-        self._file = db.new_file()
         self._name = _identifier(name)
+        self._file = db.new_file()
         self._flush_at = flush_at
         self._recent: dict[bytes, V] = {}
         # The batch being written: in memory until the table holds it (set and cleared only
