@@ -7,22 +7,20 @@ hash, body digest, receive time: what an idempotent retry is answered from). Eve
 of it history. Issue #19 asks that the server's memory grow with live state instead.
 
 So the server keeps them in a :class:`ScratchIndexes` (``entry_seqs`` and ``entry_types`` in
-one table, :class:`SpilledEntryIndex`): SQLite databases in files created in the scratch
-directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and unlinked as soon
-as they are open (:class:`ScratchFile`), so nothing else can open them and they are gone with
-the process, however that ends. Each page cache is a few MB. What was added recently sits in a
-dict in front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to
-it in sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the keys found in the
+one table, :class:`SpilledEntryIndex`): a SQLite database in a file created in
+the scratch directory (``--scratch-dir``; by default the system's, ``TMPDIR`` or /tmp) and
+unlinked as soon as it is open, so nothing else can open it and it is gone with the process,
+however that ends. Its page cache is a few MB. What was added recently sits in a dict in
+front of each table (:class:`SpilledMap`, :class:`SpilledSeqColumns`) and is written to it in
+sorted batches of :data:`FLUSH_AT`; a lookup tries the dict, then the keys found in the
 table lately (:data:`FOUND_KEYS`), then the table. The event ids, looked up for every event
 submitted and nearly always absent, also have a :class:`ledger.key_filter.KeyFilter` that
 rules most misses out without a query. Those two took a Kafka ingest from 139 to 94 µs of
 server CPU per event (bench.ingest, 2026-12-07: 3.5 queries per event before, 6 µs each at
-200,000 keys and more as the table outgrows the page cache). Each map is a database of its
-own, whose full batches a writer thread writes behind the fold (:class:`SpilledMap` says why);
-one more database holds the proposals but for the most recently used
-(:class:`SpilledObjects`), the per-seq columns, and, for a store that keeps none, the tree's
-tiles (:class:`ScratchTileStorage`); :func:`spilled_state` is the empty rules state the writer
-and the projector fold into.
+200,000 keys and more as the table outgrows the page cache). The same file
+holds the proposals but for the most recently used (:class:`SpilledObjects`), and, for a store
+that keeps none, the tree's tiles (:class:`ScratchTileStorage`); :func:`spilled_state` is the
+empty rules state the writer and the projector fold into.
 
 Why scratch, rebuilt at every start, rather than tables in the ledger's store: a server
 replays and re-checks its whole log at every start anyway (ledger.integrity), so the index is
@@ -30,9 +28,8 @@ built from entries it has just verified and is never trusted from disk, and it w
 on every store (SQLite, Kafka). No journal and no fsync: a crash loses only this file, which
 nobody reads again. A directory that cannot hold it is found at start, never at an append.
 
-Thread safety: one connection per database, used under that database's lock (the ledger's
-writer calls under its own lock, readers of the state may call from other threads, and the
-writer thread writes the maps' batches).
+Thread safety: one connection, used under a lock (the writer calls under its own lock;
+readers of the state may call from other threads).
 """
 
 from __future__ import annotations
@@ -44,8 +41,7 @@ import sqlite3
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -60,7 +56,6 @@ __all__ = [
     "FLUSH_AT",
     "FOUND_KEYS",
     "HOT_OBJECTS",
-    "ScratchFile",
     "ScratchIndexes",
     "ScratchTileStorage",
     "SpilledEntryIndex",
@@ -85,16 +80,29 @@ HOT_OBJECTS = 4096
 a proposal (tracemalloc, 100,000 generated entries), 17 MB."""
 
 CACHE_KIB = 4096
-"""SQLite's page cache of each scratch database (KiB): a server has four (its three maps, and
-the rest). More is slower here: 64 MiB cost 25.8-26.6 µs of CPU an entry against 22.2 with 4 MiB,
-at ten million entries (2026-12-07, in process)."""
+"""SQLite's page cache for the whole scratch database, per connection (KiB)."""
 
 
-class ScratchFile:
-    """One SQLite database in a file of the scratch directory that nobody else can open: the
-    file is unlinked as soon as SQLite holds it. One connection, used under :attr:`lock`."""
+class ScratchIndexes:
+    """A private temporary on-disk SQLite database holding a server's per-entry indexes."""
 
-    def __init__(self, directory: str | Path | None, cache_kib: int) -> None:
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        cache_kib: int = CACHE_KIB,
+        flush_at: int = FLUSH_AT,
+        hot_objects: int = HOT_OBJECTS,
+        found_keys: int = FOUND_KEYS,
+        first_filter_keys: int = FIRST_LAYER_KEYS,
+    ) -> None:
+        # How many additions each map holds in memory, how many objects, and how many keys
+        # found in a table (tests make them tiny, so that lookups go to the tables); and the
+        # first layer of a filtered map's KeyFilter.
+        self.flush_at = flush_at
+        self.hot_objects = hot_objects
+        self.found_keys = found_keys
+        self.first_filter_keys = first_filter_keys
         where = str(directory) if directory is not None else tempfile.gettempdir()
         try:
             fd, path = tempfile.mkstemp(prefix="steward-scratch-", suffix=".sqlite", dir=where)
@@ -121,77 +129,6 @@ class ScratchFile:
         self.lock = threading.Lock()
         self._closed = False
 
-    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        return self._conn.execute(sql, params)
-
-    def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        self._conn.execute("BEGIN")
-        try:
-            self._conn.executemany(sql, rows)
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-
-    def size_bytes(self) -> int:
-        """The database's size on disk (pages in use times the page size)."""
-        with self.lock:
-            if self._closed:
-                return 0
-            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        return int(pages) * int(size)
-
-    def close(self) -> None:
-        with self.lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
-
-
-class ScratchIndexes:
-    """A server's per-entry indexes in private temporary SQLite databases on disk: one for
-    each map (:meth:`map`), whose batches a writer thread writes behind the fold, and one for
-    the rest (objects, seq columns, tiles: :meth:`execute` and :attr:`lock` are its)."""
-
-    def __init__(
-        self,
-        directory: str | Path | None = None,
-        *,
-        cache_kib: int = CACHE_KIB,
-        flush_at: int = FLUSH_AT,
-        hot_objects: int = HOT_OBJECTS,
-        found_keys: int = FOUND_KEYS,
-        first_filter_keys: int = FIRST_LAYER_KEYS,
-        write_behind: bool = True,
-    ) -> None:
-        # How many additions each map holds in memory, how many objects, and how many keys
-        # found in a table (tests make them tiny, so that lookups go to the tables); and the
-        # first layer of a filtered map's KeyFilter.
-        self.flush_at = flush_at
-        self.hot_objects = hot_objects
-        self.found_keys = found_keys
-        self.first_filter_keys = first_filter_keys
-        self.write_behind = write_behind
-        self._directory = directory
-        self._cache_kib = cache_kib
-        self._main = ScratchFile(directory, cache_kib)
-        self._files = [self._main]
-        self._writer: ThreadPoolExecutor | None = None
-        self.lock = self._main.lock
-
-    def new_file(self) -> ScratchFile:
-        """Another database in the scratch directory, closed with this one."""
-        file = ScratchFile(self._directory, self._cache_kib)
-        self._files.append(file)
-        return file
-
-    def write_later(self, write: Callable[[], None]) -> Future[None]:
-        """Run `write` on the writer thread (one for every map: their writes never overlap)."""
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="steward-scratch-writer")
-        return self._writer.submit(write)
-
     def map(self, name: str, *, filtered: bool = False) -> SpilledMap[object]:
         """A new bytes-keyed map in a table of its own (values: int, str or bytes).
 
@@ -217,21 +154,29 @@ class ScratchIndexes:
         return SpilledSeqColumns(self, flush_at=self.flush_at)
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        return self._main.execute(sql, params)
+        return self._conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        self._main.executemany(sql, rows)
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.executemany(sql, rows)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def size_bytes(self) -> int:
-        """The databases' size on disk (pages in use times the page size)."""
-        return sum(file.size_bytes() for file in self._files)
+        """The database's size on disk (pages in use times the page size)."""
+        with self.lock:
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(size)
 
     def close(self) -> None:
-        """Wait for the writes in flight, then close every database."""
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-        for file in self._files:
-            file.close()
+        with self.lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
 
 
 def _identifier(name: str) -> str:
@@ -302,14 +247,7 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
     Only grows, as the rules' maps do (an entry never leaves the log): deletion is refused, and
     a key is added once: the rules refuse a second event with an event id, and an entry hash
     covers its predecessor's, so neither repeats. A key added twice is found when its batch is
-    written, and raises ValueError at the next batch or :meth:`flush`.
-
-    The table is a database of its own, and a full batch is written behind (the scratch
-    indexes' writer thread), while the fold goes on: a batch's keys are random, so each lands
-    on a leaf page of its own, and at ten million keys in a table its B-tree work took 13.9%
-    of a Kafka server's busy samples (bench.ingest --history 10000000 --profile, 2026-12-07),
-    all of it on the fold's thread. The batch stays in memory (``_writing``) until it is in
-    the table, and one batch at a time is in flight: the next waits for it.
+    written and raises ValueError there.
     """
 
     def __init__(
@@ -323,14 +261,8 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
     ) -> None:
         self._db = db
         self._name = _identifier(name)
-        self._file = db.new_file()
         self._flush_at = flush_at
         self._recent: dict[bytes, V] = {}
-        # The batch being written: in memory until the table holds it (set and cleared only
-        # while no other batch of this map is in flight).
-        self._writing: dict[bytes, V] | None = None
-        self._in_flight: Future[None] | None = None
-        self._failed: BaseException | None = None  # a write that failed fails every later one
         self._flushed = 0
         # Keys found in the table lately, oldest first (a value never changes once added).
         self._found: OrderedDict[bytes, V] = OrderedDict()
@@ -339,18 +271,15 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         self._filter = key_filter
         # The last key the table was asked for and did not hold. The rules look a new event's
         # id up right after existing_receipt did, so a key the filter lets through would cost
-        # its query twice. A key enters the table only by a batch's write, which clears this
-        # under the same lock as the query that set it.
+        # its query twice. A key enters the table only by flush, which clears this under the
+        # same lock as the query that set it.
         self._absent: bytes | None = None
         self.queries = 0  # lookups that went to the table (for benches and tests)
-        self._file.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
+        db.execute(f"CREATE TABLE {self._name} (k BLOB PRIMARY KEY, v) WITHOUT ROWID")
         self._select = f"SELECT v FROM {self._name} WHERE k = ?"
         self._insert = f"INSERT INTO {self._name} (k, v) VALUES (?, ?)"
 
     def _stored(self, key: bytes) -> tuple[V] | None:
-        writing = self._writing
-        if writing is not None and key in writing:
-            return (writing[key],)
         found = self._found
         if key in found:
             return (found[key],)
@@ -358,9 +287,9 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
             return None
         if key == self._absent:
             return None
-        with self._file.lock:  # (readers of the state call from other threads too)
+        with self._db.lock:  # (readers of the state call from other threads too)
             self.queries += 1
-            row: tuple[V] | None = self._file.execute(self._select, (key,)).fetchone()
+            row: tuple[V] | None = self._db.execute(self._select, (key,)).fetchone()
             if row is None:
                 self._absent = key
             elif self._found_keys > 0:
@@ -399,67 +328,27 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
         self._recent[key] = value
         if len(self._recent) >= self._flush_at:
-            self._hand_over()
+            self.flush()
 
-    def _hand_over(self) -> None:
-        """Start writing the additions held in memory, once the batch before is written."""
-        self._wait_written()
-        batch = self._recent
-        if not batch:
+    def flush(self) -> None:
+        """Write the additions held in memory to the table, in key order."""
+        if not self._recent:
             return
-        if self._filter is not None:
-            # Before the table has them: until it does, a "maybe" finds them in _writing.
-            self._filter.add_many(batch)
-        self._writing = batch  # before _recent lets go: a lookup meanwhile finds them here
-        self._recent = {}
-        self._flushed += len(batch)
-        if self._db.write_behind:
-            self._in_flight = self._db.write_later(lambda: self._write(batch))
-        else:
-            self._write(batch)
-
-    def _write(self, batch: dict[bytes, V]) -> None:
-        """Write `batch` to the table in key order (a sorted batch touches each leaf page of
-        the B-tree once), then let go of it: the table answers for it from now on."""
-        rows = sorted(batch.items())
+        rows = sorted(self._recent.items())
         bulk = bulk_insert(self._name, rows)
-        with self._file.lock:
+        with self._db.lock:
             self._absent = None  # the batch may hold it
             try:
                 if bulk is None:
-                    self._file.executemany(self._insert, rows)  # type: ignore[arg-type]
+                    self._db.executemany(self._insert, rows)  # type: ignore[arg-type]
                 else:
-                    self._file.execute(*bulk)
+                    self._db.execute(*bulk)
             except sqlite3.IntegrityError as exc:
-                self._failed = ValueError(f"{self._name}: a key added twice ({exc})")
-                raise self._failed from exc
-            except BaseException as exc:
-                self._failed = exc
-                raise
-        self._writing = None
-
-    def _wait_written(self) -> None:
-        """Wait for the batch in flight; raise if any write of this map has failed (its
-        keys stay in _writing, so lookups still answer for them, and nothing more is taken)."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.exception()  # waits; a failure is kept in _failed
-        if self._failed is not None:
-            raise ValueError(
-                f"{self._name}: a batch of the scratch table could not be written "
-                f"({self._failed}); the index is incomplete"
-            ) from self._failed
-
-    def flush(self) -> None:
-        """Write the additions held in memory to the table, and wait until they are there."""
-        self._hand_over()
-        self._wait_written()
-
-    def stored(self) -> int:
-        """The rows in the table (once the batch in flight is written)."""
-        self._wait_written()
-        with self._file.lock:
-            return int(self._file.execute(f"SELECT count(*) FROM {self._name}").fetchone()[0])
+                raise ValueError(f"{self._name}: a key added twice ({exc})") from exc
+        if self._filter is not None:
+            self._filter.add_many(self._recent)
+        self._flushed += len(rows)
+        self._recent = {}
 
     def __delitem__(self, key: bytes) -> None:
         raise TypeError("a spilled index only grows: entries never leave the log")
@@ -469,9 +358,8 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
 
     def __iter__(self) -> Iterator[bytes]:
         """The keys in the table (key order), then the recent ones (insertion order)."""
-        self._wait_written()
-        with self._file.lock:
-            stored = [k for (k,) in self._file.execute(f"SELECT k FROM {self._name} ORDER BY k")]
+        with self._db.lock:
+            stored = [k for (k,) in self._db.execute(f"SELECT k FROM {self._name} ORDER BY k")]
         yield from stored
         yield from list(self._recent)
 

@@ -11,7 +11,6 @@ import hashlib
 import os
 import random
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -40,9 +39,9 @@ def _key(i: int, width: int = 32) -> bytes:
     return hashlib.sha256(i.to_bytes(8, "big")).digest()[:width]
 
 
-@pytest.fixture(params=[True, False], ids=["written-behind", "written-in-place"])
-def scratch(request: pytest.FixtureRequest) -> ScratchIndexes:
-    db = ScratchIndexes(cache_kib=64, write_behind=request.param)
+@pytest.fixture
+def scratch() -> ScratchIndexes:
+    db = ScratchIndexes(cache_kib=64)
     yield db
     db.close()
 
@@ -124,7 +123,6 @@ def test_a_key_the_table_lacks_costs_one_query_when_asked_again_at_once(
     assert spilled[new] == 100
     for i in range(8, 11):
         spilled[_key(i)] = i  # the fourth addition writes the batch with the new key in it
-    spilled.flush()  # (written behind: until it is in the table, memory answers for it)
     assert spilled.queries == 1
     assert spilled[new] == 100 and new in spilled
     assert spilled.queries == 3  # read from the table, not answered "absent" from memory
@@ -142,80 +140,8 @@ def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
         spilled["text"] = 1  # type: ignore[index]
     spilled[_key(2)] = 2  # flushed: both are in the table now
     spilled[_key(1)] = 3
-    # The batch holding the repeated key is written: at once, or behind, and then its failure
-    # is raised by the next batch or a flush.
     with pytest.raises(ValueError, match="t: a key added twice"):
-        spilled[_key(3)] = 4
-        spilled.flush()
-
-
-def test_a_batch_written_behind_is_answered_from_memory_until_the_table_has_it() -> None:
-    """The fold hands a full batch to the writer thread and goes on; while the write waits
-    (here on the map's database lock, held by the test), every key of the batch is still
-    found, without a query, and the next batch waits for this one."""
-    db = ScratchIndexes(cache_kib=64, write_behind=True)
-    try:
-        spilled: SpilledMap[object] = SpilledMap(
-            db, "t", flush_at=4, found_keys=0, key_filter=KeyFilter(first_layer_keys=64)
-        )
-        with spilled._file.lock:  # the writer cannot write until this block ends
-            for i in range(4):
-                spilled[_key(i)] = i  # the fourth hands the batch over
-            assert spilled._writing is not None and spilled._recent == {}
-            assert [spilled[_key(i)] for i in range(4)] == [0, 1, 2, 3]
-            assert all(_key(i) in spilled for i in range(4)) and len(spilled) == 4
-            assert spilled.queries == 0
-            waiting = threading.Thread(
-                target=lambda: [spilled.__setitem__(_key(i), i) for i in range(4, 8)]
-            )
-            waiting.start()
-            waiting.join(0.2)
-            assert waiting.is_alive()  # the second batch waits for the first
-        waiting.join(10)
-        assert not waiting.is_alive()
-        spilled.flush()
-        assert spilled._writing is None and spilled.stored() == 8
-        assert [spilled[_key(i)] for i in range(8)] == list(range(8))
-        assert spilled.queries == 8  # read from the table now
-    finally:
-        db.close()
-
-
-def test_a_failed_write_behind_fails_every_later_batch_and_keeps_its_keys_found() -> None:
-    """A write that fails (here a key added twice, which the rules never let happen) is raised
-    by the next batch and by every flush after, never swallowed; the batch's keys are still
-    found, since nothing of it reached the table, and nothing more is written."""
-    db = ScratchIndexes(cache_kib=64, write_behind=True)
-    try:
-        spilled: SpilledMap[object] = SpilledMap(db, "t", flush_at=2, found_keys=0)
-        spilled[_key(1)] = 1
-        spilled[_key(2)] = 2
-        spilled.flush()
-        spilled[_key(1)] = 10
-        spilled[_key(3)] = 3  # handed over; its write fails behind
-        for attempt in range(2):
-            with pytest.raises(ValueError, match="t: a key added twice") as raised:
-                spilled[_key(4 + attempt)] = 4
-                spilled[_key(6 + attempt)] = 6
-            assert "could not be written" in str(raised.value)
-        with pytest.raises(ValueError, match="the index is incomplete"):
-            spilled.flush()
-        assert spilled.get(_key(3)) == 3 and spilled.get(_key(2)) == 2
-        with pytest.raises(ValueError, match="the index is incomplete"):
-            spilled.stored()
-        (rows,) = spilled._file.execute("SELECT count(*) FROM t").fetchone()
-        assert rows == 2  # the first batch only: the failed one left nothing
-    finally:
-        db.close()
-
-
-def test_closing_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
-    db = ScratchIndexes(tmp_path, cache_kib=64, write_behind=True)
-    spilled: SpilledMap[object] = SpilledMap(db, "t", flush_at=1000)
-    for i in range(1000):
-        spilled[_key(i)] = i
-    db.close()  # the write completes first: no error from a connection closed under it
-    assert spilled._writing is None and spilled._failed is None
+        spilled[_key(3)] = 4  # the batch holding the repeated key is written
 
 
 @pytest.mark.parametrize("flush_at", [1, 7, 1000])
@@ -243,7 +169,8 @@ def test_entry_seqs_and_types_in_one_table_answer_as_two_dicts(
     with pytest.raises(KeyError):
         index.types[_key(5000)]
     # One table holds both: a row per entry.
-    assert index.table.stored() + len(index.table._recent) == 3000
+    (rows,) = scratch.execute("SELECT count(*) FROM entries").fetchone()
+    assert rows + len(index.table._recent) == 3000
 
 
 def test_an_entry_index_refuses_a_type_without_its_seq_and_an_unknown_type(
@@ -313,8 +240,7 @@ def test_the_scratch_database_has_no_name_anyone_could_open(tmp_path: Path) -> N
             except FileNotFoundError:
                 continue
         ours = [h for h in held if h.startswith(str(tmp_path))]
-        # Two databases: the map's own, and the one for everything else.
-        assert len(ours) == 2 and all(h.endswith(".sqlite (deleted)") for h in ours), ours
+        assert len(ours) == 1 and ours[0].endswith(".sqlite (deleted)"), ours
     finally:
         db.close()
 
