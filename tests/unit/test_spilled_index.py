@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import random
 import sqlite3
@@ -24,6 +25,7 @@ from ledger.scenario import Cast, Flow
 from ledger.spilled_index import (
     ENTRY_TYPES,
     FOUND_KEYS,
+    WRITE_KEYS,
     ScratchIndexes,
     SpilledEntryIndex,
     SpilledMap,
@@ -144,6 +146,102 @@ def test_a_spilled_map_only_grows(scratch: ScratchIndexes) -> None:
         spilled[_key(3)] = 4  # the batch holding the repeated key is written
 
 
+def _rows(scratch: ScratchIndexes, table: str = "t") -> int:
+    (rows,) = scratch.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(rows)
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_a_generation_is_written_in_slices_while_the_next_fills(
+    scratch: ScratchIndexes, filtered: bool
+) -> None:
+    """A generation of 8 * WRITE_KEYS keys: once full it is written a slice at a time, each
+    write a fraction of it, all of it by the time the next generation is half full; and
+    every lookup on the way answers as a dict does."""
+    flush_at = 8 * WRITE_KEYS
+    rng = random.Random(8)
+    spilled: SpilledMap[object] = SpilledMap(
+        scratch,
+        "t",
+        flush_at=flush_at,
+        found_keys=3,
+        key_filter=KeyFilter(first_layer_keys=64, bits_per_key=4) if filtered else None,
+    )
+    plain: dict[bytes, object] = {}
+    writes_seen: list[int] = []
+    for i in range(3 * flush_at):
+        k = _key(i, 16 if i % 2 else 32)
+        spilled[k] = plain[k] = i
+        if i % 97 == 0:
+            probe = _key(rng.randrange(4 * flush_at))
+            assert spilled.get(probe) == plain.get(probe)
+            assert (probe in spilled) == (probe in plain)
+            assert len(spilled) == len(plain)
+        if i % 1024 == 0:
+            stored = _rows(scratch)
+            assert stored + spilled.in_memory == len(plain)
+            writes_seen.append(stored)
+        if i + 1 == flush_at + flush_at // 2:  # the first generation is in the table now
+            assert _rows(scratch) == flush_at and spilled.in_memory == flush_at // 2
+    assert writes_seen[:8] == [0] * 8  # nothing written while the first one filled
+    steps = [b - a for a, b in itertools.pairwise(writes_seen)]
+    assert max(steps) < flush_at  # written over many additions, never all at once
+    assert spilled.writes >= 2 * 8 * 0.8  # two closed generations, about 8 slices each
+    assert sorted(spilled) == sorted(plain)
+    spilled.flush()
+    assert _rows(scratch) == len(plain) and spilled.in_memory == 0
+    for k, v in plain.items():
+        assert spilled[k] == v
+
+
+def test_keys_that_share_their_leading_bits_are_written_in_parts(
+    scratch: ScratchIndexes,
+) -> None:
+    """Event ids counted up by their author all fall in one slice: it is written in parts of
+    WRITE_KEYS, not in one statement that would hold the fold."""
+    flush_at = 8 * WRITE_KEYS
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=flush_at)
+    before = _rows(scratch)
+    biggest = 0
+    for i in range(2 * flush_at):
+        spilled[i.to_bytes(16, "big")] = i
+        stored = _rows(scratch)
+        biggest = max(biggest, stored - before)
+        before = stored
+    assert _rows(scratch) == flush_at  # the first generation, in the table
+    assert biggest == 2 * WRITE_KEYS  # six parts of WRITE_KEYS, then the last two together
+    assert spilled.writes == 7
+    assert [spilled[i.to_bytes(16, "big")] for i in range(0, 2 * flush_at, 999)] == list(
+        range(0, 2 * flush_at, 999)
+    )
+
+
+def test_keys_shorter_than_the_slice_prefix_are_kept_too(scratch: ScratchIndexes) -> None:
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=4 * WRITE_KEYS)
+    keys = [b"", b"\x00", b"\xff", b"\x7f"] + [_key(i) for i in range(4 * WRITE_KEYS)]
+    for i, k in enumerate(keys):
+        spilled[k] = i
+    spilled.flush()
+    assert _rows(scratch) == len(keys)
+    assert [spilled[k] for k in keys[:4]] == [0, 1, 2, 3]
+    assert sorted(spilled) == sorted(keys)
+
+
+def test_a_key_added_twice_in_a_sliced_generation_is_refused_when_written(
+    scratch: ScratchIndexes,
+) -> None:
+    flush_at = 4 * WRITE_KEYS
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=flush_at)
+    spilled[_key(0)] = 0
+    spilled[_key(0)] = 0  # in memory both times: found out only when its slice is written
+    with pytest.raises(ValueError, match="t: a key added twice"):
+        for i in range(1, 2 * flush_at):
+            spilled[_key(i)] = i
+    assert _rows(scratch) < flush_at  # its slice was not written; the ones before it were
+    with pytest.raises(ValueError, match="a key added twice"):
+        spilled.flush()  # and every later write says so again
+
+
 @pytest.mark.parametrize("flush_at", [1, 7, 1000])
 def test_entry_seqs_and_types_in_one_table_answer_as_two_dicts(
     scratch: ScratchIndexes, flush_at: int
@@ -170,7 +268,7 @@ def test_entry_seqs_and_types_in_one_table_answer_as_two_dicts(
         index.types[_key(5000)]
     # One table holds both: a row per entry.
     (rows,) = scratch.execute("SELECT count(*) FROM entries").fetchone()
-    assert rows + len(index.table._recent) == 3000
+    assert rows + index.table.in_memory == 3000
 
 
 def test_an_entry_index_refuses_a_type_without_its_seq_and_an_unknown_type(
