@@ -55,8 +55,10 @@ from ledger.state import LedgerState
 from ledger.tile_store import StoredTile
 
 __all__ = [
+    "FIRST_FLUSH_AT",
     "FLUSH_AT",
     "FOUND_KEYS",
+    "GENERATION_SHARE",
     "HOT_OBJECTS",
     "SEQ_FLUSH_AT",
     "WRITE_KEYS",
@@ -72,16 +74,24 @@ __all__ = [
 V = TypeVar("V")
 
 FLUSH_AT = 262_144
-"""Additions a map holds in memory before it writes them to its table (a generation), per map.
+"""The most additions a map holds in memory before it writes them to its table (a generation).
 
 The keys are random (hashes, event ids), so a batch of them lands on as many leaf pages of the
 B-tree as it has keys once the table has millions, and each page is read and written whole:
 at ten million keys a batch of 2,048 sorted keys wrote 5.2 KB to the file per key (a 40-byte
 row) and cost 6.1 µs a key, most of it in the kernel copying pages. A generation of 262,144
-written in slices of consecutive keys puts about two keys on each page a slice touches: 1.6 KB
+written in slices of neighbouring keys puts about two keys on each page a slice touches: 1.6 KB
 written and 2.5 µs a key (2026-12-08, 10,000,000 keys in two tables, one process; 65,536: 3.4
-KB and 4.0 µs). It costs memory, a constant: about 150 bytes a key held, two generations at
-most (the newest, and the one being written)."""
+KB and 4.0 µs). Memory: about 150 bytes a key held, at most two generations."""
+
+GENERATION_SHARE = 32
+"""A server's map holds a generation of one 32nd of the keys in its table (between
+:data:`FIRST_FLUSH_AT` and :data:`FLUSH_AT`): the pages a key costs depend on the table's size
+over the generation's, so that ratio is what is kept, and a short log holds little in memory.
+The most, 262,144, is reached at 8.4 million keys."""
+
+FIRST_FLUSH_AT = 2048
+"""The smallest generation: what a map holds while its table is small enough to be cheap."""
 
 WRITE_KEYS = 1024
 """Keys a slice of a generation holds on average: one statement, one stretch of the fold."""
@@ -157,6 +167,7 @@ class ScratchIndexes:
             self,
             name,
             flush_at=self.flush_at,
+            share=GENERATION_SHARE,
             found_keys=self.found_keys,
             key_filter=KeyFilter(self.first_filter_keys) if filtered else None,
         )
@@ -268,8 +279,9 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
     covers its predecessor's, so neither repeats. A key added twice is found when it is written
     and raises ValueError there.
 
-    Additions go to a dict, the newest generation. When it holds `flush_at` keys it is closed
-    and written to the table while the next one fills: in slices of consecutive keys (each
+    Additions go to a dict, the newest generation. When it holds `flush_at` keys (with
+    `share`: one `share`-th of the map's keys, at least :data:`FIRST_FLUSH_AT` and at most
+    `flush_at`) it is closed and written to the table while the next one fills: in slices of consecutive keys (each
     slice the keys sharing their leading bits, sorted), one slice every so many additions, so
     that the whole is written by the time the next generation is half full and no addition
     waits for more than a slice. A map whose generation is smaller than two slices
@@ -284,35 +296,31 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         name: str,
         *,
         flush_at: int = FLUSH_AT,
+        share: int | None = None,
         found_keys: int = FOUND_KEYS,
         key_filter: KeyFilter | None = None,
     ) -> None:
         if flush_at < 1:
             raise ValueError(f"flush_at is {flush_at}, expected >= 1")
+        if share is not None and share < 1:
+            raise ValueError(f"share is {share}, expected >= 1 or None")
         self._db = db
         self._name = _identifier(name)
         self._flush_at = flush_at
-        # Slices a generation is written in: a power of two, the keys' leading 16 bits split
-        # evenly among them; one when a generation is too small to be worth splitting.
-        slices = 1
-        while slices < 256 and slices * 2 * WRITE_KEYS <= flush_at:
-            slices *= 2
-        self._slices = slices
-        self._shift = 16 - (slices.bit_length() - 1)
-        # A slice written every `_write_every` additions: the closed generation is in the
-        # table when the newest is half full.
-        self._write_every = max(1, flush_at // (2 * slices))
-        self._since_write = 0
+        self._share = share
+        self._flushed = 0
+        self._unwritten = 0
         self._recent: dict[bytes, V] = {}
-        self._recent_slices: list[list[bytes]] = [[] for _ in range(slices)]
+        self._plan_generation()
+        # A slice of the closed generation is written every `_write_every` additions.
+        self._write_every = 1
+        self._since_write = 0
         # The closed generation being written, and its slices not yet written (from
         # `_next_slice` on); `_unwritten` counts their keys.
         self._closed: dict[bytes, V] = {}
         self._closed_slices: list[list[bytes]] = []
         self._next_slice = 0
         self._slice_pos = 0  # keys of the next slice already written (a big slice's parts)
-        self._unwritten = 0
-        self._flushed = 0
         # Keys found in the table lately, oldest first (a value never changes once added).
         self._found: OrderedDict[bytes, V] = OrderedDict()
         self._found_keys = found_keys
@@ -388,7 +396,7 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         if self._slices > 1:
             head = key[:2] if len(key) >= 2 else key.ljust(2, b"\0")
             self._recent_slices[int.from_bytes(head, "big") >> self._shift].append(key)
-        if len(self._recent) >= self._flush_at:
+        if len(self._recent) >= self._generation:
             self._close_generation()
         elif self._unwritten:
             self._since_write += 1
@@ -396,26 +404,42 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
                 self._since_write = 0
                 self._write_next_slice()
 
+    def _plan_generation(self) -> None:
+        """Size the newest generation, and the slices it will be written in."""
+        size = self._flush_at
+        if self._share is not None:
+            size = min(size, max(FIRST_FLUSH_AT, len(self) // self._share))
+        # Slices: a power of two, the keys' leading 16 bits split evenly among them; one when
+        # the generation is too small to be worth splitting.
+        slices = 1
+        while slices < 256 and slices * 2 * WRITE_KEYS <= size:
+            slices *= 2
+        self._generation = size
+        self._slices = slices
+        self._shift = 16 - (slices.bit_length() - 1)
+        self._recent_slices: list[list[bytes]] = [[] for _ in range(slices)]
+
     def _close_generation(self) -> None:
         """The newest generation is full: write it at once (one slice), or start writing it."""
         while self._unwritten:  # only if something wrote fewer slices than planned
             self._write_next_slice()
-        recent, self._recent = self._recent, {}
+        recent = self._recent
         if self._slices == 1:
-            try:
-                self._write(sorted(recent.items()))
-            except BaseException:
-                self._recent = recent | self._recent  # nothing written: kept for the next try
-                raise
+            self._write(sorted(recent.items()))  # raises before anything changed
+            self._recent = {}
+            self._plan_generation()
             return
         # The closed dict is set before the newest is replaced, so a reader in another thread
         # finds every key in one of them.
         self._closed, self._closed_slices = recent, self._recent_slices
-        self._recent_slices = [[] for _ in range(self._slices)]
         self._next_slice = 0
         self._slice_pos = 0
         self._unwritten = len(recent)
+        # Written by the time the next generation (as big or bigger) is half full.
+        self._write_every = max(1, self._generation // (2 * self._slices))
         self._since_write = 0
+        self._recent = {}
+        self._plan_generation()
         self._skip_empty_slices()
 
     def _write_next_slice(self) -> None:

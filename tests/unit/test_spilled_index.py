@@ -24,6 +24,8 @@ from ledger.merkle import MemoryNodeStore, MerkleTree
 from ledger.scenario import Cast, Flow
 from ledger.spilled_index import (
     ENTRY_TYPES,
+    FIRST_FLUSH_AT,
+    FLUSH_AT,
     FOUND_KEYS,
     WRITE_KEYS,
     ScratchIndexes,
@@ -192,6 +194,35 @@ def test_a_generation_is_written_in_slices_while_the_next_fills(
     assert _rows(scratch) == len(plain) and spilled.in_memory == 0
     for k, v in plain.items():
         assert spilled[k] == v
+
+
+def test_a_map_holds_a_bigger_generation_as_its_table_grows(scratch: ScratchIndexes) -> None:
+    """With `share`, a generation is that share of the keys (at least FIRST_FLUSH_AT, at most
+    flush_at): a short log holds little in memory, a long one its most."""
+    flush_at = 8 * WRITE_KEYS
+    spilled: SpilledMap[object] = SpilledMap(scratch, "t", flush_at=flush_at, share=4)
+    held_early = held_late = 0
+    for i in range(48 * WRITE_KEYS):
+        spilled[_key(i)] = i
+        if len(spilled) < flush_at:
+            held_early = max(held_early, spilled.in_memory)
+        elif len(spilled) > 36 * WRITE_KEYS:
+            held_late = max(held_late, spilled.in_memory)
+    # A full generation, and at most half of the one before it not yet written.
+    assert FIRST_FLUSH_AT - 1 <= held_early <= FIRST_FLUSH_AT * 3 // 2
+    assert flush_at - 1 <= held_late <= flush_at * 3 // 2
+    assert _rows(scratch) + spilled.in_memory == len(spilled) == 48 * WRITE_KEYS
+    with pytest.raises(ValueError, match="share is 0"):
+        SpilledMap(scratch, "u", share=0)
+
+
+def test_a_scratch_map_starts_with_the_smallest_generation(scratch: ScratchIndexes) -> None:
+    """What a server's maps do (ScratchIndexes.map): an empty table, so the first generation
+    is FIRST_FLUSH_AT keys, written once full, not the FLUSH_AT a long log holds."""
+    spilled = scratch.map("t")
+    for i in range(FIRST_FLUSH_AT + FIRST_FLUSH_AT // 2):
+        spilled[_key(i)] = i
+    assert _rows(scratch) == FIRST_FLUSH_AT < FLUSH_AT
 
 
 def test_keys_that_share_their_leading_bits_are_written_in_parts(
