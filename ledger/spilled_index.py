@@ -282,8 +282,9 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
     Additions go to a dict, the newest generation. When it holds `flush_at` keys (with
     `share`: one `share`-th of the map's keys, at least :data:`FIRST_FLUSH_AT` and at most
     `flush_at`) it is closed and written to the table while the next one fills: in slices of consecutive keys (each
-    slice the keys sharing their leading bits, sorted), one slice every so many additions, so
-    that the whole is written by the time the next generation is half full and no addition
+    slice the keys sharing their leading bits, sorted), a key owed to the table for each
+    addition and paid a slice at a time, so that the whole is written as the next generation
+    fills (an even cost per addition, not a phase of writing twice as fast) and no addition
     waits for more than a slice. A map whose generation is smaller than two slices
     (:data:`WRITE_KEYS`) writes it at once, sorted, when it closes. A lookup tries the newest
     generation, the one being written, the keys found in the table lately
@@ -312,9 +313,10 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         self._unwritten = 0
         self._recent: dict[bytes, V] = {}
         self._plan_generation()
-        # A slice of the closed generation is written every `_write_every` additions.
-        self._write_every = 1
-        self._since_write = 0
+        # Keys of the closed generation owed to the table: one per addition, paid a slice (or
+        # a part of a big one, `_due` keys) at a time.
+        self._owed = 0
+        self._due = 0
         # The closed generation being written, and its slices not yet written (from
         # `_next_slice` on); `_unwritten` counts their keys.
         self._closed: dict[bytes, V] = {}
@@ -399,9 +401,8 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         if len(self._recent) >= self._generation:
             self._close_generation()
         elif self._unwritten:
-            self._since_write += 1
-            if self._since_write >= self._write_every:
-                self._since_write = 0
+            self._owed += 1
+            if self._owed >= self._due:
                 self._write_next_slice()
 
     def _plan_generation(self) -> None:
@@ -435,12 +436,19 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         self._next_slice = 0
         self._slice_pos = 0
         self._unwritten = len(recent)
-        # Written by the time the next generation (as big or bigger) is half full.
-        self._write_every = max(1, self._generation // (2 * self._slices))
-        self._since_write = 0
+        self._owed = 0
         self._recent = {}
         self._plan_generation()
         self._skip_empty_slices()
+        if self._unwritten:
+            start, end = self._chunk()
+            self._due = end - start
+
+    def _chunk(self) -> tuple[int, int]:
+        """Where the next write of the closed generation starts and ends in its slice."""
+        keys = self._closed_slices[self._next_slice]
+        start = self._slice_pos
+        return start, len(keys) if len(keys) - start <= 2 * WRITE_KEYS else start + WRITE_KEYS
 
     def _write_next_slice(self) -> None:
         """Write the next slice of the closed generation, or the next part of a big one.
@@ -451,18 +459,21 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         sorted), so that no write sorts or holds the fold for more than a part; keys that
         close in order are close in the table too."""
         keys = self._closed_slices[self._next_slice]
-        start = self._slice_pos
-        end = len(keys) if len(keys) - start <= 2 * WRITE_KEYS else start + WRITE_KEYS
+        start, end = self._chunk()
         closed = self._closed
         self._write(sorted([(k, closed[k]) for k in keys[start:end]]))  # raises before moving
         self._unwritten -= end - start
+        self._owed = max(0, self._owed - (end - start))
         if end < len(keys):
             self._slice_pos = end
-            return
-        self._closed_slices[self._next_slice] = []
-        self._next_slice += 1
-        self._slice_pos = 0
-        self._skip_empty_slices()
+        else:
+            self._closed_slices[self._next_slice] = []
+            self._next_slice += 1
+            self._slice_pos = 0
+            self._skip_empty_slices()
+        if self._unwritten:
+            start, end = self._chunk()
+            self._due = end - start
 
     def _skip_empty_slices(self) -> None:
         slices = self._closed_slices
