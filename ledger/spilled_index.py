@@ -281,13 +281,13 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
 
     Additions go to a dict, the newest generation. When it holds `flush_at` keys (with
     `share`: one `share`-th of the map's keys, at least :data:`FIRST_FLUSH_AT` and at most
-    `flush_at`) it is closed and written to the table while the next one fills: in slices of consecutive keys (each
-    slice the keys sharing their leading bits, sorted), a key owed to the table for each
-    addition and paid a slice at a time, so that the whole is written as the next generation
-    fills (an even cost per addition, not a phase of writing twice as fast) and no addition
-    waits for more than a slice. A map whose generation is smaller than two slices
-    (:data:`WRITE_KEYS`) writes it at once, sorted, when it closes. A lookup tries the newest
-    generation, the one being written, the keys found in the table lately
+    `flush_at`) it is closed and written to the table while the next one fills, in slices of
+    neighbouring keys (each slice the keys sharing their leading bits, sorted). Each addition
+    owes the table one key, paid a slice at a time: the whole is written as the next
+    generation fills, at an even cost per addition (not a phase of writing twice as fast),
+    and no addition waits for more than a slice. A map whose generation is smaller than two
+    slices (:data:`WRITE_KEYS`) writes it at once, sorted, when it closes. A lookup tries the
+    newest generation, the one being written, the keys found in the table lately
     (:data:`FOUND_KEYS`), then the table.
     """
 
