@@ -439,10 +439,7 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
         self._owed = 0
         self._recent = {}
         self._plan_generation()
-        self._skip_empty_slices()
-        if self._unwritten:
-            start, end = self._chunk()
-            self._due = end - start
+        self._to_next_write()
 
     def _chunk(self) -> tuple[int, int]:
         """Where the next write of the closed generation starts and ends in its slice."""
@@ -470,17 +467,19 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
             self._closed_slices[self._next_slice] = []
             self._next_slice += 1
             self._slice_pos = 0
-            self._skip_empty_slices()
-        if self._unwritten:
-            start, end = self._chunk()
-            self._due = end - start
+        self._to_next_write()
 
-    def _skip_empty_slices(self) -> None:
+    def _to_next_write(self) -> None:
+        """Past the empty slices to the next write, and how many keys it is `_due`; or, all in
+        the table, let the closed dict go."""
         slices = self._closed_slices
         while self._next_slice < len(slices) and not slices[self._next_slice]:
             self._next_slice += 1
-        if self._next_slice == len(slices):  # all in the table: the dict can go
+        if self._next_slice == len(slices):
             self._closed, self._closed_slices, self._unwritten = {}, [], 0
+            return
+        start, end = self._chunk()
+        self._due = end - start
 
     def _write(self, rows: list[tuple[bytes, V]]) -> None:
         """Insert `rows` (sorted by key) into the table, and tell the filter of their keys."""
@@ -503,12 +502,10 @@ class SpilledMap(MutableMapping[bytes, V], Generic[V]):
 
     def flush(self) -> None:
         """Write every addition held in memory to the table."""
+        if self._recent:
+            self._close_generation()  # (which first writes what the closed one still holds)
         while self._unwritten:
             self._write_next_slice()
-        if self._recent:
-            self._close_generation()
-            while self._unwritten:
-                self._write_next_slice()
 
     def __delitem__(self, key: bytes) -> None:
         raise TypeError("a spilled index only grows: entries never leave the log")
